@@ -1,0 +1,108 @@
+//! The admin listener (loopback by default): `/live`, `/ready`, `/metrics`,
+//! `/config`. Only `GET` (and `HEAD`) is served; anything else gets 405, an
+//! unknown path 404. It stays up while the proxy drains, so `/ready` can say so.
+
+mod readiness;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+pub use readiness::Readiness;
+
+/// What the admin endpoints show.
+pub struct AdminState {
+    pub metrics: PrometheusHandle,
+    pub readiness: Arc<Readiness>,
+    /// The effective configuration as JSON, secrets redacted.
+    pub config_json: String,
+}
+
+/// Serves the admin endpoints until the process exits.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "admin accept failed");
+                continue;
+            }
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let response = route(&state, &request);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            if let Err(error) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%error, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET is served here\n".into(),
+        );
+    }
+    match request.uri().path() {
+        "/live" => text(StatusCode::OK, "live\n".into()),
+        "/ready" => match state.readiness.not_ready_reason() {
+            None => text(StatusCode::OK, "ready\n".into()),
+            Some(reason) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {reason}\n"),
+            ),
+        },
+        "/metrics" => {
+            state.metrics.run_upkeep();
+            with_type(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                state.metrics.render(),
+            )
+        }
+        "/config" => with_type(
+            StatusCode::OK,
+            "application/json",
+            state.config_json.clone(),
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /live, /ready, /metrics or /config\n".into(),
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    with_type(status, "text/plain; charset=utf-8", body)
+}
+
+fn with_type(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
+}

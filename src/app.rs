@@ -1,0 +1,250 @@
+//! Wires a configuration into a running proxy: binds every listener, builds
+//! each listener's stack, starts the admin listener, and drains on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::admin::{self, AdminState, Readiness};
+use crate::client::ClientSettings;
+use crate::config::{Config, Discovery, ServiceProtocol, Timeouts, UpstreamProtocol};
+use crate::drain::{Drain, DrainController};
+use crate::server::{self, Handler, HttpProtocol};
+use crate::stack::{self, StackSettings};
+use crate::telemetry::metrics::{self, ConnectionMetrics};
+use crate::upstream::{Direction, Upstream, UpstreamSettings};
+
+/// The addresses remora actually bound (a configured port 0 becomes a real one).
+#[derive(Debug, Clone)]
+pub struct BoundAddrs {
+    pub admin: SocketAddr,
+    pub inbound: Option<SocketAddr>,
+    /// Upstream name → its outbound listener.
+    pub upstreams: Vec<(String, SocketAddr)>,
+}
+
+impl BoundAddrs {
+    pub fn upstream(&self, name: &str) -> Option<SocketAddr> {
+        self.upstreams
+            .iter()
+            .find(|(upstream, _)| upstream == name)
+            .map(|(_, addr)| *addr)
+    }
+}
+
+/// A started proxy.
+pub struct Running {
+    pub bound: BoundAddrs,
+    readiness: Arc<Readiness>,
+    drain: DrainController,
+    drain_timeout: Duration,
+}
+
+impl Running {
+    /// Drains: `/ready` turns 503, listeners stop accepting, in-flight work
+    /// gets up to the drain timeout. Returns the number of connections that
+    /// were still open when the drain ended.
+    pub async fn shutdown(self) -> usize {
+        self.readiness.set_draining();
+        tracing::info!(timeout = ?self.drain_timeout, "draining");
+        let left = self.drain.drain(self.drain_timeout).await;
+        if left == 0 {
+            tracing::info!("drained");
+        } else {
+            tracing::warn!(
+                connections = left,
+                "drain timeout reached; closing what is left"
+            );
+        }
+        left
+    }
+}
+
+/// One listener to start: where, and what it does.
+struct Listener {
+    name: String,
+    direction: Direction,
+    listener: TcpListener,
+    handler: Handler,
+}
+
+/// Binds everything the configuration asks for and starts serving.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let metrics_handle = metrics::install()?;
+    let access_log = config.logging.access_log;
+    let mut upstreams = Vec::new();
+    let mut listeners = Vec::new();
+
+    if let Some(inbound) = &config.inbound {
+        let service = &config.service;
+        let port = service
+            .port
+            .context("service.port is required for inbound")?;
+        let protocol = match service.protocol {
+            ServiceProtocol::Http => UpstreamProtocol::Http,
+            ServiceProtocol::Http2 => UpstreamProtocol::Http2,
+            ServiceProtocol::Grpc => UpstreamProtocol::Grpc,
+            ServiceProtocol::Tcp => UpstreamProtocol::Tcp,
+        };
+        let settings = UpstreamSettings {
+            name: service.name.clone(),
+            direction: Direction::Inbound,
+            protocol,
+            policy: Default::default(),
+            hash_on: None,
+            client: client_settings(&Timeouts::default()),
+        };
+        let app = Arc::new(Upstream::new(
+            settings,
+            &[SocketAddr::new(service.address, port)],
+        ));
+        upstreams.push(Arc::clone(&app));
+        let stack_settings = StackSettings {
+            request_timeout: inbound.timeout,
+            access_log,
+        };
+        // Other sidecars may speak either HTTP version to an HTTP service.
+        let listen_protocol = match protocol {
+            UpstreamProtocol::Http | UpstreamProtocol::Auto => Some(HttpProtocol::Auto),
+            UpstreamProtocol::Http2 | UpstreamProtocol::Grpc => Some(HttpProtocol::Http2),
+            UpstreamProtocol::Tcp => None,
+        };
+        listeners.push(Listener {
+            name: "inbound".into(),
+            direction: Direction::Inbound,
+            listener: bind(inbound.listen, "inbound").await?,
+            handler: handler(listen_protocol, app, || {
+                stack::inbound(Arc::clone(&upstreams[0]), &stack_settings)
+            }),
+        });
+    }
+
+    for upstream in &config.upstreams {
+        let Discovery::Static(endpoints) = &upstream.discovery;
+        let settings = UpstreamSettings {
+            name: upstream.name.clone(),
+            direction: Direction::Outbound,
+            protocol: upstream.protocol,
+            policy: upstream.load_balancing.policy,
+            hash_on: upstream.load_balancing.hash_on.clone(),
+            client: client_settings(&upstream.timeouts),
+        };
+        let target = Arc::new(Upstream::new(settings, endpoints));
+        upstreams.push(Arc::clone(&target));
+        let stack_settings = StackSettings {
+            request_timeout: upstream.timeouts.request,
+            access_log,
+        };
+        let listen_protocol = match upstream.protocol {
+            UpstreamProtocol::Http => Some(HttpProtocol::Http1),
+            UpstreamProtocol::Http2 | UpstreamProtocol::Grpc => Some(HttpProtocol::Http2),
+            UpstreamProtocol::Auto => Some(HttpProtocol::Auto),
+            UpstreamProtocol::Tcp => None,
+        };
+        let label = format!("upstream {}", upstream.name);
+        listeners.push(Listener {
+            name: upstream.name.clone(),
+            direction: Direction::Outbound,
+            listener: bind(upstream.listen, &label).await?,
+            handler: handler(listen_protocol, Arc::clone(&target), || {
+                stack::outbound(Arc::clone(&target), &stack_settings)
+            }),
+        });
+    }
+
+    let admin_listener = bind(config.admin.listen, "admin").await?;
+    let readiness = Arc::new(Readiness::new(upstreams.clone()));
+    let admin_state = Arc::new(AdminState {
+        metrics: metrics_handle,
+        readiness: Arc::clone(&readiness),
+        config_json: serde_json::to_string_pretty(config)?,
+    });
+    let bound = BoundAddrs {
+        admin: admin_listener.local_addr()?,
+        inbound: listeners
+            .iter()
+            .find(|l| l.direction == Direction::Inbound)
+            .map(|l| l.listener.local_addr())
+            .transpose()?,
+        upstreams: listeners
+            .iter()
+            .filter(|l| l.direction == Direction::Outbound)
+            .map(|l| Ok((l.name.clone(), l.listener.local_addr()?)))
+            .collect::<std::io::Result<_>>()?,
+    };
+    tracing::info!(addr = %bound.admin, "admin listening");
+    tokio::spawn(admin::serve(admin_listener, admin_state));
+
+    let drain = DrainController::new();
+    for listener in listeners {
+        let addr = listener.listener.local_addr()?;
+        tracing::info!(listener = %listener.name, direction = listener.direction.as_str(), %addr, "listening");
+        let connection_metrics = ConnectionMetrics::new(listener.direction, &listener.name);
+        tokio::spawn(server::accept_loop(
+            listener.listener,
+            listener.handler,
+            connection_metrics,
+            drain.watch(),
+        ));
+    }
+    spawn_idle_sweeper(upstreams, drain.watch());
+    readiness.set_listening();
+    Ok(Running {
+        bound,
+        readiness,
+        drain,
+        drain_timeout: config.runtime.drain_timeout,
+    })
+}
+
+fn handler(
+    protocol: Option<HttpProtocol>,
+    upstream: Arc<Upstream>,
+    http_stack: impl FnOnce() -> stack::HttpService,
+) -> Handler {
+    match protocol {
+        Some(protocol) => Handler::Http(protocol, http_stack()),
+        None => Handler::Tcp(upstream),
+    }
+}
+
+fn client_settings(timeouts: &Timeouts) -> ClientSettings {
+    ClientSettings {
+        connect_timeout: timeouts.connect,
+        idle_timeout: timeouts.idle,
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {what} listener"))
+}
+
+/// Closes pooled upstream connections that stayed idle past their timeout.
+fn spawn_idle_sweeper(upstreams: Vec<Arc<Upstream>>, mut drain: Drain) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => upstreams.iter().for_each(|u| u.close_expired_idle()),
+                () = drain.signaled() => return,
+            }
+        }
+    });
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_shutdown_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! Which endpoints a policy may choose from, and the fallback order when the
+//! preferred set is empty.
+//!
+//! A pick runs the policy over at most four successively looser filters and
+//! takes the first one that yields an endpoint:
+//!
+//! 1. available (not in connect backoff) and not the excluded endpoint;
+//! 2. available, even if it is the excluded one: the request is retried on
+//!    the endpoint that just failed rather than sent to one known to refuse
+//!    connections (an endpoint excluded *because* it refused a connection is
+//!    itself in backoff, so this only happens after other kinds of failure);
+//! 3. not excluded, ignoring backoff: when *every* endpoint is backing off the
+//!    policy picks as if none were, so the request is still tried (the
+//!    endpoints may have recovered, and failing without trying would turn a
+//!    short outage into a longer one);
+//! 4. anything, which only matters when the excluded endpoint is the only one.
+//!
+//! Filters 2 and 4 are skipped when nothing is excluded. The last filter
+//! admits every endpoint, so a pick over a non-empty set always succeeds.
+//! In the common case (everything available) only the first filter runs and
+//! the helpers below touch just the endpoints they sample.
+//!
+//! Uniform sampling among the eligible endpoints needs no allocation: draw
+//! from the whole set and keep the draw if it is eligible (the common case);
+//! otherwise count the eligible endpoints and take the k-th. Conditioned on
+//! being kept, the first draw is uniform over the eligible set, and so is the
+//! second, so the mixture is uniform too.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::{EndpointLoad, Target};
+
+/// One filter over the target list (see the module doc).
+pub(super) struct Candidates<'a, T> {
+    targets: &'a [Arc<T>],
+    now: Instant,
+    respect_backoff: bool,
+    excluded: Option<usize>,
+}
+
+impl<'a, T: Target> Candidates<'a, T> {
+    /// The filters of the module doc, strictest first.
+    pub(super) fn tiers(
+        targets: &'a [Arc<T>],
+        now: Instant,
+        excluded: Option<usize>,
+    ) -> impl Iterator<Item = Self> {
+        [
+            (true, excluded),
+            (true, None),
+            (false, excluded),
+            (false, None),
+        ]
+        .into_iter()
+        .enumerate()
+        // Without an exclusion, filters 2 and 4 repeat 1 and 3.
+        .filter(move |(i, _)| excluded.is_some() || i % 2 == 0)
+        .map(move |(_, (respect_backoff, excluded))| Self {
+            targets,
+            now,
+            respect_backoff,
+            excluded,
+        })
+    }
+
+    /// Size of the whole target list (eligible or not).
+    pub(super) fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    pub(super) fn now(&self) -> Instant {
+        self.now
+    }
+
+    pub(super) fn load(&self, i: usize) -> &EndpointLoad {
+        self.targets[i].load()
+    }
+
+    pub(super) fn is_eligible(&self, i: usize) -> bool {
+        self.excluded != Some(i) && (!self.respect_backoff || self.load(i).is_available(self.now))
+    }
+
+    /// Number of eligible endpoints.
+    pub(super) fn count(&self) -> usize {
+        (0..self.len()).filter(|&i| self.is_eligible(i)).count()
+    }
+
+    /// Index of the `k`-th eligible endpoint.
+    pub(super) fn nth(&self, k: usize) -> Option<usize> {
+        (0..self.len()).filter(|&i| self.is_eligible(i)).nth(k)
+    }
+
+    /// A uniformly random eligible endpoint.
+    pub(super) fn random(&self) -> Option<usize> {
+        let i = fastrand::usize(..self.len());
+        if self.is_eligible(i) {
+            return Some(i);
+        }
+        match self.count() {
+            0 => None,
+            n => self.nth(fastrand::usize(..n)),
+        }
+    }
+
+    /// Two distinct, uniformly random eligible endpoints; the second is
+    /// `None` when only one is eligible.
+    pub(super) fn random_pair(&self) -> Option<(usize, Option<usize>)> {
+        if self.len() >= 2 {
+            let (a, b) = distinct_pair(self.len());
+            if self.is_eligible(a) && self.is_eligible(b) {
+                return Some((a, Some(b)));
+            }
+        }
+        match self.count() {
+            0 => None,
+            1 => Some((self.nth(0)?, None)),
+            n => {
+                let (a, b) = distinct_pair(n);
+                Some((self.nth(a)?, Some(self.nth(b)?)))
+            }
+        }
+    }
+}
+
+/// Two distinct uniform indices below `n` (`n >= 2`).
+fn distinct_pair(n: usize) -> (usize, usize) {
+    let a = fastrand::usize(..n);
+    let b = fastrand::usize(..n - 1);
+    (a, if b >= a { b + 1 } else { b })
+}

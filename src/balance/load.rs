@@ -1,0 +1,383 @@
+//! Per-endpoint load state: in-flight count, peak-EWMA latency and
+//! connect-failure backoff. Everything is atomics; nothing here locks.
+//!
+//! # Peak EWMA
+//!
+//! This is the load metric of Finagle's `PeakEwma` balancer
+//! (`com.twitter.finagle.loadbalancer.PeakEwma`) as ported to
+//! `tower::load::PeakEwma`, which linkerd2-proxy uses:
+//!
+//! * **cost** = `ewma_rtt × (in_flight + 1)`: a fast endpoint that is already
+//!   busy looks as expensive as an idle slow one.
+//! * **Observation** of a round-trip time `rtt`, `elapsed` after the previous
+//!   update: if `rtt` is above the current estimate the estimate *jumps* to it
+//!   (peak sensitivity: a latency spike is reacted to at once); otherwise it
+//!   decays toward it, `ewma = ewma·w + rtt·(1−w)` with `w = exp(−elapsed/τ)`,
+//!   τ = [`DECAY`] (10 s). Recovery is slow, degradation is instant.
+//! * **Reading** the estimate (for [`EndpointLoad::cost`] and
+//!   [`EndpointLoad::ewma`]) first decays it toward zero for the time since
+//!   the last update, exactly as tower's `PeakEwma::load` (`decay()`) and
+//!   Finagle's `rate()` (`observe(0.0)`) do. Without this, an endpoint that
+//!   once spiked would never win a comparison again and would never be probed
+//!   to learn that it recovered. As in tower, a non-peak observation that
+//!   arrives just after a read carries little weight (its `elapsed` is small),
+//!   so under heavy traffic the estimate behaves like a decaying peak.
+//! * Before any observation the estimate is [`DEFAULT_RTT`] (30 ms, tower's and
+//!   linkerd's default).
+//!
+//! Only completed requests are observed ([`InFlight::observe_rtt`]). A request
+//! dropped without completing (cancelled by the client) decrements the
+//! in-flight count but teaches nothing about latency. Callers should complete
+//! timed-out and failed requests with their elapsed time too, otherwise a
+//! black-holing endpoint never looks slow.
+//!
+//! # Backoff
+//!
+//! [`EndpointLoad::mark_unreachable`] (connection refused, connect timeout)
+//! takes the endpoint out of rotation for `base × 2^(failures−1)`, capped at
+//! [`MAX_BACKOFF`] (5 s); the proxy passes [`DEFAULT_BACKOFF`] (250 ms) as the
+//! base, so successive delays are 250 ms, 500 ms, 1 s, 2 s, 4 s, 5 s, 5 s…
+//! When the delay expires the endpoint is eligible again (half-open): the next
+//! failure doubles the delay, a successful connect
+//! ([`EndpointLoad::mark_reachable`]) resets it. A failure reported while the
+//! endpoint is already backing off (a connect that was started before the
+//! first failure was noticed) does not escalate, so a burst of concurrent
+//! failed connects counts once. Every policy skips endpoints in backoff unless
+//! *all* of them are in backoff, in which case the policy picks as if none
+//! were, so that a request is still tried (see `candidates.rs`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Estimate used before an endpoint has completed any request.
+const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// Time constant τ of the exponential decay.
+const DECAY: Duration = Duration::from_secs(10);
+/// Base backoff after the first connect failure; pass it to
+/// [`EndpointLoad::mark_unreachable`] unless configured otherwise.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(250);
+/// Upper bound of the exponential backoff (unless the base itself is larger).
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A read less than this long after the last update computes the decayed
+/// estimate without storing it, to keep hot-path reads from writing.
+const STORE_GRANULARITY_NS: u64 = 1_000_000;
+/// The estimate never counts as less than 1 ns in [`EndpointLoad::cost`], so
+/// that once it has decayed to zero the in-flight count still orders endpoints
+/// (Finagle adds a penalty for the same reason).
+const MIN_ESTIMATE_NS: f64 = 1.0;
+
+/// Load state of one endpoint. Cheap to read concurrently; cloning the
+/// [`InFlight`] guards it hands out is one atomic increment.
+#[derive(Debug)]
+pub struct EndpointLoad {
+    state: Arc<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Origin of the nanosecond timestamps below.
+    origin: Instant,
+    in_flight: AtomicU32,
+    /// Peak-EWMA estimate in nanoseconds, as `f64` bits.
+    ewma_ns: AtomicU64,
+    /// When `ewma_ns` was last updated (ns since `origin`). Only moves
+    /// forward (`fetch_max`), so concurrent updaters each decay over a
+    /// disjoint interval and the total decay is right.
+    stamp_ns: AtomicU64,
+    /// Consecutive connect failures since the last success.
+    failures: AtomicU32,
+    /// Unavailable until this instant (ns since `origin`); 0 = available.
+    backoff_until_ns: AtomicU64,
+}
+
+impl Default for EndpointLoad {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EndpointLoad {
+    /// Fresh state: nothing in flight, the default 30 ms estimate, available.
+    pub fn new() -> Self {
+        Self {
+            state: Arc::new(State {
+                origin: Instant::now(),
+                in_flight: AtomicU32::new(0),
+                ewma_ns: AtomicU64::new((DEFAULT_RTT.as_nanos() as f64).to_bits()),
+                stamp_ns: AtomicU64::new(0),
+                failures: AtomicU32::new(0),
+                backoff_until_ns: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// A request is being sent to this endpoint: in-flight +1 until the guard
+    /// is dropped or [observed](InFlight::observe_rtt). The guard is `'static`
+    /// and `Send`, so it can travel with the response body.
+    pub fn start(&self) -> InFlight {
+        self.state.in_flight.fetch_add(1, Relaxed);
+        InFlight {
+            state: Arc::clone(&self.state),
+        }
+    }
+
+    /// Requests currently in flight.
+    pub fn in_flight(&self) -> u32 {
+        self.state.in_flight.load(Relaxed)
+    }
+
+    /// Current peak-EWMA round-trip estimate (decayed toward zero for the
+    /// time since the last observation, see the module doc).
+    pub fn ewma(&self) -> Duration {
+        Duration::from_nanos(self.state.estimate_ns(Instant::now()) as u64)
+    }
+
+    /// `ewma × (in_flight + 1)`, in nanoseconds. Lower is better.
+    pub fn cost(&self) -> f64 {
+        self.cost_at(Instant::now())
+    }
+
+    /// [`cost`](Self::cost) with the clock already read by the caller.
+    pub(crate) fn cost_at(&self, now: Instant) -> f64 {
+        let estimate = self.state.estimate_ns(now).max(MIN_ESTIMATE_NS);
+        estimate * (f64::from(self.in_flight()) + 1.0)
+    }
+
+    /// Connecting failed: take the endpoint out of rotation for
+    /// `base × 2^(failures−1)`, capped at 5 s (or `base` if larger). Returns
+    /// the delay in force. A failure while already backing off does not
+    /// escalate (it returns the remaining delay).
+    pub fn mark_unreachable(&self, now: Instant, base: Duration) -> Duration {
+        let s = &self.state;
+        let now_ns = s.nanos(now);
+        let until = s.backoff_until_ns.load(Relaxed);
+        if now_ns < until {
+            return Duration::from_nanos(until - now_ns);
+        }
+        let failures = s.failures.fetch_add(1, Relaxed).saturating_add(1);
+        // 2^16 × base is far beyond any sane cap; limiting the shift keeps the
+        // multiplication from overflowing.
+        let factor = 1u32 << (failures - 1).min(16);
+        let delay = base.saturating_mul(factor).min(MAX_BACKOFF.max(base));
+        let delay_ns = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        s.backoff_until_ns
+            .fetch_max(now_ns.saturating_add(delay_ns), Relaxed);
+        delay
+    }
+
+    /// Connecting succeeded: clear the backoff and the failure count.
+    pub fn mark_reachable(&self) {
+        let s = &self.state;
+        // Check first so that the common case (nothing to clear) stays a read.
+        if s.failures.load(Relaxed) != 0 || s.backoff_until_ns.load(Relaxed) != 0 {
+            s.failures.store(0, Relaxed);
+            s.backoff_until_ns.store(0, Relaxed);
+        }
+    }
+
+    /// False while the endpoint is backing off after connect failures.
+    pub fn is_available(&self, now: Instant) -> bool {
+        self.state.nanos(now) >= self.state.backoff_until_ns.load(Relaxed)
+    }
+}
+
+impl State {
+    fn nanos(&self, t: Instant) -> u64 {
+        // u64 nanoseconds last 584 years.
+        u64::try_from(t.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Atomically applies `f(old_estimate_ns)` to the estimate.
+    fn update_estimate(&self, f: impl Fn(f64) -> f64) -> f64 {
+        let mut old = self.ewma_ns.load(Relaxed);
+        loop {
+            let new = f(f64::from_bits(old));
+            match self
+                .ewma_ns
+                .compare_exchange_weak(old, new.to_bits(), Relaxed, Relaxed)
+            {
+                Ok(_) => return new,
+                Err(actual) => old = actual,
+            }
+        }
+    }
+
+    /// Advances the update stamp to `now_ns`; returns the decay weight
+    /// `exp(−elapsed/τ)` for the interval this caller owns.
+    fn advance(&self, now_ns: u64) -> f64 {
+        let prev = self.stamp_ns.fetch_max(now_ns, Relaxed);
+        weight(now_ns.saturating_sub(prev))
+    }
+
+    /// The estimate decayed toward zero up to `now` (tower's `decay()`).
+    fn estimate_ns(&self, now: Instant) -> f64 {
+        let now_ns = self.nanos(now);
+        let elapsed = now_ns.saturating_sub(self.stamp_ns.load(Relaxed));
+        if elapsed < STORE_GRANULARITY_NS {
+            return f64::from_bits(self.ewma_ns.load(Relaxed)) * weight(elapsed);
+        }
+        let w = self.advance(now_ns);
+        self.update_estimate(|old| old * w)
+    }
+
+    fn observe(&self, now: Instant, rtt: Duration) {
+        let rtt = rtt.as_nanos() as f64;
+        let w = self.advance(self.nanos(now));
+        self.update_estimate(|old| {
+            if rtt > old {
+                rtt
+            } else {
+                old * w + rtt * (1.0 - w)
+            }
+        });
+    }
+}
+
+fn weight(elapsed_ns: u64) -> f64 {
+    (-(elapsed_ns as f64) / DECAY.as_nanos() as f64).exp()
+}
+
+/// RAII guard for one request in flight on an endpoint.
+#[derive(Debug)]
+#[must_use = "dropping the guard immediately ends the request's in-flight accounting"]
+pub struct InFlight {
+    state: Arc<State>,
+}
+
+impl InFlight {
+    /// The response head arrived (or the request failed or timed out) after
+    /// `rtt`: record it in the peak EWMA. The request stays in flight until the
+    /// guard drops (for a proxy: when the response body ends), so streams
+    /// count as load for their whole life.
+    pub fn observe_rtt(&self, rtt: Duration) {
+        self.state.observe(Instant::now(), rtt);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(d: Duration) -> f64 {
+        d.as_secs_f64() * 1e3
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 0.01
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_counts_and_drop_without_completion() {
+        let load = EndpointLoad::new();
+        let a = load.start();
+        let b = load.start();
+        assert_eq!(load.in_flight(), 2);
+        drop(a); // cancelled: no latency recorded
+        assert_eq!(load.in_flight(), 1);
+        assert!(close(ms(load.ewma()), 30.0));
+        b.observe_rtt(Duration::from_millis(80));
+        drop(b);
+        assert_eq!(load.in_flight(), 0);
+        assert!(close(ms(load.ewma()), 80.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn default_rtt_and_cost() {
+        let load = EndpointLoad::new();
+        assert!(close(ms(load.ewma()), 30.0));
+        let _g = (load.start(), load.start());
+        // 30 ms × (2 + 1)
+        assert!((load.cost() - 90e6).abs() < 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peak_jumps_immediately() {
+        let load = EndpointLoad::new();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        load.start().observe_rtt(Duration::from_millis(500));
+        assert!(close(ms(load.ewma()), 500.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lower_observation_decays_with_elapsed_time() {
+        let load = EndpointLoad::new();
+        load.start().observe_rtt(Duration::from_millis(100));
+        assert!(close(ms(load.ewma()), 100.0));
+
+        // 5 s later a 10 ms observation: w = e^-0.5.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        load.start().observe_rtt(Duration::from_millis(10));
+        let w = (-0.5f64).exp();
+        let expected = 100.0 * w + 10.0 * (1.0 - w); // 64.59 ms
+        assert!(close(ms(load.ewma()), expected), "{:?}", load.ewma());
+
+        // Another 10 ms observation 30 s later lands much closer to 10 ms.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        load.start().observe_rtt(Duration::from_millis(10));
+        let w = (-3.0f64).exp();
+        let expected = expected * w + 10.0 * (1.0 - w);
+        assert!(close(ms(load.ewma()), expected), "{:?}", load.ewma());
+        assert!(ms(load.ewma()) < 13.0);
+
+        // Back-to-back observations carry no weight (elapsed = 0) unless peaks.
+        load.start().observe_rtt(Duration::from_millis(1));
+        assert!(close(ms(load.ewma()), expected));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_estimate_decays_toward_zero_on_read() {
+        let load = EndpointLoad::new();
+        load.start().observe_rtt(Duration::from_millis(100));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        // e^-1 × 100 ms
+        assert!(close(ms(load.ewma()), 100.0 * (-1.0f64).exp()));
+        // Reading again decays further, not twice over the same interval.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(close(ms(load.ewma()), 100.0 * (-2.0f64).exp()));
+        // Decayed to zero, in-flight still orders endpoints.
+        tokio::time::advance(Duration::from_secs(100_000)).await;
+        let idle = load.cost();
+        let _g = load.start();
+        assert!(load.cost() > idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_grows_caps_and_resets() {
+        let load = EndpointLoad::new();
+        let expected_ms = [250, 500, 1000, 2000, 4000, 5000, 5000];
+        for want in expected_ms {
+            let now = Instant::now();
+            assert!(load.is_available(now));
+            let delay = load.mark_unreachable(now, DEFAULT_BACKOFF);
+            assert_eq!(delay, Duration::from_millis(want));
+            assert!(!load.is_available(now));
+            // A concurrent failure during the backoff does not escalate.
+            assert_eq!(load.mark_unreachable(now, DEFAULT_BACKOFF), delay);
+            tokio::time::advance(delay - Duration::from_millis(1)).await;
+            assert!(!load.is_available(Instant::now()));
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert!(load.is_available(Instant::now()));
+        load.mark_reachable();
+        let now = Instant::now();
+        assert_eq!(load.mark_unreachable(now, DEFAULT_BACKOFF), DEFAULT_BACKOFF);
+        load.mark_reachable();
+        assert!(load.is_available(now));
+    }
+
+    #[test]
+    fn guard_is_send_and_static() {
+        fn assert_send_static<T: Send + Sync + 'static>() {}
+        assert_send_static::<InFlight>();
+        assert_send_static::<EndpointLoad>();
+    }
+}

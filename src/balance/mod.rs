@@ -1,0 +1,126 @@
+//! Load balancing over an upstream's endpoint set.
+//!
+//! A [`Balancer`] is built once per endpoint set, for one
+//! [`LoadBalancingPolicy`], and is immutable afterwards: when service
+//! discovery changes the set, the caller builds a new `Balancer` and swaps it
+//! in (arc-swap). Endpoint state that must survive such a swap (in-flight
+//! counts, latency estimates, backoff) lives in each endpoint's
+//! [`EndpointLoad`], which the endpoint owns, so reusing the endpoint `Arc`s
+//! in the new set keeps it.
+//!
+//! [`Balancer::pick`] is on the hot path of every request: it reads the clock
+//! once, reads a few atomics, and neither allocates nor locks. Every policy
+//! skips endpoints that are backing off after connect failures unless all of
+//! them are, and avoids the `exclude`d endpoint (a retry) when another one is
+//! eligible; the exact fallback order is in `candidates.rs`.
+//!
+//! Policies: [`RoundRobin`](LoadBalancingPolicy::RoundRobin) (`round_robin.rs`),
+//! [`Random`](LoadBalancingPolicy::Random) (`random.rs`),
+//! [`LeastRequest`](LoadBalancingPolicy::LeastRequest) (`least_request.rs`),
+//! [`P2cEwma`](LoadBalancingPolicy::P2cEwma), the default (`p2c_ewma.rs`),
+//! and [`RingHash`](LoadBalancingPolicy::RingHash) (`ring_hash.rs`).
+
+mod candidates;
+mod least_request;
+mod load;
+mod p2c_ewma;
+mod random;
+mod ring_hash;
+mod round_robin;
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::config::LoadBalancingPolicy;
+
+use candidates::Candidates;
+pub use load::{DEFAULT_BACKOFF, EndpointLoad, InFlight};
+use ring_hash::Ring;
+use round_robin::RoundRobin;
+
+/// What the balancer needs of an endpoint.
+pub trait Target: Send + Sync + 'static {
+    /// The endpoint's load state, shared by every balancer it is part of.
+    fn load(&self) -> &EndpointLoad;
+}
+
+/// An immutable endpoint set with a balancing policy.
+pub struct Balancer<T: Target> {
+    targets: Vec<Arc<T>>,
+    policy: Policy,
+}
+
+enum Policy {
+    RoundRobin(RoundRobin),
+    Random,
+    LeastRequest,
+    P2cEwma,
+    RingHash(Ring),
+}
+
+impl<T: Target> Balancer<T> {
+    /// `targets` pairs each endpoint with its stable id (e.g.
+    /// `"10.0.0.1:8080"`), which ring hash uses to place it on the ring; ids
+    /// should be unique.
+    pub fn new(policy: LoadBalancingPolicy, targets: Vec<(String, Arc<T>)>) -> Self {
+        let policy = match policy {
+            LoadBalancingPolicy::RoundRobin => Policy::RoundRobin(RoundRobin::new()),
+            LoadBalancingPolicy::Random => Policy::Random,
+            LoadBalancingPolicy::LeastRequest => Policy::LeastRequest,
+            LoadBalancingPolicy::P2cEwma => Policy::P2cEwma,
+            LoadBalancingPolicy::RingHash => {
+                let ids: Vec<&str> = targets.iter().map(|(id, _)| id.as_str()).collect();
+                Policy::RingHash(Ring::new(&ids))
+            }
+        };
+        Self {
+            targets: targets.into_iter().map(|(_, t)| t).collect(),
+            policy,
+        }
+    }
+
+    /// Chooses an endpoint for a request. `None` only if the set is empty.
+    ///
+    /// `hash_key` is used by ring hash only (without one it picks at random).
+    /// `exclude` is the endpoint a retry should avoid: it is skipped whenever
+    /// another endpoint can be chosen.
+    pub fn pick(&self, hash_key: Option<&[u8]>, exclude: Option<&Arc<T>>) -> Option<Arc<T>> {
+        if self.targets.is_empty() {
+            return None;
+        }
+        let excluded = exclude.and_then(|e| self.targets.iter().position(|t| Arc::ptr_eq(t, e)));
+        let now = Instant::now();
+        Candidates::tiers(&self.targets, now, excluded)
+            .find_map(|c| self.pick_in(&c, hash_key))
+            .map(|i| Arc::clone(&self.targets[i]))
+    }
+
+    fn pick_in(&self, c: &Candidates<'_, T>, hash_key: Option<&[u8]>) -> Option<usize> {
+        match (&self.policy, hash_key) {
+            (Policy::RoundRobin(rr), _) => rr.pick(c),
+            (Policy::Random, _) | (Policy::RingHash(_), None) => random::pick(c),
+            (Policy::LeastRequest, _) => least_request::pick(c),
+            (Policy::P2cEwma, _) => p2c_ewma::pick(c),
+            (Policy::RingHash(ring), Some(key)) => ring.pick(c, key),
+        }
+    }
+
+    /// The endpoints, in the order given to [`new`](Self::new).
+    pub fn targets(&self) -> &[Arc<T>] {
+        &self.targets
+    }
+
+    /// Number of endpoints.
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// True if there are no endpoints (every pick returns `None`).
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests;

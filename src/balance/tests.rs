@@ -1,0 +1,446 @@
+//! Tests of the balancer and its policies. Randomness is seeded
+//! (`fastrand::seed` seeds the test thread's generator), time is paused.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+
+const ALL: [LoadBalancingPolicy; 5] = [
+    LoadBalancingPolicy::RoundRobin,
+    LoadBalancingPolicy::Random,
+    LoadBalancingPolicy::LeastRequest,
+    LoadBalancingPolicy::P2cEwma,
+    LoadBalancingPolicy::RingHash,
+];
+
+#[derive(Debug)]
+struct Ep {
+    id: String,
+    load: EndpointLoad,
+}
+
+impl Target for Ep {
+    fn load(&self) -> &EndpointLoad {
+        &self.load
+    }
+}
+
+fn endpoints(n: usize) -> Vec<Arc<Ep>> {
+    (0..n)
+        .map(|i| {
+            Arc::new(Ep {
+                id: format!("10.0.0.{i}:8080"),
+                load: EndpointLoad::new(),
+            })
+        })
+        .collect()
+}
+
+fn balancer(policy: LoadBalancingPolicy, eps: &[Arc<Ep>]) -> Balancer<Ep> {
+    Balancer::new(
+        policy,
+        eps.iter().map(|e| (e.id.clone(), Arc::clone(e))).collect(),
+    )
+}
+
+fn index(b: &Balancer<Ep>, picked: &Arc<Ep>) -> usize {
+    b.targets()
+        .iter()
+        .position(|t| Arc::ptr_eq(t, picked))
+        .expect("picked target is in the set")
+}
+
+/// Picks per target over `n` picks (with distinct hash keys, so ring hash
+/// spreads too).
+fn histogram(b: &Balancer<Ep>, n: usize, exclude: Option<&Arc<Ep>>) -> Vec<usize> {
+    let mut counts = vec![0; b.len()];
+    for k in 0..n {
+        let key = format!("key-{k}");
+        let picked = b.pick(Some(key.as_bytes()), exclude).expect("non-empty");
+        counts[index(b, &picked)] += 1;
+    }
+    counts
+}
+
+fn key_map(b: &Balancer<Ep>, keys: usize) -> Vec<String> {
+    (0..keys)
+        .map(|k| {
+            let key = format!("key-{k}");
+            b.pick(Some(key.as_bytes()), None)
+                .expect("non-empty")
+                .id
+                .clone()
+        })
+        .collect()
+}
+
+#[test]
+fn balancer_is_send_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Balancer<Ep>>();
+}
+
+#[test]
+fn empty_set_picks_none() {
+    for policy in ALL {
+        let b = balancer(policy, &[]);
+        assert!(b.is_empty());
+        assert!(b.pick(Some(b"k"), None).is_none(), "{policy:?}");
+        assert!(b.pick(None, None).is_none(), "{policy:?}");
+    }
+}
+
+#[test]
+fn single_target_always_picked() {
+    let eps = endpoints(1);
+    for policy in ALL {
+        let b = balancer(policy, &eps);
+        for _ in 0..10 {
+            assert!(Arc::ptr_eq(&b.pick(None, None).expect("one"), &eps[0]));
+            // Excluding the only endpoint still picks it.
+            assert!(Arc::ptr_eq(
+                &b.pick(None, Some(&eps[0])).expect("one"),
+                &eps[0]
+            ));
+        }
+    }
+}
+
+#[test]
+fn round_robin_is_exact() {
+    let eps = endpoints(3);
+    let b = balancer(LoadBalancingPolicy::RoundRobin, &eps);
+    assert_eq!(histogram(&b, 30_000, None), vec![10_000; 3]);
+    // Strict rotation.
+    let first = index(&b, &b.pick(None, None).expect("non-empty"));
+    for k in 1..30 {
+        assert_eq!(
+            index(&b, &b.pick(None, None).expect("non-empty")),
+            (first + k) % 3
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn round_robin_spreads_evenly_around_backoff() {
+    let eps = endpoints(3);
+    let b = balancer(LoadBalancingPolicy::RoundRobin, &eps);
+    eps[1]
+        .load
+        .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
+    let h = histogram(&b, 30_000, None);
+    assert_eq!(h[1], 0);
+    assert!(
+        h[0].abs_diff(15_000) <= 2 && h[2].abs_diff(15_000) <= 2,
+        "{h:?}"
+    );
+}
+
+#[test]
+fn random_is_uniform() {
+    fastrand::seed(1);
+    let eps = endpoints(4);
+    let b = balancer(LoadBalancingPolicy::Random, &eps);
+    let h = histogram(&b, 30_000, None);
+    for c in &h {
+        assert!(c.abs_diff(7_500) <= 375, "{h:?}"); // ±5%
+    }
+}
+
+#[test]
+fn least_request_prefers_idle() {
+    fastrand::seed(2);
+    let eps = endpoints(3);
+    let b = balancer(LoadBalancingPolicy::LeastRequest, &eps);
+    let _busy: Vec<InFlight> = (0..3)
+        .map(|_| eps[0].load.start())
+        .chain([eps[1].load.start()])
+        .collect();
+    assert_eq!(histogram(&b, 3_000, None), vec![0, 0, 3_000]);
+}
+
+#[test]
+fn least_request_breaks_ties_randomly_and_levels_load() {
+    fastrand::seed(3);
+    let eps = endpoints(3);
+    let b = balancer(LoadBalancingPolicy::LeastRequest, &eps);
+    // All idle: random tie-break, ±5%.
+    let h = histogram(&b, 30_000, None);
+    for c in &h {
+        assert!(c.abs_diff(10_000) <= 500, "{h:?}");
+    }
+    // Holding every request open keeps the in-flight counts level.
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        held.push(b.pick(None, None).expect("non-empty").load.start());
+    }
+    let in_flight: Vec<u32> = eps.iter().map(|e| e.load.in_flight()).collect();
+    assert_eq!(in_flight, vec![100; 3]);
+    drop(held);
+    assert!(eps.iter().all(|e| e.load.in_flight() == 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn p2c_avoids_slow_endpoint() {
+    fastrand::seed(4);
+    let eps = endpoints(4);
+    let b = balancer(LoadBalancingPolicy::P2cEwma, &eps);
+    for (i, e) in eps.iter().enumerate() {
+        let rtt = if i == 0 { 300 } else { 30 };
+        e.load.start().observe_rtt(Duration::from_millis(rtt));
+    }
+    let h = histogram(&b, 30_000, None);
+    // The 10× slower endpoint loses every comparison while the others idle.
+    assert!(h[0] < 300, "{h:?}");
+    for c in &h[1..] {
+        assert!(c.abs_diff(10_000) <= 500, "{h:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn p2c_avoids_slow_endpoint_under_load() {
+    fastrand::seed(5);
+    let eps = endpoints(3);
+    let b = balancer(LoadBalancingPolicy::P2cEwma, &eps);
+    for (i, e) in eps.iter().enumerate() {
+        let rtt = if i == 0 { 300 } else { 30 };
+        e.load.start().observe_rtt(Duration::from_millis(rtt));
+    }
+    // Requests pile up (never complete): the in-flight factor eventually
+    // sends some traffic to the slow endpoint, but far less.
+    let mut held = Vec::new();
+    for _ in 0..3_000 {
+        held.push(b.pick(None, None).expect("non-empty").load.start());
+    }
+    let in_flight: Vec<u32> = eps.iter().map(|e| e.load.in_flight()).collect();
+    assert!(in_flight[0] * 5 < in_flight[1], "{in_flight:?}");
+    assert!(in_flight[0] * 5 < in_flight[2], "{in_flight:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn p2c_avoids_endpoint_with_many_in_flight() {
+    fastrand::seed(6);
+    let eps = endpoints(3);
+    let b = balancer(LoadBalancingPolicy::P2cEwma, &eps);
+    let _busy: Vec<InFlight> = (0..20).map(|_| eps[0].load.start()).collect();
+    let h = histogram(&b, 30_000, None);
+    assert!(h[0] < 300, "{h:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn p2c_probes_spiked_endpoint_again_after_idle_decay() {
+    fastrand::seed(7);
+    let eps = endpoints(3);
+    let b = balancer(LoadBalancingPolicy::P2cEwma, &eps);
+    eps[0].load.start().observe_rtt(Duration::from_millis(300));
+    assert!(histogram(&b, 1_000, None)[0] < 10);
+    // The others keep being observed at 30 ms; the idle one decays.
+    for _ in 0..40 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for e in &eps[1..] {
+            e.load.start().observe_rtt(Duration::from_millis(30));
+        }
+    }
+    // 300 ms × e^-4 ≈ 5.5 ms < 30 ms: it wins its comparisons again.
+    assert!(histogram(&b, 1_000, None)[0] > 500);
+}
+
+#[tokio::test(start_paused = true)]
+async fn p2c_with_one_available_picks_it() {
+    let eps = endpoints(3);
+    let b = balancer(LoadBalancingPolicy::P2cEwma, &eps);
+    eps[0]
+        .load
+        .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
+    eps[2]
+        .load
+        .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
+    assert_eq!(histogram(&b, 1_000, None), vec![0, 1_000, 0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_policy_skips_backoff_until_it_expires() {
+    fastrand::seed(8);
+    let eps = endpoints(3);
+    eps[1]
+        .load
+        .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
+    for policy in ALL {
+        let b = balancer(policy, &eps);
+        let h = histogram(&b, 3_000, None);
+        assert_eq!(h[1], 0, "{policy:?} {h:?}");
+        assert!(h[0] > 0 && h[2] > 0, "{policy:?} {h:?}");
+    }
+    tokio::time::advance(DEFAULT_BACKOFF).await;
+    for policy in ALL {
+        let h = histogram(&balancer(policy, &eps), 3_000, None);
+        assert!(h[1] > 500, "{policy:?} {h:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn all_in_backoff_still_picks_as_if_none_were() {
+    fastrand::seed(9);
+    let eps = endpoints(3);
+    for e in &eps {
+        e.load.mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
+    }
+    for policy in ALL {
+        let h = histogram(&balancer(policy, &eps), 3_000, None);
+        assert!(h.iter().all(|&c| c > 500), "{policy:?} {h:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn exclude_avoids_the_endpoint_when_another_exists() {
+    fastrand::seed(10);
+    let eps = endpoints(3);
+    for policy in ALL {
+        let b = balancer(policy, &eps);
+        let h = histogram(&b, 3_000, Some(&eps[0]));
+        assert_eq!(h[0], 0, "{policy:?} {h:?}");
+        assert!(h[1] > 500 && h[2] > 500, "{policy:?} {h:?}");
+    }
+    // Exclusion beats backoff in the sense that a retry avoids the excluded
+    // endpoint even if the alternative is backing off...
+    for e in &eps[1..] {
+        e.load.mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
+    }
+    eps[0]
+        .load
+        .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
+    for policy in ALL {
+        let h = histogram(&balancer(policy, &eps), 1_000, Some(&eps[0]));
+        assert_eq!(h[0], 0, "{policy:?} {h:?}");
+    }
+    // ...only when everything is backing off; an available excluded endpoint
+    // is preferred over ones known to refuse connections.
+    eps[0].load.mark_reachable();
+    for policy in ALL {
+        let h = histogram(&balancer(policy, &eps), 1_000, Some(&eps[0]));
+        assert_eq!(h, vec![1_000, 0, 0], "{policy:?}");
+    }
+}
+
+#[test]
+fn ring_hash_is_stable_and_order_independent() {
+    let eps = endpoints(10);
+    let b = balancer(LoadBalancingPolicy::RingHash, &eps);
+    let first = key_map(&b, 10_000);
+    assert_eq!(first, key_map(&b, 10_000));
+    let mut reversed = eps.clone();
+    reversed.reverse();
+    assert_eq!(
+        first,
+        key_map(&balancer(LoadBalancingPolicy::RingHash, &reversed), 10_000)
+    );
+}
+
+#[test]
+fn ring_hash_balance() {
+    let eps = endpoints(10);
+    let b = balancer(LoadBalancingPolicy::RingHash, &eps);
+    let h = histogram(&b, 10_000, None);
+    eprintln!("ring hash keys per endpoint (N=10, 10k keys): {h:?}");
+    for c in &h {
+        assert!((500..=1_500).contains(c), "{h:?}");
+    }
+}
+
+#[test]
+fn ring_hash_adding_an_endpoint_moves_about_one_in_n_plus_one() {
+    let eps = endpoints(11);
+    let before = key_map(&balancer(LoadBalancingPolicy::RingHash, &eps[..10]), 10_000);
+    let after = key_map(&balancer(LoadBalancingPolicy::RingHash, &eps), 10_000);
+    let new_id = &eps[10].id;
+    let moved: Vec<usize> = (0..before.len())
+        .filter(|&k| before[k] != after[k])
+        .collect();
+    eprintln!(
+        "ring hash: adding an 11th endpoint moved {} of 10000 keys ({:.2}%, ideal {:.2}%)",
+        moved.len(),
+        moved.len() as f64 / 100.0,
+        100.0 / 11.0
+    );
+    assert!(moved.iter().all(|&k| &after[k] == new_id));
+    let fraction = moved.len() as f64 / 10_000.0;
+    assert!((0.5 / 11.0..=1.5 / 11.0).contains(&fraction), "{fraction}");
+}
+
+#[test]
+fn ring_hash_removing_an_endpoint_moves_only_its_keys() {
+    let eps = endpoints(10);
+    let before = key_map(&balancer(LoadBalancingPolicy::RingHash, &eps), 10_000);
+    let removed = &eps[3].id;
+    let rest: Vec<Arc<Ep>> = eps.iter().filter(|e| &e.id != removed).cloned().collect();
+    let after = key_map(&balancer(LoadBalancingPolicy::RingHash, &rest), 10_000);
+    let mut moved = 0;
+    for (b, a) in before.iter().zip(&after) {
+        if b == removed {
+            assert_ne!(a, removed);
+            moved += 1;
+        } else {
+            assert_eq!(a, b);
+        }
+    }
+    eprintln!("ring hash: removing one of 10 endpoints moved {moved} of 10000 keys");
+}
+
+#[tokio::test(start_paused = true)]
+async fn ring_hash_walks_past_unavailable_endpoint_and_returns() {
+    let eps = endpoints(10);
+    let b = balancer(LoadBalancingPolicy::RingHash, &eps);
+    let before = key_map(&b, 10_000);
+    eps[3]
+        .load
+        .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
+    let during = key_map(&b, 10_000);
+    let mut new_homes = HashMap::new();
+    for (b, d) in before.iter().zip(&during) {
+        if b == &eps[3].id {
+            assert_ne!(d, b);
+            *new_homes.entry(d.clone()).or_insert(0) += 1;
+        } else {
+            assert_eq!(d, b);
+        }
+    }
+    // Its keys spread over several neighbours rather than one.
+    assert!(new_homes.len() >= 5, "{new_homes:?}");
+    tokio::time::advance(DEFAULT_BACKOFF).await;
+    assert_eq!(key_map(&b, 10_000), before);
+}
+
+#[test]
+fn ring_hash_retry_goes_to_the_keys_second_choice() {
+    let eps = endpoints(5);
+    let b = balancer(LoadBalancingPolicy::RingHash, &eps);
+    let first = b.pick(Some(b"session-42"), None).expect("non-empty");
+    let retry = b
+        .pick(Some(b"session-42"), Some(&first))
+        .expect("non-empty");
+    assert!(!Arc::ptr_eq(&first, &retry));
+    for _ in 0..10 {
+        let again = b
+            .pick(Some(b"session-42"), Some(&first))
+            .expect("non-empty");
+        assert!(Arc::ptr_eq(&again, &retry));
+    }
+}
+
+#[test]
+fn ring_hash_without_key_is_random() {
+    fastrand::seed(11);
+    let eps = endpoints(4);
+    let b = balancer(LoadBalancingPolicy::RingHash, &eps);
+    let mut counts = [0usize; 4];
+    for _ in 0..30_000 {
+        counts[index(&b, &b.pick(None, None).expect("non-empty"))] += 1;
+    }
+    for c in counts {
+        assert!(c.abs_diff(7_500) <= 375, "{counts:?}");
+    }
+}

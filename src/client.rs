@@ -1,0 +1,165 @@
+//! Connections to one upstream endpoint: connect with a timeout, a pool of idle
+//! HTTP/1.1 connections, and one shared, multiplexed HTTP/2 connection.
+//!
+//! The HTTP/1.1 pool is a LIFO stack of idle connections (the most recently used
+//! connection is the warmest and the least likely to have been closed by the
+//! peer). A connection goes back to the pool only after its response body was
+//! read to the end; idle connections older than the idle timeout are closed, and
+//! at most [`MAX_IDLE_PER_ENDPOINT`] are kept.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::error::ProxyError;
+
+/// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
+pub const MAX_IDLE_PER_ENDPOINT: usize = 512;
+
+/// Connection settings shared by all endpoints of an upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSettings {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+pub type H1Sender = http1::SendRequest<Incoming>;
+pub type H2Sender = http2::SendRequest<Incoming>;
+
+struct IdleConnection {
+    sender: H1Sender,
+    since: Instant,
+}
+
+/// The connections of one endpoint.
+pub struct EndpointClient {
+    addr: SocketAddr,
+    settings: ClientSettings,
+    idle_h1: Mutex<Vec<IdleConnection>>,
+    h2: tokio::sync::Mutex<Option<H2Sender>>,
+}
+
+impl EndpointClient {
+    pub fn new(addr: SocketAddr, settings: ClientSettings) -> Self {
+        Self {
+            addr,
+            settings,
+            idle_h1: Mutex::new(Vec::new()),
+            h2: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// An idle HTTP/1.1 connection that is ready for a request, if the pool has one.
+    pub async fn checkout_h1(&self) -> Option<H1Sender> {
+        loop {
+            let idle = self.lock_idle().pop()?;
+            if idle.since.elapsed() > self.settings.idle_timeout || idle.sender.is_closed() {
+                continue;
+            }
+            let mut sender = idle.sender;
+            // Just after a body ended the connection task may not have marked the
+            // connection ready yet; `ready` waits for that or reports it closed.
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    /// Returns a connection whose last response was read to the end.
+    pub fn checkin_h1(&self, sender: H1Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock_idle();
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push(IdleConnection {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes idle connections that have been idle longer than the idle timeout.
+    pub fn close_expired_idle(&self) {
+        let timeout = self.settings.idle_timeout;
+        self.lock_idle()
+            .retain(|idle| idle.since.elapsed() <= timeout && !idle.sender.is_closed());
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<IdleConnection>> {
+        // A panic while holding this lock leaves only a Vec of idle senders
+        // behind, which is always consistent: recover it.
+        self.idle_h1
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A new HTTP/1.1 connection (which can be upgraded, e.g. to WebSocket).
+    pub async fn connect_h1(&self) -> Result<H1Sender, ProxyError> {
+        let io = self.connect_tcp().await?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|source| ProxyError::Handshake {
+                addr: self.addr,
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "upstream HTTP/1.1 connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// The endpoint's HTTP/2 connection, opened on first use and reopened when
+    /// it has closed. The boolean says whether it was already open.
+    pub async fn h2_sender(&self) -> Result<(H2Sender, bool), ProxyError> {
+        let mut shared = self.h2.lock().await;
+        if let Some(sender) = shared.as_ref().filter(|sender| !sender.is_closed()) {
+            return Ok((sender.clone(), true));
+        }
+        let io = self.connect_tcp().await?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .handshake(io)
+            .await
+            .map_err(|source| ProxyError::Handshake {
+                addr: self.addr,
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        *shared = Some(sender.clone());
+        Ok((sender, false))
+    }
+
+    /// Drops the shared HTTP/2 connection, so the next request opens a new one.
+    pub async fn forget_h2(&self) {
+        self.h2.lock().await.take();
+    }
+
+    /// A TCP connection to the endpoint, within the connect timeout.
+    pub async fn connect_tcp(&self) -> Result<TokioIo<TcpStream>, ProxyError> {
+        let addr = self.addr;
+        let timeout = self.settings.connect_timeout;
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => return Err(ProxyError::ConnectFailed { addr, source }),
+            Err(_) => return Err(ProxyError::ConnectTimeout { addr, timeout }),
+        };
+        // Requests are small writes that must leave at once.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+        Ok(TokioIo::new(stream))
+    }
+}

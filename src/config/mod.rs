@@ -1,0 +1,135 @@
+//! remora's configuration: the YAML model, loading, `${VAR}` expansion and
+//! validation. `load` / `parse` return either a `Config` that passed every
+//! check or *all* the problems found, each as `file:line:column: path:
+//! message`. Rejects YAML syntax errors, unknown keys (sections not
+//! implemented yet included), wrongly typed values, durations without a
+//! unit, unset environment variables and the semantic problems listed in
+//! `validate.rs`.
+//!
+//! Stages: `locate` maps key paths to positions; `env` resolves `${VAR}`
+//! references (all unset ones reported); serde-saphyr deserializes (it stops
+//! at its first error, which gets its path from `locate`); `validate` checks
+//! the result (all problems reported, positioned through `locate`).
+
+mod duration;
+mod env;
+mod error;
+mod locate;
+mod model;
+mod validate;
+
+use std::path::Path;
+
+use serde_saphyr::{MessageFormatter, Options, PropertySyntax, UserMessageFormatter};
+
+pub use error::{ConfigError, ConfigErrors};
+pub use model::{
+    AdminConfig, CheckConfig, Config, Discovery, HashOn, InboundConfig, LoadBalancing,
+    LoadBalancingPolicy, LogFormat, LoggingConfig, RuntimeConfig, ServiceConfig, ServiceProtocol,
+    Timeouts, UpstreamConfig, UpstreamProtocol,
+};
+
+use locate::{Position, SourceMap};
+
+/// Reads, expands (from the process environment), parses and validates the
+/// file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let file_name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigErrors(vec![ConfigError {
+            file: file_name.clone(),
+            line: 0,
+            column: 0,
+            path: String::new(),
+            message: format!("cannot read the configuration file: {error}"),
+        }])
+    })?;
+    parse(&text, &file_name)
+}
+
+/// Parses and validates `text`, expanding `${VAR}` from the process
+/// environment; `file_name` only labels the errors.
+pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
+    parse_with_env(text, file_name, &|name| std::env::var(name).ok())
+}
+
+/// [`parse`] with `${VAR}` looked up through `env` instead of the process
+/// environment.
+pub fn parse_with_env(
+    text: &str,
+    file_name: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let source = SourceMap::build(text);
+    let error_at = |position: Position, path: String, message: String| ConfigError {
+        file: file_name.to_owned(),
+        line: position.line,
+        column: position.column,
+        path,
+        message,
+    };
+
+    let (variables, unset) = env::resolve(text, &source.scalars, env);
+    if !unset.is_empty() {
+        return Err(ConfigErrors(
+            unset
+                .into_iter()
+                .map(|unset| error_at(unset.position, unset.path, unset.message))
+                .collect(),
+        ));
+    }
+
+    let mut options = Options::default().with_properties(variables);
+    options.property_syntax = PropertySyntax::DockerCompose;
+    options.with_snippet = false;
+    let config: Config = serde_saphyr::from_str_with_options(text, options).map_err(|error| {
+        let (position, path) = match error.location() {
+            Some(location) => {
+                let position = Position {
+                    line: usize::try_from(location.line()).unwrap_or(usize::MAX),
+                    column: usize::try_from(location.column()).unwrap_or(usize::MAX),
+                };
+                // serde-saphyr reports a missing field at the last key it
+                // read; point at the mapping that lacks the field instead.
+                if matches!(error, serde_saphyr::Error::SerdeMissingField { .. }) {
+                    let path = source.path_at(position, true);
+                    (source.position_of(&path), path)
+                } else {
+                    (position, source.path_at(position, false))
+                }
+            }
+            None => (Position { line: 0, column: 0 }, String::new()),
+        };
+        let message: String = match error {
+            serde_saphyr::Error::Eof { .. } => {
+                "the file holds no configuration (at least `service: { name: ... }` is required)"
+                    .to_owned()
+            }
+            _ => UserMessageFormatter
+                .format_message(&error)
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect(),
+        };
+        ConfigErrors(vec![error_at(position, path, message)])
+    })?;
+
+    let mut errors: Vec<ConfigError> = validate::check(&config)
+        .into_iter()
+        .map(|problem| {
+            error_at(
+                source.position_of(&problem.path),
+                problem.path,
+                problem.message,
+            )
+        })
+        .collect();
+    if errors.is_empty() {
+        return Ok(config);
+    }
+    errors.sort_by_key(|error| (error.line, error.column));
+    Err(ConfigErrors(errors))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,330 @@
+//! The configuration model: one struct per YAML section, field names equal
+//! to the YAML keys of architecture.md §4 (a public interface). Every struct
+//! rejects unknown keys, so sections not implemented yet (consul, tracing,
+//! tls, transparent, retries, rate_limit, circuit_breaker, ...) are errors
+//! rather than silently ignored. Values are typed here ("parse, don't
+//! validate"); cross-field rules live in `validate.rs`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::duration;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub service: ServiceConfig,
+    #[serde(default)]
+    pub inbound: Option<InboundConfig>,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+/// The application this sidecar fronts.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default = "default_service_address")]
+    pub address: IpAddr,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub protocol: ServiceProtocol,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    #[serde(default)]
+    pub register: bool,
+    #[serde(default)]
+    pub check: Option<CheckConfig>,
+}
+
+fn default_service_address() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+
+/// Protocol the application speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceProtocol {
+    #[default]
+    Http,
+    Http2,
+    Grpc,
+    Tcp,
+}
+
+/// Health check registered with the service.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    #[serde(default)]
+    pub http: Option<String>,
+    #[serde(default)]
+    pub tcp: Option<String>,
+    #[serde(default = "default_check_interval", with = "duration")]
+    pub interval: Duration,
+    #[serde(default = "default_check_timeout", with = "duration")]
+    pub timeout: Duration,
+    #[serde(default, with = "duration::option")]
+    pub deregister_after: Option<Duration>,
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// Listener for traffic from the mesh to the local application.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    #[serde(default = "default_inbound_listen")]
+    pub listen: SocketAddr,
+    #[serde(default, with = "duration::option")]
+    pub timeout: Option<Duration>,
+}
+
+fn default_inbound_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15006))
+}
+
+/// One upstream service the application calls through a local port.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    pub discovery: Discovery,
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+/// Protocol spoken to an upstream; `auto` sniffs the HTTP/2 preface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    Auto,
+    #[default]
+    Http,
+    Http2,
+    Grpc,
+    Tcp,
+}
+
+/// Where an upstream's endpoints come from (exactly one source).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Discovery {
+    /// A fixed list of endpoints.
+    Static(Vec<SocketAddr>),
+}
+
+/// Load-balancing policy of an upstream.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancing {
+    #[serde(default)]
+    pub policy: LoadBalancingPolicy,
+    #[serde(default)]
+    pub hash_on: Option<HashOn>,
+}
+
+/// Load-balancing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancingPolicy {
+    RoundRobin,
+    Random,
+    LeastRequest,
+    #[default]
+    P2cEwma,
+    RingHash,
+}
+
+/// What `ring_hash` hashes; written `header:NAME` in YAML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    Header(http::HeaderName),
+}
+
+impl fmt::Display for HashOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashOn::Header(name) => write!(f, "header:{name}"),
+        }
+    }
+}
+
+impl Serialize for HashOn {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HashOn {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(HashOnVisitor)
+    }
+}
+
+struct HashOnVisitor;
+
+impl Visitor<'_> for HashOnVisitor {
+    type Value = HashOn;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("`header:NAME`")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<HashOn, E> {
+        let Some(name) = text.strip_prefix("header:") else {
+            return Err(E::custom(format!(
+                "invalid hash_on `{text}`: expected `header:NAME`"
+            )));
+        };
+        http::HeaderName::from_bytes(name.trim().as_bytes())
+            .map(HashOn::Header)
+            .map_err(|_| E::custom(format!("invalid header name `{name}` in hash_on")))
+    }
+}
+
+/// Per-upstream timeouts.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect: Duration,
+    #[serde(default, with = "duration::option")]
+    pub request: Option<Duration>,
+    #[serde(default = "default_idle_timeout", with = "duration")]
+    pub idle: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: default_connect_timeout(),
+            request: None,
+            idle: default_idle_timeout(),
+        }
+    }
+}
+
+/// The admin listener (health, metrics, config).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15000))
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+/// Process-level settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    #[serde(default = "default_worker_threads")]
+    pub worker_threads: usize,
+    #[serde(default = "default_drain_timeout", with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+fn default_worker_threads() -> usize {
+    1
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            worker_threads: default_worker_threads(),
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}
+
+/// Logs and access logs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// A level (`error` .. `trace`) or an EnvFilter directive list.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+    #[serde(default = "default_access_log")]
+    pub access_log: bool,
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+fn default_access_log() -> bool {
+    true
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            level: default_log_level(),
+            format: LogFormat::default(),
+            access_log: default_access_log(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}

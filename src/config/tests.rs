@@ -1,0 +1,521 @@
+//! Tests of the whole pipeline: every error class with its exact
+//! `file:line:column: path: message`, env expansion, the shipped examples.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "API_PORT" => Some("9100".to_owned()),
+        "REGION" => Some("eu-1".to_owned()),
+        "EMPTY" => Some(String::new()),
+        _ => None,
+    }
+}
+
+fn parse_test(text: &str) -> Result<Config, ConfigErrors> {
+    parse_with_env(text, "test.yaml", &env)
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match parse_test(text) {
+        Ok(config) => panic!("expected errors, got {config:?}"),
+        Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+const SERVICE: &str = "service:\n  name: web\n  port: 8080\n";
+
+#[test]
+fn example_files_all_load() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut loaded = 0;
+    for entry in std::fs::read_dir(&dir).expect("config/ exists") {
+        let path = entry.expect("readable entry").path();
+        if path
+            .extension()
+            .is_some_and(|ext| ext == "yaml" || ext == "yml")
+        {
+            if let Err(errors) = load(&path) {
+                panic!("{} does not load:\n{errors}", path.display());
+            }
+            loaded += 1;
+        }
+    }
+    assert!(
+        loaded >= 3,
+        "expected example.yaml, minimal.yaml, demo.yaml"
+    );
+}
+
+#[test]
+fn demo_file_is_the_demo() {
+    let config = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.yaml"))
+        .expect("demo.yaml loads");
+    assert_eq!(config.service.name, "demo");
+    assert_eq!(config.service.port, Some(18080));
+    let inbound = config.inbound.expect("inbound");
+    assert_eq!(inbound.listen.to_string(), "127.0.0.1:15006");
+    assert_eq!(config.admin.listen.to_string(), "127.0.0.1:15000");
+    assert!(!config.logging.access_log, "the demo prints its own summary");
+    let [echo] = &config.upstreams[..] else {
+        panic!("one upstream expected");
+    };
+    assert_eq!(echo.name, "echo");
+    assert_eq!(echo.listen.to_string(), "127.0.0.1:9001");
+    assert_eq!(echo.protocol, UpstreamProtocol::Http);
+    assert_eq!(echo.load_balancing.policy, LoadBalancingPolicy::RoundRobin);
+    let Discovery::Static(endpoints) = &echo.discovery;
+    let endpoints: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        endpoints,
+        ["127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083"]
+    );
+}
+
+#[test]
+fn defaults() {
+    let config = parse_test("service: { name: web }").expect("valid");
+    assert_eq!(config.service.address.to_string(), "127.0.0.1");
+    assert_eq!(config.service.protocol, ServiceProtocol::Http);
+    assert!(!config.service.register);
+    assert!(config.inbound.is_none());
+    assert!(config.upstreams.is_empty());
+    assert_eq!(config.admin.listen.to_string(), "127.0.0.1:15000");
+    assert_eq!(config.runtime.worker_threads, 1);
+    assert_eq!(config.runtime.drain_timeout, Duration::from_secs(10));
+    assert_eq!(config.logging.level, "info");
+    assert_eq!(config.logging.format, LogFormat::Json);
+    assert!(!config.logging.access_log, "the demo prints its own summary");
+
+    let config = parse_test(
+        "service: { name: web, port: 1, check: { tcp: 127.0.0.1:1 } }\n\
+         inbound: {}\n\
+         upstreams: [{ name: a, listen: 127.0.0.1:1, discovery: { static: [127.0.0.1:2] } }]\n",
+    )
+    .expect("valid");
+    let check = config.service.check.expect("check");
+    assert_eq!(check.interval, Duration::from_secs(10));
+    assert_eq!(check.timeout, Duration::from_secs(2));
+    assert_eq!(check.deregister_after, None);
+    assert_eq!(
+        config.inbound.expect("inbound").listen.to_string(),
+        "0.0.0.0:15006"
+    );
+    let upstream = &config.upstreams[0];
+    assert_eq!(upstream.protocol, UpstreamProtocol::Http);
+    assert_eq!(upstream.load_balancing.policy, LoadBalancingPolicy::P2cEwma);
+    assert_eq!(upstream.timeouts.connect, Duration::from_secs(1));
+    assert_eq!(upstream.timeouts.request, None);
+    assert_eq!(upstream.timeouts.idle, Duration::from_secs(60));
+}
+
+#[test]
+fn syntax_error() {
+    let text = "service:\n  name: web\n  tags: [v1\n";
+    assert_eq!(
+        errors(text),
+        ["test.yaml:3:9: service.tags: unclosed bracket '['"]
+    );
+}
+
+#[test]
+fn unknown_key_at_depth() {
+    let text = "\
+service: { name: web }
+upstreams:
+  - name: api
+    listen: 127.0.0.1:9001
+    discovery: { static: [127.0.0.1:8081] }
+    timeouts: { connect: 1s, retry: 2s }
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:6:30: upstreams[0].timeouts.retry: unknown field `retry`, expected one of connect, request, idle"
+        ]
+    );
+}
+
+#[test]
+fn section_not_in_scope_is_an_unknown_key() {
+    let text = "service: { name: web }\nconsul:\n  address: http://127.0.0.1:8500\n";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:2:1: consul: unknown field `consul`, expected one of service, inbound, upstreams, admin, runtime, logging"
+        ]
+    );
+}
+
+#[test]
+fn type_error() {
+    let text = "service:\n  name: web\n  port: eighty\n";
+    assert_eq!(errors(text), ["test.yaml:3:9: service.port: invalid u16"]);
+}
+
+#[test]
+fn bad_static_endpoint() {
+    let text = "\
+service: { name: web }
+upstreams:
+  - name: a
+    listen: 127.0.0.1:9001
+    discovery: { static: [127.0.0.1:1] }
+  - name: b
+    listen: 127.0.0.1:9002
+    discovery:
+      static: [127.0.0.1:1, localhost]
+";
+    assert_eq!(
+        errors(text),
+        ["test.yaml:9:29: upstreams[1].discovery.static[1]: invalid socket address syntax"]
+    );
+}
+
+#[test]
+fn missing_field() {
+    let text = "service:\n  port: 8080\n";
+    assert_eq!(
+        errors(text),
+        ["test.yaml:2:3: service: missing field `name`"]
+    );
+}
+
+#[test]
+fn bare_number_duration() {
+    let text = "service: { name: web }\nruntime:\n  drain_timeout: 5\n";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:3:18: runtime.drain_timeout: duration `5` has no unit: write e.g. \"5s\" or \"5ms\""
+        ]
+    );
+}
+
+#[test]
+fn bad_duration() {
+    let text = "service: { name: web }\nruntime:\n  drain_timeout: 5 parsecs\n";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:3:18: runtime.drain_timeout: invalid duration `5 parsecs`: unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)"
+        ]
+    );
+}
+
+#[test]
+fn invalid_hash_on_header() {
+    let text = "\
+service: { name: web }
+upstreams:
+  - name: a
+    listen: 127.0.0.1:9001
+    discovery: { static: [127.0.0.1:1] }
+    load_balancing: { policy: ring_hash, hash_on: \"header:bad header\" }
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:6:51: upstreams[0].load_balancing.hash_on: invalid header name `bad header` in hash_on"
+        ]
+    );
+}
+
+#[test]
+fn env_expansion() {
+    let text = "\
+service:
+  name: web-${REGION}
+  port: ${API_PORT}
+  tags: [\"${ZONE:-z1}\", '${EMPTY:-fallback}', $$HOME, plain]
+  meta: { region: \"${REGION}\" }
+";
+    let config = parse_test(text).expect("valid");
+    assert_eq!(config.service.name, "web-eu-1");
+    assert_eq!(config.service.port, Some(9100));
+    assert_eq!(config.service.tags, ["z1", "fallback", "$HOME", "plain"]);
+    assert_eq!(config.service.meta["region"], "eu-1");
+}
+
+#[test]
+fn env_value_cannot_inject_structure() {
+    let injected = |name: &str| (name == "EVIL").then(|| "x\nport: 1\n".to_owned());
+    let config =
+        parse_with_env("service: { name: \"${EVIL}\" }", "t.yaml", &injected).expect("valid");
+    assert_eq!(config.service.name, "x\nport: 1\n");
+    assert_eq!(config.service.port, None);
+}
+
+#[test]
+fn env_missing_variables_are_all_reported() {
+    let text = "\
+service:
+  name: web-${NOPE}
+  id: \"${ALSO_NOPE}\"
+  tags: [\"${FINE:-ok}\", x$MISSING]
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:2:13: service.name: environment variable `NOPE` is not set (write `${NOPE:-default}` to give a default)",
+            "test.yaml:3:8: service.id: environment variable `ALSO_NOPE` is not set (write `${ALSO_NOPE:-default}` to give a default)",
+            "test.yaml:4:26: service.tags[1]: environment variable `MISSING` is not set (write `$$` for a literal `$`)",
+        ]
+    );
+}
+
+#[test]
+fn semantic_errors_are_all_reported() {
+    let text = "\
+service:
+  name: web
+upstreams:
+  - name: Api
+    listen: 127.0.0.1:9001
+    discovery: { static: [] }
+    timeouts: { connect: 0s }
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:4:11: upstreams[0].name: invalid upstream name `Api`: use lowercase letters, digits, `_` and `-`, starting with a letter or digit (it becomes a metric label)",
+            "test.yaml:6:26: upstreams[0].discovery.static: needs at least one endpoint",
+            "test.yaml:7:26: upstreams[0].timeouts.connect: must be greater than zero",
+        ]
+    );
+}
+
+#[test]
+fn duplicate_listeners_and_names() {
+    let text = "\
+service: { name: web, port: 8080 }
+inbound:
+  listen: 0.0.0.0:15006
+upstreams:
+  - name: api
+    listen: 127.0.0.1:15006
+    discovery: { static: [127.0.0.1:1] }
+  - name: api
+    listen: 127.0.0.1:0
+    discovery: { static: [127.0.0.1:1] }
+  - name: zero
+    listen: 127.0.0.1:0
+    discovery: { static: [127.0.0.1:1] }
+admin: { listen: 127.0.0.1:9999 }
+";
+    let text = text.replace("127.0.0.1:9999", "127.0.0.1:15006");
+    assert_eq!(
+        errors(&text),
+        [
+            "test.yaml:6:13: upstreams[0].listen: listen address 127.0.0.1:15006 clashes with inbound.listen (0.0.0.0:15006)",
+            "test.yaml:8:11: upstreams[1].name: upstream name `api` is already used by upstreams[0]",
+            "test.yaml:14:18: admin.listen: listen address 127.0.0.1:15006 clashes with inbound.listen (0.0.0.0:15006)",
+        ]
+    );
+}
+
+#[test]
+fn defaulted_listener_clash_points_at_the_section() {
+    let text =
+        "service: { name: web, port: 8080 }\nadmin: {}\ninbound: { listen: 127.0.0.1:15000 }\n";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:2:1: admin.listen: listen address 127.0.0.1:15000 clashes with inbound.listen (127.0.0.1:15000)"
+        ]
+    );
+}
+
+#[test]
+fn ring_hash_rules() {
+    let text = "\
+service: { name: web }
+upstreams:
+  - name: a
+    listen: 127.0.0.1:9001
+    discovery: { static: [127.0.0.1:1] }
+    load_balancing: { policy: ring_hash }
+  - name: b
+    listen: 127.0.0.1:9002
+    discovery: { static: [127.0.0.1:1] }
+    load_balancing: { policy: random, hash_on: header:x-user }
+  - name: c
+    listen: 127.0.0.1:9003
+    protocol: tcp
+    discovery: { static: [127.0.0.1:1] }
+    load_balancing: { policy: ring_hash, hash_on: header:x-user }
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:6:31: upstreams[0].load_balancing.policy: ring_hash needs `hash_on: header:NAME`",
+            "test.yaml:10:48: upstreams[1].load_balancing.hash_on: hash_on is only used by policy ring_hash",
+            "test.yaml:13:15: upstreams[2].protocol: ring_hash / hash_on hash an HTTP header; protocol tcp has none",
+        ]
+    );
+}
+
+#[test]
+fn service_and_runtime_rules() {
+    let text = "\
+service:
+  name: \"\"
+  check: { http: /healthz, interval: 0s }
+inbound: { timeout: 0ms }
+runtime: { worker_threads: 0, drain_timeout: 0s }
+logging: { level: loud }
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:1:1: service.port: inbound is configured, so the application's port is required (1-65535)",
+            "test.yaml:2:9: service.name: must not be empty",
+            "test.yaml:3:38: service.check.interval: must be greater than zero",
+            "test.yaml:4:21: inbound.timeout: must be greater than zero",
+            "test.yaml:5:28: runtime.worker_threads: must be between 1 and 1024, got 0",
+            "test.yaml:5:46: runtime.drain_timeout: must be greater than zero",
+            "test.yaml:6:19: logging.level: invalid log level `loud`: use error, warn, info, debug, trace or a filter such as `info,remora=debug`",
+        ]
+    );
+}
+
+#[test]
+fn filter_directives_are_accepted_as_levels() {
+    let config = parse_test(&format!(
+        "{SERVICE}logging: {{ level: \"info,remora=debug\" }}\n"
+    ))
+    .expect("valid");
+    assert_eq!(config.logging.level, "info,remora=debug");
+    let config = parse_test(&format!("{SERVICE}logging: {{ level: WARN }}\n")).expect("valid");
+    assert_eq!(config.logging.level, "WARN");
+}
+
+#[test]
+fn unreadable_file() {
+    let errors = load(Path::new("/nonexistent/remora.yaml")).expect_err("missing file");
+    assert_eq!(errors.0.len(), 1);
+    let error = &errors.0[0];
+    assert_eq!((error.line, error.column), (0, 0));
+    assert!(
+        error
+            .to_string()
+            .starts_with("/nonexistent/remora.yaml:0:0: cannot read the configuration file: "),
+        "{error}"
+    );
+}
+
+#[test]
+fn errors_display_one_per_line() {
+    let errors = ConfigErrors(vec![
+        ConfigError {
+            file: "f.yaml".to_owned(),
+            line: 1,
+            column: 2,
+            path: "a.b".to_owned(),
+            message: "first".to_owned(),
+        },
+        ConfigError {
+            file: "f.yaml".to_owned(),
+            line: 3,
+            column: 4,
+            path: String::new(),
+            message: "second".to_owned(),
+        },
+    ]);
+    assert_eq!(
+        errors.to_string(),
+        "f.yaml:1:2: a.b: first\nf.yaml:3:4: second"
+    );
+}
+
+#[test]
+fn serializes_durations_as_strings() {
+    let config = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.yaml"))
+        .expect("example.yaml loads");
+    let json = serde_json::to_value(&config).expect("serializable");
+    let sessions = &json["upstreams"][1];
+    assert_eq!(sessions["timeouts"]["connect"], "250ms");
+    assert_eq!(sessions["timeouts"]["request"], "2s");
+    assert_eq!(sessions["timeouts"]["idle"], "1m");
+    assert_eq!(sessions["load_balancing"]["policy"], "ring_hash");
+    assert_eq!(sessions["load_balancing"]["hash_on"], "header:x-user-id");
+    assert_eq!(sessions["discovery"]["static"][0], "127.0.0.1:8091");
+    assert_eq!(json["service"]["check"]["deregister_after"], "1m");
+    assert_eq!(json["inbound"]["timeout"], "30s");
+    assert_eq!(json["runtime"]["drain_timeout"], "10s");
+
+    // What the admin endpoint shows parses back to the same configuration.
+    let yaml = serde_json::to_string(&json).expect("json text");
+    let again = parse_test(&yaml).expect("round trip");
+    assert_eq!(serde_json::to_value(&again).expect("serializable"), json);
+}
+
+#[test]
+fn missing_field_in_flow_mapping() {
+    let text = "service: { name: web }\nupstreams:\n  - { name: a, listen: 127.0.0.1:1 }\n";
+    assert_eq!(
+        errors(text),
+        ["test.yaml:3:5: upstreams[0]: missing field `discovery`"]
+    );
+    let text = "\n\nupstreams: []\n";
+    assert_eq!(errors(text), ["test.yaml:3:1: missing field `service`"]);
+    assert_eq!(
+        errors("# nothing\n"),
+        [
+            "test.yaml:2:1: the file holds no configuration (at least `service: { name: ... }` is required)"
+        ]
+    );
+}
+
+#[test]
+fn unknown_variants() {
+    let text = "service: { name: web, protocol: quic }\n";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:1:33: service.protocol: unknown variant `quic`, expected one of http, http2, grpc, tcp"
+        ]
+    );
+    let text = "\
+service: { name: web }
+upstreams:
+  - name: a
+    listen: 127.0.0.1:1
+    discovery:
+      consul: { service: a }
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:6:7: upstreams[0].discovery.consul: unknown variant `consul`, expected one of static"
+        ]
+    );
+}
+
+#[test]
+fn references_in_comments_and_keys_are_not_expanded() {
+    let text = "# set ${UNSET} first\nservice:\n  name: web\n  meta:\n    ${UNSET}: v\n";
+    let config = parse_test(text).expect("valid");
+    assert_eq!(config.service.meta["${UNSET}"], "v");
+}
+
+#[test]
+fn required_with_message() {
+    let text = "service:\n  name: ${UNSET:?set the service name}\n";
+    assert_eq!(
+        errors(text),
+        ["test.yaml:2:9: service.name: missing property `UNSET`: set the service name"]
+    );
+}
+
+#[test]
+fn duplicate_key() {
+    let text = "service:\n  name: a\n  name: b\n";
+    assert_eq!(
+        errors(text),
+        ["test.yaml:3:3: service.name: duplicate mapping key `name` is not allowed here"]
+    );
+}

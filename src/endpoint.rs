@@ -1,0 +1,221 @@
+//! One upstream endpoint: its address, its load (for the balancer) and its
+//! connections, and how one request is sent to it.
+//!
+//! The request goes out in the HTTP version the upstream speaks, translated
+//! from the client's when they differ (HTTP/1.1 ↔ HTTP/2): an HTTP/1.1 request
+//! carries an origin-form target and `Host`; an HTTP/2 request an absolute URI
+//! whose authority becomes `:authority`. The client's Host / `:authority` is
+//! preserved either way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::uri::{Authority, Scheme, Uri};
+use http::{HeaderValue, Request, Response, Version, header};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::balance::{EndpointLoad, InFlight, Target};
+use crate::client::{ClientSettings, EndpointClient, H1Sender};
+use crate::error::ProxyError;
+
+/// The HTTP version remora speaks to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamVersion {
+    Http1,
+    Http2,
+}
+
+/// An endpoint of an upstream.
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub load: EndpointLoad,
+    pub client: EndpointClient,
+}
+
+impl Target for Endpoint {
+    fn load(&self) -> &EndpointLoad {
+        &self.load
+    }
+}
+
+/// A failed send. `request` is given back when nothing of it reached the
+/// upstream, so the caller may try another endpoint.
+pub struct SendError {
+    pub error: ProxyError,
+    pub request: Option<Request<Incoming>>,
+}
+
+/// What a response body must do when it ends: return its HTTP/1.1 connection
+/// to the pool (only after a complete body) and end the in-flight count.
+pub struct Release {
+    endpoint: Arc<Endpoint>,
+    h1: Option<H1Sender>,
+    _in_flight: InFlight,
+}
+
+impl Release {
+    pub fn finish(self, complete: bool) {
+        if let (true, Some(sender)) = (complete, self.h1) {
+            self.endpoint.client.checkin_h1(sender);
+        }
+    }
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr, settings: ClientSettings) -> Self {
+        Self {
+            addr,
+            load: EndpointLoad::default(),
+            client: EndpointClient::new(addr, settings),
+        }
+    }
+
+    /// Sends one request and returns the response head with the release that
+    /// its body must run. An upgrade request gets a connection of its own.
+    pub async fn send(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        version: UpstreamVersion,
+        upgrade: bool,
+    ) -> Result<(Response<Incoming>, Release), SendError> {
+        let in_flight = self.load.start();
+        let started = Instant::now();
+        let result = match version {
+            UpstreamVersion::Http1 => self.send_h1(to_http1(request), upgrade).await,
+            UpstreamVersion::Http2 => self.send_h2(to_http2(request, self.addr)).await,
+        };
+        match result {
+            Ok((response, h1)) => {
+                in_flight.observe_rtt(started.elapsed());
+                let release = Release {
+                    endpoint: Arc::clone(self),
+                    h1,
+                    _in_flight: in_flight,
+                };
+                Ok((response, release))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        mut request: Request<Incoming>,
+        upgrade: bool,
+    ) -> Result<(Response<Incoming>, Option<H1Sender>), SendError> {
+        loop {
+            let pooled = if upgrade {
+                None
+            } else {
+                self.client.checkout_h1().await
+            };
+            let reused = pooled.is_some();
+            let mut sender = match pooled {
+                Some(sender) => sender,
+                None => match self.client.connect_h1().await {
+                    Ok(sender) => sender,
+                    Err(error) => {
+                        return Err(SendError {
+                            error,
+                            request: Some(request),
+                        });
+                    }
+                },
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, (!upgrade).then_some(sender))),
+                Err(mut failed) => match failed.take_message() {
+                    // A pooled connection the peer had closed: try a fresh one.
+                    Some(unsent) if reused => request = unsent,
+                    unsent => {
+                        return Err(SendError {
+                            error: ProxyError::UpstreamReset {
+                                addr: self.addr,
+                                source: failed.into_error(),
+                            },
+                            request: unsent,
+                        });
+                    }
+                },
+            }
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        mut request: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Option<H1Sender>), SendError> {
+        loop {
+            let (mut sender, reused) = match self.client.h2_sender().await {
+                Ok(opened) => opened,
+                Err(error) => {
+                    return Err(SendError {
+                        error,
+                        request: Some(request),
+                    });
+                }
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, None)),
+                Err(mut failed) => match failed.take_message() {
+                    // The shared connection was going away: open a new one.
+                    Some(unsent) if reused => {
+                        self.client.forget_h2().await;
+                        request = unsent;
+                    }
+                    unsent => {
+                        return Err(SendError {
+                            error: ProxyError::UpstreamReset {
+                                addr: self.addr,
+                                source: failed.into_error(),
+                            },
+                            request: unsent,
+                        });
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// An HTTP/1.1 request: origin-form target, `Host` from the authority.
+fn to_http1(mut request: Request<Incoming>) -> Request<Incoming> {
+    if request.version() == Version::HTTP_2
+        && let Some(authority) = request.uri().authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    *request.version_mut() = Version::HTTP_11;
+    if request.uri().scheme().is_some() {
+        let origin_form = request
+            .uri()
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+        *request.uri_mut() = origin_form;
+    }
+    request
+}
+
+/// An HTTP/2 request: absolute URI whose authority is the client's Host.
+fn to_http2(mut request: Request<Incoming>, endpoint: SocketAddr) -> Request<Incoming> {
+    let host = request.headers_mut().remove(header::HOST);
+    let authority = request
+        .uri()
+        .authority()
+        .cloned()
+        .or_else(|| host.and_then(|h| Authority::try_from(h.as_bytes()).ok()))
+        .or_else(|| Authority::try_from(endpoint.to_string()).ok());
+    let mut parts = request.uri().clone().into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = authority;
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+    }
+    *request.version_mut() = Version::HTTP_2;
+    request
+}

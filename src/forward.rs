@@ -1,0 +1,135 @@
+//! The innermost service of an HTTP stack: balance, send to the chosen
+//! endpoint, and stream the response back.
+//!
+//! An endpoint that refuses connections (or does not accept within the connect
+//! timeout) is put in backoff, and the request — which it never saw — is sent
+//! once more, to another endpoint when there is one. An HTTP/1.1 upgrade
+//! (WebSocket) is tunnelled: after the upstream answers `101`, bytes are copied
+//! both ways between the two upgraded connections until either side closes.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::BoxFuture;
+use http::{Request, Response, StatusCode, Version, header};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use crate::balance::DEFAULT_BACKOFF;
+use crate::body::ResponseBody;
+use crate::endpoint::SendError;
+use crate::error::{ErrorKind, ProxyError};
+use crate::headers::{X_REMORA_ERROR, is_upgrade_request, strip_hop_by_hop};
+use crate::upstream::Upstream;
+
+/// The endpoint that answered, recorded in the response's extensions for the
+/// access log and per-endpoint metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct ServedBy(pub std::net::SocketAddr);
+
+/// Sends requests to an upstream's endpoints.
+#[derive(Clone)]
+pub struct Forward {
+    upstream: Arc<Upstream>,
+}
+
+impl Forward {
+    pub fn new(upstream: Arc<Upstream>) -> Self {
+        Self { upstream }
+    }
+}
+
+impl tower::Service<Request<Incoming>> for Forward {
+    type Response = Response<ResponseBody>;
+    type Error = ProxyError;
+    type Future = BoxFuture<'static, Result<Response<ResponseBody>, ProxyError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        Box::pin(forward(Arc::clone(&self.upstream), request))
+    }
+}
+
+async fn forward(
+    upstream: Arc<Upstream>,
+    mut request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let upgrade = request.version() <= Version::HTTP_11 && is_upgrade_request(request.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let headers = request.headers_mut();
+    strip_hop_by_hop(headers, upgrade);
+    headers.remove(X_REMORA_ERROR);
+    // hyper already answered `100 Continue` when the body is first read.
+    headers.remove(header::EXPECT);
+
+    let version = upstream.version_for(request.version());
+    let hash_key = upstream
+        .hash_header()
+        .and_then(|name| request.headers().get(name))
+        .cloned();
+    let balancer = upstream.balancer();
+    let mut tried = None;
+    loop {
+        let endpoint = balancer
+            .pick(hash_key.as_ref().map(|v| v.as_bytes()), tried.as_ref())
+            .ok_or_else(|| ProxyError::NoEndpoints {
+                upstream: upstream.name().to_owned(),
+            })?;
+        match endpoint.send(request, version, upgrade).await {
+            Ok((mut response, release)) => {
+                endpoint.load.mark_reachable();
+                let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                strip_hop_by_hop(response.headers_mut(), switching);
+                if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+                    tunnel(client_upgrade, hyper::upgrade::on(&mut response));
+                }
+                response.extensions_mut().insert(ServedBy(endpoint.addr));
+                return Ok(response.map(|body| ResponseBody::upstream(body, release)));
+            }
+            Err(SendError {
+                error,
+                request: unsent,
+            }) => {
+                if matches!(
+                    error.kind(),
+                    ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout
+                ) {
+                    endpoint
+                        .load
+                        .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
+                    tracing::debug!(upstream = upstream.name(), %error, "endpoint unreachable, backing off");
+                }
+                match unsent {
+                    Some(unsent) if tried.is_none() => {
+                        request = unsent;
+                        tried = Some(endpoint);
+                    }
+                    _ => return Err(error),
+                }
+            }
+        }
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and upstream connection.
+fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::debug!(%error, "protocol upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(%error, "upgraded connection ended with an error");
+        }
+    });
+}

@@ -1,0 +1,131 @@
+//! Hop-by-hop header handling (RFC 9110 §7.6.1) shared by both directions.
+//!
+//! A proxy must not forward connection-specific headers: `Connection` and every
+//! header it names, `Keep-Alive`, `Proxy-Connection`, `TE` (except `te: trailers`,
+//! which gRPC over HTTP/2 requires), `Transfer-Encoding` and `Upgrade`.
+//! An upgrade request (WebSocket) keeps `Connection: upgrade` and `Upgrade`,
+//! since they are what the upstream must see to switch protocols.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Header remora sets on the responses it makes itself; never sent upstream.
+pub const X_REMORA_ERROR: HeaderName = HeaderName::from_static("x-remora-error");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers. With `keep_upgrade`, `Connection: upgrade` and
+/// `Upgrade` survive (and nothing else named in `Connection`).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if let Some(connection) = headers.get(header::CONNECTION) {
+        if headers.len() > 1 {
+            let named: Vec<HeaderName> = connection
+                .to_str()
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+                .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+                .collect();
+            for name in named {
+                headers.remove(name);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    if headers
+        .get(header::TE)
+        .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove(header::TE);
+    }
+}
+
+/// True for an HTTP/1.1 request that asks to switch protocols
+/// (`Connection: upgrade` plus an `Upgrade` header).
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// True when the request or response carries gRPC (`content-type: application/grpc…`).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The `grpc-status` in a header or trailer map, when present and numeric.
+pub fn grpc_status(headers: &HeaderMap) -> Option<u16> {
+    headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn strips_connection_and_the_headers_it_names() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("upgrade", "h2c"),
+            ("x-kept", "yes"),
+            ("host", "example"),
+        ]);
+        strip_hop_by_hop(&mut headers, false);
+        let mut names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn te_trailers_survives_for_grpc() {
+        let mut headers = map(&[("te", "trailers")]);
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(headers.get("te").unwrap(), "trailers");
+    }
+
+    #[test]
+    fn upgrade_requests_keep_upgrade_headers() {
+        let mut headers = map(&[
+            ("connection", "Upgrade, x-hop"),
+            ("x-hop", "1"),
+            ("upgrade", "websocket"),
+        ]);
+        assert!(is_upgrade_request(&headers));
+        strip_hop_by_hop(&mut headers, true);
+        assert_eq!(headers.get("upgrade").unwrap(), "websocket");
+        assert_eq!(headers.get("connection").unwrap(), "upgrade");
+        assert!(headers.get("x-hop").is_none());
+    }
+}

@@ -1,0 +1,28 @@
+//! remora: a sidecar service-mesh proxy. One static binary, one YAML file.
+//!
+//! The request path reads top-down: `server` accepts connections, `stack`
+//! composes the middleware of each direction, `forward` balances and sends,
+//! `endpoint` and `client` hold the upstream connections. See
+//! `architecture.md` §2 for the full picture.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod balance;
+pub mod body;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod drain;
+pub mod endpoint;
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod middleware;
+pub mod runtime;
+pub mod server;
+pub mod stack;
+pub mod tcp;
+pub mod telemetry;
+pub mod upstream;

@@ -1,0 +1,5 @@
+//! The tower middleware of the data path, one module each; `stack` composes them.
+
+pub mod error_response;
+pub mod observe;
+pub mod timeout;

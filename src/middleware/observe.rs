@@ -1,0 +1,113 @@
+//! Observes every request's outcome — including the responses remora made
+//! itself — and records it when the response body ends: request count and
+//! duration by status code, proxy-made errors by kind, and the access-log line.
+//! Recording at the body's end is what makes the duration cover streamed
+//! bodies and lets the `grpc-status` from trailers be logged.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use crate::body::{BodyEnd, ResponseBody};
+use crate::error::ErrorKind;
+use crate::forward::ServedBy;
+use crate::headers::grpc_status;
+use crate::telemetry::access_log::{self, Outcome, RequestSummary};
+use crate::telemetry::metrics::RequestMetrics;
+use crate::upstream::Direction;
+
+/// Shared by all requests of one listener.
+struct Observer {
+    direction: Direction,
+    upstream: String,
+    metrics: RequestMetrics,
+    access_log: bool,
+}
+
+#[derive(Clone)]
+pub struct ObserveLayer {
+    observer: Arc<Observer>,
+}
+
+impl ObserveLayer {
+    pub fn new(direction: Direction, upstream: &str, access_log: bool) -> Self {
+        Self {
+            observer: Arc::new(Observer {
+                direction,
+                upstream: upstream.to_owned(),
+                metrics: RequestMetrics::new(direction, upstream),
+                access_log,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            observer: Arc::clone(&self.observer),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    observer: Arc<Observer>,
+}
+
+impl<S, B> Service<Request<B>> for Observe<S>
+where
+    S: Service<Request<B>, Response = Response<ResponseBody>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<ResponseBody>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let summary = self
+            .observer
+            .access_log
+            .then(|| RequestSummary::of(&request));
+        let response = self.inner.call(request);
+        let observer = Arc::clone(&self.observer);
+        Box::pin(async move {
+            let Ok(mut response) = response.await;
+            let status = response.status().as_u16();
+            let head_grpc_status = grpc_status(response.headers());
+            let endpoint = response.extensions().get::<ServedBy>().map(|s| s.0);
+            let error = response.extensions().get::<ErrorKind>().copied();
+            response.body_mut().observe(Box::new(move |end: BodyEnd| {
+                let duration = started.elapsed();
+                observer.metrics.record(status, duration, error);
+                if let Some(summary) = summary {
+                    let outcome = Outcome {
+                        direction: observer.direction.as_str(),
+                        upstream: &observer.upstream,
+                        endpoint,
+                        status,
+                        grpc_status: end.grpc_status.or(head_grpc_status),
+                        duration_ms: duration.as_secs_f64() * 1e3,
+                        bytes: end.bytes,
+                        error,
+                    };
+                    access_log::log(&summary, &outcome);
+                }
+            }));
+            Ok(response)
+        })
+    }
+}

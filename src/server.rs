@@ -1,0 +1,136 @@
+//! Accept loops and HTTP server connections.
+//!
+//! Each listener speaks one declared protocol: HTTP/1.1, HTTP/2 with prior
+//! knowledge (h2c, also gRPC), `auto` (the connection's first bytes are
+//! compared with the HTTP/2 preface to choose), or opaque TCP (see `tcp`).
+//! Malformed HTTP/1.1 requests are answered 400 / 431 by hyper and only that
+//! connection is closed. On drain, the accept loop stops and each connection
+//! shuts down gracefully (see `drain`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::drain::Drain;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::stack::HttpService;
+use crate::telemetry::metrics::ConnectionMetrics;
+use crate::upstream::Upstream;
+
+/// A client that does not finish sending its request headers within this
+/// time has its connection closed.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The HTTP version(s) an HTTP listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpProtocol {
+    Http1,
+    Http2,
+    /// Either, chosen per connection by sniffing the HTTP/2 preface.
+    Auto,
+}
+
+/// What a listener does with its connections.
+#[derive(Clone)]
+pub enum Handler {
+    Http(HttpProtocol, HttpService),
+    Tcp(Arc<Upstream>),
+}
+
+/// Accepts connections until the drain starts.
+pub async fn accept_loop(
+    listener: TcpListener,
+    handler: Handler,
+    metrics: ConnectionMetrics,
+    mut drain: Drain,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off briefly
+                    // instead of spinning, and keep serving.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = drain.signaled() => break,
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, %peer, "could not set TCP_NODELAY");
+        }
+        let open = metrics.opened();
+        let live = drain.track();
+        let handler = handler.clone();
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            match handler {
+                Handler::Http(protocol, service) => {
+                    serve_http(stream, protocol, service, drain).await
+                }
+                Handler::Tcp(upstream) => crate::tcp::proxy(stream, upstream).await,
+            }
+            drop((open, live));
+        });
+    }
+}
+
+async fn serve_http(stream: TcpStream, protocol: HttpProtocol, service: HttpService, drain: Drain) {
+    let io = TokioIo::new(stream);
+    let service = TowerToHyperService::new(service);
+    let result = match protocol {
+        HttpProtocol::Http1 => {
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(io, service)
+                .with_upgrades();
+            until_drained!(connection, drain)
+        }
+        HttpProtocol::Http2 => {
+            let connection = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .serve_connection(io, service);
+            until_drained!(connection, drain)
+        }
+        HttpProtocol::Auto => {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let connection = builder.serve_connection_with_upgrades(io, service);
+            until_drained!(connection, drain)
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(error = %error, "client connection ended with an error");
+    }
+}
+
+/// Drives a hyper server connection to its end, asking it to shut down
+/// gracefully (finish in-flight requests, then close) once the drain begins.
+/// A macro because the three connection types share the method but no trait.
+macro_rules! until_drained {
+    ($connection:expr, $drain:expr) => {{
+        let mut connection = std::pin::pin!($connection);
+        let mut drain = $drain;
+        tokio::select! {
+            output = connection.as_mut() => output,
+            () = drain.signaled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        }
+        .map_err(BoxError::from)
+    }};
+}
+use until_drained;

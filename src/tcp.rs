@@ -1,0 +1,61 @@
+//! Opaque TCP proxying: one upstream connection per client connection, bytes
+//! copied both ways. When one side finishes sending (EOF), remora shuts down
+//! the write half towards the other side and keeps copying the other way, so
+//! half-closed protocols work. Discovery, balancing, connect timeout and
+//! backoff are the same as for HTTP, at connection granularity.
+
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::balance::DEFAULT_BACKOFF;
+use crate::error::ErrorKind;
+use crate::telemetry::metrics;
+use crate::upstream::Upstream;
+
+/// Proxies one client connection until both directions have finished.
+pub async fn proxy(mut client: TcpStream, upstream: Arc<Upstream>) {
+    let balancer = upstream.balancer();
+    let mut tried = None;
+    let (endpoint, server) = loop {
+        let Some(endpoint) = balancer.pick(None, tried.as_ref()) else {
+            tracing::warn!(
+                upstream = upstream.name(),
+                "no endpoints: closing the connection"
+            );
+            return;
+        };
+        let in_flight = endpoint.load.start();
+        let started = Instant::now();
+        match endpoint.client.connect_tcp().await {
+            Ok(server) => {
+                endpoint.load.mark_reachable();
+                in_flight.observe_rtt(started.elapsed());
+                break ((endpoint, in_flight), server);
+            }
+            Err(error) => {
+                if matches!(
+                    error.kind(),
+                    ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout
+                ) {
+                    endpoint
+                        .load
+                        .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
+                }
+                if tried.is_some() {
+                    tracing::warn!(upstream = upstream.name(), %error, "closing the connection");
+                    return;
+                }
+                tried = Some(endpoint);
+            }
+        }
+    };
+    let mut server = server.into_inner();
+    match tokio::io::copy_bidirectional(&mut client, &mut server).await {
+        Ok((sent, received)) => metrics::tcp_bytes(upstream.name(), sent, received),
+        Err(error) => {
+            tracing::debug!(upstream = upstream.name(), endpoint = %endpoint.0.addr, %error, "TCP proxying ended with an error");
+        }
+    }
+}

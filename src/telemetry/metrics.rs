@@ -1,0 +1,138 @@
+//! Prometheus metrics (architecture §6): the process-wide recorder and the
+//! handles the data path uses.
+//!
+//! Per-request handles are registered once per status code and cached, so the
+//! hot path does one array index instead of a label lookup. Every name is
+//! prefixed `remora_`, counters end in `_total`, durations are in seconds, and
+//! labels take bounded values only (direction, upstream, code, error kind).
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::error::ErrorKind;
+use crate::upstream::Direction;
+
+pub const REQUESTS_TOTAL: &str = "remora_requests_total";
+pub const REQUEST_DURATION: &str = "remora_request_duration_seconds";
+pub const PROXY_ERRORS_TOTAL: &str = "remora_proxy_errors_total";
+pub const CONNECTIONS_OPEN: &str = "remora_connections_open";
+pub const CONNECTIONS_TOTAL: &str = "remora_connections_total";
+pub const ENDPOINTS: &str = "remora_endpoints";
+pub const TCP_SENT_BYTES: &str = "remora_tcp_sent_bytes_total";
+pub const TCP_RECEIVED_BYTES: &str = "remora_tcp_received_bytes_total";
+
+/// Latency buckets, 0.5 ms to 10 s.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls return the same
+/// handle) and returns the handle that renders `/metrics`.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &DURATION_BUCKETS)?
+        .build_recorder();
+    let handle = recorder.handle();
+    // Losing the race to another thread is fine: keep the winner's handle.
+    if metrics::set_global_recorder(recorder).is_ok() {
+        let _ = HANDLE.set(handle);
+    }
+    HANDLE
+        .get()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("another metrics recorder is already installed"))
+}
+
+/// Sets the number of endpoints an upstream currently has.
+pub fn set_endpoint_count(upstream: &str, count: usize) {
+    gauge!(ENDPOINTS, "upstream" => upstream.to_owned()).set(count as f64);
+}
+
+/// Request metrics of one listener (direction + upstream).
+pub struct RequestMetrics {
+    direction: &'static str,
+    upstream: Arc<str>,
+    by_code: Box<[OnceLock<(Counter, Histogram)>]>,
+}
+
+impl RequestMetrics {
+    pub fn new(direction: Direction, upstream: &str) -> Self {
+        Self {
+            direction: direction.as_str(),
+            upstream: upstream.into(),
+            by_code: (100..600).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Counts one finished request and its duration.
+    pub fn record(&self, status: u16, duration: Duration, error: Option<ErrorKind>) {
+        let (requests, durations) = self.by_code[usize::from(status.clamp(100, 599)) - 100]
+            .get_or_init(|| {
+                let labels = [
+                    ("direction", self.direction.to_owned()),
+                    ("upstream", self.upstream.to_string()),
+                    ("code", status.to_string()),
+                ];
+                (
+                    counter!(REQUESTS_TOTAL, &labels),
+                    histogram!(REQUEST_DURATION, &labels),
+                )
+            });
+        requests.increment(1);
+        durations.record(duration.as_secs_f64());
+        if let Some(kind) = error {
+            counter!(PROXY_ERRORS_TOTAL,
+                "direction" => self.direction, "upstream" => self.upstream.to_string(), "kind" => kind.as_str())
+            .increment(1);
+        }
+    }
+}
+
+/// Connection gauges and counters of one listener.
+pub struct ConnectionMetrics {
+    open: Gauge,
+    total: Counter,
+}
+
+impl ConnectionMetrics {
+    pub fn new(direction: Direction, listener: &str) -> Self {
+        let labels = [
+            ("direction", direction.as_str().to_owned()),
+            ("listener", listener.to_owned()),
+        ];
+        Self {
+            open: gauge!(CONNECTIONS_OPEN, &labels),
+            total: counter!(CONNECTIONS_TOTAL, &labels),
+        }
+    }
+
+    /// Counts a new connection; the open gauge goes down when the guard drops.
+    pub fn opened(&self) -> OpenConnection {
+        self.total.increment(1);
+        self.open.increment(1.0);
+        OpenConnection(self.open.clone())
+    }
+}
+
+/// Held for the life of a connection.
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Byte counters of an opaque TCP upstream.
+pub fn tcp_bytes(upstream: &str, sent: u64, received: u64) {
+    counter!(TCP_SENT_BYTES, "upstream" => upstream.to_owned()).increment(sent);
+    counter!(TCP_RECEIVED_BYTES, "upstream" => upstream.to_owned()).increment(received);
+}

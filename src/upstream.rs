@@ -1,0 +1,139 @@
+//! An upstream service: its name, how remora talks to it, and its current
+//! endpoint set behind a load balancer.
+//!
+//! The endpoint set is swapped atomically (arc-swap) when discovery reports a
+//! change; endpoints present before and after keep their connections and load
+//! figures, removed ones live on until their in-flight requests finish.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{HeaderName, Version};
+
+use crate::balance::Balancer;
+use crate::client::ClientSettings;
+use crate::config::{HashOn, LoadBalancingPolicy, UpstreamProtocol};
+use crate::endpoint::{Endpoint, UpstreamVersion};
+
+/// Where traffic through a listener comes from and goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the mesh to the local application.
+    Inbound,
+    /// From the local application to an upstream service.
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// How an upstream is reached; fixed for the upstream's life.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub name: String,
+    pub direction: Direction,
+    pub protocol: UpstreamProtocol,
+    pub policy: LoadBalancingPolicy,
+    pub hash_on: Option<HashOn>,
+    pub client: ClientSettings,
+}
+
+/// An upstream and its live endpoint set.
+pub struct Upstream {
+    pub settings: UpstreamSettings,
+    balancer: ArcSwap<Balancer<Endpoint>>,
+}
+
+impl Upstream {
+    pub fn new(settings: UpstreamSettings, endpoints: &[SocketAddr]) -> Self {
+        let balancer = build_balancer(&settings, endpoints, &HashMap::new());
+        let upstream = Self {
+            settings,
+            balancer: ArcSwap::from_pointee(balancer),
+        };
+        upstream.publish_endpoint_count();
+        upstream
+    }
+
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// The current balancer; cheap, lock-free.
+    pub fn balancer(&self) -> arc_swap::Guard<Arc<Balancer<Endpoint>>> {
+        self.balancer.load()
+    }
+
+    /// Replaces the endpoint set. Endpoints that stay keep their state.
+    pub fn set_endpoints(&self, addrs: &[SocketAddr]) {
+        let current = self.balancer.load();
+        let existing: HashMap<SocketAddr, Arc<Endpoint>> = current
+            .targets()
+            .iter()
+            .map(|endpoint| (endpoint.addr, Arc::clone(endpoint)))
+            .collect();
+        let next = build_balancer(&self.settings, addrs, &existing);
+        self.balancer.store(Arc::new(next));
+        self.publish_endpoint_count();
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.balancer.load().len()
+    }
+
+    fn publish_endpoint_count(&self) {
+        crate::telemetry::metrics::set_endpoint_count(self.name(), self.endpoint_count());
+    }
+
+    /// The HTTP version to use upstream for a request that arrived in `downstream`.
+    pub fn version_for(&self, downstream: Version) -> UpstreamVersion {
+        match self.settings.protocol {
+            UpstreamProtocol::Http2 | UpstreamProtocol::Grpc => UpstreamVersion::Http2,
+            UpstreamProtocol::Auto if downstream == Version::HTTP_2 => UpstreamVersion::Http2,
+            UpstreamProtocol::Auto | UpstreamProtocol::Http | UpstreamProtocol::Tcp => {
+                UpstreamVersion::Http1
+            }
+        }
+    }
+
+    /// The header whose value keys consistent hashing, for `ring_hash`.
+    pub fn hash_header(&self) -> Option<&HeaderName> {
+        match &self.settings.hash_on {
+            Some(HashOn::Header(name)) => Some(name),
+            None => None,
+        }
+    }
+
+    /// Closes idle upstream connections past the idle timeout.
+    pub fn close_expired_idle(&self) {
+        for endpoint in self.balancer.load().targets() {
+            endpoint.client.close_expired_idle();
+        }
+    }
+}
+
+fn build_balancer(
+    settings: &UpstreamSettings,
+    addrs: &[SocketAddr],
+    existing: &HashMap<SocketAddr, Arc<Endpoint>>,
+) -> Balancer<Endpoint> {
+    let targets = addrs
+        .iter()
+        .map(|addr| {
+            let endpoint = existing
+                .get(addr)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Endpoint::new(*addr, settings.client)));
+            (addr.to_string(), endpoint)
+        })
+        .collect();
+    Balancer::new(settings.policy, targets)
+}
