@@ -6,7 +6,8 @@
 #   bench/run.sh --no-remora   # direct and haproxy only
 #
 # Environment (defaults): W=1 proxy worker threads, CONNS=50, DURATION=10 (s), WARMUP=2 (s),
-# SERVER_CPUS=0 (origin + proxy), WRK_CPUS=1, WRK_THREADS=1,
+# ROUNDS=3 (targets measured round-robin, median reported), SERVER_CPUS=0 (origin + proxy),
+# WRK_CPUS=1, WRK_THREADS=1,
 # REMORA_BIN=<repo>/target/release/remora (built with `cargo build --release` if missing).
 set -euo pipefail
 
@@ -15,6 +16,7 @@ W=${W:-1}
 CONNS=${CONNS:-50}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
+ROUNDS=${ROUNDS:-3}
 SERVER_CPUS=${SERVER_CPUS:-0}
 WRK_CPUS=${WRK_CPUS:-1}
 WRK_THREADS=${WRK_THREADS:-1}
@@ -25,7 +27,7 @@ RUN_REMORA=1
 for arg in "$@"; do
   case "$arg" in
     --no-remora) RUN_REMORA=0 ;;
-    -h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -36,7 +38,10 @@ die() { log "error: $*"; exit 1; }
 for tool in wrk haproxy taskset curl python3; do
   command -v "$tool" >/dev/null || die "$tool not found (apt-get install wrk haproxy util-linux curl python3)"
 done
-[[ "$W" =~ ^[1-9][0-9]*$ ]] || die "W must be a positive integer, got '$W'"
+for var in W CONNS DURATION WARMUP ROUNDS WRK_THREADS; do
+  [[ "${!var}" =~ ^[0-9]+$ ]] || die "$var must be a non-negative integer, got '${!var}'"
+done
+((W > 0 && ROUNDS > 0 && DURATION > 0)) || die "W, ROUNDS and DURATION must be > 0"
 
 TMP=$(mktemp -d -t remora-bench.XXXXXX)
 PIDS=()
@@ -160,71 +165,88 @@ if ((RUN_REMORA)) && [[ ! -x "$REMORA_BIN" ]]; then
 fi
 
 # --- measurement ---------------------------------------------------------------------------
+# Per target, one value per round (space-separated); the report shows the medians.
 declare -A RPS P50 P99 USREQ NOTE
 
-# bench NAME URL PID: warm-up, then the measured run; PID (or -) is the proxy to account CPU to.
+# bench NAME URL PID ROUND: warm-up (first round only), then one measured run.
+# PID (or -) is the proxy whose CPU time is accounted to the requests.
 bench() {
-  local name=$1 url=$2 pid=$3 out="$TMP/wrk-$1.txt" before after requests
+  local name=$1 url=$2 pid=$3 round=$4 out="$TMP/wrk-$1-$4.txt" before after requests
   local wrk=(taskset -c "$WRK_CPUS" wrk -t"$WRK_THREADS" -c"$CONNS" --latency)
-  log "$name: warm-up ${WARMUP}s"
-  "${wrk[@]}" -d"${WARMUP}s" "$url" >/dev/null
-  log "$name: measuring ${DURATION}s"
+  if ((round == 1 && WARMUP > 0)); then
+    log "$name: warm-up ${WARMUP}s"
+    "${wrk[@]}" -d"${WARMUP}s" "$url" >/dev/null
+  fi
+  log "$name: round $round/$ROUNDS, measuring ${DURATION}s"
   [[ "$pid" == - ]] || before=$(cpu_ticks "$pid")
   "${wrk[@]}" -d"${DURATION}s" "$url" >"$out"
   [[ "$pid" == - ]] || after=$(cpu_ticks "$pid")
 
-  RPS[$name]=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
-  P50[$name]=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
-  P99[$name]=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
   requests=$(awk '/requests in/ { print $1 }' "$out")
-  [[ -n "${RPS[$name]}" && -n "$requests" && "$requests" -gt 0 ]] || { cat "$out" >&2; die "$name: cannot parse wrk output"; }
-  if [[ "$pid" == - ]]; then
-    USREQ[$name]="—"
-  else
-    USREQ[$name]=$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$requests" \
-      'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+  [[ "$requests" =~ ^[0-9]+$ && "$requests" -gt 0 ]] || { cat "$out" >&2; die "$name: no requests completed"; }
+  RPS[$name]+=" $(awk '/^Requests\/sec:/ { print $2 }' "$out")"
+  P50[$name]+=" $(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")"
+  P99[$name]+=" $(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")"
+  if [[ "$pid" != - ]]; then
+    USREQ[$name]+=" $(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$requests" \
+      'BEGIN { printf "%.2f", t / hz * 1e6 / n }')"
   fi
-  NOTE[$name]=""
   if grep -qE 'Non-2xx|Socket errors' "$out"; then
-    NOTE[$name]=" ⚠ $(grep -E 'Non-2xx|Socket errors' "$out" | tr -s ' ' | paste -sd ';')"
-    log "$name: WARNING: errors during the run: ${NOTE[$name]}"
+    NOTE[$name]=" ⚠ errors"
+    log "$name: WARNING: $(grep -E 'Non-2xx|Socket errors' "$out" | tr -s ' ' | paste -sd ';')"
   fi
 }
 
 start_haproxy origin "$TMP/origin.cfg"
 ORIGIN_PID=$STARTED_PID
 wait_ready origin "http://127.0.0.1:$ORIGIN_PORT/" "$ORIGIN_PID" "$TMP/origin.log"
-bench direct "http://127.0.0.1:$ORIGIN_PORT/" -
 
+# Both proxies stay up for the whole run (an idle one costs nothing) so that rounds can
+# interleave the targets: slow drift of the machine then hits every target alike.
 start_haproxy haproxy "$TMP/haproxy.cfg"
 HAPROXY_PID=$STARTED_PID
 wait_ready haproxy "http://127.0.0.1:$HAPROXY_PORT/" "$HAPROXY_PID" "$TMP/haproxy.log"
-bench haproxy "http://127.0.0.1:$HAPROXY_PORT/" "$HAPROXY_PID"
-kill "$HAPROXY_PID" # one proxy at a time on the shared core
-
 TARGETS=(direct haproxy)
+
 if ((RUN_REMORA)); then
   taskset -c "$SERVER_CPUS" "$REMORA_BIN" run --config "$TMP/remora.yaml" >"$TMP/remora.log" 2>&1 &
   REMORA_PID=$!
   PIDS+=("$REMORA_PID")
   wait_ready remora "http://127.0.0.1:$ADMIN_PORT/ready" "$REMORA_PID" "$TMP/remora.log"
-  bench remora "http://127.0.0.1:$REMORA_PORT/" "$REMORA_PID"
   TARGETS+=(remora)
 fi
 
+for ((round = 1; round <= ROUNDS; round++)); do
+  bench direct "http://127.0.0.1:$ORIGIN_PORT/" - "$round"
+  bench haproxy "http://127.0.0.1:$HAPROXY_PORT/" "$HAPROXY_PID" "$round"
+  if ((RUN_REMORA)); then
+    kill -0 "$REMORA_PID" 2>/dev/null || { tail -n 20 "$TMP/remora.log" >&2; die "remora died"; }
+    bench remora "http://127.0.0.1:$REMORA_PORT/" "$REMORA_PID" "$round"
+  fi
+done
+
 # --- report --------------------------------------------------------------------------------
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 }
+  END { if (NR == 0) print "—"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+spread() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { printf "%.0f–%.0f", v[1], v[NR] }'; }
+
 REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 echo "Run $(date -u +%Y-%m-%dT%H:%MZ), remora $REV, $(haproxy -v | head -n1 | cut -d' ' -f1-3)," \
   "kernel $(uname -r), $(nproc) CPUs."
-echo "HTTP/1.1 keep-alive, wrk -t$WRK_THREADS -c$CONNS -d${DURATION}s (after ${WARMUP}s warm-up);" \
-  "W=$W proxy threads; origin + proxy on CPU $SERVER_CPUS, wrk on CPU $WRK_CPUS;" \
+echo "HTTP/1.1 keep-alive, wrk -t$WRK_THREADS -c$CONNS --latency, ${DURATION}s per measurement" \
+  "(${WARMUP}s warm-up first), $ROUNDS interleaved rounds, medians shown; W=$W proxy threads;" \
+  "origin + proxy on CPU $SERVER_CPUS, wrk on CPU $WRK_CPUS;" \
   "origin = single-thread HAProxy \`http-request return\` (5-byte body)."
 echo
-echo "| target | requests/s | p50 (ms) | p99 (ms) | × direct | × HAProxy | proxy CPU µs/req |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| target | requests/s | req/s range | p50 (ms) | p99 (ms) | × direct | × HAProxy | proxy CPU µs/req |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 for t in "${TARGETS[@]}"; do
-  printf '| %s%s | %.0f | %s | %s | %s | %s | %s |\n' "$t" "${NOTE[$t]}" "${RPS[$t]}" \
-    "${P50[$t]}" "${P99[$t]}" "$(ratio "${RPS[$t]}" "${RPS[direct]}")" \
-    "$(ratio "${RPS[$t]}" "${RPS[haproxy]}")" "${USREQ[$t]}"
+  rps=$(median "${RPS[$t]}")
+  usreq=$(median "${USREQ[$t]:-}")
+  [[ "$usreq" == — ]] || usreq=$(printf '%.1f' "$usreq")
+  printf '| %s%s | %.0f | %s | %s | %s | %s | %s | %s |\n' "$t" "${NOTE[$t]:-}" "$rps" \
+    "$(spread "${RPS[$t]}")" "$(median "${P50[$t]}")" "$(median "${P99[$t]}")" \
+    "$(ratio "$rps" "$(median "${RPS[direct]}")")" "$(ratio "$rps" "$(median "${RPS[haproxy]}")")" \
+    "$usreq"
 done

@@ -88,7 +88,7 @@ fn defaults() {
     assert_eq!(config.runtime.drain_timeout, Duration::from_secs(10));
     assert_eq!(config.logging.level, "info");
     assert_eq!(config.logging.format, LogFormat::Json);
-    assert!(!config.logging.access_log, "the demo prints its own summary");
+    assert!(config.logging.access_log);
 
     let config = parse_test(
         "service: { name: web, port: 1, check: { tcp: 127.0.0.1:1 } }\n\
