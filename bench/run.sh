@@ -27,7 +27,7 @@ RUN_REMORA=1
 for arg in "$@"; do
   case "$arg" in
     --no-remora) RUN_REMORA=0 ;;
-    -h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -226,10 +226,10 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 
 # --- report --------------------------------------------------------------------------------
-median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 }
+median() { tr ' ' '\n' <<<"$1" | { grep . || true; } | sort -g | awk '{ v[NR] = $1 }
   END { if (NR == 0) print "—"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-spread() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { printf "%.0f–%.0f", v[1], v[NR] }'; }
+spread() { tr ' ' '\n' <<<"$1" | { grep . || true; } | sort -g | awk '{ v[NR] = $1 } END { printf "%.0f–%.0f", v[1], v[NR] }'; }
 
 REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 echo "Run $(date -u +%Y-%m-%dT%H:%MZ), remora $REV, $(haproxy -v | head -n1 | cut -d' ' -f1-3)," \
@@ -246,7 +246,8 @@ for t in "${TARGETS[@]}"; do
   usreq=$(median "${USREQ[$t]:-}")
   [[ "$usreq" == — ]] || usreq=$(printf '%.1f' "$usreq")
   printf '| %s%s | %.0f | %s | %s | %s | %s | %s | %s |\n' "$t" "${NOTE[$t]:-}" "$rps" \
-    "$(spread "${RPS[$t]}")" "$(median "${P50[$t]}")" "$(median "${P99[$t]}")" \
+    "$(spread "${RPS[$t]}")" "$(printf '%.3f' "$(median "${P50[$t]}")")" \
+    "$(printf '%.3f' "$(median "${P99[$t]}")")" \
     "$(ratio "$rps" "$(median "${RPS[direct]}")")" "$(ratio "$rps" "$(median "${RPS[haproxy]}")")" \
     "$usreq"
 done

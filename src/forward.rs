@@ -15,12 +15,10 @@ use http::{Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::time::Instant;
 
-use crate::balance::DEFAULT_BACKOFF;
 use crate::body::ResponseBody;
 use crate::endpoint::SendError;
-use crate::error::{ErrorKind, ProxyError};
+use crate::error::ProxyError;
 use crate::headers::{X_REMORA_ERROR, is_upgrade_request, strip_hop_by_hop};
 use crate::upstream::Upstream;
 
@@ -95,15 +93,7 @@ async fn forward(
                 error,
                 request: unsent,
             }) => {
-                if matches!(
-                    error.kind(),
-                    ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout
-                ) {
-                    endpoint
-                        .load
-                        .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
-                    tracing::debug!(upstream = upstream.name(), %error, "endpoint unreachable, backing off");
-                }
+                upstream.note_failure(&endpoint, &error);
                 match unsent {
                     Some(unsent) if tried.is_none() => {
                         request = unsent;

@@ -9,8 +9,6 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::balance::DEFAULT_BACKOFF;
-use crate::error::ErrorKind;
 use crate::telemetry::metrics;
 use crate::upstream::Upstream;
 
@@ -35,14 +33,7 @@ pub async fn proxy(mut client: TcpStream, upstream: Arc<Upstream>) {
                 break ((endpoint, in_flight), server);
             }
             Err(error) => {
-                if matches!(
-                    error.kind(),
-                    ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout
-                ) {
-                    endpoint
-                        .load
-                        .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
-                }
+                upstream.note_failure(&endpoint, &error);
                 if tried.is_some() {
                     tracing::warn!(upstream = upstream.name(), %error, "closing the connection");
                     return;

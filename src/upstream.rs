@@ -12,10 +12,14 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::{HeaderName, Version};
 
-use crate::balance::Balancer;
+use tokio::time::Instant;
+
+use crate::balance::{Balancer, DEFAULT_BACKOFF};
 use crate::client::ClientSettings;
 use crate::config::{HashOn, LoadBalancingPolicy, UpstreamProtocol};
 use crate::endpoint::{Endpoint, UpstreamVersion};
+use crate::error::{ErrorKind, ProxyError};
+use crate::telemetry::metrics;
 
 /// Where traffic through a listener comes from and goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +94,7 @@ impl Upstream {
     }
 
     fn publish_endpoint_count(&self) {
-        crate::telemetry::metrics::set_endpoint_count(self.name(), self.endpoint_count());
+        metrics::set_endpoint_count(self.name(), self.endpoint_count());
     }
 
     /// The HTTP version to use upstream for a request that arrived in `downstream`.
@@ -109,6 +113,22 @@ impl Upstream {
         match &self.settings.hash_on {
             Some(HashOn::Header(name)) => Some(name),
             None => None,
+        }
+    }
+
+    /// Records a failed attempt on `endpoint`: one that could not be connected
+    /// to backs off (the balancer skips it until the backoff expires) and the
+    /// failure is counted.
+    pub fn note_failure(&self, endpoint: &Endpoint, error: &ProxyError) {
+        if matches!(
+            error.kind(),
+            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout
+        ) {
+            let backoff = endpoint
+                .load
+                .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
+            metrics::connect_error(self.name());
+            tracing::debug!(upstream = self.name(), endpoint = %endpoint.addr, %error, ?backoff, "endpoint unreachable, backing off");
         }
     }
 

@@ -59,7 +59,10 @@ fn demo_file_is_the_demo() {
     let inbound = config.inbound.expect("inbound");
     assert_eq!(inbound.listen.to_string(), "127.0.0.1:15006");
     assert_eq!(config.admin.listen.to_string(), "127.0.0.1:15000");
-    assert!(!config.logging.access_log, "the demo prints its own summary");
+    assert!(
+        !config.logging.access_log,
+        "the demo prints its own summary"
+    );
     let [echo] = &config.upstreams[..] else {
         panic!("one upstream expected");
     };

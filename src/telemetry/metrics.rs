@@ -21,6 +21,7 @@ pub const PROXY_ERRORS_TOTAL: &str = "remora_proxy_errors_total";
 pub const CONNECTIONS_OPEN: &str = "remora_connections_open";
 pub const CONNECTIONS_TOTAL: &str = "remora_connections_total";
 pub const ENDPOINTS: &str = "remora_endpoints";
+pub const CONNECT_ERRORS_TOTAL: &str = "remora_upstream_connect_errors_total";
 pub const TCP_SENT_BYTES: &str = "remora_tcp_sent_bytes_total";
 pub const TCP_RECEIVED_BYTES: &str = "remora_tcp_received_bytes_total";
 
@@ -29,31 +30,34 @@ const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
 /// Installs the process-wide recorder (once; later calls return the same
 /// handle) and returns the handle that renders `/metrics`.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    if let Some(handle) = HANDLE.get() {
-        return Ok(handle.clone());
-    }
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &DURATION_BUCKETS)?
-        .build_recorder();
-    let handle = recorder.handle();
-    // Losing the race to another thread is fine: keep the winner's handle.
-    if metrics::set_global_recorder(recorder).is_ok() {
-        let _ = HANDLE.set(handle);
-    }
     HANDLE
-        .get()
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("another metrics recorder is already installed"))
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &DURATION_BUCKETS)
+                .map_err(|error| error.to_string())?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder)
+                .map_err(|_| "another metrics recorder is already installed".to_owned())?;
+            Ok(handle)
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
 }
 
 /// Sets the number of endpoints an upstream currently has.
 pub fn set_endpoint_count(upstream: &str, count: usize) {
     gauge!(ENDPOINTS, "upstream" => upstream.to_owned()).set(count as f64);
+}
+
+/// Counts a failed connection attempt to an endpoint of `upstream`.
+pub fn connect_error(upstream: &str) {
+    counter!(CONNECT_ERRORS_TOTAL, "upstream" => upstream.to_owned()).increment(1);
 }
 
 /// Request metrics of one listener (direction + upstream).

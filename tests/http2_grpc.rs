@@ -1,0 +1,142 @@
+//! HTTP/2 through remora: h2c with prior knowledge, `auto` protocol sniffing,
+//! version translation on inbound, and gRPC unary and bidirectional streaming
+//! with trailers, plus gRPC-form proxy errors.
+
+mod support;
+
+use http::{StatusCode, Version};
+
+use support::{Proxy, get, grpc_bidi, grpc_echo, grpc_fail, grpc_unary, http_backend};
+
+fn outbound_yaml(name: &str, protocol: &str, endpoint: &str) -> String {
+    format!(
+        "service: {{ name: test }}\n\
+         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: {protocol}\n    \
+         discovery: {{ static: [{endpoint}] }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         logging: {{ access_log: false }}\n"
+    )
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_end_to_end() {
+    let backend = http_backend("h2");
+    let proxy = Proxy::start(&outbound_yaml("h2c", "http2", &backend.addr.to_string())).await;
+    let url = format!("http://{}/headers", proxy.upstream("h2c"));
+    let reply = get(Version::HTTP_2, &url).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.version, Version::HTTP_2);
+    let seen: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(seen["version"], "HTTP/2.0");
+    assert_eq!(
+        seen["authority"],
+        proxy.upstream("h2c").to_string(),
+        "{seen}"
+    );
+}
+
+/// One `auto` listener takes both versions and keeps each one upstream.
+#[tokio::test]
+async fn auto_sniffs_the_http2_preface() {
+    let backend = http_backend("auto");
+    let proxy = Proxy::start(&outbound_yaml("sniff", "auto", &backend.addr.to_string())).await;
+    let url = format!("http://{}/", proxy.upstream("sniff"));
+    let h1 = get(Version::HTTP_11, &url).await.unwrap();
+    let h2 = get(Version::HTTP_2, &url).await.unwrap();
+    assert_eq!((h1.status, h1.version), (StatusCode::OK, Version::HTTP_11));
+    assert_eq!((h2.status, h2.version), (StatusCode::OK, Version::HTTP_2));
+    assert_eq!(backend.versions(), [Version::HTTP_11, Version::HTTP_2]);
+}
+
+/// Inbound: a mesh peer speaking HTTP/2 reaches an HTTP/1.1 application with
+/// its `:authority` turned into `Host`.
+#[tokio::test]
+async fn inbound_translates_http2_to_an_http1_app() {
+    let app = http_backend("app");
+    let yaml = format!(
+        "service: {{ name: app, port: {}, protocol: http }}\n\
+         inbound: {{ listen: 127.0.0.1:0 }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         logging: {{ access_log: false }}\n",
+        app.addr.port()
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let url = format!("http://{}/headers", proxy.inbound());
+    let reply = get(Version::HTTP_2, &url).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let seen: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(seen["version"], "HTTP/1.1");
+    assert_eq!(seen["headers"]["host"][0], proxy.inbound().to_string());
+}
+
+#[tokio::test]
+async fn grpc_unary_carries_trailers() {
+    let server = grpc_echo();
+    let proxy = Proxy::start(&outbound_yaml(
+        "grpc-unary",
+        "grpc",
+        &server.addr.to_string(),
+    ))
+    .await;
+    let (text, trailers) = grpc_unary(proxy.upstream("grpc-unary"), "ping")
+        .await
+        .unwrap();
+    assert_eq!(text, "ping");
+    assert_eq!(trailers.get("x-echo-trailer").unwrap(), "done");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+}
+
+/// Each message is echoed before the next is sent: the stream is not buffered.
+#[tokio::test]
+async fn grpc_bidirectional_streaming_is_interleaved() {
+    let server = grpc_echo();
+    let proxy = Proxy::start(&outbound_yaml(
+        "grpc-bidi",
+        "grpc",
+        &server.addr.to_string(),
+    ))
+    .await;
+    let messages: Vec<String> = (0..20).map(|i| format!("message {i}")).collect();
+    let (echoes, trailers) = grpc_bidi(proxy.upstream("grpc-bidi"), messages.clone())
+        .await
+        .unwrap();
+    assert_eq!(echoes, messages);
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+}
+
+#[tokio::test]
+async fn grpc_errors_from_the_upstream_pass_through() {
+    let server = grpc_echo();
+    let proxy = Proxy::start(&outbound_yaml(
+        "grpc-fail",
+        "grpc",
+        &server.addr.to_string(),
+    ))
+    .await;
+    let status = grpc_fail(proxy.upstream("grpc-fail")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(status.metadata().get("x-remora-error").is_none());
+}
+
+/// When remora itself fails a gRPC call, the client gets a real gRPC status.
+#[tokio::test]
+async fn proxy_errors_take_grpc_form() {
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let proxy = Proxy::start(&outbound_yaml("grpc-dead", "grpc", &dead.to_string())).await;
+    let status = grpc_unary(proxy.upstream("grpc-dead"), "ping")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        status.metadata().get("x-remora-error").unwrap(),
+        "connect_failed"
+    );
+    assert!(
+        status.message().contains("connecting to"),
+        "{}",
+        status.message()
+    );
+}

@@ -1,0 +1,80 @@
+//! Upstream servers and clients for integration tests: real sockets on 127.0.0.1:0, no proxy.
+//!
+//! Every server binds before its constructor returns, so the returned address accepts
+//! connections at once (no sleeps needed). Servers run on the calling tokio runtime, so
+//! the constructors must be called from inside a test runtime; they panic otherwise.
+//! What this module does not do: TLS, fixed ports, or anything remora-specific.
+
+// Each test file compiles its own copy of this module and uses only part of it.
+#![allow(dead_code, unused_imports)]
+
+pub mod backend;
+pub mod client;
+pub mod grpc;
+pub mod proxy;
+pub mod tcp;
+pub mod websocket;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+pub use backend::{Backend, http_backend};
+pub use client::{Reply, get, http_client, send};
+pub use grpc::{EchoMsg, grpc_bidi, grpc_echo, grpc_fail, grpc_unary};
+pub use proxy::{Proxy, ProxyProcess};
+pub use tcp::tcp_echo;
+pub use websocket::{websocket_echo, websocket_roundtrip};
+
+/// A running server. Dropping it stops the accept loop and every open connection
+/// (the listener closes on the runtime's next tick).
+pub struct Server {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Server {
+    /// Keeps the server running until the test's runtime shuts down; returns its address.
+    pub fn detach(self) -> SocketAddr {
+        let addr = self.addr;
+        std::mem::forget(self); // the JoinHandle is leaked, which detaches the task.
+        addr
+    }
+}
+
+/// Binds 127.0.0.1:0 and runs `handle` on every accepted connection.
+pub fn serve<F, Fut>(handle: F) -> Server
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    std_listener.set_nonblocking(true).expect("set_nonblocking");
+    let addr = std_listener.local_addr().expect("local_addr");
+    let listener = TcpListener::from_std(std_listener).expect("called outside a tokio runtime");
+    let task = tokio::spawn(async move {
+        // Connections live in the JoinSet, so aborting this task aborts them too.
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        conns.spawn(handle(stream));
+                    }
+                    Err(e) => eprintln!("test server {addr}: accept failed: {e}"),
+                },
+                Some(_) = conns.join_next() => {}
+            }
+        }
+    });
+    Server { addr, task }
+}

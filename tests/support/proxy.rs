@@ -1,0 +1,163 @@
+//! remora under test: in-process (fast, for most tests) or as the real binary
+//! (for signals and memory). Both bind every listener on 127.0.0.1:0 and
+//! report the real addresses; nothing waits on a sleep.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Duration;
+
+use remora::app::{BoundAddrs, Running};
+
+/// A proxy started in this process from YAML text.
+pub struct Proxy {
+    pub bound: BoundAddrs,
+    running: Running,
+}
+
+impl Proxy {
+    pub async fn start(yaml: &str) -> Proxy {
+        let config = remora::config::parse(yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}"));
+        let running = remora::app::start(&config).await.expect("proxy starts");
+        Proxy {
+            bound: running.bound.clone(),
+            running,
+        }
+    }
+
+    /// The outbound listener of upstream `name`.
+    pub fn upstream(&self, name: &str) -> SocketAddr {
+        self.bound.upstream(name).expect("upstream listener")
+    }
+
+    pub fn inbound(&self) -> SocketAddr {
+        self.bound.inbound.expect("inbound listener")
+    }
+
+    /// `http://<admin><path>`
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.bound.admin)
+    }
+
+    /// Drains; returns the connections still open at the end.
+    pub async fn shutdown(self) -> usize {
+        self.running.shutdown().await
+    }
+}
+
+/// The real `remora` binary, started with `run --config`.
+pub struct ProxyProcess {
+    pub child: Child,
+    pub admin: SocketAddr,
+    pub listeners: Vec<(String, SocketAddr)>,
+    /// remora's log lines, read on a thread so the pipe never fills up.
+    log: Receiver<String>,
+}
+
+/// Longest wait for an expected log line.
+const LOG_WAIT: Duration = Duration::from_secs(20);
+
+impl ProxyProcess {
+    /// Writes `yaml` to a temporary file and starts the binary on it; returns
+    /// once it has logged every listener (`expected_listeners` of them besides
+    /// admin). The YAML must keep `logging.format: json` (the default).
+    pub fn start(yaml: &str, expected_listeners: usize) -> ProxyProcess {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "remora-test-{}-{}.yaml",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, yaml).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_remora"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start remora");
+        let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let (lines, log) = channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut admin = None;
+        let mut listeners = Vec::new();
+        while admin.is_none() || listeners.len() < expected_listeners {
+            let Ok(line) = log.recv_timeout(LOG_WAIT) else {
+                panic!("remora did not start listening: {:?}", child.try_wait());
+            };
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let addr = || event["addr"].as_str().and_then(|a| a.parse().ok());
+            match event["message"].as_str() {
+                Some("admin listening") => admin = addr(),
+                Some("listening") => listeners.push((
+                    event["listener"].as_str().unwrap_or_default().to_owned(),
+                    addr().expect("listener addr"),
+                )),
+                _ => {}
+            }
+        }
+        ProxyProcess {
+            child,
+            admin: admin.expect("admin addr"),
+            listeners,
+            log,
+        }
+    }
+
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(listener, _)| listener == name)
+            .map(|(_, addr)| *addr)
+            .expect("listener")
+    }
+
+    /// Sends a signal (e.g. "TERM") to the process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Peak resident memory of the process so far, in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+
+    /// Reads log lines until one contains `needle`; returns it.
+    pub fn wait_for_log(&mut self, needle: &str) -> String {
+        loop {
+            match self.log.recv_timeout(LOG_WAIT) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(error) => panic!("no log line with {needle:?}: {error}"),
+            }
+        }
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
