@@ -104,6 +104,7 @@ impl EndpointClient {
     pub async fn connect_h1(&self) -> Result<H1Sender, ProxyError> {
         let io = self.connect_tcp().await?;
         let (sender, connection) = http1::Builder::new()
+            .writev(false)
             .handshake(io)
             .await
             .map_err(|source| ProxyError::Handshake {

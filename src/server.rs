@@ -89,6 +89,7 @@ async fn serve_http(stream: TcpStream, protocol: HttpProtocol, service: HttpServ
     let result = match protocol {
         HttpProtocol::Http1 => {
             let connection = http1::Builder::new()
+                .writev(false)
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(io, service)
