@@ -522,3 +522,12 @@ fn duplicate_key() {
         ["test.yaml:3:3: service.name: duplicate mapping key `name` is not allowed here"]
     );
 }
+
+#[test]
+fn consul_registration_is_refused_until_it_exists() {
+    assert_eq!(
+        errors("service:\n  name: web\n  register: true\n"),
+        ["test.yaml:3:13: service.register: registration with Consul is not implemented yet; \
+          remove the key or set it to false"]
+    );
+}

@@ -4,8 +4,9 @@
 //! static endpoint lists, zero timeouts and intervals, worker_threads 0 or
 //! above 1024, `ring_hash` without `hash_on` (and `hash_on` without
 //! `ring_hash`, or on tcp), `inbound` without `service.port`, an empty
-//! service name, a check without exactly one of http/tcp, and log levels
-//! that are neither a level nor a filter directive. Every problem is
+//! service name, a check without exactly one of http/tcp, log levels
+//! that are neither a level nor a filter directive, and `register: true`
+//! (Consul registration is not implemented yet, so it must not pass silently). Every problem is
 //! returned, with the key path it concerns.
 
 use std::net::SocketAddr;
@@ -60,6 +61,12 @@ fn check_service(config: &Config, problems: &mut Problems) {
         problems.add(
             "service.port",
             "inbound is configured, so the application's port is required (1-65535)",
+        );
+    }
+    if service.register {
+        problems.add(
+            "service.register",
+            "registration with Consul is not implemented yet; remove the key or set it to false",
         );
     }
     if let Some(check) = &service.check {
