@@ -28,13 +28,14 @@ fn errors(text: &str) -> Vec<String> {
 
 const SERVICE: &str = "service:\n  name: web\n  port: 8080\n";
 
-#[test]
-fn example_files_all_load() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+/// Every YAML file under `dir` (recursively) loads; returns how many there were.
+fn load_all_yaml(dir: &Path) -> usize {
     let mut loaded = 0;
-    for entry in std::fs::read_dir(&dir).expect("config/ exists") {
+    for entry in std::fs::read_dir(dir).expect("folder exists") {
         let path = entry.expect("readable entry").path();
-        if path
+        if path.is_dir() {
+            loaded += load_all_yaml(&path);
+        } else if path
             .extension()
             .is_some_and(|ext| ext == "yaml" || ext == "yml")
         {
@@ -44,9 +45,19 @@ fn example_files_all_load() {
             loaded += 1;
         }
     }
+    loaded
+}
+
+#[test]
+fn shipped_config_and_example_files_all_load() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     assert!(
-        loaded >= 3,
+        load_all_yaml(&root.join("config")) >= 3,
         "expected example.yaml, minimal.yaml, demo.yaml"
+    );
+    assert!(
+        load_all_yaml(&root.join("examples")) >= 2,
+        "expected the sidecar-pair configs"
     );
 }
 
@@ -527,7 +538,9 @@ fn duplicate_key() {
 fn consul_registration_is_refused_until_it_exists() {
     assert_eq!(
         errors("service:\n  name: web\n  register: true\n"),
-        ["test.yaml:3:13: service.register: registration with Consul is not implemented yet; \
-          remove the key or set it to false"]
+        [
+            "test.yaml:3:13: service.register: registration with Consul is not implemented yet; \
+          remove the key or set it to false"
+        ]
     );
 }

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs remora's whole test suite on a fresh Debian machine with Rust.
+# Installs the Debian packages the tests need (when missing), then runs every
+# unit, integration, doc and example test. Tests that need root skip with a
+# message when run as another user.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests use: procps for `kill` (signals to the real
+# binary). bench/ needs wrk and haproxy, but the suite does not.
+packages=(procps)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing: ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+cargo test --all-targets
