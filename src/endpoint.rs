@@ -79,7 +79,7 @@ impl Endpoint {
         version: UpstreamVersion,
         upgrade: bool,
     ) -> Result<(Response<Incoming>, Release), SendError> {
-        let in_flight = self.load.start();
+        let mut in_flight = self.load.start();
         let started = Instant::now();
         let result = match version {
             UpstreamVersion::Http1 => self.send_h1(to_http1(request), upgrade).await,

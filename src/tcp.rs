@@ -24,7 +24,7 @@ pub async fn proxy(mut client: TcpStream, upstream: Arc<Upstream>) {
             );
             return;
         };
-        let in_flight = endpoint.load.start();
+        let mut in_flight = endpoint.load.start();
         let started = Instant::now();
         match endpoint.client.connect_tcp().await {
             Ok(server) => {

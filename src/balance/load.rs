@@ -25,11 +25,10 @@
 //! * Before any observation the estimate is [`DEFAULT_RTT`] (30 ms, tower's and
 //!   linkerd's default).
 //!
-//! Only completed requests are observed ([`InFlight::observe_rtt`]). A request
-//! dropped without completing (cancelled by the client) decrements the
-//! in-flight count but teaches nothing about latency. Callers should complete
-//! timed-out and failed requests with their elapsed time too, otherwise a
-//! black-holing endpoint never looks slow.
+//! A response head is observed with [`InFlight::observe_rtt`]. A request
+//! whose guard drops without one (failed, timed out, cancelled) records the
+//! time it was in flight, as tower's `PeakEwma` does; otherwise an endpoint
+//! that swallows requests would never look slow.
 //!
 //! # Backoff
 //!
@@ -121,6 +120,8 @@ impl EndpointLoad {
         self.state.in_flight.fetch_add(1, Relaxed);
         InFlight {
             state: Arc::clone(&self.state),
+            started: Instant::now(),
+            observed: false,
         }
     }
 
@@ -245,20 +246,31 @@ fn weight(elapsed_ns: u64) -> f64 {
 #[must_use = "dropping the guard immediately ends the request's in-flight accounting"]
 pub struct InFlight {
     state: Arc<State>,
+    started: Instant,
+    observed: bool,
 }
 
 impl InFlight {
-    /// The response head arrived (or the request failed or timed out) after
-    /// `rtt`: record it in the peak EWMA. The request stays in flight until the
-    /// guard drops (for a proxy: when the response body ends), so streams
-    /// count as load for their whole life.
-    pub fn observe_rtt(&self, rtt: Duration) {
+    /// The response head arrived after `rtt`: record it in the peak EWMA.
+    /// The request stays in flight until the guard drops (for a proxy: when
+    /// the response body ends), so streams count as load for their whole life.
+    pub fn observe_rtt(&mut self, rtt: Duration) {
+        self.observed = true;
         self.state.observe(Instant::now(), rtt);
     }
 }
 
 impl Drop for InFlight {
+    /// A request that ends without an observed response (it failed, timed
+    /// out or was cancelled) records the time it was in flight, as tower's
+    /// `PeakEwma` does: an endpoint that swallows requests then looks as slow
+    /// as it is, instead of keeping its last good estimate.
     fn drop(&mut self) {
+        if !self.observed {
+            let now = Instant::now();
+            self.state
+                .observe(now, now.saturating_duration_since(self.started));
+        }
         self.state.in_flight.fetch_sub(1, Relaxed);
     }
 }
@@ -279,15 +291,18 @@ mod tests {
     async fn in_flight_counts_and_drop_without_completion() {
         let load = EndpointLoad::new();
         let a = load.start();
-        let b = load.start();
+        let mut b = load.start();
         assert_eq!(load.in_flight(), 2);
-        drop(a); // cancelled: no latency recorded
-        assert_eq!(load.in_flight(), 1);
-        assert!(close(ms(load.ewma()), 30.0));
         b.observe_rtt(Duration::from_millis(80));
-        drop(b);
-        assert_eq!(load.in_flight(), 0);
         assert!(close(ms(load.ewma()), 80.0));
+        drop(b);
+        assert_eq!(load.in_flight(), 1);
+        // Dropped without a response after 500 ms (failed, timed out or
+        // cancelled): the time it was in flight counts, as a peak.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        drop(a);
+        assert_eq!(load.in_flight(), 0);
+        assert!(close(ms(load.ewma()), 500.0));
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod client;
 pub mod grpc;
+pub mod prom;
 pub mod proxy;
 pub mod tcp;
 pub mod websocket;

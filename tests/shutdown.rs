@@ -1,0 +1,141 @@
+//! Graceful shutdown of the real binary: on SIGTERM `/ready` turns 503, the upstream listener
+//! stops accepting, the request in flight still completes, and the process exits 0 within the
+//! drain timeout; SIGINT with nothing in flight exits 0 at once.
+
+mod support;
+
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use http::{StatusCode, Version};
+use tokio::net::TcpStream;
+
+use support::{ProxyProcess, get, http_backend};
+
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn yaml(name: &str, endpoint: std::net::SocketAddr) -> String {
+    format!(
+        "service: {{ name: test }}\n\
+         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: http\n    \
+         discovery: {{ static: [{endpoint}] }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         runtime: {{ drain_timeout: 5s }}\n\
+         logging: {{ access_log: false }}\n"
+    )
+}
+
+/// Polls `condition` every 10 ms until it holds; panics with `what` after `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (bounded) for the process to exit; returns its status and when it was seen to exit.
+async fn wait_for_exit(proxy: &mut ProxyProcess, within: Duration) -> (ExitStatus, Instant) {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = proxy.child.try_wait().unwrap() {
+            return (status, Instant::now());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "remora still running after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let backend = http_backend("drain-backend");
+    let mut proxy = ProxyProcess::start(&yaml("drain", backend.addr), 1);
+    let listener = proxy.listener("drain");
+    let ready_url = format!("http://{}/ready", proxy.admin);
+    assert_eq!(
+        get(Version::HTTP_11, &ready_url).await.unwrap().status,
+        StatusCode::OK
+    );
+
+    let slow_url = format!("http://{listener}/slow/1500");
+    let in_flight = tokio::spawn(async move { get(Version::HTTP_11, &slow_url).await });
+    eventually(
+        Duration::from_secs(5),
+        "slow request reaches the backend",
+        || {
+            let arrived = backend.requests() == 1;
+            async move { arrived }
+        },
+    )
+    .await;
+
+    proxy.signal("TERM");
+    let terminated = Instant::now();
+
+    // (a) not ready any more (the admin listener stays up during the drain)
+    eventually(Duration::from_secs(1), "/ready turns 503", || {
+        let url = ready_url.clone();
+        async move {
+            get(Version::HTTP_11, &url)
+                .await
+                .is_ok_and(|reply| reply.status == StatusCode::SERVICE_UNAVAILABLE)
+        }
+    })
+    .await;
+    // (b) new connections to the upstream listener are refused
+    eventually(
+        Duration::from_secs(1),
+        "upstream listener refuses connections",
+        || async move { TcpStream::connect(listener).await.is_err() },
+    )
+    .await;
+    assert!(
+        !in_flight.is_finished(),
+        "the slow request ended before the checks"
+    );
+
+    // (c) the request in flight completes normally
+    let reply = tokio::time::timeout(Duration::from_secs(5), in_flight)
+        .await
+        .expect("in-flight request finishes")
+        .unwrap()
+        .expect("in-flight request succeeds");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, "drain-backend");
+    assert!(reply.headers.get("x-remora-error").is_none());
+
+    // (d) the process exits 0 within the drain bound
+    let (status, exited) = wait_for_exit(&mut proxy, DRAIN_TIMEOUT + Duration::from_secs(2)).await;
+    let took = exited - terminated;
+    eprintln!("SIGTERM → exit in {took:?} (slow request had ~1.5 s left)");
+    assert!(status.success(), "exit status {status}");
+    assert!(took < DRAIN_TIMEOUT, "exit {took:?} after SIGTERM");
+}
+
+#[tokio::test]
+async fn sigint_when_idle_exits_zero_quickly() {
+    let backend = http_backend("sigint-backend");
+    let mut proxy = ProxyProcess::start(&yaml("sigint", backend.addr), 1);
+    let reply = get(
+        Version::HTTP_11,
+        &format!("http://{}/", proxy.listener("sigint")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+
+    proxy.signal("INT");
+    let interrupted = Instant::now();
+    let (status, exited) = wait_for_exit(&mut proxy, Duration::from_secs(5)).await;
+    let took = exited - interrupted;
+    eprintln!("SIGINT → exit in {took:?}");
+    assert!(status.success(), "exit status {status}");
+    assert!(took < Duration::from_secs(2), "exit {took:?} after SIGINT");
+}

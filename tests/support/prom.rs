@@ -1,0 +1,122 @@
+//! Reading remora's `/metrics` in tests: a small parser for the Prometheus text format that
+//! looks samples up by name and labels in any order, and a poll that waits (bounded) for a
+//! value, since remora records a request only when its response body has ended.
+//! Not a full parser: no escapes in label values other than `\"` and `\\`, no timestamps.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use http::Version;
+
+/// One sample line: `name{labels} value`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Every sample of `text`; comment lines (`# HELP`, `# TYPE`) and blank lines are skipped.
+/// Panics on a line it cannot read, so a malformed exposition fails the test.
+pub fn parse(text: &str) -> Vec<Sample> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| parse_line(line).unwrap_or_else(|| panic!("bad metrics line: {line:?}")))
+        .collect()
+}
+
+fn parse_line(line: &str) -> Option<Sample> {
+    let (name, rest) = match line.find(['{', ' ']) {
+        Some(i) => line.split_at(i),
+        None => return None,
+    };
+    let mut labels = BTreeMap::new();
+    let rest = if let Some(mut inner) = rest.strip_prefix('{') {
+        loop {
+            inner = inner.trim_start_matches([',', ' ']);
+            if let Some(after) = inner.strip_prefix('}') {
+                break after;
+            }
+            let (key, after_key) = inner.split_once("=\"")?;
+            let mut value = String::new();
+            let mut chars = after_key.char_indices();
+            let end = loop {
+                match chars.next()? {
+                    (_, '\\') => value.push(chars.next()?.1),
+                    (i, '"') => break i,
+                    (_, c) => value.push(c),
+                }
+            };
+            labels.insert(key.trim().to_owned(), value);
+            inner = &after_key[end + 1..];
+        }
+    } else {
+        rest
+    };
+    let value = rest.split_whitespace().next()?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        other => other.parse().ok()?,
+    };
+    Some(Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+    })
+}
+
+/// The samples named `name` that carry every `(key, value)` of `labels` (and maybe more).
+pub fn find<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Vec<&'a Sample> {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .collect()
+}
+
+/// The value of the one sample matching `name` and `labels`; `None` when there is none.
+/// Panics when several match (the labels given are ambiguous).
+pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let samples = parse(text);
+    let found = find(&samples, name, labels);
+    assert!(
+        found.len() <= 1,
+        "{name} {labels:?} matches {} samples: {found:?}",
+        found.len()
+    );
+    found.first().map(|s| s.value)
+}
+
+/// `GET <url>` (the admin `/metrics`) and return the text.
+pub async fn scrape(url: &str) -> String {
+    let reply = super::get(Version::HTTP_11, url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(reply.status, http::StatusCode::OK, "GET {url}");
+    reply.body
+}
+
+/// Scrapes `url` until the sample reaches `expected` or `within` has passed; returns the last
+/// value seen (0 when absent), so the caller's assertion shows what was there.
+pub async fn wait_for_value(
+    url: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    expected: f64,
+    within: Duration,
+) -> f64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let current = value(&scrape(url).await, name, labels).unwrap_or(0.0);
+        if current == expected || Instant::now() >= deadline {
+            return current;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
