@@ -7,6 +7,7 @@
 //! read to the end; idle connections older than the idle timeout are closed, and
 //! at most [`MAX_IDLE_PER_ENDPOINT`] are kept.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -107,15 +108,8 @@ impl EndpointClient {
             .writev(false)
             .handshake(io)
             .await
-            .map_err(|source| ProxyError::Handshake {
-                addr: self.addr,
-                source,
-            })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%error, "upstream HTTP/1.1 connection ended with an error");
-            }
-        });
+            .map_err(|source| self.handshake_failed(source))?;
+        drive(connection.with_upgrades(), "HTTP/1.1");
         Ok(sender)
     }
 
@@ -130,15 +124,8 @@ impl EndpointClient {
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .handshake(io)
             .await
-            .map_err(|source| ProxyError::Handshake {
-                addr: self.addr,
-                source,
-            })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream HTTP/2 connection ended with an error");
-            }
-        });
+            .map_err(|source| self.handshake_failed(source))?;
+        drive(connection, "HTTP/2");
         *shared = Some(sender.clone());
         Ok((sender, false))
     }
@@ -146,6 +133,13 @@ impl EndpointClient {
     /// Drops the shared HTTP/2 connection, so the next request opens a new one.
     pub async fn forget_h2(&self) {
         self.h2.lock().await.take();
+    }
+
+    fn handshake_failed(&self, source: hyper::Error) -> ProxyError {
+        ProxyError::Handshake {
+            addr: self.addr,
+            source,
+        }
     }
 
     /// A TCP connection to the endpoint, within the connect timeout.
@@ -163,4 +157,16 @@ impl EndpointClient {
         }
         Ok(TokioIo::new(stream))
     }
+}
+
+/// Runs an upstream connection's I/O task until the connection closes.
+fn drive<C>(connection: C, version: &'static str)
+where
+    C: Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, version, "upstream connection ended with an error");
+        }
+    });
 }

@@ -99,6 +99,18 @@ impl Endpoint {
         }
     }
 
+    /// The connection failed under the request; `unsent` is the request when
+    /// none of it was written.
+    fn reset(&self, source: hyper::Error, unsent: Option<Request<Incoming>>) -> SendError {
+        SendError {
+            error: ProxyError::UpstreamReset {
+                addr: self.addr,
+                source,
+            },
+            request: unsent,
+        }
+    }
+
     async fn send_h1(
         &self,
         mut request: Request<Incoming>,
@@ -115,12 +127,7 @@ impl Endpoint {
                 Some(sender) => sender,
                 None => match self.client.connect_h1().await {
                     Ok(sender) => sender,
-                    Err(error) => {
-                        return Err(SendError {
-                            error,
-                            request: Some(request),
-                        });
-                    }
+                    Err(error) => return Err(SendError::unsent(error, request)),
                 },
             };
             match sender.try_send_request(request).await {
@@ -128,15 +135,7 @@ impl Endpoint {
                 Err(mut failed) => match failed.take_message() {
                     // A pooled connection the peer had closed: try a fresh one.
                     Some(unsent) if reused => request = unsent,
-                    unsent => {
-                        return Err(SendError {
-                            error: ProxyError::UpstreamReset {
-                                addr: self.addr,
-                                source: failed.into_error(),
-                            },
-                            request: unsent,
-                        });
-                    }
+                    unsent => return Err(self.reset(failed.into_error(), unsent)),
                 },
             }
         }
@@ -149,12 +148,7 @@ impl Endpoint {
         loop {
             let (mut sender, reused) = match self.client.h2_sender().await {
                 Ok(opened) => opened,
-                Err(error) => {
-                    return Err(SendError {
-                        error,
-                        request: Some(request),
-                    });
-                }
+                Err(error) => return Err(SendError::unsent(error, request)),
             };
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, None)),
@@ -164,17 +158,18 @@ impl Endpoint {
                         self.client.forget_h2().await;
                         request = unsent;
                     }
-                    unsent => {
-                        return Err(SendError {
-                            error: ProxyError::UpstreamReset {
-                                addr: self.addr,
-                                source: failed.into_error(),
-                            },
-                            request: unsent,
-                        });
-                    }
+                    unsent => return Err(self.reset(failed.into_error(), unsent)),
                 },
             }
+        }
+    }
+}
+
+impl SendError {
+    fn unsent(error: ProxyError, request: Request<Incoming>) -> Self {
+        Self {
+            error,
+            request: Some(request),
         }
     }
 }

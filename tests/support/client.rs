@@ -35,20 +35,15 @@ where
 /// `GET url` and read the whole body.
 pub async fn get(version: Version, url: &str) -> Result<Reply, BoxError> {
     let req = Request::get(url).body(Empty::<Bytes>::new())?;
-    let response = http_client(version).request(req).await?;
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await?.to_bytes();
-    Ok(Reply {
-        status: parts.status,
-        version: parts.version,
-        headers: parts.headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    read_reply(http_client(version).request(req).await?).await
 }
 
 /// Sends `req` (e.g. a POST with a body) and reads the whole response.
 pub async fn send(version: Version, req: Request<Full<Bytes>>) -> Result<Reply, BoxError> {
-    let response = http_client(version).request(req).await?;
+    read_reply(http_client(version).request(req).await?).await
+}
+
+async fn read_reply(response: http::Response<hyper::body::Incoming>) -> Result<Reply, BoxError> {
     let (parts, body) = response.into_parts();
     let body = body.collect().await?.to_bytes();
     Ok(Reply {
