@@ -1,5 +1,7 @@
-//! The response body remora hands to its listeners: an upstream's streamed body or
-//! a body remora made itself, plus what has to happen when the body is done.
+//! The bodies remora moves. [`RequestBody`]: a client's request body, streamed,
+//! or held in memory (up to a limit) so the request can be sent again.
+//! [`ResponseBody`]: an upstream's streamed body or a body remora made itself,
+//! plus what has to happen when the body is done.
 //!
 //! Bodies are streamed frame by frame, never buffered whole. When the last frame
 //! has been read (or the body is dropped early because the client went away),
@@ -10,8 +12,10 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::endpoint::Release;
@@ -68,9 +72,16 @@ impl ResponseBody {
         }
     }
 
-    /// Sets the observer told how the body ended. Replaces an earlier one.
-    pub fn observe(&mut self, observer: Observer) {
-        self.observer = Some(observer);
+    /// Adds an observer told how the body ended; observers run in the order
+    /// they were added.
+    pub fn on_end(&mut self, observer: Observer) {
+        self.observer = Some(match self.observer.take() {
+            None => observer,
+            Some(earlier) => Box::new(move |end| {
+                earlier(end);
+                observer(end);
+            }),
+        });
     }
 
     fn finish(&mut self, complete: bool) {
@@ -135,6 +146,135 @@ impl Drop for ResponseBody {
             // hyper never polls a body that reports its end up front (an empty one).
             let complete = self.is_end_stream();
             self.finish(complete);
+        }
+    }
+}
+
+/// A request body on its way upstream.
+pub struct RequestBody {
+    kind: RequestKind,
+}
+
+enum RequestKind {
+    /// Read from the client as it is sent upstream.
+    Streaming(Incoming),
+    /// Held whole in memory; can be sent any number of times.
+    Buffered {
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+    },
+    /// The part read while trying to buffer, then the rest of the stream.
+    Prefixed {
+        prefix: Option<Bytes>,
+        rest: Incoming,
+    },
+}
+
+impl RequestBody {
+    pub fn streaming(body: Incoming) -> Self {
+        Self {
+            kind: RequestKind::Streaming(body),
+        }
+    }
+
+    /// Reads the whole body into memory if it is at most `limit` bytes, so
+    /// the request can be replayed. A larger body comes back as a body that
+    /// streams what was read and then the rest (it cannot be replayed).
+    pub async fn buffer(self, limit: usize) -> Result<Self, hyper::Error> {
+        let RequestKind::Streaming(mut body) = self.kind else {
+            return Ok(self);
+        };
+        let too_large = body.size_hint().lower() > limit as u64;
+        let mut data = BytesMut::new();
+        let mut trailers = None;
+        while !too_large && !body.is_end_stream() {
+            let Some(frame) = body.frame().await.transpose()? else {
+                break;
+            };
+            match frame.into_data() {
+                Ok(chunk) => {
+                    data.extend_from_slice(&chunk);
+                    if data.len() > limit {
+                        let prefix = Some(data.freeze());
+                        return Ok(Self {
+                            kind: RequestKind::Prefixed { prefix, rest: body },
+                        });
+                    }
+                }
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            }
+        }
+        if too_large {
+            return Ok(Self::streaming(body));
+        }
+        Ok(Self {
+            kind: RequestKind::Buffered {
+                data: (!data.is_empty()).then(|| data.freeze()),
+                trailers,
+            },
+        })
+    }
+
+    /// A copy to send again, when the body is held in memory.
+    pub fn try_clone(&self) -> Option<Self> {
+        match &self.kind {
+            RequestKind::Buffered { data, trailers } => Some(Self {
+                kind: RequestKind::Buffered {
+                    data: data.clone(),
+                    trailers: trailers.clone(),
+                },
+            }),
+            RequestKind::Streaming(_) | RequestKind::Prefixed { .. } => None,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.kind {
+            RequestKind::Streaming(body) => Pin::new(body).poll_frame(cx),
+            RequestKind::Buffered { data, trailers } => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
+            RequestKind::Prefixed { prefix, rest } => match prefix.take() {
+                Some(prefix) => Poll::Ready(Some(Ok(Frame::data(prefix)))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            RequestKind::Streaming(body) => body.is_end_stream(),
+            RequestKind::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
+            RequestKind::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            RequestKind::Streaming(body) => body.size_hint(),
+            RequestKind::Buffered { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            RequestKind::Prefixed { prefix, rest } => {
+                let prefix = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.size_hint().lower() + prefix);
+                if let Some(upper) = rest.size_hint().upper() {
+                    hint.set_upper(upper + prefix);
+                }
+                hint
+            }
         }
     }
 }

@@ -12,12 +12,12 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::body::RequestBody;
 use crate::error::ProxyError;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
@@ -30,8 +30,8 @@ pub struct ClientSettings {
     pub idle_timeout: Duration,
 }
 
-pub type H1Sender = http1::SendRequest<Incoming>;
-pub type H2Sender = http2::SendRequest<Incoming>;
+pub type H1Sender = http1::SendRequest<RequestBody>;
+pub type H2Sender = http2::SendRequest<RequestBody>;
 
 struct IdleConnection {
     sender: H1Sender,

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::balance::{EndpointLoad, InFlight, Target};
+use crate::body::RequestBody;
 use crate::client::{ClientSettings, EndpointClient, H1Sender};
 use crate::error::ProxyError;
 
@@ -43,7 +44,7 @@ impl Target for Endpoint {
 /// upstream, so the caller may try another endpoint.
 pub struct SendError {
     pub error: ProxyError,
-    pub request: Option<Request<Incoming>>,
+    pub request: Option<Request<RequestBody>>,
 }
 
 /// What a response body must do when it ends: return its HTTP/1.1 connection
@@ -75,7 +76,7 @@ impl Endpoint {
     /// its body must run. An upgrade request gets a connection of its own.
     pub async fn send(
         self: &Arc<Self>,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         version: UpstreamVersion,
         upgrade: bool,
     ) -> Result<(Response<Incoming>, Release), SendError> {
@@ -101,7 +102,7 @@ impl Endpoint {
 
     /// The connection failed under the request; `unsent` is the request when
     /// none of it was written.
-    fn reset(&self, source: hyper::Error, unsent: Option<Request<Incoming>>) -> SendError {
+    fn reset(&self, source: hyper::Error, unsent: Option<Request<RequestBody>>) -> SendError {
         SendError {
             error: ProxyError::UpstreamReset {
                 addr: self.addr,
@@ -113,7 +114,7 @@ impl Endpoint {
 
     async fn send_h1(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<RequestBody>,
         upgrade: bool,
     ) -> Result<(Response<Incoming>, Option<H1Sender>), SendError> {
         loop {
@@ -143,7 +144,7 @@ impl Endpoint {
 
     async fn send_h2(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Option<H1Sender>), SendError> {
         loop {
             let (mut sender, reused) = match self.client.h2_sender().await {
@@ -166,7 +167,7 @@ impl Endpoint {
 }
 
 impl SendError {
-    fn unsent(error: ProxyError, request: Request<Incoming>) -> Self {
+    fn unsent(error: ProxyError, request: Request<RequestBody>) -> Self {
         Self {
             error,
             request: Some(request),
@@ -175,7 +176,7 @@ impl SendError {
 }
 
 /// An HTTP/1.1 request: origin-form target, `Host` from the authority.
-fn to_http1(mut request: Request<Incoming>) -> Request<Incoming> {
+fn to_http1(mut request: Request<RequestBody>) -> Request<RequestBody> {
     if request.version() == Version::HTTP_2
         && let Some(authority) = request.uri().authority()
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
@@ -194,7 +195,7 @@ fn to_http1(mut request: Request<Incoming>) -> Request<Incoming> {
 }
 
 /// An HTTP/2 request: absolute URI whose authority is the client's Host.
-fn to_http2(mut request: Request<Incoming>, endpoint: SocketAddr) -> Request<Incoming> {
+fn to_http2(mut request: Request<RequestBody>, endpoint: SocketAddr) -> Request<RequestBody> {
     let host = request.headers_mut().remove(header::HOST);
     let authority = request
         .uri()

@@ -1,11 +1,13 @@
 //! Errors of the data path: everything that makes remora answer a request itself.
 //!
-//! Each variant maps to exactly one [`ErrorKind`], and the kind alone decides
-//! the status code and the `x-remora-error` value (see
-//! `middleware::error_response`, the one place that turns errors into responses).
+//! Each variant maps to exactly one [`ErrorKind`], the stable name sent in
+//! `x-remora-error`; `middleware::error_response` is the one place that turns
+//! errors into responses.
 
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use http::StatusCode;
 
 /// Why remora could not proxy a request.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,22 @@ pub enum ProxyError {
     },
     #[error("request timed out after {0:?}")]
     Timeout(Duration),
+    #[error("try timed out after {timeout:?} (per_try_timeout)")]
+    PerTryTimeout {
+        timeout: Duration,
+        addr: Option<SocketAddr>,
+    },
+    #[error("rate limited; retry after {retry_after:?}")]
+    RateLimited { retry_after: Duration },
+    #[error("circuit breaker for upstream {upstream:?} is open")]
+    CircuitOpen { upstream: String },
+    #[error("more than {limit} requests in flight to {upstream:?}")]
+    Overloaded { upstream: String, limit: u32 },
+    #[error("fault injected: abort with {status}")]
+    FaultAbort {
+        status: StatusCode,
+        grpc_status: Option<u16>,
+    },
 }
 
 /// The stable, machine-readable name of an error, sent in `x-remora-error`
@@ -42,6 +60,10 @@ pub enum ErrorKind {
     ConnectTimeout,
     UpstreamReset,
     Timeout,
+    RateLimited,
+    CircuitOpen,
+    Overloaded,
+    FaultAbort,
 }
 
 impl ErrorKind {
@@ -52,6 +74,10 @@ impl ErrorKind {
             ErrorKind::ConnectTimeout => "connect_timeout",
             ErrorKind::UpstreamReset => "upstream_reset",
             ErrorKind::Timeout => "timeout",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::FaultAbort => "fault_abort",
         }
     }
 }
@@ -65,7 +91,11 @@ impl ProxyError {
             }
             ProxyError::ConnectTimeout { .. } => ErrorKind::ConnectTimeout,
             ProxyError::UpstreamReset { .. } => ErrorKind::UpstreamReset,
-            ProxyError::Timeout(_) => ErrorKind::Timeout,
+            ProxyError::Timeout(_) | ProxyError::PerTryTimeout { .. } => ErrorKind::Timeout,
+            ProxyError::RateLimited { .. } => ErrorKind::RateLimited,
+            ProxyError::CircuitOpen { .. } => ErrorKind::CircuitOpen,
+            ProxyError::Overloaded { .. } => ErrorKind::Overloaded,
+            ProxyError::FaultAbort { .. } => ErrorKind::FaultAbort,
         }
     }
 
@@ -76,7 +106,25 @@ impl ProxyError {
             | ProxyError::ConnectTimeout { addr, .. }
             | ProxyError::Handshake { addr, .. }
             | ProxyError::UpstreamReset { addr, .. } => Some(*addr),
-            ProxyError::NoEndpoints { .. } | ProxyError::Timeout(_) => None,
+            ProxyError::PerTryTimeout { addr, .. } => *addr,
+            ProxyError::NoEndpoints { .. }
+            | ProxyError::Timeout(_)
+            | ProxyError::RateLimited { .. }
+            | ProxyError::CircuitOpen { .. }
+            | ProxyError::Overloaded { .. }
+            | ProxyError::FaultAbort { .. } => None,
         }
+    }
+
+    /// True when an HTTP/2 server refused the stream (REFUSED_STREAM): it
+    /// did no work on the request, so it is always safe to try again.
+    pub fn is_refused_stream(&self) -> bool {
+        let ProxyError::UpstreamReset { source, .. } = self else {
+            return false;
+        };
+        std::error::Error::source(source)
+            .and_then(|cause| cause.downcast_ref::<h2::Error>())
+            .and_then(h2::Error::reason)
+            == Some(h2::Reason::REFUSED_STREAM)
     }
 }

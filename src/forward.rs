@@ -12,11 +12,10 @@ use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode, Version, header};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use crate::body::ResponseBody;
+use crate::body::{RequestBody, ResponseBody};
 use crate::endpoint::SendError;
 use crate::error::ProxyError;
 use crate::headers::{X_REMORA_ERROR, is_upgrade_request, strip_hop_by_hop};
@@ -39,7 +38,7 @@ impl Forward {
     }
 }
 
-impl tower::Service<Request<Incoming>> for Forward {
+impl tower::Service<Request<RequestBody>> for Forward {
     type Response = Response<ResponseBody>;
     type Error = ProxyError;
     type Future = BoxFuture<'static, Result<Response<ResponseBody>, ProxyError>>;
@@ -48,14 +47,14 @@ impl tower::Service<Request<Incoming>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
         Box::pin(forward(Arc::clone(&self.upstream), request))
     }
 }
 
 async fn forward(
     upstream: Arc<Upstream>,
-    mut request: Request<Incoming>,
+    mut request: Request<RequestBody>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let upgrade = request.version() <= Version::HTTP_11 && is_upgrade_request(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));

@@ -20,6 +20,7 @@ pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod middleware;
+pub mod outcome;
 pub mod runtime;
 pub mod server;
 pub mod stack;

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
-use crate::body::ResponseBody;
+use crate::body::{RequestBody, ResponseBody};
 use crate::forward::Forward;
 use crate::middleware::error_response::ErrorResponseLayer;
 use crate::middleware::observe::ObserveLayer;
@@ -40,6 +40,7 @@ pub fn inbound(app: Arc<Upstream>, settings: &StackSettings) -> HttpService {
 // authorization arrive; they then diverge here, in one readable place.
 fn build(direction: Direction, upstream: Arc<Upstream>, settings: &StackSettings) -> HttpService {
     let service = ServiceBuilder::new()
+        .map_request(|request: Request<Incoming>| request.map(RequestBody::streaming))
         .layer(ObserveLayer::new(
             direction,
             upstream.name(),

@@ -16,6 +16,7 @@ mod env;
 mod error;
 mod locate;
 mod model;
+mod resilience;
 mod validate;
 
 use std::path::Path;
@@ -27,6 +28,11 @@ pub use model::{
     AdminConfig, CheckConfig, Config, Discovery, HashOn, InboundConfig, LoadBalancing,
     LoadBalancingPolicy, LogFormat, LoggingConfig, RuntimeConfig, ServiceConfig, ServiceProtocol,
     Timeouts, UpstreamConfig, UpstreamProtocol,
+};
+pub use resilience::{
+    CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,
+    OutlierDetection, RateLimitConfig, RateLimitKey, RetryBackoff, RetryBudget, RetryPolicy,
+    default_failure_conditions, grpc_code,
 };
 
 use locate::{Position, SourceMap};

@@ -1,8 +1,8 @@
 //! The configuration model: one struct per YAML section, field names equal
 //! to the YAML keys of architecture.md §4 (a public interface). Every struct
 //! rejects unknown keys, so sections not implemented yet (consul, tracing,
-//! tls, transparent, retries, rate_limit, circuit_breaker, ...) are errors
-//! rather than silently ignored. Values are typed here ("parse, don't
+//! tls, transparent, ...) are errors rather than silently ignored. The
+//! resilience sections live in `resilience.rs`. Values are typed here ("parse, don't
 //! validate"); cross-field rules live in `validate.rs`.
 
 use std::collections::BTreeMap;
@@ -14,6 +14,9 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::duration;
+use super::resilience::{
+    CircuitBreakerConfig, FaultConfig, OutlierDetection, RateLimitConfig, RetryPolicy,
+};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -102,6 +105,10 @@ pub struct InboundConfig {
     pub listen: SocketAddr,
     #[serde(default, with = "duration::option")]
     pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    #[serde(default)]
+    pub max_concurrent_requests: Option<u32>,
 }
 
 fn default_inbound_listen() -> SocketAddr {
@@ -121,6 +128,18 @@ pub struct UpstreamConfig {
     pub load_balancing: LoadBalancing,
     #[serde(default)]
     pub timeouts: Timeouts,
+    #[serde(default)]
+    pub retries: Option<RetryPolicy>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default)]
+    pub max_concurrent_requests: Option<u32>,
+    #[serde(default)]
+    pub fault: Option<FaultConfig>,
 }
 
 /// Protocol spoken to an upstream; `auto` sniffs the HTTP/2 preface.

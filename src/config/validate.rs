@@ -12,7 +12,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::model::{Config, Discovery, LoadBalancingPolicy, UpstreamProtocol};
+use super::model::{
+    Config, Discovery, LoadBalancingPolicy, ServiceProtocol, UpstreamConfig, UpstreamProtocol,
+};
+use super::resilience::{RateLimitConfig, grpc_code};
 
 /// Most tokio worker threads accepted.
 const MAX_WORKER_THREADS: usize = 1024;
@@ -76,8 +79,23 @@ fn check_service(config: &Config, problems: &mut Problems) {
         problems.nonzero("service.check.interval".to_owned(), check.interval);
         problems.nonzero("service.check.timeout".to_owned(), check.timeout);
     }
-    if let Some(timeout) = config.inbound.as_ref().and_then(|inbound| inbound.timeout) {
-        problems.nonzero("inbound.timeout".to_owned(), timeout);
+    if let Some(inbound) = &config.inbound {
+        if let Some(timeout) = inbound.timeout {
+            problems.nonzero("inbound.timeout".to_owned(), timeout);
+        }
+        if let Some(rate_limit) = &inbound.rate_limit {
+            check_rate_limit("inbound.rate_limit", rate_limit, problems);
+        }
+        if inbound.max_concurrent_requests == Some(0) {
+            problems.add("inbound.max_concurrent_requests", "must be at least 1");
+        }
+        let tcp = config.service.protocol == ServiceProtocol::Tcp;
+        if tcp && (inbound.rate_limit.is_some() || inbound.timeout.is_some()) {
+            problems.add(
+                "inbound",
+                "rate_limit and timeout apply to HTTP requests; service.protocol is tcp",
+            );
+        }
     }
 }
 
@@ -170,6 +188,160 @@ fn check_upstreams(config: &Config, problems: &mut Problems) {
             problems.nonzero(at("timeouts.request"), request);
         }
         problems.nonzero(at("timeouts.idle"), timeouts.idle);
+        check_resilience(upstream, &at, problems);
+    }
+}
+
+fn check_resilience(
+    upstream: &UpstreamConfig,
+    at: &dyn Fn(&str) -> String,
+    problems: &mut Problems,
+) {
+    if upstream.protocol == UpstreamProtocol::Tcp {
+        let http_only = [
+            ("retries", upstream.retries.is_some()),
+            ("rate_limit", upstream.rate_limit.is_some()),
+            ("fault", upstream.fault.is_some()),
+            ("timeouts.request", upstream.timeouts.request.is_some()),
+        ];
+        for (key, present) in http_only {
+            if present {
+                problems.add(
+                    at(key),
+                    "applies to HTTP requests; a tcp upstream has none (it gets connect retries, \
+                     balancing, circuit breaking and outlier detection per connection)",
+                );
+            }
+        }
+    }
+    if let Some(retries) = &upstream.retries {
+        if !(1..=10).contains(&retries.attempts) {
+            problems.add(
+                at("retries.attempts"),
+                "must be between 1 and 10 (tries in all, the first included)",
+            );
+        }
+        if let Some(per_try) = retries.per_try_timeout {
+            problems.nonzero(at("retries.per_try_timeout"), per_try);
+        }
+        problems.nonzero(at("retries.backoff.base"), retries.backoff.base);
+        if retries.backoff.max < retries.backoff.base {
+            problems.add(
+                at("retries.backoff.max"),
+                "must not be shorter than backoff.base",
+            );
+        }
+        if !(0.0..=10.0).contains(&retries.budget.ratio) {
+            problems.add(at("retries.budget.ratio"), "must be between 0 and 10");
+        }
+        problems.nonzero(at("retries.budget.window"), retries.budget.window);
+    }
+    if let Some(rate_limit) = &upstream.rate_limit {
+        check_rate_limit(&at("rate_limit"), rate_limit, problems);
+    }
+    if let Some(breaker) = &upstream.circuit_breaker {
+        if breaker.consecutive_failures == 0 {
+            problems.add(
+                at("circuit_breaker.consecutive_failures"),
+                "must be at least 1",
+            );
+        }
+        if let Some(rate) = &breaker.failure_rate {
+            if !(rate.threshold > 0.0 && rate.threshold <= 1.0) {
+                problems.add(
+                    at("circuit_breaker.failure_rate.threshold"),
+                    "must be a fraction above 0 and at most 1",
+                );
+            }
+            problems.nonzero(at("circuit_breaker.failure_rate.window"), rate.window);
+            if rate.min_requests == 0 {
+                problems.add(
+                    at("circuit_breaker.failure_rate.min_requests"),
+                    "must be at least 1",
+                );
+            }
+        }
+        problems.nonzero(at("circuit_breaker.open_for"), breaker.open_for);
+        if breaker.max_open_for < breaker.open_for {
+            problems.add(
+                at("circuit_breaker.max_open_for"),
+                "must not be shorter than open_for",
+            );
+        }
+        if breaker.half_open_requests == 0 {
+            problems.add(
+                at("circuit_breaker.half_open_requests"),
+                "must be at least 1",
+            );
+        }
+    }
+    if let Some(outlier) = &upstream.outlier_detection {
+        if outlier.consecutive_failures == 0 {
+            problems.add(
+                at("outlier_detection.consecutive_failures"),
+                "must be at least 1",
+            );
+        }
+        problems.nonzero(at("outlier_detection.base_ejection"), outlier.base_ejection);
+        if outlier.max_ejection < outlier.base_ejection {
+            problems.add(
+                at("outlier_detection.max_ejection"),
+                "must not be shorter than base_ejection",
+            );
+        }
+        if outlier.max_ejection_percent > 100 {
+            problems.add(
+                at("outlier_detection.max_ejection_percent"),
+                "must be between 0 and 100",
+            );
+        }
+    }
+    if upstream.max_concurrent_requests == Some(0) {
+        problems.add(at("max_concurrent_requests"), "must be at least 1");
+    }
+    if let Some(fault) = &upstream.fault {
+        if let Some(delay) = &fault.delay {
+            check_percent(&at("fault.delay.percent"), delay.percent, problems);
+            problems.nonzero(at("fault.delay.duration"), delay.duration);
+        }
+        if let Some(abort) = &fault.abort {
+            check_percent(&at("fault.abort.percent"), abort.percent, problems);
+            if !(200..=599).contains(&abort.status) {
+                problems.add(
+                    at("fault.abort.status"),
+                    "must be an HTTP status between 200 and 599",
+                );
+            }
+            if let Some(name) = &abort.grpc_status {
+                if grpc_code(name).is_none() {
+                    problems.add(
+                        at("fault.abort.grpc_status"),
+                        format!("unknown gRPC status `{name}`: use a name such as unavailable"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn check_rate_limit(at: &str, rate_limit: &RateLimitConfig, problems: &mut Problems) {
+    if !(rate_limit.requests_per_second > 0.0 && rate_limit.requests_per_second.is_finite()) {
+        problems.add(
+            format!("{at}.requests_per_second"),
+            "must be a number above 0",
+        );
+    }
+    if rate_limit.burst == Some(0) {
+        problems.add(format!("{at}.burst"), "must be at least 1");
+    }
+    if rate_limit.max_keys == 0 {
+        problems.add(format!("{at}.max_keys"), "must be at least 1");
+    }
+}
+
+fn check_percent(at: &str, percent: f64, problems: &mut Problems) {
+    if !(0.0..=100.0).contains(&percent) {
+        problems.add(at, "must be a percentage between 0 and 100");
     }
 }
 

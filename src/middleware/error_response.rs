@@ -11,7 +11,6 @@ use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
@@ -19,25 +18,42 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::forward::ServedBy;
 use crate::headers::{X_REMORA_ERROR, is_grpc};
 
-/// HTTP status for an error kind.
-pub fn http_status(kind: ErrorKind) -> StatusCode {
-    match kind {
-        ErrorKind::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout | ErrorKind::UpstreamReset => {
-            StatusCode::BAD_GATEWAY
-        }
-        ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+/// HTTP status of a proxy-made response.
+pub fn http_status(error: &ProxyError) -> StatusCode {
+    match error {
+        ProxyError::FaultAbort { status, .. } => *status,
+        _ => match error.kind() {
+            ErrorKind::NoEndpoints | ErrorKind::CircuitOpen | ErrorKind::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout | ErrorKind::UpstreamReset => {
+                StatusCode::BAD_GATEWAY
+            }
+            ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::FaultAbort => StatusCode::SERVICE_UNAVAILABLE,
+        },
     }
 }
 
-/// gRPC status code for an error kind (google.rpc.Code numbers).
-pub fn grpc_status(kind: ErrorKind) -> u16 {
-    match kind {
-        ErrorKind::NoEndpoints
-        | ErrorKind::ConnectFailed
-        | ErrorKind::ConnectTimeout
-        | ErrorKind::UpstreamReset => 14, // UNAVAILABLE
-        ErrorKind::Timeout => 4, // DEADLINE_EXCEEDED
+/// gRPC status code of a proxy-made response (google.rpc.Code numbers).
+pub fn grpc_status(error: &ProxyError) -> u16 {
+    match error {
+        ProxyError::FaultAbort {
+            grpc_status: Some(code),
+            ..
+        } => *code,
+        _ => match error.kind() {
+            ErrorKind::NoEndpoints
+            | ErrorKind::ConnectFailed
+            | ErrorKind::ConnectTimeout
+            | ErrorKind::UpstreamReset
+            | ErrorKind::CircuitOpen
+            | ErrorKind::Overloaded
+            | ErrorKind::FaultAbort => 14, // UNAVAILABLE
+            ErrorKind::Timeout => 4,     // DEADLINE_EXCEEDED
+            ErrorKind::RateLimited => 8, // RESOURCE_EXHAUSTED
+        },
     }
 }
 
@@ -52,23 +68,27 @@ pub fn error_response(error: &ProxyError, grpc: bool) -> Response<ResponseBody> 
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        headers.insert("grpc-status", HeaderValue::from(grpc_status(kind)));
+        headers.insert("grpc-status", HeaderValue::from(grpc_status(error)));
         if let Ok(value) = HeaderValue::from_str(&percent_encode(&message)) {
             headers.insert("grpc-message", value);
         }
         response
     } else {
         let mut response = Response::new(ResponseBody::local(format!("remora: {message}\n")));
-        *response.status_mut() = http_status(kind);
+        *response.status_mut() = http_status(error);
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         response
     };
-    response
-        .headers_mut()
-        .insert(X_REMORA_ERROR, HeaderValue::from_static(kind.as_str()));
+    let headers = response.headers_mut();
+    headers.insert(X_REMORA_ERROR, HeaderValue::from_static(kind.as_str()));
+    if let ProxyError::RateLimited { retry_after } = error {
+        // Whole seconds, rounded up (RFC 9110 §10.2.3), never 0.
+        let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    }
     response.extensions_mut().insert(kind);
     if let Some(addr) = error.endpoint() {
         response.extensions_mut().insert(ServedBy(addr));
@@ -106,9 +126,9 @@ pub struct ErrorResponse<S> {
     inner: S,
 }
 
-impl<S> Service<Request<Incoming>> for ErrorResponse<S>
+impl<S, B> Service<Request<B>> for ErrorResponse<S>
 where
-    S: Service<Request<Incoming>, Response = Response<ResponseBody>, Error = ProxyError>,
+    S: Service<Request<B>, Response = Response<ResponseBody>, Error = ProxyError>,
     S::Future: Send + 'static,
 {
     type Response = Response<ResponseBody>;
@@ -122,7 +142,7 @@ where
         }
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         let grpc = is_grpc(request.headers());
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -163,6 +183,30 @@ mod tests {
             "upstream \"api\" has no endpoints"
         );
         assert!(http_body::Body::is_end_stream(response.body()));
+    }
+
+    #[test]
+    fn rate_limited_has_retry_after_in_whole_seconds() {
+        let limited = ProxyError::RateLimited {
+            retry_after: Duration::from_millis(1200),
+        };
+        let response = error_response(&limited, false);
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(error_response(&limited, true).headers()["grpc-status"], "8");
+    }
+
+    #[test]
+    fn fault_abort_uses_the_configured_statuses() {
+        let abort = ProxyError::FaultAbort {
+            status: StatusCode::IM_A_TEAPOT,
+            grpc_status: Some(10),
+        };
+        assert_eq!(
+            error_response(&abort, false).status(),
+            StatusCode::IM_A_TEAPOT
+        );
+        assert_eq!(error_response(&abort, true).headers()["grpc-status"], "10");
     }
 
     #[test]

@@ -90,7 +90,7 @@ where
             let head_grpc_status = grpc_status(response.headers());
             let endpoint = response.extensions().get::<ServedBy>().map(|s| s.0);
             let error = response.extensions().get::<ErrorKind>().copied();
-            response.body_mut().observe(Box::new(move |end: BodyEnd| {
+            response.body_mut().on_end(Box::new(move |end: BodyEnd| {
                 let duration = started.elapsed();
                 observer.metrics.record(status, duration, error);
                 if let Some(summary) = summary {
