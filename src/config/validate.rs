@@ -312,13 +312,14 @@ fn check_resilience(
                     "must be an HTTP status between 200 and 599",
                 );
             }
-            if let Some(name) = &abort.grpc_status {
-                if grpc_code(name).is_none() {
-                    problems.add(
-                        at("fault.abort.grpc_status"),
-                        format!("unknown gRPC status `{name}`: use a name such as unavailable"),
-                    );
-                }
+            if let Some(name) = &abort.grpc_status
+                && grpc_code(name).is_none()
+            {
+                problems.add(
+                    at("fault.abort.grpc_status"),
+                    format!("unknown gRPC status `{name}`: use a name such as unavailable"),
+                );
+            }
             }
         }
     }
