@@ -320,7 +320,6 @@ fn check_resilience(
                     format!("unknown gRPC status `{name}`: use a name such as unavailable"),
                 );
             }
-            }
         }
     }
 }
