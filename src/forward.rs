@@ -3,10 +3,12 @@
 //!
 //! An endpoint that refuses connections (or does not accept within the connect
 //! timeout) is put in backoff, and the request — which it never saw — is sent
-//! once more, to another endpoint when there is one. An HTTP/1.1 upgrade
+//! once more, to another endpoint when there is one. A gRPC request with a
+//! deadline carries the time left in `grpc-timeout`. An HTTP/1.1 upgrade
 //! (WebSocket) is tunnelled: after the upstream answers `101`, bytes are copied
 //! both ways between the two upgraded connections until either side closes.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -14,17 +16,24 @@ use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode, Version, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::endpoint::SendError;
 use crate::error::ProxyError;
-use crate::headers::{X_REMORA_ERROR, is_upgrade_request, strip_hop_by_hop};
+use crate::headers::{X_REMORA_ERROR, is_grpc, is_upgrade_request, strip_hop_by_hop};
+use crate::middleware::timeout::{Deadline, GRPC_TIMEOUT, encode_grpc_timeout};
 use crate::upstream::Upstream;
 
 /// The endpoint that answered, recorded in the response's extensions for the
 /// access log and per-endpoint metrics.
 #[derive(Debug, Clone, Copy)]
-pub struct ServedBy(pub std::net::SocketAddr);
+pub struct ServedBy(pub SocketAddr);
+
+/// Set on a request (by retries) to send it to another endpoint than this
+/// one when the upstream has another.
+#[derive(Debug, Clone, Copy)]
+pub struct AvoidEndpoint(pub SocketAddr);
 
 /// Sends requests to an upstream's endpoints.
 #[derive(Clone)]
@@ -69,8 +78,21 @@ async fn forward(
         .hash_header()
         .and_then(|name| request.headers().get(name))
         .cloned();
+    if let Some(Deadline(deadline)) = request.extensions().get::<Deadline>().copied()
+        && is_grpc(request.headers())
+    {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        request
+            .headers_mut()
+            .insert(GRPC_TIMEOUT, encode_grpc_timeout(remaining));
+    }
     let balancer = upstream.balancer();
-    let mut tried = None;
+    let mut tried = request
+        .extensions()
+        .get::<AvoidEndpoint>()
+        .and_then(|avoid| balancer.targets().iter().find(|e| e.addr == avoid.0))
+        .cloned();
+    let mut resent = false;
     loop {
         let endpoint = balancer
             .pick(hash_key.as_ref().map(|v| v.as_bytes()), tried.as_ref())
@@ -94,9 +116,10 @@ async fn forward(
             }) => {
                 upstream.note_failure(&endpoint, &error);
                 match unsent {
-                    Some(unsent) if tried.is_none() => {
+                    Some(unsent) if !resent => {
                         request = unsent;
                         tried = Some(endpoint);
+                        resent = true;
                     }
                     _ => return Err(error),
                 }

@@ -7,14 +7,18 @@
 //! connection is closed. On drain, the accept loop stops and each connection
 //! shuts down gracefully (see `drain`).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Request;
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt;
 
 use crate::drain::Drain;
 
@@ -26,6 +30,10 @@ use crate::upstream::Upstream;
 /// A client that does not finish sending its request headers within this
 /// time has its connection closed.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The address of the client that sent a request (request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
 
 /// The HTTP version(s) an HTTP listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,13 +76,14 @@ pub async fn accept_loop(
             tracing::debug!(%error, %peer, "could not set TCP_NODELAY");
         }
         let open = metrics.opened();
+        let client = ClientAddr(peer);
         let live = drain.track();
         let handler = handler.clone();
         let drain = drain.clone();
         tokio::spawn(async move {
             match handler {
                 Handler::Http(protocol, service) => {
-                    serve_http(stream, protocol, service, drain).await
+                    serve_http(stream, client, protocol, service, drain).await
                 }
                 Handler::Tcp(upstream) => crate::tcp::proxy(stream, upstream).await,
             }
@@ -83,9 +92,19 @@ pub async fn accept_loop(
     }
 }
 
-async fn serve_http(stream: TcpStream, protocol: HttpProtocol, service: HttpService, drain: Drain) {
+async fn serve_http(
+    stream: TcpStream,
+    client: ClientAddr,
+    protocol: HttpProtocol,
+    service: HttpService,
+    drain: Drain,
+) {
     let io = TokioIo::new(stream);
-    let service = TowerToHyperService::new(service);
+    let service =
+        TowerToHyperService::new(service.map_request(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(client);
+            request
+        }));
     let result = match protocol {
         HttpProtocol::Http1 => {
             let connection = http1::Builder::new()

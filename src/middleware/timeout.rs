@@ -7,10 +7,32 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use http::Request;
+use http::{HeaderName, HeaderValue, Request};
+use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::error::ProxyError;
+
+/// The gRPC deadline header (gRPC over HTTP/2: `TimeoutValue TimeoutUnit`).
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// When the whole request must be done, set in the request's extensions by
+/// the timeout layer; the upstream request carries what is left of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub Instant);
+
+/// `grpc-timeout` for `remaining`: at most 8 digits, in the finest unit
+/// that fits (milliseconds up to about 27 hours, then seconds).
+pub fn encode_grpc_timeout(remaining: Duration) -> HeaderValue {
+    let millis = remaining.as_millis();
+    let text = if millis <= 99_999_999 {
+        format!("{millis}m")
+    } else {
+        format!("{}S", remaining.as_secs().min(99_999_999))
+    };
+    // Digits and one ASCII letter are always a valid header value.
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("99999999S"))
+}
 
 #[derive(Clone, Copy)]
 pub struct TimeoutLayer {
