@@ -96,6 +96,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             policy: Default::default(),
             hash_on: None,
             client: client_settings(&Timeouts::default()),
+            circuit_breaker: None,
+            outlier_detection: None,
         };
         let app = Arc::new(Upstream::new(
             settings,
@@ -131,6 +133,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             policy: upstream.load_balancing.policy,
             hash_on: upstream.load_balancing.hash_on.clone(),
             client: client_settings(&upstream.timeouts),
+            circuit_breaker: upstream.circuit_breaker.clone(),
+            outlier_detection: upstream.outlier_detection.clone(),
         };
         let target = Arc::new(Upstream::new(settings, endpoints));
         upstreams.push(Arc::clone(&target));

@@ -19,6 +19,7 @@ use crate::balance::{EndpointLoad, InFlight, Target};
 use crate::body::RequestBody;
 use crate::client::{ClientSettings, EndpointClient, H1Sender};
 use crate::error::ProxyError;
+use crate::outlier::OutlierState;
 
 /// The HTTP version remora speaks to an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,12 +32,17 @@ pub enum UpstreamVersion {
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub load: EndpointLoad,
+    pub outlier: OutlierState,
     pub client: EndpointClient,
 }
 
 impl Target for Endpoint {
     fn load(&self) -> &EndpointLoad {
         &self.load
+    }
+
+    fn is_available(&self, now: Instant) -> bool {
+        self.load.is_available(now) && !self.outlier.is_ejected(now)
     }
 }
 
@@ -68,6 +74,7 @@ impl Endpoint {
         Self {
             addr,
             load: EndpointLoad::default(),
+            outlier: OutlierState::default(),
             client: EndpointClient::new(addr, settings),
         }
     }

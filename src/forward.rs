@@ -19,10 +19,11 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::endpoint::SendError;
+use crate::endpoint::{Endpoint, SendError};
 use crate::error::ProxyError;
 use crate::headers::{X_REMORA_ERROR, is_grpc, is_upgrade_request, strip_hop_by_hop};
 use crate::middleware::timeout::{Deadline, GRPC_TIMEOUT, encode_grpc_timeout};
+use crate::outcome::Outcome;
 use crate::upstream::Upstream;
 
 /// The endpoint that answered, recorded in the response's extensions for the
@@ -108,7 +109,9 @@ async fn forward(
                     tunnel(client_upgrade, hyper::upgrade::on(&mut response));
                 }
                 response.extensions_mut().insert(ServedBy(endpoint.addr));
-                return Ok(response.map(|body| ResponseBody::upstream(body, release)));
+                let mut response = response.map(|body| ResponseBody::upstream(body, release));
+                record_outlier_outcome(&upstream, &endpoint, &mut response);
+                return Ok(response);
             }
             Err(SendError {
                 error,
@@ -126,6 +129,29 @@ async fn forward(
             }
         }
     }
+}
+
+/// Tells outlier detection how the try went: from the response head, or when
+/// the body ends for a gRPC response whose status comes in trailers.
+fn record_outlier_outcome(
+    upstream: &Arc<Upstream>,
+    endpoint: &Arc<Endpoint>,
+    response: &mut Response<ResponseBody>,
+) {
+    if !upstream.detects_outliers() {
+        return;
+    }
+    if !Outcome::awaits_trailers(response.headers()) {
+        upstream.record_outcome(endpoint, Outcome::of_response(response));
+        return;
+    }
+    let (upstream, endpoint) = (Arc::clone(upstream), Arc::clone(endpoint));
+    let status = response.status().as_u16();
+    response.body_mut().on_end(Box::new(move |end| {
+        if end.complete {
+            upstream.record_outcome(&endpoint, Outcome::of_trailers(status, end.grpc_status));
+        }
+    }));
 }
 
 /// Copies bytes both ways between an upgraded client and upstream connection.

@@ -21,6 +21,7 @@ pub mod forward;
 pub mod headers;
 pub mod middleware;
 pub mod outcome;
+pub mod outlier;
 pub mod runtime;
 pub mod server;
 pub mod stack;

@@ -24,6 +24,8 @@ pub enum Outcome {
         status: u16,
         grpc: Option<u16>,
     },
+    /// An opaque TCP connection was established.
+    Connected,
     /// Remora itself refused the try (rate limit, open breaker, overload,
     /// injected fault): says nothing about the upstream.
     Refused,

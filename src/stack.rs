@@ -12,6 +12,7 @@ use tower::util::BoxCloneSyncService;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::forward::Forward;
+use crate::middleware::circuit_breaker::CircuitBreakerLayer;
 use crate::middleware::error_response::ErrorResponseLayer;
 use crate::middleware::observe::ObserveLayer;
 use crate::middleware::timeout::TimeoutLayer;
@@ -48,6 +49,12 @@ fn build(direction: Direction, upstream: Arc<Upstream>, settings: &StackSettings
         ))
         .layer(ErrorResponseLayer)
         .layer(TimeoutLayer::new(settings.request_timeout))
+        .option_layer(
+            upstream
+                .circuit_breaker()
+                .cloned()
+                .map(CircuitBreakerLayer::new),
+        )
         .service(Forward::new(upstream));
     BoxCloneSyncService::new(service)
 }

@@ -1,19 +1,28 @@
 //! Opaque TCP proxying: one upstream connection per client connection, bytes
 //! copied both ways. When one side finishes sending (EOF), remora shuts down
 //! the write half towards the other side and keeps copying the other way, so
-//! half-closed protocols work. Discovery, balancing, connect timeout and
-//! backoff are the same as for HTTP, at connection granularity.
+//! half-closed protocols work. Discovery, balancing, connect timeout,
+//! backoff, circuit breaking and outlier detection are the same as for HTTP,
+//! at connection granularity: a connection is a success once connected.
 
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::outcome::Outcome;
 use crate::telemetry::metrics;
 use crate::upstream::Upstream;
 
 /// Proxies one client connection until both directions have finished.
 pub async fn proxy(mut client: TcpStream, upstream: Arc<Upstream>) {
+    let admission = match upstream.circuit_breaker().map(|b| b.admit()).transpose() {
+        Ok(admission) => admission,
+        Err(open) => {
+            tracing::debug!(upstream = upstream.name(), %open, "closing the connection");
+            return;
+        }
+    };
     let balancer = upstream.balancer();
     let mut tried = None;
     let (endpoint, server) = loop {
@@ -30,12 +39,19 @@ pub async fn proxy(mut client: TcpStream, upstream: Arc<Upstream>) {
             Ok(server) => {
                 endpoint.load.mark_reachable();
                 in_flight.observe_rtt(started.elapsed());
+                upstream.record_outcome(&endpoint, Outcome::Connected);
+                if let Some(admission) = admission {
+                    admission.record(Outcome::Connected);
+                }
                 break ((endpoint, in_flight), server);
             }
             Err(error) => {
                 upstream.note_failure(&endpoint, &error);
                 if tried.is_some() {
                     tracing::warn!(upstream = upstream.name(), %error, "closing the connection");
+                    if let Some(admission) = admission {
+                        admission.record(Outcome::of_error(&error));
+                    }
                     return;
                 }
                 tried = Some(endpoint);

@@ -16,9 +16,14 @@ use tokio::time::Instant;
 
 use crate::balance::{Balancer, DEFAULT_BACKOFF};
 use crate::client::ClientSettings;
-use crate::config::{HashOn, LoadBalancingPolicy, UpstreamProtocol};
+use crate::config::{
+    CircuitBreakerConfig, HashOn, LoadBalancingPolicy, OutlierDetection, UpstreamProtocol,
+};
 use crate::endpoint::{Endpoint, UpstreamVersion};
 use crate::error::{ErrorKind, ProxyError};
+use crate::middleware::circuit_breaker::CircuitBreaker;
+use crate::outcome::Outcome;
+use crate::outlier::OutlierDetector;
 use crate::telemetry::metrics;
 
 /// Where traffic through a listener comes from and goes to.
@@ -48,20 +53,34 @@ pub struct UpstreamSettings {
     pub policy: LoadBalancingPolicy,
     pub hash_on: Option<HashOn>,
     pub client: ClientSettings,
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    pub outlier_detection: Option<OutlierDetection>,
 }
 
 /// An upstream and its live endpoint set.
 pub struct Upstream {
     pub settings: UpstreamSettings,
     balancer: ArcSwap<Balancer<Endpoint>>,
+    circuit_breaker: Option<Arc<CircuitBreaker>>,
+    outlier: Option<OutlierDetector>,
 }
 
 impl Upstream {
     pub fn new(settings: UpstreamSettings, endpoints: &[SocketAddr]) -> Self {
         let balancer = build_balancer(&settings, endpoints, &HashMap::new());
+        let circuit_breaker = settings
+            .circuit_breaker
+            .as_ref()
+            .map(|config| Arc::new(CircuitBreaker::new(config, &settings.name)));
+        let outlier = settings
+            .outlier_detection
+            .as_ref()
+            .map(|config| OutlierDetector::new(config, &settings.name));
         let upstream = Self {
             settings,
             balancer: ArcSwap::from_pointee(balancer),
+            circuit_breaker,
+            outlier,
         };
         upstream.publish_endpoint_count();
         upstream
@@ -114,6 +133,23 @@ impl Upstream {
             Some(HashOn::Header(name)) => Some(name),
             None => None,
         }
+    }
+
+    /// The upstream's circuit breaker, when configured.
+    pub fn circuit_breaker(&self) -> Option<&Arc<CircuitBreaker>> {
+        self.circuit_breaker.as_ref()
+    }
+
+    /// Counts one try's outcome on `endpoint` for outlier detection.
+    pub fn record_outcome(&self, endpoint: &Endpoint, outcome: Outcome) {
+        if let Some(outlier) = &self.outlier {
+            outlier.record(endpoint, outcome, self.balancer.load().targets());
+        }
+    }
+
+    /// True when outlier detection wants to know about this upstream's tries.
+    pub fn detects_outliers(&self) -> bool {
+        self.outlier.is_some()
     }
 
     /// Records a failed attempt on `endpoint`: one that could not be connected

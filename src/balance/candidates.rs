@@ -4,7 +4,7 @@
 //! A pick runs the policy over at most four successively looser filters and
 //! takes the first one that yields an endpoint:
 //!
-//! 1. available (not in connect backoff) and not the excluded endpoint;
+//! 1. available (not in connect backoff, not ejected) and not the excluded endpoint;
 //! 2. available, even if it is the excluded one: the request is retried on
 //!    the endpoint that just failed rather than sent to one known to refuse
 //!    connections (an endpoint excluded *because* it refused a connection is
@@ -79,7 +79,8 @@ impl<'a, T: Target> Candidates<'a, T> {
     }
 
     pub(super) fn is_eligible(&self, i: usize) -> bool {
-        self.excluded != Some(i) && (!self.respect_backoff || self.load(i).is_available(self.now))
+        self.excluded != Some(i)
+            && (!self.respect_backoff || self.targets[i].is_available(self.now))
     }
 
     /// Number of eligible endpoints.

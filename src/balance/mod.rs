@@ -43,6 +43,12 @@ use round_robin::RoundRobin;
 pub trait Target: Send + Sync + 'static {
     /// The endpoint's load state, shared by every balancer it is part of.
     fn load(&self) -> &EndpointLoad;
+
+    /// True when the endpoint may be picked: not in connect backoff, and not
+    /// taken out by whatever else the endpoint tracks (outlier ejection).
+    fn is_available(&self, now: tokio::time::Instant) -> bool {
+        self.load().is_available(now)
+    }
 }
 
 /// An immutable endpoint set with a balancing policy.

@@ -13,6 +13,7 @@ use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::error::ErrorKind;
+use crate::middleware::circuit_breaker::Phase;
 use crate::upstream::Direction;
 
 pub const REQUESTS_TOTAL: &str = "remora_requests_total";
@@ -139,4 +140,26 @@ impl Drop for OpenConnection {
 pub fn tcp_bytes(upstream: &str, sent: u64, received: u64) {
     counter!(TCP_SENT_BYTES, "upstream" => upstream.to_owned()).increment(sent);
     counter!(TCP_RECEIVED_BYTES, "upstream" => upstream.to_owned()).increment(received);
+}
+
+// --- circuit breaking and outlier detection ---------------------------------
+
+pub const CIRCUIT_BREAKER_STATE: &str = "remora_circuit_breaker_state";
+pub const CIRCUIT_BREAKER_TRANSITIONS_TOTAL: &str = "remora_circuit_breaker_transitions_total";
+pub const OUTLIER_EJECTIONS_TOTAL: &str = "remora_outlier_ejections_total";
+
+/// Sets the breaker gauge: 0 closed, 1 open, 2 half-open.
+pub fn circuit_breaker_state(upstream: &str, phase: Phase) {
+    gauge!(CIRCUIT_BREAKER_STATE, "upstream" => upstream.to_owned()).set(phase.gauge());
+}
+
+/// Counts a breaker transition into `phase`.
+pub fn circuit_breaker_transition(upstream: &str, phase: Phase) {
+    counter!(CIRCUIT_BREAKER_TRANSITIONS_TOTAL, "upstream" => upstream.to_owned(), "to" => phase.as_str())
+        .increment(1);
+}
+
+/// Counts an endpoint ejected by outlier detection.
+pub fn outlier_ejection(upstream: &str) {
+    counter!(OUTLIER_EJECTIONS_TOTAL, "upstream" => upstream.to_owned()).increment(1);
 }

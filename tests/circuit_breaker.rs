@@ -1,0 +1,225 @@
+//! Circuit breaking through remora: it opens on consecutive failures (HTTP
+//! 5xx and gRPC UNAVAILABLE), fails fast with 503 `circuit_open` while open
+//! without reaching the upstream, probes after `open_for`, closes on a good
+//! probe, re-opens for twice as long on a bad one, and guards TCP upstreams.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::Empty;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use support::{Proxy, get, grpc_echo, grpc_fail, grpc_unary, http_backend, http_client, prom};
+
+fn yaml(name: &str, protocol: &str, endpoint: &str, breaker: &str) -> String {
+    format!(
+        "service: {{ name: test }}\n\
+         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: {protocol}\n    \
+         discovery: {{ static: [{endpoint}] }}\n    \
+         circuit_breaker: {breaker}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         logging: {{ access_log: false }}\n"
+    )
+}
+
+#[tokio::test]
+async fn opens_fails_fast_and_closes_after_a_good_probe() {
+    let backend = http_backend("cb");
+    let breaker = "{ consecutive_failures: 3, open_for: 400ms, half_open_requests: 1 }";
+    let proxy = Proxy::start(&yaml(
+        "cb-basic",
+        "http",
+        &backend.addr.to_string(),
+        breaker,
+    ))
+    .await;
+    let base = format!("http://{}", proxy.upstream("cb-basic"));
+
+    for _ in 0..3 {
+        let reply = get(Version::HTTP_11, &format!("{base}/status/503"))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            reply.headers.get("x-remora-error").is_none(),
+            "the upstream's own 503"
+        );
+    }
+    let seen = backend.requests();
+    assert_eq!(seen, 3);
+
+    // Open: 200 requests on one keep-alive connection, all refused at once.
+    let client = http_client::<Empty<Bytes>>(Version::HTTP_11);
+    let started = Instant::now();
+    for _ in 0..200 {
+        let response = client
+            .request(Request::get(format!("{base}/")).body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["x-remora-error"], "circuit_open");
+    }
+    let per_request = started.elapsed() / 200;
+    eprintln!("circuit open: {per_request:?} per refused request, client round trip included");
+    assert!(per_request < Duration::from_millis(2), "{per_request:?}");
+    assert_eq!(
+        backend.requests(),
+        seen,
+        "nothing reached the upstream while open"
+    );
+    let metrics = prom::scrape(&proxy.admin_url("/metrics")).await;
+    assert_eq!(
+        prom::value(
+            &metrics,
+            "remora_circuit_breaker_state",
+            &[("upstream", "cb-basic")]
+        ),
+        Some(1.0)
+    );
+
+    // After open_for a probe goes through; it succeeds, so the breaker closes.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let reply = get(Version::HTTP_11, &format!("{base}/")).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let reply = get(Version::HTTP_11, &format!("{base}/")).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let metrics = prom::scrape(&proxy.admin_url("/metrics")).await;
+    assert_eq!(
+        prom::value(
+            &metrics,
+            "remora_circuit_breaker_state",
+            &[("upstream", "cb-basic")]
+        ),
+        Some(0.0)
+    );
+    for to in ["open", "half_open", "closed"] {
+        assert_eq!(
+            prom::value(
+                &metrics,
+                "remora_circuit_breaker_transitions_total",
+                &[("upstream", "cb-basic"), ("to", to)]
+            ),
+            Some(1.0),
+            "transitions to {to}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failed_probe_reopens_for_twice_as_long() {
+    let backend = http_backend("cb-probe");
+    let breaker = "{ consecutive_failures: 1, open_for: 300ms, max_open_for: 10s }";
+    let proxy = Proxy::start(&yaml(
+        "cb-probe",
+        "http",
+        &backend.addr.to_string(),
+        breaker,
+    ))
+    .await;
+    let base = format!("http://{}", proxy.upstream("cb-probe"));
+    let status = |path: &'static str| {
+        let url = format!("{base}{path}");
+        async move {
+            let reply = get(Version::HTTP_11, &url).await.unwrap();
+            let kind = reply
+                .headers
+                .get("x-remora-error")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (reply.status, kind)
+        }
+    };
+
+    assert_eq!(
+        status("/status/500").await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    let opened = Instant::now();
+    assert_eq!(status("/").await.1.as_deref(), Some("circuit_open"));
+    tokio::time::sleep(Duration::from_millis(350).saturating_sub(opened.elapsed())).await;
+
+    // The probe fails: open again, now for 600 ms.
+    assert_eq!(
+        status("/status/500").await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    let reopened = Instant::now();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        status("/").await.1.as_deref(),
+        Some("circuit_open"),
+        "still open at +400 ms"
+    );
+    tokio::time::sleep(Duration::from_millis(650).saturating_sub(reopened.elapsed())).await;
+    assert_eq!(
+        status("/").await,
+        (StatusCode::OK, None),
+        "probing again after 600 ms"
+    );
+}
+
+#[tokio::test]
+async fn grpc_unavailable_counts_and_the_open_breaker_answers_in_grpc_form() {
+    let server = grpc_echo();
+    let breaker = "{ consecutive_failures: 2, open_for: 30s }";
+    let proxy = Proxy::start(&yaml("cb-grpc", "grpc", &server.addr.to_string(), breaker)).await;
+    let addr = proxy.upstream("cb-grpc");
+    for _ in 0..2 {
+        let status = grpc_fail(addr).await.unwrap_err();
+        assert!(status.metadata().get("x-remora-error").is_none());
+    }
+    let status = grpc_unary(addr, "ping").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        status.metadata().get("x-remora-error").unwrap(),
+        "circuit_open"
+    );
+}
+
+/// A TCP upstream whose endpoint refuses connections: after the breaker
+/// opens, client connections are closed without a connect attempt.
+#[tokio::test]
+async fn tcp_connections_are_refused_while_open() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let breaker = "{ consecutive_failures: 2, open_for: 30s }";
+    let proxy = Proxy::start(&yaml("cb-tcp", "tcp", &dead.to_string(), breaker)).await;
+    let addr = proxy.upstream("cb-tcp");
+    let connect_errors = || async {
+        let metrics = prom::scrape(&proxy.admin_url("/metrics")).await;
+        prom::value(
+            &metrics,
+            "remora_upstream_connect_errors_total",
+            &[("upstream", "cb-tcp")],
+        )
+        .unwrap_or(0.0)
+    };
+    for _ in 0..2 {
+        closed_at_once(addr).await;
+    }
+    let before = connect_errors().await;
+    assert!(before >= 2.0);
+    for _ in 0..5 {
+        closed_at_once(addr).await;
+    }
+    assert_eq!(
+        connect_errors().await,
+        before,
+        "no connect attempt while open"
+    );
+}
+
+async fn closed_at_once(addr: std::net::SocketAddr) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut buffer = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buffer)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "closed, not hanging: {read:?}"
+    );
+}
