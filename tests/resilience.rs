@@ -140,7 +140,7 @@ async fn one_of_three_endpoints_killed_and_restarted_under_load() {
         client.await.unwrap();
     }
 
-    let samples = samples.lock().unwrap();
+    let samples = std::mem::take(&mut *samples.lock().unwrap());
     let total = samples.len();
     let failed: Vec<&Sample> = samples
         .iter()
