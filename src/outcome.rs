@@ -25,7 +25,8 @@ pub enum Outcome {
         grpc: Option<u16>,
     },
     /// Remora itself refused the try (rate limit, open breaker, overload,
-    /// injected fault): says nothing about the upstream.
+    /// injected fault, a client body that could not be read): says nothing
+    /// about the upstream.
     Refused,
 }
 
@@ -57,7 +58,8 @@ impl Outcome {
             | ErrorKind::RateLimited
             | ErrorKind::CircuitOpen
             | ErrorKind::Overloaded
-            | ErrorKind::FaultAbort => Outcome::Refused,
+            | ErrorKind::FaultAbort
+            | ErrorKind::ClientBody => Outcome::Refused,
         }
     }
 
