@@ -107,6 +107,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         let stack_settings = StackSettings {
             request_timeout: inbound.timeout,
             access_log,
+            retries: None,
         };
         // Other sidecars may speak either HTTP version to an HTTP service.
         let listen_protocol = match protocol {
@@ -141,6 +142,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         let stack_settings = StackSettings {
             request_timeout: upstream.timeouts.request,
             access_log,
+            retries: upstream.retries.clone(),
         };
         let listen_protocol = match upstream.protocol {
             UpstreamProtocol::Http => Some(HttpProtocol::Http1),

@@ -44,6 +44,8 @@ pub enum ProxyError {
     CircuitOpen { upstream: String },
     #[error("more than {limit} requests in flight to {upstream:?}")]
     Overloaded { upstream: String, limit: u32 },
+    #[error("reading the request body from the client failed: {source}")]
+    ClientBody { source: hyper::Error },
     #[error("fault injected: abort with {status}")]
     FaultAbort {
         status: StatusCode,
@@ -64,6 +66,7 @@ pub enum ErrorKind {
     CircuitOpen,
     Overloaded,
     FaultAbort,
+    ClientBody,
 }
 
 impl ErrorKind {
@@ -78,6 +81,7 @@ impl ErrorKind {
             ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::FaultAbort => "fault_abort",
+            ErrorKind::ClientBody => "client_body",
         }
     }
 }
@@ -96,6 +100,7 @@ impl ProxyError {
             ProxyError::CircuitOpen { .. } => ErrorKind::CircuitOpen,
             ProxyError::Overloaded { .. } => ErrorKind::Overloaded,
             ProxyError::FaultAbort { .. } => ErrorKind::FaultAbort,
+            ProxyError::ClientBody { .. } => ErrorKind::ClientBody,
         }
     }
 
@@ -112,7 +117,8 @@ impl ProxyError {
             | ProxyError::RateLimited { .. }
             | ProxyError::CircuitOpen { .. }
             | ProxyError::Overloaded { .. }
-            | ProxyError::FaultAbort { .. } => None,
+            | ProxyError::FaultAbort { .. }
+            | ProxyError::ClientBody { .. } => None,
         }
     }
 

@@ -36,6 +36,28 @@ pub struct ServedBy(pub SocketAddr);
 #[derive(Debug, Clone, Copy)]
 pub struct AvoidEndpoint(pub SocketAddr);
 
+/// Set on a request (by retries with a per-try timeout) to learn which
+/// endpoint the try went to, even when the try is abandoned before it answers.
+/// Holds the last endpoint picked.
+#[derive(Debug, Clone, Default)]
+pub struct PickedEndpoint(pub Arc<std::sync::Mutex<Option<SocketAddr>>>);
+
+impl PickedEndpoint {
+    pub fn get(&self) -> Option<SocketAddr> {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set(&self, addr: SocketAddr) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(addr);
+    }
+}
+
 /// Sends requests to an upstream's endpoints.
 #[derive(Clone)]
 pub struct Forward {
@@ -93,6 +115,7 @@ async fn forward(
         .get::<AvoidEndpoint>()
         .and_then(|avoid| balancer.targets().iter().find(|e| e.addr == avoid.0))
         .cloned();
+    let picked = request.extensions().get::<PickedEndpoint>().cloned();
     let mut resent = false;
     loop {
         let endpoint = balancer
@@ -100,6 +123,9 @@ async fn forward(
             .ok_or_else(|| ProxyError::NoEndpoints {
                 upstream: upstream.name().to_owned(),
             })?;
+        if let Some(picked) = &picked {
+            picked.set(endpoint.addr);
+        }
         match endpoint.send(request, version, upgrade).await {
             Ok((mut response, release)) => {
                 endpoint.load.mark_reachable();

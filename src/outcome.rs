@@ -27,7 +27,8 @@ pub enum Outcome {
     /// An opaque TCP connection was established.
     Connected,
     /// Remora itself refused the try (rate limit, open breaker, overload,
-    /// injected fault): says nothing about the upstream.
+    /// injected fault, a client body that could not be read): says nothing
+    /// about the upstream.
     Refused,
 }
 
@@ -59,7 +60,8 @@ impl Outcome {
             | ErrorKind::RateLimited
             | ErrorKind::CircuitOpen
             | ErrorKind::Overloaded
-            | ErrorKind::FaultAbort => Outcome::Refused,
+            | ErrorKind::FaultAbort
+            | ErrorKind::ClientBody => Outcome::Refused,
         }
     }
 

@@ -11,10 +11,12 @@ use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
 use crate::body::{RequestBody, ResponseBody};
+use crate::config::RetryPolicy;
 use crate::forward::Forward;
 use crate::middleware::circuit_breaker::CircuitBreakerLayer;
 use crate::middleware::error_response::ErrorResponseLayer;
 use crate::middleware::observe::ObserveLayer;
+use crate::middleware::retry::RetryLayer;
 use crate::middleware::timeout::TimeoutLayer;
 use crate::upstream::{Direction, Upstream};
 
@@ -25,6 +27,8 @@ pub type HttpService = BoxCloneSyncService<Request<Incoming>, Response<ResponseB
 pub struct StackSettings {
     pub request_timeout: Option<Duration>,
     pub access_log: bool,
+    /// Retries (outbound upstreams only).
+    pub retries: Option<RetryPolicy>,
 }
 
 /// App → upstream service.
@@ -48,7 +52,13 @@ fn build(direction: Direction, upstream: Arc<Upstream>, settings: &StackSettings
             settings.access_log,
         ))
         .layer(ErrorResponseLayer)
-        .layer(TimeoutLayer::new(settings.request_timeout))
+        .layer(TimeoutLayer::new(settings.request_timeout).counted(direction, upstream.name()))
+        .option_layer(
+            settings
+                .retries
+                .as_ref()
+                .map(|policy| RetryLayer::new(policy, upstream.name())),
+        )
         .option_layer(
             upstream
                 .circuit_breaker()

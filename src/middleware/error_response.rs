@@ -32,6 +32,7 @@ pub fn http_status(error: &ProxyError) -> StatusCode {
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::FaultAbort => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::ClientBody => StatusCode::BAD_REQUEST,
         },
     }
 }
@@ -53,6 +54,7 @@ pub fn grpc_status(error: &ProxyError) -> u16 {
             | ErrorKind::FaultAbort => 14, // UNAVAILABLE
             ErrorKind::Timeout => 4,     // DEADLINE_EXCEEDED
             ErrorKind::RateLimited => 8, // RESOURCE_EXHAUSTED
+            ErrorKind::ClientBody => 13, // INTERNAL
         },
     }
 }

@@ -3,4 +3,5 @@
 pub mod circuit_breaker;
 pub mod error_response;
 pub mod observe;
+pub mod retry;
 pub mod timeout;

@@ -163,3 +163,39 @@ pub fn circuit_breaker_transition(upstream: &str, phase: Phase) {
 pub fn outlier_ejection(upstream: &str) {
     counter!(OUTLIER_EJECTIONS_TOTAL, "upstream" => upstream.to_owned()).increment(1);
 }
+
+// ---- Retries and timeouts -------------------------------------------------
+
+pub const RETRIES_TOTAL: &str = "remora_retries_total";
+pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "remora_retry_budget_exhausted_total";
+pub const TIMEOUTS_TOTAL: &str = "remora_timeouts_total";
+
+/// Counters of one upstream's retry layer, registered once when it is built.
+pub struct RetryMetrics {
+    /// Retries whose try ended with an outcome not to be retried.
+    pub succeeded: Counter,
+    /// Retries whose try failed again (matched `on`, or timed out).
+    pub failed: Counter,
+    /// Failed tries that were not retried because the budget was exhausted.
+    pub budget_exhausted: Counter,
+    /// Tries cut off by `per_try_timeout`.
+    pub per_try_timeouts: Counter,
+}
+
+impl RetryMetrics {
+    pub fn new(direction: Direction, upstream: &str) -> Self {
+        let retries = |outcome: &'static str| counter!(RETRIES_TOTAL, "upstream" => upstream.to_owned(), "outcome" => outcome);
+        Self {
+            succeeded: retries("success"),
+            failed: retries("failure"),
+            budget_exhausted: counter!(RETRY_BUDGET_EXHAUSTED_TOTAL, "upstream" => upstream.to_owned()),
+            per_try_timeouts: timeouts(direction, upstream, "per_try"),
+        }
+    }
+}
+
+/// The `remora_timeouts_total` counter of `kind` (`request` or `per_try`).
+pub fn timeouts(direction: Direction, upstream: &str, kind: &'static str) -> Counter {
+    counter!(TIMEOUTS_TOTAL,
+        "direction" => direction.as_str(), "upstream" => upstream.to_owned(), "kind" => kind)
+}

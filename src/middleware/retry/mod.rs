@@ -1,0 +1,358 @@
+//! Retries: a failed try of a replayable request is sent again — to another
+//! endpoint when the upstream has one — after a jittered backoff, as long as
+//! the upstream's retry budget allows.
+//!
+//! # When a request is retried
+//!
+//! A try is retried when its outcome ([`Outcome::of_response`] /
+//! [`Outcome::of_error`], the classification shared with breakers and outlier
+//! detection) matches one of the policy's `on` conditions, or when it was cut
+//! off by `per_try_timeout` — a per-try timeout is always retryable, whether or
+//! not `on` lists `timeout` (the try was slow, not necessarily broken; Envoy
+//! retries per-try timeouts the same way) — and all of these hold:
+//!
+//! - tries remain: `attempts` counts every try, the first included;
+//! - the request is replayable (below);
+//! - the budget ([`budget`]) has a retry to give; when it has not, the failed
+//!   try's response or error is returned and counted in
+//!   `remora_retry_budget_exhausted_total`.
+//!
+//! A response that is retried is dropped with its body, which releases its
+//! connection; the last try's response or error is returned as is. A retry
+//! carries [`AvoidEndpoint`] with the endpoint of the failed try (from
+//! [`ServedBy`], the error's endpoint, or — for a per-try timeout — the
+//! endpoint `forward` had picked, via [`PickedEndpoint`]), so it goes to
+//! another endpoint when there is one. Between tries remora sleeps for a
+//! random time up to an exponentially growing ceiling ([`backoff`]).
+//!
+//! The request timeout sits outside this layer: it bounds all tries and
+//! backoffs together, and when it fires the try in flight is dropped.
+//!
+//! # Replay safety
+//!
+//! Only when the policy could retry (`attempts > 1`) is the request body read
+//! into memory, with `RequestBody::buffer(replay_body_limit)`. A request with
+//! an empty body or one that fit is *replayable* and every try sends a copy.
+//! A larger body is sent once, streamed (what was read first, then the rest),
+//! and never retried. HTTP/1.1 upgrades (WebSocket) are never retried or
+//! buffered.
+//!
+//! Non-idempotent methods: following the issue ("idempotent methods, or any
+//! request whose body was buffered for replay"), the method is *not*
+//! consulted: a `POST` with a small buffered body is retried like a `GET`.
+//! What makes retrying it safe or not is the `on` list — the default
+//! (`connect_failure`, `refused_stream`, `reset`, `"503"`) names failures
+//! where the upstream most likely did no work (`reset` is the exception: a
+//! connection that broke after the request was sent may have been processed).
+//! Operators with non-idempotent endpoints should leave `reset`, `5xx` and
+//! `timeout` out of `on`.
+//!
+//! Cost of buffering: a request whose body is still streaming waits until the
+//! body ends (or passes the limit) before its first try is sent. Requests
+//! whose body the client sends only after seeing response data (bidirectional
+//! gRPC streams) therefore stall until the request timeout on an upstream with
+//! retries; such upstreams should not configure `retries` until replay is
+//! done while streaming (linkerd2-proxy's `ReplayBody`).
+//!
+//! Each try is a fresh request with the method, URI, version, headers and
+//! extensions (client address, [`Deadline`], …) of the original. With a
+//! `per_try_timeout` each try's `Deadline` becomes the earlier of the
+//! request's deadline and the try's own, so a gRPC upstream's `grpc-timeout`
+//! tells it how long this try may take.
+//!
+//! # Metrics
+//!
+//! `remora_retries_total{upstream, outcome}`: one per retry, `success` when the
+//! retried try's outcome was not one to retry, `failure` when it was (or it
+//! timed out). `remora_retry_budget_exhausted_total{upstream}`,
+//! `remora_timeouts_total{direction, upstream, kind="per_try"}`.
+//!
+//! Sources: Finagle "Retries" (budgets); linkerd2-proxy (budgeted retries of
+//! replayable requests, `ReplayBody`); Envoy "x-envoy-retry-on" / retry
+//! back-off and per-try timeouts; AWS Architecture Blog, "Exponential Backoff
+//! And Jitter" (full jitter).
+
+pub mod backoff;
+pub mod budget;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use http::{Request, Response, Version};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::config::{Condition, RetryPolicy};
+use crate::error::ProxyError;
+use crate::forward::{AvoidEndpoint, PickedEndpoint, ServedBy};
+use crate::headers::is_upgrade_request;
+use crate::middleware::timeout::Deadline;
+use crate::outcome::Outcome;
+use crate::telemetry::metrics::RetryMetrics;
+use crate::upstream::Direction;
+
+use self::backoff::Backoff;
+use self::budget::Budget;
+
+/// What every request to one upstream shares: the policy, the budget and
+/// the counters.
+struct Shared {
+    attempts: u32,
+    on: Vec<Condition>,
+    per_try_timeout: Option<Duration>,
+    replay_body_limit: usize,
+    backoff: Backoff,
+    budget: Budget,
+    metrics: RetryMetrics,
+}
+
+/// Retries of one (outbound) upstream; build once per upstream so all its
+/// requests share one budget.
+#[derive(Clone)]
+pub struct RetryLayer {
+    shared: Arc<Shared>,
+}
+
+impl RetryLayer {
+    pub fn new(policy: &RetryPolicy, upstream: &str) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                attempts: policy.attempts.max(1),
+                on: policy.on.clone(),
+                per_try_timeout: policy.per_try_timeout,
+                replay_body_limit: policy.replay_body_limit,
+                backoff: Backoff::new(&policy.backoff),
+                budget: Budget::new(&policy.budget),
+                // Retries are configured on upstreams, which are outbound.
+                metrics: RetryMetrics::new(Direction::Outbound, upstream),
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Retry<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Service<Request<RequestBody>> for Retry<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ResponseBody>;
+    type Error = ProxyError;
+    type Future = BoxFuture<'static, Result<Response<ResponseBody>, ProxyError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+        // The service made ready by `poll_ready` takes the first try; the
+        // clone left behind serves the next request.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(retry(Arc::clone(&self.shared), inner, request))
+    }
+}
+
+async fn retry<S>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    request: Request<RequestBody>,
+) -> Result<Response<ResponseBody>, ProxyError>
+where
+    S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = ProxyError>,
+{
+    shared.budget.deposit();
+    let upgrade = request.version() <= Version::HTTP_11 && is_upgrade_request(request.headers());
+    if shared.attempts <= 1 || upgrade {
+        return shared.try_once(&mut inner, request).await.result;
+    }
+
+    let (parts, body) = request.into_parts();
+    let body = body
+        .buffer(shared.replay_body_limit)
+        .await
+        .map_err(|source| ProxyError::ClientBody { source })?;
+    let template = Request::from_parts(parts, body);
+    if template.body().try_clone().is_none() {
+        // Too large to keep: sent once, streamed.
+        return shared.try_once(&mut inner, template).await.result;
+    }
+
+    let mut retries = 0u32;
+    let mut avoid = None;
+    loop {
+        let Some(mut request) = copy(&template) else {
+            // Unreachable: the body was checked to be replayable above.
+            return shared.try_once(&mut inner, template).await.result;
+        };
+        if let Some(addr) = avoid {
+            request.extensions_mut().insert(AvoidEndpoint(addr));
+        }
+        if retries > 0 {
+            inner.ready().await?;
+        }
+        let tried = shared.try_once(&mut inner, request).await;
+        let again = shared.should_retry(&tried.result);
+        if retries > 0 {
+            let counter = if again {
+                &shared.metrics.failed
+            } else {
+                &shared.metrics.succeeded
+            };
+            counter.increment(1);
+        }
+        if !again || retries + 1 >= shared.attempts {
+            return tried.result;
+        }
+        if !shared.budget.try_withdraw() {
+            shared.metrics.budget_exhausted.increment(1);
+            return tried.result;
+        }
+        avoid = tried.endpoint();
+        // Dropping a retried response drops its body: the connection is released.
+        drop(tried);
+        tokio::time::sleep(shared.backoff.delay(retries)).await;
+        retries += 1;
+    }
+}
+
+/// A try's result, and the endpoint it went to when known.
+struct Tried {
+    result: Result<Response<ResponseBody>, ProxyError>,
+    picked: Option<PickedEndpoint>,
+}
+
+impl Tried {
+    fn endpoint(&self) -> Option<SocketAddr> {
+        match &self.result {
+            Ok(response) => response.extensions().get::<ServedBy>().map(|s| s.0),
+            Err(error) => error.endpoint(),
+        }
+        .or_else(|| self.picked.as_ref().and_then(PickedEndpoint::get))
+    }
+}
+
+impl Shared {
+    /// One try, bounded by `per_try_timeout` when there is one.
+    async fn try_once<S>(&self, inner: &mut S, mut request: Request<RequestBody>) -> Tried
+    where
+        S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = ProxyError>,
+    {
+        let Some(timeout) = self.per_try_timeout else {
+            let result = inner.call(request).await;
+            return Tried {
+                result,
+                picked: None,
+            };
+        };
+        let Some(try_deadline) = Instant::now().checked_add(timeout) else {
+            // A per-try timeout too large to be an instant bounds nothing.
+            let result = inner.call(request).await;
+            return Tried {
+                result,
+                picked: None,
+            };
+        };
+        let deadline = match request.extensions().get::<Deadline>() {
+            Some(Deadline(request_deadline)) => try_deadline.min(*request_deadline),
+            None => try_deadline,
+        };
+        request.extensions_mut().insert(Deadline(deadline));
+        let picked = PickedEndpoint::default();
+        request.extensions_mut().insert(picked.clone());
+        let result = match tokio::time::timeout_at(try_deadline, inner.call(request)).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.metrics.per_try_timeouts.increment(1);
+                Err(ProxyError::PerTryTimeout {
+                    timeout,
+                    addr: picked.get(),
+                })
+            }
+        };
+        Tried {
+            result,
+            picked: Some(picked),
+        }
+    }
+
+    fn should_retry(&self, result: &Result<Response<ResponseBody>, ProxyError>) -> bool {
+        retryable(&self.on, result)
+    }
+}
+
+/// True when a try with this result should be tried again (tries and budget
+/// permitting): its outcome matches `on`, or it hit the per-try timeout.
+pub fn retryable<B>(on: &[Condition], result: &Result<Response<B>, ProxyError>) -> bool {
+    match result {
+        Ok(response) => Outcome::of_response(response).matches_any(on),
+        Err(ProxyError::PerTryTimeout { .. }) => true,
+        Err(error) => Outcome::of_error(error).matches_any(on),
+    }
+}
+
+/// A copy of `request` for one try; `None` when its body cannot be replayed.
+/// Extensions are copied whole (client address, deadline, anything later
+/// layers add); the upgrade handle among them is inert, as upgrades are never
+/// retried.
+fn copy(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    let mut copy = Request::new(request.body().try_clone()?);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.extensions_mut() = request.extensions().clone();
+    Some(copy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn response(status: u16) -> Result<Response<()>, ProxyError> {
+        Ok(Response::builder().status(status).body(()).unwrap())
+    }
+
+    #[test]
+    fn retries_what_on_names_and_per_try_timeouts() {
+        let on = [Condition::Status(503), Condition::ConnectFailure];
+        assert!(retryable(&on, &response(503)));
+        assert!(!retryable(&on, &response(500)));
+        assert!(!retryable(&on, &response(200)));
+        let per_try: Result<Response<()>, _> = Err(ProxyError::PerTryTimeout {
+            timeout: Duration::from_millis(10),
+            addr: None,
+        });
+        assert!(retryable(&on, &per_try));
+        // The request timeout is never retried from inside: it is outside.
+        let timeout: Result<Response<()>, _> = Err(ProxyError::Timeout(Duration::from_secs(1)));
+        assert!(!retryable(&on, &timeout));
+        let refused: Result<Response<()>, _> = Err(ProxyError::NoEndpoints {
+            upstream: "x".into(),
+        });
+        assert!(!retryable(&on, &refused));
+    }
+}

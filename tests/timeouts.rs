@@ -1,0 +1,234 @@
+//! Timeouts end to end: the request timeout bounds all tries and backoffs and answers 504 on
+//! time; abandoned tries close their upstream connections; a gRPC client's `grpc-timeout`
+//! shortens (or sets) the deadline, expires as `grpc-status: 4`, and reaches the upstream as
+//! the time left.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::Full;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use support::{Proxy, http_backend, prom, send, serve};
+
+fn yaml(name: &str, protocol: &str, endpoint: SocketAddr, extra: &str) -> String {
+    format!(
+        "service: {{ name: test }}\n\
+         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: {protocol}\n    \
+         discovery: {{ static: [{endpoint}] }}\n    {extra}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         logging: {{ access_log: false }}\n"
+    )
+}
+
+/// An origin that reads a request head and never answers. For each connection it reports how
+/// long after the request arrived the peer closed it (`None`: still open after 5 s).
+fn black_hole() -> (SocketAddr, mpsc::UnboundedReceiver<Option<Duration>>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let addr = serve(move |mut stream| {
+        let tx = tx.clone();
+        async move {
+            let mut buf = vec![0u8; 4096];
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let arrived = Instant::now();
+            let closed = tokio::time::timeout(Duration::from_secs(5), async {
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await
+            .is_ok();
+            let _ = tx.send(closed.then(|| arrived.elapsed()));
+        }
+    })
+    .detach();
+    (addr, rx)
+}
+
+async fn timeouts(proxy: &Proxy, upstream: &str, kind: &str) -> f64 {
+    let labels = [
+        ("direction", "outbound"),
+        ("upstream", upstream),
+        ("kind", kind),
+    ];
+    prom::value(
+        &prom::scrape(&proxy.admin_url("/metrics")).await,
+        "remora_timeouts_total",
+        &labels,
+    )
+    .unwrap_or(0.0)
+}
+
+/// `request: 500ms` with two 300 ms tries: the first try times out (per try) and is retried,
+/// the second is cut off by the request timeout at 500 ms. Both upstream connections are
+/// closed as soon as their try is abandoned.
+#[tokio::test]
+async fn the_request_timeout_bounds_all_tries_and_cancels_them() {
+    let (origin, mut closed) = black_hole();
+    let proxy = Proxy::start(&yaml(
+        "timeout-whole",
+        "http",
+        origin,
+        "timeouts: { request: 500ms }\n    \
+         retries: { attempts: 3, per_try_timeout: 300ms, backoff: { base: 1ms, max: 2ms } }",
+    ))
+    .await;
+    let url = format!("http://{}/hang", proxy.upstream("timeout-whole"));
+    let started = Instant::now();
+    let request = Request::get(&url).body(Full::new(Bytes::new())).unwrap();
+    let reply = send(Version::HTTP_11, request).await.unwrap();
+    let elapsed = started.elapsed();
+    eprintln!("request timeout 500ms over retries: 504 after {elapsed:?}");
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{reply:?}");
+    assert_eq!(reply.headers["x-remora-error"], "timeout");
+    assert!(
+        elapsed >= Duration::from_millis(500) && elapsed < Duration::from_millis(600),
+        "504 after {elapsed:?}"
+    );
+    // First try: closed ~300 ms after it arrived; second: ~200 ms (500 − 300 − backoff).
+    for (try_number, bound) in [(1, 300), (2, 200)] {
+        let after = tokio::time::timeout(Duration::from_secs(6), closed.recv())
+            .await
+            .expect("origin reports")
+            .expect("origin alive")
+            .unwrap_or_else(|| panic!("try {try_number}: connection still open after 5 s"));
+        eprintln!("try {try_number}: upstream connection closed {after:?} after its request");
+        assert!(
+            after < Duration::from_millis(bound + 150),
+            "try {try_number}: closed {after:?} after its request"
+        );
+    }
+    assert_eq!(timeouts(&proxy, "timeout-whole", "per_try").await, 1.0);
+    assert_eq!(timeouts(&proxy, "timeout-whole", "request").await, 1.0);
+}
+
+fn grpc_request(url: &str, grpc_timeout: Option<&str>) -> Request<Full<Bytes>> {
+    let mut request = Request::post(url)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(timeout) = grpc_timeout {
+        request = request.header("grpc-timeout", timeout);
+    }
+    request.body(Full::new(Bytes::new())).unwrap()
+}
+
+/// The `grpc-timeout` the upstream received, in milliseconds (`/headers` echoes it).
+fn received_grpc_timeout(body: &str) -> Option<u64> {
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    let value = json["headers"]["grpc-timeout"][0].as_str()?;
+    value.strip_suffix('m')?.parse().ok()
+}
+
+#[tokio::test]
+async fn grpc_timeout_shortens_the_deadline_and_reaches_the_upstream() {
+    let backend = http_backend("grpc-headers");
+    let proxy = Proxy::start(&yaml(
+        "timeout-grpc",
+        "grpc",
+        backend.addr,
+        "timeouts: { request: 10s }",
+    ))
+    .await;
+    let base = format!("http://{}", proxy.upstream("timeout-grpc"));
+
+    // Client's 2 s is shorter than the configured 10 s: the upstream is told < 2 s.
+    let reply = send(
+        Version::HTTP_2,
+        grpc_request(&format!("{base}/headers"), Some("2S")),
+    )
+    .await
+    .unwrap();
+    let told = received_grpc_timeout(&reply.body).expect("grpc-timeout sent upstream");
+    assert!((1500..=2000).contains(&told), "upstream told {told}m");
+
+    // Client's 1 hour is longer: the configured 10 s wins.
+    let reply = send(
+        Version::HTTP_2,
+        grpc_request(&format!("{base}/headers"), Some("1H")),
+    )
+    .await
+    .unwrap();
+    let told = received_grpc_timeout(&reply.body).expect("grpc-timeout sent upstream");
+    assert!((9500..=10_000).contains(&told), "upstream told {told}m");
+
+    // Malformed: ignored, the configured 10 s applies.
+    let reply = send(
+        Version::HTTP_2,
+        grpc_request(&format!("{base}/headers"), Some("2 seconds")),
+    )
+    .await
+    .unwrap();
+    let told = received_grpc_timeout(&reply.body).expect("grpc-timeout sent upstream");
+    assert!((9500..=10_000).contains(&told), "upstream told {told}m");
+
+    // Expiry of the client's deadline: trailers-only DEADLINE_EXCEEDED, on time.
+    let started = Instant::now();
+    let reply = send(
+        Version::HTTP_2,
+        grpc_request(&format!("{base}/slow/3000"), Some("300m")),
+    )
+    .await
+    .unwrap();
+    let elapsed = started.elapsed();
+    eprintln!("grpc-timeout 300m: grpc-status 4 after {elapsed:?}");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers["grpc-status"], "4");
+    assert_eq!(reply.headers["x-remora-error"], "timeout");
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(400),
+        "after {elapsed:?}"
+    );
+    assert_eq!(timeouts(&proxy, "timeout-grpc", "request").await, 1.0);
+}
+
+#[tokio::test]
+async fn grpc_timeout_alone_sets_a_deadline() {
+    let backend = http_backend("grpc-alone");
+    let proxy = Proxy::start(&yaml("timeout-grpc-alone", "grpc", backend.addr, "")).await;
+    let base = format!("http://{}", proxy.upstream("timeout-grpc-alone"));
+
+    let reply = send(
+        Version::HTTP_2,
+        grpc_request(&format!("{base}/headers"), Some("700m")),
+    )
+    .await
+    .unwrap();
+    let told = received_grpc_timeout(&reply.body).expect("grpc-timeout sent upstream");
+    assert!((500..=700).contains(&told), "upstream told {told}m");
+
+    // No grpc-timeout and no configured timeout: no deadline is invented.
+    let reply = send(
+        Version::HTTP_2,
+        grpc_request(&format!("{base}/headers"), None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(received_grpc_timeout(&reply.body), None, "{}", reply.body);
+
+    let started = Instant::now();
+    let reply = send(
+        Version::HTTP_2,
+        grpc_request(&format!("{base}/slow/3000"), Some("200m")),
+    )
+    .await
+    .unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(reply.headers["grpc-status"], "4");
+    assert!(
+        elapsed >= Duration::from_millis(200) && elapsed < Duration::from_millis(300),
+        "after {elapsed:?}"
+    );
+}
