@@ -2,4 +2,5 @@
 
 pub mod error_response;
 pub mod observe;
+pub mod rate_limit;
 pub mod timeout;
