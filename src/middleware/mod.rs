@@ -2,6 +2,7 @@
 
 pub mod concurrency;
 pub mod error_response;
+pub mod fault;
 pub mod observe;
 pub mod rate_limit;
 pub mod timeout;
