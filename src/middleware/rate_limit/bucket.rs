@@ -239,7 +239,11 @@ mod tests {
         let mut now = start;
         for key in 0..500_000u64 {
             let _ = table.try_take(key, now);
-            assert!(table.tracked_keys() <= max_keys, "{} buckets", table.tracked_keys());
+            assert!(
+                table.tracked_keys() <= max_keys,
+                "{} buckets",
+                table.tracked_keys()
+            );
         }
         assert_eq!(table.tracked_keys(), max_keys);
         for key in 500_000..1_000_000u64 {
@@ -247,7 +251,11 @@ mod tests {
                 now += ms(1);
             }
             let _ = table.try_take(key, now);
-            assert!(table.tracked_keys() <= max_keys, "{} buckets", table.tracked_keys());
+            assert!(
+                table.tracked_keys() <= max_keys,
+                "{} buckets",
+                table.tracked_keys()
+            );
         }
         assert!(table.tracked_keys() > 0);
     }
