@@ -13,7 +13,7 @@ use crate::client::ClientSettings;
 use crate::config::{Config, Discovery, ServiceProtocol, Timeouts, UpstreamProtocol};
 use crate::drain::{Drain, DrainController};
 use crate::server::{self, Handler, HttpProtocol};
-use crate::stack::{self, StackSettings};
+use crate::stack;
 use crate::telemetry::metrics::{self, ConnectionMetrics};
 use crate::upstream::{Direction, Upstream, UpstreamSettings};
 
@@ -104,11 +104,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             &[SocketAddr::new(service.address, port)],
         ));
         upstreams.push(Arc::clone(&app));
-        let stack_settings = StackSettings {
-            request_timeout: inbound.timeout,
-            access_log,
-            retries: None,
-        };
         // Other sidecars may speak either HTTP version to an HTTP service.
         let listen_protocol = match protocol {
             UpstreamProtocol::Http | UpstreamProtocol::Auto => Some(HttpProtocol::Auto),
@@ -120,7 +115,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             direction: Direction::Inbound,
             listener: bind(inbound.listen, "inbound").await?,
             handler: handler(listen_protocol, app, || {
-                stack::inbound(Arc::clone(&upstreams[0]), &stack_settings)
+                stack::inbound(Arc::clone(&upstreams[0]), inbound, access_log)
             }),
         });
     }
@@ -139,11 +134,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         };
         let target = Arc::new(Upstream::new(settings, endpoints));
         upstreams.push(Arc::clone(&target));
-        let stack_settings = StackSettings {
-            request_timeout: upstream.timeouts.request,
-            access_log,
-            retries: upstream.retries.clone(),
-        };
         let listen_protocol = match upstream.protocol {
             UpstreamProtocol::Http => Some(HttpProtocol::Http1),
             UpstreamProtocol::Http2 | UpstreamProtocol::Grpc => Some(HttpProtocol::Http2),
@@ -156,7 +146,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             direction: Direction::Outbound,
             listener: bind(upstream.listen, &label).await?,
             handler: handler(listen_protocol, Arc::clone(&target), || {
-                stack::outbound(Arc::clone(&target), &stack_settings)
+                stack::outbound(Arc::clone(&target), upstream, access_log)
             }),
         });
     }

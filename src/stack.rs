@@ -1,9 +1,9 @@
 //! The layer order of each direction (architecture §2), and nothing else.
 //! Outermost first; the stack is built once per listener and type-erased once.
+//! Optional layers (absent from the config) are left out, not passed through.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -11,11 +11,14 @@ use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::config::RetryPolicy;
+use crate::config::{InboundConfig, UpstreamConfig};
 use crate::forward::Forward;
 use crate::middleware::circuit_breaker::CircuitBreakerLayer;
+use crate::middleware::concurrency::ConcurrencyLimitLayer;
 use crate::middleware::error_response::ErrorResponseLayer;
+use crate::middleware::fault::FaultLayer;
 use crate::middleware::observe::ObserveLayer;
+use crate::middleware::rate_limit::RateLimitLayer;
 use crate::middleware::retry::RetryLayer;
 use crate::middleware::timeout::TimeoutLayer;
 use crate::upstream::{Direction, Upstream};
@@ -23,48 +26,51 @@ use crate::upstream::{Direction, Upstream};
 /// The service behind an HTTP listener.
 pub type HttpService = BoxCloneSyncService<Request<Incoming>, Response<ResponseBody>, Infallible>;
 
-/// What a stack needs besides its upstream.
-pub struct StackSettings {
-    pub request_timeout: Option<Duration>,
-    pub access_log: bool,
-    /// Retries (outbound upstreams only).
-    pub retries: Option<RetryPolicy>,
-}
-
 /// App → upstream service.
-pub fn outbound(upstream: Arc<Upstream>, settings: &StackSettings) -> HttpService {
-    build(Direction::Outbound, upstream, settings)
-}
-
-/// Mesh → local application.
-pub fn inbound(app: Arc<Upstream>, settings: &StackSettings) -> HttpService {
-    build(Direction::Inbound, app, settings)
-}
-
-// Both directions have the same layers until resilience, routing and
-// authorization arrive; they then diverge here, in one readable place.
-fn build(direction: Direction, upstream: Arc<Upstream>, settings: &StackSettings) -> HttpService {
+pub fn outbound(upstream: Arc<Upstream>, config: &UpstreamConfig, access_log: bool) -> HttpService {
+    let direction = Direction::Outbound;
+    let name = config.name.as_str();
     let service = ServiceBuilder::new()
         .map_request(|request: Request<Incoming>| request.map(RequestBody::streaming))
-        .layer(ObserveLayer::new(
-            direction,
-            upstream.name(),
-            settings.access_log,
-        ))
+        .layer(ObserveLayer::new(direction, name, access_log))
         .layer(ErrorResponseLayer)
-        .layer(TimeoutLayer::new(settings.request_timeout).counted(direction, upstream.name()))
         .option_layer(
-            settings
-                .retries
+            config
+                .fault
                 .as_ref()
-                .map(|policy| RetryLayer::new(policy, upstream.name())),
+                .map(|fault| FaultLayer::new(fault, name)),
         )
         .option_layer(
-            upstream
-                .circuit_breaker()
-                .cloned()
-                .map(CircuitBreakerLayer::new),
+            (config.rate_limit.as_ref()).map(|limit| RateLimitLayer::new(limit, direction, name)),
+        )
+        .layer(TimeoutLayer::new(config.timeouts.request).counted(direction, name))
+        .option_layer((config.retries.as_ref()).map(|policy| RetryLayer::new(policy, name)))
+        .option_layer((upstream.circuit_breaker().cloned()).map(CircuitBreakerLayer::new))
+        .option_layer(
+            (config.max_concurrent_requests)
+                .map(|limit| ConcurrencyLimitLayer::new(limit, direction, name)),
         )
         .service(Forward::new(upstream));
+    BoxCloneSyncService::new(service)
+}
+
+/// Mesh → local application (`app` is named after `service.name`).
+pub fn inbound(app: Arc<Upstream>, config: &InboundConfig, access_log: bool) -> HttpService {
+    let direction = Direction::Inbound;
+    let name = app.name().to_owned();
+    let name = name.as_str();
+    let service = ServiceBuilder::new()
+        .map_request(|request: Request<Incoming>| request.map(RequestBody::streaming))
+        .layer(ObserveLayer::new(direction, name, access_log))
+        .layer(ErrorResponseLayer)
+        .option_layer(
+            (config.rate_limit.as_ref()).map(|limit| RateLimitLayer::new(limit, direction, name)),
+        )
+        .option_layer(
+            (config.max_concurrent_requests)
+                .map(|limit| ConcurrencyLimitLayer::new(limit, direction, name)),
+        )
+        .layer(TimeoutLayer::new(config.timeout).counted(direction, name))
+        .service(Forward::new(app));
     BoxCloneSyncService::new(service)
 }

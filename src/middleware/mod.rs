@@ -1,7 +1,10 @@
 //! The tower middleware of the data path, one module each; `stack` composes them.
 
 pub mod circuit_breaker;
+pub mod concurrency;
 pub mod error_response;
+pub mod fault;
 pub mod observe;
+pub mod rate_limit;
 pub mod retry;
 pub mod timeout;

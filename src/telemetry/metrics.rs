@@ -199,3 +199,39 @@ pub fn timeouts(direction: Direction, upstream: &str, kind: &'static str) -> Cou
     counter!(TIMEOUTS_TOTAL,
         "direction" => direction.as_str(), "upstream" => upstream.to_owned(), "kind" => kind)
 }
+
+// Rate limiting, load shedding and fault injection. Handles are created once
+// per listener, when its stack is built, so the series exist (at 0) from the
+// start.
+
+pub const RATE_LIMITED_TOTAL: &str = "remora_rate_limited_total";
+pub const SHED_REQUESTS_TOTAL: &str = "remora_shed_requests_total";
+pub const REQUESTS_IN_FLIGHT: &str = "remora_requests_in_flight";
+pub const FAULTS_INJECTED_TOTAL: &str = "remora_faults_injected_total";
+
+fn listener_labels(direction: Direction, upstream: &str) -> [(&'static str, String); 2] {
+    [
+        ("direction", direction.as_str().to_owned()),
+        ("upstream", upstream.to_owned()),
+    ]
+}
+
+/// Requests refused by a rate limit.
+pub fn rate_limited_counter(direction: Direction, upstream: &str) -> Counter {
+    counter!(RATE_LIMITED_TOTAL, &listener_labels(direction, upstream))
+}
+
+/// Requests refused by a concurrency limit.
+pub fn shed_counter(direction: Direction, upstream: &str) -> Counter {
+    counter!(SHED_REQUESTS_TOTAL, &listener_labels(direction, upstream))
+}
+
+/// Requests admitted by a concurrency limit whose response has not ended yet.
+pub fn in_flight_gauge(direction: Direction, upstream: &str) -> Gauge {
+    gauge!(REQUESTS_IN_FLIGHT, &listener_labels(direction, upstream))
+}
+
+/// Faults injected; `fault` is `delay` or `abort`.
+pub fn faults_counter(upstream: &str, fault: &'static str) -> Counter {
+    counter!(FAULTS_INJECTED_TOTAL, "upstream" => upstream.to_owned(), "fault" => fault)
+}

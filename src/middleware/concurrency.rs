@@ -1,0 +1,265 @@
+//! Load shedding: at most `max_concurrent_requests` requests of a listener in
+//! flight at once. A request over the limit is refused at once with
+//! [`ProxyError::Overloaded`] (503 `overloaded`, gRPC UNAVAILABLE); nothing
+//! waits for a slot, so there is no queue to grow.
+//!
+//! A request holds its slot until its response body has ended — streamed
+//! bodies and long gRPC streams count for as long as they run — or until it
+//! fails or is cancelled. The slot is an RAII guard: dropping the request's
+//! future (client gone, timeout) or the response body frees it, so slots
+//! cannot leak. The count is one atomic integer, incremented only below the
+//! limit (compare-and-swap), so the limit is never exceeded, even briefly.
+
+use std::future::ready;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
+use metrics::{Counter, Gauge};
+use tower::{Layer, Service};
+
+use crate::body::ResponseBody;
+use crate::error::ProxyError;
+use crate::telemetry::metrics::{in_flight_gauge, shed_counter};
+use crate::upstream::Direction;
+
+/// The slots of one listener, shared by every clone of its layer.
+struct Slots {
+    limit: u32,
+    in_flight: AtomicU32,
+    upstream: String,
+    shed: Counter,
+    gauge: Gauge,
+}
+
+impl Slots {
+    /// A slot, when fewer than `limit` are taken.
+    fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+                (taken < self.limit).then_some(taken + 1)
+            })
+            .ok()?;
+        self.gauge.increment(1.0);
+        Some(Slot(Arc::clone(self)))
+    }
+}
+
+/// One admitted request; frees its slot when dropped.
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.gauge.decrement(1.0);
+    }
+}
+
+/// Limits the requests of one listener in flight at once.
+#[derive(Clone)]
+pub struct ConcurrencyLimitLayer {
+    slots: Arc<Slots>,
+}
+
+impl ConcurrencyLimitLayer {
+    pub fn new(limit: u32, direction: Direction, upstream: &str) -> Self {
+        Self {
+            slots: Arc::new(Slots {
+                limit,
+                in_flight: AtomicU32::new(0),
+                upstream: upstream.to_owned(),
+                shed: shed_counter(direction, upstream),
+                gauge: in_flight_gauge(direction, upstream),
+            }),
+        }
+    }
+
+    /// Requests holding a slot now.
+    pub fn in_flight(&self) -> u32 {
+        self.slots.in_flight.load(Ordering::Acquire)
+    }
+}
+
+impl<S> Layer<S> for ConcurrencyLimitLayer {
+    type Service = ConcurrencyLimit<S>;
+    fn layer(&self, inner: S) -> ConcurrencyLimit<S> {
+        ConcurrencyLimit {
+            inner,
+            slots: Arc::clone(&self.slots),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ConcurrencyLimit<S> {
+    inner: S,
+    slots: Arc<Slots>,
+}
+
+impl<S, B> Service<Request<B>> for ConcurrencyLimit<S>
+where
+    S: Service<Request<B>, Response = Response<ResponseBody>, Error = ProxyError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ResponseBody>;
+    type Error = ProxyError;
+    type Future = BoxFuture<'static, Result<Response<ResponseBody>, ProxyError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let Some(slot) = self.slots.try_acquire() else {
+            self.slots.shed.increment(1);
+            return Box::pin(ready(Err(ProxyError::Overloaded {
+                upstream: self.slots.upstream.clone(),
+                limit: self.slots.limit,
+            })));
+        };
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            // On error (or if this future is dropped) `slot` drops here.
+            let mut response = response.await?;
+            response.body_mut().on_end(Box::new(move |_end| drop(slot)));
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::time::Duration;
+
+    use tokio::sync::oneshot;
+    use tower::ServiceExt;
+    use tower::util::BoxCloneSyncService;
+
+    type Inner = BoxCloneSyncService<Request<Behaviour>, Response<ResponseBody>, ProxyError>;
+
+    /// What the inner service does with a request (carried as its body).
+    enum Behaviour {
+        Answer,
+        Fail,
+        /// Answers when the sender fires or is dropped.
+        WaitFor(oneshot::Receiver<()>),
+    }
+
+    fn limited(limit: u32) -> (ConcurrencyLimitLayer, ConcurrencyLimit<Inner>) {
+        let inner = tower::service_fn(|request: Request<Behaviour>| async move {
+            match request.into_body() {
+                Behaviour::Answer => Ok(Response::new(ResponseBody::local("streamed body"))),
+                Behaviour::Fail => Err(ProxyError::Timeout(Duration::from_secs(1))),
+                Behaviour::WaitFor(signal) => {
+                    let _ = signal.await;
+                    Ok(Response::new(ResponseBody::local("late")))
+                }
+            }
+        });
+        let layer = ConcurrencyLimitLayer::new(limit, Direction::Outbound, "unit");
+        let service = layer.layer(Inner::new(inner));
+        (layer, service)
+    }
+
+    async fn call(
+        service: &mut ConcurrencyLimit<Inner>,
+        behaviour: Behaviour,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        service
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(behaviour))
+            .await
+    }
+
+    #[tokio::test]
+    async fn the_slot_is_held_until_the_response_body_ends() {
+        let (layer, mut service) = limited(3);
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(call(&mut service, Behaviour::Answer).await.unwrap());
+        }
+        assert_eq!(layer.in_flight(), 3);
+        match call(&mut service, Behaviour::Answer).await {
+            Err(ProxyError::Overloaded { upstream, limit }) => {
+                assert_eq!((upstream.as_str(), limit), ("unit", 3));
+            }
+            other => panic!("expected Overloaded, got {:?}", other.map(|_| ())),
+        }
+        // Reading one body to its end frees its slot; the next is admitted.
+        let body = held.pop().unwrap().into_body();
+        http_body_util::BodyExt::collect(body).await.unwrap();
+        assert_eq!(layer.in_flight(), 2);
+        held.push(call(&mut service, Behaviour::Answer).await.unwrap());
+        assert_eq!(layer.in_flight(), 3);
+        // A body dropped unread frees its slot too.
+        held.clear();
+        assert_eq!(layer.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_request_frees_its_slot_at_once() {
+        let (layer, mut service) = limited(1);
+        assert!(matches!(
+            call(&mut service, Behaviour::Fail).await,
+            Err(ProxyError::Timeout(_))
+        ));
+        assert_eq!(layer.in_flight(), 0);
+        assert!(call(&mut service, Behaviour::Answer).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_request_frees_its_slot() {
+        let (layer, mut service) = limited(1);
+        let (_answer, waiting) = oneshot::channel();
+        let pending = service
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(Behaviour::WaitFor(waiting)));
+        assert_eq!(layer.in_flight(), 1);
+        assert!(matches!(
+            call(&mut service, Behaviour::Answer).await,
+            Err(ProxyError::Overloaded { .. })
+        ));
+        drop(pending);
+        assert_eq!(layer.in_flight(), 0);
+        assert!(call(&mut service, Behaviour::Answer).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn slow_requests_in_flight_count_until_they_answer() {
+        let (layer, mut service) = limited(2);
+        let mut answers = Vec::new();
+        let mut tasks = Vec::new();
+        for _ in 0..2 {
+            let (answer, waiting) = oneshot::channel();
+            answers.push(answer);
+            let future = service
+                .ready()
+                .await
+                .unwrap()
+                .call(Request::new(Behaviour::WaitFor(waiting)));
+            tasks.push(tokio::spawn(future));
+        }
+        assert!(matches!(
+            call(&mut service, Behaviour::Answer).await,
+            Err(ProxyError::Overloaded { .. })
+        ));
+        // Release one: its response (body dropped by the task) frees a slot.
+        answers.remove(0).send(()).unwrap();
+        drop(tasks.remove(0).await.unwrap().unwrap());
+        assert_eq!(layer.in_flight(), 1);
+        assert!(call(&mut service, Behaviour::Answer).await.is_ok());
+        drop(answers);
+        for task in tasks {
+            drop(task.await.unwrap().unwrap());
+        }
+        assert_eq!(layer.in_flight(), 0);
+    }
+}
