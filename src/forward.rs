@@ -101,7 +101,8 @@ async fn forward(
         .hash_header()
         .and_then(|name| request.headers().get(name))
         .cloned();
-    if let Some(Deadline(deadline)) = request.extensions().get::<Deadline>().copied()
+    let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
+    if let Some(deadline) = deadline
         && is_grpc(request.headers())
     {
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -126,7 +127,15 @@ async fn forward(
         if let Some(picked) = &picked {
             picked.set(endpoint.addr);
         }
-        match endpoint.send(request, version, upgrade).await {
+        let mut timeout_watch = TimeoutWatch {
+            upstream: &upstream,
+            endpoint: &endpoint,
+            deadline,
+        };
+        let sent = endpoint.send(request, version, upgrade).await;
+        timeout_watch.deadline = None;
+        drop(timeout_watch);
+        match sent {
             Ok((mut response, release)) => {
                 endpoint.load.mark_reachable();
                 let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -153,6 +162,29 @@ async fn forward(
                     _ => return Err(error),
                 }
             }
+        }
+    }
+}
+
+/// Tells outlier detection about a try that is dropped while it waits for
+/// its response: at or past the request's deadline, a timeout cut it off and
+/// it counts as a `timeout` failure of its endpoint; earlier, the client went
+/// away and it says nothing about the endpoint. Disarmed (no deadline) once
+/// the try has its answer.
+struct TimeoutWatch<'a> {
+    upstream: &'a Upstream,
+    endpoint: &'a Endpoint,
+    deadline: Option<Instant>,
+}
+
+impl Drop for TimeoutWatch<'_> {
+    fn drop(&mut self) {
+        if self
+            .deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            self.upstream
+                .record_outcome(self.endpoint, Outcome::Timeout);
         }
     }
 }

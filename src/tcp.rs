@@ -16,7 +16,11 @@ use crate::upstream::Upstream;
 
 /// Proxies one client connection until both directions have finished.
 pub async fn proxy(mut client: TcpStream, upstream: Arc<Upstream>) {
-    let admission = match upstream.circuit_breaker().map(|b| b.admit()).transpose() {
+    let admission = match upstream
+        .circuit_breaker()
+        .map(|b| b.admit(None))
+        .transpose()
+    {
         Ok(admission) => admission,
         Err(open) => {
             tracing::debug!(upstream = upstream.name(), %open, "closing the connection");

@@ -223,3 +223,29 @@ async fn closed_at_once(addr: std::net::SocketAddr) {
         "closed, not hanging: {read:?}"
     );
 }
+
+/// Tries cut off by the request timeout count as failures: two timeouts
+/// against an endpoint that never answers open the breaker.
+#[tokio::test]
+async fn timeouts_count_as_failures() {
+    let (hole, _closed) = support::black_hole();
+    let yaml = format!(
+        "service: {{ name: test }}\n\
+         upstreams:\n  - name: cb-timeout\n    listen: 127.0.0.1:0\n    protocol: http\n    \
+         discovery: {{ static: [{hole}] }}\n    \
+         timeouts: {{ request: 150ms }}\n    \
+         circuit_breaker: {{ consecutive_failures: 2, open_for: 30s }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         logging: {{ access_log: false }}\n"
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let url = format!("http://{}/", proxy.upstream("cb-timeout"));
+    for _ in 0..2 {
+        let reply = get(Version::HTTP_11, &url).await.unwrap();
+        assert_eq!(reply.headers["x-remora-error"], "timeout");
+    }
+    let started = Instant::now();
+    let reply = get(Version::HTTP_11, &url).await.unwrap();
+    assert_eq!(reply.headers["x-remora-error"], "circuit_open");
+    assert!(started.elapsed() < Duration::from_millis(100));
+}

@@ -110,3 +110,32 @@ async fn at_most_the_configured_share_is_ejected() {
         "exactly one bad endpoint still in rotation: {after:?}"
     );
 }
+
+/// An endpoint that never answers is ejected after its tries time out.
+#[tokio::test]
+async fn an_endpoint_that_times_out_is_ejected() {
+    let good = http_backend("good");
+    let (hole, _closed) = support::black_hole();
+    let endpoints = [good.addr, hole];
+    let yaml = yaml(
+        "od-timeout",
+        &endpoints,
+        "{ consecutive_failures: 2, base_ejection: 30s }",
+    )
+    .replace(
+        "    outlier_detection:",
+        "    timeouts: { request: 150ms }\n    outlier_detection:",
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let url = format!("http://{}/", proxy.upstream("od-timeout"));
+    let mut timeouts = 0;
+    for _ in 0..4 {
+        let reply = get(Version::HTTP_11, &url).await.unwrap();
+        timeouts += usize::from(reply.status == StatusCode::GATEWAY_TIMEOUT);
+    }
+    assert_eq!(timeouts, 2, "round robin: every other request hit the hole");
+    for _ in 0..20 {
+        let reply = get(Version::HTTP_11, &url).await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "the hole is ejected");
+    }
+}

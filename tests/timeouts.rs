@@ -11,10 +11,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::Full;
-use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
 
-use support::{Proxy, http_backend, prom, send, serve};
+use support::{Proxy, black_hole, http_backend, prom, send};
 
 fn yaml(name: &str, protocol: &str, endpoint: SocketAddr, extra: &str) -> String {
     format!(
@@ -24,38 +22,6 @@ fn yaml(name: &str, protocol: &str, endpoint: SocketAddr, extra: &str) -> String
          admin: {{ listen: 127.0.0.1:0 }}\n\
          logging: {{ access_log: false }}\n"
     )
-}
-
-/// An origin that reads a request head and never answers. For each connection it reports how
-/// long after the request arrived the peer closed it (`None`: still open after 5 s).
-fn black_hole() -> (SocketAddr, mpsc::UnboundedReceiver<Option<Duration>>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let addr = serve(move |mut stream| {
-        let tx = tx.clone();
-        async move {
-            let mut buf = vec![0u8; 4096];
-            let mut head = Vec::new();
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let arrived = Instant::now();
-            let closed = tokio::time::timeout(Duration::from_secs(5), async {
-                while let Ok(n) = stream.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            })
-            .await
-            .is_ok();
-            let _ = tx.send(closed.then(|| arrived.elapsed()));
-        }
-    })
-    .detach();
-    (addr, rx)
 }
 
 async fn timeouts(proxy: &Proxy, upstream: &str, kind: &str) -> f64 {

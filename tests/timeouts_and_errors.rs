@@ -12,11 +12,9 @@ use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use socket2::{Domain, Socket, Type};
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
-use support::{Proxy, get, http_backend, http_client, prom, serve};
+use support::{Proxy, black_hole, get, http_backend, http_client, prom};
 
 fn yaml(name: &str, endpoint: SocketAddr, timeouts: &str) -> String {
     format!(
@@ -79,38 +77,6 @@ async fn request_timeout_is_504_on_time_and_the_upstream_stays_usable() {
     )
     .await;
     assert_eq!(errors, 1.0);
-}
-
-/// An origin that reads one request head and never answers. For each connection it reports
-/// how long after the request arrived the peer closed it (`None`: still open after 5 s).
-fn black_hole() -> (SocketAddr, mpsc::UnboundedReceiver<Option<Duration>>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let addr = serve(move |mut stream| {
-        let tx = tx.clone();
-        async move {
-            let mut buf = vec![0u8; 4096];
-            let mut head = Vec::new();
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let arrived = Instant::now();
-            let closed = tokio::time::timeout(Duration::from_secs(5), async {
-                while let Ok(n) = stream.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            })
-            .await
-            .is_ok();
-            let _ = tx.send(closed.then(|| arrived.elapsed()));
-        }
-    })
-    .detach();
-    (addr, rx)
 }
 
 /// On timeout remora abandons the upstream exchange: the upstream sees its connection closed

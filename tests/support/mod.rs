@@ -9,6 +9,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod backend;
+pub mod black_hole;
 pub mod client;
 pub mod grpc;
 pub mod prom;
@@ -23,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 pub use backend::{Backend, http_backend};
+pub use black_hole::black_hole;
 pub use client::{Reply, get, http_client, send};
 pub use grpc::{EchoMsg, grpc_bidi, grpc_echo, grpc_fail, grpc_unary};
 pub use proxy::{Proxy, ProxyProcess};

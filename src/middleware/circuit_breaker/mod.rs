@@ -6,7 +6,9 @@
 //! DEADLINE_EXCEEDED / INTERNAL), and reports transitions in metrics and logs.
 //!
 //! It sits inside the retry layer, so every try counts. A gRPC response whose
-//! status only arrives in trailers is judged when its body ends. Opaque TCP
+//! status only arrives in trailers is judged when its body ends; a try cut
+//! off by the request or per-try timeout (dropped at its `Deadline`) counts
+//! as a `timeout`. Opaque TCP
 //! upstreams use the same breaker per connection (`tcp`).
 
 mod state;
@@ -22,6 +24,7 @@ use tower::{Layer, Service};
 use crate::body::{BodyEnd, ResponseBody};
 use crate::config::{CircuitBreakerConfig, Condition};
 use crate::error::ProxyError;
+use crate::middleware::timeout::Deadline;
 use crate::outcome::Outcome;
 use crate::telemetry::metrics;
 
@@ -50,12 +53,14 @@ impl CircuitBreaker {
     }
 
     /// Lets a request (or TCP connection) through, or fails it at once.
-    pub fn admit(self: &Arc<Self>) -> Result<Admission, ProxyError> {
+    /// `deadline` is when a timeout will cut the request off, if one will.
+    pub fn admit(self: &Arc<Self>, deadline: Option<Instant>) -> Result<Admission, ProxyError> {
         let ticket = self.update(|state| state.admit(Instant::now()));
         match ticket {
             Some(ticket) => Ok(Admission {
                 breaker: Arc::clone(self),
                 ticket: Some(ticket),
+                deadline,
             }),
             None => Err(ProxyError::CircuitOpen {
                 upstream: self.upstream.clone(),
@@ -95,11 +100,14 @@ impl CircuitBreaker {
     }
 }
 
-/// A request let through the breaker. Its result must be recorded; dropped
-/// without one (cancelled), it only frees its probe slot.
+/// A request let through the breaker. Its result must be recorded. Dropped
+/// without one at or past its deadline, it was cut off by a timeout and
+/// counts as a `timeout`; dropped earlier (the client went away), it only
+/// frees its probe slot.
 pub struct Admission {
     breaker: Arc<CircuitBreaker>,
     ticket: Option<Ticket>,
+    deadline: Option<Instant>,
 }
 
 impl Admission {
@@ -137,7 +145,15 @@ impl Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        if let Some(ticket) = self.ticket.take() {
+        let Some(ticket) = self.ticket.take() else {
+            return;
+        };
+        let now = Instant::now();
+        if self.deadline.is_some_and(|deadline| now >= deadline) {
+            let failed = Outcome::Timeout.matches_any(&self.breaker.failures);
+            self.breaker
+                .update(|state| state.record(ticket, failed, now));
+        } else {
             self.breaker.update(|state| state.release(ticket));
         }
     }
@@ -184,7 +200,8 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let admission = match self.breaker.admit() {
+        let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
+        let admission = match self.breaker.admit(deadline) {
             Ok(admission) => admission,
             Err(open) => return Box::pin(std::future::ready(Err(open))),
         };
