@@ -544,3 +544,58 @@ fn consul_registration_is_refused_until_it_exists() {
         ]
     );
 }
+
+#[test]
+fn http_only_resilience_keys_are_refused_on_tcp_upstreams() {
+    let text = "service: { name: web }\n\
+                upstreams:\n  - name: cache\n    listen: 127.0.0.1:9002\n    protocol: tcp\n    \
+                discovery: { static: [127.0.0.1:6379] }\n    \
+                retries: { attempts: 2 }\n    \
+                max_concurrent_requests: 10\n";
+    let found = errors(text);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[0].starts_with("test.yaml:7:14: upstreams[0].retries: applies to HTTP requests"));
+    assert!(
+        found[1]
+            .starts_with("test.yaml:8:30: upstreams[0].max_concurrent_requests: applies to HTTP")
+    );
+}
+
+#[test]
+fn resilience_values_are_checked() {
+    let text = "service: { name: web }\n\
+                upstreams:\n  - name: api\n    listen: 127.0.0.1:9001\n    \
+                discovery: { static: [127.0.0.1:8080] }\n    \
+                retries: { attempts: 0, on: [reset, \"503\", unavailable] }\n    \
+                circuit_breaker: { failure_rate: { threshold: 1.5 } }\n    \
+                fault: { abort: { percent: 120, grpc_status: nope } }\n";
+    let found = errors(text);
+    let paths: Vec<&str> = found
+        .iter()
+        .map(|e| e.split(": ").nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "upstreams[0].retries.attempts",
+            "upstreams[0].circuit_breaker.failure_rate.threshold",
+            "upstreams[0].fault.abort.percent",
+            "upstreams[0].fault.abort.grpc_status",
+        ]
+    );
+}
+
+#[test]
+fn unknown_retry_conditions_are_named() {
+    let found = errors(
+        "service: { name: web }\n\
+         upstreams:\n  - name: api\n    listen: 127.0.0.1:9001\n    \
+         discovery: { static: [127.0.0.1:8080] }\n    \
+         retries: { on: [reset, sometimes] }\n",
+    );
+    assert_eq!(found.len(), 1);
+    assert!(
+        found[0].contains("unknown condition `sometimes`"),
+        "{found:?}"
+    );
+}

@@ -203,6 +203,10 @@ fn check_resilience(
             ("rate_limit", upstream.rate_limit.is_some()),
             ("fault", upstream.fault.is_some()),
             ("timeouts.request", upstream.timeouts.request.is_some()),
+            (
+                "max_concurrent_requests",
+                upstream.max_concurrent_requests.is_some(),
+            ),
         ];
         for (key, present) in http_only {
             if present {
