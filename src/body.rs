@@ -6,17 +6,20 @@
 //! Bodies are streamed frame by frame, never buffered whole. When the last frame
 //! has been read (or the body is dropped early because the client went away),
 //! the body releases its endpoint (connection back to the pool, in-flight count
-//! down) and tells the request's observer (metrics, access log) how it ended —
+//! down; a body cut off by the stream idle timeout closes its connection) and tells the request's observer (metrics, access log) how it ended —
 //! including the `grpc-status` found in trailers, which only exists at the end.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 use crate::endpoint::Release;
 
@@ -31,12 +34,45 @@ pub struct BodyEnd {
     pub complete: bool,
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Called once when a response body ends.
 pub type Observer = Box<dyn FnOnce(BodyEnd) + Send>;
 
 enum Inner {
-    Upstream(Incoming),
+    Upstream { body: Incoming, idle: IdleTimeout },
     Local(Option<Bytes>),
+}
+
+/// Why a streamed response body was cut off.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing for {0:?} (timeouts.idle)")]
+pub struct StreamIdle(pub Duration);
+
+/// Fails a streamed body that delivers nothing for `limit`. The timer is
+/// made only when the body first has to wait, so a body whose data is
+/// already there costs no timer.
+struct IdleTimeout {
+    limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleTimeout {
+    /// Data arrived: the idle period starts again.
+    fn active(&mut self) {
+        if let Some(timer) = &mut self.timer {
+            timer.as_mut().reset(Instant::now() + self.limit);
+        }
+    }
+
+    /// The body has to wait: true when it has waited for too long.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let limit = self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        timer.as_mut().poll(cx).is_ready()
+    }
 }
 
 /// A proxied or proxy-made response body.
@@ -48,9 +84,14 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    /// A body streamed from an upstream; `release` runs when it ends.
-    pub fn upstream(body: Incoming, release: Release) -> Self {
-        Self::new(Inner::Upstream(body), Some(release))
+    /// A body streamed from an upstream; `release` runs when it ends. It
+    /// fails when the upstream sends nothing for `idle`.
+    pub fn upstream(body: Incoming, release: Release, idle: Duration) -> Self {
+        let idle = IdleTimeout {
+            limit: idle,
+            timer: None,
+        };
+        Self::new(Inner::Upstream { body, idle }, Some(release))
     }
 
     /// A body remora made itself.
@@ -97,15 +138,24 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = match &mut this.inner {
-            Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Inner::Upstream { body, idle } => match Pin::new(body).poll_frame(cx) {
+                Poll::Pending if idle.expired(cx) => {
+                    Poll::Ready(Some(Err(StreamIdle(idle.limit).into())))
+                }
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(frame) => {
+                    idle.active();
+                    Poll::Ready(frame.map(|frame| frame.map_err(BoxError::from)))
+                }
+            },
             Inner::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         };
         match &polled {
@@ -125,14 +175,14 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Upstream { body, .. } => body.is_end_stream(),
             Inner::Local(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Upstream(body) => body.size_hint(),
+            Inner::Upstream { body, .. } => body.size_hint(),
             Inner::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len()) as u64)
             }

@@ -144,7 +144,8 @@ async fn forward(
                     tunnel(client_upgrade, hyper::upgrade::on(&mut response));
                 }
                 response.extensions_mut().insert(ServedBy(endpoint.addr));
-                let mut response = response.map(|body| ResponseBody::upstream(body, release));
+                let idle = upstream.settings.client.idle_timeout;
+                let mut response = response.map(|body| ResponseBody::upstream(body, release, idle));
                 record_outlier_outcome(&upstream, &endpoint, &mut response);
                 return Ok(response);
             }

@@ -1,7 +1,7 @@
 //! Timeouts end to end: the request timeout bounds all tries and backoffs and answers 504 on
 //! time; abandoned tries close their upstream connections; a gRPC client's `grpc-timeout`
 //! shortens (or sets) the deadline, expires as `grpc-status: 4`, and reaches the upstream as
-//! the time left.
+//! the time left. A response body that stalls for `timeouts.idle` is cut off.
 
 mod support;
 
@@ -196,5 +196,83 @@ async fn grpc_timeout_alone_sets_a_deadline() {
     assert!(
         elapsed >= Duration::from_millis(200) && elapsed < Duration::from_millis(300),
         "after {elapsed:?}"
+    );
+}
+
+/// An origin that sends a response head and one chunk, then stalls; it
+/// reports how long after the chunk the proxy closed the connection.
+fn stalling_origin() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Duration>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let addr = support::serve(move |mut stream| {
+        let tx = tx.clone();
+        async move {
+            let mut buf = vec![0u8; 4096];
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let chunk = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
+            if stream.write_all(chunk).await.is_err() {
+                return;
+            }
+            let sent = Instant::now();
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            let _ = tx.send(sent.elapsed());
+        }
+    })
+    .detach();
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn a_stalled_response_body_is_cut_off_after_the_idle_timeout() {
+    use http_body_util::BodyExt;
+    let (origin, mut closed) = stalling_origin();
+    let proxy = Proxy::start(&yaml(
+        "to-idle",
+        "http",
+        origin,
+        "timeouts: { idle: 300ms }",
+    ))
+    .await;
+    let url = format!("http://{}/", proxy.upstream("to-idle"));
+    let client = support::http_client::<http_body_util::Empty<Bytes>>(Version::HTTP_11);
+    let response = client
+        .request(
+            Request::get(url)
+                .body(http_body_util::Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"hello");
+    let started = Instant::now();
+    let rest = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("the body ends instead of hanging");
+    let waited = started.elapsed();
+    assert!(!matches!(rest, Some(Ok(_))), "the body fails: {rest:?}");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1000),
+        "cut off after {waited:?}"
+    );
+    let upstream_closed = tokio::time::timeout(Duration::from_secs(5), closed.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        upstream_closed < Duration::from_millis(1000),
+        "{upstream_closed:?}"
     );
 }
