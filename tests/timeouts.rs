@@ -202,29 +202,20 @@ async fn grpc_timeout_alone_sets_a_deadline() {
 /// An origin that sends a response head and one chunk, then stalls; it
 /// reports how long after the chunk the proxy closed the connection.
 fn stalling_origin() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Duration>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let addr = support::serve(move |mut stream| {
         let tx = tx.clone();
         async move {
-            let mut buf = vec![0u8; 4096];
-            let mut head = Vec::new();
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
+            if !support::black_hole::read_request_head(&mut stream).await {
+                return;
             }
             let chunk = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
             if stream.write_all(chunk).await.is_err() {
                 return;
             }
             let sent = Instant::now();
-            while let Ok(n) = stream.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-            }
+            support::black_hole::read_until_closed(&mut stream).await;
             let _ = tx.send(sent.elapsed());
         }
     })
