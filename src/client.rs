@@ -9,7 +9,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
@@ -22,6 +23,10 @@ use crate::error::ProxyError;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 512;
+
+/// An HTTP/2 connection task, shared between the task that drives it and
+/// the client that reads its settings.
+type H2Connection = Arc<Mutex<http2::Connection<TokioIo<TcpStream>, RequestBody, TokioExecutor>>>;
 
 /// Connection settings shared by all endpoints of an upstream.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +49,9 @@ pub struct EndpointClient {
     settings: ClientSettings,
     idle_h1: Mutex<Vec<IdleConnection>>,
     h2: tokio::sync::Mutex<Option<H2Sender>>,
+    /// The current HTTP/2 connection itself (driven by its own task), for
+    /// the upstream's SETTINGS_MAX_CONCURRENT_STREAMS.
+    h2_connection: Mutex<Option<H2Connection>>,
 }
 
 impl EndpointClient {
@@ -53,6 +61,7 @@ impl EndpointClient {
             settings,
             idle_h1: Mutex::new(Vec::new()),
             h2: tokio::sync::Mutex::new(None),
+            h2_connection: Mutex::new(None),
         }
     }
 
@@ -125,9 +134,24 @@ impl EndpointClient {
             .handshake(io)
             .await
             .map_err(|source| self.handshake_failed(source))?;
-        drive(connection, "HTTP/2");
+        // Shared with `h2_stream_limit`; the lock is only ever held for one
+        // poll or one read.
+        let connection = Arc::new(Mutex::new(connection));
+        *lock(&self.h2_connection) = Some(Arc::clone(&connection));
+        drive(
+            std::future::poll_fn(move |cx| Pin::new(&mut *lock(&connection)).poll(cx)),
+            "HTTP/2",
+        );
         *shared = Some(sender.clone());
         Ok((sender, false))
+    }
+
+    /// How many streams the upstream accepts at once on the HTTP/2
+    /// connection (its SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub fn h2_stream_limit(&self) -> Option<usize> {
+        lock(&self.h2_connection)
+            .as_ref()
+            .map(|connection| lock(connection).current_max_send_streams())
     }
 
     /// Drops the shared HTTP/2 connection, so the next request opens a new one.
@@ -169,4 +193,13 @@ where
             tracing::debug!(%error, version, "upstream connection ended with an error");
         }
     });
+}
+
+/// Locks one of the client's mutexes. What they guard (a list of idle
+/// senders, a connection handle) is consistent after any panic elsewhere,
+/// so a poisoned lock is recovered.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -158,6 +158,16 @@ impl Endpoint {
                 Ok(opened) => opened,
                 Err(error) => return Err(SendError::unsent(error, request)),
             };
+            // Streams past the upstream's SETTINGS_MAX_CONCURRENT_STREAMS wait
+            // inside the h2 client; let at most as many again wait.
+            let streams = self.client.h2_stream_limit().unwrap_or(usize::MAX);
+            if self.load.in_flight() as usize > streams.saturating_mul(2) {
+                let error = ProxyError::Overloaded {
+                    upstream: self.addr.to_string(),
+                    limit: u32::try_from(streams.saturating_mul(2)).unwrap_or(u32::MAX),
+                };
+                return Err(SendError::unsent(error, request));
+            }
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, None)),
                 Err(mut failed) => match failed.take_message() {

@@ -148,3 +148,74 @@ async fn grpc_over_the_limit_is_unavailable() {
     assert_eq!(reply.headers["x-remora-error"], "overloaded");
     assert_eq!(held.await.unwrap().status, StatusCode::OK);
 }
+
+/// Requests to an HTTP/2 upstream beyond its SETTINGS_MAX_CONCURRENT_STREAMS
+/// may wait in the h2 client, but only as many again: the rest get 503
+/// `overloaded` at once instead of queueing without bound.
+#[tokio::test]
+async fn http2_upstream_stream_queue_is_bounded() {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    // An h2c origin that allows 2 streams and answers after 400 ms.
+    let origin = support::serve(|stream| async move {
+        let service = service_fn(|_request| async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .max_concurrent_streams(2)
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    });
+    let yaml = format!(
+        "service: {{ name: test }}\n\
+         upstreams:\n  - name: shed-h2\n    listen: 127.0.0.1:0\n    protocol: http2\n    \
+         discovery: {{ static: [{}] }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         logging: {{ access_log: false }}\n",
+        origin.addr
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let url = format!("http://{}/", proxy.upstream("shed-h2"));
+    // One request first, so the upstream's SETTINGS (2 streams) are known.
+    assert_eq!(
+        get(Version::HTTP_2, &url).await.unwrap().status,
+        StatusCode::OK
+    );
+
+    let started = Instant::now();
+    let requests: Vec<_> = (0..10)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let reply = get(Version::HTTP_2, &url).await.unwrap();
+                (reply.status, started.elapsed())
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut shed = 0;
+    for request in requests {
+        match request.await.unwrap() {
+            (StatusCode::OK, _) => ok += 1,
+            (StatusCode::SERVICE_UNAVAILABLE, at) => {
+                shed += 1;
+                assert!(
+                    at < Duration::from_millis(300),
+                    "refused at once, not queued: {at:?}"
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        (ok, shed),
+        (4, 6),
+        "2 streams open + 2 waiting; the rest shed"
+    );
+}
