@@ -1,5 +1,6 @@
 //! The bodies remora moves. [`RequestBody`]: a client's request body, streamed,
-//! or held in memory (up to a limit) so the request can be sent again.
+//! and for retries streamed while a copy is kept ([`replay`]) so the request
+//! can be sent again.
 //! [`ResponseBody`]: an upstream's streamed body or a body remora made itself,
 //! plus what has to happen when the body is done.
 //!
@@ -14,14 +15,16 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use http::HeaderMap;
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::endpoint::Release;
+
+pub mod replay;
+
+use self::replay::{ReplayBody, Superseded};
 
 /// How a response body ended, for metrics and the access log.
 #[derive(Debug, Clone, Copy, Default)]
@@ -208,17 +211,25 @@ pub struct RequestBody {
 enum RequestKind {
     /// Read from the client as it is sent upstream.
     Streaming(Incoming),
-    /// Held whole in memory; can be sent any number of times.
-    Buffered {
-        data: Option<Bytes>,
-        trailers: Option<HeaderMap>,
-    },
-    /// The part read while trying to buffer, then the rest of the stream.
-    Prefixed {
-        prefix: Option<Bytes>,
-        rest: Incoming,
-    },
+    /// Read from the client (or replayed) as it is sent upstream, a copy kept
+    /// for the next try.
+    Replaying(ReplayBody<RequestBody>),
 }
+
+/// Why a request body could not be sent whole.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    /// Reading the client's body failed (it reset the stream or closed the
+    /// connection).
+    #[error("reading the request body from the client failed: {0}")]
+    Client(#[from] hyper::Error),
+    /// A retry took the body over: the try sending it was abandoned.
+    #[error(transparent)]
+    Superseded(#[from] Superseded),
+}
+
+/// Makes the bodies of a request's retries; see [`replay`].
+pub struct Replay(replay::Replay<RequestBody>);
 
 impl RequestBody {
     pub fn streaming(body: Incoming) -> Self {
@@ -227,104 +238,62 @@ impl RequestBody {
         }
     }
 
-    /// Reads the whole body into memory if it is at most `limit` bytes, so
-    /// the request can be replayed. A larger body comes back as a body that
-    /// streams what was read and then the rest (it cannot be replayed).
-    pub async fn buffer(self, limit: usize) -> Result<Self, hyper::Error> {
-        let RequestKind::Streaming(mut body) = self.kind else {
-            return Ok(self);
+    /// The body of the first try, which streams while it keeps a copy of up
+    /// to `limit` bytes, and the [`Replay`] that makes the retries' bodies.
+    pub fn replayable(self, limit: usize) -> (Self, Replay) {
+        let (first, replay) = replay::replayable(self, limit);
+        let first = Self {
+            kind: RequestKind::Replaying(first),
         };
-        let too_large = body.size_hint().lower() > limit as u64;
-        let mut data = BytesMut::new();
-        let mut trailers = None;
-        while !too_large && !body.is_end_stream() {
-            let Some(frame) = body.frame().await.transpose()? else {
-                break;
-            };
-            match frame.into_data() {
-                Ok(chunk) => {
-                    data.extend_from_slice(&chunk);
-                    if data.len() > limit {
-                        let prefix = Some(data.freeze());
-                        return Ok(Self {
-                            kind: RequestKind::Prefixed { prefix, rest: body },
-                        });
-                    }
-                }
-                Err(frame) => trailers = frame.into_trailers().ok(),
-            }
-        }
-        if too_large {
-            return Ok(Self::streaming(body));
-        }
-        Ok(Self {
-            kind: RequestKind::Buffered {
-                data: (!data.is_empty()).then(|| data.freeze()),
-                trailers,
-            },
-        })
+        (first, Replay(replay))
+    }
+}
+
+impl Replay {
+    /// True when a retry cannot have the body: more than the limit was read,
+    /// or reading the client's body failed.
+    pub fn is_capped(&self) -> bool {
+        self.0.is_capped()
     }
 
-    /// A copy to send again, when the body is held in memory.
-    pub fn try_clone(&self) -> Option<Self> {
-        match &self.kind {
-            RequestKind::Buffered { data, trailers } => Some(Self {
-                kind: RequestKind::Buffered {
-                    data: data.clone(),
-                    trailers: trailers.clone(),
-                },
-            }),
-            RequestKind::Streaming(_) | RequestKind::Prefixed { .. } => None,
-        }
+    /// The body of the next try — the copy, then the rest of the client's
+    /// body — or `None` when capped. The previous try's body fails from now
+    /// on, should its connection still be sending it.
+    pub fn next_body(&self) -> Option<RequestBody> {
+        let body = self.0.next_body()?;
+        Some(RequestBody {
+            kind: RequestKind::Replaying(body),
+        })
     }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = RequestBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         match &mut self.kind {
-            RequestKind::Streaming(body) => Pin::new(body).poll_frame(cx),
-            RequestKind::Buffered { data, trailers } => Poll::Ready(
-                data.take()
-                    .map(Frame::data)
-                    .or_else(|| trailers.take().map(Frame::trailers))
-                    .map(Ok),
-            ),
-            RequestKind::Prefixed { prefix, rest } => match prefix.take() {
-                Some(prefix) => Poll::Ready(Some(Ok(Frame::data(prefix)))),
-                None => Pin::new(rest).poll_frame(cx),
-            },
+            RequestKind::Streaming(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(RequestBodyError::Client),
+            RequestKind::Replaying(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             RequestKind::Streaming(body) => body.is_end_stream(),
-            RequestKind::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
-            RequestKind::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            RequestKind::Replaying(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             RequestKind::Streaming(body) => body.size_hint(),
-            RequestKind::Buffered { data, .. } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-            RequestKind::Prefixed { prefix, rest } => {
-                let prefix = prefix.as_ref().map_or(0, |p| p.len() as u64);
-                let mut hint = SizeHint::new();
-                hint.set_lower(rest.size_hint().lower() + prefix);
-                if let Some(upper) = rest.size_hint().upper() {
-                    hint.set_upper(upper + prefix);
-                }
-                hint
-            }
+            RequestKind::Replaying(body) => body.size_hint(),
         }
     }
 }

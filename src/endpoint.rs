@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::balance::{EndpointLoad, InFlight, Target};
-use crate::body::RequestBody;
+use crate::body::{RequestBody, RequestBodyError};
 use crate::client::{ClientSettings, EndpointClient, H1Sender};
 use crate::error::ProxyError;
 use crate::outlier::OutlierState;
@@ -107,14 +107,22 @@ impl Endpoint {
         }
     }
 
-    /// The connection failed under the request; `unsent` is the request when
-    /// none of it was written.
+    /// The connection failed under the request — or the client's body did
+    /// while it was sent; `unsent` is the request when none of it was written.
     fn reset(&self, source: hyper::Error, unsent: Option<Request<RequestBody>>) -> SendError {
-        SendError {
-            error: ProxyError::UpstreamReset {
+        let client_body = std::error::Error::source(&source)
+            .and_then(|cause| cause.downcast_ref::<RequestBodyError>())
+            .is_some_and(|cause| matches!(cause, RequestBodyError::Client(_)));
+        let error = if client_body {
+            ProxyError::ClientBody { source }
+        } else {
+            ProxyError::UpstreamReset {
                 addr: self.addr,
                 source,
-            },
+            }
+        };
+        SendError {
+            error,
             request: unsent,
         }
     }

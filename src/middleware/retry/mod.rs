@@ -30,29 +30,35 @@
 //!
 //! # Replay safety
 //!
-//! Only when the policy could retry (`attempts > 1`) is the request body read
-//! into memory, with `RequestBody::buffer(replay_body_limit)`. A request with
-//! an empty body or one that fit is *replayable* and every try sends a copy.
-//! A larger body is sent once, streamed (what was read first, then the rest),
-//! and never retried. HTTP/1.1 upgrades (WebSocket) are never retried or
-//! buffered.
+//! Only when the policy could retry (`attempts > 1`) is the request body made
+//! replayable, with `RequestBody::replayable(replay_body_limit)` (see
+//! `crate::body::replay`). The first try is sent at once and its body streams
+//! upstream frame by frame as the client sends it — a bidirectional gRPC
+//! stream flows as without retries — while a copy of the data and trailers is
+//! kept as long as it holds at most `replay_body_limit` bytes. A retry's body
+//! replays the copy, then reads on from the client where the failed try
+//! stopped.
+//!
+//! A request is *replayable* as long as the copy holds everything read so far:
+//! a failed try is retried only when its body is not *capped* (more than the
+//! limit read — any of it, for a body whose size hint is over the limit — or
+//! the client's body failed) at the moment of the decision. A body of any size
+//! whose try failed before any of it was read (a connect failure) is retried
+//! and streamed from the start. A
+//! retry supersedes the failed try's body: should its connection still be
+//! sending it, that body fails from then on, so the abandoned upstream request
+//! is reset rather than ended as if whole. HTTP/1.1 upgrades (WebSocket) are
+//! never retried or copied.
 //!
 //! Non-idempotent methods: following the issue ("idempotent methods, or any
 //! request whose body was buffered for replay"), the method is *not*
-//! consulted: a `POST` with a small buffered body is retried like a `GET`.
+//! consulted: a `POST` with a small replayable body is retried like a `GET`.
 //! What makes retrying it safe or not is the `on` list — the default
 //! (`connect_failure`, `refused_stream`, `reset`, `"503"`) names failures
 //! where the upstream most likely did no work (`reset` is the exception: a
 //! connection that broke after the request was sent may have been processed).
 //! Operators with non-idempotent endpoints should leave `reset`, `5xx` and
 //! `timeout` out of `on`.
-//!
-//! Cost of buffering: a request whose body is still streaming waits until the
-//! body ends (or passes the limit) before its first try is sent. Requests
-//! whose body the client sends only after seeing response data (bidirectional
-//! gRPC streams) therefore stall until the request timeout on an upstream with
-//! retries; such upstreams should not configure `retries` until replay is
-//! done while streaming (linkerd2-proxy's `ReplayBody`).
 //!
 //! Each try is a fresh request with the method, URI, version, headers and
 //! extensions (client address, [`Deadline`], …) of the original. With a
@@ -190,23 +196,13 @@ where
     }
 
     let (parts, body) = request.into_parts();
-    let body = body
-        .buffer(shared.replay_body_limit)
-        .await
-        .map_err(|source| ProxyError::ClientBody { source })?;
-    let template = Request::from_parts(parts, body);
-    if template.body().try_clone().is_none() {
-        // Too large to keep: sent once, streamed.
-        return shared.try_once(&mut inner, template).await.result;
-    }
-
+    let (first, replay) = body.replayable(shared.replay_body_limit);
+    let template = Request::from_parts(parts, ());
+    let mut body = first;
     let mut retries = 0u32;
     let mut avoid = None;
     loop {
-        let Some(mut request) = copy(&template) else {
-            // Unreachable: the body was checked to be replayable above.
-            return shared.try_once(&mut inner, template).await.result;
-        };
+        let mut request = copy(&template, body);
         if let Some(addr) = avoid {
             request.extensions_mut().insert(AvoidEndpoint(addr));
         }
@@ -223,13 +219,19 @@ where
             };
             counter.increment(1);
         }
-        if !again || retries + 1 >= shared.attempts {
+        if !again || retries + 1 >= shared.attempts || replay.is_capped() {
             return tried.result;
         }
         if !shared.budget.try_withdraw() {
             shared.metrics.budget_exhausted.increment(1);
             return tried.result;
         }
+        // Capped since the check above only if the failed try's connection
+        // read on meanwhile: then it cannot be retried after all.
+        let Some(next) = replay.next_body() else {
+            return tried.result;
+        };
+        body = next;
         avoid = tried.endpoint();
         // Dropping a retried response drops its body: the connection is released.
         drop(tried);
@@ -313,18 +315,17 @@ pub fn retryable<B>(on: &[Condition], result: &Result<Response<B>, ProxyError>) 
     }
 }
 
-/// A copy of `request` for one try; `None` when its body cannot be replayed.
-/// Extensions are copied whole (client address, deadline, anything later
-/// layers add); the upgrade handle among them is inert, as upgrades are never
-/// retried.
-fn copy(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
-    let mut copy = Request::new(request.body().try_clone()?);
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    *copy.extensions_mut() = request.extensions().clone();
-    Some(copy)
+/// The request of one try: the head of `template` with `body`. Extensions
+/// are copied whole (client address, deadline, anything later layers add);
+/// the upgrade handle among them is inert, as upgrades are never retried.
+fn copy(template: &Request<()>, body: RequestBody) -> Request<RequestBody> {
+    let mut copy = Request::new(body);
+    *copy.method_mut() = template.method().clone();
+    *copy.uri_mut() = template.uri().clone();
+    *copy.version_mut() = template.version();
+    *copy.headers_mut() = template.headers().clone();
+    *copy.extensions_mut() = template.extensions().clone();
+    copy
 }
 
 #[cfg(test)]
