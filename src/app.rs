@@ -202,7 +202,11 @@ fn handler(
     http_stack: impl FnOnce() -> stack::HttpService,
 ) -> Handler {
     match protocol {
-        Some(protocol) => Handler::Http(protocol, http_stack()),
+        Some(protocol) => Handler::Http(
+            protocol,
+            http_stack(),
+            upstream.settings.client.idle_timeout,
+        ),
         None => Handler::Tcp(upstream),
     }
 }

@@ -19,6 +19,7 @@ pub mod endpoint;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod idle;
 pub mod middleware;
 pub mod outcome;
 pub mod outlier;

@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
 use crate::drain::Drain;
+use crate::idle::{Activity, IdleIo};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 use crate::stack::HttpService;
@@ -47,7 +48,8 @@ pub enum HttpProtocol {
 /// What a listener does with its connections.
 #[derive(Clone)]
 pub enum Handler {
-    Http(HttpProtocol, HttpService),
+    /// An HTTP listener; connections idle for the duration are closed.
+    Http(HttpProtocol, HttpService, Duration),
     Tcp(Arc<Upstream>),
 }
 
@@ -82,8 +84,8 @@ pub async fn accept_loop(
         let drain = drain.clone();
         tokio::spawn(async move {
             match handler {
-                Handler::Http(protocol, service) => {
-                    serve_http(stream, client, protocol, service, drain).await
+                Handler::Http(protocol, service, idle) => {
+                    serve_http(stream, client, protocol, service, idle, drain).await
                 }
                 Handler::Tcp(upstream) => crate::tcp::proxy(stream, upstream).await,
             }
@@ -97,9 +99,12 @@ async fn serve_http(
     client: ClientAddr,
     protocol: HttpProtocol,
     service: HttpService,
+    idle: Duration,
     drain: Drain,
 ) {
-    let io = TokioIo::new(stream);
+    let activity = Activity::new();
+    let io = TokioIo::new(IdleIo::new(stream, Arc::clone(&activity)));
+    let idle = crate::idle::expired(&activity, idle);
     let service =
         TowerToHyperService::new(service.map_request(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(client);
@@ -113,13 +118,13 @@ async fn serve_http(
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(io, service)
                 .with_upgrades();
-            until_drained!(connection, drain)
+            until_drained!(connection, drain, idle)
         }
         HttpProtocol::Http2 => {
             let connection = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .serve_connection(io, service);
-            until_drained!(connection, drain)
+            until_drained!(connection, drain, idle)
         }
         HttpProtocol::Auto => {
             let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -128,7 +133,7 @@ async fn serve_http(
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT);
             let connection = builder.serve_connection_with_upgrades(io, service);
-            until_drained!(connection, drain)
+            until_drained!(connection, drain, idle)
         }
     };
     if let Err(error) = result {
@@ -137,15 +142,20 @@ async fn serve_http(
 }
 
 /// Drives a hyper server connection to its end, asking it to shut down
-/// gracefully (finish in-flight requests, then close) once the drain begins.
+/// gracefully (finish in-flight requests, then close) once the drain begins
+/// or the connection has been idle too long.
 /// A macro because the three connection types share the method but no trait.
 macro_rules! until_drained {
-    ($connection:expr, $drain:expr) => {{
+    ($connection:expr, $drain:expr, $idle:expr) => {{
         let mut connection = std::pin::pin!($connection);
         let mut drain = $drain;
         tokio::select! {
             output = connection.as_mut() => output,
             () = drain.signaled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+            () = $idle => {
                 connection.as_mut().graceful_shutdown();
                 connection.await
             }

@@ -267,3 +267,78 @@ async fn a_stalled_response_body_is_cut_off_after_the_idle_timeout() {
         "{upstream_closed:?}"
     );
 }
+
+/// A client connection that moves no bytes for `timeouts.idle` is closed,
+/// HTTP/1.1 and HTTP/2 alike; one that keeps talking is not.
+#[tokio::test]
+async fn idle_client_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = http_backend("to-conn-idle");
+    let h1 = Proxy::start(&yaml(
+        "to-conn-idle-h1",
+        "http",
+        backend.addr,
+        "timeouts: { idle: 400ms }",
+    ))
+    .await;
+    let h2 = Proxy::start(&yaml(
+        "to-conn-idle-h2",
+        "http2",
+        backend.addr,
+        "timeouts: { idle: 400ms }",
+    ))
+    .await;
+
+    // HTTP/1.1: keep talking for 1 s (a request every 200 ms), then go quiet.
+    let mut stream = tokio::net::TcpStream::connect(h1.upstream("to-conn-idle-h1"))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..5 {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "still open while active"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let quiet = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    let after = quiet.elapsed();
+    assert!(
+        after >= Duration::from_millis(150) && after < Duration::from_millis(1500),
+        "{after:?}"
+    );
+
+    // HTTP/2: the connection ends (GOAWAY, close) after the idle period.
+    let io = hyper_util::rt::TokioIo::new(
+        tokio::net::TcpStream::connect(h2.upstream("to-conn-idle-h2"))
+            .await
+            .unwrap(),
+    );
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    let driver = tokio::spawn(connection);
+    let request = Request::get(format!("http://{}/", h2.upstream("to-conn-idle-h2")))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(
+        sender.send_request(request).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let quiet = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(3), driver).await;
+    assert!(ended.is_ok(), "the HTTP/2 connection was closed");
+    assert!(
+        quiet.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        quiet.elapsed()
+    );
+}

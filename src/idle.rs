@@ -1,0 +1,150 @@
+//! Connection idle timeout for client connections: a connection on which no
+//! byte has moved in either direction for the idle period is shut down
+//! gracefully (a request still in flight finishes; its own time is bounded by
+//! the request timeout and the response stream idle timeout).
+//!
+//! [`IdleIo`] wraps the socket and stamps every read and write; [`expired`]
+//! sleeps until the last stamp is one idle period old. One clock read per
+//! socket operation, no timer reset per byte.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// When a connection last moved a byte.
+pub struct Activity {
+    origin: Instant,
+    /// Nanoseconds after `origin`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            origin: Instant::now(),
+            last: AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let since = Instant::now().saturating_duration_since(self.origin);
+        self.last
+            .store(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.origin + Duration::from_nanos(self.last.load(Relaxed))
+    }
+}
+
+/// Resolves once the connection has been idle for `limit`.
+pub async fn expired(activity: &Activity, limit: Duration) {
+    loop {
+        let deadline = activity.last() + limit;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// A socket that records its activity.
+pub struct IdleIo<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> IdleIo<T> {
+    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+        Self { inner, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn expires_one_idle_period_after_the_last_byte() {
+        let (near, mut far) = tokio::io::duplex(64);
+        let activity = Activity::new();
+        let mut io = IdleIo::new(near, Arc::clone(&activity));
+        let limit = Duration::from_secs(10);
+
+        tokio::time::advance(Duration::from_secs(6)).await;
+        io.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        far.read_exact(&mut buf).await.unwrap();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        far.write_all(b"pong").await.unwrap();
+        io.read_exact(&mut buf).await.unwrap();
+
+        let started = Instant::now();
+        expired(&activity, limit).await;
+        assert_eq!(
+            started.elapsed(),
+            limit,
+            "10 s after the last byte, not after the first"
+        );
+    }
+}
