@@ -115,7 +115,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             direction: Direction::Inbound,
             listener: bind(inbound.listen, "inbound").await?,
             handler: handler(listen_protocol, app, || {
-                stack::inbound(Arc::clone(&upstreams[0]), inbound, access_log)
+                stack::inbound(
+                    Arc::clone(&upstreams[0]),
+                    inbound,
+                    &config.tracing,
+                    access_log,
+                )
             }),
         });
     }
@@ -146,7 +151,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             direction: Direction::Outbound,
             listener: bind(upstream.listen, &label).await?,
             handler: handler(listen_protocol, Arc::clone(&target), || {
-                stack::outbound(Arc::clone(&target), upstream, access_log)
+                stack::outbound(Arc::clone(&target), upstream, &config.tracing, access_log)
             }),
         });
     }

@@ -11,7 +11,7 @@ use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::config::{InboundConfig, UpstreamConfig};
+use crate::config::{InboundConfig, TracingConfig, UpstreamConfig};
 use crate::forward::Forward;
 use crate::middleware::circuit_breaker::CircuitBreakerLayer;
 use crate::middleware::concurrency::ConcurrencyLimitLayer;
@@ -21,17 +21,24 @@ use crate::middleware::observe::ObserveLayer;
 use crate::middleware::rate_limit::RateLimitLayer;
 use crate::middleware::retry::RetryLayer;
 use crate::middleware::timeout::TimeoutLayer;
+use crate::middleware::trace_context::TraceContextLayer;
 use crate::upstream::{Direction, Upstream};
 
 /// The service behind an HTTP listener.
 pub type HttpService = BoxCloneSyncService<Request<Incoming>, Response<ResponseBody>, Infallible>;
 
 /// App → upstream service.
-pub fn outbound(upstream: Arc<Upstream>, config: &UpstreamConfig, access_log: bool) -> HttpService {
+pub fn outbound(
+    upstream: Arc<Upstream>,
+    config: &UpstreamConfig,
+    tracing: &TracingConfig,
+    access_log: bool,
+) -> HttpService {
     let direction = Direction::Outbound;
     let name = config.name.as_str();
     let service = ServiceBuilder::new()
         .map_request(|request: Request<Incoming>| request.map(RequestBody::streaming))
+        .layer(TraceContextLayer::new(tracing))
         .layer(ObserveLayer::new(direction, name, access_log))
         .layer(ErrorResponseLayer)
         .option_layer(
@@ -55,12 +62,18 @@ pub fn outbound(upstream: Arc<Upstream>, config: &UpstreamConfig, access_log: bo
 }
 
 /// Mesh → local application (`app` is named after `service.name`).
-pub fn inbound(app: Arc<Upstream>, config: &InboundConfig, access_log: bool) -> HttpService {
+pub fn inbound(
+    app: Arc<Upstream>,
+    config: &InboundConfig,
+    tracing: &TracingConfig,
+    access_log: bool,
+) -> HttpService {
     let direction = Direction::Inbound;
     let name = app.name().to_owned();
     let name = name.as_str();
     let service = ServiceBuilder::new()
         .map_request(|request: Request<Incoming>| request.map(RequestBody::streaming))
+        .layer(TraceContextLayer::new(tracing))
         .layer(ObserveLayer::new(direction, name, access_log))
         .layer(ErrorResponseLayer)
         .option_layer(

@@ -33,6 +33,48 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
+    #[serde(default)]
+    pub tracing: TracingConfig,
+}
+
+/// Trace-context propagation (`tracing:`). OTLP export is not implemented
+/// yet, so its keys are refused as unknown.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// Create an `x-request-id` (UUID v4) when a request has none.
+    #[serde(default = "default_request_id")]
+    pub request_id: bool,
+    /// Header formats read and written, in order of precedence.
+    #[serde(default = "default_propagation")]
+    pub propagation: Vec<Propagation>,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            request_id: default_request_id(),
+            propagation: default_propagation(),
+        }
+    }
+}
+
+fn default_request_id() -> bool {
+    true
+}
+
+fn default_propagation() -> Vec<Propagation> {
+    vec![Propagation::W3c]
+}
+
+/// A trace header format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Propagation {
+    /// W3C Trace Context: `traceparent`, `tracestate`.
+    W3c,
+    /// Zipkin B3: read multi-header or single `b3`, written multi-header.
+    B3,
 }
 
 /// The application this sidecar fronts.

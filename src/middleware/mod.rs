@@ -8,3 +8,4 @@ pub mod observe;
 pub mod rate_limit;
 pub mod retry;
 pub mod timeout;
+pub mod trace_context;

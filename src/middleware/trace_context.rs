@@ -1,0 +1,371 @@
+//! Trace context: every hop through remora joins the caller's trace (or
+//! starts one) and gets a span id of its own, and requests carry an
+//! `x-request-id`.
+//!
+//! * W3C Trace Context (`traceparent`, `tracestate`): `traceparent` is parsed
+//!   strictly — version `00`, exactly 55 characters, lowercase hex, trace and
+//!   parent ids not all zero; anything else is dropped and a new trace is
+//!   started (an invalid header is never forwarded). `tracestate` is passed
+//!   through when it is at most 512 bytes (W3C's limit for propagation),
+//!   dropped otherwise.
+//! * B3 (`propagation: [b3]`): read from the multi-header form
+//!   (`x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`, `x-b3-flags`) or the
+//!   single `b3` header when no valid `traceparent` came; 64-bit trace ids
+//!   are left-padded with zeros to 128 bits. Written in the multi-header form.
+//!   W3C is read first when both are listed and present.
+//! * The upstream request carries remora's new span id as its parent; the
+//!   response carries the request's `x-request-id` (created as a UUID v4
+//!   when absent and `request_id: true`).
+
+use std::fmt::Write as _;
+use std::task::{Context, Poll};
+
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use tower::{Layer, Service};
+
+use crate::body::ResponseBody;
+use crate::config::{Propagation, TracingConfig};
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const B3: HeaderName = HeaderName::from_static("b3");
+const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+
+/// Longest `tracestate` passed on (W3C Trace Context §3.3.1.5).
+const MAX_TRACESTATE: usize = 512;
+
+/// The trace this hop belongs to, with its own span id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: u128,
+    /// The caller's span, when the trace came from the caller.
+    pub parent_id: Option<u64>,
+    pub span_id: u64,
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// Joins the caller's trace found in `headers`, or starts a new one.
+    pub fn from_headers(headers: &HeaderMap, propagation: &[Propagation]) -> Self {
+        let incoming = propagation.iter().find_map(|p| match p {
+            Propagation::W3c => header(headers, &TRACEPARENT).and_then(parse_traceparent),
+            Propagation::B3 => read_b3(headers),
+        });
+        let span_id = nonzero_u64();
+        match incoming {
+            Some((trace_id, parent_id, sampled)) => Self {
+                trace_id,
+                parent_id: Some(parent_id),
+                span_id,
+                sampled,
+            },
+            None => Self {
+                trace_id: u128::from(nonzero_u64()) << 64 | u128::from(fastrand::u64(..)),
+                parent_id: None,
+                span_id,
+                sampled: true,
+            },
+        }
+    }
+
+    /// `00-<trace>-<span>-<flags>` with this hop's span as the parent.
+    pub fn traceparent(&self) -> String {
+        format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id,
+            self.span_id,
+            u8::from(self.sampled)
+        )
+    }
+
+    /// Replaces the trace headers of an upstream request with this context.
+    fn write(&self, headers: &mut HeaderMap, propagation: &[Propagation]) {
+        for name in [
+            &TRACEPARENT,
+            &B3,
+            &B3_TRACE_ID,
+            &B3_SPAN_ID,
+            &B3_PARENT_SPAN_ID,
+            &B3_SAMPLED,
+            &B3_FLAGS,
+        ] {
+            headers.remove(name);
+        }
+        if headers
+            .get(&TRACESTATE)
+            .is_some_and(|state| state.len() > MAX_TRACESTATE)
+        {
+            headers.remove(&TRACESTATE);
+        }
+        for p in propagation {
+            match p {
+                Propagation::W3c => insert(headers, TRACEPARENT, &self.traceparent()),
+                Propagation::B3 => {
+                    insert(headers, B3_TRACE_ID, &format!("{:032x}", self.trace_id));
+                    insert(headers, B3_SPAN_ID, &format!("{:016x}", self.span_id));
+                    if let Some(parent) = self.parent_id {
+                        insert(headers, B3_PARENT_SPAN_ID, &format!("{parent:016x}"));
+                    }
+                    insert(headers, B3_SAMPLED, if self.sampled { "1" } else { "0" });
+                }
+            }
+        }
+    }
+}
+
+/// `(trace id, parent id, sampled)` of a valid `traceparent`.
+fn parse_traceparent(value: &str) -> Option<(u128, u64, bool)> {
+    let bytes = value.as_bytes();
+    if bytes.len() != 55 || bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
+        return None;
+    }
+    if &value[..2] != "00" {
+        return None;
+    }
+    let trace_id = lower_hex_u128(&value[3..35])?;
+    let parent_id = u64::try_from(lower_hex_u128(&value[36..52])?).ok()?;
+    let flags = u8::try_from(lower_hex_u128(&value[53..55])?).ok()?;
+    (trace_id != 0 && parent_id != 0).then_some((trace_id, parent_id, flags & 1 == 1))
+}
+
+/// The caller's B3 context, multi-header form first, then single header.
+fn read_b3(headers: &HeaderMap) -> Option<(u128, u64, bool)> {
+    if let (Some(trace), Some(span)) = (header(headers, &B3_TRACE_ID), header(headers, &B3_SPAN_ID))
+    {
+        let debug = header(headers, &B3_FLAGS) == Some("1");
+        let sampled = debug || header(headers, &B3_SAMPLED).is_none_or(|s| s == "1" || s == "true");
+        return b3_ids(trace, span).map(|(t, s)| (t, s, sampled));
+    }
+    let single = header(headers, &B3)?;
+    let mut parts = single.split('-');
+    let (trace, span) = (parts.next()?, parts.next()?);
+    let sampled = parts.next().is_none_or(|s| s == "1" || s == "d");
+    b3_ids(trace, span).map(|(t, s)| (t, s, sampled))
+}
+
+/// B3 trace id (16 or 32 hex digits; 64-bit ids padded) and span id.
+fn b3_ids(trace: &str, span: &str) -> Option<(u128, u64)> {
+    let trace = trace.to_ascii_lowercase();
+    let span = span.to_ascii_lowercase();
+    if !matches!(trace.len(), 16 | 32) || span.len() != 16 {
+        return None;
+    }
+    let trace_id = lower_hex_u128(&trace)?;
+    let span_id = u64::try_from(lower_hex_u128(&span)?).ok()?;
+    (trace_id != 0 && span_id != 0).then_some((trace_id, span_id))
+}
+
+/// Lowercase hex only (W3C forbids uppercase), at most 32 digits.
+fn lower_hex_u128(digits: &str) -> Option<u128> {
+    let valid = !digits.is_empty()
+        && digits.len() <= 32
+        && digits
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    valid
+        .then(|| u128::from_str_radix(digits, 16).ok())
+        .flatten()
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+fn nonzero_u64() -> u64 {
+    fastrand::u64(1..)
+}
+
+/// A random UUID v4 (RFC 9562 §5.4), lowercase and hyphenated.
+pub fn uuid_v4() -> String {
+    let bits = (fastrand::u128(..) & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    let hex = format!("{bits:032x}");
+    let mut uuid = String::with_capacity(36);
+    for (i, range) in [0..8, 8..12, 12..16, 16..20, 20..32]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            uuid.push('-');
+        }
+        let _ = write!(uuid, "{}", &hex[range]);
+    }
+    uuid
+}
+
+#[derive(Clone)]
+pub struct TraceContextLayer {
+    config: TracingConfig,
+}
+
+impl TraceContextLayer {
+    pub fn new(config: &TracingConfig) -> Self {
+        Self {
+            config: config.clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for TraceContextLayer {
+    type Service = TraceContextService<S>;
+    fn layer(&self, inner: S) -> TraceContextService<S> {
+        TraceContextService {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct TraceContextService<S> {
+    inner: S,
+    config: TracingConfig,
+}
+
+impl<S, B> Service<Request<B>> for TraceContextService<S>
+where
+    S: Service<Request<B>, Response = Response<ResponseBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<ResponseBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response<ResponseBody>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let headers = request.headers_mut();
+        let context = TraceContext::from_headers(headers, &self.config.propagation);
+        context.write(headers, &self.config.propagation);
+        if self.config.request_id && !headers.contains_key(&REQUEST_ID) {
+            insert(headers, REQUEST_ID, &uuid_v4());
+        }
+        let request_id = headers.get(&REQUEST_ID).cloned();
+        request.extensions_mut().insert(context);
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = response.await?;
+            if let Some(id) = request_id {
+                response.headers_mut().insert(REQUEST_ID, id);
+            }
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn strict_traceparent_parsing() {
+        assert_eq!(
+            parse_traceparent(VALID),
+            Some((0x4bf92f3577b34da6a3ce929d0e0e4736, 0x00f067aa0ba902b7, true))
+        );
+        for invalid in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+        ] {
+            assert_eq!(parse_traceparent(invalid), None, "{invalid}");
+        }
+    }
+
+    #[test]
+    fn joins_the_callers_trace_with_a_new_span() {
+        let incoming = headers(&[("traceparent", VALID)]);
+        let context = TraceContext::from_headers(&incoming, &[Propagation::W3c]);
+        assert_eq!(context.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_eq!(context.parent_id, Some(0x00f067aa0ba902b7));
+        assert_ne!(context.span_id, 0x00f067aa0ba902b7);
+        let mut outgoing = incoming.clone();
+        context.write(&mut outgoing, &[Propagation::W3c]);
+        let written = outgoing["traceparent"].to_str().unwrap();
+        assert!(written.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert_eq!(parse_traceparent(written).unwrap().1, context.span_id);
+    }
+
+    #[test]
+    fn invalid_traceparent_starts_a_new_trace_and_is_not_forwarded() {
+        let mut map = headers(&[("traceparent", "00-xyz-00f067aa0ba902b7-01")]);
+        let context = TraceContext::from_headers(&map, &[Propagation::W3c]);
+        assert_eq!(context.parent_id, None);
+        context.write(&mut map, &[Propagation::W3c]);
+        assert!(parse_traceparent(map["traceparent"].to_str().unwrap()).is_some());
+    }
+
+    #[test]
+    fn b3_multi_and_single_with_64_bit_ids_padded() {
+        let multi = headers(&[
+            ("x-b3-traceid", "463ac35c9f6413ad"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ("x-b3-sampled", "0"),
+        ]);
+        let context = TraceContext::from_headers(&multi, &[Propagation::W3c, Propagation::B3]);
+        assert_eq!(context.trace_id, 0x463ac35c9f6413ad);
+        assert_eq!(context.parent_id, Some(0xa2fb4a1d1a96d312));
+        assert!(!context.sampled);
+        let mut out = multi.clone();
+        context.write(&mut out, &[Propagation::W3c, Propagation::B3]);
+        assert_eq!(out["x-b3-traceid"], "0000000000000000463ac35c9f6413ad");
+        assert_eq!(out["x-b3-parentspanid"], "a2fb4a1d1a96d312");
+        assert!(out["traceparent"].to_str().unwrap().ends_with("-00"));
+
+        let single = headers(&[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")]);
+        let context = TraceContext::from_headers(&single, &[Propagation::B3]);
+        assert_eq!(context.trace_id, 0x80f198ee56343ba864fe8b2a57d3eff7);
+        assert!(context.sampled);
+    }
+
+    #[test]
+    fn oversized_tracestate_is_dropped() {
+        let long = "k=".to_owned() + &"v".repeat(MAX_TRACESTATE);
+        let mut map = headers(&[("tracestate", &long)]);
+        TraceContext::from_headers(&map, &[Propagation::W3c]).write(&mut map, &[Propagation::W3c]);
+        assert!(map.get("tracestate").is_none());
+        let mut map = headers(&[("tracestate", "congo=t61rcWkgMzE")]);
+        TraceContext::from_headers(&map, &[Propagation::W3c]).write(&mut map, &[Propagation::W3c]);
+        assert_eq!(map["tracestate"], "congo=t61rcWkgMzE");
+    }
+
+    #[test]
+    fn uuid_v4_shape() {
+        let id = uuid_v4();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+        assert_ne!(uuid_v4(), id);
+    }
+}
