@@ -159,7 +159,7 @@ fn section_not_in_scope_is_an_unknown_key() {
     assert_eq!(
         errors(text),
         [
-            "test.yaml:2:1: consul: unknown field `consul`, expected one of service, inbound, upstreams, admin, runtime, logging"
+            "test.yaml:2:1: consul: unknown field `consul`, expected one of service, inbound, upstreams, admin, runtime, logging, tracing"
         ]
     );
 }
