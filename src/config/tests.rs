@@ -81,7 +81,9 @@ fn demo_file_is_the_demo() {
     assert_eq!(echo.listen.to_string(), "127.0.0.1:9001");
     assert_eq!(echo.protocol, UpstreamProtocol::Http);
     assert_eq!(echo.load_balancing.policy, LoadBalancingPolicy::RoundRobin);
-    let Discovery::Static(endpoints) = &echo.discovery;
+    let Discovery::Static(endpoints) = &echo.discovery else {
+        panic!("static discovery expected");
+    };
     let endpoints: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
     assert_eq!(
         endpoints,
