@@ -40,19 +40,26 @@ const FAILURE_RETRY_CAP: Duration = Duration::from_secs(10);
 /// How long one query may take before it counts as failed.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Why one discovery round failed.
+/// Why discovery could not start, or why one round failed (hickory's errors
+/// are boxed: they are large and the failure path is cold).
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
     #[error("invalid SRV name `{name}`: {source}")]
-    Name { name: String, source: ProtoError },
-    #[error("cannot read the system resolver configuration: {0}")]
-    Setup(NetError),
+    Name {
+        name: String,
+        source: Box<ProtoError>,
+    },
+    #[error("cannot set up the resolver: {0}")]
+    Setup(Box<NetError>),
     #[error("SRV lookup failed: {0}")]
-    Srv(NetError),
+    Srv(Box<NetError>),
     #[error("the SRV answer names no usable target")]
     NoTargets,
     #[error("address lookup of SRV target {target} failed: {source}")]
-    Target { target: Name, source: NetError },
+    Target {
+        target: String,
+        source: Box<NetError>,
+    },
 }
 
 /// The bounds of the refresh interval.
@@ -83,7 +90,7 @@ impl DnsDiscoverer {
     pub fn new(upstream: Arc<Upstream>, config: &DnsDiscovery) -> Result<Self, DnsError> {
         let name = Name::from_str(&config.name).map_err(|source| DnsError::Name {
             name: config.name.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let mut builder = match config.resolver {
             Some(addr) => {
@@ -95,12 +102,12 @@ impl DnsDiscoverer {
                     TokioRuntimeProvider::default(),
                 )
             }
-            None => TokioResolver::builder_tokio().map_err(DnsError::Setup)?,
+            None => TokioResolver::builder_tokio().map_err(|e| DnsError::Setup(Box::new(e)))?,
         };
         let options = builder.options_mut();
         options.timeout = QUERY_TIMEOUT;
         options.attempts = 1;
-        let resolver = builder.build().map_err(DnsError::Setup)?;
+        let resolver = builder.build().map_err(|e| DnsError::Setup(Box::new(e)))?;
         Ok(Self {
             upstream,
             resolver,
@@ -209,7 +216,7 @@ async fn lookup(resolver: &TokioResolver, name: &Name) -> Result<Answer, DnsErro
     let srv = resolver
         .srv_lookup(name.clone())
         .await
-        .map_err(DnsError::Srv)?;
+        .map_err(|e| DnsError::Srv(Box::new(e)))?;
     let targets = lowest_priority_targets(srv.answers());
     if targets.is_empty() {
         return Err(DnsError::NoTargets);
@@ -221,8 +228,8 @@ async fn lookup(resolver: &TokioResolver, name: &Name) -> Result<Answer, DnsErro
             if addresses.is_empty() {
                 let ips = resolver.lookup_ip(target.clone()).await.map_err(|source| {
                     DnsError::Target {
-                        target: target.clone(),
-                        source,
+                        target: target.to_string(),
+                        source: Box::new(source),
                     }
                 })?;
                 addresses = address_records(ips.as_lookup().answers(), None);
