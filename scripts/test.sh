@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: procps for `kill` (signals to the real
-# binary). bench/ needs wrk and haproxy, but the suite does not.
-packages=(procps)
+# binary), dnsmasq-base for a real DNS server (DNS SRV discovery).
+# bench/ needs wrk and haproxy, but the suite does not.
+packages=(procps dnsmasq-base)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

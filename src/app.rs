@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::admin::{self, AdminState, Readiness};
 use crate::client::ClientSettings;
 use crate::config::{Config, Discovery, ServiceProtocol, Timeouts, UpstreamProtocol};
+use crate::discovery::dns::DnsDiscoverer;
 use crate::drain::{Drain, DrainController};
 use crate::server::{self, Handler, HttpProtocol};
 use crate::stack;
@@ -77,6 +78,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let access_log = config.logging.access_log;
     let mut upstreams = Vec::new();
     let mut listeners = Vec::new();
+    let mut discoverers = Vec::new();
 
     if let Some(inbound) = &config.inbound {
         let service = &config.service;
@@ -126,7 +128,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     }
 
     for upstream in &config.upstreams {
-        let Discovery::Static(endpoints) = &upstream.discovery;
+        let endpoints: &[SocketAddr] = match &upstream.discovery {
+            Discovery::Static(endpoints) => endpoints,
+            Discovery::Dns(_) => &[],
+        };
         let settings = UpstreamSettings {
             name: upstream.name.clone(),
             direction: Direction::Outbound,
@@ -139,6 +144,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         };
         let target = Arc::new(Upstream::new(settings, endpoints));
         upstreams.push(Arc::clone(&target));
+        if let Discovery::Dns(dns) = &upstream.discovery {
+            let discoverer = DnsDiscoverer::new(Arc::clone(&target), dns)
+                .with_context(|| format!("upstream {}: DNS discovery", upstream.name))?;
+            discoverers.push(discoverer);
+        }
         let listen_protocol = match upstream.protocol {
             UpstreamProtocol::Http => Some(HttpProtocol::Http1),
             UpstreamProtocol::Http2 | UpstreamProtocol::Grpc => Some(HttpProtocol::Http2),
@@ -190,6 +200,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             connection_metrics,
             drain.watch(),
         ));
+    }
+    for discoverer in discoverers {
+        discoverer.spawn(drain.watch());
     }
     spawn_idle_sweeper(upstreams, drain.watch());
     readiness.set_listening();

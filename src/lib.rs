@@ -14,6 +14,7 @@ pub mod body;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod drain;
 pub mod endpoint;
 pub mod error;

@@ -202,6 +202,33 @@ pub enum UpstreamProtocol {
 pub enum Discovery {
     /// A fixed list of endpoints.
     Static(Vec<SocketAddr>),
+    /// DNS SRV records (see `discovery::dns`).
+    Dns(DnsDiscovery),
+}
+
+/// `discovery: { dns: { ... } }`: endpoints from the SRV records of `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsDiscovery {
+    /// The SRV name, e.g. `_api._tcp.service.consul`.
+    pub name: String,
+    /// The DNS server (UDP); default: the system resolver from `/etc/resolv.conf`.
+    #[serde(default)]
+    pub resolver: Option<SocketAddr>,
+    /// Re-query no sooner than this, even when the answer's TTL is shorter.
+    #[serde(default = "default_dns_min_refresh", with = "duration")]
+    pub min_refresh: Duration,
+    /// Re-query at least this often, even when the answer's TTL is longer.
+    #[serde(default = "default_dns_max_refresh", with = "duration")]
+    pub max_refresh: Duration,
+}
+
+fn default_dns_min_refresh() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_dns_max_refresh() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// Load-balancing policy of an upstream.

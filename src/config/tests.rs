@@ -81,7 +81,9 @@ fn demo_file_is_the_demo() {
     assert_eq!(echo.listen.to_string(), "127.0.0.1:9001");
     assert_eq!(echo.protocol, UpstreamProtocol::Http);
     assert_eq!(echo.load_balancing.policy, LoadBalancingPolicy::RoundRobin);
-    let Discovery::Static(endpoints) = &echo.discovery;
+    let Discovery::Static(endpoints) = &echo.discovery else {
+        panic!("static discovery expected");
+    };
     let endpoints: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
     assert_eq!(
         endpoints,
@@ -504,7 +506,7 @@ upstreams:
     assert_eq!(
         errors(text),
         [
-            "test.yaml:6:7: upstreams[0].discovery.consul: unknown variant `consul`, expected one of static"
+            "test.yaml:6:7: upstreams[0].discovery.consul: unknown variant `consul`, expected one of static, dns"
         ]
     );
 }
@@ -598,4 +600,33 @@ fn unknown_retry_conditions_are_named() {
         found[0].contains("unknown condition `sometimes`"),
         "{found:?}"
     );
+}
+
+#[test]
+fn dns_discovery_takes_defaults_and_validates_its_bounds() {
+    let text = "service: { name: web }
+upstreams:
+  - name: api
+    listen: 127.0.0.1:9001
+    discovery: { dns: { name: _api._tcp.service.consul } }
+";
+    let config = parse_test(text).unwrap_or_else(|e| panic!("{e}"));
+    let Discovery::Dns(dns) = &config.upstreams[0].discovery else {
+        panic!("dns discovery expected");
+    };
+    assert_eq!(dns.name, "_api._tcp.service.consul");
+    assert_eq!(dns.resolver, None);
+    assert_eq!(dns.min_refresh, Duration::from_secs(1));
+    assert_eq!(dns.max_refresh, Duration::from_secs(60));
+
+    let text = "service: { name: web }
+upstreams:
+  - name: api
+    listen: 127.0.0.1:9001
+    discovery: { dns: { name: \" \", resolver: 127.0.0.1:8600, min_refresh: 0s, max_refresh: 0s } }
+";
+    let found = errors(text);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[0].contains("upstreams[0].discovery.dns.name: needs an SRV name"));
+    assert!(found[1].contains("upstreams[0].discovery.dns.min_refresh: must be more than 0s"));
 }

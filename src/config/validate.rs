@@ -159,6 +159,20 @@ fn check_upstreams(config: &Config, problems: &mut Problems) {
                 problems.add(at("discovery.static"), "needs at least one endpoint");
             }
             Discovery::Static(_) => {}
+            Discovery::Dns(dns) => {
+                if dns.name.trim().is_empty() {
+                    problems.add(at("discovery.dns.name"), "needs an SRV name");
+                }
+                if dns.min_refresh.is_zero() {
+                    problems.add(at("discovery.dns.min_refresh"), "must be more than 0s");
+                }
+                if dns.max_refresh < dns.min_refresh {
+                    problems.add(
+                        at("discovery.dns.max_refresh"),
+                        "must be at least min_refresh",
+                    );
+                }
+            }
         }
 
         let balancing = &upstream.load_balancing;

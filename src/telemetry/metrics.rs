@@ -23,6 +23,7 @@ pub const CONNECTIONS_OPEN: &str = "remora_connections_open";
 pub const CONNECTIONS_TOTAL: &str = "remora_connections_total";
 pub const ENDPOINTS: &str = "remora_endpoints";
 pub const CONNECT_ERRORS_TOTAL: &str = "remora_upstream_connect_errors_total";
+pub const DISCOVERY_ERRORS_TOTAL: &str = "remora_discovery_errors_total";
 pub const TCP_SENT_BYTES: &str = "remora_tcp_sent_bytes_total";
 pub const TCP_RECEIVED_BYTES: &str = "remora_tcp_received_bytes_total";
 
@@ -54,6 +55,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 /// Sets the number of endpoints an upstream currently has.
 pub fn set_endpoint_count(upstream: &str, count: usize) {
     gauge!(ENDPOINTS, "upstream" => upstream.to_owned()).set(count as f64);
+}
+
+/// Counts a failed discovery attempt (query or answer) of `upstream`.
+pub fn discovery_error(upstream: &str) {
+    counter!(DISCOVERY_ERRORS_TOTAL, "upstream" => upstream.to_owned()).increment(1);
 }
 
 /// Counts a failed connection attempt to an endpoint of `upstream`.

@@ -1,0 +1,316 @@
+//! DNS SRV discovery against a real DNS server (dnsmasq on a free loopback
+//! UDP port, records with a 1 s TTL): `/ready` is 503 until the first
+//! answer, traffic reaches the backends the SRV records name, moves when the
+//! records change, and stays on the last known endpoints (zero failed
+//! requests, errors counted) while the server answers errors or is stopped.
+//!
+//! Needs `dnsmasq` (Debian `dnsmasq-base`, installed by `scripts/test.sh`).
+//! When it is missing the test installs it as root, or skips with a message.
+
+mod support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http::{StatusCode, Version};
+
+use support::{Backend, Proxy, get, http_backend, prom};
+
+const SRV_NAME: &str = "_api._tcp.service.consul";
+const UPSTREAM: &str = "dns-api";
+
+/// A dnsmasq serving SRV records on 127.0.0.1:`port`; killed on drop.
+struct Dnsmasq {
+    child: Child,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq with one SRV record of `SRV_NAME` per backend (a host
+    /// `api-<i>.node.consul` at 127.0.0.1 and the backend's port); returns
+    /// once it answers.
+    fn start(port: u16, backends: &[&Backend]) -> Dnsmasq {
+        let mut command = Command::new("dnsmasq");
+        command.args([
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--pid-file=",
+            "--local-ttl=1",
+            "--log-facility=-",
+            "--quiet-dhcp",
+        ]);
+        command.arg(format!("--port={port}"));
+        // A record for another name keeps dnsmasq authoritative-looking when
+        // `backends` is empty (then `SRV_NAME` has no record at all).
+        command.arg("--host-record=other.node.consul,127.0.0.2");
+        for (i, backend) in backends.iter().enumerate() {
+            let host = format!("api-{i}.node.consul");
+            command.arg(format!(
+                "--srv-host={SRV_NAME},{host},{}",
+                backend.addr.port()
+            ));
+            command.arg(format!("--host-record={host},127.0.0.1"));
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq starts");
+        let dnsmasq = Dnsmasq { child };
+        wait_until_answering(port);
+        dnsmasq
+    }
+
+    fn stop(mut self) {
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends a bare SRV query until something answers (5 s at most).
+fn wait_until_answering(port: u16) {
+    let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in SRV_NAME.split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 33, 0, 1]);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buffer = [0u8; 512];
+    while Instant::now() < deadline {
+        socket.send_to(&query, ("127.0.0.1", port)).unwrap();
+        if socket.recv(&mut buffer).is_ok() {
+            return;
+        }
+    }
+    panic!("dnsmasq did not answer on port {port} within 5 s");
+}
+
+/// True when `dnsmasq` can run here, installing it first when we are root.
+fn dnsmasq_available() -> bool {
+    let runs = || {
+        Command::new("dnsmasq")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if runs() {
+        return true;
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.starts_with(b"0\n"));
+    if root {
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "-qq", "dnsmasq-base"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status();
+    }
+    runs()
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn yaml(resolver_port: u16) -> String {
+    format!(
+        "service: {{ name: test }}\n\
+         upstreams:\n  - name: {UPSTREAM}\n    listen: 127.0.0.1:0\n    protocol: http\n    \
+         discovery: {{ dns: {{ name: {SRV_NAME}, resolver: 127.0.0.1:{resolver_port} }} }}\n    \
+         load_balancing: {{ policy: round_robin }}\n    \
+         timeouts: {{ connect: 1s, request: 2s }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         logging: {{ access_log: false }}\n"
+    )
+}
+
+/// `GET /` through the proxy: the answering backend's name, or the failure.
+async fn call(proxy: SocketAddr) -> Result<String, String> {
+    match get(Version::HTTP_11, &format!("http://{proxy}/")).await {
+        Ok(reply) if reply.status == StatusCode::OK => Ok(reply.body),
+        Ok(reply) => Err(format!("status {}: {}", reply.status, reply.body)),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+async fn ready_status(proxy: &Proxy) -> StatusCode {
+    get(Version::HTTP_11, &proxy.admin_url("/ready"))
+        .await
+        .expect("GET /ready")
+        .status
+}
+
+async fn discovery_errors(proxy: &Proxy) -> f64 {
+    let text = prom::scrape(&proxy.admin_url("/metrics")).await;
+    prom::value(
+        &text,
+        "remora_discovery_errors_total",
+        &[("upstream", UPSTREAM)],
+    )
+    .unwrap_or(0.0)
+}
+
+/// Calls the proxy until every reply comes from one of `names` (10 in a row)
+/// or `within` passes; returns how long that took.
+async fn wait_for_traffic_on(proxy: SocketAddr, names: &[&str], within: Duration) -> Duration {
+    let start = Instant::now();
+    let mut in_a_row = 0;
+    while in_a_row < 10 {
+        assert!(
+            start.elapsed() < within,
+            "traffic did not move to {names:?} within {within:?}"
+        );
+        match call(proxy).await {
+            Ok(name) if names.contains(&name.as_str()) => in_a_row += 1,
+            _ => {
+                in_a_row = 0;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    start.elapsed()
+}
+
+/// Calls the proxy for `duration`; returns (requests, failures).
+async fn hammer(proxy: SocketAddr, duration: Duration, expected: &str) -> (usize, usize) {
+    let start = Instant::now();
+    let (mut requests, mut failures) = (0, 0);
+    while start.elapsed() < duration {
+        requests += 1;
+        match call(proxy).await {
+            Ok(name) if name == expected => {}
+            other => {
+                failures += 1;
+                eprintln!("unexpected reply during the DNS outage: {other:?}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (requests, failures)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
+    if !dnsmasq_available() {
+        eprintln!(
+            "SKIPPED dns_discovery: dnsmasq is not installed and cannot be installed \
+             (not root); install Debian `dnsmasq-base` or run scripts/test.sh as root"
+        );
+        return;
+    }
+    let first = http_backend("dns-first");
+    let second = http_backend("dns-second");
+    let dns_port = free_udp_port();
+    let proxy = Proxy::start(&yaml(dns_port)).await;
+    let listener = proxy.upstream(UPSTREAM);
+
+    // No DNS server yet: not ready, no endpoints, failures counted (a query
+    // to a silent UDP port fails after the 2 s query timeout).
+    assert_eq!(ready_status(&proxy).await, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(call(listener).await.is_err());
+    let start = Instant::now();
+    while discovery_errors(&proxy).await < 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no discovery error counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready_status(&proxy).await, StatusCode::SERVICE_UNAVAILABLE);
+
+    // First answer: ready, traffic on the SRV target.
+    let dns = Dnsmasq::start(dns_port, &[&first]);
+    let took = wait_for_traffic_on(listener, &["dns-first"], Duration::from_secs(15)).await;
+    eprintln!("first answer reached traffic in {took:?}");
+    assert_eq!(ready_status(&proxy).await, StatusCode::OK);
+
+    // Records change (server restarted on the same port): traffic moves.
+    dns.stop();
+    let dns = Dnsmasq::start(dns_port, &[&second]);
+    let took = wait_for_traffic_on(listener, &["dns-second"], Duration::from_secs(5)).await;
+    eprintln!("record change reached traffic in {took:?}");
+
+    // The server answers without a record for the name: last endpoints kept.
+    dns.stop();
+    let dns = Dnsmasq::start(dns_port, &[]);
+    let errors_before = discovery_errors(&proxy).await;
+    let (requests, failures) = hammer(listener, Duration::from_secs(2), "dns-second").await;
+    eprintln!("no record for 2 s: {requests} requests, {failures} failed");
+    assert_eq!(failures, 0);
+    assert!(discovery_errors(&proxy).await > errors_before);
+
+    // The server is gone: last endpoints kept for at least 3.5 s, and until
+    // a failed query is counted (the retry may still be backing off from the
+    // failures above, up to the 10 s cap, and a query times out after 2 s).
+    dns.stop();
+    let errors_before = discovery_errors(&proxy).await;
+    let start = Instant::now();
+    let (mut requests, mut failures) =
+        hammer(listener, Duration::from_millis(3500), "dns-second").await;
+    while discovery_errors(&proxy).await <= errors_before {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no discovery error counted while DNS is down"
+        );
+        let (more, failed) = hammer(listener, Duration::from_millis(500), "dns-second").await;
+        requests += more;
+        failures += failed;
+    }
+    let errors = discovery_errors(&proxy).await - errors_before;
+    eprintln!(
+        "DNS down for {:?}: {requests} requests, {failures} failed, {errors} discovery errors",
+        start.elapsed()
+    );
+    assert_eq!(failures, 0);
+    assert_eq!(ready_status(&proxy).await, StatusCode::OK);
+
+    // The server comes back with both: discovery recovers (within the 10 s backoff cap).
+    let _dns = Dnsmasq::start(dns_port, &[&first, &second]);
+    let took = wait_for_traffic_on_both(listener, Duration::from_secs(15)).await;
+    eprintln!("recovery reached traffic in {took:?}");
+    proxy.shutdown().await;
+}
+
+/// Calls the proxy until both backends answered; returns how long it took.
+async fn wait_for_traffic_on_both(proxy: SocketAddr, within: Duration) -> Duration {
+    let start = Instant::now();
+    let (mut first, mut second) = (false, false);
+    while !(first && second) {
+        assert!(
+            start.elapsed() < within,
+            "traffic did not reach both backends within {within:?}"
+        );
+        match call(proxy).await.as_deref() {
+            Ok("dns-first") => first = true,
+            Ok("dns-second") => second = true,
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
