@@ -75,7 +75,11 @@ struct Listener {
 /// Binds everything the configuration asks for and starts serving.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let metrics_handle = metrics::install()?;
-    let access_log = config.logging.access_log;
+    let access_log = if config.logging.access_log {
+        config.logging.access_log_sample
+    } else {
+        0.0
+    };
     let mut upstreams = Vec::new();
     let mut listeners = Vec::new();
     let mut discoverers = Vec::new();

@@ -32,7 +32,7 @@ const REQUESTS: usize = 9;
 
 pub fn run() -> anyhow::Result<()> {
     let config = config::parse(DEMO_CONFIG, "config/demo.yaml (built in)")?;
-    crate::telemetry::logging::init(&config.logging)?;
+    crate::telemetry::logging::init(&config.logging, &config.service.name)?;
     crate::runtime::build(&config.runtime)?.block_on(async {
         for (name, port) in SERVERS {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));

@@ -77,7 +77,7 @@ fn exit_code(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
-    remora::telemetry::logging::init(&config.logging)?;
+    remora::telemetry::logging::init(&config.logging, &config.service.name)?;
     remora::runtime::build(&config.runtime)?.block_on(async {
         let running = remora::app::start(&config).await?;
         remora::app::wait_for_shutdown_signal().await?;

@@ -32,7 +32,7 @@ pub fn outbound(
     upstream: Arc<Upstream>,
     config: &UpstreamConfig,
     tracing: &TracingConfig,
-    access_log: bool,
+    access_log: f64,
 ) -> HttpService {
     let direction = Direction::Outbound;
     let name = config.name.as_str();
@@ -66,7 +66,7 @@ pub fn inbound(
     app: Arc<Upstream>,
     config: &InboundConfig,
     tracing: &TracingConfig,
-    access_log: bool,
+    access_log: f64,
 ) -> HttpService {
     let direction = Direction::Inbound;
     let name = app.name().to_owned();

@@ -388,6 +388,13 @@ pub struct LoggingConfig {
     pub format: LogFormat,
     #[serde(default = "default_access_log")]
     pub access_log: bool,
+    /// Share of requests that get an access-log line (0–1).
+    #[serde(default = "default_access_log_sample")]
+    pub access_log_sample: f64,
+}
+
+fn default_access_log_sample() -> f64 {
+    1.0
 }
 
 fn default_log_level() -> String {
@@ -404,6 +411,7 @@ impl Default for LoggingConfig {
             level: default_log_level(),
             format: LogFormat::default(),
             access_log: default_access_log(),
+            access_log_sample: default_access_log_sample(),
         }
     }
 }

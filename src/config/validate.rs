@@ -376,6 +376,12 @@ fn check_runtime_and_logging(config: &Config, problems: &mut Problems) {
         config.runtime.drain_timeout,
     );
 
+    if !(0.0..=1.0).contains(&config.logging.access_log_sample) {
+        problems.add(
+            "logging.access_log_sample",
+            "must be a fraction between 0 and 1",
+        );
+    }
     let level = config.logging.level.trim();
     let is_level = ["error", "warn", "info", "debug", "trace"]
         .iter()

@@ -26,7 +26,8 @@ struct Observer {
     direction: Direction,
     upstream: String,
     metrics: RequestMetrics,
-    access_log: bool,
+    /// Share of requests logged: 0 (off) to 1 (all).
+    access_log: f64,
 }
 
 #[derive(Clone)]
@@ -35,7 +36,7 @@ pub struct ObserveLayer {
 }
 
 impl ObserveLayer {
-    pub fn new(direction: Direction, upstream: &str, access_log: bool) -> Self {
+    pub fn new(direction: Direction, upstream: &str, access_log: f64) -> Self {
         Self {
             observer: Arc::new(Observer {
                 direction,
@@ -78,10 +79,9 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let started = Instant::now();
-        let summary = self
-            .observer
-            .access_log
-            .then(|| RequestSummary::of(&request));
+        let share = self.observer.access_log;
+        let logged = share >= 1.0 || (share > 0.0 && fastrand::f64() < share);
+        let summary = logged.then(|| RequestSummary::of(&request));
         let response = self.inner.call(request);
         let observer = Arc::clone(&self.observer);
         Box::pin(async move {

@@ -1,5 +1,6 @@
 //! What remora tells operators: JSON logs, the access log and Prometheus metrics.
 
 pub mod access_log;
+pub mod json_lines;
 pub mod logging;
 pub mod metrics;
