@@ -25,9 +25,9 @@ use serde_saphyr::{MessageFormatter, Options, PropertySyntax, UserMessageFormatt
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    AdminConfig, CheckConfig, Config, Discovery, HashOn, InboundConfig, LoadBalancing,
-    LoadBalancingPolicy, LogFormat, LoggingConfig, RuntimeConfig, ServiceConfig, ServiceProtocol,
-    Timeouts, UpstreamConfig, UpstreamProtocol,
+    AdminConfig, CheckConfig, Config, ConsulConfig, ConsulDiscovery, Discovery, HashOn,
+    InboundConfig, LoadBalancing, LoadBalancingPolicy, LogFormat, LoggingConfig, RuntimeConfig,
+    Secret, ServiceConfig, ServiceProtocol, Timeouts, UpstreamConfig, UpstreamProtocol,
 };
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,

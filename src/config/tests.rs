@@ -81,7 +81,9 @@ fn demo_file_is_the_demo() {
     assert_eq!(echo.listen.to_string(), "127.0.0.1:9001");
     assert_eq!(echo.protocol, UpstreamProtocol::Http);
     assert_eq!(echo.load_balancing.policy, LoadBalancingPolicy::RoundRobin);
-    let Discovery::Static(endpoints) = &echo.discovery;
+    let Discovery::Static(endpoints) = &echo.discovery else {
+        panic!("static discovery expected");
+    };
     let endpoints: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
     assert_eq!(
         endpoints,
@@ -155,11 +157,11 @@ upstreams:
 
 #[test]
 fn section_not_in_scope_is_an_unknown_key() {
-    let text = "service: { name: web }\nconsul:\n  address: http://127.0.0.1:8500\n";
+    let text = "service: { name: web }\ntls:\n  cert: /etc/remora/cert.pem\n";
     assert_eq!(
         errors(text),
         [
-            "test.yaml:2:1: consul: unknown field `consul`, expected one of service, inbound, upstreams, admin, runtime, logging"
+            "test.yaml:2:1: tls: unknown field `tls`, expected one of service, inbound, upstreams, consul, admin, runtime, logging"
         ]
     );
 }
@@ -499,12 +501,12 @@ upstreams:
   - name: a
     listen: 127.0.0.1:1
     discovery:
-      consul: { service: a }
+      dns: { name: a }
 ";
     assert_eq!(
         errors(text),
         [
-            "test.yaml:6:7: upstreams[0].discovery.consul: unknown variant `consul`, expected one of static"
+            "test.yaml:6:7: upstreams[0].discovery.dns: unknown variant `dns`, expected one of static, consul"
         ]
     );
 }
@@ -598,4 +600,80 @@ fn unknown_retry_conditions_are_named() {
         found[0].contains("unknown condition `sometimes`"),
         "{found:?}"
     );
+}
+
+#[test]
+fn consul_file_and_defaults() {
+    let config = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/consul.yaml"))
+        .expect("consul.yaml loads");
+    assert_eq!(config.consul.wait, Duration::from_secs(300));
+    assert_eq!(config.consul.datacenter.as_deref(), Some("dc1"));
+    let Discovery::Consul(api) = &config.upstreams[0].discovery else {
+        panic!("consul discovery expected");
+    };
+    assert_eq!(api.service, "api");
+    assert_eq!(api.tags, ["v2"]);
+    assert!(api.passing_only && !api.connect);
+    let Discovery::Consul(billing) = &config.upstreams[2].discovery else {
+        panic!("consul discovery expected");
+    };
+    assert!(billing.connect && !billing.passing_only);
+
+    let minimal = parse_test(
+        "service: { name: web }\n\
+         upstreams:\n  - name: api\n    listen: 127.0.0.1:9001\n    \
+         discovery: { consul: { service: api } }\n",
+    )
+    .expect("valid");
+    assert!(minimal.consul.address.is_none());
+    assert!(minimal.consul.token.is_none() && minimal.consul.token_file.is_none());
+    assert_eq!(minimal.consul.wait, Duration::from_secs(300));
+    let Discovery::Consul(api) = &minimal.upstreams[0].discovery else {
+        panic!("consul discovery expected");
+    };
+    assert!(api.passing_only, "passing_only defaults to true");
+    assert!(api.tags.is_empty() && api.datacenter.is_none() && !api.connect);
+}
+
+#[test]
+fn consul_token_is_redacted() {
+    let config = parse_test("service: { name: web }\nconsul: { token: s3cr3t }\n").expect("valid");
+    assert_eq!(
+        config.consul.token.as_ref().map(Secret::expose),
+        Some("s3cr3t")
+    );
+    let json = serde_json::to_string(&config).expect("serializable");
+    assert!(json.contains(r#""token":"<redacted>""#), "{json}");
+    assert!(!json.contains("s3cr3t"));
+    assert!(!format!("{config:?}").contains("s3cr3t"));
+}
+
+#[test]
+fn consul_semantic_errors() {
+    let found = errors(
+        "service: { name: web }\n\
+         consul: { address: \"https://consul:8501\", wait: 11m }\n\
+         upstreams:\n  - name: api\n    listen: 127.0.0.1:9001\n    \
+         discovery: { consul: { service: \"\", tags: [\"\"] } }\n",
+    );
+    let paths: Vec<&str> = found
+        .iter()
+        .map(|e| e.split(": ").nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "consul.address",
+            "consul.wait",
+            "upstreams[0].discovery.consul.service",
+            "upstreams[0].discovery.consul.tags",
+        ],
+        "{found:?}"
+    );
+    let unknown = errors(
+        "service: { name: web }\n\
+         upstreams:\n  - name: api\n    listen: 127.0.0.1:9001\n    \
+         discovery: { consul: { service: api, passing: true } }\n",
+    );
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
 }
