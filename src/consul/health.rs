@@ -5,7 +5,7 @@
 //! Tolerates what real Consul sends: unknown fields, `null` Tags / Meta /
 //! TaggedAddresses / Checks, `TaggedAddresses` entries keyed `address`/`port`
 //! (docs) or `Address`/`Port` (Go encoding). Rejects (skips, with a debug
-//! log) instances whose address is not an IP address, since an endpoint is a
+//! log) instances whose address is not an IP address or whose port is 0, since an endpoint is a
 //! socket address; critical instances are never endpoints, warning ones only
 //! when the discovery is not `passing_only`.
 
@@ -116,8 +116,12 @@ impl ServiceEntry {
     }
 
     /// `Service.Address`, or `Node.Address` when that is empty, with
-    /// `Service.Port`; `None` when the address is not an IP address.
+    /// `Service.Port`; `None` when the address is not an IP address or the
+    /// instance has no port.
     pub fn endpoint(&self) -> Option<SocketAddr> {
+        if self.service.port == 0 {
+            return None;
+        }
         let address = if self.service.address.is_empty() {
             &self.node.address
         } else {
@@ -142,7 +146,7 @@ pub fn endpoints(entries: &[ServiceEntry], passing_only: bool) -> Vec<SocketAddr
         .filter_map(|entry| {
             let endpoint = entry.endpoint();
             if endpoint.is_none() {
-                tracing::debug!(service = %entry.service.service, id = %entry.service.id, "instance address is not an IP address; skipped");
+                tracing::debug!(service = %entry.service.service, id = %entry.service.id, "instance has no IP address or no port; skipped");
             }
             endpoint
         })
@@ -231,6 +235,8 @@ mod tests {
         assert_eq!(entries[0].endpoint(), Some("10.9.9.9:80".parse().unwrap()));
         let entries = parse(&format!("[{}]", entry("db.internal", &["passing"])));
         assert_eq!(entries[0].endpoint(), None);
+        let no_port = r#"[{"Node":{"Address":"10.0.0.1"},"Service":{"Address":"10.0.0.2"}}]"#;
+        assert_eq!(parse(no_port)[0].endpoint(), None);
         assert!(endpoints(&entries, true).is_empty());
     }
 

@@ -36,8 +36,8 @@ pub enum ConsulError {
     },
     #[error("cannot build the Consul HTTP client: {0}")]
     Client(String),
-    #[error("Consul request to {url} failed: {reason}")]
-    Transport { url: String, reason: String },
+    #[error("Consul request failed: {0}")]
+    Transport(String),
     #[error("Consul answered {status}: {body}")]
     Status { status: StatusCode, body: String },
     #[error("Consul answered with a body that is not a health list ({reason}): {body}")]
@@ -77,10 +77,19 @@ impl Client {
     /// Builds the client from the `consul` section and the process
     /// environment (`CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN`).
     pub fn from_config(config: &ConsulConfig) -> Result<Client, ConsulError> {
+        Client::from_config_with_env(config, &|name| std::env::var(name).ok())
+    }
+
+    /// [`from_config`](Self::from_config) with the environment looked up
+    /// through `env`.
+    pub fn from_config_with_env(
+        config: &ConsulConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Client, ConsulError> {
         let address = config
             .address
             .clone()
-            .or_else(|| std::env::var("CONSUL_HTTP_ADDR").ok())
+            .or_else(|| env("CONSUL_HTTP_ADDR"))
             .unwrap_or_else(|| DEFAULT_ADDRESS.to_owned());
         let token = match (&config.token, &config.token_file) {
             (Some(token), _) => Some(token.clone()),
@@ -92,7 +101,7 @@ impl Client {
                     })?;
                 Some(Secret::new(text.trim()))
             }
-            (None, None) => std::env::var("CONSUL_HTTP_TOKEN").ok().map(Secret::new),
+            (None, None) => env("CONSUL_HTTP_TOKEN").map(Secret::new),
         }
         .filter(|token| !token.expose().is_empty());
         Client::new(&address, token, config.wait)
@@ -171,16 +180,13 @@ impl Client {
         }
         let mut request = self
             .http
-            .get(url.clone())
+            .get(url)
             .query(&params)
             .timeout(blocking::request_timeout(self.wait));
         if let Some(token) = &self.token {
             request = request.header("X-Consul-Token", token.expose());
         }
-        let transport = |error: reqwest::Error| ConsulError::Transport {
-            url: url.to_string(),
-            reason: error_chain(&error),
-        };
+        let transport = |error: reqwest::Error| ConsulError::Transport(error_chain(&error));
         let response = request.send().await.map_err(transport)?;
         let status = response.status();
         let index = response
@@ -242,6 +248,42 @@ mod tests {
         assert_eq!(bare.base.as_str(), "http://127.0.0.1:8500/");
         let https = Client::new("https://consul:8501", None, wait).unwrap_err();
         assert!(https.to_string().contains("HTTPS"), "{https}");
+    }
+
+    #[test]
+    fn address_and_token_sources_in_order() {
+        let none = |_: &str| None;
+        let env = |name: &str| match name {
+            "CONSUL_HTTP_ADDR" => Some("10.0.0.9:8500".to_owned()),
+            "CONSUL_HTTP_TOKEN" => Some("from-env".to_owned()),
+            _ => None,
+        };
+        let mut config = ConsulConfig::default();
+        let client = Client::from_config_with_env(&config, &none).expect("defaults");
+        assert_eq!(client.base.as_str(), "http://127.0.0.1:8500/");
+        assert!(client.token.is_none());
+        assert_eq!(client.wait(), Duration::from_secs(300));
+
+        let client = Client::from_config_with_env(&config, &env).expect("from env");
+        assert_eq!(client.base.as_str(), "http://10.0.0.9:8500/");
+        assert_eq!(client.token.as_ref().map(Secret::expose), Some("from-env"));
+
+        let file = std::env::temp_dir().join(format!("remora-token-unit-{}", std::process::id()));
+        std::fs::write(&file, "from-file\n").expect("write token file");
+        config.address = Some("http://consul.local:8500".into());
+        config.token_file = Some(file.clone());
+        let client = Client::from_config_with_env(&config, &env).expect("from file");
+        assert_eq!(client.base.as_str(), "http://consul.local:8500/");
+        assert_eq!(client.token.as_ref().map(Secret::expose), Some("from-file"));
+
+        config.token = Some(Secret::new("inline"));
+        let client = Client::from_config_with_env(&config, &env).expect("inline");
+        assert_eq!(client.token.as_ref().map(Secret::expose), Some("inline"));
+        std::fs::remove_file(&file).expect("remove token file");
+
+        config.token = None;
+        let missing = Client::from_config_with_env(&config, &env).unwrap_err();
+        assert!(missing.to_string().contains("token file"), "{missing}");
     }
 
     #[test]
