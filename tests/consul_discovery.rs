@@ -2,7 +2,7 @@
 //! with blocking queries and routes to the `http_backend`s registered there. Covers readiness
 //! before the first answer, changes reaching traffic within a second, in-flight requests to a
 //! removed instance, the cost of an idle catalog, ACL tokens (and their redaction in
-//! `/config`), fail-static while Consul is down, an index that goes backwards, filters, and two
+//! `/config` and the logs), fail-static while Consul is down, one log line per state change, an index that goes backwards, filters, and two
 //! upstreams sharing one watch.
 
 mod support;
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use http::{StatusCode, Version};
 
 use support::consul::{ConsulStandIn, ErrorMode, Health, Instance};
-use support::{Proxy, get, http_backend, prom};
+use support::{Proxy, ProxyProcess, get, http_backend, prom};
 
 const READY_WAIT: Duration = Duration::from_secs(5);
 
@@ -544,5 +544,58 @@ async fn garbage_and_hanging_answers_keep_the_last_endpoints() {
         })
         .await,
         "recovers once Consul answers properly"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_log_line_per_state_change_and_no_token_in_the_logs() {
+    let consul = ConsulStandIn::start();
+    consul.set_token(Some("log-secret-token"));
+    consul.set_error_mode(ErrorMode::ServerError);
+    let a = http_backend("log-a");
+    consul.register(Instance::new("a", "log", a.addr));
+    let config = yaml(
+        &format!(
+            "{{ address: \"{}\", wait: 1s, token: log-secret-token }}",
+            consul.url()
+        ),
+        &[("log", "{ service: log }")],
+    );
+    // The binary: its JSON log lines are read from stderr.
+    let mut remora = tokio::task::block_in_place(|| ProxyProcess::start(&config, 1));
+    let metrics_url = format!("http://{}/metrics", remora.admin);
+    let errors = || async {
+        prom::value(
+            &prom::scrape(&metrics_url).await,
+            "remora_discovery_errors_total",
+            &[("upstream", "log")],
+        )
+        .unwrap_or(0.0)
+    };
+    let mut lines = tokio::task::block_in_place(|| remora.log_until("Consul discovery failing"));
+    assert!(
+        eventually(Duration::from_secs(5), || async { errors().await >= 3.0 }).await,
+        "several failed attempts"
+    );
+    consul.set_error_mode(ErrorMode::None);
+    lines.extend(tokio::task::block_in_place(|| {
+        remora.log_until("Consul discovery recovered")
+    }));
+    let failing = lines.iter().filter(|l| l.contains("failing")).count();
+    assert_eq!(
+        failing,
+        1,
+        "one warning for {} errors: {lines:#?}",
+        errors().await
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("500 Internal Server Error") && l.contains("No cluster leader")),
+        "the warning says what Consul answered: {lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("log-secret-token")),
+        "{lines:#?}"
     );
 }

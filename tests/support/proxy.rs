@@ -143,6 +143,23 @@ impl ProxyProcess {
             .expect("VmHWM")
     }
 
+    /// Reads log lines until one contains `needle`; returns every line read, that one last.
+    pub fn log_until(&mut self, needle: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            match self.log.recv_timeout(LOG_WAIT) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    lines.push(line);
+                    if found {
+                        return lines;
+                    }
+                }
+                Err(error) => panic!("no log line with {needle:?}: {error}"),
+            }
+        }
+    }
+
     /// Reads log lines until one contains `needle`; returns it.
     pub fn wait_for_log(&mut self, needle: &str) -> String {
         loop {
