@@ -1,5 +1,6 @@
 //! Wires a configuration into a running proxy: binds every listener, builds
-//! each listener's stack, starts the admin listener, and drains on shutdown.
+//! each listener's stack, starts the admin listener and the Consul discovery
+//! watches, and drains on shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +12,8 @@ use tokio::net::TcpListener;
 use crate::admin::{self, AdminState, Readiness};
 use crate::client::ClientSettings;
 use crate::config::{Config, Discovery, ServiceProtocol, Timeouts, UpstreamProtocol};
+use crate::consul;
+use crate::discovery::consul::{Watches, query_for};
 use crate::discovery::dns::DnsDiscoverer;
 use crate::drain::{Drain, DrainController};
 use crate::server::{self, Handler, HttpProtocol};
@@ -131,9 +134,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         });
     }
 
+    let mut watches = Watches::default();
     for upstream in &config.upstreams {
+        // A Consul-discovered upstream starts empty (so not ready) until
+        // its watch's first answer.
         let endpoints: &[SocketAddr] = match &upstream.discovery {
             Discovery::Static(endpoints) => endpoints,
+            Discovery::Consul(_) => &[],
             Discovery::Dns(_) => &[],
         };
         let settings = UpstreamSettings {
@@ -148,6 +155,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         };
         let target = Arc::new(Upstream::new(settings, endpoints));
         upstreams.push(Arc::clone(&target));
+        if let Discovery::Consul(discovery) = &upstream.discovery {
+            watches.add(query_for(discovery, &config.consul), Arc::clone(&target));
+        }
         if let Discovery::Dns(dns) = &upstream.discovery {
             let discoverer = DnsDiscoverer::new(Arc::clone(&target), dns)
                 .with_context(|| format!("upstream {}: DNS discovery", upstream.name))?;
@@ -169,6 +179,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             }),
         });
     }
+
+    let consul_client = if watches.is_empty() {
+        None
+    } else {
+        Some(consul::Client::from_config(&config.consul)?)
+    };
 
     let admin_listener = bind(config.admin.listen, "admin").await?;
     let readiness = Arc::new(Readiness::new(upstreams.clone()));
@@ -194,6 +210,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     tokio::spawn(admin::serve(admin_listener, admin_state));
 
     let drain = DrainController::new();
+    if let Some(client) = consul_client {
+        watches.spawn(client, &drain.watch());
+    }
     for listener in listeners {
         let addr = listener.listener.local_addr()?;
         tracing::info!(listener = %listener.name, direction = listener.direction.as_str(), %addr, "listening");

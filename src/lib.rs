@@ -13,6 +13,7 @@ pub mod balance;
 pub mod body;
 pub mod client;
 pub mod config;
+pub mod consul;
 pub mod demo;
 pub mod discovery;
 pub mod drain;

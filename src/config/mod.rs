@@ -25,9 +25,10 @@ use serde_saphyr::{MessageFormatter, Options, PropertySyntax, UserMessageFormatt
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    AdminConfig, CheckConfig, Config, Discovery, DnsDiscovery, HashOn, InboundConfig,
-    LoadBalancing, LoadBalancingPolicy, LogFormat, LoggingConfig, Propagation, RuntimeConfig,
-    ServiceConfig, ServiceProtocol, Timeouts, TracingConfig, UpstreamConfig, UpstreamProtocol,
+    AdminConfig, CheckConfig, Config, ConsulConfig, ConsulDiscovery, Discovery, DnsDiscovery,
+    HashOn, InboundConfig, LoadBalancing, LoadBalancingPolicy, LogFormat, LoggingConfig,
+    Propagation, RuntimeConfig, Secret, ServiceConfig, ServiceProtocol, Timeouts, TracingConfig,
+    UpstreamConfig, UpstreamProtocol,
 };
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,

@@ -1,7 +1,7 @@
 //! The configuration model: one struct per YAML section, field names equal
 //! to the YAML keys of architecture.md §4 (a public interface). Every struct
-//! rejects unknown keys, so sections not implemented yet (consul, tracing,
-//! tls, transparent, ...) are errors rather than silently ignored. The
+//! rejects unknown keys, so sections not implemented yet (tracing, tls,
+//! transparent, ...) are errors rather than silently ignored. The
 //! resilience sections live in `resilience.rs`. Values are typed here ("parse, don't
 //! validate"); cross-field rules live in `validate.rs`.
 
@@ -27,6 +27,8 @@ pub struct Config {
     pub inbound: Option<InboundConfig>,
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
+    #[serde(default)]
+    pub consul: ConsulConfig,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
@@ -202,6 +204,8 @@ pub enum UpstreamProtocol {
 pub enum Discovery {
     /// A fixed list of endpoints.
     Static(Vec<SocketAddr>),
+    /// The healthy instances of a Consul service, watched with blocking queries.
+    Consul(ConsulDiscovery),
     /// DNS SRV records (see `discovery::dns`).
     Dns(DnsDiscovery),
 }
@@ -229,6 +233,97 @@ fn default_dns_min_refresh() -> Duration {
 
 fn default_dns_max_refresh() -> Duration {
     Duration::from_secs(60)
+}
+
+/// `discovery: { consul: ... }`: which Consul service instances to use.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsulDiscovery {
+    pub service: String,
+    /// Every tag must be present on an instance (`tag=` repeated).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Overrides `consul.datacenter` for this upstream.
+    #[serde(default)]
+    pub datacenter: Option<String>,
+    /// Only instances whose checks all pass (`passing=1`); when false,
+    /// instances in `warning` are kept too (`critical` ones never are).
+    #[serde(default = "default_passing_only")]
+    pub passing_only: bool,
+    /// Asks for the service's Connect-capable instances
+    /// (`/v1/health/connect/:service`) instead of the service itself.
+    #[serde(default)]
+    pub connect: bool,
+}
+
+fn default_passing_only() -> bool {
+    true
+}
+
+/// The top-level `consul` section: how to reach the Consul agent.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsulConfig {
+    /// Agent URL; default `CONSUL_HTTP_ADDR`, then `http://127.0.0.1:8500`.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// The ACL token itself (e.g. `${CONSUL_TOKEN}`); shown redacted.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// A file holding the ACL token; default `CONSUL_HTTP_TOKEN`.
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
+    /// Default datacenter of every Consul discovery (`dc`); the agent's own when absent.
+    #[serde(default)]
+    pub datacenter: Option<String>,
+    /// How long a blocking query may wait for a change.
+    #[serde(default = "default_consul_wait", with = "duration")]
+    pub wait: Duration,
+}
+
+fn default_consul_wait() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for ConsulConfig {
+    fn default() -> Self {
+        ConsulConfig {
+            address: None,
+            token: None,
+            token_file: None,
+            datacenter: None,
+            wait: default_consul_wait(),
+        }
+    }
+}
+
+/// A secret string: serialized and debug-printed as `<redacted>`, so it
+/// never reaches `/config` or a log line.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself; only for sending it where it belongs.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("<redacted>")
+    }
 }
 
 /// Load-balancing policy of an upstream.

@@ -157,11 +157,11 @@ upstreams:
 
 #[test]
 fn section_not_in_scope_is_an_unknown_key() {
-    let text = "service: { name: web }\nconsul:\n  address: http://127.0.0.1:8500\n";
+    let text = "service: { name: web }\ntls:\n  cert: /etc/remora/cert.pem\n";
     assert_eq!(
         errors(text),
         [
-            "test.yaml:2:1: consul: unknown field `consul`, expected one of service, inbound, upstreams, admin, runtime, logging, tracing"
+            "test.yaml:2:1: tls: unknown field `tls`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing"
         ]
     );
 }
@@ -501,12 +501,12 @@ upstreams:
   - name: a
     listen: 127.0.0.1:1
     discovery:
-      consul: { service: a }
+      etcd: { name: a }
 ";
     assert_eq!(
         errors(text),
         [
-            "test.yaml:6:7: upstreams[0].discovery.consul: unknown variant `consul`, expected one of static, dns"
+            "test.yaml:6:7: upstreams[0].discovery.etcd: unknown variant `etcd`, expected one of static, consul, dns"
         ]
     );
 }
@@ -629,4 +629,80 @@ upstreams:
     assert_eq!(found.len(), 2, "{found:?}");
     assert!(found[0].contains("upstreams[0].discovery.dns.name: needs an SRV name"));
     assert!(found[1].contains("upstreams[0].discovery.dns.min_refresh: must be more than 0s"));
+}
+
+#[test]
+fn consul_file_and_defaults() {
+    let config = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/consul.yaml"))
+        .expect("consul.yaml loads");
+    assert_eq!(config.consul.wait, Duration::from_secs(300));
+    assert_eq!(config.consul.datacenter.as_deref(), Some("dc1"));
+    let Discovery::Consul(api) = &config.upstreams[0].discovery else {
+        panic!("consul discovery expected");
+    };
+    assert_eq!(api.service, "api");
+    assert_eq!(api.tags, ["v2"]);
+    assert!(api.passing_only && !api.connect);
+    let Discovery::Consul(billing) = &config.upstreams[2].discovery else {
+        panic!("consul discovery expected");
+    };
+    assert!(billing.connect && !billing.passing_only);
+
+    let minimal = parse_test(
+        "service: { name: web }\n\
+         upstreams:\n  - name: api\n    listen: 127.0.0.1:9001\n    \
+         discovery: { consul: { service: api } }\n",
+    )
+    .expect("valid");
+    assert!(minimal.consul.address.is_none());
+    assert!(minimal.consul.token.is_none() && minimal.consul.token_file.is_none());
+    assert_eq!(minimal.consul.wait, Duration::from_secs(300));
+    let Discovery::Consul(api) = &minimal.upstreams[0].discovery else {
+        panic!("consul discovery expected");
+    };
+    assert!(api.passing_only, "passing_only defaults to true");
+    assert!(api.tags.is_empty() && api.datacenter.is_none() && !api.connect);
+}
+
+#[test]
+fn consul_token_is_redacted() {
+    let config = parse_test("service: { name: web }\nconsul: { token: s3cr3t }\n").expect("valid");
+    assert_eq!(
+        config.consul.token.as_ref().map(Secret::expose),
+        Some("s3cr3t")
+    );
+    let json = serde_json::to_string(&config).expect("serializable");
+    assert!(json.contains(r#""token":"<redacted>""#), "{json}");
+    assert!(!json.contains("s3cr3t"));
+    assert!(!format!("{config:?}").contains("s3cr3t"));
+}
+
+#[test]
+fn consul_semantic_errors() {
+    let found = errors(
+        "service: { name: web }\n\
+         consul: { address: \"https://consul:8501\", wait: 11m }\n\
+         upstreams:\n  - name: api\n    listen: 127.0.0.1:9001\n    \
+         discovery: { consul: { service: \"\", tags: [\"\"] } }\n",
+    );
+    let paths: Vec<&str> = found
+        .iter()
+        .map(|e| e.split(": ").nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "consul.address",
+            "consul.wait",
+            "upstreams[0].discovery.consul.service",
+            "upstreams[0].discovery.consul.tags",
+        ],
+        "{found:?}"
+    );
+    let unknown = errors(
+        "service: { name: web }\n\
+         upstreams:\n  - name: api\n    listen: 127.0.0.1:9001\n    \
+         discovery: { consul: { service: api, passing: true } }\n",
+    );
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
 }

@@ -1,7 +1,9 @@
 //! Semantic checks on a deserialized `Config`: rules that span fields or
 //! that serde types cannot express. Rejects duplicate listen addresses
 //! (port 0 excepted), duplicate or non-label-safe upstream names, empty
-//! static endpoint lists, zero timeouts and intervals, worker_threads 0 or
+//! static endpoint lists, an empty Consul service name or tag, a Consul
+//! `wait` of zero or above 10m, a Consul address that is not `http://`,
+//! zero timeouts and intervals, worker_threads 0 or
 //! above 1024, `ring_hash` without `hash_on` (and `hash_on` without
 //! `ring_hash`, or on tcp), `inbound` without `service.port`, an empty
 //! service name, a check without exactly one of http/tcp, log levels
@@ -33,6 +35,7 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
     check_service(config, &mut problems);
     check_listeners(config, &mut problems);
     check_upstreams(config, &mut problems);
+    check_consul(config, &mut problems);
     check_runtime_and_logging(config, &mut problems);
     problems.0
 }
@@ -171,6 +174,14 @@ fn check_upstreams(config: &Config, problems: &mut Problems) {
                         at("discovery.dns.max_refresh"),
                         "must be at least min_refresh",
                     );
+                }
+            }
+            Discovery::Consul(consul) => {
+                if consul.service.trim().is_empty() {
+                    problems.add(at("discovery.consul.service"), "must not be empty");
+                }
+                if consul.tags.iter().any(|tag| tag.trim().is_empty()) {
+                    problems.add(at("discovery.consul.tags"), "tags must not be empty");
                 }
             }
         }
@@ -360,6 +371,27 @@ fn check_rate_limit(at: &str, rate_limit: &RateLimitConfig, problems: &mut Probl
 fn check_percent(at: &str, percent: f64, problems: &mut Problems) {
     if !(0.0..=100.0).contains(&percent) {
         problems.add(at, "must be a percentage between 0 and 100");
+    }
+}
+
+/// Longest blocking-query wait Consul honours.
+const MAX_CONSUL_WAIT: Duration = Duration::from_secs(600);
+
+fn check_consul(config: &Config, problems: &mut Problems) {
+    let consul = &config.consul;
+    problems.nonzero("consul.wait".into(), consul.wait);
+    if consul.wait > MAX_CONSUL_WAIT {
+        problems.add("consul.wait", "must be at most 10m (Consul's limit)");
+    }
+    if let Some(address) = &consul.address
+        && !address.starts_with("http://")
+    {
+        problems.add(
+            "consul.address",
+            format!(
+                "`{address}`: only plain `http://` addresses are supported (HTTPS to the agent is not implemented yet)"
+            ),
+        );
     }
 }
 

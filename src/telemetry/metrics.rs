@@ -24,6 +24,7 @@ pub const CONNECTIONS_TOTAL: &str = "remora_connections_total";
 pub const ENDPOINTS: &str = "remora_endpoints";
 pub const CONNECT_ERRORS_TOTAL: &str = "remora_upstream_connect_errors_total";
 pub const DISCOVERY_ERRORS_TOTAL: &str = "remora_discovery_errors_total";
+pub const DISCOVERY_LAST_UPDATE: &str = "remora_discovery_last_update_timestamp_seconds";
 pub const TCP_SENT_BYTES: &str = "remora_tcp_sent_bytes_total";
 pub const TCP_RECEIVED_BYTES: &str = "remora_tcp_received_bytes_total";
 
@@ -57,14 +58,28 @@ pub fn set_endpoint_count(upstream: &str, count: usize) {
     gauge!(ENDPOINTS, "upstream" => upstream.to_owned()).set(count as f64);
 }
 
-/// Counts a failed discovery attempt (query or answer) of `upstream`.
+/// Counts a failed connection attempt to an endpoint of `upstream`.
+pub fn connect_error(upstream: &str) {
+    counter!(CONNECT_ERRORS_TOTAL, "upstream" => upstream.to_owned()).increment(1);
+}
+
+/// Shows an upstream's discovery metrics (at zero) before its first query.
+pub fn register_discovery(upstream: &str) {
+    counter!(DISCOVERY_ERRORS_TOTAL, "upstream" => upstream.to_owned()).increment(0);
+}
+
+/// Counts a failed discovery query for `upstream`.
 pub fn discovery_error(upstream: &str) {
     counter!(DISCOVERY_ERRORS_TOTAL, "upstream" => upstream.to_owned()).increment(1);
 }
 
-/// Counts a failed connection attempt to an endpoint of `upstream`.
-pub fn connect_error(upstream: &str) {
-    counter!(CONNECT_ERRORS_TOTAL, "upstream" => upstream.to_owned()).increment(1);
+/// Records that discovery confirmed `upstream`'s endpoint set just now
+/// (as a Unix timestamp; its age is `time()` minus it).
+pub fn discovery_updated(upstream: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    gauge!(DISCOVERY_LAST_UPDATE, "upstream" => upstream.to_owned()).set(now.as_secs_f64());
 }
 
 /// Request metrics of one listener (direction + upstream).

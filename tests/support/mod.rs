@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod black_hole;
 pub mod client;
+pub mod consul;
 pub mod grpc;
 pub mod prom;
 pub mod proxy;

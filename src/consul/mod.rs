@@ -1,0 +1,306 @@
+//! A small client of the Consul agent's HTTP API (reqwest, plain HTTP):
+//! health queries for discovery, as blocking queries.
+//!
+//! The agent address comes from `consul.address`, else `CONSUL_HTTP_ADDR`,
+//! else `http://127.0.0.1:8500`; the ACL token from `consul.token`, else
+//! `consul.token_file`, else `CONSUL_HTTP_TOKEN`. The token travels in the
+//! `X-Consul-Token` header only and is never logged (it is a [`Secret`]).
+//! Errors say what Consul answered (status and a body excerpt). Rejects
+//! `https://` addresses: TLS to the agent is not implemented yet.
+
+pub mod blocking;
+pub mod health;
+
+use std::time::Duration;
+
+use reqwest::{StatusCode, Url};
+
+use crate::config::{ConsulConfig, Secret};
+
+pub use health::ServiceEntry;
+
+/// Default agent address.
+const DEFAULT_ADDRESS: &str = "http://127.0.0.1:8500";
+/// Most body characters quoted in an error.
+const EXCERPT_CHARS: usize = 200;
+
+/// What went wrong talking to Consul.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsulError {
+    #[error("invalid Consul address `{address}`: {reason}")]
+    Address { address: String, reason: String },
+    #[error("cannot read the Consul token file {path}: {source}")]
+    TokenFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot build the Consul HTTP client: {0}")]
+    Client(String),
+    #[error("Consul request failed: {0}")]
+    Transport(String),
+    #[error("Consul answered {status}: {body}")]
+    Status { status: StatusCode, body: String },
+    #[error("Consul answered with a body that is not a health list ({reason}): {body}")]
+    Body { reason: String, body: String },
+    #[error("Consul answered without a valid X-Consul-Index header")]
+    Index,
+}
+
+/// One watched health query; also the key that lets upstreams share a watch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HealthQuery {
+    pub service: String,
+    pub tags: Vec<String>,
+    pub datacenter: Option<String>,
+    pub passing_only: bool,
+    pub connect: bool,
+}
+
+/// A successful answer.
+#[derive(Debug)]
+pub struct HealthAnswer {
+    /// `X-Consul-Index`.
+    pub index: u64,
+    pub entries: Vec<ServiceEntry>,
+}
+
+/// A Consul agent client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    token: Option<Secret>,
+    wait: Duration,
+}
+
+impl Client {
+    /// Builds the client from the `consul` section and the process
+    /// environment (`CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN`).
+    pub fn from_config(config: &ConsulConfig) -> Result<Client, ConsulError> {
+        Client::from_config_with_env(config, &|name| std::env::var(name).ok())
+    }
+
+    /// [`from_config`](Self::from_config) with the environment looked up
+    /// through `env`.
+    pub fn from_config_with_env(
+        config: &ConsulConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Client, ConsulError> {
+        let address = config
+            .address
+            .clone()
+            .or_else(|| env("CONSUL_HTTP_ADDR"))
+            .unwrap_or_else(|| DEFAULT_ADDRESS.to_owned());
+        let token = match (&config.token, &config.token_file) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(path)) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConsulError::TokenFile {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                Some(Secret::new(text.trim()))
+            }
+            (None, None) => env("CONSUL_HTTP_TOKEN").map(Secret::new),
+        }
+        .filter(|token| !token.expose().is_empty());
+        Client::new(&address, token, config.wait)
+    }
+
+    /// A client of the agent at `address` (`http://host:port`, or a bare
+    /// `host:port` as `CONSUL_HTTP_ADDR` allows).
+    pub fn new(
+        address: &str,
+        token: Option<Secret>,
+        wait: Duration,
+    ) -> Result<Client, ConsulError> {
+        let invalid = |reason: String| ConsulError::Address {
+            address: address.to_owned(),
+            reason,
+        };
+        let with_scheme = if address.contains("://") {
+            address.to_owned()
+        } else {
+            format!("http://{address}")
+        };
+        let base = Url::parse(&with_scheme).map_err(|error| invalid(error.to_string()))?;
+        if base.scheme() != "http" {
+            return Err(invalid(
+                "only http:// is supported (HTTPS to the agent is not implemented yet)".into(),
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|error| ConsulError::Client(error_chain(&error)))?;
+        Ok(Client {
+            http,
+            base,
+            token,
+            wait,
+        })
+    }
+
+    /// The blocking-query wait.
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+
+    /// `GET /v1/health/service/:name` (or `/v1/health/connect/:name`). With
+    /// `index` > 0 this is a blocking query: Consul answers when the result
+    /// changes past `index` or after the wait.
+    pub async fn health(
+        &self,
+        query: &HealthQuery,
+        index: u64,
+    ) -> Result<HealthAnswer, ConsulError> {
+        let mut url = self.base.clone();
+        let kind = if query.connect { "connect" } else { "service" };
+        url.path_segments_mut()
+            .map_err(|()| ConsulError::Address {
+                address: self.base.to_string(),
+                reason: "cannot be a base URL".into(),
+            })?
+            .pop_if_empty()
+            .extend(["v1", "health", kind, &query.service]);
+        let mut params: Vec<(&str, String)> = Vec::new();
+        if index > 0 {
+            params.push(("index", index.to_string()));
+            params.push(("wait", format!("{}ms", self.wait.as_millis())));
+        }
+        if query.passing_only {
+            params.push(("passing", "1".into()));
+        }
+        for tag in &query.tags {
+            params.push(("tag", tag.clone()));
+        }
+        if let Some(dc) = &query.datacenter {
+            params.push(("dc", dc.clone()));
+        }
+        let mut request = self
+            .http
+            .get(url)
+            .query(&params)
+            .timeout(blocking::request_timeout(self.wait));
+        if let Some(token) = &self.token {
+            request = request.header("X-Consul-Token", token.expose());
+        }
+        let transport = |error: reqwest::Error| ConsulError::Transport(error_chain(&error));
+        let response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        let index = response
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok());
+        let body = response.bytes().await.map_err(transport)?;
+        if !status.is_success() {
+            return Err(ConsulError::Status {
+                status,
+                body: excerpt(&body),
+            });
+        }
+        let entries = serde_json::from_slice(&body).map_err(|error| ConsulError::Body {
+            reason: error.to_string(),
+            body: excerpt(&body),
+        })?;
+        let index = index.ok_or(ConsulError::Index)?;
+        Ok(HealthAnswer { index, entries })
+    }
+}
+
+/// The start of `body` as one printable line.
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut excerpt: String = text
+        .chars()
+        .take(EXCERPT_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().count() > EXCERPT_CHARS {
+        excerpt.push('…');
+    }
+    excerpt.trim().to_owned()
+}
+
+/// An error with its causes (reqwest hides the interesting part in them).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        let wait = Duration::from_secs(1);
+        assert!(Client::new("http://127.0.0.1:8500", None, wait).is_ok());
+        let bare = Client::new("127.0.0.1:8500", None, wait).expect("bare host:port");
+        assert_eq!(bare.base.as_str(), "http://127.0.0.1:8500/");
+        let https = Client::new("https://consul:8501", None, wait).unwrap_err();
+        assert!(https.to_string().contains("HTTPS"), "{https}");
+    }
+
+    #[test]
+    fn address_and_token_sources_in_order() {
+        let none = |_: &str| None;
+        let env = |name: &str| match name {
+            "CONSUL_HTTP_ADDR" => Some("10.0.0.9:8500".to_owned()),
+            "CONSUL_HTTP_TOKEN" => Some("from-env".to_owned()),
+            _ => None,
+        };
+        let mut config = ConsulConfig::default();
+        let client = Client::from_config_with_env(&config, &none).expect("defaults");
+        assert_eq!(client.base.as_str(), "http://127.0.0.1:8500/");
+        assert!(client.token.is_none());
+        assert_eq!(client.wait(), Duration::from_secs(300));
+
+        let client = Client::from_config_with_env(&config, &env).expect("from env");
+        assert_eq!(client.base.as_str(), "http://10.0.0.9:8500/");
+        assert_eq!(client.token.as_ref().map(Secret::expose), Some("from-env"));
+
+        let file = std::env::temp_dir().join(format!("remora-token-unit-{}", std::process::id()));
+        std::fs::write(&file, "from-file\n").expect("write token file");
+        config.address = Some("http://consul.local:8500".into());
+        config.token_file = Some(file.clone());
+        let client = Client::from_config_with_env(&config, &env).expect("from file");
+        assert_eq!(client.base.as_str(), "http://consul.local:8500/");
+        assert_eq!(client.token.as_ref().map(Secret::expose), Some("from-file"));
+
+        config.token = Some(Secret::new("inline"));
+        let client = Client::from_config_with_env(&config, &env).expect("inline");
+        assert_eq!(client.token.as_ref().map(Secret::expose), Some("inline"));
+        std::fs::remove_file(&file).expect("remove token file");
+
+        config.token = None;
+        let missing = Client::from_config_with_env(&config, &env).unwrap_err();
+        assert!(missing.to_string().contains("token file"), "{missing}");
+    }
+
+    #[test]
+    fn excerpts_are_short_single_lines() {
+        assert_eq!(excerpt(b"ACL not found\n"), "ACL not found");
+        let long = "x".repeat(500);
+        assert_eq!(excerpt(long.as_bytes()).chars().count(), EXCERPT_CHARS + 1);
+    }
+
+    #[test]
+    fn the_token_is_not_in_debug_output() {
+        let client = Client::new(
+            "http://127.0.0.1:8500",
+            Some(Secret::new("s3cr3t")),
+            Duration::from_secs(1),
+        )
+        .expect("client");
+        assert!(!format!("{client:?}").contains("s3cr3t"));
+    }
+}

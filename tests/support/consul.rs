@@ -1,0 +1,460 @@
+//! A Consul-agent stand-in for tests: a hyper HTTP/1.1 server on 127.0.0.1:0 that speaks the
+//! documented health API, with controls a test drives directly.
+//!
+//! Served: `GET /v1/health/service/:name` and `GET /v1/health/connect/:name` (instances
+//! registered with [`Instance::connect`]); anything else is 404. Responses are JSON arrays in
+//! the shape of `../shared/consul-api/health-service-response.json` — every instance is built
+//! from that documentation sample (its first entry), with ID, name, tags, address, port and the
+//! service check's status replaced — and carry `X-Consul-Index`.
+//!
+//! Behaviour, as Consul documents it:
+//! - blocking queries: with `index=N` (N > 0) the request is held while the catalog index is
+//!   ≤ N, until it changes or `wait` elapses (default 5m, Go duration syntax: `ms`, `s`, `m`);
+//!   every register / deregister / status change bumps the index by one;
+//! - filters: `passing` (every check passing), `tag` (repeatable, all must match), `dc` (only
+//!   `dc1` exists; another gets 500 `No path to datacenter`);
+//! - ACL: when a token is set, a request without `X-Consul-Token` (or `?token=`) gets 403
+//!   `Permission denied`, a wrong one 403 `ACL not found`.
+//!
+//! Controls: register / deregister instances, change their status, set an error mode (500,
+//! garbage body with status 200, hang until stopped), reset the index (to test an index that
+//! goes backwards), count requests and the most health requests held at once, stop and restart
+//! on the same port (`SO_REUSEADDR`). State survives a restart. Not modelled: the catalog
+//! write API, `near`, `filter`, `ns`, consistency modes, HTTPS.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpSocket;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Health state of an instance's service check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Passing,
+    Warning,
+    Critical,
+}
+
+impl Health {
+    fn as_str(self) -> &'static str {
+        match self {
+            Health::Passing => "passing",
+            Health::Warning => "warning",
+            Health::Critical => "critical",
+        }
+    }
+}
+
+/// How the stand-in misbehaves (for every health request) until set back to `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorMode {
+    None,
+    /// 500 with a Consul-like error body.
+    ServerError,
+    /// 200 with a body that is not JSON.
+    Garbage,
+    /// Never answers (until the stand-in stops).
+    Hang,
+}
+
+/// One service instance.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub id: String,
+    pub service: String,
+    pub addr: SocketAddr,
+    pub tags: Vec<String>,
+    pub health: Health,
+    /// Served under `/v1/health/connect/:service` instead of `/v1/health/service/:service`.
+    pub connect: bool,
+    /// Leave `Service.Address` empty so clients must use `Node.Address`.
+    pub on_node_address: bool,
+}
+
+impl Instance {
+    pub fn new(id: &str, service: &str, addr: SocketAddr) -> Instance {
+        Instance {
+            id: id.to_owned(),
+            service: service.to_owned(),
+            addr,
+            tags: Vec::new(),
+            health: Health::Passing,
+            connect: false,
+            on_node_address: false,
+        }
+    }
+
+    pub fn tags(mut self, tags: &[&str]) -> Instance {
+        self.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+        self
+    }
+
+    pub fn health(mut self, health: Health) -> Instance {
+        self.health = health;
+        self
+    }
+
+    pub fn connect(mut self) -> Instance {
+        self.connect = true;
+        self
+    }
+
+    pub fn on_node_address(mut self) -> Instance {
+        self.on_node_address = true;
+        self
+    }
+}
+
+struct State {
+    instances: Mutex<BTreeMap<String, Instance>>,
+    index: watch::Sender<u64>,
+    token: Mutex<Option<String>>,
+    mode: Mutex<ErrorMode>,
+    requests: AtomicU64,
+    held: AtomicU64,
+    max_held: AtomicU64,
+    template: Value,
+}
+
+/// A running stand-in; dropping it stops the server.
+pub struct ConsulStandIn {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    server: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for ConsulStandIn {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl ConsulStandIn {
+    /// Binds 127.0.0.1:0 and serves an empty catalog at index 1.
+    pub fn start() -> ConsulStandIn {
+        let text = std::fs::read_to_string(docs_sample("health-service-response.json"))
+            .expect("the Consul docs sample is readable");
+        let sample: Value = serde_json::from_str(&text).expect("sample is JSON");
+        let state = Arc::new(State {
+            instances: Mutex::new(BTreeMap::new()),
+            index: watch::Sender::new(1),
+            token: Mutex::new(None),
+            mode: Mutex::new(ErrorMode::None),
+            requests: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            max_held: AtomicU64::new(0),
+            template: sample[0].clone(),
+        });
+        let (addr, task) = listen("127.0.0.1:0".parse().unwrap(), Arc::clone(&state));
+        ConsulStandIn {
+            addr,
+            state,
+            server: Mutex::new(Some(task)),
+        }
+    }
+
+    /// `http://<addr>`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Adds (or replaces) an instance; bumps the index.
+    pub fn register(&self, instance: Instance) {
+        let id = instance.id.clone();
+        self.state.instances.lock().unwrap().insert(id, instance);
+        self.bump();
+    }
+
+    /// Removes an instance; bumps the index.
+    pub fn deregister(&self, id: &str) {
+        self.state.instances.lock().unwrap().remove(id);
+        self.bump();
+    }
+
+    /// Changes an instance's service-check status; bumps the index.
+    pub fn set_health(&self, id: &str, health: Health) {
+        if let Some(instance) = self.state.instances.lock().unwrap().get_mut(id) {
+            instance.health = health;
+        }
+        self.bump();
+    }
+
+    /// Requires this ACL token (`None`: no ACLs).
+    pub fn set_token(&self, token: Option<&str>) {
+        *self.state.token.lock().unwrap() = token.map(str::to_owned);
+    }
+
+    pub fn set_error_mode(&self, mode: ErrorMode) {
+        *self.state.mode.lock().unwrap() = mode;
+    }
+
+    /// Sets the catalog index (e.g. lower, as after a Consul snapshot restore); held queries
+    /// wake only if it passes their index.
+    pub fn reset_index(&self, index: u64) {
+        self.state.index.send_replace(index);
+    }
+
+    pub fn index(&self) -> u64 {
+        *self.state.index.borrow()
+    }
+
+    /// Requests received so far (every path).
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// The most blocking queries held at the same time so far.
+    pub fn max_held(&self) -> u64 {
+        self.state.max_held.load(Ordering::SeqCst)
+    }
+
+    /// Closes the listener and every open connection (held queries see their connection drop).
+    pub fn stop(&self) {
+        if let Some(task) = self.server.lock().unwrap().take() {
+            task.abort();
+        }
+    }
+
+    /// Listens again on the same address; must be called from the test's runtime.
+    pub fn restart(&self) {
+        self.stop();
+        let (_, task) = listen(self.addr, Arc::clone(&self.state));
+        *self.server.lock().unwrap() = Some(task);
+    }
+
+    fn bump(&self) {
+        self.state.index.send_modify(|index| *index += 1);
+    }
+}
+
+/// `shared/consul-api/<name>` beside the repository (`../shared/...` in CI); a git worktree
+/// sits deeper, so the nearest ancestor holding `shared/consul-api` is used.
+pub fn docs_sample(name: &str) -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    root.ancestors()
+        .skip(1)
+        .map(|dir| dir.join("shared/consul-api").join(name))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| panic!("no shared/consul-api/{name} beside {}", root.display()))
+}
+
+fn listen(addr: SocketAddr, state: Arc<State>) -> (SocketAddr, JoinHandle<()>) {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+    socket.bind(addr).expect("bind the stand-in's address");
+    let listener = socket.listen(128).expect("listen");
+    let addr = listener.local_addr().expect("local_addr");
+    let task = tokio::spawn(async move {
+        // Connections live in the JoinSet, so aborting this task closes them too.
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let state = Arc::clone(&state);
+                    conns.spawn(async move {
+                        let service = service_fn(move |request| {
+                            let state = Arc::clone(&state);
+                            async move { Ok::<_, Infallible>(handle(&state, request).await) }
+                        });
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+                Some(_) = conns.join_next() => {}
+            }
+        }
+    });
+    (addr, task)
+}
+
+/// Query parameters, repeated keys kept.
+fn query_pairs(request: &Request<Incoming>) -> Vec<(String, String)> {
+    request
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (pair.to_owned(), String::new()),
+        })
+        .collect()
+}
+
+/// Go duration syntax as Consul's `wait` takes it (one unit only).
+fn parse_wait(text: &str) -> Duration {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().unwrap_or(0);
+    match unit {
+        "ms" => Duration::from_millis(number),
+        "s" | "" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number * 60),
+        _ => Duration::from_secs(300),
+    }
+}
+
+async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let params = query_pairs(&request);
+    let param = |key: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+
+    let expected = state.token.lock().unwrap().clone();
+    if let Some(expected) = expected {
+        let given = request
+            .headers()
+            .get("x-consul-token")
+            .and_then(|v| v.to_str().ok())
+            .or(param("token"));
+        match given {
+            None => return reply(StatusCode::FORBIDDEN, "Permission denied", None),
+            Some(given) if given != expected => {
+                return reply(StatusCode::FORBIDDEN, "ACL not found", None);
+            }
+            Some(_) => {}
+        }
+    }
+
+    let path = request.uri().path().to_owned();
+    let (connect, service) = if let Some(name) = path.strip_prefix("/v1/health/service/") {
+        (false, name.to_owned())
+    } else if let Some(name) = path.strip_prefix("/v1/health/connect/") {
+        (true, name.to_owned())
+    } else {
+        return reply(StatusCode::NOT_FOUND, "", None);
+    };
+
+    let mode = *state.mode.lock().unwrap();
+    match mode {
+        ErrorMode::None => {}
+        ErrorMode::ServerError => {
+            return reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "rpc error making call: No cluster leader",
+                None,
+            );
+        }
+        ErrorMode::Garbage => {
+            let index = *state.index.borrow();
+            return reply(StatusCode::OK, "<html>502 Bad Gateway</html>", Some(index));
+        }
+        ErrorMode::Hang => std::future::pending::<()>().await,
+    }
+
+    if let Some(dc) = param("dc")
+        && dc != "dc1"
+    {
+        return reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "No path to datacenter",
+            None,
+        );
+    }
+
+    let requested: u64 = param("index").and_then(|i| i.parse().ok()).unwrap_or(0);
+    if requested > 0 {
+        let wait = param("wait").map_or(Duration::from_secs(300), parse_wait);
+        let mut index = state.index.subscribe();
+        let held = state.held.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_held.fetch_max(held, Ordering::SeqCst);
+        let _ = tokio::time::timeout(wait, index.wait_for(|current| *current > requested)).await;
+        state.held.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    let passing = param("passing").is_some_and(|v| v != "false" && v != "0");
+    let tags: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k == "tag")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    // Read the index and the instances together, so the answer matches its index.
+    let instances = state.instances.lock().unwrap();
+    let index = *state.index.borrow();
+    let entries: Vec<Value> = instances
+        .values()
+        .filter(|i| i.service == service && i.connect == connect)
+        .filter(|i| !passing || i.health == Health::Passing)
+        .filter(|i| tags.iter().all(|tag| i.tags.iter().any(|t| t == tag)))
+        .map(|i| entry(&state.template, i))
+        .collect();
+    drop(instances);
+    let body = serde_json::to_string(&entries).expect("JSON");
+    let mut response = reply(StatusCode::OK, &body, Some(index));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// One health entry, built from the documentation sample.
+fn entry(template: &Value, instance: &Instance) -> Value {
+    let mut entry = template.clone();
+    let ip = instance.addr.ip().to_string();
+    let port = instance.addr.port();
+    entry["Node"]["Node"] = format!("node-{}", instance.id).into();
+    entry["Node"]["Address"] = ip.clone().into();
+    entry["Node"]["TaggedAddresses"]["lan"] = ip.clone().into();
+    entry["Node"]["TaggedAddresses"]["wan"] = ip.clone().into();
+    let service = &mut entry["Service"];
+    service["ID"] = instance.id.clone().into();
+    service["Service"] = instance.service.clone().into();
+    service["Tags"] = instance.tags.clone().into();
+    service["Address"] = if instance.on_node_address {
+        String::new().into()
+    } else {
+        ip.clone().into()
+    };
+    service["Port"] = port.into();
+    service["TaggedAddresses"]["lan"] = serde_json::json!({ "address": ip, "port": port });
+    service["TaggedAddresses"]["wan"] = serde_json::json!({ "address": ip, "port": port });
+    let check = &mut entry["Checks"][0];
+    check["Node"] = format!("node-{}", instance.id).into();
+    check["CheckID"] = format!("service:{}", instance.id).into();
+    check["Name"] = format!("Service '{}' check", instance.service).into();
+    check["Status"] = instance.health.as_str().into();
+    check["ServiceID"] = instance.id.clone().into();
+    check["ServiceName"] = instance.service.clone().into();
+    check["ServiceTags"] = instance.tags.clone().into();
+    entry["Checks"][1]["Node"] = format!("node-{}", instance.id).into();
+    entry
+}
+
+fn reply(status: StatusCode, body: &str, index: Option<u64>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *response.status_mut() = status;
+    if let Some(index) = index {
+        response
+            .headers_mut()
+            .insert("x-consul-index", http::HeaderValue::from(index));
+        response.headers_mut().insert(
+            "x-consul-knownleader",
+            http::HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
