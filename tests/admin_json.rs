@@ -101,7 +101,10 @@ async fn endpoints_show_healthy_backing_off_and_ejected() {
         let now = admin_json(&proxy, "/endpoints").await;
         let states = states(&now, "aj-dead");
         if states.contains(&(dead.to_string(), "backing_off".into())) {
-            assert!(states.contains(&(live.addr.to_string(), "healthy".into())), "{states:?}");
+            assert!(
+                states.contains(&(live.addr.to_string(), "healthy".into())),
+                "{states:?}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "never backing_off: {states:?}");
@@ -160,7 +163,10 @@ async fn upstreams_show_settings_breaker_rate_limit_and_totals() {
     assert_eq!(limited["protocol"], "http");
     assert_eq!(limited["policy"], "least_request");
     assert_eq!(limited["circuit_breaker"], "closed");
-    assert_eq!(limited["rate_limit"]["requests_per_second"], 0.01, "{limited}");
+    assert_eq!(
+        limited["rate_limit"]["requests_per_second"], 0.01,
+        "{limited}"
+    );
     assert_eq!(limited["endpoints"], 1);
     assert_eq!(limited["requests"], 3, "{limited}");
     assert_eq!(limited["errors"], 1, "{limited}");
