@@ -107,6 +107,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             client: client_settings(&Timeouts::default()),
             circuit_breaker: None,
             outlier_detection: None,
+            rate_limit: inbound.rate_limit.clone(),
         };
         let app = Arc::new(Upstream::new(
             settings,
@@ -152,6 +153,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             client: client_settings(&upstream.timeouts),
             circuit_breaker: upstream.circuit_breaker.clone(),
             outlier_detection: upstream.outlier_detection.clone(),
+            rate_limit: upstream.rate_limit.clone(),
         };
         let target = Arc::new(Upstream::new(settings, endpoints));
         upstreams.push(Arc::clone(&target));
@@ -192,6 +194,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         metrics: metrics_handle,
         readiness: Arc::clone(&readiness),
         config_json: serde_json::to_string_pretty(config)?,
+        upstreams: upstreams.clone(),
     });
     let bound = BoundAddrs {
         admin: admin_listener.local_addr()?,

@@ -20,6 +20,7 @@ use crate::body::{RequestBody, RequestBodyError};
 use crate::client::{ClientSettings, EndpointClient, H1Sender};
 use crate::error::ProxyError;
 use crate::outlier::OutlierState;
+use crate::telemetry::metrics::EndpointMetrics;
 
 /// The HTTP version remora speaks to an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,8 @@ pub struct Endpoint {
     pub load: EndpointLoad,
     pub outlier: OutlierState,
     pub client: EndpointClient,
+    /// Tries this endpoint answered, and their latency.
+    pub metrics: EndpointMetrics,
 }
 
 impl Target for Endpoint {
@@ -70,12 +73,14 @@ impl Release {
 }
 
 impl Endpoint {
-    pub fn new(addr: SocketAddr, settings: ClientSettings) -> Self {
+    /// An endpoint of the upstream named `upstream`.
+    pub fn new(addr: SocketAddr, settings: ClientSettings, upstream: &str) -> Self {
         Self {
             addr,
             load: EndpointLoad::default(),
             outlier: OutlierState::default(),
             client: EndpointClient::new(addr, settings),
+            metrics: EndpointMetrics::new(upstream, addr),
         }
     }
 

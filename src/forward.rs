@@ -132,11 +132,13 @@ async fn forward(
             endpoint: &endpoint,
             deadline,
         };
+        let try_started = Instant::now();
         let sent = endpoint.send(request, version, upgrade).await;
         timeout_watch.deadline = None;
         drop(timeout_watch);
         match sent {
             Ok((mut response, release)) => {
+                endpoint.metrics.record(try_started.elapsed());
                 endpoint.load.mark_reachable();
                 let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 strip_hop_by_hop(response.headers_mut(), switching);

@@ -121,7 +121,13 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
         };
         (0..n)
-            .map(|i| Arc::new(Endpoint::new(([127, 0, 0, 1], 9000 + i).into(), settings)))
+            .map(|i| {
+                Arc::new(Endpoint::new(
+                    ([127, 0, 0, 1], 9000 + i).into(),
+                    settings,
+                    "test",
+                ))
+            })
             .collect()
     }
 

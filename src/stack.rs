@@ -39,7 +39,12 @@ pub fn outbound(
     let service = ServiceBuilder::new()
         .map_request(|request: Request<Incoming>| request.map(RequestBody::streaming))
         .layer(TraceContextLayer::new(tracing))
-        .layer(ObserveLayer::new(direction, name, access_log))
+        .layer(ObserveLayer::new(
+            direction,
+            name,
+            upstream.totals(),
+            access_log,
+        ))
         .layer(ErrorResponseLayer)
         .option_layer(
             config
@@ -74,7 +79,7 @@ pub fn inbound(
     let service = ServiceBuilder::new()
         .map_request(|request: Request<Incoming>| request.map(RequestBody::streaming))
         .layer(TraceContextLayer::new(tracing))
-        .layer(ObserveLayer::new(direction, name, access_log))
+        .layer(ObserveLayer::new(direction, name, app.totals(), access_log))
         .layer(ErrorResponseLayer)
         .option_layer(
             (config.rate_limit.as_ref()).map(|limit| RateLimitLayer::new(limit, direction, name)),

@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::{HeaderName, Version};
@@ -17,7 +19,8 @@ use tokio::time::Instant;
 use crate::balance::{Balancer, DEFAULT_BACKOFF};
 use crate::client::ClientSettings;
 use crate::config::{
-    CircuitBreakerConfig, HashOn, LoadBalancingPolicy, OutlierDetection, UpstreamProtocol,
+    CircuitBreakerConfig, HashOn, LoadBalancingPolicy, OutlierDetection, RateLimitConfig,
+    UpstreamProtocol,
 };
 use crate::endpoint::{Endpoint, UpstreamVersion};
 use crate::error::{ErrorKind, ProxyError};
@@ -55,6 +58,35 @@ pub struct UpstreamSettings {
     pub client: ClientSettings,
     pub circuit_breaker: Option<CircuitBreakerConfig>,
     pub outlier_detection: Option<OutlierDetection>,
+    /// The listener's rate limit, shown by the admin `/upstreams`.
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// Requests of an upstream's listener since start, and how many of them got a
+/// proxy-made error response: counted by the observe layer when a response
+/// ends, read by the admin `/upstreams`.
+#[derive(Debug, Default)]
+pub struct RequestTotals {
+    requests: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl RequestTotals {
+    /// Counts one finished request; `error` when remora made the response.
+    pub fn record(&self, error: bool) {
+        self.requests.fetch_add(1, Relaxed);
+        if error {
+            self.errors.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Relaxed)
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Relaxed)
+    }
 }
 
 /// An upstream and its live endpoint set.
@@ -63,6 +95,9 @@ pub struct Upstream {
     balancer: ArcSwap<Balancer<Endpoint>>,
     circuit_breaker: Option<Arc<CircuitBreaker>>,
     outlier: Option<OutlierDetector>,
+    totals: Arc<RequestTotals>,
+    /// When the endpoint set was last set, in ms since the Unix epoch.
+    last_update_ms: AtomicU64,
 }
 
 impl Upstream {
@@ -81,6 +116,8 @@ impl Upstream {
             balancer: ArcSwap::from_pointee(balancer),
             circuit_breaker,
             outlier,
+            totals: Arc::default(),
+            last_update_ms: AtomicU64::new(unix_ms_now()),
         };
         upstream.publish_endpoint_count();
         upstream
@@ -105,7 +142,18 @@ impl Upstream {
             .collect();
         let next = build_balancer(&self.settings, addrs, &existing);
         self.balancer.store(Arc::new(next));
+        self.last_update_ms.store(unix_ms_now(), Relaxed);
         self.publish_endpoint_count();
+    }
+
+    /// When the endpoint set was last set (at start, or by discovery).
+    pub fn last_update(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(self.last_update_ms.load(Relaxed))
+    }
+
+    /// The request totals of this upstream's listener.
+    pub fn totals(&self) -> Arc<RequestTotals> {
+        Arc::clone(&self.totals)
     }
 
     pub fn endpoint_count(&self) -> usize {
@@ -187,9 +235,17 @@ fn build_balancer(
             let endpoint = existing
                 .get(addr)
                 .cloned()
-                .unwrap_or_else(|| Arc::new(Endpoint::new(*addr, settings.client)));
+                .unwrap_or_else(|| Arc::new(Endpoint::new(*addr, settings.client, &settings.name)));
             (addr.to_string(), endpoint)
         })
         .collect();
     Balancer::new(settings.policy, targets)
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
 }

@@ -1,5 +1,6 @@
 //! The admin listener: `/live`, `/ready`, `/metrics` (request counts and durations by
-//! direction / upstream / code, endpoints, connections, proxy errors by kind), `/config` as
+//! direction / upstream / code, endpoints, connections, proxy errors by kind, per-endpoint
+//! tries, in-flight, build info, process metrics), `/config` as
 //! JSON with durations as strings, 404 on unknown paths and 405 on anything but GET / HEAD.
 
 mod support;
@@ -339,4 +340,80 @@ async fn unknown_path_is_404_and_other_methods_405() {
         send(Version::HTTP_11, head).await.unwrap().status,
         StatusCode::OK
     );
+}
+
+/// Tries are counted per endpoint (round robin: evenly) with a latency histogram; every HTTP
+/// listener has an in-flight gauge (no concurrency limit configured here) that counts a slow
+/// request while it runs and returns to 0; build info is 1; the process metrics are plausible.
+#[tokio::test]
+async fn metrics_per_endpoint_in_flight_build_and_process() {
+    let backends = [http_backend("adm-ep-a"), http_backend("adm-ep-b")];
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    let proxy = Proxy::start(&yaml("adm-ep", &addrs)).await;
+    let base = format!("http://{}", proxy.upstream("adm-ep"));
+    for _ in 0..4 {
+        let reply = get(Version::HTTP_11, &format!("{base}/")).await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let metrics = proxy.admin_url("/metrics");
+    let slow_url = format!("{base}/slow/600");
+    let slow = tokio::spawn(async move { get(Version::HTTP_11, &slow_url).await.unwrap() });
+    let listener = [("direction", "outbound"), ("upstream", "adm-ep")];
+    let held = prom::wait_for_value(
+        &metrics,
+        "remora_requests_in_flight",
+        &listener,
+        1.0,
+        METRIC_WAIT,
+    )
+    .await;
+    assert_eq!(held, 1.0, "the slow request in flight");
+    let text = prom::scrape(&metrics).await;
+    for addr in &addrs {
+        let endpoint = [("upstream", "adm-ep"), ("endpoint", &addr.to_string()[..])];
+        assert_eq!(
+            prom::value(&text, "remora_endpoint_requests_total", &endpoint),
+            Some(2.0),
+            "{addr}"
+        );
+        let mut inf = endpoint.to_vec();
+        inf.push(("le", "+Inf"));
+        assert_eq!(
+            prom::value(
+                &text,
+                "remora_endpoint_request_duration_seconds_bucket",
+                &inf
+            ),
+            Some(2.0),
+            "{addr}"
+        );
+    }
+    let version = [("version", env!("CARGO_PKG_VERSION"))];
+    assert_eq!(prom::value(&text, "remora_build_info", &version), Some(1.0));
+    if cfg!(target_os = "linux") {
+        let value = |name| prom::value(&text, name, &[]).unwrap_or_else(|| panic!("{name}"));
+        assert!(value("process_resident_memory_bytes") > 1e6);
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let start = value("process_start_time_seconds");
+        assert!(
+            start <= now + 1.0 && start > now - 3600.0,
+            "start {start}, now {now}"
+        );
+    }
+
+    assert_eq!(slow.await.unwrap().status, StatusCode::OK);
+    let after = prom::wait_for_value(
+        &metrics,
+        "remora_requests_in_flight",
+        &listener,
+        0.0,
+        METRIC_WAIT,
+    )
+    .await;
+    assert_eq!(after, 0.0);
 }

@@ -1,7 +1,8 @@
 //! The admin listener (loopback by default): `/live`, `/ready`, `/metrics`,
-//! `/config`. Only `GET` (and `HEAD`) is served; anything else gets 405, an
+//! `/config`, `/endpoints` and `/upstreams`. Only `GET` (and `HEAD`) is served; anything else gets 405, an
 //! unknown path 404. It stays up while the proxy drains, so `/ready` can say so.
 
+mod json;
 mod readiness;
 
 use std::convert::Infallible;
@@ -15,9 +16,13 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::Value;
 use tokio::net::TcpListener;
 
 pub use readiness::Readiness;
+
+use crate::telemetry::process;
+use crate::upstream::Upstream;
 
 /// What the admin endpoints show.
 pub struct AdminState {
@@ -25,6 +30,8 @@ pub struct AdminState {
     pub readiness: Arc<Readiness>,
     /// The effective configuration as JSON, secrets redacted.
     pub config_json: String,
+    /// Every upstream, the inbound application first when there is one.
+    pub upstreams: Vec<Arc<Upstream>>,
 }
 
 /// Serves the admin endpoints until the process exits.
@@ -71,12 +78,16 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
         },
         "/metrics" => {
             state.metrics.run_upkeep();
+            let mut body = state.metrics.render();
+            body.push_str(&process::render());
             with_type(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                state.metrics.render(),
+                body,
             )
         }
+        "/endpoints" => json_reply(&json::endpoints(&state.upstreams)),
+        "/upstreams" => json_reply(&json::upstreams(&state.upstreams)),
         "/config" => with_type(
             StatusCode::OK,
             "application/json",
@@ -84,7 +95,7 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /live, /ready, /metrics or /config\n".into(),
+            "not found; try /live, /ready, /metrics, /config, /endpoints or /upstreams\n".into(),
         ),
     }
 }
@@ -105,4 +116,10 @@ fn with_type(
         header::HeaderValue::from_static(content_type),
     );
     response
+}
+
+fn json_reply(value: &Value) -> Response<Full<Bytes>> {
+    let mut body = value.to_string();
+    body.push('\n');
+    with_type(StatusCode::OK, "application/json", body)
 }

@@ -17,12 +17,12 @@ use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
-use metrics::{Counter, Gauge};
+use metrics::Counter;
 use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
 use crate::error::ProxyError;
-use crate::telemetry::metrics::{in_flight_gauge, shed_counter};
+use crate::telemetry::metrics::shed_counter;
 use crate::upstream::Direction;
 
 /// The slots of one listener, shared by every clone of its layer.
@@ -31,7 +31,6 @@ struct Slots {
     in_flight: AtomicU32,
     upstream: String,
     shed: Counter,
-    gauge: Gauge,
 }
 
 impl Slots {
@@ -42,7 +41,6 @@ impl Slots {
                 (taken < self.limit).then_some(taken + 1)
             })
             .ok()?;
-        self.gauge.increment(1.0);
         Some(Slot(Arc::clone(self)))
     }
 }
@@ -53,7 +51,6 @@ struct Slot(Arc<Slots>);
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.gauge.decrement(1.0);
     }
 }
 
@@ -71,7 +68,6 @@ impl ConcurrencyLimitLayer {
                 in_flight: AtomicU32::new(0),
                 upstream: upstream.to_owned(),
                 shed: shed_counter(direction, upstream),
-                gauge: in_flight_gauge(direction, upstream),
             }),
         }
     }

@@ -1,6 +1,9 @@
 //! Observes every request's outcome — including the responses remora made
 //! itself — and records it when the response body ends: request count and
-//! duration by status code, proxy-made errors by kind, and the access-log line.
+//! duration by status code, proxy-made errors by kind, the upstream's request
+//! and error totals (admin `/upstreams`), and the access-log line. The
+//! listener's in-flight gauge goes up when a request arrives and down when its
+//! response ends, fails, or is dropped (an RAII guard).
 //! Recording at the body's end is what makes the duration cover streamed
 //! bodies and lets the `grpc-status` from trailers be logged.
 
@@ -10,6 +13,7 @@ use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
+use metrics::Gauge;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
@@ -18,16 +22,27 @@ use crate::error::ErrorKind;
 use crate::forward::ServedBy;
 use crate::headers::grpc_status;
 use crate::telemetry::access_log::{self, Outcome, RequestSummary};
-use crate::telemetry::metrics::RequestMetrics;
-use crate::upstream::Direction;
+use crate::telemetry::metrics::{RequestMetrics, in_flight_gauge};
+use crate::upstream::{Direction, RequestTotals};
 
 /// Shared by all requests of one listener.
 struct Observer {
     direction: Direction,
     upstream: String,
     metrics: RequestMetrics,
+    totals: Arc<RequestTotals>,
+    in_flight: Gauge,
     /// Share of requests logged: 0 (off) to 1 (all).
     access_log: f64,
+}
+
+/// One request in flight; takes itself off the gauge when dropped.
+struct Active(Arc<Observer>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.in_flight.decrement(1.0);
+    }
 }
 
 #[derive(Clone)]
@@ -36,12 +51,19 @@ pub struct ObserveLayer {
 }
 
 impl ObserveLayer {
-    pub fn new(direction: Direction, upstream: &str, access_log: f64) -> Self {
+    pub fn new(
+        direction: Direction,
+        upstream: &str,
+        totals: Arc<RequestTotals>,
+        access_log: f64,
+    ) -> Self {
         Self {
             observer: Arc::new(Observer {
                 direction,
                 upstream: upstream.to_owned(),
                 metrics: RequestMetrics::new(direction, upstream),
+                totals,
+                in_flight: in_flight_gauge(direction, upstream),
                 access_log,
             }),
         }
@@ -82,8 +104,9 @@ where
         let share = self.observer.access_log;
         let logged = share >= 1.0 || (share > 0.0 && fastrand::f64() < share);
         let summary = logged.then(|| RequestSummary::of(&request));
+        self.observer.in_flight.increment(1.0);
+        let active = Active(Arc::clone(&self.observer));
         let response = self.inner.call(request);
-        let observer = Arc::clone(&self.observer);
         Box::pin(async move {
             let Ok(mut response) = response.await;
             let status = response.status().as_u16();
@@ -91,8 +114,10 @@ where
             let endpoint = response.extensions().get::<ServedBy>().map(|s| s.0);
             let error = response.extensions().get::<ErrorKind>().copied();
             response.body_mut().on_end(Box::new(move |end: BodyEnd| {
+                let observer = &active.0;
                 let duration = started.elapsed();
                 observer.metrics.record(status, duration, error);
+                observer.totals.record(error.is_some());
                 if let Some(summary) = summary {
                     let outcome = Outcome {
                         direction: observer.direction.as_str(),

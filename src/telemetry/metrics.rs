@@ -42,11 +42,18 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &DURATION_BUCKETS)
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full(ENDPOINT_REQUEST_DURATION.into()),
+                        &DURATION_BUCKETS,
+                    )
+                })
                 .map_err(|error| error.to_string())?
                 .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder)
                 .map_err(|_| "another metrics recorder is already installed".to_owned())?;
+            build_info();
             Ok(handle)
         })
         .clone()
@@ -247,7 +254,7 @@ pub fn shed_counter(direction: Direction, upstream: &str) -> Counter {
     counter!(SHED_REQUESTS_TOTAL, &listener_labels(direction, upstream))
 }
 
-/// Requests admitted by a concurrency limit whose response has not ended yet.
+/// Requests received on an HTTP listener whose response has not ended yet.
 pub fn in_flight_gauge(direction: Direction, upstream: &str) -> Gauge {
     gauge!(REQUESTS_IN_FLIGHT, &listener_labels(direction, upstream))
 }
@@ -255,4 +262,42 @@ pub fn in_flight_gauge(direction: Direction, upstream: &str) -> Gauge {
 /// Faults injected; `fault` is `delay` or `abort`.
 pub fn faults_counter(upstream: &str, fault: &'static str) -> Counter {
     counter!(FAULTS_INJECTED_TOTAL, "upstream" => upstream.to_owned(), "fault" => fault)
+}
+
+// ---- Build info, per-endpoint requests -------------------------------------
+
+pub const BUILD_INFO: &str = "remora_build_info";
+pub const ENDPOINT_REQUESTS_TOTAL: &str = "remora_endpoint_requests_total";
+pub const ENDPOINT_REQUEST_DURATION: &str = "remora_endpoint_request_duration_seconds";
+
+/// Sets `remora_build_info{version}` to 1.
+fn build_info() {
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// Tries answered by one endpoint and how long the response head took,
+/// registered once when the endpoint is created so a try records without a
+/// label lookup.
+pub struct EndpointMetrics {
+    requests: Counter,
+    durations: Histogram,
+}
+
+impl EndpointMetrics {
+    pub fn new(upstream: &str, endpoint: std::net::SocketAddr) -> Self {
+        let labels = [
+            ("upstream", upstream.to_owned()),
+            ("endpoint", endpoint.to_string()),
+        ];
+        Self {
+            requests: counter!(ENDPOINT_REQUESTS_TOTAL, &labels),
+            durations: histogram!(ENDPOINT_REQUEST_DURATION, &labels),
+        }
+    }
+
+    /// Counts one try whose response head arrived after `duration`.
+    pub fn record(&self, duration: Duration) {
+        self.requests.increment(1);
+        self.durations.record(duration.as_secs_f64());
+    }
 }

@@ -4,3 +4,4 @@ pub mod access_log;
 pub mod json_lines;
 pub mod logging;
 pub mod metrics;
+pub mod process;

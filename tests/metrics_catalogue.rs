@@ -1,0 +1,184 @@
+//! `docs/metrics.md` against the real `/metrics`: a proxy using every feature (an HTTP
+//! upstream with retries, breaker, rate limit, concurrency limit, a 0 % fault, outlier
+//! detection and a dead endpoint; a TCP upstream; inbound) is driven until the event-only
+//! metrics have happened, then every exported metric must be in the table with the same type
+//! and label names, and every metric in the table must be exported — except those the table
+//! marks *Appears after …*, which may be missing but must match when present.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{StatusCode, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::{Proxy, get, http_backend, prom, tcp_echo};
+
+/// A metric as documented or exported: type and label names.
+#[derive(Debug, Clone, PartialEq)]
+struct Shape {
+    kind: String,
+    labels: BTreeSet<String>,
+}
+
+/// The table of `docs/metrics.md`: name → (shape, appears only after an event).
+fn documented() -> BTreeMap<String, (Shape, bool)> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md"))
+        .expect("docs/metrics.md");
+    let backticked = |cell: &str| -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut metrics = BTreeMap::new();
+    for line in doc.lines().filter(|line| line.starts_with("| `")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // ["", name, type, labels, meaning, ""]
+        assert_eq!(cells.len(), 6, "table row with other than 4 cells: {line}");
+        let name = backticked(cells[1]).remove(0);
+        let shape = Shape {
+            kind: cells[2].to_owned(),
+            labels: backticked(cells[3]).into_iter().collect(),
+        };
+        let after_event = cells[4].contains("*Appears after");
+        assert!(
+            metrics.insert(name.clone(), (shape, after_event)).is_none(),
+            "{name} documented twice"
+        );
+    }
+    assert!(metrics.len() > 20, "table not found in docs/metrics.md");
+    metrics
+}
+
+/// Every metric in a scrape: `# TYPE` lines give name and type, samples give label names
+/// (a histogram's `_bucket`, `_sum` and `_count` samples count for the histogram, without `le`).
+fn exported(text: &str) -> BTreeMap<String, Shape> {
+    let mut metrics: BTreeMap<String, Shape> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .map(|rest| {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            let shape = Shape {
+                kind: kind.trim().to_owned(),
+                labels: BTreeSet::new(),
+            };
+            (name.to_owned(), shape)
+        })
+        .collect();
+    for sample in prom::parse(text) {
+        let name = [sample.name.as_str()]
+            .into_iter()
+            .chain(["_bucket", "_sum", "_count"].map(|s| sample.name.strip_suffix(s).unwrap_or("")))
+            .find(|name| metrics.contains_key(*name))
+            .unwrap_or_else(|| panic!("sample {} has no # TYPE line", sample.name))
+            .to_owned();
+        let shape = metrics.get_mut(&name).expect("found above");
+        shape
+            .labels
+            .extend(sample.labels.into_keys().filter(|key| key != "le"));
+    }
+    metrics
+}
+
+fn dead_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn every_exported_metric_is_documented_and_every_documented_one_exported() {
+    let backend = http_backend("cat-http");
+    let app = http_backend("cat-app");
+    let echo = tcp_echo();
+    let dead = dead_addr();
+    let yaml = format!(
+        "service: {{ name: cat-svc, port: {app}, protocol: http }}\n\
+         inbound: {{ listen: 127.0.0.1:0 }}\n\
+         upstreams:\n\
+         \x20 - name: cat-http\n    listen: 127.0.0.1:0\n    protocol: http\n    \
+         discovery: {{ static: [{backend}, {dead}] }}\n    \
+         load_balancing: {{ policy: round_robin }}\n    \
+         retries: {{ attempts: 2, on: [\"503\"], backoff: {{ base: 1ms, max: 2ms }} }}\n    \
+         circuit_breaker: {{ consecutive_failures: 2, open_for: 30s }}\n    \
+         rate_limit: {{ requests_per_second: 1000, burst: 1000 }}\n    \
+         max_concurrent_requests: 100\n    \
+         fault: {{ abort: {{ percent: 0, status: 500 }} }}\n    \
+         outlier_detection: {{ consecutive_failures: 1, base_ejection: 30s, max_ejection_percent: 50 }}\n\
+         \x20 - name: cat-tcp\n    listen: 127.0.0.1:0\n    protocol: tcp\n    \
+         discovery: {{ static: [{echo}] }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         logging: {{ access_log: false }}\n",
+        app = app.addr.port(),
+        backend = backend.addr,
+    );
+    let proxy = Proxy::start(&yaml).await;
+
+    // Round robin over a live and a dead endpoint: a failed connect, resent to the live one.
+    let http = format!("http://{}", proxy.upstream("cat-http"));
+    for _ in 0..2 {
+        let reply = get(Version::HTTP_11, &format!("{http}/")).await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    }
+    // 503s: retried, an outlier ejection, then the breaker opens and answers itself.
+    for _ in 0..4 {
+        get(Version::HTTP_11, &format!("{http}/status/503"))
+            .await
+            .unwrap();
+    }
+    let inbound = get(Version::HTTP_11, &format!("http://{}/", proxy.inbound()))
+        .await
+        .unwrap();
+    assert_eq!(inbound.status, StatusCode::OK);
+    let mut tcp = TcpStream::connect(proxy.upstream("cat-tcp")).await.unwrap();
+    tcp.write_all(b"ping").await.unwrap();
+    let mut pong = [0u8; 4];
+    tcp.read_exact(&mut pong).await.unwrap();
+    drop(tcp);
+
+    let metrics_url = proxy.admin_url("/metrics");
+    let sent = prom::wait_for_value(
+        &metrics_url,
+        "remora_tcp_sent_bytes_total",
+        &[("upstream", "cat-tcp")],
+        4.0,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(sent, 4.0);
+    let circuit_open = prom::wait_for_value(
+        &metrics_url,
+        "remora_proxy_errors_total",
+        &[("upstream", "cat-http"), ("kind", "circuit_open")],
+        1.0,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(circuit_open >= 1.0, "the breaker never answered");
+
+    let text = prom::scrape(&metrics_url).await;
+    let exported = exported(&text);
+    let documented = documented();
+    let mut problems = Vec::new();
+    for (name, shape) in &exported {
+        match documented.get(name) {
+            None => problems.push(format!("{name} is exported but not documented")),
+            Some((doc, _)) if doc != shape => {
+                problems.push(format!("{name}: documented {doc:?}, exported {shape:?}"))
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, (_, after_event)) in &documented {
+        // Discovery errors need a failing DNS server; every other event happened above.
+        let may_be_missing = *after_event && name == "remora_discovery_errors_total";
+        if !exported.contains_key(name) && !may_be_missing {
+            problems.push(format!("{name} is documented but not exported"));
+        }
+    }
+    assert!(problems.is_empty(), "{}\n\n{text}", problems.join("\n"));
+}
