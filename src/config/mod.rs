@@ -26,8 +26,9 @@ use serde_saphyr::{MessageFormatter, Options, PropertySyntax, UserMessageFormatt
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     AdminConfig, CheckConfig, Config, Discovery, DnsDiscovery, HashOn, InboundConfig,
-    LoadBalancing, LoadBalancingPolicy, LogFormat, LoggingConfig, Propagation, RuntimeConfig,
-    ServiceConfig, ServiceProtocol, Timeouts, TracingConfig, UpstreamConfig, UpstreamProtocol,
+    LoadBalancing, LoadBalancingPolicy, LogFormat, LoggingConfig, OtlpConfig, Propagation,
+    RuntimeConfig, ServiceConfig, ServiceProtocol, Timeouts, TracingConfig, UpstreamConfig,
+    UpstreamProtocol,
 };
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,
