@@ -2,14 +2,17 @@
 //! itself — and records it when the response body ends: request count and
 //! duration by status code, proxy-made errors by kind, and the access-log line.
 //! Recording at the body's end is what makes the duration cover streamed
-//! bodies and lets the `grpc-status` from trailers be logged.
+//! bodies and lets the `grpc-status` from trailers be logged. With
+//! `tracing.otlp`, a sampled request's span is handed to the exporter there
+//! too (SERVER on inbound, CLIENT on outbound).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use futures_util::future::BoxFuture;
-use http::{Request, Response};
+use http::{Request, Response, header};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
@@ -17,8 +20,11 @@ use crate::body::{BodyEnd, ResponseBody};
 use crate::error::ErrorKind;
 use crate::forward::ServedBy;
 use crate::headers::grpc_status;
+use crate::middleware::trace_context::TraceContext;
+use crate::server::ClientAddr;
 use crate::telemetry::access_log::{self, Outcome, RequestSummary};
 use crate::telemetry::metrics::RequestMetrics;
+use crate::telemetry::spans::{SpanExporter, SpanRecord};
 use crate::upstream::Direction;
 
 /// Shared by all requests of one listener.
@@ -28,6 +34,8 @@ struct Observer {
     metrics: RequestMetrics,
     /// Share of requests logged: 0 (off) to 1 (all).
     access_log: f64,
+    /// Where sampled spans go, when `tracing.otlp` is set.
+    spans: Option<SpanExporter>,
 }
 
 #[derive(Clone)]
@@ -36,13 +44,19 @@ pub struct ObserveLayer {
 }
 
 impl ObserveLayer {
-    pub fn new(direction: Direction, upstream: &str, access_log: f64) -> Self {
+    pub fn new(
+        direction: Direction,
+        upstream: &str,
+        access_log: f64,
+        spans: Option<SpanExporter>,
+    ) -> Self {
         Self {
             observer: Arc::new(Observer {
                 direction,
                 upstream: upstream.to_owned(),
                 metrics: RequestMetrics::new(direction, upstream),
                 access_log,
+                spans,
             }),
         }
     }
@@ -82,6 +96,11 @@ where
         let share = self.observer.access_log;
         let logged = share >= 1.0 || (share > 0.0 && fastrand::f64() < share);
         let summary = logged.then(|| RequestSummary::of(&request));
+        let span = self
+            .observer
+            .spans
+            .as_ref()
+            .and_then(|_| SpanStart::of(&request));
         let response = self.inner.call(request);
         let observer = Arc::clone(&self.observer);
         Box::pin(async move {
@@ -106,8 +125,57 @@ where
                     };
                     access_log::log(&summary, &outcome);
                 }
+                if let (Some(span), Some(exporter)) = (span, &observer.spans) {
+                    exporter.submit(SpanRecord {
+                        context: span.context,
+                        direction: observer.direction,
+                        start: span.start,
+                        duration,
+                        method: span.method,
+                        path: span.path,
+                        host: span.host,
+                        client: span.client,
+                        status,
+                        error,
+                        upstream: observer.upstream.clone(),
+                        endpoint,
+                    });
+                }
             }));
             Ok(response)
+        })
+    }
+}
+
+/// What a span needs from the request, taken before it is passed on.
+struct SpanStart {
+    context: TraceContext,
+    start: SystemTime,
+    method: http::Method,
+    path: String,
+    host: Option<String>,
+    client: Option<std::net::SocketAddr>,
+}
+
+impl SpanStart {
+    /// `None` unless the request's trace is sampled.
+    fn of<B>(request: &Request<B>) -> Option<Self> {
+        let context = *request.extensions().get::<TraceContext>()?;
+        if !context.sampled {
+            return None;
+        }
+        let host = request.uri().host().map(str::to_owned).or_else(|| {
+            let host = request.headers().get(header::HOST)?.to_str().ok()?;
+            let authority: http::uri::Authority = host.parse().ok()?;
+            Some(authority.host().to_owned())
+        });
+        Some(Self {
+            context,
+            start: SystemTime::now(),
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            host,
+            client: request.extensions().get::<ClientAddr>().map(|c| c.0),
         })
     }
 }
