@@ -19,6 +19,7 @@ use crate::drain::{Drain, DrainController};
 use crate::server::{self, Handler, HttpProtocol};
 use crate::stack;
 use crate::telemetry::metrics::{self, ConnectionMetrics};
+use crate::telemetry::spans::SpanExporter;
 use crate::upstream::{Direction, Upstream, UpstreamSettings};
 
 /// The addresses remora actually bound (a configured port 0 becomes a real one).
@@ -83,6 +84,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     } else {
         0.0
     };
+    let spans = (config.tracing.otlp.as_ref())
+        .map(|otlp| SpanExporter::start(otlp, &config.service.name))
+        .transpose()?;
     let mut upstreams = Vec::new();
     let mut listeners = Vec::new();
     let mut discoverers = Vec::new();
@@ -130,6 +134,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                     inbound,
                     &config.tracing,
                     access_log,
+                    spans.clone(),
                 )
             }),
         });
@@ -177,7 +182,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             direction: Direction::Outbound,
             listener: bind(upstream.listen, &label).await?,
             handler: handler(listen_protocol, Arc::clone(&target), || {
-                stack::outbound(Arc::clone(&target), upstream, &config.tracing, access_log)
+                stack::outbound(
+                    Arc::clone(&target),
+                    upstream,
+                    &config.tracing,
+                    access_log,
+                    spans.clone(),
+                )
             }),
         });
     }

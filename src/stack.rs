@@ -22,6 +22,7 @@ use crate::middleware::rate_limit::RateLimitLayer;
 use crate::middleware::retry::RetryLayer;
 use crate::middleware::timeout::TimeoutLayer;
 use crate::middleware::trace_context::TraceContextLayer;
+use crate::telemetry::spans::SpanExporter;
 use crate::upstream::{Direction, Upstream};
 
 /// The service behind an HTTP listener.
@@ -33,6 +34,7 @@ pub fn outbound(
     config: &UpstreamConfig,
     tracing: &TracingConfig,
     access_log: f64,
+    spans: Option<SpanExporter>,
 ) -> HttpService {
     let direction = Direction::Outbound;
     let name = config.name.as_str();
@@ -44,6 +46,7 @@ pub fn outbound(
             name,
             upstream.totals(),
             access_log,
+            spans,
         ))
         .layer(ErrorResponseLayer)
         .option_layer(
@@ -72,6 +75,7 @@ pub fn inbound(
     config: &InboundConfig,
     tracing: &TracingConfig,
     access_log: f64,
+    spans: Option<SpanExporter>,
 ) -> HttpService {
     let direction = Direction::Inbound;
     let name = app.name().to_owned();
@@ -79,7 +83,13 @@ pub fn inbound(
     let service = ServiceBuilder::new()
         .map_request(|request: Request<Incoming>| request.map(RequestBody::streaming))
         .layer(TraceContextLayer::new(tracing))
-        .layer(ObserveLayer::new(direction, name, app.totals(), access_log))
+        .layer(ObserveLayer::new(
+            direction,
+            name,
+            app.totals(),
+            access_log,
+            spans,
+        ))
         .layer(ErrorResponseLayer)
         .option_layer(
             (config.rate_limit.as_ref()).map(|limit| RateLimitLayer::new(limit, direction, name)),

@@ -56,11 +56,18 @@ impl Dnsmasq {
         }
         let child = command
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("dnsmasq starts");
-        let dnsmasq = Dnsmasq { child };
-        wait_until_answering(port);
+        let mut dnsmasq = Dnsmasq { child };
+        if !answers_within(port, Duration::from_secs(10)) {
+            dnsmasq.kill();
+            let mut said = String::new();
+            if let Some(mut stderr) = dnsmasq.child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut stderr, &mut said);
+            }
+            panic!("dnsmasq did not answer on port {port} within 10 s; it said: {said}");
+        }
         dnsmasq
     }
 
@@ -80,8 +87,8 @@ impl Drop for Dnsmasq {
     }
 }
 
-/// Sends a bare SRV query until something answers (5 s at most).
-fn wait_until_answering(port: u16) {
+/// Sends a bare SRV query until something answers, for `within` at most.
+fn answers_within(port: u16, within: Duration) -> bool {
     let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
     for label in SRV_NAME.split('.') {
         query.push(label.len() as u8);
@@ -92,15 +99,15 @@ fn wait_until_answering(port: u16) {
     socket
         .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + within;
     let mut buffer = [0u8; 512];
     while Instant::now() < deadline {
         socket.send_to(&query, ("127.0.0.1", port)).unwrap();
         if socket.recv(&mut buffer).is_ok() {
-            return;
+            return true;
         }
     }
-    panic!("dnsmasq did not answer on port {port} within 5 s");
+    false
 }
 
 /// True when `dnsmasq` can run here, installing it first when we are root.
@@ -129,12 +136,18 @@ fn dnsmasq_available() -> bool {
     runs()
 }
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A port free for both UDP and TCP (dnsmasq listens on both), taken below
+/// the kernel's ephemeral range (32768–60999) so that no outgoing connection
+/// of this or another test can take it between now and dnsmasq's start.
+fn free_dns_port() -> u16 {
+    loop {
+        let port = fastrand::u16(20_000..32_000);
+        let udp = UdpSocket::bind(("127.0.0.1", port));
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        if udp.is_ok() && tcp.is_ok() {
+            return port;
+        }
+    }
 }
 
 fn yaml(resolver_port: u16) -> String {
@@ -225,7 +238,7 @@ async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
     }
     let first = http_backend("dns-first");
     let second = http_backend("dns-second");
-    let dns_port = free_udp_port();
+    let dns_port = free_dns_port();
     let proxy = Proxy::start(&yaml(dns_port)).await;
     let listener = proxy.upstream(UPSTREAM);
 

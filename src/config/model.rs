@@ -39,8 +39,7 @@ pub struct Config {
     pub tracing: TracingConfig,
 }
 
-/// Trace-context propagation (`tracing:`). OTLP export is not implemented
-/// yet, so its keys are refused as unknown.
+/// Trace-context propagation and span export (`tracing:`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TracingConfig {
@@ -50,6 +49,9 @@ pub struct TracingConfig {
     /// Header formats read and written, in order of precedence.
     #[serde(default = "default_propagation")]
     pub propagation: Vec<Propagation>,
+    /// Span export over OTLP/HTTP; off when absent.
+    #[serde(default)]
+    pub otlp: Option<OtlpConfig>,
 }
 
 impl Default for TracingConfig {
@@ -57,8 +59,50 @@ impl Default for TracingConfig {
         Self {
             request_id: default_request_id(),
             propagation: default_propagation(),
+            otlp: None,
         }
     }
+}
+
+/// Span export (`tracing.otlp:`): OTLP/HTTP protobuf to a collector.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// Where batches are POSTed (`http://` only).
+    #[serde(default = "default_otlp_endpoint")]
+    pub endpoint: String,
+    /// Share of new traces sampled, 0 to 1 (joined traces keep the caller's flag).
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// Spans waiting for export at most; more are dropped and counted.
+    #[serde(default = "default_max_queue")]
+    pub max_queue: usize,
+    /// Spans per export request at most.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Longest a span waits for its batch to fill before it is sent.
+    #[serde(default = "default_flush_interval", with = "duration")]
+    pub flush_interval: Duration,
+}
+
+fn default_otlp_endpoint() -> String {
+    "http://127.0.0.1:4318/v1/traces".to_owned()
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+
+fn default_max_queue() -> usize {
+    2048
+}
+
+fn default_batch_size() -> usize {
+    512
+}
+
+fn default_flush_interval() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_request_id() -> bool {

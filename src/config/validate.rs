@@ -7,8 +7,10 @@
 //! above 1024, `ring_hash` without `hash_on` (and `hash_on` without
 //! `ring_hash`, or on tcp), `inbound` without `service.port`, an empty
 //! service name, a check without exactly one of http/tcp, log levels
-//! that are neither a level nor a filter directive, and `register: true`
-//! (Consul registration is not implemented yet, so it must not pass silently). Every problem is
+//! that are neither a level nor a filter directive, `tracing.otlp` with a
+//! non-http endpoint, a sample ratio outside 0..=1 or a zero queue, batch or
+//! flush interval, and `register: true` (Consul registration is not
+//! implemented yet, so it must not pass silently). Every problem is
 //! returned, with the key path it concerns.
 
 use std::net::SocketAddr;
@@ -37,6 +39,7 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
     check_upstreams(config, &mut problems);
     check_consul(config, &mut problems);
     check_runtime_and_logging(config, &mut problems);
+    check_tracing(config, &mut problems);
     problems.0
 }
 
@@ -435,6 +438,32 @@ fn is_label_safe(name: &str) -> bool {
         .next()
         .is_some_and(|first| first.is_ascii_lowercase() || first.is_ascii_digit())
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn check_tracing(config: &Config, problems: &mut Problems) {
+    let Some(otlp) = &config.tracing.otlp else {
+        return;
+    };
+    let valid_endpoint = otlp
+        .endpoint
+        .parse::<http::Uri>()
+        .is_ok_and(|uri| uri.scheme_str() == Some("http") && uri.authority().is_some());
+    if !valid_endpoint {
+        problems.add(
+            "tracing.otlp.endpoint",
+            "must be an http:// URL with a host (https is not supported)",
+        );
+    }
+    if !(0.0..=1.0).contains(&otlp.sample_ratio) {
+        problems.add("tracing.otlp.sample_ratio", "must be between 0 and 1");
+    }
+    if otlp.max_queue == 0 {
+        problems.add("tracing.otlp.max_queue", "must be greater than zero");
+    }
+    if otlp.batch_size == 0 {
+        problems.add("tracing.otlp.batch_size", "must be greater than zero");
+    }
+    problems.nonzero("tracing.otlp.flush_interval".into(), otlp.flush_interval);
 }
 
 #[cfg(test)]

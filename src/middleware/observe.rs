@@ -5,14 +5,17 @@
 //! listener's in-flight gauge goes up when a request arrives and down when its
 //! response ends, fails, or is dropped (an RAII guard).
 //! Recording at the body's end is what makes the duration cover streamed
-//! bodies and lets the `grpc-status` from trailers be logged.
+//! bodies and lets the `grpc-status` from trailers be logged. With
+//! `tracing.otlp`, a sampled request's span is handed to the exporter there
+//! too (SERVER on inbound, CLIENT on outbound).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use futures_util::future::BoxFuture;
-use http::{Request, Response};
+use http::{Request, Response, header};
 use metrics::Gauge;
 use tokio::time::Instant;
 use tower::{Layer, Service};
@@ -21,8 +24,11 @@ use crate::body::{BodyEnd, ResponseBody};
 use crate::error::ErrorKind;
 use crate::forward::ServedBy;
 use crate::headers::grpc_status;
+use crate::middleware::trace_context::TraceContext;
+use crate::server::ClientAddr;
 use crate::telemetry::access_log::{self, Outcome, RequestSummary};
 use crate::telemetry::metrics::{RequestMetrics, in_flight_gauge};
+use crate::telemetry::spans::{SpanExporter, SpanRecord};
 use crate::upstream::{Direction, RequestTotals};
 
 /// Shared by all requests of one listener.
@@ -34,6 +40,8 @@ struct Observer {
     in_flight: Gauge,
     /// Share of requests logged: 0 (off) to 1 (all).
     access_log: f64,
+    /// Where sampled spans go, when `tracing.otlp` is set.
+    spans: Option<SpanExporter>,
 }
 
 /// One request in flight; takes itself off the gauge when dropped.
@@ -56,6 +64,7 @@ impl ObserveLayer {
         upstream: &str,
         totals: Arc<RequestTotals>,
         access_log: f64,
+        spans: Option<SpanExporter>,
     ) -> Self {
         Self {
             observer: Arc::new(Observer {
@@ -65,6 +74,7 @@ impl ObserveLayer {
                 totals,
                 in_flight: in_flight_gauge(direction, upstream),
                 access_log,
+                spans,
             }),
         }
     }
@@ -106,6 +116,11 @@ where
         let summary = logged.then(|| RequestSummary::of(&request));
         self.observer.in_flight.increment(1.0);
         let active = Active(Arc::clone(&self.observer));
+        let span = self
+            .observer
+            .spans
+            .as_ref()
+            .and_then(|_| SpanStart::of(&request));
         let response = self.inner.call(request);
         Box::pin(async move {
             let Ok(mut response) = response.await;
@@ -131,8 +146,57 @@ where
                     };
                     access_log::log(&summary, &outcome);
                 }
+                if let (Some(span), Some(exporter)) = (span, &observer.spans) {
+                    exporter.submit(SpanRecord {
+                        context: span.context,
+                        direction: observer.direction,
+                        start: span.start,
+                        duration,
+                        method: span.method,
+                        path: span.path,
+                        host: span.host,
+                        client: span.client,
+                        status,
+                        error,
+                        upstream: observer.upstream.clone(),
+                        endpoint,
+                    });
+                }
             }));
             Ok(response)
+        })
+    }
+}
+
+/// What a span needs from the request, taken before it is passed on.
+struct SpanStart {
+    context: TraceContext,
+    start: SystemTime,
+    method: http::Method,
+    path: String,
+    host: Option<String>,
+    client: Option<std::net::SocketAddr>,
+}
+
+impl SpanStart {
+    /// `None` unless the request's trace is sampled.
+    fn of<B>(request: &Request<B>) -> Option<Self> {
+        let context = *request.extensions().get::<TraceContext>()?;
+        if !context.sampled {
+            return None;
+        }
+        let host = request.uri().host().map(str::to_owned).or_else(|| {
+            let host = request.headers().get(header::HOST)?.to_str().ok()?;
+            let authority: http::uri::Authority = host.parse().ok()?;
+            Some(authority.host().to_owned())
+        });
+        Some(Self {
+            context,
+            start: SystemTime::now(),
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            host,
+            client: request.extensions().get::<ClientAddr>().map(|c| c.0),
         })
     }
 }

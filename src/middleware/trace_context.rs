@@ -13,6 +13,8 @@
 //!   single `b3` header when no valid `traceparent` came; 64-bit trace ids
 //!   are left-padded with zeros to 128 bits. Written in the multi-header form.
 //!   W3C is read first when both are listed and present.
+//! * New traces are sampled at `tracing.otlp.sample_ratio` when span export
+//!   is configured (always otherwise); joined traces keep the caller's flag.
 //! * The upstream request carries remora's new span id as its parent; the
 //!   response carries the request's `x-request-id` (created as a UUID v4
 //!   when absent and `request_id: true`).
@@ -183,6 +185,11 @@ fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
+/// True with probability `ratio` (0 to 1).
+fn sample(ratio: f64) -> bool {
+    ratio >= 1.0 || (ratio > 0.0 && fastrand::f64() < ratio)
+}
+
 fn nonzero_u64() -> u64 {
     fastrand::u64(1..)
 }
@@ -249,7 +256,10 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let headers = request.headers_mut();
-        let context = TraceContext::from_headers(headers, &self.config.propagation);
+        let mut context = TraceContext::from_headers(headers, &self.config.propagation);
+        if context.parent_id.is_none() {
+            context.sampled = sample(self.config.otlp.as_ref().map_or(1.0, |o| o.sample_ratio));
+        }
         context.write(headers, &self.config.propagation);
         if self.config.request_id && !headers.contains_key(&REQUEST_ID) {
             insert(headers, REQUEST_ID, &uuid_v4());
@@ -358,6 +368,14 @@ mod tests {
         let mut map = headers(&[("tracestate", "congo=t61rcWkgMzE")]);
         TraceContext::from_headers(&map, &[Propagation::W3c]).write(&mut map, &[Propagation::W3c]);
         assert_eq!(map["tracestate"], "congo=t61rcWkgMzE");
+    }
+
+    #[test]
+    fn sample_ratio_bounds() {
+        assert!(sample(1.0));
+        assert!(!sample(0.0));
+        let sampled = (0..1000).filter(|_| sample(0.5)).count();
+        assert!((300..700).contains(&sampled), "{sampled}");
     }
 
     #[test]

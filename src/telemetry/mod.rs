@@ -1,7 +1,9 @@
-//! What remora tells operators: JSON logs, the access log and Prometheus metrics.
+//! What remora tells operators: JSON logs, the access log, Prometheus
+//! metrics and OTLP spans.
 
 pub mod access_log;
 pub mod json_lines;
 pub mod logging;
 pub mod metrics;
 pub mod process;
+pub mod spans;

@@ -1,0 +1,369 @@
+//! Span export over OTLP/HTTP protobuf (`tracing.otlp`).
+//!
+//! The data path hands each finished, sampled request to [`SpanExporter::submit`],
+//! which only does a `try_send` on a bounded queue: a full queue drops the
+//! span and counts it (`remora_spans_dropped_total{reason="queue_full"}`), so
+//! no request ever waits for export. One tokio task drains the queue into
+//! batches (at most `batch_size` spans, or whatever came within
+//! `flush_interval` of the batch's first span), encodes them as an
+//! `ExportTraceServiceRequest` and POSTs it to the collector with a plain
+//! hyper HTTP/1.1 client, one connection per batch. A failed or timed-out
+//! export drops the batch (`reason="export_failed"`); a 2xx counts it in
+//! `remora_spans_exported_total`. There is no retry of failed batches.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{Method, Request, Uri, header};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use metrics::{Counter, counter};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    ResourceSpans, ScopeSpans, Span, Status, span, status,
+};
+use prost::Message as _;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::OtlpConfig;
+use crate::error::ErrorKind;
+use crate::middleware::trace_context::TraceContext;
+use crate::upstream::Direction;
+
+pub const SPANS_EXPORTED_TOTAL: &str = "remora_spans_exported_total";
+pub const SPANS_DROPPED_TOTAL: &str = "remora_spans_dropped_total";
+
+/// Longest one export request may take before its batch is dropped.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One finished request, as the data path saw it; turned into an OTLP span
+/// by the export task, off the request path.
+#[derive(Debug, Clone)]
+pub struct SpanRecord {
+    pub context: TraceContext,
+    /// Inbound → SERVER span, outbound → CLIENT span.
+    pub direction: Direction,
+    pub start: SystemTime,
+    pub duration: Duration,
+    pub method: Method,
+    pub path: String,
+    /// Host of the request (authority or `Host`, port removed).
+    pub host: Option<String>,
+    /// Who sent the request to remora.
+    pub client: Option<SocketAddr>,
+    pub status: u16,
+    /// Set when remora answered itself (`x-remora-error`).
+    pub error: Option<ErrorKind>,
+    pub upstream: String,
+    /// The endpoint that answered, when one did.
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// The data path's handle on the export queue.
+#[derive(Clone)]
+pub struct SpanExporter {
+    queue: mpsc::Sender<SpanRecord>,
+    queue_full: Counter,
+}
+
+impl SpanExporter {
+    /// Spawns the export task on the current tokio runtime.
+    pub fn start(config: &OtlpConfig, service_name: &str) -> anyhow::Result<Self> {
+        let target = Target::parse(&config.endpoint)?;
+        let (queue, receiver) = mpsc::channel(config.max_queue);
+        let queue_full = counter!(SPANS_DROPPED_TOTAL, "reason" => "queue_full");
+        let task = ExportTask {
+            receiver,
+            target,
+            resource: resource(service_name),
+            batch_size: config.batch_size,
+            flush_interval: config.flush_interval,
+            exported: counter!(SPANS_EXPORTED_TOTAL),
+            export_failed: counter!(SPANS_DROPPED_TOTAL, "reason" => "export_failed"),
+        };
+        tokio::spawn(task.run());
+        Ok(Self { queue, queue_full })
+    }
+
+    /// Queues a span for export, or drops and counts it when the queue is full.
+    pub fn submit(&self, span: SpanRecord) {
+        if self.queue.try_send(span).is_err() {
+            self.queue_full.increment(1);
+        }
+    }
+}
+
+/// Where batches go: the address to connect to and the request target.
+struct Target {
+    authority: String,
+    path: String,
+}
+
+impl Target {
+    fn parse(endpoint: &str) -> anyhow::Result<Self> {
+        let uri: Uri = endpoint
+            .parse()
+            .with_context(|| format!("tracing.otlp.endpoint {endpoint:?}"))?;
+        anyhow::ensure!(
+            uri.scheme_str() == Some("http"),
+            "tracing.otlp.endpoint must be http://"
+        );
+        let authority = uri
+            .authority()
+            .context("tracing.otlp.endpoint has no host")?;
+        let port = authority.port_u16().unwrap_or(80);
+        Ok(Self {
+            authority: format!("{}:{port}", authority.host()),
+            path: uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        })
+    }
+}
+
+struct ExportTask {
+    receiver: mpsc::Receiver<SpanRecord>,
+    target: Target,
+    resource: Resource,
+    batch_size: usize,
+    flush_interval: Duration,
+    exported: Counter,
+    export_failed: Counter,
+}
+
+impl ExportTask {
+    /// Batches and exports until every [`SpanExporter`] is gone.
+    async fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.batch_size);
+        let mut failing = false;
+        while let Some(first) = self.receiver.recv().await {
+            batch.push(first);
+            let deadline = Instant::now() + self.flush_interval;
+            while batch.len() < self.batch_size {
+                match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
+                    Ok(Some(span)) => batch.push(span),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let count = batch.len() as u64;
+            let body = encode(&self.resource, batch.drain(..));
+            let result = tokio::time::timeout(EXPORT_TIMEOUT, post(&self.target, body))
+                .await
+                .unwrap_or_else(|_| Err("timed out".to_owned()));
+            match result {
+                Ok(()) => {
+                    self.exported.increment(count);
+                    if failing {
+                        tracing::info!("span export recovered");
+                        failing = false;
+                    }
+                }
+                Err(error) => {
+                    self.export_failed.increment(count);
+                    // Logged once per outage, not once per batch.
+                    if !failing {
+                        tracing::warn!(%error, endpoint = %self.target.authority, "span export failing; dropping spans");
+                        failing = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// POSTs one encoded batch; Ok on a 2xx answer.
+async fn post(target: &Target, body: Bytes) -> Result<(), String> {
+    let stream = TcpStream::connect(&target.authority)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(connection);
+    let request = Request::post(target.path.as_str())
+        .header(header::HOST, target.authority.as_str())
+        .header(header::CONTENT_TYPE, "application/x-protobuf")
+        .body(Full::new(body))
+        .map_err(|e| format!("request: {e}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("collector answered {}", response.status()))
+    }
+}
+
+fn resource(service_name: &str) -> Resource {
+    Resource {
+        attributes: vec![string("service.name", service_name)],
+        ..Default::default()
+    }
+}
+
+/// One `ExportTraceServiceRequest` holding `spans`.
+fn encode(resource: &Resource, spans: impl Iterator<Item = SpanRecord>) -> Bytes {
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource.clone()),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: "remora".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                spans: spans.map(to_span).collect(),
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }],
+    };
+    Bytes::from(request.encode_to_vec())
+}
+
+/// OTLP span with the HTTP semantic-convention attributes.
+fn to_span(record: SpanRecord) -> Span {
+    let context = record.context;
+    let (kind, peer) = match record.direction {
+        Direction::Inbound => (span::SpanKind::Server, record.client.map(|a| a.ip())),
+        Direction::Outbound => (span::SpanKind::Client, record.endpoint.map(|a| a.ip())),
+    };
+    let mut attributes = vec![
+        string("http.request.method", record.method.as_str()),
+        string("url.path", &record.path),
+        int("http.response.status_code", i64::from(record.status)),
+        string("remora.upstream", &record.upstream),
+    ];
+    let server = record
+        .host
+        .or_else(|| record.endpoint.map(|a| a.ip().to_string()));
+    if let Some(server) = server {
+        attributes.push(string("server.address", &server));
+    }
+    if let Some(peer) = peer {
+        attributes.push(string("network.peer.address", &ip(peer)));
+    }
+    if let Some(endpoint) = record.endpoint {
+        attributes.push(string("remora.endpoint", &endpoint.to_string()));
+    }
+    if let Some(error) = record.error {
+        attributes.push(string("error.type", error.as_str()));
+    }
+    // Semantic conventions: 5xx is an error on both sides, 4xx only on the client.
+    let failed = record.error.is_some()
+        || record.status >= 500
+        || (kind == span::SpanKind::Client && record.status >= 400);
+    let start = nanos(record.start);
+    Span {
+        trace_id: context.trace_id.to_be_bytes().to_vec(),
+        span_id: context.span_id.to_be_bytes().to_vec(),
+        parent_span_id: context
+            .parent_id
+            .map(|id| id.to_be_bytes().to_vec())
+            .unwrap_or_default(),
+        flags: u32::from(context.sampled),
+        name: record.method.as_str().to_owned(),
+        kind: kind as i32,
+        start_time_unix_nano: start,
+        end_time_unix_nano: start
+            .saturating_add(u64::try_from(record.duration.as_nanos()).unwrap_or(u64::MAX)),
+        attributes,
+        status: failed.then(|| Status {
+            message: String::new(),
+            code: status::StatusCode::Error as i32,
+        }),
+        ..Default::default()
+    }
+}
+
+fn ip(addr: IpAddr) -> String {
+    addr.to_canonical().to_string()
+}
+
+fn nanos(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| u64::try_from(d.as_nanos()).ok())
+        .unwrap_or(0)
+}
+
+fn string(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_owned())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn int(key: &str, value: i64) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(value)),
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_parsing() {
+        let target = Target::parse("http://127.0.0.1:4318/v1/traces").unwrap();
+        assert_eq!(target.authority, "127.0.0.1:4318");
+        assert_eq!(target.path, "/v1/traces");
+        assert_eq!(
+            Target::parse("http://collector/").unwrap().authority,
+            "collector:80"
+        );
+        assert!(Target::parse("https://collector/v1/traces").is_err());
+    }
+
+    #[test]
+    fn span_ids_and_attributes() {
+        let record = SpanRecord {
+            context: TraceContext {
+                trace_id: 0x4bf92f3577b34da6a3ce929d0e0e4736,
+                parent_id: Some(0x00f067aa0ba902b7),
+                span_id: 0x1122334455667788,
+                sampled: true,
+            },
+            direction: Direction::Outbound,
+            start: UNIX_EPOCH + Duration::from_secs(1),
+            duration: Duration::from_millis(5),
+            method: Method::GET,
+            path: "/x".into(),
+            host: Some("api".into()),
+            client: None,
+            status: 503,
+            error: Some(ErrorKind::NoEndpoints),
+            upstream: "api".into(),
+            endpoint: None,
+        };
+        let span = to_span(record);
+        assert_eq!(span.trace_id.len(), 16);
+        assert_eq!(span.span_id, 0x1122334455667788u64.to_be_bytes());
+        assert_eq!(span.parent_span_id, 0x00f067aa0ba902b7u64.to_be_bytes());
+        assert_eq!(span.kind, span::SpanKind::Client as i32);
+        assert_eq!(
+            span.end_time_unix_nano - span.start_time_unix_nano,
+            5_000_000
+        );
+        let keys: Vec<_> = span.attributes.iter().map(|kv| kv.key.as_str()).collect();
+        assert!(keys.contains(&"error.type"), "{keys:?}");
+        assert!(keys.contains(&"server.address"), "{keys:?}");
+        assert_eq!(span.status.unwrap().code, status::StatusCode::Error as i32);
+    }
+}
