@@ -29,7 +29,7 @@ pub const MAX_IDLE_PER_ENDPOINT: usize = 512;
 type H2Connection = Arc<Mutex<http2::Connection<TokioIo<TcpStream>, RequestBody, TokioExecutor>>>;
 
 /// Connection settings shared by all endpoints of an upstream.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,

@@ -5,6 +5,10 @@
 //! current request and close, HTTP/2 connections send GOAWAY and finish their
 //! open streams, TCP tunnels run on. The process waits for all of them up to
 //! the drain timeout.
+//!
+//! A controller drains what holds its [`Drain`]s: the process has one per
+//! listener generation (see `live`), so a listener removed or replaced by a
+//! configuration reload drains alone while the others keep serving.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -58,10 +62,21 @@ impl DrainController {
         }
     }
 
+    /// Starts the drain without waiting for it (also how a background task
+    /// holding a [`Drain`] is told to stop).
+    pub fn signal(&self) {
+        self.signal.send_replace(true);
+    }
+
+    /// Connections still live.
+    pub fn live(&self) -> usize {
+        self.live.count.load(Ordering::Acquire)
+    }
+
     /// Signals the drain and waits until no connection is live or `timeout`
     /// passes. Returns how many connections were still live at the end.
     pub async fn drain(&self, timeout: Duration) -> usize {
-        self.signal.send_replace(true);
+        self.signal();
         let all_closed = async {
             loop {
                 let idle = self.live.idle.notified();
@@ -72,7 +87,7 @@ impl DrainController {
             }
         };
         let _ = tokio::time::timeout(timeout, all_closed).await;
-        self.live.count.load(Ordering::Acquire)
+        self.live()
     }
 }
 

@@ -2,10 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use remora::config::{self, Config};
+use remora::reload::ConfigSource;
 
 // mimalloc: measurably faster than the system allocator for a proxy's many
 // small short-lived allocations (see shared/performance-notes.md).
@@ -25,6 +27,10 @@ enum Command {
     Run {
         #[arg(long, short, env = "REMORA_CONFIG")]
         config: PathBuf,
+        /// How often the file is checked for a change to reload (`off`: on
+        /// SIGHUP only).
+        #[arg(long, env = "REMORA_WATCH_INTERVAL", default_value = "1s", value_parser = watch_interval)]
+        watch_interval: WatchInterval,
     },
     /// Check a configuration file; print `ok` or every problem found.
     Validate {
@@ -55,8 +61,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => match config::load(&config) {
-            Ok(config) => exit_code(run(config)),
+        Command::Run {
+            config: path,
+            watch_interval,
+        } => match config::read(&path).and_then(|text| {
+            let config = config::parse(&text, &path.display().to_string())?;
+            Ok((text, config))
+        }) {
+            Ok((loaded, config)) => {
+                let source = ConfigSource::File {
+                    path,
+                    interval: watch_interval.0,
+                    loaded,
+                };
+                exit_code(run(config, source))
+            }
             Err(errors) => {
                 eprintln!("{errors}");
                 ExitCode::FAILURE
@@ -76,10 +95,26 @@ fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+/// `--watch-interval`: a duration, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct WatchInterval(Option<Duration>);
+
+fn watch_interval(text: &str) -> Result<WatchInterval, String> {
+    if text == "off" {
+        return Ok(WatchInterval(None));
+    }
+    match humantime::parse_duration(text) {
+        Ok(interval) if !interval.is_zero() => Ok(WatchInterval(Some(interval))),
+        Ok(_) => Err("must be greater than zero (or `off`)".to_owned()),
+        Err(error) => Err(format!("{error} (e.g. `1s`, `500ms`, or `off`)")),
+    }
+}
+
+fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     remora::telemetry::logging::init(&config.logging, &config.service.name)?;
     remora::runtime::build(&config.runtime)?.block_on(async {
         let running = remora::app::start(&config).await?;
+        running.watch_config(source);
         remora::app::wait_for_shutdown_signal().await?;
         running.shutdown().await;
         Ok(())

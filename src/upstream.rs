@@ -47,8 +47,9 @@ impl Direction {
     }
 }
 
-/// How an upstream is reached; fixed for the upstream's life.
-#[derive(Debug, Clone)]
+/// How an upstream is reached; fixed for the upstream's life (a reload that
+/// changes them builds a [`successor`](Upstream::successor)).
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamSettings {
     pub name: String,
     pub direction: Direction,
@@ -61,6 +62,11 @@ pub struct UpstreamSettings {
     /// The listener's rate limit, shown by the admin `/upstreams`.
     pub rate_limit: Option<RateLimitConfig>,
 }
+
+/// Every upstream of the running configuration, the inbound application
+/// first; replaced whole when a reload changes the set (admin, readiness and
+/// the idle sweeper read it).
+pub type UpstreamSet = ArcSwap<Vec<Arc<Upstream>>>;
 
 /// Requests of an upstream's listener since start, and how many of them got a
 /// proxy-made error response: counted by the observe layer when a response
@@ -103,10 +109,58 @@ pub struct Upstream {
 impl Upstream {
     pub fn new(settings: UpstreamSettings, endpoints: &[SocketAddr]) -> Self {
         let balancer = build_balancer(&settings, endpoints, &HashMap::new());
-        let circuit_breaker = settings
-            .circuit_breaker
-            .as_ref()
-            .map(|config| Arc::new(CircuitBreaker::new(config, &settings.name)));
+        let circuit_breaker = new_circuit_breaker(&settings);
+        Self::assemble(
+            settings,
+            balancer,
+            circuit_breaker,
+            Arc::default(),
+            unix_ms_now(),
+        )
+    }
+
+    /// A replacement for this upstream under new `settings` (same name), for
+    /// a configuration reload. It takes over the request totals and the
+    /// endpoint set — each endpoint with its connection pool, load figures
+    /// and outlier state when the client settings did not change, fresh
+    /// otherwise — and the circuit breaker, state included, when its
+    /// configuration did not change. Requests in flight keep `self`.
+    pub fn successor(&self, settings: UpstreamSettings) -> Self {
+        let current = self.balancer.load();
+        let addrs: Vec<SocketAddr> = current.targets().iter().map(|e| e.addr).collect();
+        let existing: HashMap<SocketAddr, Arc<Endpoint>> =
+            if settings.client == self.settings.client {
+                current
+                    .targets()
+                    .iter()
+                    .map(|endpoint| (endpoint.addr, Arc::clone(endpoint)))
+                    .collect()
+            } else {
+                HashMap::new()
+            };
+        let balancer = build_balancer(&settings, &addrs, &existing);
+        let circuit_breaker = if settings.circuit_breaker == self.settings.circuit_breaker {
+            self.circuit_breaker.clone()
+        } else {
+            new_circuit_breaker(&settings)
+        };
+        let last_update = self.last_update_ms.load(Relaxed);
+        Self::assemble(
+            settings,
+            balancer,
+            circuit_breaker,
+            self.totals(),
+            last_update,
+        )
+    }
+
+    fn assemble(
+        settings: UpstreamSettings,
+        balancer: Balancer<Endpoint>,
+        circuit_breaker: Option<Arc<CircuitBreaker>>,
+        totals: Arc<RequestTotals>,
+        last_update_ms: u64,
+    ) -> Self {
         let outlier = settings
             .outlier_detection
             .as_ref()
@@ -116,8 +170,8 @@ impl Upstream {
             balancer: ArcSwap::from_pointee(balancer),
             circuit_breaker,
             outlier,
-            totals: Arc::default(),
-            last_update_ms: AtomicU64::new(unix_ms_now()),
+            totals,
+            last_update_ms: AtomicU64::new(last_update_ms),
         };
         upstream.publish_endpoint_count();
         upstream
@@ -222,6 +276,13 @@ impl Upstream {
             endpoint.client.close_expired_idle();
         }
     }
+}
+
+fn new_circuit_breaker(settings: &UpstreamSettings) -> Option<Arc<CircuitBreaker>> {
+    settings
+        .circuit_breaker
+        .as_ref()
+        .map(|config| Arc::new(CircuitBreaker::new(config, &settings.name)))
 }
 
 fn build_balancer(

@@ -8,6 +8,7 @@ mod readiness;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -22,16 +23,17 @@ use tokio::net::TcpListener;
 pub use readiness::Readiness;
 
 use crate::telemetry::process;
-use crate::upstream::Upstream;
+use crate::upstream::UpstreamSet;
 
 /// What the admin endpoints show.
 pub struct AdminState {
     pub metrics: PrometheusHandle,
     pub readiness: Arc<Readiness>,
-    /// The effective configuration as JSON, secrets redacted.
-    pub config_json: String,
+    /// The effective configuration as JSON, secrets redacted; replaced by
+    /// each successful reload.
+    pub config_json: ArcSwap<String>,
     /// Every upstream, the inbound application first when there is one.
-    pub upstreams: Vec<Arc<Upstream>>,
+    pub upstreams: Arc<UpstreamSet>,
 }
 
 /// Serves the admin endpoints until the process exits.
@@ -86,12 +88,12 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
                 body,
             )
         }
-        "/endpoints" => json_reply(&json::endpoints(&state.upstreams)),
-        "/upstreams" => json_reply(&json::upstreams(&state.upstreams)),
+        "/endpoints" => json_reply(&json::endpoints(&state.upstreams.load())),
+        "/upstreams" => json_reply(&json::upstreams(&state.upstreams.load())),
         "/config" => with_type(
             StatusCode::OK,
             "application/json",
-            state.config_json.clone(),
+            state.config_json.load().to_string(),
         ),
         _ => text(
             StatusCode::NOT_FOUND,

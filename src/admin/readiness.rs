@@ -5,16 +5,16 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::upstream::Upstream;
+use crate::upstream::UpstreamSet;
 
 pub struct Readiness {
     listening: AtomicBool,
     draining: AtomicBool,
-    upstreams: Vec<Arc<Upstream>>,
+    upstreams: Arc<UpstreamSet>,
 }
 
 impl Readiness {
-    pub fn new(upstreams: Vec<Arc<Upstream>>) -> Self {
+    pub fn new(upstreams: Arc<UpstreamSet>) -> Self {
         Self {
             listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -38,8 +38,8 @@ impl Readiness {
         if !self.listening.load(Ordering::Acquire) {
             return Some("listeners not bound yet".into());
         }
-        let empty: Vec<&str> = self
-            .upstreams
+        let upstreams = self.upstreams.load();
+        let empty: Vec<&str> = upstreams
             .iter()
             .filter(|upstream| upstream.endpoint_count() == 0)
             .map(|upstream| upstream.name())

@@ -41,17 +41,20 @@ use locate::{Position, SourceMap};
 /// Reads, expands (from the process environment), parses and validates the
 /// file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let file_name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|error| {
+    parse(&read(path)?, &path.display().to_string())
+}
+
+/// Reads the file at `path`; the error has no position (line and column 0).
+pub fn read(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|error| {
         ConfigErrors(vec![ConfigError {
-            file: file_name.clone(),
+            file: path.display().to_string(),
             line: 0,
             column: 0,
             path: String::new(),
             message: format!("cannot read the configuration file: {error}"),
         }])
-    })?;
-    parse(&text, &file_name)
+    })
 }
 
 /// Parses and validates `text`, expanding `${VAR}` from the process

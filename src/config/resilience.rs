@@ -242,7 +242,7 @@ fn default_budget_window() -> Duration {
 }
 
 /// `rate_limit:` — a token bucket per key; excess requests get 429 at once.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub requests_per_second: f64,
@@ -315,7 +315,7 @@ impl<'de> Deserialize<'de> for RateLimitKey {
 }
 
 /// `circuit_breaker:` — stop sending to an upstream that keeps failing.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerConfig {
     #[serde(default = "default_consecutive_failures")]
@@ -364,7 +364,7 @@ pub fn default_failure_conditions() -> Vec<Condition> {
 
 /// Open when at least `threshold` of the requests in `window` failed, once
 /// `min_requests` were seen.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FailureRate {
     pub threshold: f64,
@@ -383,7 +383,7 @@ fn default_min_requests() -> u32 {
 }
 
 /// `outlier_detection:` — eject endpoints that keep failing, for a while.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierDetection {
     #[serde(default = "default_consecutive_failures")]

@@ -25,6 +25,8 @@ pub const ENDPOINTS: &str = "remora_endpoints";
 pub const CONNECT_ERRORS_TOTAL: &str = "remora_upstream_connect_errors_total";
 pub const DISCOVERY_ERRORS_TOTAL: &str = "remora_discovery_errors_total";
 pub const DISCOVERY_LAST_UPDATE: &str = "remora_discovery_last_update_timestamp_seconds";
+pub const CONFIG_RELOADS_TOTAL: &str = "remora_config_reloads_total";
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "remora_config_last_reload_success_timestamp_seconds";
 pub const TCP_SENT_BYTES: &str = "remora_tcp_sent_bytes_total";
 pub const TCP_RECEIVED_BYTES: &str = "remora_tcp_received_bytes_total";
 
@@ -83,10 +85,33 @@ pub fn discovery_error(upstream: &str) {
 /// Records that discovery confirmed `upstream`'s endpoint set just now
 /// (as a Unix timestamp; its age is `time()` minus it).
 pub fn discovery_updated(upstream: &str) {
-    let now = std::time::SystemTime::now()
+    gauge!(DISCOVERY_LAST_UPDATE, "upstream" => upstream.to_owned()).set(unix_now());
+}
+
+/// Shows the reload metrics (at zero; the start counts as the last
+/// successful load).
+pub fn register_config_reloads() {
+    for result in ["success", "failure"] {
+        counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(0);
+    }
+    gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(unix_now());
+}
+
+/// Counts one configuration reload by outcome.
+pub fn config_reloaded(success: bool) {
+    let result = if success { "success" } else { "failure" };
+    counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
+    if success {
+        gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(unix_now());
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    gauge!(DISCOVERY_LAST_UPDATE, "upstream" => upstream.to_owned()).set(now.as_secs_f64());
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 /// Request metrics of one listener (direction + upstream).

@@ -1,0 +1,49 @@
+//! Per-request pickup of a listener's current stack. Every HTTP listener
+//! serves through a [`SwappableService`]: each request loads the stack the
+//! listener has *now* (one lock-free `ArcSwap` load) and runs on it to its
+//! end. A reload stores a new stack; the next request — on a new connection
+//! or on one opened long before — uses it, while requests already running
+//! finish on the stack they started with. Rejects nothing.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tower::util::{BoxCloneSyncService, Oneshot};
+use tower::{Service, ServiceExt};
+
+use crate::body::ResponseBody;
+use crate::stack::HttpService;
+
+/// The stack slot of one listener, shared by its connections and by reloads.
+pub type StackSlot = Arc<ArcSwap<HttpService>>;
+
+/// Serves each request on the stack in the slot at the time it arrives.
+#[derive(Clone)]
+pub struct SwappableService(StackSlot);
+
+impl SwappableService {
+    /// The listener's service, type-erased like every stack.
+    pub fn boxed(slot: StackSlot) -> HttpService {
+        BoxCloneSyncService::new(SwappableService(slot))
+    }
+}
+
+impl Service<Request<Incoming>> for SwappableService {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Oneshot<HttpService, Request<Incoming>>;
+
+    /// Always ready: readiness is the loaded stack's business, checked by
+    /// `oneshot` in `call`.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        HttpService::clone(&self.0.load()).oneshot(request)
+    }
+}
