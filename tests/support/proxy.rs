@@ -4,12 +4,47 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
 use remora::app::{BoundAddrs, Running};
+use remora::reload::ConfigSource;
+
+/// A configuration file in the temporary directory, rewritten the way editors and Kubernetes
+/// do it (write a new file, rename it over the old one). Removed when dropped.
+pub struct ConfigFile {
+    pub path: PathBuf,
+}
+
+impl ConfigFile {
+    pub fn new(yaml: &str) -> ConfigFile {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "remora-test-{}-{}.yaml",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = ConfigFile { path };
+        file.write(yaml);
+        file
+    }
+
+    /// Replaces the content atomically.
+    pub fn write(&self, yaml: &str) {
+        let temporary = self.path.with_extension("yaml.new");
+        std::fs::write(&temporary, yaml).expect("write config");
+        std::fs::rename(&temporary, &self.path).expect("rename config");
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
 
 /// A proxy started in this process from YAML text.
 pub struct Proxy {
@@ -25,6 +60,35 @@ impl Proxy {
             bound: running.bound.clone(),
             running,
         }
+    }
+
+    /// Starts from `file` and reloads it when it changes (checked every `interval`), as
+    /// `remora run --config` does.
+    pub async fn start_watching(file: &ConfigFile, interval: Duration) -> Proxy {
+        let loaded = std::fs::read_to_string(&file.path).expect("read config");
+        let name = file.path.display().to_string();
+        let config = remora::config::parse(&loaded, &name).unwrap_or_else(|e| panic!("{e}"));
+        let running = remora::app::start(&config).await.expect("proxy starts");
+        running.watch_config(ConfigSource::File {
+            path: file.path.clone(),
+            interval: Some(interval),
+            loaded,
+        });
+        Proxy {
+            bound: running.bound.clone(),
+            running,
+        }
+    }
+
+    /// Applies a configuration now, as a reload does.
+    pub async fn reload(&self, yaml: &str) -> bool {
+        let config = remora::config::parse(yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}"));
+        self.running.reload(config).await
+    }
+
+    /// The listeners bound now (after reloads).
+    pub async fn current(&self) -> BoundAddrs {
+        self.running.current_bound().await
     }
 
     /// The outbound listener of upstream `name`.
@@ -50,6 +114,8 @@ impl Proxy {
 /// The real `remora` binary, started with `run --config`.
 pub struct ProxyProcess {
     pub child: Child,
+    /// The configuration file it runs on (rewrite it to reload).
+    pub config: ConfigFile,
     pub admin: SocketAddr,
     pub listeners: Vec<(String, SocketAddr)>,
     /// remora's log lines, read on a thread so the pipe never fills up.
@@ -64,16 +130,16 @@ impl ProxyProcess {
     /// once it has logged every listener (`expected_listeners` of them besides
     /// admin). The YAML must keep `logging.format: json` (the default).
     pub fn start(yaml: &str, expected_listeners: usize) -> ProxyProcess {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "remora-test-{}-{}.yaml",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::write(&path, yaml).expect("write config");
+        Self::start_with_args(yaml, expected_listeners, &[])
+    }
+
+    /// [`start`](Self::start) with more arguments after `run --config FILE`.
+    pub fn start_with_args(yaml: &str, expected_listeners: usize, args: &[&str]) -> ProxyProcess {
+        let config = ConfigFile::new(yaml);
         let mut child = Command::new(env!("CARGO_BIN_EXE_remora"))
             .args(["run", "--config"])
-            .arg(&path)
+            .arg(&config.path)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -108,6 +174,7 @@ impl ProxyProcess {
         }
         ProxyProcess {
             child,
+            config,
             admin: admin.expect("admin addr"),
             listeners,
             log,
