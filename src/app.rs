@@ -13,7 +13,7 @@ use crate::admin::{self, AdminState, Readiness};
 use crate::config::Config;
 use crate::drain::{Drain, DrainController};
 use crate::live::{self, ListenerAddr, LiveProxy};
-use crate::reload::{self, ConfigSource, Reloader};
+use crate::reload::{self, Reloader, Source};
 use crate::telemetry::metrics;
 use crate::telemetry::spans::SpanExporter;
 use crate::upstream::{Direction, UpstreamSet};
@@ -69,7 +69,7 @@ impl Running {
     }
 
     /// Applies configurations from `source` as they change, until shutdown.
-    pub fn watch_config(&self, source: ConfigSource) {
+    pub fn watch_config(&self, source: Source) {
         tokio::spawn(reload::watch(
             source,
             self.reloader.clone(),

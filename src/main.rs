@@ -7,7 +7,6 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use remora::config::{self, Config};
-use remora::reload::ConfigSource;
 
 // mimalloc: measurably faster than the system allocator for a proxy's many
 // small short-lived allocations (see shared/performance-notes.md).
@@ -68,14 +67,7 @@ fn main() -> ExitCode {
             let config = config::parse(&text, &path.display().to_string())?;
             Ok((text, config))
         }) {
-            Ok((loaded, config)) => {
-                let source = ConfigSource::File {
-                    path,
-                    interval: watch_interval.0,
-                    loaded,
-                };
-                exit_code(run(config, source))
-            }
+            Ok((loaded, config)) => exit_code(run(config, path, watch_interval.0, loaded)),
             Err(errors) => {
                 eprintln!("{errors}");
                 ExitCode::FAILURE
@@ -110,9 +102,19 @@ fn watch_interval(text: &str) -> Result<WatchInterval, String> {
     }
 }
 
-fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
-    remora::telemetry::logging::init(&config.logging, &config.service.name)?;
-    remora::runtime::build(&config.runtime)?.block_on(async {
+/// Runs `bootstrap` (the file at `path`, read as `loaded`) — or, with its
+/// `config_source`, the configuration read from there — and reloads it as it
+/// changes, until SIGTERM or SIGINT.
+fn run(
+    bootstrap: Config,
+    path: PathBuf,
+    watch_interval: Option<Duration>,
+    loaded: String,
+) -> anyhow::Result<()> {
+    remora::telemetry::logging::init(&bootstrap.logging, &bootstrap.service.name)?;
+    remora::runtime::build(&bootstrap.runtime)?.block_on(async {
+        let (config, source) =
+            remora::reload::initial(bootstrap, path, watch_interval, loaded).await?;
         let running = remora::app::start(&config).await?;
         running.watch_config(source);
         remora::app::wait_for_shutdown_signal().await?;

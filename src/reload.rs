@@ -27,14 +27,17 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use xxhash_rust::xxh3::xxh3_64;
 
+use anyhow::Context as _;
+
 use crate::admin::AdminState;
-use crate::config::{self, Config, ConfigErrors};
+use crate::config::{self, Config, ConfigErrors, ConfigSource};
+use crate::consul::{self, blocking::Pacer, blocking::next_index};
 use crate::drain::Drain;
-use crate::live::LiveProxy;
+use crate::live::{LiveProxy, keep_fixed};
 use crate::telemetry::metrics;
 
 /// Where reloaded configurations come from.
-pub enum ConfigSource {
+pub enum Source {
     /// A local file, polled every `interval` (`None`: on SIGHUP only).
     File {
         path: PathBuf,
@@ -42,6 +45,75 @@ pub enum ConfigSource {
         /// The text the running configuration was parsed from.
         loaded: String,
     },
+    /// A Consul KV key (`config_source.consul_kv`), watched by blocking query.
+    ConsulKv(Box<KvWatch>),
+}
+
+/// A Consul KV key to watch, from where the start left it.
+pub struct KvWatch {
+    client: consul::Client,
+    key: String,
+    /// The index of the value running now.
+    index: u64,
+    /// A hash of the value running now.
+    loaded: u64,
+    /// The local file's configuration (see [`kv_config`]).
+    bootstrap: Config,
+}
+
+/// The first configuration to run and where later ones come from: the
+/// file's own configuration and the file; or, with `config_source`, the
+/// configuration read from there and that source. Reading the source at
+/// start must succeed — a missing key or an invalid value ends the start as
+/// an invalid file does.
+pub async fn initial(
+    bootstrap: Config,
+    path: PathBuf,
+    interval: Option<Duration>,
+    loaded: String,
+) -> anyhow::Result<(Config, Source)> {
+    let Some(ConfigSource::ConsulKv(source)) = &bootstrap.config_source else {
+        let source = Source::File {
+            path,
+            interval,
+            loaded,
+        };
+        return Ok((bootstrap, source));
+    };
+    let key = source.key.trim().to_owned();
+    let client = consul::Client::from_config(&bootstrap.consul)?;
+    let answer = (client.kv(&key, 0).await)
+        .with_context(|| format!("cannot read the configuration from Consul KV key {key}"))?;
+    let Some(text) = answer.value else {
+        anyhow::bail!("the Consul KV key {key} (config_source) does not exist");
+    };
+    let mut config = kv_config(&bootstrap, &text, &key)?;
+    for key in keep_fixed(&bootstrap, &mut config) {
+        tracing::warn!(
+            key,
+            "this setting comes from the local configuration file; the Consul KV value's is ignored"
+        );
+    }
+    tracing::info!(%key, index = answer.index, "configuration read from Consul KV");
+    let watch = KvWatch {
+        client,
+        key,
+        index: next_index(0, answer.index),
+        loaded: xxh3_64(text.as_bytes()),
+        bootstrap,
+    };
+    Ok((config, Source::ConsulKv(Box::new(watch))))
+}
+
+/// The configuration a KV value describes: parsed and validated as a file
+/// is (errors labelled `consul-kv:KEY`), without `consul` and
+/// `config_source` of its own — it gets the local file's, which say how to
+/// reach it.
+fn kv_config(bootstrap: &Config, text: &str, key: &str) -> Result<Config, ConfigErrors> {
+    let mut config = config::parse_from_source(text, &format!("consul-kv:{key}"))?;
+    config.consul = bootstrap.consul.clone();
+    config.config_source = bootstrap.config_source.clone();
+    Ok(config)
 }
 
 /// Applies new configurations to a running proxy; cheap to clone.
@@ -60,10 +132,10 @@ impl Reloader {
         &self.live
     }
 
-    /// Parses, validates and applies `text`; `name` labels its errors.
-    /// True when the configuration now runs.
-    pub async fn reload_text(&self, text: &str, name: &str) -> bool {
-        match config::parse(text, name) {
+    /// Applies a parsed configuration, or logs and counts its errors. True
+    /// when the configuration now runs.
+    pub async fn reload_parsed(&self, parsed: Result<Config, ConfigErrors>) -> bool {
+        match parsed {
             Ok(config) => self.reload(config).await,
             Err(errors) => {
                 refused(&errors);
@@ -115,13 +187,14 @@ fn refused(errors: &ConfigErrors) {
 }
 
 /// Follows `source` and applies what changes until `stop` is signalled.
-pub async fn watch(source: ConfigSource, reloader: Reloader, stop: Drain) {
+pub async fn watch(source: Source, reloader: Reloader, stop: Drain) {
     match source {
-        ConfigSource::File {
+        Source::File {
             path,
             interval,
             loaded,
         } => watch_file(path, interval, &loaded, reloader, stop).await,
+        Source::ConsulKv(watch) => watch_consul_kv(*watch, reloader, stop).await,
     }
 }
 
@@ -168,7 +241,76 @@ async fn watch_file(
         }
         last_seen = hash;
         tracing::info!(file = %name, "configuration changed; reloading");
-        reloader.reload_text(&text, &name).await;
+        reloader.reload_parsed(config::parse(&text, &name)).await;
+    }
+}
+
+/// Follows a KV key with blocking queries, paced and backed off as
+/// discovery's are. Fail static: while Consul cannot be read, or the key is
+/// gone, the running configuration stays (logged once per state change; a
+/// deleted key counts as one failed reload). SIGHUP re-reads the key at once
+/// and re-applies it, changed or not.
+async fn watch_consul_kv(watch: KvWatch, reloader: Reloader, mut stop: Drain) {
+    let KvWatch {
+        client,
+        key,
+        mut index,
+        loaded,
+        bootstrap,
+    } = watch;
+    let mut hangup = hangup_signal();
+    let mut pacer = Pacer::new();
+    // The hash of the value last seen; `None` while the key is missing.
+    let mut last_seen = Some(loaded);
+    let mut failing = false;
+    tracing::info!(%key, "watching the configuration in Consul KV");
+    loop {
+        let (answer, forced) = tokio::select! {
+            answer = async {
+                pacer.turn().await;
+                client.kv(&key, index).await
+            } => (answer, false),
+            Some(()) = recv(&mut hangup) => {
+                tracing::info!("SIGHUP received; reloading the configuration");
+                (client.kv(&key, 0).await, true)
+            }
+            () = stop.signaled() => return,
+        };
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(error) => {
+                if !failing {
+                    failing = true;
+                    tracing::warn!(%key, %error, "cannot read the configuration from Consul KV; the running configuration stays");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(pacer.failed()) => continue,
+                    () = stop.signaled() => return,
+                }
+            }
+        };
+        pacer.succeeded();
+        if failing {
+            failing = false;
+            tracing::info!(%key, "Consul KV readable again");
+        }
+        index = next_index(index, answer.index);
+        let Some(text) = answer.value else {
+            if last_seen.take().is_some() || forced {
+                metrics::config_reloaded(false);
+                tracing::error!(%key, "the Consul KV key is gone; the running configuration stays");
+            }
+            continue;
+        };
+        let hash = xxh3_64(text.as_bytes());
+        if last_seen == Some(hash) && !forced {
+            continue;
+        }
+        last_seen = Some(hash);
+        tracing::info!(%key, index, "configuration changed in Consul KV; reloading");
+        reloader
+            .reload_parsed(kv_config(&bootstrap, &text, &key))
+            .await;
     }
 }
 

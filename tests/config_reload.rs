@@ -17,6 +17,7 @@ use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use tokio::net::TcpStream;
 
+use support::consul::{ConsulStandIn, ErrorMode};
 use support::proxy::ConfigFile;
 use support::{Proxy, ProxyProcess, get, http_backend, prom};
 
@@ -477,4 +478,83 @@ async fn sighup_reloads_when_polling_is_off() {
         proxy.child.try_wait().unwrap().is_none(),
         "SIGHUP must not stop remora"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configuration_can_come_from_a_consul_kv_key() {
+    let a = http_backend("kv-a");
+    let b = http_backend("kv-b");
+    let consul = ConsulStandIn::start();
+    let key = "remora/kv-test";
+    let value = |endpoint: SocketAddr, extra: &str| {
+        format!(
+            "service: {{ name: kv-test }}\nupstreams:\n{}{extra}",
+            upstream("api", "127.0.0.1:0", &[endpoint], "")
+        )
+    };
+    consul.put_kv(key, &value(a.addr, ""));
+    // The local file: how to reach Consul, where the configuration is, process settings.
+    let bootstrap = format!(
+        "service: {{ name: kv-test }}\n\
+         consul: {{ address: \"{}\", wait: 2s }}\n\
+         config_source: {{ consul_kv: {{ key: {key} }} }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         logging: {{ access_log: false }}\n",
+        consul.url()
+    );
+    let mut proxy = ProxyProcess::start(&bootstrap, 1);
+    let api = format!("http://{}/", proxy.listener("api"));
+    assert_eq!(get(Version::HTTP_11, &api).await.unwrap().body, "kv-a");
+
+    // A change through the KV HTTP API reaches the proxy within a second or two.
+    let put = Request::put(format!("{}/v1/kv/{key}", consul.url()))
+        .body(http_body_util::Full::new(Bytes::from(value(b.addr, ""))))
+        .unwrap();
+    let changed = Instant::now();
+    assert_eq!(
+        support::send(Version::HTTP_11, put).await.unwrap().body,
+        "true"
+    );
+    proxy.wait_for_log("configuration reloaded");
+    assert_eq!(get(Version::HTTP_11, &api).await.unwrap().body, "kv-b");
+    let took = changed.elapsed();
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+
+    // An invalid value is refused with errors naming the key, and counted.
+    consul.put_kv(key, &value(b.addr, "logging: { levle: debug }\n"));
+    let error = proxy.wait_for_log("invalid configuration");
+    assert!(
+        error.contains(&format!("consul-kv:{key}:7:12: logging.levle")),
+        "{error}"
+    );
+    consul.put_kv(key, &value(b.addr, "consul: { wait: 1s }\n"));
+    let error = proxy.wait_for_log("invalid configuration");
+    assert!(
+        error.contains(&format!(
+            "consul-kv:{key}:7:1: consul: comes from the local"
+        )),
+        "{error}"
+    );
+    let metrics_url = format!("http://{}/metrics", proxy.admin);
+    let failed = prom::wait_for_value(
+        &metrics_url,
+        "remora_config_reloads_total",
+        &[("result", "failure")],
+        2.0,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(failed, 2.0);
+    assert_eq!(get(Version::HTTP_11, &api).await.unwrap().body, "kv-b");
+
+    // Fail static: while Consul errors, the running configuration keeps serving; changes
+    // made meanwhile are applied once Consul answers again.
+    consul.set_error_mode(ErrorMode::ServerError);
+    proxy.wait_for_log("cannot read the configuration from Consul KV");
+    assert_eq!(get(Version::HTTP_11, &api).await.unwrap().body, "kv-b");
+    consul.put_kv(key, &value(a.addr, ""));
+    consul.set_error_mode(ErrorMode::None);
+    proxy.wait_for_log("Consul KV readable again");
+    proxy.wait_for_log("configuration reloaded");
+    assert_eq!(get(Version::HTTP_11, &api).await.unwrap().body, "kv-a");
 }

@@ -164,6 +164,13 @@ impl SourceMap {
         Position { line: 1, column: 1 }
     }
 
+    /// Where the key of `path` is written, when it is.
+    pub(crate) fn key_position(&self, path: &str) -> Option<Position> {
+        (self.nodes.iter())
+            .find(|node| node.path == path && node.role == Role::Key)
+            .map(|node| node.position)
+    }
+
     /// The key path of the node at `position`; between nodes, of the last
     /// node before it. Several nodes can start at one position (a block
     /// mapping starts at its first key): the innermost wins, unless

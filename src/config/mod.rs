@@ -25,10 +25,10 @@ use serde_saphyr::{MessageFormatter, Options, PropertySyntax, UserMessageFormatt
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    AdminConfig, CheckConfig, Config, ConsulConfig, ConsulDiscovery, Discovery, DnsDiscovery,
-    HashOn, InboundConfig, LoadBalancing, LoadBalancingPolicy, LogFormat, LoggingConfig,
-    OtlpConfig, Propagation, RuntimeConfig, Secret, ServiceConfig, ServiceProtocol, Timeouts,
-    TracingConfig, UpstreamConfig, UpstreamProtocol,
+    AdminConfig, CheckConfig, Config, ConfigSource, ConsulConfig, ConsulDiscovery, ConsulKvSource,
+    Discovery, DnsDiscovery, HashOn, InboundConfig, LoadBalancing, LoadBalancingPolicy, LogFormat,
+    LoggingConfig, OtlpConfig, Propagation, RuntimeConfig, Secret, ServiceConfig, ServiceProtocol,
+    Timeouts, TracingConfig, UpstreamConfig, UpstreamProtocol,
 };
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,
@@ -61,6 +61,39 @@ pub fn read(path: &Path) -> Result<String, ConfigErrors> {
 /// environment; `file_name` only labels the errors.
 pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
     parse_with_env(text, file_name, &|name| std::env::var(name).ok())
+}
+
+/// Sections a document from a `config_source` must leave out: they say how
+/// to reach the source, so they come from the local file.
+const LOCAL_ONLY: [&str; 2] = ["consul", "config_source"];
+
+/// Parses and validates a document read from the `config_source` (a Consul
+/// KV value) as [`parse`] does; `name` labels the errors (`consul-kv:KEY`).
+/// Also rejects `consul` and `config_source` in it (see [`LOCAL_ONLY`]).
+pub fn parse_from_source(text: &str, name: &str) -> Result<Config, ConfigErrors> {
+    let source = SourceMap::build(text);
+    let mut errors: Vec<ConfigError> = LOCAL_ONLY
+        .iter()
+        .filter_map(|key| {
+            let position = source.key_position(key)?;
+            Some(ConfigError {
+                file: name.to_owned(),
+                line: position.line,
+                column: position.column,
+                path: (*key).to_owned(),
+                message: "comes from the local configuration file (--config), not from the \
+                          config_source; remove it here"
+                    .to_owned(),
+            })
+        })
+        .collect();
+    match parse(text, name) {
+        Ok(config) if errors.is_empty() => return Ok(config),
+        Ok(_) => {}
+        Err(more) => errors.extend(more.0),
+    }
+    errors.sort_by_key(|error| (error.line, error.column));
+    Err(ConfigErrors(errors))
 }
 
 /// [`parse`] with `${VAR}` looked up through `env` instead of the process

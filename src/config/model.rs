@@ -37,6 +37,26 @@ pub struct Config {
     pub logging: LoggingConfig,
     #[serde(default)]
     pub tracing: TracingConfig,
+    /// Where the rest of the configuration comes from; this file when absent.
+    #[serde(default)]
+    pub config_source: Option<ConfigSource>,
+}
+
+/// `config_source:` — the configuration is read (and watched) elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigSource {
+    /// A Consul KV key whose value is the YAML configuration, watched with
+    /// blocking queries through the agent of the `consul` section.
+    ConsulKv(ConsulKvSource),
+}
+
+/// `config_source: { consul_kv: { key } }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsulKvSource {
+    /// The key, e.g. `remora/web` (no leading `/`).
+    pub key: String,
 }
 
 /// Trace-context propagation and span export (`tracing:`).

@@ -9,7 +9,8 @@
 //! service name, a check without exactly one of http/tcp, log levels
 //! that are neither a level nor a filter directive, `tracing.otlp` with a
 //! non-http endpoint, a sample ratio outside 0..=1 or a zero queue, batch or
-//! flush interval, and `register: true` (Consul registration is not
+//! flush interval, an empty `config_source.consul_kv.key` or one with a
+//! leading or trailing `/`, and `register: true` (Consul registration is not
 //! implemented yet, so it must not pass silently). Every problem is
 //! returned, with the key path it concerns.
 
@@ -17,7 +18,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::model::{
-    Config, Discovery, LoadBalancingPolicy, ServiceProtocol, UpstreamConfig, UpstreamProtocol,
+    Config, ConfigSource, Discovery, LoadBalancingPolicy, ServiceProtocol, UpstreamConfig,
+    UpstreamProtocol,
 };
 use super::resilience::{RateLimitConfig, grpc_code};
 
@@ -40,7 +42,22 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
     check_consul(config, &mut problems);
     check_runtime_and_logging(config, &mut problems);
     check_tracing(config, &mut problems);
+    check_config_source(config, &mut problems);
     problems.0
+}
+
+fn check_config_source(config: &Config, problems: &mut Problems) {
+    if let Some(ConfigSource::ConsulKv(kv)) = &config.config_source {
+        let key = kv.key.trim();
+        if key.is_empty() {
+            problems.add("config_source.consul_kv.key", "must not be empty");
+        } else if key.starts_with('/') || key.ends_with('/') {
+            problems.add(
+                "config_source.consul_kv.key",
+                "a key has no leading or trailing `/` (e.g. `remora/web`)",
+            );
+        }
+    }
 }
 
 #[derive(Default)]

@@ -1,5 +1,6 @@
 //! A small client of the Consul agent's HTTP API (reqwest, plain HTTP):
-//! health queries for discovery, as blocking queries.
+//! health queries for discovery and KV reads for the configuration source
+//! (`?raw`: the value itself, no base64), both as blocking queries.
 //!
 //! The agent address comes from `consul.address`, else `CONSUL_HTTP_ADDR`,
 //! else `http://127.0.0.1:8500`; the ACL token from `consul.token`, else
@@ -40,7 +41,7 @@ pub enum ConsulError {
     Transport(String),
     #[error("Consul answered {status}: {body}")]
     Status { status: StatusCode, body: String },
-    #[error("Consul answered with a body that is not a health list ({reason}): {body}")]
+    #[error("Consul answered with a body that cannot be read ({reason}): {body}")]
     Body { reason: String, body: String },
     #[error("Consul answered without a valid X-Consul-Index header")]
     Index,
@@ -62,6 +63,15 @@ pub struct HealthAnswer {
     /// `X-Consul-Index`.
     pub index: u64,
     pub entries: Vec<ServiceEntry>,
+}
+
+/// A KV read.
+#[derive(Debug)]
+pub struct KvAnswer {
+    /// `X-Consul-Index`.
+    pub index: u64,
+    /// `None` when the key does not exist.
+    pub value: Option<String>,
 }
 
 /// A Consul agent client.
@@ -155,20 +165,8 @@ impl Client {
         query: &HealthQuery,
         index: u64,
     ) -> Result<HealthAnswer, ConsulError> {
-        let mut url = self.base.clone();
         let kind = if query.connect { "connect" } else { "service" };
-        url.path_segments_mut()
-            .map_err(|()| ConsulError::Address {
-                address: self.base.to_string(),
-                reason: "cannot be a base URL".into(),
-            })?
-            .pop_if_empty()
-            .extend(["v1", "health", kind, &query.service]);
         let mut params: Vec<(&str, String)> = Vec::new();
-        if index > 0 {
-            params.push(("index", index.to_string()));
-            params.push(("wait", format!("{}ms", self.wait.as_millis())));
-        }
         if query.passing_only {
             params.push(("passing", "1".into()));
         }
@@ -177,6 +175,62 @@ impl Client {
         }
         if let Some(dc) = &query.datacenter {
             params.push(("dc", dc.clone()));
+        }
+        let answer = self
+            .blocking_get(&["v1", "health", kind, &query.service], params, index)
+            .await?;
+        if !answer.status.is_success() {
+            return Err(answer.status_error());
+        }
+        let entries = serde_json::from_slice(&answer.body).map_err(|error| ConsulError::Body {
+            reason: error.to_string(),
+            body: excerpt(&answer.body),
+        })?;
+        let index = answer.index.ok_or(ConsulError::Index)?;
+        Ok(HealthAnswer { index, entries })
+    }
+
+    /// `GET /v1/kv/:key?raw`: the key's value as text, `None` when the key
+    /// does not exist (404). With `index` > 0 this is a blocking query.
+    pub async fn kv(&self, key: &str, index: u64) -> Result<KvAnswer, ConsulError> {
+        let mut path = vec!["v1", "kv"];
+        path.extend(key.split('/'));
+        let params = vec![("raw", String::new())];
+        let answer = self.blocking_get(&path, params, index).await?;
+        let value = match answer.status {
+            StatusCode::NOT_FOUND => None,
+            status if status.is_success() => {
+                Some(String::from_utf8(answer.body.to_vec()).map_err(|error| {
+                    ConsulError::Body {
+                        reason: format!("the value is not UTF-8 ({error})"),
+                        body: excerpt(&answer.body),
+                    }
+                })?)
+            }
+            _ => return Err(answer.status_error()),
+        };
+        let index = answer.index.ok_or(ConsulError::Index)?;
+        Ok(KvAnswer { index, value })
+    }
+
+    /// A GET of `path` with `params`; blocking (index + wait) when `index` > 0.
+    async fn blocking_get(
+        &self,
+        path: &[&str],
+        mut params: Vec<(&str, String)>,
+        index: u64,
+    ) -> Result<RawAnswer, ConsulError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| ConsulError::Address {
+                address: self.base.to_string(),
+                reason: "cannot be a base URL".into(),
+            })?
+            .pop_if_empty()
+            .extend(path);
+        if index > 0 {
+            params.push(("index", index.to_string()));
+            params.push(("wait", format!("{}ms", self.wait.as_millis())));
         }
         let mut request = self
             .http
@@ -195,18 +249,28 @@ impl Client {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.trim().parse::<u64>().ok());
         let body = response.bytes().await.map_err(transport)?;
-        if !status.is_success() {
-            return Err(ConsulError::Status {
-                status,
-                body: excerpt(&body),
-            });
+        Ok(RawAnswer {
+            status,
+            index,
+            body,
+        })
+    }
+}
+
+/// An answer before its body is interpreted.
+struct RawAnswer {
+    status: StatusCode,
+    /// `X-Consul-Index`, when valid.
+    index: Option<u64>,
+    body: bytes::Bytes,
+}
+
+impl RawAnswer {
+    fn status_error(&self) -> ConsulError {
+        ConsulError::Status {
+            status: self.status,
+            body: excerpt(&self.body),
         }
-        let entries = serde_json::from_slice(&body).map_err(|error| ConsulError::Body {
-            reason: error.to_string(),
-            body: excerpt(&body),
-        })?;
-        let index = index.ok_or(ConsulError::Index)?;
-        Ok(HealthAnswer { index, entries })
     }
 }
 

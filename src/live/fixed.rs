@@ -1,6 +1,6 @@
 //! Settings a reload cannot change: they shape the process itself (its
-//! runtime threads, log subscriber, admin socket, span exporter) or name it
-//! in every metric and log line. A new configuration that changes one of
+//! runtime threads, log subscriber, admin socket, span exporter, where its
+//! configuration comes from) or name it in every metric and log line. A new configuration that changes one of
 //! them is still applied — everything else in it takes effect — but the
 //! setting keeps its running value, and the caller logs a warning naming the
 //! key. Rejects nothing.
@@ -39,6 +39,10 @@ pub fn keep_fixed(running: &Config, next: &mut Config) -> Vec<&'static str> {
         (
             "tracing.otlp",
             restore(&running.tracing.otlp, &mut next.tracing.otlp),
+        ),
+        (
+            "config_source",
+            restore(&running.config_source, &mut next.config_source),
         ),
     ];
     restored

@@ -2,7 +2,9 @@
 //! documented health API, with controls a test drives directly.
 //!
 //! Served: `GET /v1/health/service/:name` and `GET /v1/health/connect/:name` (instances
-//! registered with [`Instance::connect`]); anything else is 404. Responses are JSON arrays in
+//! registered with [`Instance::connect`]); `GET /v1/kv/:key?raw` (the value as stored, 404 when
+//! the key is missing, both with `X-Consul-Index`, blocking like health queries) and
+//! `PUT /v1/kv/:key` (body = value, answers `true`); anything else is 404. Responses are JSON arrays in
 //! the shape of `../shared/consul-api/health-service-response.json` — every instance is built
 //! from that documentation sample (its first entry), with ID, name, tags, address, port and the
 //! service check's status replaced — and carry `X-Consul-Index`.
@@ -10,17 +12,19 @@
 //! Behaviour, as Consul documents it:
 //! - blocking queries: with `index=N` (N > 0) the request is held while the catalog index is
 //!   ≤ N, until it changes or `wait` elapses (default 5m, Go duration syntax: `ms`, `s`, `m`);
-//!   every register / deregister / status change bumps the index by one;
+//!   every register / deregister / status change / KV put or delete bumps the index by one (one
+//!   index for everything, so a change anywhere wakes every held query, as Consul may);
 //! - filters: `passing` (every check passing), `tag` (repeatable, all must match), `dc` (only
 //!   `dc1` exists; another gets 500 `No path to datacenter`);
 //! - ACL: when a token is set, a request without `X-Consul-Token` (or `?token=`) gets 403
 //!   `Permission denied`, a wrong one 403 `ACL not found`.
 //!
-//! Controls: register / deregister instances, change their status, set an error mode (500,
+//! Controls: register / deregister instances, put / delete KV entries, change their status, set an error mode (500,
 //! garbage body with status 200, hang until stopped), reset the index (to test an index that
 //! goes backwards), count requests and the most health requests held at once, stop and restart
 //! on the same port (`SO_REUSEADDR`). State survives a restart. Not modelled: the catalog
-//! write API, `near`, `filter`, `ns`, consistency modes, HTTPS.
+//! write API, `near`, `filter`, `ns`, consistency modes, HTTPS, KV reads without `?raw` (the
+//! JSON form with a base64 `Value`), KV flags, CAS and locks.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -31,7 +35,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -59,7 +63,7 @@ impl Health {
     }
 }
 
-/// How the stand-in misbehaves (for every health request) until set back to `None`.
+/// How the stand-in misbehaves (for every health and KV request) until set back to `None`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorMode {
     None,
@@ -121,6 +125,8 @@ impl Instance {
 
 struct State {
     instances: Mutex<BTreeMap<String, Instance>>,
+    /// KV entries: key → value.
+    kv: Mutex<BTreeMap<String, String>>,
     index: watch::Sender<u64>,
     token: Mutex<Option<String>>,
     mode: Mutex<ErrorMode>,
@@ -151,6 +157,7 @@ impl ConsulStandIn {
         let sample: Value = serde_json::from_str(&text).expect("sample is JSON");
         let state = Arc::new(State {
             instances: Mutex::new(BTreeMap::new()),
+            kv: Mutex::new(BTreeMap::new()),
             index: watch::Sender::new(1),
             token: Mutex::new(None),
             mode: Mutex::new(ErrorMode::None),
@@ -190,6 +197,17 @@ impl ConsulStandIn {
         if let Some(instance) = self.state.instances.lock().unwrap().get_mut(id) {
             instance.health = health;
         }
+        self.bump();
+    }
+
+    /// Sets a KV entry (as `PUT /v1/kv/:key` does); bumps the index.
+    pub fn put_kv(&self, key: &str, value: &str) {
+        put_kv(&self.state, key, value);
+    }
+
+    /// Removes a KV entry; bumps the index.
+    pub fn delete_kv(&self, key: &str) {
+        self.state.kv.lock().unwrap().remove(key);
         self.bump();
     }
 
@@ -239,6 +257,12 @@ impl ConsulStandIn {
     fn bump(&self) {
         self.state.index.send_modify(|index| *index += 1);
     }
+}
+
+fn put_kv(state: &State, key: &str, value: &str) {
+    let mut kv = state.kv.lock().unwrap();
+    kv.insert(key.to_owned(), value.to_owned());
+    state.index.send_modify(|index| *index += 1);
 }
 
 /// `shared/consul-api/<name>` beside the repository (`../shared/...` in CI); a git worktree
@@ -340,10 +364,13 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     }
 
     let path = request.uri().path().to_owned();
+    let kv_key = path.strip_prefix("/v1/kv/").map(str::to_owned);
     let (connect, service) = if let Some(name) = path.strip_prefix("/v1/health/service/") {
         (false, name.to_owned())
     } else if let Some(name) = path.strip_prefix("/v1/health/connect/") {
         (true, name.to_owned())
+    } else if kv_key.is_some() {
+        (false, String::new())
     } else {
         return reply(StatusCode::NOT_FOUND, "", None);
     };
@@ -375,15 +402,32 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         );
     }
 
-    let requested: u64 = param("index").and_then(|i| i.parse().ok()).unwrap_or(0);
-    if requested > 0 {
-        let wait = param("wait").map_or(Duration::from_secs(300), parse_wait);
-        let mut index = state.index.subscribe();
-        let held = state.held.fetch_add(1, Ordering::SeqCst) + 1;
-        state.max_held.fetch_max(held, Ordering::SeqCst);
-        let _ = tokio::time::timeout(wait, index.wait_for(|current| *current > requested)).await;
-        state.held.fetch_sub(1, Ordering::SeqCst);
+    if let Some(key) = kv_key {
+        if request.method() == http::Method::PUT {
+            let body = request.into_body().collect().await.map(|b| b.to_bytes());
+            let Ok(body) = body else {
+                return reply(StatusCode::BAD_REQUEST, "unreadable body", None);
+            };
+            put_kv(state, &key, &String::from_utf8_lossy(&body));
+            return reply(StatusCode::OK, "true", None);
+        }
+        if param("raw").is_none() {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "the stand-in serves KV reads with ?raw only",
+                None,
+            );
+        }
+        hold(state, &params).await;
+        let kv = state.kv.lock().unwrap();
+        let index = *state.index.borrow();
+        return match kv.get(&key) {
+            Some(value) => reply(StatusCode::OK, value, Some(index)),
+            None => reply(StatusCode::NOT_FOUND, "", Some(index)),
+        };
     }
+
+    hold(state, &params).await;
 
     let passing = param("passing").is_some_and(|v| v != "false" && v != "0");
     let tags: Vec<&str> = params
@@ -409,6 +453,25 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         http::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// A blocking query (`index=N`, N > 0): waits while the index is ≤ N, at most `wait`.
+async fn hold(state: &State, params: &[(String, String)]) {
+    let param = |key: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    let requested: u64 = param("index").and_then(|i| i.parse().ok()).unwrap_or(0);
+    if requested > 0 {
+        let wait = param("wait").map_or(Duration::from_secs(300), parse_wait);
+        let mut index = state.index.subscribe();
+        let held = state.held.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_held.fetch_max(held, Ordering::SeqCst);
+        let _ = tokio::time::timeout(wait, index.wait_for(|current| *current > requested)).await;
+        state.held.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// One health entry, built from the documentation sample.

@@ -11,7 +11,7 @@ use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
 use remora::app::{BoundAddrs, Running};
-use remora::reload::ConfigSource;
+use remora::reload::Source;
 
 /// A configuration file in the temporary directory, rewritten the way editors and Kubernetes
 /// do it (write a new file, rename it over the old one). Removed when dropped.
@@ -69,7 +69,7 @@ impl Proxy {
         let name = file.path.display().to_string();
         let config = remora::config::parse(&loaded, &name).unwrap_or_else(|e| panic!("{e}"));
         let running = remora::app::start(&config).await.expect("proxy starts");
-        running.watch_config(ConfigSource::File {
+        running.watch_config(Source::File {
             path: file.path.clone(),
             interval: Some(interval),
             loaded,
