@@ -161,7 +161,7 @@ fn section_not_in_scope_is_an_unknown_key() {
     assert_eq!(
         errors(text),
         [
-            "test.yaml:2:1: tls: unknown field `tls`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing"
+            "test.yaml:2:1: tls: unknown field `tls`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing, config_source"
         ]
     );
 }
