@@ -731,3 +731,38 @@ fn otlp_defaults_and_invalid_values() {
         assert!(joined.contains(path), "{path} missing from:\n{joined}");
     }
 }
+
+#[test]
+fn consul_kv_source_files_and_rules() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bootstrap = load(&root.join("config/consul-kv.yaml")).expect("consul-kv.yaml loads");
+    assert_eq!(
+        bootstrap.config_source,
+        Some(ConfigSource::ConsulKv(ConsulKvSource {
+            key: "remora/web".into()
+        }))
+    );
+    let value = std::fs::read_to_string(root.join("config/consul-kv-value.yaml")).unwrap();
+    let config = parse_from_source(&value, "consul-kv:remora/web").expect("the value is valid");
+    assert_eq!(config.upstreams[0].name, "api");
+
+    // The value must not say how to reach itself.
+    let refused = parse_from_source(
+        "service: { name: web }\nconsul: { wait: 1s }\nconfig_source: { consul_kv: { key: x } }\n",
+        "consul-kv:remora/web",
+    )
+    .unwrap_err();
+    let refused: Vec<String> = refused.0.iter().map(ToString::to_string).collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused[0].starts_with("consul-kv:remora/web:2:1: consul: comes from the local"));
+    assert!(
+        refused[1].starts_with("consul-kv:remora/web:3:1: config_source: comes from the local")
+    );
+
+    assert_eq!(
+        errors("service: { name: web }\nconfig_source: { consul_kv: { key: /remora/web } }\n"),
+        [
+            "test.yaml:2:36: config_source.consul_kv.key: a key has no leading or trailing `/` (e.g. `remora/web`)"
+        ]
+    );
+}
