@@ -18,6 +18,14 @@
 //! a success also sets `remora_config_last_reload_success_timestamp_seconds`
 //! and the admin `/config`. A file that cannot be read counts as one failed
 //! reload when it becomes unreadable, not once per poll.
+//!
+//! With `config_source: { consul_kv: { key } }` the configuration comes from
+//! a Consul KV key instead (`GET /v1/kv/KEY?raw` as blocking queries). The
+//! local file is then the bootstrap: it gives `consul` (how to reach the
+//! agent) and `config_source`, which the KV value may not set, and the
+//! fixed settings (see `live::fixed`), which always keep the file's values.
+//! The value must exist and be valid at start; later values go through the
+//! same rules as a changed file, their errors labelled `consul-kv:KEY`.
 
 use std::path::PathBuf;
 use std::sync::Arc;

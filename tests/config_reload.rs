@@ -19,19 +19,35 @@ use tokio::net::TcpStream;
 
 use support::consul::{ConsulStandIn, ErrorMode};
 use support::proxy::ConfigFile;
-use support::{Proxy, ProxyProcess, get, http_backend, prom};
+use support::{Proxy, ProxyProcess, eventually, get, http_backend, prom};
 
-/// Polls `condition` every 20 ms until it holds; panics with `what` after `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// The admin `/config` of the proxy whose admin listener is `admin`.
+async fn config_json(admin: SocketAddr) -> String {
+    let reply = get(Version::HTTP_11, &format!("http://{admin}/config"))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    reply.body
+}
+
+/// Asserts that `GET url` answers 200 with `body`.
+async fn assert_serves(url: &str, body: &str) {
+    let reply = get(Version::HTTP_11, url).await.unwrap();
+    assert_eq!((reply.status, reply.body.as_str()), (StatusCode::OK, body));
+}
+
+/// `remora_config_reloads_total{result="failure"}` once it reaches `expected` (or after 2 s).
+async fn failed_reloads(metrics_url: &str, expected: f64) -> f64 {
+    let failure = [("result", "failure")];
+    let name = "remora_config_reloads_total";
+    prom::wait_for_value(
+        metrics_url,
+        name,
+        &failure,
+        expected,
+        Duration::from_secs(2),
+    )
+    .await
 }
 
 /// One upstream `name` on `listen` over `endpoints`, plus `extra` lines for the upstream.
@@ -140,14 +156,8 @@ async fn a_rewritten_file_moves_traffic_and_policy_on_open_connections() {
         "moved after {moved_after:?}"
     );
 
-    let config_json = get(Version::HTTP_11, &proxy.admin_url("/config"))
-        .await
-        .unwrap();
-    assert!(
-        config_json.body.contains("\"request\": \"100ms\""),
-        "{}",
-        config_json.body
-    );
+    let shown = config_json(proxy.bound.admin).await;
+    assert!(shown.contains("\"request\": \"100ms\""), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,13 +194,7 @@ async fn an_added_listener_serves_and_a_removed_one_drains() {
         assert!(Instant::now() < deadline, "the new listener is not bound");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let reply = get(Version::HTTP_11, &format!("http://{arriving}/"))
-        .await
-        .unwrap();
-    assert_eq!(
-        (reply.status, reply.body.as_str()),
-        (StatusCode::OK, "listeners")
-    );
+    assert_serves(&format!("http://{arriving}/"), "listeners").await;
 
     eventually(
         Duration::from_secs(2),
@@ -211,13 +215,9 @@ async fn an_added_listener_serves_and_a_removed_one_drains() {
 async fn breaker_state_survives_a_reload_that_does_not_change_it() {
     let backend = http_backend("breaker");
     let breaker = "    circuit_breaker: { consecutive_failures: 1, open_for: 60s }\n";
-    let proxy = Proxy::start(&config(&[upstream(
-        "guarded",
-        "127.0.0.1:0",
-        &[backend.addr],
-        breaker,
-    )]))
-    .await;
+    let guarded =
+        |extra: &str| config(&[upstream("guarded", "127.0.0.1:0", &[backend.addr], extra)]);
+    let proxy = Proxy::start(&guarded(breaker)).await;
     let listener = proxy.upstream("guarded");
     let reply = get(Version::HTTP_11, &format!("http://{listener}/status/503"))
         .await
@@ -235,16 +235,7 @@ async fn breaker_state_survives_a_reload_that_does_not_change_it() {
     let more = format!(
         "{breaker}    retries: {{ attempts: 3 }}\n    rate_limit: {{ requests_per_second: 1000 }}\n"
     );
-    assert!(
-        proxy
-            .reload(&config(&[upstream(
-                "guarded",
-                "127.0.0.1:0",
-                &[backend.addr],
-                &more
-            )]))
-            .await
-    );
+    assert!(proxy.reload(&guarded(&more)).await);
     let reply = get(Version::HTTP_11, &format!("http://{listener}/"))
         .await
         .unwrap();
@@ -252,23 +243,8 @@ async fn breaker_state_survives_a_reload_that_does_not_change_it() {
 
     // New breaker settings start a new breaker, closed.
     let changed = "    circuit_breaker: { consecutive_failures: 5, open_for: 60s }\n";
-    assert!(
-        proxy
-            .reload(&config(&[upstream(
-                "guarded",
-                "127.0.0.1:0",
-                &[backend.addr],
-                changed
-            )]))
-            .await
-    );
-    let reply = get(Version::HTTP_11, &format!("http://{listener}/"))
-        .await
-        .unwrap();
-    assert_eq!(
-        (reply.status, reply.body.as_str()),
-        (StatusCode::OK, "breaker")
-    );
+    assert!(proxy.reload(&guarded(changed)).await);
+    assert_serves(&format!("http://{listener}/"), "breaker").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,11 +349,14 @@ async fn an_invalid_file_is_refused_logged_with_positions_and_counted() {
     );
     let api = format!("http://{}/", proxy.listener("api"));
     let metrics_url = format!("http://{}/metrics", proxy.admin);
-    let failures = [("result", "failure")];
     let successes = [("result", "success")];
     let text = prom::scrape(&metrics_url).await;
     assert_eq!(
-        prom::value(&text, "remora_config_reloads_total", &failures),
+        prom::value(
+            &text,
+            "remora_config_reloads_total",
+            &[("result", "failure")]
+        ),
         Some(0.0)
     );
     assert!(
@@ -402,15 +381,7 @@ async fn an_invalid_file_is_refused_logged_with_positions_and_counted() {
         "{error}"
     );
     proxy.wait_for_log("the running configuration stays");
-    let failed = prom::wait_for_value(
-        &metrics_url,
-        "remora_config_reloads_total",
-        &failures,
-        1.0,
-        Duration::from_secs(2),
-    )
-    .await;
-    assert_eq!(failed, 1.0);
+    assert_eq!(failed_reloads(&metrics_url, 1.0).await, 1.0);
     let reply = get(Version::HTTP_11, &api).await.unwrap();
     assert_eq!(
         (reply.status, reply.body.as_str()),
@@ -427,15 +398,7 @@ async fn an_invalid_file_is_refused_logged_with_positions_and_counted() {
         error.contains(&format!("{file}:9:")) && error.contains("runtime.worker_threads"),
         "{error}"
     );
-    let failed = prom::wait_for_value(
-        &metrics_url,
-        "remora_config_reloads_total",
-        &failures,
-        2.0,
-        Duration::from_secs(2),
-    )
-    .await;
-    assert_eq!(failed, 2.0);
+    assert_eq!(failed_reloads(&metrics_url, 2.0).await, 2.0);
 
     // A valid file that also changes a fixed setting: applied, with a warning for the key.
     proxy.config.write(&process_config(
@@ -450,14 +413,8 @@ async fn an_invalid_file_is_refused_logged_with_positions_and_counted() {
         prom::value(&text, "remora_config_reloads_total", &successes),
         Some(1.0)
     );
-    let config_json = get(Version::HTTP_11, &format!("http://{}/config", proxy.admin))
-        .await
-        .unwrap();
-    assert!(
-        config_json.body.contains("\"worker_threads\": 1"),
-        "{}",
-        config_json.body
-    );
+    let shown = config_json(proxy.admin).await;
+    assert!(shown.contains("\"worker_threads\": 1"), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -536,15 +493,7 @@ async fn the_configuration_can_come_from_a_consul_kv_key() {
         "{error}"
     );
     let metrics_url = format!("http://{}/metrics", proxy.admin);
-    let failed = prom::wait_for_value(
-        &metrics_url,
-        "remora_config_reloads_total",
-        &[("result", "failure")],
-        2.0,
-        Duration::from_secs(2),
-    )
-    .await;
-    assert_eq!(failed, 2.0);
+    assert_eq!(failed_reloads(&metrics_url, 2.0).await, 2.0);
     assert_eq!(get(Version::HTTP_11, &api).await.unwrap().body, "kv-b");
 
     // Fail static: while Consul errors, the running configuration keeps serving; changes

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use http::{StatusCode, Version};
 use tokio::net::TcpStream;
 
-use support::{ProxyProcess, get, http_backend};
+use support::{ProxyProcess, eventually, get, http_backend};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -23,19 +23,6 @@ fn yaml(name: &str, endpoint: std::net::SocketAddr) -> String {
          runtime: {{ drain_timeout: 5s }}\n\
          logging: {{ access_log: false }}\n"
     )
-}
-
-/// Polls `condition` every 10 ms until it holds; panics with `what` after `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Waits (bounded) for the process to exit; returns its status and when it was seen to exit.

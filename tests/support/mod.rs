@@ -21,6 +21,7 @@ pub mod websocket;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
@@ -53,6 +54,19 @@ impl Server {
         let addr = self.addr;
         std::mem::forget(self); // the JoinHandle is leaked, which detaches the task.
         addr
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds; panics with `what` after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
