@@ -17,7 +17,7 @@ use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use tokio::net::TcpStream;
 
-use support::consul::{ConsulStandIn, ErrorMode};
+use support::consul::{ConsulStandIn, ErrorMode, Instance};
 use support::proxy::ConfigFile;
 use support::{Proxy, ProxyProcess, eventually, get, http_backend, prom};
 
@@ -506,4 +506,50 @@ async fn the_configuration_can_come_from_a_consul_kv_key() {
     proxy.wait_for_log("Consul KV readable again");
     proxy.wait_for_log("configuration reloaded");
     assert_eq!(get(Version::HTTP_11, &api).await.unwrap().body, "kv-a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_can_switch_between_static_and_consul_discovery() {
+    let a = http_backend("switch-a");
+    let b = http_backend("switch-b");
+    let consul = ConsulStandIn::start();
+    consul.register(Instance::new("b-1", "switch", b.addr));
+    let with_discovery = |discovery: &str| {
+        format!(
+            "service: {{ name: switch-test }}\n\
+             consul: {{ address: \"{}\" }}\n\
+             upstreams:\n  - name: switching\n    listen: 127.0.0.1:0\n    \
+             discovery: {discovery}\n\
+             admin: {{ listen: 127.0.0.1:0 }}\n\
+             logging: {{ access_log: false }}\n",
+            consul.url()
+        )
+    };
+    let static_a = with_discovery(&format!("{{ static: [{}] }}", a.addr));
+    let proxy = Proxy::start(&static_a).await;
+    let url = format!("http://{}/", proxy.upstream("switching"));
+    assert_serves(&url, "switch-a").await;
+
+    // To Consul: A serves until the watch's first answer, then B; nothing fails between.
+    assert!(
+        proxy
+            .reload(&with_discovery("{ consul: { service: switch } }"))
+            .await
+    );
+    eventually(Duration::from_secs(5), "Consul's endpoint serves", || {
+        let url = url.clone();
+        async move {
+            let reply = get(Version::HTTP_11, &url).await.unwrap();
+            assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+            reply.body == "switch-b"
+        }
+    })
+    .await;
+
+    // And back: the static list applies at once, and the stopped watch cannot undo it.
+    assert!(proxy.reload(&static_a).await);
+    consul.register(Instance::new("b-2", "switch", b.addr).tags(&["woken"]));
+    for _ in 0..20 {
+        assert_serves(&url, "switch-a").await;
+    }
 }

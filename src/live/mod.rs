@@ -35,8 +35,9 @@
 //!
 //! **Upstream state is kept** where the configuration allows it. An
 //! upstream whose settings (protocol, load balancing, connect and idle
-//! timeouts, breaker, outlier detection, rate limit) are unchanged is kept
-//! whole. Otherwise a successor takes over its endpoints — with their
+//! timeouts, breaker, outlier detection, rate limit) and discovery source
+//! are unchanged is kept whole (a changed static list is set in place).
+//! Otherwise a successor takes over its endpoints — with their
 //! connection pools, load and outlier state while the connect and idle
 //! timeouts are unchanged — and its breaker while the breaker's settings are
 //! unchanged. A static endpoint list is applied in place. A Consul watch
@@ -321,8 +322,20 @@ impl LiveProxy {
         };
         let same_socket = old.is_some_and(|site| Arc::ptr_eq(&site.socket, &socket));
 
+        // A discovery task that is replaced may still be finishing an answer:
+        // a successor makes sure it cannot write into the upstream that runs
+        // on. Static lists have no task and are set in place.
+        let same_feed = old.is_some_and(|site| {
+            site.discovery == spec.discovery
+                || matches!(
+                    (&site.discovery, &spec.discovery),
+                    (Discovery::Static(_), Discovery::Static(_))
+                )
+        });
         let upstream = match old {
-            Some(site) if site.upstream.settings == spec.settings => Arc::clone(&site.upstream),
+            Some(site) if site.upstream.settings == spec.settings && same_feed => {
+                Arc::clone(&site.upstream)
+            }
             Some(site) => Arc::new(site.upstream.successor(spec.settings)),
             None => {
                 let endpoints: &[SocketAddr] = match &spec.discovery {
