@@ -69,7 +69,7 @@ const LOCAL_ONLY: [&str; 2] = ["consul", "config_source"];
 
 /// Parses and validates a document read from the `config_source` (a Consul
 /// KV value) as [`parse`] does; `name` labels the errors (`consul-kv:KEY`).
-/// Also rejects `consul` and `config_source` in it (see [`LOCAL_ONLY`]).
+/// Also rejects `consul` and `config_source` in it (`LOCAL_ONLY`).
 pub fn parse_from_source(text: &str, name: &str) -> Result<Config, ConfigErrors> {
     let source = SourceMap::build(text);
     let mut errors: Vec<ConfigError> = LOCAL_ONLY

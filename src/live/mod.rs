@@ -6,8 +6,9 @@
 //! **All or nothing.** An apply first prepares everything that can fail —
 //! binding new listeners, duplicating sockets, DNS resolvers, the Consul
 //! client — without touching what runs; only then does it commit, and the
-//! commit cannot fail. A configuration that cannot be applied leaves the
-//! proxy exactly as it was.
+//! commit cannot fail. A configuration that cannot be applied (a port in
+//! use, a DNS resolver or Consul client that cannot be built) is rejected
+//! with that error and leaves the proxy exactly as it was.
 //!
 //! **Listeners** are known by direction and name (`inbound`, or the
 //! upstream's name). One whose configured address is unchanged keeps its
