@@ -3,7 +3,8 @@
 //! (a removed one refuses new connections while its in-flight request completes), upstream
 //! state survives changes that do not concern it; an invalid file is refused with positioned
 //! errors, counted, and the old configuration keeps serving; SIGHUP reloads; settings that
-//! cannot change live keep their value with a warning.
+//! cannot change live keep their value with a warning; a configuration from Consul KV follows the
+//! same rules, and a missing or invalid KV value stops the start.
 
 mod support;
 
@@ -552,4 +553,42 @@ async fn an_upstream_can_switch_between_static_and_consul_discovery() {
     for _ in 0..20 {
         assert_serves(&url, "switch-a").await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_invalid_consul_kv_value_stops_the_start() {
+    let consul = ConsulStandIn::start();
+    let key = "remora/absent";
+    let bootstrap = ConfigFile::new(&format!(
+        "service: {{ name: kv-start }}\n\
+         consul: {{ address: \"{}\" }}\n\
+         config_source: {{ consul_kv: {{ key: {key} }} }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n",
+        consul.url()
+    ));
+    let run = |path: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_remora"))
+                .args(["run", "--config"])
+                .arg(path)
+                .output()
+                .expect("run remora")
+        })
+    };
+    let missing = run(bootstrap.path.clone()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success());
+    assert!(
+        stderr.contains("the Consul KV key remora/absent (config_source) does not exist"),
+        "{stderr}"
+    );
+
+    consul.put_kv(key, "service: { name: kv-start }\nupstreams: 3\n");
+    let invalid = run(bootstrap.path.clone()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&invalid.stderr);
+    assert!(!invalid.status.success());
+    assert!(
+        stderr.contains("consul-kv:remora/absent:2:12: upstreams:"),
+        "{stderr}"
+    );
 }
