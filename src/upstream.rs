@@ -235,7 +235,9 @@ fn build_balancer(
             let endpoint = existing
                 .get(addr)
                 .cloned()
-                .unwrap_or_else(|| Arc::new(Endpoint::new(*addr, settings.client, &settings.name)));
+                .unwrap_or_else(|| {
+                    Arc::new(Endpoint::new(*addr, settings.client.clone(), &settings.name))
+                });
             (addr.to_string(), endpoint)
         })
         .collect();
