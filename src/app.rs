@@ -101,7 +101,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let mut discoverers = Vec::new();
     let mesh_tls = config.tls.as_ref().map(start_tls).transpose()?;
     let authorizer = (config.tls.as_ref())
-        .map(|tls| Arc::new(Authorizer::new(&tls.authorization, "inbound")));
+        .map(|tls| Arc::new(Authorizer::new(&tls.authorization, &config.service.name)));
 
     if let Some(inbound) = &config.inbound {
         let service = &config.service;
@@ -143,7 +143,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                     Some(_) => (Alpn::Http, None),
                     None => (Alpn::None, authorizer.clone()),
                 };
-                let tls = InboundTls::new(mesh, alpn, "inbound", connection_authorizer)
+                let tls = InboundTls::new(mesh, alpn, &service.name, connection_authorizer)
                     .context("inbound TLS")?;
                 Some(Arc::new(tls))
             }
@@ -258,7 +258,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 
     let drain = DrainController::new();
     if let (Some(tls), Some(mesh)) = (&config.tls, &mesh_tls) {
-        spawn_tls_updates(tls, config, mesh, authorizer.as_deref(), consul_client.as_ref(), &drain.watch());
+        spawn_tls_updates(
+            tls,
+            config,
+            mesh,
+            authorizer.as_deref(),
+            consul_client.as_ref(),
+            &drain.watch(),
+        );
     }
     if let Some(client) = consul_client
         && !watches.is_empty()
@@ -351,7 +358,10 @@ fn spawn_tls_updates(
         return;
     };
     if tls.source == TlsSource::Consul {
-        let service = tls.service.clone().unwrap_or_else(|| config.service.name.clone());
+        let service = tls
+            .service
+            .clone()
+            .unwrap_or_else(|| config.service.name.clone());
         crate::tls::consul::spawn_ca_watches(Arc::clone(consul), service, Arc::clone(mesh), drain);
     }
     if let Some(intentions) = authorizer.and_then(Authorizer::intentions) {

@@ -94,12 +94,12 @@ impl Endpoint {
     ) -> Result<(Response<Incoming>, Release), SendError> {
         let mut in_flight = self.load.start();
         let started = Instant::now();
-        let version = if version == UpstreamVersion::Http1 && !upgrade && self.client.negotiated_h2()
-        {
-            UpstreamVersion::Http2
-        } else {
-            version
-        };
+        let version =
+            if version == UpstreamVersion::Http1 && !upgrade && self.client.negotiated_h2() {
+                UpstreamVersion::Http2
+            } else {
+                version
+            };
         let result = match version {
             UpstreamVersion::Http1 => self.send_h1(to_http1(request), upgrade).await,
             UpstreamVersion::Http2 => self.send_h2(to_http2(request, self.addr)).await,

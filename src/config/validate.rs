@@ -497,7 +497,10 @@ fn check_tls(config: &Config, problems: &mut Problems) {
         problems.nonzero("tls.reload_interval".into(), tls.reload_interval);
         problems.nonzero("tls.handshake_timeout".into(), tls.handshake_timeout);
         let authorization = &tls.authorization;
-        for (key, patterns) in [("allow", &authorization.allow), ("deny", &authorization.deny)] {
+        for (key, patterns) in [
+            ("allow", &authorization.allow),
+            ("deny", &authorization.deny),
+        ] {
             for (i, pattern) in patterns.iter().enumerate() {
                 if let Err(message) = crate::tls::identity::check_pattern(pattern) {
                     problems.add(format!("tls.authorization.{key}[{i}]"), message);

@@ -107,7 +107,10 @@ impl Client {
         destination: &str,
         index: u64,
     ) -> Result<(u64, Vec<Intention>), ConsulError> {
-        let params = vec![("by", "destination".to_owned()), ("name", destination.to_owned())];
+        let params = vec![
+            ("by", "destination".to_owned()),
+            ("name", destination.to_owned()),
+        ];
         let path = ["connect", "intentions", "match"];
         let (index, mut matched): (u64, BTreeMap<String, Vec<IntentionEntry>>) = self
             .blocking_get(&path, params, index, "an intentions match")
@@ -145,8 +148,7 @@ mod tests {
         let leaf: Leaf = serde_json::from_str(&sample("connect-ca-leaf-response.json")).unwrap();
         assert_eq!(leaf.serial_number, "08");
         assert!(leaf.service_uri.ends_with("/svc/web"));
-        let roots: Roots =
-            serde_json::from_str(&sample("connect-ca-roots-response.json")).unwrap();
+        let roots: Roots = serde_json::from_str(&sample("connect-ca-roots-response.json")).unwrap();
         assert_eq!(roots.roots.len(), 1);
         assert!(roots.roots[0].active);
         // The documented leaf verifies against the documented root, and its
@@ -158,10 +160,7 @@ mod tests {
         )
         .expect("material from the Consul docs samples");
         assert_eq!(material.serial, "08");
-        assert_eq!(
-            material.own_identity.unwrap().to_string(),
-            leaf.service_uri
-        );
+        assert_eq!(material.own_identity.unwrap().to_string(), leaf.service_uri);
         let matched: BTreeMap<String, Vec<IntentionEntry>> =
             serde_json::from_str(&sample("connect-intentions-match-response.json")).unwrap();
         let web = &matched["web"];

@@ -173,7 +173,12 @@ impl Client {
             params.push(("dc", dc.clone()));
         }
         let (index, entries) = self
-            .blocking_get(&["health", kind, &query.service], params, index, "a health list")
+            .blocking_get(
+                &["health", kind, &query.service],
+                params,
+                index,
+                "a health list",
+            )
             .await?;
         Ok(HealthAnswer { index, entries })
     }

@@ -308,22 +308,19 @@ pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "remora_tls_handshake_errors_total"
 pub const TLS_CERTIFICATE_UPDATES_TOTAL: &str = "remora_tls_certificate_updates_total";
 pub const AUTHZ_DENIED_TOTAL: &str = "remora_authz_denied_total";
 
-fn tls_listener_labels(direction: Direction, listener: &str) -> [(&'static str, String); 2] {
-    [
-        ("direction", direction.as_str().to_owned()),
-        ("listener", listener.to_owned()),
-    ]
+/// TLS handshakes that failed or timed out on the inbound listener
+/// (`upstream` = `service.name`) or towards an upstream (outbound).
+pub fn tls_handshake_errors(direction: Direction, upstream: &str) -> Counter {
+    counter!(
+        TLS_HANDSHAKE_ERRORS_TOTAL,
+        &listener_labels(direction, upstream)
+    )
 }
 
-/// TLS handshakes that failed or timed out on a listener (inbound) or
-/// towards an upstream (outbound; `listener` is the upstream's name).
-pub fn tls_handshake_errors(direction: Direction, listener: &str) -> Counter {
-    counter!(TLS_HANDSHAKE_ERRORS_TOTAL, &tls_listener_labels(direction, listener))
-}
-
-/// Requests or connections refused by authorization.
-pub fn authz_denied_counter(direction: Direction, listener: &str) -> Counter {
-    counter!(AUTHZ_DENIED_TOTAL, &tls_listener_labels(direction, listener))
+/// Requests or connections refused by authorization (inbound: `upstream` =
+/// `service.name`).
+pub fn authz_denied_counter(direction: Direction, upstream: &str) -> Counter {
+    counter!(AUTHZ_DENIED_TOTAL, &listener_labels(direction, upstream))
 }
 
 /// Counts new TLS material installed (`ok`) or rejected (`error`).

@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
 use ::metrics::Counter;
+use arc_swap::ArcSwapOption;
 
 use super::identity::{PeerIdentity, pattern_matches};
 use crate::config::{AuthorizationAction, AuthorizationConfig};
@@ -69,7 +69,7 @@ pub struct Authorizer {
 }
 
 impl Authorizer {
-    /// The authorizer of the inbound listener named `listener`.
+    /// The authorizer of the inbound listener of service `listener`.
     pub fn new(config: &AuthorizationConfig, listener: &str) -> Authorizer {
         Authorizer {
             default_allow: config.default == AuthorizationAction::Allow,
@@ -156,7 +156,10 @@ mod tests {
     fn intentions_come_after_rules_and_before_the_default() {
         let authz = authorizer(AuthorizationAction::Allow, &["ops"], &[]);
         let intentions = authz.intentions().unwrap();
-        assert!(authz.authorize(Some(&peer("web"))), "not loaded yet: default");
+        assert!(
+            authz.authorize(Some(&peer("web"))),
+            "not loaded yet: default"
+        );
         intentions.set(vec![
             Intention {
                 source_namespace: "default".into(),

@@ -94,8 +94,12 @@ pub fn spawn_intentions_watch(
 /// Runs one watch until the drain starts: `query(index)` is a blocking
 /// query, each answer goes to `answer` (also when unchanged: Consul
 /// answers at the end of each wait).
-fn spawn<T, Q, F>(what: &'static str, drain: &Drain, query: Q, mut answer: impl FnMut(T) + Send + 'static)
-where
+fn spawn<T, Q, F>(
+    what: &'static str,
+    drain: &Drain,
+    query: Q,
+    mut answer: impl FnMut(T) + Send + 'static,
+) where
     T: Send + 'static,
     Q: Fn(u64) -> F + Send + 'static,
     F: Future<Output = Result<(u64, T), ConsulError>> + Send,

@@ -25,11 +25,22 @@ impl SpiffeId {
     /// Parses `spiffe://<td>/ns/<ns>/dc/<dc>/svc/<service>`.
     pub fn parse(uri: &str) -> Result<SpiffeId, String> {
         let invalid = || {
-            format!("`{uri}` is not a SPIFFE ID of the form spiffe://<trust-domain>/ns/<ns>/dc/<dc>/svc/<service>")
+            format!(
+                "`{uri}` is not a SPIFFE ID of the form spiffe://<trust-domain>/ns/<ns>/dc/<dc>/svc/<service>"
+            )
         };
         let rest = uri.strip_prefix(SCHEME).ok_or_else(invalid)?;
         let parts: Vec<&str> = rest.split('/').collect();
-        let [trust_domain, "ns", namespace, "dc", datacenter, "svc", service] = parts[..] else {
+        let [
+            trust_domain,
+            "ns",
+            namespace,
+            "dc",
+            datacenter,
+            "svc",
+            service,
+        ] = parts[..]
+        else {
             return Err(invalid());
         };
         let segments = [trust_domain, namespace, datacenter, service];
@@ -226,7 +237,8 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    const WEB: &str = "spiffe://11111111-2222-3333-4444-555555555555.consul/ns/default/dc/dc1/svc/web";
+    const WEB: &str =
+        "spiffe://11111111-2222-3333-4444-555555555555.consul/ns/default/dc/dc1/svc/web";
 
     #[test]
     fn parses_consul_ids_and_rejects_others() {
@@ -254,7 +266,12 @@ mod tests {
             WEB.replace("svc/web", "svc/api")
         );
         let other_dc = ExpectedIdentity::from_config("api", Some("dc2"));
-        assert!(other_dc.resolve(Some(&own)).unwrap().contains("/dc/dc2/svc/api"));
+        assert!(
+            other_dc
+                .resolve(Some(&own))
+                .unwrap()
+                .contains("/dc/dc2/svc/api")
+        );
         assert_eq!(api.resolve(None), None);
         let exact = ExpectedIdentity::from_config(WEB, None);
         assert_eq!(exact.resolve(None).as_deref(), Some(WEB));

@@ -74,8 +74,8 @@ impl Material {
         let key = PrivateKeyDer::from_pem_slice(key)
             .map_err(|error| MaterialError::Key(error.to_string()))?;
         let provider = provider();
-        let certified_key = CertifiedKey::from_der(chain, key, &provider)
-            .map_err(MaterialError::KeyMismatch)?;
+        let certified_key =
+            CertifiedKey::from_der(chain, key, &provider).map_err(MaterialError::KeyMismatch)?;
 
         let mut roots = RootCertStore::empty();
         for root in CertificateDer::pem_slice_iter(ca) {
