@@ -141,7 +141,7 @@ impl ServerCertVerifier for ServerIdentityVerifier {
             ));
         };
         let presented = uri_names(end_entity);
-        if presented.iter().any(|uri| *uri == expected) {
+        if presented.contains(&expected) {
             return Ok(ServerCertVerified::assertion());
         }
         tracing::warn!(%expected, ?presented, "upstream presented another identity");
