@@ -21,6 +21,13 @@ pub enum ProxyError {
     },
     #[error("connecting to {addr} timed out after {timeout:?}")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("TLS handshake with {addr} failed: {source}")]
+    TlsHandshake {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("peer {peer} is not authorized to call this service")]
+    Forbidden { peer: String },
     #[error("HTTP handshake with {addr} failed: {source}")]
     Handshake {
         addr: SocketAddr,
@@ -67,6 +74,7 @@ pub enum ErrorKind {
     Overloaded,
     FaultAbort,
     ClientBody,
+    Forbidden,
 }
 
 impl ErrorKind {
@@ -82,6 +90,7 @@ impl ErrorKind {
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::FaultAbort => "fault_abort",
             ErrorKind::ClientBody => "client_body",
+            ErrorKind::Forbidden => "forbidden",
         }
     }
 }
@@ -90,9 +99,9 @@ impl ProxyError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ProxyError::NoEndpoints { .. } => ErrorKind::NoEndpoints,
-            ProxyError::ConnectFailed { .. } | ProxyError::Handshake { .. } => {
-                ErrorKind::ConnectFailed
-            }
+            ProxyError::ConnectFailed { .. }
+            | ProxyError::TlsHandshake { .. }
+            | ProxyError::Handshake { .. } => ErrorKind::ConnectFailed,
             ProxyError::ConnectTimeout { .. } => ErrorKind::ConnectTimeout,
             ProxyError::UpstreamReset { .. } => ErrorKind::UpstreamReset,
             ProxyError::Timeout(_) | ProxyError::PerTryTimeout { .. } => ErrorKind::Timeout,
@@ -101,6 +110,7 @@ impl ProxyError {
             ProxyError::Overloaded { .. } => ErrorKind::Overloaded,
             ProxyError::FaultAbort { .. } => ErrorKind::FaultAbort,
             ProxyError::ClientBody { .. } => ErrorKind::ClientBody,
+            ProxyError::Forbidden { .. } => ErrorKind::Forbidden,
         }
     }
 
@@ -109,6 +119,7 @@ impl ProxyError {
         match self {
             ProxyError::ConnectFailed { addr, .. }
             | ProxyError::ConnectTimeout { addr, .. }
+            | ProxyError::TlsHandshake { addr, .. }
             | ProxyError::Handshake { addr, .. }
             | ProxyError::UpstreamReset { addr, .. } => Some(*addr),
             ProxyError::PerTryTimeout { addr, .. } => *addr,
@@ -118,7 +129,8 @@ impl ProxyError {
             | ProxyError::CircuitOpen { .. }
             | ProxyError::Overloaded { .. }
             | ProxyError::FaultAbort { .. }
-            | ProxyError::ClientBody { .. } => None,
+            | ProxyError::ClientBody { .. }
+            | ProxyError::Forbidden { .. } => None,
         }
     }
 

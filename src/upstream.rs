@@ -206,10 +206,13 @@ fn build_balancer(
     let targets = addrs
         .iter()
         .map(|addr| {
-            let endpoint = existing
-                .get(addr)
-                .cloned()
-                .unwrap_or_else(|| Arc::new(Endpoint::new(*addr, settings.client, &settings.name)));
+            let endpoint = existing.get(addr).cloned().unwrap_or_else(|| {
+                Arc::new(Endpoint::new(
+                    *addr,
+                    settings.client.clone(),
+                    &settings.name,
+                ))
+            });
             (addr.to_string(), endpoint)
         })
         .collect();

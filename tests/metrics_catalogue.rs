@@ -3,7 +3,8 @@
 //! detection and a dead endpoint; a TCP upstream; inbound) is driven until the event-only
 //! metrics have happened, then every exported metric must be in the table with the same type
 //! and label names, and every metric in the table must be exported — except those the table
-//! marks *Appears after …*, which may be missing but must match when present.
+//! marks *Appears after …*, which may be missing but must match when present. A second proxy
+//! with mesh mTLS adds the TLS and authorization metrics.
 
 mod support;
 
@@ -14,7 +15,7 @@ use http::{StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{Proxy, dead_addr, get, http_backend, prom, tcp_echo};
+use support::{Proxy, dead_addr, get, http_backend, prom, tcp_echo, tls};
 
 /// A metric as documented or exported: type and label names.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +113,19 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
         backend = backend.addr,
     );
     let proxy = Proxy::start(&yaml).await;
+    // A second sidecar with mesh mTLS and authorization (the recorder is process-wide, so its
+    // metrics show on the first one's /metrics too).
+    let ca = tls::Ca::new("catalogue CA");
+    let tls_files = tls::TlsFiles::new(&ca.leaf("cat-tls", 1), &ca);
+    let _tls_proxy = Proxy::start(&format!(
+        "service: {{ name: cat-tls, port: {app} }}\n\
+         inbound: {{ listen: 127.0.0.1:0 }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         logging: {{ access_log: false }}\n{}",
+        tls_files.yaml("  authorization: { deny: [web] }\n"),
+        app = app.addr.port(),
+    ))
+    .await;
 
     // Round robin over a live and a dead endpoint: a failed connect, resent to the live one.
     let http = format!("http://{}", proxy.upstream("cat-http"));

@@ -25,10 +25,11 @@ use serde_saphyr::{MessageFormatter, Options, PropertySyntax, UserMessageFormatt
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    AdminConfig, CheckConfig, Config, ConsulConfig, ConsulDiscovery, Discovery, DnsDiscovery,
-    HashOn, InboundConfig, LoadBalancing, LoadBalancingPolicy, LogFormat, LoggingConfig,
-    OtlpConfig, Propagation, RuntimeConfig, Secret, ServiceConfig, ServiceProtocol, Timeouts,
-    TracingConfig, UpstreamConfig, UpstreamProtocol,
+    AdminConfig, AuthorizationAction, AuthorizationConfig, CheckConfig, Config, ConsulConfig,
+    ConsulDiscovery, Discovery, DnsDiscovery, HashOn, InboundConfig, LoadBalancing,
+    LoadBalancingPolicy, LogFormat, LoggingConfig, OtlpConfig, Propagation, RuntimeConfig, Secret,
+    ServiceConfig, ServiceProtocol, Timeouts, TlsConfig, TlsSource, TracingConfig, UpstreamConfig,
+    UpstreamProtocol, UpstreamTls,
 };
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,

@@ -10,14 +10,18 @@
 //! that are neither a level nor a filter directive, `tracing.otlp` with a
 //! non-http endpoint, a sample ratio outside 0..=1 or a zero queue, batch or
 //! flush interval, and `register: true` (Consul registration is not
-//! implemented yet, so it must not pass silently). Every problem is
+//! implemented yet, so it must not pass silently), `tls` with `source: files`
+//! but without cert/key/ca (or with them under `source: consul`), zero TLS
+//! intervals, empty authorization patterns or SPIFFE IDs that do not parse,
+//! and `upstreams[].tls` turned on without a `tls` section. Every problem is
 //! returned, with the key path it concerns.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::model::{
-    Config, Discovery, LoadBalancingPolicy, ServiceProtocol, UpstreamConfig, UpstreamProtocol,
+    Config, Discovery, LoadBalancingPolicy, ServiceProtocol, TlsSource, UpstreamConfig,
+    UpstreamProtocol,
 };
 use super::resilience::{RateLimitConfig, grpc_code};
 
@@ -40,6 +44,7 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
     check_consul(config, &mut problems);
     check_runtime_and_logging(config, &mut problems);
     check_tracing(config, &mut problems);
+    check_tls(config, &mut problems);
     problems.0
 }
 
@@ -464,6 +469,61 @@ fn check_tracing(config: &Config, problems: &mut Problems) {
         problems.add("tracing.otlp.batch_size", "must be greater than zero");
     }
     problems.nonzero("tracing.otlp.flush_interval".into(), otlp.flush_interval);
+}
+
+fn check_tls(config: &Config, problems: &mut Problems) {
+    if let Some(tls) = &config.tls {
+        let files = [
+            ("tls.cert", tls.cert.is_some()),
+            ("tls.key", tls.key.is_some()),
+            ("tls.ca", tls.ca.is_some()),
+        ];
+        for (key, present) in files {
+            match (tls.source, present) {
+                (TlsSource::Files, false) => problems.add(
+                    "tls",
+                    format!("`{key}` is required with `source: files` (a PEM file path)"),
+                ),
+                (TlsSource::Consul, true) => problems.add(
+                    key,
+                    "not used with `source: consul` (Consul's CA issues the certificate)",
+                ),
+                _ => {}
+            }
+        }
+        if tls.service.is_some() && tls.source == TlsSource::Files {
+            problems.add("tls.service", "only used with `source: consul`");
+        }
+        problems.nonzero("tls.reload_interval".into(), tls.reload_interval);
+        problems.nonzero("tls.handshake_timeout".into(), tls.handshake_timeout);
+        let authorization = &tls.authorization;
+        for (key, patterns) in [
+            ("allow", &authorization.allow),
+            ("deny", &authorization.deny),
+        ] {
+            for (i, pattern) in patterns.iter().enumerate() {
+                if let Err(message) = crate::tls::identity::check_pattern(pattern) {
+                    problems.add(format!("tls.authorization.{key}[{i}]"), message);
+                }
+            }
+        }
+    }
+    for (i, upstream) in config.upstreams.iter().enumerate() {
+        let Some(upstream_tls) = &upstream.tls else {
+            continue;
+        };
+        if config.tls.is_none() && upstream_tls.enabled != Some(false) {
+            problems.add(
+                format!("upstreams[{i}].tls"),
+                "mesh TLS needs the top-level `tls` section (this sidecar's certificate)",
+            );
+        }
+        if let Some(identity) = &upstream_tls.identity
+            && let Err(message) = crate::tls::identity::check_expected(identity)
+        {
+            problems.add(format!("upstreams[{i}].tls.identity"), message);
+        }
+    }
 }
 
 #[cfg(test)]

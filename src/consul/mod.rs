@@ -1,5 +1,6 @@
 //! A small client of the Consul agent's HTTP API (reqwest, plain HTTP):
-//! health queries for discovery, as blocking queries.
+//! health queries for discovery and the Connect CA and intentions for mesh
+//! TLS (`connect`), all as blocking queries.
 //!
 //! The agent address comes from `consul.address`, else `CONSUL_HTTP_ADDR`,
 //! else `http://127.0.0.1:8500`; the ACL token from `consul.token`, else
@@ -9,6 +10,7 @@
 //! `https://` addresses: TLS to the agent is not implemented yet.
 
 pub mod blocking;
+pub mod connect;
 pub mod health;
 
 use std::time::Duration;
@@ -40,8 +42,12 @@ pub enum ConsulError {
     Transport(String),
     #[error("Consul answered {status}: {body}")]
     Status { status: StatusCode, body: String },
-    #[error("Consul answered with a body that is not a health list ({reason}): {body}")]
-    Body { reason: String, body: String },
+    #[error("Consul answered with a body that is not {what} ({reason}): {body}")]
+    Body {
+        what: &'static str,
+        reason: String,
+        body: String,
+    },
     #[error("Consul answered without a valid X-Consul-Index header")]
     Index,
 }
@@ -155,20 +161,8 @@ impl Client {
         query: &HealthQuery,
         index: u64,
     ) -> Result<HealthAnswer, ConsulError> {
-        let mut url = self.base.clone();
         let kind = if query.connect { "connect" } else { "service" };
-        url.path_segments_mut()
-            .map_err(|()| ConsulError::Address {
-                address: self.base.to_string(),
-                reason: "cannot be a base URL".into(),
-            })?
-            .pop_if_empty()
-            .extend(["v1", "health", kind, &query.service]);
         let mut params: Vec<(&str, String)> = Vec::new();
-        if index > 0 {
-            params.push(("index", index.to_string()));
-            params.push(("wait", format!("{}ms", self.wait.as_millis())));
-        }
         if query.passing_only {
             params.push(("passing", "1".into()));
         }
@@ -177,6 +171,39 @@ impl Client {
         }
         if let Some(dc) = &query.datacenter {
             params.push(("dc", dc.clone()));
+        }
+        let (index, entries) = self
+            .blocking_get(
+                &["health", kind, &query.service],
+                params,
+                index,
+                "a health list",
+            )
+            .await?;
+        Ok(HealthAnswer { index, entries })
+    }
+
+    /// A blocking `GET /v1/<path>` (blocking when `index` > 0) whose body is
+    /// `T` as JSON (`what` names it in errors); returns `X-Consul-Index` too.
+    pub(crate) async fn blocking_get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &[&str],
+        mut params: Vec<(&str, String)>,
+        index: u64,
+        what: &'static str,
+    ) -> Result<(u64, T), ConsulError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| ConsulError::Address {
+                address: self.base.to_string(),
+                reason: "cannot be a base URL".into(),
+            })?
+            .pop_if_empty()
+            .push("v1")
+            .extend(path);
+        if index > 0 {
+            params.push(("index", index.to_string()));
+            params.push(("wait", format!("{}ms", self.wait.as_millis())));
         }
         let mut request = self
             .http
@@ -201,12 +228,13 @@ impl Client {
                 body: excerpt(&body),
             });
         }
-        let entries = serde_json::from_slice(&body).map_err(|error| ConsulError::Body {
+        let value = serde_json::from_slice(&body).map_err(|error| ConsulError::Body {
+            what,
             reason: error.to_string(),
             body: excerpt(&body),
         })?;
         let index = index.ok_or(ConsulError::Index)?;
-        Ok(HealthAnswer { index, entries })
+        Ok((index, value))
     }
 }
 

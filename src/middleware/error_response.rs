@@ -33,6 +33,7 @@ pub fn http_status(error: &ProxyError) -> StatusCode {
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::FaultAbort => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::ClientBody => StatusCode::BAD_REQUEST,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         },
     }
 }
@@ -55,6 +56,7 @@ pub fn grpc_status(error: &ProxyError) -> u16 {
             ErrorKind::Timeout => 4,     // DEADLINE_EXCEEDED
             ErrorKind::RateLimited => 8, // RESOURCE_EXHAUSTED
             ErrorKind::ClientBody => 13, // INTERNAL
+            ErrorKind::Forbidden => 7,   // PERMISSION_DENIED
         },
     }
 }
@@ -209,6 +211,17 @@ mod tests {
             StatusCode::IM_A_TEAPOT
         );
         assert_eq!(error_response(&abort, true).headers()["grpc-status"], "10");
+    }
+
+    #[test]
+    fn forbidden_is_403_or_permission_denied() {
+        let denied = ProxyError::Forbidden {
+            peer: "spiffe://td/ns/default/dc/dc1/svc/web".into(),
+        };
+        let response = error_response(&denied, false);
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert_eq!(response.headers()[X_REMORA_ERROR], "forbidden");
+        assert_eq!(error_response(&denied, true).headers()["grpc-status"], "7");
     }
 
     #[test]

@@ -301,3 +301,30 @@ impl EndpointMetrics {
         self.durations.record(duration.as_secs_f64());
     }
 }
+
+// ---- Mesh TLS and authorization --------------------------------------------
+
+pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "remora_tls_handshake_errors_total";
+pub const TLS_CERTIFICATE_UPDATES_TOTAL: &str = "remora_tls_certificate_updates_total";
+pub const AUTHZ_DENIED_TOTAL: &str = "remora_authz_denied_total";
+
+/// TLS handshakes that failed or timed out on the inbound listener
+/// (`upstream` = `service.name`) or towards an upstream (outbound).
+pub fn tls_handshake_errors(direction: Direction, upstream: &str) -> Counter {
+    counter!(
+        TLS_HANDSHAKE_ERRORS_TOTAL,
+        &listener_labels(direction, upstream)
+    )
+}
+
+/// Requests or connections refused by authorization (inbound: `upstream` =
+/// `service.name`).
+pub fn authz_denied_counter(direction: Direction, upstream: &str) -> Counter {
+    counter!(AUTHZ_DENIED_TOTAL, &listener_labels(direction, upstream))
+}
+
+/// Counts new TLS material installed (`ok`) or rejected (`error`).
+pub fn tls_certificate_update(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    counter!(TLS_CERTIFICATE_UPDATES_TOTAL, "result" => result).increment(1);
+}

@@ -2,7 +2,11 @@
 //! documented health API, with controls a test drives directly.
 //!
 //! Served: `GET /v1/health/service/:name` and `GET /v1/health/connect/:name` (instances
-//! registered with [`Instance::connect`]); anything else is 404. Responses are JSON arrays in
+//! registered with [`Instance::connect`]); the Connect CA — `GET /v1/agent/connect/ca/leaf/:service`
+//! and `GET /v1/agent/connect/ca/roots` — and `GET /v1/connect/intentions/match?by=destination&name=`,
+//! whose bodies are the documentation samples (`connect-*.json`) with the certificates and
+//! intentions a test sets; anything else is 404. Every change bumps the one index, so all of
+//! them are blocking queries. Responses are JSON arrays in
 //! the shape of `../shared/consul-api/health-service-response.json` — every instance is built
 //! from that documentation sample (its first entry), with ID, name, tags, address, port and the
 //! service check's status replaced — and carry `X-Consul-Index`.
@@ -128,6 +132,22 @@ struct State {
     held: AtomicU64,
     max_held: AtomicU64,
     template: Value,
+    connect: Mutex<Connect>,
+}
+
+/// The Connect CA and intentions a test set, as the JSON bodies to serve.
+#[derive(Default)]
+struct Connect {
+    leaves: BTreeMap<String, Value>,
+    roots: Option<Value>,
+    intentions: BTreeMap<String, Value>,
+}
+
+/// JSON of a documentation sample.
+fn sample_json(name: &str) -> Value {
+    let text =
+        std::fs::read_to_string(docs_sample(name)).expect("the Consul docs sample is readable");
+    serde_json::from_str(&text).expect("sample is JSON")
 }
 
 /// A running stand-in; dropping it stops the server.
@@ -158,6 +178,7 @@ impl ConsulStandIn {
             held: AtomicU64::new(0),
             max_held: AtomicU64::new(0),
             template: sample[0].clone(),
+            connect: Mutex::new(Connect::default()),
         });
         let (addr, task) = listen("127.0.0.1:0".parse().unwrap(), Arc::clone(&state));
         ConsulStandIn {
@@ -234,6 +255,71 @@ impl ConsulStandIn {
         self.stop();
         let (_, task) = listen(self.addr, Arc::clone(&self.state));
         *self.server.lock().unwrap() = Some(task);
+    }
+
+    /// Serves this leaf certificate for `service` (the docs sample with its PEMs, serial and
+    /// URI replaced); bumps the index.
+    pub fn set_leaf(&self, service: &str, cert_pem: &str, key_pem: &str, serial: &str, uri: &str) {
+        let mut leaf = sample_json("connect-ca-leaf-response.json");
+        leaf["CertPEM"] = cert_pem.into();
+        leaf["PrivateKeyPEM"] = key_pem.into();
+        leaf["SerialNumber"] = serial.into();
+        leaf["Service"] = service.into();
+        leaf["ServiceURI"] = uri.into();
+        let index = self.index() + 1;
+        leaf["ModifyIndex"] = index.into();
+        self.state
+            .connect
+            .lock()
+            .unwrap()
+            .leaves
+            .insert(service.to_owned(), leaf);
+        self.bump();
+    }
+
+    /// Serves these CA roots (the docs sample's root, repeated with each PEM); bumps the index.
+    pub fn set_roots(&self, root_pems: &[&str]) {
+        let mut roots = sample_json("connect-ca-roots-response.json");
+        let template = roots["Roots"][0].clone();
+        let list: Vec<Value> = root_pems
+            .iter()
+            .enumerate()
+            .map(|(i, pem)| {
+                let mut root = template.clone();
+                root["ID"] = format!("root-{i}").into();
+                root["RootCert"] = (*pem).into();
+                root["Active"] = (i + 1 == root_pems.len()).into();
+                root
+            })
+            .collect();
+        roots["Roots"] = list.into();
+        roots["ActiveRootID"] = format!("root-{}", root_pems.len().saturating_sub(1)).into();
+        self.state.connect.lock().unwrap().roots = Some(roots);
+        self.bump();
+    }
+
+    /// Serves these intentions (source name, allow) for `destination`, in precedence order,
+    /// built from the docs sample's entries; bumps the index.
+    pub fn set_intentions(&self, destination: &str, intentions: &[(&str, bool)]) {
+        let sample = sample_json("connect-intentions-match-response.json");
+        let template = sample["web"][0].clone();
+        let list: Vec<Value> = intentions
+            .iter()
+            .map(|(source, allow)| {
+                let mut intention = template.clone();
+                intention["SourceName"] = (*source).into();
+                intention["DestinationName"] = destination.into();
+                intention["Action"] = if *allow { "allow" } else { "deny" }.into();
+                intention
+            })
+            .collect();
+        self.state
+            .connect
+            .lock()
+            .unwrap()
+            .intentions
+            .insert(destination.to_owned(), list.into());
+        self.bump();
     }
 
     fn bump(&self) {
@@ -340,10 +426,16 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     }
 
     let path = request.uri().path().to_owned();
-    let (connect, service) = if let Some(name) = path.strip_prefix("/v1/health/service/") {
-        (false, name.to_owned())
+    let route = if let Some(name) = path.strip_prefix("/v1/health/service/") {
+        Route::Health(false, name.to_owned())
     } else if let Some(name) = path.strip_prefix("/v1/health/connect/") {
-        (true, name.to_owned())
+        Route::Health(true, name.to_owned())
+    } else if let Some(name) = path.strip_prefix("/v1/agent/connect/ca/leaf/") {
+        Route::Leaf(name.to_owned())
+    } else if path == "/v1/agent/connect/ca/roots" {
+        Route::Roots
+    } else if path == "/v1/connect/intentions/match" && param("by") == Some("destination") {
+        Route::Intentions(param("name").unwrap_or_default().to_owned())
     } else {
         return reply(StatusCode::NOT_FOUND, "", None);
     };
@@ -385,6 +477,10 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         state.held.fetch_sub(1, Ordering::SeqCst);
     }
 
+    let (connect, service) = match route {
+        Route::Health(connect, service) => (connect, service),
+        route => return connect_reply(state, &route),
+    };
     let passing = param("passing").is_some_and(|v| v != "false" && v != "0");
     let tags: Vec<&str> = params
         .iter()
@@ -409,6 +505,40 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         http::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// What a request asks for.
+enum Route {
+    /// `/v1/health/{service,connect}/:name` (connect, name).
+    Health(bool, String),
+    Leaf(String),
+    Roots,
+    Intentions(String),
+}
+
+/// The Connect CA or intentions answer (after any blocking wait).
+fn connect_reply(state: &State, route: &Route) -> Response<Full<Bytes>> {
+    let connect = state.connect.lock().unwrap();
+    let index = *state.index.borrow();
+    let body = match route {
+        Route::Leaf(service) => connect.leaves.get(service).cloned(),
+        Route::Roots => connect.roots.clone(),
+        Route::Intentions(name) => Some(serde_json::json!({
+            name.as_str(): connect.intentions.get(name).cloned().unwrap_or_else(|| Value::Array(Vec::new()))
+        })),
+        Route::Health(..) => None,
+    };
+    match body {
+        Some(body) => {
+            let mut response = reply(StatusCode::OK, &body.to_string(), Some(index));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        None => reply(StatusCode::NOT_FOUND, "no such leaf or roots yet", None),
+    }
 }
 
 /// One health entry, built from the documentation sample.
