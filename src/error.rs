@@ -46,6 +46,8 @@ pub enum ProxyError {
     Overloaded { upstream: String, limit: u32 },
     #[error("reading the request body from the client failed: {source}")]
     ClientBody { source: hyper::Error },
+    #[error("no upstream answers for {target} (transparent.unmatched: refuse)")]
+    NoRoute { target: String },
     #[error("fault injected: abort with {status}")]
     FaultAbort {
         status: StatusCode,
@@ -67,6 +69,7 @@ pub enum ErrorKind {
     Overloaded,
     FaultAbort,
     ClientBody,
+    NoRoute,
 }
 
 impl ErrorKind {
@@ -82,6 +85,7 @@ impl ErrorKind {
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::FaultAbort => "fault_abort",
             ErrorKind::ClientBody => "client_body",
+            ErrorKind::NoRoute => "no_route",
         }
     }
 }
@@ -101,6 +105,7 @@ impl ProxyError {
             ProxyError::Overloaded { .. } => ErrorKind::Overloaded,
             ProxyError::FaultAbort { .. } => ErrorKind::FaultAbort,
             ProxyError::ClientBody { .. } => ErrorKind::ClientBody,
+            ProxyError::NoRoute { .. } => ErrorKind::NoRoute,
         }
     }
 
@@ -118,7 +123,8 @@ impl ProxyError {
             | ProxyError::CircuitOpen { .. }
             | ProxyError::Overloaded { .. }
             | ProxyError::FaultAbort { .. }
-            | ProxyError::ClientBody { .. } => None,
+            | ProxyError::ClientBody { .. }
+            | ProxyError::NoRoute { .. } => None,
         }
     }
 

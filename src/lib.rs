@@ -30,4 +30,5 @@ pub mod server;
 pub mod stack;
 pub mod tcp;
 pub mod telemetry;
+pub mod transparent;
 pub mod upstream;

@@ -61,7 +61,8 @@ impl Outcome {
             | ErrorKind::CircuitOpen
             | ErrorKind::Overloaded
             | ErrorKind::FaultAbort
-            | ErrorKind::ClientBody => Outcome::Refused,
+            | ErrorKind::ClientBody
+            | ErrorKind::NoRoute => Outcome::Refused,
         }
     }
 

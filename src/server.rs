@@ -26,6 +26,7 @@ use crate::idle::{Activity, IdleIo};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 use crate::stack::HttpService;
 use crate::telemetry::metrics::ConnectionMetrics;
+use crate::transparent::outbound::TransparentOutbound;
 use crate::upstream::Upstream;
 
 /// A client that does not finish sending its request headers within this
@@ -51,6 +52,8 @@ pub enum Handler {
     /// An HTTP listener; connections idle for the duration are closed.
     Http(HttpProtocol, HttpService, Duration),
     Tcp(Arc<Upstream>),
+    /// The transparent outbound listener (iptables-redirected connections).
+    Transparent(Arc<TransparentOutbound>),
 }
 
 /// Accepts connections until the drain starts.
@@ -88,13 +91,16 @@ pub async fn accept_loop(
                     serve_http(stream, client, protocol, service, idle, drain).await
                 }
                 Handler::Tcp(upstream) => crate::tcp::proxy(stream, upstream).await,
+                Handler::Transparent(transparent) => transparent.serve(stream, client, drain).await,
             }
             drop((open, live));
         });
     }
 }
 
-async fn serve_http(
+/// Serves HTTP on one accepted connection until it ends, is idle for `idle`
+/// or is drained.
+pub(crate) async fn serve_http(
     stream: TcpStream,
     client: ClientAddr,
     protocol: HttpProtocol,

@@ -1,9 +1,10 @@
 //! The configuration model: one struct per YAML section, field names equal
 //! to the YAML keys of architecture.md §4 (a public interface). Every struct
-//! rejects unknown keys, so sections not implemented yet (tracing, tls,
-//! transparent, ...) are errors rather than silently ignored. The
-//! resilience sections live in `resilience.rs`. Values are typed here ("parse, don't
-//! validate"); cross-field rules live in `validate.rs`.
+//! rejects unknown keys, so sections not implemented yet (tls, ...) are
+//! errors rather than silently ignored. The resilience sections live in
+//! `resilience.rs`, the transparent-mode section in `transparent.rs`. Values
+//! are typed here ("parse, don't validate"); cross-field rules live in
+//! `validate.rs`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,6 +18,7 @@ use super::duration;
 use super::resilience::{
     CircuitBreakerConfig, FaultConfig, OutlierDetection, RateLimitConfig, RetryPolicy,
 };
+use super::transparent::{DestinationMatch, HostName, TransparentConfig};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -37,6 +39,9 @@ pub struct Config {
     pub logging: LoggingConfig,
     #[serde(default)]
     pub tracing: TracingConfig,
+    /// Transparent mode (iptables redirection); off when absent.
+    #[serde(default)]
+    pub transparent: Option<TransparentConfig>,
 }
 
 /// Trace-context propagation and span export (`tracing:`).
@@ -199,6 +204,17 @@ pub struct InboundConfig {
     pub max_concurrent_requests: Option<u32>,
 }
 
+impl Default for InboundConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_inbound_listen(),
+            timeout: None,
+            rate_limit: None,
+            max_concurrent_requests: None,
+        }
+    }
+}
+
 fn default_inbound_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 15006))
 }
@@ -208,7 +224,18 @@ fn default_inbound_listen() -> SocketAddr {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub name: String,
-    pub listen: SocketAddr,
+    /// Explicit-mode listener; an upstream reached only through the
+    /// transparent listener has none.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Transparent mode: the names (Host / `:authority`, port optional) this
+    /// upstream answers for.
+    #[serde(default)]
+    pub hosts: Vec<HostName>,
+    /// Transparent mode: the original destinations (`ip` or `ip:port`) this
+    /// upstream answers for.
+    #[serde(default)]
+    pub addresses: Vec<DestinationMatch>,
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     pub discovery: Discovery,
