@@ -22,7 +22,11 @@ use support::{Proxy, http_backend, prom};
 
 /// Sends `GET http://<authority>/` over a new connection to `addr` (the
 /// transparent listener), as a redirected application would.
-async fn get_via(addr: SocketAddr, version: Version, authority: &str) -> (StatusCode, String, String) {
+async fn get_via(
+    addr: SocketAddr,
+    version: Version,
+    authority: &str,
+) -> (StatusCode, String, String) {
     let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
     let response = if version == Version::HTTP_2 {
         let (mut sender, connection) = http2::handshake(TokioExecutor::new(), io).await.unwrap();
@@ -72,18 +76,40 @@ admin: {{ listen: 127.0.0.1:0 }}
     .await;
     let transparent = proxy.bound.transparent.expect("transparent listener");
 
-    assert_eq!(get_via(transparent, Version::HTTP_11, "api:8080").await.2, "api");
-    assert_eq!(get_via(transparent, Version::HTTP_11, "API.service.consul").await.2, "api");
+    assert_eq!(
+        get_via(transparent, Version::HTTP_11, "api:8080").await.2,
+        "api"
+    );
+    assert_eq!(
+        get_via(transparent, Version::HTTP_11, "API.service.consul")
+            .await
+            .2,
+        "api"
+    );
     assert_eq!(get_via(transparent, Version::HTTP_2, "api").await.2, "api");
-    assert_eq!(get_via(transparent, Version::HTTP_11, "billing:8080").await.2, "billing");
+    assert_eq!(
+        get_via(transparent, Version::HTTP_11, "billing:8080")
+            .await
+            .2,
+        "billing"
+    );
     // billing answers for port 8080 only.
     let (status, error, _) = get_via(transparent, Version::HTTP_11, "billing:9090").await;
-    assert_eq!((status, error.as_str()), (StatusCode::BAD_GATEWAY, "no_route"));
+    assert_eq!(
+        (status, error.as_str()),
+        (StatusCode::BAD_GATEWAY, "no_route")
+    );
     let (status, error, _) = get_via(transparent, Version::HTTP_2, "unknown").await;
-    assert_eq!((status, error.as_str()), (StatusCode::BAD_GATEWAY, "no_route"));
+    assert_eq!(
+        (status, error.as_str()),
+        (StatusCode::BAD_GATEWAY, "no_route")
+    );
     // The explicit listener and the transparent one share billing's stack.
     let explicit = proxy.upstream("billing");
-    assert_eq!(get_via(explicit, Version::HTTP_11, "whatever").await.2, "billing");
+    assert_eq!(
+        get_via(explicit, Version::HTTP_11, "whatever").await.2,
+        "billing"
+    );
 
     // (The metrics registry is per process: the other test of this file
     // counts `tcp` connections.)
@@ -95,13 +121,29 @@ admin: {{ listen: 127.0.0.1:0 }}
     // A connection made straight to the listener has no original
     // destination, so unmatched requests are refused even in passthrough mode.
     let unmatched = "remora_transparent_unmatched_total";
-    assert_eq!(value(unmatched, &[("protocol", "http1"), ("action", "refused")]), 1.0);
-    assert_eq!(value(unmatched, &[("protocol", "http2"), ("action", "refused")]), 1.0);
-    assert_eq!(value(unmatched, &[("protocol", "http1"), ("action", "passthrough")]), 0.0);
+    assert_eq!(
+        value(unmatched, &[("protocol", "http1"), ("action", "refused")]),
+        1.0
+    );
+    assert_eq!(
+        value(unmatched, &[("protocol", "http2"), ("action", "refused")]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            unmatched,
+            &[("protocol", "http1"), ("action", "passthrough")]
+        ),
+        0.0
+    );
     let requests = |upstream| {
         value(
             "remora_requests_total",
-            &[("direction", "outbound"), ("upstream", upstream), ("code", "200")],
+            &[
+                ("direction", "outbound"),
+                ("upstream", upstream),
+                ("code", "200"),
+            ],
         )
     };
     assert_eq!(requests("api"), 3.0);
@@ -158,9 +200,19 @@ transparent:
 ",
     )
     .unwrap();
-    let out = remora(&["iptables", "--config", path.to_str().unwrap(), "--uid", "1337"]);
+    let out = remora(&[
+        "iptables",
+        "--config",
+        path.to_str().unwrap(),
+        "--uid",
+        "1337",
+    ]);
     std::fs::remove_file(&path).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let family = |tool: &str, cidr: &str| {
         format!(
             "# {tool}-restore --noflush
@@ -260,10 +312,18 @@ fn iptables_apply_is_idempotent_and_cleanup_removes_everything() {
     };
     let remora_bin = env!("CARGO_BIN_EXE_remora");
     let apply = netns.exec(remora_bin, &["iptables", "--apply"]);
-    assert!(apply.status.success(), "{}", String::from_utf8_lossy(&apply.stderr));
+    assert!(
+        apply.status.success(),
+        "{}",
+        String::from_utf8_lossy(&apply.stderr)
+    );
     let first = remora_lines(&netns.exec("iptables-save", &["-t", "nat"]));
     let apply = netns.exec(remora_bin, &["iptables", "--apply", "--uid", "1337"]);
-    assert!(apply.status.success(), "{}", String::from_utf8_lossy(&apply.stderr));
+    assert!(
+        apply.status.success(),
+        "{}",
+        String::from_utf8_lossy(&apply.stderr)
+    );
     let second = remora_lines(&netns.exec("iptables-save", &["-t", "nat"]));
     assert_eq!(first, second, "applying twice changed the rules");
     for expected in [
@@ -279,7 +339,11 @@ fn iptables_apply_is_idempotent_and_cleanup_removes_everything() {
     assert_eq!(second.len(), 13, "{second:#?}");
 
     let cleanup = netns.exec(remora_bin, &["iptables", "--cleanup"]);
-    assert!(cleanup.status.success(), "{}", String::from_utf8_lossy(&cleanup.stderr));
+    assert!(
+        cleanup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cleanup.stderr)
+    );
     let after = remora_lines(&netns.exec("iptables-save", &["-t", "nat"]));
     assert!(after.is_empty(), "{after:#?}");
 }
