@@ -28,6 +28,8 @@ use crate::tls::files::PemFiles;
 use crate::tls::inbound::InboundTls;
 use crate::tls::outbound::UpstreamTls;
 use crate::tls::{Alpn, ExpectedIdentity, MeshTls};
+use crate::transparent::outbound::TransparentOutbound;
+use crate::transparent::routes::{Route, RouteTable};
 use crate::upstream::{Direction, Upstream, UpstreamSettings};
 
 /// The addresses remora actually bound (a configured port 0 becomes a real one).
@@ -37,6 +39,8 @@ pub struct BoundAddrs {
     pub inbound: Option<SocketAddr>,
     /// Upstream name → its outbound listener.
     pub upstreams: Vec<(String, SocketAddr)>,
+    /// The transparent outbound listener.
+    pub transparent: Option<SocketAddr>,
 }
 
 impl BoundAddrs {
@@ -168,6 +172,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     }
 
     let mut watches = Watches::default();
+    let mut routes = Vec::new();
     for upstream in &config.upstreams {
         // A Consul-discovered upstream starts empty (so not ready) until
         // its watch's first answer.
@@ -206,23 +211,47 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             UpstreamProtocol::Auto => Some(HttpProtocol::Auto),
             UpstreamProtocol::Tcp => None,
         };
-        let label = format!("upstream {}", upstream.name);
-        listeners.push(Listener {
-            name: upstream.name.clone(),
-            direction: Direction::Outbound,
-            listener: bind(upstream.listen, &label).await?,
-            handler: handler(listen_protocol, Arc::clone(&target), || {
-                stack::outbound(
-                    Arc::clone(&target),
-                    upstream,
-                    &config.tracing,
-                    access_log,
-                    spans.clone(),
-                )
-            }),
-            tls: None,
+        let handler = handler(listen_protocol, Arc::clone(&target), || {
+            stack::outbound(
+                Arc::clone(&target),
+                upstream,
+                &config.tracing,
+                access_log,
+                spans.clone(),
+            )
         });
+        if !upstream.hosts.is_empty() || !upstream.addresses.is_empty() {
+            routes.push(Route {
+                hosts: upstream.hosts.clone(),
+                addresses: upstream.addresses.clone(),
+                upstream: Arc::clone(&target),
+                http: match &handler {
+                    Handler::Http(_, service, _) => Some(service.clone()),
+                    _ => None,
+                },
+            });
+        }
+        if let Some(listen) = upstream.listen {
+            let label = format!("upstream {}", upstream.name);
+            listeners.push(Listener {
+                name: upstream.name.clone(),
+                direction: Direction::Outbound,
+                listener: bind(listen, &label).await?,
+                handler,
+                tls: None,
+            });
+        }
     }
+    let transparent = match &config.transparent {
+        Some(transparent) => Some((
+            bind(transparent.outbound_listen, "transparent outbound").await?,
+            Arc::new(TransparentOutbound::new(
+                transparent,
+                RouteTable::new(routes),
+            )),
+        )),
+        None => None,
+    };
 
     let consul_tls = (config.tls.as_ref())
         .is_some_and(|tls| tls.source == TlsSource::Consul || tls.authorization.intentions);
@@ -252,7 +281,19 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             .filter(|l| l.direction == Direction::Outbound)
             .map(|l| Ok((l.name.clone(), l.listener.local_addr()?)))
             .collect::<std::io::Result<_>>()?,
+        transparent: (transparent.as_ref())
+            .map(|(listener, _)| listener.local_addr())
+            .transpose()?,
     };
+    if let Some((listener, outbound)) = transparent {
+        listeners.push(Listener {
+            name: "transparent".into(),
+            direction: Direction::Outbound,
+            listener,
+            handler: Handler::Transparent(outbound),
+            tls: None,
+        });
+    }
     tracing::info!(addr = %bound.admin, "admin listening");
     tokio::spawn(admin::serve(admin_listener, admin_state));
 

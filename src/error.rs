@@ -53,6 +53,8 @@ pub enum ProxyError {
     Overloaded { upstream: String, limit: u32 },
     #[error("reading the request body from the client failed: {source}")]
     ClientBody { source: hyper::Error },
+    #[error("no upstream answers for {target} (transparent.unmatched: refuse)")]
+    NoRoute { target: String },
     #[error("fault injected: abort with {status}")]
     FaultAbort {
         status: StatusCode,
@@ -75,6 +77,7 @@ pub enum ErrorKind {
     FaultAbort,
     ClientBody,
     Forbidden,
+    NoRoute,
 }
 
 impl ErrorKind {
@@ -91,6 +94,7 @@ impl ErrorKind {
             ErrorKind::FaultAbort => "fault_abort",
             ErrorKind::ClientBody => "client_body",
             ErrorKind::Forbidden => "forbidden",
+            ErrorKind::NoRoute => "no_route",
         }
     }
 }
@@ -111,6 +115,7 @@ impl ProxyError {
             ProxyError::FaultAbort { .. } => ErrorKind::FaultAbort,
             ProxyError::ClientBody { .. } => ErrorKind::ClientBody,
             ProxyError::Forbidden { .. } => ErrorKind::Forbidden,
+            ProxyError::NoRoute { .. } => ErrorKind::NoRoute,
         }
     }
 
@@ -130,7 +135,8 @@ impl ProxyError {
             | ProxyError::Overloaded { .. }
             | ProxyError::FaultAbort { .. }
             | ProxyError::ClientBody { .. }
-            | ProxyError::Forbidden { .. } => None,
+            | ProxyError::Forbidden { .. }
+            | ProxyError::NoRoute { .. } => None,
         }
     }
 

@@ -31,4 +31,5 @@ pub mod stack;
 pub mod tcp;
 pub mod telemetry;
 pub mod tls;
+pub mod transparent;
 pub mod upstream;

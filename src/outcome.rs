@@ -62,7 +62,8 @@ impl Outcome {
             | ErrorKind::Overloaded
             | ErrorKind::FaultAbort
             | ErrorKind::ClientBody
-            | ErrorKind::Forbidden => Outcome::Refused,
+            | ErrorKind::Forbidden
+            | ErrorKind::NoRoute => Outcome::Refused,
         }
     }
 

@@ -34,6 +34,7 @@ use crate::stack::HttpService;
 use crate::telemetry::metrics::ConnectionMetrics;
 use crate::tls::PeerIdentity;
 use crate::tls::inbound::{InboundTls, Negotiated};
+use crate::transparent::outbound::TransparentOutbound;
 use crate::upstream::Upstream;
 
 /// A client that does not finish sending its request headers within this
@@ -59,6 +60,8 @@ pub enum Handler {
     /// An HTTP listener; connections idle for the duration are closed.
     Http(HttpProtocol, HttpService, Duration),
     Tcp(Arc<Upstream>),
+    /// The transparent outbound listener (iptables-redirected connections).
+    Transparent(Arc<TransparentOutbound>),
 }
 
 /// Accepts connections until the drain starts.
@@ -93,9 +96,14 @@ pub async fn accept_loop(
         let tls = tls.clone();
         let drain = drain.clone();
         tokio::spawn(async move {
-            match tls {
-                None => serve(stream, client, None, handler, drain).await,
-                Some(tls) => {
+            match (tls, handler) {
+                // Redirected plaintext from the local application: never TLS,
+                // and the raw socket is needed for its original destination.
+                (_, Handler::Transparent(transparent)) => {
+                    transparent.serve(stream, client, drain).await
+                }
+                (None, handler) => serve(stream, client, None, handler, drain).await,
+                (Some(tls), handler) => {
                     if let Some(accepted) = tls.accept(stream, peer).await {
                         let handler = match (handler, accepted.negotiated) {
                             (Handler::Http(_, service, idle), Some(Negotiated::Http2)) => {
@@ -130,10 +138,13 @@ async fn serve<S>(
             serve_http(stream, client, peer, protocol, service, idle, drain).await
         }
         Handler::Tcp(upstream) => crate::tcp::proxy(stream, upstream).await,
+        Handler::Transparent(_) => unreachable!("served by accept_loop on the raw socket"),
     }
 }
 
-async fn serve_http<S>(
+/// Serves HTTP on one accepted connection until it ends, is idle for `idle`
+/// or is drained.
+pub(crate) async fn serve_http<S>(
     stream: S,
     client: ClientAddr,
     peer: Option<PeerIdentity>,

@@ -107,6 +107,7 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
          \x20 - name: cat-tcp\n    listen: 127.0.0.1:0\n    protocol: tcp\n    \
          discovery: {{ static: [{echo}] }}\n\
          admin: {{ listen: 127.0.0.1:0 }}\n\
+         transparent: {{ outbound_listen: 127.0.0.1:0 }}\n\
          logging: {{ access_log: false }}\n\
          tracing: {{ otlp: {{ endpoint: \"http://{dead}/v1/traces\" }} }}\n",
         app = app.addr.port(),

@@ -17,6 +17,7 @@ mod error;
 mod locate;
 mod model;
 mod resilience;
+mod transparent;
 mod validate;
 
 use std::path::Path;
@@ -36,6 +37,7 @@ pub use resilience::{
     OutlierDetection, RateLimitConfig, RateLimitKey, RetryBackoff, RetryBudget, RetryPolicy,
     default_failure_conditions, grpc_code,
 };
+pub use transparent::{Cidr, DestinationMatch, HostName, TransparentConfig, Unmatched};
 
 use locate::{Position, SourceMap};
 

@@ -1,9 +1,9 @@
 //! The configuration model: one struct per YAML section, field names equal
 //! to the YAML keys of architecture.md §4 (a public interface). Every struct
-//! rejects unknown keys, so sections not implemented yet (transparent,
-//! ...) are errors rather than silently ignored. The
-//! resilience sections live in `resilience.rs`. Values are typed here ("parse, don't
-//! validate"); cross-field rules live in `validate.rs`.
+//! rejects unknown keys, so sections not implemented yet are errors rather
+//! than silently ignored. The resilience sections live in `resilience.rs`,
+//! the transparent-mode section in `transparent.rs`. Values are typed here
+//! ("parse, don't validate"); cross-field rules live in `validate.rs`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,6 +17,7 @@ use super::duration;
 use super::resilience::{
     CircuitBreakerConfig, FaultConfig, OutlierDetection, RateLimitConfig, RetryPolicy,
 };
+use super::transparent::{DestinationMatch, HostName, TransparentConfig};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -40,6 +41,9 @@ pub struct Config {
     /// Mesh mTLS between sidecars; off when absent.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Transparent mode (iptables redirection); off when absent.
+    #[serde(default)]
+    pub transparent: Option<TransparentConfig>,
 }
 
 /// Mesh mTLS (`tls:`): the sidecar's certificate, the CA it trusts, and
@@ -296,6 +300,17 @@ pub struct InboundConfig {
     pub max_concurrent_requests: Option<u32>,
 }
 
+impl Default for InboundConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_inbound_listen(),
+            timeout: None,
+            rate_limit: None,
+            max_concurrent_requests: None,
+        }
+    }
+}
+
 fn default_inbound_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 15006))
 }
@@ -305,7 +320,18 @@ fn default_inbound_listen() -> SocketAddr {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub name: String,
-    pub listen: SocketAddr,
+    /// Explicit-mode listener; an upstream reached only through the
+    /// transparent listener has none.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Transparent mode: the names (Host / `:authority`, port optional) this
+    /// upstream answers for.
+    #[serde(default)]
+    pub hosts: Vec<HostName>,
+    /// Transparent mode: the original destinations (`ip` or `ip:port`) this
+    /// upstream answers for.
+    #[serde(default)]
+    pub addresses: Vec<DestinationMatch>,
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     pub discovery: Discovery,

@@ -78,7 +78,7 @@ fn demo_file_is_the_demo() {
         panic!("one upstream expected");
     };
     assert_eq!(echo.name, "echo");
-    assert_eq!(echo.listen.to_string(), "127.0.0.1:9001");
+    assert_eq!(echo.listen.expect("listen").to_string(), "127.0.0.1:9001");
     assert_eq!(echo.protocol, UpstreamProtocol::Http);
     assert_eq!(echo.load_balancing.policy, LoadBalancingPolicy::RoundRobin);
     let Discovery::Static(endpoints) = &echo.discovery else {
@@ -161,7 +161,7 @@ fn section_not_in_scope_is_an_unknown_key() {
     assert_eq!(
         errors(text),
         [
-            "test.yaml:2:1: routes: unknown field `routes`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing, tls"
+            "test.yaml:2:1: routes: unknown field `routes`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing, tls, transparent"
         ]
     );
 }

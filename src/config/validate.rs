@@ -13,8 +13,11 @@
 //! implemented yet, so it must not pass silently), `tls` with `source: files`
 //! but without cert/key/ca (or with them under `source: consul`), zero TLS
 //! intervals, empty authorization patterns or SPIFFE IDs that do not parse,
-//! and `upstreams[].tls` turned on without a `tls` section. Every problem is
-//! returned, with the key path it concerns.
+//! and `upstreams[].tls` turned on without a `tls` section. Transparent
+//! mode: an upstream without `listen` must have `hosts` or `addresses`, those
+//! keys need a `transparent:` section, `hosts` need an HTTP upstream, a host
+//! or address may belong to one upstream only, and `detect_timeout` must not
+//! be zero. Every problem is returned, with the key path it concerns.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -45,6 +48,7 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
     check_runtime_and_logging(config, &mut problems);
     check_tracing(config, &mut problems);
     check_tls(config, &mut problems);
+    check_transparent(config, &mut problems);
     problems.0
 }
 
@@ -118,7 +122,15 @@ fn check_listeners(config: &Config, problems: &mut Problems) {
         listeners.push(("inbound.listen".to_owned(), inbound.listen));
     }
     for (i, upstream) in config.upstreams.iter().enumerate() {
-        listeners.push((format!("upstreams[{i}].listen"), upstream.listen));
+        if let Some(listen) = upstream.listen {
+            listeners.push((format!("upstreams[{i}].listen"), listen));
+        }
+    }
+    if let Some(transparent) = &config.transparent {
+        listeners.push((
+            "transparent.outbound_listen".to_owned(),
+            transparent.outbound_listen,
+        ));
     }
     listeners.push(("admin.listen".to_owned(), config.admin.listen));
 
@@ -522,6 +534,63 @@ fn check_tls(config: &Config, problems: &mut Problems) {
             && let Err(message) = crate::tls::identity::check_expected(identity)
         {
             problems.add(format!("upstreams[{i}].tls.identity"), message);
+        }
+    }
+}
+
+/// Transparent mode: which upstream answers for which host and address.
+fn check_transparent(config: &Config, problems: &mut Problems) {
+    let transparent = config.transparent.as_ref();
+    if let Some(transparent) = transparent {
+        problems.nonzero(
+            "transparent.detect_timeout".to_owned(),
+            transparent.detect_timeout,
+        );
+    }
+    let mut hosts = Vec::new();
+    let mut addresses = Vec::new();
+    for (i, upstream) in config.upstreams.iter().enumerate() {
+        let at = |key: &str| format!("upstreams[{i}].{key}");
+        let routed = !upstream.hosts.is_empty() || !upstream.addresses.is_empty();
+        if upstream.listen.is_none() && !routed {
+            problems.add(
+                at("listen"),
+                "an upstream needs `listen` (explicit mode) or `hosts` / `addresses` (transparent mode)",
+            );
+        }
+        if routed && transparent.is_none() {
+            problems.add(
+                at(if upstream.hosts.is_empty() {
+                    "addresses"
+                } else {
+                    "hosts"
+                }),
+                "hosts and addresses route transparent-mode traffic; add a `transparent:` section",
+            );
+        }
+        if !upstream.hosts.is_empty() && upstream.protocol == UpstreamProtocol::Tcp {
+            problems.add(
+                at("hosts"),
+                "hosts match the HTTP Host header; a tcp upstream is matched by `addresses`",
+            );
+        }
+        for host in &upstream.hosts {
+            if let Some((_, other)) = hosts.iter().find(|(known, _)| known == host) {
+                problems.add(
+                    at("hosts"),
+                    format!("host `{host}` is already routed to upstreams[{other}]"),
+                );
+            }
+            hosts.push((host.clone(), i));
+        }
+        for address in &upstream.addresses {
+            if let Some((_, other)) = addresses.iter().find(|(known, _)| known == address) {
+                problems.add(
+                    at("addresses"),
+                    format!("address `{address}` is already routed to upstreams[{other}]"),
+                );
+            }
+            addresses.push((*address, i));
         }
     }
 }

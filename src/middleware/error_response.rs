@@ -26,9 +26,10 @@ pub fn http_status(error: &ProxyError) -> StatusCode {
             ErrorKind::NoEndpoints | ErrorKind::CircuitOpen | ErrorKind::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout | ErrorKind::UpstreamReset => {
-                StatusCode::BAD_GATEWAY
-            }
+            ErrorKind::ConnectFailed
+            | ErrorKind::ConnectTimeout
+            | ErrorKind::UpstreamReset
+            | ErrorKind::NoRoute => StatusCode::BAD_GATEWAY,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::FaultAbort => StatusCode::SERVICE_UNAVAILABLE,
@@ -52,7 +53,8 @@ pub fn grpc_status(error: &ProxyError) -> u16 {
             | ErrorKind::UpstreamReset
             | ErrorKind::CircuitOpen
             | ErrorKind::Overloaded
-            | ErrorKind::FaultAbort => 14, // UNAVAILABLE
+            | ErrorKind::FaultAbort
+            | ErrorKind::NoRoute => 14, // UNAVAILABLE
             ErrorKind::Timeout => 4,     // DEADLINE_EXCEEDED
             ErrorKind::RateLimited => 8, // RESOURCE_EXHAUSTED
             ErrorKind::ClientBody => 13, // INTERNAL

@@ -27,6 +27,8 @@ pub const DISCOVERY_ERRORS_TOTAL: &str = "remora_discovery_errors_total";
 pub const DISCOVERY_LAST_UPDATE: &str = "remora_discovery_last_update_timestamp_seconds";
 pub const TCP_SENT_BYTES: &str = "remora_tcp_sent_bytes_total";
 pub const TCP_RECEIVED_BYTES: &str = "remora_tcp_received_bytes_total";
+pub const TRANSPARENT_CONNECTIONS_TOTAL: &str = "remora_transparent_connections_total";
+pub const TRANSPARENT_UNMATCHED_TOTAL: &str = "remora_transparent_unmatched_total";
 
 /// Latency buckets, 0.5 ms to 10 s.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -327,4 +329,16 @@ pub fn authz_denied_counter(direction: Direction, upstream: &str) -> Counter {
 pub fn tls_certificate_update(ok: bool) {
     let result = if ok { "ok" } else { "error" };
     counter!(TLS_CERTIFICATE_UPDATES_TOTAL, "result" => result).increment(1);
+}
+
+/// Connections of the transparent listener by detected protocol (`http1`,
+/// `http2`, `tcp`).
+pub fn transparent_connections(protocol: &'static str) -> Counter {
+    counter!(TRANSPARENT_CONNECTIONS_TOTAL, "protocol" => protocol)
+}
+
+/// Transparent traffic that matched no upstream: HTTP requests and TCP
+/// connections, by `protocol` and `action` (`passthrough`, `refused`).
+pub fn transparent_unmatched(protocol: &'static str, action: &'static str) -> Counter {
+    counter!(TRANSPARENT_UNMATCHED_TOTAL, "protocol" => protocol, "action" => action)
 }

@@ -166,6 +166,12 @@ impl Drop for ConsulStandIn {
 impl ConsulStandIn {
     /// Binds 127.0.0.1:0 and serves an empty catalog at index 1.
     pub fn start() -> ConsulStandIn {
+        Self::start_on("127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Like [`ConsulStandIn::start`], on `addr` (e.g. `0.0.0.0:0`, reachable
+    /// from network namespaces through their veth peers).
+    pub fn start_on(addr: SocketAddr) -> ConsulStandIn {
         let text = std::fs::read_to_string(docs_sample("health-service-response.json"))
             .expect("the Consul docs sample is readable");
         let sample: Value = serde_json::from_str(&text).expect("sample is JSON");
@@ -180,7 +186,7 @@ impl ConsulStandIn {
             template: sample[0].clone(),
             connect: Mutex::new(Connect::default()),
         });
-        let (addr, task) = listen("127.0.0.1:0".parse().unwrap(), Arc::clone(&state));
+        let (addr, task) = listen(addr, Arc::clone(&state));
         ConsulStandIn {
             addr,
             state,
