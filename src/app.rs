@@ -16,6 +16,7 @@ use crate::consul;
 use crate::discovery::consul::{Watches, query_for};
 use crate::discovery::dns::DnsDiscoverer;
 use crate::drain::{Drain, DrainController};
+use crate::routing::backends::Backends;
 use crate::server::{self, Handler, HttpProtocol};
 use crate::stack;
 use crate::telemetry::metrics::{self, ConnectionMetrics};
@@ -141,6 +142,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     }
 
     let mut watches = Watches::default();
+    let mut targets = Vec::new();
     for upstream in &config.upstreams {
         // A Consul-discovered upstream starts empty (so not ready) until
         // its watch's first answer.
@@ -170,6 +172,19 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 .with_context(|| format!("upstream {}: DNS discovery", upstream.name))?;
             discoverers.push(discoverer);
         }
+        targets.push(target);
+    }
+
+    // Routing backends may name any upstream, so they are built once all exist.
+    let by_name = |name: &str| targets.iter().find(|t| t.name() == name).cloned();
+    let mut backend_upstreams = Vec::new();
+    for (upstream, target) in config.upstreams.iter().zip(&targets) {
+        let backends = Backends::build(target, upstream, &by_name);
+        backend_upstreams.extend(
+            (backends.iter())
+                .filter(|(_, backend)| !targets.iter().any(|t| Arc::ptr_eq(t, backend)))
+                .map(|(_, backend)| Arc::clone(backend)),
+        );
         let listen_protocol = match upstream.protocol {
             UpstreamProtocol::Http => Some(HttpProtocol::Http1),
             UpstreamProtocol::Http2 | UpstreamProtocol::Grpc => Some(HttpProtocol::Http2),
@@ -181,9 +196,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             name: upstream.name.clone(),
             direction: Direction::Outbound,
             listener: bind(upstream.listen, &label).await?,
-            handler: handler(listen_protocol, Arc::clone(&target), || {
+            handler: handler(listen_protocol, Arc::clone(target), || {
                 stack::outbound(
-                    Arc::clone(&target),
+                    &backends,
                     upstream,
                     &config.tracing,
                     access_log,
@@ -241,7 +256,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     for discoverer in discoverers {
         discoverer.spawn(drain.watch());
     }
-    spawn_idle_sweeper(upstreams, drain.watch());
+    let swept = upstreams
+        .iter()
+        .chain(&backend_upstreams)
+        .cloned()
+        .collect();
+    spawn_idle_sweeper(swept, drain.watch());
     readiness.set_listening();
     Ok(Running {
         bound,

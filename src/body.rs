@@ -1,6 +1,8 @@
 //! The bodies remora moves. [`RequestBody`]: a client's request body, streamed,
 //! and for retries streamed while a copy is kept ([`replay`]) so the request
 //! can be sent again.
+//! A request mirrored to a shadow backend has its (small) body read whole
+//! first ([`RequestBody::buffered`]), so both legs can send it.
 //! [`ResponseBody`]: an upstream's streamed body or a body remora made itself,
 //! plus what has to happen when the body is done.
 //!
@@ -214,6 +216,11 @@ enum RequestKind {
     /// Read from the client (or replayed) as it is sent upstream, a copy kept
     /// for the next try.
     Replaying(ReplayBody<RequestBody>),
+    /// Already read whole (a mirrored request's small body): data, then trailers.
+    Buffered {
+        data: Option<Bytes>,
+        trailers: Option<http::HeaderMap>,
+    },
 }
 
 /// Why a request body could not be sent whole.
@@ -235,6 +242,16 @@ impl RequestBody {
     pub fn streaming(body: Incoming) -> Self {
         Self {
             kind: RequestKind::Streaming(body),
+        }
+    }
+
+    /// A body read whole already; sent as one data frame, then the trailers.
+    pub fn buffered(data: Bytes, trailers: Option<http::HeaderMap>) -> Self {
+        Self {
+            kind: RequestKind::Buffered {
+                data: (!data.is_empty()).then_some(data),
+                trailers,
+            },
         }
     }
 
@@ -280,6 +297,11 @@ impl Body for RequestBody {
                 .poll_frame(cx)
                 .map_err(RequestBodyError::Client),
             RequestKind::Replaying(body) => Pin::new(body).poll_frame(cx),
+            RequestKind::Buffered { data, trailers } => Poll::Ready(
+                (data.take().map(Frame::data))
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
         }
     }
 
@@ -287,6 +309,7 @@ impl Body for RequestBody {
         match &self.kind {
             RequestKind::Streaming(body) => body.is_end_stream(),
             RequestKind::Replaying(body) => body.is_end_stream(),
+            RequestKind::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
         }
     }
 
@@ -294,6 +317,9 @@ impl Body for RequestBody {
         match &self.kind {
             RequestKind::Streaming(body) => body.size_hint(),
             RequestKind::Replaying(body) => body.size_hint(),
+            RequestKind::Buffered { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len()) as u64)
+            }
         }
     }
 }

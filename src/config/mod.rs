@@ -17,6 +17,8 @@ mod error;
 mod locate;
 mod model;
 mod resilience;
+mod route_checks;
+mod routing;
 mod validate;
 
 use std::path::Path;
@@ -34,6 +36,11 @@ pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,
     OutlierDetection, RateLimitConfig, RateLimitKey, RetryBackoff, RetryBudget, RetryPolicy,
     default_failure_conditions, grpc_code,
+};
+pub use routing::{
+    BackendConfig, DEFAULT_BACKEND, DirectResponse, GrpcMatch, HeaderRules, MirrorConfig,
+    PathMatch, Pattern, Redirect, Rewrite, RouteConfig, RouteMatch, SplitTarget, StickyKey,
+    SubsetConfig, ValueMatch,
 };
 
 use locate::{Position, SourceMap};

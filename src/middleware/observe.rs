@@ -1,7 +1,9 @@
 //! Observes every request's outcome — including the responses remora made
 //! itself — and records it when the response body ends: request count and
 //! duration by status code, proxy-made errors by kind, the upstream's request
-//! and error totals (admin `/upstreams`), and the access-log line. The
+//! and error totals (admin `/upstreams`), and the access-log line; on an
+//! upstream with `routes:`, the route's metrics and its name in the log line
+//! and span (from the response's `RouteLabel`). The
 //! listener's in-flight gauge goes up when a request arrives and down when its
 //! response ends, fails, or is dropped (an RAII guard).
 //! Recording at the body's end is what makes the duration cover streamed
@@ -25,6 +27,7 @@ use crate::error::ErrorKind;
 use crate::forward::ServedBy;
 use crate::headers::grpc_status;
 use crate::middleware::trace_context::TraceContext;
+use crate::routing::RouteLabel;
 use crate::server::ClientAddr;
 use crate::telemetry::access_log::{self, Outcome, RequestSummary};
 use crate::telemetry::metrics::{RequestMetrics, in_flight_gauge};
@@ -128,15 +131,21 @@ where
             let head_grpc_status = grpc_status(response.headers());
             let endpoint = response.extensions().get::<ServedBy>().map(|s| s.0);
             let error = response.extensions().get::<ErrorKind>().copied();
+            let route = response.extensions().get::<RouteLabel>().cloned();
             response.body_mut().on_end(Box::new(move |end: BodyEnd| {
                 let observer = &active.0;
                 let duration = started.elapsed();
                 observer.metrics.record(status, duration, error);
                 observer.totals.record(error.is_some());
+                if let Some(route) = &route {
+                    route.record(status, duration);
+                }
+                let route_name = route.as_ref().map(RouteLabel::name);
                 if let Some(summary) = summary {
                     let outcome = Outcome {
                         direction: observer.direction.as_str(),
                         upstream: &observer.upstream,
+                        route: route_name,
                         endpoint,
                         status,
                         grpc_status: end.grpc_status.or(head_grpc_status),
@@ -159,6 +168,7 @@ where
                         status,
                         error,
                         upstream: observer.upstream.clone(),
+                        route: route_name.map(str::to_owned),
                         endpoint,
                     });
                 }
