@@ -164,14 +164,6 @@ pub fn instances(entries: &[ServiceEntry], passing_only: bool) -> Vec<Instance> 
     instances
 }
 
-/// The endpoint addresses of [`instances`].
-pub fn endpoints(entries: &[ServiceEntry], passing_only: bool) -> Vec<SocketAddr> {
-    instances(entries, passing_only)
-        .into_iter()
-        .map(|instance| instance.addr)
-        .collect()
-}
-
 fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
@@ -183,6 +175,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn endpoints(entries: &[ServiceEntry], passing_only: bool) -> Vec<SocketAddr> {
+        instances(entries, passing_only)
+            .into_iter()
+            .map(|instance| instance.addr)
+            .collect()
+    }
+
+    #[test]
+    fn instances_keep_tags_and_meta() {
+        let json = r#"[{"Node":{"Address":"10.0.0.1"},
+            "Service":{"Port":1,"Tags":["v2","canary"],"Meta":{"version":"2.1"}}}]"#;
+        let found = instances(&parse(json), true);
+        assert_eq!(found[0].tags, ["v2", "canary"]);
+        assert_eq!(found[0].meta["version"], "2.1");
+    }
 
     fn parse(json: &str) -> Vec<ServiceEntry> {
         serde_json::from_str(json).expect("parses")

@@ -26,3 +26,28 @@ impl Instance {
             && (subset.meta.iter()).all(|(key, value)| self.meta.get(key) == Some(value))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subset_membership_needs_every_tag_and_meta_value() {
+        let instance = Instance {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            tags: vec!["v2".into(), "eu".into()],
+            meta: [("version".to_owned(), "2".to_owned())].into(),
+        };
+        let subset = |tags: &[&str], meta: &[(&str, &str)]| SubsetConfig {
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            meta: (meta.iter())
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        assert!(instance.is_in(&subset(&["v2"], &[])));
+        assert!(instance.is_in(&subset(&["eu", "v2"], &[("version", "2")])));
+        assert!(!instance.is_in(&subset(&["v2", "us"], &[])));
+        assert!(!instance.is_in(&subset(&[], &[("version", "1")])));
+        assert!(!instance.is_in(&subset(&[], &[("zone", "a")])));
+    }
+}
