@@ -32,8 +32,20 @@ fn yaml(default: SocketAddr, upstream_extra: &str) -> String {
     )
 }
 
+/// Waits up to 5 s for a metric of `proxy` to reach `expected`; returns the
+/// last value seen (0 when absent) for the caller's assertion.
+async fn metric(proxy: &Proxy, name: &str, labels: &[(&str, &str)], expected: f64) -> f64 {
+    let url = proxy.admin_url("/metrics");
+    prom::wait_for_value(&url, name, labels, expected, Duration::from_secs(5)).await
+}
+
 async fn get_with(url: &str, headers: &[(&str, &str)]) -> support::Reply {
-    let mut request = Request::get(url);
+    call("GET", url, headers).await
+}
+
+/// `method url` with `headers` and an empty body, over HTTP/1.1.
+async fn call(method: &str, url: &str, headers: &[(&str, &str)]) -> support::Reply {
+    let mut request = Request::builder().method(method).uri(url);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -42,7 +54,7 @@ async fn get_with(url: &str, headers: &[(&str, &str)]) -> support::Reply {
         request.body(Full::new(Bytes::new())).unwrap(),
     )
     .await
-    .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
 }
 
 /// Method, path, headers, and the backend expected to get the request.
@@ -101,18 +113,7 @@ async fn every_match_type_picks_its_backend() {
     ];
     for (method, path, headers, expected) in cases {
         let before: Vec<u64> = backends.iter().map(|b| b.requests()).collect();
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("http://{api}{path}"));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        send(
-            Version::HTTP_11,
-            request.body(Full::new(Bytes::new())).unwrap(),
-        )
-        .await
-        .unwrap();
+        call(method, &format!("http://{api}{path}"), headers).await;
         let hit: Vec<&str> = (backends.iter().zip(before))
             .filter(|(backend, before)| backend.requests() > *before)
             .map(|(backend, _)| backend.name.as_str())
@@ -177,12 +178,11 @@ async fn weighted_split_shares_over_10000_requests() {
     assert_eq!(tries("v1"), Some(v1.requests() as f64));
     assert_eq!(tries("v2"), Some(v2.requests() as f64));
     // Counted when each response body ends, just after the client read it.
-    let routed = prom::wait_for_value(
-        &proxy.admin_url("/metrics"),
+    let routed = metric(
+        &proxy,
         "remora_route_requests_total",
         &[("upstream", "api"), ("route", "shares"), ("code", "200")],
         TOTAL as f64,
-        Duration::from_secs(5),
     )
     .await;
     assert_eq!(routed, TOTAL as f64);
@@ -285,15 +285,7 @@ async fn redirects_and_direct_responses_call_no_upstream() {
 
     for (route, code) in [("moved", "308"), ("maintenance", "503")] {
         let labels = [("upstream", "api"), ("route", route), ("code", code)];
-        let metrics_url = proxy.admin_url("/metrics");
-        let count = prom::wait_for_value(
-            &metrics_url,
-            "remora_route_requests_total",
-            &labels,
-            1.0,
-            Duration::from_secs(5),
-        )
-        .await;
+        let count = metric(&proxy, "remora_route_requests_total", &labels, 1.0).await;
         assert_eq!(count, 1.0, "{route}");
     }
 }
@@ -401,12 +393,11 @@ async fn mirror_copies_requests_and_isolates_the_caller() {
         let reply = send(Version::HTTP_11, request).await.unwrap();
         assert_eq!(reply.body, "hello");
     }
-    let answered = prom::wait_for_value(
-        &metrics_url,
+    let answered = metric(
+        &proxy,
         "remora_mirror_requests_total",
         &mirrored("live", "answered"),
         5.0,
-        Duration::from_secs(5),
     )
     .await;
     assert_eq!(answered, 5.0);
@@ -443,12 +434,11 @@ async fn mirror_copies_requests_and_isolates_the_caller() {
                 started.elapsed()
             );
         }
-        let failed = prom::wait_for_value(
-            &metrics_url,
+        let failed = metric(
+            &proxy,
             "remora_mirror_requests_total",
             &mirrored(route, "failed"),
             if which == "slow" { 2.0 } else { 4.0 },
-            Duration::from_secs(5),
         )
         .await;
         if which == "slow" {
@@ -483,14 +473,7 @@ async fn consul_tag_subsets_follow_discovery() {
     );
     let proxy = Proxy::start(&text).await;
     let url = format!("http://{}/", proxy.upstream("api"));
-    let endpoints = prom::wait_for_value(
-        &proxy.admin_url("/metrics"),
-        "remora_endpoints",
-        &[("upstream", "api")],
-        1.0,
-        Duration::from_secs(5),
-    )
-    .await;
+    let endpoints = metric(&proxy, "remora_endpoints", &[("upstream", "api")], 1.0).await;
     assert_eq!(endpoints, 1.0);
     // No v2 instance yet: the subset is empty.
     let reply = get_with(&url, &[("x-canary", "1")]).await;
@@ -499,12 +482,11 @@ async fn consul_tag_subsets_follow_discovery() {
     assert!(reply.body.contains("api/canary"), "{}", reply.body);
 
     consul.register(Instance::new("v2", "api", v2.addr).tags(&["v2"]));
-    let subset = prom::wait_for_value(
-        &proxy.admin_url("/metrics"),
+    let subset = metric(
+        &proxy,
         "remora_endpoints",
         &[("upstream", "api/canary")],
         1.0,
-        Duration::from_secs(5),
     )
     .await;
     assert_eq!(subset, 1.0);
@@ -512,12 +494,11 @@ async fn consul_tag_subsets_follow_discovery() {
         assert_eq!(get_with(&url, &[("x-canary", "1")]).await.body, "v2");
     }
     consul.deregister("v2");
-    let subset = prom::wait_for_value(
-        &proxy.admin_url("/metrics"),
+    let subset = metric(
+        &proxy,
         "remora_endpoints",
         &[("upstream", "api/canary")],
         0.0,
-        Duration::from_secs(5),
     )
     .await;
     assert_eq!(subset, 0.0);
