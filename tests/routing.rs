@@ -3,8 +3,8 @@
 //! accuracy over 10,000 requests, sticky splits, header and path rewrites,
 //! redirects and direct responses, per-route timeout and retry overrides,
 //! gRPC method matching, mirroring (the shadow gets copies; a dead or slow
-//! shadow changes nothing for the caller), route metrics, and Consul tag
-//! subsets following discovery.
+//! shadow changes nothing for the caller), route metrics, the route in the
+//! access log, and Consul tag subsets following discovery.
 
 mod support;
 
@@ -502,4 +502,43 @@ async fn consul_tag_subsets_follow_discovery() {
     )
     .await;
     assert_eq!(subset, 0.0);
+}
+
+#[tokio::test]
+async fn the_access_log_names_the_route() {
+    let backend = http_backend("logged");
+    let extra = "    routes:\n      - { name: docs, match: { path: { prefix: /docs } }, direct_response: { status: 204 } }\n";
+    let text = yaml(backend.addr, extra).replace("logging: { access_log: false }\n", "");
+    let mut proxy = support::ProxyProcess::start(&text, 1);
+    let api = proxy.listener("api");
+    assert_eq!(
+        get(Version::HTTP_11, &format!("http://{api}/docs/x"))
+            .await
+            .unwrap()
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        get(Version::HTTP_11, &format!("http://{api}/"))
+            .await
+            .unwrap()
+            .status,
+        StatusCode::OK
+    );
+    let lines = tokio::task::spawn_blocking(move || {
+        let first = proxy.wait_for_log("\"message\":\"request\"");
+        let second = proxy.wait_for_log("\"message\":\"request\"");
+        [first, second]
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
+        .await
+        .unwrap()
+        .unwrap();
+    let routes: Vec<String> = (lines.iter())
+        .map(|line| {
+            let access: serde_json::Value = serde_json::from_str(line).unwrap();
+            access["route"].as_str().unwrap_or("(none)").to_owned()
+        })
+        .collect();
+    assert_eq!(routes, ["docs", "default"]);
 }
