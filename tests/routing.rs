@@ -1,7 +1,8 @@
 //! L7 routing end to end, through real listeners to several `http_backend`s
 //! (each answers `/` with its own name): every match type, weighted split
 //! accuracy over 10,000 requests, sticky splits, header and path rewrites,
-//! redirects and direct responses, per-route timeout and retry overrides,
+//! redirects and direct responses, per-route timeout, retry, rate-limit and
+//! fault overrides,
 //! gRPC method matching, mirroring (the shadow gets copies; a dead or slow
 //! shadow changes nothing for the caller), route metrics, the route in the
 //! access log, and Consul tag subsets following discovery.
@@ -541,4 +542,51 @@ async fn the_access_log_names_the_route() {
         })
         .collect();
     assert_eq!(routes, ["docs", "default"]);
+}
+
+#[tokio::test]
+async fn per_route_rate_limit_and_fault_override_the_upstream() {
+    let backend = http_backend("origin");
+    let extra = "    rate_limit: { requests_per_second: 1000, burst: 1000 }\n    routes:\n      \
+         - { name: limited, match: { path: { exact: /limited } }, rate_limit: { requests_per_second: 0.1, burst: 1 } }\n      \
+         - { name: faulty, match: { path: { exact: /faulty } }, fault: { abort: { percent: 100, status: 418 } } }\n";
+    let proxy = Proxy::start(&yaml(backend.addr, extra)).await;
+    let api = proxy.upstream("api");
+    let status = |path: &'static str| {
+        let url = format!("http://{api}{path}");
+        async move { get(Version::HTTP_11, &url).await.unwrap() }
+    };
+    assert_eq!(status("/limited").await.status, StatusCode::NOT_FOUND);
+    let limited = status("/limited").await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.headers["x-remora-error"], "rate_limited");
+    let faulty = status("/faulty").await;
+    assert_eq!(faulty.status, StatusCode::IM_A_TEAPOT);
+    assert_eq!(faulty.headers["x-remora-error"], "fault_abort");
+    // The upstream's own (generous) bucket and no fault elsewhere.
+    for _ in 0..5 {
+        assert_eq!(status("/").await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        backend.requests(),
+        6,
+        "the limited and faulty tries never left"
+    );
+}
+
+#[tokio::test]
+async fn host_rewrite_over_http1_and_http2() {
+    let backend = http_backend("origin");
+    let extra =
+        "    routes:\n      - { name: host, rewrite: { host: \"internal.example:8443\" } }\n";
+    let text = yaml(backend.addr, extra).replace("protocol: http\n", "protocol: auto\n");
+    let proxy = Proxy::start(&text).await;
+    let url = format!("http://{}/headers", proxy.upstream("api"));
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        let reply = get(version, &url).await.unwrap();
+        let seen: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(seen["authority"], "internal.example:8443", "{version:?}");
+        // `protocol: auto` keeps the client's version upstream.
+        assert_eq!(seen["version"], format!("{version:?}"));
+    }
 }
