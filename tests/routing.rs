@@ -5,7 +5,7 @@
 //! fault overrides,
 //! gRPC method matching, mirroring (the shadow gets copies; a dead or slow
 //! shadow changes nothing for the caller), route metrics, the route in the
-//! access log, and Consul tag subsets following discovery.
+//! access log, and Consul tag and `Service.Meta` subsets following discovery.
 
 mod support;
 
@@ -459,16 +459,18 @@ async fn mirror_copies_requests_and_isolates_the_caller() {
 }
 
 #[tokio::test]
-async fn consul_tag_subsets_follow_discovery() {
+async fn consul_tag_and_meta_subsets_follow_discovery() {
     let consul = ConsulStandIn::start();
     let (v1, v2) = (http_backend("v1"), http_backend("v2"));
-    consul.register(Instance::new("v1", "api", v1.addr).tags(&["v1"]));
+    consul.register(Instance::new("v1", "api", v1.addr).tags(&["stable"]));
     let text = format!(
         "service: {{ name: test }}\nconsul: {{ address: \"{}\", wait: 2s }}\n\
          upstreams:\n  - name: api\n    listen: 127.0.0.1:0\n    \
          discovery: {{ consul: {{ service: api }} }}\n    \
-         backends:\n      canary: {{ subset: {{ tags: [v2] }} }}\n    \
-         routes:\n      - {{ name: canary, match: {{ headers: [{{ name: x-canary, present: true }}] }}, backend: canary }}\n\
+         backends:\n      canary: {{ subset: {{ meta: {{ version: v2 }} }} }}\n      \
+         stable: {{ subset: {{ tags: [stable] }} }}\n    \
+         routes:\n      - {{ name: canary, match: {{ headers: [{{ name: x-canary, present: true }}] }}, backend: canary }}\n      \
+         - {{ name: stable, match: {{ headers: [{{ name: x-stable, present: true }}] }}, backend: stable }}\n\
          admin: {{ listen: 127.0.0.1:0 }}\nlogging: {{ access_log: false }}\n",
         consul.url()
     );
@@ -482,7 +484,9 @@ async fn consul_tag_subsets_follow_discovery() {
     assert_eq!(reply.headers["x-remora-error"], "no_endpoints");
     assert!(reply.body.contains("api/canary"), "{}", reply.body);
 
-    consul.register(Instance::new("v2", "api", v2.addr).tags(&["v2"]));
+    assert_eq!(get_with(&url, &[("x-stable", "1")]).await.body, "v1");
+
+    consul.register(Instance::new("v2", "api", v2.addr).meta(&[("version", "v2")]));
     let subset = metric(
         &proxy,
         "remora_endpoints",
@@ -493,6 +497,7 @@ async fn consul_tag_subsets_follow_discovery() {
     assert_eq!(subset, 1.0);
     for _ in 0..5 {
         assert_eq!(get_with(&url, &[("x-canary", "1")]).await.body, "v2");
+        assert_eq!(get_with(&url, &[("x-stable", "1")]).await.body, "v1");
     }
     consul.deregister("v2");
     let subset = metric(

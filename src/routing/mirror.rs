@@ -15,7 +15,9 @@
 //!
 //! The shadow request goes straight to the backend's balancer (no breaker,
 //! no retries, no concurrency limit of the caller's upstream), so shadow
-//! failures cannot open a breaker the caller depends on.
+//! failures cannot open a breaker the caller depends on. The shadow
+//! backend's own outlier detection does see its tries. gRPC clients send no
+//! `content-length`, so gRPC requests are not mirrored.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
