@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Version};
-use http_body_util::Full;
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody};
 
 use support::consul::{ConsulStandIn, Instance};
 use support::{Proxy, get, grpc_echo, grpc_unary, http_backend, http_client, prom, send};
@@ -404,7 +405,8 @@ async fn mirror_copies_requests_and_isolates_the_caller() {
     assert_eq!(answered, 5.0);
     assert_eq!(shadow.requests(), 5);
     assert_eq!(shadow.echoed_bytes(), 25, "the shadow got the bodies");
-    // A body over `max_body` is not mirrored.
+    // A body over `max_body` is not mirrored: known from its length, or
+    // found while it streams (chunked), which the caller never notices.
     let request = Request::post(format!("http://{api}/echo"))
         .body(Full::new(Bytes::from(vec![b'x'; 100])))
         .unwrap();
@@ -412,13 +414,27 @@ async fn mirror_copies_requests_and_isolates_the_caller() {
         send(Version::HTTP_11, request).await.unwrap().body.len(),
         100
     );
-    let metrics = prom::scrape(&metrics_url).await;
-    let skipped = prom::value(
-        &metrics,
+    let chunks = futures_util::stream::iter(
+        [&b"0123456789"[..], b"0123456789"]
+            .map(|c| Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(c)))),
+    );
+    let request = Request::post(format!("http://{api}/echo"))
+        .body(StreamBody::new(chunks))
+        .unwrap();
+    let response = http_client(Version::HTTP_11)
+        .request(request)
+        .await
+        .unwrap();
+    let echoed = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(echoed.len(), 20);
+    let skipped = metric(
+        &proxy,
         "remora_mirror_requests_total",
         &mirrored("live", "skipped_body"),
-    );
-    assert_eq!(skipped, Some(1.0));
+        2.0,
+    )
+    .await;
+    assert_eq!(skipped, 2.0);
     assert_eq!(shadow.requests(), 5);
 
     // A shadow that never answers or refuses connections changes nothing.
@@ -594,4 +610,30 @@ async fn host_rewrite_over_http1_and_http2() {
         // `protocol: auto` keeps the client's version upstream.
         assert_eq!(seen["version"], format!("{version:?}"));
     }
+}
+
+#[tokio::test]
+async fn grpc_calls_are_mirrored_once_their_message_is_whole() {
+    let (primary, shadow) = (grpc_echo(), grpc_echo());
+    let text = format!(
+        "service: {{ name: test }}\n\
+         upstreams:\n  - name: api\n    listen: 127.0.0.1:0\n    protocol: grpc\n    \
+         discovery: {{ static: [{}] }}\n    \
+         backends:\n      shadow: {{ static: [{}] }}\n    \
+         routes:\n      - {{ name: grpc-mirror, mirror: {{ backend: shadow }} }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\nlogging: {{ access_log: false }}\n",
+        primary.addr, shadow.addr
+    );
+    let proxy = Proxy::start(&text).await;
+    for n in 0..3 {
+        let (reply, _) = grpc_unary(proxy.upstream("api"), &format!("m{n}"))
+            .await
+            .unwrap();
+        assert_eq!(reply, format!("m{n}"));
+    }
+    let labels = [("route", "grpc-mirror"), ("outcome", "answered")];
+    assert_eq!(
+        metric(&proxy, "remora_mirror_requests_total", &labels, 3.0).await,
+        3.0
+    );
 }

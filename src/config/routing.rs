@@ -221,10 +221,10 @@ pub struct MirrorConfig {
     pub backend: String,
     #[serde(default = "default_mirror_percent")]
     pub percent: f64,
-    /// Requests with a larger (or unknown-length) body are not mirrored.
+    /// Body bytes copied at most; a request with a larger body is not mirrored.
     #[serde(default = "default_mirror_max_body")]
     pub max_body: usize,
-    /// The shadow request is abandoned after this long.
+    /// Longest wait for the body to end, then longest shadow call.
     #[serde(default = "default_mirror_timeout", with = "duration")]
     pub timeout: Duration,
     /// Shadow requests in flight at most; more are skipped.

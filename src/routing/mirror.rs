@@ -2,35 +2,41 @@
 //! backend, in a task of its own; the shadow's response is read and
 //! discarded, its failures are counted and never reach the caller.
 //!
+//! The caller's request is never held back: its body streams upstream as
+//! usual while a copy of at most `max_body` bytes is kept (`body::tee`). The
+//! shadow request is sent once the client's body has ended within the cap
+//! (at once for a request without a body); a body over the cap — known
+//! from its size hint, or found while streaming — or one that does not end
+//! within `timeout` is not mirrored. HTTP upgrades are not mirrored. So a
+//! gRPC unary call is mirrored once its request message is whole; a long
+//! stream is mirrored only if it ends within `timeout` and `max_body`.
+//!
 //! The shadow leg is bounded: at most `max_in_flight` shadow requests at once
-//! (more are skipped, not queued), each abandoned after `timeout`, its
-//! response body drained frame by frame (never held). Only requests whose
-//! body is known to be at most `max_body` bytes are mirrored — an empty body,
-//! or a `content-length` within the cap; such a body is read into memory
-//! (at most `max_body` bytes) before both legs are sent, so the caller's
-//! request waits for its own small body, not for the shadow. Requests with a
-//! larger or unknown-length (chunked, streaming) body and HTTP upgrades are
-//! not mirrored. Outcomes: `remora_mirror_requests_total{upstream, route,
-//! outcome}` with `answered`, `failed`, `skipped_body`, `skipped_busy`.
+//! (a slot is held from the request's arrival; more are skipped, not queued),
+//! the wait for the body and the shadow call each cut off after `timeout`,
+//! the response body drained frame by frame (never held). Outcomes:
+//! `remora_mirror_requests_total{upstream, route, outcome}` with `answered`
+//! (any response, read to its end), `failed`, `skipped_body`, `skipped_busy`.
 //!
 //! The shadow request goes straight to the backend's balancer (no breaker,
 //! no retries, no concurrency limit of the caller's upstream), so shadow
 //! failures cannot open a breaker the caller depends on. The shadow
-//! backend's own outlier detection does see its tries. gRPC clients send no
-//! `content-length`, so gRPC requests are not mirrored.
+//! backend's own outlier detection does see its tries.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use metrics::Counter;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tower::{Layer, Service, ServiceExt};
 
+use crate::body::tee::Copy;
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::MirrorConfig;
 use crate::error::ProxyError;
@@ -41,7 +47,7 @@ use crate::telemetry::metrics::mirror_counter;
 struct Shadow {
     forward: Forward,
     percent: f64,
-    max_body: u64,
+    max_body: usize,
     timeout: Duration,
     slots: Arc<Semaphore>,
     answered: Counter,
@@ -63,7 +69,7 @@ impl MirrorLayer {
             shadow: Arc::new(Shadow {
                 forward,
                 percent: config.percent,
-                max_body: config.max_body as u64,
+                max_body: config.max_body,
                 timeout: config.timeout,
                 slots: Arc::new(Semaphore::new(config.max_in_flight as usize)),
                 answered: counter("answered"),
@@ -108,56 +114,73 @@ where
     }
 
     fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
-        let shadow = &self.shadow;
-        let sampled = shadow.percent >= 100.0 || fastrand::f64() * 100.0 < shadow.percent;
+        let request = self.shadow.mirror(request);
+        Box::pin(self.inner.call(request))
+    }
+}
+
+impl Shadow {
+    /// Starts the shadow leg of `request` when it is sampled and fits the
+    /// bounds; returns the request to send on, its body teed when mirrored.
+    fn mirror(self: &Arc<Self>, request: Request<RequestBody>) -> Request<RequestBody> {
+        let sampled = self.percent >= 100.0 || fastrand::f64() * 100.0 < self.percent;
         if !sampled {
-            return Box::pin(self.inner.call(request));
+            return request;
         }
         let upgrade =
             request.version() <= Version::HTTP_11 && is_upgrade_request(request.headers());
-        let small = request
-            .body()
-            .size_hint()
-            .upper()
-            .is_some_and(|n| n <= shadow.max_body);
-        if upgrade || !small {
-            shadow.skipped_body.increment(1);
-            return Box::pin(self.inner.call(request));
+        if upgrade || request.body().size_hint().lower() > self.max_body as u64 {
+            self.skipped_body.increment(1);
+            return request;
         }
-        let Ok(slot) = Arc::clone(&shadow.slots).try_acquire_owned() else {
-            shadow.skipped_busy.increment(1);
-            return Box::pin(self.inner.call(request));
+        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            self.skipped_busy.increment(1);
+            return request;
         };
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let shadow = Arc::clone(shadow);
-        Box::pin(async move {
-            let (parts, body) = request.into_parts();
-            let collected = (body.collect().await).map_err(|error| ProxyError::ClientBody {
-                source: error.into(),
-            })?;
-            let trailers = collected.trailers().cloned();
-            let data = collected.to_bytes();
-            let mut copy = Request::new(RequestBody::buffered(data.clone(), trailers.clone()));
-            *copy.method_mut() = parts.method.clone();
-            *copy.uri_mut() = parts.uri.clone();
-            *copy.version_mut() = parts.version;
-            *copy.headers_mut() = parts.headers.clone();
-            tokio::spawn(async move {
-                let _slot = slot;
-                let sent = tokio::time::timeout(shadow.timeout, async {
-                    let response = shadow.forward.clone().oneshot(copy).await?;
-                    drain(response.into_body()).await;
-                    Ok::<_, ProxyError>(())
-                });
-                match sent.await {
-                    Ok(Ok(())) => shadow.answered.increment(1),
-                    Ok(Err(_)) | Err(_) => shadow.failed.increment(1),
+        let mut head = Request::new(());
+        *head.method_mut() = request.method().clone();
+        *head.uri_mut() = request.uri().clone();
+        *head.version_mut() = request.version();
+        *head.headers_mut() = request.headers().clone();
+        let (parts, body) = request.into_parts();
+        let (body, copy) = if body.is_end_stream() {
+            (body, None)
+        } else {
+            let (body, copy) = body.teed(self.max_body);
+            (body, Some(copy))
+        };
+        let shadow = Arc::clone(self);
+        tokio::spawn(async move {
+            let _slot = slot;
+            shadow.send(head, copy).await;
+        });
+        Request::from_parts(parts, body)
+    }
+
+    /// Waits (up to `timeout`) for the whole body, then sends the copy and
+    /// reads the answer (up to `timeout` again).
+    async fn send(&self, head: Request<()>, copy: Option<oneshot::Receiver<Copy>>) {
+        let body = match copy {
+            None => RequestBody::buffered(Bytes::new(), None),
+            Some(copy) => match tokio::time::timeout(self.timeout, copy).await {
+                Ok(Ok((data, trailers))) => RequestBody::buffered(data, trailers),
+                // Over `max_body`, failed, or not whole in time.
+                Ok(Err(_)) | Err(_) => {
+                    self.skipped_body.increment(1);
+                    return;
                 }
-            });
-            let request = Request::from_parts(parts, RequestBody::buffered(data, trailers));
-            inner.oneshot(request).await
-        })
+            },
+        };
+        let request = head.map(|()| body);
+        let sent = tokio::time::timeout(self.timeout, async {
+            let response = self.forward.clone().oneshot(request).await?;
+            drain(response.into_body()).await;
+            Ok::<_, ProxyError>(())
+        });
+        match sent.await {
+            Ok(Ok(())) => self.answered.increment(1),
+            Ok(Err(_)) | Err(_) => self.failed.increment(1),
+        }
     }
 }
 
