@@ -69,9 +69,6 @@ pub fn outbound(
     let concrete: BTreeMap<&str, ConcreteService> = (backends.iter())
         .map(|(backend, upstream)| (backend, concrete(upstream)))
         .collect();
-    let Some(default) = backends.get(DEFAULT_BACKEND) else {
-        unreachable!("Backends::build always holds the upstream itself as `default`");
-    };
     let fallback = logical(&shared, None, None, concrete[DEFAULT_BACKEND].clone());
     let service = if config.routes.is_empty() {
         fallback
@@ -97,7 +94,7 @@ pub fn outbound(
         .layer(ObserveLayer::new(
             direction,
             name,
-            default.totals(),
+            backends.upstream().totals(),
             access_log,
             spans,
         ))

@@ -15,7 +15,11 @@ use crate::config::{BackendConfig, DEFAULT_BACKEND, UpstreamConfig};
 use crate::upstream::Upstream;
 
 /// Backend name → its upstream.
-pub struct Backends(BTreeMap<String, Arc<Upstream>>);
+pub struct Backends {
+    /// The upstream itself, backend `default`.
+    upstream: Arc<Upstream>,
+    named: BTreeMap<String, Arc<Upstream>>,
+}
 
 impl Backends {
     /// Builds the backends of `config` for `upstream`; `others` finds
@@ -25,8 +29,7 @@ impl Backends {
         config: &UpstreamConfig,
         others: &dyn Fn(&str) -> Option<Arc<Upstream>>,
     ) -> Self {
-        let mut backends = BTreeMap::new();
-        backends.insert(DEFAULT_BACKEND.to_owned(), Arc::clone(upstream));
+        let mut named = BTreeMap::new();
         for (name, backend) in &config.backends {
             let own = || {
                 let mut settings = upstream.settings.clone();
@@ -43,20 +46,30 @@ impl Backends {
                 BackendConfig::Upstream(other) => others(other),
             };
             if let Some(built) = built {
-                backends.insert(name.clone(), built);
+                named.insert(name.clone(), built);
             }
         }
-        Self(backends)
+        Self {
+            upstream: Arc::clone(upstream),
+            named,
+        }
+    }
+
+    /// The upstream itself (backend `default`).
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Upstream>> {
-        self.0.get(name)
+        if name == DEFAULT_BACKEND {
+            return Some(&self.upstream);
+        }
+        self.named.get(name)
     }
 
-    /// Every backend with its name, `default` included.
+    /// Every backend with its name, `default` first.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<Upstream>)> {
-        self.0
-            .iter()
-            .map(|(name, upstream)| (name.as_str(), upstream))
+        let named = (self.named.iter()).map(|(name, upstream)| (name.as_str(), upstream));
+        [(DEFAULT_BACKEND, &self.upstream)].into_iter().chain(named)
     }
 }
