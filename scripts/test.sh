@@ -7,9 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: procps for `kill` (signals to the real
-# binary), dnsmasq-base for a real DNS server (DNS SRV discovery).
-# bench/ needs wrk and haproxy, but the suite does not.
-packages=(procps dnsmasq-base)
+# binary), dnsmasq-base for a real DNS server (DNS SRV discovery), chromium
+# to load the admin dashboard headless. bench/ needs wrk and haproxy, but the
+# suite does not.
+packages=(procps dnsmasq-base chromium)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

@@ -8,7 +8,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +16,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{Proxy, get, http_backend, http_client, prom, tcp_echo};
+use support::{Proxy, dead_addr, get, http_backend, http_client, prom, tcp_echo};
 
 /// A metric as documented or exported: type and label names.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,11 +84,6 @@ fn exported(text: &str) -> BTreeMap<String, Shape> {
             .extend(sample.labels.into_keys().filter(|key| key != "le"));
     }
     metrics
-}
-
-fn dead_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
 }
 
 #[tokio::test]

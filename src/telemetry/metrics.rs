@@ -33,7 +33,7 @@ pub const ROUTE_BACKEND_REQUESTS_TOTAL: &str = "remora_route_backend_requests_to
 pub const MIRROR_REQUESTS_TOTAL: &str = "remora_mirror_requests_total";
 
 /// Latency buckets, 0.5 ms to 10 s.
-const DURATION_BUCKETS: [f64; 14] = [
+pub const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 

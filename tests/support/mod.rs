@@ -10,8 +10,10 @@
 
 pub mod backend;
 pub mod black_hole;
+pub mod browser;
 pub mod client;
 pub mod consul;
+pub mod debian;
 pub mod grpc;
 pub mod otlp;
 pub mod prom;
@@ -33,6 +35,12 @@ pub use otlp::{Collector, otlp_collector};
 pub use proxy::{Proxy, ProxyProcess};
 pub use tcp::tcp_echo;
 pub use websocket::{websocket_echo, websocket_roundtrip};
+
+/// An address that refuses connections: bound to learn a free port, then closed.
+pub fn dead_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
 
 /// A running server. Dropping it stops the accept loop and every open connection
 /// (the listener closes on the runtime's next tick).
