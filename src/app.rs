@@ -3,7 +3,7 @@
 //! watches, and drains on shutdown.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -183,7 +183,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         backend_upstreams.extend(
             (backends.iter())
                 .filter(|(_, backend)| !targets.iter().any(|t| Arc::ptr_eq(t, backend)))
-                .map(|(_, backend)| Arc::clone(backend)),
+                .map(|(_, backend)| Arc::downgrade(backend)),
         );
         let listen_protocol = match upstream.protocol {
             UpstreamProtocol::Http => Some(HttpProtocol::Http1),
@@ -256,10 +256,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     for discoverer in discoverers {
         discoverer.spawn(drain.watch());
     }
-    let swept = upstreams
-        .iter()
-        .chain(&backend_upstreams)
-        .cloned()
+    let swept = (upstreams.iter().map(Arc::downgrade))
+        .chain(backend_upstreams)
         .collect();
     spawn_idle_sweeper(swept, drain.watch());
     readiness.set_listening();
@@ -300,12 +298,15 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// Closes pooled upstream connections that stayed idle past their timeout.
-fn spawn_idle_sweeper(upstreams: Vec<Arc<Upstream>>, mut drain: Drain) {
+/// Held weakly: routing backends go away with the stack that uses them.
+fn spawn_idle_sweeper(upstreams: Vec<Weak<Upstream>>, mut drain: Drain) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
-                _ = ticks.tick() => upstreams.iter().for_each(|u| u.close_expired_idle()),
+                _ = ticks.tick() => (upstreams.iter())
+                    .filter_map(Weak::upgrade)
+                    .for_each(|upstream| upstream.close_expired_idle()),
                 () = drain.signaled() => return,
             }
         }
