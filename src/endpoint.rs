@@ -125,7 +125,9 @@ impl Endpoint {
             .and_then(|cause| cause.downcast_ref::<RequestBodyError>())
             .is_some_and(|cause| matches!(cause, RequestBodyError::Client(_)));
         let error = if client_body {
-            ProxyError::ClientBody { source }
+            ProxyError::ClientBody {
+                source: source.into(),
+            }
         } else {
             ProxyError::UpstreamReset {
                 addr: self.addr,

@@ -4,11 +4,17 @@
 //! The endpoint set is swapped atomically (arc-swap) when discovery reports a
 //! change; endpoints present before and after keep their connections and load
 //! figures, removed ones live on until their in-flight requests finish.
+//!
+//! A discovered upstream also feeds its routing subsets: each subset is an
+//! upstream of its own (own balancer, breaker and outlier state) whose
+//! endpoints are the parent's instances that match its tags and meta, set
+//! again on every discovery change. The parent holds subsets weakly, so the
+//! subsets of a router that was replaced (config reload) simply fall away.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -20,8 +26,9 @@ use crate::balance::{Balancer, DEFAULT_BACKOFF};
 use crate::client::ClientSettings;
 use crate::config::{
     CircuitBreakerConfig, HashOn, LoadBalancingPolicy, OutlierDetection, RateLimitConfig,
-    UpstreamProtocol,
+    SubsetConfig, UpstreamProtocol,
 };
+use crate::discovery::Instance;
 use crate::endpoint::{Endpoint, UpstreamVersion};
 use crate::error::{ErrorKind, ProxyError};
 use crate::middleware::circuit_breaker::CircuitBreaker;
@@ -72,6 +79,10 @@ pub struct Upstream {
     totals: Arc<RequestTotals>,
     /// When the endpoint set was last set, in ms since the Unix epoch.
     last_update_ms: AtomicU64,
+    /// The last discovered instances, with tags and meta.
+    instances: ArcSwap<Vec<Instance>>,
+    /// Routing subsets fed from `instances`.
+    subsets: Mutex<Vec<(SubsetConfig, Weak<Upstream>)>>,
 }
 
 impl Upstream {
@@ -92,6 +103,8 @@ impl Upstream {
             outlier,
             totals: Arc::default(),
             last_update_ms: AtomicU64::new(unix_ms_now()),
+            instances: ArcSwap::default(),
+            subsets: Mutex::default(),
         };
         upstream.publish_endpoint_count();
         upstream
@@ -118,6 +131,32 @@ impl Upstream {
         self.balancer.store(Arc::new(next));
         self.last_update_ms.store(unix_ms_now(), Relaxed);
         self.publish_endpoint_count();
+    }
+
+    /// Replaces the endpoint set with discovered instances and updates every
+    /// subset fed from them.
+    pub fn set_instances(&self, instances: &[Instance]) {
+        let addrs: Vec<SocketAddr> = instances.iter().map(|instance| instance.addr).collect();
+        self.set_endpoints(&addrs);
+        // Under the lock, so a subset being added sees these instances or is
+        // in the list already.
+        let mut subsets = self.subsets.lock().unwrap_or_else(PoisonError::into_inner);
+        self.instances.store(Arc::new(instances.to_vec()));
+        subsets.retain(|(selector, subset)| match subset.upgrade() {
+            Some(subset) => {
+                subset.set_endpoints(&select(instances, selector));
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// Feeds `subset` with this upstream's instances that match `selector`,
+    /// now and on every discovery change, for as long as `subset` lives.
+    pub fn add_subset(&self, selector: &SubsetConfig, subset: &Arc<Upstream>) {
+        let mut subsets = self.subsets.lock().unwrap_or_else(PoisonError::into_inner);
+        subset.set_endpoints(&select(&self.instances.load(), selector));
+        subsets.push((selector.clone(), Arc::downgrade(subset)));
     }
 
     /// When the endpoint set was last set (at start, or by discovery).
@@ -196,6 +235,13 @@ impl Upstream {
             endpoint.client.close_expired_idle();
         }
     }
+}
+
+fn select(instances: &[Instance], selector: &SubsetConfig) -> Vec<SocketAddr> {
+    (instances.iter())
+        .filter(|instance| instance.is_in(selector))
+        .map(|instance| instance.addr)
+        .collect()
 }
 
 fn build_balancer(

@@ -17,6 +17,8 @@ mod error;
 mod locate;
 mod model;
 mod resilience;
+mod route_checks;
+mod routing;
 mod transparent;
 mod validate;
 
@@ -36,6 +38,11 @@ pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,
     OutlierDetection, RateLimitConfig, RateLimitKey, RetryBackoff, RetryBudget, RetryPolicy,
     default_failure_conditions, grpc_code,
+};
+pub use routing::{
+    BackendConfig, DEFAULT_BACKEND, DirectResponse, GrpcMatch, HeaderRules, MirrorConfig,
+    PathMatch, Pattern, Redirect, Rewrite, RouteConfig, RouteMatch, SplitTarget, StickyKey,
+    SubsetConfig, ValueMatch,
 };
 pub use transparent::{Cidr, DestinationMatch, HostName, TransparentConfig, Unmatched};
 

@@ -17,6 +17,7 @@ use super::duration;
 use super::resilience::{
     CircuitBreakerConfig, FaultConfig, OutlierDetection, RateLimitConfig, RetryPolicy,
 };
+use super::routing::{BackendConfig, RouteConfig};
 use super::transparent::{DestinationMatch, HostName, TransparentConfig};
 
 /// The whole file.
@@ -353,6 +354,12 @@ pub struct UpstreamConfig {
     pub fault: Option<FaultConfig>,
     #[serde(default)]
     pub tls: Option<UpstreamTls>,
+    /// Named endpoint sets that routes send to (see `routing.rs`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub backends: BTreeMap<String, BackendConfig>,
+    /// Matched in order; unmatched requests go to the upstream's endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
 }
 
 /// Protocol spoken to an upstream; `auto` sniffs the HTTP/2 preface.

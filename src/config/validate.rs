@@ -18,6 +18,7 @@
 //! keys need a `transparent:` section, `hosts` need an HTTP upstream, a host
 //! or address may belong to one upstream only, and `detect_timeout` must not
 //! be zero. Every problem is returned, with the key path it concerns.
+//! `backends:` and `routes:` are checked by `route_checks.rs`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,7 +27,7 @@ use super::model::{
     Config, Discovery, LoadBalancingPolicy, ServiceProtocol, TlsSource, UpstreamConfig,
     UpstreamProtocol,
 };
-use super::resilience::{RateLimitConfig, grpc_code};
+use super::resilience::{FaultConfig, RateLimitConfig, RetryPolicy, grpc_code};
 
 /// Most tokio worker threads accepted.
 const MAX_WORKER_THREADS: usize = 1024;
@@ -44,6 +45,7 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
     check_service(config, &mut problems);
     check_listeners(config, &mut problems);
     check_upstreams(config, &mut problems);
+    super::route_checks::check(config, &mut problems);
     check_consul(config, &mut problems);
     check_runtime_and_logging(config, &mut problems);
     check_tracing(config, &mut problems);
@@ -53,17 +55,17 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
 }
 
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+pub(super) struct Problems(Vec<Problem>);
 
 impl Problems {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             path: path.into(),
             message: message.into(),
         });
     }
 
-    fn nonzero(&mut self, path: String, duration: Duration) {
+    pub(super) fn nonzero(&mut self, path: String, duration: Duration) {
         if duration.is_zero() {
             self.add(path, "must be greater than zero");
         }
@@ -264,26 +266,7 @@ fn check_resilience(
         }
     }
     if let Some(retries) = &upstream.retries {
-        if !(1..=10).contains(&retries.attempts) {
-            problems.add(
-                at("retries.attempts"),
-                "must be between 1 and 10 (tries in all, the first included)",
-            );
-        }
-        if let Some(per_try) = retries.per_try_timeout {
-            problems.nonzero(at("retries.per_try_timeout"), per_try);
-        }
-        problems.nonzero(at("retries.backoff.base"), retries.backoff.base);
-        if retries.backoff.max < retries.backoff.base {
-            problems.add(
-                at("retries.backoff.max"),
-                "must not be shorter than backoff.base",
-            );
-        }
-        if !(0.0..=10.0).contains(&retries.budget.ratio) {
-            problems.add(at("retries.budget.ratio"), "must be between 0 and 10");
-        }
-        problems.nonzero(at("retries.budget.window"), retries.budget.window);
+        check_retries(&at("retries"), retries, problems);
     }
     if let Some(rate_limit) = &upstream.rate_limit {
         check_rate_limit(&at("rate_limit"), rate_limit, problems);
@@ -349,31 +332,59 @@ fn check_resilience(
         problems.add(at("max_concurrent_requests"), "must be at least 1");
     }
     if let Some(fault) = &upstream.fault {
-        if let Some(delay) = &fault.delay {
-            check_percent(&at("fault.delay.percent"), delay.percent, problems);
-            problems.nonzero(at("fault.delay.duration"), delay.duration);
+        check_fault(&at("fault"), fault, problems);
+    }
+}
+
+/// Checks a `retries:` section at key path `at`.
+pub(super) fn check_retries(at: &str, retries: &RetryPolicy, problems: &mut Problems) {
+    let key = |name: &str| format!("{at}.{name}");
+    if !(1..=10).contains(&retries.attempts) {
+        problems.add(
+            key("attempts"),
+            "must be between 1 and 10 (tries in all, the first included)",
+        );
+    }
+    if let Some(per_try) = retries.per_try_timeout {
+        problems.nonzero(key("per_try_timeout"), per_try);
+    }
+    problems.nonzero(key("backoff.base"), retries.backoff.base);
+    if retries.backoff.max < retries.backoff.base {
+        problems.add(key("backoff.max"), "must not be shorter than backoff.base");
+    }
+    if !(0.0..=10.0).contains(&retries.budget.ratio) {
+        problems.add(key("budget.ratio"), "must be between 0 and 10");
+    }
+    problems.nonzero(key("budget.window"), retries.budget.window);
+}
+
+/// Checks a `fault:` section at key path `at`.
+pub(super) fn check_fault(at: &str, fault: &FaultConfig, problems: &mut Problems) {
+    let key = |name: &str| format!("{at}.{name}");
+    if let Some(delay) = &fault.delay {
+        check_percent(&key("delay.percent"), delay.percent, problems);
+        problems.nonzero(key("delay.duration"), delay.duration);
+    }
+    if let Some(abort) = &fault.abort {
+        check_percent(&key("abort.percent"), abort.percent, problems);
+        if !(200..=599).contains(&abort.status) {
+            problems.add(
+                key("abort.status"),
+                "must be an HTTP status between 200 and 599",
+            );
         }
-        if let Some(abort) = &fault.abort {
-            check_percent(&at("fault.abort.percent"), abort.percent, problems);
-            if !(200..=599).contains(&abort.status) {
-                problems.add(
-                    at("fault.abort.status"),
-                    "must be an HTTP status between 200 and 599",
-                );
-            }
-            if let Some(name) = &abort.grpc_status
-                && grpc_code(name).is_none()
-            {
-                problems.add(
-                    at("fault.abort.grpc_status"),
-                    format!("unknown gRPC status `{name}`: use a name such as unavailable"),
-                );
-            }
+        if let Some(name) = &abort.grpc_status
+            && grpc_code(name).is_none()
+        {
+            problems.add(
+                key("abort.grpc_status"),
+                format!("unknown gRPC status `{name}`: use a name such as unavailable"),
+            );
         }
     }
 }
 
-fn check_rate_limit(at: &str, rate_limit: &RateLimitConfig, problems: &mut Problems) {
+pub(super) fn check_rate_limit(at: &str, rate_limit: &RateLimitConfig, problems: &mut Problems) {
     if !(rate_limit.requests_per_second > 0.0 && rate_limit.requests_per_second.is_finite()) {
         problems.add(
             format!("{at}.requests_per_second"),
@@ -388,7 +399,7 @@ fn check_rate_limit(at: &str, rate_limit: &RateLimitConfig, problems: &mut Probl
     }
 }
 
-fn check_percent(at: &str, percent: f64, problems: &mut Problems) {
+pub(super) fn check_percent(at: &str, percent: f64, problems: &mut Problems) {
     if !(0.0..=100.0).contains(&percent) {
         problems.add(at, "must be a percentage between 0 and 100");
     }
@@ -449,7 +460,7 @@ fn check_runtime_and_logging(config: &Config, problems: &mut Problems) {
 }
 
 /// `[a-z0-9][a-z0-9_-]*`
-fn is_label_safe(name: &str) -> bool {
+pub(super) fn is_label_safe(name: &str) -> bool {
     let mut bytes = name.bytes();
     bytes
         .next()
