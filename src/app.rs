@@ -12,11 +12,11 @@ use arc_swap::ArcSwap;
 use crate::admin::{self, AdminState, Readiness};
 use crate::config::Config;
 use crate::drain::{Drain, DrainController};
-use crate::live::{self, ListenerAddr, LiveProxy};
+use crate::live::{self, ListenerAddr, ListenerRole, LiveProxy, MeshSecurity};
 use crate::reload::{self, Reloader, Source};
 use crate::telemetry::metrics;
 use crate::telemetry::spans::SpanExporter;
-use crate::upstream::{Direction, UpstreamSet};
+use crate::upstream::UpstreamSet;
 
 /// The addresses remora actually bound (a configured port 0 becomes a real one).
 #[derive(Debug, Clone)]
@@ -25,6 +25,8 @@ pub struct BoundAddrs {
     pub inbound: Option<SocketAddr>,
     /// Upstream name → its outbound listener.
     pub upstreams: Vec<(String, SocketAddr)>,
+    /// The transparent outbound listener.
+    pub transparent: Option<SocketAddr>,
 }
 
 impl BoundAddrs {
@@ -97,11 +99,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let admin_listener = live::bind(config.admin.listen, "admin").await?;
     let admin_addr = admin_listener.local_addr()?;
 
+    let mesh = config.tls.as_ref().map(MeshSecurity::start).transpose()?;
+
     let upstreams = Arc::new(UpstreamSet::default());
-    let live = Arc::new(LiveProxy::new(Arc::clone(&upstreams), spans));
+    let live = Arc::new(LiveProxy::new(Arc::clone(&upstreams), spans, mesh.clone()));
     live.apply(config.clone()).await?;
 
-    let readiness = Arc::new(Readiness::new(Arc::clone(&upstreams)));
+    let tls = mesh.as_ref().map(|mesh| Arc::clone(mesh.material()));
+    let readiness = Arc::new(Readiness::new(Arc::clone(&upstreams), tls));
     let admin_state = Arc::new(AdminState {
         metrics: metrics_handle,
         readiness: Arc::clone(&readiness),
@@ -112,7 +117,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin_state)));
 
     let background = DrainController::new();
-    spawn_idle_sweeper(upstreams, background.watch());
+    if let Some(mesh) = &mesh {
+        mesh.spawn_updates(config, &background.watch())?;
+    }
+    spawn_idle_sweeper(Arc::clone(&live), background.watch());
     readiness.set_listening();
     metrics::register_config_reloads();
     let bound = bound_addrs(admin_addr, &live.listeners().await);
@@ -125,25 +133,24 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 }
 
 fn bound_addrs(admin: SocketAddr, listeners: &[ListenerAddr]) -> BoundAddrs {
+    let of = |role| (listeners.iter()).filter(move |l: &&ListenerAddr| l.role == role);
     BoundAddrs {
         admin,
-        inbound: (listeners.iter())
-            .find(|l| l.direction == Direction::Inbound)
-            .map(|l| l.addr),
-        upstreams: (listeners.iter())
-            .filter(|l| l.direction == Direction::Outbound)
+        inbound: of(ListenerRole::Inbound).next().map(|l| l.addr),
+        upstreams: of(ListenerRole::Upstream)
             .map(|l| (l.name.clone(), l.addr))
             .collect(),
+        transparent: of(ListenerRole::Transparent).next().map(|l| l.addr),
     }
 }
 
 /// Closes pooled upstream connections that stayed idle past their timeout.
-fn spawn_idle_sweeper(upstreams: Arc<UpstreamSet>, mut drain: Drain) {
+fn spawn_idle_sweeper(live: Arc<LiveProxy>, mut drain: Drain) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
-                _ = ticks.tick() => upstreams.load().iter().for_each(|u| u.close_expired_idle()),
+                _ = ticks.tick() => live.close_expired_idle(),
                 () = drain.signaled() => return,
             }
         }

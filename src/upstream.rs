@@ -4,11 +4,17 @@
 //! The endpoint set is swapped atomically (arc-swap) when discovery reports a
 //! change; endpoints present before and after keep their connections and load
 //! figures, removed ones live on until their in-flight requests finish.
+//!
+//! A discovered upstream also feeds its routing subsets: each subset is an
+//! upstream of its own (own balancer, breaker and outlier state) whose
+//! endpoints are the parent's instances that match its tags and meta, set
+//! again on every discovery change. The parent holds subsets weakly, so the
+//! subsets of a router that was replaced (config reload) simply fall away.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -20,8 +26,9 @@ use crate::balance::{Balancer, DEFAULT_BACKOFF};
 use crate::client::ClientSettings;
 use crate::config::{
     CircuitBreakerConfig, HashOn, LoadBalancingPolicy, OutlierDetection, RateLimitConfig,
-    UpstreamProtocol,
+    SubsetConfig, UpstreamProtocol,
 };
+use crate::discovery::Instance;
 use crate::endpoint::{Endpoint, UpstreamVersion};
 use crate::error::{ErrorKind, ProxyError};
 use crate::middleware::circuit_breaker::CircuitBreaker;
@@ -78,6 +85,10 @@ pub struct Upstream {
     totals: Arc<RequestTotals>,
     /// When the endpoint set was last set, in ms since the Unix epoch.
     last_update_ms: AtomicU64,
+    /// The last discovered instances, with tags and meta.
+    instances: ArcSwap<Vec<Instance>>,
+    /// Routing subsets fed from `instances`.
+    subsets: Mutex<Vec<(SubsetConfig, Weak<Upstream>)>>,
 }
 
 impl Upstream {
@@ -98,7 +109,8 @@ impl Upstream {
     /// endpoint set — each endpoint with its connection pool, load figures
     /// and outlier state when the client settings did not change, fresh
     /// otherwise — and the circuit breaker, state included, when its
-    /// configuration did not change. Requests in flight keep `self`.
+    /// configuration did not change, and the last discovered instances (for
+    /// the routing subsets a new stack adds). Requests in flight keep `self`.
     pub fn successor(&self, settings: UpstreamSettings) -> Self {
         let current = self.balancer.load();
         let addrs: Vec<SocketAddr> = current.targets().iter().map(|e| e.addr).collect();
@@ -119,13 +131,16 @@ impl Upstream {
             new_circuit_breaker(&settings)
         };
         let last_update = self.last_update_ms.load(Relaxed);
-        Self::assemble(
+        let successor = Self::assemble(
             settings,
             balancer,
             circuit_breaker,
             self.totals(),
             last_update,
-        )
+        );
+        // New routing subsets select from these until discovery answers again.
+        successor.instances.store(self.instances.load_full());
+        successor
     }
 
     fn assemble(
@@ -146,6 +161,8 @@ impl Upstream {
             outlier,
             totals,
             last_update_ms: AtomicU64::new(last_update_ms),
+            instances: ArcSwap::default(),
+            subsets: Mutex::default(),
         };
         upstream.publish_endpoint_count();
         upstream
@@ -172,6 +189,32 @@ impl Upstream {
         self.balancer.store(Arc::new(next));
         self.last_update_ms.store(unix_ms_now(), Relaxed);
         self.publish_endpoint_count();
+    }
+
+    /// Replaces the endpoint set with discovered instances and updates every
+    /// subset fed from them.
+    pub fn set_instances(&self, instances: &[Instance]) {
+        let addrs: Vec<SocketAddr> = instances.iter().map(|instance| instance.addr).collect();
+        self.set_endpoints(&addrs);
+        // Under the lock, so a subset being added sees these instances or is
+        // in the list already.
+        let mut subsets = self.subsets.lock().unwrap_or_else(PoisonError::into_inner);
+        self.instances.store(Arc::new(instances.to_vec()));
+        subsets.retain(|(selector, subset)| match subset.upgrade() {
+            Some(subset) => {
+                subset.set_endpoints(&select(instances, selector));
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// Feeds `subset` with this upstream's instances that match `selector`,
+    /// now and on every discovery change, for as long as `subset` lives.
+    pub fn add_subset(&self, selector: &SubsetConfig, subset: &Arc<Upstream>) {
+        let mut subsets = self.subsets.lock().unwrap_or_else(PoisonError::into_inner);
+        subset.set_endpoints(&select(&self.instances.load(), selector));
+        subsets.push((selector.clone(), Arc::downgrade(subset)));
     }
 
     /// When the endpoint set was last set (at start, or by discovery).
@@ -259,6 +302,13 @@ fn new_circuit_breaker(settings: &UpstreamSettings) -> Option<Arc<CircuitBreaker
         .map(|config| Arc::new(CircuitBreaker::new(config, &settings.name)))
 }
 
+fn select(instances: &[Instance], selector: &SubsetConfig) -> Vec<SocketAddr> {
+    (instances.iter())
+        .filter(|instance| instance.is_in(selector))
+        .map(|instance| instance.addr)
+        .collect()
+}
+
 fn build_balancer(
     settings: &UpstreamSettings,
     addrs: &[SocketAddr],
@@ -267,10 +317,13 @@ fn build_balancer(
     let targets = addrs
         .iter()
         .map(|addr| {
-            let endpoint = existing
-                .get(addr)
-                .cloned()
-                .unwrap_or_else(|| Arc::new(Endpoint::new(*addr, settings.client, &settings.name)));
+            let endpoint = existing.get(addr).cloned().unwrap_or_else(|| {
+                Arc::new(Endpoint::new(
+                    *addr,
+                    settings.client.clone(),
+                    &settings.name,
+                ))
+            });
             (addr.to_string(), endpoint)
         })
         .collect();

@@ -17,6 +17,9 @@ mod error;
 mod locate;
 mod model;
 mod resilience;
+mod route_checks;
+mod routing;
+mod transparent;
 mod validate;
 
 use std::path::Path;
@@ -25,16 +28,23 @@ use serde_saphyr::{MessageFormatter, Options, PropertySyntax, UserMessageFormatt
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    AdminConfig, CheckConfig, Config, ConfigSource, ConsulConfig, ConsulDiscovery, ConsulKvSource,
-    Discovery, DnsDiscovery, HashOn, InboundConfig, LoadBalancing, LoadBalancingPolicy, LogFormat,
-    LoggingConfig, OtlpConfig, Propagation, RuntimeConfig, Secret, ServiceConfig, ServiceProtocol,
-    Timeouts, TracingConfig, UpstreamConfig, UpstreamProtocol,
+    AdminConfig, AuthorizationAction, AuthorizationConfig, CheckConfig, Config, ConfigSource,
+    ConsulConfig, ConsulDiscovery, ConsulKvSource, Discovery, DnsDiscovery, HashOn, InboundConfig,
+    LoadBalancing, LoadBalancingPolicy, LogFormat, LoggingConfig, OtlpConfig, Propagation,
+    RuntimeConfig, Secret, ServiceConfig, ServiceProtocol, Timeouts, TlsConfig, TlsSource,
+    TracingConfig, UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,
     OutlierDetection, RateLimitConfig, RateLimitKey, RetryBackoff, RetryBudget, RetryPolicy,
     default_failure_conditions, grpc_code,
 };
+pub use routing::{
+    BackendConfig, DEFAULT_BACKEND, DirectResponse, GrpcMatch, HeaderRules, MirrorConfig,
+    PathMatch, Pattern, Redirect, Rewrite, RouteConfig, RouteMatch, SplitTarget, StickyKey,
+    SubsetConfig, ValueMatch,
+};
+pub use transparent::{Cidr, DestinationMatch, HostName, TransparentConfig, Unmatched};
 
 use locate::{Position, SourceMap};
 

@@ -78,7 +78,7 @@ fn demo_file_is_the_demo() {
         panic!("one upstream expected");
     };
     assert_eq!(echo.name, "echo");
-    assert_eq!(echo.listen.to_string(), "127.0.0.1:9001");
+    assert_eq!(echo.listen.expect("listen").to_string(), "127.0.0.1:9001");
     assert_eq!(echo.protocol, UpstreamProtocol::Http);
     assert_eq!(echo.load_balancing.policy, LoadBalancingPolicy::RoundRobin);
     let Discovery::Static(endpoints) = &echo.discovery else {
@@ -157,11 +157,11 @@ upstreams:
 
 #[test]
 fn section_not_in_scope_is_an_unknown_key() {
-    let text = "service: { name: web }\ntls:\n  cert: /etc/remora/cert.pem\n";
+    let text = "service: { name: web }\nroutes:\n  - path: /\n";
     assert_eq!(
         errors(text),
         [
-            "test.yaml:2:1: tls: unknown field `tls`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing, config_source"
+            "test.yaml:2:1: routes: unknown field `routes`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing, config_source, tls, transparent"
         ]
     );
 }
@@ -765,4 +765,144 @@ fn consul_kv_source_files_and_rules() {
             "test.yaml:2:36: config_source.consul_kv.key: a key has no leading or trailing `/` (e.g. `remora/web`)"
         ]
     );
+}
+
+#[test]
+fn tls_section_defaults_and_errors() {
+    let config = parse_test(&format!(
+        "{SERVICE}tls:\n  cert: /c.pem\n  key: /k.pem\n  ca: /ca.pem\n  authorization: {{ deny: [web] }}\n"
+    ))
+    .expect("valid tls");
+    let tls = config.tls.expect("tls");
+    assert_eq!(tls.source, TlsSource::Files);
+    assert_eq!(tls.reload_interval, Duration::from_secs(5));
+    assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(tls.authorization.default, AuthorizationAction::Allow);
+    assert!(!tls.authorization.intentions);
+
+    assert_eq!(
+        errors(&format!("{SERVICE}tls:\n  cert: /c.pem\n  key: /k.pem\n")),
+        ["test.yaml:5:3: tls: `tls.ca` is required with `source: files` (a PEM file path)"]
+    );
+    assert_eq!(
+        errors(&format!(
+            "{SERVICE}tls:\n  source: consul\n  cert: /c.pem\n  handshake_timeout: 0s\n  authorization:\n    allow: [\"\", \"https://x\"]\n"
+        )),
+        [
+            "test.yaml:6:9: tls.cert: not used with `source: consul` (Consul's CA issues the certificate)",
+            "test.yaml:7:22: tls.handshake_timeout: must be greater than zero",
+            "test.yaml:9:13: tls.authorization.allow[0]: ``: expected a service name or a spiffe:// ID (`*` matches any characters)",
+            "test.yaml:9:17: tls.authorization.allow[1]: `https://x`: only spiffe:// IDs are identities",
+        ]
+    );
+    let upstream = "upstreams:\n  - name: api\n    listen: 127.0.0.1:0\n    discovery: { static: [127.0.0.1:1] }\n";
+    let problems = errors(&format!(
+        "{SERVICE}{upstream}    tls: {{ identity: \"spiffe://td/svc/api\" }}\n"
+    ));
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems[0].contains("upstreams[0].tls: mesh TLS needs the top-level `tls` section"));
+    assert!(
+        problems[1].contains("upstreams[0].tls.identity: `spiffe://td/svc/api` is not a SPIFFE ID")
+    );
+    assert!(errors(&format!("{SERVICE}tls:\n  source: consul\n  bogus: 1\n"))[0].contains("bogus"));
+}
+
+#[test]
+fn canary_file_routes_and_backends() {
+    let config = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/canary.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let api = &config.upstreams[0];
+    assert_eq!(api.backends.len(), 3);
+    assert_eq!(
+        api.backends["v2"],
+        BackendConfig::Subset(SubsetConfig {
+            tags: Vec::new(),
+            meta: [("version".to_owned(), "v2".to_owned())].into()
+        })
+    );
+    let names: Vec<&str> = api.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "maintenance",
+            "legacy-docs",
+            "testers",
+            "orders-grpc",
+            "checkout"
+        ]
+    );
+    let checkout = &api.routes[4];
+    let split: Vec<(&str, u32)> = (checkout.split.as_ref().unwrap().iter())
+        .map(|t| (t.backend.as_str(), t.weight))
+        .collect();
+    assert_eq!(split, [("v1", 90), ("v2", 10)]);
+    assert_eq!(checkout.sticky, Some(StickyKey::Cookie("session".into())));
+    assert_eq!(checkout.timeout, Some(Duration::from_secs(2)));
+    let mirror = checkout.mirror.as_ref().unwrap();
+    assert_eq!((mirror.percent, mirror.max_in_flight), (5.0, 64));
+    assert_eq!(api.routes[1].redirect.as_ref().unwrap().status, 301);
+}
+
+#[test]
+fn route_errors_name_their_keys() {
+    let found = errors(
+        "service: { name: web }\n\
+         upstreams:\n  - name: api\n    listen: 127.0.0.1:9001\n    \
+         discovery: { static: [127.0.0.1:1] }\n    \
+         backends:\n      default: { static: [] }\n      v2: { subset: { tags: [v2] } }\n      \
+         eu: { upstream: nowhere }\n    \
+         routes:\n      - name: Bad\n        match: { path: { prefix: api }, methods: [get], headers: [{ name: x }] }\n        \
+         backend: missing\n        redirect: { status: 200 }\n      \
+         - name: split\n        split: [{ backend: v3, weight: 0 }]\n        \
+         rewrite: { path_prefix: /v2 }\n        mirror: { backend: default, percent: 200 }\n      \
+         - name: sticky\n        sticky: header:x-user\n",
+    );
+    let joined = found.join("\n");
+    for expected in [
+        "upstreams[0].backends.default: invalid backend name",
+        "upstreams[0].backends.default.static: needs at least one endpoint",
+        "upstreams[0].backends.v2.subset: subsets select Consul instances",
+        "upstreams[0].backends.eu.upstream: no upstream is named `nowhere`",
+        "upstreams[0].routes[0].name: invalid route name `Bad`",
+        "upstreams[0].routes[0].match.path: must start with `/`",
+        "upstreams[0].routes[0].match.methods[0]: invalid method `get`",
+        "upstreams[0].routes[0].match.headers[0]: needs exactly one of",
+        "upstreams[0].routes[0]: give at most one of",
+        "upstreams[0].routes[0].backend: unknown backend `missing`",
+        "upstreams[0].routes[0].redirect.status: must be 301",
+        "upstreams[0].routes[1].split: needs at least one backend with a weight above 0",
+        "upstreams[0].routes[1].split[0].backend: unknown backend `v3`",
+        "upstreams[0].routes[1].rewrite.path_prefix: replaces the matched prefix",
+        "upstreams[0].routes[1].mirror.percent: must be a percentage",
+        "upstreams[0].routes[2].sticky: only applies to a `split`",
+    ] {
+        assert!(
+            joined.contains(expected),
+            "{expected} missing from:\n{joined}"
+        );
+    }
+    assert!(
+        found.iter().all(|e| e.starts_with("test.yaml:")),
+        "{joined}"
+    );
+
+    let regex = errors(
+        "service: { name: web }\n\
+         upstreams:\n  - name: api\n    listen: 127.0.0.1:9001\n    \
+         discovery: { static: [127.0.0.1:1] }\n    \
+         routes:\n      - name: r\n        match: { path: { regex: '(' } }\n",
+    );
+    assert_eq!(regex.len(), 1, "{regex:?}");
+    assert!(
+        regex[0].contains("upstreams[0].routes[0].match.path.regex")
+            && regex[0].contains("invalid regex `(`"),
+        "{regex:?}"
+    );
+    let unknown = errors(
+        "service: { name: web }\n\
+         upstreams:\n  - name: api\n    listen: 127.0.0.1:9001\n    \
+         discovery: { static: [127.0.0.1:1] }\n    \
+         routes:\n      - name: r\n        matches: {}\n",
+    );
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
 }

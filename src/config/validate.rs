@@ -11,17 +11,24 @@
 //! non-http endpoint, a sample ratio outside 0..=1 or a zero queue, batch or
 //! flush interval, an empty `config_source.consul_kv.key` or one with a
 //! leading or trailing `/`, and `register: true` (Consul registration is not
-//! implemented yet, so it must not pass silently). Every problem is
-//! returned, with the key path it concerns.
+//! implemented yet, so it must not pass silently), `tls` with `source: files`
+//! but without cert/key/ca (or with them under `source: consul`), zero TLS
+//! intervals, empty authorization patterns or SPIFFE IDs that do not parse,
+//! and `upstreams[].tls` turned on without a `tls` section. Transparent
+//! mode: an upstream without `listen` must have `hosts` or `addresses`, those
+//! keys need a `transparent:` section, `hosts` need an HTTP upstream, a host
+//! or address may belong to one upstream only, and `detect_timeout` must not
+//! be zero. Every problem is returned, with the key path it concerns.
+//! `backends:` and `routes:` are checked by `route_checks.rs`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::model::{
-    Config, ConfigSource, Discovery, LoadBalancingPolicy, ServiceProtocol, UpstreamConfig,
-    UpstreamProtocol,
+    Config, ConfigSource, Discovery, LoadBalancingPolicy, ServiceProtocol, TlsSource,
+    UpstreamConfig, UpstreamProtocol,
 };
-use super::resilience::{RateLimitConfig, grpc_code};
+use super::resilience::{FaultConfig, RateLimitConfig, RetryPolicy, grpc_code};
 
 /// Most tokio worker threads accepted.
 const MAX_WORKER_THREADS: usize = 1024;
@@ -39,10 +46,13 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
     check_service(config, &mut problems);
     check_listeners(config, &mut problems);
     check_upstreams(config, &mut problems);
+    super::route_checks::check(config, &mut problems);
     check_consul(config, &mut problems);
     check_runtime_and_logging(config, &mut problems);
     check_tracing(config, &mut problems);
     check_config_source(config, &mut problems);
+    check_tls(config, &mut problems);
+    check_transparent(config, &mut problems);
     problems.0
 }
 
@@ -61,17 +71,17 @@ fn check_config_source(config: &Config, problems: &mut Problems) {
 }
 
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+pub(super) struct Problems(Vec<Problem>);
 
 impl Problems {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             path: path.into(),
             message: message.into(),
         });
     }
 
-    fn nonzero(&mut self, path: String, duration: Duration) {
+    pub(super) fn nonzero(&mut self, path: String, duration: Duration) {
         if duration.is_zero() {
             self.add(path, "must be greater than zero");
         }
@@ -130,7 +140,15 @@ fn check_listeners(config: &Config, problems: &mut Problems) {
         listeners.push(("inbound.listen".to_owned(), inbound.listen));
     }
     for (i, upstream) in config.upstreams.iter().enumerate() {
-        listeners.push((format!("upstreams[{i}].listen"), upstream.listen));
+        if let Some(listen) = upstream.listen {
+            listeners.push((format!("upstreams[{i}].listen"), listen));
+        }
+    }
+    if let Some(transparent) = &config.transparent {
+        listeners.push((
+            "transparent.outbound_listen".to_owned(),
+            transparent.outbound_listen,
+        ));
     }
     listeners.push(("admin.listen".to_owned(), config.admin.listen));
 
@@ -264,26 +282,7 @@ fn check_resilience(
         }
     }
     if let Some(retries) = &upstream.retries {
-        if !(1..=10).contains(&retries.attempts) {
-            problems.add(
-                at("retries.attempts"),
-                "must be between 1 and 10 (tries in all, the first included)",
-            );
-        }
-        if let Some(per_try) = retries.per_try_timeout {
-            problems.nonzero(at("retries.per_try_timeout"), per_try);
-        }
-        problems.nonzero(at("retries.backoff.base"), retries.backoff.base);
-        if retries.backoff.max < retries.backoff.base {
-            problems.add(
-                at("retries.backoff.max"),
-                "must not be shorter than backoff.base",
-            );
-        }
-        if !(0.0..=10.0).contains(&retries.budget.ratio) {
-            problems.add(at("retries.budget.ratio"), "must be between 0 and 10");
-        }
-        problems.nonzero(at("retries.budget.window"), retries.budget.window);
+        check_retries(&at("retries"), retries, problems);
     }
     if let Some(rate_limit) = &upstream.rate_limit {
         check_rate_limit(&at("rate_limit"), rate_limit, problems);
@@ -349,31 +348,59 @@ fn check_resilience(
         problems.add(at("max_concurrent_requests"), "must be at least 1");
     }
     if let Some(fault) = &upstream.fault {
-        if let Some(delay) = &fault.delay {
-            check_percent(&at("fault.delay.percent"), delay.percent, problems);
-            problems.nonzero(at("fault.delay.duration"), delay.duration);
+        check_fault(&at("fault"), fault, problems);
+    }
+}
+
+/// Checks a `retries:` section at key path `at`.
+pub(super) fn check_retries(at: &str, retries: &RetryPolicy, problems: &mut Problems) {
+    let key = |name: &str| format!("{at}.{name}");
+    if !(1..=10).contains(&retries.attempts) {
+        problems.add(
+            key("attempts"),
+            "must be between 1 and 10 (tries in all, the first included)",
+        );
+    }
+    if let Some(per_try) = retries.per_try_timeout {
+        problems.nonzero(key("per_try_timeout"), per_try);
+    }
+    problems.nonzero(key("backoff.base"), retries.backoff.base);
+    if retries.backoff.max < retries.backoff.base {
+        problems.add(key("backoff.max"), "must not be shorter than backoff.base");
+    }
+    if !(0.0..=10.0).contains(&retries.budget.ratio) {
+        problems.add(key("budget.ratio"), "must be between 0 and 10");
+    }
+    problems.nonzero(key("budget.window"), retries.budget.window);
+}
+
+/// Checks a `fault:` section at key path `at`.
+pub(super) fn check_fault(at: &str, fault: &FaultConfig, problems: &mut Problems) {
+    let key = |name: &str| format!("{at}.{name}");
+    if let Some(delay) = &fault.delay {
+        check_percent(&key("delay.percent"), delay.percent, problems);
+        problems.nonzero(key("delay.duration"), delay.duration);
+    }
+    if let Some(abort) = &fault.abort {
+        check_percent(&key("abort.percent"), abort.percent, problems);
+        if !(200..=599).contains(&abort.status) {
+            problems.add(
+                key("abort.status"),
+                "must be an HTTP status between 200 and 599",
+            );
         }
-        if let Some(abort) = &fault.abort {
-            check_percent(&at("fault.abort.percent"), abort.percent, problems);
-            if !(200..=599).contains(&abort.status) {
-                problems.add(
-                    at("fault.abort.status"),
-                    "must be an HTTP status between 200 and 599",
-                );
-            }
-            if let Some(name) = &abort.grpc_status
-                && grpc_code(name).is_none()
-            {
-                problems.add(
-                    at("fault.abort.grpc_status"),
-                    format!("unknown gRPC status `{name}`: use a name such as unavailable"),
-                );
-            }
+        if let Some(name) = &abort.grpc_status
+            && grpc_code(name).is_none()
+        {
+            problems.add(
+                key("abort.grpc_status"),
+                format!("unknown gRPC status `{name}`: use a name such as unavailable"),
+            );
         }
     }
 }
 
-fn check_rate_limit(at: &str, rate_limit: &RateLimitConfig, problems: &mut Problems) {
+pub(super) fn check_rate_limit(at: &str, rate_limit: &RateLimitConfig, problems: &mut Problems) {
     if !(rate_limit.requests_per_second > 0.0 && rate_limit.requests_per_second.is_finite()) {
         problems.add(
             format!("{at}.requests_per_second"),
@@ -388,7 +415,7 @@ fn check_rate_limit(at: &str, rate_limit: &RateLimitConfig, problems: &mut Probl
     }
 }
 
-fn check_percent(at: &str, percent: f64, problems: &mut Problems) {
+pub(super) fn check_percent(at: &str, percent: f64, problems: &mut Problems) {
     if !(0.0..=100.0).contains(&percent) {
         problems.add(at, "must be a percentage between 0 and 100");
     }
@@ -449,7 +476,7 @@ fn check_runtime_and_logging(config: &Config, problems: &mut Problems) {
 }
 
 /// `[a-z0-9][a-z0-9_-]*`
-fn is_label_safe(name: &str) -> bool {
+pub(super) fn is_label_safe(name: &str) -> bool {
     let mut bytes = name.bytes();
     bytes
         .next()
@@ -481,6 +508,118 @@ fn check_tracing(config: &Config, problems: &mut Problems) {
         problems.add("tracing.otlp.batch_size", "must be greater than zero");
     }
     problems.nonzero("tracing.otlp.flush_interval".into(), otlp.flush_interval);
+}
+
+fn check_tls(config: &Config, problems: &mut Problems) {
+    if let Some(tls) = &config.tls {
+        let files = [
+            ("tls.cert", tls.cert.is_some()),
+            ("tls.key", tls.key.is_some()),
+            ("tls.ca", tls.ca.is_some()),
+        ];
+        for (key, present) in files {
+            match (tls.source, present) {
+                (TlsSource::Files, false) => problems.add(
+                    "tls",
+                    format!("`{key}` is required with `source: files` (a PEM file path)"),
+                ),
+                (TlsSource::Consul, true) => problems.add(
+                    key,
+                    "not used with `source: consul` (Consul's CA issues the certificate)",
+                ),
+                _ => {}
+            }
+        }
+        if tls.service.is_some() && tls.source == TlsSource::Files {
+            problems.add("tls.service", "only used with `source: consul`");
+        }
+        problems.nonzero("tls.reload_interval".into(), tls.reload_interval);
+        problems.nonzero("tls.handshake_timeout".into(), tls.handshake_timeout);
+        let authorization = &tls.authorization;
+        for (key, patterns) in [
+            ("allow", &authorization.allow),
+            ("deny", &authorization.deny),
+        ] {
+            for (i, pattern) in patterns.iter().enumerate() {
+                if let Err(message) = crate::tls::identity::check_pattern(pattern) {
+                    problems.add(format!("tls.authorization.{key}[{i}]"), message);
+                }
+            }
+        }
+    }
+    for (i, upstream) in config.upstreams.iter().enumerate() {
+        let Some(upstream_tls) = &upstream.tls else {
+            continue;
+        };
+        if config.tls.is_none() && upstream_tls.enabled != Some(false) {
+            problems.add(
+                format!("upstreams[{i}].tls"),
+                "mesh TLS needs the top-level `tls` section (this sidecar's certificate)",
+            );
+        }
+        if let Some(identity) = &upstream_tls.identity
+            && let Err(message) = crate::tls::identity::check_expected(identity)
+        {
+            problems.add(format!("upstreams[{i}].tls.identity"), message);
+        }
+    }
+}
+
+/// Transparent mode: which upstream answers for which host and address.
+fn check_transparent(config: &Config, problems: &mut Problems) {
+    let transparent = config.transparent.as_ref();
+    if let Some(transparent) = transparent {
+        problems.nonzero(
+            "transparent.detect_timeout".to_owned(),
+            transparent.detect_timeout,
+        );
+    }
+    let mut hosts = Vec::new();
+    let mut addresses = Vec::new();
+    for (i, upstream) in config.upstreams.iter().enumerate() {
+        let at = |key: &str| format!("upstreams[{i}].{key}");
+        let routed = !upstream.hosts.is_empty() || !upstream.addresses.is_empty();
+        if upstream.listen.is_none() && !routed {
+            problems.add(
+                at("listen"),
+                "an upstream needs `listen` (explicit mode) or `hosts` / `addresses` (transparent mode)",
+            );
+        }
+        if routed && transparent.is_none() {
+            problems.add(
+                at(if upstream.hosts.is_empty() {
+                    "addresses"
+                } else {
+                    "hosts"
+                }),
+                "hosts and addresses route transparent-mode traffic; add a `transparent:` section",
+            );
+        }
+        if !upstream.hosts.is_empty() && upstream.protocol == UpstreamProtocol::Tcp {
+            problems.add(
+                at("hosts"),
+                "hosts match the HTTP Host header; a tcp upstream is matched by `addresses`",
+            );
+        }
+        for host in &upstream.hosts {
+            if let Some((_, other)) = hosts.iter().find(|(known, _)| known == host) {
+                problems.add(
+                    at("hosts"),
+                    format!("host `{host}` is already routed to upstreams[{other}]"),
+                );
+            }
+            hosts.push((host.clone(), i));
+        }
+        for address in &upstream.addresses {
+            if let Some((_, other)) = addresses.iter().find(|(known, _)| known == address) {
+                problems.add(
+                    at("addresses"),
+                    format!("address `{address}` is already routed to upstreams[{other}]"),
+                );
+            }
+            addresses.push((*address, i));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Deserializer};
 
+use crate::discovery::Instance;
+
 /// One instance of a service, as Consul reports it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -132,28 +134,34 @@ impl ServiceEntry {
     }
 }
 
-/// The endpoints among `entries`: passing instances, plus warning ones when
-/// `passing_only` is false; sorted and without duplicates.
-pub fn endpoints(entries: &[ServiceEntry], passing_only: bool) -> Vec<SocketAddr> {
+/// The instances among `entries`: passing ones, plus warning ones when
+/// `passing_only` is false; sorted by address and without duplicate addresses.
+pub fn instances(entries: &[ServiceEntry], passing_only: bool) -> Vec<Instance> {
     let worst = if passing_only {
         Health::Passing
     } else {
         Health::Warning
     };
-    let mut endpoints: Vec<SocketAddr> = entries
+    let mut instances: Vec<Instance> = entries
         .iter()
         .filter(|entry| entry.health() <= worst)
         .filter_map(|entry| {
-            let endpoint = entry.endpoint();
-            if endpoint.is_none() {
+            let Some(addr) = entry.endpoint() else {
                 tracing::debug!(service = %entry.service.service, id = %entry.service.id, "instance has no IP address or no port; skipped");
-            }
-            endpoint
+                return None;
+            };
+            Some(Instance {
+                addr,
+                tags: entry.service.tags.clone(),
+                meta: (entry.service.meta.iter())
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect(),
+            })
         })
         .collect();
-    endpoints.sort_unstable();
-    endpoints.dedup();
-    endpoints
+    instances.sort_by_key(|instance| instance.addr);
+    instances.dedup_by_key(|instance| instance.addr);
+    instances
 }
 
 fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
@@ -167,6 +175,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn endpoints(entries: &[ServiceEntry], passing_only: bool) -> Vec<SocketAddr> {
+        instances(entries, passing_only)
+            .into_iter()
+            .map(|instance| instance.addr)
+            .collect()
+    }
+
+    #[test]
+    fn instances_keep_tags_and_meta() {
+        let json = r#"[{"Node":{"Address":"10.0.0.1"},
+            "Service":{"Port":1,"Tags":["v2","canary"],"Meta":{"version":"2.1"}}}]"#;
+        let found = instances(&parse(json), true);
+        assert_eq!(found[0].tags, ["v2", "canary"]);
+        assert_eq!(found[0].meta["version"], "2.1");
+    }
 
     fn parse(json: &str) -> Vec<ServiceEntry> {
         serde_json::from_str(json).expect("parses")

@@ -1,6 +1,7 @@
 //! A small client of the Consul agent's HTTP API (reqwest, plain HTTP):
-//! health queries for discovery and KV reads for the configuration source
-//! (`?raw`: the value itself, no base64), both as blocking queries.
+//! health queries for discovery, the Connect CA and intentions for mesh
+//! TLS (`connect`), and KV reads for the configuration source (`?raw`: the
+//! value itself, no base64), all as blocking queries.
 //!
 //! The agent address comes from `consul.address`, else `CONSUL_HTTP_ADDR`,
 //! else `http://127.0.0.1:8500`; the ACL token from `consul.token`, else
@@ -10,6 +11,7 @@
 //! `https://` addresses: TLS to the agent is not implemented yet.
 
 pub mod blocking;
+pub mod connect;
 pub mod health;
 
 use std::time::Duration;
@@ -41,8 +43,12 @@ pub enum ConsulError {
     Transport(String),
     #[error("Consul answered {status}: {body}")]
     Status { status: StatusCode, body: String },
-    #[error("Consul answered with a body that cannot be read ({reason}): {body}")]
-    Body { reason: String, body: String },
+    #[error("Consul answered with a body that is not {what} ({reason}): {body}")]
+    Body {
+        what: &'static str,
+        reason: String,
+        body: String,
+    },
     #[error("Consul answered without a valid X-Consul-Index header")]
     Index,
 }
@@ -176,32 +182,30 @@ impl Client {
         if let Some(dc) = &query.datacenter {
             params.push(("dc", dc.clone()));
         }
-        let answer = self
-            .blocking_get(&["v1", "health", kind, &query.service], params, index)
+        let (index, entries) = self
+            .blocking_get(
+                &["health", kind, &query.service],
+                params,
+                index,
+                "a health list",
+            )
             .await?;
-        if !answer.status.is_success() {
-            return Err(answer.status_error());
-        }
-        let entries = serde_json::from_slice(&answer.body).map_err(|error| ConsulError::Body {
-            reason: error.to_string(),
-            body: excerpt(&answer.body),
-        })?;
-        let index = answer.index.ok_or(ConsulError::Index)?;
         Ok(HealthAnswer { index, entries })
     }
 
     /// `GET /v1/kv/:key?raw`: the key's value as text, `None` when the key
     /// does not exist (404). With `index` > 0 this is a blocking query.
     pub async fn kv(&self, key: &str, index: u64) -> Result<KvAnswer, ConsulError> {
-        let mut path = vec!["v1", "kv"];
+        let mut path = vec!["kv"];
         path.extend(key.split('/'));
         let params = vec![("raw", String::new())];
-        let answer = self.blocking_get(&path, params, index).await?;
+        let answer = self.get(&path, params, index).await?;
         let value = match answer.status {
             StatusCode::NOT_FOUND => None,
             status if status.is_success() => {
                 Some(String::from_utf8(answer.body.to_vec()).map_err(|error| {
                     ConsulError::Body {
+                        what: "a KV value",
                         reason: format!("the value is not UTF-8 ({error})"),
                         body: excerpt(&answer.body),
                     }
@@ -213,8 +217,30 @@ impl Client {
         Ok(KvAnswer { index, value })
     }
 
-    /// A GET of `path` with `params`; blocking (index + wait) when `index` > 0.
-    async fn blocking_get(
+    /// A blocking `GET /v1/<path>` (blocking when `index` > 0) whose body is
+    /// `T` as JSON (`what` names it in errors); returns `X-Consul-Index` too.
+    pub(crate) async fn blocking_get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &[&str],
+        params: Vec<(&str, String)>,
+        index: u64,
+        what: &'static str,
+    ) -> Result<(u64, T), ConsulError> {
+        let answer = self.get(path, params, index).await?;
+        if !answer.status.is_success() {
+            return Err(answer.status_error());
+        }
+        let value = serde_json::from_slice(&answer.body).map_err(|error| ConsulError::Body {
+            what,
+            reason: error.to_string(),
+            body: excerpt(&answer.body),
+        })?;
+        let index = answer.index.ok_or(ConsulError::Index)?;
+        Ok((index, value))
+    }
+
+    /// A GET of `/v1/<path>` with `params`; blocking (index + wait) when `index` > 0.
+    async fn get(
         &self,
         path: &[&str],
         mut params: Vec<(&str, String)>,
@@ -227,6 +253,7 @@ impl Client {
                 reason: "cannot be a base URL".into(),
             })?
             .pop_if_empty()
+            .push("v1")
             .extend(path);
         if index > 0 {
             params.push(("index", index.to_string()));

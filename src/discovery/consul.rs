@@ -17,12 +17,12 @@
 //! (the age of the endpoint set is `time()` minus that).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::{ConsulConfig, ConsulDiscovery};
 use crate::consul::blocking::{Pacer, next_index};
 use crate::consul::{Client, HealthQuery, health};
+use crate::discovery::Instance;
 use crate::drain::Drain;
 use crate::telemetry::metrics;
 use crate::upstream::Upstream;
@@ -57,8 +57,7 @@ impl Watches {
     }
 
     /// Starts one task per distinct query; each stops when the drain starts.
-    pub fn spawn(self, client: Client, drain: &Drain) {
-        let client = Arc::new(client);
+    pub fn spawn(self, client: Arc<Client>, drain: &Drain) {
         for (query, upstreams) in self.0 {
             for upstream in &upstreams {
                 metrics::register_discovery(upstream.name());
@@ -82,7 +81,7 @@ async fn watch(client: Arc<Client>, query: HealthQuery, upstreams: Vec<Arc<Upstr
     tracing::info!(service = %query.service, upstreams = %names, "watching Consul");
     let mut pacer = Pacer::new();
     let mut index = 0;
-    let mut current: Option<Vec<SocketAddr>> = None;
+    let mut current: Option<Vec<Instance>> = None;
     let mut failing = false;
     loop {
         pacer.turn().await;
@@ -94,13 +93,13 @@ async fn watch(client: Arc<Client>, query: HealthQuery, upstreams: Vec<Arc<Upstr
                     tracing::info!(service = %query.service, upstreams = %names, "Consul discovery recovered");
                 }
                 index = next_index(index, answer.index);
-                let endpoints = health::endpoints(&answer.entries, query.passing_only);
-                if current.as_ref() != Some(&endpoints) {
-                    tracing::info!(service = %query.service, upstreams = %names, endpoints = endpoints.len(), "Consul endpoints changed");
+                let instances = health::instances(&answer.entries, query.passing_only);
+                if current.as_ref() != Some(&instances) {
+                    tracing::info!(service = %query.service, upstreams = %names, endpoints = instances.len(), "Consul endpoints changed");
                     for upstream in &upstreams {
-                        upstream.set_endpoints(&endpoints);
+                        upstream.set_instances(&instances);
                     }
-                    current = Some(endpoints);
+                    current = Some(instances);
                 }
                 for upstream in &upstreams {
                     metrics::discovery_updated(upstream.name());

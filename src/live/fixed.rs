@@ -1,13 +1,16 @@
 //! Settings a reload cannot change: they shape the process itself (its
 //! runtime threads, log subscriber, admin socket, span exporter, where its
-//! configuration comes from) or name it in every metric and log line. A new configuration that changes one of
-//! them is still applied — everything else in it takes effect — but the
-//! setting keeps its running value, and the caller logs a warning naming the
-//! key. Rejects nothing.
+//! configuration comes from, its mesh TLS material and the tasks that keep
+//! it current — see `mesh`) or name it in every metric and log line. A new
+//! configuration that changes one of them is still applied — everything
+//! else in it takes effect — but the setting keeps its running value, and
+//! the caller logs a warning naming the key. Of `tls`, only the
+//! authorization rules (`tls.authorization.default`, `allow`, `deny`) are
+//! live. Rejects nothing.
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, TlsConfig};
 
 /// Puts the running value of every fixed setting back into `next`; returns
 /// the key path of each one `next` wanted to change.
@@ -44,6 +47,7 @@ pub fn keep_fixed(running: &Config, next: &mut Config) -> Vec<&'static str> {
             "config_source",
             restore(&running.config_source, &mut next.config_source),
         ),
+        ("tls", restore_tls(&running.tls, &mut next.tls)),
     ];
     restored
         .into_iter()
@@ -59,6 +63,18 @@ fn restore<T: Serialize + Clone>(running: &T, next: &mut T) -> bool {
         *next = running.clone();
     }
     differs
+}
+
+/// Like [`restore`] for `tls`, but `next` keeps its authorization rules
+/// when both have a `tls` section (whether intentions are followed is fixed).
+fn restore_tls(running: &Option<TlsConfig>, next: &mut Option<TlsConfig>) -> bool {
+    let mut fixed = running.clone();
+    if let (Some(fixed), Some(next)) = (&mut fixed, &*next) {
+        let intentions = fixed.authorization.intentions;
+        fixed.authorization = next.authorization.clone();
+        fixed.authorization.intentions = intentions;
+    }
+    restore(&fixed, next)
 }
 
 #[cfg(test)]
@@ -96,6 +112,31 @@ mod tests {
             std::time::Duration::from_secs(3)
         );
         assert!(!next.logging.access_log);
+    }
+
+    #[test]
+    fn tls_is_fixed_but_its_authorization_rules() {
+        let tls = "tls: { cert: /c.pem, key: /k.pem, ca: /ca.pem, authorization: { deny: [a] } }\n";
+        let running = parse(&format!("service: {{ name: web }}\n{tls}"));
+        let mut next = parse(
+            "service: { name: web }\ntls: { cert: /c.pem, key: /k.pem, ca: /other.pem, \
+             authorization: { default: deny, allow: [b], intentions: true } }\n",
+        );
+        assert_eq!(keep_fixed(&running, &mut next), ["tls"]);
+        let kept = next.tls.as_ref().expect("tls");
+        assert_eq!(kept.ca.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        assert_eq!(kept.authorization.allow, ["b"]);
+        assert!(kept.authorization.deny.is_empty());
+        assert!(!kept.authorization.intentions);
+
+        let mut rules_only = parse(&format!("service: {{ name: web }}\n{tls}"));
+        rules_only.tls.as_mut().expect("tls").authorization.allow = vec!["c".into()];
+        assert!(keep_fixed(&running, &mut rules_only).is_empty());
+        assert_eq!(rules_only.tls.expect("tls").authorization.allow, ["c"]);
+
+        let mut without = parse("service: { name: web }\n");
+        assert_eq!(keep_fixed(&running, &mut without), ["tls"]);
+        assert!(without.tls.is_some());
     }
 
     #[test]

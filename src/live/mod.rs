@@ -1,17 +1,20 @@
 //! The part of a running proxy that a configuration can change: the
-//! listeners (inbound, and one per upstream), their stacks, the upstreams
+//! listeners (inbound, one per upstream with a `listen` address, the
+//! transparent listener), their stacks and routing backends, the upstreams
 //! and the discovery tasks that feed them. [`LiveProxy::apply`] builds them
 //! from the first configuration and moves them to every later one.
 //!
 //! **All or nothing.** An apply first prepares everything that can fail —
 //! binding new listeners, duplicating sockets, DNS resolvers, the Consul
-//! client — without touching what runs; only then does it commit, and the
+//! client, TLS configurations — without touching what runs; only then does
+//! it commit, and the
 //! commit cannot fail. A configuration that cannot be applied (a port in
 //! use, a DNS resolver or Consul client that cannot be built) is rejected
 //! with that error and leaves the proxy exactly as it was.
 //!
-//! **Listeners** are known by direction and name (`inbound`, or the
-//! upstream's name). One whose configured address is unchanged keeps its
+//! **Listeners** are known by direction and name (`inbound`, the
+//! upstream's name, or the transparent listener). One whose configured
+//! address is unchanged keeps its
 //! socket, so no connection is refused across a reload; an address that
 //! another listener had before (a renamed upstream) takes that socket over.
 //! A listener that is gone, or whose address changed, is drained as at
@@ -19,8 +22,12 @@
 //! refused) and its open connections finish their in-flight requests
 //! (HTTP/1.1 closes after the current response, HTTP/2 gets GOAWAY; TCP
 //! tunnels run until they end). When a listener's protocol or idle timeout
-//! changes, a new accept loop takes over its socket and the old loop's
-//! connections drain.
+//! changes (for the inbound TCP listener under mesh TLS: its authorization
+//! rules; for the transparent listener: its section), a new accept loop
+//! takes over its socket and the old loop's connections drain. An upstream
+//! without `listen` has no listener but the same stack, reached through the
+//! transparent listener, whose route table (hosts, addresses → upstream and
+//! its stack slot) is replaced at every apply and read per request.
 //!
 //! **Stacks are picked per request** (see `swap`): a changed policy applies
 //! to the next request, on connections opened before the reload too, while
@@ -29,14 +36,21 @@
 //! keeps the stack it was accepted with until it closes — would leave an
 //! application's pooled keep-alive connections on the old timeouts or
 //! retries for as long as they live. A stack is rebuilt only when its
-//! section, `tracing` or the access-log settings changed, or its upstream
-//! was replaced. Rebuilding starts its rate-limit buckets, retry budget and
-//! concurrency count afresh (requests still on the old stack hold their
-//! slots there, so for a moment the limit can be exceeded by them).
+//! section, `tracing`, the access-log settings or (inbound) the
+//! authorization rules changed, or its upstream or one of its routing
+//! backends was replaced. Rebuilding starts its rate-limit buckets, retry
+//! budget and concurrency count afresh (requests still on the old stack hold
+//! their slots there, so for a moment the limit can be exceeded by them).
+//! Routes, splits and weights live in the stack, so a changed split applies
+//! from the next request and none is refused: the new stack's backends have
+//! their endpoints before it is stored. A subset or static backend defined
+//! as before keeps its upstream (endpoints, pools, breaker, outlier state);
+//! a new subset starts from its parent's last discovered instances.
 //!
 //! **Upstream state is kept** where the configuration allows it. An
 //! upstream whose settings (protocol, load balancing, connect and idle
-//! timeouts, breaker, outlier detection, rate limit) and discovery source
+//! timeouts, TLS origination, breaker, outlier detection, rate limit) and
+//! discovery source
 //! are unchanged is kept whole (a changed static list is set in place).
 //! Otherwise a successor takes over its endpoints — with their
 //! connection pools, load and outlier state while the connect and idle
@@ -46,13 +60,19 @@
 //! upstreams it feeds, its own settings or the `consul` section changed; an
 //! upstream whose discovery changed keeps its current endpoints until the
 //! new source answers, like discovery's fail-static.
+//!
+//! **Mesh TLS** (`mesh`): the material and its watches are the process's;
+//! each apply builds the inbound authorizer from the authorization rules
+//! and each meshed upstream's TLS origination (an unchanged one compares
+//! equal, so its upstream is kept).
 
 mod fixed;
+mod mesh;
 mod swap;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -63,21 +83,30 @@ use tokio::sync::Mutex;
 
 use crate::client::ClientSettings;
 use crate::config::{
-    Config, ConsulConfig, Discovery, InboundConfig, ServiceProtocol, Timeouts, UpstreamConfig,
-    UpstreamProtocol,
+    Config, ConsulConfig, Discovery, InboundConfig, ServiceProtocol, Timeouts, TransparentConfig,
+    UpstreamConfig, UpstreamProtocol,
 };
 use crate::consul::{self, HealthQuery};
 use crate::discovery::consul::{Watches, query_for};
 use crate::discovery::dns::DnsDiscoverer;
 use crate::drain::DrainController;
+use crate::routing::backends::Backends;
 use crate::server::{self, Handler, HttpProtocol};
 use crate::stack::{self, HttpService};
 use crate::telemetry::metrics::ConnectionMetrics;
 use crate::telemetry::spans::SpanExporter;
+use crate::tls::authorization::Authorizer;
+use crate::tls::inbound::InboundTls;
+use crate::transparent::outbound::TransparentOutbound;
+use crate::transparent::routes::{Route, RouteTable};
 use crate::upstream::{Direction, Upstream, UpstreamSet, UpstreamSettings};
 
 pub use fixed::keep_fixed;
+pub use mesh::MeshSecurity;
 use swap::{StackSlot, SwappableService};
+
+/// The name of the transparent listener (logs, connection metrics).
+const TRANSPARENT: &str = "transparent";
 
 /// What an apply changed besides the listeners it logs itself.
 #[derive(Debug)]
@@ -88,10 +117,20 @@ pub struct Applied {
     pub kept_fixed: Vec<&'static str>,
 }
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerRole {
+    Inbound,
+    /// An upstream's explicit listener (`upstreams[].listen`).
+    Upstream,
+    /// The transparent outbound listener.
+    Transparent,
+}
+
 /// One listener of the running proxy.
 #[derive(Debug, Clone)]
 pub struct ListenerAddr {
-    pub direction: Direction,
+    pub role: ListenerRole,
     pub name: String,
     pub addr: SocketAddr,
 }
@@ -100,8 +139,13 @@ pub struct ListenerAddr {
 pub struct LiveProxy {
     state: Mutex<State>,
     upstreams: Arc<UpstreamSet>,
+    /// The upstreams built for routing backends (subsets, static lists),
+    /// held weakly: they live as long as a stack uses them.
+    backend_upstreams: ArcSwap<Vec<Weak<Upstream>>>,
     /// Fixed for the process (`tracing.otlp` cannot change live).
     spans: Option<SpanExporter>,
+    /// Fixed for the process (`tls`, but its authorization rules).
+    mesh: Option<MeshSecurity>,
 }
 
 #[derive(Default)]
@@ -109,29 +153,59 @@ struct State {
     config: Option<Config>,
     /// In configuration order, inbound first.
     sites: Vec<Site>,
+    transparent: Option<TransparentSite>,
     consul: Option<ConsulWatches>,
     /// Accept loops of removed or replaced listeners, draining.
     retired: Vec<DrainController>,
 }
 
-/// A listener, its upstream and what runs for them.
-struct Site {
-    direction: Direction,
-    name: String,
+impl State {
+    /// Every bound listener.
+    fn listening(&self) -> impl Iterator<Item = &Listening> {
+        let sites = self.sites.iter().filter_map(|site| site.listening.as_ref());
+        sites.chain(self.transparent.as_ref().map(|t| &t.listening))
+    }
+}
+
+/// A bound socket and the accept loop serving it.
+struct Listening {
     /// As configured (port 0 stays 0).
     listen: SocketAddr,
     socket: Arc<std::net::TcpListener>,
     bound: SocketAddr,
+    handler: HandlerSource,
+    accepting: DrainController,
+}
+
+/// What an accept loop's handler was built from, besides the stack slot it
+/// serves through (HTTP) or the upstream it holds (TCP).
+#[derive(Debug, Clone, PartialEq)]
+enum HandlerSource {
+    Http {
+        protocol: HttpProtocol,
+        idle: Duration,
+    },
+    /// The authorization rules its TLS termination checks (inbound under mesh TLS).
+    Tcp { authorization: Option<Value> },
+    /// The `transparent` section.
+    Transparent(Value),
+}
+
+/// The inbound application or an upstream, its listener, stack and what
+/// runs for them.
+struct Site {
+    direction: Direction,
+    name: String,
+    /// `None` for an upstream reached only through the transparent listener.
+    listening: Option<Listening>,
     upstream: Arc<Upstream>,
     discovery: Discovery,
     /// What the stack was built from (see [`stack_source`]).
     stack_source: Value,
-    /// `None` for a TCP listener.
+    /// `None` for a TCP upstream.
     stack: Option<StackSlot>,
-    /// The accept loop's handler was built from these.
-    protocol: Option<HttpProtocol>,
-    idle: Duration,
-    accepting: DrainController,
+    /// The stack's routing backends (outbound HTTP).
+    backends: Option<Arc<Backends>>,
     /// The DNS discovery task, when discovery is `dns`.
     dns: Option<DrainController>,
 }
@@ -142,20 +216,26 @@ impl Site {
     }
 }
 
+/// The transparent listener.
+struct TransparentSite {
+    listening: Listening,
+    outbound: Arc<TransparentOutbound>,
+}
+
 /// The Consul watches and the client they share.
 struct ConsulWatches {
     /// The `consul` section the client was built from.
     config: Value,
-    client: consul::Client,
+    client: Arc<consul::Client>,
     /// Per query: the upstreams it feeds and the task's stop signal.
     groups: BTreeMap<HealthQuery, (Vec<Arc<Upstream>>, DrainController)>,
 }
 
-/// A listener as a configuration describes it.
+/// The inbound application or an upstream as a configuration describes it.
 struct Spec<'a> {
     direction: Direction,
     name: String,
-    listen: SocketAddr,
+    listen: Option<SocketAddr>,
     settings: UpstreamSettings,
     discovery: Discovery,
     /// `None`: opaque TCP.
@@ -168,45 +248,65 @@ enum Section<'a> {
     Outbound(&'a UpstreamConfig),
 }
 
-/// A listener ready to commit.
-struct Planned {
-    direction: Direction,
-    name: String,
+/// A listener's socket ready to commit.
+struct PlannedSocket {
     listen: SocketAddr,
     socket: Arc<std::net::TcpListener>,
     bound: SocketAddr,
     /// The socket is new to this listener: logged as `listening`.
     announce: bool,
+    handler: HandlerSource,
+    /// A new accept loop's listener (new socket, or a new handler on the
+    /// old one) and its TLS termination.
+    new_accept: Option<(TcpListener, Option<Arc<InboundTls>>)>,
+}
+
+/// A site ready to commit.
+struct Planned {
+    direction: Direction,
+    name: String,
+    socket: Option<PlannedSocket>,
     upstream: Arc<Upstream>,
     discovery: Discovery,
     /// A static list to set on the upstream at commit.
     set_endpoints: Option<Vec<SocketAddr>>,
     stack_source: Value,
     protocol: Option<HttpProtocol>,
-    idle: Duration,
     /// A new stack to install.
     new_stack: Option<HttpService>,
-    /// A new accept loop's listener (new socket, or a new handler on the old one).
-    new_accept: Option<TcpListener>,
+    backends: Option<Arc<Backends>>,
     /// A new DNS discovery task.
     new_dns: Option<DnsDiscoverer>,
+}
+
+/// The transparent listener ready to commit.
+struct PlannedTransparent {
+    socket: PlannedSocket,
+    config: TransparentConfig,
 }
 
 /// Everything an apply needs, prepared.
 struct Plan {
     config: Config,
     listeners: Vec<Planned>,
+    transparent: Option<PlannedTransparent>,
     /// `None` when no upstream uses Consul.
-    consul: Option<(Value, consul::Client)>,
+    consul: Option<(Value, Arc<consul::Client>)>,
     kept_fixed: Vec<&'static str>,
 }
 
 impl LiveProxy {
-    pub fn new(upstreams: Arc<UpstreamSet>, spans: Option<SpanExporter>) -> Self {
+    pub fn new(
+        upstreams: Arc<UpstreamSet>,
+        spans: Option<SpanExporter>,
+        mesh: Option<MeshSecurity>,
+    ) -> Self {
         Self {
             state: Mutex::default(),
             upstreams,
+            backend_upstreams: ArcSwap::default(),
             spans,
+            mesh,
         }
     }
 
@@ -227,21 +327,40 @@ impl LiveProxy {
     /// Every listener now bound.
     pub async fn listeners(&self) -> Vec<ListenerAddr> {
         let state = self.state.lock().await;
-        state
-            .sites
-            .iter()
-            .map(|site| ListenerAddr {
-                direction: site.direction,
+        let sites = (state.sites.iter()).filter_map(|site| {
+            Some(ListenerAddr {
+                role: match site.direction {
+                    Direction::Inbound => ListenerRole::Inbound,
+                    Direction::Outbound => ListenerRole::Upstream,
+                },
                 name: site.name.clone(),
-                addr: site.bound,
+                addr: site.listening.as_ref()?.bound,
             })
-            .collect()
+        });
+        let transparent = (state.transparent.iter()).map(|transparent| ListenerAddr {
+            role: ListenerRole::Transparent,
+            name: TRANSPARENT.to_owned(),
+            addr: transparent.listening.bound,
+        });
+        sites.chain(transparent).collect()
     }
 
     /// How long in-flight work may take to finish at shutdown.
     pub async fn drain_timeout(&self) -> Duration {
         let state = self.state.lock().await;
         (state.config.as_ref()).map_or(Duration::ZERO, |config| config.runtime.drain_timeout)
+    }
+
+    /// Closes pooled connections idle past their timeout, on every upstream
+    /// and routing backend.
+    pub fn close_expired_idle(&self) {
+        self.upstreams
+            .load()
+            .iter()
+            .for_each(|upstream| upstream.close_expired_idle());
+        (self.backend_upstreams.load().iter())
+            .filter_map(Weak::upgrade)
+            .for_each(|upstream| upstream.close_expired_idle());
     }
 
     /// Stops discovery, closes every listener's socket and drains their
@@ -253,14 +372,15 @@ impl LiveProxy {
             consul.groups.values().for_each(|(_, stop)| stop.signal());
         }
         let mut accepting = std::mem::take(&mut state.retired);
-        // Dropping a site closes its socket once its accept loop has stopped.
+        // Dropping a listener closes its socket once its accept loop has stopped.
         for site in std::mem::take(&mut state.sites) {
             if let Some(dns) = &site.dns {
                 dns.signal();
             }
-            site.accepting.signal();
-            accepting.push(site.accepting);
+            accepting.extend(site.listening.map(|listening| listening.accepting));
         }
+        accepting.extend(state.transparent.take().map(|t| t.listening.accepting));
+        accepting.iter().for_each(DrainController::signal);
         let left = futures_util::future::join_all(accepting.iter().map(|c| c.drain(timeout))).await;
         left.into_iter().sum()
     }
@@ -270,58 +390,68 @@ impl LiveProxy {
             Some(running) => keep_fixed(running, &mut config),
             None => Vec::new(),
         };
+        let authorizer = match (&self.mesh, &config.tls) {
+            (Some(mesh), Some(tls)) => Some(mesh.authorizer(tls, &config.service.name)),
+            _ => None,
+        };
+        let specs = specs(&config, self.mesh.as_ref())?;
         let mut listeners = Vec::new();
-        for spec in specs(&config)? {
-            listeners.push(self.plan_listener(state, &config, spec).await?);
+        for spec in &specs {
+            listeners.push(
+                self.plan_site(state, &config, spec, authorizer.as_ref())
+                    .await?,
+            );
         }
+        let transparent = match &config.transparent {
+            Some(transparent) => Some(plan_transparent(state, transparent).await?),
+            None => None,
+        };
         let uses_consul = (listeners.iter()).any(|l| matches!(l.discovery, Discovery::Consul(_)));
         let consul = if uses_consul {
             let section = serde_json::to_value(&config.consul)?;
             let client = match &state.consul {
-                Some(running) if running.config == section => running.client.clone(),
-                _ => consul::Client::from_config(&config.consul)?,
+                Some(running) if running.config == section => Arc::clone(&running.client),
+                _ => Arc::new(consul::Client::from_config(&config.consul)?),
             };
             Some((section, client))
         } else {
             None
         };
+        // Nothing below can fail. Routing backends may name any upstream, so
+        // stacks are planned once every upstream is.
+        let upstreams: Vec<(String, Arc<Upstream>)> = (listeners.iter())
+            .filter(|planned| planned.direction == Direction::Outbound)
+            .map(|planned| (planned.name.clone(), Arc::clone(&planned.upstream)))
+            .collect();
+        for (planned, spec) in listeners.iter_mut().zip(&specs) {
+            self.plan_stack(
+                state,
+                &config,
+                spec,
+                planned,
+                &upstreams,
+                authorizer.as_ref(),
+            );
+        }
+        drop(specs);
         Ok(Plan {
             config,
             listeners,
+            transparent,
             consul,
             kept_fixed,
         })
     }
 
-    async fn plan_listener(
+    /// The upstream, discovery and listener of `spec` (the stack comes later).
+    async fn plan_site(
         &self,
         state: &State,
         config: &Config,
-        spec: Spec<'_>,
+        spec: &Spec<'_>,
+        authorizer: Option<&Arc<Authorizer>>,
     ) -> anyhow::Result<Planned> {
         let old = (state.sites.iter()).find(|site| site.is(spec.direction, &spec.name));
-        let label = match spec.direction {
-            Direction::Inbound => "inbound".to_owned(),
-            Direction::Outbound => format!("upstream {}", spec.name),
-        };
-
-        let reused_socket = old
-            .filter(|site| site.listen == spec.listen)
-            .or_else(|| {
-                (spec.listen.port() != 0)
-                    .then(|| state.sites.iter().find(|site| site.listen == spec.listen))
-                    .flatten()
-            })
-            .map(|site| (Arc::clone(&site.socket), site.bound));
-        let (socket, bound) = match reused_socket {
-            Some(reused) => reused,
-            None => {
-                let listener = bind(spec.listen, &label).await?;
-                let bound = listener.local_addr()?;
-                (Arc::new(listener.into_std()?), bound)
-            }
-        };
-        let same_socket = old.is_some_and(|site| Arc::ptr_eq(&site.socket, &socket));
 
         // A discovery task that is replaced may still be finishing an answer:
         // a successor makes sure it cannot write into the upstream that runs
@@ -337,13 +467,13 @@ impl LiveProxy {
             Some(site) if site.upstream.settings == spec.settings && same_feed => {
                 Arc::clone(&site.upstream)
             }
-            Some(site) => Arc::new(site.upstream.successor(spec.settings)),
+            Some(site) => Arc::new(site.upstream.successor(spec.settings.clone())),
             None => {
                 let endpoints: &[SocketAddr] = match &spec.discovery {
                     Discovery::Static(endpoints) => endpoints,
                     Discovery::Consul(_) | Discovery::Dns(_) => &[],
                 };
-                Arc::new(Upstream::new(spec.settings, endpoints))
+                Arc::new(Upstream::new(spec.settings.clone(), endpoints))
             }
         };
         let same_upstream = old.is_some_and(|site| Arc::ptr_eq(&site.upstream, &upstream));
@@ -355,32 +485,38 @@ impl LiveProxy {
             _ => None,
         };
 
-        let access_log = access_log_share(config);
-        let stack_source = stack_source(&spec.section, config, access_log)?;
-        let new_stack = match spec.protocol {
-            None => None,
-            Some(_) => {
-                let unchanged = old.is_some_and(|site| {
-                    site.stack.is_some() && site.stack_source == stack_source && same_upstream
-                });
-                (!unchanged).then(|| self.build_stack(&spec.section, &upstream, config))
+        let socket = match spec.listen {
+            Some(listen) => {
+                let handler = match spec.protocol {
+                    Some(protocol) => HandlerSource::Http {
+                        protocol,
+                        idle: upstream.settings.client.idle_timeout,
+                    },
+                    None => HandlerSource::Tcp {
+                        authorization: match spec.direction {
+                            Direction::Inbound => (config.tls.as_ref())
+                                .map(|tls| serde_json::to_value(&tls.authorization))
+                                .transpose()?,
+                            Direction::Outbound => None,
+                        },
+                    },
+                };
+                // A TCP handler holds its upstream.
+                let handler_kept = spec.protocol.is_some() || same_upstream;
+                let tls = || match (&self.mesh, spec.direction) {
+                    (Some(mesh), Direction::Inbound) => mesh
+                        .inbound(spec.protocol, &config.service.name, authorizer)
+                        .map(Some),
+                    _ => Ok(None),
+                };
+                let old = old.and_then(|site| site.listening.as_ref());
+                let label = match spec.direction {
+                    Direction::Inbound => "inbound".to_owned(),
+                    Direction::Outbound => format!("upstream {}", spec.name),
+                };
+                Some(plan_socket(state, old, listen, &label, handler, handler_kept, tls).await?)
             }
-        };
-
-        let idle = upstream.settings.client.idle_timeout;
-        let same_handler = old.is_some_and(|site| match spec.protocol {
-            Some(_) => site.protocol == spec.protocol && site.idle == idle,
-            // A TCP handler holds its upstream.
-            None => site.protocol.is_none() && same_upstream,
-        });
-        let new_accept = if same_socket && same_handler {
-            None
-        } else {
-            let listener = socket
-                .try_clone()
-                .and_then(TcpListener::from_std)
-                .with_context(|| format!("cannot share the {label} listener's socket"))?;
-            Some(listener)
+            None => None,
         };
 
         let new_dns = match &spec.discovery {
@@ -399,46 +535,80 @@ impl LiveProxy {
 
         Ok(Planned {
             direction: spec.direction,
-            name: spec.name,
-            listen: spec.listen,
+            name: spec.name.clone(),
             socket,
-            bound,
-            announce: !same_socket,
             upstream,
-            discovery: spec.discovery,
+            discovery: spec.discovery.clone(),
             set_endpoints,
-            stack_source,
+            stack_source: stack_source(&spec.section, config)?,
             protocol: spec.protocol,
-            idle,
-            new_stack,
-            new_accept,
+            new_stack: None,
+            backends: None,
             new_dns,
         })
     }
 
-    fn build_stack(
+    /// Plans the stack of an HTTP site: kept when what it is built from is
+    /// unchanged, built anew otherwise.
+    fn plan_stack(
         &self,
-        section: &Section<'_>,
-        upstream: &Arc<Upstream>,
+        state: &State,
         config: &Config,
-    ) -> HttpService {
+        spec: &Spec<'_>,
+        planned: &mut Planned,
+        upstreams: &[(String, Arc<Upstream>)],
+        authorizer: Option<&Arc<Authorizer>>,
+    ) {
+        if spec.protocol.is_none() {
+            return;
+        }
+        let old = (state.sites.iter()).find(|site| site.is(spec.direction, &spec.name));
+        let unchanged = |backends: Option<&Backends>| {
+            old.is_some_and(|site| {
+                site.stack.is_some()
+                    && site.stack_source == planned.stack_source
+                    && Arc::ptr_eq(&site.upstream, &planned.upstream)
+                    && match (site.backends.as_deref(), backends) {
+                        (Some(running), Some(next)) => running.same_as(next),
+                        (running, next) => running.is_none() && next.is_none(),
+                    }
+            })
+        };
         let access_log = access_log_share(config);
-        let spans = self.spans.clone();
-        match section {
-            Section::Inbound(inbound) => stack::inbound(
-                Arc::clone(upstream),
-                inbound,
-                &config.tracing,
-                access_log,
-                spans,
-            ),
-            Section::Outbound(outbound) => stack::outbound(
-                Arc::clone(upstream),
-                outbound,
-                &config.tracing,
-                access_log,
-                spans,
-            ),
+        match spec.section {
+            Section::Inbound(section) => {
+                if !unchanged(None) {
+                    planned.new_stack = Some(stack::inbound(
+                        Arc::clone(&planned.upstream),
+                        section,
+                        &config.tracing,
+                        access_log,
+                        self.spans.clone(),
+                        authorizer.cloned(),
+                    ));
+                }
+            }
+            Section::Outbound(section) => {
+                let by_name = |name: &str| {
+                    (upstreams.iter())
+                        .find(|(upstream, _)| upstream == name)
+                        .map(|(_, upstream)| Arc::clone(upstream))
+                };
+                let previous = old.and_then(|site| site.backends.as_deref());
+                let backends = Backends::build(&planned.upstream, section, &by_name, previous);
+                if unchanged(Some(&backends)) {
+                    planned.backends = old.and_then(|site| site.backends.clone());
+                } else {
+                    planned.new_stack = Some(stack::outbound(
+                        &backends,
+                        section,
+                        &config.tracing,
+                        access_log,
+                        self.spans.clone(),
+                    ));
+                    planned.backends = Some(Arc::new(backends));
+                }
+            }
         }
     }
 
@@ -449,24 +619,106 @@ impl LiveProxy {
             let old = (old_sites.iter())
                 .position(|site| site.is(planned.direction, &planned.name))
                 .map(|at| old_sites.swap_remove(at));
-            let site = commit_listener(state, planned, old);
+            let site = commit_site(&mut state.retired, planned, old);
             state.sites.push(site);
         }
         for gone in old_sites {
-            tracing::info!(listener = %gone.name, direction = gone.direction.as_str(), addr = %gone.bound, "listener removed; draining it");
-            retire(&mut state.retired, gone.accepting);
+            if let Some(listening) = gone.listening {
+                remove_listener(&mut state.retired, listening, gone.direction, &gone.name);
+            }
             if let Some(dns) = gone.dns {
                 dns.signal();
             }
         }
+        commit_transparent(state, plan.transparent, &plan.config);
         commit_consul(state, plan.consul, &plan.config.consul);
         let upstreams = (state.sites.iter()).map(|site| Arc::clone(&site.upstream));
         self.upstreams.store(Arc::new(upstreams.collect()));
+        let backends = (state.sites.iter())
+            .filter_map(|site| site.backends.as_deref())
+            .flat_map(Backends::own)
+            .map(Arc::downgrade);
+        self.backend_upstreams.store(Arc::new(backends.collect()));
         state.config = Some(plan.config);
     }
 }
 
-fn commit_listener(state: &mut State, planned: Planned, old: Option<Site>) -> Site {
+/// Plans `old`'s (or a new listener's) socket at `listen`: the same socket
+/// while the address is unchanged (or taken over from the listener that had
+/// it), else a new one; a new accept loop unless socket and handler stay.
+async fn plan_socket(
+    state: &State,
+    old: Option<&Listening>,
+    listen: SocketAddr,
+    label: &str,
+    handler: HandlerSource,
+    handler_kept: bool,
+    tls: impl FnOnce() -> anyhow::Result<Option<Arc<InboundTls>>>,
+) -> anyhow::Result<PlannedSocket> {
+    let reused_socket = old
+        .filter(|listening| listening.listen == listen)
+        .or_else(|| {
+            (listen.port() != 0)
+                .then(|| {
+                    state
+                        .listening()
+                        .find(|listening| listening.listen == listen)
+                })
+                .flatten()
+        })
+        .map(|listening| (Arc::clone(&listening.socket), listening.bound));
+    let (socket, bound) = match reused_socket {
+        Some(reused) => reused,
+        None => {
+            let listener = bind(listen, label).await?;
+            let bound = listener.local_addr()?;
+            (Arc::new(listener.into_std()?), bound)
+        }
+    };
+    let same_socket = old.is_some_and(|listening| Arc::ptr_eq(&listening.socket, &socket));
+    let same_handler = handler_kept && old.is_some_and(|listening| listening.handler == handler);
+    let new_accept = if same_socket && same_handler {
+        None
+    } else {
+        let listener = socket
+            .try_clone()
+            .and_then(TcpListener::from_std)
+            .with_context(|| format!("cannot share the {label} listener's socket"))?;
+        Some((listener, tls()?))
+    };
+    Ok(PlannedSocket {
+        listen,
+        socket,
+        bound,
+        announce: !same_socket,
+        handler,
+        new_accept,
+    })
+}
+
+async fn plan_transparent(
+    state: &State,
+    config: &TransparentConfig,
+) -> anyhow::Result<PlannedTransparent> {
+    let old = state.transparent.as_ref().map(|t| &t.listening);
+    let handler = HandlerSource::Transparent(serde_json::to_value(config)?);
+    let socket = plan_socket(
+        state,
+        old,
+        config.outbound_listen,
+        "transparent outbound",
+        handler,
+        true,
+        || Ok(None),
+    )
+    .await?;
+    Ok(PlannedTransparent {
+        socket,
+        config: config.clone(),
+    })
+}
+
+fn commit_site(retired: &mut Vec<DrainController>, planned: Planned, old: Option<Site>) -> Site {
     if let Some(endpoints) = &planned.set_endpoints {
         planned.upstream.set_endpoints(endpoints);
     }
@@ -483,30 +735,32 @@ fn commit_listener(state: &mut State, planned: Planned, old: Option<Site>) -> Si
         // Unchanged: `prepare` only keeps a stack that exists.
         (Some(_), None) => old_slot,
     };
-    let (old_accepting, old_dns) = match old {
-        Some(site) => (Some(site.accepting), site.dns),
+    let (old_listening, old_dns) = match old {
+        Some(site) => (site.listening, site.dns),
         None => (None, None),
     };
-    let accepting = match planned.new_accept {
-        Some(listener) => {
-            let handler = match (&stack, planned.protocol) {
-                (Some(slot), Some(protocol)) => Handler::Http(
-                    protocol,
-                    SwappableService::boxed(Arc::clone(slot)),
-                    planned.idle,
-                ),
-                _ => Handler::Tcp(Arc::clone(&planned.upstream)),
-            };
-            if planned.announce {
-                tracing::info!(listener = %planned.name, direction = planned.direction.as_str(), addr = %planned.bound, "listening");
-            }
-            if let Some(old) = old_accepting {
-                retire(&mut state.retired, old);
-            }
-            spawn_accept_loop(listener, handler, planned.direction, &planned.name)
+    let handler = || match (&stack, planned.protocol) {
+        (Some(slot), Some(protocol)) => Handler::Http(
+            protocol,
+            SwappableService::boxed(Arc::clone(slot)),
+            planned.upstream.settings.client.idle_timeout,
+        ),
+        _ => Handler::Tcp(Arc::clone(&planned.upstream)),
+    };
+    let listening = match (planned.socket, old_listening) {
+        (Some(socket), old) => Some(commit_socket(
+            retired,
+            socket,
+            old,
+            handler,
+            planned.direction,
+            &planned.name,
+        )),
+        (None, Some(old)) => {
+            remove_listener(retired, old, planned.direction, &planned.name);
+            None
         }
-        // `prepare` plans no new accept loop only for a listener that has one.
-        None => old_accepting.expect("an existing listener's accept loop"),
+        (None, None) => None,
     };
     let dns = match (planned.new_dns, old_dns) {
         (Some(discoverer), old) => {
@@ -527,23 +781,122 @@ fn commit_listener(state: &mut State, planned: Planned, old: Option<Site>) -> Si
     Site {
         direction: planned.direction,
         name: planned.name,
-        listen: planned.listen,
-        socket: planned.socket,
-        bound: planned.bound,
+        listening,
         upstream: planned.upstream,
         discovery: planned.discovery,
         stack_source: planned.stack_source,
         stack,
-        protocol: planned.protocol,
-        idle: planned.idle,
-        accepting,
+        backends: planned.backends,
         dns,
     }
 }
 
+/// Starts the planned accept loop (retiring the old one) or keeps the old one.
+fn commit_socket(
+    retired: &mut Vec<DrainController>,
+    planned: PlannedSocket,
+    old: Option<Listening>,
+    handler: impl FnOnce() -> Handler,
+    direction: Direction,
+    name: &str,
+) -> Listening {
+    let accepting = match planned.new_accept {
+        Some((listener, tls)) => {
+            if planned.announce {
+                tracing::info!(listener = %name, direction = direction.as_str(), addr = %planned.bound, "listening");
+            }
+            if let Some(old) = old {
+                retire(retired, old.accepting);
+            }
+            spawn_accept_loop(listener, handler(), tls, direction, name)
+        }
+        // `prepare` plans no new accept loop only for a listener that has one.
+        None => old.expect("an existing listener's accept loop").accepting,
+    };
+    Listening {
+        listen: planned.listen,
+        socket: planned.socket,
+        bound: planned.bound,
+        handler: planned.handler,
+        accepting,
+    }
+}
+
+/// Closes a listener that is no longer configured; its connections drain.
+fn remove_listener(
+    retired: &mut Vec<DrainController>,
+    listening: Listening,
+    direction: Direction,
+    name: &str,
+) {
+    tracing::info!(listener = %name, direction = direction.as_str(), addr = %listening.bound, "listener removed; draining it");
+    retire(retired, listening.accepting);
+}
+
+/// Moves the transparent listener to the plan; its route table is built
+/// from the committed sites before any connection can use it.
+fn commit_transparent(state: &mut State, planned: Option<PlannedTransparent>, config: &Config) {
+    let old = state.transparent.take();
+    let Some(planned) = planned else {
+        if let Some(old) = old {
+            remove_listener(
+                &mut state.retired,
+                old.listening,
+                Direction::Outbound,
+                TRANSPARENT,
+            );
+        }
+        return;
+    };
+    let routes = route_table(&state.sites, config);
+    let (old_listening, outbound) = match old {
+        Some(running) if planned.socket.new_accept.is_none() => {
+            running.outbound.set_routes(routes);
+            (Some(running.listening), running.outbound)
+        }
+        old => (
+            old.map(|old| old.listening),
+            Arc::new(TransparentOutbound::new(&planned.config, routes)),
+        ),
+    };
+    let listening = commit_socket(
+        &mut state.retired,
+        planned.socket,
+        old_listening,
+        || Handler::Transparent(Arc::clone(&outbound)),
+        Direction::Outbound,
+        TRANSPARENT,
+    );
+    state.transparent = Some(TransparentSite {
+        listening,
+        outbound,
+    });
+}
+
+/// The upstreams the transparent listener routes to, in configuration order.
+fn route_table(sites: &[Site], config: &Config) -> RouteTable {
+    let routes = (config.upstreams.iter())
+        .filter(|upstream| !upstream.hosts.is_empty() || !upstream.addresses.is_empty())
+        .filter_map(|upstream| {
+            let site = sites
+                .iter()
+                .find(|site| site.is(Direction::Outbound, &upstream.name))?;
+            Some(Route {
+                hosts: upstream.hosts.clone(),
+                addresses: upstream.addresses.clone(),
+                upstream: Arc::clone(&site.upstream),
+                http: (site.stack.as_ref()).map(|slot| SwappableService::boxed(Arc::clone(slot))),
+            })
+        });
+    RouteTable::new(routes.collect())
+}
 /// Regroups the Consul-discovered upstreams by query; restarts the watches
 /// whose upstreams or client changed, stops those no longer needed.
-fn commit_consul(state: &mut State, next: Option<(Value, consul::Client)>, section: &ConsulConfig) {
+fn commit_consul(
+    state: &mut State,
+    next: Option<(Value, Arc<consul::Client>)>,
+    section: &ConsulConfig,
+) {
     let mut groups: BTreeMap<HealthQuery, Vec<Arc<Upstream>>> = BTreeMap::new();
     for site in &state.sites {
         if let Discovery::Consul(discovery) = &site.discovery {
@@ -585,7 +938,7 @@ fn commit_consul(state: &mut State, next: Option<(Value, consul::Client)>, secti
             for upstream in &upstreams {
                 watch.add(query.clone(), Arc::clone(upstream));
             }
-            watch.spawn(client.clone(), &stop.watch());
+            watch.spawn(Arc::clone(&client), &stop.watch());
             stop
         });
         watches.insert(query, (upstreams, stop));
@@ -608,6 +961,7 @@ fn retire(retired: &mut Vec<DrainController>, accepting: DrainController) {
 fn spawn_accept_loop(
     listener: TcpListener,
     handler: Handler,
+    tls: Option<Arc<InboundTls>>,
     direction: Direction,
     name: &str,
 ) -> DrainController {
@@ -615,14 +969,15 @@ fn spawn_accept_loop(
     tokio::spawn(server::accept_loop(
         listener,
         handler,
+        tls,
         ConnectionMetrics::new(direction, name),
         accepting.watch(),
     ));
     accepting
 }
 
-/// The listeners `config` asks for: inbound first, then the upstreams.
-fn specs(config: &Config) -> anyhow::Result<Vec<Spec<'_>>> {
+/// The sites `config` asks for: inbound first, then the upstreams.
+fn specs<'a>(config: &'a Config, mesh: Option<&MeshSecurity>) -> anyhow::Result<Vec<Spec<'a>>> {
     let mut specs = Vec::new();
     if let Some(inbound) = &config.inbound {
         let service = &config.service;
@@ -644,14 +999,14 @@ fn specs(config: &Config) -> anyhow::Result<Vec<Spec<'_>>> {
         specs.push(Spec {
             direction: Direction::Inbound,
             name: "inbound".into(),
-            listen: inbound.listen,
+            listen: Some(inbound.listen),
             settings: UpstreamSettings {
                 name: service.name.clone(),
                 direction: Direction::Inbound,
                 protocol,
                 policy: Default::default(),
                 hash_on: None,
-                client: client_settings(&Timeouts::default()),
+                client: client_settings(&Timeouts::default(), None),
                 circuit_breaker: None,
                 outlier_detection: None,
                 rate_limit: inbound.rate_limit.clone(),
@@ -668,6 +1023,10 @@ fn specs(config: &Config) -> anyhow::Result<Vec<Spec<'_>>> {
             UpstreamProtocol::Auto => Some(HttpProtocol::Auto),
             UpstreamProtocol::Tcp => None,
         };
+        let tls = match mesh {
+            Some(mesh) => mesh.upstream(upstream, config)?,
+            None => None,
+        };
         specs.push(Spec {
             direction: Direction::Outbound,
             name: upstream.name.clone(),
@@ -678,7 +1037,7 @@ fn specs(config: &Config) -> anyhow::Result<Vec<Spec<'_>>> {
                 protocol: upstream.protocol,
                 policy: upstream.load_balancing.policy,
                 hash_on: upstream.load_balancing.hash_on.clone(),
-                client: client_settings(&upstream.timeouts),
+                client: client_settings(&upstream.timeouts, tls),
                 circuit_breaker: upstream.circuit_breaker.clone(),
                 outlier_detection: upstream.outlier_detection.clone(),
                 rate_limit: upstream.rate_limit.clone(),
@@ -691,16 +1050,20 @@ fn specs(config: &Config) -> anyhow::Result<Vec<Spec<'_>>> {
     Ok(specs)
 }
 
-/// Everything a listener's stack is built from besides its upstream.
-fn stack_source(section: &Section<'_>, config: &Config, access_log: f64) -> anyhow::Result<Value> {
-    let section = match section {
-        Section::Inbound(inbound) => serde_json::to_value(inbound)?,
-        Section::Outbound(outbound) => serde_json::to_value(outbound)?,
+/// Everything a site's stack is built from besides its upstream and backends.
+fn stack_source(section: &Section<'_>, config: &Config) -> anyhow::Result<Value> {
+    let (section, authorization) = match section {
+        Section::Inbound(inbound) => (
+            serde_json::to_value(inbound)?,
+            serde_json::to_value(config.tls.as_ref().map(|tls| &tls.authorization))?,
+        ),
+        Section::Outbound(outbound) => (serde_json::to_value(outbound)?, Value::Null),
     };
     Ok(json!({
         "section": section,
+        "authorization": authorization,
         "tracing": serde_json::to_value(&config.tracing)?,
-        "access_log": access_log,
+        "access_log": access_log_share(config),
     }))
 }
 
@@ -713,10 +1076,14 @@ fn access_log_share(config: &Config) -> f64 {
     }
 }
 
-fn client_settings(timeouts: &Timeouts) -> ClientSettings {
+fn client_settings(
+    timeouts: &Timeouts,
+    tls: Option<Arc<crate::tls::outbound::UpstreamTls>>,
+) -> ClientSettings {
     ClientSettings {
         connect_timeout: timeouts.connect,
         idle_timeout: timeouts.idle,
+        tls,
     }
 }
 

@@ -29,6 +29,12 @@ pub const CONFIG_RELOADS_TOTAL: &str = "remora_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "remora_config_last_reload_success_timestamp_seconds";
 pub const TCP_SENT_BYTES: &str = "remora_tcp_sent_bytes_total";
 pub const TCP_RECEIVED_BYTES: &str = "remora_tcp_received_bytes_total";
+pub const TRANSPARENT_CONNECTIONS_TOTAL: &str = "remora_transparent_connections_total";
+pub const TRANSPARENT_UNMATCHED_TOTAL: &str = "remora_transparent_unmatched_total";
+pub const ROUTE_REQUESTS_TOTAL: &str = "remora_route_requests_total";
+pub const ROUTE_REQUEST_DURATION: &str = "remora_route_request_duration_seconds";
+pub const ROUTE_BACKEND_REQUESTS_TOTAL: &str = "remora_route_backend_requests_total";
+pub const MIRROR_REQUESTS_TOTAL: &str = "remora_mirror_requests_total";
 
 /// Latency buckets, 0.5 ms to 10 s.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -47,6 +53,12 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
                 .and_then(|builder| {
                     builder.set_buckets_for_metric(
                         Matcher::Full(ENDPOINT_REQUEST_DURATION.into()),
+                        &DURATION_BUCKETS,
+                    )
+                })
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full(ROUTE_REQUEST_DURATION.into()),
                         &DURATION_BUCKETS,
                     )
                 })
@@ -114,10 +126,12 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
-/// Request metrics of one listener (direction + upstream).
+/// Request metrics of one listener (direction + upstream), or of one route
+/// of it (+ route, under the `remora_route_*` names).
 pub struct RequestMetrics {
     direction: &'static str,
     upstream: Arc<str>,
+    route: Option<Arc<str>>,
     by_code: Box<[OnceLock<(Counter, Histogram)>]>,
 }
 
@@ -126,7 +140,16 @@ impl RequestMetrics {
         Self {
             direction: direction.as_str(),
             upstream: upstream.into(),
+            route: None,
             by_code: (100..600).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// The metrics of one route of an outbound upstream.
+    pub fn route(upstream: &str, route: &str) -> Self {
+        Self {
+            route: Some(route.into()),
+            ..Self::new(Direction::Outbound, upstream)
         }
     }
 
@@ -134,24 +157,46 @@ impl RequestMetrics {
     pub fn record(&self, status: u16, duration: Duration, error: Option<ErrorKind>) {
         let (requests, durations) = self.by_code[usize::from(status.clamp(100, 599)) - 100]
             .get_or_init(|| {
-                let labels = [
+                let mut labels = vec![
                     ("direction", self.direction.to_owned()),
                     ("upstream", self.upstream.to_string()),
                     ("code", status.to_string()),
                 ];
-                (
-                    counter!(REQUESTS_TOTAL, &labels),
-                    histogram!(REQUEST_DURATION, &labels),
-                )
+                match &self.route {
+                    Some(route) => {
+                        labels.push(("route", route.to_string()));
+                        (
+                            counter!(ROUTE_REQUESTS_TOTAL, &labels),
+                            histogram!(ROUTE_REQUEST_DURATION, &labels),
+                        )
+                    }
+                    None => (
+                        counter!(REQUESTS_TOTAL, &labels),
+                        histogram!(REQUEST_DURATION, &labels),
+                    ),
+                }
             });
         requests.increment(1);
         durations.record(duration.as_secs_f64());
-        if let Some(kind) = error {
+        if let (Some(kind), None) = (error, &self.route) {
             counter!(PROXY_ERRORS_TOTAL,
                 "direction" => self.direction, "upstream" => self.upstream.to_string(), "kind" => kind.as_str())
             .increment(1);
         }
     }
+}
+
+/// Tries a route sent to one of its backends.
+pub fn route_backend_counter(upstream: &str, route: &str, backend: &str) -> Counter {
+    counter!(ROUTE_BACKEND_REQUESTS_TOTAL,
+        "upstream" => upstream.to_owned(), "route" => route.to_owned(), "backend" => backend.to_owned())
+}
+
+/// Mirrored requests of a route by `outcome`: `answered`, `failed`,
+/// `skipped_body` or `skipped_busy`.
+pub fn mirror_counter(upstream: &str, route: &str, outcome: &'static str) -> Counter {
+    counter!(MIRROR_REQUESTS_TOTAL,
+        "upstream" => upstream.to_owned(), "route" => route.to_owned(), "outcome" => outcome)
 }
 
 /// Connection gauges and counters of one listener.
@@ -325,4 +370,43 @@ impl EndpointMetrics {
         self.requests.increment(1);
         self.durations.record(duration.as_secs_f64());
     }
+}
+
+// ---- Mesh TLS and authorization --------------------------------------------
+
+pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "remora_tls_handshake_errors_total";
+pub const TLS_CERTIFICATE_UPDATES_TOTAL: &str = "remora_tls_certificate_updates_total";
+pub const AUTHZ_DENIED_TOTAL: &str = "remora_authz_denied_total";
+
+/// TLS handshakes that failed or timed out on the inbound listener
+/// (`upstream` = `service.name`) or towards an upstream (outbound).
+pub fn tls_handshake_errors(direction: Direction, upstream: &str) -> Counter {
+    counter!(
+        TLS_HANDSHAKE_ERRORS_TOTAL,
+        &listener_labels(direction, upstream)
+    )
+}
+
+/// Requests or connections refused by authorization (inbound: `upstream` =
+/// `service.name`).
+pub fn authz_denied_counter(direction: Direction, upstream: &str) -> Counter {
+    counter!(AUTHZ_DENIED_TOTAL, &listener_labels(direction, upstream))
+}
+
+/// Counts new TLS material installed (`ok`) or rejected (`error`).
+pub fn tls_certificate_update(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    counter!(TLS_CERTIFICATE_UPDATES_TOTAL, "result" => result).increment(1);
+}
+
+/// Connections of the transparent listener by detected protocol (`http1`,
+/// `http2`, `tcp`).
+pub fn transparent_connections(protocol: &'static str) -> Counter {
+    counter!(TRANSPARENT_CONNECTIONS_TOTAL, "protocol" => protocol)
+}
+
+/// Transparent traffic that matched no upstream: HTTP requests and TCP
+/// connections, by `protocol` and `action` (`passthrough`, `refused`).
+pub fn transparent_unmatched(protocol: &'static str, action: &'static str) -> Counter {
+    counter!(TRANSPARENT_UNMATCHED_TOTAL, "protocol" => protocol, "action" => action)
 }

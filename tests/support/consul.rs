@@ -2,9 +2,12 @@
 //! documented health API, with controls a test drives directly.
 //!
 //! Served: `GET /v1/health/service/:name` and `GET /v1/health/connect/:name` (instances
-//! registered with [`Instance::connect`]); `GET /v1/kv/:key?raw` (the value as stored, 404 when
-//! the key is missing, both with `X-Consul-Index`, blocking like health queries) and
-//! `PUT /v1/kv/:key` (body = value, answers `true`); anything else is 404. Responses are JSON arrays in
+//! registered with [`Instance::connect`]); the Connect CA — `GET /v1/agent/connect/ca/leaf/:service`
+//! and `GET /v1/agent/connect/ca/roots` — and `GET /v1/connect/intentions/match?by=destination&name=`,
+//! whose bodies are the documentation samples (`connect-*.json`) with the certificates and
+//! intentions a test sets; `GET /v1/kv/:key?raw` (the value as stored, 404 when the key is
+//! missing) and `PUT /v1/kv/:key` (body = value, answers `true`); anything else is 404. Every
+//! change bumps the one index, so all of them are blocking queries. Responses are JSON arrays in
 //! the shape of `../shared/consul-api/health-service-response.json` — every instance is built
 //! from that documentation sample (its first entry), with ID, name, tags, address, port and the
 //! service check's status replaced — and carry `X-Consul-Index`.
@@ -82,6 +85,8 @@ pub struct Instance {
     pub service: String,
     pub addr: SocketAddr,
     pub tags: Vec<String>,
+    /// `Service.Meta`; the documentation sample's when empty.
+    pub meta: Vec<(String, String)>,
     pub health: Health,
     /// Served under `/v1/health/connect/:service` instead of `/v1/health/service/:service`.
     pub connect: bool,
@@ -96,6 +101,7 @@ impl Instance {
             service: service.to_owned(),
             addr,
             tags: Vec::new(),
+            meta: Vec::new(),
             health: Health::Passing,
             connect: false,
             on_node_address: false,
@@ -104,6 +110,13 @@ impl Instance {
 
     pub fn tags(mut self, tags: &[&str]) -> Instance {
         self.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+        self
+    }
+
+    pub fn meta(mut self, meta: &[(&str, &str)]) -> Instance {
+        self.meta = (meta.iter())
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect();
         self
     }
 
@@ -134,6 +147,22 @@ struct State {
     held: AtomicU64,
     max_held: AtomicU64,
     template: Value,
+    connect: Mutex<Connect>,
+}
+
+/// The Connect CA and intentions a test set, as the JSON bodies to serve.
+#[derive(Default)]
+struct Connect {
+    leaves: BTreeMap<String, Value>,
+    roots: Option<Value>,
+    intentions: BTreeMap<String, Value>,
+}
+
+/// JSON of a documentation sample.
+fn sample_json(name: &str) -> Value {
+    let text =
+        std::fs::read_to_string(docs_sample(name)).expect("the Consul docs sample is readable");
+    serde_json::from_str(&text).expect("sample is JSON")
 }
 
 /// A running stand-in; dropping it stops the server.
@@ -152,6 +181,12 @@ impl Drop for ConsulStandIn {
 impl ConsulStandIn {
     /// Binds 127.0.0.1:0 and serves an empty catalog at index 1.
     pub fn start() -> ConsulStandIn {
+        Self::start_on("127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Like [`ConsulStandIn::start`], on `addr` (e.g. `0.0.0.0:0`, reachable
+    /// from network namespaces through their veth peers).
+    pub fn start_on(addr: SocketAddr) -> ConsulStandIn {
         let text = std::fs::read_to_string(docs_sample("health-service-response.json"))
             .expect("the Consul docs sample is readable");
         let sample: Value = serde_json::from_str(&text).expect("sample is JSON");
@@ -165,8 +200,9 @@ impl ConsulStandIn {
             held: AtomicU64::new(0),
             max_held: AtomicU64::new(0),
             template: sample[0].clone(),
+            connect: Mutex::new(Connect::default()),
         });
-        let (addr, task) = listen("127.0.0.1:0".parse().unwrap(), Arc::clone(&state));
+        let (addr, task) = listen(addr, Arc::clone(&state));
         ConsulStandIn {
             addr,
             state,
@@ -252,6 +288,71 @@ impl ConsulStandIn {
         self.stop();
         let (_, task) = listen(self.addr, Arc::clone(&self.state));
         *self.server.lock().unwrap() = Some(task);
+    }
+
+    /// Serves this leaf certificate for `service` (the docs sample with its PEMs, serial and
+    /// URI replaced); bumps the index.
+    pub fn set_leaf(&self, service: &str, cert_pem: &str, key_pem: &str, serial: &str, uri: &str) {
+        let mut leaf = sample_json("connect-ca-leaf-response.json");
+        leaf["CertPEM"] = cert_pem.into();
+        leaf["PrivateKeyPEM"] = key_pem.into();
+        leaf["SerialNumber"] = serial.into();
+        leaf["Service"] = service.into();
+        leaf["ServiceURI"] = uri.into();
+        let index = self.index() + 1;
+        leaf["ModifyIndex"] = index.into();
+        self.state
+            .connect
+            .lock()
+            .unwrap()
+            .leaves
+            .insert(service.to_owned(), leaf);
+        self.bump();
+    }
+
+    /// Serves these CA roots (the docs sample's root, repeated with each PEM); bumps the index.
+    pub fn set_roots(&self, root_pems: &[&str]) {
+        let mut roots = sample_json("connect-ca-roots-response.json");
+        let template = roots["Roots"][0].clone();
+        let list: Vec<Value> = root_pems
+            .iter()
+            .enumerate()
+            .map(|(i, pem)| {
+                let mut root = template.clone();
+                root["ID"] = format!("root-{i}").into();
+                root["RootCert"] = (*pem).into();
+                root["Active"] = (i + 1 == root_pems.len()).into();
+                root
+            })
+            .collect();
+        roots["Roots"] = list.into();
+        roots["ActiveRootID"] = format!("root-{}", root_pems.len().saturating_sub(1)).into();
+        self.state.connect.lock().unwrap().roots = Some(roots);
+        self.bump();
+    }
+
+    /// Serves these intentions (source name, allow) for `destination`, in precedence order,
+    /// built from the docs sample's entries; bumps the index.
+    pub fn set_intentions(&self, destination: &str, intentions: &[(&str, bool)]) {
+        let sample = sample_json("connect-intentions-match-response.json");
+        let template = sample["web"][0].clone();
+        let list: Vec<Value> = intentions
+            .iter()
+            .map(|(source, allow)| {
+                let mut intention = template.clone();
+                intention["SourceName"] = (*source).into();
+                intention["DestinationName"] = destination.into();
+                intention["Action"] = if *allow { "allow" } else { "deny" }.into();
+                intention
+            })
+            .collect();
+        self.state
+            .connect
+            .lock()
+            .unwrap()
+            .intentions
+            .insert(destination.to_owned(), list.into());
+        self.bump();
     }
 
     fn bump(&self) {
@@ -364,13 +465,18 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     }
 
     let path = request.uri().path().to_owned();
-    let kv_key = path.strip_prefix("/v1/kv/").map(str::to_owned);
-    let (connect, service) = if let Some(name) = path.strip_prefix("/v1/health/service/") {
-        (false, name.to_owned())
+    let route = if let Some(name) = path.strip_prefix("/v1/health/service/") {
+        Route::Health(false, name.to_owned())
     } else if let Some(name) = path.strip_prefix("/v1/health/connect/") {
-        (true, name.to_owned())
-    } else if kv_key.is_some() {
-        (false, String::new())
+        Route::Health(true, name.to_owned())
+    } else if let Some(name) = path.strip_prefix("/v1/agent/connect/ca/leaf/") {
+        Route::Leaf(name.to_owned())
+    } else if path == "/v1/agent/connect/ca/roots" {
+        Route::Roots
+    } else if path == "/v1/connect/intentions/match" && param("by") == Some("destination") {
+        Route::Intentions(param("name").unwrap_or_default().to_owned())
+    } else if let Some(key) = path.strip_prefix("/v1/kv/") {
+        Route::Kv(key.to_owned())
     } else {
         return reply(StatusCode::NOT_FOUND, "", None);
     };
@@ -402,13 +508,13 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         );
     }
 
-    if let Some(key) = kv_key {
+    if let Route::Kv(key) = &route {
         if request.method() == http::Method::PUT {
             let body = request.into_body().collect().await.map(|b| b.to_bytes());
             let Ok(body) = body else {
                 return reply(StatusCode::BAD_REQUEST, "unreadable body", None);
             };
-            put_kv(state, &key, &String::from_utf8_lossy(&body));
+            put_kv(state, key, &String::from_utf8_lossy(&body));
             return reply(StatusCode::OK, "true", None);
         }
         if param("raw").is_none() {
@@ -421,7 +527,7 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         hold(state, &params).await;
         let kv = state.kv.lock().unwrap();
         let index = *state.index.borrow();
-        return match kv.get(&key) {
+        return match kv.get(key) {
             Some(value) => reply(StatusCode::OK, value, Some(index)),
             None => reply(StatusCode::NOT_FOUND, "", Some(index)),
         };
@@ -429,6 +535,10 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
 
     hold(state, &params).await;
 
+    let (connect, service) = match route {
+        Route::Health(connect, service) => (connect, service),
+        route => return connect_reply(state, &route),
+    };
     let passing = param("passing").is_some_and(|v| v != "false" && v != "0");
     let tags: Vec<&str> = params
         .iter()
@@ -474,6 +584,42 @@ async fn hold(state: &State, params: &[(String, String)]) {
     }
 }
 
+/// What a request asks for.
+enum Route {
+    /// `/v1/health/{service,connect}/:name` (connect, name).
+    Health(bool, String),
+    Leaf(String),
+    Roots,
+    Intentions(String),
+    /// `/v1/kv/:key`.
+    Kv(String),
+}
+
+/// The Connect CA or intentions answer (after any blocking wait).
+fn connect_reply(state: &State, route: &Route) -> Response<Full<Bytes>> {
+    let connect = state.connect.lock().unwrap();
+    let index = *state.index.borrow();
+    let body = match route {
+        Route::Leaf(service) => connect.leaves.get(service).cloned(),
+        Route::Roots => connect.roots.clone(),
+        Route::Intentions(name) => Some(serde_json::json!({
+            name.as_str(): connect.intentions.get(name).cloned().unwrap_or_else(|| Value::Array(Vec::new()))
+        })),
+        Route::Health(..) | Route::Kv(_) => None,
+    };
+    match body {
+        Some(body) => {
+            let mut response = reply(StatusCode::OK, &body.to_string(), Some(index));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        None => reply(StatusCode::NOT_FOUND, "no such leaf or roots yet", None),
+    }
+}
+
 /// One health entry, built from the documentation sample.
 fn entry(template: &Value, instance: &Instance) -> Value {
     let mut entry = template.clone();
@@ -487,6 +633,12 @@ fn entry(template: &Value, instance: &Instance) -> Value {
     service["ID"] = instance.id.clone().into();
     service["Service"] = instance.service.clone().into();
     service["Tags"] = instance.tags.clone().into();
+    if !instance.meta.is_empty() {
+        service["Meta"] = (instance.meta.iter())
+            .map(|(key, value)| (key.clone(), Value::from(value.clone())))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
     service["Address"] = if instance.on_node_address {
         String::new().into()
     } else {

@@ -3,7 +3,7 @@
 //! Every server binds before its constructor returns, so the returned address accepts
 //! connections at once (no sleeps needed). Servers run on the calling tokio runtime, so
 //! the constructors must be called from inside a test runtime; they panic otherwise.
-//! What this module does not do: TLS, fixed ports, or anything remora-specific.
+//! What this module does not do: fixed ports. TLS helpers are in `tls`.
 
 // Each test file compiles its own copy of this module and uses only part of it.
 #![allow(dead_code, unused_imports)]
@@ -19,6 +19,7 @@ pub mod otlp;
 pub mod prom;
 pub mod proxy;
 pub mod tcp;
+pub mod tls;
 pub mod websocket;
 
 use std::future::Future;

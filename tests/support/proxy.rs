@@ -130,13 +130,38 @@ impl ProxyProcess {
     /// once it has logged every listener (`expected_listeners` of them besides
     /// admin). The YAML must keep `logging.format: json` (the default).
     pub fn start(yaml: &str, expected_listeners: usize) -> ProxyProcess {
-        Self::start_with_args(yaml, expected_listeners, &[])
+        Self::launch(&[], yaml, expected_listeners, &[])
     }
 
     /// [`start`](Self::start) with more arguments after `run --config FILE`.
     pub fn start_with_args(yaml: &str, expected_listeners: usize, args: &[&str]) -> ProxyProcess {
+        Self::launch(&[], yaml, expected_listeners, args)
+    }
+
+    /// [`ProxyProcess::start`] under a wrapper command, e.g. `ip netns exec
+    /// NS setpriv --reuid 1337 ...` (the remora binary and its arguments are
+    /// appended to `wrapper`).
+    pub fn start_wrapped(wrapper: &[&str], yaml: &str, expected_listeners: usize) -> ProxyProcess {
+        Self::launch(wrapper, yaml, expected_listeners, &[])
+    }
+
+    fn launch(
+        wrapper: &[&str],
+        yaml: &str,
+        expected_listeners: usize,
+        args: &[&str],
+    ) -> ProxyProcess {
         let config = ConfigFile::new(yaml);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_remora"))
+        let remora = env!("CARGO_BIN_EXE_remora");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(remora);
+                command
+            }
+            None => Command::new(remora),
+        };
+        let mut child = command
             .args(["run", "--config"])
             .arg(&config.path)
             .args(args)
