@@ -4,7 +4,9 @@
 //! state survives changes that do not concern it; an invalid file is refused with positioned
 //! errors, counted, and the old configuration keeps serving; SIGHUP reloads; settings that
 //! cannot change live keep their value with a warning; a configuration from Consul KV follows the
-//! same rules, and a missing or invalid KV value stops the start.
+//! same rules, and a missing or invalid KV value stops the start. Split weights changed under
+//! load move traffic between Consul subsets with no failed request; the transparent route table
+//! follows reloads.
 
 mod support;
 
@@ -591,4 +593,236 @@ async fn a_missing_or_invalid_consul_kv_value_stops_the_start() {
         stderr.contains("consul-kv:remora/absent:2:12: upstreams:"),
         "{stderr}"
     );
+}
+
+/// Responses counted by the load clients: per backend (by body) and failures.
+#[derive(Default)]
+struct Tally {
+    v1: AtomicU64,
+    v2: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Tally {
+    fn count(&self, status: StatusCode, body: &str) {
+        let counter = match (status, body) {
+            (StatusCode::OK, "split-v1") => &self.v1,
+            (StatusCode::OK, "split-v2") => &self.v2,
+            _ => &self.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (v1, v2) responses so far.
+    fn served(&self) -> (u64, u64) {
+        (
+            self.v1.load(Ordering::Relaxed),
+            self.v2.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Waits until `more` responses were served after `since`; returns the
+    /// (v1, v2) responses since then.
+    async fn after(&self, since: (u64, u64), more: u64) -> (u64, u64) {
+        eventually(Duration::from_secs(20), "the load goes on", || async {
+            let (v1, v2) = self.served();
+            v1 + v2 >= since.0 + since.1 + more
+        })
+        .await;
+        let (v1, v2) = self.served();
+        (v1 - since.0, v2 - since.1)
+    }
+}
+
+/// Issue 8: the weights of a split over two Consul subsets, changed by rewriting the file under
+/// continuous load (100/0 → 0/100 → 50/50), move the traffic with no failed request. A request
+/// that started before the swap may finish on the old split: at most one per client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_split_weights_by_reload_shifts_traffic_with_no_failed_request() {
+    let consul = ConsulStandIn::start();
+    let (v1, v2) = (http_backend("split-v1"), http_backend("split-v2"));
+    consul.register(Instance::new("v1", "api", v1.addr).tags(&["v1"]));
+    consul.register(Instance::new("v2", "api", v2.addr).meta(&[("version", "v2")]));
+    let with_weights = |v1: u32, v2: u32| {
+        format!(
+            "service: {{ name: split-reload }}\n\
+             consul: {{ address: \"{}\", wait: 2s }}\n\
+             upstreams:\n  - name: api\n    listen: 127.0.0.1:0\n    \
+             discovery: {{ consul: {{ service: api }} }}\n    \
+             backends:\n      v1: {{ subset: {{ tags: [v1] }} }}\n      \
+             v2: {{ subset: {{ meta: {{ version: v2 }} }} }}\n    \
+             routes:\n      - name: canary\n        \
+             split: [{{ backend: v1, weight: {v1} }}, {{ backend: v2, weight: {v2} }}]\n\
+             admin: {{ listen: 127.0.0.1:0 }}\n\
+             logging: {{ access_log: false }}\n",
+            consul.url()
+        )
+    };
+    let file = ConfigFile::new(&with_weights(100, 0));
+    let proxy = Proxy::start_watching(&file, Duration::from_millis(50)).await;
+    let listener = proxy.upstream("api");
+    let url = format!("http://{listener}/");
+    eventually(Duration::from_secs(5), "the v1 subset serves", || async {
+        let reply = get(Version::HTTP_11, &url).await.unwrap();
+        reply.status == StatusCode::OK && reply.body == "split-v1"
+    })
+    .await;
+
+    const CLIENTS: u64 = 4;
+    let tally = Arc::new(Tally::default());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let (tally, stop, url) = (Arc::clone(&tally), Arc::clone(&stop), url.clone());
+        clients.push(tokio::spawn(async move {
+            // Half the clients keep one connection, half open one per request.
+            let mut connection = Connection::open(listener).await;
+            while !stop.load(Ordering::Relaxed) {
+                let (status, body) = if client % 2 == 0 {
+                    connection.get("/").await
+                } else {
+                    match get(Version::HTTP_11, &url).await {
+                        Ok(reply) => (reply.status, reply.body),
+                        Err(error) => (StatusCode::IM_A_TEAPOT, error.to_string()),
+                    }
+                };
+                tally.count(status, &body);
+            }
+        }));
+    }
+    let metrics = proxy.admin_url("/metrics");
+    let reloads = |count: f64| {
+        let metrics = metrics.clone();
+        async move {
+            let name = "remora_config_reloads_total";
+            let success = [("result", "success")];
+            let within = Duration::from_secs(10);
+            let done = prom::wait_for_value(&metrics, name, &success, count, within).await;
+            assert_eq!(done, count, "reload {count} not applied");
+        }
+    };
+
+    let (on_v1, on_v2) = tally.after((0, 0), 200).await;
+    assert_eq!(on_v2, 0, "100/0 sent {on_v2} of {} to v2", on_v1 + on_v2);
+
+    file.write(&with_weights(0, 100));
+    reloads(1.0).await;
+    let (on_v1, on_v2) = tally.after(tally.served(), 400).await;
+    assert!(
+        on_v1 <= CLIENTS,
+        "after 0/100: {on_v1} to v1, {on_v2} to v2"
+    );
+
+    file.write(&with_weights(50, 50));
+    reloads(2.0).await;
+    let (on_v1, on_v2) = tally.after(tally.served(), 1000).await;
+    let v2_share = on_v2 as f64 / (on_v1 + on_v2) as f64;
+    assert!(
+        (0.35..=0.65).contains(&v2_share),
+        "after 50/50: {on_v1} to v1, {on_v2} to v2"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let failed = tally.failed.load(Ordering::Relaxed);
+    let (v1_total, v2_total) = tally.served();
+    assert_eq!(
+        failed, 0,
+        "{failed} failed; v1 {v1_total}, v2 {v2_total} served"
+    );
+    println!("served v1 {v1_total}, v2 {v2_total}, failed {failed}");
+    // Both subsets still hold their instance after the reloads.
+    let scraped = prom::scrape(&metrics).await;
+    for subset in ["api/v1", "api/v2"] {
+        let endpoints = prom::value(&scraped, "remora_endpoints", &[("upstream", subset)]);
+        assert_eq!(endpoints, Some(1.0), "{subset}");
+    }
+    assert_eq!(proxy.current().await.upstream("api"), Some(listener));
+}
+
+/// Transparent mode follows reloads: the route table (hosts → upstream) changes for the next
+/// request on a connection opened before, upstreams without `listen` come and go, and the
+/// transparent listener keeps its socket until its section is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transparent_route_table_follows_reloads() {
+    let a = http_backend("transparent-a");
+    let b = http_backend("transparent-b");
+    let with_upstreams = |upstreams: &str, transparent: &str| {
+        format!(
+            "service: {{ name: transparent-reload }}\n\
+             upstreams:\n{upstreams}{transparent}\
+             admin: {{ listen: 127.0.0.1:0 }}\n\
+             logging: {{ access_log: false }}\n"
+        )
+    };
+    let hosted = |name: &str, hosts: &str, endpoint: SocketAddr| {
+        format!(
+            "  - name: {name}\n    hosts: [{hosts}]\n    protocol: http\n    \
+             discovery: {{ static: [{endpoint}] }}\n"
+        )
+    };
+    let listener = "transparent: { outbound_listen: 127.0.0.1:0, unmatched: refuse }\n";
+    let first = with_upstreams(&hosted("first", "reload.test", a.addr), listener);
+    let proxy = Proxy::start(&first).await;
+    let transparent = proxy.bound.transparent.expect("transparent listener");
+    let mut connection = Connection::open(transparent).await;
+    assert_eq!(
+        connection.get("/").await,
+        (StatusCode::OK, "transparent-a".into())
+    );
+
+    // reload.test moves to a new upstream (no listener either); same connection.
+    let moved = with_upstreams(
+        &[
+            hosted("first", "elsewhere.test", a.addr),
+            hosted("second", "reload.test", b.addr),
+        ]
+        .concat(),
+        listener,
+    );
+    assert!(proxy.reload(&moved).await);
+    assert_eq!(
+        connection.get("/").await,
+        (StatusCode::OK, "transparent-b".into())
+    );
+    // A changed policy of the routed upstream applies too.
+    let timed = moved.replace(
+        "  - name: second\n",
+        "  - name: second\n    timeouts: { request: 100ms }\n",
+    );
+    assert!(proxy.reload(&timed).await);
+    assert_eq!(
+        connection.get("/slow/1000").await.0,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+
+    // Nothing answers for reload.test any more: refused with no_route.
+    let unrouted = with_upstreams(&hosted("first", "elsewhere.test", a.addr), listener);
+    assert!(proxy.reload(&unrouted).await);
+    assert_eq!(connection.get("/").await.0, StatusCode::BAD_GATEWAY);
+    assert_eq!(proxy.current().await.transparent, Some(transparent));
+
+    // A changed transparent section keeps the socket; a removed one closes it.
+    let passthrough = listener.replace("refuse", "passthrough");
+    let back = with_upstreams(&hosted("first", "reload.test", a.addr), &passthrough);
+    assert!(proxy.reload(&back).await);
+    assert_eq!(proxy.current().await.transparent, Some(transparent));
+    let mut fresh = Connection::open(transparent).await;
+    assert_eq!(
+        fresh.get("/").await,
+        (StatusCode::OK, "transparent-a".into())
+    );
+    let without = with_upstreams(
+        "  - name: first\n    listen: 127.0.0.1:0\n    protocol: http\n    \
+         discovery: { static: [127.0.0.1:1] }\n",
+        "",
+    );
+    assert!(proxy.reload(&without).await);
+    assert_eq!(proxy.current().await.transparent, None);
+    eventually(Duration::from_secs(5), "the socket closes", || async {
+        TcpStream::connect(transparent).await.is_err()
+    })
+    .await;
 }

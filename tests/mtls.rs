@@ -3,11 +3,15 @@
 //! another CA, is refused), the peer identity in `x-remora-client-id` (and never from
 //! outside), sidecar-to-sidecar calls with the server's SPIFFE identity checked by the client,
 //! ALPN `h2`, gRPC over TLS, TCP over TLS, authorization by identity (403 / gRPC 7 / TCP
-//! close, counted), certificate rotation without restart, and the handshake timeout.
+//! close, counted), certificate rotation without restart, and the handshake timeout. Live
+//! reload: new authorization rules apply (the rest of `tls` is fixed), an unchanged meshed
+//! upstream keeps its connections.
 
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{StatusCode, Version};
@@ -19,6 +23,24 @@ use support::{Proxy, get, grpc_echo, grpc_unary, http_backend, prom, tcp_echo};
 
 const HANG: Duration = Duration::from_secs(10);
 
+/// The configuration of a sidecar in front of an application on `app`, with mTLS from `files`.
+fn inbound_yaml(
+    name: &str,
+    app: SocketAddr,
+    protocol: &str,
+    files: &TlsFiles,
+    tls_extra: &str,
+) -> String {
+    format!(
+        "service: {{ name: {name}, port: {}, protocol: {protocol} }}\n\
+         inbound: {{ listen: 127.0.0.1:0 }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         logging: {{ access_log: false }}\n{}",
+        app.port(),
+        files.yaml(tls_extra)
+    )
+}
+
 /// A sidecar in front of an application on `app`, with mTLS from `files`.
 async fn inbound_proxy(
     name: &str,
@@ -27,15 +49,26 @@ async fn inbound_proxy(
     files: &TlsFiles,
     tls_extra: &str,
 ) -> Proxy {
-    Proxy::start(&format!(
-        "service: {{ name: {name}, port: {}, protocol: {protocol} }}\n\
-         inbound: {{ listen: 127.0.0.1:0 }}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
+    Proxy::start(&inbound_yaml(name, app, protocol, files, tls_extra)).await
+}
+
+/// The configuration of a sidecar whose upstream `api` (on `endpoint`, speaking `protocol`)
+/// is meshed, with `extra` lines for the upstream.
+fn outbound_yaml(
+    endpoint: SocketAddr,
+    protocol: &str,
+    identity: &str,
+    files: &TlsFiles,
+    extra: &str,
+) -> String {
+    format!(
+        "service: {{ name: web }}\n\
+         upstreams:\n  - name: api\n    listen: 127.0.0.1:0\n    protocol: {protocol}\n    \
+         discovery: {{ static: [{endpoint}] }}\n    tls: {{ enabled: true, identity: {identity} }}\n\
+         {extra}admin: {{ listen: 127.0.0.1:0 }}\n\
          logging: {{ access_log: false }}\n{}",
-        app.port(),
-        files.yaml(tls_extra)
-    ))
-    .await
+        files.yaml("")
+    )
 }
 
 /// A sidecar whose upstream `api` (on `endpoint`, speaking `protocol`) is meshed.
@@ -45,15 +78,7 @@ async fn outbound_proxy(
     identity: &str,
     files: &TlsFiles,
 ) -> Proxy {
-    Proxy::start(&format!(
-        "service: {{ name: web }}\n\
-         upstreams:\n  - name: api\n    listen: 127.0.0.1:0\n    protocol: {protocol}\n    \
-         discovery: {{ static: [{endpoint}] }}\n    tls: {{ enabled: true, identity: {identity} }}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n{}",
-        files.yaml("")
-    ))
-    .await
+    Proxy::start(&outbound_yaml(endpoint, protocol, identity, files, "")).await
 }
 
 /// The JSON the backend's `/headers` returned, as a value.
@@ -325,6 +350,19 @@ async fn a_denied_grpc_call_gets_permission_denied() {
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
 }
 
+/// True when a TCP connection over TLS as `leaf` gets its bytes echoed (the echo server
+/// appends `bye`); false when the proxy closes it.
+async fn tcp_echoed(addr: SocketAddr, leaf: &Leaf) -> bool {
+    let mut stream = connect(addr, Some(leaf), &[]).await.unwrap();
+    let _ = stream.write_all(b"hello").await;
+    let _ = stream.shutdown().await;
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(HANG, stream.read_to_end(&mut received))
+        .await
+        .expect("closed in time");
+    received == b"hellobye\n"
+}
+
 #[tokio::test]
 async fn a_denied_tcp_connection_is_closed() {
     let ca = Ca::new("mesh CA");
@@ -339,19 +377,11 @@ async fn a_denied_tcp_connection_is_closed() {
     )
     .await;
     for (service, serial, allowed) in [("web", 2, false), ("ops", 3, true)] {
-        let mut stream = connect(proxy.inbound(), Some(&ca.leaf(service, serial)), &[])
-            .await
-            .unwrap();
-        let _ = stream.write_all(b"hello").await;
-        let _ = stream.shutdown().await;
-        let mut received = Vec::new();
-        let _ = tokio::time::timeout(HANG, stream.read_to_end(&mut received))
-            .await
-            .expect("closed in time");
+        let leaf = ca.leaf(service, serial);
         assert_eq!(
-            received == b"hellobye\n",
+            tcp_echoed(proxy.inbound(), &leaf).await,
             allowed,
-            "{service}: {received:?}"
+            "{service}"
         );
     }
     let denied = prom::value(
@@ -461,4 +491,100 @@ async fn a_silent_client_is_cut_off_by_the_handshake_timeout() {
         get_on(&mut sender, "/", &[]).await.unwrap().0,
         StatusCode::OK
     );
+}
+
+/// Live reload: the authorization rules apply from the next request (HTTP, on a connection
+/// opened before) or the next connection (TCP); the rest of `tls` is fixed and keeps its
+/// running value.
+#[tokio::test]
+async fn authorization_rules_follow_a_reload_and_the_rest_of_tls_is_fixed() {
+    let ca = Ca::new("mesh CA");
+    let app = http_backend("app");
+    let files = TlsFiles::new(&ca.leaf("api", 1), &ca);
+    let http = |rules: &str| inbound_yaml("arfarr1", app.addr, "http", &files, rules);
+    let proxy = Proxy::start(&http("  authorization: { deny: [web] }\n")).await;
+    let mut web = http1(
+        connect(proxy.inbound(), Some(&ca.leaf("web", 2)), &[b"http/1.1"])
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        get_on(&mut web, "/", &[]).await.unwrap().0,
+        StatusCode::FORBIDDEN
+    );
+
+    let next = http("  handshake_timeout: 3s\n  authorization: { deny: [ops] }\n");
+    assert!(proxy.reload(&next).await);
+    assert_eq!(get_on(&mut web, "/", &[]).await.unwrap().0, StatusCode::OK);
+    let mut ops = http1(
+        connect(proxy.inbound(), Some(&ca.leaf("ops", 3)), &[b"http/1.1"])
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        get_on(&mut ops, "/", &[]).await.unwrap().0,
+        StatusCode::FORBIDDEN
+    );
+    let shown = get(Version::HTTP_11, &proxy.admin_url("/config"))
+        .await
+        .unwrap()
+        .body;
+    assert!(shown.contains("\"handshake_timeout\": \"10s\""), "{shown}");
+    assert!(shown.contains("\"ops\""), "{shown}");
+
+    let echo = tcp_echo();
+    let tcp = |rules: &str| inbound_yaml("arfarr2", echo, "tcp", &files, rules);
+    let proxy = Proxy::start(&tcp("  authorization: { deny: [web] }\n")).await;
+    let web = ca.leaf("web", 4);
+    assert!(!tcp_echoed(proxy.inbound(), &web).await);
+    assert!(
+        proxy
+            .reload(&tcp("  authorization: { deny: [ops] }\n"))
+            .await
+    );
+    assert!(tcp_echoed(proxy.inbound(), &web).await);
+    assert!(!tcp_echoed(proxy.inbound(), &ca.leaf("ops", 5)).await);
+}
+
+/// A reload that leaves a meshed upstream's TLS alone keeps the upstream, so its pooled mTLS
+/// connection carries on: a relay in front of the server side counts one connection across the
+/// reload. A changed expected identity dials anew, and is refused.
+#[tokio::test]
+async fn a_reload_keeps_an_unchanged_meshed_upstream_and_its_connections() {
+    let ca = Ca::new("mesh CA");
+    let app = http_backend("app");
+    let api_files = TlsFiles::new(&ca.leaf("api", 1), &ca);
+    let inbound = inbound_proxy("arkaumu1", app.addr, "http", &api_files, "").await;
+    let accepted = Arc::new(AtomicU64::new(0));
+    let relay = {
+        let (accepted, target) = (Arc::clone(&accepted), inbound.inbound());
+        support::serve(move |mut client| {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let mut server = TcpStream::connect(target).await.expect("inbound listener");
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            }
+        })
+    };
+    let web_files = TlsFiles::new(&ca.leaf("web", 2), &ca);
+    let yaml = |identity: &str, extra: &str| {
+        outbound_yaml(relay.addr, "http", identity, &web_files, extra)
+    };
+    let outbound = Proxy::start(&yaml("api", "")).await;
+    let url = format!("http://{}/", outbound.upstream("api"));
+    let status = || async { get(Version::HTTP_11, &url).await.unwrap().status };
+    assert_eq!(status().await, StatusCode::OK);
+    let retries = "    retries: { attempts: 1 }\n";
+    assert!(outbound.reload(&yaml("api", retries)).await);
+    assert_eq!(status().await, StatusCode::OK);
+    assert_eq!(status().await, StatusCode::OK);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+    assert!(outbound.reload(&yaml("billing", "")).await);
+    let reply = get(Version::HTTP_11, &url).await.unwrap();
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(reply.body.contains("TLS handshake"), "{}", reply.body);
+    assert!(accepted.load(Ordering::SeqCst) > 1, "no new connection");
 }
