@@ -74,6 +74,11 @@ pub async fn accept_loop(
 ) {
     loop {
         let (stream, peer) = tokio::select! {
+            // The drain first: a loop that a reload replaced (another loop now
+            // accepts on the same socket) leaves every connection that arrives
+            // after the signal to its successor.
+            biased;
+            () = drain.signaled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -84,7 +89,6 @@ pub async fn accept_loop(
                     continue;
                 }
             },
-            () = drain.signaled() => break,
         };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, %peer, "could not set TCP_NODELAY");

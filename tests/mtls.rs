@@ -86,6 +86,14 @@ fn headers_of(body: &str) -> serde_json::Value {
     serde_json::from_str::<serde_json::Value>(body).expect("JSON")["headers"].clone()
 }
 
+/// An HTTP/1.1 connection over mTLS to `addr`, presenting `leaf`.
+async fn http1_as(
+    addr: SocketAddr,
+    leaf: &Leaf,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    http1(connect(addr, Some(leaf), &[b"http/1.1"]).await.unwrap()).await
+}
+
 /// True when an HTTP request over this TLS client gets no response (the server refused
 /// the handshake; with TLS 1.3 the client learns it on its first read).
 async fn refused(addr: SocketAddr, leaf: Option<&Leaf>) -> bool {
@@ -112,12 +120,7 @@ async fn handshake_requires_a_client_certificate_from_the_ca() {
     let proxy = inbound_proxy("hraccftc1", app.addr, "http", &files, "").await;
 
     let web = ca.leaf("web", 2);
-    let mut sender = http1(
-        connect(proxy.inbound(), Some(&web), &[b"http/1.1"])
-            .await
-            .unwrap(),
-    )
-    .await;
+    let mut sender = http1_as(proxy.inbound(), &web).await;
     let (status, _, body) = get_on(&mut sender, "/", &[]).await.unwrap();
     assert_eq!((status, body.as_str()), (StatusCode::OK, "app"));
 
@@ -153,12 +156,7 @@ async fn the_peer_identity_reaches_the_app_and_cannot_be_spoofed() {
     let files = TlsFiles::new(&ca.leaf("api", 1), &ca);
     let proxy = inbound_proxy("tpirtaacbs1", app.addr, "http", &files, "").await;
     let web = ca.leaf("web", 2);
-    let mut sender = http1(
-        connect(proxy.inbound(), Some(&web), &[b"http/1.1"])
-            .await
-            .unwrap(),
-    )
-    .await;
+    let mut sender = http1_as(proxy.inbound(), &web).await;
     let (_, _, body) = get_on(
         &mut sender,
         "/headers",
@@ -309,7 +307,7 @@ async fn authorization_denies_by_identity() {
         let leaf = ca.leaf(service, serial);
         let addr = proxy.inbound();
         async move {
-            let mut sender = http1(connect(addr, Some(&leaf), &[b"http/1.1"]).await.unwrap()).await;
+            let mut sender = http1_as(addr, &leaf).await;
             let (status, headers, _) = get_on(&mut sender, "/", &[]).await.unwrap();
             (status, headers.get("x-remora-error").cloned())
         }
@@ -481,12 +479,7 @@ async fn a_silent_client_is_cut_off_by_the_handshake_timeout() {
         started.elapsed()
     );
     // Other clients were served meanwhile, and still are.
-    let mut sender = http1(
-        connect(proxy.inbound(), Some(&ca.leaf("web", 2)), &[b"http/1.1"])
-            .await
-            .unwrap(),
-    )
-    .await;
+    let mut sender = http1_as(proxy.inbound(), &ca.leaf("web", 2)).await;
     assert_eq!(
         get_on(&mut sender, "/", &[]).await.unwrap().0,
         StatusCode::OK
@@ -503,12 +496,7 @@ async fn authorization_rules_follow_a_reload_and_the_rest_of_tls_is_fixed() {
     let files = TlsFiles::new(&ca.leaf("api", 1), &ca);
     let http = |rules: &str| inbound_yaml("arfarr1", app.addr, "http", &files, rules);
     let proxy = Proxy::start(&http("  authorization: { deny: [web] }\n")).await;
-    let mut web = http1(
-        connect(proxy.inbound(), Some(&ca.leaf("web", 2)), &[b"http/1.1"])
-            .await
-            .unwrap(),
-    )
-    .await;
+    let mut web = http1_as(proxy.inbound(), &ca.leaf("web", 2)).await;
     assert_eq!(
         get_on(&mut web, "/", &[]).await.unwrap().0,
         StatusCode::FORBIDDEN
@@ -517,12 +505,7 @@ async fn authorization_rules_follow_a_reload_and_the_rest_of_tls_is_fixed() {
     let next = http("  handshake_timeout: 3s\n  authorization: { deny: [ops] }\n");
     assert!(proxy.reload(&next).await);
     assert_eq!(get_on(&mut web, "/", &[]).await.unwrap().0, StatusCode::OK);
-    let mut ops = http1(
-        connect(proxy.inbound(), Some(&ca.leaf("ops", 3)), &[b"http/1.1"])
-            .await
-            .unwrap(),
-    )
-    .await;
+    let mut ops = http1_as(proxy.inbound(), &ca.leaf("ops", 3)).await;
     assert_eq!(
         get_on(&mut ops, "/", &[]).await.unwrap().0,
         StatusCode::FORBIDDEN

@@ -67,6 +67,7 @@
 //! equal, so its upstream is kept).
 
 mod fixed;
+mod listening;
 mod mesh;
 mod swap;
 
@@ -78,7 +79,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
 use crate::client::ClientSettings;
@@ -91,17 +91,19 @@ use crate::discovery::consul::{Watches, query_for};
 use crate::discovery::dns::DnsDiscoverer;
 use crate::drain::DrainController;
 use crate::routing::backends::Backends;
-use crate::server::{self, Handler, HttpProtocol};
+use crate::server::{Handler, HttpProtocol};
 use crate::stack::{self, HttpService};
-use crate::telemetry::metrics::ConnectionMetrics;
 use crate::telemetry::spans::SpanExporter;
 use crate::tls::authorization::Authorizer;
-use crate::tls::inbound::InboundTls;
 use crate::transparent::outbound::TransparentOutbound;
 use crate::transparent::routes::{Route, RouteTable};
 use crate::upstream::{Direction, Upstream, UpstreamSet, UpstreamSettings};
 
 pub use fixed::keep_fixed;
+pub(crate) use listening::bind;
+use listening::{
+    HandlerSource, Listening, PlannedSocket, commit_socket, plan_socket, remove_listener,
+};
 pub use mesh::MeshSecurity;
 use swap::{StackSlot, SwappableService};
 
@@ -167,30 +169,6 @@ impl State {
     }
 }
 
-/// A bound socket and the accept loop serving it.
-struct Listening {
-    /// As configured (port 0 stays 0).
-    listen: SocketAddr,
-    socket: Arc<std::net::TcpListener>,
-    bound: SocketAddr,
-    handler: HandlerSource,
-    accepting: DrainController,
-}
-
-/// What an accept loop's handler was built from, besides the stack slot it
-/// serves through (HTTP) or the upstream it holds (TCP).
-#[derive(Debug, Clone, PartialEq)]
-enum HandlerSource {
-    Http {
-        protocol: HttpProtocol,
-        idle: Duration,
-    },
-    /// The authorization rules its TLS termination checks (inbound under mesh TLS).
-    Tcp { authorization: Option<Value> },
-    /// The `transparent` section.
-    Transparent(Value),
-}
-
 /// The inbound application or an upstream, its listener, stack and what
 /// runs for them.
 struct Site {
@@ -246,19 +224,6 @@ struct Spec<'a> {
 enum Section<'a> {
     Inbound(&'a InboundConfig),
     Outbound(&'a UpstreamConfig),
-}
-
-/// A listener's socket ready to commit.
-struct PlannedSocket {
-    listen: SocketAddr,
-    socket: Arc<std::net::TcpListener>,
-    bound: SocketAddr,
-    /// The socket is new to this listener: logged as `listening`.
-    announce: bool,
-    handler: HandlerSource,
-    /// A new accept loop's listener (new socket, or a new handler on the
-    /// old one) and its TLS termination.
-    new_accept: Option<(TcpListener, Option<Arc<InboundTls>>)>,
 }
 
 /// A site ready to commit.
@@ -514,7 +479,18 @@ impl LiveProxy {
                     Direction::Inbound => "inbound".to_owned(),
                     Direction::Outbound => format!("upstream {}", spec.name),
                 };
-                Some(plan_socket(state, old, listen, &label, handler, handler_kept, tls).await?)
+                Some(
+                    plan_socket(
+                        state.listening(),
+                        old,
+                        listen,
+                        &label,
+                        handler,
+                        handler_kept,
+                        tls,
+                    )
+                    .await?,
+                )
             }
             None => None,
         };
@@ -643,59 +619,6 @@ impl LiveProxy {
     }
 }
 
-/// Plans `old`'s (or a new listener's) socket at `listen`: the same socket
-/// while the address is unchanged (or taken over from the listener that had
-/// it), else a new one; a new accept loop unless socket and handler stay.
-async fn plan_socket(
-    state: &State,
-    old: Option<&Listening>,
-    listen: SocketAddr,
-    label: &str,
-    handler: HandlerSource,
-    handler_kept: bool,
-    tls: impl FnOnce() -> anyhow::Result<Option<Arc<InboundTls>>>,
-) -> anyhow::Result<PlannedSocket> {
-    let reused_socket = old
-        .filter(|listening| listening.listen == listen)
-        .or_else(|| {
-            (listen.port() != 0)
-                .then(|| {
-                    state
-                        .listening()
-                        .find(|listening| listening.listen == listen)
-                })
-                .flatten()
-        })
-        .map(|listening| (Arc::clone(&listening.socket), listening.bound));
-    let (socket, bound) = match reused_socket {
-        Some(reused) => reused,
-        None => {
-            let listener = bind(listen, label).await?;
-            let bound = listener.local_addr()?;
-            (Arc::new(listener.into_std()?), bound)
-        }
-    };
-    let same_socket = old.is_some_and(|listening| Arc::ptr_eq(&listening.socket, &socket));
-    let same_handler = handler_kept && old.is_some_and(|listening| listening.handler == handler);
-    let new_accept = if same_socket && same_handler {
-        None
-    } else {
-        let listener = socket
-            .try_clone()
-            .and_then(TcpListener::from_std)
-            .with_context(|| format!("cannot share the {label} listener's socket"))?;
-        Some((listener, tls()?))
-    };
-    Ok(PlannedSocket {
-        listen,
-        socket,
-        bound,
-        announce: !same_socket,
-        handler,
-        new_accept,
-    })
-}
-
 async fn plan_transparent(
     state: &State,
     config: &TransparentConfig,
@@ -703,7 +626,7 @@ async fn plan_transparent(
     let old = state.transparent.as_ref().map(|t| &t.listening);
     let handler = HandlerSource::Transparent(serde_json::to_value(config)?);
     let socket = plan_socket(
-        state,
+        state.listening(),
         old,
         config.outbound_listen,
         "transparent outbound",
@@ -789,48 +712,6 @@ fn commit_site(retired: &mut Vec<DrainController>, planned: Planned, old: Option
         backends: planned.backends,
         dns,
     }
-}
-
-/// Starts the planned accept loop (retiring the old one) or keeps the old one.
-fn commit_socket(
-    retired: &mut Vec<DrainController>,
-    planned: PlannedSocket,
-    old: Option<Listening>,
-    handler: impl FnOnce() -> Handler,
-    direction: Direction,
-    name: &str,
-) -> Listening {
-    let accepting = match planned.new_accept {
-        Some((listener, tls)) => {
-            if planned.announce {
-                tracing::info!(listener = %name, direction = direction.as_str(), addr = %planned.bound, "listening");
-            }
-            if let Some(old) = old {
-                retire(retired, old.accepting);
-            }
-            spawn_accept_loop(listener, handler(), tls, direction, name)
-        }
-        // `prepare` plans no new accept loop only for a listener that has one.
-        None => old.expect("an existing listener's accept loop").accepting,
-    };
-    Listening {
-        listen: planned.listen,
-        socket: planned.socket,
-        bound: planned.bound,
-        handler: planned.handler,
-        accepting,
-    }
-}
-
-/// Closes a listener that is no longer configured; its connections drain.
-fn remove_listener(
-    retired: &mut Vec<DrainController>,
-    listening: Listening,
-    direction: Direction,
-    name: &str,
-) {
-    tracing::info!(listener = %name, direction = direction.as_str(), addr = %listening.bound, "listener removed; draining it");
-    retire(retired, listening.accepting);
 }
 
 /// Moves the transparent listener to the plan; its route table is built
@@ -951,31 +832,6 @@ fn commit_consul(
     });
 }
 
-/// Signals an accept loop to drain; keeps it until its connections are gone.
-fn retire(retired: &mut Vec<DrainController>, accepting: DrainController) {
-    accepting.signal();
-    retired.retain(|old| old.live() > 0);
-    retired.push(accepting);
-}
-
-fn spawn_accept_loop(
-    listener: TcpListener,
-    handler: Handler,
-    tls: Option<Arc<InboundTls>>,
-    direction: Direction,
-    name: &str,
-) -> DrainController {
-    let accepting = DrainController::new();
-    tokio::spawn(server::accept_loop(
-        listener,
-        handler,
-        tls,
-        ConnectionMetrics::new(direction, name),
-        accepting.watch(),
-    ));
-    accepting
-}
-
 /// The sites `config` asks for: inbound first, then the upstreams.
 fn specs<'a>(config: &'a Config, mesh: Option<&MeshSecurity>) -> anyhow::Result<Vec<Spec<'a>>> {
     let mut specs = Vec::new();
@@ -1085,11 +941,4 @@ fn client_settings(
         idle_timeout: timeouts.idle,
         tls,
     }
-}
-
-/// Binds a listener; the error names it.
-pub(crate) async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} for the {what} listener"))
 }
