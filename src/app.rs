@@ -11,7 +11,9 @@ use tokio::net::TcpListener;
 
 use crate::admin::{self, AdminState, Readiness};
 use crate::client::ClientSettings;
-use crate::config::{Config, Discovery, ServiceProtocol, Timeouts, UpstreamProtocol};
+use crate::config::{
+    Config, Discovery, ListenerLimits, ServiceProtocol, Timeouts, UpstreamProtocol,
+};
 use crate::consul;
 use crate::discovery::consul::{Watches, query_for};
 use crate::discovery::dns::DnsDiscoverer;
@@ -74,6 +76,7 @@ struct Listener {
     direction: Direction,
     listener: TcpListener,
     handler: Handler,
+    limits: ListenerLimits,
 }
 
 /// Binds everything the configuration asks for and starts serving.
@@ -137,6 +140,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                     spans.clone(),
                 )
             }),
+            limits: inbound.limits,
         });
     }
 
@@ -190,6 +194,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                     spans.clone(),
                 )
             }),
+            limits: upstream.limits,
         });
     }
 
@@ -221,6 +226,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             .collect::<std::io::Result<_>>()?,
     };
     tracing::info!(addr = %bound.admin, "admin listening");
+    if !bound.admin.ip().is_loopback() {
+        tracing::warn!(
+            addr = %bound.admin,
+            "ADMIN LISTENER IS NOT ON LOOPBACK: /config, /metrics and the other admin endpoints \
+             are reachable from the network without authentication; bind admin.listen to \
+             127.0.0.1 unless this is intended"
+        );
+    }
     tokio::spawn(admin::serve(admin_listener, admin_state));
 
     let drain = DrainController::new();
@@ -234,6 +247,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         tokio::spawn(server::accept_loop(
             listener.listener,
             listener.handler,
+            listener.limits,
             connection_metrics,
             drain.watch(),
         ));

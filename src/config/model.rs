@@ -14,6 +14,7 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::duration;
+use super::limits::ListenerLimits;
 use super::resilience::{
     CircuitBreakerConfig, FaultConfig, OutlierDetection, RateLimitConfig, RetryPolicy,
 };
@@ -197,6 +198,8 @@ pub struct InboundConfig {
     pub rate_limit: Option<RateLimitConfig>,
     #[serde(default)]
     pub max_concurrent_requests: Option<u32>,
+    #[serde(default)]
+    pub limits: ListenerLimits,
 }
 
 fn default_inbound_listen() -> SocketAddr {
@@ -228,6 +231,8 @@ pub struct UpstreamConfig {
     pub max_concurrent_requests: Option<u32>,
     #[serde(default)]
     pub fault: Option<FaultConfig>,
+    #[serde(default)]
+    pub limits: ListenerLimits,
 }
 
 /// Protocol spoken to an upstream; `auto` sniffs the HTTP/2 preface.

@@ -52,6 +52,8 @@ pub struct ProxyProcess {
     pub child: Child,
     pub admin: SocketAddr,
     pub listeners: Vec<(String, SocketAddr)>,
+    /// The log lines read while waiting for the listeners.
+    pub startup_log: Vec<String>,
     /// remora's log lines, read on a thread so the pipe never fills up.
     log: Receiver<String>,
 }
@@ -64,6 +66,12 @@ impl ProxyProcess {
     /// once it has logged every listener (`expected_listeners` of them besides
     /// admin). The YAML must keep `logging.format: json` (the default).
     pub fn start(yaml: &str, expected_listeners: usize) -> ProxyProcess {
+        Self::start_with(yaml, expected_listeners, &[])
+    }
+
+    /// [`start`](Self::start) with the binary run through `wrapper` (a
+    /// command and its arguments, e.g. `setpriv --reuid=nobody ...`).
+    pub fn start_with(yaml: &str, expected_listeners: usize, wrapper: &[&str]) -> ProxyProcess {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let path = std::env::temp_dir().join(format!(
             "remora-test-{}-{}.yaml",
@@ -71,7 +79,16 @@ impl ProxyProcess {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::write(&path, yaml).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_remora"))
+        let binary = env!("CARGO_BIN_EXE_remora");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .args(["run", "--config"])
             .arg(&path)
             .stdout(Stdio::null())
@@ -89,10 +106,15 @@ impl ProxyProcess {
         });
         let mut admin = None;
         let mut listeners = Vec::new();
+        let mut startup_log = Vec::new();
         while admin.is_none() || listeners.len() < expected_listeners {
             let Ok(line) = log.recv_timeout(LOG_WAIT) else {
-                panic!("remora did not start listening: {:?}", child.try_wait());
+                panic!(
+                    "remora did not start listening: {:?}; log: {startup_log:#?}",
+                    child.try_wait()
+                );
             };
+            startup_log.push(line.clone());
             let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
@@ -110,6 +132,7 @@ impl ProxyProcess {
             child,
             admin: admin.expect("admin addr"),
             listeners,
+            startup_log,
             log,
         }
     }
