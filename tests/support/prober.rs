@@ -13,7 +13,9 @@ use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use tokio::task::JoinHandle;
 
-use super::client::http_client;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 
 /// A running prober; [`finish`](Prober::finish) stops it.
 pub struct Prober {
@@ -37,7 +39,13 @@ impl Prober {
     /// one request every 10 ms. Returns once the first request succeeded,
     /// so the connection is open before the attack begins.
     pub async fn start(addr: SocketAddr, version: Version) -> Prober {
-        let client = http_client::<Empty<Bytes>>(version);
+        // TCP_NODELAY: without it Nagle and delayed ACKs add 40 ms to
+        // small HTTP/2 exchanges, which would hide what is measured.
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(version == Version::HTTP_2)
+            .build::<_, Empty<Bytes>>(connector);
         let url = format!("http://{addr}/");
         let probe = move || {
             let request = Request::get(&url).body(Empty::new()).expect("request");
