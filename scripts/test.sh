@@ -7,9 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: procps for `kill` (signals to the real
-# binary), dnsmasq-base for a real DNS server (DNS SRV discovery).
+# binary), dnsmasq-base for a real DNS server (DNS SRV discovery),
+# util-linux for `setpriv` (remora run as `nobody`).
 # bench/ needs wrk and haproxy, but the suite does not.
-packages=(procps dnsmasq-base)
+packages=(procps dnsmasq-base util-linux)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
