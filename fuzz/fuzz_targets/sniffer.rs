@@ -24,6 +24,8 @@ use tokio::runtime::Runtime;
 struct Harness {
     runtime: Runtime,
     listeners: Vec<SocketAddr>,
+    /// Kept (not dropped, not leaked) so remora serves for the process's life.
+    _running: remora::app::Running,
 }
 
 fn harness() -> &'static Harness {
@@ -33,7 +35,7 @@ fn harness() -> &'static Harness {
             .enable_all()
             .build()
             .expect("runtime");
-        let listeners = runtime.block_on(async {
+        let (listeners, running) = runtime.block_on(async {
             let backend = start_backend().await;
             let yaml = format!(
                 "service: {{ name: fuzz }}\n\
@@ -49,11 +51,13 @@ fn harness() -> &'static Harness {
             let listeners = ["auto", "h1", "h2"]
                 .map(|name| running.bound.upstream(name).expect("listener"))
                 .to_vec();
-            // Serve for the life of the process.
-            std::mem::forget(running);
-            listeners
+            (listeners, running)
         });
-        Harness { runtime, listeners }
+        Harness {
+            runtime,
+            listeners,
+            _running: running,
+        }
     })
 }
 
