@@ -36,7 +36,7 @@ pub struct ProbeReport {
 
 impl Prober {
     /// Starts probing `addr` with `version` (HTTP/1.1, or h2c prior knowledge),
-    /// one request every 10 ms. Returns once the first request succeeded,
+    /// one request every 2 ms. Returns once the first request succeeded,
     /// so the connection is open before the attack begins.
     pub async fn start(addr: SocketAddr, version: Version) -> Prober {
         // TCP_NODELAY: without it Nagle and delayed ACKs add 40 ms to
@@ -80,7 +80,7 @@ impl Prober {
                     report.failed += 1;
                 }
                 report.slowest = report.slowest.max(took);
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
             report
         });
