@@ -12,8 +12,8 @@ use tokio::net::TcpListener;
 use crate::admin::{self, AdminState, Readiness};
 use crate::client::ClientSettings;
 use crate::config::{
-    Config, Discovery, ServiceProtocol, Timeouts, TlsConfig, TlsSource, UpstreamConfig,
-    UpstreamProtocol,
+    Config, Discovery, ListenerLimits, ServiceProtocol, Timeouts, TlsConfig, TlsSource,
+    UpstreamConfig, UpstreamProtocol,
 };
 use crate::consul;
 use crate::discovery::consul::{Watches, query_for};
@@ -88,6 +88,7 @@ struct Listener {
     listener: TcpListener,
     handler: Handler,
     tls: Option<Arc<InboundTls>>,
+    limits: ListenerLimits,
 }
 
 /// Binds everything the configuration asks for and starts serving.
@@ -169,6 +170,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 )
             }),
             tls,
+            limits: inbound.limits,
         });
     }
 
@@ -254,6 +256,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 listener: bind(listen, &label).await?,
                 handler,
                 tls: None,
+                limits: upstream.limits,
             });
         }
     }
@@ -307,9 +310,18 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             listener,
             handler: Handler::Transparent(outbound),
             tls: None,
+            limits: ListenerLimits::default(),
         });
     }
     tracing::info!(addr = %bound.admin, "admin listening");
+    if !bound.admin.ip().is_loopback() {
+        tracing::warn!(
+            addr = %bound.admin,
+            "ADMIN LISTENER IS NOT ON LOOPBACK: /config, /metrics and the other admin endpoints \
+             are reachable from the network without authentication; bind admin.listen to \
+             127.0.0.1 unless this is intended"
+        );
+    }
     tokio::spawn(admin::serve(admin_listener, admin_state));
 
     let drain = DrainController::new();
@@ -336,6 +348,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             listener.listener,
             listener.handler,
             listener.tls,
+            listener.limits,
             connection_metrics,
             drain.watch(),
         ));
