@@ -114,6 +114,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         upstreams: Arc::clone(&upstreams),
     });
     tracing::info!(addr = %admin_addr, "admin listening");
+    if !admin_addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %admin_addr,
+            "ADMIN LISTENER IS NOT ON LOOPBACK: /config, /metrics and the other admin endpoints \
+             are reachable from the network without authentication; bind admin.listen to \
+             127.0.0.1 unless this is intended"
+        );
+    }
     tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin_state)));
 
     let background = DrainController::new();

@@ -14,6 +14,7 @@
 mod duration;
 mod env;
 mod error;
+mod limits;
 mod locate;
 mod model;
 mod resilience;
@@ -27,6 +28,7 @@ use std::path::Path;
 use serde_saphyr::{MessageFormatter, Options, PropertySyntax, UserMessageFormatter};
 
 pub use error::{ConfigError, ConfigErrors};
+pub use limits::ListenerLimits;
 pub use model::{
     AdminConfig, AuthorizationAction, AuthorizationConfig, CheckConfig, Config, ConfigSource,
     ConsulConfig, ConsulDiscovery, ConsulKvSource, Discovery, DnsDiscovery, HashOn, InboundConfig,

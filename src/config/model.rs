@@ -14,6 +14,7 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::duration;
+use super::limits::ListenerLimits;
 use super::resilience::{
     CircuitBreakerConfig, FaultConfig, OutlierDetection, RateLimitConfig, RetryPolicy,
 };
@@ -319,6 +320,8 @@ pub struct InboundConfig {
     pub rate_limit: Option<RateLimitConfig>,
     #[serde(default)]
     pub max_concurrent_requests: Option<u32>,
+    #[serde(default)]
+    pub limits: ListenerLimits,
 }
 
 impl Default for InboundConfig {
@@ -328,6 +331,7 @@ impl Default for InboundConfig {
             timeout: None,
             rate_limit: None,
             max_concurrent_requests: None,
+            limits: ListenerLimits::default(),
         }
     }
 }
@@ -380,6 +384,8 @@ pub struct UpstreamConfig {
     /// Matched in order; unmatched requests go to the upstream's endpoints.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub limits: ListenerLimits,
 }
 
 /// Protocol spoken to an upstream; `auto` sniffs the HTTP/2 preface.

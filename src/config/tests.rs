@@ -126,6 +126,37 @@ fn defaults() {
     assert_eq!(upstream.timeouts.connect, Duration::from_secs(1));
     assert_eq!(upstream.timeouts.request, None);
     assert_eq!(upstream.timeouts.idle, Duration::from_secs(60));
+    let limits = upstream.limits;
+    assert_eq!(limits.max_connections, 10_000);
+    assert_eq!(limits.header_read_timeout, Duration::from_secs(30));
+    assert_eq!(limits.max_header_bytes, 60 * 1024);
+    assert_eq!(limits.max_headers, 100);
+    assert_eq!(limits.max_concurrent_streams, 100);
+}
+
+#[test]
+fn listener_limits_out_of_range() {
+    let text = format!(
+        "{SERVICE}inbound:\n  limits: {{ max_connections: 0, header_read_timeout: 0s }}\n\
+         upstreams:\n  - name: a\n    listen: 127.0.0.1:1\n    discovery: {{ static: [127.0.0.1:2] }}\n\
+         \x20   limits: {{ max_header_bytes: 4096, max_headers: 0, max_concurrent_streams: 0 }}\n"
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "test.yaml:5:30: inbound.limits.max_connections: must be at least 1",
+            "test.yaml:5:54: inbound.limits.header_read_timeout: must be greater than zero",
+            "test.yaml:10:33: upstreams[0].limits.max_header_bytes: must be between 8192 and 16777216",
+            "test.yaml:10:52: upstreams[0].limits.max_headers: must be at least 1",
+            "test.yaml:10:79: upstreams[0].limits.max_concurrent_streams: must be at least 1",
+        ]
+    );
+    let unknown = format!("{SERVICE}inbound: {{ limits: {{ max_streams: 5 }} }}\n");
+    assert!(
+        errors(&unknown)[0].contains("inbound.limits"),
+        "{:?}",
+        errors(&unknown)
+    );
 }
 
 #[test]

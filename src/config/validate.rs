@@ -10,7 +10,8 @@
 //! that are neither a level nor a filter directive, `tracing.otlp` with a
 //! non-http endpoint, a sample ratio outside 0..=1 or a zero queue, batch or
 //! flush interval, an empty `config_source.consul_kv.key` or one with a
-//! leading or trailing `/`, and `register: true` (Consul registration is not
+//! leading or trailing `/`, listener `limits` of zero (or header bytes
+//! outside 8 KiB..16 MiB), and `register: true` (Consul registration is not
 //! implemented yet, so it must not pass silently), `tls` with `source: files`
 //! but without cert/key/ca (or with them under `source: consul`), zero TLS
 //! intervals, empty authorization patterns or SPIFFE IDs that do not parse,
@@ -24,6 +25,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::limits::{ListenerLimits, MAX_HEADER_BYTES, MIN_HEADER_BYTES};
 use super::model::{
     Config, ConfigSource, Discovery, LoadBalancingPolicy, ServiceProtocol, TlsSource,
     UpstreamConfig, UpstreamProtocol,
@@ -122,6 +124,7 @@ fn check_service(config: &Config, problems: &mut Problems) {
         if inbound.max_concurrent_requests == Some(0) {
             problems.add("inbound.max_concurrent_requests", "must be at least 1");
         }
+        check_limits("inbound.limits", &inbound.limits, problems);
         let tcp = config.service.protocol == ServiceProtocol::Tcp;
         if tcp && (inbound.rate_limit.is_some() || inbound.timeout.is_some()) {
             problems.add(
@@ -251,7 +254,29 @@ fn check_upstreams(config: &Config, problems: &mut Problems) {
             problems.nonzero(at("timeouts.request"), request);
         }
         problems.nonzero(at("timeouts.idle"), timeouts.idle);
+        check_limits(&at("limits"), &upstream.limits, problems);
         check_resilience(upstream, &at, problems);
+    }
+}
+
+fn check_limits(path: &str, limits: &ListenerLimits, problems: &mut Problems) {
+    let at = |key: &str| format!("{path}.{key}");
+    let at_least_one = [
+        ("max_connections", limits.max_connections),
+        ("max_headers", limits.max_headers),
+        ("max_concurrent_streams", limits.max_concurrent_streams),
+    ];
+    for (key, value) in at_least_one {
+        if value == 0 {
+            problems.add(at(key), "must be at least 1");
+        }
+    }
+    problems.nonzero(at("header_read_timeout"), limits.header_read_timeout);
+    if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&limits.max_header_bytes) {
+        problems.add(
+            at("max_header_bytes"),
+            format!("must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"),
+        );
     }
 }
 

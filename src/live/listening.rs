@@ -1,7 +1,8 @@
 //! A listener's socket and accept loop across applies: a listener keeps its
 //! socket while its configured address is unchanged (or takes it over from
 //! the listener that had that address), and its accept loop while the
-//! handler's ingredients ([`HandlerSource`]) are unchanged; otherwise a new
+//! handler's ingredients and the listener's `limits` ([`AcceptSource`]) are
+//! unchanged; otherwise a new
 //! accept loop takes over the socket and the old one is retired — signalled
 //! to stop accepting, kept until its connections have drained.
 
@@ -13,6 +14,7 @@ use anyhow::Context as _;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
+use crate::config::ListenerLimits;
 use crate::drain::DrainController;
 use crate::server::{self, Handler, HttpProtocol};
 use crate::telemetry::metrics::ConnectionMetrics;
@@ -25,12 +27,19 @@ pub(super) struct Listening {
     pub(super) listen: SocketAddr,
     pub(super) socket: Arc<std::net::TcpListener>,
     pub(super) bound: SocketAddr,
-    pub(super) handler: HandlerSource,
+    pub(super) source: AcceptSource,
     pub(super) accepting: DrainController,
 }
 
-/// What an accept loop's handler was built from, besides the stack slot it
-/// serves through (HTTP) or the upstream it holds (TCP).
+/// What an accept loop was built from, besides the stack slot it serves
+/// through (HTTP) or the upstream it holds (TCP).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct AcceptSource {
+    pub(super) handler: HandlerSource,
+    pub(super) limits: ListenerLimits,
+}
+
+/// What an accept loop's handler was built from.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum HandlerSource {
     Http {
@@ -50,7 +59,7 @@ pub(super) struct PlannedSocket {
     pub(super) bound: SocketAddr,
     /// The socket is new to this listener: logged as `listening`.
     pub(super) announce: bool,
-    pub(super) handler: HandlerSource,
+    pub(super) source: AcceptSource,
     /// A new accept loop's listener (new socket, or a new handler on the
     /// old one) and its TLS termination.
     pub(super) new_accept: Option<(TcpListener, Option<Arc<InboundTls>>)>,
@@ -64,7 +73,7 @@ pub(super) async fn plan_socket<'a>(
     old: Option<&'a Listening>,
     listen: SocketAddr,
     label: &str,
-    handler: HandlerSource,
+    source: AcceptSource,
     handler_kept: bool,
     tls: impl FnOnce() -> anyhow::Result<Option<Arc<InboundTls>>>,
 ) -> anyhow::Result<PlannedSocket> {
@@ -86,7 +95,7 @@ pub(super) async fn plan_socket<'a>(
         }
     };
     let same_socket = old.is_some_and(|listening| Arc::ptr_eq(&listening.socket, &socket));
-    let same_handler = handler_kept && old.is_some_and(|listening| listening.handler == handler);
+    let same_handler = handler_kept && old.is_some_and(|listening| listening.source == source);
     let new_accept = if same_socket && same_handler {
         None
     } else {
@@ -101,7 +110,7 @@ pub(super) async fn plan_socket<'a>(
         socket,
         bound,
         announce: !same_socket,
-        handler,
+        source,
         new_accept,
     })
 }
@@ -123,7 +132,8 @@ pub(super) fn commit_socket(
             if let Some(old) = old {
                 retire(retired, old.accepting);
             }
-            spawn_accept_loop(listener, handler(), tls, direction, name)
+            let limits = planned.source.limits;
+            spawn_accept_loop(listener, handler(), tls, limits, direction, name)
         }
         // `prepare` plans no new accept loop only for a listener that has one.
         None => old.expect("an existing listener's accept loop").accepting,
@@ -132,7 +142,7 @@ pub(super) fn commit_socket(
         listen: planned.listen,
         socket: planned.socket,
         bound: planned.bound,
-        handler: planned.handler,
+        source: planned.source,
         accepting,
     }
 }
@@ -159,6 +169,7 @@ fn spawn_accept_loop(
     listener: TcpListener,
     handler: Handler,
     tls: Option<Arc<InboundTls>>,
+    limits: ListenerLimits,
     direction: Direction,
     name: &str,
 ) -> DrainController {
@@ -167,6 +178,7 @@ fn spawn_accept_loop(
         listener,
         handler,
         tls,
+        limits,
         ConnectionMetrics::new(direction, name),
         accepting.watch(),
     ));

@@ -13,21 +13,22 @@
 //! with that error and leaves the proxy exactly as it was.
 //!
 //! **Listeners** are known by direction and name (`inbound`, the
-//! upstream's name, or the transparent listener). One whose configured
-//! address is unchanged keeps its
-//! socket, so no connection is refused across a reload; an address that
-//! another listener had before (a renamed upstream) takes that socket over.
-//! A listener that is gone, or whose address changed, is drained as at
-//! shutdown (see `drain`): its socket closes at once (new connections are
-//! refused) and its open connections finish their in-flight requests
-//! (HTTP/1.1 closes after the current response, HTTP/2 gets GOAWAY; TCP
-//! tunnels run until they end). When a listener's protocol or idle timeout
-//! changes (for the inbound TCP listener under mesh TLS: its authorization
-//! rules; for the transparent listener: its section), a new accept loop
-//! takes over its socket and the old loop's connections drain. An upstream
-//! without `listen` has no listener but the same stack, reached through the
-//! transparent listener, whose route table (hosts, addresses → upstream and
-//! its stack slot) is replaced at every apply and read per request.
+//! upstream's name, or the transparent listener; see `listening`). One
+//! whose configured address is unchanged keeps its socket, so no connection
+//! is refused across a reload; an address that another listener had before
+//! (a renamed upstream) takes that socket over. A listener that is gone, or
+//! whose address changed, is drained as at shutdown (see `drain`): its
+//! socket closes at once (new connections are refused) and its open
+//! connections finish their in-flight requests (HTTP/1.1 closes after the
+//! current response, HTTP/2 gets GOAWAY; TCP tunnels run until they end).
+//! When a listener's protocol, idle timeout or `limits` change (for the
+//! inbound TCP listener under mesh TLS: its authorization rules; for the
+//! transparent listener: its section), a new accept loop takes over its
+//! socket and the old loop's connections drain (they do not count against
+//! the new loop's `max_connections`). An upstream without `listen` has no
+//! listener but the same stack, reached through the transparent listener,
+//! whose route table (hosts, addresses → upstream and its stack slot) is
+//! replaced at every apply and read per request.
 //!
 //! **Stacks are picked per request** (see `swap`): a changed policy applies
 //! to the next request, on connections opened before the reload too, while
@@ -83,8 +84,8 @@ use tokio::sync::Mutex;
 
 use crate::client::ClientSettings;
 use crate::config::{
-    Config, ConsulConfig, Discovery, InboundConfig, ServiceProtocol, Timeouts, TransparentConfig,
-    UpstreamConfig, UpstreamProtocol,
+    Config, ConsulConfig, Discovery, InboundConfig, ListenerLimits, ServiceProtocol, Timeouts,
+    TransparentConfig, UpstreamConfig, UpstreamProtocol,
 };
 use crate::consul::{self, HealthQuery};
 use crate::discovery::consul::{Watches, query_for};
@@ -102,7 +103,8 @@ use crate::upstream::{Direction, Upstream, UpstreamSet, UpstreamSettings};
 pub use fixed::keep_fixed;
 pub(crate) use listening::bind;
 use listening::{
-    HandlerSource, Listening, PlannedSocket, commit_socket, plan_socket, remove_listener,
+    AcceptSource, HandlerSource, Listening, PlannedSocket, commit_socket, plan_socket,
+    remove_listener,
 };
 pub use mesh::MeshSecurity;
 use swap::{StackSlot, SwappableService};
@@ -214,6 +216,7 @@ struct Spec<'a> {
     direction: Direction,
     name: String,
     listen: Option<SocketAddr>,
+    limits: ListenerLimits,
     settings: UpstreamSettings,
     discovery: Discovery,
     /// `None`: opaque TCP.
@@ -485,7 +488,10 @@ impl LiveProxy {
                         old,
                         listen,
                         &label,
-                        handler,
+                        AcceptSource {
+                            handler,
+                            limits: spec.limits,
+                        },
                         handler_kept,
                         tls,
                     )
@@ -630,7 +636,10 @@ async fn plan_transparent(
         old,
         config.outbound_listen,
         "transparent outbound",
-        handler,
+        AcceptSource {
+            handler,
+            limits: ListenerLimits::default(),
+        },
         true,
         || Ok(None),
     )
@@ -856,6 +865,7 @@ fn specs<'a>(config: &'a Config, mesh: Option<&MeshSecurity>) -> anyhow::Result<
             direction: Direction::Inbound,
             name: "inbound".into(),
             listen: Some(inbound.listen),
+            limits: inbound.limits,
             settings: UpstreamSettings {
                 name: service.name.clone(),
                 direction: Direction::Inbound,
@@ -887,6 +897,7 @@ fn specs<'a>(config: &'a Config, mesh: Option<&MeshSecurity>) -> anyhow::Result<
             direction: Direction::Outbound,
             name: upstream.name.clone(),
             listen: upstream.listen,
+            limits: upstream.limits,
             settings: UpstreamSettings {
                 name: upstream.name.clone(),
                 direction: Direction::Outbound,

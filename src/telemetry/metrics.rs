@@ -21,6 +21,7 @@ pub const REQUEST_DURATION: &str = "remora_request_duration_seconds";
 pub const PROXY_ERRORS_TOTAL: &str = "remora_proxy_errors_total";
 pub const CONNECTIONS_OPEN: &str = "remora_connections_open";
 pub const CONNECTIONS_TOTAL: &str = "remora_connections_total";
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "remora_connections_refused_total";
 pub const ENDPOINTS: &str = "remora_endpoints";
 pub const CONNECT_ERRORS_TOTAL: &str = "remora_upstream_connect_errors_total";
 pub const DISCOVERY_ERRORS_TOTAL: &str = "remora_discovery_errors_total";
@@ -203,6 +204,7 @@ pub fn mirror_counter(upstream: &str, route: &str, outcome: &'static str) -> Cou
 pub struct ConnectionMetrics {
     open: Gauge,
     total: Counter,
+    refused: Counter,
 }
 
 impl ConnectionMetrics {
@@ -214,7 +216,13 @@ impl ConnectionMetrics {
         Self {
             open: gauge!(CONNECTIONS_OPEN, &labels),
             total: counter!(CONNECTIONS_TOTAL, &labels),
+            refused: counter!(CONNECTIONS_REFUSED_TOTAL, &labels),
         }
+    }
+
+    /// Counts a connection closed at once because the listener was full.
+    pub fn refused(&self) {
+        self.refused.increment(1);
     }
 
     /// Counts a new connection; the open gauge goes down when the guard drops.
