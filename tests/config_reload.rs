@@ -826,3 +826,49 @@ async fn the_transparent_route_table_follows_reloads() {
     })
     .await;
 }
+
+/// A new Consul ACL token is a new client, though `/config` shows both as `<redacted>`: the
+/// watches restart with it and discovery recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_consul_token_restarts_the_watches() {
+    let a = http_backend("token-a");
+    let b = http_backend("token-b");
+    let consul = ConsulStandIn::start();
+    consul.set_token(Some("first"));
+    consul.register(Instance::new("a", "tokened", a.addr));
+    let with_token = |token: &str| {
+        format!(
+            "service: {{ name: token-test }}\n\
+             consul: {{ address: \"{}\", token: {token}, wait: 1s }}\n\
+             upstreams:\n  - name: tokened\n    listen: 127.0.0.1:0\n    \
+             discovery: {{ consul: {{ service: tokened }} }}\n\
+             admin: {{ listen: 127.0.0.1:0 }}\n\
+             logging: {{ access_log: false }}\n",
+            consul.url()
+        )
+    };
+    let proxy = Proxy::start(&with_token("first")).await;
+    let url = format!("http://{}/", proxy.upstream("tokened"));
+    eventually(
+        Duration::from_secs(5),
+        "Consul's endpoint serves",
+        || async { get(Version::HTTP_11, &url).await.unwrap().body == "token-a" },
+    )
+    .await;
+
+    // The agent now wants another token; the catalog moves to B.
+    consul.set_token(Some("second"));
+    consul.deregister("a");
+    consul.register(Instance::new("b", "tokened", b.addr));
+    assert!(proxy.reload(&with_token("second")).await);
+    eventually(
+        Duration::from_secs(10),
+        "the new token's answer serves",
+        || async {
+            let reply = get(Version::HTTP_11, &url).await.unwrap();
+            assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+            reply.body == "token-b"
+        },
+    )
+    .await;
+}

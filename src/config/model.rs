@@ -463,7 +463,7 @@ fn default_passing_only() -> bool {
 }
 
 /// The top-level `consul` section: how to reach the Consul agent.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsulConfig {
     /// Agent URL; default `CONSUL_HTTP_ADDR`, then `http://127.0.0.1:8500`.

@@ -204,8 +204,9 @@ struct TransparentSite {
 
 /// The Consul watches and the client they share.
 struct ConsulWatches {
-    /// The `consul` section the client was built from.
-    config: Value,
+    /// The `consul` section the client was built from (compared as is: a
+    /// changed token does not show in its serialized form).
+    config: ConsulConfig,
     client: Arc<consul::Client>,
     /// Per query: the upstreams it feeds and the task's stop signal.
     groups: BTreeMap<HealthQuery, (Vec<Arc<Upstream>>, DrainController)>,
@@ -259,7 +260,7 @@ struct Plan {
     listeners: Vec<Planned>,
     transparent: Option<PlannedTransparent>,
     /// `None` when no upstream uses Consul.
-    consul: Option<(Value, Arc<consul::Client>)>,
+    consul: Option<(ConsulConfig, Arc<consul::Client>)>,
     kept_fixed: Vec<&'static str>,
 }
 
@@ -376,12 +377,11 @@ impl LiveProxy {
         };
         let uses_consul = (listeners.iter()).any(|l| matches!(l.discovery, Discovery::Consul(_)));
         let consul = if uses_consul {
-            let section = serde_json::to_value(&config.consul)?;
             let client = match &state.consul {
-                Some(running) if running.config == section => Arc::clone(&running.client),
+                Some(running) if running.config == config.consul => Arc::clone(&running.client),
                 _ => Arc::new(consul::Client::from_config(&config.consul)?),
             };
-            Some((section, client))
+            Some((config.consul.clone(), client))
         } else {
             None
         };
@@ -784,7 +784,7 @@ fn route_table(sites: &[Site], config: &Config) -> RouteTable {
 /// whose upstreams or client changed, stops those no longer needed.
 fn commit_consul(
     state: &mut State,
-    next: Option<(Value, Arc<consul::Client>)>,
+    next: Option<(ConsulConfig, Arc<consul::Client>)>,
     section: &ConsulConfig,
 ) {
     let mut groups: BTreeMap<HealthQuery, Vec<Arc<Upstream>>> = BTreeMap::new();
