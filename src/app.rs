@@ -98,6 +98,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .transpose()?;
     let admin_listener = live::bind(config.admin.listen, "admin").await?;
     let admin_addr = admin_listener.local_addr()?;
+    if !admin_addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %admin_addr,
+            "ADMIN LISTENER IS NOT ON LOOPBACK: /config, /metrics and the other admin endpoints \
+             are reachable from the network without authentication; bind admin.listen to \
+             127.0.0.1 unless this is intended"
+        );
+    }
 
     let mesh = config.tls.as_ref().map(MeshSecurity::start).transpose()?;
 
@@ -114,14 +122,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         upstreams: Arc::clone(&upstreams),
     });
     tracing::info!(addr = %admin_addr, "admin listening");
-    if !admin_addr.ip().is_loopback() {
-        tracing::warn!(
-            addr = %admin_addr,
-            "ADMIN LISTENER IS NOT ON LOOPBACK: /config, /metrics and the other admin endpoints \
-             are reachable from the network without authentication; bind admin.listen to \
-             127.0.0.1 unless this is intended"
-        );
-    }
     tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin_state)));
 
     let background = DrainController::new();
