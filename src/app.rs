@@ -1,6 +1,7 @@
 //! Wires a configuration into a running proxy: binds every listener, builds
-//! each listener's stack, starts the admin listener and the Consul discovery
-//! watches, and drains on shutdown.
+//! each listener's stack, starts the admin listener, the Consul discovery
+//! watches and the Consul registration, and deregisters then drains on
+//! shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::consul;
 use crate::discovery::consul::{Watches, query_for};
 use crate::discovery::dns::DnsDiscoverer;
 use crate::drain::{Drain, DrainController};
+use crate::registration::{self, Registrar};
 use crate::server::{self, Handler, HttpProtocol};
 use crate::stack;
 use crate::telemetry::metrics::{self, ConnectionMetrics};
@@ -46,14 +48,19 @@ pub struct Running {
     readiness: Arc<Readiness>,
     drain: DrainController,
     drain_timeout: Duration,
+    registrar: Option<Registrar>,
 }
 
 impl Running {
-    /// Drains: `/ready` turns 503, listeners stop accepting, in-flight work
-    /// gets up to the drain timeout. Returns the number of connections that
-    /// were still open when the drain ended.
+    /// Drains: `/ready` turns 503, the Consul registrations are removed (so
+    /// peers stop sending), listeners stop accepting, in-flight work gets up
+    /// to the drain timeout. Returns the number of connections that were
+    /// still open when the drain ended.
     pub async fn shutdown(self) -> usize {
         self.readiness.set_draining();
+        if let Some(registrar) = self.registrar {
+            registrar.deregister().await;
+        }
         tracing::info!(timeout = ?self.drain_timeout, "draining");
         let left = self.drain.drain(self.drain_timeout).await;
         if left == 0 {
@@ -193,7 +200,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         });
     }
 
-    let consul_client = if watches.is_empty() {
+    let consul_client = if watches.is_empty() && !config.service.register {
         None
     } else {
         Some(consul::Client::from_config(&config.consul)?)
@@ -224,7 +231,17 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     tokio::spawn(admin::serve(admin_listener, admin_state));
 
     let drain = DrainController::new();
-    if let Some(client) = consul_client {
+    let registrar = match &consul_client {
+        Some(client) if config.service.register => Some(Registrar::spawn(
+            client.clone(),
+            registration::services(config, bound.inbound),
+            config.consul.sync_interval,
+        )),
+        _ => None,
+    };
+    if let Some(client) = consul_client
+        && !watches.is_empty()
+    {
         watches.spawn(client, &drain.watch());
     }
     for listener in listeners {
@@ -248,6 +265,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         readiness,
         drain,
         drain_timeout: config.runtime.drain_timeout,
+        registrar,
     })
 }
 

@@ -25,6 +25,7 @@ pub mod idle;
 pub mod middleware;
 pub mod outcome;
 pub mod outlier;
+pub mod registration;
 pub mod runtime;
 pub mod server;
 pub mod stack;

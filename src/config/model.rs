@@ -323,10 +323,29 @@ pub struct ConsulConfig {
     /// How long a blocking query may wait for a change.
     #[serde(default = "default_consul_wait", with = "duration")]
     pub wait: Duration,
+    /// CA certificates (PEM) that sign an `https://` agent's certificate;
+    /// default `CONSUL_CACERT`, then the system has none: required for https.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for an agent with `verify_incoming`;
+    /// default `CONSUL_CLIENT_CERT`.
+    #[serde(default)]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM); default `CONSUL_CLIENT_KEY`.
+    #[serde(default)]
+    pub client_key: Option<std::path::PathBuf>,
+    /// With `service.register`: how often the registrations are checked
+    /// with the agent (and registered again when it lost them).
+    #[serde(default = "default_consul_sync_interval", with = "duration")]
+    pub sync_interval: Duration,
 }
 
 fn default_consul_wait() -> Duration {
     Duration::from_secs(300)
+}
+
+fn default_consul_sync_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl Default for ConsulConfig {
@@ -337,6 +356,10 @@ impl Default for ConsulConfig {
             token_file: None,
             datacenter: None,
             wait: default_consul_wait(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            sync_interval: default_consul_sync_interval(),
         }
     }
 }

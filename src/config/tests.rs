@@ -537,14 +537,36 @@ fn duplicate_key() {
 }
 
 #[test]
-fn consul_registration_is_refused_until_it_exists() {
+fn consul_registration_needs_the_application_port() {
     assert_eq!(
         errors("service:\n  name: web\n  register: true\n"),
-        [
-            "test.yaml:3:13: service.register: registration with Consul is not implemented yet; \
-          remove the key or set it to false"
-        ]
+        ["test.yaml:3:13: service.register: registration needs service.port, the application's port (1-65535)"]
     );
+    let config = parse_test("service:\n  name: web\n  port: 8080\n  register: true\n")
+        .expect("register with a port is valid");
+    assert!(config.service.register);
+}
+
+#[test]
+fn consul_tls_files_need_https_and_come_in_pairs() {
+    let found = errors(
+        "service: { name: web }\n\
+         consul:\n  address: http://127.0.0.1:8500\n  ca_file: /ca.pem\n  client_cert: /c.pem\n",
+    );
+    let paths: Vec<&str> = found
+        .iter()
+        .map(|e| e.split(": ").nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        ["consul.ca_file", "consul.client_cert", "consul.client_cert"],
+        "{found:?}"
+    );
+    let https = "service: { name: web }\n\
+                 consul:\n  address: https://127.0.0.1:8501\n  ca_file: /ca.pem\n  \
+                 client_cert: /c.pem\n  client_key: /k.pem\n";
+    let config = parse_test(https).expect("https with CA and a client pair is valid");
+    assert_eq!(config.consul.ca_file, Some("/ca.pem".into()));
 }
 
 #[test]
@@ -681,7 +703,7 @@ fn consul_token_is_redacted() {
 fn consul_semantic_errors() {
     let found = errors(
         "service: { name: web }\n\
-         consul: { address: \"https://consul:8501\", wait: 11m }\n\
+         consul: { address: \"tcp://consul:8501\", wait: 11m }\n\
          upstreams:\n  - name: api\n    listen: 127.0.0.1:9001\n    \
          discovery: { consul: { service: \"\", tags: [\"\"] } }\n",
     );

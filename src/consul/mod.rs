@@ -1,19 +1,30 @@
-//! A small client of the Consul agent's HTTP API (reqwest, plain HTTP):
-//! health queries for discovery, as blocking queries.
+//! A small client of the Consul agent's HTTP API (reqwest): health queries
+//! for discovery, as blocking queries (`health.rs`), and the agent's service
+//! registration endpoints (`agent.rs`).
 //!
 //! The agent address comes from `consul.address`, else `CONSUL_HTTP_ADDR`,
 //! else `http://127.0.0.1:8500`; the ACL token from `consul.token`, else
 //! `consul.token_file`, else `CONSUL_HTTP_TOKEN`. The token travels in the
 //! `X-Consul-Token` header only and is never logged (it is a [`Secret`]).
-//! Errors say what Consul answered (status and a body excerpt). Rejects
-//! `https://` addresses: TLS to the agent is not implemented yet.
+//! Errors say what Consul answered (status and a body excerpt).
+//!
+//! `https://` agents are verified against `consul.ca_file` (else
+//! `CONSUL_CACERT`) only — there is no system trust store here — and an
+//! agent with `verify_incoming` gets the client certificate and key of
+//! `consul.client_cert` / `consul.client_key` (else `CONSUL_CLIENT_CERT` /
+//! `CONSUL_CLIENT_KEY`), as the Consul CLI reads them. rustls with the ring
+//! provider. Rejects an `https://` address without a CA file, and schemes
+//! other than `http` and `https`.
 
+pub mod agent;
 pub mod blocking;
 pub mod health;
+mod tls;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use reqwest::{StatusCode, Url};
+use reqwest::{RequestBuilder, Response, StatusCode, Url};
 
 use crate::config::{ConsulConfig, Secret};
 
@@ -36,6 +47,8 @@ pub enum ConsulError {
     },
     #[error("cannot build the Consul HTTP client: {0}")]
     Client(String),
+    #[error("Consul TLS: {0}")]
+    Tls(String),
     #[error("Consul request failed: {0}")]
     Transport(String),
     #[error("Consul answered {status}: {body}")]
@@ -62,6 +75,16 @@ pub struct HealthAnswer {
     /// `X-Consul-Index`.
     pub index: u64,
     pub entries: Vec<ServiceEntry>,
+}
+
+/// The files of TLS to an `https://` agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificates (PEM) that sign the agent's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and private key (PEM), for `verify_incoming`.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 /// A Consul agent client.
@@ -104,15 +127,25 @@ impl Client {
             (None, None) => env("CONSUL_HTTP_TOKEN").map(Secret::new),
         }
         .filter(|token| !token.expose().is_empty());
-        Client::new(&address, token, config.wait)
+        let file = |configured: &Option<PathBuf>, variable: &str| {
+            configured.clone().or_else(|| env(variable).map(PathBuf::from))
+        };
+        let tls = TlsFiles {
+            ca_file: file(&config.ca_file, "CONSUL_CACERT"),
+            client_cert: file(&config.client_cert, "CONSUL_CLIENT_CERT"),
+            client_key: file(&config.client_key, "CONSUL_CLIENT_KEY"),
+        };
+        Client::new(&address, token, config.wait, &tls)
     }
 
-    /// A client of the agent at `address` (`http://host:port`, or a bare
-    /// `host:port` as `CONSUL_HTTP_ADDR` allows).
+    /// A client of the agent at `address` (`http://host:port`,
+    /// `https://host:port`, or a bare `host:port` as `CONSUL_HTTP_ADDR`
+    /// allows); `tls` is used for `https://` only.
     pub fn new(
         address: &str,
         token: Option<Secret>,
         wait: Duration,
+        tls: &TlsFiles,
     ) -> Result<Client, ConsulError> {
         let invalid = |reason: String| ConsulError::Address {
             address: address.to_owned(),
@@ -124,14 +157,21 @@ impl Client {
             format!("http://{address}")
         };
         let base = Url::parse(&with_scheme).map_err(|error| invalid(error.to_string()))?;
-        if base.scheme() != "http" {
-            return Err(invalid(
-                "only http:// is supported (HTTPS to the agent is not implemented yet)".into(),
-            ));
-        }
+        // reqwest's rustls needs a configuration even for plain HTTP (it
+        // would otherwise look for a process-wide crypto provider).
+        let tls_config = match base.scheme() {
+            "http" => tls::plain_http_config()?,
+            "https" => tls::client_config(tls)?,
+            other => {
+                return Err(invalid(format!(
+                    "scheme `{other}`: only http:// and https:// are supported"
+                )));
+            }
+        };
         let http = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(5))
+            .tls_backend_preconfigured(tls_config)
             .build()
             .map_err(|error| ConsulError::Client(error_chain(&error)))?;
         Ok(Client {
@@ -155,15 +195,8 @@ impl Client {
         query: &HealthQuery,
         index: u64,
     ) -> Result<HealthAnswer, ConsulError> {
-        let mut url = self.base.clone();
         let kind = if query.connect { "connect" } else { "service" };
-        url.path_segments_mut()
-            .map_err(|()| ConsulError::Address {
-                address: self.base.to_string(),
-                reason: "cannot be a base URL".into(),
-            })?
-            .pop_if_empty()
-            .extend(["v1", "health", kind, &query.service]);
+        let url = self.url(&["v1", "health", kind, &query.service])?;
         let mut params: Vec<(&str, String)> = Vec::new();
         if index > 0 {
             params.push(("index", index.to_string()));
@@ -178,29 +211,18 @@ impl Client {
         if let Some(dc) = &query.datacenter {
             params.push(("dc", dc.clone()));
         }
-        let mut request = self
+        let request = self
             .http
             .get(url)
             .query(&params)
             .timeout(blocking::request_timeout(self.wait));
-        if let Some(token) = &self.token {
-            request = request.header("X-Consul-Token", token.expose());
-        }
-        let transport = |error: reqwest::Error| ConsulError::Transport(error_chain(&error));
-        let response = request.send().await.map_err(transport)?;
-        let status = response.status();
+        let response = self.send(request).await?;
         let index = response
             .headers()
             .get("X-Consul-Index")
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.trim().parse::<u64>().ok());
-        let body = response.bytes().await.map_err(transport)?;
-        if !status.is_success() {
-            return Err(ConsulError::Status {
-                status,
-                body: excerpt(&body),
-            });
-        }
+        let body = success_body(response).await?;
         let entries = serde_json::from_slice(&body).map_err(|error| ConsulError::Body {
             reason: error.to_string(),
             body: excerpt(&body),
@@ -208,6 +230,44 @@ impl Client {
         let index = index.ok_or(ConsulError::Index)?;
         Ok(HealthAnswer { index, entries })
     }
+
+    /// The agent URL with `segments` as its path (each one escaped).
+    fn url(&self, segments: &[&str]) -> Result<Url, ConsulError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| ConsulError::Address {
+                address: self.base.to_string(),
+                reason: "cannot be a base URL".into(),
+            })?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+
+    /// Sends `request` with the ACL token.
+    async fn send(&self, mut request: RequestBuilder) -> Result<Response, ConsulError> {
+        if let Some(token) = &self.token {
+            request = request.header("X-Consul-Token", token.expose());
+        }
+        request.send().await.map_err(transport)
+    }
+}
+
+fn transport(error: reqwest::Error) -> ConsulError {
+    ConsulError::Transport(error_chain(&error))
+}
+
+/// The body of a 2xx answer, or the error saying what Consul answered.
+async fn success_body(response: Response) -> Result<bytes::Bytes, ConsulError> {
+    let status = response.status();
+    let body = response.bytes().await.map_err(transport)?;
+    if !status.is_success() {
+        return Err(ConsulError::Status {
+            status,
+            body: excerpt(&body),
+        });
+    }
+    Ok(body)
 }
 
 /// The start of `body` as one printable line.
@@ -243,11 +303,14 @@ mod tests {
     #[test]
     fn addresses() {
         let wait = Duration::from_secs(1);
-        assert!(Client::new("http://127.0.0.1:8500", None, wait).is_ok());
-        let bare = Client::new("127.0.0.1:8500", None, wait).expect("bare host:port");
+        let no_tls = TlsFiles::default();
+        assert!(Client::new("http://127.0.0.1:8500", None, wait, &no_tls).is_ok());
+        let bare = Client::new("127.0.0.1:8500", None, wait, &no_tls).expect("bare host:port");
         assert_eq!(bare.base.as_str(), "http://127.0.0.1:8500/");
-        let https = Client::new("https://consul:8501", None, wait).unwrap_err();
-        assert!(https.to_string().contains("HTTPS"), "{https}");
+        let https = Client::new("https://consul:8501", None, wait, &no_tls).unwrap_err();
+        assert!(https.to_string().contains("ca_file"), "{https}");
+        let unix = Client::new("unix:///run/consul.sock", None, wait, &no_tls).unwrap_err();
+        assert!(unix.to_string().contains("scheme `unix`"), "{unix}");
     }
 
     #[test]
@@ -299,6 +362,7 @@ mod tests {
             "http://127.0.0.1:8500",
             Some(Secret::new("s3cr3t")),
             Duration::from_secs(1),
+            &TlsFiles::default(),
         )
         .expect("client");
         assert!(!format!("{client:?}").contains("s3cr3t"));

@@ -25,6 +25,8 @@ pub const ENDPOINTS: &str = "remora_endpoints";
 pub const CONNECT_ERRORS_TOTAL: &str = "remora_upstream_connect_errors_total";
 pub const DISCOVERY_ERRORS_TOTAL: &str = "remora_discovery_errors_total";
 pub const DISCOVERY_LAST_UPDATE: &str = "remora_discovery_last_update_timestamp_seconds";
+pub const CONSUL_REGISTRATIONS_TOTAL: &str = "remora_consul_registrations_total";
+pub const CONSUL_REGISTERED: &str = "remora_consul_registered";
 pub const TCP_SENT_BYTES: &str = "remora_tcp_sent_bytes_total";
 pub const TCP_RECEIVED_BYTES: &str = "remora_tcp_received_bytes_total";
 
@@ -87,6 +89,27 @@ pub fn discovery_updated(upstream: &str) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     gauge!(DISCOVERY_LAST_UPDATE, "upstream" => upstream.to_owned()).set(now.as_secs_f64());
+}
+
+/// Shows a Consul registration's metrics (at zero) before its first attempt.
+pub fn register_registration(service: &str) {
+    for result in ["success", "failure"] {
+        counter!(CONSUL_REGISTRATIONS_TOTAL, "service" => service.to_owned(), "result" => result)
+            .increment(0);
+    }
+    set_registered(service, false);
+}
+
+/// Counts one attempt to register `service` with the Consul agent.
+pub fn registration_attempt(service: &str, success: bool) {
+    let result = if success { "success" } else { "failure" };
+    counter!(CONSUL_REGISTRATIONS_TOTAL, "service" => service.to_owned(), "result" => result)
+        .increment(1);
+}
+
+/// Whether the Consul agent has `service` registered, as far as remora knows.
+pub fn set_registered(service: &str, registered: bool) {
+    gauge!(CONSUL_REGISTERED, "service" => service.to_owned()).set(f64::from(u8::from(registered)));
 }
 
 /// Request metrics of one listener (direction + upstream).
