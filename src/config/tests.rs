@@ -540,7 +540,9 @@ fn duplicate_key() {
 fn consul_registration_needs_the_application_port() {
     assert_eq!(
         errors("service:\n  name: web\n  register: true\n"),
-        ["test.yaml:3:13: service.register: registration needs service.port, the application's port (1-65535)"]
+        [
+            "test.yaml:3:13: service.register: registration needs service.port, the application's port (1-65535)"
+        ]
     );
     let config = parse_test("service:\n  name: web\n  port: 8080\n  register: true\n")
         .expect("register with a port is valid");

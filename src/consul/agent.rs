@@ -85,10 +85,7 @@ pub fn go_duration(duration: Duration) -> String {
 impl Client {
     /// `PUT /v1/agent/service/register`: adds (or replaces) a service on
     /// the local agent.
-    pub async fn register_service(
-        &self,
-        service: &ServiceRegistration,
-    ) -> Result<(), ConsulError> {
+    pub async fn register_service(&self, service: &ServiceRegistration) -> Result<(), ConsulError> {
         let url = self.url(&["v1", "agent", "service", "register"])?;
         let request = self.http.put(url).json(service).timeout(AGENT_TIMEOUT);
         success_body(self.send(request).await?).await?;

@@ -128,7 +128,9 @@ impl Client {
         }
         .filter(|token| !token.expose().is_empty());
         let file = |configured: &Option<PathBuf>, variable: &str| {
-            configured.clone().or_else(|| env(variable).map(PathBuf::from))
+            configured
+                .clone()
+                .or_else(|| env(variable).map(PathBuf::from))
         };
         let tls = TlsFiles {
             ca_file: file(&config.ca_file, "CONSUL_CACERT"),

@@ -1,0 +1,373 @@
+//! `service.register: true` end to end against the Consul stand-in (tests/support/consul.rs):
+//! the registration bodies of the application and its connect-proxy sidecar, registration
+//! again after the agent forgot them, a bad token (logged, retried, the proxy keeps serving),
+//! deregistration on SIGTERM of the real binary before the drain, and HTTPS to the agent with
+//! a CA file and a client certificate (rcgen-made at test time).
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{StatusCode, Version};
+use serde_json::Value;
+use tokio_rustls::rustls::RootCertStore;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::crypto::ring;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+
+use support::consul::ConsulStandIn;
+use support::{Proxy, ProxyProcess, get, http_backend, prom};
+
+const WITHIN: Duration = Duration::from_secs(5);
+
+/// A proxy for service `name` (each test its own: metrics are process-wide) fronting
+/// `app_port` with an inbound listener, registering through `consul`.
+fn yaml(consul: &str, name: &str, app_port: u16, extra_service: &str) -> String {
+    format!(
+        "service:\n  name: {name}\n  port: {app_port}\n  register: true\n{extra_service}\
+         inbound: {{ listen: 127.0.0.1:0 }}\n\
+         consul: {consul}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         logging: {{ access_log: false }}\n"
+    )
+}
+
+/// Polls `condition` every 20 ms until it holds or `within` passes; returns whether it held.
+async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn registrations_metric(proxy: &Proxy, service: &str, result: &str) -> f64 {
+    let text = prom::scrape(&proxy.admin_url("/metrics")).await;
+    let labels = [("service", service), ("result", result)];
+    prom::value(&text, "remora_consul_registrations_total", &labels).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn the_application_and_its_sidecar_are_registered_as_consul_documents() {
+    let consul = ConsulStandIn::start();
+    let app = http_backend("reg-app");
+    let service = "  id: web-1\n  tags: [v1, canary]\n  meta: { version: \"1.4.2\" }\n  \
+                   check: { http: /healthz, interval: 5s, timeout: 1500ms, deregister_after: 1m }\n";
+    let consul_section = format!("{{ address: \"{}\" }}", consul.url());
+    let proxy = Proxy::start(&yaml(&consul_section, "web", app.addr.port(), service)).await;
+    assert!(
+        eventually(WITHIN, || consul.agent_service_ids().len() == 2).await,
+        "registered: {:?}",
+        consul.agent_service_ids()
+    );
+
+    let app_body = consul.agent_service("web-1").expect("the application");
+    assert_eq!(app_body["Name"], "web");
+    assert_eq!(app_body["ID"], "web-1");
+    assert_eq!(app_body["Tags"], serde_json::json!(["v1", "canary"]));
+    assert_eq!(app_body["Meta"]["version"], "1.4.2");
+    assert_eq!(app_body["Address"], "127.0.0.1");
+    assert_eq!(app_body["Port"], app.addr.port());
+    assert!(app_body.get("Kind").is_none(), "{app_body}");
+    let check = &app_body["Checks"][0];
+    assert_eq!(
+        check["HTTP"],
+        format!("http://127.0.0.1:{}/healthz", app.addr.port())
+    );
+    assert_eq!(check["Interval"], "5s");
+    assert_eq!(check["Timeout"], "1500ms");
+    assert_eq!(check["DeregisterCriticalServiceAfter"], "60s");
+
+    let inbound = proxy.inbound();
+    let sidecar = consul
+        .agent_service("web-1-sidecar-proxy")
+        .expect("the sidecar");
+    assert_eq!(sidecar["Kind"], "connect-proxy");
+    assert_eq!(sidecar["Name"], "web-sidecar-proxy");
+    assert_eq!(sidecar["Port"], inbound.port());
+    assert_eq!(sidecar["Address"], "127.0.0.1");
+    assert_eq!(sidecar["Tags"], serde_json::json!(["v1", "canary"]));
+    let proxy_block = &sidecar["Proxy"];
+    assert_eq!(proxy_block["DestinationServiceName"], "web");
+    assert_eq!(proxy_block["DestinationServiceID"], "web-1");
+    assert_eq!(proxy_block["LocalServiceAddress"], "127.0.0.1");
+    assert_eq!(proxy_block["LocalServicePort"], app.addr.port());
+    let checks = sidecar["Checks"].as_array().expect("sidecar checks");
+    assert_eq!(checks[0]["TCP"], format!("127.0.0.1:{}", inbound.port()));
+    assert_eq!(checks[0]["Interval"], "5s");
+    assert_eq!(checks[0]["DeregisterCriticalServiceAfter"], "60s");
+    assert_eq!(checks[1]["AliasService"], "web-1");
+
+    // Other sidecars find this one through the connect endpoint, as Consul serves it.
+    let connect = get(
+        Version::HTTP_11,
+        &format!("{}/v1/health/connect/web?passing=1", consul.url()),
+    )
+    .await
+    .expect("stand-in answers");
+    let entries: Value = serde_json::from_str(&connect.body).expect("JSON");
+    assert_eq!(entries[0]["Service"]["Port"], inbound.port(), "{entries}");
+
+    let text = prom::scrape(&proxy.admin_url("/metrics")).await;
+    for service in ["web", "web-sidecar-proxy"] {
+        let registered = prom::value(&text, "remora_consul_registered", &[("service", service)]);
+        assert_eq!(registered, Some(1.0), "{service}");
+    }
+    assert_eq!(registrations_metric(&proxy, "web", "success").await, 1.0);
+    assert_eq!(registrations_metric(&proxy, "web", "failure").await, 0.0);
+
+    // An in-process shutdown deregisters too.
+    proxy.shutdown().await;
+    assert!(
+        consul.agent_service_ids().is_empty(),
+        "{:?}",
+        consul.agent_service_ids()
+    );
+}
+
+#[tokio::test]
+async fn registered_again_within_a_bound_after_the_agent_forgets() {
+    let consul = ConsulStandIn::start();
+    let app = http_backend("reg-forget");
+    let consul_section = format!("{{ address: \"{}\", sync_interval: 200ms }}", consul.url());
+    let proxy = Proxy::start(&yaml(
+        &consul_section,
+        "forget",
+        app.addr.port(),
+        "  id: web-f\n",
+    ))
+    .await;
+    assert!(eventually(WITHIN, || consul.agent_service_ids().len() == 2).await);
+    assert_eq!(consul.agent_registrations(), 2);
+
+    consul.restart_agent();
+    assert!(consul.agent_service_ids().is_empty());
+    let forgotten = Instant::now();
+    assert!(
+        eventually(WITHIN, || consul.agent_service_ids().len() == 2).await,
+        "not registered again within {WITHIN:?}"
+    );
+    // One sync interval plus a request or two; generous for a loaded machine.
+    assert!(
+        forgotten.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        forgotten.elapsed()
+    );
+    assert_eq!(consul.agent_registrations(), 4);
+    let url = proxy.admin_url("/metrics");
+    let labels = [("service", "forget-sidecar-proxy"), ("result", "success")];
+    let successes = prom::wait_for_value(
+        &url,
+        "remora_consul_registrations_total",
+        &labels,
+        2.0,
+        WITHIN,
+    )
+    .await;
+    assert_eq!(successes, 2.0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_is_logged_once_retried_and_the_proxy_keeps_serving() {
+    let consul = ConsulStandIn::start();
+    consul.set_token(Some("right-token"));
+    let app = http_backend("reg-token");
+    let consul_section = format!("{{ address: \"{}\", token: wrong-token }}", consul.url());
+    let mut proxy = ProxyProcess::start(&yaml(&consul_section, "web", app.addr.port(), ""), 1);
+    let line = proxy.wait_for_log("Consul registration failing");
+    assert!(line.contains("403"), "{line}");
+    assert!(line.contains("ACL not found"), "{line}");
+    assert!(
+        !line.contains("wrong-token"),
+        "the token is never logged: {line}"
+    );
+
+    // Still serving while registration keeps failing.
+    let inbound = proxy.listener("inbound");
+    let reply = get(Version::HTTP_11, &format!("http://{inbound}/"))
+        .await
+        .expect("inbound answers");
+    assert_eq!(reply.status, StatusCode::OK);
+    let url = format!("http://{}/metrics", proxy.admin);
+    let labels = [("service", "web"), ("result", "failure")];
+    let failures = prom::wait_for_value(
+        &url,
+        "remora_consul_registrations_total",
+        &labels,
+        2.0,
+        WITHIN,
+    )
+    .await;
+    assert!(failures >= 2.0, "retried: {failures}");
+    assert!(consul.agent_service_ids().is_empty());
+
+    // The token is fixed on the agent's side: the retries succeed, logged once.
+    consul.set_token(None);
+    let lines = proxy.log_until("Consul registration recovered");
+    let failing = lines
+        .iter()
+        .filter(|l| l.contains("Consul registration failing"))
+        .count();
+    assert_eq!(failing, 0, "one failing line per state change: {lines:?}");
+    assert!(eventually(WITHIN, || consul.agent_service_ids().len() == 2).await);
+}
+
+/// Waits (bounded) for the process to exit.
+async fn wait_for_exit(proxy: &mut ProxyProcess) -> ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = proxy.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "remora still running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_deregisters_both_before_draining() {
+    let consul = ConsulStandIn::start();
+    let app = http_backend("reg-term");
+    let consul_section = format!("{{ address: \"{}\" }}", consul.url());
+    let mut proxy = ProxyProcess::start(
+        &yaml(&consul_section, "web", app.addr.port(), "  id: web-t\n"),
+        1,
+    );
+    assert!(eventually(WITHIN, || consul.agent_service_ids().len() == 2).await);
+
+    proxy.signal("TERM");
+    let lines = proxy.log_until("drained");
+    let position = |needles: &[&str]| {
+        lines
+            .iter()
+            .position(|l| needles.iter().all(|needle| l.contains(needle)))
+            .unwrap_or_else(|| panic!("no {needles:?} in {lines:?}"))
+    };
+    let app_gone = position(&["deregistered from Consul", "\"id\":\"web-t\""]);
+    let sidecar_gone = position(&["deregistered from Consul", "\"id\":\"web-t-sidecar-proxy\""]);
+    let draining = position(&["\"draining\""]);
+    assert!(app_gone < draining && sidecar_gone < draining, "{lines:?}");
+    assert!(wait_for_exit(&mut proxy).await.success());
+    assert!(
+        consul.agent_service_ids().is_empty(),
+        "{:?}",
+        consul.agent_service_ids()
+    );
+    assert_eq!(consul.agent_deregistrations(), 2);
+}
+
+/// PEM files of a CA, a server certificate for 127.0.0.1 and a client certificate, and the
+/// stand-in's TLS configuration (client certificates required).
+struct Pki {
+    dir: PathBuf,
+    server: ServerConfig,
+}
+
+fn pki(name: &str) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |san: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![san.to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (cert, key)
+    };
+    let (server_cert, server_key) = leaf("127.0.0.1");
+    let (client_cert, client_key) = leaf("remora-client");
+
+    let dir = std::env::temp_dir().join(format!("remora-consul-tls-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("client.pem"), client_cert.pem()).unwrap();
+    std::fs::write(dir.join("client-key.pem"), client_key.serialize_pem()).unwrap();
+
+    let provider = Arc::new(ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .unwrap();
+    let server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from(server_cert.der().to_vec())],
+            PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+        )
+        .unwrap();
+    Pki { dir, server }
+}
+
+#[tokio::test]
+async fn registers_over_https_with_a_ca_file_and_a_client_certificate() {
+    let pki = pki("ok");
+    let consul = ConsulStandIn::start_tls(pki.server.clone());
+    assert!(consul.url().starts_with("https://"));
+    let app = http_backend("reg-tls");
+    let file = |name: &str| pki.dir.join(name).display().to_string();
+    let consul_section = format!(
+        "{{ address: \"{}\", ca_file: \"{}\", client_cert: \"{}\", client_key: \"{}\" }}",
+        consul.url(),
+        file("ca.pem"),
+        file("client.pem"),
+        file("client-key.pem"),
+    );
+    let proxy = Proxy::start(&yaml(
+        &consul_section,
+        "tls",
+        app.addr.port(),
+        "  id: web-tls\n",
+    ))
+    .await;
+    assert!(
+        eventually(WITHIN, || consul.agent_service_ids().len() == 2).await,
+        "registered over HTTPS"
+    );
+    assert_eq!(registrations_metric(&proxy, "tls", "failure").await, 0.0);
+    proxy.shutdown().await;
+    assert!(consul.agent_service_ids().is_empty());
+
+    // Without the client certificate the agent refuses the handshake: counted as failures,
+    // and nothing is registered.
+    let consul_section = format!(
+        "{{ address: \"{}\", ca_file: \"{}\" }}",
+        consul.url(),
+        file("ca.pem")
+    );
+    let proxy = Proxy::start(&yaml(
+        &consul_section,
+        "nocert",
+        app.addr.port(),
+        "  id: web-nocert\n",
+    ))
+    .await;
+    let url = proxy.admin_url("/metrics");
+    let labels = [("service", "nocert"), ("result", "failure")];
+    let failures = prom::wait_for_value(
+        &url,
+        "remora_consul_registrations_total",
+        &labels,
+        1.0,
+        WITHIN,
+    )
+    .await;
+    assert!(failures >= 1.0, "{failures}");
+    assert!(consul.agent_service_ids().is_empty());
+    proxy.shutdown().await;
+    let _ = std::fs::remove_dir_all(&pki.dir);
+}
