@@ -16,13 +16,13 @@ use http::{HeaderName, Version};
 
 use tokio::time::Instant;
 
-use crate::balance::{Balancer, DEFAULT_BACKOFF};
+use crate::balance::{Balancer, DEFAULT_BACKOFF, Member};
 use crate::client::ClientSettings;
 use crate::config::{
     CircuitBreakerConfig, HashOn, LoadBalancingPolicy, OutlierDetection, RateLimitConfig,
     UpstreamProtocol,
 };
-use crate::endpoint::{Endpoint, UpstreamVersion};
+use crate::endpoint::{Endpoint, UpstreamVersion, WeightedAddr};
 use crate::error::{ErrorKind, ProxyError};
 use crate::middleware::circuit_breaker::CircuitBreaker;
 use crate::outcome::Outcome;
@@ -102,7 +102,7 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(settings: UpstreamSettings, endpoints: &[SocketAddr]) -> Self {
-        let balancer = build_balancer(&settings, endpoints, &HashMap::new());
+        let balancer = build_balancer(&settings, &weight_one(endpoints), &HashMap::new());
         let circuit_breaker = settings
             .circuit_breaker
             .as_ref()
@@ -132,8 +132,15 @@ impl Upstream {
         self.balancer.load()
     }
 
-    /// Replaces the endpoint set. Endpoints that stay keep their state.
+    /// Replaces the endpoint set, every endpoint at weight 1. Endpoints that
+    /// stay keep their state.
     pub fn set_endpoints(&self, addrs: &[SocketAddr]) {
+        self.set_weighted_endpoints(&weight_one(addrs));
+    }
+
+    /// Replaces the endpoint set. Endpoints that stay keep their state
+    /// (their weight may change).
+    pub fn set_weighted_endpoints(&self, addrs: &[WeightedAddr]) {
         let current = self.balancer.load();
         let existing: HashMap<SocketAddr, Arc<Endpoint>> = current
             .targets()
@@ -224,22 +231,33 @@ impl Upstream {
     }
 }
 
+fn weight_one(addrs: &[SocketAddr]) -> Vec<WeightedAddr> {
+    addrs
+        .iter()
+        .map(|&addr| WeightedAddr { addr, weight: 1 })
+        .collect()
+}
+
 fn build_balancer(
     settings: &UpstreamSettings,
-    addrs: &[SocketAddr],
+    addrs: &[WeightedAddr],
     existing: &HashMap<SocketAddr, Arc<Endpoint>>,
 ) -> Balancer<Endpoint> {
-    let targets = addrs
+    let members = addrs
         .iter()
-        .map(|addr| {
-            let endpoint = existing
-                .get(addr)
+        .map(|&WeightedAddr { addr, weight }| {
+            let target = existing
+                .get(&addr)
                 .cloned()
-                .unwrap_or_else(|| Arc::new(Endpoint::new(*addr, settings.client, &settings.name)));
-            (addr.to_string(), endpoint)
+                .unwrap_or_else(|| Arc::new(Endpoint::new(addr, settings.client, &settings.name)));
+            Member {
+                id: addr.to_string(),
+                target,
+                weight,
+            }
         })
         .collect();
-    Balancer::new(settings.policy, targets)
+    Balancer::new(settings.policy, members)
 }
 
 fn unix_ms_now() -> u64 {

@@ -7,12 +7,17 @@
 //! (docs) or `Address`/`Port` (Go encoding). Rejects (skips, with a debug
 //! log) instances whose address is not an IP address or whose port is 0, since an endpoint is a
 //! socket address; critical instances are never endpoints, warning ones only
-//! when the discovery is not `passing_only`.
+//! when the discovery is not `passing_only`. An endpoint's balancing weight is
+//! `Service.Weights.Passing` for a passing instance, `Weights.Warning` for a
+//! warning one, 1 when the instance has no weights; an instance whose weight
+//! is 0 gets no traffic and is left out.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Deserializer};
+
+use crate::endpoint::WeightedAddr;
 
 /// One instance of a service, as Consul reports it.
 #[derive(Debug, Clone, Deserialize)]
@@ -60,7 +65,7 @@ pub struct Service {
     pub meta: HashMap<String, String>,
     #[serde(default)]
     pub port: u16,
-    /// Parsed, not yet honoured by the balancers.
+    /// Balancing weights by health state; `None`: 1 each.
     #[serde(default)]
     pub weights: Option<Weights>,
 }
@@ -79,8 +84,14 @@ pub struct ServiceAddress {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Weights {
+    #[serde(default = "weight_one")]
     pub passing: u32,
+    #[serde(default = "weight_one")]
     pub warning: u32,
+}
+
+fn weight_one() -> u32 {
+    1
 }
 
 /// A health check of the instance or of its node.
@@ -115,6 +126,17 @@ impl ServiceEntry {
             .unwrap_or(Health::Passing)
     }
 
+    /// The balancing weight for the instance's health: `Weights.Passing`
+    /// or `Weights.Warning` (1 without weights; critical instances are never
+    /// endpoints).
+    pub fn weight(&self) -> u32 {
+        match (self.service.weights, self.health()) {
+            (None, _) => 1,
+            (Some(weights), Health::Warning) => weights.warning,
+            (Some(weights), _) => weights.passing,
+        }
+    }
+
     /// `Service.Address`, or `Node.Address` when that is empty, with
     /// `Service.Port`; `None` when the address is not an IP address or the
     /// instance has no port.
@@ -132,27 +154,29 @@ impl ServiceEntry {
     }
 }
 
-/// The endpoints among `entries`: passing instances, plus warning ones when
-/// `passing_only` is false; sorted and without duplicates.
-pub fn endpoints(entries: &[ServiceEntry], passing_only: bool) -> Vec<SocketAddr> {
+/// The endpoints among `entries` with their weights: passing instances,
+/// plus warning ones when `passing_only` is false; sorted by address and
+/// without duplicate addresses.
+pub fn endpoints(entries: &[ServiceEntry], passing_only: bool) -> Vec<WeightedAddr> {
     let worst = if passing_only {
         Health::Passing
     } else {
         Health::Warning
     };
-    let mut endpoints: Vec<SocketAddr> = entries
+    let mut endpoints: Vec<WeightedAddr> = entries
         .iter()
         .filter(|entry| entry.health() <= worst)
         .filter_map(|entry| {
-            let endpoint = entry.endpoint();
-            if endpoint.is_none() {
+            let Some(addr) = entry.endpoint() else {
                 tracing::debug!(service = %entry.service.service, id = %entry.service.id, "instance has no IP address or no port; skipped");
-            }
-            endpoint
+                return None;
+            };
+            let weight = entry.weight();
+            (weight > 0).then_some(WeightedAddr { addr, weight })
         })
         .collect();
     endpoints.sort_unstable();
-    endpoints.dedup();
+    endpoints.dedup_by_key(|endpoint| endpoint.addr);
     endpoints
 }
 
@@ -223,7 +247,10 @@ mod tests {
         assert_eq!(redis.health(), Health::Passing);
         assert_eq!(
             endpoints(&entries, true),
-            ["10.1.10.12:8000".parse::<SocketAddr>().unwrap()]
+            [WeightedAddr {
+                addr: "10.1.10.12:8000".parse().unwrap(),
+                weight: 10
+            }]
         );
     }
 
@@ -279,13 +306,31 @@ mod tests {
         let entries = parse(&json);
         let strict: Vec<String> = endpoints(&entries, true)
             .iter()
-            .map(ToString::to_string)
+            .map(|e| e.addr.to_string())
             .collect();
         assert_eq!(strict, ["10.0.0.1:80"]);
         let lenient: Vec<String> = endpoints(&entries, false)
             .iter()
-            .map(ToString::to_string)
+            .map(|e| e.addr.to_string())
             .collect();
         assert_eq!(lenient, ["10.0.0.1:80", "10.0.0.2:80"]);
+    }
+
+    #[test]
+    fn weights_by_health_state() {
+        let weighted = |statuses: &[&str], weights: &str| {
+            let json = entry("10.0.0.1", statuses)
+                .replace(r#""Port":80"#, &format!(r#""Port":80,"Weights":{weights}"#));
+            parse(&format!("[{json}]"))
+        };
+        let passing = weighted(&["passing"], r#"{"Passing":5,"Warning":2}"#);
+        assert_eq!(passing[0].weight(), 5);
+        let warning = weighted(&["warning"], r#"{"Passing":5,"Warning":2}"#);
+        assert_eq!(endpoints(&warning, false)[0].weight, 2);
+        assert_eq!(weighted(&["passing"], "null")[0].weight(), 1);
+        assert_eq!(weighted(&["passing"], r#"{"Passing":3}"#)[0].weight(), 3);
+        // Weight 0: no traffic, so not an endpoint.
+        let zero = weighted(&["warning"], r#"{"Passing":1,"Warning":0}"#);
+        assert!(endpoints(&zero, false).is_empty());
     }
 }

@@ -17,13 +17,13 @@
 //! (the age of the endpoint set is `time()` minus that).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::{ConsulConfig, ConsulDiscovery};
 use crate::consul::blocking::{Pacer, next_index};
 use crate::consul::{Client, HealthQuery, health};
 use crate::drain::Drain;
+use crate::endpoint::WeightedAddr;
 use crate::telemetry::metrics;
 use crate::upstream::Upstream;
 
@@ -82,7 +82,7 @@ async fn watch(client: Arc<Client>, query: HealthQuery, upstreams: Vec<Arc<Upstr
     tracing::info!(service = %query.service, upstreams = %names, "watching Consul");
     let mut pacer = Pacer::new();
     let mut index = 0;
-    let mut current: Option<Vec<SocketAddr>> = None;
+    let mut current: Option<Vec<WeightedAddr>> = None;
     let mut failing = false;
     loop {
         pacer.turn().await;
@@ -98,7 +98,7 @@ async fn watch(client: Arc<Client>, query: HealthQuery, upstreams: Vec<Arc<Upstr
                 if current.as_ref() != Some(&endpoints) {
                     tracing::info!(service = %query.service, upstreams = %names, endpoints = endpoints.len(), "Consul endpoints changed");
                     for upstream in &upstreams {
-                        upstream.set_endpoints(&endpoints);
+                        upstream.set_weighted_endpoints(&endpoints);
                     }
                     current = Some(endpoints);
                 }
