@@ -371,3 +371,32 @@ async fn registers_over_https_with_a_ca_file_and_a_client_certificate() {
     proxy.shutdown().await;
     let _ = std::fs::remove_dir_all(&pki.dir);
 }
+
+#[tokio::test]
+async fn the_shipped_consul_config_registers_against_the_stand_in() {
+    let consul = ConsulStandIn::start();
+    let app = http_backend("reg-shipped");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/consul.yaml");
+    let mut config = remora::config::load(std::path::Path::new(path)).expect("loads");
+    // Point it at the stand-in, on free ports, without the token file of a real host.
+    config.consul.address = Some(consul.url());
+    config.consul.token_file = None;
+    config.service.port = Some(app.addr.port());
+    config.inbound.as_mut().expect("inbound").listen = "127.0.0.1:0".parse().unwrap();
+    config.admin.listen = "127.0.0.1:0".parse().unwrap();
+    for upstream in &mut config.upstreams {
+        upstream.listen = "127.0.0.1:0".parse().unwrap();
+    }
+    let running = remora::app::start(&config).await.expect("starts");
+    assert!(
+        eventually(WITHIN, || consul.agent_service_ids()
+            == ["web-1", "web-1-sidecar-proxy"])
+        .await,
+        "{:?}",
+        consul.agent_service_ids()
+    );
+    let sidecar = consul.agent_service("web-1-sidecar-proxy").unwrap();
+    assert_eq!(sidecar["Port"], running.bound.inbound.unwrap().port());
+    running.shutdown().await;
+    assert!(consul.agent_service_ids().is_empty());
+}

@@ -661,6 +661,9 @@ fn consul_file_and_defaults() {
         .expect("consul.yaml loads");
     assert_eq!(config.consul.wait, Duration::from_secs(300));
     assert_eq!(config.consul.datacenter.as_deref(), Some("dc1"));
+    assert_eq!(config.consul.sync_interval, Duration::from_secs(30));
+    assert!(config.service.register);
+    assert_eq!(config.service.id.as_deref(), Some("web-1"));
     let Discovery::Consul(api) = &config.upstreams[0].discovery else {
         panic!("consul discovery expected");
     };
@@ -681,6 +684,9 @@ fn consul_file_and_defaults() {
     assert!(minimal.consul.address.is_none());
     assert!(minimal.consul.token.is_none() && minimal.consul.token_file.is_none());
     assert_eq!(minimal.consul.wait, Duration::from_secs(300));
+    assert_eq!(minimal.consul.sync_interval, Duration::from_secs(30));
+    assert!(minimal.consul.ca_file.is_none() && minimal.consul.client_cert.is_none());
+    assert!(!minimal.service.register);
     let Discovery::Consul(api) = &minimal.upstreams[0].discovery else {
         panic!("consul discovery expected");
     };
