@@ -100,7 +100,7 @@ async fn start_sidecar(
     {
         check.tcp = Some(app_addr.to_string());
     }
-    Ok(remora::app::start(&config).await?)
+    remora::app::start(&config).await
 }
 
 /// The application: says who it is and what it was asked.
