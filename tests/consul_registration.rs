@@ -1,8 +1,9 @@
 //! `service.register: true` end to end against the Consul stand-in (tests/support/consul.rs):
 //! the registration bodies of the application and its connect-proxy sidecar, registration
 //! again after the agent forgot them, a bad token (logged, retried, the proxy keeps serving),
-//! deregistration on SIGTERM of the real binary before the drain, and HTTPS to the agent with
-//! a CA file and a client certificate (rcgen-made at test time).
+//! deregistration on SIGTERM of the real binary before the drain, HTTPS to the agent with a CA
+//! file and a client certificate (rcgen-made at test time) for registration and discovery, and
+//! an agent refused without the client certificate or under a CA that did not sign it.
 
 mod support;
 
@@ -315,7 +316,7 @@ fn pki(name: &str) -> Pki {
 
 #[tokio::test]
 async fn registers_over_https_with_a_ca_file_and_a_client_certificate() {
-    let pki = pki("ok");
+    let (pki, other) = (pki("ok"), pki("other"));
     let consul = ConsulStandIn::start_tls(pki.server.clone());
     assert!(consul.url().starts_with("https://"));
     let app = http_backend("reg-tls");
@@ -327,18 +328,31 @@ async fn registers_over_https_with_a_ca_file_and_a_client_certificate() {
         file("client.pem"),
         file("client-key.pem"),
     );
-    let proxy = Proxy::start(&yaml(
-        &consul_section,
-        "tls",
-        app.addr.port(),
-        "  id: web-tls\n",
-    ))
-    .await;
+    // Discovery goes through the same client: an upstream on this very service's sidecars.
+    let upstream = "upstreams:\n  - name: self\n    listen: 127.0.0.1:0\n    \
+                    discovery: { consul: { service: tls, connect: true } }\n";
+    let config = yaml(&consul_section, "tls", app.addr.port(), "  id: web-tls\n") + upstream;
+    let proxy = Proxy::start(&config).await;
     assert!(
         eventually(WITHIN, || consul.agent_service_ids().len() == 2).await,
         "registered over HTTPS"
     );
     assert_eq!(registrations_metric(&proxy, "tls", "failure").await, 0.0);
+    let through_sidecar = format!("http://{}/", proxy.upstream("self"));
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let reply = get(Version::HTTP_11, &through_sidecar)
+            .await
+            .expect("answers");
+        if reply.status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not discovered over HTTPS: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     proxy.shutdown().await;
     assert!(consul.agent_service_ids().is_empty());
 
@@ -369,7 +383,37 @@ async fn registers_over_https_with_a_ca_file_and_a_client_certificate() {
     assert!(failures >= 1.0, "{failures}");
     assert!(consul.agent_service_ids().is_empty());
     proxy.shutdown().await;
+
+    // A CA that did not sign the agent's certificate: the agent is not trusted.
+    let consul_section = format!(
+        "{{ address: \"{}\", ca_file: \"{}\", client_cert: \"{}\", client_key: \"{}\" }}",
+        consul.url(),
+        other.dir.join("ca.pem").display(),
+        file("client.pem"),
+        file("client-key.pem"),
+    );
+    let proxy = Proxy::start(&yaml(
+        &consul_section,
+        "untrusted",
+        app.addr.port(),
+        "  id: web-untrusted\n",
+    ))
+    .await;
+    let url = proxy.admin_url("/metrics");
+    let labels = [("service", "untrusted"), ("result", "failure")];
+    let failures = prom::wait_for_value(
+        &url,
+        "remora_consul_registrations_total",
+        &labels,
+        1.0,
+        WITHIN,
+    )
+    .await;
+    assert!(failures >= 1.0, "{failures}");
+    assert!(consul.agent_service_ids().is_empty());
+    proxy.shutdown().await;
     let _ = std::fs::remove_dir_all(&pki.dir);
+    let _ = std::fs::remove_dir_all(&other.dir);
 }
 
 #[tokio::test]
