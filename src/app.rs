@@ -17,6 +17,7 @@ use crate::consul;
 use crate::discovery::consul::{Watches, query_for};
 use crate::discovery::dns::DnsDiscoverer;
 use crate::drain::{Drain, DrainController};
+use crate::endpoint::WeightedAddr;
 use crate::registration::{self, Registrar};
 use crate::server::{self, Handler, HttpProtocol};
 use crate::stack;
@@ -122,7 +123,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         };
         let app = Arc::new(Upstream::new(
             settings,
-            &[SocketAddr::new(service.address, port)],
+            &[WeightedAddr {
+                addr: SocketAddr::new(service.address, port),
+                weight: 1,
+            }],
         ));
         upstreams.push(Arc::clone(&app));
         // Other sidecars may speak either HTTP version to an HTTP service.
@@ -151,10 +155,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     for upstream in &config.upstreams {
         // A Consul-discovered upstream starts empty (so not ready) until
         // its watch's first answer.
-        let endpoints: &[SocketAddr] = match &upstream.discovery {
-            Discovery::Static(endpoints) => endpoints,
-            Discovery::Consul(_) => &[],
-            Discovery::Dns(_) => &[],
+        let endpoints: Vec<WeightedAddr> = match &upstream.discovery {
+            Discovery::Static(endpoints) => endpoints
+                .iter()
+                .map(|endpoint| WeightedAddr {
+                    addr: endpoint.address,
+                    weight: endpoint.weight,
+                })
+                .collect(),
+            Discovery::Consul(_) | Discovery::Dns(_) => Vec::new(),
         };
         let settings = UpstreamSettings {
             name: upstream.name.clone(),
@@ -167,7 +176,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             outlier_detection: upstream.outlier_detection.clone(),
             rate_limit: upstream.rate_limit.clone(),
         };
-        let target = Arc::new(Upstream::new(settings, endpoints));
+        let target = Arc::new(Upstream::new(settings, &endpoints));
         upstreams.push(Arc::clone(&target));
         if let Discovery::Consul(discovery) = &upstream.discovery {
             watches.add(query_for(discovery, &config.consul), Arc::clone(&target));

@@ -101,8 +101,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(settings: UpstreamSettings, endpoints: &[SocketAddr]) -> Self {
-        let balancer = build_balancer(&settings, &weight_one(endpoints), &HashMap::new());
+    pub fn new(settings: UpstreamSettings, endpoints: &[WeightedAddr]) -> Self {
+        let balancer = build_balancer(&settings, endpoints, &HashMap::new());
         let circuit_breaker = settings
             .circuit_breaker
             .as_ref()

@@ -27,8 +27,8 @@ pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     AdminConfig, CheckConfig, Config, ConsulConfig, ConsulDiscovery, Discovery, DnsDiscovery,
     HashOn, InboundConfig, LoadBalancing, LoadBalancingPolicy, LogFormat, LoggingConfig,
-    OtlpConfig, Propagation, RuntimeConfig, Secret, ServiceConfig, ServiceProtocol, Timeouts,
-    TracingConfig, UpstreamConfig, UpstreamProtocol,
+    OtlpConfig, Propagation, RuntimeConfig, Secret, ServiceConfig, ServiceProtocol, StaticEndpoint,
+    Timeouts, TracingConfig, UpstreamConfig, UpstreamProtocol,
 };
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,

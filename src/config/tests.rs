@@ -84,10 +84,60 @@ fn demo_file_is_the_demo() {
     let Discovery::Static(endpoints) = &echo.discovery else {
         panic!("static discovery expected");
     };
-    let endpoints: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+    let endpoints: Vec<String> = endpoints.iter().map(|e| e.address.to_string()).collect();
     assert_eq!(
         endpoints,
         ["127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083"]
+    );
+}
+
+#[test]
+fn static_endpoints_with_weights() {
+    let config = parse_test(
+        "service: { name: web }\n\
+         upstreams:\n  - name: api\n    listen: 127.0.0.1:9001\n    \
+         discovery:\n      static:\n        - 127.0.0.1:8081\n        \
+         - { address: 127.0.0.1:8082, weight: 3 }\n        - { address: 127.0.0.1:8083 }\n",
+    )
+    .expect("valid");
+    let Discovery::Static(endpoints) = &config.upstreams[0].discovery else {
+        panic!("static discovery expected");
+    };
+    let weights: Vec<(String, u32)> = endpoints
+        .iter()
+        .map(|e| (e.address.to_string(), e.weight))
+        .collect();
+    assert_eq!(
+        weights,
+        [
+            ("127.0.0.1:8081".to_owned(), 1),
+            ("127.0.0.1:8082".to_owned(), 3),
+            ("127.0.0.1:8083".to_owned(), 1)
+        ]
+    );
+    // `/config` shows the short form for weight 1.
+    let json = serde_json::to_value(&config).expect("serializes");
+    assert_eq!(
+        json["upstreams"][0]["discovery"]["static"],
+        serde_json::json!(["127.0.0.1:8081", { "address": "127.0.0.1:8082", "weight": 3 }, "127.0.0.1:8083"])
+    );
+
+    let static_errors = |list: &str| {
+        errors(&format!(
+            "service: {{ name: web }}\nupstreams:\n  - name: api\n    listen: 127.0.0.1:9001\n    \
+             discovery: {{ static: [{list}] }}\n"
+        ))
+    };
+    assert_eq!(
+        static_errors("{ address: 127.0.0.1:1, weight: 0 }"),
+        ["test.yaml:5:59: upstreams[0].discovery.static[0].weight: must be at least 1"]
+    );
+    assert_eq!(
+        static_errors("{ address: 127.0.0.1:1, wieght: 2 }"),
+        [
+            "test.yaml:5:51: upstreams[0].discovery.static[0].wieght: unknown field `wieght`, \
+          expected one of address, weight"
+        ]
     );
 }
 
@@ -187,7 +237,9 @@ upstreams:
 ";
     assert_eq!(
         errors(text),
-        ["test.yaml:9:29: upstreams[1].discovery.static[1]: invalid socket address syntax"]
+        [
+            "test.yaml:9:29: upstreams[1].discovery.static[1]: invalid endpoint `localhost`: expected `ip:port`"
+        ]
     );
 }
 

@@ -165,7 +165,16 @@ fn check_upstreams(config: &Config, problems: &mut Problems) {
             Discovery::Static(endpoints) if endpoints.is_empty() => {
                 problems.add(at("discovery.static"), "needs at least one endpoint");
             }
-            Discovery::Static(_) => {}
+            Discovery::Static(endpoints) => {
+                for (j, endpoint) in endpoints.iter().enumerate() {
+                    if endpoint.weight == 0 {
+                        problems.add(
+                            at(&format!("discovery.static[{j}].weight")),
+                            "must be at least 1",
+                        );
+                    }
+                }
+            }
             Discovery::Dns(dns) => {
                 if dns.name.trim().is_empty() {
                     problems.add(at("discovery.dns.name"), "needs an SRV name");

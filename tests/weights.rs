@@ -1,7 +1,7 @@
-//! `Service.Weights` from Consul honoured by the balancer, end to end: two backends registered
-//! in the Consul stand-in at weights 3 and 1 get 75 % / 25 % (±3 points) of 4000 requests under
+//! Endpoint weights honoured by the balancer, end to end: two backends registered in the Consul
+//! stand-in at `Service.Weights` 3 and 1 get 75 % / 25 % (±3 points) of 4000 requests under
 //! round robin, random and least request; a warning instance counts at its warning weight when
-//! `passing_only` is false; `/endpoints` shows the real weights.
+//! `passing_only` is false; static endpoints with `weight`; `/endpoints` shows the real weights.
 
 mod support;
 
@@ -136,4 +136,32 @@ async fn a_warning_instance_counts_at_its_warning_weight() {
         assert!(Instant::now() < deadline, "passing weight not applied");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn static_endpoints_take_their_configured_weight() {
+    let heavy = http_backend("s-heavy");
+    let light = http_backend("s-light");
+    let yaml = format!(
+        "service: {{ name: static-weights }}\nupstreams:\n  - name: s-rr\n    \
+         listen: 127.0.0.1:0\n    protocol: http\n    \
+         discovery: {{ static: [{{ address: {}, weight: 3 }}, {}] }}\n    \
+         load_balancing: {{ policy: round_robin }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\nlogging: {{ access_log: false }}\n",
+        heavy.addr, light.addr
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let weights = endpoint_weights(&proxy, "s-rr", 2).await;
+    assert_eq!(weights[&heavy.addr.to_string()], 3);
+    assert_eq!(weights[&light.addr.to_string()], 1);
+    let url = format!("http://{}/", proxy.upstream("s-rr"));
+    let mut answered = BTreeMap::<String, usize>::new();
+    for _ in 0..400 {
+        let reply = get(Version::HTTP_11, &url).await.expect("proxy answers");
+        let backend = reply.headers["x-backend"].to_str().unwrap().to_owned();
+        *answered.entry(backend).or_default() += 1;
+    }
+    // Smooth weighted round robin is exact.
+    assert_eq!(answered["s-heavy"], 300, "{answered:?}");
+    assert_eq!(answered["s-light"], 100, "{answered:?}");
 }
