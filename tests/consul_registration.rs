@@ -51,6 +51,19 @@ async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bo
     }
 }
 
+/// Waits (up to [`WITHIN`]) until `remora_consul_registrations_total{service,result}` at the
+/// admin `metrics_url` reaches `expected`; returns the last value seen.
+async fn wait_for_registrations(
+    metrics_url: &str,
+    service: &str,
+    result: &str,
+    expected: f64,
+) -> f64 {
+    let labels = [("service", service), ("result", result)];
+    let name = "remora_consul_registrations_total";
+    prom::wait_for_value(metrics_url, name, &labels, expected, WITHIN).await
+}
+
 async fn registrations_metric(proxy: &Proxy, service: &str, result: &str) -> f64 {
     let text = prom::scrape(&proxy.admin_url("/metrics")).await;
     let labels = [("service", service), ("result", result)];
@@ -164,14 +177,11 @@ async fn registered_again_within_a_bound_after_the_agent_forgets() {
         forgotten.elapsed()
     );
     assert_eq!(consul.agent_registrations(), 4);
-    let url = proxy.admin_url("/metrics");
-    let labels = [("service", "forget-sidecar-proxy"), ("result", "success")];
-    let successes = prom::wait_for_value(
-        &url,
-        "remora_consul_registrations_total",
-        &labels,
+    let successes = wait_for_registrations(
+        &proxy.admin_url("/metrics"),
+        "forget-sidecar-proxy",
+        "success",
         2.0,
-        WITHIN,
     )
     .await;
     assert_eq!(successes, 2.0);
@@ -199,14 +209,11 @@ async fn a_bad_token_is_logged_once_retried_and_the_proxy_keeps_serving() {
         .await
         .expect("inbound answers");
     assert_eq!(reply.status, StatusCode::OK);
-    let url = format!("http://{}/metrics", proxy.admin);
-    let labels = [("service", "web"), ("result", "failure")];
-    let failures = prom::wait_for_value(
-        &url,
-        "remora_consul_registrations_total",
-        &labels,
+    let failures = wait_for_registrations(
+        &format!("http://{}/metrics", proxy.admin),
+        "web",
+        "failure",
         2.0,
-        WITHIN,
     )
     .await;
     assert!(failures >= 2.0, "retried: {failures}");
@@ -356,64 +363,35 @@ async fn registers_over_https_with_a_ca_file_and_a_client_certificate() {
     proxy.shutdown().await;
     assert!(consul.agent_service_ids().is_empty());
 
-    // Without the client certificate the agent refuses the handshake: counted as failures,
-    // and nothing is registered.
-    let consul_section = format!(
+    // Without the client certificate the agent refuses the handshake.
+    let no_client_cert = format!(
         "{{ address: \"{}\", ca_file: \"{}\" }}",
         consul.url(),
         file("ca.pem")
     );
-    let proxy = Proxy::start(&yaml(
-        &consul_section,
-        "nocert",
-        app.addr.port(),
-        "  id: web-nocert\n",
-    ))
-    .await;
-    let url = proxy.admin_url("/metrics");
-    let labels = [("service", "nocert"), ("result", "failure")];
-    let failures = prom::wait_for_value(
-        &url,
-        "remora_consul_registrations_total",
-        &labels,
-        1.0,
-        WITHIN,
-    )
-    .await;
-    assert!(failures >= 1.0, "{failures}");
-    assert!(consul.agent_service_ids().is_empty());
-    proxy.shutdown().await;
-
+    refused(&consul, &no_client_cert, "nocert").await;
     // A CA that did not sign the agent's certificate: the agent is not trusted.
-    let consul_section = format!(
+    let untrusted = format!(
         "{{ address: \"{}\", ca_file: \"{}\", client_cert: \"{}\", client_key: \"{}\" }}",
         consul.url(),
         other.dir.join("ca.pem").display(),
         file("client.pem"),
         file("client-key.pem"),
     );
-    let proxy = Proxy::start(&yaml(
-        &consul_section,
-        "untrusted",
-        app.addr.port(),
-        "  id: web-untrusted\n",
-    ))
-    .await;
-    let url = proxy.admin_url("/metrics");
-    let labels = [("service", "untrusted"), ("result", "failure")];
-    let failures = prom::wait_for_value(
-        &url,
-        "remora_consul_registrations_total",
-        &labels,
-        1.0,
-        WITHIN,
-    )
-    .await;
-    assert!(failures >= 1.0, "{failures}");
-    assert!(consul.agent_service_ids().is_empty());
-    proxy.shutdown().await;
+    refused(&consul, &untrusted, "untrusted").await;
     let _ = std::fs::remove_dir_all(&pki.dir);
     let _ = std::fs::remove_dir_all(&other.dir);
+}
+
+/// A proxy for `name` whose TLS to the agent fails: failures are counted, nothing registers.
+async fn refused(consul: &ConsulStandIn, consul_section: &str, name: &str) {
+    let app = http_backend(name);
+    let id = format!("  id: web-{name}\n");
+    let proxy = Proxy::start(&yaml(consul_section, name, app.addr.port(), &id)).await;
+    let failures = wait_for_registrations(&proxy.admin_url("/metrics"), name, "failure", 1.0).await;
+    assert!(failures >= 1.0, "{name}: {failures}");
+    assert!(consul.agent_service_ids().is_empty(), "{name}");
+    proxy.shutdown().await;
 }
 
 #[tokio::test]

@@ -60,11 +60,11 @@ async fn endpoint_weights(proxy: &Proxy, upstream: &str, count: usize) -> BTreeM
     }
 }
 
-/// Requests through `upstream` answered per backend (`x-backend`).
-async fn split(proxy: &Proxy, upstream: &str) -> BTreeMap<String, usize> {
+/// `requests` requests through `upstream`, counted per backend that answered (`x-backend`).
+async fn split(proxy: &Proxy, upstream: &str, requests: usize) -> BTreeMap<String, usize> {
     let url = format!("http://{}/", proxy.upstream(upstream));
     let mut answered = BTreeMap::new();
-    for _ in 0..REQUESTS {
+    for _ in 0..requests {
         let reply = get(Version::HTTP_11, &url).await.expect("proxy answers");
         assert_eq!(reply.status, StatusCode::OK);
         let backend = reply.headers["x-backend"].to_str().unwrap().to_owned();
@@ -94,7 +94,7 @@ async fn weights_three_to_one_split_traffic_three_to_one() {
     assert_eq!(weights[&light.addr.to_string()], 1);
 
     for upstream in ["w-rr", "w-random", "w-least"] {
-        let answered = split(&proxy, upstream).await;
+        let answered = split(&proxy, upstream, REQUESTS).await;
         let heavy_share = answered.get("heavy").copied().unwrap_or(0) as f64 / REQUESTS as f64;
         eprintln!(
             "{upstream}: {answered:?} ({:.1} % heavy)",
@@ -154,13 +154,7 @@ async fn static_endpoints_take_their_configured_weight() {
     let weights = endpoint_weights(&proxy, "s-rr", 2).await;
     assert_eq!(weights[&heavy.addr.to_string()], 3);
     assert_eq!(weights[&light.addr.to_string()], 1);
-    let url = format!("http://{}/", proxy.upstream("s-rr"));
-    let mut answered = BTreeMap::<String, usize>::new();
-    for _ in 0..400 {
-        let reply = get(Version::HTTP_11, &url).await.expect("proxy answers");
-        let backend = reply.headers["x-backend"].to_str().unwrap().to_owned();
-        *answered.entry(backend).or_default() += 1;
-    }
+    let answered = split(&proxy, "s-rr", 400).await;
     // Smooth weighted round robin is exact.
     assert_eq!(answered["s-heavy"], 300, "{answered:?}");
     assert_eq!(answered["s-light"], 100, "{answered:?}");

@@ -26,6 +26,14 @@ fn errors(text: &str) -> Vec<String> {
     }
 }
 
+/// The key path of each `file:line:column: path: message` error.
+fn key_paths(errors: &[String]) -> Vec<&str> {
+    errors
+        .iter()
+        .map(|e| e.split(": ").nth(1).unwrap())
+        .collect()
+}
+
 const SERVICE: &str = "service:\n  name: web\n  port: 8080\n";
 
 /// Every YAML file under `dir` (recursively) loads; returns how many there were.
@@ -607,12 +615,8 @@ fn consul_tls_files_need_https_and_come_in_pairs() {
         "service: { name: web }\n\
          consul:\n  address: http://127.0.0.1:8500\n  ca_file: /ca.pem\n  client_cert: /c.pem\n",
     );
-    let paths: Vec<&str> = found
-        .iter()
-        .map(|e| e.split(": ").nth(1).unwrap())
-        .collect();
     assert_eq!(
-        paths,
+        key_paths(&found),
         ["consul.ca_file", "consul.client_cert", "consul.client_cert"],
         "{found:?}"
     );
@@ -648,12 +652,8 @@ fn resilience_values_are_checked() {
                 circuit_breaker: { failure_rate: { threshold: 1.5 } }\n    \
                 fault: { abort: { percent: 120, grpc_status: nope } }\n";
     let found = errors(text);
-    let paths: Vec<&str> = found
-        .iter()
-        .map(|e| e.split(": ").nth(1).unwrap())
-        .collect();
     assert_eq!(
-        paths,
+        key_paths(&found),
         [
             "upstreams[0].retries.attempts",
             "upstreams[0].circuit_breaker.failure_rate.threshold",
