@@ -149,9 +149,7 @@ impl<'a, T: Target> Candidates<'a, T> {
             }
         }
     }
-}
 
-impl<T: Target> Candidates<'_, T> {
     /// An eligible endpoint other than `skip`, drawn in proportion to weight.
     fn weighted_random(&self, skip: Option<usize>) -> Option<usize> {
         let drawable = |i: &usize| Some(*i) != skip && self.is_eligible(*i);
