@@ -131,10 +131,13 @@ async fn the_application_and_its_sidecar_are_registered_as_consul_documents() {
     let entries: Value = serde_json::from_str(&connect.body).expect("JSON");
     assert_eq!(entries[0]["Service"]["Port"], inbound.port(), "{entries}");
 
-    let text = prom::scrape(&proxy.admin_url("/metrics")).await;
+    // The agent stores a registration just before remora reads its answer.
+    let url = proxy.admin_url("/metrics");
     for service in ["web", "web-sidecar-proxy"] {
-        let registered = prom::value(&text, "remora_consul_registered", &[("service", service)]);
-        assert_eq!(registered, Some(1.0), "{service}");
+        let labels = [("service", service)];
+        let registered =
+            prom::wait_for_value(&url, "remora_consul_registered", &labels, 1.0, WITHIN).await;
+        assert_eq!(registered, 1.0, "{service}");
     }
     assert_eq!(registrations_metric(&proxy, "web", "success").await, 1.0);
     assert_eq!(registrations_metric(&proxy, "web", "failure").await, 0.0);
