@@ -74,19 +74,19 @@ async fn registrations_metric(proxy: &Proxy, service: &str, result: &str) -> f64
 async fn the_application_and_its_sidecar_are_registered_as_consul_documents() {
     let consul = ConsulStandIn::start();
     let app = http_backend("reg-app");
-    let service = "  id: web-1\n  tags: [v1, canary]\n  meta: { version: \"1.4.2\" }\n  \
+    let service = "  id: front-1\n  tags: [v1, canary]\n  meta: { version: \"1.4.2\" }\n  \
                    check: { http: /healthz, interval: 5s, timeout: 1500ms, deregister_after: 1m }\n";
     let consul_section = format!("{{ address: \"{}\" }}", consul.url());
-    let proxy = Proxy::start(&yaml(&consul_section, "web", app.addr.port(), service)).await;
+    let proxy = Proxy::start(&yaml(&consul_section, "front", app.addr.port(), service)).await;
     assert!(
         eventually(WITHIN, || consul.agent_service_ids().len() == 2).await,
         "registered: {:?}",
         consul.agent_service_ids()
     );
 
-    let app_body = consul.agent_service("web-1").expect("the application");
-    assert_eq!(app_body["Name"], "web");
-    assert_eq!(app_body["ID"], "web-1");
+    let app_body = consul.agent_service("front-1").expect("the application");
+    assert_eq!(app_body["Name"], "front");
+    assert_eq!(app_body["ID"], "front-1");
     assert_eq!(app_body["Tags"], serde_json::json!(["v1", "canary"]));
     assert_eq!(app_body["Meta"]["version"], "1.4.2");
     assert_eq!(app_body["Address"], "127.0.0.1");
@@ -103,28 +103,28 @@ async fn the_application_and_its_sidecar_are_registered_as_consul_documents() {
 
     let inbound = proxy.inbound();
     let sidecar = consul
-        .agent_service("web-1-sidecar-proxy")
+        .agent_service("front-1-sidecar-proxy")
         .expect("the sidecar");
     assert_eq!(sidecar["Kind"], "connect-proxy");
-    assert_eq!(sidecar["Name"], "web-sidecar-proxy");
+    assert_eq!(sidecar["Name"], "front-sidecar-proxy");
     assert_eq!(sidecar["Port"], inbound.port());
     assert_eq!(sidecar["Address"], "127.0.0.1");
     assert_eq!(sidecar["Tags"], serde_json::json!(["v1", "canary"]));
     let proxy_block = &sidecar["Proxy"];
-    assert_eq!(proxy_block["DestinationServiceName"], "web");
-    assert_eq!(proxy_block["DestinationServiceID"], "web-1");
+    assert_eq!(proxy_block["DestinationServiceName"], "front");
+    assert_eq!(proxy_block["DestinationServiceID"], "front-1");
     assert_eq!(proxy_block["LocalServiceAddress"], "127.0.0.1");
     assert_eq!(proxy_block["LocalServicePort"], app.addr.port());
     let checks = sidecar["Checks"].as_array().expect("sidecar checks");
     assert_eq!(checks[0]["TCP"], format!("127.0.0.1:{}", inbound.port()));
     assert_eq!(checks[0]["Interval"], "5s");
     assert_eq!(checks[0]["DeregisterCriticalServiceAfter"], "60s");
-    assert_eq!(checks[1]["AliasService"], "web-1");
+    assert_eq!(checks[1]["AliasService"], "front-1");
 
     // Other sidecars find this one through the connect endpoint, as Consul serves it.
     let connect = get(
         Version::HTTP_11,
-        &format!("{}/v1/health/connect/web?passing=1", consul.url()),
+        &format!("{}/v1/health/connect/front?passing=1", consul.url()),
     )
     .await
     .expect("stand-in answers");
@@ -133,14 +133,14 @@ async fn the_application_and_its_sidecar_are_registered_as_consul_documents() {
 
     // The agent stores a registration just before remora reads its answer.
     let url = proxy.admin_url("/metrics");
-    for service in ["web", "web-sidecar-proxy"] {
+    for service in ["front", "front-sidecar-proxy"] {
         let labels = [("service", service)];
         let registered =
             prom::wait_for_value(&url, "remora_consul_registered", &labels, 1.0, WITHIN).await;
         assert_eq!(registered, 1.0, "{service}");
     }
-    assert_eq!(registrations_metric(&proxy, "web", "success").await, 1.0);
-    assert_eq!(registrations_metric(&proxy, "web", "failure").await, 0.0);
+    assert_eq!(registrations_metric(&proxy, "front", "success").await, 1.0);
+    assert_eq!(registrations_metric(&proxy, "front", "failure").await, 0.0);
 
     // An in-process shutdown deregisters too.
     proxy.shutdown().await;
