@@ -390,7 +390,7 @@ pub struct ConsulConfig {
     #[serde(default = "default_consul_wait", with = "duration")]
     pub wait: Duration,
     /// CA certificates (PEM) that sign an `https://` agent's certificate;
-    /// default `CONSUL_CACERT`, then the system has none: required for https.
+    /// default `CONSUL_CACERT`. Required for https (no system roots are used).
     #[serde(default)]
     pub ca_file: Option<std::path::PathBuf>,
     /// Client certificate (PEM) for an agent with `verify_incoming`;
