@@ -15,10 +15,9 @@
 //! Weights: the two candidates are drawn in proportion to weight, and the
 //! cost compared is `cost / weight`, so an endpoint of weight 3 counts as
 //! loaded only when it has three times the cost of one of weight 1. Under
-//! concurrent load the in-flight
-//! requests then split by weight; at light, sequential load the cost is
-//! mostly latency, so the heavier endpoint is preferred more than its
-//! weight's share (with two endpoints of 3:1 and equal latency, nearly all
+//! concurrent load the in-flight requests then split by weight; at light,
+//! sequential load the cost is mostly latency, so the heavier endpoint is
+//! preferred more than its weight's share (with two endpoints of 3:1 and equal latency, nearly all
 //! requests go to the heavier one until its latency or in-flight count
 //! rises). Use `round_robin`, `random` or `least_request` for a split that
 //! follows the weights at every load. With equal weights nothing changes.
