@@ -7,9 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: procps for `kill` (signals to the real
-# binary), dnsmasq-base for a real DNS server (DNS SRV discovery).
+# binary), dnsmasq-base for a real DNS server (DNS SRV discovery), chromium
+# to load the admin dashboard headless, iptables, iproute2 (`ip netns`) and
+# util-linux (`setpriv`) for transparent mode's network-namespace tests.
 # bench/ needs wrk and haproxy, but the suite does not.
-packages=(procps dnsmasq-base)
+packages=(procps dnsmasq-base chromium iptables iproute2 util-linux)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

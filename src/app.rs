@@ -12,7 +12,10 @@ use tokio::net::TcpListener;
 
 use crate::admin::{self, AdminState, Readiness};
 use crate::client::ClientSettings;
-use crate::config::{Config, Discovery, ServiceProtocol, Timeouts, UpstreamProtocol};
+use crate::config::{
+    Config, Discovery, ServiceProtocol, Timeouts, TlsConfig, TlsSource, UpstreamConfig,
+    UpstreamProtocol,
+};
 use crate::consul;
 use crate::discovery::consul::{Watches, query_for};
 use crate::discovery::dns::DnsDiscoverer;
@@ -23,6 +26,13 @@ use crate::server::{self, Handler, HttpProtocol};
 use crate::stack;
 use crate::telemetry::metrics::{self, ConnectionMetrics};
 use crate::telemetry::spans::SpanExporter;
+use crate::tls::authorization::Authorizer;
+use crate::tls::files::PemFiles;
+use crate::tls::inbound::InboundTls;
+use crate::tls::outbound::UpstreamTls;
+use crate::tls::{Alpn, ExpectedIdentity, MeshTls};
+use crate::transparent::outbound::TransparentOutbound;
+use crate::transparent::routes::{Route, RouteTable};
 use crate::upstream::{Direction, Upstream, UpstreamSettings};
 
 /// The addresses remora actually bound (a configured port 0 becomes a real one).
@@ -32,6 +42,8 @@ pub struct BoundAddrs {
     pub inbound: Option<SocketAddr>,
     /// Upstream name → its outbound listener.
     pub upstreams: Vec<(String, SocketAddr)>,
+    /// The transparent outbound listener.
+    pub transparent: Option<SocketAddr>,
 }
 
 impl BoundAddrs {
@@ -82,6 +94,7 @@ struct Listener {
     direction: Direction,
     listener: TcpListener,
     handler: Handler,
+    tls: Option<Arc<InboundTls>>,
 }
 
 /// Binds everything the configuration asks for and starts serving.
@@ -98,6 +111,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let mut upstreams = Vec::new();
     let mut listeners = Vec::new();
     let mut discoverers = Vec::new();
+    let mesh_tls = config.tls.as_ref().map(start_tls).transpose()?;
+    let authorizer = (config.tls.as_ref())
+        .map(|tls| Arc::new(Authorizer::new(&tls.authorization, &config.service.name)));
 
     if let Some(inbound) = &config.inbound {
         let service = &config.service;
@@ -116,7 +132,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             protocol,
             policy: Default::default(),
             hash_on: None,
-            client: client_settings(&Timeouts::default()),
+            client: client_settings(&Timeouts::default(), None),
             circuit_breaker: None,
             outlier_detection: None,
             rate_limit: inbound.rate_limit.clone(),
@@ -135,6 +151,19 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             UpstreamProtocol::Http2 | UpstreamProtocol::Grpc => Some(HttpProtocol::Http2),
             UpstreamProtocol::Tcp => None,
         };
+        let tls = match &mesh_tls {
+            Some(mesh) => {
+                let (alpn, connection_authorizer) = match listen_protocol {
+                    Some(HttpProtocol::Http2) => (Alpn::Http2, None),
+                    Some(_) => (Alpn::Http, None),
+                    None => (Alpn::None, authorizer.clone()),
+                };
+                let tls = InboundTls::new(mesh, alpn, &service.name, connection_authorizer)
+                    .context("inbound TLS")?;
+                Some(Arc::new(tls))
+            }
+            None => None,
+        };
         listeners.push(Listener {
             name: "inbound".into(),
             direction: Direction::Inbound,
@@ -146,12 +175,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                     &config.tracing,
                     access_log,
                     spans.clone(),
+                    authorizer.clone(),
                 )
             }),
+            tls,
         });
     }
 
     let mut watches = Watches::default();
+    let mut routes = Vec::new();
     for upstream in &config.upstreams {
         // A Consul-discovered upstream starts empty (so not ready) until
         // its watch's first answer.
@@ -171,7 +203,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             protocol: upstream.protocol,
             policy: upstream.load_balancing.policy,
             hash_on: upstream.load_balancing.hash_on.clone(),
-            client: client_settings(&upstream.timeouts),
+            client: client_settings(
+                &upstream.timeouts,
+                upstream_tls(upstream, config, mesh_tls.as_ref())?,
+            ),
             circuit_breaker: upstream.circuit_breaker.clone(),
             outlier_detection: upstream.outlier_detection.clone(),
             rate_limit: upstream.rate_limit.clone(),
@@ -192,31 +227,58 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             UpstreamProtocol::Auto => Some(HttpProtocol::Auto),
             UpstreamProtocol::Tcp => None,
         };
-        let label = format!("upstream {}", upstream.name);
-        listeners.push(Listener {
-            name: upstream.name.clone(),
-            direction: Direction::Outbound,
-            listener: bind(upstream.listen, &label).await?,
-            handler: handler(listen_protocol, Arc::clone(&target), || {
-                stack::outbound(
-                    Arc::clone(&target),
-                    upstream,
-                    &config.tracing,
-                    access_log,
-                    spans.clone(),
-                )
-            }),
+        let handler = handler(listen_protocol, Arc::clone(&target), || {
+            stack::outbound(
+                Arc::clone(&target),
+                upstream,
+                &config.tracing,
+                access_log,
+                spans.clone(),
+            )
         });
+        if !upstream.hosts.is_empty() || !upstream.addresses.is_empty() {
+            routes.push(Route {
+                hosts: upstream.hosts.clone(),
+                addresses: upstream.addresses.clone(),
+                upstream: Arc::clone(&target),
+                http: match &handler {
+                    Handler::Http(_, service, _) => Some(service.clone()),
+                    _ => None,
+                },
+            });
+        }
+        if let Some(listen) = upstream.listen {
+            let label = format!("upstream {}", upstream.name);
+            listeners.push(Listener {
+                name: upstream.name.clone(),
+                direction: Direction::Outbound,
+                listener: bind(listen, &label).await?,
+                handler,
+                tls: None,
+            });
+        }
     }
+    let transparent = match &config.transparent {
+        Some(transparent) => Some((
+            bind(transparent.outbound_listen, "transparent outbound").await?,
+            Arc::new(TransparentOutbound::new(
+                transparent,
+                RouteTable::new(routes),
+            )),
+        )),
+        None => None,
+    };
 
-    let consul_client = if watches.is_empty() && !config.service.register {
+    let consul_tls = (config.tls.as_ref())
+        .is_some_and(|tls| tls.source == TlsSource::Consul || tls.authorization.intentions);
+    let consul_client = if watches.is_empty() && !consul_tls && !config.service.register {
         None
     } else {
-        Some(consul::Client::from_config(&config.consul)?)
+        Some(Arc::new(consul::Client::from_config(&config.consul)?))
     };
 
     let admin_listener = bind(config.admin.listen, "admin").await?;
-    let readiness = Arc::new(Readiness::new(upstreams.clone()));
+    let readiness = Arc::new(Readiness::new(upstreams.clone(), mesh_tls.clone()));
     let admin_state = Arc::new(AdminState {
         metrics: metrics_handle,
         readiness: Arc::clone(&readiness),
@@ -235,19 +297,41 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             .filter(|l| l.direction == Direction::Outbound)
             .map(|l| Ok((l.name.clone(), l.listener.local_addr()?)))
             .collect::<std::io::Result<_>>()?,
+        transparent: (transparent.as_ref())
+            .map(|(listener, _)| listener.local_addr())
+            .transpose()?,
     };
+    if let Some((listener, outbound)) = transparent {
+        listeners.push(Listener {
+            name: "transparent".into(),
+            direction: Direction::Outbound,
+            listener,
+            handler: Handler::Transparent(outbound),
+            tls: None,
+        });
+    }
     tracing::info!(addr = %bound.admin, "admin listening");
     tokio::spawn(admin::serve(admin_listener, admin_state));
 
     let drain = DrainController::new();
     let registrar = match &consul_client {
         Some(client) if config.service.register => Some(Registrar::spawn(
-            client.clone(),
+            Arc::clone(client),
             registration::services(config, bound.inbound),
             config.consul.sync_interval,
         )),
         _ => None,
     };
+    if let (Some(tls), Some(mesh)) = (&config.tls, &mesh_tls) {
+        spawn_tls_updates(
+            tls,
+            config,
+            mesh,
+            authorizer.as_deref(),
+            consul_client.as_ref(),
+            &drain.watch(),
+        );
+    }
     if let Some(client) = consul_client
         && !watches.is_empty()
     {
@@ -260,6 +344,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         tokio::spawn(server::accept_loop(
             listener.listener,
             listener.handler,
+            listener.tls,
             connection_metrics,
             drain.watch(),
         ));
@@ -293,11 +378,97 @@ fn handler(
     }
 }
 
-fn client_settings(timeouts: &Timeouts) -> ClientSettings {
+fn client_settings(timeouts: &Timeouts, tls: Option<Arc<UpstreamTls>>) -> ClientSettings {
     ClientSettings {
         connect_timeout: timeouts.connect,
         idle_timeout: timeouts.idle,
+        tls,
     }
+}
+
+/// The mesh TLS state; with `source: files`, the files are loaded now (a
+/// problem stops the start).
+fn start_tls(tls: &TlsConfig) -> anyhow::Result<Arc<MeshTls>> {
+    let mesh = MeshTls::new(tls.handshake_timeout);
+    if let Some(files) = pem_files(tls) {
+        files.load(&mesh).context("tls")?;
+    }
+    Ok(mesh)
+}
+
+fn pem_files(tls: &TlsConfig) -> Option<PemFiles> {
+    match (&tls.source, &tls.cert, &tls.key, &tls.ca) {
+        (TlsSource::Files, Some(cert), Some(key), Some(ca)) => Some(PemFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// Starts what keeps the TLS material and intentions current: the file
+/// reloader, or the Consul Connect CA watches; the intentions watch.
+fn spawn_tls_updates(
+    tls: &TlsConfig,
+    config: &Config,
+    mesh: &Arc<MeshTls>,
+    authorizer: Option<&Authorizer>,
+    consul: Option<&Arc<consul::Client>>,
+    drain: &Drain,
+) {
+    if let Some(files) = pem_files(tls) {
+        files.spawn_reloader(Arc::clone(mesh), tls.reload_interval, drain.clone());
+    }
+    let Some(consul) = consul else {
+        return;
+    };
+    if tls.source == TlsSource::Consul {
+        let service = tls
+            .service
+            .clone()
+            .unwrap_or_else(|| config.service.name.clone());
+        crate::tls::consul::spawn_ca_watches(Arc::clone(consul), service, Arc::clone(mesh), drain);
+    }
+    if let Some(intentions) = authorizer.and_then(Authorizer::intentions) {
+        crate::tls::consul::spawn_intentions_watch(
+            Arc::clone(consul),
+            config.service.name.clone(),
+            Arc::clone(intentions),
+            drain,
+        );
+    }
+}
+
+/// The mTLS origination of an upstream: on when `upstreams[].tls.enabled`
+/// says so, by default for Consul `connect: true` discovery; the expected
+/// identity is `tls.identity`, else the Consul service, else the upstream name.
+fn upstream_tls(
+    upstream: &UpstreamConfig,
+    config: &Config,
+    mesh: Option<&Arc<MeshTls>>,
+) -> anyhow::Result<Option<Arc<UpstreamTls>>> {
+    let consul = match &upstream.discovery {
+        Discovery::Consul(consul) => Some(consul),
+        Discovery::Static(_) | Discovery::Dns(_) => None,
+    };
+    let settings = upstream.tls.clone().unwrap_or_default();
+    let enabled = settings
+        .enabled
+        .unwrap_or_else(|| consul.is_some_and(|c| c.connect));
+    let Some(mesh) = mesh.filter(|_| enabled) else {
+        return Ok(None);
+    };
+    let service = (settings.identity.as_deref())
+        .or(consul.map(|c| c.service.as_str()))
+        .unwrap_or(&upstream.name);
+    let datacenter = consul
+        .and_then(|c| c.datacenter.as_deref())
+        .or(config.consul.datacenter.as_deref());
+    let expected = ExpectedIdentity::from_config(service, datacenter);
+    let tls = UpstreamTls::new(mesh, expected, &upstream.name)
+        .with_context(|| format!("upstream {}: TLS", upstream.name))?;
+    Ok(Some(Arc::new(tls)))
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

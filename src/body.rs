@@ -90,11 +90,20 @@ impl ResponseBody {
     /// A body streamed from an upstream; `release` runs when it ends. It
     /// fails when the upstream sends nothing for `idle`.
     pub fn upstream(body: Incoming, release: Release, idle: Duration) -> Self {
+        let mut body = Self::unreleased(body, idle);
+        body.release = Some(release);
+        body
+    }
+
+    /// A body streamed from a connection that belongs to no endpoint (the
+    /// transparent listener's passthrough), so nothing to release. It fails
+    /// when the upstream sends nothing for `idle`.
+    pub fn unreleased(body: Incoming, idle: Duration) -> Self {
         let idle = IdleTimeout {
             limit: idle,
             timer: None,
         };
-        Self::new(Inner::Upstream { body, idle }, Some(release))
+        Self::new(Inner::Upstream { body, idle }, None)
     }
 
     /// A body remora made itself.

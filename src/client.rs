@@ -6,10 +6,17 @@
 //! peer). A connection goes back to the pool only after its response body was
 //! read to the end; idle connections older than the idle timeout are closed, and
 //! at most [`MAX_IDLE_PER_ENDPOINT`] are kept.
+//!
+//! Towards a meshed upstream every connection originates mTLS (`tls`).
+//! ALPN offers what the connection will carry: `h2` for HTTP/2, `http/1.1`
+//! for a protocol upgrade, and both for an HTTP/1.1 request; when the server
+//! picks `h2` there, the connection becomes the endpoint's shared HTTP/2
+//! connection and later requests to the endpoint use HTTP/2 too.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,19 +27,32 @@ use tokio::time::Instant;
 
 use crate::body::RequestBody;
 use crate::error::ProxyError;
+use crate::tls::Alpn;
+use crate::tls::outbound::UpstreamTls;
+use crate::tls::stream::UpstreamIo;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 512;
 
 /// An HTTP/2 connection task, shared between the task that drives it and
 /// the client that reads its settings.
-type H2Connection = Arc<Mutex<http2::Connection<TokioIo<TcpStream>, RequestBody, TokioExecutor>>>;
+type H2Connection = Arc<Mutex<http2::Connection<TokioIo<UpstreamIo>, RequestBody, TokioExecutor>>>;
 
 /// Connection settings shared by all endpoints of an upstream.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Mesh mTLS towards the upstream, when on.
+    pub tls: Option<Arc<UpstreamTls>>,
+}
+
+/// What [`EndpointClient::connect_h1`] opened.
+pub enum Opened {
+    Http1(H1Sender),
+    /// The server chose `h2` by ALPN: the connection is now the endpoint's
+    /// shared HTTP/2 connection.
+    Http2,
 }
 
 pub type H1Sender = http1::SendRequest<RequestBody>;
@@ -52,6 +72,8 @@ pub struct EndpointClient {
     /// The current HTTP/2 connection itself (driven by its own task), for
     /// the upstream's SETTINGS_MAX_CONCURRENT_STREAMS.
     h2_connection: Mutex<Option<H2Connection>>,
+    /// The last TLS handshake for an HTTP/1.1 request chose `h2`.
+    negotiated_h2: AtomicBool,
 }
 
 impl EndpointClient {
@@ -62,6 +84,7 @@ impl EndpointClient {
             idle_h1: Mutex::new(Vec::new()),
             h2: tokio::sync::Mutex::new(None),
             h2_connection: Mutex::new(None),
+            negotiated_h2: AtomicBool::new(false),
         }
     }
 
@@ -110,16 +133,33 @@ impl EndpointClient {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A new HTTP/1.1 connection (which can be upgraded, e.g. to WebSocket).
-    pub async fn connect_h1(&self) -> Result<H1Sender, ProxyError> {
-        let io = self.connect_tcp().await?;
+    /// A new HTTP/1.1 connection (for an `upgrade`, e.g. to WebSocket, one
+    /// that can only be HTTP/1.1) — or, when the server chose `h2` by ALPN,
+    /// a new shared HTTP/2 connection.
+    pub async fn connect_h1(&self, upgrade: bool) -> Result<Opened, ProxyError> {
+        let alpn = if upgrade { Alpn::Http1 } else { Alpn::Http };
+        let (io, h2) = self.connect(alpn).await?;
+        if !upgrade {
+            self.negotiated_h2.store(h2, Ordering::Relaxed);
+        }
+        if h2 {
+            let mut shared = self.h2.lock().await;
+            *shared = Some(self.start_h2(io).await?);
+            return Ok(Opened::Http2);
+        }
         let (sender, connection) = http1::Builder::new()
             .writev(false)
             .handshake(io)
             .await
             .map_err(|source| self.handshake_failed(source))?;
         drive(connection.with_upgrades(), "HTTP/1.1");
-        Ok(sender)
+        Ok(Opened::Http1(sender))
+    }
+
+    /// True when the endpoint's server chose `h2` for HTTP/1.1 requests, so
+    /// they go over its HTTP/2 connection.
+    pub fn negotiated_h2(&self) -> bool {
+        self.negotiated_h2.load(Ordering::Relaxed)
     }
 
     /// The endpoint's HTTP/2 connection, opened on first use and reopened when
@@ -129,7 +169,14 @@ impl EndpointClient {
         if let Some(sender) = shared.as_ref().filter(|sender| !sender.is_closed()) {
             return Ok((sender.clone(), true));
         }
-        let io = self.connect_tcp().await?;
+        let (io, _) = self.connect(Alpn::Http2).await?;
+        let sender = self.start_h2(io).await?;
+        *shared = Some(sender.clone());
+        Ok((sender, false))
+    }
+
+    /// The HTTP/2 handshake on `io`; the connection is driven by its own task.
+    async fn start_h2(&self, io: TokioIo<UpstreamIo>) -> Result<H2Sender, ProxyError> {
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .handshake(io)
             .await
@@ -142,8 +189,7 @@ impl EndpointClient {
             std::future::poll_fn(move |cx| Pin::new(&mut *lock(&connection)).poll(cx)),
             "HTTP/2",
         );
-        *shared = Some(sender.clone());
-        Ok((sender, false))
+        Ok(sender)
     }
 
     /// How many streams the upstream accepts at once on the HTTP/2
@@ -166,8 +212,16 @@ impl EndpointClient {
         }
     }
 
-    /// A TCP connection to the endpoint, within the connect timeout.
-    pub async fn connect_tcp(&self) -> Result<TokioIo<TcpStream>, ProxyError> {
+    /// A connection for opaque TCP proxying (mTLS without ALPN when on).
+    pub async fn connect_tcp(&self) -> Result<UpstreamIo, ProxyError> {
+        let (io, _) = self.connect(Alpn::None).await?;
+        Ok(io.into_inner())
+    }
+
+    /// A TCP connection to the endpoint within the connect timeout, with
+    /// mTLS offering `alpn` when the upstream is meshed. The boolean says
+    /// whether the server chose `h2`.
+    async fn connect(&self, alpn: Alpn) -> Result<(TokioIo<UpstreamIo>, bool), ProxyError> {
         let addr = self.addr;
         let timeout = self.settings.connect_timeout;
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
@@ -179,7 +233,13 @@ impl EndpointClient {
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
-        Ok(TokioIo::new(stream))
+        match &self.settings.tls {
+            None => Ok((TokioIo::new(UpstreamIo::Plain(stream)), false)),
+            Some(tls) => {
+                let (stream, h2) = tls.connect(stream, addr, alpn).await?;
+                Ok((TokioIo::new(UpstreamIo::Tls(Box::new(stream))), h2))
+            }
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::balance::{EndpointLoad, InFlight, Target};
 use crate::body::{RequestBody, RequestBodyError};
-use crate::client::{ClientSettings, EndpointClient, H1Sender};
+use crate::client::{ClientSettings, EndpointClient, H1Sender, Opened};
 use crate::error::ProxyError;
 use crate::outlier::OutlierState;
 use crate::telemetry::metrics::EndpointMetrics;
@@ -102,6 +102,12 @@ impl Endpoint {
     ) -> Result<(Response<Incoming>, Release), SendError> {
         let mut in_flight = self.load.start();
         let started = Instant::now();
+        let version =
+            if version == UpstreamVersion::Http1 && !upgrade && self.client.negotiated_h2() {
+                UpstreamVersion::Http2
+            } else {
+                version
+            };
         let result = match version {
             UpstreamVersion::Http1 => self.send_h1(to_http1(request), upgrade).await,
             UpstreamVersion::Http2 => self.send_h2(to_http2(request, self.addr)).await,
@@ -154,8 +160,9 @@ impl Endpoint {
             let reused = pooled.is_some();
             let mut sender = match pooled {
                 Some(sender) => sender,
-                None => match self.client.connect_h1().await {
-                    Ok(sender) => sender,
+                None => match self.client.connect_h1(upgrade).await {
+                    Ok(Opened::Http1(sender)) => sender,
+                    Ok(Opened::Http2) => return self.send_h2(to_http2(request, self.addr)).await,
                     Err(error) => return Err(SendError::unsent(error, request)),
                 },
             };

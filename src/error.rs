@@ -21,6 +21,13 @@ pub enum ProxyError {
     },
     #[error("connecting to {addr} timed out after {timeout:?}")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("TLS handshake with {addr} failed: {source}")]
+    TlsHandshake {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("peer {peer} is not authorized to call this service")]
+    Forbidden { peer: String },
     #[error("HTTP handshake with {addr} failed: {source}")]
     Handshake {
         addr: SocketAddr,
@@ -46,6 +53,8 @@ pub enum ProxyError {
     Overloaded { upstream: String, limit: u32 },
     #[error("reading the request body from the client failed: {source}")]
     ClientBody { source: hyper::Error },
+    #[error("no upstream answers for {target} (transparent.unmatched: refuse)")]
+    NoRoute { target: String },
     #[error("fault injected: abort with {status}")]
     FaultAbort {
         status: StatusCode,
@@ -67,6 +76,8 @@ pub enum ErrorKind {
     Overloaded,
     FaultAbort,
     ClientBody,
+    Forbidden,
+    NoRoute,
 }
 
 impl ErrorKind {
@@ -82,6 +93,8 @@ impl ErrorKind {
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::FaultAbort => "fault_abort",
             ErrorKind::ClientBody => "client_body",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::NoRoute => "no_route",
         }
     }
 }
@@ -90,9 +103,9 @@ impl ProxyError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ProxyError::NoEndpoints { .. } => ErrorKind::NoEndpoints,
-            ProxyError::ConnectFailed { .. } | ProxyError::Handshake { .. } => {
-                ErrorKind::ConnectFailed
-            }
+            ProxyError::ConnectFailed { .. }
+            | ProxyError::TlsHandshake { .. }
+            | ProxyError::Handshake { .. } => ErrorKind::ConnectFailed,
             ProxyError::ConnectTimeout { .. } => ErrorKind::ConnectTimeout,
             ProxyError::UpstreamReset { .. } => ErrorKind::UpstreamReset,
             ProxyError::Timeout(_) | ProxyError::PerTryTimeout { .. } => ErrorKind::Timeout,
@@ -101,6 +114,8 @@ impl ProxyError {
             ProxyError::Overloaded { .. } => ErrorKind::Overloaded,
             ProxyError::FaultAbort { .. } => ErrorKind::FaultAbort,
             ProxyError::ClientBody { .. } => ErrorKind::ClientBody,
+            ProxyError::Forbidden { .. } => ErrorKind::Forbidden,
+            ProxyError::NoRoute { .. } => ErrorKind::NoRoute,
         }
     }
 
@@ -109,6 +124,7 @@ impl ProxyError {
         match self {
             ProxyError::ConnectFailed { addr, .. }
             | ProxyError::ConnectTimeout { addr, .. }
+            | ProxyError::TlsHandshake { addr, .. }
             | ProxyError::Handshake { addr, .. }
             | ProxyError::UpstreamReset { addr, .. } => Some(*addr),
             ProxyError::PerTryTimeout { addr, .. } => *addr,
@@ -118,7 +134,9 @@ impl ProxyError {
             | ProxyError::CircuitOpen { .. }
             | ProxyError::Overloaded { .. }
             | ProxyError::FaultAbort { .. }
-            | ProxyError::ClientBody { .. } => None,
+            | ProxyError::ClientBody { .. }
+            | ProxyError::Forbidden { .. }
+            | ProxyError::NoRoute { .. } => None,
         }
     }
 

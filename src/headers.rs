@@ -10,6 +10,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Header remora sets on the responses it makes itself; never sent upstream.
 pub const X_REMORA_ERROR: HeaderName = HeaderName::from_static("x-remora-error");
+/// The verified mTLS identity of the caller, set by the inbound sidecar for
+/// the application; removed from every request that arrives with it.
+pub const X_REMORA_CLIENT_ID: HeaderName = HeaderName::from_static("x-remora-client-id");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 

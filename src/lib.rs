@@ -31,4 +31,6 @@ pub mod server;
 pub mod stack;
 pub mod tcp;
 pub mod telemetry;
+pub mod tls;
+pub mod transparent;
 pub mod upstream;

@@ -61,7 +61,9 @@ impl Outcome {
             | ErrorKind::CircuitOpen
             | ErrorKind::Overloaded
             | ErrorKind::FaultAbort
-            | ErrorKind::ClientBody => Outcome::Refused,
+            | ErrorKind::ClientBody
+            | ErrorKind::Forbidden
+            | ErrorKind::NoRoute => Outcome::Refused,
         }
     }
 

@@ -119,12 +119,13 @@ mod tests {
         let settings = ClientSettings {
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(60),
+            tls: None,
         };
         (0..n)
             .map(|i| {
                 Arc::new(Endpoint::new(
                     ([127, 0, 0, 1], 9000 + i).into(),
-                    settings,
+                    settings.clone(),
                     "test",
                 ))
             })

@@ -174,11 +174,10 @@ impl Registrar {
     /// Starts registering `services` (at once, then checked every
     /// `sync_interval`).
     pub fn spawn(
-        client: Client,
+        client: Arc<Client>,
         services: Vec<ServiceRegistration>,
         sync_interval: Duration,
     ) -> Registrar {
-        let client = Arc::new(client);
         let ids = services.iter().map(|service| service.id.clone()).collect();
         for service in &services {
             metrics::register_registration(&service.name);

@@ -6,6 +6,11 @@
 //! Malformed HTTP/1.1 requests are answered 400 / 431 by hyper and only that
 //! connection is closed. On drain, the accept loop stops and each connection
 //! shuts down gracefully (see `drain`).
+//!
+//! With mesh mTLS on a listener, each connection's TLS handshake runs in the
+//! connection's own task (so a slow client holds up no one); the protocol
+//! chosen by ALPN overrides the listener's, and the peer's verified identity
+//! travels with every request as an extension (see `tls`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +22,8 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 use crate::drain::Drain;
@@ -26,6 +32,9 @@ use crate::idle::{Activity, IdleIo};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 use crate::stack::HttpService;
 use crate::telemetry::metrics::ConnectionMetrics;
+use crate::tls::PeerIdentity;
+use crate::tls::inbound::{InboundTls, Negotiated};
+use crate::transparent::outbound::TransparentOutbound;
 use crate::upstream::Upstream;
 
 /// A client that does not finish sending its request headers within this
@@ -51,12 +60,15 @@ pub enum Handler {
     /// An HTTP listener; connections idle for the duration are closed.
     Http(HttpProtocol, HttpService, Duration),
     Tcp(Arc<Upstream>),
+    /// The transparent outbound listener (iptables-redirected connections).
+    Transparent(Arc<TransparentOutbound>),
 }
 
 /// Accepts connections until the drain starts.
 pub async fn accept_loop(
     listener: TcpListener,
     handler: Handler,
+    tls: Option<Arc<InboundTls>>,
     metrics: ConnectionMetrics,
     mut drain: Drain,
 ) {
@@ -81,33 +93,77 @@ pub async fn accept_loop(
         let client = ClientAddr(peer);
         let live = drain.track();
         let handler = handler.clone();
+        let tls = tls.clone();
         let drain = drain.clone();
         tokio::spawn(async move {
-            match handler {
-                Handler::Http(protocol, service, idle) => {
-                    serve_http(stream, client, protocol, service, idle, drain).await
+            match (tls, handler) {
+                // Redirected plaintext from the local application: never TLS,
+                // and the raw socket is needed for its original destination.
+                (_, Handler::Transparent(transparent)) => {
+                    transparent.serve(stream, client, drain).await
                 }
-                Handler::Tcp(upstream) => crate::tcp::proxy(stream, upstream).await,
+                (None, handler) => serve(stream, client, None, handler, drain).await,
+                (Some(tls), handler) => {
+                    if let Some(accepted) = tls.accept(stream, peer).await {
+                        let handler = match (handler, accepted.negotiated) {
+                            (Handler::Http(_, service, idle), Some(Negotiated::Http2)) => {
+                                Handler::Http(HttpProtocol::Http2, service, idle)
+                            }
+                            (Handler::Http(_, service, idle), Some(Negotiated::Http1)) => {
+                                Handler::Http(HttpProtocol::Http1, service, idle)
+                            }
+                            (handler, _) => handler,
+                        };
+                        serve(accepted.stream, client, accepted.peer, handler, drain).await;
+                    }
+                }
             }
             drop((open, live));
         });
     }
 }
 
-async fn serve_http(
-    stream: TcpStream,
+/// Serves one accepted (and, with TLS, handshaken) connection.
+async fn serve<S>(
+    stream: S,
     client: ClientAddr,
+    peer: Option<PeerIdentity>,
+    handler: Handler,
+    drain: Drain,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match handler {
+        Handler::Http(protocol, service, idle) => {
+            serve_http(stream, client, peer, protocol, service, idle, drain).await
+        }
+        Handler::Tcp(upstream) => crate::tcp::proxy(stream, upstream).await,
+        Handler::Transparent(_) => unreachable!("served by accept_loop on the raw socket"),
+    }
+}
+
+/// Serves HTTP on one accepted connection until it ends, is idle for `idle`
+/// or is drained.
+pub(crate) async fn serve_http<S>(
+    stream: S,
+    client: ClientAddr,
+    peer: Option<PeerIdentity>,
     protocol: HttpProtocol,
     service: HttpService,
     idle: Duration,
     drain: Drain,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Activity::new();
     let io = TokioIo::new(IdleIo::new(stream, Arc::clone(&activity)));
     let idle = crate::idle::expired(&activity, idle);
     let service =
         TowerToHyperService::new(service.map_request(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(client);
+            if let Some(peer) = &peer {
+                request.extensions_mut().insert(peer.clone());
+            }
             request
         }));
     let result = match protocol {

@@ -13,6 +13,7 @@ use tower::util::BoxCloneSyncService;
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::{InboundConfig, TracingConfig, UpstreamConfig};
 use crate::forward::Forward;
+use crate::middleware::authorization::AuthorizationLayer;
 use crate::middleware::circuit_breaker::CircuitBreakerLayer;
 use crate::middleware::concurrency::ConcurrencyLimitLayer;
 use crate::middleware::error_response::ErrorResponseLayer;
@@ -23,6 +24,7 @@ use crate::middleware::retry::RetryLayer;
 use crate::middleware::timeout::TimeoutLayer;
 use crate::middleware::trace_context::TraceContextLayer;
 use crate::telemetry::spans::SpanExporter;
+use crate::tls::authorization::Authorizer;
 use crate::upstream::{Direction, Upstream};
 
 /// The service behind an HTTP listener.
@@ -76,6 +78,7 @@ pub fn inbound(
     tracing: &TracingConfig,
     access_log: f64,
     spans: Option<SpanExporter>,
+    authorizer: Option<Arc<Authorizer>>,
 ) -> HttpService {
     let direction = Direction::Inbound;
     let name = app.name().to_owned();
@@ -91,6 +94,7 @@ pub fn inbound(
             spans,
         ))
         .layer(ErrorResponseLayer)
+        .layer(AuthorizationLayer::new(authorizer))
         .option_layer(
             (config.rate_limit.as_ref()).map(|limit| RateLimitLayer::new(limit, direction, name)),
         )

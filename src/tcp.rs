@@ -3,11 +3,12 @@
 //! the write half towards the other side and keeps copying the other way, so
 //! half-closed protocols work. Discovery, balancing, connect timeout,
 //! backoff, circuit breaking and outlier detection are the same as for HTTP,
-//! at connection granularity: a connection is a success once connected.
+//! at connection granularity: a connection is a success once connected
+//! (for a meshed upstream: once the mTLS handshake is done).
 
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::outcome::Outcome;
@@ -15,7 +16,10 @@ use crate::telemetry::metrics;
 use crate::upstream::Upstream;
 
 /// Proxies one client connection until both directions have finished.
-pub async fn proxy(mut client: TcpStream, upstream: Arc<Upstream>) {
+pub async fn proxy<S>(mut client: S, upstream: Arc<Upstream>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let admission = match upstream
         .circuit_breaker()
         .map(|b| b.admit(None))
@@ -62,7 +66,7 @@ pub async fn proxy(mut client: TcpStream, upstream: Arc<Upstream>) {
             }
         }
     };
-    let mut server = server.into_inner();
+    let mut server = server;
     match tokio::io::copy_bidirectional(&mut client, &mut server).await {
         Ok((sent, received)) => metrics::tcp_bytes(upstream.name(), sent, received),
         Err(error) => {

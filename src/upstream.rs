@@ -28,6 +28,7 @@ use crate::middleware::circuit_breaker::CircuitBreaker;
 use crate::outcome::Outcome;
 use crate::outlier::OutlierDetector;
 use crate::telemetry::metrics;
+use crate::telemetry::totals::RequestTotals;
 
 /// Where traffic through a listener comes from and goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,33 +61,6 @@ pub struct UpstreamSettings {
     pub outlier_detection: Option<OutlierDetection>,
     /// The listener's rate limit, shown by the admin `/upstreams`.
     pub rate_limit: Option<RateLimitConfig>,
-}
-
-/// Requests of an upstream's listener since start, and how many of them got a
-/// proxy-made error response: counted by the observe layer when a response
-/// ends, read by the admin `/upstreams`.
-#[derive(Debug, Default)]
-pub struct RequestTotals {
-    requests: AtomicU64,
-    errors: AtomicU64,
-}
-
-impl RequestTotals {
-    /// Counts one finished request; `error` when remora made the response.
-    pub fn record(&self, error: bool) {
-        self.requests.fetch_add(1, Relaxed);
-        if error {
-            self.errors.fetch_add(1, Relaxed);
-        }
-    }
-
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Relaxed)
-    }
-
-    pub fn errors(&self) -> u64 {
-        self.errors.load(Relaxed)
-    }
 }
 
 /// An upstream and its live endpoint set.
@@ -246,10 +220,9 @@ fn build_balancer(
     let members = addrs
         .iter()
         .map(|&WeightedAddr { addr, weight }| {
-            let target = existing
-                .get(&addr)
-                .cloned()
-                .unwrap_or_else(|| Arc::new(Endpoint::new(addr, settings.client, &settings.name)));
+            let target = existing.get(&addr).cloned().unwrap_or_else(|| {
+                Arc::new(Endpoint::new(addr, settings.client.clone(), &settings.name))
+            });
             Member {
                 id: addr.to_string(),
                 target,

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::Full;
 
-use support::{Proxy, get, http_backend, prom, send};
+use support::{Proxy, dead_addr, get, http_backend, prom, send};
 
 const METRIC_WAIT: Duration = Duration::from_secs(2);
 
@@ -28,11 +28,6 @@ fn yaml(name: &str, endpoints: &[SocketAddr]) -> String {
          logging: {{ access_log: false }}\n",
         endpoints.join(", ")
     )
-}
-
-fn dead_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
 }
 
 #[test]

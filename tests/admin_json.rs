@@ -5,20 +5,14 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{StatusCode, Version};
 use serde_json::Value;
 
-use support::{Proxy, get, http_backend};
+use support::{Proxy, dead_addr, get, http_backend};
 
 const WAIT: Duration = Duration::from_secs(3);
-
-fn dead_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
 
 async fn admin_json(proxy: &Proxy, path: &str) -> Value {
     let reply = get(Version::HTTP_11, &proxy.admin_url(path)).await.unwrap();
@@ -148,12 +142,17 @@ async fn upstreams_show_settings_breaker_rate_limit_and_totals() {
         statuses.push(get(Version::HTTP_11, &url).await.unwrap().status.as_u16());
     }
     assert_eq!(statuses, [200, 200, 429]);
+    let refused = format!(
+        "http://{}/private/path?token=secret",
+        proxy.upstream("aj-limited")
+    );
+    assert_eq!(get(Version::HTTP_11, &refused).await.unwrap().status, 429);
 
     // Totals are counted when a response body ends; poll briefly.
     let deadline = Instant::now() + WAIT;
     let document = loop {
         let document = admin_json(&proxy, "/upstreams").await;
-        if upstream(&document, "aj-limited")["requests"] == 3 || Instant::now() >= deadline {
+        if upstream(&document, "aj-limited")["requests"] == 4 || Instant::now() >= deadline {
             break document;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -168,8 +167,28 @@ async fn upstreams_show_settings_breaker_rate_limit_and_totals() {
         "{limited}"
     );
     assert_eq!(limited["endpoints"], 1);
-    assert_eq!(limited["requests"], 3, "{limited}");
-    assert_eq!(limited["errors"], 1, "{limited}");
+    assert_eq!(limited["requests"], 4, "{limited}");
+    assert_eq!(limited["errors"], 2, "{limited}");
+    let bounds = limited["latency"]["bounds_ms"].as_array().unwrap();
+    let counts = limited["latency"]["counts"].as_array().unwrap();
+    assert_eq!((bounds.len(), counts.len()), (14, 15), "{limited}");
+    assert_eq!(
+        (bounds[0].as_f64(), bounds[13].as_f64()),
+        (Some(0.5), Some(10_000.0))
+    );
+    let counted: u64 = counts.iter().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(counted, 4, "every request in one latency bucket");
+
+    // The two 429s, newest first, without the query.
+    let errors = admin_json(&proxy, "/errors").await;
+    let errors = errors["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(errors[0]["upstream"], "aj-limited");
+    assert_eq!(errors[0]["kind"], "rate_limited");
+    assert_eq!(errors[0]["status"], 429);
+    assert_eq!(errors[0]["path"], "/private/path");
+    assert_eq!(errors[1]["path"], "/");
+    assert!(errors[0]["time"].as_f64() >= errors[1]["time"].as_f64());
 
     let plain = upstream(&document, "aj-plain");
     assert_eq!(plain["circuit_breaker"], "none");

@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,11 +16,12 @@ use serde_json::Value;
 use tokio_rustls::rustls::RootCertStore;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::crypto::ring;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 
 use support::consul::ConsulStandIn;
-use support::{Proxy, ProxyProcess, get, http_backend, prom};
+use support::{Proxy, ProxyProcess, get, http_backend, prom, tls};
 
 const WITHIN: Duration = Duration::from_secs(5);
 
@@ -277,66 +277,46 @@ async fn sigterm_deregisters_both_before_draining() {
     assert_eq!(consul.agent_deregistrations(), 2);
 }
 
-/// PEM files of a CA, a server certificate for 127.0.0.1 and a client certificate, and the
-/// stand-in's TLS configuration (client certificates required).
-struct Pki {
-    dir: PathBuf,
-    server: ServerConfig,
-}
-
-fn pki(name: &str) -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf = |san: &str| {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec![san.to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
-        (cert, key)
-    };
-    let (server_cert, server_key) = leaf("127.0.0.1");
-    let (client_cert, client_key) = leaf("remora-client");
-
-    let dir = std::env::temp_dir().join(format!("remora-consul-tls-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("client.pem"), client_cert.pem()).unwrap();
-    std::fs::write(dir.join("client-key.pem"), client_key.serialize_pem()).unwrap();
-
+/// The stand-in agent's TLS: a server certificate for 127.0.0.1 from `ca`, client
+/// certificates required (`verify_incoming`) and verified against `ca`.
+fn agent_tls(ca: &tls::Ca) -> ServerConfig {
+    let leaf = ca.leaf_for_ip([127, 0, 0, 1].into(), 1);
     let provider = Arc::new(ring::default_provider());
     let mut roots = RootCertStore::empty();
-    roots.add(ca.der().clone()).unwrap();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+        .unwrap();
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .unwrap();
-    let server = ServerConfig::builder_with_provider(provider)
+    ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_client_cert_verifier(verifier)
         .with_single_cert(
-            vec![CertificateDer::from(server_cert.der().to_vec())],
-            PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+            vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap(),
         )
-        .unwrap();
-    Pki { dir, server }
+        .unwrap()
 }
 
 #[tokio::test]
 async fn registers_over_https_with_a_ca_file_and_a_client_certificate() {
-    let (pki, other) = (pki("ok"), pki("other"));
-    let consul = ConsulStandIn::start_tls(pki.server.clone());
+    let ca = tls::Ca::new("agent CA");
+    let other = tls::Ca::new("another CA");
+    // ca.pem, cert.pem (the client certificate) and key.pem.
+    let client = tls::TlsFiles::new(&ca.leaf("remora", 2), &ca);
+    let elsewhere = tls::TlsFiles::new(&other.leaf("remora", 3), &other);
+    let consul = ConsulStandIn::start_tls(agent_tls(&ca));
     assert!(consul.url().starts_with("https://"));
     let app = http_backend("reg-tls");
-    let file = |name: &str| pki.dir.join(name).display().to_string();
+    let file = |name: &str| client.dir.join(name).display().to_string();
     let consul_section = format!(
         "{{ address: \"{}\", ca_file: \"{}\", client_cert: \"{}\", client_key: \"{}\" }}",
         consul.url(),
         file("ca.pem"),
-        file("client.pem"),
-        file("client-key.pem"),
+        file("cert.pem"),
+        file("key.pem"),
     );
     // Discovery goes through the same client: an upstream on this very service's sidecars.
     let upstream = "upstreams:\n  - name: self\n    listen: 127.0.0.1:0\n    \
@@ -377,13 +357,13 @@ async fn registers_over_https_with_a_ca_file_and_a_client_certificate() {
     let untrusted = format!(
         "{{ address: \"{}\", ca_file: \"{}\", client_cert: \"{}\", client_key: \"{}\" }}",
         consul.url(),
-        other.dir.join("ca.pem").display(),
-        file("client.pem"),
-        file("client-key.pem"),
+        elsewhere.dir.join("ca.pem").display(),
+        file("cert.pem"),
+        file("key.pem"),
     );
     refused(&consul, &untrusted, "untrusted").await;
-    let _ = std::fs::remove_dir_all(&pki.dir);
-    let _ = std::fs::remove_dir_all(&other.dir);
+    let _ = std::fs::remove_dir_all(&client.dir);
+    let _ = std::fs::remove_dir_all(&elsewhere.dir);
 }
 
 /// A proxy for `name` whose TLS to the agent fails: failures are counted, nothing registers.
@@ -410,7 +390,7 @@ async fn the_shipped_consul_config_registers_against_the_stand_in() {
     config.inbound.as_mut().expect("inbound").listen = "127.0.0.1:0".parse().unwrap();
     config.admin.listen = "127.0.0.1:0".parse().unwrap();
     for upstream in &mut config.upstreams {
-        upstream.listen = "127.0.0.1:0".parse().unwrap();
+        upstream.listen = Some("127.0.0.1:0".parse().unwrap());
     }
     let running = remora::app::start(&config).await.expect("starts");
     assert!(

@@ -110,32 +110,6 @@ fn answers_within(port: u16, within: Duration) -> bool {
     false
 }
 
-/// True when `dnsmasq` can run here, installing it first when we are root.
-fn dnsmasq_available() -> bool {
-    let runs = || {
-        Command::new("dnsmasq")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success())
-    };
-    if runs() {
-        return true;
-    }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| out.stdout.starts_with(b"0\n"));
-    if root {
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "-qq", "dnsmasq-base"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status();
-    }
-    runs()
-}
-
 /// A port free for both UDP and TCP (dnsmasq listens on both), taken below
 /// the kernel's ephemeral range (32768–60999) so that no outgoing connection
 /// of this or another test can take it between now and dnsmasq's start.
@@ -229,7 +203,7 @@ async fn hammer(proxy: SocketAddr, duration: Duration, expected: &str) -> (usize
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
-    if !dnsmasq_available() {
+    if !support::debian::tool_available("dnsmasq", "dnsmasq-base") {
         eprintln!(
             "SKIPPED dns_discovery: dnsmasq is not installed and cannot be installed \
              (not root); install Debian `dnsmasq-base` or run scripts/test.sh as root"

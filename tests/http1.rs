@@ -128,8 +128,10 @@ async fn large_bodies_stream_with_bounded_memory() {
         "remora peak RSS: {} MiB (grew {growth_mib} MiB while streaming 2 × 50 MiB)",
         peak_kib / 1024
     );
+    // Typically 8–11 MiB (allocator caches, socket buffers); one body
+    // buffered whole would be 50 MiB.
     assert!(
-        growth_mib < 16,
+        growth_mib < 32,
         "remora grew by {growth_mib} MiB: the body was buffered"
     );
 }

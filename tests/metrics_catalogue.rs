@@ -4,12 +4,12 @@
 //! stand-in) is driven until the event-only
 //! metrics have happened, then every exported metric must be in the table with the same type
 //! and label names, and every metric in the table must be exported — except those the table
-//! marks *Appears after …*, which may be missing but must match when present.
+//! marks *Appears after …*, which may be missing but must match when present. A second proxy
+//! with mesh mTLS adds the TLS and authorization metrics.
 
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{StatusCode, Version};
@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::consul::ConsulStandIn;
-use support::{Proxy, get, http_backend, prom, tcp_echo};
+use support::{Proxy, dead_addr, get, http_backend, prom, tcp_echo, tls};
 
 /// A metric as documented or exported: type and label names.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,11 +87,6 @@ fn exported(text: &str) -> BTreeMap<String, Shape> {
     metrics
 }
 
-fn dead_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
 #[tokio::test]
 async fn every_exported_metric_is_documented_and_every_documented_one_exported() {
     let backend = http_backend("cat-http");
@@ -116,6 +111,7 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
          \x20 - name: cat-tcp\n    listen: 127.0.0.1:0\n    protocol: tcp\n    \
          discovery: {{ static: [{echo}] }}\n\
          admin: {{ listen: 127.0.0.1:0 }}\n\
+         transparent: {{ outbound_listen: 127.0.0.1:0 }}\n\
          logging: {{ access_log: false }}\n\
          tracing: {{ otlp: {{ endpoint: \"http://{dead}/v1/traces\" }} }}\n",
         app = app.addr.port(),
@@ -123,6 +119,19 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
         consul = consul.url(),
     );
     let proxy = Proxy::start(&yaml).await;
+    // A second sidecar with mesh mTLS and authorization (the recorder is process-wide, so its
+    // metrics show on the first one's /metrics too).
+    let ca = tls::Ca::new("catalogue CA");
+    let tls_files = tls::TlsFiles::new(&ca.leaf("cat-tls", 1), &ca);
+    let _tls_proxy = Proxy::start(&format!(
+        "service: {{ name: cat-tls, port: {app} }}\n\
+         inbound: {{ listen: 127.0.0.1:0 }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         logging: {{ access_log: false }}\n{}",
+        tls_files.yaml("  authorization: { deny: [web] }\n"),
+        app = app.addr.port(),
+    ))
+    .await;
 
     // Round robin over a live and a dead endpoint: a failed connect, resent to the live one.
     let http = format!("http://{}", proxy.upstream("cat-http"));

@@ -98,6 +98,7 @@ async fn two_hops_export_parented_client_and_server_spans() {
         );
         assert!(span.attr("server.address").is_some(), "{span:?}");
         assert_eq!(span.attr("error.type"), None);
+        assert_eq!(span.attr("remora.retry_count").as_deref(), Some("0"));
     }
     assert_eq!(on_a.attr("remora.upstream").as_deref(), Some("b"));
     assert_eq!(on_a.attr("remora.endpoint"), Some(b.inbound().to_string()));
@@ -153,6 +154,31 @@ async fn error_type_when_remora_answers_and_unsampled_traces_are_not_exported() 
         Some("502")
     );
     assert!(spans[0].span.parent_span_id.is_empty(), "a new trace");
+}
+
+#[tokio::test]
+async fn a_retried_request_has_one_span_with_its_retry_count() {
+    let collector = otlp_collector(Duration::ZERO);
+    let app = http_backend("otlp-retried");
+    let yaml = format!(
+        "service: {{ name: caller }}\n\
+         upstreams:\n  - name: app\n    listen: 127.0.0.1:0\n    discovery: {{ static: [{app}] }}\n    \
+         retries: {{ attempts: 3, on: [\"503\"], backoff: {{ base: 1ms, max: 2ms }} }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         tracing: {{ otlp: {{ endpoint: \"{endpoint}\", flush_interval: 20ms }} }}\n\
+         logging: {{ access_log: false }}\n",
+        app = app.addr,
+        endpoint = collector.endpoint(),
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let url = format!("http://{}/status/503", proxy.upstream("app"));
+    assert_eq!(get(Version::HTTP_11, &url).await.unwrap().status, 503);
+    let spans = collector.wait_for(1).await;
+    assert_eq!(spans[0].attr("remora.retry_count").as_deref(), Some("2"));
+    assert_eq!(
+        spans[0].attr("http.response.status_code").as_deref(),
+        Some("503")
+    );
 }
 
 /// Time for `count` sequential requests through `proxy`.

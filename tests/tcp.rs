@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{Proxy, prom, tcp_echo};
+use support::{Proxy, dead_addr, prom, tcp_echo};
 
 /// Longest any single exchange may take before the test calls it a hang.
 const HANG: Duration = Duration::from_secs(10);
@@ -24,12 +24,6 @@ fn tcp_upstream_yaml(name: &str, endpoint: SocketAddr) -> String {
          admin: {{ listen: 127.0.0.1:0 }}\n\
          logging: {{ access_log: false }}\n"
     )
-}
-
-/// An address that refuses connections: bound to learn a free port, then closed.
-fn dead_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
 }
 
 async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {

@@ -1,11 +1,14 @@
-//! `/endpoints` and `/upstreams`: what the proxy knows about its upstreams
-//! right now, as JSON for operators and scripts.
+//! `/endpoints`, `/upstreams` and `/errors`: what the proxy knows about its
+//! upstreams right now, as JSON for operators, scripts and the dashboard.
 //!
 //! An endpoint's state is `ejected` while outlier detection keeps it out,
 //! else `backing_off` while it waits after failed connects, else `healthy`.
 //! `requests` / `errors` of an upstream count the requests of its listener
 //! since start and those answered with a proxy-made error (the same events as
-//! `remora_requests_total` and `remora_proxy_errors_total`).
+//! `remora_requests_total` and `remora_proxy_errors_total`); `latency` counts
+//! them per bucket of `remora_request_duration_seconds` (not cumulative, the
+//! last bucket above 10 s). `/errors` lists the last proxy-made errors of
+//! every upstream, newest first.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,6 +16,8 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::endpoint::Endpoint;
+use crate::telemetry::metrics::DURATION_BUCKETS;
+use crate::telemetry::totals::RECENT_ERRORS;
 use crate::upstream::Upstream;
 
 /// `GET /endpoints`.
@@ -66,10 +71,46 @@ pub fn upstreams(upstreams: &[std::sync::Arc<Upstream>]) -> Value {
                 "endpoints": upstream.endpoint_count(),
                 "requests": totals.requests(),
                 "errors": totals.errors(),
+                "latency": {
+                    "bounds_ms": DURATION_BUCKETS.map(|seconds| seconds * 1e3),
+                    "counts": totals.latency_counts(),
+                },
             })
         })
         .collect();
     json!({ "upstreams": upstreams })
+}
+
+/// `GET /errors`: the last proxy-made errors of all upstreams, newest first,
+/// at most [`RECENT_ERRORS`].
+pub fn errors(upstreams: &[std::sync::Arc<Upstream>]) -> Value {
+    let mut recent: Vec<(&Upstream, _)> = upstreams
+        .iter()
+        .flat_map(|upstream| {
+            let errors = upstream.totals().recent_errors();
+            errors
+                .into_iter()
+                .map(move |error| (upstream.as_ref(), error))
+        })
+        .collect();
+    recent.sort_by_key(|(_, error)| std::cmp::Reverse(error.at));
+    recent.truncate(RECENT_ERRORS);
+    let errors: Vec<Value> = recent
+        .into_iter()
+        .map(|(upstream, error)| {
+            json!({
+                "time": unix_seconds(error.at),
+                "upstream": upstream.name(),
+                "direction": upstream.settings.direction.as_str(),
+                "kind": error.kind.as_str(),
+                "status": error.status,
+                "method": error.method.as_str(),
+                "path": error.path,
+                "endpoint": error.endpoint.map(|addr| addr.to_string()),
+            })
+        })
+        .collect();
+    json!({ "errors": errors })
 }
 
 fn state(endpoint: &Endpoint, now: Instant) -> &'static str {

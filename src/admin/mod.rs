@@ -1,6 +1,10 @@
 //! The admin listener (loopback by default): `/live`, `/ready`, `/metrics`,
-//! `/config`, `/endpoints` and `/upstreams`. Only `GET` (and `HEAD`) is served; anything else gets 405, an
-//! unknown path 404. It stays up while the proxy drains, so `/ready` can say so.
+//! `/config`, `/endpoints`, `/upstreams`, `/errors`, and at `/` a live
+//! dashboard — one self-contained page (`dashboard.html`: inline script and
+//! style, no network beyond this listener, enforced by its
+//! Content-Security-Policy) that polls the JSON endpoints. Only `GET` (and
+//! `HEAD`) is served; anything else gets 405, an unknown path 404. It stays up
+//! while the proxy drains, so `/ready` can say so.
 
 mod json;
 mod readiness;
@@ -68,6 +72,7 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
         );
     }
     match request.uri().path() {
+        "/" => dashboard(),
         "/live" => text(StatusCode::OK, "live\n".into()),
         "/ready" => match state.readiness.not_ready_reason() {
             None => text(StatusCode::OK, "ready\n".into()),
@@ -88,6 +93,7 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
         }
         "/endpoints" => json_reply(&json::endpoints(&state.upstreams)),
         "/upstreams" => json_reply(&json::upstreams(&state.upstreams)),
+        "/errors" => json_reply(&json::errors(&state.upstreams)),
         "/config" => with_type(
             StatusCode::OK,
             "application/json",
@@ -95,10 +101,30 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /live, /ready, /metrics, /config, /endpoints or /upstreams\n".into(),
+            "not found; try /, /live, /ready, /metrics, /config, /endpoints, /upstreams or /errors\n".into(),
         ),
     }
 }
+
+/// The dashboard page. Its policy lets it run its own inline script and
+/// style and fetch from this listener, nothing else.
+fn dashboard() -> Response<Full<Bytes>> {
+    let mut response = with_type(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        DASHBOARD.to_owned(),
+    );
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src data:",
+        ),
+    );
+    response
+}
+
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     with_type(status, "text/plain; charset=utf-8", body)

@@ -1,24 +1,27 @@
-//! `/ready`: ready once every listener is bound and every upstream has at
-//! least one endpoint; not ready again as soon as the drain starts, so load
+//! `/ready`: ready once every listener is bound, every upstream has at
+//! least one endpoint and the mesh TLS certificate (when configured) is loaded; not ready again as soon as the drain starts, so load
 //! balancers and Kubernetes stop sending new traffic.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::tls::MeshTls;
 use crate::upstream::Upstream;
 
 pub struct Readiness {
     listening: AtomicBool,
     draining: AtomicBool,
     upstreams: Vec<Arc<Upstream>>,
+    tls: Option<Arc<MeshTls>>,
 }
 
 impl Readiness {
-    pub fn new(upstreams: Vec<Arc<Upstream>>) -> Self {
+    pub fn new(upstreams: Vec<Arc<Upstream>>, tls: Option<Arc<MeshTls>>) -> Self {
         Self {
             listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             upstreams,
+            tls,
         }
     }
 
@@ -37,6 +40,9 @@ impl Readiness {
         }
         if !self.listening.load(Ordering::Acquire) {
             return Some("listeners not bound yet".into());
+        }
+        if self.tls.as_ref().is_some_and(|tls| tls.current().is_none()) {
+            return Some("TLS certificate not loaded yet".into());
         }
         let empty: Vec<&str> = self
             .upstreams

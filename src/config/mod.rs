@@ -17,6 +17,7 @@ mod error;
 mod locate;
 mod model;
 mod resilience;
+mod transparent;
 mod validate;
 
 use std::path::Path;
@@ -25,16 +26,18 @@ use serde_saphyr::{MessageFormatter, Options, PropertySyntax, UserMessageFormatt
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    AdminConfig, CheckConfig, Config, ConsulConfig, ConsulDiscovery, Discovery, DnsDiscovery,
-    HashOn, InboundConfig, LoadBalancing, LoadBalancingPolicy, LogFormat, LoggingConfig,
-    OtlpConfig, Propagation, RuntimeConfig, Secret, ServiceConfig, ServiceProtocol, StaticEndpoint,
-    Timeouts, TracingConfig, UpstreamConfig, UpstreamProtocol,
+    AdminConfig, AuthorizationAction, AuthorizationConfig, CheckConfig, Config, ConsulConfig,
+    ConsulDiscovery, Discovery, DnsDiscovery, HashOn, InboundConfig, LoadBalancing,
+    LoadBalancingPolicy, LogFormat, LoggingConfig, OtlpConfig, Propagation, RuntimeConfig, Secret,
+    ServiceConfig, ServiceProtocol, StaticEndpoint, Timeouts, TlsConfig, TlsSource, TracingConfig,
+    UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,
     OutlierDetection, RateLimitConfig, RateLimitKey, RetryBackoff, RetryBudget, RetryPolicy,
     default_failure_conditions, grpc_code,
 };
+pub use transparent::{Cidr, DestinationMatch, HostName, TransparentConfig, Unmatched};
 
 use locate::{Position, SourceMap};
 

@@ -1,9 +1,9 @@
 //! The configuration model: one struct per YAML section, field names equal
 //! to the YAML keys of architecture.md §4 (a public interface). Every struct
-//! rejects unknown keys, so sections not implemented yet (tracing, tls,
-//! transparent, ...) are errors rather than silently ignored. The
-//! resilience sections live in `resilience.rs`. Values are typed here ("parse, don't
-//! validate"); cross-field rules live in `validate.rs`.
+//! rejects unknown keys, so sections not implemented yet are errors rather
+//! than silently ignored. The resilience sections live in `resilience.rs`,
+//! the transparent-mode section in `transparent.rs`. Values are typed here
+//! ("parse, don't validate"); cross-field rules live in `validate.rs`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,6 +17,7 @@ use super::duration;
 use super::resilience::{
     CircuitBreakerConfig, FaultConfig, OutlierDetection, RateLimitConfig, RetryPolicy,
 };
+use super::transparent::{DestinationMatch, HostName, TransparentConfig};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -37,6 +38,106 @@ pub struct Config {
     pub logging: LoggingConfig,
     #[serde(default)]
     pub tracing: TracingConfig,
+    /// Mesh mTLS between sidecars; off when absent.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Transparent mode (iptables redirection); off when absent.
+    #[serde(default)]
+    pub transparent: Option<TransparentConfig>,
+}
+
+/// Mesh mTLS (`tls:`): the sidecar's certificate, the CA it trusts, and
+/// who may call the inbound listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Where the certificate, key and CA come from.
+    #[serde(default)]
+    pub source: TlsSource,
+    /// PEM certificate chain (leaf first); `source: files` only.
+    #[serde(default)]
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1); `source: files` only.
+    #[serde(default)]
+    pub key: Option<std::path::PathBuf>,
+    /// PEM CA certificate(s) peers must chain to; `source: files` only.
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
+    /// How often the files are checked for changes; `source: files` only.
+    #[serde(default = "default_tls_reload_interval", with = "duration")]
+    pub reload_interval: Duration,
+    /// The Consul service whose leaf certificate is used; default `service.name`.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// A TLS handshake (either direction) that takes longer fails.
+    #[serde(default = "default_tls_handshake_timeout", with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Who may call the inbound listener.
+    #[serde(default)]
+    pub authorization: AuthorizationConfig,
+}
+
+fn default_tls_reload_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_tls_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Where the mesh certificate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsSource {
+    /// `cert`, `key` and `ca` PEM files, reloaded when they change.
+    #[default]
+    Files,
+    /// Consul Connect CA: the agent's leaf certificate and roots.
+    Consul,
+}
+
+/// Inbound authorization by peer identity (`tls.authorization:`). Deny rules
+/// are checked first, then allow rules, then Consul intentions (when on),
+/// then `default`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationConfig {
+    /// What happens to a peer no rule (and no intention) matches.
+    #[serde(default)]
+    pub default: AuthorizationAction,
+    /// Peers allowed: service names or SPIFFE IDs, `*` matches any characters.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Peers denied (checked before `allow`), same patterns.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Also follow Consul intentions for `service.name` (a blocking query).
+    #[serde(default)]
+    pub intentions: bool,
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthorizationAction {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// Mesh mTLS towards one upstream (`upstreams[].tls:`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// Originate mTLS; default: on for Consul `connect: true` discovery
+    /// (when `tls:` is configured), off otherwise.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// The server identity expected: a service name (in this sidecar's trust
+    /// domain, namespace and datacenter) or a full SPIFFE ID; default: the
+    /// Consul service name, else the upstream name.
+    #[serde(default)]
+    pub identity: Option<String>,
 }
 
 /// Trace-context propagation and span export (`tracing:`).
@@ -199,6 +300,17 @@ pub struct InboundConfig {
     pub max_concurrent_requests: Option<u32>,
 }
 
+impl Default for InboundConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_inbound_listen(),
+            timeout: None,
+            rate_limit: None,
+            max_concurrent_requests: None,
+        }
+    }
+}
+
 fn default_inbound_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 15006))
 }
@@ -208,7 +320,18 @@ fn default_inbound_listen() -> SocketAddr {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub name: String,
-    pub listen: SocketAddr,
+    /// Explicit-mode listener; an upstream reached only through the
+    /// transparent listener has none.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Transparent mode: the names (Host / `:authority`, port optional) this
+    /// upstream answers for.
+    #[serde(default)]
+    pub hosts: Vec<HostName>,
+    /// Transparent mode: the original destinations (`ip` or `ip:port`) this
+    /// upstream answers for.
+    #[serde(default)]
+    pub addresses: Vec<DestinationMatch>,
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     pub discovery: Discovery,
@@ -228,6 +351,8 @@ pub struct UpstreamConfig {
     pub max_concurrent_requests: Option<u32>,
     #[serde(default)]
     pub fault: Option<FaultConfig>,
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
 }
 
 /// Protocol spoken to an upstream; `auto` sniffs the HTTP/2 preface.

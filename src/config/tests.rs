@@ -86,7 +86,7 @@ fn demo_file_is_the_demo() {
         panic!("one upstream expected");
     };
     assert_eq!(echo.name, "echo");
-    assert_eq!(echo.listen.to_string(), "127.0.0.1:9001");
+    assert_eq!(echo.listen.expect("listen").to_string(), "127.0.0.1:9001");
     assert_eq!(echo.protocol, UpstreamProtocol::Http);
     assert_eq!(echo.load_balancing.policy, LoadBalancingPolicy::RoundRobin);
     let Discovery::Static(endpoints) = &echo.discovery else {
@@ -215,11 +215,11 @@ upstreams:
 
 #[test]
 fn section_not_in_scope_is_an_unknown_key() {
-    let text = "service: { name: web }\ntls:\n  cert: /etc/remora/cert.pem\n";
+    let text = "service: { name: web }\nroutes:\n  - path: /\n";
     assert_eq!(
         errors(text),
         [
-            "test.yaml:2:1: tls: unknown field `tls`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing"
+            "test.yaml:2:1: routes: unknown field `routes`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing, tls, transparent"
         ]
     );
 }
@@ -812,4 +812,44 @@ fn otlp_defaults_and_invalid_values() {
     ] {
         assert!(joined.contains(path), "{path} missing from:\n{joined}");
     }
+}
+
+#[test]
+fn tls_section_defaults_and_errors() {
+    let config = parse_test(&format!(
+        "{SERVICE}tls:\n  cert: /c.pem\n  key: /k.pem\n  ca: /ca.pem\n  authorization: {{ deny: [web] }}\n"
+    ))
+    .expect("valid tls");
+    let tls = config.tls.expect("tls");
+    assert_eq!(tls.source, TlsSource::Files);
+    assert_eq!(tls.reload_interval, Duration::from_secs(5));
+    assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(tls.authorization.default, AuthorizationAction::Allow);
+    assert!(!tls.authorization.intentions);
+
+    assert_eq!(
+        errors(&format!("{SERVICE}tls:\n  cert: /c.pem\n  key: /k.pem\n")),
+        ["test.yaml:5:3: tls: `tls.ca` is required with `source: files` (a PEM file path)"]
+    );
+    assert_eq!(
+        errors(&format!(
+            "{SERVICE}tls:\n  source: consul\n  cert: /c.pem\n  handshake_timeout: 0s\n  authorization:\n    allow: [\"\", \"https://x\"]\n"
+        )),
+        [
+            "test.yaml:6:9: tls.cert: not used with `source: consul` (Consul's CA issues the certificate)",
+            "test.yaml:7:22: tls.handshake_timeout: must be greater than zero",
+            "test.yaml:9:13: tls.authorization.allow[0]: ``: expected a service name or a spiffe:// ID (`*` matches any characters)",
+            "test.yaml:9:17: tls.authorization.allow[1]: `https://x`: only spiffe:// IDs are identities",
+        ]
+    );
+    let upstream = "upstreams:\n  - name: api\n    listen: 127.0.0.1:0\n    discovery: { static: [127.0.0.1:1] }\n";
+    let problems = errors(&format!(
+        "{SERVICE}{upstream}    tls: {{ identity: \"spiffe://td/svc/api\" }}\n"
+    ));
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems[0].contains("upstreams[0].tls: mesh TLS needs the top-level `tls` section"));
+    assert!(
+        problems[1].contains("upstreams[0].tls.identity: `spiffe://td/svc/api` is not a SPIFFE ID")
+    );
+    assert!(errors(&format!("{SERVICE}tls:\n  source: consul\n  bogus: 1\n"))[0].contains("bogus"));
 }

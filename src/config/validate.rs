@@ -11,14 +11,22 @@
 //! service name, a check without exactly one of http/tcp, log levels
 //! that are neither a level nor a filter directive, `tracing.otlp` with a
 //! non-http endpoint, a sample ratio outside 0..=1 or a zero queue, batch or
-//! flush interval, and `register: true` without `service.port`. Every
-//! problem is returned, with the key path it concerns.
+//! flush interval, `register: true` without `service.port`, `tls` with
+//! `source: files` but without cert/key/ca (or with them under `source:
+//! consul`), zero TLS intervals, empty authorization patterns or SPIFFE IDs
+//! that do not parse, and `upstreams[].tls` turned on without a `tls`
+//! section. Transparent mode: an upstream without `listen` must have `hosts`
+//! or `addresses`, those keys need a `transparent:` section, `hosts` need an
+//! HTTP upstream, a host or address may belong to one upstream only, and
+//! `detect_timeout` must not be zero. Every problem is returned, with the key
+//! path it concerns.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::model::{
-    Config, Discovery, LoadBalancingPolicy, ServiceProtocol, UpstreamConfig, UpstreamProtocol,
+    Config, Discovery, LoadBalancingPolicy, ServiceProtocol, TlsSource, UpstreamConfig,
+    UpstreamProtocol,
 };
 use super::resilience::{RateLimitConfig, grpc_code};
 
@@ -41,6 +49,8 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
     check_consul(config, &mut problems);
     check_runtime_and_logging(config, &mut problems);
     check_tracing(config, &mut problems);
+    check_tls(config, &mut problems);
+    check_transparent(config, &mut problems);
     problems.0
 }
 
@@ -114,7 +124,15 @@ fn check_listeners(config: &Config, problems: &mut Problems) {
         listeners.push(("inbound.listen".to_owned(), inbound.listen));
     }
     for (i, upstream) in config.upstreams.iter().enumerate() {
-        listeners.push((format!("upstreams[{i}].listen"), upstream.listen));
+        if let Some(listen) = upstream.listen {
+            listeners.push((format!("upstreams[{i}].listen"), listen));
+        }
+    }
+    if let Some(transparent) = &config.transparent {
+        listeners.push((
+            "transparent.outbound_listen".to_owned(),
+            transparent.outbound_listen,
+        ));
     }
     listeners.push(("admin.listen".to_owned(), config.admin.listen));
 
@@ -494,6 +512,118 @@ fn check_tracing(config: &Config, problems: &mut Problems) {
         problems.add("tracing.otlp.batch_size", "must be greater than zero");
     }
     problems.nonzero("tracing.otlp.flush_interval".into(), otlp.flush_interval);
+}
+
+fn check_tls(config: &Config, problems: &mut Problems) {
+    if let Some(tls) = &config.tls {
+        let files = [
+            ("tls.cert", tls.cert.is_some()),
+            ("tls.key", tls.key.is_some()),
+            ("tls.ca", tls.ca.is_some()),
+        ];
+        for (key, present) in files {
+            match (tls.source, present) {
+                (TlsSource::Files, false) => problems.add(
+                    "tls",
+                    format!("`{key}` is required with `source: files` (a PEM file path)"),
+                ),
+                (TlsSource::Consul, true) => problems.add(
+                    key,
+                    "not used with `source: consul` (Consul's CA issues the certificate)",
+                ),
+                _ => {}
+            }
+        }
+        if tls.service.is_some() && tls.source == TlsSource::Files {
+            problems.add("tls.service", "only used with `source: consul`");
+        }
+        problems.nonzero("tls.reload_interval".into(), tls.reload_interval);
+        problems.nonzero("tls.handshake_timeout".into(), tls.handshake_timeout);
+        let authorization = &tls.authorization;
+        for (key, patterns) in [
+            ("allow", &authorization.allow),
+            ("deny", &authorization.deny),
+        ] {
+            for (i, pattern) in patterns.iter().enumerate() {
+                if let Err(message) = crate::tls::identity::check_pattern(pattern) {
+                    problems.add(format!("tls.authorization.{key}[{i}]"), message);
+                }
+            }
+        }
+    }
+    for (i, upstream) in config.upstreams.iter().enumerate() {
+        let Some(upstream_tls) = &upstream.tls else {
+            continue;
+        };
+        if config.tls.is_none() && upstream_tls.enabled != Some(false) {
+            problems.add(
+                format!("upstreams[{i}].tls"),
+                "mesh TLS needs the top-level `tls` section (this sidecar's certificate)",
+            );
+        }
+        if let Some(identity) = &upstream_tls.identity
+            && let Err(message) = crate::tls::identity::check_expected(identity)
+        {
+            problems.add(format!("upstreams[{i}].tls.identity"), message);
+        }
+    }
+}
+
+/// Transparent mode: which upstream answers for which host and address.
+fn check_transparent(config: &Config, problems: &mut Problems) {
+    let transparent = config.transparent.as_ref();
+    if let Some(transparent) = transparent {
+        problems.nonzero(
+            "transparent.detect_timeout".to_owned(),
+            transparent.detect_timeout,
+        );
+    }
+    let mut hosts = Vec::new();
+    let mut addresses = Vec::new();
+    for (i, upstream) in config.upstreams.iter().enumerate() {
+        let at = |key: &str| format!("upstreams[{i}].{key}");
+        let routed = !upstream.hosts.is_empty() || !upstream.addresses.is_empty();
+        if upstream.listen.is_none() && !routed {
+            problems.add(
+                at("listen"),
+                "an upstream needs `listen` (explicit mode) or `hosts` / `addresses` (transparent mode)",
+            );
+        }
+        if routed && transparent.is_none() {
+            problems.add(
+                at(if upstream.hosts.is_empty() {
+                    "addresses"
+                } else {
+                    "hosts"
+                }),
+                "hosts and addresses route transparent-mode traffic; add a `transparent:` section",
+            );
+        }
+        if !upstream.hosts.is_empty() && upstream.protocol == UpstreamProtocol::Tcp {
+            problems.add(
+                at("hosts"),
+                "hosts match the HTTP Host header; a tcp upstream is matched by `addresses`",
+            );
+        }
+        for host in &upstream.hosts {
+            if let Some((_, other)) = hosts.iter().find(|(known, _)| known == host) {
+                problems.add(
+                    at("hosts"),
+                    format!("host `{host}` is already routed to upstreams[{other}]"),
+                );
+            }
+            hosts.push((host.clone(), i));
+        }
+        for address in &upstream.addresses {
+            if let Some((_, other)) = addresses.iter().find(|(known, _)| known == address) {
+                problems.add(
+                    at("addresses"),
+                    format!("address `{address}` is already routed to upstreams[{other}]"),
+                );
+            }
+            addresses.push((*address, i));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! A small client of the Consul agent's HTTP API (reqwest): health queries
-//! for discovery, as blocking queries (`health.rs`), and the agent's service
+//! for discovery and the Connect CA and intentions for mesh TLS
+//! (`connect`), all as blocking queries, and the agent's service
 //! registration endpoints (`agent.rs`).
 //!
 //! The agent address comes from `consul.address`, else `CONSUL_HTTP_ADDR`,
@@ -18,6 +19,7 @@
 
 pub mod agent;
 pub mod blocking;
+pub mod connect;
 pub mod health;
 mod tls;
 
@@ -53,8 +55,12 @@ pub enum ConsulError {
     Transport(String),
     #[error("Consul answered {status}: {body}")]
     Status { status: StatusCode, body: String },
-    #[error("Consul answered with a body that is not a health list ({reason}): {body}")]
-    Body { reason: String, body: String },
+    #[error("Consul answered with a body that is not {what} ({reason}): {body}")]
+    Body {
+        what: &'static str,
+        reason: String,
+        body: String,
+    },
     #[error("Consul answered without a valid X-Consul-Index header")]
     Index,
 }
@@ -198,12 +204,7 @@ impl Client {
         index: u64,
     ) -> Result<HealthAnswer, ConsulError> {
         let kind = if query.connect { "connect" } else { "service" };
-        let url = self.url(&["v1", "health", kind, &query.service])?;
         let mut params: Vec<(&str, String)> = Vec::new();
-        if index > 0 {
-            params.push(("index", index.to_string()));
-            params.push(("wait", format!("{}ms", self.wait.as_millis())));
-        }
         if query.passing_only {
             params.push(("passing", "1".into()));
         }
@@ -212,6 +213,33 @@ impl Client {
         }
         if let Some(dc) = &query.datacenter {
             params.push(("dc", dc.clone()));
+        }
+        let (index, entries) = self
+            .blocking_get(
+                &["health", kind, &query.service],
+                params,
+                index,
+                "a health list",
+            )
+            .await?;
+        Ok(HealthAnswer { index, entries })
+    }
+
+    /// A blocking `GET /v1/<path>` (blocking when `index` > 0) whose body is
+    /// `T` as JSON (`what` names it in errors); returns `X-Consul-Index` too.
+    pub(crate) async fn blocking_get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &[&str],
+        mut params: Vec<(&str, String)>,
+        index: u64,
+        what: &'static str,
+    ) -> Result<(u64, T), ConsulError> {
+        let mut segments = vec!["v1"];
+        segments.extend_from_slice(path);
+        let url = self.url(&segments)?;
+        if index > 0 {
+            params.push(("index", index.to_string()));
+            params.push(("wait", format!("{}ms", self.wait.as_millis())));
         }
         let request = self
             .http
@@ -225,12 +253,13 @@ impl Client {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.trim().parse::<u64>().ok());
         let body = success_body(response).await?;
-        let entries = serde_json::from_slice(&body).map_err(|error| ConsulError::Body {
+        let value = serde_json::from_slice(&body).map_err(|error| ConsulError::Body {
+            what,
             reason: error.to_string(),
             body: excerpt(&body),
         })?;
         let index = index.ok_or(ConsulError::Index)?;
-        Ok(HealthAnswer { index, entries })
+        Ok((index, value))
     }
 
     /// The agent URL with `segments` as its path (each one escaped).

@@ -57,8 +57,7 @@ impl Watches {
     }
 
     /// Starts one task per distinct query; each stops when the drain starts.
-    pub fn spawn(self, client: Client, drain: &Drain) {
-        let client = Arc::new(client);
+    pub fn spawn(self, client: Arc<Client>, drain: &Drain) {
         for (query, upstreams) in self.0 {
             for upstream in &upstreams {
                 metrics::register_discovery(upstream.name());

@@ -26,13 +26,15 @@ pub fn http_status(error: &ProxyError) -> StatusCode {
             ErrorKind::NoEndpoints | ErrorKind::CircuitOpen | ErrorKind::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout | ErrorKind::UpstreamReset => {
-                StatusCode::BAD_GATEWAY
-            }
+            ErrorKind::ConnectFailed
+            | ErrorKind::ConnectTimeout
+            | ErrorKind::UpstreamReset
+            | ErrorKind::NoRoute => StatusCode::BAD_GATEWAY,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::FaultAbort => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::ClientBody => StatusCode::BAD_REQUEST,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         },
     }
 }
@@ -51,10 +53,12 @@ pub fn grpc_status(error: &ProxyError) -> u16 {
             | ErrorKind::UpstreamReset
             | ErrorKind::CircuitOpen
             | ErrorKind::Overloaded
-            | ErrorKind::FaultAbort => 14, // UNAVAILABLE
+            | ErrorKind::FaultAbort
+            | ErrorKind::NoRoute => 14, // UNAVAILABLE
             ErrorKind::Timeout => 4,     // DEADLINE_EXCEEDED
             ErrorKind::RateLimited => 8, // RESOURCE_EXHAUSTED
             ErrorKind::ClientBody => 13, // INTERNAL
+            ErrorKind::Forbidden => 7,   // PERMISSION_DENIED
         },
     }
 }
@@ -209,6 +213,17 @@ mod tests {
             StatusCode::IM_A_TEAPOT
         );
         assert_eq!(error_response(&abort, true).headers()["grpc-status"], "10");
+    }
+
+    #[test]
+    fn forbidden_is_403_or_permission_denied() {
+        let denied = ProxyError::Forbidden {
+            peer: "spiffe://td/ns/default/dc/dc1/svc/web".into(),
+        };
+        let response = error_response(&denied, false);
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert_eq!(response.headers()[X_REMORA_ERROR], "forbidden");
+        assert_eq!(error_response(&denied, true).headers()["grpc-status"], "7");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The tower middleware of the data path, one module each; `stack` composes them.
 
+pub mod authorization;
 pub mod circuit_breaker;
 pub mod concurrency;
 pub mod error_response;

@@ -1,13 +1,14 @@
 //! Observes every request's outcome — including the responses remora made
 //! itself — and records it when the response body ends: request count and
-//! duration by status code, proxy-made errors by kind, the upstream's request
-//! and error totals (admin `/upstreams`), and the access-log line. The
+//! duration by status code, proxy-made errors by kind, the upstream's totals
+//! (admin `/upstreams` and `/errors`), and the access-log line. The
 //! listener's in-flight gauge goes up when a request arrives and down when its
 //! response ends, fails, or is dropped (an RAII guard).
 //! Recording at the body's end is what makes the duration cover streamed
 //! bodies and lets the `grpc-status` from trailers be logged. With
 //! `tracing.otlp`, a sampled request's span is handed to the exporter there
-//! too (SERVER on inbound, CLIENT on outbound).
+//! too (SERVER on inbound, CLIENT on outbound), with the retry count the
+//! retry layer reported through a [`RetryCount`] extension.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,12 +25,14 @@ use crate::body::{BodyEnd, ResponseBody};
 use crate::error::ErrorKind;
 use crate::forward::ServedBy;
 use crate::headers::grpc_status;
+use crate::middleware::retry::RetryCount;
 use crate::middleware::trace_context::TraceContext;
 use crate::server::ClientAddr;
 use crate::telemetry::access_log::{self, Outcome, RequestSummary};
 use crate::telemetry::metrics::{RequestMetrics, in_flight_gauge};
 use crate::telemetry::spans::{SpanExporter, SpanRecord};
-use crate::upstream::{Direction, RequestTotals};
+use crate::telemetry::totals::{Finished, RequestTotals};
+use crate::upstream::Direction;
 
 /// Shared by all requests of one listener.
 struct Observer {
@@ -109,7 +112,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let started = Instant::now();
         let share = self.observer.access_log;
         let logged = share >= 1.0 || (share > 0.0 && fastrand::f64() < share);
@@ -120,7 +123,9 @@ where
             .observer
             .spans
             .as_ref()
-            .and_then(|_| SpanStart::of(&request));
+            .and_then(|_| SpanStart::of(&mut request));
+        let method = request.method().clone();
+        let path_and_query = request.uri().path_and_query().cloned();
         let response = self.inner.call(request);
         Box::pin(async move {
             let Ok(mut response) = response.await;
@@ -132,7 +137,14 @@ where
                 let observer = &active.0;
                 let duration = started.elapsed();
                 observer.metrics.record(status, duration, error);
-                observer.totals.record(error.is_some());
+                observer.totals.record(&Finished {
+                    status,
+                    duration,
+                    error,
+                    method: &method,
+                    path: path_and_query.as_ref().map_or("/", |pq| pq.path()),
+                    endpoint,
+                });
                 if let Some(summary) = summary {
                     let outcome = Outcome {
                         direction: observer.direction.as_str(),
@@ -160,6 +172,7 @@ where
                         error,
                         upstream: observer.upstream.clone(),
                         endpoint,
+                        retries: span.retries.get(),
                     });
                 }
             }));
@@ -176,11 +189,13 @@ struct SpanStart {
     path: String,
     host: Option<String>,
     client: Option<std::net::SocketAddr>,
+    retries: RetryCount,
 }
 
 impl SpanStart {
-    /// `None` unless the request's trace is sampled.
-    fn of<B>(request: &Request<B>) -> Option<Self> {
+    /// `None` unless the request's trace is sampled. Gives the request a
+    /// [`RetryCount`] for the retry layer to fill in.
+    fn of<B>(request: &mut Request<B>) -> Option<Self> {
         let context = *request.extensions().get::<TraceContext>()?;
         if !context.sampled {
             return None;
@@ -197,6 +212,10 @@ impl SpanStart {
             path: request.uri().path().to_owned(),
             host,
             client: request.extensions().get::<ClientAddr>().map(|c| c.0),
+            retries: request
+                .extensions_mut()
+                .get_or_insert_default::<RetryCount>()
+                .clone(),
         })
     }
 }

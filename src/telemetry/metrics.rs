@@ -29,9 +29,11 @@ pub const CONSUL_REGISTRATIONS_TOTAL: &str = "remora_consul_registrations_total"
 pub const CONSUL_REGISTERED: &str = "remora_consul_registered";
 pub const TCP_SENT_BYTES: &str = "remora_tcp_sent_bytes_total";
 pub const TCP_RECEIVED_BYTES: &str = "remora_tcp_received_bytes_total";
+pub const TRANSPARENT_CONNECTIONS_TOTAL: &str = "remora_transparent_connections_total";
+pub const TRANSPARENT_UNMATCHED_TOTAL: &str = "remora_transparent_unmatched_total";
 
 /// Latency buckets, 0.5 ms to 10 s.
-const DURATION_BUCKETS: [f64; 14] = [
+pub const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
@@ -323,4 +325,43 @@ impl EndpointMetrics {
         self.requests.increment(1);
         self.durations.record(duration.as_secs_f64());
     }
+}
+
+// ---- Mesh TLS and authorization --------------------------------------------
+
+pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "remora_tls_handshake_errors_total";
+pub const TLS_CERTIFICATE_UPDATES_TOTAL: &str = "remora_tls_certificate_updates_total";
+pub const AUTHZ_DENIED_TOTAL: &str = "remora_authz_denied_total";
+
+/// TLS handshakes that failed or timed out on the inbound listener
+/// (`upstream` = `service.name`) or towards an upstream (outbound).
+pub fn tls_handshake_errors(direction: Direction, upstream: &str) -> Counter {
+    counter!(
+        TLS_HANDSHAKE_ERRORS_TOTAL,
+        &listener_labels(direction, upstream)
+    )
+}
+
+/// Requests or connections refused by authorization (inbound: `upstream` =
+/// `service.name`).
+pub fn authz_denied_counter(direction: Direction, upstream: &str) -> Counter {
+    counter!(AUTHZ_DENIED_TOTAL, &listener_labels(direction, upstream))
+}
+
+/// Counts new TLS material installed (`ok`) or rejected (`error`).
+pub fn tls_certificate_update(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    counter!(TLS_CERTIFICATE_UPDATES_TOTAL, "result" => result).increment(1);
+}
+
+/// Connections of the transparent listener by detected protocol (`http1`,
+/// `http2`, `tcp`).
+pub fn transparent_connections(protocol: &'static str) -> Counter {
+    counter!(TRANSPARENT_CONNECTIONS_TOTAL, "protocol" => protocol)
+}
+
+/// Transparent traffic that matched no upstream: HTTP requests and TCP
+/// connections, by `protocol` and `action` (`passthrough`, `refused`).
+pub fn transparent_unmatched(protocol: &'static str, action: &'static str) -> Counter {
+    counter!(TRANSPARENT_UNMATCHED_TOTAL, "protocol" => protocol, "action" => action)
 }

@@ -7,3 +7,4 @@ pub mod logging;
 pub mod metrics;
 pub mod process;
 pub mod spans;
+pub mod totals;

@@ -63,6 +63,8 @@ pub struct SpanRecord {
     pub upstream: String,
     /// The endpoint that answered, when one did.
     pub endpoint: Option<SocketAddr>,
+    /// Retries the request took (0 without a retry policy).
+    pub retries: u32,
 }
 
 /// The data path's handle on the export queue.
@@ -241,6 +243,7 @@ fn to_span(record: SpanRecord) -> Span {
         string("url.path", &record.path),
         int("http.response.status_code", i64::from(record.status)),
         string("remora.upstream", &record.upstream),
+        int("remora.retry_count", i64::from(record.retries)),
     ];
     let server = record
         .host
@@ -351,6 +354,7 @@ mod tests {
             error: Some(ErrorKind::NoEndpoints),
             upstream: "api".into(),
             endpoint: None,
+            retries: 2,
         };
         let span = to_span(record);
         assert_eq!(span.trace_id.len(), 16);
@@ -364,6 +368,12 @@ mod tests {
         let keys: Vec<_> = span.attributes.iter().map(|kv| kv.key.as_str()).collect();
         assert!(keys.contains(&"error.type"), "{keys:?}");
         assert!(keys.contains(&"server.address"), "{keys:?}");
+        let retries = span
+            .attributes
+            .iter()
+            .find(|kv| kv.key == "remora.retry_count")
+            .and_then(|kv| kv.value.as_ref()?.value.clone());
+        assert_eq!(retries, Some(any_value::Value::IntValue(2)));
         assert_eq!(span.status.unwrap().code, status::StatusCode::Error as i32);
     }
 }

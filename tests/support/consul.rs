@@ -3,7 +3,10 @@
 //! controls a test drives directly.
 //!
 //! Served: `GET /v1/health/service/:name` and `GET /v1/health/connect/:name` (instances
-//! registered with [`Instance::connect`]), and the agent's service endpoints:
+//! registered with [`Instance::connect`]); the Connect CA — `GET /v1/agent/connect/ca/leaf/:service`
+//! and `GET /v1/agent/connect/ca/roots` — and `GET /v1/connect/intentions/match?by=destination&name=`,
+//! whose bodies are the documentation samples (`connect-*.json`) with the certificates and
+//! intentions a test sets; and the agent's service endpoints:
 //! `PUT /v1/agent/service/register` (body as documented; `ID` defaults to `Name`; 400
 //! `Missing service name`, 400 for a `connect-proxy` without `Port` or
 //! `Proxy.DestinationServiceName`, 400 for an HTTP/TCP check without `Interval`),
@@ -13,7 +16,8 @@
 //! unknown). A registered service joins the catalog at once as a passing instance (the stand-in
 //! runs no checks), with its `Weights`; a `connect-proxy` is served under
 //! `/v1/health/connect/<Proxy.DestinationServiceName>`. Anything else is 404, or 405 for a
-//! known agent path with the wrong method. Health responses are JSON arrays in
+//! known agent service path with the wrong method. Every change bumps the one index, so all the
+//! GETs but the agent's are blocking queries. Health responses are JSON arrays in
 //! the shape of `../shared/consul-api/health-service-response.json` — every instance is built
 //! from that documentation sample (its first entry), with ID, name, tags, address, port and the
 //! service check's status replaced — and carry `X-Consul-Index`.
@@ -159,6 +163,22 @@ struct State {
     held: AtomicU64,
     max_held: AtomicU64,
     template: Value,
+    connect: Mutex<Connect>,
+}
+
+/// The Connect CA and intentions a test set, as the JSON bodies to serve.
+#[derive(Default)]
+struct Connect {
+    leaves: BTreeMap<String, Value>,
+    roots: Option<Value>,
+    intentions: BTreeMap<String, Value>,
+}
+
+/// JSON of a documentation sample.
+fn sample_json(name: &str) -> Value {
+    let text =
+        std::fs::read_to_string(docs_sample(name)).expect("the Consul docs sample is readable");
+    serde_json::from_str(&text).expect("sample is JSON")
 }
 
 /// A running stand-in; dropping it stops the server.
@@ -178,15 +198,22 @@ impl Drop for ConsulStandIn {
 impl ConsulStandIn {
     /// Binds 127.0.0.1:0 and serves an empty catalog at index 1.
     pub fn start() -> ConsulStandIn {
-        ConsulStandIn::serve(None)
+        Self::start_on("127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Like [`ConsulStandIn::start`], on `addr` (e.g. `0.0.0.0:0`, reachable
+    /// from network namespaces through their veth peers).
+    pub fn start_on(addr: SocketAddr) -> ConsulStandIn {
+        ConsulStandIn::serve(addr, None)
     }
 
     /// [`start`](Self::start), speaking HTTPS (HTTP/1.1) with `config`.
     pub fn start_tls(config: ServerConfig) -> ConsulStandIn {
-        ConsulStandIn::serve(Some(TlsAcceptor::from(Arc::new(config))))
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        ConsulStandIn::serve("127.0.0.1:0".parse().unwrap(), Some(acceptor))
     }
 
-    fn serve(tls: Option<TlsAcceptor>) -> ConsulStandIn {
+    fn serve(addr: SocketAddr, tls: Option<TlsAcceptor>) -> ConsulStandIn {
         let text = std::fs::read_to_string(docs_sample("health-service-response.json"))
             .expect("the Consul docs sample is readable");
         let sample: Value = serde_json::from_str(&text).expect("sample is JSON");
@@ -202,12 +229,9 @@ impl ConsulStandIn {
             held: AtomicU64::new(0),
             max_held: AtomicU64::new(0),
             template: sample[0].clone(),
+            connect: Mutex::new(Connect::default()),
         });
-        let (addr, task) = listen(
-            "127.0.0.1:0".parse().unwrap(),
-            Arc::clone(&state),
-            tls.clone(),
-        );
+        let (addr, task) = listen(addr, Arc::clone(&state), tls.clone());
         ConsulStandIn {
             addr,
             state,
@@ -316,6 +340,71 @@ impl ConsulStandIn {
         self.stop();
         let (_, task) = listen(self.addr, Arc::clone(&self.state), self.tls.clone());
         *self.server.lock().unwrap() = Some(task);
+    }
+
+    /// Serves this leaf certificate for `service` (the docs sample with its PEMs, serial and
+    /// URI replaced); bumps the index.
+    pub fn set_leaf(&self, service: &str, cert_pem: &str, key_pem: &str, serial: &str, uri: &str) {
+        let mut leaf = sample_json("connect-ca-leaf-response.json");
+        leaf["CertPEM"] = cert_pem.into();
+        leaf["PrivateKeyPEM"] = key_pem.into();
+        leaf["SerialNumber"] = serial.into();
+        leaf["Service"] = service.into();
+        leaf["ServiceURI"] = uri.into();
+        let index = self.index() + 1;
+        leaf["ModifyIndex"] = index.into();
+        self.state
+            .connect
+            .lock()
+            .unwrap()
+            .leaves
+            .insert(service.to_owned(), leaf);
+        self.bump();
+    }
+
+    /// Serves these CA roots (the docs sample's root, repeated with each PEM); bumps the index.
+    pub fn set_roots(&self, root_pems: &[&str]) {
+        let mut roots = sample_json("connect-ca-roots-response.json");
+        let template = roots["Roots"][0].clone();
+        let list: Vec<Value> = root_pems
+            .iter()
+            .enumerate()
+            .map(|(i, pem)| {
+                let mut root = template.clone();
+                root["ID"] = format!("root-{i}").into();
+                root["RootCert"] = (*pem).into();
+                root["Active"] = (i + 1 == root_pems.len()).into();
+                root
+            })
+            .collect();
+        roots["Roots"] = list.into();
+        roots["ActiveRootID"] = format!("root-{}", root_pems.len().saturating_sub(1)).into();
+        self.state.connect.lock().unwrap().roots = Some(roots);
+        self.bump();
+    }
+
+    /// Serves these intentions (source name, allow) for `destination`, in precedence order,
+    /// built from the docs sample's entries; bumps the index.
+    pub fn set_intentions(&self, destination: &str, intentions: &[(&str, bool)]) {
+        let sample = sample_json("connect-intentions-match-response.json");
+        let template = sample["web"][0].clone();
+        let list: Vec<Value> = intentions
+            .iter()
+            .map(|(source, allow)| {
+                let mut intention = template.clone();
+                intention["SourceName"] = (*source).into();
+                intention["DestinationName"] = destination.into();
+                intention["Action"] = if *allow { "allow" } else { "deny" }.into();
+                intention
+            })
+            .collect();
+        self.state
+            .connect
+            .lock()
+            .unwrap()
+            .intentions
+            .insert(destination.to_owned(), list.into());
+        self.bump();
     }
 
     fn bump(&self) {
@@ -441,10 +530,16 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     if let Some(rest) = path.strip_prefix("/v1/agent/service/") {
         return agent(state, rest, request).await;
     }
-    let (connect, service) = if let Some(name) = path.strip_prefix("/v1/health/service/") {
-        (false, name.to_owned())
+    let route = if let Some(name) = path.strip_prefix("/v1/health/service/") {
+        Route::Health(false, name.to_owned())
     } else if let Some(name) = path.strip_prefix("/v1/health/connect/") {
-        (true, name.to_owned())
+        Route::Health(true, name.to_owned())
+    } else if let Some(name) = path.strip_prefix("/v1/agent/connect/ca/leaf/") {
+        Route::Leaf(name.to_owned())
+    } else if path == "/v1/agent/connect/ca/roots" {
+        Route::Roots
+    } else if path == "/v1/connect/intentions/match" && param("by") == Some("destination") {
+        Route::Intentions(param("name").unwrap_or_default().to_owned())
     } else {
         return reply(StatusCode::NOT_FOUND, "", None);
     };
@@ -486,6 +581,10 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         state.held.fetch_sub(1, Ordering::SeqCst);
     }
 
+    let (connect, service) = match route {
+        Route::Health(connect, service) => (connect, service),
+        route => return connect_reply(state, &route),
+    };
     let passing = param("passing").is_some_and(|v| v != "false" && v != "0");
     let tags: Vec<&str> = params
         .iter()
@@ -663,6 +762,40 @@ fn agent_service_view(registration: &Value) -> Value {
         view["Proxy"] = or("Proxy", Value::Null);
     }
     view
+}
+
+/// What a request asks for.
+enum Route {
+    /// `/v1/health/{service,connect}/:name` (connect, name).
+    Health(bool, String),
+    Leaf(String),
+    Roots,
+    Intentions(String),
+}
+
+/// The Connect CA or intentions answer (after any blocking wait).
+fn connect_reply(state: &State, route: &Route) -> Response<Full<Bytes>> {
+    let connect = state.connect.lock().unwrap();
+    let index = *state.index.borrow();
+    let body = match route {
+        Route::Leaf(service) => connect.leaves.get(service).cloned(),
+        Route::Roots => connect.roots.clone(),
+        Route::Intentions(name) => Some(serde_json::json!({
+            name.as_str(): connect.intentions.get(name).cloned().unwrap_or_else(|| Value::Array(Vec::new()))
+        })),
+        Route::Health(..) => None,
+    };
+    match body {
+        Some(body) => {
+            let mut response = reply(StatusCode::OK, &body.to_string(), Some(index));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        None => reply(StatusCode::NOT_FOUND, "no such leaf or roots yet", None),
+    }
 }
 
 /// One health entry, built from the documentation sample.

@@ -3,20 +3,23 @@
 //! Every server binds before its constructor returns, so the returned address accepts
 //! connections at once (no sleeps needed). Servers run on the calling tokio runtime, so
 //! the constructors must be called from inside a test runtime; they panic otherwise.
-//! What this module does not do: TLS, fixed ports, or anything remora-specific.
+//! What this module does not do: fixed ports. TLS helpers are in `tls`.
 
 // Each test file compiles its own copy of this module and uses only part of it.
 #![allow(dead_code, unused_imports)]
 
 pub mod backend;
 pub mod black_hole;
+pub mod browser;
 pub mod client;
 pub mod consul;
+pub mod debian;
 pub mod grpc;
 pub mod otlp;
 pub mod prom;
 pub mod proxy;
 pub mod tcp;
+pub mod tls;
 pub mod websocket;
 
 use std::future::Future;
@@ -33,6 +36,12 @@ pub use otlp::{Collector, otlp_collector};
 pub use proxy::{Proxy, ProxyProcess};
 pub use tcp::tcp_echo;
 pub use websocket::{websocket_echo, websocket_roundtrip};
+
+/// An address that refuses connections: bound to learn a free port, then closed.
+pub fn dead_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
 
 /// A running server. Dropping it stops the accept loop and every open connection
 /// (the listener closes on the runtime's next tick).

@@ -64,6 +64,13 @@ impl ProxyProcess {
     /// once it has logged every listener (`expected_listeners` of them besides
     /// admin). The YAML must keep `logging.format: json` (the default).
     pub fn start(yaml: &str, expected_listeners: usize) -> ProxyProcess {
+        Self::start_wrapped(&[], yaml, expected_listeners)
+    }
+
+    /// [`ProxyProcess::start`] under a wrapper command, e.g. `ip netns exec
+    /// NS setpriv --reuid 1337 ...` (the remora binary and its arguments are
+    /// appended to `wrapper`).
+    pub fn start_wrapped(wrapper: &[&str], yaml: &str, expected_listeners: usize) -> ProxyProcess {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let path = std::env::temp_dir().join(format!(
             "remora-test-{}-{}.yaml",
@@ -71,7 +78,16 @@ impl ProxyProcess {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::write(&path, yaml).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_remora"))
+        let remora = env!("CARGO_BIN_EXE_remora");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(remora);
+                command
+            }
+            None => Command::new(remora),
+        };
+        let mut child = command
             .args(["run", "--config"])
             .arg(&path)
             .stdout(Stdio::null())

@@ -83,6 +83,7 @@ pub mod budget;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -181,6 +182,18 @@ where
     }
 }
 
+/// A request extension through which an outer layer learns how many retries
+/// the request took, whatever the outcome (the observe layer puts it on the
+/// request's span).
+#[derive(Clone, Default)]
+pub struct RetryCount(Arc<AtomicU32>);
+
+impl RetryCount {
+    pub fn get(&self) -> u32 {
+        self.0.load(Relaxed)
+    }
+}
+
 async fn retry<S>(
     shared: Arc<Shared>,
     mut inner: S,
@@ -198,6 +211,7 @@ where
     let (parts, body) = request.into_parts();
     let (first, replay) = body.replayable(shared.replay_body_limit);
     let template = Request::from_parts(parts, ());
+    let count = template.extensions().get::<RetryCount>().cloned();
     let mut body = first;
     let mut retries = 0u32;
     let mut avoid = None;
@@ -237,6 +251,9 @@ where
         drop(tried);
         tokio::time::sleep(shared.backoff.delay(retries)).await;
         retries += 1;
+        if let Some(count) = &count {
+            count.0.store(retries, Relaxed);
+        }
     }
 }
 

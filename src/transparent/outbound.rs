@@ -1,0 +1,210 @@
+//! The transparent outbound listener's connections. For each one: recover
+//! the original destination; a destination listed in a tcp upstream's
+//! `addresses` is proxied to that upstream at once; otherwise the protocol is
+//! detected (skipped for `opaque_ports`, see `detect`). HTTP/1 and HTTP/2
+//! connections are served by hyper and each request is routed (`routes`) to
+//! its upstream's outbound stack — the same stack as the upstream's explicit
+//! listener, so its rate limit, breaker and metrics see both. Opaque
+//! connections go to the upstream whose `addresses` hold the destination.
+//! What matches nothing is passed through to the original destination or
+//! refused (`transparent.unmatched`): HTTP 502 `no_route`, or a closed TCP
+//! connection. A connection made straight to the listener (not redirected)
+//! has no destination to pass through to, so only its routed requests work.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::net::TcpStream;
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceExt};
+
+use super::detect::{Detected, detect};
+use super::original_dst::original_destination;
+use super::passthrough::Passthrough;
+use super::routes::RouteTable;
+use crate::body::ResponseBody;
+use crate::client::ClientSettings;
+use crate::config::{TransparentConfig, Unmatched};
+use crate::drain::Drain;
+use crate::error::ProxyError;
+use crate::headers::is_grpc;
+use crate::middleware::error_response::error_response;
+use crate::server::{ClientAddr, HttpProtocol, serve_http};
+use crate::telemetry::metrics;
+
+/// Client connections of the transparent listener that move no byte for
+/// this long are shut down gracefully (the routed upstreams' streams keep
+/// their own `timeouts.idle`).
+const CONNECTION_IDLE: Duration = Duration::from_secs(60);
+
+/// Connect timeout towards an original destination (passthrough).
+const PASSTHROUGH_CONNECT: Duration = Duration::from_secs(1);
+
+/// Everything the transparent listener needs, shared by its connections.
+pub struct TransparentOutbound {
+    routes: RouteTable,
+    detect_timeout: Duration,
+    opaque_ports: Vec<u16>,
+    unmatched: Unmatched,
+}
+
+impl TransparentOutbound {
+    pub fn new(config: &TransparentConfig, routes: RouteTable) -> Self {
+        // Every series at 0 from the start.
+        for protocol in [Detected::Http1, Detected::Http2, Detected::Opaque] {
+            metrics::transparent_connections(protocol.as_str()).increment(0);
+            for unmatched in [Unmatched::Passthrough, Unmatched::Refuse] {
+                metrics::transparent_unmatched(protocol.as_str(), unmatched_action(unmatched))
+                    .increment(0);
+            }
+        }
+        Self {
+            routes,
+            detect_timeout: config.detect_timeout,
+            opaque_ports: config.opaque_ports.clone(),
+            unmatched: config.unmatched,
+        }
+    }
+
+    /// Serves one redirected connection until it ends.
+    pub async fn serve(self: Arc<Self>, stream: TcpStream, client: ClientAddr, drain: Drain) {
+        let destination = original_destination(&stream);
+        let route = destination.and_then(|destination| self.routes.for_destination(destination));
+        let opaque_port = destination.is_some_and(|d| self.opaque_ports.contains(&d.port()));
+        let protocol = match route {
+            Some(route) if route.http.is_none() => Detected::Opaque,
+            _ if opaque_port => Detected::Opaque,
+            _ => detect(&stream, self.detect_timeout).await,
+        };
+        metrics::transparent_connections(protocol.as_str()).increment(1);
+        let passthrough = destination.map(|destination| {
+            Passthrough::new(
+                destination,
+                ClientSettings {
+                    connect_timeout: PASSTHROUGH_CONNECT,
+                    idle_timeout: CONNECTION_IDLE,
+                    tls: None,
+                },
+            )
+        });
+        let http = match protocol {
+            Detected::Http1 => HttpProtocol::Http1,
+            Detected::Http2 => HttpProtocol::Http2,
+            Detected::Opaque => {
+                if let Some(route) = route {
+                    return crate::tcp::proxy(stream, Arc::clone(&route.upstream)).await;
+                }
+                let action = self.unmatched_action(passthrough.is_some());
+                metrics::transparent_unmatched(protocol.as_str(), action).increment(1);
+                if let (Some(passthrough), Unmatched::Passthrough) = (passthrough, self.unmatched) {
+                    passthrough.tcp(stream).await;
+                } else {
+                    tracing::debug!(?destination, "unmatched TCP connection refused");
+                }
+                return;
+            }
+        };
+        let router = Router {
+            outbound: self,
+            destination,
+            passthrough: passthrough.map(Arc::new),
+            protocol,
+        };
+        serve_http(
+            stream,
+            client,
+            None,
+            http,
+            BoxCloneSyncService::new(router),
+            CONNECTION_IDLE,
+            drain,
+        )
+        .await;
+    }
+
+    /// `passthrough` or `refused`: what happens to unmatched traffic of a
+    /// connection that has (or lacks) an original destination.
+    fn unmatched_action(&self, has_destination: bool) -> &'static str {
+        if has_destination {
+            unmatched_action(self.unmatched)
+        } else {
+            unmatched_action(Unmatched::Refuse)
+        }
+    }
+}
+
+fn unmatched_action(unmatched: Unmatched) -> &'static str {
+    match unmatched {
+        Unmatched::Passthrough => "passthrough",
+        Unmatched::Refuse => "refused",
+    }
+}
+
+/// Routes the requests of one HTTP connection.
+#[derive(Clone)]
+struct Router {
+    outbound: Arc<TransparentOutbound>,
+    destination: Option<SocketAddr>,
+    passthrough: Option<Arc<Passthrough>>,
+    protocol: Detected,
+}
+
+impl Service<Request<Incoming>> for Router {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<ResponseBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let routes = &self.outbound.routes;
+        if let Some(stack) = routes
+            .for_request(&request, self.destination)
+            .and_then(|route| route.http.clone())
+        {
+            return Box::pin(stack.oneshot(request));
+        }
+        let action = self.outbound.unmatched_action(self.passthrough.is_some());
+        metrics::transparent_unmatched(self.protocol.as_str(), action).increment(1);
+        let grpc = is_grpc(request.headers());
+        let passthrough = match (&self.passthrough, self.outbound.unmatched) {
+            (Some(passthrough), Unmatched::Passthrough) => Arc::clone(passthrough),
+            _ => {
+                let target = unmatched_target(&request, self.destination);
+                let error = ProxyError::NoRoute { target };
+                return Box::pin(async move { Ok(error_response(&error, grpc)) });
+            }
+        };
+        Box::pin(async move {
+            Ok(match passthrough.http(request).await {
+                Ok(response) => response,
+                Err(error) => error_response(&error, grpc),
+            })
+        })
+    }
+}
+
+/// How an unmatched request names where it was going, for the error message.
+fn unmatched_target<B>(request: &Request<B>, destination: Option<SocketAddr>) -> String {
+    let authority = request
+        .uri()
+        .authority()
+        .map(ToString::to_string)
+        .or_else(|| {
+            let host = request.headers().get(http::header::HOST)?;
+            host.to_str().ok().map(str::to_owned)
+        });
+    match (authority, destination) {
+        (Some(authority), _) => format!("`{authority}`"),
+        (None, Some(destination)) => destination.to_string(),
+        (None, None) => "a request without Host".to_owned(),
+    }
+}

@@ -1,0 +1,162 @@
+//! Mesh mTLS with `tls: source: consul`: the leaf certificate and CA roots come from the
+//! Consul stand-in's Connect CA (the documented response bodies, carrying certificates made
+//! at run time), followed by blocking queries so a new leaf reaches new connections without a
+//! restart; Consul intentions decide who may call, and a changed intention applies at once.
+
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use support::consul::ConsulStandIn;
+use support::tls::{Ca, Leaf, connect, get_on, http1, server_serial, spiffe};
+use support::{Proxy, http_backend};
+
+const HANG: Duration = Duration::from_secs(10);
+
+async fn consul_sidecar(
+    consul: &ConsulStandIn,
+    name: &str,
+    app_port: u16,
+    authorization: &str,
+) -> Proxy {
+    Proxy::start(&format!(
+        "service: {{ name: {name}, port: {app_port} }}\n\
+         inbound: {{ listen: 127.0.0.1:0 }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         consul: {{ address: \"{}\", wait: 2s }}\n\
+         logging: {{ access_log: false }}\n\
+         tls:\n  source: consul\n{authorization}",
+        consul.url()
+    ))
+    .await
+}
+
+fn serve_leaf(consul: &ConsulStandIn, service: &str, leaf: &Leaf) {
+    consul.set_leaf(
+        service,
+        &leaf.cert_pem,
+        &leaf.key_pem,
+        &leaf.serial,
+        &spiffe(service),
+    );
+}
+
+/// Status of `GET /` through `proxy`'s inbound listener as `caller`; panics after the hang bound
+/// when the handshake keeps failing (no certificate loaded yet).
+async fn status_as(proxy: &Proxy, caller: &Leaf) -> StatusCode {
+    let deadline = std::time::Instant::now() + HANG;
+    loop {
+        if let Ok(stream) = connect(proxy.inbound(), Some(caller), &[b"http/1.1"]).await {
+            let mut sender = http1(stream).await;
+            if let Ok((status, _, _)) = get_on(&mut sender, "/", &[]).await {
+                return status;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no TLS service in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_leaf_and_roots_come_from_consul_and_rotate() {
+    let consul = ConsulStandIn::start();
+    let ca = Ca::new("Consul CA 7");
+    serve_leaf(&consul, "cweb", &ca.leaf("cweb", 0x41));
+    let app = http_backend("app");
+    let proxy = consul_sidecar(&consul, "cweb", app.addr.port(), "").await;
+    let caller = ca.leaf("api", 2);
+    // No roots yet: no handshake can succeed, and /ready says why.
+    let ready = support::get(http::Version::HTTP_11, &proxy.admin_url("/ready"))
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        ready.body
+    );
+    consul.set_roots(&[&ca.pem()]);
+    assert_eq!(status_as(&proxy, &caller).await, StatusCode::OK);
+    let first = connect(proxy.inbound(), Some(&caller), &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(server_serial(&first), "41");
+    let mut first = http1(first).await;
+
+    // CA rotation: Consul lists the old and the new root, then issues a leaf from the new one.
+    let new_ca = Ca::new("Consul CA 8");
+    consul.set_roots(&[&ca.pem(), &new_ca.pem()]);
+    serve_leaf(&consul, "cweb", &new_ca.leaf("cweb", 0x42));
+    let deadline = std::time::Instant::now() + HANG;
+    loop {
+        let stream = connect(proxy.inbound(), Some(&caller), &[b"http/1.1"])
+            .await
+            .unwrap();
+        if server_serial(&stream) == "42" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new leaf was not used"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A caller with a leaf from either root is accepted; the old connection still works.
+    assert_eq!(
+        status_as(&proxy, &new_ca.leaf("api", 3)).await,
+        StatusCode::OK
+    );
+    assert_eq!(status_as(&proxy, &caller).await, StatusCode::OK);
+    assert_eq!(
+        get_on(&mut first, "/", &[]).await.unwrap().0,
+        StatusCode::OK
+    );
+    // Blocking queries, not polling: a handful of requests, not one per 100 ms.
+    assert!(consul.max_held() >= 2, "held {}", consul.max_held());
+}
+
+#[tokio::test]
+async fn consul_intentions_decide_who_may_call() {
+    let consul = ConsulStandIn::start();
+    let ca = Ca::new("Consul CA 7");
+    serve_leaf(&consul, "cdb", &ca.leaf("cdb", 0x51));
+    consul.set_roots(&[&ca.pem()]);
+    consul.set_intentions("cdb", &[("web", false), ("*", true)]);
+    let app = http_backend("app");
+    let proxy = consul_sidecar(
+        &consul,
+        "cdb",
+        app.addr.port(),
+        "  authorization: { default: deny, intentions: true }\n",
+    )
+    .await;
+    let web = ca.leaf("web", 2);
+    let billing = ca.leaf("billing", 3);
+    // The intentions arrive with the first answer; until then the default (deny) applies.
+    let deadline = std::time::Instant::now() + HANG;
+    while status_as(&proxy, &billing).await != StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "intentions not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status_as(&proxy, &web).await, StatusCode::FORBIDDEN);
+
+    // An intention change reaches the sidecar through the blocking query.
+    consul.set_intentions("cdb", &[("web", true), ("*", false)]);
+    let deadline = std::time::Instant::now() + HANG;
+    while status_as(&proxy, &web).await != StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "intention change not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status_as(&proxy, &billing).await, StatusCode::FORBIDDEN);
+}
