@@ -4,7 +4,7 @@
 //! shutdown.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use crate::admin::{self, AdminState, Readiness};
 use crate::client::ClientSettings;
 use crate::config::{
-    Config, Discovery, ServiceProtocol, Timeouts, TlsConfig, TlsSource, UpstreamConfig,
-    UpstreamProtocol,
+    Config, Discovery, ListenerLimits, ServiceProtocol, Timeouts, TlsConfig, TlsSource,
+    UpstreamConfig, UpstreamProtocol,
 };
 use crate::consul;
 use crate::discovery::consul::{Watches, query_for};
@@ -22,6 +22,7 @@ use crate::discovery::dns::DnsDiscoverer;
 use crate::drain::{Drain, DrainController};
 use crate::endpoint::WeightedAddr;
 use crate::registration::{self, Registrar};
+use crate::routing::backends::Backends;
 use crate::server::{self, Handler, HttpProtocol};
 use crate::stack;
 use crate::telemetry::metrics::{self, ConnectionMetrics};
@@ -95,6 +96,7 @@ struct Listener {
     listener: TcpListener,
     handler: Handler,
     tls: Option<Arc<InboundTls>>,
+    limits: ListenerLimits,
 }
 
 /// Binds everything the configuration asks for and starts serving.
@@ -179,10 +181,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 )
             }),
             tls,
+            limits: inbound.limits,
         });
     }
 
     let mut watches = Watches::default();
+    let mut targets = Vec::new();
     let mut routes = Vec::new();
     for upstream in &config.upstreams {
         // A Consul-discovered upstream starts empty (so not ready) until
@@ -221,15 +225,28 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 .with_context(|| format!("upstream {}: DNS discovery", upstream.name))?;
             discoverers.push(discoverer);
         }
+        targets.push(target);
+    }
+
+    // Routing backends may name any upstream, so they are built once all exist.
+    let by_name = |name: &str| targets.iter().find(|t| t.name() == name).cloned();
+    let mut backend_upstreams = Vec::new();
+    for (upstream, target) in config.upstreams.iter().zip(&targets) {
+        let backends = Backends::build(target, upstream, &by_name);
+        backend_upstreams.extend(
+            (backends.iter())
+                .filter(|(_, backend)| !targets.iter().any(|t| Arc::ptr_eq(t, backend)))
+                .map(|(_, backend)| Arc::downgrade(backend)),
+        );
         let listen_protocol = match upstream.protocol {
             UpstreamProtocol::Http => Some(HttpProtocol::Http1),
             UpstreamProtocol::Http2 | UpstreamProtocol::Grpc => Some(HttpProtocol::Http2),
             UpstreamProtocol::Auto => Some(HttpProtocol::Auto),
             UpstreamProtocol::Tcp => None,
         };
-        let handler = handler(listen_protocol, Arc::clone(&target), || {
+        let handler = handler(listen_protocol, Arc::clone(target), || {
             stack::outbound(
-                Arc::clone(&target),
+                &backends,
                 upstream,
                 &config.tracing,
                 access_log,
@@ -240,7 +257,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             routes.push(Route {
                 hosts: upstream.hosts.clone(),
                 addresses: upstream.addresses.clone(),
-                upstream: Arc::clone(&target),
+                upstream: Arc::clone(target),
                 http: match &handler {
                     Handler::Http(_, service, _) => Some(service.clone()),
                     _ => None,
@@ -255,6 +272,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 listener: bind(listen, &label).await?,
                 handler,
                 tls: None,
+                limits: upstream.limits,
             });
         }
     }
@@ -308,9 +326,18 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             listener,
             handler: Handler::Transparent(outbound),
             tls: None,
+            limits: ListenerLimits::default(),
         });
     }
     tracing::info!(addr = %bound.admin, "admin listening");
+    if !bound.admin.ip().is_loopback() {
+        tracing::warn!(
+            addr = %bound.admin,
+            "ADMIN LISTENER IS NOT ON LOOPBACK: /config, /metrics and the other admin endpoints \
+             are reachable from the network without authentication; bind admin.listen to \
+             127.0.0.1 unless this is intended"
+        );
+    }
     tokio::spawn(admin::serve(admin_listener, admin_state));
 
     let drain = DrainController::new();
@@ -345,6 +372,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             listener.listener,
             listener.handler,
             listener.tls,
+            listener.limits,
             connection_metrics,
             drain.watch(),
         ));
@@ -352,7 +380,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     for discoverer in discoverers {
         discoverer.spawn(drain.watch());
     }
-    spawn_idle_sweeper(upstreams, drain.watch());
+    let swept = (upstreams.iter().map(Arc::downgrade))
+        .chain(backend_upstreams)
+        .collect();
+    spawn_idle_sweeper(swept, drain.watch());
     readiness.set_listening();
     Ok(Running {
         bound,
@@ -478,12 +509,15 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// Closes pooled upstream connections that stayed idle past their timeout.
-fn spawn_idle_sweeper(upstreams: Vec<Arc<Upstream>>, mut drain: Drain) {
+/// Held weakly: routing backends go away with the stack that uses them.
+fn spawn_idle_sweeper(upstreams: Vec<Weak<Upstream>>, mut drain: Drain) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
-                _ = ticks.tick() => upstreams.iter().for_each(|u| u.close_expired_idle()),
+                _ = ticks.tick() => (upstreams.iter())
+                    .filter_map(Weak::upgrade)
+                    .for_each(|upstream| upstream.close_expired_idle()),
                 () = drain.signaled() => return,
             }
         }

@@ -1,6 +1,9 @@
 //! The bodies remora moves. [`RequestBody`]: a client's request body, streamed,
 //! and for retries streamed while a copy is kept ([`replay`]) so the request
 //! can be sent again.
+//! A request mirrored to a shadow backend streams as usual while a bounded
+//! copy is kept ([`tee`]); the shadow gets the copy once it is whole
+//! ([`RequestBody::buffered`]).
 //! [`ResponseBody`]: an upstream's streamed body or a body remora made itself,
 //! plus what has to happen when the body is done.
 //!
@@ -23,8 +26,10 @@ use tokio::time::{Instant, Sleep};
 use crate::endpoint::Release;
 
 pub mod replay;
+pub mod tee;
 
 use self::replay::{ReplayBody, Superseded};
+use self::tee::TeeBody;
 
 /// How a response body ended, for metrics and the access log.
 #[derive(Debug, Clone, Copy, Default)]
@@ -223,6 +228,13 @@ enum RequestKind {
     /// Read from the client (or replayed) as it is sent upstream, a copy kept
     /// for the next try.
     Replaying(ReplayBody<RequestBody>),
+    /// Streamed while a copy is kept for a mirrored request ([`tee`]).
+    Teed(Box<TeeBody>),
+    /// Read whole already (a mirror's copy): data, then trailers.
+    Buffered {
+        data: Option<Bytes>,
+        trailers: Option<http::HeaderMap>,
+    },
 }
 
 /// Why a request body could not be sent whole.
@@ -244,6 +256,26 @@ impl RequestBody {
     pub fn streaming(body: Incoming) -> Self {
         Self {
             kind: RequestKind::Streaming(body),
+        }
+    }
+
+    /// This body, streamed as before while a copy of up to `limit` bytes is
+    /// kept; the receiver gets the copy once the body has ended (see [`tee`]).
+    pub fn teed(self, limit: usize) -> (Self, tokio::sync::oneshot::Receiver<tee::Copy>) {
+        let (body, copy) = tee::tee(self, limit);
+        let body = Self {
+            kind: RequestKind::Teed(Box::new(body)),
+        };
+        (body, copy)
+    }
+
+    /// A body read whole already; sent as one data frame, then the trailers.
+    pub fn buffered(data: Bytes, trailers: Option<http::HeaderMap>) -> Self {
+        Self {
+            kind: RequestKind::Buffered {
+                data: (!data.is_empty()).then_some(data),
+                trailers,
+            },
         }
     }
 
@@ -289,6 +321,12 @@ impl Body for RequestBody {
                 .poll_frame(cx)
                 .map_err(RequestBodyError::Client),
             RequestKind::Replaying(body) => Pin::new(body).poll_frame(cx),
+            RequestKind::Teed(body) => Pin::new(body.as_mut()).poll_frame(cx),
+            RequestKind::Buffered { data, trailers } => Poll::Ready(
+                (data.take().map(Frame::data))
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
         }
     }
 
@@ -296,6 +334,8 @@ impl Body for RequestBody {
         match &self.kind {
             RequestKind::Streaming(body) => body.is_end_stream(),
             RequestKind::Replaying(body) => body.is_end_stream(),
+            RequestKind::Teed(body) => body.is_end_stream(),
+            RequestKind::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
         }
     }
 
@@ -303,6 +343,10 @@ impl Body for RequestBody {
         match &self.kind {
             RequestKind::Streaming(body) => body.size_hint(),
             RequestKind::Replaying(body) => body.size_hint(),
+            RequestKind::Teed(body) => body.size_hint(),
+            RequestKind::Buffered { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len()) as u64)
+            }
         }
     }
 }

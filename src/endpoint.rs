@@ -30,6 +30,16 @@ pub struct WeightedAddr {
     pub weight: u32,
 }
 
+impl WeightedAddr {
+    /// `addrs`, each at weight 1 (sources without weights).
+    pub fn weight_one(addrs: &[SocketAddr]) -> Vec<WeightedAddr> {
+        addrs
+            .iter()
+            .map(|&addr| WeightedAddr { addr, weight: 1 })
+            .collect()
+    }
+}
+
 /// The HTTP version remora speaks to an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamVersion {
@@ -133,7 +143,9 @@ impl Endpoint {
             .and_then(|cause| cause.downcast_ref::<RequestBodyError>())
             .is_some_and(|cause| matches!(cause, RequestBodyError::Client(_)));
         let error = if client_body {
-            ProxyError::ClientBody { source }
+            ProxyError::ClientBody {
+                source: source.into(),
+            }
         } else {
             ProxyError::UpstreamReset {
                 addr: self.addr,

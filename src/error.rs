@@ -52,7 +52,9 @@ pub enum ProxyError {
     #[error("more than {limit} requests in flight to {upstream:?}")]
     Overloaded { upstream: String, limit: u32 },
     #[error("reading the request body from the client failed: {source}")]
-    ClientBody { source: hyper::Error },
+    ClientBody {
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("no upstream answers for {target} (transparent.unmatched: refuse)")]
     NoRoute { target: String },
     #[error("fault injected: abort with {status}")]

@@ -26,6 +26,7 @@ pub mod middleware;
 pub mod outcome;
 pub mod outlier;
 pub mod registration;
+pub mod routing;
 pub mod runtime;
 pub mod server;
 pub mod stack;

@@ -4,8 +4,13 @@
 //! knowledge (h2c, also gRPC), `auto` (the connection's first bytes are
 //! compared with the HTTP/2 preface to choose), or opaque TCP (see `tcp`).
 //! Malformed HTTP/1.1 requests are answered 400 / 431 by hyper and only that
-//! connection is closed. On drain, the accept loop stops and each connection
-//! shuts down gracefully (see `drain`).
+//! connection is closed. A listener's `limits` bound what one client can
+//! hold: connections beyond `max_connections` are closed as soon as they are
+//! accepted (and counted), request heads must arrive within
+//! `header_read_timeout` and fit `max_header_bytes` / `max_headers`, HTTP/2
+//! connections get `max_concurrent_streams` and a cap on reset streams
+//! (CVE-2023-44487, rapid reset). On drain, the accept loop stops and each
+//! connection shuts down gracefully (see `drain`).
 //!
 //! With mesh mTLS on a listener, each connection's TLS handshake runs in the
 //! connection's own task (so a slow client holds up no one); the protocol
@@ -24,8 +29,10 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
+use crate::config::ListenerLimits;
 use crate::drain::Drain;
 use crate::idle::{Activity, IdleIo};
 
@@ -37,9 +44,18 @@ use crate::tls::inbound::{InboundTls, Negotiated};
 use crate::transparent::outbound::TransparentOutbound;
 use crate::upstream::Upstream;
 
-/// A client that does not finish sending its request headers within this
-/// time has its connection closed.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 streams a client may reset before the server accepted them, at
+/// once, before the connection gets GOAWAY (h2's default, made explicit:
+/// the rapid-reset flood of CVE-2023-44487).
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+
+/// HTTP/2 streams remora may reset because of the client's protocol errors
+/// before the connection gets GOAWAY (hyper's default, made explicit).
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// hyper's own HTTP/1.1 header count limit; setting any other moves the
+/// header array from the stack to the heap, so it is only set when it differs.
+const HYPER_DEFAULT_MAX_HEADERS: u32 = 100;
 
 /// The address of the client that sent a request (request extension).
 #[derive(Debug, Clone, Copy)]
@@ -69,9 +85,11 @@ pub async fn accept_loop(
     listener: TcpListener,
     handler: Handler,
     tls: Option<Arc<InboundTls>>,
+    limits: ListenerLimits,
     metrics: ConnectionMetrics,
     mut drain: Drain,
 ) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -85,6 +103,12 @@ pub async fn accept_loop(
                 }
             },
             () = drain.signaled() => break,
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            metrics.refused();
+            tracing::debug!(%peer, max_connections = limits.max_connections, "connection refused: listener full");
+            drop(stream);
+            continue;
         };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, %peer, "could not set TCP_NODELAY");
@@ -100,9 +124,15 @@ pub async fn accept_loop(
                 // Redirected plaintext from the local application: never TLS,
                 // and the raw socket is needed for its original destination.
                 (_, Handler::Transparent(transparent)) => {
-                    transparent.serve(stream, client, drain).await
+                    transparent.serve(stream, client, &limits, drain).await
                 }
-                (None, handler) => serve(stream, client, None, handler, drain).await,
+                (None, handler) => {
+                    let caller = Caller {
+                        addr: client,
+                        identity: None,
+                    };
+                    serve(stream, caller, handler, &limits, drain).await
+                }
                 (Some(tls), handler) => {
                     if let Some(accepted) = tls.accept(stream, peer).await {
                         let handler = match (handler, accepted.negotiated) {
@@ -114,28 +144,39 @@ pub async fn accept_loop(
                             }
                             (handler, _) => handler,
                         };
-                        serve(accepted.stream, client, accepted.peer, handler, drain).await;
+                        let caller = Caller {
+                            addr: client,
+                            identity: accepted.peer,
+                        };
+                        serve(accepted.stream, caller, handler, &limits, drain).await;
                     }
                 }
             }
-            drop((open, live));
+            drop((open, live, slot));
         });
     }
+}
+
+/// Who is at the other end of a connection: its address and, over mesh
+/// mTLS, its verified identity. Both go with every request as extensions.
+pub(crate) struct Caller {
+    pub addr: ClientAddr,
+    pub identity: Option<PeerIdentity>,
 }
 
 /// Serves one accepted (and, with TLS, handshaken) connection.
 async fn serve<S>(
     stream: S,
-    client: ClientAddr,
-    peer: Option<PeerIdentity>,
+    caller: Caller,
     handler: Handler,
+    limits: &ListenerLimits,
     drain: Drain,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     match handler {
         Handler::Http(protocol, service, idle) => {
-            serve_http(stream, client, peer, protocol, service, idle, drain).await
+            serve_http(stream, caller, protocol, service, idle, limits, drain).await
         }
         Handler::Tcp(upstream) => crate::tcp::proxy(stream, upstream).await,
         Handler::Transparent(_) => unreachable!("served by accept_loop on the raw socket"),
@@ -146,11 +187,11 @@ async fn serve<S>(
 /// or is drained.
 pub(crate) async fn serve_http<S>(
     stream: S,
-    client: ClientAddr,
-    peer: Option<PeerIdentity>,
+    caller: Caller,
     protocol: HttpProtocol,
     service: HttpService,
     idle: Duration,
+    limits: &ListenerLimits,
     drain: Drain,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -160,34 +201,44 @@ pub(crate) async fn serve_http<S>(
     let idle = crate::idle::expired(&activity, idle);
     let service =
         TowerToHyperService::new(service.map_request(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(client);
-            if let Some(peer) = &peer {
-                request.extensions_mut().insert(peer.clone());
+            request.extensions_mut().insert(caller.addr);
+            if let Some(identity) = &caller.identity {
+                request.extensions_mut().insert(identity.clone());
             }
             request
         }));
     let result = match protocol {
         HttpProtocol::Http1 => {
-            let connection = http1::Builder::new()
+            let mut builder = http1::Builder::new();
+            builder
                 .writev(false)
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(io, service)
-                .with_upgrades();
+                .header_read_timeout(limits.header_read_timeout)
+                .max_header_size(limits.max_header_bytes as usize);
+            if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+                builder.max_headers(limits.max_headers as usize);
+            }
+            let connection = builder.serve_connection(io, service).with_upgrades();
             until_drained!(connection, drain, idle)
         }
         HttpProtocol::Http2 => {
-            let connection = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .serve_connection(io, service);
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            http2_limits!(builder.timer(TokioTimer::new()), limits);
+            let connection = builder.serve_connection(io, service);
             until_drained!(connection, drain, idle)
         }
         HttpProtocol::Auto => {
             let mut builder = auto::Builder::new(TokioExecutor::new());
+            // The head must fit the read buffer: 431 otherwise.
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_bytes as usize);
+            if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+                builder.http1().max_headers(limits.max_headers as usize);
+            }
+            http2_limits!(builder.http2().timer(TokioTimer::new()), limits);
             let connection = builder.serve_connection_with_upgrades(io, service);
             until_drained!(connection, drain, idle)
         }
@@ -196,6 +247,19 @@ pub(crate) async fn serve_http<S>(
         tracing::debug!(error = %error, "client connection ended with an error");
     }
 }
+
+/// Applies a listener's HTTP/2 limits to hyper's HTTP/2 builder, or to
+/// the HTTP/2 half of hyper-util's auto builder (same methods, no trait).
+macro_rules! http2_limits {
+    ($builder:expr, $limits:expr) => {{
+        $builder
+            .max_concurrent_streams($limits.max_concurrent_streams)
+            .max_header_list_size($limits.max_header_bytes)
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
+    }};
+}
+use http2_limits;
 
 /// Drives a hyper server connection to its end, asking it to shut down
 /// gracefully (finish in-flight requests, then close) once the drain begins

@@ -1,9 +1,13 @@
 //! The layer order of each direction (architecture §2), and nothing else.
 //! Outermost first; the stack is built once per listener and type-erased once.
 //! Optional layers (absent from the config) are left out, not passed through.
+//! Outbound, the logical layers (per route) and the concrete ones (per
+//! backend) are built by separate functions and type-erased at their edge.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -11,7 +15,8 @@ use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::config::{InboundConfig, TracingConfig, UpstreamConfig};
+use crate::config::{DEFAULT_BACKEND, InboundConfig, RouteConfig, TracingConfig, UpstreamConfig};
+use crate::error::ProxyError;
 use crate::forward::Forward;
 use crate::middleware::authorization::AuthorizationLayer;
 use crate::middleware::circuit_breaker::CircuitBreakerLayer;
@@ -23,6 +28,11 @@ use crate::middleware::rate_limit::RateLimitLayer;
 use crate::middleware::retry::RetryLayer;
 use crate::middleware::timeout::TimeoutLayer;
 use crate::middleware::trace_context::TraceContextLayer;
+use crate::routing::backends::Backends;
+use crate::routing::mirror::MirrorLayer;
+use crate::routing::split::{Split, SplitTarget};
+use crate::routing::{Route, Router};
+use crate::telemetry::metrics::route_backend_counter;
 use crate::telemetry::spans::SpanExporter;
 use crate::tls::authorization::Authorizer;
 use crate::upstream::{Direction, Upstream};
@@ -30,9 +40,19 @@ use crate::upstream::{Direction, Upstream};
 /// The service behind an HTTP listener.
 pub type HttpService = BoxCloneSyncService<Request<Incoming>, Response<ResponseBody>, Infallible>;
 
-/// App → upstream service.
+/// A route's stack below the router, proxy errors already turned into responses.
+pub type RouteService =
+    BoxCloneSyncService<Request<RequestBody>, Response<ResponseBody>, Infallible>;
+
+/// One backend's stack: breaker, concurrency limit, balancer and endpoints.
+pub type ConcreteService =
+    BoxCloneSyncService<Request<RequestBody>, Response<ResponseBody>, ProxyError>;
+
+/// App → upstream service. With `routes:`, the router sits where the
+/// upstream's policy layers would (steps 4–8, per route: logical), and each
+/// route ends in a split over its backends' stacks (steps 9–12: concrete).
 pub fn outbound(
-    upstream: Arc<Upstream>,
+    backends: &Backends,
     config: &UpstreamConfig,
     tracing: &TracingConfig,
     access_log: f64,
@@ -40,35 +60,134 @@ pub fn outbound(
 ) -> HttpService {
     let direction = Direction::Outbound;
     let name = config.name.as_str();
+    let shared = UpstreamLayers::new(config);
+    let concrete = |backend: &Arc<Upstream>| -> ConcreteService {
+        let service = ServiceBuilder::new()
+            .option_layer((backend.circuit_breaker().cloned()).map(CircuitBreakerLayer::new))
+            .option_layer(shared.concurrency.clone())
+            .service(Forward::new(Arc::clone(backend)));
+        BoxCloneSyncService::new(service)
+    };
+    let concrete: BTreeMap<&str, ConcreteService> = (backends.iter())
+        .map(|(backend, upstream)| (backend, concrete(upstream)))
+        .collect();
+    let fallback = logical(&shared, None, None, concrete[DEFAULT_BACKEND].clone());
+    let service = if config.routes.is_empty() {
+        fallback
+    } else {
+        let routes = (config.routes.iter())
+            .map(|route| {
+                Route::new(name, route, || {
+                    let split = split(name, route, &concrete);
+                    let mirror = (route.mirror.as_ref()).and_then(|mirror| {
+                        let shadow = Forward::new(Arc::clone(backends.get(&mirror.backend)?));
+                        Some(MirrorLayer::new(mirror, shadow, name, &route.name))
+                    });
+                    logical(&shared, Some(route), mirror, split)
+                })
+            })
+            .collect();
+        let router = Router::new(routes, Route::fallback(name, fallback));
+        BoxCloneSyncService::new(router)
+    };
     let service = ServiceBuilder::new()
         .map_request(|request: Request<Incoming>| request.map(RequestBody::streaming))
         .layer(TraceContextLayer::new(tracing))
         .layer(ObserveLayer::new(
             direction,
             name,
-            upstream.totals(),
+            backends.upstream().totals(),
             access_log,
             spans,
         ))
-        .layer(ErrorResponseLayer)
-        .option_layer(
-            config
-                .fault
-                .as_ref()
-                .map(|fault| FaultLayer::new(fault, name)),
-        )
-        .option_layer(
-            (config.rate_limit.as_ref()).map(|limit| RateLimitLayer::new(limit, direction, name)),
-        )
-        .layer(TimeoutLayer::new(config.timeouts.request).counted(direction, name))
-        .option_layer((config.retries.as_ref()).map(|policy| RetryLayer::new(policy, name)))
-        .option_layer((upstream.circuit_breaker().cloned()).map(CircuitBreakerLayer::new))
-        .option_layer(
-            (config.max_concurrent_requests)
-                .map(|limit| ConcurrencyLimitLayer::new(limit, direction, name)),
-        )
-        .service(Forward::new(upstream));
+        .service(service);
     BoxCloneSyncService::new(service)
+}
+
+/// An upstream's policy layers, built once: routes without a policy of their
+/// own share the upstream's (one rate-limit bucket, one retry budget, one
+/// concurrency limit across its routes).
+struct UpstreamLayers {
+    name: String,
+    fault: Option<FaultLayer>,
+    rate_limit: Option<RateLimitLayer>,
+    timeout: Option<Duration>,
+    retries: Option<RetryLayer>,
+    concurrency: Option<ConcurrencyLimitLayer>,
+}
+
+impl UpstreamLayers {
+    fn new(config: &UpstreamConfig) -> Self {
+        let direction = Direction::Outbound;
+        let name = config.name.as_str();
+        Self {
+            name: name.to_owned(),
+            fault: (config.fault.as_ref()).map(|fault| FaultLayer::new(fault, name)),
+            rate_limit: (config.rate_limit.as_ref())
+                .map(|limit| RateLimitLayer::new(limit, direction, name)),
+            timeout: config.timeouts.request,
+            retries: (config.retries.as_ref()).map(|policy| RetryLayer::new(policy, name)),
+            concurrency: (config.max_concurrent_requests)
+                .map(|limit| ConcurrencyLimitLayer::new(limit, direction, name)),
+        }
+    }
+}
+
+/// The logical layers (steps 4–8) of a route, or of the upstream itself when
+/// `route` is `None`: each of the route's policies replaces the upstream's.
+fn logical(
+    upstream: &UpstreamLayers,
+    route: Option<&RouteConfig>,
+    mirror: Option<MirrorLayer>,
+    backends: ConcreteService,
+) -> RouteService {
+    let direction = Direction::Outbound;
+    let name = upstream.name.as_str();
+    let fault = (route.and_then(|r| r.fault.as_ref()))
+        .map(|fault| FaultLayer::new(fault, name))
+        .or_else(|| upstream.fault.clone());
+    let rate_limit = (route.and_then(|r| r.rate_limit.as_ref()))
+        .map(|limit| RateLimitLayer::new(limit, direction, name))
+        .or_else(|| upstream.rate_limit.clone());
+    let timeout = route.and_then(|r| r.timeout).or(upstream.timeout);
+    let retries = (route.and_then(|r| r.retries.as_ref()))
+        .map(|policy| RetryLayer::new(policy, name))
+        .or_else(|| upstream.retries.clone());
+    let service = ServiceBuilder::new()
+        .layer(ErrorResponseLayer)
+        .option_layer(fault)
+        .option_layer(rate_limit)
+        .option_layer(mirror)
+        .layer(TimeoutLayer::new(timeout).counted(direction, name))
+        .option_layer(retries)
+        .service(backends);
+    BoxCloneSyncService::new(service)
+}
+
+/// A route's backends (`backend`, `split`, or the upstream's own endpoints)
+/// behind one weighted split.
+fn split(
+    upstream: &str,
+    route: &RouteConfig,
+    concrete: &BTreeMap<&str, ConcreteService>,
+) -> ConcreteService {
+    let weighted: Vec<(&str, u32)> = match (&route.split, &route.backend) {
+        (Some(split), _) => (split.iter())
+            .map(|target| (target.backend.as_str(), target.weight))
+            .collect(),
+        (None, Some(backend)) => vec![(backend.as_str(), 1)],
+        (None, None) => vec![(DEFAULT_BACKEND, 1)],
+    };
+    let targets = (weighted.into_iter())
+        .filter_map(|(backend, weight)| {
+            Some(SplitTarget {
+                weight,
+                service: concrete.get(backend)?.clone(),
+                tries: route_backend_counter(upstream, &route.name, backend),
+            })
+        })
+        .collect();
+    BoxCloneSyncService::new(Split::new(targets, route.sticky.clone()))
 }
 
 /// Mesh → local application (`app` is named after `service.name`).

@@ -4,11 +4,17 @@
 //! The endpoint set is swapped atomically (arc-swap) when discovery reports a
 //! change; endpoints present before and after keep their connections and load
 //! figures, removed ones live on until their in-flight requests finish.
+//!
+//! A discovered upstream also feeds its routing subsets: each subset is an
+//! upstream of its own (own balancer, breaker and outlier state) whose
+//! endpoints are the parent's instances that match its tags and meta, set
+//! again on every discovery change. The parent holds subsets weakly, so the
+//! subsets of a router that was replaced (config reload) simply fall away.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -20,8 +26,9 @@ use crate::balance::{Balancer, DEFAULT_BACKOFF, Member};
 use crate::client::ClientSettings;
 use crate::config::{
     CircuitBreakerConfig, HashOn, LoadBalancingPolicy, OutlierDetection, RateLimitConfig,
-    UpstreamProtocol,
+    SubsetConfig, UpstreamProtocol,
 };
+use crate::discovery::Instance;
 use crate::endpoint::{Endpoint, UpstreamVersion, WeightedAddr};
 use crate::error::{ErrorKind, ProxyError};
 use crate::middleware::circuit_breaker::CircuitBreaker;
@@ -72,6 +79,10 @@ pub struct Upstream {
     totals: Arc<RequestTotals>,
     /// When the endpoint set was last set, in ms since the Unix epoch.
     last_update_ms: AtomicU64,
+    /// The last discovered instances, with tags and meta.
+    instances: ArcSwap<Vec<Instance>>,
+    /// Routing subsets fed from `instances`.
+    subsets: Mutex<Vec<(SubsetConfig, Weak<Upstream>)>>,
 }
 
 impl Upstream {
@@ -92,6 +103,8 @@ impl Upstream {
             outlier,
             totals: Arc::default(),
             last_update_ms: AtomicU64::new(unix_ms_now()),
+            instances: ArcSwap::default(),
+            subsets: Mutex::default(),
         };
         upstream.publish_endpoint_count();
         upstream
@@ -109,7 +122,7 @@ impl Upstream {
     /// Replaces the endpoint set, every endpoint at weight 1. Endpoints that
     /// stay keep their state.
     pub fn set_endpoints(&self, addrs: &[SocketAddr]) {
-        self.set_weighted_endpoints(&weight_one(addrs));
+        self.set_weighted_endpoints(&WeightedAddr::weight_one(addrs));
     }
 
     /// Replaces the endpoint set. Endpoints that stay keep their state
@@ -125,6 +138,32 @@ impl Upstream {
         self.balancer.store(Arc::new(next));
         self.last_update_ms.store(unix_ms_now(), Relaxed);
         self.publish_endpoint_count();
+    }
+
+    /// Replaces the endpoint set with discovered instances and updates every
+    /// subset fed from them.
+    pub fn set_instances(&self, instances: &[Instance]) {
+        let addrs: Vec<WeightedAddr> = instances.iter().map(weighted).collect();
+        self.set_weighted_endpoints(&addrs);
+        // Under the lock, so a subset being added sees these instances or is
+        // in the list already.
+        let mut subsets = self.subsets.lock().unwrap_or_else(PoisonError::into_inner);
+        self.instances.store(Arc::new(instances.to_vec()));
+        subsets.retain(|(selector, subset)| match subset.upgrade() {
+            Some(subset) => {
+                subset.set_weighted_endpoints(&select(instances, selector));
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// Feeds `subset` with this upstream's instances that match `selector`,
+    /// now and on every discovery change, for as long as `subset` lives.
+    pub fn add_subset(&self, selector: &SubsetConfig, subset: &Arc<Upstream>) {
+        let mut subsets = self.subsets.lock().unwrap_or_else(PoisonError::into_inner);
+        subset.set_weighted_endpoints(&select(&self.instances.load(), selector));
+        subsets.push((selector.clone(), Arc::downgrade(subset)));
     }
 
     /// When the endpoint set was last set (at start, or by discovery).
@@ -205,11 +244,19 @@ impl Upstream {
     }
 }
 
-fn weight_one(addrs: &[SocketAddr]) -> Vec<WeightedAddr> {
-    addrs
-        .iter()
-        .map(|&addr| WeightedAddr { addr, weight: 1 })
+/// The instances in `selector`'s subset, with their weights.
+fn select(instances: &[Instance], selector: &SubsetConfig) -> Vec<WeightedAddr> {
+    (instances.iter())
+        .filter(|instance| instance.is_in(selector))
+        .map(weighted)
         .collect()
+}
+
+fn weighted(instance: &Instance) -> WeightedAddr {
+    WeightedAddr {
+        addr: instance.addr,
+        weight: instance.weight,
+    }
 }
 
 fn build_balancer(

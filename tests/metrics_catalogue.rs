@@ -1,7 +1,7 @@
 //! `docs/metrics.md` against the real `/metrics`: a proxy using every feature (an HTTP
 //! upstream with retries, breaker, rate limit, concurrency limit, a 0 % fault, outlier
-//! detection and a dead endpoint; a TCP upstream; inbound; registration with the Consul
-//! stand-in) is driven until the event-only
+//! detection, a dead endpoint and a mirrored route; a TCP upstream; inbound; registration with
+//! the Consul stand-in) is driven until the event-only
 //! metrics have happened, then every exported metric must be in the table with the same type
 //! and label names, and every metric in the table must be exported — except those the table
 //! marks *Appears after …*, which may be missing but must match when present. A second proxy
@@ -12,12 +12,14 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use http::{StatusCode, Version};
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::consul::ConsulStandIn;
-use support::{Proxy, dead_addr, get, http_backend, prom, tcp_echo, tls};
+use support::{Proxy, dead_addr, get, http_backend, http_client, prom, tcp_echo, tls};
 
 /// A metric as documented or exported: type and label names.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,7 +109,10 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
          rate_limit: {{ requests_per_second: 1000, burst: 1000 }}\n    \
          max_concurrent_requests: 100\n    \
          fault: {{ abort: {{ percent: 0, status: 500 }} }}\n    \
-         outlier_detection: {{ consecutive_failures: 1, base_ejection: 30s, max_ejection_percent: 50 }}\n\
+         outlier_detection: {{ consecutive_failures: 1, base_ejection: 30s, max_ejection_percent: 50 }}\n    \
+         backends: {{ side: {{ static: [{backend}] }}, shadow: {{ static: [{backend}] }} }}\n    \
+         routes: [{{ name: cat-route, match: {{ headers: [{{ name: x-cat-route, present: true }}] }}, \
+         backend: side, mirror: {{ backend: shadow }} }}]\n\
          \x20 - name: cat-tcp\n    listen: 127.0.0.1:0\n    protocol: tcp\n    \
          discovery: {{ static: [{echo}] }}\n\
          admin: {{ listen: 127.0.0.1:0 }}\n\
@@ -139,6 +144,18 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
         let reply = get(Version::HTTP_11, &format!("{http}/")).await.unwrap();
         assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     }
+    // A routed request (route metrics) with a mirrored copy.
+    let routed = http_client::<Full<Bytes>>(Version::HTTP_11)
+        .request(
+            Request::get(format!("{http}/"))
+                .header("x-cat-route", "1")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(routed.status(), StatusCode::OK);
+    routed.into_body().collect().await.unwrap();
     // 503s: retried, an outlier ejection, then the breaker opens and answers itself.
     for _ in 0..4 {
         get(Version::HTTP_11, &format!("{http}/status/503"))

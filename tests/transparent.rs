@@ -3,7 +3,8 @@
 //! connection), answers unmatched requests 502 `no_route` when there is no
 //! original destination, and counts both; `remora iptables` prints the exact
 //! rules, and (as root) applies them idempotently in a fresh network
-//! namespace and removes them. Redirected traffic end to end is in
+//! namespace and removes them; the original destination of an IPv4 and an
+//! IPv6 connection redirected by nat rules. Redirected traffic end to end is in
 //! `two_pods.rs`.
 
 mod support;
@@ -346,4 +347,80 @@ fn iptables_apply_is_idempotent_and_cleanup_removes_everything() {
     );
     let after = remora_lines(&netns.exec("iptables-save", &["-t", "nat"]));
     assert!(after.is_empty(), "{after:#?}");
+}
+
+/// Runs `program args`, failing with its stderr.
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|error| format!("cannot run {program}: {error}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// IPv4 and IPv6: a connection that iptables / ip6tables `REDIRECT`ed to a
+/// listener reports the address the client dialled. The work runs on a
+/// thread of its own that moves into a fresh network namespace (`unshare`,
+/// which affects only the calling thread and the commands it starts), where
+/// the nat rules are added. Only a namespace that cannot be made skips;
+/// past that, any failure (rule refused, connection not redirected) fails.
+#[test]
+fn the_original_destination_is_recovered_for_ipv4_and_ipv6() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root (a network namespace and nat rules)");
+        return;
+    }
+    let outcome = std::thread::spawn(|| {
+        // SAFETY: unshare(2) with CLONE_NEWNET only changes this thread's
+        // network namespace; it takes no pointers.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(format!("unshare: {}", std::io::Error::last_os_error()));
+        }
+        run("ip", &["link", "set", "lo", "up"])?;
+        Ok([("iptables", "127.0.0.1"), ("ip6tables", "::1")].map(redirected_once))
+    })
+    .join()
+    .expect("namespace thread");
+    match outcome {
+        Err(reason) => eprintln!("SKIPPED: cannot make a network namespace: {reason}"),
+        Ok(found) => {
+            for (dialled, original) in found {
+                assert_eq!(original, Some(dialled), "redirected from {dialled}");
+            }
+        }
+    }
+}
+
+/// Adds a `tables` rule redirecting `loopback`:8080 to a new listener,
+/// dials `loopback`:8080 and returns (that address, what the accepted
+/// connection reports as its original destination).
+fn redirected_once((tables, loopback): (&str, &str)) -> (SocketAddr, Option<SocketAddr>) {
+    let listener = std::net::TcpListener::bind((loopback, 0)).expect("bind");
+    let port = listener.local_addr().expect("bound").port().to_string();
+    let rule = "-t nat -A OUTPUT -p tcp -d LOOPBACK --dport 8080 -j REDIRECT --to-ports PORT"
+        .replace("LOOPBACK", loopback)
+        .replace("PORT", &port);
+    let rule: Vec<&str> = rule.split(' ').collect();
+    run(tables, &rule).unwrap_or_else(|error| panic!("{error}"));
+    let dialled = SocketAddr::new(loopback.parse().expect("an IP"), 8080);
+    let _client = std::net::TcpStream::connect(dialled)
+        .unwrap_or_else(|error| panic!("{dialled} was not redirected: {error}"));
+    let (server, _) = listener.accept().expect("accept");
+    server.set_nonblocking(true).expect("nonblocking");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let original = runtime.block_on(async {
+        let server = TcpStream::from_std(server).expect("tokio stream");
+        remora::transparent::original_dst::original_destination(&server)
+    });
+    (dialled, original)
 }

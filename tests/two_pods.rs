@@ -6,14 +6,16 @@
 //! `ip netns exec` bind-mounts from /etc/netns/POD/hosts): iptables sends the
 //! connection to remora A's transparent listener, which routes it by Host to
 //! upstream `api` (Consul: pod B's address), remora A's connection to pod B
-//! is redirected to remora B's inbound listener, which calls the app. The
+//! is redirected to remora B's inbound listener (mTLS between the two), which
+//! calls the app. The
 //! test checks the trace context across both sidecars, the metrics of both,
 //! the upstream's circuit breaker and rate limit, and passthrough of
 //! unmatched traffic. Needs root and `ip netns`; skipped otherwise.
 //!
 //! The applications are this test binary run again (`pod_helper`, ignored in
-//! normal runs) inside a namespace. Mesh TLS: `mesh_tls` adds nothing yet;
-//! once the `tls:` section exists it returns one per pod.
+//! normal runs) inside a namespace. The sidecars talk mTLS: one CA made at
+//! run time, a SPIFFE leaf per pod; pod B's application sees pod A's
+//! verified identity in `x-remora-client-id`.
 
 mod support;
 
@@ -31,6 +33,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 
 use support::consul::{ConsulStandIn, Instance};
+use support::tls::{Ca, TlsFiles, spiffe};
 use support::{ProxyProcess, prom};
 
 const PROXY_UID: &str = "1337";
@@ -168,11 +171,12 @@ impl Drop for Pods {
     }
 }
 
-/// Mesh TLS for `pod`'s sidecar: nothing until the `tls:` section lands.
-/// Then: write a cert/key for the pod (rcgen, one CA for both) and return
-/// `tls: { cert: ..., key: ..., ca: ... }`; nothing else in the test changes.
-fn mesh_tls(_pod: &str) -> String {
-    String::new()
+/// The `tls:` section of a sidecar for `service`, with a leaf from `ca`
+/// written to files the proxy user can read.
+fn mesh_tls(ca: &Ca, service: &str) -> (TlsFiles, String) {
+    let files = TlsFiles::new(&ca.leaf(service, 7), ca);
+    let yaml = files.yaml("");
+    (files, yaml)
 }
 
 /// Runs `remora iptables --apply` for `yaml` inside `pod`.
@@ -279,6 +283,10 @@ async fn app_in_pod_a_calls_pod_b_by_name_through_both_sidecars() {
     let service_addr: SocketAddr = format!("{POD_B_IP}:{APP_PORT}").parse().unwrap();
     consul.register(Instance::new("api-1", "api", service_addr));
 
+    let ca = Ca::new("two-pods mesh CA");
+    let (_tls_a, tls_a) = mesh_tls(&ca, "web");
+    let (_tls_b, tls_b) = mesh_tls(&ca, "api");
+
     // Pod B: the api application and its sidecar.
     let mut app = KillOnDrop(spawn_helper(b, "app", &[]));
     assert_eq!(helper_lines(&mut app.0, "ready"), ["ready"]);
@@ -287,8 +295,7 @@ async fn app_in_pod_a_calls_pod_b_by_name_through_both_sidecars() {
 inbound: {{ listen: 0.0.0.0:15006 }}
 transparent: {{}}
 admin: {{ listen: 0.0.0.0:15000 }}
-{}",
-        mesh_tls(b)
+{tls_b}"
     );
     apply_iptables(b, &sidecar_b).expect("iptables in pod B");
     let as_proxy_user = [
@@ -310,11 +317,11 @@ upstreams:
     discovery: {{ consul: {{ service: api }} }}
     rate_limit: {{ requests_per_second: 0.2, burst: 8 }}
     circuit_breaker: {{ consecutive_failures: 3, open_for: 60s }}
+    tls: {{ enabled: true }}
 consul: {{ address: \"http://{root}:{consul_port}\" }}
 transparent: {{ detect_timeout: 500ms }}
 admin: {{ listen: 0.0.0.0:15000 }}
-{}",
-        mesh_tls(a),
+{tls_a}",
         root = ROOT_TO_A.0,
     );
     apply_iptables(a, &sidecar_a).expect("iptables in pod A");
@@ -366,6 +373,12 @@ admin: {{ listen: 0.0.0.0:15000 }}
     assert_eq!(
         seen["host"], "api:8080",
         "the Host header arrives unchanged"
+    );
+    // Over mTLS: pod B's sidecar verified pod A's certificate.
+    assert_eq!(
+        seen["x-remora-client-id"].as_str(),
+        Some(spiffe("web").as_str()),
+        "{seen}"
     );
     // 2. Unmatched traffic (the Consul API by address) passes through.
     assert_eq!(status(1), 200, "{replies:#?}");

@@ -14,9 +14,12 @@
 mod duration;
 mod env;
 mod error;
+mod limits;
 mod locate;
 mod model;
 mod resilience;
+mod route_checks;
+mod routing;
 mod transparent;
 mod validate;
 
@@ -25,6 +28,7 @@ use std::path::Path;
 use serde_saphyr::{MessageFormatter, Options, PropertySyntax, UserMessageFormatter};
 
 pub use error::{ConfigError, ConfigErrors};
+pub use limits::ListenerLimits;
 pub use model::{
     AdminConfig, AuthorizationAction, AuthorizationConfig, CheckConfig, Config, ConsulConfig,
     ConsulDiscovery, Discovery, DnsDiscovery, HashOn, InboundConfig, LoadBalancing,
@@ -36,6 +40,11 @@ pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,
     OutlierDetection, RateLimitConfig, RateLimitKey, RetryBackoff, RetryBudget, RetryPolicy,
     default_failure_conditions, grpc_code,
+};
+pub use routing::{
+    BackendConfig, DEFAULT_BACKEND, DirectResponse, GrpcMatch, HeaderRules, MirrorConfig,
+    PathMatch, Pattern, Redirect, Rewrite, RouteConfig, RouteMatch, SplitTarget, StickyKey,
+    SubsetConfig, ValueMatch,
 };
 pub use transparent::{Cidr, DestinationMatch, HostName, TransparentConfig, Unmatched};
 

@@ -14,9 +14,11 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::duration;
+use super::limits::ListenerLimits;
 use super::resilience::{
     CircuitBreakerConfig, FaultConfig, OutlierDetection, RateLimitConfig, RetryPolicy,
 };
+use super::routing::{BackendConfig, RouteConfig};
 use super::transparent::{DestinationMatch, HostName, TransparentConfig};
 
 /// The whole file.
@@ -298,6 +300,8 @@ pub struct InboundConfig {
     pub rate_limit: Option<RateLimitConfig>,
     #[serde(default)]
     pub max_concurrent_requests: Option<u32>,
+    #[serde(default)]
+    pub limits: ListenerLimits,
 }
 
 impl Default for InboundConfig {
@@ -307,6 +311,7 @@ impl Default for InboundConfig {
             timeout: None,
             rate_limit: None,
             max_concurrent_requests: None,
+            limits: ListenerLimits::default(),
         }
     }
 }
@@ -353,6 +358,14 @@ pub struct UpstreamConfig {
     pub fault: Option<FaultConfig>,
     #[serde(default)]
     pub tls: Option<UpstreamTls>,
+    /// Named endpoint sets that routes send to (see `routing.rs`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub backends: BTreeMap<String, BackendConfig>,
+    /// Matched in order; unmatched requests go to the upstream's endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub limits: ListenerLimits,
 }
 
 /// Protocol spoken to an upstream; `auto` sniffs the HTTP/2 preface.

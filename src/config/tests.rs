@@ -184,6 +184,37 @@ fn defaults() {
     assert_eq!(upstream.timeouts.connect, Duration::from_secs(1));
     assert_eq!(upstream.timeouts.request, None);
     assert_eq!(upstream.timeouts.idle, Duration::from_secs(60));
+    let limits = upstream.limits;
+    assert_eq!(limits.max_connections, 10_000);
+    assert_eq!(limits.header_read_timeout, Duration::from_secs(30));
+    assert_eq!(limits.max_header_bytes, 60 * 1024);
+    assert_eq!(limits.max_headers, 100);
+    assert_eq!(limits.max_concurrent_streams, 100);
+}
+
+#[test]
+fn listener_limits_out_of_range() {
+    let text = format!(
+        "{SERVICE}inbound:\n  limits: {{ max_connections: 0, header_read_timeout: 0s }}\n\
+         upstreams:\n  - name: a\n    listen: 127.0.0.1:1\n    discovery: {{ static: [127.0.0.1:2] }}\n\
+         \x20   limits: {{ max_header_bytes: 4096, max_headers: 0, max_concurrent_streams: 0 }}\n"
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "test.yaml:5:30: inbound.limits.max_connections: must be at least 1",
+            "test.yaml:5:54: inbound.limits.header_read_timeout: must be greater than zero",
+            "test.yaml:10:33: upstreams[0].limits.max_header_bytes: must be between 8192 and 16777216",
+            "test.yaml:10:52: upstreams[0].limits.max_headers: must be at least 1",
+            "test.yaml:10:79: upstreams[0].limits.max_concurrent_streams: must be at least 1",
+        ]
+    );
+    let unknown = format!("{SERVICE}inbound: {{ limits: {{ max_streams: 5 }} }}\n");
+    assert!(
+        errors(&unknown)[0].contains("inbound.limits"),
+        "{:?}",
+        errors(&unknown)
+    );
 }
 
 #[test]
@@ -852,4 +883,104 @@ fn tls_section_defaults_and_errors() {
         problems[1].contains("upstreams[0].tls.identity: `spiffe://td/svc/api` is not a SPIFFE ID")
     );
     assert!(errors(&format!("{SERVICE}tls:\n  source: consul\n  bogus: 1\n"))[0].contains("bogus"));
+}
+
+#[test]
+fn canary_file_routes_and_backends() {
+    let config = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/canary.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let api = &config.upstreams[0];
+    assert_eq!(api.backends.len(), 3);
+    assert_eq!(
+        api.backends["v2"],
+        BackendConfig::Subset(SubsetConfig {
+            tags: Vec::new(),
+            meta: [("version".to_owned(), "v2".to_owned())].into()
+        })
+    );
+    let names: Vec<&str> = api.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "maintenance",
+            "legacy-docs",
+            "testers",
+            "orders-grpc",
+            "checkout"
+        ]
+    );
+    let checkout = &api.routes[4];
+    let split: Vec<(&str, u32)> = (checkout.split.as_ref().unwrap().iter())
+        .map(|t| (t.backend.as_str(), t.weight))
+        .collect();
+    assert_eq!(split, [("v1", 90), ("v2", 10)]);
+    assert_eq!(checkout.sticky, Some(StickyKey::Cookie("session".into())));
+    assert_eq!(checkout.timeout, Some(Duration::from_secs(2)));
+    let mirror = checkout.mirror.as_ref().unwrap();
+    assert_eq!((mirror.percent, mirror.max_in_flight), (5.0, 64));
+    assert_eq!(api.routes[1].redirect.as_ref().unwrap().status, 301);
+}
+
+#[test]
+fn route_errors_name_their_keys() {
+    let found = errors(
+        "service: { name: web }\n\
+         upstreams:\n  - name: api\n    listen: 127.0.0.1:9001\n    \
+         discovery: { static: [127.0.0.1:1] }\n    \
+         backends:\n      default: { static: [] }\n      v2: { subset: { tags: [v2] } }\n      \
+         eu: { upstream: nowhere }\n    \
+         routes:\n      - name: Bad\n        match: { path: { prefix: api }, methods: [get], headers: [{ name: x }] }\n        \
+         backend: missing\n        redirect: { status: 200 }\n      \
+         - name: split\n        split: [{ backend: v3, weight: 0 }]\n        \
+         rewrite: { path_prefix: /v2 }\n        mirror: { backend: default, percent: 200 }\n      \
+         - name: sticky\n        sticky: header:x-user\n",
+    );
+    let joined = found.join("\n");
+    for expected in [
+        "upstreams[0].backends.default: invalid backend name",
+        "upstreams[0].backends.default.static: needs at least one endpoint",
+        "upstreams[0].backends.v2.subset: subsets select Consul instances",
+        "upstreams[0].backends.eu.upstream: no upstream is named `nowhere`",
+        "upstreams[0].routes[0].name: invalid route name `Bad`",
+        "upstreams[0].routes[0].match.path: must start with `/`",
+        "upstreams[0].routes[0].match.methods[0]: invalid method `get`",
+        "upstreams[0].routes[0].match.headers[0]: needs exactly one of",
+        "upstreams[0].routes[0]: give at most one of",
+        "upstreams[0].routes[0].backend: unknown backend `missing`",
+        "upstreams[0].routes[0].redirect.status: must be 301",
+        "upstreams[0].routes[1].split: needs at least one backend with a weight above 0",
+        "upstreams[0].routes[1].split[0].backend: unknown backend `v3`",
+        "upstreams[0].routes[1].rewrite.path_prefix: replaces the matched prefix",
+        "upstreams[0].routes[1].mirror.percent: must be a percentage",
+        "upstreams[0].routes[2].sticky: only applies to a `split`",
+    ] {
+        assert!(
+            joined.contains(expected),
+            "{expected} missing from:\n{joined}"
+        );
+    }
+    assert!(
+        found.iter().all(|e| e.starts_with("test.yaml:")),
+        "{joined}"
+    );
+
+    let regex = errors(
+        "service: { name: web }\n\
+         upstreams:\n  - name: api\n    listen: 127.0.0.1:9001\n    \
+         discovery: { static: [127.0.0.1:1] }\n    \
+         routes:\n      - name: r\n        match: { path: { regex: '(' } }\n",
+    );
+    assert_eq!(regex.len(), 1, "{regex:?}");
+    assert!(
+        regex[0].contains("upstreams[0].routes[0].match.path.regex")
+            && regex[0].contains("invalid regex `(`"),
+        "{regex:?}"
+    );
+    let unknown = errors(
+        "service: { name: web }\n\
+         upstreams:\n  - name: api\n    listen: 127.0.0.1:9001\n    \
+         discovery: { static: [127.0.0.1:1] }\n    \
+         routes:\n      - name: r\n        matches: {}\n",
+    );
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
 }

@@ -11,24 +11,26 @@
 //! service name, a check without exactly one of http/tcp, log levels
 //! that are neither a level nor a filter directive, `tracing.otlp` with a
 //! non-http endpoint, a sample ratio outside 0..=1 or a zero queue, batch or
-//! flush interval, `register: true` without `service.port`, `tls` with
-//! `source: files` but without cert/key/ca (or with them under `source:
-//! consul`), zero TLS intervals, empty authorization patterns or SPIFFE IDs
-//! that do not parse, and `upstreams[].tls` turned on without a `tls`
-//! section. Transparent mode: an upstream without `listen` must have `hosts`
-//! or `addresses`, those keys need a `transparent:` section, `hosts` need an
-//! HTTP upstream, a host or address may belong to one upstream only, and
-//! `detect_timeout` must not be zero. Every problem is returned, with the key
-//! path it concerns.
+//! flush interval, listener `limits` of zero (or header bytes outside
+//! 8 KiB..16 MiB), `register: true` without `service.port`, `tls` with `source: files`
+//! but without cert/key/ca (or with them under `source: consul`), zero TLS
+//! intervals, empty authorization patterns or SPIFFE IDs that do not parse,
+//! and `upstreams[].tls` turned on without a `tls` section. Transparent
+//! mode: an upstream without `listen` must have `hosts` or `addresses`, those
+//! keys need a `transparent:` section, `hosts` need an HTTP upstream, a host
+//! or address may belong to one upstream only, and `detect_timeout` must not
+//! be zero. Every problem is returned, with the key path it concerns.
+//! `backends:` and `routes:` are checked by `route_checks.rs`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::limits::{ListenerLimits, MAX_HEADER_BYTES, MIN_HEADER_BYTES};
 use super::model::{
     Config, Discovery, LoadBalancingPolicy, ServiceProtocol, TlsSource, UpstreamConfig,
     UpstreamProtocol,
 };
-use super::resilience::{RateLimitConfig, grpc_code};
+use super::resilience::{FaultConfig, RateLimitConfig, RetryPolicy, grpc_code};
 
 /// Most tokio worker threads accepted.
 const MAX_WORKER_THREADS: usize = 1024;
@@ -46,6 +48,7 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
     check_service(config, &mut problems);
     check_listeners(config, &mut problems);
     check_upstreams(config, &mut problems);
+    super::route_checks::check(config, &mut problems);
     check_consul(config, &mut problems);
     check_runtime_and_logging(config, &mut problems);
     check_tracing(config, &mut problems);
@@ -55,17 +58,17 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
 }
 
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+pub(super) struct Problems(Vec<Problem>);
 
 impl Problems {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             path: path.into(),
             message: message.into(),
         });
     }
 
-    fn nonzero(&mut self, path: String, duration: Duration) {
+    pub(super) fn nonzero(&mut self, path: String, duration: Duration) {
         if duration.is_zero() {
             self.add(path, "must be greater than zero");
         }
@@ -106,6 +109,7 @@ fn check_service(config: &Config, problems: &mut Problems) {
         if inbound.max_concurrent_requests == Some(0) {
             problems.add("inbound.max_concurrent_requests", "must be at least 1");
         }
+        check_limits("inbound.limits", &inbound.limits, problems);
         let tcp = config.service.protocol == ServiceProtocol::Tcp;
         if tcp && (inbound.rate_limit.is_some() || inbound.timeout.is_some()) {
             problems.add(
@@ -244,7 +248,29 @@ fn check_upstreams(config: &Config, problems: &mut Problems) {
             problems.nonzero(at("timeouts.request"), request);
         }
         problems.nonzero(at("timeouts.idle"), timeouts.idle);
+        check_limits(&at("limits"), &upstream.limits, problems);
         check_resilience(upstream, &at, problems);
+    }
+}
+
+fn check_limits(path: &str, limits: &ListenerLimits, problems: &mut Problems) {
+    let at = |key: &str| format!("{path}.{key}");
+    let at_least_one = [
+        ("max_connections", limits.max_connections),
+        ("max_headers", limits.max_headers),
+        ("max_concurrent_streams", limits.max_concurrent_streams),
+    ];
+    for (key, value) in at_least_one {
+        if value == 0 {
+            problems.add(at(key), "must be at least 1");
+        }
+    }
+    problems.nonzero(at("header_read_timeout"), limits.header_read_timeout);
+    if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&limits.max_header_bytes) {
+        problems.add(
+            at("max_header_bytes"),
+            format!("must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"),
+        );
     }
 }
 
@@ -275,26 +301,7 @@ fn check_resilience(
         }
     }
     if let Some(retries) = &upstream.retries {
-        if !(1..=10).contains(&retries.attempts) {
-            problems.add(
-                at("retries.attempts"),
-                "must be between 1 and 10 (tries in all, the first included)",
-            );
-        }
-        if let Some(per_try) = retries.per_try_timeout {
-            problems.nonzero(at("retries.per_try_timeout"), per_try);
-        }
-        problems.nonzero(at("retries.backoff.base"), retries.backoff.base);
-        if retries.backoff.max < retries.backoff.base {
-            problems.add(
-                at("retries.backoff.max"),
-                "must not be shorter than backoff.base",
-            );
-        }
-        if !(0.0..=10.0).contains(&retries.budget.ratio) {
-            problems.add(at("retries.budget.ratio"), "must be between 0 and 10");
-        }
-        problems.nonzero(at("retries.budget.window"), retries.budget.window);
+        check_retries(&at("retries"), retries, problems);
     }
     if let Some(rate_limit) = &upstream.rate_limit {
         check_rate_limit(&at("rate_limit"), rate_limit, problems);
@@ -360,31 +367,59 @@ fn check_resilience(
         problems.add(at("max_concurrent_requests"), "must be at least 1");
     }
     if let Some(fault) = &upstream.fault {
-        if let Some(delay) = &fault.delay {
-            check_percent(&at("fault.delay.percent"), delay.percent, problems);
-            problems.nonzero(at("fault.delay.duration"), delay.duration);
+        check_fault(&at("fault"), fault, problems);
+    }
+}
+
+/// Checks a `retries:` section at key path `at`.
+pub(super) fn check_retries(at: &str, retries: &RetryPolicy, problems: &mut Problems) {
+    let key = |name: &str| format!("{at}.{name}");
+    if !(1..=10).contains(&retries.attempts) {
+        problems.add(
+            key("attempts"),
+            "must be between 1 and 10 (tries in all, the first included)",
+        );
+    }
+    if let Some(per_try) = retries.per_try_timeout {
+        problems.nonzero(key("per_try_timeout"), per_try);
+    }
+    problems.nonzero(key("backoff.base"), retries.backoff.base);
+    if retries.backoff.max < retries.backoff.base {
+        problems.add(key("backoff.max"), "must not be shorter than backoff.base");
+    }
+    if !(0.0..=10.0).contains(&retries.budget.ratio) {
+        problems.add(key("budget.ratio"), "must be between 0 and 10");
+    }
+    problems.nonzero(key("budget.window"), retries.budget.window);
+}
+
+/// Checks a `fault:` section at key path `at`.
+pub(super) fn check_fault(at: &str, fault: &FaultConfig, problems: &mut Problems) {
+    let key = |name: &str| format!("{at}.{name}");
+    if let Some(delay) = &fault.delay {
+        check_percent(&key("delay.percent"), delay.percent, problems);
+        problems.nonzero(key("delay.duration"), delay.duration);
+    }
+    if let Some(abort) = &fault.abort {
+        check_percent(&key("abort.percent"), abort.percent, problems);
+        if !(200..=599).contains(&abort.status) {
+            problems.add(
+                key("abort.status"),
+                "must be an HTTP status between 200 and 599",
+            );
         }
-        if let Some(abort) = &fault.abort {
-            check_percent(&at("fault.abort.percent"), abort.percent, problems);
-            if !(200..=599).contains(&abort.status) {
-                problems.add(
-                    at("fault.abort.status"),
-                    "must be an HTTP status between 200 and 599",
-                );
-            }
-            if let Some(name) = &abort.grpc_status
-                && grpc_code(name).is_none()
-            {
-                problems.add(
-                    at("fault.abort.grpc_status"),
-                    format!("unknown gRPC status `{name}`: use a name such as unavailable"),
-                );
-            }
+        if let Some(name) = &abort.grpc_status
+            && grpc_code(name).is_none()
+        {
+            problems.add(
+                key("abort.grpc_status"),
+                format!("unknown gRPC status `{name}`: use a name such as unavailable"),
+            );
         }
     }
 }
 
-fn check_rate_limit(at: &str, rate_limit: &RateLimitConfig, problems: &mut Problems) {
+pub(super) fn check_rate_limit(at: &str, rate_limit: &RateLimitConfig, problems: &mut Problems) {
     if !(rate_limit.requests_per_second > 0.0 && rate_limit.requests_per_second.is_finite()) {
         problems.add(
             format!("{at}.requests_per_second"),
@@ -399,7 +434,7 @@ fn check_rate_limit(at: &str, rate_limit: &RateLimitConfig, problems: &mut Probl
     }
 }
 
-fn check_percent(at: &str, percent: f64, problems: &mut Problems) {
+pub(super) fn check_percent(at: &str, percent: f64, problems: &mut Problems) {
     if !(0.0..=100.0).contains(&percent) {
         problems.add(at, "must be a percentage between 0 and 100");
     }
@@ -480,7 +515,7 @@ fn check_runtime_and_logging(config: &Config, problems: &mut Problems) {
 }
 
 /// `[a-z0-9][a-z0-9_-]*`
-fn is_label_safe(name: &str) -> bool {
+pub(super) fn is_label_safe(name: &str) -> bool {
     let mut bytes = name.bytes();
     bytes
         .next()

@@ -17,7 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Deserializer};
 
-use crate::endpoint::WeightedAddr;
+use crate::discovery::Instance;
 
 /// One instance of a service, as Consul reports it.
 #[derive(Debug, Clone, Deserialize)]
@@ -154,16 +154,16 @@ impl ServiceEntry {
     }
 }
 
-/// The endpoints among `entries` with their weights: passing instances,
-/// plus warning ones when `passing_only` is false; sorted by address and
-/// without duplicate addresses.
-pub fn endpoints(entries: &[ServiceEntry], passing_only: bool) -> Vec<WeightedAddr> {
+/// The instances among `entries` with their weights: passing ones, plus
+/// warning ones when `passing_only` is false, without those of weight 0;
+/// sorted by address and without duplicate addresses.
+pub fn instances(entries: &[ServiceEntry], passing_only: bool) -> Vec<Instance> {
     let worst = if passing_only {
         Health::Passing
     } else {
         Health::Warning
     };
-    let mut endpoints: Vec<WeightedAddr> = entries
+    let mut instances: Vec<Instance> = entries
         .iter()
         .filter(|entry| entry.health() <= worst)
         .filter_map(|entry| {
@@ -172,12 +172,19 @@ pub fn endpoints(entries: &[ServiceEntry], passing_only: bool) -> Vec<WeightedAd
                 return None;
             };
             let weight = entry.weight();
-            (weight > 0).then_some(WeightedAddr { addr, weight })
+            (weight > 0).then(|| Instance {
+                addr,
+                weight,
+                tags: entry.service.tags.clone(),
+                meta: (entry.service.meta.iter())
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect(),
+            })
         })
         .collect();
-    endpoints.sort_unstable();
-    endpoints.dedup_by_key(|endpoint| endpoint.addr);
-    endpoints
+    instances.sort_by_key(|instance| instance.addr);
+    instances.dedup_by_key(|instance| instance.addr);
+    instances
 }
 
 fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
@@ -191,6 +198,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instances_keep_tags_and_meta() {
+        let json = r#"[{"Node":{"Address":"10.0.0.1"},
+            "Service":{"Port":1,"Tags":["v2","canary"],"Meta":{"version":"2.1"}}}]"#;
+        let found = instances(&parse(json), true);
+        assert_eq!(found[0].tags, ["v2", "canary"]);
+        assert_eq!(found[0].meta["version"], "2.1");
+    }
 
     fn parse(json: &str) -> Vec<ServiceEntry> {
         serde_json::from_str(json).expect("parses")
@@ -245,13 +261,10 @@ mod tests {
         );
         assert_eq!(redis.checks.len(), 2);
         assert_eq!(redis.health(), Health::Passing);
-        assert_eq!(
-            endpoints(&entries, true),
-            [WeightedAddr {
-                addr: "10.1.10.12:8000".parse().unwrap(),
-                weight: 10
-            }]
-        );
+        let found = instances(&entries, true);
+        let addrs: Vec<String> = found.iter().map(|i| i.addr.to_string()).collect();
+        assert_eq!(addrs, ["10.1.10.12:8000"]);
+        assert_eq!(found[0].weight, 10);
     }
 
     #[test]
@@ -264,7 +277,7 @@ mod tests {
         assert_eq!(entries[0].endpoint(), None);
         let no_port = r#"[{"Node":{"Address":"10.0.0.1"},"Service":{"Address":"10.0.0.2"}}]"#;
         assert_eq!(parse(no_port)[0].endpoint(), None);
-        assert!(endpoints(&entries, true).is_empty());
+        assert!(instances(&entries, true).is_empty());
     }
 
     #[test]
@@ -304,12 +317,12 @@ mod tests {
             entry("10.0.0.4", &["maintenance"]),
         );
         let entries = parse(&json);
-        let strict: Vec<String> = endpoints(&entries, true)
+        let strict: Vec<String> = instances(&entries, true)
             .iter()
             .map(|e| e.addr.to_string())
             .collect();
         assert_eq!(strict, ["10.0.0.1:80"]);
-        let lenient: Vec<String> = endpoints(&entries, false)
+        let lenient: Vec<String> = instances(&entries, false)
             .iter()
             .map(|e| e.addr.to_string())
             .collect();
@@ -326,11 +339,11 @@ mod tests {
         let passing = weighted(&["passing"], r#"{"Passing":5,"Warning":2}"#);
         assert_eq!(passing[0].weight(), 5);
         let warning = weighted(&["warning"], r#"{"Passing":5,"Warning":2}"#);
-        assert_eq!(endpoints(&warning, false)[0].weight, 2);
+        assert_eq!(instances(&warning, false)[0].weight, 2);
         assert_eq!(weighted(&["passing"], "null")[0].weight(), 1);
         assert_eq!(weighted(&["passing"], r#"{"Passing":3}"#)[0].weight(), 3);
         // Weight 0: no traffic, so not an endpoint.
         let zero = weighted(&["warning"], r#"{"Passing":1,"Warning":0}"#);
-        assert!(endpoints(&zero, false).is_empty());
+        assert!(instances(&zero, false).is_empty());
     }
 }

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use crate::config::{ConsulConfig, ConsulDiscovery};
 use crate::consul::blocking::{Pacer, next_index};
 use crate::consul::{Client, HealthQuery, health};
+use crate::discovery::Instance;
 use crate::drain::Drain;
-use crate::endpoint::WeightedAddr;
 use crate::telemetry::metrics;
 use crate::upstream::Upstream;
 
@@ -81,7 +81,7 @@ async fn watch(client: Arc<Client>, query: HealthQuery, upstreams: Vec<Arc<Upstr
     tracing::info!(service = %query.service, upstreams = %names, "watching Consul");
     let mut pacer = Pacer::new();
     let mut index = 0;
-    let mut current: Option<Vec<WeightedAddr>> = None;
+    let mut current: Option<Vec<Instance>> = None;
     let mut failing = false;
     loop {
         pacer.turn().await;
@@ -93,13 +93,13 @@ async fn watch(client: Arc<Client>, query: HealthQuery, upstreams: Vec<Arc<Upstr
                     tracing::info!(service = %query.service, upstreams = %names, "Consul discovery recovered");
                 }
                 index = next_index(index, answer.index);
-                let endpoints = health::endpoints(&answer.entries, query.passing_only);
-                if current.as_ref() != Some(&endpoints) {
-                    tracing::info!(service = %query.service, upstreams = %names, endpoints = endpoints.len(), "Consul endpoints changed");
+                let instances = health::instances(&answer.entries, query.passing_only);
+                if current.as_ref() != Some(&instances) {
+                    tracing::info!(service = %query.service, upstreams = %names, endpoints = instances.len(), "Consul endpoints changed");
                     for upstream in &upstreams {
-                        upstream.set_weighted_endpoints(&endpoints);
+                        upstream.set_instances(&instances);
                     }
-                    current = Some(endpoints);
+                    current = Some(instances);
                 }
                 for upstream in &upstreams {
                     metrics::discovery_updated(upstream.name());

@@ -1,6 +1,56 @@
 //! Where upstream endpoints come from. `static` lists are applied once when
 //! the upstream is built (see `app.rs`); `consul` and `dns` run watches that
-//! update upstreams' endpoint sets, failing static.
+//! update upstreams' endpoint sets, failing static. Consul instances keep
+//! their tags and meta ([`Instance`]) so that routing subsets can select them.
 
 pub mod consul;
 pub mod dns;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use crate::config::SubsetConfig;
+
+/// A discovered endpoint and what its registry says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub addr: SocketAddr,
+    /// Balancing weight (≥ 1): Consul's `Service.Weights` for its health.
+    pub weight: u32,
+    pub tags: Vec<String>,
+    pub meta: BTreeMap<String, String>,
+}
+
+impl Instance {
+    /// True when the instance has every tag of `subset` and every meta value.
+    pub fn is_in(&self, subset: &SubsetConfig) -> bool {
+        subset.tags.iter().all(|tag| self.tags.contains(tag))
+            && (subset.meta.iter()).all(|(key, value)| self.meta.get(key) == Some(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subset_membership_needs_every_tag_and_meta_value() {
+        let instance = Instance {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            weight: 1,
+            tags: vec!["v2".into(), "eu".into()],
+            meta: [("version".to_owned(), "2".to_owned())].into(),
+        };
+        let subset = |tags: &[&str], meta: &[(&str, &str)]| SubsetConfig {
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            meta: (meta.iter())
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        assert!(instance.is_in(&subset(&["v2"], &[])));
+        assert!(instance.is_in(&subset(&["eu", "v2"], &[("version", "2")])));
+        assert!(!instance.is_in(&subset(&["v2", "us"], &[])));
+        assert!(!instance.is_in(&subset(&[], &[("version", "1")])));
+        assert!(!instance.is_in(&subset(&[], &[("zone", "a")])));
+    }
+}

@@ -1,7 +1,9 @@
 //! Observes every request's outcome — including the responses remora made
 //! itself — and records it when the response body ends: request count and
 //! duration by status code, proxy-made errors by kind, the upstream's totals
-//! (admin `/upstreams` and `/errors`), and the access-log line. The
+//! (admin `/upstreams` and `/errors`), and the access-log line; on an
+//! upstream with `routes:`, the route's metrics and its name in the log line
+//! and span (from the response's `RouteLabel`). The
 //! listener's in-flight gauge goes up when a request arrives and down when its
 //! response ends, fails, or is dropped (an RAII guard).
 //! Recording at the body's end is what makes the duration cover streamed
@@ -27,6 +29,7 @@ use crate::forward::ServedBy;
 use crate::headers::grpc_status;
 use crate::middleware::retry::RetryCount;
 use crate::middleware::trace_context::TraceContext;
+use crate::routing::RouteLabel;
 use crate::server::ClientAddr;
 use crate::telemetry::access_log::{self, Outcome, RequestSummary};
 use crate::telemetry::metrics::{RequestMetrics, in_flight_gauge};
@@ -133,6 +136,7 @@ where
             let head_grpc_status = grpc_status(response.headers());
             let endpoint = response.extensions().get::<ServedBy>().map(|s| s.0);
             let error = response.extensions().get::<ErrorKind>().copied();
+            let route = response.extensions().get::<RouteLabel>().cloned();
             response.body_mut().on_end(Box::new(move |end: BodyEnd| {
                 let observer = &active.0;
                 let duration = started.elapsed();
@@ -145,10 +149,15 @@ where
                     path: path_and_query.as_ref().map_or("/", |pq| pq.path()),
                     endpoint,
                 });
+                if let Some(route) = &route {
+                    route.record(status, duration);
+                }
+                let route_name = route.as_ref().map(RouteLabel::name);
                 if let Some(summary) = summary {
                     let outcome = Outcome {
                         direction: observer.direction.as_str(),
                         upstream: &observer.upstream,
+                        route: route_name,
                         endpoint,
                         status,
                         grpc_status: end.grpc_status.or(head_grpc_status),
@@ -171,6 +180,7 @@ where
                         status,
                         error,
                         upstream: observer.upstream.clone(),
+                        route: route_name.map(str::to_owned),
                         endpoint,
                         retries: span.retries.get(),
                     });

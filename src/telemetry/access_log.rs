@@ -1,6 +1,6 @@
 //! One access-log line per request (architecture §6), as a `tracing` event on
 //! the `remora::access` target: timestamp, trace and span ids, request id,
-//! direction, upstream, endpoint, method, authority, path (without the query,
+//! direction, upstream, route (with `routes:`), endpoint, method, authority, path (without the query,
 //! which may carry secrets), status, grpc_status, duration_ms, bytes, error.
 
 use std::net::SocketAddr;
@@ -43,6 +43,8 @@ impl RequestSummary {
 pub struct Outcome<'a> {
     pub direction: &'static str,
     pub upstream: &'a str,
+    /// The route taken, on an upstream with `routes:`.
+    pub route: Option<&'a str>,
     pub endpoint: Option<SocketAddr>,
     pub status: u16,
     pub grpc_status: Option<u16>,
@@ -63,6 +65,7 @@ pub fn log(request: &RequestSummary, outcome: &Outcome<'_>) {
         request_id = request.request_id.as_deref().unwrap_or(""),
         direction = outcome.direction,
         upstream = outcome.upstream,
+        route = outcome.route,
         endpoint = outcome.endpoint.map(|e| e.to_string()).unwrap_or_default(),
         method = request.method.as_str(),
         authority = request.authority.as_str(),

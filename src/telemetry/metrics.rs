@@ -21,6 +21,7 @@ pub const REQUEST_DURATION: &str = "remora_request_duration_seconds";
 pub const PROXY_ERRORS_TOTAL: &str = "remora_proxy_errors_total";
 pub const CONNECTIONS_OPEN: &str = "remora_connections_open";
 pub const CONNECTIONS_TOTAL: &str = "remora_connections_total";
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "remora_connections_refused_total";
 pub const ENDPOINTS: &str = "remora_endpoints";
 pub const CONNECT_ERRORS_TOTAL: &str = "remora_upstream_connect_errors_total";
 pub const DISCOVERY_ERRORS_TOTAL: &str = "remora_discovery_errors_total";
@@ -31,6 +32,10 @@ pub const TCP_SENT_BYTES: &str = "remora_tcp_sent_bytes_total";
 pub const TCP_RECEIVED_BYTES: &str = "remora_tcp_received_bytes_total";
 pub const TRANSPARENT_CONNECTIONS_TOTAL: &str = "remora_transparent_connections_total";
 pub const TRANSPARENT_UNMATCHED_TOTAL: &str = "remora_transparent_unmatched_total";
+pub const ROUTE_REQUESTS_TOTAL: &str = "remora_route_requests_total";
+pub const ROUTE_REQUEST_DURATION: &str = "remora_route_request_duration_seconds";
+pub const ROUTE_BACKEND_REQUESTS_TOTAL: &str = "remora_route_backend_requests_total";
+pub const MIRROR_REQUESTS_TOTAL: &str = "remora_mirror_requests_total";
 
 /// Latency buckets, 0.5 ms to 10 s.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -49,6 +54,12 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
                 .and_then(|builder| {
                     builder.set_buckets_for_metric(
                         Matcher::Full(ENDPOINT_REQUEST_DURATION.into()),
+                        &DURATION_BUCKETS,
+                    )
+                })
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full(ROUTE_REQUEST_DURATION.into()),
                         &DURATION_BUCKETS,
                     )
                 })
@@ -114,10 +125,12 @@ pub fn set_registered(service: &str, registered: bool) {
     gauge!(CONSUL_REGISTERED, "service" => service.to_owned()).set(f64::from(u8::from(registered)));
 }
 
-/// Request metrics of one listener (direction + upstream).
+/// Request metrics of one listener (direction + upstream), or of one route
+/// of it (+ route, under the `remora_route_*` names).
 pub struct RequestMetrics {
     direction: &'static str,
     upstream: Arc<str>,
+    route: Option<Arc<str>>,
     by_code: Box<[OnceLock<(Counter, Histogram)>]>,
 }
 
@@ -126,7 +139,16 @@ impl RequestMetrics {
         Self {
             direction: direction.as_str(),
             upstream: upstream.into(),
+            route: None,
             by_code: (100..600).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// The metrics of one route of an outbound upstream.
+    pub fn route(upstream: &str, route: &str) -> Self {
+        Self {
+            route: Some(route.into()),
+            ..Self::new(Direction::Outbound, upstream)
         }
     }
 
@@ -134,19 +156,28 @@ impl RequestMetrics {
     pub fn record(&self, status: u16, duration: Duration, error: Option<ErrorKind>) {
         let (requests, durations) = self.by_code[usize::from(status.clamp(100, 599)) - 100]
             .get_or_init(|| {
-                let labels = [
+                let mut labels = vec![
                     ("direction", self.direction.to_owned()),
                     ("upstream", self.upstream.to_string()),
                     ("code", status.to_string()),
                 ];
-                (
-                    counter!(REQUESTS_TOTAL, &labels),
-                    histogram!(REQUEST_DURATION, &labels),
-                )
+                match &self.route {
+                    Some(route) => {
+                        labels.push(("route", route.to_string()));
+                        (
+                            counter!(ROUTE_REQUESTS_TOTAL, &labels),
+                            histogram!(ROUTE_REQUEST_DURATION, &labels),
+                        )
+                    }
+                    None => (
+                        counter!(REQUESTS_TOTAL, &labels),
+                        histogram!(REQUEST_DURATION, &labels),
+                    ),
+                }
             });
         requests.increment(1);
         durations.record(duration.as_secs_f64());
-        if let Some(kind) = error {
+        if let (Some(kind), None) = (error, &self.route) {
             counter!(PROXY_ERRORS_TOTAL,
                 "direction" => self.direction, "upstream" => self.upstream.to_string(), "kind" => kind.as_str())
             .increment(1);
@@ -154,10 +185,24 @@ impl RequestMetrics {
     }
 }
 
+/// Tries a route sent to one of its backends.
+pub fn route_backend_counter(upstream: &str, route: &str, backend: &str) -> Counter {
+    counter!(ROUTE_BACKEND_REQUESTS_TOTAL,
+        "upstream" => upstream.to_owned(), "route" => route.to_owned(), "backend" => backend.to_owned())
+}
+
+/// Mirrored requests of a route by `outcome`: `answered`, `failed`,
+/// `skipped_body` or `skipped_busy`.
+pub fn mirror_counter(upstream: &str, route: &str, outcome: &'static str) -> Counter {
+    counter!(MIRROR_REQUESTS_TOTAL,
+        "upstream" => upstream.to_owned(), "route" => route.to_owned(), "outcome" => outcome)
+}
+
 /// Connection gauges and counters of one listener.
 pub struct ConnectionMetrics {
     open: Gauge,
     total: Counter,
+    refused: Counter,
 }
 
 impl ConnectionMetrics {
@@ -169,7 +214,13 @@ impl ConnectionMetrics {
         Self {
             open: gauge!(CONNECTIONS_OPEN, &labels),
             total: counter!(CONNECTIONS_TOTAL, &labels),
+            refused: counter!(CONNECTIONS_REFUSED_TOTAL, &labels),
         }
+    }
+
+    /// Counts a connection closed at once because the listener was full.
+    pub fn refused(&self) {
+        self.refused.increment(1);
     }
 
     /// Counts a new connection; the open gauge goes down when the guard drops.

@@ -61,6 +61,8 @@ pub struct SpanRecord {
     /// Set when remora answered itself (`x-remora-error`).
     pub error: Option<ErrorKind>,
     pub upstream: String,
+    /// The route taken, on an upstream with `routes:`.
+    pub route: Option<String>,
     /// The endpoint that answered, when one did.
     pub endpoint: Option<SocketAddr>,
     /// Retries the request took (0 without a retry policy).
@@ -257,6 +259,9 @@ fn to_span(record: SpanRecord) -> Span {
     if let Some(endpoint) = record.endpoint {
         attributes.push(string("remora.endpoint", &endpoint.to_string()));
     }
+    if let Some(route) = &record.route {
+        attributes.push(string("remora.route", route));
+    }
     if let Some(error) = record.error {
         attributes.push(string("error.type", error.as_str()));
     }
@@ -353,6 +358,7 @@ mod tests {
             status: 503,
             error: Some(ErrorKind::NoEndpoints),
             upstream: "api".into(),
+            route: Some("canary".into()),
             endpoint: None,
             retries: 2,
         };
@@ -368,6 +374,7 @@ mod tests {
         let keys: Vec<_> = span.attributes.iter().map(|kv| kv.key.as_str()).collect();
         assert!(keys.contains(&"error.type"), "{keys:?}");
         assert!(keys.contains(&"server.address"), "{keys:?}");
+        assert!(keys.contains(&"remora.route"), "{keys:?}");
         let retries = span
             .attributes
             .iter()

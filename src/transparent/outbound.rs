@@ -30,12 +30,13 @@ use super::passthrough::Passthrough;
 use super::routes::RouteTable;
 use crate::body::ResponseBody;
 use crate::client::ClientSettings;
+use crate::config::ListenerLimits;
 use crate::config::{TransparentConfig, Unmatched};
 use crate::drain::Drain;
 use crate::error::ProxyError;
 use crate::headers::is_grpc;
 use crate::middleware::error_response::error_response;
-use crate::server::{ClientAddr, HttpProtocol, serve_http};
+use crate::server::{Caller, ClientAddr, HttpProtocol, serve_http};
 use crate::telemetry::metrics;
 
 /// Client connections of the transparent listener that move no byte for
@@ -73,7 +74,13 @@ impl TransparentOutbound {
     }
 
     /// Serves one redirected connection until it ends.
-    pub async fn serve(self: Arc<Self>, stream: TcpStream, client: ClientAddr, drain: Drain) {
+    pub async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        client: ClientAddr,
+        limits: &ListenerLimits,
+        drain: Drain,
+    ) {
         let destination = original_destination(&stream);
         let route = destination.and_then(|destination| self.routes.for_destination(destination));
         let opaque_port = destination.is_some_and(|d| self.opaque_ports.contains(&d.port()));
@@ -116,13 +123,17 @@ impl TransparentOutbound {
             passthrough: passthrough.map(Arc::new),
             protocol,
         };
+        let caller = Caller {
+            addr: client,
+            identity: None,
+        };
         serve_http(
             stream,
-            client,
-            None,
+            caller,
             http,
             BoxCloneSyncService::new(router),
             CONNECTION_IDLE,
+            limits,
             drain,
         )
         .await;

@@ -98,6 +98,8 @@ pub struct Instance {
     pub service: String,
     pub addr: SocketAddr,
     pub tags: Vec<String>,
+    /// `Service.Meta`; the documentation sample's when empty.
+    pub meta: Vec<(String, String)>,
     pub health: Health,
     /// Served under `/v1/health/connect/:service` instead of `/v1/health/service/:service`.
     pub connect: bool,
@@ -116,6 +118,7 @@ impl Instance {
             service: service.to_owned(),
             addr,
             tags: Vec::new(),
+            meta: Vec::new(),
             health: Health::Passing,
             connect: false,
             on_node_address: false,
@@ -131,6 +134,13 @@ impl Instance {
 
     pub fn tags(mut self, tags: &[&str]) -> Instance {
         self.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+        self
+    }
+
+    pub fn meta(mut self, meta: &[(&str, &str)]) -> Instance {
+        self.meta = (meta.iter())
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect();
         self
     }
 
@@ -718,8 +728,13 @@ fn agent_register(state: &State, body: &[u8]) -> Response<Full<Bytes>> {
         .as_array()
         .map(|tags| tags.iter().map(text).collect())
         .unwrap_or_default();
+    let meta = registration["Meta"]
+        .as_object()
+        .map(|meta| meta.iter().map(|(k, v)| (k.clone(), text(v))).collect())
+        .unwrap_or_default();
     let instance = Instance {
         id: id.clone(),
+        meta,
         service: if proxy { destination } else { name },
         addr: SocketAddr::new(ip, port),
         tags,
@@ -811,6 +826,12 @@ fn entry(template: &Value, instance: &Instance) -> Value {
     service["ID"] = instance.id.clone().into();
     service["Service"] = instance.service.clone().into();
     service["Tags"] = instance.tags.clone().into();
+    if !instance.meta.is_empty() {
+        service["Meta"] = (instance.meta.iter())
+            .map(|(key, value)| (key.clone(), Value::from(value.clone())))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
     service["Address"] = if instance.on_node_address {
         String::new().into()
     } else {

@@ -52,6 +52,8 @@ pub struct ProxyProcess {
     pub child: Child,
     pub admin: SocketAddr,
     pub listeners: Vec<(String, SocketAddr)>,
+    /// The log lines read while waiting for the listeners.
+    pub startup_log: Vec<String>,
     /// remora's log lines, read on a thread so the pipe never fills up.
     log: Receiver<String>,
 }
@@ -105,10 +107,15 @@ impl ProxyProcess {
         });
         let mut admin = None;
         let mut listeners = Vec::new();
+        let mut startup_log = Vec::new();
         while admin.is_none() || listeners.len() < expected_listeners {
             let Ok(line) = log.recv_timeout(LOG_WAIT) else {
-                panic!("remora did not start listening: {:?}", child.try_wait());
+                panic!(
+                    "remora did not start listening: {:?}; log: {startup_log:#?}",
+                    child.try_wait()
+                );
             };
+            startup_log.push(line.clone());
             let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
@@ -126,6 +133,7 @@ impl ProxyProcess {
             child,
             admin: admin.expect("admin addr"),
             listeners,
+            startup_log,
             log,
         }
     }

@@ -1,0 +1,245 @@
+//! Whether a request matches a route's `match:`: every given condition must
+//! hold. Path (exact, segment-wise prefix, or an anchored regex, on the path
+//! without its query), method (any of a list), headers and query parameters
+//! (exact value, anchored regex, present or absent; a repeated header or
+//! parameter matches when any of its values does; query values are
+//! percent-decoded, `+` as a space) and the gRPC service and method (only a
+//! gRPC request — `content-type: application/grpc…` — can match those).
+//! Header values that are not UTF-8 match only `present`.
+
+use http::{HeaderName, Method, Request};
+
+use crate::config::{GrpcMatch, PathMatch, Pattern, RouteMatch, ValueMatch};
+use crate::headers::is_grpc;
+
+/// The compiled conditions of one route.
+pub struct RequestMatch {
+    path: Option<PathMatch>,
+    methods: Vec<Method>,
+    headers: Vec<(HeaderName, Condition)>,
+    query: Vec<(String, Condition)>,
+    /// `/package.Service/Method`, or `/package.Service/` for any method.
+    grpc_path: Option<(String, bool)>,
+}
+
+/// What one header or parameter must look like.
+enum Condition {
+    Exact(String),
+    Regex(Pattern),
+    Present(bool),
+}
+
+impl Condition {
+    fn of(config: &ValueMatch) -> Self {
+        match (&config.exact, &config.regex, config.present) {
+            (Some(exact), _, _) => Condition::Exact(exact.clone()),
+            (None, Some(regex), _) => Condition::Regex(regex.clone()),
+            // config::route_checks requires exactly one of the three.
+            (None, None, present) => Condition::Present(present.unwrap_or(true)),
+        }
+    }
+
+    /// `values` are all the values of the header or parameter.
+    fn holds<'a>(&self, mut values: impl Iterator<Item = Option<&'a str>>) -> bool {
+        match self {
+            Condition::Present(wanted) => values.next().is_some() == *wanted,
+            Condition::Exact(exact) => values.any(|value| value == Some(exact.as_str())),
+            Condition::Regex(regex) => values.any(|value| value.is_some_and(|v| regex.is_match(v))),
+        }
+    }
+}
+
+impl RequestMatch {
+    /// Compiles a checked `match:` (names and methods were validated).
+    pub fn new(config: &RouteMatch) -> Self {
+        Self {
+            path: config.path.clone(),
+            methods: (config.methods.iter())
+                .filter_map(|method| Method::from_bytes(method.as_bytes()).ok())
+                .collect(),
+            headers: (config.headers.iter())
+                .filter_map(|header| {
+                    let name = HeaderName::from_bytes(header.name.as_bytes()).ok()?;
+                    Some((name, Condition::of(header)))
+                })
+                .collect(),
+            query: (config.query.iter())
+                .map(|parameter| (parameter.name.clone(), Condition::of(parameter)))
+                .collect(),
+            grpc_path: config.grpc.as_ref().map(grpc_path),
+        }
+    }
+
+    pub fn matches<B>(&self, request: &Request<B>) -> bool {
+        let path = request.uri().path();
+        if let Some(wanted) = &self.path
+            && !path_matches(wanted, path)
+        {
+            return false;
+        }
+        if !self.methods.is_empty() && !self.methods.contains(request.method()) {
+            return false;
+        }
+        let headers = request.headers();
+        let headers_hold = self.headers.iter().all(|(name, condition)| {
+            condition.holds(headers.get_all(name).iter().map(|v| v.to_str().ok()))
+        });
+        if !headers_hold {
+            return false;
+        }
+        if let Some((grpc_path, whole)) = &self.grpc_path {
+            let service_and_method = if *whole {
+                path == grpc_path
+            } else {
+                path.starts_with(grpc_path.as_str())
+            };
+            if !(is_grpc(headers) && service_and_method) {
+                return false;
+            }
+        }
+        if self.query.is_empty() {
+            return true;
+        }
+        let parameters = query_parameters(request.uri().query().unwrap_or_default());
+        self.query.iter().all(|(name, condition)| {
+            let values = (parameters.iter())
+                .filter(|(key, _)| key == name)
+                .map(|(_, value)| Some(value.as_str()));
+            condition.holds(values)
+        })
+    }
+}
+
+fn grpc_path(grpc: &GrpcMatch) -> (String, bool) {
+    match &grpc.method {
+        Some(method) => (format!("/{}/{method}", grpc.service), true),
+        None => (format!("/{}/", grpc.service), false),
+    }
+}
+
+fn path_matches(wanted: &PathMatch, path: &str) -> bool {
+    match wanted {
+        PathMatch::Exact(exact) => path == exact,
+        PathMatch::Prefix(prefix) => has_path_prefix(path, prefix),
+        PathMatch::Regex(regex) => regex.is_match(path),
+    }
+}
+
+/// `/api` is a prefix of `/api` and `/api/x` but not of `/apis`.
+pub fn has_path_prefix(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// `a=1&b=x%20y&c` → `[(a, 1), (b, x y), (c, "")]`.
+fn query_parameters(query: &str) -> Vec<(String, String)> {
+    (query.split('&'))
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key), percent_decode(value))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        let escaped = (byte == b'%')
+            .then(|| tail.get(..2))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (escaped, byte) {
+            (Some(decoded), _) => {
+                bytes.push(decoded);
+                rest = &tail[2..];
+            }
+            (None, b'+') => {
+                bytes.push(b' ');
+                rest = tail;
+            }
+            (None, _) => {
+                bytes.push(byte);
+                rest = tail;
+            }
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(yaml: &str) -> RequestMatch {
+        let config: RouteMatch = serde_saphyr::from_str(yaml).expect("match parses");
+        RequestMatch::new(&config)
+    }
+
+    fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).expect("request")
+    }
+
+    #[test]
+    fn paths() {
+        let prefix = route("path: { prefix: /api }");
+        assert!(prefix.matches(&request("GET", "/api", &[])));
+        assert!(prefix.matches(&request("GET", "/api/x?y=1", &[])));
+        assert!(!prefix.matches(&request("GET", "/apis", &[])));
+        let exact = route("path: { exact: /a }");
+        assert!(exact.matches(&request("GET", "/a?q", &[])));
+        assert!(!exact.matches(&request("GET", "/a/", &[])));
+        let regex = route(r"path: { regex: '/users/\d+' }");
+        assert!(regex.matches(&request("GET", "/users/42", &[])));
+        assert!(!regex.matches(&request("GET", "/users/42/x", &[])));
+    }
+
+    #[test]
+    fn methods_headers_and_query() {
+        let methods = route("methods: [POST, PUT]");
+        assert!(methods.matches(&request("PUT", "/", &[])));
+        assert!(!methods.matches(&request("GET", "/", &[])));
+        let headers = route(
+            "headers: [{ name: x-canary, exact: 'yes' }, { name: x-user, regex: 'a.*' }, { name: x-debug, present: false }]",
+        );
+        assert!(headers.matches(&request(
+            "GET",
+            "/",
+            &[("x-canary", "yes"), ("x-user", "alice")]
+        )));
+        assert!(!headers.matches(&request(
+            "GET",
+            "/",
+            &[("x-canary", "yes"), ("x-user", "bob")]
+        )));
+        assert!(!headers.matches(&request(
+            "GET",
+            "/",
+            &[("x-canary", "yes"), ("x-user", "alice"), ("x-debug", "1")]
+        )));
+        let query = route("query: [{ name: v, exact: 'a b' }, { name: flag, present: true }]");
+        assert!(query.matches(&request("GET", "/?flag&v=a%20b", &[])));
+        assert!(query.matches(&request("GET", "/?v=a+b&flag=", &[])));
+        assert!(!query.matches(&request("GET", "/?v=a+b", &[])));
+    }
+
+    #[test]
+    fn grpc_service_and_method() {
+        let method = route("grpc: { service: pkg.Echo, method: Unary }");
+        let grpc = [("content-type", "application/grpc")];
+        assert!(method.matches(&request("POST", "/pkg.Echo/Unary", &grpc)));
+        assert!(!method.matches(&request("POST", "/pkg.Echo/Bidi", &grpc)));
+        assert!(!method.matches(&request("POST", "/pkg.Echo/Unary", &[])));
+        let service = route("grpc: { service: pkg.Echo }");
+        assert!(service.matches(&request("POST", "/pkg.Echo/Bidi", &grpc)));
+        assert!(!service.matches(&request("POST", "/pkg.Echoes/Bidi", &grpc)));
+    }
+}
