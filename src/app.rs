@@ -1,7 +1,7 @@
 //! Wires a configuration into a running proxy: starts the admin listener,
 //! hands the listeners, upstreams and discovery to `live` (which also moves
-//! them to each reloaded configuration), starts the configuration watch, and
-//! drains on shutdown.
+//! them to each reloaded configuration), starts the Consul registration and
+//! the configuration watch, and deregisters then drains on shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +11,10 @@ use arc_swap::ArcSwap;
 
 use crate::admin::{self, AdminState, Readiness};
 use crate::config::Config;
+use crate::consul;
 use crate::drain::{Drain, DrainController};
 use crate::live::{self, ListenerAddr, ListenerRole, LiveProxy, MeshSecurity};
+use crate::registration::{self, Registrar};
 use crate::reload::{self, Reloader, Source};
 use crate::telemetry::metrics;
 use crate::telemetry::spans::SpanExporter;
@@ -46,15 +48,20 @@ pub struct Running {
     reloader: Reloader,
     /// Stops the tasks that live as long as the process (idle sweeper, config watch).
     background: DrainController,
+    registrar: Option<Registrar>,
 }
 
 impl Running {
-    /// Drains: `/ready` turns 503, listeners stop accepting, in-flight work
-    /// gets up to the drain timeout. Returns the number of connections that
-    /// were still open when the drain ended.
+    /// Drains: `/ready` turns 503, the Consul registrations are removed (so
+    /// peers stop sending), listeners stop accepting, in-flight work gets up
+    /// to the drain timeout. Returns the number of connections that were
+    /// still open when the drain ended.
     pub async fn shutdown(self) -> usize {
         self.readiness.set_draining();
         self.background.signal();
+        if let Some(registrar) = self.registrar {
+            registrar.deregister().await;
+        }
         let live = self.reloader.live();
         let drain_timeout = live.drain_timeout().await;
         tracing::info!(timeout = ?drain_timeout, "draining");
@@ -124,19 +131,37 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     tracing::info!(addr = %admin_addr, "admin listening");
     tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin_state)));
 
+    // Registration and the mesh TLS watches share one client of the
+    // start-time `consul` section (both are fixed); discovery has its own,
+    // which `live` replaces when a reload changes that section.
+    let mesh_uses_consul = mesh.as_ref().is_some_and(MeshSecurity::uses_consul);
+    let consul_client = if mesh_uses_consul || config.service.register {
+        Some(Arc::new(consul::Client::from_config(&config.consul)?))
+    } else {
+        None
+    };
+    let bound = bound_addrs(admin_addr, &live.listeners().await);
+    let registrar = match &consul_client {
+        Some(client) if config.service.register => Some(Registrar::spawn(
+            Arc::clone(client),
+            registration::services(config, bound.inbound),
+            config.consul.sync_interval,
+        )),
+        _ => None,
+    };
     let background = DrainController::new();
     if let Some(mesh) = &mesh {
-        mesh.spawn_updates(config, &background.watch())?;
+        mesh.spawn_updates(config, consul_client.as_ref(), &background.watch());
     }
     spawn_idle_sweeper(Arc::clone(&live), background.watch());
     readiness.set_listening();
     metrics::register_config_reloads();
-    let bound = bound_addrs(admin_addr, &live.listeners().await);
     Ok(Running {
         bound,
         readiness,
         reloader: Reloader::new(live, admin_state),
         background,
+        registrar,
     })
 }
 

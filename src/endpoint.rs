@@ -22,6 +22,24 @@ use crate::error::ProxyError;
 use crate::outlier::OutlierState;
 use crate::telemetry::metrics::EndpointMetrics;
 
+/// An endpoint address as discovery reports it, with its balancing weight
+/// (≥ 1; 1 where the source has no weights).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WeightedAddr {
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+impl WeightedAddr {
+    /// `addrs`, each at weight 1 (sources without weights).
+    pub fn weight_one(addrs: &[SocketAddr]) -> Vec<WeightedAddr> {
+        addrs
+            .iter()
+            .map(|&addr| WeightedAddr { addr, weight: 1 })
+            .collect()
+    }
+}
+
 /// The HTTP version remora speaks to an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamVersion {

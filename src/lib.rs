@@ -26,6 +26,7 @@ pub mod live;
 pub mod middleware;
 pub mod outcome;
 pub mod outlier;
+pub mod registration;
 pub mod reload;
 pub mod routing;
 pub mod runtime;

@@ -22,14 +22,14 @@ use http::{HeaderName, Version};
 
 use tokio::time::Instant;
 
-use crate::balance::{Balancer, DEFAULT_BACKOFF};
+use crate::balance::{Balancer, DEFAULT_BACKOFF, Member};
 use crate::client::ClientSettings;
 use crate::config::{
     CircuitBreakerConfig, HashOn, LoadBalancingPolicy, OutlierDetection, RateLimitConfig,
     SubsetConfig, UpstreamProtocol,
 };
 use crate::discovery::Instance;
-use crate::endpoint::{Endpoint, UpstreamVersion};
+use crate::endpoint::{Endpoint, UpstreamVersion, WeightedAddr};
 use crate::error::{ErrorKind, ProxyError};
 use crate::middleware::circuit_breaker::CircuitBreaker;
 use crate::outcome::Outcome;
@@ -92,7 +92,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(settings: UpstreamSettings, endpoints: &[SocketAddr]) -> Self {
+    pub fn new(settings: UpstreamSettings, endpoints: &[WeightedAddr]) -> Self {
         let balancer = build_balancer(&settings, endpoints, &HashMap::new());
         let circuit_breaker = new_circuit_breaker(&settings);
         Self::assemble(
@@ -113,7 +113,13 @@ impl Upstream {
     /// the routing subsets a new stack adds). Requests in flight keep `self`.
     pub fn successor(&self, settings: UpstreamSettings) -> Self {
         let current = self.balancer.load();
-        let addrs: Vec<SocketAddr> = current.targets().iter().map(|e| e.addr).collect();
+        let addrs: Vec<WeightedAddr> = (current.targets().iter())
+            .zip(current.weights())
+            .map(|(endpoint, &weight)| WeightedAddr {
+                addr: endpoint.addr,
+                weight,
+            })
+            .collect();
         let existing: HashMap<SocketAddr, Arc<Endpoint>> =
             if settings.client == self.settings.client {
                 current
@@ -177,8 +183,15 @@ impl Upstream {
         self.balancer.load()
     }
 
-    /// Replaces the endpoint set. Endpoints that stay keep their state.
+    /// Replaces the endpoint set, every endpoint at weight 1. Endpoints that
+    /// stay keep their state.
     pub fn set_endpoints(&self, addrs: &[SocketAddr]) {
+        self.set_weighted_endpoints(&WeightedAddr::weight_one(addrs));
+    }
+
+    /// Replaces the endpoint set. Endpoints that stay keep their state
+    /// (their weight may change).
+    pub fn set_weighted_endpoints(&self, addrs: &[WeightedAddr]) {
         let current = self.balancer.load();
         let existing: HashMap<SocketAddr, Arc<Endpoint>> = current
             .targets()
@@ -194,15 +207,15 @@ impl Upstream {
     /// Replaces the endpoint set with discovered instances and updates every
     /// subset fed from them.
     pub fn set_instances(&self, instances: &[Instance]) {
-        let addrs: Vec<SocketAddr> = instances.iter().map(|instance| instance.addr).collect();
-        self.set_endpoints(&addrs);
+        let addrs: Vec<WeightedAddr> = instances.iter().map(weighted).collect();
+        self.set_weighted_endpoints(&addrs);
         // Under the lock, so a subset being added sees these instances or is
         // in the list already.
         let mut subsets = self.subsets.lock().unwrap_or_else(PoisonError::into_inner);
         self.instances.store(Arc::new(instances.to_vec()));
         subsets.retain(|(selector, subset)| match subset.upgrade() {
             Some(subset) => {
-                subset.set_endpoints(&select(instances, selector));
+                subset.set_weighted_endpoints(&select(instances, selector));
                 true
             }
             None => false,
@@ -213,7 +226,7 @@ impl Upstream {
     /// now and on every discovery change, for as long as `subset` lives.
     pub fn add_subset(&self, selector: &SubsetConfig, subset: &Arc<Upstream>) {
         let mut subsets = self.subsets.lock().unwrap_or_else(PoisonError::into_inner);
-        subset.set_endpoints(&select(&self.instances.load(), selector));
+        subset.set_weighted_endpoints(&select(&self.instances.load(), selector));
         subsets.push((selector.clone(), Arc::downgrade(subset)));
     }
 
@@ -302,32 +315,40 @@ fn new_circuit_breaker(settings: &UpstreamSettings) -> Option<Arc<CircuitBreaker
         .map(|config| Arc::new(CircuitBreaker::new(config, &settings.name)))
 }
 
-fn select(instances: &[Instance], selector: &SubsetConfig) -> Vec<SocketAddr> {
+/// The instances in `selector`'s subset, with their weights.
+fn select(instances: &[Instance], selector: &SubsetConfig) -> Vec<WeightedAddr> {
     (instances.iter())
         .filter(|instance| instance.is_in(selector))
-        .map(|instance| instance.addr)
+        .map(weighted)
         .collect()
+}
+
+fn weighted(instance: &Instance) -> WeightedAddr {
+    WeightedAddr {
+        addr: instance.addr,
+        weight: instance.weight,
+    }
 }
 
 fn build_balancer(
     settings: &UpstreamSettings,
-    addrs: &[SocketAddr],
+    addrs: &[WeightedAddr],
     existing: &HashMap<SocketAddr, Arc<Endpoint>>,
 ) -> Balancer<Endpoint> {
-    let targets = addrs
+    let members = addrs
         .iter()
-        .map(|addr| {
-            let endpoint = existing.get(addr).cloned().unwrap_or_else(|| {
-                Arc::new(Endpoint::new(
-                    *addr,
-                    settings.client.clone(),
-                    &settings.name,
-                ))
+        .map(|&WeightedAddr { addr, weight }| {
+            let target = existing.get(&addr).cloned().unwrap_or_else(|| {
+                Arc::new(Endpoint::new(addr, settings.client.clone(), &settings.name))
             });
-            (addr.to_string(), endpoint)
+            Member {
+                id: addr.to_string(),
+                target,
+                weight,
+            }
         })
         .collect();
-    Balancer::new(settings.policy, targets)
+    Balancer::new(settings.policy, members)
 }
 
 fn unix_ms_now() -> u64 {

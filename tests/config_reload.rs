@@ -872,3 +872,84 @@ async fn a_changed_consul_token_restarts_the_watches() {
     )
     .await;
 }
+
+/// `requests` GETs of `url`, counted per answering backend (its body).
+async fn split(url: &str, requests: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut answered = std::collections::BTreeMap::new();
+    for _ in 0..requests {
+        let reply = get(Version::HTTP_11, url).await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        *answered.entry(reply.body).or_insert(0) += 1;
+    }
+    answered
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_static_endpoint_weights() {
+    let a = http_backend("weight-a");
+    let b = http_backend("weight-b");
+    let weighted = |first: &str, second: &str| {
+        config(&[format!(
+            "  - name: weighted\n    listen: 127.0.0.1:0\n    protocol: http\n    \
+             discovery: {{ static: [{first}, {second}] }}\n    \
+             load_balancing: {{ policy: round_robin }}\n"
+        )])
+    };
+    let heavy = |addr: SocketAddr| format!("{{ address: {addr}, weight: 3 }}");
+    let proxy = Proxy::start(&weighted(&heavy(a.addr), &b.addr.to_string())).await;
+    let url = format!("http://{}/", proxy.upstream("weighted"));
+    // Smooth weighted round robin is exact.
+    let answered = split(&url, 400).await;
+    assert_eq!((answered["weight-a"], answered["weight-b"]), (300, 100));
+
+    // The same endpoints, weights swapped.
+    assert!(
+        proxy
+            .reload(&weighted(&a.addr.to_string(), &heavy(b.addr)))
+            .await
+    );
+    let answered = split(&url, 400).await;
+    assert_eq!((answered["weight-a"], answered["weight-b"]), (100, 300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_consul_registration_of_the_start() {
+    let consul = ConsulStandIn::start();
+    let app = http_backend("registered-app");
+    let registering = |tag: &str| {
+        format!(
+            "service:\n  name: reload-registered\n  id: reg-r\n  port: {}\n  register: true\n  \
+             tags: [{tag}]\n\
+             inbound: {{ listen: 127.0.0.1:0 }}\n\
+             consul: {{ address: \"{}\" }}\n\
+             admin: {{ listen: 127.0.0.1:0 }}\n\
+             logging: {{ access_log: false }}\n",
+            app.addr.port(),
+            consul.url()
+        )
+    };
+    let proxy = Proxy::start(&registering("v1")).await;
+    let registered = || consul.agent_service_ids().len() == 2;
+    eventually(Duration::from_secs(5), "both registered", || async {
+        registered()
+    })
+    .await;
+
+    // Applied (the inbound listener keeps serving); the registration is the
+    // start's: not withdrawn, not re-registered with the new tag.
+    assert!(proxy.reload(&registering("v2")).await);
+    assert_serves(&format!("http://{}/", proxy.inbound()), "registered-app").await;
+    let app_service = consul.agent_service("reg-r").expect("still registered");
+    assert_eq!(app_service["Tags"], serde_json::json!(["v1"]));
+    assert_eq!(consul.agent_deregistrations(), 0);
+    assert_eq!(consul.agent_registrations(), 2);
+
+    // The shutdown still deregisters both.
+    proxy.shutdown().await;
+    assert!(
+        consul.agent_service_ids().is_empty(),
+        "{:?}",
+        consul.agent_service_ids()
+    );
+    assert_eq!(consul.agent_deregistrations(), 2);
+}

@@ -1,6 +1,7 @@
 //! `docs/metrics.md` against the real `/metrics`: a proxy using every feature (an HTTP
 //! upstream with retries, breaker, rate limit, concurrency limit, a 0 % fault, outlier
-//! detection, a dead endpoint and a mirrored route; a TCP upstream; inbound) is driven until the event-only
+//! detection, a dead endpoint and a mirrored route; a TCP upstream; inbound; registration with
+//! the Consul stand-in) is driven until the event-only
 //! metrics have happened, then every exported metric must be in the table with the same type
 //! and label names, and every metric in the table must be exported — except those the table
 //! marks *Appears after …*, which may be missing but must match when present. A second proxy
@@ -17,6 +18,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use support::consul::ConsulStandIn;
 use support::{Proxy, dead_addr, get, http_backend, http_client, prom, tcp_echo, tls};
 
 /// A metric as documented or exported: type and label names.
@@ -93,8 +95,10 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
     let app = http_backend("cat-app");
     let echo = tcp_echo();
     let dead = dead_addr();
+    let consul = ConsulStandIn::start();
     let yaml = format!(
-        "service: {{ name: cat-svc, port: {app}, protocol: http }}\n\
+        "service: {{ name: cat-svc, port: {app}, protocol: http, register: true }}\n\
+         consul: {{ address: \"{consul}\" }}\n\
          inbound: {{ listen: 127.0.0.1:0 }}\n\
          upstreams:\n\
          \x20 - name: cat-http\n    listen: 127.0.0.1:0\n    protocol: http\n    \
@@ -117,6 +121,7 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
          tracing: {{ otlp: {{ endpoint: \"http://{dead}/v1/traces\" }} }}\n",
         app = app.addr.port(),
         backend = backend.addr,
+        consul = consul.url(),
     );
     let proxy = Proxy::start(&yaml).await;
     // A second sidecar with mesh mTLS and authorization (the recorder is process-wide, so its
@@ -186,6 +191,15 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
     )
     .await;
     assert!(circuit_open >= 1.0, "the breaker never answered");
+    let registered = prom::wait_for_value(
+        &metrics_url,
+        "remora_consul_registered",
+        &[("service", "cat-svc-sidecar-proxy")],
+        1.0,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(registered, 1.0, "registered with the Consul stand-in");
 
     let text = prom::scrape(&metrics_url).await;
     let exported = exported(&text);

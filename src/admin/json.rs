@@ -30,13 +30,14 @@ pub fn endpoints(upstreams: &[std::sync::Arc<Upstream>]) -> Value {
             let endpoints: Vec<Value> = balancer
                 .targets()
                 .iter()
-                .map(|endpoint| {
+                .zip(balancer.weights())
+                .map(|(endpoint, weight)| {
                     json!({
                         "address": endpoint.addr.to_string(),
                         "state": state(endpoint, now),
                         "ewma_ms": endpoint.load.ewma().as_secs_f64() * 1e3,
                         "in_flight": endpoint.load.in_flight(),
-                        "weight": 1,
+                        "weight": weight,
                     })
                 })
                 .collect();

@@ -24,7 +24,9 @@
 //! from the whole set and keep the draw if it is eligible (the common case);
 //! otherwise count the eligible endpoints and take the k-th. Conditioned on
 //! being kept, the first draw is uniform over the eligible set, and so is the
-//! second, so the mixture is uniform too.
+//! second, so the mixture is uniform too. When the weights differ, sampling
+//! is in proportion to weight instead: one pass sums the eligible weights, a
+//! second walks to the drawn point (still no allocation).
 
 use std::sync::Arc;
 
@@ -35,6 +37,8 @@ use super::{EndpointLoad, Target};
 /// One filter over the target list (see the module doc).
 pub(super) struct Candidates<'a, T> {
     targets: &'a [Arc<T>],
+    weights: &'a [u32],
+    uniform: bool,
     now: Instant,
     respect_backoff: bool,
     excluded: Option<usize>,
@@ -44,6 +48,8 @@ impl<'a, T: Target> Candidates<'a, T> {
     /// The filters of the module doc, strictest first.
     pub(super) fn tiers(
         targets: &'a [Arc<T>],
+        weights: &'a [u32],
+        uniform: bool,
         now: Instant,
         excluded: Option<usize>,
     ) -> impl Iterator<Item = Self> {
@@ -59,6 +65,8 @@ impl<'a, T: Target> Candidates<'a, T> {
         .filter(move |(i, _)| excluded.is_some() || i % 2 == 0)
         .map(move |(_, (respect_backoff, excluded))| Self {
             targets,
+            weights,
+            uniform,
             now,
             respect_backoff,
             excluded,
@@ -78,6 +86,16 @@ impl<'a, T: Target> Candidates<'a, T> {
         self.targets[i].load()
     }
 
+    /// Weight of endpoint `i` (≥ 1).
+    pub(super) fn weight(&self, i: usize) -> u32 {
+        self.weights[i]
+    }
+
+    /// True when every endpoint has the same weight.
+    pub(super) fn uniform(&self) -> bool {
+        self.uniform
+    }
+
     pub(super) fn is_eligible(&self, i: usize) -> bool {
         self.excluded != Some(i)
             && (!self.respect_backoff || self.targets[i].is_available(self.now))
@@ -93,8 +111,11 @@ impl<'a, T: Target> Candidates<'a, T> {
         (0..self.len()).filter(|&i| self.is_eligible(i)).nth(k)
     }
 
-    /// A uniformly random eligible endpoint.
+    /// A random eligible endpoint, drawn in proportion to weight.
     pub(super) fn random(&self) -> Option<usize> {
+        if !self.uniform {
+            return self.weighted_random(None);
+        }
         let i = fastrand::usize(..self.len());
         if self.is_eligible(i) {
             return Some(i);
@@ -105,9 +126,14 @@ impl<'a, T: Target> Candidates<'a, T> {
         }
     }
 
-    /// Two distinct, uniformly random eligible endpoints; the second is
-    /// `None` when only one is eligible.
+    /// Two distinct random eligible endpoints, drawn in proportion to weight
+    /// (the second among the others); the second is `None` when only one is
+    /// eligible.
     pub(super) fn random_pair(&self) -> Option<(usize, Option<usize>)> {
+        if !self.uniform {
+            let first = self.weighted_random(None)?;
+            return Some((first, self.weighted_random(Some(first))));
+        }
         if self.len() >= 2 {
             let (a, b) = distinct_pair(self.len());
             if self.is_eligible(a) && self.is_eligible(b) {
@@ -122,6 +148,27 @@ impl<'a, T: Target> Candidates<'a, T> {
                 Some((self.nth(a)?, Some(self.nth(b)?)))
             }
         }
+    }
+
+    /// An eligible endpoint other than `skip`, drawn in proportion to weight.
+    fn weighted_random(&self, skip: Option<usize>) -> Option<usize> {
+        let drawable = |i: &usize| Some(*i) != skip && self.is_eligible(*i);
+        let total: u64 = (0..self.len())
+            .filter(drawable)
+            .map(|i| u64::from(self.weights[i]))
+            .sum();
+        if total == 0 {
+            return None;
+        }
+        let mut point = fastrand::u64(..total);
+        (0..self.len()).filter(drawable).find(|&i| {
+            let weight = u64::from(self.weights[i]);
+            if point < weight {
+                return true;
+            }
+            point -= weight;
+            false
+        })
     }
 }
 

@@ -14,6 +14,17 @@
 //! them are, and avoids the `exclude`d endpoint (a retry) when another one is
 //! eligible; the exact fallback order is in `candidates.rs`.
 //!
+//! # Weights
+//!
+//! Every endpoint has a weight ≥ 1 (Consul's `Service.Weights`, a static
+//! endpoint's `weight`, 1 for DNS endpoints): an endpoint of weight 3 is meant to take three
+//! times the traffic of one of weight 1. Each policy honours it in its own
+//! terms — round robin by smooth weighted round robin (nginx), random and
+//! the candidate draws of P2C by drawing in proportion to weight, least
+//! request and P2C by comparing load divided by weight, ring hash by giving
+//! each endpoint virtual nodes in proportion to its weight. With equal
+//! weights every policy behaves exactly as without weights.
+//!
 //! Policies: [`RoundRobin`](LoadBalancingPolicy::RoundRobin) (`round_robin.rs`),
 //! [`Random`](LoadBalancingPolicy::Random) (`random.rs`),
 //! [`LeastRequest`](LoadBalancingPolicy::LeastRequest) (`least_request.rs`),
@@ -51,9 +62,22 @@ pub trait Target: Send + Sync + 'static {
     }
 }
 
+/// One endpoint of a set given to [`Balancer::new`].
+pub struct Member<T> {
+    /// Stable id (e.g. `"10.0.0.1:8080"`), which ring hash uses to place
+    /// the endpoint on the ring; ids should be unique.
+    pub id: String,
+    pub target: Arc<T>,
+    /// Relative share of the traffic; 0 counts as 1.
+    pub weight: u32,
+}
+
 /// An immutable endpoint set with a balancing policy.
 pub struct Balancer<T: Target> {
     targets: Vec<Arc<T>>,
+    weights: Vec<u32>,
+    /// Every weight is the same: the policies take their unweighted paths.
+    uniform: bool,
     policy: Policy,
 }
 
@@ -66,22 +90,24 @@ enum Policy {
 }
 
 impl<T: Target> Balancer<T> {
-    /// `targets` pairs each endpoint with its stable id (e.g.
-    /// `"10.0.0.1:8080"`), which ring hash uses to place it on the ring; ids
-    /// should be unique.
-    pub fn new(policy: LoadBalancingPolicy, targets: Vec<(String, Arc<T>)>) -> Self {
+    /// A balancer over `members`, in that order.
+    pub fn new(policy: LoadBalancingPolicy, members: Vec<Member<T>>) -> Self {
+        let weights: Vec<u32> = members.iter().map(|m| m.weight.max(1)).collect();
+        let uniform = weights.windows(2).all(|pair| pair[0] == pair[1]);
         let policy = match policy {
-            LoadBalancingPolicy::RoundRobin => Policy::RoundRobin(RoundRobin::new()),
+            LoadBalancingPolicy::RoundRobin => Policy::RoundRobin(RoundRobin::new(weights.len())),
             LoadBalancingPolicy::Random => Policy::Random,
             LoadBalancingPolicy::LeastRequest => Policy::LeastRequest,
             LoadBalancingPolicy::P2cEwma => Policy::P2cEwma,
             LoadBalancingPolicy::RingHash => {
-                let ids: Vec<&str> = targets.iter().map(|(id, _)| id.as_str()).collect();
-                Policy::RingHash(Ring::new(&ids))
+                let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
+                Policy::RingHash(Ring::new(&ids, &weights))
             }
         };
         Self {
-            targets: targets.into_iter().map(|(_, t)| t).collect(),
+            targets: members.into_iter().map(|m| m.target).collect(),
+            weights,
+            uniform,
             policy,
         }
     }
@@ -97,7 +123,7 @@ impl<T: Target> Balancer<T> {
         }
         let excluded = exclude.and_then(|e| self.targets.iter().position(|t| Arc::ptr_eq(t, e)));
         let now = Instant::now();
-        Candidates::tiers(&self.targets, now, excluded)
+        Candidates::tiers(&self.targets, &self.weights, self.uniform, now, excluded)
             .find_map(|c| self.pick_in(&c, hash_key))
             .map(|i| Arc::clone(&self.targets[i]))
     }
@@ -115,6 +141,11 @@ impl<T: Target> Balancer<T> {
     /// The endpoints, in the order given to [`new`](Self::new).
     pub fn targets(&self) -> &[Arc<T>] {
         &self.targets
+    }
+
+    /// The endpoints' weights, in the order of [`targets`](Self::targets).
+    pub fn weights(&self) -> &[u32] {
+        &self.weights
     }
 
     /// Number of endpoints.

@@ -1,4 +1,5 @@
-//! Random: a uniformly random eligible endpoint.
+//! Random: a random eligible endpoint, drawn in proportion to its weight
+//! (uniformly when the weights are equal).
 //!
 //! Envoy's `RANDOM` policy. Stateless, so it needs no coordination between
 //! cores, and over many requests it spreads load as evenly as round robin, but

@@ -23,8 +23,17 @@
 //!   its keys spread over its neighbours and come back when it recovers, and
 //!   a retry of a key deterministically goes to the key's "second choice".
 //!
+//! * Weights: with unequal weights an endpoint gets virtual nodes in
+//!   proportion to its weight, `round(160 × N × w / Σw)` (at least 1), so
+//!   the ring keeps about 160 points per endpoint and each endpoint's share
+//!   of the keys follows its weight (Envoy scales its hashes per host by the
+//!   normalized weight the same way). The points of an endpoint are
+//!   `0..its vnode count`, so a weight change moves only the keys of the
+//!   points added or removed.
+//!
 //! Two endpoints with the same id get the same points; ids are expected to be
-//! unique. A request without a hash key is balanced at random.
+//! unique. A request without a hash key is balanced at random (in proportion
+//! to weight).
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
@@ -47,13 +56,15 @@ pub(super) struct Ring {
 }
 
 impl Ring {
-    /// `ids[i]` is the stable id of target `i`.
-    pub(super) fn new(ids: &[&str]) -> Self {
+    /// `ids[i]` is the stable id of target `i`, `weights[i]` (≥ 1) its weight.
+    pub(super) fn new(ids: &[&str], weights: &[u32]) -> Self {
+        let vnodes = vnode_counts(weights);
         let mut points: Vec<Point> = ids
             .iter()
+            .zip(vnodes)
             .enumerate()
-            .flat_map(|(target, id)| {
-                (0..VNODES_PER_ENDPOINT).map(move |vnode| Point {
+            .flat_map(|(target, (id, vnodes))| {
+                (0..vnodes).map(move |vnode| Point {
                     hash: xxh3_64_with_seed(id.as_bytes(), u64::from(vnode)),
                     // Endpoint sets are far below 2^32 entries.
                     target: target as u32,
@@ -77,4 +88,19 @@ impl Ring {
             .map(|p| p.target as usize)
             .find(|&i| c.is_eligible(i))
     }
+}
+
+/// Virtual nodes per endpoint: [`VNODES_PER_ENDPOINT`] each when the weights
+/// are equal, else in proportion to weight with the same total (≥ 1 each).
+fn vnode_counts(weights: &[u32]) -> Vec<u32> {
+    if weights.windows(2).all(|pair| pair[0] == pair[1]) {
+        return vec![VNODES_PER_ENDPOINT; weights.len()];
+    }
+    let total: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+    let ring = f64::from(VNODES_PER_ENDPOINT) * weights.len() as f64;
+    weights
+        .iter()
+        // At most 160 × N points in all, far below u32::MAX.
+        .map(|&w| ((ring * f64::from(w) / total).round() as u32).max(1))
+        .collect()
 }

@@ -1,16 +1,26 @@
-//! Round robin: endpoints in turn, from one shared atomic counter.
+//! Round robin: endpoints in turn.
 //!
-//! The classic policy (Envoy `ROUND_ROBIN` without weights, nginx's default).
-//! Pick number `n` goes to endpoint `n mod N`; the counter starts at a random
+//! With equal weights this is the classic policy (Envoy `ROUND_ROBIN`
+//! without weights, nginx's default) on one shared atomic counter. Pick
+//! number `n` goes to endpoint `n mod N`; the counter starts at a random
 //! offset so that proxies which rebuild their balancer at the same moment do
 //! not all send their next request to the same endpoint. If that endpoint is
 //! not eligible (backoff, excluded), pick `n` goes to the `(n mod k)`-th of the
 //! `k` eligible endpoints instead, which keeps the remaining endpoints evenly
-//! loaded rather than doubling the share of the one after the gap.
-//!
-//! The counter is a single cache line shared by every core; a `fetch_add` per
+//! loaded rather than doubling the share of the one after the gap. The
+//! counter is a single cache line shared by every core; a `fetch_add` per
 //! request is cheap next to the request itself.
+//!
+//! With unequal weights it is nginx's smooth weighted round robin
+//! (`ngx_http_upstream_get_peer`): each pick adds every eligible endpoint's
+//! weight to its running score, takes the endpoint with the highest score
+//! and subtracts the total weight from it. Over every `Σw` picks each
+//! endpoint gets exactly its weight's share, interleaved (weights 5:1:1 give
+//! a a b a c a a, not a a a a a b c). The scores live behind a mutex held for
+//! one pass over the endpoints; an ineligible endpoint is skipped and
+//! neither gains nor loses score meanwhile, as in nginx.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use super::Target;
@@ -18,16 +28,22 @@ use super::candidates::Candidates;
 
 pub(super) struct RoundRobin {
     next: AtomicUsize,
+    /// Smooth weighted round robin scores (unequal weights only).
+    scores: Mutex<Vec<i64>>,
 }
 
 impl RoundRobin {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(endpoints: usize) -> Self {
         Self {
             next: AtomicUsize::new(fastrand::usize(..)),
+            scores: Mutex::new(vec![0; endpoints]),
         }
     }
 
     pub(super) fn pick<T: Target>(&self, c: &Candidates<'_, T>) -> Option<usize> {
+        if !c.uniform() {
+            return self.pick_weighted(c);
+        }
         let n = self.next.fetch_add(1, Relaxed);
         let i = n % c.len();
         if c.is_eligible(i) {
@@ -37,5 +53,24 @@ impl RoundRobin {
             0 => None,
             k => c.nth(n % k),
         }
+    }
+
+    fn pick_weighted<T: Target>(&self, c: &Candidates<'_, T>) -> Option<usize> {
+        // A panic while holding the lock leaves valid scores behind.
+        let mut scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for i in (0..c.len()).filter(|&i| c.is_eligible(i)) {
+            let weight = i64::from(c.weight(i));
+            scores[i] += weight;
+            total += weight;
+            if best.is_none_or(|b| scores[i] > scores[b]) {
+                best = Some(i);
+            }
+        }
+        if let Some(best) = best {
+            scores[best] -= total;
+        }
+        best
     }
 }

@@ -41,10 +41,20 @@ fn endpoints(n: usize) -> Vec<Arc<Ep>> {
 }
 
 fn balancer(policy: LoadBalancingPolicy, eps: &[Arc<Ep>]) -> Balancer<Ep> {
-    Balancer::new(
-        policy,
-        eps.iter().map(|e| (e.id.clone(), Arc::clone(e))).collect(),
-    )
+    weighted(policy, eps, &vec![1; eps.len()])
+}
+
+fn weighted(policy: LoadBalancingPolicy, eps: &[Arc<Ep>], weights: &[u32]) -> Balancer<Ep> {
+    let members = eps
+        .iter()
+        .zip(weights)
+        .map(|(e, &weight)| Member {
+            id: e.id.clone(),
+            target: Arc::clone(e),
+            weight,
+        })
+        .collect();
+    Balancer::new(policy, members)
 }
 
 fn index(b: &Balancer<Ep>, picked: &Arc<Ep>) -> usize {
@@ -443,4 +453,106 @@ fn ring_hash_without_key_is_random() {
     for c in counts {
         assert!(c.abs_diff(7_500) <= 375, "{counts:?}");
     }
+}
+
+/// Share of the picks (in %) that went to each endpoint.
+fn shares(h: &[usize]) -> Vec<f64> {
+    let total: usize = h.iter().sum();
+    h.iter().map(|&c| c as f64 * 100.0 / total as f64).collect()
+}
+
+#[test]
+fn smooth_weighted_round_robin_is_exact_and_interleaved() {
+    let eps = endpoints(3);
+    let b = weighted(LoadBalancingPolicy::RoundRobin, &eps, &[5, 1, 1]);
+    let sequence: Vec<usize> = (0..7)
+        .map(|_| index(&b, &b.pick(None, None).expect("non-empty")))
+        .collect();
+    // nginx's example: a a b a c a a.
+    assert_eq!(sequence, [0, 0, 1, 0, 2, 0, 0]);
+    assert_eq!(histogram(&b, 7_000, None), vec![5_000, 1_000, 1_000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn smooth_weighted_round_robin_skips_backoff() {
+    let eps = endpoints(3);
+    let b = weighted(LoadBalancingPolicy::RoundRobin, &eps, &[3, 1, 1]);
+    eps[1]
+        .load
+        .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
+    assert_eq!(histogram(&b, 4_000, None), vec![3_000, 0, 1_000]);
+}
+
+#[test]
+fn random_least_request_and_ring_hash_follow_weights() {
+    fastrand::seed(11);
+    let eps = endpoints(2);
+    for policy in [
+        LoadBalancingPolicy::Random,
+        LoadBalancingPolicy::LeastRequest,
+        LoadBalancingPolicy::RingHash,
+    ] {
+        let b = weighted(policy, &eps, &[3, 1]);
+        let share = shares(&histogram(&b, 40_000, None))[0];
+        assert!((72.0..=78.0).contains(&share), "{policy:?}: {share:.1}%");
+    }
+}
+
+#[test]
+fn weighted_least_request_holds_in_flight_in_proportion() {
+    fastrand::seed(12);
+    let eps = endpoints(2);
+    let b = weighted(LoadBalancingPolicy::LeastRequest, &eps, &[3, 1]);
+    let held: Vec<InFlight> = (0..400)
+        .map(|_| b.pick(None, None).expect("non-empty").load.start())
+        .collect();
+    let in_flight: Vec<u32> = eps.iter().map(|e| e.load.in_flight()).collect();
+    assert_eq!(in_flight, vec![300, 100]);
+    drop(held);
+}
+
+#[tokio::test(start_paused = true)]
+async fn weighted_p2c_divides_cost_by_weight() {
+    fastrand::seed(13);
+    let eps = endpoints(2);
+    let b = weighted(LoadBalancingPolicy::P2cEwma, &eps, &[3, 1]);
+    // Equal latency: the heavier endpoint stays the cheaper one until it holds about three
+    // times the in-flight requests.
+    let held: Vec<InFlight> = (0..400)
+        .map(|_| b.pick(None, None).expect("non-empty").load.start())
+        .collect();
+    let in_flight: Vec<u32> = eps.iter().map(|e| e.load.in_flight()).collect();
+    assert!(in_flight[0].abs_diff(300) <= 2, "{in_flight:?}");
+    drop(held);
+}
+
+#[test]
+fn weighted_random_pairs_are_drawn_in_proportion() {
+    fastrand::seed(14);
+    let eps = endpoints(4);
+    // Idle, equal cost: p2c keeps its first candidate, drawn by weight.
+    let b = weighted(LoadBalancingPolicy::Random, &eps, &[4, 2, 1, 1]);
+    let share = shares(&histogram(&b, 40_000, None));
+    for (got, want) in share.iter().zip([50.0, 25.0, 12.5, 12.5]) {
+        assert!((got - want).abs() <= 1.5, "{share:?}");
+    }
+}
+
+#[test]
+fn equal_weights_change_nothing() {
+    let eps = endpoints(3);
+    let b = weighted(LoadBalancingPolicy::RoundRobin, &eps, &[7, 7, 7]);
+    let first = index(&b, &b.pick(None, None).expect("non-empty"));
+    for k in 1..30 {
+        assert_eq!(
+            index(&b, &b.pick(None, None).expect("non-empty")),
+            (first + k) % 3
+        );
+    }
+    let ring = weighted(LoadBalancingPolicy::RingHash, &eps, &[2, 2, 2]);
+    assert_eq!(
+        key_map(&ring, 1_000),
+        key_map(&balancer(LoadBalancingPolicy::RingHash, &eps), 1_000)
+    );
+    assert_eq!(b.weights(), [7, 7, 7]);
 }

@@ -33,8 +33,8 @@ pub use model::{
     AdminConfig, AuthorizationAction, AuthorizationConfig, CheckConfig, Config, ConfigSource,
     ConsulConfig, ConsulDiscovery, ConsulKvSource, Discovery, DnsDiscovery, HashOn, InboundConfig,
     LoadBalancing, LoadBalancingPolicy, LogFormat, LoggingConfig, OtlpConfig, Propagation,
-    RuntimeConfig, Secret, ServiceConfig, ServiceProtocol, Timeouts, TlsConfig, TlsSource,
-    TracingConfig, UpstreamConfig, UpstreamProtocol, UpstreamTls,
+    RuntimeConfig, Secret, ServiceConfig, ServiceProtocol, StaticEndpoint, Timeouts, TlsConfig,
+    TlsSource, TracingConfig, UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,

@@ -405,11 +405,77 @@ pub enum UpstreamProtocol {
 #[serde(rename_all = "snake_case")]
 pub enum Discovery {
     /// A fixed list of endpoints.
-    Static(Vec<SocketAddr>),
+    Static(Vec<StaticEndpoint>),
     /// The healthy instances of a Consul service, watched with blocking queries.
     Consul(ConsulDiscovery),
     /// DNS SRV records (see `discovery::dns`).
     Dns(DnsDiscovery),
+}
+
+/// One `discovery.static` entry: `ip:port`, or `{ address: ip:port, weight: N }`
+/// to give it a balancing weight other than 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaticEndpoint {
+    pub address: SocketAddr,
+    pub weight: u32,
+}
+
+/// The map form of a [`StaticEndpoint`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightedStaticEndpoint {
+    address: SocketAddr,
+    #[serde(default = "default_static_weight")]
+    weight: u32,
+}
+
+fn default_static_weight() -> u32 {
+    1
+}
+
+impl Serialize for StaticEndpoint {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if self.weight == 1 {
+            return serializer.collect_str(&self.address);
+        }
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("address", &self.address)?;
+        map.serialize_entry("weight", &self.weight)?;
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for StaticEndpoint {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StaticEndpointVisitor)
+    }
+}
+
+struct StaticEndpointVisitor;
+
+impl<'de> Visitor<'de> for StaticEndpointVisitor {
+    type Value = StaticEndpoint;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("`ip:port` or `{ address: ip:port, weight: N }`")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<StaticEndpoint, E> {
+        let address = text
+            .parse()
+            .map_err(|_| E::custom(format!("invalid endpoint `{text}`: expected `ip:port`")))?;
+        Ok(StaticEndpoint { address, weight: 1 })
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<StaticEndpoint, A::Error> {
+        let weighted =
+            WeightedStaticEndpoint::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        Ok(StaticEndpoint {
+            address: weighted.address,
+            weight: weighted.weight,
+        })
+    }
 }
 
 /// `discovery: { dns: { ... } }`: endpoints from the SRV records of `name`.
@@ -481,10 +547,29 @@ pub struct ConsulConfig {
     /// How long a blocking query may wait for a change.
     #[serde(default = "default_consul_wait", with = "duration")]
     pub wait: Duration,
+    /// CA certificates (PEM) that sign an `https://` agent's certificate;
+    /// default `CONSUL_CACERT`. Required for https (no system roots are used).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for an agent with `verify_incoming`;
+    /// default `CONSUL_CLIENT_CERT`.
+    #[serde(default)]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM); default `CONSUL_CLIENT_KEY`.
+    #[serde(default)]
+    pub client_key: Option<std::path::PathBuf>,
+    /// With `service.register`: how often the registrations are checked
+    /// with the agent (and registered again when it lost them).
+    #[serde(default = "default_consul_sync_interval", with = "duration")]
+    pub sync_interval: Duration,
 }
 
 fn default_consul_wait() -> Duration {
     Duration::from_secs(300)
+}
+
+fn default_consul_sync_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl Default for ConsulConfig {
@@ -495,6 +580,10 @@ impl Default for ConsulConfig {
             token_file: None,
             datacenter: None,
             wait: default_consul_wait(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            sync_interval: default_consul_sync_interval(),
         }
     }
 }

@@ -26,6 +26,14 @@ fn errors(text: &str) -> Vec<String> {
     }
 }
 
+/// The key path of each `file:line:column: path: message` error.
+fn key_paths(errors: &[String]) -> Vec<&str> {
+    errors
+        .iter()
+        .map(|e| e.split(": ").nth(1).unwrap())
+        .collect()
+}
+
 const SERVICE: &str = "service:\n  name: web\n  port: 8080\n";
 
 /// Every YAML file under `dir` (recursively) loads; returns how many there were.
@@ -84,10 +92,60 @@ fn demo_file_is_the_demo() {
     let Discovery::Static(endpoints) = &echo.discovery else {
         panic!("static discovery expected");
     };
-    let endpoints: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+    let endpoints: Vec<String> = endpoints.iter().map(|e| e.address.to_string()).collect();
     assert_eq!(
         endpoints,
         ["127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083"]
+    );
+}
+
+#[test]
+fn static_endpoints_with_weights() {
+    let config = parse_test(
+        "service: { name: web }\n\
+         upstreams:\n  - name: api\n    listen: 127.0.0.1:9001\n    \
+         discovery:\n      static:\n        - 127.0.0.1:8081\n        \
+         - { address: 127.0.0.1:8082, weight: 3 }\n        - { address: 127.0.0.1:8083 }\n",
+    )
+    .expect("valid");
+    let Discovery::Static(endpoints) = &config.upstreams[0].discovery else {
+        panic!("static discovery expected");
+    };
+    let weights: Vec<(String, u32)> = endpoints
+        .iter()
+        .map(|e| (e.address.to_string(), e.weight))
+        .collect();
+    assert_eq!(
+        weights,
+        [
+            ("127.0.0.1:8081".to_owned(), 1),
+            ("127.0.0.1:8082".to_owned(), 3),
+            ("127.0.0.1:8083".to_owned(), 1)
+        ]
+    );
+    // `/config` shows the short form for weight 1.
+    let json = serde_json::to_value(&config).expect("serializes");
+    assert_eq!(
+        json["upstreams"][0]["discovery"]["static"],
+        serde_json::json!(["127.0.0.1:8081", { "address": "127.0.0.1:8082", "weight": 3 }, "127.0.0.1:8083"])
+    );
+
+    let static_errors = |list: &str| {
+        errors(&format!(
+            "service: {{ name: web }}\nupstreams:\n  - name: api\n    listen: 127.0.0.1:9001\n    \
+             discovery: {{ static: [{list}] }}\n"
+        ))
+    };
+    assert_eq!(
+        static_errors("{ address: 127.0.0.1:1, weight: 0 }"),
+        ["test.yaml:5:59: upstreams[0].discovery.static[0].weight: must be at least 1"]
+    );
+    assert_eq!(
+        static_errors("{ address: 127.0.0.1:1, wieght: 2 }"),
+        [
+            "test.yaml:5:51: upstreams[0].discovery.static[0].wieght: unknown field `wieght`, \
+          expected one of address, weight"
+        ]
     );
 }
 
@@ -218,7 +276,9 @@ upstreams:
 ";
     assert_eq!(
         errors(text),
-        ["test.yaml:9:29: upstreams[1].discovery.static[1]: invalid socket address syntax"]
+        [
+            "test.yaml:9:29: upstreams[1].discovery.static[1]: invalid endpoint `localhost`: expected `ip:port`"
+        ]
     );
 }
 
@@ -568,14 +628,34 @@ fn duplicate_key() {
 }
 
 #[test]
-fn consul_registration_is_refused_until_it_exists() {
+fn consul_registration_needs_the_application_port() {
     assert_eq!(
         errors("service:\n  name: web\n  register: true\n"),
         [
-            "test.yaml:3:13: service.register: registration with Consul is not implemented yet; \
-          remove the key or set it to false"
+            "test.yaml:3:13: service.register: registration needs service.port, the application's port (1-65535)"
         ]
     );
+    let config = parse_test("service:\n  name: web\n  port: 8080\n  register: true\n")
+        .expect("register with a port is valid");
+    assert!(config.service.register);
+}
+
+#[test]
+fn consul_tls_files_need_https_and_come_in_pairs() {
+    let found = errors(
+        "service: { name: web }\n\
+         consul:\n  address: http://127.0.0.1:8500\n  ca_file: /ca.pem\n  client_cert: /c.pem\n",
+    );
+    assert_eq!(
+        key_paths(&found),
+        ["consul.ca_file", "consul.client_cert", "consul.client_cert"],
+        "{found:?}"
+    );
+    let https = "service: { name: web }\n\
+                 consul:\n  address: https://127.0.0.1:8501\n  ca_file: /ca.pem\n  \
+                 client_cert: /c.pem\n  client_key: /k.pem\n";
+    let config = parse_test(https).expect("https with CA and a client pair is valid");
+    assert_eq!(config.consul.ca_file, Some("/ca.pem".into()));
 }
 
 #[test]
@@ -603,12 +683,8 @@ fn resilience_values_are_checked() {
                 circuit_breaker: { failure_rate: { threshold: 1.5 } }\n    \
                 fault: { abort: { percent: 120, grpc_status: nope } }\n";
     let found = errors(text);
-    let paths: Vec<&str> = found
-        .iter()
-        .map(|e| e.split(": ").nth(1).unwrap())
-        .collect();
     assert_eq!(
-        paths,
+        key_paths(&found),
         [
             "upstreams[0].retries.attempts",
             "upstreams[0].circuit_breaker.failure_rate.threshold",
@@ -668,6 +744,9 @@ fn consul_file_and_defaults() {
         .expect("consul.yaml loads");
     assert_eq!(config.consul.wait, Duration::from_secs(300));
     assert_eq!(config.consul.datacenter.as_deref(), Some("dc1"));
+    assert_eq!(config.consul.sync_interval, Duration::from_secs(30));
+    assert!(config.service.register);
+    assert_eq!(config.service.id.as_deref(), Some("web-1"));
     let Discovery::Consul(api) = &config.upstreams[0].discovery else {
         panic!("consul discovery expected");
     };
@@ -688,6 +767,9 @@ fn consul_file_and_defaults() {
     assert!(minimal.consul.address.is_none());
     assert!(minimal.consul.token.is_none() && minimal.consul.token_file.is_none());
     assert_eq!(minimal.consul.wait, Duration::from_secs(300));
+    assert_eq!(minimal.consul.sync_interval, Duration::from_secs(30));
+    assert!(minimal.consul.ca_file.is_none() && minimal.consul.client_cert.is_none());
+    assert!(!minimal.service.register);
     let Discovery::Consul(api) = &minimal.upstreams[0].discovery else {
         panic!("consul discovery expected");
     };
@@ -712,7 +794,7 @@ fn consul_token_is_redacted() {
 fn consul_semantic_errors() {
     let found = errors(
         "service: { name: web }\n\
-         consul: { address: \"https://consul:8501\", wait: 11m }\n\
+         consul: { address: \"tcp://consul:8501\", wait: 11m }\n\
          upstreams:\n  - name: api\n    listen: 127.0.0.1:9001\n    \
          discovery: { consul: { service: \"\", tags: [\"\"] } }\n",
     );

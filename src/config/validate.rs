@@ -2,7 +2,9 @@
 //! that serde types cannot express. Rejects duplicate listen addresses
 //! (port 0 excepted), duplicate or non-label-safe upstream names, empty
 //! static endpoint lists, an empty Consul service name or tag, a Consul
-//! `wait` of zero or above 10m, a Consul address that is not `http://`,
+//! `wait` of zero or above 10m, a Consul address that is neither `http://`
+//! nor `https://`, Consul TLS files with an `http://` address, a client
+//! certificate without its key (or the reverse), a zero `sync_interval`,
 //! zero timeouts and intervals, worker_threads 0 or
 //! above 1024, `ring_hash` without `hash_on` (and `hash_on` without
 //! `ring_hash`, or on tcp), `inbound` without `service.port`, an empty
@@ -11,8 +13,8 @@
 //! non-http endpoint, a sample ratio outside 0..=1 or a zero queue, batch or
 //! flush interval, an empty `config_source.consul_kv.key` or one with a
 //! leading or trailing `/`, listener `limits` of zero (or header bytes
-//! outside 8 KiB..16 MiB), and `register: true` (Consul registration is not
-//! implemented yet, so it must not pass silently), `tls` with `source: files`
+//! outside 8 KiB..16 MiB), `register: true` without `service.port`, `tls`
+//! with `source: files`
 //! but without cert/key/ca (or with them under `source: consul`), zero TLS
 //! intervals, empty authorization patterns or SPIFFE IDs that do not parse,
 //! and `upstreams[].tls` turned on without a `tls` section. Transparent
@@ -101,10 +103,10 @@ fn check_service(config: &Config, problems: &mut Problems) {
             "inbound is configured, so the application's port is required (1-65535)",
         );
     }
-    if service.register {
+    if service.register && matches!(service.port, None | Some(0)) {
         problems.add(
             "service.register",
-            "registration with Consul is not implemented yet; remove the key or set it to false",
+            "registration needs service.port, the application's port (1-65535)",
         );
     }
     if let Some(check) = &service.check {
@@ -202,7 +204,16 @@ fn check_upstreams(config: &Config, problems: &mut Problems) {
             Discovery::Static(endpoints) if endpoints.is_empty() => {
                 problems.add(at("discovery.static"), "needs at least one endpoint");
             }
-            Discovery::Static(_) => {}
+            Discovery::Static(endpoints) => {
+                for (j, endpoint) in endpoints.iter().enumerate() {
+                    if endpoint.weight == 0 {
+                        problems.add(
+                            at(&format!("discovery.static[{j}].weight")),
+                            "must be at least 1",
+                        );
+                    }
+                }
+            }
             Discovery::Dns(dns) => {
                 if dns.name.trim().is_empty() {
                     problems.add(at("discovery.dns.name"), "needs an SRV name");
@@ -455,14 +466,34 @@ fn check_consul(config: &Config, problems: &mut Problems) {
     if consul.wait > MAX_CONSUL_WAIT {
         problems.add("consul.wait", "must be at most 10m (Consul's limit)");
     }
-    if let Some(address) = &consul.address
-        && !address.starts_with("http://")
-    {
+    problems.nonzero("consul.sync_interval".into(), consul.sync_interval);
+    let https = match &consul.address {
+        Some(address) if address.starts_with("https://") => true,
+        Some(address) if address.starts_with("http://") => false,
+        Some(address) => {
+            problems.add(
+                "consul.address",
+                format!("`{address}`: must start with `http://` or `https://`"),
+            );
+            return;
+        }
+        // CONSUL_HTTP_ADDR decides at start.
+        None => return,
+    };
+    let tls_files = [
+        ("consul.ca_file", consul.ca_file.is_some()),
+        ("consul.client_cert", consul.client_cert.is_some()),
+        ("consul.client_key", consul.client_key.is_some()),
+    ];
+    for (path, set) in tls_files {
+        if set && !https {
+            problems.add(path, "only used with an `https://` consul.address");
+        }
+    }
+    if consul.client_cert.is_some() != consul.client_key.is_some() {
         problems.add(
-            "consul.address",
-            format!(
-                "`{address}`: only plain `http://` addresses are supported (HTTPS to the agent is not implemented yet)"
-            ),
+            "consul.client_cert",
+            "client_cert and client_key go together (set both or neither)",
         );
     }
 }

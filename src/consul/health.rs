@@ -7,7 +7,10 @@
 //! (docs) or `Address`/`Port` (Go encoding). Rejects (skips, with a debug
 //! log) instances whose address is not an IP address or whose port is 0, since an endpoint is a
 //! socket address; critical instances are never endpoints, warning ones only
-//! when the discovery is not `passing_only`.
+//! when the discovery is not `passing_only`. An endpoint's balancing weight is
+//! `Service.Weights.Passing` for a passing instance, `Weights.Warning` for a
+//! warning one, 1 when the instance has no weights; an instance whose weight
+//! is 0 gets no traffic and is left out.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -62,7 +65,7 @@ pub struct Service {
     pub meta: HashMap<String, String>,
     #[serde(default)]
     pub port: u16,
-    /// Parsed, not yet honoured by the balancers.
+    /// Balancing weights by health state; `None`: 1 each.
     #[serde(default)]
     pub weights: Option<Weights>,
 }
@@ -81,8 +84,14 @@ pub struct ServiceAddress {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Weights {
+    #[serde(default = "weight_one")]
     pub passing: u32,
+    #[serde(default = "weight_one")]
     pub warning: u32,
+}
+
+fn weight_one() -> u32 {
+    1
 }
 
 /// A health check of the instance or of its node.
@@ -117,6 +126,17 @@ impl ServiceEntry {
             .unwrap_or(Health::Passing)
     }
 
+    /// The balancing weight for the instance's health: `Weights.Passing`
+    /// or `Weights.Warning` (1 without weights; critical instances are never
+    /// endpoints).
+    pub fn weight(&self) -> u32 {
+        match (self.service.weights, self.health()) {
+            (None, _) => 1,
+            (Some(weights), Health::Warning) => weights.warning,
+            (Some(weights), _) => weights.passing,
+        }
+    }
+
     /// `Service.Address`, or `Node.Address` when that is empty, with
     /// `Service.Port`; `None` when the address is not an IP address or the
     /// instance has no port.
@@ -134,8 +154,9 @@ impl ServiceEntry {
     }
 }
 
-/// The instances among `entries`: passing ones, plus warning ones when
-/// `passing_only` is false; sorted by address and without duplicate addresses.
+/// The instances among `entries` with their weights: passing ones, plus
+/// warning ones when `passing_only` is false, without those of weight 0;
+/// sorted by address and without duplicate addresses.
 pub fn instances(entries: &[ServiceEntry], passing_only: bool) -> Vec<Instance> {
     let worst = if passing_only {
         Health::Passing
@@ -150,8 +171,10 @@ pub fn instances(entries: &[ServiceEntry], passing_only: bool) -> Vec<Instance> 
                 tracing::debug!(service = %entry.service.service, id = %entry.service.id, "instance has no IP address or no port; skipped");
                 return None;
             };
-            Some(Instance {
+            let weight = entry.weight();
+            (weight > 0).then(|| Instance {
                 addr,
+                weight,
                 tags: entry.service.tags.clone(),
                 meta: (entry.service.meta.iter())
                     .map(|(key, value)| (key.clone(), value.clone()))
@@ -175,13 +198,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn endpoints(entries: &[ServiceEntry], passing_only: bool) -> Vec<SocketAddr> {
-        instances(entries, passing_only)
-            .into_iter()
-            .map(|instance| instance.addr)
-            .collect()
-    }
 
     #[test]
     fn instances_keep_tags_and_meta() {
@@ -245,10 +261,10 @@ mod tests {
         );
         assert_eq!(redis.checks.len(), 2);
         assert_eq!(redis.health(), Health::Passing);
-        assert_eq!(
-            endpoints(&entries, true),
-            ["10.1.10.12:8000".parse::<SocketAddr>().unwrap()]
-        );
+        let found = instances(&entries, true);
+        let addrs: Vec<String> = found.iter().map(|i| i.addr.to_string()).collect();
+        assert_eq!(addrs, ["10.1.10.12:8000"]);
+        assert_eq!(found[0].weight, 10);
     }
 
     #[test]
@@ -261,7 +277,7 @@ mod tests {
         assert_eq!(entries[0].endpoint(), None);
         let no_port = r#"[{"Node":{"Address":"10.0.0.1"},"Service":{"Address":"10.0.0.2"}}]"#;
         assert_eq!(parse(no_port)[0].endpoint(), None);
-        assert!(endpoints(&entries, true).is_empty());
+        assert!(instances(&entries, true).is_empty());
     }
 
     #[test]
@@ -301,15 +317,33 @@ mod tests {
             entry("10.0.0.4", &["maintenance"]),
         );
         let entries = parse(&json);
-        let strict: Vec<String> = endpoints(&entries, true)
+        let strict: Vec<String> = instances(&entries, true)
             .iter()
-            .map(ToString::to_string)
+            .map(|e| e.addr.to_string())
             .collect();
         assert_eq!(strict, ["10.0.0.1:80"]);
-        let lenient: Vec<String> = endpoints(&entries, false)
+        let lenient: Vec<String> = instances(&entries, false)
             .iter()
-            .map(ToString::to_string)
+            .map(|e| e.addr.to_string())
             .collect();
         assert_eq!(lenient, ["10.0.0.1:80", "10.0.0.2:80"]);
+    }
+
+    #[test]
+    fn weights_by_health_state() {
+        let weighted = |statuses: &[&str], weights: &str| {
+            let json = entry("10.0.0.1", statuses)
+                .replace(r#""Port":80"#, &format!(r#""Port":80,"Weights":{weights}"#));
+            parse(&format!("[{json}]"))
+        };
+        let passing = weighted(&["passing"], r#"{"Passing":5,"Warning":2}"#);
+        assert_eq!(passing[0].weight(), 5);
+        let warning = weighted(&["warning"], r#"{"Passing":5,"Warning":2}"#);
+        assert_eq!(instances(&warning, false)[0].weight, 2);
+        assert_eq!(weighted(&["passing"], "null")[0].weight(), 1);
+        assert_eq!(weighted(&["passing"], r#"{"Passing":3}"#)[0].weight(), 3);
+        // Weight 0: no traffic, so not an endpoint.
+        let zero = weighted(&["warning"], r#"{"Passing":1,"Warning":0}"#);
+        assert!(instances(&zero, false).is_empty());
     }
 }

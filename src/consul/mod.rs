@@ -1,22 +1,33 @@
-//! A small client of the Consul agent's HTTP API (reqwest, plain HTTP):
-//! health queries for discovery, the Connect CA and intentions for mesh
-//! TLS (`connect`), and KV reads for the configuration source (`?raw`: the
-//! value itself, no base64), all as blocking queries.
+//! A small client of the Consul agent's HTTP API (reqwest): health queries
+//! for discovery, the Connect CA and intentions for mesh TLS (`connect`),
+//! and KV reads for the configuration source (`?raw`: the value itself, no
+//! base64), all as blocking queries, and the agent's service registration
+//! endpoints (`agent.rs`).
 //!
 //! The agent address comes from `consul.address`, else `CONSUL_HTTP_ADDR`,
 //! else `http://127.0.0.1:8500`; the ACL token from `consul.token`, else
 //! `consul.token_file`, else `CONSUL_HTTP_TOKEN`. The token travels in the
 //! `X-Consul-Token` header only and is never logged (it is a [`Secret`]).
-//! Errors say what Consul answered (status and a body excerpt). Rejects
-//! `https://` addresses: TLS to the agent is not implemented yet.
+//! Errors say what Consul answered (status and a body excerpt).
+//!
+//! `https://` agents are verified against `consul.ca_file` (else
+//! `CONSUL_CACERT`) only — there is no system trust store here — and an
+//! agent with `verify_incoming` gets the client certificate and key of
+//! `consul.client_cert` / `consul.client_key` (else `CONSUL_CLIENT_CERT` /
+//! `CONSUL_CLIENT_KEY`), as the Consul CLI reads them. rustls with the ring
+//! provider. Rejects an `https://` address without a CA file, and schemes
+//! other than `http` and `https`.
 
+pub mod agent;
 pub mod blocking;
 pub mod connect;
 pub mod health;
+mod tls;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use reqwest::{StatusCode, Url};
+use reqwest::{RequestBuilder, Response, StatusCode, Url};
 
 use crate::config::{ConsulConfig, Secret};
 
@@ -39,6 +50,8 @@ pub enum ConsulError {
     },
     #[error("cannot build the Consul HTTP client: {0}")]
     Client(String),
+    #[error("Consul TLS: {0}")]
+    Tls(String),
     #[error("Consul request failed: {0}")]
     Transport(String),
     #[error("Consul answered {status}: {body}")]
@@ -78,6 +91,16 @@ pub struct KvAnswer {
     pub index: u64,
     /// `None` when the key does not exist.
     pub value: Option<String>,
+}
+
+/// The files of TLS to an `https://` agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificates (PEM) that sign the agent's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and private key (PEM), for `verify_incoming`.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 /// A Consul agent client.
@@ -120,15 +143,27 @@ impl Client {
             (None, None) => env("CONSUL_HTTP_TOKEN").map(Secret::new),
         }
         .filter(|token| !token.expose().is_empty());
-        Client::new(&address, token, config.wait)
+        let file = |configured: &Option<PathBuf>, variable: &str| {
+            configured
+                .clone()
+                .or_else(|| env(variable).map(PathBuf::from))
+        };
+        let tls = TlsFiles {
+            ca_file: file(&config.ca_file, "CONSUL_CACERT"),
+            client_cert: file(&config.client_cert, "CONSUL_CLIENT_CERT"),
+            client_key: file(&config.client_key, "CONSUL_CLIENT_KEY"),
+        };
+        Client::new(&address, token, config.wait, &tls)
     }
 
-    /// A client of the agent at `address` (`http://host:port`, or a bare
-    /// `host:port` as `CONSUL_HTTP_ADDR` allows).
+    /// A client of the agent at `address` (`http://host:port`,
+    /// `https://host:port`, or a bare `host:port` as `CONSUL_HTTP_ADDR`
+    /// allows); `tls` is used for `https://` only.
     pub fn new(
         address: &str,
         token: Option<Secret>,
         wait: Duration,
+        tls: &TlsFiles,
     ) -> Result<Client, ConsulError> {
         let invalid = |reason: String| ConsulError::Address {
             address: address.to_owned(),
@@ -140,14 +175,21 @@ impl Client {
             format!("http://{address}")
         };
         let base = Url::parse(&with_scheme).map_err(|error| invalid(error.to_string()))?;
-        if base.scheme() != "http" {
-            return Err(invalid(
-                "only http:// is supported (HTTPS to the agent is not implemented yet)".into(),
-            ));
-        }
+        // reqwest's rustls needs a configuration even for plain HTTP (it
+        // would otherwise look for a process-wide crypto provider).
+        let tls_config = match base.scheme() {
+            "http" => tls::plain_http_config()?,
+            "https" => tls::client_config(tls)?,
+            other => {
+                return Err(invalid(format!(
+                    "scheme `{other}`: only http:// and https:// are supported"
+                )));
+            }
+        };
         let http = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(5))
+            .tls_backend_preconfigured(tls_config)
             .build()
             .map_err(|error| ConsulError::Client(error_chain(&error)))?;
         Ok(Client {
@@ -211,7 +253,7 @@ impl Client {
                     }
                 })?)
             }
-            _ => return Err(answer.status_error()),
+            _ => return Err(status_error(answer.status, &answer.body)),
         };
         let index = answer.index.ok_or(ConsulError::Index)?;
         Ok(KvAnswer { index, value })
@@ -228,7 +270,7 @@ impl Client {
     ) -> Result<(u64, T), ConsulError> {
         let answer = self.get(path, params, index).await?;
         if !answer.status.is_success() {
-            return Err(answer.status_error());
+            return Err(status_error(answer.status, &answer.body));
         }
         let value = serde_json::from_slice(&answer.body).map_err(|error| ConsulError::Body {
             what,
@@ -246,29 +288,19 @@ impl Client {
         mut params: Vec<(&str, String)>,
         index: u64,
     ) -> Result<RawAnswer, ConsulError> {
-        let mut url = self.base.clone();
-        url.path_segments_mut()
-            .map_err(|()| ConsulError::Address {
-                address: self.base.to_string(),
-                reason: "cannot be a base URL".into(),
-            })?
-            .pop_if_empty()
-            .push("v1")
-            .extend(path);
+        let mut segments = vec!["v1"];
+        segments.extend_from_slice(path);
+        let url = self.url(&segments)?;
         if index > 0 {
             params.push(("index", index.to_string()));
             params.push(("wait", format!("{}ms", self.wait.as_millis())));
         }
-        let mut request = self
+        let request = self
             .http
             .get(url)
             .query(&params)
             .timeout(blocking::request_timeout(self.wait));
-        if let Some(token) = &self.token {
-            request = request.header("X-Consul-Token", token.expose());
-        }
-        let transport = |error: reqwest::Error| ConsulError::Transport(error_chain(&error));
-        let response = request.send().await.map_err(transport)?;
+        let response = self.send(request).await?;
         let status = response.status();
         let index = response
             .headers()
@@ -282,6 +314,41 @@ impl Client {
             body,
         })
     }
+
+    /// The agent URL with `segments` as its path (each one escaped).
+    fn url(&self, segments: &[&str]) -> Result<Url, ConsulError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| ConsulError::Address {
+                address: self.base.to_string(),
+                reason: "cannot be a base URL".into(),
+            })?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+
+    /// Sends `request` with the ACL token.
+    async fn send(&self, mut request: RequestBuilder) -> Result<Response, ConsulError> {
+        if let Some(token) = &self.token {
+            request = request.header("X-Consul-Token", token.expose());
+        }
+        request.send().await.map_err(transport)
+    }
+}
+
+fn transport(error: reqwest::Error) -> ConsulError {
+    ConsulError::Transport(error_chain(&error))
+}
+
+/// The body of a 2xx answer, or the error saying what Consul answered.
+async fn success_body(response: Response) -> Result<bytes::Bytes, ConsulError> {
+    let status = response.status();
+    let body = response.bytes().await.map_err(transport)?;
+    if !status.is_success() {
+        return Err(status_error(status, &body));
+    }
+    Ok(body)
 }
 
 /// An answer before its body is interpreted.
@@ -292,12 +359,11 @@ struct RawAnswer {
     body: bytes::Bytes,
 }
 
-impl RawAnswer {
-    fn status_error(&self) -> ConsulError {
-        ConsulError::Status {
-            status: self.status,
-            body: excerpt(&self.body),
-        }
+/// The error for a non-2xx answer: its status and a body excerpt.
+fn status_error(status: StatusCode, body: &[u8]) -> ConsulError {
+    ConsulError::Status {
+        status,
+        body: excerpt(body),
     }
 }
 
@@ -334,11 +400,14 @@ mod tests {
     #[test]
     fn addresses() {
         let wait = Duration::from_secs(1);
-        assert!(Client::new("http://127.0.0.1:8500", None, wait).is_ok());
-        let bare = Client::new("127.0.0.1:8500", None, wait).expect("bare host:port");
+        let no_tls = TlsFiles::default();
+        assert!(Client::new("http://127.0.0.1:8500", None, wait, &no_tls).is_ok());
+        let bare = Client::new("127.0.0.1:8500", None, wait, &no_tls).expect("bare host:port");
         assert_eq!(bare.base.as_str(), "http://127.0.0.1:8500/");
-        let https = Client::new("https://consul:8501", None, wait).unwrap_err();
-        assert!(https.to_string().contains("HTTPS"), "{https}");
+        let https = Client::new("https://consul:8501", None, wait, &no_tls).unwrap_err();
+        assert!(https.to_string().contains("ca_file"), "{https}");
+        let unix = Client::new("unix:///run/consul.sock", None, wait, &no_tls).unwrap_err();
+        assert!(unix.to_string().contains("scheme `unix`"), "{unix}");
     }
 
     #[test]
@@ -390,6 +459,7 @@ mod tests {
             "http://127.0.0.1:8500",
             Some(Secret::new("s3cr3t")),
             Duration::from_secs(1),
+            &TlsFiles::default(),
         )
         .expect("client");
         assert!(!format!("{client:?}").contains("s3cr3t"));

@@ -15,6 +15,8 @@ use crate::config::SubsetConfig;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
     pub addr: SocketAddr,
+    /// Balancing weight (≥ 1): Consul's `Service.Weights` for its health.
+    pub weight: u32,
     pub tags: Vec<String>,
     pub meta: BTreeMap<String, String>,
 }
@@ -35,6 +37,7 @@ mod tests {
     fn subset_membership_needs_every_tag_and_meta_value() {
         let instance = Instance {
             addr: "127.0.0.1:1".parse().unwrap(),
+            weight: 1,
             tags: vec!["v2".into(), "eu".into()],
             meta: [("version".to_owned(), "2".to_owned())].into(),
         };

@@ -6,7 +6,11 @@
 //! else in it takes effect — but the setting keeps its running value, and
 //! the caller logs a warning naming the key. Of `tls`, only the
 //! authorization rules (`tls.authorization.default`, `allow`, `deny`) are
-//! live. Rejects nothing.
+//! live. The Consul registration is made once, at start, so what it
+//! registers is fixed: `service.register`, `id`, `tags`, `meta`, `check`,
+//! `consul.sync_interval`, and — while registered — `service.address` and
+//! `service.port` (the address the agent advertises; unregistered, they are
+//! live: the inbound listener forwards there). Rejects nothing.
 
 use serde::Serialize;
 
@@ -48,9 +52,48 @@ pub fn keep_fixed(running: &Config, next: &mut Config) -> Vec<&'static str> {
             restore(&running.config_source, &mut next.config_source),
         ),
         ("tls", restore_tls(&running.tls, &mut next.tls)),
+        (
+            "service.register",
+            restore(&running.service.register, &mut next.service.register),
+        ),
+        (
+            "service.id",
+            restore(&running.service.id, &mut next.service.id),
+        ),
+        (
+            "service.tags",
+            restore(&running.service.tags, &mut next.service.tags),
+        ),
+        (
+            "service.meta",
+            restore(&running.service.meta, &mut next.service.meta),
+        ),
+        (
+            "service.check",
+            restore(&running.service.check, &mut next.service.check),
+        ),
+        (
+            "consul.sync_interval",
+            restore(
+                &running.consul.sync_interval,
+                &mut next.consul.sync_interval,
+            ),
+        ),
     ];
-    restored
-        .into_iter()
+    let registered = running.service.register.then(|| {
+        [
+            (
+                "service.address",
+                restore(&running.service.address, &mut next.service.address),
+            ),
+            (
+                "service.port",
+                restore(&running.service.port, &mut next.service.port),
+            ),
+        ]
+    });
+    (restored.into_iter())
+        .chain(registered.into_iter().flatten())
         .filter_map(|(path, changed)| changed.then_some(path))
         .collect()
 }
@@ -137,6 +180,42 @@ mod tests {
         let mut without = parse("service: { name: web }\n");
         assert_eq!(keep_fixed(&running, &mut without), ["tls"]);
         assert!(without.tls.is_some());
+    }
+
+    #[test]
+    fn registration_settings_are_fixed() {
+        let running = parse(
+            "service: { name: web, port: 8080, register: true, tags: [a] }\n\
+             consul: { sync_interval: 30s }\n",
+        );
+        let mut next = parse(
+            "service: { name: web, port: 8081, address: 127.0.0.2, tags: [b], \
+             meta: { v: '2' }, id: web-2 }\nconsul: { sync_interval: 5s, wait: 1m }\n",
+        );
+        assert_eq!(
+            keep_fixed(&running, &mut next),
+            [
+                "service.register",
+                "service.id",
+                "service.tags",
+                "service.meta",
+                "consul.sync_interval",
+                "service.address",
+                "service.port"
+            ]
+        );
+        assert!(next.service.register);
+        assert_eq!(next.service.port, Some(8080));
+        assert_eq!(next.service.tags, ["a"]);
+        assert_eq!(next.consul.sync_interval, running.consul.sync_interval);
+        // The rest of the consul section is live (discovery follows it).
+        assert_eq!(next.consul.wait, std::time::Duration::from_secs(60));
+
+        // Unregistered, the application's address and port are live.
+        let running = parse("service: { name: web, port: 8080 }\n");
+        let mut next = parse("service: { name: web, port: 8081 }\n");
+        assert!(keep_fixed(&running, &mut next).is_empty());
+        assert_eq!(next.service.port, Some(8081));
     }
 
     #[test]

@@ -25,6 +25,8 @@ use crate::tls::{Alpn, ExpectedIdentity, MeshTls};
 #[derive(Clone)]
 pub struct MeshSecurity {
     material: Arc<MeshTls>,
+    /// The certificate comes from the Consul Connect CA (`source: consul`).
+    from_consul: bool,
     /// Filled by the intentions watch, when `tls.authorization.intentions`.
     intentions: Option<Arc<Intentions>>,
 }
@@ -39,6 +41,7 @@ impl MeshSecurity {
         }
         Ok(MeshSecurity {
             material,
+            from_consul: tls.source == TlsSource::Consul,
             intentions: tls.authorization.intentions.then(Arc::default),
         })
     }
@@ -48,12 +51,23 @@ impl MeshSecurity {
         &self.material
     }
 
+    /// Whether the Connect CA or intentions watches need a Consul client.
+    pub fn uses_consul(&self) -> bool {
+        self.from_consul || self.intentions.is_some()
+    }
+
     /// Starts what keeps the material and intentions current until `drain`:
     /// the file reloader, or the Consul Connect CA watches; the intentions
-    /// watch. They use a Consul client built from `config.consul` now.
-    pub fn spawn_updates(&self, config: &Config, drain: &Drain) -> anyhow::Result<()> {
+    /// watch. The Consul watches use `client` (there is one when
+    /// [`uses_consul`](Self::uses_consul)).
+    pub fn spawn_updates(
+        &self,
+        config: &Config,
+        client: Option<&Arc<consul::Client>>,
+        drain: &Drain,
+    ) {
         let Some(tls) = &config.tls else {
-            return Ok(());
+            return;
         };
         if let Some(files) = pem_files(tls) {
             files.spawn_reloader(
@@ -62,14 +76,13 @@ impl MeshSecurity {
                 drain.clone(),
             );
         }
-        if tls.source != TlsSource::Consul && self.intentions.is_none() {
-            return Ok(());
-        }
-        let client = Arc::new(consul::Client::from_config(&config.consul)?);
-        if tls.source == TlsSource::Consul {
+        let Some(client) = client else {
+            return;
+        };
+        if self.from_consul {
             let service = (tls.service.clone()).unwrap_or_else(|| config.service.name.clone());
             crate::tls::consul::spawn_ca_watches(
-                Arc::clone(&client),
+                Arc::clone(client),
                 service,
                 Arc::clone(&self.material),
                 drain,
@@ -77,13 +90,12 @@ impl MeshSecurity {
         }
         if let Some(intentions) = &self.intentions {
             crate::tls::consul::spawn_intentions_watch(
-                client,
+                Arc::clone(client),
                 config.service.name.clone(),
                 Arc::clone(intentions),
                 drain,
             );
         }
-        Ok(())
     }
 
     /// The inbound authorizer of `config` (which has a `tls` section).

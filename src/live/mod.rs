@@ -84,13 +84,14 @@ use tokio::sync::Mutex;
 
 use crate::client::ClientSettings;
 use crate::config::{
-    Config, ConsulConfig, Discovery, InboundConfig, ListenerLimits, ServiceProtocol, Timeouts,
-    TransparentConfig, UpstreamConfig, UpstreamProtocol,
+    Config, ConsulConfig, Discovery, InboundConfig, ListenerLimits, ServiceProtocol,
+    StaticEndpoint, Timeouts, TransparentConfig, UpstreamConfig, UpstreamProtocol,
 };
 use crate::consul::{self, HealthQuery};
 use crate::discovery::consul::{Watches, query_for};
 use crate::discovery::dns::DnsDiscoverer;
 use crate::drain::DrainController;
+use crate::endpoint::WeightedAddr;
 use crate::routing::backends::Backends;
 use crate::server::{Handler, HttpProtocol};
 use crate::stack::{self, HttpService};
@@ -238,7 +239,7 @@ struct Planned {
     upstream: Arc<Upstream>,
     discovery: Discovery,
     /// A static list to set on the upstream at commit.
-    set_endpoints: Option<Vec<SocketAddr>>,
+    set_endpoints: Option<Vec<WeightedAddr>>,
     stack_source: Value,
     protocol: Option<HttpProtocol>,
     /// A new stack to install.
@@ -437,18 +438,18 @@ impl LiveProxy {
             }
             Some(site) => Arc::new(site.upstream.successor(spec.settings.clone())),
             None => {
-                let endpoints: &[SocketAddr] = match &spec.discovery {
-                    Discovery::Static(endpoints) => endpoints,
-                    Discovery::Consul(_) | Discovery::Dns(_) => &[],
+                let endpoints = match &spec.discovery {
+                    Discovery::Static(endpoints) => weighted(endpoints),
+                    Discovery::Consul(_) | Discovery::Dns(_) => Vec::new(),
                 };
-                Arc::new(Upstream::new(spec.settings.clone(), endpoints))
+                Arc::new(Upstream::new(spec.settings.clone(), &endpoints))
             }
         };
         let same_upstream = old.is_some_and(|site| Arc::ptr_eq(&site.upstream, &upstream));
         let same_discovery = old.is_some_and(|site| site.discovery == spec.discovery);
         let set_endpoints = match &spec.discovery {
             Discovery::Static(endpoints) if old.is_some() && !same_discovery => {
-                Some(endpoints.clone())
+                Some(weighted(endpoints))
             }
             _ => None,
         };
@@ -652,7 +653,7 @@ async fn plan_transparent(
 
 fn commit_site(retired: &mut Vec<DrainController>, planned: Planned, old: Option<Site>) -> Site {
     if let Some(endpoints) = &planned.set_endpoints {
-        planned.upstream.set_endpoints(endpoints);
+        planned.upstream.set_weighted_endpoints(endpoints);
     }
     let old_slot = old.as_ref().and_then(|site| site.stack.clone());
     let stack = match (planned.protocol, planned.new_stack) {
@@ -877,7 +878,10 @@ fn specs<'a>(config: &'a Config, mesh: Option<&MeshSecurity>) -> anyhow::Result<
                 outlier_detection: None,
                 rate_limit: inbound.rate_limit.clone(),
             },
-            discovery: Discovery::Static(vec![SocketAddr::new(service.address, port)]),
+            discovery: Discovery::Static(vec![StaticEndpoint {
+                address: SocketAddr::new(service.address, port),
+                weight: 1,
+            }]),
             protocol: listen_protocol,
             section: Section::Inbound(inbound),
         });
@@ -952,4 +956,14 @@ fn client_settings(
         idle_timeout: timeouts.idle,
         tls,
     }
+}
+
+/// A static list as balancer endpoints, each with its configured weight.
+fn weighted(endpoints: &[StaticEndpoint]) -> Vec<WeightedAddr> {
+    (endpoints.iter())
+        .map(|endpoint| WeightedAddr {
+            addr: endpoint.address,
+            weight: endpoint.weight,
+        })
+        .collect()
 }

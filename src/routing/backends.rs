@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::{BackendConfig, DEFAULT_BACKEND, UpstreamConfig};
+use crate::endpoint::WeightedAddr;
 use crate::upstream::Upstream;
 
 /// Backend name → its upstream.
@@ -62,7 +63,10 @@ impl Backends {
                     upstream.add_subset(selector, &subset);
                     Some(subset)
                 }
-                BackendConfig::Static(endpoints) => Some(Arc::new(Upstream::new(own(), endpoints))),
+                BackendConfig::Static(endpoints) => Some(Arc::new(Upstream::new(
+                    own(),
+                    &WeightedAddr::weight_one(endpoints),
+                ))),
                 BackendConfig::Upstream(other) => others(other),
             };
             if let Some(built) = built {

@@ -28,6 +28,8 @@ pub const DISCOVERY_ERRORS_TOTAL: &str = "remora_discovery_errors_total";
 pub const DISCOVERY_LAST_UPDATE: &str = "remora_discovery_last_update_timestamp_seconds";
 pub const CONFIG_RELOADS_TOTAL: &str = "remora_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "remora_config_last_reload_success_timestamp_seconds";
+pub const CONSUL_REGISTRATIONS_TOTAL: &str = "remora_consul_registrations_total";
+pub const CONSUL_REGISTERED: &str = "remora_consul_registered";
 pub const TCP_SENT_BYTES: &str = "remora_tcp_sent_bytes_total";
 pub const TCP_RECEIVED_BYTES: &str = "remora_tcp_received_bytes_total";
 pub const TRANSPARENT_CONNECTIONS_TOTAL: &str = "remora_transparent_connections_total";
@@ -125,6 +127,27 @@ fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64()
+}
+
+/// Shows a Consul registration's metrics (at zero) before its first attempt.
+pub fn register_registration(service: &str) {
+    for result in ["success", "failure"] {
+        counter!(CONSUL_REGISTRATIONS_TOTAL, "service" => service.to_owned(), "result" => result)
+            .increment(0);
+    }
+    set_registered(service, false);
+}
+
+/// Counts one attempt to register `service` with the Consul agent.
+pub fn registration_attempt(service: &str, success: bool) {
+    let result = if success { "success" } else { "failure" };
+    counter!(CONSUL_REGISTRATIONS_TOTAL, "service" => service.to_owned(), "result" => result)
+        .increment(1);
+}
+
+/// Whether the Consul agent has `service` registered, as far as remora knows.
+pub fn set_registered(service: &str, registered: bool) {
+    gauge!(CONSUL_REGISTERED, "service" => service.to_owned()).set(f64::from(u8::from(registered)));
 }
 
 /// Request metrics of one listener (direction + upstream), or of one route

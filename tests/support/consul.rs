@@ -1,13 +1,25 @@
-//! A Consul-agent stand-in for tests: a hyper HTTP/1.1 server on 127.0.0.1:0 that speaks the
-//! documented health API, with controls a test drives directly.
+//! A Consul-agent stand-in for tests: a hyper HTTP/1.1 server on 127.0.0.1:0 (or HTTPS, see
+//! [`ConsulStandIn::start_tls`]) that speaks the documented health and agent-service API, with
+//! controls a test drives directly.
 //!
 //! Served: `GET /v1/health/service/:name` and `GET /v1/health/connect/:name` (instances
 //! registered with [`Instance::connect`]); the Connect CA — `GET /v1/agent/connect/ca/leaf/:service`
 //! and `GET /v1/agent/connect/ca/roots` — and `GET /v1/connect/intentions/match?by=destination&name=`,
 //! whose bodies are the documentation samples (`connect-*.json`) with the certificates and
 //! intentions a test sets; `GET /v1/kv/:key?raw` (the value as stored, 404 when the key is
-//! missing) and `PUT /v1/kv/:key` (body = value, answers `true`); anything else is 404. Every
-//! change bumps the one index, so all of them are blocking queries. Responses are JSON arrays in
+//! missing) and `PUT /v1/kv/:key` (body = value, answers `true`); and the agent's service
+//! endpoints:
+//! `PUT /v1/agent/service/register` (body as documented; `ID` defaults to `Name`; 400
+//! `Missing service name`, 400 for a `connect-proxy` without `Port` or
+//! `Proxy.DestinationServiceName`, 400 for an HTTP/TCP check without `Interval`),
+//! `PUT /v1/agent/service/deregister/:id` (404 `Unknown service ID` when unknown) and
+//! `GET /v1/agent/service/:id` (the service in the shape of
+//! `../shared/consul-api/agent-service-config-response.json`, 404 `unknown service ID` when
+//! unknown). A registered service joins the catalog at once as a passing instance (the stand-in
+//! runs no checks), with its `Weights`; a `connect-proxy` is served under
+//! `/v1/health/connect/<Proxy.DestinationServiceName>`. Anything else is 404, or 405 for a
+//! known agent service path with the wrong method. Every change bumps the one index, so all the
+//! GETs but the agent's are blocking queries. Health responses are JSON arrays in
 //! the shape of `../shared/consul-api/health-service-response.json` — every instance is built
 //! from that documentation sample (its first entry), with ID, name, tags, address, port and the
 //! service check's status replaced — and carry `X-Consul-Index`.
@@ -22,12 +34,15 @@
 //! - ACL: when a token is set, a request without `X-Consul-Token` (or `?token=`) gets 403
 //!   `Permission denied`, a wrong one 403 `ACL not found`.
 //!
-//! Controls: register / deregister instances, put / delete KV entries, change their status, set an error mode (500,
-//! garbage body with status 200, hang until stopped), reset the index (to test an index that
-//! goes backwards), count requests and the most health requests held at once, stop and restart
-//! on the same port (`SO_REUSEADDR`). State survives a restart. Not modelled: the catalog
-//! write API, `near`, `filter`, `ns`, consistency modes, HTTPS, KV reads without `?raw` (the
-//! JSON form with a base64 `Value`), KV flags, CAS and locks.
+//! Controls: register / deregister instances, put / delete KV entries, change their status,
+//! set an error mode (500, garbage body with status 200, hang until stopped — not
+//! the agent service endpoints), reset the index (to test an index that goes backwards), count requests and the most
+//! health requests held at once, stop and restart on the same port (`SO_REUSEADDR`), read what
+//! the agent API received, and "restart the agent" ([`ConsulStandIn::restart_agent`]: services
+//! registered through the agent API are forgotten, as a real agent forgets them without a data
+//! dir). State survives a [`restart`](ConsulStandIn::restart) of the listener. Not modelled:
+//! the catalog write API, `near`, `filter`, `ns`, consistency modes, running checks, KV reads
+//! without `?raw` (the JSON form with a base64 `Value`), KV flags, CAS and locks.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -37,7 +52,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -47,6 +62,8 @@ use serde_json::Value;
 use tokio::net::TcpSocket;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
 
 /// Health state of an instance's service check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +109,10 @@ pub struct Instance {
     pub connect: bool,
     /// Leave `Service.Address` empty so clients must use `Node.Address`.
     pub on_node_address: bool,
+    /// `Service.Weights` (`Passing`, `Warning`); Consul's default 1/1 when `None`.
+    pub weights: Option<(u32, u32)>,
+    /// Registered through the agent API (forgotten by [`ConsulStandIn::restart_agent`]).
+    pub from_agent: bool,
 }
 
 impl Instance {
@@ -105,7 +126,14 @@ impl Instance {
             health: Health::Passing,
             connect: false,
             on_node_address: false,
+            weights: None,
+            from_agent: false,
         }
+    }
+
+    pub fn weights(mut self, passing: u32, warning: u32) -> Instance {
+        self.weights = Some((passing, warning));
+        self
     }
 
     pub fn tags(mut self, tags: &[&str]) -> Instance {
@@ -140,6 +168,10 @@ struct State {
     instances: Mutex<BTreeMap<String, Instance>>,
     /// KV entries: key → value.
     kv: Mutex<BTreeMap<String, String>>,
+    /// Agent-API registrations by ID, as received.
+    agent: Mutex<BTreeMap<String, Value>>,
+    agent_registrations: AtomicU64,
+    agent_deregistrations: AtomicU64,
     index: watch::Sender<u64>,
     token: Mutex<Option<String>>,
     mode: Mutex<ErrorMode>,
@@ -170,6 +202,7 @@ pub struct ConsulStandIn {
     pub addr: SocketAddr,
     state: Arc<State>,
     server: Mutex<Option<JoinHandle<()>>>,
+    tls: Option<TlsAcceptor>,
 }
 
 impl Drop for ConsulStandIn {
@@ -187,12 +220,25 @@ impl ConsulStandIn {
     /// Like [`ConsulStandIn::start`], on `addr` (e.g. `0.0.0.0:0`, reachable
     /// from network namespaces through their veth peers).
     pub fn start_on(addr: SocketAddr) -> ConsulStandIn {
+        ConsulStandIn::serve(addr, None)
+    }
+
+    /// [`start`](Self::start), speaking HTTPS (HTTP/1.1) with `config`.
+    pub fn start_tls(config: ServerConfig) -> ConsulStandIn {
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        ConsulStandIn::serve("127.0.0.1:0".parse().unwrap(), Some(acceptor))
+    }
+
+    fn serve(addr: SocketAddr, tls: Option<TlsAcceptor>) -> ConsulStandIn {
         let text = std::fs::read_to_string(docs_sample("health-service-response.json"))
             .expect("the Consul docs sample is readable");
         let sample: Value = serde_json::from_str(&text).expect("sample is JSON");
         let state = Arc::new(State {
             instances: Mutex::new(BTreeMap::new()),
             kv: Mutex::new(BTreeMap::new()),
+            agent: Mutex::new(BTreeMap::new()),
+            agent_registrations: AtomicU64::new(0),
+            agent_deregistrations: AtomicU64::new(0),
             index: watch::Sender::new(1),
             token: Mutex::new(None),
             mode: Mutex::new(ErrorMode::None),
@@ -202,17 +248,51 @@ impl ConsulStandIn {
             template: sample[0].clone(),
             connect: Mutex::new(Connect::default()),
         });
-        let (addr, task) = listen(addr, Arc::clone(&state));
+        let (addr, task) = listen(addr, Arc::clone(&state), tls.clone());
         ConsulStandIn {
             addr,
             state,
             server: Mutex::new(Some(task)),
+            tls,
         }
     }
 
-    /// `http://<addr>`
+    /// `http://<addr>` (`https://` when started with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The agent-API registration of service `id`, as received (`None` when not registered).
+    pub fn agent_service(&self, id: &str) -> Option<Value> {
+        self.state.agent.lock().unwrap().get(id).cloned()
+    }
+
+    /// IDs of the services registered through the agent API.
+    pub fn agent_service_ids(&self) -> Vec<String> {
+        self.state.agent.lock().unwrap().keys().cloned().collect()
+    }
+
+    /// Successful `PUT /v1/agent/service/register` calls so far.
+    pub fn agent_registrations(&self) -> u64 {
+        self.state.agent_registrations.load(Ordering::SeqCst)
+    }
+
+    /// Successful `PUT /v1/agent/service/deregister/:id` calls so far.
+    pub fn agent_deregistrations(&self) -> u64 {
+        self.state.agent_deregistrations.load(Ordering::SeqCst)
+    }
+
+    /// An agent restart without persistent state: every service registered through the agent
+    /// API is forgotten (and leaves the catalog); bumps the index.
+    pub fn restart_agent(&self) {
+        self.state.agent.lock().unwrap().clear();
+        self.state
+            .instances
+            .lock()
+            .unwrap()
+            .retain(|_, instance| !instance.from_agent);
+        self.bump();
     }
 
     /// Adds (or replaces) an instance; bumps the index.
@@ -286,7 +366,7 @@ impl ConsulStandIn {
     /// Listens again on the same address; must be called from the test's runtime.
     pub fn restart(&self) {
         self.stop();
-        let (_, task) = listen(self.addr, Arc::clone(&self.state));
+        let (_, task) = listen(self.addr, Arc::clone(&self.state), self.tls.clone());
         *self.server.lock().unwrap() = Some(task);
     }
 
@@ -356,7 +436,13 @@ impl ConsulStandIn {
     }
 
     fn bump(&self) {
-        self.state.index.send_modify(|index| *index += 1);
+        self.state.bump();
+    }
+}
+
+impl State {
+    fn bump(&self) {
+        self.index.send_modify(|index| *index += 1);
     }
 }
 
@@ -377,7 +463,11 @@ pub fn docs_sample(name: &str) -> std::path::PathBuf {
         .unwrap_or_else(|| panic!("no shared/consul-api/{name} beside {}", root.display()))
 }
 
-fn listen(addr: SocketAddr, state: Arc<State>) -> (SocketAddr, JoinHandle<()>) {
+fn listen(
+    addr: SocketAddr,
+    state: Arc<State>,
+    tls: Option<TlsAcceptor>,
+) -> (SocketAddr, JoinHandle<()>) {
     let socket = TcpSocket::new_v4().expect("socket");
     socket.set_reuseaddr(true).expect("SO_REUSEADDR");
     socket.bind(addr).expect("bind the stand-in's address");
@@ -391,14 +481,20 @@ fn listen(addr: SocketAddr, state: Arc<State>) -> (SocketAddr, JoinHandle<()>) {
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
                     let state = Arc::clone(&state);
+                    let tls = tls.clone();
                     conns.spawn(async move {
                         let service = service_fn(move |request| {
                             let state = Arc::clone(&state);
                             async move { Ok::<_, Infallible>(handle(&state, request).await) }
                         });
-                        let _ = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
+                        let http = http1::Builder::new();
+                        let _ = match tls {
+                            None => http.serve_connection(TokioIo::new(stream), service).await,
+                            Some(tls) => {
+                                let Ok(stream) = tls.accept(stream).await else { return };
+                                http.serve_connection(TokioIo::new(stream), service).await
+                            }
+                        };
                     });
                 }
                 Some(_) = conns.join_next() => {}
@@ -465,6 +561,9 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     }
 
     let path = request.uri().path().to_owned();
+    if let Some(rest) = path.strip_prefix("/v1/agent/service/") {
+        return agent(state, rest, request).await;
+    }
     let route = if let Some(name) = path.strip_prefix("/v1/health/service/") {
         Route::Health(false, name.to_owned())
     } else if let Some(name) = path.strip_prefix("/v1/health/connect/") {
@@ -509,7 +608,7 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     }
 
     if let Route::Kv(key) = &route {
-        if request.method() == http::Method::PUT {
+        if request.method() == Method::PUT {
             let body = request.into_body().collect().await.map(|b| b.to_bytes());
             let Ok(body) = body else {
                 return reply(StatusCode::BAD_REQUEST, "unreadable body", None);
@@ -584,6 +683,164 @@ async fn hold(state: &State, params: &[(String, String)]) {
     }
 }
 
+/// `/v1/agent/service/<rest>`: register, deregister/:id, or read :id.
+async fn agent(state: &State, rest: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = request.method().clone();
+    match (rest, rest.strip_prefix("deregister/")) {
+        ("register", _) if method == Method::PUT => {
+            let body = request.into_body().collect().await.map(|b| b.to_bytes());
+            let Ok(body) = body else {
+                return reply(StatusCode::BAD_REQUEST, "Request decode failed", None);
+            };
+            agent_register(state, &body)
+        }
+        (_, Some(id)) if method == Method::PUT => {
+            if state.agent.lock().unwrap().remove(id).is_none() {
+                return reply(
+                    StatusCode::NOT_FOUND,
+                    &format!(
+                        "Unknown service ID {id:?}. Ensure that the service ID is passed, not the service name."
+                    ),
+                    None,
+                );
+            }
+            state.instances.lock().unwrap().remove(id);
+            state.agent_deregistrations.fetch_add(1, Ordering::SeqCst);
+            state.bump();
+            reply(StatusCode::OK, "", None)
+        }
+        ("register", _) | (_, Some(_)) => reply(StatusCode::METHOD_NOT_ALLOWED, "", None),
+        (id, None) if method == Method::GET => match state.agent.lock().unwrap().get(id) {
+            Some(registration) => {
+                let mut response = reply(
+                    StatusCode::OK,
+                    &agent_service_view(registration).to_string(),
+                    None,
+                );
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                response
+            }
+            None => reply(
+                StatusCode::NOT_FOUND,
+                &format!("unknown service ID: {id}"),
+                None,
+            ),
+        },
+        _ => reply(StatusCode::METHOD_NOT_ALLOWED, "", None),
+    }
+}
+
+/// `PUT /v1/agent/service/register` with `body`, checked as Consul checks it.
+fn agent_register(state: &State, body: &[u8]) -> Response<Full<Bytes>> {
+    let Ok(registration) = serde_json::from_slice::<Value>(body) else {
+        return reply(StatusCode::BAD_REQUEST, "Request decode failed", None);
+    };
+    let text = |value: &Value| value.as_str().unwrap_or_default().to_owned();
+    let name = text(&registration["Name"]);
+    if name.is_empty() {
+        return reply(StatusCode::BAD_REQUEST, "Missing service name", None);
+    }
+    let id = match text(&registration["ID"]) {
+        id if id.is_empty() => name.clone(),
+        id => id,
+    };
+    let port = registration["Port"].as_u64().unwrap_or(0) as u16;
+    let proxy = registration["Kind"] == "connect-proxy";
+    let destination = text(&registration["Proxy"]["DestinationServiceName"]);
+    if proxy && port == 0 {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            "Invalid Service Meta: Port must be set for a Connect proxy",
+            None,
+        );
+    }
+    if proxy && destination.is_empty() {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            "Proxy.DestinationServiceName must be set for Connect proxy",
+            None,
+        );
+    }
+    let checks = registration["Checks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .chain(registration.get("Check").cloned());
+    for check in checks {
+        let probes = check.get("HTTP").is_some() || check.get("TCP").is_some();
+        if probes && text(&check["Interval"]).is_empty() {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "Invalid check: Interval must be > 0 for Script, HTTP, H2PING, or TCP checks",
+                None,
+            );
+        }
+    }
+    let address = text(&registration["Address"]);
+    let ip = address.parse().unwrap_or([127, 0, 0, 1].into());
+    let weights = registration.get("Weights").map(|w| {
+        let weight = |key: &str| w[key].as_u64().unwrap_or(1) as u32;
+        (weight("Passing"), weight("Warning"))
+    });
+    let tags = registration["Tags"]
+        .as_array()
+        .map(|tags| tags.iter().map(text).collect())
+        .unwrap_or_default();
+    let meta = registration["Meta"]
+        .as_object()
+        .map(|meta| meta.iter().map(|(k, v)| (k.clone(), text(v))).collect())
+        .unwrap_or_default();
+    let instance = Instance {
+        id: id.clone(),
+        meta,
+        service: if proxy { destination } else { name },
+        addr: SocketAddr::new(ip, port),
+        tags,
+        health: Health::Passing,
+        connect: proxy,
+        on_node_address: address.is_empty(),
+        weights,
+        from_agent: true,
+    };
+    state.instances.lock().unwrap().insert(id.clone(), instance);
+    state.agent.lock().unwrap().insert(id, registration);
+    state.agent_registrations.fetch_add(1, Ordering::SeqCst);
+    state.bump();
+    reply(StatusCode::OK, "", None)
+}
+
+/// A registration as `GET /v1/agent/service/:id` shows it.
+fn agent_service_view(registration: &Value) -> Value {
+    let name = registration["Name"].clone();
+    let id = match registration["ID"].as_str() {
+        Some(id) if !id.is_empty() => registration["ID"].clone(),
+        _ => name.clone(),
+    };
+    let or = |key: &str, default: Value| registration.get(key).cloned().unwrap_or(default);
+    let mut view = serde_json::json!({
+        "ID": id,
+        "Service": name,
+        "Tags": or("Tags", Value::Null),
+        "Meta": or("Meta", Value::Null),
+        "Namespace": "default",
+        "Port": or("Port", 0.into()),
+        "Address": or("Address", "".into()),
+        "Weights": or("Weights", serde_json::json!({ "Passing": 1, "Warning": 1 })),
+        "EnableTagOverride": false,
+        "Datacenter": "dc1",
+        "ContentHash": "4ecd29c7bc647ca8",
+    });
+    if let Some(kind) = registration.get("Kind") {
+        view["Kind"] = kind.clone();
+        view["Proxy"] = or("Proxy", Value::Null);
+    }
+    view
+}
+
 /// What a request asks for.
 enum Route {
     /// `/v1/health/{service,connect}/:name` (connect, name).
@@ -647,6 +904,8 @@ fn entry(template: &Value, instance: &Instance) -> Value {
     service["Port"] = port.into();
     service["TaggedAddresses"]["lan"] = serde_json::json!({ "address": ip, "port": port });
     service["TaggedAddresses"]["wan"] = serde_json::json!({ "address": ip, "port": port });
+    let (passing, warning) = instance.weights.unwrap_or((1, 1));
+    service["Weights"] = serde_json::json!({ "Passing": passing, "Warning": warning });
     let check = &mut entry["Checks"][0];
     check["Node"] = format!("node-{}", instance.id).into();
     check["CheckID"] = format!("service:{}", instance.id).into();

@@ -66,10 +66,19 @@ impl Ca {
 
     /// A leaf with this URI SAN (or none), usable as client and server certificate.
     pub fn leaf_with_uri(&self, uri: Option<&str>, serial: u64) -> Leaf {
+        let sans = uri.map(|uri| SanType::URI(uri.try_into().unwrap()));
+        self.leaf_with_sans(sans.into_iter().collect(), serial)
+    }
+
+    /// A leaf for the IP address `ip` (an IP SAN), as an HTTPS server on it needs to be
+    /// verified by its address.
+    pub fn leaf_for_ip(&self, ip: std::net::IpAddr, serial: u64) -> Leaf {
+        self.leaf_with_sans(vec![SanType::IpAddress(ip)], serial)
+    }
+
+    fn leaf_with_sans(&self, sans: Vec<SanType>, serial: u64) -> Leaf {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        if let Some(uri) = uri {
-            params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
-        }
+        params.subject_alt_names = sans;
         params.serial_number = Some(SerialNumber::from(serial));
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
