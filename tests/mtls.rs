@@ -214,6 +214,16 @@ async fn sidecar_to_sidecar_over_mtls_with_h2_by_alpn() {
             serde_json::json!([spiffe("web")])
         );
     }
+    // remora offered h2 and HTTP/1.1 to the other sidecar, which chose h2:
+    // the HTTP/1.1 requests above went over one HTTP/2 connection.
+    let endpoints = get(Version::HTTP_11, &outbound.admin_url("/endpoints"))
+        .await
+        .unwrap();
+    let endpoints: serde_json::Value = serde_json::from_str(&endpoints.body).unwrap();
+    let api = (endpoints["upstreams"].as_array().unwrap().iter())
+        .find(|upstream| upstream["name"] == "api")
+        .expect("upstream api");
+    assert_eq!(api["endpoints"][0]["negotiated_h2"], true, "{api}");
     // The inbound listener chooses h2 when offered h2 and HTTP/1.1.
     let stream = connect(
         inbound.inbound(),

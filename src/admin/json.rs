@@ -38,6 +38,7 @@ pub fn endpoints(upstreams: &[std::sync::Arc<Upstream>]) -> Value {
                         "ewma_ms": endpoint.load.ewma().as_secs_f64() * 1e3,
                         "in_flight": endpoint.load.in_flight(),
                         "weight": weight,
+                        "negotiated_h2": endpoint.client.negotiated_h2(),
                     })
                 })
                 .collect();
