@@ -1,6 +1,6 @@
 //! The configuration model: one struct per YAML section, field names equal
 //! to the YAML keys of architecture.md §4 (a public interface). Every struct
-//! rejects unknown keys, so sections not implemented yet are errors rather
+//! rejects unknown keys, so a misspelt or misplaced key is an error rather
 //! than silently ignored. The resilience sections live in `resilience.rs`,
 //! the transparent-mode section in `transparent.rs`. Values are typed here
 //! ("parse, don't validate"); cross-field rules live in `validate.rs`.

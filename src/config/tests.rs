@@ -245,7 +245,7 @@ upstreams:
 }
 
 #[test]
-fn section_not_in_scope_is_an_unknown_key() {
+fn a_misplaced_section_is_an_unknown_key() {
     let text = "service: { name: web }\nroutes:\n  - path: /\n";
     assert_eq!(
         errors(text),
