@@ -55,10 +55,9 @@ pub fn run() -> anyhow::Result<()> {
         }
         println!("\n  per backend: {answered:?}");
         println!(
-            "\nremora keeps running. Try:\n  curl http://{proxy}/            (outbound, balanced)\n  curl http://{}/            (inbound, to the app)\n  curl http://{}/metrics\n  curl http://{}/config\nCtrl-C to stop.",
+            "\nremora keeps running. Try:\n  curl http://{proxy}/            (outbound, balanced)\n  curl http://{}/            (inbound, to the app)\n  curl http://{admin}/metrics\n  curl http://{admin}/config\n  open http://{admin}/ in a browser (live dashboard)\nCtrl-C to stop.",
             running.bound.inbound.map_or_else(|| "-".into(), |a| a.to_string()),
-            running.bound.admin,
-            running.bound.admin
+            admin = running.bound.admin,
         );
         crate::app::wait_for_shutdown_signal().await?;
         running.shutdown().await;
