@@ -3,6 +3,7 @@
 //! answer, traffic reaches the backends the SRV records name, moves when the
 //! records change, and stays on the last known endpoints (zero failed
 //! requests, errors counted) while the server answers errors or is stopped.
+//! SRV weights become balancing weights.
 //!
 //! Needs `dnsmasq` (Debian `dnsmasq-base`, installed by `scripts/test.sh`).
 //! When it is missing the test installs it as root, or skips with a message.
@@ -26,10 +27,17 @@ struct Dnsmasq {
 }
 
 impl Dnsmasq {
-    /// Starts dnsmasq with one SRV record of `SRV_NAME` per backend (a host
-    /// `api-<i>.node.consul` at 127.0.0.1 and the backend's port); returns
-    /// once it answers.
+    /// Starts dnsmasq with one SRV record of `SRV_NAME` per backend, at
+    /// weight 1; returns once it answers.
     fn start(port: u16, backends: &[&Backend]) -> Dnsmasq {
+        let weighted: Vec<(&Backend, u16)> = backends.iter().map(|backend| (*backend, 1)).collect();
+        Self::start_weighted(port, &weighted)
+    }
+
+    /// Starts dnsmasq with one SRV record of `SRV_NAME` per backend (a host
+    /// `api-<i>.node.consul` at 127.0.0.1, the backend's port, priority 0
+    /// and the given weight); returns once it answers.
+    fn start_weighted(port: u16, backends: &[(&Backend, u16)]) -> Dnsmasq {
         let mut command = Command::new("dnsmasq");
         command.args([
             "--no-daemon",
@@ -46,10 +54,10 @@ impl Dnsmasq {
         // A record for another name keeps dnsmasq authoritative-looking when
         // `backends` is empty (then `SRV_NAME` has no record at all).
         command.arg("--host-record=other.node.consul,127.0.0.2");
-        for (i, backend) in backends.iter().enumerate() {
+        for (i, (backend, weight)) in backends.iter().enumerate() {
             let host = format!("api-{i}.node.consul");
             command.arg(format!(
-                "--srv-host={SRV_NAME},{host},{}",
+                "--srv-host={SRV_NAME},{host},{},0,{weight}",
                 backend.addr.port()
             ));
             command.arg(format!("--host-record={host},127.0.0.1"));
@@ -201,13 +209,21 @@ async fn hammer(proxy: SocketAddr, duration: Duration, expected: &str) -> (usize
     (requests, failures)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
-    if !support::debian::tool_available("dnsmasq", "dnsmasq-base") {
+/// False (with a message) when dnsmasq is missing and cannot be installed.
+fn dnsmasq_available() -> bool {
+    let available = support::debian::tool_available("dnsmasq", "dnsmasq-base");
+    if !available {
         eprintln!(
             "SKIPPED dns_discovery: dnsmasq is not installed and cannot be installed \
              (not root); install Debian `dnsmasq-base` or run scripts/test.sh as root"
         );
+    }
+    available
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
+    if !dnsmasq_available() {
         return;
     }
     let first = http_backend("dns-first");
@@ -278,26 +294,62 @@ async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
 
     // The server comes back with both: discovery recovers (within the 10 s backoff cap).
     let _dns = Dnsmasq::start(dns_port, &[&first, &second]);
-    let took = wait_for_traffic_on_both(listener, Duration::from_secs(15)).await;
+    let took = wait_for_traffic_on_each(
+        listener,
+        &["dns-first", "dns-second"],
+        Duration::from_secs(15),
+    )
+    .await;
     eprintln!("recovery reached traffic in {took:?}");
     proxy.shutdown().await;
 }
 
-/// Calls the proxy until both backends answered; returns how long it took.
-async fn wait_for_traffic_on_both(proxy: SocketAddr, within: Duration) -> Duration {
+/// Calls the proxy until each of `names` answered; returns how long it took.
+async fn wait_for_traffic_on_each(proxy: SocketAddr, names: &[&str], within: Duration) -> Duration {
     let start = Instant::now();
-    let (mut first, mut second) = (false, false);
-    while !(first && second) {
+    let mut answered = vec![false; names.len()];
+    while answered.contains(&false) {
         assert!(
             start.elapsed() < within,
-            "traffic did not reach both backends within {within:?}"
+            "traffic did not reach each of {names:?} within {within:?}"
         );
-        match call(proxy).await.as_deref() {
-            Ok("dns-first") => first = true,
-            Ok("dns-second") => second = true,
-            _ => {}
+        if let Ok(name) = call(proxy).await
+            && let Some(i) = names.iter().position(|expected| *expected == name)
+        {
+            answered[i] = true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_weights_become_balancing_weights() {
+    if !dnsmasq_available() {
+        return;
+    }
+    let heavy = http_backend("dns-heavy");
+    let light = http_backend("dns-light");
+    let dns_port = free_dns_port();
+    let _dns = Dnsmasq::start_weighted(dns_port, &[(&heavy, 3), (&light, 1)]);
+    let proxy = Proxy::start(&yaml(dns_port)).await;
+    let listener = proxy.upstream(UPSTREAM);
+    wait_for_traffic_on_each(
+        listener,
+        &["dns-heavy", "dns-light"],
+        Duration::from_secs(15),
+    )
+    .await;
+
+    let (heavy_before, light_before) = (heavy.requests(), light.requests());
+    for _ in 0..400 {
+        call(listener).await.expect("a reply");
+    }
+    let (heavy_served, light_served) = (
+        heavy.requests() - heavy_before,
+        light.requests() - light_before,
+    );
+    eprintln!("SRV weights 3:1, round robin over 400 requests: {heavy_served}/{light_served}");
+    assert_eq!((heavy_served, light_served), (300, 100));
+    proxy.shutdown().await;
 }

@@ -2,8 +2,10 @@
 //! records of `name` give targets and ports, the targets' A/AAAA records
 //! (from the answer's additional section, or looked up) give the addresses.
 //!
-//! Only the lowest SRV priority group is used; weights are parsed but the
-//! balancer does not honour them. The name is re-queried when the shortest
+//! Only the lowest SRV priority group is used (RFC 2782: higher priorities
+//! are fallbacks). Each record's weight becomes the balancing weight of its
+//! target's addresses; weight 0 ("very small chance" in RFC 2782) counts as
+//! 1, the smallest weight the balancers know. The name is re-queried when the shortest
 //! TTL of the answer expires, clamped to `[min_refresh, max_refresh]`.
 //!
 //! Fail static: when the server is unreachable or answers an error
@@ -30,6 +32,7 @@ use hickory_resolver::proto::rr::{Name, RData, Record};
 
 use crate::config::DnsDiscovery;
 use crate::drain::Drain;
+use crate::endpoint::WeightedAddr;
 use crate::telemetry::metrics;
 use crate::upstream::Upstream;
 
@@ -72,7 +75,7 @@ struct Refresh {
 /// One successful round: the endpoint set and how long it is valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Answer {
-    endpoints: Vec<SocketAddr>,
+    endpoints: Vec<WeightedAddr>,
     ttl: Duration,
 }
 
@@ -133,7 +136,7 @@ impl DnsDiscoverer {
                 upstream.name(),
                 refresh,
                 || lookup(&resolver, &name),
-                |endpoints| upstream.set_endpoints(endpoints),
+                |endpoints| upstream.set_weighted_endpoints(endpoints),
                 drain.signaled(),
             )
             .await;
@@ -146,14 +149,14 @@ async fn run<L, F>(
     upstream: &str,
     refresh: Refresh,
     mut lookup: L,
-    mut apply: impl FnMut(&[SocketAddr]),
+    mut apply: impl FnMut(&[WeightedAddr]),
     stop: impl Future<Output = ()>,
 ) where
     L: FnMut() -> F,
     F: Future<Output = Result<Answer, DnsError>>,
 {
     tokio::pin!(stop);
-    let mut current: Option<Vec<SocketAddr>> = None;
+    let mut current: Option<Vec<WeightedAddr>> = None;
     let mut failures: u32 = 0;
     loop {
         let result = tokio::select! {
@@ -222,21 +225,28 @@ async fn lookup(resolver: &TokioResolver, name: &Name) -> Result<Answer, DnsErro
         return Err(DnsError::NoTargets);
     }
     let additionals = srv.additionals();
-    let resolved =
-        try_join_all(targets.into_iter().map(|(target, port)| async move {
-            let mut addresses = address_records(additionals, Some(&target));
-            if addresses.is_empty() {
-                let ips = resolver.lookup_ip(target.clone()).await.map_err(|source| {
-                    DnsError::Target {
-                        target: target.to_string(),
-                        source: Box::new(source),
-                    }
-                })?;
-                addresses = address_records(ips.as_lookup().answers(), None);
-            }
-            Ok::<_, DnsError>((port, addresses))
-        }))
-        .await?;
+    let resolved = try_join_all(
+        targets
+            .into_iter()
+            .map(|(target, port, weight)| async move {
+                let mut addresses = address_records(additionals, Some(&target));
+                if addresses.is_empty() {
+                    let ips = resolver.lookup_ip(target.clone()).await.map_err(|source| {
+                        DnsError::Target {
+                            target: target.to_string(),
+                            source: Box::new(source),
+                        }
+                    })?;
+                    addresses = address_records(ips.as_lookup().answers(), None);
+                }
+                Ok::<_, DnsError>(Resolved {
+                    port,
+                    weight,
+                    addresses,
+                })
+            }),
+    )
+    .await?;
     let answer = to_answer(srv.answers(), &resolved);
     if answer.endpoints.is_empty() {
         return Err(DnsError::NoTargets);
@@ -244,10 +254,10 @@ async fn lookup(resolver: &TokioResolver, name: &Name) -> Result<Answer, DnsErro
     Ok(answer)
 }
 
-/// The (target, port) pairs of the lowest-priority SRV records. Targets of
-/// `.` ("service decidedly not available", RFC 2782) are dropped. Weights
-/// are not used.
-fn lowest_priority_targets(answers: &[Record]) -> Vec<(Name, u16)> {
+/// The (target, port, weight) of the lowest-priority SRV records, weight 0
+/// counted as 1. Targets of `.` ("service decidedly not available",
+/// RFC 2782) are dropped.
+fn lowest_priority_targets(answers: &[Record]) -> Vec<(Name, u16, u32)> {
     let usable: Vec<_> = answers
         .iter()
         .filter_map(|record| match &record.data {
@@ -261,7 +271,7 @@ fn lowest_priority_targets(answers: &[Record]) -> Vec<(Name, u16)> {
     usable
         .into_iter()
         .filter(|srv| srv.priority == lowest)
-        .map(|srv| (srv.target.clone(), srv.port))
+        .map(|srv| (srv.target.clone(), srv.port, u32::from(srv.weight.max(1))))
         .collect()
 }
 
@@ -278,22 +288,36 @@ fn address_records(records: &[Record], name: Option<&Name>) -> Vec<(IpAddr, u32)
         .collect()
 }
 
-/// The endpoint set (sorted, no duplicates) and the shortest TTL of the SRV
+/// An SRV target's port and weight with its addresses (and their TTLs).
+#[derive(Debug)]
+struct Resolved {
+    port: u16,
+    weight: u32,
+    addresses: Vec<(IpAddr, u32)>,
+}
+
+/// The endpoint set (sorted by address; an address named by several records
+/// once, at the highest of their weights) and the shortest TTL of the SRV
 /// answers and the addresses used.
-fn to_answer(srv_answers: &[Record], resolved: &[(u16, Vec<(IpAddr, u32)>)]) -> Answer {
-    let mut endpoints: Vec<SocketAddr> = resolved
+fn to_answer(srv_answers: &[Record], resolved: &[Resolved]) -> Answer {
+    let mut endpoints: Vec<WeightedAddr> = resolved
         .iter()
-        .flat_map(|(port, addresses)| addresses.iter().map(|(ip, _)| SocketAddr::new(*ip, *port)))
+        .flat_map(|target| {
+            (target.addresses.iter()).map(|(ip, _)| WeightedAddr {
+                addr: SocketAddr::new(*ip, target.port),
+                weight: target.weight,
+            })
+        })
         .collect();
-    endpoints.sort_unstable();
-    endpoints.dedup();
+    endpoints.sort_unstable_by_key(|endpoint| (endpoint.addr, std::cmp::Reverse(endpoint.weight)));
+    endpoints.dedup_by_key(|endpoint| endpoint.addr);
     let srv_ttls = srv_answers
         .iter()
         .filter(|record| matches!(record.data, RData::SRV(_)))
         .map(|record| record.ttl);
     let address_ttls = resolved
         .iter()
-        .flat_map(|(_, addresses)| addresses.iter().map(|(_, ttl)| *ttl));
+        .flat_map(|target| target.addresses.iter().map(|(_, ttl)| *ttl));
     let ttl = srv_ttls.chain(address_ttls).min().unwrap_or(0);
     Answer {
         endpoints,
@@ -347,8 +371,8 @@ mod tests {
         assert_eq!(
             lowest_priority_targets(&answers),
             [
-                (name("api-1.node.consul."), 8080),
-                (name("api-2.node.consul."), 8081)
+                (name("api-1.node.consul."), 8080, 5),
+                (name("api-2.node.consul."), 8081, 1)
             ]
         );
     }
@@ -362,7 +386,7 @@ mod tests {
         ];
         assert_eq!(
             lowest_priority_targets(&answers),
-            [(name("api-1.node.consul."), 9000)]
+            [(name("api-1.node.consul."), 9000, 1)]
         );
         assert!(lowest_priority_targets(&[srv(0, 0, 0, ".", 30)]).is_empty());
         assert!(lowest_priority_targets(&[]).is_empty());
@@ -390,22 +414,31 @@ mod tests {
     }
 
     #[test]
-    fn answer_is_sorted_deduplicated_and_valid_for_the_shortest_ttl() {
-        let answers = [srv(1, 0, 8080, "a.", 30), srv(1, 0, 8080, "b.", 20)];
+    fn answer_is_sorted_deduplicated_weighted_and_valid_for_the_shortest_ttl() {
+        let answers = [srv(1, 3, 8080, "a.", 30), srv(1, 1, 8080, "b.", 20)];
         let resolved = [
-            (8080, vec![(IpAddr::from([10, 0, 0, 2]), 15)]),
-            (
-                8080,
-                vec![
+            Resolved {
+                port: 8080,
+                weight: 3,
+                addresses: vec![(IpAddr::from([10, 0, 0, 2]), 15)],
+            },
+            Resolved {
+                port: 8080,
+                weight: 1,
+                addresses: vec![
                     (IpAddr::from([10, 0, 0, 1]), 40),
                     (IpAddr::from([10, 0, 0, 2]), 15),
                 ],
-            ),
+            },
         ];
+        let weighted = |text, weight| WeightedAddr {
+            addr: addr(text),
+            weight,
+        };
         assert_eq!(
             to_answer(&answers, &resolved),
             Answer {
-                endpoints: vec![addr("10.0.0.1:8080"), addr("10.0.0.2:8080")],
+                endpoints: vec![weighted("10.0.0.1:8080", 1), weighted("10.0.0.2:8080", 3)],
                 ttl: Duration::from_secs(15),
             }
         );
@@ -445,7 +478,13 @@ mod tests {
 
     fn answer(endpoints: &[&str], ttl: u64) -> Result<Answer, DnsError> {
         Ok(Answer {
-            endpoints: endpoints.iter().map(|text| addr(text)).collect(),
+            endpoints: endpoints
+                .iter()
+                .map(|text| WeightedAddr {
+                    addr: addr(text),
+                    weight: 1,
+                })
+                .collect(),
             ttl: Duration::from_secs(ttl),
         })
     }
@@ -477,7 +516,7 @@ mod tests {
                 };
                 std::future::ready(next.unwrap())
             },
-            |endpoints| applied.push(endpoints.to_vec()),
+            |endpoints| applied.push(endpoints.iter().map(|e| e.addr).collect()),
             tokio::time::sleep(total),
         )
         .await;
