@@ -22,6 +22,7 @@
 use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
+use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
@@ -85,17 +86,23 @@ impl TraceContext {
     }
 
     /// Replaces the trace headers of an upstream request with this context.
+    /// Requests seldom carry B3 headers: one pass over the names spares five
+    /// lookups when they do not; `traceparent` is replaced by the insert.
     fn write(&self, headers: &mut HeaderMap, propagation: &[Propagation]) {
-        for name in [
-            &TRACEPARENT,
-            &B3,
-            &B3_TRACE_ID,
-            &B3_SPAN_ID,
-            &B3_PARENT_SPAN_ID,
-            &B3_SAMPLED,
-            &B3_FLAGS,
-        ] {
-            headers.remove(name);
+        if headers.keys().any(is_b3) {
+            for name in [
+                &B3,
+                &B3_TRACE_ID,
+                &B3_SPAN_ID,
+                &B3_PARENT_SPAN_ID,
+                &B3_SAMPLED,
+                &B3_FLAGS,
+            ] {
+                headers.remove(name);
+            }
+        }
+        if !propagation.contains(&Propagation::W3c) {
+            headers.remove(&TRACEPARENT);
         }
         if headers
             .get(&TRACESTATE)
@@ -171,6 +178,11 @@ fn lower_hex_u128(digits: &str) -> Option<u128> {
     valid
         .then(|| u128::from_str_radix(digits, 16).ok())
         .flatten()
+}
+
+/// True for the names of B3's single and multi-header forms.
+fn is_b3(name: &HeaderName) -> bool {
+    *name == B3 || name.as_str().starts_with("x-b3-")
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
@@ -277,10 +289,14 @@ where
             context.sampled = sample(self.config.otlp.as_ref().map_or(1.0, |o| o.sample_ratio));
         }
         context.write(headers, &self.config.propagation);
-        if self.config.request_id && !headers.contains_key(&REQUEST_ID) {
-            insert(headers, REQUEST_ID, &uuid_v4());
-        }
-        let request_id = headers.get(&REQUEST_ID).cloned();
+        let request_id = match headers.entry(REQUEST_ID) {
+            Entry::Occupied(id) => Some(id.get().clone()),
+            Entry::Vacant(slot) if self.config.request_id => Some(
+                slot.insert(HeaderValue::from_str(&uuid_v4()).expect("hex and hyphens"))
+                    .clone(),
+            ),
+            Entry::Vacant(_) => None,
+        };
         request.extensions_mut().insert(context);
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -373,6 +389,34 @@ mod tests {
         let context = TraceContext::from_headers(&single, &[Propagation::B3]);
         assert_eq!(context.trace_id, 0x80f198ee56343ba864fe8b2a57d3eff7);
         assert!(context.sampled);
+    }
+
+    #[test]
+    fn headers_of_unlisted_propagations_are_removed() {
+        let incoming = headers(&[
+            ("traceparent", VALID),
+            ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+            ("x-b3-traceid", "463ac35c9f6413ad"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ("x-b3-parentspanid", "a2fb4a1d1a96d311"),
+            ("x-b3-sampled", "1"),
+            ("x-b3-flags", "1"),
+        ]);
+        let context = TraceContext::from_headers(&incoming, &[Propagation::W3c]);
+        let mut w3c_only = incoming.clone();
+        context.write(&mut w3c_only, &[Propagation::W3c]);
+        let names: Vec<&str> = w3c_only.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["traceparent"]);
+
+        let mut b3_only = incoming.clone();
+        context.write(&mut b3_only, &[Propagation::B3]);
+        assert!(b3_only.get("traceparent").is_none());
+        assert!(b3_only.get("b3").is_none());
+        assert!(b3_only.get("x-b3-flags").is_none());
+        assert_eq!(
+            b3_only["x-b3-spanid"],
+            format!("{:016x}", context.span_id).as_str()
+        );
     }
 
     #[test]
