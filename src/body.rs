@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::endpoint::Release;
+use crate::idle::Activity;
 
 pub mod replay;
 pub mod tee;
@@ -220,6 +222,8 @@ impl Drop for ResponseBody {
 /// A request body on its way upstream.
 pub struct RequestBody {
     kind: RequestKind,
+    /// Stamped with every frame sent on, when someone watches for idleness.
+    activity: Option<Arc<Activity>>,
 }
 
 enum RequestKind {
@@ -254,39 +258,41 @@ pub struct Replay(replay::Replay<RequestBody>);
 
 impl RequestBody {
     pub fn streaming(body: Incoming) -> Self {
+        Self::of(RequestKind::Streaming(body))
+    }
+
+    fn of(kind: RequestKind) -> Self {
         Self {
-            kind: RequestKind::Streaming(body),
+            kind,
+            activity: None,
         }
+    }
+
+    /// Stamps `activity` with every frame of this body from now on.
+    pub fn watch(&mut self, activity: Arc<Activity>) {
+        self.activity = Some(activity);
     }
 
     /// This body, streamed as before while a copy of up to `limit` bytes is
     /// kept; the receiver gets the copy once the body has ended (see [`tee`]).
     pub fn teed(self, limit: usize) -> (Self, tokio::sync::oneshot::Receiver<tee::Copy>) {
         let (body, copy) = tee::tee(self, limit);
-        let body = Self {
-            kind: RequestKind::Teed(Box::new(body)),
-        };
-        (body, copy)
+        (Self::of(RequestKind::Teed(Box::new(body))), copy)
     }
 
     /// A body read whole already; sent as one data frame, then the trailers.
     pub fn buffered(data: Bytes, trailers: Option<http::HeaderMap>) -> Self {
-        Self {
-            kind: RequestKind::Buffered {
-                data: (!data.is_empty()).then_some(data),
-                trailers,
-            },
-        }
+        Self::of(RequestKind::Buffered {
+            data: (!data.is_empty()).then_some(data),
+            trailers,
+        })
     }
 
     /// The body of the first try, which streams while it keeps a copy of up
     /// to `limit` bytes, and the [`Replay`] that makes the retries' bodies.
     pub fn replayable(self, limit: usize) -> (Self, Replay) {
         let (first, replay) = replay::replayable(self, limit);
-        let first = Self {
-            kind: RequestKind::Replaying(first),
-        };
-        (first, Replay(replay))
+        (Self::of(RequestKind::Replaying(first)), Replay(replay))
     }
 }
 
@@ -302,9 +308,7 @@ impl Replay {
     /// on, should its connection still be sending it.
     pub fn next_body(&self) -> Option<RequestBody> {
         let body = self.0.next_body()?;
-        Some(RequestBody {
-            kind: RequestKind::Replaying(body),
-        })
+        Some(RequestBody::of(RequestKind::Replaying(body)))
     }
 }
 
@@ -316,18 +320,11 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
-        match &mut self.kind {
-            RequestKind::Streaming(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map_err(RequestBodyError::Client),
-            RequestKind::Replaying(body) => Pin::new(body).poll_frame(cx),
-            RequestKind::Teed(body) => Pin::new(body.as_mut()).poll_frame(cx),
-            RequestKind::Buffered { data, trailers } => Poll::Ready(
-                (data.take().map(Frame::data))
-                    .or_else(|| trailers.take().map(Frame::trailers))
-                    .map(Ok),
-            ),
+        let polled = self.poll_kind(cx);
+        if let (Poll::Ready(Some(Ok(_))), Some(activity)) = (&polled, &self.activity) {
+            activity.touch();
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -347,6 +344,27 @@ impl Body for RequestBody {
             RequestKind::Buffered { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len()) as u64)
             }
+        }
+    }
+}
+
+impl RequestBody {
+    /// The next frame, from whichever kind of body this is.
+    fn poll_kind(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        match &mut self.kind {
+            RequestKind::Streaming(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(RequestBodyError::Client),
+            RequestKind::Replaying(body) => Pin::new(body).poll_frame(cx),
+            RequestKind::Teed(body) => Pin::new(body.as_mut()).poll_frame(cx),
+            RequestKind::Buffered { data, trailers } => Poll::Ready(
+                (data.take().map(Frame::data))
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
         }
     }
 }

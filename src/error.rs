@@ -40,6 +40,10 @@ pub enum ProxyError {
     },
     #[error("request timed out after {0:?}")]
     Timeout(Duration),
+    #[error(
+        "{addr} sent no response head while the request stood still for {idle:?} (timeouts.idle)"
+    )]
+    IdleTimeout { addr: SocketAddr, idle: Duration },
     #[error("try timed out after {timeout:?} (per_try_timeout)")]
     PerTryTimeout {
         timeout: Duration,
@@ -110,7 +114,9 @@ impl ProxyError {
             | ProxyError::Handshake { .. } => ErrorKind::ConnectFailed,
             ProxyError::ConnectTimeout { .. } => ErrorKind::ConnectTimeout,
             ProxyError::UpstreamReset { .. } => ErrorKind::UpstreamReset,
-            ProxyError::Timeout(_) | ProxyError::PerTryTimeout { .. } => ErrorKind::Timeout,
+            ProxyError::Timeout(_)
+            | ProxyError::IdleTimeout { .. }
+            | ProxyError::PerTryTimeout { .. } => ErrorKind::Timeout,
             ProxyError::RateLimited { .. } => ErrorKind::RateLimited,
             ProxyError::CircuitOpen { .. } => ErrorKind::CircuitOpen,
             ProxyError::Overloaded { .. } => ErrorKind::Overloaded,
@@ -128,7 +134,8 @@ impl ProxyError {
             | ProxyError::ConnectTimeout { addr, .. }
             | ProxyError::TlsHandshake { addr, .. }
             | ProxyError::Handshake { addr, .. }
-            | ProxyError::UpstreamReset { addr, .. } => Some(*addr),
+            | ProxyError::UpstreamReset { addr, .. }
+            | ProxyError::IdleTimeout { addr, .. } => Some(*addr),
             ProxyError::PerTryTimeout { addr, .. } => *addr,
             ProxyError::NoEndpoints { .. }
             | ProxyError::Timeout(_)

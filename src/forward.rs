@@ -3,7 +3,11 @@
 //!
 //! An endpoint that refuses connections (or does not accept within the connect
 //! timeout) is put in backoff, and the request — which it never saw — is sent
-//! once more, to another endpoint when there is one. A gRPC request with a
+//! once more, to another endpoint when there is one. A try whose response
+//! head has not come while its request body moved nothing for `timeouts.idle`
+//! (a silent upstream, or a client stalled mid-body) is abandoned — the
+//! upstream sees its connection or stream reset — with 504 `timeout`, counted
+//! in `remora_timeouts_total{kind="idle"}`. A gRPC request with a
 //! deadline carries the time left in `grpc-timeout`. An HTTP/1.1 upgrade
 //! (WebSocket) is tunnelled: after the upstream answers `101`, bytes are copied
 //! both ways between the two upgraded connections until either side closes.
@@ -22,8 +26,10 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::endpoint::{Endpoint, SendError};
 use crate::error::ProxyError;
 use crate::headers::{X_REMORA_ERROR, is_grpc, is_upgrade_request, strip_hop_by_hop};
+use crate::idle::Activity;
 use crate::middleware::timeout::{Deadline, GRPC_TIMEOUT, encode_grpc_timeout};
 use crate::outcome::Outcome;
+use crate::telemetry::metrics;
 use crate::upstream::Upstream;
 
 /// The endpoint that answered, recorded in the response's extensions for the
@@ -133,7 +139,18 @@ async fn forward(
             deadline,
         };
         let try_started = Instant::now();
-        let sent = endpoint.send(request, version, upgrade).await;
+        let idle = upstream.settings.client.idle_timeout;
+        let activity = Activity::new();
+        request.body_mut().watch(Arc::clone(&activity));
+        let sent = tokio::select! {
+            sent = endpoint.send(request, version, upgrade) => sent,
+            () = crate::idle::expired(&activity, idle) => {
+                metrics::timeouts(upstream.settings.direction, upstream.name(), "idle").increment(1);
+                upstream.record_outcome(&endpoint, Outcome::Timeout);
+                let error = ProxyError::IdleTimeout { addr: endpoint.addr, idle };
+                Err(SendError { error, request: None })
+            }
+        };
         timeout_watch.deadline = None;
         drop(timeout_watch);
         match sent {
@@ -146,7 +163,6 @@ async fn forward(
                     tunnel(client_upgrade, hyper::upgrade::on(&mut response));
                 }
                 response.extensions_mut().insert(ServedBy(endpoint.addr));
-                let idle = upstream.settings.client.idle_timeout;
                 let mut response = response.map(|body| ResponseBody::upstream(body, release, idle));
                 record_outlier_outcome(&upstream, &endpoint, &mut response);
                 return Ok(response);

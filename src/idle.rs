@@ -1,11 +1,13 @@
-//! Connection idle timeout for client connections: a connection on which no
-//! byte has moved in either direction for the idle period is shut down
-//! gracefully (a request still in flight finishes; its own time is bounded by
-//! the request timeout and the response stream idle timeout).
+//! Idle timeouts. For client connections: a connection on which no byte has
+//! moved in either direction for the idle period is shut down gracefully (a
+//! request still in flight finishes; its own time is bounded by the request
+//! timeout and the stream idle timeouts). For a request waiting for its
+//! response head, `forward` stamps the request body's frames in an
+//! [`Activity`] of its own.
 //!
 //! [`IdleIo`] wraps the socket and stamps every read and write; [`expired`]
 //! sleeps until the last stamp is one idle period old. One clock read per
-//! socket operation, no timer reset per byte.
+//! socket operation (or body frame), no timer reset per byte.
 
 use std::io;
 use std::pin::Pin;
@@ -32,7 +34,8 @@ impl Activity {
         })
     }
 
-    fn touch(&self) {
+    /// Something moved now.
+    pub fn touch(&self) {
         let since = Instant::now().saturating_duration_since(self.origin);
         self.last
             .store(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX), Relaxed);

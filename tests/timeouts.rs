@@ -342,3 +342,99 @@ async fn idle_client_connections_are_closed() {
         quiet.elapsed()
     );
 }
+
+/// Without a request timeout, `timeouts.idle` still bounds the wait for a
+/// response head: a silent upstream gets its connection closed and the
+/// client a 504 `timeout` after the idle period, counted as `kind="idle"`.
+#[tokio::test]
+async fn a_silent_upstream_is_cut_off_after_the_idle_timeout() {
+    let (origin, mut closed) = black_hole();
+    let proxy = Proxy::start(&yaml(
+        "head-idle",
+        "http",
+        origin,
+        "timeouts: { idle: 300ms }",
+    ))
+    .await;
+    let url = format!("http://{}/hang", proxy.upstream("head-idle"));
+    let started = Instant::now();
+    let request = Request::get(&url).body(Full::new(Bytes::new())).unwrap();
+    let reply = send(Version::HTTP_11, request).await.unwrap();
+    let elapsed = started.elapsed();
+    eprintln!(
+        "no response head, idle 300ms: {} after {elapsed:?}",
+        reply.status
+    );
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{reply:?}");
+    assert_eq!(reply.headers["x-remora-error"], "timeout");
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(800),
+        "504 after {elapsed:?}"
+    );
+    let after = tokio::time::timeout(Duration::from_secs(6), closed.recv())
+        .await
+        .expect("origin reports")
+        .expect("origin alive")
+        .expect("the upstream connection is closed");
+    assert!(
+        after < Duration::from_millis(800),
+        "closed {after:?} after its request"
+    );
+    assert_eq!(timeouts(&proxy, "head-idle", "idle").await, 1.0);
+}
+
+/// The idle period restarts with every request body frame: a body that keeps
+/// moving (a chunk every 100 ms for 900 ms, idle 300 ms) is not cut off, and
+/// once the client stalls mid-body the try is abandoned an idle period later.
+#[tokio::test]
+async fn a_request_body_that_moves_keeps_the_try_alive_until_it_stalls() {
+    use futures_util::StreamExt;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    let (origin, mut closed) = black_hole();
+    let proxy = Proxy::start(&yaml(
+        "body-idle",
+        "http",
+        origin,
+        "timeouts: { idle: 300ms }",
+    ))
+    .await;
+    let url = format!("http://{}/upload", proxy.upstream("body-idle"));
+    let (chunks, receiver) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let frames = tokio_stream::wrappers::ReceiverStream::new(receiver)
+        .map(|chunk| Ok::<_, std::convert::Infallible>(Frame::data(chunk)));
+    let request = Request::post(&url).body(StreamBody::new(frames)).unwrap();
+    let client = support::http_client(Version::HTTP_11);
+    let started = Instant::now();
+    let sender = tokio::spawn(async move {
+        for _ in 0..9 {
+            chunks
+                .send(Bytes::from_static(b"0123456789"))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Stalled: the body stays open until the response comes.
+        chunks
+    });
+    let response = client.request(request).await.unwrap();
+    let elapsed = started.elapsed();
+    eprintln!(
+        "body moving for 900 ms, then stalled: {} after {elapsed:?}",
+        response.status()
+    );
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        elapsed >= Duration::from_millis(1100) && elapsed < Duration::from_millis(1800),
+        "cut off after {elapsed:?} (last chunk at ~800 ms)"
+    );
+    drop(sender.await);
+    let after = tokio::time::timeout(Duration::from_secs(6), closed.recv())
+        .await
+        .expect("origin reports")
+        .expect("origin alive")
+        .expect("the upstream connection is closed");
+    eprintln!("upstream connection closed {after:?} after the request head");
+    assert_eq!(timeouts(&proxy, "body-idle", "idle").await, 1.0);
+}

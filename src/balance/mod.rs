@@ -17,7 +17,7 @@
 //! # Weights
 //!
 //! Every endpoint has a weight ≥ 1 (Consul's `Service.Weights`, a static
-//! endpoint's `weight`, 1 for DNS endpoints): an endpoint of weight 3 is meant to take three
+//! endpoint's `weight`, a DNS SRV record's weight): an endpoint of weight 3 is meant to take three
 //! times the traffic of one of weight 1. Each policy honours it in its own
 //! terms — round robin by smooth weighted round robin (nginx), random and
 //! the candidate draws of P2C by drawing in proportion to weight, least
