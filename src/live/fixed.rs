@@ -10,7 +10,8 @@
 //! registers is fixed: `service.register`, `id`, `tags`, `meta`, `check`,
 //! `consul.sync_interval`, and — while registered — `service.address` and
 //! `service.port` (the address the agent advertises; unregistered, they are
-//! live: the inbound listener forwards there). Rejects nothing.
+//! live: the inbound listener forwards there) and `inbound.listen` (the
+//! sidecar's registered port). Rejects nothing.
 
 use serde::Serialize;
 
@@ -89,6 +90,13 @@ pub fn keep_fixed(running: &Config, next: &mut Config) -> Vec<&'static str> {
             (
                 "service.port",
                 restore(&running.service.port, &mut next.service.port),
+            ),
+            (
+                "inbound.listen",
+                match (&running.inbound, &mut next.inbound) {
+                    (Some(running), Some(next)) => restore(&running.listen, &mut next.listen),
+                    _ => false,
+                },
             ),
         ]
     });
@@ -186,11 +194,12 @@ mod tests {
     fn registration_settings_are_fixed() {
         let running = parse(
             "service: { name: web, port: 8080, register: true, tags: [a] }\n\
-             consul: { sync_interval: 30s }\n",
+             consul: { sync_interval: 30s }\ninbound: { listen: 127.0.0.1:15006 }\n",
         );
         let mut next = parse(
             "service: { name: web, port: 8081, address: 127.0.0.2, tags: [b], \
-             meta: { v: '2' }, id: web-2 }\nconsul: { sync_interval: 5s, wait: 1m }\n",
+             meta: { v: '2' }, id: web-2 }\nconsul: { sync_interval: 5s, wait: 1m }\n\
+             inbound: { listen: 127.0.0.1:15007 }\n",
         );
         assert_eq!(
             keep_fixed(&running, &mut next),
@@ -201,10 +210,12 @@ mod tests {
                 "service.meta",
                 "consul.sync_interval",
                 "service.address",
-                "service.port"
+                "service.port",
+                "inbound.listen"
             ]
         );
         assert!(next.service.register);
+        assert_eq!(next.inbound.expect("inbound").listen.port(), 15006);
         assert_eq!(next.service.port, Some(8080));
         assert_eq!(next.service.tags, ["a"]);
         assert_eq!(next.consul.sync_interval, running.consul.sync_interval);
