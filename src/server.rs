@@ -7,7 +7,8 @@
 //! connection is closed. A listener's `limits` bound what one client can
 //! hold: connections beyond `max_connections` are closed as soon as they are
 //! accepted (and counted), request heads must arrive within
-//! `header_read_timeout` and fit `max_header_bytes` / `max_headers`, HTTP/2
+//! `header_read_timeout` and fit `max_header_bytes` / `max_headers` (hyper
+//! counts HTTP/1.1 headers, [`ConnectionService`] HTTP/2 ones), HTTP/2
 //! connections get `max_concurrent_streams` and a cap on reset streams
 //! (CVE-2023-44487, rapid reset). On drain, the accept loop stops and each
 //! connection shuts down gracefully (see `drain`).
@@ -17,21 +18,25 @@
 //! chosen by ALPN overrides the listener's, and the peer's verified identity
 //! travels with every request as an extension (see `tls`).
 
+use std::convert::Infallible;
+use std::future::{Ready, ready};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Request;
+use futures_util::future::Either;
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
+use tower::util::Oneshot;
 
+use crate::body::ResponseBody;
 use crate::config::ListenerLimits;
 use crate::drain::Drain;
 use crate::idle::{Activity, IdleIo};
@@ -203,14 +208,11 @@ pub(crate) async fn serve_http<S>(
     let activity = Activity::new();
     let io = TokioIo::new(IdleIo::new(stream, Arc::clone(&activity)));
     let idle = crate::idle::expired(&activity, idle);
-    let service =
-        TowerToHyperService::new(service.map_request(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(caller.addr);
-            if let Some(identity) = &caller.identity {
-                request.extensions_mut().insert(identity.clone());
-            }
-            request
-        }));
+    let service = ConnectionService {
+        service,
+        caller,
+        max_headers: limits.max_headers as usize,
+    };
     let result = match protocol {
         HttpProtocol::Http1 => {
             let mut builder = http1::Builder::new();
@@ -249,6 +251,39 @@ pub(crate) async fn serve_http<S>(
     };
     if let Err(error) = result {
         tracing::debug!(error = %error, "client connection ended with an error");
+    }
+}
+
+/// What hyper calls for each request of one connection: the listener's
+/// service, with the caller's address and identity added to the request.
+/// An HTTP/2 request with more headers than `limits.max_headers` gets 431
+/// here (hyper counts HTTP/1.1 headers itself, and answers 431 the same way:
+/// empty body, the connection lives on).
+struct ConnectionService {
+    service: HttpService,
+    caller: Caller,
+    max_headers: usize,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnectionService {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Either<
+        Ready<Result<Response<ResponseBody>, Infallible>>,
+        Oneshot<HttpService, Request<Incoming>>,
+    >;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        if request.headers().len() > self.max_headers {
+            let mut response = Response::new(ResponseBody::empty());
+            *response.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+            return Either::Left(ready(Ok(response)));
+        }
+        request.extensions_mut().insert(self.caller.addr);
+        if let Some(identity) = &self.caller.identity {
+            request.extensions_mut().insert(identity.clone());
+        }
+        Either::Right(self.service.clone().oneshot(request))
     }
 }
 

@@ -15,7 +15,7 @@ use http::Version;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{Prober, Proxy, http_backend};
+use support::{Backend, Prober, Proxy, http_backend};
 
 /// Slowest answer a well-behaved client may get while another connection
 /// attacks the listener (generous: debug build, shared 2-core machine).
@@ -321,52 +321,84 @@ async fn oversized_header_lists_get_431() {
         "{ max_header_bytes: 16384 }",
     ))
     .await;
+    let big = "b".repeat(20 * 1024);
+    let block = request_block("/", &[("x-big", &big)]);
+    // HEADERS then CONTINUATION: frames are at most 16 KiB.
+    let (first, rest) = block.split_at(16 * 1024);
+    let mut bytes = frame(HEADERS, END_STREAM, 1, first);
+    bytes.extend(frame(CONTINUATION, END_HEADERS, 1, rest));
     for listener in ["header-list-h2", "header-list-auto"] {
-        let addr = proxy.upstream(listener);
-        let prober = Prober::start(addr, Version::HTTP_2).await;
-        let before = backend.requests();
-        let mut raw = RawH2::connect(addr).await;
-        let big = "b".repeat(20 * 1024);
-        let block = request_block("/", &[("x-big", &big)]);
-        // HEADERS then CONTINUATION: frames are at most 16 KiB.
-        let (first, rest) = block.split_at(16 * 1024);
-        let mut bytes = frame(HEADERS, END_STREAM, 1, first);
-        bytes.extend(frame(CONTINUATION, END_HEADERS, 1, rest));
-        raw.send(&bytes).await;
-        let answer = loop {
-            let frame = raw
-                .next_frame(Duration::from_secs(5))
-                .await
-                .expect("an answer");
-            if frame.stream == 1 && matches!(frame.kind, HEADERS | RST_STREAM) {
-                break frame;
-            }
-        };
-        assert_eq!(
-            (answer.kind, answer.status()),
-            (HEADERS, Some(431)),
-            "{answer:?}"
-        );
-        raw.send(&get(3, "/")).await;
-        let next = loop {
-            let frame = raw
-                .next_frame(Duration::from_secs(5))
-                .await
-                .expect("an answer");
-            if frame.stream == 3 && frame.kind == HEADERS {
-                break frame;
-            }
-        };
-        assert_eq!(next.status(), Some(200));
-        let report = prober
-            .finish(&format!("{listener}: header list"), LATENCY_BOUND)
-            .await;
-        assert_eq!(
-            backend.requests() - before,
-            1 + u64::from(report.answered),
-            "the oversized request never reached the upstream"
-        );
+        refused_with_431(&proxy, listener, &backend, &bytes, "header list").await;
     }
+}
+
+/// More headers than `max_headers` get 431 on their stream (hyper counts
+/// only HTTP/1.1 headers; remora counts HTTP/2 ones); the connection lives on.
+#[tokio::test]
+async fn too_many_headers_get_431() {
+    let backend = http_backend("target");
+    let proxy = Proxy::start(&config("header-count", backend.addr, "{ max_headers: 20 }")).await;
+    let names: Vec<String> = (0..21).map(|i| format!("x-h{i}")).collect();
+    let headers: Vec<(&str, &str)> = names.iter().map(|name| (name.as_str(), "1")).collect();
+    let bytes = frame(
+        HEADERS,
+        END_STREAM | END_HEADERS,
+        1,
+        &request_block("/", &headers),
+    );
+    for listener in ["header-count-h2", "header-count-auto"] {
+        refused_with_431(&proxy, listener, &backend, &bytes, "header count").await;
+    }
+}
+
+/// Sends `bytes` (a request on stream 1) to `listener`: stream 1 gets 431,
+/// never reaches the upstream, and stream 3 is served on the same
+/// connection, while a prober on another connection stays fast.
+async fn refused_with_431(
+    proxy: &Proxy,
+    listener: &str,
+    backend: &Backend,
+    bytes: &[u8],
+    what: &str,
+) {
+    let addr = proxy.upstream(listener);
+    let prober = Prober::start(addr, Version::HTTP_2).await;
+    let before = backend.requests();
+    let mut raw = RawH2::connect(addr).await;
+    raw.send(bytes).await;
+    let answer = loop {
+        let frame = raw
+            .next_frame(Duration::from_secs(5))
+            .await
+            .expect("an answer");
+        if frame.stream == 1 && matches!(frame.kind, HEADERS | RST_STREAM) {
+            break frame;
+        }
+    };
+    assert_eq!(
+        (answer.kind, answer.status()),
+        (HEADERS, Some(431)),
+        "{listener}: {answer:?}"
+    );
+    raw.send(&get(3, "/")).await;
+    let next = loop {
+        let frame = raw
+            .next_frame(Duration::from_secs(5))
+            .await
+            .expect("an answer");
+        if frame.stream == 3 && frame.kind == HEADERS {
+            break frame;
+        }
+    };
+    assert_eq!(next.status(), Some(200));
+    let report = prober
+        .finish(&format!("{listener}: {what}"), LATENCY_BOUND)
+        .await;
+    assert_eq!(
+        backend.requests() - before,
+        1 + u64::from(report.answered),
+        "the refused request never reached the upstream"
+    );
 }
 
 /// CVE-2023-44487: a client opening streams and resetting them at once

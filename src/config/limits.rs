@@ -29,7 +29,7 @@ pub struct ListenerLimits {
     /// Request line and headers (HTTP/1.1), or the header list (HTTP/2), at most; 431 above.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: u32,
-    /// Request headers at most (HTTP/1.1); 431 above.
+    /// Request headers at most (HTTP/1.1 and HTTP/2); 431 above.
     #[serde(default = "default_max_headers")]
     pub max_headers: u32,
     /// HTTP/2 streams open at once per connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
