@@ -12,7 +12,7 @@
 //! default those of the circuit breaker), judged per try in `forward`.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -44,6 +44,11 @@ pub struct OutlierDetector {
     upstream: String,
     config: OutlierDetection,
     failures: Vec<Condition>,
+    /// Held while counting the ejected endpoints and ejecting one, so two
+    /// endpoints failing at once on two threads cannot both pass the
+    /// `max_ejection_percent` check. Only taken when an endpoint reaches its
+    /// failure threshold, never on the request path otherwise.
+    ejecting: Mutex<()>,
 }
 
 impl OutlierDetector {
@@ -52,6 +57,7 @@ impl OutlierDetector {
             upstream: upstream.to_owned(),
             config: config.clone(),
             failures: config.failures.clone(),
+            ejecting: Mutex::new(()),
         }
     }
 
@@ -72,7 +78,11 @@ impl OutlierDetector {
             return;
         }
         let failures = state.consecutive_failures.fetch_add(1, Relaxed) + 1;
-        if failures < self.config.consecutive_failures || state.is_ejected(now) {
+        if failures < self.config.consecutive_failures {
+            return;
+        }
+        let _ejecting = self.ejecting.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.is_ejected(now) {
             return;
         }
         let ejected = all.iter().filter(|e| e.outlier.is_ejected(now)).count();
