@@ -424,3 +424,44 @@ fn redirected_once((tables, loopback): (&str, &str)) -> (SocketAddr, Option<Sock
     });
     (dialled, original)
 }
+
+/// `transparent.limits` apply to the transparent listener: a request head
+/// with more headers than its `max_headers` gets 431, one within it is routed.
+#[tokio::test]
+async fn the_transparent_listener_applies_its_limits() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let api = http_backend("api");
+    let proxy = Proxy::start(&format!(
+        "service: {{ name: web }}
+upstreams:
+  - name: api
+    hosts: [api]
+    discovery: {{ static: [{api}] }}
+transparent: {{ outbound_listen: 127.0.0.1:0, limits: {{ max_headers: 4 }} }}
+admin: {{ listen: 127.0.0.1:0 }}
+",
+        api = api.addr,
+    ))
+    .await;
+    let transparent = proxy.bound.transparent.expect("transparent listener");
+    let status_line = |extra_headers: usize| async move {
+        let mut stream = TcpStream::connect(transparent).await.unwrap();
+        let mut head = String::from("GET / HTTP/1.1\r\nhost: api\r\nconnection: close\r\n");
+        for i in 0..extra_headers {
+            head.push_str(&format!("x-extra-{i}: 1\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        answer.lines().next().unwrap_or_default().to_owned()
+    };
+    assert_eq!(status_line(2).await, "HTTP/1.1 200 OK");
+    assert_eq!(
+        status_line(5).await,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    assert_eq!(api.requests(), 1);
+}

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::duration;
+use super::limits::ListenerLimits;
 
 /// `transparent:`: the outbound listener that iptables-redirected
 /// connections reach, how it tells protocols apart, and what
@@ -51,6 +52,9 @@ pub struct TransparentConfig {
     /// Also generate ip6tables rules.
     #[serde(default)]
     pub ipv6: bool,
+    /// What one client may hold on the transparent outbound listener.
+    #[serde(default)]
+    pub limits: ListenerLimits,
 }
 
 impl Default for TransparentConfig {
@@ -66,6 +70,7 @@ impl Default for TransparentConfig {
             exclude_outbound_cidrs: Vec::new(),
             exclude_inbound_ports: Vec::new(),
             ipv6: false,
+            limits: ListenerLimits::default(),
         }
     }
 }

@@ -625,6 +625,7 @@ fn check_tls(config: &Config, problems: &mut Problems) {
 fn check_transparent(config: &Config, problems: &mut Problems) {
     let transparent = config.transparent.as_ref();
     if let Some(transparent) = transparent {
+        check_limits("transparent.limits", &transparent.limits, problems);
         problems.nonzero(
             "transparent.detect_timeout".to_owned(),
             transparent.detect_timeout,

@@ -639,7 +639,7 @@ async fn plan_transparent(
         "transparent outbound",
         AcceptSource {
             handler,
-            limits: ListenerLimits::default(),
+            limits: config.limits,
         },
         true,
         || Ok(None),
