@@ -127,6 +127,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         readiness: Arc::clone(&readiness),
         config_json: ArcSwap::from_pointee(serde_json::to_string_pretty(config)?),
         upstreams: Arc::clone(&upstreams),
+        backends: live.backend_upstreams(),
     });
     tracing::info!(addr = %admin_addr, "admin listening");
     tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin_state)));

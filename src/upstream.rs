@@ -76,6 +76,11 @@ pub struct UpstreamSettings {
 /// the idle sweeper read it).
 pub type UpstreamSet = ArcSwap<Vec<Arc<Upstream>>>;
 
+/// The upstreams built for routing backends (subsets, static lists, named
+/// `<upstream>/<backend>`), held weakly: they live as long as a stack uses
+/// them.
+pub type BackendSet = ArcSwap<Vec<Weak<Upstream>>>;
+
 /// An upstream and its live endpoint set.
 pub struct Upstream {
     pub settings: UpstreamSettings,

@@ -511,6 +511,19 @@ async fn consul_tag_and_meta_subsets_follow_discovery() {
     )
     .await;
     assert_eq!(subset, 1.0);
+    // `/endpoints` lists the subsets after the upstreams, with their endpoints.
+    let document = get_with(&proxy.admin_url("/endpoints"), &[]).await.body;
+    let document: serde_json::Value = serde_json::from_str(&document).unwrap();
+    let listed = |name: &str| -> Vec<String> {
+        let entry = (document["upstreams"].as_array().unwrap().iter())
+            .find(|entry| entry["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in /endpoints: {document}"));
+        (entry["endpoints"].as_array().unwrap().iter())
+            .map(|endpoint| endpoint["address"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(listed("api/canary"), [v2.addr.to_string()]);
+    assert_eq!(listed("api/stable"), [v1.addr.to_string()]);
     for _ in 0..5 {
         assert_eq!(get_with(&url, &[("x-canary", "1")]).await.body, "v2");
         assert_eq!(get_with(&url, &[("x-stable", "1")]).await.body, "v1");

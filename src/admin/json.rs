@@ -10,6 +10,7 @@
 //! last bucket above 10 s). `/errors` lists the last proxy-made errors of
 //! every upstream, newest first.
 
+use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -20,11 +21,13 @@ use crate::telemetry::metrics::DURATION_BUCKETS;
 use crate::telemetry::totals::RECENT_ERRORS;
 use crate::upstream::Upstream;
 
-/// `GET /endpoints`.
-pub fn endpoints(upstreams: &[std::sync::Arc<Upstream>]) -> Value {
+/// `GET /endpoints`: every upstream, then the routing backends' own
+/// upstreams (`<upstream>/<backend>`, subsets and static lists).
+pub fn endpoints(upstreams: &[Arc<Upstream>], backends: &[Weak<Upstream>]) -> Value {
     let now = Instant::now();
-    let upstreams: Vec<Value> = upstreams
-        .iter()
+    let backends = backends.iter().filter_map(Weak::upgrade);
+    let upstreams: Vec<Value> = (upstreams.iter().cloned())
+        .chain(backends)
         .map(|upstream| {
             let balancer = upstream.balancer();
             let endpoints: Vec<Value> = balancer
@@ -53,7 +56,7 @@ pub fn endpoints(upstreams: &[std::sync::Arc<Upstream>]) -> Value {
 }
 
 /// `GET /upstreams`.
-pub fn upstreams(upstreams: &[std::sync::Arc<Upstream>]) -> Value {
+pub fn upstreams(upstreams: &[Arc<Upstream>]) -> Value {
     let upstreams: Vec<Value> = upstreams
         .iter()
         .map(|upstream| {
@@ -84,7 +87,7 @@ pub fn upstreams(upstreams: &[std::sync::Arc<Upstream>]) -> Value {
 
 /// `GET /errors`: the last proxy-made errors of all upstreams, newest first,
 /// at most [`RECENT_ERRORS`].
-pub fn errors(upstreams: &[std::sync::Arc<Upstream>]) -> Value {
+pub fn errors(upstreams: &[Arc<Upstream>]) -> Value {
     let mut recent: Vec<(&Upstream, _)> = upstreams
         .iter()
         .flat_map(|upstream| {

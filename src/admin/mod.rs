@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 pub use readiness::Readiness;
 
 use crate::telemetry::process;
-use crate::upstream::UpstreamSet;
+use crate::upstream::{BackendSet, UpstreamSet};
 
 /// What the admin endpoints show.
 pub struct AdminState {
@@ -38,6 +38,8 @@ pub struct AdminState {
     pub config_json: ArcSwap<String>,
     /// Every upstream, the inbound application first when there is one.
     pub upstreams: Arc<UpstreamSet>,
+    /// The routing backends' own upstreams (shown by `/endpoints`).
+    pub backends: Arc<BackendSet>,
 }
 
 /// Serves the admin endpoints until the process exits.
@@ -93,7 +95,10 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
                 body,
             )
         }
-        "/endpoints" => json_reply(&json::endpoints(&state.upstreams.load())),
+        "/endpoints" => json_reply(&json::endpoints(
+            &state.upstreams.load(),
+            &state.backends.load(),
+        )),
         "/upstreams" => json_reply(&json::upstreams(&state.upstreams.load())),
         "/errors" => json_reply(&json::errors(&state.upstreams.load())),
         "/config" => with_type(

@@ -99,7 +99,7 @@ use crate::telemetry::spans::SpanExporter;
 use crate::tls::authorization::Authorizer;
 use crate::transparent::outbound::TransparentOutbound;
 use crate::transparent::routes::{Route, RouteTable};
-use crate::upstream::{Direction, Upstream, UpstreamSet, UpstreamSettings};
+use crate::upstream::{BackendSet, Direction, Upstream, UpstreamSet, UpstreamSettings};
 
 pub use fixed::keep_fixed;
 pub(crate) use listening::bind;
@@ -144,9 +144,7 @@ pub struct ListenerAddr {
 pub struct LiveProxy {
     state: Mutex<State>,
     upstreams: Arc<UpstreamSet>,
-    /// The upstreams built for routing backends (subsets, static lists),
-    /// held weakly: they live as long as a stack uses them.
-    backend_upstreams: ArcSwap<Vec<Weak<Upstream>>>,
+    backend_upstreams: Arc<BackendSet>,
     /// Fixed for the process (`tracing.otlp` cannot change live).
     spans: Option<SpanExporter>,
     /// Fixed for the process (`tls`, but its authorization rules).
@@ -274,10 +272,15 @@ impl LiveProxy {
         Self {
             state: Mutex::default(),
             upstreams,
-            backend_upstreams: ArcSwap::default(),
+            backend_upstreams: Arc::default(),
             spans,
             mesh,
         }
+    }
+
+    /// The routing backends' upstreams, kept current by every apply.
+    pub fn backend_upstreams(&self) -> Arc<BackendSet> {
+        Arc::clone(&self.backend_upstreams)
     }
 
     /// Moves the proxy to `config` (or starts it, the first time). On error
