@@ -1,6 +1,6 @@
 //! HTTP/1.1 through remora: methods and bodies, streaming without buffering,
-//! `Expect: 100-continue`, hop-by-hop stripping (both ways), Host preservation, WebSocket
-//! upgrade, and malformed requests.
+//! `Expect: 100-continue`, hop-by-hop stripping (both ways), Host preservation, upstream
+//! keep-alive reuse, WebSocket upgrade, and malformed requests.
 
 mod support;
 
@@ -136,6 +136,25 @@ async fn hop_by_hop_response_headers_are_stripped() {
             reply.headers
         );
     }
+}
+
+/// Fifty sequential requests, each from a fresh client connection, go upstream over one
+/// pooled keep-alive connection (the backend counts the connections it accepted).
+#[tokio::test]
+async fn sequential_requests_reuse_one_upstream_connection() {
+    let backend = http_backend("reuse");
+    let proxy = Proxy::start(&outbound_yaml("reuse", "http", &[backend.addr.to_string()])).await;
+    let url = format!("http://{}/", proxy.upstream("reuse"));
+    for i in 0..50 {
+        let reply = get(Version::HTTP_11, &url).await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "request {i}");
+    }
+    eprintln!(
+        "50 sequential HTTP/1.1 requests: {} upstream connection(s)",
+        backend.connections()
+    );
+    assert_eq!(backend.requests(), 50);
+    assert_eq!(backend.connections(), 1);
 }
 
 /// 50 MB up and 50 MB back, chunked, through the real binary: the proxy's

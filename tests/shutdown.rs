@@ -12,7 +12,7 @@ use http::{StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{ProxyProcess, eventually, get, http_backend, tcp_echo};
+use support::{Backend, ProxyProcess, eventually, get, http_backend, tcp_echo};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -42,6 +42,43 @@ async fn wait_for_exit(proxy: &mut ProxyProcess, within: Duration) -> (ExitStatu
     }
 }
 
+/// Waits until `backend` has received `n` requests (so they are in flight in the proxy).
+async fn wait_for_requests(backend: &Backend, n: u64) {
+    eventually(Duration::from_secs(5), "requests reach the backend", || {
+        let arrived = backend.requests() == n;
+        async move { arrived }
+    })
+    .await;
+}
+
+/// Sends SIGTERM and waits until `/ready` answers 503, i.e. the drain has begun (the admin
+/// listener stays up during the drain). Returns when the signal was sent.
+async fn terminate(proxy: &ProxyProcess) -> Instant {
+    let ready_url = format!("http://{}/ready", proxy.admin);
+    proxy.signal("TERM");
+    let terminated = Instant::now();
+    eventually(Duration::from_secs(1), "/ready turns 503", || {
+        let url = ready_url.clone();
+        async move {
+            get(Version::HTTP_11, &url)
+                .await
+                .is_ok_and(|reply| reply.status == StatusCode::SERVICE_UNAVAILABLE)
+        }
+    })
+    .await;
+    terminated
+}
+
+/// Asserts that the process exits 0 before the drain timeout has passed since `terminated`;
+/// `note` says what was still running at SIGTERM.
+async fn assert_drained_and_exited(proxy: &mut ProxyProcess, terminated: Instant, note: &str) {
+    let (status, exited) = wait_for_exit(proxy, DRAIN_TIMEOUT + Duration::from_secs(2)).await;
+    let took = exited - terminated;
+    eprintln!("SIGTERM → exit in {took:?} ({note})");
+    assert!(status.success(), "exit status {status}");
+    assert!(took < DRAIN_TIMEOUT, "exit {took:?} after SIGTERM");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let backend = http_backend("drain-backend");
@@ -55,29 +92,10 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
 
     let slow_url = format!("http://{listener}/slow/1500");
     let in_flight = tokio::spawn(async move { get(Version::HTTP_11, &slow_url).await });
-    eventually(
-        Duration::from_secs(5),
-        "slow request reaches the backend",
-        || {
-            let arrived = backend.requests() == 1;
-            async move { arrived }
-        },
-    )
-    .await;
+    wait_for_requests(&backend, 1).await;
 
-    proxy.signal("TERM");
-    let terminated = Instant::now();
-
-    // (a) not ready any more (the admin listener stays up during the drain)
-    eventually(Duration::from_secs(1), "/ready turns 503", || {
-        let url = ready_url.clone();
-        async move {
-            get(Version::HTTP_11, &url)
-                .await
-                .is_ok_and(|reply| reply.status == StatusCode::SERVICE_UNAVAILABLE)
-        }
-    })
-    .await;
+    // (a) not ready any more
+    let terminated = terminate(&proxy).await;
     // (b) new connections to the upstream listener are refused
     eventually(
         Duration::from_secs(1),
@@ -101,11 +119,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     assert!(reply.headers.get("x-remora-error").is_none());
 
     // (d) the process exits 0 within the drain bound
-    let (status, exited) = wait_for_exit(&mut proxy, DRAIN_TIMEOUT + Duration::from_secs(2)).await;
-    let took = exited - terminated;
-    eprintln!("SIGTERM → exit in {took:?} (slow request had ~1.5 s left)");
-    assert!(status.success(), "exit status {status}");
-    assert!(took < DRAIN_TIMEOUT, "exit {took:?} after SIGTERM");
+    assert_drained_and_exited(&mut proxy, terminated, "slow request had ~1.5 s left").await;
 }
 
 /// Writes `line` on the tunnel and reads its echo back.
@@ -134,33 +148,14 @@ async fn sigterm_lets_an_http2_stream_and_a_tcp_tunnel_finish() {
         backend.addr
     );
     let mut proxy = ProxyProcess::start(&yaml, 2);
-    let ready_url = format!("http://{}/ready", proxy.admin);
 
     let slow_url = format!("http://{}/slow/1500", proxy.listener("h2"));
     let stream = tokio::spawn(async move { get(Version::HTTP_2, &slow_url).await });
     let mut tunnel = TcpStream::connect(proxy.listener("tunnel")).await.unwrap();
     echo_through(&mut tunnel, b"before\n").await;
-    eventually(
-        Duration::from_secs(5),
-        "the HTTP/2 stream reaches the backend",
-        || {
-            let arrived = backend.requests() == 1;
-            async move { arrived }
-        },
-    )
-    .await;
+    wait_for_requests(&backend, 1).await;
 
-    proxy.signal("TERM");
-    let terminated = Instant::now();
-    eventually(Duration::from_secs(1), "/ready turns 503", || {
-        let url = ready_url.clone();
-        async move {
-            get(Version::HTTP_11, &url)
-                .await
-                .is_ok_and(|reply| reply.status == StatusCode::SERVICE_UNAVAILABLE)
-        }
-    })
-    .await;
+    let terminated = terminate(&proxy).await;
     assert!(!stream.is_finished(), "the stream ended before the drain");
 
     // The tunnel still carries bytes during the drain.
@@ -187,11 +182,8 @@ async fn sigterm_lets_an_http2_stream_and_a_tcp_tunnel_finish() {
     assert_eq!(rest, b"bye\n");
 
     // With nothing left open the process exits 0 before the drain timeout.
-    let (status, exited) = wait_for_exit(&mut proxy, DRAIN_TIMEOUT + Duration::from_secs(2)).await;
-    let took = exited - terminated;
-    eprintln!("SIGTERM → exit in {took:?} (HTTP/2 stream ~1.5 s left, tunnel closed after it)");
-    assert!(status.success(), "exit status {status}");
-    assert!(took < DRAIN_TIMEOUT, "exit {took:?} after SIGTERM");
+    let note = "HTTP/2 stream had ~1.5 s left, the tunnel closed after it";
+    assert_drained_and_exited(&mut proxy, terminated, note).await;
 }
 
 #[tokio::test]
