@@ -95,7 +95,7 @@ impl Endpoint {
     pub fn new(addr: SocketAddr, settings: ClientSettings, upstream: &str) -> Self {
         Self {
             addr,
-            load: EndpointLoad::default(),
+            load: EndpointLoad::new(settings.connect_timeout),
             outlier: OutlierState::default(),
             client: EndpointClient::new(addr, settings),
             metrics: EndpointMetrics::new(upstream, addr),

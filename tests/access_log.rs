@@ -1,7 +1,8 @@
 //! The access log of the real binary: one JSON line per request with the
 //! field names log pipelines index without mapping (`@timestamp`, `level`,
 //! `service`, `trace_id`, `message`, …), and no secret header anywhere in
-//! the log.
+//! the log; `authority`, the `error` of a proxy-made response and the
+//! `grpc_status` of gRPC calls (from trailers and trailers-only).
 
 mod support;
 
@@ -11,7 +12,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::Full;
 
-use support::{ProxyProcess, http_backend, send};
+use support::{ProxyProcess, dead_addr, get, grpc_echo, grpc_fail, grpc_unary, http_backend, send};
 
 #[tokio::test]
 async fn one_json_line_per_request_and_no_secrets() {
@@ -70,4 +71,72 @@ async fn one_json_line_per_request_and_no_secrets() {
             "{line}"
         );
     }
+}
+
+/// Waits for the next access-log line of `proxy` (on a blocking thread: the log is read from
+/// a channel) and parses it.
+async fn next_access_line(mut proxy: ProxyProcess) -> (serde_json::Value, ProxyProcess) {
+    let read = tokio::task::spawn_blocking(move || {
+        let line = proxy.wait_for_log("\"message\":\"request\"");
+        (serde_json::from_str(&line).expect("JSON line"), proxy)
+    });
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("access line within 30 s")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn authority_proxy_errors_and_grpc_status_are_logged() {
+    let backend = http_backend("logged");
+    let grpc = grpc_echo();
+    let yaml = format!(
+        "service: {{ name: shop }}\n\
+         upstreams:\n\
+         \x20 - {{ name: web, listen: 127.0.0.1:0, discovery: {{ static: [{}] }} }}\n\
+         \x20 - {{ name: gone, listen: 127.0.0.1:0, discovery: {{ static: [{}] }} }}\n\
+         \x20 - {{ name: rpc, listen: 127.0.0.1:0, protocol: http2, discovery: {{ static: [{}] }} }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n",
+        backend.addr,
+        dead_addr(),
+        grpc.addr,
+    );
+    let proxy = ProxyProcess::start(&yaml, 3);
+
+    let request = Request::get(format!("http://{}/", proxy.listener("web")))
+        .header("host", "shop.example:8080")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        send(Version::HTTP_11, request).await.unwrap().status,
+        StatusCode::OK
+    );
+    let (access, proxy) = next_access_line(proxy).await;
+    assert_eq!(access["upstream"], "web");
+    assert_eq!(access["authority"], "shop.example:8080");
+    assert!(access["error"].is_null(), "{access}");
+
+    let url = format!("http://{}/", proxy.listener("gone"));
+    let reply = get(Version::HTTP_11, &url).await.unwrap();
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    let (access, proxy) = next_access_line(proxy).await;
+    assert_eq!(access["upstream"], "gone");
+    assert_eq!(access["status"], 502);
+    assert_eq!(access["error"], "connect_failed", "{access}");
+
+    // Status in trailers (after the reply message), then trailers-only.
+    let (echoed, _) = grpc_unary(proxy.listener("rpc"), "hi").await.unwrap();
+    assert_eq!(echoed, "hi");
+    let (access, proxy) = next_access_line(proxy).await;
+    assert_eq!(access["upstream"], "rpc");
+    assert_eq!(access["grpc_status"], 0, "{access}");
+    let failed = grpc_fail(proxy.listener("rpc")).await.unwrap_err();
+    assert_eq!(failed.code(), tonic::Code::Unavailable);
+    let (access, _proxy) = next_access_line(proxy).await;
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["grpc_status"], 14, "{access}");
+    assert!(
+        access["error"].is_null(),
+        "the upstream's own error: {access}"
+    );
 }

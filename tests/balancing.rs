@@ -1,7 +1,8 @@
 //! Load balancing through remora over three real backends, each recognised by its
 //! `x-backend` header: round robin exactly even, random within bounds, least request and
 //! P2C peak-EWMA avoiding a slow endpoint under concurrent load, ring hash sticky per
-//! `x-user`, a dead endpoint skipped (retried, then held in backoff), and all endpoints dead.
+//! `x-user`, a dead endpoint skipped (retried, then held in backoff, probed by one request per
+//! expired backoff even under 50 concurrent clients), and all endpoints dead.
 
 mod support;
 
@@ -304,6 +305,91 @@ async fn dead_endpoint_is_retried_elsewhere_and_backed_off() {
     assert!(
         errors <= bound as f64,
         "{errors} connect errors in {elapsed:?} (at most {bound} expected with backoff)"
+    );
+}
+
+const HERD_CLIENTS: usize = 50;
+const HERD_RUN: Duration = Duration::from_secs(2);
+
+/// Sends requests on `client` until `until`; returns (requests, failures), a failure being
+/// anything but a 200.
+async fn requests_until(client: &HttpClient, url: &str, until: Instant) -> (usize, usize) {
+    let (mut sent, mut failed) = (0, 0);
+    while Instant::now() < until {
+        let (status, _) = which_backend(client, url, None).await;
+        sent += 1;
+        failed += usize::from(status != StatusCode::OK);
+    }
+    (sent, failed)
+}
+
+/// Fifty concurrent keep-alive clients for ~2 s over two live backends and a dead address,
+/// under the default policy (P2C peak-EWMA, which favours the dead endpoint: its refused
+/// connects look fast and it has nothing in flight). When a backoff expires only one request
+/// may probe the dead endpoint until its connect fails, so the run costs at most one connect
+/// error per backoff window (plus one of slack), and no client request fails (the probe is
+/// retried on a live endpoint).
+///
+/// The clients' first requests form a burst sent before anything is known about the dead
+/// endpoint, so several of them may try it; those errors are counted separately and the bound
+/// applies to the rest of the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_endpoint_costs_one_connect_per_backoff_window_under_concurrency() {
+    let live = [http_backend("herd-a"), http_backend("herd-b")];
+    let dead = support::dead_addr();
+    let proxy = Proxy::start(&yaml(
+        "lb-herd",
+        "{ policy: p2c_ewma }",
+        &[live[0].addr, dead, live[1].addr],
+    ))
+    .await;
+    let url = format!("http://{}/", proxy.upstream("lb-herd"));
+    let metrics = proxy.admin_url("/metrics");
+    let connect_errors = || async {
+        let text = prom::scrape(&metrics).await;
+        let labels = [("upstream", "lb-herd")];
+        prom::value(&text, "remora_upstream_connect_errors_total", &labels).unwrap_or(0.0)
+    };
+
+    let started = Instant::now();
+    let first_round = std::sync::Arc::new(tokio::sync::Barrier::new(HERD_CLIENTS + 1));
+    let clients: Vec<_> = (0..HERD_CLIENTS)
+        .map(|_| {
+            let (url, first_round) = (url.clone(), first_round.clone());
+            tokio::spawn(async move {
+                let client = http_client(Version::HTTP_11);
+                let (status, _) = which_backend(&client, &url, None).await;
+                first_round.wait().await;
+                let (sent, failed) = requests_until(&client, &url, started + HERD_RUN).await;
+                (sent + 1, failed + usize::from(status != StatusCode::OK))
+            })
+        })
+        .collect();
+    first_round.wait().await;
+    let burst_errors = connect_errors().await;
+    let (mut sent, mut failed) = (0, 0);
+    for client in clients {
+        let (client_sent, client_failed) = tokio::time::timeout(Duration::from_secs(30), client)
+            .await
+            .expect("clients finish")
+            .unwrap();
+        sent += client_sent;
+        failed += client_failed;
+    }
+    let elapsed = started.elapsed();
+    let run_errors = connect_errors().await - burst_errors;
+    // Counted from the start of the run, before the first failure: an upper bound.
+    let windows = backoff_expiries().take_while(|t| *t <= elapsed).count();
+    eprintln!(
+        "dead endpoint under {HERD_CLIENTS} clients: {sent} requests in {elapsed:?}, {failed} \
+         failed; connect errors {burst_errors} in the first burst, then {run_errors} over \
+         {windows} backoff windows"
+    );
+    assert_eq!(failed, 0, "client requests failed");
+    assert!(burst_errors >= 1.0, "the dead endpoint was never tried");
+    assert!(
+        run_errors <= (windows + 1) as f64,
+        "{run_errors} connect errors after the first burst over {windows} backoff windows"
     );
 }
 

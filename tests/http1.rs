@@ -1,6 +1,6 @@
 //! HTTP/1.1 through remora: methods and bodies, streaming without buffering,
-//! `Expect: 100-continue`, hop-by-hop stripping, Host preservation, WebSocket
-//! upgrade, and malformed requests.
+//! `Expect: 100-continue`, hop-by-hop stripping (both ways), Host preservation, upstream
+//! keep-alive reuse, WebSocket upgrade, and malformed requests.
 
 mod support;
 
@@ -85,6 +85,76 @@ async fn host_is_kept_and_hop_by_hop_headers_are_stripped() {
             "{stripped} reached the upstream: {headers}"
         );
     }
+}
+
+/// The same in the other direction: an origin answering with hop-by-hop headers (and a
+/// header it names in `Connection`) gets them removed before the client sees the response.
+#[tokio::test]
+async fn hop_by_hop_response_headers_are_stripped() {
+    let origin = support::serve(|stream| async move {
+        let service = hyper::service::service_fn(|_request| async {
+            let response = http::Response::builder()
+                .header("connection", "x-foo")
+                .header("x-foo", "1")
+                .header("keep-alive", "timeout=5")
+                .header("proxy-connection", "keep-alive")
+                .header("upgrade", "h2c")
+                .header("x-end-to-end", "kept")
+                .body(Full::new(Bytes::from_static(b"hops")))
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(response)
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await;
+    });
+    let proxy = Proxy::start(&outbound_yaml(
+        "hops-back",
+        "http",
+        &[origin.addr.to_string()],
+    ))
+    .await;
+    let reply = get(
+        Version::HTTP_11,
+        &format!("http://{}/", proxy.upstream("hops-back")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, "hops");
+    assert_eq!(reply.headers["x-end-to-end"], "kept");
+    for stripped in [
+        "connection",
+        "x-foo",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+    ] {
+        assert!(
+            !reply.headers.contains_key(stripped),
+            "{stripped} reached the client: {:?}",
+            reply.headers
+        );
+    }
+}
+
+/// Fifty sequential requests, each from a fresh client connection, go upstream over one
+/// pooled keep-alive connection (the backend counts the connections it accepted).
+#[tokio::test]
+async fn sequential_requests_reuse_one_upstream_connection() {
+    let backend = http_backend("reuse");
+    let proxy = Proxy::start(&outbound_yaml("reuse", "http", &[backend.addr.to_string()])).await;
+    let url = format!("http://{}/", proxy.upstream("reuse"));
+    for i in 0..50 {
+        let reply = get(Version::HTTP_11, &url).await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "request {i}");
+    }
+    eprintln!(
+        "50 sequential HTTP/1.1 requests: {} upstream connection(s)",
+        backend.connections()
+    );
+    assert_eq!(backend.requests(), 50);
+    assert_eq!(backend.connections(), 1);
 }
 
 /// 50 MB up and 50 MB back, chunked, through the real binary: the proxy's

@@ -1,8 +1,11 @@
-//! HTTP/2 through remora: h2c with prior knowledge, `auto` protocol sniffing,
-//! version translation on inbound, and gRPC unary and bidirectional streaming
-//! with trailers, plus gRPC-form proxy errors.
+//! HTTP/2 through remora: h2c with prior knowledge (concurrent streams share one
+//! upstream connection), `auto` protocol sniffing, version translation on
+//! inbound, and gRPC unary and bidirectional streaming with trailers, plus
+//! gRPC-form proxy errors.
 
 mod support;
+
+use std::time::{Duration, Instant};
 
 use http::{StatusCode, Version};
 
@@ -33,6 +36,43 @@ async fn h2c_prior_knowledge_end_to_end() {
         proxy.upstream("h2c").to_string(),
         "{seen}"
     );
+}
+
+/// Twenty concurrent slow requests, each on its own client connection, are multiplexed over
+/// one upstream HTTP/2 connection (the backend counts the connections it accepted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_h2c_requests_share_one_upstream_connection() {
+    let backend = http_backend("h2-shared");
+    let proxy = Proxy::start(&outbound_yaml(
+        "h2-shared",
+        "http2",
+        &backend.addr.to_string(),
+    ))
+    .await;
+    let url = format!("http://{}/slow/200", proxy.upstream("h2-shared"));
+    let started = Instant::now();
+    let requests: Vec<_> = (0..20)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(Version::HTTP_2, &url).await })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap().unwrap().status, StatusCode::OK);
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "20 concurrent h2c requests in {elapsed:?}: {} upstream connection(s)",
+        backend.connections()
+    );
+    assert_eq!(backend.requests(), 20);
+    assert!(backend.versions().iter().all(|v| *v == Version::HTTP_2));
+    // One after the other they would take 4 s.
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "not concurrent: {elapsed:?}"
+    );
+    assert_eq!(backend.connections(), 1);
 }
 
 /// One `auto` listener takes both versions and keeps each one upstream.

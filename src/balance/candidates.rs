@@ -78,6 +78,11 @@ impl<'a, T: Target> Candidates<'a, T> {
         self.targets.len()
     }
 
+    /// False for the filters that ignore backoff (every endpoint is in it).
+    pub(super) fn respects_backoff(&self) -> bool {
+        self.respect_backoff
+    }
+
     pub(super) fn now(&self) -> Instant {
         self.now
     }

@@ -44,6 +44,35 @@
 //! failed connects counts once. Every policy skips endpoints in backoff unless
 //! *all* of them are in backoff, in which case the policy picks as if none
 //! were, so that a request is still tried (see `candidates.rs`).
+//!
+//! ## One probe per expired backoff
+//!
+//! Under concurrent traffic many requests are balanced in the time one
+//! connect takes to fail, and a dead endpoint tends to win their
+//! comparisons (nothing in flight, fast refusals). If the endpoint simply
+//! became available when its backoff expired, every one of those requests
+//! would try it, and a dead endpoint would cost one failed connect per
+//! concurrent request instead of one per backoff window. So when a balancer
+//! has *chosen* an endpoint whose backoff has expired, it must
+//! [claim the probe](EndpointLoad::claim_probe) before sending to it:
+//!
+//! 1. The claim compare-and-swaps a second deadline, the *probe deadline*,
+//!    from a past instant to `now + probe window` (the upstream's connect
+//!    timeout). Exactly one of the racing requests wins; the others see the
+//!    endpoint unavailable, as if still backing off, and pick again.
+//! 2. The winner's connect decides: success clears the backoff and the probe
+//!    deadline ([`mark_reachable`](EndpointLoad::mark_reachable)); failure
+//!    finds the backoff expired, so it escalates it as usual
+//!    ([`mark_unreachable`](EndpointLoad::mark_unreachable)) and clears the
+//!    probe deadline.
+//! 3. If the outcome is not known within the probe window (the request was
+//!    cancelled, or it connected but failed otherwise without a response),
+//!    the claim lapses and the next pick may probe again.
+//!
+//! [`is_available`](EndpointLoad::is_available) only reads: balancers call it
+//! to filter candidates, the admin API to show state. Only the pick of one
+//! endpoint claims, and an endpoint that never failed needs no claim (one
+//! atomic read).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -90,17 +119,19 @@ struct State {
     failures: AtomicU32,
     /// Unavailable until this instant (ns since `origin`); 0 = available.
     backoff_until_ns: AtomicU64,
-}
-
-impl Default for EndpointLoad {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// After the backoff expired, one request claimed the probe: the others
+    /// treat the endpoint as unavailable until this instant (ns since
+    /// `origin`) or until the probe's outcome clears it; 0 = no probe.
+    probe_until_ns: AtomicU64,
+    /// How long a probe claim holds at most (the connect timeout).
+    probe_window: Duration,
 }
 
 impl EndpointLoad {
     /// Fresh state: nothing in flight, the default 30 ms estimate, available.
-    pub fn new() -> Self {
+    /// `probe_window` bounds how long one probe after a backoff keeps the
+    /// others away (see the module doc); pass the connect timeout.
+    pub fn new(probe_window: Duration) -> Self {
         Self {
             state: Arc::new(State {
                 origin: Instant::now(),
@@ -109,6 +140,8 @@ impl EndpointLoad {
                 stamp_ns: AtomicU64::new(0),
                 failures: AtomicU32::new(0),
                 backoff_until_ns: AtomicU64::new(0),
+                probe_until_ns: AtomicU64::new(0),
+                probe_window,
             }),
         }
     }
@@ -166,22 +199,64 @@ impl EndpointLoad {
         let delay_ns = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
         s.backoff_until_ns
             .fetch_max(now_ns.saturating_add(delay_ns), Relaxed);
+        // The probe (if this was it) has its answer; the new backoff rules.
+        s.probe_until_ns.store(0, Relaxed);
         delay
     }
 
-    /// Connecting succeeded: clear the backoff and the failure count.
+    /// Connecting succeeded: clear the backoff, the probe claim and the
+    /// failure count.
     pub fn mark_reachable(&self) {
         let s = &self.state;
         // Check first so that the common case (nothing to clear) stays a read.
         if s.failures.load(Relaxed) != 0 || s.backoff_until_ns.load(Relaxed) != 0 {
             s.failures.store(0, Relaxed);
             s.backoff_until_ns.store(0, Relaxed);
+            s.probe_until_ns.store(0, Relaxed);
         }
     }
 
-    /// False while the endpoint is backing off after connect failures.
+    /// False while the endpoint is backing off after connect failures, or
+    /// while another request probes it after its backoff expired. Only reads.
     pub fn is_available(&self, now: Instant) -> bool {
-        self.state.nanos(now) >= self.state.backoff_until_ns.load(Relaxed)
+        let s = &self.state;
+        let backoff_until = s.backoff_until_ns.load(Relaxed);
+        backoff_until == 0 || s.nanos(now) >= backoff_until.max(s.probe_until_ns.load(Relaxed))
+    }
+
+    /// Called by a balancer on the endpoint it chose, before a request is
+    /// sent to it: true if the request may go. An endpoint that has not
+    /// failed is always free (one atomic read). One whose backoff has expired
+    /// is handed to exactly one caller, the probe, until the probe's outcome
+    /// is known or the probe window passes; every other caller gets false
+    /// and must choose again (see the module doc).
+    pub fn claim_probe(&self, now: Instant) -> bool {
+        let s = &self.state;
+        let backoff_until = s.backoff_until_ns.load(Relaxed);
+        if backoff_until == 0 {
+            return true;
+        }
+        let now_ns = s.nanos(now);
+        let probe_until = s.probe_until_ns.load(Relaxed);
+        if now_ns < backoff_until.max(probe_until) {
+            return false;
+        }
+        let window_ns = u64::try_from(s.probe_window.as_nanos()).unwrap_or(u64::MAX);
+        let claim = now_ns.saturating_add(window_ns);
+        if (s.probe_until_ns)
+            .compare_exchange(probe_until, claim, Relaxed, Relaxed)
+            .is_err()
+        {
+            // Another request claimed the probe first.
+            return false;
+        }
+        // A failure may have started a new backoff since it was read above:
+        // then there is nothing to probe; give the claim back.
+        if s.backoff_until_ns.load(Relaxed) > now_ns {
+            let _ = (s.probe_until_ns).compare_exchange(claim, 0, Relaxed, Relaxed);
+            return false;
+        }
+        true
     }
 }
 
@@ -279,6 +354,8 @@ impl Drop for InFlight {
 mod tests {
     use super::*;
 
+    const PROBE_WINDOW: Duration = Duration::from_secs(1);
+
     fn ms(d: Duration) -> f64 {
         d.as_secs_f64() * 1e3
     }
@@ -289,7 +366,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn in_flight_counts_and_drop_without_completion() {
-        let load = EndpointLoad::new();
+        let load = EndpointLoad::new(PROBE_WINDOW);
         let a = load.start();
         let mut b = load.start();
         assert_eq!(load.in_flight(), 2);
@@ -307,7 +384,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn default_rtt_and_cost() {
-        let load = EndpointLoad::new();
+        let load = EndpointLoad::new(PROBE_WINDOW);
         assert!(close(ms(load.ewma()), 30.0));
         let _g = (load.start(), load.start());
         // 30 ms × (2 + 1)
@@ -316,7 +393,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn peak_jumps_immediately() {
-        let load = EndpointLoad::new();
+        let load = EndpointLoad::new(PROBE_WINDOW);
         tokio::time::advance(Duration::from_secs(1)).await;
         load.start().observe_rtt(Duration::from_millis(500));
         assert!(close(ms(load.ewma()), 500.0));
@@ -324,7 +401,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn lower_observation_decays_with_elapsed_time() {
-        let load = EndpointLoad::new();
+        let load = EndpointLoad::new(PROBE_WINDOW);
         load.start().observe_rtt(Duration::from_millis(100));
         assert!(close(ms(load.ewma()), 100.0));
 
@@ -350,7 +427,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_estimate_decays_toward_zero_on_read() {
-        let load = EndpointLoad::new();
+        let load = EndpointLoad::new(PROBE_WINDOW);
         load.start().observe_rtt(Duration::from_millis(100));
         tokio::time::advance(Duration::from_secs(10)).await;
         // e^-1 × 100 ms
@@ -367,7 +444,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn backoff_grows_caps_and_resets() {
-        let load = EndpointLoad::new();
+        let load = EndpointLoad::new(PROBE_WINDOW);
         let expected_ms = [250, 500, 1000, 2000, 4000, 5000, 5000];
         for want in expected_ms {
             let now = Instant::now();
@@ -387,6 +464,81 @@ mod tests {
         assert_eq!(load.mark_unreachable(now, DEFAULT_BACKOFF), DEFAULT_BACKOFF);
         load.mark_reachable();
         assert!(load.is_available(now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_healthy_endpoint_needs_no_claim() {
+        let load = EndpointLoad::new(PROBE_WINDOW);
+        let now = Instant::now();
+        assert!((0..10).all(|_| load.claim_probe(now)));
+        assert!(load.is_available(now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_probe_per_expired_backoff() {
+        let load = EndpointLoad::new(PROBE_WINDOW);
+        load.mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
+        assert!(!load.claim_probe(Instant::now()));
+        tokio::time::advance(DEFAULT_BACKOFF).await;
+        let now = Instant::now();
+        // Reading availability (filters, admin) claims nothing.
+        assert!((0..10).all(|_| load.is_available(now)));
+        // The first claim wins; the others see the endpoint unavailable.
+        assert!(load.claim_probe(now));
+        assert!(!load.claim_probe(now));
+        assert!(!load.is_available(now));
+        // The probe fails: the backoff escalates (it had expired), and the
+        // next expiry allows one probe again.
+        assert_eq!(
+            load.mark_unreachable(now, DEFAULT_BACKOFF),
+            2 * DEFAULT_BACKOFF
+        );
+        tokio::time::advance(2 * DEFAULT_BACKOFF - Duration::from_millis(1)).await;
+        assert!(!load.claim_probe(Instant::now()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(load.claim_probe(Instant::now()));
+        assert!(!load.claim_probe(Instant::now()));
+        // The probe connects: available to everyone.
+        load.mark_reachable();
+        let now = Instant::now();
+        assert!(load.is_available(now));
+        assert!((0..10).all(|_| load.claim_probe(now)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_without_outcome_lapses_after_the_window() {
+        let load = EndpointLoad::new(PROBE_WINDOW);
+        load.mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
+        tokio::time::advance(DEFAULT_BACKOFF).await;
+        assert!(load.claim_probe(Instant::now()));
+        tokio::time::advance(PROBE_WINDOW - Duration::from_millis(1)).await;
+        assert!(!load.is_available(Instant::now()));
+        assert!(!load.claim_probe(Instant::now()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(load.is_available(Instant::now()));
+        assert!(load.claim_probe(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_straggler_failure_during_the_probe_ends_it_once() {
+        let load = EndpointLoad::new(PROBE_WINDOW);
+        load.mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
+        tokio::time::advance(DEFAULT_BACKOFF).await;
+        let now = Instant::now();
+        assert!(load.claim_probe(now));
+        // A connect started earlier fails first: it escalates; the probe's own
+        // failure right after does not escalate again.
+        assert_eq!(
+            load.mark_unreachable(now, DEFAULT_BACKOFF),
+            2 * DEFAULT_BACKOFF
+        );
+        assert_eq!(
+            load.mark_unreachable(now, DEFAULT_BACKOFF),
+            2 * DEFAULT_BACKOFF
+        );
+        // The new backoff, not the probe window, decides when to probe next.
+        tokio::time::advance(2 * DEFAULT_BACKOFF).await;
+        assert!(load.claim_probe(Instant::now()));
     }
 
     #[test]

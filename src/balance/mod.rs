@@ -12,7 +12,9 @@
 //! once, reads a few atomics, and neither allocates nor locks. Every policy
 //! skips endpoints that are backing off after connect failures unless all of
 //! them are, and avoids the `exclude`d endpoint (a retry) when another one is
-//! eligible; the exact fallback order is in `candidates.rs`.
+//! eligible; the exact fallback order is in `candidates.rs`. The endpoint a
+//! pick settles on is claimed, so that when its backoff has just expired only
+//! one request probes it (`load.rs`, "One probe per expired backoff").
 //!
 //! # Weights
 //!
@@ -124,8 +126,23 @@ impl<T: Target> Balancer<T> {
         let excluded = exclude.and_then(|e| self.targets.iter().position(|t| Arc::ptr_eq(t, e)));
         let now = Instant::now();
         Candidates::tiers(&self.targets, &self.weights, self.uniform, now, excluded)
-            .find_map(|c| self.pick_in(&c, hash_key))
+            .find_map(|c| self.pick_claimed(&c, hash_key))
             .map(|i| Arc::clone(&self.targets[i]))
+    }
+
+    /// Runs the policy over `c` and, when `c` respects backoff, claims the
+    /// chosen endpoint ([`EndpointLoad::claim_probe`]): an endpoint whose
+    /// backoff just expired goes to one request only. A pick that loses that
+    /// race sees the endpoint unavailable from then on and picks again, so
+    /// each retry has one endpoint fewer to choose from.
+    fn pick_claimed(&self, c: &Candidates<'_, T>, hash_key: Option<&[u8]>) -> Option<usize> {
+        for _ in 0..=self.targets.len() {
+            let i = self.pick_in(c, hash_key)?;
+            if !c.respects_backoff() || self.targets[i].load().claim_probe(c.now()) {
+                return Some(i);
+            }
+        }
+        None
     }
 
     fn pick_in(&self, c: &Candidates<'_, T>, hash_key: Option<&[u8]>) -> Option<usize> {

@@ -17,6 +17,9 @@ const ALL: [LoadBalancingPolicy; 5] = [
     LoadBalancingPolicy::RingHash,
 ];
 
+/// How long a probe claim holds (the connect timeout in the proxy).
+const PROBE_WINDOW: Duration = Duration::from_secs(1);
+
 #[derive(Debug)]
 struct Ep {
     id: String,
@@ -34,7 +37,7 @@ fn endpoints(n: usize) -> Vec<Arc<Ep>> {
         .map(|i| {
             Arc::new(Ep {
                 id: format!("10.0.0.{i}:8080"),
-                load: EndpointLoad::new(),
+                load: EndpointLoad::new(PROBE_WINDOW),
             })
         })
         .collect()
@@ -285,11 +288,66 @@ async fn every_policy_skips_backoff_until_it_expires() {
         assert_eq!(h[1], 0, "{policy:?} {h:?}");
         assert!(h[0] > 0 && h[2] > 0, "{policy:?} {h:?}");
     }
-    tokio::time::advance(DEFAULT_BACKOFF).await;
     for policy in ALL {
-        let h = histogram(&balancer(policy, &eps), 3_000, None);
+        // When the backoff expires, one pick probes the endpoint; until the
+        // probe's outcome is known the others keep away from it.
+        tokio::time::advance(DEFAULT_BACKOFF).await;
+        let b = balancer(policy, &eps);
+        assert_eq!(histogram(&b, 3_000, None)[1], 1, "{policy:?}");
+        // The probe connected: back in full rotation.
+        eps[1].load.mark_reachable();
+        let h = histogram(&b, 3_000, None);
         assert!(h[1] > 500, "{policy:?} {h:?}");
+        eps[1]
+            .load
+            .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_policy_probes_once_per_expired_backoff() {
+    fastrand::seed(12);
+    for policy in ALL {
+        let eps = endpoints(3);
+        let b = balancer(policy, &eps);
+        eps[1]
+            .load
+            .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
+        // Each expiry: exactly one probe among many picks, which fails and
+        // doubles the backoff (250 ms, 500 ms, 1 s).
+        for delay_ms in [250, 500, 1000] {
+            tokio::time::advance(Duration::from_millis(delay_ms)).await;
+            let h = histogram(&b, 1_000, None);
+            assert_eq!(h[1], 1, "{policy:?} after {delay_ms} ms: {h:?}");
+            let next = eps[1]
+                .load
+                .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
+            assert_eq!(next, Duration::from_millis(delay_ms * 2), "{policy:?}");
+        }
+        // A probe whose outcome never comes (cancelled) holds for the probe
+        // window only; then the next pick probes.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(histogram(&b, 1_000, None)[1], 1, "{policy:?}");
+        tokio::time::advance(PROBE_WINDOW - Duration::from_millis(1)).await;
+        assert_eq!(histogram(&b, 1_000, None)[1], 0, "{policy:?}");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(histogram(&b, 1_000, None)[1], 1, "{policy:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lone_endpoint_in_backoff_still_gets_every_request() {
+    // When every endpoint is in backoff the picks ignore it (and claim
+    // nothing), so a lone dead endpoint is still tried by every request.
+    let eps = endpoints(1);
+    let b = balancer(LoadBalancingPolicy::P2cEwma, &eps);
+    eps[0]
+        .load
+        .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
+    assert_eq!(histogram(&b, 10, None), vec![10]);
+    tokio::time::advance(DEFAULT_BACKOFF).await;
+    // The first pick after the expiry probes; the others fall back.
+    assert_eq!(histogram(&b, 10, None), vec![10]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -420,7 +478,10 @@ async fn ring_hash_walks_past_unavailable_endpoint_and_returns() {
     }
     // Its keys spread over several neighbours rather than one.
     assert!(new_homes.len() >= 5, "{new_homes:?}");
+    // The backoff expires and the one probe connects: every key returns.
     tokio::time::advance(DEFAULT_BACKOFF).await;
+    b.pick(Some(b"probe"), None);
+    eps[3].load.mark_reachable();
     assert_eq!(key_map(&b, 10_000), before);
 }
 

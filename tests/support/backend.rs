@@ -8,6 +8,9 @@
 //! | `/headers` | 200, JSON `{method, uri, version, authority, headers: {name: [values]}}` |
 //! | `/status/<code>` | that status, empty body |
 //! | `/slow/<ms>` | like `/`, after sleeping that long |
+//!
+//! It also counts the TCP connections it accepted ([`Backend::connections`]), so a test can
+//! see whether the proxy reused its upstream connections.
 
 use std::convert::Infallible;
 use std::future::ready;
@@ -40,6 +43,7 @@ pub struct Backend {
 #[derive(Default)]
 struct Stats {
     requests: AtomicU64,
+    connections: AtomicU64,
     echoed_bytes: AtomicU64,
     versions: Mutex<Vec<Version>>,
 }
@@ -48,6 +52,11 @@ impl Backend {
     /// Requests received so far (counted on arrival, before `/slow` sleeps).
     pub fn requests(&self) -> u64 {
         self.stats.requests.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.stats.connections.load(Ordering::SeqCst)
     }
 
     /// HTTP version of every request received, in arrival order.
@@ -74,6 +83,7 @@ pub fn http_backend(name: &str) -> Backend {
     let stats_for_server = stats.clone();
     let server = serve(move |stream| {
         let (name, stats) = (name_for_server.clone(), stats_for_server.clone());
+        stats.connections.fetch_add(1, Ordering::SeqCst);
         async move {
             let svc = service_fn(move |req| handle(name.clone(), stats.clone(), req));
             let _ = auto::Builder::new(TokioExecutor::new())
