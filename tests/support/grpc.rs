@@ -9,11 +9,15 @@
 //!   `x-echo-trailer: done` in the trailers once the client closes its side.
 //! - `Fail`: answers trailers-only with `UNAVAILABLE`.
 //!
+//! `grpc_failing` serves the same methods after answering its first calls with a chosen status.
+//!
 //! Anything else gets `UNIMPLEMENTED`.
 
 use std::convert::Infallible;
 use std::future::ready;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -54,6 +58,33 @@ pub fn grpc_echo() -> Server {
             .serve_connection(TokioIo::new(stream), service_fn(route))
             .await;
     })
+}
+
+/// An echo service that answers its first `failing` calls (any method) with `code`, in a
+/// trailers-only response, and serves normally after that. Returns the server and the count
+/// of calls received.
+pub fn grpc_failing(code: Code, failing: u64) -> (Server, Arc<AtomicU64>) {
+    let calls = Arc::new(AtomicU64::new(0));
+    let counted = calls.clone();
+    let server = serve(move |stream| {
+        let counted = counted.clone();
+        async move {
+            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let call = counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if call < failing {
+                        let status = Status::new(code, "grpc_failing: fail on purpose");
+                        return Ok(status.into_http());
+                    }
+                    route(req).await
+                }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+    });
+    (server, calls)
 }
 
 /// The whole server: one match on the path. Generic over the body, so it also fits a
