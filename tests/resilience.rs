@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
 
-use support::{Proxy, get, http_backend, http_client};
+use support::{Proxy, get, http_backend, http_client, prom};
 
 const RUN: Duration = Duration::from_secs(12);
 const KILL_AT: Duration = Duration::from_secs(3);
@@ -186,6 +186,19 @@ async fn one_of_three_endpoints_killed_and_restarted_under_load() {
     assert!(
         back < RESTART_AT + Duration::from_millis(5500),
         "back within the 5 s backoff cap"
+    );
+
+    let metrics = prom::scrape(&proxy.admin_url("/metrics")).await;
+    let count = |name, labels: &[(&str, &str)]| prom::value(&metrics, name, labels).unwrap_or(0.0);
+    let upstream = ("upstream", "resilient");
+    eprintln!(
+        "resilience metrics: {} ejections, {} retries succeeded, {} retries failed, \
+         {} retries refused by the budget, {} connect errors",
+        count("remora_outlier_ejections_total", &[upstream]),
+        count("remora_retries_total", &[upstream, ("outcome", "success")]),
+        count("remora_retries_total", &[upstream, ("outcome", "failure")]),
+        count("remora_retry_budget_exhausted_total", &[upstream]),
+        count("remora_upstream_connect_errors_total", &[upstream]),
     );
 
     let live = get(Version::HTTP_11, &proxy.admin_url("/live"))
