@@ -400,34 +400,46 @@ mod tests {
         }
     }
 
-    /// Retries over a stand-in upstream: the try numbered `n` (0, 1, … over all requests)
-    /// is answered `statuses[n]` (the last one repeats) by `endpoint(n)`; every try is
-    /// recorded in the returned list.
-    fn retrying(
-        policy: RetryPolicy,
+    /// A stand-in upstream: the try numbered `n` (0, 1, … over all requests) is answered
+    /// `statuses[n]` (the last one repeats) by `endpoint(n)`; every try is recorded in `seen`.
+    #[derive(Clone)]
+    struct Scripted {
         statuses: &'static [u16],
-    ) -> (
-        impl Service<
-            Request<RequestBody>,
-            Response = Response<ResponseBody>,
-            Error = ProxyError,
-            Future: Send,
-        > + Clone,
-        Arc<Mutex<Vec<Seen>>>,
-    ) {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = Arc::clone(&seen);
-        let upstream = tower::service_fn(move |request: Request<RequestBody>| {
-            let mut seen = record.lock().unwrap();
+        seen: Arc<Mutex<Vec<Seen>>>,
+    }
+
+    impl Service<Request<RequestBody>> for Scripted {
+        type Response = Response<ResponseBody>;
+        type Error = ProxyError;
+        type Future = std::future::Ready<Result<Response<ResponseBody>, ProxyError>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+            let mut seen = self.seen.lock().unwrap();
             let n = seen.len();
             let avoid = request.extensions().get::<AvoidEndpoint>().map(|a| a.0);
             seen.push((Instant::now(), avoid));
-            let status = statuses[n.min(statuses.len() - 1)];
+            let status = self.statuses[n.min(self.statuses.len() - 1)];
             let mut response = Response::new(ResponseBody::empty());
             *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
             response.extensions_mut().insert(ServedBy(endpoint(n)));
-            std::future::ready(Ok::<_, ProxyError>(response))
-        });
+            std::future::ready(Ok(response))
+        }
+    }
+
+    /// Retries with `policy` over a `Scripted` upstream; returns the tries' record too.
+    fn retrying(
+        policy: RetryPolicy,
+        statuses: &'static [u16],
+    ) -> (Retry<Scripted>, Arc<Mutex<Vec<Seen>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let upstream = Scripted {
+            statuses,
+            seen: Arc::clone(&seen),
+        };
         (RetryLayer::new(&policy, "test").layer(upstream), seen)
     }
 
