@@ -277,34 +277,38 @@ fn refusing_first_stream() -> Server {
 /// under hyper's error): retried under `refused_stream`, and not under `reset`.
 #[tokio::test]
 async fn a_refused_stream_is_retried_under_refused_stream_only() {
-    let origin = refusing_first_stream();
-    let proxy = Proxy::start(&yaml_with(
-        "retry-refused",
-        "http2",
-        "{ policy: round_robin }",
-        &[origin.addr],
-        "{ attempts: 2, on: [refused_stream], backoff: { base: 1ms, max: 2ms } }",
-    ))
-    .await;
-    let url = format!("http://{}/", proxy.upstream("retry-refused"));
-    let reply = get(Version::HTTP_2, &url).await.unwrap();
-    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
-    assert_eq!(retries(&proxy, "retry-refused").await, (1.0, 0.0));
-
-    let origin = refusing_first_stream();
-    let proxy = Proxy::start(&yaml_with(
-        "retry-refused-not-reset",
-        "http2",
-        "{ policy: round_robin }",
-        &[origin.addr],
-        "{ attempts: 2, on: [reset], backoff: { base: 1ms, max: 2ms } }",
-    ))
-    .await;
-    let url = format!("http://{}/", proxy.upstream("retry-refused-not-reset"));
-    let reply = get(Version::HTTP_2, &url).await.unwrap();
-    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{reply:?}");
-    assert_eq!(reply.headers["x-remora-error"], "upstream_reset");
-    assert_eq!(retries(&proxy, "retry-refused-not-reset").await, (0.0, 0.0));
+    for (name, on, status, retried) in [
+        (
+            "retry-refused",
+            "refused_stream",
+            StatusCode::OK,
+            (1.0, 0.0),
+        ),
+        (
+            "retry-refused-not-reset",
+            "reset",
+            StatusCode::BAD_GATEWAY,
+            (0.0, 0.0),
+        ),
+    ] {
+        let origin = refusing_first_stream();
+        let retry = format!("{{ attempts: 2, on: [{on}], backoff: {{ base: 1ms, max: 2ms }} }}");
+        let proxy = Proxy::start(&yaml_with(
+            name,
+            "http2",
+            "{ policy: round_robin }",
+            &[origin.addr],
+            &retry,
+        ))
+        .await;
+        let url = format!("http://{}/", proxy.upstream(name));
+        let reply = get(Version::HTTP_2, &url).await.unwrap();
+        assert_eq!(reply.status, status, "{name}: {reply:?}");
+        if status == StatusCode::BAD_GATEWAY {
+            assert_eq!(reply.headers["x-remora-error"], "upstream_reset");
+        }
+        assert_eq!(retries(&proxy, name).await, retried, "{name}");
+    }
 }
 
 /// An HTTP/1.1 origin whose first connection is reset (RST) and second closed (FIN), each
@@ -333,33 +337,32 @@ fn breaking_first_two_connections() -> Server {
     })
 }
 
+/// Under `reset` the third try succeeds (the second broke too: one failed retry, one
+/// successful); without it the first break is the answer.
 #[tokio::test]
 async fn a_reset_or_closed_connection_is_retried_under_reset() {
-    let origin = breaking_first_two_connections();
-    let proxy = Proxy::start(&yaml(
-        "retry-reset",
-        &[origin.addr],
-        "{ attempts: 3, on: [reset], backoff: { base: 1ms, max: 2ms } }",
-    ))
-    .await;
-    let url = format!("http://{}/", proxy.upstream("retry-reset"));
-    let reply = get(Version::HTTP_11, &url).await.unwrap();
-    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
-    assert_eq!(reply.body, "ok");
-    // The second try broke too (failure), the third answered (success).
-    assert_eq!(retries(&proxy, "retry-reset").await, (1.0, 1.0));
-
-    let origin = breaking_first_two_connections();
-    let proxy = Proxy::start(&yaml(
-        "retry-reset-not-listed",
-        &[origin.addr],
-        "{ attempts: 3, on: [\"503\"], backoff: { base: 1ms, max: 2ms } }",
-    ))
-    .await;
-    let url = format!("http://{}/", proxy.upstream("retry-reset-not-listed"));
-    let reply = get(Version::HTTP_11, &url).await.unwrap();
-    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{reply:?}");
-    assert_eq!(reply.headers["x-remora-error"], "upstream_reset");
+    for (name, on, status, retried) in [
+        ("retry-reset", "reset", StatusCode::OK, (1.0, 1.0)),
+        (
+            "retry-reset-not-listed",
+            "\"503\"",
+            StatusCode::BAD_GATEWAY,
+            (0.0, 0.0),
+        ),
+    ] {
+        let origin = breaking_first_two_connections();
+        let retry = format!("{{ attempts: 3, on: [{on}], backoff: {{ base: 1ms, max: 2ms }} }}");
+        let proxy = Proxy::start(&yaml(name, &[origin.addr], &retry)).await;
+        let url = format!("http://{}/", proxy.upstream(name));
+        let reply = get(Version::HTTP_11, &url).await.unwrap();
+        assert_eq!(reply.status, status, "{name}: {reply:?}");
+        if status == StatusCode::OK {
+            assert_eq!(reply.body, "ok");
+        } else {
+            assert_eq!(reply.headers["x-remora-error"], "upstream_reset");
+        }
+        assert_eq!(retries(&proxy, name).await, retried, "{name}");
+    }
 }
 
 /// `forward` already sends a request that could not connect once more (to another endpoint
