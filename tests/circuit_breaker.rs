@@ -13,6 +13,7 @@ use http_body_util::Empty;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+use support::grpc::{FAIL_AFTER_REPLY, grpc_call};
 use support::{
     Proxy, get, grpc_echo, grpc_fail, grpc_failing, grpc_unary, http_backend, http_client, prom,
 };
@@ -381,4 +382,29 @@ async fn resets_are_failures_by_default() {
     }
     let reply = get(Version::HTTP_11, &url).await.unwrap();
     assert_eq!(reply.headers["x-remora-error"], "circuit_open");
+}
+
+/// A gRPC status that comes in the trailers, after a reply, counts when the body ends:
+/// two INTERNAL endings open the breaker.
+#[tokio::test]
+async fn a_grpc_status_in_the_trailers_counts_when_the_body_ends() {
+    let server = grpc_echo();
+    let breaker = "{ consecutive_failures: 2, open_for: 30s }";
+    let proxy = Proxy::start(&yaml(
+        "cb-trailers",
+        "grpc",
+        &server.addr.to_string(),
+        breaker,
+    ))
+    .await;
+    let addr = proxy.upstream("cb-trailers");
+    for _ in 0..2 {
+        let status = grpc_call(addr, FAIL_AFTER_REPLY, "ping").await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    }
+    let status = grpc_unary(addr, "ping").await.unwrap_err();
+    assert_eq!(
+        status.metadata().get("x-remora-error").unwrap(),
+        "circuit_open"
+    );
 }

@@ -8,6 +8,8 @@
 //! - `Bidi`: echoes each message as soon as it arrives; ends with `grpc-status: 0` and
 //!   `x-echo-trailer: done` in the trailers once the client closes its side.
 //! - `Fail`: answers trailers-only with `UNAVAILABLE`.
+//! - `FailAfterReply`: returns the request, then `INTERNAL` in the trailers (a status known
+//!   only when the body ends).
 //!
 //! `grpc_failing` serves the same methods after answering its first calls with a chosen status.
 //!
@@ -37,6 +39,7 @@ use super::{Server, serve};
 pub const UNARY: &str = "/remora.test.Echo/Unary";
 pub const BIDI: &str = "/remora.test.Echo/Bidi";
 pub const FAIL: &str = "/remora.test.Echo/Fail";
+pub const FAIL_AFTER_REPLY: &str = "/remora.test.Echo/FailAfterReply";
 
 /// How long `grpc_bidi` waits for each echo before concluding the stream is being buffered.
 pub const ECHO_WAIT: Duration = Duration::from_secs(5);
@@ -101,6 +104,10 @@ where
         UNARY => grpc.server_streaming(tower::service_fn(unary), req).await,
         BIDI => grpc.streaming(tower::service_fn(bidi), req).await,
         FAIL => grpc.unary(tower::service_fn(fail), req).await,
+        FAIL_AFTER_REPLY => {
+            let service = tower::service_fn(fail_after_reply);
+            grpc.server_streaming(service, req).await
+        }
         path => Status::unimplemented(format!("no method {path}")).into_http(),
     };
     Ok(response)
@@ -114,6 +121,12 @@ fn ok_with_trailer() -> Result<EchoMsg, Status> {
     let mut trailers = MetadataMap::new();
     trailers.insert("x-echo-trailer", MetadataValue::from_static("done"));
     Err(Status::with_metadata(Code::Ok, "", trailers))
+}
+
+async fn fail_after_reply(req: Request<EchoMsg>) -> Result<Response<EchoStream>, Status> {
+    let internal = Status::internal("echo backend: fail after the reply");
+    let reply = stream::iter([Ok(req.into_inner()), Err(internal)]);
+    Ok(Response::new(reply.boxed()))
 }
 
 async fn unary(req: Request<EchoMsg>) -> Result<Response<EchoStream>, Status> {
@@ -148,9 +161,19 @@ async fn client(addr: SocketAddr) -> Result<tonic::client::Grpc<Channel>, Status
 
 /// Calls `Unary`; returns the echoed text and the response *trailers* (not the headers).
 pub async fn grpc_unary(addr: SocketAddr, text: &str) -> Result<(String, MetadataMap), Status> {
+    grpc_call(addr, UNARY, text).await
+}
+
+/// Calls `path` (`UNARY` or `FAIL_AFTER_REPLY`), whose reply is one message then trailers;
+/// returns the echoed text and the trailers, or the status the call failed with.
+pub async fn grpc_call(
+    addr: SocketAddr,
+    path: &'static str,
+    text: &str,
+) -> Result<(String, MetadataMap), Status> {
     let mut client = client(addr).await?;
     let request = Request::new(EchoMsg { text: text.into() });
-    let path = PathAndQuery::from_static(UNARY);
+    let path = PathAndQuery::from_static(path);
     let mut replies = client
         .server_streaming(request, path, codec())
         .await?
