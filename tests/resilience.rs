@@ -22,7 +22,9 @@ use tokio::task::JoinHandle;
 use support::{Proxy, get, http_backend, http_client, prom};
 
 const RUN: Duration = Duration::from_secs(12);
-const KILL_AT: Duration = Duration::from_secs(3);
+/// Clients send in step every `PACE` and each request takes 10 ms: 5 ms past a send
+/// the kill catches requests in flight on the endpoint (at a whole second it found none).
+const KILL_AT: Duration = Duration::from_millis(3005);
 const RESTART_AT: Duration = Duration::from_secs(6);
 const CLIENTS: usize = 8;
 const PACE: Duration = Duration::from_millis(20);
