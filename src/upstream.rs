@@ -289,10 +289,12 @@ impl Upstream {
         self.outlier.is_some()
     }
 
-    /// Records a failed attempt on `endpoint`: one that could not be connected
-    /// to backs off (the balancer skips it until the backoff expires) and the
-    /// failure is counted.
+    /// Records a failed attempt on `endpoint`: outlier detection counts it
+    /// (connect failures and resets are failures by default), and one that
+    /// could not be connected to backs off (the balancer skips it until the
+    /// backoff expires) and the connect error is counted.
     pub fn note_failure(&self, endpoint: &Endpoint, error: &ProxyError) {
+        self.record_outcome(endpoint, Outcome::of_error(error));
         if matches!(
             error.kind(),
             ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout

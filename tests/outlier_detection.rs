@@ -139,3 +139,47 @@ async fn an_endpoint_that_times_out_is_ejected() {
         assert_eq!(reply.status, StatusCode::OK, "the hole is ejected");
     }
 }
+
+/// Failed tries that never got a response count too (the default `failures` list has
+/// `reset` and `connect_failure`): an endpoint that hangs up on every request is ejected
+/// after two, and one that refuses connections after one.
+#[tokio::test]
+async fn resets_and_connect_failures_eject_an_endpoint() {
+    let ejections = |proxy: &Proxy, upstream: &'static str| {
+        let url = proxy.admin_url("/metrics");
+        async move {
+            let metrics = prom::scrape(&url).await;
+            prom::value(
+                &metrics,
+                "remora_outlier_ejections_total",
+                &[("upstream", upstream)],
+            )
+        }
+    };
+
+    let good = http_backend("good");
+    let hang_up = serve(|mut stream| async move {
+        support::black_hole::read_request_head(&mut stream).await;
+    });
+    let outlier = "{ consecutive_failures: 2, base_ejection: 30s, max_ejection_percent: 50 }";
+    let proxy = Proxy::start(&yaml("od-reset", &[good.addr, hang_up.addr], outlier)).await;
+    let base = format!("http://{}/", proxy.upstream("od-reset"));
+    let mut resets = 0;
+    for _ in 0..4 {
+        let reply = get(Version::HTTP_11, &base).await.unwrap();
+        if reply.status == StatusCode::BAD_GATEWAY {
+            assert_eq!(reply.headers["x-remora-error"], "upstream_reset");
+            resets += 1;
+        }
+    }
+    assert_eq!(resets, 2, "round robin sends every other request to it");
+    assert_eq!(ejections(&proxy, "od-reset").await, Some(1.0));
+    assert_eq!(tally(&base, 10).await.get("good"), Some(&10));
+
+    let dead = support::dead_addr();
+    let outlier = "{ consecutive_failures: 1, base_ejection: 30s, max_ejection_percent: 50 }";
+    let proxy = Proxy::start(&yaml("od-connect", &[good.addr, dead], outlier)).await;
+    let base = format!("http://{}/", proxy.upstream("od-connect"));
+    assert_eq!(tally(&base, 4).await.get("good"), Some(&4));
+    assert_eq!(ejections(&proxy, "od-connect").await, Some(1.0));
+}

@@ -1,6 +1,7 @@
 //! Rate limiting through a real proxy: offered ten times the configured rate for 2 s, remora
 //! admits rate × 2 s + burst (±5 %) and answers the rest 429 `rate_limited` with `retry-after`
-//! at once, without the backend seeing them; keyed limits give each key its own bucket.
+//! at once, without the backend seeing them (gRPC clients get `RESOURCE_EXHAUSTED`); keyed
+//! limits give each key — a header's value, a client's IP address — its own bucket.
 
 mod support;
 
@@ -12,7 +13,7 @@ use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use tokio::time::MissedTickBehavior;
 
-use support::{Proxy, get, http_backend, http_client, prom};
+use support::{Proxy, get, grpc_echo, grpc_unary, http_backend, http_client, prom};
 
 fn yaml(name: &str, endpoint: SocketAddr, rate_limit: &str) -> String {
     format!(
@@ -190,4 +191,84 @@ async fn a_refused_request_is_counted_as_a_429_rate_limited() {
     )
     .await;
     assert_eq!(errors, 1.0);
+}
+
+#[tokio::test]
+async fn a_grpc_client_gets_resource_exhausted() {
+    let server = grpc_echo();
+    let yaml = yaml(
+        "rl-grpc",
+        server.addr,
+        "{ requests_per_second: 0.01, burst: 1 }",
+    )
+    .replace("protocol: http", "protocol: grpc");
+    let proxy = Proxy::start(&yaml).await;
+    let addr = proxy.upstream("rl-grpc");
+    let (text, _) = grpc_unary(addr, "first")
+        .await
+        .expect("the burst admits one");
+    assert_eq!(text, "first");
+    let status = grpc_unary(addr, "second").await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        status.metadata().get("x-remora-error").unwrap(),
+        "rate_limited"
+    );
+}
+
+/// `GET /` to `proxy` on a new connection from `source` (any loopback address: all of
+/// 127.0.0.0/8 is local); returns the status.
+async fn get_from(source: [u8; 4], proxy: SocketAddr) -> StatusCode {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    let stream = socket.connect(proxy).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get(format!("http://{proxy}/"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    response.into_body().collect().await.unwrap();
+    status
+}
+
+/// `key: client_ip`: clients at 127.0.0.1 and 127.0.0.2 have a burst of two each, whatever
+/// connection (source port) their requests come on.
+#[tokio::test]
+async fn client_ip_key_gives_each_client_address_its_own_bucket() {
+    let backend = http_backend("per-ip");
+    let proxy = Proxy::start(&yaml(
+        "rl-client-ip",
+        backend.addr,
+        "{ requests_per_second: 0.01, burst: 2, key: client_ip }",
+    ))
+    .await;
+    let addr = proxy.upstream("rl-client-ip");
+    for source in [[127, 0, 0, 1], [127, 0, 0, 2]] {
+        assert_eq!(
+            get_from(source, addr).await,
+            StatusCode::OK,
+            "{source:?} 1st"
+        );
+        assert_eq!(
+            get_from(source, addr).await,
+            StatusCode::OK,
+            "{source:?} 2nd"
+        );
+        assert_eq!(
+            get_from(source, addr).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{source:?} 3rd"
+        );
+    }
+    assert_eq!(
+        get_from([127, 0, 0, 1], addr).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "127.0.0.1 is still out of tokens"
+    );
+    assert_eq!(backend.requests(), 4);
 }

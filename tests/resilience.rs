@@ -19,10 +19,12 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
 
-use support::{Proxy, get, http_backend, http_client};
+use support::{Proxy, get, http_backend, http_client, prom};
 
 const RUN: Duration = Duration::from_secs(12);
-const KILL_AT: Duration = Duration::from_secs(3);
+/// Clients send in step every `PACE` and each request takes 10 ms: 5 ms past a send
+/// the kill catches requests in flight on the endpoint (at a whole second it found none).
+const KILL_AT: Duration = Duration::from_millis(3005);
 const RESTART_AT: Duration = Duration::from_secs(6);
 const CLIENTS: usize = 8;
 const PACE: Duration = Duration::from_millis(20);
@@ -186,6 +188,19 @@ async fn one_of_three_endpoints_killed_and_restarted_under_load() {
     assert!(
         back < RESTART_AT + Duration::from_millis(5500),
         "back within the 5 s backoff cap"
+    );
+
+    let metrics = prom::scrape(&proxy.admin_url("/metrics")).await;
+    let count = |name, labels: &[(&str, &str)]| prom::value(&metrics, name, labels).unwrap_or(0.0);
+    let upstream = ("upstream", "resilient");
+    eprintln!(
+        "resilience metrics: {} ejections, {} retries succeeded, {} retries failed, \
+         {} retries refused by the budget, {} connect errors",
+        count("remora_outlier_ejections_total", &[upstream]),
+        count("remora_retries_total", &[upstream, ("outcome", "success")]),
+        count("remora_retries_total", &[upstream, ("outcome", "failure")]),
+        count("remora_retry_budget_exhausted_total", &[upstream]),
+        count("remora_upstream_connect_errors_total", &[upstream]),
     );
 
     let live = get(Version::HTTP_11, &proxy.admin_url("/live"))

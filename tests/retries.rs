@@ -18,7 +18,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
-use support::{Proxy, Server, get, http_backend, prom, send, serve};
+use support::{
+    Proxy, Server, get, grpc_failing, grpc_unary, h2_origin, http_backend, prom, send, serve,
+};
 
 /// An origin that reads each request body whole, records it, waits `delay`, then answers
 /// `status` to every request.
@@ -62,12 +64,23 @@ fn origin(status: u16, delay: Duration) -> Origin {
 }
 
 fn yaml(name: &str, endpoints: &[SocketAddr], retries: &str) -> String {
+    yaml_with(name, "http", "{ policy: round_robin }", endpoints, retries)
+}
+
+/// `yaml` with the upstream's protocol and `load_balancing` section chosen.
+fn yaml_with(
+    name: &str,
+    protocol: &str,
+    load_balancing: &str,
+    endpoints: &[SocketAddr],
+    retries: &str,
+) -> String {
     let endpoints: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
     format!(
         "service: {{ name: test }}\n\
-         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: http\n    \
+         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: {protocol}\n    \
          discovery: {{ static: [{}] }}\n    \
-         load_balancing: {{ policy: round_robin }}\n    \
+         load_balancing: {load_balancing}\n    \
          timeouts: {{ request: 5s }}\n    \
          retries: {retries}\n\
          admin: {{ listen: 127.0.0.1:0 }}\n\
@@ -233,4 +246,281 @@ async fn the_budget_bounds_the_load_on_an_always_failing_upstream() {
     .await;
     assert_eq!(failed, (received - REQUESTS) as f64);
     assert!(exhausted >= 150.0, "exhausted: {exhausted}");
+}
+
+/// Retries of `upstream` counted so far: (`outcome="success"`, `outcome="failure"`).
+async fn retries(proxy: &Proxy, upstream: &str) -> (f64, f64) {
+    let metrics = prom::scrape(&proxy.admin_url("/metrics")).await;
+    let count = |outcome| {
+        prom::value(
+            &metrics,
+            "remora_retries_total",
+            &[("upstream", upstream), ("outcome", outcome)],
+        )
+        .unwrap_or(0.0)
+    };
+    (count("success"), count("failure"))
+}
+
+/// An HTTP/2 origin that refuses its first stream with `REFUSED_STREAM` and answers 200 after.
+fn refusing_first_stream() -> Server {
+    h2_origin(|number, _request, mut respond| async move {
+        if number == 0 {
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+        } else {
+            support::h2_origin::answer(respond, 200);
+        }
+    })
+}
+
+/// A refused stream is its own outcome (`ProxyError::is_refused_stream` sees the h2 reason
+/// under hyper's error): retried under `refused_stream`, and not under `reset`.
+#[tokio::test]
+async fn a_refused_stream_is_retried_under_refused_stream_only() {
+    for (name, on, status, retried) in [
+        (
+            "retry-refused",
+            "refused_stream",
+            StatusCode::OK,
+            (1.0, 0.0),
+        ),
+        (
+            "retry-refused-not-reset",
+            "reset",
+            StatusCode::BAD_GATEWAY,
+            (0.0, 0.0),
+        ),
+    ] {
+        let origin = refusing_first_stream();
+        let retry = format!("{{ attempts: 2, on: [{on}], backoff: {{ base: 1ms, max: 2ms }} }}");
+        let proxy = Proxy::start(&yaml_with(
+            name,
+            "http2",
+            "{ policy: round_robin }",
+            &[origin.addr],
+            &retry,
+        ))
+        .await;
+        let url = format!("http://{}/", proxy.upstream(name));
+        let reply = get(Version::HTTP_2, &url).await.unwrap();
+        assert_eq!(reply.status, status, "{name}: {reply:?}");
+        if status == StatusCode::BAD_GATEWAY {
+            assert_eq!(reply.headers["x-remora-error"], "upstream_reset");
+        }
+        assert_eq!(retries(&proxy, name).await, retried, "{name}");
+    }
+}
+
+/// An HTTP/1.1 origin whose first connection is reset (RST) and second closed (FIN), each
+/// after half a response head; later connections are answered 200.
+fn breaking_first_two_connections() -> Server {
+    use tokio::io::AsyncWriteExt;
+    let connections = Arc::new(AtomicU64::new(0));
+    serve(move |mut stream| {
+        let number = connections.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if !support::black_hole::read_request_head(&mut stream).await {
+                return;
+            }
+            if number < 2 {
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-le").await;
+                if number == 0 {
+                    let _ = stream.set_zero_linger();
+                }
+                return; // dropped: RST for the first, FIN for the second
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            support::black_hole::read_until_closed(&mut stream).await;
+        }
+    })
+}
+
+/// Under `reset` the third try succeeds (the second broke too: one failed retry, one
+/// successful); without it the first break is the answer.
+#[tokio::test]
+async fn a_reset_or_closed_connection_is_retried_under_reset() {
+    for (name, on, status, retried) in [
+        ("retry-reset", "reset", StatusCode::OK, (1.0, 1.0)),
+        (
+            "retry-reset-not-listed",
+            "\"503\"",
+            StatusCode::BAD_GATEWAY,
+            (0.0, 0.0),
+        ),
+    ] {
+        let origin = breaking_first_two_connections();
+        let retry = format!("{{ attempts: 3, on: [{on}], backoff: {{ base: 1ms, max: 2ms }} }}");
+        let proxy = Proxy::start(&yaml(name, &[origin.addr], &retry)).await;
+        let url = format!("http://{}/", proxy.upstream(name));
+        let reply = get(Version::HTTP_11, &url).await.unwrap();
+        assert_eq!(reply.status, status, "{name}: {reply:?}");
+        if status == StatusCode::OK {
+            assert_eq!(reply.body, "ok");
+        } else {
+            assert_eq!(reply.headers["x-remora-error"], "upstream_reset");
+        }
+        assert_eq!(retries(&proxy, name).await, retried, "{name}");
+    }
+}
+
+/// `forward` already sends a request that could not connect once more (to another endpoint
+/// when there is one); the retry layer's `connect_failure` comes on top: each try is one more
+/// pair of connection attempts.
+#[tokio::test]
+async fn connect_failures_are_retried_by_the_retry_layer_on_top_of_the_resend() {
+    let dead = support::dead_addr();
+    for (attempts, connects) in [(1, 2.0), (3, 6.0)] {
+        let name = format!("retry-connect-{attempts}");
+        let proxy = Proxy::start(&yaml(
+            &name,
+            &[dead],
+            &format!("{{ attempts: {attempts}, on: [connect_failure], backoff: {{ base: 1ms, max: 2ms }} }}"),
+        ))
+        .await;
+        let url = format!("http://{}/", proxy.upstream(&name));
+        let reply = get(Version::HTTP_11, &url).await.unwrap();
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{reply:?}");
+        assert_eq!(reply.headers["x-remora-error"], "connect_failed");
+        let labels = [("upstream", name.as_str())];
+        let errors = counter(&proxy, "remora_upstream_connect_errors_total", &labels).await;
+        assert_eq!(
+            errors, connects,
+            "connection attempts with attempts: {attempts}"
+        );
+        let failed = f64::from(attempts - 1);
+        assert_eq!(retries(&proxy, &name).await, (0.0, failed));
+    }
+
+    // Three dead endpoints and a live one: a first try and its resend may both hit dead
+    // ones; the retry reaches the live one, so every proxy's first request succeeds.
+    let live = http_backend("live");
+    let mut retried = 0.0;
+    for round in 0..8 {
+        let endpoints = [
+            support::dead_addr(),
+            support::dead_addr(),
+            support::dead_addr(),
+            live.addr,
+        ];
+        let name = format!("retry-connect-live-{round}");
+        let proxy = Proxy::start(&yaml(
+            &name,
+            &endpoints,
+            "{ attempts: 2, on: [connect_failure], backoff: { base: 1ms, max: 2ms } }",
+        ))
+        .await;
+        let url = format!("http://{}/", proxy.upstream(&name));
+        let reply = get(Version::HTTP_11, &url).await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "round {round}: {reply:?}");
+        retried += retries(&proxy, &name).await.0;
+    }
+    eprintln!("connect_failure: 8 first requests over 3 dead + 1 live, {retried} needed a retry");
+}
+
+#[tokio::test]
+async fn grpc_unavailable_is_retried_end_to_end() {
+    let (origin, calls) = grpc_failing(tonic::Code::Unavailable, 1);
+    let proxy = Proxy::start(&yaml_with(
+        "retry-grpc",
+        "grpc",
+        "{ policy: round_robin }",
+        &[origin.addr],
+        "{ attempts: 2, on: [unavailable], backoff: { base: 1ms, max: 2ms } }",
+    ))
+    .await;
+    let (text, trailers) = grpc_unary(proxy.upstream("retry-grpc"), "again")
+        .await
+        .expect("the retry succeeds");
+    assert_eq!(text, "again");
+    assert_eq!(trailers.get("x-echo-trailer").unwrap(), "done");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(retries(&proxy, "retry-grpc").await, (1.0, 0.0));
+}
+
+/// With a policy that could pick the failed endpoint again — `random`, or `ring_hash` whose
+/// key maps to it — the retry goes to the other endpoint, so every request succeeds on its
+/// second try at the latest.
+#[tokio::test]
+async fn retries_go_to_the_other_endpoint_under_random_and_ring_hash() {
+    for (name, load_balancing) in [
+        ("retry-random", "{ policy: random }"),
+        (
+            "retry-ring-hash",
+            "{ policy: ring_hash, hash_on: \"header:x-user\" }",
+        ),
+    ] {
+        let failing = origin(503, Duration::ZERO);
+        let healthy = http_backend("healthy");
+        let proxy = Proxy::start(&yaml_with(
+            name,
+            "http",
+            load_balancing,
+            &[failing.addr, healthy.addr],
+            "{ attempts: 2, on: [\"503\"], backoff: { base: 1ms, max: 2ms } }",
+        ))
+        .await;
+        let url = format!("http://{}/", proxy.upstream(name));
+        // Twenty keys, each sent twice: under ring_hash a key whose endpoint is the failing
+        // one hits it every time.
+        for i in 0..40 {
+            let request = Request::get(&url)
+                .header("x-user", format!("user-{}", i % 20))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let reply = send(Version::HTTP_11, request).await.unwrap();
+            assert_eq!(
+                reply.status,
+                StatusCode::OK,
+                "{name} request {i}: {reply:?}"
+            );
+            assert_eq!(reply.headers["x-backend"], "healthy");
+        }
+        let first_tries_failed = failing.requests.load(Ordering::SeqCst);
+        eprintln!("{name}: 40 requests, {first_tries_failed} first tries failed, all retried");
+        assert!(
+            first_tries_failed > 0,
+            "{name}: never picked the failing endpoint"
+        );
+        if name == "retry-ring-hash" {
+            assert_eq!(
+                first_tries_failed % 2,
+                0,
+                "a key always picks its endpoint first"
+            );
+        }
+        assert_eq!(
+            retries(&proxy, name).await,
+            (first_tries_failed as f64, 0.0),
+            "{name}: every retry succeeded"
+        );
+    }
+}
+
+/// The default `replay_body_limit` is 64 KiB: a body of exactly 64 KiB is kept and replayed,
+/// one byte more is streamed once and not retried.
+#[tokio::test]
+async fn the_default_replay_limit_is_64_kib_inclusive() {
+    let failing = origin(503, Duration::ZERO);
+    let proxy = Proxy::start(&yaml(
+        "retry-64k",
+        &[failing.addr],
+        "{ attempts: 2, on: [\"503\"], backoff: { base: 1ms, max: 2ms } }",
+    ))
+    .await;
+    let url = format!("http://{}/upload", proxy.upstream("retry-64k"));
+    for (size, tries) in [(64 * 1024, 2), (64 * 1024 + 1, 1)] {
+        failing.bodies.lock().unwrap().clear();
+        let body = Bytes::from(vec![b'b'; size]);
+        let request = Request::post(&url).body(Full::new(body.clone())).unwrap();
+        let reply = send(Version::HTTP_11, request).await.unwrap();
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            *failing.bodies.lock().unwrap(),
+            vec![body; tries],
+            "a {size}-byte body is sent {tries} time(s)"
+        );
+    }
+    assert_eq!(retries(&proxy, "retry-64k").await, (0.0, 1.0));
 }

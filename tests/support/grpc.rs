@@ -8,12 +8,18 @@
 //! - `Bidi`: echoes each message as soon as it arrives; ends with `grpc-status: 0` and
 //!   `x-echo-trailer: done` in the trailers once the client closes its side.
 //! - `Fail`: answers trailers-only with `UNAVAILABLE`.
+//! - `FailAfterReply`: returns the request, then `INTERNAL` in the trailers (a status known
+//!   only when the body ends).
+//!
+//! `grpc_failing` serves the same methods after answering its first calls with a chosen status.
 //!
 //! Anything else gets `UNIMPLEMENTED`.
 
 use std::convert::Infallible;
 use std::future::ready;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,6 +39,7 @@ use super::{Server, serve};
 pub const UNARY: &str = "/remora.test.Echo/Unary";
 pub const BIDI: &str = "/remora.test.Echo/Bidi";
 pub const FAIL: &str = "/remora.test.Echo/Fail";
+pub const FAIL_AFTER_REPLY: &str = "/remora.test.Echo/FailAfterReply";
 
 /// How long `grpc_bidi` waits for each echo before concluding the stream is being buffered.
 pub const ECHO_WAIT: Duration = Duration::from_secs(5);
@@ -56,6 +63,33 @@ pub fn grpc_echo() -> Server {
     })
 }
 
+/// An echo service that answers its first `failing` calls (any method) with `code`, in a
+/// trailers-only response, and serves normally after that. Returns the server and the count
+/// of calls received.
+pub fn grpc_failing(code: Code, failing: u64) -> (Server, Arc<AtomicU64>) {
+    let calls = Arc::new(AtomicU64::new(0));
+    let counted = calls.clone();
+    let server = serve(move |stream| {
+        let counted = counted.clone();
+        async move {
+            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let call = counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if call < failing {
+                        let status = Status::new(code, "grpc_failing: fail on purpose");
+                        return Ok(status.into_http());
+                    }
+                    route(req).await
+                }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+    });
+    (server, calls)
+}
+
 /// The whole server: one match on the path. Generic over the body, so it also fits a
 /// tower stack or `tonic::transport::Server` if a test wants that.
 pub async fn route<B>(
@@ -70,6 +104,10 @@ where
         UNARY => grpc.server_streaming(tower::service_fn(unary), req).await,
         BIDI => grpc.streaming(tower::service_fn(bidi), req).await,
         FAIL => grpc.unary(tower::service_fn(fail), req).await,
+        FAIL_AFTER_REPLY => {
+            let service = tower::service_fn(fail_after_reply);
+            grpc.server_streaming(service, req).await
+        }
         path => Status::unimplemented(format!("no method {path}")).into_http(),
     };
     Ok(response)
@@ -83,6 +121,12 @@ fn ok_with_trailer() -> Result<EchoMsg, Status> {
     let mut trailers = MetadataMap::new();
     trailers.insert("x-echo-trailer", MetadataValue::from_static("done"));
     Err(Status::with_metadata(Code::Ok, "", trailers))
+}
+
+async fn fail_after_reply(req: Request<EchoMsg>) -> Result<Response<EchoStream>, Status> {
+    let internal = Status::internal("echo backend: fail after the reply");
+    let reply = stream::iter([Ok(req.into_inner()), Err(internal)]);
+    Ok(Response::new(reply.boxed()))
 }
 
 async fn unary(req: Request<EchoMsg>) -> Result<Response<EchoStream>, Status> {
@@ -117,9 +161,19 @@ async fn client(addr: SocketAddr) -> Result<tonic::client::Grpc<Channel>, Status
 
 /// Calls `Unary`; returns the echoed text and the response *trailers* (not the headers).
 pub async fn grpc_unary(addr: SocketAddr, text: &str) -> Result<(String, MetadataMap), Status> {
+    grpc_call(addr, UNARY, text).await
+}
+
+/// Calls `path` (`UNARY` or `FAIL_AFTER_REPLY`), whose reply is one message then trailers;
+/// returns the echoed text and the trailers, or the status the call failed with.
+pub async fn grpc_call(
+    addr: SocketAddr,
+    path: &'static str,
+    text: &str,
+) -> Result<(String, MetadataMap), Status> {
     let mut client = client(addr).await?;
     let request = Request::new(EchoMsg { text: text.into() });
-    let path = PathAndQuery::from_static(UNARY);
+    let path = PathAndQuery::from_static(path);
     let mut replies = client
         .server_streaming(request, path, codec())
         .await?

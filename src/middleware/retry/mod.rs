@@ -348,7 +348,12 @@ fn copy(template: &Request<()>, body: RequestBody) -> Request<RequestBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
     use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use crate::config::{RetryBackoff, RetryBudget};
 
     fn response(status: u16) -> Result<Response<()>, ProxyError> {
         Ok(Response::builder().status(status).body(()).unwrap())
@@ -372,5 +377,152 @@ mod tests {
             upstream: "x".into(),
         });
         assert!(!retryable(&on, &refused));
+    }
+
+    /// What the stand-in upstream saw of one try: when it came, which endpoint it was to avoid.
+    type Seen = (Instant, Option<SocketAddr>);
+
+    fn endpoint(try_number: usize) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, try_number as u8], 80))
+    }
+
+    fn policy(attempts: u32, budget: RetryBudget) -> RetryPolicy {
+        RetryPolicy {
+            attempts,
+            on: vec![Condition::Status(503)],
+            per_try_timeout: None,
+            backoff: RetryBackoff {
+                base: Duration::from_millis(100),
+                max: Duration::from_millis(300),
+            },
+            budget,
+            replay_body_limit: 1024,
+        }
+    }
+
+    /// A stand-in upstream: the try numbered `n` (0, 1, … over all requests) is answered
+    /// `statuses[n]` (the last one repeats) by `endpoint(n)`; every try is recorded in `seen`.
+    #[derive(Clone)]
+    struct Scripted {
+        statuses: &'static [u16],
+        seen: Arc<Mutex<Vec<Seen>>>,
+    }
+
+    impl Service<Request<RequestBody>> for Scripted {
+        type Response = Response<ResponseBody>;
+        type Error = ProxyError;
+        type Future = std::future::Ready<Result<Response<ResponseBody>, ProxyError>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+            let mut seen = self.seen.lock().unwrap();
+            let n = seen.len();
+            let avoid = request.extensions().get::<AvoidEndpoint>().map(|a| a.0);
+            seen.push((Instant::now(), avoid));
+            let status = self.statuses[n.min(self.statuses.len() - 1)];
+            let mut response = Response::new(ResponseBody::empty());
+            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            response.extensions_mut().insert(ServedBy(endpoint(n)));
+            std::future::ready(Ok(response))
+        }
+    }
+
+    /// Retries with `policy` over a `Scripted` upstream; returns the tries' record too.
+    fn retrying(
+        policy: RetryPolicy,
+        statuses: &'static [u16],
+    ) -> (Retry<Scripted>, Arc<Mutex<Vec<Seen>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let upstream = Scripted {
+            statuses,
+            seen: Arc::clone(&seen),
+        };
+        (RetryLayer::new(&policy, "test").layer(upstream), seen)
+    }
+
+    /// Sends one request; returns its status and the retries it took.
+    async fn status_and_retries<S>(service: &mut S) -> (u16, u32)
+    where
+        S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = ProxyError>,
+    {
+        let count = RetryCount::default();
+        let mut request = Request::new(RequestBody::buffered(Bytes::from_static(b"body"), None));
+        request.extensions_mut().insert(count.clone());
+        let response = service.ready().await.unwrap().call(request).await.unwrap();
+        (response.status().as_u16(), count.get())
+    }
+
+    fn generous() -> RetryBudget {
+        RetryBudget {
+            ratio: 1.0,
+            min_per_second: 1000,
+            window: Duration::from_secs(10),
+        }
+    }
+
+    /// Under paused time the pauses are exact (to the timer's millisecond): before retry `n`
+    /// remora waits at most `min(max, base × 2ⁿ)`, spread over the whole range, and each
+    /// retry avoids the endpoint of the try before it.
+    #[tokio::test(start_paused = true)]
+    async fn tries_pause_within_the_jittered_ceiling_and_avoid_the_last_endpoint() {
+        let (mut service, seen) = retrying(policy(4, generous()), &[503]);
+        let ceilings = [100, 200, 300].map(Duration::from_millis);
+        let mut first_pauses = Vec::new();
+        for request in 0..40 {
+            assert_eq!(status_and_retries(&mut service).await, (503, 3));
+            let seen = seen.lock().unwrap();
+            let tries = &seen[request * 4..request * 4 + 4];
+            assert_eq!(tries[0].1, None, "a first try avoids nothing");
+            for retry in 0..3 {
+                let (before, after) = (tries[retry], tries[retry + 1]);
+                assert_eq!(after.1, Some(endpoint(request * 4 + retry)));
+                let pause = after.0 - before.0;
+                let bound = ceilings[retry] + Duration::from_millis(1);
+                assert!(pause <= bound, "retry {retry}: paused {pause:?}");
+                if retry == 0 {
+                    first_pauses.push(pause);
+                }
+            }
+        }
+        let short = first_pauses
+            .iter()
+            .filter(|p| **p < Duration::from_millis(50))
+            .count();
+        assert!(
+            (5..=35).contains(&short),
+            "full jitter: {short} of 40 first pauses under half the ceiling"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_not_to_retry_ends_the_tries() {
+        let (mut service, seen) = retrying(policy(4, generous()), &[503, 200]);
+        assert_eq!(status_and_retries(&mut service).await, (200, 1));
+        assert_eq!(seen.lock().unwrap().len(), 2);
+
+        let (mut service, seen) = retrying(policy(4, generous()), &[500]);
+        assert_eq!(status_and_retries(&mut service).await, (500, 0));
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    /// `ratio: 0`, `min_per_second: 1` over a 1 s window: one retry per window in all; a
+    /// failed try the budget cannot retry is answered as it is.
+    #[tokio::test(start_paused = true)]
+    async fn an_exhausted_budget_returns_the_failed_try() {
+        let budget = RetryBudget {
+            ratio: 0.0,
+            min_per_second: 1,
+            window: Duration::from_secs(1),
+        };
+        let (mut service, seen) = retrying(policy(3, budget), &[503]);
+        assert_eq!(status_and_retries(&mut service).await, (503, 1));
+        assert_eq!(status_and_retries(&mut service).await, (503, 0));
+        assert_eq!(seen.lock().unwrap().len(), 3);
+        tokio::time::advance(Duration::from_millis(1100)).await;
+        assert_eq!(status_and_retries(&mut service).await, (503, 1));
+        assert_eq!(seen.lock().unwrap().len(), 5);
     }
 }
