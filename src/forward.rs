@@ -146,7 +146,6 @@ async fn forward(
             sent = endpoint.send(request, version, upgrade) => sent,
             () = crate::idle::expired(&activity, idle) => {
                 metrics::timeouts(upstream.settings.direction, upstream.name(), "idle").increment(1);
-                upstream.record_outcome(&endpoint, Outcome::Timeout);
                 let error = ProxyError::IdleTimeout { addr: endpoint.addr, idle };
                 Err(SendError { error, request: None })
             }
