@@ -1,6 +1,6 @@
 //! The `remora` command line: `version`, `validate` (ok on the shipped example; every semantic
-//! problem as `file:line:col: path: message`, exit 1), `run` refusing a bad configuration, and
-//! YAML syntax errors located by line and column.
+//! and every structural problem as `file:line:col: path: message`, exit 1), `run` refusing a bad
+//! configuration, and YAML syntax errors located by line and column.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -115,6 +115,61 @@ fn validate_reports_every_problem_with_its_position() {
             *line,
             format!("{}:{row}:{column}: {path}: {message}", config.path())
         );
+    }
+}
+
+const UNKNOWN_KEYS: &str = "\
+service:
+  name: test
+  bogus: 1
+upstreams:
+  - name: api
+    listen: 127.0.0.1:0
+    listenn: 127.0.0.1:1
+    discovery: { static: [127.0.0.1:8081] }
+    timeouts: { connect: 5 }
+admin:
+  listen: 127.0.0.1:0
+  extra: true
+";
+
+/// Three unknown keys at different depths and a duration without a unit: one line each, in
+/// source order (serde-saphyr alone stops at the first).
+#[test]
+fn validate_reports_every_structural_problem() {
+    let config = TempConfig::new(UNKNOWN_KEYS);
+    let out = remora(&["validate", "--config", config.path()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "");
+
+    let expected = [
+        (
+            position_of(UNKNOWN_KEYS, 3, "bogus"),
+            "service.bogus",
+            "unknown field `bogus`",
+        ),
+        (
+            position_of(UNKNOWN_KEYS, 7, "listenn"),
+            "upstreams[0].listenn",
+            "unknown field `listenn`",
+        ),
+        (
+            position_of(UNKNOWN_KEYS, 9, "5"),
+            "upstreams[0].timeouts.connect",
+            "duration `5` has no unit",
+        ),
+        (
+            position_of(UNKNOWN_KEYS, 12, "extra"),
+            "admin.extra",
+            "unknown field `extra`",
+        ),
+    ];
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), expected.len(), "{stderr}");
+    for (line, ((row, column), path, message)) in lines.iter().zip(expected) {
+        let prefix = format!("{}:{row}:{column}: {path}: {message}", config.path());
+        assert!(line.starts_with(&prefix), "want {prefix:?}, got {line:?}");
     }
 }
 
