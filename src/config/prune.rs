@@ -51,12 +51,12 @@ impl<'a> Pruned<'a> {
             entry.start
         };
         self.blank(start, entry.end);
-        // In a flow collection the separator goes too (`{ a: 1, b: 2 }`).
-        if let Some(next) = (entry.end..self.text.len()).find(|&at| !self.text[at].is_whitespace())
-            && self.text[next] == ','
-        {
-            self.blank(next, next + 1);
+        // An empty value ends where its key does, before the `:`.
+        if !entry.item {
+            self.blank_next(entry.end, ':', |c| matches!(c, ' ' | '\t'));
         }
+        // In a flow collection the separator goes too (`{ a: 1, b: 2 }`).
+        self.blank_next(entry.end, ',', char::is_whitespace);
         self.removed.push(entry);
         if let Some(container) = self.source.container_of(entry.first) {
             self.mark_if_emptied(container);
@@ -94,6 +94,17 @@ impl<'a> Pruned<'a> {
             .rev()
             .find(|&at| !matches!(self.text[at], ' ' | '\t'))?;
         (self.text[at] == '-').then_some(at)
+    }
+
+    /// Blanks the first character from `from` on that is not `skip`, if it
+    /// is `wanted`.
+    fn blank_next(&mut self, from: usize, wanted: char, skip: fn(char) -> bool) {
+        let next = (from..self.text.len()).find(|&at| !skip(self.text[at]));
+        if let Some(at) = next
+            && self.text[at] == wanted
+        {
+            self.text[at] = ' ';
+        }
     }
 
     fn blank(&mut self, start: usize, end: usize) {

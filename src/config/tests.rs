@@ -276,6 +276,37 @@ colour: blue
     );
 }
 
+/// Removing an entry to look further keeps the text valid YAML: an empty
+/// value, the first entry of a multi-line flow mapping, a mapping left with
+/// no entries, CRLF line ends and non-ASCII text before the errors.
+#[test]
+fn errors_after_awkward_entries_are_found() {
+    let text = "\
+service:\r
+  name: web # café ☕\r
+  bogus:\r
+upstreams:\r
+  - { colour: red, name: api, listen: 127.0.0.1:9001,\r
+      discovery: { static: [127.0.0.1:1] }, size: 3 }\r
+runtime:\r
+  drain_timeout: 5\r
+  worker_threads: many\r
+";
+    assert_eq!(
+        key_paths(&errors(text)),
+        [
+            "service.bogus",
+            "upstreams[0].colour",
+            "upstreams[0].size",
+            "runtime.drain_timeout",
+            "runtime.worker_threads",
+        ]
+    );
+    let found = errors(text);
+    assert!(found[2].starts_with("test.yaml:6:45: "), "{found:?}");
+    assert!(found[4].starts_with("test.yaml:9:19: "), "{found:?}");
+}
+
 #[test]
 fn unknown_key_bad_duration_and_wrong_type_are_three_errors() {
     let text = "\
