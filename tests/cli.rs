@@ -85,36 +85,45 @@ admin: { listen: 127.0.0.1:0 }
 /// one run, in source order, each positioned at the offending value.
 #[test]
 fn validate_reports_every_problem_with_its_position() {
-    let config = TempConfig::new(THREE_PROBLEMS);
+    assert_validate_reports(
+        THREE_PROBLEMS,
+        &[
+            (
+                6,
+                "api",
+                "upstreams[1].name",
+                "upstream name `api` is already used by upstreams[0]",
+            ),
+            (
+                8,
+                "[]",
+                "upstreams[1].discovery.static",
+                "needs at least one endpoint",
+            ),
+            (
+                9,
+                "0s",
+                "upstreams[1].timeouts.connect",
+                "must be greater than zero",
+            ),
+        ],
+    );
+}
+
+/// `remora validate` on `yaml` exits 1 and prints one line per expected
+/// `(line, text the column points at, path, message start)`, in that order.
+fn assert_validate_reports(yaml: &str, expected: &[(usize, &str, &str, &str)]) {
+    let config = TempConfig::new(yaml);
     let out = remora(&["validate", "--config", config.path()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(!text(&out.stdout).contains("ok"), "{}", text(&out.stdout));
-
-    let expected = [
-        (
-            position_of(THREE_PROBLEMS, 6, "api"),
-            "upstreams[1].name",
-            "upstream name `api` is already used by upstreams[0]",
-        ),
-        (
-            position_of(THREE_PROBLEMS, 8, "[]"),
-            "upstreams[1].discovery.static",
-            "needs at least one endpoint",
-        ),
-        (
-            position_of(THREE_PROBLEMS, 9, "0s"),
-            "upstreams[1].timeouts.connect",
-            "must be greater than zero",
-        ),
-    ];
+    assert_eq!(text(&out.stdout), "");
     let stderr = text(&out.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 3, "{stderr}");
-    for (line, ((row, column), path, message)) in lines.iter().zip(expected) {
-        assert_eq!(
-            *line,
-            format!("{}:{row}:{column}: {path}: {message}", config.path())
-        );
+    assert_eq!(lines.len(), expected.len(), "{stderr}");
+    for (line, &(row, needle, path, message)) in lines.iter().zip(expected) {
+        let (row, column) = position_of(yaml, row, needle);
+        let prefix = format!("{}:{row}:{column}: {path}: {message}", config.path());
+        assert!(line.starts_with(&prefix), "want {prefix:?}, got {line:?}");
     }
 }
 
@@ -137,40 +146,25 @@ admin:
 /// source order (serde-saphyr alone stops at the first).
 #[test]
 fn validate_reports_every_structural_problem() {
-    let config = TempConfig::new(UNKNOWN_KEYS);
-    let out = remora(&["validate", "--config", config.path()]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(text(&out.stdout), "");
-
-    let expected = [
-        (
-            position_of(UNKNOWN_KEYS, 3, "bogus"),
-            "service.bogus",
-            "unknown field `bogus`",
-        ),
-        (
-            position_of(UNKNOWN_KEYS, 7, "listenn"),
-            "upstreams[0].listenn",
-            "unknown field `listenn`",
-        ),
-        (
-            position_of(UNKNOWN_KEYS, 9, "5"),
-            "upstreams[0].timeouts.connect",
-            "duration `5` has no unit",
-        ),
-        (
-            position_of(UNKNOWN_KEYS, 12, "extra"),
-            "admin.extra",
-            "unknown field `extra`",
-        ),
-    ];
-    let stderr = text(&out.stderr);
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), expected.len(), "{stderr}");
-    for (line, ((row, column), path, message)) in lines.iter().zip(expected) {
-        let prefix = format!("{}:{row}:{column}: {path}: {message}", config.path());
-        assert!(line.starts_with(&prefix), "want {prefix:?}, got {line:?}");
-    }
+    assert_validate_reports(
+        UNKNOWN_KEYS,
+        &[
+            (3, "bogus", "service.bogus", "unknown field `bogus`"),
+            (
+                7,
+                "listenn",
+                "upstreams[0].listenn",
+                "unknown field `listenn`",
+            ),
+            (
+                9,
+                "5",
+                "upstreams[0].timeouts.connect",
+                "duration `5` has no unit",
+            ),
+            (12, "extra", "admin.extra", "unknown field `extra`"),
+        ],
+    );
 }
 
 #[test]
