@@ -4,7 +4,8 @@
 //! first: after each error the entry it is about is blanked out of the text
 //! (`prune`) and the text deserialized again, at most `MAX_ROUNDS` times.
 //! Errors that only the pruning caused (a required key dropped for its bad
-//! value, now "missing") are not reported. Positions are those of the file,
+//! value, now "missing") are not reported. Values the caller sets aside
+//! (unset variables) are pruned from the start. Positions are those of the file,
 //! paths come from `locate`. A text that is not one well-formed YAML document
 //! gets a single round: its syntax error is reported alone.
 
@@ -37,11 +38,23 @@ pub(crate) struct Deserialized {
     pub(crate) only_unknown_keys: bool,
 }
 
-/// Deserializes `text` (the one `source` was built from) with `options`.
-pub(crate) fn deserialize(text: &str, source: &SourceMap, options: &Options) -> Deserialized {
+/// Deserializes `text` (the one `source` was built from) with `options`,
+/// without the entries of `set_aside` (values whose errors are reported
+/// already: unset variables).
+pub(crate) fn deserialize(
+    text: &str,
+    source: &SourceMap,
+    options: &Options,
+    set_aside: &[NodeId],
+) -> Deserialized {
     let mut pruned = Pruned::new(text, source);
+    for &value in set_aside {
+        if !pruned.is_removed(value) {
+            pruned.remove(value);
+        }
+    }
     let mut errors = Vec::new();
-    let mut only_unknown_keys = true;
+    let mut only_unknown_keys = set_aside.is_empty();
     let rounds = if is_one_document(text) { MAX_ROUNDS } else { 1 };
     for _ in 0..rounds {
         let error = match serde_saphyr::from_str_with_options(&pruned.text(), options.clone()) {

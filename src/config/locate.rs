@@ -85,6 +85,7 @@ pub(crate) struct Position {
 /// A scalar in value position, as written (before expansion).
 #[derive(Debug)]
 pub(crate) struct ValueScalar {
+    pub(crate) node: NodeId,
     pub(crate) path: String,
     pub(crate) position: Position,
     pub(crate) value: String,
@@ -138,6 +139,7 @@ impl SourceMap {
                     Slot::Value(path) => {
                         map.push(path.clone(), position, Role::Value, Shape::Scalar, extent);
                         map.scalars.push(ValueScalar {
+                            node: map.nodes.len() - 1,
                             path,
                             position,
                             value: value.into_owned(),

@@ -7,11 +7,12 @@
 //! `validate.rs`.
 //!
 //! Stages: `locate` maps key paths to positions; `env` resolves `${VAR}`
-//! references (all unset ones reported); `deserialize` runs serde-saphyr,
-//! reporting every structural error (it prunes the entry of each error from
-//! the text, `prune`, and tries again); `validate` checks the result (all
-//! problems reported, positioned through `locate`) — unless a structural
-//! error other than an unknown key made a value fall back to its default.
+//! references (all unset ones reported); `deserialize` runs serde-saphyr
+//! on the rest, reporting every structural error (it prunes the entry of
+//! each error from the text, `prune`, and tries again); `validate` checks
+//! the result (all problems reported, positioned through `locate`) — unless
+//! an unset variable or a structural error other than an unknown key made a
+//! value fall back to its default.
 
 mod deserialize;
 mod duration;
@@ -52,7 +53,7 @@ pub use routing::{
 };
 pub use transparent::{Cidr, DestinationMatch, HostName, TransparentConfig, Unmatched};
 
-use locate::{Position, SourceMap};
+use locate::{NodeId, Position, SourceMap};
 
 /// Reads, expands (from the process environment), parses and validates the
 /// file at `path`.
@@ -129,22 +130,19 @@ pub fn parse_with_env(
     };
 
     let (variables, unset) = env::resolve(text, &source.scalars, env);
-    if !unset.is_empty() {
-        return Err(ConfigErrors(
-            unset
-                .into_iter()
-                .map(|unset| error_at(unset.position, unset.path, unset.message))
-                .collect(),
-        ));
-    }
+    let unset_values: Vec<NodeId> = unset.iter().map(|unset| unset.node).collect();
+    let mut errors: Vec<ConfigError> = (unset.into_iter())
+        .map(|unset| error_at(unset.position, unset.path, unset.message))
+        .collect();
 
     let mut options = Options::default().with_properties(variables);
     options.property_syntax = PropertySyntax::DockerCompose;
     options.with_snippet = false;
-    let deserialized = deserialize::deserialize(text, &source, &options);
-    let mut errors: Vec<ConfigError> = (deserialized.errors.into_iter())
-        .map(|error| error_at(error.position, error.path, error.message))
-        .collect();
+    let deserialized = deserialize::deserialize(text, &source, &options, &unset_values);
+    errors.extend(
+        (deserialized.errors.into_iter())
+            .map(|error| error_at(error.position, error.path, error.message)),
+    );
     // With only unknown keys dropped the configuration is the file's own;
     // with a value dropped the checks would judge defaults nobody wrote.
     if let Some(config) = &deserialized.config

@@ -525,6 +525,27 @@ service:
     );
 }
 
+/// An unset variable does not hide structural errors elsewhere, and its
+/// key is not also reported missing.
+#[test]
+fn unset_variables_and_structural_errors_are_reported_together() {
+    let text = "\
+service:
+  name: ${NOPE}
+  colour: blue
+runtime:
+  drain_timeout: 5
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:2:9: service.name: environment variable `NOPE` is not set (write `${NOPE:-default}` to give a default)",
+            "test.yaml:3:3: service.colour: unknown field `colour`, expected one of name, id, address, port, protocol, tags, meta, register, check",
+            "test.yaml:5:18: runtime.drain_timeout: duration `5` has no unit: write e.g. \"5s\" or \"5ms\"",
+        ]
+    );
+}
+
 #[test]
 fn semantic_errors_are_all_reported() {
     let text = "\
