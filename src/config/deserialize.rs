@@ -5,9 +5,9 @@
 //! (`prune`) and the text deserialized again, at most `MAX_ROUNDS` times.
 //! Errors that only the pruning caused (a required key dropped for its bad
 //! value, now "missing") are not reported. Values the caller sets aside
-//! (unset variables) are pruned from the start. Positions are those of the file,
-//! paths come from `locate`. A text that is not one well-formed YAML document
-//! gets a single round: its syntax error is reported alone.
+//! (unset variables) are pruned from the start. Positions are those of the
+//! file, paths come from `locate`. A text that is not one well-formed YAML
+//! document gets a single round: its syntax error is reported alone.
 
 use serde_saphyr::{MessageFormatter, Options, UserMessageFormatter};
 
@@ -15,7 +15,7 @@ use super::Config;
 use super::locate::{NodeId, Position, SourceMap, join};
 use super::prune::{Pruned, is_one_document};
 
-/// Deserializations tried at most, i.e. errors reported at most.
+/// Deserializations tried at most, which bounds the errors reported.
 const MAX_ROUNDS: usize = 50;
 
 /// One structural error, positioned in the file.
