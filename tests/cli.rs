@@ -1,6 +1,6 @@
 //! The `remora` command line: `version`, `validate` (ok on the shipped example; every semantic
-//! problem as `file:line:col: path: message`, exit 1), `run` refusing a bad configuration, and
-//! YAML syntax errors located by line and column.
+//! and every structural problem as `file:line:col: path: message`, exit 1), `run` refusing a bad
+//! configuration, and YAML syntax errors located by line and column.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -85,37 +85,86 @@ admin: { listen: 127.0.0.1:0 }
 /// one run, in source order, each positioned at the offending value.
 #[test]
 fn validate_reports_every_problem_with_its_position() {
-    let config = TempConfig::new(THREE_PROBLEMS);
+    assert_validate_reports(
+        THREE_PROBLEMS,
+        &[
+            (
+                6,
+                "api",
+                "upstreams[1].name",
+                "upstream name `api` is already used by upstreams[0]",
+            ),
+            (
+                8,
+                "[]",
+                "upstreams[1].discovery.static",
+                "needs at least one endpoint",
+            ),
+            (
+                9,
+                "0s",
+                "upstreams[1].timeouts.connect",
+                "must be greater than zero",
+            ),
+        ],
+    );
+}
+
+/// `remora validate` on `yaml` exits 1 and prints one line per expected
+/// `(line, text the column points at, path, message start)`, in that order.
+fn assert_validate_reports(yaml: &str, expected: &[(usize, &str, &str, &str)]) {
+    let config = TempConfig::new(yaml);
     let out = remora(&["validate", "--config", config.path()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(!text(&out.stdout).contains("ok"), "{}", text(&out.stdout));
-
-    let expected = [
-        (
-            position_of(THREE_PROBLEMS, 6, "api"),
-            "upstreams[1].name",
-            "upstream name `api` is already used by upstreams[0]",
-        ),
-        (
-            position_of(THREE_PROBLEMS, 8, "[]"),
-            "upstreams[1].discovery.static",
-            "needs at least one endpoint",
-        ),
-        (
-            position_of(THREE_PROBLEMS, 9, "0s"),
-            "upstreams[1].timeouts.connect",
-            "must be greater than zero",
-        ),
-    ];
+    assert_eq!(text(&out.stdout), "");
     let stderr = text(&out.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 3, "{stderr}");
-    for (line, ((row, column), path, message)) in lines.iter().zip(expected) {
-        assert_eq!(
-            *line,
-            format!("{}:{row}:{column}: {path}: {message}", config.path())
-        );
+    assert_eq!(lines.len(), expected.len(), "{stderr}");
+    for (line, &(row, needle, path, message)) in lines.iter().zip(expected) {
+        let (row, column) = position_of(yaml, row, needle);
+        let prefix = format!("{}:{row}:{column}: {path}: {message}", config.path());
+        assert!(line.starts_with(&prefix), "want {prefix:?}, got {line:?}");
     }
+}
+
+const UNKNOWN_KEYS: &str = "\
+service:
+  name: test
+  bogus: 1
+upstreams:
+  - name: api
+    listen: 127.0.0.1:0
+    listenn: 127.0.0.1:1
+    discovery: { static: [127.0.0.1:8081] }
+    timeouts: { connect: 5 }
+admin:
+  listen: 127.0.0.1:0
+  extra: true
+";
+
+/// Three unknown keys at different depths and a duration without a unit: one line each, in
+/// source order (serde-saphyr alone stops at the first).
+#[test]
+fn validate_reports_every_structural_problem() {
+    assert_validate_reports(
+        UNKNOWN_KEYS,
+        &[
+            (3, "bogus", "service.bogus", "unknown field `bogus`"),
+            (
+                7,
+                "listenn",
+                "upstreams[0].listenn",
+                "unknown field `listenn`",
+            ),
+            (
+                9,
+                "5",
+                "upstreams[0].timeouts.connect",
+                "duration `5` has no unit",
+            ),
+            (12, "extra", "admin.extra", "unknown field `extra`"),
+        ],
+    );
 }
 
 #[test]

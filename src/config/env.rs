@@ -15,11 +15,13 @@ use std::collections::HashMap;
 
 use serde_saphyr::granit_parser::ScalarStyle;
 
-use super::locate::{Position, ValueScalar};
+use super::locate::{NodeId, Position, ValueScalar};
 
 /// A variable reference that cannot be expanded.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Unset {
+    /// The scalar that holds the reference.
+    pub(crate) node: NodeId,
     pub(crate) path: String,
     pub(crate) position: Position,
     pub(crate) message: String,
@@ -41,6 +43,7 @@ pub(crate) fn resolve(
                     values.insert(reference.name.to_owned(), value);
                 }
                 None if reference.required => unset.push(Unset {
+                    node: scalar.node,
                     path: scalar.path.clone(),
                     position: position_in_source(text, scalar, reference.offset),
                     message: if reference.braced {
@@ -187,6 +190,7 @@ mod tests {
 
     fn scalar(value: &str, style: ScalarStyle, column: usize) -> ValueScalar {
         ValueScalar {
+            node: 0,
             path: "a".to_owned(),
             position: Position { line: 1, column },
             value: value.to_owned(),

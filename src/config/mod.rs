@@ -7,16 +7,21 @@
 //! `validate.rs`.
 //!
 //! Stages: `locate` maps key paths to positions; `env` resolves `${VAR}`
-//! references (all unset ones reported); serde-saphyr deserializes (it stops
-//! at its first error, which gets its path from `locate`); `validate` checks
-//! the result (all problems reported, positioned through `locate`).
+//! references (all unset ones reported); `deserialize` runs serde-saphyr
+//! on the rest, reporting every structural error (it prunes the entry of
+//! each error from the text, `prune`, and tries again); `validate` checks
+//! the result (all problems reported, positioned through `locate`) — unless
+//! an unset variable or a structural error other than an unknown key made a
+//! value fall back to its default.
 
+mod deserialize;
 mod duration;
 mod env;
 mod error;
 mod limits;
 mod locate;
 mod model;
+mod prune;
 mod resilience;
 mod route_checks;
 mod routing;
@@ -25,7 +30,7 @@ mod validate;
 
 use std::path::Path;
 
-use serde_saphyr::{MessageFormatter, Options, PropertySyntax, UserMessageFormatter};
+use serde_saphyr::{Options, PropertySyntax};
 
 pub use error::{ConfigError, ConfigErrors};
 pub use limits::ListenerLimits;
@@ -48,7 +53,7 @@ pub use routing::{
 };
 pub use transparent::{Cidr, DestinationMatch, HostName, TransparentConfig, Unmatched};
 
-use locate::{Position, SourceMap};
+use locate::{NodeId, Position, SourceMap};
 
 /// Reads, expands (from the process environment), parses and validates the
 /// file at `path`.
@@ -125,61 +130,35 @@ pub fn parse_with_env(
     };
 
     let (variables, unset) = env::resolve(text, &source.scalars, env);
-    if !unset.is_empty() {
-        return Err(ConfigErrors(
-            unset
-                .into_iter()
-                .map(|unset| error_at(unset.position, unset.path, unset.message))
-                .collect(),
-        ));
-    }
+    let unset_values: Vec<NodeId> = unset.iter().map(|unset| unset.node).collect();
+    let mut errors: Vec<ConfigError> = (unset.into_iter())
+        .map(|unset| error_at(unset.position, unset.path, unset.message))
+        .collect();
 
     let mut options = Options::default().with_properties(variables);
     options.property_syntax = PropertySyntax::DockerCompose;
     options.with_snippet = false;
-    let config: Config = serde_saphyr::from_str_with_options(text, options).map_err(|error| {
-        let (position, path) = match error.location() {
-            Some(location) => {
-                let position = Position {
-                    line: usize::try_from(location.line()).unwrap_or(usize::MAX),
-                    column: usize::try_from(location.column()).unwrap_or(usize::MAX),
-                };
-                // serde-saphyr reports a missing field at the last key it
-                // read; point at the mapping that lacks the field instead.
-                if matches!(error, serde_saphyr::Error::SerdeMissingField { .. }) {
-                    let path = source.path_at(position, true);
-                    (source.position_of(&path), path)
-                } else {
-                    (position, source.path_at(position, false))
-                }
-            }
-            None => (Position { line: 0, column: 0 }, String::new()),
-        };
-        let message: String = match error {
-            serde_saphyr::Error::Eof { .. } => {
-                "the file holds no configuration (at least `service: { name: ... }` is required)"
-                    .to_owned()
-            }
-            _ => UserMessageFormatter
-                .format_message(&error)
-                .chars()
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect(),
-        };
-        ConfigErrors(vec![error_at(position, path, message)])
-    })?;
-
-    let mut errors: Vec<ConfigError> = validate::check(&config)
-        .into_iter()
-        .map(|problem| {
+    let deserialized = deserialize::deserialize(text, &source, &options, &unset_values);
+    errors.extend(
+        (deserialized.errors.into_iter())
+            .map(|error| error_at(error.position, error.path, error.message)),
+    );
+    // With only unknown keys dropped the configuration is the file's own;
+    // with a value dropped the checks would judge defaults nobody wrote.
+    if let Some(config) = &deserialized.config
+        && (errors.is_empty() || deserialized.only_unknown_keys)
+    {
+        errors.extend(validate::check(config).into_iter().map(|problem| {
             error_at(
                 source.position_of(&problem.path),
                 problem.path,
                 problem.message,
             )
-        })
-        .collect();
-    if errors.is_empty() {
+        }));
+    }
+    if let Some(config) = deserialized.config
+        && errors.is_empty()
+    {
         return Ok(config);
     }
     errors.sort_by_key(|error| (error.line, error.column));

@@ -245,6 +245,157 @@ upstreams:
 }
 
 #[test]
+fn unknown_keys_at_every_depth_are_all_reported() {
+    let text = "\
+service:
+  name: web
+  bogus: 1
+upstreams:
+  - name: api
+    listenn: 127.0.0.1:9002
+    listen: 127.0.0.1:9001
+    discovery: { static: [127.0.0.1:8081], extra: x }
+    timeouts: { idle: 1s, retry: 2s }
+  - { name: b, listen: 127.0.0.1:9003, discovery: { static: [127.0.0.1:1] }, weight: 2 }
+admin:
+  extra:
+    nested: true
+colour: blue
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:3:3: service.bogus: unknown field `bogus`, expected one of name, id, address, port, protocol, tags, meta, register, check",
+            "test.yaml:6:5: upstreams[0].listenn: unknown field `listenn`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, retries, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits",
+            "test.yaml:8:44: upstreams[0].discovery.extra: expected end of mapping after enum variant value",
+            "test.yaml:9:27: upstreams[0].timeouts.retry: unknown field `retry`, expected one of connect, request, idle",
+            "test.yaml:10:78: upstreams[1].weight: unknown field `weight`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, retries, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits",
+            "test.yaml:12:3: admin.extra: unknown field `extra`, expected one of listen",
+            "test.yaml:14:1: colour: unknown field `colour`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing, config_source, tls, transparent",
+        ]
+    );
+}
+
+/// Removing an entry to look further keeps the text valid YAML: an empty
+/// value, the first entry of a multi-line flow mapping, a mapping left with
+/// no entries, CRLF line ends and non-ASCII text before the errors.
+#[test]
+fn errors_after_awkward_entries_are_found() {
+    let text = "\
+service:\r
+  name: web # café ☕\r
+  bogus:\r
+upstreams:\r
+  - { colour: red, name: api, listen: 127.0.0.1:9001,\r
+      discovery: { static: [127.0.0.1:1] }, size: 3 }\r
+runtime:\r
+  drain_timeout: 5\r
+  worker_threads: many\r
+";
+    assert_eq!(
+        key_paths(&errors(text)),
+        [
+            "service.bogus",
+            "upstreams[0].colour",
+            "upstreams[0].size",
+            "runtime.drain_timeout",
+            "runtime.worker_threads",
+        ]
+    );
+    let found = errors(text);
+    assert!(found[2].starts_with("test.yaml:6:45: "), "{found:?}");
+    assert!(found[4].starts_with("test.yaml:9:19: "), "{found:?}");
+}
+
+#[test]
+fn unknown_key_bad_duration_and_wrong_type_are_three_errors() {
+    let text = "\
+service:
+  name: web
+  port: eighty
+runtime:
+  drain_timeout: 5
+upstreams:
+  - name: api
+    listen: 127.0.0.1:9001
+    discovery: { static: [127.0.0.1:8081] }
+    retry: 2
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:3:9: service.port: invalid u16",
+            "test.yaml:5:18: runtime.drain_timeout: duration `5` has no unit: write e.g. \"5s\" or \"5ms\"",
+            "test.yaml:10:5: upstreams[0].retry: unknown field `retry`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, retries, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits",
+        ]
+    );
+}
+
+/// Semantic checks run next to unknown keys (dropping them leaves the file's
+/// own configuration), not next to a dropped value (they would judge its
+/// default).
+#[test]
+fn semantic_errors_are_reported_next_to_unknown_keys_only() {
+    let upstreams = "\
+upstreams:
+  - name: Api
+    listen: 127.0.0.1:9001
+    discovery: { static: [] }
+";
+    let unknown_key = format!("service:\n  name: web\n  colour: blue\n{upstreams}");
+    assert_eq!(
+        errors(&unknown_key),
+        [
+            "test.yaml:3:3: service.colour: unknown field `colour`, expected one of name, id, address, port, protocol, tags, meta, register, check",
+            "test.yaml:5:11: upstreams[0].name: invalid upstream name `Api`: use lowercase letters, digits, `_` and `-`, starting with a letter or digit (it becomes a metric label)",
+            "test.yaml:7:26: upstreams[0].discovery.static: needs at least one endpoint",
+        ]
+    );
+    let wrong_type = format!("service:\n  name: web\n  port: eighty\n{upstreams}");
+    assert_eq!(
+        errors(&wrong_type),
+        ["test.yaml:3:9: service.port: invalid u16"]
+    );
+}
+
+/// A required key dropped for its bad value is not also reported missing;
+/// a key that is really missing is, next to the other errors.
+#[test]
+fn dropped_values_are_not_reported_missing() {
+    let text = "\
+service:
+  name: [web]
+upstreams:
+  - name: a
+    listen: 127.0.0.1:9001
+  - name: b
+    listen: 127.0.0.1:9002
+    discovery: { static: [localhost, 127.0.0.1:1, nope] }
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:2:9: service.name: expected string scalar",
+            "test.yaml:4:5: upstreams[0]: missing field `discovery`",
+            "test.yaml:8:27: upstreams[1].discovery.static[0]: invalid endpoint `localhost`: expected `ip:port`",
+            "test.yaml:8:51: upstreams[1].discovery.static[2]: invalid endpoint `nope`: expected `ip:port`",
+        ]
+    );
+}
+
+#[test]
+fn every_duplicate_key_is_reported() {
+    let text = "service:\n  name: a\n  name: b\n  port: 1\n  port: 2\n";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:3:3: service.name: duplicate mapping key `name` is not allowed here",
+            "test.yaml:5:3: service.port: duplicate mapping key `port` is not allowed here",
+        ]
+    );
+}
+
+#[test]
 fn a_misplaced_section_is_an_unknown_key() {
     let text = "service: { name: web }\nroutes:\n  - path: /\n";
     assert_eq!(
@@ -370,6 +521,27 @@ service:
             "test.yaml:2:13: service.name: environment variable `NOPE` is not set (write `${NOPE:-default}` to give a default)",
             "test.yaml:3:8: service.id: environment variable `ALSO_NOPE` is not set (write `${ALSO_NOPE:-default}` to give a default)",
             "test.yaml:4:26: service.tags[1]: environment variable `MISSING` is not set (write `$$` for a literal `$`)",
+        ]
+    );
+}
+
+/// An unset variable does not hide structural errors elsewhere, and its
+/// key is not also reported missing.
+#[test]
+fn unset_variables_and_structural_errors_are_reported_together() {
+    let text = "\
+service:
+  name: ${NOPE}
+  colour: blue
+runtime:
+  drain_timeout: 5
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:2:9: service.name: environment variable `NOPE` is not set (write `${NOPE:-default}` to give a default)",
+            "test.yaml:3:3: service.colour: unknown field `colour`, expected one of name, id, address, port, protocol, tags, meta, register, check",
+            "test.yaml:5:18: runtime.drain_timeout: duration `5` has no unit: write e.g. \"5s\" or \"5ms\"",
         ]
     );
 }
