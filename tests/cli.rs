@@ -1,6 +1,7 @@
 //! The `remora` command line: `version`, `validate` (ok on the shipped example; every semantic
 //! and every structural problem as `file:line:col: path: message`, exit 1), `run` refusing a bad
-//! configuration, and YAML syntax errors located by line and column.
+//! configuration, YAML syntax errors located by line and column, and `demo` (the README's
+//! first command) balancing, serving and stopping on SIGINT.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -218,4 +219,63 @@ fn malformed_yaml_names_line_and_column() {
         );
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
+}
+
+/// The README's first command: `remora demo` balances its nine requests over
+/// the three built-in backends, keeps serving (a request through the `echo`
+/// listener), and exits 0 on SIGINT. Uses the demo's fixed ports
+/// (9001, 15000, 15006, 18080–18083), all below the ephemeral range.
+#[test]
+fn the_demo_balances_over_three_backends_and_stops_on_sigint() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_remora"))
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run remora demo");
+    let mut lines = BufReader::new(demo.stdout.take().expect("stdout")).lines();
+    let mut printed = Vec::new();
+    let per_backend = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("the demo ended early: {printed:#?}"))
+            .expect("stdout is text");
+        printed.push(line.clone());
+        if let Some(counts) = line.trim().strip_prefix("per backend: ") {
+            break counts.to_owned();
+        }
+    };
+    assert_eq!(
+        per_backend, r#"{"backend-1": 3, "backend-2": 3, "backend-3": 3}"#,
+        "{printed:#?}"
+    );
+
+    let mut stream = std::net::TcpStream::connect("127.0.0.1:9001").expect("echo listener");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: echo\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.contains("hello from backend-"), "{answer}");
+
+    let pid = demo.id().to_string();
+    let signal = Command::new("kill").args(["-INT", &pid]).status();
+    assert!(signal.expect("kill runs").success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = demo.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the demo did not stop within 15 s of SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "demo exit status {status}");
 }
