@@ -180,9 +180,12 @@ async fn slow_endpoint_share(name: &str, policy: &str) -> f64 {
             .unwrap();
     }
     let total = CLIENTS * REQUESTS_PER_CLIENT;
+    let fast_counts = [fast[0].requests(), fast[1].requests()];
     assert_eq!(
-        fast[0].requests() + fast[1].requests() + slow_count as u64,
-        total as u64
+        fast_counts.iter().sum::<u64>() + slow_count as u64,
+        total as u64,
+        "{policy}: the fast backends counted {fast_counts:?}, the clients saw {slow_count} \
+         answers from the slow one"
     );
     let share = slow_count as f64 / total as f64;
     eprintln!(
