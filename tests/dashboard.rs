@@ -1,6 +1,6 @@
 //! The admin dashboard (`GET /` on the admin listener) in headless Chromium:
 //! the page loads with no console error, shows every upstream of a running
-//! proxy with its endpoints and breaker state, charts the request rate from
+//! proxy with its endpoints (a routing backend's too) and breaker state, charts the request rate from
 //! two polls, and lists the proxy-made errors. A screenshot is written to
 //! the test's target directory (`docs/dashboard.png` is a copy of one).
 //!
@@ -41,6 +41,7 @@ async fn dashboard_shows_upstreams_endpoints_breakers_and_errors() {
     };
     let app = http_backend("dash-app");
     let api = http_backend("dash-api");
+    let canary = http_backend("dash-canary");
     let dead = dead_addr();
     let yaml = format!(
         "service: {{ name: dash-svc, port: {app}, protocol: http }}\n\
@@ -48,7 +49,9 @@ async fn dashboard_shows_upstreams_endpoints_breakers_and_errors() {
          upstreams:\n\
          \x20 - name: dash-api\n    listen: 127.0.0.1:0\n    protocol: http\n    \
          discovery: {{ static: [{api}] }}\n    \
-         rate_limit: {{ requests_per_second: 1000 }}\n\
+         rate_limit: {{ requests_per_second: 1000 }}\n    \
+         backends: {{ canary: {{ static: [{canary}] }} }}\n    \
+         routes: [{{ name: canary, match: {{ headers: [{{ name: x-canary, present: true }}] }}, backend: canary }}]\n\
          \x20 - name: dash-down\n    listen: 127.0.0.1:0\n    protocol: http\n    \
          discovery: {{ static: [{dead}] }}\n    \
          circuit_breaker: {{ consecutive_failures: 2, open_for: 60s }}\n\
@@ -56,6 +59,7 @@ async fn dashboard_shows_upstreams_endpoints_breakers_and_errors() {
          logging: {{ access_log: false }}\n",
         app = app.addr.port(),
         api = api.addr,
+        canary = canary.addr,
     );
     let proxy = Proxy::start(&yaml).await;
     let api_url = format!("http://{}/", proxy.upstream("dash-api"));
@@ -129,6 +133,11 @@ async fn dashboard_shows_upstreams_endpoints_breakers_and_errors() {
         "{api_card}"
     );
     assert!(api_card.contains("breaker none"), "{api_card}");
+    // The routing backend's own endpoints, under the upstream.
+    assert!(
+        api_card.contains("backend canary") && api_card.contains(&canary.addr.to_string()),
+        "{api_card}"
+    );
 
     let upstreams = get(Version::HTTP_11, &proxy.admin_url("/upstreams"))
         .await
