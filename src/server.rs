@@ -43,7 +43,7 @@ use crate::idle::{Activity, IdleIo};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 use crate::stack::HttpService;
-use crate::telemetry::metrics::ConnectionMetrics;
+use crate::telemetry::metrics::{ConnectionMetrics, ProtocolErrors};
 use crate::tls::PeerIdentity;
 use crate::tls::inbound::{InboundTls, Negotiated};
 use crate::transparent::outbound::TransparentOutbound;
@@ -95,6 +95,10 @@ pub async fn accept_loop(
     mut drain: Drain,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let rules = Arc::new(ListenerRules {
+        limits,
+        protocol_errors: metrics.protocol_errors(),
+    });
     loop {
         let (stream, peer) = tokio::select! {
             // The drain first: a loop that a reload replaced (another loop now
@@ -128,19 +132,20 @@ pub async fn accept_loop(
         let handler = handler.clone();
         let tls = tls.clone();
         let drain = drain.clone();
+        let rules = Arc::clone(&rules);
         tokio::spawn(async move {
             match (tls, handler) {
                 // Redirected plaintext from the local application: never TLS,
                 // and the raw socket is needed for its original destination.
                 (_, Handler::Transparent(transparent)) => {
-                    transparent.serve(stream, client, &limits, drain).await
+                    transparent.serve(stream, client, &rules, drain).await
                 }
                 (None, handler) => {
                     let caller = Caller {
                         addr: client,
                         identity: None,
                     };
-                    serve(stream, caller, handler, &limits, drain).await
+                    serve(stream, caller, handler, &rules, drain).await
                 }
                 (Some(tls), handler) => {
                     if let Some(accepted) = tls.accept(stream, peer).await {
@@ -157,13 +162,20 @@ pub async fn accept_loop(
                             addr: client,
                             identity: accepted.peer,
                         };
-                        serve(accepted.stream, caller, handler, &limits, drain).await;
+                        serve(accepted.stream, caller, handler, &rules, drain).await;
                     }
                 }
             }
             drop((open, live, slot));
         });
     }
+}
+
+/// What every connection of one listener shares: the listener's `limits`
+/// and where its clients' protocol errors are counted.
+pub struct ListenerRules {
+    pub limits: ListenerLimits,
+    pub protocol_errors: ProtocolErrors,
 }
 
 /// Who is at the other end of a connection: its address and, over mesh
@@ -174,18 +186,13 @@ pub(crate) struct Caller {
 }
 
 /// Serves one accepted (and, with TLS, handshaken) connection.
-async fn serve<S>(
-    stream: S,
-    caller: Caller,
-    handler: Handler,
-    limits: &ListenerLimits,
-    drain: Drain,
-) where
+async fn serve<S>(stream: S, caller: Caller, handler: Handler, rules: &ListenerRules, drain: Drain)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     match handler {
         Handler::Http(protocol, service, idle) => {
-            serve_http(stream, caller, protocol, service, idle, limits, drain).await
+            serve_http(stream, caller, protocol, service, idle, rules, drain).await
         }
         Handler::Tcp(upstream) => crate::tcp::proxy(stream, upstream).await,
         Handler::Transparent(_) => unreachable!("served by accept_loop on the raw socket"),
@@ -200,11 +207,12 @@ pub(crate) async fn serve_http<S>(
     protocol: HttpProtocol,
     service: HttpService,
     idle: Duration,
-    limits: &ListenerLimits,
+    rules: &ListenerRules,
     drain: Drain,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let limits = &rules.limits;
     let activity = Activity::new();
     let io = TokioIo::new(IdleIo::new(stream, Arc::clone(&activity)));
     let idle = crate::idle::expired(&activity, idle);
@@ -250,8 +258,41 @@ pub(crate) async fn serve_http<S>(
         }
     };
     if let Err(error) = result {
+        if let Some(kind) = protocol_error_kind(&*error) {
+            rules.protocol_errors.count(kind);
+        }
         tracing::debug!(error = %error, "client connection ended with an error");
     }
+}
+
+/// The `kind` of `remora_client_protocol_errors_total` for a connection
+/// that ended with `error`, when the client broke the protocol or its
+/// limits: `malformed` (an HTTP/1.1 request hyper could not parse: 400),
+/// `too_large` (a head over the limits: 431), `header_timeout` (no complete
+/// head within `header_read_timeout`), `http2` (remora ended the connection
+/// with a GOAWAY error: malformed frames, floods). A client that merely
+/// went away is not counted.
+fn protocol_error_kind(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
+            if hyper.is_parse_too_large() {
+                return Some("too_large");
+            }
+            if hyper.is_parse() {
+                return Some("malformed");
+            }
+            if hyper.is_timeout() {
+                return Some("header_timeout");
+            }
+        }
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            let local_error = h2.is_go_away() && !h2.is_remote();
+            return (local_error && h2.reason() != Some(h2::Reason::NO_ERROR)).then_some("http2");
+        }
+        source = error.source();
+    }
+    None
 }
 
 /// What hyper calls for each request of one connection: the listener's

@@ -5,7 +5,8 @@
 //! configured `limits`), slowloris heads, and more connections than
 //! `limits.max_connections`. Each is refused on its own connection (400 /
 //! 431 / closed), reaches no upstream, and a well-behaved client on another
-//! connection (`Prober`) is answered within `LATENCY_BOUND` meanwhile.
+//! connection (`Prober`) is answered within `LATENCY_BOUND` meanwhile. The
+//! refusals are counted in `remora_client_protocol_errors_total` by kind.
 
 mod support;
 
@@ -97,6 +98,8 @@ async fn smuggling_shapes_and_oversized_input_are_refused() {
         ),
     ];
     let cases_count = cases.len() as u64;
+    let too_large = cases.iter().filter(|case| case.2 == "431").count();
+    let malformed = cases.len() - too_large;
     for (what, raw, status) in cases {
         let answer = exchange(addr, &raw).await;
         assert!(
@@ -127,6 +130,25 @@ async fn smuggling_shapes_and_oversized_input_are_refused() {
         cases_count + 1 + u64::from(report.answered),
         "only the healthy requests reached the upstream"
     );
+    // Each refused connection is counted by kind (clients that merely
+    // closed are not).
+    let metrics_url = proxy.admin_url("/metrics");
+    for (kind, expected) in [("malformed", malformed), ("too_large", too_large)] {
+        let labels = [
+            ("direction", "outbound"),
+            ("listener", "hostile"),
+            ("kind", kind),
+        ];
+        let counted = prom::wait_for_value(
+            &metrics_url,
+            "remora_client_protocol_errors_total",
+            &labels,
+            expected as f64,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(counted, expected as f64, "{kind}");
+    }
 }
 
 /// Content-Length with Transfer-Encoding: hyper lets Transfer-Encoding win
@@ -283,6 +305,16 @@ async fn slowloris_heads_are_cut_off_at_the_header_read_timeout() {
         probes,
         "no slowloris request reached the upstream"
     );
+    let metrics = prom::scrape(&proxy.admin_url("/metrics")).await;
+    for listener in ["slowloris-h1", "slowloris-auto"] {
+        let labels = [
+            ("direction", "outbound"),
+            ("listener", listener),
+            ("kind", "header_timeout"),
+        ];
+        let counted = prom::value(&metrics, "remora_client_protocol_errors_total", &labels);
+        assert_eq!(counted, Some(20.0), "{listener}");
+    }
 }
 
 /// `limits.max_connections`: connections beyond it are closed as soon as

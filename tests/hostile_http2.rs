@@ -531,5 +531,24 @@ async fn malformed_frames_close_only_their_connection() {
         prober
             .finish(&format!("{listener}: malformed frames"), LATENCY_BOUND)
             .await;
+        // Every connection remora ended with a GOAWAY error is counted.
+        let goaways = cases.iter().filter(|case| case.2).count() as f64;
+        let labels = [
+            ("direction", "outbound"),
+            ("listener", listener),
+            ("kind", "http2"),
+        ];
+        let counted = support::prom::wait_for_value(
+            &proxy.admin_url("/metrics"),
+            "remora_client_protocol_errors_total",
+            &labels,
+            goaways,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(
+            counted >= goaways,
+            "{listener}: {counted} of {goaways} counted"
+        );
     }
 }

@@ -171,8 +171,37 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
     let mut pong = [0u8; 4];
     tcp.read_exact(&mut pong).await.unwrap();
     drop(tcp);
+    // A request hyper cannot parse: 400, counted as a client protocol error.
+    let mut malformed = TcpStream::connect(proxy.upstream("cat-http"))
+        .await
+        .unwrap();
+    malformed
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    malformed.read_to_end(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
 
     let metrics_url = proxy.admin_url("/metrics");
+    let labels = [
+        ("direction", "outbound"),
+        ("listener", "cat-http"),
+        ("kind", "malformed"),
+    ];
+    let counted = prom::wait_for_value(
+        &metrics_url,
+        "remora_client_protocol_errors_total",
+        &labels,
+        1.0,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(counted, 1.0);
     let sent = prom::wait_for_value(
         &metrics_url,
         "remora_tcp_sent_bytes_total",

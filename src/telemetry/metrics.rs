@@ -22,6 +22,7 @@ pub const PROXY_ERRORS_TOTAL: &str = "remora_proxy_errors_total";
 pub const CONNECTIONS_OPEN: &str = "remora_connections_open";
 pub const CONNECTIONS_TOTAL: &str = "remora_connections_total";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "remora_connections_refused_total";
+pub const CLIENT_PROTOCOL_ERRORS_TOTAL: &str = "remora_client_protocol_errors_total";
 pub const ENDPOINTS: &str = "remora_endpoints";
 pub const CONNECT_ERRORS_TOTAL: &str = "remora_upstream_connect_errors_total";
 pub const DISCOVERY_ERRORS_TOTAL: &str = "remora_discovery_errors_total";
@@ -228,6 +229,7 @@ pub struct ConnectionMetrics {
     open: Gauge,
     total: Counter,
     refused: Counter,
+    protocol_errors: ProtocolErrors,
 }
 
 impl ConnectionMetrics {
@@ -240,7 +242,16 @@ impl ConnectionMetrics {
             open: gauge!(CONNECTIONS_OPEN, &labels),
             total: counter!(CONNECTIONS_TOTAL, &labels),
             refused: counter!(CONNECTIONS_REFUSED_TOTAL, &labels),
+            protocol_errors: ProtocolErrors {
+                direction: direction.as_str(),
+                listener: listener.into(),
+            },
         }
+    }
+
+    /// What each connection of the listener counts its protocol errors in.
+    pub fn protocol_errors(&self) -> ProtocolErrors {
+        self.protocol_errors.clone()
     }
 
     /// Counts a connection closed at once because the listener was full.
@@ -253,6 +264,24 @@ impl ConnectionMetrics {
         self.total.increment(1);
         self.open.increment(1.0);
         OpenConnection(self.open.clone())
+    }
+}
+
+/// `remora_client_protocol_errors_total` of one listener: client
+/// connections that ended on a protocol error (rare: the series is looked
+/// up when one happens).
+#[derive(Clone)]
+pub struct ProtocolErrors {
+    direction: &'static str,
+    listener: Arc<str>,
+}
+
+impl ProtocolErrors {
+    /// Counts a connection that ended on an error of `kind`.
+    pub fn count(&self, kind: &'static str) {
+        counter!(CLIENT_PROTOCOL_ERRORS_TOTAL,
+            "direction" => self.direction, "listener" => self.listener.to_string(), "kind" => kind)
+        .increment(1);
     }
 }
 

@@ -35,13 +35,12 @@ use super::passthrough::Passthrough;
 use super::routes::RouteTable;
 use crate::body::ResponseBody;
 use crate::client::ClientSettings;
-use crate::config::ListenerLimits;
 use crate::config::{TransparentConfig, Unmatched};
 use crate::drain::Drain;
 use crate::error::ProxyError;
 use crate::headers::is_grpc;
 use crate::middleware::error_response::error_response;
-use crate::server::{Caller, ClientAddr, HttpProtocol, serve_http};
+use crate::server::{Caller, ClientAddr, HttpProtocol, ListenerRules, serve_http};
 use crate::telemetry::metrics;
 
 /// Client connections of the transparent listener that move no byte for
@@ -88,7 +87,7 @@ impl TransparentOutbound {
         self: Arc<Self>,
         stream: TcpStream,
         client: ClientAddr,
-        limits: &ListenerLimits,
+        rules: &ListenerRules,
         drain: Drain,
     ) {
         let destination = original_destination(&stream);
@@ -146,7 +145,7 @@ impl TransparentOutbound {
             http,
             BoxCloneSyncService::new(router),
             CONNECTION_IDLE,
-            limits,
+            rules,
             drain,
         )
         .await;
