@@ -111,7 +111,6 @@ impl Endpoint {
         upgrade: bool,
     ) -> Result<(Response<Incoming>, Release), SendError> {
         let mut in_flight = self.load.start();
-        let started = Instant::now();
         let version =
             if version == UpstreamVersion::Http1 && !upgrade && self.client.negotiated_h2() {
                 UpstreamVersion::Http2
@@ -124,7 +123,8 @@ impl Endpoint {
         };
         match result {
             Ok((response, h1)) => {
-                in_flight.observe_rtt(started.elapsed());
+                let rtt = in_flight.observe_response();
+                self.metrics.record(rtt);
                 let release = Release {
                     endpoint: Arc::clone(self),
                     h1,

@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode, Version, header};
+use http_body::Body;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
@@ -98,9 +99,12 @@ async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let headers = request.headers_mut();
     strip_hop_by_hop(headers, upgrade);
-    headers.remove(X_REMORA_ERROR);
-    // hyper already answered `100 Continue` when the body is first read.
-    headers.remove(header::EXPECT);
+    // Seldom there: one pass over the names spares two lookups.
+    // (hyper already answered `100 Continue` when the body is first read.)
+    if (headers.keys()).any(|name| name == X_REMORA_ERROR || name == header::EXPECT) {
+        headers.remove(X_REMORA_ERROR);
+        headers.remove(header::EXPECT);
+    }
 
     let version = upstream.version_for(request.version());
     let hash_key = upstream
@@ -138,10 +142,12 @@ async fn forward(
             endpoint: &endpoint,
             deadline,
         };
-        let try_started = Instant::now();
         let idle = upstream.settings.client.idle_timeout;
         let activity = Activity::new();
-        request.body_mut().watch(Arc::clone(&activity));
+        // A body that has ended already never moves: nothing to stamp.
+        if !request.body().is_end_stream() {
+            request.body_mut().watch(Arc::clone(&activity));
+        }
         let sent = tokio::select! {
             sent = endpoint.send(request, version, upgrade) => sent,
             () = crate::idle::expired(&activity, idle) => {
@@ -154,7 +160,6 @@ async fn forward(
         drop(timeout_watch);
         match sent {
             Ok((mut response, release)) => {
-                endpoint.metrics.record(try_started.elapsed());
                 endpoint.load.mark_reachable();
                 let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 strip_hop_by_hop(response.headers_mut(), switching);

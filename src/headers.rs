@@ -19,6 +19,11 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// Removes hop-by-hop headers. With `keep_upgrade`, `Connection: upgrade` and
 /// `Upgrade` survive (and nothing else named in `Connection`).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them: one pass over the names spares the
+    // six lookups below.
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(connection) = headers.get(header::CONNECTION) {
         if headers.len() > 1 {
             let named: Vec<HeaderName> = connection
@@ -48,6 +53,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     {
         headers.remove(header::TE);
     }
+}
+
+/// The headers [`strip_hop_by_hop`] acts on (those named in `Connection`
+/// only count when `Connection` is there too).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::TE
 }
 
 /// True for an HTTP/1.1 request that asks to switch protocols

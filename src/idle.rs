@@ -7,7 +7,8 @@
 //!
 //! [`IdleIo`] wraps the socket and stamps every read and write; [`expired`]
 //! sleeps until the last stamp is one idle period old. One clock read per
-//! socket operation (or body frame), no timer reset per byte.
+//! socket operation (or body frame), no timer reset per byte, and none when
+//! the wait starts.
 
 use std::io;
 use std::pin::Pin;
@@ -46,14 +47,18 @@ impl Activity {
     }
 }
 
-/// Resolves once the connection has been idle for `limit`.
+/// Resolves once the connection has been idle for `limit`. Reads no clock:
+/// it sleeps until one idle period after the last stamp and, woken, ends
+/// unless a newer stamp has moved that point.
 pub async fn expired(activity: &Activity, limit: Duration) {
+    let mut deadline = activity.last() + limit;
     loop {
-        let deadline = activity.last() + limit;
-        if Instant::now() >= deadline {
+        tokio::time::sleep_until(deadline).await;
+        let moved = activity.last() + limit;
+        if moved <= deadline {
             return;
         }
-        tokio::time::sleep_until(deadline).await;
+        deadline = moved;
     }
 }
 

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
 
 use crate::outcome::Outcome;
 use crate::telemetry::metrics;
@@ -42,11 +41,10 @@ where
             return;
         };
         let mut in_flight = endpoint.load.start();
-        let started = Instant::now();
         match endpoint.client.connect_tcp().await {
             Ok(server) => {
                 endpoint.load.mark_reachable();
-                in_flight.observe_rtt(started.elapsed());
+                in_flight.observe_response();
                 upstream.record_outcome(&endpoint, Outcome::Connected);
                 if let Some(admission) = admission {
                     admission.record(Outcome::Connected);

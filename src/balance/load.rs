@@ -25,7 +25,7 @@
 //! * Before any observation the estimate is [`DEFAULT_RTT`] (30 ms, tower's and
 //!   linkerd's default).
 //!
-//! A response head is observed with [`InFlight::observe_rtt`]. A request
+//! A response head is observed with [`InFlight::observe_response`]. A request
 //! whose guard drops without one (failed, timed out, cancelled) records the
 //! time it was in flight, as tower's `PeakEwma` does; otherwise an endpoint
 //! that swallows requests would never look slow.
@@ -147,7 +147,7 @@ impl EndpointLoad {
     }
 
     /// A request is being sent to this endpoint: in-flight +1 until the guard
-    /// is dropped or [observed](InFlight::observe_rtt). The guard is `'static`
+    /// is dropped or [observed](InFlight::observe_response). The guard is `'static`
     /// and `Send`, so it can travel with the response body.
     pub fn start(&self) -> InFlight {
         self.state.in_flight.fetch_add(1, Relaxed);
@@ -326,12 +326,27 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    /// The response head arrived after `rtt`: record it in the peak EWMA.
-    /// The request stays in flight until the guard drops (for a proxy: when
-    /// the response body ends), so streams count as load for their whole life.
+    /// The response head (or, for TCP, the connection) arrived now: record
+    /// the time since [`EndpointLoad::start`] in the peak EWMA and return it
+    /// (one clock read for both). The request stays in flight until the guard
+    /// drops (for a proxy: when the response body ends), so streams count as
+    /// load for their whole life.
+    pub fn observe_response(&mut self) -> Duration {
+        let now = Instant::now();
+        let rtt = now.saturating_duration_since(self.started);
+        self.observe_at(now, rtt);
+        rtt
+    }
+
+    /// Records a round trip of `rtt` ending now (tests choose the round trip).
+    #[cfg(test)]
     pub fn observe_rtt(&mut self, rtt: Duration) {
+        self.observe_at(Instant::now(), rtt);
+    }
+
+    fn observe_at(&mut self, now: Instant, rtt: Duration) {
         self.observed = true;
-        self.state.observe(Instant::now(), rtt);
+        self.state.observe(now, rtt);
     }
 }
 

@@ -141,10 +141,10 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let now = Instant::now();
         // A limit too large to be an instant (e.g. `99999999H`) is no limit.
+        // The clock is read only when there is a limit.
         let bound = request_limit(self.limit, request.headers())
-            .and_then(|limit| Some((limit, now.checked_add(limit)?)));
+            .and_then(|limit| Some((limit, Instant::now().checked_add(limit)?)));
         let Some((limit, deadline)) = bound else {
             return Box::pin(self.inner.call(request));
         };

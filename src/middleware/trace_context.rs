@@ -19,6 +19,7 @@
 //!   response carries the request's `x-request-id` (created as a UUID v4
 //!   when absent and `request_id: true`).
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
@@ -76,13 +77,13 @@ impl TraceContext {
         }
     }
 
-    /// `00-<trace>-<span>-<flags>` with this hop's span as the parent.
-    pub fn traceparent(&self) -> String {
+    /// `00-<trace>-<span>-<flags>` with this hop's span as the parent (ASCII).
+    pub fn traceparent(&self) -> [u8; 55] {
         let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
         hex_into(&mut text[3..35], self.trace_id);
         hex_into(&mut text[36..52], u128::from(self.span_id));
         hex_into(&mut text[53..55], u128::from(u8::from(self.sampled)));
-        ascii(&text)
+        text
     }
 
     /// Replaces the trace headers of an upstream request with this context.
@@ -114,12 +115,17 @@ impl TraceContext {
             match p {
                 Propagation::W3c => insert(headers, TRACEPARENT, &self.traceparent()),
                 Propagation::B3 => {
-                    insert(headers, B3_TRACE_ID, &hex(self.trace_id, 32));
-                    insert(headers, B3_SPAN_ID, &hex(u128::from(self.span_id), 16));
+                    insert(headers, B3_TRACE_ID, hex(self.trace_id, 32).as_bytes());
+                    insert(
+                        headers,
+                        B3_SPAN_ID,
+                        hex(u128::from(self.span_id), 16).as_bytes(),
+                    );
                     if let Some(parent) = self.parent_id {
-                        insert(headers, B3_PARENT_SPAN_ID, &hex(u128::from(parent), 16));
+                        let parent = hex(u128::from(parent), 16);
+                        insert(headers, B3_PARENT_SPAN_ID, parent.as_bytes());
                     }
-                    insert(headers, B3_SAMPLED, if self.sampled { "1" } else { "0" });
+                    insert(headers, B3_SAMPLED, if self.sampled { b"1" } else { b"0" });
                 }
             }
         }
@@ -189,8 +195,8 @@ fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
 }
 
-fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
+fn insert(headers: &mut HeaderMap, name: HeaderName, value: &[u8]) {
+    if let Ok(value) = HeaderValue::from_bytes(value) {
         headers.insert(name, value);
     }
 }
@@ -204,8 +210,8 @@ fn nonzero_u64() -> u64 {
     fastrand::u64(1..)
 }
 
-/// A random UUID v4 (RFC 9562 §5.4), lowercase and hyphenated.
-pub fn uuid_v4() -> String {
+/// A random UUID v4 (RFC 9562 §5.4), lowercase and hyphenated (ASCII).
+pub fn uuid_v4() -> [u8; 36] {
     let bits = (fastrand::u128(..) & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
     let mut text = [b'-'; 36];
     hex_into(&mut text[0..8], bits >> 96);
@@ -213,7 +219,7 @@ pub fn uuid_v4() -> String {
     hex_into(&mut text[14..18], bits >> 64);
     hex_into(&mut text[19..23], bits >> 48);
     hex_into(&mut text[24..36], bits);
-    ascii(&text)
+    text
 }
 
 /// The lowest `digits` hex digits of `value`, lowercase.
@@ -225,7 +231,9 @@ fn hex(value: u128, digits: usize) -> String {
 
 /// Fills `out` with the lowest `out.len()` hex digits of `value`, lowercase.
 /// Every request gets a `traceparent` and an `x-request-id`, so this avoids
-/// the formatting machinery (measurably cheaper than `format!("{:032x}")`).
+/// the formatting machinery (measurably cheaper than `format!("{:032x}")`),
+/// and both are written on the stack: the header value is their only
+/// allocation.
 fn hex_into(out: &mut [u8], mut value: u128) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for byte in out.iter_mut().rev() {
@@ -239,15 +247,16 @@ fn ascii(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).expect("hex digits and hyphens are ASCII")
 }
 
+/// The stack is cloned for every request, so the config is shared, not copied.
 #[derive(Clone)]
 pub struct TraceContextLayer {
-    config: TracingConfig,
+    config: Arc<TracingConfig>,
 }
 
 impl TraceContextLayer {
     pub fn new(config: &TracingConfig) -> Self {
         Self {
-            config: config.clone(),
+            config: Arc::new(config.clone()),
         }
     }
 }
@@ -257,7 +266,7 @@ impl<S> Layer<S> for TraceContextLayer {
     fn layer(&self, inner: S) -> TraceContextService<S> {
         TraceContextService {
             inner,
-            config: self.config.clone(),
+            config: Arc::clone(&self.config),
         }
     }
 }
@@ -265,7 +274,7 @@ impl<S> Layer<S> for TraceContextLayer {
 #[derive(Clone)]
 pub struct TraceContextService<S> {
     inner: S,
-    config: TracingConfig,
+    config: Arc<TracingConfig>,
 }
 
 impl<S, B> Service<Request<B>> for TraceContextService<S>
@@ -292,7 +301,7 @@ where
         let request_id = match headers.entry(REQUEST_ID) {
             Entry::Occupied(id) => Some(id.get().clone()),
             Entry::Vacant(slot) if self.config.request_id => Some(
-                slot.insert(HeaderValue::from_str(&uuid_v4()).expect("hex and hyphens"))
+                slot.insert(HeaderValue::from_bytes(&uuid_v4()).expect("hex and hyphens"))
                     .clone(),
             ),
             Entry::Vacant(_) => None,
@@ -453,14 +462,14 @@ mod tests {
                 context.span_id,
                 u8::from(context.sampled)
             );
-            assert_eq!(context.traceparent(), expected);
+            assert_eq!(context.traceparent(), expected.as_bytes());
             assert_eq!(
                 hex(context.trace_id, 32),
                 format!("{:032x}", context.trace_id)
             );
             assert_eq!(hex(1, 16), "0000000000000001");
         }
-        let id = uuid_v4();
+        let id = ascii(&uuid_v4());
         let digits: String = id.split('-').collect();
         let lengths: Vec<usize> = id.split('-').map(str::len).collect();
         assert_eq!(lengths, [8, 4, 4, 4, 12]);
@@ -469,10 +478,10 @@ mod tests {
 
     #[test]
     fn uuid_v4_shape() {
-        let id = uuid_v4();
+        let id = ascii(&uuid_v4());
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
-        assert_ne!(uuid_v4(), id);
+        assert_ne!(uuid_v4(), id.as_bytes());
     }
 }
