@@ -1,9 +1,10 @@
 //! The Consul health-list parser (`GET /v1/health/service/:name` bodies)
-//! and the rules that turn entries into endpoints, on arbitrary bodies.
+//! and the rules that turn entries into weighted instances, on arbitrary
+//! bodies.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use remora::consul::health::{ServiceEntry, endpoints};
+use remora::consul::health::{ServiceEntry, instances};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(entries) = serde_json::from_slice::<Vec<ServiceEntry>>(data) else {
@@ -15,7 +16,9 @@ fuzz_target!(|data: &[u8]| {
             assert_ne!(endpoint.port(), 0);
         }
     }
-    let passing = endpoints(&entries, true);
-    let all = endpoints(&entries, false);
+    let passing = instances(&entries, true);
+    let all = instances(&entries, false);
     assert!(passing.len() <= all.len());
+    assert!(all.iter().all(|instance| instance.weight >= 1));
+    assert!(all.windows(2).all(|pair| pair[0].addr < pair[1].addr));
 });
