@@ -2,7 +2,8 @@
 //! structural error — unknown keys, wrongly typed values, durations without
 //! a unit, unknown variants, missing fields — where serde-saphyr stops at its
 //! first: after each error the entry it is about is blanked out of the text
-//! (`prune`) and the text deserialized again, at most `MAX_ROUNDS` times.
+//! (`prune`) and the text deserialized again, at most `MAX_ROUNDS` times
+//! (a last error then says the search stopped).
 //! Errors that only the pruning caused (a required key dropped for its bad
 //! value, now "missing") are not reported. Values the caller sets aside
 //! (unset variables) are pruned from the start. Positions are those of the
@@ -56,6 +57,9 @@ pub(crate) fn deserialize(
     let mut errors = Vec::new();
     let mut only_unknown_keys = set_aside.is_empty();
     let rounds = if is_one_document(text) { MAX_ROUNDS } else { 1 };
+    // True until a round ends the search early: every round then found an
+    // error and more may be left.
+    let mut out_of_rounds = rounds == MAX_ROUNDS;
     for _ in 0..rounds {
         let error = match serde_saphyr::from_str_with_options(&pruned.text(), options.clone()) {
             Ok(config) => {
@@ -73,8 +77,18 @@ pub(crate) fn deserialize(
             errors.push(found.error);
         }
         if !found.culprit.is_some_and(|culprit| pruned.remove(culprit)) {
+            out_of_rounds = false;
             break;
         }
+    }
+    if out_of_rounds {
+        errors.push(StructuralError {
+            position: Position { line: 0, column: 0 },
+            path: String::new(),
+            message: format!(
+                "stopped after {MAX_ROUNDS} rounds of structural problems; fix these and validate again"
+            ),
+        });
     }
     Deserialized {
         config: None,

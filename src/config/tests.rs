@@ -245,6 +245,19 @@ upstreams:
 }
 
 #[test]
+fn the_search_for_structural_problems_is_bounded_and_says_so() {
+    let unknown: String = (0..60).map(|i| format!("  unknown{i}: 1\n")).collect();
+    let found = errors(&format!("service:\n  name: web\n{unknown}"));
+    assert_eq!(found.len(), 51, "{found:#?}");
+    assert!(
+        (found.iter()).any(|line| line
+            == "test.yaml:0:0: stopped after 50 rounds of structural problems; fix these and validate again"),
+        "{found:#?}"
+    );
+    assert!(found.contains(&"test.yaml:52:3: service.unknown49: unknown field `unknown49`, expected one of name, id, address, port, protocol, tags, meta, register, check".to_owned()), "{found:#?}");
+}
+
+#[test]
 fn unknown_keys_at_every_depth_are_all_reported() {
     let text = "\
 service:
