@@ -99,10 +99,7 @@ pub struct Mirror<S> {
 
 impl<S> Service<Request<RequestBody>> for Mirror<S>
 where
-    S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = ProxyError>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = ProxyError>,
     S::Future: Send + 'static,
 {
     type Response = Response<ResponseBody>;
