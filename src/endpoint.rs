@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::uri::{Authority, Scheme, Uri};
 use http::{HeaderValue, Request, Response, Version, header};
@@ -17,10 +18,15 @@ use tokio::time::Instant;
 
 use crate::balance::{EndpointLoad, InFlight, Target};
 use crate::body::{RequestBody, RequestBodyError};
-use crate::client::{ClientSettings, EndpointClient, H1Sender, Opened};
+use crate::client::{
+    ClientSettings, EndpointClient, H1Sender, Http2Stream, Opened, PoolGauges, keep_alive_timeout,
+};
 use crate::error::ProxyError;
 use crate::outlier::OutlierState;
-use crate::telemetry::metrics::EndpointMetrics;
+use crate::resend::{
+    MAX_RESENDS, Resendable, Unprocessed, closed_before_response, is_idempotent, unprocessed_h2,
+};
+use crate::telemetry::metrics::{self, EndpointMetrics};
 
 /// An endpoint address as discovery reports it, with its balancing weight
 /// (≥ 1; 1 where the source has no weights).
@@ -74,18 +80,42 @@ pub struct SendError {
     pub request: Option<Request<RequestBody>>,
 }
 
+/// A response head from an endpoint.
+pub struct Sent {
+    pub response: Response<Incoming>,
+    /// What the response body must run when it ends.
+    pub release: Release,
+    /// GOAWAYs with an error code met on the way (the request was resent):
+    /// failures of the endpoint for outlier detection.
+    pub goaway_errors: u32,
+}
+
 /// What a response body must do when it ends: return its HTTP/1.1 connection
-/// to the pool (only after a complete body) and end the in-flight count.
+/// to the pool (only after a complete body), end its HTTP/2 stream, and end
+/// the in-flight count.
 pub struct Release {
     endpoint: Arc<Endpoint>,
-    h1: Option<H1Sender>,
+    held: Held,
     _in_flight: InFlight,
+}
+
+/// The connection a response arrived on.
+enum Held {
+    /// An upgraded connection, owned by the tunnel.
+    Nothing,
+    Http1 {
+        sender: H1Sender,
+        /// The server's announced `Keep-Alive: timeout`.
+        keep_alive: Option<Duration>,
+    },
+    /// Counted against its connection's stream limit until dropped.
+    Http2 { _stream: Http2Stream },
 }
 
 impl Release {
     pub fn finish(self, complete: bool) {
-        if let (true, Some(sender)) = (complete, self.h1) {
-            self.endpoint.client.checkin_h1(sender);
+        if let (true, Held::Http1 { sender, keep_alive }) = (complete, self.held) {
+            self.endpoint.client.checkin_h1(sender, keep_alive);
         }
     }
 }
@@ -93,23 +123,28 @@ impl Release {
 impl Endpoint {
     /// An endpoint of the upstream named `upstream`.
     pub fn new(addr: SocketAddr, settings: ClientSettings, upstream: &str) -> Self {
+        let gauges = PoolGauges {
+            connections: metrics::pool_connections(upstream),
+            pending: metrics::pool_pending_requests(upstream),
+        };
         Self {
             addr,
             load: EndpointLoad::new(settings.connect_timeout),
             outlier: OutlierState::default(),
-            client: EndpointClient::new(addr, settings),
+            client: EndpointClient::new(addr, settings, gauges),
             metrics: EndpointMetrics::new(upstream, addr),
         }
     }
 
     /// Sends one request and returns the response head with the release that
     /// its body must run. An upgrade request gets a connection of its own.
+    /// A request the upstream never processed is resent (see `resend.rs`).
     pub async fn send(
         self: &Arc<Self>,
         request: Request<RequestBody>,
         version: UpstreamVersion,
         upgrade: bool,
-    ) -> Result<(Response<Incoming>, Release), SendError> {
+    ) -> Result<Sent, SendError> {
         let mut in_flight = self.load.start();
         let version =
             if version == UpstreamVersion::Http1 && !upgrade && self.client.negotiated_h2() {
@@ -117,23 +152,28 @@ impl Endpoint {
             } else {
                 version
             };
+        let mut goaway_errors = 0;
         let result = match version {
-            UpstreamVersion::Http1 => self.send_h1(to_http1(request), upgrade).await,
-            UpstreamVersion::Http2 => self.send_h2(to_http2(request, self.addr)).await,
-        };
-        match result {
-            Ok((response, h1)) => {
-                let rtt = in_flight.observe_response();
-                self.metrics.record(rtt);
-                let release = Release {
-                    endpoint: Arc::clone(self),
-                    h1,
-                    _in_flight: in_flight,
-                };
-                Ok((response, release))
+            UpstreamVersion::Http1 => {
+                (self.send_h1(to_http1(request), upgrade, &mut goaway_errors)).await
             }
-            Err(error) => Err(error),
-        }
+            UpstreamVersion::Http2 => {
+                (self.send_h2(to_http2(request, self.addr), &mut goaway_errors)).await
+            }
+        };
+        let (response, held) = result?;
+        let rtt = in_flight.observe_response();
+        self.metrics.record(rtt);
+        let release = Release {
+            endpoint: Arc::clone(self),
+            held,
+            _in_flight: in_flight,
+        };
+        Ok(Sent {
+            response,
+            release,
+            goaway_errors,
+        })
     }
 
     /// The connection failed under the request — or the client's body did
@@ -162,7 +202,9 @@ impl Endpoint {
         &self,
         mut request: Request<RequestBody>,
         upgrade: bool,
-    ) -> Result<(Response<Incoming>, Option<H1Sender>), SendError> {
+        goaway_errors: &mut u32,
+    ) -> Result<(Response<Incoming>, Held), SendError> {
+        let mut resends = 0;
         loop {
             let pooled = if upgrade {
                 None
@@ -174,51 +216,103 @@ impl Endpoint {
                 Some(sender) => sender,
                 None => match self.client.connect_h1(upgrade).await {
                     Ok(Opened::Http1(sender)) => sender,
-                    Ok(Opened::Http2) => return self.send_h2(to_http2(request, self.addr)).await,
+                    Ok(Opened::Http2) => {
+                        return self
+                            .send_h2(to_http2(request, self.addr), goaway_errors)
+                            .await;
+                    }
                     Err(error) => return Err(SendError::unsent(error, request)),
                 },
             };
+            // The server may close a reused connection just as the request
+            // goes out: keep what it takes to send an idempotent one again.
+            let copy = if reused && resends < MAX_RESENDS && is_idempotent(request.method()) {
+                let (kept, copy) = Resendable::keep(request);
+                request = kept;
+                Some(copy)
+            } else {
+                None
+            };
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, (!upgrade).then_some(sender))),
-                Err(mut failed) => match failed.take_message() {
-                    // A pooled connection the peer had closed: try a fresh one.
-                    Some(unsent) if reused => request = unsent,
-                    unsent => return Err(self.reset(failed.into_error(), unsent)),
-                },
+                Ok(response) => {
+                    let held = if upgrade {
+                        Held::Nothing
+                    } else {
+                        let keep_alive = keep_alive_timeout(response.headers());
+                        Held::Http1 { sender, keep_alive }
+                    };
+                    return Ok((response, held));
+                }
+                Err(mut failed) => {
+                    let unsent = failed.take_message();
+                    let error = failed.into_error();
+                    match unsent {
+                        // A pooled connection the peer had closed: try a fresh one.
+                        Some(unsent) if reused => {
+                            self.metrics.resent(Unprocessed::NotWritten.as_str());
+                            request = unsent;
+                            continue;
+                        }
+                        Some(unsent) => return Err(self.reset(error, Some(unsent))),
+                        None => {}
+                    }
+                    let again = copy
+                        .filter(|_| closed_before_response(&error))
+                        .and_then(|copy| copy.again());
+                    let Some(again) = again else {
+                        return Err(self.reset(error, None));
+                    };
+                    self.metrics
+                        .resent(Unprocessed::ClosedBeforeResponse.as_str());
+                    request = again;
+                    resends += 1;
+                }
             }
         }
     }
 
     async fn send_h2(
         &self,
-        mut request: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Option<H1Sender>), SendError> {
+        request: Request<RequestBody>,
+        goaway_errors: &mut u32,
+    ) -> Result<(Response<Incoming>, Held), SendError> {
+        let (mut request, copy) = Resendable::keep(request);
+        let mut resends = 0;
         loop {
-            let (mut sender, reused) = match self.client.h2_sender().await {
-                Ok(opened) => opened,
+            let stream = match self.client.h2_stream().await {
+                Ok(stream) => stream,
                 Err(error) => return Err(SendError::unsent(error, request)),
             };
-            // Streams past the upstream's SETTINGS_MAX_CONCURRENT_STREAMS wait
-            // inside the h2 client; let at most as many again wait.
-            let streams = self.client.h2_stream_limit().unwrap_or(usize::MAX);
-            if self.load.in_flight() as usize > streams.saturating_mul(2) {
-                let error = ProxyError::Overloaded {
-                    upstream: self.addr.to_string(),
-                    limit: u32::try_from(streams.saturating_mul(2)).unwrap_or(u32::MAX),
-                };
-                return Err(SendError::unsent(error, request));
+            let sent = stream.sender().try_send_request(request).await;
+            let mut failed = match sent {
+                Ok(response) => return Ok((response, Held::Http2 { _stream: stream })),
+                Err(failed) => failed,
+            };
+            let unsent = failed.take_message();
+            let error = failed.into_error();
+            let why = match unsent {
+                Some(_) => Some(Unprocessed::NotWritten),
+                None => unprocessed_h2(&error),
+            };
+            if matches!(
+                why,
+                Some(Unprocessed::NotWritten | Unprocessed::GoAway { .. })
+            ) {
+                stream.retire_connection();
             }
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, None)),
-                Err(mut failed) => match failed.take_message() {
-                    // The shared connection was going away: open a new one.
-                    Some(unsent) if reused => {
-                        self.client.forget_h2().await;
-                        request = unsent;
-                    }
-                    unsent => return Err(self.reset(failed.into_error(), unsent)),
-                },
+            if why == Some(Unprocessed::GoAway { graceful: false }) {
+                *goaway_errors += 1;
             }
+            drop(stream);
+            let Some(why) = why.filter(|_| resends < MAX_RESENDS) else {
+                return Err(self.reset(error, unsent));
+            };
+            let Some(again) = unsent.or_else(|| copy.again()) else {
+                return Err(self.reset(error, None));
+            };
+            self.metrics.resent(why.as_str());
+            request = again;
+            resends += 1;
         }
     }
 }

@@ -55,6 +55,16 @@ pub enum ProxyError {
     CircuitOpen { upstream: String },
     #[error("more than {limit} requests in flight to {upstream:?}")]
     Overloaded { upstream: String, limit: u32 },
+    #[error(
+        "no HTTP/2 stream free on {addr} within {wait:?}: {connections} connections full \
+         and {pending} requests waiting at most (connection_pool)"
+    )]
+    PoolExhausted {
+        addr: SocketAddr,
+        connections: u32,
+        pending: u32,
+        wait: Duration,
+    },
     #[error("reading the request body from the client failed: {source}")]
     ClientBody {
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -119,7 +129,9 @@ impl ProxyError {
             | ProxyError::PerTryTimeout { .. } => ErrorKind::Timeout,
             ProxyError::RateLimited { .. } => ErrorKind::RateLimited,
             ProxyError::CircuitOpen { .. } => ErrorKind::CircuitOpen,
-            ProxyError::Overloaded { .. } => ErrorKind::Overloaded,
+            ProxyError::Overloaded { .. } | ProxyError::PoolExhausted { .. } => {
+                ErrorKind::Overloaded
+            }
             ProxyError::FaultAbort { .. } => ErrorKind::FaultAbort,
             ProxyError::ClientBody { .. } => ErrorKind::ClientBody,
             ProxyError::Forbidden { .. } => ErrorKind::Forbidden,
@@ -142,6 +154,7 @@ impl ProxyError {
             | ProxyError::RateLimited { .. }
             | ProxyError::CircuitOpen { .. }
             | ProxyError::Overloaded { .. }
+            | ProxyError::PoolExhausted { .. }
             | ProxyError::FaultAbort { .. }
             | ProxyError::ClientBody { .. }
             | ProxyError::Forbidden { .. }

@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::endpoint::{Endpoint, SendError};
+use crate::endpoint::{Endpoint, SendError, Sent};
 use crate::error::ProxyError;
 use crate::headers::{X_REMORA_ERROR, is_grpc, is_upgrade_request, strip_hop_by_hop};
 use crate::idle::Activity;
@@ -159,8 +159,15 @@ async fn forward(
         timeout_watch.deadline = None;
         drop(timeout_watch);
         match sent {
-            Ok((mut response, release)) => {
+            Ok(Sent {
+                mut response,
+                release,
+                goaway_errors,
+            }) => {
                 endpoint.load.mark_reachable();
+                for _ in 0..goaway_errors {
+                    upstream.record_outcome(&endpoint, Outcome::Reset);
+                }
                 let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 strip_hop_by_hop(response.headers_mut(), switching);
                 if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
@@ -176,8 +183,10 @@ async fn forward(
                 request: unsent,
             }) => {
                 upstream.note_failure(&endpoint, &error);
+                // A full pool would only make the request wait again.
+                let pool_full = matches!(error, ProxyError::PoolExhausted { .. });
                 match unsent {
-                    Some(unsent) if !resent => {
+                    Some(unsent) if !resent && !pool_full => {
                         request = unsent;
                         tried = Some(endpoint);
                         resent = true;

@@ -130,6 +130,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(60),
             tls: None,
+            pool: Default::default(),
         };
         (0..n)
             .map(|i| {

@@ -21,6 +21,7 @@ mod error;
 mod limits;
 mod locate;
 mod model;
+mod pool;
 mod prune;
 mod resilience;
 mod route_checks;
@@ -41,6 +42,7 @@ pub use model::{
     RuntimeConfig, Secret, ServiceConfig, ServiceProtocol, StaticEndpoint, Timeouts, TlsConfig,
     TlsSource, TracingConfig, UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };
+pub use pool::ConnectionPool;
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,
     OutlierDetection, RateLimitConfig, RateLimitKey, RetryBackoff, RetryBudget, RetryPolicy,

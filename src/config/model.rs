@@ -365,6 +365,8 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub timeouts: Timeouts,
     #[serde(default)]
+    pub connection_pool: super::ConnectionPool,
+    #[serde(default)]
     pub retries: Option<RetryPolicy>,
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,

@@ -32,6 +32,7 @@ use super::model::{
     Config, ConfigSource, Discovery, LoadBalancingPolicy, ServiceProtocol, TlsSource,
     UpstreamConfig, UpstreamProtocol,
 };
+use super::pool::ConnectionPool;
 use super::resilience::{FaultConfig, RateLimitConfig, RetryPolicy, grpc_code};
 
 /// Most tokio worker threads accepted.
@@ -383,8 +384,30 @@ fn check_resilience(
     if upstream.max_concurrent_requests == Some(0) {
         problems.add(at("max_concurrent_requests"), "must be at least 1");
     }
+    check_connection_pool(&at("connection_pool"), &upstream.connection_pool, problems);
     if let Some(fault) = &upstream.fault {
         check_fault(&at("fault"), fault, problems);
+    }
+}
+
+/// Checks a `connection_pool:` section at key path `at`.
+fn check_connection_pool(at: &str, pool: &ConnectionPool, problems: &mut Problems) {
+    let key = |name: &str| format!("{at}.{name}");
+    if pool.max_connections_per_endpoint == 0 {
+        problems.add(key("max_connections_per_endpoint"), "must be at least 1");
+    }
+    if pool.max_requests_per_connection == Some(0) {
+        problems.add(key("max_requests_per_connection"), "must be at least 1");
+    }
+    for (name, value) in [
+        ("pending_timeout", Some(pool.pending_timeout)),
+        ("max_connection_age", pool.max_connection_age),
+        ("keepalive_interval", pool.keepalive_interval),
+        ("keepalive_timeout", Some(pool.keepalive_timeout)),
+    ] {
+        if value == Some(Duration::ZERO) {
+            problems.add(key(name), "must be longer than 0");
+        }
     }
 }
 

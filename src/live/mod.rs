@@ -84,8 +84,8 @@ use tokio::sync::Mutex;
 
 use crate::client::ClientSettings;
 use crate::config::{
-    Config, ConsulConfig, Discovery, InboundConfig, ListenerLimits, ServiceProtocol,
-    StaticEndpoint, Timeouts, TransparentConfig, UpstreamConfig, UpstreamProtocol,
+    Config, ConnectionPool, ConsulConfig, Discovery, InboundConfig, ListenerLimits,
+    ServiceProtocol, StaticEndpoint, Timeouts, TransparentConfig, UpstreamConfig, UpstreamProtocol,
 };
 use crate::consul::{self, HealthQuery};
 use crate::discovery::consul::{Watches, query_for};
@@ -876,7 +876,7 @@ fn specs<'a>(config: &'a Config, mesh: Option<&MeshSecurity>) -> anyhow::Result<
                 protocol,
                 policy: Default::default(),
                 hash_on: None,
-                client: client_settings(&Timeouts::default(), None),
+                client: client_settings(&Timeouts::default(), ConnectionPool::default(), None),
                 circuit_breaker: None,
                 outlier_detection: None,
                 rate_limit: inbound.rate_limit.clone(),
@@ -911,7 +911,7 @@ fn specs<'a>(config: &'a Config, mesh: Option<&MeshSecurity>) -> anyhow::Result<
                 protocol: upstream.protocol,
                 policy: upstream.load_balancing.policy,
                 hash_on: upstream.load_balancing.hash_on.clone(),
-                client: client_settings(&upstream.timeouts, tls),
+                client: client_settings(&upstream.timeouts, upstream.connection_pool, tls),
                 circuit_breaker: upstream.circuit_breaker.clone(),
                 outlier_detection: upstream.outlier_detection.clone(),
                 rate_limit: upstream.rate_limit.clone(),
@@ -952,12 +952,14 @@ fn access_log_share(config: &Config) -> f64 {
 
 fn client_settings(
     timeouts: &Timeouts,
+    pool: ConnectionPool,
     tls: Option<Arc<crate::tls::outbound::UpstreamTls>>,
 ) -> ClientSettings {
     ClientSettings {
         connect_timeout: timeouts.connect,
         idle_timeout: timeouts.idle,
         tls,
+        pool,
     }
 }
 

@@ -399,6 +399,19 @@ pub fn faults_counter(upstream: &str, fault: &'static str) -> Counter {
 pub const BUILD_INFO: &str = "remora_build_info";
 pub const ENDPOINT_REQUESTS_TOTAL: &str = "remora_endpoint_requests_total";
 pub const ENDPOINT_REQUEST_DURATION: &str = "remora_endpoint_request_duration_seconds";
+pub const UPSTREAM_RESENDS_TOTAL: &str = "remora_upstream_resends_total";
+pub const POOL_CONNECTIONS: &str = "remora_upstream_pool_connections";
+pub const POOL_PENDING_REQUESTS: &str = "remora_upstream_pool_pending_requests";
+
+/// HTTP/2 connections open in the pools of an upstream's endpoints.
+pub fn pool_connections(upstream: &str) -> Gauge {
+    gauge!(POOL_CONNECTIONS, "upstream" => upstream.to_owned())
+}
+
+/// Requests waiting for an HTTP/2 stream to an upstream's endpoints.
+pub fn pool_pending_requests(upstream: &str) -> Gauge {
+    gauge!(POOL_PENDING_REQUESTS, "upstream" => upstream.to_owned())
+}
 
 /// Sets `remora_build_info{version}` to 1.
 fn build_info() {
@@ -409,6 +422,7 @@ fn build_info() {
 /// registered once when the endpoint is created so a try records without a
 /// label lookup.
 pub struct EndpointMetrics {
+    upstream: String,
     requests: Counter,
     durations: Histogram,
 }
@@ -420,9 +434,18 @@ impl EndpointMetrics {
             ("endpoint", endpoint.to_string()),
         ];
         Self {
+            upstream: upstream.to_owned(),
             requests: counter!(ENDPOINT_REQUESTS_TOTAL, &labels),
             durations: histogram!(ENDPOINT_REQUEST_DURATION, &labels),
         }
+    }
+
+    /// Counts a request sent again because the upstream never processed it
+    /// (`reason`: `not_written`, `goaway`, `refused_stream`,
+    /// `closed_before_response`).
+    pub fn resent(&self, reason: &'static str) {
+        counter!(UPSTREAM_RESENDS_TOTAL, "upstream" => self.upstream.clone(), "reason" => reason)
+            .increment(1);
     }
 
     /// Counts one try whose response head arrived after `duration`.

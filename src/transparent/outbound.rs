@@ -35,6 +35,7 @@ use super::passthrough::Passthrough;
 use super::routes::RouteTable;
 use crate::body::ResponseBody;
 use crate::client::ClientSettings;
+use crate::config::ConnectionPool;
 use crate::config::{TransparentConfig, Unmatched};
 use crate::drain::Drain;
 use crate::error::ProxyError;
@@ -107,6 +108,7 @@ impl TransparentOutbound {
                     connect_timeout: PASSTHROUGH_CONNECT,
                     idle_timeout: CONNECTION_IDLE,
                     tls: None,
+                    pool: ConnectionPool::default(),
                 },
             )
         });

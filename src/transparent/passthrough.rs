@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpStream;
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::client::{ClientSettings, EndpointClient, H1Sender, Opened};
+use crate::client::{ClientSettings, EndpointClient, H1Sender, Opened, PoolGauges};
 use crate::error::ProxyError;
 use crate::headers::strip_hop_by_hop;
 
@@ -32,7 +32,7 @@ impl Passthrough {
     pub fn new(destination: SocketAddr, settings: ClientSettings) -> Self {
         Self {
             destination,
-            client: EndpointClient::new(destination, settings.clone()),
+            client: EndpointClient::new(destination, settings.clone(), unmetered()),
             settings,
             h1: tokio::sync::Mutex::new(None),
         }
@@ -61,8 +61,10 @@ impl Passthrough {
         let mut request = request.map(RequestBody::streaming);
         strip_hop_by_hop(request.headers_mut(), false);
         let response = if request.version() == Version::HTTP_2 {
-            let (mut sender, _) = self.client.h2_sender().await?;
-            sender.send_request(request).await
+            // The stream counts against the connection's limit until the
+            // response head (passthrough keeps no release for its body).
+            let stream = self.client.h2_stream().await?;
+            stream.sender().send_request(request).await
         } else {
             let mut h1 = self.h1.lock().await;
             let sender = match h1.take() {
@@ -87,5 +89,13 @@ impl Passthrough {
         })?;
         let idle = self.settings.idle_timeout;
         Ok(response.map(|body| ResponseBody::unreleased(body, idle)))
+    }
+}
+
+/// Passthrough connections are outside the mesh: not in the pool gauges.
+fn unmetered() -> PoolGauges {
+    PoolGauges {
+        connections: metrics::Gauge::noop(),
+        pending: metrics::Gauge::noop(),
     }
 }

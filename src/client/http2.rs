@@ -1,0 +1,461 @@
+//! The HTTP/2 connections of one endpoint: as many as the load needs, each
+//! carrying at most as many streams as the peer allows.
+//!
+//! # Algorithm
+//!
+//! A request [checks out](Http2Pool::checkout) a stream:
+//!
+//! 1. Connections that closed, received GOAWAY, outlived
+//!    `max_connection_age` or carried `max_requests_per_connection` are
+//!    *retired*: they leave the pool, take no new stream, and close once
+//!    their last stream ends (the pool drops its handle; hyper then closes the
+//!    connection when its streams are done).
+//! 2. The oldest connection with a free stream takes the request: open
+//!    streams (ours, counted until the response body ends) below the peer's
+//!    `SETTINGS_MAX_CONCURRENT_STREAMS` as the connection reads it now, so a
+//!    changed SETTINGS mid-connection counts from then on. A peer that has
+//!    announced no limit (or whose SETTINGS have not arrived yet) is held to
+//!    [`UNANNOUNCED_STREAM_LIMIT`], the least RFC 9113 §6.5.2 recommends. Filling
+//!    the oldest first leaves extra connections idle when load falls, so they
+//!    close after `timeouts.idle`.
+//! 3. Otherwise, while fewer than `max_connections_per_endpoint` are open or
+//!    opening, the request opens a new one ([`Checkout::Open`]).
+//! 4. Otherwise it waits, with at most `max_pending_requests` others, for at
+//!    most `pending_timeout`, and is woken when a stream ends or a connection
+//!    opens or retires. Past either bound: 503 `overloaded`.
+//!
+//! This is how Envoy's and HAProxy's HTTP/2 pools behave; hyper's own
+//! client keeps one connection and queues streams above the limit inside it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use metrics::Gauge;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::body::RequestBody;
+use crate::config::ConnectionPool;
+use crate::error::ProxyError;
+use crate::tls::stream::UpstreamIo;
+
+use super::lock;
+
+/// Streams per connection assumed of a peer that announced no
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` (RFC 9113 §6.5.2: "no smaller than 100").
+pub const UNANNOUNCED_STREAM_LIMIT: usize = 100;
+
+pub type H2Sender = http2::SendRequest<RequestBody>;
+
+/// The connection task hyper gives back from the handshake, shared between
+/// the task that drives it and the pool that reads the peer's settings.
+pub type H2Task = Arc<Mutex<H2Connection>>;
+
+type H2Connection = http2::Connection<TokioIo<UpstreamIo>, RequestBody, TokioExecutor>;
+
+/// One HTTP/2 connection of the pool.
+pub struct Http2Connection {
+    sender: H2Sender,
+    /// Weak: once its driver ends (GOAWAY or close), the task must be
+    /// dropped, so that requests still queued in it come back unsent.
+    task: Weak<Mutex<H2Connection>>,
+    /// Streams checked out and not yet ended.
+    streams: AtomicUsize,
+    /// Streams ever checked out.
+    requests: AtomicU64,
+    opened: Instant,
+    /// When `streams` last fell to 0.
+    idle_since: Mutex<Instant>,
+    /// Takes no new streams (GOAWAY, closed, too old, too many requests).
+    retired: AtomicBool,
+}
+
+impl Http2Connection {
+    /// The peer's current SETTINGS_MAX_CONCURRENT_STREAMS.
+    fn stream_limit(&self) -> usize {
+        let Some(task) = self.task.upgrade() else {
+            return 0;
+        };
+        match lock(&task).current_max_send_streams() {
+            usize::MAX => UNANNOUNCED_STREAM_LIMIT,
+            limit => limit,
+        }
+    }
+
+    /// Takes no new streams from now on.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// Retires the connection when it may take no more streams; true when it
+    /// is retired.
+    fn retire_if_spent(&self, limits: &ConnectionPool, now: Instant) -> bool {
+        let too_old = limits
+            .max_connection_age
+            .is_some_and(|age| now.saturating_duration_since(self.opened) >= age);
+        let too_many = limits
+            .max_requests_per_connection
+            .is_some_and(|most| self.requests.load(Ordering::Relaxed) >= most);
+        if too_old || too_many || self.sender.is_closed() {
+            self.retire();
+        }
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    fn has_free_stream(&self) -> bool {
+        self.streams.load(Ordering::Relaxed) < self.stream_limit()
+    }
+
+    fn is_idle_since(&self, before: Instant) -> bool {
+        self.streams.load(Ordering::Relaxed) == 0 && *lock(&self.idle_since) <= before
+    }
+}
+
+/// A checked-out stream: its connection's open-stream count until dropped
+/// (when the response body ends, or the request fails).
+pub struct Http2Stream {
+    pool: Arc<Shared>,
+    connection: Arc<Http2Connection>,
+}
+
+impl Http2Stream {
+    /// A handle to send the request on the stream's connection.
+    pub fn sender(&self) -> H2Sender {
+        self.connection.sender.clone()
+    }
+
+    /// The connection received GOAWAY or closed under this stream: no new
+    /// streams go to it, and waiting requests look again.
+    pub fn retire_connection(&self) {
+        self.connection.retire();
+        self.pool.changed.notify_waiters();
+    }
+}
+
+impl Drop for Http2Stream {
+    fn drop(&mut self) {
+        if self.connection.streams.fetch_sub(1, Ordering::Relaxed) == 1 {
+            *lock(&self.connection.idle_since) = Instant::now();
+        }
+        self.pool.changed.notify_one();
+    }
+}
+
+/// What a checkout got.
+pub enum Checkout {
+    /// A stream on an open connection.
+    Stream(Http2Stream),
+    /// The right to open a new connection; give it to [`OpenSlot::opened`].
+    Open(OpenSlot),
+}
+
+/// A connection being opened; its place in the pool is given back if it is
+/// dropped (the connect or handshake failed).
+pub struct OpenSlot {
+    pool: Arc<Shared>,
+    done: bool,
+}
+
+impl OpenSlot {
+    /// Adds the connection the slot was for and takes its first stream; the
+    /// connection's task calls [`ConnectionEnd::ended`] when it is over.
+    pub fn opened(mut self, sender: H2Sender, task: H2Task) -> (Http2Stream, ConnectionEnd) {
+        let now = Instant::now();
+        let connection = Arc::new(Http2Connection {
+            sender,
+            task: Arc::downgrade(&task),
+            streams: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            opened: now,
+            idle_since: Mutex::new(now),
+            retired: AtomicBool::new(false),
+        });
+        let stream = {
+            let mut state = self.pool.lock();
+            state.opening -= 1;
+            state.connections.push(Arc::clone(&connection));
+            self.pool.gauges.connections.increment(1.0);
+            claim(&self.pool, &connection)
+        };
+        self.done = true;
+        self.pool.changed.notify_waiters();
+        let end = ConnectionEnd {
+            pool: Arc::downgrade(&self.pool),
+            connection: Arc::downgrade(&connection),
+        };
+        (stream, end)
+    }
+}
+
+/// Tells the pool that a connection's task has ended (closed, or GOAWAY
+/// seen). Weak, so it keeps neither the pool nor the connection alive.
+pub struct ConnectionEnd {
+    pool: Weak<Shared>,
+    connection: Weak<Http2Connection>,
+}
+
+impl ConnectionEnd {
+    pub fn ended(self) {
+        if let Some(connection) = self.connection.upgrade() {
+            connection.retire();
+        }
+        if let Some(pool) = self.pool.upgrade() {
+            pool.changed.notify_waiters();
+        }
+    }
+}
+
+impl OpenSlot {
+    /// The connection could not be opened: the requests that were waiting
+    /// for it fail with the same error.
+    pub fn failed(mut self, addr: SocketAddr, error: &ProxyError) {
+        let mut state = self.pool.lock();
+        state.opening -= 1;
+        state.failed_opens += 1;
+        state.last_failure = Some(copy_open_error(addr, error));
+        drop(state);
+        self.done = true;
+        self.pool.changed.notify_waiters();
+    }
+}
+
+impl Drop for OpenSlot {
+    /// Abandoned (its request went away): waiting requests look again.
+    fn drop(&mut self) {
+        if !self.done {
+            self.pool.lock().opening -= 1;
+            self.pool.changed.notify_waiters();
+        }
+    }
+}
+
+/// Gauges of one upstream's pools (summed over its endpoints).
+#[derive(Clone)]
+pub struct PoolGauges {
+    /// Open HTTP/2 connections in pools.
+    pub connections: Gauge,
+    /// Requests waiting for a stream.
+    pub pending: Gauge,
+}
+
+/// The HTTP/2 connections of one endpoint.
+pub struct Http2Pool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    limits: ConnectionPool,
+    state: Mutex<PoolState>,
+    /// Woken when a stream ends, a connection opens, fails to open or retires.
+    changed: Notify,
+    gauges: PoolGauges,
+}
+
+#[derive(Default)]
+struct PoolState {
+    connections: Vec<Arc<Http2Connection>>,
+    /// Connections being opened now.
+    opening: usize,
+    /// Requests waiting for a stream now.
+    pending: usize,
+    /// Of those, the ones counting on a connection being opened.
+    awaiting_open: usize,
+    /// Opens that failed so far, and the last one's error.
+    failed_opens: u64,
+    last_failure: Option<ProxyError>,
+}
+
+/// A place in the wait queue, given back when dropped.
+struct Pending<'a> {
+    shared: &'a Shared,
+    /// Waiting for a connection being opened: the count of failed opens
+    /// when the wait began (a later failure fails this request too).
+    awaiting_open: Option<u64>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.pending -= 1;
+        if self.awaiting_open.is_some() {
+            state.awaiting_open -= 1;
+        }
+        self.shared.gauges.pending.decrement(1.0);
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        lock(&self.state)
+    }
+
+    /// Takes the connections for which `leave` is true out of the pool.
+    fn remove(&self, state: &mut PoolState, mut leave: impl FnMut(&Http2Connection) -> bool) {
+        let before = state.connections.len();
+        state.connections.retain(|connection| !leave(connection));
+        let removed = before - state.connections.len();
+        if removed > 0 {
+            self.gauges.connections.decrement(removed as f64);
+        }
+    }
+}
+
+impl Drop for Shared {
+    /// The endpoint is gone: its connections leave the gauge (they close as
+    /// their last streams end).
+    fn drop(&mut self) {
+        let open = lock(&self.state).connections.len();
+        self.gauges.connections.decrement(open as f64);
+    }
+}
+
+impl Http2Pool {
+    pub fn new(limits: ConnectionPool, gauges: PoolGauges) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                limits,
+                state: Mutex::new(PoolState::default()),
+                changed: Notify::new(),
+                gauges,
+            }),
+        }
+    }
+
+    /// A stream on a connection with room for it, the right to open a new
+    /// connection, or — after waiting as the module doc says — `Overloaded`.
+    pub async fn checkout(&self, addr: SocketAddr) -> Result<Checkout, ProxyError> {
+        let shared = &self.shared;
+        let limits = &shared.limits;
+        let mut queued: Option<Pending<'_>> = None;
+        let mut deadline = None;
+        loop {
+            let changed = shared.changed.notified();
+            tokio::pin!(changed);
+            {
+                let mut state = shared.lock();
+                if let Some(pending) = &mut queued
+                    && let Some(seen) = pending.awaiting_open.take()
+                {
+                    state.awaiting_open -= 1;
+                    if state.failed_opens > seen
+                        && let Some(failure) = &state.last_failure
+                    {
+                        return Err(copy_open_error(addr, failure));
+                    }
+                }
+                let now = Instant::now();
+                shared.remove(&mut state, |connection| {
+                    connection.retire_if_spent(limits, now)
+                });
+                if let Some(connection) = (state.connections.iter()).find(|c| c.has_free_stream()) {
+                    return Ok(Checkout::Stream(claim(shared, connection)));
+                }
+                // A connection being opened is counted on for as many streams
+                // as a peer that has not announced its limit allows.
+                let counting_on_open =
+                    state.awaiting_open < state.opening * UNANNOUNCED_STREAM_LIMIT;
+                let max = limits.max_connections_per_endpoint as usize;
+                if !counting_on_open && state.connections.len() + state.opening < max {
+                    state.opening += 1;
+                    return Ok(Checkout::Open(OpenSlot {
+                        pool: Arc::clone(shared),
+                        done: false,
+                    }));
+                }
+                let pending = match &mut queued {
+                    Some(pending) => pending,
+                    None => {
+                        if state.pending >= limits.max_pending_requests as usize {
+                            return Err(overloaded(addr, limits));
+                        }
+                        state.pending += 1;
+                        shared.gauges.pending.increment(1.0);
+                        queued.insert(Pending {
+                            shared,
+                            awaiting_open: None,
+                        })
+                    }
+                };
+                if counting_on_open {
+                    state.awaiting_open += 1;
+                    pending.awaiting_open = Some(state.failed_opens);
+                }
+                // Registered before the lock is let go: no wake-up is missed.
+                changed.as_mut().enable();
+            }
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + limits.pending_timeout);
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(overloaded(addr, limits));
+            }
+        }
+    }
+
+    /// The right to add a connection opened for another reason (an HTTP/1.1
+    /// request whose server chose `h2` by ALPN), when there is room for it.
+    pub fn reserve(&self) -> Option<OpenSlot> {
+        let mut state = self.shared.lock();
+        let max = self.shared.limits.max_connections_per_endpoint as usize;
+        (state.connections.len() + state.opening < max).then(|| {
+            state.opening += 1;
+            OpenSlot {
+                pool: Arc::clone(&self.shared),
+                done: false,
+            }
+        })
+    }
+
+    /// Closes connections that have had no stream for longer than `idle`.
+    pub fn close_idle(&self, idle: Duration) {
+        let Some(before) = Instant::now().checked_sub(idle) else {
+            return;
+        };
+        let mut state = self.shared.lock();
+        (self.shared).remove(&mut state, |connection| connection.is_idle_since(before));
+    }
+}
+
+/// Counts a new stream on `connection`.
+fn claim(pool: &Arc<Shared>, connection: &Arc<Http2Connection>) -> Http2Stream {
+    connection.streams.fetch_add(1, Ordering::Relaxed);
+    connection.requests.fetch_add(1, Ordering::Relaxed);
+    Http2Stream {
+        pool: Arc::clone(pool),
+        connection: Arc::clone(connection),
+    }
+}
+
+/// The error of a failed open, again, for a request that waited on it.
+fn copy_open_error(addr: SocketAddr, error: &ProxyError) -> ProxyError {
+    let again = |source: &std::io::Error| std::io::Error::new(source.kind(), source.to_string());
+    match error {
+        ProxyError::ConnectTimeout { timeout, .. } => ProxyError::ConnectTimeout {
+            addr,
+            timeout: *timeout,
+        },
+        ProxyError::ConnectFailed { source, .. } => ProxyError::ConnectFailed {
+            addr,
+            source: again(source),
+        },
+        ProxyError::TlsHandshake { source, .. } => ProxyError::TlsHandshake {
+            addr,
+            source: again(source),
+        },
+        other => ProxyError::ConnectFailed {
+            addr,
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
+}
+
+fn overloaded(addr: SocketAddr, limits: &ConnectionPool) -> ProxyError {
+    ProxyError::PoolExhausted {
+        addr,
+        connections: limits.max_connections_per_endpoint,
+        pending: limits.max_pending_requests,
+        wait: limits.pending_timeout,
+    }
+}

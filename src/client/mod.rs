@@ -1,0 +1,249 @@
+//! Connections to one upstream endpoint: connect with a timeout, a stack of
+//! idle HTTP/1.1 connections ([`http1`]) and a pool of multiplexed HTTP/2
+//! connections scaled by the peer's stream limit ([`http2`]).
+//!
+//! Towards a meshed upstream every connection originates mTLS (`tls`).
+//! ALPN offers what the connection will carry: `h2` for HTTP/2, `http/1.1`
+//! for a protocol upgrade, and both for an HTTP/1.1 request; when the server
+//! picks `h2` there, later requests to the endpoint use its HTTP/2 pool.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hyper::client::conn::{http1 as hyper_http1, http2 as hyper_http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::config::ConnectionPool;
+use crate::error::ProxyError;
+use crate::tls::Alpn;
+use crate::tls::outbound::UpstreamTls;
+use crate::tls::stream::UpstreamIo;
+
+pub mod http1;
+pub mod http2;
+
+pub use self::http1::{H1Sender, keep_alive_timeout};
+pub use self::http2::{H2Sender, H2Task, Http2Stream, PoolGauges};
+
+use self::http1::Http1Idle;
+use self::http2::{Checkout, ConnectionEnd, Http2Pool};
+
+/// Connection settings shared by all endpoints of an upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientSettings {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Mesh mTLS towards the upstream, when on.
+    pub tls: Option<Arc<UpstreamTls>>,
+    pub pool: ConnectionPool,
+}
+
+/// What [`EndpointClient::connect_h1`] opened.
+pub enum Opened {
+    Http1(H1Sender),
+    /// The server chose `h2` by ALPN: requests go to the HTTP/2 pool from now on.
+    Http2,
+}
+
+/// The connections of one endpoint.
+pub struct EndpointClient {
+    addr: SocketAddr,
+    settings: ClientSettings,
+    h1: Http1Idle,
+    h2: Http2Pool,
+    /// The last TLS handshake for an HTTP/1.1 request chose `h2`.
+    negotiated_h2: AtomicBool,
+}
+
+impl EndpointClient {
+    pub fn new(addr: SocketAddr, settings: ClientSettings, gauges: PoolGauges) -> Self {
+        Self {
+            addr,
+            h1: Http1Idle::default(),
+            h2: Http2Pool::new(settings.pool, gauges),
+            settings,
+            negotiated_h2: AtomicBool::new(false),
+        }
+    }
+
+    /// An idle HTTP/1.1 connection that is ready for a request, if the pool has one.
+    pub async fn checkout_h1(&self) -> Option<H1Sender> {
+        self.h1.checkout().await
+    }
+
+    /// Returns a connection whose last response was read to the end, with the
+    /// keep-alive timeout its server announced, if any.
+    pub fn checkin_h1(&self, sender: H1Sender, keep_alive: Option<Duration>) {
+        self.h1
+            .checkin(sender, self.settings.idle_timeout, keep_alive);
+    }
+
+    /// Closes idle connections that may no longer be reused.
+    pub fn close_expired_idle(&self) {
+        self.h1.close_expired();
+        self.h2.close_idle(self.settings.idle_timeout);
+    }
+
+    /// The pool's connection limits.
+    pub fn pool(&self) -> &ConnectionPool {
+        &self.settings.pool
+    }
+
+    /// A new HTTP/1.1 connection (for an `upgrade`, e.g. to WebSocket, one
+    /// that can only be HTTP/1.1) — or [`Opened::Http2`] when the server
+    /// chose `h2` by ALPN.
+    pub async fn connect_h1(&self, upgrade: bool) -> Result<Opened, ProxyError> {
+        let alpn = if upgrade { Alpn::Http1 } else { Alpn::Http };
+        let (io, h2) = self.connect(alpn).await?;
+        if !upgrade {
+            self.negotiated_h2.store(h2, Ordering::Relaxed);
+        }
+        if h2 {
+            // The connection joins the HTTP/2 pool (closed if it is full).
+            if let Some(slot) = self.h2.reserve() {
+                let (sender, task) = self.handshake_h2(io).await?;
+                let (_stream, end) = slot.opened(sender, Arc::clone(&task));
+                drive_h2(task, end);
+            }
+            return Ok(Opened::Http2);
+        }
+        let (sender, connection) = hyper_http1::Builder::new()
+            .writev(false)
+            .handshake(io)
+            .await
+            .map_err(|source| self.handshake_failed(source))?;
+        drive(connection.with_upgrades(), "HTTP/1.1", || ());
+        Ok(Opened::Http1(sender))
+    }
+
+    /// True when the endpoint's server chose `h2` for HTTP/1.1 requests, so
+    /// they go over its HTTP/2 pool.
+    pub fn negotiated_h2(&self) -> bool {
+        self.negotiated_h2.load(Ordering::Relaxed)
+    }
+
+    /// A stream on one of the endpoint's HTTP/2 connections, opening one when
+    /// all are full, or waiting (bounded) when no more may open.
+    pub async fn h2_stream(&self) -> Result<Http2Stream, ProxyError> {
+        match self.h2.checkout(self.addr).await? {
+            Checkout::Stream(stream) => Ok(stream),
+            Checkout::Open(slot) => match self.open_h2().await {
+                Ok((sender, task)) => {
+                    let (stream, end) = slot.opened(sender, Arc::clone(&task));
+                    drive_h2(task, end);
+                    Ok(stream)
+                }
+                Err(error) => {
+                    slot.failed(self.addr, &error);
+                    Err(error)
+                }
+            },
+        }
+    }
+
+    /// A new HTTP/2 connection, its task not yet driven.
+    async fn open_h2(&self) -> Result<(H2Sender, H2Task), ProxyError> {
+        let (io, _) = self.connect(Alpn::Http2).await?;
+        self.handshake_h2(io).await
+    }
+
+    async fn handshake_h2(
+        &self,
+        io: TokioIo<UpstreamIo>,
+    ) -> Result<(H2Sender, H2Task), ProxyError> {
+        let (sender, connection) = self
+            .http2_builder()
+            .handshake(io)
+            .await
+            .map_err(|source| self.handshake_failed(source))?;
+        // Shared with the pool, which reads the peer's stream limit; the
+        // lock is only ever held for one poll or one read.
+        Ok((sender, Arc::new(Mutex::new(connection))))
+    }
+
+    fn http2_builder(&self) -> hyper_http2::Builder<TokioExecutor> {
+        let mut builder = hyper_http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        if let Some(interval) = self.settings.pool.keepalive_interval {
+            builder
+                .keep_alive_interval(interval)
+                .keep_alive_timeout(self.settings.pool.keepalive_timeout)
+                .keep_alive_while_idle(false);
+        }
+        builder
+    }
+
+    fn handshake_failed(&self, source: hyper::Error) -> ProxyError {
+        ProxyError::Handshake {
+            addr: self.addr,
+            source,
+        }
+    }
+
+    /// A connection for opaque TCP proxying (mTLS without ALPN when on).
+    pub async fn connect_tcp(&self) -> Result<UpstreamIo, ProxyError> {
+        let (io, _) = self.connect(Alpn::None).await?;
+        Ok(io.into_inner())
+    }
+
+    /// A TCP connection to the endpoint within the connect timeout, with
+    /// mTLS offering `alpn` when the upstream is meshed. The boolean says
+    /// whether the server chose `h2`.
+    async fn connect(&self, alpn: Alpn) -> Result<(TokioIo<UpstreamIo>, bool), ProxyError> {
+        let addr = self.addr;
+        let timeout = self.settings.connect_timeout;
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => return Err(ProxyError::ConnectFailed { addr, source }),
+            Err(_) => return Err(ProxyError::ConnectTimeout { addr, timeout }),
+        };
+        // Requests are small writes that must leave at once.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+        match &self.settings.tls {
+            None => Ok((TokioIo::new(UpstreamIo::Plain(stream)), false)),
+            Some(tls) => {
+                let (stream, h2) = tls.connect(stream, addr, alpn).await?;
+                Ok((TokioIo::new(UpstreamIo::Tls(Box::new(stream))), h2))
+            }
+        }
+    }
+}
+
+/// Runs an upstream connection's I/O task until the connection closes (or,
+/// for HTTP/2, stops taking requests), then calls `ended`.
+fn drive<C>(connection: C, version: &'static str, ended: impl FnOnce() + Send + 'static)
+where
+    C: Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, version, "upstream connection ended with an error");
+        }
+        ended();
+    });
+}
+
+/// Drives an HTTP/2 connection's task; the pool is told when it ends.
+fn drive_h2(task: H2Task, end: ConnectionEnd) {
+    drive(
+        std::future::poll_fn(move |cx| Pin::new(&mut *lock(&task)).poll(cx)),
+        "HTTP/2",
+        move || end.ended(),
+    );
+}
+
+/// Locks one of the client's mutexes. What they guard (a connection task,
+/// pool bookkeeping) is consistent after a panic elsewhere, so a poisoned
+/// lock is recovered.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,175 @@
+//! Requests the upstream never processed, sent again on another connection
+//! of the same endpoint, transparently: with no `retries:` configured, not
+//! counted as a retry, not against the retry budget, and not a failure for
+//! the circuit breaker or outlier detection (except after a GOAWAY with an
+//! error code, which `endpoint.rs` counts against the endpoint).
+//!
+//! A request is resent when the upstream provably did not act on it:
+//!
+//! * **HTTP/2, any method:** its stream was above the `last_stream_id` of a
+//!   GOAWAY, or reset with `REFUSED_STREAM` (RFC 9113 §6.8, §8.7), or hyper
+//!   never wrote it because the connection was going away.
+//! * **HTTP/1.1, any method:** hyper never wrote it (the pooled connection
+//!   had closed).
+//! * **HTTP/1.1, idempotent methods only** (RFC 9110 §9.2.2: GET, HEAD,
+//!   OPTIONS, TRACE, PUT, DELETE): it went out on a *reused* connection that
+//!   the upstream closed or reset before any byte of a response — the
+//!   keep-alive race, when the server closes an idle connection just as a
+//!   request is written (RFC 9112 §9.3.1). A non-idempotent request is never
+//!   resent once bytes of it were written: the server may have acted on it.
+//!
+//! The body must be replayable: empty, or held in a copy of at most
+//! [`RESEND_BUFFER`] bytes while it streams (`body::replay`); a larger body
+//! is not resent. A request is resent at most [`MAX_RESENDS`] times.
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Uri, Version};
+use http_body::Body;
+
+use crate::body::{Replay, RequestBody, RequestBodyError};
+
+/// Bytes of a request body kept so that the request can be resent.
+pub const RESEND_BUFFER: usize = 64 * 1024;
+
+/// Resends of one request at most (a server that refuses every stream
+/// is answered with the error after that).
+pub const MAX_RESENDS: u32 = 3;
+
+/// What the upstream did that shows it never processed a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unprocessed {
+    /// The request was never written: the connection was closing.
+    NotWritten,
+    /// HTTP/2 GOAWAY below the stream; `graceful` when its code is `NO_ERROR`.
+    GoAway { graceful: bool },
+    /// HTTP/2 `REFUSED_STREAM`.
+    RefusedStream,
+    /// HTTP/1.1: a reused connection closed or reset before a response byte.
+    ClosedBeforeResponse,
+}
+
+impl Unprocessed {
+    /// The `reason` label of `remora_upstream_resends_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unprocessed::NotWritten => "not_written",
+            Unprocessed::GoAway { .. } => "goaway",
+            Unprocessed::RefusedStream => "refused_stream",
+            Unprocessed::ClosedBeforeResponse => "closed_before_response",
+        }
+    }
+}
+
+/// A copy of a request's head, and the means to replay its body.
+pub struct Resendable {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    /// `None`: the body is empty.
+    body: Option<Replay>,
+}
+
+impl Resendable {
+    /// Keeps what is needed to send `request` again; returns the request to
+    /// send now.
+    pub fn keep(request: Request<RequestBody>) -> (Request<RequestBody>, Resendable) {
+        let (parts, body) = request.into_parts();
+        let (body, replay) = if body.is_end_stream() {
+            (body, None)
+        } else {
+            let (first, replay) = body.replayable(RESEND_BUFFER);
+            (first, Some(replay))
+        };
+        let copy = Resendable {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            body: replay,
+        };
+        (Request::from_parts(parts, body), copy)
+    }
+
+    /// The request again, or `None` when its body can no longer be replayed.
+    pub fn again(&self) -> Option<Request<RequestBody>> {
+        let body = match &self.body {
+            None => RequestBody::buffered(Bytes::new(), None),
+            Some(replay) => replay.next_body()?,
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        Some(request)
+    }
+}
+
+/// RFC 9110 §9.2.2.
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// How an HTTP/2 stream's failure shows the request was not processed.
+pub fn unprocessed_h2(error: &hyper::Error) -> Option<Unprocessed> {
+    if failed_reading_client(error) {
+        return None;
+    }
+    let h2 = std::error::Error::source(error)?.downcast_ref::<h2::Error>()?;
+    if !h2.is_remote() {
+        return None;
+    }
+    if h2.is_go_away() {
+        let graceful = h2.reason() == Some(h2::Reason::NO_ERROR);
+        return Some(Unprocessed::GoAway { graceful });
+    }
+    (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+        .then_some(Unprocessed::RefusedStream)
+}
+
+/// True when an HTTP/1.1 connection closed or was reset under a request
+/// before any byte of a response arrived.
+pub fn closed_before_response(error: &hyper::Error) -> bool {
+    if failed_reading_client(error) {
+        return false;
+    }
+    if error.is_incomplete_message() || error.is_canceled() {
+        return true;
+    }
+    let io =
+        std::error::Error::source(error).and_then(|cause| cause.downcast_ref::<std::io::Error>());
+    io.is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionAborted
+        )
+    })
+}
+
+/// True when the failure was the client's own body.
+fn failed_reading_client(error: &hyper::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|cause| cause.downcast_ref::<RequestBodyError>())
+        .is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotent_methods_follow_rfc_9110() {
+        for method in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+            assert!(is_idempotent(&method.parse().unwrap()), "{method}");
+        }
+        for method in ["POST", "PATCH", "CONNECT"] {
+            assert!(!is_idempotent(&method.parse().unwrap()), "{method}");
+        }
+    }
+}
