@@ -9,9 +9,12 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests use: procps for `kill` (signals to the real
 # binary), dnsmasq-base for a real DNS server (DNS SRV discovery), chromium
 # to load the admin dashboard headless, iptables, iproute2 (`ip netns`) and
-# util-linux (`setpriv`) for transparent mode's network-namespace tests.
-# bench/ needs wrk and haproxy, but the suite does not.
-packages=(procps dnsmasq-base chromium iptables iproute2 util-linux)
+# util-linux (`setpriv`) for transparent mode's network-namespace tests;
+# upstream servers and a load generator we did not write: nginx-light (h2c
+# and HTTP/1.1 origin), haproxy (h2 origin), nghttp2-client (h2load) and
+# python3-grpcio (a gRPC C-core server, tests/fixtures/grpc_server.py).
+# bench/ also needs wrk.
+packages=(procps dnsmasq-base chromium iptables iproute2 util-linux nginx-light haproxy nghttp2-client python3-grpcio)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

@@ -262,10 +262,11 @@ async fn retries(proxy: &Proxy, upstream: &str) -> (f64, f64) {
     (count("success"), count("failure"))
 }
 
-/// An HTTP/2 origin that refuses its first stream with `REFUSED_STREAM` and answers 200 after.
-fn refusing_first_stream() -> Server {
-    h2_origin(|number, _request, mut respond| async move {
-        if number == 0 {
+/// An HTTP/2 origin that refuses its first `refused` streams with `REFUSED_STREAM` and answers
+/// 200 after.
+fn refusing_first_streams(refused: u64) -> Server {
+    h2_origin(move |number, _request, mut respond| async move {
+        if number < refused {
             respond.send_reset(h2::Reason::REFUSED_STREAM);
         } else {
             support::h2_origin::answer(respond, 200);
@@ -273,8 +274,10 @@ fn refusing_first_stream() -> Server {
     })
 }
 
-/// A refused stream is its own outcome (`ProxyError::is_refused_stream` sees the h2 reason
-/// under hyper's error): retried under `refused_stream`, and not under `reset`.
+/// A refused stream is resent by the endpoint itself, up to `MAX_RESENDS` (3) times, with no
+/// retry counted; refused once more, it reaches the retry layer as its own outcome
+/// (`ProxyError::is_refused_stream` sees the h2 reason under hyper's error): retried under
+/// `refused_stream`, and not under `reset`.
 #[tokio::test]
 async fn a_refused_stream_is_retried_under_refused_stream_only() {
     for (name, on, status, retried) in [
@@ -291,7 +294,7 @@ async fn a_refused_stream_is_retried_under_refused_stream_only() {
             (0.0, 0.0),
         ),
     ] {
-        let origin = refusing_first_stream();
+        let origin = refusing_first_streams(1 + remora::resend::MAX_RESENDS as u64);
         let retry = format!("{{ attempts: 2, on: [{on}], backoff: {{ base: 1ms, max: 2ms }} }}");
         let proxy = Proxy::start(&yaml_with(
             name,

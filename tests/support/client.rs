@@ -10,6 +10,9 @@ use hyper_util::rt::TokioExecutor;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A client sending whole bodies.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
 /// A fully read response.
 #[derive(Debug)]
 pub struct Reply {

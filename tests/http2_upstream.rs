@@ -1,0 +1,400 @@
+//! HTTP/2 upstream connections: the pool scales with the peer's stream limit and queues
+//! (bounded) past its connection limit; streams a GOAWAY or `REFUSED_STREAM` left unprocessed
+//! are resent transparently (no `retries:`, no retry counted); connections rotate by age and
+//! request count; PING keepalive finds a silent peer; every in-flight gauge returns to zero
+//! after every kind of ending. Against our own origins (h2 crate, frame by frame) here;
+//! against nginx, HAProxy and grpcio in `third_party_upstreams.rs`.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+
+use support::raw_h2::goaway_origin;
+use support::{Proxy, Server, get, h2_origin, prom, send, serve};
+
+fn yaml(name: &str, endpoint: SocketAddr, extra: &str) -> String {
+    format!(
+        "service: {{ name: test }}\n\
+         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: http2\n    \
+         discovery: {{ static: [{endpoint}] }}\n    {extra}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         logging: {{ access_log: false }}\n"
+    )
+}
+
+async fn metric(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
+    prom::value(
+        &prom::scrape(&proxy.admin_url("/metrics")).await,
+        name,
+        labels,
+    )
+    .unwrap_or(0.0)
+}
+
+async fn resends(proxy: &Proxy, upstream: &str, reason: &str) -> f64 {
+    let labels = [("upstream", upstream), ("reason", reason)];
+    metric(proxy, "remora_upstream_resends_total", &labels).await
+}
+
+async fn retries(proxy: &Proxy, upstream: &str) -> f64 {
+    let text = prom::scrape(&proxy.admin_url("/metrics")).await;
+    let samples = prom::parse(&text);
+    (prom::find(&samples, "remora_retries_total", &[("upstream", upstream)]).iter())
+        .map(|sample| sample.value)
+        .sum()
+}
+
+/// Every in-flight figure of `upstream`: the listener's gauge, the pool's queue, and each
+/// endpoint's count in `/endpoints`.
+async fn in_flight(proxy: &Proxy, upstream: &str) -> (f64, f64, u64) {
+    let text = prom::scrape(&proxy.admin_url("/metrics")).await;
+    let listener = prom::value(
+        &text,
+        "remora_requests_in_flight",
+        &[("direction", "outbound"), ("upstream", upstream)],
+    )
+    .unwrap_or(0.0);
+    let pending = prom::value(
+        &text,
+        "remora_upstream_pool_pending_requests",
+        &[("upstream", upstream)],
+    )
+    .unwrap_or(0.0);
+    let endpoints = get(Version::HTTP_11, &proxy.admin_url("/endpoints"))
+        .await
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&endpoints.body).unwrap();
+    let endpoint_count = json["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["name"] == upstream)
+        .flat_map(|u| u["endpoints"].as_array().unwrap().clone())
+        .map(|e| e["in_flight"].as_u64().unwrap())
+        .sum();
+    (listener, pending, endpoint_count)
+}
+
+/// Waits (bounded) until every in-flight figure of `upstream` is zero.
+async fn assert_nothing_in_flight(proxy: &Proxy, upstream: &str, after: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let figures = in_flight(proxy, upstream).await;
+        if figures == (0.0, 0.0, 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {after}: in flight (listener, pool queue, endpoints) = {figures:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A GOAWAY leaves the streams above its `last_stream_id` unprocessed: they are sent again on
+/// a new connection, with no `retries:` configured and no retry counted, while the stream at
+/// `last_stream_id` completes on the old one. With an error code too.
+#[tokio::test]
+async fn streams_above_a_goaway_are_resent_on_a_new_connection() {
+    for (name, code) in [("goaway-graceful", 0), ("goaway-error", 2)] {
+        let (origin, seen) = goaway_origin(2, code);
+        // One connection at a time, so both requests share the first.
+        let pool = "connection_pool: { max_connections_per_endpoint: 1 }";
+        let proxy = Proxy::start(&yaml(name, origin.addr, pool)).await;
+        let url = format!("http://{}/", proxy.upstream(name));
+        let (first, second) = tokio::join!(get(Version::HTTP_2, &url), get(Version::HTTP_2, &url));
+        assert_eq!(first.unwrap().status, StatusCode::OK, "{name}");
+        assert_eq!(second.unwrap().status, StatusCode::OK, "{name}");
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2, "{name}");
+        assert_eq!(seen.answered.load(Ordering::SeqCst), 2, "{name}");
+        assert_eq!(resends(&proxy, name, "goaway").await, 1.0, "{name}");
+        assert_eq!(retries(&proxy, name).await, 0.0, "{name}");
+        assert_nothing_in_flight(&proxy, name, name).await;
+    }
+}
+
+/// A stream refused with `REFUSED_STREAM` is sent again — its body replayed — with no
+/// `retries:` configured.
+#[tokio::test]
+async fn a_refused_stream_is_resent_with_its_body() {
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let origin = h2_origin({
+        let bodies = Arc::clone(&bodies);
+        move |number, request, mut respond| {
+            let bodies = Arc::clone(&bodies);
+            async move {
+                if number == 0 {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    return;
+                }
+                let mut body = request.into_body();
+                let mut read = Vec::new();
+                while let Some(Ok(chunk)) = body.data().await {
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    read.extend_from_slice(&chunk);
+                }
+                bodies
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8(read).unwrap());
+                support::h2_origin::answer(respond, 200);
+            }
+        }
+    });
+    let proxy = Proxy::start(&yaml("refused", origin.addr, "")).await;
+    let url = format!("http://{}/", proxy.upstream("refused"));
+    let request = Request::post(&url)
+        .body(Full::new(Bytes::from_static(b"hello, twice")))
+        .unwrap();
+    let reply = send(Version::HTTP_2, request).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(*bodies.lock().unwrap(), ["hello, twice"]);
+    assert_eq!(resends(&proxy, "refused", "refused_stream").await, 1.0);
+    assert_eq!(retries(&proxy, "refused").await, 0.0);
+}
+
+/// An h2 origin announcing `max_streams` per connection that answers after `delay`; records
+/// connections and the most streams open at once on one connection.
+fn limited_origin(
+    max_streams: u32,
+    delay: Duration,
+) -> (Server, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let busiest = Arc::new(AtomicUsize::new(0));
+    let server = serve({
+        let (connections, busiest) = (Arc::clone(&connections), Arc::clone(&busiest));
+        move |stream| {
+            connections.fetch_add(1, Ordering::SeqCst);
+            let busiest = Arc::clone(&busiest);
+            async move {
+                let Ok(mut connection) = h2::server::Builder::new()
+                    .max_concurrent_streams(max_streams)
+                    .handshake::<_, Bytes>(stream)
+                    .await
+                else {
+                    return;
+                };
+                let open = Arc::new(AtomicUsize::new(0));
+                while let Some(Ok((_request, respond))) = connection.accept().await {
+                    let (open, busiest) = (Arc::clone(&open), Arc::clone(&busiest));
+                    let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                    busiest.fetch_max(now, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        open.fetch_sub(1, Ordering::SeqCst);
+                        support::h2_origin::answer(respond, 200);
+                    });
+                }
+            }
+        }
+    });
+    (server, connections, busiest)
+}
+
+/// Past the peer's SETTINGS_MAX_CONCURRENT_STREAMS the pool opens more connections, up to
+/// `max_connections_per_endpoint`; beyond that, requests wait for a stream and all succeed.
+#[tokio::test]
+async fn streams_beyond_the_peer_limit_open_connections_then_wait() {
+    let (origin, connections, busiest) = limited_origin(4, Duration::from_millis(100));
+    let pool = "connection_pool: { max_connections_per_endpoint: 3 }";
+    let proxy = Proxy::start(&yaml("limited", origin.addr, pool)).await;
+    // Learn the peer's limit first (SETTINGS arrive after the first connection opens).
+    let url = format!("http://{}/", proxy.upstream("limited"));
+    assert_eq!(
+        get(Version::HTTP_2, &url).await.unwrap().status,
+        StatusCode::OK
+    );
+    let started = Instant::now();
+    let replies = futures_util::future::join_all(
+        (0..48).map(|_| async { get(Version::HTTP_2, &url).await.unwrap().status }),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    assert!(replies.iter().all(|s| *s == StatusCode::OK), "{replies:?}");
+    assert_eq!(connections.load(Ordering::SeqCst), 3, "connections opened");
+    assert!(
+        busiest.load(Ordering::SeqCst) <= 4,
+        "streams on one connection"
+    );
+    // 48 requests over 3 × 4 streams of 100 ms each: 4 waves at least.
+    assert!(elapsed >= Duration::from_millis(390), "{elapsed:?}");
+    assert_eq!(resends(&proxy, "limited", "refused_stream").await, 0.0);
+    assert_nothing_in_flight(&proxy, "limited", "the waves").await;
+}
+
+/// A request that finds every connection full waits at most `pending_timeout`, with at most
+/// `max_pending_requests` others; past either bound it gets 503 `overloaded`.
+#[tokio::test]
+async fn a_full_pool_queues_within_bounds_then_answers_overloaded() {
+    let (origin, _, _) = limited_origin(1, Duration::from_millis(1000));
+    let pool = "connection_pool: { max_connections_per_endpoint: 1, max_pending_requests: 2, \
+                pending_timeout: 300ms }";
+    let proxy = Proxy::start(&yaml("queue", origin.addr, pool)).await;
+    let url = format!("http://{}/", proxy.upstream("queue"));
+    assert_eq!(
+        get(Version::HTTP_2, &url).await.unwrap().status,
+        StatusCode::OK
+    );
+    let started = Instant::now();
+    let replies = futures_util::future::join_all((0..5).map(|_| async {
+        let reply = get(Version::HTTP_2, &url).await.unwrap();
+        let error = reply.headers.get("x-remora-error").cloned();
+        (reply.status, error, started.elapsed())
+    }))
+    .await;
+    let ok = replies.iter().filter(|r| r.0 == StatusCode::OK).count();
+    let overloaded: Vec<_> = replies
+        .iter()
+        .filter(|r| r.0 == StatusCode::SERVICE_UNAVAILABLE && r.1.as_ref().unwrap() == "overloaded")
+        .collect();
+    assert_eq!((ok, overloaded.len()), (1, 4), "{replies:?}");
+    // Two were turned away at once, two after waiting 300 ms.
+    let quick = overloaded
+        .iter()
+        .filter(|r| r.2 < Duration::from_millis(250))
+        .count();
+    let waited = (overloaded.iter())
+        .filter(|r| r.2 >= Duration::from_millis(290) && r.2 < Duration::from_millis(900))
+        .count();
+    assert_eq!((quick, waited), (2, 2), "{replies:?}");
+    assert_nothing_in_flight(&proxy, "queue", "overload").await;
+}
+
+/// `max_requests_per_connection` and `max_connection_age` retire connections: new requests go
+/// to a new one.
+#[tokio::test]
+async fn connections_rotate_by_request_count_and_age() {
+    for (name, pool, requests, pause, expected) in [
+        (
+            "rotate-count",
+            "max_requests_per_connection: 5",
+            20,
+            0,
+            4..=4,
+        ),
+        ("rotate-age", "max_connection_age: 150ms", 10, 50, 3..=5),
+    ] {
+        let (origin, connections, _) = limited_origin(100, Duration::ZERO);
+        let proxy = Proxy::start(&yaml(
+            name,
+            origin.addr,
+            &format!("connection_pool: {{ {pool} }}"),
+        ))
+        .await;
+        let url = format!("http://{}/", proxy.upstream(name));
+        for _ in 0..requests {
+            assert_eq!(
+                get(Version::HTTP_2, &url).await.unwrap().status,
+                StatusCode::OK
+            );
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        let opened = connections.load(Ordering::SeqCst);
+        assert!(expected.contains(&opened), "{name}: {opened} connections");
+    }
+}
+
+/// A peer that stops answering (no PING ACK) is found out by the keepalive PING: the request
+/// fails at about interval + timeout, not at `timeouts.idle`.
+#[tokio::test]
+async fn keepalive_pings_find_a_silent_peer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let silent = serve(|mut stream| async move {
+        let mut preface = [0; 24];
+        if stream.read_exact(&mut preface).await.is_ok() {
+            // An empty SETTINGS frame, then silence with the connection open.
+            let _ = stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    });
+    let extra = "timeouts: { idle: 30s }\n    \
+                 connection_pool: { keepalive_interval: 200ms, keepalive_timeout: 200ms }";
+    let proxy = Proxy::start(&yaml("silent", silent.addr, extra)).await;
+    let url = format!("http://{}/", proxy.upstream("silent"));
+    let started = Instant::now();
+    let reply = get(Version::HTTP_2, &url).await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{reply:?}");
+    assert!(
+        elapsed >= Duration::from_millis(350) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    assert_nothing_in_flight(&proxy, "silent", "keepalive").await;
+}
+
+/// Every in-flight count returns to zero after each kind of ending: success, reset, timeout,
+/// client gone mid-body, upstream gone mid-body (GOAWAY is covered above).
+#[tokio::test]
+async fn in_flight_counts_return_to_zero_after_every_ending() {
+    let origin = h2_origin(|_, request, mut respond| async move {
+        match request.uri().path() {
+            "/reset" => respond.send_reset(h2::Reason::INTERNAL_ERROR),
+            "/slow" => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                support::h2_origin::answer(respond, 200);
+            }
+            "/endless" => {
+                let response = http::Response::builder().status(200).body(()).unwrap();
+                let Ok(mut body) = respond.send_response(response, false) else {
+                    return;
+                };
+                while body.send_data(Bytes::from_static(b"tick\n"), false).is_ok() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            _ => support::h2_origin::answer(respond, 200),
+        }
+    });
+    let extra = "timeouts: { request: 300ms }\n    max_concurrent_requests: 2";
+    let proxy = Proxy::start(&yaml("endings", origin.addr, extra)).await;
+    let base = format!("http://{}", proxy.upstream("endings"));
+    let status = |path: &str| {
+        let url = format!("{base}{path}");
+        async move { get(Version::HTTP_2, &url).await.unwrap().status }
+    };
+    assert_eq!(status("/").await, StatusCode::OK);
+    assert_nothing_in_flight(&proxy, "endings", "success").await;
+    assert_eq!(status("/reset").await, StatusCode::BAD_GATEWAY);
+    assert_nothing_in_flight(&proxy, "endings", "reset").await;
+    assert_eq!(status("/slow").await, StatusCode::GATEWAY_TIMEOUT);
+    assert_nothing_in_flight(&proxy, "endings", "timeout").await;
+
+    // The client reads a little of an endless body, then goes away.
+    let client = support::http_client::<http_body_util::Empty<Bytes>>(Version::HTTP_2);
+    let request = Request::get(format!("{base}/endless"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    drop(client);
+    assert_nothing_in_flight(&proxy, "endings", "client gone").await;
+
+    // The upstream goes away while a body streams (timeouts.request does not cut a body).
+    let client = support::http_client::<http_body_util::Empty<Bytes>>(Version::HTTP_2);
+    let request = Request::get(format!("{base}/endless"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+    drop(origin);
+    while let Some(Ok(_)) = body.frame().await {}
+    assert_nothing_in_flight(&proxy, "endings", "upstream gone").await;
+
+    // The concurrency limit (2) gave every slot back: two at once are not refused by it (the
+    // stopped upstream refuses them instead).
+    let url = format!("{base}/");
+    let (a, b) = tokio::join!(get(Version::HTTP_2, &url), get(Version::HTTP_2, &url));
+    for reply in [a.unwrap(), b.unwrap()] {
+        assert_ne!(reply.headers["x-remora-error"], "overloaded", "{reply:?}");
+    }
+}

@@ -1,0 +1,249 @@
+//! remora in front of upstream servers we did not write, driven by a load generator we did
+//! not write: nginx as an h2c origin that sends GOAWAY every 100 requests and allows 16
+//! streams (h2load, 50 connections × 10 streams, 10 s); a gRPC C-core server (Python grpcio)
+//! that ages its connections out every 300 ms and allows 4 streams; HAProxy as an h2 origin;
+//! and nginx closing idle HTTP/1.1 connections just as remora reuses them (the keep-alive
+//! race). Each must end with 0 failed requests and nothing left in flight.
+//! Needs nginx-light, haproxy, nghttp2-client and python3-grpcio (`scripts/test.sh`).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+
+use support::peers::{self, h2load};
+use support::{Proxy, get, prom};
+
+fn yaml(name: &str, protocol: &str, endpoint: SocketAddr) -> String {
+    format!(
+        "service: {{ name: test }}\n\
+         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: {protocol}\n    \
+         discovery: {{ static: [{endpoint}] }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         logging: {{ access_log: false }}\n"
+    )
+}
+
+async fn metrics(proxy: &Proxy) -> String {
+    prom::scrape(&proxy.admin_url("/metrics")).await
+}
+
+/// Waits (bounded) for the listener's in-flight gauge and the pool queue of `upstream` to be 0.
+async fn assert_nothing_in_flight(proxy: &Proxy, upstream: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = metrics(proxy).await;
+        let listener = prom::value(
+            &text,
+            "remora_requests_in_flight",
+            &[("direction", "outbound"), ("upstream", upstream)],
+        );
+        let pending = prom::value(
+            &text,
+            "remora_upstream_pool_pending_requests",
+            &[("upstream", upstream)],
+        );
+        if listener.unwrap_or(0.0) == 0.0 && pending.unwrap_or(0.0) == 0.0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{upstream}: in flight {listener:?}, pending {pending:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn resends(text: &str, upstream: &str) -> f64 {
+    let samples = prom::parse(text);
+    (prom::find(
+        &samples,
+        "remora_upstream_resends_total",
+        &[("upstream", upstream)],
+    )
+    .iter())
+    .map(|sample| sample.value)
+    .sum::<f64>()
+        + 0.0
+}
+
+/// Runs h2load through remora in a blocking thread and checks that nothing failed.
+async fn h2load_through(proxy: &Proxy, upstream: &str, args: &'static [&'static str]) {
+    let url = format!("http://{}/", proxy.upstream(upstream));
+    let report = tokio::task::spawn_blocking(move || h2load(args, &url))
+        .await
+        .unwrap();
+    let text = metrics(proxy).await;
+    assert_eq!(
+        (
+            report.failed,
+            report.errored,
+            report.timeout,
+            report.not_2xx
+        ),
+        (0, 0, 0, 0),
+        "{upstream}: {}\nresends {}",
+        report.output,
+        resends(&text, upstream)
+    );
+    assert!(report.succeeded > 1000, "{upstream}: {}", report.output);
+    eprintln!(
+        "{upstream}: {} requests, {} resent",
+        report.succeeded,
+        resends(&text, upstream)
+    );
+    assert_nothing_in_flight(proxy, upstream).await;
+}
+
+/// nginx (h2c) sends a graceful GOAWAY after every 100 requests of a connection and allows 16
+/// streams; 500 streams at once through remora all succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_h2c_with_goaways_and_a_small_stream_limit() {
+    let nginx = peers::nginx(
+        "keepalive_requests 100;\nhttp2_max_concurrent_streams 16;\n\
+         server { listen 127.0.0.1:PORT http2; location / { return 200 \"ok\\n\"; } }",
+    );
+    let proxy = Proxy::start(&yaml("nginx-h2c", "http2", nginx.addr)).await;
+    h2load_through(&proxy, "nginx-h2c", &["-c", "50", "-m", "10", "-D", "10"]).await;
+    let text = metrics(&proxy).await;
+    assert!(
+        resends(&text, "nginx-h2c") > 0.0,
+        "GOAWAYs met no request in flight"
+    );
+}
+
+/// HAProxy as an HTTP/2 origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_as_an_h2_upstream() {
+    let haproxy = peers::haproxy(
+        "global\n  nbthread 1\n\
+         defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+         frontend origin\n  bind 127.0.0.1:PORT proto h2\n  \
+         http-request return status 200 content-type text/plain string ok\n",
+    );
+    let proxy = Proxy::start(&yaml("haproxy-h2", "http2", haproxy.addr)).await;
+    h2load_through(&proxy, "haproxy-h2", &["-c", "20", "-m", "10", "-D", "4"]).await;
+}
+
+/// A gRPC message frame: uncompressed, length-prefixed.
+fn grpc_frame(payload: &[u8]) -> Bytes {
+    let mut frame = vec![0];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame.into()
+}
+
+/// Calls `method` of the grpcio server through remora; returns the messages and grpc-status.
+async fn grpc_call(
+    client: &support::client::HttpClient,
+    addr: SocketAddr,
+    method: &str,
+    payload: &[u8],
+) -> (Vec<String>, Option<String>) {
+    let request = Request::post(format!("http://{addr}/test.Echo/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(grpc_frame(payload)))
+        .unwrap();
+    let response = client.request(request).await.expect("gRPC call");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut status = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let mut body = response.into_body();
+    let mut data = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("response body");
+        if let Some(chunk) = frame.data_ref() {
+            data.extend_from_slice(chunk);
+        } else if let Some(trailers) = frame.trailers_ref() {
+            status = trailers
+                .get("grpc-status")
+                .map(|v| v.to_str().unwrap().to_owned());
+        }
+    }
+    let mut messages = Vec::new();
+    let mut rest = Bytes::from(data);
+    while rest.len() >= 5 {
+        rest.advance(1);
+        let length = rest.get_u32() as usize;
+        messages.push(String::from_utf8(rest.split_to(length).to_vec()).unwrap());
+    }
+    (messages, status)
+}
+
+/// grpcio (C-core) with `max_connection_age` 300 ms and 4 streams per connection: concurrent
+/// unary calls and a 1.5 s server stream all succeed, the stream across the age GOAWAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_with_connection_age_and_a_small_stream_limit() {
+    let server = peers::grpcio_server(&[
+        ("grpc.max_connection_age_ms", 300),
+        ("grpc.max_connection_age_grace_ms", 30_000),
+        ("grpc.max_concurrent_streams", 4),
+    ]);
+    // A request stuck on a dead connection fails after 3 s instead of 60.
+    let yaml = yaml("grpcio", "grpc", server.addr)
+        .replace("discovery:", "timeouts: { idle: 3s }\n    discovery:");
+    let proxy = Proxy::start(&yaml).await;
+    let addr = proxy.upstream("grpcio");
+    let client = support::client::http_client(Version::HTTP_2);
+    let stream = grpc_call(&client, addr, "Stream", b"10,150");
+    let unary = futures_util::future::join_all((0..8).map(|task| {
+        let client = client.clone();
+        async move {
+            let mut failed = Vec::new();
+            for call in 0..40 {
+                let text = format!("{task}-{call}");
+                let (messages, status) = grpc_call(&client, addr, "Unary", text.as_bytes()).await;
+                if messages != [text.clone()] || status.as_deref() != Some("0") {
+                    failed.push((text, messages, status));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            failed
+        }
+    }));
+    let started = Instant::now();
+    let ((messages, status), failed) = tokio::join!(stream, unary);
+    let failed: Vec<_> = failed.into_iter().flatten().collect();
+    let text = metrics(&proxy).await;
+    eprintln!("grpcio: {} resent", resends(&text, "grpcio"));
+    assert!(failed.is_empty(), "failed calls: {failed:?}");
+    let expected: Vec<String> = (0..10).map(|n| n.to_string()).collect();
+    assert_eq!((messages, status.as_deref()), (expected, Some("0")));
+    assert!(started.elapsed() >= Duration::from_millis(1300));
+    assert_nothing_in_flight(&proxy, "grpcio").await;
+}
+
+/// nginx closes idle HTTP/1.1 connections after 50 ms; a GET every 40–60 ms meets the close
+/// now and then, and such a request is resent on a fresh connection: 0 of 300 fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keep_alive_race_against_nginx_loses_no_request() {
+    let nginx = peers::nginx(
+        "keepalive_timeout 50ms;\n\
+         server { listen 127.0.0.1:PORT; location / { return 200 \"ok\\n\"; } }",
+    );
+    let proxy = Proxy::start(&yaml("nginx-race", "http", nginx.addr)).await;
+    let url = format!("http://{}/", proxy.upstream("nginx-race"));
+    let mut failed = Vec::new();
+    for number in 0..300 {
+        let reply = get(Version::HTTP_11, &url).await.unwrap();
+        if reply.status != StatusCode::OK {
+            failed.push((number, reply));
+        }
+        tokio::time::sleep(Duration::from_millis(40 + fastrand::u64(0..=20))).await;
+    }
+    let text = metrics(&proxy).await;
+    eprintln!("keep-alive race: {} resent", resends(&text, "nginx-race"));
+    assert!(
+        failed.is_empty(),
+        "{} of 300 failed: {failed:?}",
+        failed.len()
+    );
+    assert_nothing_in_flight(&proxy, "nginx-race").await;
+}
