@@ -16,14 +16,14 @@ use tokio::net::TcpStream;
 
 use super::{Server, serve};
 
-const DATA: u8 = 0;
-const HEADERS: u8 = 1;
-const SETTINGS: u8 = 4;
-const PING: u8 = 6;
-const GOAWAY: u8 = 7;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const ACK: u8 = 0x1;
+pub const DATA: u8 = 0;
+pub const HEADERS: u8 = 1;
+pub const SETTINGS: u8 = 4;
+pub const PING: u8 = 6;
+pub const GOAWAY: u8 = 7;
+pub const END_STREAM: u8 = 0x1;
+pub const END_HEADERS: u8 = 0x4;
+pub const ACK: u8 = 0x1;
 /// HPACK: indexed field 8 of the static table, `:status: 200`.
 const STATUS_200: u8 = 0x88;
 
@@ -52,6 +52,30 @@ pub fn goaway_origin(streams: usize, code: u32) -> (Server, Arc<Seen>) {
     (server, seen)
 }
 
+/// One frame as read: type, flags, stream id, payload.
+pub struct Frame {
+    pub kind: u8,
+    pub flags: u8,
+    pub id: u32,
+    pub payload: Vec<u8>,
+}
+
+/// Reads one frame.
+pub async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Frame> {
+    let mut header = [0; 9];
+    stream.read_exact(&mut header).await?;
+    let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+    let id = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0; length];
+    stream.read_exact(&mut payload).await?;
+    Ok(Frame {
+        kind: header[3],
+        flags: header[4],
+        id,
+        payload,
+    })
+}
+
 async fn connection(
     mut stream: TcpStream,
     goaway: Option<(usize, u32)>,
@@ -62,13 +86,12 @@ async fn connection(
     write_frame(&mut stream, SETTINGS, 0, 0, &[]).await?;
     let mut held = Vec::new();
     loop {
-        let mut header = [0; 9];
-        stream.read_exact(&mut header).await?;
-        let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
-        let (kind, flags) = (header[3], header[4]);
-        let id = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
-        let mut payload = vec![0; length];
-        stream.read_exact(&mut payload).await?;
+        let Frame {
+            kind,
+            flags,
+            id,
+            payload,
+        } = read_frame(&mut stream).await?;
         match kind {
             SETTINGS if flags & ACK == 0 => write_frame(&mut stream, SETTINGS, ACK, 0, &[]).await?,
             PING if flags & ACK == 0 => write_frame(&mut stream, PING, ACK, 0, &payload).await?,
@@ -84,7 +107,6 @@ async fn connection(
                     }
                 }
             },
-            DATA => {}
             _ => {}
         }
     }
@@ -96,7 +118,7 @@ async fn answer(stream: &mut TcpStream, id: u32, seen: &Seen) -> std::io::Result
     Ok(())
 }
 
-async fn write_frame(
+pub async fn write_frame(
     stream: &mut TcpStream,
     kind: u8,
     flags: u8,
