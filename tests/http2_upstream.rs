@@ -329,6 +329,17 @@ async fn keepalive_pings_find_a_silent_peer() {
     assert_nothing_in_flight(&proxy, "silent", "keepalive").await;
 }
 
+/// `GET <base>/endless` with its first body frame read; the rest is the caller's.
+async fn start_endless(base: &str) -> hyper::body::Incoming {
+    let client = support::http_client::<http_body_util::Empty<Bytes>>(Version::HTTP_2);
+    let request = Request::get(format!("{base}/endless"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let mut body = client.request(request).await.unwrap().into_body();
+    body.frame().await.unwrap().unwrap();
+    body
+}
+
 /// Every in-flight count returns to zero after each kind of ending: success, reset, timeout,
 /// client gone mid-body, upstream gone mid-body (GOAWAY is covered above).
 #[tokio::test]
@@ -367,25 +378,12 @@ async fn in_flight_counts_return_to_zero_after_every_ending() {
     assert_nothing_in_flight(&proxy, "endings", "timeout").await;
 
     // The client reads a little of an endless body, then goes away.
-    let client = support::http_client::<http_body_util::Empty<Bytes>>(Version::HTTP_2);
-    let request = Request::get(format!("{base}/endless"))
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    let mut body = response.into_body();
-    body.frame().await.unwrap().unwrap();
+    let body = start_endless(&base).await;
     drop(body);
-    drop(client);
     assert_nothing_in_flight(&proxy, "endings", "client gone").await;
 
     // The upstream goes away while a body streams (timeouts.request does not cut a body).
-    let client = support::http_client::<http_body_util::Empty<Bytes>>(Version::HTTP_2);
-    let request = Request::get(format!("{base}/endless"))
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    let mut body = response.into_body();
-    body.frame().await.unwrap().unwrap();
+    let mut body = start_endless(&base).await;
     drop(origin);
     while let Some(Ok(_)) = body.frame().await {}
     assert_nothing_in_flight(&proxy, "endings", "upstream gone").await;
