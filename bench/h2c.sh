@@ -52,27 +52,9 @@ done
   die "W, ROUNDS, DURATION, CONNS, STREAMS and LOAD_THREADS must be > 0"
 ((LOAD_THREADS <= CONNS)) || die "LOAD_THREADS ($LOAD_THREADS) must not exceed CONNS ($CONNS)"
 
-TMP=$(mktemp -d -t remora-h2c.XXXXXX)
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# N distinct free loopback ports (held open together while picking, so no duplicates).
-free_ports() {
-  python3 - "$1" <<'EOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
+TMP_PREFIX=remora-h2c
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
 read -r ORIGIN_PORT HAPROXY_PORT REMORA_PORT ADMIN_PORT <<<"$(free_ports 4)"
 
 # Fails the run with the tail of the server's log.

@@ -43,27 +43,9 @@ for var in W CONNS DURATION WARMUP ROUNDS WRK_THREADS; do
 done
 ((W > 0 && ROUNDS > 0 && DURATION > 0)) || die "W, ROUNDS and DURATION must be > 0"
 
-TMP=$(mktemp -d -t remora-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# N distinct free loopback ports (held open together while picking, so no duplicates).
-free_ports() {
-  python3 - "$1" <<'EOF'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
+TMP_PREFIX=remora-bench
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
 read -r ORIGIN_PORT HAPROXY_PORT REMORA_PORT ADMIN_PORT <<<"$(free_ports 4)"
 
 # Polls URL until it answers 200, for at most READY_TIMEOUT s; fails early if PID died.
