@@ -8,7 +8,8 @@
 //!
 //! * **HTTP/2, any method:** its stream was above the `last_stream_id` of a
 //!   GOAWAY, or reset with `REFUSED_STREAM` (RFC 9113 §6.8, §8.7), or hyper
-//!   never wrote it because the connection was going away.
+//!   never wrote it because the connection was going away (the request came
+//!   back, or hyper's dispatch was dropped with it still queued: canceled).
 //! * **HTTP/1.1, any method:** hyper never wrote it (the pooled connection
 //!   had closed).
 //! * **HTTP/1.1, idempotent methods only** (RFC 9110 §9.2.2: GET, HEAD,
@@ -118,6 +119,12 @@ pub fn is_idempotent(method: &Method) -> bool {
 pub fn unprocessed_h2(error: &hyper::Error) -> Option<Unprocessed> {
     if failed_reading_client(error) {
         return None;
+    }
+    // hyper's HTTP/2 dispatch was dropped with the request still queued in
+    // it (waiting for a stream slot when the connection went away): the
+    // request never reached the wire.
+    if error.is_canceled() {
+        return Some(Unprocessed::NotWritten);
     }
     let h2 = std::error::Error::source(error)?.downcast_ref::<h2::Error>()?;
     if !h2.is_remote() {

@@ -96,6 +96,14 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
     let echo = tcp_echo();
     let dead = dead_addr();
     let consul = ConsulStandIn::start();
+    // An HTTP/2 origin that refuses its first stream: one transparent resend.
+    let h2 = support::h2_origin(|number, _, mut respond| async move {
+        if number == 0 {
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+        } else {
+            support::h2_origin::answer(respond, 200);
+        }
+    });
     let yaml = format!(
         "service: {{ name: cat-svc, port: {app}, protocol: http, register: true }}\n\
          consul: {{ address: \"{consul}\" }}\n\
@@ -115,6 +123,8 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
          backend: side, mirror: {{ backend: shadow }} }}]\n\
          \x20 - name: cat-tcp\n    listen: 127.0.0.1:0\n    protocol: tcp\n    \
          discovery: {{ static: [{echo}] }}\n\
+         \x20 - name: cat-h2\n    listen: 127.0.0.1:0\n    protocol: http2\n    \
+         discovery: {{ static: [{h2}] }}\n\
          admin: {{ listen: 127.0.0.1:0 }}\n\
          transparent: {{ outbound_listen: 127.0.0.1:0 }}\n\
          logging: {{ access_log: false }}\n\
@@ -122,6 +132,7 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
         app = app.addr.port(),
         backend = backend.addr,
         consul = consul.url(),
+        h2 = h2.addr,
     );
     let proxy = Proxy::start(&yaml).await;
     // A second sidecar with mesh mTLS and authorization (the recorder is process-wide, so its
@@ -162,6 +173,9 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
             .await
             .unwrap();
     }
+    let refused_once = format!("http://{}/", proxy.upstream("cat-h2"));
+    let refused_once = get(Version::HTTP_2, &refused_once).await.unwrap();
+    assert_eq!(refused_once.status, StatusCode::OK);
     let inbound = get(Version::HTTP_11, &format!("http://{}/", proxy.inbound()))
         .await
         .unwrap();
