@@ -87,7 +87,7 @@ impl Http2Connection {
     }
 
     /// Takes no new streams from now on.
-    pub fn retire(&self) {
+    fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
     }
 
@@ -189,6 +189,18 @@ impl OpenSlot {
         };
         (stream, end)
     }
+
+    /// The connection could not be opened: the requests that were waiting
+    /// for it fail with the same error.
+    pub fn failed(mut self, addr: SocketAddr, error: &ProxyError) {
+        let mut state = self.pool.lock();
+        state.opening -= 1;
+        state.failed_opens += 1;
+        state.last_failure = Some(copy_open_error(addr, error));
+        drop(state);
+        self.done = true;
+        self.pool.changed.notify_waiters();
+    }
 }
 
 /// Tells the pool that a connection's task has ended (closed, or GOAWAY
@@ -206,20 +218,6 @@ impl ConnectionEnd {
         if let Some(pool) = self.pool.upgrade() {
             pool.changed.notify_waiters();
         }
-    }
-}
-
-impl OpenSlot {
-    /// The connection could not be opened: the requests that were waiting
-    /// for it fail with the same error.
-    pub fn failed(mut self, addr: SocketAddr, error: &ProxyError) {
-        let mut state = self.pool.lock();
-        state.opening -= 1;
-        state.failed_opens += 1;
-        state.last_failure = Some(copy_open_error(addr, error));
-        drop(state);
-        self.done = true;
-        self.pool.changed.notify_waiters();
     }
 }
 
@@ -293,6 +291,19 @@ impl Shared {
         lock(&self.state)
     }
 
+    /// The right to open one more connection, when fewer than
+    /// `max_connections_per_endpoint` are open or opening.
+    fn reserve(self: &Arc<Self>, state: &mut PoolState) -> Option<OpenSlot> {
+        let max = self.limits.max_connections_per_endpoint as usize;
+        (state.connections.len() + state.opening < max).then(|| {
+            state.opening += 1;
+            OpenSlot {
+                pool: Arc::clone(self),
+                done: false,
+            }
+        })
+    }
+
     /// Takes the connections for which `leave` is true out of the pool.
     fn remove(&self, state: &mut PoolState, mut leave: impl FnMut(&Http2Connection) -> bool) {
         let before = state.connections.len();
@@ -358,13 +369,8 @@ impl Http2Pool {
                 // as a peer that has not announced its limit allows.
                 let counting_on_open =
                     state.awaiting_open < state.opening * UNANNOUNCED_STREAM_LIMIT;
-                let max = limits.max_connections_per_endpoint as usize;
-                if !counting_on_open && state.connections.len() + state.opening < max {
-                    state.opening += 1;
-                    return Ok(Checkout::Open(OpenSlot {
-                        pool: Arc::clone(shared),
-                        done: false,
-                    }));
+                if !counting_on_open && let Some(slot) = shared.reserve(&mut state) {
+                    return Ok(Checkout::Open(slot));
                 }
                 let pending = match &mut queued {
                     Some(pending) => pending,
@@ -397,15 +403,7 @@ impl Http2Pool {
     /// The right to add a connection opened for another reason (an HTTP/1.1
     /// request whose server chose `h2` by ALPN), when there is room for it.
     pub fn reserve(&self) -> Option<OpenSlot> {
-        let mut state = self.shared.lock();
-        let max = self.shared.limits.max_connections_per_endpoint as usize;
-        (state.connections.len() + state.opening < max).then(|| {
-            state.opening += 1;
-            OpenSlot {
-                pool: Arc::clone(&self.shared),
-                done: false,
-            }
-        })
+        self.shared.reserve(&mut self.shared.lock())
     }
 
     /// Closes connections that have had no stream for longer than `idle`.

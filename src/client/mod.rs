@@ -28,10 +28,10 @@ pub mod http1;
 pub mod http2;
 
 pub use self::http1::{H1Sender, keep_alive_timeout};
-pub use self::http2::{H2Sender, H2Task, Http2Stream, PoolGauges};
+pub use self::http2::{Http2Stream, PoolGauges};
 
 use self::http1::Http1Idle;
-use self::http2::{Checkout, ConnectionEnd, Http2Pool};
+use self::http2::{Checkout, ConnectionEnd, H2Sender, H2Task, Http2Pool};
 
 /// Connection settings shared by all endpoints of an upstream.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,11 +87,6 @@ impl EndpointClient {
     pub fn close_expired_idle(&self) {
         self.h1.close_expired();
         self.h2.close_idle(self.settings.idle_timeout);
-    }
-
-    /// The pool's connection limits.
-    pub fn pool(&self) -> &ConnectionPool {
-        &self.settings.pool
     }
 
     /// A new HTTP/1.1 connection (for an `upgrade`, e.g. to WebSocket, one

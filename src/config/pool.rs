@@ -1,8 +1,8 @@
 //! `connection_pool:` of an upstream: how many connections remora keeps to
 //! each endpoint and for how long, and how long a request may wait for one.
-//! Applies to HTTP/2 endpoints (HTTP/1.1 opens a connection per concurrent
-//! request and keeps idle ones); `max_connection_age` and
-//! `max_requests_per_connection` apply to both. Checked in `validate.rs`.
+//! Applies to HTTP/2 endpoints only: HTTP/1.1 opens a connection per
+//! concurrent request and keeps idle ones (`timeouts.idle`). Checked in
+//! `validate.rs`.
 
 use std::time::Duration;
 
