@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,17 +16,7 @@ use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 
 use support::raw_h2::goaway_origin;
-use support::{Proxy, Server, get, h2_origin, prom, send, serve};
-
-fn yaml(name: &str, endpoint: SocketAddr, extra: &str) -> String {
-    format!(
-        "service: {{ name: test }}\n\
-         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: http2\n    \
-         discovery: {{ static: [{endpoint}] }}\n    {extra}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n"
-    )
-}
+use support::{Proxy, Server, get, h2_origin, one_upstream_yaml, prom, send, serve};
 
 async fn metric(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
     prom::value(
@@ -107,7 +96,7 @@ async fn streams_above_a_goaway_are_resent_on_a_new_connection() {
         let (origin, seen) = goaway_origin(2, code);
         // One connection at a time, so both requests share the first.
         let pool = "connection_pool: { max_connections_per_endpoint: 1 }";
-        let proxy = Proxy::start(&yaml(name, origin.addr, pool)).await;
+        let proxy = Proxy::start(&one_upstream_yaml(name, "http2", origin.addr, pool)).await;
         let url = format!("http://{}/", proxy.upstream(name));
         let (first, second) = tokio::join!(get(Version::HTTP_2, &url), get(Version::HTTP_2, &url));
         assert_eq!(first.unwrap().status, StatusCode::OK, "{name}");
@@ -148,7 +137,7 @@ async fn a_refused_stream_is_resent_with_its_body() {
             }
         }
     });
-    let proxy = Proxy::start(&yaml("refused", origin.addr, "")).await;
+    let proxy = Proxy::start(&one_upstream_yaml("refused", "http2", origin.addr, "")).await;
     let url = format!("http://{}/", proxy.upstream("refused"));
     let request = Request::post(&url)
         .body(Full::new(Bytes::from_static(b"hello, twice")))
@@ -204,7 +193,7 @@ fn limited_origin(
 async fn streams_beyond_the_peer_limit_open_connections_then_wait() {
     let (origin, connections, busiest) = limited_origin(4, Duration::from_millis(100));
     let pool = "connection_pool: { max_connections_per_endpoint: 3 }";
-    let proxy = Proxy::start(&yaml("limited", origin.addr, pool)).await;
+    let proxy = Proxy::start(&one_upstream_yaml("limited", "http2", origin.addr, pool)).await;
     // Learn the peer's limit first (SETTINGS arrive after the first connection opens).
     let url = format!("http://{}/", proxy.upstream("limited"));
     assert_eq!(
@@ -236,7 +225,7 @@ async fn a_full_pool_queues_within_bounds_then_answers_overloaded() {
     let (origin, _, _) = limited_origin(1, Duration::from_millis(1000));
     let pool = "connection_pool: { max_connections_per_endpoint: 1, max_pending_requests: 2, \
                 pending_timeout: 300ms }";
-    let proxy = Proxy::start(&yaml("queue", origin.addr, pool)).await;
+    let proxy = Proxy::start(&one_upstream_yaml("queue", "http2", origin.addr, pool)).await;
     let url = format!("http://{}/", proxy.upstream("queue"));
     assert_eq!(
         get(Version::HTTP_2, &url).await.unwrap().status,
@@ -282,8 +271,9 @@ async fn connections_rotate_by_request_count_and_age() {
         ("rotate-age", "max_connection_age: 150ms", 10, 50, 3..=5),
     ] {
         let (origin, connections, _) = limited_origin(100, Duration::ZERO);
-        let proxy = Proxy::start(&yaml(
+        let proxy = Proxy::start(&one_upstream_yaml(
             name,
+            "http2",
             origin.addr,
             &format!("connection_pool: {{ {pool} }}"),
         ))
@@ -316,7 +306,7 @@ async fn keepalive_pings_find_a_silent_peer() {
     });
     let extra = "timeouts: { idle: 30s }\n    \
                  connection_pool: { keepalive_interval: 200ms, keepalive_timeout: 200ms }";
-    let proxy = Proxy::start(&yaml("silent", silent.addr, extra)).await;
+    let proxy = Proxy::start(&one_upstream_yaml("silent", "http2", silent.addr, extra)).await;
     let url = format!("http://{}/", proxy.upstream("silent"));
     let started = Instant::now();
     let reply = get(Version::HTTP_2, &url).await.unwrap();
@@ -364,7 +354,7 @@ async fn in_flight_counts_return_to_zero_after_every_ending() {
         }
     });
     let extra = "timeouts: { request: 300ms }\n    max_concurrent_requests: 2";
-    let proxy = Proxy::start(&yaml("endings", origin.addr, extra)).await;
+    let proxy = Proxy::start(&one_upstream_yaml("endings", "http2", origin.addr, extra)).await;
     let base = format!("http://{}", proxy.upstream("endings"));
     let status = |path: &str| {
         let url = format!("{base}{path}");

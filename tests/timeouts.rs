@@ -13,17 +13,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::Full;
 
-use support::{Proxy, black_hole, h2_origin, http_backend, prom, send};
-
-fn yaml(name: &str, protocol: &str, endpoint: SocketAddr, extra: &str) -> String {
-    format!(
-        "service: {{ name: test }}\n\
-         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: {protocol}\n    \
-         discovery: {{ static: [{endpoint}] }}\n    {extra}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n"
-    )
-}
+use support::{Proxy, black_hole, h2_origin, http_backend, one_upstream_yaml, prom, send};
 
 async fn timeouts(proxy: &Proxy, upstream: &str, kind: &str) -> f64 {
     let labels = [
@@ -45,7 +35,7 @@ async fn timeouts(proxy: &Proxy, upstream: &str, kind: &str) -> f64 {
 #[tokio::test]
 async fn the_request_timeout_bounds_all_tries_and_cancels_them() {
     let (origin, mut closed) = black_hole();
-    let proxy = Proxy::start(&yaml(
+    let proxy = Proxy::start(&one_upstream_yaml(
         "timeout-whole",
         "http",
         origin,
@@ -102,7 +92,7 @@ fn received_grpc_timeout(body: &str) -> Option<u64> {
 #[tokio::test]
 async fn grpc_timeout_shortens_the_deadline_and_reaches_the_upstream() {
     let backend = http_backend("grpc-headers");
-    let proxy = Proxy::start(&yaml(
+    let proxy = Proxy::start(&one_upstream_yaml(
         "timeout-grpc",
         "grpc",
         backend.addr,
@@ -164,7 +154,13 @@ async fn grpc_timeout_shortens_the_deadline_and_reaches_the_upstream() {
 #[tokio::test]
 async fn grpc_timeout_alone_sets_a_deadline() {
     let backend = http_backend("grpc-alone");
-    let proxy = Proxy::start(&yaml("timeout-grpc-alone", "grpc", backend.addr, "")).await;
+    let proxy = Proxy::start(&one_upstream_yaml(
+        "timeout-grpc-alone",
+        "grpc",
+        backend.addr,
+        "",
+    ))
+    .await;
     let base = format!("http://{}", proxy.upstream("timeout-grpc-alone"));
 
     let reply = send(
@@ -228,7 +224,7 @@ fn stalling_origin() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Durati
 async fn a_stalled_response_body_is_cut_off_after_the_idle_timeout() {
     use http_body_util::BodyExt;
     let (origin, mut closed) = stalling_origin();
-    let proxy = Proxy::start(&yaml(
+    let proxy = Proxy::start(&one_upstream_yaml(
         "to-idle",
         "http",
         origin,
@@ -275,14 +271,14 @@ async fn a_stalled_response_body_is_cut_off_after_the_idle_timeout() {
 async fn idle_client_connections_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let backend = http_backend("to-conn-idle");
-    let h1 = Proxy::start(&yaml(
+    let h1 = Proxy::start(&one_upstream_yaml(
         "to-conn-idle-h1",
         "http",
         backend.addr,
         "timeouts: { idle: 400ms }",
     ))
     .await;
-    let h2 = Proxy::start(&yaml(
+    let h2 = Proxy::start(&one_upstream_yaml(
         "to-conn-idle-h2",
         "http2",
         backend.addr,
@@ -350,7 +346,7 @@ async fn idle_client_connections_are_closed() {
 #[tokio::test]
 async fn a_silent_upstream_is_cut_off_after_the_idle_timeout() {
     let (origin, mut closed) = black_hole();
-    let proxy = Proxy::start(&yaml(
+    let proxy = Proxy::start(&one_upstream_yaml(
         "head-idle",
         "http",
         origin,
@@ -394,7 +390,7 @@ async fn a_request_body_that_moves_keeps_the_try_alive_until_it_stalls() {
     use hyper::body::Frame;
 
     let (origin, mut closed) = black_hole();
-    let proxy = Proxy::start(&yaml(
+    let proxy = Proxy::start(&one_upstream_yaml(
         "body-idle",
         "http",
         origin,
@@ -467,7 +463,7 @@ async fn an_http2_upstream_sees_its_stream_cancelled_on_timeout() {
         ("to-grpc-reset", "grpc", "", Some("300m")),
     ] {
         let (origin, mut resets) = silent_h2_origin();
-        let proxy = Proxy::start(&yaml(name, protocol, origin.addr, timeouts)).await;
+        let proxy = Proxy::start(&one_upstream_yaml(name, protocol, origin.addr, timeouts)).await;
         let url = format!("http://{}/hang", proxy.upstream(name));
         let started = Instant::now();
         let reply = send(Version::HTTP_2, grpc_request(&url, grpc_timeout))

@@ -40,7 +40,7 @@ pub use grpc::{EchoMsg, grpc_bidi, grpc_echo, grpc_fail, grpc_failing, grpc_unar
 pub use h2_origin::h2_origin;
 pub use otlp::{Collector, otlp_collector};
 pub use prober::Prober;
-pub use proxy::{Proxy, ProxyProcess};
+pub use proxy::{Proxy, ProxyProcess, one_upstream_yaml};
 pub use tcp::tcp_echo;
 pub use websocket::{websocket_echo, websocket_roundtrip};
 

@@ -46,6 +46,24 @@ impl Drop for ConfigFile {
     }
 }
 
+/// A sidecar with one upstream `name` that speaks `protocol` to `endpoint`, its listener, and
+/// the admin listener, on 127.0.0.1:0, no access log. `extra` holds more keys of the upstream
+/// (indented by 4 spaces after the first line).
+pub fn one_upstream_yaml(
+    name: &str,
+    protocol: &str,
+    endpoint: impl std::fmt::Display,
+    extra: &str,
+) -> String {
+    format!(
+        "service: {{ name: test }}\n\
+         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: {protocol}\n    \
+         discovery: {{ static: [{endpoint}] }}\n    {extra}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         logging: {{ access_log: false }}\n"
+    )
+}
+
 /// A proxy started in this process from YAML text.
 pub struct Proxy {
     pub bound: BoundAddrs,
