@@ -1,6 +1,27 @@
-# Shared by bench/run.sh and bench/h2c.sh (sourced): a scratch directory and
-# the process list, both cleaned up on exit, and free loopback ports.
-# The caller sets TMP_PREFIX before sourcing.
+# Shared by bench/run.sh and bench/h2c.sh (sourced after they set their
+# defaults, LOG_TAG and TMP_PREFIX): command-line arguments, logging, checks
+# of numeric settings, a scratch directory and the process list (both
+# cleaned up on exit), and free loopback ports.
+
+RUN_REMORA=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-remora) RUN_REMORA=0 ;;
+    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+log() { echo "[$LOG_TAG] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Fails unless every named variable holds a non-negative integer.
+require_integers() {
+  local var
+  for var in "$@"; do
+    [[ "${!var}" =~ ^[0-9]+$ ]] || die "$var must be a non-negative integer, got '${!var}'"
+  done
+}
 
 TMP=$(mktemp -d -t "$TMP_PREFIX.XXXXXX")
 PIDS=()

@@ -26,17 +26,10 @@ LOAD_THREADS=${LOAD_THREADS:-1}
 REMORA_BIN=${REMORA_BIN:-$ROOT/target/release/remora}
 READY_TIMEOUT=10 # seconds per server
 
-RUN_REMORA=1
-for arg in "$@"; do
-  case "$arg" in
-    --no-remora) RUN_REMORA=0 ;;
-    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-    *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
-  esac
-done
-
-log() { echo "[h2c] $*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_TAG=h2c
+TMP_PREFIX=remora-h2c
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
 
 # tool:Debian package
 for dep in h2load:nghttp2-client nginx:nginx-light haproxy:haproxy taskset:util-linux \
@@ -45,16 +38,11 @@ for dep in h2load:nghttp2-client nginx:nginx-light haproxy:haproxy taskset:util-
     die "${dep%%:*} not found: apt-get install ${dep#*:}" \
       "(all needed: nghttp2-client nginx-light haproxy util-linux curl python3)"
 done
-for var in W CONNS STREAMS DURATION WARMUP ROUNDS IDLE LOAD_THREADS; do
-  [[ "${!var}" =~ ^[0-9]+$ ]] || die "$var must be a non-negative integer, got '${!var}'"
-done
+require_integers W CONNS STREAMS DURATION WARMUP ROUNDS IDLE LOAD_THREADS
 ((W > 0 && ROUNDS > 0 && DURATION > 0 && CONNS > 0 && STREAMS > 0 && LOAD_THREADS > 0)) ||
   die "W, ROUNDS, DURATION, CONNS, STREAMS and LOAD_THREADS must be > 0"
 ((LOAD_THREADS <= CONNS)) || die "LOAD_THREADS ($LOAD_THREADS) must not exceed CONNS ($CONNS)"
 
-TMP_PREFIX=remora-h2c
-# shellcheck source=bench/common.sh
-source "$ROOT/bench/common.sh"
 read -r ORIGIN_PORT HAPROXY_PORT REMORA_PORT ADMIN_PORT <<<"$(free_ports 4)"
 
 # Fails the run with the tail of the server's log.

@@ -23,29 +23,17 @@ WRK_THREADS=${WRK_THREADS:-1}
 REMORA_BIN=${REMORA_BIN:-$ROOT/target/release/remora}
 READY_TIMEOUT=10 # seconds per server
 
-RUN_REMORA=1
-for arg in "$@"; do
-  case "$arg" in
-    --no-remora) RUN_REMORA=0 ;;
-    -h | --help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
-  esac
-done
-
-log() { echo "[bench] $*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_TAG=bench
+TMP_PREFIX=remora-bench
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
 
 for tool in wrk haproxy taskset curl python3; do
   command -v "$tool" >/dev/null || die "$tool not found (apt-get install wrk haproxy util-linux curl python3)"
 done
-for var in W CONNS DURATION WARMUP ROUNDS WRK_THREADS; do
-  [[ "${!var}" =~ ^[0-9]+$ ]] || die "$var must be a non-negative integer, got '${!var}'"
-done
+require_integers W CONNS DURATION WARMUP ROUNDS WRK_THREADS
 ((W > 0 && ROUNDS > 0 && DURATION > 0)) || die "W, ROUNDS and DURATION must be > 0"
 
-TMP_PREFIX=remora-bench
-# shellcheck source=bench/common.sh
-source "$ROOT/bench/common.sh"
 read -r ORIGIN_PORT HAPROXY_PORT REMORA_PORT ADMIN_PORT <<<"$(free_ports 4)"
 
 # Polls URL until it answers 200, for at most READY_TIMEOUT s; fails early if PID died.
