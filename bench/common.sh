@@ -1,7 +1,9 @@
+# shellcheck shell=bash disable=SC2034  # RUN_REMORA is read by the scripts that source this
 # Shared by bench/run.sh and bench/h2c.sh (sourced after they set their
 # defaults, LOG_TAG and TMP_PREFIX): command-line arguments, logging, checks
 # of numeric settings, a scratch directory and the process list (both
-# cleaned up on exit), and free loopback ports.
+# cleaned up on exit), free loopback ports, a process's CPU time, and the
+# median and ratio of figures.
 
 RUN_REMORA=1
 for arg in "$@"; do
@@ -44,3 +46,18 @@ for s in socks:
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
+
+# CPU time (utime + stime, in clock ticks) a process has used so far.
+cpu_ticks() {
+  # Field 2 (comm) may contain spaces: count fields after the last ')'.
+  local stat
+  stat=$(<"/proc/$1/stat")
+  stat=${stat##*) }
+  read -r -a f <<<"$stat"
+  echo $((f[11] + f[12])) # utime, stime are fields 14 and 15 of the full line
+}
+
+# Median and ratio of space-separated figures, for the tables.
+median() { tr ' ' '\n' <<<"$1" | { grep . || true; } | sort -g | awk '{ v[NR] = $1 }
+  END { if (NR == 0) print "—"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }

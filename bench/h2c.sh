@@ -83,16 +83,6 @@ check_h2c() {
   }
 }
 
-# CPU time (utime + stime, clock ticks) of a whole process, all threads included.
-cpu_ticks() {
-  # Field 2 (comm) may contain spaces: count fields after the last ')'.
-  local stat
-  stat=$(<"/proc/$1/stat")
-  stat=${stat##*) }
-  read -r -a f <<<"$stat"
-  echo $((f[11] + f[12])) # utime, stime are fields 14 and 15 of the full line
-}
-
 # Resident set size of a process in MiB (VmRSS of /proc/PID/status).
 rss_mb() {
   awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"
@@ -264,10 +254,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 
 # --- report ----------------------------------------------------------------------------------
-median() { tr ' ' '\n' <<<"$1" | { grep . || true; } | sort -g | awk '{ v[NR] = $1 }
-  END { if (NR == 0) print "—"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 sum() { tr ' ' '\n' <<<"$1" | awk '{ s += $1 } END { print s + 0 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 echo "Run $(date -u +%Y-%m-%dT%H:%MZ), remora $REV, $(haproxy -v | head -n1 | cut -d' ' -f1-3)," \

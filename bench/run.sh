@@ -53,16 +53,6 @@ wait_ready() {
   done
 }
 
-# CPU time (utime + stime, clock ticks) of a whole process, all threads included.
-cpu_ticks() {
-  # Field 2 (comm) may contain spaces: count fields after the last ')'.
-  local stat
-  stat=$(<"/proc/$1/stat")
-  stat=${stat##*) }
-  read -r -a f <<<"$stat"
-  echo $((f[11] + f[12])) # utime, stime are fields 14 and 15 of the full line
-}
-
 # Latency as printed by wrk (e.g. 412.00us, 1.23ms, 1.01s) -> milliseconds.
 to_ms() {
   awk -v v="$1" 'BEGIN {
@@ -196,9 +186,6 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 
 # --- report --------------------------------------------------------------------------------
-median() { tr ' ' '\n' <<<"$1" | { grep . || true; } | sort -g | awk '{ v[NR] = $1 }
-  END { if (NR == 0) print "—"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 spread() { tr ' ' '\n' <<<"$1" | { grep . || true; } | sort -g | awk '{ v[NR] = $1 } END { printf "%.0f–%.0f", v[1], v[NR] }'; }
 
 REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
