@@ -253,6 +253,14 @@ pub enum RequestBodyError {
     Superseded(#[from] Superseded),
 }
 
+impl RequestBodyError {
+    /// The request body's own failure under an error hyper reported while
+    /// sending the request, when that was the cause.
+    pub fn under(error: &hyper::Error) -> Option<&RequestBodyError> {
+        std::error::Error::source(error)?.downcast_ref()
+    }
+}
+
 /// Makes the bodies of a request's retries; see [`replay`].
 pub struct Replay(replay::Replay<RequestBody>);
 

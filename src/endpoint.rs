@@ -179,9 +179,10 @@ impl Endpoint {
     /// The connection failed under the request — or the client's body did
     /// while it was sent; `unsent` is the request when none of it was written.
     fn reset(&self, source: hyper::Error, unsent: Option<Request<RequestBody>>) -> SendError {
-        let client_body = std::error::Error::source(&source)
-            .and_then(|cause| cause.downcast_ref::<RequestBodyError>())
-            .is_some_and(|cause| matches!(cause, RequestBodyError::Client(_)));
+        let client_body = matches!(
+            RequestBodyError::under(&source),
+            Some(RequestBodyError::Client(_))
+        );
         let error = if client_body {
             ProxyError::ClientBody {
                 source: source.into(),

@@ -168,9 +168,11 @@ impl ProxyError {
         let ProxyError::UpstreamReset { source, .. } = self else {
             return false;
         };
-        std::error::Error::source(source)
-            .and_then(|cause| cause.downcast_ref::<h2::Error>())
-            .and_then(h2::Error::reason)
-            == Some(h2::Reason::REFUSED_STREAM)
+        h2_cause(source).and_then(h2::Error::reason) == Some(h2::Reason::REFUSED_STREAM)
     }
+}
+
+/// The HTTP/2 error under an error hyper reported, when there is one.
+pub fn h2_cause(error: &hyper::Error) -> Option<&h2::Error> {
+    std::error::Error::source(error)?.downcast_ref()
 }

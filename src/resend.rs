@@ -28,6 +28,7 @@ use http::{HeaderMap, Method, Request, Uri, Version};
 use http_body::Body;
 
 use crate::body::{Replay, RequestBody, RequestBodyError};
+use crate::error::h2_cause;
 
 /// Bytes of a request body kept so that the request can be resent.
 pub const RESEND_BUFFER: usize = 64 * 1024;
@@ -117,7 +118,7 @@ pub fn is_idempotent(method: &Method) -> bool {
 
 /// How an HTTP/2 stream's failure shows the request was not processed.
 pub fn unprocessed_h2(error: &hyper::Error) -> Option<Unprocessed> {
-    if failed_reading_client(error) {
+    if RequestBodyError::under(error).is_some() {
         return None;
     }
     // hyper's HTTP/2 dispatch was dropped with the request still queued in
@@ -126,7 +127,7 @@ pub fn unprocessed_h2(error: &hyper::Error) -> Option<Unprocessed> {
     if error.is_canceled() {
         return Some(Unprocessed::NotWritten);
     }
-    let h2 = std::error::Error::source(error)?.downcast_ref::<h2::Error>()?;
+    let h2 = h2_cause(error)?;
     if !h2.is_remote() {
         return None;
     }
@@ -141,7 +142,7 @@ pub fn unprocessed_h2(error: &hyper::Error) -> Option<Unprocessed> {
 /// True when an HTTP/1.1 connection closed or was reset under a request
 /// before any byte of a response arrived.
 pub fn closed_before_response(error: &hyper::Error) -> bool {
-    if failed_reading_client(error) {
+    if RequestBodyError::under(error).is_some() {
         return false;
     }
     if error.is_incomplete_message() || error.is_canceled() {
@@ -157,13 +158,6 @@ pub fn closed_before_response(error: &hyper::Error) -> bool {
                 | std::io::ErrorKind::ConnectionAborted
         )
     })
-}
-
-/// True when the failure was the client's own body.
-fn failed_reading_client(error: &hyper::Error) -> bool {
-    std::error::Error::source(error)
-        .and_then(|cause| cause.downcast_ref::<RequestBodyError>())
-        .is_some()
 }
 
 #[cfg(test)]
