@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # cargo deny (deny.toml): RustSec advisories, licenses, bans, sources.
-# Installs cargo-deny when missing. The advisory database comes from a local
-# snapshot when one is found (these build machines cannot reach GitHub):
-# $REMORA_ADVISORY_DB, or ../shared/rustsec-advisory-db next to the
-# repository; otherwise cargo-deny fetches it (needs GitHub).
+# Installs cargo-deny when missing. The advisory database comes from the local
+# snapshot named by $REMORA_ADVISORY_DB when it is set (CI sets it: its
+# machines cannot fetch the database); otherwise cargo-deny fetches it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,15 +12,14 @@ if ! command -v cargo-deny >/dev/null; then
 fi
 
 snapshot="${REMORA_ADVISORY_DB:-}"
-for candidate in ../shared/rustsec-advisory-db ../../shared/rustsec-advisory-db; do
-    if [ -z "$snapshot" ] && [ -d "$candidate" ]; then
-        snapshot="$candidate"
-    fi
-done
 
 if [ -z "$snapshot" ]; then
     exec cargo deny check
 fi
+
+# --offline below also stops cargo metadata from downloading crates: fetch
+# every platform's dependencies first (crates.io is reachable).
+cargo fetch --quiet
 
 # cargo-deny reads the database as a git checkout under db-path, in a folder
 # named after its default URL's hash (cargo-deny 0.20).

@@ -10,7 +10,7 @@ use remora::config::{self, Config};
 use remora::transparent::iptables::{self, Family, IptablesError, RuleSet};
 
 // mimalloc: measurably faster than the system allocator for a proxy's many
-// small short-lived allocations (see shared/performance-notes.md).
+// small short-lived allocations.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

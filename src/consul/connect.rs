@@ -3,7 +3,7 @@
 //! (`GET /v1/agent/connect/ca/roots`) and the intentions that apply to a
 //! destination (`GET /v1/connect/intentions/match?by=destination&name=…`),
 //! each as a blocking query. Shapes as in Consul's documentation
-//! (`shared/consul-api/connect-*.json`); unknown fields are ignored.
+//! (`tests/fixtures/consul-api/connect-*.json`); unknown fields are ignored.
 //! Rejects a leaf without certificate or key, roots without a certificate
 //! and intentions with an action other than allow/deny.
 
@@ -132,23 +132,16 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample(name: &str) -> String {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let path = root
-            .ancestors()
-            .map(|dir| dir.join("shared/consul-api").join(name))
-            .find(|path| path.exists())
-            .unwrap_or_else(|| panic!("no shared/consul-api/{name}"));
-        std::fs::read_to_string(path).expect("sample readable")
-    }
+    use crate::consul::documented_body;
 
     #[test]
     fn the_documented_leaf_roots_and_intentions_parse_and_make_material() {
-        let leaf: Leaf = serde_json::from_str(&sample("connect-ca-leaf-response.json")).unwrap();
+        let leaf: Leaf =
+            serde_json::from_str(&documented_body("connect-ca-leaf-response.json")).unwrap();
         assert_eq!(leaf.serial_number, "08");
         assert!(leaf.service_uri.ends_with("/svc/web"));
-        let roots: Roots = serde_json::from_str(&sample("connect-ca-roots-response.json")).unwrap();
+        let roots: Roots =
+            serde_json::from_str(&documented_body("connect-ca-roots-response.json")).unwrap();
         assert_eq!(roots.roots.len(), 1);
         assert!(roots.roots[0].active);
         // The documented leaf verifies against the documented root, and its
@@ -162,7 +155,8 @@ mod tests {
         assert_eq!(material.serial, "08");
         assert_eq!(material.own_identity.unwrap().to_string(), leaf.service_uri);
         let matched: BTreeMap<String, Vec<IntentionEntry>> =
-            serde_json::from_str(&sample("connect-intentions-match-response.json")).unwrap();
+            serde_json::from_str(&documented_body("connect-intentions-match-response.json"))
+                .unwrap();
         let web = &matched["web"];
         assert_eq!(web.len(), 2);
         assert!(matches!(web[0].action, IntentionAction::Deny));

@@ -198,6 +198,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::consul::documented_body;
 
     #[test]
     fn instances_keep_tags_and_meta() {
@@ -227,15 +228,7 @@ mod tests {
 
     #[test]
     fn the_documented_body_parses() {
-        // `../shared/consul-api/` in CI; a git worktree sits one level deeper.
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let path = root
-            .ancestors()
-            .skip(1)
-            .map(|dir| dir.join("shared/consul-api/health-service-response.json"))
-            .find(|path| path.exists())
-            .expect("shared/consul-api beside the repository");
-        let text = std::fs::read_to_string(path).expect("the docs sample is readable");
+        let text = documented_body("health-service-response.json");
         let entries = parse(&text);
         let [redis] = &entries[..] else {
             panic!("one entry expected")

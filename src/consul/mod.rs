@@ -393,6 +393,15 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// A body from Consul's API documentation, kept in `tests/fixtures/consul-api/`.
+#[cfg(test)]
+fn documented_body(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/consul-api")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

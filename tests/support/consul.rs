@@ -14,13 +14,13 @@
 //! `Proxy.DestinationServiceName`, 400 for an HTTP/TCP check without `Interval`),
 //! `PUT /v1/agent/service/deregister/:id` (404 `Unknown service ID` when unknown) and
 //! `GET /v1/agent/service/:id` (the service in the shape of
-//! `../shared/consul-api/agent-service-config-response.json`, 404 `unknown service ID` when
+//! `tests/fixtures/consul-api/agent-service-config-response.json`, 404 `unknown service ID` when
 //! unknown). A registered service joins the catalog at once as a passing instance (the stand-in
 //! runs no checks), with its `Weights`; a `connect-proxy` is served under
 //! `/v1/health/connect/<Proxy.DestinationServiceName>`. Anything else is 404, or 405 for a
 //! known agent service path with the wrong method. Every change bumps the one index, so all the
 //! GETs but the agent's are blocking queries. Health responses are JSON arrays in
-//! the shape of `../shared/consul-api/health-service-response.json` — every instance is built
+//! the shape of `tests/fixtures/consul-api/health-service-response.json` — every instance is built
 //! from that documentation sample (its first entry), with ID, name, tags, address, port and the
 //! service check's status replaced — and carry `X-Consul-Index`.
 //!
@@ -452,15 +452,11 @@ fn put_kv(state: &State, key: &str, value: &str) {
     state.index.send_modify(|index| *index += 1);
 }
 
-/// `shared/consul-api/<name>` beside the repository (`../shared/...` in CI); a git worktree
-/// sits deeper, so the nearest ancestor holding `shared/consul-api` is used.
+/// `tests/fixtures/consul-api/<name>`: a body from Consul's API documentation.
 pub fn docs_sample(name: &str) -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    root.ancestors()
-        .skip(1)
-        .map(|dir| dir.join("shared/consul-api").join(name))
-        .find(|path| path.exists())
-        .unwrap_or_else(|| panic!("no shared/consul-api/{name} beside {}", root.display()))
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/consul-api")
+        .join(name)
 }
 
 fn listen(
