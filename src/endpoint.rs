@@ -19,7 +19,8 @@ use tokio::time::Instant;
 use crate::balance::{EndpointLoad, InFlight, Target};
 use crate::body::{RequestBody, RequestBodyError};
 use crate::client::{
-    ClientSettings, EndpointClient, H1Sender, Http2Stream, Opened, PoolGauges, keep_alive_timeout,
+    ClientSettings, EndpointClient, H1Sender, Http2Stream, Opened, PoolGauges, Purpose,
+    keep_alive_timeout,
 };
 use crate::error::ProxyError;
 use crate::outlier::OutlierState;
@@ -280,7 +281,12 @@ impl Endpoint {
         let (mut request, copy) = Resendable::keep(request);
         let mut resends = 0;
         loop {
-            let stream = match self.client.h2_stream().await {
+            let purpose = if resends == 0 {
+                Purpose::First
+            } else {
+                Purpose::Resend
+            };
+            let stream = match self.client.h2_stream(purpose).await {
                 Ok(stream) => stream,
                 Err(error) => return Err(SendError::unsent(error, request)),
             };
@@ -297,7 +303,11 @@ impl Endpoint {
             };
             if matches!(
                 why,
-                Some(Unprocessed::NotWritten | Unprocessed::GoAway { .. })
+                Some(
+                    Unprocessed::NotWritten
+                        | Unprocessed::GoAway { .. }
+                        | Unprocessed::DispatchDropped
+                )
             ) {
                 stream.retire_connection();
             }
@@ -305,7 +315,10 @@ impl Endpoint {
                 *goaway_errors += 1;
             }
             drop(stream);
-            let Some(why) = why.filter(|_| resends < MAX_RESENDS) else {
+            let resendable = |why: &Unprocessed| {
+                resends < MAX_RESENDS && (!why.idempotent_only() || is_idempotent(copy.method()))
+            };
+            let Some(why) = why.filter(resendable) else {
                 return Err(self.reset(error, unsent));
             };
             let Some(again) = unsent.or_else(|| copy.again()) else {

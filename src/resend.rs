@@ -4,12 +4,16 @@
 //! the circuit breaker or outlier detection (except after a GOAWAY with an
 //! error code, which `endpoint.rs` counts against the endpoint).
 //!
-//! A request is resent when the upstream provably did not act on it:
+//! A request is resent when the upstream provably did not act on it, or —
+//! for an idempotent request only — may not have:
 //!
 //! * **HTTP/2, any method:** its stream was above the `last_stream_id` of a
 //!   GOAWAY, or reset with `REFUSED_STREAM` (RFC 9113 §6.8, §8.7), or hyper
-//!   never wrote it because the connection was going away (the request came
-//!   back, or hyper's dispatch was dropped with it still queued: canceled).
+//!   never wrote it because the connection was going away (it came back).
+//! * **HTTP/2, idempotent methods only:** hyper's dispatch for the
+//!   connection was dropped with the request in it, unanswered. That happens
+//!   when the request waited for a stream slot as the connection got GOAWAY;
+//!   hyper cannot say whether the stream went out first.
 //! * **HTTP/1.1, any method:** hyper never wrote it (the pooled connection
 //!   had closed).
 //! * **HTTP/1.1, idempotent methods only** (RFC 9110 §9.2.2: GET, HEAD,
@@ -48,6 +52,8 @@ pub enum Unprocessed {
     RefusedStream,
     /// HTTP/1.1: a reused connection closed or reset before a response byte.
     ClosedBeforeResponse,
+    /// HTTP/2: the connection's dispatch was dropped with the request in it.
+    DispatchDropped,
 }
 
 impl Unprocessed {
@@ -58,7 +64,17 @@ impl Unprocessed {
             Unprocessed::GoAway { .. } => "goaway",
             Unprocessed::RefusedStream => "refused_stream",
             Unprocessed::ClosedBeforeResponse => "closed_before_response",
+            Unprocessed::DispatchDropped => "dispatch_dropped",
         }
+    }
+
+    /// True when the upstream may have acted on the request after all, so
+    /// only an idempotent one may be resent.
+    pub fn idempotent_only(self) -> bool {
+        matches!(
+            self,
+            Unprocessed::ClosedBeforeResponse | Unprocessed::DispatchDropped
+        )
     }
 }
 
@@ -93,6 +109,10 @@ impl Resendable {
         (Request::from_parts(parts, body), copy)
     }
 
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
     /// The request again, or `None` when its body can no longer be replayed.
     pub fn again(&self) -> Option<Request<RequestBody>> {
         let body = match &self.body {
@@ -116,16 +136,17 @@ pub fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// How an HTTP/2 stream's failure shows the request was not processed.
+/// How an HTTP/2 stream's failure shows the request was not processed (or,
+/// for [`Unprocessed::idempotent_only`] cases, may not have been).
 pub fn unprocessed_h2(error: &hyper::Error) -> Option<Unprocessed> {
     if RequestBodyError::under(error).is_some() {
         return None;
     }
-    // hyper's HTTP/2 dispatch was dropped with the request still queued in
-    // it (waiting for a stream slot when the connection went away): the
-    // request never reached the wire.
-    if error.is_canceled() {
-        return Some(Unprocessed::NotWritten);
+    // hyper answers a request its dispatch dropped with a "dispatch gone"
+    // user error; every other user error is about the request or its body,
+    // and the body's own errors were excluded above.
+    if error.is_user() {
+        return Some(Unprocessed::DispatchDropped);
     }
     let h2 = h2_cause(error)?;
     if !h2.is_remote() {

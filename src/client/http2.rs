@@ -17,7 +17,10 @@
 //!    announced no limit (or whose SETTINGS have not arrived yet) is held to
 //!    [`UNANNOUNCED_STREAM_LIMIT`], the least RFC 9113 §6.5.2 recommends. Filling
 //!    the oldest first leaves extra connections idle when load falls, so they
-//!    close after `timeouts.idle`.
+//!    close after `timeouts.idle`. A request being resent after a GOAWAY or
+//!    a refusal takes the *newest* instead ([`Purpose::Resend`]): peers retire
+//!    their oldest connections first (request-count and age limits), and the
+//!    request should not meet a second GOAWAY.
 //! 3. Otherwise, while fewer than `max_connections_per_endpoint` are open or
 //!    opening, the request opens a new one ([`Checkout::Open`]).
 //! 4. Otherwise it waits, with at most `max_pending_requests` others, for at
@@ -143,6 +146,15 @@ impl Drop for Http2Stream {
         }
         self.pool.changed.notify_one();
     }
+}
+
+/// What a stream is checked out for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A request's first send: the oldest connection with a free stream.
+    First,
+    /// A request sent again: the newest connection with a free stream.
+    Resend,
 }
 
 /// What a checkout got.
@@ -338,7 +350,11 @@ impl Http2Pool {
 
     /// A stream on a connection with room for it, the right to open a new
     /// connection, or — after waiting as the module doc says — `Overloaded`.
-    pub async fn checkout(&self, addr: SocketAddr) -> Result<Checkout, ProxyError> {
+    pub async fn checkout(
+        &self,
+        addr: SocketAddr,
+        purpose: Purpose,
+    ) -> Result<Checkout, ProxyError> {
         let shared = &self.shared;
         let limits = &shared.limits;
         let mut queued: Option<Pending<'_>> = None;
@@ -362,7 +378,12 @@ impl Http2Pool {
                 shared.remove(&mut state, |connection| {
                     connection.retire_if_spent(limits, now)
                 });
-                if let Some(connection) = (state.connections.iter()).find(|c| c.has_free_stream()) {
+                let free = |connection: &&Arc<Http2Connection>| connection.has_free_stream();
+                let found = match purpose {
+                    Purpose::First => state.connections.iter().find(free),
+                    Purpose::Resend => state.connections.iter().rev().find(free),
+                };
+                if let Some(connection) = found {
                     return Ok(Checkout::Stream(claim(shared, connection)));
                 }
                 // A connection being opened is counted on for as many streams

@@ -28,7 +28,7 @@ pub mod http1;
 pub mod http2;
 
 pub use self::http1::{H1Sender, keep_alive_timeout};
-pub use self::http2::{Http2Stream, PoolGauges};
+pub use self::http2::{Http2Stream, PoolGauges, Purpose};
 
 use self::http1::Http1Idle;
 use self::http2::{Checkout, ConnectionEnd, H2Sender, H2Task, Http2Pool};
@@ -124,8 +124,8 @@ impl EndpointClient {
 
     /// A stream on one of the endpoint's HTTP/2 connections, opening one when
     /// all are full, or waiting (bounded) when no more may open.
-    pub async fn h2_stream(&self) -> Result<Http2Stream, ProxyError> {
-        match self.h2.checkout(self.addr).await? {
+    pub async fn h2_stream(&self, purpose: Purpose) -> Result<Http2Stream, ProxyError> {
+        match self.h2.checkout(self.addr, purpose).await? {
             Checkout::Stream(stream) => Ok(stream),
             Checkout::Open(slot) => match self.open_h2().await {
                 Ok((sender, task)) => {

@@ -442,7 +442,7 @@ impl EndpointMetrics {
 
     /// Counts a request sent again because the upstream never processed it
     /// (`reason`: `not_written`, `goaway`, `refused_stream`,
-    /// `closed_before_response`).
+    /// `closed_before_response`, `dispatch_dropped`).
     pub fn resent(&self, reason: &'static str) {
         counter!(UPSTREAM_RESENDS_TOTAL, "upstream" => self.upstream.clone(), "reason" => reason)
             .increment(1);

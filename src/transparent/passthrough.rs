@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpStream;
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::client::{ClientSettings, EndpointClient, H1Sender, Opened, PoolGauges};
+use crate::client::{ClientSettings, EndpointClient, H1Sender, Opened, PoolGauges, Purpose};
 use crate::error::ProxyError;
 use crate::headers::strip_hop_by_hop;
 
@@ -63,7 +63,7 @@ impl Passthrough {
         let response = if request.version() == Version::HTTP_2 {
             // The stream counts against the connection's limit until the
             // response head (passthrough keeps no release for its body).
-            let stream = self.client.h2_stream().await?;
+            let stream = self.client.h2_stream(Purpose::First).await?;
             stream.sender().send_request(request).await
         } else {
             let mut h1 = self.h1.lock().await;
