@@ -182,6 +182,15 @@ pub struct H2Load {
     pub output: String,
 }
 
+impl H2Load {
+    /// Requests that did not end in 2xx: h2load's `failed` (errors, 4xx and 5xx; `errored`
+    /// is part of it) or the non-2xx status codes, whichever is larger (h2load counts them at
+    /// slightly different moments), plus those that timed out.
+    pub fn unsuccessful(&self) -> u64 {
+        self.failed.max(self.not_2xx) + self.timeout
+    }
+}
+
 /// Runs `h2load` (h2c prior knowledge) with `args` against `url`.
 pub fn h2load(args: &[&str], url: &str) -> H2Load {
     require("h2load", "nghttp2-client");
