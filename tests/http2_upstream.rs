@@ -18,26 +18,14 @@ use http_body_util::{BodyExt, Full};
 use support::raw_h2::goaway_origin;
 use support::{Proxy, Server, get, h2_origin, one_upstream_yaml, prom, send, serve};
 
-async fn metric(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
-    prom::value(
-        &prom::scrape(&proxy.admin_url("/metrics")).await,
-        name,
-        labels,
-    )
-    .unwrap_or(0.0)
-}
-
 async fn resends(proxy: &Proxy, upstream: &str, reason: &str) -> f64 {
     let labels = [("upstream", upstream), ("reason", reason)];
-    metric(proxy, "remora_upstream_resends_total", &labels).await
+    proxy.metric("remora_upstream_resends_total", &labels).await
 }
 
 async fn retries(proxy: &Proxy, upstream: &str) -> f64 {
     let text = prom::scrape(&proxy.admin_url("/metrics")).await;
-    let samples = prom::parse(&text);
-    (prom::find(&samples, "remora_retries_total", &[("upstream", upstream)]).iter())
-        .map(|sample| sample.value)
-        .sum()
+    prom::sum(&text, "remora_retries_total", &[("upstream", upstream)])
 }
 
 /// Every in-flight figure of `upstream`: the listener's gauge, the pool's queue, and each

@@ -89,15 +89,6 @@ fn yaml_with(
     )
 }
 
-async fn counter(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
-    prom::value(
-        &prom::scrape(&proxy.admin_url("/metrics")).await,
-        name,
-        labels,
-    )
-    .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn a_503_is_retried_on_the_other_endpoint() {
     let failing = origin(503, Duration::ZERO);
@@ -121,10 +112,10 @@ async fn a_503_is_retried_on_the_other_endpoint() {
     );
     assert_eq!(healthy.requests(), 20);
     let labels = [("upstream", "retry-other"), ("outcome", "success")];
-    let succeeded = counter(&proxy, "remora_retries_total", &labels).await;
+    let succeeded = proxy.metric("remora_retries_total", &labels).await;
     assert_eq!(succeeded, first_tries_failed as f64);
     let failed = [("upstream", "retry-other"), ("outcome", "failure")];
-    assert_eq!(counter(&proxy, "remora_retries_total", &failed).await, 0.0);
+    assert_eq!(proxy.metric("remora_retries_total", &failed).await, 0.0);
 }
 
 #[tokio::test]
@@ -186,7 +177,7 @@ async fn a_per_try_timeout_moves_the_request_to_another_endpoint() {
         ("kind", "per_try"),
     ];
     assert_eq!(
-        counter(&proxy, "remora_timeouts_total", &labels).await,
+        proxy.metric("remora_timeouts_total", &labels).await,
         timed_out as f64
     );
 }
@@ -232,18 +223,18 @@ async fn the_budget_bounds_the_load_on_an_always_failing_upstream() {
         received >= REQUESTS + 60,
         "the budget should allow most of its retries, got {received}"
     );
-    let exhausted = counter(
-        &proxy,
-        "remora_retry_budget_exhausted_total",
-        &[("upstream", "retry-budget")],
-    )
-    .await;
-    let failed = counter(
-        &proxy,
-        "remora_retries_total",
-        &[("upstream", "retry-budget"), ("outcome", "failure")],
-    )
-    .await;
+    let exhausted = proxy
+        .metric(
+            "remora_retry_budget_exhausted_total",
+            &[("upstream", "retry-budget")],
+        )
+        .await;
+    let failed = proxy
+        .metric(
+            "remora_retries_total",
+            &[("upstream", "retry-budget"), ("outcome", "failure")],
+        )
+        .await;
     assert_eq!(failed, (received - REQUESTS) as f64);
     assert!(exhausted >= 150.0, "exhausted: {exhausted}");
 }
@@ -387,7 +378,9 @@ async fn connect_failures_are_retried_by_the_retry_layer_on_top_of_the_resend() 
         assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{reply:?}");
         assert_eq!(reply.headers["x-remora-error"], "connect_failed");
         let labels = [("upstream", name.as_str())];
-        let errors = counter(&proxy, "remora_upstream_connect_errors_total", &labels).await;
+        let errors = proxy
+            .metric("remora_upstream_connect_errors_total", &labels)
+            .await;
         assert_eq!(
             errors, connects,
             "connection attempts with attempts: {attempts}"

@@ -48,17 +48,12 @@ async fn assert_nothing_in_flight(proxy: &Proxy, upstream: &str) {
     }
 }
 
-/// The sum of the samples of `name` labelled with `upstream`.
-fn total(text: &str, name: &str, upstream: &str) -> f64 {
-    let samples = prom::parse(text);
-    (prom::find(&samples, name, &[("upstream", upstream)]).iter())
-        .map(|sample| sample.value)
-        .sum::<f64>()
-        + 0.0
-}
-
 fn resends(text: &str, upstream: &str) -> f64 {
-    total(text, "remora_upstream_resends_total", upstream)
+    prom::sum(
+        text,
+        "remora_upstream_resends_total",
+        &[("upstream", upstream)],
+    )
 }
 
 /// The samples of `name` labelled with `upstream`, as `label=count` pairs (e.g. the errors

@@ -93,6 +93,17 @@ pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     found.first().map(|s| s.value)
 }
 
+/// The sum of the samples named `name` that carry every `(key, value)` of `labels`; 0 when
+/// there is none.
+pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let samples = parse(text);
+    find(&samples, name, labels)
+        .iter()
+        .map(|s| s.value)
+        .sum::<f64>()
+        + 0.0
+}
+
 /// `GET <url>` (the admin `/metrics`) and return the text.
 pub async fn scrape(url: &str) -> String {
     let reply = super::get(Version::HTTP_11, url)

@@ -123,6 +123,12 @@ impl Proxy {
         format!("http://{}{path}", self.bound.admin)
     }
 
+    /// The value of the one sample of `/metrics` matching `name` and `labels`; 0 when absent.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = super::prom::scrape(&self.admin_url("/metrics")).await;
+        super::prom::value(&text, name, labels).unwrap_or(0.0)
+    }
+
     /// Drains; returns the connections still open at the end.
     pub async fn shutdown(self) -> usize {
         self.running.shutdown().await
