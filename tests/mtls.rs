@@ -311,7 +311,7 @@ async fn authorization_denies_by_identity() {
     let ca = Ca::new("mesh CA");
     let app = http_backend("app");
     let files = TlsFiles::new(&ca.leaf("api", 1), &ca);
-    let rules = "  authorization:\n    default: deny\n    allow: [\"web*\", \"spiffe://*/svc/ops\"]\n    deny: [web-admin]\n";
+    let rules = "  authorization:\n    default: deny\n    allow: [\"web*\", \"spiffe://*/ns/*/dc/*/svc/ops\"]\n    deny: [web-admin]\n";
     let proxy = inbound_proxy("adbi1", app.addr, "http", &files, rules).await;
     let status_for = |service: &'static str, serial| {
         let leaf = ca.leaf(service, serial);
@@ -334,6 +334,45 @@ async fn authorization_denies_by_identity() {
         &[("direction", "inbound"), ("upstream", "adbi1")],
     );
     assert_eq!(denied, Some(2.0));
+    assert_eq!(app.requests(), 2);
+}
+
+/// A bare service name is this sidecar's own trust domain and namespace; `*` never crosses
+/// `/`; a URI that breaks the SPIFFE ID rules (upper-case trust domain, a port) matches nothing.
+#[tokio::test]
+async fn identity_patterns_do_not_reach_beyond_their_scope() {
+    let ca = Ca::new("mesh CA");
+    let app = http_backend("app");
+    let files = TlsFiles::new(&ca.leaf("api", 1), &ca);
+    let rules = "  authorization:\n    default: deny\n    allow: [web, \"spiffe://*/ns/default/dc/dc1/svc/ops\"]\n";
+    let proxy = inbound_proxy("scope1", app.addr, "http", &files, rules).await;
+    let status_for = |uri: String, serial| {
+        let leaf = ca.leaf_with_uri(Some(&uri), serial);
+        let addr = proxy.inbound();
+        async move {
+            let mut sender = http1_as(addr, &leaf).await;
+            get_on(&mut sender, "/", &[]).await.unwrap().0
+        }
+    };
+    let td = support::tls::TRUST_DOMAIN;
+    assert_eq!(status_for(spiffe("web"), 2).await, StatusCode::OK);
+    assert_eq!(status_for(spiffe("ops"), 3).await, StatusCode::OK);
+    for (serial, spoofed) in [
+        format!("spiffe://{td}/ns/evil/dc/dc1/svc/web"),
+        "spiffe://evil.example/ns/default/dc/dc1/svc/web".to_owned(),
+        format!("spiffe://{td}/ns/evil/dc/dc1/svc/x/ns/default/dc/dc1/svc/ops"),
+        "spiffe://Evil.Example/ns/default/dc/dc1/svc/ops".to_owned(),
+        format!("spiffe://{td}:8443/ns/default/dc/dc1/svc/ops"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(
+            status_for(spoofed.clone(), 10 + serial as u64).await,
+            StatusCode::FORBIDDEN,
+            "{spoofed}"
+        );
+    }
     assert_eq!(app.requests(), 2);
 }
 

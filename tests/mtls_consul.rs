@@ -2,6 +2,9 @@
 //! Consul stand-in's Connect CA (the documented response bodies, carrying certificates made
 //! at run time), followed by blocking queries so a new leaf reaches new connections without a
 //! restart; Consul intentions decide who may call, and a changed intention applies at once.
+//! Intentions fail closed: until the first answer is read every caller is denied (Consul down
+//! at start), an entry of an unknown shape is skipped while the others apply, and an L7
+//! intention (`Permissions`, no `Action`) never lets a caller in.
 
 mod support;
 
@@ -9,9 +12,10 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use support::consul::ConsulStandIn;
-use support::tls::{Ca, Leaf, connect, get_on, http1, server_serial, spiffe};
-use support::{Proxy, http_backend};
+use serde_json::json;
+use support::consul::{ConsulStandIn, ErrorMode};
+use support::tls::{Ca, Leaf, TlsFiles, connect, get_on, http1, server_serial, spiffe};
+use support::{Backend, Proxy, http_backend};
 
 const HANG: Duration = Duration::from_secs(10);
 
@@ -169,4 +173,120 @@ async fn consul_intentions_decide_who_may_call() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(status_as(&proxy, &billing).await, StatusCode::FORBIDDEN);
+}
+
+/// A sidecar in front of `app` with its certificate from `files` that follows Consul's
+/// intentions (and nothing else from Consul), with `default: default` for callers no intention
+/// names.
+async fn intentions_sidecar(
+    consul: &ConsulStandIn,
+    name: &str,
+    app: &Backend,
+    files: &TlsFiles,
+    default: &str,
+) -> Proxy {
+    Proxy::start(&format!(
+        "service: {{ name: {name}, port: {} }}\n\
+         inbound: {{ listen: 127.0.0.1:0 }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         consul: {{ address: \"{}\", wait: 2s }}\n\
+         logging: {{ access_log: false }}\n{}",
+        app.addr.port(),
+        consul.url(),
+        files.yaml(&format!(
+            "  authorization: {{ default: {default}, intentions: true }}\n"
+        ))
+    ))
+    .await
+}
+
+/// Waits until `caller` gets `expected` from `proxy`.
+async fn until_status(proxy: &Proxy, caller: &Leaf, expected: StatusCode, what: &str) {
+    let deadline = std::time::Instant::now() + HANG;
+    while status_as(proxy, caller).await != expected {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn callers_are_denied_until_the_intentions_first_load() {
+    let consul = ConsulStandIn::start();
+    consul.set_error_mode(ErrorMode::ServerError);
+    let ca = Ca::new("mesh CA");
+    let files = TlsFiles::new(&ca.leaf("idb", 1), &ca);
+    // `default: allow`: the intentions not loaded yet must not fall through to it.
+    let app = http_backend("app");
+    let proxy = intentions_sidecar(&consul, "idb", &app, &files, "allow").await;
+    let (web, billing) = (ca.leaf("web", 2), ca.leaf("billing", 3));
+    for _ in 0..5 {
+        assert_eq!(status_as(&proxy, &web).await, StatusCode::FORBIDDEN);
+        assert_eq!(status_as(&proxy, &billing).await, StatusCode::FORBIDDEN);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Consul comes back with a deny intention for web: it applies, the rest is the default.
+    consul.set_intentions("idb", &[("web", false)]);
+    consul.set_error_mode(ErrorMode::None);
+    until_status(&proxy, &billing, StatusCode::OK, "intentions not loaded").await;
+    assert_eq!(status_as(&proxy, &web).await, StatusCode::FORBIDDEN);
+
+    // Later answers remora cannot read keep the last good list.
+    consul.set_error_mode(ErrorMode::Garbage);
+    consul.set_intentions("idb", &[]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(status_as(&proxy, &web).await, StatusCode::FORBIDDEN);
+    assert_eq!(status_as(&proxy, &billing).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn intention_entries_are_read_one_by_one_and_l7_ones_never_allow() {
+    let consul = ConsulStandIn::start();
+    let template = |source: &str, action: Option<&str>| {
+        let mut entry = json!({
+            "SourceNS": "default",
+            "SourceName": source,
+            "DestinationNS": "default",
+            "DestinationName": "iapi",
+            "SourceType": "consul",
+            "Meta": {},
+            "CreateIndex": 11,
+            "ModifyIndex": 11
+        });
+        if let Some(action) = action {
+            entry["Action"] = action.into();
+        }
+        entry
+    };
+    let mut l7 = template("web", None);
+    l7["Permissions"] = json!([{ "Action": "allow", "HTTP": { "PathPrefix": "/public" } }]);
+    let mut unreadable = template("ops", Some("allow"));
+    unreadable["SourceName"] = json!({ "unexpected": "shape" });
+    consul.set_intention_entries(
+        "iapi",
+        vec![
+            unreadable,
+            l7,
+            template("billing", Some("allow")),
+            template("*", Some("allow")),
+        ],
+    );
+    let ca = Ca::new("mesh CA");
+    let files = TlsFiles::new(&ca.leaf("iapi", 1), &ca);
+    let app = http_backend("app");
+    let proxy = intentions_sidecar(&consul, "iapi", &app, &files, "deny").await;
+    let billing = ca.leaf("billing", 2);
+    until_status(
+        &proxy,
+        &billing,
+        StatusCode::OK,
+        "the readable entries do not apply",
+    )
+    .await;
+    assert_eq!(status_as(&proxy, &ca.leaf("cart", 3)).await, StatusCode::OK);
+    assert_eq!(
+        status_as(&proxy, &ca.leaf("web", 4)).await,
+        StatusCode::FORBIDDEN,
+        "an L7 intention without Action is not an allow"
+    );
 }

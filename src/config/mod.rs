@@ -40,7 +40,7 @@ pub use model::{
     ConsulConfig, ConsulDiscovery, ConsulKvSource, Discovery, DnsDiscovery, HashOn, InboundConfig,
     LoadBalancing, LoadBalancingPolicy, LogFormat, LoggingConfig, OtlpConfig, Propagation,
     RuntimeConfig, Secret, ServiceConfig, ServiceProtocol, StaticEndpoint, Timeouts, TlsConfig,
-    TlsSource, TracingConfig, UpstreamConfig, UpstreamProtocol, UpstreamTls,
+    TlsSource, TracingConfig, UntilIntentionsLoad, UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };
 pub use pool::ConnectionPool;
 pub use resilience::{

@@ -136,6 +136,20 @@ pub struct AuthorizationConfig {
     /// Also follow Consul intentions for `service.name` (a blocking query).
     #[serde(default)]
     pub intentions: bool,
+    /// With `intentions`, what a peer no rule decides gets until Consul's
+    /// intentions first load.
+    #[serde(default)]
+    pub until_intentions_load: UntilIntentionsLoad,
+}
+
+/// Until Consul's intentions first load (Consul unreachable, or an answer
+/// that cannot be read): deny, or fall through to `default`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UntilIntentionsLoad {
+    #[default]
+    Deny,
+    Default,
 }
 
 /// Allow or deny.

@@ -1077,6 +1077,18 @@ fn tls_section_defaults_and_errors() {
     assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
     assert_eq!(tls.authorization.default, AuthorizationAction::Allow);
     assert!(!tls.authorization.intentions);
+    assert_eq!(
+        tls.authorization.until_intentions_load,
+        UntilIntentionsLoad::Deny
+    );
+    let lenient = parse_test(&format!(
+        "{SERVICE}tls:\n  source: consul\n  authorization: {{ intentions: true, until_intentions_load: default }}\n"
+    ))
+    .expect("valid until_intentions_load");
+    assert_eq!(
+        lenient.tls.unwrap().authorization.until_intentions_load,
+        UntilIntentionsLoad::Default
+    );
 
     assert_eq!(
         errors(&format!("{SERVICE}tls:\n  cert: /c.pem\n  key: /k.pem\n")),
@@ -1084,13 +1096,24 @@ fn tls_section_defaults_and_errors() {
     );
     assert_eq!(
         errors(&format!(
-            "{SERVICE}tls:\n  source: consul\n  cert: /c.pem\n  handshake_timeout: 0s\n  authorization:\n    allow: [\"\", \"https://x\"]\n"
+            "{SERVICE}tls:\n  source: consul\n  cert: /c.pem\n  handshake_timeout: 0s\n  authorization:\n    allow: [\"\", \"https://x\"]\n    deny: [\"spiffe://TD/ns/a/dc/b/svc/web\", \"spiffe://td/ns/../svc/*\", \"web/admin\"]\n"
         )),
         [
             "test.yaml:6:9: tls.cert: not used with `source: consul` (Consul's CA issues the certificate)",
             "test.yaml:7:22: tls.handshake_timeout: must be greater than zero",
-            "test.yaml:9:13: tls.authorization.allow[0]: ``: expected a service name or a spiffe:// ID (`*` matches any characters)",
+            "test.yaml:9:13: tls.authorization.allow[0]: ``: expected a service name (a-z, A-Z, 0-9, `.`, `-`, `_`) or a spiffe:// ID (`*` matches any characters but `/`)",
             "test.yaml:9:17: tls.authorization.allow[1]: `https://x`: only spiffe:// IDs are identities",
+            "test.yaml:10:12: tls.authorization.deny[0]: `spiffe://TD/ns/a/dc/b/svc/web` is not a valid SPIFFE ID: the trust domain must be 1 to 255 of a-z, 0-9, `.`, `-`, `_` (lower case, no user info or port)",
+            "test.yaml:10:45: tls.authorization.deny[1]: `spiffe://td/ns/../svc/*` is not a valid SPIFFE ID: a path segment is empty, `.` or `..`",
+            "test.yaml:10:72: tls.authorization.deny[2]: `web/admin`: expected a service name (a-z, A-Z, 0-9, `.`, `-`, `_`) or a spiffe:// ID (`*` matches any characters but `/`)",
+        ]
+    );
+    assert_eq!(
+        errors(&format!(
+            "{SERVICE}tls:\n  source: consul\n  authorization: {{ intentions: true, until_intentions_load: allow }}\n"
+        )),
+        [
+            "test.yaml:6:61: tls.authorization.until_intentions_load: unknown variant `allow`, expected one of deny, default"
         ]
     );
     let upstream = "upstreams:\n  - name: api\n    listen: 127.0.0.1:0\n    discovery: { static: [127.0.0.1:1] }\n";

@@ -4,8 +4,12 @@
 //! destination (`GET /v1/connect/intentions/match?by=destination&name=…`),
 //! each as a blocking query. Shapes as in Consul's documentation
 //! (`tests/fixtures/consul-api/connect-*.json`); unknown fields are ignored.
-//! Rejects a leaf without certificate or key, roots without a certificate
-//! and intentions with an action other than allow/deny.
+//! Rejects a leaf without certificate or key, and roots without a
+//! certificate. Intentions are read entry by entry: an entry without a
+//! readable source is left out (and reported), one whose action is not a
+//! plain `allow` — `deny`, an L7 intention (`Permissions`) or an unknown
+//! action — denies its source; entries for a cluster peer, another admin
+//! partition or a sameness group name no local caller and are left out.
 
 use std::collections::BTreeMap;
 
@@ -67,21 +71,75 @@ impl Roots {
     }
 }
 
-/// One entry of the intentions match answer.
+/// One entry of the intentions match answer, as far as remora reads it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct IntentionEntry {
     #[serde(rename = "SourceNS", default)]
-    source_ns: String,
+    source_ns: Option<String>,
     source_name: String,
-    action: IntentionAction,
+    #[serde(default)]
+    action: Option<String>,
+    /// L7 permissions (the intention then has no `Action`).
+    #[serde(default)]
+    permissions: Option<serde_json::Value>,
+    #[serde(default)]
+    source_peer: Option<String>,
+    #[serde(default)]
+    source_partition: Option<String>,
+    #[serde(default)]
+    source_sameness_group: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum IntentionAction {
-    Allow,
-    Deny,
+impl IntentionEntry {
+    /// The intention for a local source; `None` for one scoped to a cluster
+    /// peer, another partition or a sameness group.
+    fn intention(self) -> Option<Intention> {
+        let set = |field: &Option<String>| field.as_deref().is_some_and(|v| !v.is_empty());
+        let other_partition = self
+            .source_partition
+            .as_deref()
+            .is_some_and(|partition| !partition.is_empty() && partition != "default");
+        if set(&self.source_peer) || set(&self.source_sameness_group) || other_partition {
+            return None;
+        }
+        let layer7 = match &self.permissions {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Array(permissions)) => !permissions.is_empty(),
+            Some(_) => true,
+        };
+        Some(Intention {
+            source_namespace: self.source_ns.unwrap_or_default(),
+            source_name: self.source_name,
+            allow: !layer7 && self.action.as_deref() == Some("allow"),
+        })
+    }
+}
+
+/// The intentions for a destination, and the entries that could not be read.
+#[derive(Debug)]
+pub struct IntentionsAnswer {
+    /// In precedence order.
+    pub intentions: Vec<Intention>,
+    /// One message per entry left out because its source could not be read.
+    pub unreadable: Vec<String>,
+}
+
+impl IntentionsAnswer {
+    /// Reads each entry on its own.
+    fn read(entries: Vec<serde_json::Value>) -> IntentionsAnswer {
+        let mut answer = IntentionsAnswer {
+            intentions: Vec::new(),
+            unreadable: Vec::new(),
+        };
+        for (i, entry) in entries.into_iter().enumerate() {
+            match serde_json::from_value::<IntentionEntry>(entry) {
+                Ok(entry) => answer.intentions.extend(entry.intention()),
+                Err(error) => answer.unreadable.push(format!("entry {i}: {error}")),
+            }
+        }
+        answer
+    }
 }
 
 impl Client {
@@ -101,31 +159,23 @@ impl Client {
     }
 
     /// The intentions with `destination` as destination, in precedence
-    /// order; blocking when `index` > 0.
+    /// order; blocking when `index` > 0. An answer that is not a map of
+    /// lists is an error; entries are read one by one.
     pub async fn intentions_for(
         &self,
         destination: &str,
         index: u64,
-    ) -> Result<(u64, Vec<Intention>), ConsulError> {
+    ) -> Result<(u64, IntentionsAnswer), ConsulError> {
         let params = vec![
             ("by", "destination".to_owned()),
             ("name", destination.to_owned()),
         ];
         let path = ["connect", "intentions", "match"];
-        let (index, mut matched): (u64, BTreeMap<String, Vec<IntentionEntry>>) = self
+        let (index, mut matched): (u64, BTreeMap<String, Vec<serde_json::Value>>) = self
             .blocking_get(&path, params, index, "an intentions match")
             .await?;
-        let intentions = matched
-            .remove(destination)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|entry| Intention {
-                source_namespace: entry.source_ns,
-                source_name: entry.source_name,
-                allow: matches!(entry.action, IntentionAction::Allow),
-            })
-            .collect();
-        Ok((index, intentions))
+        let entries = matched.remove(destination).unwrap_or_default();
+        Ok((index, IntentionsAnswer::read(entries)))
     }
 }
 
@@ -154,12 +204,73 @@ mod tests {
         .expect("material from the Consul docs samples");
         assert_eq!(material.serial, "08");
         assert_eq!(material.own_identity.unwrap().to_string(), leaf.service_uri);
-        let matched: BTreeMap<String, Vec<IntentionEntry>> =
+        let mut matched: BTreeMap<String, Vec<serde_json::Value>> =
             serde_json::from_str(&documented_body("connect-intentions-match-response.json"))
                 .unwrap();
-        let web = &matched["web"];
-        assert_eq!(web.len(), 2);
-        assert!(matches!(web[0].action, IntentionAction::Deny));
-        assert_eq!(web[1].source_name, "web");
+        let web = IntentionsAnswer::read(matched.remove("web").unwrap());
+        assert!(web.unreadable.is_empty());
+        let deny_then_allow = [false, true].map(|allow| Intention {
+            source_namespace: "default".into(),
+            source_name: "web".into(),
+            allow,
+        });
+        assert_eq!(web.intentions, deny_then_allow);
+    }
+
+    fn entry(name: &str, extra: serde_json::Value) -> serde_json::Value {
+        let mut entry = serde_json::json!({ "SourceNS": "default", "SourceName": name });
+        entry
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        entry
+    }
+
+    #[test]
+    fn intention_entries_are_read_one_by_one() {
+        use serde_json::json;
+        let answer = IntentionsAnswer::read(vec![
+            json!("not an object"),
+            json!({ "SourceNS": "default", "Action": "allow" }),
+            entry("ops", json!({ "SourceName": 7, "Action": "allow" })),
+            entry("web", json!({ "Permissions": [{ "Action": "allow" }] })),
+            entry("cart", json!({ "Action": "allow", "Permissions": [] })),
+            entry("mail", json!({ "Action": "audit" })),
+            entry("jobs", json!({})),
+            entry("peered", json!({ "Action": "allow", "SourcePeer": "east" })),
+            entry(
+                "parted",
+                json!({ "Action": "allow", "SourcePartition": "p1" }),
+            ),
+            entry(
+                "same",
+                json!({ "Action": "allow", "SourceSamenessGroup": "g" }),
+            ),
+            entry(
+                "local",
+                json!({ "Action": "allow", "SourcePartition": "default", "SourcePeer": "" }),
+            ),
+            entry("billing", json!({ "Action": "allow", "Permissions": null })),
+            entry("*", json!({ "Action": "deny" })),
+        ]);
+        assert_eq!(answer.unreadable.len(), 3, "{:?}", answer.unreadable);
+        assert!(answer.unreadable[0].starts_with("entry 0: "));
+        let read: Vec<(&str, bool)> = answer
+            .intentions
+            .iter()
+            .map(|i| (i.source_name.as_str(), i.allow))
+            .collect();
+        assert_eq!(
+            read,
+            [
+                ("web", false),
+                ("cart", true),
+                ("mail", false),
+                ("jobs", false),
+                ("local", true),
+                ("billing", true),
+                ("*", false),
+            ]
+        );
     }
 }

@@ -104,6 +104,7 @@ impl MeshSecurity {
             &tls.authorization,
             service,
             self.intentions.clone(),
+            Arc::clone(&self.material),
         ))
     }
 

@@ -1,22 +1,29 @@
 //! Inbound authorization by peer identity: deny patterns first, then allow
-//! patterns, then Consul intentions (when followed and loaded), then the
-//! configured default. Patterns are service names or SPIFFE IDs with `*`
-//! wildcards (see `identity::pattern_matches`). A peer without a SPIFFE ID
-//! in Consul's format matches no service-name pattern and no intention.
-//! Every denial is counted (`remora_authz_denied_total`) and logged with
-//! the peer's identity.
+//! patterns, then Consul intentions (when followed), then the configured
+//! default. Patterns are service names or SPIFFE IDs with `*` wildcards
+//! (see `identity::pattern_matches`); a bare service name, like an
+//! intention's source, names a service of this sidecar's own trust domain
+//! (while its own ID is unknown, allow rules and intentions name nobody and
+//! deny ones that service anywhere). A peer without a SPIFFE ID in Consul's
+//! format matches no service-name pattern and no intention. Until the
+//! intentions first load, a peer no rule decides is denied (or, with
+//! `until_intentions_load: default`, gets the default). Every denial is
+//! counted (`remora_authz_denied_total`) and logged with the peer's
+//! identity.
 
 use std::sync::Arc;
 
 use ::metrics::Counter;
 use arc_swap::ArcSwapOption;
 
-use super::identity::{PeerIdentity, pattern_matches};
-use crate::config::{AuthorizationAction, AuthorizationConfig};
+use super::MeshTls;
+use super::identity::{Namespace, PeerIdentity, Scope, SpiffeId, pattern_matches};
+use crate::config::{AuthorizationAction, AuthorizationConfig, UntilIntentionsLoad};
 use crate::telemetry::metrics;
 use crate::upstream::Direction;
 
-/// One Consul intention as `/v1/connect/intentions/match` lists it.
+/// One Consul intention as `/v1/connect/intentions/match` lists it; `allow`
+/// is false for every intention that is not a plain allow (L7 ones too).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Intention {
     pub source_namespace: String,
@@ -25,19 +32,20 @@ pub struct Intention {
 }
 
 impl Intention {
-    fn matches(&self, peer: &PeerIdentity) -> bool {
-        let Some(id) = peer.spiffe.as_deref() else {
-            return false;
+    /// The source is `peer`'s service (or `*`) in its namespace (`*`: any;
+    /// empty: this sidecar's own), in this sidecar's own trust domain.
+    fn matches(&self, peer: &SpiffeId, own: Option<&SpiffeId>) -> bool {
+        let namespace = match self.source_namespace.as_str() {
+            "*" => Namespace::Any,
+            "" => Namespace::Own,
+            name => Namespace::Named(name),
         };
-        let name = self.source_name == "*" || self.source_name == id.service;
-        let namespace = self.source_namespace.is_empty()
-            || self.source_namespace == "*"
-            || self.source_namespace == id.namespace;
-        name && namespace
+        (self.source_name == "*" || self.source_name == peer.service)
+            && Scope::of_rule(own, self.allow).contains(peer, namespace)
     }
 }
 
-/// The intentions for this service, in Consul's precedence order; empty
+/// The intentions for this service, in Consul's precedence order; `None`
 /// until the first answer.
 #[derive(Debug, Default)]
 pub struct Intentions(ArcSwapOption<Vec<Intention>>);
@@ -47,14 +55,19 @@ impl Intentions {
         self.0.store(Some(Arc::new(intentions)));
     }
 
-    /// The first intention matching `peer` says allow (true) or deny.
-    fn decide(&self, peer: &PeerIdentity) -> Option<bool> {
+    /// `None` before the first answer; then whether the first intention
+    /// matching `peer` says allow (`Some(Some(true))`), deny, or none
+    /// matches (`Some(None)`).
+    fn decide(&self, peer: Option<&PeerIdentity>, own: Option<&SpiffeId>) -> Option<Option<bool>> {
         let intentions = self.0.load();
         let intentions = intentions.as_deref()?;
-        intentions
-            .iter()
-            .find(|intention| intention.matches(peer))
-            .map(|intention| intention.allow)
+        let peer = peer.and_then(|peer| peer.spiffe.as_deref());
+        Some(peer.and_then(|peer| {
+            intentions
+                .iter()
+                .find(|intention| intention.matches(peer, own))
+                .map(|intention| intention.allow)
+        }))
     }
 }
 
@@ -64,24 +77,31 @@ pub struct Authorizer {
     allow: Vec<String>,
     deny: Vec<String>,
     intentions: Option<Arc<Intentions>>,
+    deny_until_intentions_load: bool,
+    /// This sidecar's material, for its own SPIFFE ID.
+    tls: Arc<MeshTls>,
     listener: String,
     denied: Counter,
 }
 
 impl Authorizer {
-    /// The authorizer of the inbound listener of service `listener`;
-    /// `intentions` (when `config.intentions`) are the ones a Consul watch
-    /// keeps current, shared by the authorizers of successive reloads.
+    /// The authorizer of the inbound listener of service `listener`, whose
+    /// own identity is that of `tls`'s certificate; `intentions` (when
+    /// `config.intentions`) are the ones a Consul watch keeps current,
+    /// shared by the authorizers of successive reloads.
     pub fn new(
         config: &AuthorizationConfig,
         listener: &str,
         intentions: Option<Arc<Intentions>>,
+        tls: Arc<MeshTls>,
     ) -> Authorizer {
         Authorizer {
             default_allow: config.default == AuthorizationAction::Allow,
             allow: config.allow.clone(),
             deny: config.deny.clone(),
             intentions: intentions.filter(|_| config.intentions),
+            deny_until_intentions_load: config.until_intentions_load == UntilIntentionsLoad::Deny,
+            tls,
             listener: listener.to_owned(),
             denied: metrics::authz_denied_counter(Direction::Inbound, listener),
         }
@@ -89,7 +109,9 @@ impl Authorizer {
 
     /// True when `peer` may pass; a denial is counted and logged.
     pub fn authorize(&self, peer: Option<&PeerIdentity>) -> bool {
-        let (allowed, reason) = self.decide(peer);
+        let material = self.tls.current();
+        let own = material.as_ref().and_then(|m| m.own_identity.as_ref());
+        let (allowed, reason) = self.decide(peer, own);
         if !allowed {
             self.denied.increment(1);
             tracing::info!(
@@ -102,16 +124,33 @@ impl Authorizer {
         allowed
     }
 
-    fn decide(&self, peer: Option<&PeerIdentity>) -> (bool, &'static str) {
+    /// Whether `peer` may pass, and why, given this sidecar's own ID.
+    fn decide(&self, peer: Option<&PeerIdentity>, own: Option<&SpiffeId>) -> (bool, &'static str) {
         if let Some(peer) = peer {
-            if self.deny.iter().any(|p| pattern_matches(p, peer)) {
+            let deny_scope = Scope::of_rule(own, false);
+            if self
+                .deny
+                .iter()
+                .any(|p| pattern_matches(p, peer, deny_scope))
+            {
                 return (false, "deny rule");
             }
-            if self.allow.iter().any(|p| pattern_matches(p, peer)) {
+            let allow_scope = Scope::of_rule(own, true);
+            if self
+                .allow
+                .iter()
+                .any(|p| pattern_matches(p, peer, allow_scope))
+            {
                 return (true, "allow rule");
             }
-            if let Some(allow) = self.intentions.as_ref().and_then(|i| i.decide(peer)) {
-                return (allow, "intention");
+        }
+        if let Some(intentions) = &self.intentions {
+            match intentions.decide(peer, own) {
+                Some(Some(allow)) => return (allow, "intention"),
+                None if self.deny_until_intentions_load => {
+                    return (false, "Consul intentions not loaded yet");
+                }
+                Some(None) | None => {}
             }
         }
         (self.default_allow, "default")
@@ -120,15 +159,52 @@ impl Authorizer {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::tls::identity::SpiffeId;
+    use std::time::Duration;
 
-    fn peer(service: &str) -> PeerIdentity {
-        let uri = format!("spiffe://td.consul/ns/default/dc/dc1/svc/{service}");
+    use super::*;
+
+    const TD: &str = "td.consul";
+
+    fn id(uri: &str) -> SpiffeId {
+        SpiffeId::parse(uri).unwrap()
+    }
+
+    fn peer_at(uri: &str) -> PeerIdentity {
         PeerIdentity {
-            spiffe: Some(Arc::new(SpiffeId::parse(&uri).unwrap())),
+            spiffe: SpiffeId::parse(uri).ok().map(Arc::new),
             uri: uri.into(),
         }
+    }
+
+    fn peer(service: &str) -> PeerIdentity {
+        peer_at(&format!("spiffe://{TD}/ns/default/dc/dc1/svc/{service}"))
+    }
+
+    fn own() -> SpiffeId {
+        id(&format!("spiffe://{TD}/ns/default/dc/dc1/svc/db"))
+    }
+
+    fn intention(namespace: &str, name: &str, allow: bool) -> Intention {
+        Intention {
+            source_namespace: namespace.into(),
+            source_name: name.into(),
+            allow,
+        }
+    }
+
+    fn config(default: AuthorizationAction, allow: &[&str], deny: &[&str]) -> AuthorizationConfig {
+        AuthorizationConfig {
+            default,
+            allow: allow.iter().map(|s| (*s).to_owned()).collect(),
+            deny: deny.iter().map(|s| (*s).to_owned()).collect(),
+            intentions: true,
+            until_intentions_load: UntilIntentionsLoad::Deny,
+        }
+    }
+
+    fn authorizer_of(config: &AuthorizationConfig, intentions: &Arc<Intentions>) -> Authorizer {
+        let tls = MeshTls::new(Duration::from_secs(1));
+        Authorizer::new(config, "inbound", Some(Arc::clone(intentions)), tls)
     }
 
     fn authorizer(
@@ -137,56 +213,148 @@ mod tests {
         deny: &[&str],
         intentions: &Arc<Intentions>,
     ) -> Authorizer {
-        let config = AuthorizationConfig {
-            default,
-            allow: allow.iter().map(|s| (*s).to_owned()).collect(),
-            deny: deny.iter().map(|s| (*s).to_owned()).collect(),
-            intentions: true,
-        };
-        Authorizer::new(&config, "inbound", Some(Arc::clone(intentions)))
+        authorizer_of(&config(default, allow, deny), intentions)
+    }
+
+    /// Whether `peer` passes `authz`, for a sidecar whose own ID is [`own`].
+    fn passes(authz: &Authorizer, peer: Option<&PeerIdentity>) -> bool {
+        authz.decide(peer, Some(&own())).0
+    }
+
+    fn loaded(intentions: Vec<Intention>) -> Arc<Intentions> {
+        let loaded = Arc::new(Intentions::default());
+        loaded.set(intentions);
+        loaded
     }
 
     #[test]
     fn deny_beats_allow_beats_default() {
-        let none = Arc::default();
+        let none = loaded(Vec::new());
         let authz = authorizer(AuthorizationAction::Deny, &["web*"], &["web-admin"], &none);
-        assert!(authz.authorize(Some(&peer("web"))));
-        assert!(!authz.authorize(Some(&peer("web-admin"))));
-        assert!(!authz.authorize(Some(&peer("billing"))));
-        assert!(!authz.authorize(None));
+        assert!(passes(&authz, Some(&peer("web"))));
+        assert!(!passes(&authz, Some(&peer("web-admin"))));
+        assert!(!passes(&authz, Some(&peer("billing"))));
+        assert!(!passes(&authz, None));
         let open = authorizer(AuthorizationAction::Allow, &[], &["billing"], &none);
-        assert!(open.authorize(Some(&peer("web"))));
-        assert!(open.authorize(None));
+        assert!(passes(&open, Some(&peer("web"))));
+        assert!(passes(&open, None));
     }
 
     #[test]
     fn intentions_come_after_rules_and_before_the_default() {
+        let intentions = loaded(Vec::new());
+        let authz = authorizer(AuthorizationAction::Allow, &["ops"], &[], &intentions);
+        assert!(passes(&authz, Some(&peer("web"))), "none: default");
+        intentions.set(vec![
+            intention("default", "web", false),
+            intention("*", "*", true),
+        ]);
+        assert!(!passes(&authz, Some(&peer("web"))));
+        assert!(passes(&authz, Some(&peer("api"))));
+        intentions.set(vec![intention("default", "*", false)]);
+        assert!(passes(&authz, Some(&peer("ops"))), "allow rule first");
+        assert!(!passes(&authz, Some(&peer("api"))));
+    }
+
+    #[test]
+    fn until_the_intentions_load_only_the_rules_let_anyone_in() {
         let intentions = Arc::default();
         let authz = authorizer(AuthorizationAction::Allow, &["ops"], &[], &intentions);
+        assert!(!passes(&authz, Some(&peer("web"))), "not the default");
+        assert!(!passes(&authz, None));
+        assert!(passes(&authz, Some(&peer("ops"))), "allow rule");
+        intentions.set(vec![intention("default", "web", false)]);
+        assert!(!passes(&authz, Some(&peer("web"))));
         assert!(
-            authz.authorize(Some(&peer("web"))),
-            "not loaded yet: default"
+            passes(&authz, Some(&peer("api"))),
+            "the default, once loaded"
         );
-        intentions.set(vec![
-            Intention {
-                source_namespace: "default".into(),
-                source_name: "web".into(),
-                allow: false,
-            },
-            Intention {
-                source_namespace: "*".into(),
-                source_name: "*".into(),
-                allow: true,
-            },
+
+        let mut lenient = config(AuthorizationAction::Allow, &[], &[]);
+        lenient.until_intentions_load = UntilIntentionsLoad::Default;
+        let lenient = authorizer_of(&lenient, &Arc::default());
+        assert!(passes(&lenient, Some(&peer("web"))));
+    }
+
+    #[test]
+    fn a_denying_intention_keeps_its_precedence_over_a_wildcard_allow() {
+        // An L7 intention (read as not-allow) for web, before `*` allow.
+        let intentions = loaded(vec![
+            intention("default", "web", false),
+            intention("default", "*", true),
         ]);
-        assert!(!authz.authorize(Some(&peer("web"))));
-        assert!(authz.authorize(Some(&peer("api"))));
-        intentions.set(vec![Intention {
-            source_namespace: "default".into(),
-            source_name: "*".into(),
-            allow: false,
-        }]);
-        assert!(authz.authorize(Some(&peer("ops"))), "allow rule first");
-        assert!(!authz.authorize(Some(&peer("api"))));
+        let authz = authorizer(AuthorizationAction::Deny, &[], &[], &intentions);
+        assert!(!passes(&authz, Some(&peer("web"))));
+        assert!(passes(&authz, Some(&peer("api"))));
+    }
+
+    #[test]
+    fn bare_names_and_intention_sources_stay_in_the_own_trust_domain_and_namespace() {
+        let spoofed = [
+            peer_at(&format!("spiffe://{TD}/ns/evil/dc/dc1/svc/web")),
+            peer_at("spiffe://evil.example/ns/default/dc/dc1/svc/web"),
+        ];
+        let rules = authorizer(
+            AuthorizationAction::Deny,
+            &["web"],
+            &[],
+            &loaded(Vec::new()),
+        );
+        let sources = authorizer(
+            AuthorizationAction::Deny,
+            &[],
+            &[],
+            &loaded(vec![
+                intention("default", "web", true),
+                intention("", "*", true),
+            ]),
+        );
+        let any_namespace = authorizer(
+            AuthorizationAction::Deny,
+            &[],
+            &[],
+            &loaded(vec![intention("*", "web", true)]),
+        );
+        for authz in [&rules, &sources, &any_namespace] {
+            assert!(passes(authz, Some(&peer("web"))));
+            assert!(passes(
+                authz,
+                Some(&peer_at(&format!(
+                    "spiffe://{TD}/ns/default/dc/dc2/svc/web"
+                )))
+            ));
+            assert!(!passes(authz, Some(&spoofed[1])), "{}", spoofed[1].uri);
+        }
+        assert!(!passes(&rules, Some(&spoofed[0])));
+        assert!(!passes(&sources, Some(&spoofed[0])));
+        assert!(passes(&any_namespace, Some(&spoofed[0])), "SourceNS `*`");
+    }
+
+    #[test]
+    fn without_an_own_id_bare_names_allow_nobody_and_deny_everywhere() {
+        let intentions = loaded(vec![
+            intention("default", "billing", false),
+            intention("default", "*", true),
+        ]);
+        let authz = authorizer(AuthorizationAction::Allow, &["web"], &["ops"], &intentions);
+        let elsewhere = |service: &str| {
+            peer_at(&format!(
+                "spiffe://evil.example/ns/default/dc/dc1/svc/{service}"
+            ))
+        };
+        let decide = |peer: &PeerIdentity| authz.decide(Some(peer), None);
+        assert_eq!(decide(&peer("ops")), (false, "deny rule"));
+        assert_eq!(decide(&elsewhere("ops")), (false, "deny rule"));
+        assert_eq!(decide(&elsewhere("billing")), (false, "intention"));
+        assert_eq!(
+            decide(&peer("web")),
+            (true, "default"),
+            "not the allow rule"
+        );
+        assert_eq!(
+            decide(&peer("api")),
+            (true, "default"),
+            "not the `*` intention"
+        );
     }
 }

@@ -5,13 +5,15 @@
 //! service when authorization asks for them. Queries are paced and back off
 //! like discovery's (`consul::blocking`); while Consul fails, the last good
 //! material and intentions stay in force. Until the first leaf and roots
-//! arrive, handshakes fail.
+//! arrive, handshakes fail; until the first intentions answer, authorization
+//! denies what its rules do not decide (`tls.authorization.until_intentions_load`).
+//! Intention entries that cannot be read are logged once per answer.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use crate::consul::blocking::{Pacer, next_index};
-use crate::consul::connect::{Leaf, Roots};
+use crate::consul::connect::{IntentionsAnswer, Leaf, Roots};
 use crate::consul::{Client, ConsulError};
 use crate::drain::Drain;
 
@@ -84,9 +86,16 @@ pub fn spawn_intentions_watch(
             let (client, service) = (Arc::clone(&client), service.clone());
             async move { client.intentions_for(&service, index).await }
         },
-        move |list| {
-            tracing::info!(intentions = ?list, "Consul intentions updated");
-            intentions.set(list);
+        move |answer: IntentionsAnswer| {
+            if !answer.unreadable.is_empty() {
+                tracing::warn!(
+                    left_out = answer.unreadable.len(),
+                    problems = ?answer.unreadable,
+                    "Consul intentions entries left out: their source could not be read"
+                );
+            }
+            tracing::info!(intentions = ?answer.intentions, "Consul intentions updated");
+            intentions.set(answer.intentions);
         },
     );
 }

@@ -426,12 +426,18 @@ impl ConsulStandIn {
                 intention
             })
             .collect();
+        self.set_intention_entries(destination, list);
+    }
+
+    /// Serves these intention entries for `destination` as they are (any JSON, in precedence
+    /// order); bumps the index.
+    pub fn set_intention_entries(&self, destination: &str, entries: Vec<Value>) {
         self.state
             .connect
             .lock()
             .unwrap()
             .intentions
-            .insert(destination.to_owned(), list.into());
+            .insert(destination.to_owned(), entries.into());
         self.bump();
     }
 
