@@ -3,9 +3,11 @@
 //! CA watches — and the Consul intentions watch are set up once, from the
 //! configuration the process starts with: the certificate already rotates
 //! by itself, so `tls` is fixed (see `fixed`) except its authorization
-//! rules (`tls.authorization.default`, `allow`, `deny`), which every apply
-//! builds afresh into the inbound listener's authorizer. The authorizers of
-//! successive configurations share the one intentions list the watch fills.
+//! rules (`tls.authorization.default`, `allow`, `deny`,
+//! `until_intentions_load`), which every apply builds afresh into the
+//! inbound listener's authorizer, with the material for its own identity.
+//! The authorizers of successive configurations share the one intentions
+//! list the watch fills.
 
 use std::sync::Arc;
 
