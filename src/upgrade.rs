@@ -37,8 +37,9 @@ impl Upgrades {
     }
 
     /// Leaves only allowed protocols in `Upgrade` (names compared without
-    /// case or version); with none left, removes it. `HTTP2-Settings` goes
-    /// from every request that offers an upgrade.
+    /// case or version); with none left, removes it (and the request's
+    /// [`ConnectionHold`]). `HTTP2-Settings` goes from every request that
+    /// offers an upgrade.
     pub fn screen<B>(&self, mut request: Request<B>) -> Request<B> {
         let headers = request.headers_mut();
         if !headers.contains_key(header::UPGRADE) {
@@ -53,10 +54,14 @@ impl Upgrades {
             .collect();
         let kept = kept.join(", ");
         headers.remove(header::UPGRADE);
-        if let Ok(kept) = HeaderValue::from_str(&kept)
-            && !kept.is_empty()
-        {
-            headers.insert(header::UPGRADE, kept);
+        match HeaderValue::from_str(&kept) {
+            Ok(kept) if !kept.is_empty() => {
+                headers.insert(header::UPGRADE, kept);
+            }
+            // A plain request now: its connection ends with hyper's.
+            _ => {
+                request.extensions_mut().remove::<ConnectionHold>();
+            }
         }
         request
     }
@@ -149,5 +154,24 @@ mod tests {
 
         let request = screened(&[], &["websocket"]);
         assert!(request.headers().get(header::UPGRADE).is_none());
+    }
+
+    #[test]
+    fn a_declined_upgrade_lets_go_of_the_connection_hold() {
+        let held = Arc::new(());
+        let upgrades = Upgrades::new(&["websocket".parse().unwrap()]);
+        for (offer, kept) in [("websocket", true), ("h2c", false)] {
+            let mut request = Request::builder()
+                .header(header::CONNECTION, "upgrade")
+                .header(header::UPGRADE, offer)
+                .body(())
+                .unwrap();
+            request
+                .extensions_mut()
+                .insert(ConnectionHold::new(Arc::clone(&held)));
+            let request = upgrades.screen(request);
+            assert_eq!(request.extensions().get::<ConnectionHold>().is_some(), kept);
+            assert_eq!(Arc::strong_count(&held), if kept { 2 } else { 1 });
+        }
     }
 }

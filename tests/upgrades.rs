@@ -215,6 +215,10 @@ async fn websocket_tunnels_keep_their_connection_slot() {
     assert_eq!((tunnels.len(), refused), (3, 17));
     let labels = [("direction", "outbound"), ("listener", "ws")];
     assert_eq!(proxy.metric("remora_connections_open", &labels).await, 3.0);
+    let refused_total = proxy
+        .metric("remora_connections_refused_total", &labels)
+        .await;
+    assert_eq!(refused_total, 17.0);
 
     for mut ws in tunnels {
         ws.close(None).await.unwrap();
