@@ -9,8 +9,8 @@
 //! upstream sees its connection or stream reset — with 504 `timeout`, counted
 //! in `remora_timeouts_total{kind="idle"}`. A gRPC request with a
 //! deadline carries the time left in `grpc-timeout`. An HTTP/1.1 upgrade
-//! (WebSocket) is tunnelled: after the upstream answers `101`, bytes are copied
-//! both ways between the two upgraded connections until either side closes.
+//! that the listener allows (see `upgrade`) is tunnelled once the upstream
+//! answers `101`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,8 +19,6 @@ use std::task::{Context, Poll};
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode, Version, header};
 use http_body::Body;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use crate::body::{RequestBody, ResponseBody};
@@ -31,6 +29,7 @@ use crate::idle::Activity;
 use crate::middleware::timeout::{Deadline, GRPC_TIMEOUT, encode_grpc_timeout};
 use crate::outcome::Outcome;
 use crate::telemetry::metrics;
+use crate::upgrade::{ConnectionHold, tunnel};
 use crate::upstream::Upstream;
 
 /// The endpoint that answered, recorded in the response's extensions for the
@@ -96,7 +95,10 @@ async fn forward(
     mut request: Request<RequestBody>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let upgrade = request.version() <= Version::HTTP_11 && is_upgrade_request(request.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let client_upgrade = upgrade.then(|| {
+        let hold = request.extensions_mut().remove::<ConnectionHold>();
+        (hyper::upgrade::on(&mut request), hold)
+    });
     let headers = request.headers_mut();
     strip_hop_by_hop(headers, upgrade);
     // Seldom there: one pass over the names spares two lookups.
@@ -170,8 +172,13 @@ async fn forward(
                 }
                 let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 strip_hop_by_hop(response.headers_mut(), switching);
-                if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
-                    tunnel(client_upgrade, hyper::upgrade::on(&mut response));
+                if let (true, Some((client_upgrade, hold))) = (switching, client_upgrade) {
+                    tunnel(
+                        client_upgrade,
+                        hyper::upgrade::on(&mut response),
+                        idle,
+                        hold,
+                    );
                 }
                 response.extensions_mut().insert(ServedBy(endpoint.addr));
                 let mut response = response.map(|body| ResponseBody::upstream(body, release, idle));
@@ -242,22 +249,4 @@ fn record_outlier_outcome(
             upstream.record_outcome(&endpoint, Outcome::of_trailers(status, end.grpc_status));
         }
     }));
-}
-
-/// Copies bytes both ways between an upgraded client and upstream connection.
-fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
-    tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
-            Err(error) => {
-                tracing::debug!(%error, "protocol upgrade failed");
-                return;
-            }
-        };
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(%error, "upgraded connection ended with an error");
-        }
-    });
 }

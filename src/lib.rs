@@ -37,4 +37,5 @@ pub mod tcp;
 pub mod telemetry;
 pub mod tls;
 pub mod transparent;
+pub mod upgrade;
 pub mod upstream;

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::Either;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -47,6 +47,7 @@ use crate::telemetry::metrics::{ConnectionMetrics, ProtocolErrors};
 use crate::tls::PeerIdentity;
 use crate::tls::inbound::{InboundTls, Negotiated};
 use crate::transparent::outbound::TransparentOutbound;
+use crate::upgrade::ConnectionHold;
 use crate::upstream::Upstream;
 
 /// HTTP/2 streams a client may reset before the server accepted them, at
@@ -126,9 +127,8 @@ pub async fn accept_loop(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, %peer, "could not set TCP_NODELAY");
         }
-        let open = metrics.opened();
+        let hold = ConnectionHold::new((slot, metrics.opened(), drain.track()));
         let client = ClientAddr(peer);
-        let live = drain.track();
         let handler = handler.clone();
         let tls = tls.clone();
         let drain = drain.clone();
@@ -138,12 +138,18 @@ pub async fn accept_loop(
                 // Redirected plaintext from the local application: never TLS,
                 // and the raw socket is needed for its original destination.
                 (_, Handler::Transparent(transparent)) => {
-                    transparent.serve(stream, client, &rules, drain).await
+                    let caller = Caller {
+                        addr: client,
+                        identity: None,
+                        hold,
+                    };
+                    transparent.serve(stream, caller, &rules, drain).await
                 }
                 (None, handler) => {
                     let caller = Caller {
                         addr: client,
                         identity: None,
+                        hold,
                     };
                     serve(stream, caller, handler, &rules, drain).await
                 }
@@ -161,12 +167,12 @@ pub async fn accept_loop(
                         let caller = Caller {
                             addr: client,
                             identity: accepted.peer,
+                            hold,
                         };
                         serve(accepted.stream, caller, handler, &rules, drain).await;
                     }
                 }
             }
-            drop((open, live, slot));
         });
     }
 }
@@ -179,10 +185,13 @@ pub struct ListenerRules {
 }
 
 /// Who is at the other end of a connection: its address and, over mesh
-/// mTLS, its verified identity. Both go with every request as extensions.
+/// mTLS, its verified identity. Both go with every request as extensions;
+/// so does the connection's hold with a request that may upgrade (its
+/// tunnel keeps the connection counted).
 pub(crate) struct Caller {
     pub addr: ClientAddr,
     pub identity: Option<PeerIdentity>,
+    pub hold: ConnectionHold,
 }
 
 /// Serves one accepted (and, with TLS, handshaken) connection.
@@ -323,6 +332,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         request.extensions_mut().insert(self.caller.addr);
         if let Some(identity) = &self.caller.identity {
             request.extensions_mut().insert(identity.clone());
+        }
+        if request.headers().contains_key(header::UPGRADE) {
+            request.extensions_mut().insert(self.caller.hold.clone());
         }
         Either::Right(self.service.clone().oneshot(request))
     }

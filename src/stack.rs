@@ -35,6 +35,7 @@ use crate::routing::{Route, Router};
 use crate::telemetry::metrics::route_backend_counter;
 use crate::telemetry::spans::SpanExporter;
 use crate::tls::authorization::Authorizer;
+use crate::upgrade::Upgrades;
 use crate::upstream::{Direction, Upstream};
 
 /// The service behind an HTTP listener.
@@ -90,8 +91,9 @@ pub fn outbound(
         let router = Router::new(routes, Route::fallback(name, fallback));
         BoxCloneSyncService::new(router)
     };
+    let upgrades = Upgrades::new(&config.upgrades);
     let service = ServiceBuilder::new()
-        .map_request(|request: Request<Incoming>| request.map(RequestBody::streaming))
+        .map_request(move |request| upgrades.screen(request).map(RequestBody::streaming))
         .layer(TraceContextLayer::new(tracing))
         .layer(ObserveLayer::new(
             direction,
@@ -202,8 +204,9 @@ pub fn inbound(
     let direction = Direction::Inbound;
     let name = app.name().to_owned();
     let name = name.as_str();
+    let upgrades = Upgrades::new(&config.upgrades);
     let service = ServiceBuilder::new()
-        .map_request(|request: Request<Incoming>| request.map(RequestBody::streaming))
+        .map_request(move |request| upgrades.screen(request).map(RequestBody::streaming))
         .layer(TraceContextLayer::new(tracing))
         .layer(ObserveLayer::new(
             direction,

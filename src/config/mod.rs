@@ -27,6 +27,7 @@ mod resilience;
 mod route_checks;
 mod routing;
 mod transparent;
+mod upgrades;
 mod validate;
 
 use std::path::Path;
@@ -54,6 +55,7 @@ pub use routing::{
     SubsetConfig, ValueMatch,
 };
 pub use transparent::{Cidr, DestinationMatch, HostName, TransparentConfig, Unmatched};
+pub use upgrades::UpgradeProtocol;
 
 use locate::{NodeId, Position, SourceMap};
 

@@ -20,6 +20,7 @@ use super::resilience::{
 };
 use super::routing::{BackendConfig, RouteConfig};
 use super::transparent::{DestinationMatch, HostName, TransparentConfig};
+use super::upgrades::{UpgradeProtocol, default_upgrades};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -336,6 +337,9 @@ pub struct InboundConfig {
     pub max_concurrent_requests: Option<u32>,
     #[serde(default)]
     pub limits: ListenerLimits,
+    /// Protocols an HTTP/1.1 `Upgrade` may switch to (tunnelled).
+    #[serde(default = "default_upgrades")]
+    pub upgrades: Vec<UpgradeProtocol>,
 }
 
 impl Default for InboundConfig {
@@ -346,6 +350,7 @@ impl Default for InboundConfig {
             rate_limit: None,
             max_concurrent_requests: None,
             limits: ListenerLimits::default(),
+            upgrades: default_upgrades(),
         }
     }
 }
@@ -402,6 +407,9 @@ pub struct UpstreamConfig {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub limits: ListenerLimits,
+    /// Protocols an HTTP/1.1 `Upgrade` may switch to (tunnelled).
+    #[serde(default = "default_upgrades")]
+    pub upgrades: Vec<UpgradeProtocol>,
 }
 
 /// Protocol spoken to an upstream; `auto` sniffs the HTTP/2 preface.

@@ -279,10 +279,10 @@ colour: blue
         errors(text),
         [
             "test.yaml:3:3: service.bogus: unknown field `bogus`, expected one of name, id, address, port, protocol, tags, meta, register, check",
-            "test.yaml:6:5: upstreams[0].listenn: unknown field `listenn`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits",
+            "test.yaml:6:5: upstreams[0].listenn: unknown field `listenn`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades",
             "test.yaml:8:44: upstreams[0].discovery.extra: expected end of mapping after enum variant value",
             "test.yaml:9:27: upstreams[0].timeouts.retry: unknown field `retry`, expected one of connect, request, idle",
-            "test.yaml:10:78: upstreams[1].weight: unknown field `weight`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits",
+            "test.yaml:10:78: upstreams[1].weight: unknown field `weight`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades",
             "test.yaml:12:3: admin.extra: unknown field `extra`, expected one of listen",
             "test.yaml:14:1: colour: unknown field `colour`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing, config_source, tls, transparent",
         ]
@@ -339,7 +339,7 @@ upstreams:
         [
             "test.yaml:3:9: service.port: invalid u16",
             "test.yaml:5:18: runtime.drain_timeout: duration `5` has no unit: write e.g. \"5s\" or \"5ms\"",
-            "test.yaml:10:5: upstreams[0].retry: unknown field `retry`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits",
+            "test.yaml:10:5: upstreams[0].retry: unknown field `retry`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades",
         ]
     );
 }
@@ -493,6 +493,39 @@ upstreams:
             "test.yaml:6:51: upstreams[0].load_balancing.hash_on: invalid header name `bad header` in hash_on"
         ]
     );
+}
+
+#[test]
+fn h2c_and_malformed_upgrade_protocols_are_refused() {
+    let text = "\
+service: { name: web, port: 8080 }
+inbound: { upgrades: [websocket, h2c] }
+upstreams:
+  - name: a
+    listen: 127.0.0.1:9001
+    discovery: { static: [127.0.0.1:1] }
+    upgrades: [\"websocket/13\"]
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:2:34: inbound.upgrades[1]: `h2c` is never tunnelled: it switches to another HTTP version, whose requests would bypass every policy; remora strips its upgrade headers",
+            "test.yaml:7:16: upstreams[0].upgrades[0]: invalid upgrade protocol `websocket/13`: expected a protocol name such as `websocket` (no version)",
+        ]
+    );
+}
+
+#[test]
+fn upgrades_default_to_websocket() {
+    let config = parse_test(&format!(
+        "{SERVICE}inbound: {{}}\nupstreams:\n  - {{ name: a, listen: 127.0.0.1:9001, discovery: {{ static: [127.0.0.1:1] }}, upgrades: [] }}\n"
+    ))
+    .unwrap();
+    let names = |protocols: &[UpgradeProtocol]| -> Vec<String> {
+        protocols.iter().map(ToString::to_string).collect()
+    };
+    assert_eq!(names(&config.inbound.unwrap().upgrades), ["websocket"]);
+    assert!(config.upstreams[0].upgrades.is_empty());
 }
 
 #[test]

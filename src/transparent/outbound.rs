@@ -41,7 +41,7 @@ use crate::drain::Drain;
 use crate::error::ProxyError;
 use crate::headers::is_grpc;
 use crate::middleware::error_response::error_response;
-use crate::server::{Caller, ClientAddr, HttpProtocol, ListenerRules, serve_http};
+use crate::server::{Caller, HttpProtocol, ListenerRules, serve_http};
 use crate::telemetry::metrics;
 
 /// Client connections of the transparent listener that move no byte for
@@ -84,10 +84,10 @@ impl TransparentOutbound {
     }
 
     /// Serves one redirected connection until it ends.
-    pub async fn serve(
+    pub(crate) async fn serve(
         self: Arc<Self>,
         stream: TcpStream,
-        client: ClientAddr,
+        caller: Caller,
         rules: &ListenerRules,
         drain: Drain,
     ) {
@@ -136,10 +136,6 @@ impl TransparentOutbound {
             destination,
             passthrough: passthrough.map(Arc::new),
             protocol,
-        };
-        let caller = Caller {
-            addr: client,
-            identity: None,
         };
         serve_http(
             stream,
