@@ -71,6 +71,10 @@ pub enum ProxyError {
     },
     #[error("no upstream answers for {target} (transparent.unmatched: refuse)")]
     NoRoute { target: String },
+    #[error(
+        "header {name:?} has `_` in its name (limits.headers_with_underscores_action: reject_request)"
+    )]
+    HeaderWithUnderscore { name: String },
     #[error("fault injected: abort with {status}")]
     FaultAbort {
         status: StatusCode,
@@ -94,6 +98,7 @@ pub enum ErrorKind {
     ClientBody,
     Forbidden,
     NoRoute,
+    BadRequest,
 }
 
 impl ErrorKind {
@@ -111,6 +116,7 @@ impl ErrorKind {
             ErrorKind::ClientBody => "client_body",
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::NoRoute => "no_route",
+            ErrorKind::BadRequest => "bad_request",
         }
     }
 }
@@ -136,6 +142,7 @@ impl ProxyError {
             ProxyError::ClientBody { .. } => ErrorKind::ClientBody,
             ProxyError::Forbidden { .. } => ErrorKind::Forbidden,
             ProxyError::NoRoute { .. } => ErrorKind::NoRoute,
+            ProxyError::HeaderWithUnderscore { .. } => ErrorKind::BadRequest,
         }
     }
 
@@ -158,7 +165,8 @@ impl ProxyError {
             | ProxyError::FaultAbort { .. }
             | ProxyError::ClientBody { .. }
             | ProxyError::Forbidden { .. }
-            | ProxyError::NoRoute { .. } => None,
+            | ProxyError::NoRoute { .. }
+            | ProxyError::HeaderWithUnderscore { .. } => None,
         }
     }
 
