@@ -71,6 +71,10 @@ pub enum ProxyError {
     },
     #[error("no upstream answers for {target} (transparent.unmatched: refuse)")]
     NoRoute { target: String },
+    #[error("more than one Host header (RFC 9112 §3.2)")]
+    DuplicateHost,
+    #[error("an HTTP/1.1 request without a Host header (RFC 9112 §3.2)")]
+    MissingHost,
     #[error(
         "header {name:?} has `_` in its name (limits.headers_with_underscores_action: reject_request)"
     )]
@@ -142,7 +146,9 @@ impl ProxyError {
             ProxyError::ClientBody { .. } => ErrorKind::ClientBody,
             ProxyError::Forbidden { .. } => ErrorKind::Forbidden,
             ProxyError::NoRoute { .. } => ErrorKind::NoRoute,
-            ProxyError::HeaderWithUnderscore { .. } => ErrorKind::BadRequest,
+            ProxyError::DuplicateHost
+            | ProxyError::MissingHost
+            | ProxyError::HeaderWithUnderscore { .. } => ErrorKind::BadRequest,
         }
     }
 
@@ -166,6 +172,8 @@ impl ProxyError {
             | ProxyError::ClientBody { .. }
             | ProxyError::Forbidden { .. }
             | ProxyError::NoRoute { .. }
+            | ProxyError::DuplicateHost
+            | ProxyError::MissingHost
             | ProxyError::HeaderWithUnderscore { .. } => None,
         }
     }

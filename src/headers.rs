@@ -5,8 +5,10 @@
 //! which gRPC over HTTP/2 requires), `Transfer-Encoding` and `Upgrade`.
 //! An upgrade request (WebSocket) keeps `Connection: upgrade` and `Upgrade`,
 //! since they are what the upstream must see to switch protocols.
-//! `Connection` cannot nominate a reserved header (remora sets those itself,
-//! e.g. the caller's verified identity): such tokens are ignored.
+//! `Connection` cannot nominate `Host` (routing and the upstream need it)
+//! nor a reserved header (remora sets those itself, e.g. the caller's
+//! verified identity): such tokens are ignored. (`Content-Length` needs no
+//! such rule: hyper frames the forwarded body by its known length anyway.)
 //!
 //! Reserved request headers ([`RESERVED_REQUEST_HEADERS`]) are the ones only
 //! remora may set for the application; [`is_reserved`] recognises them in any
@@ -41,7 +43,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                 .split(',')
                 .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
                 .filter(|name| !(keep_upgrade && name == header::UPGRADE))
-                .filter(|name| !is_reserved(name))
+                .filter(|name| name != header::HOST && !is_reserved(name))
                 .collect();
             for name in named {
                 headers.remove(name);
@@ -161,9 +163,10 @@ mod tests {
     }
 
     #[test]
-    fn connection_cannot_nominate_reserved_headers() {
+    fn connection_cannot_nominate_host_or_reserved_headers() {
         let mut headers = map(&[
-            ("connection", "x-remora-client-id, x-hop"),
+            ("connection", "host, x-remora-client-id, x-hop"),
+            ("host", "example"),
             (
                 "x-remora-client-id",
                 "spiffe://td/ns/default/dc/dc1/svc/web",
@@ -173,7 +176,7 @@ mod tests {
         strip_hop_by_hop(&mut headers, false);
         let mut names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
         names.sort_unstable();
-        assert_eq!(names, ["x-remora-client-id"]);
+        assert_eq!(names, ["host", "x-remora-client-id"]);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! What every HTTP listener checks and cleans in a request head before any
 //! layer of its stack sees it (called by `server` for each request).
 //!
+//! - `Host` (RFC 9112 §3.2): a request with more than one is refused, and so
+//!   is an HTTP/1.1 request with none (HTTP/1.0 may omit it; HTTP/2 carries
+//!   `:authority` instead).
 //! - Reserved headers (`headers::RESERVED_REQUEST_HEADERS`, e.g.
 //!   `x-remora-client-id`) are only remora's to set: a client's are dropped
 //!   in every spelling an application might read as theirs
@@ -10,7 +13,7 @@
 //!
 //! Refusals are [`ProxyError`]s, answered 400 `bad_request`.
 
-use http::{HeaderMap, HeaderName, Request};
+use http::{HeaderMap, HeaderName, Request, Version, header};
 
 use crate::config::HeadersWithUnderscoresAction;
 use crate::error::ProxyError;
@@ -22,7 +25,18 @@ pub fn admit<B>(
     request: &mut Request<B>,
     underscores: HeadersWithUnderscoresAction,
 ) -> Result<(), ProxyError> {
+    check_host(request)?;
     clean_header_names(request.headers_mut(), underscores)
+}
+
+/// One `Host`, or none where the version allows it.
+fn check_host<B>(request: &Request<B>) -> Result<(), ProxyError> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(ProxyError::DuplicateHost),
+        (None, _) if request.version() == Version::HTTP_11 => Err(ProxyError::MissingHost),
+        _ => Ok(()),
+    }
 }
 
 /// Drops reserved headers in any spelling, and applies `underscores` to the
@@ -55,7 +69,6 @@ fn clean_header_names(
 mod tests {
     use super::*;
     use HeadersWithUnderscoresAction::{Allow, DropHeader, RejectRequest};
-    use http::Version;
 
     fn request(version: Version, headers: &[(&str, &str)]) -> Request<()> {
         let mut request = Request::builder().version(version);
@@ -69,6 +82,22 @@ mod tests {
         let mut names: Vec<&str> = request.headers().keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         names
+    }
+
+    #[test]
+    fn host_is_required_once_in_http_1_1() {
+        let admitted = |version, headers: &[(&str, &str)]| {
+            admit(&mut request(version, headers), Allow).map_err(|error| error.to_string())
+        };
+        assert!(admitted(Version::HTTP_11, &[("host", "a")]).is_ok());
+        assert!(admitted(Version::HTTP_10, &[]).is_ok());
+        assert!(admitted(Version::HTTP_2, &[]).is_ok());
+        for version in [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2] {
+            let twice = admitted(version, &[("host", "a"), ("host", "a")]);
+            assert!(twice.unwrap_err().starts_with("more than one Host"));
+        }
+        let missing = admitted(Version::HTTP_11, &[]);
+        assert!(missing.unwrap_err().contains("without a Host"));
     }
 
     #[test]

@@ -7,11 +7,13 @@
 //! 431 / closed), reaches no upstream, and a well-behaved client on another
 //! connection (`Prober`) is answered within `LATENCY_BOUND` meanwhile. The
 //! refusals are counted in `remora_client_protocol_errors_total` by kind.
-//! Request heads remora refuses itself (a header with `_` under
+//! Request heads remora refuses itself (RFC 9112 §3.2: duplicate `Host`, an
+//! HTTP/1.1 request without `Host`; a header with `_` under
 //! `limits.headers_with_underscores_action: reject_request`) get 400
 //! `bad_request`, counted as `malformed`. Spoofing the identity header: no
 //! spelling of `x-remora-client-id` (`_` for `-`, any case), in the head or in
-//! chunked trailers, reaches the application.
+//! chunked trailers, reaches the application, and `Connection` cannot make
+//! remora drop `Host`.
 
 mod support;
 
@@ -592,4 +594,97 @@ async fn the_identity_header_is_dropped_from_request_trailers() {
     );
     let (_, trailers) = answer.split_once("\r\n\r\n").unwrap();
     assert_eq!(trailers, "x-kept", "the trailers the origin got");
+}
+
+/// RFC 9112 §3.2: a request with more than one `Host`, or an HTTP/1.1
+/// request without one, gets 400 `bad_request` (counted as `malformed`);
+/// other connections are served meanwhile. HTTP/1.0 needs no `Host`, but the
+/// HTTP/1.1 request remora sends upstream does: it gets the endpoint's address.
+#[tokio::test]
+async fn duplicate_or_missing_host_is_refused() {
+    let backend = http_backend("target");
+    let proxy = Proxy::start(&limits_config("host-rules", backend.addr, "{}")).await;
+    let addr = proxy.upstream("host-rules-h1");
+    let prober = Prober::start(addr, Version::HTTP_11).await;
+    let cases: [(&str, &[u8]); 4] = [
+        (
+            "two Host headers",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "the same Host twice",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "HTTP/1.1 without Host",
+            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "absolute form without Host",
+            b"GET http://a/ HTTP/1.1\r\nConnection: close\r\n\r\n",
+        ),
+    ];
+    for (what, raw) in cases {
+        let answer = exchange(addr, raw).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{what}: {:?}",
+            status_line(&answer)
+        );
+        assert!(
+            answer.contains("x-remora-error: bad_request"),
+            "{what}: {answer}"
+        );
+    }
+    let report = prober.finish("host rules", LATENCY_BOUND).await;
+    assert_eq!(
+        backend.requests(),
+        1 + u64::from(report.answered),
+        "only the probes reached the upstream"
+    );
+    let labels = [
+        ("direction", "outbound"),
+        ("listener", "host-rules-h1"),
+        ("kind", "malformed"),
+    ];
+    let counted = prom::wait_for_value(
+        &proxy.admin_url("/metrics"),
+        "remora_client_protocol_errors_total",
+        &labels,
+        4.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(counted, 4.0);
+
+    let answer = exchange(addr, b"GET /headers HTTP/1.0\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.0 200"),
+        "{}",
+        status_line(&answer)
+    );
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        json["headers"]["host"],
+        serde_json::json!([backend.addr.to_string()])
+    );
+}
+
+/// `Connection` names hop-by-hop headers for the next hop to drop; naming
+/// `Host` must not make remora forward a request without it.
+#[tokio::test]
+async fn connection_cannot_remove_host() {
+    let backend = http_backend("target");
+    let proxy = Proxy::start(&limits_config("connection-host", backend.addr, "{}")).await;
+    let raw = b"GET /headers HTTP/1.1\r\nHost: kept.example\r\nConnection: host, close\r\n\r\n";
+    let answer = exchange(proxy.upstream("connection-host-h1"), raw).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{}",
+        status_line(&answer)
+    );
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["headers"]["host"], serde_json::json!(["kept.example"]));
 }
