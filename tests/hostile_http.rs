@@ -20,7 +20,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -572,9 +573,9 @@ fn trailer_recording_origin() -> Server {
     })
 }
 
-/// A chunked request may carry `x-remora-client-id` as a trailer, after the
-/// head was checked: remora drops reserved names from request trailers too,
-/// and forwards the others.
+/// A chunked HTTP/1.1 request, or an HTTP/2 one, may carry
+/// `x-remora-client-id` as a trailer, after the head was checked: remora
+/// drops reserved names from request trailers too, and forwards the others.
 #[tokio::test]
 async fn the_identity_header_is_dropped_from_request_trailers() {
     let origin = trailer_recording_origin();
@@ -594,6 +595,28 @@ async fn the_identity_header_is_dropped_from_request_trailers() {
     );
     let (_, trailers) = answer.split_once("\r\n\r\n").unwrap();
     assert_eq!(trailers, "x-kept", "the trailers the origin got");
+
+    // The same over HTTP/2, where trailers are a HEADERS frame.
+    let mut trailers = http::HeaderMap::new();
+    for name in ["x-remora-client-id", "x_remora_client_id", "x-kept"] {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+        trailers.insert(name, http::HeaderValue::from_static("spoof"));
+    }
+    let frames = [
+        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"hello"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let body = StreamBody::new(futures_util::stream::iter(frames));
+    let request = http::Request::post(format!("http://{}/upload", proxy.inbound()))
+        .header("trailer", "x-remora-client-id, x_remora_client_id, x-kept")
+        .body(body)
+        .unwrap();
+    let response = support::http_client(Version::HTTP_2)
+        .request(request)
+        .await
+        .unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "x-kept", "HTTP/2: the trailers the origin got");
 }
 
 /// RFC 9112 §3.2: a request with more than one `Host`, or an HTTP/1.1
@@ -636,6 +659,23 @@ async fn duplicate_or_missing_host_is_refused() {
             "{what}: {answer}"
         );
     }
+    // HTTP/2 carries `:authority`, and may carry one `Host` besides, not two.
+    let auto = proxy.upstream("host-rules-auto");
+    let request = http::Request::get(format!("http://{auto}/"))
+        .header("host", "a")
+        .header("host", "b")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = support::http_client(Version::HTTP_2)
+        .request(request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), http::StatusCode::BAD_REQUEST, "HTTP/2");
+    assert_eq!(
+        response.headers()["x-remora-error"],
+        "bad_request",
+        "HTTP/2"
+    );
     let report = prober.finish("host rules", LATENCY_BOUND).await;
     assert_eq!(
         backend.requests(),
