@@ -1,6 +1,7 @@
 //! The bodies remora moves. [`RequestBody`]: a client's request body, streamed,
 //! and for retries streamed while a copy is kept ([`replay`]) so the request
-//! can be sent again.
+//! can be sent again. Reserved headers (`x-remora-client-id`, in any
+//! spelling) are dropped from a client's trailers as they are read.
 //! A request mirrored to a shadow backend streams as usual while a bounded
 //! copy is kept ([`tee`]); the shadow gets the copy once it is whole
 //! ([`RequestBody::buffered`]).
@@ -356,6 +357,14 @@ impl Body for RequestBody {
     }
 }
 
+/// A client's trailers, like its headers, may not set a reserved header.
+fn without_reserved_trailers(mut frame: Frame<Bytes>) -> Frame<Bytes> {
+    if let Some(trailers) = frame.trailers_mut() {
+        crate::headers::remove_reserved(trailers);
+    }
+    frame
+}
+
 impl RequestBody {
     /// The next frame, from whichever kind of body this is.
     fn poll_kind(
@@ -365,6 +374,7 @@ impl RequestBody {
         match &mut self.kind {
             RequestKind::Streaming(body) => Pin::new(body)
                 .poll_frame(cx)
+                .map_ok(without_reserved_trailers)
                 .map_err(RequestBodyError::Client),
             RequestKind::Replaying(body) => Pin::new(body).poll_frame(cx),
             RequestKind::Teed(body) => Pin::new(body.as_mut()).poll_frame(cx),

@@ -5,7 +5,8 @@
 //! from the client's when they differ (HTTP/1.1 ↔ HTTP/2): an HTTP/1.1 request
 //! carries an origin-form target and `Host`; an HTTP/2 request an absolute URI
 //! whose authority becomes `:authority`. The client's Host / `:authority` is
-//! preserved either way.
+//! preserved either way; a request that had neither (HTTP/1.0 may omit
+//! `Host`) gets the endpoint's address.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -156,7 +157,7 @@ impl Endpoint {
         let mut goaway_errors = 0;
         let result = match version {
             UpstreamVersion::Http1 => {
-                (self.send_h1(to_http1(request), upgrade, &mut goaway_errors)).await
+                (self.send_h1(to_http1(request, self.addr), upgrade, &mut goaway_errors)).await
             }
             UpstreamVersion::Http2 => {
                 (self.send_h2(to_http2(request, self.addr), &mut goaway_errors)).await
@@ -340,12 +341,18 @@ impl SendError {
     }
 }
 
-/// An HTTP/1.1 request: origin-form target, `Host` from the authority.
-fn to_http1(mut request: Request<RequestBody>) -> Request<RequestBody> {
-    if request.version() == Version::HTTP_2
-        && let Some(authority) = request.uri().authority()
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
+/// An HTTP/1.1 request: origin-form target, and the `Host` HTTP/1.1
+/// requires: an HTTP/2 request's authority, else the client's `Host`, else
+/// the authority or, failing that, the endpoint's address (an HTTP/1.0
+/// request may come without `Host`).
+fn to_http1(mut request: Request<RequestBody>, endpoint: SocketAddr) -> Request<RequestBody> {
+    let authority = request.uri().authority().map(|a| a.as_str().to_owned());
+    let host = match authority {
+        Some(authority) if request.version() == Version::HTTP_2 => Some(authority),
+        _ if request.headers().contains_key(header::HOST) => None,
+        authority => Some(authority.unwrap_or_else(|| endpoint.to_string())),
+    };
+    if let Some(Ok(host)) = host.map(HeaderValue::try_from) {
         request.headers_mut().insert(header::HOST, host);
     }
     *request.version_mut() = Version::HTTP_11;

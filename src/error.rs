@@ -71,6 +71,14 @@ pub enum ProxyError {
     },
     #[error("no upstream answers for {target} (transparent.unmatched: refuse)")]
     NoRoute { target: String },
+    #[error("more than one Host header (RFC 9112 §3.2)")]
+    DuplicateHost,
+    #[error("an HTTP/1.1 request without a Host header (RFC 9112 §3.2)")]
+    MissingHost,
+    #[error(
+        "header {name:?} has `_` in its name (limits.headers_with_underscores_action: reject_request)"
+    )]
+    HeaderWithUnderscore { name: String },
     #[error("fault injected: abort with {status}")]
     FaultAbort {
         status: StatusCode,
@@ -94,6 +102,7 @@ pub enum ErrorKind {
     ClientBody,
     Forbidden,
     NoRoute,
+    BadRequest,
 }
 
 impl ErrorKind {
@@ -111,6 +120,7 @@ impl ErrorKind {
             ErrorKind::ClientBody => "client_body",
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::NoRoute => "no_route",
+            ErrorKind::BadRequest => "bad_request",
         }
     }
 }
@@ -136,6 +146,9 @@ impl ProxyError {
             ProxyError::ClientBody { .. } => ErrorKind::ClientBody,
             ProxyError::Forbidden { .. } => ErrorKind::Forbidden,
             ProxyError::NoRoute { .. } => ErrorKind::NoRoute,
+            ProxyError::DuplicateHost
+            | ProxyError::MissingHost
+            | ProxyError::HeaderWithUnderscore { .. } => ErrorKind::BadRequest,
         }
     }
 
@@ -158,7 +171,10 @@ impl ProxyError {
             | ProxyError::FaultAbort { .. }
             | ProxyError::ClientBody { .. }
             | ProxyError::Forbidden { .. }
-            | ProxyError::NoRoute { .. } => None,
+            | ProxyError::NoRoute { .. }
+            | ProxyError::DuplicateHost
+            | ProxyError::MissingHost
+            | ProxyError::HeaderWithUnderscore { .. } => None,
         }
     }
 

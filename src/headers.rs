@@ -5,14 +5,25 @@
 //! which gRPC over HTTP/2 requires), `Transfer-Encoding` and `Upgrade`.
 //! An upgrade request (WebSocket) keeps `Connection: upgrade` and `Upgrade`,
 //! since they are what the upstream must see to switch protocols.
+//! `Connection` cannot nominate `Host` (routing and the upstream need it)
+//! nor a reserved header (remora sets those itself, e.g. the caller's
+//! verified identity): such tokens are ignored. (`Content-Length` needs no
+//! such rule: hyper frames the forwarded body by its known length anyway.)
+//!
+//! Reserved request headers ([`RESERVED_REQUEST_HEADERS`]) are the ones only
+//! remora may set for the application; [`is_reserved`] recognises them in any
+//! spelling an application might fold into theirs (case, `_` for `-`).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Header remora sets on the responses it makes itself; never sent upstream.
 pub const X_REMORA_ERROR: HeaderName = HeaderName::from_static("x-remora-error");
 /// The verified mTLS identity of the caller, set by the inbound sidecar for
-/// the application; removed from every request that arrives with it.
+/// the application; a client's is dropped in every spelling (reserved).
 pub const X_REMORA_CLIENT_ID: HeaderName = HeaderName::from_static("x-remora-client-id");
+/// Request headers only remora sets: a client's are dropped on arrival, in
+/// every spelling (see `request_head`) and from trailers (see `body`).
+pub static RESERVED_REQUEST_HEADERS: [HeaderName; 1] = [X_REMORA_CLIENT_ID];
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -32,6 +43,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                 .split(',')
                 .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
                 .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+                .filter(|name| name != header::HOST && !is_reserved(name))
                 .collect();
             for name in named {
                 headers.remove(name);
@@ -64,6 +76,29 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == PROXY_CONNECTION
         || name == header::TRANSFER_ENCODING
         || name == header::TE
+}
+
+/// True when `name` reads as a reserved request header to an application
+/// that ignores case and folds `_` into `-` (WSGI/CGI `HTTP_X_REMORA_CLIENT_ID`).
+pub fn is_reserved(name: &HeaderName) -> bool {
+    // A `HeaderName` is lowercase already.
+    let name = name.as_str().as_bytes();
+    RESERVED_REQUEST_HEADERS.iter().any(|reserved| {
+        let reserved = reserved.as_str().as_bytes();
+        reserved.len() == name.len()
+            && (reserved.iter().zip(name)).all(|(&r, &n)| r == n || (r == b'-' && n == b'_'))
+    })
+}
+
+/// Removes every header [`is_reserved`] recognises (from a client's trailers).
+pub fn remove_reserved(headers: &mut HeaderMap) {
+    let reserved: Vec<HeaderName> = (headers.keys())
+        .filter(|name| is_reserved(name))
+        .cloned()
+        .collect();
+    for name in reserved {
+        headers.remove(name);
+    }
 }
 
 /// True for an HTTP/1.1 request that asks to switch protocols
@@ -125,6 +160,44 @@ mod tests {
         let mut names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn connection_cannot_nominate_host_or_reserved_headers() {
+        let mut headers = map(&[
+            ("connection", "host, x-remora-client-id, x-hop"),
+            ("host", "example"),
+            (
+                "x-remora-client-id",
+                "spiffe://td/ns/default/dc/dc1/svc/web",
+            ),
+            ("x-hop", "1"),
+        ]);
+        strip_hop_by_hop(&mut headers, false);
+        let mut names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["host", "x-remora-client-id"]);
+    }
+
+    #[test]
+    fn reserved_names_are_recognised_in_every_spelling() {
+        for name in [
+            "x-remora-client-id",
+            "x_remora_client_id",
+            "x_remora_client-id",
+            "X_Remora_Client-Id",
+        ] {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert!(is_reserved(&name), "{name}");
+        }
+        for name in [
+            "x-remora-client",
+            "x-remora-client-idx",
+            "x-remora+client-id",
+        ] {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert!(!is_reserved(&name), "{name}");
+        }
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod outcome;
 pub mod outlier;
 pub mod registration;
 pub mod reload;
+pub mod request_head;
 pub mod resend;
 pub mod routing;
 pub mod runtime;

@@ -37,11 +37,14 @@ use tower::ServiceExt;
 use tower::util::Oneshot;
 
 use crate::body::ResponseBody;
-use crate::config::ListenerLimits;
+use crate::config::{HeadersWithUnderscoresAction, ListenerLimits};
 use crate::drain::Drain;
 use crate::idle::{Activity, IdleIo};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::headers::is_grpc;
+use crate::middleware::error_response::error_response;
+use crate::request_head;
 use crate::stack::HttpService;
 use crate::telemetry::metrics::{ConnectionMetrics, ProtocolErrors};
 use crate::tls::PeerIdentity;
@@ -229,6 +232,8 @@ pub(crate) async fn serve_http<S>(
         service,
         caller,
         max_headers: limits.max_headers as usize,
+        underscores: limits.headers_with_underscores_action,
+        protocol_errors: rules.protocol_errors.clone(),
     };
     let result = match protocol {
         HttpProtocol::Http1 => {
@@ -308,11 +313,15 @@ fn protocol_error_kind(error: &(dyn std::error::Error + 'static)) -> Option<&'st
 /// service, with the caller's address and identity added to the request.
 /// An HTTP/2 request with more headers than `limits.max_headers` gets 431
 /// here (hyper counts HTTP/1.1 headers itself, and answers 431 the same way:
-/// empty body, the connection lives on).
+/// empty body, the connection lives on). A head [`request_head`] refuses
+/// gets its error response (400 `bad_request`), counted as `malformed`;
+/// the connection lives on.
 struct ConnectionService {
     service: HttpService,
     caller: Caller,
     max_headers: usize,
+    underscores: HeadersWithUnderscoresAction,
+    protocol_errors: ProtocolErrors,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnectionService {
@@ -327,6 +336,12 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         if request.headers().len() > self.max_headers {
             let mut response = Response::new(ResponseBody::empty());
             *response.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+            return Either::Left(ready(Ok(response)));
+        }
+        if let Err(error) = request_head::admit(&mut request, self.underscores) {
+            self.protocol_errors.count("malformed");
+            tracing::debug!(%error, client = %self.caller.addr.0, "request refused");
+            let response = error_response(&error, is_grpc(request.headers()));
             return Either::Left(ready(Ok(response)));
         }
         request.extensions_mut().insert(self.caller.addr);

@@ -7,16 +7,28 @@
 //! 431 / closed), reaches no upstream, and a well-behaved client on another
 //! connection (`Prober`) is answered within `LATENCY_BOUND` meanwhile. The
 //! refusals are counted in `remora_client_protocol_errors_total` by kind.
+//! Request heads remora refuses itself (RFC 9112 §3.2: duplicate `Host`, an
+//! HTTP/1.1 request without `Host`; a header with `_` under
+//! `limits.headers_with_underscores_action: reject_request`) get 400
+//! `bad_request`, counted as `malformed`. Spoofing the identity header: no
+//! spelling of `x-remora-client-id` (`_` for `-`, any case), in the head or in
+//! chunked trailers, reaches the application, and `Connection` cannot make
+//! remora drop `Host`.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use http::Version;
-use support::{Prober, Proxy, http_backend, prom};
+use support::{Prober, Proxy, Server, http_backend, prom, serve};
 
 /// Slowest answer a well-behaved client may get while another connection
 /// attacks the listener (generous: debug build, shared 2-core machine).
@@ -398,4 +410,321 @@ async fn connections_beyond_max_connections_are_refused_and_counted() {
         "{:?}",
         status_line(&answer)
     );
+}
+
+/// A sidecar in front of an application on `app`, plain inbound listener
+/// with `limits`.
+fn inbound_config(app: std::net::SocketAddr, limits: &str) -> String {
+    format!(
+        "service: {{ name: app, port: {} }}\n\
+         inbound: {{ listen: 127.0.0.1:0, limits: {limits} }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         logging: {{ access_log: false }}\n",
+        app.port()
+    )
+}
+
+/// The header names the backend's `/headers` saw, from a raw HTTP/1.1 answer.
+fn header_names_seen(answer: &str) -> Vec<String> {
+    let (_, body) = answer.split_once("\r\n\r\n").expect("a whole answer");
+    let json: serde_json::Value = serde_json::from_str(body).expect("JSON from /headers");
+    let mut names: Vec<String> = (json["headers"].as_object().expect("headers"))
+        .keys()
+        .cloned()
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+/// True for a header name an application that folds `_` into `-` and
+/// ignores case would read as `x-remora-client-id`.
+fn reads_as_identity(name: &str) -> bool {
+    name.to_ascii_lowercase().replace('_', "-") == "x-remora-client-id"
+}
+
+/// An HTTP/1.1 request with `x-remora-client-id` spelt three ways in its head.
+const SPOOFED_IDENTITY: &[u8] = b"GET /headers HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\
+    x_remora_client_id: spiffe://evil/ns/default/dc/dc1/svc/admin\r\n\
+    X_Remora_Client-Id: spiffe://evil/ns/default/dc/dc1/svc/admin\r\n\
+    X-REMORA-CLIENT-ID: spiffe://evil/ns/default/dc/dc1/svc/admin\r\n\
+    x_custom: yes\r\n\r\n";
+
+/// Apps that fold `_` into `-` (WSGI/CGI `HTTP_X_REMORA_CLIENT_ID`) would read
+/// `x_remora_client_id` as the identity: every spelling is dropped, always
+/// (HTTP/1.1 and HTTP/2); other headers with `_` pass by default (`allow`).
+#[tokio::test]
+async fn the_identity_header_is_dropped_in_every_spelling() {
+    let app = http_backend("app");
+    let proxy = Proxy::start(&inbound_config(app.addr, "{}")).await;
+    let answer = exchange(proxy.inbound(), SPOOFED_IDENTITY).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{}",
+        status_line(&answer)
+    );
+    let names = header_names_seen(&answer);
+    assert!(
+        !names.iter().any(|name| reads_as_identity(name)),
+        "the app saw {names:?}"
+    );
+    assert!(names.contains(&"x_custom".to_owned()), "{names:?}");
+
+    let client = support::http_client::<http_body_util::Empty<Bytes>>(Version::HTTP_2);
+    let request = http::Request::get(format!("http://{}/headers", proxy.inbound()))
+        .header(
+            "x_remora_client_id",
+            "spiffe://evil/ns/default/dc/dc1/svc/admin",
+        )
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let names: Vec<&String> = json["headers"].as_object().unwrap().keys().collect();
+    assert!(
+        !names.iter().any(|name| reads_as_identity(name)),
+        "HTTP/2: the app saw {names:?}"
+    );
+}
+
+/// `limits.headers_with_underscores_action` (Envoy's): `drop_header` removes
+/// every header with `_`, `reject_request` answers 400 `bad_request` (counted
+/// as `malformed`) and the request reaches no upstream.
+#[tokio::test]
+async fn headers_with_underscores_are_dropped_or_refused_as_configured() {
+    let app = http_backend("app");
+    let dropping = Proxy::start(&inbound_config(
+        app.addr,
+        "{ headers_with_underscores_action: drop_header }",
+    ))
+    .await;
+    let answer = exchange(dropping.inbound(), SPOOFED_IDENTITY).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{}",
+        status_line(&answer)
+    );
+    let names = header_names_seen(&answer);
+    assert!(
+        !names
+            .iter()
+            .any(|name| name.contains('_') || reads_as_identity(name)),
+        "the app saw {names:?}"
+    );
+
+    let rejecting = Proxy::start(&inbound_config(
+        app.addr,
+        "{ headers_with_underscores_action: reject_request }",
+    ))
+    .await;
+    let before = app.requests();
+    let prober = Prober::start(rejecting.inbound(), Version::HTTP_11).await;
+    let answer = exchange(rejecting.inbound(), SPOOFED_IDENTITY).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400"),
+        "{}",
+        status_line(&answer)
+    );
+    assert!(answer.contains("x-remora-error: bad_request"), "{answer}");
+    let clean = b"GET / HTTP/1.1\r\nHost: app\r\nx-custom: yes\r\nConnection: close\r\n\r\n";
+    assert!(
+        exchange(rejecting.inbound(), clean)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    let report = prober.finish("underscores refused", LATENCY_BOUND).await;
+    assert_eq!(
+        app.requests() - before,
+        2 + u64::from(report.answered),
+        "the refused request reached the app"
+    );
+    let labels = [
+        ("direction", "inbound"),
+        ("listener", "inbound"),
+        ("kind", "malformed"),
+    ];
+    let counted = prom::wait_for_value(
+        &rejecting.admin_url("/metrics"),
+        "remora_client_protocol_errors_total",
+        &labels,
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(counted, 1.0);
+}
+
+/// An origin that answers every request, once its body has been read whole,
+/// with the names of the trailers it got, sorted and joined by `,`.
+fn trailer_recording_origin() -> Server {
+    serve(|stream| async move {
+        let service = service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+            let collected = request.into_body().collect().await?;
+            let mut names: Vec<String> = (collected.trailers().into_iter())
+                .flat_map(|trailers| trailers.keys())
+                .map(|name| name.as_str().to_owned())
+                .collect();
+            names.sort_unstable();
+            Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::from(names.join(",")))))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    })
+}
+
+/// A chunked HTTP/1.1 request, or an HTTP/2 one, may carry
+/// `x-remora-client-id` as a trailer, after the head was checked: remora
+/// drops reserved names from request trailers too, and forwards the others.
+#[tokio::test]
+async fn the_identity_header_is_dropped_from_request_trailers() {
+    let origin = trailer_recording_origin();
+    let proxy = Proxy::start(&inbound_config(origin.addr, "{}")).await;
+    let raw = b"POST /upload HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\
+        Transfer-Encoding: chunked\r\n\
+        Trailer: x-remora-client-id, x_remora_client_id, x-kept\r\n\r\n\
+        5\r\nhello\r\n0\r\n\
+        x-remora-client-id: spiffe://evil/ns/default/dc/dc1/svc/admin\r\n\
+        x_remora_client_id: spiffe://evil/ns/default/dc/dc1/svc/admin\r\n\
+        x-kept: yes\r\n\r\n";
+    let answer = exchange(proxy.inbound(), raw).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{}",
+        status_line(&answer)
+    );
+    let (_, trailers) = answer.split_once("\r\n\r\n").unwrap();
+    assert_eq!(trailers, "x-kept", "the trailers the origin got");
+
+    // The same over HTTP/2, where trailers are a HEADERS frame.
+    let mut trailers = http::HeaderMap::new();
+    for name in ["x-remora-client-id", "x_remora_client_id", "x-kept"] {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+        trailers.insert(name, http::HeaderValue::from_static("spoof"));
+    }
+    let frames = [
+        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"hello"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let body = StreamBody::new(futures_util::stream::iter(frames));
+    let request = http::Request::post(format!("http://{}/upload", proxy.inbound()))
+        .header("trailer", "x-remora-client-id, x_remora_client_id, x-kept")
+        .body(body)
+        .unwrap();
+    let response = support::http_client(Version::HTTP_2)
+        .request(request)
+        .await
+        .unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "x-kept", "HTTP/2: the trailers the origin got");
+}
+
+/// RFC 9112 §3.2: a request with more than one `Host`, or an HTTP/1.1
+/// request without one, gets 400 `bad_request` (counted as `malformed`);
+/// other connections are served meanwhile. HTTP/1.0 needs no `Host`, but the
+/// HTTP/1.1 request remora sends upstream does: it gets the endpoint's address.
+#[tokio::test]
+async fn duplicate_or_missing_host_is_refused() {
+    let backend = http_backend("target");
+    let proxy = Proxy::start(&limits_config("host-rules", backend.addr, "{}")).await;
+    let addr = proxy.upstream("host-rules-h1");
+    let prober = Prober::start(addr, Version::HTTP_11).await;
+    let cases: [(&str, &[u8]); 4] = [
+        (
+            "two Host headers",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "the same Host twice",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "HTTP/1.1 without Host",
+            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "absolute form without Host",
+            b"GET http://a/ HTTP/1.1\r\nConnection: close\r\n\r\n",
+        ),
+    ];
+    for (what, raw) in cases {
+        let answer = exchange(addr, raw).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{what}: {:?}",
+            status_line(&answer)
+        );
+        assert!(
+            answer.contains("x-remora-error: bad_request"),
+            "{what}: {answer}"
+        );
+    }
+    // HTTP/2 carries `:authority`, and may carry one `Host` besides, not two.
+    let auto = proxy.upstream("host-rules-auto");
+    let request = http::Request::get(format!("http://{auto}/"))
+        .header("host", "a")
+        .header("host", "b")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = support::http_client(Version::HTTP_2)
+        .request(request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), http::StatusCode::BAD_REQUEST, "HTTP/2");
+    assert_eq!(
+        response.headers()["x-remora-error"],
+        "bad_request",
+        "HTTP/2"
+    );
+    let report = prober.finish("host rules", LATENCY_BOUND).await;
+    assert_eq!(
+        backend.requests(),
+        1 + u64::from(report.answered),
+        "only the probes reached the upstream"
+    );
+    let labels = [
+        ("direction", "outbound"),
+        ("listener", "host-rules-h1"),
+        ("kind", "malformed"),
+    ];
+    let counted = prom::wait_for_value(
+        &proxy.admin_url("/metrics"),
+        "remora_client_protocol_errors_total",
+        &labels,
+        4.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(counted, 4.0);
+
+    let answer = exchange(addr, b"GET /headers HTTP/1.0\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.0 200"),
+        "{}",
+        status_line(&answer)
+    );
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        json["headers"]["host"],
+        serde_json::json!([backend.addr.to_string()])
+    );
+}
+
+/// `Connection` names hop-by-hop headers for the next hop to drop; naming
+/// `Host` must not make remora forward a request without it.
+#[tokio::test]
+async fn connection_cannot_remove_host() {
+    let backend = http_backend("target");
+    let proxy = Proxy::start(&limits_config("connection-host", backend.addr, "{}")).await;
+    let raw = b"GET /headers HTTP/1.1\r\nHost: kept.example\r\nConnection: host, close\r\n\r\n";
+    let answer = exchange(proxy.upstream("connection-host-h1"), raw).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{}",
+        status_line(&answer)
+    );
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["headers"]["host"], serde_json::json!(["kept.example"]));
 }

@@ -192,6 +192,38 @@ async fn the_peer_identity_reaches_the_app_and_cannot_be_spoofed() {
     assert!(headers.get("x-remora-client-id").is_none(), "{headers}");
 }
 
+/// `Connection: x-remora-client-id` asks the next hop to drop the header
+/// remora sets: the verified identity reaches the app all the same, and a
+/// spoofed `_` spelling does not.
+#[tokio::test]
+async fn connection_cannot_remove_the_verified_identity() {
+    let ca = Ca::new("mesh CA");
+    let app = http_backend("app");
+    let files = TlsFiles::new(&ca.leaf("api", 1), &ca);
+    let proxy = inbound_proxy("ccrtvi1", app.addr, "http", &files, "").await;
+    let web = ca.leaf("web", 2);
+    let mut sender = http1_as(proxy.inbound(), &web).await;
+    let admin = spiffe("admin");
+    let (status, _, body) = get_on(
+        &mut sender,
+        "/headers",
+        &[
+            ("connection", "x-remora-client-id, x_remora_client_id"),
+            ("x_remora_client_id", admin.as_str()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let headers = headers_of(&body);
+    assert_eq!(
+        headers["x-remora-client-id"],
+        serde_json::json!([spiffe("web")]),
+        "{headers}"
+    );
+    assert!(headers.get("x_remora_client_id").is_none(), "{headers}");
+}
+
 #[tokio::test]
 async fn sidecar_to_sidecar_over_mtls_with_h2_by_alpn() {
     let ca = Ca::new("mesh CA");

@@ -227,7 +227,8 @@ async fn get_from(source: [u8; 4], proxy: SocketAddr) -> StatusCode {
             .await
             .unwrap();
     tokio::spawn(connection);
-    let request = Request::get(format!("http://{proxy}/"))
+    let request = Request::get("/")
+        .header("host", proxy.to_string())
         .body(Empty::<Bytes>::new())
         .unwrap();
     let response = sender.send_request(request).await.unwrap();

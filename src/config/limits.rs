@@ -1,8 +1,9 @@
 //! `limits:` of a listener (`inbound.limits`, `upstreams[].limits`): how
 //! much a client may ask of one listener — connections open at once, time
-//! and size of request headers, header count and HTTP/2 streams. Defaults
-//! follow Envoy's (60 KiB of headers, 100 headers, 100 streams per
-//! connection). Rejects values hyper cannot honour (see `validate.rs`).
+//! and size of request headers, header count and HTTP/2 streams, and what
+//! happens to request headers with `_` in their name. Defaults follow
+//! Envoy's (60 KiB of headers, 100 headers, 100 streams per connection,
+//! headers with `_` allowed). Rejects values hyper cannot honour (see `validate.rs`).
 
 use std::time::Duration;
 
@@ -35,6 +36,24 @@ pub struct ListenerLimits {
     /// HTTP/2 streams open at once per connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// What happens to a request header whose name contains `_` (Envoy's key).
+    #[serde(default)]
+    pub headers_with_underscores_action: HeadersWithUnderscoresAction,
+}
+
+/// `limits.headers_with_underscores_action`: what happens to a request
+/// header whose name contains `_`. Whatever it says, a header that reads as a
+/// reserved one with `_` folded into `-` (`x_remora_client_id`) is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadersWithUnderscoresAction {
+    /// Forwarded as it came.
+    #[default]
+    Allow,
+    /// Removed from the request.
+    DropHeader,
+    /// The request is answered 400 `bad_request`.
+    RejectRequest,
 }
 
 fn default_max_connections() -> u32 {
@@ -65,6 +84,7 @@ impl Default for ListenerLimits {
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
             max_concurrent_streams: default_max_concurrent_streams(),
+            headers_with_underscores_action: HeadersWithUnderscoresAction::default(),
         }
     }
 }

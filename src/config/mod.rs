@@ -35,7 +35,7 @@ use std::path::Path;
 use serde_saphyr::{Options, PropertySyntax};
 
 pub use error::{ConfigError, ConfigErrors};
-pub use limits::ListenerLimits;
+pub use limits::{HeadersWithUnderscoresAction, ListenerLimits};
 pub use model::{
     AdminConfig, AuthorizationAction, AuthorizationConfig, CheckConfig, Config, ConfigSource,
     ConsulConfig, ConsulDiscovery, ConsulKvSource, Discovery, DnsDiscovery, HashOn, InboundConfig,

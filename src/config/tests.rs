@@ -190,6 +190,34 @@ fn defaults() {
     assert_eq!(limits.max_header_bytes, 60 * 1024);
     assert_eq!(limits.max_headers, 100);
     assert_eq!(limits.max_concurrent_streams, 100);
+    assert_eq!(
+        limits.headers_with_underscores_action,
+        HeadersWithUnderscoresAction::Allow
+    );
+}
+
+#[test]
+fn headers_with_underscores_action_values() {
+    let config = parse_test(&format!(
+        "{SERVICE}inbound: {{ limits: {{ headers_with_underscores_action: reject_request }} }}\n"
+    ))
+    .expect("valid");
+    assert_eq!(
+        config
+            .inbound
+            .expect("inbound")
+            .limits
+            .headers_with_underscores_action,
+        HeadersWithUnderscoresAction::RejectRequest
+    );
+    let unknown =
+        format!("{SERVICE}inbound: {{ limits: {{ headers_with_underscores_action: reject }} }}\n");
+    let error = &errors(&unknown)[0];
+    assert!(
+        error.contains("inbound.limits.headers_with_underscores_action")
+            && error.contains("allow, drop_header, reject_request"),
+        "{error}"
+    );
 }
 
 #[test]

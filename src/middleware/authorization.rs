@@ -1,8 +1,10 @@
-//! Inbound identity and authorization: removes any `x-remora-client-id` the
-//! request arrived with (always, TLS or not, so it cannot be spoofed),
-//! refuses a peer the authorizer denies ([`ProxyError::Forbidden`]: 403, or
-//! gRPC PERMISSION_DENIED), and tells the application who is calling by
-//! setting `x-remora-client-id` to the peer's verified SPIFFE ID.
+//! Inbound identity and authorization: refuses a peer the authorizer denies
+//! ([`ProxyError::Forbidden`]: 403, or gRPC PERMISSION_DENIED), and tells the
+//! application who is calling by setting `x-remora-client-id` to the peer's
+//! verified SPIFFE ID. Whatever `x-remora-client-id` the request arrived
+//! with (in any spelling, TLS or not) was dropped on arrival
+//! (`request_head`), so it cannot be spoofed; `Connection` cannot remove
+//! the one set here (`headers`).
 
 use std::future::{Ready, ready};
 use std::sync::Arc;
@@ -59,7 +61,6 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        request.headers_mut().remove(X_REMORA_CLIENT_ID);
         let peer = request.extensions().get::<PeerIdentity>().cloned();
         if let Some(authorizer) = &self.authorizer
             && !authorizer.authorize(peer.as_ref())

@@ -1,0 +1,137 @@
+//! What every HTTP listener checks and cleans in a request head before any
+//! layer of its stack sees it (called by `server` for each request).
+//!
+//! - `Host` (RFC 9112 §3.2): a request with more than one is refused, and so
+//!   is an HTTP/1.1 request with none (HTTP/1.0 may omit it; HTTP/2 carries
+//!   `:authority` instead).
+//! - Reserved headers (`headers::RESERVED_REQUEST_HEADERS`, e.g.
+//!   `x-remora-client-id`) are only remora's to set: a client's are dropped
+//!   in every spelling an application might read as theirs
+//!   (`x_remora_client_id`, any case), whatever the listener's settings.
+//! - A header with `_` in its name is forwarded, dropped or refused as
+//!   `limits.headers_with_underscores_action` says (Envoy's setting).
+//!
+//! Refusals are [`ProxyError`]s, answered 400 `bad_request`.
+
+use http::{HeaderMap, HeaderName, Request, Version, header};
+
+use crate::config::HeadersWithUnderscoresAction;
+use crate::error::ProxyError;
+use crate::headers::is_reserved;
+
+/// Checks `request`'s head and drops the headers it may not carry; an error
+/// when it must be refused.
+pub fn admit<B>(
+    request: &mut Request<B>,
+    underscores: HeadersWithUnderscoresAction,
+) -> Result<(), ProxyError> {
+    check_host(request)?;
+    clean_header_names(request.headers_mut(), underscores)
+}
+
+/// One `Host`, or none where the version allows it.
+fn check_host<B>(request: &Request<B>) -> Result<(), ProxyError> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(ProxyError::DuplicateHost),
+        (None, _) if request.version() == Version::HTTP_11 => Err(ProxyError::MissingHost),
+        _ => Ok(()),
+    }
+}
+
+/// Drops reserved headers in any spelling, and applies `underscores` to the
+/// names with `_`.
+fn clean_header_names(
+    headers: &mut HeaderMap,
+    underscores: HeadersWithUnderscoresAction,
+) -> Result<(), ProxyError> {
+    let mut dropped: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let underscore = name.as_str().contains('_');
+        if underscore && underscores == HeadersWithUnderscoresAction::RejectRequest {
+            return Err(ProxyError::HeaderWithUnderscore {
+                name: name.as_str().to_owned(),
+            });
+        }
+        if is_reserved(name)
+            || (underscore && underscores == HeadersWithUnderscoresAction::DropHeader)
+        {
+            dropped.push(name.clone());
+        }
+    }
+    for name in dropped {
+        headers.remove(name);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use HeadersWithUnderscoresAction::{Allow, DropHeader, RejectRequest};
+
+    fn request(version: Version, headers: &[(&str, &str)]) -> Request<()> {
+        let mut request = Request::builder().version(version);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(()).unwrap()
+    }
+
+    fn names(request: &Request<()>) -> Vec<&str> {
+        let mut names: Vec<&str> = request.headers().keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn host_is_required_once_in_http_1_1() {
+        let admitted = |version, headers: &[(&str, &str)]| {
+            admit(&mut request(version, headers), Allow).map_err(|error| error.to_string())
+        };
+        assert!(admitted(Version::HTTP_11, &[("host", "a")]).is_ok());
+        assert!(admitted(Version::HTTP_10, &[]).is_ok());
+        assert!(admitted(Version::HTTP_2, &[]).is_ok());
+        for version in [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2] {
+            let twice = admitted(version, &[("host", "a"), ("host", "a")]);
+            assert!(twice.unwrap_err().starts_with("more than one Host"));
+        }
+        let missing = admitted(Version::HTTP_11, &[]);
+        assert!(missing.unwrap_err().contains("without a Host"));
+    }
+
+    #[test]
+    fn reserved_headers_are_dropped_whatever_the_action() {
+        for action in [Allow, DropHeader] {
+            let mut spoofed = request(
+                Version::HTTP_11,
+                &[
+                    ("host", "a"),
+                    ("x-remora-client-id", "spoof"),
+                    ("X_Remora_Client-Id", "spoof"),
+                    ("x_custom", "1"),
+                ],
+            );
+            admit(&mut spoofed, action).unwrap();
+            let expected: &[&str] = match action {
+                Allow => &["host", "x_custom"],
+                _ => &["host"],
+            };
+            assert_eq!(names(&spoofed), expected, "{action:?}");
+        }
+    }
+
+    #[test]
+    fn reject_request_refuses_any_name_with_an_underscore() {
+        let mut spoofed = request(
+            Version::HTTP_11,
+            &[("host", "a"), ("x_remora_client_id", "s")],
+        );
+        let error = admit(&mut spoofed, RejectRequest).unwrap_err();
+        assert!(
+            matches!(error, ProxyError::HeaderWithUnderscore { name } if name == "x_remora_client_id")
+        );
+        let mut clean = request(Version::HTTP_11, &[("host", "a"), ("x-custom", "1")]);
+        assert!(admit(&mut clean, RejectRequest).is_ok());
+    }
+}
