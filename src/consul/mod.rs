@@ -7,7 +7,8 @@
 //! The agent address comes from `consul.address`, else `CONSUL_HTTP_ADDR`,
 //! else `http://127.0.0.1:8500`; the ACL token from `consul.token`, else
 //! `consul.token_file`, else `CONSUL_HTTP_TOKEN`. The token travels in the
-//! `X-Consul-Token` header only and is never logged (it is a [`Secret`]).
+//! `X-Consul-Token` header only and is never logged (it is a [`Secret`]);
+//! redirects are not followed, so it never reaches another host.
 //! Errors say what Consul answered (status and a body excerpt).
 //!
 //! `https://` agents are verified against `consul.ca_file` (else
@@ -186,8 +187,11 @@ impl Client {
                 )));
             }
         };
+        // No redirects: the token would follow them to any host (reqwest
+        // keeps custom headers); a 3xx fails as the status Consul answered.
         let http = reqwest::Client::builder()
             .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
             .tls_backend_preconfigured(tls_config)
             .build()
