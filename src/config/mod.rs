@@ -55,6 +55,7 @@ pub use routing::{
 };
 pub use transparent::{Cidr, DestinationMatch, HostName, TransparentConfig, Unmatched};
 
+use env::Readable;
 use locate::{NodeId, Position, SourceMap};
 
 /// Reads, expands (from the process environment), parses and validates the
@@ -88,8 +89,14 @@ const LOCAL_ONLY: [&str; 2] = ["consul", "config_source"];
 
 /// Parses and validates a document read from the `config_source` (a Consul
 /// KV value) as [`parse`] does; `name` labels the errors (`consul-kv:KEY`).
-/// Also rejects `consul` and `config_source` in it (`LOCAL_ONLY`).
-pub fn parse_from_source(text: &str, name: &str) -> Result<Config, ConfigErrors> {
+/// Also rejects `consul` and `config_source` in it (`LOCAL_ONLY`), and
+/// every `${VAR}` whose variable is not in `allowed_env` (the local file's
+/// `config_source.consul_kv.allowed_env`).
+pub fn parse_from_source(
+    text: &str,
+    name: &str,
+    allowed_env: &[String],
+) -> Result<Config, ConfigErrors> {
     let source = SourceMap::build(text);
     let mut errors: Vec<ConfigError> = LOCAL_ONLY
         .iter()
@@ -106,7 +113,8 @@ pub fn parse_from_source(text: &str, name: &str) -> Result<Config, ConfigErrors>
             })
         })
         .collect();
-    match parse(text, name) {
+    let process_env = |variable: &str| std::env::var(variable).ok();
+    match parse_document(text, name, &process_env, Readable::Only(allowed_env)) {
         Ok(config) if errors.is_empty() => return Ok(config),
         Ok(_) => {}
         Err(more) => errors.extend(more.0),
@@ -122,6 +130,16 @@ pub fn parse_with_env(
     file_name: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
+    parse_document(text, file_name, env, Readable::All)
+}
+
+/// [`parse_with_env`] reading only the `readable` variables.
+fn parse_document(
+    text: &str,
+    file_name: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    readable: Readable<'_>,
+) -> Result<Config, ConfigErrors> {
     let source = SourceMap::build(text);
     let error_at = |position: Position, path: String, message: String| ConfigError {
         file: file_name.to_owned(),
@@ -131,7 +149,7 @@ pub fn parse_with_env(
         message,
     };
 
-    let (variables, unset) = env::resolve(text, &source.scalars, env);
+    let (variables, unset) = env::resolve(text, &source.scalars, env, readable);
     let unset_values: Vec<NodeId> = unset.iter().map(|unset| unset.node).collect();
     let mut errors: Vec<ConfigError> = (unset.into_iter())
         .map(|unset| error_at(unset.position, unset.path, unset.message))

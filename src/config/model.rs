@@ -60,12 +60,16 @@ pub enum ConfigSource {
     ConsulKv(ConsulKvSource),
 }
 
-/// `config_source: { consul_kv: { key } }`.
+/// `config_source: { consul_kv: { key, allowed_env } }`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsulKvSource {
     /// The key, e.g. `remora/web` (no leading `/`).
     pub key: String,
+    /// The environment variables the KV value may read (`${NAME}`); none
+    /// by default, so whoever writes the key reads no secret of the process.
+    #[serde(default)]
+    pub allowed_env: Vec<String>,
 }
 
 /// Mesh mTLS (`tls:`): the sidecar's certificate, the CA it trusts, and

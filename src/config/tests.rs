@@ -1037,17 +1037,20 @@ fn consul_kv_source_files_and_rules() {
     assert_eq!(
         bootstrap.config_source,
         Some(ConfigSource::ConsulKv(ConsulKvSource {
-            key: "remora/web".into()
+            key: "remora/web".into(),
+            allowed_env: Vec::new(),
         }))
     );
     let value = std::fs::read_to_string(root.join("config/consul-kv-value.yaml")).unwrap();
-    let config = parse_from_source(&value, "consul-kv:remora/web").expect("the value is valid");
+    let config =
+        parse_from_source(&value, "consul-kv:remora/web", &[]).expect("the value is valid");
     assert_eq!(config.upstreams[0].name, "api");
 
     // The value must not say how to reach itself.
     let refused = parse_from_source(
         "service: { name: web }\nconsul: { wait: 1s }\nconfig_source: { consul_kv: { key: x } }\n",
         "consul-kv:remora/web",
+        &[],
     )
     .unwrap_err();
     let refused: Vec<String> = refused.0.iter().map(ToString::to_string).collect();
@@ -1057,6 +1060,14 @@ fn consul_kv_source_files_and_rules() {
         refused[1].starts_with("consul-kv:remora/web:3:1: config_source: comes from the local")
     );
 
+    assert_eq!(
+        errors(
+            "service: { name: web }\nconfig_source: { consul_kv: { key: k, allowed_env: [OK_1, X-1] } }\n"
+        ),
+        [
+            "test.yaml:2:59: config_source.consul_kv.allowed_env[1]: `X-1` is not a variable name (letters, digits and `_`, e.g. `REGION`)"
+        ]
+    );
     assert_eq!(
         errors("service: { name: web }\nconfig_source: { consul_kv: { key: /remora/web } }\n"),
         [

@@ -12,7 +12,7 @@
 //! that are neither a level nor a filter directive, `tracing.otlp` with a
 //! non-http endpoint, a sample ratio outside 0..=1 or a zero queue, batch or
 //! flush interval, an empty `config_source.consul_kv.key` or one with a
-//! leading or trailing `/`, listener `limits` of zero (or header bytes
+//! leading or trailing `/`, an `allowed_env` entry that is no variable name, listener `limits` of zero (or header bytes
 //! outside 8 KiB..16 MiB), `register: true` without `service.port`, `tls`
 //! with `source: files`
 //! but without cert/key/ca (or with them under `source: consul`), zero TLS
@@ -27,6 +27,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::env;
 use super::limits::{ListenerLimits, MAX_HEADER_BYTES, MIN_HEADER_BYTES};
 use super::model::{
     Config, ConfigSource, Discovery, LoadBalancingPolicy, ServiceProtocol, TlsSource,
@@ -71,6 +72,16 @@ fn check_config_source(config: &Config, problems: &mut Problems) {
                 "config_source.consul_kv.key",
                 "a key has no leading or trailing `/` (e.g. `remora/web`)",
             );
+        }
+        for (i, name) in kv.allowed_env.iter().enumerate() {
+            if !env::is_variable_name(name) {
+                problems.add(
+                    format!("config_source.consul_kv.allowed_env[{i}]"),
+                    format!(
+                        "`{name}` is not a variable name (letters, digits and `_`, e.g. `REGION`)"
+                    ),
+                );
+            }
         }
     }
 }
