@@ -130,7 +130,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         backends: live.backend_upstreams(),
     });
     tracing::info!(addr = %admin_addr, "admin listening");
-    tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin_state)));
+    tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::clone(&admin_state),
+        config.admin.clone(),
+    ));
 
     // Registration and the mesh TLS watches share one client of the
     // start-time `consul` section (both are fixed); discovery has its own,
