@@ -125,7 +125,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let admin_state = Arc::new(AdminState {
         metrics: metrics_handle,
         readiness: Arc::clone(&readiness),
-        config_json: ArcSwap::from_pointee(serde_json::to_string_pretty(config)?),
+        config_json: ArcSwap::from_pointee(crate::config::shown(config)?),
         upstreams: Arc::clone(&upstreams),
         backends: live.backend_upstreams(),
     });

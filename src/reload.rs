@@ -126,8 +126,7 @@ fn kv_config(bootstrap: &Config, text: &str, key: &str) -> Result<Config, Config
         None => &[],
     };
     let mut config = config::parse_from_source(text, &format!("consul-kv:{key}"), allowed_env)?;
-    config.consul = bootstrap.consul.clone();
-    config.config_source = bootstrap.config_source.clone();
+    config::adopt_local_sections(&mut config, bootstrap);
     Ok(config)
 }
 
@@ -169,7 +168,7 @@ impl Reloader {
                         "this setting cannot change while remora runs; it keeps its running value until a restart"
                     );
                 }
-                match serde_json::to_string_pretty(&applied.effective) {
+                match config::shown(&applied.effective) {
                     Ok(json) => self.admin.config_json.store(Arc::new(json)),
                     Err(error) => tracing::warn!(%error, "cannot show the new configuration"),
                 }

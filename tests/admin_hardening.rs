@@ -201,3 +201,79 @@ async fn admin_answers_only_its_own_host() {
         );
     }
 }
+
+/// `/config` shows no secret: not the Consul token, not a value written with an environment
+/// variable (a route's `authorization` header), not the user information of a URL
+/// (`consul.address`, `tracing.otlp.endpoint`) — at start and after a reload. Values written
+/// literally are shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_redacts_every_secret() {
+    let app = http_backend("redact-app");
+    let yaml = |literal: &str| {
+        format!(
+            "service: {{ name: redact }}\n\
+             consul: {{ address: \"http://consul-user:consul-password@127.0.0.1:8500\", \
+             token: \"${{REMORA_TEST_TOKEN}}\" }}\n\
+             upstreams:\n  - name: api\n    listen: 127.0.0.1:0\n    protocol: http\n    \
+             discovery: {{ static: [{}] }}\n    routes:\n      - name: all\n        \
+             request_headers: {{ set: {{ authorization: \"Bearer ${{REMORA_TEST_API_KEY}}\", \
+             x-literal: {literal} }} }}\n\
+             tracing: {{ otlp: {{ endpoint: \"http://otlp-user:otlp-password@127.0.0.1:4318/v1/traces\" }} }}\n\
+             admin: {{ listen: 127.0.0.1:0 }}\n\
+             logging: {{ access_log: false }}\n",
+            app.addr
+        )
+    };
+    let mut proxy = ProxyProcess::start_wrapped(
+        &[
+            "env",
+            "REMORA_TEST_TOKEN=token-value",
+            "REMORA_TEST_API_KEY=api-key-value",
+        ],
+        &yaml("first"),
+        1,
+    );
+    // The secret does reach the origin.
+    let headers = get(
+        Version::HTTP_11,
+        &format!("http://{}/headers", proxy.listener("api")),
+    )
+    .await
+    .unwrap();
+    assert!(
+        headers.body.contains("Bearer api-key-value"),
+        "{}",
+        headers.body
+    );
+
+    let config_url = format!("http://{}/config", proxy.admin);
+    for literal in ["first", "second"] {
+        if literal == "second" {
+            proxy.config.write(&yaml(literal));
+            proxy.wait_for_log("configuration reloaded");
+        }
+        let shown = get(Version::HTTP_11, &config_url).await.unwrap().body;
+        for secret in [
+            "token-value",
+            "api-key-value",
+            "consul-user",
+            "consul-password",
+            "otlp-user",
+            "otlp-password",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        for redacted in [
+            "\"token\": \"<redacted>\"",
+            "\"authorization\": \"<redacted>\"",
+            "\"address\": \"http://<redacted>@127.0.0.1:8500\"",
+            "\"endpoint\": \"http://<redacted>@127.0.0.1:4318/v1/traces\"",
+        ] {
+            assert!(shown.contains(redacted), "{redacted} not in {shown}");
+        }
+        assert!(
+            shown.contains(&format!("\"x-literal\": \"{literal}\"")),
+            "{shown}"
+        );
+    }
+}

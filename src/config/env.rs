@@ -98,6 +98,14 @@ pub(crate) fn resolve(
     (values, unset)
 }
 
+/// The key paths of the `scalars` that reference a variable.
+pub(crate) fn expanded_paths(scalars: &[ValueScalar]) -> Vec<String> {
+    (scalars.iter())
+        .filter(|scalar| !references(&scalar.value).is_empty())
+        .map(|scalar| scalar.path.clone())
+        .collect()
+}
+
 #[derive(Debug, PartialEq, Eq)]
 struct Reference<'a> {
     name: &'a str,

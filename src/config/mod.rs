@@ -23,6 +23,7 @@ mod locate;
 mod model;
 mod pool;
 mod prune;
+mod redact;
 mod resilience;
 mod route_checks;
 mod routing;
@@ -43,6 +44,7 @@ pub use model::{
     TlsSource, TracingConfig, UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };
 pub use pool::ConnectionPool;
+pub use redact::{REDACTED, shown};
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,
     OutlierDetection, RateLimitConfig, RateLimitKey, RetryBackoff, RetryBudget, RetryPolicy,
@@ -86,6 +88,16 @@ pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
 /// Sections a document from a `config_source` must leave out: they say how
 /// to reach the source, so they come from the local file.
 const LOCAL_ONLY: [&str; 2] = ["consul", "config_source"];
+
+/// Gives `config` (from the `config_source`) the sections of the `local`
+/// file that say how to reach the source (`LOCAL_ONLY`).
+pub fn adopt_local_sections(config: &mut Config, local: &Config) {
+    config.consul = local.consul.clone();
+    config.config_source = local.config_source.clone();
+    for key in LOCAL_ONLY {
+        config.from_env_as_in(local, key);
+    }
+}
 
 /// Parses and validates a document read from the `config_source` (a Consul
 /// KV value) as [`parse`] does; `name` labels the errors (`consul-kv:KEY`).
@@ -176,9 +188,10 @@ fn parse_document(
             )
         }));
     }
-    if let Some(config) = deserialized.config
+    if let Some(mut config) = deserialized.config
         && errors.is_empty()
     {
+        config.from_env = env::expanded_paths(&source.scalars);
         return Ok(config);
     }
     errors.sort_by_key(|error| (error.line, error.column));

@@ -49,6 +49,10 @@ pub struct Config {
     /// Transparent mode (iptables redirection); off when absent.
     #[serde(default)]
     pub transparent: Option<TransparentConfig>,
+    /// Key paths of the values written with environment variables
+    /// (`${VAR}`), redacted in `/config` (see `redact`).
+    #[serde(skip)]
+    pub from_env: Vec<String>,
 }
 
 /// `config_source:` — the configuration is read (and watched) elsewhere.

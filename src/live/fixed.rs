@@ -118,8 +118,13 @@ pub fn keep_fixed(running: &Config, next: &mut Config) -> Vec<&'static str> {
             ),
         ]
     });
-    (restored.into_iter())
+    let fixed: Vec<(&'static str, bool)> = (restored.into_iter())
         .chain(registered.into_iter().flatten())
+        .collect();
+    for (path, _) in &fixed {
+        next.from_env_as_in(running, path);
+    }
+    (fixed.into_iter())
         .filter_map(|(path, changed)| changed.then_some(path))
         .collect()
 }
