@@ -12,7 +12,8 @@
 //! each error from the text, `prune`, and tries again); `validate` checks
 //! the result (all problems reported, positioned through `locate`) — unless
 //! an unset variable or a structural error other than an unknown key made a
-//! value fall back to its default.
+//! value fall back to its default. `redact` makes what the admin `/config`
+//! shows of a configuration.
 
 mod deserialize;
 mod duration;
@@ -44,7 +45,7 @@ pub use model::{
     TlsSource, TracingConfig, UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };
 pub use pool::ConnectionPool;
-pub use redact::{REDACTED, shown};
+pub use redact::shown;
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,
     OutlierDetection, RateLimitConfig, RateLimitKey, RetryBackoff, RetryBudget, RetryPolicy,

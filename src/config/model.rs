@@ -623,7 +623,7 @@ impl fmt::Debug for Secret {
 
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str("<redacted>")
+        serializer.serialize_str(super::redact::REDACTED)
     }
 }
 

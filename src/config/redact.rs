@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::Config;
 
 /// What a redacted value shows.
-pub const REDACTED: &str = "<redacted>";
+pub(super) const REDACTED: &str = "<redacted>";
 
 /// `config` as pretty JSON, secrets redacted.
 pub fn shown(config: &Config) -> serde_json::Result<String> {
