@@ -149,6 +149,8 @@ async fn admin_connections_are_capped_and_slow_heads_cut_off() {
     );
 
     let started = Instant::now();
+    // A connection that sends nothing at all is cut off too, once a slot is free for it.
+    held.push(TcpStream::connect(admin).await.unwrap());
     for stream in &mut held {
         assert!(
             closed_within(stream, Duration::from_secs(10)).await,
@@ -159,6 +161,15 @@ async fn admin_connections_are_capped_and_slow_heads_cut_off() {
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
+    );
+    // A connection that sends nothing at all is cut off at the timeout too.
+    let connected = Instant::now();
+    let mut silent = TcpStream::connect(admin).await.unwrap();
+    assert!(closed_within(&mut silent, Duration::from_secs(10)).await);
+    let waited = connected.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(5),
+        "{waited:?}"
     );
     assert_eq!(
         status_for_host(admin, "/live", "localhost").await,
