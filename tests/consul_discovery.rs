@@ -648,7 +648,12 @@ async fn the_token_never_follows_a_redirect() {
     )
     .expect("client");
     let kv = client.kv("remora/web", 0).await.unwrap_err();
-    assert!(kv.to_string().contains("307"), "{kv}");
+    assert!(
+        kv.to_string()
+            .contains("307 Temporary Redirect to `http://localhost:")
+            && kv.to_string().contains("redirects are not followed"),
+        "{kv}"
+    );
     let query = remora::consul::HealthQuery {
         service: "web".into(),
         tags: Vec::new(),
