@@ -125,12 +125,16 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let admin_state = Arc::new(AdminState {
         metrics: metrics_handle,
         readiness: Arc::clone(&readiness),
-        config_json: ArcSwap::from_pointee(serde_json::to_string_pretty(config)?),
+        config_json: ArcSwap::from_pointee(crate::config::shown(config)?),
         upstreams: Arc::clone(&upstreams),
         backends: live.backend_upstreams(),
     });
     tracing::info!(addr = %admin_addr, "admin listening");
-    tokio::spawn(admin::serve(admin_listener, Arc::clone(&admin_state)));
+    tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::clone(&admin_state),
+        config.admin.clone(),
+    ));
 
     // Registration and the mesh TLS watches share one client of the
     // start-time `consul` section (both are fixed); discovery has its own,

@@ -18,6 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::accept::Acceptor;
 use crate::config;
 
 /// The demo's configuration, also shipped as `config/demo.yaml`.
@@ -67,7 +68,9 @@ pub fn run() -> anyhow::Result<()> {
 
 /// Answers every request with `hello from <name>`.
 async fn echo_backend(listener: TcpListener, name: &'static str) {
-    while let Ok((stream, _)) = listener.accept().await {
+    let mut acceptor = Acceptor::new(listener);
+    loop {
+        let (stream, _) = acceptor.accept().await;
         let service = service_fn(move |_request: Request<hyper::body::Incoming>| async move {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
                 "hello from {name}\n"

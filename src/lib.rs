@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod admin;
 pub mod app;
 pub mod balance;

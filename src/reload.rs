@@ -24,6 +24,9 @@
 //! local file is then the bootstrap: it gives `consul` (how to reach the
 //! agent) and `config_source`, which the KV value may not set, and the
 //! fixed settings (see `live::fixed`), which always keep the file's values.
+//! The KV value expands only the environment variables the local file lists
+//! in `config_source.consul_kv.allowed_env` (whoever writes the key reads no
+//! other secret of the process).
 //! The value must exist and be valid at start; later values go through the
 //! same rules as a changed file, their errors labelled `consul-kv:KEY`.
 
@@ -114,13 +117,16 @@ pub async fn initial(
 }
 
 /// The configuration a KV value describes: parsed and validated as a file
-/// is (errors labelled `consul-kv:KEY`), without `consul` and
-/// `config_source` of its own — it gets the local file's, which say how to
-/// reach it.
+/// is (errors labelled `consul-kv:KEY`), reading only the environment
+/// variables the local file allows, without `consul` and `config_source` of
+/// its own — it gets the local file's, which say how to reach it.
 fn kv_config(bootstrap: &Config, text: &str, key: &str) -> Result<Config, ConfigErrors> {
-    let mut config = config::parse_from_source(text, &format!("consul-kv:{key}"))?;
-    config.consul = bootstrap.consul.clone();
-    config.config_source = bootstrap.config_source.clone();
+    let allowed_env = match &bootstrap.config_source {
+        Some(ConfigSource::ConsulKv(source)) => source.allowed_env.as_slice(),
+        None => &[],
+    };
+    let mut config = config::parse_from_source(text, &format!("consul-kv:{key}"), allowed_env)?;
+    config::adopt_local_sections(&mut config, bootstrap);
     Ok(config)
 }
 
@@ -162,7 +168,7 @@ impl Reloader {
                         "this setting cannot change while remora runs; it keeps its running value until a restart"
                     );
                 }
-                match serde_json::to_string_pretty(&applied.effective) {
+                match config::shown(&applied.effective) {
                     Ok(json) => self.admin.config_json.store(Arc::new(json)),
                     Err(error) => tracing::warn!(%error, "cannot show the new configuration"),
                 }

@@ -10,8 +10,10 @@
 //! `header_read_timeout` and fit `max_header_bytes` / `max_headers` (hyper
 //! counts HTTP/1.1 headers, [`ConnectionService`] HTTP/2 ones), HTTP/2
 //! connections get `max_concurrent_streams` and a cap on reset streams
-//! (CVE-2023-44487, rapid reset). On drain, the accept loop stops and each
-//! connection shuts down gracefully (see `drain`).
+//! (CVE-2023-44487, rapid reset). A failed `accept` (out of descriptors)
+//! is retried after a growing pause and logged at most once a second (see
+//! `accept`). On drain, the accept loop stops and each connection shuts down
+//! gracefully (see `drain`).
 //!
 //! With mesh mTLS on a listener, each connection's TLS handshake runs in the
 //! connection's own task (so a slow client holds up no one); the protocol
@@ -36,6 +38,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tower::util::Oneshot;
 
+use crate::accept::Acceptor;
 use crate::body::ResponseBody;
 use crate::config::{HeadersWithUnderscoresAction, ListenerLimits};
 use crate::drain::Drain;
@@ -103,6 +106,7 @@ pub async fn accept_loop(
         limits,
         protocol_errors: metrics.protocol_errors(),
     });
+    let mut acceptor = Acceptor::new(listener);
     loop {
         let (stream, peer) = tokio::select! {
             // The drain first: a loop that a reload replaced (another loop now
@@ -110,16 +114,7 @@ pub async fn accept_loop(
             // after the signal to its successor.
             biased;
             () = drain.signaled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off briefly
-                    // instead of spinning, and keep serving.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = acceptor.accept() => accepted,
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             metrics.refused();

@@ -953,3 +953,84 @@ async fn a_reload_keeps_the_consul_registration_of_the_start() {
     );
     assert_eq!(consul.agent_deregistrations(), 2);
 }
+
+/// Issue 13: a configuration from Consul KV reads only the environment variables the local file
+/// lists in `config_source.consul_kv.allowed_env`. Whoever can write the key cannot copy another
+/// variable (the Consul token, any secret) into a header, a host name or a path: such a value is
+/// refused with an error naming the variable — in any `${…}` form — and the running
+/// configuration stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consul_kv_configuration_reads_only_the_allowed_environment() {
+    let origin = http_backend("kv-env");
+    let consul = ConsulStandIn::start();
+    let key = "remora/kv-env";
+    let value = |header: &str| {
+        let route = format!(
+            "    routes:\n      - name: all\n        \
+             request_headers: {{ set: {{ x-from-env: \"{header}\" }} }}\n"
+        );
+        format!(
+            "service: {{ name: kv-env }}\nupstreams:\n{}",
+            upstream("api", "127.0.0.1:0", &[origin.addr], &route)
+        )
+    };
+    consul.put_kv(key, &value("${REMORA_TEST_ALLOWED}"));
+    let bootstrap = format!(
+        "service: {{ name: kv-env }}\n\
+         consul: {{ address: \"{}\", wait: 2s }}\n\
+         config_source: {{ consul_kv: {{ key: {key}, allowed_env: [REMORA_TEST_ALLOWED] }} }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         logging: {{ access_log: false }}\n",
+        consul.url()
+    );
+    let mut proxy = ProxyProcess::start_wrapped(
+        &[
+            "env",
+            "REMORA_TEST_ALLOWED=allowed-value",
+            "REMORA_TEST_SECRET=the-secret-value",
+        ],
+        &bootstrap,
+        1,
+    );
+    let headers = format!("http://{}/headers", proxy.listener("api"));
+    let seen_header = || async {
+        let reply = get(Version::HTTP_11, &headers).await.unwrap();
+        let seen: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        seen["headers"]["x-from-env"].clone()
+    };
+    assert_eq!(seen_header().await, serde_json::json!(["allowed-value"]));
+
+    let metrics_url = format!("http://{}/metrics", proxy.admin);
+    let forms = [
+        "${REMORA_TEST_SECRET}",
+        "$REMORA_TEST_SECRET",
+        "x-${REMORA_TEST_SECRET:-none}",
+        "${UNLISTED:-${REMORA_TEST_SECRET}}",
+    ];
+    for (refused, form) in forms.into_iter().enumerate() {
+        consul.put_kv(key, &value(form));
+        let log = proxy.log_until("configuration re").join("\n");
+        assert!(
+            log.contains("invalid configuration")
+                && log.contains("REMORA_TEST_SECRET")
+                && log.contains("allowed_env"),
+            "{form}: {log}"
+        );
+        assert!(!log.contains("the-secret-value"), "{log}");
+        assert_eq!(
+            failed_reloads(&metrics_url, refused as f64 + 1.0).await,
+            refused as f64 + 1.0
+        );
+        assert_eq!(seen_header().await, serde_json::json!(["allowed-value"]));
+    }
+    let config = config_json(proxy.admin).await;
+    assert!(!config.contains("the-secret-value"), "{config}");
+
+    // Listed names keep working, and `$$` stays a literal `$`.
+    consul.put_kv(key, &value("$${REMORA_TEST_SECRET} ${REMORA_TEST_ALLOWED}"));
+    proxy.wait_for_log("configuration reloaded");
+    assert_eq!(
+        seen_header().await,
+        serde_json::json!(["${REMORA_TEST_SECRET} allowed-value"])
+    );
+}

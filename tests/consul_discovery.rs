@@ -599,3 +599,77 @@ async fn one_log_line_per_state_change_and_no_token_in_the_logs() {
         "{lines:#?}"
     );
 }
+
+/// Issue 13: a Consul address that answers 307 to another host never gets the ACL token sent
+/// there: the redirect is not followed, and the request fails saying what Consul answered.
+#[tokio::test]
+async fn the_token_never_follows_a_redirect() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads one request head from `stream`.
+    async fn request_head(stream: &mut tokio::net::TcpStream) -> String {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        String::from_utf8_lossy(&head).into_owned()
+    }
+
+    let received: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let heads = Arc::clone(&received);
+    let elsewhere = support::serve(move |mut stream| {
+        let heads = Arc::clone(&heads);
+        async move {
+            let head = request_head(&mut stream).await;
+            heads.lock().unwrap().push(head);
+            let answer = "HTTP/1.1 200 OK\r\nX-Consul-Index: 1\r\nContent-Length: 2\r\n\
+                          Connection: close\r\n\r\n[]";
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    let target = elsewhere.addr;
+    let redirecting = support::serve(move |mut stream| async move {
+        let head = request_head(&mut stream).await;
+        let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+        let answer = format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://localhost:{}{path}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n",
+            target.port()
+        );
+        let _ = stream.write_all(answer.as_bytes()).await;
+    });
+
+    let client = remora::consul::Client::new(
+        &format!("http://{}", redirecting.addr),
+        Some(remora::config::Secret::new("the-acl-token")),
+        Duration::from_secs(1),
+        &remora::consul::TlsFiles::default(),
+    )
+    .expect("client");
+    let kv = client.kv("remora/web", 0).await.unwrap_err();
+    assert!(
+        kv.to_string()
+            .contains("307 Temporary Redirect to `http://localhost:")
+            && kv.to_string().contains("redirects are not followed"),
+        "{kv}"
+    );
+    let query = remora::consul::HealthQuery {
+        service: "web".into(),
+        tags: Vec::new(),
+        datacenter: None,
+        passing_only: true,
+        connect: false,
+    };
+    let health = client.health(&query, 0).await.unwrap_err();
+    assert!(health.to_string().contains("307"), "{health}");
+    let received = received.lock().unwrap();
+    assert!(
+        received.iter().all(|head| !head.contains("the-acl-token")),
+        "{received:?}"
+    );
+    assert!(
+        received.is_empty(),
+        "redirects are not followed: {received:?}"
+    );
+}

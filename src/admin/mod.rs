@@ -4,8 +4,12 @@
 //! style, no network beyond this listener, enforced by its
 //! Content-Security-Policy) that polls the JSON endpoints. Only `GET` (and
 //! `HEAD`) is served; anything else gets 405, an unknown path 404. It stays up
-//! while the proxy drains, so `/ready` can say so.
+//! while the proxy drains, so `/ready` can say so. Like the data listeners it
+//! caps its connections, times out slow request heads and backs off when
+//! `accept` fails (`accept`); it answers only requests for its own `Host`
+//! (`host`: DNS rebinding).
 
+mod host;
 mod json;
 mod readiness;
 
@@ -19,13 +23,18 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::Value;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 pub use readiness::Readiness;
 
+use host::AllowedHosts;
+
+use crate::accept::Acceptor;
+use crate::config::AdminConfig;
 use crate::telemetry::process;
 use crate::upstream::{BackendSet, UpstreamSet};
 
@@ -42,28 +51,53 @@ pub struct AdminState {
     pub backends: Arc<BackendSet>,
 }
 
-/// Serves the admin endpoints until the process exits.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+/// Serves the admin endpoints until the process exits, with the limits of
+/// `config`: at most `max_connections` at once (more are closed as soon as
+/// they are accepted), request heads within `header_read_timeout`, and only
+/// requests for an allowed `Host` (see `host`).
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, config: AdminConfig) {
+    let slots = Arc::new(Semaphore::new(config.max_connections as usize));
+    let allowed_hosts: Arc<[String]> = config.allowed_hosts.into();
+    let mut acceptor = Acceptor::new(listener);
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                tracing::warn!(%error, "admin accept failed");
-                continue;
-            }
+        let (stream, peer) = acceptor.accept().await;
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!(%peer, max_connections = config.max_connections, "admin connection refused: listener full");
+            continue;
+        };
+        let Ok(local) = stream.local_addr() else {
+            continue;
         };
         let state = Arc::clone(&state);
+        let allowed_hosts = Arc::clone(&allowed_hosts);
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let response = route(&state, &request);
+                let allowed = AllowedHosts {
+                    names: &allowed_hosts,
+                    local: local.ip(),
+                };
+                let response = if allowed.allow(&request) {
+                    route(&state, &request)
+                } else {
+                    text(
+                        StatusCode::FORBIDDEN,
+                        "this Host is not served here: the admin listener answers requests for \
+                         localhost, a loopback address, its own address or a name of \
+                         admin.allowed_hosts\n"
+                            .into(),
+                    )
+                };
                 async move { Ok::<_, Infallible>(response) }
             });
             if let Err(error) = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(config.header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
                 tracing::debug!(%error, "admin connection ended with an error");
             }
+            drop(slot);
         });
     }
 }

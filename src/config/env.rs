@@ -10,6 +10,12 @@
 //! line/column/path — every top-level `${VAR}` or `$VAR` whose variable is
 //! not set. (References nested inside a default are expanded by
 //! serde-saphyr; an unset one there expands to "".)
+//!
+//! A document from the `config_source` (a Consul KV value) may read only
+//! the variables the local file lists (`config_source.consul_kv.allowed_env`):
+//! every reference to another one, in any form, is rejected unread, so
+//! whoever can write the key cannot copy a secret of the environment into a
+//! header or a host name.
 
 use std::collections::HashMap;
 
@@ -27,17 +33,44 @@ pub(crate) struct Unset {
     pub(crate) message: String,
 }
 
+/// The variables a document may read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Readable<'a> {
+    /// Any (the local file).
+    All,
+    /// Only these names (a document from the `config_source`).
+    Only(&'a [String]),
+}
+
 /// The values of the variables `scalars` reference, and every required
-/// reference to a variable `lookup` does not know.
+/// reference to a variable `lookup` does not know, and every reference to
+/// a variable that is not `readable`.
 pub(crate) fn resolve(
     text: &str,
     scalars: &[ValueScalar],
     lookup: &dyn Fn(&str) -> Option<String>,
+    readable: Readable<'_>,
 ) -> (HashMap<String, String>, Vec<Unset>) {
     let mut values = HashMap::new();
     let mut unset = Vec::new();
     for scalar in scalars {
         for reference in references(&scalar.value) {
+            if let Readable::Only(names) = readable
+                && !names.iter().any(|name| name == reference.name)
+            {
+                unset.push(Unset {
+                    node: scalar.node,
+                    path: scalar.path.clone(),
+                    position: position_in_source(text, scalar, reference.offset),
+                    message: format!(
+                        "environment variable `{}` is not in the local file's \
+                         config_source.consul_kv.allowed_env: a configuration from Consul KV \
+                         reads only the variables listed there (write `$$` for a literal `$`)",
+                        reference.name
+                    ),
+                });
+                continue;
+            }
             match lookup(reference.name) {
                 Some(value) => {
                     values.insert(reference.name.to_owned(), value);
@@ -63,6 +96,14 @@ pub(crate) fn resolve(
         }
     }
     (values, unset)
+}
+
+/// The key paths of the `scalars` that reference a variable.
+pub(crate) fn expanded_paths(scalars: &[ValueScalar]) -> Vec<String> {
+    (scalars.iter())
+        .filter(|scalar| !references(&scalar.value).is_empty())
+        .map(|scalar| scalar.path.clone())
+        .collect()
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -132,6 +173,11 @@ fn references(value: &str) -> Vec<Reference<'_>> {
         }
     }
     found
+}
+
+/// Whether `name` is a whole variable name (`[A-Za-z_][A-Za-z0-9_]*`).
+pub(crate) fn is_variable_name(name: &str) -> bool {
+    name_at(name, 0) == Some(name)
 }
 
 /// A variable name (`[A-Za-z_][A-Za-z0-9_]*`) starting at byte `start`.
@@ -205,6 +251,7 @@ mod tests {
             text,
             &[scalar("é-${NOPE}", ScalarStyle::DoubleQuoted, 4)],
             &|_| None,
+            Readable::All,
         );
         assert_eq!(unset[0].position, Position { line: 1, column: 7 });
     }
@@ -216,7 +263,41 @@ mod tests {
             text,
             &[scalar("\t${NOPE}", ScalarStyle::DoubleQuoted, 4)],
             &|_| None,
+            Readable::All,
         );
         assert_eq!(unset[0].position, Position { line: 1, column: 4 });
+    }
+}
+
+#[cfg(test)]
+mod readable_tests {
+    use super::*;
+
+    #[test]
+    fn only_listed_variables_are_read() {
+        let text = "a: \"${SECRET:-x} $OK ${OK}\"";
+        let scalars = [ValueScalar {
+            node: 0,
+            path: "a".to_owned(),
+            position: Position { line: 1, column: 4 },
+            value: "${SECRET:-x} $OK ${OK}".to_owned(),
+            style: ScalarStyle::DoubleQuoted,
+        }];
+        let read = std::cell::RefCell::new(Vec::new());
+        let lookup = |name: &str| {
+            read.borrow_mut().push(name.to_owned());
+            Some(format!("value of {name}"))
+        };
+        let allowed = ["OK".to_owned()];
+        let (values, refused) = resolve(text, &scalars, &lookup, Readable::Only(&allowed));
+        assert_eq!(*read.borrow(), ["OK", "OK"]);
+        assert_eq!(values.len(), 1);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].position, Position { line: 1, column: 5 });
+        assert!(
+            refused[0].message.contains("`SECRET`"),
+            "{}",
+            refused[0].message
+        );
     }
 }

@@ -12,7 +12,8 @@
 //! each error from the text, `prune`, and tries again); `validate` checks
 //! the result (all problems reported, positioned through `locate`) — unless
 //! an unset variable or a structural error other than an unknown key made a
-//! value fall back to its default.
+//! value fall back to its default. `redact` makes what the admin `/config`
+//! shows of a configuration.
 
 mod deserialize;
 mod duration;
@@ -23,6 +24,7 @@ mod locate;
 mod model;
 mod pool;
 mod prune;
+mod redact;
 mod resilience;
 mod route_checks;
 mod routing;
@@ -44,6 +46,7 @@ pub use model::{
     TlsSource, TracingConfig, UntilIntentionsLoad, UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };
 pub use pool::ConnectionPool;
+pub use redact::shown;
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,
     OutlierDetection, RateLimitConfig, RateLimitKey, RetryBackoff, RetryBudget, RetryPolicy,
@@ -57,6 +60,7 @@ pub use routing::{
 pub use transparent::{Cidr, DestinationMatch, HostName, TransparentConfig, Unmatched};
 pub use upgrades::UpgradeProtocol;
 
+use env::Readable;
 use locate::{NodeId, Position, SourceMap};
 
 /// Reads, expands (from the process environment), parses and validates the
@@ -88,10 +92,26 @@ pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
 /// to reach the source, so they come from the local file.
 const LOCAL_ONLY: [&str; 2] = ["consul", "config_source"];
 
+/// Gives `config` (from the `config_source`) the sections of the `local`
+/// file that say how to reach the source (`LOCAL_ONLY`).
+pub fn adopt_local_sections(config: &mut Config, local: &Config) {
+    config.consul = local.consul.clone();
+    config.config_source = local.config_source.clone();
+    for key in LOCAL_ONLY {
+        config.from_env_as_in(local, key);
+    }
+}
+
 /// Parses and validates a document read from the `config_source` (a Consul
 /// KV value) as [`parse`] does; `name` labels the errors (`consul-kv:KEY`).
-/// Also rejects `consul` and `config_source` in it (`LOCAL_ONLY`).
-pub fn parse_from_source(text: &str, name: &str) -> Result<Config, ConfigErrors> {
+/// Also rejects `consul` and `config_source` in it (`LOCAL_ONLY`), and
+/// every `${VAR}` whose variable is not in `allowed_env` (the local file's
+/// `config_source.consul_kv.allowed_env`).
+pub fn parse_from_source(
+    text: &str,
+    name: &str,
+    allowed_env: &[String],
+) -> Result<Config, ConfigErrors> {
     let source = SourceMap::build(text);
     let mut errors: Vec<ConfigError> = LOCAL_ONLY
         .iter()
@@ -108,7 +128,8 @@ pub fn parse_from_source(text: &str, name: &str) -> Result<Config, ConfigErrors>
             })
         })
         .collect();
-    match parse(text, name) {
+    let process_env = |variable: &str| std::env::var(variable).ok();
+    match parse_document(text, name, &process_env, Readable::Only(allowed_env)) {
         Ok(config) if errors.is_empty() => return Ok(config),
         Ok(_) => {}
         Err(more) => errors.extend(more.0),
@@ -124,6 +145,16 @@ pub fn parse_with_env(
     file_name: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
+    parse_document(text, file_name, env, Readable::All)
+}
+
+/// [`parse_with_env`] reading only the `readable` variables.
+fn parse_document(
+    text: &str,
+    file_name: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    readable: Readable<'_>,
+) -> Result<Config, ConfigErrors> {
     let source = SourceMap::build(text);
     let error_at = |position: Position, path: String, message: String| ConfigError {
         file: file_name.to_owned(),
@@ -133,7 +164,7 @@ pub fn parse_with_env(
         message,
     };
 
-    let (variables, unset) = env::resolve(text, &source.scalars, env);
+    let (variables, unset) = env::resolve(text, &source.scalars, env, readable);
     let unset_values: Vec<NodeId> = unset.iter().map(|unset| unset.node).collect();
     let mut errors: Vec<ConfigError> = (unset.into_iter())
         .map(|unset| error_at(unset.position, unset.path, unset.message))
@@ -160,9 +191,10 @@ pub fn parse_with_env(
             )
         }));
     }
-    if let Some(config) = deserialized.config
+    if let Some(mut config) = deserialized.config
         && errors.is_empty()
     {
+        config.from_env = env::expanded_paths(&source.scalars);
         return Ok(config);
     }
     errors.sort_by_key(|error| (error.line, error.column));

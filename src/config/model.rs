@@ -50,6 +50,10 @@ pub struct Config {
     /// Transparent mode (iptables redirection); off when absent.
     #[serde(default)]
     pub transparent: Option<TransparentConfig>,
+    /// Key paths of the values written with environment variables
+    /// (`${VAR}`), redacted in `/config` (see `redact`).
+    #[serde(skip)]
+    pub from_env: Vec<String>,
 }
 
 /// `config_source:` — the configuration is read (and watched) elsewhere.
@@ -61,12 +65,16 @@ pub enum ConfigSource {
     ConsulKv(ConsulKvSource),
 }
 
-/// `config_source: { consul_kv: { key } }`.
+/// `config_source: { consul_kv: { key, allowed_env } }`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsulKvSource {
     /// The key, e.g. `remora/web` (no leading `/`).
     pub key: String,
+    /// The environment variables the KV value may read (`${NAME}`); none
+    /// by default, so whoever writes the key reads no secret of the process.
+    #[serde(default)]
+    pub allowed_env: Vec<String>,
 }
 
 /// Mesh mTLS (`tls:`): the sidecar's certificate, the CA it trusts, and
@@ -637,7 +645,7 @@ impl fmt::Debug for Secret {
 
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str("<redacted>")
+        serializer.serialize_str(super::redact::REDACTED)
     }
 }
 
@@ -746,16 +754,37 @@ impl Default for Timeouts {
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+    /// Connections open at once; more are accepted and closed at once.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: u32,
+    /// A client must send a request's whole head within this time.
+    #[serde(default = "default_admin_header_read_timeout", with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Host names (besides loopback addresses, `localhost` and the address
+    /// a connection arrived on) whose requests are answered; others get 403.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 15000))
 }
 
+fn default_admin_max_connections() -> u32 {
+    100
+}
+
+fn default_admin_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: default_admin_listen(),
+            max_connections: default_admin_max_connections(),
+            header_read_timeout: default_admin_header_read_timeout(),
+            allowed_hosts: Vec::new(),
         }
     }
 }

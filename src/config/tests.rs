@@ -158,6 +158,9 @@ fn defaults() {
     assert!(config.inbound.is_none());
     assert!(config.upstreams.is_empty());
     assert_eq!(config.admin.listen.to_string(), "127.0.0.1:15000");
+    assert_eq!(config.admin.max_connections, 100);
+    assert_eq!(config.admin.header_read_timeout, Duration::from_secs(10));
+    assert!(config.admin.allowed_hosts.is_empty());
     assert_eq!(config.runtime.worker_threads, 1);
     assert_eq!(config.runtime.drain_timeout, Duration::from_secs(10));
     assert_eq!(config.logging.level, "info");
@@ -311,7 +314,7 @@ colour: blue
             "test.yaml:8:44: upstreams[0].discovery.extra: expected end of mapping after enum variant value",
             "test.yaml:9:27: upstreams[0].timeouts.retry: unknown field `retry`, expected one of connect, request, idle",
             "test.yaml:10:78: upstreams[1].weight: unknown field `weight`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades",
-            "test.yaml:12:3: admin.extra: unknown field `extra`, expected one of listen",
+            "test.yaml:12:3: admin.extra: unknown field `extra`, expected one of listen, max_connections, header_read_timeout, allowed_hosts",
             "test.yaml:14:1: colour: unknown field `colour`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing, config_source, tls, transparent",
         ]
     );
@@ -1098,17 +1101,20 @@ fn consul_kv_source_files_and_rules() {
     assert_eq!(
         bootstrap.config_source,
         Some(ConfigSource::ConsulKv(ConsulKvSource {
-            key: "remora/web".into()
+            key: "remora/web".into(),
+            allowed_env: Vec::new(),
         }))
     );
     let value = std::fs::read_to_string(root.join("config/consul-kv-value.yaml")).unwrap();
-    let config = parse_from_source(&value, "consul-kv:remora/web").expect("the value is valid");
+    let config =
+        parse_from_source(&value, "consul-kv:remora/web", &[]).expect("the value is valid");
     assert_eq!(config.upstreams[0].name, "api");
 
     // The value must not say how to reach itself.
     let refused = parse_from_source(
         "service: { name: web }\nconsul: { wait: 1s }\nconfig_source: { consul_kv: { key: x } }\n",
         "consul-kv:remora/web",
+        &[],
     )
     .unwrap_err();
     let refused: Vec<String> = refused.0.iter().map(ToString::to_string).collect();
@@ -1118,6 +1124,14 @@ fn consul_kv_source_files_and_rules() {
         refused[1].starts_with("consul-kv:remora/web:3:1: config_source: comes from the local")
     );
 
+    assert_eq!(
+        errors(
+            "service: { name: web }\nconfig_source: { consul_kv: { key: k, allowed_env: [OK_1, X-1] } }\n"
+        ),
+        [
+            "test.yaml:2:59: config_source.consul_kv.allowed_env[1]: `X-1` is not a variable name (letters, digits and `_`, e.g. `REGION`)"
+        ]
+    );
     assert_eq!(
         errors("service: { name: web }\nconfig_source: { consul_kv: { key: /remora/web } }\n"),
         [
@@ -1287,4 +1301,21 @@ fn route_errors_name_their_keys() {
          routes:\n      - name: r\n        matches: {}\n",
     );
     assert_eq!(unknown.len(), 1, "{unknown:?}");
+}
+
+#[test]
+fn admin_limits_and_hosts_are_checked() {
+    assert_eq!(
+        errors(
+            "service: { name: web }\n\
+             admin: { max_connections: 0, header_read_timeout: 0s, allowed_hosts: [ok.example, \"a:1\", \"u@h\", \"\"] }\n"
+        ),
+        [
+            "test.yaml:2:27: admin.max_connections: must be greater than zero",
+            "test.yaml:2:51: admin.header_read_timeout: must be greater than zero",
+            "test.yaml:2:83: admin.allowed_hosts[1]: `a:1` is not a host name (no port, e.g. `remora-admin.internal`)",
+            "test.yaml:2:90: admin.allowed_hosts[2]: `u@h` is not a host name (no port, e.g. `remora-admin.internal`)",
+            "test.yaml:2:97: admin.allowed_hosts[3]: `` is not a host name (no port, e.g. `remora-admin.internal`)",
+        ]
+    );
 }

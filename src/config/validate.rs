@@ -5,14 +5,16 @@
 //! `wait` of zero or above 10m, a Consul address that is neither `http://`
 //! nor `https://`, Consul TLS files with an `http://` address, a client
 //! certificate without its key (or the reverse), a zero `sync_interval`,
-//! zero timeouts and intervals, worker_threads 0 or
+//! zero timeouts and intervals, an admin `max_connections` or
+//! `header_read_timeout` of zero or an `allowed_hosts` entry that is no host
+//! name, worker_threads 0 or
 //! above 1024, `ring_hash` without `hash_on` (and `hash_on` without
 //! `ring_hash`, or on tcp), `inbound` without `service.port`, an empty
 //! service name, a check without exactly one of http/tcp, log levels
 //! that are neither a level nor a filter directive, `tracing.otlp` with a
 //! non-http endpoint, a sample ratio outside 0..=1 or a zero queue, batch or
 //! flush interval, an empty `config_source.consul_kv.key` or one with a
-//! leading or trailing `/`, listener `limits` of zero (or header bytes
+//! leading or trailing `/`, an `allowed_env` entry that is no variable name, listener `limits` of zero (or header bytes
 //! outside 8 KiB..16 MiB), `register: true` without `service.port`, `tls`
 //! with `source: files`
 //! but without cert/key/ca (or with them under `source: consul`), zero TLS
@@ -27,6 +29,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::env;
 use super::limits::{ListenerLimits, MAX_HEADER_BYTES, MIN_HEADER_BYTES};
 use super::model::{
     Config, ConfigSource, Discovery, LoadBalancingPolicy, ServiceProtocol, TlsSource,
@@ -54,6 +57,7 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
     super::route_checks::check(config, &mut problems);
     check_consul(config, &mut problems);
     check_runtime_and_logging(config, &mut problems);
+    check_admin(config, &mut problems);
     check_tracing(config, &mut problems);
     check_config_source(config, &mut problems);
     check_tls(config, &mut problems);
@@ -71,6 +75,16 @@ fn check_config_source(config: &Config, problems: &mut Problems) {
                 "config_source.consul_kv.key",
                 "a key has no leading or trailing `/` (e.g. `remora/web`)",
             );
+        }
+        for (i, name) in kv.allowed_env.iter().enumerate() {
+            if !env::is_variable_name(name) {
+                problems.add(
+                    format!("config_source.consul_kv.allowed_env[{i}]"),
+                    format!(
+                        "`{name}` is not a variable name (letters, digits and `_`, e.g. `REGION`)"
+                    ),
+                );
+            }
         }
     }
 }
@@ -518,6 +532,29 @@ fn check_consul(config: &Config, problems: &mut Problems) {
             "consul.client_cert",
             "client_cert and client_key go together (set both or neither)",
         );
+    }
+}
+
+fn check_admin(config: &Config, problems: &mut Problems) {
+    let admin = &config.admin;
+    if admin.max_connections == 0 {
+        problems.add("admin.max_connections", "must be greater than zero");
+    }
+    problems.nonzero(
+        "admin.header_read_timeout".to_owned(),
+        admin.header_read_timeout,
+    );
+    for (i, host) in admin.allowed_hosts.iter().enumerate() {
+        let with_port_or_user = match host.parse::<http::uri::Authority>() {
+            Ok(authority) => authority.port().is_some() || host.contains('@'),
+            Err(_) => true,
+        };
+        if with_port_or_user {
+            problems.add(
+                format!("admin.allowed_hosts[{i}]"),
+                format!("`{host}` is not a host name (no port, e.g. `remora-admin.internal`)"),
+            );
+        }
     }
 }
 

@@ -7,7 +7,8 @@
 //! The agent address comes from `consul.address`, else `CONSUL_HTTP_ADDR`,
 //! else `http://127.0.0.1:8500`; the ACL token from `consul.token`, else
 //! `consul.token_file`, else `CONSUL_HTTP_TOKEN`. The token travels in the
-//! `X-Consul-Token` header only and is never logged (it is a [`Secret`]).
+//! `X-Consul-Token` header only and is never logged (it is a [`Secret`]);
+//! redirects are not followed, so it never reaches another host.
 //! Errors say what Consul answered (status and a body excerpt).
 //!
 //! `https://` agents are verified against `consul.ca_file` (else
@@ -56,6 +57,14 @@ pub enum ConsulError {
     Transport(String),
     #[error("Consul answered {status}: {body}")]
     Status { status: StatusCode, body: String },
+    #[error(
+        "Consul answered {status} to `{location}`: redirects are not followed (the ACL token \
+         would go along); set consul.address to the agent itself"
+    )]
+    Redirect {
+        status: StatusCode,
+        location: String,
+    },
     #[error("Consul answered with a body that is not {what} ({reason}): {body}")]
     Body {
         what: &'static str,
@@ -186,8 +195,11 @@ impl Client {
                 )));
             }
         };
+        // No redirects: the token would follow them to any host (reqwest
+        // keeps custom headers); a 3xx is an error (see `send`).
         let http = reqwest::Client::builder()
             .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
             .tls_backend_preconfigured(tls_config)
             .build()
@@ -328,12 +340,21 @@ impl Client {
         Ok(url)
     }
 
-    /// Sends `request` with the ACL token.
+    /// Sends `request` with the ACL token; a redirect is an error.
     async fn send(&self, mut request: RequestBuilder) -> Result<Response, ConsulError> {
         if let Some(token) = &self.token {
             request = request.header("X-Consul-Token", token.expose());
         }
-        request.send().await.map_err(transport)
+        let response = request.send().await.map_err(transport)?;
+        if response.status().is_redirection() {
+            let location = (response.headers().get(reqwest::header::LOCATION))
+                .map(|location| String::from_utf8_lossy(location.as_bytes()).into_owned());
+            return Err(ConsulError::Redirect {
+                status: response.status(),
+                location: location.unwrap_or_default(),
+            });
+        }
+        Ok(response)
     }
 }
 

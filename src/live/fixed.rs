@@ -1,5 +1,5 @@
 //! Settings a reload cannot change: they shape the process itself (its
-//! runtime threads, log subscriber, admin socket, span exporter, where its
+//! runtime threads, log subscriber, admin socket and its limits, span exporter, where its
 //! configuration comes from, its mesh TLS material and the tasks that keep
 //! it current — see `mesh`) or name it in every metric and log line. A new
 //! configuration that changes one of them is still applied — everything
@@ -31,6 +31,24 @@ pub fn keep_fixed(running: &Config, next: &mut Config) -> Vec<&'static str> {
         (
             "admin.listen",
             restore(&running.admin.listen, &mut next.admin.listen),
+        ),
+        (
+            "admin.max_connections",
+            restore(
+                &running.admin.max_connections,
+                &mut next.admin.max_connections,
+            ),
+        ),
+        (
+            "admin.header_read_timeout",
+            restore(
+                &running.admin.header_read_timeout,
+                &mut next.admin.header_read_timeout,
+            ),
+        ),
+        (
+            "admin.allowed_hosts",
+            restore(&running.admin.allowed_hosts, &mut next.admin.allowed_hosts),
         ),
         (
             "logging.level",
@@ -100,8 +118,13 @@ pub fn keep_fixed(running: &Config, next: &mut Config) -> Vec<&'static str> {
             ),
         ]
     });
-    (restored.into_iter())
+    let fixed: Vec<(&'static str, bool)> = (restored.into_iter())
         .chain(registered.into_iter().flatten())
+        .collect();
+    for (path, _) in &fixed {
+        next.from_env_as_in(running, path);
+    }
+    (fixed.into_iter())
         .filter_map(|(path, changed)| changed.then_some(path))
         .collect()
 }

@@ -284,6 +284,11 @@ impl ProxyProcess {
         }
     }
 
+    /// The log lines written since the last read, without waiting.
+    pub fn log_so_far(&mut self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+
     /// Reads log lines until one contains `needle`; returns it.
     pub fn wait_for_log(&mut self, needle: &str) -> String {
         loop {
