@@ -21,6 +21,7 @@ mod error;
 mod limits;
 mod locate;
 mod model;
+mod path_normalization;
 mod pool;
 mod prune;
 mod resilience;
@@ -42,6 +43,7 @@ pub use model::{
     RuntimeConfig, Secret, ServiceConfig, ServiceProtocol, StaticEndpoint, Timeouts, TlsConfig,
     TlsSource, TracingConfig, UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };
+pub use path_normalization::{EscapedSlashesAction, PathNormalization};
 pub use pool::ConnectionPool;
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,
