@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::path_normalize::PathError;
+
 /// Why remora could not proxy a request.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -76,6 +78,8 @@ pub enum ProxyError {
         status: StatusCode,
         grpc_status: Option<u16>,
     },
+    #[error("{0}")]
+    BadPath(PathError),
 }
 
 /// The stable, machine-readable name of an error, sent in `x-remora-error`
@@ -94,6 +98,7 @@ pub enum ErrorKind {
     ClientBody,
     Forbidden,
     NoRoute,
+    BadPath,
 }
 
 impl ErrorKind {
@@ -111,6 +116,7 @@ impl ErrorKind {
             ErrorKind::ClientBody => "client_body",
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::NoRoute => "no_route",
+            ErrorKind::BadPath => "bad_path",
         }
     }
 }
@@ -136,6 +142,7 @@ impl ProxyError {
             ProxyError::ClientBody { .. } => ErrorKind::ClientBody,
             ProxyError::Forbidden { .. } => ErrorKind::Forbidden,
             ProxyError::NoRoute { .. } => ErrorKind::NoRoute,
+            ProxyError::BadPath(_) => ErrorKind::BadPath,
         }
     }
 
@@ -158,7 +165,8 @@ impl ProxyError {
             | ProxyError::FaultAbort { .. }
             | ProxyError::ClientBody { .. }
             | ProxyError::Forbidden { .. }
-            | ProxyError::NoRoute { .. } => None,
+            | ProxyError::NoRoute { .. }
+            | ProxyError::BadPath(_) => None,
         }
     }
 

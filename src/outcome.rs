@@ -63,7 +63,8 @@ impl Outcome {
             | ErrorKind::FaultAbort
             | ErrorKind::ClientBody
             | ErrorKind::Forbidden
-            | ErrorKind::NoRoute => Outcome::Refused,
+            | ErrorKind::NoRoute
+            | ErrorKind::BadPath => Outcome::Refused,
         }
     }
 

@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::duration;
 use super::limits::ListenerLimits;
+use super::path_normalization::PathNormalization;
 use super::resilience::{
     CircuitBreakerConfig, FaultConfig, OutlierDetection, RateLimitConfig, RetryPolicy,
 };
@@ -322,6 +323,8 @@ pub struct InboundConfig {
     pub max_concurrent_requests: Option<u32>,
     #[serde(default)]
     pub limits: ListenerLimits,
+    #[serde(default)]
+    pub path_normalization: PathNormalization,
 }
 
 impl Default for InboundConfig {
@@ -332,6 +335,7 @@ impl Default for InboundConfig {
             rate_limit: None,
             max_concurrent_requests: None,
             limits: ListenerLimits::default(),
+            path_normalization: PathNormalization::default(),
         }
     }
 }
@@ -388,6 +392,10 @@ pub struct UpstreamConfig {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub limits: ListenerLimits,
+    /// Applies to every request of the upstream, from its listener or the
+    /// transparent one, before `routes` match.
+    #[serde(default)]
+    pub path_normalization: PathNormalization,
 }
 
 /// Protocol spoken to an upstream; `auto` sniffs the HTTP/2 preface.
