@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::path_normalize::PathError;
+
 /// Why remora could not proxy a request.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -84,6 +86,8 @@ pub enum ProxyError {
         status: StatusCode,
         grpc_status: Option<u16>,
     },
+    #[error("{0}")]
+    BadPath(PathError),
 }
 
 /// The stable, machine-readable name of an error, sent in `x-remora-error`
@@ -103,6 +107,7 @@ pub enum ErrorKind {
     Forbidden,
     NoRoute,
     BadRequest,
+    BadPath,
 }
 
 impl ErrorKind {
@@ -121,6 +126,7 @@ impl ErrorKind {
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::NoRoute => "no_route",
             ErrorKind::BadRequest => "bad_request",
+            ErrorKind::BadPath => "bad_path",
         }
     }
 }
@@ -149,6 +155,7 @@ impl ProxyError {
             ProxyError::DuplicateHost
             | ProxyError::MissingHost
             | ProxyError::HeaderWithUnderscore { .. } => ErrorKind::BadRequest,
+            ProxyError::BadPath(_) => ErrorKind::BadPath,
         }
     }
 
@@ -175,6 +182,7 @@ impl ProxyError {
             | ProxyError::DuplicateHost
             | ProxyError::MissingHost
             | ProxyError::HeaderWithUnderscore { .. } => None,
+            | ProxyError::BadPath(_) => None,
         }
     }
 

@@ -27,6 +27,7 @@ pub mod live;
 pub mod middleware;
 pub mod outcome;
 pub mod outlier;
+pub mod path_normalize;
 pub mod registration;
 pub mod reload;
 pub mod request_head;

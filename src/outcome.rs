@@ -64,7 +64,8 @@ impl Outcome {
             | ErrorKind::ClientBody
             | ErrorKind::Forbidden
             | ErrorKind::NoRoute
-            | ErrorKind::BadRequest => Outcome::Refused,
+            | ErrorKind::BadRequest
+            | ErrorKind::BadPath => Outcome::Refused,
         }
     }
 

@@ -23,6 +23,7 @@ use crate::middleware::circuit_breaker::CircuitBreakerLayer;
 use crate::middleware::concurrency::ConcurrencyLimitLayer;
 use crate::middleware::error_response::ErrorResponseLayer;
 use crate::middleware::fault::FaultLayer;
+use crate::middleware::normalize_path::NormalizePathLayer;
 use crate::middleware::observe::ObserveLayer;
 use crate::middleware::rate_limit::RateLimitLayer;
 use crate::middleware::retry::RetryLayer;
@@ -102,6 +103,7 @@ pub fn outbound(
             access_log,
             spans,
         ))
+        .layer(NormalizePathLayer::new(&config.path_normalization))
         .service(service);
     BoxCloneSyncService::new(service)
 }
@@ -215,6 +217,7 @@ pub fn inbound(
             access_log,
             spans,
         ))
+        .layer(NormalizePathLayer::new(&config.path_normalization))
         .layer(ErrorResponseLayer)
         .layer(AuthorizationLayer::new(authorizer))
         .option_layer(

@@ -22,6 +22,7 @@ mod error;
 mod limits;
 mod locate;
 mod model;
+mod path_normalization;
 mod pool;
 mod prune;
 mod redact;
@@ -45,6 +46,7 @@ pub use model::{
     RuntimeConfig, Secret, ServiceConfig, ServiceProtocol, StaticEndpoint, Timeouts, TlsConfig,
     TlsSource, TracingConfig, UntilIntentionsLoad, UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };
+pub use path_normalization::{EscapedSlashesAction, PathNormalization};
 pub use pool::ConnectionPool;
 pub use redact::shown;
 pub use resilience::{

@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::duration;
 use super::limits::ListenerLimits;
+use super::path_normalization::PathNormalization;
 use super::resilience::{
     CircuitBreakerConfig, FaultConfig, OutlierDetection, RateLimitConfig, RetryPolicy,
 };
@@ -348,6 +349,8 @@ pub struct InboundConfig {
     /// Protocols an HTTP/1.1 `Upgrade` may switch to (tunnelled).
     #[serde(default = "default_upgrades")]
     pub upgrades: Vec<UpgradeProtocol>,
+    #[serde(default)]
+    pub path_normalization: PathNormalization,
 }
 
 impl Default for InboundConfig {
@@ -359,6 +362,7 @@ impl Default for InboundConfig {
             max_concurrent_requests: None,
             limits: ListenerLimits::default(),
             upgrades: default_upgrades(),
+            path_normalization: PathNormalization::default(),
         }
     }
 }
@@ -418,6 +422,10 @@ pub struct UpstreamConfig {
     /// Protocols an HTTP/1.1 `Upgrade` may switch to (tunnelled).
     #[serde(default = "default_upgrades")]
     pub upgrades: Vec<UpgradeProtocol>,
+    /// Applies to every request of the upstream, from its listener or the
+    /// transparent one, before `routes` match.
+    #[serde(default)]
+    pub path_normalization: PathNormalization,
 }
 
 /// Protocol spoken to an upstream; `auto` sniffs the HTTP/2 preface.

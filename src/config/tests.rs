@@ -249,6 +249,43 @@ fn listener_limits_out_of_range() {
 }
 
 #[test]
+fn path_normalization_defaults_and_bad_values() {
+    let text = format!(
+        "{SERVICE}inbound: {{ path_normalization: {{ merge_slashes: false }} }}\n\
+         upstreams:\n  - name: a\n    listen: 127.0.0.1:1\n    discovery: {{ static: [127.0.0.1:2] }}\n"
+    );
+    let config = parse_test(&text).expect("valid");
+    let strict = PathNormalization {
+        normalize_path: true,
+        merge_slashes: true,
+        path_with_escaped_slashes_action: EscapedSlashesAction::RejectRequest,
+    };
+    assert_eq!(config.upstreams[0].path_normalization, strict);
+    let inbound = config.inbound.expect("inbound").path_normalization;
+    assert_eq!(
+        inbound,
+        PathNormalization {
+            merge_slashes: false,
+            ..strict
+        }
+    );
+
+    let text = format!(
+        "{SERVICE}upstreams:\n  - name: a\n    listen: 127.0.0.1:1\n    discovery: {{ static: [127.0.0.1:2] }}\n\
+         \x20   path_normalization: {{ path_with_escaped_slashes_action: unescape_and_redirect, merge: true }}\n"
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "test.yaml:8:61: upstreams[0].path_normalization.path_with_escaped_slashes_action: \
+             unknown variant `unescape_and_redirect`, expected one of keep_unchanged, reject_request, unescape_and_forward",
+            "test.yaml:8:84: upstreams[0].path_normalization.merge: unknown field `merge`, \
+             expected one of normalize_path, merge_slashes, path_with_escaped_slashes_action",
+        ]
+    );
+}
+
+#[test]
 fn syntax_error() {
     let text = "service:\n  name: web\n  tags: [v1\n";
     assert_eq!(
@@ -310,10 +347,10 @@ colour: blue
         errors(text),
         [
             "test.yaml:3:3: service.bogus: unknown field `bogus`, expected one of name, id, address, port, protocol, tags, meta, register, check",
-            "test.yaml:6:5: upstreams[0].listenn: unknown field `listenn`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades",
+            "test.yaml:6:5: upstreams[0].listenn: unknown field `listenn`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
             "test.yaml:8:44: upstreams[0].discovery.extra: expected end of mapping after enum variant value",
             "test.yaml:9:27: upstreams[0].timeouts.retry: unknown field `retry`, expected one of connect, request, idle",
-            "test.yaml:10:78: upstreams[1].weight: unknown field `weight`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades",
+            "test.yaml:10:78: upstreams[1].weight: unknown field `weight`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
             "test.yaml:12:3: admin.extra: unknown field `extra`, expected one of listen, max_connections, header_read_timeout, allowed_hosts",
             "test.yaml:14:1: colour: unknown field `colour`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing, config_source, tls, transparent",
         ]
@@ -370,7 +407,7 @@ upstreams:
         [
             "test.yaml:3:9: service.port: invalid u16",
             "test.yaml:5:18: runtime.drain_timeout: duration `5` has no unit: write e.g. \"5s\" or \"5ms\"",
-            "test.yaml:10:5: upstreams[0].retry: unknown field `retry`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades",
+            "test.yaml:10:5: upstreams[0].retry: unknown field `retry`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
         ]
     );
 }

@@ -33,7 +33,7 @@ pub fn http_status(error: &ProxyError) -> StatusCode {
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::FaultAbort => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::ClientBody | ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::ClientBody | ErrorKind::BadRequest | ErrorKind::BadPath => StatusCode::BAD_REQUEST,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         },
     }
@@ -59,6 +59,7 @@ pub fn grpc_status(error: &ProxyError) -> u16 {
             ErrorKind::RateLimited => 8, // RESOURCE_EXHAUSTED
             ErrorKind::ClientBody | ErrorKind::BadRequest => 13, // INTERNAL
             ErrorKind::Forbidden => 7,   // PERMISSION_DENIED
+            ErrorKind::BadPath => 3,     // INVALID_ARGUMENT
         },
     }
 }

@@ -46,6 +46,7 @@ struct Stats {
     connections: AtomicU64,
     echoed_bytes: AtomicU64,
     versions: Mutex<Vec<Version>>,
+    uris: Mutex<Vec<String>>,
 }
 
 impl Backend {
@@ -62,6 +63,11 @@ impl Backend {
     /// HTTP version of every request received, in arrival order.
     pub fn versions(&self) -> Vec<Version> {
         self.stats.versions.lock().unwrap().clone()
+    }
+
+    /// Request target (path and query) of every request received, in arrival order.
+    pub fn uris(&self) -> Vec<String> {
+        self.stats.uris.lock().unwrap().clone()
     }
 
     /// Body bytes streamed back by `/echo` so far (a streamed reply cannot carry its length
@@ -106,6 +112,11 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     stats.requests.fetch_add(1, Ordering::SeqCst);
     stats.versions.lock().unwrap().push(req.version());
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("", |target| target.as_str());
+    stats.uris.lock().unwrap().push(target.to_owned());
 
     let path = req.uri().path().to_owned();
     let response = if path == "/" {
