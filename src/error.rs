@@ -181,7 +181,7 @@ impl ProxyError {
             | ProxyError::NoRoute { .. }
             | ProxyError::DuplicateHost
             | ProxyError::MissingHost
-            | ProxyError::HeaderWithUnderscore { .. } => None,
+            | ProxyError::HeaderWithUnderscore { .. }
             | ProxyError::BadPath(_) => None,
         }
     }

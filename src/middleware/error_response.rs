@@ -33,7 +33,9 @@ pub fn http_status(error: &ProxyError) -> StatusCode {
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::FaultAbort => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::ClientBody | ErrorKind::BadRequest | ErrorKind::BadPath => StatusCode::BAD_REQUEST,
+            ErrorKind::ClientBody | ErrorKind::BadRequest | ErrorKind::BadPath => {
+                StatusCode::BAD_REQUEST
+            }
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         },
     }
