@@ -40,6 +40,10 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+    #[error(
+        "upstream {addr} switched protocols (101) on a request that asked for no upgrade it may make"
+    )]
+    UnrequestedUpgrade { addr: SocketAddr },
     #[error("request timed out after {0:?}")]
     Timeout(Duration),
     #[error(
@@ -98,6 +102,7 @@ pub enum ErrorKind {
     ConnectFailed,
     ConnectTimeout,
     UpstreamReset,
+    UpstreamProtocol,
     Timeout,
     RateLimited,
     CircuitOpen,
@@ -117,6 +122,7 @@ impl ErrorKind {
             ErrorKind::ConnectFailed => "connect_failed",
             ErrorKind::ConnectTimeout => "connect_timeout",
             ErrorKind::UpstreamReset => "upstream_reset",
+            ErrorKind::UpstreamProtocol => "upstream_protocol",
             ErrorKind::Timeout => "timeout",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::CircuitOpen => "circuit_open",
@@ -140,6 +146,7 @@ impl ProxyError {
             | ProxyError::Handshake { .. } => ErrorKind::ConnectFailed,
             ProxyError::ConnectTimeout { .. } => ErrorKind::ConnectTimeout,
             ProxyError::UpstreamReset { .. } => ErrorKind::UpstreamReset,
+            ProxyError::UnrequestedUpgrade { .. } => ErrorKind::UpstreamProtocol,
             ProxyError::Timeout(_)
             | ProxyError::IdleTimeout { .. }
             | ProxyError::PerTryTimeout { .. } => ErrorKind::Timeout,
@@ -167,6 +174,7 @@ impl ProxyError {
             | ProxyError::TlsHandshake { addr, .. }
             | ProxyError::Handshake { addr, .. }
             | ProxyError::UpstreamReset { addr, .. }
+            | ProxyError::UnrequestedUpgrade { addr }
             | ProxyError::IdleTimeout { addr, .. } => Some(*addr),
             ProxyError::PerTryTimeout { addr, .. } => *addr,
             ProxyError::NoEndpoints { .. }

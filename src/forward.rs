@@ -172,7 +172,15 @@ async fn forward(
                 }
                 let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 strip_hop_by_hop(response.headers_mut(), switching);
-                if let (true, Some((client_upgrade, hold))) = (switching, client_upgrade) {
+                if switching {
+                    // Only a request the listener let upgrade may switch: any
+                    // other 101 would leave the client a dead connection.
+                    let Some((client_upgrade, hold)) = client_upgrade else {
+                        upstream.record_outcome(&endpoint, Outcome::Reset);
+                        return Err(ProxyError::UnrequestedUpgrade {
+                            addr: endpoint.addr,
+                        });
+                    };
                     tunnel(
                         client_upgrade,
                         hyper::upgrade::on(&mut response),

@@ -54,7 +54,7 @@ impl Outcome {
         }
         match error.kind() {
             ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout => Outcome::ConnectFailure,
-            ErrorKind::UpstreamReset => Outcome::Reset,
+            ErrorKind::UpstreamReset | ErrorKind::UpstreamProtocol => Outcome::Reset,
             ErrorKind::Timeout => Outcome::Timeout,
             ErrorKind::NoEndpoints
             | ErrorKind::RateLimited

@@ -306,3 +306,30 @@ async fn custom_upgrade_protocols_are_tunnelled_when_listed() {
     let echoed = websocket_roundtrip(proxy.upstream("ws"), &["default", "websocket"]).await;
     assert_eq!(echoed, ["default", "websocket"]);
 }
+
+/// An application that answers `101` to a request that offered no upgrade
+/// remora allows (here an `h2c` offer, which remora took out) gets the client
+/// a 502 `upstream_protocol`, not a switched connection with nothing behind it.
+#[tokio::test]
+async fn a_switch_the_request_did_not_ask_for_is_a_bad_gateway() {
+    let app = serve(|mut stream| async move {
+        if read_head(&mut stream).await.is_some() {
+            let switching =
+                b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n";
+            let _ = stream.write_all(switching).await;
+            let _ = stream.read(&mut [0u8; 64]).await;
+        }
+    })
+    .detach();
+    let proxy = Proxy::start(&inbound_yaml(app)).await;
+    for request in [
+        "GET / HTTP/1.1\r\nhost: app\r\n\r\n",
+        "GET / HTTP/1.1\r\nhost: app\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(proxy.inbound()).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let (head, _) = read_response(&mut stream).await;
+        assert!(head.starts_with("http/1.1 502"), "{head}");
+        assert!(head.contains("x-remora-error: upstream_protocol"), "{head}");
+    }
+}

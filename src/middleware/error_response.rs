@@ -29,6 +29,7 @@ pub fn http_status(error: &ProxyError) -> StatusCode {
             ErrorKind::ConnectFailed
             | ErrorKind::ConnectTimeout
             | ErrorKind::UpstreamReset
+            | ErrorKind::UpstreamProtocol
             | ErrorKind::NoRoute => StatusCode::BAD_GATEWAY,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -59,9 +60,9 @@ pub fn grpc_status(error: &ProxyError) -> u16 {
             | ErrorKind::NoRoute => 14, // UNAVAILABLE
             ErrorKind::Timeout => 4,     // DEADLINE_EXCEEDED
             ErrorKind::RateLimited => 8, // RESOURCE_EXHAUSTED
-            ErrorKind::ClientBody | ErrorKind::BadRequest => 13, // INTERNAL
-            ErrorKind::Forbidden => 7,   // PERMISSION_DENIED
-            ErrorKind::BadPath => 3,     // INVALID_ARGUMENT
+            ErrorKind::ClientBody | ErrorKind::BadRequest | ErrorKind::UpstreamProtocol => 13, // INTERNAL
+            ErrorKind::Forbidden => 7, // PERMISSION_DENIED
+            ErrorKind::BadPath => 3,   // INVALID_ARGUMENT
         },
     }
 }
