@@ -146,21 +146,30 @@ async fn smuggling_shapes_and_oversized_input_are_refused() {
     // closed are not).
     let metrics_url = proxy.admin_url("/metrics");
     for (kind, expected) in [("malformed", malformed), ("too_large", too_large)] {
-        let labels = [
-            ("direction", "outbound"),
-            ("listener", "hostile"),
-            ("kind", kind),
-        ];
-        let counted = prom::wait_for_value(
-            &metrics_url,
-            "remora_client_protocol_errors_total",
-            &labels,
-            expected as f64,
-            Duration::from_secs(5),
-        )
-        .await;
-        assert_eq!(counted, expected as f64, "{kind}");
+        let labels = [("direction", "outbound"), ("listener", "hostile")];
+        expect_protocol_errors(&metrics_url, &labels, kind, expected as f64).await;
     }
+}
+
+/// Waits (up to 5 s) for `remora_client_protocol_errors_total` of `kind` on
+/// the listener `labels` name to reach `expected`, and asserts it is that.
+async fn expect_protocol_errors(
+    metrics_url: &str,
+    labels: &[(&str, &str); 2],
+    kind: &str,
+    expected: f64,
+) {
+    let [direction, listener] = *labels;
+    let labels = [direction, listener, ("kind", kind)];
+    let counted = prom::wait_for_value(
+        metrics_url,
+        "remora_client_protocol_errors_total",
+        &labels,
+        expected,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(counted, expected, "{labels:?}");
 }
 
 /// Content-Length with Transfer-Encoding: hyper lets Transfer-Encoding win
@@ -424,8 +433,15 @@ fn inbound_config(app: std::net::SocketAddr, limits: &str) -> String {
     )
 }
 
-/// The header names the backend's `/headers` saw, from a raw HTTP/1.1 answer.
-fn header_names_seen(answer: &str) -> Vec<String> {
+/// Sends a raw HTTP/1.1 request for the backend's `/headers` and returns the
+/// header names it saw (sorted); the answer must be 200.
+async fn header_names_seen(addr: std::net::SocketAddr, request: &[u8]) -> Vec<String> {
+    let answer = exchange(addr, request).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{}",
+        status_line(&answer)
+    );
     let (_, body) = answer.split_once("\r\n\r\n").expect("a whole answer");
     let json: serde_json::Value = serde_json::from_str(body).expect("JSON from /headers");
     let mut names: Vec<String> = (json["headers"].as_object().expect("headers"))
@@ -456,13 +472,7 @@ const SPOOFED_IDENTITY: &[u8] = b"GET /headers HTTP/1.1\r\nHost: app\r\nConnecti
 async fn the_identity_header_is_dropped_in_every_spelling() {
     let app = http_backend("app");
     let proxy = Proxy::start(&inbound_config(app.addr, "{}")).await;
-    let answer = exchange(proxy.inbound(), SPOOFED_IDENTITY).await;
-    assert!(
-        answer.starts_with("HTTP/1.1 200"),
-        "{}",
-        status_line(&answer)
-    );
-    let names = header_names_seen(&answer);
+    let names = header_names_seen(proxy.inbound(), SPOOFED_IDENTITY).await;
     assert!(
         !names.iter().any(|name| reads_as_identity(name)),
         "the app saw {names:?}"
@@ -498,13 +508,7 @@ async fn headers_with_underscores_are_dropped_or_refused_as_configured() {
         "{ headers_with_underscores_action: drop_header }",
     ))
     .await;
-    let answer = exchange(dropping.inbound(), SPOOFED_IDENTITY).await;
-    assert!(
-        answer.starts_with("HTTP/1.1 200"),
-        "{}",
-        status_line(&answer)
-    );
-    let names = header_names_seen(&answer);
+    let names = header_names_seen(dropping.inbound(), SPOOFED_IDENTITY).await;
     assert!(
         !names
             .iter()
@@ -538,20 +542,8 @@ async fn headers_with_underscores_are_dropped_or_refused_as_configured() {
         2 + u64::from(report.answered),
         "the refused request reached the app"
     );
-    let labels = [
-        ("direction", "inbound"),
-        ("listener", "inbound"),
-        ("kind", "malformed"),
-    ];
-    let counted = prom::wait_for_value(
-        &rejecting.admin_url("/metrics"),
-        "remora_client_protocol_errors_total",
-        &labels,
-        1.0,
-        Duration::from_secs(5),
-    )
-    .await;
-    assert_eq!(counted, 1.0);
+    let labels = [("direction", "inbound"), ("listener", "inbound")];
+    expect_protocol_errors(&rejecting.admin_url("/metrics"), &labels, "malformed", 1.0).await;
 }
 
 /// An origin that answers every request, once its body has been read whole,
@@ -682,20 +674,8 @@ async fn duplicate_or_missing_host_is_refused() {
         1 + u64::from(report.answered),
         "only the probes reached the upstream"
     );
-    let labels = [
-        ("direction", "outbound"),
-        ("listener", "host-rules-h1"),
-        ("kind", "malformed"),
-    ];
-    let counted = prom::wait_for_value(
-        &proxy.admin_url("/metrics"),
-        "remora_client_protocol_errors_total",
-        &labels,
-        4.0,
-        Duration::from_secs(5),
-    )
-    .await;
-    assert_eq!(counted, 4.0);
+    let labels = [("direction", "outbound"), ("listener", "host-rules-h1")];
+    expect_protocol_errors(&proxy.admin_url("/metrics"), &labels, "malformed", 4.0).await;
 
     let answer = exchange(addr, b"GET /headers HTTP/1.0\r\n\r\n").await;
     assert!(
