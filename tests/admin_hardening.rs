@@ -214,9 +214,10 @@ async fn admin_answers_only_its_own_host() {
 }
 
 /// `/config` shows no secret: not the Consul token, not a value written with an environment
-/// variable (a route's `authorization` header), not the user information of a URL
-/// (`consul.address`, `tracing.otlp.endpoint`) — at start and after a reload. Values written
-/// literally are shown.
+/// variable (a route's `authorization` header) nor a YAML alias of it, not a header named
+/// like a credential (`x-api-key`) even written literally, not the user information of a URL
+/// (`consul.address`, `tracing.otlp.endpoint`) — at start and after a reload. Other values
+/// written literally are shown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_redacts_every_secret() {
     let app = http_backend("redact-app");
@@ -227,8 +228,8 @@ async fn config_redacts_every_secret() {
              token: \"${{REMORA_TEST_TOKEN}}\" }}\n\
              upstreams:\n  - name: api\n    listen: 127.0.0.1:0\n    protocol: http\n    \
              discovery: {{ static: [{}] }}\n    routes:\n      - name: all\n        \
-             request_headers: {{ set: {{ authorization: \"Bearer ${{REMORA_TEST_API_KEY}}\", \
-             x-literal: {literal} }} }}\n\
+             request_headers: {{ set: {{ authorization: &key \"Bearer ${{REMORA_TEST_API_KEY}}\", \
+             x-copy: *key, x-api-key: literal-key-value, x-literal: {literal} }} }}\n\
              tracing: {{ otlp: {{ endpoint: \"http://otlp-user:otlp-password@127.0.0.1:4318/v1/traces\" }} }}\n\
              admin: {{ listen: 127.0.0.1:0 }}\n\
              logging: {{ access_log: false }}\n",
@@ -271,12 +272,15 @@ async fn config_redacts_every_secret() {
             "consul-password",
             "otlp-user",
             "otlp-password",
+            "literal-key-value",
         ] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         for redacted in [
             "\"token\": \"<redacted>\"",
             "\"authorization\": \"<redacted>\"",
+            "\"x-copy\": \"<redacted>\"",
+            "\"x-api-key\": \"<redacted>\"",
             "\"address\": \"http://<redacted>@127.0.0.1:8500\"",
             "\"endpoint\": \"http://<redacted>@127.0.0.1:4318/v1/traces\"",
         ] {
