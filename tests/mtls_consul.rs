@@ -265,12 +265,16 @@ async fn intention_entries_are_read_one_by_one_and_l7_ones_never_allow() {
     l7["Permissions"] = json!([{ "Action": "allow", "HTTP": { "PathPrefix": "/public" } }]);
     let mut unreadable = template("ops", Some("allow"));
     unreadable["SourceName"] = json!({ "unexpected": "shape" });
+    // Unreadable, but its source is: it denies `mail` (fails closed).
+    let mut odd_deny = template("mail", Some("deny"));
+    odd_deny["SourceNS"] = json!(7);
     consul.set_intention_entries(
         "iapi",
         vec![
             unreadable,
             l7,
             template("billing", Some("allow")),
+            odd_deny,
             template("*", Some("allow")),
         ],
     );
@@ -291,5 +295,10 @@ async fn intention_entries_are_read_one_by_one_and_l7_ones_never_allow() {
         status_as(&proxy, &ca.leaf("web", 4)).await,
         StatusCode::FORBIDDEN,
         "an L7 intention without Action is not an allow"
+    );
+    assert_eq!(
+        status_as(&proxy, &ca.leaf("mail", 5)).await,
+        StatusCode::FORBIDDEN,
+        "an unreadable deny intention of a readable source still denies it"
     );
 }

@@ -121,21 +121,37 @@ impl IntentionEntry {
 pub struct IntentionsAnswer {
     /// In precedence order.
     pub intentions: Vec<Intention>,
-    /// One message per entry left out because its source could not be read.
+    /// One message per entry that could not be read.
     pub unreadable: Vec<String>,
 }
 
 impl IntentionsAnswer {
-    /// Reads each entry on its own.
+    /// Reads each entry on its own, so that one of an unknown shape never
+    /// discards the others. Such an entry fails closed where its source is
+    /// readable: it denies its `SourceName` (in any namespace) at its place
+    /// in the precedence order, whatever its action; one without a readable
+    /// `SourceName` names nobody and is left out.
     fn read(entries: Vec<serde_json::Value>) -> IntentionsAnswer {
         let mut answer = IntentionsAnswer {
             intentions: Vec::new(),
             unreadable: Vec::new(),
         };
         for (i, entry) in entries.into_iter().enumerate() {
+            let source_name = (entry.get("SourceName"))
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned);
             match serde_json::from_value::<IntentionEntry>(entry) {
                 Ok(entry) => answer.intentions.extend(entry.intention()),
-                Err(error) => answer.unreadable.push(format!("entry {i}: {error}")),
+                Err(error) => {
+                    answer.unreadable.push(format!("entry {i}: {error}"));
+                    answer
+                        .intentions
+                        .extend(source_name.map(|source_name| Intention {
+                            source_namespace: "*".to_owned(),
+                            source_name,
+                            allow: false,
+                        }));
+                }
             }
         }
         answer
@@ -160,7 +176,8 @@ impl Client {
 
     /// The intentions with `destination` as destination, in precedence
     /// order; blocking when `index` > 0. An answer that is not a map of
-    /// lists is an error; entries are read one by one.
+    /// lists, or has no list for `destination`, is an error; entries are
+    /// read one by one.
     pub async fn intentions_for(
         &self,
         destination: &str,
@@ -174,7 +191,13 @@ impl Client {
         let (index, mut matched): (u64, BTreeMap<String, Vec<serde_json::Value>>) = self
             .blocking_get(&path, params, index, "an intentions match")
             .await?;
-        let entries = matched.remove(destination).unwrap_or_default();
+        let entries = matched
+            .remove(destination)
+            .ok_or_else(|| ConsulError::Body {
+                what: "an intentions match",
+                reason: format!("no list for `{destination}`"),
+                body: format!("{matched:?}"),
+            })?;
         Ok((index, IntentionsAnswer::read(entries)))
     }
 }
@@ -233,6 +256,7 @@ mod tests {
             json!("not an object"),
             json!({ "SourceNS": "default", "Action": "allow" }),
             entry("ops", json!({ "SourceName": 7, "Action": "allow" })),
+            entry("odd", json!({ "SourceNS": 7, "Action": "allow" })),
             entry("web", json!({ "Permissions": [{ "Action": "allow" }] })),
             entry("cart", json!({ "Action": "allow", "Permissions": [] })),
             entry("mail", json!({ "Action": "audit" })),
@@ -253,7 +277,7 @@ mod tests {
             entry("billing", json!({ "Action": "allow", "Permissions": null })),
             entry("*", json!({ "Action": "deny" })),
         ]);
-        assert_eq!(answer.unreadable.len(), 3, "{:?}", answer.unreadable);
+        assert_eq!(answer.unreadable.len(), 4, "{:?}", answer.unreadable);
         assert!(answer.unreadable[0].starts_with("entry 0: "));
         let read: Vec<(&str, bool)> = answer
             .intentions
@@ -263,6 +287,7 @@ mod tests {
         assert_eq!(
             read,
             [
+                ("odd", false),
                 ("web", false),
                 ("cart", true),
                 ("mail", false),

@@ -1,12 +1,14 @@
 //! Inbound authorization by peer identity: deny patterns first, then allow
 //! patterns, then Consul intentions (when followed), then the configured
 //! default. Patterns are service names or SPIFFE IDs with `*` wildcards
-//! (see `identity::pattern_matches`); a bare service name, like an
-//! intention's source, names a service of this sidecar's own trust domain
-//! (while its own ID is unknown, allow rules and intentions name nobody and
-//! deny ones that service anywhere). A peer without a SPIFFE ID in Consul's
-//! format matches no service-name pattern and no intention. Until the
-//! intentions first load, a peer no rule decides is denied (or, with
+//! (see `identity::pattern_matches`). A bare service name in an allow rule,
+//! like an allow intention's source, names that service in this sidecar's
+//! own trust domain and namespace (nobody while its own ID is unknown); in a
+//! deny rule it names that service anywhere, so that deny rules fail
+//! closed. A peer without a SPIFFE ID in Consul's format matches no
+//! service-name pattern and no intention; once intentions are followed, such
+//! a peer no rule allows is denied (Consul authorizes services only). Until
+//! the intentions first load, a peer no rule decides is denied (or, with
 //! `until_intentions_load: default`, gets the default). Every denial is
 //! counted (`remora_authz_denied_total`) and logged with the peer's
 //! identity.
@@ -58,10 +60,9 @@ impl Intentions {
     /// `None` before the first answer; then whether the first intention
     /// matching `peer` says allow (`Some(Some(true))`), deny, or none
     /// matches (`Some(None)`).
-    fn decide(&self, peer: Option<&PeerIdentity>, own: Option<&SpiffeId>) -> Option<Option<bool>> {
+    fn decide(&self, peer: Option<&SpiffeId>, own: Option<&SpiffeId>) -> Option<Option<bool>> {
         let intentions = self.0.load();
         let intentions = intentions.as_deref()?;
-        let peer = peer.and_then(|peer| peer.spiffe.as_deref());
         Some(peer.and_then(|peer| {
             intentions
                 .iter()
@@ -127,12 +128,7 @@ impl Authorizer {
     /// Whether `peer` may pass, and why, given this sidecar's own ID.
     fn decide(&self, peer: Option<&PeerIdentity>, own: Option<&SpiffeId>) -> (bool, &'static str) {
         if let Some(peer) = peer {
-            let deny_scope = Scope::of_rule(own, false);
-            if self
-                .deny
-                .iter()
-                .any(|p| pattern_matches(p, peer, deny_scope))
-            {
+            if (self.deny.iter()).any(|p| pattern_matches(p, peer, Scope::Anywhere)) {
                 return (false, "deny rule");
             }
             let allow_scope = Scope::of_rule(own, true);
@@ -145,11 +141,15 @@ impl Authorizer {
             }
         }
         if let Some(intentions) = &self.intentions {
-            match intentions.decide(peer, own) {
-                Some(Some(allow)) => return (allow, "intention"),
+            let service = peer.and_then(|peer| peer.spiffe.as_deref());
+            match intentions.decide(service, own) {
                 None if self.deny_until_intentions_load => {
                     return (false, "Consul intentions not loaded yet");
                 }
+                Some(_) if service.is_none() => {
+                    return (false, "no service identity for intentions");
+                }
+                Some(Some(allow)) => return (allow, "intention"),
                 Some(None) | None => {}
             }
         }
@@ -235,7 +235,9 @@ mod tests {
         assert!(!passes(&authz, Some(&peer("web-admin"))));
         assert!(!passes(&authz, Some(&peer("billing"))));
         assert!(!passes(&authz, None));
-        let open = authorizer(AuthorizationAction::Allow, &[], &["billing"], &none);
+        let mut rules_only = config(AuthorizationAction::Allow, &[], &["billing"]);
+        rules_only.intentions = false;
+        let open = authorizer_of(&rules_only, &none);
         assert!(passes(&open, Some(&peer("web"))));
         assert!(passes(&open, None));
     }
@@ -328,6 +330,51 @@ mod tests {
         assert!(!passes(&rules, Some(&spoofed[0])));
         assert!(!passes(&sources, Some(&spoofed[0])));
         assert!(passes(&any_namespace, Some(&spoofed[0])), "SourceNS `*`");
+    }
+
+    #[test]
+    fn bare_names_in_deny_rules_reach_everywhere() {
+        let authz = authorizer(
+            AuthorizationAction::Allow,
+            &[],
+            &["web"],
+            &loaded(Vec::new()),
+        );
+        for uri in [
+            format!("spiffe://{TD}/ns/default/dc/dc1/svc/web"),
+            format!("spiffe://{TD}/ns/evil/dc/dc1/svc/web"),
+            "spiffe://evil.example/ns/default/dc/dc1/svc/web".to_owned(),
+        ] {
+            assert_eq!(
+                authz.decide(Some(&peer_at(&uri)), Some(&own())),
+                (false, "deny rule"),
+                "{uri}"
+            );
+        }
+        assert!(passes(&authz, Some(&peer("api"))));
+    }
+
+    #[test]
+    fn once_intentions_are_followed_a_peer_without_a_service_id_needs_an_allow_rule() {
+        // Consul's agent certificates come from the same CA: spiffe://td/agent/...
+        let agent = peer_at(&format!("spiffe://{TD}/agent/client/dc/dc1/id/node-1"));
+        let everyone_denied = loaded(vec![intention("*", "*", false)]);
+        let authz = authorizer(AuthorizationAction::Allow, &[], &[], &everyone_denied);
+        assert_eq!(
+            authz.decide(Some(&agent), Some(&own())),
+            (false, "no service identity for intentions")
+        );
+        assert_eq!(
+            authz.decide(None, Some(&own())),
+            (false, "no service identity for intentions")
+        );
+        let listed = authorizer(
+            AuthorizationAction::Allow,
+            &["spiffe://*/agent/*/dc/*/id/*"],
+            &[],
+            &everyone_denied,
+        );
+        assert!(passes(&listed, Some(&agent)), "an allow rule comes first");
     }
 
     #[test]

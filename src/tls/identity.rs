@@ -6,8 +6,8 @@
 //! domain `[a-z0-9._-]`, path segments `[a-zA-Z0-9._-]`, none empty, `.` or
 //! `..`: so no percent-encoding, user info, port, query or fragment) is no
 //! identity; a pattern or expected identity that breaks them is rejected.
-//! A bare service name means that service in this sidecar's own trust
-//! domain and namespace; `*` in a pattern never matches a `/`.
+//! A bare service name names that service within a [`Scope`] (the
+//! authorizer's rules choose it); `*` in a pattern never matches a `/`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -94,11 +94,6 @@ impl PeerIdentity {
             uri: uri.into(),
             spiffe: SpiffeId::parse(uri).ok().map(Arc::new),
         }
-    }
-
-    /// The peer's service name, when its ID is in Consul's format.
-    pub fn service(&self) -> Option<&str> {
-        self.spiffe.as_deref().map(|id| id.service.as_str())
     }
 }
 
@@ -271,7 +266,8 @@ pub enum Scope<'a> {
     /// Those in the trust domain and namespace of this sidecar's own ID.
     Own(&'a SpiffeId),
     /// Those in any trust domain and namespace: how deny rules read bare
-    /// names while this sidecar's own ID is unknown (they fail closed).
+    /// names (they fail closed), and deny intentions while this sidecar's
+    /// own ID is unknown.
     Anywhere,
     /// None: how allow rules read bare names while this sidecar's own ID is
     /// unknown.
@@ -279,8 +275,8 @@ pub enum Scope<'a> {
 }
 
 impl Scope<'_> {
-    /// The scope of an allow (`allow`) or a deny rule, given this sidecar's
-    /// own ID if its certificate has one in Consul's format.
+    /// The scope of an allow (`allow`) or a deny intention's source, given
+    /// this sidecar's own ID if its certificate has one in Consul's format.
     pub fn of_rule(own: Option<&SpiffeId>, allow: bool) -> Scope<'_> {
         match own {
             Some(own) => Scope::Own(own),
