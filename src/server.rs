@@ -42,10 +42,8 @@ use crate::accept::Acceptor;
 use crate::body::ResponseBody;
 use crate::config::{HeadersWithUnderscoresAction, ListenerLimits};
 use crate::drain::Drain;
-use crate::idle::{Activity, IdleIo};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 use crate::headers::is_grpc;
+use crate::idle::{Activity, IdleIo};
 use crate::middleware::error_response::error_response;
 use crate::request_head;
 use crate::stack::HttpService;
@@ -55,6 +53,8 @@ use crate::tls::inbound::{InboundTls, Negotiated};
 use crate::transparent::outbound::TransparentOutbound;
 use crate::upgrade::ConnectionHold;
 use crate::upstream::Upstream;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// HTTP/2 streams a client may reset before the server accepted them, at
 /// once, before the connection gets GOAWAY (h2's default, made explicit:
