@@ -1,7 +1,10 @@
 //! The bodies remora moves. [`RequestBody`]: a client's request body, streamed,
 //! and for retries streamed while a copy is kept ([`replay`]) so the request
 //! can be sent again. Reserved headers (`x-remora-client-id`, in any
-//! spelling) are dropped from a client's trailers as they are read.
+//! spelling) are dropped from a client's trailers as they are read. A body
+//! that has ended when its request arrives (a GET's) is held as empty, so it
+//! still reads as ended should the client's connection close before the
+//! request goes upstream ([`RequestBody::streaming`]).
 //! A request mirrored to a shadow backend streams as usual while a bounded
 //! copy is kept ([`tee`]); the shadow gets the copy once it is whole
 //! ([`RequestBody::buffered`]).
@@ -266,7 +269,17 @@ impl RequestBodyError {
 pub struct Replay(replay::Replay<RequestBody>);
 
 impl RequestBody {
+    /// A client's body, streamed. One that has ended already (a GET whose
+    /// HEADERS carried END_STREAM) is held as empty from here on: h2 stops
+    /// saying that a stream has ended once the client's connection closes
+    /// (its `recv_eof` turns a half-closed stream into one closed with an
+    /// error), and hyper's client, reading `is_end_stream` only when it
+    /// writes the request, would then send HEADERS without END_STREAM, fail
+    /// to read the body and reset the upstream stream (`INTERNAL_ERROR`).
     pub fn streaming(body: Incoming) -> Self {
+        if body.is_end_stream() {
+            return Self::buffered(Bytes::new(), None);
+        }
         Self::of(RequestKind::Streaming(body))
     }
 
@@ -384,5 +397,55 @@ impl RequestBody {
                     .map(Ok),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http::{Request, Response};
+    use http_body_util::Empty;
+    use hyper::server::conn::http2;
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// A GET whose HEADERS ended its stream reaches remora's HTTP/2 server;
+    /// then the client's connection closes, before the request went
+    /// upstream. Held as the `Incoming` it was, the body would now say it
+    /// has not ended, and reading it would fail with h2's "stream closed
+    /// because of a broken pipe".
+    #[tokio::test]
+    async fn a_body_that_had_ended_stays_ended_when_the_client_goes_away() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (bodies, mut received) = mpsc::unbounded_channel();
+        let service = service_fn(move |request: Request<Incoming>| {
+            let _ = bodies.send(RequestBody::streaming(request.into_body()));
+            std::future::pending::<Result<Response<Empty<Bytes>>, Infallible>>()
+        });
+        let server = tokio::spawn(
+            http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(server_io), service),
+        );
+        let (mut client, connection) = h2::client::handshake(client_io).await.unwrap();
+        let connection = tokio::spawn(connection);
+        let get = Request::get("http://origin/").body(()).unwrap();
+        let (_response, _) = client.send_request(get, true).unwrap();
+        let mut body = received.recv().await.unwrap();
+        assert!(body.is_end_stream());
+
+        connection.abort();
+        drop(client);
+        let ended = tokio::time::timeout(Duration::from_secs(5), server).await;
+        assert!(ended.is_ok(), "the server saw the connection close");
+
+        // What hyper's client reads when it sends the request on: an ended
+        // body goes out as END_STREAM on the HEADERS, no body is piped.
+        assert!(body.is_end_stream());
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        assert!(frame.is_none(), "{frame:?}");
     }
 }
