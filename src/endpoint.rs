@@ -23,7 +23,7 @@ use crate::client::{
     ClientSettings, EndpointClient, H1Sender, Http2Stream, Opened, PoolGauges, Purpose,
     keep_alive_timeout,
 };
-use crate::error::ProxyError;
+use crate::error::{ProxyError, h2_cause};
 use crate::outlier::OutlierState;
 use crate::resend::{
     MAX_RESENDS, Resendable, Unprocessed, closed_before_response, is_idempotent, unprocessed_h2,
@@ -181,11 +181,7 @@ impl Endpoint {
     /// The connection failed under the request — or the client's body did
     /// while it was sent; `unsent` is the request when none of it was written.
     fn reset(&self, source: hyper::Error, unsent: Option<Request<RequestBody>>) -> SendError {
-        let client_body = matches!(
-            RequestBodyError::under(&source),
-            Some(RequestBodyError::Client(_))
-        );
-        let error = if client_body {
+        let error = if request_body_failed(&source) {
             ProxyError::ClientBody {
                 source: source.into(),
             }
@@ -386,4 +382,73 @@ fn to_http2(mut request: Request<RequestBody>, endpoint: SocketAddr) -> Request<
     }
     *request.version_mut() = Version::HTTP_2;
     request
+}
+
+/// True when `error` (sending a request) came from the request's body, not
+/// the upstream: over HTTP/1.1 hyper reports the body's error; over HTTP/2
+/// it does not pass it on but resets the stream itself (a reset neither the
+/// peer nor h2 initiated), and the response fails with that reset.
+fn request_body_failed(error: &hyper::Error) -> bool {
+    let reset_by_hyper =
+        h2_cause(error).is_some_and(|h2| h2.is_reset() && !h2.is_remote() && !h2.is_library());
+    reset_by_hyper
+        || matches!(
+            RequestBodyError::under(error),
+            Some(RequestBodyError::Client(_))
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body::Frame;
+    use http_body_util::{Empty, StreamBody};
+    use hyper::client::conn::http2;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    use super::*;
+
+    /// Sends `body` to an in-memory HTTP/2 server that holds each stream
+    /// open (or resets it, with `reset_by_server`); returns hyper's error.
+    async fn failed_send<B>(body: B, reset_by_server: bool) -> hyper::Error
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let mut server = h2::server::handshake(server_io).await.unwrap();
+            while let Some(Ok((_request, mut respond))) = server.accept().await {
+                if reset_by_server {
+                    respond.send_reset(h2::Reason::INTERNAL_ERROR);
+                } else {
+                    tokio::spawn(async move {
+                        let _held_open = respond;
+                        std::future::pending::<()>().await
+                    });
+                }
+            }
+        });
+        let (mut sender, connection) =
+            http2::handshake(TokioExecutor::new(), TokioIo::new(client_io))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = Request::post("http://origin/").body(body).unwrap();
+        sender.send_request(request).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_request_body_that_fails_over_http2_is_not_the_upstreams_fault() {
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"some"))),
+            Err(std::io::Error::other("the client went away")),
+        ];
+        let failing = StreamBody::new(futures_util::stream::iter(frames));
+        let error = failed_send(failing, false).await;
+        assert!(request_body_failed(&error), "{error:?}");
+
+        let error = failed_send(Empty::<Bytes>::new(), true).await;
+        assert!(!request_body_failed(&error), "{error:?}");
+    }
 }
