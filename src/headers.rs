@@ -5,9 +5,9 @@
 //! which gRPC over HTTP/2 requires), `Transfer-Encoding` and `Upgrade`.
 //! An upgrade request (WebSocket) keeps `Connection: upgrade` and `Upgrade`,
 //! since they are what the upstream must see to switch protocols.
-//! `Connection` cannot nominate `Host` (routing and the upstream need it)
-//! nor a reserved header (remora sets those itself, e.g. the caller's
-//! verified identity): such tokens are ignored. (`Content-Length` needs no
+//! `Connection` cannot nominate `Host` (routing and the upstream need it),
+//! the trace context remora sets, nor a reserved header (remora sets those
+//! itself, e.g. the caller's verified identity): such tokens are ignored. (`Content-Length` needs no
 //! such rule: hyper frames the forwarded body by its known length anyway.)
 //!
 //! Reserved request headers ([`RESERVED_REQUEST_HEADERS`]) are the ones only
@@ -24,6 +24,31 @@ pub const X_REMORA_CLIENT_ID: HeaderName = HeaderName::from_static("x-remora-cli
 /// Request headers only remora sets: a client's are dropped on arrival, in
 /// every spelling (see `request_head`) and from trailers (see `body`).
 pub static RESERVED_REQUEST_HEADERS: [HeaderName; 1] = [X_REMORA_CLIENT_ID];
+/// Trace context remora joins or starts and sets on requests (see
+/// `middleware::trace_context`).
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const B3: HeaderName = HeaderName::from_static("b3");
+pub const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+pub const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+pub const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+pub const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+pub const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+/// Headers remora sets on a request on its way (beside the reserved ones),
+/// which `Connection` therefore cannot nominate.
+static SET_BY_REMORA: [HeaderName; 10] = [
+    header::HOST,
+    TRACEPARENT,
+    TRACESTATE,
+    REQUEST_ID,
+    B3,
+    B3_TRACE_ID,
+    B3_SPAN_ID,
+    B3_PARENT_SPAN_ID,
+    B3_SAMPLED,
+    B3_FLAGS,
+];
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -43,7 +68,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                 .split(',')
                 .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
                 .filter(|name| !(keep_upgrade && name == header::UPGRADE))
-                .filter(|name| name != header::HOST && !is_reserved(name))
+                .filter(|name| !SET_BY_REMORA.contains(name) && !is_reserved(name))
                 .collect();
             for name in named {
                 headers.remove(name);
@@ -163,20 +188,31 @@ mod tests {
     }
 
     #[test]
-    fn connection_cannot_nominate_host_or_reserved_headers() {
+    fn connection_cannot_nominate_host_trace_context_or_reserved_headers() {
         let mut headers = map(&[
-            ("connection", "host, x-remora-client-id, x-hop"),
+            (
+                "connection",
+                "host, x-remora-client-id, traceparent, x-request-id, x-hop",
+            ),
             ("host", "example"),
             (
                 "x-remora-client-id",
                 "spiffe://td/ns/default/dc/dc1/svc/web",
             ),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("x-request-id", "abc"),
             ("x-hop", "1"),
         ]);
         strip_hop_by_hop(&mut headers, false);
         let mut names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
         names.sort_unstable();
-        assert_eq!(names, ["host", "x-remora-client-id"]);
+        assert_eq!(
+            names,
+            ["host", "traceparent", "x-remora-client-id", "x-request-id"]
+        );
     }
 
     #[test]

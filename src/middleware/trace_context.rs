@@ -30,15 +30,10 @@ use tower::{Layer, Service};
 use crate::body::ResponseBody;
 use crate::config::{Propagation, TracingConfig};
 
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const B3: HeaderName = HeaderName::from_static("b3");
-const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
-const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
-const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
-const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
-const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+use crate::headers::{
+    B3, B3_FLAGS, B3_PARENT_SPAN_ID, B3_SAMPLED, B3_SPAN_ID, B3_TRACE_ID, REQUEST_ID, TRACEPARENT,
+    TRACESTATE,
+};
 
 /// Longest `tracestate` passed on (W3C Trace Context §3.3.1.5).
 const MAX_TRACESTATE: usize = 512;
