@@ -3,7 +3,7 @@
 //! The request path reads top-down: `server` accepts connections, `stack`
 //! composes the middleware of each direction, `forward` balances and sends,
 //! `endpoint` and `client` hold the upstream connections. See
-//! `architecture.md` §2 for the full picture.
+//! `docs/request-path.md` for the full picture.
 
 #![forbid(unsafe_code)]
 

@@ -1,4 +1,4 @@
-//! The layer order of each direction (architecture §2), and nothing else.
+//! The layer order of each direction (`docs/request-path.md`), and nothing else.
 //! Outermost first; the stack is built once per listener and type-erased once.
 //! Optional layers (absent from the config) are left out, not passed through.
 //! Outbound, the logical layers (per route) and the concrete ones (per

@@ -1,5 +1,6 @@
 //! The configuration model: one struct per YAML section, field names equal
-//! to the YAML keys of architecture.md §4 (a public interface). Every struct
+//! to the YAML keys of the README's configuration reference (a public
+//! interface). Every struct
 //! rejects unknown keys, so a misspelt or misplaced key is an error rather
 //! than silently ignored. The resilience sections live in `resilience.rs`,
 //! the transparent-mode section in `transparent.rs`. Values are typed here

@@ -1,4 +1,5 @@
-//! The one place where a [`ProxyError`] becomes a response (architecture §5).
+//! The one place where a [`ProxyError`] becomes a response (README: Proxy-made
+//! responses).
 //!
 //! HTTP clients get a status code and a one-line text body; gRPC clients
 //! (request `content-type: application/grpc…`) get a trailers-only response:

@@ -1,5 +1,5 @@
 //! L7 routing of an upstream's requests (`routes:`), the logical side of the
-//! outbound stack (architecture §2).
+//! outbound stack (`docs/request-path.md`).
 //!
 //! Evaluation order, per request:
 //! 1. the routes are tried in the order written; the first whose `match`

@@ -1,4 +1,4 @@
-//! One access-log line per request (architecture §6), as a `tracing` event on
+//! One access-log line per request (README: Admin, metrics and logs), as a `tracing` event on
 //! the `remora::access` target: timestamp, trace and span ids, request id,
 //! direction, upstream, route (with `routes:`), endpoint, method, authority, path (without the query,
 //! which may carry secrets), status, grpc_status, duration_ms, bytes, error.

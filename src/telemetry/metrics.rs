@@ -1,4 +1,4 @@
-//! Prometheus metrics (architecture §6): the process-wide recorder and the
+//! Prometheus metrics (`docs/metrics.md`): the process-wide recorder and the
 //! handles the data path uses.
 //!
 //! Per-request handles are registered once per status code and cached, so the
