@@ -148,9 +148,9 @@ pub struct AuthorizationConfig {
     #[serde(default)]
     pub intentions: bool,
     /// With `intentions`, what a peer no rule decides gets until Consul's
-    /// intentions first load.
-    #[serde(default)]
-    pub until_intentions_load: UntilIntentionsLoad,
+    /// intentions first load (unset: deny).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_intentions_load: Option<UntilIntentionsLoad>,
 }
 
 /// Until Consul's intentions first load (Consul unreachable, or an answer

@@ -1189,17 +1189,22 @@ fn tls_section_defaults_and_errors() {
     assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
     assert_eq!(tls.authorization.default, AuthorizationAction::Allow);
     assert!(!tls.authorization.intentions);
-    assert_eq!(
-        tls.authorization.until_intentions_load,
-        UntilIntentionsLoad::Deny
-    );
+    assert_eq!(tls.authorization.until_intentions_load, None, "deny");
     let lenient = parse_test(&format!(
         "{SERVICE}tls:\n  source: consul\n  authorization: {{ intentions: true, until_intentions_load: default }}\n"
     ))
     .expect("valid until_intentions_load");
     assert_eq!(
         lenient.tls.unwrap().authorization.until_intentions_load,
-        UntilIntentionsLoad::Default
+        Some(UntilIntentionsLoad::Default)
+    );
+    assert_eq!(
+        errors(&format!(
+            "{SERVICE}tls:\n  source: consul\n  authorization: {{ until_intentions_load: default }}\n"
+        )),
+        [
+            "test.yaml:6:43: tls.authorization.until_intentions_load: only used with `intentions: true`"
+        ]
     );
 
     assert_eq!(

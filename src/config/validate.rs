@@ -652,6 +652,12 @@ fn check_tls(config: &Config, problems: &mut Problems) {
         problems.nonzero("tls.reload_interval".into(), tls.reload_interval);
         problems.nonzero("tls.handshake_timeout".into(), tls.handshake_timeout);
         let authorization = &tls.authorization;
+        if authorization.until_intentions_load.is_some() && !authorization.intentions {
+            problems.add(
+                "tls.authorization.until_intentions_load",
+                "only used with `intentions: true`",
+            );
+        }
         for (key, patterns) in [
             ("allow", &authorization.allow),
             ("deny", &authorization.deny),

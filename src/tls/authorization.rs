@@ -101,7 +101,8 @@ impl Authorizer {
             allow: config.allow.clone(),
             deny: config.deny.clone(),
             intentions: intentions.filter(|_| config.intentions),
-            deny_until_intentions_load: config.until_intentions_load == UntilIntentionsLoad::Deny,
+            deny_until_intentions_load: config.until_intentions_load.unwrap_or_default()
+                == UntilIntentionsLoad::Deny,
             tls,
             listener: listener.to_owned(),
             denied: metrics::authz_denied_counter(Direction::Inbound, listener),
@@ -198,7 +199,7 @@ mod tests {
             allow: allow.iter().map(|s| (*s).to_owned()).collect(),
             deny: deny.iter().map(|s| (*s).to_owned()).collect(),
             intentions: true,
-            until_intentions_load: UntilIntentionsLoad::Deny,
+            until_intentions_load: None,
         }
     }
 
@@ -273,7 +274,7 @@ mod tests {
         );
 
         let mut lenient = config(AuthorizationAction::Allow, &[], &[]);
-        lenient.until_intentions_load = UntilIntentionsLoad::Default;
+        lenient.until_intentions_load = Some(UntilIntentionsLoad::Default);
         let lenient = authorizer_of(&lenient, &Arc::default());
         assert!(passes(&lenient, Some(&peer("web"))));
     }
