@@ -12,7 +12,6 @@
 //! that the listener allows (see `upgrade`) is tunnelled once the upstream
 //! answers `101`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -22,47 +21,16 @@ use http_body::Body;
 use tokio::time::Instant;
 
 use crate::body::{RequestBody, ResponseBody};
+use crate::context::{AvoidEndpoint, Deadline, PickedEndpoint, ServedBy};
 use crate::endpoint::{Endpoint, SendError, Sent};
 use crate::error::ProxyError;
 use crate::headers::{X_REMORA_ERROR, is_grpc, is_upgrade_request, strip_hop_by_hop};
 use crate::idle::Activity;
-use crate::middleware::timeout::{Deadline, GRPC_TIMEOUT, encode_grpc_timeout};
+use crate::middleware::timeout::{GRPC_TIMEOUT, encode_grpc_timeout};
 use crate::outcome::Outcome;
 use crate::telemetry::metrics;
 use crate::upgrade::{ConnectionHold, tunnel};
 use crate::upstream::Upstream;
-
-/// The endpoint that answered, recorded in the response's extensions for the
-/// access log and per-endpoint metrics.
-#[derive(Debug, Clone, Copy)]
-pub struct ServedBy(pub SocketAddr);
-
-/// Set on a request (by retries) to send it to another endpoint than this
-/// one when the upstream has another.
-#[derive(Debug, Clone, Copy)]
-pub struct AvoidEndpoint(pub SocketAddr);
-
-/// Set on a request (by retries with a per-try timeout) to learn which
-/// endpoint the try went to, even when the try is abandoned before it answers.
-/// Holds the last endpoint picked.
-#[derive(Debug, Clone, Default)]
-pub struct PickedEndpoint(pub Arc<std::sync::Mutex<Option<SocketAddr>>>);
-
-impl PickedEndpoint {
-    pub fn get(&self) -> Option<SocketAddr> {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn set(&self, addr: SocketAddr) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(addr);
-    }
-}
 
 /// Sends requests to an upstream's endpoints.
 #[derive(Clone)]

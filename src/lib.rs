@@ -15,6 +15,7 @@ pub mod body;
 pub mod client;
 pub mod config;
 pub mod consul;
+pub mod context;
 pub mod demo;
 pub mod discovery;
 pub mod drain;

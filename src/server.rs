@@ -22,7 +22,6 @@
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +40,7 @@ use tower::util::Oneshot;
 use crate::accept::Acceptor;
 use crate::body::ResponseBody;
 use crate::config::{HeadersWithUnderscoresAction, ListenerLimits};
+use crate::context::ClientAddr;
 use crate::drain::Drain;
 use crate::headers::is_grpc;
 use crate::idle::{Activity, IdleIo};
@@ -68,10 +68,6 @@ const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 /// hyper's own HTTP/1.1 header count limit; setting any other moves the
 /// header array from the stack to the heap, so it is only set when it differs.
 const HYPER_DEFAULT_MAX_HEADERS: u32 = 100;
-
-/// The address of the client that sent a request (request extension).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
 
 /// The HTTP version(s) an HTTP listener accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

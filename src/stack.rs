@@ -16,6 +16,7 @@ use tower::util::BoxCloneSyncService;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::{DEFAULT_BACKEND, InboundConfig, RouteConfig, TracingConfig, UpstreamConfig};
+use crate::context::Direction;
 use crate::error::ProxyError;
 use crate::forward::Forward;
 use crate::middleware::authorization::AuthorizationLayer;
@@ -37,7 +38,7 @@ use crate::telemetry::metrics::route_backend_counter;
 use crate::telemetry::spans::SpanExporter;
 use crate::tls::authorization::Authorizer;
 use crate::upgrade::Upgrades;
-use crate::upstream::{Direction, Upstream};
+use crate::upstream::Upstream;
 
 /// The service behind an HTTP listener.
 pub type HttpService = BoxCloneSyncService<Request<Incoming>, Response<ResponseBody>, Infallible>;

@@ -28,6 +28,7 @@ use crate::config::{
     CircuitBreakerConfig, HashOn, LoadBalancingPolicy, OutlierDetection, RateLimitConfig,
     SubsetConfig, UpstreamProtocol,
 };
+use crate::context::Direction;
 use crate::discovery::Instance;
 use crate::endpoint::{Endpoint, UpstreamVersion, WeightedAddr};
 use crate::error::{ErrorKind, ProxyError};
@@ -36,24 +37,6 @@ use crate::outcome::Outcome;
 use crate::outlier::OutlierDetector;
 use crate::telemetry::metrics;
 use crate::telemetry::totals::RequestTotals;
-
-/// Where traffic through a listener comes from and goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// From the mesh to the local application.
-    Inbound,
-    /// From the local application to an upstream service.
-    Outbound,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        }
-    }
-}
 
 /// How an upstream is reached; fixed for the upstream's life (a reload that
 /// changes them builds a [`successor`](Upstream::successor)).

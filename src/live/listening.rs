@@ -15,11 +15,11 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 
 use crate::config::ListenerLimits;
+use crate::context::Direction;
 use crate::drain::DrainController;
 use crate::server::{self, Handler, HttpProtocol};
 use crate::telemetry::metrics::ConnectionMetrics;
 use crate::tls::inbound::InboundTls;
-use crate::upstream::Direction;
 
 /// A bound socket and the accept loop serving it.
 pub(super) struct Listening {

@@ -88,6 +88,7 @@ use crate::config::{
     ServiceProtocol, StaticEndpoint, Timeouts, TransparentConfig, UpstreamConfig, UpstreamProtocol,
 };
 use crate::consul::{self, HealthQuery};
+use crate::context::Direction;
 use crate::discovery::consul::{Watches, query_for};
 use crate::discovery::dns::DnsDiscoverer;
 use crate::drain::DrainController;
@@ -99,7 +100,7 @@ use crate::telemetry::spans::SpanExporter;
 use crate::tls::authorization::Authorizer;
 use crate::transparent::outbound::TransparentOutbound;
 use crate::transparent::routes::{Route, RouteTable};
-use crate::upstream::{BackendSet, Direction, Upstream, UpstreamSet, UpstreamSettings};
+use crate::upstream::{BackendSet, Upstream, UpstreamSet, UpstreamSettings};
 
 pub use fixed::keep_fixed;
 pub(crate) use listening::bind;

@@ -21,9 +21,9 @@ use metrics::Counter;
 use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
+use crate::context::Direction;
 use crate::error::ProxyError;
 use crate::telemetry::metrics::shed_counter;
-use crate::upstream::Direction;
 
 /// The slots of one listener, shared by every clone of its layer.
 struct Slots {

@@ -15,8 +15,8 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
+use crate::context::ServedBy;
 use crate::error::{ErrorKind, ProxyError};
-use crate::forward::ServedBy;
 use crate::headers::{X_REMORA_ERROR, is_grpc};
 
 /// HTTP status of a proxy-made response.

@@ -24,18 +24,18 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::body::{BodyEnd, ResponseBody};
+use crate::context::ClientAddr;
+use crate::context::Direction;
+use crate::context::RetryCount;
+use crate::context::ServedBy;
 use crate::error::ErrorKind;
-use crate::forward::ServedBy;
 use crate::headers::grpc_status;
-use crate::middleware::retry::RetryCount;
 use crate::middleware::trace_context::TraceContext;
 use crate::routing::RouteLabel;
-use crate::server::ClientAddr;
 use crate::telemetry::access_log::{self, Outcome, RequestSummary};
 use crate::telemetry::metrics::{RequestMetrics, in_flight_gauge};
 use crate::telemetry::spans::{SpanExporter, SpanRecord};
 use crate::telemetry::totals::{Finished, RequestTotals};
-use crate::upstream::Direction;
 
 /// Shared by all requests of one listener.
 struct Observer {

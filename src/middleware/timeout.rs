@@ -27,18 +27,14 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use crate::context::Deadline;
+use crate::context::Direction;
 use crate::error::ProxyError;
 use crate::headers::is_grpc;
 use crate::telemetry::metrics;
-use crate::upstream::Direction;
 
 /// The gRPC deadline header (gRPC over HTTP/2: `TimeoutValue TimeoutUnit`).
 pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
-
-/// When the whole request must be done, set in the request's extensions by
-/// the timeout layer; the upstream request carries what is left of it.
-#[derive(Debug, Clone, Copy)]
-pub struct Deadline(pub Instant);
 
 /// `grpc-timeout` for `remaining`: at most 8 digits, in the finest unit
 /// that fits (milliseconds up to about 27 hours, then seconds).

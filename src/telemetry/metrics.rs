@@ -12,9 +12,9 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::context::Direction;
 use crate::error::ErrorKind;
 use crate::middleware::circuit_breaker::Phase;
-use crate::upstream::Direction;
 
 pub const REQUESTS_TOTAL: &str = "remora_requests_total";
 pub const REQUEST_DURATION: &str = "remora_request_duration_seconds";

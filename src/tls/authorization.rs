@@ -21,8 +21,8 @@ use arc_swap::ArcSwapOption;
 use super::MeshTls;
 use super::identity::{Namespace, PeerIdentity, Scope, SpiffeId, pattern_matches};
 use crate::config::{AuthorizationAction, AuthorizationConfig, UntilIntentionsLoad};
+use crate::context::Direction;
 use crate::telemetry::metrics;
-use crate::upstream::Direction;
 
 /// One Consul intention as `/v1/connect/intentions/match` lists it; `allow`
 /// is false for every intention that is not a plain allow (L7 ones too).

@@ -16,8 +16,8 @@ use tokio_rustls::server::TlsStream;
 use super::authorization::Authorizer;
 use super::identity::{self, PeerIdentity};
 use super::{ALPN_H2, ALPN_HTTP1, Alpn, MeshTls};
+use crate::context::Direction;
 use crate::telemetry::metrics;
-use crate::upstream::Direction;
 
 /// The HTTP version the client chose by ALPN, if it chose one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

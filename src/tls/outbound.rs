@@ -16,9 +16,9 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::{ALPN_H2, Alpn, ExpectedIdentity, MeshTls};
+use crate::context::Direction;
 use crate::error::ProxyError;
 use crate::telemetry::metrics;
-use crate::upstream::Direction;
 
 /// mTLS settings of one upstream.
 pub struct UpstreamTls {

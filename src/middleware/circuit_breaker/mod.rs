@@ -23,8 +23,8 @@ use tower::{Layer, Service};
 
 use crate::body::{BodyEnd, ResponseBody};
 use crate::config::{CircuitBreakerConfig, Condition};
+use crate::context::Deadline;
 use crate::error::ProxyError;
-use crate::middleware::timeout::Deadline;
 use crate::outcome::Outcome;
 use crate::telemetry::metrics;
 

@@ -40,10 +40,10 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::body::ResponseBody;
 use crate::config::{RateLimitConfig, RateLimitKey};
+use crate::context::ClientAddr;
+use crate::context::Direction;
 use crate::error::ProxyError;
-use crate::server::ClientAddr;
 use crate::telemetry::metrics::rate_limited_counter;
-use crate::upstream::Direction;
 
 use bucket::{KeyedBuckets, Rate};
 

@@ -83,7 +83,6 @@ pub mod budget;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -94,13 +93,14 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::{Condition, RetryPolicy};
+use crate::context::Deadline;
+use crate::context::Direction;
+use crate::context::RetryCount;
+use crate::context::{AvoidEndpoint, PickedEndpoint, ServedBy};
 use crate::error::ProxyError;
-use crate::forward::{AvoidEndpoint, PickedEndpoint, ServedBy};
 use crate::headers::is_upgrade_request;
-use crate::middleware::timeout::Deadline;
 use crate::outcome::Outcome;
 use crate::telemetry::metrics::RetryMetrics;
-use crate::upstream::Direction;
 
 use self::backoff::Backoff;
 use self::budget::Budget;
@@ -182,18 +182,6 @@ where
     }
 }
 
-/// A request extension through which an outer layer learns how many retries
-/// the request took, whatever the outcome (the observe layer puts it on the
-/// request's span).
-#[derive(Clone, Default)]
-pub struct RetryCount(Arc<AtomicU32>);
-
-impl RetryCount {
-    pub fn get(&self) -> u32 {
-        self.0.load(Relaxed)
-    }
-}
-
 async fn retry<S>(
     shared: Arc<Shared>,
     mut inner: S,
@@ -252,7 +240,7 @@ where
         tokio::time::sleep(shared.backoff.delay(retries)).await;
         retries += 1;
         if let Some(count) = &count {
-            count.0.store(retries, Relaxed);
+            count.set(retries);
         }
     }
 }
