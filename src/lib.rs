@@ -37,6 +37,7 @@ pub mod routing;
 pub mod runtime;
 pub mod server;
 pub mod stack;
+pub mod svc;
 pub mod tcp;
 pub mod telemetry;
 pub mod tls;

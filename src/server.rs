@@ -46,7 +46,7 @@ use crate::headers::is_grpc;
 use crate::idle::{Activity, IdleIo};
 use crate::middleware::error_response::error_response;
 use crate::request_head;
-use crate::stack::HttpService;
+use crate::svc::HttpService;
 use crate::telemetry::metrics::{ConnectionMetrics, ProtocolErrors};
 use crate::tls::PeerIdentity;
 use crate::tls::inbound::{InboundTls, Negotiated};

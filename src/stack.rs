@@ -5,19 +5,15 @@
 //! backend) are built by separate functions and type-erased at their edge.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::RequestBody;
 use crate::config::{DEFAULT_BACKEND, InboundConfig, RouteConfig, TracingConfig, UpstreamConfig};
 use crate::context::Direction;
-use crate::error::ProxyError;
 use crate::forward::Forward;
 use crate::middleware::authorization::AuthorizationLayer;
 use crate::middleware::circuit_breaker::CircuitBreakerLayer;
@@ -34,22 +30,12 @@ use crate::routing::backends::Backends;
 use crate::routing::mirror::MirrorLayer;
 use crate::routing::split::{Split, SplitTarget};
 use crate::routing::{Route, Router};
+use crate::svc::{ConcreteService, HttpService, RouteService};
 use crate::telemetry::metrics::route_backend_counter;
 use crate::telemetry::spans::SpanExporter;
 use crate::tls::authorization::Authorizer;
 use crate::upgrade::Upgrades;
 use crate::upstream::Upstream;
-
-/// The service behind an HTTP listener.
-pub type HttpService = BoxCloneSyncService<Request<Incoming>, Response<ResponseBody>, Infallible>;
-
-/// A route's stack below the router, proxy errors already turned into responses.
-pub type RouteService =
-    BoxCloneSyncService<Request<RequestBody>, Response<ResponseBody>, Infallible>;
-
-/// One backend's stack: breaker, concurrency limit, balancer and endpoints.
-pub type ConcreteService =
-    BoxCloneSyncService<Request<RequestBody>, Response<ResponseBody>, ProxyError>;
 
 /// App → upstream service. With `routes:`, the router sits where the
 /// upstream's policy layers would (steps 4–8, per route: logical), and each

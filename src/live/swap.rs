@@ -16,7 +16,7 @@ use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{Service, ServiceExt};
 
 use crate::body::ResponseBody;
-use crate::stack::HttpService;
+use crate::svc::HttpService;
 
 /// The stack slot of one listener, shared by its connections and by reloads.
 pub type StackSlot = Arc<ArcSwap<HttpService>>;

@@ -38,7 +38,7 @@ use tower::{Service, ServiceExt};
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::{DEFAULT_BACKEND, RouteConfig, RouteMatch};
-use crate::stack::RouteService;
+use crate::svc::RouteService;
 use crate::telemetry::metrics::RequestMetrics;
 
 use self::matching::RequestMatch;

@@ -17,7 +17,7 @@ use tower::{Service, ServiceExt};
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::StickyKey;
 use crate::error::ProxyError;
-use crate::stack::ConcreteService;
+use crate::svc::ConcreteService;
 
 /// One backend of a split.
 pub struct SplitTarget {

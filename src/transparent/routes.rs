@@ -12,7 +12,7 @@ use http::Request;
 use http::header::HOST;
 
 use crate::config::{DestinationMatch, HostName};
-use crate::stack::HttpService;
+use crate::svc::HttpService;
 use crate::upstream::Upstream;
 
 /// An upstream reachable through the transparent listener.
