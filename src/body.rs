@@ -373,7 +373,7 @@ impl Body for RequestBody {
 /// A client's trailers, like its headers, may not set a reserved header.
 fn without_reserved_trailers(mut frame: Frame<Bytes>) -> Frame<Bytes> {
     if let Some(trailers) = frame.trailers_mut() {
-        crate::headers::remove_reserved(trailers);
+        crate::headers::remove_headers(trailers, crate::headers::is_reserved);
     }
     frame
 }

@@ -115,13 +115,13 @@ pub fn is_reserved(name: &HeaderName) -> bool {
     })
 }
 
-/// Removes every header [`is_reserved`] recognises (from a client's trailers).
-pub fn remove_reserved(headers: &mut HeaderMap) {
-    let reserved: Vec<HeaderName> = (headers.keys())
-        .filter(|name| is_reserved(name))
+/// Removes every header whose name `drop` picks (e.g. [`is_reserved`]).
+pub fn remove_headers(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
+    let dropped: Vec<HeaderName> = (headers.keys())
+        .filter(|name| drop(name))
         .cloned()
         .collect();
-    for name in reserved {
+    for name in dropped {
         headers.remove(name);
     }
 }

@@ -17,7 +17,7 @@ use http::{HeaderMap, HeaderName, Request, Version, header};
 
 use crate::config::HeadersWithUnderscoresAction;
 use crate::error::ProxyError;
-use crate::headers::is_reserved;
+use crate::headers::{is_reserved, remove_headers};
 
 /// Checks `request`'s head and drops the headers it may not carry; an error
 /// when it must be refused.
@@ -45,23 +45,18 @@ fn clean_header_names(
     headers: &mut HeaderMap,
     underscores: HeadersWithUnderscoresAction,
 ) -> Result<(), ProxyError> {
-    let mut dropped: Vec<HeaderName> = Vec::new();
-    for name in headers.keys() {
-        let underscore = name.as_str().contains('_');
-        if underscore && underscores == HeadersWithUnderscoresAction::RejectRequest {
-            return Err(ProxyError::HeaderWithUnderscore {
-                name: name.as_str().to_owned(),
-            });
-        }
-        if is_reserved(name)
-            || (underscore && underscores == HeadersWithUnderscoresAction::DropHeader)
-        {
-            dropped.push(name.clone());
-        }
+    let has_underscore = |name: &HeaderName| name.as_str().contains('_');
+    if underscores == HeadersWithUnderscoresAction::RejectRequest
+        && let Some(name) = headers.keys().find(|name| has_underscore(name))
+    {
+        return Err(ProxyError::HeaderWithUnderscore {
+            name: name.as_str().to_owned(),
+        });
     }
-    for name in dropped {
-        headers.remove(name);
-    }
+    let drop_underscores = underscores == HeadersWithUnderscoresAction::DropHeader;
+    remove_headers(headers, |name| {
+        is_reserved(name) || (drop_underscores && has_underscore(name))
+    });
     Ok(())
 }
 

@@ -61,9 +61,6 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        // Dropped on arrival in every spelling (`request_head`); once more
-        // here, where the header is set, as a second line of defence.
-        request.headers_mut().remove(X_REMORA_CLIENT_ID);
         let peer = request.extensions().get::<PeerIdentity>().cloned();
         if let Some(authorizer) = &self.authorizer
             && !authorizer.authorize(peer.as_ref())
