@@ -131,7 +131,7 @@ async fn metrics_count_outbound_requests_and_describe_the_upstream() {
         ("upstream", "adm-count"),
         ("code", "200"),
     ];
-    let counted = prom::wait_for_value(
+    prom::assert_value_within(
         &metrics,
         "remora_requests_total",
         &ok,
@@ -139,7 +139,6 @@ async fn metrics_count_outbound_requests_and_describe_the_upstream() {
         METRIC_WAIT,
     )
     .await;
-    assert_eq!(counted, N as f64, "remora_requests_total");
 
     let reply = get(Version::HTTP_11, &metrics).await.unwrap();
     assert!(
@@ -208,7 +207,7 @@ async fn inbound_requests_are_counted_as_inbound() {
         ("upstream", "adm-inbound-svc"),
         ("code", "200"),
     ];
-    let counted = prom::wait_for_value(
+    prom::assert_value_within(
         &metrics,
         "remora_requests_total",
         &inbound,
@@ -216,7 +215,6 @@ async fn inbound_requests_are_counted_as_inbound() {
         METRIC_WAIT,
     )
     .await;
-    assert_eq!(counted, 3.0);
     let text = prom::scrape(&metrics).await;
     assert_eq!(
         prom::value(
@@ -354,7 +352,7 @@ async fn metrics_per_endpoint_in_flight_build_and_process() {
     let slow_url = format!("{base}/slow/600");
     let slow = tokio::spawn(async move { get(Version::HTTP_11, &slow_url).await.unwrap() });
     let listener = [("direction", "outbound"), ("upstream", "adm-ep")];
-    let held = prom::wait_for_value(
+    prom::assert_value_within(
         &metrics,
         "remora_requests_in_flight",
         &listener,
@@ -362,7 +360,6 @@ async fn metrics_per_endpoint_in_flight_build_and_process() {
         METRIC_WAIT,
     )
     .await;
-    assert_eq!(held, 1.0, "the slow request in flight");
     let text = prom::scrape(&metrics).await;
     for addr in &addrs {
         let endpoint = [("upstream", "adm-ep"), ("endpoint", &addr.to_string()[..])];
@@ -402,7 +399,7 @@ async fn metrics_per_endpoint_in_flight_build_and_process() {
     }
 
     assert_eq!(slow.await.unwrap().status, StatusCode::OK);
-    let after = prom::wait_for_value(
+    prom::assert_value_within(
         &metrics,
         "remora_requests_in_flight",
         &listener,
@@ -410,5 +407,4 @@ async fn metrics_per_endpoint_in_flight_build_and_process() {
         METRIC_WAIT,
     )
     .await;
-    assert_eq!(after, 0.0);
 }

@@ -161,7 +161,7 @@ async fn expect_protocol_errors(
 ) {
     let [direction, listener] = *labels;
     let labels = [direction, listener, ("kind", kind)];
-    let counted = prom::wait_for_value(
+    prom::assert_value_within(
         metrics_url,
         "remora_client_protocol_errors_total",
         &labels,
@@ -169,7 +169,6 @@ async fn expect_protocol_errors(
         Duration::from_secs(5),
     )
     .await;
-    assert_eq!(counted, expected, "{labels:?}");
 }
 
 /// Content-Length with Transfer-Encoding: hyper lets Transfer-Encoding win
@@ -400,7 +399,7 @@ async fn connections_beyond_max_connections_are_refused_and_counted() {
     }
     // Closing one frees its slot (once remora has seen the close).
     drop(open.pop());
-    let open_now = prom::wait_for_value(
+    prom::assert_value_within(
         &proxy.admin_url("/metrics"),
         "remora_connections_open",
         &labels,
@@ -408,7 +407,6 @@ async fn connections_beyond_max_connections_are_refused_and_counted() {
         Duration::from_secs(5),
     )
     .await;
-    assert_eq!(open_now, 2.0);
     let answer = exchange(
         addr,
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",

@@ -73,7 +73,7 @@ async fn shed_the_third(base: &str, backend: &Backend, metrics_url: &str, labels
     let after = get(Version::HTTP_11, &format!("{base}/")).await.unwrap();
     assert_eq!(after.status, StatusCode::OK);
 
-    let shed_total = prom::wait_for_value(
+    prom::assert_value_within(
         metrics_url,
         "remora_shed_requests_total",
         labels,
@@ -81,8 +81,7 @@ async fn shed_the_third(base: &str, backend: &Backend, metrics_url: &str, labels
         Duration::from_secs(2),
     )
     .await;
-    assert_eq!(shed_total, 1.0);
-    let in_flight = prom::wait_for_value(
+    prom::assert_value_within(
         metrics_url,
         "remora_requests_in_flight",
         labels,
@@ -90,7 +89,6 @@ async fn shed_the_third(base: &str, backend: &Backend, metrics_url: &str, labels
         Duration::from_secs(2),
     )
     .await;
-    assert_eq!(in_flight, 0.0);
 }
 
 #[tokio::test]

@@ -207,7 +207,7 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
         ("listener", "cat-http"),
         ("kind", "malformed"),
     ];
-    let counted = prom::wait_for_value(
+    prom::assert_value_within(
         &metrics_url,
         "remora_client_protocol_errors_total",
         &labels,
@@ -215,8 +215,7 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
         Duration::from_secs(2),
     )
     .await;
-    assert_eq!(counted, 1.0);
-    let sent = prom::wait_for_value(
+    prom::assert_value_within(
         &metrics_url,
         "remora_tcp_sent_bytes_total",
         &[("upstream", "cat-tcp")],
@@ -224,7 +223,6 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
         Duration::from_secs(2),
     )
     .await;
-    assert_eq!(sent, 4.0);
     let circuit_open = prom::wait_for_value(
         &metrics_url,
         "remora_proxy_errors_total",
@@ -234,7 +232,7 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
     )
     .await;
     assert!(circuit_open >= 1.0, "the breaker never answered");
-    let registered = prom::wait_for_value(
+    prom::assert_value_within(
         &metrics_url,
         "remora_consul_registered",
         &[("service", "cat-svc-sidecar-proxy")],
@@ -242,7 +240,6 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
         Duration::from_secs(2),
     )
     .await;
-    assert_eq!(registered, 1.0, "registered with the Consul stand-in");
 
     let text = prom::scrape(&metrics_url).await;
     let exported = exported(&text);

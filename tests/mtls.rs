@@ -137,7 +137,7 @@ async fn handshake_requires_a_client_certificate_from_the_ca() {
     let plain = get(Version::HTTP_11, &format!("http://{}/", proxy.inbound())).await;
     assert!(plain.is_err(), "plaintext HTTP answered: {plain:?}");
 
-    let errors = prom::wait_for_value(
+    prom::assert_value_within(
         &proxy.admin_url("/metrics"),
         "remora_tls_handshake_errors_total",
         &[("direction", "inbound"), ("upstream", "hraccftc1")],
@@ -145,7 +145,6 @@ async fn handshake_requires_a_client_certificate_from_the_ca() {
         HANG,
     )
     .await;
-    assert_eq!(errors, 3.0);
     assert_eq!(app.requests(), 1);
 }
 

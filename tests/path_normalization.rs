@@ -158,7 +158,7 @@ async fn encoded_slashes_and_malformed_escapes_are_refused_by_default() {
         ("upstream", "refusing"),
         ("kind", "bad_path"),
     ];
-    let counted = prom::wait_for_value(
+    prom::assert_value_within(
         &metrics,
         "remora_proxy_errors_total",
         &labels,
@@ -166,7 +166,6 @@ async fn encoded_slashes_and_malformed_escapes_are_refused_by_default() {
         Duration::from_secs(5),
     )
     .await;
-    assert_eq!(counted, refused.len() as f64);
 }
 
 #[tokio::test]

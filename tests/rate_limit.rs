@@ -103,7 +103,7 @@ async fn ten_times_the_rate_for_two_seconds_admits_rate_times_two_plus_burst() {
     );
     assert_eq!(backend.requests(), u64::from(ok));
 
-    let counted = prom::wait_for_value(
+    prom::assert_value_within(
         &proxy.admin_url("/metrics"),
         "remora_rate_limited_total",
         &[("direction", "outbound"), ("upstream", "rl-accuracy")],
@@ -111,7 +111,6 @@ async fn ten_times_the_rate_for_two_seconds_admits_rate_times_two_plus_burst() {
         Duration::from_secs(2),
     )
     .await;
-    assert_eq!(counted, f64::from(limited));
 }
 
 /// Inbound, keyed by a header: each tenant gets its own burst; requests without the
@@ -182,7 +181,7 @@ async fn a_refused_request_is_counted_as_a_429_rate_limited() {
     // 0.01/s: one token takes 100 s.
     assert_eq!(refused.headers["retry-after"], "100");
     assert_eq!(backend.requests(), 1);
-    let errors = prom::wait_for_value(
+    prom::assert_value_within(
         &proxy.admin_url("/metrics"),
         "remora_proxy_errors_total",
         &[("upstream", "rl-counted"), ("kind", "rate_limited")],
@@ -190,7 +189,6 @@ async fn a_refused_request_is_counted_as_a_429_rate_limited() {
         Duration::from_secs(2),
     )
     .await;
-    assert_eq!(errors, 1.0);
 }
 
 #[tokio::test]

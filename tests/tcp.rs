@@ -98,7 +98,7 @@ async fn four_mib_round_trip_and_byte_counters() {
 
     let metrics = proxy.admin_url("/metrics");
     let labels = [("upstream", "tcp-large")];
-    let sent = prom::wait_for_value(
+    prom::assert_value_within(
         &metrics,
         "remora_tcp_sent_bytes_total",
         &labels,
@@ -106,7 +106,6 @@ async fn four_mib_round_trip_and_byte_counters() {
         Duration::from_secs(2),
     )
     .await;
-    assert_eq!(sent, SIZE as f64, "remora_tcp_sent_bytes_total");
     let text = prom::scrape(&metrics).await;
     assert_eq!(
         prom::value(&text, "remora_tcp_received_bytes_total", &labels),
@@ -133,7 +132,7 @@ async fn byte_counters_add_up_over_connections() {
 
     let metrics = proxy.admin_url("/metrics");
     let labels = [("upstream", "tcp-counted")];
-    let sent = prom::wait_for_value(
+    prom::assert_value_within(
         &metrics,
         "remora_tcp_sent_bytes_total",
         &labels,
@@ -141,8 +140,7 @@ async fn byte_counters_add_up_over_connections() {
         Duration::from_secs(2),
     )
     .await;
-    assert_eq!(sent, 13.0);
-    let received = prom::wait_for_value(
+    prom::assert_value_within(
         &metrics,
         "remora_tcp_received_bytes_total",
         &labels,
@@ -150,7 +148,6 @@ async fn byte_counters_add_up_over_connections() {
         Duration::from_secs(2),
     )
     .await;
-    assert_eq!(received, 21.0, "10 + 3 echoed bytes plus two `bye\\n`");
 }
 
 /// Inbound listener in front of a TCP application: the same tunnel, counted under the
@@ -179,7 +176,7 @@ async fn inbound_tcp_service_is_tunnelled() {
     stream.shutdown().await.unwrap();
     assert_eq!(read_to_end(&mut stream).await, b"!bye\n");
 
-    let sent = prom::wait_for_value(
+    prom::assert_value_within(
         &proxy.admin_url("/metrics"),
         "remora_tcp_sent_bytes_total",
         &[("upstream", "tcp-inbound-app")],
@@ -187,7 +184,6 @@ async fn inbound_tcp_service_is_tunnelled() {
         Duration::from_secs(2),
     )
     .await;
-    assert_eq!(sent, 5.0);
 }
 
 /// The only endpoint refuses connections: remora accepts the client, fails to connect

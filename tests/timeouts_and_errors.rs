@@ -68,7 +68,7 @@ async fn request_timeout_is_504_on_time_and_the_upstream_stays_usable() {
     }
     assert_eq!(backend.requests(), 4);
 
-    let errors = prom::wait_for_value(
+    prom::assert_value_within(
         &proxy.admin_url("/metrics"),
         "remora_proxy_errors_total",
         &[("upstream", "to-request"), ("kind", "timeout")],
@@ -76,7 +76,6 @@ async fn request_timeout_is_504_on_time_and_the_upstream_stays_usable() {
         Duration::from_secs(2),
     )
     .await;
-    assert_eq!(errors, 1.0);
 }
 
 /// On timeout remora abandons the upstream exchange: the upstream sees its connection closed

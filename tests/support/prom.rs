@@ -131,3 +131,16 @@ pub async fn wait_for_value(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Waits (up to `within`) for the sample of `name` with `labels` to reach
+/// `expected`, and asserts that it did.
+pub async fn assert_value_within(
+    url: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    expected: f64,
+    within: Duration,
+) {
+    let reached = wait_for_value(url, name, labels, expected, within).await;
+    assert_eq!(reached, expected, "{name} {labels:?}");
+}
