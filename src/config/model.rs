@@ -25,7 +25,7 @@ use super::transparent::{DestinationMatch, HostName, TransparentConfig};
 use super::upgrades::{UpgradeProtocol, default_upgrades};
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub service: ServiceConfig,
@@ -81,7 +81,7 @@ pub struct ConsulKvSource {
 
 /// Mesh mTLS (`tls:`): the sidecar's certificate, the CA it trusts, and
 /// who may call the inbound listener.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// Where the certificate, key and CA come from.
@@ -132,7 +132,7 @@ pub enum TlsSource {
 /// Inbound authorization by peer identity (`tls.authorization:`). Deny rules
 /// are checked first, then allow rules, then Consul intentions (when on),
 /// then `default`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizationConfig {
     /// What happens to a peer no rule (and no intention) matches.
@@ -173,7 +173,7 @@ pub enum AuthorizationAction {
 }
 
 /// Mesh mTLS towards one upstream (`upstreams[].tls:`).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// Originate mTLS; default: on for Consul `connect: true` discovery
@@ -188,7 +188,7 @@ pub struct UpstreamTls {
 }
 
 /// Trace-context propagation and span export (`tracing:`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TracingConfig {
     /// Create an `x-request-id` (UUID v4) when a request has none.
@@ -213,7 +213,7 @@ impl Default for TracingConfig {
 }
 
 /// Span export (`tracing.otlp:`): OTLP/HTTP protobuf to a collector.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
     /// Where batches are POSTed (`http://` only).
@@ -272,7 +272,7 @@ pub enum Propagation {
 }
 
 /// The application this sidecar fronts.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     pub name: String,
@@ -310,7 +310,7 @@ pub enum ServiceProtocol {
 }
 
 /// Health check registered with the service.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckConfig {
     #[serde(default)]
@@ -334,7 +334,7 @@ fn default_check_timeout() -> Duration {
 }
 
 /// Listener for traffic from the mesh to the local application.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboundConfig {
     #[serde(default = "default_inbound_listen")]
@@ -373,7 +373,7 @@ fn default_inbound_listen() -> SocketAddr {
 }
 
 /// One upstream service the application calls through a local port.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub name: String,
@@ -659,7 +659,7 @@ impl Serialize for Secret {
 }
 
 /// Load-balancing policy of an upstream.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadBalancing {
     #[serde(default)]
@@ -728,7 +728,7 @@ impl Visitor<'_> for HashOnVisitor {
 }
 
 /// Per-upstream timeouts.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     #[serde(default = "default_connect_timeout", with = "duration")]
@@ -758,7 +758,7 @@ impl Default for Timeouts {
 }
 
 /// The admin listener (health, metrics, config).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
@@ -799,7 +799,7 @@ impl Default for AdminConfig {
 }
 
 /// Process-level settings.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     #[serde(default = "default_worker_threads")]
@@ -826,7 +826,7 @@ impl Default for RuntimeConfig {
 }
 
 /// Logs and access logs.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoggingConfig {
     /// A level (`error` .. `trace`) or an EnvFilter directive list.

@@ -143,7 +143,7 @@ impl<'de> Deserialize<'de> for Condition {
 }
 
 /// `retries:` — which failed tries are tried again, and how often.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Tries in all, the first included (2 = one retry).
@@ -181,7 +181,7 @@ fn default_replay_body_limit() -> usize {
 }
 
 /// Exponential backoff with full jitter between tries.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryBackoff {
     #[serde(default = "default_backoff_base", with = "duration")]
@@ -208,7 +208,7 @@ fn default_backoff_max() -> Duration {
 }
 
 /// Retries allowed: `ratio` × requests over `window`, plus `min_per_second`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryBudget {
     #[serde(default = "default_budget_ratio")]
@@ -411,7 +411,7 @@ fn default_max_ejection_percent() -> u32 {
 }
 
 /// `fault:` — injected delays and aborts, for chaos testing.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultConfig {
     #[serde(default)]
@@ -420,7 +420,7 @@ pub struct FaultConfig {
     pub abort: Option<FaultAbort>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultDelay {
     pub percent: f64,
@@ -430,7 +430,7 @@ pub struct FaultDelay {
 
 /// Answer without calling the upstream: with `status` for HTTP requests and
 /// `grpc_status` (a name, e.g. `unavailable`) for gRPC ones.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultAbort {
     pub percent: f64,

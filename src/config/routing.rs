@@ -43,7 +43,7 @@ pub struct SubsetConfig {
 }
 
 /// One entry of `routes:`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// A metric label: `[a-z0-9][a-z0-9_-]*`, unique within the upstream.
@@ -86,7 +86,7 @@ pub struct RouteConfig {
 }
 
 /// The conditions of a route.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
     #[serde(default)]
@@ -104,7 +104,7 @@ pub struct RouteMatch {
 }
 
 /// How the request path (without the query) is matched.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PathMatch {
     Exact(String),
@@ -115,7 +115,7 @@ pub enum PathMatch {
 
 /// One header or query parameter condition: exactly one of `exact`,
 /// `regex` or `present`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValueMatch {
     pub name: String,
@@ -129,7 +129,7 @@ pub struct ValueMatch {
 }
 
 /// A gRPC call by service (`package.Service`) and optionally method.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcMatch {
     pub service: String,
@@ -138,7 +138,7 @@ pub struct GrpcMatch {
 }
 
 /// One side of a weighted split.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SplitTarget {
     pub backend: String,
@@ -154,7 +154,7 @@ pub enum StickyKey {
 
 /// `add` appends (existing values stay), `set` replaces, `remove` deletes;
 /// applied in the order remove, set, add.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderRules {
     #[serde(default)]
@@ -172,7 +172,7 @@ impl HeaderRules {
 }
 
 /// Changes to the request before it is sent upstream.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rewrite {
     /// New `Host` (HTTP/1.1) / `:authority` (HTTP/2).
@@ -184,7 +184,7 @@ pub struct Rewrite {
 }
 
 /// A redirect: each given part replaces that part of the request's URL.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Redirect {
     #[serde(default)]
@@ -206,7 +206,7 @@ fn default_redirect_status() -> u16 {
 }
 
 /// A fixed response (e.g. 503 during maintenance).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectResponse {
     pub status: u16,
@@ -215,7 +215,7 @@ pub struct DirectResponse {
 }
 
 /// A copy of a share of the route's requests, sent to a shadow backend.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorConfig {
     pub backend: String,
@@ -266,6 +266,13 @@ impl Pattern {
 
     pub fn is_match(&self, text: &str) -> bool {
         self.regex.is_match(text)
+    }
+}
+
+/// Two patterns are equal when written alike (what change detection needs).
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
     }
 }
 

@@ -17,7 +17,7 @@ use super::limits::ListenerLimits;
 /// `transparent:`: the outbound listener that iptables-redirected
 /// connections reach, how it tells protocols apart, and what
 /// `remora iptables` generates.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransparentConfig {
     #[serde(default = "default_outbound_listen")]
