@@ -13,8 +13,6 @@
 //! live: the inbound listener forwards there) and `inbound.listen` (the
 //! sidecar's registered port). Rejects nothing.
 
-use serde::Serialize;
-
 use crate::config::{Config, TlsConfig};
 
 /// Puts the running value of every fixed setting back into `next`; returns
@@ -129,10 +127,10 @@ pub fn keep_fixed(running: &Config, next: &mut Config) -> Vec<&'static str> {
         .collect()
 }
 
-/// Sets `next` to `running` when they differ (compared as serialized, so
-/// every config type qualifies); true when they did.
-fn restore<T: Serialize + Clone>(running: &T, next: &mut T) -> bool {
-    let differs = serde_json::to_value(running).ok() != serde_json::to_value(&*next).ok();
+/// Sets `next` to `running` when they differ (compared as config values,
+/// secrets included); true when they did.
+fn restore<T: PartialEq + Clone>(running: &T, next: &mut T) -> bool {
+    let differs = running != next;
     if differs {
         *next = running.clone();
     }
