@@ -11,10 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde_json::Value;
 use tokio::net::TcpListener;
 
-use crate::config::ListenerLimits;
+use crate::config::{AuthorizationConfig, ListenerLimits, TransparentConfig};
 use crate::context::Direction;
 use crate::drain::DrainController;
 use crate::server::{self, Handler, HttpProtocol};
@@ -47,9 +46,11 @@ pub(super) enum HandlerSource {
         idle: Duration,
     },
     /// The authorization rules its TLS termination checks (inbound under mesh TLS).
-    Tcp { authorization: Option<Value> },
+    Tcp {
+        authorization: Option<AuthorizationConfig>,
+    },
     /// The `transparent` section.
-    Transparent(Value),
+    Transparent(TransparentConfig),
 }
 
 /// A listener's socket ready to commit.

@@ -10,7 +10,16 @@
 //! it commit, and the
 //! commit cannot fail. A configuration that cannot be applied (a port in
 //! use, a DNS resolver or Consul client that cannot be built) is rejected
-//! with that error and leaves the proxy exactly as it was.
+//! with that error and leaves the proxy exactly as it was. What each
+//! configuration asks is in `spec`; each site (the inbound application, an
+//! upstream) is planned and committed in `site`, the transparent listener
+//! in `transparent`, the Consul watches in `consul`.
+//!
+//! **Changes are detected by comparing config values** (`PartialEq`), never
+//! their serialized or `/config` forms, which redact secrets: a changed
+//! Consul token or credential header is a change. A file whose path is
+//! unchanged but whose contents changed is not (mesh TLS material has its
+//! own watches, see `mesh`).
 //!
 //! **Listeners** are known by direction and name (`inbound`, the
 //! upstream's name, or the transparent listener; see `listening`). One
@@ -38,9 +47,10 @@
 //! application's pooled keep-alive connections on the old timeouts or
 //! retries for as long as they live. A stack is rebuilt only when its
 //! section, `tracing`, the access-log settings or (inbound) the
-//! authorization rules changed, or its upstream or one of its routing
-//! backends was replaced. Rebuilding starts its rate-limit buckets, retry
-//! budget and concurrency count afresh (requests still on the old stack hold
+//! authorization rules changed (see `spec::StackSource`), or its upstream or
+//! one of its routing backends was replaced. Rebuilding starts its
+//! rate-limit buckets, retry budget and concurrency count afresh (requests
+//! still on the old stack hold
 //! their slots there, so for a moment the limit can be exceeded by them).
 //! Routes, splits and weights live in the stack, so a changed split applies
 //! from the next request and none is refused: the new stack's backends have
@@ -67,53 +77,38 @@
 //! and each meshed upstream's TLS origination (an unchanged one compares
 //! equal, so its upstream is kept).
 
+mod consul;
 mod fixed;
 mod listening;
 mod mesh;
+mod site;
+mod spec;
 mod swap;
+mod transparent;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use anyhow::Context as _;
-use arc_swap::ArcSwap;
-use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use crate::client::ClientSettings;
-use crate::config::{
-    Config, ConnectionPool, ConsulConfig, Discovery, InboundConfig, ListenerLimits,
-    ServiceProtocol, StaticEndpoint, Timeouts, TransparentConfig, UpstreamConfig, UpstreamProtocol,
-};
-use crate::consul::{self, HealthQuery};
+use crate::config::{Config, ConsulConfig, Discovery};
 use crate::context::Direction;
-use crate::discovery::consul::{Watches, query_for};
-use crate::discovery::dns::DnsDiscoverer;
 use crate::drain::DrainController;
-use crate::endpoint::WeightedAddr;
 use crate::routing::backends::Backends;
-use crate::server::{Handler, HttpProtocol};
-use crate::stack;
-use crate::svc::HttpService;
 use crate::telemetry::spans::SpanExporter;
-use crate::tls::authorization::Authorizer;
-use crate::transparent::outbound::TransparentOutbound;
-use crate::transparent::routes::{Route, RouteTable};
-use crate::upstream::{BackendSet, Upstream, UpstreamSet, UpstreamSettings};
+use crate::upstream::{BackendSet, Upstream, UpstreamSet};
 
+use consul::{ConsulWatches, commit_consul, plan_client};
 pub use fixed::keep_fixed;
 pub(crate) use listening::bind;
-use listening::{
-    AcceptSource, HandlerSource, Listening, PlannedSocket, commit_socket, plan_socket,
-    remove_listener,
-};
+use listening::{Listening, remove_listener};
 pub use mesh::MeshSecurity;
-use swap::{StackSlot, SwappableService};
-
-/// The name of the transparent listener (logs, connection metrics).
-const TRANSPARENT: &str = "transparent";
+use site::{Planned, Site, commit_site};
+use spec::specs;
+use transparent::{
+    PlannedTransparent, TRANSPARENT, TransparentSite, commit_transparent, plan_transparent,
+};
 
 /// What an apply changed besides the listeners it logs itself.
 #[derive(Debug)]
@@ -172,96 +167,13 @@ impl State {
     }
 }
 
-/// The inbound application or an upstream, its listener, stack and what
-/// runs for them.
-struct Site {
-    direction: Direction,
-    name: String,
-    /// `None` for an upstream reached only through the transparent listener.
-    listening: Option<Listening>,
-    upstream: Arc<Upstream>,
-    discovery: Discovery,
-    /// What the stack was built from (see [`stack_source`]).
-    stack_source: Value,
-    /// `None` for a TCP upstream.
-    stack: Option<StackSlot>,
-    /// The stack's routing backends (outbound HTTP).
-    backends: Option<Arc<Backends>>,
-    /// The DNS discovery task, when discovery is `dns`.
-    dns: Option<DrainController>,
-}
-
-impl Site {
-    fn is(&self, direction: Direction, name: &str) -> bool {
-        self.direction == direction && self.name == name
-    }
-}
-
-/// The transparent listener.
-struct TransparentSite {
-    listening: Listening,
-    outbound: Arc<TransparentOutbound>,
-}
-
-/// The Consul watches and the client they share.
-struct ConsulWatches {
-    /// The `consul` section the client was built from (compared as is: a
-    /// changed token does not show in its serialized form).
-    config: ConsulConfig,
-    client: Arc<consul::Client>,
-    /// Per query: the upstreams it feeds and the task's stop signal.
-    groups: BTreeMap<HealthQuery, (Vec<Arc<Upstream>>, DrainController)>,
-}
-
-/// The inbound application or an upstream as a configuration describes it.
-struct Spec<'a> {
-    direction: Direction,
-    name: String,
-    listen: Option<SocketAddr>,
-    limits: ListenerLimits,
-    settings: UpstreamSettings,
-    discovery: Discovery,
-    /// `None`: opaque TCP.
-    protocol: Option<HttpProtocol>,
-    section: Section<'a>,
-}
-
-enum Section<'a> {
-    Inbound(&'a InboundConfig),
-    Outbound(&'a UpstreamConfig),
-}
-
-/// A site ready to commit.
-struct Planned {
-    direction: Direction,
-    name: String,
-    socket: Option<PlannedSocket>,
-    upstream: Arc<Upstream>,
-    discovery: Discovery,
-    /// A static list to set on the upstream at commit.
-    set_endpoints: Option<Vec<WeightedAddr>>,
-    stack_source: Value,
-    protocol: Option<HttpProtocol>,
-    /// A new stack to install.
-    new_stack: Option<HttpService>,
-    backends: Option<Arc<Backends>>,
-    /// A new DNS discovery task.
-    new_dns: Option<DnsDiscoverer>,
-}
-
-/// The transparent listener ready to commit.
-struct PlannedTransparent {
-    socket: PlannedSocket,
-    config: TransparentConfig,
-}
-
 /// Everything an apply needs, prepared.
 struct Plan {
     config: Config,
     listeners: Vec<Planned>,
     transparent: Option<PlannedTransparent>,
     /// `None` when no upstream uses Consul.
-    consul: Option<(ConsulConfig, Arc<consul::Client>)>,
+    consul: Option<(ConsulConfig, Arc<crate::consul::Client>)>,
     kept_fixed: Vec<&'static str>,
 }
 
@@ -344,7 +256,7 @@ impl LiveProxy {
     pub async fn shutdown(&self, timeout: Duration) -> usize {
         let mut state = self.state.lock().await;
         if let Some(consul) = state.consul.take() {
-            consul.groups.values().for_each(|(_, stop)| stop.signal());
+            consul.stop();
         }
         let mut accepting = std::mem::take(&mut state.retired);
         // Dropping a listener closes its socket once its accept loop has stopped.
@@ -383,11 +295,7 @@ impl LiveProxy {
         };
         let uses_consul = (listeners.iter()).any(|l| matches!(l.discovery, Discovery::Consul(_)));
         let consul = if uses_consul {
-            let client = match &state.consul {
-                Some(running) if running.config == config.consul => Arc::clone(&running.client),
-                _ => Arc::new(consul::Client::from_config(&config.consul)?),
-            };
-            Some((config.consul.clone(), client))
+            Some(plan_client(state, &config.consul)?)
         } else {
             None
         };
@@ -415,189 +323,6 @@ impl LiveProxy {
             consul,
             kept_fixed,
         })
-    }
-
-    /// The upstream, discovery and listener of `spec` (the stack comes later).
-    async fn plan_site(
-        &self,
-        state: &State,
-        config: &Config,
-        spec: &Spec<'_>,
-        authorizer: Option<&Arc<Authorizer>>,
-    ) -> anyhow::Result<Planned> {
-        let old = (state.sites.iter()).find(|site| site.is(spec.direction, &spec.name));
-
-        // A discovery task that is replaced may still be finishing an answer:
-        // a successor makes sure it cannot write into the upstream that runs
-        // on. Static lists have no task and are set in place.
-        let same_feed = old.is_some_and(|site| {
-            site.discovery == spec.discovery
-                || matches!(
-                    (&site.discovery, &spec.discovery),
-                    (Discovery::Static(_), Discovery::Static(_))
-                )
-        });
-        let upstream = match old {
-            Some(site) if site.upstream.settings == spec.settings && same_feed => {
-                Arc::clone(&site.upstream)
-            }
-            Some(site) => Arc::new(site.upstream.successor(spec.settings.clone())),
-            None => {
-                let endpoints = match &spec.discovery {
-                    Discovery::Static(endpoints) => weighted(endpoints),
-                    Discovery::Consul(_) | Discovery::Dns(_) => Vec::new(),
-                };
-                Arc::new(Upstream::new(spec.settings.clone(), &endpoints))
-            }
-        };
-        let same_upstream = old.is_some_and(|site| Arc::ptr_eq(&site.upstream, &upstream));
-        let same_discovery = old.is_some_and(|site| site.discovery == spec.discovery);
-        let set_endpoints = match &spec.discovery {
-            Discovery::Static(endpoints) if old.is_some() && !same_discovery => {
-                Some(weighted(endpoints))
-            }
-            _ => None,
-        };
-
-        let socket = match spec.listen {
-            Some(listen) => {
-                let handler = match spec.protocol {
-                    Some(protocol) => HandlerSource::Http {
-                        protocol,
-                        idle: upstream.settings.client.idle_timeout,
-                    },
-                    None => HandlerSource::Tcp {
-                        authorization: match spec.direction {
-                            Direction::Inbound => (config.tls.as_ref())
-                                .map(|tls| serde_json::to_value(&tls.authorization))
-                                .transpose()?,
-                            Direction::Outbound => None,
-                        },
-                    },
-                };
-                // A TCP handler holds its upstream.
-                let handler_kept = spec.protocol.is_some() || same_upstream;
-                let tls = || match (&self.mesh, spec.direction) {
-                    (Some(mesh), Direction::Inbound) => mesh
-                        .inbound(spec.protocol, &config.service.name, authorizer)
-                        .map(Some),
-                    _ => Ok(None),
-                };
-                let old = old.and_then(|site| site.listening.as_ref());
-                let label = match spec.direction {
-                    Direction::Inbound => "inbound".to_owned(),
-                    Direction::Outbound => format!("upstream {}", spec.name),
-                };
-                Some(
-                    plan_socket(
-                        state.listening(),
-                        old,
-                        listen,
-                        &label,
-                        AcceptSource {
-                            handler,
-                            limits: spec.limits,
-                        },
-                        handler_kept,
-                        tls,
-                    )
-                    .await?,
-                )
-            }
-            None => None,
-        };
-
-        let new_dns = match &spec.discovery {
-            Discovery::Dns(dns) => {
-                let running = old.is_some_and(|site| site.dns.is_some());
-                if running && same_discovery && same_upstream {
-                    None
-                } else {
-                    let discoverer = DnsDiscoverer::new(Arc::clone(&upstream), dns)
-                        .with_context(|| format!("upstream {}: DNS discovery", spec.name))?;
-                    Some(discoverer)
-                }
-            }
-            Discovery::Static(_) | Discovery::Consul(_) => None,
-        };
-
-        Ok(Planned {
-            direction: spec.direction,
-            name: spec.name.clone(),
-            socket,
-            upstream,
-            discovery: spec.discovery.clone(),
-            set_endpoints,
-            stack_source: stack_source(&spec.section, config)?,
-            protocol: spec.protocol,
-            new_stack: None,
-            backends: None,
-            new_dns,
-        })
-    }
-
-    /// Plans the stack of an HTTP site: kept when what it is built from is
-    /// unchanged, built anew otherwise.
-    fn plan_stack(
-        &self,
-        state: &State,
-        config: &Config,
-        spec: &Spec<'_>,
-        planned: &mut Planned,
-        upstreams: &[(String, Arc<Upstream>)],
-        authorizer: Option<&Arc<Authorizer>>,
-    ) {
-        if spec.protocol.is_none() {
-            return;
-        }
-        let old = (state.sites.iter()).find(|site| site.is(spec.direction, &spec.name));
-        let unchanged = |backends: Option<&Backends>| {
-            old.is_some_and(|site| {
-                site.stack.is_some()
-                    && site.stack_source == planned.stack_source
-                    && Arc::ptr_eq(&site.upstream, &planned.upstream)
-                    && match (site.backends.as_deref(), backends) {
-                        (Some(running), Some(next)) => running.same_as(next),
-                        (running, next) => running.is_none() && next.is_none(),
-                    }
-            })
-        };
-        let access_log = access_log_share(config);
-        match spec.section {
-            Section::Inbound(section) => {
-                if !unchanged(None) {
-                    planned.new_stack = Some(stack::inbound(
-                        Arc::clone(&planned.upstream),
-                        section,
-                        &config.tracing,
-                        access_log,
-                        self.spans.clone(),
-                        authorizer.cloned(),
-                    ));
-                }
-            }
-            Section::Outbound(section) => {
-                let by_name = |name: &str| {
-                    (upstreams.iter())
-                        .find(|(upstream, _)| upstream == name)
-                        .map(|(_, upstream)| Arc::clone(upstream))
-                };
-                let previous = old.and_then(|site| site.backends.as_deref());
-                let backends = Backends::build(&planned.upstream, section, &by_name, previous);
-                if unchanged(Some(&backends)) {
-                    planned.backends = old.and_then(|site| site.backends.clone());
-                } else {
-                    planned.new_stack = Some(stack::outbound(
-                        &backends,
-                        section,
-                        &config.tracing,
-                        access_log,
-                        self.spans.clone(),
-                    ));
-                    planned.backends = Some(Arc::new(backends));
-                }
-            }
-        }
     }
 
     /// Swaps the plan in; cannot fail.
@@ -629,348 +354,4 @@ impl LiveProxy {
         self.backend_upstreams.store(Arc::new(backends.collect()));
         state.config = Some(plan.config);
     }
-}
-
-async fn plan_transparent(
-    state: &State,
-    config: &TransparentConfig,
-) -> anyhow::Result<PlannedTransparent> {
-    let old = state.transparent.as_ref().map(|t| &t.listening);
-    let handler = HandlerSource::Transparent(serde_json::to_value(config)?);
-    let socket = plan_socket(
-        state.listening(),
-        old,
-        config.outbound_listen,
-        "transparent outbound",
-        AcceptSource {
-            handler,
-            limits: config.limits,
-        },
-        true,
-        || Ok(None),
-    )
-    .await?;
-    Ok(PlannedTransparent {
-        socket,
-        config: config.clone(),
-    })
-}
-
-fn commit_site(retired: &mut Vec<DrainController>, planned: Planned, old: Option<Site>) -> Site {
-    if let Some(endpoints) = &planned.set_endpoints {
-        planned.upstream.set_weighted_endpoints(endpoints);
-    }
-    let old_slot = old.as_ref().and_then(|site| site.stack.clone());
-    let stack = match (planned.protocol, planned.new_stack) {
-        (None, _) => None,
-        (Some(_), Some(stack)) => match old_slot {
-            Some(slot) => {
-                slot.store(Arc::new(stack));
-                Some(slot)
-            }
-            None => Some(Arc::new(ArcSwap::from_pointee(stack))),
-        },
-        // Unchanged: `prepare` only keeps a stack that exists.
-        (Some(_), None) => old_slot,
-    };
-    let (old_listening, old_dns) = match old {
-        Some(site) => (site.listening, site.dns),
-        None => (None, None),
-    };
-    let handler = || match (&stack, planned.protocol) {
-        (Some(slot), Some(protocol)) => Handler::Http(
-            protocol,
-            SwappableService::boxed(Arc::clone(slot)),
-            planned.upstream.settings.client.idle_timeout,
-        ),
-        _ => Handler::Tcp(Arc::clone(&planned.upstream)),
-    };
-    let listening = match (planned.socket, old_listening) {
-        (Some(socket), old) => Some(commit_socket(
-            retired,
-            socket,
-            old,
-            handler,
-            planned.direction,
-            &planned.name,
-        )),
-        (None, Some(old)) => {
-            remove_listener(retired, old, planned.direction, &planned.name);
-            None
-        }
-        (None, None) => None,
-    };
-    let dns = match (planned.new_dns, old_dns) {
-        (Some(discoverer), old) => {
-            if let Some(old) = old {
-                old.signal();
-            }
-            let stop = DrainController::new();
-            discoverer.spawn(stop.watch());
-            Some(stop)
-        }
-        (None, Some(old)) if matches!(planned.discovery, Discovery::Dns(_)) => Some(old),
-        (None, Some(old)) => {
-            old.signal();
-            None
-        }
-        (None, None) => None,
-    };
-    Site {
-        direction: planned.direction,
-        name: planned.name,
-        listening,
-        upstream: planned.upstream,
-        discovery: planned.discovery,
-        stack_source: planned.stack_source,
-        stack,
-        backends: planned.backends,
-        dns,
-    }
-}
-
-/// Moves the transparent listener to the plan; its route table is built
-/// from the committed sites before any connection can use it.
-fn commit_transparent(state: &mut State, planned: Option<PlannedTransparent>, config: &Config) {
-    let old = state.transparent.take();
-    let Some(planned) = planned else {
-        if let Some(old) = old {
-            remove_listener(
-                &mut state.retired,
-                old.listening,
-                Direction::Outbound,
-                TRANSPARENT,
-            );
-        }
-        return;
-    };
-    let routes = route_table(&state.sites, config);
-    let (old_listening, outbound) = match old {
-        Some(running) if planned.socket.new_accept.is_none() => {
-            running.outbound.set_routes(routes);
-            (Some(running.listening), running.outbound)
-        }
-        old => (
-            old.map(|old| old.listening),
-            Arc::new(TransparentOutbound::new(&planned.config, routes)),
-        ),
-    };
-    let listening = commit_socket(
-        &mut state.retired,
-        planned.socket,
-        old_listening,
-        || Handler::Transparent(Arc::clone(&outbound)),
-        Direction::Outbound,
-        TRANSPARENT,
-    );
-    state.transparent = Some(TransparentSite {
-        listening,
-        outbound,
-    });
-}
-
-/// The upstreams the transparent listener routes to, in configuration order.
-fn route_table(sites: &[Site], config: &Config) -> RouteTable {
-    let routes = (config.upstreams.iter())
-        .filter(|upstream| !upstream.hosts.is_empty() || !upstream.addresses.is_empty())
-        .filter_map(|upstream| {
-            let site = sites
-                .iter()
-                .find(|site| site.is(Direction::Outbound, &upstream.name))?;
-            Some(Route {
-                hosts: upstream.hosts.clone(),
-                addresses: upstream.addresses.clone(),
-                upstream: Arc::clone(&site.upstream),
-                http: (site.stack.as_ref()).map(|slot| SwappableService::boxed(Arc::clone(slot))),
-            })
-        });
-    RouteTable::new(routes.collect())
-}
-/// Regroups the Consul-discovered upstreams by query; restarts the watches
-/// whose upstreams or client changed, stops those no longer needed.
-fn commit_consul(
-    state: &mut State,
-    next: Option<(ConsulConfig, Arc<consul::Client>)>,
-    section: &ConsulConfig,
-) {
-    let mut groups: BTreeMap<HealthQuery, Vec<Arc<Upstream>>> = BTreeMap::new();
-    for site in &state.sites {
-        if let Discovery::Consul(discovery) = &site.discovery {
-            let query = query_for(discovery, section);
-            groups
-                .entry(query)
-                .or_default()
-                .push(Arc::clone(&site.upstream));
-        }
-    }
-    let running = state.consul.take();
-    let (same_client, mut old_groups) = match running {
-        Some(running) => (
-            next.as_ref()
-                .is_some_and(|(config, _)| *config == running.config),
-            running.groups,
-        ),
-        None => (false, BTreeMap::new()),
-    };
-    let Some((config, client)) = next else {
-        old_groups.values().for_each(|(_, stop)| stop.signal());
-        return;
-    };
-    let mut watches = BTreeMap::new();
-    for (query, upstreams) in groups {
-        let kept = old_groups.remove(&query).and_then(|(fed, stop)| {
-            let same_upstreams = fed.len() == upstreams.len()
-                && fed.iter().zip(&upstreams).all(|(a, b)| Arc::ptr_eq(a, b));
-            if same_client && same_upstreams {
-                Some(stop)
-            } else {
-                stop.signal();
-                None
-            }
-        });
-        let stop = kept.unwrap_or_else(|| {
-            let stop = DrainController::new();
-            let mut watch = Watches::default();
-            for upstream in &upstreams {
-                watch.add(query.clone(), Arc::clone(upstream));
-            }
-            watch.spawn(Arc::clone(&client), &stop.watch());
-            stop
-        });
-        watches.insert(query, (upstreams, stop));
-    }
-    old_groups.values().for_each(|(_, stop)| stop.signal());
-    state.consul = Some(ConsulWatches {
-        config,
-        client,
-        groups: watches,
-    });
-}
-
-/// The sites `config` asks for: inbound first, then the upstreams.
-fn specs<'a>(config: &'a Config, mesh: Option<&MeshSecurity>) -> anyhow::Result<Vec<Spec<'a>>> {
-    let mut specs = Vec::new();
-    if let Some(inbound) = &config.inbound {
-        let service = &config.service;
-        let port = service
-            .port
-            .context("service.port is required for inbound")?;
-        let protocol = match service.protocol {
-            ServiceProtocol::Http => UpstreamProtocol::Http,
-            ServiceProtocol::Http2 => UpstreamProtocol::Http2,
-            ServiceProtocol::Grpc => UpstreamProtocol::Grpc,
-            ServiceProtocol::Tcp => UpstreamProtocol::Tcp,
-        };
-        // Other sidecars may speak either HTTP version to an HTTP service.
-        let listen_protocol = match protocol {
-            UpstreamProtocol::Http | UpstreamProtocol::Auto => Some(HttpProtocol::Auto),
-            UpstreamProtocol::Http2 | UpstreamProtocol::Grpc => Some(HttpProtocol::Http2),
-            UpstreamProtocol::Tcp => None,
-        };
-        specs.push(Spec {
-            direction: Direction::Inbound,
-            name: "inbound".into(),
-            listen: Some(inbound.listen),
-            limits: inbound.limits,
-            settings: UpstreamSettings {
-                name: service.name.clone(),
-                direction: Direction::Inbound,
-                protocol,
-                policy: Default::default(),
-                hash_on: None,
-                client: client_settings(&Timeouts::default(), ConnectionPool::default(), None),
-                circuit_breaker: None,
-                outlier_detection: None,
-                rate_limit: inbound.rate_limit.clone(),
-            },
-            discovery: Discovery::Static(vec![StaticEndpoint {
-                address: SocketAddr::new(service.address, port),
-                weight: 1,
-            }]),
-            protocol: listen_protocol,
-            section: Section::Inbound(inbound),
-        });
-    }
-    for upstream in &config.upstreams {
-        let listen_protocol = match upstream.protocol {
-            UpstreamProtocol::Http => Some(HttpProtocol::Http1),
-            UpstreamProtocol::Http2 | UpstreamProtocol::Grpc => Some(HttpProtocol::Http2),
-            UpstreamProtocol::Auto => Some(HttpProtocol::Auto),
-            UpstreamProtocol::Tcp => None,
-        };
-        let tls = match mesh {
-            Some(mesh) => mesh.upstream(upstream, config)?,
-            None => None,
-        };
-        specs.push(Spec {
-            direction: Direction::Outbound,
-            name: upstream.name.clone(),
-            listen: upstream.listen,
-            limits: upstream.limits,
-            settings: UpstreamSettings {
-                name: upstream.name.clone(),
-                direction: Direction::Outbound,
-                protocol: upstream.protocol,
-                policy: upstream.load_balancing.policy,
-                hash_on: upstream.load_balancing.hash_on.clone(),
-                client: client_settings(&upstream.timeouts, upstream.connection_pool, tls),
-                circuit_breaker: upstream.circuit_breaker.clone(),
-                outlier_detection: upstream.outlier_detection.clone(),
-                rate_limit: upstream.rate_limit.clone(),
-            },
-            discovery: upstream.discovery.clone(),
-            protocol: listen_protocol,
-            section: Section::Outbound(upstream),
-        });
-    }
-    Ok(specs)
-}
-
-/// Everything a site's stack is built from besides its upstream and backends.
-fn stack_source(section: &Section<'_>, config: &Config) -> anyhow::Result<Value> {
-    let (section, authorization) = match section {
-        Section::Inbound(inbound) => (
-            serde_json::to_value(inbound)?,
-            serde_json::to_value(config.tls.as_ref().map(|tls| &tls.authorization))?,
-        ),
-        Section::Outbound(outbound) => (serde_json::to_value(outbound)?, Value::Null),
-    };
-    Ok(json!({
-        "section": section,
-        "authorization": authorization,
-        "tracing": serde_json::to_value(&config.tracing)?,
-        "access_log": access_log_share(config),
-    }))
-}
-
-/// The share of requests that get an access-log line.
-fn access_log_share(config: &Config) -> f64 {
-    if config.logging.access_log {
-        config.logging.access_log_sample
-    } else {
-        0.0
-    }
-}
-
-fn client_settings(
-    timeouts: &Timeouts,
-    pool: ConnectionPool,
-    tls: Option<Arc<crate::tls::outbound::UpstreamTls>>,
-) -> ClientSettings {
-    ClientSettings {
-        connect_timeout: timeouts.connect,
-        idle_timeout: timeouts.idle,
-        tls,
-        pool,
-    }
-}
-
-/// A static list as balancer endpoints, each with its configured weight.
-fn weighted(endpoints: &[StaticEndpoint]) -> Vec<WeightedAddr> {
-    (endpoints.iter())
-        .map(|endpoint| WeightedAddr {
-            addr: endpoint.address,
-            weight: endpoint.weight,
-        })
-        .collect()
 }

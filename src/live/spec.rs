@@ -1,0 +1,257 @@
+//! What a configuration asks of each site (the inbound application, every
+//! upstream): its listener, upstream settings and discovery ([`Spec`]), and
+//! the inputs its stack is built from ([`StackSource`]), compared as config
+//! values so that every change — a secret's too — is seen.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::client::ClientSettings;
+use crate::config::{
+    AuthorizationConfig, Config, ConnectionPool, Discovery, InboundConfig, ListenerLimits,
+    ServiceProtocol, StaticEndpoint, Timeouts, TracingConfig, UpstreamConfig, UpstreamProtocol,
+};
+use crate::context::Direction;
+use crate::endpoint::WeightedAddr;
+use crate::server::HttpProtocol;
+use crate::tls::outbound::UpstreamTls;
+use crate::upstream::UpstreamSettings;
+
+use super::MeshSecurity;
+
+/// The inbound application or an upstream as a configuration describes it.
+pub(super) struct Spec<'a> {
+    pub(super) direction: Direction,
+    pub(super) name: String,
+    pub(super) listen: Option<SocketAddr>,
+    pub(super) limits: ListenerLimits,
+    pub(super) settings: UpstreamSettings,
+    pub(super) discovery: Discovery,
+    /// `None`: opaque TCP.
+    pub(super) protocol: Option<HttpProtocol>,
+    pub(super) section: Section<'a>,
+}
+
+pub(super) enum Section<'a> {
+    Inbound(&'a InboundConfig),
+    Outbound(&'a UpstreamConfig),
+}
+
+/// Everything a site's stack is built from besides its upstream and
+/// backends: the stack is rebuilt when this differs.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct StackSource {
+    section: SectionSource,
+    /// The inbound authorization rules (`None` outbound, or without `tls`).
+    authorization: Option<AuthorizationConfig>,
+    tracing: TracingConfig,
+    /// The share of requests that get an access-log line.
+    access_log: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum SectionSource {
+    Inbound(InboundConfig),
+    Outbound(Box<UpstreamConfig>),
+}
+
+impl StackSource {
+    pub(super) fn of(section: &Section<'_>, config: &Config) -> StackSource {
+        let (section, authorization) = match section {
+            Section::Inbound(inbound) => (
+                SectionSource::Inbound((*inbound).clone()),
+                (config.tls.as_ref()).map(|tls| tls.authorization.clone()),
+            ),
+            Section::Outbound(outbound) => {
+                (SectionSource::Outbound(Box::new((*outbound).clone())), None)
+            }
+        };
+        StackSource {
+            section,
+            authorization,
+            tracing: config.tracing.clone(),
+            access_log: access_log_share(config),
+        }
+    }
+}
+
+/// The share of requests that get an access-log line.
+pub(super) fn access_log_share(config: &Config) -> f64 {
+    if config.logging.access_log {
+        config.logging.access_log_sample
+    } else {
+        0.0
+    }
+}
+
+/// The sites `config` asks for: inbound first, then the upstreams.
+pub(super) fn specs<'a>(
+    config: &'a Config,
+    mesh: Option<&MeshSecurity>,
+) -> anyhow::Result<Vec<Spec<'a>>> {
+    let mut specs = Vec::new();
+    if let Some(inbound) = &config.inbound {
+        let service = &config.service;
+        let port = service
+            .port
+            .context("service.port is required for inbound")?;
+        let protocol = match service.protocol {
+            ServiceProtocol::Http => UpstreamProtocol::Http,
+            ServiceProtocol::Http2 => UpstreamProtocol::Http2,
+            ServiceProtocol::Grpc => UpstreamProtocol::Grpc,
+            ServiceProtocol::Tcp => UpstreamProtocol::Tcp,
+        };
+        // Other sidecars may speak either HTTP version to an HTTP service.
+        let listen_protocol = match protocol {
+            UpstreamProtocol::Http | UpstreamProtocol::Auto => Some(HttpProtocol::Auto),
+            UpstreamProtocol::Http2 | UpstreamProtocol::Grpc => Some(HttpProtocol::Http2),
+            UpstreamProtocol::Tcp => None,
+        };
+        specs.push(Spec {
+            direction: Direction::Inbound,
+            name: "inbound".into(),
+            listen: Some(inbound.listen),
+            limits: inbound.limits,
+            settings: UpstreamSettings {
+                name: service.name.clone(),
+                direction: Direction::Inbound,
+                protocol,
+                policy: Default::default(),
+                hash_on: None,
+                client: client_settings(&Timeouts::default(), ConnectionPool::default(), None),
+                circuit_breaker: None,
+                outlier_detection: None,
+                rate_limit: inbound.rate_limit.clone(),
+            },
+            discovery: Discovery::Static(vec![StaticEndpoint {
+                address: SocketAddr::new(service.address, port),
+                weight: 1,
+            }]),
+            protocol: listen_protocol,
+            section: Section::Inbound(inbound),
+        });
+    }
+    for upstream in &config.upstreams {
+        let listen_protocol = match upstream.protocol {
+            UpstreamProtocol::Http => Some(HttpProtocol::Http1),
+            UpstreamProtocol::Http2 | UpstreamProtocol::Grpc => Some(HttpProtocol::Http2),
+            UpstreamProtocol::Auto => Some(HttpProtocol::Auto),
+            UpstreamProtocol::Tcp => None,
+        };
+        let tls = match mesh {
+            Some(mesh) => mesh.upstream(upstream, config)?,
+            None => None,
+        };
+        specs.push(Spec {
+            direction: Direction::Outbound,
+            name: upstream.name.clone(),
+            listen: upstream.listen,
+            limits: upstream.limits,
+            settings: UpstreamSettings {
+                name: upstream.name.clone(),
+                direction: Direction::Outbound,
+                protocol: upstream.protocol,
+                policy: upstream.load_balancing.policy,
+                hash_on: upstream.load_balancing.hash_on.clone(),
+                client: client_settings(&upstream.timeouts, upstream.connection_pool, tls),
+                circuit_breaker: upstream.circuit_breaker.clone(),
+                outlier_detection: upstream.outlier_detection.clone(),
+                rate_limit: upstream.rate_limit.clone(),
+            },
+            discovery: upstream.discovery.clone(),
+            protocol: listen_protocol,
+            section: Section::Outbound(upstream),
+        });
+    }
+    Ok(specs)
+}
+
+fn client_settings(
+    timeouts: &Timeouts,
+    pool: ConnectionPool,
+    tls: Option<Arc<UpstreamTls>>,
+) -> ClientSettings {
+    ClientSettings {
+        connect_timeout: timeouts.connect,
+        idle_timeout: timeouts.idle,
+        tls,
+        pool,
+    }
+}
+
+/// A static list as balancer endpoints, each with its configured weight.
+pub(super) fn weighted(endpoints: &[StaticEndpoint]) -> Vec<WeightedAddr> {
+    (endpoints.iter())
+        .map(|endpoint| WeightedAddr {
+            addr: endpoint.address,
+            weight: endpoint.weight,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INBOUND: &str = "service: { name: web, port: 8080 }\ninbound: { listen: 127.0.0.1:0 }\n";
+
+    fn parse(yaml: &str) -> Config {
+        crate::config::parse(yaml, "test.yaml").expect("valid")
+    }
+
+    /// The stack sources of `config`'s sites, inbound first.
+    fn sources(config: &Config) -> Vec<StackSource> {
+        let specs = specs(config, None).expect("specs");
+        let sources = specs
+            .iter()
+            .map(|spec| StackSource::of(&spec.section, config));
+        sources.collect()
+    }
+
+    fn upstream_with_header(name: &str, value: &str) -> String {
+        format!(
+            "{INBOUND}upstreams:\n  - name: api\n    listen: 127.0.0.1:0\n    \
+             discovery: {{ static: [127.0.0.1:9000] }}\n    routes:\n      - name: all\n        \
+             request_headers: {{ set: {{ {name}: \"{value}\" }} }}\n"
+        )
+    }
+
+    #[test]
+    fn an_unchanged_configuration_has_the_same_sources() {
+        let yaml = upstream_with_header("authorization", "Bearer one");
+        assert_eq!(sources(&parse(&yaml)), sources(&parse(&yaml)));
+    }
+
+    /// `/config` shows both credentials as `<redacted>`; the stack source
+    /// still tells them apart.
+    #[test]
+    fn a_changed_credential_changes_the_source_though_config_shows_it_alike() {
+        let one = parse(&upstream_with_header("authorization", "Bearer one"));
+        let two = parse(&upstream_with_header("authorization", "Bearer two"));
+        let shown = |config: &Config| crate::config::shown(config).expect("shown");
+        assert_eq!(shown(&one), shown(&two));
+        let (one, two) = (sources(&one), sources(&two));
+        assert_eq!(one[0], two[0], "the inbound stack is untouched");
+        assert_ne!(one[1], two[1]);
+    }
+
+    #[test]
+    fn authorization_rules_tracing_and_access_log_change_the_source() {
+        let tls = "tls:\n  cert: /c.pem\n  key: /k.pem\n  ca: /ca.pem\n";
+        let running = parse(&format!("{INBOUND}{tls}  authorization: {{ deny: [a] }}\n"));
+        let changes = [
+            format!("{INBOUND}{tls}  authorization: {{ deny: [b] }}\n"),
+            format!(
+                "{INBOUND}{tls}  authorization: {{ deny: [a] }}\ntracing: {{ request_id: false }}\n"
+            ),
+            format!(
+                "{INBOUND}{tls}  authorization: {{ deny: [a] }}\nlogging: {{ access_log: false }}\n"
+            ),
+        ];
+        for changed in changes {
+            assert_ne!(sources(&running), sources(&parse(&changed)), "{changed}");
+        }
+    }
+}
