@@ -53,6 +53,16 @@ async fn failed_reloads(metrics_url: &str, expected: f64) -> f64 {
     .await
 }
 
+/// The values of header `name` that the origin behind listener `addr` received with a
+/// `GET /headers` (an `http_backend` echoes them).
+async fn header_received(addr: SocketAddr, name: &str) -> serde_json::Value {
+    let reply = get(Version::HTTP_11, &format!("http://{addr}/headers"))
+        .await
+        .unwrap();
+    let seen: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    seen["headers"][name].clone()
+}
+
 /// One upstream `name` on `listen` over `endpoints`, plus `extra` lines for the upstream.
 fn upstream(name: &str, listen: &str, endpoints: &[SocketAddr], extra: &str) -> String {
     let endpoints: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
@@ -873,6 +883,31 @@ async fn a_changed_consul_token_restarts_the_watches() {
     .await;
 }
 
+/// A credential a route sends (its `authorization` header, shown `<redacted>` in `/config`, so
+/// `/config` reads the same before and after) is sent as the new value from the reload on: the
+/// stack is rebuilt though nothing visible changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_credential_header_is_sent_after_a_reload() {
+    let origin = http_backend("credential");
+    let with_credential = |credential: &str| {
+        let route = format!(
+            "    routes:\n      - name: all\n        \
+             request_headers: {{ set: {{ authorization: \"Bearer {credential}\" }} }}\n"
+        );
+        config(&[upstream("api", "127.0.0.1:0", &[origin.addr], &route)])
+    };
+    let proxy = Proxy::start(&with_credential("first")).await;
+    let sent = || header_received(proxy.upstream("api"), "authorization");
+    assert_eq!(sent().await, serde_json::json!(["Bearer first"]));
+    let admin = proxy.current().await.admin;
+    let shown = config_json(admin).await;
+    assert!(!shown.contains("first"), "{shown}");
+
+    assert!(proxy.reload(&with_credential("second")).await);
+    assert_eq!(config_json(admin).await, shown);
+    assert_eq!(sent().await, serde_json::json!(["Bearer second"]));
+}
+
 /// `requests` GETs of `url`, counted per answering backend (its body).
 async fn split(url: &str, requests: usize) -> std::collections::BTreeMap<String, usize> {
     let mut answered = std::collections::BTreeMap::new();
@@ -992,12 +1027,8 @@ async fn a_consul_kv_configuration_reads_only_the_allowed_environment() {
         &bootstrap,
         1,
     );
-    let headers = format!("http://{}/headers", proxy.listener("api"));
-    let seen_header = || async {
-        let reply = get(Version::HTTP_11, &headers).await.unwrap();
-        let seen: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
-        seen["headers"]["x-from-env"].clone()
-    };
+    let api = proxy.listener("api");
+    let seen_header = || header_received(api, "x-from-env");
     assert_eq!(seen_header().await, serde_json::json!(["allowed-value"]));
 
     let metrics_url = format!("http://{}/metrics", proxy.admin);
