@@ -289,7 +289,10 @@ impl Endpoint {
             };
             let sent = stream.sender().try_send_request(request).await;
             let mut failed = match sent {
-                Ok(response) => return Ok((response, Held::Http2 { _stream: stream })),
+                Ok(response) => {
+                    stream.confirm_connection();
+                    return Ok((response, Held::Http2 { _stream: stream }));
+                }
                 Err(failed) => failed,
             };
             let unsent = failed.take_message();
@@ -307,6 +310,10 @@ impl Endpoint {
                 )
             ) {
                 stream.retire_connection();
+            }
+            if why == Some(Unprocessed::RefusedStream) {
+                // The peer's SETTINGS came before its RST_STREAM.
+                stream.confirm_connection();
             }
             if why == Some(Unprocessed::GoAway { graceful: false }) {
                 *goaway_errors += 1;

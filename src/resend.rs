@@ -38,8 +38,12 @@ use crate::error::h2_cause;
 pub const RESEND_BUFFER: usize = 64 * 1024;
 
 /// Resends of one request at most (a server that refuses every stream
-/// is answered with the error after that).
-pub const MAX_RESENDS: u32 = 3;
+/// is answered with the error after that). Not fewer: a peer that retires
+/// connections by request count GOAWAYs the streams in flight above its
+/// limit — with nginx's `keepalive_requests 100` and 16 streams per
+/// connection, about one stream in six — and a resend may meet the next
+/// connection's GOAWAY too; eight in a row are rarer than one in a million.
+pub const MAX_RESENDS: u32 = 8;
 
 /// What the upstream did that shows it never processed a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

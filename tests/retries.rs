@@ -265,7 +265,7 @@ fn refusing_first_streams(refused: u64) -> Server {
     })
 }
 
-/// A refused stream is resent by the endpoint itself, up to `MAX_RESENDS` (3) times, with no
+/// A refused stream is resent by the endpoint itself, up to `MAX_RESENDS` (8) times, with no
 /// retry counted; refused once more, it reaches the retry layer as its own outcome
 /// (`ProxyError::is_refused_stream` sees the h2 reason under hyper's error): retried under
 /// `refused_stream`, and not under `reset`.

@@ -14,13 +14,20 @@
 //!    streams (ours, counted until the response body ends) below the peer's
 //!    `SETTINGS_MAX_CONCURRENT_STREAMS` as the connection reads it now, so a
 //!    changed SETTINGS mid-connection counts from then on. A peer that has
-//!    announced no limit (or whose SETTINGS have not arrived yet) is held to
-//!    [`UNANNOUNCED_STREAM_LIMIT`], the least RFC 9113 §6.5.2 recommends. Filling
-//!    the oldest first leaves extra connections idle when load falls, so they
-//!    close after `timeouts.idle`. A request being resent after a GOAWAY or
-//!    a refusal takes the *newest* instead ([`Purpose::Resend`]): peers retire
-//!    their oldest connections first (request-count and age limits), and the
-//!    request should not meet a second GOAWAY.
+//!    announced no limit is held to [`UNANNOUNCED_STREAM_LIMIT`], the least
+//!    RFC 9113 §6.5.2 recommends. Until a connection is *confirmed* (a
+//!    response head or a `REFUSED_STREAM` came on it, so the peer's SETTINGS,
+//!    its first frame, have been read), its limit is the one the endpoint's last
+//!    confirmed connection had, or [`UNANNOUNCED_STREAM_LIMIT`] for the first: a peer
+//!    with a small limit (nginx's `http2_max_concurrent_streams 16`) would
+//!    otherwise refuse most of the streams sent on each new connection.
+//!    Filling the oldest first leaves extra connections idle when load falls,
+//!    so they close after `timeouts.idle`. A request being resent after a
+//!    GOAWAY or a refusal takes the *newest confirmed* one instead
+//!    ([`Purpose::Resend`]), or a new connection, where its stream is the
+//!    first: peers retire their oldest connections first (request-count and
+//!    age limits), and the request should meet neither a second GOAWAY nor a
+//!    second refusal.
 //! 3. Otherwise, while fewer than `max_connections_per_endpoint` are open or
 //!    opening, the request opens a new one ([`Checkout::Open`]).
 //! 4. Otherwise it waits, with at most `max_pending_requests` others, for at
@@ -75,17 +82,30 @@ pub struct Http2Connection {
     idle_since: Mutex<Instant>,
     /// Takes no new streams (GOAWAY, closed, too old, too many requests).
     retired: AtomicBool,
+    /// A response head or a refusal came on it: the peer's SETTINGS have been read.
+    confirmed: AtomicBool,
 }
 
 impl Http2Connection {
     /// The peer's current SETTINGS_MAX_CONCURRENT_STREAMS.
-    fn stream_limit(&self) -> usize {
+    fn peer_stream_limit(&self) -> usize {
         let Some(task) = self.task.upgrade() else {
             return 0;
         };
         match lock(&task).current_max_send_streams() {
             usize::MAX => UNANNOUNCED_STREAM_LIMIT,
             limit => limit,
+        }
+    }
+
+    /// The peer's limit once confirmed; before, the `learned` limit of the
+    /// endpoint's last confirmed connection (0: none yet).
+    fn stream_limit(&self, learned: usize) -> usize {
+        let peer = self.peer_stream_limit();
+        if self.confirmed.load(Ordering::Relaxed) || learned == 0 {
+            peer
+        } else {
+            peer.min(learned)
         }
     }
 
@@ -109,8 +129,8 @@ impl Http2Connection {
         self.retired.load(Ordering::Relaxed)
     }
 
-    fn has_free_stream(&self) -> bool {
-        self.streams.load(Ordering::Relaxed) < self.stream_limit()
+    fn has_free_stream(&self, learned: usize) -> bool {
+        self.streams.load(Ordering::Relaxed) < self.stream_limit(learned)
     }
 
     fn is_idle_since(&self, before: Instant) -> bool {
@@ -129,6 +149,19 @@ impl Http2Stream {
     /// A handle to send the request on the stream's connection.
     pub fn sender(&self) -> H2Sender {
         self.connection.sender.clone()
+    }
+
+    /// A response head or a refusal came on the stream, so the peer's SETTINGS have been
+    /// read: the connection is held to the peer's own stream limit, which
+    /// the endpoint's next connections assume until they are confirmed.
+    pub fn confirm_connection(&self) {
+        let connection = &self.connection;
+        if !connection.confirmed.swap(true, Ordering::Relaxed) {
+            let limit = connection.peer_stream_limit();
+            self.pool
+                .learned_stream_limit
+                .store(limit, Ordering::Relaxed);
+        }
     }
 
     /// The connection received GOAWAY or closed under this stream: no new
@@ -153,7 +186,8 @@ impl Drop for Http2Stream {
 pub enum Purpose {
     /// A request's first send: the oldest connection with a free stream.
     First,
-    /// A request sent again: the newest connection with a free stream.
+    /// A request sent again: the newest confirmed connection with a free
+    /// stream, else a new connection.
     Resend,
 }
 
@@ -185,6 +219,7 @@ impl OpenSlot {
             opened: now,
             idle_since: Mutex::new(now),
             retired: AtomicBool::new(false),
+            confirmed: AtomicBool::new(false),
         });
         let stream = {
             let mut state = self.pool.lock();
@@ -263,6 +298,8 @@ struct Shared {
     /// Woken when a stream ends, a connection opens, fails to open or retires.
     changed: Notify,
     gauges: PoolGauges,
+    /// The stream limit of the last connection confirmed (0: none yet).
+    learned_stream_limit: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -344,6 +381,7 @@ impl Http2Pool {
                 state: Mutex::new(PoolState::default()),
                 changed: Notify::new(),
                 gauges,
+                learned_stream_limit: AtomicUsize::new(0),
             }),
         }
     }
@@ -378,10 +416,13 @@ impl Http2Pool {
                 shared.remove(&mut state, |connection| {
                     connection.retire_if_spent(limits, now)
                 });
-                let free = |connection: &&Arc<Http2Connection>| connection.has_free_stream();
+                let learned = shared.learned_stream_limit.load(Ordering::Relaxed);
+                let free = |connection: &&Arc<Http2Connection>| connection.has_free_stream(learned);
                 let found = match purpose {
                     Purpose::First => state.connections.iter().find(free),
-                    Purpose::Resend => state.connections.iter().rev().find(free),
+                    Purpose::Resend => (state.connections.iter().rev())
+                        .filter(|connection| connection.confirmed.load(Ordering::Relaxed))
+                        .find(free),
                 };
                 if let Some(connection) = found {
                     return Ok(Checkout::Stream(claim(shared, connection)));
