@@ -24,7 +24,7 @@ use crate::client::{
     keep_alive_timeout,
 };
 use crate::error::{ProxyError, h2_cause};
-use crate::outlier::OutlierState;
+use crate::outlier::{Ejectable, OutlierState};
 use crate::resend::{
     MAX_RESENDS, Resendable, Unprocessed, closed_before_response, is_idempotent, unprocessed_h2,
 };
@@ -72,6 +72,16 @@ impl Target for Endpoint {
 
     fn is_available(&self, now: Instant) -> bool {
         self.load.is_available(now) && !self.outlier.is_ejected(now)
+    }
+}
+
+impl Ejectable for Endpoint {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn outlier(&self) -> &OutlierState {
+        &self.outlier
     }
 }
 
