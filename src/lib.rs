@@ -23,6 +23,7 @@ pub mod endpoint;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod http_connection;
 pub mod idle;
 pub mod live;
 pub mod middleware;
