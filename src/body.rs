@@ -28,7 +28,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::endpoint::Release;
 use crate::idle::Activity;
 
 pub mod replay;
@@ -52,6 +51,13 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Called once when a response body ends.
 pub type Observer = Box<dyn FnOnce(BodyEnd) + Send>;
+
+/// What a body streamed from an upstream hands back when it ends (the
+/// endpoint's connection and in-flight count: `endpoint` implements it);
+/// `complete` is false when the body failed or was dropped before its end.
+pub trait Release: Send {
+    fn finish(self: Box<Self>, complete: bool);
+}
 
 enum Inner {
     Upstream { body: Incoming, idle: IdleTimeout },
@@ -92,7 +98,7 @@ impl IdleTimeout {
 /// A proxied or proxy-made response body.
 pub struct ResponseBody {
     inner: Inner,
-    release: Option<Release>,
+    release: Option<Box<dyn Release>>,
     observer: Option<Observer>,
     end: BodyEnd,
 }
@@ -100,9 +106,9 @@ pub struct ResponseBody {
 impl ResponseBody {
     /// A body streamed from an upstream; `release` runs when it ends. It
     /// fails when the upstream sends nothing for `idle`.
-    pub fn upstream(body: Incoming, release: Release, idle: Duration) -> Self {
+    pub fn upstream(body: Incoming, release: impl Release + 'static, idle: Duration) -> Self {
         let mut body = Self::unreleased(body, idle);
-        body.release = Some(release);
+        body.release = Some(Box::new(release));
         body
     }
 
@@ -127,7 +133,7 @@ impl ResponseBody {
         Self::new(Inner::Local(None), None)
     }
 
-    fn new(inner: Inner, release: Option<Release>) -> Self {
+    fn new(inner: Inner, release: Option<Box<dyn Release>>) -> Self {
         Self {
             inner,
             release,

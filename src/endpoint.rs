@@ -18,13 +18,13 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::balance::{EndpointLoad, InFlight, Target};
-use crate::body::{RequestBody, RequestBodyError};
+use crate::body::{Release, RequestBody, RequestBodyError};
 use crate::client::{
     ClientSettings, EndpointClient, H1Sender, Http2Stream, Opened, PoolGauges, Purpose,
     keep_alive_timeout,
 };
 use crate::error::{ProxyError, h2_cause};
-use crate::outlier::OutlierState;
+use crate::outlier::{Ejectable, OutlierState};
 use crate::resend::{
     MAX_RESENDS, Resendable, Unprocessed, closed_before_response, is_idempotent, unprocessed_h2,
 };
@@ -75,6 +75,16 @@ impl Target for Endpoint {
     }
 }
 
+impl Ejectable for Endpoint {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn outlier(&self) -> &OutlierState {
+        &self.outlier
+    }
+}
+
 /// A failed send. `request` is given back when nothing of it reached the
 /// upstream, so the caller may try another endpoint.
 pub struct SendError {
@@ -86,7 +96,7 @@ pub struct SendError {
 pub struct Sent {
     pub response: Response<Incoming>,
     /// What the response body must run when it ends.
-    pub release: Release,
+    pub release: EndpointRelease,
     /// GOAWAYs with an error code met on the way (the request was resent):
     /// failures of the endpoint for outlier detection.
     pub goaway_errors: u32,
@@ -95,7 +105,7 @@ pub struct Sent {
 /// What a response body must do when it ends: return its HTTP/1.1 connection
 /// to the pool (only after a complete body), end its HTTP/2 stream, and end
 /// the in-flight count.
-pub struct Release {
+pub struct EndpointRelease {
     endpoint: Arc<Endpoint>,
     held: Held,
     _in_flight: InFlight,
@@ -114,8 +124,8 @@ enum Held {
     Http2 { _stream: Http2Stream },
 }
 
-impl Release {
-    pub fn finish(self, complete: bool) {
+impl Release for EndpointRelease {
+    fn finish(self: Box<Self>, complete: bool) {
         if let (true, Held::Http1 { sender, keep_alive }) = (complete, self.held) {
             self.endpoint.client.checkin_h1(sender, keep_alive);
         }
@@ -166,7 +176,7 @@ impl Endpoint {
         let (response, held) = result?;
         let rtt = in_flight.observe_response();
         self.metrics.record(rtt);
-        let release = Release {
+        let release = EndpointRelease {
             endpoint: Arc::clone(self),
             held,
             _in_flight: in_flight,

@@ -3,7 +3,9 @@
 //! The request path reads top-down: `server` accepts connections, `stack`
 //! composes the middleware of each direction, `forward` balances and sends,
 //! `endpoint` and `client` hold the upstream connections. See
-//! `docs/request-path.md` for the full picture.
+//! `docs/request-path.md` for the full picture, and `docs/architecture.md`
+//! for the layers (lower modules never import higher ones: the order is in
+//! `scripts/layers.sh`), the layout, and where new code goes.
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +25,7 @@ pub mod endpoint;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod http_connection;
 pub mod idle;
 pub mod live;
 pub mod middleware;

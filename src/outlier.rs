@@ -11,6 +11,7 @@
 //! from a clean ejection count. Failures are the `failures` conditions (by
 //! default those of the circuit breaker), judged per try in `forward`.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
@@ -18,7 +19,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{Condition, OutlierDetection};
-use crate::endpoint::Endpoint;
 use crate::outcome::Outcome;
 use crate::telemetry::metrics;
 
@@ -37,6 +37,15 @@ impl OutlierState {
         let until = self.ejected_until.load(Relaxed);
         until != 0 && nanos(now) < until
     }
+}
+
+/// What outlier detection needs of an endpoint (`endpoint` implements it).
+pub trait Ejectable {
+    /// The endpoint's address, for the log line of an ejection.
+    fn addr(&self) -> SocketAddr;
+
+    /// The endpoint's outlier state.
+    fn outlier(&self) -> &OutlierState;
 }
 
 /// The outlier policy of one upstream.
@@ -63,11 +72,11 @@ impl OutlierDetector {
 
     /// Counts one try's outcome on `endpoint`, ejecting it when it has
     /// failed too often in a row. `all` is the upstream's endpoint set.
-    pub fn record(&self, endpoint: &Endpoint, outcome: Outcome, all: &[Arc<Endpoint>]) {
+    pub fn record<E: Ejectable>(&self, endpoint: &E, outcome: Outcome, all: &[Arc<E>]) {
         if outcome == Outcome::Refused {
             return;
         }
-        let state = &endpoint.outlier;
+        let state = endpoint.outlier();
         let now = Instant::now();
         if !outcome.matches_any(&self.failures) {
             state.consecutive_failures.store(0, Relaxed);
@@ -85,7 +94,7 @@ impl OutlierDetector {
         if state.is_ejected(now) {
             return;
         }
-        let ejected = all.iter().filter(|e| e.outlier.is_ejected(now)).count();
+        let ejected = all.iter().filter(|e| e.outlier().is_ejected(now)).count();
         if ejected >= self.max_ejected(all.len()) {
             return;
         }
@@ -96,7 +105,7 @@ impl OutlierDetector {
             .store(nanos(now) + duration_nanos(period), Relaxed);
         state.consecutive_failures.store(0, Relaxed);
         metrics::outlier_ejection(&self.upstream);
-        tracing::warn!(upstream = %self.upstream, endpoint = %endpoint.addr, ?period, failures, "endpoint ejected");
+        tracing::warn!(upstream = %self.upstream, endpoint = %endpoint.addr(), ?period, failures, "endpoint ejected");
     }
 
     /// How many of `total` endpoints may be ejected at once.
@@ -123,22 +132,30 @@ fn duration_nanos(duration: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::ClientSettings;
+
+    /// An endpoint with nothing but what outlier detection looks at.
+    struct Endpoint {
+        addr: SocketAddr,
+        outlier: OutlierState,
+    }
+
+    impl Ejectable for Endpoint {
+        fn addr(&self) -> SocketAddr {
+            self.addr
+        }
+
+        fn outlier(&self) -> &OutlierState {
+            &self.outlier
+        }
+    }
 
     fn endpoints(n: u16) -> Vec<Arc<Endpoint>> {
-        let settings = ClientSettings {
-            connect_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(60),
-            tls: None,
-            pool: Default::default(),
-        };
         (0..n)
             .map(|i| {
-                Arc::new(Endpoint::new(
-                    ([127, 0, 0, 1], 9000 + i).into(),
-                    settings.clone(),
-                    "test",
-                ))
+                Arc::new(Endpoint {
+                    addr: ([127, 0, 0, 1], 9000 + i).into(),
+                    outlier: OutlierState::default(),
+                })
             })
             .collect()
     }
@@ -166,7 +183,7 @@ mod tests {
     async fn ejects_after_consecutive_failures_for_growing_periods() {
         let all = endpoints(3);
         let detector = detector(50);
-        let target = &all[0];
+        let target: &Endpoint = &all[0];
         detector.record(target, FAIL, &all);
         detector.record(target, FAIL, &all);
         detector.record(target, OK, &all);
@@ -204,18 +221,18 @@ mod tests {
         let all = endpoints(4);
         let half = detector(50);
         for endpoint in &all {
-            (0..3).for_each(|_| half.record(endpoint, FAIL, &all));
+            (0..3).for_each(|_| half.record(&**endpoint, FAIL, &all));
         }
         let now = Instant::now();
         assert_eq!(all.iter().filter(|e| e.outlier.is_ejected(now)).count(), 2);
 
         let single = endpoints(1);
-        (0..10).for_each(|_| half.record(&single[0], FAIL, &single));
+        (0..10).for_each(|_| half.record(&*single[0], FAIL, &single));
         assert!(!single[0].outlier.is_ejected(now));
 
         let pair = endpoints(2);
         let strict = detector(0);
-        (0..3).for_each(|_| strict.record(&pair[0], FAIL, &pair));
+        (0..3).for_each(|_| strict.record(&*pair[0], FAIL, &pair));
         assert!(
             pair[0].outlier.is_ejected(now),
             "at least one may be ejected"
@@ -226,7 +243,7 @@ mod tests {
     async fn remora_refusals_do_not_count() {
         let all = endpoints(2);
         let detector = detector(50);
-        (0..5).for_each(|_| detector.record(&all[0], Outcome::Refused, &all));
+        (0..5).for_each(|_| detector.record(&*all[0], Outcome::Refused, &all));
         assert!(!all[0].outlier.is_ejected(Instant::now()));
     }
 }

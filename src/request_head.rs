@@ -1,5 +1,5 @@
 //! What every HTTP listener checks and cleans in a request head before any
-//! layer of its stack sees it (called by `server` for each request).
+//! layer of its stack sees it (called by `http_connection` for each request).
 //!
 //! - `Host` (RFC 9112 §3.2): a request with more than one is refused, and so
 //!   is an HTTP/1.1 request with none (HTTP/1.0 may omit it; HTTP/2 carries

@@ -16,7 +16,8 @@ use tokio::net::TcpListener;
 use crate::config::{AuthorizationConfig, ListenerLimits, TransparentConfig};
 use crate::context::Direction;
 use crate::drain::DrainController;
-use crate::server::{self, Handler, HttpProtocol};
+use crate::http_connection::HttpProtocol;
+use crate::server::{self, Handler};
 use crate::telemetry::metrics::ConnectionMetrics;
 use crate::tls::inbound::InboundTls;
 

@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use crate::config::{Config, Discovery, TlsConfig, TlsSource, UpstreamConfig};
 use crate::consul;
 use crate::drain::Drain;
-use crate::server::HttpProtocol;
+use crate::http_connection::HttpProtocol;
 use crate::tls::authorization::{Authorizer, Intentions};
 use crate::tls::files::PemFiles;
 use crate::tls::inbound::InboundTls;

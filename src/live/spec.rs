@@ -15,7 +15,7 @@ use crate::config::{
 };
 use crate::context::Direction;
 use crate::endpoint::WeightedAddr;
-use crate::server::HttpProtocol;
+use crate::http_connection::HttpProtocol;
 use crate::tls::outbound::UpstreamTls;
 use crate::upstream::UpstreamSettings;
 

@@ -15,7 +15,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 use http::{Request, Response, header};
@@ -31,11 +31,39 @@ use crate::context::ServedBy;
 use crate::error::ErrorKind;
 use crate::headers::grpc_status;
 use crate::middleware::trace_context::TraceContext;
-use crate::routing::RouteLabel;
 use crate::telemetry::access_log::{self, Outcome, RequestSummary};
 use crate::telemetry::metrics::{RequestMetrics, in_flight_gauge};
 use crate::telemetry::spans::{SpanExporter, SpanRecord};
 use crate::telemetry::totals::{Finished, RequestTotals};
+
+/// Which route answered a request: set by `routing` in the response's
+/// extensions, read here. Defined with its reader, below `routing`.
+#[derive(Clone)]
+pub struct RouteLabel(Arc<LabelInner>);
+
+struct LabelInner {
+    name: String,
+    metrics: RequestMetrics,
+}
+
+impl RouteLabel {
+    /// The label of `route` of `upstream`, with its `remora_route_*` metrics.
+    pub fn new(upstream: &str, route: &str) -> Self {
+        Self(Arc::new(LabelInner {
+            name: route.to_owned(),
+            metrics: RequestMetrics::route(upstream, route),
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// Counts one finished request of this route.
+    pub fn record(&self, status: u16, duration: Duration) {
+        self.0.metrics.record(status, duration, None);
+    }
+}
 
 /// Shared by all requests of one listener.
 struct Observer {

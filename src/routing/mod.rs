@@ -30,7 +30,6 @@ pub mod split;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
@@ -38,38 +37,11 @@ use tower::{Service, ServiceExt};
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::{DEFAULT_BACKEND, RouteConfig, RouteMatch};
+use crate::middleware::observe::RouteLabel;
 use crate::svc::RouteService;
-use crate::telemetry::metrics::RequestMetrics;
 
 use self::matching::RequestMatch;
 use self::rewrite::{HeaderEdits, LocalAnswer, RequestRewrite};
-
-/// Which route answered a request; in the response's extensions.
-#[derive(Clone)]
-pub struct RouteLabel(Arc<LabelInner>);
-
-struct LabelInner {
-    name: String,
-    metrics: RequestMetrics,
-}
-
-impl RouteLabel {
-    fn new(upstream: &str, route: &str) -> Self {
-        Self(Arc::new(LabelInner {
-            name: route.to_owned(),
-            metrics: RequestMetrics::route(upstream, route),
-        }))
-    }
-
-    pub fn name(&self) -> &str {
-        &self.0.name
-    }
-
-    /// Counts one finished request of this route.
-    pub fn record(&self, status: u16, duration: Duration) {
-        self.0.metrics.record(status, duration, None);
-    }
-}
 
 /// What a route does with a request it matched.
 enum Action {

@@ -40,8 +40,8 @@ use crate::config::{TransparentConfig, Unmatched};
 use crate::drain::Drain;
 use crate::error::ProxyError;
 use crate::headers::is_grpc;
+use crate::http_connection::{Caller, HttpProtocol, ListenerRules, serve_http};
 use crate::middleware::error_response::error_response;
-use crate::server::{Caller, HttpProtocol, ListenerRules, serve_http};
 use crate::telemetry::metrics;
 
 /// Client connections of the transparent listener that move no byte for
