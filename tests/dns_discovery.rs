@@ -5,8 +5,8 @@
 //! requests, errors counted) while the server answers errors or is stopped.
 //! SRV weights become balancing weights.
 //!
-//! Needs `dnsmasq` (Debian `dnsmasq-base`, installed by `scripts/test.sh`).
-//! When it is missing the test installs it as root, or skips with a message.
+//! Needs `dnsmasq` (Debian `dnsmasq-base`, installed by `scripts/test.sh`);
+//! fails, naming the package, when it is missing.
 
 mod support;
 
@@ -38,6 +38,7 @@ impl Dnsmasq {
     /// `api-<i>.node.consul` at 127.0.0.1, the backend's port, priority 0
     /// and the given weight); returns once it answers.
     fn start_weighted(port: u16, backends: &[(&Backend, u16)]) -> Dnsmasq {
+        support::requirements::require_tool("dnsmasq", "dnsmasq-base");
         let mut command = Command::new("dnsmasq");
         command.args([
             "--no-daemon",
@@ -209,23 +210,8 @@ async fn hammer(proxy: SocketAddr, duration: Duration, expected: &str) -> (usize
     (requests, failures)
 }
 
-/// False (with a message) when dnsmasq is missing and cannot be installed.
-fn dnsmasq_available() -> bool {
-    let available = support::debian::tool_available("dnsmasq", "dnsmasq-base");
-    if !available {
-        eprintln!(
-            "SKIPPED dns_discovery: dnsmasq is not installed and cannot be installed \
-             (not root); install Debian `dnsmasq-base` or run scripts/test.sh as root"
-        );
-    }
-    available
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
-    if !dnsmasq_available() {
-        return;
-    }
     let first = http_backend("dns-first");
     let second = http_backend("dns-second");
     let dns_port = free_dns_port();
@@ -325,9 +311,6 @@ async fn wait_for_traffic_on_each(proxy: SocketAddr, names: &[&str], within: Dur
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srv_weights_become_balancing_weights() {
-    if !dnsmasq_available() {
-        return;
-    }
     let heavy = http_backend("dns-heavy");
     let light = http_backend("dns-light");
     let dns_port = free_dns_port();

@@ -118,24 +118,9 @@ async fn secrets_never_reach_the_logs() {
 /// remora needs no privilege to serve on unprivileged ports: run as
 /// `nobody` (setpriv, from util-linux), it proxies and answers `/ready`.
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root (CI runs as root): setpriv switches to `nobody`"]
 async fn serves_as_an_unprivileged_user() {
-    // The real uid, from /proc (no libc call needed).
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let uid_of = |status: &str| -> String {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|ids| ids.split_whitespace().next())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    if uid_of(&status) != "0" {
-        eprintln!(
-            "skipped: switching to `nobody` needs root (running as uid {})",
-            uid_of(&status)
-        );
-        return;
-    }
+    support::requirements::require_root("setpriv switches to `nobody`");
     let backend = http_backend("target");
     let proxy = tokio::task::block_in_place(|| {
         ProxyProcess::start_wrapped(
@@ -150,9 +135,11 @@ async fn serves_as_an_unprivileged_user() {
             1,
         )
     });
-    let child_status =
-        std::fs::read_to_string(format!("/proc/{}/status", proxy.child.id())).unwrap();
-    assert_eq!(uid_of(&child_status), "65534", "remora runs as nobody");
+    assert_eq!(
+        support::requirements::real_uid(proxy.child.id()),
+        "65534",
+        "remora runs as nobody"
+    );
     let reply = get(
         Version::HTTP_11,
         &format!("http://{}/", proxy.listener("app")),

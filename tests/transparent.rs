@@ -2,9 +2,10 @@
 //! routes by Host / `:authority` (HTTP/1.1 and HTTP/2 detected per
 //! connection), answers unmatched requests 502 `no_route` when there is no
 //! original destination, and counts both; `remora iptables` prints the exact
-//! rules, and (as root) applies them idempotently in a fresh network
-//! namespace and removes them; the original destination of an IPv4 and an
-//! IPv6 connection redirected by nat rules. Redirected traffic end to end is in
+//! rules, and (as root: ignored unless included, as `scripts/test.sh` does
+//! when root) applies them idempotently in a fresh network namespace and
+//! removes them; the original destination of an IPv4 and an IPv6 connection
+//! redirected by nat rules. Redirected traffic end to end is in
 //! `two_pods.rs`.
 
 mod support;
@@ -256,19 +257,20 @@ fn iptables_without_a_transparent_section_is_an_error() {
 struct Netns(String);
 
 impl Netns {
-    /// A fresh namespace, or `None` (with the reason) when this process
-    /// cannot make one.
-    fn create(name: &str) -> Result<Netns, String> {
-        if !is_root() {
-            return Err("not root".into());
-        }
+    /// A fresh namespace; panics when this process cannot make one.
+    fn create(name: &str) -> Netns {
+        support::requirements::require_root("a network namespace");
         let name = format!("{name}-{}", std::process::id());
-        let out = Command::new("ip").args(["netns", "add", &name]).output();
-        match out {
-            Ok(out) if out.status.success() => Ok(Netns(name)),
-            Ok(out) => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
-            Err(error) => Err(format!("cannot run ip: {error}")),
-        }
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("run ip (Debian iproute2)");
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Netns(name)
     }
 
     fn exec(&self, program: &str, args: &[&str]) -> std::process::Output {
@@ -286,13 +288,6 @@ impl Drop for Netns {
     }
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
-}
-
 fn remora_lines(save: &std::process::Output) -> Vec<String> {
     String::from_utf8_lossy(&save.stdout)
         .lines()
@@ -302,14 +297,9 @@ fn remora_lines(save: &std::process::Output) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root (CI runs as root): a network namespace"]
 fn iptables_apply_is_idempotent_and_cleanup_removes_everything() {
-    let netns = match Netns::create("remora-ipt") {
-        Ok(netns) => netns,
-        Err(reason) => {
-            eprintln!("SKIPPED: needs root and `ip netns` ({reason})");
-            return;
-        }
-    };
+    let netns = Netns::create("remora-ipt");
     let remora_bin = env!("CARGO_BIN_EXE_remora");
     let apply = netns.exec(remora_bin, &["iptables", "--apply"]);
     assert!(
@@ -368,14 +358,12 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
 /// listener reports the address the client dialled. The work runs on a
 /// thread of its own that moves into a fresh network namespace (`unshare`,
 /// which affects only the calling thread and the commands it starts), where
-/// the nat rules are added. Only a namespace that cannot be made skips;
-/// past that, any failure (rule refused, connection not redirected) fails.
+/// the nat rules are added. Any failure (no namespace, rule refused,
+/// connection not redirected) fails.
 #[test]
+#[ignore = "needs root (CI runs as root): a network namespace and nat rules"]
 fn the_original_destination_is_recovered_for_ipv4_and_ipv6() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root (a network namespace and nat rules)");
-        return;
-    }
+    support::requirements::require_root("a network namespace and nat rules");
     let outcome = std::thread::spawn(|| {
         // SAFETY: unshare(2) with CLONE_NEWNET only changes this thread's
         // network namespace; it takes no pointers.
@@ -387,13 +375,9 @@ fn the_original_destination_is_recovered_for_ipv4_and_ipv6() {
     })
     .join()
     .expect("namespace thread");
-    match outcome {
-        Err(reason) => eprintln!("SKIPPED: cannot make a network namespace: {reason}"),
-        Ok(found) => {
-            for (dialled, original) in found {
-                assert_eq!(original, Some(dialled), "redirected from {dialled}");
-            }
-        }
+    let found = outcome.unwrap_or_else(|reason| panic!("in a network namespace: {reason}"));
+    for (dialled, original) in found {
+        assert_eq!(original, Some(dialled), "redirected from {dialled}");
     }
 }
 

@@ -10,10 +10,11 @@
 //! calls the app. The
 //! test checks the trace context across both sidecars, the metrics of both,
 //! the upstream's circuit breaker and rate limit, and passthrough of
-//! unmatched traffic. Needs root and `ip netns`; skipped otherwise.
+//! unmatched traffic. Needs root and `ip netns`: ignored unless included
+//! (`scripts/test.sh` includes it as root), failing when they are missing.
 //!
-//! The applications are this test binary run again (`pod_helper`, ignored in
-//! normal runs) inside a namespace. The sidecars talk mTLS: one CA made at
+//! The applications are this test binary run again (`pod_helper`, ignored, and
+//! a no-op outside a pod) inside a namespace. The sidecars talk mTLS: one CA made at
 //! run time, a SPIFFE leaf per pod; pod B's application sees pod A's
 //! verified identity in `x-remora-client-id`.
 
@@ -260,22 +261,11 @@ async fn wait_ready(admin: &str) {
 // Multi-thread: the Consul stand-in keeps serving while the test thread
 // blocks reading a helper's output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (CI runs as root): network namespaces, iptables"]
 async fn app_in_pod_a_calls_pod_b_by_name_through_both_sidecars() {
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
-    if !is_root {
-        eprintln!("SKIPPED: the two-pod test needs root (network namespaces, iptables)");
-        return;
-    }
-    let pods = match Pods::create() {
-        Ok(pods) => pods,
-        Err(reason) => {
-            eprintln!("SKIPPED: cannot build the two pods: {reason}");
-            return;
-        }
-    };
+    support::requirements::require_root("network namespaces, iptables");
+    let pods =
+        Pods::create().unwrap_or_else(|reason| panic!("cannot build the two pods: {reason}"));
     let (a, b) = (pods.a.as_str(), pods.b.as_str());
 
     let consul = ConsulStandIn::start_on("0.0.0.0:0".parse().unwrap());

@@ -3,8 +3,7 @@
 //! a screenshot. Just enough CDP for the dashboard test.
 //!
 //! Needs Debian's `chromium` (installed by `scripts/test.sh`);
-//! [`Browser::launch`] returns `None` when it is missing and cannot be
-//! installed (not root).
+//! [`Browser::launch`] fails the test when it is missing.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -32,11 +31,9 @@ pub struct Browser {
 }
 
 impl Browser {
-    /// Starts Chromium with one blank page; `None` when Chromium is not there.
-    pub async fn launch() -> Option<Browser> {
-        if !super::debian::tool_available("chromium", "chromium") {
-            return None;
-        }
+    /// Starts Chromium with one blank page.
+    pub async fn launch() -> Browser {
+        super::requirements::require_tool("chromium", "chromium");
         let profile = std::env::temp_dir().join(format!(
             "remora-chromium-{}-{}",
             std::process::id(),
@@ -87,7 +84,7 @@ impl Browser {
         for domain in ["Runtime.enable", "Log.enable", "Page.enable"] {
             browser.call(domain, json!({})).await;
         }
-        Some(browser)
+        browser
     }
 
     /// Opens `url` in the page.

@@ -4,6 +4,12 @@
 //! connections at once (no sleeps needed). Servers run on the calling tokio runtime, so
 //! the constructors must be called from inside a test runtime; they panic otherwise.
 //! What this module does not do: fixed ports. TLS helpers are in `tls`.
+//!
+//! A test never passes by skipping: one that needs a tool fails, naming the
+//! Debian package `scripts/test.sh` installs, and one that needs root is
+//! `#[ignore = "needs root (CI runs as root): …"]`, so `cargo test` lists it
+//! as ignored; `scripts/test.sh` runs those too when it runs as root, where
+//! they fail rather than skip if root is not enough (see `requirements`).
 
 // Each test file compiles its own copy of this module and uses only part of it.
 #![allow(dead_code, unused_imports)]
@@ -13,7 +19,6 @@ pub mod black_hole;
 pub mod browser;
 pub mod client;
 pub mod consul;
-pub mod debian;
 pub mod grpc;
 pub mod h2_origin;
 pub mod otlp;
@@ -22,6 +27,7 @@ pub mod prober;
 pub mod prom;
 pub mod proxy;
 pub mod raw_h2;
+pub mod requirements;
 pub mod tcp;
 pub mod tls;
 pub mod websocket;

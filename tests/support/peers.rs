@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::requirements::require_tool;
+
 /// A process killed (and its scratch directory removed) on drop.
 pub struct Peer {
     pub addr: SocketAddr,
@@ -26,24 +28,6 @@ impl Drop for Peer {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Panics with the Debian package to install when `program` does not run.
-pub fn require(program: &str, package: &str) {
-    let runs = Command::new(program)
-        .arg(if program == "haproxy" {
-            "-v"
-        } else {
-            "--version"
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    assert!(
-        runs,
-        "{program} is needed: apt-get install {package} (scripts/test.sh installs it)"
-    );
 }
 
 /// A scratch directory for one peer.
@@ -80,7 +64,7 @@ fn wait_listening(addr: SocketAddr, child: &mut Child, log: &Path) {
 /// nginx with `http_block` (everything inside `http { }`, where `PORT` is
 /// replaced by its port) in one worker process.
 pub fn nginx(http_block: &str) -> Peer {
-    require("nginx", "nginx-light");
+    require_tool("nginx", "nginx-light");
     let dir = scratch("nginx");
     let port = free_port();
     let d = dir.display();
@@ -109,7 +93,7 @@ pub fn nginx(http_block: &str) -> Peer {
 
 /// HAProxy with `config` (whole file; `PORT` is replaced by its port).
 pub fn haproxy(config: &str) -> Peer {
-    require("haproxy", "haproxy");
+    require_tool("haproxy", "haproxy");
     let dir = scratch("haproxy");
     let port = free_port();
     let path = dir.join("haproxy.cfg");
@@ -193,7 +177,7 @@ impl H2Load {
 
 /// Runs `h2load` (h2c prior knowledge) with `args` against `url`.
 pub fn h2load(args: &[&str], url: &str) -> H2Load {
-    require("h2load", "nghttp2-client");
+    require_tool("h2load", "nghttp2-client");
     let output = Command::new("h2load")
         .args(args)
         .arg(url)

@@ -1,0 +1,51 @@
+//! What a test needs from the machine, checked up front so that a missing
+//! piece fails the test with what to do, never lets it pass silently.
+//!
+//! Tools (nginx, dnsmasq, chromium, …) come from Debian packages that
+//! `scripts/test.sh` installs before `cargo test`; no test installs anything.
+//! Tests that need root are `#[ignore = "needs root …"]`, which
+//! `scripts/test.sh` includes when it runs as root; run alone without root,
+//! they fail here.
+
+use std::process::{Command, Stdio};
+
+/// Panics, naming the Debian package, when `program` does not run.
+pub fn require_tool(program: &str, package: &str) {
+    // HAProxy has no `--version`.
+    let version_flag = if program == "haproxy" {
+        "-v"
+    } else {
+        "--version"
+    };
+    let runs = Command::new(program)
+        .arg(version_flag)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    assert!(
+        runs,
+        "{program} is needed: apt-get install {package} (scripts/test.sh installs it)"
+    );
+}
+
+/// Panics unless this process runs as root; `needs` says what for.
+pub fn require_root(needs: &str) {
+    assert_eq!(
+        real_uid(std::process::id()),
+        "0",
+        "this test needs root ({needs}); scripts/test.sh runs the ignored root tests when run as root"
+    );
+}
+
+/// The real uid of process `pid`, from /proc (no libc call needed).
+pub fn real_uid(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned()
+}
