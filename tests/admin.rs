@@ -12,22 +12,16 @@ use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::Full;
 
+use support::config::TestConfig;
 use support::{Proxy, dead_addr, get, http_backend, prom, send};
 
 const METRIC_WAIT: Duration = Duration::from_secs(2);
 
 fn yaml(name: &str, endpoints: &[SocketAddr]) -> String {
-    let endpoints: Vec<String> = endpoints.iter().map(SocketAddr::to_string).collect();
-    format!(
-        "service: {{ name: test }}\n\
-         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: http\n    \
-         discovery: {{ static: [{}] }}\n    \
-         load_balancing: {{ policy: round_robin }}\n    \
-         timeouts: {{ connect: 1s, request: 2500ms }}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n",
-        endpoints.join(", ")
-    )
+    TestConfig::one_upstream(name, "http", endpoints)
+        .with("load_balancing", "{ policy: round_robin }")
+        .with("timeouts", "{ connect: 1s, request: 2500ms }")
+        .yaml()
 }
 
 #[test]

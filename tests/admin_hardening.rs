@@ -15,17 +15,21 @@ use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use support::config::TestConfig;
 use support::{Proxy, ProxyProcess, eventually, get, http_backend, send};
 
 /// A sidecar in front of `app`: its inbound listener and an admin listener with `admin` keys.
-fn yaml(app: SocketAddr, admin: &str) -> String {
-    format!(
-        "service: {{ name: admin-test, port: {}, protocol: http }}\n\
-         inbound: {{ listen: 127.0.0.1:0 }}\n\
-         admin: {{ listen: 127.0.0.1:0{admin} }}\n\
-         logging: {{ access_log: false }}\n",
-        app.port()
-    )
+fn yaml(app: SocketAddr, admin: &[(&str, &str)]) -> String {
+    let config = TestConfig::new()
+        .service(&format!(
+            "{{ name: admin-test, port: {}, protocol: http }}",
+            app.port()
+        ))
+        .inbound();
+    admin
+        .iter()
+        .fold(config, |config, (key, value)| config.admin(key, value))
+        .yaml()
 }
 
 /// `GET path` on `addr` with `Host: host`: the status.
@@ -60,7 +64,7 @@ async fn a_connection_flood_under_a_low_descriptor_limit_backs_off() {
     let app = http_backend("flood-app");
     let mut proxy = ProxyProcess::start_wrapped(
         &["sh", "-c", "ulimit -n 64 && exec \"$0\" \"$@\""],
-        &yaml(app.addr, ", max_connections: 1000"),
+        &yaml(app.addr, &[("max_connections", "1000")]),
         1,
     );
     let admin = proxy.admin;
@@ -112,7 +116,7 @@ async fn admin_connections_are_capped_and_slow_heads_cut_off() {
     let app = http_backend("cap-app");
     let proxy = Proxy::start(&yaml(
         app.addr,
-        ", max_connections: 3, header_read_timeout: 1s",
+        &[("max_connections", "3"), ("header_read_timeout", "1s")],
     ))
     .await;
     let admin = proxy.bound.admin;
@@ -183,7 +187,11 @@ async fn admin_connections_are_capped_and_slow_heads_cut_off() {
 #[tokio::test]
 async fn admin_answers_only_its_own_host() {
     let app = http_backend("host-app");
-    let proxy = Proxy::start(&yaml(app.addr, ", allowed_hosts: [remora-admin.internal]")).await;
+    let proxy = Proxy::start(&yaml(
+        app.addr,
+        &[("allowed_hosts", "[remora-admin.internal]")],
+    ))
+    .await;
     let admin = proxy.bound.admin;
     let port = admin.port();
     for host in [

@@ -19,21 +19,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 
+use support::config::TestConfig;
 use support::{Backend, Proxy, get, http_backend, http_client, prom, serve};
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 fn yaml(name: &str, balancing: &str, endpoints: &[SocketAddr]) -> String {
-    let endpoints: Vec<String> = endpoints.iter().map(SocketAddr::to_string).collect();
-    format!(
-        "service: {{ name: test }}\n\
-         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: http\n    \
-         discovery: {{ static: [{}] }}\n    \
-         load_balancing: {balancing}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n",
-        endpoints.join(", ")
-    )
+    TestConfig::one_upstream(name, "http", endpoints)
+        .with("load_balancing", balancing)
+        .yaml()
 }
 
 fn three_backends(prefix: &str) -> Vec<Backend> {

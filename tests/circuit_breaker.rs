@@ -13,20 +13,16 @@ use http_body_util::Empty;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+use support::config::TestConfig;
 use support::grpc::{FAIL_AFTER_REPLY, grpc_call};
 use support::{
     Proxy, get, grpc_echo, grpc_fail, grpc_failing, grpc_unary, http_backend, http_client, prom,
 };
 
 fn yaml(name: &str, protocol: &str, endpoint: &str, breaker: &str) -> String {
-    format!(
-        "service: {{ name: test }}\n\
-         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: {protocol}\n    \
-         discovery: {{ static: [{endpoint}] }}\n    \
-         circuit_breaker: {breaker}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n"
-    )
+    TestConfig::one_upstream(name, protocol, [endpoint])
+        .with("circuit_breaker", breaker)
+        .yaml()
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use http::{StatusCode, Version};
 
+use support::config::{TestConfig, Upstream};
 use support::consul::{ConsulStandIn, ErrorMode, Health, Instance};
 use support::{Proxy, ProxyProcess, get, http_backend, prom};
 
@@ -21,17 +22,15 @@ const READY_WAIT: Duration = Duration::from_secs(5);
 
 /// One upstream per `(name, discovery)`, all through the stand-in.
 fn yaml(consul: &str, upstreams: &[(&str, &str)]) -> String {
-    let mut text = format!("service: {{ name: test }}\nconsul: {consul}\nupstreams:\n");
+    let mut config = TestConfig::new().section("consul", consul);
     for (name, discovery) in upstreams {
-        text.push_str(&format!(
-            "  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: http\n    \
-             discovery: {{ consul: {discovery} }}\n    \
-             load_balancing: {{ policy: round_robin }}\n    \
-             timeouts: {{ connect: 1s, request: 5s }}\n"
-        ));
+        let discovery = format!("{{ consul: {discovery} }}");
+        config = config
+            .upstream(Upstream::discovered(name, &discovery).protocol("http"))
+            .with("load_balancing", "{ policy: round_robin }")
+            .with("timeouts", "{ connect: 1s, request: 5s }");
     }
-    text.push_str("admin: { listen: 127.0.0.1:0 }\nlogging: { access_log: false }\n");
-    text
+    config.yaml()
 }
 
 fn consul_section(stand_in: &ConsulStandIn, wait: &str) -> String {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use http::{StatusCode, Version};
 
+use support::config::{TestConfig, Upstream};
 use support::{Backend, Proxy, get, http_backend, prom};
 
 const SRV_NAME: &str = "_api._tcp.service.consul";
@@ -134,15 +135,12 @@ fn free_dns_port() -> u16 {
 }
 
 fn yaml(resolver_port: u16) -> String {
-    format!(
-        "service: {{ name: test }}\n\
-         upstreams:\n  - name: {UPSTREAM}\n    listen: 127.0.0.1:0\n    protocol: http\n    \
-         discovery: {{ dns: {{ name: {SRV_NAME}, resolver: 127.0.0.1:{resolver_port} }} }}\n    \
-         load_balancing: {{ policy: round_robin }}\n    \
-         timeouts: {{ connect: 1s, request: 2s }}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n"
-    )
+    let dns = format!("{{ dns: {{ name: {SRV_NAME}, resolver: 127.0.0.1:{resolver_port} }} }}");
+    TestConfig::new()
+        .upstream(Upstream::discovered(UPSTREAM, &dns).protocol("http"))
+        .with("load_balancing", "{ policy: round_robin }")
+        .with("timeouts", "{ connect: 1s, request: 2s }")
+        .yaml()
 }
 
 /// `GET /` through the proxy: the answering backend's name, or the failure.

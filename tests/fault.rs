@@ -12,17 +12,13 @@ use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use tonic::Code;
 
+use support::config::TestConfig;
 use support::{Proxy, get, grpc_echo, grpc_unary, http_backend, http_client, prom};
 
 fn yaml(name: &str, protocol: &str, endpoint: SocketAddr, fault: &str) -> String {
-    format!(
-        "service: {{ name: test }}\n\
-         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: {protocol}\n    \
-         discovery: {{ static: [{endpoint}] }}\n    \
-         fault: {fault}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n"
-    )
+    TestConfig::one_upstream(name, protocol, [endpoint])
+        .with("fault", fault)
+        .yaml()
 }
 
 async fn faults_injected(proxy: &Proxy, upstream: &str, fault: &str, expected: f64) -> f64 {

@@ -15,6 +15,7 @@ use http::Version;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use support::config::{TestConfig, Upstream};
 use support::{Backend, Prober, Proxy, http_backend};
 
 /// Slowest answer a well-behaved client may get while another connection
@@ -231,14 +232,12 @@ impl RawH2 {
 }
 
 fn config(prefix: &str, backend: SocketAddr, limits: &str) -> String {
-    format!(
-        "service: {{ name: test }}\n\
-         upstreams:\n\
-         \x20 - {{ name: {prefix}-h2, listen: 127.0.0.1:0, protocol: http2, discovery: {{ static: [{backend}] }}, limits: {limits} }}\n\
-         \x20 - {{ name: {prefix}-auto, listen: 127.0.0.1:0, protocol: auto, discovery: {{ static: [{backend}] }}, limits: {limits} }}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n"
-    )
+    TestConfig::new()
+        .upstream(Upstream::to(&format!("{prefix}-h2"), [backend]).protocol("http2"))
+        .with("limits", limits)
+        .upstream(Upstream::to(&format!("{prefix}-auto"), [backend]).protocol("auto"))
+        .with("limits", limits)
+        .yaml()
 }
 
 /// The defaults are advertised in SETTINGS: 100 streams, 60 KiB of headers.

@@ -13,19 +13,13 @@ use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use support::config::TestConfig;
 use support::{
     Proxy, ProxyProcess, get, http_backend, http_client, send, websocket_echo, websocket_roundtrip,
 };
 
 fn outbound_yaml(name: &str, protocol: &str, endpoints: &[String]) -> String {
-    format!(
-        "service: {{ name: test }}\n\
-         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: {protocol}\n    \
-         discovery: {{ static: [{}] }}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n",
-        endpoints.join(", ")
-    )
+    TestConfig::one_upstream(name, protocol, endpoints).yaml()
 }
 
 #[tokio::test]

@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use http::{StatusCode, Version};
 
-use support::{
-    Proxy, get, grpc_bidi, grpc_echo, grpc_fail, grpc_unary, http_backend, one_upstream_yaml,
-};
+use support::config::TestConfig;
+use support::{Proxy, get, grpc_bidi, grpc_echo, grpc_fail, grpc_unary, http_backend};
 
 #[tokio::test]
 async fn h2c_prior_knowledge_end_to_end() {
     let backend = http_backend("h2");
-    let proxy = Proxy::start(&one_upstream_yaml("h2c", "http2", backend.addr, "")).await;
+    let proxy =
+        Proxy::start(&TestConfig::one_upstream("h2c", "http2", [backend.addr]).yaml()).await;
     let url = format!("http://{}/headers", proxy.upstream("h2c"));
     let reply = get(Version::HTTP_2, &url).await.unwrap();
     assert_eq!(reply.status, StatusCode::OK);
@@ -35,7 +35,8 @@ async fn h2c_prior_knowledge_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_h2c_requests_share_one_upstream_connection() {
     let backend = http_backend("h2-shared");
-    let proxy = Proxy::start(&one_upstream_yaml("h2-shared", "http2", backend.addr, "")).await;
+    let proxy =
+        Proxy::start(&TestConfig::one_upstream("h2-shared", "http2", [backend.addr]).yaml()).await;
     let url = format!("http://{}/slow/200", proxy.upstream("h2-shared"));
     let started = Instant::now();
     let requests: Vec<_> = (0..20)
@@ -66,7 +67,8 @@ async fn concurrent_h2c_requests_share_one_upstream_connection() {
 #[tokio::test]
 async fn auto_sniffs_the_http2_preface() {
     let backend = http_backend("auto");
-    let proxy = Proxy::start(&one_upstream_yaml("sniff", "auto", backend.addr, "")).await;
+    let proxy =
+        Proxy::start(&TestConfig::one_upstream("sniff", "auto", [backend.addr]).yaml()).await;
     let url = format!("http://{}/", proxy.upstream("sniff"));
     let h1 = get(Version::HTTP_11, &url).await.unwrap();
     let h2 = get(Version::HTTP_2, &url).await.unwrap();
@@ -99,7 +101,8 @@ async fn inbound_translates_http2_to_an_http1_app() {
 #[tokio::test]
 async fn grpc_unary_carries_trailers() {
     let server = grpc_echo();
-    let proxy = Proxy::start(&one_upstream_yaml("grpc-unary", "grpc", server.addr, "")).await;
+    let proxy =
+        Proxy::start(&TestConfig::one_upstream("grpc-unary", "grpc", [server.addr]).yaml()).await;
     let (text, trailers) = grpc_unary(proxy.upstream("grpc-unary"), "ping")
         .await
         .unwrap();
@@ -112,7 +115,8 @@ async fn grpc_unary_carries_trailers() {
 #[tokio::test]
 async fn grpc_bidirectional_streaming_is_interleaved() {
     let server = grpc_echo();
-    let proxy = Proxy::start(&one_upstream_yaml("grpc-bidi", "grpc", server.addr, "")).await;
+    let proxy =
+        Proxy::start(&TestConfig::one_upstream("grpc-bidi", "grpc", [server.addr]).yaml()).await;
     let messages: Vec<String> = (0..20).map(|i| format!("message {i}")).collect();
     let (echoes, trailers) = grpc_bidi(proxy.upstream("grpc-bidi"), messages.clone())
         .await
@@ -124,7 +128,8 @@ async fn grpc_bidirectional_streaming_is_interleaved() {
 #[tokio::test]
 async fn grpc_errors_from_the_upstream_pass_through() {
     let server = grpc_echo();
-    let proxy = Proxy::start(&one_upstream_yaml("grpc-fail", "grpc", server.addr, "")).await;
+    let proxy =
+        Proxy::start(&TestConfig::one_upstream("grpc-fail", "grpc", [server.addr]).yaml()).await;
     let status = grpc_fail(proxy.upstream("grpc-fail")).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert!(status.metadata().get("x-remora-error").is_none());
@@ -137,7 +142,7 @@ async fn proxy_errors_take_grpc_form() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
-    let proxy = Proxy::start(&one_upstream_yaml("grpc-dead", "grpc", dead, "")).await;
+    let proxy = Proxy::start(&TestConfig::one_upstream("grpc-dead", "grpc", [dead]).yaml()).await;
     let status = grpc_unary(proxy.upstream("grpc-dead"), "ping")
         .await
         .unwrap_err();

@@ -15,8 +15,9 @@ use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 
+use support::config::TestConfig;
 use support::raw_h2::goaway_origin;
-use support::{Proxy, Server, get, h2_origin, one_upstream_yaml, prom, send, serve};
+use support::{Proxy, Server, get, h2_origin, prom, send, serve};
 
 async fn resends(proxy: &Proxy, upstream: &str, reason: &str) -> f64 {
     let labels = [("upstream", upstream), ("reason", reason)];
@@ -83,8 +84,9 @@ async fn streams_above_a_goaway_are_resent_on_a_new_connection() {
     for (name, code) in [("goaway-graceful", 0), ("goaway-error", 2)] {
         let (origin, seen) = goaway_origin(2, code);
         // One connection at a time, so both requests share the first.
-        let pool = "connection_pool: { max_connections_per_endpoint: 1 }";
-        let proxy = Proxy::start(&one_upstream_yaml(name, "http2", origin.addr, pool)).await;
+        let pool = "{ max_connections_per_endpoint: 1 }";
+        let config = TestConfig::one_upstream(name, "http2", [origin.addr]);
+        let proxy = Proxy::start(&config.with("connection_pool", pool).yaml()).await;
         let url = format!("http://{}/", proxy.upstream(name));
         let (first, second) = tokio::join!(get(Version::HTTP_2, &url), get(Version::HTTP_2, &url));
         assert_eq!(first.unwrap().status, StatusCode::OK, "{name}");
@@ -125,7 +127,8 @@ async fn a_refused_stream_is_resent_with_its_body() {
             }
         }
     });
-    let proxy = Proxy::start(&one_upstream_yaml("refused", "http2", origin.addr, "")).await;
+    let proxy =
+        Proxy::start(&TestConfig::one_upstream("refused", "http2", [origin.addr]).yaml()).await;
     let url = format!("http://{}/", proxy.upstream("refused"));
     let request = Request::post(&url)
         .body(Full::new(Bytes::from_static(b"hello, twice")))
@@ -180,8 +183,9 @@ fn limited_origin(
 #[tokio::test]
 async fn streams_beyond_the_peer_limit_open_connections_then_wait() {
     let (origin, connections, busiest) = limited_origin(4, Duration::from_millis(100));
-    let pool = "connection_pool: { max_connections_per_endpoint: 3 }";
-    let proxy = Proxy::start(&one_upstream_yaml("limited", "http2", origin.addr, pool)).await;
+    let pool = "{ max_connections_per_endpoint: 3 }";
+    let config = TestConfig::one_upstream("limited", "http2", [origin.addr]);
+    let proxy = Proxy::start(&config.with("connection_pool", pool).yaml()).await;
     // Learn the peer's limit first (SETTINGS arrive after the first connection opens).
     let url = format!("http://{}/", proxy.upstream("limited"));
     assert_eq!(
@@ -211,9 +215,10 @@ async fn streams_beyond_the_peer_limit_open_connections_then_wait() {
 #[tokio::test]
 async fn a_full_pool_queues_within_bounds_then_answers_overloaded() {
     let (origin, _, _) = limited_origin(1, Duration::from_millis(1000));
-    let pool = "connection_pool: { max_connections_per_endpoint: 1, max_pending_requests: 2, \
+    let pool = "{ max_connections_per_endpoint: 1, max_pending_requests: 2, \
                 pending_timeout: 300ms }";
-    let proxy = Proxy::start(&one_upstream_yaml("queue", "http2", origin.addr, pool)).await;
+    let config = TestConfig::one_upstream("queue", "http2", [origin.addr]);
+    let proxy = Proxy::start(&config.with("connection_pool", pool).yaml()).await;
     let url = format!("http://{}/", proxy.upstream("queue"));
     assert_eq!(
         get(Version::HTTP_2, &url).await.unwrap().status,
@@ -259,13 +264,9 @@ async fn connections_rotate_by_request_count_and_age() {
         ("rotate-age", "max_connection_age: 150ms", 10, 50, 3..=5),
     ] {
         let (origin, connections, _) = limited_origin(100, Duration::ZERO);
-        let proxy = Proxy::start(&one_upstream_yaml(
-            name,
-            "http2",
-            origin.addr,
-            &format!("connection_pool: {{ {pool} }}"),
-        ))
-        .await;
+        let config = TestConfig::one_upstream(name, "http2", [origin.addr])
+            .with("connection_pool", format!("{{ {pool} }}"));
+        let proxy = Proxy::start(&config.yaml()).await;
         let url = format!("http://{}/", proxy.upstream(name));
         for _ in 0..requests {
             assert_eq!(
@@ -292,9 +293,13 @@ async fn keepalive_pings_find_a_silent_peer() {
             tokio::time::sleep(Duration::from_secs(60)).await;
         }
     });
-    let extra = "timeouts: { idle: 30s }\n    \
-                 connection_pool: { keepalive_interval: 200ms, keepalive_timeout: 200ms }";
-    let proxy = Proxy::start(&one_upstream_yaml("silent", "http2", silent.addr, extra)).await;
+    let config = TestConfig::one_upstream("silent", "http2", [silent.addr])
+        .with("timeouts", "{ idle: 30s }")
+        .with(
+            "connection_pool",
+            "{ keepalive_interval: 200ms, keepalive_timeout: 200ms }",
+        );
+    let proxy = Proxy::start(&config.yaml()).await;
     let url = format!("http://{}/", proxy.upstream("silent"));
     let started = Instant::now();
     let reply = get(Version::HTTP_2, &url).await.unwrap();
@@ -341,8 +346,10 @@ async fn in_flight_counts_return_to_zero_after_every_ending() {
             _ => support::h2_origin::answer(respond, 200),
         }
     });
-    let extra = "timeouts: { request: 300ms }\n    max_concurrent_requests: 2";
-    let proxy = Proxy::start(&one_upstream_yaml("endings", "http2", origin.addr, extra)).await;
+    let config = TestConfig::one_upstream("endings", "http2", [origin.addr])
+        .with("timeouts", "{ request: 300ms }")
+        .with("max_concurrent_requests", 2);
+    let proxy = Proxy::start(&config.yaml()).await;
     let base = format!("http://{}", proxy.upstream("endings"));
     let status = |path: &str| {
         let url = format!("{base}{path}");

@@ -9,17 +9,13 @@ use std::time::{Duration, Instant};
 
 use http::{StatusCode, Version};
 
+use support::config::TestConfig;
 use support::{Backend, Proxy, get, http_backend, prom};
 
 fn yaml(name: &str, endpoint: SocketAddr, limit: u32) -> String {
-    format!(
-        "service: {{ name: test }}\n\
-         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: http\n    \
-         discovery: {{ static: [{endpoint}] }}\n    \
-         max_concurrent_requests: {limit}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n"
-    )
+    TestConfig::one_upstream(name, "http", [endpoint])
+        .with("max_concurrent_requests", limit)
+        .yaml()
 }
 
 /// Waits (bounded) until the backend has received `count` requests.

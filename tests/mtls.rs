@@ -18,6 +18,7 @@ use http::{StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use support::config::{TestConfig, Upstream};
 use support::tls::{Ca, Leaf, TlsFiles, connect, get_on, http1, server_serial, spiffe};
 use support::{Proxy, get, grpc_echo, grpc_unary, http_backend, prom, tcp_echo};
 
@@ -31,14 +32,14 @@ fn inbound_yaml(
     files: &TlsFiles,
     tls_extra: &str,
 ) -> String {
-    format!(
-        "service: {{ name: {name}, port: {}, protocol: {protocol} }}\n\
-         inbound: {{ listen: 127.0.0.1:0 }}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n{}",
-        app.port(),
-        files.yaml(tls_extra)
-    )
+    TestConfig::new()
+        .service(&format!(
+            "{{ name: {name}, port: {}, protocol: {protocol} }}",
+            app.port()
+        ))
+        .inbound()
+        .text(&files.yaml(tls_extra))
+        .yaml()
 }
 
 /// A sidecar in front of an application on `app`, with mTLS from `files`.
@@ -61,14 +62,13 @@ fn outbound_yaml(
     files: &TlsFiles,
     extra: &str,
 ) -> String {
-    format!(
-        "service: {{ name: web }}\n\
-         upstreams:\n  - name: api\n    listen: 127.0.0.1:0\n    protocol: {protocol}\n    \
-         discovery: {{ static: [{endpoint}] }}\n    tls: {{ enabled: true, identity: {identity} }}\n\
-         {extra}admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n{}",
-        files.yaml("")
-    )
+    TestConfig::new()
+        .service("{ name: web }")
+        .upstream(Upstream::to("api", [endpoint]).protocol(protocol))
+        .with("tls", format!("{{ enabled: true, identity: {identity} }}"))
+        .lines(extra)
+        .text(&files.yaml(""))
+        .yaml()
 }
 
 /// A sidecar whose upstream `api` (on `endpoint`, speaking `protocol`) is meshed.

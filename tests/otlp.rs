@@ -15,16 +15,16 @@ use http::{Request, Version};
 use http_body_util::Full;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 
+use support::config::{TestConfig, Upstream};
+use support::proxy::two_hops;
 use support::{Proxy, get, http_backend, otlp_collector, prom, send};
 
 fn outbound_yaml(app: SocketAddr, tracing: &str) -> String {
-    format!(
-        "service: {{ name: caller }}\n\
-         upstreams:\n  - name: app\n    listen: 127.0.0.1:0\n    discovery: {{ static: [{app}] }}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         tracing: {tracing}\n\
-         logging: {{ access_log: false }}\n"
-    )
+    TestConfig::new()
+        .service("{ name: caller }")
+        .upstream(Upstream::to("app", [app]))
+        .section("tracing", tracing)
+        .yaml()
 }
 
 #[tokio::test]
@@ -35,24 +35,7 @@ async fn two_hops_export_parented_client_and_server_spans() {
         collector.endpoint()
     );
     let app = http_backend("app");
-    let b = Proxy::start(&format!(
-        "service: {{ name: app, port: {} }}\n\
-         inbound: {{ listen: 127.0.0.1:0 }}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         tracing: {tracing}\n\
-         logging: {{ access_log: false }}\n",
-        app.addr.port()
-    ))
-    .await;
-    let a = Proxy::start(&format!(
-        "service: {{ name: caller }}\n\
-         upstreams:\n  - name: b\n    listen: 127.0.0.1:0\n    discovery: {{ static: [{}] }}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         tracing: {tracing}\n\
-         logging: {{ access_log: false }}\n",
-        b.inbound()
-    ))
-    .await;
+    let (a, b) = two_hops(app.addr, &tracing).await;
 
     let client = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let request = Request::get(format!("http://{}/headers", a.upstream("b")))

@@ -15,6 +15,7 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
+use support::config::TestConfig;
 use support::{Proxy, Server, get, http_backend, prom, serve};
 
 /// An origin that answers every request 503 with `x-backend: <name>`.
@@ -35,17 +36,10 @@ fn failing_backend(name: &'static str) -> Server {
 }
 
 fn yaml(name: &str, endpoints: &[SocketAddr], outlier: &str) -> String {
-    let endpoints: Vec<String> = endpoints.iter().map(SocketAddr::to_string).collect();
-    format!(
-        "service: {{ name: test }}\n\
-         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: http\n    \
-         discovery: {{ static: [{}] }}\n    \
-         load_balancing: {{ policy: round_robin }}\n    \
-         outlier_detection: {outlier}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n",
-        endpoints.join(", ")
-    )
+    TestConfig::one_upstream(name, "http", endpoints)
+        .with("load_balancing", "{ policy: round_robin }")
+        .with("outlier_detection", outlier)
+        .yaml()
 }
 
 async fn tally(base: &str, requests: usize) -> HashMap<String, usize> {

@@ -16,18 +16,16 @@ use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use support::config::TestConfig;
 use support::{Backend, Proxy, http_backend, prom, send};
 
 /// `upstream` with its own endpoint `origin` and the given upstream keys
 /// (indented for the upstream's mapping). Metrics are process-wide: a test
 /// that reads them names its upstream alone.
 fn yaml(upstream: &str, origin: SocketAddr, upstream_extra: &str) -> String {
-    format!(
-        "service: {{ name: test }}\n\
-         upstreams:\n  - name: {upstream}\n    listen: 127.0.0.1:0\n    protocol: auto\n    \
-         discovery: {{ static: [{origin}] }}\n{upstream_extra}\
-         admin: {{ listen: 127.0.0.1:0 }}\nlogging: {{ access_log: false }}\n"
-    )
+    TestConfig::one_upstream(upstream, "auto", [origin])
+        .lines(upstream_extra)
+        .yaml()
 }
 
 /// A prefix route `/admin` that answers 403 itself.

@@ -13,17 +13,13 @@ use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use tokio::time::MissedTickBehavior;
 
+use support::config::TestConfig;
 use support::{Proxy, get, grpc_echo, grpc_unary, http_backend, http_client, prom};
 
 fn yaml(name: &str, endpoint: SocketAddr, rate_limit: &str) -> String {
-    format!(
-        "service: {{ name: test }}\n\
-         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: http\n    \
-         discovery: {{ static: [{endpoint}] }}\n    \
-         rate_limit: {rate_limit}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n"
-    )
+    TestConfig::one_upstream(name, "http", [endpoint])
+        .with("rate_limit", rate_limit)
+        .yaml()
 }
 
 /// What one client saw: admitted, refused, and when its last request was sent.

@@ -18,6 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
+use support::config::TestConfig;
 use support::{
     Proxy, Server, get, grpc_failing, grpc_unary, h2_origin, http_backend, prom, send, serve,
 };
@@ -75,18 +76,11 @@ fn yaml_with(
     endpoints: &[SocketAddr],
     retries: &str,
 ) -> String {
-    let endpoints: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
-    format!(
-        "service: {{ name: test }}\n\
-         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: {protocol}\n    \
-         discovery: {{ static: [{}] }}\n    \
-         load_balancing: {load_balancing}\n    \
-         timeouts: {{ request: 5s }}\n    \
-         retries: {retries}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n",
-        endpoints.join(", ")
-    )
+    TestConfig::one_upstream(name, protocol, endpoints)
+        .with("load_balancing", load_balancing)
+        .with("timeouts", "{ request: 5s }")
+        .with("retries", retries)
+        .yaml()
 }
 
 #[tokio::test]

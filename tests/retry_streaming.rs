@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio_stream::wrappers::ReceiverStream;
 
+use support::config::TestConfig;
 use support::{Proxy, Server, grpc_bidi, grpc_echo, http_backend, http_client, send, serve};
 
 /// An origin that reads each request body to its end, records it, then answers 503.
@@ -56,18 +57,11 @@ fn failing() -> Failing {
 }
 
 fn yaml(name: &str, protocol: &str, endpoints: &[SocketAddr], retries: &str) -> String {
-    let endpoints: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
-    format!(
-        "service: {{ name: test }}\n\
-         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: {protocol}\n    \
-         discovery: {{ static: [{}] }}\n    \
-         load_balancing: {{ policy: round_robin }}\n    \
-         timeouts: {{ request: 5s }}\n    \
-         retries: {retries}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n",
-        endpoints.join(", ")
-    )
+    TestConfig::one_upstream(name, protocol, endpoints)
+        .with("load_balancing", "{ policy: round_robin }")
+        .with("timeouts", "{ request: 5s }")
+        .with("retries", retries)
+        .yaml()
 }
 
 /// Each message is echoed before the next is sent: with retries on, the stream is not held

@@ -19,19 +19,17 @@ use http::{Request, StatusCode, Version};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
 
+use support::config::TestConfig;
 use support::consul::{ConsulStandIn, Instance};
 use support::{Proxy, get, grpc_echo, grpc_unary, http_backend, http_client, prom, send};
 
 /// `api` with static `default` endpoints and the given `backends:`/`routes:` text
 /// (indented for the upstream's mapping).
 fn yaml(default: SocketAddr, upstream_extra: &str) -> String {
-    format!(
-        "service: {{ name: test }}\n\
-         upstreams:\n  - name: api\n    listen: 127.0.0.1:0\n    protocol: http\n    \
-         discovery: {{ static: [{default}] }}\n    \
-         timeouts: {{ connect: 1s, request: 5s }}\n{upstream_extra}\
-         admin: {{ listen: 127.0.0.1:0 }}\nlogging: {{ access_log: false }}\n"
-    )
+    TestConfig::one_upstream("api", "http", [default])
+        .with("timeouts", "{ connect: 1s, request: 5s }")
+        .lines(upstream_extra)
+        .yaml()
 }
 
 /// Waits up to 5 s for a metric of `proxy` to reach `expected`; returns the

@@ -12,19 +12,15 @@ use http::{StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use support::config::TestConfig;
 use support::{Backend, ProxyProcess, eventually, get, http_backend, tcp_echo};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn yaml(name: &str, endpoint: std::net::SocketAddr) -> String {
-    format!(
-        "service: {{ name: test }}\n\
-         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: http\n    \
-         discovery: {{ static: [{endpoint}] }}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         runtime: {{ drain_timeout: 5s }}\n\
-         logging: {{ access_log: false }}\n"
-    )
+    TestConfig::one_upstream(name, "http", [endpoint])
+        .section("runtime", "{ drain_timeout: 5s }")
+        .yaml()
 }
 
 /// Waits (bounded) for the process to exit; returns its status and when it was seen to exit.

@@ -11,19 +11,14 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use support::config::TestConfig;
 use support::{Proxy, dead_addr, prom, tcp_echo};
 
 /// Longest any single exchange may take before the test calls it a hang.
 const HANG: Duration = Duration::from_secs(10);
 
 fn tcp_upstream_yaml(name: &str, endpoint: SocketAddr) -> String {
-    format!(
-        "service: {{ name: test }}\n\
-         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: tcp\n    \
-         discovery: {{ static: [{endpoint}] }}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n"
-    )
+    TestConfig::one_upstream(name, "tcp", [endpoint]).yaml()
 }
 
 async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {

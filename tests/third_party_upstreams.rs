@@ -15,8 +15,9 @@ use bytes::{Buf, Bytes};
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 
+use support::config::TestConfig;
 use support::peers::{self, h2load};
-use support::{Proxy, get, one_upstream_yaml, prom};
+use support::{Proxy, get, prom};
 
 async fn metrics(proxy: &Proxy) -> String {
     prom::scrape(&proxy.admin_url("/metrics")).await
@@ -104,7 +105,8 @@ async fn nginx_h2c_with_goaways_and_a_small_stream_limit() {
         "keepalive_requests 100;\nhttp2_max_concurrent_streams 16;\n\
          server { listen 127.0.0.1:PORT http2; location / { return 200 \"ok\\n\"; } }",
     );
-    let proxy = Proxy::start(&one_upstream_yaml("nginx-h2c", "http2", nginx.addr, "")).await;
+    let proxy =
+        Proxy::start(&TestConfig::one_upstream("nginx-h2c", "http2", [nginx.addr]).yaml()).await;
     h2load_through(
         &proxy,
         "nginx-h2c",
@@ -128,7 +130,8 @@ async fn haproxy_as_an_h2_upstream() {
          frontend origin\n  bind 127.0.0.1:PORT proto h2\n  \
          http-request return status 200 content-type text/plain string ok\n",
     );
-    let proxy = Proxy::start(&one_upstream_yaml("haproxy-h2", "http2", haproxy.addr, "")).await;
+    let proxy =
+        Proxy::start(&TestConfig::one_upstream("haproxy-h2", "http2", [haproxy.addr]).yaml()).await;
     h2load_through(
         &proxy,
         "haproxy-h2",
@@ -196,7 +199,9 @@ async fn grpcio_with_connection_age_and_a_small_stream_limit() {
         ("grpc.max_concurrent_streams", 4),
     ]);
     // A request stuck on a dead connection fails after 3 s instead of 60.
-    let yaml = one_upstream_yaml("grpcio", "grpc", server.addr, "timeouts: { idle: 3s }");
+    let yaml = TestConfig::one_upstream("grpcio", "grpc", [server.addr])
+        .with("timeouts", "{ idle: 3s }")
+        .yaml();
     let proxy = Proxy::start(&yaml).await;
     let addr = proxy.upstream("grpcio");
     let client = support::client::http_client(Version::HTTP_2);
@@ -236,7 +241,8 @@ async fn the_keep_alive_race_against_nginx_loses_no_request() {
         "keepalive_timeout 50ms;\n\
          server { listen 127.0.0.1:PORT; location / { return 200 \"ok\\n\"; } }",
     );
-    let proxy = Proxy::start(&one_upstream_yaml("nginx-race", "http", nginx.addr, "")).await;
+    let proxy =
+        Proxy::start(&TestConfig::one_upstream("nginx-race", "http", [nginx.addr]).yaml()).await;
     let url = format!("http://{}/", proxy.upstream("nginx-race"));
     let mut failed = Vec::new();
     for number in 0..300 {

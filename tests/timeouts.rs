@@ -13,7 +13,8 @@ use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::Full;
 
-use support::{Proxy, black_hole, h2_origin, http_backend, one_upstream_yaml, prom, send};
+use support::config::TestConfig;
+use support::{Proxy, black_hole, h2_origin, http_backend, prom, send};
 
 async fn timeouts(proxy: &Proxy, upstream: &str, kind: &str) -> f64 {
     let labels = [
@@ -35,13 +36,15 @@ async fn timeouts(proxy: &Proxy, upstream: &str, kind: &str) -> f64 {
 #[tokio::test]
 async fn the_request_timeout_bounds_all_tries_and_cancels_them() {
     let (origin, mut closed) = black_hole();
-    let proxy = Proxy::start(&one_upstream_yaml(
-        "timeout-whole",
-        "http",
-        origin,
-        "timeouts: { request: 500ms }\n    \
-         retries: { attempts: 3, per_try_timeout: 300ms, backoff: { base: 1ms, max: 2ms } }",
-    ))
+    let proxy = Proxy::start(
+        &TestConfig::one_upstream("timeout-whole", "http", [origin])
+            .with("timeouts", "{ request: 500ms }")
+            .with(
+                "retries",
+                "{ attempts: 3, per_try_timeout: 300ms, backoff: { base: 1ms, max: 2ms } }",
+            )
+            .yaml(),
+    )
     .await;
     let url = format!("http://{}/hang", proxy.upstream("timeout-whole"));
     let started = Instant::now();
@@ -92,12 +95,11 @@ fn received_grpc_timeout(body: &str) -> Option<u64> {
 #[tokio::test]
 async fn grpc_timeout_shortens_the_deadline_and_reaches_the_upstream() {
     let backend = http_backend("grpc-headers");
-    let proxy = Proxy::start(&one_upstream_yaml(
-        "timeout-grpc",
-        "grpc",
-        backend.addr,
-        "timeouts: { request: 10s }",
-    ))
+    let proxy = Proxy::start(
+        &TestConfig::one_upstream("timeout-grpc", "grpc", [backend.addr])
+            .with("timeouts", "{ request: 10s }")
+            .yaml(),
+    )
     .await;
     let base = format!("http://{}", proxy.upstream("timeout-grpc"));
 
@@ -154,12 +156,9 @@ async fn grpc_timeout_shortens_the_deadline_and_reaches_the_upstream() {
 #[tokio::test]
 async fn grpc_timeout_alone_sets_a_deadline() {
     let backend = http_backend("grpc-alone");
-    let proxy = Proxy::start(&one_upstream_yaml(
-        "timeout-grpc-alone",
-        "grpc",
-        backend.addr,
-        "",
-    ))
+    let proxy = Proxy::start(
+        &TestConfig::one_upstream("timeout-grpc-alone", "grpc", [backend.addr]).yaml(),
+    )
     .await;
     let base = format!("http://{}", proxy.upstream("timeout-grpc-alone"));
 
@@ -224,12 +223,11 @@ fn stalling_origin() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Durati
 async fn a_stalled_response_body_is_cut_off_after_the_idle_timeout() {
     use http_body_util::BodyExt;
     let (origin, mut closed) = stalling_origin();
-    let proxy = Proxy::start(&one_upstream_yaml(
-        "to-idle",
-        "http",
-        origin,
-        "timeouts: { idle: 300ms }",
-    ))
+    let proxy = Proxy::start(
+        &TestConfig::one_upstream("to-idle", "http", [origin])
+            .with("timeouts", "{ idle: 300ms }")
+            .yaml(),
+    )
     .await;
     let url = format!("http://{}/", proxy.upstream("to-idle"));
     let client = support::http_client::<http_body_util::Empty<Bytes>>(Version::HTTP_11);
@@ -271,19 +269,17 @@ async fn a_stalled_response_body_is_cut_off_after_the_idle_timeout() {
 async fn idle_client_connections_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let backend = http_backend("to-conn-idle");
-    let h1 = Proxy::start(&one_upstream_yaml(
-        "to-conn-idle-h1",
-        "http",
-        backend.addr,
-        "timeouts: { idle: 400ms }",
-    ))
+    let h1 = Proxy::start(
+        &TestConfig::one_upstream("to-conn-idle-h1", "http", [backend.addr])
+            .with("timeouts", "{ idle: 400ms }")
+            .yaml(),
+    )
     .await;
-    let h2 = Proxy::start(&one_upstream_yaml(
-        "to-conn-idle-h2",
-        "http2",
-        backend.addr,
-        "timeouts: { idle: 400ms }",
-    ))
+    let h2 = Proxy::start(
+        &TestConfig::one_upstream("to-conn-idle-h2", "http2", [backend.addr])
+            .with("timeouts", "{ idle: 400ms }")
+            .yaml(),
+    )
     .await;
 
     // HTTP/1.1: keep talking for 1 s (a request every 200 ms), then go quiet.
@@ -346,12 +342,11 @@ async fn idle_client_connections_are_closed() {
 #[tokio::test]
 async fn a_silent_upstream_is_cut_off_after_the_idle_timeout() {
     let (origin, mut closed) = black_hole();
-    let proxy = Proxy::start(&one_upstream_yaml(
-        "head-idle",
-        "http",
-        origin,
-        "timeouts: { idle: 300ms }",
-    ))
+    let proxy = Proxy::start(
+        &TestConfig::one_upstream("head-idle", "http", [origin])
+            .with("timeouts", "{ idle: 300ms }")
+            .yaml(),
+    )
     .await;
     let url = format!("http://{}/hang", proxy.upstream("head-idle"));
     let started = Instant::now();
@@ -390,12 +385,11 @@ async fn a_request_body_that_moves_keeps_the_try_alive_until_it_stalls() {
     use hyper::body::Frame;
 
     let (origin, mut closed) = black_hole();
-    let proxy = Proxy::start(&one_upstream_yaml(
-        "body-idle",
-        "http",
-        origin,
-        "timeouts: { idle: 300ms }",
-    ))
+    let proxy = Proxy::start(
+        &TestConfig::one_upstream("body-idle", "http", [origin])
+            .with("timeouts", "{ idle: 300ms }")
+            .yaml(),
+    )
     .await;
     let url = format!("http://{}/upload", proxy.upstream("body-idle"));
     let (chunks, receiver) = tokio::sync::mpsc::channel::<Bytes>(16);
@@ -459,11 +453,12 @@ fn silent_h2_origin() -> (
 #[tokio::test]
 async fn an_http2_upstream_sees_its_stream_cancelled_on_timeout() {
     for (name, protocol, timeouts, grpc_timeout) in [
-        ("to-h2-reset", "http2", "timeouts: { request: 300ms }", None),
-        ("to-grpc-reset", "grpc", "", Some("300m")),
+        ("to-h2-reset", "http2", "{ request: 300ms }", None),
+        ("to-grpc-reset", "grpc", "{}", Some("300m")),
     ] {
         let (origin, mut resets) = silent_h2_origin();
-        let proxy = Proxy::start(&one_upstream_yaml(name, protocol, origin.addr, timeouts)).await;
+        let config = TestConfig::one_upstream(name, protocol, [origin.addr]);
+        let proxy = Proxy::start(&config.with("timeouts", timeouts).yaml()).await;
         let url = format!("http://{}/hang", proxy.upstream(name));
         let started = Instant::now();
         let reply = send(Version::HTTP_2, grpc_request(&url, grpc_timeout))

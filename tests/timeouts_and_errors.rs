@@ -14,17 +14,13 @@ use http_body_util::{BodyExt, Empty};
 use socket2::{Domain, Socket, Type};
 use tokio::net::TcpStream;
 
+use support::config::TestConfig;
 use support::{Proxy, black_hole, get, http_backend, http_client, prom};
 
 fn yaml(name: &str, endpoint: SocketAddr, timeouts: &str) -> String {
-    format!(
-        "service: {{ name: test }}\n\
-         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: http\n    \
-         discovery: {{ static: [{endpoint}] }}\n    \
-         timeouts: {timeouts}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n"
-    )
+    TestConfig::one_upstream(name, "http", [endpoint])
+        .with("timeouts", timeouts)
+        .yaml()
 }
 
 fn assert_proxy_made(reply: &support::Reply, status: StatusCode, kind: &str) {

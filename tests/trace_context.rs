@@ -9,30 +9,8 @@ use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::Full;
 
+use support::proxy::two_hops;
 use support::{Proxy, http_backend, send};
-
-/// remora B fronts `app`; remora A's upstream `b` points at B's inbound.
-async fn two_hops(app: std::net::SocketAddr, tracing: &str) -> (Proxy, Proxy) {
-    let b = Proxy::start(&format!(
-        "service: {{ name: app, port: {} }}\n\
-         inbound: {{ listen: 127.0.0.1:0 }}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         tracing: {tracing}\n\
-         logging: {{ access_log: false }}\n",
-        app.port()
-    ))
-    .await;
-    let a = Proxy::start(&format!(
-        "service: {{ name: caller }}\n\
-         upstreams:\n  - name: b\n    listen: 127.0.0.1:0\n    discovery: {{ static: [{}] }}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         tracing: {tracing}\n\
-         logging: {{ access_log: false }}\n",
-        b.inbound()
-    ))
-    .await;
-    (a, b)
-}
 
 /// What the app saw: (headers as JSON, the response's x-request-id).
 async fn call(a: &Proxy, headers: &[(&str, &str)]) -> (serde_json::Value, Option<String>) {

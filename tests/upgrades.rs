@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
+use support::config::TestConfig;
 use support::{Proxy, eventually, serve, websocket_echo, websocket_roundtrip};
 
 /// An application that switches protocols whenever a request asks to: it
@@ -98,17 +99,13 @@ async fn read_response(stream: &mut TcpStream) -> (String, String) {
 }
 
 fn inbound_yaml(app: SocketAddr) -> String {
-    format!(
-        "service: {{ name: app, address: 127.0.0.1, port: {} }}\n\
-         inbound: {{ listen: 127.0.0.1:0 }}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n",
-        app.port()
-    )
+    TestConfig::inbound_to("app", app).yaml()
 }
 
 fn upstream_yaml(name: &str, endpoint: SocketAddr, extra: &str) -> String {
-    support::one_upstream_yaml(name, "http", endpoint, extra)
+    TestConfig::one_upstream(name, "http", [endpoint])
+        .lines(&format!("    {extra}\n"))
+        .yaml()
 }
 
 /// Sends `Upgrade: <protocol>` on a fresh connection to `addr`; returns the

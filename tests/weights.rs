@@ -11,25 +11,24 @@ use std::time::{Duration, Instant};
 use http::{StatusCode, Version};
 use serde_json::Value;
 
+use support::config::{TestConfig, Upstream};
 use support::consul::{ConsulStandIn, Health, Instance};
 use support::{Proxy, get, http_backend};
 
 const REQUESTS: usize = 4000;
 
 fn yaml(consul: &ConsulStandIn, upstreams: &[(&str, &str, &str)]) -> String {
-    let mut text = format!(
-        "service: {{ name: weights }}\nconsul: {{ address: \"{}\", wait: 2s }}\nupstreams:\n",
-        consul.url()
+    let mut config = TestConfig::new().service("{ name: weights }").section(
+        "consul",
+        format!("{{ address: \"{}\", wait: 2s }}", consul.url()),
     );
     for (name, discovery, policy) in upstreams {
-        text.push_str(&format!(
-            "  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: http\n    \
-             discovery: {{ consul: {discovery} }}\n    \
-             load_balancing: {{ policy: {policy} }}\n"
-        ));
+        let discovery = format!("{{ consul: {discovery} }}");
+        config = config
+            .upstream(Upstream::discovered(name, &discovery).protocol("http"))
+            .with("load_balancing", format!("{{ policy: {policy} }}"));
     }
-    text.push_str("admin: { listen: 127.0.0.1:0 }\nlogging: { access_log: false }\n");
-    text
+    config.yaml()
 }
 
 /// Waits until `upstream` has `count` endpoints (per `/endpoints`); returns their weights by

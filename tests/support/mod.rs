@@ -18,6 +18,7 @@ pub mod backend;
 pub mod black_hole;
 pub mod browser;
 pub mod client;
+pub mod config;
 pub mod consul;
 pub mod grpc;
 pub mod h2_origin;
@@ -46,7 +47,7 @@ pub use grpc::{EchoMsg, grpc_bidi, grpc_echo, grpc_fail, grpc_failing, grpc_unar
 pub use h2_origin::h2_origin;
 pub use otlp::{Collector, otlp_collector};
 pub use prober::Prober;
-pub use proxy::{Proxy, ProxyProcess, one_upstream_yaml};
+pub use proxy::{Proxy, ProxyProcess};
 pub use tcp::tcp_echo;
 pub use websocket::{websocket_echo, websocket_roundtrip};
 

@@ -11,6 +11,8 @@ use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
 use remora::app::{BoundAddrs, Running};
+
+use super::config::{TestConfig, Upstream};
 use remora::reload::Source;
 
 /// A configuration file in the temporary directory, rewritten the way editors and Kubernetes
@@ -46,22 +48,17 @@ impl Drop for ConfigFile {
     }
 }
 
-/// A sidecar with one upstream `name` that speaks `protocol` to `endpoint`, its listener, and
-/// the admin listener, on 127.0.0.1:0, no access log. `extra` holds more keys of the upstream
-/// (indented by 4 spaces after the first line).
-pub fn one_upstream_yaml(
-    name: &str,
-    protocol: &str,
-    endpoint: impl std::fmt::Display,
-    extra: &str,
-) -> String {
-    format!(
-        "service: {{ name: test }}\n\
-         upstreams:\n  - name: {name}\n    listen: 127.0.0.1:0\n    protocol: {protocol}\n    \
-         discovery: {{ static: [{endpoint}] }}\n    {extra}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n\
-         logging: {{ access_log: false }}\n"
-    )
+/// Two hops, app → remora A → remora B → `app`, both with the `tracing` section: remora B
+/// (service `app`) fronts `app` on its inbound listener, remora A (service `caller`) has an
+/// upstream `b` pointing at it. Returns (A, B).
+pub async fn two_hops(app: SocketAddr, tracing: &str) -> (Proxy, Proxy) {
+    let b = TestConfig::inbound_to("app", app).section("tracing", tracing);
+    let b = Proxy::start(&b.yaml()).await;
+    let a = TestConfig::new()
+        .service("{ name: caller }")
+        .upstream(Upstream::to("b", [b.inbound()]))
+        .section("tracing", tracing);
+    (Proxy::start(&a.yaml()).await, b)
 }
 
 /// A proxy started in this process from YAML text.
