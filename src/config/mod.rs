@@ -15,10 +15,15 @@
 //! value fall back to its default. `redact` makes what the admin `/config`
 //! shows of a configuration.
 
+mod admin;
+mod config_source;
+mod consul;
 mod deserialize;
+mod discovery;
 mod duration;
 mod env;
 mod error;
+mod inbound;
 mod limits;
 mod locate;
 mod model;
@@ -29,23 +34,27 @@ mod redact;
 mod resilience;
 mod route_checks;
 mod routing;
+mod runtime;
+mod service;
+mod telemetry;
+mod tls;
 mod transparent;
 mod upgrades;
+mod upstream;
 mod validate;
 
 use std::path::Path;
 
 use serde_saphyr::{Options, PropertySyntax};
 
+pub use admin::AdminConfig;
+pub use config_source::{ConfigSource, ConsulKvSource};
+pub use consul::{ConsulConfig, Secret};
+pub use discovery::{ConsulDiscovery, Discovery, DnsDiscovery, StaticEndpoint};
 pub use error::{ConfigError, ConfigErrors};
+pub use inbound::InboundConfig;
 pub use limits::{HeadersWithUnderscoresAction, ListenerLimits};
-pub use model::{
-    AdminConfig, AuthorizationAction, AuthorizationConfig, CheckConfig, Config, ConfigSource,
-    ConsulConfig, ConsulDiscovery, ConsulKvSource, Discovery, DnsDiscovery, HashOn, InboundConfig,
-    LoadBalancing, LoadBalancingPolicy, LogFormat, LoggingConfig, OtlpConfig, Propagation,
-    RuntimeConfig, Secret, ServiceConfig, ServiceProtocol, StaticEndpoint, Timeouts, TlsConfig,
-    TlsSource, TracingConfig, UntilIntentionsLoad, UpstreamConfig, UpstreamProtocol, UpstreamTls,
-};
+pub use model::Config;
 pub use path_normalization::{EscapedSlashesAction, PathNormalization};
 pub use pool::ConnectionPool;
 pub use redact::shown;
@@ -59,8 +68,18 @@ pub use routing::{
     PathMatch, Pattern, Redirect, Rewrite, RouteConfig, RouteMatch, SplitTarget, StickyKey,
     SubsetConfig, ValueMatch,
 };
+pub use runtime::RuntimeConfig;
+pub use service::{CheckConfig, ServiceConfig, ServiceProtocol};
+pub use telemetry::{LogFormat, LoggingConfig, OtlpConfig, Propagation, TracingConfig};
+pub use tls::{
+    AuthorizationAction, AuthorizationConfig, TlsConfig, TlsSource, UntilIntentionsLoad,
+};
 pub use transparent::{Cidr, DestinationMatch, HostName, TransparentConfig, Unmatched};
 pub use upgrades::UpgradeProtocol;
+pub use upstream::{
+    HashOn, LoadBalancing, LoadBalancingPolicy, Timeouts, UpstreamConfig, UpstreamProtocol,
+    UpstreamTls,
+};
 
 use env::Readable;
 use locate::{NodeId, Position, SourceMap};

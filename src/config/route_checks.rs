@@ -16,10 +16,12 @@
 
 use http::{HeaderName, HeaderValue, Method};
 
-use super::model::{Config, Discovery, UpstreamConfig, UpstreamProtocol};
+use super::discovery::Discovery;
+use super::model::Config;
 use super::routing::{
     BackendConfig, DEFAULT_BACKEND, HeaderRules, PathMatch, RouteConfig, RouteMatch, ValueMatch,
 };
+use super::upstream::{UpstreamConfig, UpstreamProtocol};
 use super::validate::{
     Problems, check_fault, check_percent, check_rate_limit, check_retries, is_label_safe,
 };

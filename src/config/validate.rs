@@ -29,14 +29,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::config_source::ConfigSource;
+use super::discovery::Discovery;
 use super::env;
 use super::limits::{ListenerLimits, MAX_HEADER_BYTES, MIN_HEADER_BYTES};
-use super::model::{
-    Config, ConfigSource, Discovery, LoadBalancingPolicy, ServiceProtocol, TlsSource,
-    UpstreamConfig, UpstreamProtocol,
-};
+use super::model::Config;
 use super::pool::ConnectionPool;
 use super::resilience::{FaultConfig, RateLimitConfig, RetryPolicy, grpc_code};
+use super::service::ServiceProtocol;
+use super::tls::TlsSource;
+use super::upstream::{LoadBalancingPolicy, UpstreamConfig, UpstreamProtocol};
 
 /// Most tokio worker threads accepted.
 const MAX_WORKER_THREADS: usize = 1024;

@@ -1,0 +1,52 @@
+//! The `inbound:` section: the listener for traffic from the mesh to the
+//! local application.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::duration;
+use super::limits::ListenerLimits;
+use super::path_normalization::PathNormalization;
+use super::resilience::RateLimitConfig;
+use super::upgrades::{UpgradeProtocol, default_upgrades};
+
+/// Listener for traffic from the mesh to the local application.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    #[serde(default = "default_inbound_listen")]
+    pub listen: SocketAddr,
+    #[serde(default, with = "duration::option")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    #[serde(default)]
+    pub max_concurrent_requests: Option<u32>,
+    #[serde(default)]
+    pub limits: ListenerLimits,
+    /// Protocols an HTTP/1.1 `Upgrade` may switch to (tunnelled).
+    #[serde(default = "default_upgrades")]
+    pub upgrades: Vec<UpgradeProtocol>,
+    #[serde(default)]
+    pub path_normalization: PathNormalization,
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_inbound_listen(),
+            timeout: None,
+            rate_limit: None,
+            max_concurrent_requests: None,
+            limits: ListenerLimits::default(),
+            upgrades: default_upgrades(),
+            path_normalization: PathNormalization::default(),
+        }
+    }
+}
+
+fn default_inbound_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15006))
+}

@@ -1,0 +1,208 @@
+//! One `upstreams[]` entry: its listener, protocol, load balancing,
+//! timeouts and mesh TLS. Its other parts have their own modules:
+//! `discovery.rs`, `resilience.rs`, `routing.rs`, `pool.rs`, `limits.rs`,
+//! `upgrades.rs`, `path_normalization.rs`, `transparent.rs` (`hosts`,
+//! `addresses`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::discovery::Discovery;
+use super::duration;
+use super::limits::ListenerLimits;
+use super::path_normalization::PathNormalization;
+use super::pool::ConnectionPool;
+use super::resilience::{
+    CircuitBreakerConfig, FaultConfig, OutlierDetection, RateLimitConfig, RetryPolicy,
+};
+use super::routing::{BackendConfig, RouteConfig};
+use super::transparent::{DestinationMatch, HostName};
+use super::upgrades::{UpgradeProtocol, default_upgrades};
+
+/// One upstream service the application calls through a local port.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// Explicit-mode listener; an upstream reached only through the
+    /// transparent listener has none.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Transparent mode: the names (Host / `:authority`, port optional) this
+    /// upstream answers for.
+    #[serde(default)]
+    pub hosts: Vec<HostName>,
+    /// Transparent mode: the original destinations (`ip` or `ip:port`) this
+    /// upstream answers for.
+    #[serde(default)]
+    pub addresses: Vec<DestinationMatch>,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    pub discovery: Discovery,
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub connection_pool: ConnectionPool,
+    #[serde(default)]
+    pub retries: Option<RetryPolicy>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default)]
+    pub max_concurrent_requests: Option<u32>,
+    #[serde(default)]
+    pub fault: Option<FaultConfig>,
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+    /// Named endpoint sets that routes send to (see `routing.rs`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub backends: BTreeMap<String, BackendConfig>,
+    /// Matched in order; unmatched requests go to the upstream's endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub limits: ListenerLimits,
+    /// Protocols an HTTP/1.1 `Upgrade` may switch to (tunnelled).
+    #[serde(default = "default_upgrades")]
+    pub upgrades: Vec<UpgradeProtocol>,
+    /// Applies to every request of the upstream, from its listener or the
+    /// transparent one, before `routes` match.
+    #[serde(default)]
+    pub path_normalization: PathNormalization,
+}
+
+/// Protocol spoken to an upstream; `auto` sniffs the HTTP/2 preface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    Auto,
+    #[default]
+    Http,
+    Http2,
+    Grpc,
+    Tcp,
+}
+
+/// Mesh mTLS towards one upstream (`upstreams[].tls:`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// Originate mTLS; default: on for Consul `connect: true` discovery
+    /// (when `tls:` is configured), off otherwise.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// The server identity expected: a service name (in this sidecar's trust
+    /// domain, namespace and datacenter) or a full SPIFFE ID; default: the
+    /// Consul service name, else the upstream name.
+    #[serde(default)]
+    pub identity: Option<String>,
+}
+
+/// Load-balancing policy of an upstream.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancing {
+    #[serde(default)]
+    pub policy: LoadBalancingPolicy,
+    #[serde(default)]
+    pub hash_on: Option<HashOn>,
+}
+
+/// Load-balancing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancingPolicy {
+    RoundRobin,
+    Random,
+    LeastRequest,
+    #[default]
+    P2cEwma,
+    RingHash,
+}
+
+/// What `ring_hash` hashes; written `header:NAME` in YAML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    Header(http::HeaderName),
+}
+
+impl fmt::Display for HashOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashOn::Header(name) => write!(f, "header:{name}"),
+        }
+    }
+}
+
+impl Serialize for HashOn {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HashOn {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(HashOnVisitor)
+    }
+}
+
+struct HashOnVisitor;
+
+impl Visitor<'_> for HashOnVisitor {
+    type Value = HashOn;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("`header:NAME`")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<HashOn, E> {
+        let Some(name) = text.strip_prefix("header:") else {
+            return Err(E::custom(format!(
+                "invalid hash_on `{text}`: expected `header:NAME`"
+            )));
+        };
+        http::HeaderName::from_bytes(name.trim().as_bytes())
+            .map(HashOn::Header)
+            .map_err(|_| E::custom(format!("invalid header name `{name}` in hash_on")))
+    }
+}
+
+/// Per-upstream timeouts.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect: Duration,
+    #[serde(default, with = "duration::option")]
+    pub request: Option<Duration>,
+    #[serde(default = "default_idle_timeout", with = "duration")]
+    pub idle: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: default_connect_timeout(),
+            request: None,
+            idle: default_idle_timeout(),
+        }
+    }
+}
