@@ -3,7 +3,7 @@
 //! and size of request headers, header count and HTTP/2 streams, and what
 //! happens to request headers with `_` in their name. Defaults follow
 //! Envoy's (60 KiB of headers, 100 headers, 100 streams per connection,
-//! headers with `_` allowed). Rejects values hyper cannot honour (see `validate.rs`).
+//! headers with `_` allowed). Rejects values hyper cannot honour (see `validate/mod.rs`).
 
 use std::time::Duration;
 

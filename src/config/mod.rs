@@ -4,7 +4,7 @@
 //! message`. Rejects YAML syntax errors, unknown keys (sections not
 //! implemented yet included), wrongly typed values, durations without a
 //! unit, unset environment variables and the semantic problems listed in
-//! `validate.rs`.
+//! `validate/` (one module per section).
 //!
 //! Stages: `locate` maps key paths to positions; `env` resolves `${VAR}`
 //! references (all unset ones reported); `deserialize` runs serde-saphyr
@@ -32,7 +32,6 @@ mod pool;
 mod prune;
 mod redact;
 mod resilience;
-mod route_checks;
 mod routing;
 mod runtime;
 mod service;

@@ -2,7 +2,7 @@
 //! each endpoint and for how long, and how long a request may wait for one.
 //! Applies to HTTP/2 endpoints only: HTTP/1.1 opens a connection per
 //! concurrent request and keeps idle ones (`timeouts.idle`). Checked in
-//! `validate.rs`.
+//! `validate/upstream.rs`.
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! Regexes are compiled here, at parse time, and anchored (they must match
 //! the whole value); an invalid regex, sticky key or unknown key is a parse
 //! error. Cross-field rules (names, references, exactly one action) live in
-//! `route_checks.rs`.
+//! `validate/routing.rs`.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -34,7 +34,7 @@ impl Condition {
         match (&config.exact, &config.regex, config.present) {
             (Some(exact), _, _) => Condition::Exact(exact.clone()),
             (None, Some(regex), _) => Condition::Regex(regex.clone()),
-            // config::route_checks requires exactly one of the three.
+            // config::validate::routing requires exactly one of the three.
             (None, None, present) => Condition::Present(present.unwrap_or(true)),
         }
     }

@@ -143,7 +143,7 @@ impl LocalAnswer {
         }
         let DirectResponse { status, body } = route.direct_response.as_ref()?;
         Some(LocalAnswer::Direct {
-            // config::route_checks admits 200..=599 only, all valid.
+            // config::validate::routing admits 200..=599 only, all valid.
             status: StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
             body: Bytes::from(body.clone()),
         })

@@ -41,7 +41,7 @@ pub struct Split {
 }
 
 impl Split {
-    /// `targets` must have a positive total weight (config::route_checks).
+    /// `targets` must have a positive total weight (config::validate::routing).
     pub fn new(targets: Vec<SplitTarget>, sticky: Option<StickyKey>) -> Self {
         let mut total = 0;
         let targets = (targets.into_iter())

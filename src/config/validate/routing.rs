@@ -1,4 +1,4 @@
-//! Semantic checks on upstreams' `backends:` and `routes:`. Rejects backend
+//! Checks on upstreams' `backends:` and `routes:`. Rejects backend
 //! and route names that are not label-safe, duplicated, or `default`
 //! (reserved); subsets on an upstream without Consul discovery (only Consul
 //! instances carry tags and meta) or with neither tags nor meta; empty static
@@ -16,15 +16,15 @@
 
 use http::{HeaderName, HeaderValue, Method};
 
-use super::discovery::Discovery;
-use super::model::Config;
-use super::routing::{
+use super::Problems;
+use super::resilience::{check_fault, check_percent, check_rate_limit, check_retries};
+use super::upstream::is_label_safe;
+use crate::config::discovery::Discovery;
+use crate::config::model::Config;
+use crate::config::routing::{
     BackendConfig, DEFAULT_BACKEND, HeaderRules, PathMatch, RouteConfig, RouteMatch, ValueMatch,
 };
-use super::upstream::{UpstreamConfig, UpstreamProtocol};
-use super::validate::{
-    Problems, check_fault, check_percent, check_rate_limit, check_retries, is_label_safe,
-};
+use crate::config::upstream::{UpstreamConfig, UpstreamProtocol};
 
 pub(super) fn check(config: &Config, problems: &mut Problems) {
     for (i, upstream) in config.upstreams.iter().enumerate() {
