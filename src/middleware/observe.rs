@@ -31,7 +31,7 @@ use crate::context::ServedBy;
 use crate::error::ErrorKind;
 use crate::headers::grpc_status;
 use crate::middleware::trace_context::TraceContext;
-use crate::telemetry::access_log::{self, Outcome, RequestSummary};
+use crate::telemetry::access_log::{self, RequestOutcome, RequestSummary};
 use crate::telemetry::metrics::{RequestMetrics, in_flight_gauge};
 use crate::telemetry::spans::{SpanExporter, SpanRecord};
 use crate::telemetry::totals::{Finished, RequestTotals};
@@ -182,7 +182,7 @@ where
                 }
                 let route_name = route.as_ref().map(RouteLabel::name);
                 if let Some(summary) = summary {
-                    let outcome = Outcome {
+                    let outcome = RequestOutcome {
                         direction: observer.direction.as_str(),
                         upstream: &observer.upstream,
                         route: route_name,

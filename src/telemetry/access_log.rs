@@ -39,8 +39,9 @@ impl RequestSummary {
     }
 }
 
-/// How the request ended.
-pub struct Outcome<'a> {
+/// How the request ended (what its access-log line says; not
+/// [`crate::outcome::Outcome`], the classification of one try).
+pub struct RequestOutcome<'a> {
     pub direction: &'static str,
     pub upstream: &'a str,
     /// The route taken, on an upstream with `routes:`.
@@ -53,7 +54,7 @@ pub struct Outcome<'a> {
     pub error: Option<ErrorKind>,
 }
 
-pub fn log(request: &RequestSummary, outcome: &Outcome<'_>) {
+pub fn log(request: &RequestSummary, outcome: &RequestOutcome<'_>) {
     let (trace_id, span_id) = request
         .trace
         .as_ref()
