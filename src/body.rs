@@ -50,7 +50,7 @@ pub struct BodyEnd {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Called once when a response body ends.
-pub type Observer = Box<dyn FnOnce(BodyEnd) + Send>;
+pub type BodyEndObserver = Box<dyn FnOnce(BodyEnd) + Send>;
 
 /// What a body streamed from an upstream hands back when it ends (the
 /// endpoint's connection and in-flight count: `endpoint` implements it);
@@ -99,7 +99,7 @@ impl IdleTimeout {
 pub struct ResponseBody {
     inner: Inner,
     release: Option<Box<dyn Release>>,
-    observer: Option<Observer>,
+    observer: Option<BodyEndObserver>,
     end: BodyEnd,
 }
 
@@ -144,7 +144,7 @@ impl ResponseBody {
 
     /// Adds an observer told how the body ended; observers run in the order
     /// they were added.
-    pub fn on_end(&mut self, observer: Observer) {
+    pub fn on_end(&mut self, observer: BodyEndObserver) {
         self.observer = Some(match self.observer.take() {
             None => observer,
             Some(earlier) => Box::new(move |end| {

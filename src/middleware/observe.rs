@@ -66,7 +66,7 @@ impl RouteLabel {
 }
 
 /// Shared by all requests of one listener.
-struct Observer {
+struct ListenerObserver {
     direction: Direction,
     upstream: String,
     metrics: RequestMetrics,
@@ -79,7 +79,7 @@ struct Observer {
 }
 
 /// One request in flight; takes itself off the gauge when dropped.
-struct Active(Arc<Observer>);
+struct Active(Arc<ListenerObserver>);
 
 impl Drop for Active {
     fn drop(&mut self) {
@@ -89,7 +89,7 @@ impl Drop for Active {
 
 #[derive(Clone)]
 pub struct ObserveLayer {
-    observer: Arc<Observer>,
+    observer: Arc<ListenerObserver>,
 }
 
 impl ObserveLayer {
@@ -101,7 +101,7 @@ impl ObserveLayer {
         spans: Option<SpanExporter>,
     ) -> Self {
         Self {
-            observer: Arc::new(Observer {
+            observer: Arc::new(ListenerObserver {
                 direction,
                 upstream: upstream.to_owned(),
                 metrics: RequestMetrics::new(direction, upstream),
@@ -127,7 +127,7 @@ impl<S> Layer<S> for ObserveLayer {
 #[derive(Clone)]
 pub struct Observe<S> {
     inner: S,
-    observer: Arc<Observer>,
+    observer: Arc<ListenerObserver>,
 }
 
 impl<S, B> Service<Request<B>> for Observe<S>
