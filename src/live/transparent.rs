@@ -9,7 +9,7 @@ use crate::config::{Config, TransparentConfig};
 use crate::context::Direction;
 use crate::server::Handler;
 use crate::transparent::outbound::TransparentOutbound;
-use crate::transparent::routes::{Route, RouteTable};
+use crate::transparent::routes::{RouteTable, TransparentRoute};
 
 use super::State;
 use super::listening::{
@@ -111,7 +111,7 @@ fn route_table(sites: &[Site], config: &Config) -> RouteTable {
             let site = sites
                 .iter()
                 .find(|site| site.is(Direction::Outbound, &upstream.name))?;
-            Some(Route {
+            Some(TransparentRoute {
                 hosts: upstream.hosts.clone(),
                 addresses: upstream.addresses.clone(),
                 upstream: Arc::clone(&site.upstream),

@@ -16,7 +16,7 @@ use crate::svc::HttpService;
 use crate::upstream::Upstream;
 
 /// An upstream reachable through the transparent listener.
-pub struct Route {
+pub struct TransparentRoute {
     pub hosts: Vec<HostName>,
     pub addresses: Vec<DestinationMatch>,
     pub upstream: Arc<Upstream>,
@@ -27,11 +27,11 @@ pub struct Route {
 
 /// The routes of the transparent listener, in configuration order.
 pub struct RouteTable {
-    routes: Vec<Route>,
+    routes: Vec<TransparentRoute>,
 }
 
 impl RouteTable {
-    pub fn new(routes: Vec<Route>) -> Self {
+    pub fn new(routes: Vec<TransparentRoute>) -> Self {
         Self { routes }
     }
 
@@ -41,7 +41,7 @@ impl RouteTable {
         &self,
         request: &Request<B>,
         destination: Option<SocketAddr>,
-    ) -> Option<&Route> {
+    ) -> Option<&TransparentRoute> {
         let authority = request
             .uri()
             .authority()
@@ -56,7 +56,7 @@ impl RouteTable {
     }
 
     /// The route of a connection by its original destination.
-    pub fn for_destination(&self, destination: SocketAddr) -> Option<&Route> {
+    pub fn for_destination(&self, destination: SocketAddr) -> Option<&TransparentRoute> {
         self.routes
             .iter()
             .find(|route| (route.addresses.iter()).any(|address| address.matches(destination)))
