@@ -64,7 +64,7 @@ pub use resilience::{
 };
 pub use routing::{
     BackendConfig, DEFAULT_BACKEND, DirectResponse, GrpcMatch, HeaderRules, MirrorConfig,
-    PathMatch, Pattern, Redirect, Rewrite, RouteConfig, RouteMatch, SplitTarget, StickyKey,
+    PathMatch, Pattern, Redirect, Rewrite, RouteConfig, RouteMatch, SplitTargetConfig, StickyKey,
     SubsetConfig, ValueMatch,
 };
 pub use runtime::RuntimeConfig;

@@ -56,7 +56,7 @@ pub struct RouteConfig {
     pub backend: Option<String>,
     /// Weighted backends instead of one.
     #[serde(default)]
-    pub split: Option<Vec<SplitTarget>>,
+    pub split: Option<Vec<SplitTargetConfig>>,
     /// Keeps requests with the same key on the same split backend.
     #[serde(default)]
     pub sticky: Option<StickyKey>,
@@ -140,7 +140,7 @@ pub struct GrpcMatch {
 /// One side of a weighted split.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct SplitTarget {
+pub struct SplitTargetConfig {
     pub backend: String,
     pub weight: u32,
 }
