@@ -77,7 +77,7 @@ pub use transparent::{Cidr, DestinationMatch, HostName, TransparentConfig, Unmat
 pub use upgrades::UpgradeProtocol;
 pub use upstream::{
     HashOn, LoadBalancing, LoadBalancingPolicy, Timeouts, UpstreamConfig, UpstreamProtocol,
-    UpstreamTls,
+    UpstreamTlsConfig,
 };
 
 use env::Readable;

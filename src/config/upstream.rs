@@ -63,7 +63,7 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub fault: Option<FaultConfig>,
     #[serde(default)]
-    pub tls: Option<UpstreamTls>,
+    pub tls: Option<UpstreamTlsConfig>,
     /// Named endpoint sets that routes send to (see `routing.rs`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub backends: BTreeMap<String, BackendConfig>,
@@ -96,7 +96,7 @@ pub enum UpstreamProtocol {
 /// Mesh mTLS towards one upstream (`upstreams[].tls:`).
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamTls {
+pub struct UpstreamTlsConfig {
     /// Originate mTLS; default: on for Consul `connect: true` discovery
     /// (when `tls:` is configured), off otherwise.
     #[serde(default)]
