@@ -21,6 +21,7 @@ use super::resilience::{
     CircuitBreakerConfig, FaultConfig, OutlierDetection, RateLimitConfig, RetryPolicy,
 };
 use super::routing::{BackendConfig, RouteConfig};
+use super::service::ServiceProtocol;
 use super::transparent::{DestinationMatch, HostName};
 use super::upgrades::{UpgradeProtocol, default_upgrades};
 
@@ -91,6 +92,18 @@ pub enum UpstreamProtocol {
     Http2,
     Grpc,
     Tcp,
+}
+
+/// The protocol the inbound listener speaks to the local application.
+impl From<ServiceProtocol> for UpstreamProtocol {
+    fn from(protocol: ServiceProtocol) -> Self {
+        match protocol {
+            ServiceProtocol::Http => UpstreamProtocol::Http,
+            ServiceProtocol::Http2 => UpstreamProtocol::Http2,
+            ServiceProtocol::Grpc => UpstreamProtocol::Grpc,
+            ServiceProtocol::Tcp => UpstreamProtocol::Tcp,
+        }
+    }
 }
 
 /// Mesh mTLS towards one upstream (`upstreams[].tls:`).

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use crate::client::ClientSettings;
 use crate::config::{
     AuthorizationConfig, Config, ConnectionPool, Discovery, InboundConfig, ListenerLimits,
-    ServiceProtocol, StaticEndpoint, Timeouts, TracingConfig, UpstreamConfig, UpstreamProtocol,
+    StaticEndpoint, Timeouts, TracingConfig, UpstreamConfig, UpstreamProtocol,
 };
 use crate::context::Direction;
 use crate::endpoint::WeightedAddr;
@@ -97,12 +97,7 @@ pub(super) fn specs<'a>(
         let port = service
             .port
             .context("service.port is required for inbound")?;
-        let protocol = match service.protocol {
-            ServiceProtocol::Http => UpstreamProtocol::Http,
-            ServiceProtocol::Http2 => UpstreamProtocol::Http2,
-            ServiceProtocol::Grpc => UpstreamProtocol::Grpc,
-            ServiceProtocol::Tcp => UpstreamProtocol::Tcp,
-        };
+        let protocol = UpstreamProtocol::from(service.protocol);
         // Other sidecars may speak either HTTP version to an HTTP service.
         let listen_protocol = match protocol {
             UpstreamProtocol::Http | UpstreamProtocol::Auto => Some(HttpProtocol::Auto),
