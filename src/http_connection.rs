@@ -38,6 +38,7 @@ use crate::request_head;
 use crate::svc::HttpService;
 use crate::telemetry::metrics::ProtocolErrors;
 use crate::tls::PeerIdentity;
+use crate::tls::inbound::Negotiated;
 use crate::upgrade::ConnectionHold;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -62,6 +63,16 @@ pub enum HttpProtocol {
     Http2,
     /// Either, chosen per connection by sniffing the HTTP/2 preface.
     Auto,
+}
+
+/// The version a TLS client chose by ALPN is the one the connection speaks.
+impl From<Negotiated> for HttpProtocol {
+    fn from(negotiated: Negotiated) -> Self {
+        match negotiated {
+            Negotiated::Http1 => HttpProtocol::Http1,
+            Negotiated::Http2 => HttpProtocol::Http2,
+        }
+    }
 }
 
 /// What every connection of one listener shares: the listener's `limits`

@@ -33,7 +33,7 @@ use crate::drain::Drain;
 use crate::http_connection::{Caller, HttpProtocol, ListenerRules, serve_http};
 use crate::svc::HttpService;
 use crate::telemetry::metrics::ConnectionMetrics;
-use crate::tls::inbound::{InboundTls, Negotiated};
+use crate::tls::inbound::InboundTls;
 use crate::transparent::outbound::TransparentOutbound;
 use crate::upgrade::ConnectionHold;
 use crate::upstream::Upstream;
@@ -110,11 +110,8 @@ pub async fn accept_loop(
                 (Some(tls), handler) => {
                     if let Some(accepted) = tls.accept(stream, peer).await {
                         let handler = match (handler, accepted.negotiated) {
-                            (Handler::Http(_, service, idle), Some(Negotiated::Http2)) => {
-                                Handler::Http(HttpProtocol::Http2, service, idle)
-                            }
-                            (Handler::Http(_, service, idle), Some(Negotiated::Http1)) => {
-                                Handler::Http(HttpProtocol::Http1, service, idle)
+                            (Handler::Http(_, service, idle), Some(negotiated)) => {
+                                Handler::Http(negotiated.into(), service, idle)
                             }
                             (handler, _) => handler,
                         };
