@@ -73,6 +73,8 @@
 //! to filter candidates, the admin API to show state. Only the pick of one
 //! endpoint claims, and an endpoint that never failed needs no claim (one
 //! atomic read).
+//!
+//! Over 500 lines: its tests (the load state itself is about 370).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};

@@ -77,6 +77,8 @@
 //! replayable requests, `ReplayBody`); Envoy "x-envoy-retry-on" / retry
 //! back-off and per-try timeouts; AWS Architecture Blog, "Exponential Backoff
 //! And Jitter" (full jitter).
+//!
+//! Over 500 lines: its tests (the retry logic itself is about 330).
 
 pub mod backoff;
 pub mod budget;
