@@ -36,6 +36,9 @@
 //!
 //! This is how Envoy's and HAProxy's HTTP/2 pools behave; hyper's own
 //! client keeps one connection and queues streams above the limit inside it.
+//!
+//! Over 500 lines: one job — connections, streams, open slots and waiters
+//! share the pool's one lock and state — and this documentation.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
