@@ -2,8 +2,8 @@
 # Shared by bench/run.sh and bench/h2c.sh (sourced after they set their
 # defaults, LOG_TAG and TMP_PREFIX): command-line arguments, logging, checks
 # of numeric settings, a scratch directory and the process list (both
-# cleaned up on exit), free loopback ports, a process's CPU time, and the
-# median and ratio of figures.
+# cleaned up on exit), free loopback ports, a process's CPU time and
+# resident memory, and the median and ratio of figures.
 
 RUN_REMORA=1
 for arg in "$@"; do
@@ -55,6 +55,11 @@ cpu_ticks() {
   stat=${stat##*) }
   read -r -a f <<<"$stat"
   echo $((f[11] + f[12])) # utime, stime are fields 14 and 15 of the full line
+}
+
+# Resident set size of a process in MiB (VmRSS of /proc/PID/status).
+rss_mb() {
+  awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"
 }
 
 # Median and ratio of space-separated figures, for the tables.

@@ -83,11 +83,6 @@ check_h2c() {
   }
 }
 
-# Resident set size of a process in MiB (VmRSS of /proc/PID/status).
-rss_mb() {
-  awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"
-}
-
 # --- origin: nginx, h2c, one process ---------------------------------------------------------
 # master_process off: the process we start is the one serving (its CPU and RSS are read for
 # the direct row). Every path points into $TMP so that it runs as any user.
