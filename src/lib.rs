@@ -39,6 +39,7 @@ pub mod resend;
 pub mod routing;
 pub mod runtime;
 pub mod server;
+pub mod spiffe;
 pub mod stack;
 pub mod svc;
 pub mod tcp;

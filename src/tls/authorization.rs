@@ -19,9 +19,10 @@ use ::metrics::Counter;
 use arc_swap::ArcSwapOption;
 
 use super::MeshTls;
-use super::identity::{Namespace, PeerIdentity, Scope, SpiffeId, pattern_matches};
+use super::identity::{Namespace, PeerIdentity, Scope, pattern_matches};
 use crate::config::{AuthorizationAction, AuthorizationConfig, UntilIntentionsLoad};
 use crate::context::Direction;
+use crate::spiffe::SpiffeId;
 use crate::telemetry::metrics;
 
 /// One Consul intention as `/v1/connect/intentions/match` lists it; `allow`

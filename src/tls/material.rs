@@ -14,7 +14,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 
-use super::identity::{self, SpiffeId};
+use super::identity;
+use crate::spiffe::SpiffeId;
 
 /// Why TLS material could not be used.
 #[derive(Debug, thiserror::Error)]

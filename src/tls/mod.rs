@@ -34,7 +34,7 @@ use rustls::server::NoServerSessionStorage;
 use rustls::{ClientConfig, ServerConfig};
 
 use crate::telemetry::metrics;
-pub use identity::{ExpectedIdentity, PeerIdentity, SpiffeId};
+pub use identity::{ExpectedIdentity, PeerIdentity};
 pub use material::Material;
 
 /// The ALPN protocol IDs remora speaks.

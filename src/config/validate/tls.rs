@@ -44,7 +44,7 @@ pub(super) fn check_tls(config: &Config, problems: &mut Problems) {
             ("deny", &authorization.deny),
         ] {
             for (i, pattern) in patterns.iter().enumerate() {
-                if let Err(message) = crate::tls::identity::check_pattern(pattern) {
+                if let Err(message) = crate::spiffe::check_pattern(pattern) {
                     problems.add(format!("tls.authorization.{key}[{i}]"), message);
                 }
             }
@@ -61,7 +61,7 @@ pub(super) fn check_tls(config: &Config, problems: &mut Problems) {
             );
         }
         if let Some(identity) = &upstream_tls.identity
-            && let Err(message) = crate::tls::identity::check_expected(identity)
+            && let Err(message) = crate::spiffe::check_expected(identity)
         {
             problems.add(format!("upstreams[{i}].tls.identity"), message);
         }
