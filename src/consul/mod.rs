@@ -416,7 +416,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// A body from Consul's API documentation, kept in `tests/fixtures/consul-api/`.
 #[cfg(test)]
-fn documented_body(name: &str) -> String {
+pub(crate) fn documented_body(name: &str) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/consul-api")
         .join(name);

@@ -21,31 +21,21 @@ use arc_swap::ArcSwapOption;
 use super::MeshTls;
 use super::identity::{Namespace, PeerIdentity, Scope, pattern_matches};
 use crate::config::{AuthorizationAction, AuthorizationConfig, UntilIntentionsLoad};
+use crate::consul::connect::Intention;
 use crate::context::Direction;
 use crate::spiffe::SpiffeId;
 use crate::telemetry::metrics;
 
-/// One Consul intention as `/v1/connect/intentions/match` lists it; `allow`
-/// is false for every intention that is not a plain allow (L7 ones too).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Intention {
-    pub source_namespace: String,
-    pub source_name: String,
-    pub allow: bool,
-}
-
-impl Intention {
-    /// The source is `peer`'s service (or `*`) in its namespace (`*`: any;
-    /// empty: this sidecar's own), in this sidecar's own trust domain.
-    fn matches(&self, peer: &SpiffeId, own: Option<&SpiffeId>) -> bool {
-        let namespace = match self.source_namespace.as_str() {
-            "*" => Namespace::Any,
-            "" => Namespace::Own,
-            name => Namespace::Named(name),
-        };
-        (self.source_name == "*" || self.source_name == peer.service)
-            && Scope::of_rule(own, self.allow).contains(peer, namespace)
-    }
+/// The intention's source is `peer`'s service (or `*`) in its namespace
+/// (`*`: any; empty: this sidecar's own), in this sidecar's own trust domain.
+fn intention_matches(intention: &Intention, peer: &SpiffeId, own: Option<&SpiffeId>) -> bool {
+    let namespace = match intention.source_namespace.as_str() {
+        "*" => Namespace::Any,
+        "" => Namespace::Own,
+        name => Namespace::Named(name),
+    };
+    (intention.source_name == "*" || intention.source_name == peer.service)
+        && Scope::of_rule(own, intention.allow).contains(peer, namespace)
 }
 
 /// The intentions for this service, in Consul's precedence order; `None`
@@ -67,7 +57,7 @@ impl Intentions {
         Some(peer.and_then(|peer| {
             intentions
                 .iter()
-                .find(|intention| intention.matches(peer, own))
+                .find(|intention| intention_matches(intention, peer, own))
                 .map(|intention| intention.allow)
         }))
     }
