@@ -4,7 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use remora::consul::health::{ServiceEntry, instances};
+use remora::consul::health::ServiceEntry;
+use remora::discovery::consul::instances;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(entries) = serde_json::from_slice::<Vec<ServiceEntry>>(data) else {

@@ -1,23 +1,20 @@
 //! The body of `GET /v1/health/service/:name` (and `/v1/health/connect/:name`,
 //! same shape): one entry per instance with its node, service and checks,
-//! and the rules that turn entries into endpoints.
+//! and what an entry says about its instance: its health (the worst check),
+//! its balancing weight and its socket address. Which instances become
+//! endpoints is discovery's rule (`discovery::consul::instances`).
 //!
 //! Tolerates what real Consul sends: unknown fields, `null` Tags / Meta /
 //! TaggedAddresses / Checks, `TaggedAddresses` entries keyed `address`/`port`
-//! (docs) or `Address`/`Port` (Go encoding). Rejects (skips, with a debug
-//! log) instances whose address is not an IP address or whose port is 0, since an endpoint is a
-//! socket address; critical instances are never endpoints, warning ones only
-//! when the discovery is not `passing_only`. An endpoint's balancing weight is
-//! `Service.Weights.Passing` for a passing instance, `Weights.Warning` for a
-//! warning one, 1 when the instance has no weights; an instance whose weight
-//! is 0 gets no traffic and is left out.
+//! (docs) or `Address`/`Port` (Go encoding). An instance whose address is not
+//! an IP address or whose port is 0 has no socket address. An instance's
+//! balancing weight is `Service.Weights.Passing` when it is passing,
+//! `Weights.Warning` when it is warning, 1 when it has no weights.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Deserializer};
-
-use crate::discovery::Instance;
 
 /// One instance of a service, as Consul reports it.
 #[derive(Debug, Clone, Deserialize)]
@@ -154,39 +151,6 @@ impl ServiceEntry {
     }
 }
 
-/// The instances among `entries` with their weights: passing ones, plus
-/// warning ones when `passing_only` is false, without those of weight 0;
-/// sorted by address and without duplicate addresses.
-pub fn instances(entries: &[ServiceEntry], passing_only: bool) -> Vec<Instance> {
-    let worst = if passing_only {
-        Health::Passing
-    } else {
-        Health::Warning
-    };
-    let mut instances: Vec<Instance> = entries
-        .iter()
-        .filter(|entry| entry.health() <= worst)
-        .filter_map(|entry| {
-            let Some(addr) = entry.endpoint() else {
-                tracing::debug!(service = %entry.service.service, id = %entry.service.id, "instance has no IP address or no port; skipped");
-                return None;
-            };
-            let weight = entry.weight();
-            (weight > 0).then(|| Instance {
-                addr,
-                weight,
-                tags: entry.service.tags.clone(),
-                meta: (entry.service.meta.iter())
-                    .map(|(key, value)| (key.clone(), value.clone()))
-                    .collect(),
-            })
-        })
-        .collect();
-    instances.sort_by_key(|instance| instance.addr);
-    instances.dedup_by_key(|instance| instance.addr);
-    instances
-}
-
 fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
@@ -199,15 +163,6 @@ where
 mod tests {
     use super::*;
     use crate::consul::documented_body;
-
-    #[test]
-    fn instances_keep_tags_and_meta() {
-        let json = r#"[{"Node":{"Address":"10.0.0.1"},
-            "Service":{"Port":1,"Tags":["v2","canary"],"Meta":{"version":"2.1"}}}]"#;
-        let found = instances(&parse(json), true);
-        assert_eq!(found[0].tags, ["v2", "canary"]);
-        assert_eq!(found[0].meta["version"], "2.1");
-    }
 
     fn parse(json: &str) -> Vec<ServiceEntry> {
         serde_json::from_str(json).expect("parses")
@@ -254,10 +209,8 @@ mod tests {
         );
         assert_eq!(redis.checks.len(), 2);
         assert_eq!(redis.health(), Health::Passing);
-        let found = instances(&entries, true);
-        let addrs: Vec<String> = found.iter().map(|i| i.addr.to_string()).collect();
-        assert_eq!(addrs, ["10.1.10.12:8000"]);
-        assert_eq!(found[0].weight, 10);
+        assert_eq!(redis.endpoint(), Some("10.1.10.12:8000".parse().unwrap()));
+        assert_eq!(redis.weight(), 10);
     }
 
     #[test]
@@ -270,7 +223,6 @@ mod tests {
         assert_eq!(entries[0].endpoint(), None);
         let no_port = r#"[{"Node":{"Address":"10.0.0.1"},"Service":{"Address":"10.0.0.2"}}]"#;
         assert_eq!(parse(no_port)[0].endpoint(), None);
-        assert!(instances(&entries, true).is_empty());
     }
 
     #[test]
@@ -301,25 +253,13 @@ mod tests {
     }
 
     #[test]
-    fn warning_instances_only_when_not_passing_only() {
-        let json = format!(
-            "[{},{},{},{}]",
-            entry("10.0.0.1", &["passing", "passing"]),
-            entry("10.0.0.2", &["passing", "warning"]),
-            entry("10.0.0.3", &["warning", "critical"]),
-            entry("10.0.0.4", &["maintenance"]),
-        );
-        let entries = parse(&json);
-        let strict: Vec<String> = instances(&entries, true)
-            .iter()
-            .map(|e| e.addr.to_string())
-            .collect();
-        assert_eq!(strict, ["10.0.0.1:80"]);
-        let lenient: Vec<String> = instances(&entries, false)
-            .iter()
-            .map(|e| e.addr.to_string())
-            .collect();
-        assert_eq!(lenient, ["10.0.0.1:80", "10.0.0.2:80"]);
+    fn the_worst_check_is_the_health() {
+        let health =
+            |statuses: &[&str]| parse(&format!("[{}]", entry("10.0.0.1", statuses)))[0].health();
+        assert_eq!(health(&["passing", "passing"]), Health::Passing);
+        assert_eq!(health(&["passing", "warning"]), Health::Warning);
+        assert_eq!(health(&["warning", "critical"]), Health::Critical);
+        assert_eq!(health(&["maintenance"]), Health::Critical);
     }
 
     #[test]
@@ -332,11 +272,8 @@ mod tests {
         let passing = weighted(&["passing"], r#"{"Passing":5,"Warning":2}"#);
         assert_eq!(passing[0].weight(), 5);
         let warning = weighted(&["warning"], r#"{"Passing":5,"Warning":2}"#);
-        assert_eq!(instances(&warning, false)[0].weight, 2);
+        assert_eq!(warning[0].weight(), 2);
         assert_eq!(weighted(&["passing"], "null")[0].weight(), 1);
         assert_eq!(weighted(&["passing"], r#"{"Passing":3}"#)[0].weight(), 3);
-        // Weight 0: no traffic, so not an endpoint.
-        let zero = weighted(&["warning"], r#"{"Passing":1,"Warning":0}"#);
-        assert!(instances(&zero, false).is_empty());
     }
 }

@@ -15,13 +15,20 @@
 //! counts in `remora_discovery_errors_total{upstream}`. Every successful
 //! answer sets `remora_discovery_last_update_timestamp_seconds{upstream}`
 //! (the age of the endpoint set is `time()` minus that).
+//!
+//! Which instances of an answer become endpoints ([`instances`]): critical
+//! ones never, warning ones only when the discovery is not `passing_only`;
+//! an instance without a socket address (its address is not an IP address,
+//! or its port is 0) is skipped with a debug log, and one whose balancing
+//! weight is 0 gets no traffic and is left out.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::{ConsulConfig, ConsulDiscovery};
 use crate::consul::blocking::{Pacer, next_index};
-use crate::consul::{Client, HealthQuery, health};
+use crate::consul::health::{Health, ServiceEntry};
+use crate::consul::{Client, HealthQuery};
 use crate::discovery::Instance;
 use crate::drain::Drain;
 use crate::telemetry::metrics;
@@ -93,7 +100,7 @@ async fn watch(client: Arc<Client>, query: HealthQuery, upstreams: Vec<Arc<Upstr
                     tracing::info!(service = %query.service, upstreams = %names, "Consul discovery recovered");
                 }
                 index = next_index(index, answer.index);
-                let instances = health::instances(&answer.entries, query.passing_only);
+                let instances = instances(&answer.entries, query.passing_only);
                 if current.as_ref() != Some(&instances) {
                     tracing::info!(service = %query.service, upstreams = %names, endpoints = instances.len(), "Consul endpoints changed");
                     for upstream in &upstreams {
@@ -116,5 +123,93 @@ async fn watch(client: Arc<Client>, query: HealthQuery, upstreams: Vec<Arc<Upstr
                 tokio::time::sleep(pacer.failed()).await;
             }
         }
+    }
+}
+
+/// The instances among `entries` with their weights: passing ones, plus
+/// warning ones when `passing_only` is false, without those of weight 0;
+/// sorted by address and without duplicate addresses.
+pub fn instances(entries: &[ServiceEntry], passing_only: bool) -> Vec<Instance> {
+    let worst = if passing_only {
+        Health::Passing
+    } else {
+        Health::Warning
+    };
+    let mut instances: Vec<Instance> = entries
+        .iter()
+        .filter(|entry| entry.health() <= worst)
+        .filter_map(|entry| {
+            let Some(addr) = entry.endpoint() else {
+                tracing::debug!(service = %entry.service.service, id = %entry.service.id, "instance has no IP address or no port; skipped");
+                return None;
+            };
+            let weight = entry.weight();
+            (weight > 0).then(|| Instance {
+                addr,
+                weight,
+                tags: entry.service.tags.clone(),
+                meta: (entry.service.meta.iter())
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect(),
+            })
+        })
+        .collect();
+    instances.sort_by_key(|instance| instance.addr);
+    instances.dedup_by_key(|instance| instance.addr);
+    instances
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// An instance at `address`:80 with checks of these statuses and
+    /// these `Weights`.
+    fn entry(address: &str, statuses: &[&str], weights: serde_json::Value) -> ServiceEntry {
+        let checks: Vec<_> = (statuses.iter())
+            .map(|status| json!({ "CheckID": "c", "Status": status }))
+            .collect();
+        serde_json::from_value(json!({
+            "Node": { "Address": "10.0.0.9" },
+            "Service": { "Address": address, "Port": 80, "Weights": weights },
+            "Checks": checks,
+        }))
+        .expect("parses")
+    }
+
+    #[test]
+    fn healthy_addressed_weighted_instances_become_endpoints() {
+        let weights = json!({ "Passing": 5, "Warning": 2 });
+        let entries = [
+            entry("10.0.0.2", &["passing", "warning"], weights.clone()),
+            entry("10.0.0.1", &["passing"], weights.clone()),
+            entry("10.0.0.1", &["passing"], json!(null)),
+            entry("10.0.0.3", &["warning", "critical"], weights.clone()),
+            entry("10.0.0.4", &["maintenance"], weights),
+            entry("db.internal", &["passing"], json!(null)),
+            entry("10.0.0.5", &["passing"], json!({ "Passing": 0 })),
+            entry("10.0.0.6", &["warning"], json!({ "Warning": 0 })),
+        ];
+        let found = |passing_only| -> Vec<(String, u32)> {
+            (instances(&entries, passing_only).iter())
+                .map(|instance| (instance.addr.to_string(), instance.weight))
+                .collect()
+        };
+        let strict = [("10.0.0.1:80".to_owned(), 5)];
+        assert_eq!(found(true), strict);
+        let lenient = [("10.0.0.1:80".to_owned(), 5), ("10.0.0.2:80".to_owned(), 2)];
+        assert_eq!(found(false), lenient);
+    }
+
+    #[test]
+    fn instances_keep_tags_and_meta() {
+        let json = r#"[{"Node":{"Address":"10.0.0.1"},
+            "Service":{"Port":1,"Tags":["v2","canary"],"Meta":{"version":"2.1"}}}]"#;
+        let entries: Vec<ServiceEntry> = serde_json::from_str(json).expect("parses");
+        let found = instances(&entries, true);
+        assert_eq!(found[0].tags, ["v2", "canary"]);
+        assert_eq!(found[0].meta["version"], "2.1");
     }
 }
