@@ -14,7 +14,6 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::context::Direction;
 use crate::error::ErrorKind;
-use crate::middleware::circuit_breaker::Phase;
 
 pub const REQUESTS_TOTAL: &str = "remora_requests_total";
 pub const REQUEST_DURATION: &str = "remora_request_duration_seconds";
@@ -307,13 +306,13 @@ pub const CIRCUIT_BREAKER_TRANSITIONS_TOTAL: &str = "remora_circuit_breaker_tran
 pub const OUTLIER_EJECTIONS_TOTAL: &str = "remora_outlier_ejections_total";
 
 /// Sets the breaker gauge: 0 closed, 1 open, 2 half-open.
-pub fn circuit_breaker_state(upstream: &str, phase: Phase) {
-    gauge!(CIRCUIT_BREAKER_STATE, "upstream" => upstream.to_owned()).set(phase.gauge());
+pub fn circuit_breaker_state(upstream: &str, state: f64) {
+    gauge!(CIRCUIT_BREAKER_STATE, "upstream" => upstream.to_owned()).set(state);
 }
 
-/// Counts a breaker transition into `phase`.
-pub fn circuit_breaker_transition(upstream: &str, phase: Phase) {
-    counter!(CIRCUIT_BREAKER_TRANSITIONS_TOTAL, "upstream" => upstream.to_owned(), "to" => phase.as_str())
+/// Counts a breaker transition into the state labelled `to`.
+pub fn circuit_breaker_transition(upstream: &str, to: &'static str) {
+    counter!(CIRCUIT_BREAKER_TRANSITIONS_TOTAL, "upstream" => upstream.to_owned(), "to" => to)
         .increment(1);
 }
 

@@ -40,7 +40,7 @@ pub struct CircuitBreaker {
 
 impl CircuitBreaker {
     pub fn new(config: &CircuitBreakerConfig, upstream: &str) -> Self {
-        metrics::circuit_breaker_state(upstream, Phase::Closed);
+        metrics::circuit_breaker_state(upstream, Phase::Closed.gauge());
         Self {
             upstream: upstream.to_owned(),
             failures: config.failures.clone(),
@@ -76,8 +76,8 @@ impl CircuitBreaker {
         let after = state.phase();
         drop(state);
         if before != after {
-            metrics::circuit_breaker_state(&self.upstream, after);
-            metrics::circuit_breaker_transition(&self.upstream, after);
+            metrics::circuit_breaker_state(&self.upstream, after.gauge());
+            metrics::circuit_breaker_transition(&self.upstream, after.as_str());
             match after {
                 Phase::Open => tracing::warn!(upstream = %self.upstream, "circuit breaker opened"),
                 Phase::HalfOpen => {

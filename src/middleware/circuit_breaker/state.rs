@@ -41,6 +41,8 @@ impl Phase {
         }
     }
 
+    /// Its name: the `to` label of `remora_circuit_breaker_transitions_total`
+    /// and the breaker state the admin `/upstreams` shows.
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Closed => "closed",
