@@ -2,7 +2,8 @@
 //! direction of a stack, and the request extensions through which layers
 //! tell each other about a request (the client's address, its deadline, the
 //! endpoint a try went to or should avoid, the one that answered, the
-//! retries it took). See `docs/request-path.md` for who sets and reads each.
+//! retries it took, the trace it belongs to). See `docs/request-path.md`
+//! for who sets and reads each.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU32;
@@ -78,4 +79,16 @@ impl RetryCount {
     pub fn set(&self, retries: u32) {
         self.0.store(retries, Relaxed);
     }
+}
+
+/// The trace a request belongs to, with this hop's own span id: a request
+/// extension the trace-context layer sets (joining the caller's trace from
+/// its headers, or starting one) and the observe layer turns into a span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: u128,
+    /// The caller's span, when the trace came from the caller.
+    pub parent_id: Option<u64>,
+    pub span_id: u64,
+    pub sampled: bool,
 }

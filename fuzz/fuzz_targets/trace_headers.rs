@@ -6,7 +6,7 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use remora::config::Propagation;
-use remora::middleware::trace_context::TraceContext;
+use remora::context::TraceContext;
 
 const NAMES: [&str; 7] = [
     "traceparent",

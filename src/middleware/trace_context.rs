@@ -29,6 +29,7 @@ use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
 use crate::config::{Propagation, TracingConfig};
+pub use crate::context::TraceContext;
 
 use crate::headers::{
     B3, B3_FLAGS, B3_PARENT_SPAN_ID, B3_SAMPLED, B3_SPAN_ID, B3_TRACE_ID, REQUEST_ID, TRACEPARENT,
@@ -38,16 +39,8 @@ use crate::headers::{
 /// Longest `tracestate` passed on (W3C Trace Context §3.3.1.5).
 const MAX_TRACESTATE: usize = 512;
 
-/// The trace this hop belongs to, with its own span id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceContext {
-    pub trace_id: u128,
-    /// The caller's span, when the trace came from the caller.
-    pub parent_id: Option<u64>,
-    pub span_id: u64,
-    pub sampled: bool,
-}
-
+/// Reading and writing the trace headers: the context itself is a request
+/// extension defined in `context`, below the telemetry that exports it.
 impl TraceContext {
     /// Joins the caller's trace found in `headers`, or starts a new one.
     pub fn from_headers(headers: &HeaderMap, propagation: &[Propagation]) -> Self {

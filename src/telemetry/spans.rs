@@ -32,9 +32,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::OtlpConfig;
-use crate::context::Direction;
+use crate::context::{Direction, TraceContext};
 use crate::error::ErrorKind;
-use crate::middleware::trace_context::TraceContext;
 
 pub const SPANS_EXPORTED_TOTAL: &str = "remora_spans_exported_total";
 pub const SPANS_DROPPED_TOTAL: &str = "remora_spans_dropped_total";
