@@ -29,7 +29,7 @@ use crate::config::{
     SubsetConfig, UpstreamProtocol,
 };
 use crate::context::Direction;
-use crate::discovery::Instance;
+use crate::discovery::{EndpointSink, Instance};
 use crate::endpoint::{Endpoint, UpstreamVersion, WeightedAddr};
 use crate::error::{ErrorKind, ProxyError};
 use crate::middleware::circuit_breaker::CircuitBreaker;
@@ -295,6 +295,21 @@ impl Upstream {
         for endpoint in self.balancer.load().targets() {
             endpoint.client.close_expired_idle();
         }
+    }
+}
+
+/// Discovery feeds the upstream's endpoint set.
+impl EndpointSink for Upstream {
+    fn name(&self) -> &str {
+        Upstream::name(self)
+    }
+
+    fn set_weighted_endpoints(&self, endpoints: &[WeightedAddr]) {
+        Upstream::set_weighted_endpoints(self, endpoints);
+    }
+
+    fn set_instances(&self, instances: &[Instance]) {
+        Upstream::set_instances(self, instances);
     }
 }
 

@@ -29,10 +29,9 @@ use crate::config::{ConsulConfig, ConsulDiscovery};
 use crate::consul::blocking::{Pacer, next_index};
 use crate::consul::health::{Health, ServiceEntry};
 use crate::consul::{Client, HealthQuery};
-use crate::discovery::Instance;
+use crate::discovery::{EndpointSink, Instance};
 use crate::drain::Drain;
 use crate::telemetry::metrics;
-use crate::upstream::Upstream;
 
 /// The query an upstream's `discovery.consul` asks for; its datacenter
 /// defaults to `consul.datacenter`.
@@ -51,11 +50,11 @@ pub fn query_for(discovery: &ConsulDiscovery, consul: &ConsulConfig) -> HealthQu
 
 /// Upstreams grouped by the query that feeds them.
 #[derive(Default)]
-pub struct Watches(BTreeMap<HealthQuery, Vec<Arc<Upstream>>>);
+pub struct Watches(BTreeMap<HealthQuery, Vec<Arc<dyn EndpointSink>>>);
 
 impl Watches {
     /// Adds `upstream` to the watch of `query` (creating it when new).
-    pub fn add(&mut self, query: HealthQuery, upstream: Arc<Upstream>) {
+    pub fn add(&mut self, query: HealthQuery, upstream: Arc<dyn EndpointSink>) {
         self.0.entry(query).or_default().push(upstream);
     }
 
@@ -82,7 +81,7 @@ impl Watches {
 }
 
 /// Runs one watch forever.
-async fn watch(client: Arc<Client>, query: HealthQuery, upstreams: Vec<Arc<Upstream>>) {
+async fn watch(client: Arc<Client>, query: HealthQuery, upstreams: Vec<Arc<dyn EndpointSink>>) {
     let names: Vec<&str> = upstreams.iter().map(|u| u.name()).collect();
     let names = names.join(",");
     tracing::info!(service = %query.service, upstreams = %names, "watching Consul");

@@ -33,10 +33,10 @@ use hickory_resolver::proto::ProtoError;
 use hickory_resolver::proto::rr::{Name, RData, Record};
 
 use crate::config::DnsDiscovery;
+use crate::discovery::EndpointSink;
 use crate::drain::Drain;
 use crate::endpoint::WeightedAddr;
 use crate::telemetry::metrics;
-use crate::upstream::Upstream;
 
 /// Retries after failures back off from `min_refresh`, doubling, up to
 /// `max_refresh` but never beyond this, so a recovered server is noticed soon.
@@ -83,7 +83,7 @@ struct Answer {
 
 /// DNS discovery for one upstream, ready to run.
 pub struct DnsDiscoverer {
-    upstream: Arc<Upstream>,
+    upstream: Arc<dyn EndpointSink>,
     resolver: TokioResolver,
     name: Name,
     refresh: Refresh,
@@ -92,7 +92,7 @@ pub struct DnsDiscoverer {
 impl DnsDiscoverer {
     /// Builds the resolver: one UDP name server when `resolver` is set,
     /// otherwise the system's (`/etc/resolv.conf`).
-    pub fn new(upstream: Arc<Upstream>, config: &DnsDiscovery) -> Result<Self, DnsError> {
+    pub fn new(upstream: Arc<dyn EndpointSink>, config: &DnsDiscovery) -> Result<Self, DnsError> {
         let name = Name::from_str(&config.name).map_err(|source| DnsError::Name {
             name: config.name.clone(),
             source: Box::new(source),

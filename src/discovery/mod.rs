@@ -2,6 +2,8 @@
 //! the upstream is built (see `app.rs`); `consul` and `dns` run watches that
 //! update upstreams' endpoint sets, failing static. Consul instances keep
 //! their tags and meta ([`Instance`]) so that routing subsets can select them.
+//! The watches feed an [`EndpointSink`], which `upstream::Upstream`
+//! implements: discovery sits below the upstreams it feeds.
 
 pub mod consul;
 pub mod dns;
@@ -10,6 +12,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use crate::config::SubsetConfig;
+use crate::endpoint::WeightedAddr;
 
 /// A discovered endpoint and what its registry says about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +30,19 @@ impl Instance {
         subset.tags.iter().all(|tag| self.tags.contains(tag))
             && (subset.meta.iter()).all(|(key, value)| self.meta.get(key) == Some(value))
     }
+}
+
+/// What a discovery watch feeds: an upstream's endpoint set.
+pub trait EndpointSink: Send + Sync {
+    /// The upstream's name, for logs and metrics.
+    fn name(&self) -> &str;
+
+    /// Replaces the endpoint set with these addresses (DNS discovery).
+    fn set_weighted_endpoints(&self, endpoints: &[WeightedAddr]);
+
+    /// Replaces the endpoint set with these instances, whose tags and meta
+    /// feed routing subsets (Consul discovery).
+    fn set_instances(&self, instances: &[Instance]);
 }
 
 #[cfg(test)]

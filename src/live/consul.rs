@@ -89,7 +89,7 @@ pub(super) fn commit_consul(
             let stop = DrainController::new();
             let mut watch = Watches::default();
             for upstream in &upstreams {
-                watch.add(query.clone(), Arc::clone(upstream));
+                watch.add(query.clone(), upstream.clone());
             }
             watch.spawn(Arc::clone(&client), &stop.watch());
             stop

@@ -169,7 +169,7 @@ impl LiveProxy {
                 if running && same_discovery && same_upstream {
                     None
                 } else {
-                    let discoverer = DnsDiscoverer::new(Arc::clone(&upstream), dns)
+                    let discoverer = DnsDiscoverer::new(upstream.clone(), dns)
                         .with_context(|| format!("upstream {}: DNS discovery", spec.name))?;
                     Some(discoverer)
                 }
