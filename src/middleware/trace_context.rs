@@ -29,7 +29,7 @@ use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
 use crate::config::{Propagation, TracingConfig};
-pub use crate::context::TraceContext;
+use crate::context::TraceContext;
 
 use crate::headers::{
     B3, B3_FLAGS, B3_PARENT_SPAN_ID, B3_SAMPLED, B3_SPAN_ID, B3_TRACE_ID, REQUEST_ID, TRACEPARENT,
