@@ -171,12 +171,6 @@ impl Upstream {
         self.balancer.load()
     }
 
-    /// Replaces the endpoint set, every endpoint at weight 1. Endpoints that
-    /// stay keep their state.
-    pub fn set_endpoints(&self, addrs: &[SocketAddr]) {
-        self.set_weighted_endpoints(&WeightedAddr::weight_one(addrs));
-    }
-
     /// Replaces the endpoint set. Endpoints that stay keep their state
     /// (their weight may change).
     pub fn set_weighted_endpoints(&self, addrs: &[WeightedAddr]) {
