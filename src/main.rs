@@ -10,9 +10,21 @@ use remora::config::{self, Config};
 use remora::transparent::iptables::{self, Family, IptablesError, RuleSet};
 
 // mimalloc: measurably faster than the system allocator for a proxy's many
-// small short-lived allocations.
+// small short-lived allocations. Built with its `no_thp` feature (see
+// Cargo.toml) and given back what it frees by `release_freed_memory`.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+unsafe extern "C" {
+    /// mimalloc's `mi_collect` (mimalloc.h): frees the calling thread's
+    /// empty pages and returns to the OS the freed memory whose purge delay
+    /// has passed, in every thread's arenas; `force` would skip the delay.
+    fn mi_collect(force: bool);
+}
+
+/// How often [`release_freed_memory`] runs: mimalloc's own purge delay is
+/// 1 s, so memory goes back 1–2 s after it was freed.
+const RELEASE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Parser)]
 #[command(name = "remora", version, about = "A sidecar service-mesh proxy")]
@@ -175,6 +187,7 @@ fn run(
 ) -> anyhow::Result<()> {
     remora::telemetry::logging::init(&bootstrap.logging, &bootstrap.service.name)?;
     remora::runtime::build(&bootstrap.runtime)?.block_on(async {
+        tokio::spawn(release_freed_memory());
         let (config, source) =
             remora::reload::initial(bootstrap, path, watch_interval, loaded).await?;
         let running = remora::app::start(&config).await?;
@@ -183,4 +196,21 @@ fn run(
         running.shutdown().await;
         Ok(())
     })
+}
+
+/// mimalloc returns freed memory to the OS only after a delay, and only when
+/// it is called again: once a load ends nothing calls it, and the memory of
+/// the connections that closed stayed resident (79 MB 10 s after 1,000
+/// connections, against 18 MB before them). A collection once a second
+/// costs next to nothing when there is nothing to give back; purging at once
+/// on every free instead (`purge_delay` 0) cost 10–20 % more CPU per request.
+async fn release_freed_memory() {
+    let mut ticks = tokio::time::interval(RELEASE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        // SAFETY: `mi_collect` takes no pointer and may be called from any
+        // thread at any time; mimalloc is the global allocator, so it is linked.
+        unsafe { mi_collect(false) };
+    }
 }
