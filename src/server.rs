@@ -87,6 +87,9 @@ pub async fn accept_loop(
         let tls = tls.clone();
         let drain = drain.clone();
         let rules = Arc::clone(&rules);
+        // The transparent and the TLS paths are boxed: inline, their futures
+        // made every connection's task 8.9 KB, the plain path's included
+        // (2.6 KB alone); boxed, a connection allocates only the one it takes.
         tokio::spawn(async move {
             match (tls, handler) {
                 // Redirected plaintext from the local application: never TLS,
@@ -97,7 +100,7 @@ pub async fn accept_loop(
                         identity: None,
                         hold,
                     };
-                    transparent.serve(stream, caller, &rules, drain).await
+                    Box::pin(transparent.serve(stream, caller, &rules, drain)).await
                 }
                 (None, handler) => {
                     let caller = Caller {
@@ -108,20 +111,23 @@ pub async fn accept_loop(
                     serve(stream, caller, handler, &rules, drain).await
                 }
                 (Some(tls), handler) => {
-                    if let Some(accepted) = tls.accept(stream, peer).await {
-                        let handler = match (handler, accepted.negotiated) {
-                            (Handler::Http(_, service, idle), Some(negotiated)) => {
-                                Handler::Http(negotiated.into(), service, idle)
-                            }
-                            (handler, _) => handler,
-                        };
-                        let caller = Caller {
-                            addr: client,
-                            identity: accepted.peer,
-                            hold,
-                        };
-                        serve(accepted.stream, caller, handler, &rules, drain).await;
-                    }
+                    Box::pin(async move {
+                        if let Some(accepted) = tls.accept(stream, peer).await {
+                            let handler = match (handler, accepted.negotiated) {
+                                (Handler::Http(_, service, idle), Some(negotiated)) => {
+                                    Handler::Http(negotiated.into(), service, idle)
+                                }
+                                (handler, _) => handler,
+                            };
+                            let caller = Caller {
+                                addr: client,
+                                identity: accepted.peer,
+                                hold,
+                            };
+                            serve(accepted.stream, caller, handler, &rules, drain).await;
+                        }
+                    })
+                    .await
                 }
             }
         });
@@ -137,7 +143,9 @@ where
         Handler::Http(protocol, service, idle) => {
             serve_http(stream, caller, protocol, service, idle, rules, drain).await
         }
-        Handler::Tcp(upstream) => crate::tcp::proxy(stream, upstream).await,
+        // Boxed for the same reason as in `accept_loop`: inline, opaque TCP's
+        // future (a connect, maybe mTLS) doubled every HTTP connection's.
+        Handler::Tcp(upstream) => Box::pin(crate::tcp::proxy(stream, upstream)).await,
         Handler::Transparent(_) => unreachable!("served by accept_loop on the raw socket"),
     }
 }
