@@ -20,8 +20,9 @@ const CLIENTS: usize = 1000;
 /// until `timeouts.idle`) and allocator caches. The debug build this test
 /// runs kept 43 MiB before remora gave freed memory back (the release build
 /// 60 MB against a faster origin), and keeps 7–12 MiB since, as the release
-/// build does.
-const RETAINED_BOUND_KIB: u64 = 16 * 1024;
+/// build does; the bound leaves room for a loaded machine and still fails
+/// the old behaviour by far.
+const RETAINED_BOUND_KIB: u64 = 24 * 1024;
 
 /// How long the memory may take to go back: mimalloc purges 1 s after a
 /// free, and remora calls it once a second.
