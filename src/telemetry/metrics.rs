@@ -71,10 +71,31 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             metrics::set_global_recorder(recorder)
                 .map_err(|_| "another metrics recorder is already installed".to_owned())?;
             build_info();
+            spawn_upkeep(handle.clone())?;
             Ok(handle)
         })
         .clone()
         .map_err(anyhow::Error::msg)
+}
+
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Folds the histograms' samples into their buckets every
+/// [`UPKEEP_INTERVAL`]. The recorder keeps every sample recorded until then
+/// (two per request), and a scrape is what folded them before: unscraped,
+/// 50,000 requests a second held 10 MB more every 5 s, for good.
+fn spawn_upkeep(handle: PrometheusHandle) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("remora-metrics-upkeep".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                handle.run_upkeep();
+            }
+        })
+        .map(drop)
+        .map_err(|error| format!("cannot start the metrics upkeep thread: {error}"))
 }
 
 /// Sets the number of endpoints an upstream currently has.
