@@ -16,8 +16,8 @@ use crate::drain::{Drain, DrainController};
 use crate::live::{self, ListenerAddr, ListenerRole, LiveProxy, MeshSecurity};
 use crate::registration::{self, Registrar};
 use crate::reload::{self, Reloader, Source};
-use crate::telemetry::metrics;
 use crate::telemetry::spans::SpanExporter;
+use crate::telemetry::{metrics, recorder};
 use crate::upstream::UpstreamSet;
 
 /// The addresses remora actually bound (a configured port 0 becomes a real one).
@@ -99,7 +99,7 @@ impl Running {
 
 /// Binds everything the configuration asks for and starts serving.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
-    let metrics_handle = metrics::install()?;
+    let metrics_handle = recorder::install()?;
     let spans = (config.tracing.otlp.as_ref())
         .map(|otlp| SpanExporter::start(otlp, &config.service.name))
         .transpose()?;

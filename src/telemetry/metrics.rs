@@ -1,5 +1,5 @@
-//! Prometheus metrics (`docs/metrics.md`): the process-wide recorder and the
-//! handles the data path uses.
+//! Prometheus metrics (`docs/metrics.md`): their names and the handles the
+//! data path uses (the recorder itself is `recorder`).
 //!
 //! Per-request handles are registered once per status code and cached, so the
 //! hot path does one array index instead of a label lookup. Every name is
@@ -10,7 +10,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::context::Direction;
 use crate::error::ErrorKind;
@@ -43,60 +42,6 @@ pub const MIRROR_REQUESTS_TOTAL: &str = "remora_mirror_requests_total";
 pub const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-
-static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
-
-/// Installs the process-wide recorder (once; later calls return the same
-/// handle) and returns the handle that renders `/metrics`.
-pub fn install() -> anyhow::Result<PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &DURATION_BUCKETS)
-                .and_then(|builder| {
-                    builder.set_buckets_for_metric(
-                        Matcher::Full(ENDPOINT_REQUEST_DURATION.into()),
-                        &DURATION_BUCKETS,
-                    )
-                })
-                .and_then(|builder| {
-                    builder.set_buckets_for_metric(
-                        Matcher::Full(ROUTE_REQUEST_DURATION.into()),
-                        &DURATION_BUCKETS,
-                    )
-                })
-                .map_err(|error| error.to_string())?
-                .build_recorder();
-            let handle = recorder.handle();
-            metrics::set_global_recorder(recorder)
-                .map_err(|_| "another metrics recorder is already installed".to_owned())?;
-            build_info();
-            spawn_upkeep(handle.clone())?;
-            Ok(handle)
-        })
-        .clone()
-        .map_err(anyhow::Error::msg)
-}
-
-/// How often histogram samples are folded into their buckets.
-const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Folds the histograms' samples into their buckets every
-/// [`UPKEEP_INTERVAL`]. The recorder keeps every sample recorded until then
-/// (two per request), and a scrape is what folded them before: unscraped,
-/// 50,000 requests a second held 10 MB more every 5 s, for good.
-fn spawn_upkeep(handle: PrometheusHandle) -> Result<(), String> {
-    std::thread::Builder::new()
-        .name("remora-metrics-upkeep".to_owned())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(UPKEEP_INTERVAL);
-                handle.run_upkeep();
-            }
-        })
-        .map(drop)
-        .map_err(|error| format!("cannot start the metrics upkeep thread: {error}"))
-}
 
 /// Sets the number of endpoints an upstream currently has.
 pub fn set_endpoint_count(upstream: &str, count: usize) {
@@ -431,11 +376,6 @@ pub fn pool_connections(upstream: &str) -> Gauge {
 /// Requests waiting for an HTTP/2 stream to an upstream's endpoints.
 pub fn pool_pending_requests(upstream: &str) -> Gauge {
     gauge!(POOL_PENDING_REQUESTS, "upstream" => upstream.to_owned())
-}
-
-/// Sets `remora_build_info{version}` to 1.
-fn build_info() {
-    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
 /// Tries answered by one endpoint and how long the response head took,

@@ -6,5 +6,6 @@ pub mod json_lines;
 pub mod logging;
 pub mod metrics;
 pub mod process;
+pub mod recorder;
 pub mod spans;
 pub mod totals;
