@@ -149,7 +149,7 @@ async fn proxy_allocations(protocol: &str, version: Version) -> PerRequest {
     let kept = kept_through - kept_direct;
     eprintln!(
         "{protocol}: {direct:.1} allocations per request direct, {through:.1} through remora: \
-         {added:.1} added; {kept:.1} bytes per request still held 3 s later"
+         {added:.1} added; {kept:.1} bytes per request still held once idle"
     );
     PerRequest { added, kept }
 }

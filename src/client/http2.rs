@@ -159,7 +159,11 @@ impl Http2Stream {
     /// the endpoint's next connections assume until they are confirmed.
     pub fn confirm_connection(&self) {
         let connection = &self.connection;
-        if !connection.confirmed.swap(true, Ordering::Relaxed) {
+        // Read first: every response confirms, and a swap would write the
+        // shared flag on each one.
+        if !connection.confirmed.load(Ordering::Relaxed)
+            && !connection.confirmed.swap(true, Ordering::Relaxed)
+        {
             let limit = connection.peer_stream_limit();
             self.pool
                 .learned_stream_limit
