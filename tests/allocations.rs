@@ -68,7 +68,7 @@ const HTTP1_BOUND: f64 = 70.0;
 const H2C_BOUND: f64 = 75.0;
 
 /// Bytes per request remora may still hold once its requests are over:
-/// nothing grows with the request count. It reads -6 to 4 now (the noise
+/// nothing grows with the request count. It reads -7 to 4 now (the noise
 /// of one-off allocations); before the metrics upkeep, the recorder held
 /// every histogram sample until a scrape: 31-33.
 const KEPT_BYTES_BOUND: f64 = 16.0;
