@@ -92,3 +92,14 @@ pub struct TraceContext {
     pub span_id: u64,
     pub sampled: bool,
 }
+
+/// The claims of a verified JWT, set on an inbound request by the JWT layer
+/// (`middleware::jwt`) and read by the authorization rules and the access
+/// log. Absent when the request carried no token.
+#[derive(Debug, Clone)]
+pub struct VerifiedClaims {
+    /// The name of the provider that verified the token.
+    pub provider: Arc<str>,
+    /// The token's payload, as JSON.
+    pub claims: Arc<serde_json::Map<String, serde_json::Value>>,
+}
