@@ -84,3 +84,72 @@ where
         Box::pin(self.clone().oneshot(request))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::{Ready, ready};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::Waker;
+
+    /// Ready only once opened, like a stack whose limit is reached.
+    #[derive(Clone, Default)]
+    struct Gated {
+        open: Arc<AtomicBool>,
+        waiting: Arc<Mutex<Option<Waker>>>,
+    }
+
+    impl Gated {
+        fn open(&self) {
+            self.open.store(true, Ordering::SeqCst);
+            if let Some(waker) = self.waiting.lock().unwrap().take() {
+                waker.wake();
+            }
+        }
+    }
+
+    impl Service<u32> for Gated {
+        type Response = u32;
+        type Error = Infallible;
+        type Future = Ready<Result<u32, Infallible>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            if self.open.load(Ordering::SeqCst) {
+                return Poll::Ready(Ok(()));
+            }
+            *self.waiting.lock().unwrap() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+
+        fn call(&mut self, n: u32) -> Self::Future {
+            ready(Ok(n + 1))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_waits_for_its_stack_to_be_ready() {
+        let gated = Gated::default();
+        let mut shared = SharedService::new(gated.clone()).clone();
+        let mut call = shared.ready().await.unwrap().call(1);
+        assert!(futures_util::poll!(&mut call).is_pending());
+        gated.open();
+        assert_eq!(call.await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn clones_serve_concurrent_calls_on_one_stack() {
+        let gated = Gated::default();
+        gated.open();
+        let shared = SharedService::new(gated);
+        let calls = (0..100).map(|n| shared.clone().oneshot(n));
+        let answers = futures_util::future::join_all(calls).await;
+        let answers: Vec<u32> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!(answers, (1..=100).collect::<Vec<_>>());
+        assert_eq!(
+            Arc::strong_count(&shared.0),
+            1,
+            "no clone outlives its call"
+        );
+    }
+}
