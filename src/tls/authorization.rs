@@ -12,17 +12,34 @@
 //! `until_intentions_load: default`, gets the default). Every denial is
 //! counted (`remora_authz_denied_total`) and logged with the peer's
 //! identity.
+//!
+//! Intentions follow Consul's precedence: the list comes in precedence
+//! order (an exact source before a wildcard one) and the first intention
+//! whose source names the peer is the only one that applies. An L4
+//! intention allows or denies. An L7 intention's `Permissions` are tried in
+//! order against the request and "the first permission to match in the list
+//! is terminal and stops further evaluation. As with L4 intentions, traffic
+//! that fails to match any of the provided permissions in this intention
+//! will be subject to the default intention behavior" (Consul,
+//! `service-intentions` config entry, `Sources[].Permissions`): a request no
+//! permission matches gets the default, not a lower-precedence intention.
+//! An intention whose own `JWT` requirement the request does not meet does
+//! not apply either (the default decides). Where there is no request — a
+//! TCP listener's handshake — an L7 intention or one requiring a JWT
+//! denies.
 
 use std::sync::Arc;
 
 use ::metrics::Counter;
 use arc_swap::ArcSwapOption;
+use http::Request;
 
 use super::MeshTls;
 use super::identity::{Namespace, PeerIdentity, Scope, pattern_matches};
+use super::material::Material;
 use crate::config::{AuthorizationAction, AuthorizationConfig, UntilIntentionsLoad};
 use crate::consul::connect::Intention;
-use crate::context::Direction;
+use crate::context::{Direction, VerifiedClaims};
 use crate::spiffe::SpiffeId;
 use crate::telemetry::metrics;
 
@@ -49,18 +66,44 @@ impl Intentions {
     }
 
     /// `None` before the first answer; then whether the first intention
-    /// matching `peer` says allow (`Some(Some(true))`), deny, or none
-    /// matches (`Some(None)`).
-    fn decide(&self, peer: Option<&SpiffeId>, own: Option<&SpiffeId>) -> Option<Option<bool>> {
+    /// matching `peer` says allow (`Some(Some(true))`) or deny for
+    /// `request` (`None`: the connection), or none decides (`Some(None)`).
+    fn decide<B>(
+        &self,
+        peer: Option<&SpiffeId>,
+        own: Option<&SpiffeId>,
+        request: Option<&Request<B>>,
+    ) -> Option<Option<bool>> {
         let intentions = self.0.load();
         let intentions = intentions.as_deref()?;
         Some(peer.and_then(|peer| {
             intentions
                 .iter()
                 .find(|intention| intention_matches(intention, peer, own))
-                .map(|intention| intention.allow)
+                .and_then(|intention| verdict(intention, request))
         }))
     }
+}
+
+/// What `intention`, the one that applies to the peer, says about
+/// `request` (`None`: the connection); `None` when it does not decide.
+fn verdict<B>(intention: &Intention, request: Option<&Request<B>>) -> Option<bool> {
+    let Some(request) = request else {
+        return Some(intention.allow && intention.jwt.is_none());
+    };
+    let claims = request.extensions().get::<VerifiedClaims>();
+    if (intention.jwt.as_ref()).is_some_and(|jwt| !jwt.met_by(claims)) {
+        return None;
+    }
+    let Some(permissions) = &intention.permissions else {
+        return Some(intention.allow);
+    };
+    (permissions.iter())
+        .find(|permission| {
+            permission.request.matches(request)
+                && (permission.jwt.as_ref()).is_none_or(|jwt| jwt.met_by(claims))
+        })
+        .map(|permission| permission.allow)
 }
 
 /// Decides whether a peer may call the inbound listener.
@@ -100,11 +143,26 @@ impl Authorizer {
         }
     }
 
-    /// True when `peer` may pass; a denial is counted and logged.
-    pub fn authorize(&self, peer: Option<&PeerIdentity>) -> bool {
+    /// True when `peer` may open a connection (a TCP listener, where L7
+    /// intentions deny); a denial is counted and logged.
+    pub fn authorize_connection(&self, peer: Option<&PeerIdentity>) -> bool {
+        self.authorize(peer, None::<&Request<()>>)
+    }
+
+    /// True when `peer` may send `request`; a denial is counted and logged.
+    pub fn authorize_request<B>(&self, peer: Option<&PeerIdentity>, request: &Request<B>) -> bool {
+        self.authorize(peer, Some(request))
+    }
+
+    /// This sidecar's current material, which holds its own SPIFFE ID.
+    pub fn material(&self) -> Option<Arc<Material>> {
+        self.tls.current()
+    }
+
+    fn authorize<B>(&self, peer: Option<&PeerIdentity>, request: Option<&Request<B>>) -> bool {
         let material = self.tls.current();
         let own = material.as_ref().and_then(|m| m.own_identity.as_ref());
-        let (allowed, reason) = self.decide(peer, own);
+        let (allowed, reason) = self.decide(peer, own, request);
         if !allowed {
             self.denied.increment(1);
             tracing::info!(
@@ -118,7 +176,12 @@ impl Authorizer {
     }
 
     /// Whether `peer` may pass, and why, given this sidecar's own ID.
-    fn decide(&self, peer: Option<&PeerIdentity>, own: Option<&SpiffeId>) -> (bool, &'static str) {
+    fn decide<B>(
+        &self,
+        peer: Option<&PeerIdentity>,
+        own: Option<&SpiffeId>,
+        request: Option<&Request<B>>,
+    ) -> (bool, &'static str) {
         if let Some(peer) = peer {
             if (self.deny.iter()).any(|p| pattern_matches(p, peer, Scope::Anywhere)) {
                 return (false, "deny rule");
@@ -134,7 +197,7 @@ impl Authorizer {
         }
         if let Some(intentions) = &self.intentions {
             let service = peer.and_then(|peer| peer.spiffe.as_deref());
-            match intentions.decide(service, own) {
+            match intentions.decide(service, own, request) {
                 None if self.deny_until_intentions_load => {
                     return (false, "Consul intentions not loaded yet");
                 }
@@ -156,6 +219,8 @@ mod tests {
     use super::*;
 
     const TD: &str = "td.consul";
+    /// A connection: no request.
+    const NO_REQUEST: Option<&Request<()>> = None;
 
     fn id(uri: &str) -> SpiffeId {
         SpiffeId::parse(uri).unwrap()
@@ -181,6 +246,8 @@ mod tests {
             source_namespace: namespace.into(),
             source_name: name.into(),
             allow,
+            permissions: None,
+            jwt: None,
         }
     }
 
@@ -210,7 +277,7 @@ mod tests {
 
     /// Whether `peer` passes `authz`, for a sidecar whose own ID is [`own`].
     fn passes(authz: &Authorizer, peer: Option<&PeerIdentity>) -> bool {
-        authz.decide(peer, Some(&own())).0
+        authz.decide(peer, Some(&own()), NO_REQUEST).0
     }
 
     fn loaded(intentions: Vec<Intention>) -> Arc<Intentions> {
@@ -338,7 +405,7 @@ mod tests {
             "spiffe://evil.example/ns/default/dc/dc1/svc/web".to_owned(),
         ] {
             assert_eq!(
-                authz.decide(Some(&peer_at(&uri)), Some(&own())),
+                authz.decide(Some(&peer_at(&uri)), Some(&own()), NO_REQUEST),
                 (false, "deny rule"),
                 "{uri}"
             );
@@ -353,11 +420,11 @@ mod tests {
         let everyone_denied = loaded(vec![intention("*", "*", false)]);
         let authz = authorizer(AuthorizationAction::Allow, &[], &[], &everyone_denied);
         assert_eq!(
-            authz.decide(Some(&agent), Some(&own())),
+            authz.decide(Some(&agent), Some(&own()), NO_REQUEST),
             (false, "no service identity for intentions")
         );
         assert_eq!(
-            authz.decide(None, Some(&own())),
+            authz.decide(None, Some(&own()), NO_REQUEST),
             (false, "no service identity for intentions")
         );
         let listed = authorizer(
@@ -381,7 +448,7 @@ mod tests {
                 "spiffe://evil.example/ns/default/dc/dc1/svc/{service}"
             ))
         };
-        let decide = |peer: &PeerIdentity| authz.decide(Some(peer), None);
+        let decide = |peer: &PeerIdentity| authz.decide(Some(peer), None, NO_REQUEST);
         assert_eq!(decide(&peer("ops")), (false, "deny rule"));
         assert_eq!(decide(&elsewhere("ops")), (false, "deny rule"));
         assert_eq!(decide(&elsewhere("billing")), (false, "intention"));
