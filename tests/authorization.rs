@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::config::{TestConfig, Upstream};
-use support::requirements::require_tool;
+use support::curl::{Case, curl, expect_verdicts};
 use support::tls::{Ca, TlsFiles};
 use support::{Backend, Proxy, grpc_echo, grpc_unary, http_backend};
 
@@ -43,65 +43,6 @@ inbound:
         match: { path: { prefix: /public } }
 ";
 
-/// The status, `x-remora-error` header (empty when none) and body of `curl` calling
-/// `path` on `addr` over mTLS as the holder of `caller`'s files, sending `path` as it is.
-async fn curl(
-    addr: SocketAddr,
-    caller: &TlsFiles,
-    method: &str,
-    path: &str,
-    headers: &[&str],
-) -> (u16, String, String) {
-    require_tool("curl", "curl");
-    let dir = caller.dir.clone();
-    let mut args: Vec<String> = [
-        "-sS",
-        "--insecure",
-        "--path-as-is",
-        "--http1.1",
-        "--max-time",
-        "10",
-        "-D",
-        "-",
-    ]
-    .map(str::to_owned)
-    .into();
-    // `-X HEAD` would wait for a body that never comes.
-    match method {
-        "HEAD" => args.push("--head".to_owned()),
-        _ => args.extend(["-X".to_owned(), method.to_owned()]),
-    }
-    for (flag, file) in [("--cert", "cert.pem"), ("--key", "key.pem")] {
-        args.push(flag.to_owned());
-        args.push(dir.join(file).display().to_string());
-    }
-    for header in headers {
-        args.push("-H".to_owned());
-        args.push((*header).to_owned());
-    }
-    args.push(format!("https://{addr}{path}"));
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("curl")
-            .args(&args)
-            .output()
-            .expect("curl runs")
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "curl failed: {text} {output:?}");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
-    let status = head.split(' ').nth(1).expect("a status").parse().unwrap();
-    let error = (head.lines())
-        .find_map(|line| line.strip_prefix("x-remora-error: "))
-        .unwrap_or_default()
-        .to_owned();
-    (status, error, body.to_owned())
-}
-
-/// A request and whether the rules allow it: caller, method, path, headers, allowed, why.
-type Case<'a> = (&'a TlsFiles, &'a str, &'a str, &'a [&'a str], bool, &'a str);
-
 fn files(ca: &Ca, service: &str, serial: u64) -> TlsFiles {
     TlsFiles::new(&ca.leaf(service, serial), ca)
 }
@@ -131,8 +72,6 @@ async fn rules_decide_by_identity_path_method_and_headers_first_match_wins() {
     );
     let addr = proxy.inbound();
     let tenant = ["x-tenant: acme"];
-    // (caller, method, path, headers, allowed, why); the app answers what it does not
-    // know with 404, so an allowed request gets the app's status and no `x-remora-error`.
     let cases: [Case; 14] = [
         (&web, "GET", "/reports/7", &[], true, "web reads a report"),
         (&web, "HEAD", "/reports/7", &[], true, "HEAD is listed too"),
@@ -177,25 +116,7 @@ async fn rules_decide_by_identity_path_method_and_headers_first_match_wins() {
         (&ops, "GET", "/public/x", &[], true, "prefix"),
         (&ops, "GET", "/publicity", &[], false, "whole segments"),
     ];
-    let mut allowed = 0;
-    for (caller, method, path, headers, allow, why) in cases {
-        let (status, error, body) = curl(addr, caller, method, path, headers).await;
-        if allow {
-            assert_eq!(
-                (status, &*error),
-                (404, ""),
-                "{method} {path}: {why}; {body}"
-            );
-            allowed += 1;
-        } else {
-            assert_eq!(
-                (status, &*error),
-                (403, "forbidden"),
-                "{method} {path}: {why}"
-            );
-            assert!(body.contains("not authorized"), "{body}");
-        }
-    }
+    let allowed = expect_verdicts(addr, &cases).await;
     assert_eq!(
         app.requests(),
         allowed,

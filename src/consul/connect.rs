@@ -372,7 +372,7 @@ impl IntentionsAnswer {
     /// readable: it denies its `SourceName` (in any namespace) at its place
     /// in the precedence order, whatever its action; one without a readable
     /// `SourceName` names nobody and is left out.
-    fn read(entries: Vec<serde_json::Value>) -> IntentionsAnswer {
+    pub(crate) fn read(entries: Vec<serde_json::Value>) -> IntentionsAnswer {
         let mut answer = IntentionsAnswer {
             intentions: Vec::new(),
             unreadable: Vec::new(),
@@ -535,6 +535,55 @@ mod tests {
                 ("local", true),
                 ("billing", true),
                 ("*", false),
+            ]
+        );
+    }
+
+    #[test]
+    fn l7_entries_of_unknown_shapes_deny_their_source() {
+        use serde_json::json;
+        let l7 = |name: &str, http: serde_json::Value| {
+            entry(
+                name,
+                json!({ "Permissions": [{ "Action": "allow", "HTTP": http }] }),
+            )
+        };
+        let answer = IntentionsAnswer::read(vec![
+            l7("a", json!({ "PathExact": "/a", "PathPrefix": "/b" })),
+            l7("b", json!({ "PathRegex": "(" })),
+            l7(
+                "c",
+                json!({ "Header": [{ "Name": "x", "Exact": "1", "Prefix": "1" }] }),
+            ),
+            l7("d", json!({ "Header": [{ "Name": "x" }] })),
+            l7("e", json!({ "PathExact": "/a", "Query": "x" })),
+            l7("f", json!({ "Methods": ["G ET"] })),
+            entry("g", json!({ "Permissions": [{ "Action": "audit" }] })),
+            l7("ok", json!({ "PathExact": "/a", "Methods": ["GET"] })),
+        ]);
+        assert_eq!(answer.unreadable.len(), 7, "{:?}", answer.unreadable);
+        let read: Vec<(&str, &str, bool, bool)> = (answer.intentions.iter())
+            .map(|i| {
+                (
+                    &*i.source_namespace,
+                    &*i.source_name,
+                    i.allow,
+                    i.permissions.is_some(),
+                )
+            })
+            .collect();
+        let denied = |name| ("*", name, false, false);
+        assert_eq!(
+            read,
+            [
+                denied("a"),
+                denied("b"),
+                denied("c"),
+                denied("d"),
+                denied("e"),
+                denied("f"),
+                denied("g"),
+                ("default", "ok", false, true),
             ]
         );
     }

@@ -160,11 +160,7 @@ mod tests {
     }
 
     fn peer(service: &str) -> PeerIdentity {
-        let uri = format!("spiffe://{TD}/ns/default/dc/dc1/svc/{service}");
-        PeerIdentity {
-            spiffe: SpiffeId::parse(&uri).ok().map(Arc::new),
-            uri: uri.into(),
-        }
+        PeerIdentity::from_uri(&format!("spiffe://{TD}/ns/default/dc/dc1/svc/{service}"))
     }
 
     fn own() -> SpiffeId {
@@ -290,12 +286,7 @@ rules:
         let rules = rules(
             "default: allow\nrules:\n  - { name: web-out, action: deny, identities: [web] }\n",
         );
-        let elsewhere = PeerIdentity {
-            uri: "spiffe://evil.example/ns/default/dc/dc1/svc/web".into(),
-            spiffe: SpiffeId::parse("spiffe://evil.example/ns/default/dc/dc1/svc/web")
-                .ok()
-                .map(Arc::new),
-        };
+        let elsewhere = PeerIdentity::from_uri("spiffe://evil.example/ns/default/dc/dc1/svc/web");
         let get = request("GET", "/", None);
         assert!(!rules.decide(&get, Some(&elsewhere), Some(&own())).allows());
         let allow = self::rules("rules:\n  - { name: web-in, action: allow, identities: [web] }\n");
