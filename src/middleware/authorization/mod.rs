@@ -27,7 +27,7 @@ use futures_util::future::Either;
 use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
-pub use self::rules::{Decision, Rules};
+use self::rules::{Decision, Rules};
 use crate::body::ResponseBody;
 use crate::config::InboundAuthorization;
 use crate::context::Direction;
