@@ -10,7 +10,9 @@
 //! `Permissions` (`HTTP`: `PathExact` / `PathPrefix` / `PathRegex`,
 //! `Methods`, `Header` with `Present` / `Exact` / `Prefix` / `Suffix` /
 //! `Regex` and `Invert`; `JWT`: `Providers` with `VerifyClaims`) and an
-//! intention's own `JWT` are compiled for per-request enforcement
+//! intention's `JWT` (the `service-intentions` entry's top-level one, which
+//! Consul copies into each of its intentions) are compiled for per-request
+//! enforcement
 //! (`tls::authorization`); an entry of another shape (an unknown field in a
 //! permission, a bad regex, a header matcher without exactly one test) is
 //! unreadable and, like an unknown action, denies its source; entries for a
@@ -93,7 +95,8 @@ pub struct Intention {
     /// An L7 intention's permissions, in order (the first match decides).
     pub permissions: Option<Arc<[Permission]>>,
     /// The token the source's requests must carry for the intention to
-    /// apply (`JWT`, Consul 1.16+).
+    /// apply (`JWT`, Consul 1.16+: the `service-intentions` entry's
+    /// top-level one, copied into each of its intentions).
     pub jwt: Option<JwtRequirement>,
 }
 

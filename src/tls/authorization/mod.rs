@@ -23,8 +23,8 @@
 //! will be subject to the default intention behavior" (Consul,
 //! `service-intentions` config entry, `Sources[].Permissions`): a request no
 //! permission matches gets the default, not a lower-precedence intention.
-//! An intention whose own `JWT` requirement the request does not meet does
-//! not apply either (the default decides). Where there is no request — a
+//! An intention whose `JWT` requirement (its `service-intentions` entry's)
+//! the request does not meet does not apply either (the default decides). Where there is no request — a
 //! TCP listener's handshake — an L7 intention or one requiring a JWT
 //! denies.
 
