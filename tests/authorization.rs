@@ -3,7 +3,8 @@
 //! is 403 `forbidden` (curl, presenting a client certificate, is the caller) or gRPC
 //! PERMISSION_DENIED (a tonic client through the caller's own sidecar); rules see the
 //! normalized path, so dot segments cannot walk past them; denied requests never reach the
-//! application and are counted. Claim conditions (`jwt:`) are unit-tested in
+//! application and are counted; rules without identities work without mTLS, over HTTP/1.1
+//! and HTTP/2; rules follow a reload. Claim conditions (`jwt:`) are unit-tested in
 //! `middleware::authorization::rules`, with the claims the JWT layer would hand on.
 
 mod support;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use support::config::{TestConfig, Upstream};
 use support::curl::{Case, curl, expect_verdicts};
 use support::tls::{Ca, TlsFiles};
-use support::{Backend, Proxy, grpc_echo, grpc_unary, http_backend};
+use support::{Backend, Proxy, get, grpc_echo, grpc_unary, http_backend};
 
 /// The rules of the HTTP tests: web reads reports, billing posts for its tenant, nobody
 /// reaches /admin, anyone reaches /healthz and /public, the rest is denied.
@@ -261,4 +262,26 @@ async fn rules_follow_a_reload() {
     }
     let ops = files(&ca, "ops", 3);
     assert_eq!(curl(proxy.inbound(), &ops, "GET", "/", &[]).await.0, 200);
+}
+
+#[tokio::test]
+async fn rules_apply_without_mtls_over_http1_and_http2() {
+    let app = http_backend("app");
+    let proxy = Proxy::start(&format!(
+        "service: {{ name: authz5, port: {} }}\n\
+         inbound:\n  listen: 127.0.0.1:0\n  authorization:\n    rules:\n\
+         \x20     - {{ name: public-reads, action: allow, match: {{ path: {{ prefix: /public }}, methods: [GET] }} }}\n",
+        app.addr.port()
+    ))
+    .await;
+    for version in [http::Version::HTTP_11, http::Version::HTTP_2] {
+        let url = |path: &str| format!("http://{}{path}", proxy.inbound());
+        let public = get(version, &url("/public/x")).await.unwrap();
+        assert_eq!(public.status, 404, "the app's answer ({version:?})");
+        let private = get(version, &url("/private")).await.unwrap();
+        assert_eq!(private.status, 403, "the default is deny ({version:?})");
+        assert_eq!(private.headers["x-remora-error"], "forbidden");
+        assert!(private.body.contains("<no SPIFFE ID>"), "{}", private.body);
+    }
+    assert_eq!(app.requests(), 2);
 }
