@@ -5,7 +5,10 @@
 //! (`jwt`: provider, `sub`, `scope`, any string claim) and the request
 //! (`match`, as a route's: path, methods, headers, query, gRPC).
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use serde::de::{self, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::routing::RouteMatch;
 use super::tls::AuthorizationAction;
@@ -71,12 +74,40 @@ pub struct ClaimMatch {
 }
 
 /// A top-level claim (`org`) or a path into nested objects
-/// (`[perms, role]`).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// (`[perms, role]`); serialized as written.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ClaimName {
     Top(String),
     Path(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for ClaimName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ClaimNameVisitor)
+    }
+}
+
+struct ClaimNameVisitor;
+
+impl<'de> Visitor<'de> for ClaimNameVisitor {
+    type Value = ClaimName;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a claim name, or a list of names for a nested claim")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<ClaimName, E> {
+        Ok(ClaimName::Top(name.to_owned()))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut names: A) -> Result<ClaimName, A::Error> {
+        let mut path = Vec::new();
+        while let Some(name) = names.next_element::<String>()? {
+            path.push(name);
+        }
+        Ok(ClaimName::Path(path))
+    }
 }
 
 impl ClaimName {

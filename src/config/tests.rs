@@ -1407,4 +1407,13 @@ fn inbound_authorization_rules_and_their_errors() {
         "{:?}",
         errors(&misspelt)
     );
+    let claim_map = format!(
+        "{SERVICE}inbound:\n  authorization:\n    rules: [{{ name: a, action: allow, jwt: {{ claims: [{{ name: {{ a: b }}, value: x }}] }} }}]\n"
+    );
+    assert_eq!(
+        errors(&claim_map),
+        [
+            "test.yaml:6:63: inbound.authorization.rules[0].jwt.claims[0].name: invalid type: map, expected a claim name, or a list of names for a nested claim"
+        ]
+    );
 }
