@@ -48,6 +48,7 @@ pub struct Condition {
     invert: bool,
 }
 
+/// The test of a [`Condition`] on one value.
 #[derive(Debug, Clone)]
 pub enum ValueTest {
     Exact(String),
@@ -297,5 +298,37 @@ mod tests {
         let service = route("grpc: { service: pkg.Echo }");
         assert!(service.matches(&request("POST", "/pkg.Echo/Bidi", &grpc)));
         assert!(!service.matches(&request("POST", "/pkg.Echoes/Bidi", &grpc)));
+    }
+
+    #[test]
+    fn prefix_suffix_invert_and_string_prefix() {
+        let header = |test, invert| {
+            let name = HeaderName::from_static("x-host");
+            RequestMatch::http(None, Vec::new(), vec![(name, Condition::new(test, invert))])
+        };
+        let host = |value: &str| request("GET", "/", &[("x-host", value)]);
+        let prefix = header(ValueTest::Prefix("db.".into()), false);
+        assert!(prefix.matches(&host("db.internal")));
+        assert!(!prefix.matches(&host("web.db.internal")));
+        let suffix = header(ValueTest::Suffix(".internal".into()), false);
+        assert!(suffix.matches(&host("db.internal")));
+        assert!(!suffix.matches(&host("db.internal.evil")));
+        let not_internal = header(ValueTest::Suffix(".internal".into()), true);
+        assert!(!not_internal.matches(&host("db.internal")));
+        assert!(not_internal.matches(&host("example.com")));
+        assert!(
+            not_internal.matches(&request("GET", "/", &[])),
+            "absent: the test fails"
+        );
+        let absent = header(ValueTest::Present(true), true);
+        assert!(absent.matches(&request("GET", "/", &[])));
+        assert!(!absent.matches(&host("")));
+
+        let methods = vec![Method::GET];
+        let string_prefix =
+            RequestMatch::http(Some(PathCondition::Prefix("/v2".into())), methods, vec![]);
+        assert!(string_prefix.matches(&request("GET", "/v2beta?x", &[])));
+        assert!(!string_prefix.matches(&request("POST", "/v2", &[])));
+        assert!(!string_prefix.matches(&request("GET", "/v1", &[])));
     }
 }
