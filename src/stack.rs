@@ -205,7 +205,11 @@ pub fn inbound(
         ))
         .layer(NormalizePathLayer::new(&config.path_normalization))
         .layer(ErrorResponseLayer)
-        .layer(AuthorizationLayer::new(authorizer))
+        .layer(AuthorizationLayer::new(
+            authorizer,
+            config.authorization.as_ref(),
+            name,
+        ))
         .option_layer(
             (config.rate_limit.as_ref()).map(|limit| RateLimitLayer::new(limit, direction, name)),
         )
