@@ -22,9 +22,10 @@ cd "$(dirname "$0")/.."
 # upstream servers and a load generator we did not write: nginx-light (h2c
 # and HTTP/1.1 origin), haproxy (h2 origin), nghttp2-client (h2load) and
 # python3-grpcio (a gRPC C-core server, tests/fixtures/grpc_server.py, with
-# python3, whose standard library it otherwise uses).
+# python3, whose standard library it otherwise uses), with python3-protobuf
+# and python3-pip for grpcio-health-checking (below).
 # bench/ also needs wrk.
-packages=(procps curl dnsmasq-base chromium iptables iproute2 util-linux nginx-light haproxy nghttp2-client python3-grpcio)
+packages=(procps curl dnsmasq-base chromium iptables iproute2 util-linux nginx-light haproxy nghttp2-client python3-grpcio python3-protobuf python3-pip)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
@@ -35,6 +36,16 @@ if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# grpcio-health-checking from PyPI (Debian has none): the standard gRPC health
+# service of Python grpcio for tests/health_checks.rs, pinned to the version
+# of Debian's python3-grpcio so pip leaves that one alone.
+if ! /usr/bin/python3 -c "import grpc_health.v1.health" 2>/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo /usr/bin/python3 -m pip install --quiet --break-system-packages --no-deps \
+        "grpcio-health-checking==$(/usr/bin/python3 -c 'import grpc; print(grpc.__version__)')"
 fi
 
 if [ "$(id -u)" -eq 0 ]; then

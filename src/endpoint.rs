@@ -12,8 +12,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::{Authority, Scheme, Uri};
 use http::{HeaderValue, Request, Response, Version, header};
+use http_body_util::{BodyExt, Collected, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -24,6 +26,7 @@ use crate::client::{
     keep_alive_timeout,
 };
 use crate::error::{ProxyError, h2_cause};
+use crate::health::HealthState;
 use crate::outlier::{Ejectable, OutlierState};
 use crate::resend::{
     MAX_RESENDS, Resendable, Unprocessed, closed_before_response, is_idempotent, unprocessed_h2,
@@ -60,6 +63,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     pub load: EndpointLoad,
     pub outlier: OutlierState,
+    /// What its active health checks say (`health_check.rs` runs them).
+    pub health: HealthState,
     pub client: EndpointClient,
     /// Tries this endpoint answered, and their latency.
     pub metrics: EndpointMetrics,
@@ -70,8 +75,12 @@ impl Target for Endpoint {
         &self.load
     }
 
-    fn is_available(&self, now: Instant) -> bool {
-        self.load.is_available(now) && !self.outlier.is_ejected(now)
+    fn is_ejected(&self, now: Instant) -> bool {
+        self.outlier.is_ejected(now)
+    }
+
+    fn passes_checks(&self) -> bool {
+        self.health.admits()
     }
 }
 
@@ -83,6 +92,18 @@ impl Ejectable for Endpoint {
     fn outlier(&self) -> &OutlierState {
         &self.outlier
     }
+}
+
+/// The most of a health check's response body that is read.
+pub const PROBE_BODY_LIMIT: usize = 64 * 1024;
+
+/// Why a [`probe`](Endpoint::probe) got no complete response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Send(ProxyError),
+    #[error("response body: {0}")]
+    Body(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A failed send. `request` is given back when nothing of it reached the
@@ -143,6 +164,7 @@ impl Endpoint {
             addr,
             load: EndpointLoad::new(settings.connect_timeout),
             outlier: OutlierState::default(),
+            health: HealthState::default(),
             client: EndpointClient::new(addr, settings, gauges),
             metrics: EndpointMetrics::new(upstream, addr),
         }
@@ -158,21 +180,10 @@ impl Endpoint {
         upgrade: bool,
     ) -> Result<Sent, SendError> {
         let mut in_flight = self.load.start();
-        let version =
-            if version == UpstreamVersion::Http1 && !upgrade && self.client.negotiated_h2() {
-                UpstreamVersion::Http2
-            } else {
-                version
-            };
         let mut goaway_errors = 0;
-        let result = match version {
-            UpstreamVersion::Http1 => {
-                (self.send_h1(to_http1(request, self.addr), upgrade, &mut goaway_errors)).await
-            }
-            UpstreamVersion::Http2 => {
-                (self.send_h2(to_http2(request, self.addr), &mut goaway_errors)).await
-            }
-        };
+        let result = self
+            .exchange(request, version, upgrade, &mut goaway_errors)
+            .await;
         let (response, held) = result?;
         let rtt = in_flight.observe_response();
         self.metrics.record(rtt);
@@ -186,6 +197,56 @@ impl Endpoint {
             release,
             goaway_errors,
         })
+    }
+
+    /// A request of remora's own (a health check), sent like a proxied one
+    /// — same connections, mTLS and HTTP version — but outside the
+    /// endpoint's load figures and try metrics. The whole response body is
+    /// read (at most [`PROBE_BODY_LIMIT`]), so that an HTTP/1.1 connection
+    /// goes back to the pool.
+    pub async fn probe(
+        &self,
+        request: Request<RequestBody>,
+        version: UpstreamVersion,
+    ) -> Result<Response<Collected<Bytes>>, ProbeError> {
+        let mut goaway_errors = 0;
+        let (response, held) = (self.exchange(request, version, false, &mut goaway_errors))
+            .await
+            .map_err(|failed| ProbeError::Send(failed.error))?;
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, PROBE_BODY_LIMIT)
+            .collect()
+            .await
+            .map_err(ProbeError::Body)?;
+        if let Held::Http1 { sender, keep_alive } = held {
+            self.client.checkin_h1(sender, keep_alive);
+        }
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// Sends `request` over the endpoint's connections in `version`, or over
+    /// HTTP/2 when the server chose it by ALPN (not for an upgrade).
+    async fn exchange(
+        &self,
+        request: Request<RequestBody>,
+        version: UpstreamVersion,
+        upgrade: bool,
+        goaway_errors: &mut u32,
+    ) -> Result<(Response<Incoming>, Held), SendError> {
+        let version =
+            if version == UpstreamVersion::Http1 && !upgrade && self.client.negotiated_h2() {
+                UpstreamVersion::Http2
+            } else {
+                version
+            };
+        match version {
+            UpstreamVersion::Http1 => {
+                (self.send_h1(to_http1(request, self.addr), upgrade, goaway_errors)).await
+            }
+            UpstreamVersion::Http2 => {
+                (self.send_h2(to_http2(request, self.addr), goaway_errors)).await
+            }
+        }
     }
 
     /// The connection failed under the request — or the client's body did

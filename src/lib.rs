@@ -25,6 +25,8 @@ pub mod endpoint;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod health;
+pub mod health_check;
 pub mod http_connection;
 pub mod idle;
 pub mod live;

@@ -22,16 +22,17 @@ use http::{HeaderName, Version};
 
 use tokio::time::Instant;
 
-use crate::balance::{Balancer, DEFAULT_BACKOFF, Member};
+use crate::balance::{Balancer, DEFAULT_BACKOFF, Member, PanicMode};
 use crate::client::ClientSettings;
 use crate::config::{
-    CircuitBreakerConfig, HashOn, LoadBalancingPolicy, OutlierDetection, RateLimitConfig,
-    SubsetConfig, UpstreamProtocol,
+    CircuitBreakerConfig, HashOn, HealthCheck, LoadBalancingPolicy, OutlierDetection,
+    RateLimitConfig, SubsetConfig, UpstreamProtocol,
 };
 use crate::context::Direction;
 use crate::discovery::{EndpointSink, Instance};
 use crate::endpoint::{Endpoint, UpstreamVersion, WeightedAddr};
 use crate::error::{ErrorKind, ProxyError};
+use crate::health_check::HealthChecker;
 use crate::middleware::circuit_breaker::CircuitBreaker;
 use crate::outcome::Outcome;
 use crate::outlier::OutlierDetector;
@@ -50,6 +51,9 @@ pub struct UpstreamSettings {
     pub client: ClientSettings,
     pub circuit_breaker: Option<CircuitBreakerConfig>,
     pub outlier_detection: Option<OutlierDetection>,
+    pub health_check: Option<HealthCheck>,
+    /// Envoy's healthy panic threshold, in percent (`balance::PanicMode`).
+    pub panic_threshold: u32,
     /// The listener's rate limit, shown by the admin `/upstreams`.
     pub rate_limit: Option<RateLimitConfig>,
 }
@@ -68,6 +72,8 @@ pub type BackendSet = ArcSwap<Vec<Weak<Upstream>>>;
 pub struct Upstream {
     pub settings: UpstreamSettings,
     balancer: ArcSwap<Balancer<Endpoint>>,
+    /// How endpoints join a balancer: checked, panic-aware.
+    endpoints: EndpointFactory,
     circuit_breaker: Option<Arc<CircuitBreaker>>,
     outlier: Option<OutlierDetector>,
     totals: Arc<RequestTotals>,
@@ -81,10 +87,12 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(settings: UpstreamSettings, endpoints: &[WeightedAddr]) -> Self {
-        let balancer = build_balancer(&settings, endpoints, &HashMap::new());
+        let factory = EndpointFactory::new(&settings);
+        let balancer = factory.balancer(endpoints, &HashMap::new());
         let circuit_breaker = new_circuit_breaker(&settings);
         Self::assemble(
             settings,
+            factory,
             balancer,
             circuit_breaker,
             Arc::default(),
@@ -94,9 +102,9 @@ impl Upstream {
 
     /// A replacement for this upstream under new `settings` (same name), for
     /// a configuration reload. It takes over the request totals and the
-    /// endpoint set — each endpoint with its connection pool, load figures
-    /// and outlier state when the client settings did not change, fresh
-    /// otherwise — and the circuit breaker, state included, when its
+    /// endpoint set — each endpoint with its connection pool, load figures,
+    /// outlier and health-check state when neither the client settings nor
+    /// the health checks changed, fresh otherwise — and the circuit breaker, state included, when its
     /// configuration did not change, and the last discovered instances (for
     /// the routing subsets a new stack adds). Requests in flight keep `self`.
     pub fn successor(&self, settings: UpstreamSettings) -> Self {
@@ -108,17 +116,20 @@ impl Upstream {
                 weight,
             })
             .collect();
-        let existing: HashMap<SocketAddr, Arc<Endpoint>> =
-            if settings.client == self.settings.client {
-                current
-                    .targets()
-                    .iter()
-                    .map(|endpoint| (endpoint.addr, Arc::clone(endpoint)))
-                    .collect()
-            } else {
-                HashMap::new()
-            };
-        let balancer = build_balancer(&settings, &addrs, &existing);
+        let same_endpoints = settings.client == self.settings.client
+            && settings.health_check == self.settings.health_check
+            && settings.protocol == self.settings.protocol;
+        let existing: HashMap<SocketAddr, Arc<Endpoint>> = if same_endpoints {
+            current
+                .targets()
+                .iter()
+                .map(|endpoint| (endpoint.addr, Arc::clone(endpoint)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let factory = EndpointFactory::new(&settings);
+        let balancer = factory.balancer(&addrs, &existing);
         let circuit_breaker = if settings.circuit_breaker == self.settings.circuit_breaker {
             self.circuit_breaker.clone()
         } else {
@@ -127,6 +138,7 @@ impl Upstream {
         let last_update = self.last_update_ms.load(Relaxed);
         let successor = Self::assemble(
             settings,
+            factory,
             balancer,
             circuit_breaker,
             self.totals(),
@@ -139,6 +151,7 @@ impl Upstream {
 
     fn assemble(
         settings: UpstreamSettings,
+        endpoints: EndpointFactory,
         balancer: Balancer<Endpoint>,
         circuit_breaker: Option<Arc<CircuitBreaker>>,
         totals: Arc<RequestTotals>,
@@ -151,6 +164,7 @@ impl Upstream {
         let upstream = Self {
             settings,
             balancer: ArcSwap::from_pointee(balancer),
+            endpoints,
             circuit_breaker,
             outlier,
             totals,
@@ -180,7 +194,7 @@ impl Upstream {
             .iter()
             .map(|endpoint| (endpoint.addr, Arc::clone(endpoint)))
             .collect();
-        let next = build_balancer(&self.settings, addrs, &existing);
+        let next = self.endpoints.balancer(addrs, &existing);
         self.balancer.store(Arc::new(next));
         self.last_update_ms.store(unix_ms_now(), Relaxed);
         self.publish_endpoint_count();
@@ -232,13 +246,7 @@ impl Upstream {
 
     /// The HTTP version to use upstream for a request that arrived in `downstream`.
     pub fn version_for(&self, downstream: Version) -> UpstreamVersion {
-        match self.settings.protocol {
-            UpstreamProtocol::Http2 | UpstreamProtocol::Grpc => UpstreamVersion::Http2,
-            UpstreamProtocol::Auto if downstream == Version::HTTP_2 => UpstreamVersion::Http2,
-            UpstreamProtocol::Auto | UpstreamProtocol::Http | UpstreamProtocol::Tcp => {
-                UpstreamVersion::Http1
-            }
-        }
+        http_version(self.settings.protocol, downstream)
     }
 
     /// The header whose value keys consistent hashing, for `ring_hash`.
@@ -329,25 +337,68 @@ fn weighted(instance: &Instance) -> WeightedAddr {
     }
 }
 
-fn build_balancer(
-    settings: &UpstreamSettings,
-    addrs: &[WeightedAddr],
-    existing: &HashMap<SocketAddr, Arc<Endpoint>>,
-) -> Balancer<Endpoint> {
-    let members = addrs
-        .iter()
-        .map(|&WeightedAddr { addr, weight }| {
-            let target = existing.get(&addr).cloned().unwrap_or_else(|| {
-                Arc::new(Endpoint::new(addr, settings.client.clone(), &settings.name))
-            });
-            Member {
-                id: addr.to_string(),
-                target,
-                weight,
-            }
-        })
-        .collect();
-    Balancer::new(settings.policy, members)
+/// Builds an upstream's balancers: new endpoints with their health checker
+/// started, every balancer with the upstream's panic mode.
+struct EndpointFactory {
+    upstream: String,
+    policy: LoadBalancingPolicy,
+    client: ClientSettings,
+    checker: Option<Arc<HealthChecker>>,
+    panic: Arc<PanicMode>,
+}
+
+impl EndpointFactory {
+    fn new(settings: &UpstreamSettings) -> Self {
+        let version = http_version(settings.protocol, Version::HTTP_11);
+        let checker = (settings.health_check.as_ref())
+            .map(|check| Arc::new(HealthChecker::new(check, &settings.name, version)));
+        Self {
+            upstream: settings.name.clone(),
+            policy: settings.policy,
+            client: settings.client.clone(),
+            checker,
+            panic: Arc::new(PanicMode::new(settings.panic_threshold, &settings.name)),
+        }
+    }
+
+    /// A balancer over `addrs`, reusing the `existing` endpoints.
+    fn balancer(
+        &self,
+        addrs: &[WeightedAddr],
+        existing: &HashMap<SocketAddr, Arc<Endpoint>>,
+    ) -> Balancer<Endpoint> {
+        let members = addrs
+            .iter()
+            .map(|&WeightedAddr { addr, weight }| {
+                let target = existing.get(&addr).cloned().unwrap_or_else(|| {
+                    let endpoint =
+                        Arc::new(Endpoint::new(addr, self.client.clone(), &self.upstream));
+                    if let Some(checker) = &self.checker {
+                        checker.watch(&endpoint);
+                    }
+                    endpoint
+                });
+                Member {
+                    id: addr.to_string(),
+                    target,
+                    weight,
+                }
+            })
+            .collect();
+        Balancer::new(self.policy, members).with_panic(Arc::clone(&self.panic))
+    }
+}
+
+/// The HTTP version to use towards an upstream speaking `protocol` for a
+/// request that arrived in `downstream`.
+fn http_version(protocol: UpstreamProtocol, downstream: Version) -> UpstreamVersion {
+    match protocol {
+        UpstreamProtocol::Http2 | UpstreamProtocol::Grpc => UpstreamVersion::Http2,
+        UpstreamProtocol::Auto if downstream == Version::HTTP_2 => UpstreamVersion::Http2,
+        UpstreamProtocol::Auto | UpstreamProtocol::Http | UpstreamProtocol::Tcp => {
+            UpstreamVersion::Http1
+        }
+    }
 }
 
 fn unix_ms_now() -> u64 {

@@ -1,6 +1,6 @@
 //! `docs/metrics.md` against the real `/metrics`: a proxy using every feature (an HTTP
 //! upstream with retries, breaker, rate limit, concurrency limit, a 0 % fault, outlier
-//! detection, a dead endpoint and a mirrored route; a TCP upstream; inbound; registration with
+//! detection, a dead endpoint and a mirrored route; a TCP upstream with health checks; inbound; registration with
 //! the Consul stand-in) is driven until the event-only
 //! metrics have happened, then every exported metric must be in the table with the same type
 //! and label names, and every metric in the table must be exported — except those the table
@@ -122,7 +122,8 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
          routes: [{{ name: cat-route, match: {{ headers: [{{ name: x-cat-route, present: true }}] }}, \
          backend: side, mirror: {{ backend: shadow }} }}]\n\
          \x20 - name: cat-tcp\n    listen: 127.0.0.1:0\n    protocol: tcp\n    \
-         discovery: {{ static: [{echo}] }}\n\
+         discovery: {{ static: [{echo}] }}\n    \
+         health_check: {{ tcp: {{}}, interval: 100ms }}\n\
          \x20 - name: cat-h2\n    listen: 127.0.0.1:0\n    protocol: http2\n    \
          discovery: {{ static: [{h2}] }}\n\
          admin: {{ listen: 127.0.0.1:0 }}\n\

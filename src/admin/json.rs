@@ -1,8 +1,11 @@
 //! `/endpoints`, `/upstreams` and `/errors`: what the proxy knows about its
 //! upstreams right now, as JSON for operators, scripts and the dashboard.
 //!
-//! An endpoint's state is `ejected` while outlier detection keeps it out,
-//! else `backing_off` while it waits after failed connects, else `healthy`.
+//! An endpoint's state is `unhealthy` while it fails its active health
+//! checks, else `ejected` while outlier detection keeps it out, else
+//! `backing_off` while it waits after failed connects, else `healthy`;
+//! `health_check` is what its checks say (`unchecked` without checks,
+//! `pending` before the first result, `passing`, `failing`).
 //! `requests` / `errors` of an upstream count the requests of its listener
 //! since start and those answered with a proxy-made error (the same events as
 //! `remora_requests_total` and `remora_proxy_errors_total`); `latency` counts
@@ -38,6 +41,7 @@ pub fn endpoints(upstreams: &[Arc<Upstream>], backends: &[Weak<Upstream>]) -> Va
                     json!({
                         "address": endpoint.addr.to_string(),
                         "state": state(endpoint, now),
+                        "health_check": endpoint.health.verdict().as_str(),
                         "ewma_ms": endpoint.load.ewma().as_secs_f64() * 1e3,
                         "in_flight": endpoint.load.in_flight(),
                         "weight": weight,
@@ -118,7 +122,9 @@ pub fn errors(upstreams: &[Arc<Upstream>]) -> Value {
 }
 
 fn state(endpoint: &Endpoint, now: Instant) -> &'static str {
-    if endpoint.outlier.is_ejected(now) {
+    if !endpoint.health.admits() {
+        "unhealthy"
+    } else if endpoint.outlier.is_ejected(now) {
         "ejected"
     } else if !endpoint.load.is_available(now) {
         "backing_off"

@@ -15,8 +15,13 @@
 //!    short outage into a longer one);
 //! 4. anything, which only matters when the excluded endpoint is the only one.
 //!
+//! Every filter leaves out endpoints failing their active health checks,
+//! and filters 1 and 2 ejected ones too, unless the upstream is in panic
+//! (`panic.rs`), when health counts for nothing.
+//!
 //! Filters 2 and 4 are skipped when nothing is excluded. The last filter
-//! admits every endpoint, so a pick over a non-empty set always succeeds.
+//! admits every endpoint that passes its checks, so a pick over a non-empty
+//! set succeeds unless all of them fail their checks outside panic.
 //! In the common case (everything available) only the first filter runs and
 //! the helpers below touch just the endpoints they sample.
 //!
@@ -42,6 +47,7 @@ pub(super) struct Candidates<'a, T> {
     now: Instant,
     respect_backoff: bool,
     excluded: Option<usize>,
+    panic: bool,
 }
 
 impl<'a, T: Target> Candidates<'a, T> {
@@ -52,6 +58,7 @@ impl<'a, T: Target> Candidates<'a, T> {
         uniform: bool,
         now: Instant,
         excluded: Option<usize>,
+        panic: bool,
     ) -> impl Iterator<Item = Self> {
         [
             (true, excluded),
@@ -70,6 +77,7 @@ impl<'a, T: Target> Candidates<'a, T> {
             now,
             respect_backoff,
             excluded,
+            panic,
         })
     }
 
@@ -102,8 +110,12 @@ impl<'a, T: Target> Candidates<'a, T> {
     }
 
     pub(super) fn is_eligible(&self, i: usize) -> bool {
+        let target = &self.targets[i];
+        let available =
+            || target.load().is_available(self.now) && (self.panic || !target.is_ejected(self.now));
         self.excluded != Some(i)
-            && (!self.respect_backoff || self.targets[i].is_available(self.now))
+            && (self.panic || target.passes_checks())
+            && (!self.respect_backoff || available())
     }
 
     /// Number of eligible endpoints.

@@ -16,6 +16,11 @@
 //! pick settles on is claimed, so that when its backoff has just expired only
 //! one request probes it (`load.rs`, "One probe per expired backoff").
 //!
+//! An endpoint failing its active health checks is never picked, and one
+//! ejected by outlier detection only when every endpoint is unavailable —
+//! unless the upstream is in panic (`panic.rs`: too few endpoints healthy),
+//! when health is ignored altogether.
+//!
 //! # Weights
 //!
 //! Every endpoint has a weight ≥ 1 (Consul's `Service.Weights`, a static
@@ -37,6 +42,7 @@ mod candidates;
 mod least_request;
 mod load;
 mod p2c_ewma;
+mod panic;
 mod random;
 mod ring_hash;
 mod round_robin;
@@ -49,6 +55,7 @@ use crate::config::LoadBalancingPolicy;
 
 use candidates::Candidates;
 pub use load::{DEFAULT_BACKOFF, EndpointLoad, InFlight};
+pub use panic::PanicMode;
 use ring_hash::Ring;
 use round_robin::RoundRobin;
 
@@ -57,10 +64,20 @@ pub trait Target: Send + Sync + 'static {
     /// The endpoint's load state, shared by every balancer it is part of.
     fn load(&self) -> &EndpointLoad;
 
-    /// True when the endpoint may be picked: not in connect backoff, and not
-    /// taken out by whatever else the endpoint tracks (outlier ejection).
-    fn is_available(&self, now: tokio::time::Instant) -> bool {
-        self.load().is_available(now)
+    /// True while outlier detection keeps the endpoint out.
+    fn is_ejected(&self, _now: Instant) -> bool {
+        false
+    }
+
+    /// False while the endpoint fails its active health checks.
+    fn passes_checks(&self) -> bool {
+        true
+    }
+
+    /// Healthy as the panic threshold counts it: passing its checks, not
+    /// ejected.
+    fn is_healthy(&self, now: Instant) -> bool {
+        self.passes_checks() && !self.is_ejected(now)
     }
 }
 
@@ -81,6 +98,7 @@ pub struct Balancer<T: Target> {
     /// Every weight is the same: the policies take their unweighted paths.
     uniform: bool,
     policy: Policy,
+    panic: Option<Arc<PanicMode>>,
 }
 
 enum Policy {
@@ -111,10 +129,19 @@ impl<T: Target> Balancer<T> {
             weights,
             uniform,
             policy,
+            panic: None,
         }
     }
 
-    /// Chooses an endpoint for a request. `None` only if the set is empty.
+    /// The same balancer, going into panic as `panic` says.
+    pub fn with_panic(mut self, panic: Arc<PanicMode>) -> Self {
+        self.panic = Some(panic);
+        self
+    }
+
+    /// Chooses an endpoint for a request. `None` if the set is empty, or
+    /// every endpoint fails its health checks and the upstream is not in
+    /// panic.
     ///
     /// `hash_key` is used by ring hash only (without one it picks at random).
     /// `exclude` is the endpoint a retry should avoid: it is skipped whenever
@@ -125,9 +152,30 @@ impl<T: Target> Balancer<T> {
         }
         let excluded = exclude.and_then(|e| self.targets.iter().position(|t| Arc::ptr_eq(t, e)));
         let now = Instant::now();
-        Candidates::tiers(&self.targets, &self.weights, self.uniform, now, excluded)
-            .find_map(|c| self.pick_claimed(&c, hash_key))
-            .map(|i| Arc::clone(&self.targets[i]))
+        let panic = self.in_panic(now);
+        Candidates::tiers(
+            &self.targets,
+            &self.weights,
+            self.uniform,
+            now,
+            excluded,
+            panic,
+        )
+        .find_map(|c| self.pick_claimed(&c, hash_key))
+        .map(|i| Arc::clone(&self.targets[i]))
+    }
+
+    /// True when health is to be ignored for this pick (`panic.rs`).
+    fn in_panic(&self, now: Instant) -> bool {
+        match &self.panic {
+            Some(panic) if !panic.is_off() => {
+                let healthy = (self.targets.iter())
+                    .filter(|target| target.is_healthy(now))
+                    .count();
+                panic.judge(healthy, self.targets.len())
+            }
+            _ => false,
+        }
     }
 
     /// Runs the policy over `c` and, when `c` respects backoff, claims the

@@ -24,6 +24,7 @@ mod discovery;
 mod duration;
 mod env;
 mod error;
+mod health_check;
 mod inbound;
 mod limits;
 mod locate;
@@ -53,6 +54,9 @@ pub use config_source::{ConfigSource, ConsulKvSource};
 pub use consul::{ConsulConfig, Secret};
 pub use discovery::{ConsulDiscovery, Discovery, DnsDiscovery, StaticEndpoint};
 pub use error::{ConfigError, ConfigErrors};
+pub use health_check::{
+    GrpcHealthCheck, HealthCheck, HttpHealthCheck, Probe, StatusRange, TcpHealthCheck,
+};
 pub use inbound::InboundConfig;
 pub use limits::{HeadersWithUnderscoresAction, ListenerLimits};
 pub use model::Config;
@@ -78,8 +82,8 @@ pub use tls::{
 pub use transparent::{Cidr, DestinationMatch, HostName, TransparentConfig, Unmatched};
 pub use upgrades::UpgradeProtocol;
 pub use upstream::{
-    HashOn, LoadBalancing, LoadBalancingPolicy, Timeouts, UpstreamConfig, UpstreamProtocol,
-    UpstreamTlsConfig,
+    DEFAULT_PANIC_THRESHOLD, HashOn, LoadBalancing, LoadBalancingPolicy, Timeouts, UpstreamConfig,
+    UpstreamProtocol, UpstreamTlsConfig,
 };
 
 use env::Readable;

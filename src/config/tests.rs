@@ -349,10 +349,10 @@ colour: blue
         errors(text),
         [
             "test.yaml:3:3: service.bogus: unknown field `bogus`, expected one of name, id, address, port, protocol, tags, meta, register, check",
-            "test.yaml:6:5: upstreams[0].listenn: unknown field `listenn`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
+            "test.yaml:6:5: upstreams[0].listenn: unknown field `listenn`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, health_check, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
             "test.yaml:8:44: upstreams[0].discovery.extra: expected end of mapping after enum variant value",
             "test.yaml:9:27: upstreams[0].timeouts.retry: unknown field `retry`, expected one of connect, request, idle",
-            "test.yaml:10:78: upstreams[1].weight: unknown field `weight`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
+            "test.yaml:10:78: upstreams[1].weight: unknown field `weight`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, health_check, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
             "test.yaml:12:3: admin.extra: unknown field `extra`, expected one of listen, max_connections, header_read_timeout, allowed_hosts",
             "test.yaml:14:1: colour: unknown field `colour`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing, config_source, tls, transparent",
         ]
@@ -409,7 +409,7 @@ upstreams:
         [
             "test.yaml:3:9: service.port: invalid u16",
             "test.yaml:5:18: runtime.drain_timeout: duration `5` has no unit: write e.g. \"5s\" or \"5ms\"",
-            "test.yaml:10:5: upstreams[0].retry: unknown field `retry`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
+            "test.yaml:10:5: upstreams[0].retry: unknown field `retry`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, health_check, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
         ]
     );
 }
@@ -1415,5 +1415,49 @@ fn inbound_authorization_rules_and_their_errors() {
         [
             "test.yaml:6:63: inbound.authorization.rules[0].jwt.claims[0].name: invalid type: map, expected a claim name, or a list of names for a nested claim"
         ]
+    );
+}
+
+#[test]
+fn health_check_problems_name_their_keys() {
+    let text = "\
+service: { name: me }
+upstreams:
+  - name: api
+    listen: 127.0.0.1:0
+    discovery: { static: [127.0.0.1:8081] }
+    load_balancing: { panic_threshold: 150 }
+    health_check:
+      http: { path: health }
+      grpc: {}
+      interval: 0s
+      unhealthy_threshold: 0
+  - name: web
+    listen: 127.0.0.1:0
+    discovery: { static: [127.0.0.1:8082] }
+    health_check: { http: { expected_statuses: [\"300-200\"] } }
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:15:49: upstreams[1].health_check.http.expected_statuses[0]: invalid status range `300-200`: expected `LOW-HIGH`",
+        ]
+    );
+    let text = text.replace("[\"300-200\"]", "[200, \"500-503\"]");
+    assert_eq!(
+        errors(&text),
+        [
+            "test.yaml:6:40: upstreams[0].load_balancing.panic_threshold: must be a percentage between 0 and 100",
+            "test.yaml:8:7: upstreams[0].health_check: needs exactly one probe: `http: {...}`, `grpc: {...}` or `tcp: {}`",
+            "test.yaml:10:17: upstreams[0].health_check.interval: must be greater than zero",
+            "test.yaml:11:28: upstreams[0].health_check.unhealthy_threshold: must be at least 1",
+        ]
+    );
+    let config = parse_test(&text.replace("      grpc: {}\n", "")).unwrap_err();
+    assert!(
+        config
+            .to_string()
+            .contains("health_check.http.path: must start with `/`"),
+        "{config}"
     );
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::discovery::Discovery;
 use super::duration;
+use super::health_check::HealthCheck;
 use super::limits::ListenerLimits;
 use super::path_normalization::PathNormalization;
 use super::pool::ConnectionPool;
@@ -59,6 +60,9 @@ pub struct UpstreamConfig {
     pub circuit_breaker: Option<CircuitBreakerConfig>,
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetection>,
+    /// Active health checks of every endpoint.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
     #[serde(default)]
     pub max_concurrent_requests: Option<u32>,
     #[serde(default)]
@@ -122,13 +126,35 @@ pub struct UpstreamTlsConfig {
 }
 
 /// Load-balancing policy of an upstream.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadBalancing {
     #[serde(default)]
     pub policy: LoadBalancingPolicy,
     #[serde(default)]
     pub hash_on: Option<HashOn>,
+    /// Envoy's healthy panic threshold, in percent: while fewer of the
+    /// endpoints than this are healthy (passing their checks, not ejected),
+    /// balancing ignores health and spreads over all of them; 0 turns it off.
+    #[serde(default = "default_panic_threshold")]
+    pub panic_threshold: u32,
+}
+
+/// Envoy's default.
+pub const DEFAULT_PANIC_THRESHOLD: u32 = 50;
+
+fn default_panic_threshold() -> u32 {
+    DEFAULT_PANIC_THRESHOLD
+}
+
+impl Default for LoadBalancing {
+    fn default() -> Self {
+        Self {
+            policy: LoadBalancingPolicy::default(),
+            hash_on: None,
+            panic_threshold: DEFAULT_PANIC_THRESHOLD,
+        }
+    }
 }
 
 /// Load-balancing algorithm.

@@ -10,8 +10,8 @@ use anyhow::Context as _;
 
 use crate::client::ClientSettings;
 use crate::config::{
-    AuthorizationConfig, Config, ConnectionPool, Discovery, InboundConfig, ListenerLimits,
-    StaticEndpoint, Timeouts, TracingConfig, UpstreamConfig, UpstreamProtocol,
+    AuthorizationConfig, Config, ConnectionPool, DEFAULT_PANIC_THRESHOLD, Discovery, InboundConfig,
+    ListenerLimits, StaticEndpoint, Timeouts, TracingConfig, UpstreamConfig, UpstreamProtocol,
 };
 use crate::context::Direction;
 use crate::endpoint::WeightedAddr;
@@ -118,6 +118,8 @@ pub(super) fn specs<'a>(
                 client: client_settings(&Timeouts::default(), ConnectionPool::default(), None),
                 circuit_breaker: None,
                 outlier_detection: None,
+                health_check: None,
+                panic_threshold: DEFAULT_PANIC_THRESHOLD,
                 rate_limit: inbound.rate_limit.clone(),
             },
             discovery: Discovery::Static(vec![StaticEndpoint {
@@ -153,6 +155,8 @@ pub(super) fn specs<'a>(
                 client: client_settings(&upstream.timeouts, upstream.connection_pool, tls),
                 circuit_breaker: upstream.circuit_breaker.clone(),
                 outlier_detection: upstream.outlier_detection.clone(),
+                health_check: upstream.health_check.clone(),
+                panic_threshold: upstream.load_balancing.panic_threshold,
                 rate_limit: upstream.rate_limit.clone(),
             },
             discovery: upstream.discovery.clone(),

@@ -415,6 +415,55 @@ impl EndpointMetrics {
     }
 }
 
+// ---- Active health checks and panic ----------------------------------------
+
+pub const HEALTH_CHECKS_TOTAL: &str = "remora_health_checks_total";
+pub const ENDPOINT_HEALTHY: &str = "remora_endpoint_healthy";
+pub const LB_PANIC: &str = "remora_lb_panic";
+pub const LB_PANIC_REQUESTS_TOTAL: &str = "remora_lb_panic_requests_total";
+
+/// The health checks of one endpoint: checks by result, and whether it
+/// passes (1) or fails (0) them.
+pub struct HealthCheckMetrics {
+    passed: Counter,
+    failed: Counter,
+    healthy: Gauge,
+}
+
+impl HealthCheckMetrics {
+    pub fn new(upstream: &str, endpoint: std::net::SocketAddr) -> Self {
+        let check = |result: &'static str| counter!(HEALTH_CHECKS_TOTAL, "upstream" => upstream.to_owned(), "result" => result);
+        let healthy = gauge!(ENDPOINT_HEALTHY, "upstream" => upstream.to_owned(), "endpoint" => endpoint.to_string());
+        healthy.set(1.0);
+        Self {
+            passed: check("passed"),
+            failed: check("failed"),
+            healthy,
+        }
+    }
+
+    pub fn checked(&self, passed: bool) {
+        if passed {
+            self.passed.increment(1);
+        } else {
+            self.failed.increment(1);
+        }
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.set(if healthy { 1.0 } else { 0.0 });
+    }
+}
+
+/// An upstream's panic handles: requests balanced in panic, and whether it
+/// is in panic (1) or not (0).
+pub fn panic_handles(upstream: &str) -> (Counter, Gauge) {
+    let requests = counter!(LB_PANIC_REQUESTS_TOTAL, "upstream" => upstream.to_owned());
+    let gauge = gauge!(LB_PANIC, "upstream" => upstream.to_owned());
+    gauge.set(0.0);
+    (requests, gauge)
+}
+
 // ---- Mesh TLS and authorization --------------------------------------------
 
 pub const TLS_HANDSHAKE_ERRORS_TOTAL: &str = "remora_tls_handshake_errors_total";

@@ -153,6 +153,71 @@ pub fn grpcio_server(options: &[(&str, i64)]) -> Peer {
     }
 }
 
+/// The standard health service of Python grpcio
+/// (`tests/fixtures/grpc_health_server.py`, grpcio-health-checking), its
+/// whole-server status `SERVING`; [`GrpcioHealth::set`] changes a status.
+pub struct GrpcioHealth {
+    pub peer: Peer,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl GrpcioHealth {
+    pub fn start() -> GrpcioHealth {
+        let python = "/usr/bin/python3";
+        let has_health = Command::new(python)
+            .args(["-c", "import grpc_health.v1.health"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        assert!(
+            has_health,
+            "{python} with grpc_health is needed: apt-get install python3-grpcio and \
+             pip install grpcio-health-checking==1.51.1 (scripts/test.sh installs both)"
+        );
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/grpc_health_server.py");
+        let dir = scratch("grpcio-health");
+        let log = dir.join("grpc.log");
+        let mut child = Command::new(python)
+            .arg(&script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("grpc log"))
+            .spawn()
+            .expect("start the grpcio health server");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).expect("read the port");
+        let Ok(port) = line.trim().parse::<u16>() else {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("grpcio health server did not report its port ({line:?}):\n{log}");
+        };
+        let peer = Peer {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child,
+            dir,
+        };
+        GrpcioHealth {
+            peer,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Sets `service`'s status (`""`: the server's) to `status`
+    /// (`SERVING`, `NOT_SERVING`).
+    pub fn set(&mut self, service: &str, status: &str) {
+        use std::io::{BufRead, Write};
+        let service = if service.is_empty() { "-" } else { service };
+        writeln!(self.stdin, "{service} {status}").expect("write to the health server");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read its answer");
+        assert_eq!(line.trim(), "ok");
+    }
+}
+
 /// What h2load reported.
 #[derive(Debug, Default)]
 pub struct H2Load {

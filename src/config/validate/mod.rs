@@ -12,6 +12,7 @@ mod authorization;
 mod config_source;
 mod consul;
 mod discovery;
+mod health_check;
 mod inbound;
 mod resilience;
 mod routing;

@@ -1,13 +1,14 @@
 //! Checks on each `upstreams[]` entry: a label-safe, unique name, load
 //! balancing (`ring_hash` with `hash_on` and the reverse, not on tcp),
 //! non-zero timeouts, listener `limits` and `connection_pool`; its
-//! `discovery:` and resilience sections have their own modules.
+//! `discovery:`, resilience and health sections have their own modules.
 
 use std::time::Duration;
 
 use super::Problems;
 use super::check_limits;
 use super::discovery::check_discovery;
+use super::health_check::check_health;
 use super::resilience::check_resilience;
 use crate::config::model::Config;
 use crate::config::pool::ConnectionPool;
@@ -68,6 +69,7 @@ pub(super) fn check_upstreams(config: &Config, problems: &mut Problems) {
         problems.nonzero(at("timeouts.idle"), timeouts.idle);
         check_limits(&at("limits"), &upstream.limits, problems);
         check_resilience(upstream, &at, problems);
+        check_health(upstream, &at, problems);
     }
 }
 

@@ -1,0 +1,155 @@
+//! The active health-check verdict of one endpoint (`health_check::` runs
+//! the checks and feeds it). Lock-free: the balancer reads it on every pick.
+//!
+//! An endpoint of an upstream without checks is `unchecked` and always
+//! admitted. One with checks starts `pending`, admitted like a passing one
+//! (discovery already vouched for it; the first check runs at once, after
+//! at most the jitter), and its first result decides at once. From then on
+//! a passing endpoint turns `failing` after `unhealthy_threshold` failed
+//! checks in a row, and a failing one `passing` after `healthy_threshold`
+//! passed checks in a row. Only the endpoint's one checker writes.
+
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering::Relaxed};
+
+/// What the checks say of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The upstream has no active health checks.
+    Unchecked,
+    /// Checked, no result yet.
+    Pending,
+    Passing,
+    Failing,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Unchecked => "unchecked",
+            Verdict::Pending => "pending",
+            Verdict::Passing => "passing",
+            Verdict::Failing => "failing",
+        }
+    }
+
+    fn from_u8(value: u8) -> Self {
+        match value {
+            1 => Verdict::Pending,
+            2 => Verdict::Passing,
+            3 => Verdict::Failing,
+            _ => Verdict::Unchecked,
+        }
+    }
+}
+
+/// How many results in a row turn the verdict.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    pub healthy: u32,
+    pub unhealthy: u32,
+}
+
+/// The health-check state of one endpoint.
+#[derive(Debug)]
+pub struct HealthState {
+    verdict: AtomicU8,
+    /// Results in a row that disagree with the verdict.
+    streak: AtomicU32,
+}
+
+impl Default for HealthState {
+    fn default() -> Self {
+        Self {
+            verdict: AtomicU8::new(Verdict::Unchecked as u8),
+            streak: AtomicU32::new(0),
+        }
+    }
+}
+
+impl HealthState {
+    pub fn verdict(&self) -> Verdict {
+        Verdict::from_u8(self.verdict.load(Relaxed))
+    }
+
+    /// True unless the checks say the endpoint is failing.
+    pub fn admits(&self) -> bool {
+        self.verdict() != Verdict::Failing
+    }
+
+    /// Marks the endpoint as checked, its first result pending.
+    pub fn start(&self) {
+        self.set(Verdict::Pending);
+    }
+
+    /// Counts one check result; returns the new verdict when it changed.
+    pub fn record(&self, passed: bool, thresholds: Thresholds) -> Option<Verdict> {
+        let next = match (self.verdict(), passed) {
+            (Verdict::Pending | Verdict::Unchecked, true) => Verdict::Passing,
+            (Verdict::Pending | Verdict::Unchecked, false) => Verdict::Failing,
+            (Verdict::Passing, true) | (Verdict::Failing, false) => {
+                self.streak.store(0, Relaxed);
+                return None;
+            }
+            (current, _) => {
+                let streak = self.streak.fetch_add(1, Relaxed) + 1;
+                let needed = match current {
+                    Verdict::Passing => thresholds.unhealthy,
+                    _ => thresholds.healthy,
+                };
+                if streak < needed {
+                    return None;
+                }
+                if passed {
+                    Verdict::Passing
+                } else {
+                    Verdict::Failing
+                }
+            }
+        };
+        self.set(next);
+        Some(next)
+    }
+
+    fn set(&self, verdict: Verdict) {
+        self.streak.store(0, Relaxed);
+        self.verdict.store(verdict as u8, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THRESHOLDS: Thresholds = Thresholds {
+        healthy: 2,
+        unhealthy: 3,
+    };
+
+    #[test]
+    fn the_first_result_decides_then_streaks_turn_the_verdict() {
+        let state = HealthState::default();
+        assert_eq!(state.verdict(), Verdict::Unchecked);
+        state.start();
+        assert!(state.admits(), "pending is admitted");
+        assert_eq!(state.record(true, THRESHOLDS), Some(Verdict::Passing));
+        assert_eq!(state.record(false, THRESHOLDS), None);
+        assert_eq!(state.record(false, THRESHOLDS), None);
+        assert_eq!(
+            state.record(true, THRESHOLDS),
+            None,
+            "a pass resets the streak"
+        );
+        assert_eq!(state.record(false, THRESHOLDS), None);
+        assert_eq!(state.record(false, THRESHOLDS), None);
+        assert_eq!(state.record(false, THRESHOLDS), Some(Verdict::Failing));
+        assert!(!state.admits());
+        assert_eq!(state.record(true, THRESHOLDS), None);
+        assert_eq!(state.record(false, THRESHOLDS), None);
+        assert_eq!(state.record(true, THRESHOLDS), None);
+        assert_eq!(state.record(true, THRESHOLDS), Some(Verdict::Passing));
+
+        let new = HealthState::default();
+        new.start();
+        assert_eq!(new.record(false, THRESHOLDS), Some(Verdict::Failing));
+    }
+}
