@@ -16,6 +16,8 @@ use crate::path_normalize::PathError;
 pub enum ProxyError {
     #[error("upstream {upstream:?} has no endpoints")]
     NoEndpoints { upstream: String },
+    #[error("no endpoint of upstream {upstream:?} passes its health checks")]
+    NoHealthyEndpoints { upstream: String },
     #[error("connecting to {addr} failed: {source}")]
     ConnectFailed {
         addr: SocketAddr,
@@ -99,6 +101,7 @@ pub enum ProxyError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     NoEndpoints,
+    NoHealthyEndpoints,
     ConnectFailed,
     ConnectTimeout,
     UpstreamReset,
@@ -119,6 +122,7 @@ impl ErrorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::NoEndpoints => "no_endpoints",
+            ErrorKind::NoHealthyEndpoints => "no_healthy_endpoints",
             ErrorKind::ConnectFailed => "connect_failed",
             ErrorKind::ConnectTimeout => "connect_timeout",
             ErrorKind::UpstreamReset => "upstream_reset",
@@ -141,6 +145,7 @@ impl ProxyError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ProxyError::NoEndpoints { .. } => ErrorKind::NoEndpoints,
+            ProxyError::NoHealthyEndpoints { .. } => ErrorKind::NoHealthyEndpoints,
             ProxyError::ConnectFailed { .. }
             | ProxyError::TlsHandshake { .. }
             | ProxyError::Handshake { .. } => ErrorKind::ConnectFailed,
@@ -178,6 +183,7 @@ impl ProxyError {
             | ProxyError::IdleTimeout { addr, .. } => Some(*addr),
             ProxyError::PerTryTimeout { addr, .. } => *addr,
             ProxyError::NoEndpoints { .. }
+            | ProxyError::NoHealthyEndpoints { .. }
             | ProxyError::Timeout(_)
             | ProxyError::RateLimited { .. }
             | ProxyError::CircuitOpen { .. }

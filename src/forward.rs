@@ -101,8 +101,13 @@ async fn forward(
     loop {
         let endpoint = balancer
             .pick(hash_key.as_ref().map(|v| v.as_bytes()), tried.as_ref())
-            .ok_or_else(|| ProxyError::NoEndpoints {
-                upstream: upstream.name().to_owned(),
+            .ok_or_else(|| {
+                let upstream = upstream.name().to_owned();
+                if balancer.is_empty() {
+                    ProxyError::NoEndpoints { upstream }
+                } else {
+                    ProxyError::NoHealthyEndpoints { upstream }
+                }
             })?;
         if let Some(picked) = &picked {
             picked.set(endpoint.addr);

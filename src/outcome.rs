@@ -57,6 +57,7 @@ impl Outcome {
             ErrorKind::UpstreamReset | ErrorKind::UpstreamProtocol => Outcome::Reset,
             ErrorKind::Timeout => Outcome::Timeout,
             ErrorKind::NoEndpoints
+            | ErrorKind::NoHealthyEndpoints
             | ErrorKind::RateLimited
             | ErrorKind::CircuitOpen
             | ErrorKind::Overloaded

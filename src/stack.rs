@@ -18,6 +18,7 @@ use crate::middleware::authorization::AuthorizationLayer;
 use crate::middleware::circuit_breaker::CircuitBreakerLayer;
 use crate::middleware::concurrency::ConcurrencyLimitLayer;
 use crate::middleware::error_response::ErrorResponseLayer;
+use crate::middleware::fallback::FallbackLayer;
 use crate::middleware::fault::FaultLayer;
 use crate::middleware::normalize_path::NormalizePathLayer;
 use crate::middleware::observe::ObserveLayer;
@@ -59,7 +60,19 @@ pub fn outbound(
     let concrete: BTreeMap<&str, ConcreteService> = (backends.iter())
         .map(|(backend, upstream)| (backend, concrete(upstream)))
         .collect();
-    let fallback = logical(&shared, None, None, concrete[DEFAULT_BACKEND].clone());
+    let fallback_of = |route: Option<&RouteConfig>| {
+        let config = route
+            .and_then(|r| r.fallback.as_ref())
+            .or(config.fallback.as_ref())?;
+        FallbackLayer::new(config, name, |backend| concrete.get(backend).cloned())
+    };
+    let fallback = logical(
+        &shared,
+        None,
+        None,
+        fallback_of(None),
+        concrete[DEFAULT_BACKEND].clone(),
+    );
     let service = if config.routes.is_empty() {
         fallback
     } else {
@@ -71,7 +84,13 @@ pub fn outbound(
                         let shadow = Forward::new(Arc::clone(backends.get(&mirror.backend)?));
                         Some(MirrorLayer::new(mirror, shadow, name, &route.name))
                     });
-                    logical(&shared, Some(route), mirror, split)
+                    logical(
+                        &shared,
+                        Some(route),
+                        mirror,
+                        fallback_of(Some(route)),
+                        split,
+                    )
                 })
             })
             .collect();
@@ -129,6 +148,7 @@ fn logical(
     upstream: &UpstreamLayers,
     route: Option<&RouteConfig>,
     mirror: Option<MirrorLayer>,
+    fallback: Option<FallbackLayer>,
     backends: ConcreteService,
 ) -> RouteService {
     let direction = Direction::Outbound;
@@ -145,6 +165,7 @@ fn logical(
         .or_else(|| upstream.retries.clone());
     let service = ServiceBuilder::new()
         .layer(ErrorResponseLayer)
+        .option_layer(fallback)
         .option_layer(fault)
         .option_layer(rate_limit)
         .option_layer(mirror)

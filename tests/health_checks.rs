@@ -357,5 +357,6 @@ async fn below_the_panic_threshold_traffic_spreads_over_every_endpoint() {
     wait_verdict(&proxy, "hc-panic", addrs[0], "failing").await;
     let reply = get(Version::HTTP_11, &base).await.unwrap();
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.headers["x-remora-error"], "no_healthy_endpoints");
     assert_eq!(backends.iter().map(Switchable::traffic).sum::<u64>(), 120);
 }

@@ -24,6 +24,7 @@ mod discovery;
 mod duration;
 mod env;
 mod error;
+mod fallback;
 mod health_check;
 mod inbound;
 mod limits;
@@ -54,6 +55,7 @@ pub use config_source::{ConfigSource, ConsulKvSource};
 pub use consul::{ConsulConfig, Secret};
 pub use discovery::{ConsulDiscovery, Discovery, DnsDiscovery, StaticEndpoint};
 pub use error::{ConfigError, ConfigErrors};
+pub use fallback::{FallbackConfig, FallbackResponse, FallbackTrigger};
 pub use health_check::{
     GrpcHealthCheck, HealthCheck, HttpHealthCheck, Probe, StatusRange, TcpHealthCheck,
 };

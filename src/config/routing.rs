@@ -14,6 +14,7 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::duration;
+use super::fallback::FallbackConfig;
 use super::resilience::{FaultConfig, RateLimitConfig, RetryPolicy};
 
 /// The backend name that means "the upstream's own endpoints".
@@ -83,6 +84,9 @@ pub struct RouteConfig {
     pub direct_response: Option<DirectResponse>,
     #[serde(default)]
     pub mirror: Option<MirrorConfig>,
+    /// Replaces the upstream's `fallback` for this route.
+    #[serde(default)]
+    pub fallback: Option<FallbackConfig>,
 }
 
 /// The conditions of a route.

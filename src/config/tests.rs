@@ -349,10 +349,10 @@ colour: blue
         errors(text),
         [
             "test.yaml:3:3: service.bogus: unknown field `bogus`, expected one of name, id, address, port, protocol, tags, meta, register, check",
-            "test.yaml:6:5: upstreams[0].listenn: unknown field `listenn`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, health_check, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
+            "test.yaml:6:5: upstreams[0].listenn: unknown field `listenn`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, health_check, fallback, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
             "test.yaml:8:44: upstreams[0].discovery.extra: expected end of mapping after enum variant value",
             "test.yaml:9:27: upstreams[0].timeouts.retry: unknown field `retry`, expected one of connect, request, idle",
-            "test.yaml:10:78: upstreams[1].weight: unknown field `weight`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, health_check, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
+            "test.yaml:10:78: upstreams[1].weight: unknown field `weight`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, health_check, fallback, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
             "test.yaml:12:3: admin.extra: unknown field `extra`, expected one of listen, max_connections, header_read_timeout, allowed_hosts",
             "test.yaml:14:1: colour: unknown field `colour`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing, config_source, tls, transparent",
         ]
@@ -409,7 +409,7 @@ upstreams:
         [
             "test.yaml:3:9: service.port: invalid u16",
             "test.yaml:5:18: runtime.drain_timeout: duration `5` has no unit: write e.g. \"5s\" or \"5ms\"",
-            "test.yaml:10:5: upstreams[0].retry: unknown field `retry`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, health_check, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
+            "test.yaml:10:5: upstreams[0].retry: unknown field `retry`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, health_check, fallback, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
         ]
     );
 }
@@ -1459,5 +1459,41 @@ upstreams:
             .to_string()
             .contains("health_check.http.path: must start with `/`"),
         "{config}"
+    );
+}
+
+#[test]
+fn fallback_problems_name_their_keys() {
+    let text = "\
+service: { name: me }
+upstreams:
+  - name: api
+    listen: 127.0.0.1:0
+    discovery: { static: [127.0.0.1:8081] }
+    backends: { readonly: { static: [127.0.0.1:8082] } }
+    fallback: { backend: nowhere }
+    routes:
+      - name: a
+        fallback: { on: [], backend: readonly, response: { status: 42 } }
+      - name: b
+        fallback: { response: { headers: { 'bad name': x } } }
+      - name: c
+        fallback: { on: [timeout], backend: readonly }
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:14:26: upstreams[0].routes[2].fallback.on[0]: unknown variant `timeout`, expected one of circuit_open, no_healthy_endpoints, rate_limited",
+        ]
+    );
+    let text = text.replace("on: [timeout]", "on: [rate_limited]");
+    assert_eq!(
+        errors(&text),
+        [
+            "test.yaml:7:26: upstreams[0].fallback.backend: unknown backend `nowhere`: name one under the upstream's `backends:`",
+            "test.yaml:10:19: upstreams[0].routes[0].fallback: needs exactly one of `backend` and `response`",
+            "test.yaml:10:25: upstreams[0].routes[0].fallback.on: must list at least one of circuit_open, no_healthy_endpoints, rate_limited",
+            "test.yaml:12:56: upstreams[0].routes[1].fallback.response.headers.bad name: invalid header name `bad name`",
+        ]
     );
 }

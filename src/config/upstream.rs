@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::discovery::Discovery;
 use super::duration;
+use super::fallback::FallbackConfig;
 use super::health_check::HealthCheck;
 use super::limits::ListenerLimits;
 use super::path_normalization::PathNormalization;
@@ -63,6 +64,10 @@ pub struct UpstreamConfig {
     /// Active health checks of every endpoint.
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
+    /// What to answer when the breaker is open, no endpoint is healthy or
+    /// the rate limit is hit (a route's own replaces it).
+    #[serde(default)]
+    pub fallback: Option<FallbackConfig>,
     #[serde(default)]
     pub max_concurrent_requests: Option<u32>,
     #[serde(default)]

@@ -24,9 +24,10 @@ pub fn http_status(error: &ProxyError) -> StatusCode {
     match error {
         ProxyError::FaultAbort { status, .. } => *status,
         _ => match error.kind() {
-            ErrorKind::NoEndpoints | ErrorKind::CircuitOpen | ErrorKind::Overloaded => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ErrorKind::NoEndpoints
+            | ErrorKind::NoHealthyEndpoints
+            | ErrorKind::CircuitOpen
+            | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::ConnectFailed
             | ErrorKind::ConnectTimeout
             | ErrorKind::UpstreamReset
@@ -52,6 +53,7 @@ pub fn grpc_status(error: &ProxyError) -> u16 {
         } => *code,
         _ => match error.kind() {
             ErrorKind::NoEndpoints
+            | ErrorKind::NoHealthyEndpoints
             | ErrorKind::ConnectFailed
             | ErrorKind::ConnectTimeout
             | ErrorKind::UpstreamReset

@@ -4,6 +4,7 @@ pub mod authorization;
 pub mod circuit_breaker;
 pub mod concurrency;
 pub mod error_response;
+pub mod fallback;
 pub mod fault;
 pub mod normalize_path;
 pub mod observe;

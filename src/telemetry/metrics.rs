@@ -415,7 +415,7 @@ impl EndpointMetrics {
     }
 }
 
-// ---- Active health checks and panic ----------------------------------------
+// ---- Active health checks, panic and fallbacks -----------------------------
 
 pub const HEALTH_CHECKS_TOTAL: &str = "remora_health_checks_total";
 pub const ENDPOINT_HEALTHY: &str = "remora_endpoint_healthy";
@@ -462,6 +462,13 @@ pub fn panic_handles(upstream: &str) -> (Counter, Gauge) {
     let gauge = gauge!(LB_PANIC, "upstream" => upstream.to_owned());
     gauge.set(0.0);
     (requests, gauge)
+}
+
+pub const FALLBACKS_TOTAL: &str = "remora_fallbacks_total";
+
+/// Counts a fallback answer of `upstream` for `trigger`.
+pub fn fallback(upstream: &str, trigger: &'static str) {
+    counter!(FALLBACKS_TOTAL, "upstream" => upstream.to_owned(), "trigger" => trigger).increment(1);
 }
 
 // ---- Mesh TLS and authorization --------------------------------------------

@@ -1,6 +1,6 @@
 //! Semantic checks on a deserialized `Config`: rules that span fields or
 //! that serde types cannot express, one module per section of the model
-//! (`service`, `inbound`, `authorization`, `upstream`, `discovery`, `resilience`, `routing`,
+//! (`service`, `inbound`, `authorization`, `upstream`, `discovery`, `resilience`, `routing`, `fallback`, `health_check`,
 //! `consul`, `runtime`, `telemetry`, `admin`, `config_source`, `tls`,
 //! `transparent`). Here: the problem list, the order of the checks, and
 //! what spans sections — listen addresses that clash (port 0 excepted) and
@@ -12,6 +12,7 @@ mod authorization;
 mod config_source;
 mod consul;
 mod discovery;
+mod fallback;
 mod health_check;
 mod inbound;
 mod resilience;
@@ -45,6 +46,7 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
     check_listeners(config, &mut problems);
     upstream::check_upstreams(config, &mut problems);
     routing::check(config, &mut problems);
+    fallback::check_fallbacks(config, &mut problems);
     consul::check_consul(config, &mut problems);
     runtime::check_runtime(config, &mut problems);
     telemetry::check_logging(config, &mut problems);
