@@ -1,15 +1,21 @@
 //! Checks on `fallback:` of an upstream and of its routes: at least one
 //! trigger, exactly one of `backend` and `response`, a backend the upstream
-//! defines, and a valid status and headers.
+//! defines, a valid status and headers, and no fallback on a tcp upstream.
 
 use super::Problems;
 use crate::config::fallback::FallbackConfig;
 use crate::config::model::Config;
+use crate::config::upstream::UpstreamProtocol;
 
 pub(super) fn check_fallbacks(config: &Config, problems: &mut Problems) {
     for (i, upstream) in config.upstreams.iter().enumerate() {
         let known = |name: &str| upstream.backends.contains_key(name);
-        if let Some(fallback) = &upstream.fallback {
+        if upstream.protocol == UpstreamProtocol::Tcp && upstream.fallback.is_some() {
+            problems.add(
+                format!("upstreams[{i}].fallback"),
+                "answers HTTP requests; a tcp upstream has none",
+            );
+        } else if let Some(fallback) = &upstream.fallback {
             check_fallback(
                 &format!("upstreams[{i}].fallback"),
                 fallback,
