@@ -22,7 +22,7 @@ use http::{HeaderName, Version};
 
 use tokio::time::Instant;
 
-use crate::balance::{Balancer, DEFAULT_BACKOFF, Member, PanicMode};
+use crate::balance::{Balancer, DEFAULT_BACKOFF, Member, PanicMode, Zones};
 use crate::client::ClientSettings;
 use crate::config::{
     CircuitBreakerConfig, HashOn, HealthCheck, LoadBalancingPolicy, OutlierDetection,
@@ -54,6 +54,8 @@ pub struct UpstreamSettings {
     pub health_check: Option<HealthCheck>,
     /// Envoy's healthy panic threshold, in percent (`balance::PanicMode`).
     pub panic_threshold: u32,
+    /// This sidecar's zone, when balancing prefers it (`balance::Zones`).
+    pub local_zone: Option<Arc<str>>,
     /// The listener's rate limit, shown by the admin `/upstreams`.
     pub rate_limit: Option<RateLimitConfig>,
 }
@@ -81,6 +83,8 @@ pub struct Upstream {
     last_update_ms: AtomicU64,
     /// The last discovered instances, with tags and meta.
     instances: ArcSwap<Vec<Instance>>,
+    /// The zone of each endpoint that has one (from its instance).
+    zones: ArcSwap<HashMap<SocketAddr, Arc<str>>>,
     /// Routing subsets fed from `instances`.
     subsets: Mutex<Vec<(SubsetConfig, Weak<Upstream>)>>,
 }
@@ -88,7 +92,7 @@ pub struct Upstream {
 impl Upstream {
     pub fn new(settings: UpstreamSettings, endpoints: &[WeightedAddr]) -> Self {
         let factory = EndpointFactory::new(&settings);
-        let balancer = factory.balancer(endpoints, &HashMap::new());
+        let balancer = factory.balancer(endpoints, &HashMap::new(), &HashMap::new());
         let circuit_breaker = new_circuit_breaker(&settings);
         Self::assemble(
             settings,
@@ -129,7 +133,8 @@ impl Upstream {
             HashMap::new()
         };
         let factory = EndpointFactory::new(&settings);
-        let balancer = factory.balancer(&addrs, &existing);
+        let zones = self.zones.load_full();
+        let balancer = factory.balancer(&addrs, &existing, &zones);
         let circuit_breaker = if settings.circuit_breaker == self.settings.circuit_breaker {
             self.circuit_breaker.clone()
         } else {
@@ -146,6 +151,7 @@ impl Upstream {
         );
         // New routing subsets select from these until discovery answers again.
         successor.instances.store(self.instances.load_full());
+        successor.zones.store(zones);
         successor
     }
 
@@ -170,6 +176,7 @@ impl Upstream {
             totals,
             last_update_ms: AtomicU64::new(last_update_ms),
             instances: ArcSwap::default(),
+            zones: ArcSwap::default(),
             subsets: Mutex::default(),
         };
         upstream.publish_endpoint_count();
@@ -194,7 +201,9 @@ impl Upstream {
             .iter()
             .map(|endpoint| (endpoint.addr, Arc::clone(endpoint)))
             .collect();
-        let next = self.endpoints.balancer(addrs, &existing);
+        let next = self
+            .endpoints
+            .balancer(addrs, &existing, &self.zones.load());
         self.balancer.store(Arc::new(next));
         self.last_update_ms.store(unix_ms_now(), Relaxed);
         self.publish_endpoint_count();
@@ -203,6 +212,10 @@ impl Upstream {
     /// Replaces the endpoint set with discovered instances and updates every
     /// subset fed from them.
     pub fn set_instances(&self, instances: &[Instance]) {
+        let zones = (instances.iter())
+            .filter_map(|instance| Some((instance.addr, Arc::from(instance.zone()?))))
+            .collect();
+        self.zones.store(Arc::new(zones));
         let addrs: Vec<WeightedAddr> = instances.iter().map(weighted).collect();
         self.set_weighted_endpoints(&addrs);
         // Under the lock, so a subset being added sees these instances or is
@@ -211,7 +224,7 @@ impl Upstream {
         self.instances.store(Arc::new(instances.to_vec()));
         subsets.retain(|(selector, subset)| match subset.upgrade() {
             Some(subset) => {
-                subset.set_weighted_endpoints(&select(instances, selector));
+                subset.set_instances(&select(instances, selector));
                 true
             }
             None => false,
@@ -222,7 +235,7 @@ impl Upstream {
     /// now and on every discovery change, for as long as `subset` lives.
     pub fn add_subset(&self, selector: &SubsetConfig, subset: &Arc<Upstream>) {
         let mut subsets = self.subsets.lock().unwrap_or_else(PoisonError::into_inner);
-        subset.set_weighted_endpoints(&select(&self.instances.load(), selector));
+        subset.set_instances(&select(&self.instances.load(), selector));
         subsets.push((selector.clone(), Arc::downgrade(subset)));
     }
 
@@ -322,11 +335,11 @@ fn new_circuit_breaker(settings: &UpstreamSettings) -> Option<Arc<CircuitBreaker
         .map(|config| Arc::new(CircuitBreaker::new(config, &settings.name)))
 }
 
-/// The instances in `selector`'s subset, with their weights.
-fn select(instances: &[Instance], selector: &SubsetConfig) -> Vec<WeightedAddr> {
+/// The instances in `selector`'s subset.
+fn select(instances: &[Instance], selector: &SubsetConfig) -> Vec<Instance> {
     (instances.iter())
         .filter(|instance| instance.is_in(selector))
-        .map(weighted)
+        .cloned()
         .collect()
 }
 
@@ -345,6 +358,7 @@ struct EndpointFactory {
     client: ClientSettings,
     checker: Option<Arc<HealthChecker>>,
     panic: Arc<PanicMode>,
+    local_zone: Option<Arc<str>>,
 }
 
 impl EndpointFactory {
@@ -358,14 +372,17 @@ impl EndpointFactory {
             client: settings.client.clone(),
             checker,
             panic: Arc::new(PanicMode::new(settings.panic_threshold, &settings.name)),
+            local_zone: settings.local_zone.clone(),
         }
     }
 
-    /// A balancer over `addrs`, reusing the `existing` endpoints.
+    /// A balancer over `addrs`, reusing the `existing` endpoints; `zones`
+    /// places them for locality-aware balancing.
     fn balancer(
         &self,
         addrs: &[WeightedAddr],
         existing: &HashMap<SocketAddr, Arc<Endpoint>>,
+        zones: &HashMap<SocketAddr, Arc<str>>,
     ) -> Balancer<Endpoint> {
         let members = addrs
             .iter()
@@ -385,7 +402,17 @@ impl EndpointFactory {
                 }
             })
             .collect();
-        Balancer::new(self.policy, members).with_panic(Arc::clone(&self.panic))
+        let balancer = Balancer::new(self.policy, members).with_panic(Arc::clone(&self.panic));
+        let located = (self.local_zone.as_deref()).and_then(|local| {
+            let of: Vec<Option<Arc<str>>> = (addrs.iter())
+                .map(|a| zones.get(&a.addr).cloned())
+                .collect();
+            Zones::new(local, &of, &self.upstream)
+        });
+        match located {
+            Some(zones) => balancer.with_zones(zones),
+            None => balancer,
+        }
     }
 }
 

@@ -9,16 +9,11 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Response, StatusCode, Version};
-use http_body_util::Full;
-use hyper::service::service_fn;
+use http::{StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use tonic_health::ServingStatus;
@@ -27,59 +22,8 @@ use tonic_health::pb::health_client::HealthClient;
 
 use support::config::TestConfig;
 use support::peers::GrpcioHealth;
+use support::switchable::Switchable;
 use support::{Prober, Proxy, Server, dead_addr, get, http_backend, prom, serve};
-
-/// An HTTP origin whose health path (`/health`) and traffic (anything
-/// else, answered with `x-backend: <name>`) can each be switched to 503.
-struct Switchable {
-    server: Server,
-    healthy: Arc<AtomicBool>,
-    serving: Arc<AtomicBool>,
-    traffic: Arc<AtomicU64>,
-}
-
-impl Switchable {
-    fn start(name: &'static str) -> Switchable {
-        let healthy = Arc::new(AtomicBool::new(true));
-        let serving = Arc::new(AtomicBool::new(true));
-        let traffic = Arc::new(AtomicU64::new(0));
-        let state = (healthy.clone(), serving.clone(), traffic.clone());
-        let server = serve(move |stream| {
-            let (healthy, serving, traffic) = state.clone();
-            async move {
-                let service = service_fn(move |request: http::Request<_>| {
-                    let up = if request.uri().path() == "/health" {
-                        healthy.load(Ordering::SeqCst)
-                    } else {
-                        traffic.fetch_add(1, Ordering::SeqCst);
-                        serving.load(Ordering::SeqCst)
-                    };
-                    let mut response = Response::new(Full::new(Bytes::from_static(b"hi")));
-                    if !up {
-                        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                    }
-                    response
-                        .headers_mut()
-                        .insert("x-backend", name.parse().unwrap());
-                    async { Ok::<_, Infallible>(response) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            }
-        });
-        Switchable {
-            server,
-            healthy,
-            serving,
-            traffic,
-        }
-    }
-
-    fn traffic(&self) -> u64 {
-        self.traffic.load(Ordering::SeqCst)
-    }
-}
 
 /// The `health_check` verdict `/endpoints` shows for `endpoint`.
 async fn verdict(proxy: &Proxy, upstream: &str, endpoint: SocketAddr) -> (String, String) {

@@ -1,6 +1,7 @@
 //! `docs/metrics.md` against the real `/metrics`: a proxy using every feature (an HTTP
 //! upstream with retries, breaker, rate limit, concurrency limit, a 0 % fault, outlier
-//! detection, a dead endpoint and a mirrored route; a TCP upstream with health checks; inbound; registration with
+//! detection, a dead endpoint and a mirrored route; a TCP upstream with health checks; a zoned one whose dead endpoint
+//! fails its checks and is answered by its fallback; inbound; registration with
 //! the Consul stand-in) is driven until the event-only
 //! metrics have happened, then every exported metric must be in the table with the same type
 //! and label names, and every metric in the table must be exported — except those the table
@@ -105,7 +106,7 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
         }
     });
     let yaml = format!(
-        "service: {{ name: cat-svc, port: {app}, protocol: http, register: true }}\n\
+        "service: {{ name: cat-svc, port: {app}, protocol: http, register: true, locality: {{ zone: z1 }} }}\n\
          consul: {{ address: \"{consul}\" }}\n\
          inbound: {{ listen: 127.0.0.1:0 }}\n\
          upstreams:\n\
@@ -124,6 +125,11 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
          \x20 - name: cat-tcp\n    listen: 127.0.0.1:0\n    protocol: tcp\n    \
          discovery: {{ static: [{echo}] }}\n    \
          health_check: {{ tcp: {{}}, interval: 100ms }}\n\
+         \x20 - name: cat-fallback\n    listen: 127.0.0.1:0\n    protocol: http\n    \
+         discovery: {{ static: [{{ address: {dead}, zone: z1 }}] }}\n    \
+         health_check: {{ tcp: {{}}, interval: 100ms, unhealthy_threshold: 1 }}\n    \
+         load_balancing: {{ panic_threshold: 0, locality: prefer_local }}\n    \
+         fallback: {{ response: {{ status: 200 }} }}\n\
          \x20 - name: cat-h2\n    listen: 127.0.0.1:0\n    protocol: http2\n    \
          discovery: {{ static: [{h2}] }}\n\
          admin: {{ listen: 127.0.0.1:0 }}\n\
@@ -150,6 +156,18 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
     ))
     .await;
 
+    // A dead endpoint fails its health check: the fallback answers.
+    let fallback = format!("http://{}/", proxy.upstream("cat-fallback"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !get(Version::HTTP_11, &fallback)
+        .await
+        .unwrap()
+        .headers
+        .contains_key("x-remora-fallback")
+    {
+        assert!(std::time::Instant::now() < deadline, "no fallback answer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Round robin over a live and a dead endpoint: a failed connect, resent to the live one.
     let http = format!("http://{}", proxy.upstream("cat-http"));
     for _ in 0..2 {

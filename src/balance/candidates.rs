@@ -15,6 +15,9 @@
 //!    short outage into a longer one);
 //! 4. anything, which only matters when the excluded endpoint is the only one.
 //!
+//! With zones, the first two filters are tried within the chosen zone
+//! before all four over every zone (`locality.rs`).
+//!
 //! Every filter leaves out endpoints failing their active health checks,
 //! and filters 1 and 2 ejected ones too, unless the upstream is in panic
 //! (`panic.rs`), when health counts for nothing.
@@ -37,7 +40,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::{EndpointLoad, Target};
+use super::{EndpointLoad, Target, Zones};
 
 /// One filter over the target list (see the module doc).
 pub(super) struct Candidates<'a, T> {
@@ -48,6 +51,8 @@ pub(super) struct Candidates<'a, T> {
     respect_backoff: bool,
     excluded: Option<usize>,
     panic: bool,
+    /// Only the endpoints of this zone (`locality.rs`).
+    zone: Option<(&'a Zones, u8)>,
 }
 
 impl<'a, T: Target> Candidates<'a, T> {
@@ -78,7 +83,16 @@ impl<'a, T: Target> Candidates<'a, T> {
             respect_backoff,
             excluded,
             panic,
+            zone: None,
         })
+    }
+
+    /// The same filter, further limited to the endpoints of `zone`.
+    pub(super) fn in_zone(self, (zones, zone): (&'a Zones, u8)) -> Self {
+        Self {
+            zone: Some((zones, zone)),
+            ..self
+        }
     }
 
     /// Size of the whole target list (eligible or not).
@@ -114,6 +128,7 @@ impl<'a, T: Target> Candidates<'a, T> {
         let available =
             || target.load().is_available(self.now) && (self.panic || !target.is_ejected(self.now));
         self.excluded != Some(i)
+            && self.zone.is_none_or(|(zones, zone)| zones.of(i) == zone)
             && (self.panic || target.passes_checks())
             && (!self.respect_backoff || available())
     }

@@ -19,7 +19,8 @@
 //! An endpoint failing its active health checks is never picked, and one
 //! ejected by outlier detection only when every endpoint is unavailable —
 //! unless the upstream is in panic (`panic.rs`: too few endpoints healthy),
-//! when health is ignored altogether.
+//! when health is ignored altogether. With zones (`locality.rs`), a pick
+//! first chooses the zone, then the policy picks within it.
 //!
 //! # Weights
 //!
@@ -41,6 +42,7 @@
 mod candidates;
 mod least_request;
 mod load;
+mod locality;
 mod p2c_ewma;
 mod panic;
 mod random;
@@ -55,6 +57,7 @@ use crate::config::LoadBalancingPolicy;
 
 use candidates::Candidates;
 pub use load::{DEFAULT_BACKOFF, EndpointLoad, InFlight};
+pub use locality::Zones;
 pub use panic::PanicMode;
 use ring_hash::Ring;
 use round_robin::RoundRobin;
@@ -99,6 +102,7 @@ pub struct Balancer<T: Target> {
     uniform: bool,
     policy: Policy,
     panic: Option<Arc<PanicMode>>,
+    zones: Option<Zones>,
 }
 
 enum Policy {
@@ -130,7 +134,14 @@ impl<T: Target> Balancer<T> {
             uniform,
             policy,
             panic: None,
+            zones: None,
         }
+    }
+
+    /// The same balancer, choosing a zone first (`locality.rs`).
+    pub fn with_zones(mut self, zones: Zones) -> Self {
+        self.zones = Some(zones);
+        self
     }
 
     /// The same balancer, going into panic as `panic` says.
@@ -153,16 +164,36 @@ impl<T: Target> Balancer<T> {
         let excluded = exclude.and_then(|e| self.targets.iter().position(|t| Arc::ptr_eq(t, e)));
         let now = Instant::now();
         let panic = self.in_panic(now);
-        Candidates::tiers(
+        let zone = match &self.zones {
+            Some(zones) if !panic => zones.choose(&self.targets, now).map(|zone| (zones, zone)),
+            _ => None,
+        };
+        // In the chosen zone, only endpoints that are not backing off; then
+        // anywhere, as without zones.
+        let in_zone = zone.into_iter().flat_map(|zone| {
+            Candidates::tiers(
+                &self.targets,
+                &self.weights,
+                self.uniform,
+                now,
+                excluded,
+                panic,
+            )
+            .filter(|c| c.respects_backoff())
+            .map(move |c| c.in_zone(zone))
+        });
+        let anywhere = Candidates::tiers(
             &self.targets,
             &self.weights,
             self.uniform,
             now,
             excluded,
             panic,
-        )
-        .find_map(|c| self.pick_claimed(&c, hash_key))
-        .map(|i| Arc::clone(&self.targets[i]))
+        );
+        in_zone
+            .chain(anywhere)
+            .find_map(|c| self.pick_claimed(&c, hash_key))
+            .map(|i| Arc::clone(&self.targets[i]))
     }
 
     /// True when health is to be ignored for this pick (`panic.rs`).

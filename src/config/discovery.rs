@@ -22,12 +22,14 @@ pub enum Discovery {
     Dns(DnsDiscovery),
 }
 
-/// One `discovery.static` entry: `ip:port`, or `{ address: ip:port, weight: N }`
-/// to give it a balancing weight other than 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One `discovery.static` entry: `ip:port`, or `{ address: ip:port, weight: N,
+/// zone: Z }` to give it a balancing weight other than 1 or a zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticEndpoint {
     pub address: SocketAddr,
     pub weight: u32,
+    /// The zone the endpoint runs in (locality-aware balancing).
+    pub zone: Option<String>,
 }
 
 /// The map form of a [`StaticEndpoint`].
@@ -37,6 +39,8 @@ struct WeightedStaticEndpoint {
     address: SocketAddr,
     #[serde(default = "default_static_weight")]
     weight: u32,
+    #[serde(default)]
+    zone: Option<String>,
 }
 
 fn default_static_weight() -> u32 {
@@ -46,12 +50,15 @@ fn default_static_weight() -> u32 {
 impl Serialize for StaticEndpoint {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        if self.weight == 1 {
+        if self.weight == 1 && self.zone.is_none() {
             return serializer.collect_str(&self.address);
         }
-        let mut map = serializer.serialize_map(Some(2))?;
+        let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("address", &self.address)?;
         map.serialize_entry("weight", &self.weight)?;
+        if let Some(zone) = &self.zone {
+            map.serialize_entry("zone", zone)?;
+        }
         map.end()
     }
 }
@@ -68,14 +75,18 @@ impl<'de> Visitor<'de> for StaticEndpointVisitor {
     type Value = StaticEndpoint;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("`ip:port` or `{ address: ip:port, weight: N }`")
+        f.write_str("`ip:port` or `{ address: ip:port, weight: N, zone: Z }`")
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<StaticEndpoint, E> {
         let address = text
             .parse()
             .map_err(|_| E::custom(format!("invalid endpoint `{text}`: expected `ip:port`")))?;
-        Ok(StaticEndpoint { address, weight: 1 })
+        Ok(StaticEndpoint {
+            address,
+            weight: 1,
+            zone: None,
+        })
     }
 
     fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<StaticEndpoint, A::Error> {
@@ -84,6 +95,7 @@ impl<'de> Visitor<'de> for StaticEndpointVisitor {
         Ok(StaticEndpoint {
             address: weighted.address,
             weight: weighted.weight,
+            zone: weighted.zone,
         })
     }
 }

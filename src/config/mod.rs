@@ -76,7 +76,7 @@ pub use routing::{
     SubsetConfig, ValueMatch,
 };
 pub use runtime::RuntimeConfig;
-pub use service::{CheckConfig, ServiceConfig, ServiceProtocol};
+pub use service::{CheckConfig, Locality, ServiceConfig, ServiceProtocol};
 pub use telemetry::{LogFormat, LoggingConfig, OtlpConfig, Propagation, TracingConfig};
 pub use tls::{
     AuthorizationAction, AuthorizationConfig, TlsConfig, TlsSource, UntilIntentionsLoad,
@@ -84,8 +84,8 @@ pub use tls::{
 pub use transparent::{Cidr, DestinationMatch, HostName, TransparentConfig, Unmatched};
 pub use upgrades::UpgradeProtocol;
 pub use upstream::{
-    DEFAULT_PANIC_THRESHOLD, HashOn, LoadBalancing, LoadBalancingPolicy, Timeouts, UpstreamConfig,
-    UpstreamProtocol, UpstreamTlsConfig,
+    DEFAULT_PANIC_THRESHOLD, HashOn, LoadBalancing, LoadBalancingPolicy, LocalityPolicy, Timeouts,
+    UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig,
 };
 
 use env::Readable;

@@ -30,6 +30,19 @@ pub struct ServiceConfig {
     pub register: bool,
     #[serde(default)]
     pub check: Option<CheckConfig>,
+    /// Where this sidecar runs, for locality-aware balancing.
+    #[serde(default)]
+    pub locality: Option<Locality>,
+}
+
+/// A region and zone (`service.locality`, a static endpoint's `zone`, a
+/// Consul instance's `zone` / `region` meta).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Locality {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    pub zone: String,
 }
 
 fn default_service_address() -> IpAddr {

@@ -146,7 +146,7 @@ fn static_endpoints_with_weights() {
         static_errors("{ address: 127.0.0.1:1, wieght: 2 }"),
         [
             "test.yaml:5:51: upstreams[0].discovery.static[0].wieght: unknown field `wieght`, \
-          expected one of address, weight"
+          expected one of address, weight, zone"
         ]
     );
 }
@@ -324,7 +324,7 @@ fn the_search_for_structural_problems_is_bounded_and_says_so() {
             == "test.yaml:0:0: stopped after 50 rounds of structural problems; fix these and validate again"),
         "{found:#?}"
     );
-    assert!(found.contains(&"test.yaml:52:3: service.unknown49: unknown field `unknown49`, expected one of name, id, address, port, protocol, tags, meta, register, check".to_owned()), "{found:#?}");
+    assert!(found.contains(&"test.yaml:52:3: service.unknown49: unknown field `unknown49`, expected one of name, id, address, port, protocol, tags, meta, register, check, locality".to_owned()), "{found:#?}");
 }
 
 #[test]
@@ -348,7 +348,7 @@ colour: blue
     assert_eq!(
         errors(text),
         [
-            "test.yaml:3:3: service.bogus: unknown field `bogus`, expected one of name, id, address, port, protocol, tags, meta, register, check",
+            "test.yaml:3:3: service.bogus: unknown field `bogus`, expected one of name, id, address, port, protocol, tags, meta, register, check, locality",
             "test.yaml:6:5: upstreams[0].listenn: unknown field `listenn`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, health_check, fallback, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
             "test.yaml:8:44: upstreams[0].discovery.extra: expected end of mapping after enum variant value",
             "test.yaml:9:27: upstreams[0].timeouts.retry: unknown field `retry`, expected one of connect, request, idle",
@@ -429,7 +429,7 @@ upstreams:
     assert_eq!(
         errors(&unknown_key),
         [
-            "test.yaml:3:3: service.colour: unknown field `colour`, expected one of name, id, address, port, protocol, tags, meta, register, check",
+            "test.yaml:3:3: service.colour: unknown field `colour`, expected one of name, id, address, port, protocol, tags, meta, register, check, locality",
             "test.yaml:5:11: upstreams[0].name: invalid upstream name `Api`: use lowercase letters, digits, `_` and `-`, starting with a letter or digit (it becomes a metric label)",
             "test.yaml:7:26: upstreams[0].discovery.static: needs at least one endpoint",
         ]
@@ -656,7 +656,7 @@ runtime:
         errors(text),
         [
             "test.yaml:2:9: service.name: environment variable `NOPE` is not set (write `${NOPE:-default}` to give a default)",
-            "test.yaml:3:3: service.colour: unknown field `colour`, expected one of name, id, address, port, protocol, tags, meta, register, check",
+            "test.yaml:3:3: service.colour: unknown field `colour`, expected one of name, id, address, port, protocol, tags, meta, register, check, locality",
             "test.yaml:5:18: runtime.drain_timeout: duration `5` has no unit: write e.g. \"5s\" or \"5ms\"",
         ]
     );
@@ -1496,4 +1496,28 @@ upstreams:
             "test.yaml:12:56: upstreams[0].routes[1].fallback.response.headers.bad name: invalid header name `bad name`",
         ]
     );
+}
+
+#[test]
+fn prefer_local_needs_the_sidecars_zone() {
+    let text = "\
+service: { name: me }
+upstreams:
+  - name: api
+    listen: 127.0.0.1:0
+    discovery: { static: [{ address: 127.0.0.1:8081, zone: a }] }
+    load_balancing: { locality: prefer_local }
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:6:33: upstreams[0].load_balancing.locality: prefer_local needs this sidecar's zone: set `service.locality: { zone: ... }`"
+        ]
+    );
+    let config = parse_test(&text.replace("{ name: me }", "{ name: me, locality: { zone: a } }"));
+    let config = config.expect("valid with service.locality");
+    let Discovery::Static(endpoints) = &config.upstreams[0].discovery else {
+        panic!("static")
+    };
+    assert_eq!(endpoints[0].zone.as_deref(), Some("a"));
 }

@@ -143,6 +143,21 @@ pub struct LoadBalancing {
     /// balancing ignores health and spreads over all of them; 0 turns it off.
     #[serde(default = "default_panic_threshold")]
     pub panic_threshold: u32,
+    /// Keep traffic in this sidecar's zone while it has the capacity.
+    #[serde(default)]
+    pub locality: LocalityPolicy,
+}
+
+/// Locality-aware balancing of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalityPolicy {
+    /// Zones play no part.
+    #[default]
+    None,
+    /// Envoy's zone-aware routing: the local zone first, spilling over in
+    /// proportion to the other zones' spare capacity.
+    PreferLocal,
 }
 
 /// Envoy's default.
@@ -158,6 +173,7 @@ impl Default for LoadBalancing {
             policy: LoadBalancingPolicy::default(),
             hash_on: None,
             panic_threshold: DEFAULT_PANIC_THRESHOLD,
+            locality: LocalityPolicy::None,
         }
     }
 }

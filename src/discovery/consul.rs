@@ -29,7 +29,7 @@ use crate::config::{ConsulConfig, ConsulDiscovery};
 use crate::consul::blocking::{Pacer, next_index};
 use crate::consul::health::{Health, ServiceEntry};
 use crate::consul::{Client, HealthQuery};
-use crate::discovery::{EndpointSink, Instance};
+use crate::discovery::{EndpointSink, Instance, ZONE_META};
 use crate::drain::Drain;
 use crate::telemetry::metrics;
 
@@ -147,7 +147,8 @@ pub fn instances(entries: &[ServiceEntry], passing_only: bool) -> Vec<Instance> 
                 addr,
                 weight,
                 tags: entry.service.tags.clone(),
-                meta: (entry.service.meta.iter())
+                meta: (entry.node.meta.get_key_value(ZONE_META).into_iter())
+                    .chain(&entry.service.meta)
                     .map(|(key, value)| (key.clone(), value.clone()))
                     .collect(),
             })

@@ -14,6 +14,10 @@ use std::net::SocketAddr;
 use crate::config::SubsetConfig;
 use crate::endpoint::WeightedAddr;
 
+/// The meta key that holds an instance's zone (a static endpoint's `zone`;
+/// Consul's service meta, else its node's meta).
+pub const ZONE_META: &str = "zone";
+
 /// A discovered endpoint and what its registry says about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
@@ -25,6 +29,11 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// The zone the instance runs in, when known.
+    pub fn zone(&self) -> Option<&str> {
+        self.meta.get(ZONE_META).map(String::as_str)
+    }
+
     /// True when the instance has every tag of `subset` and every meta value.
     pub fn is_in(&self, subset: &SubsetConfig) -> bool {
         subset.tags.iter().all(|tag| self.tags.contains(tag))

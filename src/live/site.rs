@@ -10,9 +10,9 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, Discovery};
 use crate::context::Direction;
+use crate::discovery::Instance;
 use crate::discovery::dns::DnsDiscoverer;
 use crate::drain::DrainController;
-use crate::endpoint::WeightedAddr;
 use crate::http_connection::HttpProtocol;
 use crate::routing::backends::Backends;
 use crate::server::Handler;
@@ -25,7 +25,7 @@ use super::listening::{
     AcceptSource, HandlerSource, Listening, PlannedSocket, commit_socket, plan_socket,
     remove_listener,
 };
-use super::spec::{Section, Spec, StackSource, access_log_share, weighted};
+use super::spec::{Section, Spec, StackSource, access_log_share, static_instances};
 use super::swap::{StackSlot, SwappableService};
 use super::{LiveProxy, State};
 
@@ -62,7 +62,7 @@ pub(super) struct Planned {
     pub(super) upstream: Arc<Upstream>,
     pub(super) discovery: Discovery,
     /// A static list to set on the upstream at commit.
-    set_endpoints: Option<Vec<WeightedAddr>>,
+    set_endpoints: Option<Vec<Instance>>,
     stack_source: StackSource,
     protocol: Option<HttpProtocol>,
     /// A new stack to install.
@@ -99,18 +99,18 @@ impl LiveProxy {
             }
             Some(site) => Arc::new(site.upstream.successor(spec.settings.clone())),
             None => {
-                let endpoints = match &spec.discovery {
-                    Discovery::Static(endpoints) => weighted(endpoints),
-                    Discovery::Consul(_) | Discovery::Dns(_) => Vec::new(),
-                };
-                Arc::new(Upstream::new(spec.settings.clone(), &endpoints))
+                let upstream = Upstream::new(spec.settings.clone(), &[]);
+                if let Discovery::Static(endpoints) = &spec.discovery {
+                    upstream.set_instances(&static_instances(endpoints));
+                }
+                Arc::new(upstream)
             }
         };
         let same_upstream = old.is_some_and(|site| Arc::ptr_eq(&site.upstream, &upstream));
         let same_discovery = old.is_some_and(|site| site.discovery == spec.discovery);
         let set_endpoints = match &spec.discovery {
             Discovery::Static(endpoints) if old.is_some() && !same_discovery => {
-                Some(weighted(endpoints))
+                Some(static_instances(endpoints))
             }
             _ => None,
         };
@@ -263,7 +263,7 @@ pub(super) fn commit_site(
     old: Option<Site>,
 ) -> Site {
     if let Some(endpoints) = &planned.set_endpoints {
-        planned.upstream.set_weighted_endpoints(endpoints);
+        planned.upstream.set_instances(endpoints);
     }
     let old_slot = old.as_ref().and_then(|site| site.stack.clone());
     let stack = match (planned.protocol, planned.new_stack) {

@@ -11,10 +11,11 @@ use anyhow::Context as _;
 use crate::client::ClientSettings;
 use crate::config::{
     AuthorizationConfig, Config, ConnectionPool, DEFAULT_PANIC_THRESHOLD, Discovery, InboundConfig,
-    ListenerLimits, StaticEndpoint, Timeouts, TracingConfig, UpstreamConfig, UpstreamProtocol,
+    ListenerLimits, LocalityPolicy, StaticEndpoint, Timeouts, TracingConfig, UpstreamConfig,
+    UpstreamProtocol,
 };
 use crate::context::Direction;
-use crate::endpoint::WeightedAddr;
+use crate::discovery::{Instance, ZONE_META};
 use crate::http_connection::HttpProtocol;
 use crate::tls::outbound::UpstreamTls;
 use crate::upstream::UpstreamSettings;
@@ -120,11 +121,13 @@ pub(super) fn specs<'a>(
                 outlier_detection: None,
                 health_check: None,
                 panic_threshold: DEFAULT_PANIC_THRESHOLD,
+                local_zone: None,
                 rate_limit: inbound.rate_limit.clone(),
             },
             discovery: Discovery::Static(vec![StaticEndpoint {
                 address: SocketAddr::new(service.address, port),
                 weight: 1,
+                zone: None,
             }]),
             protocol: listen_protocol,
             section: Section::Inbound(inbound),
@@ -157,6 +160,7 @@ pub(super) fn specs<'a>(
                 outlier_detection: upstream.outlier_detection.clone(),
                 health_check: upstream.health_check.clone(),
                 panic_threshold: upstream.load_balancing.panic_threshold,
+                local_zone: local_zone(config, upstream),
                 rate_limit: upstream.rate_limit.clone(),
             },
             discovery: upstream.discovery.clone(),
@@ -165,6 +169,14 @@ pub(super) fn specs<'a>(
         });
     }
     Ok(specs)
+}
+
+/// This sidecar's zone when `upstream` balances `prefer_local`.
+fn local_zone(config: &Config, upstream: &UpstreamConfig) -> Option<Arc<str>> {
+    if upstream.load_balancing.locality != LocalityPolicy::PreferLocal {
+        return None;
+    }
+    (config.service.locality.as_ref()).map(|locality| Arc::from(locality.zone.as_str()))
 }
 
 fn client_settings(
@@ -180,12 +192,16 @@ fn client_settings(
     }
 }
 
-/// A static list as balancer endpoints, each with its configured weight.
-pub(super) fn weighted(endpoints: &[StaticEndpoint]) -> Vec<WeightedAddr> {
+/// A static list as instances, each with its configured weight and zone.
+pub(super) fn static_instances(endpoints: &[StaticEndpoint]) -> Vec<Instance> {
     (endpoints.iter())
-        .map(|endpoint| WeightedAddr {
+        .map(|endpoint| Instance {
             addr: endpoint.address,
             weight: endpoint.weight,
+            tags: Vec::new(),
+            meta: (endpoint.zone.iter())
+                .map(|zone| (ZONE_META.to_owned(), zone.clone()))
+                .collect(),
         })
         .collect()
 }

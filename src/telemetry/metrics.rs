@@ -465,6 +465,12 @@ pub fn panic_handles(upstream: &str) -> (Counter, Gauge) {
 }
 
 pub const FALLBACKS_TOTAL: &str = "remora_fallbacks_total";
+pub const LOCALITY_REQUESTS_TOTAL: &str = "remora_locality_requests_total";
+
+/// Requests of `upstream` that locality-aware balancing sent to `zone`.
+pub fn locality_counter(upstream: &str, zone: &str) -> Counter {
+    counter!(LOCALITY_REQUESTS_TOTAL, "upstream" => upstream.to_owned(), "zone" => zone.to_owned())
+}
 
 /// Counts a fallback answer of `upstream` for `trigger`.
 pub fn fallback(upstream: &str, trigger: &'static str) {

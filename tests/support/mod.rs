@@ -30,6 +30,7 @@ pub mod prom;
 pub mod proxy;
 pub mod raw_h2;
 pub mod requirements;
+pub mod switchable;
 pub mod tcp;
 pub mod tls;
 pub mod websocket;

@@ -1,17 +1,27 @@
 //! Checks on an upstream's `health_check:` (exactly one probe, non-zero
 //! interval and timeout, thresholds of at least 1, an absolute HTTP path and
-//! valid Host / authority) and on its
-//! `load_balancing.panic_threshold` (a percentage).
+//! valid Host / authority) and on its `load_balancing`: `panic_threshold` a
+//! percentage, `locality: prefer_local` only with `service.locality`.
 
 use super::Problems;
 use crate::config::health_check::{HealthCheck, Probe};
-use crate::config::upstream::UpstreamConfig;
+use crate::config::model::Config;
+use crate::config::upstream::{LocalityPolicy, UpstreamConfig};
 
 pub(super) fn check_health(
+    config: &Config,
     upstream: &UpstreamConfig,
     at: &dyn Fn(&str) -> String,
     problems: &mut Problems,
 ) {
+    if upstream.load_balancing.locality == LocalityPolicy::PreferLocal
+        && config.service.locality.is_none()
+    {
+        problems.add(
+            at("load_balancing.locality"),
+            "prefer_local needs this sidecar's zone: set `service.locality: { zone: ... }`",
+        );
+    }
     if upstream.load_balancing.panic_threshold > 100 {
         problems.add(
             at("load_balancing.panic_threshold"),

@@ -69,7 +69,7 @@ pub(super) fn check_upstreams(config: &Config, problems: &mut Problems) {
         problems.nonzero(at("timeouts.idle"), timeouts.idle);
         check_limits(&at("limits"), &upstream.limits, problems);
         check_resilience(upstream, &at, problems);
-        check_health(upstream, &at, problems);
+        check_health(config, upstream, &at, problems);
     }
 }
 

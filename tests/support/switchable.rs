@@ -1,0 +1,67 @@
+//! `Switchable`: an HTTP origin for health-check tests whose health path
+//! and traffic can each be turned to 503.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+use super::{Server, serve};
+
+/// An HTTP origin whose health path (`/health`) and traffic (anything
+/// else, answered with `x-backend: <name>`) can each be switched to 503.
+pub struct Switchable {
+    pub server: Server,
+    pub healthy: Arc<AtomicBool>,
+    pub serving: Arc<AtomicBool>,
+    traffic: Arc<AtomicU64>,
+}
+
+impl Switchable {
+    pub fn start(name: &'static str) -> Switchable {
+        let healthy = Arc::new(AtomicBool::new(true));
+        let serving = Arc::new(AtomicBool::new(true));
+        let traffic = Arc::new(AtomicU64::new(0));
+        let state = (healthy.clone(), serving.clone(), traffic.clone());
+        let server = serve(move |stream| {
+            let (healthy, serving, traffic) = state.clone();
+            async move {
+                let service = service_fn(move |request: http::Request<_>| {
+                    let up = if request.uri().path() == "/health" {
+                        healthy.load(Ordering::SeqCst)
+                    } else {
+                        traffic.fetch_add(1, Ordering::SeqCst);
+                        serving.load(Ordering::SeqCst)
+                    };
+                    let mut response = Response::new(Full::new(Bytes::from_static(b"hi")));
+                    if !up {
+                        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    response
+                        .headers_mut()
+                        .insert("x-backend", name.parse().unwrap());
+                    async { Ok::<_, Infallible>(response) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }
+        });
+        Switchable {
+            server,
+            healthy,
+            serving,
+            traffic,
+        }
+    }
+
+    /// Requests other than health checks received so far.
+    pub fn traffic(&self) -> u64 {
+        self.traffic.load(Ordering::SeqCst)
+    }
+}
