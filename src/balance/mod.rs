@@ -170,7 +170,7 @@ impl<T: Target> Balancer<T> {
         };
         // In the chosen zone, only endpoints that are not backing off; then
         // anywhere, as without zones.
-        let in_zone = zone.into_iter().flat_map(|zone| {
+        let tiers = || {
             Candidates::tiers(
                 &self.targets,
                 &self.weights,
@@ -179,17 +179,13 @@ impl<T: Target> Balancer<T> {
                 excluded,
                 panic,
             )
-            .filter(|c| c.respects_backoff())
-            .map(move |c| c.in_zone(zone))
+        };
+        let in_zone = zone.into_iter().flat_map(|zone| {
+            tiers()
+                .filter(|c| c.respects_backoff())
+                .map(move |c| c.in_zone(zone))
         });
-        let anywhere = Candidates::tiers(
-            &self.targets,
-            &self.weights,
-            self.uniform,
-            now,
-            excluded,
-            panic,
-        );
+        let anywhere = tiers();
         in_zone
             .chain(anywhere)
             .find_map(|c| self.pick_claimed(&c, hash_key))

@@ -144,8 +144,27 @@ pub struct ConsulDiscovery {
     /// (`/v1/health/connect/:service`) instead of the service itself.
     #[serde(default)]
     pub connect: bool,
+    /// Other datacenters to use, in order, while this one has too few
+    /// healthy instances.
+    #[serde(default)]
+    pub failover: Option<ConsulFailover>,
 }
 
 fn default_passing_only() -> bool {
     true
+}
+
+/// `discovery.consul.failover`: the service is watched in `datacenters`
+/// too, and the first datacenter (the local one first) with at least
+/// `min_healthy` instances is used.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsulFailover {
+    pub datacenters: Vec<String>,
+    #[serde(default = "default_min_healthy")]
+    pub min_healthy: u32,
+}
+
+fn default_min_healthy() -> u32 {
+    1
 }

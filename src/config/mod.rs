@@ -53,7 +53,7 @@ pub use admin::AdminConfig;
 pub use authorization::{AuthorizationRule, ClaimMatch, ClaimName, InboundAuthorization, JwtMatch};
 pub use config_source::{ConfigSource, ConsulKvSource};
 pub use consul::{ConsulConfig, Secret};
-pub use discovery::{ConsulDiscovery, Discovery, DnsDiscovery, StaticEndpoint};
+pub use discovery::{ConsulDiscovery, ConsulFailover, Discovery, DnsDiscovery, StaticEndpoint};
 pub use error::{ConfigError, ConfigErrors};
 pub use fallback::{FallbackConfig, FallbackResponse, FallbackTrigger};
 pub use health_check::{

@@ -1521,3 +1521,26 @@ upstreams:
     };
     assert_eq!(endpoints[0].zone.as_deref(), Some("a"));
 }
+
+#[test]
+fn consul_failover_problems_name_their_keys() {
+    let text = "\
+service: { name: me }
+consul: { address: http://127.0.0.1:8500 }
+upstreams:
+  - name: api
+    listen: 127.0.0.1:0
+    discovery: { consul: { service: api, datacenter: dc1, failover: { datacenters: [dc2, dc1], min_healthy: 0 } } }
+  - name: web
+    listen: 127.0.0.1:0
+    discovery: { consul: { service: web, failover: { datacenters: [] } } }
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:6:84: upstreams[0].discovery.consul.failover.datacenters: names a datacenter twice (or the discovery's own)",
+            "test.yaml:6:109: upstreams[0].discovery.consul.failover.min_healthy: must be at least 1",
+            "test.yaml:9:67: upstreams[1].discovery.consul.failover.datacenters: must list at least one datacenter, none empty",
+        ]
+    );
+}

@@ -1,12 +1,14 @@
 //! Where upstream endpoints come from. `static` lists are applied once when
 //! the upstream is built (see `app.rs`); `consul` and `dns` run watches that
-//! update upstreams' endpoint sets, failing static. Consul instances keep
+//! update upstreams' endpoint sets, failing static; `failover` chooses among
+//! the Consul watches of several datacenters. Consul instances keep
 //! their tags and meta ([`Instance`]) so that routing subsets can select them.
 //! The watches feed an [`EndpointSink`], which `upstream::Upstream`
 //! implements: discovery sits below the upstreams it feeds.
 
 pub mod consul;
 pub mod dns;
+pub mod failover;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -79,6 +79,21 @@ impl FallbackLayer {
         })
     }
 
+    /// The trigger of a failed `answer` and its error; an answer that is
+    /// not one of ours comes back as the `Err`, to be returned as it is.
+    fn triggered(
+        &self,
+        answer: Result<Response<ResponseBody>, ProxyError>,
+    ) -> Result<(FallbackTrigger, ProxyError), Result<Response<ResponseBody>, ProxyError>> {
+        match answer {
+            Err(error) => match self.trigger(&error) {
+                Some(trigger) => Ok((trigger, error)),
+                None => Err(Err(error)),
+            },
+            answered => Err(answered),
+        }
+    }
+
     /// The trigger `error` is, when it is one of ours.
     fn trigger(&self, error: &ProxyError) -> Option<FallbackTrigger> {
         let trigger = match error.kind() {
@@ -159,12 +174,9 @@ where
                 let response = Arc::clone(response);
                 let answer = self.inner.call(request);
                 Box::pin(async move {
-                    let error = match answer.await {
-                        Err(error) => error,
-                        answered => return answered,
-                    };
-                    let Some(trigger) = layer.trigger(&error) else {
-                        return Err(error);
+                    let (trigger, _) = match layer.triggered(answer.await) {
+                        Ok(triggered) => triggered,
+                        Err(passed_on) => return passed_on,
                     };
                     layer.count(trigger);
                     Ok(marked(response.response(), trigger))
@@ -177,12 +189,9 @@ where
                 let again = head.clone();
                 let answer = self.inner.call(Request::from_parts(head, body));
                 Box::pin(async move {
-                    let error = match answer.await {
-                        Err(error) => error,
-                        answered => return answered,
-                    };
-                    let Some(trigger) = layer.trigger(&error) else {
-                        return Err(error);
+                    let (trigger, error) = match layer.triggered(answer.await) {
+                        Ok(triggered) => triggered,
+                        Err(passed_on) => return passed_on,
                     };
                     let Some(body) = replay.next_body() else {
                         return Err(error);

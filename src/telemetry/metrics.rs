@@ -466,6 +466,13 @@ pub fn panic_handles(upstream: &str) -> (Counter, Gauge) {
 
 pub const FALLBACKS_TOTAL: &str = "remora_fallbacks_total";
 pub const LOCALITY_REQUESTS_TOTAL: &str = "remora_locality_requests_total";
+pub const CONSUL_FAILOVER_DATACENTER: &str = "remora_consul_failover_datacenter";
+
+/// Whether `upstream` uses the instances of datacenter `dc` (Consul failover).
+pub fn failover_datacenter(upstream: &str, dc: &str, active: bool) {
+    gauge!(CONSUL_FAILOVER_DATACENTER, "upstream" => upstream.to_owned(), "datacenter" => dc.to_owned())
+        .set(if active { 1.0 } else { 0.0 });
+}
 
 /// Requests of `upstream` that locality-aware balancing sent to `zone`.
 pub fn locality_counter(upstream: &str, zone: &str) -> Counter {

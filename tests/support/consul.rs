@@ -29,8 +29,9 @@
 //!   ≤ N, until it changes or `wait` elapses (default 5m, Go duration syntax: `ms`, `s`, `m`);
 //!   every register / deregister / status change / KV put or delete bumps the index by one (one
 //!   index for everything, so a change anywhere wakes every held query, as Consul may);
-//! - filters: `passing` (every check passing), `tag` (repeatable, all must match), `dc` (only
-//!   `dc1` exists; another gets 500 `No path to datacenter`);
+//! - filters: `passing` (every check passing), `tag` (repeatable, all must match), `dc` (the
+//!   instances of that datacenter, `dc1` by default; `dc1` and the datacenters of registered
+//!   instances exist, another gets 500 `No path to datacenter`);
 //! - ACL: when a token is set, a request without `X-Consul-Token` (or `?token=`) gets 403
 //!   `Permission denied`, a wrong one 403 `ACL not found`.
 //!
@@ -113,6 +114,8 @@ pub struct Instance {
     pub weights: Option<(u32, u32)>,
     /// Registered through the agent API (forgotten by [`ConsulStandIn::restart_agent`]).
     pub from_agent: bool,
+    /// The datacenter it is in (`dc1` unless set).
+    pub datacenter: String,
 }
 
 impl Instance {
@@ -128,7 +131,14 @@ impl Instance {
             on_node_address: false,
             weights: None,
             from_agent: false,
+            datacenter: "dc1".to_owned(),
         }
+    }
+
+    /// Puts the instance in datacenter `dc`.
+    pub fn datacenter(mut self, dc: &str) -> Instance {
+        self.datacenter = dc.to_owned();
+        self
     }
 
     pub fn weights(mut self, passing: u32, warning: u32) -> Instance {
@@ -599,9 +609,10 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         ErrorMode::Hang => std::future::pending::<()>().await,
     }
 
-    if let Some(dc) = param("dc")
-        && dc != "dc1"
-    {
+    let dc = param("dc").unwrap_or("dc1").to_owned();
+    let known =
+        dc == "dc1" || (state.instances.lock().unwrap().values()).any(|i| i.datacenter == dc);
+    if !known {
         return reply(
             StatusCode::INTERNAL_SERVER_ERROR,
             "No path to datacenter",
@@ -652,6 +663,7 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
     let entries: Vec<Value> = instances
         .values()
         .filter(|i| i.service == service && i.connect == connect)
+        .filter(|i| i.datacenter == dc)
         .filter(|i| !passing || i.health == Health::Passing)
         .filter(|i| tags.iter().all(|tag| i.tags.iter().any(|t| t == tag)))
         .map(|i| entry(&state.template, i))
@@ -807,6 +819,7 @@ fn agent_register(state: &State, body: &[u8]) -> Response<Full<Bytes>> {
         on_node_address: address.is_empty(),
         weights,
         from_agent: true,
+        datacenter: "dc1".to_owned(),
     };
     state.instances.lock().unwrap().insert(id.clone(), instance);
     state.agent.lock().unwrap().insert(id, registration);
@@ -885,6 +898,7 @@ fn entry(template: &Value, instance: &Instance) -> Value {
     let ip = instance.addr.ip().to_string();
     let port = instance.addr.port();
     entry["Node"]["Node"] = format!("node-{}", instance.id).into();
+    entry["Node"]["Datacenter"] = instance.datacenter.clone().into();
     entry["Node"]["Address"] = ip.clone().into();
     entry["Node"]["TaggedAddresses"]["lan"] = ip.clone().into();
     entry["Node"]["TaggedAddresses"]["wan"] = ip.clone().into();

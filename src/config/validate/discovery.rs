@@ -46,6 +46,30 @@ pub(super) fn check_discovery(
             if consul.tags.iter().any(|tag| tag.trim().is_empty()) {
                 problems.add(at("discovery.consul.tags"), "tags must not be empty");
             }
+            if let Some(failover) = &consul.failover {
+                let datacenters = &failover.datacenters;
+                if datacenters.is_empty() || datacenters.iter().any(|dc| dc.trim().is_empty()) {
+                    problems.add(
+                        at("discovery.consul.failover.datacenters"),
+                        "must list at least one datacenter, none empty",
+                    );
+                }
+                let repeated = (datacenters.iter().enumerate()).any(|(i, dc)| {
+                    datacenters[..i].contains(dc) || consul.datacenter.as_ref() == Some(dc)
+                });
+                if repeated {
+                    problems.add(
+                        at("discovery.consul.failover.datacenters"),
+                        "names a datacenter twice (or the discovery's own)",
+                    );
+                }
+                if failover.min_healthy == 0 {
+                    problems.add(
+                        at("discovery.consul.failover.min_healthy"),
+                        "must be at least 1",
+                    );
+                }
+            }
         }
     }
 }

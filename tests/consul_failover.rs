@@ -1,0 +1,85 @@
+//! Multi-datacenter failover of Consul discovery
+//! (`discovery.consul.failover`) against the Consul stand-in: while dc1 has
+//! a passing instance its traffic stays there; when dc1's instances go
+//! critical the upstream moves to dc2, and back when one passes again —
+//! with no failed request during either move (a continuous prober), and
+//! `remora_consul_failover_datacenter` saying which is in use.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::Version;
+
+use support::config::{TestConfig, Upstream};
+use support::consul::{ConsulStandIn, Health, Instance};
+use support::{Backend, Prober, Proxy, get, http_backend, prom};
+
+/// Waits (at most 5 s) until `other` gets no request (of 5, and of the
+/// prober's meanwhile) and `backend` all of them.
+async fn until_served_by(base: &str, backend: &Backend, other: &Backend) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (before, before_other) = (backend.requests(), other.requests());
+        for _ in 0..5 {
+            get(Version::HTTP_11, base).await.unwrap();
+        }
+        if backend.requests() >= before + 5 && other.requests() == before_other {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{} never took all the traffic",
+            backend.name
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn in_use(proxy: &Proxy, dc: &str) -> f64 {
+    let metrics = prom::scrape(&proxy.admin_url("/metrics")).await;
+    let labels = [("upstream", "api"), ("datacenter", dc)];
+    prom::value(&metrics, "remora_consul_failover_datacenter", &labels).unwrap_or(-1.0)
+}
+
+#[tokio::test]
+async fn dc1_going_critical_moves_traffic_to_dc2_and_back() {
+    let consul = ConsulStandIn::start();
+    let (local, remote) = (http_backend("dc1-a"), http_backend("dc2-a"));
+    consul.register(Instance::new("api-1", "api", local.addr));
+    consul.register(Instance::new("api-2", "api", remote.addr).datacenter("dc2"));
+    let discovery = "{ consul: { service: api, datacenter: dc1, failover: { datacenters: [dc2], min_healthy: 1 } } }";
+    let yaml = TestConfig::new()
+        .section(
+            "consul",
+            format!("{{ address: \"{}\", wait: 2s }}", consul.url()),
+        )
+        .upstream(Upstream::discovered("api", discovery).protocol("http"))
+        .yaml();
+    let proxy = Proxy::start(&yaml).await;
+    let base = format!("http://{}/", proxy.upstream("api"));
+    until_served_by(&base, &local, &remote).await;
+    assert_eq!(in_use(&proxy, "dc1").await, 1.0);
+    assert_eq!(in_use(&proxy, "dc2").await, 0.0);
+    assert_eq!(remote.requests(), 0, "dc2 unused while dc1 is healthy");
+
+    let prober = Prober::start(proxy.upstream("api"), Version::HTTP_11).await;
+    // dc1's only instance goes critical (still serving, as when its check
+    // fails first): everything moves to dc2.
+    consul.set_health("api-1", Health::Critical);
+    let over = until_served_by(&base, &remote, &local).await;
+    eprintln!("failed over within {over:?}");
+    assert_eq!(in_use(&proxy, "dc2").await, 1.0);
+    assert_eq!(in_use(&proxy, "dc1").await, 0.0);
+    let on_local = local.requests();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(local.requests(), on_local, "nothing goes to a critical dc1");
+
+    // It passes again: traffic returns to dc1.
+    consul.set_health("api-1", Health::Passing);
+    let back = until_served_by(&base, &local, &remote).await;
+    eprintln!("failed back within {back:?}");
+    assert_eq!(in_use(&proxy, "dc1").await, 1.0);
+    let report = prober.finish("failover", Duration::from_secs(1)).await;
+    assert!(report.answered > 50, "{report:?}");
+}
