@@ -18,6 +18,7 @@
 //! health verdict met on a retry, after the body was read past
 //! [`FALLBACK_BODY_LIMIT`] — then the error stands.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -37,6 +38,9 @@ pub const FALLBACK_BODY_LIMIT: usize = 64 * 1024;
 
 /// The header that marks a fallback response.
 pub const X_REMORA_FALLBACK: HeaderName = HeaderName::from_static("x-remora-fallback");
+
+/// What the inner service answered.
+type Answer = Result<Response<ResponseBody>, ProxyError>;
 
 /// What a fallback answers with.
 #[derive(Clone)]
@@ -79,18 +83,15 @@ impl FallbackLayer {
         })
     }
 
-    /// The trigger of a failed `answer` and its error; an answer that is
-    /// not one of ours comes back as the `Err`, to be returned as it is.
-    fn triggered(
-        &self,
-        answer: Result<Response<ResponseBody>, ProxyError>,
-    ) -> Result<(FallbackTrigger, ProxyError), Result<Response<ResponseBody>, ProxyError>> {
+    /// The trigger of a failed `answer`, with its error; an answer that is
+    /// not one of ours breaks out, to be returned as it is.
+    fn triggered(&self, answer: Answer) -> ControlFlow<Answer, (FallbackTrigger, ProxyError)> {
         match answer {
             Err(error) => match self.trigger(&error) {
-                Some(trigger) => Ok((trigger, error)),
-                None => Err(Err(error)),
+                Some(trigger) => ControlFlow::Continue((trigger, error)),
+                None => ControlFlow::Break(Err(error)),
             },
-            answered => Err(answered),
+            answered => ControlFlow::Break(answered),
         }
     }
 
@@ -175,8 +176,8 @@ where
                 let answer = self.inner.call(request);
                 Box::pin(async move {
                     let (trigger, _) = match layer.triggered(answer.await) {
-                        Ok(triggered) => triggered,
-                        Err(passed_on) => return passed_on,
+                        ControlFlow::Continue(triggered) => triggered,
+                        ControlFlow::Break(passed_on) => return passed_on,
                     };
                     layer.count(trigger);
                     Ok(marked(response.response(), trigger))
@@ -190,8 +191,8 @@ where
                 let answer = self.inner.call(Request::from_parts(head, body));
                 Box::pin(async move {
                     let (trigger, error) = match layer.triggered(answer.await) {
-                        Ok(triggered) => triggered,
-                        Err(passed_on) => return passed_on,
+                        ControlFlow::Continue(triggered) => triggered,
+                        ControlFlow::Break(passed_on) => return passed_on,
                     };
                     let Some(body) = replay.next_body() else {
                         return Err(error);
