@@ -5,7 +5,9 @@
 //! gRPC checks against tonic's health service and Python grpcio's
 //! (grpcio-health-checking) follow `NOT_SERVING`; too few healthy endpoints
 //! put the upstream in panic (traffic over all of them), and a threshold of
-//! 0 keeps traffic off failing endpoints whatever their number.
+//! 0 keeps traffic off failing endpoints whatever their number; checks of a
+//! meshed upstream go over its mTLS (and fail with the wrong identity), and
+//! Consul-discovered endpoints are checked like static ones.
 
 mod support;
 
@@ -20,13 +22,16 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use support::config::TestConfig;
+use support::config::{TestConfig, Upstream};
+use support::consul::{ConsulStandIn, Instance as ConsulInstance};
 use support::peers::GrpcioHealth;
 use support::switchable::Switchable;
+use support::tls::{Ca, TlsFiles};
 use support::{Prober, Proxy, Server, dead_addr, get, http_backend, prom, serve};
 
-/// The `health_check` verdict `/endpoints` shows for `endpoint`.
-async fn verdict(proxy: &Proxy, upstream: &str, endpoint: SocketAddr) -> (String, String) {
+/// The `health_check` verdict and `state` that `/endpoints` shows for
+/// `endpoint`, once it is listed.
+async fn verdict(proxy: &Proxy, upstream: &str, endpoint: SocketAddr) -> Option<(String, String)> {
     let reply = get(Version::HTTP_11, &proxy.admin_url("/endpoints"))
         .await
         .unwrap();
@@ -36,12 +41,11 @@ async fn verdict(proxy: &Proxy, upstream: &str, endpoint: SocketAddr) -> (String
         .find(|u| u["name"] == upstream)
         .expect("upstream listed");
     let endpoint = (entry["endpoints"].as_array().unwrap().iter())
-        .find(|e| e["address"] == endpoint.to_string())
-        .expect("endpoint listed");
-    (
+        .find(|e| e["address"] == endpoint.to_string())?;
+    Some((
         endpoint["health_check"].as_str().unwrap().to_owned(),
         endpoint["state"].as_str().unwrap().to_owned(),
-    )
+    ))
 }
 
 /// Waits (at most 10 s) until `endpoint`'s verdict is `wanted`; returns how
@@ -54,7 +58,8 @@ async fn wait_verdict(
 ) -> Duration {
     let started = Instant::now();
     loop {
-        if verdict(proxy, upstream, endpoint).await.0 == wanted {
+        let seen = verdict(proxy, upstream, endpoint).await;
+        if seen.is_some_and(|(verdict, _)| verdict == wanted) {
             return started.elapsed();
         }
         assert!(
@@ -95,7 +100,7 @@ async fn an_endpoint_failing_its_http_checks_is_taken_out_and_comes_back() {
     let out = wait_verdict(&proxy, "hc-http", b.server.addr, "failing").await;
     eprintln!("taken out after {out:?}");
     assert!(out < Duration::from_millis(1000), "taken out after {out:?}");
-    let (_, state) = verdict(&proxy, "hc-http", b.server.addr).await;
+    let (_, state) = verdict(&proxy, "hc-http", b.server.addr).await.unwrap();
     assert_eq!(state, "unhealthy");
     let metrics = prom::scrape(&proxy.admin_url("/metrics")).await;
     let endpoint = b.server.addr.to_string();
@@ -303,4 +308,86 @@ async fn below_the_panic_threshold_traffic_spreads_over_every_endpoint() {
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.headers["x-remora-error"], "no_healthy_endpoints");
     assert_eq!(backends.iter().map(Switchable::traffic).sum::<u64>(), 120);
+}
+
+/// The sidecar of `app` with mesh mTLS as `api`, and a sidecar `web`
+/// whose meshed upstream `api` expects `identity` and checks `/health`.
+async fn meshed_pair(app: SocketAddr, identity: &str) -> (Proxy, Proxy) {
+    let ca = Ca::new("mesh CA");
+    let api_files = TlsFiles::new(&ca.leaf("api", 1), &ca);
+    let inbound = Proxy::start(
+        &TestConfig::new()
+            .service(&format!(
+                "{{ name: hc-api, port: {}, protocol: http }}",
+                app.port()
+            ))
+            .inbound()
+            .text(&api_files.yaml(""))
+            .yaml(),
+    )
+    .await;
+    let web_files = TlsFiles::new(&ca.leaf("web", 2), &ca);
+    let outbound = Proxy::start(
+        &TestConfig::new()
+            .service("{ name: web }")
+            .upstream(Upstream::to("hc-mesh", [inbound.inbound()]).protocol("http"))
+            .with("tls", format!("{{ enabled: true, identity: {identity} }}"))
+            .with(
+                "health_check",
+                "{ http: { path: /health }, interval: 100ms, unhealthy_threshold: 1, healthy_threshold: 1 }",
+            )
+            .text(&web_files.yaml(""))
+            .yaml(),
+    )
+    .await;
+    (inbound, outbound)
+}
+
+#[tokio::test]
+async fn checks_go_over_the_endpoints_mesh_mtls() {
+    let app = Switchable::start("app");
+    // The other sidecar only speaks mTLS: passing means the check went
+    // through the handshake, as `api`, to the app's health path.
+    let (inbound, outbound) = meshed_pair(app.server.addr, "api").await;
+    wait_verdict(&outbound, "hc-mesh", inbound.inbound(), "passing").await;
+    app.healthy.store(false, Ordering::SeqCst);
+    wait_verdict(&outbound, "hc-mesh", inbound.inbound(), "failing").await;
+    app.healthy.store(true, Ordering::SeqCst);
+    wait_verdict(&outbound, "hc-mesh", inbound.inbound(), "passing").await;
+    assert_eq!(app.traffic(), 0, "checks are not traffic");
+
+    // Expecting another identity, the handshake fails: so do the checks.
+    let (inbound, outbound) = meshed_pair(app.server.addr, "billing").await;
+    wait_verdict(&outbound, "hc-mesh", inbound.inbound(), "failing").await;
+}
+
+#[tokio::test]
+async fn consul_endpoints_are_checked_too() {
+    let consul = ConsulStandIn::start();
+    let (a, b) = (Switchable::start("a"), Switchable::start("b"));
+    consul.register(ConsulInstance::new("api-a", "api", a.server.addr));
+    consul.register(ConsulInstance::new("api-b", "api", b.server.addr));
+    let yaml = TestConfig::new()
+        .section("consul", format!("{{ address: \"{}\", wait: 2s }}", consul.url()))
+        .upstream(Upstream::discovered("hc-consul", "{ consul: { service: api } }").protocol("http"))
+        .with(
+            "health_check",
+            "{ http: { path: /health }, interval: 100ms, unhealthy_threshold: 1, healthy_threshold: 1 }",
+        )
+        .yaml();
+    let proxy = Proxy::start(&yaml).await;
+    wait_verdict(&proxy, "hc-consul", a.server.addr, "passing").await;
+    wait_verdict(&proxy, "hc-consul", b.server.addr, "passing").await;
+    // Consul still says passing; remora's own check says otherwise.
+    b.healthy.store(false, Ordering::SeqCst);
+    wait_verdict(&proxy, "hc-consul", b.server.addr, "failing").await;
+    let before = b.traffic();
+    let base = format!("http://{}/", proxy.upstream("hc-consul"));
+    for _ in 0..20 {
+        assert_eq!(
+            get(Version::HTTP_11, &base).await.unwrap().status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(b.traffic(), before);
 }
