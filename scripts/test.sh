@@ -35,6 +35,13 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# PyPI packages: PyJWT and cryptography make the keys and tokens of
+# tests/jwt.rs (tests/fixtures/jwt_tokens.py).
+if ! python3 -c "import jwt, cryptography" 2>/dev/null; then
+    echo "installing: pyjwt cryptography (pip)"
+    python3 -m pip install -q --break-system-packages pyjwt cryptography
+fi
+
 if [ "$(id -u)" -eq 0 ]; then
     cargo test --all-targets -- --include-ignored
 else

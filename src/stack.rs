@@ -20,6 +20,7 @@ use crate::middleware::circuit_breaker::CircuitBreakerLayer;
 use crate::middleware::concurrency::ConcurrencyLimitLayer;
 use crate::middleware::error_response::ErrorResponseLayer;
 use crate::middleware::fault::FaultLayer;
+use crate::middleware::jwt::JwtLayer;
 use crate::middleware::normalize_path::NormalizePathLayer;
 use crate::middleware::observe::ObserveLayer;
 use crate::middleware::rate_limit::RateLimitLayer;
@@ -206,6 +207,7 @@ pub fn inbound(
         ))
         .layer(NormalizePathLayer::new(&config.path_normalization))
         .layer(ErrorResponseLayer)
+        .option_layer(config.jwt.as_ref().map(JwtLayer::new))
         .layer(AuthorizationLayer::new(authorizer))
         .option_layer(
             (config.rate_limit.as_ref()).map(|limit| RateLimitLayer::new(limit, direction, name)),

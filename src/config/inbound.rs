@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::duration;
+use super::jwt::JwtConfig;
 use super::limits::ListenerLimits;
 use super::path_normalization::PathNormalization;
 use super::resilience::RateLimitConfig;
@@ -31,6 +32,9 @@ pub struct InboundConfig {
     pub upgrades: Vec<UpgradeProtocol>,
     #[serde(default)]
     pub path_normalization: PathNormalization,
+    /// JWT validation of incoming requests.
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
 }
 
 impl Default for InboundConfig {
@@ -43,6 +47,7 @@ impl Default for InboundConfig {
             limits: ListenerLimits::default(),
             upgrades: default_upgrades(),
             path_normalization: PathNormalization::default(),
+            jwt: None,
         }
     }
 }

@@ -1363,3 +1363,50 @@ fn admin_limits_and_hosts_are_checked() {
         ]
     );
 }
+
+#[test]
+fn jwt_defaults_and_bad_values() {
+    let good = format!(
+        "{SERVICE}inbound:\n  jwt:\n    providers:\n\
+         \x20     - {{ name: a, issuer: https://a, jwks: {{ url: \"https://a/jwks\" }} }}\n"
+    );
+    let config = parse_test(&good).expect("valid");
+    let jwt = config.inbound.unwrap().jwt.unwrap();
+    let provider = &jwt.providers[0];
+    assert!(!jwt.required && jwt.rules.is_empty() && !provider.forward);
+    assert_eq!(provider.leeway, Duration::from_secs(60));
+    assert_eq!(
+        provider.jwks.as_ref().unwrap().refresh,
+        Duration::from_secs(300)
+    );
+
+    let bad = format!(
+        "{SERVICE}inbound:\n  jwt:\n    rules: [{{ prefix: api, required: true }}]\n    providers:\n\
+         \x20     - {{ name: a, issuer: \"\", jwks: {{ url: \"ftp://a\" }}, secret: short }}\n\
+         \x20     - {{ name: a, issuer: i, jwks: {{ file: /k, url: \"http://a\", refresh: 0s }} }}\n\
+         \x20     - {{ name: b, issuer: i, secret: 0123456789abcdef0123456789abcdef, from: {{ header: x, cookie: y }} }}\n\
+         \x20     - {{ name: c, issuer: i, jwks: {{ url: \"http://a\", ca_file: /ca }}, claims_to_headers: {{ sub: host, \"a..b\": x-ok, email: \"bad header\" }} }}\n"
+    );
+    assert_eq!(
+        key_paths(&errors(&bad)),
+        [
+            "inbound.jwt.rules[0].prefix",
+            "inbound.jwt.providers[0]",
+            "inbound.jwt.providers[0].issuer",
+            "inbound.jwt.providers[1].name",
+            "inbound.jwt.providers[1].jwks",
+            "inbound.jwt.providers[1].jwks.refresh",
+            "inbound.jwt.providers[2].from",
+            "inbound.jwt.providers[3].jwks.ca_file",
+            "inbound.jwt.providers[3].claims_to_headers.sub",
+            "inbound.jwt.providers[3].claims_to_headers.a..b",
+            "inbound.jwt.providers[3].claims_to_headers.email",
+        ]
+    );
+    let unknown = format!("{SERVICE}inbound: {{ jwt: {{ providers: [], requierd: true }} }}\n");
+    assert!(
+        errors(&unknown)[0].contains("inbound.jwt"),
+        "{:?}",
+        errors(&unknown)
+    );
+}

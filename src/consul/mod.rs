@@ -403,7 +403,7 @@ fn excerpt(body: &[u8]) -> String {
 }
 
 /// An error with its causes (reqwest hides the interesting part in them).
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

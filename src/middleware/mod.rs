@@ -5,6 +5,7 @@ pub mod circuit_breaker;
 pub mod concurrency;
 pub mod error_response;
 pub mod fault;
+pub mod jwt;
 pub mod normalize_path;
 pub mod observe;
 pub mod rate_limit;

@@ -29,7 +29,7 @@ use crate::context::Direction;
 use crate::context::RetryCount;
 use crate::context::ServedBy;
 use crate::context::TraceContext;
-use crate::error::ErrorKind;
+use crate::error::{ErrorDetail, ErrorKind};
 use crate::headers::grpc_status;
 use crate::telemetry::access_log::{self, RequestOutcome, RequestSummary};
 use crate::telemetry::metrics::{RequestMetrics, in_flight_gauge};
@@ -164,6 +164,7 @@ where
             let head_grpc_status = grpc_status(response.headers());
             let endpoint = response.extensions().get::<ServedBy>().map(|s| s.0);
             let error = response.extensions().get::<ErrorKind>().copied();
+            let error_detail = response.extensions().get::<ErrorDetail>().copied();
             let route = response.extensions().get::<RouteLabel>().cloned();
             response.body_mut().on_end(Box::new(move |end: BodyEnd| {
                 let observer = &active.0;
@@ -192,6 +193,7 @@ where
                         duration_ms: duration.as_secs_f64() * 1e3,
                         bytes: end.bytes,
                         error,
+                        error_detail,
                     };
                     access_log::log(&summary, &outcome);
                 }

@@ -453,3 +453,20 @@ pub fn transparent_connections(protocol: &'static str) -> Counter {
 pub fn transparent_unmatched(protocol: &'static str, action: &'static str) -> Counter {
     counter!(TRANSPARENT_UNMATCHED_TOTAL, "protocol" => protocol, "action" => action)
 }
+
+// ---- JWT --------------------------------------------------------------------
+
+pub const JWT_VALIDATIONS_TOTAL: &str = "remora_jwt_validations_total";
+pub const JWKS_FETCHES_TOTAL: &str = "remora_jwt_jwks_fetches_total";
+
+/// Tokens the JWT layer checked, by `provider` and `result` (`ok` or a
+/// `TokenRejection`; a missing token has no provider: `provider=""`).
+pub fn jwt_validations(provider: &str, result: &'static str) -> Counter {
+    counter!(JWT_VALIDATIONS_TOTAL, "provider" => provider.to_owned(), "result" => result)
+}
+
+/// Loads of a provider's JWKS (URL or file), `ok` or `error`.
+pub fn jwks_fetches(provider: &str, ok: bool) -> Counter {
+    let result = if ok { "ok" } else { "error" };
+    counter!(JWKS_FETCHES_TOTAL, "provider" => provider.to_owned(), "result" => result)
+}

@@ -12,6 +12,7 @@ mod config_source;
 mod consul;
 mod discovery;
 mod inbound;
+mod jwt;
 mod resilience;
 mod routing;
 mod runtime;

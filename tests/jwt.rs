@@ -1,0 +1,539 @@
+//! JWT validation at the inbound listener (`inbound.jwt`), end to end, with
+//! keys and tokens made by PyJWT and cryptography (tests/fixtures/jwt_tokens.py):
+//! RS256, PS256, ES256, ES384 and EdDSA tokens reach the app with their
+//! claims as headers; every kind of bad token (alg none, HS256 signed with
+//! the RSA public key, expired beyond the leeway, `nbf`/`iat` ahead, wrong
+//! `aud` or `iss`, tampered payload, unknown `kid`, garbage) is a 401 with
+//! `www-authenticate: Bearer error="invalid_token"` and `x-remora-error:
+//! unauthenticated`, counted by reason, and never reaches the app; spoofed
+//! claim headers are stripped; per-path rules decide where a token is
+//! required; a JWKS served over HTTP is rotated while remora runs.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Version};
+use http_body_util::Full;
+use serde_json::{Value, json};
+
+use support::config::TestConfig;
+use support::{Backend, Proxy, Reply, http_backend, send};
+
+const ISSUER: &str = "https://issuer.test";
+
+/// A directory of keys made by PyJWT/cryptography, removed when dropped.
+struct Keys {
+    dir: PathBuf,
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn python(args: &[&str], input: &str) -> String {
+    let mut child = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/jwt_tokens.py"
+        ))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 is needed: apt-get install python3 (scripts/test.sh installs it)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("No module named"),
+        "PyJWT and cryptography are needed: pip install pyjwt cryptography \
+         (scripts/test.sh installs them): {stderr}"
+    );
+    assert!(output.status.success(), "jwt_tokens.py {args:?}: {stderr}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+impl Keys {
+    /// New keys named `names` (`rsa…`, `ec…`, `ec384…`, `ed…`; kid = name).
+    fn new(names: &[&str]) -> Keys {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "remora-jwt-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut args = vec!["keys", dir.to_str().unwrap()];
+        args.extend(names);
+        python(&args, "");
+        Keys { dir }
+    }
+
+    /// A JWKS document with the public keys `names`.
+    fn jwks(&self, names: &[&str]) -> String {
+        let keys: Vec<Value> = (names.iter())
+            .flat_map(|name| {
+                let text = std::fs::read_to_string(self.dir.join(format!("jwks-{name}.json")));
+                let document: Value = serde_json::from_str(&text.unwrap()).unwrap();
+                document["keys"].as_array().unwrap().clone()
+            })
+            .collect();
+        json!({ "keys": keys }).to_string()
+    }
+
+    /// Writes the JWKS of `names` to a file; returns its path.
+    fn jwks_file(&self, names: &[&str]) -> PathBuf {
+        let path = self.dir.join("jwks.json");
+        std::fs::write(&path, self.jwks(names)).unwrap();
+        path
+    }
+
+    /// One token per spec (see jwt_tokens.py).
+    fn tokens(&self, specs: &[Value]) -> Vec<String> {
+        let input: String = specs.iter().map(|spec| format!("{spec}\n")).collect();
+        let output = python(&["sign", self.dir.to_str().unwrap()], &input);
+        output.lines().map(str::to_owned).collect()
+    }
+
+    fn token(&self, spec: Value) -> String {
+        self.tokens(&[spec]).remove(0)
+    }
+}
+
+/// The claims of a token every check accepts.
+fn good_claims() -> Value {
+    json!({
+        "iss": ISSUER, "aud": ["other", "api"], "sub": "alice",
+        "org": { "id": "o1" }, "exp": "now+300", "nbf": "now-10", "iat": "now-10"
+    })
+}
+
+fn spec(key: &str, alg: &str, claims: Value) -> Value {
+    json!({ "key": key, "alg": alg, "kid": key, "claims": claims })
+}
+
+/// `claims` with `changes` applied (a `null` removes the claim).
+fn with(mut claims: Value, changes: Value) -> Value {
+    for (claim, value) in changes.as_object().unwrap() {
+        if value.is_null() {
+            claims.as_object_mut().unwrap().remove(claim);
+        } else {
+            claims[claim] = value.clone();
+        }
+    }
+    claims
+}
+
+/// An inbound proxy in front of `app` with `jwt` as its `inbound.jwt`.
+async fn proxy(app: &Backend, jwt: &str) -> Proxy {
+    let yaml = TestConfig::inbound_to("app", app.addr).yaml().replace(
+        "inbound: { listen: 127.0.0.1:0 }\n",
+        &format!("inbound:\n  listen: 127.0.0.1:0\n  jwt:\n{jwt}"),
+    );
+    Proxy::start(&yaml).await
+}
+
+/// `GET path` through the inbound listener with extra headers.
+async fn get(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = Request::get(format!("http://{}{path}", proxy.inbound()));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    send(
+        Version::HTTP_11,
+        request.body(Full::new(Bytes::new())).unwrap(),
+    )
+    .await
+    .expect("proxy answers")
+}
+
+async fn with_token(proxy: &Proxy, token: &str) -> Reply {
+    get(
+        proxy,
+        "/headers",
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await
+}
+
+/// The headers the app received, from the backend's `/headers` answer.
+fn app_headers(reply: &Reply) -> Value {
+    let body: Value = serde_json::from_str(&reply.body).expect("JSON from the app");
+    body["headers"].clone()
+}
+
+fn assert_refused(reply: &Reply, what: &str) {
+    assert_eq!(
+        reply.status,
+        StatusCode::UNAUTHORIZED,
+        "{what}: {}",
+        reply.body
+    );
+    assert_eq!(reply.headers["x-remora-error"], "unauthenticated", "{what}");
+    let challenge = reply.headers["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.starts_with("Bearer error=\"invalid_token\""),
+        "{what}: www-authenticate {challenge}"
+    );
+}
+
+fn provider_yaml(name: &str, jwks: &Path, extra: &str) -> String {
+    format!(
+        "    providers:\n\
+         \x20     - name: {name}\n\
+         \x20       issuer: {ISSUER}\n\
+         \x20       audiences: [api]\n\
+         \x20       jwks: {{ file: {} }}\n\
+         \x20       claims_to_headers: {{ sub: x-user, org.id: x-org }}\n{extra}",
+        jwks.display()
+    )
+}
+
+#[tokio::test]
+async fn tokens_of_every_algorithm_pass_with_their_claims_and_every_bad_one_is_a_401() {
+    let keys = Keys::new(&["rsa1", "ec1", "ec384a", "ed1", "rsa2"]);
+    let jwks = keys.jwks_file(&["rsa1", "ec1", "ec384a", "ed1"]);
+    let app = http_backend("app");
+    let proxy = proxy(
+        &app,
+        &provider_yaml("every-alg", &jwks, "    required: true\n"),
+    )
+    .await;
+
+    let good = keys.tokens(&[
+        spec("rsa1", "RS256", good_claims()),
+        spec("rsa1", "RS512", good_claims()),
+        spec("rsa1", "PS256", good_claims()),
+        spec("ec1", "ES256", good_claims()),
+        spec("ec384a", "ES384", good_claims()),
+        spec("ed1", "EdDSA", good_claims()),
+        // Within the 60 s leeway.
+        spec(
+            "rsa1",
+            "RS256",
+            with(good_claims(), json!({"exp": "now-30"})),
+        ),
+        // No kid: every key made for the algorithm is tried.
+        json!({ "key": "ec1", "alg": "ES256", "claims": good_claims() }),
+    ]);
+    for (i, token) in good.iter().enumerate() {
+        let reply = with_token(&proxy, token).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "good token {i}: {}",
+            reply.body
+        );
+        let headers = app_headers(&reply);
+        assert_eq!(headers["x-user"], json!(["alice"]), "token {i}");
+        assert_eq!(headers["x-org"], json!(["o1"]), "token {i}");
+        assert!(
+            headers.get("authorization").is_none(),
+            "the token is not forwarded"
+        );
+    }
+
+    let bad = [
+        (
+            json!({ "key": "none", "claims": good_claims() }),
+            "algorithm",
+            "alg none",
+        ),
+        (
+            json!({ "key": "hs-public:rsa1", "kid": "rsa1", "claims": good_claims() }),
+            "algorithm",
+            "HS256 signed with the RSA public key",
+        ),
+        (
+            spec(
+                "rsa1",
+                "RS256",
+                with(good_claims(), json!({"exp": "now-120"})),
+            ),
+            "expired",
+            "expired beyond the leeway",
+        ),
+        (
+            spec(
+                "ec1",
+                "ES256",
+                with(good_claims(), json!({"nbf": "now+600"})),
+            ),
+            "not_yet_valid",
+            "nbf in the future",
+        ),
+        (
+            spec(
+                "ed1",
+                "EdDSA",
+                with(good_claims(), json!({"iat": "now+600"})),
+            ),
+            "issued_in_future",
+            "iat in the future",
+        ),
+        (
+            spec("rsa1", "RS256", with(good_claims(), json!({"exp": "soon"}))),
+            "malformed",
+            "exp not a number",
+        ),
+        (
+            spec(
+                "rsa1",
+                "RS256",
+                with(good_claims(), json!({"aud": "billing"})),
+            ),
+            "audience",
+            "wrong aud",
+        ),
+        (
+            spec("rsa1", "RS256", with(good_claims(), json!({"aud": null}))),
+            "audience",
+            "no aud",
+        ),
+        (
+            spec(
+                "rsa1",
+                "RS256",
+                with(good_claims(), json!({"iss": "https://evil.test"})),
+            ),
+            "issuer",
+            "wrong iss",
+        ),
+        (
+            json!({ "key": "rsa1", "alg": "RS256", "kid": "rsa1", "claims": good_claims(),
+                    "tamper": { "sub": "mallory" } }),
+            "bad_signature",
+            "tampered payload",
+        ),
+        (
+            json!({ "key": "rsa2", "alg": "RS256", "kid": "rsa1", "claims": good_claims() }),
+            "bad_signature",
+            "signed by another key under a known kid",
+        ),
+        (
+            spec("rsa2", "RS256", good_claims()),
+            "unknown_key",
+            "unknown kid",
+        ),
+        (
+            json!({ "key": "ec1", "alg": "ES256", "kid": "rsa1", "claims": good_claims() }),
+            "algorithm",
+            "ES256 under an RSA key's kid",
+        ),
+    ];
+    let specs: Vec<Value> = bad.iter().map(|(spec, _, _)| spec.clone()).collect();
+    let tokens = keys.tokens(&specs);
+    let mut expected = std::collections::BTreeMap::<&str, f64>::new();
+    for ((_, reason, what), token) in bad.iter().zip(&tokens) {
+        let reply = with_token(&proxy, token).await;
+        assert_refused(&reply, what);
+        let challenge = reply.headers["www-authenticate"].to_str().unwrap();
+        assert!(!challenge.contains(token.as_str()) && !reply.body.contains(token.as_str()));
+        *expected.entry(reason).or_default() += 1.0;
+    }
+    for garbage in ["garbage", "a.b.c", "e30.e30.", "Zm9v.YmFy.YmF6"] {
+        assert_refused(&with_token(&proxy, garbage).await, garbage);
+    }
+    *expected.entry("malformed").or_default() += 4.0;
+
+    let missing = get(&proxy, "/headers", &[]).await;
+    assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(missing.headers["x-remora-error"], "unauthenticated");
+    assert_eq!(
+        missing.headers["www-authenticate"], "Bearer",
+        "RFC 6750 §3.1"
+    );
+    let basic = get(
+        &proxy,
+        "/headers",
+        &[("authorization", "Basic YWxpY2U6eA==")],
+    )
+    .await;
+    assert_eq!(
+        basic.status,
+        StatusCode::UNAUTHORIZED,
+        "Basic is no bearer token"
+    );
+
+    assert_eq!(
+        app.requests(),
+        good.len() as u64,
+        "no refused request reached the app"
+    );
+    let metric = "remora_jwt_validations_total";
+    for (reason, count) in expected {
+        let labels = [("provider", "every-alg"), ("result", reason)];
+        assert_eq!(proxy.metric(metric, &labels).await, count, "{reason}");
+    }
+    let ok = [("provider", "every-alg"), ("result", "ok")];
+    assert_eq!(proxy.metric(metric, &ok).await, good.len() as f64);
+}
+
+#[tokio::test]
+async fn spoofed_claim_headers_are_stripped_and_rules_decide_where_a_token_is_required() {
+    let keys = Keys::new(&["ec1"]);
+    let jwks = keys.jwks_file(&["ec1"]);
+    let app = http_backend("app");
+    let rules = "    required: true\n    rules:\n\
+                 \x20     - { prefix: /public, required: false }\n";
+    let forward = "        forward: true\n";
+    let proxy = proxy(
+        &app,
+        &format!("{}{rules}", provider_yaml("spoof", &jwks, forward)),
+    )
+    .await;
+    let spoofed = [
+        ("x-user", "mallory"),
+        ("X-Org", "evil"),
+        ("x_user", "mallory"),
+    ];
+
+    // No token where none is required: through, without the spoofed claims.
+    let reply = get(&proxy, "/public/headers", &spoofed).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::NOT_FOUND,
+        "the app answered: {}",
+        reply.body
+    );
+    let reply = get(&proxy, "/public", &spoofed).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    // The rule's prefix does not make /headers public.
+    let reply = get(&proxy, "/headers", &spoofed).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+
+    // An invalid token is refused even where none is required.
+    let expired = keys.token(spec(
+        "ec1",
+        "ES256",
+        with(good_claims(), json!({"exp": "now-3600"})),
+    ));
+    let auth = format!("Bearer {expired}");
+    let reply = get(&proxy, "/public", &[("authorization", &auth)]).await;
+    assert_refused(&reply, "expired token on a public path");
+
+    // A valid token: the verified claims replace the spoofed ones; forwarded.
+    let token = keys.token(spec("ec1", "ES256", good_claims()));
+    let auth = format!("Bearer {token}");
+    let mut headers = spoofed.to_vec();
+    headers.push(("authorization", &auth));
+    let reply = get(&proxy, "/headers", &headers).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let seen = app_headers(&reply);
+    assert_eq!(seen["x-user"], json!(["alice"]));
+    assert_eq!(seen["x-org"], json!(["o1"]));
+    assert!(
+        seen.get("x_user").is_none(),
+        "the underscore spelling is dropped: {seen}"
+    );
+    assert_eq!(seen["authorization"], json!([auth]), "forward: true");
+}
+
+/// Strips the spoofed headers even with no token anywhere: a public app path
+/// through `/headers` (no rule requires a token).
+#[tokio::test]
+async fn without_a_token_the_request_passes_unauthenticated_and_without_claim_headers() {
+    let keys = Keys::new(&["ed1"]);
+    let jwks = keys.jwks_file(&["ed1"]);
+    let app = http_backend("app");
+    let proxy = proxy(&app, &provider_yaml("optional", &jwks, "")).await;
+    let reply = get(
+        &proxy,
+        "/headers",
+        &[("x-user", "mallory"), ("x-org", "evil")],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let seen = app_headers(&reply);
+    assert!(
+        seen.get("x-user").is_none() && seen.get("x-org").is_none(),
+        "{seen}"
+    );
+}
+
+#[tokio::test]
+async fn a_header_or_cookie_can_carry_the_token_and_hs256_needs_the_secret() {
+    let keys = Keys::new(&["rsa1"]);
+    let jwks = keys.jwks_file(&["rsa1"]);
+    let secret = "0123456789abcdef0123456789abcdef-shared";
+    let app = http_backend("app");
+    let jwt = format!(
+        "    required: true\n\
+         \x20   providers:\n\
+         \x20     - name: cookie\n\
+         \x20       issuer: {ISSUER}\n\
+         \x20       jwks: {{ file: {} }}\n\
+         \x20       from: {{ cookie: session }}\n\
+         \x20       claims_to_headers: {{ sub: x-user }}\n\
+         \x20     - name: shared\n\
+         \x20       issuer: https://hs.test\n\
+         \x20       secret: {secret}\n\
+         \x20       from: {{ header: x-token }}\n\
+         \x20       claims_to_headers: {{ sub: x-user }}\n",
+        jwks.display()
+    );
+    let proxy = proxy(&app, &jwt).await;
+    let hs_claims = json!({ "iss": "https://hs.test", "sub": "bob", "exp": "now+60" });
+    let tokens = keys.tokens(&[
+        spec("rsa1", "RS256", good_claims()),
+        json!({ "key": format!("secret:{secret}"), "alg": "HS256", "claims": hs_claims }),
+        json!({ "key": "secret:not-the-secret-but-32-bytes-long", "alg": "HS256", "claims": hs_claims }),
+        spec("rsa1", "RS256", with(hs_claims.clone(), json!({}))),
+    ]);
+
+    let cookie = format!("theme=dark; session={}", tokens[0]);
+    let reply = get(&proxy, "/headers", &[("cookie", &cookie)]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let seen = app_headers(&reply);
+    assert_eq!(seen["x-user"], json!(["alice"]));
+    assert_eq!(
+        seen["cookie"],
+        json!(["theme=dark"]),
+        "the token cookie is taken out"
+    );
+
+    let reply = get(&proxy, "/headers", &[("x-token", &tokens[1])]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(app_headers(&reply)["x-user"], json!(["bob"]));
+    assert_refused(
+        &get(&proxy, "/headers", &[("x-token", &tokens[2])]).await,
+        "wrong secret",
+    );
+    assert_refused(
+        &get(&proxy, "/headers", &[("x-token", &tokens[3])]).await,
+        "RS256 to the secret provider",
+    );
+    // In the Authorization header, where neither provider looks: no token.
+    let auth = format!("Bearer {}", tokens[1]);
+    let reply = get(&proxy, "/headers", &[("authorization", &auth)]).await;
+    assert_eq!(reply.headers["www-authenticate"], "Bearer");
+    let metric = "remora_jwt_validations_total";
+    assert_eq!(
+        proxy
+            .metric(
+                metric,
+                &[("provider", "shared"), ("result", "bad_signature")]
+            )
+            .await,
+        1.0
+    );
+    assert_eq!(
+        proxy
+            .metric(metric, &[("provider", "shared"), ("result", "algorithm")])
+            .await,
+        1.0
+    );
+}
