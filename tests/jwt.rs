@@ -768,3 +768,95 @@ async fn a_jwks_over_https_is_trusted_through_ca_file_only() {
         1.0
     );
 }
+
+/// gRPC through a tonic client: no token where one is required, or a bad
+/// one, is status 16 UNAUTHENTICATED (trailers-only, HTTP 200), the app
+/// never called; a valid token in the `authorization` metadata goes through.
+#[tokio::test]
+async fn grpc_calls_without_a_valid_token_fail_with_unauthenticated() {
+    use support::grpc::{UNARY, grpc_call_with};
+    use tonic::Code;
+
+    let keys = Keys::new(&["ec-grpc"]);
+    let jwks = keys.jwks_file(&["ec-grpc"]);
+    let echo = support::grpc_echo();
+    let yaml = format!(
+        "service: {{ name: rpc, port: {}, protocol: grpc }}\n\
+         inbound:\n  listen: 127.0.0.1:0\n  jwt:\n{}    required: true\n\
+         admin: {{ listen: 127.0.0.1:0 }}\nlogging: {{ access_log: false }}\n",
+        echo.addr.port(),
+        provider_yaml("grpc", &jwks, "")
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let tokens = keys.tokens(&[
+        spec("ec-grpc", "ES256", good_claims()),
+        spec(
+            "ec-grpc",
+            "ES256",
+            with(good_claims(), json!({"aud": "billing"})),
+        ),
+    ]);
+
+    let missing = grpc_call_with(proxy.inbound(), UNARY, "hi", &[]).await;
+    let status = missing.expect_err("no token");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let bad = format!("Bearer {}", tokens[1]);
+    let status = grpc_call_with(proxy.inbound(), UNARY, "hi", &[("authorization", &bad)])
+        .await
+        .expect_err("wrong audience");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        !status.message().contains(&tokens[1]),
+        "{}",
+        status.message()
+    );
+
+    let good = format!("Bearer {}", tokens[0]);
+    let (echoed, _) = grpc_call_with(proxy.inbound(), UNARY, "hi", &[("authorization", &good)])
+        .await
+        .expect("a valid token");
+    assert_eq!(echoed, "hi");
+    let audience = [("provider", "grpc"), ("result", "audience")];
+    assert_eq!(
+        proxy
+            .metric("remora_jwt_validations_total", &audience)
+            .await,
+        1.0
+    );
+}
+
+/// The access log of the real binary says why a token was refused
+/// (`error_detail`), and never holds the token.
+#[tokio::test]
+async fn the_access_log_says_why_without_the_token() {
+    let keys = Keys::new(&["rsa-log"]);
+    let jwks = keys.jwks_file(&["rsa-log"]);
+    let app = http_backend("app");
+    let yaml = format!(
+        "service: {{ name: app, port: {} }}\n\
+         inbound:\n  listen: 127.0.0.1:0\n  jwt:\n{}\
+         admin: {{ listen: 127.0.0.1:0 }}\n",
+        app.addr.port(),
+        provider_yaml("logged", &jwks, "")
+    );
+    let mut remora = support::ProxyProcess::start(&yaml, 1);
+    let expired = keys.token(spec(
+        "rsa-log",
+        "RS256",
+        with(good_claims(), json!({"exp": "now-600"})),
+    ));
+    let request = Request::get(format!("http://{}/", remora.listener("inbound")))
+        .header("authorization", format!("Bearer {expired}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let reply = send(Version::HTTP_11, request).await.unwrap();
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    let line = tokio::task::spawn_blocking(move || remora.wait_for_log("\"message\":\"request\""))
+        .await
+        .unwrap();
+    let logged: Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(logged["error"], "unauthenticated", "{line}");
+    assert_eq!(logged["error_detail"], "expired", "{line}");
+    let signature = expired.rsplit('.').next().unwrap();
+    assert!(!line.contains(signature), "the token is in the log: {line}");
+}
