@@ -24,6 +24,7 @@ use crate::middleware::jwt::JwtLayer;
 use crate::middleware::normalize_path::NormalizePathLayer;
 use crate::middleware::observe::ObserveLayer;
 use crate::middleware::rate_limit::RateLimitLayer;
+use crate::middleware::request_token::RequestTokenLayer;
 use crate::middleware::retry::RetryLayer;
 use crate::middleware::timeout::TimeoutLayer;
 use crate::middleware::trace_context::TraceContextLayer;
@@ -106,6 +107,7 @@ struct UpstreamLayers {
     timeout: Option<Duration>,
     retries: Option<RetryLayer>,
     concurrency: Option<ConcurrencyLimitLayer>,
+    request_token: Option<RequestTokenLayer>,
 }
 
 impl UpstreamLayers {
@@ -121,6 +123,7 @@ impl UpstreamLayers {
             retries: (config.retries.as_ref()).map(|policy| RetryLayer::new(policy, name)),
             concurrency: (config.max_concurrent_requests)
                 .map(|limit| ConcurrencyLimitLayer::new(limit, direction, name)),
+            request_token: config.request_token.as_ref().map(RequestTokenLayer::new),
         }
     }
 }
@@ -145,8 +148,12 @@ fn logical(
     let retries = (route.and_then(|r| r.retries.as_ref()))
         .map(|policy| RetryLayer::new(policy, name))
         .or_else(|| upstream.retries.clone());
+    let request_token = (route.and_then(|r| r.request_token.as_ref()))
+        .map(RequestTokenLayer::new)
+        .or_else(|| upstream.request_token.clone());
     let service = ServiceBuilder::new()
         .layer(ErrorResponseLayer)
+        .option_layer(request_token)
         .option_layer(fault)
         .option_layer(rate_limit)
         .option_layer(mirror)

@@ -32,6 +32,7 @@ mod path_normalization;
 mod pool;
 mod prune;
 mod redact;
+mod request_token;
 mod resilience;
 mod routing;
 mod runtime;
@@ -59,6 +60,7 @@ pub use model::Config;
 pub use path_normalization::{EscapedSlashesAction, PathNormalization};
 pub use pool::ConnectionPool;
 pub use redact::shown;
+pub use request_token::RequestTokenConfig;
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,
     OutlierDetection, RateLimitConfig, RateLimitKey, RetryBackoff, RetryBudget, RetryPolicy,

@@ -14,6 +14,7 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::duration;
+use super::request_token::RequestTokenConfig;
 use super::resilience::{FaultConfig, RateLimitConfig, RetryPolicy};
 
 /// The backend name that means "the upstream's own endpoints".
@@ -83,6 +84,9 @@ pub struct RouteConfig {
     pub direct_response: Option<DirectResponse>,
     #[serde(default)]
     pub mirror: Option<MirrorConfig>,
+    /// Overrides the upstream's `request_token`.
+    #[serde(default)]
+    pub request_token: Option<RequestTokenConfig>,
 }
 
 /// The conditions of a route.

@@ -9,6 +9,7 @@ pub mod jwt;
 pub mod normalize_path;
 pub mod observe;
 pub mod rate_limit;
+pub mod request_token;
 pub mod retry;
 pub mod timeout;
 pub mod trace_context;

@@ -13,6 +13,7 @@ mod consul;
 mod discovery;
 mod inbound;
 mod jwt;
+mod request_token;
 mod resilience;
 mod routing;
 mod runtime;
