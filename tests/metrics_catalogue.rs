@@ -1,7 +1,7 @@
 //! `docs/metrics.md` against the real `/metrics`: a proxy using every feature (an HTTP
 //! upstream with retries, breaker, rate limit, concurrency limit, a 0 % fault, outlier
 //! detection, a dead endpoint and a mirrored route; a TCP upstream; inbound; registration with
-//! the Consul stand-in) is driven until the event-only
+//! the Consul stand-in; `inbound.jwt`) is driven until the event-only
 //! metrics have happened, then every exported metric must be in the table with the same type
 //! and label names, and every metric in the table must be exported — except those the table
 //! marks *Appears after …*, which may be missing but must match when present. A second proxy
@@ -104,10 +104,15 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
             support::h2_origin::answer(respond, 200);
         }
     });
+    // A JWKS without keys: loaded (counted), and the validations registered.
+    let jwks = std::env::temp_dir().join(format!("remora-cat-jwks-{}.json", std::process::id()));
+    std::fs::write(&jwks, r#"{"keys":[]}"#).unwrap();
+    let jwks = jwks.display();
     let yaml = format!(
         "service: {{ name: cat-svc, port: {app}, protocol: http, register: true }}\n\
          consul: {{ address: \"{consul}\" }}\n\
-         inbound: {{ listen: 127.0.0.1:0 }}\n\
+         inbound: {{ listen: 127.0.0.1:0, jwt: {{ providers: [{{ name: cat-jwt, issuer: cat, \
+         jwks: {{ file: {jwks} }} }}] }} }}\n\
          upstreams:\n\
          \x20 - name: cat-http\n    listen: 127.0.0.1:0\n    protocol: http\n    \
          discovery: {{ static: [{backend}, {dead}] }}\n    \
