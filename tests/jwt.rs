@@ -644,6 +644,7 @@ async fn a_rotated_jwks_url_is_fetched_early_for_a_new_kid_and_the_old_key_stops
     assert_eq!(app_headers(&reply)["x-user"], json!(["alice"]));
     assert_eq!(jwks.fetches(), 2);
 
+    // The old token was verified (and cached) before: the new set drops it.
     let started = Instant::now();
     assert_refused(&with_token(&proxy, old).await, "the removed key");
     assert_refused(&with_token(&proxy, other).await, "a kid the set never had");

@@ -67,6 +67,14 @@ pub struct JwtProvider {
     /// Clock skew allowed on `exp`, `nbf` and `iat`.
     #[serde(default = "default_leeway", with = "duration")]
     pub leeway: Duration,
+    /// Verified tokens kept (until they expire) so that a token sent again
+    /// is not verified again; 0 turns the cache off.
+    #[serde(default = "default_cache_size")]
+    pub cache_size: usize,
+}
+
+fn default_cache_size() -> usize {
+    1000
 }
 
 fn default_leeway() -> Duration {

@@ -1374,7 +1374,10 @@ fn jwt_defaults_and_bad_values() {
     let jwt = config.inbound.unwrap().jwt.unwrap();
     let provider = &jwt.providers[0];
     assert!(!jwt.required && jwt.rules.is_empty() && !provider.forward);
-    assert_eq!(provider.leeway, Duration::from_secs(60));
+    assert_eq!(
+        (provider.leeway, provider.cache_size),
+        (Duration::from_secs(60), 1000)
+    );
     assert_eq!(
         provider.jwks.as_ref().unwrap().refresh,
         Duration::from_secs(300)

@@ -1,6 +1,7 @@
 //! Checks on `inbound.jwt`: at least one provider, unique names, an issuer,
 //! keys from exactly one of `jwks` (a `file` or an http(s) `url`) and
-//! `secret` (at least 32 bytes, RFC 7518 §3.2), a `from` naming one header
+//! `secret` (at least 32 bytes, RFC 7518 §3.2), a bounded `cache_size`, a
+//! `from` naming one header
 //! or one cookie, valid and unreserved `claims_to_headers` header names, and
 //! rules whose prefix is a path.
 
@@ -11,6 +12,9 @@ use http::HeaderName;
 use super::Problems;
 use crate::config::jwt::{JwksConfig, JwtConfig, JwtProvider, TokenLocation};
 use crate::headers::is_reserved;
+
+/// The most verified tokens one provider may keep.
+const MAX_CACHE_SIZE: usize = 1_000_000;
 
 /// Headers remora or HTTP itself owns, which a claim may not be copied to.
 const OWNED_HEADERS: [&str; 8] = [
@@ -70,6 +74,12 @@ fn check_provider(at: &str, provider: &JwtProvider, problems: &mut Problems) {
             at,
             "needs exactly one of jwks (public keys) and secret (HS256/384/512)",
         ),
+    }
+    if provider.cache_size > MAX_CACHE_SIZE {
+        problems.add(
+            format!("{at}.cache_size"),
+            format!("must be at most {MAX_CACHE_SIZE}"),
+        );
     }
     if let Some(from) = &provider.from {
         check_location(&format!("{at}.from"), from, problems);

@@ -20,10 +20,13 @@
 //!    `www-authenticate: Bearer error="invalid_token"` (gRPC: 16
 //!    UNAUTHENTICATED) by `error_response`; the reason goes to the access
 //!    log and `remora_jwt_validations_total`, never the token.
+//!    A verified token is kept (`cache`) until it expires, so the same
+//!    token sent again skips the signature check.
 //! 5. Valid: the claims are set as headers (`claims_to_headers`), the token
 //!    is taken out unless the provider `forward`s it, and the request
 //!    carries [`VerifiedClaims`] for the authorization layer inside.
 
+mod cache;
 mod keys;
 mod source;
 mod token;
@@ -180,7 +183,7 @@ where
             }
             request.extensions_mut().insert(VerifiedClaims {
                 provider: Arc::clone(&provider.name),
-                claims: Arc::new(claims),
+                claims,
             });
             inner.call(request).await
         }))

@@ -9,13 +9,14 @@
 //! reload that changed it, or shutdown); nothing it does can fail the proxy.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
+use xxhash_rust::xxh3::xxh3_64;
 
 use super::keys::KeySet;
 use crate::config::JwksConfig;
@@ -35,6 +36,9 @@ pub(super) struct KeySource {
     provider: Arc<str>,
     origin: Origin,
     current: ArcSwap<KeySet>,
+    /// A hash of the JWKS document in use (0 before the first): which keys
+    /// a cached verification was made with.
+    version: AtomicU64,
     /// Counts finished loads (good or not), so a request can wait for one.
     loads: watch::Sender<u64>,
     loading: AtomicBool,
@@ -68,6 +72,7 @@ impl KeySource {
             provider: provider.into(),
             origin,
             current: ArcSwap::default(),
+            version: AtomicU64::new(0),
             loads: watch::Sender::new(0),
             loading: AtomicBool::new(false),
             last_early: Mutex::new(None),
@@ -88,6 +93,11 @@ impl KeySource {
 
     pub(super) fn keys(&self) -> arc_swap::Guard<Arc<KeySet>> {
         self.current.load()
+    }
+
+    /// Which JWKS document is in use (a hash of it).
+    pub(super) fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     /// Asks for an early load (a token named an unknown key) and waits for
@@ -137,13 +147,14 @@ impl KeySource {
 
     /// Installs a loaded document when it is a JWKS; counts and logs either way.
     fn install(&self, loaded: Result<Vec<u8>, String>) -> bool {
-        let parsed = loaded.and_then(|bytes| KeySet::parse(&bytes));
+        let parsed = loaded.and_then(|bytes| Ok((KeySet::parse(&bytes)?, xxh3_64(&bytes))));
         let ok = parsed.is_ok();
         jwks_fetches(&self.provider, ok).increment(1);
         match parsed {
-            Ok((keys, skipped)) => {
+            Ok(((keys, skipped), version)) => {
                 tracing::debug!(provider = %self.provider, keys = keys.len(), skipped, "JWKS loaded");
                 self.current.store(Arc::new(keys));
+                self.version.store(version, Ordering::Release);
             }
             Err(error) => tracing::warn!(
                 provider = %self.provider,

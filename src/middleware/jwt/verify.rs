@@ -16,6 +16,7 @@ use metrics::Counter;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::cache::TokenCache;
 use super::keys::Lookup;
 use super::source::KeySource;
 use super::token::{ClaimHeader, Location};
@@ -50,6 +51,7 @@ pub(super) struct Provider {
     pub(super) location: Location,
     pub(super) claims_to_headers: Vec<ClaimHeader>,
     pub(super) forward: bool,
+    cache: TokenCache,
     ok: Counter,
     rejected: [Counter; TokenRejection::ALL.len()],
 }
@@ -88,6 +90,7 @@ impl Provider {
                 .filter_map(|(claim, header)| ClaimHeader::new(claim, header))
                 .collect(),
             forward: config.forward,
+            cache: TokenCache::new(config.cache_size),
             ok: jwt_validations(&config.name, "ok"),
             rejected: TokenRejection::ALL
                 .map(|reason| jwt_validations(&config.name, reason.as_str())),
@@ -107,8 +110,23 @@ impl Provider {
         }
     }
 
-    /// The claims of `token` when this provider verifies it.
-    pub(super) async fn verify(&self, token: &str) -> Result<Claims, TokenRejection> {
+    /// The claims of `token` when this provider verifies it (or verified
+    /// it before with its current keys, `cache`).
+    pub(super) async fn verify(&self, token: &str) -> Result<Arc<Claims>, TokenRejection> {
+        let keys = match &self.keys {
+            Keys::Secret(_) => 0,
+            Keys::Jwks(source) => source.version(),
+        };
+        let now = unix_now();
+        if let Some(claims) = self.cache.get(token, keys, now) {
+            return Ok(claims);
+        }
+        let claims = Arc::new(self.verify_uncached(token).await?);
+        self.cache.put(token, &claims, keys, now, self.leeway);
+        Ok(claims)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<Claims, TokenRejection> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| unreadable_header(token))?;
         let alg = header.alg;
         let validation = self
@@ -191,9 +209,7 @@ fn validation(alg: Algorithm, config: &JwtProvider) -> Validation {
 /// `exp` passed, `nbf` or `iat` ahead, beyond `leeway` seconds; a time
 /// claim that is not a number is malformed (RFC 7519 §2: NumericDate).
 fn check_times(claims: &Claims, leeway: f64) -> Result<(), TokenRejection> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |since| since.as_secs_f64());
+    let now = unix_now();
     let time = |name: &str| match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(number)) => Ok(number.as_f64()),
@@ -209,6 +225,12 @@ fn check_times(claims: &Claims, leeway: f64) -> Result<(), TokenRejection> {
         return Err(TokenRejection::IssuedInFuture);
     }
     Ok(())
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
 }
 
 /// Why a token's header could not be read: an `alg` remora does not accept
