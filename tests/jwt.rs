@@ -949,3 +949,71 @@ async fn an_outbound_route_attaches_the_token_of_a_file_and_follows_its_rotation
         "{seen}"
     );
 }
+
+/// Two providers reading `Authorization`: the token's `iss` picks the one
+/// that verifies it; an issuer neither has is refused as `issuer`.
+#[tokio::test]
+async fn the_issuer_picks_the_provider_among_those_reading_the_same_header() {
+    let keys = Keys::new(&["rsa-a", "ec-b"]);
+    std::fs::write(keys.dir.join("a.json"), keys.jwks(&["rsa-a"])).unwrap();
+    std::fs::write(keys.dir.join("b.json"), keys.jwks(&["ec-b"])).unwrap();
+    let app = http_backend("app");
+    let jwt = format!(
+        "    providers:\n\
+         \x20     - {{ name: issuer-a, issuer: https://a.test, jwks: {{ file: {} }}, claims_to_headers: {{ iss: x-issuer }} }}\n\
+         \x20     - {{ name: issuer-b, issuer: https://b.test, jwks: {{ file: {} }}, claims_to_headers: {{ iss: x-issuer }} }}\n",
+        keys.dir.join("a.json").display(),
+        keys.dir.join("b.json").display()
+    );
+    let proxy = proxy(&app, &jwt).await;
+    let tokens = keys.tokens(&[
+        spec(
+            "rsa-a",
+            "RS256",
+            json!({ "iss": "https://a.test", "exp": "now+60" }),
+        ),
+        spec(
+            "ec-b",
+            "ES256",
+            json!({ "iss": "https://b.test", "exp": "now+60" }),
+        ),
+        spec(
+            "ec-b",
+            "ES256",
+            json!({ "iss": "https://c.test", "exp": "now+60" }),
+        ),
+        // b's key under a's issuer: a verifies it, and its keys do not have it.
+        spec(
+            "ec-b",
+            "ES256",
+            json!({ "iss": "https://a.test", "exp": "now+60" }),
+        ),
+    ]);
+    for (token, issuer) in tokens.iter().zip(["https://a.test", "https://b.test"]) {
+        let reply = with_token(&proxy, token).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        assert_eq!(app_headers(&reply)["x-issuer"], json!([issuer]));
+    }
+    assert_refused(
+        &with_token(&proxy, &tokens[2]).await,
+        "no provider's issuer",
+    );
+    assert_refused(
+        &with_token(&proxy, &tokens[3]).await,
+        "another issuer's key",
+    );
+    let metric = "remora_jwt_validations_total";
+    for (provider, result) in [
+        ("issuer-a", "ok"),
+        ("issuer-b", "ok"),
+        ("issuer-a", "issuer"),
+        ("issuer-a", "unknown_key"),
+    ] {
+        let labels = [("provider", provider), ("result", result)];
+        assert_eq!(
+            proxy.metric(metric, &labels).await,
+            1.0,
+            "{provider} {result}"
+        );
+    }
+}

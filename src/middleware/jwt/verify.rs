@@ -1,4 +1,5 @@
-//! One provider's verification of a token. `jsonwebtoken` checks the
+//! One provider's verification of a token. A token whose (unverified) `iss`
+//! is not the provider's is refused first. `jsonwebtoken` checks the
 //! signature, `iss` and `aud`; the algorithm must suit the key: HS256/384/512
 //! only with the provider's `secret`, the others only with a JWKS key made
 //! for them (`keys`), `none` never. Then `exp`, `nbf` and `iat` are checked
@@ -128,6 +129,11 @@ impl Provider {
 
     async fn verify_uncached(&self, token: &str) -> Result<Claims, TokenRejection> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| unreadable_header(token))?;
+        // Another issuer's token is refused before its key is looked for
+        // (which could refresh the JWKS for a kid that is not ours).
+        if unverified_issuer(token).is_some_and(|iss| iss != self.issuer) {
+            return Err(TokenRejection::Issuer);
+        }
         let alg = header.alg;
         let validation = self
             .validations
@@ -245,7 +251,7 @@ fn unreadable_header(token: &str) -> TokenRejection {
 }
 
 /// The `iss` of a token, read without verifying it: only to pick which of
-/// several providers verifies it.
+/// several providers verifies it, or to refuse another issuer's token early.
 pub(super) fn unverified_issuer(token: &str) -> Option<String> {
     #[derive(Deserialize)]
     struct Iss {
