@@ -10,14 +10,19 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
-const RSA: &[Algorithm] = &[
+/// Every algorithm a JWKS key can verify; the first six are RSA's.
+pub(super) const VERIFIABLE: [Algorithm; 9] = [
     Algorithm::RS256,
     Algorithm::RS384,
     Algorithm::RS512,
     Algorithm::PS256,
     Algorithm::PS384,
     Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
 ];
+const RSA: &[Algorithm] = VERIFIABLE.split_at(6).0;
 
 /// One verification key.
 pub(super) struct Key {

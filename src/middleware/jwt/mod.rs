@@ -40,13 +40,12 @@ use http::{HeaderName, Request, Response};
 use metrics::Counter;
 use tower::{Layer, Service};
 
-use self::token::spells;
 use self::verify::{Provider, unverified_issuer};
 use crate::body::ResponseBody;
 use crate::config::{JwtConfig, JwtRule};
 use crate::context::VerifiedClaims;
 use crate::error::{ProxyError, TokenRejection};
-use crate::headers::remove_headers;
+use crate::headers::{reads_as, remove_headers};
 use crate::telemetry::metrics::jwt_validations;
 
 /// Verifies the tokens of incoming requests (see the module doc).
@@ -152,7 +151,7 @@ where
         let policy = Arc::clone(&self.policy);
         if !policy.claim_headers.is_empty() {
             remove_headers(request.headers_mut(), |name| {
-                (policy.claim_headers.iter()).any(|claim| spells(name, claim))
+                (policy.claim_headers.iter()).any(|claim| reads_as(name, claim))
             });
         }
         let Some((token, index)) = policy.token_of(&request) else {

@@ -131,14 +131,6 @@ fn text_of(value: &Value) -> String {
     }
 }
 
-/// True when `name` reads as `claim_header` to an application that ignores
-/// case and folds `_` into `-` (as `headers::is_reserved` does for remora's own).
-pub(super) fn spells(name: &HeaderName, claim_header: &HeaderName) -> bool {
-    let (name, claim) = (name.as_str().as_bytes(), claim_header.as_str().as_bytes());
-    name.len() == claim.len()
-        && (claim.iter().zip(name)).all(|(&c, &n)| c == n || (c == b'-' && n == b'_'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,13 +208,5 @@ mod tests {
         assert_eq!(out["x-groups"], "a,b");
         assert_eq!(out["x-org"], "o1");
         assert!(out.get("x-bad").is_none() && out.get("x-none").is_none());
-    }
-
-    #[test]
-    fn underscore_spellings_read_as_the_claim_header() {
-        let claim = HeaderName::from_static("x-user-id");
-        assert!(spells(&HeaderName::from_static("x_user_id"), &claim));
-        assert!(spells(&HeaderName::from_static("x-user_id"), &claim));
-        assert!(!spells(&HeaderName::from_static("x-user-ids"), &claim));
     }
 }

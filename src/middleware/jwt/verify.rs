@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::cache::TokenCache;
-use super::keys::Lookup;
+use super::keys::{Lookup, VERIFIABLE};
 use super::source::KeySource;
 use super::token::{ClaimHeader, Location};
 use crate::config::JwtProvider;
@@ -26,17 +26,6 @@ use crate::error::TokenRejection;
 use crate::telemetry::metrics::jwt_validations;
 
 const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
-const PUBLIC_KEY: [Algorithm; 9] = [
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
 
 /// The claims of a verified token.
 pub(super) type Claims = Map<String, Value>;
@@ -73,7 +62,7 @@ impl Provider {
             ),
             (None, Some(jwks)) => (
                 Keys::Jwks(KeySource::start(&config.name, jwks)),
-                &PUBLIC_KEY,
+                &VERIFIABLE,
             ),
             (None, None) => return None,
         };
