@@ -58,7 +58,7 @@ fn harness() -> &'static Harness {
 /// `inbound.jwt` read from `jwt` by remora's own config parser (with its checks).
 fn jwt_config(jwt: &str) -> JwtConfig {
     let indented: String = jwt.lines().map(|line| format!("    {line}\n")).collect();
-    let text = format!("service: {{ name: fuzz }}\ninbound:\n  jwt:\n{indented}");
+    let text = format!("service: {{ name: fuzz, port: 8080 }}\ninbound:\n  jwt:\n{indented}");
     let config = remora::config::parse(&text, "fuzz.yaml").unwrap_or_else(|e| panic!("{e}"));
     config
         .inbound
