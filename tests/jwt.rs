@@ -1017,3 +1017,65 @@ async fn the_issuer_picks_the_provider_among_those_reading_the_same_header() {
         );
     }
 }
+
+/// `inbound.jwt` hands the verified claims to `inbound.authorization`
+/// (`VerifiedClaims`): a rule on `provider`, `sub`, `scope` and a nested
+/// claim lets alice in; bob's valid token is 403 `forbidden`, a request
+/// without a token matches no `jwt` rule (403), and an invalid token never
+/// reaches the rules (401).
+#[tokio::test]
+async fn verified_claims_reach_the_authorization_rules() {
+    let keys = Keys::new(&["ed-authz"]);
+    let jwks = keys.jwks_file(&["ed-authz"]);
+    let app = http_backend("app");
+    let rules = "  authorization:\n\
+                 \x20   default: deny\n\
+                 \x20   rules:\n\
+                 \x20     - name: alice-reads\n\
+                 \x20       action: allow\n\
+                 \x20       jwt: { provider: authz, sub: alice, scope: reports.read, claims: [{ name: [org, id], value: o1 }] }\n\
+                 \x20       match: { path: { exact: /headers }, methods: [GET] }\n";
+    let yaml = TestConfig::inbound_to("app", app.addr).yaml().replace(
+        "inbound: { listen: 127.0.0.1:0 }\n",
+        &format!(
+            "inbound:\n  listen: 127.0.0.1:0\n  jwt:\n{}{rules}",
+            provider_yaml("authz", &jwks, "")
+        ),
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let alice = with(
+        good_claims(),
+        json!({ "scope": "reports.read reports.write" }),
+    );
+    let tokens = keys.tokens(&[
+        spec("ed-authz", "EdDSA", alice.clone()),
+        spec(
+            "ed-authz",
+            "EdDSA",
+            with(alice.clone(), json!({ "sub": "bob" })),
+        ),
+        spec(
+            "ed-authz",
+            "EdDSA",
+            with(alice, json!({ "exp": "now-3600" })),
+        ),
+    ]);
+
+    let reply = with_token(&proxy, &tokens[0]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(app_headers(&reply)["x-user"], json!(["alice"]));
+    let bob = with_token(&proxy, &tokens[1]).await;
+    assert_eq!(bob.status, StatusCode::FORBIDDEN);
+    assert_eq!(bob.headers["x-remora-error"], "forbidden");
+    let anonymous = get(&proxy, "/headers", &[]).await;
+    assert_eq!(
+        anonymous.status,
+        StatusCode::FORBIDDEN,
+        "no token matches no jwt rule"
+    );
+    assert_refused(
+        &with_token(&proxy, &tokens[2]).await,
+        "expired, before the rules",
+    );
+    assert_eq!(app.requests(), 1);
+}

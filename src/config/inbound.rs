@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::authorization::InboundAuthorization;
 use super::duration;
 use super::jwt::JwtConfig;
 use super::limits::ListenerLimits;
@@ -35,6 +36,9 @@ pub struct InboundConfig {
     /// JWT validation of incoming requests.
     #[serde(default)]
     pub jwt: Option<JwtConfig>,
+    /// L7 authorization rules (after `tls.authorization`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<InboundAuthorization>,
 }
 
 impl Default for InboundConfig {
@@ -48,6 +52,7 @@ impl Default for InboundConfig {
             upgrades: default_upgrades(),
             path_normalization: PathNormalization::default(),
             jwt: None,
+            authorization: None,
         }
     }
 }
