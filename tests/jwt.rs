@@ -151,16 +151,10 @@ async fn proxy(app: &Backend, jwt: &str) -> Proxy {
 
 /// `GET path` through the inbound listener with extra headers.
 async fn get(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut request = Request::get(format!("http://{}{path}", proxy.inbound()));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    send(
-        Version::HTTP_11,
-        request.body(Full::new(Bytes::new())).unwrap(),
-    )
-    .await
-    .expect("proxy answers")
+    let url = format!("http://{}{path}", proxy.inbound());
+    support::client::call("GET", &url, headers)
+        .await
+        .expect("proxy answers")
 }
 
 async fn with_token(proxy: &Proxy, token: &str) -> Reply {
