@@ -27,7 +27,8 @@ source "$ROOT/bench/common.sh"
 for tool in wrk haproxy taskset curl python3; do
   command -v "$tool" >/dev/null || die "$tool not found (apt-get install wrk haproxy util-linux curl python3)"
 done
-python3 -c "import jwt, cryptography" 2>/dev/null || die "pip install pyjwt cryptography"
+PYTHON=/usr/bin/python3
+$PYTHON -c "import jwt, cryptography" 2>/dev/null || die "apt-get install python3-jwt python3-cryptography"
 require_integers CONNS DURATION WARMUP ROUNDS
 if [[ ! -x "$REMORA_BIN" ]]; then
   log "building remora (cargo build --profile release-fast)"
@@ -36,7 +37,7 @@ fi
 
 # Keys and tokens made by PyJWT (tests/fixtures/jwt_tokens.py), valid for an hour.
 TOKENS=$ROOT/tests/fixtures/jwt_tokens.py
-python3 "$TOKENS" keys "$TMP" rsa ec
+$PYTHON "$TOKENS" keys "$TMP" rsa ec
 python3 - "$TMP" <<'EOF'
 import json, sys
 keys = [json.load(open(f"{sys.argv[1]}/jwks-{n}.json"))["keys"][0] for n in ("rsa", "ec")]
@@ -46,7 +47,7 @@ claims='"claims": {"iss": "https://issuer.bench", "aud": "api", "sub": "alice", 
 mapfile -t MADE < <(printf '%s\n' \
   "{\"key\": \"rsa\", \"alg\": \"RS256\", \"kid\": \"rsa\", $claims}" \
   "{\"key\": \"ec\", \"alg\": \"ES256\", \"kid\": \"ec\", $claims}" |
-  python3 "$TOKENS" sign "$TMP")
+  $PYTHON "$TOKENS" sign "$TMP")
 RS256=${MADE[0]:-} ES256=${MADE[1]:-}
 [[ -n "$RS256" && -n "$ES256" ]] || die "no tokens made"
 

@@ -22,9 +22,11 @@ cd "$(dirname "$0")/.."
 # upstream servers and a load generator we did not write: nginx-light (h2c
 # and HTTP/1.1 origin), haproxy (h2 origin), nghttp2-client (h2load) and
 # python3-grpcio (a gRPC C-core server, tests/fixtures/grpc_server.py, with
-# python3, whose standard library it otherwise uses).
+# python3, whose standard library it otherwise uses); python3-jwt (PyJWT) and
+# python3-cryptography make the keys and tokens of tests/jwt.rs
+# (tests/fixtures/jwt_tokens.py).
 # bench/ also needs wrk.
-packages=(procps curl dnsmasq-base chromium iptables iproute2 util-linux nginx-light haproxy nghttp2-client python3-grpcio)
+packages=(procps curl dnsmasq-base chromium iptables iproute2 util-linux nginx-light haproxy nghttp2-client python3-grpcio python3-jwt python3-cryptography)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
@@ -35,13 +37,6 @@ if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-
-# PyPI packages: PyJWT and cryptography make the keys and tokens of
-# tests/jwt.rs (tests/fixtures/jwt_tokens.py).
-if ! python3 -c "import jwt, cryptography" 2>/dev/null; then
-    echo "installing: pyjwt cryptography (pip)"
-    python3 -m pip install -q --break-system-packages pyjwt cryptography
 fi
 
 if [ "$(id -u)" -eq 0 ]; then

@@ -40,7 +40,7 @@ impl Drop for Keys {
 }
 
 fn python(args: &[&str], input: &str) -> String {
-    let mut child = Command::new("python3")
+    let mut child = Command::new("/usr/bin/python3")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/jwt_tokens.py"
@@ -50,7 +50,9 @@ fn python(args: &[&str], input: &str) -> String {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("python3 is needed: apt-get install python3 (scripts/test.sh installs it)");
+        .expect(
+            "/usr/bin/python3 is needed: apt-get install python3 (scripts/test.sh installs it)",
+        );
     use std::io::Write;
     child
         .stdin
@@ -62,7 +64,7 @@ fn python(args: &[&str], input: &str) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         !stderr.contains("No module named"),
-        "PyJWT and cryptography are needed: pip install pyjwt cryptography \
+        "PyJWT and cryptography are needed: apt-get install python3-jwt python3-cryptography \
          (scripts/test.sh installs them): {stderr}"
     );
     assert!(output.status.success(), "jwt_tokens.py {args:?}: {stderr}");
