@@ -34,10 +34,10 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use crate::backoff::Pacer;
 use crate::config::{CheckConfig, Config};
 use crate::consul::Client;
 use crate::consul::agent::{AgentCheck, ProxyDestination, ServiceRegistration, go_duration};
-use crate::consul::blocking::Pacer;
 use crate::telemetry::metrics;
 
 /// Longest the deregistrations may hold up a shutdown.

@@ -41,8 +41,9 @@ use xxhash_rust::xxh3::xxh3_64;
 use anyhow::Context as _;
 
 use crate::admin::AdminState;
+use crate::backoff::Pacer;
 use crate::config::{self, Config, ConfigErrors, ConfigSource};
-use crate::consul::{self, blocking::Pacer, blocking::next_index};
+use crate::consul::{self, blocking::next_index};
 use crate::drain::Drain;
 use crate::live::{LiveProxy, keep_fixed};
 use crate::telemetry::metrics;
@@ -121,10 +122,7 @@ pub async fn initial(
 /// variables the local file allows, without `consul` and `config_source` of
 /// its own — it gets the local file's, which say how to reach it.
 fn kv_config(bootstrap: &Config, text: &str, key: &str) -> Result<Config, ConfigErrors> {
-    let allowed_env = match &bootstrap.config_source {
-        Some(ConfigSource::ConsulKv(source)) => source.allowed_env.as_slice(),
-        None => &[],
-    };
+    let allowed_env = (bootstrap.config_source.as_ref()).map_or(&[][..], ConfigSource::allowed_env);
     let mut config = config::parse_from_source(text, &format!("consul-kv:{key}"), allowed_env)?;
     config::adopt_local_sections(&mut config, bootstrap);
     Ok(config)

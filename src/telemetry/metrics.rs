@@ -25,6 +25,7 @@ pub const ENDPOINTS: &str = "remora_endpoints";
 pub const CONNECT_ERRORS_TOTAL: &str = "remora_upstream_connect_errors_total";
 pub const DISCOVERY_ERRORS_TOTAL: &str = "remora_discovery_errors_total";
 pub const DISCOVERY_LAST_UPDATE: &str = "remora_discovery_last_update_timestamp_seconds";
+pub const DISCOVERY_WATCH_UP: &str = "remora_discovery_watch_up";
 pub const CONFIG_RELOADS_TOTAL: &str = "remora_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "remora_config_last_reload_success_timestamp_seconds";
 pub const CONSUL_REGISTRATIONS_TOTAL: &str = "remora_consul_registrations_total";
@@ -56,6 +57,14 @@ pub fn connect_error(upstream: &str) {
 /// Shows an upstream's discovery metrics (at zero) before its first query.
 pub fn register_discovery(upstream: &str) {
     counter!(DISCOVERY_ERRORS_TOTAL, "upstream" => upstream.to_owned()).increment(0);
+    set_discovery_watch_up(upstream, false);
+}
+
+/// Whether the registry watch feeding `upstream` answers (1) or is failing
+/// and the upstream serves its last known endpoints (0; also before the
+/// first answer).
+pub fn set_discovery_watch_up(upstream: &str, up: bool) {
+    gauge!(DISCOVERY_WATCH_UP, "upstream" => upstream.to_owned()).set(f64::from(u8::from(up)));
 }
 
 /// Counts a failed discovery query for `upstream`.

@@ -1,0 +1,275 @@
+//! A real etcd v3 server (Debian `etcd-server`) for tests, on 127.0.0.1
+//! ports picked free (bound at :0 first, since etcd needs explicit URLs),
+//! with a temporary data directory; killed and removed when dropped. Keys
+//! are written and read with the real `etcdctl` (Debian `etcd-client`), or
+//! with the `etcd-client` crate where a test needs exact timing.
+//!
+//! Also `Relay`: a TCP relay in front of it that a test can cut and
+//! restore, to break remora's connection while etcd itself runs on.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use super::requirements::require_tool;
+
+/// Longest wait for etcd to answer after it was started.
+const START_WAIT: Duration = Duration::from_secs(15);
+
+/// A running etcd member, alone in its cluster.
+pub struct Etcd {
+    child: Option<Child>,
+    pub client: SocketAddr,
+    peer: SocketAddr,
+    data_dir: PathBuf,
+    /// `--user name:password` for etcdctl once auth is on.
+    user: Option<String>,
+}
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it answers.
+    pub fn start() -> Etcd {
+        require_tool("etcd", "etcd-server");
+        require_tool("etcdctl", "etcd-client");
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let data_dir = std::env::temp_dir().join(format!(
+            "remora-etcd-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let mut etcd = Etcd {
+            child: None,
+            client: free_port(),
+            peer: free_port(),
+            data_dir,
+            user: None,
+        };
+        etcd.run();
+        etcd
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.client)
+    }
+
+    fn run(&mut self) {
+        let peer = format!("http://{}", self.peer);
+        let child = Command::new("etcd")
+            .args(["--name", "test", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(["--listen-client-urls", &self.url()])
+            .args(["--advertise-client-urls", &self.url()])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .args([
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+                "--log-level",
+                "error",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+        let deadline = Instant::now() + START_WAIT;
+        while !self.answers() {
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not answer within {START_WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn answers(&self) -> bool {
+        self.etcdctl_command(&["endpoint", "health"])
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    }
+
+    /// Kills etcd (SIGKILL: as a crash, nothing said to clients).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same ports and data (revisions, leases kept).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.run();
+    }
+
+    fn etcdctl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("etcdctl");
+        command.env("ETCDCTL_API", "3").args([
+            "--endpoints",
+            &self.url(),
+            "--command-timeout",
+            "5s",
+        ]);
+        if let Some(user) = &self.user {
+            command.args(["--user", user]);
+        }
+        command.args(args);
+        command
+    }
+
+    /// Runs `etcdctl ARGS`; panics when it fails; returns its stdout.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let output = self.etcdctl_command(args).output().expect("run etcdctl");
+        assert!(
+            output.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    pub fn put(&self, key: &str, value: &str) {
+        self.etcdctl(&["put", key, "--", value]);
+    }
+
+    pub fn delete(&self, key: &str) {
+        self.etcdctl(&["del", key]);
+    }
+
+    /// The value of `key`, `None` when it does not exist.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let out = self.etcdctl(&["get", key, "--print-value-only"]);
+        let value = out.strip_suffix('\n').unwrap_or(&out);
+        (!out.is_empty()).then(|| value.to_owned())
+    }
+
+    /// Keys under `prefix`.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let out = self.etcdctl(&["get", prefix, "--prefix", "--keys-only"]);
+        out.lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The store's current revision.
+    pub fn revision(&self) -> i64 {
+        let out = self.etcdctl(&["get", "/", "--prefix", "--limit", "1", "-w", "json"]);
+        let json: serde_json::Value = serde_json::from_str(&out).expect("etcdctl json");
+        json["header"]["revision"].as_i64().expect("revision")
+    }
+
+    /// Compacts the history up to the current revision.
+    pub fn compact(&self) -> i64 {
+        let revision = self.revision();
+        self.etcdctl(&["compact", &revision.to_string()]);
+        revision
+    }
+
+    /// Turns authentication on with `root` and a user `user` (password
+    /// `password`) that may read and write everything; etcdctl then logs in
+    /// as root.
+    pub fn enable_auth(&mut self, user: &str, password: &str) {
+        self.etcdctl(&["user", "add", "root:rootpw"]);
+        self.etcdctl(&["user", "add", &format!("{user}:{password}")]);
+        self.etcdctl(&["role", "add", "all"]);
+        self.etcdctl(&[
+            "role",
+            "grant-permission",
+            "all",
+            "--prefix=true",
+            "readwrite",
+            "/",
+        ]);
+        self.etcdctl(&["user", "grant-role", user, "all"]);
+        self.etcdctl(&["auth", "enable"]);
+        self.user = Some("root:rootpw".to_owned());
+    }
+
+    /// A client of this etcd (the `etcd-client` crate).
+    pub async fn connect(&self) -> etcd_client::Client {
+        let options = self.user.as_ref().map(|user| {
+            let (name, password) = user.split_once(':').unwrap();
+            etcd_client::ConnectOptions::new().with_user(name, password)
+        });
+        etcd_client::Client::connect([self.url()], options)
+            .await
+            .expect("connect to etcd")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// A TCP relay to `target` that can be cut (every connection closed, new
+/// ones closed at once) and restored.
+pub struct Relay {
+    pub addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    cutting: Arc<Notify>,
+}
+
+impl Relay {
+    pub async fn start(target: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let cutting = Arc::new(Notify::new());
+        let (is_cut, notify) = (Arc::clone(&cut), Arc::clone(&cutting));
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if is_cut.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let notify = Arc::clone(&notify);
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = notify.notified() => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, cut, cutting }
+    }
+
+    /// `http://` URL of the relay.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Closes every connection and refuses new ones (they close at once).
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.cutting.notify_waiters();
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
