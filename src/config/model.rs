@@ -31,7 +31,7 @@ pub struct Config {
     pub inbound: Option<InboundConfig>,
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::consul::present_section")]
     pub consul: ConsulConfig,
     /// The etcd cluster (discovery, registration, config source); unused when absent.
     #[serde(default)]

@@ -209,20 +209,21 @@ impl Client {
         Ok(within(lease.grant(seconds, None)).await?.id())
     }
 
-    /// Keeps `lease` alive once; the TTL it has now (0: the lease is gone).
-    pub async fn keep_alive(&self, lease: i64) -> Result<i64, EtcdError> {
+    /// Keeps `lease` alive once (one request on a keep-alive stream, its
+    /// answer read); false when etcd no longer knows the lease.
+    pub async fn keep_alive(&self, lease: i64) -> Result<bool, EtcdError> {
         let mut client = self.connection().await?.lease_client();
-        let once = async {
-            let (mut keeper, mut stream) = match client.keep_alive(lease).await {
-                Ok(pair) => pair,
-                // The crate reports a lease that is gone as an error.
-                Err(etcd_client::Error::LeaseKeepAliveError(_)) => return Ok(0),
-                Err(error) => return Err(error),
-            };
-            drop(keeper.keep_alive());
-            Ok(stream.message().await?.map_or(0, |answer| answer.ttl()))
-        };
-        within(once).await
+        match within(client.keep_alive(lease)).await {
+            // The stream (and the lease's keeper) close when dropped.
+            Ok(_) => Ok(true),
+            // The crate reports a TTL of 0 in the answer this way.
+            Err(EtcdError::Request(etcd_client::Error::LeaseKeepAliveError(reason)))
+                if reason == "lease not found" =>
+            {
+                Ok(false)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Revokes `lease`: every key attached to it is deleted.

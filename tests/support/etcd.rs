@@ -120,6 +120,15 @@ impl Etcd {
         self.run();
     }
 
+    /// Starts it again on the same ports with an empty data directory, as
+    /// a member that lost its disk (no keys, no leases, no users).
+    pub fn wipe_and_restart(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+        self.user = None;
+        self.run();
+    }
+
     fn etcdctl_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new("etcdctl");
         command.env("ETCDCTL_API", "3").args([
