@@ -30,6 +30,10 @@ pub struct Etcd {
     data_dir: PathBuf,
     /// `--user name:password` for etcdctl once auth is on.
     user: Option<String>,
+    /// With TLS: the directory of cert.pem, key.pem (the server's, also
+    /// etcdctl's client certificate) and ca.pem; clients must present a
+    /// certificate of that CA.
+    tls: Option<PathBuf>,
 }
 
 fn free_port() -> SocketAddr {
@@ -40,6 +44,17 @@ fn free_port() -> SocketAddr {
 impl Etcd {
     /// Starts etcd and waits until it answers.
     pub fn start() -> Etcd {
+        Etcd::launch(None)
+    }
+
+    /// Starts etcd serving `https://` with the certificate and key in `dir`
+    /// (`cert.pem`, `key.pem`), requiring client certificates signed by
+    /// `dir/ca.pem` (`--client-cert-auth`).
+    pub fn start_tls(dir: &std::path::Path) -> Etcd {
+        Etcd::launch(Some(dir.to_owned()))
+    }
+
+    fn launch(tls: Option<PathBuf>) -> Etcd {
         require_tool("etcd", "etcd-server");
         require_tool("etcdctl", "etcd-client");
         static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -55,19 +70,32 @@ impl Etcd {
             peer: free_port(),
             data_dir,
             user: None,
+            tls,
         };
         etcd.run();
         etcd
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.client)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client)
     }
 
     fn run(&mut self) {
         let peer = format!("http://{}", self.peer);
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(dir) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(dir.join("cert.pem"))
+                .arg("--key-file")
+                .arg(dir.join("key.pem"))
+                .arg("--trusted-ca-file")
+                .arg(dir.join("ca.pem"))
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", "test", "--data-dir"])
             .arg(&self.data_dir)
             .args(["--listen-client-urls", &self.url()])
@@ -139,6 +167,15 @@ impl Etcd {
         ]);
         if let Some(user) = &self.user {
             command.args(["--user", user]);
+        }
+        if let Some(dir) = &self.tls {
+            command
+                .arg("--cacert")
+                .arg(dir.join("ca.pem"))
+                .arg("--cert")
+                .arg(dir.join("cert.pem"))
+                .arg("--key")
+                .arg(dir.join("key.pem"));
         }
         command.args(args);
         command
