@@ -4,8 +4,9 @@
 //! balancer, a deleted key removing an endpoint while its in-flight
 //! requests finish, subsets on etcd tags and meta, fail-static while etcd
 //! is down (traffic flows, one log line each way, the watch-state metric)
-//! and changes flowing again after a restart, and a watch whose revision
-//! was compacted while it was cut off reading the service afresh.
+//! and changes flowing again after a restart, a partition noticed by
+//! keep-alive, and a watch whose revision was compacted while it was cut
+//! off reading the service afresh.
 
 mod support;
 
@@ -300,4 +301,42 @@ async fn a_watch_resumed_past_a_compaction_reads_the_service_afresh() {
     assert!(line.contains("compacted"), "{line}");
     // The fresh read has every change.
     until_backends(api, &["b", "c"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_etcd_is_noticed_and_the_endpoints_stay() {
+    let etcd = Etcd::start();
+    let relay = Relay::start(etcd.client).await;
+    let (a, b) = (http_backend("a"), http_backend("b"));
+    etcd.put("/services/api/a", &json_value(&a, ""));
+    let proxy = Proxy::start(&yaml(&[relay.url()], "api")).await;
+    let api = proxy.upstream("api");
+    until_backends(api, &["a"]).await;
+
+    // No byte moves, nothing closes: HTTP/2 keep-alive (10 s, 5 s to
+    // answer) ends the silent watch.
+    relay.freeze();
+    let frozen = Instant::now();
+    eventually(
+        Duration::from_secs(25),
+        "the partition is noticed",
+        || async {
+            proxy
+                .metric("remora_discovery_watch_up", &[("upstream", "api")])
+                .await
+                == 0.0
+        },
+    )
+    .await;
+    println!("partition noticed after {:?}", frozen.elapsed());
+    assert_eq!(
+        hit(api, "/").await.as_deref(),
+        Some("a"),
+        "the endpoints stay"
+    );
+
+    etcd.put("/services/api/b", &json_value(&b, ""));
+    relay.restore();
+    until_backends(api, &["a", "b"]).await;
+    proxy.shutdown().await;
 }

@@ -14,7 +14,10 @@
 //! trust store here), and get `etcd.client_cert` / `etcd.client_key` when
 //! they ask for a client certificate. HTTP/2 keep-alive pings (every 10 s,
 //! 5 s to answer) notice a member that went silent (a partition), which
-//! ends the streams on it. Unary calls time out after [`REQUEST_TIMEOUT`].
+//! ends the streams on it; every call asks for a leader
+//! (`require_leader`), so a member cut off from its cluster's quorum ends
+//! its watches instead of keeping them silently open. Unary calls time out
+//! after [`REQUEST_TIMEOUT`].
 
 pub mod value;
 
@@ -104,6 +107,7 @@ impl Client {
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT)
             .with_keep_alive_while_idle(true)
+            .with_require_leader(true)
             .with_auto_token_refresh(true);
         if let (Some(user), Some(path)) = (&config.username, &config.password_file) {
             let password = read("the etcd password file", path)?;

@@ -270,38 +270,51 @@ impl Drop for Etcd {
 }
 
 /// A TCP relay to `target` that can be cut (every connection closed, new
-/// ones closed at once) and restored.
+/// ones closed at once), frozen (connections stay open but no byte moves
+/// either way, as through a network partition), and restored.
 pub struct Relay {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
     cutting: Arc<Notify>,
+    frozen: Arc<AtomicBool>,
 }
 
 impl Relay {
     pub async fn start(target: SocketAddr) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let cut = Arc::new(AtomicBool::new(false));
-        let cutting = Arc::new(Notify::new());
-        let (is_cut, notify) = (Arc::clone(&cut), Arc::clone(&cutting));
+        let relay = Relay {
+            addr,
+            cut: Arc::new(AtomicBool::new(false)),
+            cutting: Arc::new(Notify::new()),
+            frozen: Arc::new(AtomicBool::new(false)),
+        };
+        let (is_cut, notify, frozen) = (
+            Arc::clone(&relay.cut),
+            Arc::clone(&relay.cutting),
+            Arc::clone(&relay.frozen),
+        );
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if is_cut.load(Ordering::SeqCst) {
                     continue;
                 }
-                let notify = Arc::clone(&notify);
+                let (notify, frozen) = (Arc::clone(&notify), Arc::clone(&frozen));
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                    let Ok(outbound) = TcpStream::connect(target).await else {
                         return;
                     };
+                    let (from_client, to_client) = inbound.into_split();
+                    let (from_target, to_target) = outbound.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = forward(from_client, to_target, &frozen) => {}
+                        () = forward(from_target, to_client, &frozen) => {}
                         () = notify.notified() => {}
                     }
                 });
             }
         });
-        Relay { addr, cut, cutting }
+        relay
     }
 
     /// `http://` URL of the relay.
@@ -315,7 +328,35 @@ impl Relay {
         self.cutting.notify_waiters();
     }
 
+    /// Stops moving bytes; connections stay open.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
+        self.frozen.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either ends, holding each chunk while `frozen`.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: &AtomicBool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
