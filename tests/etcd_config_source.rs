@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use http::Version;
 
 use support::etcd::Etcd;
-use support::proxy::ConfigFile;
+use support::proxy::{ConfigFile, run_to_exit};
 use support::{ProxyProcess, get, http_backend, prom};
 
 const KEY: &str = "/config/remora/web";
@@ -119,16 +119,7 @@ async fn the_configuration_comes_from_an_etcd_key_and_follows_it() {
 async fn a_missing_or_invalid_etcd_key_stops_the_start() {
     let etcd = Etcd::start();
     let file = ConfigFile::new(&bootstrap(&etcd));
-    let run = |path: std::path::PathBuf| {
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_remora"))
-                .args(["run", "--config"])
-                .arg(path)
-                .output()
-                .expect("run remora")
-        })
-    };
-    let missing = run(file.path.clone()).await.unwrap();
+    let missing = run_to_exit(&file).await;
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(!missing.status.success());
     assert!(
@@ -139,7 +130,7 @@ async fn a_missing_or_invalid_etcd_key_stops_the_start() {
     );
 
     etcd.put(KEY, "service: { name: etcd-config }\nupstreams: 3\n");
-    let invalid = run(file.path.clone()).await.unwrap();
+    let invalid = run_to_exit(&file).await;
     let stderr = String::from_utf8_lossy(&invalid.stderr);
     assert!(!invalid.status.success());
     assert!(

@@ -68,6 +68,16 @@ fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|n| (*n).to_owned()).collect()
 }
 
+/// Backends `a` and `b`, `a` registered, and a proxy discovering `api`
+/// through `endpoint` that serves from `a`.
+async fn serving_a(etcd: &Etcd, endpoint: &str) -> (Backend, Backend, Proxy) {
+    let (a, b) = (http_backend("a"), http_backend("b"));
+    etcd.put("/services/api/a", &json_value(&a, ""));
+    let proxy = Proxy::start(&yaml(&[endpoint.to_owned()], "api")).await;
+    until_backends(proxy.upstream("api"), &["a"]).await;
+    (a, b, proxy)
+}
+
 async fn until_backends(addr: std::net::SocketAddr, names: &[&str]) {
     let what = format!("requests reach exactly {names:?}");
     eventually(WAIT, &what, || async {
@@ -117,11 +127,8 @@ async fn instances_put_with_etcdctl_in_both_shapes_are_discovered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_reaches_the_balancer_within_100_ms() {
     let etcd = Etcd::start();
-    let (a, b) = (http_backend("a"), http_backend("b"));
-    etcd.put("/services/api/a", &json_value(&a, ""));
-    let proxy = Proxy::start(&yaml(&[etcd.url()], "api")).await;
+    let (a, b, proxy) = serving_a(&etcd, &etcd.url()).await;
     let api = proxy.upstream("api");
-    until_backends(api, &["a"]).await;
     let mut client = etcd.connect().await;
     let mut took = Vec::new();
     for _ in 0..10 {
@@ -157,11 +164,8 @@ async fn a_change_reaches_the_balancer_within_100_ms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_key_removes_the_endpoint_and_its_in_flight_requests_finish() {
     let etcd = Etcd::start();
-    let (a, b) = (http_backend("a"), http_backend("b"));
-    etcd.put("/services/api/a", &json_value(&a, ""));
-    let proxy = Proxy::start(&yaml(&[etcd.url()], "api")).await;
+    let (a, b, proxy) = serving_a(&etcd, &etcd.url()).await;
     let api = proxy.upstream("api");
-    until_backends(api, &["a"]).await;
     // Slow requests in flight on a, then a is deleted and b put.
     let slow: Vec<_> = (0..4)
         .map(|_| tokio::spawn(async move { hit(api, "/slow/800").await }))
@@ -307,11 +311,8 @@ async fn a_watch_resumed_past_a_compaction_reads_the_service_afresh() {
 async fn a_partitioned_etcd_is_noticed_and_the_endpoints_stay() {
     let etcd = Etcd::start();
     let relay = Relay::start(etcd.client).await;
-    let (a, b) = (http_backend("a"), http_backend("b"));
-    etcd.put("/services/api/a", &json_value(&a, ""));
-    let proxy = Proxy::start(&yaml(&[relay.url()], "api")).await;
+    let (a, b, proxy) = serving_a(&etcd, &relay.url()).await;
     let api = proxy.upstream("api");
-    until_backends(api, &["a"]).await;
 
     // No byte moves, nothing closes: HTTP/2 keep-alive (10 s, 5 s to
     // answer) ends the silent watch.
