@@ -127,7 +127,7 @@ async fn instances_put_with_etcdctl_in_both_shapes_are_discovered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_reaches_the_balancer_within_100_ms() {
     let etcd = Etcd::start();
-    let (a, b, proxy) = serving_a(&etcd, &etcd.url()).await;
+    let (_a, b, proxy) = serving_a(&etcd, &etcd.url()).await;
     let api = proxy.upstream("api");
     let mut client = etcd.connect().await;
     let mut took = Vec::new();
@@ -311,7 +311,7 @@ async fn a_watch_resumed_past_a_compaction_reads_the_service_afresh() {
 async fn a_partitioned_etcd_is_noticed_and_the_endpoints_stay() {
     let etcd = Etcd::start();
     let relay = Relay::start(etcd.client).await;
-    let (a, b, proxy) = serving_a(&etcd, &relay.url()).await;
+    let (_a, b, proxy) = serving_a(&etcd, &relay.url()).await;
     let api = proxy.upstream("api");
 
     // No byte moves, nothing closes: HTTP/2 keep-alive (10 s, 5 s to
