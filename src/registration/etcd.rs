@@ -202,3 +202,46 @@ impl Registration {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(inbound: &str) -> Config {
+        let text = format!(
+            "service: {{ name: web, id: web-7, address: 10.1.2.3, port: 8080, tags: [v2], \
+             meta: {{ zone: a }}, register: true }}\n{inbound}\
+             etcd: {{ endpoints: [\"http://127.0.0.1:2379\"], prefix: /svc/ }}\n"
+        );
+        crate::config::parse(&text, "test.yaml").expect("valid")
+    }
+
+    fn value(config: &Config, inbound: Option<&str>) -> (String, serde_json::Value) {
+        let etcd = config.etcd.as_ref().unwrap();
+        let inbound = inbound.map(|addr| addr.parse().unwrap());
+        let (key, value) = instance(config, etcd, inbound);
+        (key, serde_json::from_slice(&value).unwrap())
+    }
+
+    #[test]
+    fn the_instance_is_the_inbound_listener_or_the_application() {
+        let with_inbound = config("inbound: { listen: 10.1.2.4:15006 }\n");
+        let (key, json) = value(&with_inbound, Some("10.1.2.4:15006"));
+        assert_eq!(key, "/svc/web/web-7");
+        assert_eq!(
+            json,
+            serde_json::json!({"address": "10.1.2.4", "port": 15006, "weight": 1,
+                "tags": ["v2"], "meta": {"zone": "a"}})
+        );
+        let (_, wildcard) = value(&with_inbound, Some("0.0.0.0:15006"));
+        assert_eq!(
+            (&wildcard["address"], &wildcard["port"]),
+            (&"10.1.2.3".into(), &15006.into())
+        );
+        let (_, app) = value(&config(""), None);
+        assert_eq!(
+            (&app["address"], &app["port"]),
+            (&"10.1.2.3".into(), &8080.into())
+        );
+    }
+}
