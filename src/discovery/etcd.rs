@@ -20,6 +20,7 @@
 //! with the logs and metrics of `discovery::FailStatic`.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use crate::backoff::Pacer;
@@ -113,7 +114,7 @@ async fn watch(client: &Client, prefix: &str, mut state: FailStatic) {
     let mut revision = None;
     loop {
         pacer.turn().await;
-        let error = follow(
+        let Err(error) = follow(
             client,
             prefix,
             &mut instances,
@@ -141,34 +142,29 @@ async fn follow(
     revision: &mut Option<i64>,
     state: &mut FailStatic,
     pacer: &mut Pacer,
-) -> EtcdError {
+) -> Result<Infallible, EtcdError> {
     let from = match *revision {
         Some(seen) => seen,
-        None => match client.get_prefix(prefix).await {
-            Ok(read) => {
-                instances.replace(read.kvs);
-                state.answered();
-                state.publish(instances.set());
-                *revision = Some(read.revision);
-                read.revision
-            }
-            Err(error) => return error,
-        },
+        None => {
+            let read = client.get_prefix(prefix).await?;
+            instances.replace(read.kvs);
+            state.answered();
+            state.publish(instances.set());
+            *revision = Some(read.revision);
+            read.revision
+        }
     };
-    let mut watch = match client.watch(prefix, true, from + 1).await {
-        Ok(watch) => watch,
-        Err(error) => return error,
-    };
+    let mut watch = client.watch(prefix, true, from + 1).await?;
     loop {
-        match watch.next().await {
-            Ok(Watched::Created) => {
+        match watch.next().await? {
+            Watched::Created => {
                 pacer.succeeded();
                 state.answered();
             }
-            Ok(Watched::Changes {
+            Watched::Changes {
                 revision: last,
                 changes,
-            }) => {
+            } => {
                 for change in changes {
                     match change {
                         Change::Put(kv) => instances.put(kv.key, kv.value),
@@ -181,7 +177,6 @@ async fn follow(
                 state.answered();
                 state.publish(instances.set());
             }
-            Err(error) => return error,
         }
     }
 }
