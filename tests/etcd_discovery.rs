@@ -287,10 +287,14 @@ async fn a_watch_resumed_past_a_compaction_reads_the_service_afresh() {
     let relay = Relay::start(etcd.client).await;
     let (a, b, c) = (http_backend("a"), http_backend("b"), http_backend("c"));
     etcd.put("/services/api/a", &json_value(&a, ""));
+    etcd.put("/services/api/junk", "junk");
     let config = yaml(&[relay.url()], "api");
     let mut remora = tokio::task::block_in_place(|| ProxyProcess::start(&config, 1));
     let api = remora.listener("api");
     until_backends(api, &["a"]).await;
+    let warning = "etcd value describes no endpoint; skipped";
+    let line = tokio::task::block_in_place(|| remora.wait_for_log(warning));
+    assert!(line.contains("/services/api/junk"), "{line}");
 
     // Cut off, remora misses changes that are then compacted away.
     relay.cut();
@@ -303,8 +307,11 @@ async fn a_watch_resumed_past_a_compaction_reads_the_service_afresh() {
     let line =
         tokio::task::block_in_place(|| remora.wait_for_log("reading the etcd service afresh"));
     assert!(line.contains("compacted"), "{line}");
-    // The fresh read has every change.
+    // The fresh read has every change, and the junk it reads again is not
+    // warned about again.
     until_backends(api, &["b", "c"]).await;
+    let log = remora.log_so_far();
+    assert!(!log.iter().any(|line| line.contains(warning)), "{log:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
