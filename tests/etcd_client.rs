@@ -1,5 +1,6 @@
 //! The `etcd` section's client against a real etcd (tests/support/etcd.rs):
-//! failover past an endpoint that is down, authentication with a user and a
+//! failover past an endpoint that is down, and between the members of a
+//! three-member cluster as each in turn goes down while remora watches, authentication with a user and a
 //! password file (and a wrong password failing static, never logged), and
 //! `https://` members verified against `ca_file` that require a client
 //! certificate (`--client-cert-auth`, rcgen-made certificates).
@@ -53,6 +54,32 @@ async fn requests_fail_over_past_an_endpoint_that_is_down() {
     );
     let proxy = Proxy::start(&yaml(&section)).await;
     until_served(proxy.upstream("api"), "failover-a").await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_fails_over_between_cluster_members() {
+    let mut members = Etcd::cluster(3);
+    let backends: Vec<_> = (0..4).map(|i| http_backend(&format!("m{i}"))).collect();
+    members[0].put("/services/api/0", &backends[0].addr.to_string());
+    let urls: Vec<String> = members.iter().map(|m| format!("\"{}\"", m.url())).collect();
+    let proxy = Proxy::start(&yaml(&format!("{{ endpoints: [{}] }}", urls.join(", ")))).await;
+    let api = proxy.upstream("api");
+    until_served(api, "m0").await;
+    // Each member in turn goes down (whichever one remora's watch is on
+    // among them); a change made through another still arrives.
+    for down in 0..3 {
+        members[down].stop();
+        let up = (down + 1) % 3;
+        members[up].wait_until_it_answers();
+        members[up].delete(&format!("/services/api/{down}"));
+        members[up].put(
+            &format!("/services/api/{}", down + 1),
+            &backends[down + 1].addr.to_string(),
+        );
+        until_served(api, &format!("m{}", down + 1)).await;
+        members[down].restart();
+    }
     proxy.shutdown().await;
 }
 

@@ -22,11 +22,15 @@ use super::requirements::require_tool;
 /// Longest wait for etcd to answer after it was started.
 const START_WAIT: Duration = Duration::from_secs(15);
 
-/// A running etcd member, alone in its cluster.
+/// A running etcd member, alone in its cluster unless started by
+/// [`Etcd::cluster`].
 pub struct Etcd {
     child: Option<Child>,
     pub client: SocketAddr,
     peer: SocketAddr,
+    /// `--name`, and `--initial-cluster` (`name=peer-url,…`).
+    name: String,
+    initial_cluster: String,
     data_dir: PathBuf,
     /// `--user name:password` for etcdctl once auth is on.
     user: Option<String>,
@@ -55,6 +59,30 @@ impl Etcd {
     }
 
     fn launch(tls: Option<PathBuf>) -> Etcd {
+        let mut etcd = Etcd::member("test", free_port(), tls);
+        etcd.initial_cluster = format!("test=http://{}", etcd.peer);
+        etcd.run();
+        etcd
+    }
+
+    /// Starts a cluster of `size` members and waits until each answers.
+    pub fn cluster(size: usize) -> Vec<Etcd> {
+        let mut members: Vec<Etcd> = (0..size)
+            .map(|i| Etcd::member(&format!("m{i}"), free_port(), None))
+            .collect();
+        let initial_cluster: Vec<String> = (members.iter())
+            .map(|member| format!("{}=http://{}", member.name, member.peer))
+            .collect();
+        for member in &mut members {
+            member.initial_cluster = initial_cluster.join(",");
+            member.spawn();
+        }
+        members.iter().for_each(Etcd::wait_until_it_answers);
+        members
+    }
+
+    /// A member not started yet, with a fresh data directory.
+    fn member(name: &str, peer: SocketAddr, tls: Option<PathBuf>) -> Etcd {
         require_tool("etcd", "etcd-server");
         require_tool("etcdctl", "etcd-client");
         static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -64,16 +92,16 @@ impl Etcd {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&data_dir);
-        let mut etcd = Etcd {
+        Etcd {
             child: None,
             client: free_port(),
-            peer: free_port(),
+            peer,
+            name: name.to_owned(),
+            initial_cluster: String::new(),
             data_dir,
             user: None,
             tls,
-        };
-        etcd.run();
-        etcd
+        }
     }
 
     /// `http://127.0.0.1:PORT` (`https://` with TLS).
@@ -83,6 +111,11 @@ impl Etcd {
     }
 
     fn run(&mut self) {
+        self.spawn();
+        self.wait_until_it_answers();
+    }
+
+    fn spawn(&mut self) {
         let peer = format!("http://{}", self.peer);
         let mut command = Command::new("etcd");
         if let Some(dir) = &self.tls {
@@ -96,13 +129,13 @@ impl Etcd {
                 .arg("--client-cert-auth");
         }
         let child = command
-            .args(["--name", "test", "--data-dir"])
+            .args(["--name", &self.name, "--data-dir"])
             .arg(&self.data_dir)
             .args(["--listen-client-urls", &self.url()])
             .args(["--advertise-client-urls", &self.url()])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("test={peer}")])
+            .args(["--initial-cluster", &self.initial_cluster])
             .args([
                 "--logger",
                 "zap",
@@ -116,6 +149,11 @@ impl Etcd {
             .spawn()
             .expect("start etcd");
         self.child = Some(child);
+    }
+
+    /// Waits until this member answers a linearizable read (so its
+    /// cluster has a leader).
+    pub fn wait_until_it_answers(&self) {
         let deadline = Instant::now() + START_WAIT;
         while !self.answers() {
             assert!(
