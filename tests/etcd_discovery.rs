@@ -157,7 +157,7 @@ async fn a_change_reaches_the_balancer_within_100_ms() {
         took.len()
     );
     assert!(median < Duration::from_millis(100), "median {median:?}");
-    assert!(max < Duration::from_millis(500), "max {max:?}");
+    assert!(max < Duration::from_secs(1), "max {max:?}");
     proxy.shutdown().await;
 }
 
