@@ -348,3 +348,48 @@ async fn a_partitioned_etcd_is_noticed_and_the_endpoints_stay() {
     until_backends(api, &["a", "b"]).await;
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_switches_to_etcd_follows_a_new_etcd_section_and_switches_back() {
+    let etcd = Etcd::start();
+    let relay = Relay::start(etcd.client).await;
+    let (a, b, c) = (http_backend("a"), http_backend("b"), http_backend("c"));
+    etcd.put("/services/api/b", &json_value(&b, ""));
+    let static_a = TestConfig::new()
+        .section("etcd", format!("{{ endpoints: [\"{}\"] }}", etcd.url()))
+        .upstream(Upstream::to("api", [a.addr]).protocol("http"))
+        .with("load_balancing", "{ policy: round_robin }")
+        .yaml();
+    let proxy = Proxy::start(&static_a).await;
+    let api = proxy.upstream("api");
+    until_backends(api, &["a"]).await;
+
+    // To etcd: a serves until the watch's first read, then b.
+    assert!(proxy.reload(&yaml(&[etcd.url()], "api")).await);
+    until_backends(api, &["b"]).await;
+    // A new etcd section (another endpoint): a new client and watch.
+    assert!(proxy.reload(&yaml(&[relay.url()], "api")).await);
+    etcd.put("/services/api/c", &json_value(&c, ""));
+    until_backends(api, &["b", "c"]).await;
+    relay.cut();
+    etcd.delete("/services/api/b");
+    eventually(WAIT, "the watch through the relay is down", || async {
+        proxy
+            .metric("remora_discovery_watch_up", &[("upstream", "api")])
+            .await
+            == 0.0
+    })
+    .await;
+    // The old watch (straight to etcd) was stopped: b stays until the relay heals.
+    assert_eq!(backends_hit(api, 6).await, set(&["b", "c"]));
+    relay.restore();
+    until_backends(api, &["c"]).await;
+
+    // And back to the static list, which the stopped watch cannot undo.
+    assert!(proxy.reload(&static_a).await);
+    until_backends(api, &["a"]).await;
+    etcd.put("/services/api/b", &json_value(&b, ""));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(backends_hit(api, 6).await, set(&["a"]));
+    proxy.shutdown().await;
+}
