@@ -47,22 +47,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Each sidecar learns the other's address from its etcd watch.
-    pair::wait_ready(web.bound.admin).await?;
-    pair::wait_ready(api.bound.admin).await?;
-    println!();
-    let to_api = web.bound.upstream("api").context("web.yaml has `api`")?;
-    let to_web = api.bound.upstream("web").context("api.yaml has `web`")?;
-    print!(
-        "web app → {to_api} (web sidecar) → api sidecar → {}",
-        pair::get(to_api, "/orders/42").await?
-    );
-    print!(
-        "api app → {to_web} (api sidecar) → web sidecar → {}",
-        pair::get(to_web, "/users/7").await?
-    );
-
-    web.shutdown().await;
-    api.shutdown().await;
+    pair::call_each_way(web, api).await?;
     println!(
         "\nafter SIGTERM-style shutdown etcd holds: {:?}",
         etcd.keys("/services/")

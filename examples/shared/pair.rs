@@ -1,6 +1,7 @@
 //! What the pair examples (`consul_pair`, `etcd_pair`) share: the
-//! applications behind the sidecars, and the plain HTTP/1.1 client that
-//! plays the applications' outbound calls and polls the admin `/ready`.
+//! applications behind the sidecars, the plain HTTP/1.1 client that plays
+//! the applications' outbound calls and polls the admin `/ready`, and the
+//! call each way through both sidecars.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,6 +15,31 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
+/// Once both sidecars have their peer's endpoints, web calls api and api
+/// calls web, each through both sidecars; then both shut down.
+pub async fn call_each_way(
+    web: remora::app::Running,
+    api: remora::app::Running,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    wait_ready(web.bound.admin).await?;
+    wait_ready(api.bound.admin).await?;
+    println!();
+    let to_api = web.bound.upstream("api").context("web.yaml has `api`")?;
+    let to_web = api.bound.upstream("web").context("api.yaml has `web`")?;
+    print!(
+        "web app → {to_api} (web sidecar) → api sidecar → {}",
+        get(to_api, "/orders/42").await?
+    );
+    print!(
+        "api app → {to_web} (api sidecar) → web sidecar → {}",
+        get(to_web, "/users/7").await?
+    );
+    web.shutdown().await;
+    api.shutdown().await;
+    Ok(())
+}
+
 /// The application: says who it is and what it was asked.
 pub async fn serve_app(listener: TcpListener, name: &'static str) {
     while let Ok((stream, _)) = listener.accept().await {
@@ -26,7 +52,7 @@ pub async fn serve_app(listener: TcpListener, name: &'static str) {
 }
 
 /// Polls the admin `/ready` (every upstream has endpoints) for up to 10 s.
-pub async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
+async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while get_status(admin, "/ready").await? != 200 {
         anyhow::ensure!(Instant::now() < deadline, "{admin} not ready within 10 s");
@@ -39,7 +65,7 @@ async fn get_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
     Ok(request(addr, path).await?.0)
 }
 
-pub async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     Ok(request(addr, path).await?.1)
 }
 
