@@ -12,6 +12,7 @@
 pub mod accept;
 pub mod admin;
 pub mod app;
+pub mod backoff;
 pub mod balance;
 pub mod body;
 pub mod client;
@@ -23,6 +24,7 @@ pub mod discovery;
 pub mod drain;
 pub mod endpoint;
 pub mod error;
+pub mod etcd;
 pub mod forward;
 pub mod headers;
 pub mod http_connection;

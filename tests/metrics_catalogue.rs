@@ -260,12 +260,17 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
         }
     }
     for (name, (_, after_event)) in &documented {
-        // Discovery metrics need a failing DNS server or a Consul agent; every
-        // other event happened above.
+        // Discovery metrics need a failing DNS server or a registry watch
+        // (Consul, etcd), etcd registration an etcd (tests/etcd_registration.rs
+        // checks them); every other event happened above.
         let may_be_missing = *after_event
             && matches!(
                 name.as_str(),
-                "remora_discovery_errors_total" | "remora_discovery_last_update_timestamp_seconds"
+                "remora_discovery_errors_total"
+                    | "remora_discovery_last_update_timestamp_seconds"
+                    | "remora_discovery_watch_up"
+                    | "remora_etcd_registrations_total"
+                    | "remora_etcd_registered"
             );
         if !exported.contains_key(name) && !may_be_missing {
             problems.push(format!("{name} is documented but not exported"));

@@ -354,7 +354,7 @@ colour: blue
             "test.yaml:9:27: upstreams[0].timeouts.retry: unknown field `retry`, expected one of connect, request, idle",
             "test.yaml:10:78: upstreams[1].weight: unknown field `weight`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, request_token, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
             "test.yaml:12:3: admin.extra: unknown field `extra`, expected one of listen, max_connections, header_read_timeout, allowed_hosts",
-            "test.yaml:14:1: colour: unknown field `colour`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing, config_source, tls, transparent",
+            "test.yaml:14:1: colour: unknown field `colour`, expected one of service, inbound, upstreams, consul, etcd, admin, runtime, logging, tracing, config_source, tls, transparent",
         ]
     );
 }
@@ -484,7 +484,7 @@ fn a_misplaced_section_is_an_unknown_key() {
     assert_eq!(
         errors(text),
         [
-            "test.yaml:2:1: routes: unknown field `routes`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing, config_source, tls, transparent"
+            "test.yaml:2:1: routes: unknown field `routes`, expected one of service, inbound, upstreams, consul, etcd, admin, runtime, logging, tracing, config_source, tls, transparent"
         ]
     );
 }
@@ -880,12 +880,12 @@ upstreams:
   - name: a
     listen: 127.0.0.1:1
     discovery:
-      etcd: { name: a }
+      zookeeper: { name: a }
 ";
     assert_eq!(
         errors(text),
         [
-            "test.yaml:6:7: upstreams[0].discovery.etcd: unknown variant `etcd`, expected one of static, consul, dns"
+            "test.yaml:6:7: upstreams[0].discovery.zookeeper: unknown variant `zookeeper`, expected one of static, consul, dns, etcd"
         ]
     );
 }
@@ -1301,7 +1301,7 @@ fn route_errors_name_their_keys() {
     for expected in [
         "upstreams[0].backends.default: invalid backend name",
         "upstreams[0].backends.default.static: needs at least one endpoint",
-        "upstreams[0].backends.v2.subset: subsets select Consul instances",
+        "upstreams[0].backends.v2.subset: subsets select Consul or etcd instances",
         "upstreams[0].backends.eu.upstream: no upstream is named `nowhere`",
         "upstreams[0].routes[0].name: invalid route name `Bad`",
         "upstreams[0].routes[0].match.path: must start with `/`",

@@ -25,10 +25,13 @@ pub const ENDPOINTS: &str = "remora_endpoints";
 pub const CONNECT_ERRORS_TOTAL: &str = "remora_upstream_connect_errors_total";
 pub const DISCOVERY_ERRORS_TOTAL: &str = "remora_discovery_errors_total";
 pub const DISCOVERY_LAST_UPDATE: &str = "remora_discovery_last_update_timestamp_seconds";
+pub const DISCOVERY_WATCH_UP: &str = "remora_discovery_watch_up";
 pub const CONFIG_RELOADS_TOTAL: &str = "remora_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "remora_config_last_reload_success_timestamp_seconds";
 pub const CONSUL_REGISTRATIONS_TOTAL: &str = "remora_consul_registrations_total";
 pub const CONSUL_REGISTERED: &str = "remora_consul_registered";
+pub const ETCD_REGISTRATIONS_TOTAL: &str = "remora_etcd_registrations_total";
+pub const ETCD_REGISTERED: &str = "remora_etcd_registered";
 pub const TCP_SENT_BYTES: &str = "remora_tcp_sent_bytes_total";
 pub const TCP_RECEIVED_BYTES: &str = "remora_tcp_received_bytes_total";
 pub const TRANSPARENT_CONNECTIONS_TOTAL: &str = "remora_transparent_connections_total";
@@ -56,6 +59,14 @@ pub fn connect_error(upstream: &str) {
 /// Shows an upstream's discovery metrics (at zero) before its first query.
 pub fn register_discovery(upstream: &str) {
     counter!(DISCOVERY_ERRORS_TOTAL, "upstream" => upstream.to_owned()).increment(0);
+    set_discovery_watch_up(upstream, false);
+}
+
+/// Whether the registry watch feeding `upstream` answers (1) or is failing
+/// and the upstream serves its last known endpoints (0; also before the
+/// first answer).
+pub fn set_discovery_watch_up(upstream: &str, up: bool) {
+    gauge!(DISCOVERY_WATCH_UP, "upstream" => upstream.to_owned()).set(f64::from(u8::from(up)));
 }
 
 /// Counts a failed discovery query for `upstream`.
@@ -95,25 +106,43 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
-/// Shows a Consul registration's metrics (at zero) before its first attempt.
-pub fn register_registration(service: &str) {
-    for result in ["success", "failure"] {
-        counter!(CONSUL_REGISTRATIONS_TOTAL, "service" => service.to_owned(), "result" => result)
-            .increment(0);
+/// A registry remora registers the service with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registry {
+    Consul,
+    Etcd,
+}
+
+impl Registry {
+    /// The names of its registration metrics: attempts, registered now.
+    fn metric_names(self) -> (&'static str, &'static str) {
+        match self {
+            Registry::Consul => (CONSUL_REGISTRATIONS_TOTAL, CONSUL_REGISTERED),
+            Registry::Etcd => (ETCD_REGISTRATIONS_TOTAL, ETCD_REGISTERED),
+        }
     }
-    set_registered(service, false);
 }
 
-/// Counts one attempt to register `service` with the Consul agent.
-pub fn registration_attempt(service: &str, success: bool) {
+/// Shows a registration's metrics (at zero) before its first attempt.
+pub fn register_registration(registry: Registry, service: &str) {
+    let (attempts, _) = registry.metric_names();
+    for result in ["success", "failure"] {
+        counter!(attempts, "service" => service.to_owned(), "result" => result).increment(0);
+    }
+    set_registered(registry, service, false);
+}
+
+/// Counts one attempt to register `service` with `registry`.
+pub fn registration_attempt(registry: Registry, service: &str, success: bool) {
+    let (attempts, _) = registry.metric_names();
     let result = if success { "success" } else { "failure" };
-    counter!(CONSUL_REGISTRATIONS_TOTAL, "service" => service.to_owned(), "result" => result)
-        .increment(1);
+    counter!(attempts, "service" => service.to_owned(), "result" => result).increment(1);
 }
 
-/// Whether the Consul agent has `service` registered, as far as remora knows.
-pub fn set_registered(service: &str, registered: bool) {
-    gauge!(CONSUL_REGISTERED, "service" => service.to_owned()).set(f64::from(u8::from(registered)));
+/// Whether `registry` has `service` registered, as far as remora knows.
+pub fn set_registered(registry: Registry, service: &str, registered: bool) {
+    let (_, gauge_name) = registry.metric_names();
+    gauge!(gauge_name, "service" => service.to_owned()).set(f64::from(u8::from(registered)));
 }
 
 /// Request metrics of one listener (direction + upstream), or of one route
