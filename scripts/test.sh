@@ -20,9 +20,10 @@ cd "$(dirname "$0")/.."
 # upstream servers and a load generator we did not write: nginx-light (h2c
 # and HTTP/1.1 origin), haproxy (h2 origin), nghttp2-client (h2load) and
 # python3-grpcio (a gRPC C-core server, tests/fixtures/grpc_server.py, with
-# python3, whose standard library it otherwise uses).
+# python3, whose standard library it otherwise uses); python3-prometheus-client
+# (the Prometheus parsers that read /metrics, tests/fixtures/parse_metrics.py).
 # bench/ also needs wrk.
-packages=(procps dnsmasq-base chromium iptables iproute2 util-linux nginx-light haproxy nghttp2-client python3-grpcio)
+packages=(procps dnsmasq-base chromium iptables iproute2 util-linux nginx-light haproxy nghttp2-client python3-grpcio python3-prometheus-client)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

@@ -1,4 +1,5 @@
-//! The admin listener (loopback by default): `/live`, `/ready`, `/metrics`,
+//! The admin listener (loopback by default): `/live`, `/ready`, `/metrics`
+//! (Prometheus text, or OpenMetrics with exemplars when asked for),
 //! `/config`, `/endpoints`, `/upstreams`, `/errors`, and at `/` a live
 //! dashboard — one self-contained page (`dashboard.html`: inline script and
 //! style, no network beyond this listener, enforced by its
@@ -35,7 +36,7 @@ use host::AllowedHosts;
 
 use crate::accept::Acceptor;
 use crate::config::AdminConfig;
-use crate::telemetry::process;
+use crate::telemetry::{openmetrics, process};
 use crate::upstream::{BackendSet, UpstreamSet};
 
 /// What the admin endpoints show.
@@ -123,11 +124,27 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
             state.metrics.run_upkeep();
             let mut body = state.metrics.render();
             body.push_str(&process::render());
-            with_type(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                body,
-            )
+            let accept = request.headers().get(header::ACCEPT);
+            let mut response = if accept
+                .and_then(|accept| accept.to_str().ok())
+                .is_some_and(openmetrics::preferred)
+            {
+                with_type(
+                    StatusCode::OK,
+                    openmetrics::CONTENT_TYPE,
+                    openmetrics::from_prometheus(&body),
+                )
+            } else {
+                with_type(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    body,
+                )
+            };
+            response
+                .headers_mut()
+                .insert(header::VARY, header::HeaderValue::from_static("accept"));
+            response
         }
         "/endpoints" => json_reply(&json::endpoints(
             &state.upstreams.load(),

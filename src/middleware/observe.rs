@@ -60,8 +60,8 @@ impl RouteLabel {
     }
 
     /// Counts one finished request of this route.
-    pub fn record(&self, status: u16, duration: Duration) {
-        self.0.metrics.record(status, duration, None);
+    pub fn record(&self, status: u16, duration: Duration, trace_id: Option<u128>) {
+        self.0.metrics.record(status, duration, None, trace_id);
     }
 }
 
@@ -155,6 +155,11 @@ where
             .spans
             .as_ref()
             .and_then(|_| SpanStart::of(&mut request));
+        let trace_id = request
+            .extensions()
+            .get::<TraceContext>()
+            .filter(|context| context.sampled)
+            .map(|context| context.trace_id);
         let method = request.method().clone();
         let path_and_query = request.uri().path_and_query().cloned();
         let response = self.inner.call(request);
@@ -168,7 +173,7 @@ where
             response.body_mut().on_end(Box::new(move |end: BodyEnd| {
                 let observer = &active.0;
                 let duration = started.elapsed();
-                observer.metrics.record(status, duration, error);
+                observer.metrics.record(status, duration, error, trace_id);
                 observer.totals.record(&Finished {
                     status,
                     duration,
@@ -178,7 +183,7 @@ where
                     endpoint,
                 });
                 if let Some(route) = &route {
-                    route.record(status, duration);
+                    route.record(status, duration, trace_id);
                 }
                 let route_name = route.as_ref().map(RouteLabel::name);
                 if let Some(summary) = summary {

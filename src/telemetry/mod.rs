@@ -2,9 +2,12 @@
 //! metrics and OTLP spans.
 
 pub mod access_log;
+pub mod catalogue;
+pub mod exemplars;
 pub mod json_lines;
 pub mod logging;
 pub mod metrics;
+pub mod openmetrics;
 pub mod process;
 pub mod recorder;
 pub mod spans;
