@@ -16,7 +16,9 @@ use crate::drain::{Drain, DrainController};
 use crate::live::{self, ListenerAddr, ListenerRole, LiveProxy, MeshSecurity};
 use crate::registration::{self, Registrar};
 use crate::reload::{self, Reloader, Source};
+use crate::telemetry::sinks::RequestSinks;
 use crate::telemetry::spans::SpanExporter;
+use crate::telemetry::tap::Tap;
 use crate::telemetry::{metrics, recorder};
 use crate::upstream::UpstreamSet;
 
@@ -117,7 +119,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let mesh = config.tls.as_ref().map(MeshSecurity::start).transpose()?;
 
     let upstreams = Arc::new(UpstreamSet::default());
-    let live = Arc::new(LiveProxy::new(Arc::clone(&upstreams), spans, mesh.clone()));
+    let tap = Tap::new(&config.admin.tap);
+    let sinks = RequestSinks {
+        spans,
+        tap: tap.clone(),
+    };
+    let live = Arc::new(LiveProxy::new(Arc::clone(&upstreams), sinks, mesh.clone()));
     live.apply(config.clone()).await?;
 
     let tls = mesh.as_ref().map(|mesh| Arc::clone(mesh.material()));
@@ -128,6 +135,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config_json: ArcSwap::from_pointee(crate::config::shown(config)?),
         upstreams: Arc::clone(&upstreams),
         backends: live.backend_upstreams(),
+        tap,
     });
     tracing::info!(addr = %admin_addr, "admin listening");
     tokio::spawn(admin::serve(

@@ -32,7 +32,7 @@ use crate::routing::split::{Split, SplitTarget};
 use crate::routing::{Route, Router};
 use crate::svc::{ConcreteService, HttpService, RouteService};
 use crate::telemetry::metrics::route_backend_counter;
-use crate::telemetry::spans::SpanExporter;
+use crate::telemetry::sinks::RequestSinks;
 use crate::tls::authorization::Authorizer;
 use crate::upgrade::Upgrades;
 use crate::upstream::Upstream;
@@ -45,7 +45,7 @@ pub fn outbound(
     config: &UpstreamConfig,
     tracing: &TracingConfig,
     access_log: f64,
-    spans: Option<SpanExporter>,
+    sinks: RequestSinks,
 ) -> HttpService {
     let direction = Direction::Outbound;
     let name = config.name.as_str();
@@ -88,7 +88,7 @@ pub fn outbound(
             name,
             backends.upstream().totals(),
             access_log,
-            spans,
+            sinks,
         ))
         .layer(NormalizePathLayer::new(&config.path_normalization))
         .service(service);
@@ -187,7 +187,7 @@ pub fn inbound(
     config: &InboundConfig,
     tracing: &TracingConfig,
     access_log: f64,
-    spans: Option<SpanExporter>,
+    sinks: RequestSinks,
     authorizer: Option<Arc<Authorizer>>,
 ) -> HttpService {
     let direction = Direction::Inbound;
@@ -202,7 +202,7 @@ pub fn inbound(
             name,
             app.totals(),
             access_log,
-            spans,
+            sinks,
         ))
         .layer(NormalizePathLayer::new(&config.path_normalization))
         .layer(ErrorResponseLayer)

@@ -46,7 +46,7 @@ use std::path::Path;
 
 use serde_saphyr::{Options, PropertySyntax};
 
-pub use admin::AdminConfig;
+pub use admin::{AdminConfig, TapConfig};
 pub use config_source::{ConfigSource, ConsulKvSource};
 pub use consul::{ConsulConfig, Secret};
 pub use discovery::{ConsulDiscovery, Discovery, DnsDiscovery, StaticEndpoint};

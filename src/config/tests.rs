@@ -353,7 +353,7 @@ colour: blue
             "test.yaml:8:44: upstreams[0].discovery.extra: expected end of mapping after enum variant value",
             "test.yaml:9:27: upstreams[0].timeouts.retry: unknown field `retry`, expected one of connect, request, idle",
             "test.yaml:10:78: upstreams[1].weight: unknown field `weight`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
-            "test.yaml:12:3: admin.extra: unknown field `extra`, expected one of listen, max_connections, header_read_timeout, allowed_hosts",
+            "test.yaml:12:3: admin.extra: unknown field `extra`, expected one of listen, max_connections, header_read_timeout, allowed_hosts, tap",
             "test.yaml:14:1: colour: unknown field `colour`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing, config_source, tls, transparent",
         ]
     );
@@ -1362,4 +1362,21 @@ fn admin_limits_and_hosts_are_checked() {
             "test.yaml:2:97: admin.allowed_hosts[3]: `` is not a host name (no port, e.g. `remora-admin.internal`)",
         ]
     );
+}
+
+#[test]
+fn admin_tap_rate_and_redacted_header_names_are_checked() {
+    assert_eq!(
+        errors(
+            "service: { name: web }\n\
+             admin: { tap: { max_events_per_second: 0, redact_headers: [x-api-key, \"bad header\"] } }\n"
+        ),
+        [
+            "test.yaml:2:40: admin.tap.max_events_per_second: must be greater than zero (turn the tap off with max_subscribers: 0)",
+            "test.yaml:2:71: admin.tap.redact_headers[1]: `bad header` is not a header name",
+        ]
+    );
+    let config = parse_test("service: { name: web }\n").unwrap();
+    assert_eq!(config.admin.tap.max_subscribers, 4);
+    assert_eq!(config.admin.tap.max_events_per_second, 100);
 }

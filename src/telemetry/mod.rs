@@ -10,5 +10,7 @@ pub mod metrics;
 pub mod openmetrics;
 pub mod process;
 pub mod recorder;
+pub mod sinks;
 pub mod spans;
+pub mod tap;
 pub mod totals;
