@@ -69,7 +69,10 @@ pub use routing::{
 };
 pub use runtime::RuntimeConfig;
 pub use service::{CheckConfig, ServiceConfig, ServiceProtocol};
-pub use telemetry::{LogFormat, LoggingConfig, OtlpConfig, Propagation, TracingConfig};
+pub use telemetry::{
+    LogFormat, LoggingConfig, OtlpCompression, OtlpConfig, OtlpHeader, OtlpProtocol, Propagation,
+    TracingConfig,
+};
 pub use tls::{
     AuthorizationAction, AuthorizationConfig, TlsConfig, TlsSource, UntilIntentionsLoad,
 };

@@ -1112,14 +1112,14 @@ fn consul_semantic_errors() {
 fn otlp_defaults_and_invalid_values() {
     let config = parse_test(&format!("{SERVICE}tracing:\n  otlp: {{}}\n")).unwrap();
     let otlp = config.tracing.otlp.expect("otlp section");
-    assert_eq!(otlp.endpoint, "http://127.0.0.1:4318/v1/traces");
+    assert_eq!(otlp.endpoint, None);
     assert_eq!(otlp.sample_ratio, 1.0);
     assert_eq!((otlp.max_queue, otlp.batch_size), (2048, 512));
     assert_eq!(otlp.flush_interval, Duration::from_secs(1));
     assert!(parse_test(SERVICE).unwrap().tracing.otlp.is_none());
 
     let found = errors(&format!(
-        "{SERVICE}tracing:\n  otlp:\n    endpoint: https://collector/v1/traces\n    sample_ratio: 1.5\n    max_queue: 0\n    batch_size: 0\n    flush_interval: 0s\n"
+        "{SERVICE}tracing:\n  otlp:\n    endpoint: ftp://collector/v1/traces\n    sample_ratio: 1.5\n    max_queue: 0\n    batch_size: 0\n    flush_interval: 0s\n"
     ));
     let joined = found.join("\n");
     for path in [

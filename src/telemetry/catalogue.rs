@@ -313,13 +313,13 @@ pub const CATALOGUE: &[MetricDoc] = &[
         name: spans::SPANS_EXPORTED_TOTAL,
         kind: Kind::Counter,
         labels: &[],
-        meaning: "Spans the OTLP collector accepted (2xx) (only with `tracing.otlp`).",
+        meaning: "Spans the OTLP collector accepted (a 2xx; over gRPC, `grpc-status` 0) (only with `tracing.otlp`).",
     },
     MetricDoc {
         name: spans::SPANS_DROPPED_TOTAL,
         kind: Kind::Counter,
         labels: &["reason"],
-        meaning: "Spans not exported: `queue_full` (the bounded queue was full: collector down or slow), `export_failed` (the batch's POST failed, timed out or got a non-2xx) (only with `tracing.otlp`).",
+        meaning: "Spans not exported: `queue_full` (the bounded queue was full: collector down or slow), `export_failed` (the batch's export failed, timed out, or got a non-2xx or a non-zero `grpc-status`) (only with `tracing.otlp`).",
     },
     MetricDoc {
         name: TLS_HANDSHAKE_ERRORS_TOTAL,

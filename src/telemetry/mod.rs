@@ -8,6 +8,7 @@ pub mod json_lines;
 pub mod logging;
 pub mod metrics;
 pub mod openmetrics;
+pub mod otlp_transport;
 pub mod process;
 pub mod recorder;
 pub mod sinks;
