@@ -85,10 +85,13 @@ pub fn stream(
     let subscription = tap
         .subscribe(&query)
         .map_err(|SubscribeError::Full { max }| {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the tap already has its {max} streams open (admin.tap.max_subscribers)\n"),
-            )
+            let message = match max {
+                0 => "the tap is off (admin.tap.max_subscribers: 0)\n".to_owned(),
+                max => format!(
+                    "the tap already has its {max} streams open (admin.tap.max_subscribers)\n"
+                ),
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, message)
         })?;
     let subscribed = json!({
         "type": "subscribed",
