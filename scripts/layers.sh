@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 
 LAYERS=(
     context headers idle drain accept spiffe config runtime path_normalize
+    request_match
     error outcome telemetry request_head upgrade body svc consul tls client
     resend balance outlier endpoint discovery middleware upstream forward
     routing stack tcp http_connection transparent server live admin

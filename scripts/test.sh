@@ -14,7 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: procps for `kill` (signals to the real
-# binary), dnsmasq-base for a real DNS server (DNS SRV discovery), chromium
+# binary), curl (an HTTP client we did not write, presenting a client
+# certificate to the inbound listener: tests/authorization.rs),
+# dnsmasq-base for a real DNS server (DNS SRV discovery), chromium
 # to load the admin dashboard headless, iptables, iproute2 (`ip netns`) and
 # util-linux (`setpriv`) for transparent mode's network-namespace tests;
 # upstream servers and a load generator we did not write: nginx-light (h2c
@@ -23,7 +25,7 @@ cd "$(dirname "$0")/.."
 # python3, whose standard library it otherwise uses); python3-prometheus-client
 # (the Prometheus parsers that read /metrics, tests/fixtures/parse_metrics.py).
 # bench/ also needs wrk.
-packages=(procps dnsmasq-base chromium iptables iproute2 util-linux nginx-light haproxy nghttp2-client python3-grpcio python3-prometheus-client)
+packages=(procps curl dnsmasq-base chromium iptables iproute2 util-linux nginx-light haproxy nghttp2-client python3-grpcio python3-prometheus-client)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

@@ -35,6 +35,7 @@ pub mod path_normalize;
 pub mod registration;
 pub mod reload;
 pub mod request_head;
+pub mod request_match;
 pub mod resend;
 pub mod routing;
 pub mod runtime;

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tower::ServiceBuilder;
-use tower::util::BoxCloneSyncService;
 
 use crate::body::RequestBody;
 use crate::config::{DEFAULT_BACKEND, InboundConfig, RouteConfig, TracingConfig, UpstreamConfig};
@@ -30,7 +29,7 @@ use crate::routing::backends::Backends;
 use crate::routing::mirror::MirrorLayer;
 use crate::routing::split::{Split, SplitTarget};
 use crate::routing::{Route, Router};
-use crate::svc::{ConcreteService, HttpService, RouteService};
+use crate::svc::{ConcreteService, HttpService, RouteService, SharedService};
 use crate::telemetry::metrics::route_backend_counter;
 use crate::telemetry::sinks::RequestSinks;
 use crate::tls::authorization::Authorizer;
@@ -55,7 +54,7 @@ pub fn outbound(
             .option_layer((backend.circuit_breaker().cloned()).map(CircuitBreakerLayer::new))
             .option_layer(shared.concurrency.clone())
             .service(Forward::new(Arc::clone(backend)));
-        BoxCloneSyncService::new(service)
+        SharedService::new(service)
     };
     let concrete: BTreeMap<&str, ConcreteService> = (backends.iter())
         .map(|(backend, upstream)| (backend, concrete(upstream)))
@@ -77,7 +76,7 @@ pub fn outbound(
             })
             .collect();
         let router = Router::new(routes, Route::fallback(name, fallback));
-        BoxCloneSyncService::new(router)
+        SharedService::new(router)
     };
     let upgrades = Upgrades::new(&config.upgrades);
     let service = ServiceBuilder::new()
@@ -92,7 +91,7 @@ pub fn outbound(
         ))
         .layer(NormalizePathLayer::new(&config.path_normalization))
         .service(service);
-    BoxCloneSyncService::new(service)
+    SharedService::new(service)
 }
 
 /// An upstream's policy layers, built once: routes without a policy of their
@@ -152,7 +151,7 @@ fn logical(
         .layer(TimeoutLayer::new(timeout).counted(direction, name))
         .option_layer(retries)
         .service(backends);
-    BoxCloneSyncService::new(service)
+    SharedService::new(service)
 }
 
 /// A route's backends (`backend`, `split`, or the upstream's own endpoints)
@@ -178,7 +177,7 @@ fn split(
             })
         })
         .collect();
-    BoxCloneSyncService::new(Split::new(targets, route.sticky.clone()))
+    SharedService::new(Split::new(targets, route.sticky.clone()))
 }
 
 /// Mesh → local application (`app` is named after `service.name`).
@@ -206,7 +205,11 @@ pub fn inbound(
         ))
         .layer(NormalizePathLayer::new(&config.path_normalization))
         .layer(ErrorResponseLayer)
-        .layer(AuthorizationLayer::new(authorizer))
+        .layer(AuthorizationLayer::new(
+            authorizer,
+            config.authorization.as_ref(),
+            name,
+        ))
         .option_layer(
             (config.rate_limit.as_ref()).map(|limit| RateLimitLayer::new(limit, direction, name)),
         )
@@ -216,5 +219,5 @@ pub fn inbound(
         )
         .layer(TimeoutLayer::new(config.timeout).counted(direction, name))
         .service(Forward::new(app));
-    BoxCloneSyncService::new(service)
+    SharedService::new(service)
 }

@@ -3,8 +3,9 @@
 //! at run time), followed by blocking queries so a new leaf reaches new connections without a
 //! restart; Consul intentions decide who may call, and a changed intention applies at once.
 //! Intentions fail closed: until the first answer is read every caller is denied (Consul down
-//! at start), an entry of an unknown shape is skipped while the others apply, and an L7
-//! intention (`Permissions`, no `Action`) never lets a caller in.
+//! at start), an entry of an unknown shape is skipped while the others apply. L7 intentions
+//! (`Permissions`, in the shapes of Consul's documented samples) are enforced per request with
+//! Consul's precedence, curl presenting each caller's certificate.
 
 mod support;
 
@@ -14,6 +15,7 @@ use http::StatusCode;
 
 use serde_json::json;
 use support::consul::{ConsulStandIn, ErrorMode};
+use support::curl::{Case, curl, expect_verdicts};
 use support::tls::{Ca, Leaf, TlsFiles, connect, get_on, http1, server_serial, spiffe};
 use support::{Backend, Proxy, http_backend};
 
@@ -243,7 +245,7 @@ async fn callers_are_denied_until_the_intentions_first_load() {
 }
 
 #[tokio::test]
-async fn intention_entries_are_read_one_by_one_and_l7_ones_never_allow() {
+async fn intention_entries_are_read_one_by_one() {
     let consul = ConsulStandIn::start();
     let template = |source: &str, action: Option<&str>| {
         let mut entry = json!({
@@ -294,11 +296,131 @@ async fn intention_entries_are_read_one_by_one_and_l7_ones_never_allow() {
     assert_eq!(
         status_as(&proxy, &ca.leaf("web", 4)).await,
         StatusCode::FORBIDDEN,
-        "an L7 intention without Action is not an allow"
+        "an L7 intention allows only what its permissions match (not GET /)"
     );
     assert_eq!(
         status_as(&proxy, &ca.leaf("mail", 5)).await,
         StatusCode::FORBIDDEN,
         "an unreadable deny intention of a readable source still denies it"
+    );
+}
+
+/// The documented L7 samples (`connect-intentions-match-l7-response.json`) for `destination`.
+fn documented_l7(destination: &str) -> Vec<serde_json::Value> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/consul-api/connect-intentions-match-l7-response.json"
+    );
+    let mut answer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    serde_json::from_value(answer[destination].take()).unwrap()
+}
+
+#[tokio::test]
+async fn l7_intentions_decide_per_request_with_consuls_precedence() {
+    let consul = ConsulStandIn::start();
+    consul.set_intention_entries("api", documented_l7("api"));
+    let ca = Ca::new("mesh CA");
+    let files = TlsFiles::new(&ca.leaf("api", 1), &ca);
+    let app = http_backend("app");
+    let proxy = intentions_sidecar(&consul, "api", &app, &files, "deny").await;
+    let caller = |service: &str, serial| TlsFiles::new(&ca.leaf(service, serial), &ca);
+    let (dashboard, reports, reconciler, ops, cart) = (
+        caller("admin-dashboard", 2),
+        caller("report-generator", 3),
+        caller("nightly-reconciler", 4),
+        caller("ops", 5),
+        caller("cart", 6),
+    );
+    let addr = proxy.inbound();
+    let deadline = std::time::Instant::now() + HANG;
+    while curl(addr, &cart, "GET", "/", &[]).await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "intentions not loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = app.requests();
+    let ops_headers = [
+        "x-debug: 1",
+        "x-team: sre",
+        "x-ticket: OPS-7",
+        "x-host: db.internal",
+        "x-trace: 0af7651e",
+    ];
+    let cases: [Case; 10] = [
+        (&dashboard, "PUT", "/v2/users", &[], true, "REST access"),
+        (
+            &dashboard,
+            "PATCH",
+            "/v2/users",
+            &[],
+            false,
+            "method not listed: the default",
+        ),
+        (
+            &reports,
+            "GET",
+            "/v2/widgets/7",
+            &[],
+            true,
+            "narrower prefix",
+        ),
+        (
+            &reports,
+            "GET",
+            "/v2/users",
+            &[],
+            false,
+            "outside its prefix",
+        ),
+        (
+            &reconciler,
+            "POST",
+            "/v1/reconcile-data",
+            &[],
+            true,
+            "exact path and method",
+        ),
+        (
+            &reconciler,
+            "POST",
+            "/v1/reconcile-data/../reconcile-data",
+            &[],
+            true,
+            "normalized",
+        ),
+        (
+            &reconciler,
+            "GET",
+            "/v1/reconcile-data",
+            &[],
+            false,
+            "method",
+        ),
+        (
+            &ops,
+            "GET",
+            "/ops/x",
+            &ops_headers,
+            true,
+            "every header matcher",
+        ),
+        (
+            &ops,
+            "GET",
+            "/other",
+            &[],
+            false,
+            "no fall-through to the `*` allow",
+        ),
+        (&cart, "DELETE", "/anything", &[], true, "the `*` allow"),
+    ];
+    let allowed = expect_verdicts(addr, &cases).await;
+    assert_eq!(
+        app.requests() - before,
+        allowed,
+        "denied requests never reach the app"
     );
 }

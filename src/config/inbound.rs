@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::authorization::InboundAuthorization;
 use super::duration;
 use super::limits::ListenerLimits;
 use super::path_normalization::PathNormalization;
@@ -31,6 +32,9 @@ pub struct InboundConfig {
     pub upgrades: Vec<UpgradeProtocol>,
     #[serde(default)]
     pub path_normalization: PathNormalization,
+    /// L7 authorization rules (after `tls.authorization`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<InboundAuthorization>,
 }
 
 impl Default for InboundConfig {
@@ -43,6 +47,7 @@ impl Default for InboundConfig {
             limits: ListenerLimits::default(),
             upgrades: default_upgrades(),
             path_normalization: PathNormalization::default(),
+            authorization: None,
         }
     }
 }

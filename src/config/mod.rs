@@ -16,6 +16,7 @@
 //! shows of a configuration.
 
 mod admin;
+mod authorization;
 mod config_source;
 mod consul;
 mod deserialize;
@@ -47,6 +48,7 @@ use std::path::Path;
 use serde_saphyr::{Options, PropertySyntax};
 
 pub use admin::{AdminConfig, TapConfig};
+pub use authorization::{AuthorizationRule, ClaimMatch, ClaimName, InboundAuthorization, JwtMatch};
 pub use config_source::{ConfigSource, ConsulKvSource};
 pub use consul::{ConsulConfig, Secret};
 pub use discovery::{ConsulDiscovery, Discovery, DnsDiscovery, StaticEndpoint};

@@ -1380,3 +1380,57 @@ fn admin_tap_rate_and_redacted_header_names_are_checked() {
     assert_eq!(config.admin.tap.max_subscribers, 4);
     assert_eq!(config.admin.tap.max_events_per_second, 100);
 }
+
+#[test]
+fn inbound_authorization_rules_and_their_errors() {
+    let good = format!(
+        "{SERVICE}tls: {{ cert: /c.pem, key: /k.pem, ca: /ca.pem }}\n\
+         inbound:\n  authorization:\n    rules:\n\
+         \x20     - name: reports\n        action: allow\n        identities: [web]\n\
+         \x20       jwt: {{ sub: alice, claims: [{{ name: [org, id], value: acme }}, {{ name: tier, value: gold }}] }}\n\
+         \x20       match: {{ path: {{ prefix: /reports }}, methods: [GET] }}\n"
+    );
+    let config = parse_test(&good).expect("valid rules");
+    let authorization = config.inbound.unwrap().authorization.unwrap();
+    assert_eq!(authorization.default, AuthorizationAction::Deny, "default");
+    let jwt = authorization.rules[0].jwt.as_ref().unwrap();
+    assert_eq!(jwt.claims[0].name.path(), ["org", "id"]);
+    assert_eq!(jwt.claims[1].name.path(), ["tier"]);
+
+    let bad = format!(
+        "{SERVICE}inbound:\n  authorization:\n    rules:\n\
+         \x20     - {{ name: a, action: allow, identities: ['https://td/web'] }}\n\
+         \x20     - {{ name: a, action: deny, jwt: {{ sub: '', claims: [{{ name: [], value: x }}] }} }}\n\
+         \x20     - {{ name: B, action: allow, match: {{ path: {{ exact: x }}, methods: [get] }} }}\n"
+    );
+    assert_eq!(
+        errors(&bad),
+        [
+            "test.yaml:7:47: inbound.authorization.rules[0].identities: needs the top-level `tls` section: without mTLS no caller has an identity",
+            "test.yaml:7:48: inbound.authorization.rules[0].identities[0]: `https://td/web`: only spiffe:// IDs are identities",
+            "test.yaml:8:17: inbound.authorization.rules[1].name: duplicate rule name `a`",
+            "test.yaml:8:46: inbound.authorization.rules[1].jwt.sub: must not be empty",
+            "test.yaml:8:67: inbound.authorization.rules[1].jwt.claims[0].name: needs a claim name, or a list of non-empty names for a nested claim",
+            "test.yaml:9:17: inbound.authorization.rules[2].name: invalid rule name `B`: use lowercase letters, digits, `_` and `-`, starting with a letter or digit",
+            "test.yaml:9:50: inbound.authorization.rules[2].match.path: must start with `/`",
+            "test.yaml:9:74: inbound.authorization.rules[2].match.methods[0]: invalid method `get`: use upper case, e.g. GET",
+        ]
+    );
+    let misspelt = format!(
+        "{SERVICE}inbound:\n  authorization:\n    rules: [{{ name: a, action: allow, jwt: {{ subject: x }} }}]\n"
+    );
+    assert!(
+        errors(&misspelt)[0].starts_with("test.yaml:6:"),
+        "{:?}",
+        errors(&misspelt)
+    );
+    let claim_map = format!(
+        "{SERVICE}inbound:\n  authorization:\n    rules: [{{ name: a, action: allow, jwt: {{ claims: [{{ name: {{ a: b }}, value: x }}] }} }}]\n"
+    );
+    assert_eq!(
+        errors(&claim_map),
+        [
+            "test.yaml:6:63: inbound.authorization.rules[0].jwt.claims[0].name: invalid type: map, expected a claim name, or a list of names for a nested claim"
+        ]
+    );
+}

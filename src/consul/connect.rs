@@ -6,15 +6,26 @@
 //! (`tests/fixtures/consul-api/connect-*.json`); unknown fields are ignored.
 //! Rejects a leaf without certificate or key, and roots without a
 //! certificate. Intentions are read entry by entry: an entry without a
-//! readable source is left out (and reported), one whose action is not a
-//! plain `allow` — `deny`, an L7 intention (`Permissions`) or an unknown
-//! action — denies its source; entries for a cluster peer, another admin
-//! partition or a sameness group name no local caller and are left out.
+//! readable source is left out (and reported); an L7 intention's
+//! `Permissions` (`HTTP`: `PathExact` / `PathPrefix` / `PathRegex`,
+//! `Methods`, `Header` with `Present` / `Exact` / `Prefix` / `Suffix` /
+//! `Regex` and `Invert`; `JWT`: `Providers` with `VerifyClaims`) and an
+//! intention's `JWT` (the `service-intentions` entry's top-level one, which
+//! Consul copies into each of its intentions) are compiled for per-request
+//! enforcement
+//! (`tls::authorization`); an entry of another shape (an unknown field in a
+//! permission, a bad regex, a header matcher without exactly one test) is
+//! unreadable and, like an unknown action, denies its source; entries for a
+//! cluster peer, another admin partition or a sameness group name no local
+//! caller and are left out.
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 
+use super::permissions::{JwtEntry, JwtRequirement, Permission, PermissionEntry};
 use super::{Client, ConsulError};
 
 /// `GET /v1/agent/connect/ca/leaf/:service`.
@@ -70,17 +81,23 @@ impl Roots {
     }
 }
 
-/// One Consul intention as `/v1/connect/intentions/match` lists it; `allow`
-/// is false for every intention that is not a plain allow (L7 ones too).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One Consul intention as `/v1/connect/intentions/match` lists it.
+#[derive(Debug, Clone)]
 pub struct Intention {
     pub source_namespace: String,
     pub source_name: String,
+    /// A plain allow; false for `deny`, L7 intentions and unknown actions.
     pub allow: bool,
+    /// An L7 intention's permissions, in order (the first match decides).
+    pub permissions: Option<Arc<[Permission]>>,
+    /// The token the source's requests must carry for the intention to
+    /// apply (`JWT`, Consul 1.16+: the `service-intentions` entry's
+    /// top-level one, copied into each of its intentions).
+    pub jwt: Option<JwtRequirement>,
 }
 
 /// One entry of the intentions match answer, as far as remora reads it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct IntentionEntry {
     #[serde(rename = "SourceNS", default)]
@@ -90,7 +107,9 @@ struct IntentionEntry {
     action: Option<String>,
     /// L7 permissions (the intention then has no `Action`).
     #[serde(default)]
-    permissions: Option<serde_json::Value>,
+    permissions: Option<Vec<PermissionEntry>>,
+    #[serde(rename = "JWT", default)]
+    jwt: Option<JwtEntry>,
     #[serde(default)]
     source_peer: Option<String>,
     #[serde(default)]
@@ -111,15 +130,20 @@ impl IntentionEntry {
         if set(&self.source_peer) || set(&self.source_sameness_group) || other_partition {
             return None;
         }
-        let layer7 = match &self.permissions {
-            None | Some(serde_json::Value::Null) => false,
-            Some(serde_json::Value::Array(permissions)) => !permissions.is_empty(),
-            Some(_) => true,
-        };
+        let permissions = (self.permissions)
+            .filter(|permissions| !permissions.is_empty())
+            .map(|permissions| {
+                permissions
+                    .into_iter()
+                    .map(PermissionEntry::compile)
+                    .collect()
+            });
         Some(Intention {
             source_namespace: self.source_ns.unwrap_or_default(),
             source_name: self.source_name,
-            allow: !layer7 && self.action.as_deref() == Some("allow"),
+            allow: permissions.is_none() && self.action.as_deref() == Some("allow"),
+            permissions,
+            jwt: self.jwt.map(JwtEntry::compile),
         })
     }
 }
@@ -139,7 +163,7 @@ impl IntentionsAnswer {
     /// readable: it denies its `SourceName` (in any namespace) at its place
     /// in the precedence order, whatever its action; one without a readable
     /// `SourceName` names nobody and is left out.
-    fn read(entries: Vec<serde_json::Value>) -> IntentionsAnswer {
+    pub(crate) fn read(entries: Vec<serde_json::Value>) -> IntentionsAnswer {
         let mut answer = IntentionsAnswer {
             intentions: Vec::new(),
             unreadable: Vec::new(),
@@ -158,6 +182,8 @@ impl IntentionsAnswer {
                             source_namespace: "*".to_owned(),
                             source_name,
                             allow: false,
+                            permissions: None,
+                            jwt: None,
                         }));
                 }
             }
@@ -230,12 +256,19 @@ mod tests {
                 .unwrap();
         let web = IntentionsAnswer::read(matched.remove("web").unwrap());
         assert!(web.unreadable.is_empty());
-        let deny_then_allow = [false, true].map(|allow| Intention {
-            source_namespace: "default".into(),
-            source_name: "web".into(),
-            allow,
-        });
-        assert_eq!(web.intentions, deny_then_allow);
+        let read: Vec<(&str, &str, bool, bool)> = (web.intentions.iter())
+            .map(|i| {
+                let l4 = i.permissions.is_none() && i.jwt.is_none();
+                (&*i.source_namespace, &*i.source_name, i.allow, l4)
+            })
+            .collect();
+        assert_eq!(
+            read,
+            [
+                ("default", "web", false, true),
+                ("default", "web", true, true)
+            ]
+        );
     }
 
     fn entry(name: &str, extra: serde_json::Value) -> serde_json::Value {
@@ -293,6 +326,55 @@ mod tests {
                 ("local", true),
                 ("billing", true),
                 ("*", false),
+            ]
+        );
+    }
+
+    #[test]
+    fn l7_entries_of_unknown_shapes_deny_their_source() {
+        use serde_json::json;
+        let l7 = |name: &str, http: serde_json::Value| {
+            entry(
+                name,
+                json!({ "Permissions": [{ "Action": "allow", "HTTP": http }] }),
+            )
+        };
+        let answer = IntentionsAnswer::read(vec![
+            l7("a", json!({ "PathExact": "/a", "PathPrefix": "/b" })),
+            l7("b", json!({ "PathRegex": "(" })),
+            l7(
+                "c",
+                json!({ "Header": [{ "Name": "x", "Exact": "1", "Prefix": "1" }] }),
+            ),
+            l7("d", json!({ "Header": [{ "Name": "x" }] })),
+            l7("e", json!({ "PathExact": "/a", "Query": "x" })),
+            l7("f", json!({ "Methods": ["G ET"] })),
+            entry("g", json!({ "Permissions": [{ "Action": "audit" }] })),
+            l7("ok", json!({ "PathExact": "/a", "Methods": ["GET"] })),
+        ]);
+        assert_eq!(answer.unreadable.len(), 7, "{:?}", answer.unreadable);
+        let read: Vec<(&str, &str, bool, bool)> = (answer.intentions.iter())
+            .map(|i| {
+                (
+                    &*i.source_namespace,
+                    &*i.source_name,
+                    i.allow,
+                    i.permissions.is_some(),
+                )
+            })
+            .collect();
+        let denied = |name| ("*", name, false, false);
+        assert_eq!(
+            read,
+            [
+                denied("a"),
+                denied("b"),
+                denied("c"),
+                denied("d"),
+                denied("e"),
+                denied("f"),
+                denied("g"),
+                ("default", "ok", false, true),
             ]
         );
     }

@@ -1,8 +1,8 @@
 //! A small client of the Consul agent's HTTP API (reqwest): health queries
-//! for discovery, the Connect CA and intentions for mesh TLS (`connect`),
-//! and KV reads for the configuration source (`?raw`: the value itself, no
-//! base64), all as blocking queries, and the agent's service registration
-//! endpoints (`agent.rs`).
+//! for discovery, the Connect CA and intentions for mesh TLS (`connect`;
+//! their L7 permissions: `permissions`), and KV reads for the configuration
+//! source (`?raw`: the value itself, no base64), all as blocking queries,
+//! and the agent's service registration endpoints (`agent.rs`).
 //!
 //! The agent address comes from `consul.address`, else `CONSUL_HTTP_ADDR`,
 //! else `http://127.0.0.1:8500`; the ACL token from `consul.token`, else
@@ -23,6 +23,7 @@ pub mod agent;
 pub mod blocking;
 pub mod connect;
 pub mod health;
+pub mod permissions;
 mod tls;
 
 use std::path::PathBuf;

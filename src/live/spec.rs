@@ -53,7 +53,7 @@ pub(super) struct StackSource {
 
 #[derive(Debug, Clone, PartialEq)]
 enum SectionSource {
-    Inbound(InboundConfig),
+    Inbound(Box<InboundConfig>),
     Outbound(Box<UpstreamConfig>),
 }
 
@@ -61,7 +61,7 @@ impl StackSource {
     pub(super) fn of(section: &Section<'_>, config: &Config) -> StackSource {
         let (section, authorization) = match section {
             Section::Inbound(inbound) => (
-                SectionSource::Inbound((*inbound).clone()),
+                SectionSource::Inbound(Box::new((*inbound).clone())),
                 (config.tls.as_ref()).map(|tls| tls.authorization.clone()),
             ),
             Section::Outbound(outbound) => {

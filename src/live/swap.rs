@@ -12,11 +12,11 @@ use std::task::{Context, Poll};
 use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tower::util::{BoxCloneSyncService, Oneshot};
+use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
 use crate::body::ResponseBody;
-use crate::svc::HttpService;
+use crate::svc::{HttpService, SharedService};
 
 /// The stack slot of one listener, shared by its connections and by reloads.
 pub type StackSlot = Arc<ArcSwap<HttpService>>;
@@ -28,7 +28,7 @@ pub struct SwappableService(StackSlot);
 impl SwappableService {
     /// The listener's service, type-erased like every stack.
     pub fn boxed(slot: StackSlot) -> HttpService {
-        BoxCloneSyncService::new(SwappableService(slot))
+        SharedService::new(SwappableService(slot))
     }
 }
 

@@ -22,7 +22,6 @@
 //! its own besides the per-route layers, so a reload rebuilds it wholesale.
 
 pub mod backends;
-pub mod matching;
 pub mod mirror;
 pub mod rewrite;
 pub mod split;
@@ -38,9 +37,9 @@ use tower::{Service, ServiceExt};
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::{DEFAULT_BACKEND, RouteConfig, RouteMatch};
 use crate::middleware::observe::RouteLabel;
+use crate::request_match::RequestMatch;
 use crate::svc::RouteService;
 
-use self::matching::RequestMatch;
 use self::rewrite::{HeaderEdits, LocalAnswer, RequestRewrite};
 
 /// What a route does with a request it matched.

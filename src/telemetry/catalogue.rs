@@ -337,7 +337,7 @@ pub const CATALOGUE: &[MetricDoc] = &[
         name: AUTHZ_DENIED_TOTAL,
         kind: Kind::Counter,
         labels: &["direction", "upstream"],
-        meaning: "Inbound requests (403) or TCP connections (closed) refused by `tls.authorization`; `upstream` = `service.name`. Registered at start, only with `tls`.",
+        meaning: "Inbound requests (403) or TCP connections (closed) refused by `tls.authorization` (Consul intentions included) or by `inbound.authorization`; `upstream` = `service.name`. Registered at start, only with `tls` or `inbound.authorization`.",
     },
     MetricDoc {
         name: process::RESIDENT_MEMORY,

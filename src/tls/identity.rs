@@ -22,7 +22,8 @@ pub struct PeerIdentity {
 }
 
 impl PeerIdentity {
-    fn from_uri(uri: &str) -> PeerIdentity {
+    /// The identity `uri` names, with its parts when it is in Consul's format.
+    pub fn from_uri(uri: &str) -> PeerIdentity {
         PeerIdentity {
             uri: uri.into(),
             spiffe: SpiffeId::parse(uri).ok().map(Arc::new),

@@ -85,7 +85,7 @@ impl InboundTls {
             _ => None,
         };
         if let Some(authorizer) = &self.connection_authorizer
-            && !authorizer.authorize(peer.as_ref())
+            && !authorizer.authorize_connection(peer.as_ref())
         {
             return None;
         }

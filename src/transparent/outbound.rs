@@ -21,12 +21,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::svc::SharedService;
 use arc_swap::ArcSwap;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
-use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
 use super::detect::{Detected, detect};
@@ -141,7 +141,7 @@ impl TransparentOutbound {
             stream,
             caller,
             http,
-            BoxCloneSyncService::new(router),
+            SharedService::new(router),
             CONNECTION_IDLE,
             rules,
             drain,

@@ -20,6 +20,7 @@ pub mod browser;
 pub mod client;
 pub mod config;
 pub mod consul;
+pub mod curl;
 pub mod grpc;
 pub mod h2_origin;
 pub mod otlp;

@@ -1,6 +1,6 @@
 //! Semantic checks on a deserialized `Config`: rules that span fields or
 //! that serde types cannot express, one module per section of the model
-//! (`service`, `inbound`, `upstream`, `discovery`, `resilience`, `routing`,
+//! (`service`, `inbound`, `authorization`, `upstream`, `discovery`, `resilience`, `routing`,
 //! `consul`, `runtime`, `telemetry`, `admin`, `config_source`, `tls`,
 //! `transparent`). Here: the problem list, the order of the checks, and
 //! what spans sections — listen addresses that clash (port 0 excepted) and
@@ -8,6 +8,7 @@
 //! problem is returned, with the key path it concerns.
 
 mod admin;
+mod authorization;
 mod config_source;
 mod consul;
 mod discovery;
@@ -39,6 +40,7 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
     let mut problems = Problems::default();
     service::check_service(config, &mut problems);
     inbound::check_inbound(config, &mut problems);
+    authorization::check_authorization(config, &mut problems);
     check_listeners(config, &mut problems);
     upstream::check_upstreams(config, &mut problems);
     routing::check(config, &mut problems);

@@ -114,7 +114,7 @@ fn check_backends(config: &Config, upstream: &UpstreamConfig, at: &str, problems
     }
 }
 
-fn check_match(matches: &RouteMatch, at: &str, problems: &mut Problems) {
+pub(super) fn check_match(matches: &RouteMatch, at: &str, problems: &mut Problems) {
     match &matches.path {
         Some(PathMatch::Exact(path) | PathMatch::Prefix(path)) if !path.starts_with('/') => {
             problems.add(format!("{at}.path"), "must start with `/`");

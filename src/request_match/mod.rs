@@ -1,20 +1,27 @@
-//! Whether a request matches a route's `match:`: every given condition must
-//! hold. Path (exact, segment-wise prefix, or an anchored regex, on the path
-//! without its query), method (any of a list), headers and query parameters
-//! (exact value, anchored regex, present or absent; a repeated header or
-//! parameter matches when any of its values does; query values are
+//! Whether a request matches a set of L7 conditions, all of which must hold:
+//! a route's `match:`, an authorization rule's `match:`, a Consul L7
+//! intention's `HTTP` permission. Path (exact, segment-wise prefix, plain
+//! string prefix — Consul's `PathPrefix` — or an anchored regex, on the path
+//! without its query, as the path normalization left it), method (any of a
+//! list), headers and query parameters (exact value, prefix, suffix,
+//! anchored regex, present or absent, optionally inverted; a repeated header
+//! or parameter matches when any of its values does; query values are
 //! percent-decoded, `+` as a space) and the gRPC service and method (only a
 //! gRPC request — `content-type: application/grpc…` — can match those).
-//! Header values that are not UTF-8 match only `present`.
+//! Header values that are not UTF-8 match only `present`. The JWT claims a
+//! rule may also require are [`claims`].
+
+pub mod claims;
 
 use http::{HeaderName, Method, Request};
 
 use crate::config::{GrpcMatch, PathMatch, Pattern, RouteMatch, ValueMatch};
 use crate::headers::is_grpc;
 
-/// The compiled conditions of one route.
+/// The compiled conditions of one route, rule or permission.
+#[derive(Debug, Clone, Default)]
 pub struct RequestMatch {
-    path: Option<PathMatch>,
+    path: Option<PathCondition>,
     methods: Vec<Method>,
     headers: Vec<(HeaderName, Condition)>,
     query: Vec<(String, Condition)>,
@@ -22,30 +29,61 @@ pub struct RequestMatch {
     grpc_path: Option<(String, bool)>,
 }
 
-/// What one header or parameter must look like.
-enum Condition {
+/// How the request path (without the query) must look.
+#[derive(Debug, Clone)]
+pub enum PathCondition {
     Exact(String),
+    /// Whole segments: `/api` matches `/api` and `/api/x`, not `/apis`.
+    SegmentPrefix(String),
+    /// Any text after it: `/api` matches `/apis` too (Consul's `PathPrefix`).
+    Prefix(String),
+    Regex(Pattern),
+}
+
+/// What one header or parameter must look like.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    test: ValueTest,
+    /// The condition holds when the test fails.
+    invert: bool,
+}
+
+/// The test of a [`Condition`] on one value.
+#[derive(Debug, Clone)]
+pub enum ValueTest {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
     Regex(Pattern),
     Present(bool),
 }
 
 impl Condition {
+    pub fn new(test: ValueTest, invert: bool) -> Self {
+        Self { test, invert }
+    }
+
     fn of(config: &ValueMatch) -> Self {
-        match (&config.exact, &config.regex, config.present) {
-            (Some(exact), _, _) => Condition::Exact(exact.clone()),
-            (None, Some(regex), _) => Condition::Regex(regex.clone()),
+        let test = match (&config.exact, &config.regex, config.present) {
+            (Some(exact), _, _) => ValueTest::Exact(exact.clone()),
+            (None, Some(regex), _) => ValueTest::Regex(regex.clone()),
             // config::validate::routing requires exactly one of the three.
-            (None, None, present) => Condition::Present(present.unwrap_or(true)),
-        }
+            (None, None, present) => ValueTest::Present(present.unwrap_or(true)),
+        };
+        Self::new(test, false)
     }
 
     /// `values` are all the values of the header or parameter.
     fn holds<'a>(&self, mut values: impl Iterator<Item = Option<&'a str>>) -> bool {
-        match self {
-            Condition::Present(wanted) => values.next().is_some() == *wanted,
-            Condition::Exact(exact) => values.any(|value| value == Some(exact.as_str())),
-            Condition::Regex(regex) => values.any(|value| value.is_some_and(|v| regex.is_match(v))),
-        }
+        let mut any = |test: &dyn Fn(&str) -> bool| values.any(|value| value.is_some_and(test));
+        let passed = match &self.test {
+            ValueTest::Present(wanted) => values.next().is_some() == *wanted,
+            ValueTest::Exact(exact) => any(&|v| v == exact),
+            ValueTest::Prefix(prefix) => any(&|v| v.starts_with(prefix.as_str())),
+            ValueTest::Suffix(suffix) => any(&|v| v.ends_with(suffix.as_str())),
+            ValueTest::Regex(regex) => any(&|v| regex.is_match(v)),
+        };
+        passed != self.invert
     }
 }
 
@@ -53,7 +91,11 @@ impl RequestMatch {
     /// Compiles a checked `match:` (names and methods were validated).
     pub fn new(config: &RouteMatch) -> Self {
         Self {
-            path: config.path.clone(),
+            path: config.path.as_ref().map(|path| match path {
+                PathMatch::Exact(exact) => PathCondition::Exact(exact.clone()),
+                PathMatch::Prefix(prefix) => PathCondition::SegmentPrefix(prefix.clone()),
+                PathMatch::Regex(regex) => PathCondition::Regex(regex.clone()),
+            }),
             methods: (config.methods.iter())
                 .filter_map(|method| Method::from_bytes(method.as_bytes()).ok())
                 .collect(),
@@ -67,6 +109,20 @@ impl RequestMatch {
                 .map(|parameter| (parameter.name.clone(), Condition::of(parameter)))
                 .collect(),
             grpc_path: config.grpc.as_ref().map(grpc_path),
+        }
+    }
+
+    /// Conditions on the path, methods (empty: any) and headers only.
+    pub fn http(
+        path: Option<PathCondition>,
+        methods: Vec<Method>,
+        headers: Vec<(HeaderName, Condition)>,
+    ) -> Self {
+        Self {
+            path,
+            methods,
+            headers,
+            ..Self::default()
         }
     }
 
@@ -117,16 +173,17 @@ fn grpc_path(grpc: &GrpcMatch) -> (String, bool) {
     }
 }
 
-fn path_matches(wanted: &PathMatch, path: &str) -> bool {
+fn path_matches(wanted: &PathCondition, path: &str) -> bool {
     match wanted {
-        PathMatch::Exact(exact) => path == exact,
-        PathMatch::Prefix(prefix) => has_path_prefix(path, prefix),
-        PathMatch::Regex(regex) => regex.is_match(path),
+        PathCondition::Exact(exact) => path == exact,
+        PathCondition::SegmentPrefix(prefix) => has_path_prefix(path, prefix),
+        PathCondition::Prefix(prefix) => path.starts_with(prefix.as_str()),
+        PathCondition::Regex(regex) => regex.is_match(path),
     }
 }
 
 /// `/api` is a prefix of `/api` and `/api/x` but not of `/apis`.
-pub fn has_path_prefix(path: &str, prefix: &str) -> bool {
+fn has_path_prefix(path: &str, prefix: &str) -> bool {
     match path.strip_prefix(prefix) {
         Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
         None => false,
@@ -241,5 +298,37 @@ mod tests {
         let service = route("grpc: { service: pkg.Echo }");
         assert!(service.matches(&request("POST", "/pkg.Echo/Bidi", &grpc)));
         assert!(!service.matches(&request("POST", "/pkg.Echoes/Bidi", &grpc)));
+    }
+
+    #[test]
+    fn prefix_suffix_invert_and_string_prefix() {
+        let header = |test, invert| {
+            let name = HeaderName::from_static("x-host");
+            RequestMatch::http(None, Vec::new(), vec![(name, Condition::new(test, invert))])
+        };
+        let host = |value: &str| request("GET", "/", &[("x-host", value)]);
+        let prefix = header(ValueTest::Prefix("db.".into()), false);
+        assert!(prefix.matches(&host("db.internal")));
+        assert!(!prefix.matches(&host("web.db.internal")));
+        let suffix = header(ValueTest::Suffix(".internal".into()), false);
+        assert!(suffix.matches(&host("db.internal")));
+        assert!(!suffix.matches(&host("db.internal.evil")));
+        let not_internal = header(ValueTest::Suffix(".internal".into()), true);
+        assert!(!not_internal.matches(&host("db.internal")));
+        assert!(not_internal.matches(&host("example.com")));
+        assert!(
+            not_internal.matches(&request("GET", "/", &[])),
+            "absent: the test fails"
+        );
+        let absent = header(ValueTest::Present(true), true);
+        assert!(absent.matches(&request("GET", "/", &[])));
+        assert!(!absent.matches(&host("")));
+
+        let methods = vec![Method::GET];
+        let string_prefix =
+            RequestMatch::http(Some(PathCondition::Prefix("/v2".into())), methods, vec![]);
+        assert!(string_prefix.matches(&request("GET", "/v2beta?x", &[])));
+        assert!(!string_prefix.matches(&request("POST", "/v2", &[])));
+        assert!(!string_prefix.matches(&request("GET", "/v1", &[])));
     }
 }
