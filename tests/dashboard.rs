@@ -183,6 +183,25 @@ async fn dashboard_shows_upstreams_endpoints_breakers_and_errors() {
     proxy.shutdown().await;
 }
 
+/// Sets the Live view's upstream and status filters and its headers box,
+/// applies them, and waits for the new stream.
+async fn apply_filters(browser: &mut Browser, upstream: &str, status: &str, headers: bool) {
+    browser
+        .evaluate(&format!(
+            "(() => {{ const form = document.getElementById('live-filters'); \
+             form.upstream.value = '{upstream}'; form.status.value = '{status}'; \
+             form.headers.checked = {headers}; \
+             document.getElementById('live-apply').click(); return true; }})()"
+        ))
+        .await;
+    wait_until(
+        browser,
+        "document.getElementById('live-state').textContent.startsWith('streaming')",
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
 /// The dashboard's Live view: an `EventSource` on `/tap` with the form's
 /// filters, rows as requests complete, headers (redacted) on a click, the
 /// stream closed when the view is left. With `max_subscribers: 1`, a stream
@@ -230,19 +249,7 @@ async fn live_view_streams_filtered_requests_and_lets_go_of_its_stream() {
     assert_eq!(tap_status().await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
 
     // Filters: live-api's 5xx only.
-    browser
-        .evaluate(
-            "(() => { const form = document.getElementById('live-filters'); \
-             form.upstream.value = 'live-api'; form.status.value = '5xx'; form.headers.checked = true; \
-             document.getElementById('live-apply').click(); return true; })()",
-        )
-        .await;
-    wait_until(
-        &mut browser,
-        "document.getElementById('live-state').textContent.startsWith('streaming')",
-        Duration::from_secs(10),
-    )
-    .await;
+    apply_filters(&mut browser, "live-api", "5xx", true).await;
     get(Version::HTTP_11, &api_url("/")).await.unwrap();
     get(Version::HTTP_11, &web_url("/status/500"))
         .await
@@ -290,19 +297,7 @@ async fn live_view_streams_filtered_requests_and_lets_go_of_its_stream() {
     );
 
     // Every request again, for the screenshot: a mix of upstreams, routes and statuses.
-    browser
-        .evaluate(
-            "(() => { const form = document.getElementById('live-filters'); \
-             form.upstream.value = ''; form.status.value = ''; form.headers.checked = false; \
-             document.getElementById('live-apply').click(); return true; })()",
-        )
-        .await;
-    wait_until(
-        &mut browser,
-        "document.getElementById('live-state').textContent.startsWith('streaming')",
-        Duration::from_secs(10),
-    )
-    .await;
+    apply_filters(&mut browser, "", "", false).await;
     for path in [
         "/",
         "/slow/120",

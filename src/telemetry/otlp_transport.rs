@@ -39,6 +39,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 use crate::config::{OtlpCompression, OtlpConfig, OtlpProtocol};
+use crate::error::error_chain;
 
 /// The gRPC method of a trace export.
 const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -215,7 +216,11 @@ impl Transport {
         if self.gzip {
             request = request.header(header::CONTENT_ENCODING, "gzip");
         }
-        let response = request.body(body).send().await.map_err(|e| chain(&e))?;
+        let response = request
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| error_chain(&e))?;
         match response.status() {
             status if status.is_success() => Ok(()),
             status => Err(format!("collector answered {status}")),
@@ -238,14 +243,14 @@ impl Transport {
             .body(Bytes::from(frame))
             .send()
             .await
-            .map_err(|e| chain(&e))?;
+            .map_err(|e| error_chain(&e))?;
         let status = response.status();
         if status != http::StatusCode::OK {
             return Err(format!("collector answered HTTP {status}"));
         }
         let response: http::Response<reqwest::Body> = response.into();
         let (head, body) = response.into_parts();
-        let collected = body.collect().await.map_err(|e| chain(&e))?;
+        let collected = body.collect().await.map_err(|e| error_chain(&e))?;
         let trailers = collected.trailers().cloned().unwrap_or_default();
         let grpc_status = |headers: &HeaderMap| {
             let status = headers.get("grpc-status")?.to_str().ok()?.to_owned();
@@ -303,114 +308,4 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     // Writing to a Vec cannot fail.
     let _ = encoder.write_all(bytes);
     encoder.finish().unwrap_or_default()
-}
-
-/// An error with its sources, for the log.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-
-    use super::*;
-
-    fn resolve(yaml_keys: OtlpConfig, env: &[(&str, &str)]) -> anyhow::Result<Settings> {
-        let env: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Settings::resolve(&yaml_keys, |name| env.get(name).cloned())
-    }
-
-    fn empty() -> OtlpConfig {
-        crate::config::parse("service: { name: a }\ntracing: { otlp: {} }\n", "t.yaml")
-            .unwrap()
-            .tracing
-            .otlp
-            .unwrap()
-    }
-
-    #[test]
-    fn defaults_and_the_opentelemetry_environment_fill_what_the_config_leaves_unset() {
-        let settings = resolve(empty(), &[]).unwrap();
-        assert_eq!(settings.endpoint, "http://127.0.0.1:4318/v1/traces");
-        assert_eq!(
-            (settings.protocol, settings.gzip),
-            (OtlpProtocol::HttpProtobuf, false)
-        );
-
-        let settings = resolve(
-            empty(),
-            &[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://otel.example:4318/"),
-                (
-                    "OTEL_EXPORTER_OTLP_HEADERS",
-                    "x-api-key=a%20b%3Dc , x-team=obs",
-                ),
-                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(settings.endpoint, "https://otel.example:4318/v1/traces");
-        assert_eq!(settings.headers["x-api-key"], "a b=c");
-        assert_eq!(settings.headers["x-team"], "obs");
-        assert!(settings.gzip);
-
-        let grpc = resolve(
-            empty(),
-            &[
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(
-            (grpc.protocol, grpc.endpoint.as_str()),
-            (OtlpProtocol::Grpc, "http://collector:4317")
-        );
-        let traces = resolve(
-            empty(),
-            &[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://general:4318"),
-                (
-                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                    "http://traces:9999/custom",
-                ),
-            ],
-        )
-        .unwrap();
-        assert_eq!(traces.endpoint, "http://traces:9999/custom");
-
-        let mut configured = empty();
-        configured.endpoint = Some("http://from-config:4318/v1/traces".into());
-        configured.protocol = Some(OtlpProtocol::HttpProtobuf);
-        let settings = resolve(
-            configured,
-            &[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317"),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(settings.endpoint, "http://from-config:4318/v1/traces");
-        assert_eq!(settings.protocol, OtlpProtocol::HttpProtobuf);
-
-        for bad in [
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://x"),
-            ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"),
-            ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
-        ] {
-            assert!(resolve(empty(), &[bad]).is_err(), "{bad:?}");
-        }
-    }
 }
