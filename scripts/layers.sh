@@ -17,7 +17,7 @@ LAYERS=(
     error outcome telemetry request_head upgrade body svc consul etcd tls client
     resend balance outlier endpoint discovery middleware upstream forward
     routing stack tcp http_connection transparent server live admin
-    registration reload app demo
+    registration reload app demo tap_cli
 )
 
 exec python3 - "${LAYERS[@]}" <<'PY'

@@ -18,7 +18,9 @@ use crate::etcd;
 use crate::live::{self, ListenerAddr, ListenerRole, LiveProxy, MeshSecurity};
 use crate::registration::{self, EtcdRegistrar, Registrar};
 use crate::reload::{self, Reloader, Source};
+use crate::telemetry::sinks::RequestSinks;
 use crate::telemetry::spans::SpanExporter;
+use crate::telemetry::tap::Tap;
 use crate::telemetry::{metrics, recorder};
 use crate::upstream::UpstreamSet;
 
@@ -128,7 +130,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let mesh = config.tls.as_ref().map(MeshSecurity::start).transpose()?;
 
     let upstreams = Arc::new(UpstreamSet::default());
-    let live = Arc::new(LiveProxy::new(Arc::clone(&upstreams), spans, mesh.clone()));
+    let tap = Tap::new(&config.admin.tap);
+    let sinks = RequestSinks {
+        spans,
+        tap: tap.clone(),
+    };
+    let live = Arc::new(LiveProxy::new(Arc::clone(&upstreams), sinks, mesh.clone()));
     live.apply(config.clone()).await?;
 
     let tls = mesh.as_ref().map(|mesh| Arc::clone(mesh.material()));
@@ -139,6 +146,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config_json: ArcSwap::from_pointee(crate::config::shown(config)?),
         upstreams: Arc::clone(&upstreams),
         backends: live.backend_upstreams(),
+        tap,
     });
     tracing::info!(addr = %admin_addr, "admin listening");
     tokio::spawn(admin::serve(

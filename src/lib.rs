@@ -45,6 +45,7 @@ pub mod server;
 pub mod spiffe;
 pub mod stack;
 pub mod svc;
+pub mod tap_cli;
 pub mod tcp;
 pub mod telemetry;
 pub mod tls;

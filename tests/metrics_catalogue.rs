@@ -4,7 +4,8 @@
 //! the Consul stand-in; `inbound.jwt`) is driven until the event-only
 //! metrics have happened, then every exported metric must be in the table with the same type
 //! and label names, and every metric in the table must be exported — except those the table
-//! marks *Appears after …*, which may be missing but must match when present. A second proxy
+//! marks *Appears after …*, which may be missing but must match when present; every exported
+//! family must have a `# HELP` line (from the same catalogue as the table). A second proxy
 //! with mesh mTLS adds the TLS and authorization metrics.
 
 mod support;
@@ -257,6 +258,11 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
                 problems.push(format!("{name}: documented {doc:?}, exported {shape:?}"))
             }
             Some(_) => {}
+        }
+    }
+    for name in exported.keys() {
+        if !text.contains(&format!("# HELP {name} ")) {
+            problems.push(format!("{name} has no # HELP line"));
         }
     }
     for (name, (_, after_event)) in &documented {

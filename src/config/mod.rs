@@ -50,7 +50,7 @@ use std::path::Path;
 
 use serde_saphyr::{Options, PropertySyntax};
 
-pub use admin::AdminConfig;
+pub use admin::{AdminConfig, TapConfig};
 pub use authorization::{AuthorizationRule, ClaimMatch, ClaimName, InboundAuthorization, JwtMatch};
 pub use config_source::{ConfigSource, ConsulKvSource, EtcdKeySource};
 pub use consul::{ConsulConfig, Secret};
@@ -77,7 +77,10 @@ pub use routing::{
 };
 pub use runtime::RuntimeConfig;
 pub use service::{CheckConfig, ServiceConfig, ServiceProtocol};
-pub use telemetry::{LogFormat, LoggingConfig, OtlpConfig, Propagation, TracingConfig};
+pub use telemetry::{
+    LogFormat, LoggingConfig, OtlpCompression, OtlpConfig, OtlpHeader, OtlpProtocol, Propagation,
+    TracingConfig,
+};
 pub use tls::{
     AuthorizationAction, AuthorizationConfig, TlsConfig, TlsSource, UntilIntentionsLoad,
 };

@@ -50,6 +50,10 @@ pub fn keep_fixed(running: &Config, next: &mut Config) -> Vec<&'static str> {
             restore(&running.admin.allowed_hosts, &mut next.admin.allowed_hosts),
         ),
         (
+            "admin.tap",
+            restore(&running.admin.tap, &mut next.admin.tap),
+        ),
+        (
             "logging.level",
             restore(&running.logging.level, &mut next.logging.level),
         ),

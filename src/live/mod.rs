@@ -97,7 +97,7 @@ use crate::config::{Config, ConsulConfig, Discovery, EtcdConfig};
 use crate::context::Direction;
 use crate::drain::DrainController;
 use crate::routing::backends::Backends;
-use crate::telemetry::spans::SpanExporter;
+use crate::telemetry::sinks::RequestSinks;
 use crate::upstream::{BackendSet, Upstream, UpstreamSet};
 
 pub use fixed::keep_fixed;
@@ -144,7 +144,7 @@ pub struct LiveProxy {
     upstreams: Arc<UpstreamSet>,
     backend_upstreams: Arc<BackendSet>,
     /// Fixed for the process (`tracing.otlp` cannot change live).
-    spans: Option<SpanExporter>,
+    sinks: RequestSinks,
     /// Fixed for the process (`tls`, but its authorization rules).
     mesh: Option<MeshSecurity>,
 }
@@ -184,14 +184,14 @@ struct Plan {
 impl LiveProxy {
     pub fn new(
         upstreams: Arc<UpstreamSet>,
-        spans: Option<SpanExporter>,
+        sinks: RequestSinks,
         mesh: Option<MeshSecurity>,
     ) -> Self {
         Self {
             state: Mutex::default(),
             upstreams,
             backend_upstreams: Arc::default(),
-            spans,
+            sinks,
             mesh,
         }
     }

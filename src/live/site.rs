@@ -227,7 +227,7 @@ impl LiveProxy {
                         section,
                         &config.tracing,
                         access_log,
-                        self.spans.clone(),
+                        self.sinks.clone(),
                         authorizer.cloned(),
                     ));
                 }
@@ -248,7 +248,7 @@ impl LiveProxy {
                         section,
                         &config.tracing,
                         access_log,
-                        self.spans.clone(),
+                        self.sinks.clone(),
                     ));
                     planned.backends = Some(Arc::new(backends));
                 }

@@ -13,6 +13,7 @@ use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 use crate::context::Direction;
 use crate::error::ErrorKind;
+use crate::telemetry::exemplars::SeriesExemplars;
 
 pub const REQUESTS_TOTAL: &str = "remora_requests_total";
 pub const REQUEST_DURATION: &str = "remora_request_duration_seconds";
@@ -146,12 +147,20 @@ pub fn set_registered(registry: Registry, service: &str, registered: bool) {
 }
 
 /// Request metrics of one listener (direction + upstream), or of one route
-/// of it (+ route, under the `remora_route_*` names).
+/// of it (+ route, under the `remora_route_*` names), with the trace-id
+/// exemplars of the duration histogram.
 pub struct RequestMetrics {
     direction: &'static str,
     upstream: Arc<str>,
     route: Option<Arc<str>>,
-    by_code: Box<[OnceLock<(Counter, Histogram)>]>,
+    by_code: Box<[OnceLock<CodeSeries>]>,
+}
+
+/// The series of one status code.
+struct CodeSeries {
+    requests: Counter,
+    durations: Histogram,
+    exemplars: Arc<SeriesExemplars>,
 }
 
 impl RequestMetrics {
@@ -172,31 +181,42 @@ impl RequestMetrics {
         }
     }
 
-    /// Counts one finished request and its duration.
-    pub fn record(&self, status: u16, duration: Duration, error: Option<ErrorKind>) {
-        let (requests, durations) = self.by_code[usize::from(status.clamp(100, 599)) - 100]
-            .get_or_init(|| {
-                let mut labels = vec![
-                    ("direction", self.direction.to_owned()),
-                    ("upstream", self.upstream.to_string()),
-                    ("code", status.to_string()),
-                ];
-                match &self.route {
-                    Some(route) => {
-                        labels.push(("route", route.to_string()));
-                        (
-                            counter!(ROUTE_REQUESTS_TOTAL, &labels),
-                            histogram!(ROUTE_REQUEST_DURATION, &labels),
-                        )
-                    }
-                    None => (
-                        counter!(REQUESTS_TOTAL, &labels),
-                        histogram!(REQUEST_DURATION, &labels),
-                    ),
+    /// Counts one finished request and its duration; `trace_id`, the
+    /// request's sampled trace, becomes the exemplar of its bucket.
+    pub fn record(
+        &self,
+        status: u16,
+        duration: Duration,
+        error: Option<ErrorKind>,
+        trace_id: Option<u128>,
+    ) {
+        let series = self.by_code[usize::from(status.clamp(100, 599)) - 100].get_or_init(|| {
+            let mut labels = vec![
+                ("direction", self.direction.to_owned()),
+                ("upstream", self.upstream.to_string()),
+                ("code", status.to_string()),
+            ];
+            let (requests, duration_name) = match &self.route {
+                Some(route) => {
+                    labels.push(("route", route.to_string()));
+                    (
+                        counter!(ROUTE_REQUESTS_TOTAL, &labels),
+                        ROUTE_REQUEST_DURATION,
+                    )
                 }
-            });
-        requests.increment(1);
-        durations.record(duration.as_secs_f64());
+                None => (counter!(REQUESTS_TOTAL, &labels), REQUEST_DURATION),
+            };
+            CodeSeries {
+                requests,
+                durations: histogram!(duration_name, &labels),
+                exemplars: SeriesExemplars::register(duration_name, &labels),
+            }
+        });
+        series.requests.increment(1);
+        series.durations.record(duration.as_secs_f64());
+        if let Some(trace_id) = trace_id {
+            series.exemplars.record(trace_id, duration);
+        }
         if let (Some(kind), None) = (error, &self.route) {
             counter!(PROXY_ERRORS_TOTAL,
                 "direction" => self.direction, "upstream" => self.upstream.to_string(), "kind" => kind.as_str())
