@@ -1467,9 +1467,10 @@ fn admin_tap_rate_and_redacted_header_names_are_checked() {
 fn inbound_authorization_rules_and_their_errors() {
     let good = format!(
         "{SERVICE}tls: {{ cert: /c.pem, key: /k.pem, ca: /ca.pem }}\n\
-         inbound:\n  authorization:\n    rules:\n\
+         inbound:\n  jwt:\n    providers: [{{ name: corp, issuer: https://corp, jwks: {{ url: \"https://corp/jwks\" }} }}]\n\
+         \x20 authorization:\n    rules:\n\
          \x20     - name: reports\n        action: allow\n        identities: [web]\n\
-         \x20       jwt: {{ sub: alice, claims: [{{ name: [org, id], value: acme }}, {{ name: tier, value: gold }}] }}\n\
+         \x20       jwt: {{ provider: corp, sub: alice, claims: [{{ name: [org, id], value: acme }}, {{ name: tier, value: gold }}] }}\n\
          \x20       match: {{ path: {{ prefix: /reports }}, methods: [GET] }}\n"
     );
     let config = parse_test(&good).expect("valid rules");
@@ -1491,11 +1492,22 @@ fn inbound_authorization_rules_and_their_errors() {
             "test.yaml:7:47: inbound.authorization.rules[0].identities: needs the top-level `tls` section: without mTLS no caller has an identity",
             "test.yaml:7:48: inbound.authorization.rules[0].identities[0]: `https://td/web`: only spiffe:// IDs are identities",
             "test.yaml:8:17: inbound.authorization.rules[1].name: duplicate rule name `a`",
+            "test.yaml:8:39: inbound.authorization.rules[1].jwt: needs `inbound.jwt`: without it no request has verified claims",
             "test.yaml:8:46: inbound.authorization.rules[1].jwt.sub: must not be empty",
             "test.yaml:8:67: inbound.authorization.rules[1].jwt.claims[0].name: needs a claim name, or a list of non-empty names for a nested claim",
             "test.yaml:9:17: inbound.authorization.rules[2].name: invalid rule name `B`: use lowercase letters, digits, `_` and `-`, starting with a letter or digit",
             "test.yaml:9:50: inbound.authorization.rules[2].match.path: must start with `/`",
             "test.yaml:9:74: inbound.authorization.rules[2].match.methods[0]: invalid method `get`: use upper case, e.g. GET",
+        ]
+    );
+    let unknown_provider = format!(
+        "{SERVICE}inbound:\n  jwt:\n    providers: [{{ name: corp, issuer: https://corp, jwks: {{ url: \"https://corp/jwks\" }} }}]\n\
+         \x20 authorization:\n    rules: [{{ name: a, action: allow, jwt: {{ provider: crop }} }}]\n"
+    );
+    assert_eq!(
+        errors(&unknown_provider),
+        [
+            "test.yaml:8:56: inbound.authorization.rules[0].jwt.provider: `crop` is not one of inbound.jwt.providers"
         ]
     );
     let misspelt = format!(
