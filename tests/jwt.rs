@@ -439,6 +439,15 @@ async fn spoofed_claim_headers_are_stripped_and_rules_decide_where_a_token_is_re
         "the underscore spelling is dropped: {seen}"
     );
     assert_eq!(seen["authorization"], json!([auth]), "forward: true");
+
+    // `Connection` naming a claim header cannot make remora drop it.
+    let reply = get(
+        &proxy,
+        "/headers",
+        &[("authorization", &auth), ("connection", "x-user")],
+    )
+    .await;
+    assert_eq!(app_headers(&reply)["x-user"], json!(["alice"]));
 }
 
 /// Strips the spoofed headers even with no token anywhere: a public app path
