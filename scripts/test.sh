@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 # and HTTP/1.1 origin), haproxy (h2 origin), nghttp2-client (h2load) and
 # python3-grpcio (a gRPC C-core server, tests/fixtures/grpc_server.py, with
 # python3, whose standard library it otherwise uses); python3-jwt (PyJWT) and
-# python3-cryptography make the keys and tokens of tests/jwt.rs
+# python3-cryptography make the keys and tokens of the JWT tests
 # (tests/fixtures/jwt_tokens.py).
 # bench/ also needs wrk.
 packages=(procps curl dnsmasq-base chromium iptables iproute2 util-linux nginx-light haproxy nghttp2-client python3-grpcio python3-jwt python3-cryptography)

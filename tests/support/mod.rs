@@ -23,6 +23,7 @@ pub mod consul;
 pub mod curl;
 pub mod grpc;
 pub mod h2_origin;
+pub mod jwt;
 pub mod otlp;
 pub mod peers;
 pub mod prober;
