@@ -33,7 +33,7 @@ use crate::routing::split::{Split, SplitTarget};
 use crate::routing::{Route, Router};
 use crate::svc::{ConcreteService, HttpService, RouteService, SharedService};
 use crate::telemetry::metrics::route_backend_counter;
-use crate::telemetry::spans::SpanExporter;
+use crate::telemetry::sinks::RequestSinks;
 use crate::tls::authorization::Authorizer;
 use crate::upgrade::Upgrades;
 use crate::upstream::Upstream;
@@ -46,7 +46,7 @@ pub fn outbound(
     config: &UpstreamConfig,
     tracing: &TracingConfig,
     access_log: f64,
-    spans: Option<SpanExporter>,
+    sinks: RequestSinks,
 ) -> HttpService {
     let direction = Direction::Outbound;
     let name = config.name.as_str();
@@ -89,7 +89,7 @@ pub fn outbound(
             name,
             backends.upstream().totals(),
             access_log,
-            spans,
+            sinks,
         ))
         .layer(NormalizePathLayer::new(&config.path_normalization))
         .service(service);
@@ -194,7 +194,7 @@ pub fn inbound(
     config: &InboundConfig,
     tracing: &TracingConfig,
     access_log: f64,
-    spans: Option<SpanExporter>,
+    sinks: RequestSinks,
     authorizer: Option<Arc<Authorizer>>,
 ) -> HttpService {
     let direction = Direction::Inbound;
@@ -209,7 +209,7 @@ pub fn inbound(
             name,
             app.totals(),
             access_log,
-            spans,
+            sinks,
         ))
         .layer(NormalizePathLayer::new(&config.path_normalization))
         .layer(ErrorResponseLayer)

@@ -4,7 +4,8 @@
 //! the Consul stand-in; `inbound.jwt`) is driven until the event-only
 //! metrics have happened, then every exported metric must be in the table with the same type
 //! and label names, and every metric in the table must be exported — except those the table
-//! marks *Appears after …*, which may be missing but must match when present. A second proxy
+//! marks *Appears after …*, which may be missing but must match when present; every exported
+//! family must have a `# HELP` line (from the same catalogue as the table). A second proxy
 //! with mesh mTLS adds the TLS and authorization metrics.
 
 mod support;
@@ -259,13 +260,23 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
             Some(_) => {}
         }
     }
+    for name in exported.keys() {
+        if !text.contains(&format!("# HELP {name} ")) {
+            problems.push(format!("{name} has no # HELP line"));
+        }
+    }
     for (name, (_, after_event)) in &documented {
-        // Discovery metrics need a failing DNS server or a Consul agent; every
-        // other event happened above.
+        // Discovery metrics need a failing DNS server or a registry watch
+        // (Consul, etcd), etcd registration an etcd (tests/etcd_registration.rs
+        // checks them); every other event happened above.
         let may_be_missing = *after_event
             && matches!(
                 name.as_str(),
-                "remora_discovery_errors_total" | "remora_discovery_last_update_timestamp_seconds"
+                "remora_discovery_errors_total"
+                    | "remora_discovery_last_update_timestamp_seconds"
+                    | "remora_discovery_watch_up"
+                    | "remora_etcd_registrations_total"
+                    | "remora_etcd_registered"
             );
         if !exported.contains_key(name) && !may_be_missing {
             problems.push(format!("{name} is documented but not exported"));

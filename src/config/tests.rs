@@ -353,8 +353,8 @@ colour: blue
             "test.yaml:8:44: upstreams[0].discovery.extra: expected end of mapping after enum variant value",
             "test.yaml:9:27: upstreams[0].timeouts.retry: unknown field `retry`, expected one of connect, request, idle",
             "test.yaml:10:78: upstreams[1].weight: unknown field `weight`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, request_token, circuit_breaker, outlier_detection, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
-            "test.yaml:12:3: admin.extra: unknown field `extra`, expected one of listen, max_connections, header_read_timeout, allowed_hosts",
-            "test.yaml:14:1: colour: unknown field `colour`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing, config_source, tls, transparent",
+            "test.yaml:12:3: admin.extra: unknown field `extra`, expected one of listen, max_connections, header_read_timeout, allowed_hosts, tap",
+            "test.yaml:14:1: colour: unknown field `colour`, expected one of service, inbound, upstreams, consul, etcd, admin, runtime, logging, tracing, config_source, tls, transparent",
         ]
     );
 }
@@ -484,7 +484,7 @@ fn a_misplaced_section_is_an_unknown_key() {
     assert_eq!(
         errors(text),
         [
-            "test.yaml:2:1: routes: unknown field `routes`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing, config_source, tls, transparent"
+            "test.yaml:2:1: routes: unknown field `routes`, expected one of service, inbound, upstreams, consul, etcd, admin, runtime, logging, tracing, config_source, tls, transparent"
         ]
     );
 }
@@ -880,12 +880,12 @@ upstreams:
   - name: a
     listen: 127.0.0.1:1
     discovery:
-      etcd: { name: a }
+      zookeeper: { name: a }
 ";
     assert_eq!(
         errors(text),
         [
-            "test.yaml:6:7: upstreams[0].discovery.etcd: unknown variant `etcd`, expected one of static, consul, dns"
+            "test.yaml:6:7: upstreams[0].discovery.zookeeper: unknown variant `zookeeper`, expected one of static, consul, dns, etcd"
         ]
     );
 }
@@ -1112,14 +1112,14 @@ fn consul_semantic_errors() {
 fn otlp_defaults_and_invalid_values() {
     let config = parse_test(&format!("{SERVICE}tracing:\n  otlp: {{}}\n")).unwrap();
     let otlp = config.tracing.otlp.expect("otlp section");
-    assert_eq!(otlp.endpoint, "http://127.0.0.1:4318/v1/traces");
+    assert_eq!(otlp.endpoint, None);
     assert_eq!(otlp.sample_ratio, 1.0);
     assert_eq!((otlp.max_queue, otlp.batch_size), (2048, 512));
     assert_eq!(otlp.flush_interval, Duration::from_secs(1));
     assert!(parse_test(SERVICE).unwrap().tracing.otlp.is_none());
 
     let found = errors(&format!(
-        "{SERVICE}tracing:\n  otlp:\n    endpoint: https://collector/v1/traces\n    sample_ratio: 1.5\n    max_queue: 0\n    batch_size: 0\n    flush_interval: 0s\n"
+        "{SERVICE}tracing:\n  otlp:\n    endpoint: ftp://collector/v1/traces\n    sample_ratio: 1.5\n    max_queue: 0\n    batch_size: 0\n    flush_interval: 0s\n"
     ));
     let joined = found.join("\n");
     for path in [
@@ -1301,7 +1301,7 @@ fn route_errors_name_their_keys() {
     for expected in [
         "upstreams[0].backends.default: invalid backend name",
         "upstreams[0].backends.default.static: needs at least one endpoint",
-        "upstreams[0].backends.v2.subset: subsets select Consul instances",
+        "upstreams[0].backends.v2.subset: subsets select Consul or etcd instances",
         "upstreams[0].backends.eu.upstream: no upstream is named `nowhere`",
         "upstreams[0].routes[0].name: invalid route name `Bad`",
         "upstreams[0].routes[0].match.path: must start with `/`",
@@ -1444,6 +1444,23 @@ fn request_token_defaults_and_bad_values() {
             "upstreams[1].request_token",
         ]
     );
+}
+
+#[test]
+fn admin_tap_rate_and_redacted_header_names_are_checked() {
+    assert_eq!(
+        errors(
+            "service: { name: web }\n\
+             admin: { tap: { max_events_per_second: 0, redact_headers: [x-api-key, \"bad header\"] } }\n"
+        ),
+        [
+            "test.yaml:2:40: admin.tap.max_events_per_second: must be greater than zero (turn the tap off with max_subscribers: 0)",
+            "test.yaml:2:71: admin.tap.redact_headers[1]: `bad header` is not a header name",
+        ]
+    );
+    let config = parse_test("service: { name: web }\n").unwrap();
+    assert_eq!(config.admin.tap.max_subscribers, 4);
+    assert_eq!(config.admin.tap.max_events_per_second, 100);
 }
 
 #[test]

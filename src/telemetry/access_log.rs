@@ -12,13 +12,16 @@ use crate::error::{ErrorDetail, ErrorKind};
 
 pub const TARGET: &str = "remora::access";
 
-/// What the access log needs from a request, captured before it is sent on.
+/// What the access log (and the tap) needs from a request, captured before
+/// it is sent on.
 pub struct RequestSummary {
-    method: Method,
-    authority: String,
-    path: String,
-    request_id: Option<String>,
-    trace: Option<(String, String)>,
+    pub method: Method,
+    pub authority: String,
+    /// Without the query.
+    pub path: String,
+    pub request_id: Option<String>,
+    /// Trace and span id of the request's `traceparent`.
+    pub trace: Option<(String, String)>,
 }
 
 impl RequestSummary {

@@ -21,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod consul;
 pub mod curl;
+pub mod etcd;
 pub mod grpc;
 pub mod h2_origin;
 pub mod jwt;

@@ -75,10 +75,13 @@ fn check_backends(config: &Config, upstream: &UpstreamConfig, at: &str, problems
         }
         match backend {
             BackendConfig::Subset(subset) => {
-                if !matches!(upstream.discovery, Discovery::Consul(_)) {
+                if !matches!(
+                    upstream.discovery,
+                    Discovery::Consul(_) | Discovery::Etcd(_)
+                ) {
                     problems.add(
                         format!("{backend_at}.subset"),
-                        "subsets select Consul instances by tags and meta; this upstream's discovery is not consul",
+                        "subsets select Consul or etcd instances by tags and meta; this upstream's discovery is neither",
                     );
                 }
                 if subset.tags.is_empty() && subset.meta.is_empty() {

@@ -20,7 +20,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::keys::KeySet;
 use crate::config::JwksConfig;
-use crate::consul::error_chain;
+use crate::error::error_chain;
 use crate::telemetry::metrics::jwks_fetches;
 
 /// The least time between two early refreshes of one provider's keys.
