@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 # and HTTP/1.1 origin), haproxy (h2 origin), nghttp2-client (h2load) and
 # python3-grpcio (a gRPC C-core server, tests/fixtures/grpc_server.py, with
 # python3, whose standard library it otherwise uses); python3-jwt (PyJWT) and
-# python3-cryptography make the keys and tokens of tests/jwt.rs
+# python3-cryptography make the keys and tokens of the JWT tests
 # (tests/fixtures/jwt_tokens.py); python3-prometheus-client (the Prometheus
 # parsers that read /metrics, tests/fixtures/parse_metrics.py); a real etcd
 # v3 (etcd-server, the `etcd` binary, and etcd-client, `etcdctl`) for etcd

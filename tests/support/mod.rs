@@ -24,6 +24,7 @@ pub mod curl;
 pub mod etcd;
 pub mod grpc;
 pub mod h2_origin;
+pub mod jwt;
 pub mod otlp;
 pub mod peers;
 pub mod prober;

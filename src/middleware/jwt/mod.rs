@@ -4,7 +4,8 @@
 //! For each request:
 //! 1. Every header some provider's `claims_to_headers` writes is removed, in
 //!    any spelling an application may fold into it (case, `_` for `-`), so
-//!    a client cannot pass claims of its own.
+//!    a client cannot pass claims of its own; nor can `Connection` name
+//!    them (hop-by-hop stripping would remove the verified ones).
 //! 2. The token is looked for at each provider's location in order
 //!    (`Authorization: Bearer` by default, a header, a cookie); the first
 //!    one found is the request's token. The providers reading it there are
@@ -40,6 +41,7 @@ use http::{HeaderName, Request, Response};
 use metrics::Counter;
 use tower::{Layer, Service};
 
+use self::token::unnominate;
 use self::verify::{Provider, unverified_issuer};
 use crate::body::ResponseBody;
 use crate::config::{JwtConfig, JwtRule};
@@ -150,9 +152,11 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let policy = Arc::clone(&self.policy);
         if !policy.claim_headers.is_empty() {
-            remove_headers(request.headers_mut(), |name| {
+            let headers = request.headers_mut();
+            remove_headers(headers, |name| {
                 (policy.claim_headers.iter()).any(|claim| reads_as(name, claim))
             });
+            unnominate(headers, &policy.claim_headers);
         }
         let Some((token, index)) = policy.token_of(&request) else {
             if policy.required(request.uri().path()) {

@@ -124,6 +124,36 @@ impl ClaimHeader {
     }
 }
 
+/// Takes claim headers out of the (first) `Connection` header, so that
+/// hop-by-hop stripping on the way out does not remove the claims set here.
+pub(super) fn unnominate(headers: &mut HeaderMap, claim_headers: &[HeaderName]) {
+    let Some(connection) = headers.get(header::CONNECTION) else {
+        return;
+    };
+    let tokens: Vec<&str> = (connection.to_str().unwrap_or_default().split(','))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .collect();
+    let kept: Vec<&str> = (tokens.iter().copied())
+        .filter(|token| {
+            !claim_headers
+                .iter()
+                .any(|claim| claim.as_str().eq_ignore_ascii_case(token))
+        })
+        .collect();
+    if kept.len() == tokens.len() {
+        return;
+    }
+    match HeaderValue::from_str(&kept.join(", ")) {
+        Ok(value) if !kept.is_empty() => {
+            headers.insert(header::CONNECTION, value);
+        }
+        _ => {
+            headers.remove(header::CONNECTION);
+        }
+    }
+}
+
 fn text_of(value: &Value) -> String {
     match value {
         Value::String(text) => text.clone(),
@@ -182,6 +212,20 @@ mod tests {
             ["a=1; b=2"]
         );
         assert_eq!(location.find(&request), None);
+    }
+
+    #[test]
+    fn connection_cannot_name_a_claim_header() {
+        let claims = [HeaderName::from_static("x-user")];
+        let mut request = headers(&[("connection", "keep-alive, X-User"), ("x-user", "alice")]);
+        unnominate(&mut request, &claims);
+        assert_eq!(request["connection"], "keep-alive");
+        let mut request = headers(&[("connection", "x-user")]);
+        unnominate(&mut request, &claims);
+        assert!(request.get("connection").is_none());
+        let mut request = headers(&[("connection", "upgrade")]);
+        unnominate(&mut request, &claims);
+        assert_eq!(request["connection"], "upgrade");
     }
 
     #[test]
