@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::authorization::InboundAuthorization;
 use super::duration;
+use super::jwt::JwtConfig;
 use super::limits::ListenerLimits;
 use super::path_normalization::PathNormalization;
 use super::resilience::RateLimitConfig;
@@ -32,6 +33,9 @@ pub struct InboundConfig {
     pub upgrades: Vec<UpgradeProtocol>,
     #[serde(default)]
     pub path_normalization: PathNormalization,
+    /// JWT validation of incoming requests.
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
     /// L7 authorization rules (after `tls.authorization`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<InboundAuthorization>,
@@ -47,6 +51,7 @@ impl Default for InboundConfig {
             limits: ListenerLimits::default(),
             upgrades: default_upgrades(),
             path_normalization: PathNormalization::default(),
+            jwt: None,
             authorization: None,
         }
     }

@@ -24,9 +24,11 @@ mod discovery;
 mod duration;
 mod env;
 mod error;
+mod etcd;
 mod fallback;
 mod health_check;
 mod inbound;
+mod jwt;
 mod limits;
 mod locate;
 mod model;
@@ -34,6 +36,7 @@ mod path_normalization;
 mod pool;
 mod prune;
 mod redact;
+mod request_token;
 mod resilience;
 mod routing;
 mod runtime;
@@ -49,22 +52,27 @@ use std::path::Path;
 
 use serde_saphyr::{Options, PropertySyntax};
 
-pub use admin::AdminConfig;
+pub use admin::{AdminConfig, TapConfig};
 pub use authorization::{AuthorizationRule, ClaimMatch, ClaimName, InboundAuthorization, JwtMatch};
-pub use config_source::{ConfigSource, ConsulKvSource};
+pub use config_source::{ConfigSource, ConsulKvSource, EtcdKeySource};
 pub use consul::{ConsulConfig, Secret};
-pub use discovery::{ConsulDiscovery, ConsulFailover, Discovery, DnsDiscovery, StaticEndpoint};
+pub use discovery::{
+    ConsulDiscovery, ConsulFailover, Discovery, DnsDiscovery, EtcdDiscovery, StaticEndpoint,
+};
 pub use error::{ConfigError, ConfigErrors};
+pub use etcd::EtcdConfig;
 pub use fallback::{FallbackConfig, FallbackResponse, FallbackTrigger};
 pub use health_check::{
     GrpcHealthCheck, HealthCheck, HttpHealthCheck, Probe, StatusRange, TcpHealthCheck,
 };
 pub use inbound::InboundConfig;
+pub use jwt::{JwksConfig, JwtConfig, JwtProvider, JwtRule, TokenLocation};
 pub use limits::{HeadersWithUnderscoresAction, ListenerLimits};
 pub use model::Config;
 pub use path_normalization::{EscapedSlashesAction, PathNormalization};
 pub use pool::ConnectionPool;
 pub use redact::shown;
+pub use request_token::RequestTokenConfig;
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,
     OutlierDetection, RateLimitConfig, RateLimitKey, RetryBackoff, RetryBudget, RetryPolicy,
@@ -77,7 +85,10 @@ pub use routing::{
 };
 pub use runtime::RuntimeConfig;
 pub use service::{CheckConfig, Locality, ServiceConfig, ServiceProtocol};
-pub use telemetry::{LogFormat, LoggingConfig, OtlpConfig, Propagation, TracingConfig};
+pub use telemetry::{
+    LogFormat, LoggingConfig, OtlpCompression, OtlpConfig, OtlpHeader, OtlpProtocol, Propagation,
+    TracingConfig,
+};
 pub use tls::{
     AuthorizationAction, AuthorizationConfig, TlsConfig, TlsSource, UntilIntentionsLoad,
 };
@@ -118,12 +129,13 @@ pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
 
 /// Sections a document from a `config_source` must leave out: they say how
 /// to reach the source, so they come from the local file.
-const LOCAL_ONLY: [&str; 2] = ["consul", "config_source"];
+const LOCAL_ONLY: [&str; 3] = ["consul", "etcd", "config_source"];
 
 /// Gives `config` (from the `config_source`) the sections of the `local`
 /// file that say how to reach the source (`LOCAL_ONLY`).
 pub fn adopt_local_sections(config: &mut Config, local: &Config) {
     config.consul = local.consul.clone();
+    config.etcd = local.etcd.clone();
     config.config_source = local.config_source.clone();
     for key in LOCAL_ONLY {
         config.from_env_as_in(local, key);
@@ -131,10 +143,10 @@ pub fn adopt_local_sections(config: &mut Config, local: &Config) {
 }
 
 /// Parses and validates a document read from the `config_source` (a Consul
-/// KV value) as [`parse`] does; `name` labels the errors (`consul-kv:KEY`).
-/// Also rejects `consul` and `config_source` in it (`LOCAL_ONLY`), and
-/// every `${VAR}` whose variable is not in `allowed_env` (the local file's
-/// `config_source.consul_kv.allowed_env`).
+/// KV value or an etcd key) as [`parse`] does; `name` labels the errors
+/// (`consul-kv:KEY`, `etcd:KEY`). Also rejects `consul`, `etcd` and
+/// `config_source` in it (`LOCAL_ONLY`), and every `${VAR}` whose variable
+/// is not in `allowed_env` (the local file's `config_source.*.allowed_env`).
 pub fn parse_from_source(
     text: &str,
     name: &str,

@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::duration;
 use super::fallback::FallbackConfig;
+use super::request_token::RequestTokenConfig;
 use super::resilience::{FaultConfig, RateLimitConfig, RetryPolicy};
 
 /// The backend name that means "the upstream's own endpoints".
@@ -87,6 +88,9 @@ pub struct RouteConfig {
     /// Replaces the upstream's `fallback` for this route.
     #[serde(default)]
     pub fallback: Option<FallbackConfig>,
+    /// Overrides the upstream's `request_token`.
+    #[serde(default)]
+    pub request_token: Option<RequestTokenConfig>,
 }
 
 /// The conditions of a route.

@@ -19,6 +19,7 @@ use super::health_check::HealthCheck;
 use super::limits::ListenerLimits;
 use super::path_normalization::PathNormalization;
 use super::pool::ConnectionPool;
+use super::request_token::RequestTokenConfig;
 use super::resilience::{
     CircuitBreakerConfig, FaultConfig, OutlierDetection, RateLimitConfig, RetryPolicy,
 };
@@ -57,6 +58,9 @@ pub struct UpstreamConfig {
     pub retries: Option<RetryPolicy>,
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// A token from a file attached to every request (routes may override it).
+    #[serde(default)]
+    pub request_token: Option<RequestTokenConfig>,
     #[serde(default)]
     pub circuit_breaker: Option<CircuitBreakerConfig>,
     #[serde(default)]

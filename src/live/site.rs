@@ -174,7 +174,7 @@ impl LiveProxy {
                     Some(discoverer)
                 }
             }
-            Discovery::Static(_) | Discovery::Consul(_) => None,
+            Discovery::Static(_) | Discovery::Consul(_) | Discovery::Etcd(_) => None,
         };
 
         Ok(Planned {
@@ -227,7 +227,7 @@ impl LiveProxy {
                         section,
                         &config.tracing,
                         access_log,
-                        self.spans.clone(),
+                        self.sinks.clone(),
                         authorizer.cloned(),
                     ));
                 }
@@ -248,7 +248,7 @@ impl LiveProxy {
                         section,
                         &config.tracing,
                         access_log,
-                        self.spans.clone(),
+                        self.sinks.clone(),
                     ));
                     planned.backends = Some(Arc::new(backends));
                 }
