@@ -31,18 +31,9 @@ cd "$(dirname "$0")/.."
 # discovery, registration and configuration. The build itself needs protobuf-compiler (`protoc`: the
 # etcd-client crate generates its gRPC code).
 # bench/ also needs wrk.
-packages=(procps curl dnsmasq-base chromium iptables iproute2 util-linux nginx-light haproxy nghttp2-client python3-grpcio python3-protobuf python3-pip python3-jwt python3-cryptography etcd-server etcd-client protobuf-compiler python3-prometheus-client)
-missing=()
-for package in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
-done
-if ((${#missing[@]})); then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    echo "installing: ${missing[*]}"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+packages=(procps curl dnsmasq-base chromium iptables iproute2 util-linux nginx-light haproxy nghttp2-client python3-grpcio python3-protobuf python3-pip python3-jwt python3-cryptography etcd-server etcd-client python3-prometheus-client)
+source scripts/packages.sh
+install_missing "${BUILD_PACKAGES[@]}" "${packages[@]}"
 
 # grpcio-health-checking from PyPI (Debian has none): the standard gRPC health
 # service of Python grpcio for tests/health_checks.rs, pinned to the version
