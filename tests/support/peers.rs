@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::requirements::require_tool;
+use super::requirements::{PYTHON, require_python_module, require_tool};
 
 /// A process killed (and its scratch directory removed) on drop.
 pub struct Peer {
@@ -115,20 +115,11 @@ pub fn haproxy(config: &str) -> Peer {
 /// The gRPC C-core server of `tests/fixtures/grpc_server.py` (Python
 /// grpcio) with the channel `options` given as `name=value` arguments.
 pub fn grpcio_server(options: &[(&str, i64)]) -> Peer {
-    let python = "/usr/bin/python3";
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/grpc_server.py");
-    let has_grpc = Command::new(python)
-        .args(["-c", "import grpc"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    assert!(
-        has_grpc,
-        "{python} with grpc is needed: apt-get install python3-grpcio (scripts/test.sh installs it)"
-    );
+    require_python_module("grpc", "apt-get install python3-grpcio");
     let dir = scratch("grpcio");
     let log = dir.join("grpc.log");
-    let mut command = Command::new(python);
+    let mut command = Command::new(PYTHON);
     command.arg(&script);
     for (name, value) in options {
         command.arg(format!("{name}={value}"));
@@ -164,22 +155,15 @@ pub struct GrpcioHealth {
 
 impl GrpcioHealth {
     pub fn start() -> GrpcioHealth {
-        let python = "/usr/bin/python3";
-        let has_health = Command::new(python)
-            .args(["-c", "import grpc_health.v1.health"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        assert!(
-            has_health,
-            "{python} with grpc_health is needed: apt-get install python3-grpcio and \
-             pip install grpcio-health-checking==1.51.1 (scripts/test.sh installs both)"
+        require_python_module(
+            "grpc_health.v1.health",
+            "apt-get install python3-grpcio and pip install grpcio-health-checking==1.51.1",
         );
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/grpc_health_server.py");
         let dir = scratch("grpcio-health");
         let log = dir.join("grpc.log");
-        let mut child = Command::new(python)
+        let mut child = Command::new(PYTHON)
             .arg(&script)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -184,16 +184,9 @@ pub enum Format {
 pub fn parse_with_prometheus_client(text: &str, format: Format) -> serde_json::Value {
     use std::io::Write as _;
     use std::process::{Command, Stdio};
-    let python = "/usr/bin/python3";
-    let has_client = Command::new(python)
-        .args(["-c", "import prometheus_client.openmetrics.parser"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    assert!(
-        has_client,
-        "{python} with prometheus_client is needed: apt-get install python3-prometheus-client \
-         (scripts/test.sh installs it)"
+    super::requirements::require_python_module(
+        "prometheus_client.openmetrics.parser",
+        "apt-get install python3-prometheus-client",
     );
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -203,7 +196,7 @@ pub fn parse_with_prometheus_client(text: &str, format: Format) -> serde_json::V
         Format::Prometheus => "prometheus",
         Format::OpenMetrics => "openmetrics",
     };
-    let mut child = Command::new(python)
+    let mut child = Command::new(super::requirements::PYTHON)
         .args([script, argument])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -29,6 +29,23 @@ pub fn require_tool(program: &str, package: &str) {
     );
 }
 
+/// The Python the tests run their Python peers and parsers with.
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// Panics, saying how to install it (`install`), when [`PYTHON`] cannot
+/// import `module`.
+pub fn require_python_module(module: &str, install: &str) {
+    let imports = Command::new(PYTHON)
+        .args(["-c", &format!("import {module}")])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(
+        imports,
+        "{PYTHON} with {module} is needed: {install} (scripts/test.sh installs it)"
+    );
+}
+
 /// Panics unless this process runs as root; `needs` says what for.
 pub fn require_root(needs: &str) {
     assert_eq!(
