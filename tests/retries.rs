@@ -1,4 +1,4 @@
-//! Retries end to end: a failed try goes to another endpoint, a small POST body is replayed
+//! Retries end to end: a failed try goes to another endpoint, a small PUT body is replayed
 //! byte for byte while a large one is streamed once and never retried, a per-try timeout moves
 //! the request to a healthy endpoint, and the retry budget bounds what an always-failing
 //! upstream receives.
@@ -113,7 +113,7 @@ async fn a_503_is_retried_on_the_other_endpoint() {
 }
 
 #[tokio::test]
-async fn a_small_post_body_is_replayed_and_a_large_one_is_sent_once() {
+async fn a_small_put_body_is_replayed_and_a_large_one_is_sent_once() {
     let failing = origin(503, Duration::ZERO);
     let proxy = Proxy::start(&yaml(
         "retry-bodies",
@@ -124,7 +124,7 @@ async fn a_small_post_body_is_replayed_and_a_large_one_is_sent_once() {
     let url = format!("http://{}/upload", proxy.upstream("retry-bodies"));
 
     let small = Bytes::from(vec![b's'; 1000]);
-    let request = Request::post(&url).body(Full::new(small.clone())).unwrap();
+    let request = Request::put(&url).body(Full::new(small.clone())).unwrap();
     let reply = send(Version::HTTP_11, request).await.unwrap();
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
@@ -135,7 +135,7 @@ async fn a_small_post_body_is_replayed_and_a_large_one_is_sent_once() {
 
     failing.bodies.lock().unwrap().clear();
     let large = Bytes::from(vec![b'L'; 64 * 1024]);
-    let request = Request::post(&url).body(Full::new(large.clone())).unwrap();
+    let request = Request::put(&url).body(Full::new(large.clone())).unwrap();
     let reply = send(Version::HTTP_11, request).await.unwrap();
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(*failing.bodies.lock().unwrap(), vec![large]);
@@ -417,7 +417,7 @@ async fn grpc_unavailable_is_retried_end_to_end() {
         "grpc",
         "{ policy: round_robin }",
         &[origin.addr],
-        "{ attempts: 2, on: [unavailable], backoff: { base: 1ms, max: 2ms } }",
+        "{ attempts: 2, on: [unavailable], backoff: { base: 1ms, max: 2ms }, idempotent_grpc_methods: [remora.test.Echo/Unary] }",
     ))
     .await;
     let (text, trailers) = grpc_unary(proxy.upstream("retry-grpc"), "again")
@@ -503,7 +503,7 @@ async fn the_default_replay_limit_is_64_kib_inclusive() {
     for (size, tries) in [(64 * 1024, 2), (64 * 1024 + 1, 1)] {
         failing.bodies.lock().unwrap().clear();
         let body = Bytes::from(vec![b'b'; size]);
-        let request = Request::post(&url).body(Full::new(body.clone())).unwrap();
+        let request = Request::put(&url).body(Full::new(body.clone())).unwrap();
         let reply = send(Version::HTTP_11, request).await.unwrap();
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(

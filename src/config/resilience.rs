@@ -161,6 +161,19 @@ pub struct RetryPolicy {
     /// with a larger body is not retried.
     #[serde(default = "default_replay_body_limit")]
     pub replay_body_limit: usize,
+    /// Methods whose requests may be retried after they reached the
+    /// upstream (RFC 9110 §9.2.2 by default); others only when they provably
+    /// never did. A request with an `Idempotency-Key` header counts as
+    /// idempotent whatever its method.
+    #[serde(default = "default_idempotent_methods")]
+    pub idempotent_methods: Vec<String>,
+    /// gRPC methods (always `POST`) that are idempotent: `pkg.Service/Method`
+    /// or `pkg.Service/*`.
+    #[serde(default)]
+    pub idempotent_grpc_methods: Vec<String>,
+    /// Retry non-idempotent requests on every `on` outcome too (opt-in).
+    #[serde(default)]
+    pub retry_non_idempotent: bool,
 }
 
 fn default_attempts() -> u32 {
@@ -178,6 +191,12 @@ fn default_retry_on() -> Vec<Condition> {
 
 fn default_replay_body_limit() -> usize {
     64 * 1024
+}
+
+fn default_idempotent_methods() -> Vec<String> {
+    ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]
+        .map(String::from)
+        .to_vec()
 }
 
 /// Exponential backoff with full jitter between tries.

@@ -125,6 +125,26 @@ pub(super) fn check_retries(at: &str, retries: &RetryPolicy, problems: &mut Prob
         problems.add(key("budget.ratio"), "must be between 0 and 10");
     }
     problems.nonzero(key("budget.window"), retries.budget.window);
+    for (i, method) in retries.idempotent_methods.iter().enumerate() {
+        if http::Method::from_bytes(method.as_bytes()).is_err() {
+            problems.add(
+                format!("{at}.idempotent_methods[{i}]"),
+                format!("`{method}` is not an HTTP method"),
+            );
+        }
+    }
+    for (i, method) in retries.idempotent_grpc_methods.iter().enumerate() {
+        let parts = method.split_once('/');
+        let valid = parts.is_some_and(|(service, name)| {
+            !service.is_empty() && !name.is_empty() && !name.contains('/')
+        });
+        if !valid {
+            problems.add(
+                format!("{at}.idempotent_grpc_methods[{i}]"),
+                format!("`{method}` is not `package.Service/Method` or `package.Service/*`"),
+            );
+        }
+    }
 }
 
 /// Checks a `fault:` section at key path `at`.

@@ -50,15 +50,17 @@
 //! is reset rather than ended as if whole. HTTP/1.1 upgrades (WebSocket) are
 //! never retried or copied.
 //!
-//! Non-idempotent methods: following the issue ("idempotent methods, or any
-//! request whose body was buffered for replay"), the method is *not*
-//! consulted: a `POST` with a small replayable body is retried like a `GET`.
-//! What makes retrying it safe or not is the `on` list — the default
-//! (`connect_failure`, `refused_stream`, `reset`, `"503"`) names failures
-//! where the upstream most likely did no work (`reset` is the exception: a
-//! connection that broke after the request was sent may have been processed).
-//! Operators with non-idempotent endpoints should leave `reset`, `5xx` and
-//! `timeout` out of `on`.
+//! # Idempotency
+//!
+//! A failed try reached the upstream unless it provably did not (a connect
+//! failure, `REFUSED_STREAM`, a GOAWAY above its stream:
+//! [`crate::resend::never_processed`], the classification transparent
+//! resends use). A request that is not idempotent ([`idempotency`]: `POST`,
+//! `PATCH`, a method left out of `idempotent_methods`, a gRPC method not in
+//! `idempotent_grpc_methods`, all without an `Idempotency-Key` header) is
+//! retried only in those cases — a 503, a reset after it was sent or a
+//! per-try timeout is answered as it is — unless the policy opts in with
+//! `retry_non_idempotent: true`.
 //!
 //! Each try is a fresh request with the method, URI, version, headers and
 //! extensions (client address, [`Deadline`], …) of the original. With a
@@ -82,6 +84,7 @@
 
 pub mod backoff;
 pub mod budget;
+pub mod idempotency;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -102,10 +105,12 @@ use crate::context::{AvoidEndpoint, PickedEndpoint, ServedBy};
 use crate::error::ProxyError;
 use crate::headers::is_upgrade_request;
 use crate::outcome::Outcome;
+use crate::resend::never_processed;
 use crate::telemetry::metrics::RetryMetrics;
 
 use self::backoff::Backoff;
 use self::budget::Budget;
+use self::idempotency::Idempotency;
 
 /// What every request to one upstream shares: the policy, the budget and
 /// the counters.
@@ -116,6 +121,7 @@ struct Shared {
     replay_body_limit: usize,
     backoff: Backoff,
     budget: Budget,
+    idempotency: Idempotency,
     metrics: RetryMetrics,
 }
 
@@ -136,6 +142,7 @@ impl RetryLayer {
                 replay_body_limit: policy.replay_body_limit,
                 backoff: Backoff::new(&policy.backoff),
                 budget: Budget::new(&policy.budget),
+                idempotency: Idempotency::new(policy),
                 // Retries are configured on upstreams, which are outbound.
                 metrics: RetryMetrics::new(Direction::Outbound, upstream),
             }),
@@ -198,6 +205,7 @@ where
         return shared.try_once(&mut inner, request).await.result;
     }
 
+    let may_repeat = shared.idempotency.may_repeat(&request);
     let (parts, body) = request.into_parts();
     let (first, replay) = body.replayable(shared.replay_body_limit);
     let template = Request::from_parts(parts, ());
@@ -214,7 +222,7 @@ where
             inner.ready().await?;
         }
         let tried = shared.try_once(&mut inner, request).await;
-        let again = shared.should_retry(&tried.result);
+        let again = shared.should_retry(&tried.result, may_repeat);
         if retries > 0 {
             let counter = if again {
                 &shared.metrics.failed
@@ -307,8 +315,14 @@ impl Shared {
         }
     }
 
-    fn should_retry(&self, result: &Result<Response<ResponseBody>, ProxyError>) -> bool {
-        retryable(&self.on, result)
+    /// True when the try should be tried again; a request that may not be
+    /// repeated only when the try never reached the upstream.
+    fn should_retry(
+        &self,
+        result: &Result<Response<ResponseBody>, ProxyError>,
+        may_repeat: bool,
+    ) -> bool {
+        retryable(&self.on, result) && (may_repeat || result.as_ref().is_err_and(never_processed))
     }
 }
 
@@ -387,6 +401,9 @@ mod tests {
             },
             budget,
             replay_body_limit: 1024,
+            idempotent_methods: vec!["GET".into()],
+            idempotent_grpc_methods: Vec::new(),
+            retry_non_idempotent: false,
         }
     }
 
