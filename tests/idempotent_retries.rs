@@ -47,6 +47,9 @@ async fn request_over(
     send(version, builder.body(body).unwrap()).await.unwrap()
 }
 
+/// A case: its name, the method, what follows `/status/503`, headers, the tries expected.
+type Case<'a> = (&'a str, Method, &'a str, &'a [(&'a str, &'a str)], u64);
+
 /// Every request gets the origin's 503: the tries the origin saw tell whether it was retried.
 #[tokio::test]
 async fn a_request_that_reached_the_upstream_is_retried_only_when_idempotent() {
@@ -62,7 +65,7 @@ async fn a_request_that_reached_the_upstream_is_retried_only_when_idempotent() {
     let proxy = Proxy::start(&yaml).await;
     let base = format!("http://{}/status/503", proxy.upstream("orders"));
     let key = [("idempotency-key", "5f1c0ffe-order-1")];
-    let cases: [(&str, Method, &str, &[(&str, &str)], u64); 8] = [
+    let cases: [Case; 8] = [
         ("POST", Method::POST, "", &[], 1),
         ("PATCH", Method::PATCH, "", &[], 1),
         ("POST with Idempotency-Key", Method::POST, "", &key, 3),
@@ -192,8 +195,7 @@ async fn invalid_idempotency_settings_are_rejected_with_their_key() {
         )
         .yaml();
     let output = remora::config::parse(&yaml, "test.yaml")
-        .err()
-        .expect("rejected")
+        .expect_err("rejected")
         .to_string();
     assert!(
         output.contains("retries.idempotent_methods[0]") && output.contains("not an HTTP method"),
