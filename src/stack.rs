@@ -11,7 +11,9 @@ use std::time::Duration;
 use tower::ServiceBuilder;
 
 use crate::body::RequestBody;
-use crate::config::{DEFAULT_BACKEND, InboundConfig, RouteConfig, TracingConfig, UpstreamConfig};
+use crate::config::{
+    AdaptiveConcurrency, DEFAULT_BACKEND, InboundConfig, RouteConfig, TracingConfig, UpstreamConfig,
+};
 use crate::context::Direction;
 use crate::forward::Forward;
 use crate::middleware::authorization::AuthorizationLayer;
@@ -117,9 +119,28 @@ impl UpstreamLayers {
                 .map(|limit| RateLimitLayer::new(limit, direction, name)),
             timeout: config.timeouts.request,
             retries: (config.retries.as_ref()).map(|policy| RetryLayer::new(policy, name)),
-            concurrency: (config.max_concurrent_requests)
-                .map(|limit| ConcurrencyLimitLayer::new(limit, direction, name)),
+            concurrency: concurrency_limit(
+                config.max_concurrent_requests,
+                config.adaptive_concurrency.as_ref(),
+                direction,
+                name,
+            ),
         }
+    }
+}
+
+/// The listener's concurrency limit: fixed or adaptive (validation allows
+/// one of them), or none.
+fn concurrency_limit(
+    fixed: Option<u32>,
+    adaptive: Option<&AdaptiveConcurrency>,
+    direction: Direction,
+    name: &str,
+) -> Option<ConcurrencyLimitLayer> {
+    match (adaptive, fixed) {
+        (Some(adaptive), _) => Some(ConcurrencyLimitLayer::adaptive(adaptive, direction, name)),
+        (None, Some(limit)) => Some(ConcurrencyLimitLayer::new(limit, direction, name)),
+        (None, None) => None,
     }
 }
 
@@ -213,10 +234,12 @@ pub fn inbound(
         .option_layer(
             (config.rate_limit.as_ref()).map(|limit| RateLimitLayer::new(limit, direction, name)),
         )
-        .option_layer(
-            (config.max_concurrent_requests)
-                .map(|limit| ConcurrencyLimitLayer::new(limit, direction, name)),
-        )
+        .option_layer(concurrency_limit(
+            config.max_concurrent_requests,
+            config.adaptive_concurrency.as_ref(),
+            direction,
+            name,
+        ))
         .layer(TimeoutLayer::new(config.timeout).counted(direction, name))
         .service(Forward::new(app));
     SharedService::new(service)

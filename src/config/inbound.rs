@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::authorization::InboundAuthorization;
+use super::concurrency::AdaptiveConcurrency;
 use super::duration;
 use super::limits::ListenerLimits;
 use super::path_normalization::PathNormalization;
@@ -26,6 +27,8 @@ pub struct InboundConfig {
     #[serde(default)]
     pub max_concurrent_requests: Option<u32>,
     #[serde(default)]
+    pub adaptive_concurrency: Option<AdaptiveConcurrency>,
+    #[serde(default)]
     pub limits: ListenerLimits,
     /// Protocols an HTTP/1.1 `Upgrade` may switch to (tunnelled).
     #[serde(default = "default_upgrades")]
@@ -44,6 +47,7 @@ impl Default for InboundConfig {
             timeout: None,
             rate_limit: None,
             max_concurrent_requests: None,
+            adaptive_concurrency: None,
             limits: ListenerLimits::default(),
             upgrades: default_upgrades(),
             path_normalization: PathNormalization::default(),

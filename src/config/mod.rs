@@ -17,6 +17,7 @@
 
 mod admin;
 mod authorization;
+mod concurrency;
 mod config_source;
 mod consul;
 mod deserialize;
@@ -49,6 +50,7 @@ use serde_saphyr::{Options, PropertySyntax};
 
 pub use admin::AdminConfig;
 pub use authorization::{AuthorizationRule, ClaimMatch, ClaimName, InboundAuthorization, JwtMatch};
+pub use concurrency::AdaptiveConcurrency;
 pub use config_source::{ConfigSource, ConsulKvSource};
 pub use consul::{ConsulConfig, Secret};
 pub use discovery::{ConsulDiscovery, Discovery, DnsDiscovery, StaticEndpoint};

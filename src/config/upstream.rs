@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::concurrency::AdaptiveConcurrency;
 use super::discovery::Discovery;
 use super::duration;
 use super::limits::ListenerLimits;
@@ -61,6 +62,8 @@ pub struct UpstreamConfig {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default)]
     pub max_concurrent_requests: Option<u32>,
+    #[serde(default)]
+    pub adaptive_concurrency: Option<AdaptiveConcurrency>,
     #[serde(default)]
     pub fault: Option<FaultConfig>,
     #[serde(default)]

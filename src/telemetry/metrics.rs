@@ -331,6 +331,9 @@ pub const RATE_LIMITED_TOTAL: &str = "remora_rate_limited_total";
 pub const SHED_REQUESTS_TOTAL: &str = "remora_shed_requests_total";
 pub const REQUESTS_IN_FLIGHT: &str = "remora_requests_in_flight";
 pub const FAULTS_INJECTED_TOTAL: &str = "remora_faults_injected_total";
+pub const CONCURRENCY_LIMIT: &str = "remora_concurrency_limit";
+pub const CONCURRENCY_IN_FLIGHT: &str = "remora_concurrency_in_flight";
+pub const CONCURRENCY_RTT_NOLOAD: &str = "remora_concurrency_rtt_noload_seconds";
 
 fn listener_labels(direction: Direction, upstream: &str) -> [(&'static str, String); 2] {
     [
@@ -347,6 +350,28 @@ pub fn rate_limited_counter(direction: Direction, upstream: &str) -> Counter {
 /// Requests refused by a concurrency limit.
 pub fn shed_counter(direction: Direction, upstream: &str) -> Counter {
     counter!(SHED_REQUESTS_TOTAL, &listener_labels(direction, upstream))
+}
+
+/// The gauges of one concurrency limit (`max_concurrent_requests` or
+/// `adaptive_concurrency`).
+pub struct ConcurrencyGauges {
+    /// The limit now.
+    pub limit: Gauge,
+    /// Requests holding a slot.
+    pub in_flight: Gauge,
+    /// The upstream's measured no-load latency (adaptive limits only).
+    pub rtt_noload: Option<Gauge>,
+}
+
+impl ConcurrencyGauges {
+    pub fn new(direction: Direction, upstream: &str, adaptive: bool) -> Self {
+        let labels = listener_labels(direction, upstream);
+        Self {
+            limit: gauge!(CONCURRENCY_LIMIT, &labels),
+            in_flight: gauge!(CONCURRENCY_IN_FLIGHT, &labels),
+            rtt_noload: adaptive.then(|| gauge!(CONCURRENCY_RTT_NOLOAD, &labels)),
+        }
+    }
 }
 
 /// Requests received on an HTTP listener whose response has not ended yet.

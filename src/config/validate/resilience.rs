@@ -4,6 +4,7 @@
 
 use super::Problems;
 use super::upstream::check_connection_pool;
+use crate::config::concurrency::AdaptiveConcurrency;
 use crate::config::resilience::{FaultConfig, RateLimitConfig, RetryPolicy, grpc_code};
 use crate::config::upstream::{UpstreamConfig, UpstreamProtocol};
 
@@ -21,6 +22,10 @@ pub(super) fn check_resilience(
             (
                 "max_concurrent_requests",
                 upstream.max_concurrent_requests.is_some(),
+            ),
+            (
+                "adaptive_concurrency",
+                upstream.adaptive_concurrency.is_some(),
             ),
         ];
         for (key, present) in http_only {
@@ -99,9 +104,49 @@ pub(super) fn check_resilience(
     if upstream.max_concurrent_requests == Some(0) {
         problems.add(at("max_concurrent_requests"), "must be at least 1");
     }
+    check_concurrency(
+        &at(""),
+        upstream.max_concurrent_requests,
+        upstream.adaptive_concurrency.as_ref(),
+        problems,
+    );
     check_connection_pool(&at("connection_pool"), &upstream.connection_pool, problems);
     if let Some(fault) = &upstream.fault {
         check_fault(&at("fault"), fault, problems);
+    }
+}
+
+/// Checks `adaptive_concurrency` of the section at `section` (`inbound.`,
+/// `upstreams[0].`): bounds in order, and not together with
+/// `max_concurrent_requests`.
+pub(super) fn check_concurrency(
+    section: &str,
+    fixed: Option<u32>,
+    adaptive: Option<&AdaptiveConcurrency>,
+    problems: &mut Problems,
+) {
+    let Some(adaptive) = adaptive else {
+        return;
+    };
+    let key = |name: &str| format!("{section}adaptive_concurrency{name}");
+    if fixed.is_some() {
+        problems.add(
+            key(""),
+            "max_concurrent_requests is set too: choose one (adaptive_concurrency.max_limit \
+             caps the adaptive limit)",
+        );
+    }
+    if adaptive.min_limit == 0 {
+        problems.add(key(".min_limit"), "must be at least 1");
+    }
+    if adaptive.max_limit < adaptive.min_limit {
+        problems.add(key(".max_limit"), "must not be below min_limit");
+    }
+    if !(adaptive.min_limit..=adaptive.max_limit).contains(&adaptive.initial_limit) {
+        problems.add(
+            key(".initial_limit"),
+            "must be between min_limit and max_limit",
+        );
     }
 }
 
