@@ -12,7 +12,8 @@ use tower::ServiceBuilder;
 
 use crate::body::RequestBody;
 use crate::config::{
-    AdaptiveConcurrency, DEFAULT_BACKEND, InboundConfig, RouteConfig, TracingConfig, UpstreamConfig,
+    AdaptiveConcurrency, DEFAULT_BACKEND, HedgePolicy, InboundConfig, RetryPolicy, RouteConfig,
+    TracingConfig, UpstreamConfig,
 };
 use crate::context::Direction;
 use crate::forward::Forward;
@@ -104,6 +105,8 @@ struct UpstreamLayers {
     fault: Option<FaultLayer>,
     rate_limit: Option<RateLimitLayer>,
     timeout: Option<Duration>,
+    retry_policy: Option<RetryPolicy>,
+    hedge: Option<HedgePolicy>,
     retries: Option<RetryLayer>,
     concurrency: Option<ConcurrencyLimitLayer>,
 }
@@ -118,7 +121,10 @@ impl UpstreamLayers {
             rate_limit: (config.rate_limit.as_ref())
                 .map(|limit| RateLimitLayer::new(limit, direction, name)),
             timeout: config.timeouts.request,
-            retries: (config.retries.as_ref()).map(|policy| RetryLayer::new(policy, name)),
+            retry_policy: config.retries.clone(),
+            hedge: config.hedge.clone(),
+            retries: (config.retries.is_some() || config.hedge.is_some())
+                .then(|| RetryLayer::new(config.retries.as_ref(), config.hedge.as_ref(), name)),
             concurrency: concurrency_limit(
                 config.max_concurrent_requests,
                 config.adaptive_concurrency.as_ref(),
@@ -161,9 +167,16 @@ fn logical(
         .map(|limit| RateLimitLayer::new(limit, direction, name))
         .or_else(|| upstream.rate_limit.clone());
     let timeout = route.and_then(|r| r.timeout).or(upstream.timeout);
-    let retries = (route.and_then(|r| r.retries.as_ref()))
-        .map(|policy| RetryLayer::new(policy, name))
-        .or_else(|| upstream.retries.clone());
+    // A route's `retries` or `hedge` replaces the upstream's; the other of the
+    // two is the upstream's (one layer does both, sharing one budget).
+    let retries = match route.filter(|r| r.retries.is_some() || r.hedge.is_some()) {
+        Some(route) => Some(RetryLayer::new(
+            route.retries.as_ref().or(upstream.retry_policy.as_ref()),
+            route.hedge.as_ref().or(upstream.hedge.as_ref()),
+            name,
+        )),
+        None => upstream.retries.clone(),
+    };
     let service = ServiceBuilder::new()
         .layer(ErrorResponseLayer)
         .option_layer(fault)

@@ -176,6 +176,22 @@ pub struct RetryPolicy {
     pub retry_non_idempotent: bool,
 }
 
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: default_attempts(),
+            on: default_retry_on(),
+            per_try_timeout: None,
+            backoff: RetryBackoff::default(),
+            budget: RetryBudget::default(),
+            replay_body_limit: default_replay_body_limit(),
+            idempotent_methods: default_idempotent_methods(),
+            idempotent_grpc_methods: Vec::new(),
+            retry_non_idempotent: false,
+        }
+    }
+}
+
 fn default_attempts() -> u32 {
     2
 }

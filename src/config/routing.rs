@@ -14,6 +14,7 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::duration;
+use super::hedge::HedgePolicy;
 use super::resilience::{FaultConfig, RateLimitConfig, RetryPolicy};
 
 /// The backend name that means "the upstream's own endpoints".
@@ -65,6 +66,8 @@ pub struct RouteConfig {
     pub timeout: Option<Duration>,
     #[serde(default)]
     pub retries: Option<RetryPolicy>,
+    #[serde(default)]
+    pub hedge: Option<HedgePolicy>,
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
     #[serde(default)]

@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::concurrency::AdaptiveConcurrency;
 use super::discovery::Discovery;
 use super::duration;
+use super::hedge::HedgePolicy;
 use super::limits::ListenerLimits;
 use super::path_normalization::PathNormalization;
 use super::pool::ConnectionPool;
@@ -54,6 +55,8 @@ pub struct UpstreamConfig {
     pub connection_pool: ConnectionPool,
     #[serde(default)]
     pub retries: Option<RetryPolicy>,
+    #[serde(default)]
+    pub hedge: Option<HedgePolicy>,
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
     #[serde(default)]

@@ -291,6 +291,8 @@ pub fn outlier_ejection(upstream: &str) {
 
 pub const RETRIES_TOTAL: &str = "remora_retries_total";
 pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "remora_retry_budget_exhausted_total";
+pub const HEDGES_TOTAL: &str = "remora_hedges_total";
+pub const HEDGE_WINS_TOTAL: &str = "remora_hedge_wins_total";
 pub const TIMEOUTS_TOTAL: &str = "remora_timeouts_total";
 
 /// Counters of one upstream's retry layer, registered once when it is built.
@@ -303,6 +305,10 @@ pub struct RetryMetrics {
     pub budget_exhausted: Counter,
     /// Tries cut off by `per_try_timeout`.
     pub per_try_timeouts: Counter,
+    /// Hedges sent.
+    pub hedges: Counter,
+    /// Answers that came from a hedge rather than the first try.
+    pub hedge_wins: Counter,
 }
 
 impl RetryMetrics {
@@ -313,6 +319,8 @@ impl RetryMetrics {
             failed: retries("failure"),
             budget_exhausted: counter!(RETRY_BUDGET_EXHAUSTED_TOTAL, "upstream" => upstream.to_owned()),
             per_try_timeouts: timeouts(direction, upstream, "per_try"),
+            hedges: counter!(HEDGES_TOTAL, "upstream" => upstream.to_owned()),
+            hedge_wins: counter!(HEDGE_WINS_TOTAL, "upstream" => upstream.to_owned()),
         }
     }
 }

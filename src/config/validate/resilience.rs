@@ -5,6 +5,7 @@
 use super::Problems;
 use super::upstream::check_connection_pool;
 use crate::config::concurrency::AdaptiveConcurrency;
+use crate::config::hedge::{HedgeDelay, HedgePolicy};
 use crate::config::resilience::{FaultConfig, RateLimitConfig, RetryPolicy, grpc_code};
 use crate::config::upstream::{UpstreamConfig, UpstreamProtocol};
 
@@ -16,6 +17,7 @@ pub(super) fn check_resilience(
     if upstream.protocol == UpstreamProtocol::Tcp {
         let http_only = [
             ("retries", upstream.retries.is_some()),
+            ("hedge", upstream.hedge.is_some()),
             ("rate_limit", upstream.rate_limit.is_some()),
             ("fault", upstream.fault.is_some()),
             ("timeouts.request", upstream.timeouts.request.is_some()),
@@ -40,6 +42,9 @@ pub(super) fn check_resilience(
     }
     if let Some(retries) = &upstream.retries {
         check_retries(&at("retries"), retries, problems);
+    }
+    if let Some(hedge) = &upstream.hedge {
+        check_hedge(&at("hedge"), hedge, problems);
     }
     if let Some(rate_limit) = &upstream.rate_limit {
         check_rate_limit(&at("rate_limit"), rate_limit, problems);
@@ -147,6 +152,16 @@ pub(super) fn check_concurrency(
             key(".initial_limit"),
             "must be between min_limit and max_limit",
         );
+    }
+}
+
+/// Checks a `hedge:` section at key path `at`.
+pub(super) fn check_hedge(at: &str, hedge: &HedgePolicy, problems: &mut Problems) {
+    if !(1..=10).contains(&hedge.max_extra) {
+        problems.add(format!("{at}.max_extra"), "must be between 1 and 10");
+    }
+    if let HedgeDelay::Fixed(delay) = hedge.delay {
+        problems.nonzero(format!("{at}.delay"), delay);
     }
 }
 
