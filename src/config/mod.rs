@@ -65,8 +65,8 @@ pub use pool::ConnectionPool;
 pub use redact::shown;
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,
-    OutlierDetection, RateLimitConfig, RateLimitKey, RetryBackoff, RetryBudget, RetryPolicy,
-    default_failure_conditions, grpc_code,
+    OutlierDetection, RateLimitConfig, RateLimitKey, RateLimitOverride, RateLimitScope,
+    RetryBackoff, RetryBudget, RetryPolicy, default_failure_conditions, grpc_code,
 };
 pub use routing::{
     BackendConfig, DEFAULT_BACKEND, DirectResponse, GrpcMatch, HeaderRules, MirrorConfig,

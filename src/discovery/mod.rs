@@ -7,6 +7,7 @@
 
 pub mod consul;
 pub mod dns;
+pub mod instances;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,7 +1,9 @@
 //! The Consul watches across applies: one per distinct query, grouping the
 //! upstreams it feeds. A watch is restarted only when its upstreams or the
 //! `consul` section changed (compared as a config value, so a new ACL
-//! token is a new client), and stopped when no upstream needs it.
+//! token is a new client), and stopped when no upstream needs it. With a
+//! `rate_limit.scope: service`, one more watch counts the healthy instances
+//! of `service.name` ([`ServiceInstances::own`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,6 +11,7 @@ use std::sync::Arc;
 use crate::config::{ConsulConfig, Discovery};
 use crate::consul::{Client, HealthQuery};
 use crate::discovery::consul::{Watches, query_for};
+use crate::discovery::instances::ServiceInstances;
 use crate::drain::DrainController;
 use crate::upstream::Upstream;
 
@@ -21,12 +24,17 @@ pub(super) struct ConsulWatches {
     client: Arc<Client>,
     /// Per query: the upstreams it feeds and the task's stop signal.
     groups: BTreeMap<HealthQuery, (Vec<Arc<Upstream>>, DrainController)>,
+    /// The watch of this sidecar's own service, for shared rate limits.
+    own_service: Option<(HealthQuery, DrainController)>,
 }
 
 impl ConsulWatches {
     /// Signals every watch to stop.
     pub(super) fn stop(&self) {
         self.groups.values().for_each(|(_, stop)| stop.signal());
+        if let Some((_, stop)) = &self.own_service {
+            stop.signal();
+        }
     }
 }
 
@@ -49,6 +57,7 @@ pub(super) fn commit_consul(
     state: &mut State,
     next: Option<(ConsulConfig, Arc<Client>)>,
     section: &ConsulConfig,
+    own_service: Option<&str>,
 ) {
     let mut groups: BTreeMap<HealthQuery, Vec<Arc<Upstream>>> = BTreeMap::new();
     for site in &state.sites {
@@ -61,17 +70,43 @@ pub(super) fn commit_consul(
         }
     }
     let running = state.consul.take();
-    let (same_client, mut old_groups) = match running {
+    let (same_client, mut old_groups, old_own) = match running {
         Some(running) => (
             next.as_ref()
                 .is_some_and(|(config, _)| *config == running.config),
             running.groups,
+            running.own_service,
         ),
-        None => (false, BTreeMap::new()),
+        None => (false, BTreeMap::new(), None),
     };
     let Some((config, client)) = next else {
         old_groups.values().for_each(|(_, stop)| stop.signal());
+        if let Some((_, stop)) = old_own {
+            stop.signal();
+        }
         return;
+    };
+    let own_query = own_service.map(|service| HealthQuery {
+        service: service.to_owned(),
+        tags: Vec::new(),
+        datacenter: section.datacenter.clone(),
+        passing_only: true,
+        connect: false,
+    });
+    let own_service = match (old_own, own_query) {
+        (Some((query, stop)), Some(next)) if same_client && query == next => Some((query, stop)),
+        (old, next) => {
+            if let Some((_, stop)) = old {
+                stop.signal();
+            }
+            next.map(|query| {
+                let stop = DrainController::new();
+                let mut watch = Watches::default();
+                watch.add(query.clone(), ServiceInstances::own());
+                watch.spawn(Arc::clone(&client), &stop.watch());
+                (query, stop)
+            })
+        }
     };
     let mut watches = BTreeMap::new();
     for (query, upstreams) in groups {
@@ -101,5 +136,6 @@ pub(super) fn commit_consul(
         config,
         client,
         groups: watches,
+        own_service,
     });
 }

@@ -293,7 +293,8 @@ impl LiveProxy {
             Some(transparent) => Some(plan_transparent(state, transparent).await?),
             None => None,
         };
-        let uses_consul = (listeners.iter()).any(|l| matches!(l.discovery, Discovery::Consul(_)));
+        let uses_consul = (listeners.iter()).any(|l| matches!(l.discovery, Discovery::Consul(_)))
+            || config.shares_quotas();
         let consul = if uses_consul {
             Some(plan_client(state, &config.consul)?)
         } else {
@@ -344,7 +345,9 @@ impl LiveProxy {
             }
         }
         commit_transparent(state, plan.transparent, &plan.config);
-        commit_consul(state, plan.consul, &plan.config.consul);
+        let own_service =
+            (plan.config.shares_quotas()).then_some(plan.config.service.name.as_str());
+        commit_consul(state, plan.consul, &plan.config.consul, own_service);
         let upstreams = (state.sites.iter()).map(|site| Arc::clone(&site.upstream));
         self.upstreams.store(Arc::new(upstreams.collect()));
         let backends = (state.sites.iter())

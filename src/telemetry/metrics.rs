@@ -25,6 +25,7 @@ pub const ENDPOINTS: &str = "remora_endpoints";
 pub const CONNECT_ERRORS_TOTAL: &str = "remora_upstream_connect_errors_total";
 pub const DISCOVERY_ERRORS_TOTAL: &str = "remora_discovery_errors_total";
 pub const DISCOVERY_LAST_UPDATE: &str = "remora_discovery_last_update_timestamp_seconds";
+pub const SERVICE_INSTANCES: &str = "remora_service_instances";
 pub const CONFIG_RELOADS_TOTAL: &str = "remora_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "remora_config_last_reload_success_timestamp_seconds";
 pub const CONSUL_REGISTRATIONS_TOTAL: &str = "remora_consul_registrations_total";
@@ -65,6 +66,12 @@ pub fn discovery_error(upstream: &str) {
 
 /// Records that discovery confirmed `upstream`'s endpoint set just now
 /// (as a Unix timestamp; its age is `time()` minus it).
+/// The healthy instances of this sidecar's own service, as discovery lists
+/// them (what `rate_limit.scope: service` divides by).
+pub fn service_instances(count: u32) {
+    gauge!(SERVICE_INSTANCES).set(f64::from(count));
+}
+
 pub fn discovery_updated(upstream: &str) {
     gauge!(DISCOVERY_LAST_UPDATE, "upstream" => upstream.to_owned()).set(unix_now());
 }

@@ -6,7 +6,9 @@ use super::Problems;
 use super::upstream::check_connection_pool;
 use crate::config::concurrency::AdaptiveConcurrency;
 use crate::config::hedge::{HedgeDelay, HedgePolicy};
-use crate::config::resilience::{FaultConfig, RateLimitConfig, RetryPolicy, grpc_code};
+use crate::config::resilience::{
+    FaultConfig, RateLimitConfig, RateLimitKey, RetryPolicy, grpc_code,
+};
 use crate::config::upstream::{UpstreamConfig, UpstreamProtocol};
 
 pub(super) fn check_resilience(
@@ -245,6 +247,22 @@ pub(super) fn check_rate_limit(at: &str, rate_limit: &RateLimitConfig, problems:
     }
     if rate_limit.max_keys == 0 {
         problems.add(format!("{at}.max_keys"), "must be at least 1");
+    }
+    for (i, over) in rate_limit.overrides.iter().enumerate() {
+        let key = |name: &str| format!("{at}.overrides[{i}].{name}");
+        if !(over.requests_per_second > 0.0 && over.requests_per_second.is_finite()) {
+            problems.add(key("requests_per_second"), "must be a number above 0");
+        }
+        if over.burst == Some(0) {
+            problems.add(key("burst"), "must be at least 1");
+        }
+        if rate_limit.key == RateLimitKey::None {
+            problems.add(
+                key("value"),
+                "rate_limit.key is none: every request has the same key; set key to \
+                 identity, client_ip or header:NAME",
+            );
+        }
     }
 }
 
