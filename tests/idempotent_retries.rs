@@ -14,7 +14,7 @@ use http::{Method, Request, StatusCode, Version};
 use http_body_util::Full;
 
 use support::config::TestConfig;
-use support::{Proxy, Server, get, grpc_failing, grpc_unary, h2_origin, http_backend, prom, send};
+use support::{Proxy, get, grpc_failing, grpc_unary, http_backend, prom, send};
 
 const RETRIES: &str = "{ attempts: 3, on: [connect_failure, refused_stream, \"503\"], \
                        backoff: { base: 1ms, max: 2ms } }";
@@ -125,7 +125,8 @@ async fn a_post_that_never_reached_the_upstream_is_retried() {
         "each POST reached the live endpoint once"
     );
 
-    let refusing = refusing_first_streams(1 + remora::resend::MAX_RESENDS as u64);
+    let refusing =
+        support::h2_origin::refusing_first_streams(1 + remora::resend::MAX_RESENDS as u64);
     let yaml = TestConfig::one_upstream("refused", "http2", [refusing.addr])
         .with("retries", RETRIES)
         .yaml();
@@ -134,17 +135,6 @@ async fn a_post_that_never_reached_the_upstream_is_retried() {
     let reply = request_over(Version::HTTP_2, Method::POST, &url, &[]).await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     assert_eq!(retries(&proxy, "refused").await, (1.0, 0.0));
-}
-
-/// An h2 origin that refuses its first `refused` streams, then answers 200.
-fn refusing_first_streams(refused: u64) -> Server {
-    h2_origin(move |number, _request, mut respond| async move {
-        if number < refused {
-            respond.send_reset(h2::Reason::REFUSED_STREAM);
-        } else {
-            support::h2_origin::answer(respond, 200);
-        }
-    })
 }
 
 /// gRPC calls are POSTs: an UNAVAILABLE answer is retried only for a method listed in

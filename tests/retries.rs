@@ -19,9 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
 use support::config::TestConfig;
-use support::{
-    Proxy, Server, get, grpc_failing, grpc_unary, h2_origin, http_backend, prom, send, serve,
-};
+use support::{Proxy, Server, get, grpc_failing, grpc_unary, http_backend, prom, send, serve};
 
 /// An origin that reads each request body whole, records it, waits `delay`, then answers
 /// `status` to every request.
@@ -247,18 +245,6 @@ async fn retries(proxy: &Proxy, upstream: &str) -> (f64, f64) {
     (count("success"), count("failure"))
 }
 
-/// An HTTP/2 origin that refuses its first `refused` streams with `REFUSED_STREAM` and answers
-/// 200 after.
-fn refusing_first_streams(refused: u64) -> Server {
-    h2_origin(move |number, _request, mut respond| async move {
-        if number < refused {
-            respond.send_reset(h2::Reason::REFUSED_STREAM);
-        } else {
-            support::h2_origin::answer(respond, 200);
-        }
-    })
-}
-
 /// A refused stream is resent by the endpoint itself, up to `MAX_RESENDS` (8) times, with no
 /// retry counted; refused once more, it reaches the retry layer as its own outcome
 /// (`ProxyError::is_refused_stream` sees the h2 reason under hyper's error): retried under
@@ -279,7 +265,8 @@ async fn a_refused_stream_is_retried_under_refused_stream_only() {
             (0.0, 0.0),
         ),
     ] {
-        let origin = refusing_first_streams(1 + remora::resend::MAX_RESENDS as u64);
+        let origin =
+            support::h2_origin::refusing_first_streams(1 + remora::resend::MAX_RESENDS as u64);
         let retry = format!("{{ attempts: 2, on: [{on}], backoff: {{ base: 1ms, max: 2ms }} }}");
         let proxy = Proxy::start(&yaml_with(
             name,
