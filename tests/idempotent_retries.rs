@@ -1,8 +1,8 @@
-//! Idempotency-aware retries end to end: a request that is not idempotent (POST, PATCH, a
-//! method a route leaves out of `idempotent_methods`, an unlisted gRPC method) is retried only
-//! when its try provably never reached the upstream — a connect failure, a refused stream —
-//! while an `Idempotency-Key`, a listed gRPC method or `retry_non_idempotent: true` make it
-//! retryable like a GET.
+//! Idempotency-aware retries end to end, through the `remora` binary: a request that is not
+//! idempotent (POST, PATCH, a method a route leaves out of `idempotent_methods`, an unlisted
+//! gRPC method) is retried only when its try provably never reached the upstream — a connect
+//! failure, a refused stream — while an `Idempotency-Key`, a listed gRPC method or
+//! `retry_non_idempotent: true` make it retryable like a GET.
 
 mod support;
 
@@ -14,14 +14,14 @@ use http::{Method, Request, StatusCode, Version};
 use http_body_util::Full;
 
 use support::config::TestConfig;
-use support::{Proxy, get, grpc_failing, grpc_unary, http_backend, prom, send};
+use support::{ProxyProcess, get, grpc_failing, grpc_unary, http_backend, prom, send};
 
 const RETRIES: &str = "{ attempts: 3, on: [connect_failure, refused_stream, \"503\"], \
                        backoff: { base: 1ms, max: 2ms } }";
 
 /// Retries counted for `upstream`: (succeeded, failed).
-async fn retries(proxy: &Proxy, upstream: &str) -> (f64, f64) {
-    let text = prom::scrape(&proxy.admin_url("/metrics")).await;
+async fn retries(proxy: &ProxyProcess, upstream: &str) -> (f64, f64) {
+    let text = prom::scrape(&format!("http://{}/metrics", proxy.admin)).await;
     let count = |outcome| {
         let labels = [("upstream", upstream), ("outcome", outcome)];
         prom::sum(&text, "remora_retries_total", &labels)
@@ -62,8 +62,8 @@ async fn a_request_that_reached_the_upstream_is_retried_only_when_idempotent() {
         .with("retries", RETRIES)
         .with("routes", routes)
         .yaml();
-    let proxy = Proxy::start(&yaml).await;
-    let base = format!("http://{}/status/503", proxy.upstream("orders"));
+    let proxy = ProxyProcess::start(&yaml, 1);
+    let base = format!("http://{}/status/503", proxy.listener("orders"));
     let key = [("idempotency-key", "5f1c0ffe-order-1")];
     let cases: [Case; 8] = [
         ("POST", Method::POST, "", &[], 1),
@@ -112,8 +112,8 @@ async fn a_post_that_never_reached_the_upstream_is_retried() {
         .with("load_balancing", "{ policy: round_robin }")
         .with("retries", RETRIES)
         .yaml();
-    let proxy = Proxy::start(&yaml).await;
-    let url = format!("http://{}/echo", proxy.upstream("connect"));
+    let proxy = ProxyProcess::start(&yaml, 1);
+    let url = format!("http://{}/echo", proxy.listener("connect"));
     for i in 0..6 {
         let reply = request(Method::POST, &url, &[]).await;
         assert_eq!(reply.status, StatusCode::OK, "request {i}: {reply:?}");
@@ -130,8 +130,8 @@ async fn a_post_that_never_reached_the_upstream_is_retried() {
     let yaml = TestConfig::one_upstream("refused", "http2", [refusing.addr])
         .with("retries", RETRIES)
         .yaml();
-    let proxy = Proxy::start(&yaml).await;
-    let url = format!("http://{}/", proxy.upstream("refused"));
+    let proxy = ProxyProcess::start(&yaml, 1);
+    let url = format!("http://{}/", proxy.listener("refused"));
     let reply = request_over(Version::HTTP_2, Method::POST, &url, &[]).await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     assert_eq!(retries(&proxy, "refused").await, (1.0, 0.0));
@@ -159,8 +159,8 @@ async fn a_grpc_method_is_retried_only_when_listed_idempotent() {
         let yaml = TestConfig::one_upstream(&name, "grpc", [origin.addr])
             .with("retries", policy)
             .yaml();
-        let proxy = Proxy::start(&yaml).await;
-        let result = grpc_unary(proxy.upstream(&name), "again").await;
+        let proxy = ProxyProcess::start(&yaml, 1);
+        let result = grpc_unary(proxy.listener(&name), "again").await;
         if retried {
             let (text, _) = result.unwrap_or_else(|status| panic!("{listed}: {status:?}"));
             assert_eq!(text, "again");
