@@ -11,7 +11,7 @@ use super::concurrency::AdaptiveConcurrency;
 use super::duration;
 use super::limits::ListenerLimits;
 use super::path_normalization::PathNormalization;
-use super::resilience::RateLimitConfig;
+use super::rate_limit::RateLimitConfig;
 use super::upgrades::{UpgradeProtocol, default_upgrades};
 
 /// Listener for traffic from the mesh to the local application.

@@ -33,6 +33,7 @@ mod model;
 mod path_normalization;
 mod pool;
 mod prune;
+mod rate_limit;
 mod redact;
 mod resilience;
 mod routing;
@@ -62,11 +63,12 @@ pub use limits::{HeadersWithUnderscoresAction, ListenerLimits};
 pub use model::Config;
 pub use path_normalization::{EscapedSlashesAction, PathNormalization};
 pub use pool::ConnectionPool;
+pub use rate_limit::{RateLimitConfig, RateLimitKey, RateLimitOverride, RateLimitScope};
 pub use redact::shown;
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,
-    OutlierDetection, RateLimitConfig, RateLimitKey, RateLimitOverride, RateLimitScope,
-    RetryBackoff, RetryBudget, RetryPolicy, default_failure_conditions, grpc_code,
+    OutlierDetection, RetryBackoff, RetryBudget, RetryPolicy, default_failure_conditions,
+    grpc_code,
 };
 pub use routing::{
     BackendConfig, DEFAULT_BACKEND, DirectResponse, GrpcMatch, HeaderRules, MirrorConfig,

@@ -14,7 +14,7 @@ use super::admin::AdminConfig;
 use super::config_source::ConfigSource;
 use super::consul::ConsulConfig;
 use super::inbound::InboundConfig;
-use super::resilience::RateLimitScope;
+use super::rate_limit::RateLimitScope;
 use super::runtime::RuntimeConfig;
 use super::service::ServiceConfig;
 use super::telemetry::{LoggingConfig, TracingConfig};

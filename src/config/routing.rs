@@ -15,7 +15,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::duration;
 use super::hedge::HedgePolicy;
-use super::resilience::{FaultConfig, RateLimitConfig, RetryPolicy};
+use super::rate_limit::RateLimitConfig;
+use super::resilience::{FaultConfig, RetryPolicy};
 
 /// The backend name that means "the upstream's own endpoints".
 pub const DEFAULT_BACKEND: &str = "default";

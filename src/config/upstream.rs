@@ -1,8 +1,8 @@
 //! One `upstreams[]` entry: its listener, protocol, load balancing,
 //! timeouts and mesh TLS. Its other parts have their own modules:
-//! `discovery.rs`, `resilience.rs`, `routing.rs`, `pool.rs`, `limits.rs`,
-//! `upgrades.rs`, `path_normalization.rs`, `transparent.rs` (`hosts`,
-//! `addresses`).
+//! `discovery.rs`, `resilience.rs`, `rate_limit.rs`, `hedge.rs`,
+//! `concurrency.rs`, `routing.rs`, `pool.rs`, `limits.rs`, `upgrades.rs`,
+//! `path_normalization.rs`, `transparent.rs` (`hosts`, `addresses`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,9 +19,8 @@ use super::hedge::HedgePolicy;
 use super::limits::ListenerLimits;
 use super::path_normalization::PathNormalization;
 use super::pool::ConnectionPool;
-use super::resilience::{
-    CircuitBreakerConfig, FaultConfig, OutlierDetection, RateLimitConfig, RetryPolicy,
-};
+use super::rate_limit::RateLimitConfig;
+use super::resilience::{CircuitBreakerConfig, FaultConfig, OutlierDetection, RetryPolicy};
 use super::routing::{BackendConfig, RouteConfig};
 use super::service::ServiceProtocol;
 use super::transparent::{DestinationMatch, HostName};

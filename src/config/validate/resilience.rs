@@ -6,9 +6,8 @@ use super::Problems;
 use super::upstream::check_connection_pool;
 use crate::config::concurrency::AdaptiveConcurrency;
 use crate::config::hedge::{HedgeDelay, HedgePolicy};
-use crate::config::resilience::{
-    FaultConfig, RateLimitConfig, RateLimitKey, RetryPolicy, grpc_code,
-};
+use crate::config::rate_limit::{RateLimitConfig, RateLimitKey};
+use crate::config::resilience::{FaultConfig, RetryPolicy, grpc_code};
 use crate::config::upstream::{UpstreamConfig, UpstreamProtocol};
 
 pub(super) fn check_resilience(
