@@ -6,6 +6,10 @@
 # `remora iptables --apply` (as root, with NET_ADMIN), hence iptables.
 
 FROM rust:1-bookworm AS build
+# protoc: the etcd-client crate generates its gRPC code when it is built.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends protobuf-compiler \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin remora

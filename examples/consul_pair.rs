@@ -14,19 +14,13 @@
 #[allow(dead_code)]
 #[path = "../tests/support/consul.rs"]
 mod consul;
+#[path = "shared/pair.rs"]
+mod pair;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use consul::ConsulStandIn;
 
@@ -58,22 +52,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Each sidecar learns the other's address from the agent (a blocking query).
-    wait_ready(web.bound.admin).await?;
-    wait_ready(api.bound.admin).await?;
-    println!();
-    let to_api = web.bound.upstream("api").context("web.yaml has `api`")?;
-    let to_web = api.bound.upstream("web").context("api.yaml has `web`")?;
-    print!(
-        "web app → {to_api} (web sidecar) → api sidecar → {}",
-        get(to_api, "/orders/42").await?
-    );
-    print!(
-        "api app → {to_web} (api sidecar) → web sidecar → {}",
-        get(to_web, "/users/7").await?
-    );
-
-    web.shutdown().await;
-    api.shutdown().await;
+    pair::call_each_way(web, api).await?;
     println!(
         "\nafter SIGTERM-style shutdown the agent holds: {:?}",
         agent.agent_service_ids()
@@ -89,7 +68,7 @@ async fn start_sidecar(
 ) -> anyhow::Result<remora::app::Running> {
     let app = TcpListener::bind("127.0.0.1:0").await?;
     let app_addr = app.local_addr()?;
-    tokio::spawn(serve_app(app, name));
+    tokio::spawn(pair::serve_app(app, name));
 
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/consul-pair");
     let mut config = remora::config::load(&dir.join(format!("{name}.yaml")))?;
@@ -101,48 +80,4 @@ async fn start_sidecar(
         check.tcp = Some(app_addr.to_string());
     }
     remora::app::start(&config).await
-}
-
-/// The application: says who it is and what it was asked.
-async fn serve_app(listener: TcpListener, name: &'static str) {
-    while let Ok((stream, _)) = listener.accept().await {
-        let service = service_fn(move |request: Request<hyper::body::Incoming>| async move {
-            let body = format!("{name} app saw {} {}\n", request.method(), request.uri());
-            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
-        });
-        tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
-    }
-}
-
-/// Polls the admin `/ready` (every upstream has endpoints) for up to 10 s.
-async fn wait_ready(admin: SocketAddr) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get_status(admin, "/ready").await? != 200 {
-        anyhow::ensure!(Instant::now() < deadline, "{admin} not ready within 10 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
-async fn get_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
-    Ok(request(addr, path).await?.0)
-}
-
-async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    Ok(request(addr, path).await?.1)
-}
-
-/// One HTTP/1.1 GET: status and body.
-async fn request(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let stream = TcpStream::connect(addr).await?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    let request = Request::get(path)
-        .header("host", addr.to_string())
-        .body(Empty::<Bytes>::new())?;
-    let response = sender.send_request(request).await?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

@@ -12,12 +12,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LAYERS=(
-    context headers idle drain accept spiffe config runtime path_normalize
+    context headers idle drain backoff accept spiffe config runtime path_normalize
     request_match
-    error outcome telemetry request_head upgrade body svc consul tls client
+    error outcome telemetry request_head upgrade body svc consul etcd tls client
     resend balance outlier endpoint discovery middleware upstream forward
     routing stack tcp http_connection transparent server live admin
-    registration reload app demo
+    registration reload app demo tap_cli
 )
 
 exec python3 - "${LAYERS[@]}" <<'PY'

@@ -22,9 +22,15 @@ cd "$(dirname "$0")/.."
 # upstream servers and a load generator we did not write: nginx-light (h2c
 # and HTTP/1.1 origin), haproxy (h2 origin), nghttp2-client (h2load) and
 # python3-grpcio (a gRPC C-core server, tests/fixtures/grpc_server.py, with
-# python3, whose standard library it otherwise uses).
+# python3, whose standard library it otherwise uses); python3-jwt (PyJWT) and
+# python3-cryptography make the keys and tokens of the JWT tests
+# (tests/fixtures/jwt_tokens.py); python3-prometheus-client (the Prometheus
+# parsers that read /metrics, tests/fixtures/parse_metrics.py); a real etcd
+# v3 (etcd-server, the `etcd` binary, and etcd-client, `etcdctl`) for etcd
+# discovery, registration and configuration. The build itself needs protobuf-compiler (`protoc`: the
+# etcd-client crate generates its gRPC code).
 # bench/ also needs wrk.
-packages=(procps curl dnsmasq-base chromium iptables iproute2 util-linux nginx-light haproxy nghttp2-client python3-grpcio)
+packages=(procps curl dnsmasq-base chromium iptables iproute2 util-linux nginx-light haproxy nghttp2-client python3-grpcio python3-jwt python3-cryptography etcd-server etcd-client protobuf-compiler python3-prometheus-client)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

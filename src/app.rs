@@ -1,7 +1,8 @@
 //! Wires a configuration into a running proxy: starts the admin listener,
 //! hands the listeners, upstreams and discovery to `live` (which also moves
-//! them to each reloaded configuration), starts the Consul registration and
-//! the configuration watch, and deregisters then drains on shutdown.
+//! them to each reloaded configuration), starts the Consul and etcd
+//! registrations and the configuration watch, and deregisters then drains
+//! on shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,10 +14,13 @@ use crate::admin::{self, AdminState, Readiness};
 use crate::config::Config;
 use crate::consul;
 use crate::drain::{Drain, DrainController};
+use crate::etcd;
 use crate::live::{self, ListenerAddr, ListenerRole, LiveProxy, MeshSecurity};
-use crate::registration::{self, Registrar};
+use crate::registration::{self, EtcdRegistrar, Registrar};
 use crate::reload::{self, Reloader, Source};
+use crate::telemetry::sinks::RequestSinks;
 use crate::telemetry::spans::SpanExporter;
+use crate::telemetry::tap::Tap;
 use crate::telemetry::{metrics, recorder};
 use crate::upstream::UpstreamSet;
 
@@ -49,19 +53,28 @@ pub struct Running {
     /// Stops the tasks that live as long as the process (idle sweeper, config watch).
     background: DrainController,
     registrar: Option<Registrar>,
+    etcd_registrar: Option<EtcdRegistrar>,
 }
 
 impl Running {
-    /// Drains: `/ready` turns 503, the Consul registrations are removed (so
-    /// peers stop sending), listeners stop accepting, in-flight work gets up
+    /// Drains: `/ready` turns 503, the Consul and etcd registrations are
+    /// removed (so peers stop sending), listeners stop accepting, in-flight work gets up
     /// to the drain timeout. Returns the number of connections that were
     /// still open when the drain ended.
     pub async fn shutdown(self) -> usize {
         self.readiness.set_draining();
         self.background.signal();
-        if let Some(registrar) = self.registrar {
-            registrar.deregister().await;
-        }
+        let consul = async {
+            if let Some(registrar) = self.registrar {
+                registrar.deregister().await;
+            }
+        };
+        let etcd = async {
+            if let Some(registrar) = self.etcd_registrar {
+                registrar.deregister().await;
+            }
+        };
+        tokio::join!(consul, etcd);
         let live = self.reloader.live();
         let drain_timeout = live.drain_timeout().await;
         tracing::info!(timeout = ?drain_timeout, "draining");
@@ -117,7 +130,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let mesh = config.tls.as_ref().map(MeshSecurity::start).transpose()?;
 
     let upstreams = Arc::new(UpstreamSet::default());
-    let live = Arc::new(LiveProxy::new(Arc::clone(&upstreams), spans, mesh.clone()));
+    let tap = Tap::new(&config.admin.tap);
+    let sinks = RequestSinks {
+        spans,
+        tap: tap.clone(),
+    };
+    let live = Arc::new(LiveProxy::new(Arc::clone(&upstreams), sinks, mesh.clone()));
     live.apply(config.clone()).await?;
 
     let tls = mesh.as_ref().map(|mesh| Arc::clone(mesh.material()));
@@ -128,6 +146,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config_json: ArcSwap::from_pointee(crate::config::shown(config)?),
         upstreams: Arc::clone(&upstreams),
         backends: live.backend_upstreams(),
+        tap,
     });
     tracing::info!(addr = %admin_addr, "admin listening");
     tokio::spawn(admin::serve(
@@ -139,18 +158,31 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     // Registration and the mesh TLS watches share one client of the
     // start-time `consul` section (both are fixed); discovery has its own,
     // which `live` replaces when a reload changes that section.
+    // With an `etcd` section and no `consul` one, the registration is etcd's
+    // only.
     let mesh_uses_consul = mesh.as_ref().is_some_and(MeshSecurity::uses_consul);
-    let consul_client = if mesh_uses_consul || config.service.register {
+    let register_in_consul =
+        config.service.register && (config.consul.present || config.etcd.is_none());
+    let consul_client = if mesh_uses_consul || register_in_consul {
         Some(Arc::new(consul::Client::from_config(&config.consul)?))
     } else {
         None
     };
     let bound = bound_addrs(admin_addr, &live.listeners().await);
     let registrar = match &consul_client {
-        Some(client) if config.service.register => Some(Registrar::spawn(
+        Some(client) if register_in_consul => Some(Registrar::spawn(
             Arc::clone(client),
             registration::services(config, bound.inbound),
             config.consul.sync_interval,
+        )),
+        _ => None,
+    };
+    let etcd_registrar = match &config.etcd {
+        Some(section) if config.service.register => Some(EtcdRegistrar::spawn(
+            Arc::new(etcd::Client::from_config(section)?),
+            config.service.name.clone(),
+            registration::etcd::instance(config, section, bound.inbound),
+            section.lease_ttl,
         )),
         _ => None,
     };
@@ -167,6 +199,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         reloader: Reloader::new(live, admin_state),
         background,
         registrar,
+        etcd_registrar,
     })
 }
 

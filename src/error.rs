@@ -92,7 +92,88 @@ pub enum ProxyError {
     },
     #[error("{0}")]
     BadPath(PathError),
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(TokenRejection),
 }
+
+/// Why the JWT layer refused a request's token (or its lack of one): the
+/// `result` label of `remora_jwt_validations_total` and the access log's
+/// `error_detail`. Never carries the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRejection {
+    /// No token where one is required.
+    Missing,
+    /// Not a JWT: not three base64url parts, bad JSON, or a claim of the wrong type.
+    Malformed,
+    /// An algorithm the key cannot verify (`none`, HS256 with a public key, a
+    /// key pinned to another algorithm).
+    Algorithm,
+    /// No key with the token's `kid` (after one early refresh of the set).
+    UnknownKey,
+    BadSignature,
+    /// `exp` passed, beyond the leeway.
+    Expired,
+    /// `nbf` still ahead, beyond the leeway.
+    NotYetValid,
+    /// `iat` ahead, beyond the leeway.
+    IssuedInFuture,
+    /// `iss` is no provider's issuer.
+    Issuer,
+    /// `aud` names none of the provider's audiences.
+    Audience,
+}
+
+impl TokenRejection {
+    pub const ALL: [TokenRejection; 10] = [
+        TokenRejection::Missing,
+        TokenRejection::Malformed,
+        TokenRejection::Algorithm,
+        TokenRejection::UnknownKey,
+        TokenRejection::BadSignature,
+        TokenRejection::Expired,
+        TokenRejection::NotYetValid,
+        TokenRejection::IssuedInFuture,
+        TokenRejection::Issuer,
+        TokenRejection::Audience,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenRejection::Missing => "missing",
+            TokenRejection::Malformed => "malformed",
+            TokenRejection::Algorithm => "algorithm",
+            TokenRejection::UnknownKey => "unknown_key",
+            TokenRejection::BadSignature => "bad_signature",
+            TokenRejection::Expired => "expired",
+            TokenRejection::NotYetValid => "not_yet_valid",
+            TokenRejection::IssuedInFuture => "issued_in_future",
+            TokenRejection::Issuer => "issuer",
+            TokenRejection::Audience => "audience",
+        }
+    }
+}
+
+impl std::fmt::Display for TokenRejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenRejection::Missing => "a token is required",
+            TokenRejection::Malformed => "the token is malformed",
+            TokenRejection::Algorithm => "the token's algorithm is not allowed for its key",
+            TokenRejection::UnknownKey => "the token's key is unknown",
+            TokenRejection::BadSignature => "the token's signature is invalid",
+            TokenRejection::Expired => "the token has expired",
+            TokenRejection::NotYetValid => "the token is not valid yet",
+            TokenRejection::IssuedInFuture => "the token is issued in the future",
+            TokenRejection::Issuer => "the token's issuer is not accepted",
+            TokenRejection::Audience => "the token's audience is not accepted",
+        })
+    }
+}
+
+/// A response extension with the detail behind an [`ErrorKind`], for the
+/// access log (`error_detail`): a bounded, token-free reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorDetail(pub &'static str);
 
 /// The stable, machine-readable name of an error, sent in `x-remora-error`
 /// and used as the `kind` label of metrics and the `error` field of access logs.
@@ -113,6 +194,7 @@ pub enum ErrorKind {
     NoRoute,
     BadRequest,
     BadPath,
+    Unauthenticated,
 }
 
 impl ErrorKind {
@@ -133,6 +215,7 @@ impl ErrorKind {
             ErrorKind::NoRoute => "no_route",
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::BadPath => "bad_path",
+            ErrorKind::Unauthenticated => "unauthenticated",
         }
     }
 }
@@ -163,6 +246,15 @@ impl ProxyError {
             | ProxyError::MissingHost
             | ProxyError::HeaderWithUnderscore { .. } => ErrorKind::BadRequest,
             ProxyError::BadPath(_) => ErrorKind::BadPath,
+            ProxyError::Unauthenticated(_) => ErrorKind::Unauthenticated,
+        }
+    }
+
+    /// The detail behind the kind, when there is one worth logging.
+    pub fn detail(&self) -> Option<ErrorDetail> {
+        match self {
+            ProxyError::Unauthenticated(reason) => Some(ErrorDetail(reason.as_str())),
+            _ => None,
         }
     }
 
@@ -190,7 +282,8 @@ impl ProxyError {
             | ProxyError::DuplicateHost
             | ProxyError::MissingHost
             | ProxyError::HeaderWithUnderscore { .. }
-            | ProxyError::BadPath(_) => None,
+            | ProxyError::BadPath(_)
+            | ProxyError::Unauthenticated(_) => None,
         }
     }
 
@@ -207,4 +300,16 @@ impl ProxyError {
 /// The HTTP/2 error under an error hyper reported, when there is one.
 pub fn h2_cause(error: &hyper::Error) -> Option<&h2::Error> {
     std::error::Error::source(error)?.downcast_ref()
+}
+
+/// An error with its causes (reqwest hides the interesting part in them).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

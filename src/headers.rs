@@ -106,13 +106,16 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// True when `name` reads as a reserved request header to an application
 /// that ignores case and folds `_` into `-` (WSGI/CGI `HTTP_X_REMORA_CLIENT_ID`).
 pub fn is_reserved(name: &HeaderName) -> bool {
+    (RESERVED_REQUEST_HEADERS.iter()).any(|reserved| reads_as(name, reserved))
+}
+
+/// True when `name` reads as `header` to an application that ignores case
+/// and folds `_` into `-` (`x_user_id` reads as `x-user-id`).
+pub fn reads_as(name: &HeaderName, header: &HeaderName) -> bool {
     // A `HeaderName` is lowercase already.
-    let name = name.as_str().as_bytes();
-    RESERVED_REQUEST_HEADERS.iter().any(|reserved| {
-        let reserved = reserved.as_str().as_bytes();
-        reserved.len() == name.len()
-            && (reserved.iter().zip(name)).all(|(&r, &n)| r == n || (r == b'-' && n == b'_'))
-    })
+    let (name, header) = (name.as_str().as_bytes(), header.as_str().as_bytes());
+    header.len() == name.len()
+        && (header.iter().zip(name)).all(|(&h, &n)| h == n || (h == b'-' && n == b'_'))
 }
 
 /// Removes every header whose name `drop` picks (e.g. [`is_reserved`]).

@@ -1,5 +1,6 @@
-//! The `remora` command line: run, validate, iptables, demo, version.
+//! The `remora` command line: run, validate, iptables, demo, tap, version.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use remora::config::{self, Config};
+use remora::tap_cli::TapArgs;
 use remora::transparent::iptables::{self, Family, IptablesError, RuleSet};
 
 // mimalloc: measurably faster than the system allocator for a proxy's many
@@ -70,6 +72,41 @@ enum Command {
     /// Start three echo backends behind remora on a built-in config and show
     /// requests being balanced. Needs nothing installed.
     Demo,
+    /// Follow a running proxy's live requests (its admin `GET /tap`): one
+    /// line per completed request, filtered and rate-limited by the proxy.
+    Tap {
+        /// The admin listener's address.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
+        /// Only this upstream's requests (inbound: the service's name).
+        #[arg(long)]
+        upstream: Option<String>,
+        /// Only requests this route took.
+        #[arg(long)]
+        route: Option<String>,
+        /// Only `inbound` or `outbound` requests.
+        #[arg(long)]
+        direction: Option<String>,
+        /// Only paths starting with this prefix.
+        #[arg(long)]
+        path: Option<String>,
+        /// Only this status class (`5xx`) or code (`503`).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only requests that took at least this long (`250ms`).
+        #[arg(long)]
+        min_duration: Option<String>,
+        /// At most this many events a second (capped by the proxy's
+        /// `admin.tap.max_events_per_second`).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Show request and response headers (credentials redacted).
+        #[arg(long)]
+        headers: bool,
+        /// Print the stream's JSON records instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -105,6 +142,37 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo => exit_code(remora::demo::run()),
+        Command::Tap {
+            admin,
+            upstream,
+            route,
+            direction,
+            path,
+            status,
+            min_duration,
+            rate,
+            headers,
+            json,
+        } => {
+            let filters = [
+                ("upstream", upstream),
+                ("route", route),
+                ("direction", direction),
+                ("path", path),
+                ("status", status),
+                ("min_duration", min_duration),
+                ("rate", rate.map(|rate| rate.to_string())),
+            ];
+            let args = TapArgs {
+                admin,
+                query: (filters.into_iter())
+                    .filter_map(|(name, value)| Some((name, value?)))
+                    .collect(),
+                json,
+                headers,
+            };
+            exit_code(tap(&args))
+        }
         Command::Iptables {
             config,
             uid,
@@ -122,6 +190,14 @@ fn exit_code(result: anyhow::Result<()>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `remora tap`: follows the stream until it ends, or Ctrl-C.
+fn tap(args: &TapArgs) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(remora::tap_cli::run(args, &mut std::io::stdout()))
 }
 
 /// `--watch-interval`: a duration, or `off`.

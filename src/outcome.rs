@@ -65,7 +65,8 @@ impl Outcome {
             | ErrorKind::Forbidden
             | ErrorKind::NoRoute
             | ErrorKind::BadRequest
-            | ErrorKind::BadPath => Outcome::Refused,
+            | ErrorKind::BadPath
+            | ErrorKind::Unauthenticated => Outcome::Refused,
         }
     }
 

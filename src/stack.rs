@@ -22,9 +22,11 @@ use crate::middleware::circuit_breaker::CircuitBreakerLayer;
 use crate::middleware::concurrency::ConcurrencyLimitLayer;
 use crate::middleware::error_response::ErrorResponseLayer;
 use crate::middleware::fault::FaultLayer;
+use crate::middleware::jwt::JwtLayer;
 use crate::middleware::normalize_path::NormalizePathLayer;
 use crate::middleware::observe::ObserveLayer;
 use crate::middleware::rate_limit::RateLimitLayer;
+use crate::middleware::request_token::RequestTokenLayer;
 use crate::middleware::retry::RetryLayer;
 use crate::middleware::timeout::TimeoutLayer;
 use crate::middleware::trace_context::TraceContextLayer;
@@ -34,7 +36,7 @@ use crate::routing::split::{Split, SplitTarget};
 use crate::routing::{Route, Router};
 use crate::svc::{ConcreteService, HttpService, RouteService, SharedService};
 use crate::telemetry::metrics::route_backend_counter;
-use crate::telemetry::spans::SpanExporter;
+use crate::telemetry::sinks::RequestSinks;
 use crate::tls::authorization::Authorizer;
 use crate::upgrade::Upgrades;
 use crate::upstream::Upstream;
@@ -47,7 +49,7 @@ pub fn outbound(
     config: &UpstreamConfig,
     tracing: &TracingConfig,
     access_log: f64,
-    spans: Option<SpanExporter>,
+    sinks: RequestSinks,
 ) -> HttpService {
     let direction = Direction::Outbound;
     let name = config.name.as_str();
@@ -90,7 +92,7 @@ pub fn outbound(
             name,
             backends.upstream().totals(),
             access_log,
-            spans,
+            sinks,
         ))
         .layer(NormalizePathLayer::new(&config.path_normalization))
         .service(service);
@@ -109,6 +111,7 @@ struct UpstreamLayers {
     hedge: Option<HedgePolicy>,
     retries: Option<RetryLayer>,
     concurrency: Option<ConcurrencyLimitLayer>,
+    request_token: Option<RequestTokenLayer>,
 }
 
 impl UpstreamLayers {
@@ -131,6 +134,7 @@ impl UpstreamLayers {
                 direction,
                 name,
             ),
+            request_token: config.request_token.as_ref().map(RequestTokenLayer::new),
         }
     }
 }
@@ -177,8 +181,12 @@ fn logical(
         )),
         None => upstream.retries.clone(),
     };
+    let request_token = (route.and_then(|r| r.request_token.as_ref()))
+        .map(RequestTokenLayer::new)
+        .or_else(|| upstream.request_token.clone());
     let service = ServiceBuilder::new()
         .layer(ErrorResponseLayer)
+        .option_layer(request_token)
         .option_layer(fault)
         .option_layer(rate_limit)
         .option_layer(mirror)
@@ -220,7 +228,7 @@ pub fn inbound(
     config: &InboundConfig,
     tracing: &TracingConfig,
     access_log: f64,
-    spans: Option<SpanExporter>,
+    sinks: RequestSinks,
     authorizer: Option<Arc<Authorizer>>,
 ) -> HttpService {
     let direction = Direction::Inbound;
@@ -235,10 +243,11 @@ pub fn inbound(
             name,
             app.totals(),
             access_log,
-            spans,
+            sinks,
         ))
         .layer(NormalizePathLayer::new(&config.path_normalization))
         .layer(ErrorResponseLayer)
+        .option_layer(config.jwt.as_ref().map(JwtLayer::new))
         .layer(AuthorizationLayer::new(
             authorizer,
             config.authorization.as_ref(),

@@ -63,10 +63,19 @@ fn version_prints_name_and_version() {
 }
 
 #[test]
-fn validate_accepts_the_shipped_example() {
-    let out = remora(&["validate", "--config", "config/example.yaml"]);
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "ok\n");
+fn validate_accepts_every_shipped_example() {
+    let mut examples: Vec<_> = std::fs::read_dir("config")
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 10, "{examples:?}");
+    for example in examples {
+        let out = remora(&["validate", "--config", example.to_str().unwrap()]);
+        assert!(out.status.success(), "{example:?}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "ok\n", "{example:?}");
+    }
 }
 
 const THREE_PROBLEMS: &str = "\

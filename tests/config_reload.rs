@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Empty};
 use tokio::net::TcpStream;
 
 use support::consul::{ConsulStandIn, ErrorMode, Instance};
-use support::proxy::ConfigFile;
+use support::proxy::{ConfigFile, run_to_exit};
 use support::{Proxy, ProxyProcess, eventually, get, http_backend, prom};
 
 /// The admin `/config` of the proxy whose admin listener is `admin`.
@@ -578,16 +578,7 @@ async fn a_missing_or_invalid_consul_kv_value_stops_the_start() {
          admin: {{ listen: 127.0.0.1:0 }}\n",
         consul.url()
     ));
-    let run = |path: std::path::PathBuf| {
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_remora"))
-                .args(["run", "--config"])
-                .arg(path)
-                .output()
-                .expect("run remora")
-        })
-    };
-    let missing = run(bootstrap.path.clone()).await.unwrap();
+    let missing = run_to_exit(&bootstrap).await;
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(!missing.status.success());
     assert!(
@@ -596,7 +587,7 @@ async fn a_missing_or_invalid_consul_kv_value_stops_the_start() {
     );
 
     consul.put_kv(key, "service: { name: kv-start }\nupstreams: 3\n");
-    let invalid = run(bootstrap.path.clone()).await.unwrap();
+    let invalid = run_to_exit(&bootstrap).await;
     let stderr = String::from_utf8_lossy(&invalid.stderr);
     assert!(!invalid.status.success());
     assert!(

@@ -1,8 +1,9 @@
 //! The admin dashboard (`GET /` on the admin listener) in headless Chromium:
 //! the page loads with no console error, shows every upstream of a running
-//! proxy with its endpoints (a routing backend's too), breaker state and concurrency limit, charts the request rate from
-//! two polls, and lists the proxy-made errors. A screenshot is written to
-//! the test's target directory (`docs/dashboard.png` is a copy of one).
+//! proxy with its endpoints (a routing backend's too), breaker state and concurrency limit,
+//! charts the request rate from two polls, and lists the proxy-made errors; its Live view
+//! streams `/tap` with filters. Screenshots are written to the test's target directory
+//! (`docs/dashboard.png` is a copy of the Live view's, `dashboard-live.png`).
 //!
 //! Needs `chromium` (installed by `scripts/test.sh`); fails, naming the
 //! package, when it is missing.
@@ -192,6 +193,182 @@ async fn dashboard_shows_upstreams_endpoints_breakers_and_errors() {
     std::fs::write(&path, &png).unwrap();
     eprintln!("screenshot: {}", path.display());
 
+    assert!(
+        browser.problems.is_empty(),
+        "console problems: {:#?}",
+        browser.problems
+    );
+    proxy.shutdown().await;
+}
+
+/// Sets the Live view's upstream and status filters and its headers box,
+/// applies them, and waits for the new stream.
+async fn apply_filters(browser: &mut Browser, upstream: &str, status: &str, headers: bool) {
+    browser
+        .evaluate(&format!(
+            "(() => {{ const form = document.getElementById('live-filters'); \
+             form.upstream.value = '{upstream}'; form.status.value = '{status}'; \
+             form.headers.checked = {headers}; \
+             document.getElementById('live-apply').click(); return true; }})()"
+        ))
+        .await;
+    wait_until(
+        browser,
+        "document.getElementById('live-state').textContent.startsWith('streaming')",
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+/// The dashboard's Live view: an `EventSource` on `/tap` with the form's
+/// filters, rows as requests complete, headers (redacted) on a click, the
+/// stream closed when the view is left. With `max_subscribers: 1`, a stream
+/// opened beside the page's is refused while the page streams, and let in
+/// once the page has left the view. A screenshot of the view is written
+/// beside the other (`docs/dashboard.png` is a copy of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_view_streams_filtered_requests_and_lets_go_of_its_stream() {
+    let mut browser = Browser::launch().await;
+    let api = http_backend("live-api");
+    let web = http_backend("live-web");
+    let yaml = format!(
+        "service: {{ name: live-svc }}\n\
+         upstreams:\n\
+         \x20 - {{ name: live-api, listen: 127.0.0.1:0, protocol: http, discovery: {{ static: [{api}] }}, \
+         routes: [{{ name: slow, match: {{ path: {{ prefix: /slow }} }}, backend: default }}] }}\n\
+         \x20 - {{ name: live-web, listen: 127.0.0.1:0, protocol: http, discovery: {{ static: [{web}] }} }}\n\
+         \x20 - {{ name: live-down, listen: 127.0.0.1:0, protocol: http, discovery: {{ static: [{dead}] }} }}\n\
+         admin: {{ listen: 127.0.0.1:0, tap: {{ max_subscribers: 1 }} }}\n\
+         logging: {{ access_log: false }}\n",
+        api = api.addr,
+        web = web.addr,
+        dead = dead_addr(),
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let api_url = |path: &str| format!("http://{}{path}", proxy.upstream("live-api"));
+    let web_url = |path: &str| format!("http://{}{path}", proxy.upstream("live-web"));
+    // The status of a /tap stream opened beside the page's (then closed).
+    let tap_status = || async {
+        let client = support::http_client::<http_body_util::Empty<bytes::Bytes>>(Version::HTTP_11);
+        let uri: http::Uri = proxy.admin_url("/tap?upstream=nobody").parse().unwrap();
+        client.get(uri).await.map(|response| response.status())
+    };
+
+    browser.navigate(&proxy.admin_url("/#live")).await;
+    wait_until(
+        &mut browser,
+        "!!document.getElementById('live-state') \
+         && document.getElementById('live-state').textContent.startsWith('streaming') \
+         && document.querySelectorAll('#live-upstream option').length === 4",
+        Duration::from_secs(15),
+    )
+    .await;
+    // The page holds the one slot.
+    assert_eq!(tap_status().await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // Filters: live-api's 5xx only.
+    apply_filters(&mut browser, "live-api", "5xx", true).await;
+    get(Version::HTTP_11, &api_url("/")).await.unwrap();
+    get(Version::HTTP_11, &web_url("/status/500"))
+        .await
+        .unwrap();
+    let secret = http::Request::get(api_url("/status/503"))
+        .header("authorization", "Bearer hunter2")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    support::send(Version::HTTP_11, secret).await.unwrap();
+    wait_until(
+        &mut browser,
+        "document.querySelectorAll('#live-events tr.event').length >= 1",
+        Duration::from_secs(10),
+    )
+    .await;
+    let rows = browser
+        .evaluate("[...document.querySelectorAll('#live-events tr.event')].map(r => r.innerText)")
+        .await;
+    let rows: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "only live-api's 503: {rows:?}");
+    assert!(
+        rows[0].contains("live-api") && rows[0].contains("GET") && rows[0].contains("/status/503"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[0].contains("503") && rows[0].contains(&api.addr.to_string()),
+        "{rows:?}"
+    );
+    // A click shows the headers, the credential redacted.
+    browser
+        .evaluate("document.querySelector('#live-events tr.event').click(), true")
+        .await;
+    let headers = browser
+        .evaluate("document.querySelector('#live-events tr.headers').innerText")
+        .await;
+    let headers = headers.as_str().unwrap();
+    assert!(
+        headers.contains("> authorization: <redacted>") && !headers.contains("hunter2"),
+        "{headers}"
+    );
+
+    // Every request again, for the screenshot: a mix of upstreams, routes and statuses.
+    apply_filters(&mut browser, "", "", false).await;
+    for path in [
+        "/",
+        "/slow/120",
+        "/status/404",
+        "/",
+        "/slow/40",
+        "/status/503",
+        "/",
+    ] {
+        get(Version::HTTP_11, &api_url(path)).await.unwrap();
+        get(Version::HTTP_11, &web_url("/")).await.unwrap();
+    }
+    let down = format!("http://{}/orders", proxy.upstream("live-down"));
+    get(Version::HTTP_11, &down).await.unwrap();
+    get(Version::HTTP_11, &api_url("/")).await.unwrap();
+    wait_until(
+        &mut browser,
+        "document.querySelectorAll('#live-events tr.event').length >= 16",
+        Duration::from_secs(10),
+    )
+    .await;
+    let routed = browser
+        .evaluate("[...document.querySelectorAll('#live-events tr.event')].some(r => r.innerText.includes('live-api / slow'))")
+        .await;
+    assert_eq!(routed, Value::Bool(true));
+    let failed = browser
+        .evaluate("[...document.querySelectorAll('#live-events tr.event')].find(r => r.innerText.includes('live-down')).innerText")
+        .await;
+    let failed = failed.as_str().unwrap();
+    assert!(
+        failed.contains("502") && failed.contains("connect_failed"),
+        "{failed}"
+    );
+    let png = browser.screenshot(1200, 700).await;
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-live.png");
+    std::fs::write(&path, &png).unwrap();
+    eprintln!("screenshot: {}", path.display());
+
+    // Leaving the view closes the stream: the slot is free again.
+    browser.evaluate("location.hash = '', true").await;
+    let start = Instant::now();
+    while tap_status().await.unwrap() != StatusCode::OK {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the page kept its stream"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         browser.problems.is_empty(),
         "console problems: {:#?}",

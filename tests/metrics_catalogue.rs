@@ -1,10 +1,12 @@
 //! `docs/metrics.md` against the real `/metrics`: a proxy using every feature (an HTTP
 //! upstream with retries, breaker, rate limit, concurrency limit, a 0 % fault, outlier
-//! detection, a dead endpoint and a mirrored route; a TCP upstream; inbound with adaptive concurrency and a shared rate limit; registration with
+//! detection, a dead endpoint and a mirrored route; a TCP upstream; inbound with adaptive
+//! concurrency, a shared rate limit and `inbound.jwt`; registration with
 //! the Consul stand-in) is driven until the event-only
 //! metrics have happened, then every exported metric must be in the table with the same type
 //! and label names, and every metric in the table must be exported — except those the table
-//! marks *Appears after …*, which may be missing but must match when present. A second proxy
+//! marks *Appears after …*, which may be missing but must match when present; every exported
+//! family must have a `# HELP` line (from the same catalogue as the table). A second proxy
 //! with mesh mTLS adds the TLS and authorization metrics.
 
 mod support;
@@ -104,10 +106,16 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
             support::h2_origin::answer(respond, 200);
         }
     });
+    // A JWKS without keys: loaded (counted), and the validations registered.
+    let jwks = std::env::temp_dir().join(format!("remora-cat-jwks-{}.json", std::process::id()));
+    std::fs::write(&jwks, r#"{"keys":[]}"#).unwrap();
+    let jwks = jwks.display();
     let yaml = format!(
         "service: {{ name: cat-svc, port: {app}, protocol: http, register: true }}\n\
          consul: {{ address: \"{consul}\" }}\n\
-         inbound: {{ listen: 127.0.0.1:0, adaptive_concurrency: {{}}, rate_limit: {{ requests_per_second: 1000, scope: service }} }}\n\
+         inbound: {{ listen: 127.0.0.1:0, adaptive_concurrency: {{}}, \
+         rate_limit: {{ requests_per_second: 1000, scope: service }}, \
+         jwt: {{ providers: [{{ name: cat-jwt, issuer: cat, jwks: {{ file: {jwks} }} }}] }} }}\n\
          upstreams:\n\
          \x20 - name: cat-http\n    listen: 127.0.0.1:0\n    protocol: http\n    \
          discovery: {{ static: [{backend}, {dead}] }}\n    \
@@ -254,13 +262,23 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
             Some(_) => {}
         }
     }
+    for name in exported.keys() {
+        if !text.contains(&format!("# HELP {name} ")) {
+            problems.push(format!("{name} has no # HELP line"));
+        }
+    }
     for (name, (_, after_event)) in &documented {
-        // Discovery metrics need a failing DNS server or a Consul agent; every
-        // other event happened above.
+        // Discovery metrics need a failing DNS server or a registry watch
+        // (Consul, etcd), etcd registration an etcd (tests/etcd_registration.rs
+        // checks them); every other event happened above.
         let may_be_missing = *after_event
             && matches!(
                 name.as_str(),
-                "remora_discovery_errors_total" | "remora_discovery_last_update_timestamp_seconds"
+                "remora_discovery_errors_total"
+                    | "remora_discovery_last_update_timestamp_seconds"
+                    | "remora_discovery_watch_up"
+                    | "remora_etcd_registrations_total"
+                    | "remora_etcd_registered"
             );
         if !exported.contains_key(name) && !may_be_missing {
             problems.push(format!("{name} is documented but not exported"));

@@ -45,16 +45,8 @@ async fn get_with(url: &str, headers: &[(&str, &str)]) -> support::Reply {
 
 /// `method url` with `headers` and an empty body, over HTTP/1.1.
 async fn call(method: &str, url: &str, headers: &[(&str, &str)]) -> support::Reply {
-    let mut request = Request::builder().method(method).uri(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    send(
-        Version::HTTP_11,
-        request.body(Full::new(Bytes::new())).unwrap(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+    (support::client::call(method, url, headers).await)
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
 }
 
 /// Method, path, headers, and the backend expected to get the request.

@@ -1,4 +1,6 @@
-//! The admin listener (loopback by default): `/live`, `/ready`, `/metrics`,
+//! The admin listener (loopback by default): `/live`, `/ready`, `/metrics`
+//! (Prometheus text, or OpenMetrics with exemplars when asked for), `/tap`
+//! (the live request stream, `tap`),
 //! `/config`, `/endpoints`, `/upstreams`, `/errors`, and at `/` a live
 //! dashboard — one self-contained page (`dashboard.html`: inline script and
 //! style, no network beyond this listener, enforced by its
@@ -12,6 +14,7 @@
 mod host;
 mod json;
 mod readiness;
+mod tap;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -32,10 +35,12 @@ use tokio::sync::Semaphore;
 pub use readiness::Readiness;
 
 use host::AllowedHosts;
+use tap::AdminBody;
 
 use crate::accept::Acceptor;
 use crate::config::AdminConfig;
-use crate::telemetry::process;
+use crate::telemetry::tap::Tap;
+use crate::telemetry::{openmetrics, process};
 use crate::upstream::{BackendSet, UpstreamSet};
 
 /// What the admin endpoints show.
@@ -49,6 +54,8 @@ pub struct AdminState {
     pub upstreams: Arc<UpstreamSet>,
     /// The routing backends' own upstreams (shown by `/endpoints`).
     pub backends: Arc<BackendSet>,
+    /// The live request stream of `/tap`.
+    pub tap: Tap,
 }
 
 /// Serves the admin endpoints until the process exits, with the limits of
@@ -102,7 +109,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, config: AdminC
     }
 }
 
-fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(state: &AdminState, request: &Request<Incoming>) -> Response<AdminBody> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -110,6 +117,12 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
         );
     }
     match request.uri().path() {
+        "/tap" => {
+            let query = request.uri().query().unwrap_or_default();
+            let accept = request.headers().get(header::ACCEPT);
+            tap::stream(&state.tap, query, accept)
+                .unwrap_or_else(|(status, message)| text(status, message))
+        }
         "/" => dashboard(),
         "/live" => text(StatusCode::OK, "live\n".into()),
         "/ready" => match state.readiness.not_ready_reason() {
@@ -123,11 +136,27 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
             state.metrics.run_upkeep();
             let mut body = state.metrics.render();
             body.push_str(&process::render());
-            with_type(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                body,
-            )
+            let accept = request.headers().get(header::ACCEPT);
+            let mut response = if accept
+                .and_then(|accept| accept.to_str().ok())
+                .is_some_and(openmetrics::preferred)
+            {
+                with_type(
+                    StatusCode::OK,
+                    openmetrics::CONTENT_TYPE,
+                    openmetrics::from_prometheus(&body),
+                )
+            } else {
+                with_type(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    body,
+                )
+            };
+            response
+                .headers_mut()
+                .insert(header::VARY, header::HeaderValue::from_static("accept"));
+            response
         }
         "/endpoints" => json_reply(&json::endpoints(
             &state.upstreams.load(),
@@ -142,14 +171,14 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /, /live, /ready, /metrics, /config, /endpoints, /upstreams or /errors\n".into(),
+            "not found; try /, /live, /ready, /metrics, /config, /endpoints, /upstreams, /errors or /tap\n".into(),
         ),
     }
 }
 
 /// The dashboard page. Its policy lets it run its own inline script and
 /// style and fetch from this listener, nothing else.
-fn dashboard() -> Response<Full<Bytes>> {
+fn dashboard() -> Response<AdminBody> {
     let mut response = with_type(
         StatusCode::OK,
         "text/html; charset=utf-8",
@@ -167,16 +196,12 @@ fn dashboard() -> Response<Full<Bytes>> {
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+fn text(status: StatusCode, body: String) -> Response<AdminBody> {
     with_type(status, "text/plain; charset=utf-8", body)
 }
 
-fn with_type(
-    status: StatusCode,
-    content_type: &'static str,
-    body: String,
-) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+fn with_type(status: StatusCode, content_type: &'static str, body: String) -> Response<AdminBody> {
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -185,7 +210,7 @@ fn with_type(
     response
 }
 
-fn json_reply(value: &Value) -> Response<Full<Bytes>> {
+fn json_reply(value: &Value) -> Response<AdminBody> {
     let mut body = value.to_string();
     body.push('\n');
     with_type(StatusCode::OK, "application/json", body)

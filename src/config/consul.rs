@@ -42,6 +42,20 @@ pub struct ConsulConfig {
     /// with the agent (and registered again when it lost them).
     #[serde(default = "default_consul_sync_interval", with = "duration")]
     pub sync_interval: Duration,
+    /// Whether the file has a `consul` section (with an `etcd` section and
+    /// no `consul` one, `service.register` registers in etcd only).
+    #[serde(skip)]
+    pub present: bool,
+}
+
+/// `#[serde(deserialize_with)]` of `Config::consul`: the section as
+/// written, marked present.
+pub(super) fn present_section<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<ConsulConfig, D::Error> {
+    let mut section = ConsulConfig::deserialize(deserializer)?;
+    section.present = true;
+    Ok(section)
 }
 
 fn default_consul_wait() -> Duration {
@@ -64,6 +78,7 @@ impl Default for ConsulConfig {
             client_cert: None,
             client_key: None,
             sync_interval: default_consul_sync_interval(),
+            present: false,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! An upstream's `discovery:`: where its endpoints come from — a static
-//! list, a Consul service or DNS SRV records.
+//! list, a Consul service, an etcd service prefix or DNS SRV records.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -20,6 +20,8 @@ pub enum Discovery {
     Consul(ConsulDiscovery),
     /// DNS SRV records (see `discovery::dns`).
     Dns(DnsDiscovery),
+    /// The instances under `<etcd.prefix><service>/`, watched (see `discovery::etcd`).
+    Etcd(EtcdDiscovery),
 }
 
 /// One `discovery.static` entry: `ip:port`, or `{ address: ip:port, weight: N }`
@@ -136,4 +138,12 @@ pub struct ConsulDiscovery {
 
 fn default_passing_only() -> bool {
     true
+}
+
+/// `discovery: { etcd: { service } }`: the instances whose keys are under
+/// `<etcd.prefix><service>/`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdDiscovery {
+    pub service: String,
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::authorization::InboundAuthorization;
 use super::concurrency::AdaptiveConcurrency;
 use super::duration;
+use super::jwt::JwtConfig;
 use super::limits::ListenerLimits;
 use super::path_normalization::PathNormalization;
 use super::rate_limit::RateLimitConfig;
@@ -35,6 +36,9 @@ pub struct InboundConfig {
     pub upgrades: Vec<UpgradeProtocol>,
     #[serde(default)]
     pub path_normalization: PathNormalization,
+    /// JWT validation of incoming requests.
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
     /// L7 authorization rules (after `tls.authorization`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<InboundAuthorization>,
@@ -51,6 +55,7 @@ impl Default for InboundConfig {
             limits: ListenerLimits::default(),
             upgrades: default_upgrades(),
             path_normalization: PathNormalization::default(),
+            jwt: None,
             authorization: None,
         }
     }

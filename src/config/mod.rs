@@ -25,8 +25,10 @@ mod discovery;
 mod duration;
 mod env;
 mod error;
+mod etcd;
 mod hedge;
 mod inbound;
+mod jwt;
 mod limits;
 mod locate;
 mod model;
@@ -35,6 +37,7 @@ mod pool;
 mod prune;
 mod rate_limit;
 mod redact;
+mod request_token;
 mod resilience;
 mod routing;
 mod runtime;
@@ -50,21 +53,24 @@ use std::path::Path;
 
 use serde_saphyr::{Options, PropertySyntax};
 
-pub use admin::AdminConfig;
+pub use admin::{AdminConfig, TapConfig};
 pub use authorization::{AuthorizationRule, ClaimMatch, ClaimName, InboundAuthorization, JwtMatch};
 pub use concurrency::AdaptiveConcurrency;
-pub use config_source::{ConfigSource, ConsulKvSource};
+pub use config_source::{ConfigSource, ConsulKvSource, EtcdKeySource};
 pub use consul::{ConsulConfig, Secret};
-pub use discovery::{ConsulDiscovery, Discovery, DnsDiscovery, StaticEndpoint};
+pub use discovery::{ConsulDiscovery, Discovery, DnsDiscovery, EtcdDiscovery, StaticEndpoint};
 pub use error::{ConfigError, ConfigErrors};
+pub use etcd::EtcdConfig;
 pub use hedge::{HedgeDelay, HedgePolicy};
 pub use inbound::InboundConfig;
+pub use jwt::{JwksConfig, JwtConfig, JwtProvider, JwtRule, TokenLocation};
 pub use limits::{HeadersWithUnderscoresAction, ListenerLimits};
 pub use model::Config;
 pub use path_normalization::{EscapedSlashesAction, PathNormalization};
 pub use pool::ConnectionPool;
 pub use rate_limit::{RateLimitConfig, RateLimitKey, RateLimitOverride, RateLimitScope};
 pub use redact::shown;
+pub use request_token::RequestTokenConfig;
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,
     OutlierDetection, RetryBackoff, RetryBudget, RetryPolicy, default_failure_conditions,
@@ -77,7 +83,10 @@ pub use routing::{
 };
 pub use runtime::RuntimeConfig;
 pub use service::{CheckConfig, ServiceConfig, ServiceProtocol};
-pub use telemetry::{LogFormat, LoggingConfig, OtlpConfig, Propagation, TracingConfig};
+pub use telemetry::{
+    LogFormat, LoggingConfig, OtlpCompression, OtlpConfig, OtlpHeader, OtlpProtocol, Propagation,
+    TracingConfig,
+};
 pub use tls::{
     AuthorizationAction, AuthorizationConfig, TlsConfig, TlsSource, UntilIntentionsLoad,
 };
@@ -118,12 +127,13 @@ pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigErrors> {
 
 /// Sections a document from a `config_source` must leave out: they say how
 /// to reach the source, so they come from the local file.
-const LOCAL_ONLY: [&str; 2] = ["consul", "config_source"];
+const LOCAL_ONLY: [&str; 3] = ["consul", "etcd", "config_source"];
 
 /// Gives `config` (from the `config_source`) the sections of the `local`
 /// file that say how to reach the source (`LOCAL_ONLY`).
 pub fn adopt_local_sections(config: &mut Config, local: &Config) {
     config.consul = local.consul.clone();
+    config.etcd = local.etcd.clone();
     config.config_source = local.config_source.clone();
     for key in LOCAL_ONLY {
         config.from_env_as_in(local, key);
@@ -131,10 +141,10 @@ pub fn adopt_local_sections(config: &mut Config, local: &Config) {
 }
 
 /// Parses and validates a document read from the `config_source` (a Consul
-/// KV value) as [`parse`] does; `name` labels the errors (`consul-kv:KEY`).
-/// Also rejects `consul` and `config_source` in it (`LOCAL_ONLY`), and
-/// every `${VAR}` whose variable is not in `allowed_env` (the local file's
-/// `config_source.consul_kv.allowed_env`).
+/// KV value or an etcd key) as [`parse`] does; `name` labels the errors
+/// (`consul-kv:KEY`, `etcd:KEY`). Also rejects `consul`, `etcd` and
+/// `config_source` in it (`LOCAL_ONLY`), and every `${VAR}` whose variable
+/// is not in `allowed_env` (the local file's `config_source.*.allowed_env`).
 pub fn parse_from_source(
     text: &str,
     name: &str,

@@ -2,7 +2,7 @@
 //! section, field names equal to the YAML keys of the README's
 //! configuration reference (a public interface). Each section has its own
 //! module (`service.rs`, `inbound.rs`, `upstream.rs`, `discovery.rs`,
-//! `consul.rs`, `admin.rs`, `runtime.rs`, `telemetry.rs`,
+//! `consul.rs`, `etcd.rs`, `admin.rs`, `runtime.rs`, `telemetry.rs`,
 //! `config_source.rs`, `tls.rs`, `transparent.rs`, `resilience.rs`,
 //! `routing.rs` …). Every struct rejects unknown keys, so a misspelt or
 //! misplaced key is an error rather than silently ignored. Values are typed
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::admin::AdminConfig;
 use super::config_source::ConfigSource;
 use super::consul::ConsulConfig;
+use super::etcd::EtcdConfig;
 use super::inbound::InboundConfig;
 use super::rate_limit::RateLimitScope;
 use super::runtime::RuntimeConfig;
@@ -31,8 +32,11 @@ pub struct Config {
     pub inbound: Option<InboundConfig>,
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::consul::present_section")]
     pub consul: ConsulConfig,
+    /// The etcd cluster (discovery, registration, config source); unused when absent.
+    #[serde(default)]
+    pub etcd: Option<EtcdConfig>,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]

@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::duration;
 use super::hedge::HedgePolicy;
 use super::rate_limit::RateLimitConfig;
+use super::request_token::RequestTokenConfig;
 use super::resilience::{FaultConfig, RetryPolicy};
 
 /// The backend name that means "the upstream's own endpoints".
@@ -87,6 +88,9 @@ pub struct RouteConfig {
     pub direct_response: Option<DirectResponse>,
     #[serde(default)]
     pub mirror: Option<MirrorConfig>,
+    /// Overrides the upstream's `request_token`.
+    #[serde(default)]
+    pub request_token: Option<RequestTokenConfig>,
 }
 
 /// The conditions of a route.

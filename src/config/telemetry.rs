@@ -1,10 +1,12 @@
 //! The `logging:` and `tracing:` sections: log lines, access logs,
 //! trace-context propagation and span export.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::Secret;
 use super::duration;
 
 /// Trace-context propagation and span export (`tracing:`).
@@ -32,13 +34,30 @@ impl Default for TracingConfig {
     }
 }
 
-/// Span export (`tracing.otlp:`): OTLP/HTTP protobuf to a collector.
+/// Span export (`tracing.otlp:`): OTLP/HTTP protobuf or OTLP/gRPC to a
+/// collector. What the section leaves unset comes from the OpenTelemetry
+/// exporter environment variables (`OTEL_EXPORTER_OTLP_*`), read at start.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
-    /// Where batches are POSTed (`http://` only).
-    #[serde(default = "default_otlp_endpoint")]
-    pub endpoint: String,
+    /// The collector: for `http/protobuf` the URL batches are POSTed to
+    /// (`http://` or `https://`), for `grpc` the server's `http(s)://host:port`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// `http/protobuf` or `grpc`.
+    #[serde(default)]
+    pub protocol: Option<OtlpProtocol>,
+    /// Request headers (e.g. an API key), each a `value` or a `value_file`
+    /// whose content (trimmed) is the value; shown redacted.
+    #[serde(default)]
+    pub headers: Vec<OtlpHeader>,
+    /// `gzip` or `none`.
+    #[serde(default)]
+    pub compression: Option<OtlpCompression>,
+    /// PEM CA certificates an `https://` collector must chain to, instead of
+    /// the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Share of new traces sampled, 0 to 1 (joined traces keep the caller's flag).
     #[serde(default = "default_sample_ratio")]
     pub sample_ratio: f64,
@@ -53,8 +72,34 @@ pub struct OtlpConfig {
     pub flush_interval: Duration,
 }
 
-fn default_otlp_endpoint() -> String {
-    "http://127.0.0.1:4318/v1/traces".to_owned()
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum OtlpProtocol {
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+/// Compression of export requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpCompression {
+    Gzip,
+    None,
+}
+
+/// One header sent with every export request.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpHeader {
+    pub name: String,
+    #[serde(default)]
+    pub value: Option<Secret>,
+    /// A file whose content (surrounding whitespace trimmed) is the value,
+    /// read at start.
+    #[serde(default)]
+    pub value_file: Option<PathBuf>,
 }
 
 fn default_sample_ratio() -> f64 {

@@ -349,12 +349,12 @@ colour: blue
         errors(text),
         [
             "test.yaml:3:3: service.bogus: unknown field `bogus`, expected one of name, id, address, port, protocol, tags, meta, register, check",
-            "test.yaml:6:5: upstreams[0].listenn: unknown field `listenn`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, hedge, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, adaptive_concurrency, fault, tls, backends, routes, limits, upgrades, path_normalization",
+            "test.yaml:6:5: upstreams[0].listenn: unknown field `listenn`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, hedge, rate_limit, request_token, circuit_breaker, outlier_detection, max_concurrent_requests, adaptive_concurrency, fault, tls, backends, routes, limits, upgrades, path_normalization",
             "test.yaml:8:44: upstreams[0].discovery.extra: expected end of mapping after enum variant value",
             "test.yaml:9:27: upstreams[0].timeouts.retry: unknown field `retry`, expected one of connect, request, idle",
-            "test.yaml:10:78: upstreams[1].weight: unknown field `weight`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, hedge, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, adaptive_concurrency, fault, tls, backends, routes, limits, upgrades, path_normalization",
-            "test.yaml:12:3: admin.extra: unknown field `extra`, expected one of listen, max_connections, header_read_timeout, allowed_hosts",
-            "test.yaml:14:1: colour: unknown field `colour`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing, config_source, tls, transparent",
+            "test.yaml:10:78: upstreams[1].weight: unknown field `weight`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, hedge, rate_limit, request_token, circuit_breaker, outlier_detection, max_concurrent_requests, adaptive_concurrency, fault, tls, backends, routes, limits, upgrades, path_normalization",
+            "test.yaml:12:3: admin.extra: unknown field `extra`, expected one of listen, max_connections, header_read_timeout, allowed_hosts, tap",
+            "test.yaml:14:1: colour: unknown field `colour`, expected one of service, inbound, upstreams, consul, etcd, admin, runtime, logging, tracing, config_source, tls, transparent",
         ]
     );
 }
@@ -409,7 +409,7 @@ upstreams:
         [
             "test.yaml:3:9: service.port: invalid u16",
             "test.yaml:5:18: runtime.drain_timeout: duration `5` has no unit: write e.g. \"5s\" or \"5ms\"",
-            "test.yaml:10:5: upstreams[0].retry: unknown field `retry`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, hedge, rate_limit, circuit_breaker, outlier_detection, max_concurrent_requests, adaptive_concurrency, fault, tls, backends, routes, limits, upgrades, path_normalization",
+            "test.yaml:10:5: upstreams[0].retry: unknown field `retry`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, hedge, rate_limit, request_token, circuit_breaker, outlier_detection, max_concurrent_requests, adaptive_concurrency, fault, tls, backends, routes, limits, upgrades, path_normalization",
         ]
     );
 }
@@ -484,7 +484,7 @@ fn a_misplaced_section_is_an_unknown_key() {
     assert_eq!(
         errors(text),
         [
-            "test.yaml:2:1: routes: unknown field `routes`, expected one of service, inbound, upstreams, consul, admin, runtime, logging, tracing, config_source, tls, transparent"
+            "test.yaml:2:1: routes: unknown field `routes`, expected one of service, inbound, upstreams, consul, etcd, admin, runtime, logging, tracing, config_source, tls, transparent"
         ]
     );
 }
@@ -880,12 +880,12 @@ upstreams:
   - name: a
     listen: 127.0.0.1:1
     discovery:
-      etcd: { name: a }
+      zookeeper: { name: a }
 ";
     assert_eq!(
         errors(text),
         [
-            "test.yaml:6:7: upstreams[0].discovery.etcd: unknown variant `etcd`, expected one of static, consul, dns"
+            "test.yaml:6:7: upstreams[0].discovery.zookeeper: unknown variant `zookeeper`, expected one of static, consul, dns, etcd"
         ]
     );
 }
@@ -1112,14 +1112,14 @@ fn consul_semantic_errors() {
 fn otlp_defaults_and_invalid_values() {
     let config = parse_test(&format!("{SERVICE}tracing:\n  otlp: {{}}\n")).unwrap();
     let otlp = config.tracing.otlp.expect("otlp section");
-    assert_eq!(otlp.endpoint, "http://127.0.0.1:4318/v1/traces");
+    assert_eq!(otlp.endpoint, None);
     assert_eq!(otlp.sample_ratio, 1.0);
     assert_eq!((otlp.max_queue, otlp.batch_size), (2048, 512));
     assert_eq!(otlp.flush_interval, Duration::from_secs(1));
     assert!(parse_test(SERVICE).unwrap().tracing.otlp.is_none());
 
     let found = errors(&format!(
-        "{SERVICE}tracing:\n  otlp:\n    endpoint: https://collector/v1/traces\n    sample_ratio: 1.5\n    max_queue: 0\n    batch_size: 0\n    flush_interval: 0s\n"
+        "{SERVICE}tracing:\n  otlp:\n    endpoint: ftp://collector/v1/traces\n    sample_ratio: 1.5\n    max_queue: 0\n    batch_size: 0\n    flush_interval: 0s\n"
     ));
     let joined = found.join("\n");
     for path in [
@@ -1301,7 +1301,7 @@ fn route_errors_name_their_keys() {
     for expected in [
         "upstreams[0].backends.default: invalid backend name",
         "upstreams[0].backends.default.static: needs at least one endpoint",
-        "upstreams[0].backends.v2.subset: subsets select Consul instances",
+        "upstreams[0].backends.v2.subset: subsets select Consul or etcd instances",
         "upstreams[0].backends.eu.upstream: no upstream is named `nowhere`",
         "upstreams[0].routes[0].name: invalid route name `Bad`",
         "upstreams[0].routes[0].match.path: must start with `/`",
@@ -1365,12 +1365,112 @@ fn admin_limits_and_hosts_are_checked() {
 }
 
 #[test]
+fn jwt_defaults_and_bad_values() {
+    let good = format!(
+        "{SERVICE}inbound:\n  jwt:\n    providers:\n\
+         \x20     - {{ name: a, issuer: https://a, jwks: {{ url: \"https://a/jwks\" }} }}\n"
+    );
+    let config = parse_test(&good).expect("valid");
+    let jwt = config.inbound.unwrap().jwt.unwrap();
+    let provider = &jwt.providers[0];
+    assert!(!jwt.required && jwt.rules.is_empty() && !provider.forward);
+    assert_eq!(
+        (provider.leeway, provider.cache_size),
+        (Duration::from_secs(60), 1000)
+    );
+    assert_eq!(
+        provider.jwks.as_ref().unwrap().refresh,
+        Duration::from_secs(300)
+    );
+
+    let bad = format!(
+        "{SERVICE}inbound:\n  jwt:\n    rules: [{{ prefix: api, required: true }}]\n    providers:\n\
+         \x20     - {{ name: a, issuer: \"\", jwks: {{ url: \"ftp://a\" }}, secret: short }}\n\
+         \x20     - {{ name: a, issuer: i, jwks: {{ file: /k, url: \"http://a\", refresh: 0s }} }}\n\
+         \x20     - {{ name: b, issuer: i, secret: 0123456789abcdef0123456789abcdef, from: {{ header: x, cookie: y }} }}\n\
+         \x20     - {{ name: c, issuer: i, jwks: {{ url: \"http://a\", ca_file: /ca }}, claims_to_headers: {{ sub: host, \"a..b\": x-ok, email: \"bad header\" }} }}\n"
+    );
+    assert_eq!(
+        key_paths(&errors(&bad)),
+        [
+            "inbound.jwt.rules[0].prefix",
+            "inbound.jwt.providers[0]",
+            "inbound.jwt.providers[0].issuer",
+            "inbound.jwt.providers[1].name",
+            "inbound.jwt.providers[1].jwks",
+            "inbound.jwt.providers[1].jwks.refresh",
+            "inbound.jwt.providers[2].from",
+            "inbound.jwt.providers[3].jwks.ca_file",
+            "inbound.jwt.providers[3].claims_to_headers.sub",
+            "inbound.jwt.providers[3].claims_to_headers.a..b",
+            "inbound.jwt.providers[3].claims_to_headers.email",
+        ]
+    );
+    let unknown = format!("{SERVICE}inbound: {{ jwt: {{ providers: [], requierd: true }} }}\n");
+    assert!(
+        errors(&unknown)[0].contains("inbound.jwt"),
+        "{:?}",
+        errors(&unknown)
+    );
+}
+
+#[test]
+fn request_token_defaults_and_bad_values() {
+    let good = format!(
+        "{SERVICE}upstreams:\n  - name: a\n    listen: 127.0.0.1:1\n    discovery: {{ static: [127.0.0.1:2] }}\n\
+         \x20   request_token: {{ file: /var/run/secrets/token }}\n"
+    );
+    let config = parse_test(&good).expect("valid");
+    let token = config.upstreams[0].request_token.as_ref().unwrap();
+    assert_eq!(
+        (token.header.as_str(), token.overwrite),
+        ("authorization", false)
+    );
+    assert_eq!(token.reload_interval, Duration::from_secs(5));
+
+    let bad = format!(
+        "{SERVICE}upstreams:\n  - name: a\n    listen: 127.0.0.1:1\n    discovery: {{ static: [127.0.0.1:2] }}\n\
+         \x20   request_token: {{ file: /t, header: host, reload_interval: 0s }}\n\
+         \x20   routes:\n      - {{ name: r, request_token: {{ file: /t, header: \"x y\" }} }}\n\
+         \x20 - name: t\n    listen: 127.0.0.1:3\n    protocol: tcp\n    discovery: {{ static: [127.0.0.1:2] }}\n\
+         \x20   request_token: {{ file: /t }}\n"
+    );
+    assert_eq!(
+        key_paths(&errors(&bad)),
+        [
+            "upstreams[0].request_token.header",
+            "upstreams[0].request_token.reload_interval",
+            "upstreams[0].routes[0].request_token.header",
+            "upstreams[1].request_token",
+        ]
+    );
+}
+
+#[test]
+fn admin_tap_rate_and_redacted_header_names_are_checked() {
+    assert_eq!(
+        errors(
+            "service: { name: web }\n\
+             admin: { tap: { max_events_per_second: 0, redact_headers: [x-api-key, \"bad header\"] } }\n"
+        ),
+        [
+            "test.yaml:2:40: admin.tap.max_events_per_second: must be greater than zero (turn the tap off with max_subscribers: 0)",
+            "test.yaml:2:71: admin.tap.redact_headers[1]: `bad header` is not a header name",
+        ]
+    );
+    let config = parse_test("service: { name: web }\n").unwrap();
+    assert_eq!(config.admin.tap.max_subscribers, 4);
+    assert_eq!(config.admin.tap.max_events_per_second, 100);
+}
+
+#[test]
 fn inbound_authorization_rules_and_their_errors() {
     let good = format!(
         "{SERVICE}tls: {{ cert: /c.pem, key: /k.pem, ca: /ca.pem }}\n\
-         inbound:\n  authorization:\n    rules:\n\
+         inbound:\n  jwt:\n    providers: [{{ name: corp, issuer: https://corp, jwks: {{ url: \"https://corp/jwks\" }} }}]\n\
+         \x20 authorization:\n    rules:\n\
          \x20     - name: reports\n        action: allow\n        identities: [web]\n\
-         \x20       jwt: {{ sub: alice, claims: [{{ name: [org, id], value: acme }}, {{ name: tier, value: gold }}] }}\n\
+         \x20       jwt: {{ provider: corp, sub: alice, claims: [{{ name: [org, id], value: acme }}, {{ name: tier, value: gold }}] }}\n\
          \x20       match: {{ path: {{ prefix: /reports }}, methods: [GET] }}\n"
     );
     let config = parse_test(&good).expect("valid rules");
@@ -1392,11 +1492,22 @@ fn inbound_authorization_rules_and_their_errors() {
             "test.yaml:7:47: inbound.authorization.rules[0].identities: needs the top-level `tls` section: without mTLS no caller has an identity",
             "test.yaml:7:48: inbound.authorization.rules[0].identities[0]: `https://td/web`: only spiffe:// IDs are identities",
             "test.yaml:8:17: inbound.authorization.rules[1].name: duplicate rule name `a`",
+            "test.yaml:8:39: inbound.authorization.rules[1].jwt: needs `inbound.jwt`: without it no request has verified claims",
             "test.yaml:8:46: inbound.authorization.rules[1].jwt.sub: must not be empty",
             "test.yaml:8:67: inbound.authorization.rules[1].jwt.claims[0].name: needs a claim name, or a list of non-empty names for a nested claim",
             "test.yaml:9:17: inbound.authorization.rules[2].name: invalid rule name `B`: use lowercase letters, digits, `_` and `-`, starting with a letter or digit",
             "test.yaml:9:50: inbound.authorization.rules[2].match.path: must start with `/`",
             "test.yaml:9:74: inbound.authorization.rules[2].match.methods[0]: invalid method `get`: use upper case, e.g. GET",
+        ]
+    );
+    let unknown_provider = format!(
+        "{SERVICE}inbound:\n  jwt:\n    providers: [{{ name: corp, issuer: https://corp, jwks: {{ url: \"https://corp/jwks\" }} }}]\n\
+         \x20 authorization:\n    rules: [{{ name: a, action: allow, jwt: {{ provider: crop }} }}]\n"
+    );
+    assert_eq!(
+        errors(&unknown_provider),
+        [
+            "test.yaml:8:56: inbound.authorization.rules[0].jwt.provider: `crop` is not one of inbound.jwt.providers"
         ]
     );
     let misspelt = format!(

@@ -20,6 +20,7 @@ use super::limits::ListenerLimits;
 use super::path_normalization::PathNormalization;
 use super::pool::ConnectionPool;
 use super::rate_limit::RateLimitConfig;
+use super::request_token::RequestTokenConfig;
 use super::resilience::{CircuitBreakerConfig, FaultConfig, OutlierDetection, RetryPolicy};
 use super::routing::{BackendConfig, RouteConfig};
 use super::service::ServiceProtocol;
@@ -58,6 +59,9 @@ pub struct UpstreamConfig {
     pub hedge: Option<HedgePolicy>,
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// A token from a file attached to every request (routes may override it).
+    #[serde(default)]
+    pub request_token: Option<RequestTokenConfig>,
     #[serde(default)]
     pub circuit_breaker: Option<CircuitBreakerConfig>,
     #[serde(default)]

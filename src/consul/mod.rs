@@ -32,6 +32,7 @@ use std::time::Duration;
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
 
 use crate::config::{ConsulConfig, Secret};
+use crate::error::error_chain;
 
 pub use health::ServiceEntry;
 
@@ -401,18 +402,6 @@ fn excerpt(body: &[u8]) -> String {
         excerpt.push('…');
     }
     excerpt.trim().to_owned()
-}
-
-/// An error with its causes (reqwest hides the interesting part in them).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A body from Consul's API documentation, kept in `tests/fixtures/consul-api/`.

@@ -5,16 +5,14 @@
 //!
 //! A change reaches the balancers as soon as Consul answers (a blocking
 //! query returns at once on change); an unchanged catalog costs one query
-//! per `consul.wait`. Queries start at least [`blocking::MIN_INTERVAL`]
+//! per `consul.wait`. Queries start at least [`backoff::MIN_INTERVAL`](crate::backoff::MIN_INTERVAL)
 //! apart, and errors back off exponentially.
 //!
 //! Fail static: when Consul is unreachable, slow, or answers an error or
-//! garbage, the upstreams keep their last known endpoints indefinitely.
-//! A warning is logged when a watch starts failing and an info line when it
-//! recovers — once per state change, not per attempt; every failed query
-//! counts in `remora_discovery_errors_total{upstream}`. Every successful
-//! answer sets `remora_discovery_last_update_timestamp_seconds{upstream}`
-//! (the age of the endpoint set is `time()` minus that).
+//! garbage, the upstreams keep their last known endpoints indefinitely,
+//! with the logs and metrics of `discovery::FailStatic` (the age of the
+//! endpoint set is `time()` minus
+//! `remora_discovery_last_update_timestamp_seconds{upstream}`).
 //!
 //! Which instances of an answer become endpoints ([`instances`]): critical
 //! ones never, warning ones only when the discovery is not `passing_only`;
@@ -25,13 +23,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::backoff::Pacer;
 use crate::config::{ConsulConfig, ConsulDiscovery};
-use crate::consul::blocking::{Pacer, next_index};
+use crate::consul::blocking::next_index;
 use crate::consul::health::{Health, ServiceEntry};
 use crate::consul::{Client, HealthQuery};
-use crate::discovery::{EndpointSink, Instance};
+use crate::discovery::{EndpointSink, FailStatic, Instance};
 use crate::drain::Drain;
-use crate::telemetry::metrics;
 
 /// The query an upstream's `discovery.consul` asks for; its datacenter
 /// defaults to `consul.datacenter`.
@@ -65,9 +63,6 @@ impl Watches {
     /// Starts one task per distinct query; each stops when the drain starts.
     pub fn spawn(self, client: Arc<Client>, drain: &Drain) {
         for (query, upstreams) in self.0 {
-            for upstream in &upstreams {
-                metrics::register_discovery(upstream.name());
-            }
             let mut drain = drain.clone();
             let watch = watch(Arc::clone(&client), query, upstreams);
             tokio::spawn(async move {
@@ -82,43 +77,20 @@ impl Watches {
 
 /// Runs one watch forever.
 async fn watch(client: Arc<Client>, query: HealthQuery, upstreams: Vec<Arc<dyn EndpointSink>>) {
-    let names: Vec<&str> = upstreams.iter().map(|u| u.name()).collect();
-    let names = names.join(",");
-    tracing::info!(service = %query.service, upstreams = %names, "watching Consul");
+    let mut state = FailStatic::new("Consul", &query.service, upstreams);
     let mut pacer = Pacer::new();
     let mut index = 0;
-    let mut current: Option<Vec<Instance>> = None;
-    let mut failing = false;
     loop {
         pacer.turn().await;
         match client.health(&query, index).await {
             Ok(answer) => {
                 pacer.succeeded();
-                if failing {
-                    failing = false;
-                    tracing::info!(service = %query.service, upstreams = %names, "Consul discovery recovered");
-                }
                 index = next_index(index, answer.index);
-                let instances = instances(&answer.entries, query.passing_only);
-                if current.as_ref() != Some(&instances) {
-                    tracing::info!(service = %query.service, upstreams = %names, endpoints = instances.len(), "Consul endpoints changed");
-                    for upstream in &upstreams {
-                        upstream.set_instances(&instances);
-                    }
-                    current = Some(instances);
-                }
-                for upstream in &upstreams {
-                    metrics::discovery_updated(upstream.name());
-                }
+                state.answered();
+                state.publish(instances(&answer.entries, query.passing_only));
             }
             Err(error) => {
-                for upstream in &upstreams {
-                    metrics::discovery_error(upstream.name());
-                }
-                if !failing {
-                    failing = true;
-                    tracing::warn!(service = %query.service, upstreams = %names, %error, "Consul discovery failing; keeping the last known endpoints");
-                }
+                state.failed(&error);
                 tokio::time::sleep(pacer.failed()).await;
             }
         }
@@ -134,7 +106,7 @@ pub fn instances(entries: &[ServiceEntry], passing_only: bool) -> Vec<Instance> 
     } else {
         Health::Warning
     };
-    let mut instances: Vec<Instance> = entries
+    let instances = entries
         .iter()
         .filter(|entry| entry.health() <= worst)
         .filter_map(|entry| {
@@ -142,10 +114,9 @@ pub fn instances(entries: &[ServiceEntry], passing_only: bool) -> Vec<Instance> 
                 tracing::debug!(service = %entry.service.service, id = %entry.service.id, "instance has no IP address or no port; skipped");
                 return None;
             };
-            let weight = entry.weight();
-            (weight > 0).then(|| Instance {
+            Some(Instance {
                 addr,
-                weight,
+                weight: entry.weight(),
                 tags: entry.service.tags.clone(),
                 meta: (entry.service.meta.iter())
                     .map(|(key, value)| (key.clone(), value.clone()))
@@ -153,9 +124,7 @@ pub fn instances(entries: &[ServiceEntry], passing_only: bool) -> Vec<Instance> 
             })
         })
         .collect();
-    instances.sort_by_key(|instance| instance.addr);
-    instances.dedup_by_key(|instance| instance.addr);
-    instances
+    Instance::sorted(instances)
 }
 
 #[cfg(test)]

@@ -1,13 +1,19 @@
 //! Where upstream endpoints come from. `static` lists are applied once when
-//! the upstream is built (see `app.rs`); `consul` and `dns` run watches that
-//! update upstreams' endpoint sets, failing static. Consul instances keep
-//! their tags and meta ([`Instance`]) so that routing subsets can select them.
+//! the upstream is built (see `app.rs`); `consul`, `etcd` and `dns` run
+//! watches that update upstreams' endpoint sets, failing static (the
+//! registries' shared bookkeeping is `fail_static`). Consul and etcd
+//! instances keep their tags and meta ([`Instance`]) so that routing subsets
+//! can select them.
 //! The watches feed an [`EndpointSink`], which `upstream::Upstream`
 //! implements: discovery sits below the upstreams it feeds.
 
 pub mod consul;
 pub mod dns;
+pub mod etcd;
+mod fail_static;
 pub mod instances;
+
+pub use fail_static::FailStatic;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,7 +25,8 @@ use crate::endpoint::WeightedAddr;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
     pub addr: SocketAddr,
-    /// Balancing weight (≥ 1): Consul's `Service.Weights` for its health.
+    /// Balancing weight (≥ 1): Consul's `Service.Weights` for its health,
+    /// etcd's `weight`.
     pub weight: u32,
     pub tags: Vec<String>,
     pub meta: BTreeMap<String, String>,
@@ -30,6 +37,15 @@ impl Instance {
     pub fn is_in(&self, subset: &SubsetConfig) -> bool {
         subset.tags.iter().all(|tag| self.tags.contains(tag))
             && (subset.meta.iter()).all(|(key, value)| self.meta.get(key) == Some(value))
+    }
+
+    /// `instances` as a set: sorted by address, one instance per address
+    /// (the first), without those of weight 0 (they get no traffic).
+    pub fn sorted(mut instances: Vec<Instance>) -> Vec<Instance> {
+        instances.retain(|instance| instance.weight > 0);
+        instances.sort_by_key(|instance| instance.addr);
+        instances.dedup_by_key(|instance| instance.addr);
+        instances
     }
 }
 
@@ -42,7 +58,7 @@ pub trait EndpointSink: Send + Sync {
     fn set_weighted_endpoints(&self, endpoints: &[WeightedAddr]);
 
     /// Replaces the endpoint set with these instances, whose tags and meta
-    /// feed routing subsets (Consul discovery).
+    /// feed routing subsets (Consul and etcd discovery).
     fn set_instances(&self, instances: &[Instance]);
 }
 

@@ -6,7 +6,8 @@
 //! else in it takes effect — but the setting keeps its running value, and
 //! the caller logs a warning naming the key. Of `tls`, only the
 //! authorization rules (`tls.authorization.default`, `allow`, `deny`,
-//! `until_intentions_load`) are live. The Consul registration is made once, at start, so what it
+//! `until_intentions_load`) are live. The Consul registration is made once, at start (the etcd
+//! registration too, with the start's `etcd` section), so what it
 //! registers is fixed: `service.register`, `id`, `tags`, `meta`, `check`,
 //! `consul.sync_interval`, and — while registered — `service.address` and
 //! `service.port` (the address the agent advertises; unregistered, they are
@@ -47,6 +48,10 @@ pub fn keep_fixed(running: &Config, next: &mut Config) -> Vec<&'static str> {
         (
             "admin.allowed_hosts",
             restore(&running.admin.allowed_hosts, &mut next.admin.allowed_hosts),
+        ),
+        (
+            "admin.tap",
+            restore(&running.admin.tap, &mut next.admin.tap),
         ),
         (
             "logging.level",

@@ -140,7 +140,7 @@ impl MeshSecurity {
     ) -> anyhow::Result<Option<Arc<UpstreamTls>>> {
         let consul = match &upstream.discovery {
             Discovery::Consul(consul) => Some(consul),
-            Discovery::Static(_) | Discovery::Dns(_) => None,
+            Discovery::Static(_) | Discovery::Dns(_) | Discovery::Etcd(_) => None,
         };
         let settings = upstream.tls.clone().unwrap_or_default();
         let enabled = settings

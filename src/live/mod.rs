@@ -13,7 +13,7 @@
 //! with that error and leaves the proxy exactly as it was. What each
 //! configuration asks is in `spec`; each site (the inbound application, an
 //! upstream) is planned and committed in `site`, the transparent listener
-//! in `transparent`, the Consul watches in `consul`.
+//! in `transparent`, the Consul and etcd watches in `registry`.
 //!
 //! **Changes are detected by comparing config values** (`PartialEq`), never
 //! their serialized or `/config` forms, which redact secrets: a changed
@@ -68,7 +68,8 @@
 //! timeouts are unchanged — and its breaker while the breaker's settings are
 //! unchanged. A static endpoint list is applied in place. A Consul watch
 //! (one per distinct query) or a DNS task is restarted only when the
-//! upstreams it feeds, its own settings or the `consul` section changed; an
+//! upstreams it feeds, its own settings or the `consul` section changed (an
+//! etcd watch, one per service, likewise with the `etcd` section); an
 //! upstream whose discovery changed keeps its current endpoints until the
 //! new source answers, like discovery's fail-static.
 //!
@@ -77,10 +78,10 @@
 //! and each meshed upstream's TLS origination (an unchanged one compares
 //! equal, so its upstream is kept).
 
-mod consul;
 mod fixed;
 mod listening;
 mod mesh;
+mod registry;
 mod site;
 mod spec;
 mod swap;
@@ -92,18 +93,18 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use crate::config::{Config, ConsulConfig, Discovery};
+use crate::config::{Config, ConsulConfig, Discovery, EtcdConfig};
 use crate::context::Direction;
 use crate::drain::DrainController;
 use crate::routing::backends::Backends;
-use crate::telemetry::spans::SpanExporter;
+use crate::telemetry::sinks::RequestSinks;
 use crate::upstream::{BackendSet, Upstream, UpstreamSet};
 
-use consul::{ConsulWatches, commit_consul, plan_client};
 pub use fixed::keep_fixed;
 pub(crate) use listening::bind;
 use listening::{Listening, remove_listener};
 pub use mesh::MeshSecurity;
+use registry::{ConsulWatches, EtcdWatches, PlannedClient, commit_consul, commit_etcd};
 use site::{Planned, Site, commit_site};
 use spec::specs;
 use transparent::{
@@ -143,7 +144,7 @@ pub struct LiveProxy {
     upstreams: Arc<UpstreamSet>,
     backend_upstreams: Arc<BackendSet>,
     /// Fixed for the process (`tracing.otlp` cannot change live).
-    spans: Option<SpanExporter>,
+    sinks: RequestSinks,
     /// Fixed for the process (`tls`, but its authorization rules).
     mesh: Option<MeshSecurity>,
 }
@@ -155,6 +156,7 @@ struct State {
     sites: Vec<Site>,
     transparent: Option<TransparentSite>,
     consul: Option<ConsulWatches>,
+    etcd: Option<EtcdWatches>,
     /// Accept loops of removed or replaced listeners, draining.
     retired: Vec<DrainController>,
 }
@@ -173,21 +175,23 @@ struct Plan {
     listeners: Vec<Planned>,
     transparent: Option<PlannedTransparent>,
     /// `None` when no upstream uses Consul.
-    consul: Option<(ConsulConfig, Arc<crate::consul::Client>)>,
+    consul: Option<PlannedClient<ConsulConfig, crate::consul::Client>>,
+    /// `None` when no upstream uses etcd.
+    etcd: Option<PlannedClient<EtcdConfig, crate::etcd::Client>>,
     kept_fixed: Vec<&'static str>,
 }
 
 impl LiveProxy {
     pub fn new(
         upstreams: Arc<UpstreamSet>,
-        spans: Option<SpanExporter>,
+        sinks: RequestSinks,
         mesh: Option<MeshSecurity>,
     ) -> Self {
         Self {
             state: Mutex::default(),
             upstreams,
             backend_upstreams: Arc::default(),
-            spans,
+            sinks,
             mesh,
         }
     }
@@ -258,6 +262,9 @@ impl LiveProxy {
         if let Some(consul) = state.consul.take() {
             consul.stop();
         }
+        if let Some(etcd) = state.etcd.take() {
+            etcd.stop();
+        }
         let mut accepting = std::mem::take(&mut state.retired);
         // Dropping a listener closes its socket once its accept loop has stopped.
         for site in std::mem::take(&mut state.sites) {
@@ -296,9 +303,26 @@ impl LiveProxy {
         let uses_consul = (listeners.iter()).any(|l| matches!(l.discovery, Discovery::Consul(_)))
             || config.shares_quotas();
         let consul = if uses_consul {
-            Some(plan_client(state, &config.consul)?)
+            let build = crate::consul::Client::from_config;
+            Some(ConsulWatches::plan_client(
+                state.consul.as_ref(),
+                &config.consul,
+                build,
+            )?)
         } else {
             None
+        };
+        let uses_etcd = (listeners.iter()).any(|l| matches!(l.discovery, Discovery::Etcd(_)));
+        let etcd = match &config.etcd {
+            Some(section) if uses_etcd => {
+                let build = crate::etcd::Client::from_config;
+                Some(EtcdWatches::plan_client(
+                    state.etcd.as_ref(),
+                    section,
+                    build,
+                )?)
+            }
+            _ => None,
         };
         // Nothing below can fail. Routing backends may name any upstream, so
         // stacks are planned once every upstream is.
@@ -322,6 +346,7 @@ impl LiveProxy {
             listeners,
             transparent,
             consul,
+            etcd,
             kept_fixed,
         })
     }
@@ -347,7 +372,14 @@ impl LiveProxy {
         commit_transparent(state, plan.transparent, &plan.config);
         let own_service =
             (plan.config.shares_quotas()).then_some(plan.config.service.name.as_str());
-        commit_consul(state, plan.consul, &plan.config.consul, own_service);
+        state.consul = commit_consul(
+            &state.sites,
+            state.consul.take(),
+            plan.consul,
+            &plan.config.consul,
+            own_service,
+        );
+        state.etcd = commit_etcd(&state.sites, state.etcd.take(), plan.etcd);
         let upstreams = (state.sites.iter()).map(|site| Arc::clone(&site.upstream));
         self.upstreams.store(Arc::new(upstreams.collect()));
         let backends = (state.sites.iter())

@@ -101,7 +101,7 @@ impl LiveProxy {
             None => {
                 let endpoints = match &spec.discovery {
                     Discovery::Static(endpoints) => weighted(endpoints),
-                    Discovery::Consul(_) | Discovery::Dns(_) => Vec::new(),
+                    Discovery::Consul(_) | Discovery::Dns(_) | Discovery::Etcd(_) => Vec::new(),
                 };
                 Arc::new(Upstream::new(spec.settings.clone(), &endpoints))
             }
@@ -174,7 +174,7 @@ impl LiveProxy {
                     Some(discoverer)
                 }
             }
-            Discovery::Static(_) | Discovery::Consul(_) => None,
+            Discovery::Static(_) | Discovery::Consul(_) | Discovery::Etcd(_) => None,
         };
 
         Ok(Planned {
@@ -227,7 +227,7 @@ impl LiveProxy {
                         section,
                         &config.tracing,
                         access_log,
-                        self.spans.clone(),
+                        self.sinks.clone(),
                         authorizer.cloned(),
                     ));
                 }
@@ -248,7 +248,7 @@ impl LiveProxy {
                         section,
                         &config.tracing,
                         access_log,
-                        self.spans.clone(),
+                        self.sinks.clone(),
                     ));
                     planned.backends = Some(Arc::new(backends));
                 }

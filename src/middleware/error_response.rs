@@ -16,7 +16,7 @@ use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
 use crate::context::ServedBy;
-use crate::error::{ErrorKind, ProxyError};
+use crate::error::{ErrorKind, ProxyError, TokenRejection};
 use crate::headers::{X_REMORA_ERROR, is_grpc};
 
 /// HTTP status of a proxy-made response.
@@ -39,6 +39,7 @@ pub fn http_status(error: &ProxyError) -> StatusCode {
                 StatusCode::BAD_REQUEST
             }
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
         },
     }
 }
@@ -62,8 +63,9 @@ pub fn grpc_status(error: &ProxyError) -> u16 {
             ErrorKind::Timeout => 4,     // DEADLINE_EXCEEDED
             ErrorKind::RateLimited => 8, // RESOURCE_EXHAUSTED
             ErrorKind::ClientBody | ErrorKind::BadRequest | ErrorKind::UpstreamProtocol => 13, // INTERNAL
-            ErrorKind::Forbidden => 7, // PERMISSION_DENIED
-            ErrorKind::BadPath => 3,   // INVALID_ARGUMENT
+            ErrorKind::Forbidden => 7,        // PERMISSION_DENIED
+            ErrorKind::BadPath => 3,          // INVALID_ARGUMENT
+            ErrorKind::Unauthenticated => 16, // UNAUTHENTICATED
         },
     }
 }
@@ -100,11 +102,31 @@ pub fn error_response(error: &ProxyError, grpc: bool) -> Response<ResponseBody> 
         let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
     }
+    if let ProxyError::Unauthenticated(reason) = error {
+        headers.insert(header::WWW_AUTHENTICATE, bearer_challenge(*reason));
+    }
     response.extensions_mut().insert(kind);
+    if let Some(detail) = error.detail() {
+        response.extensions_mut().insert(detail);
+    }
     if let Some(addr) = error.endpoint() {
         response.extensions_mut().insert(ServedBy(addr));
     }
     response
+}
+
+/// The `www-authenticate` challenge of RFC 6750 §3: a request without a
+/// token gets `Bearer` alone (§3.1: no error code when no credentials were
+/// sent), an invalid token `Bearer error="invalid_token"` with what was
+/// wrong (never the token).
+fn bearer_challenge(reason: TokenRejection) -> HeaderValue {
+    match reason {
+        TokenRejection::Missing => HeaderValue::from_static("Bearer"),
+        _ => HeaderValue::from_str(&format!(
+            "Bearer error=\"invalid_token\", error_description=\"{reason}\""
+        ))
+        .unwrap_or(HeaderValue::from_static("Bearer error=\"invalid_token\"")),
+    }
 }
 
 /// `grpc-message` is percent-encoded (gRPC over HTTP/2 spec): every byte

@@ -10,7 +10,11 @@
 //! bodies and lets the `grpc-status` from trailers be logged. With
 //! `tracing.otlp`, a sampled request's span is handed to the exporter there
 //! too (SERVER on inbound, CLIENT on outbound), with the retry count the
-//! retry layer reported through a [`RetryCount`] extension.
+//! retry layer reported through a [`RetryCount`] extension. While a live tap
+//! stream is open (`telemetry::tap`; checked with one atomic load, nothing
+//! is captured otherwise), the access-log record — summary and outcome —
+//! with the retries and, when a stream asked, the headers, is published to
+//! it too.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
-use http::{Request, Response, header};
+use http::{HeaderMap, Request, Response, header};
 use metrics::Gauge;
 use tokio::time::Instant;
 use tower::{Layer, Service};
@@ -29,11 +33,13 @@ use crate::context::Direction;
 use crate::context::RetryCount;
 use crate::context::ServedBy;
 use crate::context::TraceContext;
-use crate::error::ErrorKind;
+use crate::error::{ErrorDetail, ErrorKind};
 use crate::headers::grpc_status;
 use crate::telemetry::access_log::{self, RequestOutcome, RequestSummary};
 use crate::telemetry::metrics::{RequestMetrics, in_flight_gauge};
-use crate::telemetry::spans::{SpanExporter, SpanRecord};
+use crate::telemetry::sinks::RequestSinks;
+use crate::telemetry::spans::SpanRecord;
+use crate::telemetry::tap::{Tap, TapEvent};
 use crate::telemetry::totals::{Finished, RequestTotals};
 
 /// Which route answered a request: set by `routing` in the response's
@@ -60,8 +66,8 @@ impl RouteLabel {
     }
 
     /// Counts one finished request of this route.
-    pub fn record(&self, status: u16, duration: Duration) {
-        self.0.metrics.record(status, duration, None);
+    pub fn record(&self, status: u16, duration: Duration, trace_id: Option<u128>) {
+        self.0.metrics.record(status, duration, None, trace_id);
     }
 }
 
@@ -74,8 +80,8 @@ struct ListenerObserver {
     in_flight: Gauge,
     /// Share of requests logged: 0 (off) to 1 (all).
     access_log: f64,
-    /// Where sampled spans go, when `tracing.otlp` is set.
-    spans: Option<SpanExporter>,
+    /// The span exporter (with `tracing.otlp`) and the live tap.
+    sinks: RequestSinks,
 }
 
 /// One request in flight; takes itself off the gauge when dropped.
@@ -98,7 +104,7 @@ impl ObserveLayer {
         upstream: &str,
         totals: Arc<RequestTotals>,
         access_log: f64,
-        spans: Option<SpanExporter>,
+        sinks: RequestSinks,
     ) -> Self {
         Self {
             observer: Arc::new(ListenerObserver {
@@ -108,7 +114,7 @@ impl ObserveLayer {
                 totals,
                 in_flight: in_flight_gauge(direction, upstream),
                 access_log,
-                spans,
+                sinks,
             }),
         }
     }
@@ -147,14 +153,26 @@ where
         let started = Instant::now();
         let share = self.observer.access_log;
         let logged = share >= 1.0 || (share > 0.0 && fastrand::f64() < share);
-        let summary = logged.then(|| RequestSummary::of(&request));
+        let tap = self
+            .observer
+            .sinks
+            .tap
+            .listening()
+            .then(|| TapStart::of(&mut request, &self.observer.sinks.tap));
+        let summary = (logged || tap.is_some()).then(|| RequestSummary::of(&request));
         self.observer.in_flight.increment(1.0);
         let active = Active(Arc::clone(&self.observer));
         let span = self
             .observer
+            .sinks
             .spans
             .as_ref()
             .and_then(|_| SpanStart::of(&mut request));
+        let trace_id = request
+            .extensions()
+            .get::<TraceContext>()
+            .filter(|context| context.sampled)
+            .map(|context| context.trace_id);
         let method = request.method().clone();
         let path_and_query = request.uri().path_and_query().cloned();
         let response = self.inner.call(request);
@@ -164,11 +182,13 @@ where
             let head_grpc_status = grpc_status(response.headers());
             let endpoint = response.extensions().get::<ServedBy>().map(|s| s.0);
             let error = response.extensions().get::<ErrorKind>().copied();
+            let error_detail = response.extensions().get::<ErrorDetail>().copied();
             let route = response.extensions().get::<RouteLabel>().cloned();
+            let tap = tap.map(|start| start.responded(response.headers()));
             response.body_mut().on_end(Box::new(move |end: BodyEnd| {
                 let observer = &active.0;
                 let duration = started.elapsed();
-                observer.metrics.record(status, duration, error);
+                observer.metrics.record(status, duration, error, trace_id);
                 observer.totals.record(&Finished {
                     status,
                     duration,
@@ -178,7 +198,7 @@ where
                     endpoint,
                 });
                 if let Some(route) = &route {
-                    route.record(status, duration);
+                    route.record(status, duration, trace_id);
                 }
                 let route_name = route.as_ref().map(RouteLabel::name);
                 if let Some(summary) = summary {
@@ -192,10 +212,23 @@ where
                         duration_ms: duration.as_secs_f64() * 1e3,
                         bytes: end.bytes,
                         error,
+                        error_detail,
                     };
-                    access_log::log(&summary, &outcome);
+                    if logged {
+                        access_log::log(&summary, &outcome);
+                    }
+                    if let Some(tap) = tap {
+                        let event = TapEvent::new(
+                            &summary,
+                            &outcome,
+                            duration,
+                            tap.retries.get(),
+                            tap.headers,
+                        );
+                        observer.sinks.tap.publish(event);
+                    }
                 }
-                if let (Some(span), Some(exporter)) = (span, &observer.spans) {
+                if let (Some(span), Some(exporter)) = (span, &observer.sinks.spans) {
                     exporter.submit(SpanRecord {
                         context: span.context,
                         direction: observer.direction,
@@ -216,6 +249,41 @@ where
             }));
             Ok(response)
         })
+    }
+}
+
+/// What the tap needs from a request besides its [`RequestSummary`], taken
+/// only while a tap stream is open.
+struct TapStart {
+    retries: RetryCount,
+    /// While a stream wants headers: the request's, then the response's.
+    request_headers: Option<HeaderMap>,
+}
+
+/// [`TapStart`] once the response head is known.
+struct TapResponded {
+    retries: RetryCount,
+    headers: Option<Box<(HeaderMap, HeaderMap)>>,
+}
+
+impl TapStart {
+    /// Gives the request a [`RetryCount`] (shared with the span's, if any).
+    fn of<B>(request: &mut Request<B>, tap: &Tap) -> Self {
+        Self {
+            retries: request
+                .extensions_mut()
+                .get_or_insert_default::<RetryCount>()
+                .clone(),
+            request_headers: tap.wants_headers().then(|| request.headers().clone()),
+        }
+    }
+
+    fn responded(self, response_headers: &HeaderMap) -> TapResponded {
+        TapResponded {
+            retries: self.retries,
+            headers: (self.request_headers)
+                .map(|request| Box::new((request, response_headers.clone()))),
+        }
     }
 }
 

@@ -1,23 +1,27 @@
 //! One access-log line per request (README: Admin, metrics and logs), as a `tracing` event on
 //! the `remora::access` target: timestamp, trace and span ids, request id,
 //! direction, upstream, route (with `routes:`), endpoint, method, authority, path (without the query,
-//! which may carry secrets), status, grpc_status, duration_ms, bytes, error.
+//! which may carry secrets), status, grpc_status, duration_ms, bytes, error, error_detail (why, where
+//! the kind has a reason: e.g. a refused JWT's `expired`).
 
 use std::net::SocketAddr;
 
 use http::{HeaderMap, Method, Request, header};
 
-use crate::error::ErrorKind;
+use crate::error::{ErrorDetail, ErrorKind};
 
 pub const TARGET: &str = "remora::access";
 
-/// What the access log needs from a request, captured before it is sent on.
+/// What the access log (and the tap) needs from a request, captured before
+/// it is sent on.
 pub struct RequestSummary {
-    method: Method,
-    authority: String,
-    path: String,
-    request_id: Option<String>,
-    trace: Option<(String, String)>,
+    pub method: Method,
+    pub authority: String,
+    /// Without the query.
+    pub path: String,
+    pub request_id: Option<String>,
+    /// Trace and span id of the request's `traceparent`.
+    pub trace: Option<(String, String)>,
 }
 
 impl RequestSummary {
@@ -52,6 +56,7 @@ pub struct RequestOutcome<'a> {
     pub duration_ms: f64,
     pub bytes: u64,
     pub error: Option<ErrorKind>,
+    pub error_detail: Option<ErrorDetail>,
 }
 
 pub fn log(request: &RequestSummary, outcome: &RequestOutcome<'_>) {
@@ -76,6 +81,7 @@ pub fn log(request: &RequestSummary, outcome: &RequestOutcome<'_>) {
         duration_ms = outcome.duration_ms,
         bytes = outcome.bytes,
         error = outcome.error.map(ErrorKind::as_str),
+        error_detail = outcome.error_detail.map(|detail| detail.0),
         "request"
     );
 }

@@ -13,6 +13,7 @@ use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 use crate::context::Direction;
 use crate::error::ErrorKind;
+use crate::telemetry::exemplars::SeriesExemplars;
 
 pub const REQUESTS_TOTAL: &str = "remora_requests_total";
 pub const REQUEST_DURATION: &str = "remora_request_duration_seconds";
@@ -26,10 +27,13 @@ pub const CONNECT_ERRORS_TOTAL: &str = "remora_upstream_connect_errors_total";
 pub const DISCOVERY_ERRORS_TOTAL: &str = "remora_discovery_errors_total";
 pub const DISCOVERY_LAST_UPDATE: &str = "remora_discovery_last_update_timestamp_seconds";
 pub const SERVICE_INSTANCES: &str = "remora_service_instances";
+pub const DISCOVERY_WATCH_UP: &str = "remora_discovery_watch_up";
 pub const CONFIG_RELOADS_TOTAL: &str = "remora_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "remora_config_last_reload_success_timestamp_seconds";
 pub const CONSUL_REGISTRATIONS_TOTAL: &str = "remora_consul_registrations_total";
 pub const CONSUL_REGISTERED: &str = "remora_consul_registered";
+pub const ETCD_REGISTRATIONS_TOTAL: &str = "remora_etcd_registrations_total";
+pub const ETCD_REGISTERED: &str = "remora_etcd_registered";
 pub const TCP_SENT_BYTES: &str = "remora_tcp_sent_bytes_total";
 pub const TCP_RECEIVED_BYTES: &str = "remora_tcp_received_bytes_total";
 pub const TRANSPARENT_CONNECTIONS_TOTAL: &str = "remora_transparent_connections_total";
@@ -57,6 +61,14 @@ pub fn connect_error(upstream: &str) {
 /// Shows an upstream's discovery metrics (at zero) before its first query.
 pub fn register_discovery(upstream: &str) {
     counter!(DISCOVERY_ERRORS_TOTAL, "upstream" => upstream.to_owned()).increment(0);
+    set_discovery_watch_up(upstream, false);
+}
+
+/// Whether the registry watch feeding `upstream` answers (1) or is failing
+/// and the upstream serves its last known endpoints (0; also before the
+/// first answer).
+pub fn set_discovery_watch_up(upstream: &str, up: bool) {
+    gauge!(DISCOVERY_WATCH_UP, "upstream" => upstream.to_owned()).set(f64::from(u8::from(up)));
 }
 
 /// Counts a failed discovery query for `upstream`.
@@ -102,34 +114,60 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
-/// Shows a Consul registration's metrics (at zero) before its first attempt.
-pub fn register_registration(service: &str) {
-    for result in ["success", "failure"] {
-        counter!(CONSUL_REGISTRATIONS_TOTAL, "service" => service.to_owned(), "result" => result)
-            .increment(0);
+/// A registry remora registers the service with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registry {
+    Consul,
+    Etcd,
+}
+
+impl Registry {
+    /// The names of its registration metrics: attempts, registered now.
+    fn metric_names(self) -> (&'static str, &'static str) {
+        match self {
+            Registry::Consul => (CONSUL_REGISTRATIONS_TOTAL, CONSUL_REGISTERED),
+            Registry::Etcd => (ETCD_REGISTRATIONS_TOTAL, ETCD_REGISTERED),
+        }
     }
-    set_registered(service, false);
 }
 
-/// Counts one attempt to register `service` with the Consul agent.
-pub fn registration_attempt(service: &str, success: bool) {
+/// Shows a registration's metrics (at zero) before its first attempt.
+pub fn register_registration(registry: Registry, service: &str) {
+    let (attempts, _) = registry.metric_names();
+    for result in ["success", "failure"] {
+        counter!(attempts, "service" => service.to_owned(), "result" => result).increment(0);
+    }
+    set_registered(registry, service, false);
+}
+
+/// Counts one attempt to register `service` with `registry`.
+pub fn registration_attempt(registry: Registry, service: &str, success: bool) {
+    let (attempts, _) = registry.metric_names();
     let result = if success { "success" } else { "failure" };
-    counter!(CONSUL_REGISTRATIONS_TOTAL, "service" => service.to_owned(), "result" => result)
-        .increment(1);
+    counter!(attempts, "service" => service.to_owned(), "result" => result).increment(1);
 }
 
-/// Whether the Consul agent has `service` registered, as far as remora knows.
-pub fn set_registered(service: &str, registered: bool) {
-    gauge!(CONSUL_REGISTERED, "service" => service.to_owned()).set(f64::from(u8::from(registered)));
+/// Whether `registry` has `service` registered, as far as remora knows.
+pub fn set_registered(registry: Registry, service: &str, registered: bool) {
+    let (_, gauge_name) = registry.metric_names();
+    gauge!(gauge_name, "service" => service.to_owned()).set(f64::from(u8::from(registered)));
 }
 
 /// Request metrics of one listener (direction + upstream), or of one route
-/// of it (+ route, under the `remora_route_*` names).
+/// of it (+ route, under the `remora_route_*` names), with the trace-id
+/// exemplars of the duration histogram.
 pub struct RequestMetrics {
     direction: &'static str,
     upstream: Arc<str>,
     route: Option<Arc<str>>,
-    by_code: Box<[OnceLock<(Counter, Histogram)>]>,
+    by_code: Box<[OnceLock<CodeSeries>]>,
+}
+
+/// The series of one status code.
+struct CodeSeries {
+    requests: Counter,
+    durations: Histogram,
+    exemplars: Arc<SeriesExemplars>,
 }
 
 impl RequestMetrics {
@@ -150,31 +188,42 @@ impl RequestMetrics {
         }
     }
 
-    /// Counts one finished request and its duration.
-    pub fn record(&self, status: u16, duration: Duration, error: Option<ErrorKind>) {
-        let (requests, durations) = self.by_code[usize::from(status.clamp(100, 599)) - 100]
-            .get_or_init(|| {
-                let mut labels = vec![
-                    ("direction", self.direction.to_owned()),
-                    ("upstream", self.upstream.to_string()),
-                    ("code", status.to_string()),
-                ];
-                match &self.route {
-                    Some(route) => {
-                        labels.push(("route", route.to_string()));
-                        (
-                            counter!(ROUTE_REQUESTS_TOTAL, &labels),
-                            histogram!(ROUTE_REQUEST_DURATION, &labels),
-                        )
-                    }
-                    None => (
-                        counter!(REQUESTS_TOTAL, &labels),
-                        histogram!(REQUEST_DURATION, &labels),
-                    ),
+    /// Counts one finished request and its duration; `trace_id`, the
+    /// request's sampled trace, becomes the exemplar of its bucket.
+    pub fn record(
+        &self,
+        status: u16,
+        duration: Duration,
+        error: Option<ErrorKind>,
+        trace_id: Option<u128>,
+    ) {
+        let series = self.by_code[usize::from(status.clamp(100, 599)) - 100].get_or_init(|| {
+            let mut labels = vec![
+                ("direction", self.direction.to_owned()),
+                ("upstream", self.upstream.to_string()),
+                ("code", status.to_string()),
+            ];
+            let (requests, duration_name) = match &self.route {
+                Some(route) => {
+                    labels.push(("route", route.to_string()));
+                    (
+                        counter!(ROUTE_REQUESTS_TOTAL, &labels),
+                        ROUTE_REQUEST_DURATION,
+                    )
                 }
-            });
-        requests.increment(1);
-        durations.record(duration.as_secs_f64());
+                None => (counter!(REQUESTS_TOTAL, &labels), REQUEST_DURATION),
+            };
+            CodeSeries {
+                requests,
+                durations: histogram!(duration_name, &labels),
+                exemplars: SeriesExemplars::register(duration_name, &labels),
+            }
+        });
+        series.requests.increment(1);
+        series.durations.record(duration.as_secs_f64());
+        if let Some(trace_id) = trace_id {
+            series.exemplars.record(trace_id, duration);
+        }
         if let (Some(kind), None) = (error, &self.route) {
             counter!(PROXY_ERRORS_TOTAL,
                 "direction" => self.direction, "upstream" => self.upstream.to_string(), "kind" => kind.as_str())
@@ -492,4 +541,21 @@ pub fn transparent_connections(protocol: &'static str) -> Counter {
 /// connections, by `protocol` and `action` (`passthrough`, `refused`).
 pub fn transparent_unmatched(protocol: &'static str, action: &'static str) -> Counter {
     counter!(TRANSPARENT_UNMATCHED_TOTAL, "protocol" => protocol, "action" => action)
+}
+
+// ---- JWT --------------------------------------------------------------------
+
+pub const JWT_VALIDATIONS_TOTAL: &str = "remora_jwt_validations_total";
+pub const JWKS_FETCHES_TOTAL: &str = "remora_jwt_jwks_fetches_total";
+
+/// Tokens the JWT layer checked, by `provider` and `result` (`ok` or a
+/// `TokenRejection`; a missing token has no provider: `provider=""`).
+pub fn jwt_validations(provider: &str, result: &'static str) -> Counter {
+    counter!(JWT_VALIDATIONS_TOTAL, "provider" => provider.to_owned(), "result" => result)
+}
+
+/// Loads of a provider's JWKS (URL or file), `ok` or `error`.
+pub fn jwks_fetches(provider: &str, ok: bool) -> Counter {
+    let result = if ok { "ok" } else { "error" };
+    counter!(JWKS_FETCHES_TOTAL, "provider" => provider.to_owned(), "result" => result)
 }

@@ -12,6 +12,8 @@
 
 use std::fmt::Write as _;
 
+use crate::telemetry::catalogue;
+
 /// Clock ticks per second in `/proc` (`USER_HZ`).
 const USER_HZ: f64 = 100.0;
 
@@ -30,53 +32,34 @@ pub fn render() -> String {
         .as_deref()
         .and_then(resident_bytes)
     {
-        sample(
-            &mut out,
-            RESIDENT_MEMORY,
-            "gauge",
-            "Resident memory size in bytes.",
-            rss,
-        );
+        sample(&mut out, RESIDENT_MEMORY, rss);
     }
     if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
         // The directory handle being read is itself one of the entries.
         let fds = entries.count().saturating_sub(1);
-        sample(
-            &mut out,
-            OPEN_FDS,
-            "gauge",
-            "Number of open file descriptors.",
-            fds as f64,
-        );
+        sample(&mut out, OPEN_FDS, fds as f64);
     }
     if let Some(fields) = &fields {
         let cpu = (fields.utime + fields.stime) as f64 / USER_HZ;
-        sample(
-            &mut out,
-            CPU_SECONDS,
-            "counter",
-            "Total user and system CPU time spent in seconds.",
-            cpu,
-        );
+        sample(&mut out, CPU_SECONDS, cpu);
         if let Some(boot) = std::fs::read_to_string("/proc/stat")
             .ok()
             .as_deref()
             .and_then(boot_time)
         {
             let start = boot as f64 + fields.start_ticks as f64 / USER_HZ;
-            sample(
-                &mut out,
-                START_TIME,
-                "gauge",
-                "Start time of the process since unix epoch in seconds.",
-                start,
-            );
+            sample(&mut out, START_TIME, start);
         }
     }
     out
 }
 
-fn sample(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
+/// One metric with its help and type from the catalogue.
+fn sample(out: &mut String, name: &str, value: f64) {
+    let Some(metric) = catalogue::CATALOGUE.iter().find(|m| m.name == name) else {
+        return;
+    };
+    let (help, kind) = (metric.help(), metric.kind.as_str());
     // Writing to a String cannot fail.
     let _ = write!(
         out,

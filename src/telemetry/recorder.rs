@@ -8,6 +8,7 @@ use std::time::Duration;
 use metrics::gauge;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::telemetry::catalogue;
 use crate::telemetry::metrics::{
     BUILD_INFO, DURATION_BUCKETS, ENDPOINT_REQUEST_DURATION, REQUEST_DURATION,
     ROUTE_REQUEST_DURATION,
@@ -39,6 +40,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder)
                 .map_err(|_| "another metrics recorder is already installed".to_owned())?;
+            catalogue::describe();
             build_info();
             spawn_upkeep(handle.clone())?;
             Ok(handle)

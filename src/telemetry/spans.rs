@@ -1,4 +1,5 @@
-//! Span export over OTLP/HTTP protobuf (`tracing.otlp`).
+//! Span export over OTLP — HTTP/protobuf or gRPC (`tracing.otlp`,
+//! `otlp_transport`).
 //!
 //! The data path hands each finished, sampled request to [`SpanExporter::submit`],
 //! which only does a `try_send` on a bounded queue: a full queue drops the
@@ -6,19 +7,15 @@
 //! no request ever waits for export. One tokio task drains the queue into
 //! batches (at most `batch_size` spans, or whatever came within
 //! `flush_interval` of the batch's first span), encodes them as an
-//! `ExportTraceServiceRequest` and POSTs it to the collector with a plain
-//! hyper HTTP/1.1 client, one connection per batch. A failed or timed-out
+//! `ExportTraceServiceRequest` and sends it to the collector
+//! (`otlp_transport`: http or https, headers, gzip, a kept connection). A failed or timed-out
 //! export drops the batch (`reason="export_failed"`); a 2xx counts it in
 //! `remora_spans_exported_total`. There is no retry of failed batches.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context as _;
-use bytes::Bytes;
-use http::{Method, Request, Uri, header};
-use http_body_util::Full;
-use hyper_util::rt::TokioIo;
+use http::Method;
 use metrics::{Counter, counter};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
@@ -27,13 +24,13 @@ use opentelemetry_proto::tonic::trace::v1::{
     ResourceSpans, ScopeSpans, Span, Status, span, status,
 };
 use prost::Message as _;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::OtlpConfig;
 use crate::context::{Direction, TraceContext};
 use crate::error::ErrorKind;
+use crate::telemetry::otlp_transport::{Settings, Transport};
 
 pub const SPANS_EXPORTED_TOTAL: &str = "remora_spans_exported_total";
 pub const SPANS_DROPPED_TOTAL: &str = "remora_spans_dropped_total";
@@ -78,12 +75,14 @@ pub struct SpanExporter {
 impl SpanExporter {
     /// Spawns the export task on the current tokio runtime.
     pub fn start(config: &OtlpConfig, service_name: &str) -> anyhow::Result<Self> {
-        let target = Target::parse(&config.endpoint)?;
+        let settings = Settings::resolve(config, |name| std::env::var(name).ok())?;
+        let transport = Transport::new(&settings, EXPORT_TIMEOUT)?;
         let (queue, receiver) = mpsc::channel(config.max_queue);
         let queue_full = counter!(SPANS_DROPPED_TOTAL, "reason" => "queue_full");
         let task = ExportTask {
             receiver,
-            target,
+            transport,
+            endpoint: settings.endpoint,
             resource: resource(service_name),
             batch_size: config.batch_size,
             flush_interval: config.flush_interval,
@@ -103,36 +102,10 @@ impl SpanExporter {
 }
 
 /// Where batches go: the address to connect to and the request target.
-struct Target {
-    authority: String,
-    path: String,
-}
-
-impl Target {
-    fn parse(endpoint: &str) -> anyhow::Result<Self> {
-        let uri: Uri = endpoint
-            .parse()
-            .with_context(|| format!("tracing.otlp.endpoint {endpoint:?}"))?;
-        anyhow::ensure!(
-            uri.scheme_str() == Some("http"),
-            "tracing.otlp.endpoint must be http://"
-        );
-        let authority = uri
-            .authority()
-            .context("tracing.otlp.endpoint has no host")?;
-        let port = authority.port_u16().unwrap_or(80);
-        Ok(Self {
-            authority: format!("{}:{port}", authority.host()),
-            path: uri
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-        })
-    }
-}
-
 struct ExportTask {
     receiver: mpsc::Receiver<SpanRecord>,
-    target: Target,
+    transport: Transport,
+    endpoint: String,
     resource: Resource,
     batch_size: usize,
     flush_interval: Duration,
@@ -156,7 +129,7 @@ impl ExportTask {
             }
             let count = batch.len() as u64;
             let body = encode(&self.resource, batch.drain(..));
-            let result = tokio::time::timeout(EXPORT_TIMEOUT, post(&self.target, body))
+            let result = tokio::time::timeout(EXPORT_TIMEOUT, self.transport.export(body))
                 .await
                 .unwrap_or_else(|_| Err("timed out".to_owned()));
             match result {
@@ -171,7 +144,7 @@ impl ExportTask {
                     self.export_failed.increment(count);
                     // Logged once per outage, not once per batch.
                     if !failing {
-                        tracing::warn!(%error, endpoint = %self.target.authority, "span export failing; dropping spans");
+                        tracing::warn!(%error, endpoint = %self.endpoint, "span export failing; dropping spans");
                         failing = true;
                     }
                 }
@@ -181,30 +154,6 @@ impl ExportTask {
 }
 
 /// POSTs one encoded batch; Ok on a 2xx answer.
-async fn post(target: &Target, body: Bytes) -> Result<(), String> {
-    let stream = TcpStream::connect(&target.authority)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(connection);
-    let request = Request::post(target.path.as_str())
-        .header(header::HOST, target.authority.as_str())
-        .header(header::CONTENT_TYPE, "application/x-protobuf")
-        .body(Full::new(body))
-        .map_err(|e| format!("request: {e}"))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("send: {e}"))?;
-    if response.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!("collector answered {}", response.status()))
-    }
-}
-
 fn resource(service_name: &str) -> Resource {
     Resource {
         attributes: vec![string("service.name", service_name)],
@@ -213,7 +162,7 @@ fn resource(service_name: &str) -> Resource {
 }
 
 /// One `ExportTraceServiceRequest` holding `spans`.
-fn encode(resource: &Resource, spans: impl Iterator<Item = SpanRecord>) -> Bytes {
+fn encode(resource: &Resource, spans: impl Iterator<Item = SpanRecord>) -> Vec<u8> {
     let request = ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(resource.clone()),
@@ -229,7 +178,7 @@ fn encode(resource: &Resource, spans: impl Iterator<Item = SpanRecord>) -> Bytes
             schema_url: String::new(),
         }],
     };
-    Bytes::from(request.encode_to_vec())
+    request.encode_to_vec()
 }
 
 /// OTLP span with the HTTP semantic-convention attributes.
@@ -325,18 +274,6 @@ fn int(key: &str, value: i64) -> KeyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoint_parsing() {
-        let target = Target::parse("http://127.0.0.1:4318/v1/traces").unwrap();
-        assert_eq!(target.authority, "127.0.0.1:4318");
-        assert_eq!(target.path, "/v1/traces");
-        assert_eq!(
-            Target::parse("http://collector/").unwrap().authority,
-            "collector:80"
-        );
-        assert!(Target::parse("https://collector/v1/traces").is_err());
-    }
 
     #[test]
     fn span_ids_and_attributes() {

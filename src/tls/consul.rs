@@ -12,7 +12,8 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use crate::consul::blocking::{Pacer, next_index};
+use crate::backoff::Pacer;
+use crate::consul::blocking::next_index;
 use crate::consul::connect::{IntentionsAnswer, Leaf, Roots};
 use crate::consul::{Client, ConsulError};
 use crate::drain::Drain;

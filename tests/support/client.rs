@@ -41,6 +41,15 @@ pub async fn get(version: Version, url: &str) -> Result<Reply, BoxError> {
     read_reply(http_client(version).request(req).await?).await
 }
 
+/// `method url` with `headers` and an empty body, over HTTP/1.1.
+pub async fn call(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<Reply, BoxError> {
+    let mut request = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    send(Version::HTTP_11, request.body(Full::new(Bytes::new()))?).await
+}
+
 /// Sends `req` (e.g. a POST with a body) and reads the whole response.
 pub async fn send(version: Version, req: Request<Full<Bytes>>) -> Result<Reply, BoxError> {
     read_reply(http_client(version).request(req).await?).await

@@ -171,8 +171,24 @@ pub async fn grpc_call(
     path: &'static str,
     text: &str,
 ) -> Result<(String, MetadataMap), Status> {
+    grpc_call_with(addr, path, text, &[]).await
+}
+
+/// [`grpc_call`] with request metadata (e.g. `authorization`).
+pub async fn grpc_call_with(
+    addr: SocketAddr,
+    path: &'static str,
+    text: &str,
+    metadata: &[(&'static str, &str)],
+) -> Result<(String, MetadataMap), Status> {
     let mut client = client(addr).await?;
-    let request = Request::new(EchoMsg { text: text.into() });
+    let mut request = Request::new(EchoMsg { text: text.into() });
+    for (name, value) in metadata {
+        let value = value
+            .parse()
+            .map_err(|_| Status::invalid_argument("metadata value"))?;
+        request.metadata_mut().insert(*name, value);
+    }
     let path = PathAndQuery::from_static(path);
     let mut replies = client
         .server_streaming(request, path, codec())

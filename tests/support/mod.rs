@@ -21,8 +21,10 @@ pub mod client;
 pub mod config;
 pub mod consul;
 pub mod curl;
+pub mod etcd;
 pub mod grpc;
 pub mod h2_origin;
+pub mod jwt;
 pub mod otlp;
 pub mod peers;
 pub mod prober;
@@ -101,6 +103,32 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    serve_listener(std_listener, handle)
+}
+
+/// Like [`serve`], on `addr` (a server coming back on the port of one
+/// dropped); tries to bind for up to 2 s, while the old listener closes.
+pub fn serve_on<F, Fut>(addr: SocketAddr, handle: F) -> Server
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let std_listener = loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(listener) => break listener,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("bind {addr} again: {e}"),
+        }
+    };
+    serve_listener(std_listener, handle)
+}
+
+fn serve_listener<F, Fut>(std_listener: std::net::TcpListener, handle: F) -> Server
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     std_listener.set_nonblocking(true).expect("set_nonblocking");
     let addr = std_listener.local_addr().expect("local_addr");
     let listener = TcpListener::from_std(std_listener).expect("called outside a tokio runtime");

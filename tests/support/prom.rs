@@ -144,3 +144,83 @@ pub async fn assert_value_within(
     let reached = wait_for_value(url, name, labels, expected, within).await;
     assert_eq!(reached, expected, "{name} {labels:?}");
 }
+
+/// `GET <url>` asking for OpenMetrics (as Prometheus does); returns the
+/// `Content-Type` and the text.
+pub async fn scrape_openmetrics(url: &str) -> (String, String) {
+    let request = http::Request::get(url)
+        .header(
+            http::header::ACCEPT,
+            "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.1",
+        )
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let reply = super::send(Version::HTTP_11, request)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(reply.status, http::StatusCode::OK, "GET {url}");
+    let content_type = reply
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (content_type, reply.body)
+}
+
+/// Which parser of the Prometheus Python client reads a text.
+#[derive(Debug, Clone, Copy)]
+pub enum Format {
+    /// `prometheus_client.parser` (text format 0.0.4).
+    Prometheus,
+    /// `prometheus_client.openmetrics.parser` (OpenMetrics 1.0, strict).
+    OpenMetrics,
+}
+
+/// `text` parsed by the Prometheus Python client (`python3-prometheus-client`,
+/// `tests/fixtures/parse_metrics.py`): a JSON array of families (`name`,
+/// `type`, `help`, `samples` with `name`, `labels`, `value`, `exemplar`).
+/// Panics with the parser's error when it refuses the text.
+pub fn parse_with_prometheus_client(text: &str, format: Format) -> serde_json::Value {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let python = "/usr/bin/python3";
+    let has_client = Command::new(python)
+        .args(["-c", "import prometheus_client.openmetrics.parser"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(
+        has_client,
+        "{python} with prometheus_client is needed: apt-get install python3-prometheus-client \
+         (scripts/test.sh installs it)"
+    );
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/parse_metrics.py"
+    );
+    let argument = match format {
+        Format::Prometheus => "prometheus",
+        Format::OpenMetrics => "openmetrics",
+    };
+    let mut child = Command::new(python)
+        .args([script, argument])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start parse_metrics.py");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write the exposition");
+    let output = child.wait_with_output().expect("parse_metrics.py");
+    assert!(
+        output.status.success(),
+        "prometheus_client ({argument}) refused the exposition: {}\n\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("parse_metrics.py prints JSON")
+}

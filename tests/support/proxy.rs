@@ -15,6 +15,21 @@ use remora::app::{BoundAddrs, Running};
 use super::config::{TestConfig, Upstream};
 use remora::reload::Source;
 
+/// Runs `remora run --config FILE` to its end (for a start that must fail)
+/// and returns its output.
+pub async fn run_to_exit(file: &ConfigFile) -> std::process::Output {
+    let path = file.path.clone();
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_remora"))
+            .args(["run", "--config"])
+            .arg(path)
+            .output()
+            .expect("run remora")
+    })
+    .await
+    .unwrap()
+}
+
 /// A configuration file in the temporary directory, rewritten the way editors and Kubernetes
 /// do it (write a new file, rename it over the old one). Removed when dropped.
 pub struct ConfigFile {

@@ -1,5 +1,6 @@
 //! Checks on `admin:`: non-zero `max_connections` and
-//! `header_read_timeout`, and `allowed_hosts` entries that are host names.
+//! `header_read_timeout`, `allowed_hosts` entries that are host names, and
+//! `tap`: a non-zero event rate, valid header names to redact.
 
 use super::Problems;
 use crate::config::model::Config;
@@ -22,6 +23,20 @@ pub(super) fn check_admin(config: &Config, problems: &mut Problems) {
             problems.add(
                 format!("admin.allowed_hosts[{i}]"),
                 format!("`{host}` is not a host name (no port, e.g. `remora-admin.internal`)"),
+            );
+        }
+    }
+    if admin.tap.max_events_per_second == 0 {
+        problems.add(
+            "admin.tap.max_events_per_second",
+            "must be greater than zero (turn the tap off with max_subscribers: 0)",
+        );
+    }
+    for (i, name) in admin.tap.redact_headers.iter().enumerate() {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            problems.add(
+                format!("admin.tap.redact_headers[{i}]"),
+                format!("`{name}` is not a header name"),
             );
         }
     }

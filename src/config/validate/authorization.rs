@@ -1,6 +1,7 @@
 //! Checks on `inbound.authorization`: rule names label-safe and unique,
 //! identity patterns that parse (and only with a `tls` section: without mTLS
-//! no caller has an identity), JWT conditions without empty names, request
+//! no caller has an identity), JWT conditions without empty names and only
+//! with `inbound.jwt` (naming one of its providers), request
 //! matches as a route's (`routing::check_match`), and no rules on a `tcp`
 //! service (they are per HTTP request).
 
@@ -49,6 +50,22 @@ pub(super) fn check_authorization(config: &Config, problems: &mut Problems) {
             }
         }
         if let Some(jwt) = &rule.jwt {
+            let providers = (config.inbound.as_ref()).and_then(|i| i.jwt.as_ref());
+            match (providers, &jwt.provider) {
+                (None, _) => problems.add(
+                    at("jwt"),
+                    "needs `inbound.jwt`: without it no request has verified claims",
+                ),
+                (Some(providers), Some(name))
+                    if !name.is_empty() && !providers.providers.iter().any(|p| &p.name == name) =>
+                {
+                    problems.add(
+                        at("jwt.provider"),
+                        format!("`{name}` is not one of inbound.jwt.providers"),
+                    )
+                }
+                _ => {}
+            }
             let empty = |text: &Option<String>| text.as_deref() == Some("");
             for (key, value) in [
                 ("provider", &jwt.provider),

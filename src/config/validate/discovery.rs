@@ -1,6 +1,7 @@
 //! Checks on an upstream's `discovery:`: a non-empty static list with
 //! weights of at least 1, a Consul service name and tags that are not
-//! empty, a DNS SRV name and refresh bounds in order.
+//! empty, a DNS SRV name and refresh bounds in order, an etcd service name
+//! that is one key segment (the `etcd` section itself is checked in `etcd`).
 
 use super::Problems;
 use crate::config::discovery::Discovery;
@@ -45,6 +46,16 @@ pub(super) fn check_discovery(
             }
             if consul.tags.iter().any(|tag| tag.trim().is_empty()) {
                 problems.add(at("discovery.consul.tags"), "tags must not be empty");
+            }
+        }
+        Discovery::Etcd(etcd) => {
+            if etcd.service.trim().is_empty() {
+                problems.add(at("discovery.etcd.service"), "must not be empty");
+            } else if etcd.service.contains('/') {
+                problems.add(
+                    at("discovery.etcd.service"),
+                    "a service name is one key segment, without `/` (the key is <etcd.prefix><service>/<id>)",
+                );
             }
         }
     }

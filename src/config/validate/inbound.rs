@@ -1,9 +1,10 @@
 //! Checks on `inbound:`: non-zero timeout, rate limit and concurrency,
-//! listener `limits`, and no HTTP-only settings when `service.protocol` is
-//! tcp.
+//! listener `limits`, `jwt` (see `jwt`), and no HTTP-only settings when
+//! `service.protocol` is tcp.
 
 use super::Problems;
 use super::check_limits;
+use super::jwt::check_jwt;
 use super::resilience::{check_concurrency, check_rate_limit};
 use crate::config::model::Config;
 use crate::config::service::ServiceProtocol;
@@ -26,11 +27,16 @@ pub(super) fn check_inbound(config: &Config, problems: &mut Problems) {
             problems,
         );
         check_limits("inbound.limits", &inbound.limits, problems);
+        if let Some(jwt) = &inbound.jwt {
+            check_jwt(jwt, problems);
+        }
         let tcp = config.service.protocol == ServiceProtocol::Tcp;
-        if tcp && (inbound.rate_limit.is_some() || inbound.timeout.is_some()) {
+        if tcp
+            && (inbound.rate_limit.is_some() || inbound.timeout.is_some() || inbound.jwt.is_some())
+        {
             problems.add(
                 "inbound",
-                "rate_limit and timeout apply to HTTP requests; service.protocol is tcp",
+                "rate_limit, timeout and jwt apply to HTTP requests; service.protocol is tcp",
             );
         }
     }

@@ -1,7 +1,7 @@
 //! Semantic checks on a deserialized `Config`: rules that span fields or
 //! that serde types cannot express, one module per section of the model
 //! (`service`, `inbound`, `authorization`, `upstream`, `discovery`, `resilience`, `routing`,
-//! `consul`, `runtime`, `telemetry`, `admin`, `config_source`, `tls`,
+//! `consul`, `etcd`, `runtime`, `telemetry`, `admin`, `config_source`, `tls`,
 //! `transparent`). Here: the problem list, the order of the checks, and
 //! what spans sections — listen addresses that clash (port 0 excepted) and
 //! listener `limits` of zero (or header bytes outside 8 KiB..16 MiB). Every
@@ -12,7 +12,10 @@ mod authorization;
 mod config_source;
 mod consul;
 mod discovery;
+mod etcd;
 mod inbound;
+mod jwt;
+mod request_token;
 mod resilience;
 mod routing;
 mod runtime;
@@ -45,6 +48,7 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
     upstream::check_upstreams(config, &mut problems);
     routing::check(config, &mut problems);
     consul::check_consul(config, &mut problems);
+    etcd::check_etcd(config, &mut problems);
     runtime::check_runtime(config, &mut problems);
     telemetry::check_logging(config, &mut problems);
     admin::check_admin(config, &mut problems);

@@ -1,8 +1,9 @@
 //! Checks on an upstream's (and a route's) resilience sections: retries,
 //! rate limit, circuit breaker, outlier detection, fault injection and
-//! concurrency, and no HTTP-only setting on a tcp upstream.
+//! concurrency, `request_token`, and no HTTP-only setting on a tcp upstream.
 
 use super::Problems;
+use super::request_token::check_request_token;
 use super::upstream::check_connection_pool;
 use crate::config::concurrency::AdaptiveConcurrency;
 use crate::config::hedge::{HedgeDelay, HedgePolicy};
@@ -20,6 +21,7 @@ pub(super) fn check_resilience(
             ("retries", upstream.retries.is_some()),
             ("hedge", upstream.hedge.is_some()),
             ("rate_limit", upstream.rate_limit.is_some()),
+            ("request_token", upstream.request_token.is_some()),
             ("fault", upstream.fault.is_some()),
             ("timeouts.request", upstream.timeouts.request.is_some()),
             (
@@ -49,6 +51,9 @@ pub(super) fn check_resilience(
     }
     if let Some(rate_limit) = &upstream.rate_limit {
         check_rate_limit(&at("rate_limit"), rate_limit, problems);
+    }
+    if let Some(token) = &upstream.request_token {
+        check_request_token(&at("request_token"), token, problems);
     }
     if let Some(breaker) = &upstream.circuit_breaker {
         if breaker.consecutive_failures == 0 {

@@ -17,6 +17,7 @@
 use http::{HeaderName, HeaderValue, Method};
 
 use super::Problems;
+use super::request_token::check_request_token;
 use super::resilience::{check_fault, check_hedge, check_percent, check_rate_limit, check_retries};
 use super::upstream::is_label_safe;
 use crate::config::discovery::Discovery;
@@ -74,10 +75,13 @@ fn check_backends(config: &Config, upstream: &UpstreamConfig, at: &str, problems
         }
         match backend {
             BackendConfig::Subset(subset) => {
-                if !matches!(upstream.discovery, Discovery::Consul(_)) {
+                if !matches!(
+                    upstream.discovery,
+                    Discovery::Consul(_) | Discovery::Etcd(_)
+                ) {
                     problems.add(
                         format!("{backend_at}.subset"),
-                        "subsets select Consul instances by tags and meta; this upstream's discovery is not consul",
+                        "subsets select Consul or etcd instances by tags and meta; this upstream's discovery is neither",
                     );
                 }
                 if subset.tags.is_empty() && subset.meta.is_empty() {
@@ -233,6 +237,9 @@ fn check_route(upstream: &UpstreamConfig, route: &RouteConfig, at: &str, problem
     }
     if let Some(rate_limit) = &route.rate_limit {
         check_rate_limit(&format!("{at}.rate_limit"), rate_limit, problems);
+    }
+    if let Some(token) = &route.request_token {
+        check_request_token(&format!("{at}.request_token"), token, problems);
     }
     if let Some(fault) = &route.fault {
         check_fault(&format!("{at}.fault"), fault, problems);

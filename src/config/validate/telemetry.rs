@@ -1,6 +1,7 @@
 //! Checks on `logging:` and `tracing:`: a log level or filter directive,
 //! an access-log sample between 0 and 1, and for `tracing.otlp` an
-//! `http://` endpoint, a sample ratio between 0 and 1 and a non-zero queue,
+//! `http://` or `https://` endpoint (when set), header names with one value
+//! or value file each, a sample ratio between 0 and 1 and a non-zero queue,
 //! batch and flush interval.
 
 use super::Problems;
@@ -31,15 +32,30 @@ pub(super) fn check_tracing(config: &Config, problems: &mut Problems) {
     let Some(otlp) = &config.tracing.otlp else {
         return;
     };
-    let valid_endpoint = otlp
-        .endpoint
-        .parse::<http::Uri>()
-        .is_ok_and(|uri| uri.scheme_str() == Some("http") && uri.authority().is_some());
-    if !valid_endpoint {
+    let valid_endpoint = |endpoint: &String| {
+        endpoint.parse::<http::Uri>().is_ok_and(|uri| {
+            matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
+        })
+    };
+    if !otlp.endpoint.as_ref().is_none_or(valid_endpoint) {
         problems.add(
             "tracing.otlp.endpoint",
-            "must be an http:// URL with a host (https is not supported)",
+            "must be an http:// or https:// URL with a host",
         );
+    }
+    for (i, header) in otlp.headers.iter().enumerate() {
+        if http::HeaderName::from_bytes(header.name.as_bytes()).is_err() {
+            problems.add(
+                format!("tracing.otlp.headers[{i}].name"),
+                format!("`{}` is not a header name", header.name),
+            );
+        }
+        if header.value.is_some() == header.value_file.is_some() {
+            problems.add(
+                format!("tracing.otlp.headers[{i}]"),
+                "needs exactly one of value and value_file",
+            );
+        }
     }
     if !(0.0..=1.0).contains(&otlp.sample_ratio) {
         problems.add("tracing.otlp.sample_ratio", "must be between 0 and 1");

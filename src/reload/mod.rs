@@ -20,15 +20,17 @@
 //! reload when it becomes unreadable, not once per poll.
 //!
 //! With `config_source: { consul_kv: { key } }` the configuration comes from
-//! a Consul KV key instead (`GET /v1/kv/KEY?raw` as blocking queries). The
-//! local file is then the bootstrap: it gives `consul` (how to reach the
-//! agent) and `config_source`, which the KV value may not set, and the
-//! fixed settings (see `live::fixed`), which always keep the file's values.
-//! The KV value expands only the environment variables the local file lists
-//! in `config_source.consul_kv.allowed_env` (whoever writes the key reads no
-//! other secret of the process).
-//! The value must exist and be valid at start; later values go through the
-//! same rules as a changed file, their errors labelled `consul-kv:KEY`.
+//! a Consul KV key instead (`GET /v1/kv/KEY?raw` as blocking queries); with
+//! `config_source: { etcd: { key } }` from an etcd key (a get, then a watch
+//! from the next revision; see `key`). The local file is then the
+//! bootstrap: it gives `consul` and `etcd` (how to reach the source) and
+//! `config_source`, which the value may not set, and the fixed settings
+//! (see `live::fixed`), which always keep the file's values. The value
+//! expands only the environment variables the local file lists in
+//! `config_source.*.allowed_env` (whoever writes the key reads no other
+//! secret of the process). The value must exist and be valid at start;
+//! later values go through the same rules as a changed file, their errors
+//! labelled `consul-kv:KEY` or `etcd:KEY`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,14 +40,13 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use xxhash_rust::xxh3::xxh3_64;
 
-use anyhow::Context as _;
-
 use crate::admin::AdminState;
-use crate::config::{self, Config, ConfigErrors, ConfigSource};
-use crate::consul::{self, blocking::Pacer, blocking::next_index};
+use crate::config::{self, Config, ConfigErrors};
 use crate::drain::Drain;
-use crate::live::{LiveProxy, keep_fixed};
+use crate::live::LiveProxy;
 use crate::telemetry::metrics;
+
+mod key;
 
 /// Where reloaded configurations come from.
 pub enum Source {
@@ -56,20 +57,9 @@ pub enum Source {
         /// The text the running configuration was parsed from.
         loaded: String,
     },
-    /// A Consul KV key (`config_source.consul_kv`), watched by blocking query.
-    ConsulKv(Box<KvWatch>),
-}
-
-/// A Consul KV key to watch, from where the start left it.
-pub struct KvWatch {
-    client: consul::Client,
-    key: String,
-    /// The index of the value running now.
-    index: u64,
-    /// A hash of the value running now.
-    loaded: u64,
-    /// The local file's configuration (see [`kv_config`]).
-    bootstrap: Config,
+    /// A key in Consul KV or etcd (`config_source`), followed from where
+    /// the start left it.
+    Key(Box<key::KeyWatch>),
 }
 
 /// The first configuration to run and where later ones come from: the
@@ -83,51 +73,16 @@ pub async fn initial(
     interval: Option<Duration>,
     loaded: String,
 ) -> anyhow::Result<(Config, Source)> {
-    let Some(ConfigSource::ConsulKv(source)) = &bootstrap.config_source else {
+    if bootstrap.config_source.is_none() {
         let source = Source::File {
             path,
             interval,
             loaded,
         };
         return Ok((bootstrap, source));
-    };
-    let key = source.key.trim().to_owned();
-    let client = consul::Client::from_config(&bootstrap.consul)?;
-    let answer = (client.kv(&key, 0).await)
-        .with_context(|| format!("cannot read the configuration from Consul KV key {key}"))?;
-    let Some(text) = answer.value else {
-        anyhow::bail!("the Consul KV key {key} (config_source) does not exist");
-    };
-    let mut config = kv_config(&bootstrap, &text, &key)?;
-    for key in keep_fixed(&bootstrap, &mut config) {
-        tracing::warn!(
-            key,
-            "this setting comes from the local configuration file; the Consul KV value's is ignored"
-        );
     }
-    tracing::info!(%key, index = answer.index, "configuration read from Consul KV");
-    let watch = KvWatch {
-        client,
-        key,
-        index: next_index(0, answer.index),
-        loaded: xxh3_64(text.as_bytes()),
-        bootstrap,
-    };
-    Ok((config, Source::ConsulKv(Box::new(watch))))
-}
-
-/// The configuration a KV value describes: parsed and validated as a file
-/// is (errors labelled `consul-kv:KEY`), reading only the environment
-/// variables the local file allows, without `consul` and `config_source` of
-/// its own — it gets the local file's, which say how to reach it.
-fn kv_config(bootstrap: &Config, text: &str, key: &str) -> Result<Config, ConfigErrors> {
-    let allowed_env = match &bootstrap.config_source {
-        Some(ConfigSource::ConsulKv(source)) => source.allowed_env.as_slice(),
-        None => &[],
-    };
-    let mut config = config::parse_from_source(text, &format!("consul-kv:{key}"), allowed_env)?;
-    config::adopt_local_sections(&mut config, bootstrap);
-    Ok(config)
+    let (config, watch) = key::initial(bootstrap).await?;
+    Ok((config, Source::Key(Box::new(watch))))
 }
 
 /// Applies new configurations to a running proxy; cheap to clone.
@@ -189,7 +144,7 @@ impl Reloader {
 }
 
 /// Logs a refused configuration and counts the failed reload.
-fn refused(errors: &ConfigErrors) {
+pub(super) fn refused(errors: &ConfigErrors) {
     metrics::config_reloaded(false);
     for error in &errors.0 {
         tracing::error!(error = %error, "invalid configuration");
@@ -208,7 +163,7 @@ pub async fn watch(source: Source, reloader: Reloader, stop: Drain) {
             interval,
             loaded,
         } => watch_file(path, interval, &loaded, reloader, stop).await,
-        Source::ConsulKv(watch) => watch_consul_kv(*watch, reloader, stop).await,
+        Source::Key(watch) => key::watch(*watch, reloader, stop).await,
     }
 }
 
@@ -259,77 +214,8 @@ async fn watch_file(
     }
 }
 
-/// Follows a KV key with blocking queries, paced and backed off as
-/// discovery's are. Fail static: while Consul cannot be read, or the key is
-/// gone, the running configuration stays (logged once per state change; a
-/// deleted key counts as one failed reload). SIGHUP re-reads the key at once
-/// and re-applies it, changed or not.
-async fn watch_consul_kv(watch: KvWatch, reloader: Reloader, mut stop: Drain) {
-    let KvWatch {
-        client,
-        key,
-        mut index,
-        loaded,
-        bootstrap,
-    } = watch;
-    let mut hangup = hangup_signal();
-    let mut pacer = Pacer::new();
-    // The hash of the value last seen; `None` while the key is missing.
-    let mut last_seen = Some(loaded);
-    let mut failing = false;
-    tracing::info!(%key, "watching the configuration in Consul KV");
-    loop {
-        let (answer, forced) = tokio::select! {
-            answer = async {
-                pacer.turn().await;
-                client.kv(&key, index).await
-            } => (answer, false),
-            Some(()) = recv(&mut hangup) => {
-                tracing::info!("SIGHUP received; reloading the configuration");
-                (client.kv(&key, 0).await, true)
-            }
-            () = stop.signaled() => return,
-        };
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(error) => {
-                if !failing {
-                    failing = true;
-                    tracing::warn!(%key, %error, "cannot read the configuration from Consul KV; the running configuration stays");
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(pacer.failed()) => continue,
-                    () = stop.signaled() => return,
-                }
-            }
-        };
-        pacer.succeeded();
-        if failing {
-            failing = false;
-            tracing::info!(%key, "Consul KV readable again");
-        }
-        index = next_index(index, answer.index);
-        let Some(text) = answer.value else {
-            if last_seen.take().is_some() || forced {
-                metrics::config_reloaded(false);
-                tracing::error!(%key, "the Consul KV key is gone; the running configuration stays");
-            }
-            continue;
-        };
-        let hash = xxh3_64(text.as_bytes());
-        if last_seen == Some(hash) && !forced {
-            continue;
-        }
-        last_seen = Some(hash);
-        tracing::info!(%key, index, "configuration changed in Consul KV; reloading");
-        reloader
-            .reload_parsed(kv_config(&bootstrap, &text, &key))
-            .await;
-    }
-}
-
 /// SIGHUP, when the handler can be installed (logged otherwise).
-fn hangup_signal() -> Option<Signal> {
+pub(super) fn hangup_signal() -> Option<Signal> {
     signal(SignalKind::hangup())
         .inspect_err(
             |error| tracing::warn!(%error, "cannot handle SIGHUP; reload by changing the file"),
@@ -346,7 +232,7 @@ async fn tick(ticks: &mut Option<Interval>) {
     }
 }
 
-async fn recv(signal: &mut Option<Signal>) -> Option<()> {
+pub(super) async fn recv(signal: &mut Option<Signal>) -> Option<()> {
     match signal {
         Some(signal) => signal.recv().await,
         None => std::future::pending().await,

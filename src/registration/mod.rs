@@ -1,6 +1,8 @@
-//! `service.register: true`: the application and its sidecar registered
-//! with the local Consul agent for as long as remora runs, Consul-Connect
-//! style, so other sidecars find this one through
+//! `service.register: true`: the instance registered for as long as remora
+//! runs — in etcd when there is an `etcd` section (see `etcd`), and with
+//! Consul unless there is an `etcd` section and no `consul` one. Here, the
+//! Consul side: the application and its sidecar registered with the local
+//! Consul agent, Consul-Connect style, so other sidecars find this one through
 //! `/v1/health/connect/<service>` and plain clients the application through
 //! `/v1/health/service/<service>`.
 //!
@@ -34,14 +36,18 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use crate::backoff::Pacer;
 use crate::config::{CheckConfig, Config};
 use crate::consul::Client;
 use crate::consul::agent::{AgentCheck, ProxyDestination, ServiceRegistration, go_duration};
-use crate::consul::blocking::Pacer;
-use crate::telemetry::metrics;
+use crate::telemetry::metrics::{self, Registry};
+
+pub use etcd::EtcdRegistrar;
+
+pub mod etcd;
 
 /// Longest the deregistrations may hold up a shutdown.
-const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Interval of the sidecar's TCP check when the application has no check.
 const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -49,10 +55,7 @@ const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// at `inbound`) is configured.
 pub fn services(config: &Config, inbound: Option<SocketAddr>) -> Vec<ServiceRegistration> {
     let service = &config.service;
-    let id = service
-        .id
-        .clone()
-        .unwrap_or_else(|| format!("{}-{}", service.name, hostname()));
+    let id = service_id(config);
     let port = service.port.unwrap_or_default();
     let address = service.address.to_string();
     let tags = service.tags.clone();
@@ -131,6 +134,12 @@ pub fn services(config: &Config, inbound: Option<SocketAddr>) -> Vec<ServiceRegi
     vec![app, sidecar]
 }
 
+/// The instance ID: `service.id`, else `<name>-<hostname>`.
+pub fn service_id(config: &Config) -> String {
+    let service = &config.service;
+    (service.id.clone()).unwrap_or_else(|| format!("{}-{}", service.name, hostname()))
+}
+
 /// `service.check` as an agent check: `http` is a path on the application.
 fn app_check(check: &CheckConfig, name: &str, address: &str, port: u16) -> AgentCheck {
     let host = if address.contains(':') {
@@ -180,7 +189,7 @@ impl Registrar {
     ) -> Registrar {
         let ids = services.iter().map(|service| service.id.clone()).collect();
         for service in &services {
-            metrics::register_registration(&service.name);
+            metrics::register_registration(Registry::Consul, &service.name);
         }
         let task = tokio::spawn(keep_registered(
             Arc::clone(&client),
@@ -257,14 +266,14 @@ async fn sync(
                 continue;
             }
             *registered = false;
-            metrics::set_registered(&service.name, false);
+            metrics::set_registered(Registry::Consul, &service.name, false);
             tracing::warn!(id = %service.id, "the Consul agent lost the registration; registering again");
         }
         let result = client.register_service(service).await;
-        metrics::registration_attempt(&service.name, result.is_ok());
+        metrics::registration_attempt(Registry::Consul, &service.name, result.is_ok());
         result?;
         *registered = true;
-        metrics::set_registered(&service.name, true);
+        metrics::set_registered(Registry::Consul, &service.name, true);
         tracing::info!(id = %service.id, name = %service.name, port = service.port, "registered with Consul");
     }
     Ok(())
