@@ -17,6 +17,7 @@
 
 mod admin;
 mod authorization;
+mod concurrency;
 mod config_source;
 mod consul;
 mod deserialize;
@@ -25,6 +26,7 @@ mod duration;
 mod env;
 mod error;
 mod etcd;
+mod hedge;
 mod inbound;
 mod jwt;
 mod limits;
@@ -33,6 +35,7 @@ mod model;
 mod path_normalization;
 mod pool;
 mod prune;
+mod rate_limit;
 mod redact;
 mod request_token;
 mod resilience;
@@ -52,23 +55,26 @@ use serde_saphyr::{Options, PropertySyntax};
 
 pub use admin::{AdminConfig, TapConfig};
 pub use authorization::{AuthorizationRule, ClaimMatch, ClaimName, InboundAuthorization, JwtMatch};
+pub use concurrency::AdaptiveConcurrency;
 pub use config_source::{ConfigSource, ConsulKvSource, EtcdKeySource};
 pub use consul::{ConsulConfig, Secret};
 pub use discovery::{ConsulDiscovery, Discovery, DnsDiscovery, EtcdDiscovery, StaticEndpoint};
 pub use error::{ConfigError, ConfigErrors};
 pub use etcd::EtcdConfig;
+pub use hedge::{HedgeDelay, HedgePolicy};
 pub use inbound::InboundConfig;
 pub use jwt::{JwksConfig, JwtConfig, JwtProvider, JwtRule, TokenLocation};
 pub use limits::{HeadersWithUnderscoresAction, ListenerLimits};
 pub use model::Config;
 pub use path_normalization::{EscapedSlashesAction, PathNormalization};
 pub use pool::ConnectionPool;
+pub use rate_limit::{RateLimitConfig, RateLimitKey, RateLimitOverride, RateLimitScope};
 pub use redact::shown;
 pub use request_token::RequestTokenConfig;
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,
-    OutlierDetection, RateLimitConfig, RateLimitKey, RetryBackoff, RetryBudget, RetryPolicy,
-    default_failure_conditions, grpc_code,
+    OutlierDetection, RetryBackoff, RetryBudget, RetryPolicy, default_failure_conditions,
+    grpc_code,
 };
 pub use routing::{
     BackendConfig, DEFAULT_BACKEND, DirectResponse, GrpcMatch, HeaderRules, MirrorConfig,

@@ -11,6 +11,7 @@ pub mod consul;
 pub mod dns;
 pub mod etcd;
 mod fail_static;
+pub mod instances;
 
 pub use fail_static::FailStatic;
 

@@ -3,7 +3,11 @@
 //! upstreams it feeds, all through one client per registry. A watch is
 //! restarted only when its upstreams or the registry's section changed
 //! (compared as a config value, so a new ACL token or password file is a
-//! new client), and stopped when no upstream needs it.
+//! new client), and stopped when no upstream needs it. With a
+//! `rate_limit.scope: service`, the Consul query of `service.name` (passing
+//! instances) also feeds the count of this sidecar's own service
+//! ([`ServiceInstances::own`]), sharing the watch when an upstream asks the
+//! same query.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,6 +16,7 @@ use crate::config::{ConsulConfig, Discovery, EtcdConfig};
 use crate::consul::HealthQuery;
 use crate::discovery::EndpointSink;
 use crate::discovery::consul::{Watches, query_for};
+use crate::discovery::instances::ServiceInstances;
 use crate::drain::{Drain, DrainController};
 use crate::upstream::Upstream;
 
@@ -22,8 +27,8 @@ pub(super) struct RegistryWatches<Query, Section, Client> {
     /// The section the client was built from.
     section: Section,
     client: Arc<Client>,
-    /// Per query: the upstreams it feeds and the task's stop signal.
-    groups: BTreeMap<Query, (Vec<Arc<Upstream>>, DrainController)>,
+    /// Per query: what it feeds and the task's stop signal.
+    groups: BTreeMap<Query, (Vec<Arc<dyn EndpointSink>>, DrainController)>,
 }
 
 pub(super) type ConsulWatches = RegistryWatches<HealthQuery, ConsulConfig, crate::consul::Client>;
@@ -54,26 +59,31 @@ impl<Query, Section: PartialEq + Clone, Client> RegistryWatches<Query, Section, 
     }
 }
 
-/// Regroups the upstreams by the query `query_of` finds in their discovery
-/// (`None`: not this registry's); restarts through `spawn` the watches whose
-/// upstreams or client changed, stops those no longer needed. Returns the
-/// running watches, `None` when `next` is (no upstream uses the registry).
-fn commit<Query: Ord + Clone, Section: PartialEq, Client>(
+/// The upstreams of `sites` grouped by the query `query_of` finds in their
+/// discovery (`None`: not this registry's).
+fn sinks_by_query<Query: Ord>(
     sites: &[Site],
-    running: Option<RegistryWatches<Query, Section, Client>>,
-    next: Option<PlannedClient<Section, Client>>,
     query_of: impl Fn(&Discovery) -> Option<Query>,
-    spawn: impl Fn(&Arc<Client>, &Query, Vec<Arc<dyn EndpointSink>>, &Drain),
-) -> Option<RegistryWatches<Query, Section, Client>> {
-    let mut groups: BTreeMap<Query, Vec<Arc<Upstream>>> = BTreeMap::new();
+) -> BTreeMap<Query, Vec<Arc<dyn EndpointSink>>> {
+    let mut groups: BTreeMap<Query, Vec<Arc<dyn EndpointSink>>> = BTreeMap::new();
     for site in sites {
         if let Some(query) = query_of(&site.discovery) {
-            groups
-                .entry(query)
-                .or_default()
-                .push(Arc::clone(&site.upstream));
+            let upstream: Arc<Upstream> = Arc::clone(&site.upstream);
+            groups.entry(query).or_default().push(upstream);
         }
     }
+    groups
+}
+
+/// Restarts through `spawn` the watches of `groups` whose sinks or client
+/// changed, stops those no longer needed. Returns the running watches,
+/// `None` when `next` is (nothing uses the registry).
+fn commit<Query: Ord + Clone, Section: PartialEq, Client>(
+    groups: BTreeMap<Query, Vec<Arc<dyn EndpointSink>>>,
+    running: Option<RegistryWatches<Query, Section, Client>>,
+    next: Option<PlannedClient<Section, Client>>,
+    spawn: impl Fn(&Arc<Client>, &Query, Vec<Arc<dyn EndpointSink>>, &Drain),
+) -> Option<RegistryWatches<Query, Section, Client>> {
     let (same_client, mut old_groups) = match running {
         Some(running) => (
             next.as_ref()
@@ -87,11 +97,11 @@ fn commit<Query: Ord + Clone, Section: PartialEq, Client>(
         return None;
     };
     let mut watches = BTreeMap::new();
-    for (query, upstreams) in groups {
+    for (query, sinks) in groups {
         let kept = old_groups.remove(&query).and_then(|(fed, stop)| {
-            let same_upstreams = fed.len() == upstreams.len()
-                && fed.iter().zip(&upstreams).all(|(a, b)| Arc::ptr_eq(a, b));
-            if same_client && same_upstreams {
+            let same_sinks =
+                fed.len() == sinks.len() && fed.iter().zip(&sinks).all(|(a, b)| Arc::ptr_eq(a, b));
+            if same_client && same_sinks {
                 Some(stop)
             } else {
                 stop.signal();
@@ -100,13 +110,10 @@ fn commit<Query: Ord + Clone, Section: PartialEq, Client>(
         });
         let stop = kept.unwrap_or_else(|| {
             let stop = DrainController::new();
-            let sinks = (upstreams.iter())
-                .map(|upstream| Arc::clone(upstream) as Arc<dyn EndpointSink>)
-                .collect();
-            spawn(&client, &query, sinks, &stop.watch());
+            spawn(&client, &query, sinks.clone(), &stop.watch());
             stop
         });
-        watches.insert(query, (upstreams, stop));
+        watches.insert(query, (sinks, stop));
     }
     old_groups.values().for_each(|(_, stop)| stop.signal());
     Some(RegistryWatches {
@@ -117,30 +124,38 @@ fn commit<Query: Ord + Clone, Section: PartialEq, Client>(
 }
 
 /// The Consul watches after an apply; `section` gives each query its
-/// default datacenter.
+/// default datacenter. `own_service` (`service.name` when a rate limit is
+/// shared across the service) adds the watch of its passing instances.
 pub(super) fn commit_consul(
     sites: &[Site],
     running: Option<ConsulWatches>,
     next: Option<PlannedClient<ConsulConfig, crate::consul::Client>>,
     section: &ConsulConfig,
+    own_service: Option<&str>,
 ) -> Option<ConsulWatches> {
     let query_of = |discovery: &Discovery| match discovery {
         Discovery::Consul(discovery) => Some(query_for(discovery, section)),
         _ => None,
     };
-    commit(
-        sites,
-        running,
-        next,
-        query_of,
-        |client, query, upstreams, drain| {
-            let mut watch = Watches::default();
-            for upstream in upstreams {
-                watch.add(query.clone(), upstream);
-            }
-            watch.spawn(Arc::clone(client), drain);
-        },
-    )
+    let mut groups = sinks_by_query(sites, query_of);
+    if let Some(service) = own_service {
+        let query = HealthQuery {
+            service: service.to_owned(),
+            tags: Vec::new(),
+            datacenter: section.datacenter.clone(),
+            passing_only: true,
+            connect: false,
+        };
+        let own: Arc<dyn EndpointSink> = ServiceInstances::own();
+        groups.entry(query).or_default().push(own);
+    }
+    commit(groups, running, next, |client, query, upstreams, drain| {
+        let mut watch = Watches::default();
+        for upstream in upstreams {
+            watch.add(query.clone(), upstream);
+        }
+        watch.spawn(Arc::clone(client), drain);
+    })
 }
 
 /// The etcd watches after an apply: one per service.
@@ -155,10 +170,9 @@ pub(super) fn commit_etcd(
         _ => None,
     };
     commit(
-        sites,
+        sinks_by_query(sites, query_of),
         running,
         next,
-        query_of,
         |client, service, upstreams, drain| {
             let Some(section) = &prefix else { return };
             crate::discovery::etcd::spawn(
