@@ -32,7 +32,7 @@ use http::{HeaderMap, Method, Request, Uri, Version};
 use http_body::Body;
 
 use crate::body::{Replay, RequestBody, RequestBodyError};
-use crate::error::h2_cause;
+use crate::error::{ProxyError, h2_cause};
 
 /// Bytes of a request body kept so that the request can be resent.
 pub const RESEND_BUFFER: usize = 64 * 1024;
@@ -164,6 +164,25 @@ pub fn unprocessed_h2(error: &hyper::Error) -> Option<Unprocessed> {
         .then_some(Unprocessed::RefusedStream)
 }
 
+/// True when a failed try provably never reached the upstream's
+/// application, so even a non-idempotent request may be tried again: the
+/// connection (TCP, TLS or HTTP handshake) was never made, or the HTTP/2
+/// stream was refused or above a GOAWAY's `last_stream_id` — the cases
+/// above that are not [`Unprocessed::idempotent_only`]. A try that got any
+/// response, or that broke or timed out after it was sent, may have been.
+pub fn never_processed(error: &ProxyError) -> bool {
+    match error {
+        ProxyError::ConnectFailed { .. }
+        | ProxyError::ConnectTimeout { .. }
+        | ProxyError::TlsHandshake { .. }
+        | ProxyError::Handshake { .. } => true,
+        ProxyError::UpstreamReset { source, .. } => {
+            unprocessed_h2(source).is_some_and(|why| !why.idempotent_only())
+        }
+        _ => false,
+    }
+}
+
 /// True when an HTTP/1.1 connection closed or was reset under a request
 /// before any byte of a response arrived.
 pub fn closed_before_response(error: &hyper::Error) -> bool {
@@ -197,5 +216,29 @@ mod tests {
         for method in ["POST", "PATCH", "CONNECT"] {
             assert!(!is_idempotent(&method.parse().unwrap()), "{method}");
         }
+    }
+
+    #[test]
+    fn only_failures_before_the_request_went_out_are_never_processed() {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(never_processed(&ProxyError::ConnectFailed {
+            addr,
+            source: refused
+        }));
+        let timeout = std::time::Duration::from_secs(1);
+        assert!(never_processed(&ProxyError::ConnectTimeout {
+            addr,
+            timeout
+        }));
+        assert!(!never_processed(&ProxyError::Timeout(timeout)));
+        assert!(!never_processed(&ProxyError::PerTryTimeout {
+            timeout,
+            addr: Some(addr)
+        }));
+        assert!(!never_processed(&ProxyError::IdleTimeout {
+            addr,
+            idle: timeout
+        }));
     }
 }

@@ -11,7 +11,10 @@ use std::time::Duration;
 use tower::ServiceBuilder;
 
 use crate::body::RequestBody;
-use crate::config::{DEFAULT_BACKEND, InboundConfig, RouteConfig, TracingConfig, UpstreamConfig};
+use crate::config::{
+    AdaptiveConcurrency, DEFAULT_BACKEND, HedgePolicy, InboundConfig, RetryPolicy, RouteConfig,
+    TracingConfig, UpstreamConfig,
+};
 use crate::context::Direction;
 use crate::forward::Forward;
 use crate::middleware::authorization::AuthorizationLayer;
@@ -123,6 +126,8 @@ struct UpstreamLayers {
     fault: Option<FaultLayer>,
     rate_limit: Option<RateLimitLayer>,
     timeout: Option<Duration>,
+    retry_policy: Option<RetryPolicy>,
+    hedge: Option<HedgePolicy>,
     retries: Option<RetryLayer>,
     concurrency: Option<ConcurrencyLimitLayer>,
     request_token: Option<RequestTokenLayer>,
@@ -138,11 +143,33 @@ impl UpstreamLayers {
             rate_limit: (config.rate_limit.as_ref())
                 .map(|limit| RateLimitLayer::new(limit, direction, name)),
             timeout: config.timeouts.request,
-            retries: (config.retries.as_ref()).map(|policy| RetryLayer::new(policy, name)),
-            concurrency: (config.max_concurrent_requests)
-                .map(|limit| ConcurrencyLimitLayer::new(limit, direction, name)),
+            retry_policy: config.retries.clone(),
+            hedge: config.hedge.clone(),
+            retries: (config.retries.is_some() || config.hedge.is_some())
+                .then(|| RetryLayer::new(config.retries.as_ref(), config.hedge.as_ref(), name)),
+            concurrency: concurrency_limit(
+                config.max_concurrent_requests,
+                config.adaptive_concurrency.as_ref(),
+                direction,
+                name,
+            ),
             request_token: config.request_token.as_ref().map(RequestTokenLayer::new),
         }
+    }
+}
+
+/// The listener's concurrency limit: fixed or adaptive (validation allows
+/// one of them), or none.
+fn concurrency_limit(
+    fixed: Option<u32>,
+    adaptive: Option<&AdaptiveConcurrency>,
+    direction: Direction,
+    name: &str,
+) -> Option<ConcurrencyLimitLayer> {
+    match (adaptive, fixed) {
+        (Some(adaptive), _) => Some(ConcurrencyLimitLayer::adaptive(adaptive, direction, name)),
+        (None, Some(limit)) => Some(ConcurrencyLimitLayer::new(limit, direction, name)),
+        (None, None) => None,
     }
 }
 
@@ -164,9 +191,16 @@ fn logical(
         .map(|limit| RateLimitLayer::new(limit, direction, name))
         .or_else(|| upstream.rate_limit.clone());
     let timeout = route.and_then(|r| r.timeout).or(upstream.timeout);
-    let retries = (route.and_then(|r| r.retries.as_ref()))
-        .map(|policy| RetryLayer::new(policy, name))
-        .or_else(|| upstream.retries.clone());
+    // A route's `retries` or `hedge` replaces the upstream's; the other of the
+    // two is the upstream's (one layer does both, sharing one budget).
+    let retries = match route.filter(|r| r.retries.is_some() || r.hedge.is_some()) {
+        Some(route) => Some(RetryLayer::new(
+            route.retries.as_ref().or(upstream.retry_policy.as_ref()),
+            route.hedge.as_ref().or(upstream.hedge.as_ref()),
+            name,
+        )),
+        None => upstream.retries.clone(),
+    };
     let request_token = (route.and_then(|r| r.request_token.as_ref()))
         .map(RequestTokenLayer::new)
         .or_else(|| upstream.request_token.clone());
@@ -243,10 +277,12 @@ pub fn inbound(
         .option_layer(
             (config.rate_limit.as_ref()).map(|limit| RateLimitLayer::new(limit, direction, name)),
         )
-        .option_layer(
-            (config.max_concurrent_requests)
-                .map(|limit| ConcurrencyLimitLayer::new(limit, direction, name)),
-        )
+        .option_layer(concurrency_limit(
+            config.max_concurrent_requests,
+            config.adaptive_concurrency.as_ref(),
+            direction,
+            name,
+        ))
         .layer(TimeoutLayer::new(config.timeout).counted(direction, name))
         .service(Forward::new(app));
     SharedService::new(service)

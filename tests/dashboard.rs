@@ -1,8 +1,8 @@
 //! The admin dashboard (`GET /` on the admin listener) in headless Chromium:
 //! the page loads with no console error, shows every upstream of a running
-//! proxy with its endpoints (a routing backend's too) and breaker state, charts the request rate from
-//! two polls, and lists the proxy-made errors; its Live view streams `/tap`
-//! with filters. Screenshots are written to the test's target directory
+//! proxy with its endpoints (a routing backend's too), breaker state and concurrency limit,
+//! charts the request rate from two polls, and lists the proxy-made errors; its Live view
+//! streams `/tap` with filters. Screenshots are written to the test's target directory
 //! (`docs/dashboard.png` is a copy of the Live view's, `dashboard-live.png`).
 //!
 //! Needs `chromium` (installed by `scripts/test.sh`); fails, naming the
@@ -45,6 +45,7 @@ async fn dashboard_shows_upstreams_endpoints_breakers_and_errors() {
          \x20 - name: dash-api\n    listen: 127.0.0.1:0\n    protocol: http\n    \
          discovery: {{ static: [{api}] }}\n    \
          rate_limit: {{ requests_per_second: 1000 }}\n    \
+         adaptive_concurrency: {{ min_limit: 5, initial_limit: 40 }}\n    \
          backends: {{ canary: {{ static: [{canary}] }} }}\n    \
          routes: [{{ name: canary, match: {{ headers: [{{ name: x-canary, present: true }}] }}, backend: canary }}]\n\
          \x20 - name: dash-down\n    listen: 127.0.0.1:0\n    protocol: http\n    \
@@ -128,6 +129,23 @@ async fn dashboard_shows_upstreams_endpoints_breakers_and_errors() {
         "{api_card}"
     );
     assert!(api_card.contains("breaker none"), "{api_card}");
+    // The adaptive concurrency limit, from /metrics: a number with what is in flight.
+    let limit = browser
+        .evaluate(
+            "[...document.querySelectorAll('[data-upstream=\"dash-api\"] .chart.limit .value')]\
+             .map(v => v.textContent).join()",
+        )
+        .await;
+    let limit = limit.as_str().unwrap();
+    assert!(
+        limit.ends_with(" in flight)") && limit.split(' ').next().unwrap().parse::<u32>().is_ok(),
+        "concurrency limit shown: {limit:?}"
+    );
+    let down_limit = browser.evaluate(&card("dash-down")).await;
+    assert!(
+        !down_limit.as_str().unwrap().contains("concurrency limit"),
+        "no limit, no chart"
+    );
     // The routing backend's own endpoints, under the upstream.
     assert!(
         api_card.contains("backend canary") && api_card.contains(&canary.addr.to_string()),

@@ -1,8 +1,9 @@
 //! `docs/metrics.md` against the real `/metrics`: a proxy using every feature (an HTTP
 //! upstream with retries, breaker, rate limit, concurrency limit, a 0 % fault, outlier
 //! detection, a dead endpoint and a mirrored route; a TCP upstream with health checks; a zoned one whose dead endpoint
-//! fails its checks and is answered by its fallback; inbound; registration with
-//! the Consul stand-in; `inbound.jwt`) is driven until the event-only
+//! fails its checks and is answered by its fallback; inbound with adaptive
+//! concurrency, a shared rate limit and `inbound.jwt`; registration with
+//! the Consul stand-in) is driven until the event-only
 //! metrics have happened, then every exported metric must be in the table with the same type
 //! and label names, and every metric in the table must be exported — except those the table
 //! marks *Appears after …*, which may be missing but must match when present; every exported
@@ -113,8 +114,9 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
     let yaml = format!(
         "service: {{ name: cat-svc, port: {app}, protocol: http, register: true, locality: {{ zone: z1 }} }}\n\
          consul: {{ address: \"{consul}\" }}\n\
-         inbound: {{ listen: 127.0.0.1:0, jwt: {{ providers: [{{ name: cat-jwt, issuer: cat, \
-         jwks: {{ file: {jwks} }} }}] }} }}\n\
+         inbound: {{ listen: 127.0.0.1:0, adaptive_concurrency: {{}}, \
+         rate_limit: {{ requests_per_second: 1000, scope: service }}, \
+         jwt: {{ providers: [{{ name: cat-jwt, issuer: cat, jwks: {{ file: {jwks} }} }}] }} }}\n\
          upstreams:\n\
          \x20 - name: cat-http\n    listen: 127.0.0.1:0\n    protocol: http\n    \
          discovery: {{ static: [{backend}, {dead}] }}\n    \

@@ -1,4 +1,4 @@
-//! Retries end to end: a failed try goes to another endpoint, a small POST body is replayed
+//! Retries end to end: a failed try goes to another endpoint, a small PUT body is replayed
 //! byte for byte while a large one is streamed once and never retried, a per-try timeout moves
 //! the request to a healthy endpoint, and the retry budget bounds what an always-failing
 //! upstream receives.
@@ -19,9 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
 use support::config::TestConfig;
-use support::{
-    Proxy, Server, get, grpc_failing, grpc_unary, h2_origin, http_backend, prom, send, serve,
-};
+use support::{Proxy, Server, get, grpc_failing, grpc_unary, http_backend, prom, send, serve};
 
 /// An origin that reads each request body whole, records it, waits `delay`, then answers
 /// `status` to every request.
@@ -113,7 +111,7 @@ async fn a_503_is_retried_on_the_other_endpoint() {
 }
 
 #[tokio::test]
-async fn a_small_post_body_is_replayed_and_a_large_one_is_sent_once() {
+async fn a_small_put_body_is_replayed_and_a_large_one_is_sent_once() {
     let failing = origin(503, Duration::ZERO);
     let proxy = Proxy::start(&yaml(
         "retry-bodies",
@@ -124,7 +122,7 @@ async fn a_small_post_body_is_replayed_and_a_large_one_is_sent_once() {
     let url = format!("http://{}/upload", proxy.upstream("retry-bodies"));
 
     let small = Bytes::from(vec![b's'; 1000]);
-    let request = Request::post(&url).body(Full::new(small.clone())).unwrap();
+    let request = Request::put(&url).body(Full::new(small.clone())).unwrap();
     let reply = send(Version::HTTP_11, request).await.unwrap();
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
@@ -135,7 +133,7 @@ async fn a_small_post_body_is_replayed_and_a_large_one_is_sent_once() {
 
     failing.bodies.lock().unwrap().clear();
     let large = Bytes::from(vec![b'L'; 64 * 1024]);
-    let request = Request::post(&url).body(Full::new(large.clone())).unwrap();
+    let request = Request::put(&url).body(Full::new(large.clone())).unwrap();
     let reply = send(Version::HTTP_11, request).await.unwrap();
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(*failing.bodies.lock().unwrap(), vec![large]);
@@ -247,18 +245,6 @@ async fn retries(proxy: &Proxy, upstream: &str) -> (f64, f64) {
     (count("success"), count("failure"))
 }
 
-/// An HTTP/2 origin that refuses its first `refused` streams with `REFUSED_STREAM` and answers
-/// 200 after.
-fn refusing_first_streams(refused: u64) -> Server {
-    h2_origin(move |number, _request, mut respond| async move {
-        if number < refused {
-            respond.send_reset(h2::Reason::REFUSED_STREAM);
-        } else {
-            support::h2_origin::answer(respond, 200);
-        }
-    })
-}
-
 /// A refused stream is resent by the endpoint itself, up to `MAX_RESENDS` (8) times, with no
 /// retry counted; refused once more, it reaches the retry layer as its own outcome
 /// (`ProxyError::is_refused_stream` sees the h2 reason under hyper's error): retried under
@@ -279,7 +265,8 @@ async fn a_refused_stream_is_retried_under_refused_stream_only() {
             (0.0, 0.0),
         ),
     ] {
-        let origin = refusing_first_streams(1 + remora::resend::MAX_RESENDS as u64);
+        let origin =
+            support::h2_origin::refusing_first_streams(1 + remora::resend::MAX_RESENDS as u64);
         let retry = format!("{{ attempts: 2, on: [{on}], backoff: {{ base: 1ms, max: 2ms }} }}");
         let proxy = Proxy::start(&yaml_with(
             name,
@@ -417,7 +404,7 @@ async fn grpc_unavailable_is_retried_end_to_end() {
         "grpc",
         "{ policy: round_robin }",
         &[origin.addr],
-        "{ attempts: 2, on: [unavailable], backoff: { base: 1ms, max: 2ms } }",
+        "{ attempts: 2, on: [unavailable], backoff: { base: 1ms, max: 2ms }, idempotent_grpc_methods: [remora.test.Echo/Unary] }",
     ))
     .await;
     let (text, trailers) = grpc_unary(proxy.upstream("retry-grpc"), "again")
@@ -503,7 +490,7 @@ async fn the_default_replay_limit_is_64_kib_inclusive() {
     for (size, tries) in [(64 * 1024, 2), (64 * 1024 + 1, 1)] {
         failing.bodies.lock().unwrap().clear();
         let body = Bytes::from(vec![b'b'; size]);
-        let request = Request::post(&url).body(Full::new(body.clone())).unwrap();
+        let request = Request::put(&url).body(Full::new(body.clone())).unwrap();
         let reply = send(Version::HTTP_11, request).await.unwrap();
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(

@@ -103,7 +103,11 @@ async fn a_body_read_whole_by_a_failed_try_is_replayed_whole() {
     let url = format!("http://{}/echo", proxy.upstream("replay-whole"));
     let body: Bytes = (0..10 * 1024u32).map(|i| b'a' + (i % 26) as u8).collect();
     for i in 0..4 {
-        let request = Request::post(&url).body(Full::new(body.clone())).unwrap();
+        // A POST is retried after a 503 only with an Idempotency-Key.
+        let request = Request::post(&url)
+            .header("idempotency-key", format!("upload-{i}"))
+            .body(Full::new(body.clone()))
+            .unwrap();
         let reply = send(Version::HTTP_11, request).await.unwrap();
         assert_eq!(reply.status, StatusCode::OK, "request {i}");
         assert_eq!(reply.body.len(), body.len(), "request {i}");
@@ -130,7 +134,7 @@ async fn a_body_over_the_replay_limit_is_not_retried() {
     .await;
     let url = format!("http://{}/upload", proxy.upstream("replay-capped"));
     let body = Bytes::from(vec![b'x'; 8 * 1024]);
-    let request = Request::post(&url).body(Full::new(body.clone())).unwrap();
+    let request = Request::put(&url).body(Full::new(body.clone())).unwrap();
     let reply = send(Version::HTTP_11, request).await.unwrap();
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(*failing.bodies.lock().unwrap(), vec![body]);

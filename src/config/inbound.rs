@@ -7,11 +7,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::authorization::InboundAuthorization;
+use super::concurrency::AdaptiveConcurrency;
 use super::duration;
 use super::jwt::JwtConfig;
 use super::limits::ListenerLimits;
 use super::path_normalization::PathNormalization;
-use super::resilience::RateLimitConfig;
+use super::rate_limit::RateLimitConfig;
 use super::upgrades::{UpgradeProtocol, default_upgrades};
 
 /// Listener for traffic from the mesh to the local application.
@@ -26,6 +27,8 @@ pub struct InboundConfig {
     pub rate_limit: Option<RateLimitConfig>,
     #[serde(default)]
     pub max_concurrent_requests: Option<u32>,
+    #[serde(default)]
+    pub adaptive_concurrency: Option<AdaptiveConcurrency>,
     #[serde(default)]
     pub limits: ListenerLimits,
     /// Protocols an HTTP/1.1 `Upgrade` may switch to (tunnelled).
@@ -48,6 +51,7 @@ impl Default for InboundConfig {
             timeout: None,
             rate_limit: None,
             max_concurrent_requests: None,
+            adaptive_concurrency: None,
             limits: ListenerLimits::default(),
             upgrades: default_upgrades(),
             path_normalization: PathNormalization::default(),

@@ -17,6 +17,7 @@
 
 mod admin;
 mod authorization;
+mod concurrency;
 mod config_source;
 mod consul;
 mod deserialize;
@@ -27,6 +28,7 @@ mod error;
 mod etcd;
 mod fallback;
 mod health_check;
+mod hedge;
 mod inbound;
 mod jwt;
 mod limits;
@@ -35,6 +37,7 @@ mod model;
 mod path_normalization;
 mod pool;
 mod prune;
+mod rate_limit;
 mod redact;
 mod request_token;
 mod resilience;
@@ -54,6 +57,7 @@ use serde_saphyr::{Options, PropertySyntax};
 
 pub use admin::{AdminConfig, TapConfig};
 pub use authorization::{AuthorizationRule, ClaimMatch, ClaimName, InboundAuthorization, JwtMatch};
+pub use concurrency::AdaptiveConcurrency;
 pub use config_source::{ConfigSource, ConsulKvSource, EtcdKeySource};
 pub use consul::{ConsulConfig, Secret};
 pub use discovery::{
@@ -65,18 +69,20 @@ pub use fallback::{FallbackConfig, FallbackResponse, FallbackTrigger};
 pub use health_check::{
     GrpcHealthCheck, HealthCheck, HttpHealthCheck, Probe, StatusRange, TcpHealthCheck,
 };
+pub use hedge::{HedgeDelay, HedgePolicy};
 pub use inbound::InboundConfig;
 pub use jwt::{JwksConfig, JwtConfig, JwtProvider, JwtRule, TokenLocation};
 pub use limits::{HeadersWithUnderscoresAction, ListenerLimits};
 pub use model::Config;
 pub use path_normalization::{EscapedSlashesAction, PathNormalization};
 pub use pool::ConnectionPool;
+pub use rate_limit::{RateLimitConfig, RateLimitKey, RateLimitOverride, RateLimitScope};
 pub use redact::shown;
 pub use request_token::RequestTokenConfig;
 pub use resilience::{
     CircuitBreakerConfig, Condition, FailureRate, FaultAbort, FaultConfig, FaultDelay,
-    OutlierDetection, RateLimitConfig, RateLimitKey, RetryBackoff, RetryBudget, RetryPolicy,
-    default_failure_conditions, grpc_code,
+    OutlierDetection, RetryBackoff, RetryBudget, RetryPolicy, default_failure_conditions,
+    grpc_code,
 };
 pub use routing::{
     BackendConfig, DEFAULT_BACKEND, DirectResponse, GrpcMatch, HeaderRules, MirrorConfig,

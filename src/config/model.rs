@@ -15,6 +15,7 @@ use super::config_source::ConfigSource;
 use super::consul::ConsulConfig;
 use super::etcd::EtcdConfig;
 use super::inbound::InboundConfig;
+use super::rate_limit::RateLimitScope;
 use super::runtime::RuntimeConfig;
 use super::service::ServiceConfig;
 use super::telemetry::{LoggingConfig, TracingConfig};
@@ -57,4 +58,23 @@ pub struct Config {
     /// (`${VAR}`), redacted in `/config` (see `redact`).
     #[serde(skip)]
     pub from_env: Vec<String>,
+}
+
+impl Config {
+    /// True when a rate limit has `scope: service`: the sidecar must watch
+    /// its own service's instances.
+    pub fn shares_quotas(&self) -> bool {
+        let inbound = self
+            .inbound
+            .iter()
+            .filter_map(|inbound| inbound.rate_limit.as_ref());
+        let upstreams = (self.upstreams.iter()).flat_map(|upstream| {
+            let routes = upstream
+                .routes
+                .iter()
+                .filter_map(|route| route.rate_limit.as_ref());
+            upstream.rate_limit.iter().chain(routes)
+        });
+        (inbound.chain(upstreams)).any(|limit| limit.scope == RateLimitScope::Service)
+    }
 }

@@ -1,8 +1,9 @@
-//! The resilience sections of an upstream (and of `inbound`): retries, rate
-//! limit, circuit breaker, outlier detection and fault injection, plus the
-//! shared vocabulary of outcomes (`Condition`) that retries retry on and that
+//! The resilience sections of an upstream (and of `inbound`): retries,
+//! circuit breaker, outlier detection and fault injection, plus the shared
+//! vocabulary of outcomes (`Condition`) that retries retry on and that
 //! breakers and outlier detection count as failures. Rejects unknown
-//! conditions, gRPC status names and rate-limit keys at parse time.
+//! conditions and gRPC status names at parse time. (Rate limits:
+//! `rate_limit.rs`; hedging: `hedge.rs`.)
 
 use std::fmt;
 use std::time::Duration;
@@ -161,6 +162,35 @@ pub struct RetryPolicy {
     /// with a larger body is not retried.
     #[serde(default = "default_replay_body_limit")]
     pub replay_body_limit: usize,
+    /// Methods whose requests may be retried after they reached the
+    /// upstream (RFC 9110 §9.2.2 by default); others only when they provably
+    /// never did. A request with an `Idempotency-Key` header counts as
+    /// idempotent whatever its method.
+    #[serde(default = "default_idempotent_methods")]
+    pub idempotent_methods: Vec<String>,
+    /// gRPC methods (always `POST`) that are idempotent: `pkg.Service/Method`
+    /// or `pkg.Service/*`.
+    #[serde(default)]
+    pub idempotent_grpc_methods: Vec<String>,
+    /// Retry non-idempotent requests on every `on` outcome too (opt-in).
+    #[serde(default)]
+    pub retry_non_idempotent: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: default_attempts(),
+            on: default_retry_on(),
+            per_try_timeout: None,
+            backoff: RetryBackoff::default(),
+            budget: RetryBudget::default(),
+            replay_body_limit: default_replay_body_limit(),
+            idempotent_methods: default_idempotent_methods(),
+            idempotent_grpc_methods: Vec::new(),
+            retry_non_idempotent: false,
+        }
+    }
 }
 
 fn default_attempts() -> u32 {
@@ -178,6 +208,12 @@ fn default_retry_on() -> Vec<Condition> {
 
 fn default_replay_body_limit() -> usize {
     64 * 1024
+}
+
+fn default_idempotent_methods() -> Vec<String> {
+    ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]
+        .map(String::from)
+        .to_vec()
 }
 
 /// Exponential backoff with full jitter between tries.
@@ -239,79 +275,6 @@ fn default_budget_min_per_second() -> u32 {
 
 fn default_budget_window() -> Duration {
     Duration::from_secs(10)
-}
-
-/// `rate_limit:` — a token bucket per key; excess requests get 429 at once.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitConfig {
-    pub requests_per_second: f64,
-    /// Bucket size: requests allowed at once after an idle period.
-    /// Default: one second's worth.
-    #[serde(default)]
-    pub burst: Option<u32>,
-    #[serde(default)]
-    pub key: RateLimitKey,
-    /// Most keys tracked at once; beyond it, new keys share one bucket.
-    #[serde(default = "default_max_keys")]
-    pub max_keys: usize,
-}
-
-fn default_max_keys() -> usize {
-    10_000
-}
-
-impl RateLimitConfig {
-    pub fn burst(&self) -> u32 {
-        self.burst
-            .unwrap_or_else(|| self.requests_per_second.ceil().max(1.0) as u32)
-    }
-}
-
-/// What separates one client's bucket from another's.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum RateLimitKey {
-    /// One bucket for everybody.
-    #[default]
-    None,
-    /// One bucket per client IP address.
-    ClientIp,
-    /// One bucket per value of a request header (requests without it share one).
-    Header(http::HeaderName),
-}
-
-impl fmt::Display for RateLimitKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RateLimitKey::None => f.write_str("none"),
-            RateLimitKey::ClientIp => f.write_str("client_ip"),
-            RateLimitKey::Header(name) => write!(f, "header:{name}"),
-        }
-    }
-}
-
-impl Serialize for RateLimitKey {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for RateLimitKey {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        match text.as_str() {
-            "none" => Ok(RateLimitKey::None),
-            "client_ip" => Ok(RateLimitKey::ClientIp),
-            _ => match text.strip_prefix("header:") {
-                Some(name) => http::HeaderName::from_bytes(name.trim().as_bytes())
-                    .map(RateLimitKey::Header)
-                    .map_err(|_| de::Error::custom(format!("invalid header name `{name}`"))),
-                None => Err(de::Error::custom(format!(
-                    "unknown key `{text}`: expected none, client_ip or header:NAME"
-                ))),
-            },
-        }
-    }
 }
 
 /// `circuit_breaker:` — stop sending to an upstream that keeps failing.

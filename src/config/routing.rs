@@ -15,8 +15,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::duration;
 use super::fallback::FallbackConfig;
+use super::hedge::HedgePolicy;
+use super::rate_limit::RateLimitConfig;
 use super::request_token::RequestTokenConfig;
-use super::resilience::{FaultConfig, RateLimitConfig, RetryPolicy};
+use super::resilience::{FaultConfig, RetryPolicy};
 
 /// The backend name that means "the upstream's own endpoints".
 pub const DEFAULT_BACKEND: &str = "default";
@@ -67,6 +69,8 @@ pub struct RouteConfig {
     pub timeout: Option<Duration>,
     #[serde(default)]
     pub retries: Option<RetryPolicy>,
+    #[serde(default)]
+    pub hedge: Option<HedgePolicy>,
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
     #[serde(default)]

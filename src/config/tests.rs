@@ -349,10 +349,10 @@ colour: blue
         errors(text),
         [
             "test.yaml:3:3: service.bogus: unknown field `bogus`, expected one of name, id, address, port, protocol, tags, meta, register, check, locality",
-            "test.yaml:6:5: upstreams[0].listenn: unknown field `listenn`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, request_token, circuit_breaker, outlier_detection, health_check, fallback, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
+            "test.yaml:6:5: upstreams[0].listenn: unknown field `listenn`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, hedge, rate_limit, request_token, circuit_breaker, outlier_detection, health_check, fallback, max_concurrent_requests, adaptive_concurrency, fault, tls, backends, routes, limits, upgrades, path_normalization",
             "test.yaml:8:44: upstreams[0].discovery.extra: expected end of mapping after enum variant value",
             "test.yaml:9:27: upstreams[0].timeouts.retry: unknown field `retry`, expected one of connect, request, idle",
-            "test.yaml:10:78: upstreams[1].weight: unknown field `weight`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, request_token, circuit_breaker, outlier_detection, health_check, fallback, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
+            "test.yaml:10:78: upstreams[1].weight: unknown field `weight`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, hedge, rate_limit, request_token, circuit_breaker, outlier_detection, health_check, fallback, max_concurrent_requests, adaptive_concurrency, fault, tls, backends, routes, limits, upgrades, path_normalization",
             "test.yaml:12:3: admin.extra: unknown field `extra`, expected one of listen, max_connections, header_read_timeout, allowed_hosts, tap",
             "test.yaml:14:1: colour: unknown field `colour`, expected one of service, inbound, upstreams, consul, etcd, admin, runtime, logging, tracing, config_source, tls, transparent",
         ]
@@ -409,7 +409,7 @@ upstreams:
         [
             "test.yaml:3:9: service.port: invalid u16",
             "test.yaml:5:18: runtime.drain_timeout: duration `5` has no unit: write e.g. \"5s\" or \"5ms\"",
-            "test.yaml:10:5: upstreams[0].retry: unknown field `retry`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, rate_limit, request_token, circuit_breaker, outlier_detection, health_check, fallback, max_concurrent_requests, fault, tls, backends, routes, limits, upgrades, path_normalization",
+            "test.yaml:10:5: upstreams[0].retry: unknown field `retry`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, hedge, rate_limit, request_token, circuit_breaker, outlier_detection, health_check, fallback, max_concurrent_requests, adaptive_concurrency, fault, tls, backends, routes, limits, upgrades, path_normalization",
         ]
     );
 }

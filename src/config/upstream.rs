@@ -1,8 +1,8 @@
 //! One `upstreams[]` entry: its listener, protocol, load balancing,
 //! timeouts and mesh TLS. Its other parts have their own modules:
-//! `discovery.rs`, `resilience.rs`, `routing.rs`, `pool.rs`, `limits.rs`,
-//! `upgrades.rs`, `path_normalization.rs`, `transparent.rs` (`hosts`,
-//! `addresses`).
+//! `discovery.rs`, `resilience.rs`, `rate_limit.rs`, `hedge.rs`,
+//! `concurrency.rs`, `routing.rs`, `pool.rs`, `limits.rs`, `upgrades.rs`,
+//! `path_normalization.rs`, `transparent.rs` (`hosts`, `addresses`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,17 +12,18 @@ use std::time::Duration;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::concurrency::AdaptiveConcurrency;
 use super::discovery::Discovery;
 use super::duration;
 use super::fallback::FallbackConfig;
 use super::health_check::HealthCheck;
+use super::hedge::HedgePolicy;
 use super::limits::ListenerLimits;
 use super::path_normalization::PathNormalization;
 use super::pool::ConnectionPool;
+use super::rate_limit::RateLimitConfig;
 use super::request_token::RequestTokenConfig;
-use super::resilience::{
-    CircuitBreakerConfig, FaultConfig, OutlierDetection, RateLimitConfig, RetryPolicy,
-};
+use super::resilience::{CircuitBreakerConfig, FaultConfig, OutlierDetection, RetryPolicy};
 use super::routing::{BackendConfig, RouteConfig};
 use super::service::ServiceProtocol;
 use super::transparent::{DestinationMatch, HostName};
@@ -57,6 +58,8 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub retries: Option<RetryPolicy>,
     #[serde(default)]
+    pub hedge: Option<HedgePolicy>,
+    #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
     /// A token from a file attached to every request (routes may override it).
     #[serde(default)]
@@ -74,6 +77,8 @@ pub struct UpstreamConfig {
     pub fallback: Option<FallbackConfig>,
     #[serde(default)]
     pub max_concurrent_requests: Option<u32>,
+    #[serde(default)]
+    pub adaptive_concurrency: Option<AdaptiveConcurrency>,
     #[serde(default)]
     pub fault: Option<FaultConfig>,
     #[serde(default)]

@@ -13,6 +13,7 @@ pub mod dns;
 pub mod etcd;
 mod fail_static;
 pub mod failover;
+pub mod instances;
 
 pub use fail_static::FailStatic;
 

@@ -300,7 +300,8 @@ impl LiveProxy {
             Some(transparent) => Some(plan_transparent(state, transparent).await?),
             None => None,
         };
-        let uses_consul = (listeners.iter()).any(|l| matches!(l.discovery, Discovery::Consul(_)));
+        let uses_consul = (listeners.iter()).any(|l| matches!(l.discovery, Discovery::Consul(_)))
+            || config.shares_quotas();
         let consul = if uses_consul {
             let build = crate::consul::Client::from_config;
             Some(ConsulWatches::plan_client(
@@ -369,11 +370,14 @@ impl LiveProxy {
             }
         }
         commit_transparent(state, plan.transparent, &plan.config);
+        let own_service =
+            (plan.config.shares_quotas()).then_some(plan.config.service.name.as_str());
         state.consul = commit_consul(
             &state.sites,
             state.consul.take(),
             plan.consul,
             &plan.config.consul,
+            own_service,
         );
         state.etcd = commit_etcd(&state.sites, state.etcd.take(), plan.etcd);
         let upstreams = (state.sites.iter()).map(|site| Arc::clone(&site.upstream));

@@ -6,7 +6,11 @@
 //! new client), and stopped when no upstream needs it. An upstream with
 //! Consul `failover` is fed through its [`Failover`], one query per
 //! datacenter; the failover is kept across applies while its upstream and
-//! datacenters stay the same.
+//! datacenters stay the same. With a
+//! `rate_limit.scope: service`, the Consul query of `service.name` (passing
+//! instances) also feeds the count of this sidecar's own service
+//! ([`ServiceInstances::own`]), sharing the watch when an upstream asks the
+//! same query.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use crate::consul::HealthQuery;
 use crate::discovery::EndpointSink;
 use crate::discovery::consul::{Watches, query_for};
 use crate::discovery::failover::Failover;
+use crate::discovery::instances::ServiceInstances;
 use crate::drain::{Drain, DrainController};
 use crate::upstream::Upstream;
 
@@ -26,8 +31,8 @@ pub(super) struct RegistryWatches<Query, Section, Client> {
     /// The section the client was built from.
     section: Section,
     client: Arc<Client>,
-    /// Per query: the sinks it feeds (upstreams, or a failover's
-    /// datacenters) and the task's stop signal.
+    /// Per query: what it feeds (upstreams, a failover's datacenters, the
+    /// own service's count) and the task's stop signal.
     groups: BTreeMap<Query, (Vec<Arc<dyn EndpointSink>>, DrainController)>,
     /// The Consul failovers, one per upstream with `failover` (none for
     /// etcd).
@@ -84,27 +89,6 @@ impl FailoverFeed {
     }
 }
 
-/// True when `a` and `b` are the same sink.
-fn same_sink(a: &Arc<dyn EndpointSink>, b: &Arc<dyn EndpointSink>) -> bool {
-    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
-}
-
-/// Groups the upstreams by the query `query_of` finds in their discovery
-/// (`None`: not this registry's).
-fn group_upstreams<Query: Ord>(
-    sites: &[Site],
-    query_of: impl Fn(&Discovery) -> Option<Query>,
-) -> BTreeMap<Query, Vec<Arc<dyn EndpointSink>>> {
-    let mut groups: BTreeMap<Query, Vec<Arc<dyn EndpointSink>>> = BTreeMap::new();
-    for site in sites {
-        if let Some(query) = query_of(&site.discovery) {
-            let sink: Arc<dyn EndpointSink> = Arc::clone(&site.upstream) as Arc<dyn EndpointSink>;
-            groups.entry(query).or_default().push(sink);
-        }
-    }
-    groups
-}
-
 /// A registry's client for the next configuration, with the section it was
 /// built from.
 pub(super) type PlannedClient<Section, Client> = (Section, Arc<Client>);
@@ -130,10 +114,25 @@ impl<Query, Section: PartialEq + Clone, Client> RegistryWatches<Query, Section, 
     }
 }
 
-/// Runs one watch per query of `groups`, feeding its sinks: restarts
-/// through `spawn` the watches whose sinks or client changed, stops those
-/// no longer needed. Returns the running watches (keeping `failovers`),
-/// `None` when `next` is (no upstream uses the registry).
+/// The upstreams of `sites` grouped by the query `query_of` finds in their
+/// discovery (`None`: not this registry's).
+fn sinks_by_query<Query: Ord>(
+    sites: &[Site],
+    query_of: impl Fn(&Discovery) -> Option<Query>,
+) -> BTreeMap<Query, Vec<Arc<dyn EndpointSink>>> {
+    let mut groups: BTreeMap<Query, Vec<Arc<dyn EndpointSink>>> = BTreeMap::new();
+    for site in sites {
+        if let Some(query) = query_of(&site.discovery) {
+            let upstream: Arc<Upstream> = Arc::clone(&site.upstream);
+            groups.entry(query).or_default().push(upstream);
+        }
+    }
+    groups
+}
+
+/// Restarts through `spawn` the watches of `groups` whose sinks or client
+/// changed, stops those no longer needed. Returns the running watches
+/// (keeping `failovers`), `None` when `next` is (nothing uses the registry).
 fn commit<Query: Ord + Clone, Section: PartialEq, Client>(
     groups: BTreeMap<Query, Vec<Arc<dyn EndpointSink>>>,
     failovers: Vec<FailoverFeed>,
@@ -157,7 +156,7 @@ fn commit<Query: Ord + Clone, Section: PartialEq, Client>(
     for (query, sinks) in groups {
         let kept = old_groups.remove(&query).and_then(|(fed, stop)| {
             let same_sinks =
-                fed.len() == sinks.len() && fed.iter().zip(&sinks).all(|(a, b)| same_sink(a, b));
+                fed.len() == sinks.len() && fed.iter().zip(&sinks).all(|(a, b)| Arc::ptr_eq(a, b));
             if same_client && same_sinks {
                 Some(stop)
             } else {
@@ -184,11 +183,14 @@ fn commit<Query: Ord + Clone, Section: PartialEq, Client>(
 /// The Consul watches after an apply; `section` gives each query its
 /// default datacenter. An upstream with `failover` is fed through its
 /// failover (the running one while alike), one query per datacenter.
+/// `own_service` (`service.name` when a rate limit is shared across the
+/// service) adds the watch of its passing instances.
 pub(super) fn commit_consul(
     sites: &[Site],
     mut running: Option<ConsulWatches>,
     next: Option<PlannedClient<ConsulConfig, crate::consul::Client>>,
     section: &ConsulConfig,
+    own_service: Option<&str>,
 ) -> Option<ConsulWatches> {
     let mut old_failovers = (running.as_mut())
         .map(|running| std::mem::take(&mut running.failovers))
@@ -201,8 +203,8 @@ pub(super) fn commit_consul(
         };
         let query = query_for(discovery, section);
         let Some(failover) = &discovery.failover else {
-            let sink: Arc<dyn EndpointSink> = Arc::clone(&site.upstream) as Arc<dyn EndpointSink>;
-            groups.entry(query).or_default().push(sink);
+            let upstream: Arc<Upstream> = Arc::clone(&site.upstream);
+            groups.entry(query).or_default().push(upstream);
             continue;
         };
         let kept = (old_failovers.iter())
@@ -216,6 +218,17 @@ pub(super) fn commit_consul(
                 .push(Arc::clone(sink));
         }
         failovers.push(feed);
+    }
+    if let Some(service) = own_service {
+        let query = HealthQuery {
+            service: service.to_owned(),
+            tags: Vec::new(),
+            datacenter: section.datacenter.clone(),
+            passing_only: true,
+            connect: false,
+        };
+        let own: Arc<dyn EndpointSink> = ServiceInstances::own();
+        groups.entry(query).or_default().push(own);
     }
     commit(
         groups,
@@ -244,7 +257,7 @@ pub(super) fn commit_etcd(
         _ => None,
     };
     commit(
-        group_upstreams(sites, query_of),
+        sinks_by_query(sites, query_of),
         Vec::new(),
         running,
         next,

@@ -283,7 +283,19 @@ pub const CATALOGUE: &[MetricDoc] = &[
         name: RETRY_BUDGET_EXHAUSTED_TOTAL,
         kind: Kind::Counter,
         labels: &["upstream"],
-        meaning: "Failed tries not retried because the retry budget was exhausted.",
+        meaning: "Failed tries not retried, and hedges not sent, because the retry budget was exhausted.",
+    },
+    MetricDoc {
+        name: HEDGES_TOTAL,
+        kind: Kind::Counter,
+        labels: &["upstream"],
+        meaning: "Hedges sent: second (or later) tries of an idempotent request whose first try was slower than `hedge.delay`. Where `retries` or `hedge` is set.",
+    },
+    MetricDoc {
+        name: HEDGE_WINS_TOTAL,
+        kind: Kind::Counter,
+        labels: &["upstream"],
+        meaning: "Answers that came from a hedge rather than the first try (the others were cancelled). Where `retries` or `hedge` is set.",
     },
     MetricDoc {
         name: TIMEOUTS_TOTAL,
@@ -298,10 +310,34 @@ pub const CATALOGUE: &[MetricDoc] = &[
         meaning: "Requests refused by a rate limit (only where one is set).",
     },
     MetricDoc {
+        name: SERVICE_INSTANCES,
+        kind: Kind::Gauge,
+        labels: &[],
+        meaning: "Healthy instances of this sidecar's own service (`service.name`) in Consul: what `rate_limit.scope: service` divides its rates by. *Appears after the first answer of that watch (only with `rate_limit.scope: service`).*",
+    },
+    MetricDoc {
         name: SHED_REQUESTS_TOTAL,
         kind: Kind::Counter,
         labels: &["direction", "upstream"],
-        meaning: "Requests refused by `max_concurrent_requests` (only where it is set).",
+        meaning: "Requests refused by `max_concurrent_requests` or `adaptive_concurrency` (only where one is set).",
+    },
+    MetricDoc {
+        name: CONCURRENCY_LIMIT,
+        kind: Kind::Gauge,
+        labels: &["direction", "upstream"],
+        meaning: "The concurrency limit now: `max_concurrent_requests`, or the adaptive limit (`min_limit` while the no-load latency is measured). Only where one is set.",
+    },
+    MetricDoc {
+        name: CONCURRENCY_IN_FLIGHT,
+        kind: Kind::Gauge,
+        labels: &["direction", "upstream"],
+        meaning: "Requests holding a slot of the concurrency limit (until their response ends, or they fail or are cancelled). Only where a limit is set.",
+    },
+    MetricDoc {
+        name: CONCURRENCY_RTT_NOLOAD,
+        kind: Kind::Gauge,
+        labels: &["direction", "upstream"],
+        meaning: "The no-load latency the adaptive limit measured (median of `min_limit`-concurrency samples, every ~30 s); 0 until the first measurement. Only with `adaptive_concurrency`.",
     },
     MetricDoc {
         name: FAULTS_INJECTED_TOTAL,

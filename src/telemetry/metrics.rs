@@ -26,6 +26,7 @@ pub const ENDPOINTS: &str = "remora_endpoints";
 pub const CONNECT_ERRORS_TOTAL: &str = "remora_upstream_connect_errors_total";
 pub const DISCOVERY_ERRORS_TOTAL: &str = "remora_discovery_errors_total";
 pub const DISCOVERY_LAST_UPDATE: &str = "remora_discovery_last_update_timestamp_seconds";
+pub const SERVICE_INSTANCES: &str = "remora_service_instances";
 pub const DISCOVERY_WATCH_UP: &str = "remora_discovery_watch_up";
 pub const CONFIG_RELOADS_TOTAL: &str = "remora_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "remora_config_last_reload_success_timestamp_seconds";
@@ -77,6 +78,12 @@ pub fn discovery_error(upstream: &str) {
 
 /// Records that discovery confirmed `upstream`'s endpoint set just now
 /// (as a Unix timestamp; its age is `time()` minus it).
+/// The healthy instances of this sidecar's own service, as discovery lists
+/// them (what `rate_limit.scope: service` divides by).
+pub fn service_instances(count: u32) {
+    gauge!(SERVICE_INSTANCES).set(f64::from(count));
+}
+
 pub fn discovery_updated(upstream: &str) {
     gauge!(DISCOVERY_LAST_UPDATE, "upstream" => upstream.to_owned()).set(unix_now());
 }
@@ -340,6 +347,8 @@ pub fn outlier_ejection(upstream: &str) {
 
 pub const RETRIES_TOTAL: &str = "remora_retries_total";
 pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "remora_retry_budget_exhausted_total";
+pub const HEDGES_TOTAL: &str = "remora_hedges_total";
+pub const HEDGE_WINS_TOTAL: &str = "remora_hedge_wins_total";
 pub const TIMEOUTS_TOTAL: &str = "remora_timeouts_total";
 
 /// Counters of one upstream's retry layer, registered once when it is built.
@@ -352,6 +361,10 @@ pub struct RetryMetrics {
     pub budget_exhausted: Counter,
     /// Tries cut off by `per_try_timeout`.
     pub per_try_timeouts: Counter,
+    /// Hedges sent.
+    pub hedges: Counter,
+    /// Answers that came from a hedge rather than the first try.
+    pub hedge_wins: Counter,
 }
 
 impl RetryMetrics {
@@ -362,6 +375,8 @@ impl RetryMetrics {
             failed: retries("failure"),
             budget_exhausted: counter!(RETRY_BUDGET_EXHAUSTED_TOTAL, "upstream" => upstream.to_owned()),
             per_try_timeouts: timeouts(direction, upstream, "per_try"),
+            hedges: counter!(HEDGES_TOTAL, "upstream" => upstream.to_owned()),
+            hedge_wins: counter!(HEDGE_WINS_TOTAL, "upstream" => upstream.to_owned()),
         }
     }
 }
@@ -380,6 +395,9 @@ pub const RATE_LIMITED_TOTAL: &str = "remora_rate_limited_total";
 pub const SHED_REQUESTS_TOTAL: &str = "remora_shed_requests_total";
 pub const REQUESTS_IN_FLIGHT: &str = "remora_requests_in_flight";
 pub const FAULTS_INJECTED_TOTAL: &str = "remora_faults_injected_total";
+pub const CONCURRENCY_LIMIT: &str = "remora_concurrency_limit";
+pub const CONCURRENCY_IN_FLIGHT: &str = "remora_concurrency_in_flight";
+pub const CONCURRENCY_RTT_NOLOAD: &str = "remora_concurrency_rtt_noload_seconds";
 
 fn listener_labels(direction: Direction, upstream: &str) -> [(&'static str, String); 2] {
     [
@@ -396,6 +414,28 @@ pub fn rate_limited_counter(direction: Direction, upstream: &str) -> Counter {
 /// Requests refused by a concurrency limit.
 pub fn shed_counter(direction: Direction, upstream: &str) -> Counter {
     counter!(SHED_REQUESTS_TOTAL, &listener_labels(direction, upstream))
+}
+
+/// The gauges of one concurrency limit (`max_concurrent_requests` or
+/// `adaptive_concurrency`).
+pub struct ConcurrencyGauges {
+    /// The limit now.
+    pub limit: Gauge,
+    /// Requests holding a slot.
+    pub in_flight: Gauge,
+    /// The upstream's measured no-load latency (adaptive limits only).
+    pub rtt_noload: Option<Gauge>,
+}
+
+impl ConcurrencyGauges {
+    pub fn new(direction: Direction, upstream: &str, adaptive: bool) -> Self {
+        let labels = listener_labels(direction, upstream);
+        Self {
+            limit: gauge!(CONCURRENCY_LIMIT, &labels),
+            in_flight: gauge!(CONCURRENCY_IN_FLIGHT, &labels),
+            rtt_noload: adaptive.then(|| gauge!(CONCURRENCY_RTT_NOLOAD, &labels)),
+        }
+    }
 }
 
 /// Requests received on an HTTP listener whose response has not ended yet.

@@ -41,3 +41,15 @@ pub fn answer(mut respond: SendResponse<Bytes>, status: u16) {
     let response = http::Response::builder().status(status).body(()).unwrap();
     let _ = respond.send_response(response, true);
 }
+
+/// An HTTP/2 origin that refuses its first `refused` streams with `REFUSED_STREAM` and answers
+/// 200 after.
+pub fn refusing_first_streams(refused: u64) -> Server {
+    h2_origin(move |number, _request, mut respond| async move {
+        if number < refused {
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+        } else {
+            answer(respond, 200);
+        }
+    })
+}

@@ -30,6 +30,7 @@ pub mod peers;
 pub mod prober;
 pub mod prom;
 pub mod proxy;
+pub mod queueing;
 pub mod raw_h2;
 pub mod requirements;
 pub mod switchable;

@@ -5,7 +5,7 @@
 use super::Problems;
 use super::check_limits;
 use super::jwt::check_jwt;
-use super::resilience::check_rate_limit;
+use super::resilience::{check_concurrency, check_rate_limit};
 use crate::config::model::Config;
 use crate::config::service::ServiceProtocol;
 
@@ -20,6 +20,12 @@ pub(super) fn check_inbound(config: &Config, problems: &mut Problems) {
         if inbound.max_concurrent_requests == Some(0) {
             problems.add("inbound.max_concurrent_requests", "must be at least 1");
         }
+        check_concurrency(
+            "inbound.",
+            inbound.max_concurrent_requests,
+            inbound.adaptive_concurrency.as_ref(),
+            problems,
+        );
         check_limits("inbound.limits", &inbound.limits, problems);
         if let Some(jwt) = &inbound.jwt {
             check_jwt(jwt, problems);

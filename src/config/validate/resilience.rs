@@ -5,7 +5,10 @@
 use super::Problems;
 use super::request_token::check_request_token;
 use super::upstream::check_connection_pool;
-use crate::config::resilience::{FaultConfig, RateLimitConfig, RetryPolicy, grpc_code};
+use crate::config::concurrency::AdaptiveConcurrency;
+use crate::config::hedge::{HedgeDelay, HedgePolicy};
+use crate::config::rate_limit::{RateLimitConfig, RateLimitKey};
+use crate::config::resilience::{FaultConfig, RetryPolicy, grpc_code};
 use crate::config::upstream::{UpstreamConfig, UpstreamProtocol};
 
 pub(super) fn check_resilience(
@@ -16,6 +19,7 @@ pub(super) fn check_resilience(
     if upstream.protocol == UpstreamProtocol::Tcp {
         let http_only = [
             ("retries", upstream.retries.is_some()),
+            ("hedge", upstream.hedge.is_some()),
             ("rate_limit", upstream.rate_limit.is_some()),
             ("request_token", upstream.request_token.is_some()),
             ("fault", upstream.fault.is_some()),
@@ -23,6 +27,10 @@ pub(super) fn check_resilience(
             (
                 "max_concurrent_requests",
                 upstream.max_concurrent_requests.is_some(),
+            ),
+            (
+                "adaptive_concurrency",
+                upstream.adaptive_concurrency.is_some(),
             ),
         ];
         for (key, present) in http_only {
@@ -37,6 +45,9 @@ pub(super) fn check_resilience(
     }
     if let Some(retries) = &upstream.retries {
         check_retries(&at("retries"), retries, problems);
+    }
+    if let Some(hedge) = &upstream.hedge {
+        check_hedge(&at("hedge"), hedge, problems);
     }
     if let Some(rate_limit) = &upstream.rate_limit {
         check_rate_limit(&at("rate_limit"), rate_limit, problems);
@@ -104,9 +115,59 @@ pub(super) fn check_resilience(
     if upstream.max_concurrent_requests == Some(0) {
         problems.add(at("max_concurrent_requests"), "must be at least 1");
     }
+    check_concurrency(
+        &at(""),
+        upstream.max_concurrent_requests,
+        upstream.adaptive_concurrency.as_ref(),
+        problems,
+    );
     check_connection_pool(&at("connection_pool"), &upstream.connection_pool, problems);
     if let Some(fault) = &upstream.fault {
         check_fault(&at("fault"), fault, problems);
+    }
+}
+
+/// Checks `adaptive_concurrency` of the section at `section` (`inbound.`,
+/// `upstreams[0].`): bounds in order, and not together with
+/// `max_concurrent_requests`.
+pub(super) fn check_concurrency(
+    section: &str,
+    fixed: Option<u32>,
+    adaptive: Option<&AdaptiveConcurrency>,
+    problems: &mut Problems,
+) {
+    let Some(adaptive) = adaptive else {
+        return;
+    };
+    let key = |name: &str| format!("{section}adaptive_concurrency{name}");
+    if fixed.is_some() {
+        problems.add(
+            key(""),
+            "max_concurrent_requests is set too: choose one (adaptive_concurrency.max_limit \
+             caps the adaptive limit)",
+        );
+    }
+    if adaptive.min_limit == 0 {
+        problems.add(key(".min_limit"), "must be at least 1");
+    }
+    if adaptive.max_limit < adaptive.min_limit {
+        problems.add(key(".max_limit"), "must not be below min_limit");
+    }
+    if !(adaptive.min_limit..=adaptive.max_limit).contains(&adaptive.initial_limit) {
+        problems.add(
+            key(".initial_limit"),
+            "must be between min_limit and max_limit",
+        );
+    }
+}
+
+/// Checks a `hedge:` section at key path `at`.
+pub(super) fn check_hedge(at: &str, hedge: &HedgePolicy, problems: &mut Problems) {
+    if !(1..=10).contains(&hedge.max_extra) {
+        problems.add(format!("{at}.max_extra"), "must be between 1 and 10");
+    }
+    if let HedgeDelay::Fixed(delay) = hedge.delay {
+        problems.nonzero(format!("{at}.delay"), delay);
     }
 }
 
@@ -130,6 +191,26 @@ pub(super) fn check_retries(at: &str, retries: &RetryPolicy, problems: &mut Prob
         problems.add(key("budget.ratio"), "must be between 0 and 10");
     }
     problems.nonzero(key("budget.window"), retries.budget.window);
+    for (i, method) in retries.idempotent_methods.iter().enumerate() {
+        if http::Method::from_bytes(method.as_bytes()).is_err() {
+            problems.add(
+                format!("{at}.idempotent_methods[{i}]"),
+                format!("`{method}` is not an HTTP method"),
+            );
+        }
+    }
+    for (i, method) in retries.idempotent_grpc_methods.iter().enumerate() {
+        let parts = method.split_once('/');
+        let valid = parts.is_some_and(|(service, name)| {
+            !service.is_empty() && !name.is_empty() && !name.contains('/')
+        });
+        if !valid {
+            problems.add(
+                format!("{at}.idempotent_grpc_methods[{i}]"),
+                format!("`{method}` is not `package.Service/Method` or `package.Service/*`"),
+            );
+        }
+    }
 }
 
 /// Checks a `fault:` section at key path `at`.
@@ -170,6 +251,22 @@ pub(super) fn check_rate_limit(at: &str, rate_limit: &RateLimitConfig, problems:
     }
     if rate_limit.max_keys == 0 {
         problems.add(format!("{at}.max_keys"), "must be at least 1");
+    }
+    for (i, over) in rate_limit.overrides.iter().enumerate() {
+        let key = |name: &str| format!("{at}.overrides[{i}].{name}");
+        if !(over.requests_per_second > 0.0 && over.requests_per_second.is_finite()) {
+            problems.add(key("requests_per_second"), "must be a number above 0");
+        }
+        if over.burst == Some(0) {
+            problems.add(key("burst"), "must be at least 1");
+        }
+        if rate_limit.key == RateLimitKey::None {
+            problems.add(
+                key("value"),
+                "rate_limit.key is none: every request has the same key; set key to \
+                 identity, client_ip or header:NAME",
+            );
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use http::{HeaderName, HeaderValue, Method};
 
 use super::Problems;
 use super::request_token::check_request_token;
-use super::resilience::{check_fault, check_percent, check_rate_limit, check_retries};
+use super::resilience::{check_fault, check_hedge, check_percent, check_rate_limit, check_retries};
 use super::upstream::is_label_safe;
 use crate::config::discovery::Discovery;
 use crate::config::model::Config;
@@ -228,6 +228,9 @@ fn check_route(upstream: &UpstreamConfig, route: &RouteConfig, at: &str, problem
     }
     if let Some(timeout) = route.timeout {
         problems.nonzero(format!("{at}.timeout"), timeout);
+    }
+    if let Some(hedge) = &route.hedge {
+        check_hedge(&format!("{at}.hedge"), hedge, problems);
     }
     if let Some(retries) = &route.retries {
         check_retries(&format!("{at}.retries"), retries, problems);

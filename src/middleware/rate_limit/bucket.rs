@@ -141,6 +141,11 @@ impl KeyedBuckets {
         }
     }
 
+    /// Changes the rate of every bucket (a service-wide rate's share moved).
+    pub fn set_rate(&mut self, rate: Rate) {
+        self.rate = rate;
+    }
+
     /// Buckets tracked now (the overflow bucket not counted).
     pub fn tracked_keys(&self) -> usize {
         self.buckets.len()

@@ -9,7 +9,20 @@
 //! - `client_ip`: one bucket per client address (the TCP peer,
 //!   [`ClientAddr`]);
 //! - `header:NAME`: one bucket per value of the header (its first value);
-//!   requests without the header share one bucket.
+//!   requests without the header share one bucket;
+//! - `identity`: one bucket per caller identity, the SPIFFE ID of the mTLS
+//!   peer ([`PeerIdentity`], inbound); requests without one share a bucket.
+//!
+//! `overrides` give named key values a rate (and burst) of their own: a
+//! batch job's identity a higher one, a noisy tenant's header a lower one.
+//!
+//! **Shared quotas** (`scope: service`): the rates are the whole service's.
+//! Each sidecar enforces its share, every rate and burst divided by the
+//! healthy instances of its own service that discovery reports
+//! ([`ServiceInstances`], the Consul watch of `service.name`), so N sidecars
+//! together admit the service-wide rate with no rate-limit service; when
+//! instances come and go, the shares follow at the next request. A burst
+//! share is rounded up (at least 1 request).
 //!
 //! Keys are kept as a 64-bit hash, seeded per limiter, so a bucket costs the
 //! same small, fixed memory whatever the length of a header value, and
@@ -25,6 +38,7 @@
 
 pub mod bucket;
 
+use std::collections::HashMap;
 use std::future::ready;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -39,50 +53,112 @@ use tower::{Layer, Service};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::body::ResponseBody;
-use crate::config::{RateLimitConfig, RateLimitKey};
+use crate::config::{RateLimitConfig, RateLimitKey, RateLimitScope};
 use crate::context::ClientAddr;
 use crate::context::Direction;
+use crate::discovery::instances::ServiceInstances;
 use crate::error::ProxyError;
 use crate::telemetry::metrics::rate_limited_counter;
+use crate::tls::PeerIdentity;
 
-use bucket::{KeyedBuckets, Rate};
+use bucket::{KeyedBuckets, Rate, TokenBucket};
 
 /// The key of requests that have no key (no such header, no client address).
 const NO_KEY: u64 = 0;
+
+/// A configured rate: requests per second and burst, service-wide under
+/// `scope: service`.
+#[derive(Clone, Copy)]
+struct Configured {
+    per_second: f64,
+    burst: u32,
+}
+
+impl Configured {
+    /// This sidecar's share among `instances`.
+    fn share(self, instances: u32) -> Rate {
+        let instances = f64::from(instances);
+        let burst = (f64::from(self.burst) / instances).ceil().max(1.0) as u32;
+        Rate::new(self.per_second / instances, burst)
+    }
+}
 
 /// The state shared by every clone of one listener's rate-limit layer.
 struct Limiter {
     key: RateLimitKey,
     seed: u64,
-    buckets: Mutex<KeyedBuckets>,
+    rate: Configured,
+    /// Key hash → its own rate.
+    override_rates: HashMap<u64, Configured>,
+    /// `scope: service`: the instances to share the rates among.
+    instances: Option<Arc<ServiceInstances>>,
+    buckets: Mutex<Buckets>,
     limited: Counter,
+}
+
+/// The buckets, at the share of `instances`.
+struct Buckets {
+    instances: u32,
+    keyed: KeyedBuckets,
+    overrides: HashMap<u64, (Rate, TokenBucket)>,
 }
 
 impl Limiter {
     /// Takes a token for `request`, or says how long until one is there.
     fn check<B>(&self, request: &Request<B>) -> Result<(), Duration> {
         let key = self.key_of(request);
+        let instances = self.instances.as_ref().map_or(1, |own| own.divisor());
+        let now = Instant::now();
         // A panic while the lock was held cannot leave a bucket half-updated
         // (each update is one assignment), so a poisoned table is still valid.
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        buckets.try_take(key, Instant::now())
+        if buckets.instances != instances {
+            buckets.instances = instances;
+            buckets.keyed.set_rate(self.rate.share(instances));
+            for (key, (rate, _)) in &mut buckets.overrides {
+                *rate = self.override_rates[key].share(instances);
+            }
+        }
+        if let Some((rate, bucket)) = buckets.overrides.get_mut(&key) {
+            return bucket.try_take(rate, now);
+        }
+        buckets.keyed.try_take(key, now)
+    }
+
+    fn hash(&self, bytes: &[u8]) -> u64 {
+        xxh3_64_with_seed(bytes, self.seed).max(NO_KEY + 1)
+    }
+
+    fn hash_ip(&self, ip: IpAddr) -> u64 {
+        match ip.to_canonical() {
+            IpAddr::V4(ip) => self.hash(&ip.octets()),
+            IpAddr::V6(ip) => self.hash(&ip.octets()),
+        }
     }
 
     fn key_of<B>(&self, request: &Request<B>) -> u64 {
-        let hash = |bytes: &[u8]| xxh3_64_with_seed(bytes, self.seed).max(NO_KEY + 1);
         match &self.key {
             RateLimitKey::None => NO_KEY,
-            RateLimitKey::ClientIp => match request.extensions().get::<ClientAddr>() {
-                Some(ClientAddr(addr)) => match addr.ip().to_canonical() {
-                    IpAddr::V4(ip) => hash(&ip.octets()),
-                    IpAddr::V6(ip) => hash(&ip.octets()),
-                },
-                None => NO_KEY,
-            },
+            RateLimitKey::ClientIp => request
+                .extensions()
+                .get::<ClientAddr>()
+                .map_or(NO_KEY, |ClientAddr(addr)| self.hash_ip(addr.ip())),
             RateLimitKey::Header(name) => request
                 .headers()
                 .get(name)
-                .map_or(NO_KEY, |value| hash(value.as_bytes())),
+                .map_or(NO_KEY, |value| self.hash(value.as_bytes())),
+            RateLimitKey::Identity => request
+                .extensions()
+                .get::<PeerIdentity>()
+                .map_or(NO_KEY, |peer| self.hash(peer.uri.as_bytes())),
+        }
+    }
+
+    /// The key of an override's `value` (an IP address for `client_ip`).
+    fn key_of_value(&self, value: &str) -> u64 {
+        match (&self.key, value.parse::<IpAddr>()) {
+            (RateLimitKey::ClientIp, Ok(ip)) => self.hash_ip(ip),
+            _ => self.hash(value.as_bytes()),
         }
     }
 }
@@ -95,14 +171,41 @@ pub struct RateLimitLayer {
 
 impl RateLimitLayer {
     pub fn new(config: &RateLimitConfig, direction: Direction, upstream: &str) -> Self {
-        let rate = Rate::new(config.requests_per_second, config.burst());
-        Self {
-            limiter: Arc::new(Limiter {
-                key: config.key.clone(),
-                seed: fastrand::u64(..),
-                buckets: Mutex::new(KeyedBuckets::new(rate, config.max_keys, Instant::now())),
-                limited: rate_limited_counter(direction, upstream),
+        let rate = Configured {
+            per_second: config.requests_per_second,
+            burst: config.burst(),
+        };
+        let now = Instant::now();
+        let mut limiter = Limiter {
+            key: config.key.clone(),
+            seed: fastrand::u64(..),
+            rate,
+            override_rates: HashMap::new(),
+            instances: (config.scope == RateLimitScope::Service).then(ServiceInstances::own),
+            buckets: Mutex::new(Buckets {
+                instances: 1,
+                keyed: KeyedBuckets::new(rate.share(1), config.max_keys, now),
+                overrides: HashMap::new(),
             }),
+            limited: rate_limited_counter(direction, upstream),
+        };
+        for over in &config.overrides {
+            let configured = Configured {
+                per_second: over.requests_per_second,
+                burst: (over.burst)
+                    .unwrap_or_else(|| over.requests_per_second.ceil().max(1.0) as u32),
+            };
+            let key = limiter.key_of_value(&over.value);
+            limiter.override_rates.insert(key, configured);
+            let bucket = (configured.share(1), TokenBucket::full(now));
+            let buckets = limiter
+                .buckets
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner);
+            buckets.overrides.insert(key, bucket);
+        }
+        Self {
+            limiter: Arc::new(limiter),
         }
     }
 }
@@ -161,6 +264,8 @@ mod tests {
             burst: Some(burst),
             key: yaml_key,
             max_keys: 100,
+            scope: RateLimitScope::Instance,
+            overrides: Vec::new(),
         }
     }
 

@@ -50,15 +50,17 @@
 //! is reset rather than ended as if whole. HTTP/1.1 upgrades (WebSocket) are
 //! never retried or copied.
 //!
-//! Non-idempotent methods: following the issue ("idempotent methods, or any
-//! request whose body was buffered for replay"), the method is *not*
-//! consulted: a `POST` with a small replayable body is retried like a `GET`.
-//! What makes retrying it safe or not is the `on` list — the default
-//! (`connect_failure`, `refused_stream`, `reset`, `"503"`) names failures
-//! where the upstream most likely did no work (`reset` is the exception: a
-//! connection that broke after the request was sent may have been processed).
-//! Operators with non-idempotent endpoints should leave `reset`, `5xx` and
-//! `timeout` out of `on`.
+//! # Idempotency
+//!
+//! A failed try reached the upstream unless it provably did not (a connect
+//! failure, `REFUSED_STREAM`, a GOAWAY above its stream:
+//! [`crate::resend::never_processed`], the classification transparent
+//! resends use). A request that is not idempotent ([`idempotency`]: `POST`,
+//! `PATCH`, a method left out of `idempotent_methods`, a gRPC method not in
+//! `idempotent_grpc_methods`, all without an `Idempotency-Key` header) is
+//! retried only in those cases — a 503, a reset after it was sent or a
+//! per-try timeout is answered as it is — unless the policy opts in with
+//! `retry_non_idempotent: true`.
 //!
 //! Each try is a fresh request with the method, URI, version, headers and
 //! extensions (client address, [`Deadline`], …) of the original. With a
@@ -82,6 +84,8 @@
 
 pub mod backoff;
 pub mod budget;
+pub mod hedge;
+pub mod idempotency;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -90,11 +94,12 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use http::{Request, Response, Version};
+use http_body::Body;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::config::{Condition, RetryPolicy};
+use crate::config::{Condition, HedgePolicy, RetryPolicy};
 use crate::context::Deadline;
 use crate::context::Direction;
 use crate::context::RetryCount;
@@ -102,10 +107,13 @@ use crate::context::{AvoidEndpoint, PickedEndpoint, ServedBy};
 use crate::error::ProxyError;
 use crate::headers::is_upgrade_request;
 use crate::outcome::Outcome;
+use crate::resend::never_processed;
 use crate::telemetry::metrics::RetryMetrics;
 
 use self::backoff::Backoff;
 use self::budget::Budget;
+use self::hedge::Hedge;
+use self::idempotency::Idempotency;
 
 /// What every request to one upstream shares: the policy, the budget and
 /// the counters.
@@ -116,18 +124,27 @@ struct Shared {
     replay_body_limit: usize,
     backoff: Backoff,
     budget: Budget,
+    idempotency: Idempotency,
+    hedge: Option<Hedge>,
     metrics: RetryMetrics,
 }
 
-/// Retries of one (outbound) upstream; build once per upstream so all its
-/// requests share one budget.
+/// Retries (and hedges) of one (outbound) upstream or route; build once per
+/// upstream so all its requests share one budget.
 #[derive(Clone)]
 pub struct RetryLayer {
     shared: Arc<Shared>,
 }
 
 impl RetryLayer {
-    pub fn new(policy: &RetryPolicy, upstream: &str) -> Self {
+    /// `retries` and `hedge` of an upstream or route (at least one of them);
+    /// hedging alone retries nothing (`attempts: 1`) but has the default budget.
+    pub fn new(retries: Option<&RetryPolicy>, hedge: Option<&HedgePolicy>, upstream: &str) -> Self {
+        let hedge_only = RetryPolicy {
+            attempts: 1,
+            ..RetryPolicy::default()
+        };
+        let policy = retries.unwrap_or(&hedge_only);
         Self {
             shared: Arc::new(Shared {
                 attempts: policy.attempts.max(1),
@@ -136,6 +153,8 @@ impl RetryLayer {
                 replay_body_limit: policy.replay_body_limit,
                 backoff: Backoff::new(&policy.backoff),
                 budget: Budget::new(&policy.budget),
+                idempotency: Idempotency::new(policy),
+                hedge: hedge.map(Hedge::new),
                 // Retries are configured on upstreams, which are outbound.
                 metrics: RetryMetrics::new(Direction::Outbound, upstream),
             }),
@@ -190,14 +209,23 @@ async fn retry<S>(
     request: Request<RequestBody>,
 ) -> Result<Response<ResponseBody>, ProxyError>
 where
-    S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = ProxyError>,
+    S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
 {
     shared.budget.deposit();
     let upgrade = request.version() <= Version::HTTP_11 && is_upgrade_request(request.headers());
-    if shared.attempts <= 1 || upgrade {
+    let hedge = (shared.hedge.as_ref())
+        .filter(|_| request.body().is_end_stream() && !upgrade)
+        .filter(|_| shared.idempotency.is_idempotent(&request))
+        .and_then(|hedge| Some((hedge, hedge.delay()?)));
+    if (shared.attempts <= 1 && hedge.is_none()) || upgrade {
         return shared.try_once(&mut inner, request).await.result;
     }
 
+    let may_repeat = shared.idempotency.may_repeat(&request);
     let (parts, body) = request.into_parts();
     let (first, replay) = body.replayable(shared.replay_body_limit);
     let template = Request::from_parts(parts, ());
@@ -206,15 +234,22 @@ where
     let mut retries = 0u32;
     let mut avoid = None;
     loop {
-        let mut request = copy(&template, body);
-        if let Some(addr) = avoid {
-            request.extensions_mut().insert(AvoidEndpoint(addr));
-        }
-        if retries > 0 {
-            inner.ready().await?;
-        }
-        let tried = shared.try_once(&mut inner, request).await;
-        let again = shared.should_retry(&tried.result);
+        let tried = match hedge {
+            Some((hedge, delay)) if retries == 0 => {
+                hedge::race(&shared, hedge, inner.clone(), &template, delay).await
+            }
+            _ => {
+                let mut request = copy(&template, body);
+                if let Some(addr) = avoid {
+                    request.extensions_mut().insert(AvoidEndpoint(addr));
+                }
+                if retries > 0 {
+                    inner.ready().await?;
+                }
+                shared.try_once(&mut inner, request).await
+            }
+        };
+        let again = shared.should_retry(&tried.result, may_repeat);
         if retries > 0 {
             let counter = if again {
                 &shared.metrics.failed
@@ -264,8 +299,25 @@ impl Tried {
 }
 
 impl Shared {
+    /// One try; with hedging, the latency of a good answer is recorded for
+    /// a percentile `delay`.
+    async fn try_once<S>(&self, inner: &mut S, request: Request<RequestBody>) -> Tried
+    where
+        S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = ProxyError>,
+    {
+        let started = Instant::now();
+        let tried = self.try_bounded(inner, request).await;
+        if let Some(hedge) = &self.hedge
+            && tried.result.is_ok()
+            && !self.should_retry(&tried.result, true)
+        {
+            hedge.record(started.elapsed());
+        }
+        tried
+    }
+
     /// One try, bounded by `per_try_timeout` when there is one.
-    async fn try_once<S>(&self, inner: &mut S, mut request: Request<RequestBody>) -> Tried
+    async fn try_bounded<S>(&self, inner: &mut S, mut request: Request<RequestBody>) -> Tried
     where
         S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = ProxyError>,
     {
@@ -289,7 +341,7 @@ impl Shared {
             None => try_deadline,
         };
         request.extensions_mut().insert(Deadline(deadline));
-        let picked = PickedEndpoint::default();
+        let picked = (request.extensions().get::<PickedEndpoint>().cloned()).unwrap_or_default();
         request.extensions_mut().insert(picked.clone());
         let result = match tokio::time::timeout_at(try_deadline, inner.call(request)).await {
             Ok(result) => result,
@@ -307,8 +359,14 @@ impl Shared {
         }
     }
 
-    fn should_retry(&self, result: &Result<Response<ResponseBody>, ProxyError>) -> bool {
-        retryable(&self.on, result)
+    /// True when the try should be tried again; a request that may not be
+    /// repeated only when the try never reached the upstream.
+    fn should_retry(
+        &self,
+        result: &Result<Response<ResponseBody>, ProxyError>,
+        may_repeat: bool,
+    ) -> bool {
+        retryable(&self.on, result) && (may_repeat || result.as_ref().is_err_and(never_processed))
     }
 }
 
@@ -387,6 +445,9 @@ mod tests {
             },
             budget,
             replay_body_limit: 1024,
+            idempotent_methods: vec!["GET".into()],
+            idempotent_grpc_methods: Vec::new(),
+            retry_non_idempotent: false,
         }
     }
 
@@ -430,7 +491,10 @@ mod tests {
             statuses,
             seen: Arc::clone(&seen),
         };
-        (RetryLayer::new(&policy, "test").layer(upstream), seen)
+        (
+            RetryLayer::new(Some(&policy), None, "test").layer(upstream),
+            seen,
+        )
     }
 
     /// Sends one request; returns its status and the retries it took.

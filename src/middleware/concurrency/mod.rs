@@ -1,47 +1,95 @@
-//! Load shedding: at most `max_concurrent_requests` requests of a listener in
-//! flight at once. A request over the limit is refused at once with
-//! [`ProxyError::Overloaded`] (503 `overloaded`, gRPC UNAVAILABLE); nothing
-//! waits for a slot, so there is no queue to grow.
+//! Load shedding: at most so many requests of a listener in flight at once —
+//! `max_concurrent_requests` (a fixed limit) or `adaptive_concurrency` (a
+//! limit that follows the upstream's latency, [`vegas`]). A request over the
+//! limit is refused at once with [`ProxyError::Overloaded`] (503
+//! `overloaded`, gRPC UNAVAILABLE); nothing waits for a slot, so there is no
+//! queue to grow.
 //!
 //! A request holds its slot until its response body has ended — streamed
 //! bodies and long gRPC streams count for as long as they run — or until it
 //! fails or is cancelled. The slot is an RAII guard: dropping the request's
 //! future (client gone, timeout) or the response body frees it, so slots
 //! cannot leak. The count is one atomic integer, incremented only below the
-//! limit (compare-and-swap), so the limit is never exceeded, even briefly.
+//! limit (compare-and-swap), so the limit is never exceeded, even briefly;
+//! an adaptive limit that falls below the count admits nothing until enough
+//! requests end.
+//!
+//! With `adaptive_concurrency`, each admitted request that gets a response
+//! head is a sample for the limit: its time from admission to the head and
+//! the requests in flight when it was admitted, or a *drop* when the
+//! upstream answered 503, 429 or gRPC `RESOURCE_EXHAUSTED`, or timed out.
+//! Failures that say nothing about the upstream's latency (connect errors,
+//! resets) and cancelled requests are no sample.
+//!
+//! Gauges `remora_concurrency_limit`, `remora_concurrency_in_flight` and (adaptive)
+//! `remora_concurrency_rtt_noload_seconds`; counter `remora_shed_requests_total`.
+
+pub mod vegas;
 
 use std::future::ready;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use futures_util::future::BoxFuture;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use metrics::Counter;
 use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
+use crate::config::AdaptiveConcurrency;
 use crate::context::Direction;
-use crate::error::ProxyError;
-use crate::telemetry::metrics::shed_counter;
+use crate::error::{ErrorKind, ProxyError};
+use crate::headers::grpc_status;
+use crate::telemetry::metrics::{ConcurrencyGauges, shed_counter};
+
+use self::vegas::{Bounds, Sample, Vegas};
+
+/// gRPC `RESOURCE_EXHAUSTED`.
+const GRPC_RESOURCE_EXHAUSTED: u16 = 8;
 
 /// The slots of one listener, shared by every clone of its layer.
 struct Slots {
-    limit: u32,
+    limit: AtomicU32,
     in_flight: AtomicU32,
     upstream: String,
     shed: Counter,
+    gauges: ConcurrencyGauges,
+    /// The algorithm that moves `limit`, when it is adaptive.
+    adaptive: Option<Mutex<Vegas>>,
 }
 
 impl Slots {
-    /// A slot, when fewer than `limit` are taken.
-    fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
-        self.in_flight
+    /// A slot, when fewer than `limit` are taken; with the requests then in
+    /// flight, this one included.
+    fn try_acquire(self: &Arc<Self>) -> Option<(Slot, u32)> {
+        let limit = self.limit.load(Ordering::Acquire);
+        let taken = self
+            .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
-                (taken < self.limit).then_some(taken + 1)
+                (taken < limit).then_some(taken + 1)
             })
             .ok()?;
-        Some(Slot(Arc::clone(self)))
+        self.gauges.in_flight.increment(1);
+        Some((Slot(Arc::clone(self)), taken + 1))
+    }
+
+    /// Feeds one sample to the adaptive limit.
+    fn sample(&self, sample: Sample) {
+        let Some(adaptive) = &self.adaptive else {
+            return;
+        };
+        let mut vegas = adaptive
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let limit = vegas.update(sample, Instant::now());
+        if let (Some(rtt), Some(gauge)) = (vegas.rtt_noload(), &self.gauges.rtt_noload) {
+            gauge.set(rtt.as_secs_f64());
+        }
+        drop(vegas);
+        self.limit.store(limit, Ordering::Release);
+        self.gauges.limit.set(f64::from(limit));
     }
 }
 
@@ -51,6 +99,7 @@ struct Slot(Arc<Slots>);
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.gauges.in_flight.decrement(1);
     }
 }
 
@@ -61,13 +110,38 @@ pub struct ConcurrencyLimitLayer {
 }
 
 impl ConcurrencyLimitLayer {
+    /// A fixed limit (`max_concurrent_requests`).
     pub fn new(limit: u32, direction: Direction, upstream: &str) -> Self {
+        Self::with(limit, None, direction, upstream)
+    }
+
+    /// A limit that follows the upstream's latency (`adaptive_concurrency`).
+    pub fn adaptive(config: &AdaptiveConcurrency, direction: Direction, upstream: &str) -> Self {
+        let bounds = Bounds {
+            initial: config.initial_limit,
+            min: config.min_limit,
+            max: config.max_limit,
+        };
+        let vegas = Vegas::new(bounds, Instant::now());
+        Self::with(vegas.limit(), Some(Mutex::new(vegas)), direction, upstream)
+    }
+
+    fn with(
+        limit: u32,
+        adaptive: Option<Mutex<Vegas>>,
+        direction: Direction,
+        upstream: &str,
+    ) -> Self {
+        let gauges = ConcurrencyGauges::new(direction, upstream, adaptive.is_some());
+        gauges.limit.set(f64::from(limit));
         Self {
             slots: Arc::new(Slots {
-                limit,
+                limit: AtomicU32::new(limit),
                 in_flight: AtomicU32::new(0),
                 upstream: upstream.to_owned(),
                 shed: shed_counter(direction, upstream),
+                gauges,
+                adaptive,
             }),
         }
     }
@@ -75,6 +149,11 @@ impl ConcurrencyLimitLayer {
     /// Requests holding a slot now.
     pub fn in_flight(&self) -> u32 {
         self.slots.in_flight.load(Ordering::Acquire)
+    }
+
+    /// The limit now.
+    pub fn limit(&self) -> u32 {
+        self.slots.limit.load(Ordering::Acquire)
     }
 }
 
@@ -108,20 +187,51 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let Some(slot) = self.slots.try_acquire() else {
+        let Some((slot, in_flight)) = self.slots.try_acquire() else {
             self.slots.shed.increment(1);
             return Box::pin(ready(Err(ProxyError::Overloaded {
                 upstream: self.slots.upstream.clone(),
-                limit: self.slots.limit,
+                limit: self.slots.limit.load(Ordering::Acquire),
             })));
         };
+        let admitted = Instant::now();
         let response = self.inner.call(request);
         Box::pin(async move {
             // On error (or if this future is dropped) `slot` drops here.
-            let mut response = response.await?;
+            let result = response.await;
+            if let Some(sample) = sample_of(&result, admitted, in_flight) {
+                slot.0.sample(sample);
+            }
+            let mut response = result?;
             response.body_mut().on_end(Box::new(move |_end| drop(slot)));
             Ok(response)
         })
+    }
+}
+
+/// What a try's result tells an adaptive limit, if anything.
+fn sample_of(
+    result: &Result<Response<ResponseBody>, ProxyError>,
+    admitted: Instant,
+    in_flight: u32,
+) -> Option<Sample> {
+    match result {
+        Ok(response) => {
+            let status = response.status();
+            let shed = status == StatusCode::SERVICE_UNAVAILABLE
+                || status == StatusCode::TOO_MANY_REQUESTS
+                || grpc_status(response.headers()) == Some(GRPC_RESOURCE_EXHAUSTED);
+            Some(if shed {
+                Sample::Dropped
+            } else {
+                Sample::Answered {
+                    rtt: admitted.elapsed(),
+                    in_flight,
+                }
+            })
+        }
+        Err(error) if error.kind() == ErrorKind::Timeout => Some(Sample::Dropped),
+        Err(_) => None,
     }
 }
 

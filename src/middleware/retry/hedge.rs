@@ -1,0 +1,230 @@
+//! Hedged requests ("The Tail at Scale", J. Dean and L. A. Barroso, CACM
+//! 2013; gRPC's hedging policy, gRFC A6): when the first try of an
+//! idempotent request has not answered after `delay`, a second try goes to
+//! another endpoint; the first answer wins and the other tries are dropped,
+//! which cancels them (HTTP/2: `RST_STREAM`; HTTP/1.1: the connection is
+//! closed). Up to `max_extra` hedges, one more every `delay`.
+//!
+//! - Only requests that are idempotent ([`super::idempotency`]) and have no
+//!   body are hedged: two tries in flight at once need two copies of the
+//!   body, and a streamed one cannot be split.
+//! - Each hedge takes one retry from the retry budget; with the budget
+//!   spent, no hedge is sent (`remora_retry_budget_exhausted_total`).
+//! - An answer that is a failure to retry (`on`) does not win while other
+//!   tries are in flight: the first *good* answer wins. When every try
+//!   failed, the last failure goes on to the retry logic like a failed
+//!   first try.
+//! - `delay: p95` is the 95th percentile of the time to the response head of
+//!   the recent good answers (the last [`WINDOW`]); until [`MIN_SAMPLES`]
+//!   were seen no hedge is sent.
+//!
+//! Metrics: `remora_hedges_total{upstream}` (hedges sent),
+//! `remora_hedge_wins_total{upstream}` (answers that came from a hedge).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use http::{Request, Response};
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::config::{HedgeDelay, HedgePolicy};
+use crate::context::{AvoidEndpoint, PickedEndpoint};
+use crate::error::ProxyError;
+
+use super::{Shared, Tried, copy};
+
+/// Recent latencies kept for a percentile delay.
+pub const WINDOW: usize = 1000;
+/// Latencies needed before a percentile delay is trusted.
+pub const MIN_SAMPLES: usize = 20;
+/// The percentile is recomputed after this many new latencies.
+const RECOMPUTE_EVERY: u32 = 32;
+
+/// The hedging policy of one upstream or route, and what it learned.
+pub struct Hedge {
+    delay: HedgeDelay,
+    max_extra: u32,
+    latencies: Mutex<Latencies>,
+}
+
+#[derive(Default)]
+struct Latencies {
+    recent: VecDeque<Duration>,
+    since_recompute: u32,
+    percentile: Option<Duration>,
+}
+
+impl Hedge {
+    pub fn new(policy: &HedgePolicy) -> Self {
+        Self {
+            delay: policy.delay,
+            max_extra: policy.max_extra,
+            latencies: Mutex::new(Latencies::default()),
+        }
+    }
+
+    /// How long the first try may run before a hedge; `None` while a
+    /// percentile has too few latencies behind it.
+    pub fn delay(&self) -> Option<Duration> {
+        match self.delay {
+            HedgeDelay::Fixed(delay) => Some(delay),
+            HedgeDelay::Percentile(_) => self.lock().percentile,
+        }
+    }
+
+    /// Records the latency of a good answer.
+    pub fn record(&self, latency: Duration) {
+        let HedgeDelay::Percentile(p) = self.delay else {
+            return;
+        };
+        let mut latencies = self.lock();
+        if latencies.recent.len() == WINDOW {
+            latencies.recent.pop_front();
+        }
+        latencies.recent.push_back(latency);
+        latencies.since_recompute += 1;
+        let enough = latencies.recent.len() >= MIN_SAMPLES;
+        if enough
+            && (latencies.percentile.is_none() || latencies.since_recompute >= RECOMPUTE_EVERY)
+        {
+            let mut sorted: Vec<Duration> = latencies.recent.iter().copied().collect();
+            sorted.sort_unstable();
+            let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+            latencies.percentile = Some(sorted[rank.clamp(1, sorted.len()) - 1]);
+            latencies.since_recompute = 0;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Latencies> {
+        self.latencies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The first try and its hedges, raced: the first good answer, else the
+/// last failure.
+pub(super) async fn race<S>(
+    shared: &Arc<Shared>,
+    hedge: &Hedge,
+    inner: S,
+    template: &Request<()>,
+    delay: Duration,
+) -> Tried
+where
+    S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut tries = FuturesUnordered::new();
+    let mut picked = Vec::new();
+    let (first, endpoint) = start(shared, &inner, template, 0, None);
+    tries.push(first);
+    picked.push(endpoint);
+    let mut extra = 0;
+    let timer = tokio::time::sleep(delay);
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            Some((number, tried)) = tries.next() => {
+                if !shared.should_retry(&tried.result, true) {
+                    if number > 0 {
+                        shared.metrics.hedge_wins.increment(1);
+                    }
+                    return tried;
+                }
+                if tries.is_empty() {
+                    return tried;
+                }
+            }
+            () = &mut timer, if extra < hedge.max_extra => {
+                extra += 1;
+                if shared.budget.try_withdraw() {
+                    shared.metrics.hedges.increment(1);
+                    let (hedged, endpoint) = start(shared, &inner, template, extra, picked.last());
+                    tries.push(hedged);
+                    picked.push(endpoint);
+                    timer.as_mut().reset(Instant::now() + delay);
+                } else {
+                    shared.metrics.budget_exhausted.increment(1);
+                    extra = hedge.max_extra;
+                }
+            }
+        }
+    }
+}
+
+/// Try `number` (0: the first), avoiding the endpoint `avoid` was sent to:
+/// its future (the try's number and result) and the
+/// endpoint it will be sent to, once picked.
+fn start<S>(
+    shared: &Arc<Shared>,
+    inner: &S,
+    template: &Request<()>,
+    number: u32,
+    avoid: Option<&PickedEndpoint>,
+) -> (BoxFuture<'static, (u32, Tried)>, PickedEndpoint)
+where
+    S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let endpoint = PickedEndpoint::default();
+    let mut request = copy(template, RequestBody::buffered(Bytes::new(), None));
+    request.extensions_mut().insert(endpoint.clone());
+    if let Some(addr) = avoid.and_then(PickedEndpoint::get) {
+        request.extensions_mut().insert(AvoidEndpoint(addr));
+    }
+    let (shared, mut service) = (Arc::clone(shared), inner.clone());
+    let future = Box::pin(async move {
+        let tried = match service.ready().await {
+            Ok(service) => shared.try_once(service, request).await,
+            Err(error) => Tried {
+                result: Err(error),
+                picked: None,
+            },
+        };
+        (number, tried)
+    });
+    (future, endpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_percentile_delay_needs_samples_and_follows_them() {
+        let hedge = Hedge::new(&HedgePolicy {
+            delay: HedgeDelay::Percentile(95.0),
+            max_extra: 1,
+        });
+        for ms in 1..MIN_SAMPLES as u64 {
+            hedge.record(Duration::from_millis(ms));
+            assert_eq!(hedge.delay(), None);
+        }
+        hedge.record(Duration::from_millis(20));
+        assert_eq!(hedge.delay(), Some(Duration::from_millis(19)));
+        // 1000 answers of 1..=100 ms: the 95th percentile is 95 ms.
+        for i in 0..WINDOW as u64 {
+            hedge.record(Duration::from_millis(i % 100 + 1));
+        }
+        assert_eq!(hedge.delay(), Some(Duration::from_millis(95)));
+        let fixed = Hedge::new(&HedgePolicy {
+            delay: HedgeDelay::Fixed(Duration::from_millis(50)),
+            max_extra: 1,
+        });
+        assert_eq!(fixed.delay(), Some(Duration::from_millis(50)));
+    }
+}
