@@ -4,8 +4,9 @@
 //! restarted only when its upstreams or the registry's section changed
 //! (compared as a config value, so a new ACL token or password file is a
 //! new client), and stopped when no upstream needs it. With a
-//! `rate_limit.scope: service`, the Consul query of `service.name` (passing
-//! instances) also feeds the count of this sidecar's own service
+//! `rate_limit.scope: service`, the watch of `service.name` in the registry
+//! the sidecar registers in (Consul: passing instances; etcd: the keys under
+//! the service's prefix) also feeds the count of this sidecar's own service
 //! ([`ServiceInstances::own`]), sharing the watch when an upstream asks the
 //! same query.
 
@@ -158,19 +159,26 @@ pub(super) fn commit_consul(
     })
 }
 
-/// The etcd watches after an apply: one per service.
+/// The etcd watches after an apply: one per service. `own_service` (as for
+/// Consul) adds the watch of this sidecar's service.
 pub(super) fn commit_etcd(
     sites: &[Site],
     running: Option<EtcdWatches>,
     next: Option<PlannedClient<EtcdConfig, crate::etcd::Client>>,
+    own_service: Option<&str>,
 ) -> Option<EtcdWatches> {
     let prefix = next.as_ref().map(|(section, _)| section.clone());
     let query_of = |discovery: &Discovery| match discovery {
         Discovery::Etcd(discovery) => Some(discovery.service.clone()),
         _ => None,
     };
+    let mut groups = sinks_by_query(sites, query_of);
+    if let Some(service) = own_service {
+        let own: Arc<dyn EndpointSink> = ServiceInstances::own();
+        groups.entry(service.to_owned()).or_default().push(own);
+    }
     commit(
-        sinks_by_query(sites, query_of),
+        groups,
         running,
         next,
         |client, service, upstreams, drain| {
