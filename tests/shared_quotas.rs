@@ -2,7 +2,8 @@
 //! `rate_limit.scope: service` each sidecar enforces its share of the service-wide rate — the
 //! rate and burst divided by the healthy instances of its service in Consul (the stand-in) —
 //! so together they admit the global burst; when an instance goes, the shares grow; a named
-//! caller (`overrides`) gets its own, higher, rate.
+//! caller (`overrides`) gets its own, higher, rate. With an `etcd` section and no `consul`
+//! one, the sidecars register in a real etcd and count their service's instances there.
 
 mod support;
 
@@ -15,6 +16,7 @@ use http_body_util::Full;
 
 use support::config::TestConfig;
 use support::consul::{ConsulStandIn, Instance};
+use support::etcd::Etcd;
 use support::{ProxyProcess, http_backend, prom, send};
 
 const SERVICE: &str = "quota-svc";
@@ -27,6 +29,23 @@ fn sidecar(consul: &ConsulStandIn, app: SocketAddr) -> ProxyProcess {
             "inbound:\n  listen: 127.0.0.1:0\n  rate_limit:\n    requests_per_second: 10\n    \
              burst: 10\n    scope: service\n    key: header:x-caller\n    \
              overrides: [{ value: batch, requests_per_second: 100 }]\n",
+        )
+        .yaml();
+    ProxyProcess::start(&yaml, 1)
+}
+
+/// A sidecar of the service with id `id` that registers in `etcd` (no `consul` section), so
+/// it counts its service's instances there too.
+fn etcd_sidecar(etcd: &Etcd, app: SocketAddr, id: &str) -> ProxyProcess {
+    let yaml = TestConfig::new()
+        .service(&format!(
+            "{{ name: {SERVICE}, id: {id}, port: {}, register: true }}",
+            app.port()
+        ))
+        .section("etcd", format!("{{ endpoints: [\"{}\"] }}", etcd.url()))
+        .text(
+            "inbound:\n  listen: 127.0.0.1:0\n  rate_limit:\n    requests_per_second: 10\n    \
+             burst: 10\n    scope: service\n",
         )
         .yaml();
     ProxyProcess::start(&yaml, 1)
@@ -98,6 +117,29 @@ async fn sidecars_of_a_service_share_its_rate() {
     tokio::time::sleep(Duration::from_millis(1100)).await; // a full bucket again
     let alone = admitted(&a, "web", 20).await;
     eprintln!("1 instance: {alone} of 20 admitted");
+    assert!((10..=11).contains(&alone), "{alone}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_registered_in_etcd_count_each_other_there() {
+    let etcd = Etcd::start();
+    let (app_a, app_b) = (http_backend("a"), http_backend("b"));
+    let a = etcd_sidecar(&etcd, app_a.addr, "quota-a");
+    let b = etcd_sidecar(&etcd, app_b.addr, "quota-b");
+    until_instances(&a, 2.0).await;
+    until_instances(&b, 2.0).await;
+    let (on_a, on_b) = (admitted(&a, "web", 20).await, admitted(&b, "web", 20).await);
+    eprintln!("2 instances in etcd: {on_a} + {on_b} of 40 admitted");
+    assert!(
+        (5..=6).contains(&on_a) && (5..=6).contains(&on_b),
+        "{on_a} + {on_b}"
+    );
+
+    // b deregisters on SIGTERM: a's share becomes the whole rate.
+    b.signal("TERM");
+    until_instances(&a, 1.0).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a full bucket again
+    let alone = admitted(&a, "web", 20).await;
     assert!((10..=11).contains(&alone), "{alone}");
 }
 

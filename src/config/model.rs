@@ -77,4 +77,11 @@ impl Config {
         });
         (inbound.chain(upstreams)).any(|limit| limit.scope == RateLimitScope::Service)
     }
+
+    /// Where this sidecar counts its own service's instances for
+    /// `rate_limit.scope: service`: the registry it registers in — etcd when
+    /// there is an `etcd` section and no `consul` one, else Consul.
+    pub fn counts_own_service_in_etcd(&self) -> bool {
+        self.shares_quotas() && self.etcd.is_some() && !self.consul.present
+    }
 }

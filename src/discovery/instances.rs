@@ -2,8 +2,8 @@
 //! has, as discovery sees them: what `rate_limit.scope: service` divides a
 //! service-wide rate by. One count in the process ([`ServiceInstances::own`]),
 //! fed by whichever discovery watches the service (an [`EndpointSink`]: the
-//! Consul watch of `service.name` today; another registry's watch can feed
-//! it the same way) and read by every rate limiter of scope `service`.
+//! Consul or the etcd watch of `service.name`, see `live::registry`) and read
+//! by every rate limiter of scope `service`.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};

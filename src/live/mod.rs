@@ -300,8 +300,9 @@ impl LiveProxy {
             Some(transparent) => Some(plan_transparent(state, transparent).await?),
             None => None,
         };
+        let in_etcd = config.counts_own_service_in_etcd();
         let uses_consul = (listeners.iter()).any(|l| matches!(l.discovery, Discovery::Consul(_)))
-            || config.shares_quotas();
+            || (config.shares_quotas() && !in_etcd);
         let consul = if uses_consul {
             let build = crate::consul::Client::from_config;
             Some(ConsulWatches::plan_client(
@@ -312,7 +313,8 @@ impl LiveProxy {
         } else {
             None
         };
-        let uses_etcd = (listeners.iter()).any(|l| matches!(l.discovery, Discovery::Etcd(_)));
+        let uses_etcd =
+            (listeners.iter()).any(|l| matches!(l.discovery, Discovery::Etcd(_))) || in_etcd;
         let etcd = match &config.etcd {
             Some(section) if uses_etcd => {
                 let build = crate::etcd::Client::from_config;
@@ -372,14 +374,20 @@ impl LiveProxy {
         commit_transparent(state, plan.transparent, &plan.config);
         let own_service =
             (plan.config.shares_quotas()).then_some(plan.config.service.name.as_str());
+        let in_etcd = plan.config.counts_own_service_in_etcd();
         state.consul = commit_consul(
             &state.sites,
             state.consul.take(),
             plan.consul,
             &plan.config.consul,
-            own_service,
+            own_service.filter(|_| !in_etcd),
         );
-        state.etcd = commit_etcd(&state.sites, state.etcd.take(), plan.etcd);
+        state.etcd = commit_etcd(
+            &state.sites,
+            state.etcd.take(),
+            plan.etcd,
+            own_service.filter(|_| in_etcd),
+        );
         let upstreams = (state.sites.iter()).map(|site| Arc::clone(&site.upstream));
         self.upstreams.store(Arc::new(upstreams.collect()));
         let backends = (state.sites.iter())

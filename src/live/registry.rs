@@ -7,8 +7,9 @@
 //! Consul `failover` is fed through its [`Failover`], one query per
 //! datacenter; the failover is kept across applies while its upstream and
 //! datacenters stay the same. With a
-//! `rate_limit.scope: service`, the Consul query of `service.name` (passing
-//! instances) also feeds the count of this sidecar's own service
+//! `rate_limit.scope: service`, the watch of `service.name` in the registry
+//! the sidecar registers in (Consul: passing instances; etcd: the keys under
+//! the service's prefix) also feeds the count of this sidecar's own service
 //! ([`ServiceInstances::own`]), sharing the watch when an upstream asks the
 //! same query.
 
@@ -245,19 +246,26 @@ pub(super) fn commit_consul(
     )
 }
 
-/// The etcd watches after an apply: one per service.
+/// The etcd watches after an apply: one per service. `own_service` (as for
+/// Consul) adds the watch of this sidecar's service.
 pub(super) fn commit_etcd(
     sites: &[Site],
     running: Option<EtcdWatches>,
     next: Option<PlannedClient<EtcdConfig, crate::etcd::Client>>,
+    own_service: Option<&str>,
 ) -> Option<EtcdWatches> {
     let prefix = next.as_ref().map(|(section, _)| section.clone());
     let query_of = |discovery: &Discovery| match discovery {
         Discovery::Etcd(discovery) => Some(discovery.service.clone()),
         _ => None,
     };
+    let mut groups = sinks_by_query(sites, query_of);
+    if let Some(service) = own_service {
+        let own: Arc<dyn EndpointSink> = ServiceInstances::own();
+        groups.entry(service.to_owned()).or_default().push(own);
+    }
     commit(
-        sinks_by_query(sites, query_of),
+        groups,
         Vec::new(),
         running,
         next,
