@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tower::ServiceBuilder;
+use tower::{Layer, ServiceBuilder};
 
 use crate::body::RequestBody;
 use crate::config::{
@@ -69,7 +69,14 @@ pub fn outbound(
         let config = route
             .and_then(|r| r.fallback.as_ref())
             .or(config.fallback.as_ref())?;
-        FallbackLayer::new(config, name, |backend| concrete.get(backend).cloned())
+        // The fallback layer sits outside the timeout layer: the request to
+        // a fallback backend is held to the route's timeout on its own.
+        let timeout = route.and_then(|r| r.timeout).or(shared.timeout);
+        FallbackLayer::new(config, name, |backend| {
+            let backend = concrete.get(backend)?.clone();
+            let bounded = TimeoutLayer::new(timeout).counted(Direction::Outbound, name);
+            Some(SharedService::new(bounded.layer(backend)))
+        })
     };
     let fallback = logical(
         &shared,

@@ -169,3 +169,44 @@ async fn a_routes_fallback_answers_its_rate_limit_and_unlisted_triggers_stay_err
     assert_eq!(refused.headers["x-remora-error"], "rate_limited");
     assert!(!refused.headers.contains_key("x-remora-fallback"));
 }
+
+/// The request a fallback backend gets is held to the route's timeout like
+/// any other (the fallback layer sits outside the timeout layer).
+#[tokio::test]
+async fn a_fallback_backend_is_held_to_the_request_timeout() {
+    let failing = origin("api", StatusCode::OK, StatusCode::INTERNAL_SERVER_ERROR);
+    let slow = support::http_backend("slow-readonly");
+    let yaml = TestConfig::one_upstream("fb-slow", "http", [failing.addr])
+        .with("timeouts", "{ request: 300ms }")
+        .with(
+            "circuit_breaker",
+            "{ consecutive_failures: 1, open_for: 30s }",
+        )
+        .with(
+            "backends",
+            format!("{{ readonly: {{ static: [{}] }} }}", slow.addr),
+        )
+        .with("fallback", "{ on: [circuit_open], backend: readonly }")
+        .yaml();
+    let proxy = Proxy::start(&yaml).await;
+    let url = |path: &str| format!("http://{}{path}", proxy.upstream("fb-slow"));
+    let first = get(Version::HTTP_11, &url("/slow/2000")).await.unwrap();
+    assert_eq!(
+        first.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "opens the breaker"
+    );
+
+    let quick = get(Version::HTTP_11, &url("/slow/10")).await.unwrap();
+    assert_eq!(quick.status, StatusCode::OK, "{}", quick.body);
+    assert_eq!(quick.headers["x-remora-fallback"], "circuit_open");
+    let started = std::time::Instant::now();
+    let late = get(Version::HTTP_11, &url("/slow/2000")).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(late.status, StatusCode::GATEWAY_TIMEOUT, "{}", late.body);
+    assert_eq!(late.headers["x-remora-error"], "timeout");
+    assert!(
+        took < Duration::from_millis(1500),
+        "answered after {took:?}"
+    );
+}
