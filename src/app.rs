@@ -161,8 +161,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     // With an `etcd` section and no `consul` one, the registration is etcd's
     // only.
     let mesh_uses_consul = mesh.as_ref().is_some_and(MeshSecurity::uses_consul);
-    let register_in_consul =
-        config.service.register && (config.consul.present || config.etcd.is_none());
+    let register_in_consul = config.service.register && config.consul_is_the_registry();
     let consul_client = if mesh_uses_consul || register_in_consul {
         Some(Arc::new(consul::Client::from_config(&config.consul)?))
     } else {

@@ -78,10 +78,16 @@ impl Config {
         (inbound.chain(upstreams)).any(|limit| limit.scope == RateLimitScope::Service)
     }
 
+    /// True when Consul is this sidecar's registry (where it registers and
+    /// counts its own service): its section is written, or no `etcd` section
+    /// names another. With an `etcd` section and no `consul` one, etcd is.
+    pub fn consul_is_the_registry(&self) -> bool {
+        self.consul.present || self.etcd.is_none()
+    }
+
     /// Where this sidecar counts its own service's instances for
-    /// `rate_limit.scope: service`: the registry it registers in — etcd when
-    /// there is an `etcd` section and no `consul` one, else Consul.
+    /// `rate_limit.scope: service`: the registry it registers in.
     pub fn counts_own_service_in_etcd(&self) -> bool {
-        self.shares_quotas() && self.etcd.is_some() && !self.consul.present
+        self.shares_quotas() && !self.consul_is_the_registry()
     }
 }
