@@ -71,7 +71,7 @@ pub fn outbound(
             .or(config.fallback.as_ref())?;
         // The fallback layer sits outside the timeout layer: the request to
         // a fallback backend is held to the route's timeout on its own.
-        let timeout = route.and_then(|r| r.timeout).or(shared.timeout);
+        let timeout = shared.timeout_of(route);
         FallbackLayer::new(config, name, |backend| {
             let backend = concrete.get(backend)?.clone();
             let bounded = TimeoutLayer::new(timeout).counted(Direction::Outbound, name);
@@ -163,6 +163,12 @@ impl UpstreamLayers {
             request_token: config.request_token.as_ref().map(RequestTokenLayer::new),
         }
     }
+
+    /// The request timeout of `route` (its own, or the upstream's), or of
+    /// the upstream when `route` is `None`.
+    fn timeout_of(&self, route: Option<&RouteConfig>) -> Option<Duration> {
+        route.and_then(|r| r.timeout).or(self.timeout)
+    }
 }
 
 /// The listener's concurrency limit: fixed or adaptive (validation allows
@@ -197,7 +203,7 @@ fn logical(
     let rate_limit = (route.and_then(|r| r.rate_limit.as_ref()))
         .map(|limit| RateLimitLayer::new(limit, direction, name))
         .or_else(|| upstream.rate_limit.clone());
-    let timeout = route.and_then(|r| r.timeout).or(upstream.timeout);
+    let timeout = upstream.timeout_of(route);
     // A route's `retries` or `hedge` replaces the upstream's; the other of the
     // two is the upstream's (one layer does both, sharing one budget).
     let retries = match route.filter(|r| r.retries.is_some() || r.hedge.is_some()) {
