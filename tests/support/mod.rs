@@ -56,10 +56,16 @@ pub use proxy::{Proxy, ProxyProcess};
 pub use tcp::tcp_echo;
 pub use websocket::{websocket_echo, websocket_roundtrip};
 
-/// An address that refuses connections: bound to learn a free port, then closed.
+/// An address that refuses connections: a port bound but never listening
+/// (a connect to it is refused), and kept bound for the rest of the test
+/// process. Closing it instead let another test's server take the port, and
+/// the "dead" endpoint answered.
 pub fn dead_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::mem::forget(socket);
+    addr
 }
 
 /// A running server. Dropping it stops the accept loop and every open connection
