@@ -141,7 +141,7 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
          \x20 - name: cat-h2\n    listen: 127.0.0.1:0\n    protocol: http2\n    \
          discovery: {{ static: [{h2}] }}\n\
          admin: {{ listen: 127.0.0.1:0 }}\n\
-         transparent: {{ outbound_listen: 127.0.0.1:0 }}\n\
+         transparent: {{ outbound_listen: 127.0.0.1:0, unmatched: refuse }}\n\
          logging: {{ access_log: false }}\n\
          tracing: {{ otlp: {{ endpoint: \"http://{dead}/v1/traces\" }} }}\n",
         app = app.addr.port(),

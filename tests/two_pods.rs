@@ -70,42 +70,18 @@ struct Pods {
 }
 
 impl Pods {
-    fn create() -> Result<Pods, String> {
+    /// Pods `r{tag}a<pid>` and `r{tag}b<pid>` (a tag per test, so tests
+    /// of one run never share a namespace), linked to each other only.
+    fn create(tag: char) -> Result<Pods, String> {
         let id = std::process::id() % 100_000;
         let pods = Pods {
-            a: format!("rma{id}"),
-            b: format!("rmb{id}"),
+            a: format!("r{tag}a{id}"),
+            b: format!("r{tag}b{id}"),
         };
         let (a, b) = (pods.a.as_str(), pods.b.as_str());
         run("ip", &["netns", "add", a])?;
         run("ip", &["netns", "add", b])?;
-        for (pod, (root_ip, pod_ip)) in [(a, ROOT_TO_A), (b, ROOT_TO_B)] {
-            let (outside, inside) = (format!("{pod}-r"), format!("{pod}-p"));
-            run(
-                "ip",
-                &[
-                    "link", "add", &outside, "type", "veth", "peer", "name", &inside,
-                ],
-            )?;
-            run("ip", &["link", "set", &inside, "netns", pod])?;
-            run(
-                "ip",
-                &["addr", "add", &format!("{root_ip}/24"), "dev", &outside],
-            )?;
-            run("ip", &["link", "set", &outside, "up"])?;
-            run(
-                "ip",
-                &[
-                    "-n",
-                    pod,
-                    "addr",
-                    "add",
-                    &format!("{pod_ip}/24"),
-                    "dev",
-                    &inside,
-                ],
-            )?;
-            run("ip", &["-n", pod, "link", "set", &inside, "up"])?;
+        for pod in [a, b] {
             run("ip", &["-n", pod, "link", "set", "lo", "up"])?;
         }
         let (a_side, b_side) = (format!("{a}-b"), format!("{b}-a"));
@@ -152,6 +128,40 @@ impl Pods {
         )
         .map_err(|e| e.to_string())?;
         Ok(pods)
+    }
+
+    /// One more veth per pod to the root namespace (`ROOT_TO_A`,
+    /// `ROOT_TO_B`), where the Consul stand-in and the test reach them.
+    fn link_to_root(&self) -> Result<(), String> {
+        for (pod, (root_ip, pod_ip)) in [(&self.a, ROOT_TO_A), (&self.b, ROOT_TO_B)] {
+            let (outside, inside) = (format!("{pod}-r"), format!("{pod}-p"));
+            run(
+                "ip",
+                &[
+                    "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+                ],
+            )?;
+            run("ip", &["link", "set", &inside, "netns", pod])?;
+            run(
+                "ip",
+                &["addr", "add", &format!("{root_ip}/24"), "dev", &outside],
+            )?;
+            run("ip", &["link", "set", &outside, "up"])?;
+            run(
+                "ip",
+                &[
+                    "-n",
+                    pod,
+                    "addr",
+                    "add",
+                    &format!("{pod_ip}/24"),
+                    "dev",
+                    &inside,
+                ],
+            )?;
+            run("ip", &["-n", pod, "link", "set", &inside, "up"])?;
+        }
+        Ok(())
     }
 
     /// `ip netns exec POD` followed by `args`.
@@ -264,8 +274,9 @@ async fn wait_ready(admin: &str) {
 #[ignore = "needs root (CI runs as root): network namespaces, iptables"]
 async fn app_in_pod_a_calls_pod_b_by_name_through_both_sidecars() {
     support::requirements::require_root("network namespaces, iptables");
-    let pods =
-        Pods::create().unwrap_or_else(|reason| panic!("cannot build the two pods: {reason}"));
+    let pods = Pods::create('m')
+        .and_then(|pods| pods.link_to_root().map(|()| pods))
+        .unwrap_or_else(|reason| panic!("cannot build the two pods: {reason}"));
     let (a, b) = (pods.a.as_str(), pods.b.as_str());
 
     let consul = ConsulStandIn::start_on("0.0.0.0:0".parse().unwrap());

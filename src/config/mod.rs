@@ -98,7 +98,10 @@ pub use telemetry::{
 pub use tls::{
     AuthorizationAction, AuthorizationConfig, TlsConfig, TlsSource, UntilIntentionsLoad,
 };
-pub use transparent::{Cidr, DestinationMatch, HostName, TransparentConfig, Unmatched};
+pub use transparent::{
+    Cidr, DestinationMatch, EgressAllow, EgressConfig, EgressHost, EgressName, HostName,
+    TransparentConfig, Unmatched,
+};
 pub use upgrades::UpgradeProtocol;
 pub use upstream::{
     DEFAULT_PANIC_THRESHOLD, HashOn, LoadBalancing, LoadBalancingPolicy, LocalityPolicy, Timeouts,

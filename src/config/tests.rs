@@ -1655,3 +1655,46 @@ upstreams:
         ]
     );
 }
+
+#[test]
+fn egress_allow_list_parses_and_needs_unmatched_refuse() {
+    let config = parse_test(
+        "service: { name: web }\n\
+         transparent:\n  unmatched: refuse\n  egress:\n    allow:\n      \
+         hosts: [Api.Example.com, \"*.googleapis.com:443\"]\n      cidrs: [10.0.0.0/8]\n",
+    )
+    .unwrap();
+    let allow = &config.transparent.unwrap().egress.allow;
+    let hosts: Vec<String> = allow.hosts.iter().map(ToString::to_string).collect();
+    assert_eq!(hosts, ["api.example.com", "*.googleapis.com:443"]);
+    assert_eq!(allow.cidrs[0].to_string(), "10.0.0.0/8");
+
+    let with_passthrough = errors(
+        "service: { name: web }\n\
+         transparent:\n  egress:\n    allow: { hosts: [api.example.com] }\n",
+    );
+    assert_eq!(with_passthrough.len(), 1, "{with_passthrough:?}");
+    assert!(
+        with_passthrough[0].starts_with("test.yaml:4:12: transparent.egress.allow: an egress allow-list needs `transparent.unmatched: refuse`"),
+        "{with_passthrough:?}"
+    );
+
+    let bad = errors(
+        "service: { name: web }\n\
+         transparent:\n  unmatched: refuse\n  egress:\n    allow:\n      \
+         hosts: [ok.example.com, \"a.*.example.com\"]\n      cidrs: [10.0.0.0/40]\n      deny: []\n",
+    );
+    assert_eq!(bad.len(), 3, "{bad:?}");
+    assert!(
+        bad[0].starts_with("test.yaml:6:31: transparent.egress.allow.hosts[1]: invalid host `a.*.example.com`"),
+        "{bad:?}"
+    );
+    assert!(
+        bad[1].starts_with("test.yaml:7:15: transparent.egress.allow.cidrs[0]: invalid CIDR"),
+        "{bad:?}"
+    );
+    assert!(
+        bad[2].starts_with("test.yaml:8:7: transparent.egress.allow.deny: unknown field `deny`"),
+        "{bad:?}"
+    );
+}

@@ -274,6 +274,12 @@ pub const CATALOGUE: &[MetricDoc] = &[
         meaning: "Transparent traffic that matched no upstream — HTTP requests (`protocol` `http1` / `http2`) and TCP connections (`tcp`) — by `action`: `passthrough` (sent on to the original destination) or `refused` (502 `no_route`, or the connection closed; also when there is no original destination). With `transparent:` only.",
     },
     MetricDoc {
+        name: TRANSPARENT_EGRESS_TOTAL,
+        kind: Kind::Counter,
+        labels: &["protocol", "decision", "reason"],
+        meaning: "Egress-policy decisions on transparent traffic that matched no upstream, with `transparent.unmatched: refuse` (see the README's \"Egress policy\"): HTTP requests (`protocol` `http1` / `http2`), TLS connections (`tls`: a ClientHello was read) and other TCP connections (`tcp`), by `decision` (`allowed`, `refused`) and `reason`: `cidr` (the original destination is in `egress.allow.cidrs`), `host` (the HTTP Host is, or is not, in `egress.allow.hosts`), `sni` (the TLS server name is, or is not), `no_sni` (a ClientHello without a server name), `no_name` (nothing names the destination: TCP that is not TLS, a malformed or unfinished ClientHello, a request without Host). With `transparent.unmatched: refuse` only.",
+    },
+    MetricDoc {
         name: RETRIES_TOTAL,
         kind: Kind::Counter,
         labels: &["upstream", "outcome"],

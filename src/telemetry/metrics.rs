@@ -38,6 +38,7 @@ pub const TCP_SENT_BYTES: &str = "remora_tcp_sent_bytes_total";
 pub const TCP_RECEIVED_BYTES: &str = "remora_tcp_received_bytes_total";
 pub const TRANSPARENT_CONNECTIONS_TOTAL: &str = "remora_transparent_connections_total";
 pub const TRANSPARENT_UNMATCHED_TOTAL: &str = "remora_transparent_unmatched_total";
+pub const TRANSPARENT_EGRESS_TOTAL: &str = "remora_transparent_egress_total";
 pub const ROUTE_REQUESTS_TOTAL: &str = "remora_route_requests_total";
 pub const ROUTE_REQUEST_DURATION: &str = "remora_route_request_duration_seconds";
 pub const ROUTE_BACKEND_REQUESTS_TOTAL: &str = "remora_route_backend_requests_total";
@@ -610,6 +611,22 @@ pub fn transparent_connections(protocol: &'static str) -> Counter {
 /// connections, by `protocol` and `action` (`passthrough`, `refused`).
 pub fn transparent_unmatched(protocol: &'static str, action: &'static str) -> Counter {
     counter!(TRANSPARENT_UNMATCHED_TOTAL, "protocol" => protocol, "action" => action)
+}
+
+/// Egress decisions on unmatched transparent traffic (`unmatched: refuse`),
+/// by `protocol` (`http1`, `http2`, `tls`, `tcp`), `decision` (`allowed`,
+/// `refused`) and `reason`.
+pub fn transparent_egress(
+    protocol: &'static str,
+    decision: &'static str,
+    reason: &'static str,
+) -> Counter {
+    counter!(
+        TRANSPARENT_EGRESS_TOTAL,
+        "protocol" => protocol,
+        "decision" => decision,
+        "reason" => reason
+    )
 }
 
 // ---- JWT --------------------------------------------------------------------

@@ -52,7 +52,7 @@ const HTTP1_METHODS: [&[u8]; 9] = [
 
 /// How long to wait before peeking again when the bytes so far could still
 /// start either protocol (a preface or method split across packets).
-const REPEEK_INTERVAL: Duration = Duration::from_millis(1);
+pub(super) const REPEEK_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Decides from the first bytes of a connection; `None` while they are a
 /// strict prefix of something HTTP and more are needed.
@@ -88,6 +88,11 @@ pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
         };
         if let Some(detected) = classify(&buffer[..peeked]) {
             return detected;
+        }
+        // A peek returns at once while bytes wait, even past the deadline:
+        // a client that stops inside a method would be peeked at forever.
+        if Instant::now() >= deadline {
+            return Detected::Opaque;
         }
         // Peeking again at once would return the same bytes: wait a little.
         tokio::time::sleep_until(deadline.min(Instant::now() + REPEEK_INTERVAL)).await;
@@ -132,6 +137,20 @@ mod tests {
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(45), "{waited:?}");
         assert!(waited < Duration::from_secs(2), "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_inside_a_method_is_opaque_after_the_timeout() {
+        let (mut client, server) = pair().await;
+        client.write_all(b"GE").await.unwrap();
+        let started = std::time::Instant::now();
+        let detected = tokio::time::timeout(
+            Duration::from_secs(5),
+            detect(&server, Duration::from_millis(50)),
+        )
+        .await;
+        assert_eq!(detected, Ok(Detected::Opaque), "it stopped waiting");
+        assert!(started.elapsed() >= Duration::from_millis(45));
     }
 
     #[tokio::test]

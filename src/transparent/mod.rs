@@ -6,10 +6,14 @@
 //! routes HTTP by Host / `:authority` or by destination and opaque TCP by
 //! destination to an upstream (`routes`, `outbound`), and passes what matches
 //! no upstream through to its original destination, or refuses it
-//! (`passthrough`). Inbound connections are redirected to the ordinary inbound
+//! (`passthrough`), or — with `unmatched: refuse` — lets through only what
+//! the egress allow-list names (`egress`, reading a TLS ClientHello's server
+//! name with `client_hello`). Inbound connections are redirected to the ordinary inbound
 //! listener (15006). `iptables` generates, applies and removes the nat rules.
 
+pub mod client_hello;
 pub mod detect;
+mod egress;
 pub mod iptables;
 pub mod original_dst;
 pub mod outbound;

@@ -8,7 +8,8 @@
 //! connections go to the upstream whose `addresses` hold the destination.
 //! What matches nothing is passed through to the original destination or
 //! refused (`transparent.unmatched`): HTTP 502 `no_route`, or a closed TCP
-//! connection. A connection made straight to the listener (not redirected)
+//! connection — unless, with `refuse`, the egress allow-list lets it through
+//! (`egress`: by CIDR, Host, or a TLS ClientHello's server name). A connection made straight to the listener (not redirected)
 //! has no destination to pass through to, so only its routed requests work.
 //!
 //! The route table follows configuration reloads ([`TransparentOutbound::set_routes`]):
@@ -30,6 +31,7 @@ use tokio::net::TcpStream;
 use tower::{Service, ServiceExt};
 
 use super::detect::{Detected, detect};
+use super::egress::EgressPolicy;
 use super::original_dst::original_destination;
 use super::passthrough::Passthrough;
 use super::routes::RouteTable;
@@ -57,7 +59,9 @@ pub struct TransparentOutbound {
     routes: ArcSwap<RouteTable>,
     detect_timeout: Duration,
     opaque_ports: Vec<u16>,
-    unmatched: Unmatched,
+    /// With `unmatched: refuse`, what unmatched traffic may still reach;
+    /// `None` with `passthrough`: all of it.
+    egress: Option<EgressPolicy>,
 }
 
 impl TransparentOutbound {
@@ -65,16 +69,16 @@ impl TransparentOutbound {
         // Every series at 0 from the start.
         for protocol in [Detected::Http1, Detected::Http2, Detected::Opaque] {
             metrics::transparent_connections(protocol.as_str()).increment(0);
-            for unmatched in [Unmatched::Passthrough, Unmatched::Refuse] {
-                metrics::transparent_unmatched(protocol.as_str(), unmatched_action(unmatched))
-                    .increment(0);
+            for allowed in [true, false] {
+                metrics::transparent_unmatched(protocol.as_str(), action(allowed)).increment(0);
             }
         }
         Self {
             routes: ArcSwap::from_pointee(routes),
             detect_timeout: config.detect_timeout,
             opaque_ports: config.opaque_ports.clone(),
-            unmatched: config.unmatched,
+            egress: (config.unmatched == Unmatched::Refuse)
+                .then(|| EgressPolicy::new(config.egress.allow.clone())),
         }
     }
 
@@ -119,12 +123,19 @@ impl TransparentOutbound {
                 if let Some(route) = route {
                     return crate::tcp::proxy(stream, Arc::clone(&route.upstream)).await;
                 }
-                let action = self.unmatched_action(passthrough.is_some());
-                metrics::transparent_unmatched(protocol.as_str(), action).increment(1);
-                if let (Some(passthrough), Unmatched::Passthrough) = (passthrough, self.unmatched) {
-                    passthrough.tcp(stream).await;
-                } else {
-                    tracing::debug!(?destination, "unmatched TCP connection refused");
+                let allowed = match (destination, &self.egress) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(destination), Some(egress)) => {
+                        let decision =
+                            egress.connection(&stream, destination, self.detect_timeout).await;
+                        decision.allowed
+                    }
+                };
+                metrics::transparent_unmatched(protocol.as_str(), action(allowed)).increment(1);
+                match passthrough {
+                    Some(passthrough) if allowed => passthrough.tcp(stream).await,
+                    _ => tracing::debug!(?destination, "unmatched TCP connection refused"),
                 }
                 return;
             }
@@ -149,22 +160,11 @@ impl TransparentOutbound {
         .await;
     }
 
-    /// `passthrough` or `refused`: what happens to unmatched traffic of a
-    /// connection that has (or lacks) an original destination.
-    fn unmatched_action(&self, has_destination: bool) -> &'static str {
-        if has_destination {
-            unmatched_action(self.unmatched)
-        } else {
-            unmatched_action(Unmatched::Refuse)
-        }
-    }
 }
 
-fn unmatched_action(unmatched: Unmatched) -> &'static str {
-    match unmatched {
-        Unmatched::Passthrough => "passthrough",
-        Unmatched::Refuse => "refused",
-    }
+/// The `action` label of unmatched traffic: `passthrough` or `refused`.
+fn action(allowed: bool) -> &'static str {
+    if allowed { "passthrough" } else { "refused" }
 }
 
 /// Routes the requests of one HTTP connection.
@@ -193,11 +193,17 @@ impl Service<Request<Incoming>> for Router {
         {
             return Box::pin(stack.oneshot(request));
         }
-        let action = self.outbound.unmatched_action(self.passthrough.is_some());
-        metrics::transparent_unmatched(self.protocol.as_str(), action).increment(1);
+        let allowed = match (self.destination, &self.outbound.egress) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(destination), Some(egress)) => {
+                egress.request(&request, destination, self.protocol).allowed
+            }
+        };
+        metrics::transparent_unmatched(self.protocol.as_str(), action(allowed)).increment(1);
         let grpc = is_grpc(request.headers());
-        let passthrough = match (&self.passthrough, self.outbound.unmatched) {
-            (Some(passthrough), Unmatched::Passthrough) => Arc::clone(passthrough),
+        let passthrough = match &self.passthrough {
+            Some(passthrough) if allowed => Arc::clone(passthrough),
             _ => {
                 let target = unmatched_target(&request, self.destination);
                 let error = ProxyError::NoRoute { target };

@@ -76,6 +76,14 @@ impl Ca {
         self.leaf_with_sans(vec![SanType::IpAddress(ip)], serial)
     }
 
+    /// A server leaf for these DNS names (DNS SANs).
+    pub fn leaf_for_names(&self, names: &[&str], serial: u64) -> Leaf {
+        let sans = (names.iter())
+            .map(|name| SanType::DnsName((*name).try_into().unwrap()))
+            .collect();
+        self.leaf_with_sans(sans, serial)
+    }
+
     fn leaf_with_sans(&self, sans: Vec<SanType>, serial: u64) -> Leaf {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.subject_alt_names = sans;

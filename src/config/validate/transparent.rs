@@ -1,10 +1,13 @@
 //! Checks on transparent mode: an upstream without `listen` has `hosts` or
 //! `addresses`, those keys need a `transparent:` section, `hosts` need an
-//! HTTP upstream, a host or address belongs to one upstream only, and
-//! `detect_timeout` is not zero.
+//! HTTP upstream, a host or address belongs to one upstream only,
+//! `detect_timeout` is not zero, and an egress allow-list comes with
+//! `unmatched: refuse` (with `passthrough` everything passes: a list there
+//! would promise a restriction that does not exist).
 
 use super::Problems;
 use super::check_limits;
+use crate::config::Unmatched;
 use crate::config::model::Config;
 use crate::config::upstream::UpstreamProtocol;
 
@@ -17,6 +20,14 @@ pub(super) fn check_transparent(config: &Config, problems: &mut Problems) {
             "transparent.detect_timeout".to_owned(),
             transparent.detect_timeout,
         );
+        if !transparent.egress.allow.is_empty() && transparent.unmatched == Unmatched::Passthrough
+        {
+            problems.add(
+                "transparent.egress.allow",
+                "an egress allow-list needs `transparent.unmatched: refuse` (with `passthrough`, \
+                 the default, all unmatched traffic passes and the list would restrict nothing)",
+            );
+        }
     }
     let mut hosts = Vec::new();
     let mut addresses = Vec::new();
