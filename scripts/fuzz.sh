@@ -12,7 +12,7 @@ seconds="${1:-60}"
 shift || true
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-    targets=(config trace_headers consul_health etcd_value sniffer path_normalize jwt_token)
+    targets=(config trace_headers consul_health etcd_value sniffer path_normalize jwt_token client_hello)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

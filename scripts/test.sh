@@ -18,7 +18,9 @@ cd "$(dirname "$0")/.."
 # certificate to the inbound listener: tests/authorization.rs),
 # dnsmasq-base for a real DNS server (DNS SRV discovery), chromium
 # to load the admin dashboard headless, iptables, iproute2 (`ip netns`) and
-# util-linux (`setpriv`) for transparent mode's network-namespace tests;
+# util-linux (`setpriv`) for transparent mode's network-namespace tests, with
+# openssl (`openssl s_server`, the HTTPS origin the egress policy lets
+# through untouched: tests/two_pods.rs);
 # upstream servers and a load generator we did not write: nginx-light (h2c
 # and HTTP/1.1 origin), haproxy (h2 origin), nghttp2-client (h2load) and
 # python3-grpcio (a gRPC C-core server, tests/fixtures/grpc_server.py, with
@@ -31,7 +33,7 @@ cd "$(dirname "$0")/.."
 # discovery, registration and configuration. The build itself needs protobuf-compiler (`protoc`: the
 # etcd-client crate generates its gRPC code).
 # bench/ also needs wrk.
-packages=(procps curl dnsmasq-base chromium iptables iproute2 util-linux nginx-light haproxy nghttp2-client python3-grpcio python3-protobuf python3-pip python3-jwt python3-cryptography etcd-server etcd-client python3-prometheus-client)
+packages=(procps curl dnsmasq-base chromium iptables iproute2 util-linux openssl nginx-light haproxy nghttp2-client python3-grpcio python3-protobuf python3-pip python3-jwt python3-cryptography etcd-server etcd-client python3-prometheus-client)
 source scripts/packages.sh
 install_missing "${BUILD_PACKAGES[@]}" "${packages[@]}"
 

@@ -1686,7 +1686,9 @@ fn egress_allow_list_parses_and_needs_unmatched_refuse() {
     );
     assert_eq!(bad.len(), 3, "{bad:?}");
     assert!(
-        bad[0].starts_with("test.yaml:6:31: transparent.egress.allow.hosts[1]: invalid host `a.*.example.com`"),
+        bad[0].starts_with(
+            "test.yaml:6:31: transparent.egress.allow.hosts[1]: invalid host `a.*.example.com`"
+        ),
         "{bad:?}"
     );
     assert!(

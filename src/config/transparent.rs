@@ -350,11 +350,15 @@ impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.ip, ip.to_canonical()) {
             (IpAddr::V4(network), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(network) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(network), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(network) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -458,7 +462,10 @@ mod tests {
         assert_eq!(wildcard.to_string(), "*.example.com");
         assert!(wildcard.matches("a.example.com", 443));
         assert!(wildcard.matches("a.b.c.EXAMPLE.com.", 443));
-        assert!(!wildcard.matches("example.com", 443), "not the domain itself");
+        assert!(
+            !wildcard.matches("example.com", 443),
+            "not the domain itself"
+        );
         assert!(!wildcard.matches(".example.com", 443));
         assert!(!wildcard.matches("badexample.com", 443));
         assert!(!wildcard.matches("a.example.com.evil", 443));
@@ -471,8 +478,20 @@ mod tests {
     #[test]
     fn egress_hosts_reject_what_is_not_a_name() {
         for bad in [
-            "", "*", "*.", "**.example.com", "*example.com", "a.*.example.com", "a..b",
-            ".example.com", "api/x", "api:0", "api:x", "a b", "10.0.0.0/8", "[::1]",
+            "",
+            "*",
+            "*.",
+            "**.example.com",
+            "*example.com",
+            "a.*.example.com",
+            "a..b",
+            ".example.com",
+            "api/x",
+            "api:0",
+            "api:x",
+            "a b",
+            "10.0.0.0/8",
+            "[::1]",
         ] {
             assert!(bad.parse::<EgressHost>().is_err(), "{bad:?} accepted");
         }

@@ -51,7 +51,7 @@ pub(super) enum HandlerSource {
         authorization: Option<AuthorizationConfig>,
     },
     /// The `transparent` section.
-    Transparent(TransparentConfig),
+    Transparent(Box<TransparentConfig>),
 }
 
 /// A listener's socket ready to commit.

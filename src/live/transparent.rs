@@ -39,7 +39,7 @@ pub(super) async fn plan_transparent(
     config: &TransparentConfig,
 ) -> anyhow::Result<PlannedTransparent> {
     let old = state.transparent.as_ref().map(|t| &t.listening);
-    let handler = HandlerSource::Transparent(config.clone());
+    let handler = HandlerSource::Transparent(Box::new(config.clone()));
     let socket = plan_socket(
         state.listening(),
         old,

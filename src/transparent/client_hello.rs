@@ -115,8 +115,8 @@ mod tests {
     use rustls::pki_types::ServerName;
     use rustls::{ClientConfig, ClientConnection, RootCertStore};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
 
+    use super::super::detect::tests::pair;
     use super::*;
 
     /// The first flight of a real rustls client for `name` (a ClientHello
@@ -157,7 +157,10 @@ mod tests {
             Some(ClientHello::ServerName("api.example.com".to_owned()))
         );
         // rustls sends no SNI for an IP address.
-        assert_eq!(parse(&rustls_hello("10.0.0.1")), Some(ClientHello::NoServerName));
+        assert_eq!(
+            parse(&rustls_hello("10.0.0.1")),
+            Some(ClientHello::NoServerName)
+        );
         // Bytes after the ClientHello (early data) do not matter.
         let mut more = hello.clone();
         more.extend_from_slice(&[0x17, 0x03, 0x03, 0x00, 0x01, 0xff]);
@@ -175,7 +178,10 @@ mod tests {
 
     #[test]
     fn every_truncation_asks_for_more() {
-        for hello in [rustls_hello("t.example.com"), in_two_records(&rustls_hello("t.example.com"))] {
+        for hello in [
+            rustls_hello("t.example.com"),
+            in_two_records(&rustls_hello("t.example.com")),
+        ] {
             for end in 0..hello.len() {
                 assert_eq!(parse(&hello[..end]), None, "{end} of {} bytes", hello.len());
             }
@@ -236,15 +242,6 @@ mod tests {
         ));
     }
 
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (client, server)
-    }
-
     #[tokio::test]
     async fn a_client_hello_split_across_segments_is_peeked_not_consumed() {
         let hello = rustls_hello("segments.example.com");
@@ -297,7 +294,10 @@ mod tests {
         let started = std::time::Instant::now();
         let peeked = peek_client_hello(&server, Duration::from_secs(10)).await;
         assert!(matches!(peeked, ClientHello::Invalid(_)), "{peeked:?}");
-        assert!(started.elapsed() < Duration::from_secs(5), "it did not wait for the rest");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "it did not wait for the rest"
+        );
         drop(writer);
     }
 }

@@ -100,7 +100,7 @@ pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
@@ -119,7 +119,8 @@ mod tests {
         assert_eq!(classify(b""), None);
     }
 
-    async fn pair() -> (TcpStream, TcpStream) {
+    /// A connected client and server socket on 127.0.0.1.
+    pub(in crate::transparent) async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await

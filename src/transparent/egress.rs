@@ -110,12 +110,12 @@ impl EgressPolicy {
         destination: SocketAddr,
         protocol: Detected,
     ) -> Decision {
-        let decision = self.by_cidr(destination).unwrap_or_else(|| {
-            match request_host(request) {
+        let decision = self
+            .by_cidr(destination)
+            .unwrap_or_else(|| match request_host(request) {
                 Some(host) => self.by_name(&host, destination, Reason::Host),
                 None => refused(Reason::NoName),
-            }
-        });
+            });
         count(protocol.as_str(), decision, 1);
         decision
     }
@@ -237,22 +237,65 @@ mod tests {
 
     #[test]
     fn requests_are_decided_by_cidr_then_host() {
-        let policy = policy(&["api.example.com", "*.googleapis.com:443"], &["10.0.0.0/8"]);
+        let policy = policy(
+            &["api.example.com", "*.googleapis.com:443"],
+            &["10.0.0.0/8"],
+        );
         let cases = [
-            (get("/", Some("api.example.com")), "203.0.113.1:80", allowed(Reason::Host)),
-            (get("/", Some("API.example.com.:8080")), "203.0.113.1:8080", allowed(Reason::Host)),
-            (get("/", Some("other.example.com")), "203.0.113.1:80", refused(Reason::Host)),
-            (get("/", Some("other.example.com")), "10.1.2.3:80", allowed(Reason::Cidr)),
-            (get("http://a.b.googleapis.com/x", None), "203.0.113.1:443", allowed(Reason::Host)),
+            (
+                get("/", Some("api.example.com")),
+                "203.0.113.1:80",
+                allowed(Reason::Host),
+            ),
+            (
+                get("/", Some("API.example.com.:8080")),
+                "203.0.113.1:8080",
+                allowed(Reason::Host),
+            ),
+            (
+                get("/", Some("other.example.com")),
+                "203.0.113.1:80",
+                refused(Reason::Host),
+            ),
+            (
+                get("/", Some("other.example.com")),
+                "10.1.2.3:80",
+                allowed(Reason::Cidr),
+            ),
+            (
+                get("http://a.b.googleapis.com/x", None),
+                "203.0.113.1:443",
+                allowed(Reason::Host),
+            ),
             // The entry's port is the destination's, whatever Host says.
-            (get("/", Some("a.googleapis.com:443")), "203.0.113.1:80", refused(Reason::Host)),
-            (get("/", Some("googleapis.com")), "203.0.113.1:443", refused(Reason::Host)),
-            (get("/", Some("[::1]:80")), "203.0.113.1:80", refused(Reason::Host)),
-            (get("/", Some("bad host")), "203.0.113.1:80", refused(Reason::NoName)),
+            (
+                get("/", Some("a.googleapis.com:443")),
+                "203.0.113.1:80",
+                refused(Reason::Host),
+            ),
+            (
+                get("/", Some("googleapis.com")),
+                "203.0.113.1:443",
+                refused(Reason::Host),
+            ),
+            (
+                get("/", Some("[::1]:80")),
+                "203.0.113.1:80",
+                refused(Reason::Host),
+            ),
+            (
+                get("/", Some("bad host")),
+                "203.0.113.1:80",
+                refused(Reason::NoName),
+            ),
             (get("/", None), "203.0.113.1:80", refused(Reason::NoName)),
         ];
         for (request, destination, expected) in cases {
-            assert_eq!(decide(&policy, &request, destination), expected, "{request:?} to {destination}");
+            assert_eq!(
+                decide(&policy, &request, destination),
+                expected,
+                "{request:?} to {destination}"
+            );
         }
     }
 
@@ -266,10 +309,17 @@ mod tests {
             (name("example.com"), refused(Reason::Sni)),
             (ClientHello::NoServerName, refused(Reason::NoSni)),
             (ClientHello::NotTls, refused(Reason::NoName)),
-            (ClientHello::Invalid("x".to_owned()), refused(Reason::NoName)),
+            (
+                ClientHello::Invalid("x".to_owned()),
+                refused(Reason::NoName),
+            ),
         ];
         for (hello, expected) in cases {
-            assert_eq!(policy.by_client_hello(&hello, destination), expected, "{hello:?}");
+            assert_eq!(
+                policy.by_client_hello(&hello, destination),
+                expected,
+                "{hello:?}"
+            );
         }
     }
 }

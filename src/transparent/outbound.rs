@@ -127,8 +127,9 @@ impl TransparentOutbound {
                     (None, _) => false,
                     (Some(_), None) => true,
                     (Some(destination), Some(egress)) => {
-                        let decision =
-                            egress.connection(&stream, destination, self.detect_timeout).await;
+                        let decision = egress
+                            .connection(&stream, destination, self.detect_timeout)
+                            .await;
                         decision.allowed
                     }
                 };
@@ -159,7 +160,6 @@ impl TransparentOutbound {
         )
         .await;
     }
-
 }
 
 /// The `action` label of unmatched traffic: `passthrough` or `refused`.

@@ -20,8 +20,7 @@ pub(super) fn check_transparent(config: &Config, problems: &mut Problems) {
             "transparent.detect_timeout".to_owned(),
             transparent.detect_timeout,
         );
-        if !transparent.egress.allow.is_empty() && transparent.unmatched == Unmatched::Passthrough
-        {
+        if !transparent.egress.allow.is_empty() && transparent.unmatched == Unmatched::Passthrough {
             problems.add(
                 "transparent.egress.allow",
                 "an egress allow-list needs `transparent.unmatched: refuse` (with `passthrough`, \
