@@ -45,6 +45,11 @@ const POD_B_IP: &str = "10.231.0.2";
 /// Root namespace ↔ pod A, root namespace ↔ pod B.
 const ROOT_TO_A: (&str, &str) = ("10.231.1.1", "10.231.1.2");
 const ROOT_TO_B: (&str, &str) = ("10.231.2.1", "10.231.2.2");
+/// The egress test: pod B's second address (allowed by CIDR), its HTTPS
+/// origin's port and its echo server's (an opaque port by default).
+const POD_B_CIDR_IP: &str = "10.231.0.3";
+const HTTPS_PORT: u16 = 8443;
+const ECHO_PORT: u16 = 6379;
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn run(program: &str, args: &[&str]) -> Result<(), String> {
@@ -61,6 +66,32 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// `ip ARGS` in `pod` (`ip -n POD ARGS`), or in the root namespace.
+fn ip(pod: Option<&str>, args: &[&str]) -> Result<(), String> {
+    let mut all = pod.map_or_else(Vec::new, |pod| vec!["-n", pod]);
+    all.extend_from_slice(args);
+    run("ip", &all)
+}
+
+/// A veth pair between two namespaces (`None`: the root one), each end
+/// given as (namespace, interface name, address in a /24), both ends up.
+fn veth(one: (Option<&str>, &str, &str), other: (Option<&str>, &str, &str)) -> Result<(), String> {
+    run(
+        "ip",
+        &[
+            "link", "add", one.1, "type", "veth", "peer", "name", other.1,
+        ],
+    )?;
+    for (pod, name, addr) in [one, other] {
+        if let Some(pod) = pod {
+            ip(None, &["link", "set", name, "netns", pod])?;
+        }
+        ip(pod, &["addr", "add", &format!("{addr}/24"), "dev", name])?;
+        ip(pod, &["link", "set", name, "up"])?;
+    }
+    Ok(())
 }
 
 /// The two namespaces and their links; removed when dropped.
@@ -82,43 +113,12 @@ impl Pods {
         run("ip", &["netns", "add", a])?;
         run("ip", &["netns", "add", b])?;
         for pod in [a, b] {
-            run("ip", &["-n", pod, "link", "set", "lo", "up"])?;
+            ip(Some(pod), &["link", "set", "lo", "up"])?;
         }
-        let (a_side, b_side) = (format!("{a}-b"), format!("{b}-a"));
-        run(
-            "ip",
-            &[
-                "link", "add", &a_side, "type", "veth", "peer", "name", &b_side,
-            ],
+        veth(
+            (Some(a), &format!("{a}-b"), POD_A_IP),
+            (Some(b), &format!("{b}-a"), POD_B_IP),
         )?;
-        run("ip", &["link", "set", &a_side, "netns", a])?;
-        run("ip", &["link", "set", &b_side, "netns", b])?;
-        run(
-            "ip",
-            &[
-                "-n",
-                a,
-                "addr",
-                "add",
-                &format!("{POD_A_IP}/24"),
-                "dev",
-                &a_side,
-            ],
-        )?;
-        run(
-            "ip",
-            &[
-                "-n",
-                b,
-                "addr",
-                "add",
-                &format!("{POD_B_IP}/24"),
-                "dev",
-                &b_side,
-            ],
-        )?;
-        run("ip", &["-n", a, "link", "set", &a_side, "up"])?;
-        run("ip", &["-n", b, "link", "set", &b_side, "up"])?;
         // Pod A's name for pod B's service, as cluster DNS would give it.
         let etc = format!("/etc/netns/{a}");
         std::fs::create_dir_all(&etc).map_err(|e| e.to_string())?;
@@ -133,33 +133,12 @@ impl Pods {
     /// One more veth per pod to the root namespace (`ROOT_TO_A`,
     /// `ROOT_TO_B`), where the Consul stand-in and the test reach them.
     fn link_to_root(&self) -> Result<(), String> {
-        for (pod, (root_ip, pod_ip)) in [(&self.a, ROOT_TO_A), (&self.b, ROOT_TO_B)] {
-            let (outside, inside) = (format!("{pod}-r"), format!("{pod}-p"));
-            run(
-                "ip",
-                &[
-                    "link", "add", &outside, "type", "veth", "peer", "name", &inside,
-                ],
+        for (pod, (root_ip, pod_ip)) in [(self.a.as_str(), ROOT_TO_A), (self.b.as_str(), ROOT_TO_B)]
+        {
+            veth(
+                (None, &format!("{pod}-r"), root_ip),
+                (Some(pod), &format!("{pod}-p"), pod_ip),
             )?;
-            run("ip", &["link", "set", &inside, "netns", pod])?;
-            run(
-                "ip",
-                &["addr", "add", &format!("{root_ip}/24"), "dev", &outside],
-            )?;
-            run("ip", &["link", "set", &outside, "up"])?;
-            run(
-                "ip",
-                &[
-                    "-n",
-                    pod,
-                    "addr",
-                    "add",
-                    &format!("{pod_ip}/24"),
-                    "dev",
-                    &inside,
-                ],
-            )?;
-            run("ip", &["-n", pod, "link", "set", &inside, "up"])?;
         }
         Ok(())
     }
@@ -203,6 +182,21 @@ fn apply_iptables(pod: &str, yaml: &str) -> Result<(), String> {
         ],
     );
     run(args[0], &args[1..])
+}
+
+/// remora in `pod` with the config `yaml` and its iptables rules, as the
+/// proxy user, once its `listeners` listen.
+fn start_sidecar(pod: &str, yaml: &str, listeners: usize) -> ProxyProcess {
+    apply_iptables(pod, yaml).unwrap_or_else(|error| panic!("iptables in {pod}: {error}"));
+    let as_proxy_user = [
+        "setpriv",
+        "--reuid",
+        PROXY_UID,
+        "--regid",
+        PROXY_UID,
+        "--clear-groups",
+    ];
+    ProxyProcess::start_wrapped(&Pods::exec(pod, &as_proxy_user), yaml, listeners)
 }
 
 /// This test binary, run again inside `pod` as one of the helper roles.
@@ -298,16 +292,7 @@ transparent: {{}}
 admin: {{ listen: 0.0.0.0:15000 }}
 {tls_b}"
     );
-    apply_iptables(b, &sidecar_b).expect("iptables in pod B");
-    let as_proxy_user = [
-        "setpriv",
-        "--reuid",
-        PROXY_UID,
-        "--regid",
-        PROXY_UID,
-        "--clear-groups",
-    ];
-    let remora_b = ProxyProcess::start_wrapped(&Pods::exec(b, &as_proxy_user), &sidecar_b, 2);
+    let remora_b = start_sidecar(b, &sidecar_b, 2);
 
     // Pod A: the sidecar; its application is the client below.
     let sidecar_a = format!(
@@ -325,8 +310,7 @@ admin: {{ listen: 0.0.0.0:15000 }}
 {tls_a}",
         root = ROOT_TO_A.0,
     );
-    apply_iptables(a, &sidecar_a).expect("iptables in pod A");
-    let remora_a = ProxyProcess::start_wrapped(&Pods::exec(a, &as_proxy_user), &sidecar_a, 1);
+    let remora_a = start_sidecar(a, &sidecar_a, 1);
     let admin_a = format!("{}:15000", ROOT_TO_A.1);
     let admin_b = format!("{}:15000", ROOT_TO_B.1);
     wait_ready(&admin_a).await;
@@ -439,6 +423,201 @@ admin: {{ listen: 0.0.0.0:15000 }}
     drop((remora_a, remora_b));
 }
 
+/// `ip netns exec POD args...`, its status, stdout and stderr.
+fn run_in(pod: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", pod])
+        .args(args)
+        .output()
+        .expect("ip netns exec");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Pod A's application calls with curl: HTTPS by name to pod B's
+/// `openssl s_server` (its own certificate, verified with its CA), plain
+/// HTTP by Host, raw TCP by address, while remora A runs the egress policy:
+/// `unmatched: refuse` with an allow-list of names and one address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (CI runs as root): network namespaces, iptables"]
+async fn egress_allow_list_lets_listed_names_and_networks_out_of_pod_a() {
+    support::requirements::require_root("network namespaces, iptables");
+    support::requirements::require_tool("curl", "curl");
+    support::requirements::require_tool("openssl", "openssl");
+    let pods =
+        Pods::create('e').unwrap_or_else(|reason| panic!("cannot build the two pods: {reason}"));
+    let (a, b) = (pods.a.as_str(), pods.b.as_str());
+    // Pod B's second address: allowed by CIDR, whatever the name.
+    let second = format!("{POD_B_CIDR_IP}/24");
+    ip(Some(b), &["addr", "add", &second, "dev", &format!("{b}-a")])
+        .expect("pod B's second address");
+
+    // Pod B: an HTTPS origin (OpenSSL, a certificate remora has no key or CA
+    // for), the HTTP app and a TCP echo server; no sidecar.
+    let ca = Ca::new("egress origin CA");
+    let names = ["allowed.test", "other.test", "a.b.wild.test", "wild.test"];
+    let origin = TlsFiles::new(&ca.leaf_for_names(&names, 9), &ca);
+    let file = |name: &str| origin.dir.join(name).display().to_string();
+    let (cert, key, ca_file) = (file("cert.pem"), file("key.pem"), file("ca.pem"));
+    let https = Command::new("ip")
+        .args(["netns", "exec", b, "openssl", "s_server", "-quiet", "-www"])
+        .args([
+            "-accept",
+            &HTTPS_PORT.to_string(),
+            "-cert",
+            &cert,
+            "-key",
+            &key,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    let _https = KillOnDrop(https);
+    let mut app = KillOnDrop(spawn_helper(b, "app", &[]));
+    assert_eq!(helper_lines(&mut app.0, "ready"), ["ready"]);
+    let mut echo = KillOnDrop(spawn_helper(b, "echo", &[]));
+    assert_eq!(helper_lines(&mut echo.0, "ready"), ["ready"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !run_in(b, &["ss", "-ltn"])
+        .1
+        .contains(&format!(":{HTTPS_PORT} "))
+    {
+        assert!(Instant::now() < deadline, "openssl s_server never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Pod A: remora with the egress policy; its application is curl.
+    let sidecar_a = format!(
+        "service: {{ name: web }}
+transparent:
+  unmatched: refuse
+  detect_timeout: 500ms
+  egress:
+    allow:
+      hosts: [allowed.test, \"*.wild.test\"]
+      cidrs: [{POD_B_CIDR_IP}/32]
+admin: {{ listen: 127.0.0.1:15000 }}
+"
+    );
+    let remora_a = start_sidecar(a, &sidecar_a, 1);
+    let admin = "http://127.0.0.1:15000";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while run_in(a, &["curl", "-sf", &format!("{admin}/ready")]).0 != Some(0) {
+        assert!(Instant::now() < deadline, "remora A never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // `curl URL` for `name` resolved to `ip`: exit code, body, and status
+    // line and headers (-D) with curl's errors.
+    let curl = |url: &str, name: &str, port: u16, ip: &str| {
+        let resolve = format!("{name}:{port}:{ip}");
+        run_in(
+            a,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                "--cacert",
+                &ca_file,
+                "--resolve",
+                &resolve,
+                "-D",
+                "/dev/stderr",
+                url,
+            ],
+        )
+    };
+    let https = |name: &str, ip: &str| {
+        curl(
+            &format!("https://{name}:{HTTPS_PORT}/"),
+            name,
+            HTTPS_PORT,
+            ip,
+        )
+    };
+
+    // 1. HTTPS to listed names passes untouched: curl verifies the origin's
+    //    own certificate (remora has neither its key nor its CA) and gets
+    //    OpenSSL's page; `*.wild.test` covers two labels.
+    for name in ["allowed.test", "a.b.wild.test"] {
+        let (code, body, headers) = https(name, POD_B_IP);
+        assert_eq!(code, Some(0), "{name}: {headers}");
+        assert!(headers.starts_with("HTTP/1.0 200"), "{name}: {headers}");
+        assert!(
+            body.contains("s_server"),
+            "{name}: OpenSSL's status page: {body}"
+        );
+    }
+    // 2. Names not listed are refused (the wildcard is not the domain
+    //    itself): the connection is closed, no TLS session.
+    for name in ["other.test", "wild.test"] {
+        let (code, body, headers) = https(name, POD_B_IP);
+        assert_ne!(code, Some(0), "{name} got through: {headers}{body}");
+        assert!(!headers.contains("HTTP/"), "{name}: {headers}");
+    }
+    // 3. The listed network lets an unlisted name through.
+    let (code, body, headers) = https("other.test", POD_B_CIDR_IP);
+    assert_eq!(code, Some(0), "{headers}");
+    assert!(body.contains("s_server"), "{body}");
+    // 4. Plain HTTP by Host: listed passes, unlisted gets 502 no_route.
+    let http = |name: &str| {
+        curl(
+            &format!("http://{name}:{APP_PORT}/"),
+            name,
+            APP_PORT,
+            POD_B_IP,
+        )
+    };
+    let (code, body, headers) = http("allowed.test");
+    assert_eq!(code, Some(0), "{headers}");
+    assert!(headers.starts_with("HTTP/1.1 200"), "{headers}");
+    let seen: Value = serde_json::from_str(&body).expect("the app's JSON");
+    assert_eq!(seen["host"], "allowed.test:8080");
+    let (_, _, headers) = http("other.test");
+    assert!(headers.starts_with("HTTP/1.1 502"), "{headers}");
+    assert!(headers.contains("x-remora-error: no_route"), "{headers}");
+    // 5. Raw TCP (an opaque port): by address only.
+    let echo = |ip: &str| {
+        let script = format!(
+            "exec 3<>/dev/tcp/{ip}/{ECHO_PORT} && printf 'ping\\n' >&3 && timeout 5 head -c 5 <&3"
+        );
+        run_in(a, &["bash", "-c", &script]).1
+    };
+    assert_eq!(echo(POD_B_CIDR_IP), "ping\n");
+    assert_eq!(echo(POD_B_IP), "", "closed unanswered");
+
+    // 6. Every decision counted.
+    let (_, metrics, _) = run_in(a, &["curl", "-s", &format!("{admin}/metrics")]);
+    let egress = |protocol, decision, reason| {
+        let labels = [
+            ("protocol", protocol),
+            ("decision", decision),
+            ("reason", reason),
+        ];
+        prom::value(&metrics, "remora_transparent_egress_total", &labels)
+    };
+    assert_eq!(egress("tls", "allowed", "sni"), Some(2.0), "{metrics}");
+    assert_eq!(egress("tls", "refused", "sni"), Some(2.0));
+    assert_eq!(egress("tcp", "allowed", "cidr"), Some(2.0));
+    assert_eq!(egress("tcp", "refused", "no_name"), Some(1.0));
+    assert_eq!(egress("http1", "allowed", "host"), Some(1.0));
+    assert_eq!(egress("http1", "refused", "host"), Some(1.0));
+    let unmatched = |protocol, action| {
+        let labels = [("protocol", protocol), ("action", action)];
+        prom::value(&metrics, "remora_transparent_unmatched_total", &labels)
+    };
+    assert_eq!(unmatched("tcp", "passthrough"), Some(4.0));
+    assert_eq!(unmatched("tcp", "refused"), Some(3.0));
+    assert_eq!(unmatched("http1", "passthrough"), Some(1.0));
+    assert_eq!(unmatched("http1", "refused"), Some(1.0));
+    drop(remora_a);
+}
+
 /// The pod applications, when run by the test above (`REMORA_POD_ROLE`);
 /// a no-op otherwise.
 #[tokio::test]
@@ -447,6 +626,7 @@ async fn pod_helper() {
     match std::env::var("REMORA_POD_ROLE").as_deref() {
         Ok("app") => serve_app().await,
         Ok("client") => call_urls().await,
+        Ok("echo") => serve_echo().await,
         _ => {}
     }
 }
@@ -479,6 +659,21 @@ async fn serve_app() {
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+        });
+    }
+}
+
+/// A TCP echo server on `ECHO_PORT`.
+async fn serve_echo() {
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", ECHO_PORT))
+        .await
+        .expect("bind the echo port");
+    println!("POD ready");
+    loop {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        tokio::spawn(async move {
+            let (mut reader, mut writer) = stream.split();
+            let _ = tokio::io::copy(&mut reader, &mut writer).await;
         });
     }
 }
