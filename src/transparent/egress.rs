@@ -130,7 +130,7 @@ impl EgressPolicy {
         timeout: Duration,
     ) -> Decision {
         if let Some(allowed) = self.by_cidr(destination) {
-            count(Detected::Opaque.as_str(), allowed, 1);
+            record(Detected::Opaque.as_str(), allowed, destination, None);
             return allowed;
         }
         let hello = peek_client_hello(stream, timeout).await;
@@ -139,10 +139,15 @@ impl EgressPolicy {
             ClientHello::NotTls => Detected::Opaque.as_str(),
             _ => TLS,
         };
-        if let ClientHello::Invalid(problem) = &hello {
-            tracing::debug!(%destination, problem, "egress: no server name in the TLS handshake");
-        }
-        count(protocol, decision, 1);
+        let name = match &hello {
+            ClientHello::ServerName(name) => Some(name.as_str()),
+            ClientHello::Invalid(problem) => {
+                tracing::debug!(%destination, problem, "egress: an unreadable TLS handshake");
+                None
+            }
+            ClientHello::NoServerName | ClientHello::NotTls => None,
+        };
+        record(protocol, decision, destination, name);
         decision
     }
 
@@ -185,6 +190,19 @@ fn count(protocol: &'static str, decision: Decision, by: u64) {
         "refused"
     };
     metrics::transparent_egress(protocol, label, decision.reason.as_str()).increment(by);
+}
+
+/// Logs (debug) and counts one decision.
+fn record(protocol: &'static str, decision: Decision, destination: SocketAddr, name: Option<&str>) {
+    tracing::debug!(
+        %destination,
+        protocol,
+        name,
+        allowed = decision.allowed,
+        reason = decision.reason.as_str(),
+        "egress policy"
+    );
+    count(protocol, decision, 1);
 }
 
 /// The host a request names, without its port: `:authority` (HTTP/2, or an
