@@ -13,6 +13,11 @@
 //! unmatched traffic. Needs root and `ip netns`: ignored unless included
 //! (`scripts/test.sh` includes it as root), failing when they are missing.
 //!
+//! A second test builds two more pods for the egress policy: remora in pod
+//! A with `unmatched: refuse` and an allow-list (names, one address), no
+//! sidecar in pod B, whose `openssl s_server`, HTTP app and TCP echo server
+//! pod A's curl and bash reach — or not — by name (SNI, Host) and address.
+//!
 //! The applications are this test binary run again (`pod_helper`, ignored, and
 //! a no-op outside a pod) inside a namespace. The sidecars talk mTLS: one CA made at
 //! run time, a SPIFFE leaf per pod; pod B's application sees pod A's
@@ -439,7 +444,7 @@ fn run_in(pod: &str, args: &[&str]) -> (Option<i32>, String, String) {
 
 /// Pod A's application calls with curl: HTTPS by name to pod B's
 /// `openssl s_server` (its own certificate, verified with its CA), plain
-/// HTTP by Host, raw TCP by address, while remora A runs the egress policy:
+/// HTTP/1.1 and HTTP/2 by Host / `:authority`, raw TCP by address, while remora A runs the egress policy:
 /// `unmatched: refuse` with an allow-list of names and one address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root (CI runs as root): network namespaces, iptables"]
@@ -581,6 +586,24 @@ admin: {{ listen: 127.0.0.1:15000 }}
     let (_, _, headers) = http("other.test");
     assert!(headers.starts_with("HTTP/1.1 502"), "{headers}");
     assert!(headers.contains("x-remora-error: no_route"), "{headers}");
+    // HTTP/2 (prior knowledge) by `:authority`, the same.
+    let h2 = |name: &str| {
+        let resolve = format!("{name}:{APP_PORT}:{POD_B_IP}");
+        let url = format!("http://{name}:{APP_PORT}/");
+        let args = [
+            "curl",
+            "-sS",
+            "--http2-prior-knowledge",
+            "--resolve",
+            &resolve,
+        ];
+        run_in(a, &[&args[..], &["-D", "/dev/stderr", &url]].concat()).2
+    };
+    let headers = h2("a.b.wild.test");
+    assert!(headers.starts_with("HTTP/2 200"), "{headers}");
+    let headers = h2("other.test");
+    assert!(headers.starts_with("HTTP/2 502"), "{headers}");
+    assert!(headers.contains("x-remora-error: no_route"), "{headers}");
     // 5. Raw TCP (an opaque port): by address only.
     let echo = |ip: &str| {
         let script = format!(
@@ -607,6 +630,8 @@ admin: {{ listen: 127.0.0.1:15000 }}
     assert_eq!(egress("tcp", "refused", "no_name"), Some(1.0));
     assert_eq!(egress("http1", "allowed", "host"), Some(1.0));
     assert_eq!(egress("http1", "refused", "host"), Some(1.0));
+    assert_eq!(egress("http2", "allowed", "host"), Some(1.0));
+    assert_eq!(egress("http2", "refused", "host"), Some(1.0));
     let unmatched = |protocol, action| {
         let labels = [("protocol", protocol), ("action", action)];
         prom::value(&metrics, "remora_transparent_unmatched_total", &labels)
@@ -615,6 +640,8 @@ admin: {{ listen: 127.0.0.1:15000 }}
     assert_eq!(unmatched("tcp", "refused"), Some(3.0));
     assert_eq!(unmatched("http1", "passthrough"), Some(1.0));
     assert_eq!(unmatched("http1", "refused"), Some(1.0));
+    assert_eq!(unmatched("http2", "passthrough"), Some(1.0));
+    assert_eq!(unmatched("http2", "refused"), Some(1.0));
     drop(remora_a);
 }
 
