@@ -15,6 +15,26 @@
 //! value fall back to its default. `redact` makes what the admin `/config`
 //! shows of a configuration.
 
+/// Serde through `FromStr` / `Display` for string-typed values (host
+/// names, destinations, CIDRs): the `FromStr` error is the message. Defined
+/// before the modules so that they can use it.
+macro_rules! string_serde {
+    ($($type:ty),*) => {$(
+        impl ::serde::Serialize for $type {
+            fn serialize<S: ::serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl<'de> ::serde::Deserialize<'de> for $type {
+            fn deserialize<D: ::serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <String as ::serde::Deserialize>::deserialize(deserializer)?;
+                text.parse().map_err(::serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+
 mod admin;
 mod authorization;
 mod concurrency;
@@ -23,6 +43,7 @@ mod consul;
 mod deserialize;
 mod discovery;
 mod duration;
+mod egress;
 mod env;
 mod error;
 mod etcd;
@@ -63,6 +84,7 @@ pub use consul::{ConsulConfig, Secret};
 pub use discovery::{
     ConsulDiscovery, ConsulFailover, Discovery, DnsDiscovery, EtcdDiscovery, StaticEndpoint,
 };
+pub use egress::{EgressAllow, EgressConfig, EgressHost, EgressName};
 pub use error::{ConfigError, ConfigErrors};
 pub use etcd::EtcdConfig;
 pub use fallback::{FallbackConfig, FallbackResponse, FallbackTrigger};
@@ -98,10 +120,7 @@ pub use telemetry::{
 pub use tls::{
     AuthorizationAction, AuthorizationConfig, TlsConfig, TlsSource, UntilIntentionsLoad,
 };
-pub use transparent::{
-    Cidr, DestinationMatch, EgressAllow, EgressConfig, EgressHost, EgressName, HostName,
-    TransparentConfig, Unmatched,
-};
+pub use transparent::{Cidr, DestinationMatch, HostName, TransparentConfig, Unmatched};
 pub use upgrades::UpgradeProtocol;
 pub use upstream::{
     DEFAULT_PANIC_THRESHOLD, HashOn, LoadBalancing, LoadBalancingPolicy, LocalityPolicy, Timeouts,

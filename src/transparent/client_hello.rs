@@ -167,6 +167,19 @@ mod tests {
         assert!(matches!(parse(&more), Some(ClientHello::ServerName(_))));
     }
 
+    /// OpenSSL's ClientHello (`openssl s_client -servername
+    /// seed.example.com`, captured for the fuzz seeds): another
+    /// implementation's choice and order of extensions.
+    #[test]
+    fn reads_the_server_name_of_an_openssl_client_hello() {
+        let hello = include_bytes!("../../fuzz/seeds/client_hello/openssl_sni");
+        assert_eq!(
+            parse(hello),
+            Some(ClientHello::ServerName("seed.example.com".to_owned()))
+        );
+        assert_eq!(parse(&hello[..hello.len() - 1]), None);
+    }
+
     #[test]
     fn a_client_hello_across_records_is_joined() {
         let hello = in_two_records(&rustls_hello("split.example.com"));
