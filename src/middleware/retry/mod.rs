@@ -94,7 +94,6 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use http::{Request, Response, Version};
-use http_body::Body;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
@@ -218,7 +217,7 @@ where
     shared.budget.deposit();
     let upgrade = request.version() <= Version::HTTP_11 && is_upgrade_request(request.headers());
     let hedge = (shared.hedge.as_ref())
-        .filter(|_| request.body().is_end_stream() && !upgrade)
+        .filter(|_| !upgrade)
         .filter(|_| shared.idempotency.is_idempotent(&request))
         .and_then(|hedge| Some((hedge, hedge.delay()?)));
     if (shared.attempts <= 1 && hedge.is_none()) || upgrade {
@@ -236,7 +235,16 @@ where
     loop {
         let tried = match hedge {
             Some((hedge, delay)) if retries == 0 => {
-                hedge::race(&shared, hedge, inner.clone(), &template, delay).await
+                hedge::race(
+                    &shared,
+                    hedge,
+                    inner.clone(),
+                    &template,
+                    delay,
+                    body,
+                    &replay,
+                )
+                .await
             }
             _ => {
                 let mut request = copy(&template, body);
