@@ -30,8 +30,9 @@
 //!
 //! # Replay safety
 //!
-//! Only when the policy could retry (`attempts > 1`) is the request body made
-//! replayable, with `RequestBody::replayable(replay_body_limit)` (see
+//! Only when the policy could retry (`attempts > 1`) or hedge (an idempotent
+//! request under `hedge`, whose hedges send copies of the whole body: see
+//! [`hedge`]) is the request body made replayable, with `RequestBody::replayable(replay_body_limit)` (see
 //! `crate::body::replay`). The first try is sent at once and its body streams
 //! upstream frame by frame as the client sends it — a bidirectional gRPC
 //! stream flows as without retries — while a copy of the data and trailers is
