@@ -42,8 +42,12 @@ fn default_tls_reload_interval() -> Duration {
     Duration::from_secs(5)
 }
 
+/// `tls.handshake_timeout` when not written, and the bound of a
+/// `upstreams[].tls.mode: simple` handshake in a configuration without `tls:`.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn default_tls_handshake_timeout() -> Duration {
-    Duration::from_secs(10)
+    DEFAULT_TLS_HANDSHAKE_TIMEOUT
 }
 
 /// Where the mesh certificate comes from.
