@@ -133,6 +133,82 @@ async fn http2_is_negotiated_by_alpn() {
     }
 }
 
+/// A `tcp` upstream originates TLS too, offering no ALPN: the app's bytes reach nginx
+/// inside the TLS session (here an HTTP/1.0 request written by hand).
+#[tokio::test]
+async fn a_tcp_upstream_originates_tls_without_alpn() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_ca, files) = named_origin_files(11);
+    let origin = https_origin(&files, "http2", "");
+    let proxy = start(
+        TestConfig::new()
+            .upstream(upstream("raw", origin.addr, &simple(&files, NAME, "")).protocol("tcp")),
+        1,
+    );
+    let mut app = tokio::net::TcpStream::connect(proxy.listener("raw"))
+        .await
+        .unwrap();
+    app.write_all(b"GET / HTTP/1.0\r\nHost: api\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        app.read_to_string(&mut answer),
+    )
+    .await
+    .expect("nginx answers and closes")
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.ends_with(&format!("sni={NAME} proto=HTTP/1.0 reused=. client=NONE\n")),
+        "{answer}"
+    );
+}
+
+/// Active health checks go over the upstream's TLS origination: they pass against the
+/// origin, and fail where the certificate is refused (wrong name).
+#[tokio::test]
+async fn health_checks_go_over_tls_origination() {
+    let (_ca, files) = named_origin_files(12);
+    let origin = https_origin(&files, "", "");
+    let check = "{ http: { path: / }, interval: 100ms }";
+    let config = TestConfig::new()
+        .upstream(
+            upstream("good", origin.addr, &simple(&files, NAME, "")).with("health_check", check),
+        )
+        .upstream(
+            upstream(
+                "bad",
+                origin.addr,
+                &simple(&files, "other.test.internal", ""),
+            )
+            .with("health_check", check),
+        );
+    let proxy = start(config, 2);
+    let metrics = format!("http://{}/metrics", proxy.admin);
+    support::eventually(
+        std::time::Duration::from_secs(10),
+        "a passed and a failed check",
+        || async {
+            let text = prom::scrape(&metrics).await;
+            let count = |upstream, result| {
+                let labels = [("upstream", upstream), ("result", result)];
+                prom::value(&text, "remora_health_checks_total", &labels).unwrap_or(0.0)
+            };
+            count("good", "passed") >= 2.0 && count("bad", "failed") >= 2.0
+        },
+    )
+    .await;
+    let text = prom::scrape(&metrics).await;
+    for (upstream, never) in [("good", "failed"), ("bad", "passed")] {
+        let labels = [("upstream", upstream), ("result", never)];
+        let count = prom::value(&text, "remora_health_checks_total", &labels);
+        assert_eq!(count.unwrap_or(0.0), 0.0, "{upstream}: {never}");
+    }
+    assert!(handshake_errors(&proxy, "bad").await >= 2.0);
+}
+
 /// A `server_name` that is an IP address is checked against the certificate's IP SANs
 /// (and sent as no SNI).
 #[tokio::test]
