@@ -11,6 +11,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use http::{StatusCode, Version};
 
@@ -152,13 +153,10 @@ async fn a_tcp_upstream_originates_tls_without_alpn() {
         .await
         .unwrap();
     let mut answer = String::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        app.read_to_string(&mut answer),
-    )
-    .await
-    .expect("nginx answers and closes")
-    .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), app.read_to_string(&mut answer))
+        .await
+        .expect("nginx answers and closes")
+        .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(
         answer.ends_with(&format!("sni={NAME} proto=HTTP/1.0 reused=. client=NONE\n")),
@@ -188,7 +186,7 @@ async fn health_checks_go_over_tls_origination() {
     let proxy = start(config, 2);
     let metrics = format!("http://{}/metrics", proxy.admin);
     support::eventually(
-        std::time::Duration::from_secs(10),
+        Duration::from_secs(10),
         "a passed and a failed check",
         || async {
             let text = prom::scrape(&metrics).await;
@@ -335,10 +333,10 @@ async fn a_client_certificate_is_presented_when_configured() {
     );
 }
 
-/// The files are read when a configuration is applied: a `ca_file` that did not trust the
-/// origin at start does after it was replaced and remora got SIGHUP.
+/// SIGHUP re-reads the files at once: a `ca_file` that did not trust the origin at start
+/// does after it was replaced (well before the 5 s re-read without a `tls` section).
 #[tokio::test]
-async fn a_reload_reads_a_replaced_ca_file() {
+async fn a_reload_reads_a_replaced_ca_file_at_once() {
     let (ca, files) = named_origin_files(9);
     let origin = https_origin(&files, "", "");
     let trusted = TlsFiles::new(&ca.leaf_for_dns(NAME, 10), &Ca::new("old-ca"));
@@ -350,12 +348,46 @@ async fn a_reload_reads_a_replaced_ca_file() {
 
     std::fs::copy(files.dir.join("ca.pem"), trusted.dir.join("ca.pem")).unwrap();
     proxy.signal("HUP");
-    support::eventually(
-        std::time::Duration::from_secs(10),
-        "the new CA is used",
-        || async { call(&proxy, "api").await.status == StatusCode::OK },
-    )
+    support::eventually(Duration::from_secs(2), "the new CA is used", || async {
+        call(&proxy, "api").await.status == StatusCode::OK
+    })
     .await;
+}
+
+/// The files are re-read every `tls.reload_interval` (here with a mesh `tls` section):
+/// a replaced `ca_file` is used without a reload; one replaced by something that is no
+/// certificate is rejected (logged, counted) and the current CA stays in use.
+#[tokio::test]
+async fn replaced_files_are_used_without_a_reload_and_broken_ones_rejected() {
+    let (ca, files) = named_origin_files(13);
+    let origin = https_origin(&files, "", "");
+    let mesh_ca = Ca::new("mesh-ca");
+    let mesh = TlsFiles::new(&mesh_ca.leaf("test", 14), &mesh_ca);
+    let watched = TlsFiles::new(&ca.leaf_for_dns(NAME, 15), &Ca::new("old-ca"));
+    let config = TestConfig::new()
+        .upstream(upstream("api", origin.addr, &simple(&watched, NAME, "")))
+        .text(&mesh.yaml(""));
+    let mut proxy = start(config, 1);
+    assert_eq!(call(&proxy, "api").await.status, StatusCode::BAD_GATEWAY);
+
+    let ca_file = watched.dir.join("ca.pem");
+    std::fs::copy(files.dir.join("ca.pem"), &ca_file).unwrap();
+    proxy.wait_for_log("upstream TLS files reloaded");
+    assert_eq!(call(&proxy, "api").await.status, StatusCode::OK);
+
+    std::fs::write(&ca_file, "not a certificate\n").unwrap();
+    let line = proxy.wait_for_log("upstream TLS files rejected");
+    assert!(line.contains("\"upstream\":\"api\""), "{line}");
+    let metrics = format!("http://{}/metrics", proxy.admin);
+    let text = prom::scrape(&metrics).await;
+    let rejected = [("result", "error")];
+    let count = prom::value(&text, "remora_tls_certificate_updates_total", &rejected);
+    assert!(count.unwrap_or(0.0) >= 1.0, "{text}");
+    assert_eq!(
+        call(&proxy, "api").await.status,
+        StatusCode::OK,
+        "the current CA stays"
+    );
 }
 
 /// `remora validate`: `mode: simple` towards IP endpoints without `server_name`, and a

@@ -96,8 +96,8 @@ pub use telemetry::{
     TracingConfig,
 };
 pub use tls::{
-    AuthorizationAction, AuthorizationConfig, DEFAULT_TLS_HANDSHAKE_TIMEOUT, TlsConfig, TlsSource,
-    UntilIntentionsLoad,
+    AuthorizationAction, AuthorizationConfig, DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+    DEFAULT_TLS_RELOAD_INTERVAL, TlsConfig, TlsSource, UntilIntentionsLoad,
 };
 pub use transparent::{Cidr, DestinationMatch, HostName, TransparentConfig, Unmatched};
 pub use upgrades::UpgradeProtocol;

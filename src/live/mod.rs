@@ -19,9 +19,9 @@
 //! their serialized or `/config` forms, which redact secrets: a changed
 //! Consul token or credential header is a change. A file whose path is
 //! unchanged but whose contents changed is not (mesh TLS material has its
-//! own watches, see `mesh`), except the files of `upstreams[].tls.mode:
-//! simple`, read at every apply and compared by content with the upstream's
-//! TLS origination.
+//! own watches, see `mesh`; the files of `upstreams[].tls.mode: simple`
+//! are watched by their upstream's TLS origination, which compares equal
+//! only while the files hold what it uses).
 //!
 //! **Listeners** are known by direction and name (`inbound`, the
 //! upstream's name, or the transparent listener; see `listening`). One

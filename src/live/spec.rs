@@ -11,8 +11,9 @@ use anyhow::Context as _;
 use crate::client::ClientSettings;
 use crate::config::{
     AuthorizationConfig, Config, ConnectionPool, DEFAULT_PANIC_THRESHOLD,
-    DEFAULT_TLS_HANDSHAKE_TIMEOUT, Discovery, InboundConfig, ListenerLimits, LocalityPolicy,
-    StaticEndpoint, Timeouts, TracingConfig, UpstreamConfig, UpstreamProtocol, UpstreamTlsMode,
+    DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_RELOAD_INTERVAL, Discovery, InboundConfig,
+    ListenerLimits, LocalityPolicy, StaticEndpoint, Timeouts, TracingConfig, UpstreamConfig,
+    UpstreamProtocol, UpstreamTlsMode,
 };
 use crate::context::Direction;
 use crate::discovery::{Instance, ZONE_META};
@@ -170,7 +171,8 @@ pub(super) fn specs<'a>(
 }
 
 /// The TLS origination of `upstream`, if any: `mode: simple` on its own
-/// (its files read now), mesh mTLS with the process's mesh TLS.
+/// (its files read now and every `tls.reload_interval`), mesh mTLS with the
+/// process's mesh TLS.
 fn origination(
     upstream: &UpstreamConfig,
     config: &Config,
@@ -193,11 +195,15 @@ fn origination(
         ca: settings.ca_file,
         client: settings.cert_file.zip(settings.key_file),
     };
-    let handshake_timeout =
-        (config.tls.as_ref()).map_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT, |tls| tls.handshake_timeout);
-    let tls = UpstreamTls::simple(&server_name, &files, handshake_timeout, &upstream.name)
+    let (handshake_timeout, reload_interval) = (config.tls.as_ref()).map_or(
+        (DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_RELOAD_INTERVAL),
+        |tls| (tls.handshake_timeout, tls.reload_interval),
+    );
+    let tls = UpstreamTls::simple(&server_name, files, handshake_timeout, &upstream.name)
         .with_context(|| format!("upstream {}: TLS", upstream.name))?;
-    Ok(Some(Arc::new(tls)))
+    let tls = Arc::new(tls);
+    tls.watch_files(reload_interval);
+    Ok(Some(tls))
 }
 
 /// This sidecar's zone when `upstream` balances `prefer_local`.

@@ -427,7 +427,7 @@ pub const CATALOGUE: &[MetricDoc] = &[
         name: TLS_CERTIFICATE_UPDATES_TOTAL,
         kind: Kind::Counter,
         labels: &["result"],
-        meaning: "TLS material installed (`ok`: at start, after a file change or a new Consul leaf/roots) or rejected (`error`: unreadable file, key not matching the certificate, bad CA). Only with `tls`.",
+        meaning: "TLS material installed (`ok`: at start, after a file change or a new Consul leaf/roots; the files of an `upstreams[].tls.mode: simple` upstream after a change, not at start) or rejected (`error`: unreadable file, key not matching the certificate, bad CA). Only with `tls` or a `mode: simple` upstream.",
     },
     MetricDoc {
         name: AUTHZ_DENIED_TOTAL,

@@ -6,17 +6,19 @@
 //! resumption uses rustls's in-memory client cache, which the per-ALPN
 //! configurations of one upstream share (they are clones of this one).
 //!
-//! The files are read when the configuration is applied (at start and at
-//! every reload); their bytes are kept so that a reload that finds them
-//! changed builds the upstream's connections afresh. The system's roots are
-//! read then too. Rejects unreadable files, a CA file without certificate,
-//! no system roots without `ca_file`, a key that does not match its
+//! The files are read when the configuration is applied and re-read every
+//! reload interval (see `outbound`); [`Contents`] are their bytes, compared
+//! to tell whether anything changed. Rejects unreadable files, a CA file
+//! without certificate, no system roots without `ca_file`, a client
+//! certificate PEM without certificate, a key that does not match its
 //! certificate.
 
+use std::path::{Path, PathBuf};
+
+use rustls::ClientConfig;
+use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore};
-use std::path::{Path, PathBuf};
 
 use super::material::{MaterialError, provider, roots_from_pem};
 
@@ -28,51 +30,53 @@ pub struct SimpleTlsFiles {
     pub client: Option<(PathBuf, PathBuf)>,
 }
 
-/// A client configuration (no ALPN yet) and the bytes of the files it was
-/// built from.
-pub struct SimpleTls {
-    pub config: ClientConfig,
-    pub contents: Vec<Vec<u8>>,
+/// The bytes of the files, as last read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contents {
+    ca: Option<Vec<u8>>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl SimpleTlsFiles {
-    /// Reads the files and builds the configuration.
-    pub fn load(&self) -> Result<SimpleTls, MaterialError> {
-        let mut contents = Vec::new();
+    /// Reads the files.
+    pub fn read(&self) -> Result<Contents, MaterialError> {
+        let ca = (self.ca.as_deref())
+            .map(|ca| read("ca_file", ca))
+            .transpose()?;
+        let client = match &self.client {
+            Some((cert, key)) => Some((read("cert_file", cert)?, read("key_file", key)?)),
+            None => None,
+        };
+        Ok(Contents { ca, client })
+    }
+}
+
+impl Contents {
+    /// The client configuration (no ALPN yet) these contents make; without
+    /// a CA file, the system's roots are read now.
+    pub fn client_config(&self) -> Result<ClientConfig, MaterialError> {
         let roots = match &self.ca {
-            Some(ca) => {
-                let pem = read("ca_file", ca)?;
-                let roots = roots_from_pem(&pem)?;
-                contents.push(pem);
-                roots
-            }
+            Some(pem) => roots_from_pem(pem)?,
             None => system_roots()?,
         };
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(MaterialError::Config)?
             .with_root_certificates(roots);
-        let config = match &self.client {
-            None => builder.with_no_client_auth(),
-            Some((cert, key)) => {
-                let cert_pem = read("cert_file", cert)?;
-                let key_pem = read("key_file", key)?;
-                let chain = CertificateDer::pem_slice_iter(&cert_pem)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|error| MaterialError::CertificatePem(error.to_string()))?;
-                if chain.is_empty() {
-                    return Err(MaterialError::NoCertificate);
-                }
-                let key = PrivateKeyDer::from_pem_slice(&key_pem)
-                    .map_err(|error| MaterialError::Key(error.to_string()))?;
-                let config = builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(MaterialError::KeyMismatch)?;
-                contents.extend([cert_pem, key_pem]);
-                config
-            }
+        let Some((cert_pem, key_pem)) = &self.client else {
+            return Ok(builder.with_no_client_auth());
         };
-        Ok(SimpleTls { config, contents })
+        let chain = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| MaterialError::CertificatePem(error.to_string()))?;
+        if chain.is_empty() {
+            return Err(MaterialError::NoCertificate);
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|error| MaterialError::Key(error.to_string()))?;
+        builder
+            .with_client_auth_cert(chain, key)
+            .map_err(MaterialError::KeyMismatch)
     }
 }
 
