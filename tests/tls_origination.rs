@@ -233,6 +233,7 @@ async fn an_ip_server_name_is_verified_against_the_ip_san() {
 /// upstream.
 #[tokio::test]
 async fn certificate_errors_answer_502_connect_failed_with_the_reason_logged() {
+    support::requirements::require_system_roots();
     let (ca, files) = named_origin_files(4);
     let origin = https_origin(&files, "", "");
     let expired_files = TlsFiles::new(&ca.expired_leaf_for_dns(NAME, 5), &ca);
