@@ -1285,6 +1285,10 @@ fn upstream_tls_modes() {
         by_ip.upstreams[0].tls_server_name().as_deref(),
         Some("127.0.0.1")
     );
+    parse_test(&format!(
+        "{SERVICE}{upstream}    tls: {{ mode: simple, enabled: false }}\n"
+    ))
+    .expect("no name needed while off");
 
     assert_eq!(
         errors(&format!(

@@ -122,12 +122,12 @@ fn check_simple(upstream: &UpstreamConfig, at: &dyn Fn(&str) -> String, problems
                 );
             }
         }
-        (None, None) => problems.add(
+        (None, None) if tls.originates(false) => problems.add(
             at(""),
             "`server_name` is required with `mode: simple` when the endpoints are not \
              written with a hostname (the name the server's certificate must be valid for, \
              sent as SNI)",
         ),
-        (None, Some(_)) => {}
+        (None, _) => {}
     }
 }
