@@ -10,9 +10,8 @@
 //! changed and make a valid configuration, a new set of configurations (and
 //! session cache) serves new connections — otherwise the current one stays,
 //! the rejection logged and counted (`remora_tls_certificate_updates_total`).
-//! The handshake is
-//! bounded by `tls.handshake_timeout` (its default without a `tls:`
-//! section); a failure is counted
+//! The handshake is bounded by `tls.handshake_timeout` (its default without
+//! a `tls:` section); a failure is counted
 //! (`remora_tls_handshake_errors_total{direction="outbound"}`), logged with
 //! rustls's reason, and reported as a connect failure of the endpoint.
 
