@@ -102,7 +102,7 @@ impl EgressPolicy {
         Self { allow }
     }
 
-    /// Decides (and counts) an unmatched HTTP request on a connection to
+    /// Decides (logs and counts) an unmatched HTTP request on a connection to
     /// `destination`.
     pub fn request<B>(
         &self,
@@ -110,17 +110,16 @@ impl EgressPolicy {
         destination: SocketAddr,
         protocol: Detected,
     ) -> Decision {
-        let decision = self
-            .by_cidr(destination)
-            .unwrap_or_else(|| match request_host(request) {
-                Some(host) => self.by_name(&host, destination, Reason::Host),
-                None => refused(Reason::NoName),
-            });
-        count(protocol.as_str(), decision, 1);
+        let host = request_host(request);
+        let decision = self.by_cidr(destination).unwrap_or_else(|| match &host {
+            Some(host) => self.by_name(host, destination, Reason::Host),
+            None => refused(Reason::NoName),
+        });
+        record(protocol.as_str(), decision, destination, host.as_deref());
         decision
     }
 
-    /// Decides (and counts) an unmatched opaque connection to `destination`,
+    /// Decides (logs and counts) an unmatched opaque connection to `destination`,
     /// peeking at its ClientHello for at most `timeout` unless a CIDR
     /// decides first.
     pub async fn connection(
