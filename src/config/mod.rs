@@ -23,6 +23,7 @@ mod consul;
 mod deserialize;
 mod discovery;
 mod duration;
+mod endpoint_address;
 mod env;
 mod error;
 mod etcd;
@@ -61,8 +62,10 @@ pub use concurrency::AdaptiveConcurrency;
 pub use config_source::{ConfigSource, ConsulKvSource, EtcdKeySource};
 pub use consul::{ConsulConfig, Secret};
 pub use discovery::{
-    ConsulDiscovery, ConsulFailover, Discovery, DnsDiscovery, EtcdDiscovery, StaticEndpoint,
+    ConsulDiscovery, ConsulFailover, Discovery, DnsConfig, DnsDiscovery, DnsRecordType,
+    EtcdDiscovery, StaticEndpoint,
 };
+pub use endpoint_address::{EndpointAddress, is_hostname};
 pub use error::{ConfigError, ConfigErrors};
 pub use etcd::EtcdConfig;
 pub use fallback::{FallbackConfig, FallbackResponse, FallbackTrigger};

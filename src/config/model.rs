@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::admin::AdminConfig;
 use super::config_source::ConfigSource;
 use super::consul::ConsulConfig;
+use super::discovery::DnsConfig;
 use super::etcd::EtcdConfig;
 use super::inbound::InboundConfig;
 use super::rate_limit::RateLimitScope;
@@ -37,6 +38,9 @@ pub struct Config {
     /// The etcd cluster (discovery, registration, config source); unused when absent.
     #[serde(default)]
     pub etcd: Option<EtcdConfig>,
+    /// How hostnames of static endpoint lists are resolved.
+    #[serde(default)]
+    pub dns: DnsConfig,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]

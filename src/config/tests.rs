@@ -354,7 +354,7 @@ colour: blue
             "test.yaml:9:27: upstreams[0].timeouts.retry: unknown field `retry`, expected one of connect, request, idle",
             "test.yaml:10:78: upstreams[1].weight: unknown field `weight`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, hedge, rate_limit, request_token, circuit_breaker, outlier_detection, health_check, fallback, max_concurrent_requests, adaptive_concurrency, fault, tls, backends, routes, limits, upgrades, path_normalization",
             "test.yaml:12:3: admin.extra: unknown field `extra`, expected one of listen, max_connections, header_read_timeout, allowed_hosts, tap",
-            "test.yaml:14:1: colour: unknown field `colour`, expected one of service, inbound, upstreams, consul, etcd, admin, runtime, logging, tracing, config_source, tls, transparent",
+            "test.yaml:14:1: colour: unknown field `colour`, expected one of service, inbound, upstreams, consul, etcd, dns, admin, runtime, logging, tracing, config_source, tls, transparent",
         ]
     );
 }
@@ -460,8 +460,8 @@ upstreams:
         [
             "test.yaml:2:9: service.name: expected string scalar",
             "test.yaml:4:5: upstreams[0]: missing field `discovery`",
-            "test.yaml:8:27: upstreams[1].discovery.static[0]: invalid endpoint `localhost`: expected `ip:port`",
-            "test.yaml:8:51: upstreams[1].discovery.static[2]: invalid endpoint `nope`: expected `ip:port`",
+            "test.yaml:8:27: upstreams[1].discovery.static[0]: invalid endpoint `localhost`: expected `ip:port` or `host:port`",
+            "test.yaml:8:51: upstreams[1].discovery.static[2]: invalid endpoint `nope`: expected `ip:port` or `host:port`",
         ]
     );
 }
@@ -484,7 +484,7 @@ fn a_misplaced_section_is_an_unknown_key() {
     assert_eq!(
         errors(text),
         [
-            "test.yaml:2:1: routes: unknown field `routes`, expected one of service, inbound, upstreams, consul, etcd, admin, runtime, logging, tracing, config_source, tls, transparent"
+            "test.yaml:2:1: routes: unknown field `routes`, expected one of service, inbound, upstreams, consul, etcd, dns, admin, runtime, logging, tracing, config_source, tls, transparent"
         ]
     );
 }
@@ -511,7 +511,7 @@ upstreams:
     assert_eq!(
         errors(text),
         [
-            "test.yaml:9:29: upstreams[1].discovery.static[1]: invalid endpoint `localhost`: expected `ip:port`"
+            "test.yaml:9:29: upstreams[1].discovery.static[1]: invalid endpoint `localhost`: expected `ip:port` or `host:port`"
         ]
     );
 }

@@ -62,13 +62,14 @@
 //! upstream whose settings (protocol, load balancing, connect and idle
 //! timeouts, TLS origination, breaker, outlier detection, rate limit) and
 //! discovery source
-//! are unchanged is kept whole (a changed static list is set in place).
+//! are unchanged is kept whole (a changed static list of IPs is set in place).
 //! Otherwise a successor takes over its endpoints — with their
 //! connection pools, load and outlier state while the connect and idle
 //! timeouts are unchanged — and its breaker while the breaker's settings are
 //! unchanged. A static endpoint list is applied in place. A Consul watch
-//! (one per distinct query) or a DNS task is restarted only when the
-//! upstreams it feeds, its own settings or the `consul` section changed (an
+//! (one per distinct query) or a DNS task (discovery `dns`, or the hostnames
+//! of a static list) is restarted only when the upstreams it feeds, its own
+//! settings, the `dns` section or the `consul` section changed (an
 //! etcd watch, one per service, likewise with the `etcd` section); an
 //! upstream whose discovery changed keeps its current endpoints until the
 //! new source answers, like discovery's fail-static.
@@ -268,7 +269,7 @@ impl LiveProxy {
         let mut accepting = std::mem::take(&mut state.retired);
         // Dropping a listener closes its socket once its accept loop has stopped.
         for site in std::mem::take(&mut state.sites) {
-            if let Some(dns) = &site.dns {
+            if let Some(dns) = &site.resolving {
                 dns.signal();
             }
             accepting.extend(site.listening.map(|listening| listening.accepting));
@@ -367,7 +368,7 @@ impl LiveProxy {
             if let Some(listening) = gone.listening {
                 remove_listener(&mut state.retired, listening, gone.direction, &gone.name);
             }
-            if let Some(dns) = gone.dns {
+            if let Some(dns) = gone.resolving {
                 dns.signal();
             }
         }

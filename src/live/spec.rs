@@ -10,12 +10,13 @@ use anyhow::Context as _;
 
 use crate::client::ClientSettings;
 use crate::config::{
-    AuthorizationConfig, Config, ConnectionPool, DEFAULT_PANIC_THRESHOLD, Discovery, InboundConfig,
+    AuthorizationConfig, Config, ConnectionPool, DEFAULT_PANIC_THRESHOLD, Discovery, DnsConfig,
+    EndpointAddress, InboundConfig,
     ListenerLimits, LocalityPolicy, StaticEndpoint, Timeouts, TracingConfig, UpstreamConfig,
     UpstreamProtocol,
 };
 use crate::context::Direction;
-use crate::discovery::{Instance, ZONE_META};
+use crate::discovery::Instance;
 use crate::http_connection::HttpProtocol;
 use crate::tls::outbound::UpstreamTls;
 use crate::upstream::UpstreamSettings;
@@ -29,7 +30,10 @@ pub(super) struct Spec<'a> {
     pub(super) listen: Option<SocketAddr>,
     pub(super) limits: ListenerLimits,
     pub(super) settings: UpstreamSettings,
+    /// Its discovery, `discovery.dns.resolver` defaulted to `dns.resolver`.
     pub(super) discovery: Discovery,
+    /// The `dns:` section (how the hostnames of a static list resolve).
+    pub(super) dns: DnsConfig,
     /// `None`: opaque TCP.
     pub(super) protocol: Option<HttpProtocol>,
     pub(super) section: Section<'a>,
@@ -125,10 +129,11 @@ pub(super) fn specs<'a>(
                 rate_limit: inbound.rate_limit.clone(),
             },
             discovery: Discovery::Static(vec![StaticEndpoint {
-                address: SocketAddr::new(service.address, port),
+                address: EndpointAddress::Ip(SocketAddr::new(service.address, port)),
                 weight: 1,
                 zone: None,
             }]),
+            dns: config.dns.clone(),
             protocol: listen_protocol,
             section: Section::Inbound(inbound),
         });
@@ -163,7 +168,8 @@ pub(super) fn specs<'a>(
                 local_zone: local_zone(config, upstream),
                 rate_limit: upstream.rate_limit.clone(),
             },
-            discovery: upstream.discovery.clone(),
+            discovery: with_default_resolver(&upstream.discovery, &config.dns),
+            dns: config.dns.clone(),
             protocol: listen_protocol,
             section: Section::Outbound(upstream),
         });
@@ -192,18 +198,35 @@ fn client_settings(
     }
 }
 
-/// A static list as instances, each with its configured weight and zone.
+/// `discovery`, a `dns` one asking `dns.resolver` unless it names its own.
+fn with_default_resolver(discovery: &Discovery, dns: &DnsConfig) -> Discovery {
+    match discovery {
+        Discovery::Dns(own) if own.resolver.is_none() => {
+            let mut own = own.clone();
+            own.resolver = dns.resolver;
+            Discovery::Dns(own)
+        }
+        other => other.clone(),
+    }
+}
+
+/// The IP entries of a static list as instances, each with its configured
+/// weight and zone (hostnames are resolved by `discovery::static_names`).
 pub(super) fn static_instances(endpoints: &[StaticEndpoint]) -> Vec<Instance> {
     (endpoints.iter())
-        .map(|endpoint| Instance {
-            addr: endpoint.address,
-            weight: endpoint.weight,
-            tags: Vec::new(),
-            meta: (endpoint.zone.iter())
-                .map(|zone| (ZONE_META.to_owned(), zone.clone()))
-                .collect(),
+        .filter_map(|endpoint| {
+            let addr = endpoint.address.ip()?;
+            Some(Instance::listed(addr, endpoint.weight, endpoint.zone.as_deref()))
         })
         .collect()
+}
+
+/// True when a static list names a host (it needs resolving).
+pub(super) fn names_hosts(discovery: &Discovery) -> bool {
+    match discovery {
+        Discovery::Static(endpoints) => (endpoints.iter()).any(|e| e.address.host().is_some()),
+        Discovery::Dns(_) | Discovery::Consul(_) | Discovery::Etcd(_) => false,
+    }
 }
 
 #[cfg(test)]
