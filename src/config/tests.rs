@@ -1027,6 +1027,110 @@ upstreams:
 }
 
 #[test]
+fn static_lists_take_hostnames_beside_ips() {
+    let text = "service: { name: web }
+upstreams:
+  - name: api
+    listen: 127.0.0.1:9001
+    discovery:
+      static:
+        - api.example.com:443
+        - 10.0.0.1:80
+        - { address: backup.example.com:8443, weight: 3, zone: b }
+";
+    let config = parse_test(text).unwrap_or_else(|e| panic!("{e}"));
+    let Discovery::Static(endpoints) = &config.upstreams[0].discovery else {
+        panic!("static discovery expected");
+    };
+    let hosts: Vec<Option<&str>> = endpoints.iter().map(|e| e.address.host()).collect();
+    assert_eq!(
+        hosts,
+        [Some("api.example.com"), None, Some("backup.example.com")]
+    );
+    assert_eq!(endpoints[2].address.to_string(), "backup.example.com:8443");
+    assert_eq!((endpoints[2].weight, endpoints[2].zone.as_deref()), (3, Some("b")));
+    assert_eq!(config.dns, DnsConfig::default());
+    assert_eq!(config.dns.min_refresh, Duration::from_secs(1));
+    assert_eq!(config.dns.max_refresh, Duration::from_secs(60));
+    // `/config` shows them as written.
+    let shown = crate::config::shown(&config).expect("shown");
+    assert!(shown.contains("api.example.com:443"), "{shown}");
+
+    let text = "service: { name: web }
+upstreams:
+  - name: api
+    listen: 127.0.0.1:9001
+    discovery: { static: [\"api.example.com:0\", { address: \"api_x.example.com:80\" }] }
+dns: { resolver: 127.0.0.1:53, min_refresh: 0s, max_refresh: 0s }
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:5:27: upstreams[0].discovery.static[0]: invalid endpoint `api.example.com:0`: expected `ip:port` or `host:port`",
+            "test.yaml:5:59: upstreams[0].discovery.static[1].address: invalid endpoint `api_x.example.com:80`: expected `ip:port` or `host:port`",
+        ]
+    );
+    let text = "service: { name: web }
+upstreams:
+  - name: api
+    listen: 127.0.0.1:9001
+    discovery: { static: [api.example.com:443] }
+dns: { resolver: 127.0.0.1:53, min_refresh: 0s, max_refresh: 0s }
+";
+    assert_eq!(
+        errors(text),
+        ["test.yaml:6:45: dns.min_refresh: must be more than 0s"]
+    );
+}
+
+#[test]
+fn dns_discovery_of_a_and_aaaa_records_needs_a_hostname_and_a_port() {
+    let text = "service: { name: web }
+upstreams:
+  - name: api
+    listen: 127.0.0.1:9001
+    discovery: { dns: { name: api.example.com, type: a, port: 443 } }
+";
+    let config = parse_test(text).unwrap_or_else(|e| panic!("{e}"));
+    let Discovery::Dns(dns) = &config.upstreams[0].discovery else {
+        panic!("dns discovery expected");
+    };
+    assert_eq!((dns.record_type, dns.port), (DnsRecordType::A, Some(443)));
+
+    let text = "service: { name: web }
+upstreams:
+  - name: a
+    listen: 127.0.0.1:9001
+    discovery: { dns: { name: api.example.com, type: a } }
+  - name: b
+    listen: 127.0.0.1:9002
+    discovery: { dns: { name: _api._tcp.example.com, port: 443 } }
+  - name: c
+    listen: 127.0.0.1:9003
+    discovery: { dns: { name: _api._tcp.example.com, type: a, port: 0 } }
+  - name: d
+    listen: 127.0.0.1:9004
+    discovery: { dns: { name: api.example.com, type: aaaa, port: 1 } }
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:14:54: upstreams[3].discovery.dns.type: unknown variant `aaaa`, expected one of srv, a"
+        ]
+    );
+    let text = text.replace("type: aaaa", "type: a");
+    assert_eq!(
+        errors(&text),
+        [
+            "test.yaml:5:18: upstreams[0].discovery.dns.port: required with `type: a` (A and AAAA records carry no port)",
+            "test.yaml:8:60: upstreams[1].discovery.dns.port: only with `type: a` (SRV records carry the ports)",
+            "test.yaml:11:31: upstreams[2].discovery.dns.name: `_api._tcp.example.com` is not a hostname (`type: a`)",
+            "test.yaml:11:69: upstreams[2].discovery.dns.port: must be 1 to 65535",
+        ]
+    );
+}
+
+#[test]
 fn consul_file_and_defaults() {
     let config = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/consul.yaml"))
         .expect("consul.yaml loads");
