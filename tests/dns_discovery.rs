@@ -10,127 +10,43 @@
 
 mod support;
 
-use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::{StatusCode, Version};
 
 use support::config::{TestConfig, Upstream};
+use support::dnsmasq::{Dnsmasq, free_dns_port};
 use support::{Backend, Proxy, get, http_backend, prom};
 
 const SRV_NAME: &str = "_api._tcp.service.consul";
 const UPSTREAM: &str = "dns-api";
 
-/// A dnsmasq serving SRV records on 127.0.0.1:`port`; killed on drop.
-struct Dnsmasq {
-    child: Child,
-}
+/// dnsmasq serving SRV records of `SRV_NAME` (see `support::dnsmasq`).
+struct SrvRecords;
 
-impl Dnsmasq {
-    /// Starts dnsmasq with one SRV record of `SRV_NAME` per backend, at
-    /// weight 1; returns once it answers.
+impl SrvRecords {
+    /// One SRV record of `SRV_NAME` per backend, at weight 1.
     fn start(port: u16, backends: &[&Backend]) -> Dnsmasq {
         let weighted: Vec<(&Backend, u16)> = backends.iter().map(|backend| (*backend, 1)).collect();
         Self::start_weighted(port, &weighted)
     }
 
-    /// Starts dnsmasq with one SRV record of `SRV_NAME` per backend (a host
-    /// `api-<i>.node.consul` at 127.0.0.1, the backend's port, priority 0
-    /// and the given weight); returns once it answers.
+    /// One SRV record of `SRV_NAME` per backend (a host `api-<i>.node.consul`
+    /// at 127.0.0.1, the backend's port, priority 0 and the given weight).
     fn start_weighted(port: u16, backends: &[(&Backend, u16)]) -> Dnsmasq {
-        support::requirements::require_tool("dnsmasq", "dnsmasq-base");
-        let mut command = Command::new("dnsmasq");
-        command.args([
-            "--no-daemon",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            "--pid-file=",
-            "--local-ttl=1",
-            "--log-facility=-",
-            "--quiet-dhcp",
-        ]);
-        command.arg(format!("--port={port}"));
         // A record for another name keeps dnsmasq authoritative-looking when
         // `backends` is empty (then `SRV_NAME` has no record at all).
-        command.arg("--host-record=other.node.consul,127.0.0.2");
+        let mut records = vec!["--host-record=other.node.consul,127.0.0.2".to_owned()];
         for (i, (backend, weight)) in backends.iter().enumerate() {
             let host = format!("api-{i}.node.consul");
-            command.arg(format!(
+            records.push(format!(
                 "--srv-host={SRV_NAME},{host},{},0,{weight}",
                 backend.addr.port()
             ));
-            command.arg(format!("--host-record={host},127.0.0.1"));
+            records.push(format!("--host-record={host},127.0.0.1"));
         }
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("dnsmasq starts");
-        let mut dnsmasq = Dnsmasq { child };
-        if !answers_within(port, Duration::from_secs(10)) {
-            dnsmasq.kill();
-            let mut said = String::new();
-            if let Some(mut stderr) = dnsmasq.child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut stderr, &mut said);
-            }
-            panic!("dnsmasq did not answer on port {port} within 10 s; it said: {said}");
-        }
-        dnsmasq
-    }
-
-    fn stop(mut self) {
-        self.kill();
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Sends a bare SRV query until something answers, for `within` at most.
-fn answers_within(port: u16, within: Duration) -> bool {
-    let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in SRV_NAME.split('.') {
-        query.push(label.len() as u8);
-        query.extend_from_slice(label.as_bytes());
-    }
-    query.extend_from_slice(&[0, 0, 33, 0, 1]);
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let deadline = Instant::now() + within;
-    let mut buffer = [0u8; 512];
-    while Instant::now() < deadline {
-        socket.send_to(&query, ("127.0.0.1", port)).unwrap();
-        if socket.recv(&mut buffer).is_ok() {
-            return true;
-        }
-    }
-    false
-}
-
-/// A port free for both UDP and TCP (dnsmasq listens on both), taken below
-/// the kernel's ephemeral range (32768–60999) so that no outgoing connection
-/// of this or another test can take it between now and dnsmasq's start.
-fn free_dns_port() -> u16 {
-    loop {
-        let port = fastrand::u16(20_000..32_000);
-        let udp = UdpSocket::bind(("127.0.0.1", port));
-        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
-        if udp.is_ok() && tcp.is_ok() {
-            return port;
-        }
+        Dnsmasq::start(port, &records)
     }
 }
 
@@ -231,20 +147,20 @@ async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
     assert_eq!(ready_status(&proxy).await, StatusCode::SERVICE_UNAVAILABLE);
 
     // First answer: ready, traffic on the SRV target.
-    let dns = Dnsmasq::start(dns_port, &[&first]);
+    let dns = SrvRecords::start(dns_port, &[&first]);
     let took = wait_for_traffic_on(listener, &["dns-first"], Duration::from_secs(15)).await;
     eprintln!("first answer reached traffic in {took:?}");
     assert_eq!(ready_status(&proxy).await, StatusCode::OK);
 
     // Records change (server restarted on the same port): traffic moves.
     dns.stop();
-    let dns = Dnsmasq::start(dns_port, &[&second]);
+    let dns = SrvRecords::start(dns_port, &[&second]);
     let took = wait_for_traffic_on(listener, &["dns-second"], Duration::from_secs(5)).await;
     eprintln!("record change reached traffic in {took:?}");
 
     // The server answers without a record for the name: last endpoints kept.
     dns.stop();
-    let dns = Dnsmasq::start(dns_port, &[]);
+    let dns = SrvRecords::start(dns_port, &[]);
     let errors_before = discovery_errors(&proxy).await;
     let (requests, failures) = hammer(listener, Duration::from_secs(2), "dns-second").await;
     eprintln!("no record for 2 s: {requests} requests, {failures} failed");
@@ -277,7 +193,7 @@ async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
     assert_eq!(ready_status(&proxy).await, StatusCode::OK);
 
     // The server comes back with both: discovery recovers (within the 10 s backoff cap).
-    let _dns = Dnsmasq::start(dns_port, &[&first, &second]);
+    let _dns = SrvRecords::start(dns_port, &[&first, &second]);
     let took = wait_for_traffic_on_each(
         listener,
         &["dns-first", "dns-second"],
@@ -312,7 +228,7 @@ async fn srv_weights_become_balancing_weights() {
     let heavy = http_backend("dns-heavy");
     let light = http_backend("dns-light");
     let dns_port = free_dns_port();
-    let _dns = Dnsmasq::start_weighted(dns_port, &[(&heavy, 3), (&light, 1)]);
+    let _dns = SrvRecords::start_weighted(dns_port, &[(&heavy, 3), (&light, 1)]);
     let proxy = Proxy::start(&yaml(dns_port)).await;
     let listener = proxy.upstream(UPSTREAM);
     wait_for_traffic_on_each(

@@ -1,0 +1,377 @@
+//! Hostnames as endpoints, resolved by a real DNS server (dnsmasq serving a
+//! made-up name from a hosts file, records with a 1 s TTL), through the
+//! remora binary: a `discovery.static` hostname — unresolvable at start-up
+//! (503, not ready, the proxy runs on), then followed when its answer
+//! changes, kept while the server is gone (zero failed requests, errors
+//! counted, one log line per failing / recovered transition); a list mixing
+//! IPs and a weighted hostname; `discovery.dns` with `type: a` over A and
+//! AAAA records (the top-level `dns.resolver` as its resolver); and a name
+//! one of whose addresses refuses connections (IPv6 `::1` or IPv4
+//! `127.0.0.1` dead, the other family serving): no request fails.
+//!
+//! Backends of one name share a port on different loopback addresses
+//! (127.0.0.1, 127.0.0.2, ::1), as the name's addresses share its port.
+//!
+//! Needs `dnsmasq` (Debian `dnsmasq-base`, installed by `scripts/test.sh`).
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use http::{StatusCode, Version};
+
+use support::config::{TestConfig, Upstream};
+use support::dnsmasq::{Dnsmasq, HostsFile, free_dns_port};
+use support::{Backend, ProxyProcess, get, http_backend, http_backend_on, prom};
+
+const NAME: &str = "api.test.internal";
+const UPSTREAM: &str = "names";
+
+/// dnsmasq's options: `hosts` holds the names of `test.internal`, a domain
+/// it answers itself (a name not listed is NXDOMAIN, a family not listed
+/// NODATA, as an authoritative server says; without `--local` dnsmasq
+/// refuses what its hosts files do not hold).
+fn records(hosts: &HostsFile) -> Vec<String> {
+    vec!["--local=/test.internal/".to_owned(), hosts.option()]
+}
+
+/// Listeners on `ips`, all on one port (the first picked by the kernel).
+fn listeners_on_one_port(ips: &[&str]) -> Vec<TcpListener> {
+    'retry: loop {
+        let first = TcpListener::bind((ips[0], 0)).expect("bind");
+        let port = first.local_addr().unwrap().port();
+        let mut listeners = vec![first];
+        for ip in &ips[1..] {
+            match TcpListener::bind((*ip, port)) {
+                Ok(listener) => listeners.push(listener),
+                Err(_) => continue 'retry,
+            }
+        }
+        return listeners;
+    }
+}
+
+/// Backends named `names[i]` on `ips[i]`, all on one port.
+fn backends_on_one_port(ips: &[&str], names: &[&str]) -> (Vec<Backend>, u16) {
+    let listeners = listeners_on_one_port(ips);
+    let port = listeners[0].local_addr().unwrap().port();
+    let backends = (listeners.into_iter().zip(names))
+        .map(|(listener, name)| http_backend_on(name, listener))
+        .collect();
+    (backends, port)
+}
+
+/// remora with one HTTP upstream whose `discovery:` is `discovery`, and the
+/// `dns:` section asking dnsmasq on `dns_port`.
+fn start_proxy(discovery: &str, dns_port: u16) -> ProxyProcess {
+    let yaml = TestConfig::new()
+        .upstream(
+            Upstream::discovered(UPSTREAM, discovery)
+                .protocol("http")
+                .with("load_balancing", "{ policy: round_robin }")
+                .with("timeouts", "{ connect: 1s, request: 2s }"),
+        )
+        .section(
+            "dns",
+            format!("{{ resolver: 127.0.0.1:{dns_port}, min_refresh: 1s, max_refresh: 2s }}"),
+        )
+        .yaml();
+    ProxyProcess::start(&yaml, 1)
+}
+
+fn admin_url(proxy: &ProxyProcess, path: &str) -> String {
+    format!("http://{}{path}", proxy.admin)
+}
+
+/// `GET /` through the proxy: the answering backend's name, or the failure.
+async fn call(proxy: SocketAddr) -> Result<String, String> {
+    match get(Version::HTTP_11, &format!("http://{proxy}/")).await {
+        Ok(reply) if reply.status == StatusCode::OK => Ok(reply.body),
+        Ok(reply) => Err(format!(
+            "status {} {:?}: {}",
+            reply.status,
+            reply.headers.get("x-remora-error"),
+            reply.body
+        )),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+async fn metric(proxy: &ProxyProcess, name: &str) -> f64 {
+    let text = prom::scrape(&admin_url(proxy, "/metrics")).await;
+    prom::value(&text, name, &[("upstream", UPSTREAM)]).unwrap_or(0.0)
+}
+
+async fn discovery_errors(proxy: &ProxyProcess) -> f64 {
+    metric(proxy, "remora_discovery_errors_total").await
+}
+
+async fn ready_status(proxy: &ProxyProcess) -> StatusCode {
+    let reply = get(Version::HTTP_11, &admin_url(proxy, "/ready")).await;
+    reply.expect("GET /ready").status
+}
+
+/// Calls the proxy until 10 replies in a row come from one of `names`, or
+/// `within` passes; returns how long that took.
+async fn wait_for_traffic_on(proxy: SocketAddr, names: &[&str], within: Duration) -> Duration {
+    let start = Instant::now();
+    let mut in_a_row = 0;
+    let mut last = Ok(String::new());
+    while in_a_row < 10 {
+        assert!(
+            start.elapsed() < within,
+            "traffic did not move to {names:?} within {within:?}; last reply {last:?}"
+        );
+        last = call(proxy).await;
+        match &last {
+            Ok(name) if names.contains(&name.as_str()) => in_a_row += 1,
+            _ => {
+                in_a_row = 0;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    start.elapsed()
+}
+
+/// Calls the proxy for `duration`; returns (requests, failures).
+async fn hammer(proxy: SocketAddr, duration: Duration, expected: &[&str]) -> (usize, usize) {
+    let start = Instant::now();
+    let (mut requests, mut failures) = (0, 0);
+    while start.elapsed() < duration {
+        requests += 1;
+        match call(proxy).await {
+            Ok(name) if expected.contains(&name.as_str()) => {}
+            other => {
+                failures += 1;
+                eprintln!("unexpected reply: {other:?}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (requests, failures)
+}
+
+/// How many of `lines` contain `needle`.
+fn count(lines: &[String], needle: &str) -> usize {
+    lines.iter().filter(|line| line.contains(needle)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_hostname_follows_its_dns_answer_and_fails_static() {
+    let (backends, port) =
+        backends_on_one_port(&["127.0.0.1", "127.0.0.2"], &["host-first", "host-second"]);
+    let hosts = HostsFile::new(&[("127.0.0.1", NAME)]);
+    let dns_port = free_dns_port();
+    let mut proxy = start_proxy(&format!("{{ static: [\"{NAME}:{port}\"] }}"), dns_port);
+    let listener = proxy.listener(UPSTREAM);
+
+    // No DNS server yet: the proxy runs, the upstream has no endpoints.
+    let reply = get(Version::HTTP_11, &format!("http://{listener}/"))
+        .await
+        .expect("a reply");
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.headers["x-remora-error"], "no_endpoints");
+    assert_eq!(ready_status(&proxy).await, StatusCode::SERVICE_UNAVAILABLE);
+    let start = Instant::now();
+    while discovery_errors(&proxy).await < 1.0 {
+        assert!(start.elapsed() < Duration::from_secs(5), "no error counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The server comes: traffic on the name's address, ready.
+    let dns = Dnsmasq::start(dns_port, &records(&hosts));
+    let took = wait_for_traffic_on(listener, &["host-first"], Duration::from_secs(15)).await;
+    eprintln!("first answer reached traffic in {took:?}");
+    assert_eq!(ready_status(&proxy).await, StatusCode::OK);
+
+    // The answer changes (hosts file rewritten, dnsmasq reloaded): traffic
+    // moves within the TTL (1 s) plus a round, well inside max_refresh.
+    hosts.write(&[("127.0.0.2", NAME)]);
+    dns.reread_hosts();
+    let took = wait_for_traffic_on(listener, &["host-second"], Duration::from_secs(5)).await;
+    eprintln!("answer change reached traffic in {took:?}");
+    assert!(backends[1].requests() >= 10);
+
+    // The server is gone: the last address keeps serving, errors counted.
+    dns.stop();
+    let errors_before = discovery_errors(&proxy).await;
+    let start = Instant::now();
+    let (mut requests, mut failures) =
+        hammer(listener, Duration::from_secs(3), &["host-second"]).await;
+    while discovery_errors(&proxy).await < errors_before + 2.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no discovery errors counted while DNS is down"
+        );
+        let (more, failed) = hammer(listener, Duration::from_millis(500), &["host-second"]).await;
+        requests += more;
+        failures += failed;
+    }
+    let errors = discovery_errors(&proxy).await - errors_before;
+    eprintln!(
+        "DNS down for {:?}: {requests} requests, {failures} failed, {errors} discovery errors",
+        start.elapsed()
+    );
+    assert_eq!(failures, 0);
+    assert_eq!(ready_status(&proxy).await, StatusCode::OK);
+
+    // Back with both addresses: discovery recovers (within the 10 s backoff cap).
+    hosts.write(&[("127.0.0.1", NAME), ("127.0.0.2", NAME)]);
+    let _dns = Dnsmasq::start(dns_port, &records(&hosts));
+    let start = Instant::now();
+    let before = backends[0].requests();
+    while backends[0].requests() == before {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "traffic did not come back to 127.0.0.1"
+        );
+        call(listener).await.expect("a reply");
+    }
+    let (_, failures) = hammer(
+        listener,
+        Duration::from_millis(500),
+        &["host-first", "host-second"],
+    )
+    .await;
+    assert_eq!(failures, 0);
+
+    // One warning per failing spell (before the first answer, while the
+    // server was gone) and one line per recovery, however many attempts.
+    let mut log = proxy.startup_log.clone();
+    log.extend(proxy.log_so_far());
+    assert_eq!(count(&log, "DNS discovery failing"), 2, "{log:#?}");
+    assert_eq!(count(&log, "DNS discovery recovered"), 2, "{log:#?}");
+    assert!(errors >= 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_mixing_ips_and_a_weighted_hostname_serves_the_ips_until_the_name_resolves() {
+    let fixed = http_backend("fixed-ip");
+    let (named, port) = backends_on_one_port(&["127.0.0.2"], &["named"]);
+    let hosts = HostsFile::new(&[("127.0.0.3", "other.test.internal")]);
+    let dns_port = free_dns_port();
+    let _dns = Dnsmasq::start(dns_port, &records(&hosts));
+    let discovery = format!(
+        "{{ static: [{{ address: \"{NAME}:{port}\", weight: 3 }}, \"{}\"] }}",
+        fixed.addr
+    );
+    let proxy = start_proxy(&discovery, dns_port);
+    let listener = proxy.listener(UPSTREAM);
+
+    // The name does not exist (NXDOMAIN): the IP entry serves meanwhile.
+    let (_, failures) = hammer(listener, Duration::from_millis(1500), &["fixed-ip"]).await;
+    assert_eq!(failures, 0);
+    assert_eq!(ready_status(&proxy).await, StatusCode::OK);
+    assert!(discovery_errors(&proxy).await >= 1.0);
+
+    hosts.write(&[("127.0.0.2", NAME)]);
+    _dns.reread_hosts();
+    let start = Instant::now();
+    while named[0].requests() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the name never got traffic"
+        );
+        call(listener).await.expect("a reply");
+    }
+    // Smooth weighted round robin: exactly 3:1 over 400 requests.
+    let (named_before, fixed_before) = (named[0].requests(), fixed.requests());
+    for _ in 0..400 {
+        call(listener).await.expect("a reply");
+    }
+    let served = (
+        named[0].requests() - named_before,
+        fixed.requests() - fixed_before,
+    );
+    eprintln!("weights 3:1 over 400 requests: {served:?}");
+    assert_eq!(served, (300, 100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_type_a_balances_over_a_and_aaaa_and_follows_changes() {
+    let (backends, port) = backends_on_one_port(&["127.0.0.1", "::1"], &["v4", "v6"]);
+    let hosts = HostsFile::new(&[("127.0.0.1", NAME), ("::1", NAME)]);
+    let dns_port = free_dns_port();
+    let dns = Dnsmasq::start(dns_port, &records(&hosts));
+    // No `resolver` of its own: the top-level `dns.resolver` is asked.
+    let proxy = start_proxy(
+        &format!("{{ dns: {{ name: {NAME}, type: a, port: {port} }} }}"),
+        dns_port,
+    );
+    let listener = proxy.listener(UPSTREAM);
+
+    let start = Instant::now();
+    while backends.iter().any(|backend| backend.requests() == 0) {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "traffic did not reach both families"
+        );
+        let _ = call(listener).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before: Vec<u64> = backends.iter().map(Backend::requests).collect();
+    for _ in 0..100 {
+        call(listener).await.expect("a reply");
+    }
+    let served: Vec<u64> = (backends.iter().zip(&before))
+        .map(|(backend, before)| backend.requests() - before)
+        .collect();
+    assert_eq!(served, [50, 50], "round robin over ::1 and 127.0.0.1");
+
+    // The A record goes away: only the IPv6 address is left.
+    hosts.write(&[("::1", NAME)]);
+    dns.reread_hosts();
+    let took = wait_for_traffic_on(listener, &["v6"], Duration::from_secs(5)).await;
+    eprintln!("AAAA-only answer reached traffic in {took:?}");
+    let (_, failures) = hammer(listener, Duration::from_millis(500), &["v6"]).await;
+    assert_eq!(failures, 0);
+}
+
+/// A name resolving to `alive` (serving) and `dead` (refusing connections,
+/// same port): every request succeeds; the refusals are counted.
+async fn one_dead_address_fails_no_request(alive: &str, dead: &str) {
+    let listeners = listeners_on_one_port(&[alive, dead]);
+    let port = listeners[0].local_addr().unwrap().port();
+    // The dead address keeps its port bound without listening: refused.
+    let dead_ip: IpAddr = dead.parse().unwrap();
+    let refusing = match dead_ip {
+        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .unwrap();
+    let mut listeners = listeners.into_iter();
+    let serving = http_backend_on("alive", listeners.next().unwrap());
+    drop(listeners);
+    refusing
+        .bind(SocketAddr::new(dead_ip, port))
+        .expect("bind the dead address");
+
+    let hosts = HostsFile::new(&[(alive, NAME), (dead, NAME)]);
+    let dns_port = free_dns_port();
+    let _dns = Dnsmasq::start(dns_port, &records(&hosts));
+    let proxy = start_proxy(&format!("{{ static: [\"{NAME}:{port}\"] }}"), dns_port);
+    let listener = proxy.listener(UPSTREAM);
+    wait_for_traffic_on(listener, &["alive"], Duration::from_secs(15)).await;
+    // Both addresses are endpoints once the name resolved.
+    let endpoints = metric(&proxy, "remora_endpoints").await;
+    assert_eq!(endpoints, 2.0, "{alive} and {dead}");
+
+    let (requests, failures) = hammer(listener, Duration::from_secs(3), &["alive"]).await;
+    let refused = metric(&proxy, "remora_upstream_connect_errors_total").await;
+    eprintln!("{dead} dead, {alive} alive: {requests} requests, {failures} failed, {refused} refused connects");
+    assert_eq!(failures, 0);
+    assert!(refused >= 1.0, "the dead address was tried");
+    assert!(serving.requests() >= requests as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_ipv6_address_of_a_name_fails_no_request() {
+    one_dead_address_fails_no_request("127.0.0.1", "::1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_ipv4_address_of_a_name_fails_no_request() {
+    one_dead_address_fails_no_request("::1", "127.0.0.1").await;
+}
