@@ -360,7 +360,9 @@ async fn one_dead_address_fails_no_request(alive: &str, dead: &str) {
 
     let (requests, failures) = hammer(listener, Duration::from_secs(3), &["alive"]).await;
     let refused = metric(&proxy, "remora_upstream_connect_errors_total").await;
-    eprintln!("{dead} dead, {alive} alive: {requests} requests, {failures} failed, {refused} refused connects");
+    eprintln!(
+        "{dead} dead, {alive} alive: {requests} requests, {failures} failed, {refused} refused connects"
+    );
     assert_eq!(failures, 0);
     assert!(refused >= 1.0, "the dead address was tried");
     assert!(serving.requests() >= requests as u64);

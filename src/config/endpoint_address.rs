@@ -74,7 +74,9 @@ pub fn is_hostname(host: &str) -> bool {
     let name = host.strip_suffix('.').unwrap_or(host);
     let label_ok = |label: &str| {
         (1..=63).contains(&label.len())
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-')
     };

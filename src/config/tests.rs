@@ -1048,7 +1048,10 @@ upstreams:
         [Some("api.example.com"), None, Some("backup.example.com")]
     );
     assert_eq!(endpoints[2].address.to_string(), "backup.example.com:8443");
-    assert_eq!((endpoints[2].weight, endpoints[2].zone.as_deref()), (3, Some("b")));
+    assert_eq!(
+        (endpoints[2].weight, endpoints[2].zone.as_deref()),
+        (3, Some("b"))
+    );
     assert_eq!(config.dns, DnsConfig::default());
     assert_eq!(config.dns.min_refresh, Duration::from_secs(1));
     assert_eq!(config.dns.max_refresh, Duration::from_secs(60));

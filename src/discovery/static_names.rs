@@ -80,7 +80,11 @@ impl StaticNames {
             names,
             refresh,
         } = self;
-        tracing::info!(upstream = upstream.name(), names = names.len(), "resolving the hostnames of a static list");
+        tracing::info!(
+            upstream = upstream.name(),
+            names = names.len(),
+            "resolving the hostnames of a static list"
+        );
         tokio::spawn(async move {
             let combined = Mutex::new(Combined::new(&entries));
             let upstream = &upstream;

@@ -26,9 +26,7 @@ use super::listening::{
     AcceptSource, HandlerSource, Listening, PlannedSocket, commit_socket, plan_socket,
     remove_listener,
 };
-use super::spec::{
-    Section, Spec, StackSource, access_log_share, names_hosts, static_instances,
-};
+use super::spec::{Section, Spec, StackSource, access_log_share, names_hosts, static_instances};
 use super::swap::{StackSlot, SwappableService};
 use super::{LiveProxy, State};
 

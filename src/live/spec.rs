@@ -11,9 +11,8 @@ use anyhow::Context as _;
 use crate::client::ClientSettings;
 use crate::config::{
     AuthorizationConfig, Config, ConnectionPool, DEFAULT_PANIC_THRESHOLD, Discovery, DnsConfig,
-    EndpointAddress, InboundConfig,
-    ListenerLimits, LocalityPolicy, StaticEndpoint, Timeouts, TracingConfig, UpstreamConfig,
-    UpstreamProtocol,
+    EndpointAddress, InboundConfig, ListenerLimits, LocalityPolicy, StaticEndpoint, Timeouts,
+    TracingConfig, UpstreamConfig, UpstreamProtocol,
 };
 use crate::context::Direction;
 use crate::discovery::Instance;
@@ -216,7 +215,11 @@ pub(super) fn static_instances(endpoints: &[StaticEndpoint]) -> Vec<Instance> {
     (endpoints.iter())
         .filter_map(|endpoint| {
             let addr = endpoint.address.ip()?;
-            Some(Instance::listed(addr, endpoint.weight, endpoint.zone.as_deref()))
+            Some(Instance::listed(
+                addr,
+                endpoint.weight,
+                endpoint.zone.as_deref(),
+            ))
         })
         .collect()
 }

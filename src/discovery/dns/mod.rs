@@ -68,10 +68,7 @@ pub enum DnsError {
         source: Box<NetError>,
     },
     #[error("address lookup of {name} failed: {source}")]
-    Addresses {
-        name: String,
-        source: Box<NetError>,
-    },
+    Addresses { name: String, source: Box<NetError> },
     #[error("{name} has no A or AAAA record")]
     NoAddresses { name: String },
 }
@@ -126,7 +123,9 @@ pub(in crate::discovery) fn resolver(
 enum Query {
     Srv,
     /// A and AAAA, endpoints at this port.
-    Addresses { port: u16 },
+    Addresses {
+        port: u16,
+    },
 }
 
 /// DNS discovery for one upstream, ready to run.

@@ -84,7 +84,6 @@ fn lowest_priority_targets(answers: &[Record]) -> Vec<(Name, u16, u32)> {
         .collect()
 }
 
-
 /// An SRV target's port and weight with its addresses (and their TTLs).
 #[derive(Debug)]
 struct Resolved {
