@@ -10,13 +10,15 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::{StatusCode, Version};
 
 use support::config::{TestConfig, Upstream};
 use support::dnsmasq::{Dnsmasq, free_dns_port};
+use support::traffic::{
+    hammer, hammer_until, served_by, wait_for_traffic_on, wait_for_traffic_on_each,
+};
 use support::{Backend, Proxy, get, http_backend, prom};
 
 const SRV_NAME: &str = "_api._tcp.service.consul";
@@ -59,15 +61,6 @@ fn yaml(resolver_port: u16) -> String {
         .yaml()
 }
 
-/// `GET /` through the proxy: the answering backend's name, or the failure.
-async fn call(proxy: SocketAddr) -> Result<String, String> {
-    match get(Version::HTTP_11, &format!("http://{proxy}/")).await {
-        Ok(reply) if reply.status == StatusCode::OK => Ok(reply.body),
-        Ok(reply) => Err(format!("status {}: {}", reply.status, reply.body)),
-        Err(error) => Err(error.to_string()),
-    }
-}
-
 async fn ready_status(proxy: &Proxy) -> StatusCode {
     get(Version::HTTP_11, &proxy.admin_url("/ready"))
         .await
@@ -85,45 +78,6 @@ async fn discovery_errors(proxy: &Proxy) -> f64 {
     .unwrap_or(0.0)
 }
 
-/// Calls the proxy until every reply comes from one of `names` (10 in a row)
-/// or `within` passes; returns how long that took.
-async fn wait_for_traffic_on(proxy: SocketAddr, names: &[&str], within: Duration) -> Duration {
-    let start = Instant::now();
-    let mut in_a_row = 0;
-    while in_a_row < 10 {
-        assert!(
-            start.elapsed() < within,
-            "traffic did not move to {names:?} within {within:?}"
-        );
-        match call(proxy).await {
-            Ok(name) if names.contains(&name.as_str()) => in_a_row += 1,
-            _ => {
-                in_a_row = 0;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-    start.elapsed()
-}
-
-/// Calls the proxy for `duration`; returns (requests, failures).
-async fn hammer(proxy: SocketAddr, duration: Duration, expected: &str) -> (usize, usize) {
-    let start = Instant::now();
-    let (mut requests, mut failures) = (0, 0);
-    while start.elapsed() < duration {
-        requests += 1;
-        match call(proxy).await {
-            Ok(name) if name == expected => {}
-            other => {
-                failures += 1;
-                eprintln!("unexpected reply during the DNS outage: {other:?}");
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    (requests, failures)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
     let first = http_backend("dns-first");
@@ -135,7 +89,7 @@ async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
     // No DNS server yet: not ready, no endpoints, failures counted (a query
     // to a silent UDP port fails after the 2 s query timeout).
     assert_eq!(ready_status(&proxy).await, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(call(listener).await.is_err());
+    assert!(served_by(listener).await.is_err());
     let start = Instant::now();
     while discovery_errors(&proxy).await < 1.0 {
         assert!(
@@ -162,7 +116,7 @@ async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
     dns.stop();
     let dns = SrvRecords::start(dns_port, &[]);
     let errors_before = discovery_errors(&proxy).await;
-    let (requests, failures) = hammer(listener, Duration::from_secs(2), "dns-second").await;
+    let (requests, failures) = hammer(listener, Duration::from_secs(2), &["dns-second"]).await;
     eprintln!("no record for 2 s: {requests} requests, {failures} failed");
     assert_eq!(failures, 0);
     assert!(discovery_errors(&proxy).await > errors_before);
@@ -173,17 +127,14 @@ async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
     dns.stop();
     let errors_before = discovery_errors(&proxy).await;
     let start = Instant::now();
-    let (mut requests, mut failures) =
-        hammer(listener, Duration::from_millis(3500), "dns-second").await;
-    while discovery_errors(&proxy).await <= errors_before {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no discovery error counted while DNS is down"
-        );
-        let (more, failed) = hammer(listener, Duration::from_millis(500), "dns-second").await;
-        requests += more;
-        failures += failed;
-    }
+    let (requests, failures) = hammer_until(
+        listener,
+        &["dns-second"],
+        Duration::from_millis(3500),
+        Duration::from_secs(20),
+        || async { discovery_errors(&proxy).await > errors_before },
+    )
+    .await;
     let errors = discovery_errors(&proxy).await - errors_before;
     eprintln!(
         "DNS down for {:?}: {requests} requests, {failures} failed, {errors} discovery errors",
@@ -204,25 +155,6 @@ async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
     proxy.shutdown().await;
 }
 
-/// Calls the proxy until each of `names` answered; returns how long it took.
-async fn wait_for_traffic_on_each(proxy: SocketAddr, names: &[&str], within: Duration) -> Duration {
-    let start = Instant::now();
-    let mut answered = vec![false; names.len()];
-    while answered.contains(&false) {
-        assert!(
-            start.elapsed() < within,
-            "traffic did not reach each of {names:?} within {within:?}"
-        );
-        if let Ok(name) = call(proxy).await
-            && let Some(i) = names.iter().position(|expected| *expected == name)
-        {
-            answered[i] = true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srv_weights_become_balancing_weights() {
     let heavy = http_backend("dns-heavy");
@@ -240,7 +172,7 @@ async fn srv_weights_become_balancing_weights() {
 
     let (heavy_before, light_before) = (heavy.requests(), light.requests());
     for _ in 0..400 {
-        call(listener).await.expect("a reply");
+        served_by(listener).await.expect("a reply");
     }
     let (heavy_served, light_served) = (
         heavy.requests() - heavy_before,

@@ -16,13 +16,15 @@
 
 mod support;
 
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use http::{StatusCode, Version};
+use socket2::{Domain, Socket, Type};
 
 use support::config::{TestConfig, Upstream};
 use support::dnsmasq::{Dnsmasq, HostsFile, free_dns_port};
+use support::traffic::{hammer, hammer_until, served_by, wait_for_traffic_on};
 use support::{Backend, ProxyProcess, get, http_backend, http_backend_on, prom};
 
 const NAME: &str = "api.test.internal";
@@ -36,28 +38,38 @@ fn records(hosts: &HostsFile) -> Vec<String> {
     vec!["--local=/test.internal/".to_owned(), hosts.option()]
 }
 
-/// Listeners on `ips`, all on one port (the first picked by the kernel).
-fn listeners_on_one_port(ips: &[&str]) -> Vec<TcpListener> {
+/// Sockets bound on `ips`, all on one port (the first picked by the
+/// kernel), not listening yet: a connect to one is refused until it listens.
+fn sockets_on_one_port(ips: &[&str]) -> (Vec<Socket>, u16) {
+    let bound = |ip: &str, port: u16| {
+        let addr = SocketAddr::new(ip.parse().unwrap(), port);
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+        socket.bind(&addr.into()).map(|()| socket)
+    };
     'retry: loop {
-        let first = TcpListener::bind((ips[0], 0)).expect("bind");
-        let port = first.local_addr().unwrap().port();
-        let mut listeners = vec![first];
+        let first = bound(ips[0], 0).expect("bind");
+        let port = first.local_addr().unwrap().as_socket().unwrap().port();
+        let mut sockets = vec![first];
         for ip in &ips[1..] {
-            match TcpListener::bind((*ip, port)) {
-                Ok(listener) => listeners.push(listener),
+            match bound(ip, port) {
+                Ok(socket) => sockets.push(socket),
                 Err(_) => continue 'retry,
             }
         }
-        return listeners;
+        return (sockets, port);
     }
+}
+
+fn listening(socket: Socket) -> TcpListener {
+    socket.listen(128).expect("listen");
+    TcpListener::from(socket)
 }
 
 /// Backends named `names[i]` on `ips[i]`, all on one port.
 fn backends_on_one_port(ips: &[&str], names: &[&str]) -> (Vec<Backend>, u16) {
-    let listeners = listeners_on_one_port(ips);
-    let port = listeners[0].local_addr().unwrap().port();
-    let backends = (listeners.into_iter().zip(names))
-        .map(|(listener, name)| http_backend_on(name, listener))
+    let (sockets, port) = sockets_on_one_port(ips);
+    let backends = (sockets.into_iter().zip(names))
+        .map(|(socket, name)| http_backend_on(name, listening(socket)))
         .collect();
     (backends, port)
 }
@@ -84,20 +96,6 @@ fn admin_url(proxy: &ProxyProcess, path: &str) -> String {
     format!("http://{}{path}", proxy.admin)
 }
 
-/// `GET /` through the proxy: the answering backend's name, or the failure.
-async fn call(proxy: SocketAddr) -> Result<String, String> {
-    match get(Version::HTTP_11, &format!("http://{proxy}/")).await {
-        Ok(reply) if reply.status == StatusCode::OK => Ok(reply.body),
-        Ok(reply) => Err(format!(
-            "status {} {:?}: {}",
-            reply.status,
-            reply.headers.get("x-remora-error"),
-            reply.body
-        )),
-        Err(error) => Err(error.to_string()),
-    }
-}
-
 async fn metric(proxy: &ProxyProcess, name: &str) -> f64 {
     let text = prom::scrape(&admin_url(proxy, "/metrics")).await;
     prom::value(&text, name, &[("upstream", UPSTREAM)]).unwrap_or(0.0)
@@ -110,47 +108,6 @@ async fn discovery_errors(proxy: &ProxyProcess) -> f64 {
 async fn ready_status(proxy: &ProxyProcess) -> StatusCode {
     let reply = get(Version::HTTP_11, &admin_url(proxy, "/ready")).await;
     reply.expect("GET /ready").status
-}
-
-/// Calls the proxy until 10 replies in a row come from one of `names`, or
-/// `within` passes; returns how long that took.
-async fn wait_for_traffic_on(proxy: SocketAddr, names: &[&str], within: Duration) -> Duration {
-    let start = Instant::now();
-    let mut in_a_row = 0;
-    let mut last = Ok(String::new());
-    while in_a_row < 10 {
-        assert!(
-            start.elapsed() < within,
-            "traffic did not move to {names:?} within {within:?}; last reply {last:?}"
-        );
-        last = call(proxy).await;
-        match &last {
-            Ok(name) if names.contains(&name.as_str()) => in_a_row += 1,
-            _ => {
-                in_a_row = 0;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-    start.elapsed()
-}
-
-/// Calls the proxy for `duration`; returns (requests, failures).
-async fn hammer(proxy: SocketAddr, duration: Duration, expected: &[&str]) -> (usize, usize) {
-    let start = Instant::now();
-    let (mut requests, mut failures) = (0, 0);
-    while start.elapsed() < duration {
-        requests += 1;
-        match call(proxy).await {
-            Ok(name) if expected.contains(&name.as_str()) => {}
-            other => {
-                failures += 1;
-                eprintln!("unexpected reply: {other:?}");
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    (requests, failures)
 }
 
 /// How many of `lines` contain `needle`.
@@ -198,17 +155,14 @@ async fn a_static_hostname_follows_its_dns_answer_and_fails_static() {
     dns.stop();
     let errors_before = discovery_errors(&proxy).await;
     let start = Instant::now();
-    let (mut requests, mut failures) =
-        hammer(listener, Duration::from_secs(3), &["host-second"]).await;
-    while discovery_errors(&proxy).await < errors_before + 2.0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no discovery errors counted while DNS is down"
-        );
-        let (more, failed) = hammer(listener, Duration::from_millis(500), &["host-second"]).await;
-        requests += more;
-        failures += failed;
-    }
+    let (requests, failures) = hammer_until(
+        listener,
+        &["host-second"],
+        Duration::from_secs(3),
+        Duration::from_secs(20),
+        || async { discovery_errors(&proxy).await >= errors_before + 2.0 },
+    )
+    .await;
     let errors = discovery_errors(&proxy).await - errors_before;
     eprintln!(
         "DNS down for {:?}: {requests} requests, {failures} failed, {errors} discovery errors",
@@ -227,7 +181,7 @@ async fn a_static_hostname_follows_its_dns_answer_and_fails_static() {
             start.elapsed() < Duration::from_secs(15),
             "traffic did not come back to 127.0.0.1"
         );
-        call(listener).await.expect("a reply");
+        served_by(listener).await.expect("a reply");
     }
     let (_, failures) = hammer(
         listener,
@@ -274,12 +228,12 @@ async fn a_list_mixing_ips_and_a_weighted_hostname_serves_the_ips_until_the_name
             start.elapsed() < Duration::from_secs(15),
             "the name never got traffic"
         );
-        call(listener).await.expect("a reply");
+        served_by(listener).await.expect("a reply");
     }
     // Smooth weighted round robin: exactly 3:1 over 400 requests.
     let (named_before, fixed_before) = (named[0].requests(), fixed.requests());
     for _ in 0..400 {
-        call(listener).await.expect("a reply");
+        served_by(listener).await.expect("a reply");
     }
     let served = (
         named[0].requests() - named_before,
@@ -308,12 +262,12 @@ async fn dns_type_a_balances_over_a_and_aaaa_and_follows_changes() {
             start.elapsed() < Duration::from_secs(15),
             "traffic did not reach both families"
         );
-        let _ = call(listener).await;
+        let _ = served_by(listener).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let before: Vec<u64> = backends.iter().map(Backend::requests).collect();
     for _ in 0..100 {
-        call(listener).await.expect("a reply");
+        served_by(listener).await.expect("a reply");
     }
     let served: Vec<u64> = (backends.iter().zip(&before))
         .map(|(backend, before)| backend.requests() - before)
@@ -332,21 +286,10 @@ async fn dns_type_a_balances_over_a_and_aaaa_and_follows_changes() {
 /// A name resolving to `alive` (serving) and `dead` (refusing connections,
 /// same port): every request succeeds; the refusals are counted.
 async fn one_dead_address_fails_no_request(alive: &str, dead: &str) {
-    let listeners = listeners_on_one_port(&[alive, dead]);
-    let port = listeners[0].local_addr().unwrap().port();
     // The dead address keeps its port bound without listening: refused.
-    let dead_ip: IpAddr = dead.parse().unwrap();
-    let refusing = match dead_ip {
-        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-    }
-    .unwrap();
-    let mut listeners = listeners.into_iter();
-    let serving = http_backend_on("alive", listeners.next().unwrap());
-    drop(listeners);
-    refusing
-        .bind(SocketAddr::new(dead_ip, port))
-        .expect("bind the dead address");
+    let (mut sockets, port) = sockets_on_one_port(&[alive, dead]);
+    let _refusing = sockets.pop();
+    let serving = http_backend_on("alive", listening(sockets.remove(0)));
 
     let hosts = HostsFile::new(&[(alive, NAME), (dead, NAME)]);
     let dns_port = free_dns_port();

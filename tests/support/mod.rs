@@ -37,6 +37,7 @@ pub mod requirements;
 pub mod switchable;
 pub mod tcp;
 pub mod tls;
+pub mod traffic;
 pub mod websocket;
 
 use std::future::Future;
