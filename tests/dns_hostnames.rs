@@ -5,7 +5,8 @@
 //! changes, kept while the server is gone (zero failed requests, errors
 //! counted, one log line per failing / recovered transition); a list mixing
 //! IPs and a weighted hostname; `discovery.dns` with `type: a` over A and
-//! AAAA records (the top-level `dns.resolver` as its resolver); and a name
+//! AAAA records (the top-level `dns.resolver` as its resolver); a routing
+//! backend's static list naming a host; and a name
 //! one of whose addresses refuses connections (IPv6 `::1` or IPv4
 //! `127.0.0.1` dead, the other family serving): no request fails.
 //!
@@ -281,6 +282,68 @@ async fn dns_type_a_balances_over_a_and_aaaa_and_follows_changes() {
     eprintln!("AAAA-only answer reached traffic in {took:?}");
     let (_, failures) = hammer(listener, Duration::from_millis(500), &["v6"]).await;
     assert_eq!(failures, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routing_backend_named_by_a_hostname_follows_its_answer() {
+    let fixed = http_backend("upstream-ip");
+    let (backends, port) = backends_on_one_port(
+        &["127.0.0.1", "127.0.0.2"],
+        &["backend-first", "backend-second"],
+    );
+    let hosts = HostsFile::new(&[("127.0.0.1", NAME)]);
+    let dns_port = free_dns_port();
+    let dns = Dnsmasq::start(dns_port, &records(&hosts));
+    let yaml = TestConfig::new()
+        .upstream(
+            Upstream::to(UPSTREAM, [fixed.addr])
+                .protocol("http")
+                .with("timeouts", "{ connect: 1s, request: 2s }")
+                .with(
+                    "backends",
+                    format!("{{ external: {{ static: [\"{NAME}:{port}\"] }} }}"),
+                )
+                .lines(
+                    "    routes:\n      - name: external\n        \
+                     match: { headers: [{ name: x-external, present: true }] }\n        \
+                     backend: external\n",
+                ),
+        )
+        .section(
+            "dns",
+            format!("{{ resolver: 127.0.0.1:{dns_port}, min_refresh: 1s, max_refresh: 2s }}"),
+        )
+        .yaml();
+    let proxy = ProxyProcess::start(&yaml, 1);
+    let listener = proxy.listener(UPSTREAM);
+    let external = || async {
+        let url = format!("http://{listener}/");
+        let reply = support::client::call("GET", &url, &[("x-external", "1")]).await;
+        reply.expect("a reply").body
+    };
+
+    let start = Instant::now();
+    while external().await != "backend-first" {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the backend's name never resolved"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served_by(listener).await.as_deref(), Ok("upstream-ip"));
+
+    hosts.write(&[("127.0.0.2", NAME)]);
+    dns.reread_hosts();
+    let start = Instant::now();
+    while external().await != "backend-second" {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the backend did not follow its answer"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("the backend followed its answer in {:?}", start.elapsed());
+    assert!(backends[0].requests() >= 1);
 }
 
 /// A name resolving to `alive` (serving) and `dead` (refusing connections,

@@ -32,6 +32,36 @@ use crate::discovery::{EndpointSink, Instance};
 use crate::drain::Drain;
 use crate::endpoint::WeightedAddr;
 
+/// How the hostnames of static lists are resolved (the `dns:` section):
+/// one resolver for every list of a configuration. Two are equal when
+/// their sections are.
+#[derive(Clone)]
+pub struct NameResolver {
+    resolver: TokioResolver,
+    refresh: Refresh,
+    section: DnsConfig,
+}
+
+impl PartialEq for NameResolver {
+    fn eq(&self, other: &Self) -> bool {
+        self.section == other.section
+    }
+}
+
+impl NameResolver {
+    /// Fails only for what can never work (no system resolver configuration).
+    pub fn new(dns: &DnsConfig) -> Result<Self, DnsError> {
+        Ok(Self {
+            resolver: resolver(dns.resolver)?,
+            refresh: Refresh {
+                min: dns.min_refresh,
+                max: dns.max_refresh,
+            },
+            section: dns.clone(),
+        })
+    }
+}
+
 /// The resolution of a static list's hostnames, ready to run.
 pub struct StaticNames {
     upstream: Arc<dyn EndpointSink>,
@@ -43,32 +73,33 @@ pub struct StaticNames {
 }
 
 impl StaticNames {
-    /// `None` when `entries` names no host (the list is fixed). Fails only
-    /// for what can never work (an invalid name, no resolver configuration).
+    /// `None` when `entries` names no host (the list is fixed).
     pub fn new(
         upstream: Arc<dyn EndpointSink>,
         entries: &[StaticEndpoint],
-        dns: &DnsConfig,
-    ) -> Result<Option<Self>, DnsError> {
-        let mut names = Vec::new();
-        for (i, entry) in entries.iter().enumerate() {
-            if let EndpointAddress::Name { host, port } = &entry.address {
-                names.push((i, dns_name(host)?, *port, entry.weight));
-            }
-        }
-        if names.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(Self {
+        resolver: &NameResolver,
+    ) -> Option<Self> {
+        let names: Vec<_> = (entries.iter().enumerate())
+            .filter_map(|(i, entry)| match &entry.address {
+                EndpointAddress::Name { host, port } => Some((i, host, *port, entry.weight)),
+                EndpointAddress::Ip(_) => None,
+            })
+            .filter_map(|(i, host, port, weight)| match dns_name(host) {
+                Ok(name) => Some((i, name, port, weight)),
+                // Config validation admits only names hickory reads.
+                Err(error) => {
+                    tracing::error!(upstream = upstream.name(), %error, "hostname left out");
+                    None
+                }
+            })
+            .collect();
+        (!names.is_empty()).then(|| Self {
             upstream,
             entries: entries.to_vec(),
-            resolver: resolver(dns.resolver)?,
+            resolver: resolver.resolver.clone(),
             names,
-            refresh: Refresh {
-                min: dns.min_refresh,
-                max: dns.max_refresh,
-            },
-        }))
+            refresh: resolver.refresh,
+        })
     }
 
     /// Resolves the names until the drain starts.
@@ -112,6 +143,22 @@ impl StaticNames {
             join_all(watches).await;
         });
     }
+}
+
+/// The IP entries of a static list as instances, each with its configured
+/// weight and zone (the hostnames are [`StaticNames`]' to resolve).
+pub fn listed_ips(entries: &[StaticEndpoint]) -> Vec<Instance> {
+    (entries.iter())
+        .filter_map(|entry| {
+            let addr = entry.address.ip()?;
+            Some(Instance::listed(addr, entry.weight, entry.zone.as_deref()))
+        })
+        .collect()
+}
+
+/// True when a static list names a host (it needs resolving).
+pub fn names_hosts(entries: &[StaticEndpoint]) -> bool {
+    entries.iter().any(|entry| entry.address.host().is_some())
 }
 
 /// The static list with each name's current addresses.

@@ -92,10 +92,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use tokio::sync::Mutex;
 
 use crate::config::{Config, ConsulConfig, Discovery, EtcdConfig};
 use crate::context::Direction;
+use crate::discovery::static_names::NameResolver;
 use crate::drain::DrainController;
 use crate::routing::backends::Backends;
 use crate::telemetry::sinks::RequestSinks;
@@ -290,10 +292,14 @@ impl LiveProxy {
             _ => None,
         };
         let specs = specs(&config, self.mesh.as_ref())?;
+        let names = (config.resolves_hostnames())
+            .then(|| NameResolver::new(&config.dns))
+            .transpose()
+            .context("dns: cannot resolve the hostnames of static lists")?;
         let mut listeners = Vec::new();
         for spec in &specs {
             listeners.push(
-                self.plan_site(state, &config, spec, authorizer.as_ref())
+                self.plan_site(state, &config, spec, authorizer.as_ref(), names.as_ref())
                     .await?,
             );
         }

@@ -12,7 +12,7 @@ use crate::config::{Config, Discovery, DnsConfig};
 use crate::context::Direction;
 use crate::discovery::Instance;
 use crate::discovery::dns::DnsDiscoverer;
-use crate::discovery::static_names::StaticNames;
+use crate::discovery::static_names::{NameResolver, StaticNames, listed_ips};
 use crate::drain::{Drain, DrainController};
 use crate::http_connection::HttpProtocol;
 use crate::routing::backends::Backends;
@@ -26,7 +26,7 @@ use super::listening::{
     AcceptSource, HandlerSource, Listening, PlannedSocket, commit_socket, plan_socket,
     remove_listener,
 };
-use super::spec::{Section, Spec, StackSource, access_log_share, names_hosts, static_instances};
+use super::spec::{Section, Spec, StackSource, access_log_share, names_hosts};
 use super::swap::{StackSlot, SwappableService};
 use super::{LiveProxy, State};
 
@@ -74,6 +74,8 @@ pub(super) struct Planned {
     backends: Option<Arc<Backends>>,
     /// A new DNS task.
     new_resolving: Option<Resolving>,
+    /// Resolves the hostnames of static lists (routing backends' too).
+    names: Option<NameResolver>,
 }
 
 /// A DNS task to start: discovery `dns`, or the hostnames of a static list.
@@ -104,6 +106,7 @@ impl LiveProxy {
         config: &Config,
         spec: &Spec<'_>,
         authorizer: Option<&Arc<Authorizer>>,
+        names: Option<&NameResolver>,
     ) -> anyhow::Result<Planned> {
         let old = (state.sites.iter()).find(|site| site.is(spec.direction, &spec.name));
 
@@ -128,7 +131,7 @@ impl LiveProxy {
             None => {
                 let upstream = Upstream::new(spec.settings.clone(), &[]);
                 if let Discovery::Static(endpoints) = &spec.discovery {
-                    upstream.set_instances(&static_instances(endpoints));
+                    upstream.set_instances(&listed_ips(endpoints));
                 }
                 Arc::new(upstream)
             }
@@ -139,7 +142,7 @@ impl LiveProxy {
             Discovery::Static(endpoints)
                 if old.is_some() && !same_discovery && !names_hosts(&spec.discovery) =>
             {
-                Some(static_instances(endpoints))
+                Some(listed_ips(endpoints))
             }
             _ => None,
         };
@@ -200,11 +203,9 @@ impl LiveProxy {
                     .with_context(|| format!("upstream {}: DNS discovery", spec.name))?;
                 Some(Resolving::Dns(discoverer))
             }
-            Discovery::Static(endpoints) => {
-                StaticNames::new(upstream.clone(), endpoints, &spec.dns)
-                    .with_context(|| format!("upstream {}: static hostnames", spec.name))?
-                    .map(Resolving::Names)
-            }
+            Discovery::Static(endpoints) => names
+                .and_then(|names| StaticNames::new(upstream.clone(), endpoints, names))
+                .map(Resolving::Names),
             Discovery::Consul(_) | Discovery::Etcd(_) => None,
         };
 
@@ -221,6 +222,7 @@ impl LiveProxy {
             new_stack: None,
             backends: None,
             new_resolving,
+            names: names.cloned(),
         })
     }
 
@@ -271,7 +273,13 @@ impl LiveProxy {
                         .map(|(_, upstream)| Arc::clone(upstream))
                 };
                 let previous = old.and_then(|site| site.backends.as_deref());
-                let backends = Backends::build(&planned.upstream, section, &by_name, previous);
+                let backends = Backends::build(
+                    &planned.upstream,
+                    section,
+                    &by_name,
+                    previous,
+                    planned.names.as_ref(),
+                );
                 if unchanged(Some(&backends)) {
                     planned.backends = old.and_then(|site| site.backends.clone());
                 } else {

@@ -15,7 +15,7 @@ use crate::config::{
     TracingConfig, UpstreamConfig, UpstreamProtocol,
 };
 use crate::context::Direction;
-use crate::discovery::Instance;
+use crate::discovery::static_names;
 use crate::http_connection::HttpProtocol;
 use crate::tls::outbound::UpstreamTls;
 use crate::upstream::UpstreamSettings;
@@ -209,25 +209,10 @@ fn with_default_resolver(discovery: &Discovery, dns: &DnsConfig) -> Discovery {
     }
 }
 
-/// The IP entries of a static list as instances, each with its configured
-/// weight and zone (hostnames are resolved by `discovery::static_names`).
-pub(super) fn static_instances(endpoints: &[StaticEndpoint]) -> Vec<Instance> {
-    (endpoints.iter())
-        .filter_map(|endpoint| {
-            let addr = endpoint.address.ip()?;
-            Some(Instance::listed(
-                addr,
-                endpoint.weight,
-                endpoint.zone.as_deref(),
-            ))
-        })
-        .collect()
-}
-
-/// True when a static list names a host (it needs resolving).
+/// True when `discovery` is a static list that names a host.
 pub(super) fn names_hosts(discovery: &Discovery) -> bool {
     match discovery {
-        Discovery::Static(endpoints) => (endpoints.iter()).any(|e| e.address.host().is_some()),
+        Discovery::Static(endpoints) => static_names::names_hosts(endpoints),
         Discovery::Dns(_) | Discovery::Consul(_) | Discovery::Etcd(_) => false,
     }
 }
