@@ -18,6 +18,8 @@
 mod support;
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{StatusCode, Version};
@@ -76,9 +78,14 @@ fn backends_on_one_port(ips: &[&str], names: &[&str]) -> (Vec<Backend>, u16) {
 }
 
 /// remora with one HTTP upstream whose `discovery:` is `discovery`, and the
-/// `dns:` section asking dnsmasq on `dns_port`.
+/// `dns:` section asking dnsmasq on `dns_port` (refresh within 1–2 s).
 fn start_proxy(discovery: &str, dns_port: u16) -> ProxyProcess {
-    let yaml = TestConfig::new()
+    ProxyProcess::start(&yaml(discovery, dns_port, "2s"), 1)
+}
+
+/// The YAML of [`start_proxy`], with `max_refresh` as the `dns` upper bound.
+fn yaml(discovery: &str, dns_port: u16, max_refresh: &str) -> String {
+    TestConfig::new()
         .upstream(
             Upstream::discovered(UPSTREAM, discovery)
                 .protocol("http")
@@ -87,10 +94,11 @@ fn start_proxy(discovery: &str, dns_port: u16) -> ProxyProcess {
         )
         .section(
             "dns",
-            format!("{{ resolver: 127.0.0.1:{dns_port}, min_refresh: 1s, max_refresh: 2s }}"),
+            format!(
+                "{{ resolver: 127.0.0.1:{dns_port}, min_refresh: 1s, max_refresh: {max_refresh} }}"
+            ),
         )
-        .yaml();
-    ProxyProcess::start(&yaml, 1)
+        .yaml()
 }
 
 fn admin_url(proxy: &ProxyProcess, path: &str) -> String {
@@ -282,6 +290,83 @@ async fn dns_type_a_balances_over_a_and_aaaa_and_follows_changes() {
     eprintln!("AAAA-only answer reached traffic in {took:?}");
     let (_, failures) = hammer(listener, Duration::from_millis(500), &["v6"]).await;
     assert_eq!(failures, 0);
+}
+
+/// Rewrites the proxy's configuration file while calling it, until the
+/// reload was logged and for `after` more; returns (requests, failures).
+async fn reload_under_load(
+    proxy: &mut ProxyProcess,
+    yaml: &str,
+    expected: &'static [&'static str],
+    after: Duration,
+) -> (usize, usize) {
+    let listener = proxy.listener(UPSTREAM);
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = tokio::spawn({
+        let stop = Arc::clone(&stop);
+        async move {
+            let (mut requests, mut failures) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                let (more, failed) = hammer(listener, Duration::from_millis(50), expected).await;
+                requests += more;
+                failures += failed;
+            }
+            (requests, failures)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.config.write(yaml);
+    tokio::task::block_in_place(|| proxy.wait_for_log("configuration reloaded"));
+    tokio::time::sleep(after).await;
+    stop.store(true, Ordering::Relaxed);
+    calls.await.expect("calls")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_a_named_list_serving_while_the_new_list_resolves() {
+    let fixed = http_backend("fixed-ip");
+    let (backends, port) = backends_on_one_port(&["127.0.0.1"], &["named"]);
+    let other = "fixed.test.internal";
+    let hosts = HostsFile::new(&[("127.0.0.1", NAME), ("127.0.0.1", other)]);
+    let dns_port = free_dns_port();
+    let _dns = Dnsmasq::start(dns_port, &records(&hosts));
+    let named_only = format!("{{ static: [\"{NAME}:{port}\"] }}");
+    let mut proxy = start_proxy(&named_only, dns_port);
+    let listener = proxy.listener(UPSTREAM);
+    wait_for_traffic_on(listener, &["named"], Duration::from_secs(10)).await;
+
+    // The list changes (another name joins): the running addresses serve on
+    // until the new list's names were asked (a list of names has no IP entry
+    // to serve meanwhile), then both names' do.
+    let mixed = format!(
+        "{{ static: [\"{NAME}:{port}\", \"{other}:{}\"] }}",
+        fixed.addr.port()
+    );
+    let (requests, failures) = reload_under_load(
+        &mut proxy,
+        &yaml(&mixed, dns_port, "2s"),
+        &["named", "fixed-ip"],
+        Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(failures, 0, "of {requests}");
+    let named_before = backends[0].requests();
+    let (_, failures) = hammer(listener, Duration::from_millis(500), &["named", "fixed-ip"]).await;
+    assert_eq!(failures, 0);
+    assert!(backends[0].requests() > named_before);
+    assert!(fixed.requests() > 0);
+
+    // The `dns` section changes: the names are resolved anew, nothing fails.
+    let (requests, failures) = reload_under_load(
+        &mut proxy,
+        &yaml(&mixed, dns_port, "3s"),
+        &["named", "fixed-ip"],
+        Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(failures, 0, "of {requests}");
+    let log = proxy.log_so_far();
+    assert_eq!(count(&log, "DNS discovery failing"), 0, "{log:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,24 @@ pub enum Discovery {
     Etcd(EtcdDiscovery),
 }
 
+impl Discovery {
+    /// The one hostname the endpoints are addresses of, as configured: a
+    /// static list whose entries all name the same host, or `dns` with
+    /// `type: a` (e.g. the default TLS server name of the upstream). `None`
+    /// for IPs, SRV records (each target its own host) and registries.
+    pub fn hostname(&self) -> Option<&str> {
+        match self {
+            Discovery::Static(entries) => {
+                let first = entries.first()?.address.host()?;
+                let same = |entry: &StaticEndpoint| entry.address.host() == Some(first);
+                entries.iter().all(same).then_some(first)
+            }
+            Discovery::Dns(dns) if dns.record_type == DnsRecordType::A => Some(&dns.name),
+            Discovery::Dns(_) | Discovery::Consul(_) | Discovery::Etcd(_) => None,
+        }
+    }
+}
+
 /// One `discovery.static` entry: `ip:port` or `host:port`, or `{ address,
 /// weight: N, zone: Z }` to give it a balancing weight other than 1 or a
 /// zone (a hostname's addresses all get them).

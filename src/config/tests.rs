@@ -1048,6 +1048,13 @@ upstreams:
         [Some("api.example.com"), None, Some("backup.example.com")]
     );
     assert_eq!(endpoints[2].address.to_string(), "backup.example.com:8443");
+    // Two hosts (and an IP): no one hostname.
+    assert_eq!(config.upstreams[0].discovery.hostname(), None);
+    let one_host: Discovery = serde_saphyr::from_str(
+        "static: [\"api.example.com:443\", { address: \"api.example.com:8443\", weight: 2 }]",
+    )
+    .unwrap();
+    assert_eq!(one_host.hostname(), Some("api.example.com"));
     assert_eq!(
         (endpoints[2].weight, endpoints[2].zone.as_deref()),
         (3, Some("b"))
@@ -1099,6 +1106,10 @@ upstreams:
         panic!("dns discovery expected");
     };
     assert_eq!((dns.record_type, dns.port), (DnsRecordType::A, Some(443)));
+    assert_eq!(
+        config.upstreams[0].discovery.hostname(),
+        Some("api.example.com")
+    );
 
     let text = "service: { name: web }
 upstreams:
