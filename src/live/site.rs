@@ -113,8 +113,12 @@ impl LiveProxy {
         // A discovery task that is replaced may still be finishing an answer:
         // a successor makes sure it cannot write into the upstream that runs
         // on. Static lists of IPs have no task and are set in place.
-        let same_discovery =
-            old.is_some_and(|site| site.discovery == spec.discovery && site.dns == spec.dns);
+        // The `dns` section concerns the hostnames of a static list (a `dns`
+        // discovery's default resolver is in its `discovery` already).
+        let same_discovery = old.is_some_and(|site| {
+            site.discovery == spec.discovery
+                && (site.dns == spec.dns || !names_hosts(&spec.discovery))
+        });
         let same_feed = same_discovery
             || old.is_some_and(|site| {
                 matches!(
