@@ -28,10 +28,12 @@ cd "$(dirname "$0")/.."
 # (tests/fixtures/jwt_tokens.py); python3-prometheus-client (the Prometheus
 # parsers that read /metrics, tests/fixtures/parse_metrics.py); a real etcd
 # v3 (etcd-server, the `etcd` binary, and etcd-client, `etcdctl`) for etcd
-# discovery, registration and configuration. The build itself needs protobuf-compiler (`protoc`: the
+# discovery, registration and configuration; ca-certificates (the system's
+# roots that TLS origination without `ca_file` trusts: tests/tls_origination.rs).
+# The build itself needs protobuf-compiler (`protoc`: the
 # etcd-client crate generates its gRPC code).
 # bench/ also needs wrk.
-packages=(procps curl dnsmasq-base chromium iptables iproute2 util-linux nginx-light haproxy nghttp2-client python3-grpcio python3-protobuf python3-pip python3-jwt python3-cryptography etcd-server etcd-client python3-prometheus-client)
+packages=(procps curl dnsmasq-base chromium iptables iproute2 util-linux nginx-light haproxy nghttp2-client python3-grpcio python3-protobuf python3-pip python3-jwt python3-cryptography etcd-server etcd-client python3-prometheus-client ca-certificates)
 source scripts/packages.sh
 install_missing "${BUILD_PACKAGES[@]}" "${packages[@]}"
 

@@ -331,6 +331,18 @@ impl Replay {
         self.0.is_capped()
     }
 
+    /// A body of its own for a try sent while another still streams (a
+    /// hedge): the client's whole body, once it has ended and the copy holds
+    /// all of it; `None` while it is still arriving or when capped.
+    pub fn whole_body(&self) -> Option<RequestBody> {
+        let (data, trailers) = self.0.whole()?;
+        let data = match <[Bytes; 1]>::try_from(data) {
+            Ok([one]) => one,
+            Err(frames) => Bytes::from(frames.concat()),
+        };
+        Some(RequestBody::buffered(data, trailers))
+    }
+
     /// The body of the next try — the copy, then the rest of the client's
     /// body — or `None` when capped. The previous try's body fails from now
     /// on, should its connection still be sending it.

@@ -35,6 +35,11 @@ pub const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
 pub const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 pub const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 pub const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+
+/// gRPC's status and message (in trailers, or in a trailers-only head).
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
 /// Headers remora sets on a request on its way (beside the reserved ones),
 /// which `Connection` therefore cannot nominate.
 static SET_BY_REMORA: [HeaderName; 10] = [
@@ -151,7 +156,7 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 /// The `grpc-status` in a header or trailer map, when present and numeric.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u16> {
     headers
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse().ok())
 }

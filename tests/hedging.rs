@@ -2,18 +2,22 @@
 //! whose first try went to it is answered by a hedge to the fast one after `delay`, so the
 //! p99 falls from the slow endpoint's latency to about the delay plus the fast one's; the
 //! slow try is cancelled. A learned `delay: p90` does the same for an endpoint that is slow
-//! now and then. A POST is never hedged.
+//! now and then. A POST is never hedged, unless it carries an `Idempotency-Key`: then both
+//! tries send its whole body (up to `retries.replay_body_limit`; a longer one is not hedged).
+//! Unary gRPC calls to Python grpcio (C-core) servers are hedged when their method is listed
+//! in `idempotent_grpc_methods`, and only then.
 
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::Full;
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -25,25 +29,30 @@ use support::{ProxyProcess, Server, get, prom, send, serve};
 const SLOW: Duration = Duration::from_millis(400);
 const FAST: Duration = Duration::from_millis(5);
 
-/// An endpoint that answers `name` after `FAST`, except every `every`-th request (1: all)
-/// after `SLOW`; counts the slow answers it finished writing.
+/// An endpoint that reads the request body, then answers `name` after `FAST`, except every
+/// `every`-th request (1: all) after `SLOW`; counts the slow answers it finished writing and
+/// keeps the bodies it read.
 struct Endpoint {
     addr: SocketAddr,
     slow_finished: Arc<AtomicU64>,
+    bodies: Arc<Mutex<Vec<Bytes>>>,
     _server: Server,
 }
 
 fn endpoint(name: &'static str, every: u64) -> Endpoint {
     let requests = Arc::new(AtomicU64::new(0));
     let slow_finished = Arc::new(AtomicU64::new(0));
-    let (count, finished) = (requests.clone(), slow_finished.clone());
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let (count, finished, read) = (requests.clone(), slow_finished.clone(), bodies.clone());
     let server = serve(move |stream| {
-        let (count, finished) = (count.clone(), finished.clone());
+        let (count, finished, read) = (count.clone(), finished.clone(), read.clone());
         async move {
-            let service = service_fn(move |_request: Request<Incoming>| {
+            let service = service_fn(move |request: Request<Incoming>| {
                 let number = count.fetch_add(1, Ordering::SeqCst) + 1;
-                let finished = finished.clone();
+                let (finished, read) = (finished.clone(), read.clone());
                 async move {
+                    let body = request.into_body().collect().await?.to_bytes();
+                    read.lock().unwrap().push(body);
                     let slow = number % every == 0;
                     tokio::time::sleep(if slow { SLOW } else { FAST }).await;
                     if slow {
@@ -65,6 +74,7 @@ fn endpoint(name: &'static str, every: u64) -> Endpoint {
     Endpoint {
         addr: server.addr,
         slow_finished,
+        bodies,
         _server: server,
     }
 }
@@ -171,4 +181,161 @@ async fn a_percentile_delay_is_learned_from_the_answers() {
     );
     assert!(tail < Duration::from_millis(200), "p99 {tail:?}");
     assert!(hedges >= 3.0, "{hedges} hedges");
+}
+
+/// A POST of `body` to `url`, with an `Idempotency-Key`: its latency and reply.
+async fn keyed_post(url: &str, key: &str, body: Bytes) -> (Duration, support::Reply) {
+    let post = Request::post(url)
+        .header("idempotency-key", key)
+        .body(Full::new(body))
+        .unwrap();
+    let started = Instant::now();
+    let reply = send(Version::HTTP_11, post).await.unwrap();
+    (started.elapsed(), reply)
+}
+
+/// A POST with an `Idempotency-Key` is idempotent: hedged like a GET, and both tries carry
+/// its whole 60 KiB body — the slow endpoint read it before the fast one answered. A body
+/// still arriving when the delay is up is hedged once it has all arrived; one over
+/// `replay_body_limit` (64 KiB) cannot be sent twice at once: not hedged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_with_an_idempotency_key_is_hedged_with_its_whole_body() {
+    let (slow, fast) = (endpoint("slow", 1), endpoint("fast", u64::MAX));
+    let proxy = ProxyProcess::start(
+        &yaml("keyed", &[slow.addr, fast.addr], Some("{ delay: 50ms }")),
+        1,
+    );
+    let url = format!("http://{}/orders", proxy.listener("keyed"));
+    // Round robin starts anywhere; after one request its turn is at the slow endpoint (each
+    // hedge moves the turn on to the fast one), so every first try below goes there.
+    let (_, warm_up) = keyed_post(&url, "warm-up", Bytes::from_static(b"warm-up")).await;
+    assert_eq!(warm_up.status, StatusCode::OK, "{warm_up:?}");
+    let before = counter(&proxy, "remora_hedges_total", "keyed").await;
+    slow.bodies.lock().unwrap().clear();
+    fast.bodies.lock().unwrap().clear();
+    for number in 0..6u8 {
+        let body = Bytes::from(vec![b'a' + number; 60 * 1024]);
+        let (took, reply) = keyed_post(&url, &format!("order-{number}"), body.clone()).await;
+        eprintln!(
+            "keyed POST {number}: {took:?} from {:?}",
+            reply.headers["x-endpoint"]
+        );
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        assert_eq!(reply.headers["x-endpoint"], "fast", "POST {number}");
+        assert!(took < Duration::from_millis(300), "POST {number}: {took:?}");
+        // The first try went to the slow endpoint, the hedge to the fast one: both read
+        // this very body.
+        assert_eq!(slow.bodies.lock().unwrap().last(), Some(&body), "{number}");
+        assert_eq!(fast.bodies.lock().unwrap().last(), Some(&body), "{number}");
+    }
+    assert_eq!(slow.bodies.lock().unwrap().len(), 6);
+    assert_eq!(fast.bodies.lock().unwrap().len(), 6);
+    let hedges = counter(&proxy, "remora_hedges_total", "keyed").await;
+    assert_eq!(hedges - before, 6.0);
+    assert_eq!(
+        counter(&proxy, "remora_hedge_wins_total", "keyed").await,
+        hedges
+    );
+
+    // A body still arriving when the delay is up puts the hedge off, by a delay at a time:
+    // its second half comes 120 ms in, the hedge goes at the next tick (150 ms after the
+    // first try started) with all of it, never before the body ended.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
+    let post = Request::post(&url)
+        .header("idempotency-key", "order-streamed")
+        .body(StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .unwrap();
+    let started = Instant::now();
+    let sent = tokio::spawn(support::http_client(Version::HTTP_11).request(post));
+    tx.send(Ok(Frame::data(Bytes::from_static(b"first half; "))))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    tx.send(Ok(Frame::data(Bytes::from_static(b"second half"))))
+        .await
+        .unwrap();
+    drop(tx);
+    let response = sent.await.unwrap().unwrap();
+    let took = started.elapsed();
+    eprintln!("streamed keyed POST: {took:?}");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-endpoint"], "fast");
+    assert!(
+        took >= Duration::from_millis(120) && took < Duration::from_millis(350),
+        "{took:?}"
+    );
+    let whole = Bytes::from_static(b"first half; second half");
+    assert_eq!(slow.bodies.lock().unwrap().last(), Some(&whole));
+    assert_eq!(fast.bodies.lock().unwrap().last(), Some(&whole));
+    let hedges = counter(&proxy, "remora_hedges_total", "keyed").await;
+
+    // 70 KiB is over the limit: the first try alone has the body, and waits for the slow one.
+    let large = Bytes::from(vec![b'z'; 70 * 1024]);
+    let (took, reply) = keyed_post(&url, "order-large", large.clone()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(reply.headers["x-endpoint"], "slow");
+    assert!(took >= SLOW, "{took:?}");
+    assert_eq!(slow.bodies.lock().unwrap().last(), Some(&large));
+    assert_eq!(fast.bodies.lock().unwrap().len(), 7, "no hedge");
+    assert_eq!(
+        counter(&proxy, "remora_hedges_total", "keyed").await,
+        hedges
+    );
+}
+
+/// Calls `path` of the grpcio servers through `proxy`; returns the call's latency after
+/// checking the echo.
+async fn grpcio_call(proxy: SocketAddr, path: &'static str, text: &str) -> Duration {
+    let started = Instant::now();
+    let (echo, _) = support::grpc::grpc_call(proxy, path, text)
+        .await
+        .unwrap_or_else(|status| panic!("{path} {text}: {status:?}"));
+    let took = started.elapsed();
+    assert_eq!(echo, text, "{path}");
+    took
+}
+
+/// gRPC calls are POSTs with a body (one message): with `test.Echo/Unary` listed in
+/// `idempotent_grpc_methods`, a call whose first try went to the grpcio server that answers
+/// after 500 ms is answered by a hedge to the fast one, in about the delay; `test.Echo/Write`
+/// is not listed, so it is never hedged, and the call that lands on the slow server waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_grpc_calls_are_hedged_only_for_idempotent_methods() {
+    const GRPCIO_SLOW: Duration = Duration::from_millis(500);
+    let slow = support::peers::grpcio_server(&[("delay_ms", GRPCIO_SLOW.as_millis() as i64)]);
+    let fast = support::peers::grpcio_server(&[]);
+    let yaml = TestConfig::one_upstream("grpc-hedged", "grpc", [slow.addr, fast.addr])
+        .with("load_balancing", "{ policy: round_robin }")
+        .with("hedge", "{ delay: 50ms }")
+        .with("retries", "{ idempotent_grpc_methods: [test.Echo/Unary] }")
+        .yaml();
+    let proxy = ProxyProcess::start(&yaml, 1);
+    let addr = proxy.listener("grpc-hedged");
+
+    let mut unary = Vec::new();
+    for number in 0..20 {
+        unary.push(grpcio_call(addr, "/test.Echo/Unary", &format!("get {number}")).await);
+    }
+    unary.sort();
+    let tail = unary[19];
+    eprintln!("hedged unary gRPC: p50 {:?}, max {tail:?}", unary[10]);
+    assert!(tail < Duration::from_millis(400), "slowest call {tail:?}");
+    let hedges = counter(&proxy, "remora_hedges_total", "grpc-hedged").await;
+    let wins = counter(&proxy, "remora_hedge_wins_total", "grpc-hedged").await;
+    assert!((10.0..=20.0).contains(&hedges), "{hedges} hedges");
+    assert_eq!(wins, hedges);
+
+    // Round robin alternates between the two servers: one of two calls meets the slow one.
+    let writes = [
+        grpcio_call(addr, "/test.Echo/Write", "write 1").await,
+        grpcio_call(addr, "/test.Echo/Write", "write 2").await,
+    ];
+    eprintln!("unhedged Write: {writes:?}");
+    assert!(writes.iter().any(|took| *took >= GRPCIO_SLOW), "{writes:?}");
+    assert_eq!(
+        counter(&proxy, "remora_hedges_total", "grpc-hedged").await,
+        hedges
+    );
 }

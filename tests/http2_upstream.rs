@@ -113,12 +113,7 @@ async fn a_refused_stream_is_resent_with_its_body() {
                     respond.send_reset(h2::Reason::REFUSED_STREAM);
                     return;
                 }
-                let mut body = request.into_body();
-                let mut read = Vec::new();
-                while let Some(Ok(chunk)) = body.data().await {
-                    let _ = body.flow_control().release_capacity(chunk.len());
-                    read.extend_from_slice(&chunk);
-                }
+                let read = support::h2_origin::read_body(request).await;
                 bodies
                     .lock()
                     .unwrap()

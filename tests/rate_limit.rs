@@ -1,7 +1,9 @@
 //! Rate limiting through a real proxy: offered ten times the configured rate for 2 s, remora
 //! admits rate × 2 s + burst (±5 %) and answers the rest 429 `rate_limited` with `retry-after`
 //! at once, without the backend seeing them (gRPC clients get `RESOURCE_EXHAUSTED`); keyed
-//! limits give each key — a header's value, a client's IP address — its own bucket.
+//! limits give each key — a header's value, a client's IP address, a caller's mTLS identity,
+//! a verified JWT claim (`claims_to_headers`) — its own bucket, and `overrides` a named key
+//! its own rate.
 
 mod support;
 
@@ -14,7 +16,10 @@ use http_body_util::{BodyExt, Empty};
 use tokio::time::MissedTickBehavior;
 
 use support::config::TestConfig;
-use support::{Proxy, get, grpc_echo, grpc_unary, http_backend, http_client, prom};
+use support::curl::curl;
+use support::jwt::{Keys, good_claims, provider_yaml, spec, with};
+use support::tls::{Ca, TlsFiles, spiffe};
+use support::{Proxy, ProxyProcess, get, grpc_echo, grpc_unary, http_backend, http_client, prom};
 
 fn yaml(name: &str, endpoint: SocketAddr, rate_limit: &str) -> String {
     TestConfig::one_upstream(name, "http", [endpoint])
@@ -266,4 +271,112 @@ async fn client_ip_key_gives_each_client_address_its_own_bucket() {
         "127.0.0.1 is still out of tokens"
     );
     assert_eq!(backend.requests(), 4);
+}
+
+/// The YAML of a sidecar (the `remora` binary) in front of `app` whose inbound listener has
+/// `rate_limit` and the lines `extra` (indented two spaces), plus the top-level `tail`.
+fn inbound_yaml(app: SocketAddr, rate_limit: &str, extra: &str, tail: &str) -> String {
+    format!(
+        "service: {{ name: rl-keyed, port: {} }}\nadmin: {{ listen: 127.0.0.1:0 }}\n\
+         logging: {{ access_log: false }}\n\
+         inbound:\n  listen: 127.0.0.1:0\n  rate_limit: {rate_limit}\n{extra}{tail}",
+        app.port()
+    )
+}
+
+/// Inbound requests refused by the rate limit, from `/metrics`.
+async fn inbound_limited(proxy: &ProxyProcess) -> f64 {
+    let text = prom::scrape(&format!("http://{}/metrics", proxy.admin)).await;
+    prom::sum(
+        &text,
+        "remora_rate_limited_total",
+        &[("direction", "inbound")],
+    )
+}
+
+/// `key: identity`, through the binary: two callers present their client certificates (curl),
+/// each has a bucket of its own, keyed by its SPIFFE ID — `web`'s override gives it a burst of
+/// 4, `ops` has the default 2 — and their requests, interleaved, meet 429 at their own count.
+#[tokio::test]
+async fn identity_key_gives_each_mtls_caller_its_own_bucket_and_an_override_its_own_rate() {
+    let ca = Ca::new("mesh CA");
+    let app = http_backend("app");
+    let api = TlsFiles::new(&ca.leaf("api", 1), &ca);
+    let web = TlsFiles::new(&ca.leaf("web", 2), &ca);
+    let ops = TlsFiles::new(&ca.leaf("ops", 3), &ca);
+    let rate_limit = format!(
+        "{{ requests_per_second: 0.01, burst: 2, key: identity, \
+         overrides: [{{ value: \"{}\", requests_per_second: 0.01, burst: 4 }}] }}",
+        spiffe("web")
+    );
+    let proxy = ProxyProcess::start(&inbound_yaml(app.addr, &rate_limit, "", &api.yaml("")), 1);
+    let addr = proxy.listener("inbound");
+    let (mut seen_web, mut seen_ops) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        for (caller, seen) in [(&web, &mut seen_web), (&ops, &mut seen_ops)] {
+            let (status, error, _) = curl(addr, caller, "GET", "/", &[]).await;
+            assert_eq!(status == 429, error == "rate_limited", "{status} {error}");
+            seen.push(status);
+        }
+    }
+    assert_eq!(seen_web, [200, 200, 200, 200, 429], "web");
+    assert_eq!(seen_ops, [200, 200, 429, 429, 429], "ops");
+    assert_eq!(app.requests(), 6);
+    assert_eq!(inbound_limited(&proxy).await, 4.0);
+}
+
+/// A limit keyed by a verified JWT claim, through the binary: `claims_to_headers` puts `sub`
+/// in `x-user`, which the rate limit keys on; `alice` has an override (burst 4), `bob` the
+/// default (2). An `x-user` the client sends itself is replaced by the token's, so `bob`
+/// cannot spend `alice`'s quota (nor she his).
+#[tokio::test]
+async fn a_jwt_claim_keys_the_limit_and_an_override_raises_one_caller() {
+    let keys = Keys::new(&["rsa1"]);
+    let jwks = keys.jwks_file(&["rsa1"]);
+    let app = http_backend("app");
+    let rate_limit = "{ requests_per_second: 0.01, burst: 2, key: \"header:x-user\", \
+                      overrides: [{ value: alice, requests_per_second: 0.01, burst: 4 }] }";
+    let jwt = format!(
+        "  jwt:\n    required: true\n{}",
+        provider_yaml("main", &jwks, "")
+    );
+    let proxy = ProxyProcess::start(&inbound_yaml(app.addr, rate_limit, &jwt, ""), 1);
+    let url = format!("http://{}/", proxy.listener("inbound"));
+    let tokens = keys.tokens(&[
+        spec("rsa1", "RS256", good_claims()),
+        spec(
+            "rsa1",
+            "RS256",
+            with(good_claims(), serde_json::json!({ "sub": "bob" })),
+        ),
+    ]);
+    let status = |token: &str, user: &str| {
+        let bearer = format!("Bearer {token}");
+        let (url, user) = (url.clone(), user.to_owned());
+        async move {
+            let headers = [
+                ("authorization", bearer.as_str()),
+                ("x-user", user.as_str()),
+            ];
+            let reply = support::client::call("GET", &url, &headers).await.unwrap();
+            reply.status.as_u16()
+        }
+    };
+    let (alice, bob) = (&tokens[0], &tokens[1]);
+    let mut seen_bob = Vec::new();
+    for _ in 0..3 {
+        seen_bob.push(status(bob, "alice").await);
+    }
+    assert_eq!(
+        seen_bob,
+        [200, 200, 429],
+        "bob, claiming to be alice in x-user"
+    );
+    let mut seen_alice = Vec::new();
+    for _ in 0..5 {
+        seen_alice.push(status(alice, "bob").await);
+    }
+    assert_eq!(seen_alice, [200, 200, 200, 200, 429], "alice");
+    assert_eq!(app.requests(), 6);
+    assert_eq!(inbound_limited(&proxy).await, 2.0);
 }

@@ -137,6 +137,20 @@ impl<B> Replay<B> {
         lock(&self.shared).capped
     }
 
+    /// The whole body — its data frames and trailers — once the source has
+    /// ended and the copy holds all of it; `None` while it is still arriving
+    /// or when capped. Unlike [`next_body`](Self::next_body) it supersedes
+    /// nothing: a try running beside the one still sending (a hedge) gets it.
+    pub fn whole(&self) -> Option<(Vec<Bytes>, Option<HeaderMap>)>
+    where
+        B: Body,
+    {
+        let state = lock(&self.shared);
+        // Trailers are a body's last frame.
+        let ended = state.ended || state.trailers.is_some() || state.source.is_end_stream();
+        (ended && !state.capped).then(|| (state.data.clone(), state.trailers.clone()))
+    }
+
     /// The body of the next try, superseding the previous one; `None` when
     /// capped.
     pub fn next_body(&self) -> Option<ReplayBody<B>> {
@@ -418,6 +432,40 @@ mod tests {
         let retry = replay.next_body().unwrap();
         assert!(retry.is_end_stream());
         assert_eq!(retry.size_hint().exact(), Some(0));
+    }
+
+    /// A hedge's copy exists only once the source has ended within the limit;
+    /// taking it leaves the first try's body running.
+    #[tokio::test]
+    async fn the_whole_body_is_there_once_the_source_ended_within_the_limit() {
+        let (tx, streamed) = source();
+        let (mut first, replay) = replayable(streamed, 8);
+        assert!(replay.whole().is_none(), "nothing read yet");
+        tx.send(data(b"1234")).await.unwrap();
+        assert_eq!(next_data(&mut first).await, "1234");
+        assert!(replay.whole().is_none(), "still arriving");
+        tx.send(data(b"56")).await.unwrap();
+        tx.send(Ok(Frame::trailers(trailers()))).await.unwrap();
+        drop(tx);
+        assert_eq!(next_data(&mut first).await, "56");
+        assert!(first.frame().await.unwrap().unwrap().is_trailers());
+        let (copied, copied_trailers) = replay.whole().unwrap();
+        assert_eq!(copied.concat(), b"123456");
+        assert_eq!(copied_trailers, Some(trailers()));
+        assert!(first.frame().await.is_none(), "not superseded");
+
+        let empty =
+            http_body_util::Empty::<Bytes>::new().map_err(|never| -> TestError { match never {} });
+        let (_first, replay) = replayable(empty, 8);
+        assert_eq!(replay.whole(), Some((Vec::new(), None)));
+
+        let (tx, source) = source();
+        let (mut first, replay) = replayable(source, 4);
+        tx.send(data(b"12345")).await.unwrap();
+        drop(tx);
+        assert_eq!(next_data(&mut first).await, "12345");
+        assert!(first.frame().await.is_none());
+        assert!(replay.whole().is_none(), "capped");
     }
 
     #[tokio::test]

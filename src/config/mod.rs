@@ -99,13 +99,14 @@ pub use telemetry::{
     TracingConfig,
 };
 pub use tls::{
-    AuthorizationAction, AuthorizationConfig, TlsConfig, TlsSource, UntilIntentionsLoad,
+    AuthorizationAction, AuthorizationConfig, DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+    DEFAULT_TLS_RELOAD_INTERVAL, TlsConfig, TlsSource, UntilIntentionsLoad,
 };
 pub use transparent::{Cidr, DestinationMatch, HostName, TransparentConfig, Unmatched};
 pub use upgrades::UpgradeProtocol;
 pub use upstream::{
     DEFAULT_PANIC_THRESHOLD, HashOn, LoadBalancing, LoadBalancingPolicy, LocalityPolicy, Timeouts,
-    UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig,
+    UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig, UpstreamTlsMode,
 };
 
 use env::Readable;

@@ -3,7 +3,7 @@
 //! Over 500 lines: one test per error class, each through the whole
 //! pipeline, so they share one set of helpers rather than one per section.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
@@ -1363,6 +1363,75 @@ fn tls_section_defaults_and_errors() {
         problems[1].contains("upstreams[0].tls.identity: `spiffe://td/svc/api` is not a SPIFFE ID")
     );
     assert!(errors(&format!("{SERVICE}tls:\n  source: consul\n  bogus: 1\n"))[0].contains("bogus"));
+}
+
+/// `upstreams[].tls`: `mode` defaults to `mesh`, whose keys keep their meaning; `mode:
+/// simple` needs no `tls` section, takes a name, a CA file and a client certificate with
+/// its key, and is refused without a name to verify towards IP endpoints, with half a
+/// client certificate, an unparsable name or a mesh identity.
+#[test]
+fn upstream_tls_modes() {
+    let upstream = "upstreams:\n  - name: api\n    listen: 127.0.0.1:0\n    discovery: { static: [127.0.0.1:1] }\n";
+    let mesh = parse_test(&format!(
+        "{SERVICE}tls:\n  cert: /c.pem\n  key: /k.pem\n  ca: /ca.pem\n{upstream}    tls: {{ enabled: true, identity: api }}\n"
+    ))
+    .expect("mesh keys unchanged");
+    let mesh_tls = mesh.upstreams[0].tls.clone().expect("tls");
+    assert_eq!(mesh_tls.mode, UpstreamTlsMode::Mesh);
+    assert!(mesh_tls.originates(false));
+    assert!(!UpstreamTlsConfig::default().originates(false));
+    assert!(
+        UpstreamTlsConfig::default().originates(true),
+        "Consul connect"
+    );
+
+    let simple = parse_test(&format!(
+        "{SERVICE}{upstream}    tls: {{ mode: simple, server_name: api.test.internal, ca_file: /ca.pem, cert_file: /c.pem, key_file: /k.pem }}\n"
+    ))
+    .expect("simple without a tls section");
+    let api = &simple.upstreams[0];
+    let simple_tls = api.tls.clone().expect("tls");
+    assert_eq!(simple_tls.mode, UpstreamTlsMode::Simple);
+    assert!(simple_tls.originates(false));
+    assert_eq!(simple_tls.ca_file, Some(PathBuf::from("/ca.pem")));
+    assert_eq!(api.tls_server_name().as_deref(), Some("api.test.internal"));
+    let by_ip = parse_test(&format!(
+        "{SERVICE}{upstream}    tls: {{ mode: simple, server_name: \"127.0.0.1\" }}\n"
+    ))
+    .expect("an IP server name");
+    assert_eq!(
+        by_ip.upstreams[0].tls_server_name().as_deref(),
+        Some("127.0.0.1")
+    );
+    parse_test(&format!(
+        "{SERVICE}{upstream}    tls: {{ mode: simple, enabled: false }}\n"
+    ))
+    .expect("no name needed while off");
+
+    assert_eq!(
+        errors(&format!(
+            "{SERVICE}{upstream}    tls: {{ mode: simple, identity: api, key_file: /k.pem }}\n"
+        )),
+        [
+            "test.yaml:8:10: upstreams[0].tls: `server_name` is required with `mode: simple` when the endpoints are not written with a hostname (the name the server's certificate must be valid for, sent as SNI)",
+            "test.yaml:8:36: upstreams[0].tls.identity: only used with `mode: mesh`; `mode: simple` verifies `server_name`",
+            "test.yaml:8:51: upstreams[0].tls.key_file: needs `cert_file` too (the client certificate it belongs to)",
+        ]
+    );
+    assert_eq!(
+        errors(&format!(
+            "{SERVICE}{upstream}    tls: {{ mode: simple, server_name: \"bad name!\" }}\n"
+        )),
+        [
+            "test.yaml:8:39: upstreams[0].tls.server_name: `bad name!` is neither a DNS name nor an IP address"
+        ]
+    );
+    assert_eq!(
+        errors(&format!("{SERVICE}{upstream}    tls: {{ mode: tunnel }}\n")),
+        [
+            "test.yaml:8:18: upstreams[0].tls.mode: unknown variant `tunnel`, expected one of mesh, simple"
+        ]
+    );
 }
 
 #[test]

@@ -38,12 +38,20 @@ pub struct TlsConfig {
     pub authorization: AuthorizationConfig,
 }
 
+/// `tls.reload_interval` when not written, and how often the files of
+/// `upstreams[].tls.mode: simple` are re-read in a configuration without `tls:`.
+pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
 fn default_tls_reload_interval() -> Duration {
-    Duration::from_secs(5)
+    DEFAULT_TLS_RELOAD_INTERVAL
 }
 
+/// `tls.handshake_timeout` when not written, and the bound of a
+/// `upstreams[].tls.mode: simple` handshake in a configuration without `tls:`.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn default_tls_handshake_timeout() -> Duration {
-    Duration::from_secs(10)
+    DEFAULT_TLS_HANDSHAKE_TIMEOUT
 }
 
 /// Where the mesh certificate comes from.

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::de::{self, Visitor};
@@ -124,19 +125,80 @@ impl From<ServiceProtocol> for UpstreamProtocol {
     }
 }
 
-/// Mesh mTLS towards one upstream (`upstreams[].tls:`).
+/// TLS towards one upstream (`upstreams[].tls:`): mesh mTLS to another
+/// sidecar, or TLS origination to a server outside the mesh.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsConfig {
-    /// Originate mTLS; default: on for Consul `connect: true` discovery
-    /// (when `tls:` is configured), off otherwise.
+    /// `mesh` (the default) or `simple`.
+    #[serde(default)]
+    pub mode: UpstreamTlsMode,
+    /// Originate TLS; default: with `mode: simple` on, with `mode: mesh` on
+    /// for Consul `connect: true` discovery (when `tls:` is configured), off
+    /// otherwise.
     #[serde(default)]
     pub enabled: Option<bool>,
-    /// The server identity expected: a service name (in this sidecar's trust
-    /// domain, namespace and datacenter) or a full SPIFFE ID; default: the
-    /// Consul service name, else the upstream name.
+    /// `mode: mesh`: the server identity expected: a service name (in this
+    /// sidecar's trust domain, namespace and datacenter) or a full SPIFFE
+    /// ID; default: the Consul service name, else the upstream name.
     #[serde(default)]
     pub identity: Option<String>,
+    /// `mode: simple`: the name the server's certificate must be valid for,
+    /// also sent as SNI (a DNS name, or an IP address checked against the
+    /// certificate's IP SANs); default: the host of the static endpoints
+    /// when they are written with a hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// `mode: simple`: PEM CA certificate(s) the server must chain to;
+    /// default: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// `mode: simple`: PEM client certificate chain presented to the server
+    /// (with `key_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// `mode: simple`: the PEM private key of `cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Which TLS an upstream's connections originate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamTlsMode {
+    /// Mesh mTLS: the sidecar's certificate (`tls:`), the server's SPIFFE
+    /// identity verified against the mesh CA.
+    #[default]
+    Mesh,
+    /// HTTPS to a server outside the mesh: its certificate verified for
+    /// `server_name` against `ca_file` or the system's roots, an optional
+    /// client certificate.
+    Simple,
+}
+
+impl UpstreamTlsConfig {
+    /// Whether connections originate TLS; `consul_connect`: the upstream is
+    /// discovered from Consul with `connect: true`.
+    pub fn originates(&self, consul_connect: bool) -> bool {
+        self.enabled.unwrap_or(match self.mode {
+            UpstreamTlsMode::Mesh => consul_connect,
+            UpstreamTlsMode::Simple => true,
+        })
+    }
+}
+
+impl UpstreamConfig {
+    /// `mode: simple`: the name the server's certificate is verified for
+    /// and sent as SNI: `tls.server_name`, else the hostname the endpoints
+    /// are configured with ([`Discovery::hostname`]: static endpoints that
+    /// share one host, or `discovery.dns` with `type: a`). `None` when
+    /// neither gives one (validation asks for `server_name`).
+    pub fn tls_server_name(&self) -> Option<String> {
+        if let Some(name) = self.tls.as_ref().and_then(|tls| tls.server_name.clone()) {
+            return Some(name);
+        }
+        self.discovery.hostname().map(str::to_owned)
+    }
 }
 
 /// Load-balancing policy of an upstream.

@@ -143,10 +143,7 @@ impl MeshSecurity {
             Discovery::Static(_) | Discovery::Dns(_) | Discovery::Etcd(_) => None,
         };
         let settings = upstream.tls.clone().unwrap_or_default();
-        let enabled = settings
-            .enabled
-            .unwrap_or_else(|| consul.is_some_and(|c| c.connect));
-        if !enabled {
+        if !settings.originates(consul.is_some_and(|c| c.connect)) {
             return Ok(None);
         }
         let service = (settings.identity.as_deref())
@@ -156,7 +153,7 @@ impl MeshSecurity {
             .and_then(|c| c.datacenter.as_deref())
             .or(config.consul.datacenter.as_deref());
         let expected = ExpectedIdentity::from_config(service, datacenter);
-        let tls = UpstreamTls::new(&self.material, expected, &upstream.name)
+        let tls = UpstreamTls::mesh(&self.material, expected, &upstream.name)
             .with_context(|| format!("upstream {}: TLS", upstream.name))?;
         Ok(Some(Arc::new(tls)))
     }

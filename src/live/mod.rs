@@ -19,7 +19,9 @@
 //! their serialized or `/config` forms, which redact secrets: a changed
 //! Consul token or credential header is a change. A file whose path is
 //! unchanged but whose contents changed is not (mesh TLS material has its
-//! own watches, see `mesh`).
+//! own watches, see `mesh`; the files of `upstreams[].tls.mode: simple`
+//! are watched by their upstream's TLS origination, which compares equal
+//! only while the files hold what it uses).
 //!
 //! **Listeners** are known by direction and name (`inbound`, the
 //! upstream's name, or the transparent listener; see `listening`). One
@@ -76,8 +78,8 @@
 //!
 //! **Mesh TLS** (`mesh`): the material and its watches are the process's;
 //! each apply builds the inbound authorizer from the authorization rules
-//! and each meshed upstream's TLS origination (an unchanged one compares
-//! equal, so its upstream is kept).
+//! and each upstream's TLS origination, mesh or `simple` (an unchanged one
+//! compares equal, so its upstream is kept).
 
 mod fixed;
 mod listening;

@@ -10,14 +10,16 @@ use anyhow::Context as _;
 
 use crate::client::ClientSettings;
 use crate::config::{
-    AuthorizationConfig, Config, ConnectionPool, DEFAULT_PANIC_THRESHOLD, Discovery, DnsConfig,
+    AuthorizationConfig, Config, ConnectionPool, DEFAULT_PANIC_THRESHOLD,
+    DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_RELOAD_INTERVAL, Discovery, DnsConfig,
     EndpointAddress, InboundConfig, ListenerLimits, LocalityPolicy, StaticEndpoint, Timeouts,
-    TracingConfig, UpstreamConfig, UpstreamProtocol,
+    TracingConfig, UpstreamConfig, UpstreamProtocol, UpstreamTlsMode,
 };
 use crate::context::Direction;
 use crate::discovery::static_names;
 use crate::http_connection::HttpProtocol;
 use crate::tls::outbound::UpstreamTls;
+use crate::tls::simple::SimpleTlsFiles;
 use crate::upstream::UpstreamSettings;
 
 use super::MeshSecurity;
@@ -144,10 +146,7 @@ pub(super) fn specs<'a>(
             UpstreamProtocol::Auto => Some(HttpProtocol::Auto),
             UpstreamProtocol::Tcp => None,
         };
-        let tls = match mesh {
-            Some(mesh) => mesh.upstream(upstream, config)?,
-            None => None,
-        };
+        let tls = origination(upstream, config, mesh)?;
         specs.push(Spec {
             direction: Direction::Outbound,
             name: upstream.name.clone(),
@@ -174,6 +173,42 @@ pub(super) fn specs<'a>(
         });
     }
     Ok(specs)
+}
+
+/// The TLS origination of `upstream`, if any: `mode: simple` on its own
+/// (its files read now and every `tls.reload_interval`), mesh mTLS with the
+/// process's mesh TLS.
+fn origination(
+    upstream: &UpstreamConfig,
+    config: &Config,
+    mesh: Option<&MeshSecurity>,
+) -> anyhow::Result<Option<Arc<UpstreamTls>>> {
+    let settings = upstream.tls.clone().unwrap_or_default();
+    if settings.mode == UpstreamTlsMode::Mesh {
+        return match mesh {
+            Some(mesh) => mesh.upstream(upstream, config),
+            None => Ok(None),
+        };
+    }
+    if !settings.originates(false) {
+        return Ok(None);
+    }
+    let server_name = upstream
+        .tls_server_name()
+        .with_context(|| format!("upstream {}: tls.server_name is required", upstream.name))?;
+    let files = SimpleTlsFiles {
+        ca: settings.ca_file,
+        client: settings.cert_file.zip(settings.key_file),
+    };
+    let (handshake_timeout, reload_interval) = (config.tls.as_ref()).map_or(
+        (DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_RELOAD_INTERVAL),
+        |tls| (tls.handshake_timeout, tls.reload_interval),
+    );
+    let tls = UpstreamTls::simple(&server_name, files, handshake_timeout, &upstream.name)
+        .with_context(|| format!("upstream {}: TLS", upstream.name))?;
+    let tls = Arc::new(tls);
+    tls.watch_files(reload_interval);
+    Ok(Some(tls))
 }
 
 /// This sidecar's zone when `upstream` balances `prefer_local`.

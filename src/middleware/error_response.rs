@@ -17,7 +17,7 @@ use tower::{Layer, Service};
 use crate::body::ResponseBody;
 use crate::context::ServedBy;
 use crate::error::{ErrorKind, ProxyError, TokenRejection};
-use crate::headers::{X_REMORA_ERROR, is_grpc};
+use crate::headers::{GRPC_MESSAGE, GRPC_STATUS, X_REMORA_ERROR, is_grpc};
 
 /// HTTP status of a proxy-made response.
 pub fn http_status(error: &ProxyError) -> StatusCode {
@@ -83,9 +83,9 @@ pub fn error_response(error: &ProxyError, grpc: bool) -> Response<ResponseBody> 
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        headers.insert("grpc-status", HeaderValue::from(grpc_status(error)));
+        headers.insert(GRPC_STATUS, HeaderValue::from(grpc_status(error)));
         if let Ok(value) = HeaderValue::from_str(&percent_encode(&message)) {
-            headers.insert("grpc-message", value);
+            headers.insert(GRPC_MESSAGE, value);
         }
         response
     } else {

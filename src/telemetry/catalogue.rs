@@ -421,13 +421,13 @@ pub const CATALOGUE: &[MetricDoc] = &[
         name: TLS_HANDSHAKE_ERRORS_TOTAL,
         kind: Kind::Counter,
         labels: &["direction", "upstream"],
-        meaning: "TLS handshakes that failed or timed out: inbound (`upstream` = `service.name`: no or untrusted client certificate, plaintext client, `tls.handshake_timeout`) and outbound (untrusted server, wrong identity). Registered at start, only with `tls` (outbound: for upstreams with mTLS).",
+        meaning: "TLS handshakes that failed or timed out: inbound (`upstream` = `service.name`: no or untrusted client certificate, plaintext client, `tls.handshake_timeout`) and outbound (untrusted server, wrong identity; with `upstreams[].tls.mode: simple` also a certificate not valid for `server_name` or expired, a client certificate refused). Registered at start, only with `tls` or an upstream originating TLS (outbound: for upstreams originating TLS).",
     },
     MetricDoc {
         name: TLS_CERTIFICATE_UPDATES_TOTAL,
         kind: Kind::Counter,
         labels: &["result"],
-        meaning: "TLS material installed (`ok`: at start, after a file change or a new Consul leaf/roots) or rejected (`error`: unreadable file, key not matching the certificate, bad CA). Only with `tls`.",
+        meaning: "TLS material installed (`ok`: at start, after a file change or a new Consul leaf/roots; the files of an `upstreams[].tls.mode: simple` upstream after a change, not at start) or rejected (`error`: unreadable file, key not matching the certificate, bad CA). Only with `tls` or a `mode: simple` upstream.",
     },
     MetricDoc {
         name: AUTHZ_DENIED_TOTAL,

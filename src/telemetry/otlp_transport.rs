@@ -40,6 +40,7 @@ use rustls::pki_types::pem::PemObject;
 
 use crate::config::{OtlpCompression, OtlpConfig, OtlpProtocol};
 use crate::error::error_chain;
+use crate::headers::{GRPC_MESSAGE, GRPC_STATUS};
 
 /// The gRPC method of a trace export.
 const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -253,8 +254,8 @@ impl Transport {
         let collected = body.collect().await.map_err(|e| error_chain(&e))?;
         let trailers = collected.trailers().cloned().unwrap_or_default();
         let grpc_status = |headers: &HeaderMap| {
-            let status = headers.get("grpc-status")?.to_str().ok()?.to_owned();
-            let message = (headers.get("grpc-message"))
+            let status = headers.get(GRPC_STATUS)?.to_str().ok()?.to_owned();
+            let message = (headers.get(GRPC_MESSAGE))
                 .and_then(|m| m.to_str().ok())
                 .unwrap_or_default()
                 .to_owned();

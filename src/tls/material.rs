@@ -36,11 +36,28 @@ pub enum MaterialError {
     KeyMismatch(rustls::Error),
     #[error("the CA PEM holds no usable certificate: {0}")]
     Ca(String),
+    #[error("the TLS configuration cannot be built: {0}")]
+    Config(rustls::Error),
 }
 
 /// The crypto provider remora uses (ring).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The CA certificates of PEM text; at least one.
+pub fn roots_from_pem(ca: &[u8]) -> Result<RootCertStore, MaterialError> {
+    let mut roots = RootCertStore::empty();
+    for root in CertificateDer::pem_slice_iter(ca) {
+        let root = root.map_err(|error| MaterialError::Ca(error.to_string()))?;
+        roots
+            .add(root)
+            .map_err(|error| MaterialError::Ca(error.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(MaterialError::Ca("no certificate found".into()));
+    }
+    Ok(roots)
 }
 
 /// This sidecar's TLS material.
@@ -78,17 +95,7 @@ impl Material {
         let certified_key =
             CertifiedKey::from_der(chain, key, &provider).map_err(MaterialError::KeyMismatch)?;
 
-        let mut roots = RootCertStore::empty();
-        for root in CertificateDer::pem_slice_iter(ca) {
-            let root = root.map_err(|error| MaterialError::Ca(error.to_string()))?;
-            roots
-                .add(root)
-                .map_err(|error| MaterialError::Ca(error.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(MaterialError::Ca("no certificate found".into()));
-        }
-        let roots = Arc::new(roots);
+        let roots = Arc::new(roots_from_pem(ca)?);
         let client_verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), provider)
                 .build()

@@ -1,4 +1,5 @@
-//! Mesh mutual TLS between sidecars (rustls, ring provider).
+//! Mesh mutual TLS between sidecars, and TLS origination to servers
+//! outside the mesh (rustls, ring provider).
 //!
 //! [`MeshTls`] holds the current [`Material`] (certificate, key, CA roots)
 //! behind an atomic pointer; the rustls configurations are built once and
@@ -13,7 +14,10 @@
 //! to authorization (`authorization`) and to the application. Outbound
 //! (`outbound`): connections to meshed upstreams originate TLS, present the
 //! sidecar's certificate and verify the server's chain and SPIFFE identity.
-//! Until the first material is loaded every handshake fails.
+//! Until the first material is loaded every handshake fails. Upstreams
+//! outside the mesh may originate TLS too (`simple`: the server verified by
+//! name against `ca_file` or the system's roots, session resumption on);
+//! they share the outbound connect, ALPN offers and failure accounting.
 
 pub mod authorization;
 pub mod consul;
@@ -22,6 +26,7 @@ pub mod identity;
 pub mod inbound;
 pub mod material;
 pub mod outbound;
+pub mod simple;
 pub mod stream;
 mod verify;
 
@@ -129,12 +134,12 @@ impl MeshTls {
     }
 
     /// A client configuration presenting this sidecar's certificate and
-    /// verifying the server against `expected`, offering `alpn`.
+    /// verifying the server against `expected`; no ALPN yet (see
+    /// `outbound`, which offers per connection).
     pub fn client_config(
         self: &Arc<Self>,
         expected: ExpectedIdentity,
-        alpn: Alpn,
-    ) -> Result<Arc<ClientConfig>, rustls::Error> {
+    ) -> Result<ClientConfig, rustls::Error> {
         let verifier = verify::ServerIdentityVerifier {
             tls: Arc::clone(self),
             provider: Arc::clone(&self.provider),
@@ -145,8 +150,7 @@ impl MeshTls {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_cert_resolver(Arc::new(verify::CurrentCertificate(Arc::clone(self))));
-        config.alpn_protocols = alpn.protocols();
         config.resumption = rustls::client::Resumption::disabled();
-        Ok(Arc::new(config))
+        Ok(config)
     }
 }

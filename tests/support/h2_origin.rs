@@ -36,6 +36,18 @@ where
     })
 }
 
+/// Reads the request body to its end (releasing flow-control capacity as it goes); a stream
+/// that fails keeps what arrived.
+pub async fn read_body(request: Request<RecvStream>) -> Vec<u8> {
+    let mut body = request.into_body();
+    let mut read = Vec::new();
+    while let Some(Ok(chunk)) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.len());
+        read.extend_from_slice(&chunk);
+    }
+    read
+}
+
 /// Answers `status` with an empty body.
 pub fn answer(mut respond: SendResponse<Bytes>, status: u16) {
     let response = http::Response::builder().status(status).body(()).unwrap();

@@ -46,6 +46,20 @@ pub fn require_python_module(module: &str, install: &str) {
     );
 }
 
+/// Debian's bundle of the system's trusted roots.
+pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Panics, naming the Debian package, when the system has no trusted roots
+/// (what a TLS client without its own CA file trusts).
+pub fn require_system_roots() {
+    let present = std::fs::metadata(SYSTEM_ROOTS).is_ok_and(|file| file.len() > 0);
+    assert!(
+        present,
+        "the system's root certificates ({SYSTEM_ROOTS}) are needed: apt-get install \
+         ca-certificates (scripts/test.sh installs it)"
+    );
+}
+
 /// Panics unless this process runs as root; `needs` says what for.
 pub fn require_root(needs: &str) {
     assert_eq!(

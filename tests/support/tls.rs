@@ -76,15 +76,25 @@ impl Ca {
         self.leaf_with_sans(vec![SanType::IpAddress(ip)], serial)
     }
 
+    /// A leaf for the DNS name `name` (a DNS SAN), as an HTTPS server known by that name
+    /// needs.
+    pub fn leaf_for_dns(&self, name: &str, serial: u64) -> Leaf {
+        self.leaf_with_sans(vec![SanType::DnsName(name.try_into().unwrap())], serial)
+    }
+
+    /// [`Ca::leaf_for_dns`] valid in 2000 only: long expired.
+    pub fn expired_leaf_for_dns(&self, name: &str, serial: u64) -> Leaf {
+        let mut params = leaf_params(vec![SanType::DnsName(name.try_into().unwrap())], serial);
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        self.sign(params, serial)
+    }
+
     fn leaf_with_sans(&self, sans: Vec<SanType>, serial: u64) -> Leaf {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = sans;
-        params.serial_number = Some(SerialNumber::from(serial));
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        self.sign(leaf_params(sans, serial), serial)
+    }
+
+    fn sign(&self, params: CertificateParams, serial: u64) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let serial = format!("{serial:02x}");
@@ -99,6 +109,19 @@ impl Ca {
             serial,
         }
     }
+}
+
+/// A leaf's parameters: these SANs and serial, usable by servers and clients.
+fn leaf_params(sans: Vec<SanType>, serial: u64) -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = sans;
+    params.serial_number = Some(SerialNumber::from(serial));
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params
 }
 
 /// cert.pem, key.pem and ca.pem in a directory of their own.

@@ -1,11 +1,15 @@
 //! Checks on `tls:` and `upstreams[].tls`: cert/key/ca with `source:
 //! files` (and not with `source: consul`), non-zero TLS intervals,
-//! authorization patterns and SPIFFE IDs that parse, and upstream TLS only
-//! with a `tls` section.
+//! authorization patterns and SPIFFE IDs that parse; upstream mesh TLS
+//! only with a `tls` section, `mode: simple` with a name to verify the
+//! server for and a client certificate only with its key.
+
+use rustls::pki_types::ServerName;
 
 use super::Problems;
 use crate::config::model::Config;
 use crate::config::tls::TlsSource;
+use crate::config::upstream::{UpstreamConfig, UpstreamTlsMode};
 
 pub(super) fn check_tls(config: &Config, problems: &mut Problems) {
     if let Some(tls) = &config.tls {
@@ -54,16 +58,76 @@ pub(super) fn check_tls(config: &Config, problems: &mut Problems) {
         let Some(upstream_tls) = &upstream.tls else {
             continue;
         };
-        if config.tls.is_none() && upstream_tls.enabled != Some(false) {
-            problems.add(
-                format!("upstreams[{i}].tls"),
-                "mesh TLS needs the top-level `tls` section (this sidecar's certificate)",
-            );
+        let at = |key: &str| format!("upstreams[{i}].tls{key}");
+        match upstream_tls.mode {
+            UpstreamTlsMode::Mesh => {
+                if config.tls.is_none() && upstream_tls.enabled != Some(false) {
+                    problems.add(
+                        at(""),
+                        "mesh TLS needs the top-level `tls` section (this sidecar's certificate)",
+                    );
+                }
+                if let Some(identity) = &upstream_tls.identity
+                    && let Err(message) = crate::spiffe::check_expected(identity)
+                {
+                    problems.add(at(".identity"), message);
+                }
+                let simple_only = [
+                    ("server_name", upstream_tls.server_name.is_some()),
+                    ("ca_file", upstream_tls.ca_file.is_some()),
+                    ("cert_file", upstream_tls.cert_file.is_some()),
+                    ("key_file", upstream_tls.key_file.is_some()),
+                ];
+                for (key, _) in simple_only.iter().filter(|(_, present)| *present) {
+                    problems.add(
+                        at(&format!(".{key}")),
+                        "only used with `mode: simple` (mesh TLS verifies the SPIFFE identity with the mesh CA)",
+                    );
+                }
+            }
+            UpstreamTlsMode::Simple => check_simple(upstream, &at, problems),
         }
-        if let Some(identity) = &upstream_tls.identity
-            && let Err(message) = crate::spiffe::check_expected(identity)
-        {
-            problems.add(format!("upstreams[{i}].tls.identity"), message);
+    }
+}
+
+/// `mode: simple`: a name to verify the server for, a client certificate
+/// with its key, no mesh identity.
+fn check_simple(upstream: &UpstreamConfig, at: &dyn Fn(&str) -> String, problems: &mut Problems) {
+    let Some(tls) = &upstream.tls else {
+        return;
+    };
+    if tls.identity.is_some() {
+        problems.add(
+            at(".identity"),
+            "only used with `mode: mesh`; `mode: simple` verifies `server_name`",
+        );
+    }
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(_), None) => problems.add(
+            at(".cert_file"),
+            "needs `key_file` too (the client certificate's private key)",
+        ),
+        (None, Some(_)) => problems.add(
+            at(".key_file"),
+            "needs `cert_file` too (the client certificate it belongs to)",
+        ),
+        _ => {}
+    }
+    match (&tls.server_name, upstream.tls_server_name()) {
+        (Some(name), _) => {
+            if ServerName::try_from(name.as_str()).is_err() {
+                problems.add(
+                    at(".server_name"),
+                    format!("`{name}` is neither a DNS name nor an IP address"),
+                );
+            }
         }
+        (None, None) if tls.originates(false) => problems.add(
+            at(""),
+            "`server_name` is required with `mode: simple` when the endpoints are not \
+             written with a hostname (the name the server's certificate must be valid for, \
+             sent as SNI)",
+        ),
+        (None, _) => {}
     }
 }

@@ -5,9 +5,16 @@
 //! which cancels them (HTTP/2: `RST_STREAM`; HTTP/1.1: the connection is
 //! closed). Up to `max_extra` hedges, one more every `delay`.
 //!
-//! - Only requests that are idempotent ([`super::idempotency`]) and have no
-//!   body are hedged: two tries in flight at once need two copies of the
-//!   body, and a streamed one cannot be split.
+//! - Only requests that are idempotent ([`super::idempotency`]) are hedged.
+//! - The first try streams the body as usual while the retry layer keeps its
+//!   copy (`replay_body_limit`). A hedge is sent only with the whole body:
+//!   when its time comes, the client's body must have ended and the copy must
+//!   hold all of it ([`Replay::whole_body`]); each hedge then sends a body of
+//!   its own, made from the copy, beside the first try still sending. A body
+//!   still arriving (a client stream) puts the hedge off by another `delay`;
+//!   a body over the limit is never hedged. Bodiless requests (a GET) and
+//!   unary gRPC calls, whose one message arrives at once, are hedged after
+//!   `delay`.
 //! - Each hedge takes one retry from the retry budget; with the budget
 //!   spent, no hedge is sent (`remora_retry_budget_exhausted_total`).
 //! - An answer that is a failure to retry (`on`) does not win while other
@@ -25,7 +32,6 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
@@ -33,7 +39,7 @@ use http::{Request, Response};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{Replay, RequestBody, ResponseBody};
 use crate::config::{HedgeDelay, HedgePolicy};
 use crate::context::{AvoidEndpoint, PickedEndpoint};
 use crate::error::ProxyError;
@@ -109,14 +115,17 @@ impl Hedge {
     }
 }
 
-/// The first try and its hedges, raced: the first good answer, else the
-/// last failure.
+/// The first try (with `body`, streamed) and its hedges (with copies of the
+/// whole body from `replay`), raced: the first good answer, else the last
+/// failure.
 pub(super) async fn race<S>(
     shared: &Arc<Shared>,
     hedge: &Hedge,
     inner: S,
     template: &Request<()>,
     delay: Duration,
+    body: RequestBody,
+    replay: &Replay,
 ) -> Tried
 where
     S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = ProxyError>
@@ -127,7 +136,7 @@ where
 {
     let mut tries = FuturesUnordered::new();
     let mut picked = Vec::new();
-    let (first, endpoint) = start(shared, &inner, template, 0, None);
+    let (first, endpoint) = start(shared, &inner, template, 0, None, body);
     tries.push(first);
     picked.push(endpoint);
     let mut extra = 0;
@@ -147,10 +156,21 @@ where
                 }
             }
             () = &mut timer, if extra < hedge.max_extra => {
+                let Some(body) = replay.whole_body() else {
+                    if replay.is_capped() {
+                        // Over the limit: no try but the first can have the body.
+                        extra = hedge.max_extra;
+                    } else {
+                        // Still arriving: looked at again after another delay.
+                        timer.as_mut().reset(Instant::now() + delay);
+                    }
+                    continue;
+                };
                 extra += 1;
                 if shared.budget.try_withdraw() {
                     shared.metrics.hedges.increment(1);
-                    let (hedged, endpoint) = start(shared, &inner, template, extra, picked.last());
+                    let last = picked.last();
+                    let (hedged, endpoint) = start(shared, &inner, template, extra, last, body);
                     tries.push(hedged);
                     picked.push(endpoint);
                     timer.as_mut().reset(Instant::now() + delay);
@@ -163,15 +183,16 @@ where
     }
 }
 
-/// Try `number` (0: the first), avoiding the endpoint `avoid` was sent to:
-/// its future (the try's number and result) and the
-/// endpoint it will be sent to, once picked.
+/// Try `number` (0: the first) with `body`, avoiding the endpoint `avoid`
+/// was sent to: its future (the try's number and result) and the endpoint it
+/// will be sent to, once picked.
 fn start<S>(
     shared: &Arc<Shared>,
     inner: &S,
     template: &Request<()>,
     number: u32,
     avoid: Option<&PickedEndpoint>,
+    body: RequestBody,
 ) -> (BoxFuture<'static, (u32, Tried)>, PickedEndpoint)
 where
     S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = ProxyError>
@@ -181,7 +202,7 @@ where
     S::Future: Send + 'static,
 {
     let endpoint = PickedEndpoint::default();
-    let mut request = copy(template, RequestBody::buffered(Bytes::new(), None));
+    let mut request = copy(template, body);
     request.extensions_mut().insert(endpoint.clone());
     if let Some(addr) = avoid.and_then(PickedEndpoint::get) {
         request.extensions_mut().insert(AvoidEndpoint(addr));

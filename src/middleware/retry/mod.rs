@@ -30,8 +30,9 @@
 //!
 //! # Replay safety
 //!
-//! Only when the policy could retry (`attempts > 1`) is the request body made
-//! replayable, with `RequestBody::replayable(replay_body_limit)` (see
+//! Only when the policy could retry (`attempts > 1`) or hedge (an idempotent
+//! request under `hedge`, whose hedges send copies of the whole body: see
+//! [`hedge`]) is the request body made replayable, with `RequestBody::replayable(replay_body_limit)` (see
 //! `crate::body::replay`). The first try is sent at once and its body streams
 //! upstream frame by frame as the client sends it — a bidirectional gRPC
 //! stream flows as without retries — while a copy of the data and trailers is
@@ -94,7 +95,6 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use http::{Request, Response, Version};
-use http_body::Body;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
@@ -218,7 +218,7 @@ where
     shared.budget.deposit();
     let upgrade = request.version() <= Version::HTTP_11 && is_upgrade_request(request.headers());
     let hedge = (shared.hedge.as_ref())
-        .filter(|_| request.body().is_end_stream() && !upgrade)
+        .filter(|_| !upgrade)
         .filter(|_| shared.idempotency.is_idempotent(&request))
         .and_then(|hedge| Some((hedge, hedge.delay()?)));
     if (shared.attempts <= 1 && hedge.is_none()) || upgrade {
@@ -236,7 +236,16 @@ where
     loop {
         let tried = match hedge {
             Some((hedge, delay)) if retries == 0 => {
-                hedge::race(&shared, hedge, inner.clone(), &template, delay).await
+                hedge::race(
+                    &shared,
+                    hedge,
+                    inner.clone(),
+                    &template,
+                    delay,
+                    body,
+                    &replay,
+                )
+                .await
             }
             _ => {
                 let mut request = copy(&template, body);

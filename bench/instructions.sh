@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Instructions remora executes per request (user space, counted by valgrind's callgrind), for
+# paired A/B comparisons of code changes on a machine too noisy for timings. Instruction
+# counts do not move with the load of other processes: two runs of the same binary agree
+# within about 0.1 %, so a change of 1 % shows. They leave out the kernel's work and cache
+# effects, so they complement bench/run.sh rather than replace it. See bench/README.md.
+#
+#   bench/instructions.sh                          # target/release/remora, both configs
+#   bench/instructions.sh A=path/to/old B=path/to/new   # the binaries side by side
+#
+# Each binary runs under callgrind behind the no-policy config and bench/full-stack.yaml (the
+# whole stack), in front of a single-thread HAProxy answering every request; after a warm-up,
+# the counters are zeroed, wrk sends HTTP/1.1 keep-alive requests (10 connections) for
+# DURATION seconds, and the instructions counted are divided by the requests wrk completed.
+#
+# Environment (defaults): DURATION=6 (s), ROUNDS=2 (each binary and config measured this many
+# times, alternating), REMORA_BIN=<repo>/target/release/remora (when no NAME=path is given).
+# Needs the Debian packages valgrind, wrk, haproxy, curl, python3.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DURATION=${DURATION:-6}
+ROUNDS=${ROUNDS:-2}
+READY_TIMEOUT=60 # seconds: a binary starts slowly under callgrind
+
+BINARIES=()
+OTHER_ARGS=()
+for arg in "$@"; do
+  if [[ "$arg" == *=* ]]; then BINARIES+=("$arg"); else OTHER_ARGS+=("$arg"); fi
+done
+set -- "${OTHER_ARGS[@]}"
+((${#BINARIES[@]})) || BINARIES=("remora=${REMORA_BIN:-$ROOT/target/release/remora}")
+
+LOG_TAG=instructions
+TMP_PREFIX=remora-instructions
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
+
+for tool in valgrind callgrind_control callgrind_annotate wrk haproxy curl python3; do
+  command -v "$tool" >/dev/null || die "$tool not found (apt-get install valgrind wrk haproxy curl python3)"
+done
+require_integers DURATION ROUNDS
+for binary in "${BINARIES[@]}"; do
+  [[ -x "${binary#*=}" ]] || die "${binary#*=} is not an executable (build it: cargo build --release)"
+done
+
+read -r ORIGIN_PORT LISTEN_PORT SECOND_PORT ADMIN_PORT <<<"$(free_ports 4)"
+
+cat >"$TMP/origin.cfg" <<EOF
+global
+    nbthread 1
+defaults
+    mode http
+    timeout client 30s
+    timeout server 30s
+    timeout connect 5s
+frontend origin
+    bind 127.0.0.1:$ORIGIN_PORT
+    http-request return status 200 content-type text/plain string "hello"
+EOF
+haproxy -db -f "$TMP/origin.cfg" >"$TMP/origin.log" 2>&1 &
+PIDS+=($!)
+
+cat >"$TMP/remora.yaml" <<EOF
+service: { name: bench }
+admin: { listen: "127.0.0.1:$ADMIN_PORT" }
+logging: { level: warn, access_log: false }
+upstreams:
+  - name: origin
+    listen: 127.0.0.1:$LISTEN_PORT
+    protocol: http
+    discovery: { static: ["127.0.0.1:$ORIGIN_PORT"] }
+EOF
+
+# Instructions per request of binary $1 with config $2.
+measure() {
+  local binary=$1 config=$2 url="http://127.0.0.1:$LISTEN_PORT/" pid requests total
+  BENCH_ADMIN=127.0.0.1:$ADMIN_PORT BENCH_LISTEN=127.0.0.1:$LISTEN_PORT \
+    BENCH_SECOND_LISTEN=127.0.0.1:$SECOND_PORT BENCH_ORIGIN=127.0.0.1:$ORIGIN_PORT \
+    BENCH_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.%p" \
+    "$binary" run --config "$config" >"$TMP/remora.log" 2>&1 &
+  pid=$!
+  local deadline=$((SECONDS + READY_TIMEOUT))
+  until [[ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$url")" == 200 ]]; do
+    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$TMP/remora.log" >&2; die "$binary exited"; }
+    ((SECONDS < deadline)) || die "$binary not ready at $url after ${READY_TIMEOUT}s"
+    sleep 0.2
+  done
+  wrk -t1 -c10 -d2s "$url" >/dev/null
+  callgrind_control --zero "$pid" >/dev/null 2>&1
+  requests=$(wrk -t1 -c10 -d"${DURATION}s" "$url" | awk '/requests in/ { print $1 }')
+  callgrind_control --dump "$pid" >/dev/null 2>&1
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  total=$(callgrind_annotate "$(ls -t "$TMP"/callgrind."$pid".* | head -n1)" 2>/dev/null |
+    awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+  rm -f "$TMP"/callgrind."$pid"*
+  echo $((total / requests))
+}
+
+declare -A FIGURES
+for ((round = 1; round <= ROUNDS; round++)); do
+  for binary in "${BINARIES[@]}"; do
+    for config in remora full; do
+      file="$TMP/remora.yaml"
+      [[ $config == full ]] && file="$ROOT/bench/full-stack.yaml"
+      log "round $round: ${binary%%=*} $config"
+      FIGURES[${binary%%=*} $config]+="$(measure "${binary#*=}" "$file") "
+    done
+  done
+done
+
+echo "Run $(date -u +%Y-%m-%dT%H:%MZ), $(valgrind --version), HTTP/1.1 keep-alive, wrk -c10," \
+  "${DURATION}s per measurement, $ROUNDS rounds (median; all figures in brackets)."
+echo
+echo "| binary | no policy, instructions/request | whole stack, instructions/request |"
+echo "|---|---:|---:|"
+for binary in "${BINARIES[@]}"; do
+  name=${binary%%=*}
+  echo "| $name | $(median "${FIGURES[$name remora]}") (${FIGURES[$name remora]% }) |" \
+    "$(median "${FIGURES[$name full]}") (${FIGURES[$name full]% }) |"
+done
