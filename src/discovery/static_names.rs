@@ -1,4 +1,5 @@
-//! The hostnames of a `discovery.static` list (`api.example.com:443`): each
+//! The hostnames of a static endpoint list (`api.example.com:443`, in
+//! `discovery.static` or a routing backend's `static`): each
 //! name is resolved to its A and AAAA records by a DNS loop of its own (see
 //! `dns`: re-resolved when the TTL expires, clamped to the `dns:` section's
 //! `[min_refresh, max_refresh]`; fail static; failures counted in
@@ -79,23 +80,24 @@ impl StaticNames {
         entries: &[StaticEndpoint],
         resolver: &NameResolver,
     ) -> Option<Self> {
-        let names: Vec<_> = (entries.iter().enumerate())
-            .filter_map(|(i, entry)| match &entry.address {
-                EndpointAddress::Name { host, port } => Some((i, host, *port, entry.weight)),
-                EndpointAddress::Ip(_) => None,
-            })
-            .filter_map(|(i, host, port, weight)| match dns_name(host) {
-                Ok(name) => Some((i, name, port, weight)),
-                // Config validation admits only names hickory reads.
-                Err(error) => {
-                    tracing::error!(upstream = upstream.name(), %error, "hostname left out");
-                    None
+        let mut kept = Vec::with_capacity(entries.len());
+        let mut names = Vec::new();
+        for entry in entries {
+            if let EndpointAddress::Name { host, port } = &entry.address {
+                match dns_name(host) {
+                    Ok(name) => names.push((kept.len(), name, *port, entry.weight)),
+                    // Config validation admits only names hickory reads.
+                    Err(error) => {
+                        tracing::error!(upstream = upstream.name(), %error, "hostname left out");
+                        continue;
+                    }
                 }
-            })
-            .collect();
+            }
+            kept.push(entry.clone());
+        }
         (!names.is_empty()).then(|| Self {
             upstream,
-            entries: entries.to_vec(),
+            entries: kept,
             resolver: resolver.resolver.clone(),
             names,
             refresh: resolver.refresh,
