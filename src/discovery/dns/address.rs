@@ -3,9 +3,11 @@
 //! AAAA records, asked for separately, become endpoints at the configured
 //! port and weight.
 //!
-//! A family without records (NODATA) just contributes nothing; the name not
-//! existing (NXDOMAIN), no address in either family, or either query failing
-//! (timeout, SERVFAIL) fails the round, so that a transient failure of one
+//! A family without records just contributes nothing: NODATA, or NXDOMAIN
+//! (what a name gets for the family `/etc/hosts` does not list, when the
+//! hosts file answers the other one — glibc too takes the file's word).
+//! No address in either family, or either query failing (timeout,
+//! SERVFAIL, REFUSED), fails the round, so that a transient failure of one
 //! family never shrinks the set. The answer is valid for the shortest TTL
 //! of the records.
 //!
@@ -17,7 +19,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 
 use super::{Answer, DnsError};
@@ -60,7 +61,7 @@ pub(in crate::discovery) async fn lookup(
 }
 
 /// The answer records of one family; none when the name has no record of
-/// that type (NODATA), an error when it does not exist or the query failed.
+/// that type (NODATA, NXDOMAIN), an error when the query failed.
 async fn family(
     resolver: &TokioResolver,
     name: &Name,
@@ -68,17 +69,12 @@ async fn family(
 ) -> Result<Vec<Record>, DnsError> {
     match resolver.lookup(name.clone(), record_type).await {
         Ok(lookup) => Ok(lookup.answers().to_vec()),
-        Err(error) if is_nodata(&error) => Ok(Vec::new()),
+        Err(error) if error.is_no_records_found() => Ok(Vec::new()),
         Err(source) => Err(DnsError::Addresses {
             name: name.to_string(),
             source: Box::new(source),
         }),
     }
-}
-
-/// The name exists but has no record of the asked type.
-fn is_nodata(error: &NetError) -> bool {
-    error.is_no_records_found() && !error.is_nx_domain()
 }
 
 /// A/AAAA records (for `name` when given) as (address, TTL).

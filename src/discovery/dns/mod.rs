@@ -69,7 +69,7 @@ pub enum DnsError {
     },
     #[error("address lookup of {name} failed: {source}")]
     Addresses { name: String, source: Box<NetError> },
-    #[error("{name} has no A or AAAA record")]
+    #[error("{name} has no A or AAAA record (NXDOMAIN or NODATA)")]
     NoAddresses { name: String },
 }
 
