@@ -111,7 +111,67 @@ fn happy_eyeballs_order(ips: Vec<IpAddr>) -> Vec<IpAddr> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
+    use hickory_resolver::proto::op::{Message, OpCode, ResponseCode};
+    use hickory_resolver::proto::rr::rdata::A;
+
     use super::*;
+    use crate::discovery::dns::{dns_name, resolver};
+
+    /// A DNS server on 127.0.0.1 answering every A query with 10.0.0.1 and
+    /// every AAAA query with `aaaa` (an empty answer).
+    async fn server(aaaa: ResponseCode) -> SocketAddr {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buffer = [0u8; 512];
+            while let Ok((n, from)) = socket.recv_from(&mut buffer).await {
+                let query = Message::from_vec(&buffer[..n]).expect("a query");
+                let question = query.queries[0].clone();
+                let mut reply = Message::response(query.metadata.id, OpCode::Query);
+                reply.metadata.recursion_desired = query.metadata.recursion_desired;
+                reply.metadata.recursion_available = true;
+                reply.add_query(question.clone());
+                if question.query_type() == RecordType::A {
+                    let a = RData::A(A(Ipv4Addr::new(10, 0, 0, 1)));
+                    reply.add_answer(Record::from_rdata(question.name().clone(), 30, a));
+                } else {
+                    reply.metadata.response_code = aaaa;
+                }
+                let _ = socket.send_to(&reply.to_vec().unwrap(), from).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_family_without_records_is_empty_and_a_failing_family_fails_the_round() {
+        let name = dns_name("api.test.internal").unwrap();
+        for (aaaa, resolves) in [
+            (ResponseCode::NoError, true),
+            (ResponseCode::NXDomain, true),
+            (ResponseCode::ServFail, false),
+            (ResponseCode::Refused, false),
+        ] {
+            let resolver = resolver(Some(server(aaaa).await)).unwrap();
+            let answer = lookup(&resolver, &name, 80, 2).await;
+            if resolves {
+                let answer = answer.unwrap_or_else(|e| panic!("AAAA {aaaa}: {e}"));
+                let expected = WeightedAddr {
+                    addr: "10.0.0.1:80".parse().unwrap(),
+                    weight: 2,
+                };
+                assert_eq!(answer.endpoints, [expected], "AAAA {aaaa}");
+                assert_eq!(answer.ttl, Duration::from_secs(30));
+            } else {
+                assert!(
+                    matches!(answer, Err(DnsError::Addresses { .. })),
+                    "AAAA {aaaa}: {answer:?}"
+                );
+            }
+        }
+    }
 
     fn ips(texts: &[&str]) -> Vec<IpAddr> {
         texts.iter().map(|text| text.parse().unwrap()).collect()
