@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests use: procps for `kill` (signals to the real
 # binary), curl (an HTTP client we did not write, presenting a client
 # certificate to the inbound listener: tests/authorization.rs),
-# dnsmasq-base for a real DNS server (DNS SRV discovery), chromium
+# dnsmasq-base for a real DNS server (DNS SRV discovery, hostnames), chromium
 # to load the admin dashboard headless, iptables, iproute2 (`ip netns`) and
 # util-linux (`setpriv`) for transparent mode's network-namespace tests, with
 # openssl (`openssl s_server`, the HTTPS origin the egress policy lets

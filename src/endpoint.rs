@@ -41,16 +41,6 @@ pub struct WeightedAddr {
     pub weight: u32,
 }
 
-impl WeightedAddr {
-    /// `addrs`, each at weight 1 (sources without weights).
-    pub fn weight_one(addrs: &[SocketAddr]) -> Vec<WeightedAddr> {
-        addrs
-            .iter()
-            .map(|&addr| WeightedAddr { addr, weight: 1 })
-            .collect()
-    }
-}
-
 /// The HTTP version remora speaks to an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamVersion {

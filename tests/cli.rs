@@ -120,6 +120,59 @@ fn validate_reports_every_problem_with_its_position() {
     );
 }
 
+const DNS_PROBLEMS: &str = "\
+service: { name: test }
+upstreams:
+  - name: by-a
+    listen: 127.0.0.1:0
+    discovery: { dns: { name: api.example.com, type: a } }
+  - name: by-srv
+    listen: 127.0.0.1:0
+    discovery: { dns: { name: _api._tcp.example.com, port: 443 } }
+dns: { min_refresh: 5s, max_refresh: 1s }
+admin: { listen: 127.0.0.1:0 }
+";
+
+/// `discovery.dns`: `type: a` without `port`, `srv` with one; the `dns:`
+/// section's bounds out of order.
+#[test]
+fn validate_reports_dns_keys_with_their_position() {
+    assert_validate_reports(
+        DNS_PROBLEMS,
+        &[
+            (
+                5,
+                "dns",
+                "upstreams[0].discovery.dns.port",
+                "required with `type: a`",
+            ),
+            (
+                8,
+                "443",
+                "upstreams[1].discovery.dns.port",
+                "only with `type: a`",
+            ),
+            (9, "1s", "dns.max_refresh", "must be at least min_refresh"),
+        ],
+    );
+    let bad_hostname = "\
+service: { name: test }
+upstreams:
+  - name: api
+    listen: 127.0.0.1:0
+    discovery: { static: [127.0.0.1:8081, api.example.com] }
+";
+    assert_validate_reports(
+        bad_hostname,
+        &[(
+            5,
+            "api.example.com",
+            "upstreams[0].discovery.static[1]",
+            "invalid endpoint `api.example.com`: expected `ip:port` or `host:port`",
+        )],
+    );
+}
+
 /// `remora validate` on `yaml` exits 1 and prints one line per expected
 /// `(line, text the column points at, path, message start)`, in that order.
 fn assert_validate_reports(yaml: &str, expected: &[(usize, &str, &str, &str)]) {

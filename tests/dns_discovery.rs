@@ -10,127 +10,45 @@
 
 mod support;
 
-use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http::{StatusCode, Version};
 
 use support::config::{TestConfig, Upstream};
+use support::dnsmasq::{Dnsmasq, free_dns_port};
+use support::traffic::{
+    hammer, hammer_until, served_by, wait_for_traffic_on, wait_for_traffic_on_each,
+};
 use support::{Backend, Proxy, get, http_backend, prom};
 
 const SRV_NAME: &str = "_api._tcp.service.consul";
 const UPSTREAM: &str = "dns-api";
 
-/// A dnsmasq serving SRV records on 127.0.0.1:`port`; killed on drop.
-struct Dnsmasq {
-    child: Child,
-}
+/// dnsmasq serving SRV records of `SRV_NAME` (see `support::dnsmasq`).
+struct SrvRecords;
 
-impl Dnsmasq {
-    /// Starts dnsmasq with one SRV record of `SRV_NAME` per backend, at
-    /// weight 1; returns once it answers.
+impl SrvRecords {
+    /// One SRV record of `SRV_NAME` per backend, at weight 1.
     fn start(port: u16, backends: &[&Backend]) -> Dnsmasq {
         let weighted: Vec<(&Backend, u16)> = backends.iter().map(|backend| (*backend, 1)).collect();
         Self::start_weighted(port, &weighted)
     }
 
-    /// Starts dnsmasq with one SRV record of `SRV_NAME` per backend (a host
-    /// `api-<i>.node.consul` at 127.0.0.1, the backend's port, priority 0
-    /// and the given weight); returns once it answers.
+    /// One SRV record of `SRV_NAME` per backend (a host `api-<i>.node.consul`
+    /// at 127.0.0.1, the backend's port, priority 0 and the given weight).
     fn start_weighted(port: u16, backends: &[(&Backend, u16)]) -> Dnsmasq {
-        support::requirements::require_tool("dnsmasq", "dnsmasq-base");
-        let mut command = Command::new("dnsmasq");
-        command.args([
-            "--no-daemon",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            "--pid-file=",
-            "--local-ttl=1",
-            "--log-facility=-",
-            "--quiet-dhcp",
-        ]);
-        command.arg(format!("--port={port}"));
         // A record for another name keeps dnsmasq authoritative-looking when
         // `backends` is empty (then `SRV_NAME` has no record at all).
-        command.arg("--host-record=other.node.consul,127.0.0.2");
+        let mut records = vec!["--host-record=other.node.consul,127.0.0.2".to_owned()];
         for (i, (backend, weight)) in backends.iter().enumerate() {
             let host = format!("api-{i}.node.consul");
-            command.arg(format!(
+            records.push(format!(
                 "--srv-host={SRV_NAME},{host},{},0,{weight}",
                 backend.addr.port()
             ));
-            command.arg(format!("--host-record={host},127.0.0.1"));
+            records.push(format!("--host-record={host},127.0.0.1"));
         }
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("dnsmasq starts");
-        let mut dnsmasq = Dnsmasq { child };
-        if !answers_within(port, Duration::from_secs(10)) {
-            dnsmasq.kill();
-            let mut said = String::new();
-            if let Some(mut stderr) = dnsmasq.child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut stderr, &mut said);
-            }
-            panic!("dnsmasq did not answer on port {port} within 10 s; it said: {said}");
-        }
-        dnsmasq
-    }
-
-    fn stop(mut self) {
-        self.kill();
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Sends a bare SRV query until something answers, for `within` at most.
-fn answers_within(port: u16, within: Duration) -> bool {
-    let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in SRV_NAME.split('.') {
-        query.push(label.len() as u8);
-        query.extend_from_slice(label.as_bytes());
-    }
-    query.extend_from_slice(&[0, 0, 33, 0, 1]);
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let deadline = Instant::now() + within;
-    let mut buffer = [0u8; 512];
-    while Instant::now() < deadline {
-        socket.send_to(&query, ("127.0.0.1", port)).unwrap();
-        if socket.recv(&mut buffer).is_ok() {
-            return true;
-        }
-    }
-    false
-}
-
-/// A port free for both UDP and TCP (dnsmasq listens on both), taken below
-/// the kernel's ephemeral range (32768–60999) so that no outgoing connection
-/// of this or another test can take it between now and dnsmasq's start.
-fn free_dns_port() -> u16 {
-    loop {
-        let port = fastrand::u16(20_000..32_000);
-        let udp = UdpSocket::bind(("127.0.0.1", port));
-        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
-        if udp.is_ok() && tcp.is_ok() {
-            return port;
-        }
+        Dnsmasq::start(port, &records)
     }
 }
 
@@ -141,15 +59,6 @@ fn yaml(resolver_port: u16) -> String {
         .with("load_balancing", "{ policy: round_robin }")
         .with("timeouts", "{ connect: 1s, request: 2s }")
         .yaml()
-}
-
-/// `GET /` through the proxy: the answering backend's name, or the failure.
-async fn call(proxy: SocketAddr) -> Result<String, String> {
-    match get(Version::HTTP_11, &format!("http://{proxy}/")).await {
-        Ok(reply) if reply.status == StatusCode::OK => Ok(reply.body),
-        Ok(reply) => Err(format!("status {}: {}", reply.status, reply.body)),
-        Err(error) => Err(error.to_string()),
-    }
 }
 
 async fn ready_status(proxy: &Proxy) -> StatusCode {
@@ -169,45 +78,6 @@ async fn discovery_errors(proxy: &Proxy) -> f64 {
     .unwrap_or(0.0)
 }
 
-/// Calls the proxy until every reply comes from one of `names` (10 in a row)
-/// or `within` passes; returns how long that took.
-async fn wait_for_traffic_on(proxy: SocketAddr, names: &[&str], within: Duration) -> Duration {
-    let start = Instant::now();
-    let mut in_a_row = 0;
-    while in_a_row < 10 {
-        assert!(
-            start.elapsed() < within,
-            "traffic did not move to {names:?} within {within:?}"
-        );
-        match call(proxy).await {
-            Ok(name) if names.contains(&name.as_str()) => in_a_row += 1,
-            _ => {
-                in_a_row = 0;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-    start.elapsed()
-}
-
-/// Calls the proxy for `duration`; returns (requests, failures).
-async fn hammer(proxy: SocketAddr, duration: Duration, expected: &str) -> (usize, usize) {
-    let start = Instant::now();
-    let (mut requests, mut failures) = (0, 0);
-    while start.elapsed() < duration {
-        requests += 1;
-        match call(proxy).await {
-            Ok(name) if name == expected => {}
-            other => {
-                failures += 1;
-                eprintln!("unexpected reply during the DNS outage: {other:?}");
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    (requests, failures)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
     let first = http_backend("dns-first");
@@ -219,7 +89,7 @@ async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
     // No DNS server yet: not ready, no endpoints, failures counted (a query
     // to a silent UDP port fails after the 2 s query timeout).
     assert_eq!(ready_status(&proxy).await, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(call(listener).await.is_err());
+    assert!(served_by(listener).await.is_err());
     let start = Instant::now();
     while discovery_errors(&proxy).await < 1.0 {
         assert!(
@@ -231,22 +101,22 @@ async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
     assert_eq!(ready_status(&proxy).await, StatusCode::SERVICE_UNAVAILABLE);
 
     // First answer: ready, traffic on the SRV target.
-    let dns = Dnsmasq::start(dns_port, &[&first]);
+    let dns = SrvRecords::start(dns_port, &[&first]);
     let took = wait_for_traffic_on(listener, &["dns-first"], Duration::from_secs(15)).await;
     eprintln!("first answer reached traffic in {took:?}");
     assert_eq!(ready_status(&proxy).await, StatusCode::OK);
 
     // Records change (server restarted on the same port): traffic moves.
     dns.stop();
-    let dns = Dnsmasq::start(dns_port, &[&second]);
+    let dns = SrvRecords::start(dns_port, &[&second]);
     let took = wait_for_traffic_on(listener, &["dns-second"], Duration::from_secs(5)).await;
     eprintln!("record change reached traffic in {took:?}");
 
     // The server answers without a record for the name: last endpoints kept.
     dns.stop();
-    let dns = Dnsmasq::start(dns_port, &[]);
+    let dns = SrvRecords::start(dns_port, &[]);
     let errors_before = discovery_errors(&proxy).await;
-    let (requests, failures) = hammer(listener, Duration::from_secs(2), "dns-second").await;
+    let (requests, failures) = hammer(listener, Duration::from_secs(2), &["dns-second"]).await;
     eprintln!("no record for 2 s: {requests} requests, {failures} failed");
     assert_eq!(failures, 0);
     assert!(discovery_errors(&proxy).await > errors_before);
@@ -257,17 +127,14 @@ async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
     dns.stop();
     let errors_before = discovery_errors(&proxy).await;
     let start = Instant::now();
-    let (mut requests, mut failures) =
-        hammer(listener, Duration::from_millis(3500), "dns-second").await;
-    while discovery_errors(&proxy).await <= errors_before {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no discovery error counted while DNS is down"
-        );
-        let (more, failed) = hammer(listener, Duration::from_millis(500), "dns-second").await;
-        requests += more;
-        failures += failed;
-    }
+    let (requests, failures) = hammer_until(
+        listener,
+        &["dns-second"],
+        Duration::from_millis(3500),
+        Duration::from_secs(20),
+        || async { discovery_errors(&proxy).await > errors_before },
+    )
+    .await;
     let errors = discovery_errors(&proxy).await - errors_before;
     eprintln!(
         "DNS down for {:?}: {requests} requests, {failures} failed, {errors} discovery errors",
@@ -277,7 +144,7 @@ async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
     assert_eq!(ready_status(&proxy).await, StatusCode::OK);
 
     // The server comes back with both: discovery recovers (within the 10 s backoff cap).
-    let _dns = Dnsmasq::start(dns_port, &[&first, &second]);
+    let _dns = SrvRecords::start(dns_port, &[&first, &second]);
     let took = wait_for_traffic_on_each(
         listener,
         &["dns-first", "dns-second"],
@@ -288,31 +155,12 @@ async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
     proxy.shutdown().await;
 }
 
-/// Calls the proxy until each of `names` answered; returns how long it took.
-async fn wait_for_traffic_on_each(proxy: SocketAddr, names: &[&str], within: Duration) -> Duration {
-    let start = Instant::now();
-    let mut answered = vec![false; names.len()];
-    while answered.contains(&false) {
-        assert!(
-            start.elapsed() < within,
-            "traffic did not reach each of {names:?} within {within:?}"
-        );
-        if let Ok(name) = call(proxy).await
-            && let Some(i) = names.iter().position(|expected| *expected == name)
-        {
-            answered[i] = true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srv_weights_become_balancing_weights() {
     let heavy = http_backend("dns-heavy");
     let light = http_backend("dns-light");
     let dns_port = free_dns_port();
-    let _dns = Dnsmasq::start_weighted(dns_port, &[(&heavy, 3), (&light, 1)]);
+    let _dns = SrvRecords::start_weighted(dns_port, &[(&heavy, 3), (&light, 1)]);
     let proxy = Proxy::start(&yaml(dns_port)).await;
     let listener = proxy.upstream(UPSTREAM);
     wait_for_traffic_on_each(
@@ -324,7 +172,7 @@ async fn srv_weights_become_balancing_weights() {
 
     let (heavy_before, light_before) = (heavy.requests(), light.requests());
     for _ in 0..400 {
-        call(listener).await.expect("a reply");
+        served_by(listener).await.expect("a reply");
     }
     let (heavy_served, light_served) = (
         heavy.requests() - heavy_before,

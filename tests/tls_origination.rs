@@ -5,7 +5,8 @@
 //! (SNI, protocol, whether the session was resumed, the client certificate's verdict), so
 //! the tests read it from the body. Certificate errors (wrong name, expired, unknown CA)
 //! answer 502 `connect_failed`, with rustls's reason in the log and
-//! `remora_tls_handshake_errors_total` counted.
+//! `remora_tls_handshake_errors_total` counted. Without `server_name`, the hostname of
+//! the endpoints (resolved by dnsmasq, Debian `dnsmasq-base`) is the name.
 
 mod support;
 
@@ -17,6 +18,7 @@ use http::{StatusCode, Version};
 
 use support::client::{Reply, get};
 use support::config::{TestConfig, Upstream};
+use support::dnsmasq::{Dnsmasq, HostsFile, free_dns_port};
 use support::peers::{Peer, nginx};
 use support::prom;
 use support::proxy::{ConfigFile, ProxyProcess};
@@ -393,6 +395,49 @@ async fn replaced_files_are_used_without_a_reload_and_broken_ones_rejected() {
 
 /// `remora validate`: `mode: simple` towards IP endpoints without `server_name`, and a
 /// client certificate without its key, are refused with their positions.
+/// Without `server_name`, the hostname the static endpoint is written with
+/// (resolved by a real DNS server, dnsmasq) is the verified name and SNI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hostname_of_the_endpoints_is_the_default_server_name() {
+    let (_ca, files) = named_origin_files(7);
+    let origin = https_origin(&files, "", "");
+    let hosts = HostsFile::new(&[("127.0.0.1", NAME)]);
+    let dns_port = free_dns_port();
+    let _dns = Dnsmasq::start(
+        dns_port,
+        &["--local=/test.internal/".to_owned(), hosts.option()],
+    );
+    let tls = format!(
+        "{{ mode: simple, ca_file: {} }}",
+        files.dir.join("ca.pem").display()
+    );
+    let endpoint = format!("{NAME}:{}", origin.addr.port());
+    let config = TestConfig::new()
+        .upstream(Upstream::to("api", [endpoint]).with("tls", tls))
+        .section("dns", format!("{{ resolver: 127.0.0.1:{dns_port} }}"));
+    let proxy = start(config, 1);
+
+    let start = std::time::Instant::now();
+    let reply = loop {
+        let reply = call(&proxy, "api").await;
+        if reply.status != StatusCode::SERVICE_UNAVAILABLE {
+            break reply;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the name never resolved"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert!(
+        reply.body.starts_with(&format!("sni={NAME} ")),
+        "{}",
+        reply.body
+    );
+    assert_eq!(handshake_errors(&proxy, "api").await, 0.0);
+}
+
 #[test]
 fn validation_asks_for_server_name_and_the_client_key() {
     let yaml = "\

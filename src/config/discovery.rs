@@ -1,5 +1,7 @@
 //! An upstream's `discovery:`: where its endpoints come from — a static
-//! list, a Consul service, an etcd service prefix or DNS SRV records.
+//! list (IPs and hostnames), a Consul service, an etcd service prefix or
+//! DNS (SRV, or A/AAAA records); and the top-level `dns:` section, how the
+//! hostnames of static lists are resolved.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -9,6 +11,7 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::duration;
+use super::endpoint_address::EndpointAddress;
 
 /// Where an upstream's endpoints come from (exactly one source).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -18,17 +21,36 @@ pub enum Discovery {
     Static(Vec<StaticEndpoint>),
     /// The healthy instances of a Consul service, watched with blocking queries.
     Consul(ConsulDiscovery),
-    /// DNS SRV records (see `discovery::dns`).
+    /// DNS SRV or A/AAAA records (see `discovery::dns`).
     Dns(DnsDiscovery),
     /// The instances under `<etcd.prefix><service>/`, watched (see `discovery::etcd`).
     Etcd(EtcdDiscovery),
 }
 
-/// One `discovery.static` entry: `ip:port`, or `{ address: ip:port, weight: N,
-/// zone: Z }` to give it a balancing weight other than 1 or a zone.
+impl Discovery {
+    /// The one hostname the endpoints are addresses of, as configured: a
+    /// static list whose entries all name the same host, or `dns` with
+    /// `type: a` (e.g. the default TLS server name of the upstream). `None`
+    /// for IPs, SRV records (each target its own host) and registries.
+    pub fn hostname(&self) -> Option<&str> {
+        match self {
+            Discovery::Static(entries) => {
+                let first = entries.first()?.address.host()?;
+                let same = |entry: &StaticEndpoint| entry.address.host() == Some(first);
+                entries.iter().all(same).then_some(first)
+            }
+            Discovery::Dns(dns) if dns.record_type == DnsRecordType::A => Some(&dns.name),
+            Discovery::Dns(_) | Discovery::Consul(_) | Discovery::Etcd(_) => None,
+        }
+    }
+}
+
+/// One `discovery.static` entry: `ip:port` or `host:port`, or `{ address,
+/// weight: N, zone: Z }` to give it a balancing weight other than 1 or a
+/// zone (a hostname's addresses all get them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticEndpoint {
-    pub address: SocketAddr,
+    pub address: EndpointAddress,
     pub weight: u32,
     /// The zone the endpoint runs in (locality-aware balancing).
     pub zone: Option<String>,
@@ -38,7 +60,7 @@ pub struct StaticEndpoint {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WeightedStaticEndpoint {
-    address: SocketAddr,
+    address: EndpointAddress,
     #[serde(default = "default_static_weight")]
     weight: u32,
     #[serde(default)]
@@ -77,13 +99,11 @@ impl<'de> Visitor<'de> for StaticEndpointVisitor {
     type Value = StaticEndpoint;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("`ip:port` or `{ address: ip:port, weight: N, zone: Z }`")
+        f.write_str("`ip:port`, `host:port` or `{ address, weight: N, zone: Z }`")
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<StaticEndpoint, E> {
-        let address = text
-            .parse()
-            .map_err(|_| E::custom(format!("invalid endpoint `{text}`: expected `ip:port`")))?;
+        let address = text.parse().map_err(E::custom)?;
         Ok(StaticEndpoint {
             address,
             weight: 1,
@@ -102,13 +122,23 @@ impl<'de> Visitor<'de> for StaticEndpointVisitor {
     }
 }
 
-/// `discovery: { dns: { ... } }`: endpoints from the SRV records of `name`.
+/// `discovery: { dns: { ... } }`: endpoints from the SRV records of `name`,
+/// or (`type: a`) its A and AAAA records at `port`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DnsDiscovery {
-    /// The SRV name, e.g. `_api._tcp.service.consul`.
+    /// The SRV name, e.g. `_api._tcp.service.consul`; with `type: a` a
+    /// hostname.
     pub name: String,
-    /// The DNS server (UDP); default: the system resolver from `/etc/resolv.conf`.
+    /// Which records give the endpoints.
+    #[serde(default, rename = "type")]
+    pub record_type: DnsRecordType,
+    /// The endpoints' port with `type: a` (required there, refused with
+    /// `srv`, whose records carry ports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The DNS server (UDP); default: the top-level `dns.resolver`, else the
+    /// system resolver from `/etc/resolv.conf`.
     #[serde(default)]
     pub resolver: Option<SocketAddr>,
     /// Re-query no sooner than this, even when the answer's TTL is shorter.
@@ -117,6 +147,43 @@ pub struct DnsDiscovery {
     /// Re-query at least this often, even when the answer's TTL is longer.
     #[serde(default = "default_dns_max_refresh", with = "duration")]
     pub max_refresh: Duration,
+}
+
+/// `discovery.dns.type`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DnsRecordType {
+    /// SRV records: targets, ports and weights.
+    #[default]
+    Srv,
+    /// A and AAAA records (both families) of the name, at `port`.
+    A,
+}
+
+/// The top-level `dns:` section: how hostnames in `discovery.static`
+/// lists are resolved (and the default resolver of `discovery.dns`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// The DNS server (UDP); default: the system resolver from `/etc/resolv.conf`.
+    #[serde(default)]
+    pub resolver: Option<SocketAddr>,
+    /// Re-resolve a name no sooner than this, even when its TTL is shorter.
+    #[serde(default = "default_dns_min_refresh", with = "duration")]
+    pub min_refresh: Duration,
+    /// Re-resolve a name at least this often, even when its TTL is longer.
+    #[serde(default = "default_dns_max_refresh", with = "duration")]
+    pub max_refresh: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            resolver: None,
+            min_refresh: default_dns_min_refresh(),
+            max_refresh: default_dns_max_refresh(),
+        }
+    }
 }
 
 fn default_dns_min_refresh() -> Duration {

@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::endpoint_address::is_dns_name;
 use super::transparent::Cidr;
 
 /// `transparent.egress`: the exceptions to `unmatched: refuse`.
@@ -95,12 +96,7 @@ impl FromStr for EgressHost {
             Some(domain) => (true, domain),
             None => (false, name.as_str()),
         };
-        let valid_label = |label: &str| {
-            !label.is_empty()
-                && label.len() <= 63
-                && (label.bytes()).all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        };
-        if !domain.split('.').all(valid_label) || domain.len() > 253 || port == Some(0) {
+        if !is_dns_name(domain) || port == Some(0) {
             return Err(invalid());
         }
         let name = if wildcard {

@@ -44,6 +44,7 @@ mod deserialize;
 mod discovery;
 mod duration;
 mod egress;
+mod endpoint_address;
 mod env;
 mod error;
 mod etcd;
@@ -82,9 +83,11 @@ pub use concurrency::AdaptiveConcurrency;
 pub use config_source::{ConfigSource, ConsulKvSource, EtcdKeySource};
 pub use consul::{ConsulConfig, Secret};
 pub use discovery::{
-    ConsulDiscovery, ConsulFailover, Discovery, DnsDiscovery, EtcdDiscovery, StaticEndpoint,
+    ConsulDiscovery, ConsulFailover, Discovery, DnsConfig, DnsDiscovery, DnsRecordType,
+    EtcdDiscovery, StaticEndpoint,
 };
 pub use egress::{EgressAllow, EgressConfig, EgressHost, EgressName};
+pub use endpoint_address::{EndpointAddress, is_hostname};
 pub use error::{ConfigError, ConfigErrors};
 pub use etcd::EtcdConfig;
 pub use fallback::{FallbackConfig, FallbackResponse, FallbackTrigger};

@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 use super::admin::AdminConfig;
 use super::config_source::ConfigSource;
 use super::consul::ConsulConfig;
+use super::discovery::{Discovery, DnsConfig};
 use super::etcd::EtcdConfig;
 use super::inbound::InboundConfig;
 use super::rate_limit::RateLimitScope;
+use super::routing::BackendConfig;
 use super::runtime::RuntimeConfig;
 use super::service::ServiceConfig;
 use super::telemetry::{LoggingConfig, TracingConfig};
@@ -37,6 +39,9 @@ pub struct Config {
     /// The etcd cluster (discovery, registration, config source); unused when absent.
     #[serde(default)]
     pub etcd: Option<EtcdConfig>,
+    /// How hostnames of static endpoint lists are resolved.
+    #[serde(default)]
+    pub dns: DnsConfig,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
@@ -76,6 +81,24 @@ impl Config {
             upstream.rate_limit.iter().chain(routes)
         });
         (inbound.chain(upstreams)).any(|limit| limit.scope == RateLimitScope::Service)
+    }
+
+    /// True when a static endpoint list (of an upstream or a routing
+    /// backend) names a host, which the `dns:` section resolves.
+    pub fn resolves_hostnames(&self) -> bool {
+        (self.upstreams.iter()).any(|upstream| {
+            let listed = match &upstream.discovery {
+                Discovery::Static(endpoints) => {
+                    (endpoints.iter()).any(|e| e.address.host().is_some())
+                }
+                Discovery::Consul(_) | Discovery::Dns(_) | Discovery::Etcd(_) => false,
+            };
+            let backends = (upstream.backends.values()).any(|backend| match backend {
+                BackendConfig::Static(addresses) => addresses.iter().any(|a| a.host().is_some()),
+                BackendConfig::Subset(_) | BackendConfig::Upstream(_) => false,
+            });
+            listed || backends
+        })
     }
 
     /// True when Consul is this sidecar's registry (where it registers and

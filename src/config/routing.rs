@@ -7,13 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::duration;
+use super::endpoint_address::EndpointAddress;
 use super::fallback::FallbackConfig;
 use super::hedge::HedgePolicy;
 use super::rate_limit::RateLimitConfig;
@@ -29,8 +29,9 @@ pub const DEFAULT_BACKEND: &str = "default";
 pub enum BackendConfig {
     /// The upstream's discovered instances that carry these tags and meta values.
     Subset(SubsetConfig),
-    /// A fixed list of endpoints.
-    Static(Vec<SocketAddr>),
+    /// A fixed list of endpoints, `ip:port` or `host:port` (resolved as a
+    /// `discovery.static` hostname is).
+    Static(Vec<EndpointAddress>),
     /// Another upstream's endpoints (and its breaker and outlier state).
     Upstream(String),
 }

@@ -354,7 +354,7 @@ colour: blue
             "test.yaml:9:27: upstreams[0].timeouts.retry: unknown field `retry`, expected one of connect, request, idle",
             "test.yaml:10:78: upstreams[1].weight: unknown field `weight`, expected one of name, listen, hosts, addresses, protocol, discovery, load_balancing, timeouts, connection_pool, retries, hedge, rate_limit, request_token, circuit_breaker, outlier_detection, health_check, fallback, max_concurrent_requests, adaptive_concurrency, fault, tls, backends, routes, limits, upgrades, path_normalization",
             "test.yaml:12:3: admin.extra: unknown field `extra`, expected one of listen, max_connections, header_read_timeout, allowed_hosts, tap",
-            "test.yaml:14:1: colour: unknown field `colour`, expected one of service, inbound, upstreams, consul, etcd, admin, runtime, logging, tracing, config_source, tls, transparent",
+            "test.yaml:14:1: colour: unknown field `colour`, expected one of service, inbound, upstreams, consul, etcd, dns, admin, runtime, logging, tracing, config_source, tls, transparent",
         ]
     );
 }
@@ -460,8 +460,8 @@ upstreams:
         [
             "test.yaml:2:9: service.name: expected string scalar",
             "test.yaml:4:5: upstreams[0]: missing field `discovery`",
-            "test.yaml:8:27: upstreams[1].discovery.static[0]: invalid endpoint `localhost`: expected `ip:port`",
-            "test.yaml:8:51: upstreams[1].discovery.static[2]: invalid endpoint `nope`: expected `ip:port`",
+            "test.yaml:8:27: upstreams[1].discovery.static[0]: invalid endpoint `localhost`: expected `ip:port` or `host:port`",
+            "test.yaml:8:51: upstreams[1].discovery.static[2]: invalid endpoint `nope`: expected `ip:port` or `host:port`",
         ]
     );
 }
@@ -484,7 +484,7 @@ fn a_misplaced_section_is_an_unknown_key() {
     assert_eq!(
         errors(text),
         [
-            "test.yaml:2:1: routes: unknown field `routes`, expected one of service, inbound, upstreams, consul, etcd, admin, runtime, logging, tracing, config_source, tls, transparent"
+            "test.yaml:2:1: routes: unknown field `routes`, expected one of service, inbound, upstreams, consul, etcd, dns, admin, runtime, logging, tracing, config_source, tls, transparent"
         ]
     );
 }
@@ -511,7 +511,7 @@ upstreams:
     assert_eq!(
         errors(text),
         [
-            "test.yaml:9:29: upstreams[1].discovery.static[1]: invalid endpoint `localhost`: expected `ip:port`"
+            "test.yaml:9:29: upstreams[1].discovery.static[1]: invalid endpoint `localhost`: expected `ip:port` or `host:port`"
         ]
     );
 }
@@ -1024,6 +1024,124 @@ upstreams:
     assert_eq!(found.len(), 2, "{found:?}");
     assert!(found[0].contains("upstreams[0].discovery.dns.name: needs an SRV name"));
     assert!(found[1].contains("upstreams[0].discovery.dns.min_refresh: must be more than 0s"));
+}
+
+#[test]
+fn static_lists_take_hostnames_beside_ips() {
+    let text = "service: { name: web }
+upstreams:
+  - name: api
+    listen: 127.0.0.1:9001
+    discovery:
+      static:
+        - api.example.com:443
+        - 10.0.0.1:80
+        - { address: backup.example.com:8443, weight: 3, zone: b }
+";
+    let config = parse_test(text).unwrap_or_else(|e| panic!("{e}"));
+    let Discovery::Static(endpoints) = &config.upstreams[0].discovery else {
+        panic!("static discovery expected");
+    };
+    let hosts: Vec<Option<&str>> = endpoints.iter().map(|e| e.address.host()).collect();
+    assert_eq!(
+        hosts,
+        [Some("api.example.com"), None, Some("backup.example.com")]
+    );
+    assert_eq!(endpoints[2].address.to_string(), "backup.example.com:8443");
+    // Two hosts (and an IP): no one hostname.
+    assert_eq!(config.upstreams[0].discovery.hostname(), None);
+    let one_host: Discovery = serde_saphyr::from_str(
+        "static: [\"api.example.com:443\", { address: \"api.example.com:8443\", weight: 2 }]",
+    )
+    .unwrap();
+    assert_eq!(one_host.hostname(), Some("api.example.com"));
+    assert_eq!(
+        (endpoints[2].weight, endpoints[2].zone.as_deref()),
+        (3, Some("b"))
+    );
+    assert_eq!(config.dns, DnsConfig::default());
+    assert_eq!(config.dns.min_refresh, Duration::from_secs(1));
+    assert_eq!(config.dns.max_refresh, Duration::from_secs(60));
+    // `/config` shows them as written.
+    let shown = crate::config::shown(&config).expect("shown");
+    assert!(shown.contains("api.example.com:443"), "{shown}");
+
+    let text = "service: { name: web }
+upstreams:
+  - name: api
+    listen: 127.0.0.1:9001
+    discovery: { static: [\"api.example.com:0\", { address: \"api_x.example.com:80\" }] }
+dns: { resolver: 127.0.0.1:53, min_refresh: 0s, max_refresh: 0s }
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:5:27: upstreams[0].discovery.static[0]: invalid endpoint `api.example.com:0`: expected `ip:port` or `host:port`",
+            "test.yaml:5:59: upstreams[0].discovery.static[1].address: invalid endpoint `api_x.example.com:80`: expected `ip:port` or `host:port`",
+        ]
+    );
+    let text = "service: { name: web }
+upstreams:
+  - name: api
+    listen: 127.0.0.1:9001
+    discovery: { static: [api.example.com:443] }
+dns: { resolver: 127.0.0.1:53, min_refresh: 0s, max_refresh: 0s }
+";
+    assert_eq!(
+        errors(text),
+        ["test.yaml:6:45: dns.min_refresh: must be more than 0s"]
+    );
+}
+
+#[test]
+fn dns_discovery_of_a_and_aaaa_records_needs_a_hostname_and_a_port() {
+    let text = "service: { name: web }
+upstreams:
+  - name: api
+    listen: 127.0.0.1:9001
+    discovery: { dns: { name: api.example.com, type: a, port: 443 } }
+";
+    let config = parse_test(text).unwrap_or_else(|e| panic!("{e}"));
+    let Discovery::Dns(dns) = &config.upstreams[0].discovery else {
+        panic!("dns discovery expected");
+    };
+    assert_eq!((dns.record_type, dns.port), (DnsRecordType::A, Some(443)));
+    assert_eq!(
+        config.upstreams[0].discovery.hostname(),
+        Some("api.example.com")
+    );
+
+    let text = "service: { name: web }
+upstreams:
+  - name: a
+    listen: 127.0.0.1:9001
+    discovery: { dns: { name: api.example.com, type: a } }
+  - name: b
+    listen: 127.0.0.1:9002
+    discovery: { dns: { name: _api._tcp.example.com, port: 443 } }
+  - name: c
+    listen: 127.0.0.1:9003
+    discovery: { dns: { name: _api._tcp.example.com, type: a, port: 0 } }
+  - name: d
+    listen: 127.0.0.1:9004
+    discovery: { dns: { name: api.example.com, type: aaaa, port: 1 } }
+";
+    assert_eq!(
+        errors(text),
+        [
+            "test.yaml:14:54: upstreams[3].discovery.dns.type: unknown variant `aaaa`, expected one of srv, a"
+        ]
+    );
+    let text = text.replace("type: aaaa", "type: a");
+    assert_eq!(
+        errors(&text),
+        [
+            "test.yaml:5:18: upstreams[0].discovery.dns.port: required with `type: a` (A and AAAA records carry no port)",
+            "test.yaml:8:60: upstreams[1].discovery.dns.port: only with `type: a` (SRV records carry the ports)",
+            "test.yaml:11:31: upstreams[2].discovery.dns.name: `_api._tcp.example.com` is not a hostname (`type: a`)",
+            "test.yaml:11:69: upstreams[2].discovery.dns.port: must be 1 to 65535",
+        ]
+    );
 }
 
 #[test]

@@ -189,34 +189,15 @@ impl UpstreamTlsConfig {
 
 impl UpstreamConfig {
     /// `mode: simple`: the name the server's certificate is verified for
-    /// and sent as SNI: `tls.server_name`, else the host the static
-    /// endpoints are written with, when they share one that is a hostname.
-    /// `None` when neither gives one (validation asks for `server_name`).
+    /// and sent as SNI: `tls.server_name`, else the hostname the endpoints
+    /// are configured with ([`Discovery::hostname`]: static endpoints that
+    /// share one host, or `discovery.dns` with `type: a`). `None` when
+    /// neither gives one (validation asks for `server_name`).
     pub fn tls_server_name(&self) -> Option<String> {
         if let Some(name) = self.tls.as_ref().and_then(|tls| tls.server_name.clone()) {
             return Some(name);
         }
-        let Discovery::Static(endpoints) = &self.discovery else {
-            return None;
-        };
-        // Seam for hostname endpoints (`host:port`): a static endpoint is an
-        // IP address today, which gives no name; an endpoint written with a
-        // hostname hands its host here.
-        let mut hosts = endpoints
-            .iter()
-            .map(|endpoint| endpoint.address.ip().to_string());
-        let first = hosts.next()?;
-        let shared = hosts.all(|host| host == first);
-        (shared).then(|| hostname(&first)).flatten()
-    }
-}
-
-/// `host` when it is a hostname rather than an IP address literal.
-fn hostname(host: &str) -> Option<String> {
-    let literal = host.trim_start_matches('[').trim_end_matches(']');
-    match literal.parse::<std::net::IpAddr>() {
-        Ok(_) => None,
-        Err(_) => Some(host.to_owned()),
+        self.discovery.hostname().map(str::to_owned)
     }
 }
 

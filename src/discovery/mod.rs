@@ -1,5 +1,6 @@
 //! Where upstream endpoints come from. `static` lists are applied once when
-//! the upstream is built (see `app.rs`); `consul`, `etcd` and `dns` run
+//! the upstream is built (see `live`), their hostnames resolved and
+//! re-resolved by `static_names`; `consul`, `etcd` and `dns` run
 //! watches that update upstreams' endpoint sets, failing static (the
 //! registries' shared bookkeeping is `fail_static`); `failover` chooses among
 //! the Consul watches of several datacenters. Consul and etcd
@@ -14,6 +15,7 @@ pub mod etcd;
 mod fail_static;
 pub mod failover;
 pub mod instances;
+pub mod static_names;
 
 pub use fail_static::FailStatic;
 
@@ -39,6 +41,18 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// An endpoint of a static list: no tags, its zone as meta.
+    pub fn listed(addr: SocketAddr, weight: u32, zone: Option<&str>) -> Instance {
+        Instance {
+            addr,
+            weight,
+            tags: Vec::new(),
+            meta: (zone.iter())
+                .map(|zone| (ZONE_META.to_owned(), (*zone).to_owned()))
+                .collect(),
+        }
+    }
+
     /// The zone the instance runs in, when known.
     pub fn zone(&self) -> Option<&str> {
         self.meta.get(ZONE_META).map(String::as_str)

@@ -64,13 +64,14 @@
 //! upstream whose settings (protocol, load balancing, connect and idle
 //! timeouts, TLS origination, breaker, outlier detection, rate limit) and
 //! discovery source
-//! are unchanged is kept whole (a changed static list is set in place).
+//! are unchanged is kept whole (a changed static list of IPs is set in place).
 //! Otherwise a successor takes over its endpoints — with their
 //! connection pools, load and outlier state while the connect and idle
 //! timeouts are unchanged — and its breaker while the breaker's settings are
 //! unchanged. A static endpoint list is applied in place. A Consul watch
-//! (one per distinct query) or a DNS task is restarted only when the
-//! upstreams it feeds, its own settings or the `consul` section changed (an
+//! (one per distinct query) or a DNS task (discovery `dns`, or the hostnames
+//! of a static list) is restarted only when the upstreams it feeds, its own
+//! settings, the `dns` section or the `consul` section changed (an
 //! etcd watch, one per service, likewise with the `etcd` section); an
 //! upstream whose discovery changed keeps its current endpoints until the
 //! new source answers, like discovery's fail-static.
@@ -93,10 +94,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use tokio::sync::Mutex;
 
 use crate::config::{Config, ConsulConfig, Discovery, EtcdConfig};
 use crate::context::Direction;
+use crate::discovery::static_names::NameResolver;
 use crate::drain::DrainController;
 use crate::routing::backends::Backends;
 use crate::telemetry::sinks::RequestSinks;
@@ -270,7 +273,7 @@ impl LiveProxy {
         let mut accepting = std::mem::take(&mut state.retired);
         // Dropping a listener closes its socket once its accept loop has stopped.
         for site in std::mem::take(&mut state.sites) {
-            if let Some(dns) = &site.dns {
+            if let Some(dns) = &site.resolving {
                 dns.signal();
             }
             accepting.extend(site.listening.map(|listening| listening.accepting));
@@ -291,10 +294,14 @@ impl LiveProxy {
             _ => None,
         };
         let specs = specs(&config, self.mesh.as_ref())?;
+        let names = (config.resolves_hostnames())
+            .then(|| NameResolver::new(&config.dns))
+            .transpose()
+            .context("dns: cannot resolve the hostnames of static lists")?;
         let mut listeners = Vec::new();
         for spec in &specs {
             listeners.push(
-                self.plan_site(state, &config, spec, authorizer.as_ref())
+                self.plan_site(state, &config, spec, authorizer.as_ref(), names.as_ref())
                     .await?,
             );
         }
@@ -369,7 +376,7 @@ impl LiveProxy {
             if let Some(listening) = gone.listening {
                 remove_listener(&mut state.retired, listening, gone.direction, &gone.name);
             }
-            if let Some(dns) = gone.dns {
+            if let Some(dns) = gone.resolving {
                 dns.signal();
             }
         }

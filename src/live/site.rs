@@ -8,11 +8,12 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, Discovery};
+use crate::config::{Config, Discovery, DnsConfig};
 use crate::context::Direction;
 use crate::discovery::Instance;
 use crate::discovery::dns::DnsDiscoverer;
-use crate::drain::DrainController;
+use crate::discovery::static_names::{NameResolver, StaticNames, listed_ips};
+use crate::drain::{Drain, DrainController};
 use crate::http_connection::HttpProtocol;
 use crate::routing::backends::Backends;
 use crate::server::Handler;
@@ -25,7 +26,7 @@ use super::listening::{
     AcceptSource, HandlerSource, Listening, PlannedSocket, commit_socket, plan_socket,
     remove_listener,
 };
-use super::spec::{Section, Spec, StackSource, access_log_share, static_instances};
+use super::spec::{Section, Spec, StackSource, access_log_share, names_hosts};
 use super::swap::{StackSlot, SwappableService};
 use super::{LiveProxy, State};
 
@@ -38,14 +39,16 @@ pub(super) struct Site {
     pub(super) listening: Option<Listening>,
     pub(super) upstream: Arc<Upstream>,
     pub(super) discovery: Discovery,
+    /// The `dns:` section the discovery task was started with.
+    dns: DnsConfig,
     /// What the stack was built from.
     stack_source: StackSource,
     /// `None` for a TCP upstream.
     pub(super) stack: Option<StackSlot>,
     /// The stack's routing backends (outbound HTTP).
     pub(super) backends: Option<Arc<Backends>>,
-    /// The DNS discovery task, when discovery is `dns`.
-    pub(super) dns: Option<DrainController>,
+    /// The DNS task, when discovery is `dns` or a static list names hosts.
+    pub(super) resolving: Option<DrainController>,
 }
 
 impl Site {
@@ -61,6 +64,7 @@ pub(super) struct Planned {
     socket: Option<PlannedSocket>,
     pub(super) upstream: Arc<Upstream>,
     pub(super) discovery: Discovery,
+    dns: DnsConfig,
     /// A static list to set on the upstream at commit.
     set_endpoints: Option<Vec<Instance>>,
     stack_source: StackSource,
@@ -68,8 +72,30 @@ pub(super) struct Planned {
     /// A new stack to install.
     new_stack: Option<HttpService>,
     backends: Option<Arc<Backends>>,
-    /// A new DNS discovery task.
-    new_dns: Option<DnsDiscoverer>,
+    /// A new DNS task.
+    new_resolving: Option<Resolving>,
+    /// Resolves the hostnames of static lists (routing backends' too).
+    names: Option<NameResolver>,
+}
+
+/// A DNS task to start: discovery `dns`, or the hostnames of a static list.
+enum Resolving {
+    Dns(DnsDiscoverer),
+    Names(StaticNames),
+}
+
+impl Resolving {
+    fn spawn(self, drain: Drain) {
+        match self {
+            Resolving::Dns(discoverer) => discoverer.spawn(drain),
+            Resolving::Names(names) => names.spawn(drain),
+        }
+    }
+}
+
+/// True when `discovery` runs a DNS task.
+fn resolves(discovery: &Discovery) -> bool {
+    matches!(discovery, Discovery::Dns(_)) || names_hosts(discovery)
 }
 
 impl LiveProxy {
@@ -80,19 +106,27 @@ impl LiveProxy {
         config: &Config,
         spec: &Spec<'_>,
         authorizer: Option<&Arc<Authorizer>>,
+        names: Option<&NameResolver>,
     ) -> anyhow::Result<Planned> {
         let old = (state.sites.iter()).find(|site| site.is(spec.direction, &spec.name));
 
         // A discovery task that is replaced may still be finishing an answer:
         // a successor makes sure it cannot write into the upstream that runs
-        // on. Static lists have no task and are set in place.
-        let same_feed = old.is_some_and(|site| {
+        // on. Static lists of IPs have no task and are set in place.
+        // The `dns` section concerns the hostnames of a static list (a `dns`
+        // discovery's default resolver is in its `discovery` already).
+        let same_discovery = old.is_some_and(|site| {
             site.discovery == spec.discovery
-                || matches!(
+                && (site.dns == spec.dns || !names_hosts(&spec.discovery))
+        });
+        let same_feed = same_discovery
+            || old.is_some_and(|site| {
+                matches!(
                     (&site.discovery, &spec.discovery),
                     (Discovery::Static(_), Discovery::Static(_))
-                )
-        });
+                ) && !names_hosts(&site.discovery)
+                    && !names_hosts(&spec.discovery)
+            });
         let upstream = match old {
             Some(site) if site.upstream.settings == spec.settings && same_feed => {
                 Arc::clone(&site.upstream)
@@ -101,16 +135,18 @@ impl LiveProxy {
             None => {
                 let upstream = Upstream::new(spec.settings.clone(), &[]);
                 if let Discovery::Static(endpoints) = &spec.discovery {
-                    upstream.set_instances(&static_instances(endpoints));
+                    upstream.set_instances(&listed_ips(endpoints));
                 }
                 Arc::new(upstream)
             }
         };
         let same_upstream = old.is_some_and(|site| Arc::ptr_eq(&site.upstream, &upstream));
-        let same_discovery = old.is_some_and(|site| site.discovery == spec.discovery);
+        // A list with hostnames is handed over by its task, once resolved.
         let set_endpoints = match &spec.discovery {
-            Discovery::Static(endpoints) if old.is_some() && !same_discovery => {
-                Some(static_instances(endpoints))
+            Discovery::Static(endpoints)
+                if old.is_some() && !same_discovery && !names_hosts(&spec.discovery) =>
+            {
+                Some(listed_ips(endpoints))
             }
             _ => None,
         };
@@ -163,18 +199,18 @@ impl LiveProxy {
             None => None,
         };
 
-        let new_dns = match &spec.discovery {
+        let running = old.is_some_and(|site| site.resolving.is_some());
+        let new_resolving = match &spec.discovery {
+            _ if running && same_discovery && same_upstream => None,
             Discovery::Dns(dns) => {
-                let running = old.is_some_and(|site| site.dns.is_some());
-                if running && same_discovery && same_upstream {
-                    None
-                } else {
-                    let discoverer = DnsDiscoverer::new(upstream.clone(), dns)
-                        .with_context(|| format!("upstream {}: DNS discovery", spec.name))?;
-                    Some(discoverer)
-                }
+                let discoverer = DnsDiscoverer::new(upstream.clone(), dns)
+                    .with_context(|| format!("upstream {}: DNS discovery", spec.name))?;
+                Some(Resolving::Dns(discoverer))
             }
-            Discovery::Static(_) | Discovery::Consul(_) | Discovery::Etcd(_) => None,
+            Discovery::Static(endpoints) => names
+                .and_then(|names| StaticNames::new(upstream.clone(), endpoints, names))
+                .map(Resolving::Names),
+            Discovery::Consul(_) | Discovery::Etcd(_) => None,
         };
 
         Ok(Planned {
@@ -183,12 +219,14 @@ impl LiveProxy {
             socket,
             upstream,
             discovery: spec.discovery.clone(),
+            dns: spec.dns.clone(),
             set_endpoints,
             stack_source: StackSource::of(&spec.section, config),
             protocol: spec.protocol,
             new_stack: None,
             backends: None,
-            new_dns,
+            new_resolving,
+            names: names.cloned(),
         })
     }
 
@@ -239,7 +277,13 @@ impl LiveProxy {
                         .map(|(_, upstream)| Arc::clone(upstream))
                 };
                 let previous = old.and_then(|site| site.backends.as_deref());
-                let backends = Backends::build(&planned.upstream, section, &by_name, previous);
+                let backends = Backends::build(
+                    &planned.upstream,
+                    section,
+                    &by_name,
+                    previous,
+                    planned.names.as_ref(),
+                );
                 if unchanged(Some(&backends)) {
                     planned.backends = old.and_then(|site| site.backends.clone());
                 } else {
@@ -278,8 +322,8 @@ pub(super) fn commit_site(
         // Unchanged: `prepare` only keeps a stack that exists.
         (Some(_), None) => old_slot,
     };
-    let (old_listening, old_dns) = match old {
-        Some(site) => (site.listening, site.dns),
+    let (old_listening, old_resolving) = match old {
+        Some(site) => (site.listening, site.resolving),
         None => (None, None),
     };
     let handler = || match (&stack, planned.protocol) {
@@ -305,16 +349,16 @@ pub(super) fn commit_site(
         }
         (None, None) => None,
     };
-    let dns = match (planned.new_dns, old_dns) {
-        (Some(discoverer), old) => {
+    let resolving = match (planned.new_resolving, old_resolving) {
+        (Some(task), old) => {
             if let Some(old) = old {
                 old.signal();
             }
             let stop = DrainController::new();
-            discoverer.spawn(stop.watch());
+            task.spawn(stop.watch());
             Some(stop)
         }
-        (None, Some(old)) if matches!(planned.discovery, Discovery::Dns(_)) => Some(old),
+        (None, Some(old)) if resolves(&planned.discovery) => Some(old),
         (None, Some(old)) => {
             old.signal();
             None
@@ -327,9 +371,10 @@ pub(super) fn commit_site(
         listening,
         upstream: planned.upstream,
         discovery: planned.discovery,
+        dns: planned.dns,
         stack_source: planned.stack_source,
         stack,
         backends: planned.backends,
-        dns,
+        resolving,
     }
 }

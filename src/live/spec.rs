@@ -11,12 +11,12 @@ use anyhow::Context as _;
 use crate::client::ClientSettings;
 use crate::config::{
     AuthorizationConfig, Config, ConnectionPool, DEFAULT_PANIC_THRESHOLD,
-    DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_RELOAD_INTERVAL, Discovery, InboundConfig,
-    ListenerLimits, LocalityPolicy, StaticEndpoint, Timeouts, TracingConfig, UpstreamConfig,
-    UpstreamProtocol, UpstreamTlsMode,
+    DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_TLS_RELOAD_INTERVAL, Discovery, DnsConfig,
+    EndpointAddress, InboundConfig, ListenerLimits, LocalityPolicy, StaticEndpoint, Timeouts,
+    TracingConfig, UpstreamConfig, UpstreamProtocol, UpstreamTlsMode,
 };
 use crate::context::Direction;
-use crate::discovery::{Instance, ZONE_META};
+use crate::discovery::static_names;
 use crate::http_connection::HttpProtocol;
 use crate::tls::outbound::UpstreamTls;
 use crate::tls::simple::SimpleTlsFiles;
@@ -31,7 +31,10 @@ pub(super) struct Spec<'a> {
     pub(super) listen: Option<SocketAddr>,
     pub(super) limits: ListenerLimits,
     pub(super) settings: UpstreamSettings,
+    /// Its discovery, `discovery.dns.resolver` defaulted to `dns.resolver`.
     pub(super) discovery: Discovery,
+    /// The `dns:` section (how the hostnames of a static list resolve).
+    pub(super) dns: DnsConfig,
     /// `None`: opaque TCP.
     pub(super) protocol: Option<HttpProtocol>,
     pub(super) section: Section<'a>,
@@ -127,10 +130,11 @@ pub(super) fn specs<'a>(
                 rate_limit: inbound.rate_limit.clone(),
             },
             discovery: Discovery::Static(vec![StaticEndpoint {
-                address: SocketAddr::new(service.address, port),
+                address: EndpointAddress::Ip(SocketAddr::new(service.address, port)),
                 weight: 1,
                 zone: None,
             }]),
+            dns: config.dns.clone(),
             protocol: listen_protocol,
             section: Section::Inbound(inbound),
         });
@@ -162,7 +166,8 @@ pub(super) fn specs<'a>(
                 local_zone: local_zone(config, upstream),
                 rate_limit: upstream.rate_limit.clone(),
             },
-            discovery: upstream.discovery.clone(),
+            discovery: with_default_resolver(&upstream.discovery, &config.dns),
+            dns: config.dns.clone(),
             protocol: listen_protocol,
             section: Section::Outbound(upstream),
         });
@@ -227,18 +232,24 @@ fn client_settings(
     }
 }
 
-/// A static list as instances, each with its configured weight and zone.
-pub(super) fn static_instances(endpoints: &[StaticEndpoint]) -> Vec<Instance> {
-    (endpoints.iter())
-        .map(|endpoint| Instance {
-            addr: endpoint.address,
-            weight: endpoint.weight,
-            tags: Vec::new(),
-            meta: (endpoint.zone.iter())
-                .map(|zone| (ZONE_META.to_owned(), zone.clone()))
-                .collect(),
-        })
-        .collect()
+/// `discovery`, a `dns` one asking `dns.resolver` unless it names its own.
+fn with_default_resolver(discovery: &Discovery, dns: &DnsConfig) -> Discovery {
+    match discovery {
+        Discovery::Dns(own) if own.resolver.is_none() => {
+            let mut own = own.clone();
+            own.resolver = dns.resolver;
+            Discovery::Dns(own)
+        }
+        other => other.clone(),
+    }
+}
+
+/// True when `discovery` is a static list that names a host.
+pub(super) fn names_hosts(discovery: &Discovery) -> bool {
+    match discovery {
+        Discovery::Static(endpoints) => static_names::names_hosts(endpoints),
+        Discovery::Dns(_) | Discovery::Consul(_) | Discovery::Etcd(_) => false,
+    }
 }
 
 #[cfg(test)]

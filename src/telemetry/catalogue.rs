@@ -199,7 +199,7 @@ pub const CATALOGUE: &[MetricDoc] = &[
         name: DISCOVERY_ERRORS_TOTAL,
         kind: Kind::Counter,
         labels: &["upstream"],
-        meaning: "Failed discovery attempts: Consul queries that failed (unreachable, timeout, non-2xx such as a 403 for a bad token, unreadable body); etcd reads and watches that failed (unreachable, a member partitioned — noticed by HTTP/2 keep-alive — a watch stream ended or cancelled, an auth error); DNS query rounds that failed. A compacted etcd watch revision is no failure (the service is read afresh). *Appears after the first failed discovery attempt (DNS), or at 0 when a Consul or etcd watch starts.*",
+        meaning: "Failed discovery attempts: Consul queries that failed (unreachable, timeout, non-2xx such as a 403 for a bad token, unreadable body); etcd reads and watches that failed (unreachable, a member partitioned — noticed by HTTP/2 keep-alive — a watch stream ended or cancelled, an auth error); DNS query rounds that failed (`discovery.dns`, and each hostname of a `discovery.static` list). A compacted etcd watch revision is no failure (the service is read afresh). *Appears after the first failed discovery attempt (DNS, hostnames), or at 0 when a Consul or etcd watch starts.*",
     },
     MetricDoc {
         name: DISCOVERY_LAST_UPDATE,

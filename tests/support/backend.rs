@@ -28,7 +28,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
-use super::{Server, serve};
+use super::{Server, serve_listener};
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -84,10 +84,17 @@ impl Backend {
 
 /// Starts a backend answering to `name` (see the module docs for its routes).
 pub fn http_backend(name: &str) -> Backend {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    http_backend_on(name, listener)
+}
+
+/// [`http_backend`] on a listener the test bound (another loopback address,
+/// a port shared with other backends).
+pub fn http_backend_on(name: &str, listener: std::net::TcpListener) -> Backend {
     let stats = Arc::new(Stats::default());
     let name_for_server: Arc<str> = name.into();
     let stats_for_server = stats.clone();
-    let server = serve(move |stream| {
+    let server = serve_listener(listener, move |stream| {
         let (name, stats) = (name_for_server.clone(), stats_for_server.clone());
         stats.connections.fetch_add(1, Ordering::SeqCst);
         async move {

@@ -21,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod consul;
 pub mod curl;
+pub mod dnsmasq;
 pub mod etcd;
 pub mod grpc;
 pub mod h2_origin;
@@ -36,6 +37,7 @@ pub mod requirements;
 pub mod switchable;
 pub mod tcp;
 pub mod tls;
+pub mod traffic;
 pub mod websocket;
 
 use std::future::Future;
@@ -45,7 +47,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
-pub use backend::{Backend, http_backend};
+pub use backend::{Backend, http_backend, http_backend_on};
 pub use black_hole::black_hole;
 pub use client::{Reply, get, http_client, send};
 pub use grpc::{EchoMsg, grpc_bidi, grpc_echo, grpc_fail, grpc_failing, grpc_unary};
@@ -131,7 +133,8 @@ where
     serve_listener(std_listener, handle)
 }
 
-fn serve_listener<F, Fut>(std_listener: std::net::TcpListener, handle: F) -> Server
+/// Runs `handle` on every connection accepted by `std_listener`.
+pub fn serve_listener<F, Fut>(std_listener: std::net::TcpListener, handle: F) -> Server
 where
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,

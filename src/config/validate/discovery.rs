@@ -1,10 +1,31 @@
 //! Checks on an upstream's `discovery:`: a non-empty static list with
 //! weights of at least 1, a Consul service name and tags that are not
-//! empty, a DNS SRV name and refresh bounds in order, an etcd service name
-//! that is one key segment (the `etcd` section itself is checked in `etcd`).
+//! empty, a DNS name (SRV, or a hostname and a port with `type: a`) and
+//! refresh bounds in order, an etcd service name that is one key segment
+//! (the `etcd` section itself is checked in `etcd`); and the refresh bounds
+//! of the top-level `dns:` section.
+
+use std::time::Duration;
 
 use super::Problems;
-use crate::config::discovery::Discovery;
+use crate::config::discovery::{Discovery, DnsRecordType};
+use crate::config::{Config, is_hostname};
+
+/// Checks the top-level `dns:` section.
+pub(super) fn check_dns_section(config: &Config, problems: &mut Problems) {
+    let dns = &config.dns;
+    check_refresh("dns", dns.min_refresh, dns.max_refresh, problems);
+}
+
+/// `min_refresh` above zero, `max_refresh` not below it.
+fn check_refresh(at: &str, min: Duration, max: Duration, problems: &mut Problems) {
+    if min.is_zero() {
+        problems.add(format!("{at}.min_refresh"), "must be more than 0s");
+    }
+    if max < min {
+        problems.add(format!("{at}.max_refresh"), "must be at least min_refresh");
+    }
+}
 
 /// Checks the `discovery:` of the upstream whose key paths `at` makes.
 pub(super) fn check_discovery(
@@ -27,18 +48,41 @@ pub(super) fn check_discovery(
             }
         }
         Discovery::Dns(dns) => {
-            if dns.name.trim().is_empty() {
-                problems.add(at("discovery.dns.name"), "needs an SRV name");
+            match (dns.record_type, dns.port) {
+                (DnsRecordType::Srv, port) => {
+                    if dns.name.trim().is_empty() {
+                        problems.add(at("discovery.dns.name"), "needs an SRV name");
+                    }
+                    if port.is_some() {
+                        problems.add(
+                            at("discovery.dns.port"),
+                            "only with `type: a` (SRV records carry the ports)",
+                        );
+                    }
+                }
+                (DnsRecordType::A, port) => {
+                    if !is_hostname(&dns.name) {
+                        problems.add(
+                            at("discovery.dns.name"),
+                            format!("`{}` is not a hostname (`type: a`)", dns.name),
+                        );
+                    }
+                    match port {
+                        None => problems.add(
+                            at("discovery.dns.port"),
+                            "required with `type: a` (A and AAAA records carry no port)",
+                        ),
+                        Some(0) => problems.add(at("discovery.dns.port"), "must be 1 to 65535"),
+                        Some(_) => {}
+                    }
+                }
             }
-            if dns.min_refresh.is_zero() {
-                problems.add(at("discovery.dns.min_refresh"), "must be more than 0s");
-            }
-            if dns.max_refresh < dns.min_refresh {
-                problems.add(
-                    at("discovery.dns.max_refresh"),
-                    "must be at least min_refresh",
-                );
-            }
+            check_refresh(
+                &at("discovery.dns"),
+                dns.min_refresh,
+                dns.max_refresh,
+                problems,
+            );
         }
         Discovery::Consul(consul) => {
             if consul.service.trim().is_empty() {

@@ -1,6 +1,6 @@
 //! Semantic checks on a deserialized `Config`: rules that span fields or
 //! that serde types cannot express, one module per section of the model
-//! (`service`, `inbound`, `authorization`, `upstream`, `discovery`, `resilience`, `routing`,
+//! (`service`, `inbound`, `authorization`, `upstream`, `discovery` (and `dns`), `resilience`, `routing`,
 //! `fallback`, `health_check`, `consul`, `etcd`, `runtime`, `telemetry`, `admin`, `config_source`, `tls`,
 //! `transparent`). Here: the problem list, the order of the checks, and
 //! what spans sections — listen addresses that clash (port 0 excepted) and
@@ -50,6 +50,7 @@ pub(crate) fn check(config: &Config) -> Vec<Problem> {
     upstream::check_upstreams(config, &mut problems);
     routing::check(config, &mut problems);
     fallback::check_fallbacks(config, &mut problems);
+    discovery::check_dns_section(config, &mut problems);
     consul::check_consul(config, &mut problems);
     etcd::check_etcd(config, &mut problems);
     runtime::check_runtime(config, &mut problems);
