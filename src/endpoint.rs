@@ -274,12 +274,13 @@ impl Endpoint {
             let reused = pooled.is_some();
             let mut sender = match pooled {
                 Some(sender) => sender,
-                None => match self.client.connect_h1(upgrade).await {
+                // Connecting is the cold path and its future is large: boxed,
+                // it stays out of every request's future (see `client`).
+                None => match Box::pin(self.client.connect_h1(upgrade)).await {
                     Ok(Opened::Http1(sender)) => sender,
                     Ok(Opened::Http2) => {
-                        return self
-                            .send_h2(to_http2(request, self.addr), goaway_errors)
-                            .await;
+                        let request = to_http2(request, self.addr);
+                        return Box::pin(self.send_h2(request, goaway_errors)).await;
                     }
                     Err(error) => return Err(SendError::unsent(error, request)),
                 },

@@ -127,7 +127,9 @@ impl EndpointClient {
     pub async fn h2_stream(&self, purpose: Purpose) -> Result<Http2Stream, ProxyError> {
         match self.h2.checkout(self.addr, purpose).await? {
             Checkout::Stream(stream) => Ok(stream),
-            Checkout::Open(slot) => match self.open_h2().await {
+            // Boxed: opening is the cold path, and its large future would
+            // otherwise be part of every request's.
+            Checkout::Open(slot) => match Box::pin(self.open_h2()).await {
                 Ok((sender, task)) => {
                     let (stream, end) = slot.opened(sender, Arc::clone(&task));
                     drive_h2(task, end);
