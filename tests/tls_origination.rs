@@ -393,8 +393,6 @@ async fn replaced_files_are_used_without_a_reload_and_broken_ones_rejected() {
     );
 }
 
-/// `remora validate`: `mode: simple` towards IP endpoints without `server_name`, and a
-/// client certificate without its key, are refused with their positions.
 /// Without `server_name`, the hostname the static endpoint is written with
 /// (resolved by a real DNS server, dnsmasq) is the verified name and SNI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,6 +436,8 @@ async fn the_hostname_of_the_endpoints_is_the_default_server_name() {
     assert_eq!(handshake_errors(&proxy, "api").await, 0.0);
 }
 
+/// `remora validate`: `mode: simple` towards IP endpoints without `server_name`, and a
+/// client certificate without its key, are refused with their positions.
 #[test]
 fn validation_asks_for_server_name_and_the_client_key() {
     let yaml = "\

@@ -1435,6 +1435,22 @@ fn upstream_tls_modes() {
 }
 
 #[test]
+fn tls_origination_backends_named_by_another_host_need_a_server_name() {
+    let upstream = |server_name: &str| {
+        format!(
+            "{SERVICE}upstreams:\n  - name: api\n    listen: 127.0.0.1:0\n    discovery: {{ static: [\"api.example.com:443\"] }}\n    tls: {{ mode: simple{server_name} }}\n    backends:\n      same: {{ static: [\"api.example.com:8443\"] }}\n      other: {{ static: [\"api-canary.example.com:443\"] }}\n"
+        )
+    };
+    assert_eq!(
+        errors(&upstream("")),
+        [
+            "test.yaml:8:10: upstreams[0].tls: backend `other` names host `api-canary.example.com`, but TLS verifies every backend for `api.example.com` (the endpoints' hostname): set `server_name` to the name their certificates share"
+        ]
+    );
+    parse_test(&upstream(", server_name: example.com")).expect("an explicit name is trusted");
+}
+
+#[test]
 fn canary_file_routes_and_backends() {
     let config = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/canary.yaml"))
         .unwrap_or_else(|e| panic!("{e}"));

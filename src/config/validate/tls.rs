@@ -8,6 +8,7 @@ use rustls::pki_types::ServerName;
 
 use super::Problems;
 use crate::config::model::Config;
+use crate::config::routing::BackendConfig;
 use crate::config::tls::TlsSource;
 use crate::config::upstream::{UpstreamConfig, UpstreamTlsMode};
 
@@ -128,6 +129,33 @@ fn check_simple(upstream: &UpstreamConfig, at: &dyn Fn(&str) -> String, problems
              written with a hostname (the name the server's certificate must be valid for, \
              sent as SNI)",
         ),
-        (None, _) => {}
+        (None, Some(derived)) => check_backend_hosts(upstream, &derived, at, problems),
+        (None, None) => {}
+    }
+}
+
+/// A static backend's endpoints are verified against the upstream's TLS
+/// name too: a backend written with another hostname would fail every
+/// handshake, so its upstream must say which name the certificates carry.
+fn check_backend_hosts(
+    upstream: &UpstreamConfig,
+    derived: &str,
+    at: &dyn Fn(&str) -> String,
+    problems: &mut Problems,
+) {
+    for (name, backend) in &upstream.backends {
+        let BackendConfig::Static(addresses) = backend else {
+            continue;
+        };
+        if let Some(host) = (addresses.iter().filter_map(|a| a.host())).find(|h| *h != derived) {
+            problems.add(
+                at(""),
+                format!(
+                    "backend `{name}` names host `{host}`, but TLS verifies every backend for \
+                     `{derived}` (the endpoints' hostname): set `server_name` to the name \
+                     their certificates share"
+                ),
+            );
+        }
     }
 }
