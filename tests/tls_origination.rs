@@ -394,12 +394,15 @@ async fn replaced_files_are_used_without_a_reload_and_broken_ones_rejected() {
 }
 
 /// Without `server_name`, the hostname the static endpoint is written with
-/// (resolved by a real DNS server, dnsmasq) is the verified name and SNI.
+/// (resolved by a real DNS server, dnsmasq) is the verified name and SNI;
+/// another name of the same server, which its certificate does not carry,
+/// is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hostname_of_the_endpoints_is_the_default_server_name() {
+    const OTHER_NAME: &str = "impostor.test.internal";
     let (_ca, files) = named_origin_files(7);
     let origin = https_origin(&files, "", "");
-    let hosts = HostsFile::new(&[("127.0.0.1", NAME)]);
+    let hosts = HostsFile::new(&[("127.0.0.1", NAME), ("127.0.0.1", OTHER_NAME)]);
     let dns_port = free_dns_port();
     let _dns = Dnsmasq::start(
         dns_port,
@@ -410,10 +413,12 @@ async fn the_hostname_of_the_endpoints_is_the_default_server_name() {
         files.dir.join("ca.pem").display()
     );
     let endpoint = format!("{NAME}:{}", origin.addr.port());
+    let other_endpoint = format!("{OTHER_NAME}:{}", origin.addr.port());
     let config = TestConfig::new()
-        .upstream(Upstream::to("api", [endpoint]).with("tls", tls))
+        .upstream(Upstream::to("api", [endpoint]).with("tls", tls.clone()))
+        .upstream(Upstream::to("impostor", [other_endpoint]).with("tls", tls))
         .section("dns", format!("{{ resolver: 127.0.0.1:{dns_port} }}"));
-    let proxy = start(config, 1);
+    let proxy = start(config, 2);
 
     let start = std::time::Instant::now();
     let reply = loop {
@@ -434,6 +439,19 @@ async fn the_hostname_of_the_endpoints_is_the_default_server_name() {
         reply.body
     );
     assert_eq!(handshake_errors(&proxy, "api").await, 0.0);
+
+    let start = std::time::Instant::now();
+    let refused = loop {
+        let reply = call(&proxy, "impostor").await;
+        if reply.status != StatusCode::SERVICE_UNAVAILABLE {
+            break reply;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "never resolved");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(refused.status, StatusCode::BAD_GATEWAY, "{}", refused.body);
+    assert_eq!(refused.headers["x-remora-error"], "connect_failed");
+    assert!(handshake_errors(&proxy, "impostor").await >= 1.0);
 }
 
 /// `remora validate`: `mode: simple` towards IP endpoints without `server_name`, and a
