@@ -22,8 +22,12 @@
 //!   failed, the last failure goes on to the retry logic like a failed
 //!   first try.
 //! - `delay: p95` is the 95th percentile of the time to the response head of
-//!   the recent good answers (the last [`WINDOW`]); until [`MIN_SAMPLES`]
-//!   were seen no hedge is sent.
+//!   the recent good answers to *first* tries (the last [`WINDOW`]): the
+//!   latency hedging is to cut. A first try cancelled because a hedge won
+//!   counts with its time when cancelled (at least `delay`: a lower bound of
+//!   its latency); leaving it out, or counting the hedges' own times, would
+//!   keep only the fast answers and pull the delay down request after
+//!   request. Until [`MIN_SAMPLES`] were seen no hedge is sent.
 //!
 //! Metrics: `remora_hedges_total{upstream}` (hedges sent),
 //! `remora_hedge_wins_total{upstream}` (answers that came from a hedge).
@@ -136,18 +140,25 @@ where
 {
     let mut tries = FuturesUnordered::new();
     let mut picked = Vec::new();
+    let first_started = Instant::now();
     let (first, endpoint) = start(shared, &inner, template, 0, None, body);
     tries.push(first);
     picked.push(endpoint);
+    let mut first_pending = true;
     let mut extra = 0;
     let timer = tokio::time::sleep(delay);
     tokio::pin!(timer);
     loop {
         tokio::select! {
             Some((number, tried)) = tries.next() => {
+                first_pending &= number > 0;
                 if !shared.should_retry(&tried.result, true) {
                     if number > 0 {
                         shared.metrics.hedge_wins.increment(1);
+                    }
+                    if first_pending {
+                        // The first try is cancelled: its latency is at least this.
+                        hedge.record(first_started.elapsed().max(delay));
                     }
                     return tried;
                 }
@@ -210,6 +221,7 @@ where
     let (shared, mut service) = (Arc::clone(shared), inner.clone());
     let future = Box::pin(async move {
         let tried = match service.ready().await {
+            Ok(service) if number == 0 => shared.first_try(service, request).await,
             Ok(service) => shared.try_once(service, request).await,
             Err(error) => Tried {
                 result: Err(error),
