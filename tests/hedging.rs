@@ -183,6 +183,33 @@ async fn a_percentile_delay_is_learned_from_the_answers() {
     assert!(hedges >= 3.0, "{hedges} hedges");
 }
 
+/// With `max_extra: 2` over two slow endpoints and a fast one, each hedge avoids every
+/// endpoint an earlier try went to: when the first try and the first hedge went to the two
+/// slow ones, the second hedge goes to the fast one, never back to a slow one. Random
+/// picks, so that a hedge avoiding only the try before it would go back one time in six.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn further_hedges_avoid_every_endpoint_tried_before() {
+    let (slow_a, slow_b) = (endpoint("slow-a", 1), endpoint("slow-b", 1));
+    let fast = endpoint("fast", u64::MAX);
+    let yaml = TestConfig::one_upstream("three", "http", &[slow_a.addr, slow_b.addr, fast.addr])
+        .with("load_balancing", "{ policy: random }")
+        .with("hedge", "{ delay: 50ms, max_extra: 2 }")
+        .yaml();
+    let proxy = ProxyProcess::start(&yaml, 1);
+    let url = format!("http://{}/", proxy.listener("three"));
+    let all = latencies(&url, 60).await;
+    let slowest = all[all.len() - 1];
+    let hedges = counter(&proxy, "remora_hedges_total", "three").await;
+    eprintln!(
+        "max_extra 2: p50 {:?}, max {slowest:?}, {hedges} hedges",
+        all[30]
+    );
+    // Two delays and the fast endpoint's 5 ms, plus overhead: far below SLOW.
+    assert!(slowest < Duration::from_millis(300), "slowest {slowest:?}");
+    // Two in three first tries are slow (about 40), and half their first hedges too.
+    assert!(hedges >= 30.0, "{hedges} hedges");
+}
+
 /// A POST of `body` to `url`, with an `Idempotency-Key`: its latency and reply.
 async fn keyed_post(url: &str, key: &str, body: Bytes) -> (Duration, support::Reply) {
     let post = Request::post(url)

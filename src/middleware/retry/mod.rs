@@ -19,7 +19,7 @@
 //!
 //! A response that is retried is dropped with its body, which releases its
 //! connection; the last try's response or error is returned as is. A retry
-//! carries [`AvoidEndpoint`] with the endpoint of the failed try (from
+//! carries [`AvoidEndpoints`] with the endpoint of the failed try (from
 //! [`ServedBy`], the error's endpoint, or — for a per-try timeout — the
 //! endpoint `forward` had picked, via [`PickedEndpoint`]), so it goes to
 //! another endpoint when there is one. Between tries remora sleeps for a
@@ -103,7 +103,7 @@ use crate::config::{Condition, HedgePolicy, RetryPolicy};
 use crate::context::Deadline;
 use crate::context::Direction;
 use crate::context::RetryCount;
-use crate::context::{AvoidEndpoint, PickedEndpoint, ServedBy};
+use crate::context::{AvoidEndpoints, PickedEndpoint, ServedBy};
 use crate::error::ProxyError;
 use crate::headers::is_upgrade_request;
 use crate::outcome::Outcome;
@@ -250,7 +250,7 @@ where
             _ => {
                 let mut request = copy(&template, body);
                 if let Some(addr) = avoid {
-                    request.extensions_mut().insert(AvoidEndpoint(addr));
+                    request.extensions_mut().insert(AvoidEndpoints(vec![addr]));
                 }
                 if retries > 0 {
                     inner.ready().await?;
@@ -483,7 +483,7 @@ mod tests {
         fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
             let mut seen = self.seen.lock().unwrap();
             let n = seen.len();
-            let avoid = request.extensions().get::<AvoidEndpoint>().map(|a| a.0);
+            let avoid = request.extensions().get::<AvoidEndpoints>().map(|a| a.0[0]);
             seen.push((Instant::now(), avoid));
             let status = self.statuses[n.min(self.statuses.len() - 1)];
             let mut response = Response::new(ResponseBody::empty());
@@ -612,10 +612,10 @@ mod tests {
         fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
             if let Some(picked) = request.extensions().get::<PickedEndpoint>() {
                 picked.set(endpoint(usize::from(
-                    request.extensions().get::<AvoidEndpoint>().is_some(),
+                    request.extensions().get::<AvoidEndpoints>().is_some(),
                 )));
             }
-            let millis = if request.extensions().get::<AvoidEndpoint>().is_some() {
+            let millis = if request.extensions().get::<AvoidEndpoints>().is_some() {
                 10
             } else {
                 let mut first_tries = self.first_tries.lock().unwrap();
