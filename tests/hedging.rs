@@ -192,7 +192,7 @@ async fn a_percentile_delay_is_learned_from_the_answers() {
 async fn further_hedges_avoid_every_endpoint_tried_before() {
     let (slow_a, slow_b) = (endpoint("slow-a", 1), endpoint("slow-b", 1));
     let fast = endpoint("fast", u64::MAX);
-    let yaml = TestConfig::one_upstream("three", "http", &[slow_a.addr, slow_b.addr, fast.addr])
+    let yaml = TestConfig::one_upstream("three", "http", [slow_a.addr, slow_b.addr, fast.addr])
         .with("load_balancing", "{ policy: random }")
         .with("hedge", "{ delay: 50ms, max_extra: 2 }")
         .yaml();
@@ -217,7 +217,7 @@ async fn further_hedges_avoid_every_endpoint_tried_before() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_hedge_is_sent_when_the_retry_budget_is_empty() {
     let (slow, fast) = (endpoint("slow", 1), endpoint("fast", u64::MAX));
-    let yaml = TestConfig::one_upstream("broke", "http", &[slow.addr, fast.addr])
+    let yaml = TestConfig::one_upstream("broke", "http", [slow.addr, fast.addr])
         .with("load_balancing", "{ policy: round_robin }")
         .with(
             "retries",
