@@ -44,10 +44,10 @@ pub struct Deadline(pub Instant);
 #[derive(Debug, Clone, Copy)]
 pub struct ServedBy(pub SocketAddr);
 
-/// Set on a request (by retries) to send it to another endpoint than this
-/// one when the upstream has another.
-#[derive(Debug, Clone, Copy)]
-pub struct AvoidEndpoint(pub SocketAddr);
+/// Set on a request (by retries and hedges) to send it to another endpoint
+/// than these (where its earlier tries went) when the upstream has another.
+#[derive(Debug, Clone)]
+pub struct AvoidEndpoints(pub Vec<SocketAddr>);
 
 /// Set on a request (by retries with a per-try timeout) to learn which
 /// endpoint the try went to, even when the try is abandoned before it answers.

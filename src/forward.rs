@@ -21,7 +21,7 @@ use http_body::Body;
 use tokio::time::Instant;
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::context::{AvoidEndpoint, Deadline, PickedEndpoint, ServedBy};
+use crate::context::{AvoidEndpoints, Deadline, PickedEndpoint, ServedBy};
 use crate::endpoint::{Endpoint, SendError, Sent};
 use crate::error::ProxyError;
 use crate::headers::{X_REMORA_ERROR, is_grpc, is_upgrade_request, strip_hop_by_hop};
@@ -91,16 +91,19 @@ async fn forward(
             .insert(GRPC_TIMEOUT, encode_grpc_timeout(remaining));
     }
     let balancer = upstream.balancer();
-    let mut tried = request
-        .extensions()
-        .get::<AvoidEndpoint>()
-        .and_then(|avoid| balancer.targets().iter().find(|e| e.addr == avoid.0))
-        .cloned();
+    let mut tried: Vec<_> = (request.extensions().get::<AvoidEndpoints>())
+        .map(|avoid| {
+            (balancer.targets().iter())
+                .filter(|e| avoid.0.contains(&e.addr))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
     let picked = request.extensions().get::<PickedEndpoint>().cloned();
     let mut resent = false;
     loop {
         let endpoint = balancer
-            .pick(hash_key.as_ref().map(|v| v.as_bytes()), tried.as_ref())
+            .pick(hash_key.as_ref().map(|v| v.as_bytes()), &tried)
             .ok_or_else(|| {
                 let upstream = upstream.name().to_owned();
                 if balancer.is_empty() {
@@ -176,7 +179,7 @@ async fn forward(
                 match unsent {
                     Some(unsent) if !resent && !pool_full => {
                         request = unsent;
-                        tried = Some(endpoint);
+                        tried.push(endpoint);
                         resent = true;
                     }
                     _ => return Err(error),

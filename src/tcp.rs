@@ -33,7 +33,7 @@ where
     let balancer = upstream.balancer();
     let mut tried = None;
     let (endpoint, server) = loop {
-        let Some(endpoint) = balancer.pick(None, tried.as_ref()) else {
+        let Some(endpoint) = balancer.pick(None, tried.as_slice()) else {
             tracing::warn!(
                 upstream = upstream.name(),
                 "no endpoints: closing the connection"

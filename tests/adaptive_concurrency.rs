@@ -4,7 +4,8 @@
 //! near the backend's 4 workers, admitted requests stay near the unloaded latency and the rest
 //! are refused at once with 503 `overloaded`; with no limit every request waits in the
 //! backend's queue. Every ending — answered, refused, failed, timed out, cancelled — returns
-//! its slot (`remora_concurrency_in_flight` back at 0). Inbound works the same way.
+//! its slot (`remora_concurrency_in_flight` back at 0); requests cut off by the request
+//! timeout shrink the limit. Inbound works the same way.
 
 mod support;
 
@@ -278,6 +279,39 @@ async fn every_ending_returns_its_slot() {
         )
         .await;
     }
+}
+
+/// Outbound the request timeout sits above the concurrency layer: a try it cuts off is a drop
+/// for the adaptive limit all the same, so an upstream that hangs shrinks it.
+#[tokio::test]
+async fn requests_cut_off_by_the_timeout_shrink_the_limit() {
+    let backend = http_backend("hangs");
+    let yaml = TestConfig::one_upstream("hangs", "http", [backend.addr])
+        .with("timeouts", "{ request: 100ms }")
+        .with(
+            "adaptive_concurrency",
+            "{ min_limit: 1, initial_limit: 20 }",
+        )
+        .yaml();
+    let proxy = ProxyProcess::start(&yaml, 1);
+    let url = format!("http://{}", proxy.listener("hangs"));
+    let limit = || gauge(proxy.admin, "remora_concurrency_limit", "outbound", "hangs");
+    // The first probe: answers one at a time at min_limit, then the initial limit.
+    for _ in 0..20 {
+        let reply = support::get(Version::HTTP_11, &format!("{url}/"))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    assert_eq!(limit().await, Some(20.0));
+    for _ in 0..5 {
+        let reply = support::get(Version::HTTP_11, &format!("{url}/slow/2000"))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    }
+    let shrunk = limit().await.unwrap();
+    assert!(shrunk < 20.0, "limit {shrunk} after 5 timeouts");
 }
 
 #[test]

@@ -341,3 +341,61 @@ fn the_demo_balances_over_three_backends_and_stops_on_sigint() {
     };
     assert!(status.success(), "demo exit status {status}");
 }
+
+/// `hedge`: `max_extra` out of 1..=10 and a zero delay, on an upstream and a route; a
+/// percentile delay outside p1..p99.9 (`p100`) is a structural problem.
+#[test]
+fn validate_reports_hedge_keys_with_their_position() {
+    let out_of_range = "\
+service: { name: test }
+upstreams:
+  - name: api
+    listen: 127.0.0.1:0
+    discovery: { static: [127.0.0.1:8081] }
+    hedge: { delay: 50ms, max_extra: 11 }
+    routes:
+      - name: all
+        match: { path: { prefix: / } }
+        hedge: { delay: 0s, max_extra: 0 }
+";
+    assert_validate_reports(
+        out_of_range,
+        &[
+            (
+                6,
+                "11",
+                "upstreams[0].hedge.max_extra",
+                "must be between 1 and 10",
+            ),
+            (
+                10,
+                "0s",
+                "upstreams[0].routes[0].hedge.delay",
+                "must be greater than zero",
+            ),
+            (
+                10,
+                "0 }",
+                "upstreams[0].routes[0].hedge.max_extra",
+                "must be between 1 and 10",
+            ),
+        ],
+    );
+    let p100 = "\
+service: { name: test }
+upstreams:
+  - name: api
+    listen: 127.0.0.1:0
+    discovery: { static: [127.0.0.1:8081] }
+    hedge: { delay: p100 }
+";
+    assert_validate_reports(
+        p100,
+        &[(
+            6,
+            "p100",
+            "upstreams[0].hedge.delay",
+            "`p100` is no percentile",
+        )],
+    );
+}

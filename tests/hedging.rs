@@ -5,7 +5,8 @@
 //! now and then. A POST is never hedged, unless it carries an `Idempotency-Key`: then both
 //! tries send its whole body (up to `retries.replay_body_limit`; a longer one is not hedged).
 //! Unary gRPC calls to Python grpcio (C-core) servers are hedged when their method is listed
-//! in `idempotent_grpc_methods`, and only then.
+//! in `idempotent_grpc_methods`, and only then. An empty retry budget sends no hedge; with
+//! `max_extra: 2` each hedge avoids every endpoint tried before.
 
 mod support;
 
@@ -181,6 +182,62 @@ async fn a_percentile_delay_is_learned_from_the_answers() {
     );
     assert!(tail < Duration::from_millis(200), "p99 {tail:?}");
     assert!(hedges >= 3.0, "{hedges} hedges");
+}
+
+/// With `max_extra: 2` over two slow endpoints and a fast one, each hedge avoids every
+/// endpoint an earlier try went to: when the first try and the first hedge went to the two
+/// slow ones, the second hedge goes to the fast one, never back to a slow one. Random
+/// picks, so that a hedge avoiding only the try before it would go back one time in six.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn further_hedges_avoid_every_endpoint_tried_before() {
+    let (slow_a, slow_b) = (endpoint("slow-a", 1), endpoint("slow-b", 1));
+    let fast = endpoint("fast", u64::MAX);
+    let yaml = TestConfig::one_upstream("three", "http", [slow_a.addr, slow_b.addr, fast.addr])
+        .with("load_balancing", "{ policy: random }")
+        .with("hedge", "{ delay: 50ms, max_extra: 2 }")
+        .yaml();
+    let proxy = ProxyProcess::start(&yaml, 1);
+    let url = format!("http://{}/", proxy.listener("three"));
+    let all = latencies(&url, 60).await;
+    let slowest = all[all.len() - 1];
+    let hedges = counter(&proxy, "remora_hedges_total", "three").await;
+    eprintln!(
+        "max_extra 2: p50 {:?}, max {slowest:?}, {hedges} hedges",
+        all[30]
+    );
+    // Two delays and the fast endpoint's 5 ms, plus overhead: far below SLOW.
+    assert!(slowest < Duration::from_millis(300), "slowest {slowest:?}");
+    // Two in three first tries are slow (about 40), and half their first hedges too.
+    assert!(hedges >= 30.0, "{hedges} hedges");
+}
+
+/// Hedges come out of the retry budget: with an empty one (`ratio: 0`, `min_per_second: 0`)
+/// no hedge is sent, a first try to the slow endpoint is waited for, and each hedge the
+/// budget refused is counted in `remora_retry_budget_exhausted_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_hedge_is_sent_when_the_retry_budget_is_empty() {
+    let (slow, fast) = (endpoint("slow", 1), endpoint("fast", u64::MAX));
+    let yaml = TestConfig::one_upstream("broke", "http", [slow.addr, fast.addr])
+        .with("load_balancing", "{ policy: round_robin }")
+        .with(
+            "retries",
+            "{ attempts: 1, budget: { ratio: 0.0, min_per_second: 0 } }",
+        )
+        .with("hedge", "{ delay: 50ms }")
+        .yaml();
+    let proxy = ProxyProcess::start(&yaml, 1);
+    let url = format!("http://{}/", proxy.listener("broke"));
+    let all = latencies(&url, 10).await;
+    let slow_answers = all.iter().filter(|latency| **latency >= SLOW).count();
+    // Round robin: every other first try goes to the slow endpoint, and is waited for.
+    assert!((4..=6).contains(&slow_answers), "{all:?}");
+    assert_eq!(counter(&proxy, "remora_hedges_total", "broke").await, 0.0);
+    let refused = counter(&proxy, "remora_retry_budget_exhausted_total", "broke").await;
+    assert_eq!(refused, slow_answers as f64);
+    assert_eq!(
+        slow.slow_finished.load(Ordering::SeqCst),
+        slow_answers as u64
+    );
 }
 
 /// A POST of `body` to `url`, with an `Idempotency-Key`: its latency and reply.

@@ -113,27 +113,21 @@ async fn a_request_that_reached_the_upstream_is_retried_only_when_idempotent() {
 }
 
 /// A POST whose connection could not be made, or whose HTTP/2 stream was refused (after the
-/// endpoint's own resends), never reached the upstream: it is retried, body and all.
+/// endpoint's own resends), never reached the upstream: it is retried, body and all. Forward
+/// itself resends an unsent request once to another endpoint, whatever its method; over three
+/// dead endpoints with `attempts: 3`, the retry layer's own retries are what `remora_retries_total`
+/// counts: two, both failed.
 #[tokio::test]
 async fn a_post_that_never_reached_the_upstream_is_retried() {
-    let live = http_backend("live");
-    let dead = support::dead_addr();
-    let yaml = TestConfig::one_upstream("connect", "http", [dead, live.addr])
-        .with("load_balancing", "{ policy: round_robin }")
+    let dead = [(); 3].map(|()| support::dead_addr());
+    let yaml = TestConfig::one_upstream("connect", "http", dead)
         .with("retries", RETRIES)
         .yaml();
     let proxy = ProxyProcess::start(&yaml, 1);
     let url = format!("http://{}/echo", proxy.listener("connect"));
-    for i in 0..6 {
-        let reply = request(Method::POST, &url, &[]).await;
-        assert_eq!(reply.status, StatusCode::OK, "request {i}: {reply:?}");
-        assert_eq!(reply.body, "order #1", "request {i}");
-    }
-    assert_eq!(
-        live.requests(),
-        6,
-        "each POST reached the live endpoint once"
-    );
+    let reply = request(Method::POST, &url, &[]).await;
+    assert!(reply.status.is_server_error(), "{reply:?}");
+    assert_eq!(retries(&proxy, "connect").await, (0.0, 2.0));
 
     let refusing =
         support::h2_origin::refusing_first_streams(1 + remora::resend::MAX_RESENDS as u64);

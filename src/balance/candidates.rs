@@ -4,8 +4,9 @@
 //! A pick runs the policy over at most four successively looser filters and
 //! takes the first one that yields an endpoint:
 //!
-//! 1. available (not in connect backoff, not ejected) and not the excluded endpoint;
-//! 2. available, even if it is the excluded one: the request is retried on
+//! 1. available (not in connect backoff, not ejected) and not an excluded
+//!    endpoint (those the request's earlier tries went to);
+//! 2. available, even if it is an excluded one: the request is retried on
 //!    the endpoint that just failed rather than sent to one known to refuse
 //!    connections (an endpoint excluded *because* it refused a connection is
 //!    itself in backoff, so this only happens after other kinds of failure);
@@ -13,7 +14,7 @@
 //!    policy picks as if none were, so the request is still tried (the
 //!    endpoints may have recovered, and failing without trying would turn a
 //!    short outage into a longer one);
-//! 4. anything, which only matters when the excluded endpoint is the only one.
+//! 4. anything, which only matters when the excluded endpoints are the only ones.
 //!
 //! With zones, the first two filters are tried within the chosen zone
 //! before all four over every zone (`locality.rs`).
@@ -49,7 +50,7 @@ pub(super) struct Candidates<'a, T> {
     uniform: bool,
     now: Instant,
     respect_backoff: bool,
-    excluded: Option<usize>,
+    excluded: &'a [Arc<T>],
     panic: bool,
     /// Only the endpoints of this zone (`locality.rs`).
     zone: Option<(&'a Zones, u8)>,
@@ -62,19 +63,19 @@ impl<'a, T: Target> Candidates<'a, T> {
         weights: &'a [u32],
         uniform: bool,
         now: Instant,
-        excluded: Option<usize>,
+        excluded: &'a [Arc<T>],
         panic: bool,
     ) -> impl Iterator<Item = Self> {
         [
             (true, excluded),
-            (true, None),
+            (true, &[]),
             (false, excluded),
-            (false, None),
+            (false, &[]),
         ]
         .into_iter()
         .enumerate()
         // Without an exclusion, filters 2 and 4 repeat 1 and 3.
-        .filter(move |(i, _)| excluded.is_some() || i % 2 == 0)
+        .filter(move |(i, _)| !excluded.is_empty() || i % 2 == 0)
         .map(move |(_, (respect_backoff, excluded))| Self {
             targets,
             weights,
@@ -127,7 +128,7 @@ impl<'a, T: Target> Candidates<'a, T> {
         let target = &self.targets[i];
         let available =
             || target.load().is_available(self.now) && (self.panic || !target.is_ejected(self.now));
-        self.excluded != Some(i)
+        !(self.excluded.iter()).any(|excluded| Arc::ptr_eq(excluded, target))
             && self.zone.is_none_or(|(zones, zone)| zones.of(i) == zone)
             && (self.panic || target.passes_checks())
             && (!self.respect_backoff || available())

@@ -11,7 +11,7 @@
 //! [`Balancer::pick`] is on the hot path of every request: it reads the clock
 //! once, reads a few atomics, and neither allocates nor locks. Every policy
 //! skips endpoints that are backing off after connect failures unless all of
-//! them are, and avoids the `exclude`d endpoint (a retry) when another one is
+//! them are, and avoids the `exclude`d endpoints (a retry's, a hedge's) when another one is
 //! eligible; the exact fallback order is in `candidates.rs`. The endpoint a
 //! pick settles on is claimed, so that when its backoff has just expired only
 //! one request probes it (`load.rs`, "One probe per expired backoff").
@@ -155,13 +155,13 @@ impl<T: Target> Balancer<T> {
     /// panic.
     ///
     /// `hash_key` is used by ring hash only (without one it picks at random).
-    /// `exclude` is the endpoint a retry should avoid: it is skipped whenever
-    /// another endpoint can be chosen.
-    pub fn pick(&self, hash_key: Option<&[u8]>, exclude: Option<&Arc<T>>) -> Option<Arc<T>> {
+    /// `exclude` are the endpoints a retry or hedge should avoid (those the
+    /// request's earlier tries went to): they are skipped whenever another
+    /// endpoint can be chosen.
+    pub fn pick(&self, hash_key: Option<&[u8]>, exclude: &[Arc<T>]) -> Option<Arc<T>> {
         if self.targets.is_empty() {
             return None;
         }
-        let excluded = exclude.and_then(|e| self.targets.iter().position(|t| Arc::ptr_eq(t, e)));
         let now = Instant::now();
         let panic = self.in_panic(now);
         let zone = match &self.zones {
@@ -176,7 +176,7 @@ impl<T: Target> Balancer<T> {
                 &self.weights,
                 self.uniform,
                 now,
-                excluded,
+                exclude,
                 panic,
             )
         };

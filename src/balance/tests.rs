@@ -73,7 +73,7 @@ fn index(b: &Balancer<Ep>, picked: &Arc<Ep>) -> usize {
 
 /// Picks per target over `n` picks (with distinct hash keys, so ring hash
 /// spreads too).
-fn histogram(b: &Balancer<Ep>, n: usize, exclude: Option<&Arc<Ep>>) -> Vec<usize> {
+fn histogram(b: &Balancer<Ep>, n: usize, exclude: &[Arc<Ep>]) -> Vec<usize> {
     let mut counts = vec![0; b.len()];
     for k in 0..n {
         let key = format!("key-{k}");
@@ -87,7 +87,7 @@ fn key_map(b: &Balancer<Ep>, keys: usize) -> Vec<String> {
     (0..keys)
         .map(|k| {
             let key = format!("key-{k}");
-            b.pick(Some(key.as_bytes()), None)
+            b.pick(Some(key.as_bytes()), &[])
                 .expect("non-empty")
                 .id
                 .clone()
@@ -106,8 +106,8 @@ fn empty_set_picks_none() {
     for policy in ALL {
         let b = balancer(policy, &[]);
         assert!(b.is_empty());
-        assert!(b.pick(Some(b"k"), None).is_none(), "{policy:?}");
-        assert!(b.pick(None, None).is_none(), "{policy:?}");
+        assert!(b.pick(Some(b"k"), &[]).is_none(), "{policy:?}");
+        assert!(b.pick(None, &[]).is_none(), "{policy:?}");
     }
 }
 
@@ -117,10 +117,10 @@ fn single_target_always_picked() {
     for policy in ALL {
         let b = balancer(policy, &eps);
         for _ in 0..10 {
-            assert!(Arc::ptr_eq(&b.pick(None, None).expect("one"), &eps[0]));
+            assert!(Arc::ptr_eq(&b.pick(None, &[]).expect("one"), &eps[0]));
             // Excluding the only endpoint still picks it.
             assert!(Arc::ptr_eq(
-                &b.pick(None, Some(&eps[0])).expect("one"),
+                &b.pick(None, std::slice::from_ref(&eps[0])).expect("one"),
                 &eps[0]
             ));
         }
@@ -131,12 +131,12 @@ fn single_target_always_picked() {
 fn round_robin_is_exact() {
     let eps = endpoints(3);
     let b = balancer(LoadBalancingPolicy::RoundRobin, &eps);
-    assert_eq!(histogram(&b, 30_000, None), vec![10_000; 3]);
+    assert_eq!(histogram(&b, 30_000, &[]), vec![10_000; 3]);
     // Strict rotation.
-    let first = index(&b, &b.pick(None, None).expect("non-empty"));
+    let first = index(&b, &b.pick(None, &[]).expect("non-empty"));
     for k in 1..30 {
         assert_eq!(
-            index(&b, &b.pick(None, None).expect("non-empty")),
+            index(&b, &b.pick(None, &[]).expect("non-empty")),
             (first + k) % 3
         );
     }
@@ -149,7 +149,7 @@ async fn round_robin_spreads_evenly_around_backoff() {
     eps[1]
         .load
         .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
-    let h = histogram(&b, 30_000, None);
+    let h = histogram(&b, 30_000, &[]);
     assert_eq!(h[1], 0);
     assert!(
         h[0].abs_diff(15_000) <= 2 && h[2].abs_diff(15_000) <= 2,
@@ -162,7 +162,7 @@ fn random_is_uniform() {
     fastrand::seed(1);
     let eps = endpoints(4);
     let b = balancer(LoadBalancingPolicy::Random, &eps);
-    let h = histogram(&b, 30_000, None);
+    let h = histogram(&b, 30_000, &[]);
     for c in &h {
         assert!(c.abs_diff(7_500) <= 375, "{h:?}"); // ±5%
     }
@@ -177,7 +177,7 @@ fn least_request_prefers_idle() {
         .map(|_| eps[0].load.start())
         .chain([eps[1].load.start()])
         .collect();
-    assert_eq!(histogram(&b, 3_000, None), vec![0, 0, 3_000]);
+    assert_eq!(histogram(&b, 3_000, &[]), vec![0, 0, 3_000]);
 }
 
 #[test]
@@ -186,14 +186,14 @@ fn least_request_breaks_ties_randomly_and_levels_load() {
     let eps = endpoints(3);
     let b = balancer(LoadBalancingPolicy::LeastRequest, &eps);
     // All idle: random tie-break, ±5%.
-    let h = histogram(&b, 30_000, None);
+    let h = histogram(&b, 30_000, &[]);
     for c in &h {
         assert!(c.abs_diff(10_000) <= 500, "{h:?}");
     }
     // Holding every request open keeps the in-flight counts level.
     let mut held = Vec::new();
     for _ in 0..300 {
-        held.push(b.pick(None, None).expect("non-empty").load.start());
+        held.push(b.pick(None, &[]).expect("non-empty").load.start());
     }
     let in_flight: Vec<u32> = eps.iter().map(|e| e.load.in_flight()).collect();
     assert_eq!(in_flight, vec![100; 3]);
@@ -210,7 +210,7 @@ async fn p2c_avoids_slow_endpoint() {
         let rtt = if i == 0 { 300 } else { 30 };
         e.load.start().observe_rtt(Duration::from_millis(rtt));
     }
-    let h = histogram(&b, 30_000, None);
+    let h = histogram(&b, 30_000, &[]);
     // The 10× slower endpoint loses every comparison while the others idle.
     assert!(h[0] < 300, "{h:?}");
     for c in &h[1..] {
@@ -231,7 +231,7 @@ async fn p2c_avoids_slow_endpoint_under_load() {
     // sends some traffic to the slow endpoint, but far less.
     let mut held = Vec::new();
     for _ in 0..3_000 {
-        held.push(b.pick(None, None).expect("non-empty").load.start());
+        held.push(b.pick(None, &[]).expect("non-empty").load.start());
     }
     let in_flight: Vec<u32> = eps.iter().map(|e| e.load.in_flight()).collect();
     assert!(in_flight[0] * 5 < in_flight[1], "{in_flight:?}");
@@ -244,7 +244,7 @@ async fn p2c_avoids_endpoint_with_many_in_flight() {
     let eps = endpoints(3);
     let b = balancer(LoadBalancingPolicy::P2cEwma, &eps);
     let _busy: Vec<InFlight> = (0..20).map(|_| eps[0].load.start()).collect();
-    let h = histogram(&b, 30_000, None);
+    let h = histogram(&b, 30_000, &[]);
     assert!(h[0] < 300, "{h:?}");
 }
 
@@ -254,7 +254,7 @@ async fn p2c_probes_spiked_endpoint_again_after_idle_decay() {
     let eps = endpoints(3);
     let b = balancer(LoadBalancingPolicy::P2cEwma, &eps);
     eps[0].load.start().observe_rtt(Duration::from_millis(300));
-    assert!(histogram(&b, 1_000, None)[0] < 10);
+    assert!(histogram(&b, 1_000, &[])[0] < 10);
     // The others keep being observed at 30 ms; the idle one decays.
     for _ in 0..40 {
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -263,7 +263,7 @@ async fn p2c_probes_spiked_endpoint_again_after_idle_decay() {
         }
     }
     // 300 ms × e^-4 ≈ 5.5 ms < 30 ms: it wins its comparisons again.
-    assert!(histogram(&b, 1_000, None)[0] > 500);
+    assert!(histogram(&b, 1_000, &[])[0] > 500);
 }
 
 #[tokio::test(start_paused = true)]
@@ -276,7 +276,7 @@ async fn p2c_with_one_available_picks_it() {
     eps[2]
         .load
         .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
-    assert_eq!(histogram(&b, 1_000, None), vec![0, 1_000, 0]);
+    assert_eq!(histogram(&b, 1_000, &[]), vec![0, 1_000, 0]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -288,7 +288,7 @@ async fn every_policy_skips_backoff_until_it_expires() {
         .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
     for policy in ALL {
         let b = balancer(policy, &eps);
-        let h = histogram(&b, 3_000, None);
+        let h = histogram(&b, 3_000, &[]);
         assert_eq!(h[1], 0, "{policy:?} {h:?}");
         assert!(h[0] > 0 && h[2] > 0, "{policy:?} {h:?}");
     }
@@ -297,10 +297,10 @@ async fn every_policy_skips_backoff_until_it_expires() {
         // probe's outcome is known the others keep away from it.
         tokio::time::advance(DEFAULT_BACKOFF).await;
         let b = balancer(policy, &eps);
-        assert_eq!(histogram(&b, 3_000, None)[1], 1, "{policy:?}");
+        assert_eq!(histogram(&b, 3_000, &[])[1], 1, "{policy:?}");
         // The probe connected: back in full rotation.
         eps[1].load.mark_reachable();
-        let h = histogram(&b, 3_000, None);
+        let h = histogram(&b, 3_000, &[]);
         assert!(h[1] > 500, "{policy:?} {h:?}");
         eps[1]
             .load
@@ -321,7 +321,7 @@ async fn every_policy_probes_once_per_expired_backoff() {
         // doubles the backoff (250 ms, 500 ms, 1 s).
         for delay_ms in [250, 500, 1000] {
             tokio::time::advance(Duration::from_millis(delay_ms)).await;
-            let h = histogram(&b, 1_000, None);
+            let h = histogram(&b, 1_000, &[]);
             assert_eq!(h[1], 1, "{policy:?} after {delay_ms} ms: {h:?}");
             let next = eps[1]
                 .load
@@ -331,11 +331,11 @@ async fn every_policy_probes_once_per_expired_backoff() {
         // A probe whose outcome never comes (cancelled) holds for the probe
         // window only; then the next pick probes.
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(histogram(&b, 1_000, None)[1], 1, "{policy:?}");
+        assert_eq!(histogram(&b, 1_000, &[])[1], 1, "{policy:?}");
         tokio::time::advance(PROBE_WINDOW - Duration::from_millis(1)).await;
-        assert_eq!(histogram(&b, 1_000, None)[1], 0, "{policy:?}");
+        assert_eq!(histogram(&b, 1_000, &[])[1], 0, "{policy:?}");
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(histogram(&b, 1_000, None)[1], 1, "{policy:?}");
+        assert_eq!(histogram(&b, 1_000, &[])[1], 1, "{policy:?}");
     }
 }
 
@@ -348,10 +348,10 @@ async fn a_lone_endpoint_in_backoff_still_gets_every_request() {
     eps[0]
         .load
         .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
-    assert_eq!(histogram(&b, 10, None), vec![10]);
+    assert_eq!(histogram(&b, 10, &[]), vec![10]);
     tokio::time::advance(DEFAULT_BACKOFF).await;
     // The first pick after the expiry probes; the others fall back.
-    assert_eq!(histogram(&b, 10, None), vec![10]);
+    assert_eq!(histogram(&b, 10, &[]), vec![10]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -362,7 +362,7 @@ async fn all_in_backoff_still_picks_as_if_none_were() {
         e.load.mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
     }
     for policy in ALL {
-        let h = histogram(&balancer(policy, &eps), 3_000, None);
+        let h = histogram(&balancer(policy, &eps), 3_000, &[]);
         assert!(h.iter().all(|&c| c > 500), "{policy:?} {h:?}");
     }
 }
@@ -373,7 +373,7 @@ async fn exclude_avoids_the_endpoint_when_another_exists() {
     let eps = endpoints(3);
     for policy in ALL {
         let b = balancer(policy, &eps);
-        let h = histogram(&b, 3_000, Some(&eps[0]));
+        let h = histogram(&b, 3_000, std::slice::from_ref(&eps[0]));
         assert_eq!(h[0], 0, "{policy:?} {h:?}");
         assert!(h[1] > 500 && h[2] > 500, "{policy:?} {h:?}");
     }
@@ -386,14 +386,22 @@ async fn exclude_avoids_the_endpoint_when_another_exists() {
         .load
         .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
     for policy in ALL {
-        let h = histogram(&balancer(policy, &eps), 1_000, Some(&eps[0]));
+        let h = histogram(
+            &balancer(policy, &eps),
+            1_000,
+            std::slice::from_ref(&eps[0]),
+        );
         assert_eq!(h[0], 0, "{policy:?} {h:?}");
     }
     // ...only when everything is backing off; an available excluded endpoint
     // is preferred over ones known to refuse connections.
     eps[0].load.mark_reachable();
     for policy in ALL {
-        let h = histogram(&balancer(policy, &eps), 1_000, Some(&eps[0]));
+        let h = histogram(
+            &balancer(policy, &eps),
+            1_000,
+            std::slice::from_ref(&eps[0]),
+        );
         assert_eq!(h, vec![1_000, 0, 0], "{policy:?}");
     }
 }
@@ -416,7 +424,7 @@ fn ring_hash_is_stable_and_order_independent() {
 fn ring_hash_balance() {
     let eps = endpoints(10);
     let b = balancer(LoadBalancingPolicy::RingHash, &eps);
-    let h = histogram(&b, 10_000, None);
+    let h = histogram(&b, 10_000, &[]);
     eprintln!("ring hash keys per endpoint (N=10, 10k keys): {h:?}");
     for c in &h {
         assert!((500..=1_500).contains(c), "{h:?}");
@@ -484,7 +492,7 @@ async fn ring_hash_walks_past_unavailable_endpoint_and_returns() {
     assert!(new_homes.len() >= 5, "{new_homes:?}");
     // The backoff expires and the one probe connects: every key returns.
     tokio::time::advance(DEFAULT_BACKOFF).await;
-    b.pick(Some(b"probe"), None);
+    b.pick(Some(b"probe"), &[]);
     eps[3].load.mark_reachable();
     assert_eq!(key_map(&b, 10_000), before);
 }
@@ -493,14 +501,14 @@ async fn ring_hash_walks_past_unavailable_endpoint_and_returns() {
 fn ring_hash_retry_goes_to_the_keys_second_choice() {
     let eps = endpoints(5);
     let b = balancer(LoadBalancingPolicy::RingHash, &eps);
-    let first = b.pick(Some(b"session-42"), None).expect("non-empty");
+    let first = b.pick(Some(b"session-42"), &[]).expect("non-empty");
     let retry = b
-        .pick(Some(b"session-42"), Some(&first))
+        .pick(Some(b"session-42"), std::slice::from_ref(&first))
         .expect("non-empty");
     assert!(!Arc::ptr_eq(&first, &retry));
     for _ in 0..10 {
         let again = b
-            .pick(Some(b"session-42"), Some(&first))
+            .pick(Some(b"session-42"), std::slice::from_ref(&first))
             .expect("non-empty");
         assert!(Arc::ptr_eq(&again, &retry));
     }
@@ -513,7 +521,7 @@ fn ring_hash_without_key_is_random() {
     let b = balancer(LoadBalancingPolicy::RingHash, &eps);
     let mut counts = [0usize; 4];
     for _ in 0..30_000 {
-        counts[index(&b, &b.pick(None, None).expect("non-empty"))] += 1;
+        counts[index(&b, &b.pick(None, &[]).expect("non-empty"))] += 1;
     }
     for c in counts {
         assert!(c.abs_diff(7_500) <= 375, "{counts:?}");
@@ -531,11 +539,11 @@ fn smooth_weighted_round_robin_is_exact_and_interleaved() {
     let eps = endpoints(3);
     let b = weighted(LoadBalancingPolicy::RoundRobin, &eps, &[5, 1, 1]);
     let sequence: Vec<usize> = (0..7)
-        .map(|_| index(&b, &b.pick(None, None).expect("non-empty")))
+        .map(|_| index(&b, &b.pick(None, &[]).expect("non-empty")))
         .collect();
     // nginx's example: a a b a c a a.
     assert_eq!(sequence, [0, 0, 1, 0, 2, 0, 0]);
-    assert_eq!(histogram(&b, 7_000, None), vec![5_000, 1_000, 1_000]);
+    assert_eq!(histogram(&b, 7_000, &[]), vec![5_000, 1_000, 1_000]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -545,7 +553,7 @@ async fn smooth_weighted_round_robin_skips_backoff() {
     eps[1]
         .load
         .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
-    assert_eq!(histogram(&b, 4_000, None), vec![3_000, 0, 1_000]);
+    assert_eq!(histogram(&b, 4_000, &[]), vec![3_000, 0, 1_000]);
 }
 
 #[test]
@@ -558,7 +566,7 @@ fn random_least_request_and_ring_hash_follow_weights() {
         LoadBalancingPolicy::RingHash,
     ] {
         let b = weighted(policy, &eps, &[3, 1]);
-        let share = shares(&histogram(&b, 40_000, None))[0];
+        let share = shares(&histogram(&b, 40_000, &[]))[0];
         assert!((72.0..=78.0).contains(&share), "{policy:?}: {share:.1}%");
     }
 }
@@ -569,7 +577,7 @@ fn weighted_least_request_holds_in_flight_in_proportion() {
     let eps = endpoints(2);
     let b = weighted(LoadBalancingPolicy::LeastRequest, &eps, &[3, 1]);
     let held: Vec<InFlight> = (0..400)
-        .map(|_| b.pick(None, None).expect("non-empty").load.start())
+        .map(|_| b.pick(None, &[]).expect("non-empty").load.start())
         .collect();
     let in_flight: Vec<u32> = eps.iter().map(|e| e.load.in_flight()).collect();
     assert_eq!(in_flight, vec![300, 100]);
@@ -584,7 +592,7 @@ async fn weighted_p2c_divides_cost_by_weight() {
     // Equal latency: the heavier endpoint stays the cheaper one until it holds about three
     // times the in-flight requests.
     let held: Vec<InFlight> = (0..400)
-        .map(|_| b.pick(None, None).expect("non-empty").load.start())
+        .map(|_| b.pick(None, &[]).expect("non-empty").load.start())
         .collect();
     let in_flight: Vec<u32> = eps.iter().map(|e| e.load.in_flight()).collect();
     assert!(in_flight[0].abs_diff(300) <= 2, "{in_flight:?}");
@@ -597,7 +605,7 @@ fn weighted_random_pairs_are_drawn_in_proportion() {
     let eps = endpoints(4);
     // Idle, equal cost: p2c keeps its first candidate, drawn by weight.
     let b = weighted(LoadBalancingPolicy::Random, &eps, &[4, 2, 1, 1]);
-    let share = shares(&histogram(&b, 40_000, None));
+    let share = shares(&histogram(&b, 40_000, &[]));
     for (got, want) in share.iter().zip([50.0, 25.0, 12.5, 12.5]) {
         assert!((got - want).abs() <= 1.5, "{share:?}");
     }
@@ -607,10 +615,10 @@ fn weighted_random_pairs_are_drawn_in_proportion() {
 fn equal_weights_change_nothing() {
     let eps = endpoints(3);
     let b = weighted(LoadBalancingPolicy::RoundRobin, &eps, &[7, 7, 7]);
-    let first = index(&b, &b.pick(None, None).expect("non-empty"));
+    let first = index(&b, &b.pick(None, &[]).expect("non-empty"));
     for k in 1..30 {
         assert_eq!(
-            index(&b, &b.pick(None, None).expect("non-empty")),
+            index(&b, &b.pick(None, &[]).expect("non-empty")),
             (first + k) % 3
         );
     }

@@ -38,7 +38,8 @@ pub enum RateLimitScope {
     #[default]
     Instance,
     /// The whole service's: each sidecar allows its share, the rate divided
-    /// by the healthy instances of `service.name` in Consul.
+    /// by the healthy instances of `service.name` in Consul, or in etcd with
+    /// an `etcd` section and no `consul` one.
     Service,
 }
 

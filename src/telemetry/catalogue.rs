@@ -319,7 +319,7 @@ pub const CATALOGUE: &[MetricDoc] = &[
         name: SERVICE_INSTANCES,
         kind: Kind::Gauge,
         labels: &[],
-        meaning: "Healthy instances of this sidecar's own service (`service.name`) in Consul: what `rate_limit.scope: service` divides its rates by. *Appears after the first answer of that watch (only with `rate_limit.scope: service`).*",
+        meaning: "Healthy instances of this sidecar's own service (`service.name`) in Consul, or in etcd with an `etcd` section and no `consul` one: what `rate_limit.scope: service` divides its rates by. *Appears after the first answer of that watch (only with `rate_limit.scope: service`).*",
     },
     MetricDoc {
         name: SHED_REQUESTS_TOTAL,

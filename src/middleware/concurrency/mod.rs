@@ -18,8 +18,11 @@
 //! head is a sample for the limit: its time from admission to the head and
 //! the requests in flight when it was admitted, or a *drop* when the
 //! upstream answered 503, 429 or gRPC `RESOURCE_EXHAUSTED`, or timed out.
-//! Failures that say nothing about the upstream's latency (connect errors,
-//! resets) and cancelled requests are no sample.
+//! A try cut off by the request or per-try timeout above this layer (its
+//! future dropped at or past the request's `Deadline`, before a response
+//! head) is a drop too. Failures that say nothing about the upstream's
+//! latency (connect errors, resets) and requests cancelled before their
+//! deadline (the client went away) are no sample.
 //!
 //! Gauges `remora_concurrency_limit`, `remora_concurrency_in_flight` and (adaptive)
 //! `remora_concurrency_rtt_noload_seconds`; counter `remora_shed_requests_total`.
@@ -39,7 +42,7 @@ use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
 use crate::config::AdaptiveConcurrency;
-use crate::context::Direction;
+use crate::context::{Deadline, Direction};
 use crate::error::{ErrorKind, ProxyError};
 use crate::headers::grpc_status;
 use crate::telemetry::metrics::{ConcurrencyGauges, shed_counter};
@@ -195,10 +198,15 @@ where
             })));
         };
         let admitted = Instant::now();
+        let cut_off = CutOffWatch {
+            slots: Arc::clone(&self.slots),
+            deadline: request.extensions().get::<Deadline>().map(|d| d.0),
+        };
         let response = self.inner.call(request);
         Box::pin(async move {
             // On error (or if this future is dropped) `slot` drops here.
             let result = response.await;
+            cut_off.disarm();
             if let Some(sample) = sample_of(&result, admitted, in_flight) {
                 slot.0.sample(sample);
             }
@@ -206,6 +214,29 @@ where
             response.body_mut().on_end(Box::new(move |_end| drop(slot)));
             Ok(response)
         })
+    }
+}
+
+/// Dropped with its request's future before the response head: at or past
+/// the request's deadline, a timeout cut the try off, which is a drop for the
+/// adaptive limit; earlier, the client went away, which says nothing.
+struct CutOffWatch {
+    slots: Arc<Slots>,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl CutOffWatch {
+    /// The try ended (answered or failed): its result is the sample.
+    fn disarm(mut self) {
+        self.deadline = None;
+    }
+}
+
+impl Drop for CutOffWatch {
+    fn drop(&mut self) {
+        if (self.deadline).is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
+            self.slots.sample(Sample::Dropped);
+        }
     }
 }
 
@@ -267,6 +298,26 @@ mod tests {
             }
         });
         let layer = ConcurrencyLimitLayer::new(limit, Direction::Outbound, "unit");
+        let service = layer.layer(Inner::new(inner));
+        (layer, service)
+    }
+
+    fn adaptive() -> (ConcurrencyLimitLayer, ConcurrencyLimit<Inner>) {
+        let config = AdaptiveConcurrency {
+            min_limit: 2,
+            max_limit: 100,
+            initial_limit: 20,
+        };
+        let inner = tower::service_fn(|request: Request<Behaviour>| async move {
+            match request.into_body() {
+                Behaviour::WaitFor(signal) => {
+                    let _ = signal.await;
+                    Ok(Response::new(ResponseBody::local("late")))
+                }
+                _ => Ok(Response::new(ResponseBody::local("fast"))),
+            }
+        });
+        let layer = ConcurrencyLimitLayer::adaptive(&config, Direction::Outbound, "unit");
         let service = layer.layer(Inner::new(inner));
         (layer, service)
     }
@@ -366,6 +417,37 @@ mod tests {
         for task in tasks {
             drop(task.await.unwrap().unwrap());
         }
+        assert_eq!(layer.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_try_cut_off_at_its_deadline_shrinks_the_adaptive_limit() {
+        let (layer, mut service) = adaptive();
+        // The first probe: answered one at a time, then the limit resumes.
+        for _ in 0..vegas::PROBE_SAMPLES {
+            drop(call(&mut service, Behaviour::Answer).await.unwrap());
+        }
+        assert_eq!(layer.limit(), 20);
+        tokio::time::sleep(vegas::WINDOW_TIME).await;
+        let hanging = |deadline| {
+            let (answer, waiting) = oneshot::channel::<()>();
+            let mut request = Request::new(Behaviour::WaitFor(waiting));
+            request.extensions_mut().insert(Deadline(deadline));
+            (answer, request)
+        };
+        // Cancelled before its deadline (the client went away): no sample.
+        let far = tokio::time::Instant::now() + Duration::from_secs(60);
+        let (_answer, request) = hanging(far);
+        let pending = service.ready().await.unwrap().call(request);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(pending);
+        assert_eq!(layer.limit(), 20);
+        // Dropped by a timeout at its deadline: a drop, the limit shrinks.
+        let near = tokio::time::Instant::now() + Duration::from_millis(50);
+        let (_answer, request) = hanging(near);
+        let pending = service.ready().await.unwrap().call(request);
+        assert!(tokio::time::timeout_at(near, pending).await.is_err());
+        assert_eq!(layer.limit(), 18);
         assert_eq!(layer.in_flight(), 0);
     }
 }

@@ -45,6 +45,15 @@
 //! judged by an old minimum, and a queue that never drains from inflating
 //! it. Netflix's Vegas instead resets its minimum to any sample every
 //! `30 × limit` samples, which ratchets the limit up under steady overload.
+//!
+//! Drops do not end a probe: while the upstream sheds or times out every
+//! request the limit stays at `min_limit`, which is what a failing upstream
+//! should get. This cannot block the limit once the upstream recovers: the
+//! first [`PROBE_SAMPLES`] answers at `min_limit` end the probe. Counting the
+//! failures' latencies instead would measure `rtt_noload` from fast 503s (far
+//! below the latency of real work, so every later window would look queued),
+//! and ending the probe on a timer would restore the pre-probe limit against
+//! an upstream still failing.
 
 use std::time::{Duration, Instant};
 
@@ -362,5 +371,25 @@ mod tests {
         let limits = saturate(&mut vegas, &mut now, 1000, 20);
         assert_eq!(*limits.iter().max().unwrap(), 40);
         assert_eq!(*limits.iter().min().unwrap(), 5);
+    }
+
+    #[test]
+    fn a_probe_waits_out_a_failing_upstream_and_ends_once_it_answers() {
+        let mut now = Instant::now();
+        let mut vegas = Vegas::new(BOUNDS, now);
+        for _ in 0..10_000 {
+            now += Duration::from_millis(1);
+            assert_eq!(vegas.update(Sample::Dropped, now), BOUNDS.min);
+        }
+        let answered = Sample::Answered {
+            rtt: SERVICE,
+            in_flight: 1,
+        };
+        for _ in 1..PROBE_SAMPLES {
+            now += Duration::from_millis(1);
+            assert_eq!(vegas.update(answered, now), BOUNDS.min);
+        }
+        assert_eq!(vegas.update(answered, now), BOUNDS.initial);
+        assert_eq!(vegas.rtt_noload(), Some(SERVICE));
     }
 }

@@ -19,7 +19,8 @@
 //! **Shared quotas** (`scope: service`): the rates are the whole service's.
 //! Each sidecar enforces its share, every rate and burst divided by the
 //! healthy instances of its own service that discovery reports
-//! ([`ServiceInstances`], the Consul watch of `service.name`), so N sidecars
+//! ([`ServiceInstances`], the Consul watch of `service.name`, or the etcd
+//! one with an `etcd` section and no `consul` one), so N sidecars
 //! together admit the service-wide rate with no rate-limit service; when
 //! instances come and go, the shares follow at the next request. A burst
 //! share is rounded up (at least 1 request).

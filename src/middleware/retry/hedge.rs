@@ -3,7 +3,8 @@
 //! idempotent request has not answered after `delay`, a second try goes to
 //! another endpoint; the first answer wins and the other tries are dropped,
 //! which cancels them (HTTP/2: `RST_STREAM`; HTTP/1.1: the connection is
-//! closed). Up to `max_extra` hedges, one more every `delay`.
+//! closed). Up to `max_extra` hedges, one more every `delay`, each to an
+//! endpoint none of the earlier tries went to while the upstream has one.
 //!
 //! - Only requests that are idempotent ([`super::idempotency`]) are hedged.
 //! - The first try streams the body as usual while the retry layer keeps its
@@ -22,8 +23,12 @@
 //!   failed, the last failure goes on to the retry logic like a failed
 //!   first try.
 //! - `delay: p95` is the 95th percentile of the time to the response head of
-//!   the recent good answers (the last [`WINDOW`]); until [`MIN_SAMPLES`]
-//!   were seen no hedge is sent.
+//!   the recent good answers to *first* tries (the last [`WINDOW`]): the
+//!   latency hedging is to cut. A first try cancelled because a hedge won
+//!   counts with its time when cancelled (at least `delay`: a lower bound of
+//!   its latency); leaving it out, or counting the hedges' own times, would
+//!   keep only the fast answers and pull the delay down request after
+//!   request. Until [`MIN_SAMPLES`] were seen no hedge is sent.
 //!
 //! Metrics: `remora_hedges_total{upstream}` (hedges sent),
 //! `remora_hedge_wins_total{upstream}` (answers that came from a hedge).
@@ -41,7 +46,7 @@ use tower::{Service, ServiceExt};
 
 use crate::body::{Replay, RequestBody, ResponseBody};
 use crate::config::{HedgeDelay, HedgePolicy};
-use crate::context::{AvoidEndpoint, PickedEndpoint};
+use crate::context::{AvoidEndpoints, PickedEndpoint};
 use crate::error::ProxyError;
 
 use super::{Shared, Tried, copy};
@@ -136,18 +141,25 @@ where
 {
     let mut tries = FuturesUnordered::new();
     let mut picked = Vec::new();
-    let (first, endpoint) = start(shared, &inner, template, 0, None, body);
+    let first_started = Instant::now();
+    let (first, endpoint) = start(shared, &inner, template, 0, &[], body);
     tries.push(first);
     picked.push(endpoint);
+    let mut first_pending = true;
     let mut extra = 0;
     let timer = tokio::time::sleep(delay);
     tokio::pin!(timer);
     loop {
         tokio::select! {
             Some((number, tried)) = tries.next() => {
+                first_pending &= number > 0;
                 if !shared.should_retry(&tried.result, true) {
                     if number > 0 {
                         shared.metrics.hedge_wins.increment(1);
+                    }
+                    if first_pending {
+                        // The first try is cancelled: its latency is at least this.
+                        hedge.record(first_started.elapsed().max(delay));
                     }
                     return tried;
                 }
@@ -169,8 +181,7 @@ where
                 extra += 1;
                 if shared.budget.try_withdraw() {
                     shared.metrics.hedges.increment(1);
-                    let last = picked.last();
-                    let (hedged, endpoint) = start(shared, &inner, template, extra, last, body);
+                    let (hedged, endpoint) = start(shared, &inner, template, extra, &picked, body);
                     tries.push(hedged);
                     picked.push(endpoint);
                     timer.as_mut().reset(Instant::now() + delay);
@@ -183,15 +194,15 @@ where
     }
 }
 
-/// Try `number` (0: the first) with `body`, avoiding the endpoint `avoid`
-/// was sent to: its future (the try's number and result) and the endpoint it
+/// Try `number` (0: the first) with `body`, avoiding the endpoints the tries
+/// `avoid` went to (when the upstream has another): its future (the try's number and result) and the endpoint it
 /// will be sent to, once picked.
 fn start<S>(
     shared: &Arc<Shared>,
     inner: &S,
     template: &Request<()>,
     number: u32,
-    avoid: Option<&PickedEndpoint>,
+    avoid: &[PickedEndpoint],
     body: RequestBody,
 ) -> (BoxFuture<'static, (u32, Tried)>, PickedEndpoint)
 where
@@ -204,12 +215,14 @@ where
     let endpoint = PickedEndpoint::default();
     let mut request = copy(template, body);
     request.extensions_mut().insert(endpoint.clone());
-    if let Some(addr) = avoid.and_then(PickedEndpoint::get) {
-        request.extensions_mut().insert(AvoidEndpoint(addr));
+    let avoid: Vec<_> = avoid.iter().filter_map(PickedEndpoint::get).collect();
+    if !avoid.is_empty() {
+        request.extensions_mut().insert(AvoidEndpoints(avoid));
     }
     let (shared, mut service) = (Arc::clone(shared), inner.clone());
     let future = Box::pin(async move {
         let tried = match service.ready().await {
+            Ok(service) if number == 0 => shared.first_try(service, request).await,
             Ok(service) => shared.try_once(service, request).await,
             Err(error) => Tried {
                 result: Err(error),

@@ -19,7 +19,7 @@
 //!
 //! A response that is retried is dropped with its body, which releases its
 //! connection; the last try's response or error is returned as is. A retry
-//! carries [`AvoidEndpoint`] with the endpoint of the failed try (from
+//! carries [`AvoidEndpoints`] with the endpoint of the failed try (from
 //! [`ServedBy`], the error's endpoint, or — for a per-try timeout — the
 //! endpoint `forward` had picked, via [`PickedEndpoint`]), so it goes to
 //! another endpoint when there is one. Between tries remora sleeps for a
@@ -103,7 +103,7 @@ use crate::config::{Condition, HedgePolicy, RetryPolicy};
 use crate::context::Deadline;
 use crate::context::Direction;
 use crate::context::RetryCount;
-use crate::context::{AvoidEndpoint, PickedEndpoint, ServedBy};
+use crate::context::{AvoidEndpoints, PickedEndpoint, ServedBy};
 use crate::error::ProxyError;
 use crate::headers::is_upgrade_request;
 use crate::outcome::Outcome;
@@ -222,7 +222,7 @@ where
         .filter(|_| shared.idempotency.is_idempotent(&request))
         .and_then(|hedge| Some((hedge, hedge.delay()?)));
     if (shared.attempts <= 1 && hedge.is_none()) || upgrade {
-        return shared.try_once(&mut inner, request).await.result;
+        return shared.first_try(&mut inner, request).await.result;
     }
 
     let may_repeat = shared.idempotency.may_repeat(&request);
@@ -250,12 +250,14 @@ where
             _ => {
                 let mut request = copy(&template, body);
                 if let Some(addr) = avoid {
-                    request.extensions_mut().insert(AvoidEndpoint(addr));
+                    request.extensions_mut().insert(AvoidEndpoints(vec![addr]));
                 }
                 if retries > 0 {
                     inner.ready().await?;
+                    shared.try_once(&mut inner, request).await
+                } else {
+                    shared.first_try(&mut inner, request).await
                 }
-                shared.try_once(&mut inner, request).await
             }
         };
         let again = shared.should_retry(&tried.result, may_repeat);
@@ -308,14 +310,15 @@ impl Tried {
 }
 
 impl Shared {
-    /// One try; with hedging, the latency of a good answer is recorded for
-    /// a percentile `delay`.
-    async fn try_once<S>(&self, inner: &mut S, request: Request<RequestBody>) -> Tried
+    /// A request's first try; with hedging, the latency of a good answer is
+    /// recorded for a percentile `delay` — first tries only: theirs is the
+    /// latency hedging is to cut (a hedge's or a retry's would drag it down).
+    async fn first_try<S>(&self, inner: &mut S, request: Request<RequestBody>) -> Tried
     where
         S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = ProxyError>,
     {
         let started = Instant::now();
-        let tried = self.try_bounded(inner, request).await;
+        let tried = self.try_once(inner, request).await;
         if let Some(hedge) = &self.hedge
             && tried.result.is_ok()
             && !self.should_retry(&tried.result, true)
@@ -326,7 +329,7 @@ impl Shared {
     }
 
     /// One try, bounded by `per_try_timeout` when there is one.
-    async fn try_bounded<S>(&self, inner: &mut S, mut request: Request<RequestBody>) -> Tried
+    async fn try_once<S>(&self, inner: &mut S, mut request: Request<RequestBody>) -> Tried
     where
         S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = ProxyError>,
     {
@@ -480,7 +483,7 @@ mod tests {
         fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
             let mut seen = self.seen.lock().unwrap();
             let n = seen.len();
-            let avoid = request.extensions().get::<AvoidEndpoint>().map(|a| a.0);
+            let avoid = request.extensions().get::<AvoidEndpoints>().map(|a| a.0[0]);
             seen.push((Instant::now(), avoid));
             let status = self.statuses[n.min(self.statuses.len() - 1)];
             let mut response = Response::new(ResponseBody::empty());
@@ -587,5 +590,78 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1100)).await;
         assert_eq!(status_and_retries(&mut service).await, (503, 1));
         assert_eq!(seen.lock().unwrap().len(), 5);
+    }
+
+    /// An upstream whose first tries (no endpoint to avoid) are slow every
+    /// other time, 200..400 ms, else 10 ms; hedges answer in 10 ms. It reads
+    /// the body, so that hedges (sent with a copy of the whole body) can go.
+    #[derive(Clone)]
+    struct HalfSlow {
+        first_tries: Arc<Mutex<u64>>,
+    }
+
+    impl Service<Request<RequestBody>> for HalfSlow {
+        type Response = Response<ResponseBody>;
+        type Error = ProxyError;
+        type Future = BoxFuture<'static, Result<Response<ResponseBody>, ProxyError>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+            if let Some(picked) = request.extensions().get::<PickedEndpoint>() {
+                picked.set(endpoint(usize::from(
+                    request.extensions().get::<AvoidEndpoints>().is_some(),
+                )));
+            }
+            let millis = if request.extensions().get::<AvoidEndpoints>().is_some() {
+                10
+            } else {
+                let mut first_tries = self.first_tries.lock().unwrap();
+                *first_tries += 1;
+                match *first_tries {
+                    n if n % 2 == 0 => 10,
+                    n => 200 + n * 7 % 200,
+                }
+            };
+            Box::pin(async move {
+                let _ = http_body_util::BodyExt::collect(request.into_body()).await;
+                tokio::time::sleep(Duration::from_millis(millis)).await;
+                Ok(Response::new(ResponseBody::empty()))
+            })
+        }
+    }
+
+    /// The learned delay is a percentile of the first tries' latencies: hedges
+    /// winning, and cancelling the slow first tries, do not pull it down.
+    #[tokio::test(start_paused = true)]
+    async fn a_learned_hedge_delay_does_not_drift_down_once_hedging() {
+        let hedge = HedgePolicy {
+            delay: crate::config::HedgeDelay::Percentile(95.0),
+            max_extra: 1,
+        };
+        let upstream = HalfSlow {
+            first_tries: Arc::default(),
+        };
+        let service =
+            RetryLayer::new(Some(&policy(1, generous())), Some(&hedge), "test").layer(upstream);
+        let learned = || service.shared.hedge.as_ref().unwrap().delay();
+        for _ in 0..hedge::MIN_SAMPLES {
+            assert_eq!(learned(), None);
+            let mut service = service.clone();
+            status_and_retries(&mut service).await;
+        }
+        let before = learned().unwrap();
+        assert!(before >= Duration::from_millis(300), "{before:?}");
+        for _ in 0..500 {
+            let mut service = service.clone();
+            status_and_retries(&mut service).await;
+        }
+        let after = learned().unwrap();
+        assert!(
+            after >= before && after <= Duration::from_millis(420),
+            "p95 {before:?} before hedging, {after:?} after"
+        );
     }
 }
