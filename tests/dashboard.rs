@@ -369,10 +369,13 @@ async fn live_view_streams_filtered_requests_and_lets_go_of_its_stream() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        browser.problems.is_empty(),
-        "console problems: {:#?}",
-        browser.problems
-    );
+    // With `max_subscribers: 1`, a new filter's stream can be refused (503)
+    // while the server has not yet seen the previous one close; the page
+    // tries again, as the rows above show, but Chromium still logs the
+    // refused load. Any other console problem fails the test.
+    let problems: Vec<_> = (browser.problems.iter())
+        .filter(|problem| !(problem.contains("status of 503") && problem.contains("/tap?")))
+        .collect();
+    assert!(problems.is_empty(), "console problems: {problems:#?}");
     proxy.shutdown().await;
 }
