@@ -1,9 +1,10 @@
 # shellcheck shell=bash disable=SC2034  # RUN_REMORA is read by the scripts that source this
-# Shared by bench/run.sh and bench/h2c.sh (sourced after they set their
+# Shared by the bench/ scripts (sourced after they set their
 # defaults, LOG_TAG and TMP_PREFIX): command-line arguments, logging, checks
 # of numeric settings, a scratch directory and the process list (both
 # cleaned up on exit), free loopback ports, a process's CPU time and
-# resident memory, and the median and ratio of figures.
+# resident memory, the median and ratio of figures, and the servers: waiting
+# for one, HAProxy, the origin, and the no-policy remora configuration.
 
 RUN_REMORA=1
 for arg in "$@"; do
@@ -66,3 +67,79 @@ rss_mb() {
 median() { tr ' ' '\n' <<<"$1" | { grep . || true; } | sort -g | awk '{ v[NR] = $1 }
   END { if (NR == 0) print "—"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
+# --- servers ---------------------------------------------------------------------------------
+# READY_TIMEOUT (s, default 10) bounds each wait; SERVER_CPUS (default 0) is where servers run.
+
+# Fails the run with the tail of the server's log.
+server_failed() { # name logfile message
+  tail -n 20 "$2" >&2 || true
+  die "$1 $3"
+}
+
+# Polls URL (HTTP/1.1) until it answers 200; fails early if PID died.
+wait_ready() { # name url pid logfile
+  local name=$1 url=$2 pid=$3 logfile=$4
+  local deadline=$((SECONDS + ${READY_TIMEOUT:-10}))
+  until [[ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "$url")" == 200 ]]; do
+    kill -0 "$pid" 2>/dev/null || server_failed "$name" "$logfile" "exited before becoming ready"
+    ((SECONDS < deadline)) ||
+      server_failed "$name" "$logfile" "not ready at $url after ${READY_TIMEOUT:-10}s"
+    sleep 0.05
+  done
+}
+
+# The global and defaults sections of a HAProxy configuration with THREADS threads.
+haproxy_common() { # threads
+  cat <<EOF
+global
+    nbthread $1
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+EOF
+}
+
+# Starts HAProxy on CFG, on SERVER_CPUS; sets STARTED_PID.
+start_haproxy() { # name cfg
+  taskset -c "${SERVER_CPUS:-0}" haproxy -db -f "$2" >"$TMP/$1.log" 2>&1 &
+  STARTED_PID=$!
+  PIDS+=("$STARTED_PID")
+}
+
+# The origin every benchmark proxies to: a single-thread HAProxy on ORIGIN_PORT answering
+# every request itself (`http-request return`, a 5-byte body: no file I/O, and the same
+# cost in every row). Sets ORIGIN_PID once it answers.
+start_origin() {
+  {
+    haproxy_common 1
+    cat <<EOF
+frontend origin
+    bind 127.0.0.1:$ORIGIN_PORT
+    http-request return status 200 content-type text/plain string "hello"
+EOF
+  } >"$TMP/origin.cfg"
+  start_haproxy origin "$TMP/origin.cfg"
+  ORIGIN_PID=$STARTED_PID
+  wait_ready origin "http://127.0.0.1:$ORIGIN_PORT/" "$ORIGIN_PID" "$TMP/origin.log"
+}
+
+# bench/run.sh's `remora` target: one upstream to the origin, no policy, access log off.
+no_policy_config() { # listen_port admin_port worker_threads
+  cat <<EOF
+service: { name: bench }
+upstreams:
+  - name: origin
+    listen: 127.0.0.1:$1
+    protocol: http
+    discovery: { static: [127.0.0.1:$ORIGIN_PORT] }
+    load_balancing: { policy: round_robin }
+admin: { listen: 127.0.0.1:$2 }
+runtime: { worker_threads: $3 }
+logging: { level: warn, access_log: false }
+EOF
+}

@@ -45,12 +45,6 @@ require_integers W CONNS STREAMS DURATION WARMUP ROUNDS IDLE LOAD_THREADS
 
 read -r ORIGIN_PORT HAPROXY_PORT REMORA_PORT ADMIN_PORT <<<"$(free_ports 4)"
 
-# Fails the run with the tail of the server's log.
-server_failed() { # name logfile message
-  tail -n 20 "$2" >&2 || true
-  die "$1 $3"
-}
-
 # Waits until PORT accepts TCP connections (READY_TIMEOUT s at most); fails early if PID died.
 wait_port() {
   local name=$1 port=$2 pid=$3 logfile=$4
@@ -62,16 +56,6 @@ wait_port() {
   done
 }
 
-# Polls URL (HTTP/1.1) until it answers 200, like run.sh; for remora's admin /ready.
-wait_ready() {
-  local name=$1 url=$2 pid=$3 logfile=$4
-  local deadline=$((SECONDS + READY_TIMEOUT))
-  until [[ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "$url")" == 200 ]]; do
-    kill -0 "$pid" 2>/dev/null || server_failed "$name" "$logfile" "exited before becoming ready"
-    ((SECONDS < deadline)) || server_failed "$name" "$logfile" "not ready at $url after ${READY_TIMEOUT}s"
-    sleep 0.05
-  done
-}
 
 # One h2c request with h2load: proves the target speaks HTTP/2 prior knowledge end to end.
 check_h2c() {

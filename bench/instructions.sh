@@ -2,7 +2,7 @@
 # Instructions remora executes per request (user space, counted by valgrind's callgrind), for
 # paired A/B comparisons of code changes on a machine too noisy for timings. Instruction
 # counts do not move with the load of other processes: two runs of the same binary agree
-# within about 0.1 %, so a change of 1 % shows. They leave out the kernel's work and cache
+# within about 0.2 %, so a change of 1 % shows. They leave out the kernel's work and cache
 # effects, so they complement bench/run.sh rather than replace it. See bench/README.md.
 #
 #   bench/instructions.sh                          # target/release/remora, both configs
@@ -15,7 +15,7 @@
 #
 # Environment (defaults): DURATION=6 (s), ROUNDS=2 (each binary and config measured this many
 # times, alternating), REMORA_BIN=<repo>/target/release/remora (when no NAME=path is given).
-# Needs the Debian packages valgrind, wrk, haproxy, curl, python3.
+# Needs the Debian packages valgrind, wrk, haproxy, util-linux (taskset), curl, python3.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,8 +36,8 @@ TMP_PREFIX=remora-instructions
 # shellcheck source=bench/common.sh
 source "$ROOT/bench/common.sh"
 
-for tool in valgrind callgrind_control callgrind_annotate wrk haproxy curl python3; do
-  command -v "$tool" >/dev/null || die "$tool not found (apt-get install valgrind wrk haproxy curl python3)"
+for tool in valgrind callgrind_control callgrind_annotate wrk haproxy taskset curl python3; do
+  command -v "$tool" >/dev/null || die "$tool not found (apt-get install valgrind wrk haproxy util-linux curl python3)"
 done
 require_integers DURATION ROUNDS
 for binary in "${BINARIES[@]}"; do
@@ -46,31 +46,8 @@ done
 
 read -r ORIGIN_PORT LISTEN_PORT SECOND_PORT ADMIN_PORT <<<"$(free_ports 4)"
 
-cat >"$TMP/origin.cfg" <<EOF
-global
-    nbthread 1
-defaults
-    mode http
-    timeout client 30s
-    timeout server 30s
-    timeout connect 5s
-frontend origin
-    bind 127.0.0.1:$ORIGIN_PORT
-    http-request return status 200 content-type text/plain string "hello"
-EOF
-haproxy -db -f "$TMP/origin.cfg" >"$TMP/origin.log" 2>&1 &
-PIDS+=($!)
-
-cat >"$TMP/remora.yaml" <<EOF
-service: { name: bench }
-admin: { listen: "127.0.0.1:$ADMIN_PORT" }
-logging: { level: warn, access_log: false }
-upstreams:
-  - name: origin
-    listen: 127.0.0.1:$LISTEN_PORT
-    protocol: http
-    discovery: { static: ["127.0.0.1:$ORIGIN_PORT"] }
-EOF
+start_origin
+no_policy_config "$LISTEN_PORT" "$ADMIN_PORT" 1 >"$TMP/remora.yaml"
 
 # Instructions per request of binary $1 with config $2.
 measure() {
@@ -80,12 +57,7 @@ measure() {
     BENCH_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.%p" \
     "$binary" run --config "$config" >"$TMP/remora.log" 2>&1 &
   pid=$!
-  local deadline=$((SECONDS + READY_TIMEOUT))
-  until [[ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$url")" == 200 ]]; do
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$TMP/remora.log" >&2; die "$binary exited"; }
-    ((SECONDS < deadline)) || die "$binary not ready at $url after ${READY_TIMEOUT}s"
-    sleep 0.2
-  done
+  wait_ready "$binary" "$url" "$pid" "$TMP/remora.log"
   wrk -t1 -c10 -d2s "$url" >/dev/null
   callgrind_control --zero "$pid" >/dev/null 2>&1
   requests=$(wrk -t1 -c10 -d"${DURATION}s" "$url" | awk '/requests in/ { print $1 }')

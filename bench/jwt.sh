@@ -58,20 +58,7 @@ declare -A CACHE=([plain]=- [rs256]=1000 [es256]=1000 [rs256-nocache]=0 [es256-n
 read -r ORIGIN_PORT REST <<<"$(free_ports $((1 + 2 * ${#TARGETS[@]})))"
 read -r -a PORTS <<<"$REST"
 
-cat >"$TMP/origin.cfg" <<EOF
-global
-    nbthread 1
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-frontend origin
-    bind 127.0.0.1:$ORIGIN_PORT
-    http-request return status 200 content-type text/plain string "hello"
-EOF
-taskset -c "$SERVER_CPUS" haproxy -db -f "$TMP/origin.cfg" >"$TMP/origin.log" 2>&1 &
-PIDS+=("$!")
+start_origin
 
 declare -A PORT PID USREQ RPS
 i=0
@@ -103,12 +90,7 @@ EOF
   taskset -c "$SERVER_CPUS" "$REMORA_BIN" run --config "$TMP/$name.yaml" >"$TMP/$name.log" 2>&1 &
   PID[$name]=$!
   PIDS+=("$!")
-  deadline=$((SECONDS + 10))
-  until [[ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://127.0.0.1:$admin/ready")" == 200 ]]; do
-    kill -0 "${PID[$name]}" 2>/dev/null || { cat "$TMP/$name.log" >&2; die "$name exited"; }
-    ((SECONDS < deadline)) || die "$name not ready"
-    sleep 0.05
-  done
+  wait_ready "$name" "http://127.0.0.1:$admin/ready" "${PID[$name]}" "$TMP/$name.log"
 done
 
 # run NAME SECONDS: wrk against NAME with its token; fails on any answer but 2xx.

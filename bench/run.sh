@@ -49,23 +49,6 @@ fi
 read -r ORIGIN_PORT HAPROXY_PORT HAPROXY_SECOND_PORT REMORA_PORT ADMIN_PORT \
   FULL_PORT FULL_SECOND_PORT FULL_ADMIN_PORT <<<"$(free_ports 8)"
 
-# Polls URL until it answers 200, for at most READY_TIMEOUT s; fails early if PID died.
-wait_ready() {
-  local name=$1 url=$2 pid=$3 logfile=$4
-  local deadline=$((SECONDS + READY_TIMEOUT))
-  until [[ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "$url")" == 200 ]]; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -n 20 "$logfile" >&2 || true
-      die "$name exited before becoming ready"
-    fi
-    if ((SECONDS >= deadline)); then
-      tail -n 20 "$logfile" >&2 || true
-      die "$name not ready at $url after ${READY_TIMEOUT}s"
-    fi
-    sleep 0.05
-  done
-}
-
 # Latency as printed by wrk (e.g. 412.00us, 1.23ms, 1.01s) -> milliseconds.
 to_ms() {
   awk -v v="$1" 'BEGIN {
@@ -73,37 +56,6 @@ to_ms() {
     if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
     printf "%.3f", n }'
 }
-
-start_haproxy() { # name cfg -> sets STARTED_PID
-  local name=$1 cfg=$2
-  taskset -c "$SERVER_CPUS" haproxy -db -f "$cfg" >"$TMP/$name.log" 2>&1 &
-  STARTED_PID=$!
-  PIDS+=("$STARTED_PID")
-}
-
-haproxy_common() {
-  cat <<EOF
-global
-    nbthread $1
-    maxconn 4096
-defaults
-    mode http
-    option http-keep-alive
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-EOF
-}
-
-# --- origin: a separate HAProxy answering a fixed body, single thread --------------------
-{
-  haproxy_common 1
-  cat <<EOF
-frontend origin
-    bind 127.0.0.1:$ORIGIN_PORT
-    http-request return status 200 content-type text/plain string "hello"
-EOF
-} >"$TMP/origin.cfg"
 
 # --- peer proxy: HAProxy with W threads ---------------------------------------------------
 # Two frontend/backend pairs, as remora-full has two upstreams (the idle RSS compares like
@@ -125,18 +77,7 @@ EOF
 } >"$TMP/haproxy.cfg"
 
 # --- remora: no policy configured (the baseline) -------------------------------------------
-cat >"$TMP/remora.yaml" <<EOF
-service: { name: bench }
-upstreams:
-  - name: origin
-    listen: 127.0.0.1:$REMORA_PORT
-    protocol: http
-    discovery: { static: [127.0.0.1:$ORIGIN_PORT] }
-    load_balancing: { policy: round_robin }
-admin: { listen: 127.0.0.1:$ADMIN_PORT }
-runtime: { worker_threads: $W }
-logging: { level: warn, access_log: false }
-EOF
+no_policy_config "$REMORA_PORT" "$ADMIN_PORT" "$W" >"$TMP/remora.yaml"
 
 # --- remora-full: bench/full-stack.yaml, every layer on; its variables say where to listen --
 export BENCH_ORIGIN=127.0.0.1:$ORIGIN_PORT BENCH_LISTEN=127.0.0.1:$FULL_PORT \
@@ -221,9 +162,7 @@ bench_c1() {
   C1_P99[$name]+=" $(percentile_ms 99%)"
 }
 
-start_haproxy origin "$TMP/origin.cfg"
-ORIGIN_PID=$STARTED_PID
-wait_ready origin "http://127.0.0.1:$ORIGIN_PORT/" "$ORIGIN_PID" "$TMP/origin.log"
+start_origin
 PORT[direct]=$ORIGIN_PORT PID[direct]=-
 
 # All proxies stay up for the whole run (an idle one costs nothing) so that rounds can

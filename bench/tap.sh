@@ -41,52 +41,16 @@ fi
 
 read -r ORIGIN_PORT REMORA_PORT ADMIN_PORT BASE_PORT BASE_ADMIN_PORT <<<"$(free_ports 5)"
 
-cat >"$TMP/origin.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 4096
-defaults
-    mode http
-    option http-keep-alive
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-frontend origin
-    bind 127.0.0.1:$ORIGIN_PORT
-    http-request return status 200 content-type text/plain string "hello"
-EOF
-taskset -c "$SERVER_CPUS" haproxy -db -f "$TMP/origin.cfg" >"$TMP/origin.log" 2>&1 &
-PIDS+=("$!")
-
-# remora_config PORT ADMIN_PORT: the no-policy configuration of bench/run.sh.
-remora_config() {
-  cat <<EOF
-service: { name: bench }
-upstreams:
-  - name: origin
-    listen: 127.0.0.1:$1
-    protocol: http
-    discovery: { static: [127.0.0.1:$ORIGIN_PORT] }
-    load_balancing: { policy: round_robin }
-admin: { listen: 127.0.0.1:$2 }
-runtime: { worker_threads: 1 }
-logging: { level: warn, access_log: false }
-EOF
-}
+start_origin
 
 declare -A PORT PID RPS USREQ P50 P99
 start_remora() { # name binary port admin
-  remora_config "$3" "$4" >"$TMP/$1.yaml"
+  no_policy_config "$3" "$4" 1 >"$TMP/$1.yaml"
   taskset -c "$SERVER_CPUS" "$2" run --config "$TMP/$1.yaml" >"$TMP/$1.log" 2>&1 &
   PID[$1]=$!
   PIDS+=("$!")
   PORT[$1]=$3
-  local deadline=$((SECONDS + 10))
-  until [[ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://127.0.0.1:$4/ready")" == 200 ]]; do
-    kill -0 "${PID[$1]}" 2>/dev/null || { tail "$TMP/$1.log" >&2; die "$1 exited"; }
-    ((SECONDS < deadline)) || die "$1 not ready"
-    sleep 0.05
-  done
+  wait_ready "$1" "http://127.0.0.1:$4/ready" "${PID[$1]}" "$TMP/$1.log"
 }
 start_remora remora "$REMORA_BIN" "$REMORA_PORT" "$ADMIN_PORT"
 SCENARIOS=(idle tap-nomatch tap-all)
