@@ -23,7 +23,7 @@ use crate::balance::{EndpointLoad, InFlight, Target};
 use crate::body::{Release, RequestBody, RequestBodyError};
 use crate::client::{
     ClientSettings, EndpointClient, H1Sender, Http2Stream, Opened, PoolGauges, Purpose,
-    keep_alive_timeout,
+    keep_alive_timeout, unless_closed,
 };
 use crate::error::{ProxyError, h2_cause};
 use crate::health::HealthState;
@@ -124,7 +124,8 @@ pub struct EndpointRelease {
 
 /// The connection a response arrived on.
 enum Held {
-    /// An upgraded connection, owned by the tunnel.
+    /// Nothing to give back: an upgraded connection, owned by the tunnel, or
+    /// one that closed as the request was handed to it.
     Nothing,
     Http1 {
         sender: H1Sender,
@@ -294,13 +295,16 @@ impl Endpoint {
             } else {
                 None
             };
-            match sender.try_send_request(request).await {
+            let response = sender.try_send_request(request);
+            let sender = unless_closed(sender);
+            match response.await {
                 Ok(response) => {
-                    let held = if upgrade {
-                        Held::Nothing
-                    } else {
-                        let keep_alive = keep_alive_timeout(response.headers());
-                        Held::Http1 { sender, keep_alive }
+                    let held = match sender {
+                        Some(sender) if !upgrade => {
+                            let keep_alive = keep_alive_timeout(response.headers());
+                            Held::Http1 { sender, keep_alive }
+                        }
+                        _ => Held::Nothing,
                     };
                     return Ok((response, held));
                 }

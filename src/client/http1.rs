@@ -94,6 +94,23 @@ impl Http1Idle {
     }
 }
 
+/// `sender`, unless its connection has closed; called just after a request
+/// was handed to it, and before its response is awaited.
+///
+/// hyper hands a request to the connection's task through a tokio mpsc
+/// channel. When that task ends just as the request goes in (the keep-alive
+/// race), the channel can outlive the task with the request in it: the
+/// receiver, dropped, drains only the slots already written, and the rest
+/// waits for the last sender to go. hyper's callback for the response waits
+/// with it, so the response would never come — the request stood still
+/// until `timeouts.idle` (seen once against nginx). The task marks the
+/// sender closed before it lets go of the channel, so a sender found closed
+/// here is dropped: that frees the channel, and the request comes back
+/// unsent (or its error, when the task had taken it after all).
+pub fn unless_closed(sender: H1Sender) -> Option<H1Sender> {
+    (!sender.is_closed()).then_some(sender)
+}
+
 /// The `timeout=N` of a response's `Keep-Alive` header (RFC 2068 §19.7.1.1,
 /// as nginx, Apache and Node send it), when there is one.
 pub fn keep_alive_timeout(headers: &HeaderMap) -> Option<Duration> {

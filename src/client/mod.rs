@@ -27,7 +27,7 @@ use crate::tls::stream::UpstreamIo;
 pub mod http1;
 pub mod http2;
 
-pub use self::http1::{H1Sender, keep_alive_timeout};
+pub use self::http1::{H1Sender, keep_alive_timeout, unless_closed};
 pub use self::http2::{Http2Stream, PoolGauges, Purpose};
 
 use self::http1::Http1Idle;
