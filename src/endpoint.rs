@@ -353,11 +353,27 @@ impl Endpoint {
                 Ok(stream) => stream,
                 Err(error) => return Err(SendError::unsent(error, request)),
             };
-            let sent = stream.sender().try_send_request(request).await;
-            let mut failed = match sent {
+            let mut sender = stream.sender();
+            let response = sender.try_send_request(request);
+            // As for HTTP/1.1 (`unless_closed`): a connection that closed as
+            // the request went in may hold it until every sender is gone.
+            let stream = if sender.is_closed() {
+                stream.abandon_closed_connection();
+                None
+            } else {
+                Some(stream)
+            };
+            drop(sender);
+            let mut failed = match response.await {
                 Ok(response) => {
-                    stream.confirm_connection();
-                    return Ok((response, Held::Http2 { _stream: stream }));
+                    let held = match stream {
+                        Some(stream) => {
+                            stream.confirm_connection();
+                            Held::Http2 { _stream: stream }
+                        }
+                        None => Held::Nothing,
+                    };
+                    return Ok((response, held));
                 }
                 Err(failed) => failed,
             };
@@ -367,19 +383,21 @@ impl Endpoint {
                 Some(_) => Some(Unprocessed::NotWritten),
                 None => unprocessed_h2(&error),
             };
-            if matches!(
-                why,
-                Some(
-                    Unprocessed::NotWritten
-                        | Unprocessed::GoAway { .. }
-                        | Unprocessed::DispatchDropped
-                )
-            ) {
-                stream.retire_connection();
-            }
-            if why == Some(Unprocessed::RefusedStream) {
-                // The peer's SETTINGS came before its RST_STREAM.
-                stream.confirm_connection();
+            if let Some(stream) = &stream {
+                if matches!(
+                    why,
+                    Some(
+                        Unprocessed::NotWritten
+                            | Unprocessed::GoAway { .. }
+                            | Unprocessed::DispatchDropped
+                    )
+                ) {
+                    stream.retire_connection();
+                }
+                if why == Some(Unprocessed::RefusedStream) {
+                    // The peer's SETTINGS came before its RST_STREAM.
+                    stream.confirm_connection();
+                }
             }
             if why == Some(Unprocessed::GoAway { graceful: false }) {
                 *goaway_errors += 1;

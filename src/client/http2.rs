@@ -177,6 +177,19 @@ impl Http2Stream {
         self.connection.retire();
         self.pool.changed.notify_waiters();
     }
+
+    /// Lets go of the stream and of the pool's hold on its connection, which
+    /// has closed as a request was handed to it: its sender, shared by the
+    /// pool and the connection's streams, must go for the request to come
+    /// back (see `http1::unless_closed`; the HTTP/2 dispatch channel is the
+    /// same).
+    pub fn abandon_closed_connection(self) {
+        self.retire_connection();
+        let mut state = self.pool.lock();
+        (self.pool).remove(&mut state, |connection| {
+            std::ptr::eq(connection, &*self.connection)
+        });
+    }
 }
 
 impl Drop for Http2Stream {
