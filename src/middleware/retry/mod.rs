@@ -222,6 +222,11 @@ where
         .filter(|_| shared.idempotency.is_idempotent(&request))
         .and_then(|hedge| Some((hedge, hedge.delay()?)));
     if (shared.attempts <= 1 && hedge.is_none()) || upgrade {
+        // `first_try` times the try for the hedge delay; without hedging the
+        // try itself does: one future less to move, no clock read.
+        if shared.hedge.is_none() {
+            return shared.try_once(&mut inner, request).await.result;
+        }
         return shared.first_try(&mut inner, request).await.result;
     }
 
@@ -254,6 +259,8 @@ where
                 }
                 if retries > 0 {
                     inner.ready().await?;
+                }
+                if retries > 0 || shared.hedge.is_none() {
                     shared.try_once(&mut inner, request).await
                 } else {
                     shared.first_try(&mut inner, request).await
