@@ -349,31 +349,17 @@ impl Endpoint {
             } else {
                 Purpose::Resend
             };
-            let stream = match self.client.h2_stream(purpose).await {
-                Ok(stream) => stream,
+            let (stream, mut sender) = match self.client.h2_stream(purpose).await {
+                Ok(checked_out) => checked_out,
                 Err(error) => return Err(SendError::unsent(error, request)),
             };
-            let mut sender = stream.sender();
             let response = sender.try_send_request(request);
-            // As for HTTP/1.1 (`unless_closed`): a connection that closed as
-            // the request went in may hold it until every sender is gone.
-            let stream = if sender.is_closed() {
-                stream.abandon_closed_connection();
-                None
-            } else {
-                Some(stream)
-            };
+            // Not held while the response is awaited: see `client::http2`.
             drop(sender);
             let mut failed = match response.await {
                 Ok(response) => {
-                    let held = match stream {
-                        Some(stream) => {
-                            stream.confirm_connection();
-                            Held::Http2 { _stream: stream }
-                        }
-                        None => Held::Nothing,
-                    };
-                    return Ok((response, held));
+                    stream.confirm_connection();
+                    return Ok((response, Held::Http2 { _stream: stream }));
                 }
                 Err(failed) => failed,
             };
@@ -383,21 +369,19 @@ impl Endpoint {
                 Some(_) => Some(Unprocessed::NotWritten),
                 None => unprocessed_h2(&error),
             };
-            if let Some(stream) = &stream {
-                if matches!(
-                    why,
-                    Some(
-                        Unprocessed::NotWritten
-                            | Unprocessed::GoAway { .. }
-                            | Unprocessed::DispatchDropped
-                    )
-                ) {
-                    stream.retire_connection();
-                }
-                if why == Some(Unprocessed::RefusedStream) {
-                    // The peer's SETTINGS came before its RST_STREAM.
-                    stream.confirm_connection();
-                }
+            if matches!(
+                why,
+                Some(
+                    Unprocessed::NotWritten
+                        | Unprocessed::GoAway { .. }
+                        | Unprocessed::DispatchDropped
+                )
+            ) {
+                stream.retire_connection();
+            }
+            if why == Some(Unprocessed::RefusedStream) {
+                // The peer's SETTINGS came before its RST_STREAM.
+                stream.confirm_connection();
             }
             if why == Some(Unprocessed::GoAway { graceful: false }) {
                 *goaway_errors += 1;

@@ -72,7 +72,14 @@ type H2Connection = http2::Connection<TokioIo<UpstreamIo>, RequestBody, TokioExe
 
 /// One HTTP/2 connection of the pool.
 pub struct Http2Connection {
-    sender: H2Sender,
+    /// Cloned for each stream, and taken when the connection's task ends.
+    /// hyper hands requests to the task through a tokio mpsc channel; a
+    /// request put in as the task is dropped can stay in the channel,
+    /// unseen, until the last sender goes (see `http1::unless_closed`). So no
+    /// sender outlives the task here, and each request's clone is dropped
+    /// right after its request went in: then such a request comes back
+    /// unsent, and is resent.
+    sender: Mutex<Option<H2Sender>>,
     /// Weak: once its driver ends (GOAWAY or close), the task must be
     /// dropped, so that requests still queued in it come back unsent.
     task: Weak<Mutex<H2Connection>>,
@@ -126,7 +133,8 @@ impl Http2Connection {
         let too_many = limits
             .max_requests_per_connection
             .is_some_and(|most| self.requests.load(Ordering::Relaxed) >= most);
-        if too_old || too_many || self.sender.is_closed() {
+        let closed = lock(&self.sender).as_ref().is_none_or(H2Sender::is_closed);
+        if too_old || too_many || closed {
             self.retire();
         }
         self.retired.load(Ordering::Relaxed)
@@ -149,11 +157,6 @@ pub struct Http2Stream {
 }
 
 impl Http2Stream {
-    /// A handle to send the request on the stream's connection.
-    pub fn sender(&self) -> H2Sender {
-        self.connection.sender.clone()
-    }
-
     /// A response head or a refusal came on the stream, so the peer's SETTINGS have been
     /// read: the connection is held to the peer's own stream limit, which
     /// the endpoint's next connections assume until they are confirmed.
@@ -176,19 +179,6 @@ impl Http2Stream {
     pub fn retire_connection(&self) {
         self.connection.retire();
         self.pool.changed.notify_waiters();
-    }
-
-    /// Lets go of the stream and of the pool's hold on its connection, which
-    /// has closed as a request was handed to it: its sender, shared by the
-    /// pool and the connection's streams, must go for the request to come
-    /// back (see `http1::unless_closed`; the HTTP/2 dispatch channel is the
-    /// same).
-    pub fn abandon_closed_connection(self) {
-        self.retire_connection();
-        let mut state = self.pool.lock();
-        (self.pool).remove(&mut state, |connection| {
-            std::ptr::eq(connection, &*self.connection)
-        });
     }
 }
 
@@ -213,8 +203,9 @@ pub enum Purpose {
 
 /// What a checkout got.
 pub enum Checkout {
-    /// A stream on an open connection.
-    Stream(Http2Stream),
+    /// A stream on an open connection, and the handle to send its request
+    /// with (to be dropped once the request went in).
+    Stream(Http2Stream, H2Sender),
     /// The right to open a new connection; give it to [`OpenSlot::opened`].
     Open(OpenSlot),
 }
@@ -227,12 +218,17 @@ pub struct OpenSlot {
 }
 
 impl OpenSlot {
-    /// Adds the connection the slot was for and takes its first stream; the
-    /// connection's task calls [`ConnectionEnd::ended`] when it is over.
-    pub fn opened(mut self, sender: H2Sender, task: H2Task) -> (Http2Stream, ConnectionEnd) {
+    /// Adds the connection the slot was for and takes its first stream (and
+    /// a sender for it); the connection's task calls [`ConnectionEnd::ended`]
+    /// when it is over.
+    pub fn opened(
+        mut self,
+        sender: H2Sender,
+        task: H2Task,
+    ) -> (Http2Stream, H2Sender, ConnectionEnd) {
         let now = Instant::now();
         let connection = Arc::new(Http2Connection {
-            sender,
+            sender: Mutex::new(Some(sender.clone())),
             task: Arc::downgrade(&task),
             streams: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
@@ -246,7 +242,7 @@ impl OpenSlot {
             state.opening -= 1;
             state.connections.push(Arc::clone(&connection));
             self.pool.gauges.connections.increment(1.0);
-            claim(&self.pool, &connection)
+            count_stream(&self.pool, &connection)
         };
         self.done = true;
         self.pool.changed.notify_waiters();
@@ -254,7 +250,7 @@ impl OpenSlot {
             pool: Arc::downgrade(&self.pool),
             connection: Arc::downgrade(&connection),
         };
-        (stream, end)
+        (stream, sender, end)
     }
 
     /// The connection could not be opened: the requests that were waiting
@@ -281,6 +277,8 @@ impl ConnectionEnd {
     pub fn ended(self) {
         if let Some(connection) = self.connection.upgrade() {
             connection.retire();
+            let sender = lock(&connection.sender).take();
+            drop(sender);
         }
         if let Some(pool) = self.pool.upgrade() {
             pool.changed.notify_waiters();
@@ -445,7 +443,11 @@ impl Http2Pool {
                         .find(free),
                 };
                 if let Some(connection) = found {
-                    return Ok(Checkout::Stream(claim(shared, connection)));
+                    match claim(shared, connection) {
+                        Some((stream, sender)) => return Ok(Checkout::Stream(stream, sender)),
+                        // Its task ended just now: it leaves the pool on the next look.
+                        None => continue,
+                    }
                 }
                 // A connection being opened is counted on for as many streams
                 // as a peer that has not announced its limit allows.
@@ -498,8 +500,14 @@ impl Http2Pool {
     }
 }
 
+/// A new stream on `connection` and a sender for it, unless its task has ended.
+fn claim(pool: &Arc<Shared>, connection: &Arc<Http2Connection>) -> Option<(Http2Stream, H2Sender)> {
+    let sender = lock(&connection.sender).clone()?;
+    Some((count_stream(pool, connection), sender))
+}
+
 /// Counts a new stream on `connection`.
-fn claim(pool: &Arc<Shared>, connection: &Arc<Http2Connection>) -> Http2Stream {
+fn count_stream(pool: &Arc<Shared>, connection: &Arc<Http2Connection>) -> Http2Stream {
     connection.streams.fetch_add(1, Ordering::Relaxed);
     connection.requests.fetch_add(1, Ordering::Relaxed);
     Http2Stream {

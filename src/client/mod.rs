@@ -102,7 +102,7 @@ impl EndpointClient {
             // The connection joins the HTTP/2 pool (closed if it is full).
             if let Some(slot) = self.h2.reserve() {
                 let (sender, task) = self.handshake_h2(io).await?;
-                let (_stream, end) = slot.opened(sender, Arc::clone(&task));
+                let (_stream, _sender, end) = slot.opened(sender, Arc::clone(&task));
                 drive_h2(task, end);
             }
             return Ok(Opened::Http2);
@@ -123,17 +123,19 @@ impl EndpointClient {
     }
 
     /// A stream on one of the endpoint's HTTP/2 connections, opening one when
-    /// all are full, or waiting (bounded) when no more may open.
-    pub async fn h2_stream(&self, purpose: Purpose) -> Result<Http2Stream, ProxyError> {
+    /// all are full, or waiting (bounded) when no more may open; with the
+    /// sender for its request, to be dropped as soon as the request went in
+    /// (see `http2::Http2Connection::sender`).
+    pub async fn h2_stream(&self, purpose: Purpose) -> Result<(Http2Stream, H2Sender), ProxyError> {
         match self.h2.checkout(self.addr, purpose).await? {
-            Checkout::Stream(stream) => Ok(stream),
+            Checkout::Stream(stream, sender) => Ok((stream, sender)),
             // Boxed: opening is the cold path, and its large future would
             // otherwise be part of every request's.
             Checkout::Open(slot) => match Box::pin(self.open_h2()).await {
                 Ok((sender, task)) => {
-                    let (stream, end) = slot.opened(sender, Arc::clone(&task));
+                    let (stream, sender, end) = slot.opened(sender, Arc::clone(&task));
                     drive_h2(task, end);
-                    Ok(stream)
+                    Ok((stream, sender))
                 }
                 Err(error) => {
                     slot.failed(self.addr, &error);

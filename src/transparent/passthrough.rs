@@ -63,8 +63,13 @@ impl Passthrough {
         let response = if request.version() == Version::HTTP_2 {
             // The stream counts against the connection's limit until the
             // response head (passthrough keeps no release for its body).
-            let stream = self.client.h2_stream(Purpose::First).await?;
-            stream.sender().send_request(request).await
+            let (stream, mut sender) = self.client.h2_stream(Purpose::First).await?;
+            let response = sender.send_request(request);
+            // Not held while the response is awaited: see `client::http2`.
+            drop(sender);
+            let response = response.await;
+            drop(stream);
+            response
         } else {
             let mut h1 = self.h1.lock().await;
             let sender = match h1.take() {
