@@ -88,12 +88,13 @@ pub mod budget;
 pub mod hedge;
 pub mod idempotency;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use http::{Request, Response, Version};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
@@ -222,11 +223,6 @@ where
         .filter(|_| shared.idempotency.is_idempotent(&request))
         .and_then(|hedge| Some((hedge, hedge.delay()?)));
     if (shared.attempts <= 1 && hedge.is_none()) || upgrade {
-        // `first_try` times the try for the hedge delay; without hedging the
-        // try itself does: one future less to move, no clock read.
-        if shared.hedge.is_none() {
-            return shared.try_once(&mut inner, request).await.result;
-        }
         return shared.first_try(&mut inner, request).await.result;
     }
 
@@ -259,8 +255,6 @@ where
                 }
                 if retries > 0 {
                     inner.ready().await?;
-                }
-                if retries > 0 || shared.hedge.is_none() {
                     shared.try_once(&mut inner, request).await
                 } else {
                     shared.first_try(&mut inner, request).await
@@ -320,19 +314,27 @@ impl Shared {
     /// A request's first try; with hedging, the latency of a good answer is
     /// recorded for a percentile `delay` — first tries only: theirs is the
     /// latency hedging is to cut (a hedge's or a retry's would drag it down).
-    async fn first_try<S>(&self, inner: &mut S, request: Request<RequestBody>) -> Tried
+    /// Without hedging it is the try itself: no clock read, and no future
+    /// wrapped around the try's to move with every request.
+    fn first_try<'a, S>(
+        &'a self,
+        inner: &'a mut S,
+        request: Request<RequestBody>,
+    ) -> impl Future<Output = Tried> + 'a
     where
         S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = ProxyError>,
     {
-        let started = Instant::now();
-        let tried = self.try_once(inner, request).await;
-        if let Some(hedge) = &self.hedge
-            && tried.result.is_ok()
-            && !self.should_retry(&tried.result, true)
-        {
-            hedge.record(started.elapsed());
-        }
-        tried
+        let Some(hedge) = &self.hedge else {
+            return Either::Left(self.try_once(inner, request));
+        };
+        Either::Right(async move {
+            let started = Instant::now();
+            let tried = self.try_once(inner, request).await;
+            if tried.result.is_ok() && !self.should_retry(&tried.result, true) {
+                hedge.record(started.elapsed());
+            }
+            tried
+        })
     }
 
     /// One try, bounded by `per_try_timeout` when there is one.
