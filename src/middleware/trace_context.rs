@@ -18,6 +18,10 @@
 //! * The upstream request carries remora's new span id as its parent; the
 //!   response carries the request's `x-request-id` (created as a UUID v4
 //!   when absent and `request_id: true`).
+//! * The ids written (and a caller's `x-request-id`) are new on every request,
+//!   so they are marked never-indexed for HTTP/2's HPACK (RFC 7541 §6.2.3):
+//!   indexing them would cost a table probe and insert per request and evict
+//!   the entries that do repeat.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -185,8 +189,16 @@ fn header<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
 
 fn insert(headers: &mut HeaderMap, name: HeaderName, value: &[u8]) {
     if let Ok(value) = HeaderValue::from_bytes(value) {
-        headers.insert(name, value);
+        headers.insert(name, unique(value));
     }
+}
+
+/// `value`, marked as one that is new on every request (a span id, a request
+/// id), so HTTP/2 never indexes it: HPACK would otherwise probe its table for
+/// it and insert it, each time, only to evict entries that do repeat.
+fn unique(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
 }
 
 /// True with probability `ratio` (0 to 1).
@@ -287,11 +299,14 @@ where
         }
         context.write(headers, &self.config.propagation);
         let request_id = match headers.entry(REQUEST_ID) {
-            Entry::Occupied(id) => Some(id.get().clone()),
-            Entry::Vacant(slot) if self.config.request_id => Some(
-                slot.insert(HeaderValue::from_bytes(&uuid_v4()).expect("hex and hyphens"))
-                    .clone(),
-            ),
+            Entry::Occupied(mut id) => {
+                id.get_mut().set_sensitive(true);
+                Some(id.get().clone())
+            }
+            Entry::Vacant(slot) if self.config.request_id => {
+                let id = HeaderValue::from_bytes(&uuid_v4()).expect("hex and hyphens");
+                Some(slot.insert(unique(id)).clone())
+            }
             Entry::Vacant(_) => None,
         };
         request.extensions_mut().insert(context);
@@ -321,6 +336,38 @@ mod tests {
             );
         }
         map
+    }
+
+    /// Each request's ids reach HTTP/2 as never-indexed (see the module doc):
+    /// the ones written, and a caller's `x-request-id` on the response too.
+    #[tokio::test]
+    async fn per_request_ids_are_never_indexed() {
+        let config = TracingConfig {
+            propagation: vec![Propagation::W3c, Propagation::B3],
+            ..TracingConfig::default()
+        };
+        let upstream = tower::service_fn(|request: Request<()>| async move {
+            let headers = request.headers();
+            for name in ["traceparent", "x-b3-traceid", "x-b3-spanid", "x-request-id"] {
+                assert!(headers[name].is_sensitive(), "{name}");
+            }
+            Ok::<_, std::convert::Infallible>(Response::new(ResponseBody::empty()))
+        });
+        let mut service = TraceContextLayer::new(&config).layer(upstream);
+        for caller in [None, Some("from-the-caller")] {
+            let mut request = Request::new(());
+            if let Some(id) = caller {
+                request
+                    .headers_mut()
+                    .insert(REQUEST_ID, HeaderValue::from_static(id));
+            }
+            let response = service.call(request).await.unwrap();
+            let id = &response.headers()[REQUEST_ID];
+            assert!(id.is_sensitive());
+            if let Some(caller) = caller {
+                assert_eq!(id, caller);
+            }
+        }
     }
 
     #[test]
