@@ -26,8 +26,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
+use crate::clock;
 use crate::idle::Activity;
 
 pub mod replay;
@@ -81,7 +82,7 @@ impl IdleTimeout {
     /// Data arrived: the idle period starts again.
     fn active(&mut self) {
         if let Some(timer) = &mut self.timer {
-            timer.as_mut().reset(Instant::now() + self.limit);
+            timer.as_mut().reset(clock::now() + self.limit);
         }
     }
 

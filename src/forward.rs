@@ -21,6 +21,7 @@ use http_body::Body;
 use tokio::time::Instant;
 
 use crate::body::{RequestBody, ResponseBody};
+use crate::clock;
 use crate::context::{AvoidEndpoints, Deadline, PickedEndpoint, ServedBy};
 use crate::endpoint::{Endpoint, SendError, Sent};
 use crate::error::ProxyError;
@@ -85,7 +86,7 @@ async fn forward(
     if let Some(deadline) = deadline
         && is_grpc(request.headers())
     {
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let remaining = deadline.saturating_duration_since(clock::now());
         request
             .headers_mut()
             .insert(GRPC_TIMEOUT, encode_grpc_timeout(remaining));
@@ -204,7 +205,7 @@ impl Drop for TimeoutWatch<'_> {
     fn drop(&mut self) {
         if self
             .deadline
-            .is_some_and(|deadline| Instant::now() >= deadline)
+            .is_some_and(|deadline| clock::now() >= deadline)
         {
             self.upstream
                 .record_outcome(self.endpoint, Outcome::Timeout);

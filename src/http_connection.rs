@@ -21,13 +21,14 @@ use futures_util::future::Either;
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::ServiceExt;
 use tower::util::Oneshot;
 
 use crate::body::ResponseBody;
+use crate::clock::OneReadPerPollExecutor;
 use crate::config::{HeadersWithUnderscoresAction, ListenerLimits};
 use crate::context::ClientAddr;
 use crate::drain::Drain;
@@ -131,13 +132,13 @@ pub(crate) async fn serve_http<S>(
             until_drained!(connection, drain, idle)
         }
         HttpProtocol::Http2 => {
-            let mut builder = http2::Builder::new(TokioExecutor::new());
+            let mut builder = http2::Builder::new(OneReadPerPollExecutor);
             http2_limits!(builder.timer(TokioTimer::new()), limits);
             let connection = builder.serve_connection(io, service);
             until_drained!(connection, drain, idle)
         }
         HttpProtocol::Auto => {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(OneReadPerPollExecutor);
             // The head must fit the read buffer: 431 otherwise.
             builder
                 .http1()

@@ -6,9 +6,10 @@
 //! [`Activity`] of its own.
 //!
 //! [`IdleIo`] wraps the socket and stamps every read and write; [`expired`]
-//! sleeps until the last stamp is one idle period old. One clock read per
-//! socket operation (or body frame), no timer reset per byte, and none when
-//! the wait starts.
+//! sleeps until the last stamp is one idle period old. One [`clock::now`]
+//! per socket operation (or body frame), so at most one clock read per poll
+//! of the connection's task; no timer reset per byte, and none when the wait
+//! starts.
 
 use std::io;
 use std::pin::Pin;
@@ -20,6 +21,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::clock;
+
 /// When a connection last moved a byte.
 pub struct Activity {
     origin: Instant,
@@ -30,14 +33,14 @@ pub struct Activity {
 impl Activity {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
-            origin: Instant::now(),
+            origin: clock::now(),
             last: AtomicU64::new(0),
         })
     }
 
     /// Something moved now.
     pub fn touch(&self) {
-        let since = Instant::now().saturating_duration_since(self.origin);
+        let since = clock::now().saturating_duration_since(self.origin);
         self.last
             .store(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }

@@ -16,6 +16,7 @@ pub mod backoff;
 pub mod balance;
 pub mod body;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod consul;
 pub mod context;

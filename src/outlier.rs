@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::clock;
 use crate::config::{Condition, OutlierDetection};
 use crate::outcome::Outcome;
 use crate::telemetry::metrics;
@@ -77,7 +78,7 @@ impl OutlierDetector {
             return;
         }
         let state = endpoint.outlier();
-        let now = Instant::now();
+        let now = clock::now();
         if !outcome.matches_any(&self.failures) {
             state.consecutive_failures.store(0, Relaxed);
             let until = state.ejected_until.load(Relaxed);

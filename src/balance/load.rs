@@ -82,6 +82,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::clock;
+
 /// Estimate used before an endpoint has completed any request.
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// Time constant τ of the exponential decay.
@@ -155,7 +157,7 @@ impl EndpointLoad {
         self.state.in_flight.fetch_add(1, Relaxed);
         InFlight {
             state: Arc::clone(&self.state),
-            started: Instant::now(),
+            started: clock::now(),
             observed: false,
         }
     }
@@ -334,7 +336,7 @@ impl InFlight {
     /// drops (for a proxy: when the response body ends), so streams count as
     /// load for their whole life.
     pub fn observe_response(&mut self) -> Duration {
-        let now = Instant::now();
+        let now = clock::now();
         let rtt = now.saturating_duration_since(self.started);
         self.observe_at(now, rtt);
         rtt

@@ -53,6 +53,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::clock;
 use crate::config::LoadBalancingPolicy;
 
 use candidates::Candidates;
@@ -162,7 +163,7 @@ impl<T: Target> Balancer<T> {
         if self.targets.is_empty() {
             return None;
         }
-        let now = Instant::now();
+        let now = clock::now();
         let panic = self.in_panic(now);
         let zone = match &self.zones {
             Some(zones) if !panic => zones.choose(&self.targets, now).map(|zone| (zones, zone)),

@@ -17,6 +17,7 @@ use hyper::client::conn::http1;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
+use crate::clock;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 512;
@@ -44,7 +45,7 @@ impl Http1Idle {
     pub async fn checkout(&self) -> Option<H1Sender> {
         loop {
             let idle = self.lock().pop()?;
-            if idle.expires <= Instant::now() || idle.sender.is_closed() {
+            if idle.expires <= clock::now() || idle.sender.is_closed() {
                 continue;
             }
             let mut sender = idle.sender;
@@ -73,7 +74,7 @@ impl Http1Idle {
         if connections.len() < MAX_IDLE_PER_ENDPOINT {
             connections.push(IdleConnection {
                 sender,
-                expires: Instant::now() + usable,
+                expires: clock::now() + usable,
             });
         }
     }

@@ -46,12 +46,14 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use metrics::Gauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
+use crate::clock;
+use crate::clock::OneReadPerPollExecutor;
 use crate::config::ConnectionPool;
 use crate::error::ProxyError;
 use crate::tls::stream::UpstreamIo;
@@ -68,7 +70,7 @@ pub type H2Sender = http2::SendRequest<RequestBody>;
 /// the task that drives it and the pool that reads the peer's settings.
 pub type H2Task = Arc<Mutex<H2Connection>>;
 
-type H2Connection = http2::Connection<TokioIo<UpstreamIo>, RequestBody, TokioExecutor>;
+type H2Connection = http2::Connection<TokioIo<UpstreamIo>, RequestBody, OneReadPerPollExecutor>;
 
 /// One HTTP/2 connection of the pool.
 pub struct Http2Connection {
@@ -185,7 +187,7 @@ impl Http2Stream {
 impl Drop for Http2Stream {
     fn drop(&mut self) {
         if self.connection.streams.fetch_sub(1, Ordering::Relaxed) == 1 {
-            *lock(&self.connection.idle_since) = Instant::now();
+            *lock(&self.connection.idle_since) = clock::now();
         }
         self.pool.changed.notify_one();
     }
@@ -430,7 +432,7 @@ impl Http2Pool {
                         return Err(copy_open_error(addr, failure));
                     }
                 }
-                let now = Instant::now();
+                let now = clock::now();
                 shared.remove(&mut state, |connection| {
                     connection.retire_if_spent(limits, now)
                 });

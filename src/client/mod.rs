@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hyper::client::conn::{http1 as hyper_http1, http2 as hyper_http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use crate::clock::{OneReadPerPoll, OneReadPerPollExecutor};
 use crate::config::ConnectionPool;
 use crate::error::ProxyError;
 use crate::tls::Alpn;
@@ -165,8 +166,8 @@ impl EndpointClient {
         Ok((sender, Arc::new(Mutex::new(connection))))
     }
 
-    fn http2_builder(&self) -> hyper_http2::Builder<TokioExecutor> {
-        let mut builder = hyper_http2::Builder::new(TokioExecutor::new());
+    fn http2_builder(&self) -> hyper_http2::Builder<OneReadPerPollExecutor> {
+        let mut builder = hyper_http2::Builder::new(OneReadPerPollExecutor);
         builder.timer(TokioTimer::new());
         if let Some(interval) = self.settings.pool.keepalive_interval {
             builder
@@ -221,12 +222,12 @@ fn drive<C>(connection: C, version: &'static str, ended: impl FnOnce() + Send + 
 where
     C: Future<Output = hyper::Result<()>> + Send + 'static,
 {
-    tokio::spawn(async move {
+    tokio::spawn(OneReadPerPoll::new(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, version, "upstream connection ended with an error");
         }
         ended();
-    });
+    }));
 }
 
 /// Drives an HTTP/2 connection's task; the pool is told when it ends.

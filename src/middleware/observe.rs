@@ -24,10 +24,10 @@ use std::time::{Duration, SystemTime};
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, Request, Response, header};
 use metrics::Gauge;
-use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::body::{BodyEnd, ResponseBody};
+use crate::clock;
 use crate::context::ClientAddr;
 use crate::context::Direction;
 use crate::context::RetryCount;
@@ -150,7 +150,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let started = Instant::now();
+        let started = clock::now();
         let share = self.observer.access_log;
         let logged = share >= 1.0 || (share > 0.0 && fastrand::f64() < share);
         let tap = self
@@ -187,7 +187,7 @@ where
             let tap = tap.map(|start| start.responded(response.headers()));
             response.body_mut().on_end(Box::new(move |end: BodyEnd| {
                 let observer = &active.0;
-                let duration = started.elapsed();
+                let duration = clock::now().saturating_duration_since(started);
                 observer.metrics.record(status, duration, error, trace_id);
                 observer.totals.record(&Finished {
                     status,

@@ -24,9 +24,9 @@ use std::time::Duration;
 use ::metrics::Counter;
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
-use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use crate::clock;
 use crate::context::Deadline;
 use crate::context::Direction;
 use crate::error::ProxyError;
@@ -140,7 +140,7 @@ where
         // A limit too large to be an instant (e.g. `99999999H`) is no limit.
         // The clock is read only when there is a limit.
         let bound = request_limit(self.limit, request.headers())
-            .and_then(|limit| Some((limit, Instant::now().checked_add(limit)?)));
+            .and_then(|limit| Some((limit, clock::now().checked_add(limit)?)));
         let Some((limit, deadline)) = bound else {
             return Box::pin(self.inner.call(request));
         };
@@ -165,6 +165,7 @@ where
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+    use tokio::time::Instant;
     use tower::ServiceExt;
 
     fn value(text: &'static str) -> HeaderValue {

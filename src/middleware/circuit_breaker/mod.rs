@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::body::{BodyEnd, ResponseBody};
+use crate::clock;
 use crate::config::{CircuitBreakerConfig, Condition};
 use crate::context::Deadline;
 use crate::error::ProxyError;
@@ -55,7 +56,7 @@ impl CircuitBreaker {
     /// Lets a request (or TCP connection) through, or fails it at once.
     /// `deadline` is when a timeout will cut the request off, if one will.
     pub fn admit(self: &Arc<Self>, deadline: Option<Instant>) -> Result<Admission, ProxyError> {
-        let ticket = self.update(|state| state.admit(Instant::now()));
+        let ticket = self.update(|state| state.admit(clock::now()));
         match ticket {
             Some(ticket) => Ok(Admission {
                 breaker: Arc::clone(self),
@@ -124,7 +125,7 @@ impl Admission {
         }
         let failed = outcome.matches_any(&self.breaker.failures);
         self.breaker
-            .update(|state| state.record(ticket, failed, Instant::now()));
+            .update(|state| state.record(ticket, failed, clock::now()));
     }
 
     /// Records a response: at once from its head, or when its body ends for
@@ -148,7 +149,7 @@ impl Drop for Admission {
         let Some(ticket) = self.ticket.take() else {
             return;
         };
-        let now = Instant::now();
+        let now = clock::now();
         if self.deadline.is_some_and(|deadline| now >= deadline) {
             let failed = Outcome::Timeout.matches_any(&self.breaker.failures);
             self.breaker

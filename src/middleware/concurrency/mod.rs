@@ -41,6 +41,7 @@ use metrics::Counter;
 use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
+use crate::clock;
 use crate::config::AdaptiveConcurrency;
 use crate::context::{Deadline, Direction};
 use crate::error::{ErrorKind, ProxyError};
@@ -86,7 +87,7 @@ impl Slots {
         let mut vegas = adaptive
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let limit = vegas.update(sample, Instant::now());
+        let limit = vegas.update(sample, clock::now().into_std());
         if let (Some(rtt), Some(gauge)) = (vegas.rtt_noload(), &self.gauges.rtt_noload) {
             gauge.set(rtt.as_secs_f64());
         }
@@ -197,7 +198,7 @@ where
                 limit: self.slots.limit.load(Ordering::Acquire),
             })));
         };
-        let admitted = Instant::now();
+        let admitted = clock::now().into_std();
         let cut_off = CutOffWatch {
             slots: Arc::clone(&self.slots),
             deadline: request.extensions().get::<Deadline>().map(|d| d.0),
@@ -234,7 +235,7 @@ impl CutOffWatch {
 
 impl Drop for CutOffWatch {
     fn drop(&mut self) {
-        if (self.deadline).is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
+        if (self.deadline).is_some_and(|deadline| clock::now() >= deadline) {
             self.slots.sample(Sample::Dropped);
         }
     }
@@ -256,7 +257,7 @@ fn sample_of(
                 Sample::Dropped
             } else {
                 Sample::Answered {
-                    rtt: admitted.elapsed(),
+                    rtt: clock::now().into_std().saturating_duration_since(admitted),
                     in_flight,
                 }
             })

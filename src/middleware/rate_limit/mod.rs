@@ -54,6 +54,7 @@ use tower::{Layer, Service};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::body::ResponseBody;
+use crate::clock;
 use crate::config::{RateLimitConfig, RateLimitKey, RateLimitScope};
 use crate::context::ClientAddr;
 use crate::context::Direction;
@@ -109,7 +110,7 @@ impl Limiter {
     fn check<B>(&self, request: &Request<B>) -> Result<(), Duration> {
         let key = self.key_of(request);
         let instances = self.instances.as_ref().map_or(1, |own| own.divisor());
-        let now = Instant::now();
+        let now = clock::now();
         // A panic while the lock was held cannot leave a bucket half-updated
         // (each update is one assignment), so a poisoned table is still valid.
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);

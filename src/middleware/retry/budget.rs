@@ -37,6 +37,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::clock;
 use crate::config::RetryBudget;
 
 /// Slots of the sliding window.
@@ -110,7 +111,7 @@ impl Budget {
     fn with_window<T>(&self, f: impl FnOnce(&mut Window) -> T) -> T {
         // The state stays consistent even if a holder panicked: plain counters.
         let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
-        self.advance(&mut window, Instant::now());
+        self.advance(&mut window, clock::now());
         f(&mut window)
     }
 

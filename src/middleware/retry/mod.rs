@@ -96,10 +96,10 @@ use std::time::Duration;
 
 use futures_util::future::{BoxFuture, Either};
 use http::{Request, Response, Version};
-use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::body::{RequestBody, ResponseBody};
+use crate::clock;
 use crate::config::{Condition, HedgePolicy, RetryPolicy};
 use crate::context::Deadline;
 use crate::context::Direction;
@@ -328,10 +328,10 @@ impl Shared {
             return Either::Left(self.try_once(inner, request));
         };
         Either::Right(async move {
-            let started = Instant::now();
+            let started = clock::now();
             let tried = self.try_once(inner, request).await;
             if tried.result.is_ok() && !self.should_retry(&tried.result, true) {
-                hedge.record(started.elapsed());
+                hedge.record(clock::now().saturating_duration_since(started));
             }
             tried
         })
@@ -349,7 +349,7 @@ impl Shared {
                 picked: None,
             };
         };
-        let Some(try_deadline) = Instant::now().checked_add(timeout) else {
+        let Some(try_deadline) = clock::now().checked_add(timeout) else {
             // A per-try timeout too large to be an instant bounds nothing.
             let result = inner.call(request).await;
             return Tried {
@@ -421,6 +421,7 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
+    use tokio::time::Instant;
 
     use crate::config::{RetryBackoff, RetryBudget};
 
