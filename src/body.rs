@@ -245,10 +245,12 @@ enum RequestKind {
     Replaying(ReplayBody<RequestBody>),
     /// Streamed while a copy is kept for a mirrored request ([`tee`]).
     Teed(Box<TeeBody>),
-    /// Read whole already (a mirror's copy): data, then trailers.
+    /// Read whole already (a mirror's copy): data, then trailers. Boxed, the
+    /// rare trailers keep every request 80 bytes smaller (a request is moved
+    /// a few dozen times on its way through the stack).
     Buffered {
         data: Option<Bytes>,
-        trailers: Option<http::HeaderMap>,
+        trailers: Option<Box<http::HeaderMap>>,
     },
 }
 
@@ -313,7 +315,7 @@ impl RequestBody {
     pub fn buffered(data: Bytes, trailers: Option<http::HeaderMap>) -> Self {
         Self::of(RequestKind::Buffered {
             data: (!data.is_empty()).then_some(data),
-            trailers,
+            trailers: trailers.map(Box::new),
         })
     }
 
@@ -412,7 +414,7 @@ impl RequestBody {
             RequestKind::Teed(body) => Pin::new(body.as_mut()).poll_frame(cx),
             RequestKind::Buffered { data, trailers } => Poll::Ready(
                 (data.take().map(Frame::data))
-                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .or_else(|| trailers.take().map(|trailers| Frame::trailers(*trailers)))
                     .map(Ok),
             ),
         }
