@@ -6,14 +6,17 @@
 //! request, per connection, per retry) counts a reference and allocates
 //! nothing, where tower's `BoxCloneSyncService` allocates a new box of the
 //! whole stack on every clone, nested boxes included. Each call clones the
-//! stack inside (its layers hold `Arc`s) and boxes the one future that
-//! waits for its readiness and runs the call.
+//! stack inside (its layers hold `Arc`s); a stack that is ready at once is
+//! called at once and only its call's future is boxed, otherwise the box
+//! holds the future that waits for its readiness and then calls it. (A
+//! request passes four of these; boxing the waiting future for each cost 3 %
+//! of a request's instructions.)
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -42,6 +45,8 @@ impl<Req, Res, Err> SharedService<Req, Res, Err> {
     where
         S: Service<Req, Response = Res, Error = Err> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
+        Res: Send + 'static,
+        Err: Send + 'static,
         Req: Send + 'static,
     {
         Self(Arc::new(service))
@@ -78,10 +83,20 @@ impl<S, Req> ErasedCall<Req, S::Response, S::Error> for S
 where
     S: Service<Req> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
     Req: Send + 'static,
 {
+    /// A stack that is ready at once (the usual case) is called at once, so
+    /// the box holds only the call's future; otherwise the box holds the
+    /// clone and the request until the stack is ready.
     fn call(&self, request: Req) -> CallFuture<S::Response, S::Error> {
-        Box::pin(self.clone().oneshot(request))
+        let mut service = self.clone();
+        match service.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Box::pin(Service::call(&mut service, request)),
+            Poll::Ready(Err(error)) => Box::pin(std::future::ready(Err(error))),
+            Poll::Pending => Box::pin(service.oneshot(request)),
+        }
     }
 }
 
@@ -135,6 +150,28 @@ mod tests {
         assert!(futures_util::poll!(&mut call).is_pending());
         gated.open();
         assert_eq!(call.await.unwrap(), 2);
+    }
+
+    /// A stack whose readiness fails answers the call with that failure.
+    #[tokio::test]
+    async fn a_call_gets_its_stacks_readiness_error() {
+        #[derive(Clone)]
+        struct Broken;
+        impl Service<u32> for Broken {
+            type Response = u32;
+            type Error = &'static str;
+            type Future = Ready<Result<u32, &'static str>>;
+
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), &'static str>> {
+                Poll::Ready(Err("broken"))
+            }
+
+            fn call(&mut self, _: u32) -> Self::Future {
+                unreachable!("never ready")
+            }
+        }
+        let shared = SharedService::new(Broken);
+        assert_eq!(shared.oneshot(1).await, Err("broken"));
     }
 
     #[tokio::test]
