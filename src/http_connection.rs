@@ -24,8 +24,6 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tower::ServiceExt;
-use tower::util::Oneshot;
 
 use crate::body::ResponseBody;
 use crate::clock::OneReadPerPollExecutor;
@@ -36,7 +34,7 @@ use crate::headers::is_grpc;
 use crate::idle::{Activity, IdleIo};
 use crate::middleware::error_response::error_response;
 use crate::request_head;
-use crate::svc::HttpService;
+use crate::svc::{CallFuture, HttpService};
 use crate::telemetry::metrics::ProtocolErrors;
 use crate::tls::PeerIdentity;
 use crate::tls::inbound::Negotiated;
@@ -211,7 +209,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
     type Error = Infallible;
     type Future = Either<
         Ready<Result<Response<ResponseBody>, Infallible>>,
-        Oneshot<HttpService, Request<Incoming>>,
+        CallFuture<Response<ResponseBody>, Infallible>,
     >;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
@@ -233,7 +231,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         if request.headers().contains_key(header::UPGRADE) {
             request.extensions_mut().insert(self.caller.hold.clone());
         }
-        Either::Right(self.service.clone().oneshot(request))
+        Either::Right(self.service.serve(request))
     }
 }
 

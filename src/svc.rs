@@ -53,6 +53,16 @@ impl<Req, Res, Err> SharedService<Req, Res, Err> {
     }
 }
 
+impl<Req, Res, Err> SharedService<Req, Res, Err> {
+    /// Calls the stack. A `SharedService` is always ready (its stack's
+    /// readiness is awaited in the call's future), so this is
+    /// `Service::call` without the `poll_ready` before it, and without a
+    /// clone of the service (or tower's `Oneshot`) to make the call.
+    pub fn serve(&self, request: Req) -> CallFuture<Res, Err> {
+        self.0.call(request)
+    }
+}
+
 impl<Req, Res, Err> Clone for SharedService<Req, Res, Err> {
     fn clone(&self) -> Self {
         Self(Arc::clone(&self.0))
@@ -70,7 +80,7 @@ impl<Req, Res, Err> Service<Req> for SharedService<Req, Res, Err> {
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        self.0.call(request)
+        self.serve(request)
     }
 }
 

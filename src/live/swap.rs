@@ -12,11 +12,10 @@ use std::task::{Context, Poll};
 use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tower::util::Oneshot;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use crate::body::ResponseBody;
-use crate::svc::{HttpService, SharedService};
+use crate::svc::{CallFuture, HttpService, SharedService};
 
 /// The stack slot of one listener, shared by its connections and by reloads.
 pub type StackSlot = Arc<ArcSwap<HttpService>>;
@@ -35,15 +34,15 @@ impl SwappableService {
 impl Service<Request<Incoming>> for SwappableService {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
-    type Future = Oneshot<HttpService, Request<Incoming>>;
+    type Future = CallFuture<Response<ResponseBody>, Infallible>;
 
-    /// Always ready: readiness is the loaded stack's business, checked by
-    /// `oneshot` in `call`.
+    /// Always ready: readiness is the loaded stack's business, awaited in its
+    /// call's future (a [`SharedService`] is always ready).
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
-        HttpService::clone(&self.0.load()).oneshot(request)
+        self.0.load().serve(request)
     }
 }

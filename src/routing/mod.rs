@@ -32,7 +32,7 @@ use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::{DEFAULT_BACKEND, RouteConfig, RouteMatch};
@@ -124,7 +124,7 @@ impl Service<Request<RequestBody>> for Router {
             let mut response = match &route.action {
                 Action::Answer(answer) => answer.respond(&request),
                 Action::Forward(stack) => {
-                    let Ok(response) = stack.clone().oneshot(request).await;
+                    let Ok(response) = stack.serve(request).await;
                     response
                 }
             };

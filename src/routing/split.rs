@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use futures_util::future::BoxFuture;
 use http::{Request, Response, header};
 use metrics::Counter;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::StickyKey;
@@ -108,6 +108,6 @@ impl Service<Request<RequestBody>> for Split {
             })));
         };
         target.tries.increment(1);
-        Box::pin(target.service.clone().oneshot(request))
+        target.service.serve(request)
     }
 }
