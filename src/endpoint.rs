@@ -219,7 +219,7 @@ impl Endpoint {
     /// HTTP/2 when the server chose it by ALPN (not for an upgrade).
     async fn exchange(
         &self,
-        request: Request<RequestBody>,
+        mut request: Request<RequestBody>,
         version: UpstreamVersion,
         upgrade: bool,
         goaway_errors: &mut u32,
@@ -232,10 +232,12 @@ impl Endpoint {
             };
         match version {
             UpstreamVersion::Http1 => {
-                (self.send_h1(to_http1(request, self.addr), upgrade, goaway_errors)).await
+                to_http1(&mut request, self.addr);
+                (self.send_h1(request, upgrade, goaway_errors)).await
             }
             UpstreamVersion::Http2 => {
-                (self.send_h2(to_http2(request, self.addr), goaway_errors)).await
+                to_http2(&mut request, self.addr);
+                (self.send_h2(request, goaway_errors)).await
             }
         }
     }
@@ -280,7 +282,7 @@ impl Endpoint {
                 None => match Box::pin(self.client.connect_h1(upgrade)).await {
                     Ok(Opened::Http1(sender)) => sender,
                     Ok(Opened::Http2) => {
-                        let request = to_http2(request, self.addr);
+                        to_http2(&mut request, self.addr);
                         return Box::pin(self.send_h2(request, goaway_errors)).await;
                     }
                     Err(error) => return Err(SendError::unsent(error, request)),
@@ -289,9 +291,7 @@ impl Endpoint {
             // The server may close a reused connection just as the request
             // goes out: keep what it takes to send an idempotent one again.
             let copy = if reused && resends < MAX_RESENDS && is_idempotent(request.method()) {
-                let (kept, copy) = Resendable::keep(request);
-                request = kept;
-                Some(copy)
+                Some(Resendable::keep(&mut request))
             } else {
                 None
             };
@@ -338,10 +338,10 @@ impl Endpoint {
 
     async fn send_h2(
         &self,
-        request: Request<RequestBody>,
+        mut request: Request<RequestBody>,
         goaway_errors: &mut u32,
     ) -> Result<(Response<Incoming>, Held), SendError> {
-        let (mut request, copy) = Resendable::keep(request);
+        let copy = Resendable::keep(&mut request);
         let mut resends = 0;
         loop {
             let purpose = if resends == 0 {
@@ -412,11 +412,11 @@ impl SendError {
     }
 }
 
-/// An HTTP/1.1 request: origin-form target, and the `Host` HTTP/1.1
-/// requires: an HTTP/2 request's authority, else the client's `Host`, else
-/// the authority or, failing that, the endpoint's address (an HTTP/1.0
-/// request may come without `Host`).
-fn to_http1(mut request: Request<RequestBody>, endpoint: SocketAddr) -> Request<RequestBody> {
+/// Makes `request` an HTTP/1.1 request, in place: origin-form target, and
+/// the `Host` HTTP/1.1 requires: an HTTP/2 request's authority, else the
+/// client's `Host`, else the authority or, failing that, the endpoint's
+/// address (an HTTP/1.0 request may come without `Host`).
+fn to_http1(request: &mut Request<RequestBody>, endpoint: SocketAddr) {
     let authority = request.uri().authority().map(|a| a.as_str().to_owned());
     let host = match authority {
         Some(authority) if request.version() == Version::HTTP_2 => Some(authority),
@@ -434,11 +434,10 @@ fn to_http1(mut request: Request<RequestBody>, endpoint: SocketAddr) -> Request<
             .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
         *request.uri_mut() = origin_form;
     }
-    request
 }
 
-/// An HTTP/2 request: absolute URI whose authority is the client's Host.
-fn to_http2(mut request: Request<RequestBody>, endpoint: SocketAddr) -> Request<RequestBody> {
+/// Makes `request` an HTTP/2 request, in place: absolute URI whose authority is the client's Host.
+fn to_http2(request: &mut Request<RequestBody>, endpoint: SocketAddr) {
     let host = request.headers_mut().remove(header::HOST);
     let authority = request
         .uri()
@@ -456,7 +455,6 @@ fn to_http2(mut request: Request<RequestBody>, endpoint: SocketAddr) -> Request<
         *request.uri_mut() = uri;
     }
     *request.version_mut() = Version::HTTP_2;
-    request
 }
 
 /// True when `error` (sending a request) came from the request's body, not
