@@ -436,7 +436,8 @@ fn to_http1(request: &mut Request<RequestBody>, endpoint: SocketAddr) {
     }
 }
 
-/// Makes `request` an HTTP/2 request, in place: absolute URI whose authority is the client's Host.
+/// Makes `request` an HTTP/2 request, in place: absolute URI whose
+/// authority is the client's Host.
 fn to_http2(request: &mut Request<RequestBody>, endpoint: SocketAddr) {
     let host = request.headers_mut().remove(header::HOST);
     let authority = request
