@@ -51,9 +51,7 @@ impl<Req, Res, Err> SharedService<Req, Res, Err> {
     {
         Self(Arc::new(service))
     }
-}
 
-impl<Req, Res, Err> SharedService<Req, Res, Err> {
     /// Calls the stack. A `SharedService` is always ready (its stack's
     /// readiness is awaited in the call's future), so this is
     /// `Service::call` without the `poll_ready` before it, and without a

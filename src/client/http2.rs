@@ -52,8 +52,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
-use crate::clock;
-use crate::clock::OneReadPerPollExecutor;
+use crate::clock::{self, OneReadPerPollExecutor};
 use crate::config::ConnectionPool;
 use crate::error::ProxyError;
 use crate::tls::stream::UpstreamIo;
