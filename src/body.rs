@@ -29,6 +29,7 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use crate::clock;
+use crate::http1::{Connection, Http1Body};
 use crate::idle::Activity;
 
 pub mod replay;
@@ -57,11 +58,64 @@ pub type BodyEndObserver = Box<dyn FnOnce(BodyEnd) + Send>;
 /// endpoint's connection and in-flight count: `endpoint` implements it);
 /// `complete` is false when the body failed or was dropped before its end.
 pub trait Release: Send {
-    fn finish(self: Box<Self>, complete: bool);
+    /// `reusable` is the HTTP/1.1 connection the body was read off, when
+    /// it may carry another request.
+    fn finish(self: Box<Self>, complete: bool, reusable: Option<Connection>);
+}
+
+/// A response body as an upstream connection delivers it.
+pub enum UpstreamBody {
+    /// hyper's: over HTTP/2, an upgrade's, the transparent passthrough's.
+    Hyper(Incoming),
+    /// remora's own HTTP/1.1 client's (see `http1`).
+    Http1(Http1Body),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            UpstreamBody::Http1(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(body) => body.is_end_stream(),
+            UpstreamBody::Http1(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Hyper(body) => body.size_hint(),
+            UpstreamBody::Http1(body) => body.size_hint(),
+        }
+    }
+}
+
+impl UpstreamBody {
+    /// The HTTP/1.1 connection this body was read off, when it ended and
+    /// the connection may carry another request.
+    pub fn take_reusable(&mut self) -> Option<Connection> {
+        match self {
+            UpstreamBody::Http1(body) => body.take_reusable(),
+            UpstreamBody::Hyper(_) => None,
+        }
+    }
 }
 
 enum Inner {
-    Upstream { body: Incoming, idle: IdleTimeout },
+    Upstream {
+        body: UpstreamBody,
+        idle: IdleTimeout,
+    },
     Local(Option<Bytes>),
 }
 
@@ -107,8 +161,8 @@ pub struct ResponseBody {
 impl ResponseBody {
     /// A body streamed from an upstream; `release` runs when it ends. It
     /// fails when the upstream sends nothing for `idle`.
-    pub fn upstream(body: Incoming, release: impl Release + 'static, idle: Duration) -> Self {
-        let mut body = Self::unreleased(body, idle);
+    pub fn upstream(body: UpstreamBody, release: impl Release + 'static, idle: Duration) -> Self {
+        let mut body = Self::streamed(body, idle);
         body.release = Some(Box::new(release));
         body
     }
@@ -117,6 +171,10 @@ impl ResponseBody {
     /// transparent listener's passthrough), so nothing to release. It fails
     /// when the upstream sends nothing for `idle`.
     pub fn unreleased(body: Incoming, idle: Duration) -> Self {
+        Self::streamed(UpstreamBody::Hyper(body), idle)
+    }
+
+    fn streamed(body: UpstreamBody, idle: Duration) -> Self {
         let idle = IdleTimeout {
             limit: idle,
             timer: None,
@@ -158,7 +216,11 @@ impl ResponseBody {
     fn finish(&mut self, complete: bool) {
         self.end.complete = complete;
         if let Some(release) = self.release.take() {
-            release.finish(complete);
+            let reusable = match &mut self.inner {
+                Inner::Upstream { body, .. } if complete => body.take_reusable(),
+                _ => None,
+            };
+            release.finish(complete, reusable);
         }
         if let Some(observer) = self.observer.take() {
             observer(self.end);
@@ -183,7 +245,7 @@ impl Body for ResponseBody {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(frame) => {
                     idle.active();
-                    Poll::Ready(frame.map(|frame| frame.map_err(BoxError::from)))
+                    Poll::Ready(frame)
                 }
             },
             Inner::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
@@ -271,6 +333,12 @@ impl RequestBodyError {
     /// sending the request, when that was the cause.
     pub fn under(error: &hyper::Error) -> Option<&RequestBodyError> {
         std::error::Error::source(error)?.downcast_ref()
+    }
+
+    /// True when the client's side failed, not a try that a retry took
+    /// the body from.
+    pub fn is_client(&self) -> bool {
+        matches!(self, RequestBodyError::Client(_))
     }
 }
 

@@ -10,27 +10,22 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme, Uri};
-use http::{HeaderValue, Request, Response, Version, header};
+use http::{HeaderValue, Method, Request, Response, Version, header};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Collected, Limited};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::balance::{EndpointLoad, InFlight, Target};
-use crate::body::{Release, RequestBody, RequestBodyError};
-use crate::client::{
-    ClientSettings, EndpointClient, H1Sender, Http2Stream, Opened, PoolGauges, Purpose,
-    keep_alive_timeout, unless_closed,
-};
+use crate::body::{Release, RequestBody, RequestBodyError, UpstreamBody};
+use crate::client::{ClientSettings, EndpointClient, Http2Stream, Opened, PoolGauges, Purpose};
 use crate::error::{ProxyError, h2_cause};
 use crate::health::HealthState;
+use crate::http1::{self, Connection};
 use crate::outlier::{Ejectable, OutlierState};
-use crate::resend::{
-    MAX_RESENDS, Resendable, Unprocessed, closed_before_response, is_idempotent, unprocessed_h2,
-};
+use crate::resend::{MAX_RESENDS, Resendable, Unprocessed, is_idempotent, unprocessed_h2};
 use crate::telemetry::metrics::{self, EndpointMetrics};
 
 /// An endpoint address as discovery reports it, with its balancing weight
@@ -105,7 +100,7 @@ pub struct SendError {
 
 /// A response head from an endpoint.
 pub struct Sent {
-    pub response: Response<Incoming>,
+    pub response: Response<UpstreamBody>,
     /// What the response body must run when it ends.
     pub release: EndpointRelease,
     /// GOAWAYs with an error code met on the way (the request was resent):
@@ -118,28 +113,23 @@ pub struct Sent {
 /// the in-flight count.
 pub struct EndpointRelease {
     endpoint: Arc<Endpoint>,
-    held: Held,
+    _held: Held,
     _in_flight: InFlight,
 }
 
-/// The connection a response arrived on.
+/// What a response holds of its connection until its body ends.
 enum Held {
-    /// Nothing to give back: an upgraded connection, owned by the tunnel, or
-    /// one that closed as the request was handed to it.
+    /// Nothing: an HTTP/1.1 body holds its connection itself, and an
+    /// upgraded connection belongs to the tunnel.
     Nothing,
-    Http1 {
-        sender: H1Sender,
-        /// The server's announced `Keep-Alive: timeout`.
-        keep_alive: Option<Duration>,
-    },
     /// Counted against its connection's stream limit until dropped.
     Http2 { _stream: Http2Stream },
 }
 
 impl Release for EndpointRelease {
-    fn finish(self: Box<Self>, complete: bool) {
-        if let (true, Held::Http1 { sender, keep_alive }) = (complete, self.held) {
-            self.endpoint.client.checkin_h1(sender, keep_alive);
+    fn finish(self: Box<Self>, _complete: bool, reusable: Option<Connection>) {
+        if let Some(connection) = reusable {
+            self.endpoint.client.checkin_h1(connection);
         }
     }
 }
@@ -180,7 +170,7 @@ impl Endpoint {
         self.metrics.record(rtt);
         let release = EndpointRelease {
             endpoint: Arc::clone(self),
-            held,
+            _held: held,
             _in_flight: in_flight,
         };
         Ok(Sent {
@@ -201,18 +191,18 @@ impl Endpoint {
         version: UpstreamVersion,
     ) -> Result<Response<Collected<Bytes>>, ProbeError> {
         let mut goaway_errors = 0;
-        let (response, held) = (self.exchange(request, version, false, &mut goaway_errors))
+        let (response, _held) = (self.exchange(request, version, false, &mut goaway_errors))
             .await
             .map_err(|failed| ProbeError::Send(failed.error))?;
-        let (parts, body) = response.into_parts();
-        let body = Limited::new(body, PROBE_BODY_LIMIT)
+        let (parts, mut body) = response.into_parts();
+        let collected = Limited::new(&mut body, PROBE_BODY_LIMIT)
             .collect()
             .await
             .map_err(ProbeError::Body)?;
-        if let Held::Http1 { sender, keep_alive } = held {
-            self.client.checkin_h1(sender, keep_alive);
+        if let Some(connection) = body.take_reusable() {
+            self.client.checkin_h1(connection);
         }
-        Ok(Response::from_parts(parts, body))
+        Ok(Response::from_parts(parts, collected))
     }
 
     /// Sends `request` over the endpoint's connections in `version`, or over
@@ -223,7 +213,7 @@ impl Endpoint {
         version: UpstreamVersion,
         upgrade: bool,
         goaway_errors: &mut u32,
-    ) -> Result<(Response<Incoming>, Held), SendError> {
+    ) -> Result<(Response<UpstreamBody>, Held), SendError> {
         let version =
             if version == UpstreamVersion::Http1 && !upgrade && self.client.negotiated_h2() {
                 UpstreamVersion::Http2
@@ -231,9 +221,14 @@ impl Endpoint {
                 version
             };
         match version {
+            // CONNECT's authority-form target and tunnel are hyper's to handle.
+            UpstreamVersion::Http1 if upgrade || request.method() == Method::CONNECT => {
+                to_http1(&mut request, self.addr);
+                Box::pin(self.send_upgrade(request)).await
+            }
             UpstreamVersion::Http1 => {
                 to_http1(&mut request, self.addr);
-                (self.send_h1(request, upgrade, goaway_errors)).await
+                (self.send_h1(request, goaway_errors)).await
             }
             UpstreamVersion::Http2 => {
                 to_http2(&mut request, self.addr);
@@ -261,26 +256,25 @@ impl Endpoint {
         }
     }
 
+    /// Sends over an idle HTTP/1.1 connection, or a new one. A request
+    /// that a reused connection's server closed under it is sent again: the
+    /// whole request when none of its head went out, an idempotent one when
+    /// no byte of a response came (see `resend.rs`).
     async fn send_h1(
         &self,
         mut request: Request<RequestBody>,
-        upgrade: bool,
         goaway_errors: &mut u32,
-    ) -> Result<(Response<Incoming>, Held), SendError> {
+    ) -> Result<(Response<UpstreamBody>, Held), SendError> {
         let mut resends = 0;
         loop {
-            let pooled = if upgrade {
-                None
-            } else {
-                self.client.checkout_h1().await
-            };
+            let pooled = self.client.checkout_h1();
             let reused = pooled.is_some();
-            let mut sender = match pooled {
-                Some(sender) => sender,
+            let connection = match pooled {
+                Some(connection) => connection,
                 // Connecting is the cold path and its future is large: boxed,
                 // it stays out of every request's future (see `client`).
-                None => match Box::pin(self.client.connect_h1(upgrade)).await {
-                    Ok(Opened::Http1(sender)) => sender,
+                None => match Box::pin(self.client.connect_h1()).await {
+                    Ok(Opened::Http1(connection)) => connection,
                     Ok(Opened::Http2) => {
                         to_http2(&mut request, self.addr);
                         return Box::pin(self.send_h2(request, goaway_errors)).await;
@@ -288,50 +282,72 @@ impl Endpoint {
                     Err(error) => return Err(SendError::unsent(error, request)),
                 },
             };
+            let resendable = reused && resends < MAX_RESENDS && is_idempotent(request.method());
             // The server may close a reused connection just as the request
-            // goes out: keep what it takes to send an idempotent one again.
-            let copy = if reused && resends < MAX_RESENDS && is_idempotent(request.method()) {
-                Some(Resendable::keep(&mut request))
-            } else {
-                None
+            // goes out: keep what it takes to send an idempotent one with a
+            // body again (one without comes back whole).
+            let copy = (resendable && !request.body().is_end_stream())
+                .then(|| Resendable::keep(&mut request));
+            let failed = match connection.send(request).await {
+                Ok(response) => return Ok((response.map(UpstreamBody::Http1), Held::Nothing)),
+                Err(failed) => failed,
             };
-            let response = sender.try_send_request(request);
-            let sender = unless_closed(sender);
-            match response.await {
-                Ok(response) => {
-                    let held = match sender {
-                        Some(sender) if !upgrade => {
-                            let keep_alive = keep_alive_timeout(response.headers());
-                            Held::Http1 { sender, keep_alive }
-                        }
-                        _ => Held::Nothing,
-                    };
-                    return Ok((response, held));
+            let again = match failed.request {
+                // A pooled connection the peer had closed: try a fresh one.
+                Some(unsent) if !failed.head_written && reused => {
+                    self.metrics.resent(Unprocessed::NotWritten.as_str());
+                    request = unsent;
+                    continue;
                 }
-                Err(mut failed) => {
-                    let unsent = failed.take_message();
-                    let error = failed.into_error();
-                    match unsent {
-                        // A pooled connection the peer had closed: try a fresh one.
-                        Some(unsent) if reused => {
-                            self.metrics.resent(Unprocessed::NotWritten.as_str());
-                            request = unsent;
-                            continue;
-                        }
-                        Some(unsent) => return Err(self.reset(error, Some(unsent))),
-                        None => {}
-                    }
-                    let again = copy
-                        .filter(|_| closed_before_response(&error))
-                        .and_then(|copy| copy.again());
-                    let Some(again) = again else {
-                        return Err(self.reset(error, None));
-                    };
-                    self.metrics
-                        .resent(Unprocessed::ClosedBeforeResponse.as_str());
-                    request = again;
-                    resends += 1;
+                Some(unsent) if !failed.head_written => {
+                    return Err(self.failed_h1(failed.error, Some(unsent)));
                 }
+                whole => whole.or_else(|| copy.and_then(|copy| copy.again())),
+            };
+            let Some(again) = again.filter(|_| resendable && failed.error.no_response()) else {
+                return Err(self.failed_h1(failed.error, None));
+            };
+            self.metrics
+                .resent(Unprocessed::ClosedBeforeResponse.as_str());
+            request = again;
+            resends += 1;
+        }
+    }
+
+    /// The HTTP/1.1 exchange failed — or the client's body did while it
+    /// was sent; `unsent` is the request when none of it was written.
+    fn failed_h1(&self, source: http1::Error, unsent: Option<Request<RequestBody>>) -> SendError {
+        let error = match source {
+            http1::Error::RequestBody(source) if client_body_failed(&*source) => {
+                ProxyError::ClientBody { source }
+            }
+            source => ProxyError::Http1Exchange {
+                addr: self.addr,
+                source,
+            },
+        };
+        SendError {
+            error,
+            request: unsent,
+        }
+    }
+
+    /// Sends a request that upgrades its connection (or a CONNECT), on a
+    /// connection of its own, through hyper's client (see
+    /// `client::connect_hyper_h1`).
+    async fn send_upgrade(
+        &self,
+        request: Request<RequestBody>,
+    ) -> Result<(Response<UpstreamBody>, Held), SendError> {
+        let mut sender = match self.client.connect_hyper_h1().await {
+            Ok(sender) => sender,
+            Err(error) => return Err(SendError::unsent(error, request)),
+        };
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok((response.map(UpstreamBody::Hyper), Held::Nothing)),
+            Err(mut failed) => {
+                let unsent = failed.take_message();
+                Err(self.reset(failed.into_error(), unsent))
             }
         }
     }
@@ -340,7 +356,7 @@ impl Endpoint {
         &self,
         mut request: Request<RequestBody>,
         goaway_errors: &mut u32,
-    ) -> Result<(Response<Incoming>, Held), SendError> {
+    ) -> Result<(Response<UpstreamBody>, Held), SendError> {
         let copy = Resendable::keep(&mut request);
         let mut resends = 0;
         loop {
@@ -359,6 +375,7 @@ impl Endpoint {
             let mut failed = match response.await {
                 Ok(response) => {
                     stream.confirm_connection();
+                    let response = response.map(UpstreamBody::Hyper);
                     return Ok((response, Held::Http2 { _stream: stream }));
                 }
                 Err(failed) => failed,
@@ -465,11 +482,15 @@ fn to_http2(request: &mut Request<RequestBody>, endpoint: SocketAddr) {
 fn request_body_failed(error: &hyper::Error) -> bool {
     let reset_by_hyper =
         h2_cause(error).is_some_and(|h2| h2.is_reset() && !h2.is_remote() && !h2.is_library());
-    reset_by_hyper
-        || matches!(
-            RequestBodyError::under(error),
-            Some(RequestBodyError::Client(_))
-        )
+    reset_by_hyper || RequestBodyError::under(error).is_some_and(RequestBodyError::is_client)
+}
+
+/// True when a request body's error is its client's (not a retry's that
+/// took the body over).
+fn client_body_failed(error: &(dyn std::error::Error + 'static)) -> bool {
+    error
+        .downcast_ref::<RequestBodyError>()
+        .is_some_and(RequestBodyError::is_client)
 }
 
 #[cfg(test)]

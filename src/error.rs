@@ -42,6 +42,12 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: hyper::Error,
     },
+    /// An exchange with remora's own HTTP/1.1 client failed.
+    #[error("upstream {addr} failed before answering: {source}")]
+    Http1Exchange {
+        addr: SocketAddr,
+        source: crate::http1::Error,
+    },
     #[error(
         "upstream {addr} switched protocols (101) on a request that asked for no upgrade it may make"
     )]
@@ -234,6 +240,10 @@ impl ProxyError {
             | ProxyError::Handshake { .. } => ErrorKind::ConnectFailed,
             ProxyError::ConnectTimeout { .. } => ErrorKind::ConnectTimeout,
             ProxyError::UpstreamReset { .. } => ErrorKind::UpstreamReset,
+            ProxyError::Http1Exchange { source, .. } if source.is_malformed() => {
+                ErrorKind::UpstreamProtocol
+            }
+            ProxyError::Http1Exchange { .. } => ErrorKind::UpstreamReset,
             ProxyError::UnrequestedUpgrade { .. } => ErrorKind::UpstreamProtocol,
             ProxyError::Timeout(_)
             | ProxyError::IdleTimeout { .. }
@@ -271,6 +281,7 @@ impl ProxyError {
             | ProxyError::TlsHandshake { addr, .. }
             | ProxyError::Handshake { addr, .. }
             | ProxyError::UpstreamReset { addr, .. }
+            | ProxyError::Http1Exchange { addr, .. }
             | ProxyError::UnrequestedUpgrade { addr }
             | ProxyError::IdleTimeout { addr, .. } => Some(*addr),
             ProxyError::PerTryTimeout { addr, .. } => *addr,

@@ -30,6 +30,7 @@ pub mod forward;
 pub mod headers;
 pub mod health;
 pub mod health_check;
+pub mod http1;
 pub mod http_connection;
 pub mod idle;
 pub mod live;

@@ -14,14 +14,14 @@
 //!   connection was dropped with the request in it, unanswered. That happens
 //!   when the request waited for a stream slot as the connection got GOAWAY;
 //!   hyper cannot say whether the stream went out first.
-//! * **HTTP/1.1, any method:** hyper never wrote it (the pooled connection
-//!   had closed).
+//! * **HTTP/1.1, any method:** its head was not written whole (the pooled
+//!   connection had closed): a server cannot act on part of a head.
 //! * **HTTP/1.1, idempotent methods only** (RFC 9110 §9.2.2: GET, HEAD,
 //!   OPTIONS, TRACE, PUT, DELETE): it went out on a *reused* connection that
 //!   the upstream closed or reset before any byte of a response — the
 //!   keep-alive race, when the server closes an idle connection just as a
 //!   request is written (RFC 9112 §9.3.1). A non-idempotent request is never
-//!   resent once bytes of it were written: the server may have acted on it.
+//!   resent once its whole head was written: the server may have acted on it.
 //!
 //! The body must be replayable: empty, or held in a copy of at most
 //! [`RESEND_BUFFER`] bytes while it streams (`body::replay`); a larger body
@@ -185,27 +185,6 @@ pub fn never_processed(error: &ProxyError) -> bool {
         }
         _ => false,
     }
-}
-
-/// True when an HTTP/1.1 connection closed or was reset under a request
-/// before any byte of a response arrived.
-pub fn closed_before_response(error: &hyper::Error) -> bool {
-    if RequestBodyError::under(error).is_some() {
-        return false;
-    }
-    if error.is_incomplete_message() || error.is_canceled() {
-        return true;
-    }
-    let io =
-        std::error::Error::source(error).and_then(|cause| cause.downcast_ref::<std::io::Error>());
-    io.is_some_and(|io| {
-        matches!(
-            io.kind(),
-            std::io::ErrorKind::ConnectionReset
-                | std::io::ErrorKind::BrokenPipe
-                | std::io::ErrorKind::ConnectionAborted
-        )
-    })
 }
 
 #[cfg(test)]

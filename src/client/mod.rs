@@ -1,5 +1,6 @@
 //! Connections to one upstream endpoint: connect with a timeout, a stack of
-//! idle HTTP/1.1 connections ([`http1`]) and a pool of multiplexed HTTP/2
+//! idle HTTP/1.1 connections ([`http1`], of remora's own client, `crate::http1`;
+//! hyper's client only for upgrades) and a pool of multiplexed HTTP/2
 //! connections scaled by the peer's stream limit ([`http2`]).
 //!
 //! Towards a meshed upstream every connection originates mTLS (`tls`).
@@ -21,6 +22,7 @@ use tokio::net::TcpStream;
 use crate::clock::{OneReadPerPoll, OneReadPerPollExecutor};
 use crate::config::ConnectionPool;
 use crate::error::ProxyError;
+use crate::http1::Connection;
 use crate::tls::Alpn;
 use crate::tls::outbound::UpstreamTls;
 use crate::tls::stream::UpstreamIo;
@@ -28,7 +30,7 @@ use crate::tls::stream::UpstreamIo;
 pub mod http1;
 pub mod http2;
 
-pub use self::http1::{H1Sender, keep_alive_timeout, unless_closed};
+pub use self::http1::H1Sender;
 pub use self::http2::{Http2Stream, PoolGauges, Purpose};
 
 use self::http1::Http1Idle;
@@ -46,7 +48,7 @@ pub struct ClientSettings {
 
 /// What [`EndpointClient::connect_h1`] opened.
 pub enum Opened {
-    Http1(H1Sender),
+    Http1(Connection),
     /// The server chose `h2` by ALPN: requests go to the HTTP/2 pool from now on.
     Http2,
 }
@@ -72,16 +74,14 @@ impl EndpointClient {
         }
     }
 
-    /// An idle HTTP/1.1 connection that is ready for a request, if the pool has one.
-    pub async fn checkout_h1(&self) -> Option<H1Sender> {
-        self.h1.checkout().await
+    /// An idle HTTP/1.1 connection the server has not closed, if the pool has one.
+    pub fn checkout_h1(&self) -> Option<Connection> {
+        self.h1.checkout()
     }
 
-    /// Returns a connection whose last response was read to the end, with the
-    /// keep-alive timeout its server announced, if any.
-    pub fn checkin_h1(&self, sender: H1Sender, keep_alive: Option<Duration>) {
-        self.h1
-            .checkin(sender, self.settings.idle_timeout, keep_alive);
+    /// Returns a connection whose last response was read to the end.
+    pub fn checkin_h1(&self, connection: Connection) {
+        self.h1.checkin(connection, self.settings.idle_timeout);
     }
 
     /// Closes idle connections that may no longer be reused.
@@ -90,15 +90,11 @@ impl EndpointClient {
         self.h2.close_idle(self.settings.idle_timeout);
     }
 
-    /// A new HTTP/1.1 connection (for an `upgrade`, e.g. to WebSocket, one
-    /// that can only be HTTP/1.1) — or [`Opened::Http2`] when the server
+    /// A new HTTP/1.1 connection — or [`Opened::Http2`] when the server
     /// chose `h2` by ALPN.
-    pub async fn connect_h1(&self, upgrade: bool) -> Result<Opened, ProxyError> {
-        let alpn = if upgrade { Alpn::Http1 } else { Alpn::Http };
-        let (io, h2) = self.connect(alpn).await?;
-        if !upgrade {
-            self.negotiated_h2.store(h2, Ordering::Relaxed);
-        }
+    pub async fn connect_h1(&self) -> Result<Opened, ProxyError> {
+        let (io, h2) = self.connect(Alpn::Http).await?;
+        self.negotiated_h2.store(h2, Ordering::Relaxed);
         if h2 {
             // The connection joins the HTTP/2 pool (closed if it is full).
             if let Some(slot) = self.h2.reserve() {
@@ -108,13 +104,22 @@ impl EndpointClient {
             }
             return Ok(Opened::Http2);
         }
+        Ok(Opened::Http1(Connection::new(io.into_inner())))
+    }
+
+    /// A new HTTP/1.1-only connection driven by hyper's client: for a
+    /// request that upgrades it (to WebSocket, say), as hyper hands the
+    /// connection over to the tunnel once the server switches protocols,
+    /// and for the transparent passthrough.
+    pub async fn connect_hyper_h1(&self) -> Result<H1Sender, ProxyError> {
+        let (io, _) = self.connect(Alpn::Http1).await?;
         let (sender, connection) = hyper_http1::Builder::new()
             .writev(false)
             .handshake(io)
             .await
             .map_err(|source| self.handshake_failed(source))?;
         drive(connection.with_upgrades(), "HTTP/1.1", || ());
-        Ok(Opened::Http1(sender))
+        Ok(sender)
     }
 
     /// True when the endpoint's server chose `h2` for HTTP/1.1 requests, so

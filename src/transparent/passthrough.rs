@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpStream;
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::client::{ClientSettings, EndpointClient, H1Sender, Opened, PoolGauges, Purpose};
+use crate::client::{ClientSettings, EndpointClient, H1Sender, PoolGauges, Purpose};
 use crate::error::ProxyError;
 use crate::headers::strip_hop_by_hop;
 
@@ -74,12 +74,7 @@ impl Passthrough {
             let mut h1 = self.h1.lock().await;
             let sender = match h1.take() {
                 Some(sender) if !sender.is_closed() => sender,
-                _ => match self.client.connect_h1(true).await? {
-                    Opened::Http1(sender) => sender,
-                    // Passthrough is plaintext (no ALPN), so the server
-                    // cannot switch the connection to HTTP/2.
-                    Opened::Http2 => unreachable!("h2 chosen without TLS"),
-                },
+                _ => self.client.connect_hyper_h1().await?,
             };
             let sender = h1.insert(sender);
             // Ready once the previous response has been read.
