@@ -519,46 +519,19 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn an_early_response_leaves_the_connection_unusable_until_the_body_went_out() {
-        let (connection, _server) = connection_to(vec![(
-            "\r\n\r\n",
-            "HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n",
-        )])
-        .await;
-        // A body that sends one chunk and then never ends.
-        let first = futures_util::stream::iter([Ok::<_, std::io::Error>(Frame::data(
-            Bytes::from_static(b"some"),
-        ))]);
-        let never = futures_util::stream::pending();
-        let body = StreamBody::new(futures_util::StreamExt::chain(first, never));
-        let request = Request::post("/upload")
-            .header("host", "origin")
-            .body(body)
-            .unwrap();
-        let response = tokio::time::timeout(Duration::from_secs(5), send(connection, request))
-            .await
-            .expect("the response head ends the exchange");
-        assert_eq!(response.status(), 413);
-        assert!(response.into_body().take_reusable().is_none());
-    }
-
-    #[tokio::test]
-    async fn an_answer_before_the_server_closes_on_an_unread_body_is_delivered() {
-        // The server answers after the head and closes with the body unread
-        // (a reset): the answer is read, not lost to the failed writes.
-        let (connection, _server) = connection_to(vec![(
-            "\r\n\r\n",
-            "HTTP/1.1 413 Content Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
-        )])
-        .await;
-        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
-        let endless = futures_util::stream::repeat_with(move || {
-            Ok::<_, std::io::Error>(Frame::data(chunk.clone()))
-        });
+    /// Uploads `body` to a server that answers `413` (with `fields`) right
+    /// after the head, reading none of the body: the answer must come, and
+    /// leave the connection unusable.
+    async fn answered_before_the_body<B>(fields: &'static str, body: B)
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let answer = format!("HTTP/1.1 413 Content Too Large\r\n{fields}content-length: 0\r\n\r\n");
+        let (connection, _server) = connection_to(vec![("\r\n\r\n", answer.leak())]).await;
         let request = Request::put("/upload")
             .header("host", "origin")
-            .body(StreamBody::new(endless))
+            .body(body)
             .unwrap();
         let response = tokio::time::timeout(Duration::from_secs(5), send(connection, request))
             .await
@@ -568,41 +541,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_early_response_leaves_the_connection_unusable_until_the_body_went_out() {
+        // A body that sends one chunk and then never ends.
+        let first = futures_util::stream::iter([Ok::<_, std::io::Error>(Frame::data(
+            Bytes::from_static(b"some"),
+        ))]);
+        let never = futures_util::stream::pending();
+        let body = StreamBody::new(futures_util::StreamExt::chain(first, never));
+        answered_before_the_body("", body).await;
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_server_closes_on_an_unread_body_is_delivered() {
+        // The server closes with the body unread (a reset): the answer is
+        // read, not lost to the failed writes.
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let endless = futures_util::stream::repeat_with(move || {
+            Ok::<_, std::io::Error>(Frame::data(chunk.clone()))
+        });
+        answered_before_the_body("connection: close\r\n", StreamBody::new(endless)).await;
+    }
+
+    #[tokio::test]
     async fn a_close_before_any_response_byte_is_told_apart_from_a_cut_response() {
-        let (connection, _server) = connection_to(vec![("\r\n\r\n", "")]).await;
-        let failed = connection.send(get("/")).await.err().expect("no response");
+        /// A GET answered with `answer`, then a close.
+        async fn failed_on(answer: &'static str) -> Failed<Empty<Bytes>> {
+            let (connection, _server) = connection_to(vec![("\r\n\r\n", answer)]).await;
+            match connection.send(get("/")).await {
+                Ok(response) => panic!("{answer:?} gave {}", response.status()),
+                Err(failed) => failed,
+            }
+        }
+
+        let failed = failed_on("").await;
         assert!(failed.error.no_response(), "{}", failed.error);
         assert!(failed.head_written);
         assert!(
             failed.request.is_some(),
             "a request without a body stays whole"
         );
-
-        let (connection, _server) =
-            connection_to(vec![("\r\n\r\n", "HTTP/1.1 100 Continue\r\n\r\n")]).await;
-        let failed = connection
-            .send(get("/"))
-            .await
-            .err()
-            .expect("no final head");
-        assert!(
-            matches!(failed.error, Error::IncompleteHead),
-            "a close after an interim response is not a close before any: {}",
-            failed.error
-        );
-
-        let (connection, _server) =
-            connection_to(vec![("\r\n\r\n", "HTTP/1.1 200 OK\r\ncontent-le")]).await;
-        let failed = connection
-            .send(get("/"))
-            .await
-            .err()
-            .expect("no whole head");
-        assert!(
-            matches!(failed.error, Error::IncompleteHead),
-            "{}",
-            failed.error
-        );
+        // A close after an interim response is not a close before any.
+        for answer in [
+            "HTTP/1.1 100 Continue\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-le",
+        ] {
+            let failed = failed_on(answer).await;
+            assert!(
+                matches!(failed.error, Error::IncompleteHead),
+                "{answer:?}: {}",
+                failed.error
+            );
+        }
 
         let (connection, _server) = connection_to(vec![(
             "\r\n\r\n",
