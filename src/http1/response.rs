@@ -36,8 +36,6 @@ pub struct Head {
     content_length: Option<Option<u64>>,
     /// `Connection: close`.
     close: bool,
-    /// `Connection: keep-alive`.
-    keep_alive: bool,
     /// `Keep-Alive: timeout=N`.
     keep_alive_timeout: Option<Duration>,
 }
@@ -114,7 +112,6 @@ impl Head {
             transfer_encoding: None,
             content_length: None,
             close: false,
-            keep_alive: false,
             keep_alive_timeout: None,
         };
         for span in spans {
@@ -140,11 +137,8 @@ impl Head {
                 Some(None) => None,
             });
         } else if *name == header::CONNECTION {
-            for option in value.to_str().unwrap_or_default().split(',') {
-                let option = option.trim();
-                self.close |= option.eq_ignore_ascii_case("close");
-                self.keep_alive |= option.eq_ignore_ascii_case("keep-alive");
-            }
+            let mut options = value.to_str().unwrap_or_default().split(',');
+            self.close |= options.any(|option| option.trim().eq_ignore_ascii_case("close"));
         } else if name.as_str() == "keep-alive" {
             self.keep_alive_timeout = keep_alive_timeout(value);
         }
@@ -181,17 +175,15 @@ impl Head {
         }
     }
 
-    /// True when the server keeps the connection open after this response.
+    /// True when the connection may carry another request after this
+    /// response: an HTTP/1.1 server that did not ask to close it. An
+    /// HTTP/1.0 server's connection is not reused even with `keep-alive`:
+    /// the next request might need chunked framing, which it cannot read.
     pub fn keeps_alive(&self) -> bool {
-        if self.parts.status == StatusCode::SWITCHING_PROTOCOLS
-            || (self.transfer_encoding.is_some() && self.content_length.is_some())
-        {
-            return false;
-        }
-        match self.parts.version {
-            Version::HTTP_10 => self.keep_alive && !self.close,
-            _ => !self.close,
-        }
+        self.parts.version == Version::HTTP_11
+            && !self.close
+            && self.parts.status != StatusCode::SWITCHING_PROTOCOLS
+            && !(self.transfer_encoding.is_some() && self.content_length.is_some())
     }
 
     pub fn into_parts(self) -> (Parts, ()) {
@@ -314,7 +306,7 @@ mod tests {
         assert!(head("HTTP/1.1 200 OK\r\n\r\n").keeps_alive());
         assert!(!head("HTTP/1.1 200 OK\r\nconnection: Close\r\n\r\n").keeps_alive());
         assert!(!head("HTTP/1.0 200 OK\r\n\r\n").keeps_alive());
-        assert!(head("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\n\r\n").keeps_alive());
+        assert!(!head("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\n\r\n").keeps_alive());
         assert!(!head("HTTP/1.1 101 Switching Protocols\r\n\r\n").keeps_alive());
     }
 
