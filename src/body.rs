@@ -55,12 +55,11 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type BodyEndObserver = Box<dyn FnOnce(BodyEnd) + Send>;
 
 /// What a body streamed from an upstream hands back when it ends (the
-/// endpoint's connection and in-flight count: `endpoint` implements it);
-/// `complete` is false when the body failed or was dropped before its end.
+/// endpoint's connection and in-flight count: `endpoint` implements it).
 pub trait Release: Send {
     /// `reusable` is the HTTP/1.1 connection the body was read off, when
-    /// it may carry another request.
-    fn finish(self: Box<Self>, complete: bool, reusable: Option<Connection>);
+    /// the body ended whole and the connection may carry another request.
+    fn finish(self: Box<Self>, reusable: Option<Connection>);
 }
 
 /// A response body as an upstream connection delivers it.
@@ -220,7 +219,7 @@ impl ResponseBody {
                 Inner::Upstream { body, .. } if complete => body.take_reusable(),
                 _ => None,
             };
-            release.finish(complete, reusable);
+            release.finish(reusable);
         }
         if let Some(observer) = self.observer.take() {
             observer(self.end);

@@ -127,7 +127,7 @@ enum Held {
 }
 
 impl Release for EndpointRelease {
-    fn finish(self: Box<Self>, _complete: bool, reusable: Option<Connection>) {
+    fn finish(self: Box<Self>, reusable: Option<Connection>) {
         if let Some(connection) = reusable {
             self.endpoint.client.checkin_h1(connection);
         }
@@ -221,14 +221,14 @@ impl Endpoint {
                 version
             };
         match version {
-            // CONNECT's authority-form target and tunnel are hyper's to handle.
-            UpstreamVersion::Http1 if upgrade || request.method() == Method::CONNECT => {
-                to_http1(&mut request, self.addr);
-                Box::pin(self.send_upgrade(request)).await
-            }
             UpstreamVersion::Http1 => {
                 to_http1(&mut request, self.addr);
-                (self.send_h1(request, goaway_errors)).await
+                // CONNECT's authority-form target and tunnel are hyper's to handle.
+                if upgrade || request.method() == Method::CONNECT {
+                    Box::pin(self.send_upgrade(request)).await
+                } else {
+                    (self.send_h1(request, goaway_errors)).await
+                }
             }
             UpstreamVersion::Http2 => {
                 to_http2(&mut request, self.addr);

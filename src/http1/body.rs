@@ -76,7 +76,7 @@ impl Http1Body {
     /// The connection, for another request, once this body was read to its
     /// end with nothing after it on a connection both sides keep open.
     pub fn take_reusable(&mut self) -> Option<Connection> {
-        let ended = self.state == State::Done || self.state == State::Length(0);
+        let ended = self.is_end_stream();
         let clean = self.connection.as_ref().is_some_and(|c| c.read.is_empty());
         if ended && clean && self.reusable && self.unsent.is_none() {
             self.connection.take()

@@ -2,7 +2,8 @@
 //! response read from the request's own task: there is no connection task
 //! and no channel between the two, which is what hyper's client costs
 //! (`docs/benchmarks.md` measures it). hyper's client stays for protocol
-//! upgrades, whose connections become tunnels.
+//! upgrades and `CONNECT`, whose connections become tunnels, and for the
+//! transparent passthrough.
 //!
 //! A request's life on a [`Connection`]:
 //!
@@ -179,13 +180,13 @@ impl Connection {
             });
         }
         let head_request = request.method() == Method::HEAD;
-        let mut cut = false;
-        let (head, unsent) = if request.body().is_end_stream() {
+        let mut upload = Upload::Sent;
+        let head = if request.body().is_end_stream() {
             // Nothing more to write: the request stays whole, to be sent
             // again should the server close the connection under it.
             self.write = out;
             match poll_fn(|cx| self.poll_head(cx)).await {
-                Ok(head) => (head, None),
+                Ok(head) => head,
                 Err(error) => {
                     return Err(Failed {
                         error,
@@ -195,23 +196,13 @@ impl Connection {
                 }
             }
         } else {
-            let mut upload = Upload::Writing(BodyWriter::new(request.into_body(), framing, out));
+            upload = Upload::Writing(BodyWriter::new(request.into_body(), framing, out));
             let head = poll_fn(|cx| self.poll_head_writing(&mut upload, cx)).await;
-            let head = head.map_err(|error| Failed {
+            head.map_err(|error| Failed {
                 error,
                 request: None,
                 head_written: true,
-            })?;
-            match upload {
-                // A head that came before the whole body went out: the
-                // response body writes the rest.
-                Upload::Writing(writer) => (head, Some(Box::new(writer) as Box<dyn SendBody>)),
-                Upload::Sent => (head, None),
-                Upload::Cut => {
-                    cut = true;
-                    (head, None)
-                }
-            }
+            })?
         };
         self.keep_alive = head.keep_alive_timeout();
         let framing = head.framing(head_request).map_err(|error| Failed {
@@ -219,10 +210,15 @@ impl Connection {
             request: None,
             head_written: true,
         })?;
-        let reusable = head.keeps_alive() && !cut;
-        let (parts, ()) = head.into_parts();
+        let reusable = head.keeps_alive() && !matches!(upload, Upload::Cut);
+        // A head that came before the whole body went out: the response
+        // body writes the rest.
+        let unsent = match upload {
+            Upload::Writing(writer) => Some(Box::new(writer) as Box<dyn SendBody>),
+            Upload::Sent | Upload::Cut => None,
+        };
         Ok(Response::from_parts(
-            parts,
+            head.into_parts(),
             Http1Body::new(self, framing, reusable, unsent),
         ))
     }
@@ -237,7 +233,7 @@ impl Connection {
         cx: &mut Context<'_>,
     ) -> Poll<Result<Head, Error>>
     where
-        B: Body<Data = bytes::Bytes> + Unpin,
+        B: Body<Data = bytes::Bytes> + Send + Unpin,
         B::Error: Into<BoxError>,
     {
         if let Poll::Ready(head) = self.poll_head(cx) {

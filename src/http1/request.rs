@@ -32,14 +32,14 @@ pub enum Framing {
 
 /// Puts the head of `request` in `out`, and says how its body goes out.
 pub fn encode_head<B: Body>(request: &Request<B>, out: &mut BytesMut) -> Framing {
-    let framing = framing(request);
+    let (framing, keep_length) = framing(request);
     out.put_slice(request.method().as_str().as_bytes());
     out.put_u8(b' ');
     let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
     out.put_slice(target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
-    // Framing headers are written from `framing`, never copied.
-    let keep_length = matches!(framing, Framing::None) || has_valid_length(request.headers());
+    // Framing headers are written from `framing`, never copied (but for
+    // a `Content-Length` that stands as the request has it).
     for (name, value) in request.headers() {
         let framing_header =
             name == header::TRANSFER_ENCODING || (name == header::CONTENT_LENGTH && !keep_length);
@@ -58,19 +58,21 @@ pub fn encode_head<B: Body>(request: &Request<B>, out: &mut BytesMut) -> Framing
     framing
 }
 
-fn framing<B: Body>(request: &Request<B>) -> Framing {
+/// How the body of `request` goes out, and whether the request's own
+/// `Content-Length` headers stand as they are.
+fn framing<B: Body>(request: &Request<B>) -> (Framing, bool) {
     let body = request.body();
     if body.is_end_stream() {
-        return Framing::None;
+        return (Framing::None, true);
     }
     if let Some(length) = content_length(request.headers()) {
-        return Framing::Length(length);
+        return (Framing::Length(length), true);
     }
     if let Some(length) = body.size_hint().exact() {
-        return Framing::Length(length);
+        return (Framing::Length(length), false);
     }
     if matches!(*request.method(), Method::GET | Method::HEAD) {
-        return Framing::None;
+        return (Framing::None, true);
     }
     let trailers = (request.headers().get_all(header::TRAILER).iter())
         .filter_map(|value| value.to_str().ok())
@@ -78,12 +80,12 @@ fn framing<B: Body>(request: &Request<B>) -> Framing {
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .filter(may_trail)
         .collect();
-    Framing::Chunked { trailers }
+    (Framing::Chunked { trailers }, false)
 }
 
 /// The `Content-Length` of `headers` when it has one valid value (repeats
 /// of the same value allowed, RFC 9110 §8.6).
-pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         length = Some(fold_content_length(length, value)?);
@@ -107,10 +109,6 @@ pub fn fold_content_length(mut length: Option<u64>, value: &HeaderValue) -> Opti
         length = Some(parsed);
     }
     length
-}
-
-fn has_valid_length(headers: &HeaderMap) -> bool {
-    content_length(headers).is_some()
 }
 
 /// Fields that must not be sent as trailers (RFC 9110 §6.5.1): framing,
@@ -146,8 +144,8 @@ pub enum WriteError {
     Body(BoxError),
 }
 
-/// A request body on its way out, its type erased: what a response body
-/// goes on writing when the response head came first (see [`Http1Body`]).
+/// A request body on its way out; its type is erased when a response body
+/// goes on writing it, the response head having come first (see [`Http1Body`]).
 ///
 /// [`Http1Body`]: super::Http1Body
 pub trait SendBody: Send {
@@ -157,20 +155,6 @@ pub trait SendBody: Send {
         io: &mut Box<dyn Io>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WriteError>>;
-}
-
-impl<B> SendBody for BodyWriter<B>
-where
-    B: Body<Data = Bytes> + Send + Unpin,
-    B::Error: Into<BoxError>,
-{
-    fn poll_send(
-        &mut self,
-        io: &mut Box<dyn Io>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), WriteError>> {
-        BodyWriter::poll_send(self, io, cx)
-    }
 }
 
 /// Writes a request body, frame by frame, as the body yields them.
@@ -202,35 +186,6 @@ where
             out,
             owed,
             ended: false,
-        }
-    }
-
-    /// Writes what the body has; ready once all of it is written.
-    pub fn poll_send(
-        &mut self,
-        io: &mut Box<dyn Io>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), WriteError>> {
-        loop {
-            ready!(poll_write_all(io, &mut self.out, cx)).map_err(WriteError::Io)?;
-            if self.ended || matches!(self.framing, Framing::None) {
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                None => self.end()?,
-                Some(Err(error)) => return Poll::Ready(Err(WriteError::Body(error.into()))),
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => self.put_data(data)?,
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            self.put_trailers(&trailers);
-                        }
-                    }
-                },
-            }
-            if !self.ended && self.body.is_end_stream() {
-                self.end()?;
-            }
         }
     }
 
@@ -294,6 +249,40 @@ where
         }
         self.ended = true;
         Ok(())
+    }
+}
+
+impl<B> SendBody for BodyWriter<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin,
+    B::Error: Into<BoxError>,
+{
+    fn poll_send(
+        &mut self,
+        io: &mut Box<dyn Io>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), WriteError>> {
+        loop {
+            ready!(poll_write_all(io, &mut self.out, cx)).map_err(WriteError::Io)?;
+            if self.ended || matches!(self.framing, Framing::None) {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                None => self.end()?,
+                Some(Err(error)) => return Poll::Ready(Err(WriteError::Body(error.into()))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.put_data(data)?,
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            self.put_trailers(&trailers);
+                        }
+                    }
+                },
+            }
+            if !self.ended && self.body.is_end_stream() {
+                self.end()?;
+            }
+        }
     }
 }
 

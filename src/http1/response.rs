@@ -186,8 +186,8 @@ impl Head {
             && !(self.transfer_encoding.is_some() && self.content_length.is_some())
     }
 
-    pub fn into_parts(self) -> (Parts, ()) {
-        (self.parts, ())
+    pub fn into_parts(self) -> Parts {
+        self.parts
     }
 }
 
