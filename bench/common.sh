@@ -77,11 +77,13 @@ server_failed() { # name logfile message
   die "$1 $3"
 }
 
-# Polls URL (HTTP/1.1) until it answers 200; fails early if PID died.
+# Polls URL (HTTP/1.1; with READY_H2C=1, HTTP/2 prior knowledge) until it answers 200; fails
+# early if PID died.
 wait_ready() { # name url pid logfile
   local name=$1 url=$2 pid=$3 logfile=$4
-  local deadline=$((SECONDS + ${READY_TIMEOUT:-10}))
-  until [[ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "$url")" == 200 ]]; do
+  local deadline=$((SECONDS + ${READY_TIMEOUT:-10})) version=--http1.1
+  [[ ${READY_H2C:-0} == 1 ]] && version=--http2-prior-knowledge
+  until [[ "$(curl -s "$version" -o /dev/null -m 1 -w '%{http_code}' "$url")" == 200 ]]; do
     kill -0 "$pid" 2>/dev/null || server_failed "$name" "$logfile" "exited before becoming ready"
     ((SECONDS < deadline)) ||
       server_failed "$name" "$logfile" "not ready at $url after ${READY_TIMEOUT:-10}s"

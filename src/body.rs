@@ -30,6 +30,7 @@ use tokio::time::Sleep;
 
 use crate::clock;
 use crate::http1::{Connection, Http1Body};
+use crate::http2::Http2Body;
 use crate::idle::Activity;
 
 pub mod replay;
@@ -64,10 +65,12 @@ pub trait Release: Send {
 
 /// A response body as an upstream connection delivers it.
 pub enum UpstreamBody {
-    /// hyper's: over HTTP/2, an upgrade's, the transparent passthrough's.
+    /// hyper's: an upgrade's, the transparent passthrough's.
     Hyper(Incoming),
     /// remora's own HTTP/1.1 client's (see `http1`).
     Http1(Http1Body),
+    /// remora's own HTTP/2 client's (see `http2`).
+    Http2(Http2Body),
 }
 
 impl Body for UpstreamBody {
@@ -81,6 +84,7 @@ impl Body for UpstreamBody {
         match self.get_mut() {
             UpstreamBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
             UpstreamBody::Http1(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
         }
     }
 
@@ -88,6 +92,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Hyper(body) => body.is_end_stream(),
             UpstreamBody::Http1(body) => body.is_end_stream(),
+            UpstreamBody::Http2(body) => body.is_end_stream(),
         }
     }
 
@@ -95,6 +100,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Hyper(body) => body.size_hint(),
             UpstreamBody::Http1(body) => body.size_hint(),
+            UpstreamBody::Http2(body) => body.size_hint(),
         }
     }
 }
@@ -105,7 +111,7 @@ impl UpstreamBody {
     pub fn take_reusable(&mut self) -> Option<Connection> {
         match self {
             UpstreamBody::Http1(body) => body.take_reusable(),
-            UpstreamBody::Hyper(_) => None,
+            UpstreamBody::Hyper(_) | UpstreamBody::Http2(_) => None,
         }
     }
 }
@@ -169,8 +175,8 @@ impl ResponseBody {
     /// A body streamed from a connection that belongs to no endpoint (the
     /// transparent listener's passthrough), so nothing to release. It fails
     /// when the upstream sends nothing for `idle`.
-    pub fn unreleased(body: Incoming, idle: Duration) -> Self {
-        Self::streamed(UpstreamBody::Hyper(body), idle)
+    pub fn unreleased(body: UpstreamBody, idle: Duration) -> Self {
+        Self::streamed(body, idle)
     }
 
     fn streamed(body: UpstreamBody, idle: Duration) -> Self {

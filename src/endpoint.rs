@@ -21,9 +21,10 @@ use tokio::time::Instant;
 use crate::balance::{EndpointLoad, InFlight, Target};
 use crate::body::{Release, RequestBody, RequestBodyError, UpstreamBody};
 use crate::client::{ClientSettings, EndpointClient, Http2Stream, Opened, PoolGauges, Purpose};
-use crate::error::{ProxyError, h2_cause};
+use crate::error::ProxyError;
 use crate::health::HealthState;
 use crate::http1::{self, Connection};
+use crate::http2;
 use crate::outlier::{Ejectable, OutlierState};
 use crate::resend::{MAX_RESENDS, Resendable, Unprocessed, is_idempotent, unprocessed_h2};
 use crate::telemetry::metrics::{self, EndpointMetrics};
@@ -332,6 +333,24 @@ impl Endpoint {
         }
     }
 
+    /// The HTTP/2 exchange failed — or the client's body did while it was
+    /// sent; `unsent` is the request when none of it was written.
+    fn failed_h2(&self, source: http2::Error, unsent: Option<Request<RequestBody>>) -> SendError {
+        let error = match source {
+            http2::Error::RequestBody(source) if client_body_failed(&*source) => {
+                ProxyError::ClientBody { source }
+            }
+            source => ProxyError::Http2Exchange {
+                addr: self.addr,
+                source,
+            },
+        };
+        SendError {
+            error,
+            request: unsent,
+        }
+    }
+
     /// Sends a request that upgrades its connection (or a CONNECT), on a
     /// connection of its own, through hyper's client (see
     /// `client::connect_hyper_h1`).
@@ -365,34 +384,26 @@ impl Endpoint {
             } else {
                 Purpose::Resend
             };
-            let (stream, mut sender) = match self.client.h2_stream(purpose).await {
+            let (stream, sender) = match self.client.h2_stream(purpose).await {
                 Ok(checked_out) => checked_out,
                 Err(error) => return Err(SendError::unsent(error, request)),
             };
-            let response = sender.try_send_request(request);
-            // Not held while the response is awaited: see `client::http2`.
-            drop(sender);
-            let mut failed = match response.await {
+            let failed = match http2::send(sender, request).await {
                 Ok(response) => {
                     stream.confirm_connection();
-                    let response = response.map(UpstreamBody::Hyper);
+                    let response = response.map(UpstreamBody::Http2);
                     return Ok((response, Held::Http2 { _stream: stream }));
                 }
                 Err(failed) => failed,
             };
-            let unsent = failed.take_message();
-            let error = failed.into_error();
+            let (error, unsent) = (failed.error, failed.request);
             let why = match unsent {
                 Some(_) => Some(Unprocessed::NotWritten),
                 None => unprocessed_h2(&error),
             };
             if matches!(
                 why,
-                Some(
-                    Unprocessed::NotWritten
-                        | Unprocessed::GoAway { .. }
-                        | Unprocessed::DispatchDropped
-                )
+                Some(Unprocessed::NotWritten | Unprocessed::GoAway { .. })
             ) {
                 stream.retire_connection();
             }
@@ -408,10 +419,10 @@ impl Endpoint {
                 resends < MAX_RESENDS && (!why.idempotent_only() || is_idempotent(copy.method()))
             };
             let Some(why) = why.filter(resendable) else {
-                return Err(self.reset(error, unsent));
+                return Err(self.failed_h2(error, unsent));
             };
             let Some(again) = unsent.or_else(|| copy.again()) else {
-                return Err(self.reset(error, None));
+                return Err(self.failed_h2(error, None));
             };
             self.metrics.resent(why.as_str());
             request = again;
@@ -475,14 +486,10 @@ fn to_http2(request: &mut Request<RequestBody>, endpoint: SocketAddr) {
     *request.version_mut() = Version::HTTP_2;
 }
 
-/// True when `error` (sending a request) came from the request's body, not
-/// the upstream: over HTTP/1.1 hyper reports the body's error; over HTTP/2
-/// it does not pass it on but resets the stream itself (a reset neither the
-/// peer nor h2 initiated), and the response fails with that reset.
+/// True when `error` (sending a request through hyper's client) came from
+/// the client's request body, not the upstream.
 fn request_body_failed(error: &hyper::Error) -> bool {
-    let reset_by_hyper =
-        h2_cause(error).is_some_and(|h2| h2.is_reset() && !h2.is_remote() && !h2.is_library());
-    reset_by_hyper || RequestBodyError::under(error).is_some_and(RequestBodyError::is_client)
+    RequestBodyError::under(error).is_some_and(RequestBodyError::is_client)
 }
 
 /// True when a request body's error is its client's (not a retry's that
@@ -491,59 +498,4 @@ fn client_body_failed(error: &(dyn std::error::Error + 'static)) -> bool {
     error
         .downcast_ref::<RequestBodyError>()
         .is_some_and(RequestBodyError::is_client)
-}
-
-#[cfg(test)]
-mod tests {
-    use bytes::Bytes;
-    use http_body::Frame;
-    use http_body_util::{Empty, StreamBody};
-    use hyper::client::conn::http2;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-
-    use super::*;
-
-    /// Sends `body` to an in-memory HTTP/2 server that holds each stream
-    /// open (or resets it, with `reset_by_server`); returns hyper's error.
-    async fn failed_send<B>(body: B, reset_by_server: bool) -> hyper::Error
-    where
-        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-        tokio::spawn(async move {
-            let mut server = h2::server::handshake(server_io).await.unwrap();
-            while let Some(Ok((_request, mut respond))) = server.accept().await {
-                if reset_by_server {
-                    respond.send_reset(h2::Reason::INTERNAL_ERROR);
-                } else {
-                    tokio::spawn(async move {
-                        let _held_open = respond;
-                        std::future::pending::<()>().await
-                    });
-                }
-            }
-        });
-        let (mut sender, connection) =
-            http2::handshake(TokioExecutor::new(), TokioIo::new(client_io))
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        let request = Request::post("http://origin/").body(body).unwrap();
-        sender.send_request(request).await.unwrap_err()
-    }
-
-    #[tokio::test]
-    async fn a_request_body_that_fails_over_http2_is_not_the_upstreams_fault() {
-        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
-            Ok(Frame::data(Bytes::from_static(b"some"))),
-            Err(std::io::Error::other("the client went away")),
-        ];
-        let failing = StreamBody::new(futures_util::stream::iter(frames));
-        let error = failed_send(failing, false).await;
-        assert!(request_body_failed(&error), "{error:?}");
-
-        let error = failed_send(Empty::<Bytes>::new(), true).await;
-        assert!(!request_body_failed(&error), "{error:?}");
-    }
 }

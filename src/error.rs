@@ -35,7 +35,7 @@ pub enum ProxyError {
     #[error("HTTP handshake with {addr} failed: {source}")]
     Handshake {
         addr: SocketAddr,
-        source: hyper::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("upstream {addr} failed before answering: {source}")]
     UpstreamReset {
@@ -47,6 +47,12 @@ pub enum ProxyError {
     Http1Exchange {
         addr: SocketAddr,
         source: crate::http1::Error,
+    },
+    /// An exchange with remora's own HTTP/2 client failed.
+    #[error("upstream {addr} failed before answering: {source}")]
+    Http2Exchange {
+        addr: SocketAddr,
+        source: crate::http2::Error,
     },
     #[error(
         "upstream {addr} switched protocols (101) on a request that asked for no upgrade it may make"
@@ -243,7 +249,9 @@ impl ProxyError {
             ProxyError::Http1Exchange { source, .. } if source.is_malformed() => {
                 ErrorKind::UpstreamProtocol
             }
-            ProxyError::Http1Exchange { .. } => ErrorKind::UpstreamReset,
+            ProxyError::Http1Exchange { .. } | ProxyError::Http2Exchange { .. } => {
+                ErrorKind::UpstreamReset
+            }
             ProxyError::UnrequestedUpgrade { .. } => ErrorKind::UpstreamProtocol,
             ProxyError::Timeout(_)
             | ProxyError::IdleTimeout { .. }
@@ -282,6 +290,7 @@ impl ProxyError {
             | ProxyError::Handshake { addr, .. }
             | ProxyError::UpstreamReset { addr, .. }
             | ProxyError::Http1Exchange { addr, .. }
+            | ProxyError::Http2Exchange { addr, .. }
             | ProxyError::UnrequestedUpgrade { addr }
             | ProxyError::IdleTimeout { addr, .. } => Some(*addr),
             ProxyError::PerTryTimeout { addr, .. } => *addr,
@@ -307,16 +316,11 @@ impl ProxyError {
     /// True when an HTTP/2 server refused the stream (REFUSED_STREAM): it
     /// did no work on the request, so it is always safe to try again.
     pub fn is_refused_stream(&self) -> bool {
-        let ProxyError::UpstreamReset { source, .. } = self else {
+        let ProxyError::Http2Exchange { source, .. } = self else {
             return false;
         };
-        h2_cause(source).and_then(h2::Error::reason) == Some(h2::Reason::REFUSED_STREAM)
+        source.h2().and_then(h2::Error::reason) == Some(h2::Reason::REFUSED_STREAM)
     }
-}
-
-/// The HTTP/2 error under an error hyper reported, when there is one.
-pub fn h2_cause(error: &hyper::Error) -> Option<&h2::Error> {
-    std::error::Error::source(error)?.downcast_ref()
 }
 
 /// An error with its causes (reqwest hides the interesting part in them).

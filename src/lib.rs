@@ -31,6 +31,7 @@ pub mod headers;
 pub mod health;
 pub mod health_check;
 pub mod http1;
+pub mod http2;
 pub mod http_connection;
 pub mod idle;
 pub mod live;

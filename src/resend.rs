@@ -8,12 +8,8 @@
 //! for an idempotent request only — may not have:
 //!
 //! * **HTTP/2, any method:** its stream was above the `last_stream_id` of a
-//!   GOAWAY, or reset with `REFUSED_STREAM` (RFC 9113 §6.8, §8.7), or hyper
-//!   never wrote it because the connection was going away (it came back).
-//! * **HTTP/2, idempotent methods only:** hyper's dispatch for the
-//!   connection was dropped with the request in it, unanswered. That happens
-//!   when the request waited for a stream slot as the connection got GOAWAY;
-//!   hyper cannot say whether the stream went out first.
+//!   GOAWAY, or reset with `REFUSED_STREAM` (RFC 9113 §6.8, §8.7), or it was
+//!   never opened because the connection had failed or received GOAWAY.
 //! * **HTTP/1.1, any method:** its head was not written whole (the pooled
 //!   connection had closed): a server cannot act on part of a head.
 //! * **HTTP/1.1, idempotent methods only** (RFC 9110 §9.2.2: GET, HEAD,
@@ -31,8 +27,9 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Uri, Version};
 use http_body::Body;
 
-use crate::body::{Replay, RequestBody, RequestBodyError};
-use crate::error::{ProxyError, h2_cause};
+use crate::body::{Replay, RequestBody};
+use crate::error::ProxyError;
+use crate::http2;
 
 /// Bytes of a request body kept so that the request can be resent.
 pub const RESEND_BUFFER: usize = 64 * 1024;
@@ -56,8 +53,6 @@ pub enum Unprocessed {
     RefusedStream,
     /// HTTP/1.1: a reused connection closed or reset before a response byte.
     ClosedBeforeResponse,
-    /// HTTP/2: the connection's dispatch was dropped with the request in it.
-    DispatchDropped,
 }
 
 impl Unprocessed {
@@ -68,17 +63,13 @@ impl Unprocessed {
             Unprocessed::GoAway { .. } => "goaway",
             Unprocessed::RefusedStream => "refused_stream",
             Unprocessed::ClosedBeforeResponse => "closed_before_response",
-            Unprocessed::DispatchDropped => "dispatch_dropped",
         }
     }
 
     /// True when the upstream may have acted on the request after all, so
     /// only an idempotent one may be resent.
     pub fn idempotent_only(self) -> bool {
-        matches!(
-            self,
-            Unprocessed::ClosedBeforeResponse | Unprocessed::DispatchDropped
-        )
+        self == Unprocessed::ClosedBeforeResponse
     }
 }
 
@@ -146,17 +137,8 @@ pub fn is_idempotent(method: &Method) -> bool {
 
 /// How an HTTP/2 stream's failure shows the request was not processed (or,
 /// for [`Unprocessed::idempotent_only`] cases, may not have been).
-pub fn unprocessed_h2(error: &hyper::Error) -> Option<Unprocessed> {
-    if RequestBodyError::under(error).is_some() {
-        return None;
-    }
-    // hyper answers a request its dispatch dropped with a "dispatch gone"
-    // user error; every other user error is about the request or its body,
-    // and the body's own errors were excluded above.
-    if error.is_user() {
-        return Some(Unprocessed::DispatchDropped);
-    }
-    let h2 = h2_cause(error)?;
+pub fn unprocessed_h2(error: &http2::Error) -> Option<Unprocessed> {
+    let h2 = error.h2()?;
     if !h2.is_remote() {
         return None;
     }
@@ -180,7 +162,7 @@ pub fn never_processed(error: &ProxyError) -> bool {
         | ProxyError::ConnectTimeout { .. }
         | ProxyError::TlsHandshake { .. }
         | ProxyError::Handshake { .. } => true,
-        ProxyError::UpstreamReset { source, .. } => {
+        ProxyError::Http2Exchange { source, .. } => {
             unprocessed_h2(source).is_some_and(|why| !why.idempotent_only())
         }
         _ => false,

@@ -8,7 +8,7 @@
 //! 1. Connections that closed, received GOAWAY, outlived
 //!    `max_connection_age` or carried `max_requests_per_connection` are
 //!    *retired*: they leave the pool, take no new stream, and close once
-//!    their last stream ends (the pool drops its handle; hyper then closes the
+//!    their last stream ends (the pool drops its handle; h2 then closes the
 //!    connection when its streams are done).
 //! 2. The oldest connection with a free stream takes the request: open
 //!    streams (ours, counted until the response body ends) below the peer's
@@ -45,45 +45,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use hyper::client::conn::http2;
-use hyper_util::rt::TokioIo;
+use bytes::Bytes;
+use h2::client::SendRequest;
 use metrics::Gauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::body::RequestBody;
-use crate::clock::{self, OneReadPerPollExecutor};
+use crate::clock;
 use crate::config::ConnectionPool;
 use crate::error::ProxyError;
-use crate::tls::stream::UpstreamIo;
+use crate::http2::connection::UNANNOUNCED_STREAM_LIMIT;
 
 use super::lock;
 
-/// Streams per connection assumed of a peer that announced no
-/// `SETTINGS_MAX_CONCURRENT_STREAMS` (RFC 9113 §6.5.2: "no smaller than 100").
-pub const UNANNOUNCED_STREAM_LIMIT: usize = 100;
-
-pub type H2Sender = http2::SendRequest<RequestBody>;
-
-/// The connection task hyper gives back from the handshake, shared between
-/// the task that drives it and the pool that reads the peer's settings.
-pub type H2Task = Arc<Mutex<H2Connection>>;
-
-type H2Connection = http2::Connection<TokioIo<UpstreamIo>, RequestBody, OneReadPerPollExecutor>;
-
 /// One HTTP/2 connection of the pool.
 pub struct Http2Connection {
-    /// Cloned for each stream, and taken when the connection's task ends.
-    /// hyper hands requests to the task through a tokio mpsc channel; a
-    /// request put in as the task is dropped can stay in the channel,
-    /// unseen, until the last sender goes (see `http1::unless_closed`). So no
-    /// sender outlives the task here, and each request's clone is dropped
-    /// right after its request went in: then such a request comes back
-    /// unsent, and is resent.
-    sender: Mutex<Option<H2Sender>>,
-    /// Weak: once its driver ends (GOAWAY or close), the task must be
-    /// dropped, so that requests still queued in it come back unsent.
-    task: Weak<Mutex<H2Connection>>,
+    /// Cloned for each stream. While the pool holds it, h2 keeps the
+    /// connection open even with no streams.
+    sender: SendRequest<Bytes>,
     /// Streams checked out and not yet ended.
     streams: AtomicUsize,
     /// Streams ever checked out.
@@ -98,15 +77,10 @@ pub struct Http2Connection {
 }
 
 impl Http2Connection {
-    /// The peer's current SETTINGS_MAX_CONCURRENT_STREAMS.
+    /// The peer's current SETTINGS_MAX_CONCURRENT_STREAMS
+    /// ([`UNANNOUNCED_STREAM_LIMIT`] until it announced one).
     fn peer_stream_limit(&self) -> usize {
-        let Some(task) = self.task.upgrade() else {
-            return 0;
-        };
-        match lock(&task).current_max_send_streams() {
-            usize::MAX => UNANNOUNCED_STREAM_LIMIT,
-            limit => limit,
-        }
+        self.sender.current_max_send_streams()
     }
 
     /// The peer's limit once confirmed; before, the `learned` limit of the
@@ -134,8 +108,7 @@ impl Http2Connection {
         let too_many = limits
             .max_requests_per_connection
             .is_some_and(|most| self.requests.load(Ordering::Relaxed) >= most);
-        let closed = lock(&self.sender).as_ref().is_none_or(H2Sender::is_closed);
-        if too_old || too_many || closed {
+        if too_old || too_many {
             self.retire();
         }
         self.retired.load(Ordering::Relaxed)
@@ -204,9 +177,8 @@ pub enum Purpose {
 
 /// What a checkout got.
 pub enum Checkout {
-    /// A stream on an open connection, and the handle to send its request
-    /// with (to be dropped once the request went in).
-    Stream(Http2Stream, H2Sender),
+    /// A stream on an open connection, and the handle to send its request with.
+    Stream(Http2Stream, SendRequest<Bytes>),
     /// The right to open a new connection; give it to [`OpenSlot::opened`].
     Open(OpenSlot),
 }
@@ -224,13 +196,11 @@ impl OpenSlot {
     /// when it is over.
     pub fn opened(
         mut self,
-        sender: H2Sender,
-        task: H2Task,
-    ) -> (Http2Stream, H2Sender, ConnectionEnd) {
+        sender: SendRequest<Bytes>,
+    ) -> (Http2Stream, SendRequest<Bytes>, ConnectionEnd) {
         let now = Instant::now();
         let connection = Arc::new(Http2Connection {
-            sender: Mutex::new(Some(sender.clone())),
-            task: Arc::downgrade(&task),
+            sender: sender.clone(),
             streams: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             opened: now,
@@ -268,18 +238,23 @@ impl OpenSlot {
 }
 
 /// Tells the pool that a connection's task has ended (closed, or GOAWAY
-/// seen). Weak, so it keeps neither the pool nor the connection alive.
+/// seen and its last stream ended). Weak, so it keeps neither the pool nor
+/// the connection alive.
 pub struct ConnectionEnd {
     pool: Weak<Shared>,
     connection: Weak<Http2Connection>,
 }
 
 impl ConnectionEnd {
+    /// True while the connection has streams checked out.
+    pub fn busy(&self) -> bool {
+        (self.connection.upgrade())
+            .is_some_and(|connection| connection.streams.load(Ordering::Relaxed) > 0)
+    }
+
     pub fn ended(self) {
         if let Some(connection) = self.connection.upgrade() {
             connection.retire();
-            let sender = lock(&connection.sender).take();
-            drop(sender);
         }
         if let Some(pool) = self.pool.upgrade() {
             pool.changed.notify_waiters();
@@ -444,11 +419,8 @@ impl Http2Pool {
                         .find(free),
                 };
                 if let Some(connection) = found {
-                    match claim(shared, connection) {
-                        Some((stream, sender)) => return Ok(Checkout::Stream(stream, sender)),
-                        // Its task ended just now: it leaves the pool on the next look.
-                        None => continue,
-                    }
+                    let stream = count_stream(shared, connection);
+                    return Ok(Checkout::Stream(stream, connection.sender.clone()));
                 }
                 // A connection being opened is counted on for as many streams
                 // as a peer that has not announced its limit allows.
@@ -499,12 +471,6 @@ impl Http2Pool {
         let mut state = self.shared.lock();
         (self.shared).remove(&mut state, |connection| connection.is_idle_since(before));
     }
-}
-
-/// A new stream on `connection` and a sender for it, unless its task has ended.
-fn claim(pool: &Arc<Shared>, connection: &Arc<Http2Connection>) -> Option<(Http2Stream, H2Sender)> {
-    let sender = lock(&connection.sender).clone()?;
-    Some((count_stream(pool, connection), sender))
 }
 
 /// Counts a new stream on `connection`.

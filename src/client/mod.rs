@@ -8,21 +8,22 @@
 //! for a protocol upgrade, and both for an HTTP/1.1 request; when the server
 //! picks `h2` there, later requests to the endpoint use its HTTP/2 pool.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use hyper::client::conn::{http1 as hyper_http1, http2 as hyper_http2};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use bytes::Bytes;
+use h2::client::SendRequest;
+use hyper::client::conn::http1 as hyper_http1;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::clock::{OneReadPerPoll, OneReadPerPollExecutor};
+use crate::clock::OneReadPerPoll;
 use crate::config::ConnectionPool;
 use crate::error::ProxyError;
 use crate::http1::Connection;
+use crate::http2::connection::{self, Driver, Keepalive};
 use crate::tls::Alpn;
 use crate::tls::outbound::UpstreamTls;
 use crate::tls::stream::UpstreamIo;
@@ -34,7 +35,9 @@ pub use self::http1::H1Sender;
 pub use self::http2::{Http2Stream, PoolGauges, Purpose};
 
 use self::http1::Http1Idle;
-use self::http2::{Checkout, ConnectionEnd, H2Sender, H2Task, Http2Pool};
+use self::http2::{Checkout, ConnectionEnd, Http2Pool};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Connection settings shared by all endpoints of an upstream.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,9 +101,9 @@ impl EndpointClient {
         if h2 {
             // The connection joins the HTTP/2 pool (closed if it is full).
             if let Some(slot) = self.h2.reserve() {
-                let (sender, task) = self.handshake_h2(io).await?;
-                let (_stream, _sender, end) = slot.opened(sender, Arc::clone(&task));
-                drive_h2(task, end);
+                let (sender, driver) = self.handshake_h2(io.into_inner()).await?;
+                let (_stream, _sender, end) = slot.opened(sender);
+                drive_h2(driver, end);
             }
             return Ok(Opened::Http2);
         }
@@ -117,8 +120,12 @@ impl EndpointClient {
             .writev(false)
             .handshake(io)
             .await
-            .map_err(|source| self.handshake_failed(source))?;
-        drive(connection.with_upgrades(), "HTTP/1.1", || ());
+            .map_err(|source| self.handshake_failed(source.into()))?;
+        tokio::spawn(OneReadPerPoll::new(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "upstream HTTP/1.1 connection ended with an error");
+            }
+        }));
         Ok(sender)
     }
 
@@ -130,17 +137,19 @@ impl EndpointClient {
 
     /// A stream on one of the endpoint's HTTP/2 connections, opening one when
     /// all are full, or waiting (bounded) when no more may open; with the
-    /// sender for its request, to be dropped as soon as the request went in
-    /// (see `http2::Http2Connection::sender`).
-    pub async fn h2_stream(&self, purpose: Purpose) -> Result<(Http2Stream, H2Sender), ProxyError> {
+    /// sender for its request.
+    pub async fn h2_stream(
+        &self,
+        purpose: Purpose,
+    ) -> Result<(Http2Stream, SendRequest<Bytes>), ProxyError> {
         match self.h2.checkout(self.addr, purpose).await? {
             Checkout::Stream(stream, sender) => Ok((stream, sender)),
             // Boxed: opening is the cold path, and its large future would
             // otherwise be part of every request's.
             Checkout::Open(slot) => match Box::pin(self.open_h2()).await {
-                Ok((sender, task)) => {
-                    let (stream, sender, end) = slot.opened(sender, Arc::clone(&task));
-                    drive_h2(task, end);
+                Ok((sender, driver)) => {
+                    let (stream, sender, end) = slot.opened(sender);
+                    drive_h2(driver, end);
                     Ok((stream, sender))
                 }
                 Err(error) => {
@@ -152,38 +161,27 @@ impl EndpointClient {
     }
 
     /// A new HTTP/2 connection, its task not yet driven.
-    async fn open_h2(&self) -> Result<(H2Sender, H2Task), ProxyError> {
+    async fn open_h2(&self) -> Result<(SendRequest<Bytes>, Driver<UpstreamIo>), ProxyError> {
         let (io, _) = self.connect(Alpn::Http2).await?;
-        self.handshake_h2(io).await
+        self.handshake_h2(io.into_inner()).await
     }
 
+    /// The HTTP/2 handshake (remora's own client, `crate::http2`), with PING
+    /// keepalive when `connection_pool.keepalive_interval` is set.
     async fn handshake_h2(
         &self,
-        io: TokioIo<UpstreamIo>,
-    ) -> Result<(H2Sender, H2Task), ProxyError> {
-        let (sender, connection) = self
-            .http2_builder()
-            .handshake(io)
+        io: UpstreamIo,
+    ) -> Result<(SendRequest<Bytes>, Driver<UpstreamIo>), ProxyError> {
+        let keepalive = (self.settings.pool.keepalive_interval).map(|interval| Keepalive {
+            interval,
+            timeout: self.settings.pool.keepalive_timeout,
+        });
+        connection::handshake(io, keepalive)
             .await
-            .map_err(|source| self.handshake_failed(source))?;
-        // Shared with the pool, which reads the peer's stream limit; the
-        // lock is only ever held for one poll or one read.
-        Ok((sender, Arc::new(Mutex::new(connection))))
+            .map_err(|source| self.handshake_failed(source.into()))
     }
 
-    fn http2_builder(&self) -> hyper_http2::Builder<OneReadPerPollExecutor> {
-        let mut builder = hyper_http2::Builder::new(OneReadPerPollExecutor);
-        builder.timer(TokioTimer::new());
-        if let Some(interval) = self.settings.pool.keepalive_interval {
-            builder
-                .keep_alive_interval(interval)
-                .keep_alive_timeout(self.settings.pool.keepalive_timeout)
-                .keep_alive_while_idle(false);
-        }
-        builder
-    }
-
-    fn handshake_failed(&self, source: hyper::Error) -> ProxyError {
+    fn handshake_failed(&self, source: BoxError) -> ProxyError {
         ProxyError::Handshake {
             addr: self.addr,
             source,
@@ -221,27 +219,12 @@ impl EndpointClient {
     }
 }
 
-/// Runs an upstream connection's I/O task until the connection closes (or,
-/// for HTTP/2, stops taking requests), then calls `ended`.
-fn drive<C>(connection: C, version: &'static str, ended: impl FnOnce() + Send + 'static)
-where
-    C: Future<Output = hyper::Result<()>> + Send + 'static,
-{
-    tokio::spawn(OneReadPerPoll::new(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, version, "upstream connection ended with an error");
-        }
-        ended();
-    }));
-}
-
 /// Drives an HTTP/2 connection's task; the pool is told when it ends.
-fn drive_h2(task: H2Task, end: ConnectionEnd) {
-    drive(
-        std::future::poll_fn(move |cx| Pin::new(&mut *lock(&task)).poll(cx)),
-        "HTTP/2",
-        move || end.ended(),
-    );
+fn drive_h2(driver: Driver<UpstreamIo>, end: ConnectionEnd) {
+    tokio::spawn(OneReadPerPoll::new(async move {
+        connection::drive(driver, || end.busy()).await;
+        end.ended();
+    }));
 }
 
 /// Locks one of the client's mutexes. What they guard (a connection task,

@@ -133,7 +133,7 @@ pub const CATALOGUE: &[MetricDoc] = &[
         name: UPSTREAM_RESENDS_TOTAL,
         kind: Kind::Counter,
         labels: &["upstream", "reason"],
-        meaning: "Requests sent again, transparently, because the upstream never processed them — or, for idempotent requests only, may not have (`not_written`, `goaway`, `refused_stream`, `closed_before_response`, `dispatch_dropped`; see the README's \"HTTP/2 upstreams\"). Not retries: `remora_retries_total` does not count them.",
+        meaning: "Requests sent again, transparently, because the upstream never processed them — or, for idempotent requests only, may not have (`not_written`, `goaway`, `refused_stream`, `closed_before_response`; see the README's \"HTTP/2 upstreams\"). Not retries: `remora_retries_total` does not count them.",
     },
     MetricDoc {
         name: POOL_CONNECTIONS,

@@ -492,7 +492,7 @@ impl EndpointMetrics {
 
     /// Counts a request sent again because the upstream never processed it
     /// (`reason`: `not_written`, `goaway`, `refused_stream`,
-    /// `closed_before_response`, `dispatch_dropped`).
+    /// `closed_before_response`).
     pub fn resent(&self, reason: &'static str) {
         counter!(UPSTREAM_RESENDS_TOTAL, "upstream" => self.upstream.clone(), "reason" => reason)
             .increment(1);

@@ -13,10 +13,11 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
 
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{RequestBody, ResponseBody, UpstreamBody};
 use crate::client::{ClientSettings, EndpointClient, H1Sender, PoolGauges, Purpose};
 use crate::error::ProxyError;
 use crate::headers::strip_hop_by_hop;
+use crate::http2;
 
 /// The original destination of one client connection.
 pub struct Passthrough {
@@ -60,16 +61,18 @@ impl Passthrough {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let mut request = request.map(RequestBody::streaming);
         strip_hop_by_hop(request.headers_mut(), false);
+        let addr = self.destination;
         let response = if request.version() == Version::HTTP_2 {
             // The stream counts against the connection's limit until the
             // response head (passthrough keeps no release for its body).
-            let (stream, mut sender) = self.client.h2_stream(Purpose::First).await?;
-            let response = sender.send_request(request);
-            // Not held while the response is awaited: see `client::http2`.
-            drop(sender);
-            let response = response.await;
-            drop(stream);
-            response
+            let (_stream, sender) = self.client.h2_stream(Purpose::First).await?;
+            http2::send(sender, request)
+                .await
+                .map_err(|failed| ProxyError::Http2Exchange {
+                    addr,
+                    source: failed.error,
+                })?
+                .map(UpstreamBody::Http2)
         } else {
             let mut h1 = self.h1.lock().await;
             let sender = match h1.take() {
@@ -78,15 +81,14 @@ impl Passthrough {
             };
             let sender = h1.insert(sender);
             // Ready once the previous response has been read.
-            match sender.ready().await {
+            let response = match sender.ready().await {
                 Ok(()) => sender.send_request(request).await,
                 Err(error) => Err(error),
-            }
+            };
+            response
+                .map_err(|source| ProxyError::UpstreamReset { addr, source })?
+                .map(UpstreamBody::Hyper)
         };
-        let response = response.map_err(|source| ProxyError::UpstreamReset {
-            addr: self.destination,
-            source,
-        })?;
         let idle = self.settings.idle_timeout;
         Ok(response.map(|body| ResponseBody::unreleased(body, idle)))
     }

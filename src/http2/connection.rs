@@ -1,0 +1,228 @@
+//! One HTTP/2 client connection: its handshake, with the settings hyper's
+//! client used (so peers see what they saw before), and the task that drives
+//! it, which also sends keepalive PINGs.
+//!
+//! # Keepalive
+//!
+//! With a [`Keepalive`], a connection that has open streams and has read
+//! nothing for `interval` sends a PING; a PING unanswered for `timeout`
+//! closes the connection, failing its streams, so that a silently dead peer
+//! is found without waiting for each request's own timeout. Idle
+//! connections are not pinged (gRPC servers answer pings they find too
+//! frequent with GOAWAY `ENHANCE_YOUR_CALM`). Reads are stamped as they
+//! happen ([`Stamped`]); the timer is set from the last one.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::{Builder, Connection, SendRequest};
+use h2::{Ping, PingPong};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::clock;
+
+/// Streams per connection assumed of a peer until its SETTINGS say
+/// otherwise, and of one that announces no `SETTINGS_MAX_CONCURRENT_STREAMS`
+/// (RFC 9113 §6.5.2: "no smaller than 100").
+pub const UNANNOUNCED_STREAM_LIMIT: usize = 100;
+
+/// PINGs on a connection with open streams that has read nothing for `interval`.
+#[derive(Debug, Clone, Copy)]
+pub struct Keepalive {
+    pub interval: Duration,
+    /// A PING unanswered for this long closes the connection.
+    pub timeout: Duration,
+}
+
+/// The I/O of a connection, its reads stamped for the keepalive.
+pub struct Stamped<T> {
+    io: T,
+    /// When the connection last read something, as a time since `opened`
+    /// (microseconds); `None` without keepalive.
+    last_read: Option<Arc<AtomicU64>>,
+    opened: Instant,
+}
+
+/// The task that drives a connection; see [`drive`].
+pub struct Driver<T> {
+    connection: Connection<Stamped<T>, Bytes>,
+    pinger: Option<Pinger>,
+}
+
+/// Opens an HTTP/2 connection on `io`: the handle to send requests with,
+/// and the connection's task, to be [driven](drive).
+pub async fn handshake<T>(
+    io: T,
+    keepalive: Option<Keepalive>,
+) -> Result<(SendRequest<Bytes>, Driver<T>), h2::Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let opened = Instant::now();
+    let last_read = keepalive.map(|_| Arc::new(AtomicU64::new(0)));
+    let io = Stamped {
+        io,
+        last_read: last_read.clone(),
+        opened,
+    };
+    let (sender, mut connection) = Builder::new()
+        .initial_max_send_streams(UNANNOUNCED_STREAM_LIMIT)
+        .initial_window_size(2 * 1024 * 1024)
+        .initial_connection_window_size(5 * 1024 * 1024)
+        .max_frame_size(16 * 1024)
+        .max_header_list_size(16 * 1024)
+        .max_send_buffer_size(1024 * 1024)
+        .enable_push(false)
+        .handshake(io)
+        .await?;
+    let pinger = match (keepalive, last_read) {
+        (Some(keepalive), Some(last_read)) => connection.ping_pong().map(|ping_pong| Pinger {
+            ping_pong,
+            keepalive,
+            last_read,
+            opened,
+            timer: Box::pin(tokio::time::sleep(keepalive.interval)),
+            awaiting_pong: false,
+        }),
+        _ => None,
+    };
+    Ok((sender, Driver { connection, pinger }))
+}
+
+/// Drives the connection until it is over: closed by either side, failed,
+/// or — after a GOAWAY, or once no handle to it is left — its last stream
+/// ended; or until a keepalive PING went unanswered (`busy` says whether
+/// the connection has open streams).
+pub async fn drive<T>(driver: Driver<T>, busy: impl Fn() -> bool)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let Driver {
+        mut connection,
+        mut pinger,
+    } = driver;
+    poll_fn(|cx| {
+        if let Poll::Ready(result) = Pin::new(&mut connection).poll(cx) {
+            if let Err(error) = result {
+                tracing::debug!(%error, "upstream HTTP/2 connection ended with an error");
+            }
+            return Poll::Ready(());
+        }
+        if let Some(pinger) = &mut pinger
+            && pinger.poll_silent(cx, &busy).is_ready()
+        {
+            tracing::debug!(
+                timeout = ?pinger.keepalive.timeout,
+                "upstream HTTP/2 connection closed: no answer to a keepalive PING"
+            );
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    })
+    .await;
+}
+
+struct Pinger {
+    ping_pong: PingPong,
+    keepalive: Keepalive,
+    last_read: Arc<AtomicU64>,
+    opened: Instant,
+    /// When to look again: at the last read plus `interval`, or, with a PING
+    /// out, at its deadline.
+    timer: Pin<Box<Sleep>>,
+    awaiting_pong: bool,
+}
+
+impl Pinger {
+    /// Ready when a PING went unanswered for the timeout.
+    fn poll_silent(&mut self, cx: &mut Context<'_>, busy: &impl Fn() -> bool) -> Poll<()> {
+        loop {
+            if self.awaiting_pong {
+                match self.ping_pong.poll_pong(cx) {
+                    Poll::Ready(Ok(_)) => {
+                        self.awaiting_pong = false;
+                        let due = self.last_read() + self.keepalive.interval;
+                        self.timer.as_mut().reset(due);
+                        continue;
+                    }
+                    // The connection failed: its own poll reports that.
+                    Poll::Ready(Err(_)) => return Poll::Pending,
+                    Poll::Pending => {}
+                }
+                ready!(self.timer.as_mut().poll(cx));
+                return Poll::Ready(());
+            }
+            ready!(self.timer.as_mut().poll(cx));
+            let now = Instant::now();
+            let due = self.last_read() + self.keepalive.interval;
+            if due > now {
+                self.timer.as_mut().reset(due);
+            } else if !busy() || self.ping_pong.send_ping(Ping::opaque()).is_err() {
+                self.timer.as_mut().reset(now + self.keepalive.interval);
+            } else {
+                self.awaiting_pong = true;
+                self.timer.as_mut().reset(now + self.keepalive.timeout);
+            }
+        }
+    }
+
+    fn last_read(&self) -> Instant {
+        let since_opened = self.last_read.load(Ordering::Relaxed);
+        self.opened + Duration::from_micros(since_opened)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Stamped<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
+        if let Some(last_read) = &self.last_read
+            && buf.filled().len() > before
+        {
+            let since_opened = clock::now().saturating_duration_since(self.opened);
+            last_read.store(since_opened.as_micros() as u64, Ordering::Relaxed);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Stamped<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
