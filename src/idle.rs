@@ -5,7 +5,8 @@
 //! response head, `forward` stamps the request body's frames in an
 //! [`Activity`] of its own.
 //!
-//! [`IdleIo`] wraps the socket and stamps every read and write; [`expired`]
+//! [`IdleIo`] wraps the socket and stamps every read and write (or, for an
+//! upstream HTTP/2 connection's keepalive, every read only); [`expired`]
 //! sleeps until the last stamp is one idle period old. One [`clock::now`]
 //! per socket operation (or body frame), so at most one clock read per poll
 //! of the connection's task; no timer reset per byte, and none when the wait
@@ -45,7 +46,8 @@ impl Activity {
             .store(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
 
-    fn last(&self) -> Instant {
+    /// When something last moved.
+    pub fn last(&self) -> Instant {
         self.origin + Duration::from_nanos(self.last.load(Relaxed))
     }
 }
@@ -69,11 +71,28 @@ pub async fn expired(activity: &Activity, limit: Duration) {
 pub struct IdleIo<T> {
     inner: T,
     activity: Arc<Activity>,
+    /// Writes are activity too (not for a keepalive, which asks whether
+    /// the peer still sends).
+    writes: bool,
 }
 
 impl<T> IdleIo<T> {
+    /// Stamps reads and writes.
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
-        Self { inner, activity }
+        Self {
+            inner,
+            activity,
+            writes: true,
+        }
+    }
+
+    /// Stamps reads only.
+    pub fn reads(inner: T, activity: Arc<Activity>) -> Self {
+        Self {
+            inner,
+            activity,
+            writes: false,
+        }
     }
 }
 
@@ -99,7 +118,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+        if self.writes && matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
         }
         polled
@@ -111,7 +130,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+        if self.writes && matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
         }
         polled

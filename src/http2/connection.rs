@@ -10,23 +10,21 @@
 //! is found without waiting for each request's own timeout. Idle
 //! connections are not pinged (gRPC servers answer pings they find too
 //! frequent with GOAWAY `ENHANCE_YOUR_CALM`). Reads are stamped as they
-//! happen ([`Stamped`]); the timer is set from the last one.
+//! happen (`idle::IdleIo::reads`); the timer is set from the last one.
 
 use std::future::poll_fn;
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::{Builder, Connection, SendRequest};
 use h2::{Ping, PingPong};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
-use crate::clock;
+use crate::idle::{Activity, IdleIo};
 
 /// Streams per connection assumed of a peer until its SETTINGS say
 /// otherwise, and of one that announces no `SETTINGS_MAX_CONCURRENT_STREAMS`
@@ -41,18 +39,9 @@ pub struct Keepalive {
     pub timeout: Duration,
 }
 
-/// The I/O of a connection, its reads stamped for the keepalive.
-pub struct Stamped<T> {
-    io: T,
-    /// When the connection last read something, as a time since `opened`
-    /// (microseconds); `None` without keepalive.
-    last_read: Option<Arc<AtomicU64>>,
-    opened: Instant,
-}
-
 /// The task that drives a connection; see [`drive`].
 pub struct Driver<T> {
-    connection: Connection<Stamped<T>, Bytes>,
+    connection: Connection<IdleIo<T>, Bytes>,
     pinger: Option<Pinger>,
 }
 
@@ -65,13 +54,8 @@ pub async fn handshake<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let opened = Instant::now();
-    let last_read = keepalive.map(|_| Arc::new(AtomicU64::new(0)));
-    let io = Stamped {
-        io,
-        last_read: last_read.clone(),
-        opened,
-    };
+    let last_read = Activity::new();
+    let io = IdleIo::reads(io, Arc::clone(&last_read));
     let (sender, mut connection) = Builder::new()
         .initial_max_send_streams(UNANNOUNCED_STREAM_LIMIT)
         .initial_window_size(2 * 1024 * 1024)
@@ -82,17 +66,15 @@ where
         .enable_push(false)
         .handshake(io)
         .await?;
-    let pinger = match (keepalive, last_read) {
-        (Some(keepalive), Some(last_read)) => connection.ping_pong().map(|ping_pong| Pinger {
+    let pinger = keepalive.and_then(|keepalive| {
+        connection.ping_pong().map(|ping_pong| Pinger {
             ping_pong,
             keepalive,
             last_read,
-            opened,
             timer: Box::pin(tokio::time::sleep(keepalive.interval)),
             awaiting_pong: false,
-        }),
-        _ => None,
-    };
+        })
+    });
     Ok((sender, Driver { connection, pinger }))
 }
 
@@ -132,8 +114,7 @@ where
 struct Pinger {
     ping_pong: PingPong,
     keepalive: Keepalive,
-    last_read: Arc<AtomicU64>,
-    opened: Instant,
+    last_read: Arc<Activity>,
     /// When to look again: at the last read plus `interval`, or, with a PING
     /// out, at its deadline.
     timer: Pin<Box<Sleep>>,
@@ -148,7 +129,7 @@ impl Pinger {
                 match self.ping_pong.poll_pong(cx) {
                     Poll::Ready(Ok(_)) => {
                         self.awaiting_pong = false;
-                        let due = self.last_read() + self.keepalive.interval;
+                        let due = self.last_read.last() + self.keepalive.interval;
                         self.timer.as_mut().reset(due);
                         continue;
                     }
@@ -161,7 +142,7 @@ impl Pinger {
             }
             ready!(self.timer.as_mut().poll(cx));
             let now = Instant::now();
-            let due = self.last_read() + self.keepalive.interval;
+            let due = self.last_read.last() + self.keepalive.interval;
             if due > now {
                 self.timer.as_mut().reset(due);
             } else if !busy() || self.ping_pong.send_ping(Ping::opaque()).is_err() {
@@ -171,58 +152,5 @@ impl Pinger {
                 self.timer.as_mut().reset(now + self.keepalive.timeout);
             }
         }
-    }
-
-    fn last_read(&self) -> Instant {
-        let since_opened = self.last_read.load(Ordering::Relaxed);
-        self.opened + Duration::from_micros(since_opened)
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Stamped<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
-        if let Some(last_read) = &self.last_read
-            && buf.filled().len() > before
-        {
-            let since_opened = clock::now().saturating_duration_since(self.opened);
-            last_read.store(since_opened.as_micros() as u64, Ordering::Relaxed);
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Stamped<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
