@@ -84,7 +84,7 @@ impl Body for UpstreamBody {
         match self.get_mut() {
             UpstreamBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
             UpstreamBody::Http1(body) => Pin::new(body).poll_frame(cx),
-            UpstreamBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            UpstreamBody::Http2(body) => Pin::new(body).poll_frame(cx),
         }
     }
 

@@ -397,9 +397,10 @@ impl Endpoint {
                 Err(failed) => failed,
             };
             let (error, unsent) = (failed.error, failed.request);
-            let why = match unsent {
-                Some(_) => Some(Unprocessed::NotWritten),
-                None => unprocessed_h2(&error),
+            let why = if unsent.is_some() || error.not_sent() {
+                Some(Unprocessed::NotWritten)
+            } else {
+                unprocessed_h2(&error)
             };
             if matches!(
                 why,

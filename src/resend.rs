@@ -163,7 +163,7 @@ pub fn never_processed(error: &ProxyError) -> bool {
         | ProxyError::TlsHandshake { .. }
         | ProxyError::Handshake { .. } => true,
         ProxyError::Http2Exchange { source, .. } => {
-            unprocessed_h2(source).is_some_and(|why| !why.idempotent_only())
+            source.not_sent() || unprocessed_h2(source).is_some_and(|why| !why.idempotent_only())
         }
         _ => false,
     }

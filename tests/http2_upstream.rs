@@ -99,6 +99,59 @@ async fn streams_above_a_goaway_are_resent_on_a_new_connection() {
     }
 }
 
+/// A connection that received GOAWAY takes no new stream, even while a stream below the
+/// GOAWAY still runs on it: the next request goes to a new connection at once, with nothing
+/// resent.
+#[tokio::test]
+async fn a_connection_that_received_goaway_takes_no_new_request() {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let origin = serve({
+        let connections = Arc::clone(&connections);
+        move |stream| {
+            let first = connections.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                let Ok(mut connection) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((_request, respond))) = connection.accept().await {
+                    if !first {
+                        support::h2_origin::answer(respond, 200);
+                        continue;
+                    }
+                    // The first connection's one stream runs on after its GOAWAY.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(800)).await;
+                        support::h2_origin::answer(respond, 200);
+                    });
+                    connection.graceful_shutdown();
+                }
+            }
+        }
+    });
+    let config = TestConfig::one_upstream("retiring", "http2", [origin.addr]);
+    let proxy = Proxy::start(&config.yaml()).await;
+    let url = format!("http://{}/", proxy.upstream("retiring"));
+    let slow = tokio::spawn({
+        let url = url.clone();
+        async move { get(Version::HTTP_2, &url).await.unwrap().status }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let reply = get(Version::HTTP_2, &url).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    for reason in ["not_written", "goaway"] {
+        assert_eq!(resends(&proxy, "retiring", reason).await, 0.0, "{reason}");
+    }
+    assert_nothing_in_flight(&proxy, "retiring", "the GOAWAY").await;
+}
+
 /// A stream refused with `REFUSED_STREAM` is sent again — its body replayed — with no
 /// `retries:` configured.
 #[tokio::test]
@@ -135,10 +188,11 @@ async fn a_refused_stream_is_resent_with_its_body() {
     assert_eq!(retries(&proxy, "refused").await, 0.0);
 }
 
-/// An h2 origin announcing `max_streams` per connection that answers after `delay`; records
-/// connections and the most streams open at once on one connection.
+/// An h2 origin announcing `max_streams` per connection (`None`: announcing no limit) that
+/// answers after `delay`; records connections and the most streams open at once on one
+/// connection.
 fn limited_origin(
-    max_streams: u32,
+    max_streams: Option<u32>,
     delay: Duration,
 ) -> (Server, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let connections = Arc::new(AtomicUsize::new(0));
@@ -149,11 +203,11 @@ fn limited_origin(
             connections.fetch_add(1, Ordering::SeqCst);
             let busiest = Arc::clone(&busiest);
             async move {
-                let Ok(mut connection) = h2::server::Builder::new()
-                    .max_concurrent_streams(max_streams)
-                    .handshake::<_, Bytes>(stream)
-                    .await
-                else {
+                let mut builder = h2::server::Builder::new();
+                if let Some(max_streams) = max_streams {
+                    builder.max_concurrent_streams(max_streams);
+                }
+                let Ok(mut connection) = builder.handshake::<_, Bytes>(stream).await else {
                     return;
                 };
                 let open = Arc::new(AtomicUsize::new(0));
@@ -177,7 +231,7 @@ fn limited_origin(
 /// `max_connections_per_endpoint`; beyond that, requests wait for a stream and all succeed.
 #[tokio::test]
 async fn streams_beyond_the_peer_limit_open_connections_then_wait() {
-    let (origin, connections, busiest) = limited_origin(4, Duration::from_millis(100));
+    let (origin, connections, busiest) = limited_origin(Some(4), Duration::from_millis(100));
     let pool = "{ max_connections_per_endpoint: 3 }";
     let config = TestConfig::one_upstream("limited", "http2", [origin.addr]);
     let proxy = Proxy::start(&config.with("connection_pool", pool).yaml()).await;
@@ -205,11 +259,38 @@ async fn streams_beyond_the_peer_limit_open_connections_then_wait() {
     assert_nothing_in_flight(&proxy, "limited", "the waves").await;
 }
 
+/// A peer whose SETTINGS announce no stream limit (h2 reads that as unlimited) is held to 100
+/// streams a connection, RFC 9113 §6.5.2's least: the 101st opens a second connection.
+#[tokio::test]
+async fn a_peer_announcing_no_stream_limit_gets_100_streams_a_connection() {
+    let (origin, connections, busiest) = limited_origin(None, Duration::from_millis(500));
+    let config = TestConfig::one_upstream("unlimited", "http2", [origin.addr]);
+    let proxy = Proxy::start(&config.yaml()).await;
+    let url = format!("http://{}/", proxy.upstream("unlimited"));
+    // Confirms the first connection: its SETTINGS (with no limit) have been read.
+    assert_eq!(
+        get(Version::HTTP_2, &url).await.unwrap().status,
+        StatusCode::OK
+    );
+    let replies = futures_util::future::join_all(
+        (0..150).map(|_| async { get(Version::HTTP_2, &url).await.unwrap().status }),
+    )
+    .await;
+    assert!(replies.iter().all(|s| *s == StatusCode::OK), "{replies:?}");
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "connections opened");
+    assert_eq!(
+        busiest.load(Ordering::SeqCst),
+        100,
+        "streams on one connection"
+    );
+    assert_nothing_in_flight(&proxy, "unlimited", "150 requests").await;
+}
+
 /// A request that finds every connection full waits at most `pending_timeout`, with at most
 /// `max_pending_requests` others; past either bound it gets 503 `overloaded`.
 #[tokio::test]
 async fn a_full_pool_queues_within_bounds_then_answers_overloaded() {
-    let (origin, _, _) = limited_origin(1, Duration::from_millis(1000));
+    let (origin, _, _) = limited_origin(Some(1), Duration::from_millis(1000));
     let pool = "{ max_connections_per_endpoint: 1, max_pending_requests: 2, \
                 pending_timeout: 300ms }";
     let config = TestConfig::one_upstream("queue", "http2", [origin.addr]);
@@ -258,7 +339,7 @@ async fn connections_rotate_by_request_count_and_age() {
         ),
         ("rotate-age", "max_connection_age: 150ms", 10, 50, 3..=5),
     ] {
-        let (origin, connections, _) = limited_origin(100, Duration::ZERO);
+        let (origin, connections, _) = limited_origin(Some(100), Duration::ZERO);
         let config = TestConfig::one_upstream(name, "http2", [origin.addr])
             .with("connection_pool", format!("{{ {pool} }}"));
         let proxy = Proxy::start(&config.yaml()).await;

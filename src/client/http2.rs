@@ -43,6 +43,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -78,9 +79,13 @@ pub struct Http2Connection {
 
 impl Http2Connection {
     /// The peer's current SETTINGS_MAX_CONCURRENT_STREAMS
-    /// ([`UNANNOUNCED_STREAM_LIMIT`] until it announced one).
+    /// ([`UNANNOUNCED_STREAM_LIMIT`] until it announced one, and when its
+    /// SETTINGS announced none: h2 then reads it as unlimited).
     fn peer_stream_limit(&self) -> usize {
-        self.sender.current_max_send_streams()
+        match self.sender.current_max_send_streams() {
+            usize::MAX => UNANNOUNCED_STREAM_LIMIT,
+            limit => limit,
+        }
     }
 
     /// The peer's limit once confirmed; before, the `learned` limit of the
@@ -419,8 +424,18 @@ impl Http2Pool {
                         .find(free),
                 };
                 if let Some(connection) = found {
+                    let mut sender = connection.sender.clone();
+                    // h2 takes no stream once the connection received
+                    // GOAWAY or failed (its task may go on, finishing the
+                    // streams below the GOAWAY): such a connection retires now.
+                    let waker = std::task::Waker::noop();
+                    if let Poll::Ready(Err(_)) = sender.poll_ready(&mut Context::from_waker(waker))
+                    {
+                        connection.retire();
+                        continue;
+                    }
                     let stream = count_stream(shared, connection);
-                    return Ok(Checkout::Stream(stream, connection.sender.clone()));
+                    return Ok(Checkout::Stream(stream, sender));
                 }
                 // A connection being opened is counted on for as many streams
                 // as a peer that has not announced its limit allows.

@@ -12,6 +12,7 @@ use http::HeaderMap;
 use http::header::CONTENT_LENGTH;
 use http_body::{Body, Frame, SizeHint};
 
+use super::BoxError;
 use super::upload::Upload;
 
 /// A response body streamed off an HTTP/2 stream.
@@ -22,7 +23,7 @@ pub struct Http2Body {
     /// All DATA frames have been read; trailers may follow.
     data_ended: bool,
     /// The request body still being sent, stopped if this body is dropped.
-    _upload: Option<Upload>,
+    upload: Option<Upload>,
 }
 
 impl Http2Body {
@@ -39,19 +40,30 @@ impl Http2Body {
             received,
             remaining,
             data_ended: false,
-            _upload: upload,
+            upload,
+        }
+    }
+}
+
+impl Http2Body {
+    /// Why the stream failed: the request body's error when reading it
+    /// failed (the upload reset the stream for it), else h2's.
+    fn failure(&mut self, error: h2::Error) -> BoxError {
+        match self.upload.as_mut().and_then(Upload::failure) {
+            Some(request_body) => request_body,
+            None => error.into(),
         }
     }
 }
 
 impl Body for Http2Body {
     type Data = Bytes;
-    type Error = h2::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let body = self.get_mut();
         if !body.data_ended {
             match ready!(body.received.poll_data(cx)) {
@@ -64,13 +76,13 @@ impl Body for Http2Body {
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                Some(Err(error)) => return Poll::Ready(Some(Err(body.failure(error)))),
                 None => body.data_ended = true,
             }
         }
         match ready!(body.received.poll_trailers(cx)) {
             Ok(trailers) => Poll::Ready(trailers.map(|trailers| Ok(Frame::trailers(trailers)))),
-            Err(error) => Poll::Ready(Some(Err(error))),
+            Err(error) => Poll::Ready(Some(Err(body.failure(error)))),
         }
     }
 

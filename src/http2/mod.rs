@@ -49,6 +49,10 @@ pub enum Error {
     /// reset by the peer and with which code, I/O).
     #[error("HTTP/2: {0}")]
     Stream(#[from] h2::Error),
+    /// The connection could take no stream: it had received GOAWAY or
+    /// failed. Nothing was sent.
+    #[error("HTTP/2: no stream opened: {0}")]
+    NotSent(h2::Error),
     /// Reading the request body failed; the stream was reset.
     #[error("reading the request body failed: {0}")]
     RequestBody(BoxError),
@@ -58,9 +62,14 @@ impl Error {
     /// h2's error, when the stream or connection failed.
     pub fn h2(&self) -> Option<&h2::Error> {
         match self {
-            Error::Stream(error) => Some(error),
+            Error::Stream(error) | Error::NotSent(error) => Some(error),
             Error::RequestBody(_) => None,
         }
+    }
+
+    /// True when nothing of the request was sent.
+    pub fn not_sent(&self) -> bool {
+        matches!(self, Error::NotSent(_))
     }
 }
 
@@ -89,7 +98,8 @@ where
     let (head, body) = request.into_parts();
     let mut head = Request::from_parts(head, ());
     strip_connection_fields(head.headers_mut());
-    let end_of_stream = body.is_end_stream();
+    // A CONNECT's stream stays open for its tunnel (hyper's rule).
+    let end_of_stream = body.is_end_stream() && head.method() != Method::CONNECT;
     if let Some(length) = body.size_hint().exact()
         && (length != 0 || has_payload_semantics(head.method()))
         && !head.headers().contains_key(CONTENT_LENGTH)
@@ -99,6 +109,14 @@ where
     }
     let (response, stream) = match sender.send_request(head, end_of_stream) {
         Ok(sent) => sent,
+        // The connection received GOAWAY or failed just after it was
+        // found ready: nothing was sent, but h2 kept the head.
+        Err(error) if error.is_go_away() || error.is_io() => {
+            return Err(Failed {
+                error: Error::NotSent(error),
+                request: None,
+            });
+        }
         Err(error) => {
             return Err(Failed {
                 error: error.into(),
@@ -365,6 +383,23 @@ mod tests {
         );
         assert!(failed.request.is_none());
         assert_eq!(within(resets.recv()).await, Err(Some(h2::Reason::CANCEL)));
+    }
+
+    #[tokio::test]
+    async fn a_request_body_failing_after_the_response_head_is_the_bodys_error() {
+        let addr = serve(1, |request, mut respond| async move {
+            let _echo = respond.send_response(Response::new(()), false).unwrap();
+            let _ = read_all(request.into_body()).await;
+        })
+        .await;
+        let (sender, _) = connect(addr, None).await;
+        let (chunk, body) = chunks();
+        let response = send(sender, post(body)).await.ok().unwrap();
+        chunk
+            .send(Err(std::io::Error::other("the client went away")))
+            .unwrap();
+        let error = response.into_body().frame().await.unwrap().unwrap_err();
+        assert_eq!(error.to_string(), "the client went away");
     }
 
     #[tokio::test]

@@ -4,18 +4,24 @@
 //!
 //! # Algorithm
 //!
-//! Until the body ends, each turn: wait for at least one byte of the
-//! peer's flow-control window (`reserve_capacity(1)`, then
-//! `poll_capacity`), then read one frame of the body and send it; a DATA
-//! frame may be larger than the window, h2 holds the rest until the window
-//! opens. Trailers, or the body's end, end the stream. The task stops, and
-//! resets the stream with `CANCEL` when it had more to send, when:
+//! Until the body ends, each turn: read one frame of the body; for a
+//! non-empty DATA frame, wait for at least one byte of the peer's
+//! flow-control window (`reserve_capacity(1)`, then `poll_capacity`), then
+//! send it (h2 holds what the window does not take until it opens). The
+//! window is claimed only with data in hand: a claim by a body that sends
+//! nothing for a while (a gRPC stream) would pin the connection's window
+//! and can stall the other streams of a peer that sends WINDOW_UPDATE only
+//! once its window is used up (hyper's fix for the same, hyperium/hyper#4003).
+//! Empty frames need no window. Trailers (without connection-specific
+//! fields), or the body's end, end the stream. The task stops, and resets
+//! the stream with `CANCEL` when it had more to send, when:
 //!
 //! * the body fails: its error is handed to the exchange first, which then
 //!   reports it rather than the reset (see [`Upload::failure`]);
 //! * the exchange is given up ([`Upload`] dropped: the response future or
 //!   its body, say when the response ended before the request body did, as
 //!   Envoy does);
+//! * its trailers could not be sent;
 //! * the peer reset the stream or the connection failed (no reset then).
 
 use std::future::Future;
@@ -28,7 +34,7 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 
-use super::BoxError;
+use super::{BoxError, strip_connection_fields};
 use crate::clock::OneReadPerPoll;
 
 /// The exchange's end of an upload: dropped, it stops the upload.
@@ -54,6 +60,7 @@ where
     tokio::spawn(OneReadPerPoll::new(Pipe {
         body,
         stream,
+        waiting: None,
         report: Some(report),
     }));
     Upload { failure }
@@ -64,6 +71,8 @@ pin_project! {
         #[pin]
         body: B,
         stream: SendStream<Bytes>,
+        // A DATA frame read, waiting for window; and whether it ends the body.
+        waiting: Option<(Bytes, bool)>,
         // Taken when the body's error is reported.
         report: Option<oneshot::Sender<BoxError>>,
     }
@@ -85,16 +94,26 @@ where
                 pipe.stream.send_reset(Reason::CANCEL);
                 return Poll::Ready(());
             }
-            pipe.stream.reserve_capacity(1);
-            if pipe.stream.capacity() == 0 {
-                match ready!(pipe.stream.poll_capacity(cx)) {
-                    Some(Ok(_)) => continue,
-                    // The stream was reset or its connection failed.
-                    Some(Err(_)) | None => return Poll::Ready(()),
-                }
-            }
+            // Registered while waiting for the body or the window, so that a
+            // reset by the peer ends the task.
             if pipe.stream.poll_reset(cx).is_ready() {
                 return Poll::Ready(());
+            }
+            if pipe.waiting.is_some() {
+                while pipe.stream.capacity() == 0 {
+                    match ready!(pipe.stream.poll_capacity(cx)) {
+                        Some(Ok(_)) => {}
+                        // The stream was reset or its connection failed.
+                        Some(Err(_)) | None => return Poll::Ready(()),
+                    }
+                }
+                let Some((data, end)) = pipe.waiting.take() else {
+                    continue;
+                };
+                if pipe.stream.send_data(data, end).is_err() || end {
+                    return Poll::Ready(());
+                }
+                continue;
             }
             let frame = match ready!(pipe.body.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => frame,
@@ -114,14 +133,23 @@ where
             match frame.into_data() {
                 Ok(data) => {
                     let end = pipe.body.is_end_stream();
-                    if pipe.stream.send_data(data, end).is_err() || end {
-                        return Poll::Ready(());
+                    if data.is_empty() {
+                        // Needs no window.
+                        if pipe.stream.send_data(data, end).is_err() || end {
+                            return Poll::Ready(());
+                        }
+                    } else {
+                        pipe.stream.reserve_capacity(1);
+                        *pipe.waiting = Some((data, end));
                     }
                 }
                 Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
+                    if let Ok(mut trailers) = frame.into_trailers() {
                         pipe.stream.reserve_capacity(0);
-                        let _ = pipe.stream.send_trailers(trailers);
+                        strip_connection_fields(&mut trailers);
+                        if pipe.stream.send_trailers(trailers).is_err() {
+                            pipe.stream.send_reset(Reason::CANCEL);
+                        }
                         return Poll::Ready(());
                     }
                 }
