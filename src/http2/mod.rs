@@ -98,8 +98,7 @@ where
     let (head, body) = request.into_parts();
     let mut head = Request::from_parts(head, ());
     strip_connection_fields(head.headers_mut());
-    // A CONNECT's stream stays open for its tunnel (hyper's rule).
-    let end_of_stream = body.is_end_stream() && head.method() != Method::CONNECT;
+    let end_of_stream = body.is_end_stream();
     if let Some(length) = body.size_hint().exact()
         && (length != 0 || has_payload_semantics(head.method()))
         && !head.headers().contains_key(CONTENT_LENGTH)
@@ -110,7 +109,8 @@ where
     let (response, stream) = match sender.send_request(head, end_of_stream) {
         Ok(sent) => sent,
         // The connection received GOAWAY or failed just after it was
-        // found ready: nothing was sent, but h2 kept the head.
+        // found ready: nothing was sent (h2 consumed the head, so the
+        // caller resends its own copy).
         Err(error) if error.is_go_away() || error.is_io() => {
             return Err(Failed {
                 error: Error::NotSent(error),
