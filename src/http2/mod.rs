@@ -11,7 +11,8 @@
 //! 1. **Ready**: h2 takes no new stream on a connection that failed or
 //!    received GOAWAY; the request then comes back whole, unsent.
 //! 2. **Head**: connection-specific fields are dropped (RFC 9113 §8.2.2,
-//!    as hyper does) and a body of known size gets its `content-length`.
+//!    by `headers::strip_hop_by_hop`, as `forward` does) and a body of known
+//!    size gets its `content-length`.
 //!    A request with no body ends its stream with its HEADERS.
 //! 3. **Body**: sent by an [`upload`] task, as the peer's flow control
 //!    allows. A body that fails resets the stream (`CANCEL`) and is the
@@ -28,11 +29,11 @@ use std::future::poll_fn;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use http::header::{
-    CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE,
-};
-use http::{HeaderMap, Method, Request, Response};
+use http::header::{CONTENT_LENGTH, HeaderValue};
+use http::{Method, Request, Response};
 use http_body::Body;
+
+use crate::headers::strip_hop_by_hop;
 
 mod body;
 pub mod connection;
@@ -97,7 +98,8 @@ where
     }
     let (head, body) = request.into_parts();
     let mut head = Request::from_parts(head, ());
-    strip_connection_fields(head.headers_mut());
+    // h2 refuses to send connection-specific fields (RFC 9113 §8.2.2).
+    strip_hop_by_hop(head.headers_mut(), false);
     let end_of_stream = body.is_end_stream();
     if let Some(length) = body.size_hint().exact()
         && (length != 0 || has_payload_semantics(head.method()))
@@ -152,34 +154,6 @@ fn has_payload_semantics(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT
     )
-}
-
-/// Fields that are only meaningful for one HTTP/1.1 connection, which h2
-/// refuses to send (RFC 9113 §8.2.2): the `Connection` field and those it
-/// names, the hop-by-hop fields, and `TE` other than `trailers`.
-fn strip_connection_fields(headers: &mut HeaderMap) {
-    // Names, not strings: a string is parsed into a name at every lookup.
-    const HOP_BY_HOP: [HeaderName; 4] = [
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ];
-    if let Some(connection) = headers.remove(CONNECTION)
-        && let Ok(names) = connection.to_str()
-    {
-        for name in names.split(',') {
-            if let Ok(name) = HeaderName::try_from(name.trim()) {
-                headers.remove(name);
-            }
-        }
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    if headers.get(TE).is_some_and(|te| te != "trailers") {
-        headers.remove(TE);
-    }
 }
 
 #[cfg(test)]

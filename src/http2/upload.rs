@@ -34,8 +34,9 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 
-use super::{BoxError, strip_connection_fields};
+use super::BoxError;
 use crate::clock::OneReadPerPoll;
+use crate::headers::strip_hop_by_hop;
 
 /// The exchange's end of an upload: dropped, it stops the upload.
 pub struct Upload {
@@ -146,7 +147,7 @@ where
                 Err(frame) => {
                     if let Ok(mut trailers) = frame.into_trailers() {
                         pipe.stream.reserve_capacity(0);
-                        strip_connection_fields(&mut trailers);
+                        strip_hop_by_hop(&mut trailers, false);
                         if pipe.stream.send_trailers(trailers).is_err() {
                             pipe.stream.send_reset(Reason::CANCEL);
                         }
