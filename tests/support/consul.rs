@@ -48,7 +48,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -190,6 +190,10 @@ struct State {
     max_held: AtomicU64,
     template: Value,
     connect: Mutex<Connect>,
+    /// False from `stop()` until `restart()`. Aborting the server's task ends
+    /// its connections only when the runtime next gets to them: until then a
+    /// held query woken by a change made after `stop()` must not answer it.
+    serving: AtomicBool,
 }
 
 /// The Connect CA and intentions a test set, as the JSON bodies to serve.
@@ -257,6 +261,7 @@ impl ConsulStandIn {
             max_held: AtomicU64::new(0),
             template: sample[0].clone(),
             connect: Mutex::new(Connect::default()),
+            serving: AtomicBool::new(true),
         });
         let (addr, task) = listen(addr, Arc::clone(&state), tls.clone());
         ConsulStandIn {
@@ -368,6 +373,7 @@ impl ConsulStandIn {
 
     /// Closes the listener and every open connection (held queries see their connection drop).
     pub fn stop(&self) {
+        self.state.serving.store(false, Ordering::SeqCst);
         if let Some(task) = self.server.lock().unwrap().take() {
             task.abort();
         }
@@ -376,6 +382,7 @@ impl ConsulStandIn {
     /// Listens again on the same address; must be called from the test's runtime.
     pub fn restart(&self) {
         self.stop();
+        self.state.serving.store(true, Ordering::SeqCst);
         let (_, task) = listen(self.addr, Arc::clone(&self.state), self.tls.clone());
         *self.server.lock().unwrap() = Some(task);
     }
@@ -547,6 +554,10 @@ fn parse_wait(text: &str) -> Duration {
 }
 
 async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if !state.serving.load(Ordering::SeqCst) {
+        // Stopped: the connection is being closed.
+        std::future::pending::<()>().await;
+    }
     state.requests.fetch_add(1, Ordering::SeqCst);
     let params = query_pairs(&request);
     let param = |key: &str| {
@@ -694,6 +705,10 @@ async fn hold(state: &State, params: &[(String, String)]) {
         state.max_held.fetch_max(held, Ordering::SeqCst);
         let _ = tokio::time::timeout(wait, index.wait_for(|current| *current > requested)).await;
         state.held.fetch_sub(1, Ordering::SeqCst);
+        if !state.serving.load(Ordering::SeqCst) {
+            // Stopped while held: the connection is being closed.
+            std::future::pending::<()>().await;
+        }
     }
 }
 
