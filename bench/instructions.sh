@@ -20,7 +20,9 @@
 #
 # Environment (defaults): DURATION=6 (s), ROUNDS=2 (each binary and config measured this many
 # times, alternating), PROTOCOL=http1 (or h2c),
-# REMORA_BIN=<repo>/target/release/remora (when no NAME=path is given).
+# REMORA_BIN=<repo>/target/release/remora (when no NAME=path is given), PROFILE_DIR= (when set,
+# each measurement's callgrind profile is kept there as NAME-CONFIG-ROUND.callgrind, for
+# callgrind_annotate --inclusive=yes).
 # Needs the Debian packages valgrind, wrk, haproxy, util-linux (taskset), curl, python3, and
 # for h2c nghttp2-client (h2load).
 set -euo pipefail
@@ -29,6 +31,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DURATION=${DURATION:-6}
 ROUNDS=${ROUNDS:-2}
 PROTOCOL=${PROTOCOL:-http1}
+PROFILE_DIR=${PROFILE_DIR:-}
 READY_TIMEOUT=60 # seconds: a binary starts slowly under callgrind
 
 BINARIES=()
@@ -80,7 +83,7 @@ load() { # seconds url
 
 # Instructions per request of binary $1 with config $2.
 measure() {
-  local binary=$1 config=$2 url="http://127.0.0.1:$LISTEN_PORT/" pid requests total
+  local binary=$1 config=$2 url="http://127.0.0.1:$LISTEN_PORT/" pid requests total profile
   BENCH_ADMIN=127.0.0.1:$ADMIN_PORT BENCH_LISTEN=127.0.0.1:$LISTEN_PORT \
     BENCH_SECOND_LISTEN=127.0.0.1:$SECOND_PORT BENCH_ORIGIN=127.0.0.1:$ORIGIN_PORT \
     BENCH_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.%p" \
@@ -93,8 +96,10 @@ measure() {
   callgrind_control --dump "$pid" >/dev/null 2>&1
   kill "$pid"
   wait "$pid" 2>/dev/null || true
-  total=$(callgrind_annotate "$(ls -t "$TMP"/callgrind."$pid".* | head -n1)" 2>/dev/null |
+  profile=$(ls -t "$TMP"/callgrind."$pid".* | head -n1)
+  total=$(callgrind_annotate "$profile" 2>/dev/null |
     awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+  [[ -n $PROFILE_DIR ]] && cp "$profile" "$PROFILE_DIR/$3.callgrind"
   rm -f "$TMP"/callgrind."$pid"*
   echo $((total / requests))
 }
@@ -106,7 +111,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
       file="$TMP/remora.yaml"
       [[ $config == full ]] && file="$ROOT/bench/full-stack.yaml"
       log "round $round: ${binary%%=*} $config"
-      FIGURES[${binary%%=*} $config]+="$(measure "${binary#*=}" "$file") "
+      FIGURES[${binary%%=*} $config]+="$(measure "${binary#*=}" "$file" "${binary%%=*}-$config-$round") "
     done
   done
 done
