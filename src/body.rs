@@ -26,12 +26,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::Sleep;
 
 use crate::clock;
 use crate::http1::{Connection, Http1Body};
 use crate::http2::Http2Body;
 use crate::idle::Activity;
+use crate::timer;
 
 pub mod replay;
 pub mod tee;
@@ -129,29 +129,26 @@ enum Inner {
 #[error("the upstream sent nothing for {0:?} (timeouts.idle)")]
 pub struct StreamIdle(pub Duration);
 
-/// Fails a streamed body that delivers nothing for `limit`. The timer is
-/// made only when the body first has to wait, so a body whose data is
-/// already there costs no timer.
+/// Fails a streamed body that delivers nothing for `limit`. The deadline is
+/// set only when the body first has to wait.
 struct IdleTimeout {
     limit: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
+    timer: Option<timer::Sleep>,
 }
 
 impl IdleTimeout {
     /// Data arrived: the idle period starts again.
     fn active(&mut self) {
         if let Some(timer) = &mut self.timer {
-            timer.as_mut().reset(clock::now() + self.limit);
+            timer.reset(clock::now() + self.limit);
         }
     }
 
     /// The body has to wait: true when it has waited for too long.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         let limit = self.limit;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        timer.as_mut().poll(cx).is_ready()
+        let timer = (self.timer).get_or_insert_with(|| timer::sleep_until(clock::now() + limit));
+        Pin::new(timer).poll(cx).is_ready()
     }
 }
 

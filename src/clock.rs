@@ -8,25 +8,20 @@
 //! vDSO: the TSC read is what is slow), so together they were some 5 % of a
 //! request's CPU; now there are 7, four of them hyper's (`docs/benchmarks.md`). Event-loop proxies read the clock once per turn of the
 //! loop (HAProxy's `now_ms`, Envoy's approximate monotonic time); here it is
-//! once per poll of a task wrapped in [`OneReadPerPoll`] (the client and
-//! upstream connections' tasks and hyper's HTTP/2 stream tasks): the first
+//! once per poll of a [`crate::task::Task`] (the client and upstream
+//! connections' tasks and hyper's HTTP/2 stream tasks): the first
 //! [`now`] in a poll reads the clock, the others in the same poll get that
 //! reading. A poll does no waiting, so the reading is behind by at most the
 //! CPU time of the poll so far: microseconds. Outside such a poll, [`now`]
 //! reads the clock (and follows tokio's paused clock in tests).
 
 use std::cell::Cell;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use hyper::rt::Executor;
-use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 #[derive(Clone, Copy)]
 enum Reading {
-    /// Not in a poll of a [`OneReadPerPoll`] task: every call reads.
+    /// Not in a poll of a task: every call reads.
     Live,
     /// In such a poll, not read yet.
     Unread,
@@ -38,7 +33,7 @@ thread_local! {
     static READING: Cell<Reading> = const { Cell::new(Reading::Live) };
 }
 
-/// The time: the clock, read at most once per poll of a [`OneReadPerPoll`] task.
+/// The time: the clock, read at most once per poll of a task.
 pub fn now() -> Instant {
     READING.with(|reading| match reading.get() {
         Reading::Live => Instant::now(),
@@ -51,37 +46,16 @@ pub fn now() -> Instant {
     })
 }
 
-pin_project! {
-    /// A task's future whose polls each read the clock at most once.
-    pub struct OneReadPerPoll<F> {
-        #[pin]
-        inner: F,
-    }
-}
-
-impl<F> OneReadPerPoll<F> {
-    pub fn new(inner: F) -> Self {
-        Self { inner }
-    }
-}
-
-impl<F: Future> Future for OneReadPerPoll<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let _poll = PollScope::enter();
-        self.project().inner.poll(cx)
-    }
-}
-
-/// Restores the reading state of the enclosing code when a poll ends
-/// (also by a panic), so nothing read in one poll is seen by the next.
-struct PollScope {
+/// The reading state of one poll of a task ([`crate::task::Task`]): the
+/// first [`now`] in it reads the clock. Dropping it, when the poll ends (also
+/// by a panic), restores the enclosing code's state, so nothing read in one
+/// poll is seen by the next.
+pub struct PollScope {
     outer: Reading,
 }
 
 impl PollScope {
-    fn enter() -> Self {
+    pub fn enter() -> Self {
         Self {
             outer: READING.with(|reading| reading.replace(Reading::Unread)),
         }
@@ -94,42 +68,16 @@ impl Drop for PollScope {
     }
 }
 
-/// Spawns hyper's tasks (HTTP/2 streams and connections) as
-/// [`OneReadPerPoll`] tasks on the current tokio runtime.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct OneReadPerPollExecutor;
-
-impl<F> Executor<F> for OneReadPerPollExecutor
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, future: F) {
-        tokio::spawn(OneReadPerPoll::new(future));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     use std::time::Duration;
 
-    /// Polls `reads` once: the readings it took.
+    /// Calls `reads` in one poll scope: the readings it took.
     fn poll_once(reads: impl FnOnce() -> Vec<Instant>) -> Vec<Instant> {
-        let mut reads = Some(reads);
-        let mut readings = Vec::new();
-        let mut task = std::pin::pin!(OneReadPerPoll::new(std::future::poll_fn(|_| {
-            readings = (reads.take().unwrap())();
-            Poll::Ready(())
-        })));
-        let waker = std::task::Waker::noop();
-        assert!(
-            task.as_mut()
-                .poll(&mut Context::from_waker(waker))
-                .is_ready()
-        );
-        readings
+        let _poll = PollScope::enter();
+        reads()
     }
 
     #[test]

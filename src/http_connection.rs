@@ -21,12 +21,11 @@ use futures_util::future::Either;
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::body::ResponseBody;
-use crate::clock::OneReadPerPollExecutor;
 use crate::config::{HeadersWithUnderscoresAction, ListenerLimits};
 use crate::context::ClientAddr;
 use crate::drain::Drain;
@@ -35,7 +34,9 @@ use crate::idle::{Activity, IdleIo};
 use crate::middleware::error_response::error_response;
 use crate::request_head;
 use crate::svc::{CallFuture, HttpService};
+use crate::task::TaskExecutor;
 use crate::telemetry::metrics::ProtocolErrors;
+use crate::timer::HyperTimer;
 use crate::tls::PeerIdentity;
 use crate::tls::inbound::Negotiated;
 use crate::upgrade::ConnectionHold;
@@ -120,7 +121,7 @@ pub(crate) async fn serve_http<S>(
             let mut builder = http1::Builder::new();
             builder
                 .writev(false)
-                .timer(TokioTimer::new())
+                .timer(HyperTimer)
                 .header_read_timeout(limits.header_read_timeout)
                 .max_header_size(limits.max_header_bytes as usize);
             if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
@@ -130,23 +131,23 @@ pub(crate) async fn serve_http<S>(
             until_drained!(connection, drain, idle)
         }
         HttpProtocol::Http2 => {
-            let mut builder = http2::Builder::new(OneReadPerPollExecutor);
-            http2_limits!(builder.timer(TokioTimer::new()), limits);
+            let mut builder = http2::Builder::new(TaskExecutor);
+            http2_limits!(builder.timer(HyperTimer), limits);
             let connection = builder.serve_connection(io, service);
             until_drained!(connection, drain, idle)
         }
         HttpProtocol::Auto => {
-            let mut builder = auto::Builder::new(OneReadPerPollExecutor);
+            let mut builder = auto::Builder::new(TaskExecutor);
             // The head must fit the read buffer: 431 otherwise.
             builder
                 .http1()
-                .timer(TokioTimer::new())
+                .timer(HyperTimer)
                 .header_read_timeout(limits.header_read_timeout)
                 .max_buf_size(limits.max_header_bytes as usize);
             if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
                 builder.http1().max_headers(limits.max_headers as usize);
             }
-            http2_limits!(builder.http2().timer(TokioTimer::new()), limits);
+            http2_limits!(builder.http2().timer(HyperTimer), limits);
             let connection = builder.serve_connection_with_upgrades(io, service);
             until_drained!(connection, drain, idle)
         }

@@ -58,7 +58,7 @@ impl Activity {
 pub async fn expired(activity: &Activity, limit: Duration) {
     let mut deadline = activity.last() + limit;
     loop {
-        tokio::time::sleep_until(deadline).await;
+        crate::timer::sleep_until(deadline).await;
         let moved = activity.last() + limit;
         if moved <= deadline {
             return;

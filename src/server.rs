@@ -27,7 +27,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::accept::Acceptor;
-use crate::clock::OneReadPerPoll;
 use crate::config::ListenerLimits;
 use crate::context::ClientAddr;
 use crate::drain::Drain;
@@ -91,7 +90,7 @@ pub async fn accept_loop(
         // The transparent and the TLS paths are boxed: inline, their futures
         // made every connection's task 8.9 KB, the plain path's included
         // (2.6 KB alone); boxed, a connection allocates only the one it takes.
-        tokio::spawn(OneReadPerPoll::new(async move {
+        crate::task::spawn(async move {
             match (tls, handler) {
                 // Redirected plaintext from the local application: never TLS,
                 // and the raw socket is needed for its original destination.
@@ -131,7 +130,7 @@ pub async fn accept_loop(
                     .await
                 }
             }
-        }));
+        });
     }
 }
 

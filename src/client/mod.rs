@@ -19,7 +19,6 @@ use hyper::client::conn::http1 as hyper_http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::clock::OneReadPerPoll;
 use crate::config::ConnectionPool;
 use crate::error::ProxyError;
 use crate::http1::Connection;
@@ -121,11 +120,11 @@ impl EndpointClient {
             .handshake(io)
             .await
             .map_err(|source| self.handshake_failed(source.into()))?;
-        tokio::spawn(OneReadPerPoll::new(async move {
+        crate::task::spawn(async move {
             if let Err(error) = connection.with_upgrades().await {
                 tracing::debug!(%error, "upstream HTTP/1.1 connection ended with an error");
             }
-        }));
+        });
         Ok(sender)
     }
 
@@ -221,10 +220,10 @@ impl EndpointClient {
 
 /// Drives an HTTP/2 connection's task; the pool is told when it ends.
 fn drive_h2(driver: Driver<UpstreamIo>, end: ConnectionEnd) {
-    tokio::spawn(OneReadPerPoll::new(async move {
+    crate::task::spawn(async move {
         connection::drive(driver, || end.busy()).await;
         end.ended();
-    }));
+    });
 }
 
 /// Locks one of the client's mutexes. What they guard (a connection task,

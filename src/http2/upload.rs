@@ -35,7 +35,6 @@ use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 
 use super::BoxError;
-use crate::clock::OneReadPerPoll;
 use crate::headers::strip_hop_by_hop;
 
 /// The exchange's end of an upload: dropped, it stops the upload.
@@ -58,12 +57,12 @@ where
     B::Error: Into<BoxError>,
 {
     let (report, failure) = oneshot::channel();
-    tokio::spawn(OneReadPerPoll::new(Pipe {
+    crate::task::spawn(Pipe {
         body,
         stream,
         waiting: None,
         report: Some(report),
-    }));
+    });
     Upload { failure }
 }
 

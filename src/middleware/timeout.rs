@@ -32,6 +32,7 @@ use crate::context::Direction;
 use crate::error::ProxyError;
 use crate::headers::is_grpc;
 use crate::telemetry::metrics;
+use crate::timer;
 
 /// The gRPC deadline header (gRPC over HTTP/2: `TimeoutValue TimeoutUnit`).
 pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
@@ -148,9 +149,9 @@ where
         let response = self.inner.call(request);
         let expired = self.expired.clone();
         Box::pin(async move {
-            match tokio::time::timeout_at(deadline, response).await {
-                Ok(result) => result,
-                Err(_) => {
+            match timer::timeout_at(deadline, response).await {
+                Some(result) => result,
+                None => {
                     if let Some(expired) = expired {
                         expired.increment(1);
                     }
