@@ -140,14 +140,15 @@ impl IdleTimeout {
     /// Data arrived: the idle period starts again.
     fn active(&mut self) {
         if let Some(timer) = &mut self.timer {
-            timer.reset(clock::now() + self.limit);
+            timer.reset(timer::after(clock::now(), self.limit));
         }
     }
 
     /// The body has to wait: true when it has waited for too long.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         let limit = self.limit;
-        let timer = (self.timer).get_or_insert_with(|| timer::sleep_until(clock::now() + limit));
+        let timer = (self.timer)
+            .get_or_insert_with(|| timer::sleep_until(timer::after(clock::now(), limit)));
         Pin::new(timer).poll(cx).is_ready()
     }
 }

@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::clock;
+use crate::timer;
 
 /// When a connection last moved a byte.
 pub struct Activity {
@@ -56,10 +57,10 @@ impl Activity {
 /// it sleeps until one idle period after the last stamp and, woken, ends
 /// unless a newer stamp has moved that point.
 pub async fn expired(activity: &Activity, limit: Duration) {
-    let mut deadline = activity.last() + limit;
+    let mut deadline = timer::after(activity.last(), limit);
     loop {
-        crate::timer::sleep_until(deadline).await;
-        let moved = activity.last() + limit;
+        timer::sleep_until(deadline).await;
+        let moved = timer::after(activity.last(), limit);
         if moved <= deadline {
             return;
         }

@@ -18,6 +18,7 @@ pin_project! {
     pub struct Task<F> {
         #[pin]
         inner: F,
+        #[pin]
         timer: TaskTimer,
     }
 }

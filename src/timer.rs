@@ -82,11 +82,23 @@ fn note_in_task(deadline: Instant, waker: &Waker) -> bool {
 }
 
 /// A future that ends at its deadline (by the task's clock reading).
+///
+/// The task's timer learns the deadline only when the `Sleep` is polled,
+/// and forgets it once it fires: whoever holds a `Sleep` polls it whenever
+/// it returns `Pending`, also right after a [`Sleep::reset`] (a tokio
+/// `Sleep` keeps its waker across a reset; this one does not).
 #[derive(Debug)]
 pub struct Sleep {
     deadline: Instant,
     /// A timer of its own, when it was polled outside a task's scope.
     own: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// `duration` after `from`, or a time too far to come when that is past
+/// what an [`Instant`] holds (a limit such as `500000000000y`).
+pub fn after(from: Instant, duration: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 86_400);
+    (from.checked_add(duration)).unwrap_or_else(|| from + FAR)
 }
 
 /// A [`Sleep`] until `deadline`.
@@ -156,20 +168,24 @@ impl<F: Future> Future for TimeoutAt<F> {
     }
 }
 
-/// A task's one tokio timer, armed for the earliest deadline its futures
-/// asked for. [`crate::task::Task`] polls its future through [`Self::poll`].
-#[derive(Default)]
-pub struct TaskTimer {
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The waker the timer was last polled with.
-    registered: Option<WakerId>,
+pin_project! {
+    /// A task's one tokio timer, armed for the earliest deadline its
+    /// futures asked for. [`crate::task::Task`] polls its future through
+    /// [`Self::poll`].
+    #[derive(Default)]
+    pub struct TaskTimer {
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+        // The waker the timer was last polled with.
+        registered: Option<WakerId>,
+    }
 }
 
 impl TaskTimer {
     /// Polls `future` in this task's scope, then arms the timer for the
     /// earliest deadline noted, when the future is pending.
     pub fn poll<F: Future>(
-        &mut self,
+        self: Pin<&mut Self>,
         future: Pin<&mut F>,
         cx: &mut Context<'_>,
     ) -> Poll<F::Output> {
@@ -182,33 +198,37 @@ impl TaskTimer {
         polled
     }
 
-    fn arm(&mut self, earliest: Instant, cx: &mut Context<'_>) {
-        let timer = match &mut self.timer {
-            None => self
-                .timer
-                .insert(Box::pin(tokio::time::sleep_until(earliest))),
+    fn arm(self: Pin<&mut Self>, earliest: Instant, cx: &mut Context<'_>) {
+        let mut this = self.project();
+        match this.timer.as_mut().as_pin_mut() {
+            None => {
+                this.timer.set(Some(tokio::time::sleep_until(earliest)));
+                *this.registered = None;
+            }
             Some(timer) => {
                 if timer.deadline() > earliest || timer.is_elapsed() {
-                    timer.as_mut().reset(earliest);
-                    self.registered = None;
+                    timer.reset(earliest);
+                    *this.registered = None;
                 }
-                timer
             }
-        };
+        }
         let waker = WakerId::of(cx.waker());
-        if self.registered == Some(waker) {
+        if *this.registered == Some(waker) {
             return;
         }
+        let Some(timer) = this.timer.as_pin_mut() else {
+            return;
+        };
         // Out of tokio's budget, the timer takes no waker (tokio wakes the
         // task to poll again instead): it is polled again then.
         let takes_waker = tokio::task::coop::has_budget_remaining();
-        if timer.as_mut().poll(cx).is_ready() {
+        if timer.poll(cx).is_ready() {
             // Due already by the timer's clock, not yet by the reading the
             // futures saw: poll again with a newer one.
-            self.registered = None;
+            *this.registered = None;
             cx.waker().wake_by_ref();
         } else {
-            self.registered = takes_waker.then_some(waker);
+            *this.registered = takes_waker.then_some(waker);
         }
     }
 }
@@ -243,8 +263,10 @@ impl Drop for Enter {
     }
 }
 
-/// hyper's timer (its header-read timeout): [`Sleep`]s, and the task's
-/// clock reading for `now`.
+/// hyper's timer (its header-read timeout, and its HTTP/2 keepalive when
+/// one is set): [`Sleep`]s, and the task's clock reading for `now`. hyper
+/// polls its timers after each reset and whenever it waits, as a `Sleep`
+/// needs.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HyperTimer;
 
@@ -252,7 +274,7 @@ impl hyper::rt::Sleep for Sleep {}
 
 impl hyper::rt::Timer for HyperTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(sleep_until(clock::now() + duration))
+        Box::pin(sleep_until(after(clock::now(), duration)))
     }
 
     fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
@@ -347,6 +369,30 @@ mod tests {
         })
         .await;
         assert_around(took, 3 * TICK);
+    }
+
+    #[tokio::test]
+    async fn a_deadline_moved_earlier_and_polled_ends_at_the_new_one() {
+        let took = in_task(async {
+            let start = Instant::now();
+            let mut sleep = sleep_until(start + Duration::from_secs(3));
+            assert!(futures_util::poll!(&mut sleep).is_pending());
+            sleep.reset(start + TICK);
+            sleep.await;
+            start.elapsed()
+        })
+        .await;
+        assert_around(took, TICK);
+    }
+
+    #[test]
+    fn a_deadline_past_what_an_instant_holds_is_far_away() {
+        let now = Instant::now();
+        assert_eq!(
+            after(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert!(after(now, Duration::MAX) > now + Duration::from_secs(50 * 365 * 86_400));
     }
 
     #[tokio::test]

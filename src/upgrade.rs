@@ -100,7 +100,7 @@ pub fn tunnel(
     idle: Duration,
     hold: Option<ConnectionHold>,
 ) {
-    tokio::spawn(async move {
+    crate::task::spawn(async move {
         let _hold = hold;
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,

@@ -22,8 +22,9 @@ use bytes::Bytes;
 use h2::client::{Builder, Connection, SendRequest};
 use h2::{Ping, PingPong};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
+use crate::clock;
 use crate::idle::{Activity, IdleIo};
 
 /// Streams per connection assumed of a peer until its SETTINGS say
@@ -141,7 +142,7 @@ impl Pinger {
                 return Poll::Ready(());
             }
             ready!(self.timer.as_mut().poll(cx));
-            let now = Instant::now();
+            let now = clock::now();
             let due = self.last_read.last() + self.keepalive.interval;
             if due > now {
                 self.timer.as_mut().reset(due);

@@ -147,7 +147,7 @@ impl Shadow {
             (body, Some(copy))
         };
         let shadow = Arc::clone(self);
-        tokio::spawn(async move {
+        crate::task::spawn(async move {
             let _slot = slot;
             shadow.send(head, copy).await;
         });

@@ -18,6 +18,7 @@ use super::identity::{self, PeerIdentity};
 use super::{ALPN_H2, ALPN_HTTP1, Alpn, MeshTls};
 use crate::context::Direction;
 use crate::telemetry::metrics;
+use crate::{clock, timer};
 
 /// The HTTP version the client chose by ALPN, if it chose one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,10 +64,11 @@ impl InboundTls {
     /// peer is not authorized (the connection is then closed).
     pub async fn accept(&self, stream: TcpStream, client: SocketAddr) -> Option<Accepted> {
         let timeout = self.tls.handshake_timeout();
-        let failure = match tokio::time::timeout(timeout, self.acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => return self.authorize(stream),
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => format!("no handshake within {timeout:?}"),
+        let deadline = timer::after(clock::now(), timeout);
+        let failure = match timer::timeout_at(deadline, self.acceptor.accept(stream)).await {
+            Some(Ok(stream)) => return self.authorize(stream),
+            Some(Err(error)) => error.to_string(),
+            None => format!("no handshake within {timeout:?}"),
         };
         self.handshake_errors.increment(1);
         tracing::info!(listener = %self.listener, %client, error = %failure, "TLS handshake failed");

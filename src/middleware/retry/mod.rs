@@ -110,6 +110,7 @@ use crate::headers::is_upgrade_request;
 use crate::outcome::Outcome;
 use crate::resend::never_processed;
 use crate::telemetry::metrics::RetryMetrics;
+use crate::timer;
 
 use self::backoff::Backoff;
 use self::budget::Budget;
@@ -364,9 +365,9 @@ impl Shared {
         request.extensions_mut().insert(Deadline(deadline));
         let picked = (request.extensions().get::<PickedEndpoint>().cloned()).unwrap_or_default();
         request.extensions_mut().insert(picked.clone());
-        let result = match tokio::time::timeout_at(try_deadline, inner.call(request)).await {
-            Ok(result) => result,
-            Err(_) => {
+        let result = match timer::timeout_at(try_deadline, inner.call(request)).await {
+            Some(result) => result,
+            None => {
                 self.metrics.per_try_timeouts.increment(1);
                 Err(ProxyError::PerTryTimeout {
                     timeout,
