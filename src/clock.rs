@@ -6,8 +6,8 @@
 //! operation's idle stamp — 23 reads a request with every layer on. On a
 //! virtual machine a read costs about 30 ns (`CLOCK_MONOTONIC` through the
 //! vDSO: the TSC read is what is slow), so together they were some 5 % of a
-//! request's CPU; now there are 7, four of them hyper's (`docs/benchmarks.md`;
-//! its header-read timer has read this clock since `timer::HyperTimer`).
+//! request's CPU; now there are 6, three of them hyper's (`docs/benchmarks.md`;
+//! its header-read timer reads this clock through `timer::HyperTimer`).
 //! Event-loop proxies read the clock once per turn of the
 //! loop (HAProxy's `now_ms`, Envoy's approximate monotonic time); here it is
 //! once per poll of a [`crate::task::Task`] (the client and upstream
