@@ -198,18 +198,24 @@ where
                 limit: self.slots.limit.load(Ordering::Acquire),
             })));
         };
-        let admitted = clock::now().into_std();
-        let cut_off = CutOffWatch {
-            slots: Arc::clone(&self.slots),
-            deadline: request.extensions().get::<Deadline>().map(|d| d.0),
-        };
+        // Only an adaptive limit learns from the try: a fixed one reads no
+        // clock, watches no cut-off and classifies no answer.
+        let adaptive = self.slots.adaptive.is_some().then(|| {
+            let cut_off = CutOffWatch {
+                slots: Arc::clone(&self.slots),
+                deadline: request.extensions().get::<Deadline>().map(|d| d.0),
+            };
+            (clock::now().into_std(), cut_off)
+        });
         let response = self.inner.call(request);
         Box::pin(async move {
             // On error (or if this future is dropped) `slot` drops here.
             let result = response.await;
-            cut_off.disarm();
-            if let Some(sample) = sample_of(&result, admitted, in_flight) {
-                slot.0.sample(sample);
+            if let Some((admitted, cut_off)) = adaptive {
+                cut_off.disarm();
+                if let Some(sample) = sample_of(&result, admitted, in_flight) {
+                    slot.0.sample(sample);
+                }
             }
             let mut response = result?;
             response.body_mut().on_end(Box::new(move |_end| drop(slot)));
