@@ -654,9 +654,11 @@ async fn upstream_5xx_passes_through_unchanged() {
 /// was in flight (`balance/load.rs`, as tower's `PeakEwma`), so the first timeouts raise the
 /// black hole's estimate to >= 200 ms against ~30 ms for the live endpoints, and it is
 /// avoided from then on: a few 504s from the first wave, and a rare one later when a live
-/// endpoint has 6+ requests in flight (bound: 2 per client). Were timeouts not recorded, its
-/// estimate would stay at the 30 ms default and it would keep taking about two requests per
-/// 200 ms for the whole run (measured before the fix: 40 in 2 s, every run).
+/// endpoint has 6+ requests in flight. Were timeouts not recorded, its estimate would stay at
+/// the 30 ms default and it would keep taking about two requests per 200 ms for the whole run
+/// (measured before the fix: 40 in 2 s, every run). Recorded, 16 runs on an idle 2-core
+/// machine counted 5 to 19 (two waves, when the second comes); the bound, 3 per client, lies
+/// between the two (2 per client failed one run in eight, before and after the task timer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2c_ewma_learns_from_timeouts_to_avoid_a_black_hole() {
     const CLIENTS: usize = 8;
@@ -704,8 +706,8 @@ async fn p2c_ewma_learns_from_timeouts_to_avoid_a_black_hole() {
     eprintln!("black hole under p2c_ewma: {timeouts} timeouts, {ok} ok in {RUN:?}");
     assert!(ok > 0);
     assert!(
-        timeouts <= 2 * CLIENTS,
+        timeouts <= 3 * CLIENTS,
         "{timeouts} requests sent to the black hole in {RUN:?} (at most {} expected)",
-        2 * CLIENTS
+        3 * CLIENTS
     );
 }
