@@ -110,10 +110,6 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
 }
 
 impl Sleep {
-    pub fn deadline(&self) -> Instant {
-        self.deadline
-    }
-
     /// Moves the deadline (later or earlier).
     pub fn reset(&mut self, deadline: Instant) {
         self.deadline = deadline;
@@ -200,25 +196,19 @@ impl TaskTimer {
 
     fn arm(self: Pin<&mut Self>, earliest: Instant, cx: &mut Context<'_>) {
         let mut this = self.project();
-        match this.timer.as_mut().as_pin_mut() {
-            None => {
-                this.timer.set(Some(tokio::time::sleep_until(earliest)));
-                *this.registered = None;
-            }
-            Some(timer) => {
-                if timer.deadline() > earliest || timer.is_elapsed() {
-                    timer.reset(earliest);
-                    *this.registered = None;
-                }
-            }
+        if this.timer.is_none() {
+            this.timer.set(Some(tokio::time::sleep_until(earliest)));
+            *this.registered = None;
+        }
+        let mut timer = this.timer.as_pin_mut().expect("the timer was made above");
+        if timer.deadline() > earliest || timer.is_elapsed() {
+            timer.as_mut().reset(earliest);
+            *this.registered = None;
         }
         let waker = WakerId::of(cx.waker());
         if *this.registered == Some(waker) {
             return;
         }
-        let Some(timer) = this.timer.as_pin_mut() else {
-            return;
-        };
         // Out of tokio's budget, the timer takes no waker (tokio wakes the
         // task to poll again instead): it is polled again then.
         let takes_waker = tokio::task::coop::has_budget_remaining();

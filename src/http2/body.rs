@@ -43,9 +43,7 @@ impl Http2Body {
             upload,
         }
     }
-}
 
-impl Http2Body {
     /// Why the stream failed: the request body's error when reading it
     /// failed (the upload reset the stream for it), else h2's.
     fn failure(&mut self, error: h2::Error) -> BoxError {

@@ -107,10 +107,9 @@ where
                         Some(Err(_)) | None => return Poll::Ready(()),
                     }
                 }
-                let Some((data, end)) = pipe.waiting.take() else {
-                    continue;
-                };
-                if pipe.stream.send_data(data, end).is_err() || end {
+                if let Some((data, end)) = pipe.waiting.take()
+                    && (pipe.stream.send_data(data, end).is_err() || end)
+                {
                     return Poll::Ready(());
                 }
                 continue;
