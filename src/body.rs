@@ -9,7 +9,10 @@
 //! copy is kept ([`tee`]); the shadow gets the copy once it is whole
 //! ([`RequestBody::buffered`]).
 //! [`ResponseBody`]: an upstream's streamed body or a body remora made itself,
-//! plus what has to happen when the body is done.
+//! plus what has to happen when the body is done, and the endpoint that
+//! answered (for retries, the access log and per-endpoint metrics: carried
+//! here rather than in the response's extensions, whose map a successful
+//! response then never allocates).
 //!
 //! Bodies are streamed frame by frame, never buffered whole. When the last frame
 //! has been read (or the body is dropped early because the client went away),
@@ -18,6 +21,7 @@
 //! including the `grpc-status` found in trailers, which only exists at the end.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -159,6 +163,7 @@ pub struct ResponseBody {
     release: Option<Box<dyn Release>>,
     observer: Option<BodyEndObserver>,
     end: BodyEnd,
+    served_by: Option<SocketAddr>,
 }
 
 impl ResponseBody {
@@ -201,7 +206,18 @@ impl ResponseBody {
             release,
             observer: None,
             end: BodyEnd::default(),
+            served_by: None,
         }
+    }
+
+    /// The endpoint that answered: set by `forward` on an upstream's
+    /// response, and on an error response when the error names one.
+    pub fn served_by(&self) -> Option<SocketAddr> {
+        self.served_by
+    }
+
+    pub fn set_served_by(&mut self, endpoint: SocketAddr) {
+        self.served_by = Some(endpoint);
     }
 
     /// Adds an observer told how the body ended; observers run in the order

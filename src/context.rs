@@ -39,11 +39,6 @@ pub struct ClientAddr(pub SocketAddr);
 #[derive(Debug, Clone, Copy)]
 pub struct Deadline(pub Instant);
 
-/// The endpoint that answered, recorded in the response's extensions (by
-/// forward) for the access log and per-endpoint metrics.
-#[derive(Debug, Clone, Copy)]
-pub struct ServedBy(pub SocketAddr);
-
 /// Set on a request (by retries and hedges) to send it to another endpoint
 /// than these (where its earlier tries went) when the upstream has another.
 #[derive(Debug, Clone)]

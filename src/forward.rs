@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::clock;
-use crate::context::{AvoidEndpoints, Deadline, PickedEndpoint, ServedBy};
+use crate::context::{AvoidEndpoints, Deadline, PickedEndpoint};
 use crate::endpoint::{Endpoint, SendError, Sent};
 use crate::error::ProxyError;
 use crate::headers::{X_REMORA_ERROR, is_grpc, is_upgrade_request, strip_hop_by_hop};
@@ -165,8 +165,11 @@ async fn forward(
                         hold,
                     );
                 }
-                response.extensions_mut().insert(ServedBy(endpoint.addr));
-                let mut response = response.map(|body| ResponseBody::upstream(body, release, idle));
+                let mut response = response.map(|body| {
+                    let mut body = ResponseBody::upstream(body, release, idle);
+                    body.set_served_by(endpoint.addr);
+                    body
+                });
                 record_outlier_outcome(&upstream, &endpoint, &mut response);
                 return Ok(response);
             }

@@ -15,7 +15,6 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
-use crate::context::ServedBy;
 use crate::error::{ErrorKind, ProxyError, TokenRejection};
 use crate::headers::{GRPC_MESSAGE, GRPC_STATUS, X_REMORA_ERROR, is_grpc};
 
@@ -112,7 +111,7 @@ pub fn error_response(error: &ProxyError, grpc: bool) -> Response<ResponseBody> 
         response.extensions_mut().insert(detail);
     }
     if let Some(addr) = error.endpoint() {
-        response.extensions_mut().insert(ServedBy(addr));
+        response.body_mut().set_served_by(addr);
     }
     response
 }

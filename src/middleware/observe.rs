@@ -31,7 +31,6 @@ use crate::clock;
 use crate::context::ClientAddr;
 use crate::context::Direction;
 use crate::context::RetryCount;
-use crate::context::ServedBy;
 use crate::context::TraceContext;
 use crate::error::{ErrorDetail, ErrorKind};
 use crate::headers::grpc_status;
@@ -180,7 +179,7 @@ where
             let Ok(mut response) = response.await;
             let status = response.status().as_u16();
             let head_grpc_status = grpc_status(response.headers());
-            let endpoint = response.extensions().get::<ServedBy>().map(|s| s.0);
+            let endpoint = response.body().served_by();
             let error = response.extensions().get::<ErrorKind>().copied();
             let error_detail = response.extensions().get::<ErrorDetail>().copied();
             let route = response.extensions().get::<RouteLabel>().cloned();

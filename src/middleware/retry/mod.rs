@@ -20,7 +20,7 @@
 //! A response that is retried is dropped with its body, which releases its
 //! connection; the last try's response or error is returned as is. A retry
 //! carries [`AvoidEndpoints`] with the endpoint of the failed try (from
-//! [`ServedBy`], the error's endpoint, or — for a per-try timeout — the
+//! [`ResponseBody::served_by`], the error's endpoint, or — for a per-try timeout — the
 //! endpoint `forward` had picked, via [`PickedEndpoint`]), so it goes to
 //! another endpoint when there is one. Between tries remora sleeps for a
 //! random time up to an exponentially growing ceiling ([`backoff`]).
@@ -104,7 +104,7 @@ use crate::config::{Condition, HedgePolicy, RetryPolicy};
 use crate::context::Deadline;
 use crate::context::Direction;
 use crate::context::RetryCount;
-use crate::context::{AvoidEndpoints, PickedEndpoint, ServedBy};
+use crate::context::{AvoidEndpoints, PickedEndpoint};
 use crate::error::ProxyError;
 use crate::headers::is_upgrade_request;
 use crate::outcome::Outcome;
@@ -304,7 +304,7 @@ struct Tried {
 impl Tried {
     fn endpoint(&self) -> Option<SocketAddr> {
         match &self.result {
-            Ok(response) => response.extensions().get::<ServedBy>().map(|s| s.0),
+            Ok(response) => response.body().served_by(),
             Err(error) => error.endpoint(),
         }
         .or_else(|| self.picked.as_ref().and_then(PickedEndpoint::get))
@@ -499,7 +499,7 @@ mod tests {
             let status = self.statuses[n.min(self.statuses.len() - 1)];
             let mut response = Response::new(ResponseBody::empty());
             *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
-            response.extensions_mut().insert(ServedBy(endpoint(n)));
+            response.body_mut().set_served_by(endpoint(n));
             std::future::ready(Ok(response))
         }
     }
