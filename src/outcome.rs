@@ -40,6 +40,19 @@ impl Outcome {
         }
     }
 
+    /// [`Outcome::of_response`] as far as `conditions` can tell: the head's
+    /// `grpc-status` is looked up only when one of them names a gRPC status
+    /// (a header lookup a response, spared where only HTTP statuses count).
+    pub fn of_response_for<B>(response: &Response<B>, conditions: &[Condition]) -> Self {
+        if (conditions.iter()).any(|condition| matches!(condition, Condition::Grpc(_))) {
+            return Self::of_response(response);
+        }
+        Outcome::Response {
+            status: response.status().as_u16(),
+            grpc: None,
+        }
+    }
+
     /// The outcome of a gRPC response whose status arrived in trailers.
     pub fn of_trailers(status: u16, trailers_status: Option<u16>) -> Self {
         Outcome::Response {
@@ -129,6 +142,26 @@ mod tests {
         assert!(unavailable.matches(Condition::Grpc(14)));
         assert!(!unavailable.matches(Condition::Http5xx));
         assert!(Outcome::of_trailers(200, Some(4)).matches(Condition::Grpc(4)));
+    }
+
+    #[test]
+    fn grpc_statuses_are_read_only_for_conditions_that_name_one() {
+        let head = Response::builder()
+            .status(200)
+            .header("grpc-status", "14")
+            .body(())
+            .unwrap();
+        let unavailable = [Condition::Grpc(14)];
+        let http_only = [Condition::Http5xx, Condition::Status(200)];
+        assert!(Outcome::of_response_for(&head, &unavailable).matches_any(&unavailable));
+        assert_eq!(
+            Outcome::of_response_for(&head, &http_only),
+            Outcome::Response {
+                status: 200,
+                grpc: None
+            }
+        );
+        assert!(Outcome::of_response_for(&head, &http_only).matches_any(&http_only));
     }
 
     #[test]

@@ -132,7 +132,8 @@ impl Admission {
     /// a gRPC response whose status comes in trailers.
     fn record_response(self, response: &mut Response<ResponseBody>) {
         if !Outcome::awaits_trailers(response.headers()) {
-            self.record(Outcome::of_response(response));
+            let outcome = Outcome::of_response_for(response, &self.breaker.failures);
+            self.record(outcome);
             return;
         }
         let status = response.status().as_u16();

@@ -49,7 +49,7 @@ use crate::config::{HedgeDelay, HedgePolicy};
 use crate::context::{AvoidEndpoints, PickedEndpoint};
 use crate::error::ProxyError;
 
-use super::{Shared, Tried, copy};
+use super::{Shared, Tried, copy, retryable};
 
 /// Recent latencies kept for a percentile delay.
 pub const WINDOW: usize = 1000;
@@ -153,7 +153,8 @@ where
         tokio::select! {
             Some((number, tried)) = tries.next() => {
                 first_pending &= number > 0;
-                if !shared.should_retry(&tried.result, true) {
+                // Hedged requests are idempotent: a retryable answer may be repeated.
+                if !retryable(&shared.on, &tried.result) {
                     if number > 0 {
                         shared.metrics.hedge_wins.increment(1);
                     }

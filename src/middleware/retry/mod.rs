@@ -227,7 +227,6 @@ where
         return shared.first_try(&mut inner, request).await.result;
     }
 
-    let may_repeat = shared.idempotency.may_repeat(&request);
     let (parts, body) = request.into_parts();
     let (first, replay) = body.replayable(shared.replay_body_limit);
     let template = Request::from_parts(parts, ());
@@ -262,7 +261,7 @@ where
                 }
             }
         };
-        let again = shared.should_retry(&tried.result, may_repeat);
+        let again = shared.should_retry(&tried.result, &template);
         if retries > 0 {
             let counter = if again {
                 &shared.metrics.failed
@@ -331,7 +330,7 @@ impl Shared {
         Either::Right(async move {
             let started = clock::now();
             let tried = self.try_once(inner, request).await;
-            if tried.result.is_ok() && !self.should_retry(&tried.result, true) {
+            if tried.result.is_ok() && !retryable(&self.on, &tried.result) {
                 hedge.record(clock::now().saturating_duration_since(started));
             }
             tried
@@ -381,14 +380,18 @@ impl Shared {
         }
     }
 
-    /// True when the try should be tried again; a request that may not be
-    /// repeated only when the try never reached the upstream.
+    /// True when the try of the request whose head is `template` should be
+    /// tried again; a request that may not be repeated only when the try
+    /// never reached the upstream. (Whether it may be repeated is asked only
+    /// of a try that failed.)
     fn should_retry(
         &self,
         result: &Result<Response<ResponseBody>, ProxyError>,
-        may_repeat: bool,
+        template: &Request<()>,
     ) -> bool {
-        retryable(&self.on, result) && (may_repeat || result.as_ref().is_err_and(never_processed))
+        retryable(&self.on, result)
+            && (result.as_ref().is_err_and(never_processed)
+                || self.idempotency.may_repeat(template))
     }
 }
 
@@ -396,7 +399,7 @@ impl Shared {
 /// permitting): its outcome matches `on`, or it hit the per-try timeout.
 pub fn retryable<B>(on: &[Condition], result: &Result<Response<B>, ProxyError>) -> bool {
     match result {
-        Ok(response) => Outcome::of_response(response).matches_any(on),
+        Ok(response) => Outcome::of_response_for(response, on).matches_any(on),
         Err(ProxyError::PerTryTimeout { .. }) => true,
         Err(error) => Outcome::of_error(error).matches_any(on),
     }
