@@ -362,7 +362,14 @@ impl RequestBodyError {
 }
 
 /// Makes the bodies of a request's retries; see [`replay`].
-pub struct Replay(replay::Replay<RequestBody>);
+pub struct Replay(ReplayKind);
+
+enum ReplayKind {
+    /// The body had ended before the first try (a GET's): each try gets an
+    /// empty body of its own, and there is nothing to copy or share.
+    Empty,
+    Copy(replay::Replay<RequestBody>),
+}
 
 impl RequestBody {
     /// A client's body, streamed. One that has ended already (a GET whose
@@ -409,8 +416,18 @@ impl RequestBody {
     /// The body of the first try, which streams while it keeps a copy of up
     /// to `limit` bytes, and the [`Replay`] that makes the retries' bodies.
     pub fn replayable(self, limit: usize) -> (Self, Replay) {
+        if let RequestKind::Buffered {
+            data: None,
+            trailers: None,
+        } = &self.kind
+        {
+            return (self, Replay(ReplayKind::Empty));
+        }
         let (first, replay) = replay::replayable(self, limit);
-        (Self::of(RequestKind::Replaying(first)), Replay(replay))
+        (
+            Self::of(RequestKind::Replaying(first)),
+            Replay(ReplayKind::Copy(replay)),
+        )
     }
 }
 
@@ -418,14 +435,20 @@ impl Replay {
     /// True when a retry cannot have the body: more than the limit was read,
     /// or reading the client's body failed.
     pub fn is_capped(&self) -> bool {
-        self.0.is_capped()
+        match &self.0 {
+            ReplayKind::Empty => false,
+            ReplayKind::Copy(replay) => replay.is_capped(),
+        }
     }
 
     /// A body of its own for a try sent while another still streams (a
     /// hedge): the client's whole body, once it has ended and the copy holds
     /// all of it; `None` while it is still arriving or when capped.
     pub fn whole_body(&self) -> Option<RequestBody> {
-        let (data, trailers) = self.0.whole()?;
+        let ReplayKind::Copy(replay) = &self.0 else {
+            return Some(RequestBody::buffered(Bytes::new(), None));
+        };
+        let (data, trailers) = replay.whole()?;
         let data = match <[Bytes; 1]>::try_from(data) {
             Ok([one]) => one,
             Err(frames) => Bytes::from(frames.concat()),
@@ -437,7 +460,10 @@ impl Replay {
     /// body — or `None` when capped. The previous try's body fails from now
     /// on, should its connection still be sending it.
     pub fn next_body(&self) -> Option<RequestBody> {
-        let body = self.0.next_body()?;
+        let ReplayKind::Copy(replay) = &self.0 else {
+            return Some(RequestBody::buffered(Bytes::new(), None));
+        };
+        let body = replay.next_body()?;
         Some(RequestBody::of(RequestKind::Replaying(body)))
     }
 }
