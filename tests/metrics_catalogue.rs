@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::consul::ConsulStandIn;
+use support::proxy::ConfigFile;
 use support::{Proxy, dead_addr, get, http_backend, http_client, prom, tcp_echo, tls};
 
 /// A metric as documented or exported: type and label names.
@@ -108,9 +109,8 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
         }
     });
     // A JWKS without keys: loaded (counted), and the validations registered.
-    let jwks = std::env::temp_dir().join(format!("remora-cat-jwks-{}.json", std::process::id()));
-    std::fs::write(&jwks, r#"{"keys":[]}"#).unwrap();
-    let jwks = jwks.display();
+    let jwks_file = ConfigFile::new(r#"{"keys":[]}"#);
+    let jwks = jwks_file.path.display();
     let yaml = format!(
         "service: {{ name: cat-svc, port: {app}, protocol: http, register: true, locality: {{ zone: z1 }} }}\n\
          consul: {{ address: \"{consul}\" }}\n\

@@ -39,6 +39,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 
 use support::consul::{ConsulStandIn, Instance};
+use support::proxy::ConfigFile;
 use support::tls::{Ca, TlsFiles, spiffe};
 use support::{ProxyProcess, prom};
 
@@ -176,9 +177,8 @@ fn mesh_tls(ca: &Ca, service: &str) -> (TlsFiles, String) {
 
 /// Runs `remora iptables --apply` for `yaml` inside `pod`.
 fn apply_iptables(pod: &str, yaml: &str) -> Result<(), String> {
-    let path = std::env::temp_dir().join(format!("remora-{pod}-iptables.yaml"));
-    std::fs::write(&path, yaml).map_err(|e| e.to_string())?;
-    let path = path.to_str().unwrap_or_default().to_owned();
+    let file = ConfigFile::new(yaml);
+    let path = file.path.to_str().unwrap_or_default().to_owned();
     let remora = env!("CARGO_BIN_EXE_remora");
     let args = Pods::exec(
         pod,

@@ -6,9 +6,10 @@
 //! [`Browser::launch`] fails the test when it is missing.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
@@ -19,6 +20,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Longest wait for one DevTools answer.
 const ANSWER_WAIT: Duration = Duration::from_secs(20);
+
+/// Longest wait for Chromium's processes to be gone once killed.
+const GROUP_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Browser {
     child: Child,
@@ -39,7 +43,12 @@ impl Browser {
             std::process::id(),
             fastrand::u32(..)
         ));
+        // Chromium's own temporary files (its singleton lock and socket)
+        // go inside the profile too, so removing it leaves nothing behind.
+        std::fs::create_dir_all(&profile).expect("chromium profile directory");
         let mut child = Command::new("chromium")
+            .process_group(0)
+            .env("TMPDIR", &profile)
             .args([
                 "--headless=new",
                 "--no-sandbox",
@@ -172,9 +181,19 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Chromium's helpers (renderer, GPU, network service) share its process
+    /// group: all of them go, and only then is the profile removed, so none
+    /// writes into it afterwards.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = -(self.child.id() as libc::pid_t);
+        // SAFETY: kill(2) on the process group Chromium was started in.
+        unsafe { libc::kill(group, libc::SIGKILL) };
         let _ = self.child.wait();
+        let gone_by = Instant::now() + GROUP_EXIT_WAIT;
+        // SAFETY: signal 0 only asks whether a process of the group is left.
+        while unsafe { libc::kill(group, 0) } == 0 && Instant::now() < gone_by {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
