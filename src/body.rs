@@ -31,7 +31,6 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::clock;
 use crate::http1::{Connection, Http1Body};
 use crate::http2::Http2Body;
 use crate::idle::Activity;
@@ -144,15 +143,14 @@ impl IdleTimeout {
     /// Data arrived: the idle period starts again.
     fn active(&mut self) {
         if let Some(timer) = &mut self.timer {
-            timer.reset(timer::after(clock::now(), self.limit));
+            timer.reset(timer::from_now(self.limit));
         }
     }
 
     /// The body has to wait: true when it has waited for too long.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         let limit = self.limit;
-        let timer = (self.timer)
-            .get_or_insert_with(|| timer::sleep_until(timer::after(clock::now(), limit)));
+        let timer = (self.timer).get_or_insert_with(|| timer::sleep_until(timer::from_now(limit)));
         Pin::new(timer).poll(cx).is_ready()
     }
 }
@@ -167,11 +165,17 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    /// A body streamed from an upstream; `release` runs when it ends. It
+    /// A body streamed from `endpoint`; `release` runs when it ends. It
     /// fails when the upstream sends nothing for `idle`.
-    pub fn upstream(body: UpstreamBody, release: impl Release + 'static, idle: Duration) -> Self {
+    pub fn upstream(
+        body: UpstreamBody,
+        endpoint: SocketAddr,
+        release: impl Release + 'static,
+        idle: Duration,
+    ) -> Self {
         let mut body = Self::streamed(body, idle);
         body.release = Some(Box::new(release));
+        body.served_by = Some(endpoint);
         body
     }
 
@@ -210,8 +214,8 @@ impl ResponseBody {
         }
     }
 
-    /// The endpoint that answered: set by `forward` on an upstream's
-    /// response, and on an error response when the error names one.
+    /// The endpoint that answered: the one an upstream's body streams from,
+    /// or the one an error response's error names.
     pub fn served_by(&self) -> Option<SocketAddr> {
         self.served_by
     }
@@ -365,7 +369,7 @@ impl RequestBodyError {
 pub struct Replay(ReplayKind);
 
 enum ReplayKind {
-    /// The body had ended before the first try (a GET's): each try gets an
+    /// The body had ended before the first try (a GET's): each retry gets an
     /// empty body of its own, and there is nothing to copy or share.
     Empty,
     Copy(replay::Replay<RequestBody>),
@@ -381,9 +385,14 @@ impl RequestBody {
     /// to read the body and reset the upstream stream (`INTERNAL_ERROR`).
     pub fn streaming(body: Incoming) -> Self {
         if body.is_end_stream() {
-            return Self::buffered(Bytes::new(), None);
+            return Self::empty();
         }
         Self::of(RequestKind::Streaming(body))
+    }
+
+    /// A body without data or trailers.
+    pub fn empty() -> Self {
+        Self::buffered(Bytes::new(), None)
     }
 
     fn of(kind: RequestKind) -> Self {
@@ -415,12 +424,10 @@ impl RequestBody {
 
     /// The body of the first try, which streams while it keeps a copy of up
     /// to `limit` bytes, and the [`Replay`] that makes the retries' bodies.
+    /// A body that has ended already (a GET's) is left as it is, and keeps
+    /// no copy.
     pub fn replayable(self, limit: usize) -> (Self, Replay) {
-        if let RequestKind::Buffered {
-            data: None,
-            trailers: None,
-        } = &self.kind
-        {
+        if self.is_end_stream() {
             return (self, Replay(ReplayKind::Empty));
         }
         let (first, replay) = replay::replayable(self, limit);
@@ -446,7 +453,7 @@ impl Replay {
     /// all of it; `None` while it is still arriving or when capped.
     pub fn whole_body(&self) -> Option<RequestBody> {
         let ReplayKind::Copy(replay) = &self.0 else {
-            return Some(RequestBody::buffered(Bytes::new(), None));
+            return Some(RequestBody::empty());
         };
         let (data, trailers) = replay.whole()?;
         let data = match <[Bytes; 1]>::try_from(data) {
@@ -461,7 +468,7 @@ impl Replay {
     /// on, should its connection still be sending it.
     pub fn next_body(&self) -> Option<RequestBody> {
         let ReplayKind::Copy(replay) = &self.0 else {
-            return Some(RequestBody::buffered(Bytes::new(), None));
+            return Some(RequestBody::empty());
         };
         let body = replay.next_body()?;
         Some(RequestBody::of(RequestKind::Replaying(body)))

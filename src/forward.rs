@@ -165,11 +165,8 @@ async fn forward(
                         hold,
                     );
                 }
-                let mut response = response.map(|body| {
-                    let mut body = ResponseBody::upstream(body, release, idle);
-                    body.set_served_by(endpoint.addr);
-                    body
-                });
+                let mut response =
+                    response.map(|body| ResponseBody::upstream(body, endpoint.addr, release, idle));
                 record_outlier_outcome(&upstream, &endpoint, &mut response);
                 return Ok(response);
             }

@@ -23,9 +23,7 @@
 //! [`RESEND_BUFFER`] bytes while it streams (`body::replay`); a larger body
 //! is not resent. A request is resent at most [`MAX_RESENDS`] times.
 
-use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Uri, Version};
-use http_body::Body;
 
 use crate::body::{Replay, RequestBody};
 use crate::error::ProxyError;
@@ -79,8 +77,7 @@ pub struct Resendable {
     uri: Uri,
     version: Version,
     headers: HeaderMap,
-    /// `None`: the body is empty.
-    body: Option<Replay>,
+    body: Replay,
 }
 
 impl Resendable {
@@ -88,17 +85,9 @@ impl Resendable {
     /// it is (only its body is swapped for the one that keeps a copy): a
     /// request is 280 bytes, and moving it out and back cost three copies.
     pub fn keep(request: &mut Request<RequestBody>) -> Resendable {
-        let body = std::mem::replace(
-            request.body_mut(),
-            RequestBody::buffered(Bytes::new(), None),
-        );
-        let (body, replay) = if body.is_end_stream() {
-            (body, None)
-        } else {
-            let (first, replay) = body.replayable(RESEND_BUFFER);
-            (first, Some(replay))
-        };
-        *request.body_mut() = body;
+        let body = std::mem::replace(request.body_mut(), RequestBody::empty());
+        let (first, replay) = body.replayable(RESEND_BUFFER);
+        *request.body_mut() = first;
         Resendable {
             method: request.method().clone(),
             uri: request.uri().clone(),
@@ -114,11 +103,7 @@ impl Resendable {
 
     /// The request again, or `None` when its body can no longer be replayed.
     pub fn again(&self) -> Option<Request<RequestBody>> {
-        let body = match &self.body {
-            None => RequestBody::buffered(Bytes::new(), None),
-            Some(replay) => replay.next_body()?,
-        };
-        let mut request = Request::new(body);
+        let mut request = Request::new(self.body.next_body()?);
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.version_mut() = self.version;

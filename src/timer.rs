@@ -101,6 +101,11 @@ pub fn after(from: Instant, duration: Duration) -> Instant {
     (from.checked_add(duration)).unwrap_or_else(|| from + FAR)
 }
 
+/// `duration` from the task's clock reading (see [`after`]).
+pub fn from_now(duration: Duration) -> Instant {
+    after(clock::now(), duration)
+}
+
 /// A [`Sleep`] until `deadline`.
 pub fn sleep_until(deadline: Instant) -> Sleep {
     Sleep {
@@ -264,7 +269,7 @@ impl hyper::rt::Sleep for Sleep {}
 
 impl hyper::rt::Timer for HyperTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(sleep_until(after(clock::now(), duration)))
+        Box::pin(sleep_until(from_now(duration)))
     }
 
     fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {

@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response, Version};
 use http_body::Body as _;
@@ -158,7 +157,7 @@ impl Shadow {
     /// reads the answer (up to `timeout` again).
     async fn send(&self, head: Request<()>, copy: Option<oneshot::Receiver<Copy>>) {
         let body = match copy {
-            None => RequestBody::buffered(Bytes::new(), None),
+            None => RequestBody::empty(),
             Some(copy) => match tokio::time::timeout(self.timeout, copy).await {
                 Ok(Ok((data, trailers))) => RequestBody::buffered(data, trailers),
                 // Over `max_body`, failed, or not whole in time.

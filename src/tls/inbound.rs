@@ -18,7 +18,7 @@ use super::identity::{self, PeerIdentity};
 use super::{ALPN_H2, ALPN_HTTP1, Alpn, MeshTls};
 use crate::context::Direction;
 use crate::telemetry::metrics;
-use crate::{clock, timer};
+use crate::timer;
 
 /// The HTTP version the client chose by ALPN, if it chose one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,7 @@ impl InboundTls {
     /// peer is not authorized (the connection is then closed).
     pub async fn accept(&self, stream: TcpStream, client: SocketAddr) -> Option<Accepted> {
         let timeout = self.tls.handshake_timeout();
-        let deadline = timer::after(clock::now(), timeout);
+        let deadline = timer::from_now(timeout);
         let failure = match timer::timeout_at(deadline, self.acceptor.accept(stream)).await {
             Some(Ok(stream)) => return self.authorize(stream),
             Some(Err(error)) => error.to_string(),
