@@ -4,11 +4,21 @@
 //! calls of a registration. Discovery, registration and the configuration
 //! source use it; what an instance's value looks like is `value`.
 //!
-//! Endpoints come from `etcd.endpoints`; requests go through one balanced
-//! channel over all of them, so a member that is down is failed over. The
-//! connection is made lazily and again after it failed (with a user, the
-//! first call authenticates), so an etcd that is down at start only delays
-//! what needs it. The password is read from `etcd.password_file` and never
+//! Endpoints come from `etcd.endpoints`, one connection per member.
+//! Requests go to one member, the first listed at the start; a request that
+//! member cannot take (unavailable: refused, reset, no leader; or no answer
+//! within [`REQUEST_TIMEOUT`]) is made again on the next member at once,
+//! each member once, and the requests after it go there too. Repeating is
+//! safe: reads and watches change nothing, a put or a delete sets the same
+//! state again, a lease granted twice leaves one unused that expires with
+//! its TTL, and a lease revoked twice is gone (the second answer is an
+//! error). (Not the crate's channel balanced over every endpoint:
+//! tonic reports a member it cannot connect to as ready and fails the call
+//! there, so that balancer sent a share of the requests to a member that
+//! was down, and each of them cost its caller a backoff.) Each connection
+//! is made lazily and again after it failed (with a user, the first call
+//! authenticates), so an etcd that is down at start only delays what needs
+//! it. The password is read from `etcd.password_file` and never
 //! logged; an expired auth token is renewed by the crate. `https://`
 //! members are verified against `etcd.ca_file` only (there is no system
 //! trust store here), and get `etcd.client_cert` / `etcd.client_key` when
@@ -16,12 +26,13 @@
 //! 5 s to answer) notice a member that went silent (a partition), which
 //! ends the streams on it; every call asks for a leader
 //! (`require_leader`), so a member cut off from its cluster's quorum ends
-//! its watches instead of keeping them silently open. Unary calls time out
-//! after [`REQUEST_TIMEOUT`].
+//! its watches instead of keeping them silently open. Each attempt of a
+//! unary call times out after [`REQUEST_TIMEOUT`].
 
 pub mod value;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
@@ -32,7 +43,7 @@ use tokio::sync::Mutex;
 
 use crate::config::EtcdConfig;
 
-/// Longest a unary call (get, put, grant, revoke) may take.
+/// Longest a unary call (get, put, grant, revoke) may take on one member.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a connection to a member may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -85,16 +96,25 @@ pub enum Change {
 
 /// A client of the cluster of an `etcd` section; cheap to share.
 pub struct Client {
-    endpoints: Vec<String>,
+    /// One per endpoint, in the order of `etcd.endpoints`.
+    members: Vec<Member>,
     options: ConnectOptions,
-    /// The connection once made (the crate's client is a cheap handle).
+    /// The index of the member requests go to.
+    current: AtomicUsize,
+}
+
+/// One member of the cluster and the connection to it once made (the
+/// crate's client is a cheap handle).
+struct Member {
+    endpoint: String,
     connected: Mutex<Option<etcd_client::Client>>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let endpoints: Vec<&str> = self.members.iter().map(|m| m.endpoint.as_str()).collect();
         f.debug_struct("Client")
-            .field("endpoints", &self.endpoints)
+            .field("endpoints", &endpoints)
             .finish_non_exhaustive()
     }
 }
@@ -128,23 +148,51 @@ impl Client {
             }
             options = options.with_tls(tls);
         }
+        let members = (config.endpoints.iter())
+            .map(|endpoint| Member {
+                endpoint: endpoint.clone(),
+                connected: Mutex::new(None),
+            })
+            .collect();
         Ok(Client {
-            endpoints: config.endpoints.clone(),
+            members,
             options,
-            connected: Mutex::new(None),
+            current: AtomicUsize::new(0),
         })
     }
 
-    /// The connection, made now when there is none yet.
-    async fn connection(&self) -> Result<etcd_client::Client, EtcdError> {
-        let mut connected = self.connected.lock().await;
-        if let Some(client) = &*connected {
-            return Ok(client.clone());
+    /// Makes `call` on the current member; when that member cannot take it
+    /// ([`is_unreachable`]), moves on to the next member and makes it again
+    /// there, until each member had it once.
+    async fn request<T, F, Fut>(&self, call: F) -> Result<T, EtcdError>
+    where
+        F: Fn(etcd_client::Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut untried = self.members.len();
+        loop {
+            let index = self.current.load(Ordering::Relaxed);
+            let member = &self.members[index];
+            let result = match member.connection(&self.options).await {
+                Ok(client) => within(call(client)).await,
+                Err(error) => Err(error),
+            };
+            untried -= 1;
+            match result {
+                Err(error) if untried > 0 && is_unreachable(&error) => {
+                    tracing::debug!(member = %member.endpoint, %error, "etcd member unreachable; trying the next");
+                    let next = (index + 1) % self.members.len();
+                    // Unless another request moved on already.
+                    let _ = (self.current).compare_exchange(
+                        index,
+                        next,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
+                result => return result,
+            }
         }
-        let connect = etcd_client::Client::connect(&self.endpoints, Some(self.options.clone()));
-        let client = within(connect).await?;
-        *connected = Some(client.clone());
-        Ok(client)
     }
 
     /// Every key under `prefix`, and the revision they were read at.
@@ -159,8 +207,11 @@ impl Client {
     }
 
     async fn read(&self, key: &str, options: Option<GetOptions>) -> Result<Read, EtcdError> {
-        let mut kv = self.connection().await?.kv_client();
-        let answer = within(kv.get(key, options)).await?;
+        let answer = (self.request(|client| {
+            let options = options.clone();
+            async move { client.kv_client().get(key, options).await }
+        }))
+        .await?;
         let revision = answer.header().map_or(0, |header| header.revision());
         let kvs = (answer.kvs().iter())
             .map(|kv| KeyValue {
@@ -178,8 +229,11 @@ impl Client {
         if prefix {
             options = options.with_prefix();
         }
-        let mut watch = self.connection().await?.watch_client();
-        let stream = within(watch.watch(key, Some(options))).await?;
+        let stream = (self.request(|client| {
+            let options = options.clone();
+            async move { client.watch_client().watch(key, Some(options)).await }
+        }))
+        .await?;
         Ok(Watch {
             stream,
             requested: revision,
@@ -193,31 +247,36 @@ impl Client {
         value: &[u8],
         lease: i64,
     ) -> Result<(), EtcdError> {
-        let mut kv = self.connection().await?.kv_client();
         let options = PutOptions::new().with_lease(lease);
-        within(kv.put(key, value, Some(options))).await?;
+        (self.request(|client| {
+            let options = options.clone();
+            async move { client.kv_client().put(key, value, Some(options)).await }
+        }))
+        .await?;
         Ok(())
     }
 
     /// Deletes `key`.
     pub async fn delete(&self, key: &str) -> Result<(), EtcdError> {
-        let mut kv = self.connection().await?.kv_client();
-        within(kv.delete(key, None)).await?;
+        (self.request(|client| async move { client.kv_client().delete(key, None).await })).await?;
         Ok(())
     }
 
     /// A new lease of `ttl` (whole seconds, rounded up); its ID.
     pub async fn grant(&self, ttl: Duration) -> Result<i64, EtcdError> {
         let seconds = i64::try_from(ttl.as_millis().div_ceil(1000)).unwrap_or(i64::MAX);
-        let mut lease = self.connection().await?.lease_client();
-        Ok(within(lease.grant(seconds, None)).await?.id())
+        let granted = (self
+            .request(|client| async move { client.lease_client().grant(seconds, None).await }))
+        .await?;
+        Ok(granted.id())
     }
 
     /// Keeps `lease` alive once (one request on a keep-alive stream, its
     /// answer read); false when etcd no longer knows the lease.
     pub async fn keep_alive(&self, lease: i64) -> Result<bool, EtcdError> {
-        let mut client = self.connection().await?.lease_client();
-        match within(client.keep_alive(lease)).await {
+        let kept =
+            self.request(|client| async move { client.lease_client().keep_alive(lease).await });
+        match kept.await {
             // The stream (and the lease's keeper) close when dropped.
             Ok(_) => Ok(true),
             // The crate reports a TTL of 0 in the answer this way.
@@ -232,9 +291,35 @@ impl Client {
 
     /// Revokes `lease`: every key attached to it is deleted.
     pub async fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
-        let mut client = self.connection().await?.lease_client();
-        within(client.revoke(lease)).await?;
+        (self.request(|client| async move { client.lease_client().revoke(lease).await })).await?;
         Ok(())
+    }
+}
+
+impl Member {
+    /// The connection, made now when there is none yet.
+    async fn connection(&self, options: &ConnectOptions) -> Result<etcd_client::Client, EtcdError> {
+        let mut connected = self.connected.lock().await;
+        if let Some(client) = &*connected {
+            return Ok(client.clone());
+        }
+        let connect = etcd_client::Client::connect([&self.endpoint], Some(options.clone()));
+        let client = within(connect).await?;
+        *connected = Some(client.clone());
+        Ok(client)
+    }
+}
+
+/// True when a member could not take a request: it refused or lost the
+/// connection or has no leader (gRPC `UNAVAILABLE`), or did not answer in
+/// time. Another member may take it.
+fn is_unreachable(error: &EtcdError) -> bool {
+    match error {
+        EtcdError::Timeout(_) => true,
+        EtcdError::Request(etcd_client::Error::GRpcStatus(status)) => {
+            status.code() == tonic::Code::Unavailable
+        }
+        _ => false,
     }
 }
 
@@ -310,4 +395,34 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, EtcdError> {
         path: path.display().to_string(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An endpoint that refuses connections (a port bound, not listening),
+    /// and the socket that holds the port.
+    fn refusing() -> (String, tokio::net::TcpSocket) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        (format!("http://{}", socket.local_addr().unwrap()), socket)
+    }
+
+    #[tokio::test]
+    async fn a_request_a_member_refuses_is_made_again_on_the_next_member() {
+        let (a, _a) = refusing();
+        let (b, _b) = refusing();
+        let yaml =
+            format!("service: {{ name: test }}\netcd: {{ endpoints: [\"{a}\", \"{b}\"] }}\n");
+        let config = crate::config::parse(&yaml, "test.yaml").unwrap();
+        let client = Client::from_config(config.etcd.as_ref().unwrap()).unwrap();
+        let error = client.get("/k").await.unwrap_err();
+        assert!(is_unreachable(&error), "{error}");
+        assert_eq!(
+            client.current.load(Ordering::Relaxed),
+            1,
+            "the next requests go to the second member"
+        );
+    }
 }
