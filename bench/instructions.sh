@@ -2,12 +2,15 @@
 # Instructions remora executes per request (user space, counted by valgrind's callgrind), for
 # paired A/B comparisons of code changes on a machine too noisy for timings. Instruction
 # counts do not move with the load of other processes: two runs of the same binary agree
-# within about 0.2 %, so a change of 1 % shows. They leave out the kernel's work and cache
-# effects, so they complement bench/run.sh rather than replace it. See bench/README.md.
+# within about 0.2 %, so a change of 1 % shows. They leave out the kernel's work; with CACHE=1
+# callgrind also simulates the caches and branch predictors and the table adds the estimated
+# cycles a request (see below). They complement bench/run.sh rather than replace it. See
+# bench/README.md.
 #
 #   bench/instructions.sh                          # target/release/remora, both configs
 #   bench/instructions.sh A=path/to/old B=path/to/new   # the binaries side by side
 #   PROTOCOL=h2c bench/instructions.sh A=... B=...      # h2c on both sides, no policy
+#   CACHE=1 HAPROXY=1 bench/instructions.sh             # estimated cycles, HAProxy beside
 #
 # Each binary runs under callgrind behind the no-policy config and bench/full-stack.yaml (the
 # whole stack), in front of a single-thread HAProxy answering every request; after a warm-up,
@@ -18,8 +21,16 @@
 # preface itself), and only the no-policy config is measured (the whole-stack config is
 # HTTP/1.1's).
 #
+# With CACHE=1, each figure is the estimated cycles a request, kcachegrind's formula:
+# instructions + 10 × (first-level cache misses, instruction and data, and mispredicted
+# branches) + 100 × last-level misses; the misses a request follow in brackets. A proxy's
+# cost is as much in its misses as in its instructions: the estimate follows the user time
+# measured by run.sh where the instruction count alone does not.
+# With HAPROXY=1, a single-thread HAProxy proxying to the same origin is measured the same
+# way in each round, as the row `haproxy` (the reference of run.sh and h2c.sh).
+#
 # Environment (defaults): DURATION=6 (s), ROUNDS=2 (each binary and config measured this many
-# times, alternating), PROTOCOL=http1 (or h2c),
+# times, alternating), PROTOCOL=http1 (or h2c), CACHE=0, HAPROXY=0,
 # REMORA_BIN=<repo>/target/release/remora (when no NAME=path is given), PROFILE_DIR= (when set,
 # each measurement's callgrind profile is kept there as NAME-CONFIG-ROUND.callgrind, for
 # callgrind_annotate --inclusive=yes).
@@ -32,6 +43,8 @@ DURATION=${DURATION:-6}
 ROUNDS=${ROUNDS:-2}
 PROTOCOL=${PROTOCOL:-http1}
 PROFILE_DIR=${PROFILE_DIR:-}
+CACHE=${CACHE:-0}
+HAPROXY=${HAPROXY:-0}
 READY_TIMEOUT=60 # seconds: a binary starts slowly under callgrind
 
 BINARIES=()
@@ -67,10 +80,25 @@ read -r ORIGIN_PORT LISTEN_PORT SECOND_PORT ADMIN_PORT <<<"$(free_ports 4)"
 
 start_origin
 no_policy_config "$LISTEN_PORT" "$ADMIN_PORT" 1 >"$TMP/remora.yaml"
+HAPROXY_PROTO=
 if [[ $PROTOCOL == h2c ]]; then
   sed -i 's/^    protocol: http$/    protocol: http2/' "$TMP/remora.yaml"
   READY_H2C=1 # the listener of an http2 upstream speaks HTTP/2 only
+  HAPROXY_PROTO=" proto h2"
 fi
+{
+  haproxy_common 1
+  cat <<EOF
+frontend proxy
+    bind 127.0.0.1:$LISTEN_PORT$HAPROXY_PROTO
+    default_backend origin
+backend origin
+    server origin 127.0.0.1:$ORIGIN_PORT$HAPROXY_PROTO
+EOF
+} >"$TMP/haproxy.cfg"
+
+VALGRIND=(valgrind --tool=callgrind)
+((CACHE)) && VALGRIND+=(--cache-sim=yes --branch-sim=yes)
 
 # Sends load to URL for $1 seconds; prints the requests completed.
 load() { # seconds url
@@ -81,15 +109,32 @@ load() { # seconds url
   fi
 }
 
-# Instructions per request of binary $1 with config $2.
-measure() {
-  local binary=$1 config=$2 url="http://127.0.0.1:$LISTEN_PORT/" pid requests total profile
+# The figures a request in profile $1 of $2 requests: the instructions, then with CACHE=1 the
+# estimated cycles, the first-level cache misses (instructions, data) and mispredicted branches.
+per_request() { # profile requests
+  callgrind_annotate "$1" 2>/dev/null | awk -v n="$2" '
+    /^Events shown:/ { for (i = 3; i <= NF; i++) name[i - 2] = $i }
+    /PROGRAM TOTALS/ { # each figure is followed by its share, "(100.0%)"
+      for (i = 1; i in name; i++) { v = $(2 * i - 1); gsub(",", "", v); e[name[i]] = v / n }
+      printf "%d", e["Ir"]
+      if ("I1mr" in e)
+        printf " %d %d %d %d", e["Ir"] + 10 * (e["I1mr"] + e["D1mr"] + e["D1mw"] + e["Bcm"] + e["Bim"]) \
+          + 100 * (e["ILmr"] + e["DLmr"] + e["DLmw"]), e["I1mr"], e["D1mr"] + e["D1mw"], e["Bcm"] + e["Bim"]
+      print ""
+    }'
+}
+
+# The figures a request (see per_request) of the proxy the command starts; its profile is kept
+# as NAME when PROFILE_DIR is set.
+measure() { # name command...
+  local name=$1 url="http://127.0.0.1:$LISTEN_PORT/" pid requests profile
+  shift
   BENCH_ADMIN=127.0.0.1:$ADMIN_PORT BENCH_LISTEN=127.0.0.1:$LISTEN_PORT \
     BENCH_SECOND_LISTEN=127.0.0.1:$SECOND_PORT BENCH_ORIGIN=127.0.0.1:$ORIGIN_PORT \
-    BENCH_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.%p" \
-    "$binary" run --config "$config" >"$TMP/remora.log" 2>&1 &
+    BENCH_WORKER_THREADS=1 "${VALGRIND[@]}" --callgrind-out-file="$TMP/callgrind.%p" \
+    "$@" >"$TMP/proxy.log" 2>&1 &
   pid=$!
-  wait_ready "$binary" "$url" "$pid" "$TMP/remora.log"
+  wait_ready "$1" "$url" "$pid" "$TMP/proxy.log"
   load 2 "$url" >/dev/null
   callgrind_control --zero "$pid" >/dev/null 2>&1
   requests=$(load "$DURATION" "$url")
@@ -97,35 +142,68 @@ measure() {
   kill "$pid"
   wait "$pid" 2>/dev/null || true
   profile=$(ls -t "$TMP"/callgrind."$pid".* | head -n1)
-  total=$(callgrind_annotate "$profile" 2>/dev/null |
-    awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
-  [[ -n $PROFILE_DIR ]] && cp "$profile" "$PROFILE_DIR/$3.callgrind"
+  [[ -n $PROFILE_DIR ]] && cp "$profile" "$PROFILE_DIR/$name.callgrind"
+  per_request "$profile" "$requests"
   rm -f "$TMP"/callgrind."$pid"*
-  echo $((total / requests))
 }
 
+# FIGURES[ROW CONFIG K]: the K-th figure of per_request, one value per round.
 declare -A FIGURES
+record() { # row config figures...
+  local row=$1 config=$2 k=0 figure
+  shift 2
+  for figure in "$@"; do FIGURES[$row $config $((k++))]+="$figure "; done
+}
+ROWS=()
+for binary in "${BINARIES[@]}"; do ROWS+=("${binary%%=*}"); done
+((HAPROXY)) && ROWS+=(haproxy)
 for ((round = 1; round <= ROUNDS; round++)); do
   for binary in "${BINARIES[@]}"; do
     for config in "${CONFIGS[@]}"; do
       file="$TMP/remora.yaml"
       [[ $config == full ]] && file="$ROOT/bench/full-stack.yaml"
       log "round $round: ${binary%%=*} $config"
-      FIGURES[${binary%%=*} $config]+="$(measure "${binary#*=}" "$file" "${binary%%=*}-$config-$round") "
+      # shellcheck disable=SC2046 # one word a figure
+      record "${binary%%=*}" "$config" \
+        $(measure "${binary%%=*}-$config-$round" "${binary#*=}" run --config "$file")
     done
   done
+  if ((HAPROXY)); then
+    log "round $round: haproxy"
+    # shellcheck disable=SC2046 # one word a figure
+    record haproxy remora $(measure "haproxy-$round" haproxy -db -f "$TMP/haproxy.cfg")
+  fi
 done
+
+# One table cell: the median of the main figure (instructions; with CACHE=1 estimated cycles)
+# and every round's in brackets; with CACHE=1, the medians of the misses after it.
+cell() { # row config
+  local key="$1 $2" main=0
+  [[ -n ${FIGURES[$key 0]:-} ]] || { echo "—"; return; }
+  ((CACHE)) && main=1
+  printf '%s (%s)' "$(median "${FIGURES[$key $main]}")" "${FIGURES[$key $main]% }"
+  ((CACHE)) && printf '; %s instructions, %s I1 + %s D1 misses, %s mispredicted' \
+    "$(median "${FIGURES[$key 0]}")" "$(median "${FIGURES[$key 2]}")" \
+    "$(median "${FIGURES[$key 3]}")" "$(median "${FIGURES[$key 4]}")"
+  echo
+}
 
 load_used="HTTP/1.1 keep-alive, wrk -c10"
 [[ $PROTOCOL == h2c ]] && load_used="h2c on both sides, h2load -c10 -m10"
+unit="instructions/request"
+((CACHE)) && unit="est. cycles/request"
 echo "Run $(date -u +%Y-%m-%dT%H:%MZ), $(valgrind --version), $load_used," \
   "${DURATION}s per measurement, $ROUNDS rounds (median; all figures in brackets)."
 echo
-echo "| binary | no policy, instructions/request | whole stack, instructions/request |"
+echo "| binary | no policy, $unit | whole stack, $unit |"
 echo "|---|---:|---:|"
-for binary in "${BINARIES[@]}"; do
-  name=${binary%%=*}
-  full="not measured (HTTP/1.1 only)"
-  [[ -n ${FIGURES[$name full]:-} ]] && full="$(median "${FIGURES[$name full]}") (${FIGURES[$name full]% })"
-  echo "| $name | $(median "${FIGURES[$name remora]}") (${FIGURES[$name remora]% }) | $full |"
+for row in "${ROWS[@]}"; do
+  if [[ $row == haproxy ]]; then
+    full="— (no policy to run)"
+  elif [[ $PROTOCOL == h2c ]]; then
+    full="not measured (HTTP/1.1 only)"
+  else
+    full=$(cell "$row" full)
+  fi
+  echo "| $row | $(cell "$row" remora) | $full |"
 done
