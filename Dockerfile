@@ -5,21 +5,22 @@
 # REMORA_CONFIG). The same image serves as the init container that runs
 # `remora iptables --apply` (as root, with NET_ADMIN), hence iptables.
 
-FROM rust:1-bookworm AS build
-# protoc: the etcd-client crate generates its gRPC code when it is built.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends protobuf-compiler \
-    && rm -rf /var/lib/apt/lists/*
+# The Rust the project is tested with: the profile-guided build needs the
+# llvm-profdata of that rustc's LLVM (a Debian package, llvm-22 for 1.95).
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin remora
+# The release as it ships: profile-guided (scripts/release.sh installs what
+# it needs, protoc for the build and the training workload's servers, and
+# builds twice).
+RUN scripts/release.sh && rm -rf /var/lib/apt/lists/*
 
 FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends iptables \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 1337 --user-group --no-create-home --shell /usr/sbin/nologin remora
-COPY --from=build /src/target/release/remora /usr/local/bin/remora
+COPY --from=build /src/target/release-pgo/remora /usr/local/bin/remora
 ENV REMORA_CONFIG=/etc/remora/remora.yaml
 # admin, transparent outbound, inbound
 EXPOSE 15000 15001 15006

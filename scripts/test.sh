@@ -32,10 +32,11 @@ cd "$(dirname "$0")/.."
 # v3 (etcd-server, the `etcd` binary, and etcd-client, `etcdctl`) for etcd
 # discovery, registration and configuration; ca-certificates (the system's
 # roots that TLS origination without `ca_file` trusts: tests/tls_origination.rs).
+# wrk drives the training workload of the release build, which
+# tests/deploy.rs runs (bench/pgo-training.sh); bench/ needs it too.
 # The build itself needs protobuf-compiler (`protoc`: the
 # etcd-client crate generates its gRPC code).
-# bench/ also needs wrk.
-packages=(procps curl dnsmasq-base chromium iptables iproute2 util-linux openssl nginx-light haproxy nghttp2-client python3-grpcio python3-protobuf python3-pip python3-jwt python3-cryptography etcd-server etcd-client python3-prometheus-client ca-certificates)
+packages=(procps curl dnsmasq-base chromium iptables iproute2 util-linux openssl nginx-light haproxy nghttp2-client wrk python3-grpcio python3-protobuf python3-pip python3-jwt python3-cryptography etcd-server etcd-client python3-prometheus-client ca-certificates)
 source scripts/packages.sh
 install_missing "${BUILD_PACKAGES[@]}" "${packages[@]}"
 

@@ -3,7 +3,8 @@
 //! this checks that they parse and agree with what remora really does: the
 //! binary and its subcommands, the config path and its environment variable,
 //! the default ports, the proxy uid that `remora iptables` exempts, the
-//! admin endpoints, and that every remora config they carry loads.
+//! admin endpoints, and that every remora config they carry loads; and that
+//! the training workload of the profile-guided release build runs.
 
 use std::path::{Path, PathBuf};
 
@@ -64,11 +65,15 @@ fn dockerfile_builds_and_runs_the_real_binary() {
     assert!(
         all("RUN")
             .iter()
-            .any(|run| run.contains("cargo build --release") && run.contains("--bin remora"))
+            .any(|run| run.starts_with("scripts/release.sh")),
+        "the build stage builds the release as it ships"
     );
+    let release = read("scripts/release.sh");
+    assert!(release.contains("cargo build --release --locked --bin remora"));
+    assert!(release.contains("cp \"target/pgo/release/$host/release/remora\" target/release-pgo/remora"));
     assert!(
-        all("COPY").contains(&"--from=build /src/target/release/remora /usr/local/bin/remora"),
-        "the runtime stage copies the release binary"
+        all("COPY").contains(&"--from=build /src/target/release-pgo/remora /usr/local/bin/remora"),
+        "the runtime stage copies the profile-guided release binary"
     );
     assert_eq!(all("ENTRYPOINT"), [format!("[\"{BINARY}\"]")]);
     let command: Vec<String> = serde_json::from_str(all("CMD")[0]).expect("CMD in exec form");
@@ -95,6 +100,27 @@ fn dockerfile_builds_and_runs_the_real_binary() {
         all("RUN").iter().any(|run| run.contains("iptables")),
         "for the init container"
     );
+}
+
+/// The training workload of the shipped build (`scripts/release.sh`) runs
+/// on the current binary: every configuration it trains on starts and
+/// serves its load without an error (HTTP/1.1, the whole stack, h2c, and
+/// sidecar-to-sidecar mTLS with certificates openssl makes), so a change
+/// that breaks one fails here, not in a release build. This binary is not
+/// instrumented: nothing is profiled, the workload only runs.
+#[test]
+fn the_release_builds_training_workload_runs() {
+    let output = std::process::Command::new("bash")
+        .arg(root().join("bench/pgo-training.sh"))
+        .arg(env!("CARGO_BIN_EXE_remora"))
+        .env("SECONDS_EACH", "1")
+        .output()
+        .expect("bash bench/pgo-training.sh (Debian: haproxy wrk nghttp2-client openssl curl)");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    for workload in ["http1", "full-stack", "h2c", "mesh-mtls"] {
+        assert!(log.contains(&format!("{workload}: 1s of load")), "{log}");
+    }
 }
 
 /// Loads a remora config given as YAML text.
