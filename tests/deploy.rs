@@ -70,7 +70,10 @@ fn dockerfile_builds_and_runs_the_real_binary() {
     );
     let release = read("scripts/release.sh");
     assert!(release.contains("cargo build --release --locked --bin remora"));
-    assert!(release.contains("cp \"target/pgo/release/$host/release/remora\" target/release-pgo/remora"));
+    assert!(
+        release
+            .contains("cp \"target/pgo/release/$host/release/remora\" target/release-pgo/remora")
+    );
     assert!(
         all("COPY").contains(&"--from=build /src/target/release-pgo/remora /usr/local/bin/remora"),
         "the runtime stage copies the profile-guided release binary"
