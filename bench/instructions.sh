@@ -114,8 +114,10 @@ load() { # seconds url
 per_request() { # profile requests
   callgrind_annotate "$1" 2>/dev/null | awk -v n="$2" '
     /^Events shown:/ { for (i = 3; i <= NF; i++) name[i - 2] = $i }
-    /PROGRAM TOTALS/ { # each figure is followed by its share, "(100.0%)"
-      for (i = 1; i in name; i++) { v = $(2 * i - 1); gsub(",", "", v); e[name[i]] = v / n }
+    /PROGRAM TOTALS/ { # a figure other than 0 is followed by its share, "(100.0%)"
+      k = 0
+      for (i = 1; i <= NF && (k + 1) in name; i++)
+        if ($i !~ /^\(/) { v = $i; gsub(",", "", v); e[name[++k]] = v / n }
       printf "%d", e["Ir"]
       if ("I1mr" in e)
         printf " %d %d %d %d", e["Ir"] + 10 * (e["I1mr"] + e["D1mr"] + e["D1mw"] + e["Bcm"] + e["Bim"]) \
