@@ -55,7 +55,7 @@ impl tower::Service<Request<RequestBody>> for Forward {
     }
 
     fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
-        Box::pin(forward(Arc::clone(&self.upstream), request))
+        crate::svc::boxed(|| forward(Arc::clone(&self.upstream), request))
     }
 }
 

@@ -179,7 +179,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let grpc = is_grpc(request.headers());
         let response = self.inner.call(request);
-        Box::pin(async move {
+        crate::svc::boxed(|| async move {
             Ok(response
                 .await
                 .unwrap_or_else(|error| error_response(&error, grpc)))

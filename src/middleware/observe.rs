@@ -175,7 +175,7 @@ where
         let method = request.method().clone();
         let path_and_query = request.uri().path_and_query().cloned();
         let response = self.inner.call(request);
-        Box::pin(async move {
+        crate::svc::boxed(|| async move {
             let Ok(mut response) = response.await;
             let status = response.status().as_u16();
             let head_grpc_status = grpc_status(response.headers());

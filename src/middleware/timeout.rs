@@ -148,7 +148,7 @@ where
         request.extensions_mut().insert(Deadline(deadline));
         let response = self.inner.call(request);
         let expired = self.expired.clone();
-        Box::pin(async move {
+        crate::svc::boxed(|| async move {
             match timer::timeout_at(deadline, response).await {
                 Some(result) => result,
                 None => {

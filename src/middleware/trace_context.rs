@@ -311,7 +311,7 @@ where
         };
         request.extensions_mut().insert(context);
         let response = self.inner.call(request);
-        Box::pin(async move {
+        crate::svc::boxed(|| async move {
             let mut response = response.await?;
             if let Some(id) = request_id {
                 response.headers_mut().insert(REQUEST_ID, id);

@@ -208,7 +208,7 @@ where
             Err(open) => return Box::pin(std::future::ready(Err(open))),
         };
         let response = self.inner.call(request);
-        Box::pin(async move {
+        crate::svc::boxed(|| async move {
             match response.await {
                 Ok(mut response) => {
                     admission.record_response(&mut response);

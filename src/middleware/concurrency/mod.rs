@@ -208,7 +208,7 @@ where
             (clock::now().into_std(), cut_off)
         });
         let response = self.inner.call(request);
-        Box::pin(async move {
+        crate::svc::boxed(|| async move {
             // On error (or if this future is dropped) `slot` drops here.
             let result = response.await;
             if let Some((admitted, cut_off)) = adaptive {

@@ -201,7 +201,7 @@ where
         // clone left behind serves the next request.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(retry(Arc::clone(&self.shared), inner, request))
+        crate::svc::boxed(|| retry(Arc::clone(&self.shared), inner, request))
     }
 }
 
