@@ -63,7 +63,7 @@ source "$ROOT/bench/common.sh"
 for tool in valgrind callgrind_control callgrind_annotate wrk haproxy taskset curl python3; do
   command -v "$tool" >/dev/null || die "$tool not found (apt-get install valgrind wrk haproxy util-linux curl python3)"
 done
-require_integers DURATION ROUNDS
+require_integers DURATION ROUNDS CACHE HAPROXY
 case $PROTOCOL in
   http1) CONFIGS=(remora full) ;;
   h2c)
@@ -165,15 +165,17 @@ for ((round = 1; round <= ROUNDS; round++)); do
       file="$TMP/remora.yaml"
       [[ $config == full ]] && file="$ROOT/bench/full-stack.yaml"
       log "round $round: ${binary%%=*} $config"
-      # shellcheck disable=SC2046 # one word a figure
-      record "${binary%%=*}" "$config" \
-        $(measure "${binary%%=*}-$config-$round" "${binary#*=}" run --config "$file")
+      # An assignment, so that a failed measurement ends the run (set -e).
+      figures=$(measure "${binary%%=*}-$config-$round" "${binary#*=}" run --config "$file")
+      # shellcheck disable=SC2086 # one word a figure
+      record "${binary%%=*}" "$config" $figures
     done
   done
   if ((HAPROXY)); then
     log "round $round: haproxy"
-    # shellcheck disable=SC2046 # one word a figure
-    record haproxy remora $(measure "haproxy-$round" haproxy -db -f "$TMP/haproxy.cfg")
+    figures=$(measure "haproxy-$round" haproxy -db -f "$TMP/haproxy.cfg")
+    # shellcheck disable=SC2086 # one word a figure
+    record haproxy remora $figures
   fi
 done
 

@@ -6,8 +6,8 @@
 #      llvm-profdata of the LLVM rustc is built on;
 #   3. the release build again, laid out and inlined by those counts (target/pgo/release).
 # The binary is copied to target/release-pgo/remora. On remora's benchmarks it runs about a
-# fifth fewer instructions and a third fewer estimated cycles a request than the plain
-# `cargo build --release` (docs/benchmarks.md); it behaves the same. Installs what it needs
+# fifth fewer instructions and a fifth to a third fewer estimated cycles a request than the
+# plain `cargo build --release` (docs/benchmarks.md); it behaves the same. Installs what it needs
 # (Debian packages) when missing, as scripts/test.sh does. Takes two release builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,17 +17,20 @@ llvm=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 host=$(rustc -vV | sed -n 's/^host: //p')
 [[ -n "$llvm" && -n "$host" ]] || { echo "release.sh: cannot read rustc -vV" >&2; exit 1; }
 source scripts/packages.sh
-install_missing "${BUILD_PACKAGES[@]}" "llvm-$llvm" haproxy wrk nghttp2-client openssl curl util-linux
+install_missing "${BUILD_PACKAGES[@]}" "llvm-$llvm" haproxy wrk nghttp2-client openssl curl util-linux python3
+PATH=$PATH:/usr/sbin:/sbin # haproxy, for a user whose PATH lacks them
 profdata=llvm-profdata-$llvm
 command -v "$profdata" >/dev/null || { echo "release.sh: $profdata not found (Debian package llvm-$llvm)" >&2; exit 1; }
 
 profiles=$PWD/target/pgo/profiles
 rm -rf "$profiles"
 mkdir -p "$profiles"
-# With --target, RUSTFLAGS reach remora and its dependencies but not build scripts or
-# procedural macros, which would otherwise be instrumented and profiled too.
-build() { # target-dir rustflags
-  RUSTFLAGS=$2 CARGO_TARGET_DIR=$1 cargo build --release --locked --bin remora --target "$host"
+# With --target, the flags reach remora and its dependencies but not build scripts or
+# procedural macros, which would otherwise be instrumented and profiled too. One flag, passed
+# whole (CARGO_ENCODED_RUSTFLAGS: a path with spaces stays one argument).
+build() { # target-dir flag
+  env -u RUSTFLAGS CARGO_ENCODED_RUSTFLAGS="$2" CARGO_TARGET_DIR="$1" \
+    cargo build --release --locked --bin remora --target "$host"
 }
 
 build target/pgo/instrumented "-Cprofile-generate=$profiles"

@@ -38,10 +38,10 @@ pub type ConcreteService = SharedService<Request<RequestBody>, Response<Response
 pub type CallFuture<Res, Err> = Pin<Box<dyn Future<Output = Result<Res, Err>> + Send>>;
 
 /// Boxes the future `make` returns, made in its box. A future is as large
-/// as its largest state, the futures of every layer below included
-/// (kilobytes), however little of it is set when it starts; `Box::pin`
-/// builds it on the stack and copies all of it into the box, while a box
-/// allocated first lets the compiler build it there.
+/// as its largest state (`forward`'s, kilobytes), however little of it is
+/// set when it starts; `Box::pin` builds it on the stack and copies all of
+/// it into the box, while a box allocated first lets the compiler build it
+/// there (measured: `docs/benchmarks.md`).
 pub fn boxed<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
     Box::into_pin(Box::write(Box::new_uninit(), make()))
 }

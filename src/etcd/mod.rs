@@ -6,9 +6,11 @@
 //!
 //! Endpoints come from `etcd.endpoints`, one connection per member.
 //! Requests go to one member, the first listed at the start; a request that
-//! member cannot take (unavailable: refused, reset, no leader; or no answer
+//! member cannot take (gRPC `UNAVAILABLE`: refused, no leader; or no answer
 //! within [`REQUEST_TIMEOUT`]) is made again on the next member at once,
-//! each member once, and the requests after it go there too. Repeating is
+//! each member once, and the requests after it go there too. (A connection
+//! reset in the middle of a call fails that call; the next one is refused
+//! and moves on.) Repeating is
 //! safe: reads and watches change nothing, a put or a delete sets the same
 //! state again, a lease granted twice leaves one unused that expires with
 //! its TTL, and a lease revoked twice is gone (the second answer is an
@@ -169,9 +171,10 @@ impl Client {
         F: Fn(etcd_client::Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let mut untried = self.members.len();
+        let count = self.members.len();
+        let mut untried = count;
+        let mut index = self.current.load(Ordering::Relaxed);
         loop {
-            let index = self.current.load(Ordering::Relaxed);
             let member = &self.members[index];
             let result = match member.connection(&self.options).await {
                 Ok(client) => within(call(client)).await,
@@ -181,7 +184,7 @@ impl Client {
             match result {
                 Err(error) if untried > 0 && is_unreachable(&error) => {
                     tracing::debug!(member = %member.endpoint, %error, "etcd member unreachable; trying the next");
-                    let next = (index + 1) % self.members.len();
+                    let next = (index + 1) % count;
                     // Unless another request moved on already.
                     let _ = (self.current).compare_exchange(
                         index,
@@ -189,6 +192,9 @@ impl Client {
                         Ordering::Relaxed,
                         Ordering::Relaxed,
                     );
+                    // This request's own next member: each one once, whatever
+                    // other requests do to `current` meanwhile.
+                    index = next;
                 }
                 result => return result,
             }
