@@ -4,8 +4,11 @@
 //! keys ES384, Ed25519 keys EdDSA; a key's own `alg` narrows that to one.
 //! Symmetric (`oct`) keys, encryption keys (`use: enc`) and key types or
 //! curves remora cannot verify with are skipped, so a JWKS can never make an
-//! HMAC key of a public one (no algorithm confusion).
+//! HMAC key of a public one (no algorithm confusion). EC coordinates written
+//! without their leading zero bytes are padded to their full size first.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
@@ -59,7 +62,10 @@ impl KeySet {
             .map_err(|error| format!("not a JWKS document: {error}"))?;
         let total = document.keys.len();
         let keys: Vec<Key> = (document.keys.into_iter())
-            .filter_map(|value| serde_json::from_value::<Jwk>(value).ok())
+            .filter_map(|mut value| {
+                pad_ec_coordinates(&mut value);
+                serde_json::from_value::<Jwk>(value).ok()
+            })
             .filter_map(|jwk| usable(&jwk))
             .collect();
         let skipped = total - keys.len();
@@ -88,6 +94,34 @@ impl KeySet {
             Lookup::WrongAlgorithm
         } else {
             Lookup::Keys(usable)
+        }
+    }
+}
+
+/// Pads an EC key's `x` and `y` to the full size of its curve's coordinates.
+/// RFC 7518 §6.2.1.2 requires that size, but some issuers write them as
+/// minimal integers, without leading zero bytes (PyJWT 2.6, Debian
+/// bookworm's, does: one key in about 128), and `jsonwebtoken` would then
+/// make a wrong point of them, so that every token the key signed failed.
+/// The value is the same; verifiers that read the coordinates as integers
+/// (Envoy's, through BoringSSL) accept them too.
+fn pad_ec_coordinates(jwk: &mut serde_json::Value) {
+    let size = match (jwk["kty"].as_str(), jwk["crv"].as_str()) {
+        (Some("EC"), Some("P-256")) => 32,
+        (Some("EC"), Some("P-384")) => 48,
+        _ => return,
+    };
+    for coordinate in ["x", "y"] {
+        let Some(Ok(bytes)) = jwk[coordinate]
+            .as_str()
+            .map(|text| URL_SAFE_NO_PAD.decode(text))
+        else {
+            continue;
+        };
+        if bytes.len() < size {
+            let mut padded = vec![0; size - bytes.len()];
+            padded.extend_from_slice(&bytes);
+            jwk[coordinate] = URL_SAFE_NO_PAD.encode(padded).into();
         }
     }
 }
@@ -178,6 +212,26 @@ mod tests {
             set.lookup(None, Algorithm::RS256),
             Lookup::Keys(_)
         ));
+    }
+
+    #[test]
+    fn ec_coordinates_without_leading_zeros_are_padded_to_their_full_size() {
+        let short = URL_SAFE_NO_PAD.encode([7u8; 31]);
+        let full = URL_SAFE_NO_PAD.encode([9u8; 48]);
+        let mut p256 = serde_json::json!({"kty": "EC", "crv": "P-256", "x": short, "y": short});
+        pad_ec_coordinates(&mut p256);
+        let x = URL_SAFE_NO_PAD.decode(p256["x"].as_str().unwrap()).unwrap();
+        assert_eq!(x.len(), 32);
+        assert_eq!((x[0], x[1], x[31]), (0, 7, 7));
+        let mut p384 = serde_json::json!({"kty": "EC", "crv": "P-384", "x": short, "y": full});
+        pad_ec_coordinates(&mut p384);
+        let x = URL_SAFE_NO_PAD.decode(p384["x"].as_str().unwrap()).unwrap();
+        assert_eq!(x.len(), 48);
+        assert_eq!(&x[..17], &[0; 17]);
+        assert_eq!(p384["y"], full, "a full-size coordinate is left as it is");
+        let mut rsa = serde_json::json!({"kty": "RSA", "x": short});
+        pad_ec_coordinates(&mut rsa);
+        assert_eq!(rsa["x"], short, "not an EC key");
     }
 
     #[test]
