@@ -155,8 +155,12 @@ impl IdleTimeout {
     }
 }
 
-/// A proxied or proxy-made response body.
-pub struct ResponseBody {
+/// A proxied or proxy-made response body. Its state is boxed: a response
+/// moves through every layer of a stack, and each move copied all of it
+/// (272 bytes) where it now copies a pointer (`docs/benchmarks.md`).
+pub struct ResponseBody(Box<BodyState>);
+
+struct BodyState {
     inner: Inner,
     release: Option<Box<dyn Release>>,
     observer: Option<BodyEndObserver>,
@@ -174,8 +178,8 @@ impl ResponseBody {
         idle: Duration,
     ) -> Self {
         let mut body = Self::streamed(body, idle);
-        body.release = Some(Box::new(release));
-        body.served_by = Some(endpoint);
+        body.0.release = Some(Box::new(release));
+        body.0.served_by = Some(endpoint);
         body
     }
 
@@ -205,35 +209,45 @@ impl ResponseBody {
     }
 
     fn new(inner: Inner, release: Option<Box<dyn Release>>) -> Self {
-        Self {
+        Self(Box::new(BodyState {
             inner,
             release,
             observer: None,
             end: BodyEnd::default(),
             served_by: None,
-        }
+        }))
     }
 
     /// The endpoint that answered: the one an upstream's body streams from,
     /// or the one an error response's error names.
     pub fn served_by(&self) -> Option<SocketAddr> {
-        self.served_by
+        self.0.served_by
     }
 
     pub fn set_served_by(&mut self, endpoint: SocketAddr) {
-        self.served_by = Some(endpoint);
+        self.0.served_by = Some(endpoint);
     }
 
     /// Adds an observer told how the body ended; observers run in the order
     /// they were added.
     pub fn on_end(&mut self, observer: BodyEndObserver) {
-        self.observer = Some(match self.observer.take() {
+        let state = &mut *self.0;
+        state.observer = Some(match state.observer.take() {
             None => observer,
             Some(earlier) => Box::new(move |end| {
                 earlier(end);
                 observer(end);
             }),
         });
+    }
+}
+
+impl BodyState {
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream { body, .. } => body.is_end_stream(),
+            Inner::Local(bytes) => bytes.is_none(),
+        }
     }
 
     fn finish(&mut self, complete: bool) {
@@ -259,7 +273,7 @@ impl Body for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
+        let this = &mut *self.0;
         let polled = match &mut this.inner {
             Inner::Upstream { body, idle } => match Pin::new(body).poll_frame(cx) {
                 Poll::Pending if idle.expired(cx) => {
@@ -289,14 +303,11 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Inner::Upstream { body, .. } => body.is_end_stream(),
-            Inner::Local(bytes) => bytes.is_none(),
-        }
+        self.0.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
+        match &self.0.inner {
             Inner::Upstream { body, .. } => body.size_hint(),
             Inner::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len()) as u64)
@@ -305,7 +316,7 @@ impl Body for ResponseBody {
     }
 }
 
-impl Drop for ResponseBody {
+impl Drop for BodyState {
     fn drop(&mut self) {
         if self.release.is_some() || self.observer.is_some() {
             // hyper never polls a body that reports its end up front (an empty one).
