@@ -11,9 +11,12 @@
 #   4. sidecar to sidecar over mesh mTLS: the outbound listener sends each request over mTLS
 #      (HTTP/2, by ALPN) to the inbound listener of the same process, which serves it to the
 #      origin; certificates with SPIFFE IDs made by openssl for the run
+#   5. request bodies: POSTs of 4 KiB through every layer (HTTP/1.1; the retry layer keeps a
+#      copy of each body) and over h2c
+#   6. two worker threads (tokio's multi-thread scheduler), every layer on
 #
-# Not trained (yet): request bodies, gRPC trailers, the transparent listeners, opaque TCP,
-# `worker_threads` above 1 (tokio's multi-thread scheduler), TLS origination (`tls.mode: simple`).
+# Not trained (yet): gRPC trailers, the transparent listeners, opaque TCP, TLS origination
+# (`tls.mode: simple`).
 #
 #   bench/pgo-training.sh path/to/instrumented/remora
 #
@@ -69,23 +72,33 @@ admin: { listen: 127.0.0.1:$ADMIN_PORT }
 logging: { access_log: false }
 EOF
 
-# train NAME CONFIG: runs the instrumented remora on CONFIG under load, then stops it (SIGTERM:
-# it exits normally, which is when the profile is written).
-train() { # name config
+# A 4 KiB POST, for wrk; h2load sends $TMP/body.
+head -c 4096 /dev/zero | tr '\0' x >"$TMP/body"
+cat >"$TMP/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = string.rep("x", 4096)
+wrk.headers["Content-Type"] = "application/octet-stream"
+EOF
+
+# train NAME CONFIG [LOAD ARGS...]: runs the instrumented remora on CONFIG under load (wrk, or
+# h2load for a name starting with h2c, each given LOAD ARGS too), then stops it (SIGTERM: it
+# exits normally, which is when the profile is written).
+train() { # name config [load args...]
   local name=$1 config=$2 pid
+  shift 2
   log "$name: ${SECONDS_EACH}s of load"
   "$REMORA" run --config "$config" >"$TMP/$name.log" 2>&1 &
   pid=$!
   PIDS+=("$pid")
-  if [[ $name == h2c ]]; then
+  if [[ $name == h2c* ]]; then
     READY_H2C=1 wait_ready "$name" "$URL" "$pid" "$TMP/$name.log"
-    h2load -c10 -m10 -D "$SECONDS_EACH" "$URL" >"$TMP/h2load.txt"
+    h2load -c10 -m10 -D "$SECONDS_EACH" "$@" "$URL" >"$TMP/h2load.txt"
     grep -qE '^requests: .* [1-9][0-9]* succeeded, 0 failed' "$TMP/h2load.txt" ||
       die "$name: h2load did not succeed: $(grep '^requests:' "$TMP/h2load.txt")"
   else
     wait_ready "$name" "$URL" "$pid" "$TMP/$name.log"
-    wrk -t1 -c10 -d"${SECONDS_EACH}s" "$URL" >"$TMP/wrk.txt"
-    wrk -t1 -c1 -d2s "$URL" >>"$TMP/wrk.txt"
+    wrk -t1 -c10 -d"${SECONDS_EACH}s" "$@" "$URL" >"$TMP/wrk.txt"
+    wrk -t1 -c1 -d2s "$@" "$URL" >>"$TMP/wrk.txt"
     ! grep -qE 'Non-2xx|Socket errors' "$TMP/wrk.txt" || die "$name: wrk saw errors: $(cat "$TMP/wrk.txt")"
   fi
   kill -TERM "$pid"
@@ -97,4 +110,7 @@ train http1 "$TMP/http1.yaml"
 train full-stack "$ROOT/bench/full-stack.yaml"
 train h2c "$TMP/h2c.yaml"
 train mesh-mtls "$TMP/mesh.yaml"
+train full-stack-post "$ROOT/bench/full-stack.yaml" -s "$TMP/post.lua"
+train h2c-post "$TMP/h2c.yaml" -d "$TMP/body"
+BENCH_WORKER_THREADS=2 train full-stack-two-workers "$ROOT/bench/full-stack.yaml"
 log "done"
