@@ -48,14 +48,27 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
 
-# CPU time (utime + stime, in clock ticks) a process has used so far.
-cpu_ticks() {
+# User and system CPU time (utime and stime, in clock ticks) a process has used so far.
+cpu_ticks_split() {
   # Field 2 (comm) may contain spaces: count fields after the last ')'.
   local stat
   stat=$(<"/proc/$1/stat")
   stat=${stat##*) }
   read -r -a f <<<"$stat"
-  echo $((f[11] + f[12])) # utime, stime are fields 14 and 15 of the full line
+  echo "${f[11]} ${f[12]}" # utime, stime are fields 14 and 15 of the full line
+}
+
+# CPU time (utime + stime, in clock ticks) a process has used so far.
+cpu_ticks() {
+  local user system
+  read -r user system <<<"$(cpu_ticks_split "$1")"
+  echo $((user + system))
+}
+
+# Times the threads of a process were preempted (involuntary context switches) so far.
+preemptions() {
+  cat "/proc/$1/task/"*/status 2>/dev/null |
+    awk '/^nonvoluntary_ctxt_switches:/ { n += $2 } END { print n + 0 }'
 }
 
 # Resident set size of a process in MiB (VmRSS of /proc/PID/status).

@@ -97,7 +97,7 @@ fi
 # --- measurement ---------------------------------------------------------------------------
 # Per target, one value per round (space-separated); the report shows the medians.
 # C1_* are the c=1 runs, RSS_* the proxies' resident memory (MiB; RSS_PEAK: the largest).
-declare -A PORT PID RPS P50 P99 USREQ C1_P50 C1_P99 NOTE
+declare -A PORT PID RPS P50 P99 USREQ SYSREQ PREEMPT C1_P50 C1_P99 NOTE
 declare -A RSS_IDLE RSS_PEAK RSS_AFTER RSS_CLIENTS RSS_CLIENTS_AFTER
 
 # wrk_run NAME LABEL CONNECTIONS THREADS DURATION: one wrk run against NAME's port; the output
@@ -128,24 +128,36 @@ check_alive() {
 # bench NAME ROUND: warm-up (first round only), then one measured run with CONNS connections.
 # PID[NAME] (or -) is the proxy whose CPU time is accounted to the requests and whose RSS is read.
 bench() {
-  local name=$1 round=$2 pid=${PID[$1]} before after requests rss
+  local name=$1 round=$2 pid=${PID[$1]} user0 system0 user1 system1 preempted0 preempted1
+  local requests rss hz
   check_alive "$name"
   if ((round == 1 && WARMUP > 0)); then
     log "$name: warm-up ${WARMUP}s"
     wrk_run "$name" warmup "$CONNS" "$WRK_THREADS" "$WARMUP"
   fi
   log "$name: round $round/$ROUNDS, measuring ${DURATION}s with $CONNS connections"
-  [[ "$pid" == - ]] || before=$(cpu_ticks "$pid")
+  if [[ "$pid" != - ]]; then
+    read -r user0 system0 <<<"$(cpu_ticks_split "$pid")"
+    preempted0=$(preemptions "$pid")
+  fi
   wrk_run "$name" "c$CONNS-$round" "$CONNS" "$WRK_THREADS" "$DURATION"
-  [[ "$pid" == - ]] || after=$(cpu_ticks "$pid")
+  if [[ "$pid" != - ]]; then
+    read -r user1 system1 <<<"$(cpu_ticks_split "$pid")"
+    preempted1=$(preemptions "$pid")
+  fi
 
   requests=$(awk '/requests in/ { print $1 }' "$WRK_OUT")
   RPS[$name]+=" $(awk '/^Requests\/sec:/ { print $2 }' "$WRK_OUT")"
   P50[$name]+=" $(percentile_ms 50%)"
   P99[$name]+=" $(percentile_ms 99%)"
   if [[ "$pid" != - ]]; then
-    USREQ[$name]+=" $(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$requests" \
+    hz=$(getconf CLK_TCK)
+    USREQ[$name]+=" $(awk -v t=$((user1 + system1 - user0 - system0)) -v hz="$hz" -v n="$requests" \
       'BEGIN { printf "%.2f", t / hz * 1e6 / n }')"
+    SYSREQ[$name]+=" $(awk -v t=$((system1 - system0)) -v hz="$hz" -v n="$requests" \
+      'BEGIN { printf "%.2f", t / hz * 1e6 / n }')"
+    PREEMPT[$name]+=" $(awk -v p=$((preempted1 - preempted0)) -v n="$requests" \
+      'BEGIN { printf "%.3f", p / n }')"
     rss=$(rss_mb "$pid")
     RSS_PEAK[$name]=$(awk -v a="${RSS_PEAK[$name]:-0}" -v b="$rss" 'BEGIN { print (b > a ? b : a) }')
   fi
@@ -219,6 +231,8 @@ added_us() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.0f", (a - b) * 1000 }';
 # The cells of the summary (and the c=1 table's "added" ones), for proxy $1.
 rps_cell() { printf '%.0f' "$(median "${RPS[$1]}")"; }
 cpu_cell() { printf '%.1f' "$(median "${USREQ[$1]}")"; }
+system_cell() { printf '%.1f' "$(median "${SYSREQ[$1]}")"; }
+preempt_cell() { printf '%.2f' "$(median "${PREEMPT[$1]}")"; }
 added_p50_cell() { added_us "$(median "${C1_P50[$1]}")" "$(median "${C1_P50[direct]}")"; }
 added_p99_cell() { added_us "$(median "${C1_P99[$1]}")" "$(median "${C1_P99[direct]}")"; }
 rss_idle_cell() { echo "${RSS_IDLE[$1]}"; }
@@ -254,6 +268,8 @@ printf -- '---:|%.0s' "${PROXIES[@]}"
 echo
 summary_row "HTTP/1.1 keep-alive c=$CONNS, req/s" rps_cell
 summary_row "CPU per request (c=$CONNS), µs" cpu_cell
+summary_row "of which system (kernel) time, µs" system_cell
+summary_row "preemptions per request (c=$CONNS)" preempt_cell
 summary_row "c=1 added p50 over direct, µs" added_p50_cell
 summary_row "c=1 added p99 over direct, µs" added_p99_cell
 summary_row "idle RSS (before any load), MB" rss_idle_cell
