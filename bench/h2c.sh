@@ -243,14 +243,16 @@ echo "h2c (HTTP/2 prior knowledge) on both sides, h2load -t$LOAD_THREADS -c$CONN
   "shown (failed: sum over rounds); W=$W proxy threads; origin + proxy on CPU $SERVER_CPUS," \
   "h2load on CPU $LOAD_CPUS; origin = nginx (one process) answering \`return 200\` with a 3-byte body."
 echo
-echo "| target | req/s | ratio vs haproxy | CPU µs/request | failed | RSS after run MB | RSS ${IDLE} s later MB |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| target | req/s | ratio vs haproxy | CPU µs/request | CPU × haproxy | failed | RSS after run MB | RSS ${IDLE} s later MB |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 for t in "${TARGETS[@]}"; do
   label=$t
   [[ "$t" != direct ]] || label="direct †"
   rps=$(median "${RPS[$t]}")
-  printf '| %s | %.0f | %s | %.1f | %s | %.1f | %.1f |\n' "$label" "$rps" \
-    "$(ratio "$rps" "$(median "${RPS[haproxy]}")")" "$(median "${USREQ[$t]}")" \
+  usreq=$(median "${USREQ[$t]}")
+  printf '| %s | %.0f | %s | %.1f | %s | %s | %.1f | %.1f |\n' "$label" "$rps" \
+    "$(ratio "$rps" "$(median "${RPS[haproxy]}")")" "$usreq" \
+    "$(ratio "$usreq" "$(median "${USREQ[haproxy]}")")" \
     "$(sum "${FAILED[$t]}")" "$(median "${RSS_RUN[$t]}")" "$(median "${RSS_IDLE[$t]}")"
 done
 echo
