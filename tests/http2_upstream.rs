@@ -29,9 +29,9 @@ async fn retries(proxy: &Proxy, upstream: &str) -> f64 {
     prom::sum(&text, "remora_retries_total", &[("upstream", upstream)])
 }
 
-/// Every in-flight figure of `upstream`: the listener's gauge, the pool's queue, and each
-/// endpoint's count in `/endpoints`.
-async fn in_flight(proxy: &Proxy, upstream: &str) -> (f64, f64, u64) {
+/// Every in-flight figure of `upstream`: the listener's gauge, the pool's queue and the
+/// concurrency limit's gauge (0 without a limit), and each endpoint's count in `/endpoints`.
+async fn in_flight(proxy: &Proxy, upstream: &str) -> (f64, f64, f64, u64) {
     let text = prom::scrape(&proxy.admin_url("/metrics")).await;
     let listener = prom::value(
         &text,
@@ -43,6 +43,12 @@ async fn in_flight(proxy: &Proxy, upstream: &str) -> (f64, f64, u64) {
         &text,
         "remora_upstream_pool_pending_requests",
         &[("upstream", upstream)],
+    )
+    .unwrap_or(0.0);
+    let limited = prom::value(
+        &text,
+        "remora_concurrency_in_flight",
+        &[("direction", "outbound"), ("upstream", upstream)],
     )
     .unwrap_or(0.0);
     let endpoints = get(Version::HTTP_11, &proxy.admin_url("/endpoints"))
@@ -57,7 +63,7 @@ async fn in_flight(proxy: &Proxy, upstream: &str) -> (f64, f64, u64) {
         .flat_map(|u| u["endpoints"].as_array().unwrap().clone())
         .map(|e| e["in_flight"].as_u64().unwrap())
         .sum();
-    (listener, pending, endpoint_count)
+    (listener, pending, limited, endpoint_count)
 }
 
 /// Waits (bounded) until every in-flight figure of `upstream` is zero.
@@ -65,12 +71,12 @@ async fn assert_nothing_in_flight(proxy: &Proxy, upstream: &str, after: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let figures = in_flight(proxy, upstream).await;
-        if figures == (0.0, 0.0, 0) {
+        if figures == (0.0, 0.0, 0.0, 0) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "after {after}: in flight (listener, pool queue, endpoints) = {figures:?}"
+            "after {after}: in flight (listener, pool queue, concurrency limit, endpoints) = {figures:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -432,6 +438,10 @@ async fn in_flight_counts_return_to_zero_after_every_ending() {
         async move { get(Version::HTTP_2, &url).await.unwrap().status }
     };
     assert_eq!(status("/").await, StatusCode::OK);
+    // The concurrency limit's gauge is on /metrics, so the checks below do read it.
+    let text = prom::scrape(&proxy.admin_url("/metrics")).await;
+    let labels = [("direction", "outbound"), ("upstream", "endings")];
+    assert!(prom::value(&text, "remora_concurrency_in_flight", &labels).is_some());
     assert_nothing_in_flight(&proxy, "endings", "success").await;
     assert_eq!(status("/reset").await, StatusCode::BAD_GATEWAY);
     assert_nothing_in_flight(&proxy, "endings", "reset").await;
