@@ -33,7 +33,9 @@
 # times, alternating), PROTOCOL=http1 (or h2c), CACHE=0, HAPROXY=0,
 # REMORA_BIN=<repo>/target/release/remora (when no NAME=path is given), PROFILE_DIR= (when set,
 # each measurement's callgrind profile is kept there as NAME-CONFIG-ROUND.callgrind, for
-# callgrind_annotate --inclusive=yes).
+# callgrind_annotate --inclusive=yes), CALLGRIND_ARGS= (more valgrind arguments, e.g.
+# `--dump-instr=yes` for costs by source line, with `callgrind_annotate --auto=yes`, of a binary
+# built with `CARGO_PROFILE_RELEASE_DEBUG=line-tables-only`).
 # Needs the Debian packages valgrind, wrk, haproxy, util-linux (taskset), curl, python3, and
 # for h2c nghttp2-client (h2load).
 set -euo pipefail
@@ -98,6 +100,8 @@ EOF
 } >"$TMP/haproxy.cfg"
 
 VALGRIND=(valgrind --tool=callgrind)
+read -r -a EXTRA <<<"${CALLGRIND_ARGS:-}"
+VALGRIND+=("${EXTRA[@]}")
 ((CACHE)) && VALGRIND+=(--cache-sim=yes --branch-sim=yes)
 
 # Sends load to URL for $1 seconds; prints the requests completed.
