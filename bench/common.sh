@@ -65,6 +65,11 @@ cpu_ticks() {
   echo $((user + system))
 }
 
+# µs of CPU a request: TICKS clock ticks of CPU time spread over REQUESTS requests.
+us_per_request() { # ticks requests
+  awk -v t="$1" -v hz="$(getconf CLK_TCK)" -v n="$2" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }'
+}
+
 # Times the threads of a process were preempted (involuntary context switches) so far.
 preemptions() {
   cat "/proc/$1/task/"*/status 2>/dev/null |

@@ -180,8 +180,7 @@ bench() {
   ((ndone > 0)) || { cat "$out" >&2; die "$name: no requests completed"; }
 
   RPS[$name]+=" $rps"
-  USREQ[$name]+=" $(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$ndone" \
-    'BEGIN { printf "%.2f", t / hz * 1e6 / n }')"
+  USREQ[$name]+=" $(us_per_request $((after - before)) "$ndone")"
   # h2load's "failed" already includes "errored" (network errors, resets, timeouts) and 4xx/5xx;
   # 3xx count as "succeeded" there, so they are added: every request not answered with a 2xx.
   FAILED[$name]+=" $((failed + n3xx))"

@@ -117,8 +117,7 @@ for round in $(seq "$ROUNDS"); do
     after=$(cpu_ticks "${PID[$name]}")
     requests=$(awk '/requests in/ { print $1 }' "$TMP/wrk.txt")
     RPS[$name]+=" $(awk '/^Requests\/sec:/ { print $2 }' "$TMP/wrk.txt")"
-    USREQ[$name]+=" $(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$requests" \
-      'BEGIN { printf "%.2f", t / hz * 1e6 / n }')"
+    USREQ[$name]+=" $(us_per_request $((after - before)) "$requests")"
   done
 done
 

@@ -129,7 +129,7 @@ check_alive() {
 # PID[NAME] (or -) is the proxy whose CPU time is accounted to the requests and whose RSS is read.
 bench() {
   local name=$1 round=$2 pid=${PID[$1]} user0 system0 user1 system1 preempted0 preempted1
-  local requests rss hz
+  local requests rss
   check_alive "$name"
   if ((round == 1 && WARMUP > 0)); then
     log "$name: warm-up ${WARMUP}s"
@@ -151,11 +151,8 @@ bench() {
   P50[$name]+=" $(percentile_ms 50%)"
   P99[$name]+=" $(percentile_ms 99%)"
   if [[ "$pid" != - ]]; then
-    hz=$(getconf CLK_TCK)
-    USREQ[$name]+=" $(awk -v t=$((user1 + system1 - user0 - system0)) -v hz="$hz" -v n="$requests" \
-      'BEGIN { printf "%.2f", t / hz * 1e6 / n }')"
-    SYSREQ[$name]+=" $(awk -v t=$((system1 - system0)) -v hz="$hz" -v n="$requests" \
-      'BEGIN { printf "%.2f", t / hz * 1e6 / n }')"
+    USREQ[$name]+=" $(us_per_request $((user1 + system1 - user0 - system0)) "$requests")"
+    SYSREQ[$name]+=" $(us_per_request $((system1 - system0)) "$requests")"
     PREEMPT[$name]+=" $(awk -v p=$((preempted1 - preempted0)) -v n="$requests" \
       'BEGIN { printf "%.3f", p / n }')"
     rss=$(rss_mb "$pid")

@@ -93,8 +93,7 @@ measure() {
   [[ "$requests" =~ ^[0-9]+$ && "$requests" -gt 0 ]] || { cat "$out" >&2; die "$scenario: no requests"; }
   grep -qE 'Non-2xx|Socket errors' "$out" && log "$scenario: WARNING: errors in the run"
   RPS[$scenario]+="$(awk '/Requests\/sec/ { print $2 }' "$out") "
-  # Clock ticks are 10 ms: CPU µs per request = ticks * 10000 / requests.
-  USREQ[$scenario]+="$(awk -v t=$((after - before)) -v r="$requests" 'BEGIN { printf "%.2f", t * 10000 / r }') "
+  USREQ[$scenario]+="$(us_per_request $((after - before)) "$requests") "
   P50[$scenario]+="$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")") "
   P99[$scenario]+="$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")") "
 }
