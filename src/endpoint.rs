@@ -104,9 +104,6 @@ pub struct Sent {
     pub response: Response<UpstreamBody>,
     /// What the response body must run when it ends.
     pub release: EndpointRelease,
-    /// GOAWAYs with an error code met on the way (the request was resent):
-    /// failures of the endpoint for outlier detection.
-    pub goaway_errors: u32,
 }
 
 /// What a response body must do when it ends: return its HTTP/1.1 connection
@@ -154,17 +151,20 @@ impl Endpoint {
 
     /// Sends one request and returns the response head with the release that
     /// its body must run. An upgrade request gets a connection of its own.
-    /// A request the upstream never processed is resent (see `resend.rs`).
+    /// A request the upstream never processed is resent (see `resend.rs`);
+    /// `goaway_errors` counts the GOAWAYs with an error code met on the way,
+    /// failures of the endpoint for outlier detection whether or not the
+    /// resend then succeeds.
     pub async fn send(
         self: &Arc<Self>,
         request: Request<RequestBody>,
         version: UpstreamVersion,
         upgrade: bool,
+        goaway_errors: &mut u32,
     ) -> Result<Sent, SendError> {
         let mut in_flight = self.load.start();
-        let mut goaway_errors = 0;
         let result = self
-            .exchange(request, version, upgrade, &mut goaway_errors)
+            .exchange(request, version, upgrade, goaway_errors)
             .await;
         let (response, held) = result?;
         let rtt = in_flight.observe_response();
@@ -174,11 +174,7 @@ impl Endpoint {
             _held: held,
             _in_flight: in_flight,
         };
-        Ok(Sent {
-            response,
-            release,
-            goaway_errors,
-        })
+        Ok(Sent { response, release })
     }
 
     /// A request of remora's own (a health check), sent like a proxied one

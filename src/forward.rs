@@ -127,8 +127,9 @@ async fn forward(
         if !request.body().is_end_stream() {
             request.body_mut().watch(Arc::clone(&activity));
         }
+        let mut goaway_errors = 0;
         let sent = tokio::select! {
-            sent = endpoint.send(request, version, upgrade) => sent,
+            sent = endpoint.send(request, version, upgrade, &mut goaway_errors) => sent,
             () = crate::idle::expired(&activity, idle) => {
                 metrics::timeouts(upstream.settings.direction, upstream.name(), "idle").increment(1);
                 let error = ProxyError::IdleTimeout { addr: endpoint.addr, idle };
@@ -137,16 +138,15 @@ async fn forward(
         };
         timeout_watch.deadline = None;
         drop(timeout_watch);
+        for _ in 0..goaway_errors {
+            upstream.record_outcome(&endpoint, Outcome::Reset);
+        }
         match sent {
             Ok(Sent {
                 mut response,
                 release,
-                goaway_errors,
             }) => {
                 endpoint.load.mark_reachable();
-                for _ in 0..goaway_errors {
-                    upstream.record_outcome(&endpoint, Outcome::Reset);
-                }
                 let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 strip_hop_by_hop(response.headers_mut(), switching);
                 if switching {
