@@ -11,6 +11,7 @@
 //! `accept` fails (`accept`); it answers only requests for its own `Host`
 //! (`host`: DNS rebinding).
 
+mod endpoint_load;
 mod host;
 mod json;
 mod readiness;
@@ -136,6 +137,10 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<AdminBody>
             state.metrics.run_upkeep();
             let mut body = state.metrics.render();
             body.push_str(&process::render());
+            body.push_str(&endpoint_load::render(
+                &state.upstreams.load(),
+                &state.backends.load(),
+            ));
             let accept = request.headers().get(header::ACCEPT);
             let mut response = if accept
                 .and_then(|accept| accept.to_str().ok())

@@ -4,6 +4,8 @@
 //! of `docs/metrics.md` (a test fails when the two differ; `cargo test --lib
 //! catalogue` prints the table to paste).
 
+use std::fmt::Write as _;
+
 use crate::telemetry::metrics::*;
 use crate::telemetry::{process, spans};
 
@@ -53,6 +55,43 @@ pub fn describe() {
             Kind::Histogram => metrics::describe_histogram!(metric.name, help),
         }
     }
+}
+
+/// One sample of a family rendered at scrape time: label pairs and value.
+pub struct Sample {
+    pub labels: Vec<(&'static str, String)>,
+    pub value: f64,
+}
+
+/// Writes one metric family as Prometheus text: its `# HELP` and `# TYPE`
+/// lines from the catalogue (nothing for a name not in it), then a line a
+/// sample — for the families rendered at scrape time rather than recorded.
+pub fn write_family(out: &mut String, name: &str, samples: &[Sample]) {
+    let Some(metric) = CATALOGUE.iter().find(|m| m.name == name) else {
+        return;
+    };
+    let (help, kind) = (metric.help(), metric.kind.as_str());
+    // Writing to a String cannot fail.
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for Sample { labels, value } in samples {
+        out.push_str(name);
+        if !labels.is_empty() {
+            let pairs: Vec<String> = (labels.iter())
+                .map(|(label, value)| format!("{label}=\"{}\"", escape_label(value)))
+                .collect();
+            let _ = write!(out, "{{{}}}", pairs.join(","));
+        }
+        let _ = writeln!(out, " {value}");
+    }
+    out.push('\n');
+}
+
+/// A label value as the text format writes it: `\`, `"` and newlines escaped.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The table of `docs/metrics.md`, one row per metric.
@@ -380,6 +419,12 @@ pub const CATALOGUE: &[MetricDoc] = &[
         kind: Kind::Gauge,
         labels: &["upstream", "endpoint"],
         meaning: "1 while the endpoint passes its active health checks (or has no result yet), 0 while it fails them (it takes no new requests). Only where `health_check` is set.",
+    },
+    MetricDoc {
+        name: ENDPOINT_IN_FLIGHT,
+        kind: Kind::Gauge,
+        labels: &["upstream", "endpoint"],
+        meaning: "Requests sent to the endpoint and not yet ended (until the response body ends, or the try fails). Read from the endpoint's own count (the one balancing uses) each time `/metrics` is scraped: it costs a request nothing.",
     },
     MetricDoc {
         name: LB_PANIC,

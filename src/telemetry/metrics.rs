@@ -509,6 +509,8 @@ impl EndpointMetrics {
 
 pub const HEALTH_CHECKS_TOTAL: &str = "remora_health_checks_total";
 pub const ENDPOINT_HEALTHY: &str = "remora_endpoint_healthy";
+/// Rendered at scrape time by the admin listener, not recorded.
+pub const ENDPOINT_IN_FLIGHT: &str = "remora_endpoint_in_flight";
 pub const LB_PANIC: &str = "remora_lb_panic";
 pub const LB_PANIC_REQUESTS_TOTAL: &str = "remora_lb_panic_requests_total";
 

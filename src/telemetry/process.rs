@@ -10,8 +10,6 @@
 //! Prometheus Go client's procfs makes the same assumption); asking `sysconf`
 //! would need `unsafe`, which this crate forbids.
 
-use std::fmt::Write as _;
-
 use crate::telemetry::catalogue;
 
 /// Clock ticks per second in `/proc` (`USER_HZ`).
@@ -56,15 +54,8 @@ pub fn render() -> String {
 
 /// One metric with its help and type from the catalogue.
 fn sample(out: &mut String, name: &str, value: f64) {
-    let Some(metric) = catalogue::CATALOGUE.iter().find(|m| m.name == name) else {
-        return;
-    };
-    let (help, kind) = (metric.help(), metric.kind.as_str());
-    // Writing to a String cannot fail.
-    let _ = write!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n\n"
-    );
+    let labels = Vec::new();
+    catalogue::write_family(out, name, &[catalogue::Sample { labels, value }]);
 }
 
 /// The fields of `/proc/self/stat` used here.
