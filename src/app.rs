@@ -214,10 +214,11 @@ fn bound_addrs(admin: SocketAddr, listeners: &[ListenerAddr]) -> BoundAddrs {
     }
 }
 
-/// Closes pooled upstream connections that stayed idle past their timeout.
+/// Closes pooled upstream connections that stayed idle past their timeout,
+/// checked every second: one is closed at most a second late.
 fn spawn_idle_sweeper(live: Arc<LiveProxy>, mut drain: Drain) {
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(Duration::from_secs(5));
+        let mut ticks = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = ticks.tick() => live.close_expired_idle(),
