@@ -16,7 +16,7 @@ use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 
 use support::config::TestConfig;
-use support::raw_h2::goaway_origin;
+use support::raw_h2::{Later, goaway_origin, settings_origin};
 use support::{Proxy, Server, get, h2_origin, prom, send, serve};
 
 async fn resends(proxy: &Proxy, upstream: &str, reason: &str) -> f64 {
@@ -29,9 +29,9 @@ async fn retries(proxy: &Proxy, upstream: &str) -> f64 {
     prom::sum(&text, "remora_retries_total", &[("upstream", upstream)])
 }
 
-/// Every in-flight figure of `upstream`: the listener's gauge, the pool's queue and the
-/// concurrency limit's gauge (0 without a limit), and each endpoint's count in `/endpoints`.
-async fn in_flight(proxy: &Proxy, upstream: &str) -> (f64, f64, f64, u64) {
+/// Every in-flight figure of `upstream` on `/metrics`: the listener's gauge, the pool's queue,
+/// the concurrency limit's gauge (0 without a limit) and its endpoints' gauges, summed.
+async fn in_flight(proxy: &Proxy, upstream: &str) -> (f64, f64, f64, f64) {
     let text = prom::scrape(&proxy.admin_url("/metrics")).await;
     let listener = prom::value(
         &text,
@@ -51,19 +51,12 @@ async fn in_flight(proxy: &Proxy, upstream: &str) -> (f64, f64, f64, u64) {
         &[("direction", "outbound"), ("upstream", upstream)],
     )
     .unwrap_or(0.0);
-    let endpoints = get(Version::HTTP_11, &proxy.admin_url("/endpoints"))
-        .await
-        .unwrap();
-    let json: serde_json::Value = serde_json::from_str(&endpoints.body).unwrap();
-    let endpoint_count = json["upstreams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|u| u["name"] == upstream)
-        .flat_map(|u| u["endpoints"].as_array().unwrap().clone())
-        .map(|e| e["in_flight"].as_u64().unwrap())
-        .sum();
-    (listener, pending, limited, endpoint_count)
+    let endpoints = prom::sum(
+        &text,
+        "remora_endpoint_in_flight",
+        &[("upstream", upstream)],
+    );
+    (listener, pending, limited, endpoints)
 }
 
 /// Waits (bounded) until every in-flight figure of `upstream` is zero.
@@ -71,7 +64,7 @@ async fn assert_nothing_in_flight(proxy: &Proxy, upstream: &str, after: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let figures = in_flight(proxy, upstream).await;
-        if figures == (0.0, 0.0, 0.0, 0) {
+        if figures == (0.0, 0.0, 0.0, 0.0) {
             return;
         }
         assert!(
@@ -88,7 +81,7 @@ async fn assert_nothing_in_flight(proxy: &Proxy, upstream: &str, after: &str) {
 #[tokio::test]
 async fn streams_above_a_goaway_are_resent_on_a_new_connection() {
     for (name, code) in [("goaway-graceful", 0), ("goaway-error", 2)] {
-        let (origin, seen) = goaway_origin(2, code);
+        let (origin, seen) = goaway_origin(2, code, Later::Answer);
         // One connection at a time, so both requests share the first.
         let pool = "{ max_connections_per_endpoint: 1 }";
         let config = TestConfig::one_upstream(name, "http2", [origin.addr]);
@@ -102,6 +95,53 @@ async fn streams_above_a_goaway_are_resent_on_a_new_connection() {
         assert_eq!(resends(&proxy, name, "goaway").await, 1.0, "{name}");
         assert_eq!(retries(&proxy, name).await, 0.0, "{name}");
         assert_nothing_in_flight(&proxy, name, name).await;
+    }
+}
+
+/// A graceful GOAWAY that left a request unprocessed is no failure of anyone: the request is
+/// resent, and neither outlier detection nor the circuit breaker counts it. One with an error
+/// code is a failure of its endpoint for outlier detection — also when the resent request then
+/// fails too (two failures in a row) — but still not of the breaker, which sees the request's
+/// own outcome.
+#[tokio::test]
+async fn a_goaway_with_an_error_code_is_a_failure_of_its_endpoint() {
+    // (GOAWAY error code, the resend's fate, outlier detection's threshold, status, ejections)
+    let cases = [
+        (0, Later::Answer, 1, StatusCode::OK, 0.0),
+        (2, Later::Answer, 1, StatusCode::OK, 1.0),
+        (0, Later::Reset, 2, StatusCode::BAD_GATEWAY, 0.0),
+        (2, Later::Reset, 2, StatusCode::BAD_GATEWAY, 1.0),
+    ];
+    for (number, (code, later, threshold, status, ejections)) in cases.into_iter().enumerate() {
+        // The metrics are the process's: an upstream name of its own for each case.
+        let name = format!("goaway-outcome-{number}");
+        let case = format!("code {code}, threshold {threshold}");
+        // Two endpoints, so that one may be ejected; the request resends on the one it met.
+        let (a, _) = goaway_origin(1, code, later);
+        let (b, _) = goaway_origin(1, code, later);
+        let breaker = if status == StatusCode::OK {
+            "{ consecutive_failures: 1 }"
+        } else {
+            "{ consecutive_failures: 2 }"
+        };
+        let config = TestConfig::one_upstream(&name, "http2", [a.addr, b.addr])
+            .with(
+                "outlier_detection",
+                format!("{{ consecutive_failures: {threshold} }}"),
+            )
+            .with("circuit_breaker", breaker);
+        let proxy = Proxy::start(&config.yaml()).await;
+        let url = format!("http://{}/", proxy.upstream(&name));
+        let reply = get(Version::HTTP_2, &url).await.unwrap();
+        assert_eq!(reply.status, status, "{case}: {reply:?}");
+        assert_eq!(resends(&proxy, &name, "goaway").await, 1.0, "{case}");
+        let text = prom::scrape(&proxy.admin_url("/metrics")).await;
+        let upstream = [("upstream", name.as_str())];
+        let ejected = prom::sum(&text, "remora_outlier_ejections_total", &upstream);
+        assert_eq!(ejected, ejections, "{case}: ejections");
+        let transitions = prom::sum(&text, "remora_circuit_breaker_transitions_total", &upstream);
+        assert_eq!(transitions, 0.0, "{case}: the breaker changed state");
+        assert_nothing_in_flight(&proxy, &name, &case).await;
     }
 }
 
@@ -292,6 +332,99 @@ async fn a_peer_announcing_no_stream_limit_gets_100_streams_a_connection() {
     assert_nothing_in_flight(&proxy, "unlimited", "150 requests").await;
 }
 
+/// A peer that changes `SETTINGS_MAX_CONCURRENT_STREAMS` mid-connection is held to the new
+/// limit from then on: raised, the connection takes more streams at once (no second
+/// connection); lowered, a second connection opens for what no longer fits.
+#[tokio::test]
+async fn a_stream_limit_changed_mid_connection_is_honoured() {
+    // (first limit, changed limit, connections opened, most streams at once after the change)
+    for (first, then, connections_opened, most) in [(1, 4, 1, 4), (4, 1, 2, 1)] {
+        let case = format!("{first} then {then}");
+        let name = format!("changing-{first}-{then}");
+        let delay = Duration::from_millis(300);
+        let (origin, connections, busiest) = settings_origin(first, then, delay);
+        let config = TestConfig::one_upstream(&name, "http2", [origin.addr])
+            .with("connection_pool", "{ max_connections_per_endpoint: 2 }");
+        let proxy = Proxy::start(&config.yaml()).await;
+        let url = format!("http://{}/", proxy.upstream(&name));
+        // The first answer comes after the SETTINGS that change the limit.
+        let first_reply = get(Version::HTTP_2, &url).await.unwrap();
+        assert_eq!(first_reply.status, StatusCode::OK, "{case}");
+        let started = Instant::now();
+        let replies = futures_util::future::join_all(
+            (0..most.max(2)).map(|_| async { get(Version::HTTP_2, &url).await.unwrap().status }),
+        )
+        .await;
+        let elapsed = started.elapsed();
+        assert!(
+            replies.iter().all(|s| *s == StatusCode::OK),
+            "{case}: {replies:?}"
+        );
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            connections_opened,
+            "{case}: connections"
+        );
+        assert_eq!(
+            busiest.load(Ordering::SeqCst),
+            most,
+            "{case}: streams at once"
+        );
+        // All at once: one wait of 300 ms, not one after another.
+        assert!(elapsed < Duration::from_millis(550), "{case}: {elapsed:?}");
+        assert_nothing_in_flight(&proxy, &name, &case).await;
+    }
+}
+
+/// Pooled HTTP/2 connections left idle close after `timeouts.idle` (looked for every second),
+/// the extra ones opened for a burst included; the next request opens a new one.
+#[tokio::test]
+async fn idle_connections_close_after_the_idle_timeout() {
+    let (origin, connections, _) = limited_origin(Some(1), Duration::from_millis(200));
+    let config = TestConfig::one_upstream("idle-pool", "http2", [origin.addr])
+        .with("timeouts", "{ idle: 1s }")
+        .with("connection_pool", "{ max_connections_per_endpoint: 3 }");
+    let proxy = Proxy::start(&config.yaml()).await;
+    let url = format!("http://{}/", proxy.upstream("idle-pool"));
+    // Learn the peer's limit of one stream, then a burst of three opens three connections.
+    assert_eq!(
+        get(Version::HTTP_2, &url).await.unwrap().status,
+        StatusCode::OK
+    );
+    let replies = futures_util::future::join_all(
+        (0..3).map(|_| async { get(Version::HTTP_2, &url).await.unwrap().status }),
+    )
+    .await;
+    assert!(replies.iter().all(|s| *s == StatusCode::OK), "{replies:?}");
+    let idle_since = Instant::now();
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+    let pooled = || async {
+        let text = prom::scrape(&proxy.admin_url("/metrics")).await;
+        let labels = [("upstream", "idle-pool")];
+        prom::value(&text, "remora_upstream_pool_connections", &labels).unwrap()
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(pooled().await, 3.0, "closed before the idle timeout");
+    while pooled().await > 0.0 {
+        assert!(idle_since.elapsed() < Duration::from_secs(4), "still open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let closed_after = idle_since.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(950),
+        "{closed_after:?}"
+    );
+    assert_eq!(
+        get(Version::HTTP_2, &url).await.unwrap().status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        4,
+        "a new connection after the close"
+    );
+}
+
 /// A request that finds every connection full waits at most `pending_timeout`, with at most
 /// `max_pending_requests` others; past either bound it gets 503 `overloaded`.
 #[tokio::test]
@@ -438,10 +571,14 @@ async fn in_flight_counts_return_to_zero_after_every_ending() {
         async move { get(Version::HTTP_2, &url).await.unwrap().status }
     };
     assert_eq!(status("/").await, StatusCode::OK);
-    // The concurrency limit's gauge is on /metrics, so the checks below do read it.
+    // The concurrency limit's and the endpoint's gauges are on /metrics, so the checks below
+    // do read them.
     let text = prom::scrape(&proxy.admin_url("/metrics")).await;
     let labels = [("direction", "outbound"), ("upstream", "endings")];
     assert!(prom::value(&text, "remora_concurrency_in_flight", &labels).is_some());
+    let endpoint = origin.addr.to_string();
+    let labels = [("upstream", "endings"), ("endpoint", endpoint.as_str())];
+    assert!(prom::value(&text, "remora_endpoint_in_flight", &labels).is_some());
     assert_nothing_in_flight(&proxy, "endings", "success").await;
     assert_eq!(status("/reset").await, StatusCode::BAD_GATEWAY);
     assert_nothing_in_flight(&proxy, "endings", "reset").await;

@@ -1,18 +1,25 @@
-//! `goaway_origin`: an HTTP/2 (h2c) origin written frame by frame, for what no
-//! library server does on demand: a GOAWAY whose `last_stream_id` leaves
-//! later streams of the connection unprocessed.
+//! HTTP/2 (h2c) origins written frame by frame, for what no library server
+//! does on demand:
 //!
-//! On its first connection it waits for `streams` request HEADERS, then sends
-//! GOAWAY (`last_stream_id` = the first stream, the given error code),
-//! answers the first stream `200` and nothing else. Every later connection
-//! answers each request `200` at once. Requests must have no body beyond
-//! what fits in the frames it skips (it reads and ignores DATA).
+//! - `goaway_origin`: a GOAWAY whose `last_stream_id` leaves later streams of
+//!   the connection unprocessed. On its first connection it waits for
+//!   `streams` request HEADERS, then sends GOAWAY (the given error code) with
+//!   `last_stream_id` = the first stream, which it answers `200` — or, when
+//!   it waits for one stream only, `last_stream_id` 0: nothing processed.
+//!   Every later connection answers each request as `later` says, at once.
+//! - `settings_origin`: a `SETTINGS_MAX_CONCURRENT_STREAMS` that changes in
+//!   the middle of a connection.
+//!
+//! Requests must have no body beyond what fits in the frames they skip (they
+//! read and ignore DATA).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Mutex;
 
 use super::{Server, serve};
 
@@ -21,6 +28,11 @@ pub const HEADERS: u8 = 1;
 pub const SETTINGS: u8 = 4;
 pub const PING: u8 = 6;
 pub const GOAWAY: u8 = 7;
+pub const RST_STREAM: u8 = 3;
+/// SETTINGS identifier of `SETTINGS_MAX_CONCURRENT_STREAMS`.
+const MAX_CONCURRENT_STREAMS: u16 = 3;
+/// RST_STREAM error code `INTERNAL_ERROR`.
+const INTERNAL_ERROR: u32 = 2;
 pub const END_STREAM: u8 = 0x1;
 pub const END_HEADERS: u8 = 0x4;
 pub const ACK: u8 = 0x1;
@@ -35,8 +47,18 @@ pub struct Seen {
     pub answered: AtomicUsize,
 }
 
+/// How `goaway_origin`'s later connections answer a request.
+#[derive(Clone, Copy)]
+pub enum Later {
+    /// `200`.
+    Answer,
+    /// `RST_STREAM` with `INTERNAL_ERROR`: a failure after the request was
+    /// processed, never resent.
+    Reset,
+}
+
 /// Starts the origin; `code` is the GOAWAY's error code (0 = `NO_ERROR`).
-pub fn goaway_origin(streams: usize, code: u32) -> (Server, Arc<Seen>) {
+pub fn goaway_origin(streams: usize, code: u32, later: Later) -> (Server, Arc<Seen>) {
     let seen = Arc::new(Seen::default());
     let server = serve({
         let seen = Arc::clone(&seen);
@@ -45,7 +67,7 @@ pub fn goaway_origin(streams: usize, code: u32) -> (Server, Arc<Seen>) {
             let seen = Arc::clone(&seen);
             async move {
                 let goaway = first.then_some((streams, code));
-                let _ = connection(stream, goaway, &seen).await;
+                let _ = connection(stream, goaway, later, &seen).await;
             }
         }
     });
@@ -61,7 +83,7 @@ pub struct Frame {
 }
 
 /// Reads one frame.
-pub async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Frame> {
+pub async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Frame> {
     let mut header = [0; 9];
     stream.read_exact(&mut header).await?;
     let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
@@ -79,6 +101,7 @@ pub async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Frame> {
 async fn connection(
     mut stream: TcpStream,
     goaway: Option<(usize, u32)>,
+    later: Later,
     seen: &Seen,
 ) -> std::io::Result<()> {
     let mut preface = [0; 24];
@@ -95,15 +118,22 @@ async fn connection(
         match kind {
             SETTINGS if flags & ACK == 0 => write_frame(&mut stream, SETTINGS, ACK, 0, &[]).await?,
             PING if flags & ACK == 0 => write_frame(&mut stream, PING, ACK, 0, &payload).await?,
-            HEADERS => match goaway {
-                None => answer(&mut stream, id, seen).await?,
-                Some((streams, code)) => {
+            HEADERS => match (goaway, later) {
+                (None, Later::Answer) => answer(&mut stream, id, seen).await?,
+                (None, Later::Reset) => {
+                    let code = INTERNAL_ERROR.to_be_bytes();
+                    write_frame(&mut stream, RST_STREAM, 0, id, &code).await?;
+                }
+                (Some((streams, code)), _) => {
                     held.push(id);
                     if held.len() == streams {
-                        let mut body = held[0].to_be_bytes().to_vec();
+                        let processed = if streams > 1 { held[0] } else { 0 };
+                        let mut body = processed.to_be_bytes().to_vec();
                         body.extend_from_slice(&code.to_be_bytes());
                         write_frame(&mut stream, GOAWAY, 0, 0, &body).await?;
-                        answer(&mut stream, held[0], seen).await?;
+                        if processed != 0 {
+                            answer(&mut stream, processed, seen).await?;
+                        }
                     }
                 }
             },
@@ -112,14 +142,18 @@ async fn connection(
     }
 }
 
-async fn answer(stream: &mut TcpStream, id: u32, seen: &Seen) -> std::io::Result<()> {
+async fn answer(
+    stream: &mut (impl AsyncWrite + Unpin),
+    id: u32,
+    seen: &Seen,
+) -> std::io::Result<()> {
     write_frame(stream, HEADERS, END_HEADERS | END_STREAM, id, &[STATUS_200]).await?;
     seen.answered.fetch_add(1, Ordering::SeqCst);
     Ok(())
 }
 
 pub async fn write_frame(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncWrite + Unpin),
     kind: u8,
     flags: u8,
     id: u32,
@@ -130,4 +164,84 @@ pub async fn write_frame(
     frame.extend_from_slice(&id.to_be_bytes());
     frame.extend_from_slice(payload);
     stream.write_all(&frame).await
+}
+
+/// Starts an origin whose SETTINGS allow `first` concurrent streams a
+/// connection. It answers each request `200` after `delay`; just before a
+/// connection's first answer, it changes the limit to `then` with a new
+/// SETTINGS frame. Returns the connections opened and the most streams open
+/// at once on one connection among those opened after its change.
+pub fn settings_origin(
+    first: u32,
+    then: u32,
+    delay: Duration,
+) -> (Server, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let busiest = Arc::new(AtomicUsize::new(0));
+    let server = serve({
+        let (connections, busiest) = (Arc::clone(&connections), Arc::clone(&busiest));
+        move |stream| {
+            connections.fetch_add(1, Ordering::SeqCst);
+            let busiest = Arc::clone(&busiest);
+            async move {
+                let limits = (first, then);
+                let _ = changing_connection(stream, limits, delay, busiest).await;
+            }
+        }
+    });
+    (server, connections, busiest)
+}
+
+fn max_streams_setting(limit: u32) -> Vec<u8> {
+    let mut payload = MAX_CONCURRENT_STREAMS.to_be_bytes().to_vec();
+    payload.extend_from_slice(&limit.to_be_bytes());
+    payload
+}
+
+async fn changing_connection(
+    stream: TcpStream,
+    (first, then): (u32, u32),
+    delay: Duration,
+    busiest: Arc<AtomicUsize>,
+) -> std::io::Result<()> {
+    let (mut reader, mut writer) = stream.into_split();
+    let mut preface = [0; 24];
+    reader.read_exact(&mut preface).await?;
+    write_frame(&mut writer, SETTINGS, 0, 0, &max_streams_setting(first)).await?;
+    let writer = Arc::new(Mutex::new(writer));
+    let open = Arc::new(AtomicUsize::new(0));
+    let changed = Arc::new(AtomicBool::new(false));
+    loop {
+        let frame = read_frame(&mut reader).await?;
+        let mut out = writer.lock().await;
+        match frame.kind {
+            SETTINGS if frame.flags & ACK == 0 => {
+                write_frame(&mut *out, SETTINGS, ACK, 0, &[]).await?
+            }
+            PING if frame.flags & ACK == 0 => {
+                write_frame(&mut *out, PING, ACK, 0, &frame.payload).await?
+            }
+            HEADERS => {
+                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                if changed.load(Ordering::SeqCst) {
+                    busiest.fetch_max(now, Ordering::SeqCst);
+                }
+                let (writer, open, changed) =
+                    (Arc::clone(&writer), Arc::clone(&open), Arc::clone(&changed));
+                let id = frame.id;
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let mut out = writer.lock().await;
+                    if !changed.swap(true, Ordering::SeqCst) {
+                        let setting = max_streams_setting(then);
+                        let _ = write_frame(&mut *out, SETTINGS, 0, 0, &setting).await;
+                    }
+                    open.fetch_sub(1, Ordering::SeqCst);
+                    let flags = END_HEADERS | END_STREAM;
+                    let _ = write_frame(&mut *out, HEADERS, flags, id, &[STATUS_200]).await;
+                });
+            }
+            _ => {}
+        }
+    }
 }
