@@ -23,27 +23,39 @@ async fn metrics(proxy: &Proxy) -> String {
     prom::scrape(&proxy.admin_url("/metrics")).await
 }
 
-/// Waits (bounded) for the listener's in-flight gauge and the pool queue of `upstream` to be 0.
+/// Waits (bounded) for every in-flight figure of `upstream` on `/metrics` to be 0: the
+/// listener's gauge, the pool queue, the concurrency limit's gauge (when it has one) and its
+/// endpoints' gauges.
 async fn assert_nothing_in_flight(proxy: &Proxy, upstream: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
+    let listener = [("direction", "outbound"), ("upstream", upstream)];
     loop {
         let text = metrics(proxy).await;
-        let listener = prom::value(
-            &text,
-            "remora_requests_in_flight",
-            &[("direction", "outbound"), ("upstream", upstream)],
+        let figures = [
+            prom::sum(&text, "remora_requests_in_flight", &listener),
+            prom::sum(
+                &text,
+                "remora_upstream_pool_pending_requests",
+                &[("upstream", upstream)],
+            ),
+            prom::sum(&text, "remora_concurrency_in_flight", &listener),
+            prom::sum(
+                &text,
+                "remora_endpoint_in_flight",
+                &[("upstream", upstream)],
+            ),
+        ];
+        // The endpoint's gauge is there to be read: the check cannot pass by missing it.
+        assert!(
+            text.contains("remora_endpoint_in_flight{upstream=\""),
+            "no endpoint gauge"
         );
-        let pending = prom::value(
-            &text,
-            "remora_upstream_pool_pending_requests",
-            &[("upstream", upstream)],
-        );
-        if listener.unwrap_or(0.0) == 0.0 && pending.unwrap_or(0.0) == 0.0 {
+        if figures == [0.0; 4] {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{upstream}: in flight {listener:?}, pending {pending:?}"
+            "{upstream}: in flight (listener, pool queue, concurrency limit, endpoints) {figures:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -105,8 +117,10 @@ async fn nginx_h2c_with_goaways_and_a_small_stream_limit() {
         "keepalive_requests 100;\nhttp2_max_concurrent_streams 16;\n\
          server { listen 127.0.0.1:PORT http2; location / { return 200 \"ok\\n\"; } }",
     );
-    let proxy =
-        Proxy::start(&TestConfig::one_upstream("nginx-h2c", "http2", [nginx.addr]).yaml()).await;
+    // A concurrency limit above the 500 streams, so that its gauge is checked too.
+    let config = TestConfig::one_upstream("nginx-h2c", "http2", [nginx.addr])
+        .with("max_concurrent_requests", 1000);
+    let proxy = Proxy::start(&config.yaml()).await;
     h2load_through(
         &proxy,
         "nginx-h2c",
@@ -201,6 +215,7 @@ async fn grpcio_with_connection_age_and_a_small_stream_limit() {
     // A request stuck on a dead connection fails after 3 s instead of 60.
     let yaml = TestConfig::one_upstream("grpcio", "grpc", [server.addr])
         .with("timeouts", "{ idle: 3s }")
+        .with("max_concurrent_requests", 100)
         .yaml();
     let proxy = Proxy::start(&yaml).await;
     let addr = proxy.upstream("grpcio");
@@ -234,7 +249,8 @@ async fn grpcio_with_connection_age_and_a_small_stream_limit() {
 }
 
 /// nginx closes idle HTTP/1.1 connections after 50 ms; a GET every 40–60 ms meets the close
-/// now and then, and such a request is resent on a fresh connection: 0 of 300 fail.
+/// now and then (about 1 in 100), and such a request is resent on a fresh connection: 0 fail
+/// of at least 300, sent until the race was met at least once (at most 900).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_keep_alive_race_against_nginx_loses_no_request() {
     let nginx = peers::nginx(
@@ -245,19 +261,25 @@ async fn the_keep_alive_race_against_nginx_loses_no_request() {
         Proxy::start(&TestConfig::one_upstream("nginx-race", "http", [nginx.addr]).yaml()).await;
     let url = format!("http://{}/", proxy.upstream("nginx-race"));
     let mut failed = Vec::new();
-    for number in 0..300 {
+    let mut sent = 0;
+    let mut resent = 0.0;
+    while sent < 300 || (resent == 0.0 && sent < 900) {
         let reply = get(Version::HTTP_11, &url).await.unwrap();
         if reply.status != StatusCode::OK {
-            failed.push((number, reply));
+            failed.push((sent, reply));
         }
+        sent += 1;
         tokio::time::sleep(Duration::from_millis(40 + fastrand::u64(0..=20))).await;
+        if sent % 100 == 0 {
+            resent = resends(&metrics(&proxy).await, "nginx-race");
+        }
     }
-    let text = metrics(&proxy).await;
-    eprintln!("keep-alive race: {} resent", resends(&text, "nginx-race"));
+    eprintln!("keep-alive race: {sent} sent, {resent} resent");
     assert!(
         failed.is_empty(),
-        "{} of 300 failed: {failed:?}",
+        "{} of {sent} failed: {failed:?}",
         failed.len()
     );
+    assert!(resent > 0.0, "the race was not met in {sent} requests");
     assert_nothing_in_flight(&proxy, "nginx-race").await;
 }

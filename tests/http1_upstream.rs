@@ -1,0 +1,204 @@
+//! Pooled HTTP/1.1 upstream connections, against an origin written byte by byte that does
+//! what servers do on their own schedule: closing a reused connection after reading a request
+//! without answering it (only idempotent requests are sent again — a POST never is), and
+//! announcing `Keep-Alive: timeout=N` (remora closes the idle connection a second before).
+//! The same race against nginx is in `third_party_upstreams.rs`.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Version};
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::config::TestConfig;
+use support::{Proxy, Server, prom, send, serve};
+
+/// One request as the origin read it: which connection (0 = the first), method and body.
+#[derive(Debug, Clone, PartialEq)]
+struct Received {
+    connection: usize,
+    method: String,
+    body: String,
+}
+
+/// Reads one request (head, and a body of `Content-Length` bytes); `None` at end of stream.
+async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<(String, String)> {
+    let head_end = loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let mut chunk = [0; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+    let method = head.split(' ').next().unwrap_or_default().to_owned();
+    let length: usize = (head.lines())
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buffer.len() < head_end + length {
+        let mut chunk = [0; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+        }
+    }
+    let body = String::from_utf8_lossy(&buffer[head_end..head_end + length]).into_owned();
+    buffer.drain(..head_end + length);
+    Some((method, body))
+}
+
+/// An origin whose first connection answers its first request and then, after reading the
+/// second in full, closes without a byte of response; later connections answer every
+/// request `200`. Returns what it read.
+fn closing_origin() -> (Server, Arc<Mutex<Vec<Received>>>) {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let connections = Arc::new(Mutex::new(0));
+    let server = serve({
+        let received = Arc::clone(&received);
+        move |mut stream| {
+            let connection = {
+                let mut count = connections.lock().unwrap();
+                *count += 1;
+                *count - 1
+            };
+            let received = Arc::clone(&received);
+            async move {
+                let mut buffer = Vec::new();
+                let mut served = 0;
+                while let Some((method, body)) = read_request(&mut stream, &mut buffer).await {
+                    let seen = Received {
+                        connection,
+                        method,
+                        body,
+                    };
+                    received.lock().unwrap().push(seen);
+                    if connection == 0 && served == 1 {
+                        return; // Closed, the request read and not answered.
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    served += 1;
+                }
+            }
+        }
+    });
+    (server, received)
+}
+
+/// A request on a reused connection that the upstream closes before any byte of a response
+/// may or may not have been processed: an idempotent one (GET; PUT, its body replayed) is
+/// sent again on a fresh connection, transparently; a POST is not (502), and reached the
+/// upstream exactly once.
+#[tokio::test]
+async fn a_reused_connection_closed_before_a_response_resends_only_idempotent_requests() {
+    // (method, body, status, resends, requests the origin read after the first)
+    let cases = [
+        (Method::GET, "", StatusCode::OK, 1.0, 2),
+        (Method::PUT, "v1", StatusCode::OK, 1.0, 2),
+        (Method::POST, "order #1", StatusCode::BAD_GATEWAY, 0.0, 1),
+    ];
+    for (method, body, status, resent, reads) in cases {
+        let name = format!("closing-{}", method.as_str().to_lowercase());
+        let (origin, received) = closing_origin();
+        let config = TestConfig::one_upstream(&name, "http", [origin.addr]);
+        let proxy = Proxy::start(&config.yaml()).await;
+        let url = format!("http://{}/", proxy.upstream(&name));
+        let first = Request::get(&url).body(Full::new(Bytes::new())).unwrap();
+        assert_eq!(
+            send(Version::HTTP_11, first).await.unwrap().status,
+            StatusCode::OK
+        );
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(&url)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let reply = send(Version::HTTP_11, request).await.unwrap();
+        assert_eq!(reply.status, status, "{method}: {reply:?}");
+        let read: Vec<Received> = received.lock().unwrap()[1..].to_vec();
+        assert_eq!(read.len(), reads, "{method}: {read:?}");
+        for (number, seen) in read.iter().enumerate() {
+            // Read on the reused connection (0), then, when resent, on a fresh one (1).
+            assert_eq!(seen.connection, number, "{method}: {read:?}");
+            assert_eq!(
+                (seen.method.as_str(), seen.body.as_str()),
+                (method.as_str(), body)
+            );
+        }
+        let text = prom::scrape(&proxy.admin_url("/metrics")).await;
+        let labels = [
+            ("upstream", name.as_str()),
+            ("reason", "closed_before_response"),
+        ];
+        let resends = prom::sum(&text, "remora_upstream_resends_total", &labels);
+        assert_eq!(resends, resent, "{method}: resends");
+        let retries = prom::sum(
+            &text,
+            "remora_retries_total",
+            &[("upstream", name.as_str())],
+        );
+        assert_eq!(retries, 0.0, "{method}: a resend is not a retry");
+    }
+}
+
+/// An upstream that announces `Keep-Alive: timeout=2` gets its idle connection closed by
+/// remora a second before (checked every second: between 1 and 2 s after the response),
+/// rather than reused just as the server closes it; `timeouts.idle` (60 s) would keep it.
+#[tokio::test]
+async fn an_idle_connection_closes_before_the_announced_keep_alive_timeout() {
+    let closed_after = Arc::new(Mutex::new(None));
+    let origin = serve({
+        let closed_after = Arc::clone(&closed_after);
+        move |mut stream| {
+            let closed_after = Arc::clone(&closed_after);
+            async move {
+                let mut buffer = Vec::new();
+                let mut answered = None;
+                while read_request(&mut stream, &mut buffer).await.is_some() {
+                    let answer =
+                        b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=2\r\nContent-Length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    answered = Some(Instant::now());
+                }
+                // The origin never closes first: the end of stream is remora's close.
+                *closed_after.lock().unwrap() = answered.map(|at| at.elapsed());
+            }
+        }
+    });
+    let config = TestConfig::one_upstream("keep-alive-timeout", "http", [origin.addr]);
+    let proxy = Proxy::start(&config.yaml()).await;
+    let url = format!("http://{}/", proxy.upstream("keep-alive-timeout"));
+    let request = Request::get(&url).body(Full::new(Bytes::new())).unwrap();
+    assert_eq!(
+        send(Version::HTTP_11, request).await.unwrap().status,
+        StatusCode::OK
+    );
+    let started = Instant::now();
+    let closed = loop {
+        if let Some(after) = *closed_after.lock().unwrap() {
+            break after;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "not closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        closed >= Duration::from_millis(950) && closed < Duration::from_millis(2100),
+        "closed {closed:?} after the response"
+    );
+}
