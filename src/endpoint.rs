@@ -417,7 +417,9 @@ impl Endpoint {
                 // The peer's SETTINGS came before its RST_STREAM.
                 stream.confirm_connection();
             }
-            if why == Some(Unprocessed::GoAway { graceful: false }) {
+            if why == Some(Unprocessed::GoAway { graceful: false })
+                && stream.first_to_report_goaway()
+            {
                 *goaway_errors += 1;
             }
             drop(stream);

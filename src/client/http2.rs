@@ -9,7 +9,8 @@
 //!    `max_connection_age` or carried `max_requests_per_connection` are
 //!    *retired*: they leave the pool, take no new stream, and close once
 //!    their last stream ends (the pool drops its handle; h2 then closes the
-//!    connection when its streams are done).
+//!    connection when its streams are done). A connection that meets GOAWAY
+//!    or closes under a stream leaves at once, not at the next checkout.
 //! 2. The oldest connection with a free stream takes the request: open
 //!    streams (ours, counted until the response body ends) below the peer's
 //!    `SETTINGS_MAX_CONCURRENT_STREAMS` as the connection reads it now, so a
@@ -27,7 +28,9 @@
 //!    ([`Purpose::Resend`]), or a new connection, where its stream is the
 //!    first: peers retire their oldest connections first (request-count and
 //!    age limits), and the request should meet neither a second GOAWAY nor a
-//!    second refusal.
+//!    second refusal. When no new connection may open, it takes the newest
+//!    unconfirmed one with a free stream rather than wait for a confirmation
+//!    that may never come.
 //! 3. Otherwise, while fewer than `max_connections_per_endpoint` are open or
 //!    opening, the request opens a new one ([`Checkout::Open`]).
 //! 4. Otherwise it waits, with at most `max_pending_requests` others, for at
@@ -75,6 +78,8 @@ pub struct Http2Connection {
     retired: AtomicBool,
     /// A response head or a refusal came on it: the peer's SETTINGS have been read.
     confirmed: AtomicBool,
+    /// Its GOAWAY with an error code has been counted against the endpoint.
+    goaway_counted: AtomicBool,
 }
 
 impl Http2Connection {
@@ -150,14 +155,23 @@ impl Http2Stream {
             self.pool
                 .learned_stream_limit
                 .store(limit, Ordering::Relaxed);
+            // Resends wait for a confirmed connection: this may be theirs.
+            self.pool.changed.notify_waiters();
         }
     }
 
-    /// The connection received GOAWAY or closed under this stream: no new
-    /// streams go to it, and waiting requests look again.
+    /// The connection received GOAWAY or closed under this stream: it
+    /// leaves the pool (its streams below the GOAWAY finish), no new streams
+    /// go to it, and waiting requests look again.
     pub fn retire_connection(&self) {
-        self.connection.retire();
-        self.pool.changed.notify_waiters();
+        self.pool.drop_connection(&self.connection);
+    }
+
+    /// True for the first stream to report its connection's GOAWAY with an
+    /// error code: one event, counted against the endpoint once however
+    /// many streams it cut off.
+    pub fn first_to_report_goaway(&self) -> bool {
+        !self.connection.goaway_counted.swap(true, Ordering::Relaxed)
     }
 }
 
@@ -212,6 +226,7 @@ impl OpenSlot {
             idle_since: Mutex::new(now),
             retired: AtomicBool::new(false),
             confirmed: AtomicBool::new(false),
+            goaway_counted: AtomicBool::new(false),
         });
         let stream = {
             let mut state = self.pool.lock();
@@ -258,11 +273,11 @@ impl ConnectionEnd {
     }
 
     pub fn ended(self) {
-        if let Some(connection) = self.connection.upgrade() {
-            connection.retire();
-        }
-        if let Some(pool) = self.pool.upgrade() {
-            pool.changed.notify_waiters();
+        match (self.pool.upgrade(), self.connection.upgrade()) {
+            (Some(pool), Some(connection)) => pool.drop_connection(&connection),
+            (Some(pool), None) => pool.changed.notify_waiters(),
+            (None, Some(connection)) => connection.retire(),
+            (None, None) => {}
         }
     }
 }
@@ -342,14 +357,30 @@ impl Shared {
     /// The right to open one more connection, when fewer than
     /// `max_connections_per_endpoint` are open or opening.
     fn reserve(self: &Arc<Self>, state: &mut PoolState) -> Option<OpenSlot> {
-        let max = self.limits.max_connections_per_endpoint as usize;
-        (state.connections.len() + state.opening < max).then(|| {
+        self.has_room(state).then(|| {
             state.opening += 1;
             OpenSlot {
                 pool: Arc::clone(self),
                 done: false,
             }
         })
+    }
+
+    /// Retires `connection` and takes it out of the pool at once (not at
+    /// the next checkout), so the gauge counts only connections that take
+    /// streams; waiting requests look again.
+    fn drop_connection(&self, connection: &Http2Connection) {
+        connection.retire();
+        let mut state = self.lock();
+        self.remove(&mut state, |pooled| std::ptr::eq(pooled, connection));
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    /// True while fewer than `max_connections_per_endpoint` are open or opening.
+    fn has_room(&self, state: &PoolState) -> bool {
+        let max = self.limits.max_connections_per_endpoint as usize;
+        state.connections.len() + state.opening < max
     }
 
     /// Takes the connections for which `leave` is true out of the pool.
@@ -417,11 +448,19 @@ impl Http2Pool {
                 });
                 let learned = shared.learned_stream_limit.load(Ordering::Relaxed);
                 let free = |connection: &&Arc<Http2Connection>| connection.has_free_stream(learned);
+                let newest_confirmed = || {
+                    (state.connections.iter().rev())
+                        .filter(|connection| connection.confirmed.load(Ordering::Relaxed))
+                        .find(free)
+                };
                 let found = match purpose {
                     Purpose::First => state.connections.iter().find(free),
-                    Purpose::Resend => (state.connections.iter().rev())
-                        .filter(|connection| connection.confirmed.load(Ordering::Relaxed))
-                        .find(free),
+                    // With no room for a new connection, an unconfirmed one
+                    // rather than a wait that may last `pending_timeout`.
+                    Purpose::Resend => newest_confirmed().or_else(|| {
+                        let full = !shared.has_room(&state) && state.opening == 0;
+                        full.then(|| state.connections.iter().rev().find(free))?
+                    }),
                 };
                 if let Some(connection) = found {
                     let mut sender = connection.sender.clone();
