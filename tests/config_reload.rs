@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 
 use support::consul::{ConsulStandIn, ErrorMode, Instance};
 use support::proxy::{ConfigFile, run_to_exit};
-use support::{Proxy, ProxyProcess, eventually, get, http_backend, prom};
+use support::{Proxy, ProxyProcess, eventually, get, http_backend, prom, raw_h2};
 
 /// The admin `/config` of the proxy whose admin listener is `admin`.
 async fn config_json(admin: SocketAddr) -> String {
@@ -222,6 +222,33 @@ async fn an_added_listener_serves_and_a_removed_one_drains() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body, "listeners");
     assert_eq!(proxy.current().await.upstream("leaving"), None);
+}
+
+/// An HTTP/2 client of a listener that a reload removes gets the two-step GOAWAY of a drain
+/// (the largest stream id, then after a PING the last stream taken), and its stream in flight
+/// still gets its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_listener_sends_http2_clients_a_two_step_goaway() {
+    let backend = http_backend("leaving-h2");
+    let http2 = |name: &str| {
+        let plain = upstream(name, "127.0.0.1:0", &[backend.addr], "");
+        plain.replace("protocol: http", "protocol: http2")
+    };
+    let file = ConfigFile::new(&config(&[http2("leaving-h2")]));
+    let proxy = Proxy::start_watching(&file, Duration::from_millis(200)).await;
+    let mut client = raw_h2::client_get(proxy.upstream("leaving-h2"), "/slow/1000").await;
+    eventually(Duration::from_secs(5), "the slow request arrives", || {
+        let arrived = backend.requests() == 1;
+        async move { arrived }
+    })
+    .await;
+    file.write(&config(&[http2("staying-h2")]));
+    let goaways = raw_h2::goaways_until_answered(&mut client).await;
+    assert_eq!(
+        goaways,
+        [(0x7fff_ffff, 0), (1, 0)],
+        "GOAWAYs (last stream id, code)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 
 use support::config::TestConfig;
-use support::raw_h2::{Later, goaway_origin, settings_origin};
+use support::raw_h2::{Goaway, Later, goaway_origin, settings_origin};
 use support::{Proxy, Server, get, h2_origin, prom, send, serve};
 
 async fn resends(proxy: &Proxy, upstream: &str, reason: &str) -> f64 {
@@ -77,11 +77,17 @@ async fn assert_nothing_in_flight(proxy: &Proxy, upstream: &str, after: &str) {
 
 /// A GOAWAY leaves the streams above its `last_stream_id` unprocessed: they are sent again on
 /// a new connection, with no `retries:` configured and no retry counted, while the stream at
-/// `last_stream_id` completes on the old one. With an error code too.
+/// `last_stream_id` completes on the old one, which then leaves the pool and is closed. With
+/// an error code too.
 #[tokio::test]
 async fn streams_above_a_goaway_are_resent_on_a_new_connection() {
     for (name, code) in [("goaway-graceful", 0), ("goaway-error", 2)] {
-        let (origin, seen) = goaway_origin(2, code, Later::Answer);
+        let goaway = Goaway {
+            streams: 2,
+            first_processed: true,
+            code,
+        };
+        let (origin, seen) = goaway_origin(goaway, Later::Answer);
         // One connection at a time, so both requests share the first.
         let pool = "{ max_connections_per_endpoint: 1 }";
         let config = TestConfig::one_upstream(name, "http2", [origin.addr]);
@@ -95,6 +101,22 @@ async fn streams_above_a_goaway_are_resent_on_a_new_connection() {
         assert_eq!(resends(&proxy, name, "goaway").await, 1.0, "{name}");
         assert_eq!(retries(&proxy, name).await, 0.0, "{name}");
         assert_nothing_in_flight(&proxy, name, name).await;
+        // The old connection is out of the pool's count at once, and closed by remora.
+        let text = prom::scrape(&proxy.admin_url("/metrics")).await;
+        let pooled = prom::value(
+            &text,
+            "remora_upstream_pool_connections",
+            &[("upstream", name)],
+        );
+        assert_eq!(pooled, Some(1.0), "{name}: connections in the pool");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while seen.closed.load(Ordering::SeqCst) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{name}: the old connection stays open"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -117,8 +139,13 @@ async fn a_goaway_with_an_error_code_is_a_failure_of_its_endpoint() {
         let name = format!("goaway-outcome-{number}");
         let case = format!("code {code}, threshold {threshold}");
         // Two endpoints, so that one may be ejected; the request resends on the one it met.
-        let (a, _) = goaway_origin(1, code, later);
-        let (b, _) = goaway_origin(1, code, later);
+        let goaway = Goaway {
+            streams: 1,
+            first_processed: false,
+            code,
+        };
+        let (a, _) = goaway_origin(goaway, later);
+        let (b, _) = goaway_origin(goaway, later);
         let breaker = if status == StatusCode::OK {
             "{ consecutive_failures: 1 }"
         } else {
@@ -143,6 +170,56 @@ async fn a_goaway_with_an_error_code_is_a_failure_of_its_endpoint() {
         assert_eq!(transitions, 0.0, "{case}: the breaker changed state");
         assert_nothing_in_flight(&proxy, &name, &case).await;
     }
+}
+
+/// One GOAWAY with an error code is one failure of its endpoint, however many streams it cut
+/// off: three requests above it, each then reset on the new connection, make 1 + 3 failures
+/// in a row — short of outlier detection's 5 (counted per stream it would be 6, an
+/// ejection). With one connection allowed, the resends share the new connection at once
+/// rather than wait for it to be confirmed.
+#[tokio::test]
+async fn a_goaway_is_one_failure_however_many_streams_it_cuts_off() {
+    let goaway = Goaway {
+        streams: 3,
+        first_processed: false,
+        code: 2,
+    };
+    let (a, _) = goaway_origin(goaway, Later::Reset);
+    let (b, _) = goaway_origin(goaway, Later::Reset);
+    // The same hash key sends all three to one endpoint; the other lets it be ejected.
+    let config = TestConfig::one_upstream("goaway-once", "http2", [a.addr, b.addr])
+        .with(
+            "load_balancing",
+            "{ policy: ring_hash, hash_on: \"header:x-user\" }",
+        )
+        .with("outlier_detection", "{ consecutive_failures: 5 }")
+        .with("connection_pool", "{ max_connections_per_endpoint: 1 }");
+    let proxy = Proxy::start(&config.yaml()).await;
+    let url = format!("http://{}/", proxy.upstream("goaway-once"));
+    let call = || async {
+        let request = Request::get(&url)
+            .header("x-user", "one")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        send(Version::HTTP_2, request).await.unwrap()
+    };
+    let started = Instant::now();
+    let replies = futures_util::future::join_all((0..3).map(|_| call())).await;
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{reply:?}");
+        assert_ne!(reply.headers["x-remora-error"], "overloaded", "{reply:?}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(resends(&proxy, "goaway-once", "goaway").await, 3.0);
+    let text = prom::scrape(&proxy.admin_url("/metrics")).await;
+    let upstream = [("upstream", "goaway-once")];
+    let ejected = prom::sum(&text, "remora_outlier_ejections_total", &upstream);
+    assert_eq!(ejected, 0.0, "the GOAWAY was counted per stream");
+    assert_nothing_in_flight(&proxy, "goaway-once", "the GOAWAY").await;
 }
 
 /// A connection that received GOAWAY takes no new stream, even while a stream below the
@@ -571,14 +648,16 @@ async fn in_flight_counts_return_to_zero_after_every_ending() {
         async move { get(Version::HTTP_2, &url).await.unwrap().status }
     };
     assert_eq!(status("/").await, StatusCode::OK);
-    // The concurrency limit's and the endpoint's gauges are on /metrics, so the checks below
-    // do read them.
+    // The concurrency limit's, the endpoint's and the queue's gauges are on /metrics, so the
+    // checks below do read them.
     let text = prom::scrape(&proxy.admin_url("/metrics")).await;
     let labels = [("direction", "outbound"), ("upstream", "endings")];
     assert!(prom::value(&text, "remora_concurrency_in_flight", &labels).is_some());
     let endpoint = origin.addr.to_string();
     let labels = [("upstream", "endings"), ("endpoint", endpoint.as_str())];
     assert!(prom::value(&text, "remora_endpoint_in_flight", &labels).is_some());
+    let labels = [("upstream", "endings")];
+    assert!(prom::value(&text, "remora_upstream_pool_pending_requests", &labels).is_some());
     assert_nothing_in_flight(&proxy, "endings", "success").await;
     assert_eq!(status("/reset").await, StatusCode::BAD_GATEWAY);
     assert_nothing_in_flight(&proxy, "endings", "reset").await;

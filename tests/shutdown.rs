@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::config::TestConfig;
-use support::{Backend, ProxyProcess, eventually, get, http_backend, tcp_echo};
+use support::{Backend, ProxyProcess, eventually, get, http_backend, raw_h2, tcp_echo};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -208,57 +208,13 @@ async fn sigint_when_idle_exits_zero_quickly() {
 /// GOAWAY with the last stream it took — and that stream still gets its answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_clients_get_a_two_step_goaway_on_drain() {
-    use support::raw_h2::{self, ACK, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PING, SETTINGS};
     let backend = http_backend("drain-h2");
     let yaml = yaml("drain-h2", backend.addr).replace("protocol: http", "protocol: http2");
     let mut proxy = ProxyProcess::start(&yaml, 1);
-    let mut client = TcpStream::connect(proxy.listener("drain-h2"))
-        .await
-        .unwrap();
-    client
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .unwrap();
-    raw_h2::write_frame(&mut client, SETTINGS, 0, 0, &[])
-        .await
-        .unwrap();
-    // HPACK: :method GET, :scheme http, :path /slow/500, :authority x.
-    let mut head = vec![0x82, 0x86, 0x04, 9];
-    head.extend_from_slice(b"/slow/500");
-    head.extend_from_slice(&[0x01, 1, b'x']);
-    raw_h2::write_frame(&mut client, HEADERS, END_HEADERS | END_STREAM, 1, &head)
-        .await
-        .unwrap();
+    let mut client = raw_h2::client_get(proxy.listener("drain-h2"), "/slow/500").await;
     wait_for_requests(&backend, 1).await;
     let terminated = terminate(&proxy).await;
-
-    let mut goaways = Vec::new();
-    let mut answered = false;
-    while !answered {
-        let frame = tokio::time::timeout(Duration::from_secs(5), raw_h2::read_frame(&mut client))
-            .await
-            .expect("frames within 5 s")
-            .expect("read a frame");
-        match frame.kind {
-            GOAWAY => {
-                let last = u32::from_be_bytes(frame.payload[..4].try_into().unwrap()) & 0x7fff_ffff;
-                let code = u32::from_be_bytes(frame.payload[4..8].try_into().unwrap());
-                goaways.push((last, code));
-            }
-            PING if frame.flags & ACK == 0 => {
-                raw_h2::write_frame(&mut client, PING, ACK, 0, &frame.payload)
-                    .await
-                    .unwrap();
-            }
-            SETTINGS if frame.flags & ACK == 0 => {
-                raw_h2::write_frame(&mut client, SETTINGS, ACK, 0, &[])
-                    .await
-                    .unwrap();
-            }
-            HEADERS if frame.id == 1 => answered = true,
-            _ => {}
-        }
-    }
+    let goaways = raw_h2::goaways_until_answered(&mut client).await;
     assert_eq!(
         goaways,
         [(0x7fff_ffff, 0), (1, 0)],

@@ -3,10 +3,10 @@
 //!
 //! - `goaway_origin`: a GOAWAY whose `last_stream_id` leaves later streams of
 //!   the connection unprocessed. On its first connection it waits for
-//!   `streams` request HEADERS, then sends GOAWAY (the given error code) with
-//!   `last_stream_id` = the first stream, which it answers `200` — or, when
-//!   it waits for one stream only, `last_stream_id` 0: nothing processed.
-//!   Every later connection answers each request as `later` says, at once.
+//!   [`Goaway::streams`] request HEADERS, then sends GOAWAY (its error code)
+//!   with `last_stream_id` = the first stream, which it answers `200`, or 0
+//!   (nothing processed). Every later connection answers each request as
+//!   `later` says, at once.
 //! - `settings_origin`: a `SETTINGS_MAX_CONCURRENT_STREAMS` that changes in
 //!   the middle of a connection.
 //!
@@ -43,8 +43,22 @@ const STATUS_200: u8 = 0x88;
 #[derive(Default)]
 pub struct Seen {
     pub connections: AtomicUsize,
+    /// Connections the client closed.
+    pub closed: AtomicUsize,
     /// Requests answered 200.
     pub answered: AtomicUsize,
+}
+
+/// The GOAWAY of `goaway_origin`'s first connection.
+#[derive(Clone, Copy)]
+pub struct Goaway {
+    /// Request HEADERS awaited before it is sent.
+    pub streams: usize,
+    /// The first stream is processed (`last_stream_id`, answered `200`);
+    /// otherwise `last_stream_id` is 0.
+    pub first_processed: bool,
+    /// Its error code (0 = `NO_ERROR`).
+    pub code: u32,
 }
 
 /// How `goaway_origin`'s later connections answer a request.
@@ -57,8 +71,8 @@ pub enum Later {
     Reset,
 }
 
-/// Starts the origin; `code` is the GOAWAY's error code (0 = `NO_ERROR`).
-pub fn goaway_origin(streams: usize, code: u32, later: Later) -> (Server, Arc<Seen>) {
+/// Starts the origin.
+pub fn goaway_origin(goaway: Goaway, later: Later) -> (Server, Arc<Seen>) {
     let seen = Arc::new(Seen::default());
     let server = serve({
         let seen = Arc::clone(&seen);
@@ -66,8 +80,12 @@ pub fn goaway_origin(streams: usize, code: u32, later: Later) -> (Server, Arc<Se
             let first = seen.connections.fetch_add(1, Ordering::SeqCst) == 0;
             let seen = Arc::clone(&seen);
             async move {
-                let goaway = first.then_some((streams, code));
-                let _ = connection(stream, goaway, later, &seen).await;
+                let goaway = first.then_some(goaway);
+                if let Err(error) = connection(stream, goaway, later, &seen).await
+                    && error.kind() == std::io::ErrorKind::UnexpectedEof
+                {
+                    seen.closed.fetch_add(1, Ordering::SeqCst);
+                }
             }
         }
     });
@@ -100,7 +118,7 @@ pub async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> std::io::Resul
 
 async fn connection(
     mut stream: TcpStream,
-    goaway: Option<(usize, u32)>,
+    goaway: Option<Goaway>,
     later: Later,
     seen: &Seen,
 ) -> std::io::Result<()> {
@@ -124,12 +142,12 @@ async fn connection(
                     let code = INTERNAL_ERROR.to_be_bytes();
                     write_frame(&mut stream, RST_STREAM, 0, id, &code).await?;
                 }
-                (Some((streams, code)), _) => {
+                (Some(goaway), _) => {
                     held.push(id);
-                    if held.len() == streams {
-                        let processed = if streams > 1 { held[0] } else { 0 };
+                    if held.len() == goaway.streams {
+                        let processed = if goaway.first_processed { held[0] } else { 0 };
                         let mut body = processed.to_be_bytes().to_vec();
-                        body.extend_from_slice(&code.to_be_bytes());
+                        body.extend_from_slice(&goaway.code.to_be_bytes());
                         write_frame(&mut stream, GOAWAY, 0, 0, &body).await?;
                         if processed != 0 {
                             answer(&mut stream, processed, seen).await?;
@@ -241,6 +259,57 @@ async fn changing_connection(
                     let _ = write_frame(&mut *out, HEADERS, flags, id, &[STATUS_200]).await;
                 });
             }
+            _ => {}
+        }
+    }
+}
+
+/// Opens an h2c connection to `addr` (preface and empty SETTINGS) and starts one `GET path`
+/// on stream 1.
+pub async fn client_get(addr: std::net::SocketAddr, path: &str) -> TcpStream {
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    client.write_all(preface).await.expect("preface");
+    write_frame(&mut client, SETTINGS, 0, 0, &[])
+        .await
+        .expect("SETTINGS");
+    // HPACK, literal fields without indexing: :method GET, :scheme http, :path, :authority x.
+    let mut head = vec![0x82, 0x86, 0x04, path.len() as u8];
+    head.extend_from_slice(path.as_bytes());
+    head.extend_from_slice(&[0x01, 1, b'x']);
+    let flags = END_HEADERS | END_STREAM;
+    write_frame(&mut client, HEADERS, flags, 1, &head)
+        .await
+        .expect("HEADERS");
+    client
+}
+
+/// Reads frames (answering PINGs and SETTINGS) until stream 1's response head, each within
+/// 5 s; returns the GOAWAYs met on the way as (last stream id, error code).
+pub async fn goaways_until_answered(client: &mut TcpStream) -> Vec<(u32, u32)> {
+    let mut goaways = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), read_frame(client))
+            .await
+            .expect("frames within 5 s")
+            .expect("read a frame");
+        match frame.kind {
+            GOAWAY => {
+                let word =
+                    |at: usize| u32::from_be_bytes(frame.payload[at..at + 4].try_into().unwrap());
+                goaways.push((word(0) & 0x7fff_ffff, word(4)));
+            }
+            PING if frame.flags & ACK == 0 => {
+                write_frame(client, PING, ACK, 0, &frame.payload)
+                    .await
+                    .expect("PING ACK");
+            }
+            SETTINGS if frame.flags & ACK == 0 => {
+                write_frame(client, SETTINGS, ACK, 0, &[])
+                    .await
+                    .expect("SETTINGS ACK");
+            }
+            HEADERS if frame.id == 1 => return goaways,
             _ => {}
         }
     }
