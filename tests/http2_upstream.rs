@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Full};
 
 use support::config::TestConfig;
 use support::raw_h2::{Goaway, Later, goaway_origin, settings_origin};
-use support::{Proxy, Server, get, h2_origin, prom, send, serve};
+use support::{Proxy, Server, eventually, get, h2_origin, prom, send, serve, serve_counted};
 
 async fn resends(proxy: &Proxy, upstream: &str, reason: &str) -> f64 {
     let labels = [("upstream", upstream), ("reason", reason)];
@@ -27,6 +27,15 @@ async fn resends(proxy: &Proxy, upstream: &str, reason: &str) -> f64 {
 async fn retries(proxy: &Proxy, upstream: &str) -> f64 {
     let text = prom::scrape(&proxy.admin_url("/metrics")).await;
     prom::sum(&text, "remora_retries_total", &[("upstream", upstream)])
+}
+
+/// Sends `count` GETs to `url` at once over h2c; each must be answered 200.
+async fn all_ok(url: &str, count: usize) {
+    let replies = futures_util::future::join_all(
+        (0..count).map(|_| async { get(Version::HTTP_2, url).await.unwrap().status }),
+    )
+    .await;
+    assert!(replies.iter().all(|s| *s == StatusCode::OK), "{replies:?}");
 }
 
 /// Every in-flight figure of `upstream` on `/metrics`: the listener's gauge, the pool's queue,
@@ -109,14 +118,8 @@ async fn streams_above_a_goaway_are_resent_on_a_new_connection() {
             &[("upstream", name)],
         );
         assert_eq!(pooled, Some(1.0), "{name}: connections in the pool");
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while seen.closed.load(Ordering::SeqCst) == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "{name}: the old connection stays open"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let closed = || async { seen.closed.load(Ordering::SeqCst) > 0 };
+        eventually(Duration::from_secs(2), "the old connection closes", closed).await;
     }
 }
 
@@ -318,36 +321,26 @@ fn limited_origin(
     max_streams: Option<u32>,
     delay: Duration,
 ) -> (Server, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-    let connections = Arc::new(AtomicUsize::new(0));
-    let busiest = Arc::new(AtomicUsize::new(0));
-    let server = serve({
-        let (connections, busiest) = (Arc::clone(&connections), Arc::clone(&busiest));
-        move |stream| {
-            connections.fetch_add(1, Ordering::SeqCst);
-            let busiest = Arc::clone(&busiest);
-            async move {
-                let mut builder = h2::server::Builder::new();
-                if let Some(max_streams) = max_streams {
-                    builder.max_concurrent_streams(max_streams);
-                }
-                let Ok(mut connection) = builder.handshake::<_, Bytes>(stream).await else {
-                    return;
-                };
-                let open = Arc::new(AtomicUsize::new(0));
-                while let Some(Ok((_request, respond))) = connection.accept().await {
-                    let (open, busiest) = (Arc::clone(&open), Arc::clone(&busiest));
-                    let now = open.fetch_add(1, Ordering::SeqCst) + 1;
-                    busiest.fetch_max(now, Ordering::SeqCst);
-                    tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        open.fetch_sub(1, Ordering::SeqCst);
-                        support::h2_origin::answer(respond, 200);
-                    });
-                }
-            }
+    serve_counted(move |stream, busiest| async move {
+        let mut builder = h2::server::Builder::new();
+        if let Some(max_streams) = max_streams {
+            builder.max_concurrent_streams(max_streams);
         }
-    });
-    (server, connections, busiest)
+        let Ok(mut connection) = builder.handshake::<_, Bytes>(stream).await else {
+            return;
+        };
+        let open = Arc::new(AtomicUsize::new(0));
+        while let Some(Ok((_request, respond))) = connection.accept().await {
+            let (open, busiest) = (Arc::clone(&open), Arc::clone(&busiest));
+            let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+            busiest.fetch_max(now, Ordering::SeqCst);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                open.fetch_sub(1, Ordering::SeqCst);
+                support::h2_origin::answer(respond, 200);
+            });
+        }
+    })
 }
 
 /// Past the peer's SETTINGS_MAX_CONCURRENT_STREAMS the pool opens more connections, up to
@@ -391,15 +384,8 @@ async fn a_peer_announcing_no_stream_limit_gets_100_streams_a_connection() {
     let proxy = Proxy::start(&config.yaml()).await;
     let url = format!("http://{}/", proxy.upstream("unlimited"));
     // Confirms the first connection: its SETTINGS (with no limit) have been read.
-    assert_eq!(
-        get(Version::HTTP_2, &url).await.unwrap().status,
-        StatusCode::OK
-    );
-    let replies = futures_util::future::join_all(
-        (0..150).map(|_| async { get(Version::HTTP_2, &url).await.unwrap().status }),
-    )
-    .await;
-    assert!(replies.iter().all(|s| *s == StatusCode::OK), "{replies:?}");
+    all_ok(&url, 1).await;
+    all_ok(&url, 150).await;
     assert_eq!(connections.load(Ordering::SeqCst), 2, "connections opened");
     assert_eq!(
         busiest.load(Ordering::SeqCst),
@@ -464,15 +450,8 @@ async fn idle_connections_close_after_the_idle_timeout() {
     let proxy = Proxy::start(&config.yaml()).await;
     let url = format!("http://{}/", proxy.upstream("idle-pool"));
     // Learn the peer's limit of one stream, then a burst of three opens three connections.
-    assert_eq!(
-        get(Version::HTTP_2, &url).await.unwrap().status,
-        StatusCode::OK
-    );
-    let replies = futures_util::future::join_all(
-        (0..3).map(|_| async { get(Version::HTTP_2, &url).await.unwrap().status }),
-    )
-    .await;
-    assert!(replies.iter().all(|s| *s == StatusCode::OK), "{replies:?}");
+    all_ok(&url, 1).await;
+    all_ok(&url, 3).await;
     let idle_since = Instant::now();
     assert_eq!(connections.load(Ordering::SeqCst), 3);
     let pooled = || async {

@@ -42,6 +42,7 @@ pub mod websocket;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -103,6 +104,33 @@ where
         assert!(Instant::now() < deadline, "{what}: not within {within:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Like [`serve`], and counts the connections accepted; `handle` also gets `busiest`, a
+/// maximum shared by all connections that it may raise (say, the most streams open at once on
+/// one connection). Returns the server, the count and `busiest`.
+pub fn serve_counted<F, Fut>(
+    handle: F,
+) -> (
+    Server,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicUsize>,
+)
+where
+    F: Fn(TcpStream, Arc<std::sync::atomic::AtomicUsize>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let connections = Arc::new(AtomicUsize::new(0));
+    let busiest = Arc::new(AtomicUsize::new(0));
+    let server = serve({
+        let (connections, busiest) = (Arc::clone(&connections), Arc::clone(&busiest));
+        move |stream| {
+            connections.fetch_add(1, Ordering::SeqCst);
+            handle(stream, Arc::clone(&busiest))
+        }
+    });
+    (server, connections, busiest)
 }
 
 /// Binds 127.0.0.1:0 and runs `handle` on every accepted connection.

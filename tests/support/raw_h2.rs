@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use super::{Server, serve};
+use super::{Server, serve, serve_counted};
 
 pub const DATA: u8 = 0;
 pub const HEADERS: u8 = 1;
@@ -194,20 +194,9 @@ pub fn settings_origin(
     then: u32,
     delay: Duration,
 ) -> (Server, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-    let connections = Arc::new(AtomicUsize::new(0));
-    let busiest = Arc::new(AtomicUsize::new(0));
-    let server = serve({
-        let (connections, busiest) = (Arc::clone(&connections), Arc::clone(&busiest));
-        move |stream| {
-            connections.fetch_add(1, Ordering::SeqCst);
-            let busiest = Arc::clone(&busiest);
-            async move {
-                let limits = (first, then);
-                let _ = changing_connection(stream, limits, delay, busiest).await;
-            }
-        }
-    });
-    (server, connections, busiest)
+    serve_counted(move |stream, busiest| async move {
+        let _ = changing_connection(stream, (first, then), delay, busiest).await;
+    })
 }
 
 fn max_streams_setting(limit: u32) -> Vec<u8> {
