@@ -76,8 +76,9 @@ pub enum ProxyError {
     #[error("more than {limit} requests in flight to {upstream:?}")]
     Overloaded { upstream: String, limit: u32 },
     #[error(
-        "no HTTP/2 stream free on {addr} within {wait:?}: {connections} connections full \
-         and {pending} requests waiting at most (connection_pool)"
+        "no HTTP/2 stream free on {addr}: every connection full \
+         (connection_pool.max_connections_per_endpoint: {connections}), and a request waits \
+         at most {wait:?} with at most {pending} others (pending_timeout, max_pending_requests)"
     )]
     PoolExhausted {
         addr: SocketAddr,
