@@ -520,6 +520,46 @@ async fn a_full_pool_queues_within_bounds_then_answers_overloaded() {
     assert_nothing_in_flight(&proxy, "queue", "overload").await;
 }
 
+/// A client that goes away while its request waits in the pool's queue leaves nothing
+/// counted: the queue's gauge falls back at once, and everything else once the request ahead
+/// of it ends.
+#[tokio::test]
+async fn a_client_gone_while_queued_leaves_nothing_counted() {
+    let (origin, _, _) = limited_origin(Some(1), Duration::from_millis(800));
+    let pool = "{ max_connections_per_endpoint: 1, pending_timeout: 10s }";
+    let config = TestConfig::one_upstream("queue-gone", "http2", [origin.addr])
+        .with("connection_pool", pool)
+        .with("max_concurrent_requests", 10);
+    let proxy = Proxy::start(&config.yaml()).await;
+    let url = format!("http://{}/", proxy.upstream("queue-gone"));
+    all_ok(&url, 1).await;
+    let ahead = tokio::spawn({
+        let url = url.clone();
+        async move { get(Version::HTTP_2, &url).await.unwrap().status }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let queued = tokio::spawn({
+        let url = url.clone();
+        async move { get(Version::HTTP_2, &url).await }
+    });
+    let pending = || async {
+        let text = prom::scrape(&proxy.admin_url("/metrics")).await;
+        let labels = [("upstream", "queue-gone")];
+        prom::value(&text, "remora_upstream_pool_pending_requests", &labels).unwrap()
+    };
+    eventually(Duration::from_secs(2), "a request queued", || async {
+        pending().await == 1.0
+    })
+    .await;
+    queued.abort();
+    eventually(Duration::from_millis(500), "the queue emptied", || async {
+        pending().await == 0.0
+    })
+    .await;
+    assert_eq!(ahead.await.unwrap(), StatusCode::OK);
+    assert_nothing_in_flight(&proxy, "queue-gone", "a client gone while queued").await;
+}
+
 /// `max_requests_per_connection` and `max_connection_age` retire connections: new requests go
 /// to a new one.
 #[tokio::test]
