@@ -12,9 +12,8 @@ use crate::upstream::Upstream;
 /// The family as Prometheus text: every upstream's endpoints, then the
 /// routing backends' own upstreams'.
 pub fn render(upstreams: &[Arc<Upstream>], backends: &[Weak<Upstream>]) -> String {
-    let backends = backends.iter().filter_map(Weak::upgrade);
     let mut samples = Vec::new();
-    for upstream in upstreams.iter().cloned().chain(backends) {
+    for upstream in super::every_upstream(upstreams, backends) {
         for endpoint in upstream.balancer().targets().iter() {
             samples.push(Sample {
                 labels: vec![

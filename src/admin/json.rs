@@ -28,9 +28,7 @@ use crate::upstream::Upstream;
 /// upstreams (`<upstream>/<backend>`, subsets and static lists).
 pub fn endpoints(upstreams: &[Arc<Upstream>], backends: &[Weak<Upstream>]) -> Value {
     let now = Instant::now();
-    let backends = backends.iter().filter_map(Weak::upgrade);
-    let upstreams: Vec<Value> = (upstreams.iter().cloned())
-        .chain(backends)
+    let upstreams: Vec<Value> = super::every_upstream(upstreams, backends)
         .map(|upstream| {
             let balancer = upstream.balancer();
             let endpoints: Vec<Value> = balancer

@@ -18,7 +18,7 @@ mod readiness;
 mod tap;
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -42,7 +42,7 @@ use crate::accept::Acceptor;
 use crate::config::AdminConfig;
 use crate::telemetry::tap::Tap;
 use crate::telemetry::{openmetrics, process};
-use crate::upstream::{BackendSet, UpstreamSet};
+use crate::upstream::{BackendSet, Upstream, UpstreamSet};
 
 /// What the admin endpoints show.
 pub struct AdminState {
@@ -108,6 +108,15 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, config: AdminC
             drop(slot);
         });
     }
+}
+
+/// Every upstream, then the routing backends' own upstreams that still
+/// exist (`/endpoints` and `remora_endpoint_in_flight` list both).
+fn every_upstream<'a>(
+    upstreams: &'a [Arc<Upstream>],
+    backends: &'a [Weak<Upstream>],
+) -> impl Iterator<Item = Arc<Upstream>> + 'a {
+    (upstreams.iter().cloned()).chain(backends.iter().filter_map(Weak::upgrade))
 }
 
 fn route(state: &AdminState, request: &Request<Incoming>) -> Response<AdminBody> {
