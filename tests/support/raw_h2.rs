@@ -127,15 +127,9 @@ async fn connection(
     write_frame(&mut stream, SETTINGS, 0, 0, &[]).await?;
     let mut held = Vec::new();
     loop {
-        let Frame {
-            kind,
-            flags,
-            id,
-            payload,
-        } = read_frame(&mut stream).await?;
-        match kind {
-            SETTINGS if flags & ACK == 0 => write_frame(&mut stream, SETTINGS, ACK, 0, &[]).await?,
-            PING if flags & ACK == 0 => write_frame(&mut stream, PING, ACK, 0, &payload).await?,
+        let frame = read_frame(&mut stream).await?;
+        let id = frame.id;
+        match frame.kind {
             HEADERS => match (goaway, later) {
                 (None, Later::Answer) => answer(&mut stream, id, seen).await?,
                 (None, Later::Reset) => {
@@ -155,9 +149,26 @@ async fn connection(
                     }
                 }
             },
-            _ => {}
+            _ => acknowledge(&mut stream, &frame).await?,
         }
     }
+}
+
+/// Answers the peer's SETTINGS and PING with their ACKs; other frames need no answer.
+pub async fn acknowledge(
+    stream: &mut (impl AsyncWrite + Unpin),
+    frame: &Frame,
+) -> std::io::Result<()> {
+    match frame.kind {
+        SETTINGS if frame.flags & ACK == 0 => write_frame(stream, SETTINGS, ACK, 0, &[]).await,
+        PING if frame.flags & ACK == 0 => write_frame(stream, PING, ACK, 0, &frame.payload).await,
+        _ => Ok(()),
+    }
+}
+
+/// Answers stream `id` with a `200` head that ends it.
+async fn write_200(stream: &mut (impl AsyncWrite + Unpin), id: u32) -> std::io::Result<()> {
+    write_frame(stream, HEADERS, END_HEADERS | END_STREAM, id, &[STATUS_200]).await
 }
 
 async fn answer(
@@ -165,7 +176,7 @@ async fn answer(
     id: u32,
     seen: &Seen,
 ) -> std::io::Result<()> {
-    write_frame(stream, HEADERS, END_HEADERS | END_STREAM, id, &[STATUS_200]).await?;
+    write_200(stream, id).await?;
     seen.answered.fetch_add(1, Ordering::SeqCst);
     Ok(())
 }
@@ -222,12 +233,6 @@ async fn changing_connection(
         let frame = read_frame(&mut reader).await?;
         let mut out = writer.lock().await;
         match frame.kind {
-            SETTINGS if frame.flags & ACK == 0 => {
-                write_frame(&mut *out, SETTINGS, ACK, 0, &[]).await?
-            }
-            PING if frame.flags & ACK == 0 => {
-                write_frame(&mut *out, PING, ACK, 0, &frame.payload).await?
-            }
             HEADERS => {
                 let now = open.fetch_add(1, Ordering::SeqCst) + 1;
                 if changed.load(Ordering::SeqCst) {
@@ -244,11 +249,10 @@ async fn changing_connection(
                         let _ = write_frame(&mut *out, SETTINGS, 0, 0, &setting).await;
                     }
                     open.fetch_sub(1, Ordering::SeqCst);
-                    let flags = END_HEADERS | END_STREAM;
-                    let _ = write_frame(&mut *out, HEADERS, flags, id, &[STATUS_200]).await;
+                    let _ = write_200(&mut *out, id).await;
                 });
             }
-            _ => {}
+            _ => acknowledge(&mut *out, &frame).await?,
         }
     }
 }
@@ -288,18 +292,8 @@ pub async fn goaways_until_answered(client: &mut TcpStream) -> Vec<(u32, u32)> {
                     |at: usize| u32::from_be_bytes(frame.payload[at..at + 4].try_into().unwrap());
                 goaways.push((word(0) & 0x7fff_ffff, word(4)));
             }
-            PING if frame.flags & ACK == 0 => {
-                write_frame(client, PING, ACK, 0, &frame.payload)
-                    .await
-                    .expect("PING ACK");
-            }
-            SETTINGS if frame.flags & ACK == 0 => {
-                write_frame(client, SETTINGS, ACK, 0, &[])
-                    .await
-                    .expect("SETTINGS ACK");
-            }
             HEADERS if frame.id == 1 => return goaways,
-            _ => {}
+            _ => acknowledge(client, &frame).await.expect("ACK"),
         }
     }
 }
