@@ -26,17 +26,25 @@ struct Received {
     body: String,
 }
 
+/// Appends what the stream has to `buffer`; `None` at its end (or on an error).
+async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0; 4096];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => None,
+        Ok(read) => {
+            buffer.extend_from_slice(&chunk[..read]);
+            Some(())
+        }
+    }
+}
+
 /// Reads one request (head, and a body of `Content-Length` bytes); `None` at end of stream.
 async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<(String, String)> {
     let head_end = loop {
         if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
             break end + 4;
         }
-        let mut chunk = [0; 4096];
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
-        }
+        read_more(stream, buffer).await?;
     };
     let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
     let method = head.split(' ').next().unwrap_or_default().to_owned();
@@ -48,11 +56,7 @@ async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<(S
         })
         .unwrap_or(0);
     while buffer.len() < head_end + length {
-        let mut chunk = [0; 4096];
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
-        }
+        read_more(stream, buffer).await?;
     }
     let body = String::from_utf8_lossy(&buffer[head_end..head_end + length]).into_owned();
     buffer.drain(..head_end + length);

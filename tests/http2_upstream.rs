@@ -16,6 +16,7 @@ use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 
 use support::config::TestConfig;
+use support::in_flight::assert_nothing_in_flight;
 use support::raw_h2::{Goaway, Later, goaway_origin, settings_origin};
 use support::{Proxy, Server, eventually, get, h2_origin, prom, send, serve, serve_counted};
 
@@ -36,52 +37,6 @@ async fn all_ok(url: &str, count: usize) {
     )
     .await;
     assert!(replies.iter().all(|s| *s == StatusCode::OK), "{replies:?}");
-}
-
-/// Every in-flight figure of `upstream` on `/metrics`: the listener's gauge, the pool's queue,
-/// the concurrency limit's gauge (0 without a limit) and its endpoints' gauges, summed.
-async fn in_flight(proxy: &Proxy, upstream: &str) -> (f64, f64, f64, f64) {
-    let text = prom::scrape(&proxy.admin_url("/metrics")).await;
-    let listener = prom::value(
-        &text,
-        "remora_requests_in_flight",
-        &[("direction", "outbound"), ("upstream", upstream)],
-    )
-    .unwrap_or(0.0);
-    let pending = prom::value(
-        &text,
-        "remora_upstream_pool_pending_requests",
-        &[("upstream", upstream)],
-    )
-    .unwrap_or(0.0);
-    let limited = prom::value(
-        &text,
-        "remora_concurrency_in_flight",
-        &[("direction", "outbound"), ("upstream", upstream)],
-    )
-    .unwrap_or(0.0);
-    let endpoints = prom::sum(
-        &text,
-        "remora_endpoint_in_flight",
-        &[("upstream", upstream)],
-    );
-    (listener, pending, limited, endpoints)
-}
-
-/// Waits (bounded) until every in-flight figure of `upstream` is zero.
-async fn assert_nothing_in_flight(proxy: &Proxy, upstream: &str, after: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let figures = in_flight(proxy, upstream).await;
-        if figures == (0.0, 0.0, 0.0, 0.0) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after {after}: in flight (listener, pool queue, concurrency limit, endpoints) = {figures:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A GOAWAY leaves the streams above its `last_stream_id` unprocessed: they are sent again on
@@ -111,12 +66,10 @@ async fn streams_above_a_goaway_are_resent_on_a_new_connection() {
         assert_eq!(retries(&proxy, name).await, 0.0, "{name}");
         assert_nothing_in_flight(&proxy, name, name).await;
         // The old connection is out of the pool's count at once, and closed by remora.
-        let text = prom::scrape(&proxy.admin_url("/metrics")).await;
-        let pooled = prom::value(
-            &text,
-            "remora_upstream_pool_connections",
-            &[("upstream", name)],
-        );
+        let labels = [("upstream", name)];
+        let pooled = proxy
+            .sample("remora_upstream_pool_connections", &labels)
+            .await;
         assert_eq!(pooled, Some(1.0), "{name}: connections in the pool");
         let closed = || async { seen.closed.load(Ordering::SeqCst) > 0 };
         eventually(Duration::from_secs(2), "the old connection closes", closed).await;
@@ -454,10 +407,10 @@ async fn idle_connections_close_after_the_idle_timeout() {
     all_ok(&url, 3).await;
     let idle_since = Instant::now();
     assert_eq!(connections.load(Ordering::SeqCst), 3);
+    let labels = [("upstream", "idle-pool")];
     let pooled = || async {
-        let text = prom::scrape(&proxy.admin_url("/metrics")).await;
-        let labels = [("upstream", "idle-pool")];
-        prom::value(&text, "remora_upstream_pool_connections", &labels).unwrap()
+        let pooled = proxy.sample("remora_upstream_pool_connections", &labels);
+        pooled.await.unwrap()
     };
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(pooled().await, 3.0, "closed before the idle timeout");
@@ -542,10 +495,10 @@ async fn a_client_gone_while_queued_leaves_nothing_counted() {
         let url = url.clone();
         async move { get(Version::HTTP_2, &url).await }
     });
+    let labels = [("upstream", "queue-gone")];
     let pending = || async {
-        let text = prom::scrape(&proxy.admin_url("/metrics")).await;
-        let labels = [("upstream", "queue-gone")];
-        prom::value(&text, "remora_upstream_pool_pending_requests", &labels).unwrap()
+        let pending = proxy.sample("remora_upstream_pool_pending_requests", &labels);
+        pending.await.unwrap()
     };
     eventually(Duration::from_secs(2), "a request queued", || async {
         pending().await == 1.0

@@ -16,49 +16,12 @@ use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 
 use support::config::TestConfig;
+use support::in_flight::assert_nothing_in_flight;
 use support::peers::{self, h2load};
 use support::{Proxy, get, prom};
 
 async fn metrics(proxy: &Proxy) -> String {
     prom::scrape(&proxy.admin_url("/metrics")).await
-}
-
-/// Waits (bounded) for every in-flight figure of `upstream` on `/metrics` to be 0: the
-/// listener's gauge, the pool queue, the concurrency limit's gauge (when it has one) and its
-/// endpoints' gauges.
-async fn assert_nothing_in_flight(proxy: &Proxy, upstream: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let listener = [("direction", "outbound"), ("upstream", upstream)];
-    loop {
-        let text = metrics(proxy).await;
-        let figures = [
-            prom::sum(&text, "remora_requests_in_flight", &listener),
-            prom::sum(
-                &text,
-                "remora_upstream_pool_pending_requests",
-                &[("upstream", upstream)],
-            ),
-            prom::sum(&text, "remora_concurrency_in_flight", &listener),
-            prom::sum(
-                &text,
-                "remora_endpoint_in_flight",
-                &[("upstream", upstream)],
-            ),
-        ];
-        // The endpoint's gauge is there to be read: the check cannot pass by missing it.
-        assert!(
-            text.contains("remora_endpoint_in_flight{upstream=\""),
-            "no endpoint gauge"
-        );
-        if figures == [0.0; 4] {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{upstream}: in flight (listener, pool queue, concurrency limit, endpoints) {figures:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn resends(text: &str, upstream: &str) -> f64 {
@@ -106,7 +69,7 @@ async fn h2load_through(
         report.output
     );
     assert!(report.succeeded > 1000, "{upstream}: {}", report.output);
-    assert_nothing_in_flight(proxy, upstream).await;
+    assert_nothing_in_flight(proxy, upstream, "h2load").await;
 }
 
 /// nginx (h2c) sends a graceful GOAWAY after every 100 requests of a connection and allows 16
@@ -245,7 +208,7 @@ async fn grpcio_with_connection_age_and_a_small_stream_limit() {
     let expected: Vec<String> = (0..10).map(|n| n.to_string()).collect();
     assert_eq!((messages, status.as_deref()), (expected, Some("0")));
     assert!(started.elapsed() >= Duration::from_millis(1300));
-    assert_nothing_in_flight(&proxy, "grpcio").await;
+    assert_nothing_in_flight(&proxy, "grpcio", "the calls").await;
 }
 
 /// nginx closes idle HTTP/1.1 connections after 50 ms; a GET every 40–60 ms meets the close
@@ -281,5 +244,5 @@ async fn the_keep_alive_race_against_nginx_loses_no_request() {
         failed.len()
     );
     assert!(resent > 0.0, "the race was not met in {sent} requests");
-    assert_nothing_in_flight(&proxy, "nginx-race").await;
+    assert_nothing_in_flight(&proxy, "nginx-race", "the GETs").await;
 }

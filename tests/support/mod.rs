@@ -25,6 +25,7 @@ pub mod dnsmasq;
 pub mod etcd;
 pub mod grpc;
 pub mod h2_origin;
+pub mod in_flight;
 pub mod jwt;
 pub mod otlp;
 pub mod peers;

@@ -137,8 +137,13 @@ impl Proxy {
 
     /// The value of the one sample of `/metrics` matching `name` and `labels`; 0 when absent.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.sample(name, labels).await.unwrap_or(0.0)
+    }
+
+    /// The value of the one sample of `/metrics` matching `name` and `labels`, if there is one.
+    pub async fn sample(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let text = super::prom::scrape(&self.admin_url("/metrics")).await;
-        super::prom::value(&text, name, labels).unwrap_or(0.0)
+        super::prom::value(&text, name, labels)
     }
 
     /// Drains; returns the connections still open at the end.
