@@ -40,6 +40,7 @@ use crate::timer::HyperTimer;
 use crate::tls::PeerIdentity;
 use crate::tls::inbound::Negotiated;
 use crate::upgrade::ConnectionHold;
+use crate::woken::when_woken;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -257,6 +258,8 @@ use http2_limits;
 /// (over a plain and a TLS stream) made each client connection's task
 /// 14 KB whichever one it served; boxed, it takes only what its own
 /// protocol needs.
+/// The drain and idle branches are polled only when their own wake-ups
+/// fire, not on each of the connection's ([`crate::woken`]).
 /// A macro because the three connection types share the method but no trait.
 macro_rules! until_drained {
     ($connection:expr, $drain:expr, $idle:expr) => {{
@@ -264,11 +267,11 @@ macro_rules! until_drained {
         let mut drain = $drain;
         tokio::select! {
             output = connection.as_mut() => output,
-            () = drain.signaled() => {
+            () = when_woken(drain.signaled()) => {
                 connection.as_mut().graceful_shutdown();
                 connection.await
             }
-            () = $idle => {
+            () = when_woken($idle) => {
                 connection.as_mut().graceful_shutdown();
                 connection.await
             }

@@ -59,3 +59,4 @@ pub mod tls;
 pub mod transparent;
 pub mod upgrade;
 pub mod upstream;
+pub mod woken;
