@@ -12,8 +12,10 @@
 //! that the listener allows (see `upgrade`) is tunnelled once the upstream
 //! answers `101`.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode, Version, header};
@@ -30,6 +32,7 @@ use crate::idle::Activity;
 use crate::middleware::timeout::{GRPC_TIMEOUT, encode_grpc_timeout};
 use crate::outcome::Outcome;
 use crate::telemetry::metrics;
+use crate::timer;
 use crate::upgrade::{ConnectionHold, tunnel};
 use crate::upstream::Upstream;
 
@@ -56,6 +59,32 @@ impl tower::Service<Request<RequestBody>> for Forward {
 
     fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
         crate::svc::boxed(|| forward(Arc::clone(&self.upstream), request))
+    }
+}
+
+/// Resolves when a try has waited `idle` for its response head while its
+/// request body moved nothing. A body that has ended never moves: the wait
+/// is then bounded from now, and not watched at all when the request's
+/// deadline comes first (its timeout ends the try).
+fn head_wait(
+    request: &mut Request<RequestBody>,
+    idle: Duration,
+    deadline: Option<Instant>,
+) -> impl Future<Output = ()> + use<> {
+    let ended = request.body().is_end_stream();
+    let activity = (!ended).then(|| {
+        let activity = Activity::new();
+        request.body_mut().watch(Arc::clone(&activity));
+        activity
+    });
+    let bound = timer::from_now(idle);
+    let watched = !ended || deadline.is_none_or(|deadline| deadline >= bound);
+    async move {
+        match activity {
+            Some(activity) => crate::idle::expired(&activity, idle).await,
+            None if watched => timer::sleep_until(bound).await,
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -122,15 +151,11 @@ async fn forward(
             deadline,
         };
         let idle = upstream.settings.client.idle_timeout;
-        let activity = Activity::new();
-        // A body that has ended already never moves: nothing to stamp.
-        if !request.body().is_end_stream() {
-            request.body_mut().watch(Arc::clone(&activity));
-        }
+        let waiting_too_long = head_wait(&mut request, idle, deadline);
         let mut goaway_errors = 0;
         let sent = tokio::select! {
             sent = endpoint.send(request, version, upgrade, &mut goaway_errors) => sent,
-            () = crate::idle::expired(&activity, idle) => {
+            () = waiting_too_long => {
                 metrics::timeouts(upstream.settings.direction, upstream.name(), "idle").increment(1);
                 let error = ProxyError::IdleTimeout { addr: endpoint.addr, idle };
                 Err(SendError { error, request: None })
