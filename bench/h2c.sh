@@ -7,7 +7,8 @@
 #
 # Environment (defaults): W=1 proxy worker threads, CONNS=50 and STREAMS=10 (h2load -c / -m),
 # DURATION=10 (s), WARMUP=2 (s, first round only), ROUNDS=3 (targets measured round-robin,
-# medians reported), IDLE=10 (s between the two RSS readings), SERVER_CPUS=0 (origin + proxy),
+# medians reported), IDLE=10 (s of idle after the last round, before the second RSS reading),
+# SERVER_CPUS=0 (origin + proxy),
 # LOAD_CPUS=1 and LOAD_THREADS=1 (h2load),
 # REMORA_BIN=<repo>/target/release/remora (built with `cargo build --release` if missing).
 set -euo pipefail
@@ -152,7 +153,7 @@ fi
 # Per target, one value per round (space-separated); the report shows medians (failures: sum).
 declare -A RPS USREQ FAILED RSS_RUN RSS_IDLE
 
-# bench NAME URL PID ROUND: warm-up (first round only), one measured run, RSS now and IDLE s later.
+# bench NAME URL PID ROUND: warm-up (first round only), one measured run, RSS right after it.
 # PID is the process whose CPU time is accounted to the requests and whose RSS is read.
 bench() {
   local name=$1 url=$2 pid=$3 round=$4 out="$TMP/h2load-$1-$4.txt"
@@ -188,11 +189,6 @@ bench() {
     log "$name: WARNING: $(grep -E '^(requests|status codes):' "$out" | paste -sd ';')"
   fi
 
-  if ((IDLE > 0)); then
-    log "$name: idle ${IDLE}s for the second RSS reading"
-    sleep "$IDLE"
-  fi
-  RSS_IDLE[$name]+=" $(rss_mb "$pid")"
 }
 
 taskset -c "$SERVER_CPUS" nginx -p "$TMP/nginx/" -c "$TMP/nginx.conf" -e stderr >"$TMP/nginx.log" 2>&1 &
@@ -231,6 +227,16 @@ for ((round = 1; round <= ROUNDS; round++)); do
   fi
 done
 
+# The rounds run back to back: an idle pause between measurements (as this script had, for
+# the second RSS reading) made HAProxy's next measurement 10-20 % dearer per request and
+# remora's not (docs/benchmarks.md). So all targets idle once, after the last round.
+if ((IDLE > 0)); then
+  log "all targets idle ${IDLE}s for the second RSS reading"
+  sleep "$IDLE"
+fi
+declare -A PID_OF=([direct]=$ORIGIN_PID [haproxy]=$HAPROXY_PID [remora]=${REMORA_PID:-})
+for t in "${TARGETS[@]}"; do RSS_IDLE[$t]=$(rss_mb "${PID_OF[$t]}"); done
+
 # --- report ----------------------------------------------------------------------------------
 sum() { tr ' ' '\n' <<<"$1" | awk '{ s += $1 } END { print s + 0 }'; }
 
@@ -252,7 +258,7 @@ for t in "${TARGETS[@]}"; do
   printf '| %s | %.0f | %s | %.1f | %s | %s | %.1f | %.1f |\n' "$label" "$rps" \
     "$(ratio "$rps" "$(median "${RPS[haproxy]}")")" "$usreq" \
     "$(ratio "$usreq" "$(median "${USREQ[haproxy]}")")" \
-    "$(sum "${FAILED[$t]}")" "$(median "${RSS_RUN[$t]}")" "$(median "${RSS_IDLE[$t]}")"
+    "$(sum "${FAILED[$t]}")" "$(median "${RSS_RUN[$t]}")" "${RSS_IDLE[$t]}"
 done
 echo
 echo "† direct: CPU and RSS are the origin's (the nginx process), not a proxy's. Other rows: the" \
