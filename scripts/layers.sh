@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LAYERS=(
-    clock timer task context headers idle drain backoff accept spiffe config runtime path_normalize http1 http2
+    clock timer task woken context headers idle drain backoff accept spiffe config runtime path_normalize http1 http2
     request_match
     error outcome telemetry request_head upgrade body svc consul etcd tls client
     resend balance outlier health endpoint health_check discovery middleware upstream forward
