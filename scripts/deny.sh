@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # cargo deny (deny.toml): RustSec advisories, licenses, bans, sources.
-# Installs cargo-deny when missing. The advisory database comes from the local
-# snapshot named by $REMORA_ADVISORY_DB when it is set (CI sets it: its
-# machines cannot fetch the database); otherwise cargo-deny fetches it.
+# Installs cargo-deny when missing. The advisories are the repository's own copy,
+# deny/advisory-db (those of the crates in the lock files; scripts/advisories.sh refreshes
+# it), or the database checkout named by $REMORA_ADVISORY_DB; cargo deny runs offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,10 +11,14 @@ if ! command -v cargo-deny >/dev/null; then
     cargo install cargo-deny --locked --quiet
 fi
 
-snapshot="${REMORA_ADVISORY_DB:-}"
-
-if [ -z "$snapshot" ]; then
-    exec cargo deny check
+snapshot="${REMORA_ADVISORY_DB:-deny/advisory-db}"
+if [ "$snapshot" = deny/advisory-db ]; then
+    added=$(bash scripts/locked-crates.sh | LC_ALL=C comm -23 - deny/advisory-db/crates.txt)
+    if [ -n "$added" ]; then
+        echo "deny/advisory-db predates these dependencies; refresh it with" \
+            "scripts/advisories.sh and a checkout of rustsec/advisory-db:" $added >&2
+        exit 1
+    fi
 fi
 
 # --offline below also stops cargo metadata from downloading crates: fetch
