@@ -154,9 +154,17 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 /// The `grpc-status` in a header or trailer map, when present and numeric.
+/// Read three times a response (breaker, outlier detection, metrics). A map
+/// of a few fields is scanned: comparing its names costs less than hashing
+/// a name that is not a standard one for the lookup.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u16> {
-    headers
-        .get(GRPC_STATUS)
+    const SCANNED_UP_TO: usize = 8;
+    let value = if headers.len() <= SCANNED_UP_TO {
+        (headers.iter()).find_map(|(name, value)| (name == GRPC_STATUS).then_some(value))
+    } else {
+        headers.get(GRPC_STATUS)
+    };
+    value
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse().ok())
 }
@@ -174,6 +182,31 @@ mod tests {
             );
         }
         headers
+    }
+
+    #[test]
+    fn grpc_status_is_read_alike_from_small_and_large_maps() {
+        let fields = |extra: usize, status: Option<&str>| {
+            let mut pairs = vec![("content-type", "application/grpc"), ("date", "now")];
+            let names: Vec<String> = (0..extra).map(|i| format!("x-extra-{i}")).collect();
+            pairs.extend(names.iter().map(|name| (name.as_str(), "1")));
+            pairs.extend(status.map(|code| ("grpc-status", code)));
+            map(&pairs)
+        };
+        // 2 or 3 fields are scanned, 22 or 23 looked up: the same answers.
+        for extra in [0, 20] {
+            assert_eq!(grpc_status(&fields(extra, Some("14"))), Some(14));
+            assert_eq!(grpc_status(&fields(extra, Some("0"))), Some(0));
+            assert_eq!(grpc_status(&fields(extra, Some("unavailable"))), None);
+            assert_eq!(grpc_status(&fields(extra, None)), None);
+        }
+        let mut twice = fields(0, Some("8"));
+        twice.append(GRPC_STATUS, HeaderValue::from_static("2"));
+        assert_eq!(
+            grpc_status(&twice),
+            Some(8),
+            "the first value, as HeaderMap::get"
+        );
     }
 
     #[test]
