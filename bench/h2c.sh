@@ -188,7 +188,6 @@ bench() {
   if ((failed + n3xx > 0)); then
     log "$name: WARNING: $(grep -E '^(requests|status codes):' "$out" | paste -sd ';')"
   fi
-
 }
 
 taskset -c "$SERVER_CPUS" nginx -p "$TMP/nginx/" -c "$TMP/nginx.conf" -e stderr >"$TMP/nginx.log" 2>&1 &
