@@ -401,12 +401,18 @@ impl Endpoint {
                 }
                 Err(failed) => failed,
             };
-            let (error, unsent) = (failed.error, failed.request);
+            let (mut error, unsent) = (failed.error, failed.request);
             let why = if unsent.is_some() || error.not_sent() {
                 Some(Unprocessed::NotWritten)
             } else {
                 unprocessed_h2(&error)
             };
+            if why.is_none()
+                && let Some(timeout) = stream.connection_silent()
+            {
+                // h2 reports only a broken pipe.
+                error = http2::Error::Silent(timeout);
+            }
             if matches!(
                 why,
                 Some(Unprocessed::NotWritten | Unprocessed::GoAway { .. })

@@ -573,6 +573,14 @@ async fn keepalive_pings_find_a_silent_peer() {
         elapsed >= Duration::from_millis(350) && elapsed < Duration::from_secs(3),
         "{elapsed:?}"
     );
+    // The operator learns why, not just that the connection broke.
+    assert!(
+        reply.body.contains(
+            "keepalive PING went unanswered for 200ms (connection_pool.keepalive_timeout)"
+        ),
+        "{}",
+        reply.body
+    );
     assert_nothing_in_flight(&proxy, "silent", "keepalive").await;
 }
 

@@ -45,7 +45,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -80,6 +80,8 @@ pub struct Http2Connection {
     confirmed: AtomicBool,
     /// Its GOAWAY with an error code has been counted against the endpoint.
     goaway_counted: AtomicBool,
+    /// Closed because a keepalive PING went unanswered for this long.
+    silent: OnceLock<Duration>,
 }
 
 impl Http2Connection {
@@ -173,6 +175,12 @@ impl Http2Stream {
     pub fn first_to_report_goaway(&self) -> bool {
         !self.connection.goaway_counted.swap(true, Ordering::Relaxed)
     }
+
+    /// The keepalive timeout, when the connection was closed because a PING
+    /// went unanswered for that long: why the stream failed.
+    pub fn connection_silent(&self) -> Option<Duration> {
+        self.connection.silent.get().copied()
+    }
 }
 
 impl Drop for Http2Stream {
@@ -227,6 +235,7 @@ impl OpenSlot {
             retired: AtomicBool::new(false),
             confirmed: AtomicBool::new(false),
             goaway_counted: AtomicBool::new(false),
+            silent: OnceLock::new(),
         });
         let stream = {
             let mut state = self.pool.lock();
@@ -270,6 +279,14 @@ impl ConnectionEnd {
     pub fn busy(&self) -> bool {
         (self.connection.upgrade())
             .is_some_and(|connection| connection.streams.load(Ordering::Relaxed) > 0)
+    }
+
+    /// The connection is being closed: a keepalive PING went unanswered
+    /// for `timeout`. Its streams fail next, and say so.
+    pub fn silent(&self, timeout: Duration) {
+        if let Some(connection) = self.connection.upgrade() {
+            let _ = connection.silent.set(timeout);
+        }
     }
 
     pub fn ended(self) {

@@ -82,8 +82,10 @@ where
 /// Drives the connection until it is over: closed by either side, failed,
 /// or — after a GOAWAY, or once no handle to it is left — its last stream
 /// ended; or until a keepalive PING went unanswered (`busy` says whether
-/// the connection has open streams).
-pub async fn drive<T>(driver: Driver<T>, busy: impl Fn() -> bool)
+/// the connection has open streams). `silent` hears of that last case,
+/// with the keepalive timeout, before the connection is dropped and its
+/// streams fail.
+pub async fn drive<T>(driver: Driver<T>, busy: impl Fn() -> bool, silent: impl FnOnce(Duration))
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -91,6 +93,7 @@ where
         mut connection,
         mut pinger,
     } = driver;
+    let mut silent = Some(silent);
     poll_fn(|cx| {
         if let Poll::Ready(result) = Pin::new(&mut connection).poll(cx) {
             if let Err(error) = result {
@@ -105,6 +108,9 @@ where
                 timeout = ?pinger.keepalive.timeout,
                 "upstream HTTP/2 connection closed: no answer to a keepalive PING"
             );
+            if let Some(silent) = silent.take() {
+                silent(pinger.keepalive.timeout);
+            }
             return Poll::Ready(());
         }
         Poll::Pending

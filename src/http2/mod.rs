@@ -26,6 +26,7 @@
 //! such requests again).
 
 use std::future::poll_fn;
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -57,6 +58,12 @@ pub enum Error {
     /// Reading the request body failed; the stream was reset.
     #[error("reading the request body failed: {0}")]
     RequestBody(BoxError),
+    /// The connection was closed under the stream because a keepalive PING
+    /// went unanswered for this long.
+    #[error(
+        "HTTP/2: the connection was closed after a keepalive PING went unanswered for {0:?} (connection_pool.keepalive_timeout)"
+    )]
+    Silent(Duration),
 }
 
 impl Error {
@@ -64,7 +71,7 @@ impl Error {
     pub fn h2(&self) -> Option<&h2::Error> {
         match self {
             Error::Stream(error) | Error::NotSent(error) => Some(error),
-            Error::RequestBody(_) => None,
+            Error::RequestBody(_) | Error::Silent(_) => None,
         }
     }
 
@@ -207,7 +214,7 @@ mod tests {
     ) -> (SendRequest<Bytes>, tokio::task::JoinHandle<()>) {
         let io = TcpStream::connect(addr).await.unwrap();
         let (sender, driver) = connection::handshake(io, keepalive).await.unwrap();
-        let ended = tokio::spawn(connection::drive(driver, || true));
+        let ended = tokio::spawn(connection::drive(driver, || true, |_| {}));
         (sender, ended)
     }
 
