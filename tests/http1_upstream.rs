@@ -2,7 +2,8 @@
 //! what servers do on their own schedule: closing a reused connection after reading a request
 //! without answering it (only idempotent requests are sent again — a POST never is), and
 //! announcing `Keep-Alive: timeout=N` (remora closes the idle connection a second before).
-//! The same race against nginx is in `third_party_upstreams.rs`.
+//! The same race against nginx is in `third_party_upstreams.rs`. Many requests to one
+//! endpoint at once (each lets the others go out first) each get their own answer.
 
 mod support;
 
@@ -16,7 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::config::TestConfig;
-use support::{Proxy, Server, prom, send, serve};
+use support::in_flight::assert_nothing_in_flight;
+use support::{Proxy, Server, http_backend, prom, send, serve};
 
 /// One request as the origin read it: which connection (0 = the first), method and body.
 #[derive(Debug, Clone, PartialEq)]
@@ -204,5 +206,41 @@ async fn an_idle_connection_closes_before_the_announced_keep_alive_timeout() {
     assert!(
         closed >= Duration::from_millis(950) && closed < Duration::from_millis(2100),
         "closed {closed:?} after the response"
+    );
+}
+
+/// 200 requests to one endpoint at once: with others in flight, each waits for their turn
+/// before it goes out (`endpoint.rs`). Every one gets its own answer, nothing stays in flight,
+/// and a request alone afterwards goes out at once.
+#[tokio::test]
+async fn concurrent_requests_to_one_endpoint_each_get_their_own_answer() {
+    let backend = http_backend("together");
+    let config = TestConfig::one_upstream("together", "http", [backend.addr]);
+    let proxy = Proxy::start(&config.yaml()).await;
+    let base = format!("http://{}", proxy.upstream("together"));
+    let replies = futures_util::future::join_all((0..200).map(|i| {
+        let request = Request::post(format!("{base}/echo"))
+            .body(Full::new(Bytes::from(format!("request {i}"))))
+            .unwrap();
+        async move { (i, send(Version::HTTP_11, request).await.unwrap()) }
+    }))
+    .await;
+    for (i, reply) in replies {
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        assert_eq!(reply.body, format!("request {i}"));
+    }
+    assert_eq!(backend.requests(), 200);
+    assert_nothing_in_flight(&proxy, "together", "200 requests at once").await;
+
+    let started = Instant::now();
+    let request = Request::get(format!("{base}/"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let reply = send(Version::HTTP_11, request).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
     );
 }

@@ -6,8 +6,8 @@
 //! P2C peak-EWMA learns from timeouts to avoid a black hole. A gRPC client's `grpc-timeout`
 //! shortens (or sets) the deadline, expires as `grpc-status: 4`, and reaches the upstream as
 //! the time left. An HTTP/2 upstream sees its stream reset (`CANCEL`) when the request times
-//! out. `timeouts.idle` cuts off a stalled response body, a silent upstream, a stalled request
-//! body and idle client connections.
+//! out. `timeouts.idle` cuts off a stalled response body, a silent upstream (or the request
+//! timeout does, whichever comes first), a stalled request body and idle client connections.
 
 mod support;
 
@@ -380,6 +380,65 @@ async fn a_silent_upstream_is_cut_off_after_the_idle_timeout() {
         "closed {after:?} after its request"
     );
     assert_eq!(timeouts(&proxy, "head-idle", "idle").await, 1.0);
+}
+
+/// With both a request timeout and `timeouts.idle`, a silent upstream is cut off by whichever
+/// comes first, and the timeout is counted under that one's kind: `request: 300ms` under
+/// `idle: 5s`, then `idle: 300ms` under `request: 5s`.
+#[tokio::test]
+async fn a_silent_upstream_meets_whichever_of_request_and_idle_comes_first() {
+    // Each case its own upstream name: the proxies of one test share one metrics registry.
+    let cases = [
+        (
+            "request-first",
+            "{ request: 300ms, idle: 5s }",
+            "request",
+            "idle",
+        ),
+        (
+            "idle-first",
+            "{ request: 5s, idle: 300ms }",
+            "idle",
+            "request",
+        ),
+    ];
+    for (upstream, timeouts_yaml, counted, not_counted) in cases {
+        let (origin, mut closed) = black_hole();
+        let proxy = Proxy::start(
+            &TestConfig::one_upstream(upstream, "http", [origin])
+                .with("timeouts", timeouts_yaml)
+                .yaml(),
+        )
+        .await;
+        let url = format!("http://{}/hang", proxy.upstream(upstream));
+        let started = Instant::now();
+        let reply = get(Version::HTTP_11, &url).await.unwrap();
+        let elapsed = started.elapsed();
+        assert_proxy_made(&reply, StatusCode::GATEWAY_TIMEOUT, "timeout");
+        assert!(
+            elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(1500),
+            "{timeouts_yaml}: 504 after {elapsed:?}"
+        );
+        let after = tokio::time::timeout(Duration::from_secs(6), closed.recv())
+            .await
+            .expect("origin reports")
+            .expect("origin alive")
+            .expect("the upstream connection is closed");
+        assert!(
+            after < Duration::from_millis(1500),
+            "{timeouts_yaml}: {after:?}"
+        );
+        assert_eq!(
+            timeouts(&proxy, upstream, counted).await,
+            1.0,
+            "{timeouts_yaml}"
+        );
+        assert_eq!(
+            timeouts(&proxy, upstream, not_counted).await,
+            0.0,
+            "{timeouts_yaml}"
+        );
+    }
 }
 
 /// The idle period restarts with every request body frame: a body that keeps
