@@ -116,7 +116,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let spans = (config.tracing.otlp.as_ref())
         .map(|otlp| SpanExporter::start(otlp, &config.service.name))
         .transpose()?;
-    let admin_listener = live::bind(config.admin.listen, "admin").await?;
+    let admin_listener = live::bind(config.admin.listen, "admin")?;
     let admin_addr = admin_listener.local_addr()?;
     if !admin_addr.ip().is_loopback() {
         tracing::warn!(

@@ -1,6 +1,7 @@
 //! HTTP/1.1 through remora: methods and bodies, streaming without buffering,
 //! `Expect: 100-continue`, hop-by-hop stripping (both ways), Host preservation, upstream
-//! keep-alive reuse, WebSocket upgrade, and malformed requests.
+//! keep-alive reuse, WebSocket upgrade, malformed requests, and a burst of new connections
+//! queued by the kernel while the accept loop is busy.
 
 mod support;
 
@@ -310,5 +311,39 @@ async fn read_response_with_length(stream: &mut TcpStream) -> String {
                 return text;
             }
         }
+    }
+}
+
+/// 400 connections opened while remora's accept loop cannot run (this test's runtime has one
+/// thread, which the connects block) all wait in the kernel's accept queue: none waits for a
+/// SYN to be sent again, as past a queue of 128 the kernel drops them. Then each is served.
+#[tokio::test]
+async fn a_burst_of_connections_waits_in_the_accept_queue() {
+    let backend = http_backend("burst");
+    let proxy = Proxy::start(&outbound_yaml("burst", "http", &[backend.addr.to_string()])).await;
+    let addr = proxy.upstream("burst");
+    let mut clients = Vec::new();
+    for n in 0..400 {
+        let started = Instant::now();
+        let client = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(900))
+            .unwrap_or_else(|error| {
+                panic!("connection {n}: {error} after {:?}", started.elapsed())
+            });
+        clients.push(client);
+    }
+    let served = futures_util::future::join_all(clients.into_iter().map(|client| async move {
+        client.set_nonblocking(true).unwrap();
+        let mut client = TcpStream::from_std(client).unwrap();
+        (client.write_all(b"GET / HTTP/1.1\r\nhost: burst\r\nconnection: close\r\n\r\n"))
+            .await
+            .unwrap();
+        let mut response = Vec::new();
+        client.read_to_end(&mut response).await.unwrap();
+        String::from_utf8_lossy(&response).into_owned()
+    }))
+    .await;
+    for response in served {
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.ends_with("burst"), "{response}");
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::config::{AuthorizationConfig, ListenerLimits, TransparentConfig};
 use crate::context::Direction;
@@ -91,7 +91,7 @@ pub(super) async fn plan_socket<'a>(
     let (socket, bound) = match reused_socket {
         Some(reused) => reused,
         None => {
-            let listener = bind(listen, label).await?;
+            let listener = bind(listen, label)?;
             let bound = listener.local_addr()?;
             (Arc::new(listener.into_std()?), bound)
         }
@@ -188,8 +188,26 @@ fn spawn_accept_loop(
 }
 
 /// Binds a listener; the error names it.
-pub(crate) async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} for the {what} listener"))
+pub(crate) fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    listen(addr).with_context(|| format!("cannot listen on {addr} for the {what} listener"))
+}
+
+/// The most connections the kernel may queue for `accept`: it caps a listen
+/// backlog at `net.core.somaxconn` (4096 by default), so asking for the most
+/// gets that, as Envoy and HAProxy do. tokio's own `bind` asks for 128: a
+/// burst of new connections larger than that, arriving while the accept
+/// loop is busy, had the kernel drop their SYNs, and each of those clients
+/// waited a second or more to try again.
+const LISTEN_BACKLOG: u32 = i32::MAX as u32;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // As tokio's `bind`: a restarted remora may bind while the last one's
+    // connections are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
