@@ -11,7 +11,7 @@
 #   REMORA_BIN=target/release-pgo/remora bench/burst.sh
 #
 # Environment (defaults): CLIENTS=1000, DELAY=1 (s), IDLE=10 (s before the "after" reading),
-# SERVER_CPUS=0 (origin + proxies), REMORA_BIN=<repo>/target/release/remora.
+# SERVER_CPUS=0 (origin + proxies), CLIENT_CPUS=1, REMORA_BIN=<repo>/target/release/remora.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,6 +19,7 @@ CLIENTS=${CLIENTS:-1000}
 DELAY=${DELAY:-1}
 IDLE=${IDLE:-10}
 SERVER_CPUS=${SERVER_CPUS:-0}
+CLIENT_CPUS=${CLIENT_CPUS:-1}
 REMORA_BIN=${REMORA_BIN:-$ROOT/target/release/remora}
 READY_TIMEOUT=10
 
@@ -31,10 +32,13 @@ for tool in haproxy taskset curl python3 ss; do
   command -v "$tool" >/dev/null || die "$tool not found (apt-get install haproxy util-linux curl python3 iproute2)"
 done
 require_integers CLIENTS IDLE
+((RUN_REMORA)) || die "--no-remora: burst.sh measures remora beside HAProxy"
 [[ -x "$REMORA_BIN" ]] || die "no remora at $REMORA_BIN (cargo build --release)"
+# The soft limit only (-S): lowering the hard one too would keep HAProxy from raising its own.
 FILES_NEEDED=$((3 * CLIENTS + 256))
-if (($(ulimit -n) < FILES_NEEDED)); then
-  ulimit -n "$FILES_NEEDED" 2>/dev/null || die "open-files limit $(ulimit -n) < $FILES_NEEDED: lower CLIENTS"
+if (($(ulimit -Sn) < FILES_NEEDED)); then
+  ulimit -Sn "$FILES_NEEDED" 2>/dev/null ||
+    die "open-files limit $(ulimit -Sn) < $FILES_NEEDED and cannot be raised (hard limit $(ulimit -Hn)): lower CLIENTS"
 fi
 
 read -r ORIGIN_PORT REMORA_ORIGIN_PORT HAPROXY_PORT FULL_PORT FULL_SECOND_PORT FULL_ADMIN_PORT \
@@ -117,13 +121,13 @@ for _ in range(clients):
     conns.append(conn)
 for conn in conns:
     data = b""
-    while not data.endswith(b"hello"):
+    while b"\r\n\r\n" not in data or (data.startswith(b"HTTP/1.1 200") and not data.endswith(b"hello")):
         chunk = conn.recv(4096)
         if not chunk:
             sys.exit(f"a connection closed before its response: {data!r}")
         data += chunk
     if not data.startswith(b"HTTP/1.1 200"):
-        sys.exit(f"answered {data[:40]!r}")
+        sys.exit(f"answered {data.splitlines()[0]!r}")
 took = time.monotonic() - started
 sampling = False
 sampler.join()
@@ -139,6 +143,8 @@ for target in haproxy:$HAPROXY_PORT:$HAPROXY_PID:$ORIGIN_PORT \
   remora-full:$FULL_PORT:$REMORA_PID:$REMORA_ORIGIN_PORT; do
   IFS=: read -r name port pid origin <<<"$target"
   log "$name: $CLIENTS clients at once, the origin answering after ${DELAY}s"
-  read -r took upstream idle peak after <<<"$(python3 "$TMP/burst.py" "$CLIENTS" "$port" "$pid" "$origin" "$IDLE")"
+  figures=$(taskset -c "$CLIENT_CPUS" python3 "$TMP/burst.py" "$CLIENTS" "$port" "$pid" "$origin" "$IDLE") ||
+    die "$name: the clients failed (above)"
+  read -r took upstream idle peak after <<<"$figures"
   echo "| $name | $took | $upstream | $idle | $peak | $after |"
 done

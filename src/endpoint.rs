@@ -407,10 +407,11 @@ impl Endpoint {
             } else {
                 unprocessed_h2(&error)
             };
-            if why.is_none()
+            // A stream its connection's dropping cut off: h2 says only "broken pipe".
+            if let http2::Error::Stream(cut) = &error
+                && cut.is_io()
                 && let Some(timeout) = stream.connection_silent()
             {
-                // h2 reports only a broken pipe.
                 error = http2::Error::Silent(timeout);
             }
             if matches!(

@@ -317,8 +317,11 @@ async fn read_response_with_length(stream: &mut TcpStream) -> String {
 /// 400 connections opened while remora's accept loop cannot run (this test's runtime has one
 /// thread, which the connects block) all wait in the kernel's accept queue: none waits for a
 /// SYN to be sent again, as past a queue of 128 the kernel drops them. Then each is served.
-#[tokio::test]
+/// (The queue is at most `net.core.somaxconn`: 4096 by default since Linux 5.4.)
+#[tokio::test(flavor = "current_thread")]
 async fn a_burst_of_connections_waits_in_the_accept_queue() {
+    // 400 clients, their 400 connections in remora, 400 upstream and 400 in the backend.
+    support::raise_open_files_limit(2048);
     let backend = http_backend("burst");
     let proxy = Proxy::start(&outbound_yaml("burst", "http", &[backend.addr.to_string()])).await;
     let addr = proxy.upstream("burst");

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::config::TestConfig;
-use support::{ProxyProcess, http_backend};
+use support::{ProxyProcess, http_backend, raise_open_files_limit};
 
 const CLIENTS: usize = 1000;
 
@@ -97,20 +97,4 @@ async fn keep_alive_clients(listener: std::net::SocketAddr, count: usize) -> Vec
         }
     }
     clients
-}
-
-/// Raises this process's soft limit on open files to `wanted` (at most the hard limit).
-fn raise_open_files_limit(wanted: u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        if limit.rlim_cur < wanted {
-            limit.rlim_cur = wanted.min(limit.rlim_max);
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        }
-    }
 }

@@ -19,6 +19,7 @@ use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty, Full};
 use socket2::{Domain, Socket, Type};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use support::config::TestConfig;
 use support::{Proxy, black_hole, get, h2_origin, http_backend, http_client, prom, send};
@@ -35,6 +36,15 @@ async fn timeouts(proxy: &Proxy, upstream: &str, kind: &str) -> f64 {
         &labels,
     )
     .unwrap_or(0.0)
+}
+
+/// How long after its request the black hole's connection was closed (waiting up to 6 s).
+async fn closed_after(closed: &mut UnboundedReceiver<Option<Duration>>) -> Duration {
+    tokio::time::timeout(Duration::from_secs(6), closed.recv())
+        .await
+        .expect("origin reports")
+        .expect("origin alive")
+        .expect("the upstream connection is closed within 5 s")
 }
 
 /// `request: 500ms` with two 300 ms tries: the first try times out (per try) and is retried,
@@ -67,11 +77,7 @@ async fn the_request_timeout_bounds_all_tries_and_cancels_them() {
     );
     // First try: closed ~300 ms after it arrived; second: ~200 ms (500 − 300 − backoff).
     for (try_number, bound) in [(1, 300), (2, 200)] {
-        let after = tokio::time::timeout(Duration::from_secs(6), closed.recv())
-            .await
-            .expect("origin reports")
-            .expect("origin alive")
-            .unwrap_or_else(|| panic!("try {try_number}: connection still open after 5 s"));
+        let after = closed_after(&mut closed).await;
         eprintln!("try {try_number}: upstream connection closed {after:?} after its request");
         assert!(
             after < Duration::from_millis(bound + 50),
@@ -204,7 +210,7 @@ async fn grpc_timeout_alone_sets_a_deadline() {
 
 /// An origin that sends a response head and one chunk, then stalls; it
 /// reports how long after the chunk the proxy closed the connection.
-fn stalling_origin() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Duration>) {
+fn stalling_origin() -> (SocketAddr, UnboundedReceiver<Duration>) {
     use tokio::io::AsyncWriteExt;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let addr = support::serve(move |mut stream| {
@@ -370,11 +376,7 @@ async fn a_silent_upstream_is_cut_off_after_the_idle_timeout() {
         elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(800),
         "504 after {elapsed:?}"
     );
-    let after = tokio::time::timeout(Duration::from_secs(6), closed.recv())
-        .await
-        .expect("origin reports")
-        .expect("origin alive")
-        .expect("the upstream connection is closed");
+    let after = closed_after(&mut closed).await;
     assert!(
         after < Duration::from_millis(800),
         "closed {after:?} after its request"
@@ -387,7 +389,7 @@ async fn a_silent_upstream_is_cut_off_after_the_idle_timeout() {
 /// `idle: 5s`, then `idle: 300ms` under `request: 5s`.
 #[tokio::test]
 async fn a_silent_upstream_meets_whichever_of_request_and_idle_comes_first() {
-    // Each case its own upstream name: the proxies of one test share one metrics registry.
+    // Each case its own upstream name: the proxies of a test process share one metrics registry.
     let cases = [
         (
             "request-first",
@@ -419,11 +421,7 @@ async fn a_silent_upstream_meets_whichever_of_request_and_idle_comes_first() {
             elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(1500),
             "{timeouts_yaml}: 504 after {elapsed:?}"
         );
-        let after = tokio::time::timeout(Duration::from_secs(6), closed.recv())
-            .await
-            .expect("origin reports")
-            .expect("origin alive")
-            .expect("the upstream connection is closed");
+        let after = closed_after(&mut closed).await;
         assert!(
             after < Duration::from_millis(1500),
             "{timeouts_yaml}: {after:?}"
@@ -487,11 +485,7 @@ async fn a_request_body_that_moves_keeps_the_try_alive_until_it_stalls() {
         "cut off after {elapsed:?} (last chunk at ~800 ms)"
     );
     drop(sender.await);
-    let after = tokio::time::timeout(Duration::from_secs(6), closed.recv())
-        .await
-        .expect("origin reports")
-        .expect("origin alive")
-        .expect("the upstream connection is closed");
+    let after = closed_after(&mut closed).await;
     eprintln!("upstream connection closed {after:?} after the request head");
     assert_eq!(timeouts(&proxy, "body-idle", "idle").await, 1.0);
 }
@@ -500,7 +494,7 @@ async fn a_request_body_that_moves_keeps_the_try_alive_until_it_stalls() {
 /// the proxy sent and how long after the request arrived.
 fn silent_h2_origin() -> (
     support::Server,
-    tokio::sync::mpsc::UnboundedReceiver<(Option<h2::Reason>, Duration)>,
+    UnboundedReceiver<(Option<h2::Reason>, Duration)>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let server = h2_origin(move |_, _request, mut respond| {

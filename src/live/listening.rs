@@ -70,7 +70,7 @@ pub(super) struct PlannedSocket {
 /// Plans `old`'s (or a new listener's) socket at `listen`: the same socket
 /// while the address is unchanged (or taken over from the `running` listener
 /// that had it), else a new one; a new accept loop unless socket and handler stay.
-pub(super) async fn plan_socket<'a>(
+pub(super) fn plan_socket<'a>(
     running: impl Iterator<Item = &'a Listening>,
     old: Option<&'a Listening>,
     listen: SocketAddr,
@@ -193,11 +193,11 @@ pub(crate) fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> 
 }
 
 /// The most connections the kernel may queue for `accept`: it caps a listen
-/// backlog at `net.core.somaxconn` (4096 by default), so asking for the most
-/// gets that, as Envoy and HAProxy do. tokio's own `bind` asks for 128: a
-/// burst of new connections larger than that, arriving while the accept
-/// loop is busy, had the kernel drop their SYNs, and each of those clients
-/// waited a second or more to try again.
+/// backlog at `net.core.somaxconn` (4096 by default since Linux 5.4), so
+/// asking for the most gets that, as Envoy does. tokio's own `bind` asks for
+/// 128: a burst of new connections larger than that, arriving while the
+/// accept loop is busy, had the kernel drop their SYNs, and each of those
+/// clients waited a second or more to try again.
 const LISTEN_BACKLOG: u32 = i32::MAX as u32;
 
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {

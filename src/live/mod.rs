@@ -300,13 +300,16 @@ impl LiveProxy {
             .context("dns: cannot resolve the hostnames of static lists")?;
         let mut listeners = Vec::new();
         for spec in &specs {
-            listeners.push(
-                self.plan_site(state, &config, spec, authorizer.as_ref(), names.as_ref())
-                    .await?,
-            );
+            listeners.push(self.plan_site(
+                state,
+                &config,
+                spec,
+                authorizer.as_ref(),
+                names.as_ref(),
+            )?);
         }
         let transparent = match &config.transparent {
-            Some(transparent) => Some(plan_transparent(state, transparent).await?),
+            Some(transparent) => Some(plan_transparent(state, transparent)?),
             None => None,
         };
         let in_etcd = config.counts_own_service_in_etcd();

@@ -100,7 +100,7 @@ fn resolves(discovery: &Discovery) -> bool {
 
 impl LiveProxy {
     /// The upstream, discovery and listener of `spec` (the stack comes later).
-    pub(super) async fn plan_site(
+    pub(super) fn plan_site(
         &self,
         state: &State,
         config: &Config,
@@ -180,21 +180,18 @@ impl LiveProxy {
                     Direction::Inbound => "inbound".to_owned(),
                     Direction::Outbound => format!("upstream {}", spec.name),
                 };
-                Some(
-                    plan_socket(
-                        state.listening(),
-                        old,
-                        listen,
-                        &label,
-                        AcceptSource {
-                            handler,
-                            limits: spec.limits,
-                        },
-                        handler_kept,
-                        tls,
-                    )
-                    .await?,
-                )
+                Some(plan_socket(
+                    state.listening(),
+                    old,
+                    listen,
+                    &label,
+                    AcceptSource {
+                        handler,
+                        limits: spec.limits,
+                    },
+                    handler_kept,
+                    tls,
+                )?)
             }
             None => None,
         };

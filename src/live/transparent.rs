@@ -34,7 +34,7 @@ pub(super) struct PlannedTransparent {
     config: TransparentConfig,
 }
 
-pub(super) async fn plan_transparent(
+pub(super) fn plan_transparent(
     state: &State,
     config: &TransparentConfig,
 ) -> anyhow::Result<PlannedTransparent> {
@@ -51,8 +51,7 @@ pub(super) async fn plan_transparent(
         },
         true,
         || Ok(None),
-    )
-    .await?;
+    )?;
     Ok(PlannedTransparent {
         socket,
         config: config.clone(),

@@ -84,8 +84,7 @@ impl Backend {
 
 /// Starts a backend answering to `name` (see the module docs for its routes).
 pub fn http_backend(name: &str) -> Backend {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    http_backend_on(name, listener)
+    http_backend_on(name, super::loopback_listener())
 }
 
 /// [`http_backend`] on a listener the test bound (another loopback address,

@@ -140,8 +140,37 @@ where
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    serve_listener(std_listener, handle)
+    serve_listener(loopback_listener(), handle)
+}
+
+/// A listener on 127.0.0.1:0 with the kernel's largest accept queue, as remora's listeners
+/// have: a test server then takes a burst of connections from the proxy while its accept
+/// task waits for the runtime (std's queue of 128 would drop the SYNs past it, and the proxy's
+/// connects would wait a second for their SYN to be sent again).
+pub fn loopback_listener() -> std::net::TcpListener {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    socket.bind(&addr.into()).expect("bind 127.0.0.1:0");
+    socket.listen(i32::MAX).expect("listen");
+    socket.into()
+}
+
+/// Raises this process's soft limit on open files to `wanted` (at most the hard limit), for
+/// tests that hold many connections at once.
+pub fn raise_open_files_limit(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < wanted {
+            limit.rlim_cur = wanted.min(limit.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+    }
 }
 
 /// Like [`serve`], on `addr` (a server coming back on the port of one
