@@ -269,6 +269,7 @@ async fn rules_apply_without_mtls_over_http1_and_http2() {
     let app = http_backend("app");
     let proxy = Proxy::start(&format!(
         "service: {{ name: authz5, port: {} }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
          inbound:\n  listen: 127.0.0.1:0\n  authorization:\n    rules:\n\
          \x20     - {{ name: public-reads, action: allow, match: {{ path: {{ prefix: /public }}, methods: [GET] }} }}\n",
         app.addr.port()
