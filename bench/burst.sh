@@ -34,12 +34,7 @@ done
 require_integers CLIENTS IDLE
 ((RUN_REMORA)) || die "--no-remora: burst.sh measures remora beside HAProxy"
 [[ -x "$REMORA_BIN" ]] || die "no remora at $REMORA_BIN (cargo build --release)"
-# The soft limit only (-S): lowering the hard one too would keep HAProxy from raising its own.
-FILES_NEEDED=$((3 * CLIENTS + 256))
-if (($(ulimit -Sn) < FILES_NEEDED)); then
-  ulimit -Sn "$FILES_NEEDED" 2>/dev/null ||
-    die "open-files limit $(ulimit -Sn) < $FILES_NEEDED and cannot be raised (hard limit $(ulimit -Hn)): lower CLIENTS"
-fi
+raise_open_files $((3 * CLIENTS + 256))
 
 read -r ORIGIN_PORT REMORA_ORIGIN_PORT HAPROXY_PORT FULL_PORT FULL_SECOND_PORT FULL_ADMIN_PORT \
   <<<"$(free_ports 6)"

@@ -2,7 +2,7 @@
 # Shared by the bench/ scripts (sourced after they set their
 # defaults, LOG_TAG and TMP_PREFIX): command-line arguments, logging, checks
 # of numeric settings, a scratch directory and the process list (both
-# cleaned up on exit), free loopback ports, a process's CPU time and
+# cleaned up on exit), the open-files limit, free loopback ports, a process's CPU time and
 # resident memory, the median and ratio of figures, and the servers: waiting
 # for one, HAProxy, the origin, and the no-policy remora configuration.
 
@@ -36,6 +36,16 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# Raises the soft open-files limit (inherited by every process started after) to N when it is
+# lower; fails, naming CLIENTS, when the hard limit is lower still. The soft limit only (-S):
+# lowering the hard one too would keep HAProxy from raising its own.
+raise_open_files() { # n
+  if (($(ulimit -Sn) < $1)); then
+    ulimit -Sn "$1" 2>/dev/null ||
+      die "open-files limit $(ulimit -Sn) < $1 and cannot be raised (hard limit $(ulimit -Hn)): lower CLIENTS"
+  fi
+}
 
 # N distinct free loopback ports (held open together while picking, so no duplicates).
 free_ports() {

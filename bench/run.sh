@@ -40,12 +40,7 @@ require_integers W CONNS DURATION WARMUP ROUNDS IDLE CLIENTS WRK_THREADS
 
 # The keep-alive clients hold CLIENTS connections to every proxy at once, and each proxy
 # holds CLIENTS of its own: raise the open-files limit (inherited by all) when it is short.
-FILES_NEEDED=$((3 * CLIENTS + 256))
-# The soft limit only (-S): lowering the hard one too would keep HAProxy from raising its own.
-if (($(ulimit -Sn) < FILES_NEEDED)); then
-  ulimit -Sn "$FILES_NEEDED" 2>/dev/null ||
-    die "open-files limit $(ulimit -Sn) < $FILES_NEEDED and cannot be raised (hard limit $(ulimit -Hn)): lower CLIENTS"
-fi
+raise_open_files $((3 * CLIENTS + 256))
 
 read -r ORIGIN_PORT HAPROXY_PORT HAPROXY_SECOND_PORT REMORA_PORT ADMIN_PORT \
   FULL_PORT FULL_SECOND_PORT FULL_ADMIN_PORT <<<"$(free_ports 8)"
