@@ -61,8 +61,8 @@ async def main():
 asyncio.run(main())
 EOF
 taskset -c "$SERVER_CPUS" python3 "$TMP/origin.py" "$DELAY" "$ORIGIN_PORT" "$REMORA_ORIGIN_PORT" >"$TMP/origin.log" 2>&1 &
-PIDS+=("$!")
 ORIGIN_PID=$!
+PIDS+=("$ORIGIN_PID")
 wait_ready origin "http://127.0.0.1:$ORIGIN_PORT/ready" "$ORIGIN_PID" "$TMP/origin.log"
 wait_ready origin "http://127.0.0.1:$REMORA_ORIGIN_PORT/ready" "$ORIGIN_PID" "$TMP/origin.log"
 
