@@ -50,7 +50,15 @@ impl RoundRobin {
             return Some(i);
         }
         match c.count() {
-            0 => None,
+            0 => {
+                // The turn is not used up: the next, looser filter takes it
+                // (`candidates.rs`). Advancing once per failed filter too
+                // would move the counter by the number of filters tried, and
+                // a count that shares a factor with N sends every such
+                // pick to the same few endpoints.
+                self.next.fetch_sub(1, Relaxed);
+                None
+            }
             k => c.nth(n % k),
         }
     }
