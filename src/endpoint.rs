@@ -68,6 +68,10 @@ impl Target for Endpoint {
     fn passes_checks(&self) -> bool {
         self.health.admits()
     }
+
+    fn awaits_first_check(&self) -> bool {
+        self.health.awaits_first_check()
+    }
 }
 
 impl Ejectable for Endpoint {

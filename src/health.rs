@@ -2,14 +2,20 @@
 //! the checks and feeds it). Lock-free: the balancer reads it on every pick.
 //!
 //! An endpoint of an upstream without checks is `unchecked` and always
-//! admitted. One with checks starts `pending`, admitted like a passing one
-//! (discovery already vouched for it; the first check runs at once, after
-//! at most the jitter), and its first result decides at once. From then on
+//! admitted. One with checks starts `pending`. An endpoint of the
+//! upstream's first set (at start, or when a reload rebuilds the endpoints)
+//! is admitted while pending, as discovery or the configuration vouched for
+//! it: were the first ones to pass their checks to take all the traffic,
+//! one endpoint could get it all for up to the jitter. An endpoint that
+//! joins a running set waits for its first result (`awaits_first_check`):
+//! the balancer picks it only when no checked endpoint can take the request
+//! (`balance::candidates`). The first check runs at once, after at most the
+//! jitter, and its result decides at once. From then on
 //! a passing endpoint turns `failing` after `unhealthy_threshold` failed
 //! checks in a row, and a failing one `passing` after `healthy_threshold`
 //! passed checks in a row. Only the endpoint's one checker writes.
 
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering::Relaxed};
 
 /// What the checks say of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +61,8 @@ pub struct HealthState {
     verdict: AtomicU8,
     /// Results in a row that disagree with the verdict.
     streak: AtomicU32,
+    /// Joined a running endpoint set: waits for its first result.
+    joined: AtomicBool,
 }
 
 impl Default for HealthState {
@@ -62,6 +70,7 @@ impl Default for HealthState {
         Self {
             verdict: AtomicU8::new(Verdict::Unchecked as u8),
             streak: AtomicU32::new(0),
+            joined: AtomicBool::new(false),
         }
     }
 }
@@ -76,8 +85,16 @@ impl HealthState {
         self.verdict() != Verdict::Failing
     }
 
-    /// Marks the endpoint as checked, its first result pending.
-    pub fn start(&self) {
+    /// True while the endpoint, which `joined` a running set, has no
+    /// result yet: it is picked only when no checked endpoint can be.
+    pub fn awaits_first_check(&self) -> bool {
+        self.joined.load(Relaxed) && self.verdict() == Verdict::Pending
+    }
+
+    /// Marks the endpoint as checked, its first result pending; `joined`
+    /// when it joins a running endpoint set (see the module doc).
+    pub fn start(&self, joined: bool) {
+        self.joined.store(joined, Relaxed);
         self.set(Verdict::Pending);
     }
 
@@ -129,8 +146,9 @@ mod tests {
     fn the_first_result_decides_then_streaks_turn_the_verdict() {
         let state = HealthState::default();
         assert_eq!(state.verdict(), Verdict::Unchecked);
-        state.start();
+        state.start(false);
         assert!(state.admits(), "pending is admitted");
+        assert!(!state.awaits_first_check(), "of the first set");
         assert_eq!(state.record(true, THRESHOLDS), Some(Verdict::Passing));
         assert_eq!(state.record(false, THRESHOLDS), None);
         assert_eq!(state.record(false, THRESHOLDS), None);
@@ -149,7 +167,21 @@ mod tests {
         assert_eq!(state.record(true, THRESHOLDS), Some(Verdict::Passing));
 
         let new = HealthState::default();
-        new.start();
+        new.start(false);
         assert_eq!(new.record(false, THRESHOLDS), Some(Verdict::Failing));
+    }
+
+    #[test]
+    fn an_endpoint_joining_a_running_set_awaits_only_its_first_result() {
+        let joined = HealthState::default();
+        joined.start(true);
+        assert!(joined.awaits_first_check());
+        assert_eq!(joined.record(true, THRESHOLDS), Some(Verdict::Passing));
+        assert!(!joined.awaits_first_check());
+        assert_eq!(joined.record(false, THRESHOLDS), None);
+        assert!(
+            !joined.awaits_first_check(),
+            "a failure is not a first result"
+        );
     }
 }

@@ -49,9 +49,11 @@ impl HealthChecker {
         }
     }
 
-    /// Starts checking `endpoint` until it is dropped.
-    pub fn watch(self: &Arc<Self>, endpoint: &Arc<Endpoint>) {
-        endpoint.health.start();
+    /// Starts checking `endpoint` until it is dropped; `joined` when it
+    /// joins a running endpoint set (it then waits for its first result,
+    /// see `health.rs`).
+    pub fn watch(self: &Arc<Self>, endpoint: &Arc<Endpoint>, joined: bool) {
+        endpoint.health.start(joined);
         let checker = Arc::clone(self);
         let endpoint = Arc::downgrade(endpoint);
         tokio::spawn(async move { checker.run(endpoint).await });

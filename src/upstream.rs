@@ -377,7 +377,8 @@ impl EndpointFactory {
     }
 
     /// A balancer over `addrs`, reusing the `existing` endpoints; `zones`
-    /// places them for locality-aware balancing.
+    /// places them for locality-aware balancing. With health checks, new
+    /// endpoints that join existing ones wait for their first check.
     fn balancer(
         &self,
         addrs: &[WeightedAddr],
@@ -391,7 +392,7 @@ impl EndpointFactory {
                     let endpoint =
                         Arc::new(Endpoint::new(addr, self.client.clone(), &self.upstream));
                     if let Some(checker) = &self.checker {
-                        checker.watch(&endpoint);
+                        checker.watch(&endpoint, !existing.is_empty());
                     }
                     endpoint
                 });

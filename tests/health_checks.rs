@@ -6,8 +6,9 @@
 //! (grpcio-health-checking) follow `NOT_SERVING`; too few healthy endpoints
 //! put the upstream in panic (traffic over all of them), and a threshold of
 //! 0 keeps traffic off failing endpoints whatever their number; checks of a
-//! meshed upstream go over its mTLS (and fail with the wrong identity), and
-//! Consul-discovered endpoints are checked like static ones.
+//! meshed upstream go over its mTLS (and fail with the wrong identity),
+//! Consul-discovered endpoints are checked like static ones, and a newly
+//! discovered endpoint takes traffic only once its first check passed.
 
 mod support;
 
@@ -390,4 +391,48 @@ async fn consul_endpoints_are_checked_too() {
         );
     }
     assert_eq!(b.traffic(), before);
+}
+
+#[tokio::test]
+async fn a_new_endpoint_takes_traffic_once_its_first_check_passes() {
+    let consul = ConsulStandIn::start();
+    let (a, b) = (Switchable::start("a"), Switchable::start("b"));
+    consul.register(ConsulInstance::new("api-a", "api", a.server.addr));
+    let yaml = TestConfig::new()
+        .section("consul", format!("{{ address: \"{}\", wait: 1s }}", consul.url()))
+        .upstream(Upstream::discovered("hc-new", "{ consul: { service: api } }").protocol("http"))
+        .with(
+            "health_check",
+            "{ http: { path: /health }, interval: 100ms, timeout: 5s, unhealthy_threshold: 1, healthy_threshold: 1 }",
+        )
+        // p2c_ewma would keep preferring `a`, whose latency it knows.
+        .with("load_balancing", "{ policy: round_robin }")
+        .yaml();
+    let proxy = Proxy::start(&yaml).await;
+    wait_verdict(&proxy, "hc-new", a.server.addr, "passing").await;
+    // b's first check takes 1.5 s: it is new, and pending, that long.
+    b.health_delay_ms.store(1_500, Ordering::SeqCst);
+    consul.register(ConsulInstance::new("api-b", "api", b.server.addr));
+    wait_verdict(&proxy, "hc-new", b.server.addr, "pending").await;
+    let base = format!("http://{}/", proxy.upstream("hc-new"));
+    for _ in 0..20 {
+        let reply = get(Version::HTTP_11, &base).await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let pending = verdict(&proxy, "hc-new", b.server.addr).await.unwrap().0;
+    assert_eq!(
+        pending, "pending",
+        "the 20 requests outlasted b's first check"
+    );
+    assert_eq!((a.traffic(), b.traffic()), (20, 0));
+    wait_verdict(&proxy, "hc-new", b.server.addr, "passing").await;
+    for _ in 0..20 {
+        let reply = get(Version::HTTP_11, &base).await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    assert_eq!(
+        (a.traffic(), b.traffic()),
+        (30, 10),
+        "round robin once b passes"
+    );
 }

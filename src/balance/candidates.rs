@@ -1,29 +1,34 @@
 //! Which endpoints a policy may choose from, and the fallback order when the
 //! preferred set is empty.
 //!
-//! A pick runs the policy over at most four successively looser filters and
+//! A pick runs the policy over at most six successively looser filters and
 //! takes the first one that yields an endpoint:
 //!
-//! 1. available (not in connect backoff, not ejected) and not an excluded
-//!    endpoint (those the request's earlier tries went to);
-//! 2. available, even if it is an excluded one: the request is retried on
-//!    the endpoint that just failed rather than sent to one known to refuse
-//!    connections (an endpoint excluded *because* it refused a connection is
-//!    itself in backoff, so this only happens after other kinds of failure);
-//! 3. not excluded, ignoring backoff: when *every* endpoint is backing off the
+//! 1. available (not in connect backoff, not ejected), checked (not
+//!    awaiting its first health check) and not an excluded endpoint (those
+//!    the request's earlier tries went to);
+//! 2. available and checked, even if it is an excluded one: the request is
+//!    retried on the endpoint that just failed rather than sent to one known
+//!    to refuse connections (an endpoint excluded *because* it refused a
+//!    connection is itself in backoff, so this only happens after other
+//!    kinds of failure);
+//! 3. and 4. the same, with endpoints awaiting their first check admitted:
+//!    an endpoint that joined a running set takes traffic only once its
+//!    checks pass, unless no checked endpoint can take it (`health.rs`);
+//! 5. not excluded, ignoring backoff: when *every* endpoint is backing off the
 //!    policy picks as if none were, so the request is still tried (the
 //!    endpoints may have recovered, and failing without trying would turn a
 //!    short outage into a longer one);
-//! 4. anything, which only matters when the excluded endpoints are the only ones.
+//! 6. anything, which only matters when the excluded endpoints are the only ones.
 //!
 //! With zones, the first two filters are tried within the chosen zone
-//! before all four over every zone (`locality.rs`).
+//! before all six over every zone (`locality.rs`).
 //!
 //! Every filter leaves out endpoints failing their active health checks,
-//! and filters 1 and 2 ejected ones too, unless the upstream is in panic
+//! and filters 1 to 4 ejected ones too, unless the upstream is in panic
 //! (`panic.rs`), when health counts for nothing.
 //!
-//! Filters 2 and 4 are skipped when nothing is excluded. The last filter
+//! Filters 2, 4 and 6 are skipped when nothing is excluded. The last filter
 //! admits every endpoint that passes its checks, so a pick over a non-empty
 //! set succeeds unless all of them fail their checks outside panic.
 //! In the common case (everything available) only the first filter runs and
@@ -51,6 +56,8 @@ pub(super) struct Candidates<'a, T> {
     now: Instant,
     respect_backoff: bool,
     excluded: &'a [Arc<T>],
+    /// Endpoints awaiting their first health check are admitted.
+    admit_unchecked: bool,
     panic: bool,
     /// Only the endpoints of this zone (`locality.rs`).
     zone: Option<(&'a Zones, u8)>,
@@ -67,25 +74,30 @@ impl<'a, T: Target> Candidates<'a, T> {
         panic: bool,
     ) -> impl Iterator<Item = Self> {
         [
-            (true, excluded),
-            (true, &[]),
-            (false, excluded),
-            (false, &[]),
+            (true, excluded, false),
+            (true, &[], false),
+            (true, excluded, true),
+            (true, &[], true),
+            (false, excluded, true),
+            (false, &[], true),
         ]
         .into_iter()
         .enumerate()
-        // Without an exclusion, filters 2 and 4 repeat 1 and 3.
+        // Without an exclusion, filters 2, 4 and 6 repeat 1, 3 and 5.
         .filter(move |(i, _)| !excluded.is_empty() || i % 2 == 0)
-        .map(move |(_, (respect_backoff, excluded))| Self {
-            targets,
-            weights,
-            uniform,
-            now,
-            respect_backoff,
-            excluded,
-            panic,
-            zone: None,
-        })
+        .map(
+            move |(_, (respect_backoff, excluded, admit_unchecked))| Self {
+                targets,
+                weights,
+                uniform,
+                now,
+                respect_backoff,
+                excluded,
+                admit_unchecked,
+                panic,
+                zone: None,
+            },
+        )
     }
 
     /// The same filter, further limited to the endpoints of `zone`.
@@ -104,6 +116,11 @@ impl<'a, T: Target> Candidates<'a, T> {
     /// False for the filters that ignore backoff (every endpoint is in it).
     pub(super) fn respects_backoff(&self) -> bool {
         self.respect_backoff
+    }
+
+    /// True for the filters that admit endpoints awaiting a first check.
+    pub(super) fn admits_unchecked(&self) -> bool {
+        self.admit_unchecked
     }
 
     pub(super) fn now(&self) -> Instant {
@@ -131,6 +148,7 @@ impl<'a, T: Target> Candidates<'a, T> {
         !(self.excluded.iter()).any(|excluded| Arc::ptr_eq(excluded, target))
             && self.zone.is_none_or(|(zones, zone)| zones.of(i) == zone)
             && (self.panic || target.passes_checks())
+            && (self.admit_unchecked || !target.awaits_first_check())
             && (!self.respect_backoff || available())
     }
 

@@ -15,7 +15,8 @@
 //!
 //! Envoy takes the sources' shares from its local cluster (the caller's own
 //! instances per zone). remora takes them from the upstream's endpoint set,
-//! healthy or not: the caller is assumed to be spread over the zones as the
+//! healthy or not (endpoints awaiting their first health check are not
+//! counted at all, in either share): the caller is assumed to be spread over the zones as the
 //! service it calls is, which is how services are usually deployed. So while
 //! every zone is whole everything stays local, and when the local zone loses
 //! healthy endpoints it keeps the traffic it can still serve and spills the
@@ -100,7 +101,8 @@ impl Zones {
     pub(super) fn choose<T: Target>(&self, targets: &[Arc<T>], now: Instant) -> Option<u8> {
         let mut total = [0u32; MAX_ZONES];
         let mut healthy = [0u32; MAX_ZONES];
-        for (target, &zone) in targets.iter().zip(&self.of) {
+        let counted = targets.iter().zip(&self.of);
+        for (target, &zone) in counted.filter(|(target, _)| !target.awaits_first_check()) {
             total[usize::from(zone)] += 1;
             if target.is_healthy(now) {
                 healthy[usize::from(zone)] += 1;

@@ -78,8 +78,16 @@ pub trait Target: Send + Sync + 'static {
         true
     }
 
-    /// Healthy as the panic threshold counts it: passing its checks, not
-    /// ejected.
+    /// True while the endpoint, which joined a running set, has no result
+    /// of its active health checks yet: it is picked only when no checked
+    /// endpoint can be, and left out of the panic and zone counts.
+    fn awaits_first_check(&self) -> bool {
+        false
+    }
+
+    /// Healthy as the panic threshold and the zone choice count it: passing
+    /// its checks, not ejected. Only for endpoints that are counted at all
+    /// (not [awaiting a first check](Self::awaits_first_check)).
     fn is_healthy(&self, now: Instant) -> bool {
         self.passes_checks() && !self.is_ejected(now)
     }
@@ -183,7 +191,7 @@ impl<T: Target> Balancer<T> {
         };
         let in_zone = zone.into_iter().flat_map(|zone| {
             tiers()
-                .filter(|c| c.respects_backoff())
+                .filter(|c| c.respects_backoff() && !c.admits_unchecked())
                 .map(move |c| c.in_zone(zone))
         });
         let anywhere = tiers();
@@ -194,13 +202,16 @@ impl<T: Target> Balancer<T> {
     }
 
     /// True when health is to be ignored for this pick (`panic.rs`).
+    /// Endpoints awaiting their first check are not counted.
     fn in_panic(&self, now: Instant) -> bool {
         match &self.panic {
             Some(panic) if !panic.is_off() => {
-                let healthy = (self.targets.iter())
-                    .filter(|target| target.is_healthy(now))
-                    .count();
-                panic.judge(healthy, self.targets.len())
+                let (mut healthy, mut counted) = (0, 0);
+                for target in self.targets.iter().filter(|t| !t.awaits_first_check()) {
+                    counted += 1;
+                    healthy += usize::from(target.is_healthy(now));
+                }
+                panic.judge(healthy, counted)
             }
             _ => false,
         }

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -28,11 +29,23 @@ const PROBE_WINDOW: Duration = Duration::from_secs(1);
 struct Ep {
     id: String,
     load: EndpointLoad,
+    /// Fails its active health checks.
+    failing: AtomicBool,
+    /// Awaits its first health check.
+    pending: AtomicBool,
 }
 
 impl Target for Ep {
     fn load(&self) -> &EndpointLoad {
         &self.load
+    }
+
+    fn passes_checks(&self) -> bool {
+        !self.failing.load(Relaxed)
+    }
+
+    fn awaits_first_check(&self) -> bool {
+        self.pending.load(Relaxed)
     }
 }
 
@@ -42,6 +55,8 @@ fn endpoints(n: usize) -> Vec<Arc<Ep>> {
             Arc::new(Ep {
                 id: format!("10.0.0.{i}:8080"),
                 load: EndpointLoad::new(PROBE_WINDOW),
+                failing: AtomicBool::new(false),
+                pending: AtomicBool::new(false),
             })
         })
         .collect()
@@ -125,6 +140,58 @@ fn single_target_always_picked() {
             ));
         }
     }
+}
+
+#[test]
+fn a_new_endpoint_waits_for_its_first_check_unless_no_checked_one_can_serve() {
+    fastrand::seed(7);
+    let eps = endpoints(3);
+    for policy in ALL {
+        let b = balancer(policy, &eps);
+        eps[2].pending.store(true, Relaxed);
+        assert_eq!(
+            histogram(&b, 300, &[])[2],
+            0,
+            "{policy:?}: new endpoint picked"
+        );
+        // A retry that has tried both checked ones goes back to one of them.
+        let h = histogram(&b, 300, &eps[..2]);
+        assert_eq!(h[2], 0, "{policy:?}: {h:?}");
+        // At start every endpoint awaits its first check: any may serve.
+        for ep in &eps {
+            ep.pending.store(true, Relaxed);
+        }
+        assert_eq!(histogram(&b, 300, &[]).iter().sum::<usize>(), 300);
+        assert_eq!(histogram(&b, 300, &eps[..2]), [0, 0, 300], "{policy:?}");
+        // The checked ones failing, the new one is the last resort.
+        eps[0].pending.store(false, Relaxed);
+        eps[1].pending.store(false, Relaxed);
+        eps[0].failing.store(true, Relaxed);
+        eps[1].failing.store(true, Relaxed);
+        assert_eq!(histogram(&b, 300, &[]), [0, 0, 300], "{policy:?}");
+        for ep in &eps {
+            ep.pending.store(false, Relaxed);
+            ep.failing.store(false, Relaxed);
+        }
+    }
+}
+
+#[test]
+fn endpoints_awaiting_a_first_check_do_not_count_for_the_panic_threshold() {
+    fastrand::seed(7);
+    // One passing, two failing, two new: one healthy of the three checked
+    // is below 50 %, so the upstream is in panic and the failing ones serve
+    // too; the new ones still wait. Counted as healthy, they would have
+    // kept the upstream out of panic, every request on the one endpoint.
+    let eps = endpoints(5);
+    eps[1].failing.store(true, Relaxed);
+    eps[2].failing.store(true, Relaxed);
+    eps[3].pending.store(true, Relaxed);
+    eps[4].pending.store(true, Relaxed);
+    let b = balancer(LoadBalancingPolicy::RoundRobin, &eps)
+        .with_panic(Arc::new(PanicMode::new(50, "balance-test")));
+    let h = histogram(&b, 300, &[]);
+    assert_eq!(h, [100, 100, 100, 0, 0]);
 }
 
 #[test]

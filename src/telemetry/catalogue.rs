@@ -418,7 +418,7 @@ pub const CATALOGUE: &[MetricDoc] = &[
         name: ENDPOINT_HEALTHY,
         kind: Kind::Gauge,
         labels: &["upstream", "endpoint"],
-        meaning: "1 while the endpoint passes its active health checks (or has no result yet), 0 while it fails them (it takes no new requests). Only where `health_check` is set.",
+        meaning: "1 while the endpoint passes its active health checks (or has no result yet: one that joined a running set then takes requests only when no checked endpoint can), 0 while it fails them (it takes no new requests). Only where `health_check` is set.",
     },
     MetricDoc {
         name: ENDPOINT_IN_FLIGHT,
