@@ -29,6 +29,8 @@ use crate::outlier::{Ejectable, OutlierState};
 use crate::resend::{MAX_RESENDS, Resendable, Unprocessed, is_idempotent, unprocessed_h2};
 use crate::telemetry::metrics::{self, EndpointMetrics};
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// An endpoint address as discovery reports it, with its balancing weight
 /// (≥ 1; 1 where the source has no weights).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -310,12 +312,12 @@ impl Endpoint {
                     continue;
                 }
                 Some(unsent) if !failed.head_written => {
-                    return Err(self.failed_h1(failed.error, Some(unsent)));
+                    return Err(self.failed(failed.error, Some(unsent)));
                 }
                 whole => whole.or_else(|| copy.and_then(|copy| copy.again())),
             };
             let Some(again) = again.filter(|_| resendable && failed.error.no_response()) else {
-                return Err(self.failed_h1(failed.error, None));
+                return Err(self.failed(failed.error, None));
             };
             self.metrics
                 .resent(Unprocessed::ClosedBeforeResponse.as_str());
@@ -324,35 +326,16 @@ impl Endpoint {
         }
     }
 
-    /// The HTTP/1.1 exchange failed — or the client's body did while it
-    /// was sent; `unsent` is the request when none of it was written.
-    fn failed_h1(&self, source: http1::Error, unsent: Option<Request<RequestBody>>) -> SendError {
-        let error = match source {
-            http1::Error::RequestBody(source) if client_body_failed(&*source) => {
-                ProxyError::ClientBody { source }
-            }
-            source => ProxyError::Http1Exchange {
-                addr: self.addr,
-                source,
-            },
-        };
-        SendError {
-            error,
-            request: unsent,
-        }
-    }
-
-    /// The HTTP/2 exchange failed — or the client's body did while it was
-    /// sent; `unsent` is the request when none of it was written.
-    fn failed_h2(&self, source: http2::Error, unsent: Option<Request<RequestBody>>) -> SendError {
-        let error = match source {
-            http2::Error::RequestBody(source) if client_body_failed(&*source) => {
-                ProxyError::ClientBody { source }
-            }
-            source => ProxyError::Http2Exchange {
-                addr: self.addr,
-                source,
-            },
+    /// The exchange failed — or the client's body did while it was sent;
+    /// `unsent` is the request when none of it was written.
+    fn failed(
+        &self,
+        source: impl ExchangeFailure,
+        unsent: Option<Request<RequestBody>>,
+    ) -> SendError {
+        let error = match source.client_body() {
+            Ok(source) => ProxyError::ClientBody { source },
+            Err(source) => source.at(self.addr),
         };
         SendError {
             error,
@@ -438,10 +421,10 @@ impl Endpoint {
                 resends < MAX_RESENDS && (!why.idempotent_only() || is_idempotent(copy.method()))
             };
             let Some(why) = why.filter(resendable) else {
-                return Err(self.failed_h2(error, unsent));
+                return Err(self.failed(error, unsent));
             };
             let Some(again) = unsent.or_else(|| copy.again()) else {
-                return Err(self.failed_h2(error, None));
+                return Err(self.failed(error, None));
             };
             self.metrics.resent(why.as_str());
             request = again;
@@ -513,6 +496,40 @@ fn request_body_failed(error: &hyper::Error) -> bool {
 
 /// True when a request body's error is its client's (not a retry's that
 /// took the body over).
+/// An HTTP/1.1 or HTTP/2 exchange's error, told apart for [`Endpoint::failed`].
+trait ExchangeFailure: Sized {
+    /// The client's body error when that is what failed the exchange.
+    fn client_body(self) -> Result<BoxError, Self>;
+    /// The upstream's failure at `addr`.
+    fn at(self, addr: SocketAddr) -> ProxyError;
+}
+
+impl ExchangeFailure for http1::Error {
+    fn client_body(self) -> Result<BoxError, Self> {
+        match self {
+            http1::Error::RequestBody(source) if client_body_failed(&*source) => Ok(source),
+            other => Err(other),
+        }
+    }
+
+    fn at(self, addr: SocketAddr) -> ProxyError {
+        ProxyError::Http1Exchange { addr, source: self }
+    }
+}
+
+impl ExchangeFailure for http2::Error {
+    fn client_body(self) -> Result<BoxError, Self> {
+        match self {
+            http2::Error::RequestBody(source) if client_body_failed(&*source) => Ok(source),
+            other => Err(other),
+        }
+    }
+
+    fn at(self, addr: SocketAddr) -> ProxyError {
+        ProxyError::Http2Exchange { addr, source: self }
+    }
+}
+
 fn client_body_failed(error: &(dyn std::error::Error + 'static)) -> bool {
     error
         .downcast_ref::<RequestBodyError>()
