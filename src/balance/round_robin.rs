@@ -5,11 +5,15 @@
 //! number `n` goes to endpoint `n mod N`; the counter starts at a random
 //! offset so that proxies which rebuild their balancer at the same moment do
 //! not all send their next request to the same endpoint. If that endpoint is
-//! not eligible (backoff, excluded), pick `n` goes to the `(n mod k)`-th of the
-//! `k` eligible endpoints instead, which keeps the remaining endpoints evenly
-//! loaded rather than doubling the share of the one after the gap. The
-//! counter is a single cache line shared by every core; a `fetch_add` per
-//! request is cheap next to the request itself.
+//! not eligible (backoff, excluded, another zone), the pick goes to the next
+//! of the `k` eligible endpoints in a turn of their own: a second counter,
+//! taken modulo `k`. Each eligible endpoint so gets one pick of every `N`
+//! and an even share of the gaps' picks, rather than the one after a gap
+//! getting its share twice (the first counter's `n mod k` would not do
+//! either: when `k` and `N` share a factor, the gaps' turns fall on some of
+//! the eligible endpoints only — endpoints 1 and 3 of four out, endpoint 2
+//! got three picks in four). The counters are shared by every core; a
+//! `fetch_add` per request is cheap next to the request itself.
 //!
 //! With unequal weights it is nginx's smooth weighted round robin
 //! (`ngx_http_upstream_get_peer`): each pick adds every eligible endpoint's
@@ -28,6 +32,9 @@ use super::candidates::Candidates;
 
 pub(super) struct RoundRobin {
     next: AtomicUsize,
+    /// The turns of the eligible endpoints, for the picks that fall on an
+    /// ineligible one.
+    next_eligible: AtomicUsize,
     /// Smooth weighted round robin scores (unequal weights only).
     scores: Mutex<Vec<i64>>,
 }
@@ -36,6 +43,7 @@ impl RoundRobin {
     pub(super) fn new(endpoints: usize) -> Self {
         Self {
             next: AtomicUsize::new(fastrand::usize(..)),
+            next_eligible: AtomicUsize::new(fastrand::usize(..)),
             scores: Mutex::new(vec![0; endpoints]),
         }
     }
@@ -59,7 +67,7 @@ impl RoundRobin {
                 self.next.fetch_sub(1, Relaxed);
                 None
             }
-            k => c.nth(n % k),
+            k => c.nth(self.next_eligible.fetch_add(1, Relaxed) % k),
         }
     }
 

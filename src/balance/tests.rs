@@ -194,6 +194,38 @@ fn endpoints_awaiting_a_first_check_do_not_count_for_the_panic_threshold() {
     assert_eq!(h, [100, 100, 100, 0, 0]);
 }
 
+#[tokio::test(start_paused = true)]
+async fn round_robin_spreads_the_turns_of_endpoints_out_evenly() {
+    // Two of four out: each gap's turn must not always land on the same
+    // remaining endpoint (it did: [1000, 0, 3000, 0]).
+    let eps = endpoints(4);
+    let b = balancer(LoadBalancingPolicy::RoundRobin, &eps);
+    for i in [1, 3] {
+        eps[i]
+            .load
+            .mark_unreachable(Instant::now(), DEFAULT_BACKOFF);
+    }
+    let h = histogram(&b, 4_000, &[]);
+    assert_eq!(h[1] + h[3], 0, "{h:?}");
+    assert!(
+        h[0].abs_diff(2_000) <= 2 && h[2].abs_diff(2_000) <= 2,
+        "{h:?}"
+    );
+}
+
+#[test]
+fn round_robin_over_an_interleaved_local_zone_is_even() {
+    let eps = endpoints(4);
+    let zones: Vec<Option<Arc<str>>> = ["a", "b", "a", "b"].map(|z| Some(Arc::from(z))).into();
+    let b = balancer(LoadBalancingPolicy::RoundRobin, &eps)
+        .with_zones(Zones::new("a", &zones, "balance-test").expect("zones"));
+    let h = histogram(&b, 4_000, &[]);
+    assert!(
+        h[0].abs_diff(2_000) <= 2 && h[2].abs_diff(2_000) <= 2,
+        "{h:?}"
+    );
+}
+
 #[test]
 fn round_robin_is_exact() {
     let eps = endpoints(3);
