@@ -21,8 +21,9 @@
 //!    short outage into a longer one);
 //! 6. anything, which only matters when the excluded endpoints are the only ones.
 //!
-//! With zones, the first two filters are tried within the chosen zone
-//! before all six over every zone (`locality.rs`).
+//! With zones, the first filter is tried within the chosen zone before all
+//! six over every zone (`locality.rs`): a retry whose zone has no endpoint
+//! left to try goes to another zone, not back to the one it avoids.
 //!
 //! Every filter leaves out endpoints failing their active health checks,
 //! and filters 1 to 4 ejected ones too, unless the upstream is in panic
@@ -116,11 +117,6 @@ impl<'a, T: Target> Candidates<'a, T> {
     /// False for the filters that ignore backoff (every endpoint is in it).
     pub(super) fn respects_backoff(&self) -> bool {
         self.respect_backoff
-    }
-
-    /// True for the filters that admit endpoints awaiting a first check.
-    pub(super) fn admits_unchecked(&self) -> bool {
-        self.admit_unchecked
     }
 
     pub(super) fn now(&self) -> Instant {

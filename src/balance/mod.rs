@@ -177,8 +177,9 @@ impl<T: Target> Balancer<T> {
             Some(zones) if !panic => zones.choose(&self.targets, now).map(|zone| (zones, zone)),
             _ => None,
         };
-        // In the chosen zone, only endpoints that are not backing off; then
-        // anywhere, as without zones.
+        // In the chosen zone, only the strictest filter (available, checked,
+        // not excluded: a retry or hedge leaves the zone rather than go back
+        // to an endpoint it should avoid); then anywhere, as without zones.
         let tiers = || {
             Candidates::tiers(
                 &self.targets,
@@ -189,13 +190,10 @@ impl<T: Target> Balancer<T> {
                 panic,
             )
         };
-        let in_zone = zone.into_iter().flat_map(|zone| {
-            tiers()
-                .filter(|c| c.respects_backoff() && !c.admits_unchecked())
-                .map(move |c| c.in_zone(zone))
-        });
+        let in_zone = zone.and_then(|zone| tiers().next().map(|c| c.in_zone(zone)));
         let anywhere = tiers();
         in_zone
+            .into_iter()
             .chain(anywhere)
             .find_map(|c| self.pick_claimed(&c, hash_key))
             .map(|i| Arc::clone(&self.targets[i]))

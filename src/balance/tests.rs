@@ -227,6 +227,21 @@ fn round_robin_over_an_interleaved_local_zone_is_even() {
 }
 
 #[test]
+fn with_zones_a_retry_leaves_the_zone_rather_than_return() {
+    // One endpoint per zone, the local one excluded (its try failed): the
+    // retry goes to another zone (it went back to a: [300, 0, 0]).
+    fastrand::seed(11);
+    let eps = endpoints(3);
+    let zones: Vec<Option<Arc<str>>> = ["a", "b", "c"].map(|z| Some(Arc::from(z))).into();
+    for policy in ALL {
+        let b = balancer(policy, &eps)
+            .with_zones(Zones::new("a", &zones, "balance-test").expect("zones"));
+        let h = histogram(&b, 300, std::slice::from_ref(&eps[0]));
+        assert_eq!(h[0], 0, "{policy:?} {h:?}");
+    }
+}
+
+#[test]
 fn round_robin_is_exact() {
     let eps = endpoints(3);
     let b = balancer(LoadBalancingPolicy::RoundRobin, &eps);
