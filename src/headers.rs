@@ -65,12 +65,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    if let Some(connection) = headers.get(header::CONNECTION) {
+    if headers.contains_key(header::CONNECTION) {
         if headers.len() > 1 {
-            let named: Vec<HeaderName> = connection
-                .to_str()
-                .unwrap_or_default()
-                .split(',')
+            // Every `Connection` field counts: `Connection: keep-alive`
+            // followed by `Connection: x-foo` names `x-foo` too.
+            let named: Vec<HeaderName> = (headers.get_all(header::CONNECTION).iter())
+                .flat_map(|connection| connection.to_str().unwrap_or_default().split(','))
                 .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
                 .filter(|name| !(keep_upgrade && name == header::UPGRADE))
                 .filter(|name| !SET_BY_REMORA.contains(name) && !is_reserved(name))
@@ -226,6 +226,20 @@ mod tests {
         let mut names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn every_connection_field_names_headers() {
+        // nginx sends its own `Connection: keep-alive` first.
+        let mut headers = map(&[
+            ("connection", "keep-alive"),
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut headers, false);
+        let names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
     }
 
     #[test]
