@@ -3,7 +3,8 @@
 //! without answering it (only idempotent requests are sent again — a POST never is), and
 //! announcing `Keep-Alive: timeout=N` (remora closes the idle connection a second before).
 //! The same race against nginx is in `third_party_upstreams.rs`. Many requests to one
-//! endpoint at once (each lets the others go out first) each get their own answer.
+//! endpoint at once (each lets the others go out first) each get their own answer. A GET's
+//! chunked body goes on to the origin.
 
 mod support;
 
@@ -243,4 +244,32 @@ async fn concurrent_requests_to_one_endpoint_each_get_their_own_answer() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// A GET may carry a body: a chunked one goes on to the origin (it was dropped, the origin saw
+/// none, and the client's connection was closed on the unread rest).
+#[tokio::test]
+async fn a_get_with_a_chunked_body_sends_it_on() {
+    let backend = http_backend("get-body");
+    let config = TestConfig::one_upstream("get-body", "http", [backend.addr]);
+    let proxy = Proxy::start(&config.yaml()).await;
+    let mut stream = TcpStream::connect(proxy.upstream("get-body"))
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            b"GET /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+              5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .expect("the whole response within 5 s")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\r\n5\r\nhello\r\n"), "{response}");
+    assert_eq!(backend.echoed_bytes(), 5);
 }

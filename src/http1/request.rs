@@ -15,7 +15,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request};
+use http::{HeaderMap, Request};
 use http_body::Body;
 
 use super::{BoxError, Io, poll_write_all};
@@ -70,9 +70,6 @@ fn framing<B: Body>(request: &Request<B>) -> (Framing, bool) {
     }
     if let Some(length) = body.size_hint().exact() {
         return (Framing::Length(length), false);
-    }
-    if matches!(*request.method(), Method::GET | Method::HEAD) {
-        return (Framing::None, true);
     }
     let trailers = (request.headers().get_all(header::TRAILER).iter())
         .filter_map(|value| value.to_str().ok())

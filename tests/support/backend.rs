@@ -4,7 +4,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `/` | 200, body = backend name, header `x-backend: <name>` |
-//! | `POST /echo` | 200, the request body streamed back frame by frame (trailers dropped) |
+//! | `/echo` (any method) | 200, the request body streamed back frame by frame (trailers dropped) |
 //! | `/headers` | 200, JSON `{method, uri, version, authority, headers: {name: [values]}}` |
 //! | `/status/<code>` | that status, empty body |
 //! | `/slow/<ms>` | like `/`, after sleeping that long |
@@ -127,7 +127,7 @@ async fn handle(
     let path = req.uri().path().to_owned();
     let response = if path == "/" {
         named(&name)
-    } else if path == "/echo" && req.method() == http::Method::POST {
+    } else if path == "/echo" {
         echo(stats, req)
     } else if path == "/headers" {
         headers_json(&req)
