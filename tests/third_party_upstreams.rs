@@ -3,7 +3,9 @@
 //! streams (h2load, 50 connections × 10 streams, 10 s); a gRPC C-core server (Python grpcio)
 //! that ages its connections out every 300 ms and allows 4 streams; HAProxy as an h2 origin;
 //! and nginx closing idle HTTP/1.1 connections just as remora reuses them (the keep-alive
-//! race). Each must end with 0 failed requests and nothing left in flight.
+//! race), and nginx answering a POST before reading its body (the client's connection
+//! carries its next request). Each must end with 0 failed requests and nothing left in
+//! flight.
 //! Needs nginx-light, haproxy, nghttp2-client and python3-grpcio (`scripts/test.sh`).
 
 mod support;
@@ -14,10 +16,13 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes};
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use support::config::TestConfig;
 use support::in_flight::assert_nothing_in_flight;
 use support::peers::{self, h2load};
+use support::raw_http1::read_response;
 use support::{Proxy, get, prom};
 
 async fn metrics(proxy: &Proxy) -> String {
@@ -245,4 +250,47 @@ async fn the_keep_alive_race_against_nginx_loses_no_request() {
     );
     assert!(resent > 0.0, "the race was not met in {sent} requests");
     assert_nothing_in_flight(&proxy, "nginx-race", "the GETs").await;
+}
+
+/// nginx answers a POST before its body arrived (`return`): `204`, keeping its connection and
+/// dropping the body when it comes, or `413`, closing its connection. Either way the client's
+/// keep-alive connection carries its next request: remora sends the rest of the body on after
+/// the response, or reads and drops it once nginx closed (it used to drop it unread, and the
+/// client's connection closed under its next request, with no `Connection: close` to warn it).
+#[tokio::test]
+async fn an_answer_before_the_body_leaves_the_clients_connection_usable() {
+    let nginx = peers::nginx(
+        "server { listen 127.0.0.1:PORT;\n\
+           location = /early { return 204; }\n\
+           location = /refused { return 413; }\n\
+           location / { return 200 \"ok\\n\"; } }",
+    );
+    let proxy =
+        Proxy::start(&TestConfig::one_upstream("nginx-early", "http", [nginx.addr]).yaml()).await;
+    let mut stream = TcpStream::connect(proxy.upstream("nginx-early"))
+        .await
+        .unwrap();
+    for (round, (path, status)) in [("/early", 204), ("/refused", 413), ("/early", 204)]
+        .into_iter()
+        .enumerate()
+    {
+        let post = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n");
+        stream.write_all(post.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stream.write_all(b"hello").await.unwrap();
+        let (head, _) = read_response(&mut stream).await;
+        assert!(
+            head.starts_with(&format!("http/1.1 {status}")),
+            "round {round}: {head}"
+        );
+        assert!(!head.contains("connection: close"), "round {round}: {head}");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = read_response(&mut stream).await;
+        assert!(head.starts_with("http/1.1 200"), "round {round}: {head}");
+        assert_eq!(body, "ok\n");
+    }
+    assert_nothing_in_flight(&proxy, "nginx-early", "the early answers").await;
 }

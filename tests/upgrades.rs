@@ -12,11 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use support::config::TestConfig;
+use support::raw_http1::{read_head, read_response};
 use support::{Proxy, eventually, serve, websocket_echo, websocket_roundtrip};
 
 /// An application that switches protocols whenever a request asks to: it
@@ -67,35 +68,6 @@ impl SwitchingOrigin {
     fn heads(&self) -> Vec<String> {
         self.heads.lock().unwrap().clone()
     }
-}
-
-/// Reads one request or response head (up to the blank line), lowercased;
-/// `None` when the connection ends first.
-async fn read_head(stream: &mut (impl AsyncRead + Unpin)) -> Option<String> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte).await.ok()? == 0 {
-            return None;
-        }
-        head.push(byte[0]);
-    }
-    Some(String::from_utf8_lossy(&head).to_ascii_lowercase())
-}
-
-/// Reads one response with a `content-length` body: its head and body.
-async fn read_response(stream: &mut TcpStream) -> (String, String) {
-    let head = tokio::time::timeout(Duration::from_secs(10), read_head(stream))
-        .await
-        .expect("a response head within 10 s")
-        .expect("a response head before the connection ends");
-    let length: usize = head
-        .lines()
-        .find_map(|line| line.strip_prefix("content-length:"))
-        .map_or(0, |value| value.trim().parse().unwrap());
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).await.unwrap();
-    (head, String::from_utf8(body).unwrap())
 }
 
 fn inbound_yaml(app: SocketAddr) -> String {

@@ -2,12 +2,20 @@
 //! `Content-Length` bytes, chunks (with trailers), or everything until the
 //! connection closes. Data frames are slices of the read buffer, not copies.
 //! When the response head came before the whole request body went out, each
-//! poll first writes what the request body has. Read to its end, with the
-//! request body sent, the body gives its connection back when the connection
-//! may carry another request ([`Http1Body::take_reusable`]).
+//! poll first writes what the request body has, and the body ends only once
+//! all of it went out, even when the response ended first (a server that
+//! answers before reading, `204` or `413`, drops the rest): the client's
+//! connection can carry its next request only once its body was read. A
+//! response body dropped at its end (hyper drops a `204`'s unpolled) hands
+//! the rest to a task of its own. If the server stops reading, the rest of
+//! the request body is read and dropped, up to a bound. Read to its end,
+//! with the request body sent, the body gives its connection back when the
+//! connection may carry another request ([`Http1Body::take_reusable`]).
 
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -15,13 +23,17 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::request::{SendBody, WriteError};
 use super::response::Framing;
-use super::{BoxError, Connection, Error, MAX_HEAD, MAX_HEADERS, poll_fill};
+use super::{BoxError, Connection, Error, Io, MAX_HEAD, MAX_HEADERS, poll_fill};
 
 /// The longest chunk-size line read (the size with its extensions).
 const MAX_CHUNK_LINE: usize = 4096;
 
 /// The most chunk-extension bytes one body may carry (hyper's limit).
 const MAX_EXTENSION_BYTES: usize = 16 * 1024;
+
+/// How long the rest of a request body may go on after its response, when
+/// the response body was dropped at its end (hyper drops a `204`'s unread).
+const UNSENT_AFTER_RESPONSE: Duration = Duration::from_secs(30);
 
 /// Where the reading of a body stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +59,7 @@ pub struct Http1Body {
     /// The connection may carry another request once this body has ended.
     reusable: bool,
     /// The rest of a request body whose response head came first.
-    unsent: Option<Box<dyn SendBody>>,
+    unsent: Option<Unsent>,
     /// Chunk-extension bytes read so far.
     extension_bytes: usize,
 }
@@ -68,7 +80,10 @@ impl Http1Body {
             connection: Some(connection),
             state,
             reusable,
-            unsent,
+            unsent: unsent.map(|body| Unsent {
+                body,
+                dropping: false,
+            }),
             extension_bytes: 0,
         }
     }
@@ -99,19 +114,17 @@ impl Http1Body {
         let (Some(unsent), Some(connection)) = (&mut self.unsent, &mut self.connection) else {
             return Ok(());
         };
-        match unsent.poll_send(&mut connection.io, cx) {
+        let sent = unsent.poll(&mut connection.io, cx);
+        if unsent.dropping {
+            self.reusable = false;
+        }
+        match sent {
             Poll::Pending => Ok(()),
             Poll::Ready(Ok(())) => {
                 self.unsent = None;
                 Ok(())
             }
-            Poll::Ready(Err(WriteError::Body(error))) => Err(Error::RequestBody(error)),
-            Poll::Ready(Err(WriteError::Io(error))) => {
-                tracing::debug!(%error, "the upstream stopped reading the request body");
-                self.unsent = None;
-                self.reusable = false;
-                Ok(())
-            }
+            Poll::Ready(Err(error)) => Err(error),
         }
     }
 
@@ -265,6 +278,65 @@ fn trailer_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, Error> {
     Ok(trailers)
 }
 
+/// The rest of a request body whose response head came first.
+struct Unsent {
+    body: Box<dyn SendBody>,
+    /// The server stopped reading it: it is read and dropped.
+    dropping: bool,
+}
+
+impl Unsent {
+    /// Writes what the body has to `io` or, once the server stopped reading
+    /// it, drops it; ready at its end (or, dropping, at the bound of
+    /// `SendBody::poll_drop_rest`).
+    fn poll(&mut self, io: &mut Box<dyn Io>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        loop {
+            let sent = if self.dropping {
+                self.body.poll_drop_rest(cx)
+            } else {
+                self.body.poll_send(io, cx)
+            };
+            match ready!(sent) {
+                Ok(()) => return Poll::Ready(Ok(())),
+                Err(WriteError::Body(error)) => return Poll::Ready(Err(Error::RequestBody(error))),
+                Err(WriteError::Io(error)) => {
+                    tracing::debug!(%error, "the upstream stopped reading the request body");
+                    self.dropping = true;
+                }
+            }
+        }
+    }
+}
+
+/// A response dropped at its end (hyper does not poll a `204`'s or a
+/// `HEAD`'s body) before the request body went out: the rest goes on in a
+/// task of its own, for at most [`UNSENT_AFTER_RESPONSE`] (see the module
+/// doc).
+impl Drop for Http1Body {
+    fn drop(&mut self) {
+        let ended = matches!(self.state, State::Done | State::Length(0));
+        if self.unsent.is_none() || !ended || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let (Some(mut unsent), Some(mut connection)) = (self.unsent.take(), self.connection.take())
+        else {
+            return;
+        };
+        crate::task::spawn(async move {
+            let sent = poll_fn(|cx| unsent.poll(&mut connection.io, cx));
+            match tokio::time::timeout(UNSENT_AFTER_RESPONSE, sent).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "the rest of a request body failed after its response")
+                }
+                Err(_) => tracing::debug!(
+                    "the rest of a request body was still going out after its response; dropped"
+                ),
+            }
+        });
+    }
+}
+
 impl Body for Http1Body {
     type Data = Bytes;
     type Error = BoxError;
@@ -274,13 +346,15 @@ impl Body for Http1Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if this.state != State::Done
-            && let Err(error) = this.send_unsent(cx)
-        {
+        if let Err(error) = this.send_unsent(cx) {
             return this.fail(error);
         }
         loop {
             match this.step() {
+                // The response ended first: the body ends once the rest of
+                // the request body went out (`send_unsent` is pending, its
+                // waker set).
+                Ok(Step::Yield(None)) if this.unsent.is_some() => return Poll::Pending,
                 Ok(Step::Yield(frame)) => return Poll::Ready(frame.map(Ok)),
                 Ok(Step::Continue) => continue,
                 Ok(Step::NeedMore) => {}
@@ -299,7 +373,7 @@ impl Body for Http1Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done | State::Length(0))
+        matches!(self.state, State::Done | State::Length(0)) && self.unsent.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -134,6 +134,10 @@ fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(b"\r\n");
 }
 
+/// The most of a request body read and dropped after the upstream stopped
+/// reading it, for the client's connection to carry its next request.
+pub const MAX_DROPPED: u64 = 1 << 20;
+
 /// Why a request body could not be written.
 pub enum WriteError {
     Io(io::Error),
@@ -152,6 +156,12 @@ pub trait SendBody: Send {
         io: &mut Box<dyn Io>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WriteError>>;
+
+    /// Reads the rest of the body and drops it (the upstream stopped
+    /// reading it); ready at its end, or once [`MAX_DROPPED`] bytes were
+    /// dropped (the rest is then left unread: the client's connection
+    /// closes after its response).
+    fn poll_drop_rest(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>>;
 }
 
 /// Writes a request body, frame by frame, as the body yields them.
@@ -163,6 +173,8 @@ pub struct BodyWriter<B> {
     /// Bytes a `Content-Length` body still owes.
     owed: u64,
     ended: bool,
+    /// Bytes read and dropped (`poll_drop_rest`).
+    dropped: u64,
 }
 
 impl<B> BodyWriter<B>
@@ -183,6 +195,7 @@ where
             out,
             owed,
             ended: false,
+            dropped: 0,
         }
     }
 
@@ -280,6 +293,21 @@ where
                 self.end()?;
             }
         }
+    }
+
+    fn poll_drop_rest(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
+        self.out.clear();
+        while !self.body.is_end_stream() && self.dropped < MAX_DROPPED {
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                None => break,
+                Some(Err(error)) => return Poll::Ready(Err(WriteError::Body(error.into()))),
+                Some(Ok(frame)) => {
+                    let length = frame.data_ref().map_or(0, |data| data.len());
+                    self.dropped += length as u64;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -34,6 +34,7 @@ pub mod prom;
 pub mod proxy;
 pub mod queueing;
 pub mod raw_h2;
+pub mod raw_http1;
 pub mod requirements;
 pub mod switchable;
 pub mod tcp;
