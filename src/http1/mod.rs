@@ -42,6 +42,7 @@ mod request;
 mod response;
 
 pub use self::body::Http1Body;
+pub use self::request::MAX_DROPPED_REQUEST_BODY;
 
 use self::request::{BodyWriter, SendBody, WriteError, encode_head};
 use self::response::{Head, parse_head};

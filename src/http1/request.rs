@@ -135,8 +135,9 @@ fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 }
 
 /// The most of a request body read and dropped after the upstream stopped
-/// reading it, for the client's connection to carry its next request.
-pub const MAX_DROPPED: u64 = 1 << 20;
+/// reading it, for the client's connection to carry its next request (also
+/// over HTTP/2, `http2::upload`).
+pub const MAX_DROPPED_REQUEST_BODY: u64 = 1 << 20;
 
 /// Why a request body could not be written.
 pub enum WriteError {
@@ -158,7 +159,7 @@ pub trait SendBody: Send {
     ) -> Poll<Result<(), WriteError>>;
 
     /// Reads the rest of the body and drops it (the upstream stopped
-    /// reading it); ready at its end, or once [`MAX_DROPPED`] bytes were
+    /// reading it); ready at its end, or once [`MAX_DROPPED_REQUEST_BODY`] bytes were
     /// dropped (the rest is then left unread: the client's connection
     /// closes after its response).
     fn poll_drop_rest(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>>;
@@ -297,7 +298,7 @@ where
 
     fn poll_drop_rest(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
         self.out.clear();
-        while !self.body.is_end_stream() && self.dropped < MAX_DROPPED {
+        while !self.body.is_end_stream() && self.dropped < MAX_DROPPED_REQUEST_BODY {
             match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 None => break,
                 Some(Err(error)) => return Poll::Ready(Err(WriteError::Body(error.into()))),

@@ -13,8 +13,8 @@
 //! and can stall the other streams of a peer that sends WINDOW_UPDATE only
 //! once its window is used up (hyper's fix for the same, hyperium/hyper#4003).
 //! Empty frames need no window. Trailers (without connection-specific
-//! fields), or the body's end, end the stream. The task stops, and resets
-//! the stream with `CANCEL` when it had more to send, when:
+//! fields), or the body's end, end the stream. The task stops sending, and
+//! resets the stream with `CANCEL` when it had more to send, when:
 //!
 //! * the body fails: its error is handed to the exchange first, which then
 //!   reports it rather than the reset (see [`Upload::failure`]);
@@ -23,6 +23,10 @@
 //!   Envoy does);
 //! * its trailers could not be sent;
 //! * the peer reset the stream or the connection failed (no reset then).
+//!
+//! In the last two cases it then reads the rest of the body and drops it,
+//! up to [`MAX_DROPPED_REQUEST_BODY`]: an HTTP/1.1 client's connection
+//! carries its next request only once its request body was read.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,6 +40,7 @@ use tokio::sync::oneshot;
 
 use super::BoxError;
 use crate::headers::strip_hop_by_hop;
+use crate::http1::MAX_DROPPED_REQUEST_BODY;
 
 /// The exchange's end of an upload: dropped, it stops the upload.
 pub struct Upload {
@@ -62,6 +67,7 @@ where
         stream,
         waiting: None,
         report: Some(report),
+        dropped: None,
     });
     Upload { failure }
 }
@@ -75,6 +81,9 @@ pin_project! {
         waiting: Option<(Bytes, bool)>,
         // Taken when the body's error is reported.
         report: Option<oneshot::Sender<BoxError>>,
+        // Sending stopped: the rest of the body is read and dropped, this
+        // many bytes so far.
+        dropped: Option<u64>,
     }
 }
 
@@ -88,29 +97,41 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut pipe = self.project();
         loop {
+            if let Some(dropped) = pipe.dropped.as_mut() {
+                return drop_rest(pipe.body.as_mut(), dropped, cx);
+            }
             if let Some(report) = pipe.report.as_mut()
                 && report.poll_closed(cx).is_ready()
             {
                 pipe.stream.send_reset(Reason::CANCEL);
-                return Poll::Ready(());
+                *pipe.dropped = Some(0);
+                continue;
             }
             // Registered while waiting for the body or the window, so that a
-            // reset by the peer ends the task.
+            // reset by the peer ends the sending.
             if pipe.stream.poll_reset(cx).is_ready() {
-                return Poll::Ready(());
+                *pipe.dropped = Some(0);
+                continue;
             }
-            if pipe.waiting.is_some() {
+            if let Some((_, end)) = *pipe.waiting {
                 while pipe.stream.capacity() == 0 {
                     match ready!(pipe.stream.poll_capacity(cx)) {
                         Some(Ok(_)) => {}
                         // The stream was reset or its connection failed.
-                        Some(Err(_)) | None => return Poll::Ready(()),
+                        Some(Err(_)) | None => {
+                            *pipe.dropped = Some(0);
+                            break;
+                        }
                     }
                 }
-                if let Some((data, end)) = pipe.waiting.take()
-                    && (pipe.stream.send_data(data, end).is_err() || end)
+                if let Some((data, _)) = pipe.waiting.take()
+                    && pipe.dropped.is_none()
                 {
-                    return Poll::Ready(());
+                    if pipe.stream.send_data(data, end).is_err() {
+                        *pipe.dropped = Some(0);
+                    } else if end {
+                        return Poll::Ready(());
+                    }
                 }
                 continue;
             }
@@ -134,7 +155,9 @@ where
                     let end = pipe.body.is_end_stream();
                     if data.is_empty() {
                         // Needs no window.
-                        if pipe.stream.send_data(data, end).is_err() || end {
+                        if pipe.stream.send_data(data, end).is_err() {
+                            *pipe.dropped = Some(0);
+                        } else if end {
                             return Poll::Ready(());
                         }
                     } else {
@@ -155,4 +178,22 @@ where
             }
         }
     }
+}
+
+/// Reads the rest of `body` and drops it, up to [`MAX_DROPPED_REQUEST_BODY`]
+/// in all (`dropped` so far); ready at its end, on its error, or at the bound.
+fn drop_rest<B: Body<Data = Bytes>>(
+    mut body: Pin<&mut B>,
+    dropped: &mut u64,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    while !body.is_end_stream() && *dropped < MAX_DROPPED_REQUEST_BODY {
+        match ready!(body.as_mut().poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                *dropped += frame.data_ref().map_or(0, |data| data.len() as u64);
+            }
+            Some(Err(_)) | None => break,
+        }
+    }
+    Poll::Ready(())
 }
