@@ -79,6 +79,13 @@ fn weighted(policy: LoadBalancingPolicy, eps: &[Arc<Ep>], weights: &[u32]) -> Ba
     Balancer::new(policy, members)
 }
 
+/// A balancer over `eps`, each in the zone of the same place in `zones`,
+/// for a proxy in zone `a`.
+fn zoned(policy: LoadBalancingPolicy, eps: &[Arc<Ep>], zones: &[&str]) -> Balancer<Ep> {
+    let zones: Vec<Option<Arc<str>>> = zones.iter().map(|z| Some(Arc::from(*z))).collect();
+    balancer(policy, eps).with_zones(Zones::new("a", &zones, "balance-test").expect("zones"))
+}
+
 fn index(b: &Balancer<Ep>, picked: &Arc<Ep>) -> usize {
     b.targets()
         .iter()
@@ -216,9 +223,7 @@ async fn round_robin_spreads_the_turns_of_endpoints_out_evenly() {
 #[test]
 fn round_robin_over_an_interleaved_local_zone_is_even() {
     let eps = endpoints(4);
-    let zones: Vec<Option<Arc<str>>> = ["a", "b", "a", "b"].map(|z| Some(Arc::from(z))).into();
-    let b = balancer(LoadBalancingPolicy::RoundRobin, &eps)
-        .with_zones(Zones::new("a", &zones, "balance-test").expect("zones"));
+    let b = zoned(LoadBalancingPolicy::RoundRobin, &eps, &["a", "b", "a", "b"]);
     let h = histogram(&b, 4_000, &[]);
     assert!(
         h[0].abs_diff(2_000) <= 2 && h[2].abs_diff(2_000) <= 2,
@@ -232,10 +237,8 @@ fn with_zones_a_retry_leaves_the_zone_rather_than_return() {
     // retry goes to another zone (it went back to a: [300, 0, 0]).
     fastrand::seed(11);
     let eps = endpoints(3);
-    let zones: Vec<Option<Arc<str>>> = ["a", "b", "c"].map(|z| Some(Arc::from(z))).into();
     for policy in ALL {
-        let b = balancer(policy, &eps)
-            .with_zones(Zones::new("a", &zones, "balance-test").expect("zones"));
+        let b = zoned(policy, &eps, &["a", "b", "c"]);
         let h = histogram(&b, 300, std::slice::from_ref(&eps[0]));
         assert_eq!(h[0], 0, "{policy:?} {h:?}");
     }
