@@ -496,6 +496,12 @@ fn request_body_failed(error: &hyper::Error) -> bool {
 
 /// True when a request body's error is its client's (not a retry's that
 /// took the body over).
+fn client_body_failed(error: &(dyn std::error::Error + 'static)) -> bool {
+    error
+        .downcast_ref::<RequestBodyError>()
+        .is_some_and(RequestBodyError::is_client)
+}
+
 /// An HTTP/1.1 or HTTP/2 exchange's error, told apart for [`Endpoint::failed`].
 trait ExchangeFailure: Sized {
     /// The client's body error when that is what failed the exchange.
@@ -528,10 +534,4 @@ impl ExchangeFailure for http2::Error {
     fn at(self, addr: SocketAddr) -> ProxyError {
         ProxyError::Http2Exchange { addr, source: self }
     }
-}
-
-fn client_body_failed(error: &(dyn std::error::Error + 'static)) -> bool {
-    error
-        .downcast_ref::<RequestBodyError>()
-        .is_some_and(RequestBodyError::is_client)
 }

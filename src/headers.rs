@@ -89,9 +89,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     headers.remove(KEEP_ALIVE);
     headers.remove(PROXY_CONNECTION);
     headers.remove(header::TRANSFER_ENCODING);
-    if headers
-        .get(header::TE)
-        .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    // `TE: trailers` alone passes; any other value, in any field, does not.
+    if (headers.get_all(header::TE).iter())
+        .any(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
     {
         headers.remove(header::TE);
     }
@@ -240,6 +240,16 @@ mod tests {
         strip_hop_by_hop(&mut headers, false);
         let names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn te_passes_only_when_every_field_is_trailers() {
+        let mut headers = map(&[("te", "trailers"), ("te", "gzip")]);
+        strip_hop_by_hop(&mut headers, false);
+        assert!(headers.get("te").is_none());
+        let mut headers = map(&[("te", "trailers")]);
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(headers["te"], "trailers");
     }
 
     #[test]

@@ -27,7 +27,8 @@
 //!
 //! Every filter leaves out endpoints failing their active health checks,
 //! and filters 1 to 4 ejected ones too, unless the upstream is in panic
-//! (`panic.rs`), when health counts for nothing.
+//! (`panic.rs`), when health counts for nothing: endpoints awaiting their
+//! first check are then admitted by every filter too.
 //!
 //! Filters 2, 4 and 6 are skipped when nothing is excluded. The last filter
 //! admits every endpoint that passes its checks, so a pick over a non-empty
@@ -144,7 +145,7 @@ impl<'a, T: Target> Candidates<'a, T> {
         !(self.excluded.iter()).any(|excluded| Arc::ptr_eq(excluded, target))
             && self.zone.is_none_or(|(zones, zone)| zones.of(i) == zone)
             && (self.panic || target.passes_checks())
-            && (self.admit_unchecked || !target.awaits_first_check())
+            && (self.admit_unchecked || self.panic || !target.awaits_first_check())
             && (!self.respect_backoff || available())
     }
 

@@ -187,8 +187,8 @@ fn a_new_endpoint_waits_for_its_first_check_unless_no_checked_one_can_serve() {
 fn endpoints_awaiting_a_first_check_do_not_count_for_the_panic_threshold() {
     fastrand::seed(7);
     // One passing, two failing, two new: one healthy of the three checked
-    // is below 50 %, so the upstream is in panic and the failing ones serve
-    // too; the new ones still wait. Counted as healthy, they would have
+    // is below 50 %, so the upstream is in panic and health counts for
+    // nothing: all five serve. Counted as healthy, the new ones would have
     // kept the upstream out of panic, every request on the one endpoint.
     let eps = endpoints(5);
     eps[1].failing.store(true, Relaxed);
@@ -197,8 +197,15 @@ fn endpoints_awaiting_a_first_check_do_not_count_for_the_panic_threshold() {
     eps[4].pending.store(true, Relaxed);
     let b = balancer(LoadBalancingPolicy::RoundRobin, &eps)
         .with_panic(Arc::new(PanicMode::new(50, "balance-test")));
-    let h = histogram(&b, 300, &[]);
-    assert_eq!(h, [100, 100, 100, 0, 0]);
+    assert_eq!(histogram(&b, 300, &[]), [60; 5]);
+    // One failing, one new (a deploy replacing instances): in panic, the
+    // new one serves too, not only the failing one.
+    let eps = endpoints(2);
+    eps[0].failing.store(true, Relaxed);
+    eps[1].pending.store(true, Relaxed);
+    let b = balancer(LoadBalancingPolicy::RoundRobin, &eps)
+        .with_panic(Arc::new(PanicMode::new(50, "balance-test")));
+    assert_eq!(histogram(&b, 300, &[]), [150, 150]);
 }
 
 #[tokio::test(start_paused = true)]

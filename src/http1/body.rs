@@ -2,15 +2,17 @@
 //! `Content-Length` bytes, chunks (with trailers), or everything until the
 //! connection closes. Data frames are slices of the read buffer, not copies.
 //! When the response head came before the whole request body went out, each
-//! poll first writes what the request body has, and the body ends only once
-//! all of it went out, even when the response ended first (a server that
-//! answers before reading, `204` or `413`, drops the rest): the client's
-//! connection can carry its next request only once its body was read. A
-//! response body dropped at its end (hyper drops a `204`'s unpolled) hands
-//! the rest to a task of its own. If the server stops reading, the rest of
-//! the request body is read and dropped, up to a bound. Read to its end,
-//! with the request body sent, the body gives its connection back when the
-//! connection may carry another request ([`Http1Body::take_reusable`]).
+//! poll first writes what the request body has. When the response ends
+//! first (a server that answers before reading, `204` or `413`), a task of
+//! its own sends the rest, or, once the server stopped reading, reads it
+//! from the client and drops it: the client's HTTP/1.1 connection can carry
+//! its next request only once its request body was read. That task stops
+//! after [`UNSENT_AFTER_RESPONSE`], or once it dropped
+//! [`super::MAX_DROPPED_REQUEST_BODY`] bytes, leaving the rest unread (the
+//! client's connection then closes).
+//! Read to its end, with the request body sent, the body gives its
+//! connection back when the connection may carry another request
+//! ([`Http1Body::take_reusable`]).
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -31,8 +33,7 @@ const MAX_CHUNK_LINE: usize = 4096;
 /// The most chunk-extension bytes one body may carry (hyper's limit).
 const MAX_EXTENSION_BYTES: usize = 16 * 1024;
 
-/// How long the rest of a request body may go on after its response, when
-/// the response body was dropped at its end (hyper drops a `204`'s unread).
+/// How long the rest of a request body may go on after its response ended.
 const UNSENT_AFTER_RESPONSE: Duration = Duration::from_secs(30);
 
 /// Where the reading of a body stands.
@@ -69,7 +70,7 @@ impl Http1Body {
         connection: Connection,
         framing: Framing,
         reusable: bool,
-        unsent: Option<Box<dyn SendBody>>,
+        unsent: Option<Unsent>,
     ) -> Self {
         let (state, reusable) = match framing {
             Framing::Length(length) => (State::Length(length), reusable),
@@ -80,10 +81,7 @@ impl Http1Body {
             connection: Some(connection),
             state,
             reusable,
-            unsent: unsent.map(|body| Unsent {
-                body,
-                dropping: false,
-            }),
+            unsent,
             extension_bytes: 0,
         }
     }
@@ -279,13 +277,29 @@ fn trailer_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, Error> {
 }
 
 /// The rest of a request body whose response head came first.
-struct Unsent {
+pub(super) struct Unsent {
     body: Box<dyn SendBody>,
     /// The server stopped reading it: it is read and dropped.
     dropping: bool,
 }
 
 impl Unsent {
+    /// The rest, to be sent.
+    pub(super) fn sending(body: Box<dyn SendBody>) -> Self {
+        Self {
+            body,
+            dropping: false,
+        }
+    }
+
+    /// The rest of a body the server stopped reading, to be dropped.
+    pub(super) fn dropping(body: Box<dyn SendBody>) -> Self {
+        Self {
+            body,
+            dropping: true,
+        }
+    }
+
     /// Writes what the body has to `io` or, once the server stopped reading
     /// it, drops it; ready at its end (or, dropping, at the bound of
     /// `SendBody::poll_drop_rest`).
@@ -308,10 +322,9 @@ impl Unsent {
     }
 }
 
-/// A response dropped at its end (hyper does not poll a `204`'s or a
-/// `HEAD`'s body) before the request body went out: the rest goes on in a
-/// task of its own, for at most [`UNSENT_AFTER_RESPONSE`] (see the module
-/// doc).
+/// A response that ended (read to its end, or dropped there: hyper does not
+/// poll a `204`'s or a `HEAD`'s body) before the request body went out: the
+/// rest goes on in a task of its own (see the module doc).
 impl Drop for Http1Body {
     fn drop(&mut self) {
         let ended = matches!(self.state, State::Done | State::Length(0));
@@ -346,15 +359,13 @@ impl Body for Http1Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if let Err(error) = this.send_unsent(cx) {
+        if this.state != State::Done
+            && let Err(error) = this.send_unsent(cx)
+        {
             return this.fail(error);
         }
         loop {
             match this.step() {
-                // The response ended first: the body ends once the rest of
-                // the request body went out (`send_unsent` is pending, its
-                // waker set).
-                Ok(Step::Yield(None)) if this.unsent.is_some() => return Poll::Pending,
                 Ok(Step::Yield(frame)) => return Poll::Ready(frame.map(Ok)),
                 Ok(Step::Continue) => continue,
                 Ok(Step::NeedMore) => {}
@@ -373,7 +384,7 @@ impl Body for Http1Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done | State::Length(0)) && self.unsent.is_none()
+        matches!(self.state, State::Done | State::Length(0))
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -17,7 +17,9 @@
 //!    heard even when the server then closes on the unread rest. When the
 //!    response head comes first (an echo server's), the response body goes
 //!    on writing the rest each time it is read; when the response ends
-//!    first, the rest is not sent. The connection is reused only when both
+//!    first, a task of its own sends the rest (or reads and drops it, once
+//!    the server stopped reading), so that the client's HTTP/1.1 connection
+//!    can carry its next request. The connection is reused only when both
 //!    ended.
 //! 3. **Response head** ([`response`]): at most [`MAX_HEADERS`] headers in
 //!    [`MAX_HEAD`] bytes; interim `1xx` responses are skipped. The body's
@@ -42,7 +44,8 @@ mod request;
 mod response;
 
 pub use self::body::Http1Body;
-pub use self::request::MAX_DROPPED_REQUEST_BODY;
+use self::body::Unsent;
+pub use self::request::{MAX_DROPPED_REQUEST_BODY, poll_drop_body};
 
 use self::request::{BodyWriter, SendBody, WriteError, encode_head};
 use self::response::{Head, parse_head};
@@ -121,7 +124,8 @@ enum Upload<B> {
     Writing(BodyWriter<B>),
     Sent,
     /// The server stopped reading it (the write failed): not all went out.
-    Cut,
+    /// The rest is read from the client and dropped (see [`Http1Body`]).
+    Cut(BodyWriter<B>),
 }
 
 /// One HTTP/1.1 connection to an upstream, between requests.
@@ -211,12 +215,13 @@ impl Connection {
             request: None,
             head_written: true,
         })?;
-        let reusable = head.keeps_alive() && !matches!(upload, Upload::Cut);
+        let reusable = head.keeps_alive() && !matches!(upload, Upload::Cut(_));
         // A head that came before the whole body went out: the response
-        // body writes the rest.
+        // body writes the rest, or drops it when the server stopped reading.
         let unsent = match upload {
-            Upload::Writing(writer) => Some(Box::new(writer) as Box<dyn SendBody>),
-            Upload::Sent | Upload::Cut => None,
+            Upload::Writing(writer) => Some(Unsent::sending(Box::new(writer))),
+            Upload::Cut(writer) => Some(Unsent::dropping(Box::new(writer))),
+            Upload::Sent => None,
         };
         Ok(Response::from_parts(
             head.into_parts(),
@@ -254,7 +259,9 @@ impl Connection {
             }
             Poll::Ready(Err(WriteError::Io(error))) => {
                 tracing::debug!(%error, "the upstream stopped reading the request body");
-                *upload = Upload::Cut;
+                if let Upload::Writing(writer) = std::mem::replace(upload, Upload::Sent) {
+                    *upload = Upload::Cut(writer);
+                }
                 self.poll_head(cx)
             }
         }

@@ -298,18 +298,29 @@ where
 
     fn poll_drop_rest(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
         self.out.clear();
-        while !self.body.is_end_stream() && self.dropped < MAX_DROPPED_REQUEST_BODY {
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                None => break,
-                Some(Err(error)) => return Poll::Ready(Err(WriteError::Body(error.into()))),
-                Some(Ok(frame)) => {
-                    let length = frame.data_ref().map_or(0, |data| data.len());
-                    self.dropped += length as u64;
-                }
+        poll_drop_body(Pin::new(&mut self.body), &mut self.dropped, cx)
+            .map_err(|error| WriteError::Body(error.into()))
+    }
+}
+
+/// Reads `body` and drops what it yields, adding the bytes to `dropped`:
+/// ready at its end, or once `dropped` reaches [`MAX_DROPPED_REQUEST_BODY`];
+/// its error if it fails.
+pub fn poll_drop_body<B: Body<Data = Bytes>>(
+    mut body: Pin<&mut B>,
+    dropped: &mut u64,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), B::Error>> {
+    while !body.is_end_stream() && *dropped < MAX_DROPPED_REQUEST_BODY {
+        match ready!(body.as_mut().poll_frame(cx)) {
+            None => break,
+            Some(Err(error)) => return Poll::Ready(Err(error)),
+            Some(Ok(frame)) => {
+                *dropped += frame.data_ref().map_or(0, |data| data.len() as u64);
             }
         }
-        Poll::Ready(Ok(()))
     }
+    Poll::Ready(Ok(()))
 }
 
 fn body_error(message: &'static str) -> WriteError {

@@ -24,13 +24,15 @@
 //! * its trailers could not be sent;
 //! * the peer reset the stream or the connection failed (no reset then).
 //!
-//! In the last two cases it then reads the rest of the body and drops it,
-//! up to [`MAX_DROPPED_REQUEST_BODY`]: an HTTP/1.1 client's connection
-//! carries its next request only once its request body was read.
+//! Unless the body failed or its trailers went out, it then reads the rest
+//! of the body and drops it, for at most [`DROPPING_FOR`] and up to
+//! [`MAX_DROPPED_REQUEST_BODY`](crate::http1::MAX_DROPPED_REQUEST_BODY): an HTTP/1.1 client's connection carries its
+//! next request only once its request body was read.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::{Reason, SendStream};
@@ -40,7 +42,10 @@ use tokio::sync::oneshot;
 
 use super::BoxError;
 use crate::headers::strip_hop_by_hop;
-use crate::http1::MAX_DROPPED_REQUEST_BODY;
+use crate::http1::poll_drop_body;
+
+/// How long the rest of a body is read and dropped once sending stopped.
+const DROPPING_FOR: Duration = Duration::from_secs(30);
 
 /// The exchange's end of an upload: dropped, it stops the upload.
 pub struct Upload {
@@ -67,7 +72,7 @@ where
         stream,
         waiting: None,
         report: Some(report),
-        dropped: None,
+        dropping: None,
     });
     Upload { failure }
 }
@@ -81,9 +86,9 @@ pin_project! {
         waiting: Option<(Bytes, bool)>,
         // Taken when the body's error is reported.
         report: Option<oneshot::Sender<BoxError>>,
-        // Sending stopped: the rest of the body is read and dropped, this
-        // many bytes so far.
-        dropped: Option<u64>,
+        // Sending stopped: the rest of the body is read and dropped until
+        // then.
+        dropping: Option<Dropping>,
     }
 }
 
@@ -97,20 +102,20 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut pipe = self.project();
         loop {
-            if let Some(dropped) = pipe.dropped.as_mut() {
-                return drop_rest(pipe.body.as_mut(), dropped, cx);
+            if let Some(dropping) = pipe.dropping.as_mut() {
+                return dropping.poll(pipe.body.as_mut(), cx);
             }
             if let Some(report) = pipe.report.as_mut()
                 && report.poll_closed(cx).is_ready()
             {
                 pipe.stream.send_reset(Reason::CANCEL);
-                *pipe.dropped = Some(0);
+                *pipe.dropping = Some(Dropping::new());
                 continue;
             }
             // Registered while waiting for the body or the window, so that a
             // reset by the peer ends the sending.
             if pipe.stream.poll_reset(cx).is_ready() {
-                *pipe.dropped = Some(0);
+                *pipe.dropping = Some(Dropping::new());
                 continue;
             }
             if let Some((_, end)) = *pipe.waiting {
@@ -119,16 +124,16 @@ where
                         Some(Ok(_)) => {}
                         // The stream was reset or its connection failed.
                         Some(Err(_)) | None => {
-                            *pipe.dropped = Some(0);
+                            *pipe.dropping = Some(Dropping::new());
                             break;
                         }
                     }
                 }
                 if let Some((data, _)) = pipe.waiting.take()
-                    && pipe.dropped.is_none()
+                    && pipe.dropping.is_none()
                 {
                     if pipe.stream.send_data(data, end).is_err() {
-                        *pipe.dropped = Some(0);
+                        *pipe.dropping = Some(Dropping::new());
                     } else if end {
                         return Poll::Ready(());
                     }
@@ -156,7 +161,7 @@ where
                     if data.is_empty() {
                         // Needs no window.
                         if pipe.stream.send_data(data, end).is_err() {
-                            *pipe.dropped = Some(0);
+                            *pipe.dropping = Some(Dropping::new());
                         } else if end {
                             return Poll::Ready(());
                         }
@@ -180,20 +185,26 @@ where
     }
 }
 
-/// Reads the rest of `body` and drops it, up to [`MAX_DROPPED_REQUEST_BODY`]
-/// in all (`dropped` so far); ready at its end, on its error, or at the bound.
-fn drop_rest<B: Body<Data = Bytes>>(
-    mut body: Pin<&mut B>,
-    dropped: &mut u64,
-    cx: &mut Context<'_>,
-) -> Poll<()> {
-    while !body.is_end_stream() && *dropped < MAX_DROPPED_REQUEST_BODY {
-        match ready!(body.as_mut().poll_frame(cx)) {
-            Some(Ok(frame)) => {
-                *dropped += frame.data_ref().map_or(0, |data| data.len() as u64);
-            }
-            Some(Err(_)) | None => break,
+/// The rest of a body read and dropped, up to [`MAX_DROPPED_REQUEST_BODY`](crate::http1::MAX_DROPPED_REQUEST_BODY)
+/// and for at most [`DROPPING_FOR`].
+struct Dropping {
+    dropped: u64,
+    until: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Dropping {
+    fn new() -> Self {
+        Self {
+            dropped: 0,
+            until: Box::pin(tokio::time::sleep(DROPPING_FOR)),
         }
     }
-    Poll::Ready(())
+
+    /// Ready at the body's end, on its error, or at either bound.
+    fn poll<B: Body<Data = Bytes>>(&mut self, body: Pin<&mut B>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.until.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        poll_drop_body(body, &mut self.dropped, cx).map(|_ended_or_failed| ())
+    }
 }
