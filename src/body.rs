@@ -51,6 +51,22 @@ pub struct BodyEnd {
     pub grpc_status: Option<u16>,
     /// False when the body failed or was dropped before its end.
     pub complete: bool,
+    /// Dropped before its end by the client's side (the client went away
+    /// or reset its stream), rather than failed.
+    pub abandoned: bool,
+}
+
+impl BodyEnd {
+    /// How a body that did not end whole ended, for the access log:
+    /// `cut` (it failed: the upstream or a timeout ended it) or `abandoned`
+    /// (the client went away first); `None` for a whole body.
+    pub fn unfinished(&self) -> Option<&'static str> {
+        match (self.complete, self.abandoned) {
+            (true, _) => None,
+            (false, true) => Some("abandoned"),
+            (false, false) => Some("cut"),
+        }
+    }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -321,6 +337,7 @@ impl Drop for BodyState {
         if self.release.is_some() || self.observer.is_some() {
             // hyper never polls a body that reports its end up front (an empty one).
             let complete = self.is_end_stream();
+            self.end.abandoned = !complete;
             self.finish(complete);
         }
     }

@@ -2,7 +2,8 @@
 //! field names log pipelines index without mapping (`@timestamp`, `level`,
 //! `service`, `trace_id`, `message`, …), and no secret header anywhere in
 //! the log; `authority`, the `error` of a proxy-made response and the
-//! `grpc_status` of gRPC calls (from trailers and trailers-only).
+//! `grpc_status` of gRPC calls (from trailers and trailers-only); a response
+//! body the upstream cut, or the client abandoned, says so.
 
 mod support;
 
@@ -12,7 +13,13 @@ use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::Full;
 
-use support::{ProxyProcess, dead_addr, get, grpc_echo, grpc_fail, grpc_unary, http_backend, send};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::raw_http1::read_head;
+use support::{
+    ProxyProcess, dead_addr, get, grpc_echo, grpc_fail, grpc_unary, http_backend, send, serve,
+};
 
 #[tokio::test]
 async fn one_json_line_per_request_and_no_secrets() {
@@ -115,6 +122,7 @@ async fn authority_proxy_errors_and_grpc_status_are_logged() {
     assert_eq!(access["upstream"], "web");
     assert_eq!(access["authority"], "shop.example:8080");
     assert!(access["error"].is_null(), "{access}");
+    assert!(access["response_body"].is_null(), "a whole body: {access}");
 
     let url = format!("http://{}/", proxy.listener("gone"));
     let reply = get(Version::HTTP_11, &url).await.unwrap();
@@ -139,4 +147,58 @@ async fn authority_proxy_errors_and_grpc_status_are_logged() {
         access["error"].is_null(),
         "the upstream's own error: {access}"
     );
+}
+
+/// An origin that answers every request with a head announcing 10 bytes and 5 of them, then
+/// closes (`close`) or holds the connection open.
+fn short_origin(close: bool) -> support::Server {
+    serve(move |mut stream| async move {
+        let _ = read_head(&mut stream).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort")
+            .await;
+        if !close {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_response_body_cut_or_abandoned_says_so() {
+    let (cut, stalled) = (short_origin(true), short_origin(false));
+    let yaml = format!(
+        "service: {{ name: shop }}\n\
+         upstreams:\n\
+         \x20 - {{ name: cut, listen: 127.0.0.1:0, discovery: {{ static: [{}] }} }}\n\
+         \x20 - {{ name: stalled, listen: 127.0.0.1:0, discovery: {{ static: [{}] }} }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n",
+        cut.addr, stalled.addr,
+    );
+    let proxy = ProxyProcess::start(&yaml, 2);
+
+    // The upstream closes after 5 of its 10 bytes.
+    let _ = get(
+        Version::HTTP_11,
+        &format!("http://{}/", proxy.listener("cut")),
+    )
+    .await;
+    let (access, proxy) = next_access_line(proxy).await;
+    assert_eq!(access["upstream"], "cut");
+    assert_eq!(access["response_body"], "cut", "{access}");
+    assert_eq!(access["bytes"], 5, "{access}");
+
+    // The client reads the head and goes away while the upstream holds the rest.
+    let mut client = TcpStream::connect(proxy.listener("stalled")).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut client).await.expect("a response head");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let mut five = [0u8; 5];
+    client.read_exact(&mut five).await.unwrap();
+    drop(client);
+    let (access, _proxy) = next_access_line(proxy).await;
+    assert_eq!(access["upstream"], "stalled");
+    assert_eq!(access["response_body"], "abandoned", "{access}");
 }

@@ -210,6 +210,7 @@ where
                         grpc_status: end.grpc_status.or(head_grpc_status),
                         duration_ms: duration.as_secs_f64() * 1e3,
                         bytes: end.bytes,
+                        response_body: end.unfinished(),
                         error,
                         error_detail,
                     };

@@ -1,7 +1,8 @@
 //! One access-log line per request (README: Admin, metrics and logs), as a `tracing` event on
 //! the `remora::access` target: timestamp, trace and span ids, request id,
 //! direction, upstream, route (with `routes:`), endpoint, method, authority, path (without the query,
-//! which may carry secrets), status, grpc_status, duration_ms, bytes, error, error_detail (why, where
+//! which may carry secrets), status, grpc_status, duration_ms, bytes, response_body (`cut` or
+//! `abandoned`, only for a response body that did not end whole), error, error_detail (why, where
 //! the kind has a reason: e.g. a refused JWT's `expired`).
 
 use std::net::SocketAddr;
@@ -55,6 +56,8 @@ pub struct RequestOutcome<'a> {
     pub grpc_status: Option<u16>,
     pub duration_ms: f64,
     pub bytes: u64,
+    /// How a response body that did not end whole ended (`BodyEnd::unfinished`).
+    pub response_body: Option<&'static str>,
     pub error: Option<ErrorKind>,
     pub error_detail: Option<ErrorDetail>,
 }
@@ -80,6 +83,7 @@ pub fn log(request: &RequestSummary, outcome: &RequestOutcome<'_>) {
         grpc_status = outcome.grpc_status,
         duration_ms = outcome.duration_ms,
         bytes = outcome.bytes,
+        response_body = outcome.response_body,
         error = outcome.error.map(ErrorKind::as_str),
         error_detail = outcome.error_detail.map(|detail| detail.0),
         "request"

@@ -234,6 +234,7 @@ mod tests {
             grpc_status: None,
             duration: Duration::from_millis(1),
             bytes: 0,
+            response_body: None,
             endpoint: None,
             retries: 0,
             trace_id: None,
