@@ -15,12 +15,12 @@
 //!
 //! Envoy takes the sources' shares from its local cluster (the caller's own
 //! instances per zone). remora takes them from the upstream's endpoint set,
-//! healthy or not (endpoints awaiting their first health check are not
-//! counted at all, in either share): the caller is assumed to be spread over the zones as the
-//! service it calls is, which is how services are usually deployed. So while
-//! every zone is whole everything stays local, and when the local zone loses
-//! healthy endpoints it keeps the traffic it can still serve and spills the
-//! rest where there is capacity to spare.
+//! healthy or not (endpoints awaiting their first health check are not counted
+//! at all, in either share): the caller is assumed to be spread over the zones
+//! as the service it calls is, which is how services are usually deployed. So
+//! while every zone is whole everything stays local, and when the local zone
+//! loses healthy endpoints it keeps the traffic it can still serve and spills
+//! the rest where there is capacity to spare.
 //!
 //! Endpoints without a zone form a zone of their own (`unknown`). Without a
 //! healthy endpoint, in panic, or when the chosen zone has no endpoint to

@@ -7,7 +7,7 @@
 //! its own sends the rest, or, once the server stopped reading, reads it
 //! from the client and drops it: the client's HTTP/1.1 connection can carry
 //! its next request only once its request body was read. That task stops
-//! after [`UNSENT_AFTER_RESPONSE`], or once it dropped
+//! after [`REST_OF_BODY_FOR`], or once it dropped
 //! [`super::MAX_DROPPED_REQUEST_BODY`] bytes, leaving the rest unread (the
 //! client's connection then closes).
 //! Read to its end, with the request body sent, the body gives its
@@ -17,13 +17,12 @@
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 
-use super::request::{SendBody, WriteError};
+use super::request::{REST_OF_BODY_FOR, SendBody, WriteError};
 use super::response::Framing;
 use super::{BoxError, Connection, Error, Io, MAX_HEAD, MAX_HEADERS, poll_fill};
 
@@ -32,9 +31,6 @@ const MAX_CHUNK_LINE: usize = 4096;
 
 /// The most chunk-extension bytes one body may carry (hyper's limit).
 const MAX_EXTENSION_BYTES: usize = 16 * 1024;
-
-/// How long the rest of a request body may go on after its response ended.
-const UNSENT_AFTER_RESPONSE: Duration = Duration::from_secs(30);
 
 /// Where the reading of a body stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,7 +333,7 @@ impl Drop for Http1Body {
         };
         crate::task::spawn(async move {
             let sent = poll_fn(|cx| unsent.poll(&mut connection.io, cx));
-            match tokio::time::timeout(UNSENT_AFTER_RESPONSE, sent).await {
+            match tokio::time::timeout(REST_OF_BODY_FOR, sent).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
                     tracing::debug!(%error, "the rest of a request body failed after its response")

@@ -45,7 +45,7 @@ mod response;
 
 pub use self::body::Http1Body;
 use self::body::Unsent;
-pub use self::request::{MAX_DROPPED_REQUEST_BODY, poll_drop_body};
+pub use self::request::{MAX_DROPPED_REQUEST_BODY, REST_OF_BODY_FOR, poll_drop_body};
 
 use self::request::{BodyWriter, SendBody, WriteError, encode_head};
 use self::response::{Head, parse_head};

@@ -12,6 +12,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
@@ -138,6 +139,10 @@ fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 /// reading it, for the client's connection to carry its next request (also
 /// over HTTP/2, `http2::upload`).
 pub const MAX_DROPPED_REQUEST_BODY: u64 = 1 << 20;
+
+/// How long the rest of a request body may go on (sent, or read and
+/// dropped) after its exchange ended (also over HTTP/2, `http2::upload`).
+pub const REST_OF_BODY_FOR: Duration = Duration::from_secs(30);
 
 /// Why a request body could not be written.
 pub enum WriteError {

@@ -24,15 +24,15 @@
 //! * its trailers could not be sent;
 //! * the peer reset the stream or the connection failed (no reset then).
 //!
-//! Unless the body failed or its trailers went out, it then reads the rest
-//! of the body and drops it, for at most [`DROPPING_FOR`] and up to
-//! [`MAX_DROPPED_REQUEST_BODY`](crate::http1::MAX_DROPPED_REQUEST_BODY): an HTTP/1.1 client's connection carries its
-//! next request only once its request body was read.
+//! Unless the body failed or its trailers went out, it then reads the rest of
+//! the body and drops it, for at most [`REST_OF_BODY_FOR`] and up to
+//! [`MAX_DROPPED_REQUEST_BODY`](crate::http1::MAX_DROPPED_REQUEST_BODY): an
+//! HTTP/1.1 client's connection carries its next request only once its request
+//! body was read.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use bytes::Bytes;
 use h2::{Reason, SendStream};
@@ -42,10 +42,7 @@ use tokio::sync::oneshot;
 
 use super::BoxError;
 use crate::headers::strip_hop_by_hop;
-use crate::http1::poll_drop_body;
-
-/// How long the rest of a body is read and dropped once sending stopped.
-const DROPPING_FOR: Duration = Duration::from_secs(30);
+use crate::http1::{REST_OF_BODY_FOR, poll_drop_body};
 
 /// The exchange's end of an upload: dropped, it stops the upload.
 pub struct Upload {
@@ -118,21 +115,14 @@ where
                 *pipe.dropping = Some(Dropping::new());
                 continue;
             }
-            if let Some((_, end)) = *pipe.waiting {
-                while pipe.stream.capacity() == 0 {
-                    match ready!(pipe.stream.poll_capacity(cx)) {
-                        Some(Ok(_)) => {}
-                        // The stream was reset or its connection failed.
-                        Some(Err(_)) | None => {
-                            *pipe.dropping = Some(Dropping::new());
-                            break;
-                        }
-                    }
+            if pipe.waiting.is_some() {
+                let mut open = true;
+                while open && pipe.stream.capacity() == 0 {
+                    // An error or none: the stream was reset or its connection failed.
+                    open = matches!(ready!(pipe.stream.poll_capacity(cx)), Some(Ok(_)));
                 }
-                if let Some((data, _)) = pipe.waiting.take()
-                    && pipe.dropping.is_none()
-                {
-                    if pipe.stream.send_data(data, end).is_err() {
+                if let Some((data, end)) = pipe.waiting.take() {
+                    if !open || pipe.stream.send_data(data, end).is_err() {
                         *pipe.dropping = Some(Dropping::new());
                     } else if end {
                         return Poll::Ready(());
@@ -185,8 +175,8 @@ where
     }
 }
 
-/// The rest of a body read and dropped, up to [`MAX_DROPPED_REQUEST_BODY`](crate::http1::MAX_DROPPED_REQUEST_BODY)
-/// and for at most [`DROPPING_FOR`].
+/// The rest of a body read and dropped, for at most [`REST_OF_BODY_FOR`] and
+/// up to [`MAX_DROPPED_REQUEST_BODY`](crate::http1::MAX_DROPPED_REQUEST_BODY).
 struct Dropping {
     dropped: u64,
     until: Pin<Box<tokio::time::Sleep>>,
@@ -196,7 +186,7 @@ impl Dropping {
     fn new() -> Self {
         Self {
             dropped: 0,
-            until: Box::pin(tokio::time::sleep(DROPPING_FOR)),
+            until: Box::pin(tokio::time::sleep(REST_OF_BODY_FOR)),
         }
     }
 
