@@ -2,20 +2,20 @@
 //! the checks and feeds it). Lock-free: the balancer reads it on every pick.
 //!
 //! An endpoint of an upstream without checks is `unchecked` and always
-//! admitted. One with checks starts `pending`. An endpoint of the
-//! upstream's first set (at start, or when a reload rebuilds the endpoints)
-//! is admitted while pending, as discovery or the configuration vouched for
-//! it: were the first ones to pass their checks to take all the traffic,
-//! one endpoint could get it all for up to the jitter. An endpoint that
-//! joins a running set waits for its first result (`awaits_first_check`):
-//! the balancer picks it only when no checked endpoint can take the request
-//! (`balance::candidates`). The first check runs at once, after at most the
-//! jitter, and its result decides at once. From then on
-//! a passing endpoint turns `failing` after `unhealthy_threshold` failed
-//! checks in a row, and a failing one `passing` after `healthy_threshold`
-//! passed checks in a row. Only the endpoint's one checker writes.
+//! admitted. One with checks starts `pending`. An endpoint of the upstream's
+//! first set (at start, or when a reload rebuilds the endpoints) is admitted
+//! while pending, as discovery or the configuration vouched for it: were the
+//! first ones to pass their checks to take all the traffic, one endpoint could
+//! get it all for up to the jitter. An endpoint that joins a running set
+//! (`joining`, shown as `pending`) waits for its first result
+//! (`awaits_first_check`): the balancer picks it only when no checked endpoint
+//! can take the request (`balance::candidates`). The first check runs at once,
+//! after at most the jitter, and its result decides at once. From then on a
+//! passing endpoint turns `failing` after `unhealthy_threshold` failed checks
+//! in a row, and a failing one `passing` after `healthy_threshold` passed
+//! checks in a row. Only the endpoint's one checker writes.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering::Relaxed};
 
 /// What the checks say of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,13 +26,16 @@ pub enum Verdict {
     Pending,
     Passing,
     Failing,
+    /// Checked, no result yet, and joined a running endpoint set: picked
+    /// only when no checked endpoint can be. Shown as `pending`.
+    Joining,
 }
 
 impl Verdict {
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Unchecked => "unchecked",
-            Verdict::Pending => "pending",
+            Verdict::Pending | Verdict::Joining => "pending",
             Verdict::Passing => "passing",
             Verdict::Failing => "failing",
         }
@@ -43,6 +46,7 @@ impl Verdict {
             1 => Verdict::Pending,
             2 => Verdict::Passing,
             3 => Verdict::Failing,
+            4 => Verdict::Joining,
             _ => Verdict::Unchecked,
         }
     }
@@ -61,8 +65,6 @@ pub struct HealthState {
     verdict: AtomicU8,
     /// Results in a row that disagree with the verdict.
     streak: AtomicU32,
-    /// Joined a running endpoint set: waits for its first result.
-    joined: AtomicBool,
 }
 
 impl Default for HealthState {
@@ -70,7 +72,6 @@ impl Default for HealthState {
         Self {
             verdict: AtomicU8::new(Verdict::Unchecked as u8),
             streak: AtomicU32::new(0),
-            joined: AtomicBool::new(false),
         }
     }
 }
@@ -85,24 +86,27 @@ impl HealthState {
         self.verdict() != Verdict::Failing
     }
 
-    /// True while the endpoint, which `joined` a running set, has no
-    /// result yet: it is picked only when no checked endpoint can be.
+    /// True while the endpoint, which joined a running set, has no result
+    /// yet: it is picked only when no checked endpoint can be.
     pub fn awaits_first_check(&self) -> bool {
-        self.joined.load(Relaxed) && self.verdict() == Verdict::Pending
+        self.verdict() == Verdict::Joining
     }
 
     /// Marks the endpoint as checked, its first result pending; `joined`
     /// when it joins a running endpoint set (see the module doc).
     pub fn start(&self, joined: bool) {
-        self.joined.store(joined, Relaxed);
-        self.set(Verdict::Pending);
+        self.set(if joined {
+            Verdict::Joining
+        } else {
+            Verdict::Pending
+        });
     }
 
     /// Counts one check result; returns the new verdict when it changed.
     pub fn record(&self, passed: bool, thresholds: Thresholds) -> Option<Verdict> {
         let next = match (self.verdict(), passed) {
-            (Verdict::Pending | Verdict::Unchecked, true) => Verdict::Passing,
-            (Verdict::Pending | Verdict::Unchecked, false) => Verdict::Failing,
+            (Verdict::Pending | Verdict::Joining | Verdict::Unchecked, true) => Verdict::Passing,
+            (Verdict::Pending | Verdict::Joining | Verdict::Unchecked, false) => Verdict::Failing,
             (Verdict::Passing, true) | (Verdict::Failing, false) => {
                 self.streak.store(0, Relaxed);
                 return None;
