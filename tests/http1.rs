@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::config::TestConfig;
+use support::raw_http1::read_until_close;
 use support::{
     Proxy, ProxyProcess, get, http_backend, http_client, send, websocket_echo, websocket_roundtrip,
 };
@@ -224,7 +225,7 @@ async fn expect_100_continue_is_answered() {
         .unwrap();
     assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
     stream.write_all(b"hello").await.unwrap();
-    let response = read_response(&mut stream).await;
+    let response = read_until_close(&mut stream).await;
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     assert!(response.contains("\r\n\r\n5\r\nhello\r\n"), "{response}");
 }
@@ -261,7 +262,11 @@ async fn malformed_requests_get_400_or_431_and_harm_nothing_else() {
         .write_all(b"GET / HTTP/1.1\r\nHost a\r\n\r\n")
         .await
         .unwrap();
-    assert!(read_response(&mut broken).await.starts_with("HTTP/1.1 400"));
+    assert!(
+        read_until_close(&mut broken)
+            .await
+            .starts_with("HTTP/1.1 400")
+    );
 
     let mut huge = TcpStream::connect(addr).await.unwrap();
     let header = format!(
@@ -270,20 +275,17 @@ async fn malformed_requests_get_400_or_431_and_harm_nothing_else() {
     );
     // The proxy may answer and close before reading everything: ignore write errors.
     let _ = huge.write_all(header.as_bytes()).await;
-    assert!(read_response(&mut huge).await.starts_with("HTTP/1.1 431"));
+    assert!(
+        read_until_close(&mut huge)
+            .await
+            .starts_with("HTTP/1.1 431")
+    );
 
     let started = Instant::now();
     healthy.write_all(b"\r\n").await.unwrap();
     let response = read_response_with_length(&mut healthy).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(started.elapsed() < Duration::from_secs(1));
-}
-
-/// Reads until the peer closes (or 5 s), returns what arrived.
-async fn read_response(stream: &mut TcpStream) -> String {
-    let mut buffer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buffer)).await;
-    String::from_utf8_lossy(&buffer).into_owned()
 }
 
 /// Reads one keep-alive response whose body has a Content-Length.

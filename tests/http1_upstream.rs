@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 
 use support::config::TestConfig;
 use support::in_flight::assert_nothing_in_flight;
+use support::raw_http1::read_until_close;
 use support::{Proxy, Server, http_backend, prom, send, serve};
 
 /// One request as the origin read it: which connection (0 = the first), method and body.
@@ -263,12 +264,7 @@ async fn a_get_with_a_chunked_body_sends_it_on() {
         )
         .await
         .unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
-        .await
-        .expect("the whole response within 5 s")
-        .unwrap();
-    let response = String::from_utf8_lossy(&response);
+    let response = read_until_close(&mut stream).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\r\n5\r\nhello\r\n"), "{response}");
     assert_eq!(backend.echoed_bytes(), 5);

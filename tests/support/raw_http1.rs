@@ -35,3 +35,10 @@ pub async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> (String, St
     stream.read_exact(&mut body).await.unwrap();
     (head, String::from_utf8(body).unwrap())
 }
+
+/// Reads until the peer closes (or 5 s), returns what arrived.
+pub async fn read_until_close(stream: &mut (impl AsyncRead + Unpin)) -> String {
+    let mut buffer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buffer)).await;
+    String::from_utf8_lossy(&buffer).into_owned()
+}
