@@ -4,7 +4,9 @@
 //! spelling) are dropped from a client's trailers as they are read. A body
 //! that has ended when its request arrives (a GET's) is held as empty, so it
 //! still reads as ended should the client's connection close before the
-//! request goes upstream ([`RequestBody::streaming`]).
+//! request goes upstream ([`RequestBody::client_request`]); an HTTP/1.x
+//! client's body dropped before its end is read and dropped, so that the
+//! client's connection carries its next request ([`client`]).
 //! A request mirrored to a shadow backend streams as usual while a bounded
 //! copy is kept ([`tee`]); the shadow gets the copy once it is whole
 //! ([`RequestBody::buffered`]).
@@ -36,9 +38,11 @@ use crate::http2::Http2Body;
 use crate::idle::Activity;
 use crate::timer;
 
+pub mod client;
 pub mod replay;
 pub mod tee;
 
+use self::client::ClientBody;
 use self::replay::{ReplayBody, Superseded};
 use self::tee::TeeBody;
 
@@ -352,7 +356,7 @@ pub struct RequestBody {
 
 enum RequestKind {
     /// Read from the client as it is sent upstream.
-    Streaming(Incoming),
+    Streaming(ClientBody),
     /// Read from the client (or replayed) as it is sent upstream, a copy kept
     /// for the next try.
     Replaying(ReplayBody<RequestBody>),
@@ -404,18 +408,22 @@ enum ReplayKind {
 }
 
 impl RequestBody {
-    /// A client's body, streamed. One that has ended already (a GET whose
-    /// HEADERS carried END_STREAM) is held as empty from here on: h2 stops
-    /// saying that a stream has ended once the client's connection closes
-    /// (its `recv_eof` turns a half-closed stream into one closed with an
-    /// error), and hyper's client, reading `is_end_stream` only when it
-    /// writes the request, would then send HEADERS without END_STREAM, fail
-    /// to read the body and reset the upstream stream (`INTERNAL_ERROR`).
-    pub fn streaming(body: Incoming) -> Self {
-        if body.is_end_stream() {
-            return Self::empty();
-        }
-        Self::of(RequestKind::Streaming(body))
+    /// A client's request, its body streamed. A body that has ended already
+    /// (a GET whose HEADERS carried END_STREAM) is held as empty from here
+    /// on: h2 stops saying that a stream has ended once the client's
+    /// connection closes (its `recv_eof` turns a half-closed stream into one
+    /// closed with an error), and hyper's client, reading `is_end_stream`
+    /// only when it writes the request, would then send HEADERS without
+    /// END_STREAM, fail to read the body and reset the upstream stream
+    /// (`INTERNAL_ERROR`).
+    pub fn client_request(request: http::Request<Incoming>) -> http::Request<Self> {
+        ClientBody::request(request).map(|body| {
+            if body.is_end_stream() {
+                Self::empty()
+            } else {
+                Self::of(RequestKind::Streaming(body))
+            }
+        })
     }
 
     /// A body without data or trailers.
@@ -592,7 +600,7 @@ mod tests {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let (bodies, mut received) = mpsc::unbounded_channel();
         let service = service_fn(move |request: Request<Incoming>| {
-            let _ = bodies.send(RequestBody::streaming(request.into_body()));
+            let _ = bodies.send(RequestBody::client_request(request).into_body());
             std::future::pending::<Result<Response<Empty<Bytes>>, Infallible>>()
         });
         let server = tokio::spawn(

@@ -111,7 +111,7 @@ pub fn outbound(
     };
     let upgrades = Upgrades::new(&config.upgrades);
     let service = ServiceBuilder::new()
-        .map_request(move |request| upgrades.screen(request).map(RequestBody::streaming))
+        .map_request(move |request| RequestBody::client_request(upgrades.screen(request)))
         .layer(TraceContextLayer::new(tracing))
         .layer(ObserveLayer::new(
             direction,
@@ -270,7 +270,7 @@ pub fn inbound(
     let name = name.as_str();
     let upgrades = Upgrades::new(&config.upgrades);
     let service = ServiceBuilder::new()
-        .map_request(move |request| upgrades.screen(request).map(RequestBody::streaming))
+        .map_request(move |request| RequestBody::client_request(upgrades.screen(request)))
         .layer(TraceContextLayer::new(tracing))
         .layer(ObserveLayer::new(
             direction,

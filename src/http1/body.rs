@@ -2,19 +2,12 @@
 //! `Content-Length` bytes, chunks (with trailers), or everything until the
 //! connection closes. Data frames are slices of the read buffer, not copies.
 //! When the response head came before the whole request body went out, each
-//! poll first writes what the request body has. When the response ends
-//! first (a server that answers before reading, `204` or `413`), a task of
-//! its own sends the rest, or, once the server stopped reading, reads it
-//! from the client and drops it: the client's HTTP/1.1 connection can carry
-//! its next request only once its request body was read. That task stops
-//! after [`REST_OF_BODY_FOR`], or once it dropped
-//! [`super::MAX_DROPPED_REQUEST_BODY`] bytes, leaving the rest unread (the
-//! client's connection then closes).
-//! Read to its end, with the request body sent, the body gives its
-//! connection back when the connection may carry another request
-//! ([`Http1Body::take_reusable`]).
+//! poll first writes what the request body has; when the response ends
+//! first, the rest is not sent (a client's HTTP/1.x body is then read and
+//! dropped: [`crate::body::client`]). Read to its end, with the
+//! request body sent, the body gives its connection back when the connection
+//! may carry another request ([`Http1Body::take_reusable`]).
 
-use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -22,9 +15,9 @@ use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 
-use super::request::{REST_OF_BODY_FOR, SendBody, WriteError};
+use super::request::{SendBody, WriteError};
 use super::response::Framing;
-use super::{BoxError, Connection, Error, Io, MAX_HEAD, MAX_HEADERS, poll_fill};
+use super::{BoxError, Connection, Error, MAX_HEAD, MAX_HEADERS, poll_fill};
 
 /// The longest chunk-size line read (the size with its extensions).
 const MAX_CHUNK_LINE: usize = 4096;
@@ -56,7 +49,7 @@ pub struct Http1Body {
     /// The connection may carry another request once this body has ended.
     reusable: bool,
     /// The rest of a request body whose response head came first.
-    unsent: Option<Unsent>,
+    unsent: Option<Box<dyn SendBody>>,
     /// Chunk-extension bytes read so far.
     extension_bytes: usize,
 }
@@ -66,7 +59,7 @@ impl Http1Body {
         connection: Connection,
         framing: Framing,
         reusable: bool,
-        unsent: Option<Unsent>,
+        unsent: Option<Box<dyn SendBody>>,
     ) -> Self {
         let (state, reusable) = match framing {
             Framing::Length(length) => (State::Length(length), reusable),
@@ -108,17 +101,19 @@ impl Http1Body {
         let (Some(unsent), Some(connection)) = (&mut self.unsent, &mut self.connection) else {
             return Ok(());
         };
-        let sent = unsent.poll(&mut connection.io, cx);
-        if unsent.dropping {
-            self.reusable = false;
-        }
-        match sent {
+        match unsent.poll_send(&mut connection.io, cx) {
             Poll::Pending => Ok(()),
             Poll::Ready(Ok(())) => {
                 self.unsent = None;
                 Ok(())
             }
-            Poll::Ready(Err(error)) => Err(error),
+            Poll::Ready(Err(WriteError::Body(error))) => Err(Error::RequestBody(error)),
+            Poll::Ready(Err(WriteError::Io(error))) => {
+                tracing::debug!(%error, "the upstream stopped reading the request body");
+                self.unsent = None;
+                self.reusable = false;
+                Ok(())
+            }
         }
     }
 
@@ -270,80 +265,6 @@ fn trailer_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, Error> {
         trailers.append(name, value);
     }
     Ok(trailers)
-}
-
-/// The rest of a request body whose response head came first.
-pub(super) struct Unsent {
-    body: Box<dyn SendBody>,
-    /// The server stopped reading it: it is read and dropped.
-    dropping: bool,
-}
-
-impl Unsent {
-    /// The rest, to be sent.
-    pub(super) fn sending(body: Box<dyn SendBody>) -> Self {
-        Self {
-            body,
-            dropping: false,
-        }
-    }
-
-    /// The rest of a body the server stopped reading, to be dropped.
-    pub(super) fn dropping(body: Box<dyn SendBody>) -> Self {
-        Self {
-            body,
-            dropping: true,
-        }
-    }
-
-    /// Writes what the body has to `io` or, once the server stopped reading
-    /// it, drops it; ready at its end (or, dropping, at the bound of
-    /// `SendBody::poll_drop_rest`).
-    fn poll(&mut self, io: &mut Box<dyn Io>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        loop {
-            let sent = if self.dropping {
-                self.body.poll_drop_rest(cx)
-            } else {
-                self.body.poll_send(io, cx)
-            };
-            match ready!(sent) {
-                Ok(()) => return Poll::Ready(Ok(())),
-                Err(WriteError::Body(error)) => return Poll::Ready(Err(Error::RequestBody(error))),
-                Err(WriteError::Io(error)) => {
-                    tracing::debug!(%error, "the upstream stopped reading the request body");
-                    self.dropping = true;
-                }
-            }
-        }
-    }
-}
-
-/// A response that ended (read to its end, or dropped there: hyper does not
-/// poll a `204`'s or a `HEAD`'s body) before the request body went out: the
-/// rest goes on in a task of its own (see the module doc).
-impl Drop for Http1Body {
-    fn drop(&mut self) {
-        let ended = matches!(self.state, State::Done | State::Length(0));
-        if self.unsent.is_none() || !ended || tokio::runtime::Handle::try_current().is_err() {
-            return;
-        }
-        let (Some(mut unsent), Some(mut connection)) = (self.unsent.take(), self.connection.take())
-        else {
-            return;
-        };
-        crate::task::spawn(async move {
-            let sent = poll_fn(|cx| unsent.poll(&mut connection.io, cx));
-            match tokio::time::timeout(REST_OF_BODY_FOR, sent).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    tracing::debug!(%error, "the rest of a request body failed after its response")
-                }
-                Err(_) => tracing::debug!(
-                    "the rest of a request body was still going out after its response; dropped"
-                ),
-            }
-        });
-    }
 }
 
 impl Body for Http1Body {

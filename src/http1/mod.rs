@@ -17,10 +17,9 @@
 //!    heard even when the server then closes on the unread rest. When the
 //!    response head comes first (an echo server's), the response body goes
 //!    on writing the rest each time it is read; when the response ends
-//!    first, a task of its own sends the rest (or reads and drops it, once
-//!    the server stopped reading), so that the client's HTTP/1.1 connection
-//!    can carry its next request. The connection is reused only when both
-//!    ended.
+//!    first, the rest is not sent (a client's HTTP/1.x body is then read
+//!    and dropped: [`crate::body::client`]). The connection is reused only
+//!    when both ended.
 //! 3. **Response head** ([`response`]): at most [`MAX_HEADERS`] headers in
 //!    [`MAX_HEAD`] bytes; interim `1xx` responses are skipped. The body's
 //!    framing follows RFC 9112 §6.3.
@@ -44,8 +43,6 @@ mod request;
 mod response;
 
 pub use self::body::Http1Body;
-use self::body::Unsent;
-pub use self::request::{MAX_DROPPED_REQUEST_BODY, REST_OF_BODY_FOR, poll_drop_body};
 
 use self::request::{BodyWriter, SendBody, WriteError, encode_head};
 use self::response::{Head, parse_head};
@@ -124,8 +121,7 @@ enum Upload<B> {
     Writing(BodyWriter<B>),
     Sent,
     /// The server stopped reading it (the write failed): not all went out.
-    /// The rest is read from the client and dropped (see [`Http1Body`]).
-    Cut(BodyWriter<B>),
+    Cut,
 }
 
 /// One HTTP/1.1 connection to an upstream, between requests.
@@ -215,13 +211,12 @@ impl Connection {
             request: None,
             head_written: true,
         })?;
-        let reusable = head.keeps_alive() && !matches!(upload, Upload::Cut(_));
+        let reusable = head.keeps_alive() && !matches!(upload, Upload::Cut);
         // A head that came before the whole body went out: the response
-        // body writes the rest, or drops it when the server stopped reading.
+        // body writes the rest.
         let unsent = match upload {
-            Upload::Writing(writer) => Some(Unsent::sending(Box::new(writer))),
-            Upload::Cut(writer) => Some(Unsent::dropping(Box::new(writer))),
-            Upload::Sent => None,
+            Upload::Writing(writer) => Some(Box::new(writer) as Box<dyn SendBody>),
+            Upload::Sent | Upload::Cut => None,
         };
         Ok(Response::from_parts(
             head.into_parts(),
@@ -259,9 +254,7 @@ impl Connection {
             }
             Poll::Ready(Err(WriteError::Io(error))) => {
                 tracing::debug!(%error, "the upstream stopped reading the request body");
-                if let Upload::Writing(writer) = std::mem::replace(upload, Upload::Sent) {
-                    *upload = Upload::Cut(writer);
-                }
+                *upload = Upload::Cut;
                 self.poll_head(cx)
             }
         }

@@ -12,7 +12,6 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
@@ -135,15 +134,6 @@ fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(b"\r\n");
 }
 
-/// The most of a request body read and dropped after the upstream stopped
-/// reading it, for the client's connection to carry its next request (also
-/// over HTTP/2, `http2::upload`).
-pub const MAX_DROPPED_REQUEST_BODY: u64 = 1 << 20;
-
-/// How long the rest of a request body may go on (sent, or read and
-/// dropped) after its exchange ended (also over HTTP/2, `http2::upload`).
-pub const REST_OF_BODY_FOR: Duration = Duration::from_secs(30);
-
 /// Why a request body could not be written.
 pub enum WriteError {
     Io(io::Error),
@@ -162,12 +152,6 @@ pub trait SendBody: Send {
         io: &mut Box<dyn Io>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WriteError>>;
-
-    /// Reads the rest of the body and drops it (the upstream stopped
-    /// reading it); ready at its end, or once [`MAX_DROPPED_REQUEST_BODY`] bytes were
-    /// dropped (the rest is then left unread: the client's connection
-    /// closes after its response).
-    fn poll_drop_rest(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>>;
 }
 
 /// Writes a request body, frame by frame, as the body yields them.
@@ -179,8 +163,6 @@ pub struct BodyWriter<B> {
     /// Bytes a `Content-Length` body still owes.
     owed: u64,
     ended: bool,
-    /// Bytes read and dropped (`poll_drop_rest`).
-    dropped: u64,
 }
 
 impl<B> BodyWriter<B>
@@ -201,7 +183,6 @@ where
             out,
             owed,
             ended: false,
-            dropped: 0,
         }
     }
 
@@ -300,32 +281,6 @@ where
             }
         }
     }
-
-    fn poll_drop_rest(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
-        self.out.clear();
-        poll_drop_body(Pin::new(&mut self.body), &mut self.dropped, cx)
-            .map_err(|error| WriteError::Body(error.into()))
-    }
-}
-
-/// Reads `body` and drops what it yields, adding the bytes to `dropped`:
-/// ready at its end, or once `dropped` reaches [`MAX_DROPPED_REQUEST_BODY`];
-/// its error if it fails.
-pub fn poll_drop_body<B: Body<Data = Bytes>>(
-    mut body: Pin<&mut B>,
-    dropped: &mut u64,
-    cx: &mut Context<'_>,
-) -> Poll<Result<(), B::Error>> {
-    while !body.is_end_stream() && *dropped < MAX_DROPPED_REQUEST_BODY {
-        match ready!(body.as_mut().poll_frame(cx)) {
-            None => break,
-            Some(Err(error)) => return Poll::Ready(Err(error)),
-            Some(Ok(frame)) => {
-                *dropped += frame.data_ref().map_or(0, |data| data.len() as u64);
-            }
-        }
-    }
-    Poll::Ready(Ok(()))
 }
 
 fn body_error(message: &'static str) -> WriteError {

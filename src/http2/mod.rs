@@ -384,7 +384,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_response_that_ends_first_stops_the_upload_and_the_rest_is_dropped() {
+    async fn a_response_that_ends_first_stops_the_upload() {
         let (reset, mut resets) = mpsc::unbounded_channel();
         let addr = serve(1, move |request, mut respond| {
             let reset = reset.clone();
@@ -406,18 +406,7 @@ mod tests {
         assert!(body.to_bytes().is_empty());
         // The client's body has not ended: the upload stops because the exchange is over.
         assert_eq!(within(resets.recv()).await, Err(Some(h2::Reason::CANCEL)));
-        // The rest of the client's body is still read (for its HTTP/1.1 connection to carry
-        // its next request), and dropped, up to MAX_DROPPED_REQUEST_BODY.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!chunk.is_closed(), "the client's body was dropped unread");
-        let piece = Bytes::from(vec![b'x'; 64 * 1024]);
-        let pieces = crate::http1::MAX_DROPPED_REQUEST_BODY as usize / piece.len() + 1;
-        for _ in 0..pieces {
-            chunk.send(Ok(Frame::data(piece.clone()))).unwrap();
-        }
-        tokio::time::timeout(Duration::from_secs(5), chunk.closed())
-            .await
-            .expect("the body dropped once past the bound");
+        drop(chunk);
     }
 
     #[tokio::test]

@@ -13,8 +13,8 @@
 //! and can stall the other streams of a peer that sends WINDOW_UPDATE only
 //! once its window is used up (hyper's fix for the same, hyperium/hyper#4003).
 //! Empty frames need no window. Trailers (without connection-specific
-//! fields), or the body's end, end the stream. The task stops sending, and
-//! resets the stream with `CANCEL` when it had more to send, when:
+//! fields), or the body's end, end the stream. The task stops, and resets
+//! the stream with `CANCEL` when it had more to send, when:
 //!
 //! * the body fails: its error is handed to the exchange first, which then
 //!   reports it rather than the reset (see [`Upload::failure`]);
@@ -24,11 +24,8 @@
 //! * its trailers could not be sent;
 //! * the peer reset the stream or the connection failed (no reset then).
 //!
-//! Unless the body failed or its trailers went out, it then reads the rest of
-//! the body and drops it, for at most [`REST_OF_BODY_FOR`] and up to
-//! [`MAX_DROPPED_REQUEST_BODY`](crate::http1::MAX_DROPPED_REQUEST_BODY): an
-//! HTTP/1.1 client's connection carries its next request only once its request
-//! body was read.
+//! The rest of an HTTP/1.x client's body is then read and dropped where it
+//! came in ([`crate::body::client`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,7 +39,6 @@ use tokio::sync::oneshot;
 
 use super::BoxError;
 use crate::headers::strip_hop_by_hop;
-use crate::http1::{REST_OF_BODY_FOR, poll_drop_body};
 
 /// The exchange's end of an upload: dropped, it stops the upload.
 pub struct Upload {
@@ -69,7 +65,6 @@ where
         stream,
         waiting: None,
         report: Some(report),
-        dropping: None,
     });
     Upload { failure }
 }
@@ -83,9 +78,6 @@ pin_project! {
         waiting: Option<(Bytes, bool)>,
         // Taken when the body's error is reported.
         report: Option<oneshot::Sender<BoxError>>,
-        // Sending stopped: the rest of the body is read and dropped until
-        // then.
-        dropping: Option<Dropping>,
     }
 }
 
@@ -99,34 +91,29 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut pipe = self.project();
         loop {
-            if let Some(dropping) = pipe.dropping.as_mut() {
-                return dropping.poll(pipe.body.as_mut(), cx);
-            }
             if let Some(report) = pipe.report.as_mut()
                 && report.poll_closed(cx).is_ready()
             {
                 pipe.stream.send_reset(Reason::CANCEL);
-                *pipe.dropping = Some(Dropping::new());
-                continue;
+                return Poll::Ready(());
             }
             // Registered while waiting for the body or the window, so that a
-            // reset by the peer ends the sending.
+            // reset by the peer ends the task.
             if pipe.stream.poll_reset(cx).is_ready() {
-                *pipe.dropping = Some(Dropping::new());
-                continue;
+                return Poll::Ready(());
             }
             if pipe.waiting.is_some() {
-                let mut open = true;
-                while open && pipe.stream.capacity() == 0 {
-                    // An error or none: the stream was reset or its connection failed.
-                    open = matches!(ready!(pipe.stream.poll_capacity(cx)), Some(Ok(_)));
-                }
-                if let Some((data, end)) = pipe.waiting.take() {
-                    if !open || pipe.stream.send_data(data, end).is_err() {
-                        *pipe.dropping = Some(Dropping::new());
-                    } else if end {
-                        return Poll::Ready(());
+                while pipe.stream.capacity() == 0 {
+                    match ready!(pipe.stream.poll_capacity(cx)) {
+                        Some(Ok(_)) => {}
+                        // The stream was reset or its connection failed.
+                        Some(Err(_)) | None => return Poll::Ready(()),
                     }
+                }
+                if let Some((data, end)) = pipe.waiting.take()
+                    && (pipe.stream.send_data(data, end).is_err() || end)
+                {
+                    return Poll::Ready(());
                 }
                 continue;
             }
@@ -150,9 +137,7 @@ where
                     let end = pipe.body.is_end_stream();
                     if data.is_empty() {
                         // Needs no window.
-                        if pipe.stream.send_data(data, end).is_err() {
-                            *pipe.dropping = Some(Dropping::new());
-                        } else if end {
+                        if pipe.stream.send_data(data, end).is_err() || end {
                             return Poll::Ready(());
                         }
                     } else {
@@ -172,29 +157,5 @@ where
                 }
             }
         }
-    }
-}
-
-/// The rest of a body read and dropped, for at most [`REST_OF_BODY_FOR`] and
-/// up to [`MAX_DROPPED_REQUEST_BODY`](crate::http1::MAX_DROPPED_REQUEST_BODY).
-struct Dropping {
-    dropped: u64,
-    until: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl Dropping {
-    fn new() -> Self {
-        Self {
-            dropped: 0,
-            until: Box::pin(tokio::time::sleep(REST_OF_BODY_FOR)),
-        }
-    }
-
-    /// Ready at the body's end, on its error, or at either bound.
-    fn poll<B: Body<Data = Bytes>>(&mut self, body: Pin<&mut B>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.until.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(());
-        }
-        poll_drop_body(body, &mut self.dropped, cx).map(|_ended_or_failed| ())
     }
 }

@@ -59,7 +59,7 @@ impl Passthrough {
         &self,
         request: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let mut request = request.map(RequestBody::streaming);
+        let mut request = RequestBody::client_request(request);
         strip_hop_by_hop(request.headers_mut(), false);
         let addr = self.destination;
         let response = if request.version() == Version::HTTP_2 {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Reads one request or response head (up to the blank line), lowercased;
 /// `None` when the connection ends first.
@@ -41,4 +41,24 @@ pub async fn read_until_close(stream: &mut (impl AsyncRead + Unpin)) -> String {
     let mut buffer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buffer)).await;
     String::from_utf8_lossy(&buffer).into_owned()
+}
+
+/// Sends a POST to `path` whose 5-byte body comes 300 ms after its head (an
+/// answer may come first), then a GET; returns the two responses' heads.
+/// Panics when the connection fails under either.
+pub async fn post_with_late_body_then_get(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    path: &str,
+) -> (String, String) {
+    let post = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n");
+    stream.write_all(post.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.write_all(b"hello").await.unwrap();
+    let (post, _) = read_response(stream).await;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (get, _) = read_response(stream).await;
+    (post, get)
 }
