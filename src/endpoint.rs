@@ -245,6 +245,7 @@ impl Endpoint {
     fn reset(&self, source: hyper::Error, unsent: Option<Request<RequestBody>>) -> SendError {
         let error = if request_body_failed(&source) {
             ProxyError::ClientBody {
+                addr: self.addr,
                 source: source.into(),
             }
         } else {
@@ -334,7 +335,10 @@ impl Endpoint {
         unsent: Option<Request<RequestBody>>,
     ) -> SendError {
         let error = match source.client_body() {
-            Ok(source) => ProxyError::ClientBody { source },
+            Ok(source) => ProxyError::ClientBody {
+                addr: self.addr,
+                source,
+            },
             Err(source) => source.at(self.addr),
         };
         SendError {

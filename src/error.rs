@@ -86,8 +86,11 @@ pub enum ProxyError {
         pending: u32,
         wait: Duration,
     },
-    #[error("reading the request body from the client failed: {source}")]
+    #[error(
+        "reading the request body from the client failed while it was sent to {addr}: {source}"
+    )]
     ClientBody {
+        addr: SocketAddr,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("no upstream answers for {target} (transparent.unmatched: refuse)")]
@@ -293,7 +296,8 @@ impl ProxyError {
             | ProxyError::Http1Exchange { addr, .. }
             | ProxyError::Http2Exchange { addr, .. }
             | ProxyError::UnrequestedUpgrade { addr }
-            | ProxyError::IdleTimeout { addr, .. } => Some(*addr),
+            | ProxyError::IdleTimeout { addr, .. }
+            | ProxyError::ClientBody { addr, .. } => Some(*addr),
             ProxyError::PerTryTimeout { addr, .. } => *addr,
             ProxyError::NoEndpoints { .. }
             | ProxyError::NoHealthyEndpoints { .. }
@@ -303,7 +307,6 @@ impl ProxyError {
             | ProxyError::Overloaded { .. }
             | ProxyError::PoolExhausted { .. }
             | ProxyError::FaultAbort { .. }
-            | ProxyError::ClientBody { .. }
             | ProxyError::Forbidden { .. }
             | ProxyError::NoRoute { .. }
             | ProxyError::DuplicateHost

@@ -3,7 +3,8 @@
 //! `service`, `trace_id`, `message`, …), and no secret header anywhere in
 //! the log; `authority`, the `error` of a proxy-made response and the
 //! `grpc_status` of gRPC calls (from trailers and trailers-only); a response
-//! body the upstream cut, or the client abandoned, says so.
+//! body the upstream cut, or the client abandoned, says so; a client's
+//! failed body names the endpoint it was going to.
 
 mod support;
 
@@ -201,4 +202,32 @@ async fn a_response_body_cut_or_abandoned_says_so() {
     let (access, _proxy) = next_access_line(proxy).await;
     assert_eq!(access["upstream"], "stalled");
     assert_eq!(access["response_body"], "abandoned", "{access}");
+}
+
+/// A request whose body fails on the client's side (it closes its connection
+/// partway) is logged as `client_body`, with the endpoint the body was going to.
+#[tokio::test]
+async fn a_failed_client_body_names_its_endpoint() {
+    let origin = serve(|mut stream| async move {
+        let _ = read_head(&mut stream).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let yaml = format!(
+        "service: {{ name: shop }}\n\
+         upstreams:\n\
+         \x20 - {{ name: upload, listen: 127.0.0.1:0, discovery: {{ static: [{}] }} }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n",
+        origin.addr,
+    );
+    let proxy = ProxyProcess::start(&yaml, 1);
+    let mut client = TcpStream::connect(proxy.listener("upload")).await.unwrap();
+    client
+        .write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(client);
+    let (access, _proxy) = next_access_line(proxy).await;
+    assert_eq!(access["error"], "client_body", "{access}");
+    assert_eq!(access["endpoint"], origin.addr.to_string(), "{access}");
 }
