@@ -20,7 +20,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use support::{Proxy, http_backend, prom};
+use support::{Proxy, ProxyProcess, http_backend, prom};
 
 /// Sends `GET http://<authority>/` over a new connection to `addr` (the
 /// transparent listener), as a redirected application would.
@@ -410,13 +410,16 @@ fn redirected_once((tables, loopback): (&str, &str)) -> (SocketAddr, Option<Sock
 
 /// `transparent.limits` apply to the transparent listener: a request head
 /// with more headers than its `max_headers` gets 431, one within it is routed.
+/// A process of its own: its connections would count in the metrics that
+/// `routes_by_host_and_refuses_the_unmatched` checks.
 #[tokio::test]
 async fn the_transparent_listener_applies_its_limits() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let api = http_backend("api");
-    let proxy = Proxy::start(&format!(
-        "service: {{ name: web }}
+    let proxy = ProxyProcess::start(
+        &format!(
+            "service: {{ name: web }}
 upstreams:
   - name: api
     hosts: [api]
@@ -424,10 +427,11 @@ upstreams:
 transparent: {{ outbound_listen: 127.0.0.1:0, limits: {{ max_headers: 4 }} }}
 admin: {{ listen: 127.0.0.1:0 }}
 ",
-        api = api.addr,
-    ))
-    .await;
-    let transparent = proxy.bound.transparent.expect("transparent listener");
+            api = api.addr,
+        ),
+        1,
+    );
+    let transparent = proxy.listener("transparent");
     let status_line = |extra_headers: usize| async move {
         let mut stream = TcpStream::connect(transparent).await.unwrap();
         let mut head = String::from("GET / HTTP/1.1\r\nhost: api\r\nconnection: close\r\n");
