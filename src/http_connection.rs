@@ -26,6 +26,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::body::ResponseBody;
+use crate::body::client::discard_body;
 use crate::config::{HeadersWithUnderscoresAction, ListenerLimits};
 use crate::context::ClientAddr;
 use crate::drain::Drain;
@@ -218,12 +219,14 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         if request.headers().len() > self.max_headers {
             let mut response = Response::new(ResponseBody::empty());
             *response.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+            discard_body(request);
             return Either::Left(ready(Ok(response)));
         }
         if let Err(error) = request_head::admit(&mut request, self.underscores) {
             self.protocol_errors.count("malformed");
             tracing::debug!(%error, client = %self.caller.addr.0, "request refused");
             let response = error_response(&error, is_grpc(request.headers()));
+            discard_body(request);
             return Either::Left(ready(Ok(response)));
         }
         request.extensions_mut().insert(self.caller.addr);

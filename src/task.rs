@@ -1,7 +1,8 @@
 //! remora's tasks: each poll reads the clock at most once ([`crate::clock`])
 //! and all the task's deadlines share one tokio timer ([`crate::timer`]).
-//! Connections (client and upstream), hyper's HTTP/2 stream tasks and the
-//! HTTP/2 upload tasks are spawned this way.
+//! Connections (client and upstream), hyper's HTTP/2 stream tasks, the
+//! HTTP/2 upload tasks and the drains of unread request bodies are spawned
+//! this way.
 
 use std::future::Future;
 use std::pin::Pin;

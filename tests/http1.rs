@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::config::{TestConfig, Upstream};
-use support::raw_http1::{post_with_late_body_then_get, read_response, read_until_close};
+use support::raw_http1::{late_body_then_get, post_head, read_response, read_until_close};
 use support::{
     Proxy, ProxyProcess, dead_addr, get, http_backend, http_client, send, websocket_echo,
     websocket_roundtrip,
@@ -355,10 +355,11 @@ async fn a_burst_of_connections_waits_in_the_accept_queue() {
 }
 
 /// remora's own answers to a request whose body has not all arrived (502
-/// from an endpoint that refuses connections, 429 from the rate limit) leave
-/// the client's connection able to carry its next request: the rest of the
-/// body is read and dropped. Unread, hyper would close the connection after
-/// an answer that did not say so, and the next request would fail.
+/// from an endpoint that refuses connections, 429 from the rate limit, 400
+/// for a second `Host` before the stack) leave the client's connection able
+/// to carry its next request: the rest of the body is read and dropped.
+/// Unread, hyper would close the connection after an answer that did not
+/// say so, and the next request would fail.
 #[tokio::test]
 async fn a_proxy_made_answer_before_the_body_leaves_the_clients_connection_usable() {
     let config = TestConfig::new()
@@ -368,60 +369,82 @@ async fn a_proxy_made_answer_before_the_body_leaves_the_clients_connection_usabl
                 .with("rate_limit", "{ requests_per_second: 0.01, burst: 1 }"),
         );
     let proxy = Proxy::start(&config.yaml()).await;
-    for (upstream, statuses) in [("refused", [502, 502]), ("limited", [502, 429])] {
+    let two_hosts = "POST / HTTP/1.1\r\nhost: x\r\nhost: y\r\ncontent-length: 5\r\n\r\n";
+    for (upstream, rounds) in [
+        (
+            "refused",
+            [(post_head("/"), 502), (two_hosts.to_owned(), 400)],
+        ),
+        ("limited", [(post_head("/"), 502), (post_head("/"), 429)]),
+    ] {
         let mut stream = TcpStream::connect(proxy.upstream(upstream)).await.unwrap();
-        for status in statuses {
-            let (post, get) = post_with_late_body_then_get(&mut stream, "/").await;
+        for (head, status) in rounds {
+            let (answer, (get, _)) = late_body_then_get(&mut stream, &head).await;
             assert!(
-                post.starts_with(&format!("http/1.1 {status}")),
-                "{upstream}: {post}"
+                answer.starts_with(&format!("http/1.1 {status}")),
+                "{upstream}: {answer}"
             );
-            assert!(!post.contains("connection: close"), "{upstream}: {post}");
+            assert!(
+                !answer.contains("connection: close"),
+                "{upstream}: {answer}"
+            );
             assert!(get.starts_with("http/1.1 "), "{upstream}: {get}");
         }
     }
 }
 
 /// What is left unread of a body that remora answered early is read and
-/// dropped only within bounds: past 1 MiB the client's connection closes after
-/// its answer. A client still waiting for `100 Continue` is not asked for its
-/// body after its answer: the connection closes instead.
+/// dropped only within bounds: past 1 MiB, or once the client sent nothing
+/// for 5 s, the client's connection closes after its answer. A client still
+/// waiting for `100 Continue` (whichever `Expect` field says so) is not
+/// asked for its body after its answer: the connection closes at once.
 #[tokio::test]
 async fn the_rest_of_an_answered_body_is_dropped_within_bounds() {
     let proxy =
         Proxy::start(&TestConfig::one_upstream("refused", "http", [dead_addr()]).yaml()).await;
-    let closes = |mut stream: TcpStream| async move {
+    let answered = |head: &'static [u8]| async {
+        let mut stream = TcpStream::connect(proxy.upstream("refused")).await.unwrap();
+        stream.write_all(head).await.unwrap();
+        let (answer, _) = read_response(&mut stream).await;
+        assert!(answer.starts_with("http/1.1 502"), "{answer}");
+        stream
+    };
+    let closed_within = |mut stream: TcpStream, limit: Duration| async move {
         let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+        tokio::time::timeout(limit, stream.read_to_end(&mut rest))
             .await
             .is_ok()
     };
 
-    let mut huge = TcpStream::connect(proxy.upstream("refused")).await.unwrap();
-    huge.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4194304\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, _) = read_response(&mut huge).await;
-    assert!(head.starts_with("http/1.1 502"), "{head}");
+    let mut huge = answered(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4194304\r\n\r\n").await;
     // 2 MiB of the 4: remora stops reading past 1 MiB (the write then fails
     // or is left unread), and closes.
     let _ = huge.write_all(&vec![b'x'; 2 << 20]).await;
     assert!(
-        closes(huge).await,
-        "the connection stayed open past the bound"
+        closed_within(huge, Duration::from_secs(2)).await,
+        "the connection stayed open past 1 MiB"
     );
 
-    let mut waiting = TcpStream::connect(proxy.upstream("refused")).await.unwrap();
-    waiting
-        .write_all(
-            b"POST / HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n",
-        )
-        .await
-        .unwrap();
-    let (head, _) = read_response(&mut waiting).await;
-    assert!(head.starts_with("http/1.1 502"), "{head}");
+    let mut stalled = answered(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n").await;
+    stalled.write_all(b"abc").await.unwrap();
+    let started = Instant::now();
     assert!(
-        closes(waiting).await,
-        "the connection waits for a body it never asked for"
+        closed_within(stalled, Duration::from_secs(15)).await,
+        "the connection waited on a client that sent nothing"
     );
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "closed before the 5 s"
+    );
+
+    for expect in [
+        &b"POST / HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nhost: x\r\nexpect: x\r\nexpect: 100-Continue\r\ncontent-length: 5\r\n\r\n",
+    ] {
+        let waiting = answered(expect).await;
+        assert!(
+            closed_within(waiting, Duration::from_secs(2)).await,
+            "the connection waits for a body it never asked for"
+        );
+    }
 }

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use support::config::TestConfig;
 use support::in_flight::assert_nothing_in_flight;
 use support::peers::{self, h2load};
-use support::raw_http1::post_with_late_body_then_get;
+use support::raw_http1::{late_body_then_get, post_head};
 use support::{Proxy, get, prom};
 
 async fn metrics(proxy: &Proxy) -> String {
@@ -273,13 +273,14 @@ async fn an_answer_before_the_body_leaves_the_clients_connection_usable() {
         .into_iter()
         .enumerate()
     {
-        let (post, get) = post_with_late_body_then_get(&mut stream, path).await;
+        let (post, (get, body)) = late_body_then_get(&mut stream, &post_head(path)).await;
         assert!(
             post.starts_with(&format!("http/1.1 {status}")),
             "round {round}: {post}"
         );
         assert!(!post.contains("connection: close"), "round {round}: {post}");
         assert!(get.starts_with("http/1.1 200"), "round {round}: {get}");
+        assert_eq!(body, "ok\n");
     }
     assert_nothing_in_flight(&proxy, "nginx-early", "the early answers").await;
 }

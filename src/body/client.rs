@@ -10,14 +10,18 @@
 //! itself (a `502` from an endpoint that refuses, `401`, `403`, `429`, `503`).
 //! So a body that came over HTTP/1.x and is dropped before its end is read
 //! to its end by a task of its own, and dropped: for at most [`DRAIN_FOR`],
-//! and up to [`DRAIN_AT_MOST`] bytes, past which the rest is left unread and
-//! the connection closes after its answer, as it did before.
+//! up to [`DRAIN_AT_MOST`] bytes, and while the client sends something at
+//! least every [`DRAIN_IDLE`]; past any of these the rest is left unread and
+//! the connection closes after its answer, as it did before. On a connection
+//! that closes after this request anyway, the drain also spares the client
+//! the reset that closing on unread bytes makes, which can destroy the
+//! answer before the client read it (nginx's lingering close).
 //!
 //! Not drained: a body whose client still waits for `100 Continue` (hyper
-//! sends it when the body is first read; a client that got its answer
-//! instead may send the body or not, so the connection must close), and an
-//! HTTP/2 request's, which hyper ends with a stream reset that costs the
-//! client nothing.
+//! sends it when the body is first read, and only while no answer has
+//! started; a client that got its answer instead may send the body or not,
+//! so the connection must close), and an HTTP/2 request's, which hyper ends
+//! with a stream reset that costs the client nothing.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -34,6 +38,12 @@ pub const DRAIN_AT_MOST: u64 = 1 << 20;
 
 /// How long an unread rest is read and dropped for.
 pub const DRAIN_FOR: Duration = Duration::from_secs(30);
+
+/// How long the drain waits for the client's next bytes before it gives up
+/// (nginx's `lingering_timeout`): a client that stopped sending its body
+/// does not hold its connection, or the end of an answer that its close
+/// delimits, for all of [`DRAIN_FOR`].
+pub const DRAIN_IDLE: Duration = Duration::from_secs(5);
 
 /// A client's request body, drained when dropped before its end (see the
 /// module doc).
@@ -52,8 +62,10 @@ impl ClientBody {
     /// `request`, its body as its connection handed it over.
     pub fn request(request: Request<Incoming>) -> Request<Self> {
         let drain_rest = request.version() < Version::HTTP_2;
-        let awaits_continue = (request.headers().get(header::EXPECT))
-            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        // As hyper reads it: any `Expect` field, on HTTP/1.1 only.
+        let awaits_continue = request.version() == Version::HTTP_11
+            && (request.headers().get_all(header::EXPECT).iter())
+                .any(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         request.map(|incoming| Self {
             incoming: Some(incoming),
             ended: false,
@@ -72,14 +84,20 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
+        // hyper sends `100 Continue` when this poll reaches its connection,
+        // unless an answer has started by then: that takes the answer to be
+        // ready within the very poll that first reads the body.
         this.awaits_continue = false;
         let Some(incoming) = &mut this.incoming else {
             return Poll::Ready(None);
         };
         let polled = Pin::new(incoming).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            this.ended = true;
-        }
+        // Trailers come last: a reader may stop at them.
+        this.ended |= match &polled {
+            Poll::Ready(Some(Ok(frame))) => frame.is_trailers(),
+            Poll::Ready(None | Some(Err(_))) => true,
+            Poll::Pending => false,
+        };
         polled
     }
 
@@ -105,14 +123,22 @@ impl Drop for ClientBody {
     }
 }
 
+/// The body of a request answered before it reached the stack (a
+/// `bad_request`, a `no_route`), given up unread: drained as a dropped
+/// [`ClientBody`] is.
+pub fn discard_body(request: Request<Incoming>) {
+    drop(ClientBody::request(request));
+}
+
 /// Reads `body` to its end and drops it, within the bounds.
 async fn drain(mut body: Incoming) {
     let reading = async {
         let mut dropped = 0;
         while dropped < DRAIN_AT_MOST {
-            match body.frame().await {
-                Some(Ok(frame)) => dropped += frame.data_ref().map_or(0, |d| d.len() as u64),
-                Some(Err(_)) | None => return true,
+            match tokio::time::timeout(DRAIN_IDLE, body.frame()).await {
+                Ok(Some(Ok(frame))) => dropped += frame.data_ref().map_or(0, |d| d.len() as u64),
+                Ok(Some(Err(_)) | None) => return true,
+                Err(_) => return false,
             }
         }
         false

@@ -36,6 +36,7 @@ use super::original_dst::original_destination;
 use super::passthrough::Passthrough;
 use super::routes::RouteTable;
 use crate::body::ResponseBody;
+use crate::body::client::discard_body;
 use crate::client::ClientSettings;
 use crate::config::ConnectionPool;
 use crate::config::{TransparentConfig, Unmatched};
@@ -207,6 +208,7 @@ impl Service<Request<Incoming>> for Router {
             _ => {
                 let target = unmatched_target(&request, self.destination);
                 let error = ProxyError::NoRoute { target };
+                discard_body(request);
                 return Box::pin(async move { Ok(error_response(&error, grpc)) });
             }
         };

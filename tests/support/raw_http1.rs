@@ -43,22 +43,26 @@ pub async fn read_until_close(stream: &mut (impl AsyncRead + Unpin)) -> String {
     String::from_utf8_lossy(&buffer).into_owned()
 }
 
-/// Sends a POST to `path` whose 5-byte body comes 300 ms after its head (an
-/// answer may come first), then a GET; returns the two responses' heads.
-/// Panics when the connection fails under either.
-pub async fn post_with_late_body_then_get(
+/// The head of a POST to `path` with a 5-byte body.
+pub fn post_head(path: &str) -> String {
+    format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n")
+}
+
+/// Sends `head` (a request with a 5-byte body, see [`post_head`]) and its
+/// body 300 ms later (an answer may come first), then a GET; returns the
+/// first response's head and the GET's response. Panics when the connection
+/// fails under either.
+pub async fn late_body_then_get(
     stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
-    path: &str,
-) -> (String, String) {
-    let post = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n");
-    stream.write_all(post.as_bytes()).await.unwrap();
+    head: &str,
+) -> (String, (String, String)) {
+    stream.write_all(head.as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stream.write_all(b"hello").await.unwrap();
-    let (post, _) = read_response(stream).await;
+    let (first, _) = read_response(stream).await;
     stream
         .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .unwrap();
-    let (get, _) = read_response(stream).await;
-    (post, get)
+    (first, read_response(stream).await)
 }
