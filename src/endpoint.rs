@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme, Uri};
-use http::{HeaderValue, Method, Request, Response, Version, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Version, header};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Collected, Limited};
 use tokio::time::Instant;
@@ -449,8 +449,12 @@ impl SendError {
 /// Makes `request` an HTTP/1.1 request, in place: origin-form target, and
 /// the `Host` HTTP/1.1 requires: an HTTP/2 request's authority, else the
 /// client's `Host`, else the authority or, failing that, the endpoint's
-/// address (an HTTP/1.0 request may come without `Host`).
+/// address (an HTTP/1.0 request may come without `Host`). An HTTP/2
+/// request's `cookie` fields become one ([`join_cookies`]).
 fn to_http1(request: &mut Request<RequestBody>, endpoint: SocketAddr) {
+    if request.version() == Version::HTTP_2 {
+        join_cookies(request.headers_mut());
+    }
     let authority = request.uri().authority().map(|a| a.as_str().to_owned());
     let host = match authority {
         Some(authority) if request.version() == Version::HTTP_2 => Some(authority),
@@ -467,6 +471,25 @@ fn to_http1(request: &mut Request<RequestBody>, endpoint: SocketAddr) {
             .path_and_query()
             .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
         *request.uri_mut() = origin_form;
+    }
+}
+
+/// An HTTP/2 client may send its cookies as several `cookie` fields (browsers
+/// do, one per cookie, for HPACK to index them apart); HTTP/1.1 allows one
+/// (RFC 6265 §5.4), and a server may read only the first. RFC 9113 §8.2.3:
+/// joined with `; ` before they go on over HTTP/1.1.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for cookie in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(cookie.as_bytes());
+    }
+    if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, joined);
     }
 }
 

@@ -4,7 +4,7 @@
 //! announcing `Keep-Alive: timeout=N` (remora closes the idle connection a second before).
 //! The same race against nginx is in `third_party_upstreams.rs`. Many requests to one
 //! endpoint at once (each lets the others go out first) each get their own answer. A GET's
-//! chunked body goes on to the origin.
+//! chunked body goes on to the origin. An HTTP/2 client's cookie fields arrive as one.
 
 mod support;
 
@@ -268,4 +268,39 @@ async fn a_get_with_a_chunked_body_sends_it_on() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\r\n5\r\nhello\r\n"), "{response}");
     assert_eq!(backend.echoed_bytes(), 5);
+}
+
+/// An HTTP/2 client's cookies, sent as several `cookie` fields (as browsers do), reach an
+/// HTTP/1.1 origin as one field, joined with `; ` (RFC 9113 §8.2.3); an HTTP/1.1 client's
+/// single field goes on as it came.
+#[tokio::test]
+async fn an_http2_clients_cookie_fields_reach_an_http1_origin_as_one() {
+    let origin = serve(|mut stream| async move {
+        let head = support::raw_http1::read_head(&mut stream)
+            .await
+            .unwrap_or_default();
+        let cookies: Vec<&str> = head
+            .lines()
+            .filter_map(|line| line.strip_prefix("cookie: "))
+            .collect();
+        let body = cookies.join("\n");
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(answer.as_bytes()).await;
+    });
+    let proxy = Proxy::start(&TestConfig::inbound_to("app", origin.addr).yaml()).await;
+    for version in [Version::HTTP_2, Version::HTTP_11] {
+        let mut request = Request::get(format!("http://{}/", proxy.inbound()));
+        request = match version {
+            Version::HTTP_2 => request.header("cookie", "a=1").header("cookie", "b=2"),
+            _ => request.header("cookie", "a=1; b=2"),
+        };
+        let reply = send(version, request.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{version:?}");
+        assert_eq!(reply.body, "a=1; b=2", "{version:?}");
+    }
 }
