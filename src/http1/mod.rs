@@ -516,6 +516,28 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_post_without_a_body_says_so() {
+        let (connection, server) = connection_to(vec![
+            ("\r\n\r\n", "HTTP/1.1 204 No Content\r\n\r\n"),
+            ("\r\n\r\n", "HTTP/1.1 204 No Content\r\n\r\n"),
+        ])
+        .await;
+        let post = Request::post("/empty")
+            .header("host", "origin")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let mut response = send(connection, post).await;
+        let connection = response.body_mut().take_reusable().expect("reusable");
+        send(connection, get("/after")).await;
+        let seen = String::from_utf8(server.await.unwrap()).unwrap();
+        assert_eq!(
+            seen,
+            "POST /empty HTTP/1.1\r\nhost: origin\r\ncontent-length: 0\r\n\r\n\
+             GET /after HTTP/1.1\r\nhost: origin\r\n\r\n"
+        );
+    }
+
     /// Uploads `body` to a server that answers `413` (with `fields`) right
     /// after the head, reading none of the body: the answer must come, and
     /// leave the connection unusable.

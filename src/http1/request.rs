@@ -15,7 +15,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Request};
+use http::{HeaderMap, Method, Request};
 use http_body::Body;
 
 use super::{BoxError, Io, poll_write_all};
@@ -59,10 +59,22 @@ pub fn encode_head<B: Body>(request: &Request<B>, out: &mut BytesMut) -> Framing
 }
 
 /// How the body of `request` goes out, and whether the request's own
-/// `Content-Length` headers stand as they are.
+/// `Content-Length` headers stand as they are. A POST, PUT or PATCH without
+/// a body (an HTTP/2 client's, whose HEADERS ended the stream) says
+/// `Content-Length: 0`, as RFC 9110 §8.6 asks of a client sending such a
+/// method: servers may refuse it without (`411 Length Required`).
 fn framing<B: Body>(request: &Request<B>) -> (Framing, bool) {
     let body = request.body();
     if body.is_end_stream() {
+        let says_length = request.headers().contains_key(header::CONTENT_LENGTH);
+        if !says_length
+            && matches!(
+                *request.method(),
+                Method::POST | Method::PUT | Method::PATCH
+            )
+        {
+            return (Framing::Length(0), false);
+        }
         return (Framing::None, true);
     }
     if let Some(length) = content_length(request.headers()) {
