@@ -663,3 +663,63 @@ async fn in_flight_counts_return_to_zero_after_every_ending() {
         assert_ne!(reply.headers["x-remora-error"], "overloaded", "{reply:?}");
     }
 }
+
+/// A response head and trailers of 20 KB (a gRPC server's `grpc-status-details-bin`, large
+/// trailing metadata) reach the client whole. remora's HTTP/2 client took at most 16 KiB of
+/// header list: a larger head failed as `upstream_reset`, and larger trailers were cut short
+/// without a word (`h2` stops decoding trailers past the limit and hands on what it has).
+#[tokio::test]
+async fn large_response_heads_and_trailers_reach_the_client_whole() {
+    let big = "x".repeat(20_000);
+    let origin = {
+        let big = big.clone();
+        h2_origin(move |_, _request, mut respond| {
+            let big = big.clone();
+            async move {
+                let response = http::Response::builder()
+                    .header("x-big-head", &big)
+                    .body(())
+                    .unwrap();
+                let mut body = respond.send_response(response, false).unwrap();
+                body.send_data(Bytes::from_static(b"body"), false).unwrap();
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                trailers.insert("x-big-trailer", big.parse().unwrap());
+                body.send_trailers(trailers).unwrap();
+            }
+        })
+    };
+    let proxy =
+        Proxy::start(&TestConfig::one_upstream("big-heads", "http2", [origin.addr]).yaml()).await;
+
+    let stream = tokio::net::TcpStream::connect(proxy.upstream("big-heads"))
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .max_header_list_size(1 << 20)
+        .handshake::<_, Bytes>(stream)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = Request::get("http://big-heads/").body(()).unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-big-head"].len(), big.len());
+    let mut body = response.into_body();
+    while let Some(data) = body.data().await {
+        let data = data.unwrap();
+        let _ = body.flow_control().release_capacity(data.len());
+    }
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(
+        trailers.get("x-big-trailer").map(|value| value.len()),
+        Some(big.len()),
+        "{trailers:?}"
+    );
+}

@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Sleep;
 
 use crate::clock;
+use crate::http1::MAX_HEAD;
 use crate::idle::{Activity, IdleIo};
 
 /// Streams per connection assumed of a peer until its SETTINGS say
@@ -47,7 +48,9 @@ pub struct Driver<T> {
 }
 
 /// Opens an HTTP/2 connection on `io`: the handle to send requests with,
-/// and the connection's task, to be [driven](drive).
+/// and the connection's task, to be [driven](drive). A response head or its
+/// trailers may be as large as over HTTP/1.1 ([`MAX_HEAD`]): `h2` fails a
+/// larger head, and cuts larger trailers short without a word.
 pub async fn handshake<T>(
     io: T,
     keepalive: Option<Keepalive>,
@@ -62,7 +65,7 @@ where
         .initial_window_size(2 * 1024 * 1024)
         .initial_connection_window_size(5 * 1024 * 1024)
         .max_frame_size(16 * 1024)
-        .max_header_list_size(16 * 1024)
+        .max_header_list_size(MAX_HEAD as u32)
         .max_send_buffer_size(1024 * 1024)
         .enable_push(false)
         .handshake(io)
