@@ -186,6 +186,8 @@ struct BodyState {
     observer: Option<BodyEndObserver>,
     end: BodyEnd,
     served_by: Option<SocketAddr>,
+    /// A gRPC response's: a failure ends it with `grpc-status` trailers.
+    grpc: bool,
 }
 
 impl ResponseBody {
@@ -235,6 +237,7 @@ impl ResponseBody {
             observer: None,
             end: BodyEnd::default(),
             served_by: None,
+            grpc: false,
         }))
     }
 
@@ -246,6 +249,17 @@ impl ResponseBody {
 
     pub fn set_served_by(&mut self, endpoint: SocketAddr) {
         self.0.served_by = Some(endpoint);
+    }
+
+    /// Makes this gRPC response's body, should it fail, end with trailers
+    /// instead: `grpc-status` 14 (`UNAVAILABLE`: the upstream reset or
+    /// closed) or 4 (`DEADLINE_EXCEEDED`: `timeouts.idle`), as a proxy-made
+    /// response would, and a `grpc-message` saying what failed. A failed
+    /// body resets the stream, which a gRPC client reads as `INTERNAL`, a
+    /// status it must not retry; and the call would have no status in the
+    /// access log. The body still counts as `cut`.
+    pub fn end_failure_with_grpc_status(&mut self) {
+        self.0.grpc = true;
     }
 
     /// Adds an observer told how the body ended; observers run in the order
@@ -315,6 +329,13 @@ impl Body for ResponseBody {
                     this.end.grpc_status = crate::headers::grpc_status(trailers);
                 }
             }
+            Poll::Ready(Some(Err(error))) if this.grpc => {
+                let trailers = grpc_failure(error.as_ref());
+                this.end.grpc_status = crate::headers::grpc_status(&trailers);
+                this.inner = Inner::Local(None);
+                this.finish(false);
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
             Poll::Ready(Some(Err(_))) => this.finish(false),
             Poll::Ready(None) => this.finish(true),
             Poll::Pending => {}
@@ -334,6 +355,20 @@ impl Body for ResponseBody {
             }
         }
     }
+}
+
+/// The trailers that end a gRPC response whose body failed with `error`.
+fn grpc_failure(error: &(dyn std::error::Error + 'static)) -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    let (code, message) = match error.downcast_ref::<StreamIdle>() {
+        Some(idle) => (4, format!("remora: {idle}")),
+        None => (
+            14,
+            format!("remora: the upstream's response failed: {error}"),
+        ),
+    };
+    crate::headers::put_grpc_status(&mut trailers, code, &message);
+    trailers
 }
 
 impl Drop for BodyState {

@@ -169,6 +169,25 @@ pub fn grpc_status(headers: &HeaderMap) -> Option<u16> {
         .and_then(|value| value.parse().ok())
 }
 
+/// `grpc-status: code` and `grpc-message: message`, into `headers` (a
+/// trailers-only response's headers, or trailers). `grpc-message` is
+/// percent-encoded (gRPC over HTTP/2 spec): every byte outside printable
+/// ASCII, and `%` itself.
+pub fn put_grpc_status(headers: &mut HeaderMap, code: u16, message: &str) {
+    headers.insert(GRPC_STATUS, HeaderValue::from(code));
+    let mut encoded = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&encoded) {
+        headers.insert(GRPC_MESSAGE, value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,5 +339,13 @@ mod tests {
         assert_eq!(headers.get("upgrade").unwrap(), "websocket");
         assert_eq!(headers.get("connection").unwrap(), "upgrade");
         assert!(headers.get("x-hop").is_none());
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        let mut headers = HeaderMap::new();
+        put_grpc_status(&mut headers, 14, "50% – ok");
+        assert_eq!(headers[GRPC_STATUS], "14");
+        assert_eq!(headers[GRPC_MESSAGE], "50%25 %E2%80%93 ok");
     }
 }

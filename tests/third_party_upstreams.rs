@@ -5,7 +5,7 @@
 //! and nginx closing idle HTTP/1.1 connections just as remora reuses them (the keep-alive
 //! race), and nginx answering a POST before reading its body (the client's connection
 //! carries its next request). Each must end with 0 failed requests and nothing left in
-//! flight.
+//! flight. A grpcio response cut after its head ends with a gRPC status, not a reset.
 //! Needs nginx-light, haproxy, nghttp2-client and python3-grpcio (`scripts/test.sh`).
 
 mod support;
@@ -168,6 +168,38 @@ async fn grpc_call(
         messages.push(String::from_utf8(rest.split_to(length).to_vec()).unwrap());
     }
     (messages, status)
+}
+
+/// A gRPC response that fails after its head ends with a status in trailers, not a stream
+/// reset (which a gRPC client reads as INTERNAL, and must not retry): a grpcio stream silent
+/// past `timeouts.idle` gets `grpc-status: 4` after the message that came, and one whose server
+/// is killed mid-stream gets 14 (UNAVAILABLE).
+#[tokio::test]
+async fn a_grpc_response_that_fails_after_its_head_ends_with_a_status() {
+    let server = peers::grpcio_server(&[]);
+    let yaml = TestConfig::one_upstream("grpcio-cut", "grpc", [server.addr])
+        .with("timeouts", "{ idle: 1s }")
+        .yaml();
+    let proxy = Proxy::start(&yaml).await;
+    let addr = proxy.upstream("grpcio-cut");
+    let client = support::client::http_client(Version::HTTP_2);
+
+    let (messages, status) = grpc_call(&client, addr, "Stream", b"2,3000").await;
+    assert_eq!(
+        (messages, status.as_deref()),
+        (vec!["0".to_owned()], Some("4"))
+    );
+
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move { grpc_call(&client, addr, "Stream", b"20,100").await })
+    };
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    drop(server);
+    let (messages, status) = call.await.unwrap();
+    assert!((1..20).contains(&messages.len()), "{messages:?}");
+    assert_eq!(status.as_deref(), Some("14"));
+    assert_nothing_in_flight(&proxy, "grpcio-cut", "the cut streams").await;
 }
 
 /// grpcio (C-core) with `max_connection_age` 300 ms and 4 streams per connection: concurrent

@@ -6,6 +6,10 @@
 //! HTTP 200 with `grpc-status` and `grpc-message` in the headers and no body.
 //! Both carry `x-remora-error: <kind>`, and the response's extensions carry the
 //! [`ErrorKind`] (and the endpoint, when one was involved) for metrics and logs.
+//! A gRPC response whose body fails after its head (the upstream reset the
+//! stream or closed, or `timeouts.idle` cut it) ends with trailers saying
+//! so rather than a reset, which a gRPC client reads as `INTERNAL`
+//! ([`ResponseBody::end_failure_with_grpc_status`]), as Linkerd does.
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -16,7 +20,7 @@ use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
 use crate::error::{ErrorKind, ProxyError, TokenRejection};
-use crate::headers::{GRPC_MESSAGE, GRPC_STATUS, X_REMORA_ERROR, is_grpc};
+use crate::headers::{X_REMORA_ERROR, is_grpc, put_grpc_status};
 
 /// HTTP status of a proxy-made response.
 pub fn http_status(error: &ProxyError) -> StatusCode {
@@ -82,10 +86,7 @@ pub fn error_response(error: &ProxyError, grpc: bool) -> Response<ResponseBody> 
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        headers.insert(GRPC_STATUS, HeaderValue::from(grpc_status(error)));
-        if let Ok(value) = HeaderValue::from_str(&percent_encode(&message)) {
-            headers.insert(GRPC_MESSAGE, value);
-        }
+        put_grpc_status(headers, grpc_status(error), &message);
         response
     } else {
         let mut response = Response::new(ResponseBody::local(format!("remora: {message}\n")));
@@ -130,20 +131,6 @@ fn bearer_challenge(reason: TokenRejection) -> HeaderValue {
     }
 }
 
-/// `grpc-message` is percent-encoded (gRPC over HTTP/2 spec): every byte
-/// outside printable ASCII, and `%` itself.
-fn percent_encode(message: &str) -> String {
-    let mut encoded = String::with_capacity(message.len());
-    for byte in message.bytes() {
-        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
-            encoded.push(char::from(byte));
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    encoded
-}
-
 /// Turns the inner service's errors into responses.
 #[derive(Clone, Copy, Default)]
 pub struct ErrorResponseLayer;
@@ -180,9 +167,15 @@ where
         let grpc = is_grpc(request.headers());
         let response = self.inner.call(request);
         crate::svc::boxed(|| async move {
-            Ok(response
-                .await
-                .unwrap_or_else(|error| error_response(&error, grpc)))
+            Ok(match response.await {
+                Ok(mut response) => {
+                    if grpc && is_grpc(response.headers()) {
+                        response.body_mut().end_failure_with_grpc_status();
+                    }
+                    response
+                }
+                Err(error) => error_response(&error, grpc),
+            })
         })
     }
 }
@@ -252,10 +245,5 @@ mod tests {
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
         assert_eq!(response.headers()[X_REMORA_ERROR], "forbidden");
         assert_eq!(error_response(&denied, true).headers()["grpc-status"], "7");
-    }
-
-    #[test]
-    fn grpc_message_is_percent_encoded() {
-        assert_eq!(percent_encode("50% – ok"), "50%25 %E2%80%93 ok");
     }
 }
