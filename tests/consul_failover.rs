@@ -38,9 +38,11 @@ async fn until_served_by(base: &str, backend: &Backend, other: &Backend) -> Dura
     }
 }
 
-async fn in_use(proxy: &Proxy, dc: &str) -> f64 {
+/// The failover gauge of `upstream` (named apart in each test: the metrics
+/// registry is the test process's).
+async fn in_use(proxy: &Proxy, upstream: &str, dc: &str) -> f64 {
     let metrics = prom::scrape(&proxy.admin_url("/metrics")).await;
-    let labels = [("upstream", "api"), ("datacenter", dc)];
+    let labels = [("upstream", upstream), ("datacenter", dc)];
     prom::value(&metrics, "remora_consul_failover_datacenter", &labels).unwrap_or(-1.0)
 }
 
@@ -61,31 +63,33 @@ async fn dc1_going_critical_moves_traffic_to_dc2_and_back() {
         .upstream(Upstream::discovered("api", FAILOVER).protocol("http"))
         .yaml();
     let proxy = Proxy::start(&yaml).await;
-    fails_over_and_back(&consul, &proxy, &local, &remote).await;
+    fails_over_and_back(&consul, &proxy, "api", &local, &remote).await;
 }
 
 /// `api-1` (dc1, answered by `local`) goes critical and passes again;
-/// `api-2` (dc2, answered by `remote`) takes the traffic meanwhile.
+/// `api-2` (dc2, answered by `remote`) takes the traffic of `upstream`
+/// meanwhile.
 async fn fails_over_and_back(
     consul: &ConsulStandIn,
     proxy: &Proxy,
+    upstream: &str,
     local: &Backend,
     remote: &Backend,
 ) {
-    let base = format!("http://{}/", proxy.upstream("api"));
+    let base = format!("http://{}/", proxy.upstream(upstream));
     until_served_by(&base, local, remote).await;
-    assert_eq!(in_use(proxy, "dc1").await, 1.0);
-    assert_eq!(in_use(proxy, "dc2").await, 0.0);
+    assert_eq!(in_use(proxy, upstream, "dc1").await, 1.0);
+    assert_eq!(in_use(proxy, upstream, "dc2").await, 0.0);
     assert_eq!(remote.requests(), 0, "dc2 unused while dc1 is healthy");
 
-    let prober = Prober::start(proxy.upstream("api"), Version::HTTP_11).await;
+    let prober = Prober::start(proxy.upstream(upstream), Version::HTTP_11).await;
     // dc1's only instance goes critical (still serving, as when its check
     // fails first): everything moves to dc2.
     consul.set_health("api-1", Health::Critical);
     let over = until_served_by(&base, remote, local).await;
     eprintln!("failed over within {over:?}");
-    assert_eq!(in_use(proxy, "dc2").await, 1.0);
-    assert_eq!(in_use(proxy, "dc1").await, 0.0);
+    assert_eq!(in_use(proxy, upstream, "dc2").await, 1.0);
+    assert_eq!(in_use(proxy, upstream, "dc1").await, 0.0);
     let on_local = local.requests();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(local.requests(), on_local, "nothing goes to a critical dc1");
@@ -94,7 +98,7 @@ async fn fails_over_and_back(
     consul.set_health("api-1", Health::Passing);
     let back = until_served_by(&base, local, remote).await;
     eprintln!("failed back within {back:?}");
-    assert_eq!(in_use(proxy, "dc1").await, 1.0);
+    assert_eq!(in_use(proxy, upstream, "dc1").await, 1.0);
     let report = prober.finish("failover", Duration::from_secs(1)).await;
     assert!(report.answered > 50, "{report:?}");
 }
@@ -123,12 +127,12 @@ async fn failover_holds_over_mesh_mtls() {
     let yaml = TestConfig::new()
         .service("{ name: web }")
         .section("consul", consul_section(&consul))
-        .upstream(Upstream::discovered("api", FAILOVER).protocol("http"))
+        .upstream(Upstream::discovered("api-mesh", FAILOVER).protocol("http"))
         .with("tls", "{ enabled: true, identity: api }")
         .text(&web.yaml(""))
         .yaml();
     let proxy = Proxy::start(&yaml).await;
     // Both sidecars only speak mTLS: every answer went through a handshake
     // that verified `api`.
-    fails_over_and_back(&consul, &proxy, &local, &remote).await;
+    fails_over_and_back(&consul, &proxy, "api-mesh", &local, &remote).await;
 }
