@@ -231,3 +231,40 @@ async fn a_failed_client_body_names_its_endpoint() {
     assert_eq!(access["error"], "client_body", "{access}");
     assert_eq!(access["endpoint"], origin.addr.to_string(), "{access}");
 }
+
+/// A client that goes away before the response head (it gave up on a slow upstream) is
+/// still logged and counted: status 499 (nginx's "client closed request"), `response_body`
+/// `abandoned`. It used to leave no trace but the in-flight gauge going down.
+#[tokio::test]
+async fn a_request_given_up_before_its_answer_is_logged_as_499() {
+    let origin = serve(|mut stream| async move {
+        let _ = read_head(&mut stream).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let yaml = format!(
+        "service: {{ name: shop }}\n\
+         upstreams:\n\
+         \x20 - {{ name: slow, listen: 127.0.0.1:0, discovery: {{ static: [{}] }} }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n",
+        origin.addr,
+    );
+    let proxy = ProxyProcess::start(&yaml, 1);
+    let mut client = TcpStream::connect(proxy.listener("slow")).await.unwrap();
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(client);
+    let (access, proxy) = next_access_line(proxy).await;
+    assert_eq!(access["status"], 499, "{access}");
+    assert_eq!(access["response_body"], "abandoned", "{access}");
+    assert_eq!(access["path"], "/slow", "{access}");
+    let metrics = support::prom::scrape(&format!("http://{}/metrics", proxy.admin)).await;
+    let given_up = support::prom::value(
+        &metrics,
+        "remora_requests_total",
+        &[("upstream", "slow"), ("code", "499")],
+    );
+    assert_eq!(given_up, Some(1.0), "{metrics}");
+}

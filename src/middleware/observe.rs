@@ -1,5 +1,7 @@
 //! Observes every request's outcome — including the responses remora made
-//! itself — and records it when the response body ends: request count and
+//! itself — and records it when the response body ends (or, for a request
+//! dropped before its response head because the client went away, then, as
+//! a `499` whose body counts as `abandoned`): request count and
 //! duration by status code, proxy-made errors by kind, the upstream's totals
 //! (admin `/upstreams` and `/errors`), and the access-log line; on an
 //! upstream with `routes:`, the route's metrics and its name in the log line
@@ -17,13 +19,16 @@
 //! it too.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
+use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Response, header};
 use metrics::Gauge;
+use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::body::{BodyEnd, ResponseBody};
@@ -172,83 +177,164 @@ where
             .get::<TraceContext>()
             .filter(|context| context.sampled)
             .map(|context| context.trace_id);
-        let method = request.method().clone();
-        let path_and_query = request.uri().path_and_query().cloned();
+        let recording = Recording {
+            active,
+            started,
+            logged,
+            summary,
+            tap,
+            span,
+            trace_id,
+            method: request.method().clone(),
+            path_and_query: request.uri().path_and_query().cloned(),
+        };
         let response = self.inner.call(request);
         crate::svc::boxed(|| async move {
+            let mut unanswered = Unanswered(Some(recording));
             let Ok(mut response) = response.await;
-            let status = response.status().as_u16();
-            let head_grpc_status = grpc_status(response.headers());
-            let endpoint = response.body().served_by();
-            let error = response.extensions().get::<ErrorKind>().copied();
-            let error_detail = response.extensions().get::<ErrorDetail>().copied();
-            let route = response.extensions().get::<RouteLabel>().cloned();
-            let tap = tap.map(|start| start.responded(response.headers()));
-            response.body_mut().on_end(Box::new(move |end: BodyEnd| {
-                let observer = &active.0;
-                let duration = clock::now().saturating_duration_since(started);
-                observer.metrics.record(status, duration, error, trace_id);
-                observer.totals.record(&Finished {
-                    status,
-                    duration,
-                    error,
-                    method: &method,
-                    path: path_and_query.as_ref().map_or("/", |pq| pq.path()),
-                    endpoint,
-                });
-                if let Some(route) = &route {
-                    route.record(status, duration, trace_id);
-                }
-                let route_name = route.as_ref().map(RouteLabel::name);
-                if let Some(summary) = summary {
-                    let outcome = RequestOutcome {
-                        direction: observer.direction.as_str(),
-                        upstream: &observer.upstream,
-                        route: route_name,
-                        endpoint,
-                        status,
-                        grpc_status: end.grpc_status.or(head_grpc_status),
-                        duration_ms: duration.as_secs_f64() * 1e3,
-                        bytes: end.bytes,
-                        response_body: end.unfinished(),
-                        error,
-                        error_detail,
-                    };
-                    if logged {
-                        access_log::log(&summary, &outcome);
-                    }
-                    if let Some(tap) = tap {
-                        let event = TapEvent::new(
-                            &summary,
-                            &outcome,
-                            duration,
-                            tap.retries.get(),
-                            tap.headers,
-                        );
-                        observer.sinks.tap.publish(event);
-                    }
-                }
-                if let (Some(span), Some(exporter)) = (span, &observer.sinks.spans) {
-                    exporter.submit(SpanRecord {
-                        context: span.context,
-                        direction: observer.direction,
-                        start: span.start,
-                        duration,
-                        method: span.method,
-                        path: span.path,
-                        host: span.host,
-                        client: span.client,
-                        status,
-                        error,
-                        upstream: observer.upstream.clone(),
-                        route: route_name.map(str::to_owned),
-                        endpoint,
-                        retries: span.retries.get(),
-                    });
-                }
-            }));
+            let Some(mut recording) = unanswered.0.take() else {
+                return Ok(response);
+            };
+            let answer = Answer {
+                status: response.status().as_u16(),
+                head_grpc_status: grpc_status(response.headers()),
+                endpoint: response.body().served_by(),
+                error: response.extensions().get::<ErrorKind>().copied(),
+                error_detail: response.extensions().get::<ErrorDetail>().copied(),
+                route: response.extensions().get::<RouteLabel>().cloned(),
+                tap: (recording.tap.take()).map(|start| start.responded(response.headers())),
+            };
+            (response.body_mut()).on_end(Box::new(move |end| recording.record(answer, end)));
             Ok(response)
         })
+    }
+}
+
+/// What a request's record needs, taken as it arrives. It is recorded once:
+/// when the response body ends, or, should the request be dropped before its
+/// response head (the client went away: its connection closed, or it reset
+/// the stream), then, as a `499` (nginx's "client closed request") whose
+/// body counts as `abandoned`.
+struct Recording {
+    active: Active,
+    started: Instant,
+    logged: bool,
+    summary: Option<RequestSummary>,
+    tap: Option<TapStart>,
+    span: Option<SpanStart>,
+    trace_id: Option<u128>,
+    method: http::Method,
+    path_and_query: Option<PathAndQuery>,
+}
+
+/// The status a request dropped before its response head is recorded with.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// What the response head said, for the record.
+struct Answer {
+    status: u16,
+    head_grpc_status: Option<u16>,
+    endpoint: Option<SocketAddr>,
+    error: Option<ErrorKind>,
+    error_detail: Option<ErrorDetail>,
+    route: Option<RouteLabel>,
+    tap: Option<TapResponded>,
+}
+
+/// A request in flight until its response head: records it as unanswered
+/// if dropped first.
+struct Unanswered(Option<Recording>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        let Some(mut recording) = self.0.take() else {
+            return;
+        };
+        let answer = Answer {
+            status: CLIENT_CLOSED_REQUEST,
+            head_grpc_status: None,
+            endpoint: None,
+            error: None,
+            error_detail: None,
+            route: None,
+            tap: (recording.tap.take()).map(|start| start.responded(&HeaderMap::new())),
+        };
+        let end = BodyEnd {
+            abandoned: true,
+            ..BodyEnd::default()
+        };
+        recording.record(answer, end);
+    }
+}
+
+impl Recording {
+    /// Metrics, totals, the route's metrics, the access log, the tap and the
+    /// span: everything a finished request is recorded in.
+    fn record(self, answer: Answer, end: BodyEnd) {
+        let observer = &self.active.0;
+        let Answer {
+            status,
+            error,
+            endpoint,
+            ..
+        } = answer;
+        let duration = clock::now().saturating_duration_since(self.started);
+        observer
+            .metrics
+            .record(status, duration, error, self.trace_id);
+        observer.totals.record(&Finished {
+            status,
+            duration,
+            error,
+            method: &self.method,
+            path: self.path_and_query.as_ref().map_or("/", |pq| pq.path()),
+            endpoint,
+        });
+        if let Some(route) = &answer.route {
+            route.record(status, duration, self.trace_id);
+        }
+        let route_name = answer.route.as_ref().map(RouteLabel::name);
+        if let Some(summary) = self.summary {
+            let outcome = RequestOutcome {
+                direction: observer.direction.as_str(),
+                upstream: &observer.upstream,
+                route: route_name,
+                endpoint,
+                status,
+                grpc_status: end.grpc_status.or(answer.head_grpc_status),
+                duration_ms: duration.as_secs_f64() * 1e3,
+                bytes: end.bytes,
+                response_body: end.unfinished(),
+                error,
+                error_detail: answer.error_detail,
+            };
+            if self.logged {
+                access_log::log(&summary, &outcome);
+            }
+            if let Some(tap) = answer.tap {
+                let retries = tap.retries.get();
+                let event = TapEvent::new(&summary, &outcome, duration, retries, tap.headers);
+                observer.sinks.tap.publish(event);
+            }
+        }
+        if let (Some(span), Some(exporter)) = (self.span, &observer.sinks.spans) {
+            exporter.submit(SpanRecord {
+                context: span.context,
+                direction: observer.direction,
+                start: span.start,
+                duration,
+                method: span.method,
+                path: span.path,
+                host: span.host,
+                client: span.client,
+                status,
+                error,
+                upstream: observer.upstream.clone(),
+                route: route_name.map(str::to_owned),
+                endpoint,
+                retries: span.retries.get(),
+            });
+        }
     }
 }
 

@@ -124,7 +124,7 @@ pub const CATALOGUE: &[MetricDoc] = &[
         name: REQUESTS_TOTAL,
         kind: Kind::Counter,
         labels: &["direction", "upstream", "code"],
-        meaning: "Requests whose response has ended, by status code, including responses remora made itself. *Appears after the first response of a listener.*",
+        meaning: "Requests whose response has ended, by status code, including responses remora made itself, and requests the client gave up before their response head (code `499`). *Appears after the first response of a listener.*",
     },
     MetricDoc {
         name: REQUEST_DURATION,
