@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme, Uri};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Version, header};
+use http::{HeaderMap, HeaderValue, Request, Response, Version, header};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Collected, Limited};
 use tokio::time::Instant;
@@ -226,8 +226,7 @@ impl Endpoint {
         match version {
             UpstreamVersion::Http1 => {
                 to_http1(&mut request, self.addr);
-                // CONNECT's authority-form target and tunnel are hyper's to handle.
-                if upgrade || request.method() == Method::CONNECT {
+                if upgrade {
                     Box::pin(self.send_upgrade(request)).await
                 } else {
                     (self.send_h1(request, goaway_errors)).await

@@ -99,6 +99,8 @@ pub enum ProxyError {
     DuplicateHost,
     #[error("an HTTP/1.1 request without a Host header (RFC 9112 §3.2)")]
     MissingHost,
+    #[error("CONNECT is not supported: remora forwards requests, it opens no tunnels")]
+    Connect,
     #[error(
         "header {name:?} has `_` in its name (limits.headers_with_underscores_action: reject_request)"
     )]
@@ -271,6 +273,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => ErrorKind::NoRoute,
             ProxyError::DuplicateHost
             | ProxyError::MissingHost
+            | ProxyError::Connect
             | ProxyError::HeaderWithUnderscore { .. } => ErrorKind::BadRequest,
             ProxyError::BadPath(_) => ErrorKind::BadPath,
             ProxyError::Unauthenticated(_) => ErrorKind::Unauthenticated,
@@ -311,6 +314,7 @@ impl ProxyError {
             | ProxyError::NoRoute { .. }
             | ProxyError::DuplicateHost
             | ProxyError::MissingHost
+            | ProxyError::Connect
             | ProxyError::HeaderWithUnderscore { .. }
             | ProxyError::BadPath(_)
             | ProxyError::Unauthenticated(_) => None,

@@ -22,8 +22,8 @@
 //!
 //! The result starts with `/`, and normalizing it again changes nothing.
 //! A target that is not a path (it does not start with `/`) is refused
-//! ([`PathError::NotAPath`]); the listener lets `OPTIONS *` and the
-//! authority of `CONNECT` through before asking.
+//! ([`PathError::NotAPath`]); the listener lets `OPTIONS *` through before
+//! asking.
 
 use std::borrow::Cow;
 

@@ -1,6 +1,8 @@
 //! What every HTTP listener checks and cleans in a request head before any
 //! layer of its stack sees it (called by `http_connection` for each request).
 //!
+//! - `CONNECT` is refused: remora forwards requests and opens no tunnels
+//!   (answering a CONNECT as a plain request, its `200` then led nowhere).
 //! - `Host` (RFC 9112 §3.2): a request with more than one is refused, and so
 //!   is an HTTP/1.1 request with none (HTTP/1.0 may omit it; HTTP/2 carries
 //!   `:authority` instead).
@@ -13,7 +15,7 @@
 //!
 //! Refusals are [`ProxyError`]s, answered 400 `bad_request`.
 
-use http::{HeaderMap, HeaderName, Request, Version, header};
+use http::{HeaderMap, HeaderName, Method, Request, Version, header};
 
 use crate::config::HeadersWithUnderscoresAction;
 use crate::error::ProxyError;
@@ -25,6 +27,9 @@ pub fn admit<B>(
     request: &mut Request<B>,
     underscores: HeadersWithUnderscoresAction,
 ) -> Result<(), ProxyError> {
+    if request.method() == Method::CONNECT {
+        return Err(ProxyError::Connect);
+    }
     check_host(request)?;
     clean_header_names(request.headers_mut(), underscores)
 }

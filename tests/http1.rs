@@ -448,3 +448,37 @@ async fn the_rest_of_an_answered_body_is_dropped_within_bounds() {
         );
     }
 }
+
+/// A `CONNECT` is refused with 400 `bad_request`, and the connection carries the next
+/// request: remora forwards requests and opens no tunnels. It used to forward the CONNECT,
+/// relay the upstream's `200`, then close the connection at the first byte of the tunnel.
+#[tokio::test]
+async fn a_connect_is_refused_and_the_connection_lives_on() {
+    let backend = http_backend("behind");
+    let proxy = Proxy::start(&outbound_yaml(
+        "connect",
+        "http",
+        &[backend.addr.to_string()],
+    ))
+    .await;
+    let mut stream = TcpStream::connect(proxy.upstream("connect")).await.unwrap();
+    stream
+        .write_all(b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut stream).await;
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    assert!(head.contains("x-remora-error: bad_request"), "{head}");
+    assert!(body.contains("CONNECT is not supported"), "{body}");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut stream).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(
+        backend.requests(),
+        1,
+        "the CONNECT never reached the backend"
+    );
+}

@@ -2,8 +2,8 @@
 //! other layer sees its path: the request URI's path is replaced by the
 //! normalized one (query kept), so routes match, rewrite and forward the
 //! same path (see `path_normalize`). A refused path is answered here with
-//! 400 `bad_path`. `OPTIONS *` and the authority-form target of `CONNECT`
-//! carry no path and pass as they are.
+//! 400 `bad_path`. `OPTIONS *` carries no path and passes as it is (a
+//! `CONNECT` never gets here: `request_head` refuses it).
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -82,9 +82,7 @@ fn normalized_uri(
     options: &PathNormalization,
 ) -> Result<Option<Uri>, PathError> {
     let path = uri.path();
-    let asterisk = method == Method::OPTIONS && path == "*";
-    let authority_form = method == Method::CONNECT && path.is_empty();
-    if asterisk || authority_form {
+    if method == Method::OPTIONS && path == "*" {
         return Ok(None);
     }
     let Cow::Owned(mut normalized) = normalize(path, options)? else {
