@@ -52,10 +52,12 @@ impl SrvRecords {
     }
 }
 
-fn yaml(resolver_port: u16) -> String {
+/// An upstream `name` discovered by SRV. Each test names its upstream apart:
+/// the test process has one metrics registry.
+fn yaml(name: &str, resolver_port: u16) -> String {
     let dns = format!("{{ dns: {{ name: {SRV_NAME}, resolver: 127.0.0.1:{resolver_port} }} }}");
     TestConfig::new()
-        .upstream(Upstream::discovered(UPSTREAM, &dns).protocol("http"))
+        .upstream(Upstream::discovered(name, &dns).protocol("http"))
         .with("load_balancing", "{ policy: round_robin }")
         .with("timeouts", "{ connect: 1s, request: 2s }")
         .yaml()
@@ -83,7 +85,7 @@ async fn srv_records_drive_traffic_and_failures_keep_the_last_endpoints() {
     let first = http_backend("dns-first");
     let second = http_backend("dns-second");
     let dns_port = free_dns_port();
-    let proxy = Proxy::start(&yaml(dns_port)).await;
+    let proxy = Proxy::start(&yaml(UPSTREAM, dns_port)).await;
     let listener = proxy.upstream(UPSTREAM);
 
     // No DNS server yet: not ready, no endpoints, failures counted (a query
@@ -161,8 +163,8 @@ async fn srv_weights_become_balancing_weights() {
     let light = http_backend("dns-light");
     let dns_port = free_dns_port();
     let _dns = SrvRecords::start_weighted(dns_port, &[(&heavy, 3), (&light, 1)]);
-    let proxy = Proxy::start(&yaml(dns_port)).await;
-    let listener = proxy.upstream(UPSTREAM);
+    let proxy = Proxy::start(&yaml("dns-weights", dns_port)).await;
+    let listener = proxy.upstream("dns-weights");
     wait_for_traffic_on_each(
         listener,
         &["dns-heavy", "dns-light"],

@@ -21,7 +21,9 @@ use support::{Backend, Proxy, ProxyProcess, eventually, get, http_backend};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn yaml(endpoints: &[String], service: &str) -> String {
+/// An upstream `name` discovered from etcd's `service`. Each test names its
+/// upstream apart: the test process has one metrics registry.
+fn yaml(name: &str, endpoints: &[String], service: &str) -> String {
     let endpoints: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
     TestConfig::new()
         .section(
@@ -29,7 +31,7 @@ fn yaml(endpoints: &[String], service: &str) -> String {
             format!("{{ endpoints: [{}] }}", endpoints.join(", ")),
         )
         .upstream(
-            Upstream::discovered("api", &format!("{{ etcd: {{ service: {service} }} }}"))
+            Upstream::discovered(name, &format!("{{ etcd: {{ service: {service} }} }}"))
                 .protocol("http"),
         )
         .with("load_balancing", "{ policy: round_robin }")
@@ -70,11 +72,11 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 
 /// Backends `a` and `b`, `a` registered, and a proxy discovering `api`
 /// through `endpoint` that serves from `a`.
-async fn serving_a(etcd: &Etcd, endpoint: &str) -> (Backend, Backend, Proxy) {
+async fn serving_a(etcd: &Etcd, endpoint: &str, name: &str) -> (Backend, Backend, Proxy) {
     let (a, b) = (http_backend("a"), http_backend("b"));
     etcd.put("/services/api/a", &json_value(&a, ""));
-    let proxy = Proxy::start(&yaml(&[endpoint.to_owned()], "api")).await;
-    until_backends(proxy.upstream("api"), &["a"]).await;
+    let proxy = Proxy::start(&yaml(name, &[endpoint.to_owned()], "api")).await;
+    until_backends(proxy.upstream(name), &["a"]).await;
     (a, b, proxy)
 }
 
@@ -100,18 +102,18 @@ async fn instances_put_with_etcdctl_in_both_shapes_are_discovered() {
     // Another service, and a key that only shares the prefix's text.
     etcd.put("/services/other/c", &format!("127.0.0.1:{}", c.addr.port()));
     etcd.put("/services/apix/c", &format!("127.0.0.1:{}", c.addr.port()));
-    let proxy = Proxy::start(&yaml(&[etcd.url()], "api")).await;
-    let api = proxy.upstream("api");
+    let proxy = Proxy::start(&yaml("etcd-shapes", &[etcd.url()], "api")).await;
+    let api = proxy.upstream("etcd-shapes");
     until_backends(api, &["a", "b"]).await;
     assert_eq!(
         proxy
-            .metric("remora_endpoints", &[("upstream", "api")])
+            .metric("remora_endpoints", &[("upstream", "etcd-shapes")])
             .await,
         2.0
     );
     assert_eq!(
         proxy
-            .metric("remora_discovery_watch_up", &[("upstream", "api")])
+            .metric("remora_discovery_watch_up", &[("upstream", "etcd-shapes")])
             .await,
         1.0
     );
@@ -127,8 +129,8 @@ async fn instances_put_with_etcdctl_in_both_shapes_are_discovered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_reaches_the_balancer_within_100_ms() {
     let etcd = Etcd::start();
-    let (_a, b, proxy) = serving_a(&etcd, &etcd.url()).await;
-    let api = proxy.upstream("api");
+    let (_a, b, proxy) = serving_a(&etcd, &etcd.url(), "etcd-change").await;
+    let api = proxy.upstream("etcd-change");
     let mut client = etcd.connect().await;
     let mut took = Vec::new();
     for _ in 0..10 {
@@ -164,8 +166,8 @@ async fn a_change_reaches_the_balancer_within_100_ms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_key_removes_the_endpoint_and_its_in_flight_requests_finish() {
     let etcd = Etcd::start();
-    let (a, b, proxy) = serving_a(&etcd, &etcd.url()).await;
-    let api = proxy.upstream("api");
+    let (a, b, proxy) = serving_a(&etcd, &etcd.url(), "etcd-deleted").await;
+    let api = proxy.upstream("etcd-deleted");
     // Slow requests in flight on a, then a is deleted and b put.
     let slow: Vec<_> = (0..4)
         .map(|_| tokio::spawn(async move { hit(api, "/slow/800").await }))
@@ -201,7 +203,7 @@ async fn subsets_select_etcd_tags_and_meta() {
     );
     let text = format!(
         "service: {{ name: test }}\netcd: {{ endpoints: [\"{}\"] }}\n\
-         upstreams:\n  - name: api\n    listen: 127.0.0.1:0\n    \
+         upstreams:\n  - name: etcd-subsets\n    listen: 127.0.0.1:0\n    \
          discovery: {{ etcd: {{ service: api }} }}\n    \
          backends:\n      canary: {{ subset: {{ meta: {{ version: v2 }} }} }}\n      \
          stable: {{ subset: {{ tags: [stable] }} }}\n    \
@@ -211,7 +213,7 @@ async fn subsets_select_etcd_tags_and_meta() {
         etcd.url()
     );
     let proxy = Proxy::start(&text).await;
-    let api = proxy.upstream("api");
+    let api = proxy.upstream("etcd-subsets");
     let via = |header: &'static str| async move {
         let request = http::Request::get(format!("http://{api}/"))
             .header(header, "1")
@@ -233,7 +235,7 @@ async fn subsets_select_etcd_tags_and_meta() {
     etcd.delete("/services/api/v2");
     eventually(WAIT, "the canary subset emptied", || async {
         proxy
-            .metric("remora_endpoints", &[("upstream", "api/canary")])
+            .metric("remora_endpoints", &[("upstream", "etcd-subsets/canary")])
             .await
             == 0.0
     })
@@ -246,7 +248,7 @@ async fn etcd_down_keeps_the_endpoints_and_changes_flow_again_after_a_restart() 
     let mut etcd = Etcd::start();
     let (a, b) = (http_backend("a"), http_backend("b"));
     etcd.put("/services/api/a", &json_value(&a, ""));
-    let config = yaml(&[etcd.url()], "api");
+    let config = yaml("api", &[etcd.url()], "api");
     let mut remora = tokio::task::block_in_place(|| ProxyProcess::start(&config, 1));
     let api = remora.listener("api");
     let admin = remora.admin;
@@ -288,7 +290,7 @@ async fn a_watch_resumed_past_a_compaction_reads_the_service_afresh() {
     let (a, b, c) = (http_backend("a"), http_backend("b"), http_backend("c"));
     etcd.put("/services/api/a", &json_value(&a, ""));
     etcd.put("/services/api/junk", "junk");
-    let config = yaml(&[relay.url()], "api");
+    let config = yaml("api", &[relay.url()], "api");
     let mut remora = tokio::task::block_in_place(|| ProxyProcess::start(&config, 1));
     let api = remora.listener("api");
     until_backends(api, &["a"]).await;
@@ -318,8 +320,8 @@ async fn a_watch_resumed_past_a_compaction_reads_the_service_afresh() {
 async fn a_partitioned_etcd_is_noticed_and_the_endpoints_stay() {
     let etcd = Etcd::start();
     let relay = Relay::start(etcd.client).await;
-    let (_a, b, proxy) = serving_a(&etcd, &relay.url()).await;
-    let api = proxy.upstream("api");
+    let (_a, b, proxy) = serving_a(&etcd, &relay.url(), "etcd-partition").await;
+    let api = proxy.upstream("etcd-partition");
 
     // No byte moves, nothing closes: HTTP/2 keep-alive (10 s, 5 s to
     // answer) ends the silent watch.
@@ -330,7 +332,10 @@ async fn a_partitioned_etcd_is_noticed_and_the_endpoints_stay() {
         "the partition is noticed",
         || async {
             proxy
-                .metric("remora_discovery_watch_up", &[("upstream", "api")])
+                .metric(
+                    "remora_discovery_watch_up",
+                    &[("upstream", "etcd-partition")],
+                )
                 .await
                 == 0.0
         },
@@ -357,25 +362,33 @@ async fn a_reload_switches_to_etcd_follows_a_new_etcd_section_and_switches_back(
     etcd.put("/services/api/b", &json_value(&b, ""));
     let static_a = TestConfig::new()
         .section("etcd", format!("{{ endpoints: [\"{}\"] }}", etcd.url()))
-        .upstream(Upstream::to("api", [a.addr]).protocol("http"))
+        .upstream(Upstream::to("etcd-reload", [a.addr]).protocol("http"))
         .with("load_balancing", "{ policy: round_robin }")
         .yaml();
     let proxy = Proxy::start(&static_a).await;
-    let api = proxy.upstream("api");
+    let api = proxy.upstream("etcd-reload");
     until_backends(api, &["a"]).await;
 
     // To etcd: a serves until the watch's first read, then b.
-    assert!(proxy.reload(&yaml(&[etcd.url()], "api")).await);
+    assert!(
+        proxy
+            .reload(&yaml("etcd-reload", &[etcd.url()], "api"))
+            .await
+    );
     until_backends(api, &["b"]).await;
     // A new etcd section (another endpoint): a new client and watch.
-    assert!(proxy.reload(&yaml(&[relay.url()], "api")).await);
+    assert!(
+        proxy
+            .reload(&yaml("etcd-reload", &[relay.url()], "api"))
+            .await
+    );
     etcd.put("/services/api/c", &json_value(&c, ""));
     until_backends(api, &["b", "c"]).await;
     relay.cut();
     etcd.delete("/services/api/b");
     eventually(WAIT, "the watch through the relay is down", || async {
         proxy
-            .metric("remora_discovery_watch_up", &[("upstream", "api")])
+            .metric("remora_discovery_watch_up", &[("upstream", "etcd-reload")])
             .await
             == 0.0
     })

@@ -471,7 +471,7 @@ async fn consul_tag_and_meta_subsets_follow_discovery() {
     consul.register(Instance::new("v1", "api", v1.addr).tags(&["stable"]));
     let text = format!(
         "service: {{ name: test }}\nconsul: {{ address: \"{}\", wait: 2s }}\n\
-         upstreams:\n  - name: api\n    listen: 127.0.0.1:0\n    \
+         upstreams:\n  - name: subsets\n    listen: 127.0.0.1:0\n    \
          discovery: {{ consul: {{ service: api }} }}\n    \
          backends:\n      canary: {{ subset: {{ meta: {{ version: v2 }} }} }}\n      \
          stable: {{ subset: {{ tags: [stable] }} }}\n    \
@@ -480,15 +480,17 @@ async fn consul_tag_and_meta_subsets_follow_discovery() {
          admin: {{ listen: 127.0.0.1:0 }}\nlogging: {{ access_log: false }}\n",
         consul.url()
     );
+    // Named apart from the other tests' static `api`, whose endpoint gauges share the test
+    // process's metrics registry.
     let proxy = Proxy::start(&text).await;
-    let url = format!("http://{}/", proxy.upstream("api"));
-    let endpoints = metric(&proxy, "remora_endpoints", &[("upstream", "api")], 1.0).await;
+    let url = format!("http://{}/", proxy.upstream("subsets"));
+    let endpoints = metric(&proxy, "remora_endpoints", &[("upstream", "subsets")], 1.0).await;
     assert_eq!(endpoints, 1.0);
     // No v2 instance yet: the subset is empty.
     let reply = get_with(&url, &[("x-canary", "1")]).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.headers["x-remora-error"], "no_endpoints");
-    assert!(reply.body.contains("api/canary"), "{}", reply.body);
+    assert!(reply.body.contains("subsets/canary"), "{}", reply.body);
 
     assert_eq!(get_with(&url, &[("x-stable", "1")]).await.body, "v1");
 
@@ -496,7 +498,7 @@ async fn consul_tag_and_meta_subsets_follow_discovery() {
     let subset = metric(
         &proxy,
         "remora_endpoints",
-        &[("upstream", "api/canary")],
+        &[("upstream", "subsets/canary")],
         1.0,
     )
     .await;
@@ -512,8 +514,8 @@ async fn consul_tag_and_meta_subsets_follow_discovery() {
             .map(|endpoint| endpoint["address"].as_str().unwrap().to_owned())
             .collect()
     };
-    assert_eq!(listed("api/canary"), [v2.addr.to_string()]);
-    assert_eq!(listed("api/stable"), [v1.addr.to_string()]);
+    assert_eq!(listed("subsets/canary"), [v2.addr.to_string()]);
+    assert_eq!(listed("subsets/stable"), [v1.addr.to_string()]);
     for _ in 0..5 {
         assert_eq!(get_with(&url, &[("x-canary", "1")]).await.body, "v2");
         assert_eq!(get_with(&url, &[("x-stable", "1")]).await.body, "v1");
@@ -522,7 +524,7 @@ async fn consul_tag_and_meta_subsets_follow_discovery() {
     let subset = metric(
         &proxy,
         "remora_endpoints",
-        &[("upstream", "api/canary")],
+        &[("upstream", "subsets/canary")],
         0.0,
     )
     .await;

@@ -251,7 +251,7 @@ async fn custom_upgrade_protocols_are_tunnelled_when_listed() {
          upstreams:\n\
          \x20 - {{ name: custom, listen: 127.0.0.1:0, discovery: {{ static: [{app}] }}, upgrades: [websocket, x-custom] }}\n\
          \x20 - {{ name: default, listen: 127.0.0.1:0, discovery: {{ static: [{app}] }} }}\n\
-         \x20 - {{ name: ws, listen: 127.0.0.1:0, discovery: {{ static: [{echo}] }} }}\n\
+         \x20 - {{ name: ws-default, listen: 127.0.0.1:0, discovery: {{ static: [{echo}] }} }}\n\
          admin: {{ listen: 127.0.0.1:0 }}\n\
          logging: {{ access_log: false }}\n",
         app = app.addr,
@@ -272,7 +272,9 @@ async fn custom_upgrade_protocols_are_tunnelled_when_listed() {
     assert!(heads[0].contains("upgrade: x-custom"), "{heads:?}");
     assert!(!heads[1].contains("upgrade"), "{heads:?}");
 
-    let echoed = websocket_roundtrip(proxy.upstream("ws"), &["default", "websocket"]).await;
+    // Named apart from the other test's `ws`: its gauges are checked exactly, and the test
+    // process has one metrics registry.
+    let echoed = websocket_roundtrip(proxy.upstream("ws-default"), &["default", "websocket"]).await;
     assert_eq!(echoed, ["default", "websocket"]);
 }
 
