@@ -251,8 +251,8 @@ impl ResponseBody {
         self.0.served_by = Some(endpoint);
     }
 
-    /// Makes this gRPC response's body, should it fail, end with trailers
-    /// instead: `grpc-status` 14 (`UNAVAILABLE`: the upstream reset or
+    /// Makes this gRPC response's body, should the upstream fail it, end
+    /// with trailers instead: `grpc-status` 14 (`UNAVAILABLE`: the upstream reset or
     /// closed) or 4 (`DEADLINE_EXCEEDED`: `timeouts.idle`), as a proxy-made
     /// response would, and a `grpc-message` saying what failed. A failed
     /// body resets the stream, which a gRPC client reads as `INTERNAL`, a
@@ -329,7 +329,9 @@ impl Body for ResponseBody {
                     this.end.grpc_status = crate::headers::grpc_status(trailers);
                 }
             }
-            Poll::Ready(Some(Err(error))) if this.grpc => {
+            Poll::Ready(Some(Err(error)))
+                if this.grpc && !is_request_body_failure(error.as_ref()) =>
+            {
                 let trailers = grpc_failure(error.as_ref());
                 this.end.grpc_status = crate::headers::grpc_status(&trailers);
                 this.inner = Inner::Local(None);
@@ -355,6 +357,16 @@ impl Body for ResponseBody {
             }
         }
     }
+}
+
+/// True when the exchange failed because the request body did (its client
+/// went away, or a retry took it over): no upstream failure to report.
+fn is_request_body_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    error.is::<RequestBodyError>()
+        || matches!(
+            error.downcast_ref::<crate::http1::Error>(),
+            Some(crate::http1::Error::RequestBody(_))
+        )
 }
 
 /// The trailers that end a gRPC response whose body failed with `error`.

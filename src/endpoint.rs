@@ -346,8 +346,8 @@ impl Endpoint {
         }
     }
 
-    /// Sends a request that upgrades its connection (or a CONNECT), on a
-    /// connection of its own, through hyper's client (see
+    /// Sends a request that upgrades its connection, on a connection of its
+    /// own, through hyper's client (see
     /// `client::connect_hyper_h1`).
     async fn send_upgrade(
         &self,

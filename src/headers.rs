@@ -153,6 +153,13 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// gRPC-web (`application/grpc-web…`), which carries its status in the body.
+pub fn is_grpc_web(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc-web"))
+}
+
 /// The `grpc-status` in a header or trailer map, when present and numeric.
 /// Read three times a response (breaker, outlier detection, metrics). A map
 /// of a few fields is scanned: comparing its names costs less than hashing
@@ -347,5 +354,13 @@ mod tests {
         put_grpc_status(&mut headers, 14, "50% – ok");
         assert_eq!(headers[GRPC_STATUS], "14");
         assert_eq!(headers[GRPC_MESSAGE], "50%25 %E2%80%93 ok");
+    }
+
+    #[test]
+    fn grpc_web_is_told_from_grpc() {
+        let web = map(&[("content-type", "application/grpc-web+proto")]);
+        let grpc = map(&[("content-type", "application/grpc+proto")]);
+        assert!(is_grpc(&web) && is_grpc_web(&web));
+        assert!(is_grpc(&grpc) && !is_grpc_web(&grpc));
     }
 }

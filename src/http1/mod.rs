@@ -2,8 +2,8 @@
 //! response read from the request's own task: there is no connection task
 //! and no channel between the two, which is what hyper's client costs
 //! (`docs/benchmarks.md` measures it). hyper's client stays for protocol
-//! upgrades and `CONNECT`, whose connections become tunnels, and for the
-//! transparent passthrough.
+//! upgrades, whose connections become tunnels, and for the transparent
+//! passthrough.
 //!
 //! A request's life on a [`Connection`]:
 //!

@@ -6,21 +6,21 @@
 //! HTTP 200 with `grpc-status` and `grpc-message` in the headers and no body.
 //! Both carry `x-remora-error: <kind>`, and the response's extensions carry the
 //! [`ErrorKind`] (and the endpoint, when one was involved) for metrics and logs.
-//! A gRPC response whose body fails after its head (the upstream reset the
-//! stream or closed, or `timeouts.idle` cut it) ends with trailers saying
-//! so rather than a reset, which a gRPC client reads as `INTERNAL`
+//! A gRPC response to an HTTP/2 client whose body fails after its head (the
+//! upstream reset the stream or closed, or `timeouts.idle` cut it) ends
+//! with trailers saying so rather than a reset, which a gRPC client reads as `INTERNAL`
 //! ([`ResponseBody::end_failure_with_grpc_status`]), as Linkerd does.
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
 use crate::error::{ErrorKind, ProxyError, TokenRejection};
-use crate::headers::{X_REMORA_ERROR, is_grpc, put_grpc_status};
+use crate::headers::{X_REMORA_ERROR, is_grpc, is_grpc_web, put_grpc_status};
 
 /// HTTP status of a proxy-made response.
 pub fn http_status(error: &ProxyError) -> StatusCode {
@@ -165,11 +165,16 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let grpc = is_grpc(request.headers());
+        // Trailers reach an HTTP/2 client only (hyper's HTTP/1.1 server
+        // drops undeclared ones, and would end the cut body as if whole);
+        // gRPC-web has its status in the body.
+        let trailers_tell =
+            grpc && request.version() == Version::HTTP_2 && !is_grpc_web(request.headers());
         let response = self.inner.call(request);
         crate::svc::boxed(|| async move {
             Ok(match response.await {
                 Ok(mut response) => {
-                    if grpc && is_grpc(response.headers()) {
+                    if trailers_tell && is_grpc(response.headers()) {
                         response.body_mut().end_failure_with_grpc_status();
                     }
                     response
