@@ -204,10 +204,9 @@ async fn a_response_body_cut_or_abandoned_says_so() {
     assert_eq!(access["response_body"], "abandoned", "{access}");
 }
 
-/// A request whose body fails on the client's side (it closes its connection
-/// partway) is logged as `client_body`, with the endpoint the body was going to.
-#[tokio::test]
-async fn a_failed_client_body_names_its_endpoint() {
+/// Sends `request` to an upstream whose origin reads the head and never answers, and goes
+/// away 300 ms later; returns the access line, the proxy and the origin.
+async fn sent_then_gone(request: &[u8]) -> (serde_json::Value, ProxyProcess, support::Server) {
     let origin = serve(|mut stream| async move {
         let _ = read_head(&mut stream).await;
         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -215,19 +214,25 @@ async fn a_failed_client_body_names_its_endpoint() {
     let yaml = format!(
         "service: {{ name: shop }}\n\
          upstreams:\n\
-         \x20 - {{ name: upload, listen: 127.0.0.1:0, discovery: {{ static: [{}] }} }}\n\
+         \x20 - {{ name: silent, listen: 127.0.0.1:0, discovery: {{ static: [{}] }} }}\n\
          admin: {{ listen: 127.0.0.1:0 }}\n",
         origin.addr,
     );
     let proxy = ProxyProcess::start(&yaml, 1);
-    let mut client = TcpStream::connect(proxy.listener("upload")).await.unwrap();
-    client
-        .write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc")
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut client = TcpStream::connect(proxy.listener("silent")).await.unwrap();
+    client.write_all(request).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     drop(client);
-    let (access, _proxy) = next_access_line(proxy).await;
+    let (access, proxy) = next_access_line(proxy).await;
+    (access, proxy, origin)
+}
+
+/// A request whose body fails on the client's side (it closes its connection
+/// partway) is logged as `client_body`, with the endpoint the body was going to.
+#[tokio::test]
+async fn a_failed_client_body_names_its_endpoint() {
+    let (access, _proxy, origin) =
+        sent_then_gone(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc").await;
     assert_eq!(access["error"], "client_body", "{access}");
     assert_eq!(access["endpoint"], origin.addr.to_string(), "{access}");
 }
@@ -237,26 +242,7 @@ async fn a_failed_client_body_names_its_endpoint() {
 /// `abandoned`. It used to leave no trace but the in-flight gauge going down.
 #[tokio::test]
 async fn a_request_given_up_before_its_answer_is_logged_as_499() {
-    let origin = serve(|mut stream| async move {
-        let _ = read_head(&mut stream).await;
-        tokio::time::sleep(Duration::from_secs(30)).await;
-    });
-    let yaml = format!(
-        "service: {{ name: shop }}\n\
-         upstreams:\n\
-         \x20 - {{ name: slow, listen: 127.0.0.1:0, discovery: {{ static: [{}] }} }}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\n",
-        origin.addr,
-    );
-    let proxy = ProxyProcess::start(&yaml, 1);
-    let mut client = TcpStream::connect(proxy.listener("slow")).await.unwrap();
-    client
-        .write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    drop(client);
-    let (access, proxy) = next_access_line(proxy).await;
+    let (access, proxy, _origin) = sent_then_gone(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n").await;
     assert_eq!(access["status"], 499, "{access}");
     assert_eq!(access["response_body"], "abandoned", "{access}");
     assert_eq!(access["path"], "/slow", "{access}");
@@ -264,7 +250,7 @@ async fn a_request_given_up_before_its_answer_is_logged_as_499() {
     let given_up = support::prom::value(
         &metrics,
         "remora_requests_total",
-        &[("upstream", "slow"), ("code", "499")],
+        &[("upstream", "silent"), ("code", "499")],
     );
     assert_eq!(given_up, Some(1.0), "{metrics}");
 }
