@@ -44,6 +44,7 @@ mod response;
 
 pub use self::body::Http1Body;
 
+pub use self::request::has_payload_semantics;
 use self::request::{BodyWriter, SendBody, WriteError, encode_head};
 use self::response::{Head, parse_head};
 

@@ -59,20 +59,15 @@ pub fn encode_head<B: Body>(request: &Request<B>, out: &mut BytesMut) -> Framing
 }
 
 /// How the body of `request` goes out, and whether the request's own
-/// `Content-Length` headers stand as they are. A POST, PUT or PATCH without
-/// a body (an HTTP/2 client's, whose HEADERS ended the stream) says
-/// `Content-Length: 0`, as RFC 9110 §8.6 asks of a client sending such a
-/// method: servers may refuse it without (`411 Length Required`).
+/// `Content-Length` headers stand as they are. A request without a body
+/// (an HTTP/2 client's, whose HEADERS ended the stream) whose method gives
+/// content a meaning says `Content-Length: 0`, as RFC 9110 §8.6 asks:
+/// servers may refuse a POST without (`411 Length Required`).
 fn framing<B: Body>(request: &Request<B>) -> (Framing, bool) {
     let body = request.body();
     if body.is_end_stream() {
         let says_length = request.headers().contains_key(header::CONTENT_LENGTH);
-        if !says_length
-            && matches!(
-                *request.method(),
-                Method::POST | Method::PUT | Method::PATCH
-            )
-        {
+        if !says_length && has_payload_semantics(request.method()) {
             return (Framing::Length(0), false);
         }
         return (Framing::None, true);
@@ -90,6 +85,16 @@ fn framing<B: Body>(request: &Request<B>) -> (Framing, bool) {
         .filter(may_trail)
         .collect();
     (Framing::Chunked { trailers }, false)
+}
+
+/// True for methods whose request content has a meaning, so that an empty
+/// body is still announced with `content-length: 0` (hyper's rule; the
+/// HTTP/2 client's too).
+pub fn has_payload_semantics(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT
+    )
 }
 
 /// The `Content-Length` of `headers` when it has one valid value (repeats

@@ -31,10 +31,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::header::{CONTENT_LENGTH, HeaderValue};
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use http_body::Body;
 
 use crate::headers::strip_hop_by_hop;
+use crate::http1::has_payload_semantics;
 
 mod body;
 pub mod connection;
@@ -152,15 +153,6 @@ where
             })
         }
     }
-}
-
-/// True for methods whose request content has a meaning, so that an empty
-/// body is still announced with `content-length: 0` (hyper's rule).
-fn has_payload_semantics(method: &Method) -> bool {
-    !matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT
-    )
 }
 
 #[cfg(test)]

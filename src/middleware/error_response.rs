@@ -8,8 +8,9 @@
 //! [`ErrorKind`] (and the endpoint, when one was involved) for metrics and logs.
 //! A gRPC response to an HTTP/2 client whose body fails after its head (the
 //! upstream reset the stream or closed, or `timeouts.idle` cut it) ends
-//! with trailers saying so rather than a reset, which a gRPC client reads as `INTERNAL`
-//! ([`ResponseBody::end_failure_with_grpc_status`]), as Linkerd does.
+//! with trailers saying so rather than a reset, which a gRPC client reads
+//! as `INTERNAL` ([`ResponseBody::end_failure_with_grpc_status`]), as
+//! Linkerd does.
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
