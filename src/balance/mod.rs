@@ -128,7 +128,9 @@ impl<T: Target> Balancer<T> {
         let weights: Vec<u32> = members.iter().map(|m| m.weight.max(1)).collect();
         let uniform = weights.windows(2).all(|pair| pair[0] == pair[1]);
         let policy = match policy {
-            LoadBalancingPolicy::RoundRobin => Policy::RoundRobin(RoundRobin::new(weights.len())),
+            LoadBalancingPolicy::RoundRobin => {
+                Policy::RoundRobin(RoundRobin::new(&weights, uniform))
+            }
             LoadBalancingPolicy::Random => Policy::Random,
             LoadBalancingPolicy::LeastRequest => Policy::LeastRequest,
             LoadBalancingPolicy::P2cEwma => Policy::P2cEwma,

@@ -22,13 +22,25 @@
 //! endpoint gets exactly its weight's share, interleaved (weights 5:1:1 give
 //! a a b a c a a, not a a a a a b c). The scores live behind a mutex held for
 //! one pass over the endpoints; an ineligible endpoint is skipped and
-//! neither gains nor loses score meanwhile, as in nginx.
+//! neither gains nor loses score meanwhile, as in nginx. nginx starts every
+//! balancer at the top of that sequence, so each rebuild (every discovery
+//! change) sent its next pick to the heaviest endpoint, and proxies that
+//! rebuilt together all sent theirs to the same one. A new balancer here
+//! starts at a random place in the sequence instead, as Envoy's weighted
+//! round robin does: its scores are those after a random number of picks
+//! (fewer than `Σw`, at most [`MOST_PHASE_PICKS`]) with every endpoint
+//! eligible, so the first pick falls on each endpoint in proportion to its
+//! weight.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use super::Target;
 use super::candidates::Candidates;
+
+/// The most picks played at start to put a weighted balancer at a random
+/// place in its sequence: bounds a rebuild's work to this many passes.
+const MOST_PHASE_PICKS: u64 = 1024;
 
 pub(super) struct RoundRobin {
     next: AtomicUsize,
@@ -40,11 +52,23 @@ pub(super) struct RoundRobin {
 }
 
 impl RoundRobin {
-    pub(super) fn new(endpoints: usize) -> Self {
+    /// A balancer over endpoints of these weights (each at least 1), at a
+    /// random place in its turns.
+    pub(super) fn new(weights: &[u32], uniform: bool) -> Self {
+        let mut scores = vec![0; weights.len()];
+        if !uniform {
+            let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+            for _ in 0..fastrand::u64(..total.min(MOST_PHASE_PICKS)) {
+                smooth_weighted_pick(
+                    &mut scores,
+                    weights.iter().map(|&w| i64::from(w)).enumerate(),
+                );
+            }
+        }
         Self {
             next: AtomicUsize::new(fastrand::usize(..)),
             next_eligible: AtomicUsize::new(fastrand::usize(..)),
-            scores: Mutex::new(vec![0; endpoints]),
+            scores: Mutex::new(scores),
         }
     }
 
@@ -74,19 +98,31 @@ impl RoundRobin {
     fn pick_weighted<T: Target>(&self, c: &Candidates<'_, T>) -> Option<usize> {
         // A panic while holding the lock leaves valid scores behind.
         let mut scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
-        let mut total = 0i64;
-        let mut best: Option<usize> = None;
-        for i in (0..c.len()).filter(|&i| c.is_eligible(i)) {
-            let weight = i64::from(c.weight(i));
-            scores[i] += weight;
-            total += weight;
-            if best.is_none_or(|b| scores[i] > scores[b]) {
-                best = Some(i);
-            }
-        }
-        if let Some(best) = best {
-            scores[best] -= total;
-        }
-        best
+        let eligible = (0..c.len())
+            .filter(|&i| c.is_eligible(i))
+            .map(|i| (i, i64::from(c.weight(i))));
+        smooth_weighted_pick(&mut scores, eligible)
     }
+}
+
+/// One pick of smooth weighted round robin among the `eligible` endpoints
+/// (index, weight): every one gains its weight, the highest score wins and
+/// pays the total.
+fn smooth_weighted_pick(
+    scores: &mut [i64],
+    eligible: impl Iterator<Item = (usize, i64)>,
+) -> Option<usize> {
+    let mut total = 0i64;
+    let mut best: Option<usize> = None;
+    for (i, weight) in eligible {
+        scores[i] += weight;
+        total += weight;
+        if best.is_none_or(|b| scores[i] > scores[b]) {
+            best = Some(i);
+        }
+    }
+    if let Some(best) = best {
+        scores[best] -= total;
+    }
+    best
 }
