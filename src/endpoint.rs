@@ -294,6 +294,9 @@ impl Endpoint {
                     Err(error) => return Err(SendError::unsent(error, request)),
                 },
             };
+            // A connection in hand: the endpoint is reachable, whenever
+            // its answer comes (`balance::load`'s backoff).
+            self.load.mark_reachable();
             let resendable = reused && resends < MAX_RESENDS && is_idempotent(request.method());
             // The server may close a reused connection just as the request
             // goes out: keep what it takes to send an idempotent one with a
@@ -354,7 +357,10 @@ impl Endpoint {
         request: Request<RequestBody>,
     ) -> Result<(Response<UpstreamBody>, Held), SendError> {
         let mut sender = match self.client.connect_hyper_h1().await {
-            Ok(sender) => sender,
+            Ok(sender) => {
+                self.load.mark_reachable();
+                sender
+            }
             Err(error) => return Err(SendError::unsent(error, request)),
         };
         match sender.try_send_request(request).await {
@@ -380,7 +386,10 @@ impl Endpoint {
                 Purpose::Resend
             };
             let (stream, sender) = match self.client.h2_stream(purpose).await {
-                Ok(checked_out) => checked_out,
+                Ok(checked_out) => {
+                    self.load.mark_reachable();
+                    checked_out
+                }
                 Err(error) => return Err(SendError::unsent(error, request)),
             };
             let failed = match http2::send(sender, request).await {

@@ -171,7 +171,6 @@ async fn forward(
                 mut response,
                 release,
             }) => {
-                endpoint.load.mark_reachable();
                 let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                 strip_hop_by_hop(response.headers_mut(), switching);
                 if switching {

@@ -390,6 +390,54 @@ async fn dead_endpoint_costs_one_connect_per_backoff_window_under_concurrency() 
     );
 }
 
+/// An endpoint that comes back from connect backoff but is slow to answer is back in rotation
+/// as soon as a connection to it opens: round robin gives it its share of the requests while
+/// its first answer is still awaited. Before, it stayed out until its first response came, and
+/// got one request per probe window (the 1 s connect timeout) meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_back_from_backoff_rejoins_once_connected() {
+    let live = http_backend("rejoin-live");
+    // Bound but not listening: refused now, served later on the same port.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let back = socket.local_addr().unwrap();
+    let proxy = Proxy::start(&yaml(
+        "lb-rejoin",
+        "{ policy: round_robin }",
+        &[live.addr, back],
+    ))
+    .await;
+    let base = format!("http://{}", proxy.upstream("lb-rejoin"));
+    for _ in 0..4 {
+        let reply = get(Version::HTTP_11, &format!("{base}/")).await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let listener = socket.listen(1024).unwrap().into_std().unwrap();
+    let returning = support::http_backend_on("rejoin-back", listener);
+    // Past the first backoffs (250 ms, 500 ms).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    // Twenty requests over 1 s, each answered 1.5 s after it came.
+    let requests: Vec<_> = (0..20)
+        .map(|i| {
+            let url = format!("{base}/slow/1500");
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50 * i)).await;
+                get(Version::HTTP_11, &url).await.unwrap().status
+            })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    let served = returning.requests();
+    eprintln!("the returning endpoint served {served} of 20");
+    assert!(
+        (6..=14).contains(&served),
+        "{served} of 20 went to the endpoint back from backoff (round robin: about 10)"
+    );
+}
+
 #[tokio::test]
 async fn all_endpoints_dead_is_502_connect_failed() {
     // Both bound at once so they get distinct ports, then closed.

@@ -60,13 +60,15 @@
 //!    from a past instant to `now + probe window` (the upstream's connect
 //!    timeout). Exactly one of the racing requests wins; the others see the
 //!    endpoint unavailable, as if still backing off, and pick again.
-//! 2. The winner's connect decides: success clears the backoff and the probe
+//! 2. The winner's connect decides: success (a connection in hand, before
+//!    any answer: a recovering endpoint that is slow to answer is back at
+//!    once, not one request per probe window) clears the backoff and the probe
 //!    deadline ([`mark_reachable`](EndpointLoad::mark_reachable)); failure
 //!    finds the backoff expired, so it escalates it as usual
 //!    ([`mark_unreachable`](EndpointLoad::mark_unreachable)) and clears the
 //!    probe deadline.
 //! 3. If the outcome is not known within the probe window (the request was
-//!    cancelled, or it connected but failed otherwise without a response),
+//!    cancelled while connecting, or a TLS handshake outlasted the window),
 //!    the claim lapses and the next pick may probe again.
 //!
 //! [`is_available`](EndpointLoad::is_available) only reads: balancers call it
