@@ -394,7 +394,6 @@ impl Endpoint {
             };
             let failed = match http2::send(sender, request).await {
                 Ok(response) => {
-                    stream.confirm_connection();
                     let response = response.map(UpstreamBody::Http2);
                     return Ok((response, Held::Http2 { _stream: stream }));
                 }
@@ -418,10 +417,6 @@ impl Endpoint {
                 Some(Unprocessed::NotWritten | Unprocessed::GoAway { .. })
             ) {
                 stream.retire_connection();
-            }
-            if why == Some(Unprocessed::RefusedStream) {
-                // The peer's SETTINGS came before its RST_STREAM.
-                stream.confirm_connection();
             }
             if why == Some(Unprocessed::GoAway { graceful: false })
                 && stream.first_to_report_goaway()

@@ -247,6 +247,51 @@ async fn grpcio_with_connection_age_and_a_small_stream_limit() {
     assert_nothing_in_flight(&proxy, "grpcio", "the calls").await;
 }
 
+/// A cold burst against a server that allows 2 streams per connection (grpcio, each call
+/// answered after 300 ms): the first connection carries one stream until the server's SETTINGS
+/// say how many it takes, and the rest of the burst opens more connections rather than queue
+/// behind that limit inside the first one. 16 calls take about one call's time (two rounds at
+/// most, with the connections opening meanwhile), where queued 2 at a time on one connection
+/// they took up to 8 rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_burst_spreads_over_connections_by_the_servers_stream_limit() {
+    let server = peers::grpcio_server(&[("grpc.max_concurrent_streams", 2), ("delay_ms", 300)]);
+    let proxy =
+        Proxy::start(&TestConfig::one_upstream("grpcio-cold", "grpc", [server.addr]).yaml()).await;
+    let addr = proxy.upstream("grpcio-cold");
+    let client = support::client::http_client(Version::HTTP_2);
+    let started = Instant::now();
+    let calls = futures_util::future::join_all((0..16).map(|call| {
+        let client = client.clone();
+        async move {
+            let text = call.to_string();
+            let (messages, status) = grpc_call(&client, addr, "Unary", text.as_bytes()).await;
+            (messages == [text], status)
+        }
+    }))
+    .await;
+    let elapsed = started.elapsed();
+    let text = metrics(&proxy).await;
+    let labels = [("upstream", "grpcio-cold")];
+    let connections = prom::value(&text, "remora_upstream_pool_connections", &labels);
+    eprintln!("16 calls in {elapsed:?}; pool connections: {connections:?}");
+    assert!(
+        calls
+            .iter()
+            .all(|(echoed, status)| *echoed && status.as_deref() == Some("0")),
+        "{calls:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(1000),
+        "16 calls took {elapsed:?}"
+    );
+    assert!(
+        connections.is_some_and(|open| (6.0..=16.0).contains(&open)),
+        "{connections:?} connections for 16 calls at 2 streams each"
+    );
+    assert_nothing_in_flight(&proxy, "grpcio-cold", "the burst").await;
+}
+
 /// nginx closes idle HTTP/1.1 connections after 50 ms; a GET every 40–60 ms meets the close
 /// now and then (about 1 in 100), and such a request is resent on a fresh connection: 0 fail
 /// of at least 300, sent until the race was met at least once (at most 900).

@@ -16,13 +16,15 @@
 //!    `SETTINGS_MAX_CONCURRENT_STREAMS` as the connection reads it now, so a
 //!    changed SETTINGS mid-connection counts from then on. A peer that has
 //!    announced no limit is held to [`UNANNOUNCED_STREAM_LIMIT`], the least
-//!    RFC 9113 §6.5.2 recommends. Until a connection is *confirmed* (a
-//!    response head or a `REFUSED_STREAM` came on it, so the peer's SETTINGS,
-//!    its first frame, have been read), its limit is the one the endpoint's last
-//!    confirmed connection had, or [`UNANNOUNCED_STREAM_LIMIT`] for the first: a peer
-//!    with a small limit (nginx's `http2_max_concurrent_streams 16`) would
-//!    otherwise refuse most of the streams sent on each new connection.
-//!    Filling the oldest first leaves extra connections idle when load falls,
+//!    RFC 9113 §6.5.2 recommends. Until a connection is *confirmed* (its
+//!    task read the peer's first SETTINGS, and told the pool), its limit is
+//!    the one the endpoint's last confirmed connection had, or *one stream*
+//!    for the endpoint's first: a peer with a small limit (nginx's
+//!    `http2_max_concurrent_streams 16`, a gRPC server's 2) would otherwise
+//!    refuse most of the streams sent on each new connection, or — as h2
+//!    holds back streams past a limit it has just read — have them wait
+//!    inside that one connection, outside the pool's queue, while others
+//!    could open. Filling the oldest first leaves extra connections idle when load falls,
 //!    so they close after `timeouts.idle`. A request being resent after a
 //!    GOAWAY or a refusal takes the *newest confirmed* one instead
 //!    ([`Purpose::Resend`]), or a new connection, where its stream is the
@@ -35,7 +37,12 @@
 //!    opening, the request opens a new one ([`Checkout::Open`]).
 //! 4. Otherwise it waits, with at most `max_pending_requests` others, for at
 //!    most `pending_timeout`, and is woken when a stream ends or a connection
-//!    opens or retires. Past either bound: 503 `overloaded`.
+//!    opens, is confirmed or retires. Past either bound: 503 `overloaded`. A
+//!    connection being opened or awaiting its confirmation is counted on for
+//!    the streams it is expected to take (the learned limit, or
+//!    [`UNANNOUNCED_STREAM_LIMIT`] before any), so that a burst at start
+//!    waits one round trip for the peer's SETTINGS rather than open a
+//!    connection per request.
 //!
 //! This is how Envoy's and HAProxy's HTTP/2 pools behave; hyper's own
 //! client keeps one connection and queues streams above the limit inside it.
@@ -58,7 +65,7 @@ use tokio::time::Instant;
 use crate::clock;
 use crate::config::ConnectionPool;
 use crate::error::ProxyError;
-use crate::http2::connection::UNANNOUNCED_STREAM_LIMIT;
+use crate::http2::connection::{Events, UNANNOUNCED_STREAM_LIMIT, peer_stream_limit};
 
 use super::lock;
 
@@ -76,8 +83,6 @@ pub struct Http2Connection {
     idle_since: Mutex<Instant>,
     /// Takes no new streams (GOAWAY, closed, too old, too many requests).
     retired: AtomicBool,
-    /// A response head or a refusal came on it: the peer's SETTINGS have been read.
-    confirmed: AtomicBool,
     /// Its GOAWAY with an error code has been counted against the endpoint.
     goaway_counted: AtomicBool,
     /// Closed because a keepalive PING went unanswered for this long.
@@ -85,25 +90,28 @@ pub struct Http2Connection {
 }
 
 impl Http2Connection {
-    /// The peer's current SETTINGS_MAX_CONCURRENT_STREAMS
-    /// ([`UNANNOUNCED_STREAM_LIMIT`] until it announced one, and when its
-    /// SETTINGS announced none: h2 then reads it as unlimited).
-    fn peer_stream_limit(&self) -> usize {
-        match self.sender.current_max_send_streams() {
-            usize::MAX => UNANNOUNCED_STREAM_LIMIT,
-            limit => limit,
-        }
+    /// The peer's first SETTINGS have been read.
+    fn is_confirmed(&self) -> bool {
+        peer_stream_limit(&self.sender).is_some()
     }
 
     /// The peer's limit once confirmed; before, the `learned` limit of the
-    /// endpoint's last confirmed connection (0: none yet).
+    /// endpoint's last confirmed connection, or one stream when there is
+    /// none yet (0).
     fn stream_limit(&self, learned: usize) -> usize {
-        let peer = self.peer_stream_limit();
-        if self.confirmed.load(Ordering::Relaxed) || learned == 0 {
-            peer
-        } else {
-            peer.min(learned)
+        match peer_stream_limit(&self.sender) {
+            Some(limit) => limit,
+            None => learned.max(1),
         }
+    }
+
+    /// Streams it is expected to take that it does not carry yet, while it
+    /// awaits its confirmation (0 once confirmed).
+    fn expected_streams(&self, expected: usize) -> usize {
+        if self.is_confirmed() {
+            return 0;
+        }
+        expected.saturating_sub(self.streams.load(Ordering::Relaxed))
     }
 
     /// Takes no new streams from now on.
@@ -143,25 +151,6 @@ pub struct Http2Stream {
 }
 
 impl Http2Stream {
-    /// A response head or a refusal came on the stream, so the peer's SETTINGS have been
-    /// read: the connection is held to the peer's own stream limit, which
-    /// the endpoint's next connections assume until they are confirmed.
-    pub fn confirm_connection(&self) {
-        let connection = &self.connection;
-        // Read first: every response confirms, and a swap would write the
-        // shared flag on each one.
-        if !connection.confirmed.load(Ordering::Relaxed)
-            && !connection.confirmed.swap(true, Ordering::Relaxed)
-        {
-            let limit = connection.peer_stream_limit();
-            self.pool
-                .learned_stream_limit
-                .store(limit, Ordering::Relaxed);
-            // Resends wait for a confirmed connection: this may be theirs.
-            self.pool.changed.notify_waiters();
-        }
-    }
-
     /// The connection received GOAWAY or closed under this stream: it
     /// leaves the pool (its streams below the GOAWAY finish), no new streams
     /// go to it, and waiting requests look again.
@@ -233,7 +222,6 @@ impl OpenSlot {
             opened: now,
             idle_since: Mutex::new(now),
             retired: AtomicBool::new(false),
-            confirmed: AtomicBool::new(false),
             goaway_counted: AtomicBool::new(false),
             silent: OnceLock::new(),
         });
@@ -274,21 +262,37 @@ pub struct ConnectionEnd {
     connection: Weak<Http2Connection>,
 }
 
-impl ConnectionEnd {
+impl Events for ConnectionEnd {
     /// True while the connection has streams checked out.
-    pub fn busy(&self) -> bool {
+    fn busy(&self) -> bool {
         (self.connection.upgrade())
             .is_some_and(|connection| connection.streams.load(Ordering::Relaxed) > 0)
     }
 
+    /// The connection is confirmed: it is held to the peer's own stream
+    /// limit, which the endpoint's next connections assume until they are
+    /// confirmed, and the requests waiting for it look again.
+    fn settings_received(&self) {
+        let (Some(pool), Some(connection)) = (self.pool.upgrade(), self.connection.upgrade())
+        else {
+            return;
+        };
+        if let Some(limit) = peer_stream_limit(&connection.sender) {
+            pool.learned_stream_limit.store(limit, Ordering::Relaxed);
+        }
+        pool.changed.notify_waiters();
+    }
+
     /// The connection is being closed: a keepalive PING went unanswered
     /// for `timeout`. Its streams fail next, and say so.
-    pub fn silent(&self, timeout: Duration) {
+    fn silent(&self, timeout: Duration) {
         if let Some(connection) = self.connection.upgrade() {
             let _ = connection.silent.set(timeout);
         }
     }
+}
 
+impl ConnectionEnd {
     pub fn ended(self) {
         match (self.pool.upgrade(), self.connection.upgrade()) {
             (Some(pool), Some(connection)) => pool.drop_connection(&connection),
@@ -340,7 +344,8 @@ struct PoolState {
     opening: usize,
     /// Requests waiting for a stream now.
     pending: usize,
-    /// Of those, the ones counting on a connection being opened.
+    /// Of those, the ones counting on a connection being opened or
+    /// awaiting its confirmation.
     awaiting_open: usize,
     /// Opens that failed so far, and the last one's error.
     failed_opens: u64,
@@ -467,7 +472,7 @@ impl Http2Pool {
                 let free = |connection: &&Arc<Http2Connection>| connection.has_free_stream(learned);
                 let newest_confirmed = || {
                     (state.connections.iter().rev())
-                        .filter(|connection| connection.confirmed.load(Ordering::Relaxed))
+                        .filter(|connection| connection.is_confirmed())
                         .find(free)
                 };
                 let found = match purpose {
@@ -493,10 +498,18 @@ impl Http2Pool {
                     let stream = count_stream(shared, connection);
                     return Ok(Checkout::Stream(stream, sender));
                 }
-                // A connection being opened is counted on for as many streams
-                // as a peer that has not announced its limit allows.
-                let counting_on_open =
-                    state.awaiting_open < state.opening * UNANNOUNCED_STREAM_LIMIT;
+                // Connections being opened or confirmed are counted on for
+                // the streams they are expected to take.
+                let expected = if learned == 0 {
+                    UNANNOUNCED_STREAM_LIMIT
+                } else {
+                    learned
+                };
+                let to_come = state.opening * expected
+                    + (state.connections.iter())
+                        .map(|connection| connection.expected_streams(expected))
+                        .sum::<usize>();
+                let counting_on_open = state.awaiting_open < to_come;
                 if !counting_on_open && let Some(slot) = shared.reserve(&mut state) {
                     return Ok(Checkout::Open(slot));
                 }

@@ -221,7 +221,7 @@ impl EndpointClient {
 /// Drives an HTTP/2 connection's task; the pool is told when it ends.
 fn drive_h2(driver: Driver<UpstreamIo>, end: ConnectionEnd) {
     crate::task::spawn(async move {
-        connection::drive(driver, || end.busy(), |timeout| end.silent(timeout)).await;
+        connection::drive(driver, &end).await;
         end.ended();
     });
 }

@@ -28,10 +28,27 @@ use crate::clock;
 use crate::http1::MAX_HEAD;
 use crate::idle::{Activity, IdleIo};
 
-/// Streams per connection assumed of a peer until its SETTINGS say
-/// otherwise, and of one that announces no `SETTINGS_MAX_CONCURRENT_STREAMS`
-/// (RFC 9113 §6.5.2: "no smaller than 100").
+/// Streams per connection assumed of a peer that announces no
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` (RFC 9113 §6.5.2: "no smaller than
+/// 100").
 pub const UNANNOUNCED_STREAM_LIMIT: usize = 100;
+
+/// The stream limit h2 holds to until the peer's SETTINGS arrive: a value
+/// no SETTINGS can carry (it has 32 bits), so that [`peer_stream_limit`]
+/// can tell that they have not. The pool decides meanwhile how many streams
+/// go to the connection.
+const BEFORE_SETTINGS: usize = usize::MAX - 1;
+
+/// The peer's `SETTINGS_MAX_CONCURRENT_STREAMS` as it stands now, or `None`
+/// before its first SETTINGS were read. A peer that announced none is held
+/// to [`UNANNOUNCED_STREAM_LIMIT`] (h2 reads it as unlimited).
+pub fn peer_stream_limit(sender: &SendRequest<Bytes>) -> Option<usize> {
+    match sender.current_max_send_streams() {
+        BEFORE_SETTINGS => None,
+        usize::MAX => Some(UNANNOUNCED_STREAM_LIMIT),
+        limit => Some(limit),
+    }
+}
 
 /// PINGs on a connection with open streams that has read nothing for `interval`.
 #[derive(Debug, Clone, Copy)]
@@ -61,7 +78,7 @@ where
     let last_read = Activity::new();
     let io = IdleIo::reads(io, Arc::clone(&last_read));
     let (sender, mut connection) = Builder::new()
-        .initial_max_send_streams(UNANNOUNCED_STREAM_LIMIT)
+        .initial_max_send_streams(BEFORE_SETTINGS)
         .initial_window_size(2 * 1024 * 1024)
         .initial_connection_window_size(5 * 1024 * 1024)
         .max_frame_size(16 * 1024)
@@ -82,13 +99,23 @@ where
     Ok((sender, Driver { connection, pinger }))
 }
 
+/// What a connection's task tells its owner, besides its end.
+pub trait Events {
+    /// True while the connection has open streams.
+    fn busy(&self) -> bool;
+    /// The peer's first SETTINGS were read: [`peer_stream_limit`] now says
+    /// what the peer allows.
+    fn settings_received(&self);
+    /// A keepalive PING went unanswered for `timeout`: the connection is
+    /// dropped next and its streams fail.
+    fn silent(&self, timeout: Duration);
+}
+
 /// Drives the connection until it is over: closed by either side, failed,
 /// or — after a GOAWAY, or once no handle to it is left — its last stream
-/// ended; or until a keepalive PING went unanswered (`busy` says whether
-/// the connection has open streams). `silent` hears of that last case,
-/// with the keepalive timeout, before the connection is dropped and its
-/// streams fail.
-pub async fn drive<T>(driver: Driver<T>, busy: impl Fn() -> bool, silent: impl FnOnce(Duration))
+/// ended; or until a keepalive PING went unanswered. `events` hears of the
+/// peer's first SETTINGS and of an unanswered PING.
+pub async fn drive<T>(driver: Driver<T>, events: &impl Events)
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -96,7 +123,7 @@ where
         mut connection,
         mut pinger,
     } = driver;
-    let mut silent = Some(silent);
+    let mut settings_received = false;
     poll_fn(|cx| {
         if let Poll::Ready(result) = Pin::new(&mut connection).poll(cx) {
             if let Err(error) = result {
@@ -104,16 +131,18 @@ where
             }
             return Poll::Ready(());
         }
+        if !settings_received && connection.max_concurrent_send_streams() != BEFORE_SETTINGS {
+            settings_received = true;
+            events.settings_received();
+        }
         if let Some(pinger) = &mut pinger
-            && pinger.poll_silent(cx, &busy).is_ready()
+            && pinger.poll_silent(cx, || events.busy()).is_ready()
         {
             tracing::debug!(
                 timeout = ?pinger.keepalive.timeout,
                 "upstream HTTP/2 connection closed: no answer to a keepalive PING"
             );
-            if let Some(silent) = silent.take() {
-                silent(pinger.keepalive.timeout);
-            }
+            events.silent(pinger.keepalive.timeout);
             return Poll::Ready(());
         }
         Poll::Pending
@@ -133,7 +162,7 @@ struct Pinger {
 
 impl Pinger {
     /// Ready when a PING went unanswered for the timeout.
-    fn poll_silent(&mut self, cx: &mut Context<'_>, busy: &impl Fn() -> bool) -> Poll<()> {
+    fn poll_silent(&mut self, cx: &mut Context<'_>, busy: impl Fn() -> bool) -> Poll<()> {
         loop {
             if self.awaiting_pong {
                 match self.ping_pong.poll_pong(cx) {

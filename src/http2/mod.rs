@@ -206,8 +206,19 @@ mod tests {
     ) -> (SendRequest<Bytes>, tokio::task::JoinHandle<()>) {
         let io = TcpStream::connect(addr).await.unwrap();
         let (sender, driver) = connection::handshake(io, keepalive).await.unwrap();
-        let ended = tokio::spawn(connection::drive(driver, || true, |_| {}));
+        let ended = tokio::spawn(async move { connection::drive(driver, &AlwaysBusy).await });
         (sender, ended)
+    }
+
+    /// A connection's owner that counts it busy and needs to hear nothing.
+    struct AlwaysBusy;
+
+    impl connection::Events for AlwaysBusy {
+        fn busy(&self) -> bool {
+            true
+        }
+        fn settings_received(&self) {}
+        fn silent(&self, _: Duration) {}
     }
 
     fn chunks() -> (
