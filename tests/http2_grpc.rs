@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use http::{StatusCode, Version};
 
-use support::config::TestConfig;
-use support::{Proxy, get, grpc_bidi, grpc_echo, grpc_fail, grpc_unary, http_backend};
+use support::config::{TestConfig, Upstream};
+use support::{Proxy, get, grpc_bidi, grpc_echo, grpc_fail, grpc_unary, http_backend, prom};
 
 #[tokio::test]
 async fn h2c_prior_knowledge_end_to_end() {
@@ -133,6 +133,44 @@ async fn grpc_errors_from_the_upstream_pass_through() {
     let status = grpc_fail(proxy.upstream("grpc-fail")).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert!(status.metadata().get("x-remora-error").is_none());
+}
+
+/// gRPC calls are counted by their `grpc-status`, which their HTTP status (200) does not
+/// tell: the upstream's own, from the trailers or a trailers-only answer, and remora's.
+#[tokio::test]
+async fn grpc_calls_are_counted_by_grpc_status() {
+    let server = grpc_echo();
+    let dead = support::dead_addr();
+    let yaml = TestConfig::one_upstream("grpc-counted", "grpc", [server.addr])
+        .upstream(Upstream::to("grpc-counted-dead", [dead]).protocol("grpc"))
+        .yaml();
+    let proxy = Proxy::start(&yaml).await;
+    for _ in 0..3 {
+        grpc_unary(proxy.upstream("grpc-counted"), "ping")
+            .await
+            .unwrap();
+    }
+    for _ in 0..2 {
+        grpc_fail(proxy.upstream("grpc-counted")).await.unwrap_err();
+    }
+    grpc_unary(proxy.upstream("grpc-counted-dead"), "ping")
+        .await
+        .unwrap_err();
+
+    let text = prom::scrape(&proxy.admin_url("/metrics")).await;
+    let count = |upstream: &str, grpc_status: &str| {
+        let labels = [("upstream", upstream), ("grpc_status", grpc_status)];
+        prom::value(&text, "remora_grpc_responses_total", &labels)
+    };
+    assert_eq!(count("grpc-counted", "0"), Some(3.0));
+    assert_eq!(count("grpc-counted", "14"), Some(2.0));
+    assert_eq!(count("grpc-counted-dead", "14"), Some(1.0));
+    assert_eq!(count("grpc-counted-dead", "0"), None);
+    let requests = [("upstream", "grpc-counted"), ("code", "200")];
+    assert_eq!(
+        prom::value(&text, "remora_requests_total", &requests),
+        Some(5.0)
+    );
 }
 
 /// When remora itself fails a gRPC call, the client gets a real gRPC status.

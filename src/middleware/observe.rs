@@ -282,6 +282,10 @@ impl Recording {
         observer
             .metrics
             .record(status, duration, error, self.trace_id);
+        let grpc_status = end.grpc_status.or(answer.head_grpc_status);
+        if let Some(grpc_status) = grpc_status {
+            observer.metrics.record_grpc_status(grpc_status);
+        }
         observer.totals.record(&Finished {
             status,
             duration,
@@ -301,7 +305,7 @@ impl Recording {
                 route: route_name,
                 endpoint,
                 status,
-                grpc_status: end.grpc_status.or(answer.head_grpc_status),
+                grpc_status,
                 duration_ms: duration.as_secs_f64() * 1e3,
                 bytes: end.bytes,
                 response_body: end.unfinished(),

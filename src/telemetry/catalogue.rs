@@ -127,6 +127,12 @@ pub const CATALOGUE: &[MetricDoc] = &[
         meaning: "Requests whose response has ended, by status code, including responses remora made itself, and requests the client gave up before their response head (code `499`). *Appears after the first response of a listener.*",
     },
     MetricDoc {
+        name: GRPC_RESPONSES_TOTAL,
+        kind: Kind::Counter,
+        labels: &["direction", "upstream", "grpc_status"],
+        meaning: "gRPC calls whose response has ended with a `grpc-status` (in its trailers, or a trailers-only head), by that status: `0` to `16`, `other` for any other value; the calls remora failed itself included (`14`, `4`, `8`...). Their HTTP status, nearly always 200, is in `remora_requests_total`. A call cut with no status at all is not counted here. *Appears after the first gRPC response of a listener.*",
+    },
+    MetricDoc {
         name: REQUEST_DURATION,
         kind: Kind::Histogram,
         labels: &["direction", "upstream", "code"],

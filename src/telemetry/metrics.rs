@@ -16,6 +16,7 @@ use crate::error::ErrorKind;
 use crate::telemetry::exemplars::SeriesExemplars;
 
 pub const REQUESTS_TOTAL: &str = "remora_requests_total";
+pub const GRPC_RESPONSES_TOTAL: &str = "remora_grpc_responses_total";
 pub const REQUEST_DURATION: &str = "remora_request_duration_seconds";
 pub const PROXY_ERRORS_TOTAL: &str = "remora_proxy_errors_total";
 pub const CONNECTIONS_OPEN: &str = "remora_connections_open";
@@ -162,7 +163,13 @@ pub struct RequestMetrics {
     upstream: Arc<str>,
     route: Option<Arc<str>>,
     by_code: Box<[OnceLock<CodeSeries>]>,
+    /// gRPC calls by `grpc-status`: 0 to 16, then any other value.
+    by_grpc_status: [OnceLock<Counter>; GRPC_STATUS_SERIES],
 }
+
+/// The `grpc-status` codes gRPC defines (0 to 16), and one series for any
+/// other value.
+const GRPC_STATUS_SERIES: usize = 18;
 
 /// The series of one status code.
 struct CodeSeries {
@@ -178,6 +185,7 @@ impl RequestMetrics {
             upstream: upstream.into(),
             route: None,
             by_code: (100..600).map(|_| OnceLock::new()).collect(),
+            by_grpc_status: Default::default(),
         }
     }
 
@@ -230,6 +238,23 @@ impl RequestMetrics {
                 "direction" => self.direction, "upstream" => self.upstream.to_string(), "kind" => kind.as_str())
             .increment(1);
         }
+    }
+}
+
+impl RequestMetrics {
+    /// Counts one finished gRPC call by its `grpc-status`.
+    pub fn record_grpc_status(&self, grpc_status: u16) {
+        let index = usize::from(grpc_status).min(GRPC_STATUS_SERIES - 1);
+        let counter = self.by_grpc_status[index].get_or_init(|| {
+            let label = if index < GRPC_STATUS_SERIES - 1 {
+                grpc_status.to_string()
+            } else {
+                "other".to_owned()
+            };
+            counter!(GRPC_RESPONSES_TOTAL,
+                "direction" => self.direction, "upstream" => self.upstream.to_string(), "grpc_status" => label)
+        });
+        counter.increment(1);
     }
 }
 
