@@ -99,6 +99,9 @@ pub enum ProxyError {
     DuplicateHost,
     #[error("an HTTP/1.1 request without a Host header (RFC 9112 §3.2)")]
     MissingHost,
+    /// The request's host is not one: `what` says how.
+    #[error("invalid host: {what}")]
+    InvalidHost { what: &'static str },
     #[error("CONNECT is not supported: remora forwards requests, it opens no tunnels")]
     Connect,
     #[error(
@@ -273,6 +276,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => ErrorKind::NoRoute,
             ProxyError::DuplicateHost
             | ProxyError::MissingHost
+            | ProxyError::InvalidHost { .. }
             | ProxyError::Connect
             | ProxyError::HeaderWithUnderscore { .. } => ErrorKind::BadRequest,
             ProxyError::BadPath(_) => ErrorKind::BadPath,
@@ -314,6 +318,7 @@ impl ProxyError {
             | ProxyError::NoRoute { .. }
             | ProxyError::DuplicateHost
             | ProxyError::MissingHost
+            | ProxyError::InvalidHost { .. }
             | ProxyError::Connect
             | ProxyError::HeaderWithUnderscore { .. }
             | ProxyError::BadPath(_)

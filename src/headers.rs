@@ -14,6 +14,7 @@
 //! remora may set for the application; [`is_reserved`] recognises them in any
 //! spelling an application might fold into theirs (case, `_` for `-`).
 
+use http::Uri;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Header remora sets on the responses it makes itself; never sent upstream.
@@ -158,6 +159,16 @@ pub fn is_grpc_web(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc-web"))
+}
+
+/// The host a request is for: its target's authority (HTTP/2's
+/// `:authority`, an absolute-form target), else its `Host` field
+/// (`request_head` has made the two agree before any layer reads them).
+pub fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    match uri.authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => headers.get(header::HOST)?.to_str().ok(),
+    }
 }
 
 /// The `grpc-status` in a header or trailer map, when present and numeric.

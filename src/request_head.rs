@@ -5,7 +5,14 @@
 //!   (answering a CONNECT as a plain request, its `200` then led nowhere).
 //! - `Host` (RFC 9112 §3.2): a request with more than one is refused, and so
 //!   is an HTTP/1.1 request with none (HTTP/1.0 may omit it; HTTP/2 carries
-//!   `:authority` instead).
+//!   `:authority` instead), and one whose value is not a host and optional
+//!   port (`a b`, `user@host`, `h/x`; empty is allowed).
+//! - The request's one host: every layer (routing, authorization, the
+//!   access log) and the upstream see the same. An absolute-form target's
+//!   authority replaces `Host` (RFC 9112 §3.2.2: a proxy MUST); an HTTP/2
+//!   request whose `host` field names another host than its `:authority` is
+//!   refused (RFC 9113 §8.3.1), and so is an authority with userinfo
+//!   (`user@host`, deprecated for http and https: RFC 9110 §4.2.4).
 //! - Reserved headers (`headers::RESERVED_REQUEST_HEADERS`, e.g.
 //!   `x-remora-client-id`) are only remora's to set: a client's are dropped
 //!   in every spelling an application might read as theirs
@@ -15,7 +22,8 @@
 //!
 //! Refusals are [`ProxyError`]s, answered 400 `bad_request`.
 
-use http::{HeaderMap, HeaderName, Method, Request, Version, header};
+use http::uri::Authority;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Version, header};
 
 use crate::config::HeadersWithUnderscoresAction;
 use crate::error::ProxyError;
@@ -31,17 +39,57 @@ pub fn admit<B>(
         return Err(ProxyError::Connect);
     }
     check_host(request)?;
+    one_host(request)?;
     clean_header_names(request.headers_mut(), underscores)
 }
 
-/// One `Host`, or none where the version allows it.
+/// One valid `Host`, or none where the version allows it.
 fn check_host<B>(request: &Request<B>) -> Result<(), ProxyError> {
     let mut hosts = request.headers().get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => Err(ProxyError::DuplicateHost),
         (None, _) if request.version() == Version::HTTP_11 => Err(ProxyError::MissingHost),
+        (Some(host), None) if !is_host(host) => Err(ProxyError::InvalidHost {
+            what: "the Host header is not a host and optional port",
+        }),
         _ => Ok(()),
     }
+}
+
+/// `host[:port]` with no userinfo, or empty (RFC 9112 §3.2: a target with
+/// no authority).
+fn is_host(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    bytes.is_empty() || (!bytes.contains(&b'@') && Authority::try_from(bytes).is_ok())
+}
+
+/// Makes the target's authority, when it has one, the request's only host.
+fn one_host<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
+    let Some(authority) = request.uri().authority() else {
+        return Ok(());
+    };
+    if authority.as_str().contains('@') {
+        return Err(ProxyError::InvalidHost {
+            what: "the request target's authority has userinfo (user@host)",
+        });
+    }
+    if request.version() == Version::HTTP_2 {
+        let differs = (request.headers().get(header::HOST)).is_some_and(|host| {
+            !host
+                .as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        });
+        if differs {
+            return Err(ProxyError::InvalidHost {
+                what: "the host header differs from :authority (RFC 9113 §8.3.1)",
+            });
+        }
+        return Ok(());
+    }
+    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    Ok(())
 }
 
 /// Drops reserved headers in any spelling, and applies `underscores` to the
@@ -98,6 +146,44 @@ mod tests {
         }
         let missing = admitted(Version::HTTP_11, &[]);
         assert!(missing.unwrap_err().contains("without a Host"));
+    }
+
+    #[test]
+    fn a_host_must_be_a_host_and_optional_port() {
+        let admitted = |host: &str| admit(&mut request(Version::HTTP_11, &[("host", host)]), Allow);
+        for good in ["a", "a.example:8080", "127.0.0.1:1", "[::1]:80", ""] {
+            assert!(admitted(good).is_ok(), "{good:?}");
+        }
+        for bad in ["a b", "h@evil:80", "h/x", "h?x", "a:b:c"] {
+            let refused = admitted(bad).unwrap_err().to_string();
+            assert!(refused.starts_with("invalid host"), "{bad:?}: {refused}");
+        }
+    }
+
+    fn with_target(version: Version, target: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut request = request(version, headers);
+        *request.uri_mut() = target.parse().unwrap();
+        request
+    }
+
+    #[test]
+    fn the_targets_authority_is_the_one_host() {
+        // HTTP/1.1 absolute form: the authority replaces Host (RFC 9112 §3.2.2).
+        let mut absolute = with_target(Version::HTTP_11, "http://good.svc/x", &[("host", "other")]);
+        admit(&mut absolute, Allow).unwrap();
+        assert_eq!(absolute.headers()["host"], "good.svc");
+        // HTTP/2: a host field must name the :authority's host.
+        let mut same = with_target(Version::HTTP_2, "http://a.svc/x", &[("host", "A.svc")]);
+        assert!(admit(&mut same, Allow).is_ok());
+        let mut other = with_target(Version::HTTP_2, "http://a.svc/x", &[("host", "b.svc")]);
+        let refused = admit(&mut other, Allow).unwrap_err().to_string();
+        assert!(refused.contains("differs from :authority"), "{refused}");
+        // Userinfo, in either version.
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            let mut userinfo = with_target(version, "http://user@a.svc/x", &[("host", "a.svc")]);
+            let refused = admit(&mut userinfo, Allow).unwrap_err().to_string();
+            assert!(refused.contains("userinfo"), "{refused}");
+        }
     }
 
     #[test]

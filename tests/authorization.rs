@@ -15,7 +15,7 @@ use std::time::Duration;
 use support::config::{TestConfig, Upstream};
 use support::curl::{Case, curl, expect_verdicts};
 use support::tls::{Ca, TlsFiles};
-use support::{Backend, Proxy, get, grpc_echo, grpc_unary, http_backend};
+use support::{Backend, Proxy, get, grpc_echo, grpc_unary, http_backend, raw_http1};
 
 /// The rules of the HTTP tests: web reads reports, billing posts for its tenant, nobody
 /// reaches /admin, anyone reaches /healthz and /public, the rest is denied.
@@ -285,4 +285,74 @@ async fn rules_apply_without_mtls_over_http1_and_http2() {
         assert!(private.body.contains("<no SPIFFE ID>"), "{}", private.body);
     }
     assert_eq!(app.requests(), 2);
+}
+
+/// curl (a client we did not write) calling `http://addr/x` with `args`; the status.
+async fn curl_status(addr: SocketAddr, args: &[&str]) -> u16 {
+    support::requirements::require_tool("curl", "curl");
+    let mut command = std::process::Command::new("curl");
+    command.args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+    ]);
+    command.args(args).arg(format!("http://{addr}/x"));
+    let output = tokio::task::spawn_blocking(move || command.output().expect("curl runs"))
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).parse().unwrap()
+}
+
+/// The status of a raw HTTP/1.1 request with an absolute-form target, and what the app saw.
+async fn absolute_form(addr: SocketAddr, target: &str, host: &str) -> (String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    raw_http1::read_response(&mut stream).await
+}
+
+/// A rule on `host` sees the request's host however it came, as the app then does: HTTP/2's
+/// `:authority` (curl sends `-H 'Host: …'` as `:authority`), and an absolute-form target's
+/// authority, which replaces a `Host` naming another (RFC 9112 §3.2.2). Over HTTP/2 the rule
+/// read only header fields and missed it, and an absolute-form request went to the app with
+/// the `Host` the rule had not judged.
+#[tokio::test]
+async fn a_rule_on_host_sees_the_host_over_http2_and_in_absolute_form() {
+    let app = http_backend("app");
+    let proxy = Proxy::start(&format!(
+        "service: {{ name: authz6, port: {} }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\n\
+         inbound:\n  listen: 127.0.0.1:0\n  authorization:\n    default: allow\n    rules:\n\
+         \x20     - {{ name: no-internal, action: deny, match: {{ headers: [{{ name: host, regex: 'internal\\.example(:[0-9]+)?' }}] }} }}\n",
+        app.addr.port()
+    ))
+    .await;
+    let addr = proxy.inbound();
+    let internal = ["-H", "Host: internal.example"];
+    assert_eq!(
+        curl_status(addr, &[&["--http1.1"], &internal[..]].concat()).await,
+        403
+    );
+    let h2 = "--http2-prior-knowledge";
+    assert_eq!(
+        curl_status(addr, &[&[h2], &internal[..]].concat()).await,
+        403
+    );
+    assert_eq!(
+        curl_status(addr, &[h2, "-H", "Host: public.example"]).await,
+        404
+    );
+
+    let (head, _) = absolute_form(addr, "http://internal.example/x", "public.example").await;
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    let (head, body) =
+        absolute_form(addr, "http://public.example/headers", "internal.example").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["headers"]["host"][0], "public.example", "{seen}");
 }

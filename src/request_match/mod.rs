@@ -13,10 +13,10 @@
 
 pub mod claims;
 
-use http::{HeaderName, Method, Request};
+use http::{HeaderName, Method, Request, header};
 
 use crate::config::{GrpcMatch, PathMatch, Pattern, RouteMatch, ValueMatch};
-use crate::headers::is_grpc;
+use crate::headers::{is_grpc, request_host};
 
 /// The compiled conditions of one route, rule or permission.
 #[derive(Debug, Clone, Default)]
@@ -138,6 +138,11 @@ impl RequestMatch {
         }
         let headers = request.headers();
         let headers_hold = self.headers.iter().all(|(name, condition)| {
+            // `host` is the request's host however it came (HTTP/2 carries
+            // it as `:authority`), as Envoy matches it.
+            if name == header::HOST {
+                return condition.holds(std::iter::once(request_host(request.uri(), headers)));
+            }
             condition.holds(headers.get_all(name).iter().map(|v| v.to_str().ok()))
         });
         if !headers_hold {

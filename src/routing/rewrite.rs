@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Ur
 
 use crate::body::ResponseBody;
 use crate::config::{DirectResponse, HeaderRules, PathMatch, Redirect, RouteConfig};
+use crate::headers::request_host;
 
 /// Header edits of one direction.
 #[derive(Default)]
@@ -178,11 +179,8 @@ impl LocalAnswer {
 /// The request's URL with the redirect's parts replaced.
 fn location<B>(redirect: &Redirect, request: &Request<B>) -> String {
     let uri = request.uri();
-    let request_host = uri.authority().map(|a| a.as_str().to_owned()).or_else(|| {
-        let host = request.headers().get(HOST)?.to_str().ok()?;
-        Some(host.to_owned())
-    });
-    let request_authority: Option<Authority> = request_host.and_then(|h| h.parse().ok());
+    let request_authority: Option<Authority> =
+        request_host(uri, request.headers()).and_then(|host| host.parse().ok());
     let scheme = (redirect.scheme.clone())
         .or_else(|| uri.scheme_str().map(str::to_owned))
         .unwrap_or_else(|| "http".to_owned());

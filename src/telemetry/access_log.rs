@@ -7,9 +7,10 @@
 
 use std::net::SocketAddr;
 
-use http::{HeaderMap, Method, Request, header};
+use http::{HeaderMap, Method, Request};
 
 use crate::error::{ErrorDetail, ErrorKind};
+use crate::headers::request_host;
 
 pub const TARGET: &str = "remora::access";
 
@@ -28,12 +29,7 @@ pub struct RequestSummary {
 impl RequestSummary {
     pub fn of<B>(request: &Request<B>) -> Self {
         let headers = request.headers();
-        let authority = request
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
-            .unwrap_or_default();
+        let authority = request_host(request.uri(), headers).unwrap_or_default();
         Self {
             method: request.method().clone(),
             authority: authority.to_owned(),
