@@ -361,3 +361,35 @@ async fn an_answer_before_the_body_leaves_the_clients_connection_usable() {
     }
     assert_nothing_in_flight(&proxy, "nginx-early", "the early answers").await;
 }
+
+/// A routing backend's health checks ask for its upstream's host: nginx refuses the backend's
+/// own name, `Host: hc-route/v2`, with 400, which failed every check and left the route with
+/// no healthy endpoint (503 `no_healthy_endpoints` under `panic_threshold: 0`).
+#[tokio::test]
+async fn a_routing_backends_health_checks_ask_for_the_upstreams_host() {
+    let nginx =
+        peers::nginx("server { listen 127.0.0.1:PORT; location / { return 200 \"v2\\n\"; } }");
+    let default = support::http_backend("hc-default");
+    let yaml = TestConfig::one_upstream("hc-route", "http", [default.addr])
+        .with("load_balancing", "{ panic_threshold: 0 }")
+        .with(
+            "health_check",
+            "{ http: { path: / }, interval: 100ms, healthy_threshold: 1 }",
+        )
+        .lines(&format!(
+            "    backends:\n      v2: {{ static: [{}] }}\n    routes:\n      \
+             - {{ name: to-v2, match: {{ path: {{ prefix: /v2 }} }}, split: [{{ backend: v2, weight: 1 }}] }}\n",
+            nginx.addr
+        ))
+        .yaml();
+    let proxy = Proxy::start(&yaml).await;
+    let url = format!("http://{}/v2", proxy.upstream("hc-route"));
+    // Several checks have run (every 100 ms; one failure takes an endpoint out).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for _ in 0..5 {
+        let reply = get(Version::HTTP_11, &url).await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.headers);
+        assert_eq!(reply.body, "v2\n");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -45,6 +45,19 @@ pub enum Probe<'a> {
 }
 
 impl HealthCheck {
+    /// Makes `host` the `Host` (`:authority`) of the checks that leave it to
+    /// the default, the upstream's name: a routing backend, named
+    /// `<upstream>/<backend>`, asks for its upstream's host, not for a name
+    /// no server knows (nginx answers `Host: api/v2` with 400).
+    pub fn default_host_to(&mut self, host: &str) {
+        if let Some(http) = &mut self.http {
+            http.host.get_or_insert_with(|| host.to_owned());
+        }
+        if let Some(grpc) = &mut self.grpc {
+            grpc.authority.get_or_insert_with(|| host.to_owned());
+        }
+    }
+
     /// The configured probe; `None` when not exactly one of `http`, `grpc`
     /// and `tcp` is set (validation rejects that).
     pub fn probe(&self) -> Option<Probe<'_>> {

@@ -85,6 +85,9 @@ impl Backends {
             let own = || {
                 let mut settings = upstream.settings.clone();
                 settings.name = format!("{}/{name}", upstream.name());
+                if let Some(check) = &mut settings.health_check {
+                    check.default_host_to(upstream.name());
+                }
                 settings
             };
             let mut resolving = None;
