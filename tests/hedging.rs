@@ -80,6 +80,22 @@ fn endpoint(name: &'static str, every: u64) -> Endpoint {
     }
 }
 
+/// GETs `url` until one's first try went to the other endpoint than `endpoint`, so that round
+/// robin's next first try goes to `endpoint` (of two).
+async fn next_turn_to(endpoint: &Endpoint, url: &str) {
+    for _ in 0..3 {
+        let before = endpoint.bodies.lock().unwrap().len();
+        assert_eq!(
+            get(Version::HTTP_11, url).await.unwrap().status,
+            StatusCode::OK
+        );
+        if endpoint.bodies.lock().unwrap().len() == before {
+            return;
+        }
+    }
+    panic!("round robin did not alternate");
+}
+
 /// `count` GETs one after the other; their latencies, sorted.
 async fn latencies(url: &str, count: usize) -> Vec<Duration> {
     let mut all = Vec::with_capacity(count);
@@ -263,13 +279,15 @@ async fn a_post_with_an_idempotency_key_is_hedged_with_its_whole_body() {
         1,
     );
     let url = format!("http://{}/orders", proxy.listener("keyed"));
-    // Round robin starts anywhere; after one request its turn is at the slow endpoint (each
-    // hedge moves the turn on to the fast one), so every first try below goes there.
+    // Round robin alternates the first tries (hedges take no turn): every other POST below
+    // goes first to the slow endpoint and is hedged to the fast one after 50 ms, the others
+    // go first to the fast one, which answers before the delay.
     let (_, warm_up) = keyed_post(&url, "warm-up", Bytes::from_static(b"warm-up")).await;
     assert_eq!(warm_up.status, StatusCode::OK, "{warm_up:?}");
     let before = counter(&proxy, "remora_hedges_total", "keyed").await;
     slow.bodies.lock().unwrap().clear();
     fast.bodies.lock().unwrap().clear();
+    let mut hedged = 0;
     for number in 0..6u8 {
         let body = Bytes::from(vec![b'a' + number; 60 * 1024]);
         let (took, reply) = keyed_post(&url, &format!("order-{number}"), body.clone()).await;
@@ -280,15 +298,18 @@ async fn a_post_with_an_idempotency_key_is_hedged_with_its_whole_body() {
         assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
         assert_eq!(reply.headers["x-endpoint"], "fast", "POST {number}");
         assert!(took < Duration::from_millis(300), "POST {number}: {took:?}");
-        // The first try went to the slow endpoint, the hedge to the fast one: both read
-        // this very body.
-        assert_eq!(slow.bodies.lock().unwrap().last(), Some(&body), "{number}");
+        // When the first try went to the slow endpoint, the hedge went to the fast one:
+        // both read this very body.
         assert_eq!(fast.bodies.lock().unwrap().last(), Some(&body), "{number}");
+        if slow.bodies.lock().unwrap().last() == Some(&body) {
+            hedged += 1;
+        }
     }
-    assert_eq!(slow.bodies.lock().unwrap().len(), 6);
+    assert_eq!(hedged, 3, "hedged POSTs");
+    assert_eq!(slow.bodies.lock().unwrap().len(), 3);
     assert_eq!(fast.bodies.lock().unwrap().len(), 6);
     let hedges = counter(&proxy, "remora_hedges_total", "keyed").await;
-    assert_eq!(hedges - before, 6.0);
+    assert_eq!(hedges - before, 3.0);
     assert_eq!(
         counter(&proxy, "remora_hedge_wins_total", "keyed").await,
         hedges
@@ -297,6 +318,7 @@ async fn a_post_with_an_idempotency_key_is_hedged_with_its_whole_body() {
     // A body still arriving when the delay is up puts the hedge off, by a delay at a time:
     // its second half comes 120 ms in, the hedge goes at the next tick (150 ms after the
     // first try started) with all of it, never before the body ended.
+    next_turn_to(&slow, &url).await;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
     let post = Request::post(&url)
         .header("idempotency-key", "order-streamed")
@@ -329,13 +351,15 @@ async fn a_post_with_an_idempotency_key_is_hedged_with_its_whole_body() {
     let hedges = counter(&proxy, "remora_hedges_total", "keyed").await;
 
     // 70 KiB is over the limit: the first try alone has the body, and waits for the slow one.
+    next_turn_to(&slow, &url).await;
+    let fast_before = fast.bodies.lock().unwrap().len();
     let large = Bytes::from(vec![b'z'; 70 * 1024]);
     let (took, reply) = keyed_post(&url, "order-large", large.clone()).await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     assert_eq!(reply.headers["x-endpoint"], "slow");
     assert!(took >= SLOW, "{took:?}");
     assert_eq!(slow.bodies.lock().unwrap().last(), Some(&large));
-    assert_eq!(fast.bodies.lock().unwrap().len(), 7, "no hedge");
+    assert_eq!(fast.bodies.lock().unwrap().len(), fast_before, "no hedge");
     assert_eq!(
         counter(&proxy, "remora_hedges_total", "keyed").await,
         hedges

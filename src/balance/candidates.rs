@@ -58,6 +58,9 @@ pub(super) struct Candidates<'a, T> {
     now: Instant,
     respect_backoff: bool,
     excluded: &'a [Arc<T>],
+    /// The request has been to an endpoint before (a retry or a hedge),
+    /// whether or not this filter excludes it.
+    later_try: bool,
     /// Endpoints awaiting their first health check are admitted.
     admit_unchecked: bool,
     panic: bool,
@@ -75,6 +78,7 @@ impl<'a, T: Target> Candidates<'a, T> {
         excluded: &'a [Arc<T>],
         panic: bool,
     ) -> impl Iterator<Item = Self> {
+        let later_try = !excluded.is_empty();
         [
             (true, excluded, false),
             (true, &[], false),
@@ -95,6 +99,7 @@ impl<'a, T: Target> Candidates<'a, T> {
                 now,
                 respect_backoff,
                 excluded,
+                later_try,
                 admit_unchecked,
                 panic,
                 zone: None,
@@ -131,6 +136,11 @@ impl<'a, T: Target> Candidates<'a, T> {
     /// Weight of endpoint `i` (≥ 1).
     pub(super) fn weight(&self, i: usize) -> u32 {
         self.weights[i]
+    }
+
+    /// A pick for a request's later try (a retry or a hedge).
+    pub(super) fn is_later_try(&self) -> bool {
+        self.later_try
     }
 
     /// True when every endpoint has the same weight.

@@ -31,6 +31,12 @@
 //! (fewer than `Σw`, at most [`MOST_PHASE_PICKS`]) with every endpoint
 //! eligible, so the first pick falls on each endpoint in proportion to its
 //! weight.
+//!
+//! The turns are the first tries': a request's later try (a retry, a hedge)
+//! is drawn at random among the eligible endpoints, in proportion to weight.
+//! Had it taken a turn too, a request making two picks (two endpoints, and a
+//! hedge or a per-try timeout that retries) would advance the turn by two,
+//! and every first try would go to the same endpoint.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -73,6 +79,9 @@ impl RoundRobin {
     }
 
     pub(super) fn pick<T: Target>(&self, c: &Candidates<'_, T>) -> Option<usize> {
+        if c.is_later_try() {
+            return c.random();
+        }
         if !c.uniform() {
             return self.pick_weighted(c);
         }

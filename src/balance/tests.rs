@@ -679,6 +679,27 @@ fn smooth_weighted_round_robin_is_exact_and_interleaved() {
 }
 
 #[test]
+fn round_robin_turns_are_the_first_tries() {
+    fastrand::seed(15);
+    let eps = endpoints(2);
+    for (weights, expected) in [([1, 1], [1_500, 1_500]), ([1, 2], [1_000, 2_000])] {
+        let b = weighted(LoadBalancingPolicy::RoundRobin, &eps, &weights);
+        let mut first = [0usize; 2];
+        for _ in 0..3_000 {
+            // Every request also makes a second pick (a hedge, or a retry).
+            let tried = b.pick(None, &[]).expect("non-empty");
+            first[index(&b, &tried)] += 1;
+            let again = b
+                .pick(None, std::slice::from_ref(&tried))
+                .expect("non-empty");
+            assert!(!Arc::ptr_eq(&again, &tried));
+        }
+        // Exactly the turns' split: the second picks took none of them.
+        assert_eq!(first, expected, "{weights:?}");
+    }
+}
+
+#[test]
 fn rebuilt_weighted_round_robin_starts_anywhere_in_proportion() {
     fastrand::seed(14);
     let eps = endpoints(3);
