@@ -11,8 +11,8 @@ use rustls::pki_types::CertificateDer;
 
 use crate::spiffe::{self, SCHEME, SpiffeId};
 
-/// The verified identity of the peer of an mTLS connection: the first
-/// `spiffe://` URI SAN of its certificate (request extension on inbound).
+/// The verified identity of the peer of an mTLS connection: the `spiffe://`
+/// URI SAN of its certificate (request extension on inbound).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity {
     /// The URI exactly as in the certificate.
@@ -31,13 +31,21 @@ impl PeerIdentity {
     }
 }
 
-/// The `spiffe://` URI SAN of a certificate, if it has one and it is a valid
-/// SPIFFE ID.
+/// The SPIFFE ID of a certificate: its one URI SAN, when that is a valid
+/// SPIFFE ID. A certificate with more URI SANs is no X509-SVID (the SPIFFE
+/// X509-SVID standard, §2: "exactly one URI SAN") and has no identity, as
+/// go-spiffe rules: taking one of them would let a certificate pass for
+/// the identity a rule does not name.
 pub fn of_certificate(cert: &CertificateDer<'_>) -> Option<PeerIdentity> {
     let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
-    let uri = parsed
-        .valid_uri_names()
-        .find(|uri| uri.starts_with(SCHEME))?;
+    let mut uris = parsed.valid_uri_names();
+    let (Some(uri), None) = (uris.next(), uris.next()) else {
+        tracing::debug!("peer certificate without exactly one URI SAN: no SPIFFE ID");
+        return None;
+    };
+    if !uri.starts_with(SCHEME) {
+        return None;
+    }
     if let Err(error) = spiffe::check_id(uri) {
         tracing::debug!(%error, "peer certificate without a valid SPIFFE ID");
         return None;
@@ -198,6 +206,36 @@ mod tests {
 
     const WEB: &str =
         "spiffe://11111111-2222-3333-4444-555555555555.consul/ns/default/dc/dc1/svc/web";
+
+    /// A self-signed certificate with these URI SANs.
+    fn certificate_with_uris(uris: &[&str]) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = (uris.iter())
+            .map(|uri| rcgen::SanType::URI((*uri).try_into().unwrap()))
+            .collect();
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn a_certificate_has_an_identity_only_with_exactly_one_uri_san() {
+        let web = "spiffe://example.org/ns/default/dc/dc1/svc/web";
+        let admin = "spiffe://example.org/ns/default/dc/dc1/svc/admin";
+        let one = of_certificate(&certificate_with_uris(&[web])).expect("an SVID");
+        assert_eq!(&*one.uri, web);
+        for uris in [
+            &[web, admin][..],
+            &[web, "https://example.org/x"],
+            &[],
+            &["https://x/"],
+        ] {
+            assert_eq!(
+                of_certificate(&certificate_with_uris(uris)),
+                None,
+                "{uris:?}"
+            );
+        }
+    }
 
     #[test]
     fn expected_identity_follows_the_own_trust_domain() {

@@ -19,7 +19,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
 
 use super::MeshTls;
-use super::identity::{ExpectedIdentity, uri_names};
+use super::identity::{ExpectedIdentity, of_certificate, uri_names};
 
 /// Presents the current certificate, as server and as client.
 #[derive(Debug)]
@@ -136,11 +136,11 @@ impl ServerCertVerifier for ServerIdentityVerifier {
                     .into(),
             ));
         };
-        let presented = uri_names(end_entity);
-        if presented.contains(&expected) {
+        if of_certificate(end_entity).is_some_and(|presented| *presented.uri == expected) {
             return Ok(ServerCertVerified::assertion());
         }
-        tracing::warn!(%expected, ?presented, "upstream presented another identity");
+        let presented = uri_names(end_entity);
+        tracing::warn!(%expected, ?presented, "upstream presented another identity (or more than one)");
         Err(Error::InvalidCertificate(CertificateError::NotValidForName))
     }
 
