@@ -4,18 +4,26 @@
 //! half-closed protocols work. Discovery, balancing, connect timeout,
 //! backoff, circuit breaking and outlier detection are the same as for HTTP,
 //! at connection granularity: a connection is a success once connected
-//! (for a meshed upstream: once the mTLS handshake is done).
+//! (for a meshed upstream: once the mTLS handshake is done). The bytes are
+//! counted as they are written to either side ([`Counted`]), so a long-lived
+//! connection shows in the byte counters while it lasts, and a connection
+//! that ends with an error (a reset, the drain timeout) still counts what
+//! it carried.
 
+use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use ::metrics::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::outcome::Outcome;
 use crate::telemetry::metrics;
 use crate::upstream::Upstream;
 
 /// Proxies one client connection until both directions have finished.
-pub async fn proxy<S>(mut client: S, upstream: Arc<Upstream>)
+pub async fn proxy<S>(client: S, upstream: Arc<Upstream>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -64,11 +72,71 @@ where
             }
         }
     };
-    let mut server = server;
-    match tokio::io::copy_bidirectional(&mut client, &mut server).await {
-        Ok((sent, received)) => metrics::tcp_bytes(upstream.name(), sent, received),
-        Err(error) => {
-            tracing::debug!(upstream = upstream.name(), endpoint = %endpoint.0.addr, %error, "TCP proxying ended with an error");
+    let (sent, received) = metrics::tcp_bytes(upstream.name());
+    let mut server = Counted {
+        io: server,
+        written: sent,
+    };
+    let mut client = Counted {
+        io: client,
+        written: received,
+    };
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+        tracing::debug!(upstream = upstream.name(), endpoint = %endpoint.0.addr, %error, "TCP proxying ended with an error");
+    }
+}
+
+/// One side of a proxied connection; what is written to it is counted as
+/// it goes.
+struct Counted<S> {
+    io: S,
+    written: Counter,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(bytes)) = written {
+            self.written.increment(bytes as u64);
         }
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(bytes)) = written {
+            self.written.increment(bytes as u64);
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -145,6 +145,43 @@ async fn byte_counters_add_up_over_connections() {
     .await;
 }
 
+/// Bytes are counted as they go: an open connection's show at once, and a connection that
+/// ends with a reset keeps its count (it was lost when the copy ended with an error).
+#[tokio::test]
+async fn bytes_count_while_open_and_after_a_reset() {
+    let echo = tcp_echo();
+    let proxy = Proxy::start(&tcp_upstream_yaml("tcp-live", echo)).await;
+    let mut stream = TcpStream::connect(proxy.upstream("tcp-live"))
+        .await
+        .unwrap();
+    let payload = vec![7u8; 1000];
+    stream.write_all(&payload).await.unwrap();
+    let mut echoed = vec![0u8; 1000];
+    tokio::time::timeout(HANG, stream.read_exact(&mut echoed))
+        .await
+        .expect("echo within the hang bound")
+        .unwrap();
+    let metrics = proxy.admin_url("/metrics");
+    let labels = [("upstream", "tcp-live")];
+    for name in [
+        "remora_tcp_sent_bytes_total",
+        "remora_tcp_received_bytes_total",
+    ] {
+        prom::assert_value_within(&metrics, name, &labels, 1000.0, Duration::from_secs(2)).await;
+    }
+    // Reset: the client closes with SO_LINGER 0.
+    stream.set_zero_linger().unwrap();
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = prom::scrape(&metrics).await;
+    for name in [
+        "remora_tcp_sent_bytes_total",
+        "remora_tcp_received_bytes_total",
+    ] {
+        assert_eq!(prom::value(&text, name, &labels), Some(1000.0), "{name}");
+    }
+}
+
 /// Inbound listener in front of a TCP application: the same tunnel, counted under the
 /// service's name.
 #[tokio::test]

@@ -298,13 +298,13 @@ pub const CATALOGUE: &[MetricDoc] = &[
         name: TCP_SENT_BYTES,
         kind: Kind::Counter,
         labels: &["upstream"],
-        meaning: "Bytes sent to the upstream by a TCP listener. *Appears after the first TCP connection ends.*",
+        meaning: "Bytes sent to the upstream by a TCP listener, counted as they are written (an open connection's too, and one that ends with an error). *Appears after the first TCP connection is made.*",
     },
     MetricDoc {
         name: TCP_RECEIVED_BYTES,
         kind: Kind::Counter,
         labels: &["upstream"],
-        meaning: "Bytes received from the upstream by a TCP listener. *Appears after the first TCP connection ends.*",
+        meaning: "Bytes received from the upstream by a TCP listener, counted as they are written to the client. *Appears after the first TCP connection is made.*",
     },
     MetricDoc {
         name: TRANSPARENT_CONNECTIONS_TOTAL,

@@ -342,9 +342,11 @@ impl Drop for OpenConnection {
 }
 
 /// Byte counters of an opaque TCP upstream.
-pub fn tcp_bytes(upstream: &str, sent: u64, received: u64) {
-    counter!(TCP_SENT_BYTES, "upstream" => upstream.to_owned()).increment(sent);
-    counter!(TCP_RECEIVED_BYTES, "upstream" => upstream.to_owned()).increment(received);
+pub fn tcp_bytes(upstream: &str) -> (Counter, Counter) {
+    (
+        counter!(TCP_SENT_BYTES, "upstream" => upstream.to_owned()),
+        counter!(TCP_RECEIVED_BYTES, "upstream" => upstream.to_owned()),
+    )
 }
 
 // --- circuit breaking and outlier detection ---------------------------------
