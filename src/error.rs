@@ -126,8 +126,12 @@ pub enum ProxyError {
 pub enum TokenRejection {
     /// No token where one is required.
     Missing,
-    /// Not a JWT: not three base64url parts, bad JSON, or a claim of the wrong type.
+    /// Not a JWT: not three base64url parts, bad JSON, a claim of the wrong
+    /// type, or not ASCII.
     Malformed,
+    /// Two tokens where one is read: two `Authorization` fields, two of the
+    /// token header, two cookies of the name.
+    Duplicate,
     /// An algorithm the key cannot verify (`none`, HS256 with a public key, a
     /// key pinned to another algorithm).
     Algorithm,
@@ -147,9 +151,10 @@ pub enum TokenRejection {
 }
 
 impl TokenRejection {
-    pub const ALL: [TokenRejection; 10] = [
+    pub const ALL: [TokenRejection; 11] = [
         TokenRejection::Missing,
         TokenRejection::Malformed,
+        TokenRejection::Duplicate,
         TokenRejection::Algorithm,
         TokenRejection::UnknownKey,
         TokenRejection::BadSignature,
@@ -164,6 +169,7 @@ impl TokenRejection {
         match self {
             TokenRejection::Missing => "missing",
             TokenRejection::Malformed => "malformed",
+            TokenRejection::Duplicate => "duplicate",
             TokenRejection::Algorithm => "algorithm",
             TokenRejection::UnknownKey => "unknown_key",
             TokenRejection::BadSignature => "bad_signature",
@@ -181,6 +187,7 @@ impl std::fmt::Display for TokenRejection {
         f.write_str(match self {
             TokenRejection::Missing => "a token is required",
             TokenRejection::Malformed => "the token is malformed",
+            TokenRejection::Duplicate => "the request has more than one token header or cookie",
             TokenRejection::Algorithm => "the token's algorithm is not allowed for its key",
             TokenRejection::UnknownKey => "the token's key is unknown",
             TokenRejection::BadSignature => "the token's signature is invalid",

@@ -599,3 +599,169 @@ async fn verified_claims_reach_the_authorization_rules() {
     );
     assert_eq!(app.requests(), 1);
 }
+
+/// An app behind three providers, each reading another place: `bearer`
+/// (`Authorization`), `shared` (HS256 in `x-token`) and `cookie` (the
+/// `session` cookie, forwarded); with tokens for them.
+struct ThreePlaces {
+    _keys: Keys,
+    app: support::Backend,
+    proxy: Proxy,
+    /// Valid for `bearer` and `cookie`; expired; forged (tampered payload).
+    good: String,
+    expired: String,
+    forged: String,
+    /// Valid for `shared`; signed with another secret.
+    hs_good: String,
+    hs_forged: String,
+}
+
+impl ThreePlaces {
+    async fn start() -> ThreePlaces {
+        let keys = Keys::new(&["rsa-all"]);
+        let jwks = keys.jwks_file(&["rsa-all"]);
+        let secret = "0123456789abcdef0123456789abcdef-shared";
+        let app = http_backend("app");
+        let jwt = format!(
+            "    providers:\n\
+             \x20     - name: bearer\n\
+             \x20       issuer: {ISSUER}\n\
+             \x20       jwks: {{ file: {jwks} }}\n\
+             \x20       claims_to_headers: {{ sub: x-user }}\n\
+             \x20     - name: shared\n\
+             \x20       issuer: https://hs.test\n\
+             \x20       secret: {secret}\n\
+             \x20       from: {{ header: x-token }}\n\
+             \x20       claims_to_headers: {{ sub: x-hs-user }}\n\
+             \x20     - name: cookie\n\
+             \x20       issuer: {ISSUER}\n\
+             \x20       jwks: {{ file: {jwks} }}\n\
+             \x20       from: {{ cookie: session }}\n\
+             \x20       forward: true\n\
+             \x20       claims_to_headers: {{ sub: x-ck-user }}\n",
+            jwks = jwks.display()
+        );
+        let proxy = proxy(&app, &jwt).await;
+        let hs_claims = json!({ "iss": "https://hs.test", "sub": "bob", "exp": "now+60" });
+        let mut tokens = keys
+            .tokens(&[
+                spec("rsa-all", "RS256", good_claims()),
+                spec(
+                    "rsa-all",
+                    "RS256",
+                    with(good_claims(), json!({"exp": "now-3600"})),
+                ),
+                json!({ "key": "rsa-all", "alg": "RS256", "kid": "rsa-all", "claims": good_claims(),
+                        "tamper": { "sub": "mallory" } }),
+                json!({ "key": format!("secret:{secret}"), "alg": "HS256", "claims": hs_claims }),
+                json!({ "key": "secret:not-the-secret-but-32-bytes-long", "alg": "HS256", "claims": hs_claims }),
+            ])
+            .into_iter();
+        let mut next = || tokens.next().unwrap();
+        ThreePlaces {
+            good: next(),
+            expired: next(),
+            forged: next(),
+            hs_good: next(),
+            hs_forged: next(),
+            _keys: keys,
+            app,
+            proxy,
+        }
+    }
+
+    async fn get(&self, headers: &[(&str, &str)]) -> support::Reply {
+        get(&self.proxy, "/headers", headers).await
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// `Authorization` is a singleton field (RFC 9110 §11.6.2), and so is a
+/// provider's token header: a second one is refused as `duplicate`,
+/// whatever either says, and never reaches the app.
+#[tokio::test]
+async fn a_second_authorization_or_token_header_field_is_refused() {
+    let t = ThreePlaces::start().await;
+    let basic = "Basic YWxpY2U6eA==";
+    for (first, second, what) in [
+        (
+            basic.to_owned(),
+            bearer(&t.expired),
+            "Basic, then an expired Bearer",
+        ),
+        (
+            basic.to_owned(),
+            bearer(&t.good),
+            "Basic, then a valid Bearer",
+        ),
+        (
+            bearer(&t.good),
+            bearer(&t.good),
+            "the same valid Bearer twice",
+        ),
+    ] {
+        let reply = t
+            .get(&[("authorization", &first), ("authorization", &second)])
+            .await;
+        assert_refused(&reply, what);
+        let challenge = reply.headers["www-authenticate"].to_str().unwrap();
+        assert!(challenge.contains("more than one"), "{what}: {challenge}");
+    }
+    let reply = t
+        .get(&[("x-token", &t.hs_good), ("x-token", &t.hs_forged)])
+        .await;
+    assert_refused(&reply, "two x-token fields");
+    assert_eq!(t.app.requests(), 0);
+    let metric = "remora_jwt_validations_total";
+    for (provider, count) in [("bearer", 3.0), ("shared", 1.0)] {
+        let labels = [("provider", provider), ("result", "duplicate")];
+        assert_eq!(t.proxy.metric(metric, &labels).await, count, "{provider}");
+    }
+}
+
+/// Two cookies of the provider's name are ambiguous (applications differ
+/// on which they read); a space before `=` still names the cookie.
+#[tokio::test]
+async fn two_token_cookies_are_refused_and_cookie_names_are_trimmed() {
+    let t = ThreePlaces::start().await;
+    let (good, forged) = (&t.good, &t.forged);
+    for cookie in [
+        format!("session={good}; session={forged}"),
+        format!("session={good}; theme=dark; session={good}"),
+    ] {
+        assert_refused(&t.get(&[("cookie", &cookie)]).await, &cookie);
+    }
+    let (first, second) = (format!("session={good}"), format!("session={forged}"));
+    let reply = t.get(&[("cookie", &first), ("cookie", &second)]).await;
+    assert_refused(&reply, "session in two cookie fields");
+    let reply = t.get(&[("cookie", &format!("session ={forged}"))]).await;
+    assert_refused(&reply, "session =forged");
+    let reply = t
+        .get(&[("cookie", &format!("theme=dark; session = {good}"))])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(app_headers(&reply)["x-ck-user"], json!(["alice"]));
+    assert_eq!(t.app.requests(), 1);
+}
+
+/// A token that is not ASCII is there, and malformed; another cookie's
+/// non-ASCII value is no token.
+#[tokio::test]
+async fn a_token_that_is_not_ascii_is_malformed() {
+    let t = ThreePlaces::start().await;
+    for (name, value) in [
+        ("authorization", "Bearer é"),
+        ("x-token", "é"),
+        ("cookie", "session=é"),
+    ] {
+        assert_refused(&t.get(&[(name, value)]).await, value);
+    }
+    let reply = t.get(&[("cookie", "theme=é")]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let labels = [("provider", "bearer"), ("result", "malformed")];
+    let metric = "remora_jwt_validations_total";
+    assert_eq!(t.proxy.metric(metric, &labels).await, 1.0);
+}

@@ -496,7 +496,7 @@ pub const CATALOGUE: &[MetricDoc] = &[
         name: JWT_VALIDATIONS_TOTAL,
         kind: Kind::Counter,
         labels: &["provider", "result"],
-        meaning: "Tokens checked by `inbound.jwt`, by provider and `result`: `ok`, or why one was refused with 401 (`malformed`, `algorithm`, `unknown_key`, `bad_signature`, `expired`, `not_yet_valid`, `issued_in_future`, `issuer`, `audience`); `missing` (a request without a token where one is required) has `provider=\"\"`. Registered at start, only with `inbound.jwt`.",
+        meaning: "Tokens checked by `inbound.jwt`, by provider and `result`: `ok`, or why one was refused with 401 (`malformed`, `duplicate`, `algorithm`, `unknown_key`, `bad_signature`, `expired`, `not_yet_valid`, `issued_in_future`, `issuer`, `audience`); `missing` (a request without a token where one is required) has `provider=\"\"`. Registered at start, only with `inbound.jwt`.",
     },
     MetricDoc {
         name: JWKS_FETCHES_TOTAL,

@@ -11,6 +11,8 @@
 //!    one found is the request's token. The providers reading it there are
 //!    the candidates; with several, the one whose `issuer` is the token's
 //!    (unverified) `iss` verifies it.
+//!    A place holding two tokens (two `Authorization` fields, say) or one
+//!    that is not ASCII is refused (`token`), counted for its first reader.
 //! 3. No token: the request passes unauthenticated, unless the first rule
 //!    whose `prefix` the path starts with, or else `required`, requires
 //!    one: 401 `missing`.
@@ -37,7 +39,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::{BoxFuture, Either};
-use http::{HeaderName, Request, Response};
+use http::{HeaderMap, HeaderName, Request, Response};
 use metrics::Counter;
 use tower::{Layer, Service};
 
@@ -110,25 +112,42 @@ impl Policy {
             .map_or(self.required, |rule| rule.required)
     }
 
-    /// The request's token and the index of the provider that verifies it.
-    fn token_of<B>(&self, request: &Request<B>) -> Option<(String, usize)> {
-        let headers = request.headers();
-        let (first, token) = (self.providers.iter().enumerate())
-            .find_map(|(i, provider)| Some((i, provider.location.find(headers)?)))?;
+    /// The request's token and the index of the provider that verifies it;
+    /// refused (with the provider that counts it) when a place holds a
+    /// token twice or one that cannot be read.
+    fn token_of(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<(String, usize)>, (usize, TokenRejection)> {
+        let mut found = None;
+        for (i, provider) in self.providers.iter().enumerate() {
+            if let Some(token) = provider
+                .location
+                .find(headers)
+                .map_err(|reason| (i, reason))?
+            {
+                found = Some((i, token));
+                break;
+            }
+        }
+        let Some((first, token)) = found else {
+            return Ok(None);
+        };
+        let reads_it = |provider: &&Provider| provider.location.find(headers) == Ok(Some(token));
         let mut candidates = (self.providers.iter().enumerate().skip(first))
-            .filter(|(_, provider)| provider.location.find(headers) == Some(token))
+            .filter(|(_, provider)| reads_it(provider))
             .map(|(i, _)| i);
         let chosen = match (candidates.next(), candidates.next()) {
             (Some(only), None) => only,
             _ => {
                 let issuer = unverified_issuer(token);
                 (self.providers.iter().enumerate().skip(first))
-                    .filter(|(_, provider)| provider.location.find(headers) == Some(token))
+                    .filter(|(_, provider)| reads_it(provider))
                     .find(|(_, provider)| issuer.as_deref() == Some(provider.issuer.as_str()))
                     .map_or(first, |(i, _)| i)
             }
         };
-        Some((token.to_owned(), chosen))
+        Ok(Some((token.to_owned(), chosen)))
     }
 }
 
@@ -158,13 +177,21 @@ where
             });
             unnominate(headers, &policy.claim_headers);
         }
-        let Some((token, index)) = policy.token_of(&request) else {
-            if policy.required(request.uri().path()) {
-                policy.missing.increment(1);
-                let missing = Err(ProxyError::Unauthenticated(TokenRejection::Missing));
-                return Either::Right(Box::pin(std::future::ready(missing)));
+        let (token, index) = match policy.token_of(request.headers()) {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                if policy.required(request.uri().path()) {
+                    policy.missing.increment(1);
+                    return refuse(TokenRejection::Missing);
+                }
+                return Either::Left(self.inner.call(request));
             }
-            return Either::Left(self.inner.call(request));
+            Err((index, reason)) => {
+                let provider = &policy.providers[index];
+                provider.count(Err(reason));
+                tracing::debug!(provider = %provider.name, %reason, "JWT refused");
+                return refuse(reason);
+            }
         };
         // The service that was polled ready goes into the future.
         let clone = self.inner.clone();
@@ -191,4 +218,12 @@ where
             inner.call(request).await
         }))
     }
+}
+
+/// A 401 for `reason`, as this layer's future.
+fn refuse<F>(
+    reason: TokenRejection,
+) -> Either<F, BoxFuture<'static, Result<Response<ResponseBody>, ProxyError>>> {
+    let refused = Err(ProxyError::Unauthenticated(reason));
+    Either::Right(Box::pin(std::future::ready(refused)))
 }

@@ -1,11 +1,18 @@
 //! Where a provider's token is read (`Authorization: Bearer`, a named
 //! header, a cookie) and taken out again when it is not forwarded, and how
 //! verified claims become request headers (`claims_to_headers`).
+//!
+//! A place holds one token at most: a second `Authorization` field (RFC
+//! 9110 §11.6.2: a singleton), a second field of the token header or a
+//! second cookie of the name is refused (`duplicate`), since which one the
+//! application reads is its own guess. A token that is not ASCII is there,
+//! and malformed. Cookie names and values are trimmed (RFC 6265 §5.2).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use crate::config::TokenLocation;
+use crate::error::TokenRejection;
 
 /// Where one provider reads its token.
 pub(super) enum Location {
@@ -30,27 +37,32 @@ impl Location {
         }
     }
 
-    /// The token this location holds in `headers`, if any.
-    pub(super) fn find<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+    /// The token this location holds in `headers`, if any; refused when
+    /// the location is there twice, or the token is not ASCII.
+    pub(super) fn find<'h>(
+        &self,
+        headers: &'h HeaderMap,
+    ) -> Result<Option<&'h str>, TokenRejection> {
         let token = match self {
-            Location::Bearer => {
-                let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-                bearer(value)?
-            }
-            Location::Header(name) => {
-                let value = headers.get(name)?.to_str().ok()?;
-                bearer(value).unwrap_or(value)
-            }
-            Location::Cookie(name) => (headers.get_all(header::COOKIE).iter())
-                .filter_map(|value| value.to_str().ok())
-                .flat_map(|value| value.split(';'))
-                .find_map(|pair| {
-                    let (key, value) = pair.trim().split_once('=')?;
-                    (key == name).then_some(value)
-                })?,
+            Location::Bearer => at_most_one(headers.get_all(header::AUTHORIZATION).iter())?
+                .and_then(|value| bearer(value.as_bytes())),
+            Location::Header(name) => at_most_one(headers.get_all(name).iter())?
+                .map(|value| bearer(value.as_bytes()).unwrap_or(value.as_bytes())),
+            Location::Cookie(name) => at_most_one(
+                cookie_pairs(headers)
+                    .filter_map(name_value)
+                    .filter(|(key, _)| *key == name.as_bytes())
+                    .map(|(_, value)| value),
+            )?,
         };
-        let token = token.trim();
-        (!token.is_empty()).then_some(token)
+        let token = token.map(<[u8]>::trim_ascii).unwrap_or_default();
+        if token.is_empty() {
+            return Ok(None);
+        }
+        match std::str::from_utf8(token) {
+            Ok(token) if token.is_ascii() => Ok(Some(token)),
+            _ => Err(TokenRejection::Malformed),
+        }
     }
 
     /// Takes the token out of `headers` (the other cookies stay).
@@ -63,17 +75,13 @@ impl Location {
                 headers.remove(name);
             }
             Location::Cookie(name) => {
-                let kept: Vec<String> = (headers.get_all(header::COOKIE).iter())
-                    .filter_map(|value| value.to_str().ok())
-                    .flat_map(|value| value.split(';'))
-                    .map(str::trim)
-                    .filter(|pair| pair.split_once('=').is_none_or(|(key, _)| key != name))
-                    .filter(|pair| !pair.is_empty())
-                    .map(str::to_owned)
+                let kept: Vec<&[u8]> = cookie_pairs(headers)
+                    .filter(|pair| name_value(pair).is_none_or(|(key, _)| key != name.as_bytes()))
                     .collect();
+                let kept = HeaderValue::from_bytes(&kept.join(&b"; "[..]));
                 headers.remove(header::COOKIE);
-                if let Ok(value) = HeaderValue::from_str(&kept.join("; "))
-                    && !kept.is_empty()
+                if let Ok(value) = kept
+                    && !value.is_empty()
                 {
                     headers.insert(header::COOKIE, value);
                 }
@@ -82,10 +90,33 @@ impl Location {
     }
 }
 
+/// The only item of `items`, if any; a second one is a duplicate.
+fn at_most_one<T>(mut items: impl Iterator<Item = T>) -> Result<Option<T>, TokenRejection> {
+    let first = items.next();
+    match items.next() {
+        Some(_) => Err(TokenRejection::Duplicate),
+        None => Ok(first),
+    }
+}
+
 /// The credentials of a `Bearer` authorization value (RFC 6750 §2.1).
-fn bearer(value: &str) -> Option<&str> {
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = value.split_at_checked(b"bearer ".len())?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then_some(token)
+}
+
+/// The pairs of every `Cookie` field, trimmed, empty ones left out.
+fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    (headers.get_all(header::COOKIE).iter())
+        .flat_map(|value| value.as_bytes().split(|&byte| byte == b';'))
+        .map(<[u8]>::trim_ascii)
+        .filter(|pair| !pair.is_empty())
+}
+
+/// A cookie pair's name and value, each trimmed; none without `=`.
+fn name_value(pair: &[u8]) -> Option<(&[u8], &[u8])> {
+    let equals = pair.iter().position(|&byte| byte == b'=')?;
+    Some((pair[..equals].trim_ascii(), pair[equals + 1..].trim_ascii()))
 }
 
 /// One `claims_to_headers` entry: a claim (dotted: nested) and its header.
@@ -170,7 +201,7 @@ mod tests {
             .map(|(name, value)| {
                 (
                     HeaderName::from_static(name),
-                    HeaderValue::from_static(value),
+                    HeaderValue::from_str(value).unwrap(),
                 )
             })
             .collect()
@@ -179,39 +210,104 @@ mod tests {
     #[test]
     fn bearer_is_read_in_any_case_and_other_schemes_are_no_token() {
         let location = Location::of(None);
-        assert_eq!(
-            location.find(&headers(&[("authorization", "bearer a.b.c")])),
-            Some("a.b.c")
-        );
-        assert_eq!(
-            location.find(&headers(&[("authorization", "Bearer  a.b.c ")])),
-            Some("a.b.c")
-        );
-        assert_eq!(
-            location.find(&headers(&[("authorization", "Basic dXNlcg==")])),
-            None
-        );
-        assert_eq!(
-            location.find(&headers(&[("authorization", "Bearer ")])),
-            None
-        );
+        for (value, token) in [
+            ("bearer a.b.c", Some("a.b.c")),
+            ("Bearer  a.b.c ", Some("a.b.c")),
+            ("Basic dXNlcg==", None),
+            ("Basic é", None),
+            ("Bearer ", None),
+            ("Bearer", None),
+        ] {
+            let request = headers(&[("authorization", value)]);
+            assert_eq!(location.find(&request), Ok(token), "{value}");
+        }
+    }
+
+    #[test]
+    fn a_second_authorization_field_is_a_duplicate_whatever_it_says() {
+        let location = Location::of(None);
+        for (first, second) in [
+            ("Basic dXNlcg==", "Bearer a.b.c"),
+            ("Bearer a.b.c", "Basic dXNlcg=="),
+            ("Bearer a.b.c", "Bearer a.b.c"),
+        ] {
+            let request = headers(&[("authorization", first), ("authorization", second)]);
+            assert_eq!(location.find(&request), Err(TokenRejection::Duplicate));
+        }
+    }
+
+    #[test]
+    fn a_token_header_is_read_once_with_or_without_bearer() {
+        let location = Location::of(Some(&x_token()));
+        for (value, token) in [
+            ("a.b.c", Some("a.b.c")),
+            ("Bearer a.b.c", Some("a.b.c")),
+            (" ", None),
+        ] {
+            let request = headers(&[("x-token", value)]);
+            assert_eq!(location.find(&request), Ok(token), "{value}");
+        }
+        let twice = headers(&[("x-token", "a.b.c"), ("x-token", "d.e.f")]);
+        assert_eq!(location.find(&twice), Err(TokenRejection::Duplicate));
+    }
+
+    #[test]
+    fn a_token_that_is_not_ascii_is_malformed() {
+        for (from, name, value) in [
+            (None, "authorization", "Bearer é"),
+            (Some(x_token()), "x-token", "a.b.é"),
+            (Some(session()), "cookie", "a=1; session=é"),
+        ] {
+            let request = headers(&[(name, value)]);
+            let found = Location::of(from.as_ref()).find(&request);
+            assert_eq!(found, Err(TokenRejection::Malformed), "{value}");
+        }
     }
 
     #[test]
     fn a_cookie_is_found_among_others_and_removed_alone() {
-        let from = TokenLocation {
-            header: None,
-            cookie: Some("session".into()),
-        };
-        let location = Location::of(Some(&from));
-        let mut request = headers(&[("cookie", "a=1; session=x.y.z"), ("cookie", "b=2")]);
-        assert_eq!(location.find(&request), Some("x.y.z"));
+        let location = Location::of(Some(&session()));
+        let mut request = headers(&[("cookie", "a=1; session=x.y.z"), ("cookie", "b=é")]);
+        assert_eq!(location.find(&request), Ok(Some("x.y.z")));
         location.remove(&mut request);
         assert_eq!(
             request.get_all("cookie").iter().collect::<Vec<_>>(),
-            ["a=1; b=2"]
+            ["a=1; b=é"]
         );
-        assert_eq!(location.find(&request), None);
+        assert_eq!(location.find(&request), Ok(None));
+    }
+
+    #[test]
+    fn cookie_names_are_trimmed_and_two_of_the_name_are_a_duplicate() {
+        let location = Location::of(Some(&session()));
+        let mut request = headers(&[("cookie", "a=1;session = x.y.z ;b")]);
+        assert_eq!(location.find(&request), Ok(Some("x.y.z")));
+        location.remove(&mut request);
+        assert_eq!(request["cookie"], "a=1; b");
+        for twice in [
+            &[("cookie", "session=x.y.z; session=u.v.w")][..],
+            &[("cookie", "session=x.y.z; a=1; session =x.y.z")],
+            &[("cookie", "session=x.y.z"), ("cookie", "session=u.v.w")],
+        ] {
+            assert_eq!(
+                location.find(&headers(twice)),
+                Err(TokenRejection::Duplicate)
+            );
+        }
+    }
+
+    fn x_token() -> TokenLocation {
+        TokenLocation {
+            header: Some("x-token".into()),
+            cookie: None,
+        }
+    }
+
+    fn session() -> TokenLocation {
+        TokenLocation {
+            header: None,
+            cookie: Some("session".into()),
+        }
     }
 
     #[test]
