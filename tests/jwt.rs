@@ -722,6 +722,35 @@ async fn a_second_authorization_or_token_header_field_is_refused() {
     }
 }
 
+/// A token in each of two providers' places: both are verified, either
+/// invalid is a 401, and both valid hand the app both providers' claims.
+#[tokio::test]
+async fn tokens_in_two_providers_places_are_both_verified() {
+    let t = ThreePlaces::start().await;
+    let reply = t
+        .get(&[
+            ("authorization", &bearer(&t.good)),
+            ("x-token", &t.hs_forged),
+        ])
+        .await;
+    assert_refused(&reply, "a valid Bearer and a forged x-token");
+    let cookie = format!("session={}", t.forged);
+    let reply = t.get(&[("x-token", &t.hs_good), ("cookie", &cookie)]).await;
+    assert_refused(&reply, "a valid x-token and a forged cookie");
+    let reply = t
+        .get(&[("authorization", &bearer(&t.good)), ("x-token", &t.hs_good)])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let seen = app_headers(&reply);
+    assert_eq!(seen["x-user"], json!(["alice"]));
+    assert_eq!(seen["x-hs-user"], json!(["bob"]));
+    assert!(
+        seen.get("authorization").is_none() && seen.get("x-token").is_none(),
+        "both tokens are taken out: {seen}"
+    );
+    assert_eq!(t.app.requests(), 1);
+}
+
 /// Two cookies of the provider's name are ambiguous (applications differ
 /// on which they read); a space before `=` still names the cookie.
 #[tokio::test]

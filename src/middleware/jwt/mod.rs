@@ -6,17 +6,18 @@
 //!    any spelling an application may fold into it (case, `_` for `-`), so
 //!    a client cannot pass claims of its own; nor can `Connection` name
 //!    them (hop-by-hop stripping would remove the verified ones).
-//! 2. The token is looked for at each provider's location in order
-//!    (`Authorization: Bearer` by default, a header, a cookie); the first
-//!    one found is the request's token. The providers reading it there are
-//!    the candidates; with several, the one whose `issuer` is the token's
-//!    (unverified) `iss` verifies it.
-//!    A place holding two tokens (two `Authorization` fields, say) or one
-//!    that is not ASCII is refused (`token`), counted for its first reader.
+//! 2. Tokens are looked for at every place a provider reads one
+//!    (`Authorization: Bearer` by default, a header, a cookie), each place
+//!    once, in the order of the providers; the first found is the
+//!    request's token. A token is verified by the provider reading its
+//!    place; with several, the one whose `issuer` is the token's
+//!    (unverified) `iss`. A place holding two tokens (two `Authorization`
+//!    fields, say) or one that is not ASCII is refused (`token`), counted
+//!    for its first reader.
 //! 3. No token: the request passes unauthenticated, unless the first rule
 //!    whose `prefix` the path starts with, or else `required`, requires
 //!    one: 401 `missing`.
-//! 4. A token is verified (`verify`: algorithm for the key, signature,
+//! 4. Every token found is verified (`verify`: algorithm for the key, signature,
 //!    `iss`, `aud`, `exp`/`nbf`/`iat` with the leeway; an unknown `kid`
 //!    refreshes the JWKS early once, `source`). Invalid: 401 whatever the
 //!    rules say — [`ProxyError::Unauthenticated`], answered with
@@ -25,9 +26,11 @@
 //!    log and `remora_jwt_validations_total`, never the token.
 //!    A verified token is kept (`cache`) until it expires, so the same
 //!    token sent again skips the signature check.
-//! 5. Valid: the claims are set as headers (`claims_to_headers`), the token
-//!    is taken out unless the provider `forward`s it, and the request
-//!    carries [`VerifiedClaims`] for the authorization layer inside.
+//! 5. All valid: each token's claims are set as headers
+//!    (`claims_to_headers`; the request's token's win a header two
+//!    providers write), each token is taken out unless its provider
+//!    `forward`s it, and the request carries the request's token's
+//!    [`VerifiedClaims`] for the authorization layer inside.
 
 mod cache;
 mod keys;
@@ -43,8 +46,8 @@ use http::{HeaderMap, HeaderName, Request, Response};
 use metrics::Counter;
 use tower::{Layer, Service};
 
-use self::token::unnominate;
-use self::verify::{Provider, unverified_issuer};
+use self::token::{Location, unnominate};
+use self::verify::{Claims, Provider, unverified_issuer};
 use crate::body::ResponseBody;
 use crate::config::{JwtConfig, JwtRule};
 use crate::context::VerifiedClaims;
@@ -60,6 +63,8 @@ pub struct JwtLayer {
 
 struct Policy {
     providers: Vec<Provider>,
+    /// Where tokens are read, each place once, in the order of the providers.
+    places: Vec<Place>,
     required: bool,
     rules: Vec<JwtRule>,
     /// Every `claims_to_headers` header, removed from incoming requests.
@@ -67,10 +72,46 @@ struct Policy {
     missing: Counter,
 }
 
+/// A place tokens are read from, and the providers reading there (indices
+/// into `providers`, in order).
+struct Place {
+    location: Location,
+    readers: Vec<usize>,
+}
+
+/// A token found in a request, its place, and the provider verifying it.
+struct Found {
+    token: String,
+    place: usize,
+    provider: usize,
+}
+
+/// The tokens of a request: the first found, which is the request's token,
+/// and those in later places (none, usually: no allocation).
+struct Tokens {
+    first: Found,
+    others: Vec<Found>,
+}
+
 impl JwtLayer {
     /// The layer of `config`; JWKS files are read and URLs start loading.
     pub fn new(config: &JwtConfig) -> Self {
-        let providers: Vec<Provider> = config.providers.iter().filter_map(Provider::new).collect();
+        let mut providers = Vec::new();
+        let mut places: Vec<Place> = Vec::new();
+        for config in &config.providers {
+            let Some(provider) = Provider::new(config) else {
+                continue;
+            };
+            let location = Location::of(config.from.as_ref());
+            match places.iter_mut().find(|place| place.location == location) {
+                Some(place) => place.readers.push(providers.len()),
+                None => places.push(Place {
+                    location,
+                    readers: vec![providers.len()],
+                }),
+            }
+            providers.push(provider);
+        }
         let mut claim_headers: Vec<HeaderName> = (providers.iter())
             .flat_map(|provider| provider.claims_to_headers.iter())
             .map(|claim| claim.header.clone())
@@ -80,6 +121,7 @@ impl JwtLayer {
         Self {
             policy: Arc::new(Policy {
                 providers,
+                places,
                 required: config.required,
                 rules: config.rules.clone(),
                 claim_headers,
@@ -112,42 +154,68 @@ impl Policy {
             .map_or(self.required, |rule| rule.required)
     }
 
-    /// The request's token and the index of the provider that verifies it;
-    /// refused (with the provider that counts it) when a place holds a
-    /// token twice or one that cannot be read.
-    fn token_of(
-        &self,
-        headers: &HeaderMap,
-    ) -> Result<Option<(String, usize)>, (usize, TokenRejection)> {
-        let mut found = None;
-        for (i, provider) in self.providers.iter().enumerate() {
-            if let Some(token) = provider
-                .location
-                .find(headers)
-                .map_err(|reason| (i, reason))?
-            {
-                found = Some((i, token));
-                break;
+    /// Every token of the request, one per place, each with the provider
+    /// verifying it; refused (with the provider counting it) when a place
+    /// holds two, or one that is not ASCII.
+    fn tokens_of(&self, headers: &HeaderMap) -> Result<Option<Tokens>, ProxyError> {
+        let mut found = (self.places.iter().enumerate()).filter_map(|(index, place)| {
+            match place.location.find(headers) {
+                Ok(None) => None,
+                Ok(Some(token)) => Some(Ok(Found {
+                    token: token.to_owned(),
+                    place: index,
+                    provider: self.verifier(place, token),
+                })),
+                Err(reason) => Some(Err(self.refusal(place.readers[0], reason))),
             }
-        }
-        let Some((first, token)) = found else {
+        });
+        let Some(first) = found.next().transpose()? else {
             return Ok(None);
         };
-        let reads_it = |provider: &&Provider| provider.location.find(headers) == Ok(Some(token));
-        let mut candidates = (self.providers.iter().enumerate().skip(first))
-            .filter(|(_, provider)| reads_it(provider))
-            .map(|(i, _)| i);
-        let chosen = match (candidates.next(), candidates.next()) {
-            (Some(only), None) => only,
-            _ => {
-                let issuer = unverified_issuer(token);
-                (self.providers.iter().enumerate().skip(first))
-                    .filter(|(_, provider)| reads_it(provider))
-                    .find(|(_, provider)| issuer.as_deref() == Some(provider.issuer.as_str()))
-                    .map_or(first, |(i, _)| i)
-            }
-        };
-        Ok(Some((token.to_owned(), chosen)))
+        let others = found.collect::<Result<_, _>>()?;
+        Ok(Some(Tokens { first, others }))
+    }
+
+    /// The provider that verifies `token` found at `place`: its only
+    /// reader, else the one whose `issuer` is the token's `iss`, else the
+    /// first.
+    fn verifier(&self, place: &Place, token: &str) -> usize {
+        if let [only] = place.readers[..] {
+            return only;
+        }
+        let issuer = unverified_issuer(token);
+        (place.readers.iter().copied())
+            .find(|&index| issuer.as_deref() == Some(self.providers[index].issuer.as_str()))
+            .unwrap_or(place.readers[0])
+    }
+
+    /// The claims of a token its provider verifies (counted either way).
+    async fn verify(&self, found: &Found) -> Result<Arc<Claims>, ProxyError> {
+        let provider = &self.providers[found.provider];
+        let claims = (provider.verify(&found.token).await)
+            .map_err(|reason| self.refusal(found.provider, reason))?;
+        provider.count(Ok(()));
+        Ok(claims)
+    }
+
+    /// A refusal by provider `index`: counted and logged (never the token).
+    fn refusal(&self, index: usize, reason: TokenRejection) -> ProxyError {
+        let provider = &self.providers[index];
+        provider.count(Err(reason));
+        tracing::debug!(provider = %provider.name, %reason, "JWT refused");
+        ProxyError::Unauthenticated(reason)
+    }
+
+    /// Hands a verified token's claims to the application as headers, and
+    /// takes the token out unless its provider forwards it.
+    fn admit(&self, found: &Found, claims: &Claims, headers: &mut HeaderMap) {
+        let provider = &self.providers[found.provider];
+        for claim in &provider.claims_to_headers {
+            claim.apply(claims, headers);
+        }
+        if !provider.forward {
+            self.places[found.place].location.remove(headers);
+        }
     }
 }
 
@@ -177,42 +245,34 @@ where
             });
             unnominate(headers, &policy.claim_headers);
         }
-        let (token, index) = match policy.token_of(request.headers()) {
-            Ok(Some(found)) => found,
+        let tokens = match policy.tokens_of(request.headers()) {
+            Ok(Some(tokens)) => tokens,
             Ok(None) => {
                 if policy.required(request.uri().path()) {
                     policy.missing.increment(1);
-                    return refuse(TokenRejection::Missing);
+                    return refused(ProxyError::Unauthenticated(TokenRejection::Missing));
                 }
                 return Either::Left(self.inner.call(request));
             }
-            Err((index, reason)) => {
-                let provider = &policy.providers[index];
-                provider.count(Err(reason));
-                tracing::debug!(provider = %provider.name, %reason, "JWT refused");
-                return refuse(reason);
-            }
+            Err(refusal) => return refused(refusal),
         };
         // The service that was polled ready goes into the future.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Either::Right(Box::pin(async move {
-            let provider = &policy.providers[index];
-            let verified = provider.verify(&token).await;
-            provider.count(verified.as_ref().map(|_| ()).map_err(|reason| *reason));
-            let claims = verified.map_err(|reason| {
-                tracing::debug!(provider = %provider.name, %reason, "JWT refused");
-                ProxyError::Unauthenticated(reason)
-            })?;
+            let claims = policy.verify(&tokens.first).await?;
+            let mut others = Vec::with_capacity(tokens.others.len());
+            for found in &tokens.others {
+                others.push(policy.verify(found).await?);
+            }
             let headers = request.headers_mut();
-            for claim in &provider.claims_to_headers {
-                claim.apply(&claims, headers);
+            // The request's token last, so that its claims win.
+            for (found, claims) in tokens.others.iter().zip(&others).rev() {
+                policy.admit(found, claims, headers);
             }
-            if !provider.forward {
-                provider.location.remove(headers);
-            }
+            policy.admit(&tokens.first, &claims, headers);
             request.extensions_mut().insert(VerifiedClaims {
-                provider: Arc::clone(&provider.name),
+                provider: Arc::clone(&policy.providers[tokens.first.provider].name),
                 claims,
             });
             inner.call(request).await
@@ -220,10 +280,9 @@ where
     }
 }
 
-/// A 401 for `reason`, as this layer's future.
-fn refuse<F>(
-    reason: TokenRejection,
+/// This layer's future for a request refused before any verification.
+fn refused<F>(
+    refusal: ProxyError,
 ) -> Either<F, BoxFuture<'static, Result<Response<ResponseBody>, ProxyError>>> {
-    let refused = Err(ProxyError::Unauthenticated(reason));
-    Either::Right(Box::pin(std::future::ready(refused)))
+    Either::Right(Box::pin(std::future::ready(Err(refusal))))
 }

@@ -15,6 +15,7 @@ use crate::config::TokenLocation;
 use crate::error::TokenRejection;
 
 /// Where one provider reads its token.
+#[derive(PartialEq)]
 pub(super) enum Location {
     /// `Authorization: Bearer <token>` (the scheme in any case).
     Bearer,

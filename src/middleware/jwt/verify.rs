@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use super::cache::TokenCache;
 use super::keys::{Lookup, VERIFIABLE};
 use super::source::KeySource;
-use super::token::{ClaimHeader, Location};
+use super::token::ClaimHeader;
 use crate::config::JwtProvider;
 use crate::error::TokenRejection;
 use crate::telemetry::metrics::jwt_validations;
@@ -38,7 +38,6 @@ pub(super) struct Provider {
     /// The checks of `jsonwebtoken` for each algorithm the keys allow.
     validations: HashMap<Algorithm, Validation>,
     leeway: f64,
-    pub(super) location: Location,
     pub(super) claims_to_headers: Vec<ClaimHeader>,
     pub(super) forward: bool,
     cache: TokenCache,
@@ -75,7 +74,6 @@ impl Provider {
             keys,
             validations,
             leeway: config.leeway.as_secs_f64(),
-            location: Location::of(config.from.as_ref()),
             claims_to_headers: (config.claims_to_headers.iter())
                 .filter_map(|(claim, header)| ClaimHeader::new(claim, header))
                 .collect(),
