@@ -722,6 +722,29 @@ async fn a_second_authorization_or_token_header_field_is_refused() {
     }
 }
 
+/// A token header's underscore spelling, which CGI/WSGI apps read as the
+/// header itself, is taken out like a claim header's.
+#[tokio::test]
+async fn a_token_header_in_underscore_spelling_never_reaches_the_app() {
+    let t = ThreePlaces::start().await;
+    let reply = t
+        .get(&[("x_token", &t.hs_forged), ("X_Token", &t.hs_forged)])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let seen = app_headers(&reply);
+    assert!(seen.get("x_token").is_none(), "{seen}");
+    let reply = t
+        .get(&[("x-token", &t.hs_good), ("x_token", &t.hs_forged)])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let seen = app_headers(&reply);
+    assert_eq!(seen["x-hs-user"], json!(["bob"]));
+    assert!(
+        seen.get("x_token").is_none() && seen.get("x-token").is_none(),
+        "{seen}"
+    );
+}
+
 /// A token in each of two providers' places: both are verified, either
 /// invalid is a 401, and both valid hand the app both providers' claims.
 #[tokio::test]

@@ -5,7 +5,9 @@
 //! 1. Every header some provider's `claims_to_headers` writes is removed, in
 //!    any spelling an application may fold into it (case, `_` for `-`), so
 //!    a client cannot pass claims of its own; nor can `Connection` name
-//!    them (hop-by-hop stripping would remove the verified ones).
+//!    them (hop-by-hop stripping would remove the verified ones). A token
+//!    header (`from: { header }`) in another spelling (`x_token` for
+//!    `x-token`) is removed too: an application may read it as the token.
 //! 2. Tokens are looked for at every place a provider reads one
 //!    (`Authorization: Bearer` by default, a header, a cookie), each place
 //!    once, in the order of the providers; the first found is the
@@ -69,6 +71,8 @@ struct Policy {
     rules: Vec<JwtRule>,
     /// Every `claims_to_headers` header, removed from incoming requests.
     claim_headers: Vec<HeaderName>,
+    /// The token headers with a `-`, whose other spellings are removed.
+    token_headers: Vec<HeaderName>,
     missing: Counter,
 }
 
@@ -118,6 +122,11 @@ impl JwtLayer {
             .collect();
         claim_headers.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
         claim_headers.dedup();
+        let token_headers = (places.iter())
+            .filter_map(|place| place.location.header())
+            .filter(|name| name.as_str().contains('-'))
+            .cloned()
+            .collect();
         Self {
             policy: Arc::new(Policy {
                 providers,
@@ -125,6 +134,7 @@ impl JwtLayer {
                 required: config.required,
                 rules: config.rules.clone(),
                 claim_headers,
+                token_headers,
                 missing: jwt_validations("", TokenRejection::Missing.as_str()),
             }),
         }
@@ -152,6 +162,13 @@ impl Policy {
         (self.rules.iter())
             .find(|rule| path.starts_with(&rule.prefix))
             .map_or(self.required, |rule| rule.required)
+    }
+
+    /// True for a header the application must not get from the client: a
+    /// claim header in any spelling, a token header in another spelling.
+    fn strips(&self, name: &HeaderName) -> bool {
+        (self.claim_headers.iter()).any(|claim| reads_as(name, claim))
+            || (self.token_headers.iter()).any(|token| name != token && reads_as(name, token))
     }
 
     /// Every token of the request, one per place, each with the provider
@@ -238,11 +255,9 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let policy = Arc::clone(&self.policy);
-        if !policy.claim_headers.is_empty() {
+        if !policy.claim_headers.is_empty() || !policy.token_headers.is_empty() {
             let headers = request.headers_mut();
-            remove_headers(headers, |name| {
-                (policy.claim_headers.iter()).any(|claim| reads_as(name, claim))
-            });
+            remove_headers(headers, |name| policy.strips(name));
             unnominate(headers, &policy.claim_headers);
         }
         let tokens = match policy.tokens_of(request.headers()) {

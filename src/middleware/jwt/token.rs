@@ -38,6 +38,14 @@ impl Location {
         }
     }
 
+    /// The header of a `Header` location.
+    pub(super) fn header(&self) -> Option<&HeaderName> {
+        match self {
+            Location::Header(name) => Some(name),
+            _ => None,
+        }
+    }
+
     /// The token this location holds in `headers`, if any; refused when
     /// the location is there twice, or the token is not ASCII.
     pub(super) fn find<'h>(
