@@ -791,6 +791,10 @@ async fn two_token_cookies_are_refused_and_cookie_names_are_trimmed() {
     assert_refused(&reply, "session in two cookie fields");
     let reply = t.get(&[("cookie", &format!("session ={forged}"))]).await;
     assert_refused(&reply, "session =forged");
+    // Python's http.cookies also splits at whitespace: it reads the last
+    // `session` here, remora the first.
+    let hidden = format!("session={good}; x=1 session={forged}");
+    assert_refused(&t.get(&[("cookie", &hidden)]).await, &hidden);
     let reply = t
         .get(&[("cookie", &format!("theme=dark; session = {good}"))])
         .await;

@@ -5,8 +5,11 @@
 //! A place holds one token at most: a second `Authorization` field (RFC
 //! 9110 §11.6.2: a singleton), a second field of the token header or a
 //! second cookie of the name is refused (`duplicate`), since which one the
-//! application reads is its own guess. A token that is not ASCII is there,
-//! and malformed. Cookie names and values are trimmed (RFC 6265 §5.2).
+//! application reads is its own guess. So is a token cookie hidden in
+//! another cookie's value after whitespace or a comma (`x=1 session=…`),
+//! where lax parsers (Python's `http.cookies`) split cookies too. A token
+//! that is not ASCII is there, and malformed. Cookie names and values are
+//! trimmed (RFC 6265 §5.2).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
@@ -57,12 +60,16 @@ impl Location {
                 .and_then(|value| bearer(value.as_bytes())),
             Location::Header(name) => at_most_one(headers.get_all(name).iter())?
                 .map(|value| bearer(value.as_bytes()).unwrap_or(value.as_bytes())),
-            Location::Cookie(name) => at_most_one(
-                cookie_pairs(headers)
-                    .filter_map(name_value)
-                    .filter(|(key, _)| *key == name.as_bytes())
-                    .map(|(_, value)| value),
-            )?,
+            Location::Cookie(name) => {
+                let name = name.as_bytes();
+                let named = (cookie_pairs(headers).filter_map(name_value))
+                    .filter(|(key, value)| *key == name || hides(value, name));
+                match at_most_one(named)? {
+                    Some((key, value)) if key == name => Some(value),
+                    Some(_) => return Err(TokenRejection::Duplicate),
+                    None => None,
+                }
+            }
         };
         let token = token.map(<[u8]>::trim_ascii).unwrap_or_default();
         if token.is_empty() {
@@ -126,6 +133,15 @@ fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
 fn name_value(pair: &[u8]) -> Option<(&[u8], &[u8])> {
     let equals = pair.iter().position(|&byte| byte == b'=')?;
     Some((pair[..equals].trim_ascii(), pair[equals + 1..].trim_ascii()))
+}
+
+/// True when a lax cookie parser, splitting at whitespace and commas too,
+/// reads a cookie `name` in `value`.
+fn hides(value: &[u8], name: &[u8]) -> bool {
+    (0..value.len())
+        .filter(|&at| value[at].is_ascii_whitespace() || value[at] == b',')
+        .filter_map(|at| value[at + 1..].trim_ascii_start().strip_prefix(name))
+        .any(|rest| rest.trim_ascii_start().starts_with(b"="))
 }
 
 /// One `claims_to_headers` entry: a claim (dotted: nested) and its header.
@@ -293,10 +309,14 @@ mod tests {
         assert_eq!(location.find(&request), Ok(Some("x.y.z")));
         location.remove(&mut request);
         assert_eq!(request["cookie"], "a=1; b");
+        let other = headers(&[("cookie", "theme=dark mode; a=b,c; x=my session")]);
+        assert_eq!(location.find(&other), Ok(None));
         for twice in [
             &[("cookie", "session=x.y.z; session=u.v.w")][..],
             &[("cookie", "session=x.y.z; a=1; session =x.y.z")],
             &[("cookie", "session=x.y.z"), ("cookie", "session=u.v.w")],
+            &[("cookie", "session=x.y.z; a=1 session=u.v.w")],
+            &[("cookie", "a=1,session =u.v.w")],
         ] {
             assert_eq!(
                 location.find(&headers(twice)),
