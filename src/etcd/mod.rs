@@ -2,7 +2,8 @@
 //! tonic, rustls with ring): prefix and key reads that say at which
 //! revision they were made, watches from a revision on, and the lease
 //! calls of a registration. Discovery, registration and the configuration
-//! source use it; what an instance's value looks like is `value`.
+//! source use it; what an instance's value looks like is `value`, and
+//! whether a broken watch may resume where it was is `resume`.
 //!
 //! Endpoints come from `etcd.endpoints`, one connection per member.
 //! Requests go to one member, the first listed at the start; a request that
@@ -31,6 +32,7 @@
 //! its watches instead of keeping them silently open. Each attempt of a
 //! unary call times out after [`REQUEST_TIMEOUT`].
 
+pub mod resume;
 pub mod value;
 
 use std::path::Path;
@@ -210,6 +212,18 @@ impl Client {
     /// The key `key` (none or one), and the revision it was read at.
     pub async fn get(&self, key: &str) -> Result<Read, EtcdError> {
         self.read(key, None).await
+    }
+
+    /// The store's current revision, from a read of `key` (every key under
+    /// it when `prefix`) that asks only for the count: nothing is sent back
+    /// but the header. (The watched range itself, so a user allowed to read
+    /// only that range may ask.)
+    pub async fn revision(&self, key: &str, prefix: bool) -> Result<i64, EtcdError> {
+        let mut options = GetOptions::new().with_count_only();
+        if prefix {
+            options = options.with_prefix();
+        }
+        Ok(self.read(key, Some(options)).await?.revision)
     }
 
     async fn read(&self, key: &str, options: Option<GetOptions>) -> Result<Read, EtcdError> {
