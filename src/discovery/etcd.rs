@@ -11,7 +11,8 @@
 //! partitioned, an error), the watch is opened again from there after a
 //! jittered backoff (`backoff::Pacer`), and what changed meanwhile arrives
 //! as events. When etcd compacted that revision away, the set is read
-//! afresh instead (a compaction is not a failure).
+//! afresh instead (a compaction is not a failure), and so it is when etcd's
+//! revision went back below it: its data was replaced (`etcd::resume`).
 //!
 //! A value that describes no endpoint (neither form, a name instead of an
 //! IP address, port 0) is skipped, with a warning once per value (not again
@@ -27,7 +28,7 @@ use crate::backoff::Pacer;
 use crate::discovery::{EndpointSink, FailStatic, Instance};
 use crate::drain::Drain;
 use crate::etcd::value::InstanceValue;
-use crate::etcd::{Change, Client, EtcdError, KeyValue, Watched};
+use crate::etcd::{Change, Client, EtcdError, KeyValue, Watched, resume};
 
 /// Starts the watch of service `service` (keys under `prefix`) feeding
 /// `upstreams`; it stops when `drain` is signalled.
@@ -110,7 +111,7 @@ async fn watch(client: &Client, prefix: &str, mut state: FailStatic) {
     let mut pacer = Pacer::new();
     let mut instances = Instances::default();
     // The revision of the last change seen; `None` until the first read
-    // and after a compaction.
+    // and after a compaction or a replaced store.
     let mut revision = None;
     loop {
         pacer.turn().await;
@@ -133,8 +134,9 @@ async fn watch(client: &Client, prefix: &str, mut state: FailStatic) {
     }
 }
 
-/// Reads the set when `revision` is unknown, then watches from the next
-/// revision on, until something goes wrong.
+/// Reads the set when `revision` is unknown or no longer in etcd's store
+/// (`resume::still_held`), then watches from the next revision on, until
+/// something goes wrong.
 async fn follow(
     client: &Client,
     prefix: &str,
@@ -143,6 +145,9 @@ async fn follow(
     state: &mut FailStatic,
     pacer: &mut Pacer,
 ) -> Result<Infallible, EtcdError> {
+    if let Some(seen) = *revision {
+        *revision = resume::still_held(client, prefix, true, seen, "the service").await?;
+    }
     let from = match *revision {
         Some(seen) => seen,
         None => {

@@ -10,7 +10,9 @@
 //! etcd: the key is read, then watched from the revision after that read,
 //! so no change in between is missed. A broken watch (etcd down, a member
 //! partitioned) is opened again from the last revision seen; one whose
-//! revision was compacted meanwhile reads the key afresh instead.
+//! revision was compacted meanwhile reads the key afresh instead, and so
+//! does one whose store's revision went back below it (its data was
+//! replaced; `etcd::resume`).
 
 use std::convert::Infallible;
 
@@ -21,7 +23,7 @@ use crate::backoff::Pacer;
 use crate::config::{self, Config, ConfigErrors, ConfigSource};
 use crate::consul::{self, blocking::next_index};
 use crate::drain::Drain;
-use crate::etcd::{self, Change, EtcdError, Watched};
+use crate::etcd::{self, Change, EtcdError, Watched, resume};
 use crate::live::keep_fixed;
 use crate::telemetry::metrics;
 
@@ -236,7 +238,8 @@ async fn watch_etcd(
 ) {
     let mut hangup = hangup_signal();
     let mut pacer = Pacer::new();
-    // The revision of the last change seen; `None` after a compaction.
+    // The revision of the last change seen; `None` after a compaction or a
+    // replaced store.
     let mut revision = Some(revision);
     loop {
         let session = async {
@@ -272,8 +275,9 @@ async fn watch_etcd(
     }
 }
 
-/// Reads the key when `revision` is unknown, then watches it from the next
-/// revision on, until something goes wrong.
+/// Reads the key when `revision` is unknown or no longer in etcd's store
+/// (`etcd::resume::still_held`), then watches it from the next revision on,
+/// until something goes wrong.
 async fn follow_etcd(
     client: &etcd::Client,
     revision: &mut Option<i64>,
@@ -281,6 +285,9 @@ async fn follow_etcd(
     reloader: &Reloader,
     pacer: &mut Pacer,
 ) -> Result<Infallible, EtcdError> {
+    if let Some(seen) = *revision {
+        *revision = resume::still_held(client, &followed.key, false, seen, "the key").await?;
+    }
     let from = match *revision {
         Some(seen) => seen,
         None => {
