@@ -4,7 +4,8 @@
 //! sections the value may not set refused with `etcd:KEY:line:column`
 //! errors and counted while the running configuration serves, a deleted key
 //! counted once, fail static while etcd is down then changes flowing again
-//! after its restart, SIGHUP, and a missing or invalid key stopping the start.
+//! after its restart, SIGHUP, an etcd back with its data lost (its revision
+//! gone back) read afresh, and a missing or invalid key stopping the start.
 
 mod support;
 
@@ -15,7 +16,7 @@ use http::Version;
 
 use support::etcd::Etcd;
 use support::proxy::{ConfigFile, run_to_exit};
-use support::{ProxyProcess, get, http_backend, prom};
+use support::{ProxyProcess, eventually, get, http_backend, prom};
 
 const KEY: &str = "/config/remora/web";
 
@@ -113,6 +114,41 @@ async fn the_configuration_comes_from_an_etcd_key_and_follows_it() {
     log(&mut proxy, "SIGHUP received");
     log(&mut proxy, "configuration reloaded");
     assert!(reloads(&proxy, "success", before + 1.0).await >= before + 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_back_with_its_data_lost_is_read_afresh() {
+    let (a, b) = (http_backend("etcd-a"), http_backend("etcd-b"));
+    let mut etcd = Etcd::start();
+    // A store that lived: its revision is past what the fresh one reaches.
+    for _ in 0..5 {
+        etcd.put("/elsewhere/counter", "x");
+    }
+    etcd.put(KEY, &value(a.addr, ""));
+    let mut proxy = tokio::task::block_in_place(|| ProxyProcess::start(&bootstrap(&etcd), 1));
+    let api = format!("http://{}/", proxy.listener("api"));
+    assert_eq!(get(Version::HTTP_11, &api).await.unwrap().body, "etcd-a");
+
+    // etcd comes back on the same port with an empty data directory: its
+    // revision starts again below the one remora saw last.
+    etcd.stop();
+    log(&mut proxy, "cannot read the configuration from etcd");
+    let back = Instant::now();
+    tokio::task::block_in_place(|| etcd.wipe_and_restart());
+    etcd.put(KEY, &value(b.addr, ""));
+    eventually(Duration::from_secs(15), "the new value applied", || async {
+        get(Version::HTTP_11, &api).await.unwrap().body == "etcd-b"
+    })
+    .await;
+    println!(
+        "etcd back empty: the new value applied after {:?}",
+        back.elapsed()
+    );
+    let line = log(&mut proxy, "its data was replaced");
+    assert!(
+        line.contains("etcd's revision went back from 7 to"),
+        "{line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

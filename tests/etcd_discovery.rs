@@ -5,8 +5,9 @@
 //! requests finish, subsets on etcd tags and meta, fail-static while etcd
 //! is down (traffic flows, one log line each way, the watch-state metric)
 //! and changes flowing again after a restart, a partition noticed by
-//! keep-alive, and a watch whose revision was compacted while it was cut
-//! off reading the service afresh.
+//! keep-alive, a watch whose revision was compacted while it was cut
+//! off reading the service afresh, and an etcd back with its data lost
+//! (its revision gone back) read afresh too.
 
 mod support;
 
@@ -314,6 +315,43 @@ async fn a_watch_resumed_past_a_compaction_reads_the_service_afresh() {
     until_backends(api, &["b", "c"]).await;
     let log = remora.log_so_far();
     assert!(!log.iter().any(|line| line.contains(warning)), "{log:#?}");
+}
+
+/// How long remora may take to follow an etcd that came back empty: its
+/// backoff (5 s at most) and the fresh read.
+const BACK_EMPTY_WAIT: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_back_with_its_data_lost_is_read_afresh() {
+    let mut etcd = Etcd::start();
+    let (a, b) = (http_backend("a"), http_backend("b"));
+    // A store that lived: its revision is past what the fresh one reaches.
+    for _ in 0..5 {
+        etcd.put("/elsewhere/counter", "x");
+    }
+    etcd.put("/services/api/a", &json_value(&a, ""));
+    let config = yaml("etcd-replaced", &[etcd.url()], "api");
+    let mut remora = tokio::task::block_in_place(|| ProxyProcess::start(&config, 1));
+    let api = remora.listener("etcd-replaced");
+    until_backends(api, &["a"]).await;
+
+    // etcd comes back on the same port with an empty data directory: its
+    // revision starts again below the one remora saw last.
+    etcd.stop();
+    tokio::task::block_in_place(|| remora.wait_for_log("etcd discovery failing"));
+    let back = Instant::now();
+    tokio::task::block_in_place(|| etcd.wipe_and_restart());
+    etcd.put("/services/api/b", &json_value(&b, ""));
+    eventually(BACK_EMPTY_WAIT, "requests reach exactly b", || async {
+        backends_hit(api, 6).await == set(&["b"])
+    })
+    .await;
+    println!("etcd back empty: b alone after {:?}", back.elapsed());
+    let line = tokio::task::block_in_place(|| remora.wait_for_log("its data was replaced"));
+    assert!(
+        line.contains("etcd's revision went back from 7 to"),
+        "{line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
