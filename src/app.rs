@@ -19,7 +19,7 @@ use crate::live::{self, ListenerAddr, ListenerRole, LiveProxy, MeshSecurity};
 use crate::registration::{self, EtcdRegistrar, Registrar};
 use crate::reload::{self, Reloader, Source};
 use crate::telemetry::sinks::RequestSinks;
-use crate::telemetry::spans::SpanExporter;
+use crate::telemetry::spans::{SpanExporter, SpanFlush};
 use crate::telemetry::tap::Tap;
 use crate::telemetry::{metrics, recorder};
 use crate::upstream::UpstreamSet;
@@ -54,12 +54,14 @@ pub struct Running {
     background: DrainController,
     registrar: Option<Registrar>,
     etcd_registrar: Option<EtcdRegistrar>,
+    /// Exports the last spans at the end of the drain.
+    span_flush: Option<SpanFlush>,
 }
 
 impl Running {
     /// Drains: `/ready` turns 503, the Consul and etcd registrations are
     /// removed (so peers stop sending), listeners stop accepting, in-flight work gets up
-    /// to the drain timeout. Returns the number of connections that were
+    /// to the drain timeout; then the spans still queued are exported. Returns the number of connections that were
     /// still open when the drain ended.
     pub async fn shutdown(self) -> usize {
         self.readiness.set_draining();
@@ -87,6 +89,9 @@ impl Running {
                 "drain timeout reached; closing what is left"
             );
         }
+        if let Some(span_flush) = self.span_flush {
+            span_flush.flush().await;
+        }
         left
     }
 
@@ -113,9 +118,13 @@ impl Running {
 /// Binds everything the configuration asks for and starts serving.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let metrics_handle = recorder::install()?;
-    let spans = (config.tracing.otlp.as_ref())
-        .map(|otlp| SpanExporter::start(otlp, &config.service.name))
-        .transpose()?;
+    let (spans, span_flush) = match &config.tracing.otlp {
+        Some(otlp) => {
+            let (exporter, flush) = SpanExporter::start(otlp, &config.service.name)?;
+            (Some(exporter), Some(flush))
+        }
+        None => (None, None),
+    };
     let admin_listener = live::bind(config.admin.listen, "admin")?;
     let admin_addr = admin_listener.local_addr()?;
     if !admin_addr.ip().is_loopback() {
@@ -199,6 +208,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         background,
         registrar,
         etcd_registrar,
+        span_flush,
     })
 }
 

@@ -244,3 +244,43 @@ async fn a_slow_or_stopped_collector_never_slows_requests_and_drops_are_counted(
     let text = prom::scrape(&metrics).await;
     assert!(text.contains("remora_spans_exported_total"), "{text}");
 }
+
+/// The spans of the last `flush_interval` are exported at shutdown, not lost: with a minute
+/// between flushes, three requests' spans reach the collector when the drain ends.
+#[tokio::test]
+async fn queued_spans_are_exported_at_shutdown() {
+    let collector = otlp_collector(Duration::ZERO);
+    let app = http_backend("app");
+    let tracing = format!(
+        "{{ otlp: {{ endpoint: \"{}\", flush_interval: 60s }} }}",
+        collector.endpoint()
+    );
+    let proxy = Proxy::start(&outbound_yaml(app.addr, &tracing)).await;
+    for _ in 0..3 {
+        let reply = get(
+            Version::HTTP_11,
+            &format!("http://{}/", proxy.upstream("app")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        collector.spans().len(),
+        0,
+        "exported before the flush interval"
+    );
+    let started = Instant::now();
+    proxy.shutdown().await;
+    assert_eq!(
+        collector.spans().len(),
+        3,
+        "spans exported by the end of the shutdown"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -42,7 +42,7 @@ use crate::headers::grpc_status;
 use crate::telemetry::access_log::{self, RequestOutcome, RequestSummary};
 use crate::telemetry::metrics::{RequestMetrics, in_flight_gauge};
 use crate::telemetry::sinks::RequestSinks;
-use crate::telemetry::spans::SpanRecord;
+use crate::telemetry::spans::{SpanRecord, attribute_text};
 use crate::telemetry::tap::{Tap, TapEvent};
 use crate::telemetry::totals::{Finished, RequestTotals};
 
@@ -396,16 +396,16 @@ impl SpanStart {
         if !context.sampled {
             return None;
         }
-        let host = request.uri().host().map(str::to_owned).or_else(|| {
+        let host = request.uri().host().map(attribute_text).or_else(|| {
             let host = request.headers().get(header::HOST)?.to_str().ok()?;
             let authority: http::uri::Authority = host.parse().ok()?;
-            Some(authority.host().to_owned())
+            Some(attribute_text(authority.host()))
         });
         Some(Self {
             context,
             start: SystemTime::now(),
             method: request.method().clone(),
-            path: request.uri().path().to_owned(),
+            path: attribute_text(request.uri().path()),
             host,
             client: request.extensions().get::<ClientAddr>().map(|c| c.0),
             retries: request

@@ -10,7 +10,10 @@
 //! `ExportTraceServiceRequest` and sends it to the collector
 //! (`otlp_transport`: http or https, headers, gzip, a kept connection). A failed or timed-out
 //! export drops the batch (`reason="export_failed"`); a 2xx counts it in
-//! `remora_spans_exported_total`. There is no retry of failed batches.
+//! `remora_spans_exported_total`. There is no retry of failed batches. At
+//! shutdown, after the drain, [`SpanFlush::flush`] has the task export what
+//! is queued at once (the spans of the last `flush_interval`, the drained
+//! requests' among them), for at most [`FINAL_FLUSH_TIMEOUT`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,6 +28,8 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 use prost::Message as _;
 use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::OtlpConfig;
@@ -38,6 +43,24 @@ pub const SPANS_DROPPED_TOTAL: &str = "remora_spans_dropped_total";
 /// Longest one export request may take before its batch is dropped.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest the final flush at shutdown may hold the exit up (a collector
+/// that does not answer).
+pub const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The most bytes of a request's path or host a span keeps (Envoy's
+/// `max_path_tag_length` default): a queue of spans held while the
+/// collector is slow stays small whatever paths the callers send.
+pub const MAX_TEXT_ATTRIBUTE: usize = 256;
+
+/// `value`, cut to [`MAX_TEXT_ATTRIBUTE`] bytes at a character boundary.
+pub fn attribute_text(value: &str) -> String {
+    let mut end = value.len().min(MAX_TEXT_ATTRIBUTE);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value[..end].to_owned()
+}
+
 /// One finished request, as the data path saw it; turned into an OTLP span
 /// by the export task, off the request path.
 #[derive(Debug, Clone)]
@@ -48,8 +71,10 @@ pub struct SpanRecord {
     pub start: SystemTime,
     pub duration: Duration,
     pub method: Method,
+    /// The request's path, at most [`MAX_TEXT_ATTRIBUTE`] bytes of it.
     pub path: String,
-    /// Host of the request (authority or `Host`, port removed).
+    /// Host of the request (authority or `Host`, port removed), at most
+    /// [`MAX_TEXT_ATTRIBUTE`] bytes of it.
     pub host: Option<String>,
     /// Who sent the request to remora.
     pub client: Option<SocketAddr>,
@@ -72,15 +97,37 @@ pub struct SpanExporter {
     queue_full: Counter,
 }
 
+/// What flushes the export queue at shutdown.
+pub struct SpanFlush {
+    finish: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl SpanFlush {
+    /// Exports what is queued now and stops the export task, waiting at
+    /// most [`FINAL_FLUSH_TIMEOUT`].
+    pub async fn flush(self) {
+        let _ = self.finish.send(());
+        if tokio::time::timeout(FINAL_FLUSH_TIMEOUT, self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?FINAL_FLUSH_TIMEOUT, "the last spans were not all exported at shutdown");
+        }
+    }
+}
+
 impl SpanExporter {
     /// Spawns the export task on the current tokio runtime.
-    pub fn start(config: &OtlpConfig, service_name: &str) -> anyhow::Result<Self> {
+    pub fn start(config: &OtlpConfig, service_name: &str) -> anyhow::Result<(Self, SpanFlush)> {
         let settings = Settings::resolve(config, |name| std::env::var(name).ok())?;
         let transport = Transport::new(&settings, EXPORT_TIMEOUT)?;
         let (queue, receiver) = mpsc::channel(config.max_queue);
         let queue_full = counter!(SPANS_DROPPED_TOTAL, "reason" => "queue_full");
+        let (finish, finishing) = oneshot::channel();
         let task = ExportTask {
             receiver,
+            finishing: Some(finishing),
             transport,
             endpoint: settings.endpoint,
             resource: resource(service_name),
@@ -89,8 +136,8 @@ impl SpanExporter {
             exported: counter!(SPANS_EXPORTED_TOTAL),
             export_failed: counter!(SPANS_DROPPED_TOTAL, "reason" => "export_failed"),
         };
-        tokio::spawn(task.run());
-        Ok(Self { queue, queue_full })
+        let task = tokio::spawn(task.run());
+        Ok((Self { queue, queue_full }, SpanFlush { finish, task }))
     }
 
     /// Queues a span for export, or drops and counts it when the queue is full.
@@ -104,6 +151,8 @@ impl SpanExporter {
 /// Where batches go: the address to connect to and the request target.
 struct ExportTask {
     receiver: mpsc::Receiver<SpanRecord>,
+    /// Fires at shutdown; `None` once it has.
+    finishing: Option<oneshot::Receiver<()>>,
     transport: Transport,
     endpoint: String,
     resource: Resource,
@@ -114,17 +163,18 @@ struct ExportTask {
 }
 
 impl ExportTask {
-    /// Batches and exports until every [`SpanExporter`] is gone.
+    /// Batches and exports until every [`SpanExporter`] is gone, or the
+    /// flush at shutdown has exported what was queued.
     async fn run(mut self) {
         let mut batch = Vec::with_capacity(self.batch_size);
         let mut failing = false;
-        while let Some(first) = self.receiver.recv().await {
+        while let Some(first) = self.next(None).await {
             batch.push(first);
             let deadline = Instant::now() + self.flush_interval;
             while batch.len() < self.batch_size {
-                match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
-                    Ok(Some(span)) => batch.push(span),
-                    Ok(None) | Err(_) => break,
+                match self.next(Some(deadline)).await {
+                    Some(span) => batch.push(span),
+                    None => break,
                 }
             }
             let count = batch.len() as u64;
@@ -153,7 +203,38 @@ impl ExportTask {
     }
 }
 
-/// POSTs one encoded batch; Ok on a 2xx answer.
+impl ExportTask {
+    /// The next span, or `None` past `deadline` or once the queue is closed
+    /// and empty. The signal to finish closes the queue: what is in it is
+    /// still handed out, and no wait is left for the deadline.
+    async fn next(&mut self, deadline: Option<Instant>) -> Option<SpanRecord> {
+        let until = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(until);
+        loop {
+            let finishing = async {
+                match &mut self.finishing {
+                    Some(finishing) => finishing.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                span = self.receiver.recv() => return span,
+                () = &mut until => return None,
+                _ = finishing => {
+                    self.finishing = None;
+                    self.receiver.close();
+                }
+            }
+        }
+    }
+}
+
+/// The resource every batch names: this service.
 fn resource(service_name: &str) -> Resource {
     Resource {
         attributes: vec![string("service.name", service_name)],
@@ -274,6 +355,19 @@ fn int(key: &str, value: i64) -> KeyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_paths_and_hosts_are_cut_at_a_character_boundary() {
+        assert_eq!(attribute_text("/short"), "/short");
+        let long = "/".to_owned() + &"a".repeat(50_000);
+        assert_eq!(attribute_text(&long).len(), MAX_TEXT_ATTRIBUTE);
+        // A two-byte character across the limit is left out whole.
+        let straddling = "a".repeat(MAX_TEXT_ATTRIBUTE - 1) + "é";
+        assert_eq!(
+            attribute_text(&straddling),
+            "a".repeat(MAX_TEXT_ATTRIBUTE - 1)
+        );
+    }
 
     #[test]
     fn span_ids_and_attributes() {
