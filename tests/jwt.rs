@@ -793,8 +793,15 @@ async fn two_token_cookies_are_refused_and_cookie_names_are_trimmed() {
     assert_refused(&reply, "session =forged");
     // Python's http.cookies also splits at whitespace: it reads the last
     // `session` here, remora the first.
-    let hidden = format!("session={good}; x=1 session={forged}");
-    assert_refused(&t.get(&[("cookie", &hidden)]).await, &hidden);
+    // So does a flag before it (`secure session=…`), and a name that is not
+    // one to a strict parser (`$x session=…`).
+    for hidden in [
+        format!("session={good}; x=1 session={forged}"),
+        format!("session={good}; secure session={forged}"),
+        format!("$x session={forged}"),
+    ] {
+        assert_refused(&t.get(&[("cookie", &hidden)]).await, &hidden);
+    }
     let reply = t
         .get(&[("cookie", &format!("theme=dark; session = {good}"))])
         .await;
@@ -815,6 +822,13 @@ async fn a_token_that_is_not_ascii_is_malformed() {
     ] {
         assert_refused(&t.get(&[(name, value)]).await, value);
     }
+    // A tab after the scheme still makes a Bearer token (applications split
+    // at any whitespace): a forged one is refused, not passed on.
+    let tabbed = format!("Bearer\t{}", t.forged);
+    assert_refused(
+        &t.get(&[("authorization", &tabbed)]).await,
+        "Bearer<TAB>forged",
+    );
     let reply = t.get(&[("cookie", "theme=é")]).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let labels = [("provider", "bearer"), ("result", "malformed")];

@@ -14,8 +14,9 @@
 //!    request's token. A token is verified by the provider reading its
 //!    place; with several, the one whose `issuer` is the token's
 //!    (unverified) `iss`. A place holding two tokens (two `Authorization`
-//!    fields, say) or one that is not ASCII is refused (`token`), counted
-//!    for its first reader.
+//!    fields, say) is refused as `duplicate`, one that is not ASCII (or a
+//!    token cookie only a lax parser finds) as `malformed` (`token`), each
+//!    counted for the place's first reader.
 //! 3. No token: the request passes unauthenticated, unless the first rule
 //!    whose `prefix` the path starts with, or else `required`, requires
 //!    one: 401 `missing`.

@@ -5,11 +5,13 @@
 //! A place holds one token at most: a second `Authorization` field (RFC
 //! 9110 §11.6.2: a singleton), a second field of the token header or a
 //! second cookie of the name is refused (`duplicate`), since which one the
-//! application reads is its own guess. So is a token cookie hidden in
-//! another cookie's value after whitespace or a comma (`x=1 session=…`),
-//! where lax parsers (Python's `http.cookies`) split cookies too. A token
-//! that is not ASCII is there, and malformed. Cookie names and values are
-//! trimmed (RFC 6265 §5.2).
+//! application reads is its own guess. Lax parsers (Python's
+//! `http.cookies`) also split cookies at whitespace and commas, so the name
+//! is looked for as a parser splitting anywhere but inside a name would see
+//! it (`x=1 session=…`, `secure session=…`): found twice that way it is a
+//! duplicate, and found once where the `;`-separated pairs have none it is
+//! malformed. A token that is not ASCII is there, and malformed. Cookie
+//! names and values are trimmed (RFC 6265 §5.2).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
@@ -62,12 +64,17 @@ impl Location {
                 .map(|value| bearer(value.as_bytes()).unwrap_or(value.as_bytes())),
             Location::Cookie(name) => {
                 let name = name.as_bytes();
-                let named = (cookie_pairs(headers).filter_map(name_value))
-                    .filter(|(key, value)| *key == name || hides(value, name));
-                match at_most_one(named)? {
-                    Some((key, value)) if key == name => Some(value),
-                    Some(_) => return Err(TokenRejection::Duplicate),
-                    None => None,
+                let pairs =
+                    (cookie_pairs(headers).filter_map(name_value)).filter(|(key, _)| *key == name);
+                let pair = at_most_one(pairs)?;
+                let seen = (headers.get_all(header::COOKIE).iter())
+                    .map(|value| lax_mentions(value.as_bytes(), name))
+                    .sum::<usize>();
+                match (pair, seen) {
+                    (_, 2..) => return Err(TokenRejection::Duplicate),
+                    (Some((_, value)), 1) => Some(value),
+                    (None, 0) => None,
+                    _ => return Err(TokenRejection::Malformed),
                 }
             }
         };
@@ -115,10 +122,14 @@ fn at_most_one<T>(mut items: impl Iterator<Item = T>) -> Result<Option<T>, Token
     }
 }
 
-/// The credentials of a `Bearer` authorization value (RFC 6750 §2.1).
+/// The credentials of a `Bearer` authorization value (RFC 6750 §2.1): the
+/// scheme in any case, then a space or a tab (applications split at either,
+/// so a token after a tab is one too).
 fn bearer(value: &[u8]) -> Option<&[u8]> {
-    let (scheme, token) = value.split_at_checked(b"bearer ".len())?;
-    scheme.eq_ignore_ascii_case(b"bearer ").then_some(token)
+    let (scheme, rest) = value.split_at_checked(b"bearer".len())?;
+    let (separator, token) = rest.split_first()?;
+    let separated = matches!(separator, b' ' | b'\t');
+    (scheme.eq_ignore_ascii_case(b"bearer") && separated).then_some(token)
 }
 
 /// The pairs of every `Cookie` field, trimmed, empty ones left out.
@@ -135,13 +146,31 @@ fn name_value(pair: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((pair[..equals].trim_ascii(), pair[equals + 1..].trim_ascii()))
 }
 
-/// True when a lax cookie parser, splitting at whitespace and commas too,
-/// reads a cookie `name` in `value`.
-fn hides(value: &[u8], name: &[u8]) -> bool {
-    (0..value.len())
-        .filter(|&at| value[at].is_ascii_whitespace() || value[at] == b',')
-        .filter_map(|at| value[at + 1..].trim_ascii_start().strip_prefix(name))
-        .any(|rest| rest.trim_ascii_start().starts_with(b"="))
+/// How many cookies named `name` a parser that splits a `Cookie` field
+/// anywhere but inside a cookie name reads in it: `name` where no name
+/// character comes before it, followed by `=` (whitespace allowed between).
+/// One pass: a match moves on past its `=`.
+fn lax_mentions(field: &[u8], name: &[u8]) -> usize {
+    if name.is_empty() {
+        return 0;
+    }
+    let mut count = 0;
+    let mut at = 0;
+    while let Some(found) = field[at..].windows(name.len()).position(|w| w == name) {
+        let start = at + found;
+        let after = field[start + name.len()..].trim_ascii_start();
+        let bounded = start == 0 || !is_name_byte(field[start - 1]);
+        if bounded && after.first() == Some(&b'=') {
+            count += 1;
+        }
+        at = start + 1;
+    }
+    count
+}
+
+/// A byte of a cookie name (an RFC 9110 token character).
+fn is_name_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 /// One `claims_to_headers` entry: a claim (dotted: nested) and its header.
@@ -238,10 +267,12 @@ mod tests {
         for (value, token) in [
             ("bearer a.b.c", Some("a.b.c")),
             ("Bearer  a.b.c ", Some("a.b.c")),
+            ("Bearer\ta.b.c", Some("a.b.c")),
             ("Basic dXNlcg==", None),
             ("Basic é", None),
             ("Bearer ", None),
             ("Bearer", None),
+            ("Bearerx a.b.c", None),
         ] {
             let request = headers(&[("authorization", value)]);
             assert_eq!(location.find(&request), Ok(token), "{value}");
@@ -316,13 +347,39 @@ mod tests {
             &[("cookie", "session=x.y.z; a=1; session =x.y.z")],
             &[("cookie", "session=x.y.z"), ("cookie", "session=u.v.w")],
             &[("cookie", "session=x.y.z; a=1 session=u.v.w")],
-            &[("cookie", "a=1,session =u.v.w")],
+            &[("cookie", "a=1,session =u.v.w; session=x.y.z")],
+            &[("cookie", "session=x.y.z; secure session=u.v.w")],
         ] {
             assert_eq!(
                 location.find(&headers(twice)),
-                Err(TokenRejection::Duplicate)
+                Err(TokenRejection::Duplicate),
+                "{twice:?}"
             );
         }
+        // Found by a lax parser only: the pairs have no `session`.
+        for hidden in [
+            "$x session=u.v.w",
+            "a=1,session=u.v.w",
+            "secure session=u.v.w",
+        ] {
+            let request = headers(&[("cookie", hidden)]);
+            assert_eq!(
+                location.find(&request),
+                Err(TokenRejection::Malformed),
+                "{hidden}"
+            );
+        }
+        let longer_names = headers(&[("cookie", "xsession=1; session_id=2; my.session=3")]);
+        assert_eq!(location.find(&longer_names), Ok(None));
+    }
+
+    #[test]
+    fn a_long_cookie_is_read_in_one_pass() {
+        let field = format!("a=b{}c", " ".repeat(60_000)) + &" session=".repeat(2_000);
+        let started = std::time::Instant::now();
+        assert_eq!(lax_mentions(field.as_bytes(), b"session"), 2_000);
+        assert_eq!(lax_mentions(b"session", b""), 0);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
     }
 
     fn x_token() -> TokenLocation {
