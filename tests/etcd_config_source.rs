@@ -144,11 +144,6 @@ async fn an_etcd_back_with_its_data_lost_is_read_afresh() {
         "etcd back empty: the new value applied after {:?}",
         back.elapsed()
     );
-    let line = log(&mut proxy, "its data was replaced");
-    assert!(
-        line.contains("etcd's revision went back from 7 to"),
-        "{line}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,9 +5,9 @@
 //! requests finish, subsets on etcd tags and meta, fail-static while etcd
 //! is down (traffic flows, one log line each way, the watch-state metric)
 //! and changes flowing again after a restart, a partition noticed by
-//! keep-alive, a watch whose revision was compacted while it was cut
-//! off reading the service afresh, and an etcd back with its data lost
-//! (its revision gone back) read afresh too.
+//! keep-alive, a watch cut off while its changes were compacted away
+//! reading the service afresh, and an etcd back with its data lost (its
+//! revision gone back) read afresh too.
 
 mod support;
 
@@ -285,7 +285,7 @@ async fn etcd_down_keeps_the_endpoints_and_changes_flow_again_after_a_restart() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_resumed_past_a_compaction_reads_the_service_afresh() {
+async fn a_watch_cut_off_past_a_compaction_reads_the_service_afresh() {
     let etcd = Etcd::start();
     let relay = Relay::start(etcd.client).await;
     let (a, b, c) = (http_backend("a"), http_backend("b"), http_backend("c"));
@@ -299,7 +299,8 @@ async fn a_watch_resumed_past_a_compaction_reads_the_service_afresh() {
     let line = tokio::task::block_in_place(|| remora.wait_for_log(warning));
     assert!(line.contains("/services/api/junk"), "{line}");
 
-    // Cut off, remora misses changes that are then compacted away.
+    // Cut off, remora misses changes that are then compacted away: it
+    // reads the service afresh when etcd answers again.
     relay.cut();
     tokio::task::block_in_place(|| remora.wait_for_log("etcd discovery failing"));
     etcd.put("/services/api/b", &json_value(&b, ""));
@@ -307,9 +308,6 @@ async fn a_watch_resumed_past_a_compaction_reads_the_service_afresh() {
     etcd.put("/services/api/c", &format!("127.0.0.1:{}", c.addr.port()));
     etcd.compact();
     relay.restore();
-    let line =
-        tokio::task::block_in_place(|| remora.wait_for_log("reading the etcd service afresh"));
-    assert!(line.contains("compacted"), "{line}");
     // The fresh read has every change, and the junk it reads again is not
     // warned about again.
     until_backends(api, &["b", "c"]).await;
@@ -347,11 +345,6 @@ async fn an_etcd_back_with_its_data_lost_is_read_afresh() {
     })
     .await;
     println!("etcd back empty: b alone after {:?}", back.elapsed());
-    let line = tokio::task::block_in_place(|| remora.wait_for_log("its data was replaced"));
-    assert!(
-        line.contains("etcd's revision went back from 7 to"),
-        "{line}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,13 +6,15 @@
 //! The algorithm: read every key under the prefix (a range get), hand the
 //! set to the upstreams, then watch the range from the revision after that
 //! read, so nothing that changed between the two is missed; each event
-//! updates the set and reaches the balancers at once. The revision of the
-//! last event seen is kept: when the watch breaks (etcd down, a member
-//! partitioned, an error), the watch is opened again from there after a
-//! jittered backoff (`backoff::Pacer`), and what changed meanwhile arrives
-//! as events. When etcd compacted that revision away, the set is read
-//! afresh instead (a compaction is not a failure), and so it is when etcd's
-//! revision went back below it: its data was replaced (`etcd::resume`).
+//! updates the set and reaches the balancers at once. When the watch breaks
+//! (etcd down, a member partitioned, an error, a compaction of the revision
+//! it would resume from), the set is read afresh after a jittered backoff
+//! (`backoff::Pacer`; at once after a compaction, which is no failure) and
+//! watched again from that read. Resuming from the last revision seen
+//! instead would miss everything of an etcd that came back with its data
+//! replaced (an empty or older data directory): etcd accepts a watch from a
+//! revision its store has not reached without complaint, and reports
+//! neither the new store's keys nor the old keys' deletion.
 //!
 //! A value that describes no endpoint (neither form, a name instead of an
 //! IP address, port 0) is skipped, with a warning once per value (not again
@@ -28,7 +30,7 @@ use crate::backoff::Pacer;
 use crate::discovery::{EndpointSink, FailStatic, Instance};
 use crate::drain::Drain;
 use crate::etcd::value::InstanceValue;
-use crate::etcd::{Change, Client, EtcdError, KeyValue, Watched, resume};
+use crate::etcd::{Change, Client, EtcdError, KeyValue, Watched};
 
 /// Starts the watch of service `service` (keys under `prefix`) feeding
 /// `upstreams`; it stops when `drain` is signalled.
@@ -110,23 +112,11 @@ impl Instances {
 async fn watch(client: &Client, prefix: &str, mut state: FailStatic) {
     let mut pacer = Pacer::new();
     let mut instances = Instances::default();
-    // The revision of the last change seen; `None` until the first read
-    // and after a compaction or a replaced store.
-    let mut revision = None;
     loop {
         pacer.turn().await;
-        let Err(error) = follow(
-            client,
-            prefix,
-            &mut instances,
-            &mut revision,
-            &mut state,
-            &mut pacer,
-        )
-        .await;
+        let Err(error) = follow(client, prefix, &mut instances, &mut state, &mut pacer).await;
         if let EtcdError::Compacted { .. } = error {
             tracing::info!(%prefix, %error, "reading the etcd service afresh");
-            revision = None;
             continue;
         }
         state.failed(&error);
@@ -134,42 +124,27 @@ async fn watch(client: &Client, prefix: &str, mut state: FailStatic) {
     }
 }
 
-/// Reads the set when `revision` is unknown or no longer in etcd's store
-/// (`resume::still_held`), then watches from the next revision on, until
-/// something goes wrong.
+/// Reads the set, then watches it from the revision after that read,
+/// until something goes wrong.
 async fn follow(
     client: &Client,
     prefix: &str,
     instances: &mut Instances,
-    revision: &mut Option<i64>,
     state: &mut FailStatic,
     pacer: &mut Pacer,
 ) -> Result<Infallible, EtcdError> {
-    if let Some(seen) = *revision {
-        *revision = resume::still_held(client, prefix, true, seen, "the service").await?;
-    }
-    let from = match *revision {
-        Some(seen) => seen,
-        None => {
-            let read = client.get_prefix(prefix).await?;
-            instances.replace(read.kvs);
-            state.answered();
-            state.publish(instances.set());
-            *revision = Some(read.revision);
-            read.revision
-        }
-    };
-    let mut watch = client.watch(prefix, true, from + 1).await?;
+    let read = client.get_prefix(prefix).await?;
+    instances.replace(read.kvs);
+    state.answered();
+    state.publish(instances.set());
+    let mut watch = client.watch(prefix, true, read.revision + 1).await?;
     loop {
         match watch.next().await? {
             Watched::Created => {
                 pacer.succeeded();
                 state.answered();
             }
-            Watched::Changes {
-                revision: last,
-                changes,
-            } => {
+            Watched::Changes(changes) => {
                 for change in changes {
                     match change {
                         Change::Put(kv) => instances.put(kv.key, kv.value),
@@ -178,7 +153,6 @@ async fn follow(
                         }
                     }
                 }
-                *revision = Some(revision.unwrap_or_default().max(last));
                 state.answered();
                 state.publish(instances.set());
             }

@@ -2,8 +2,7 @@
 //! tonic, rustls with ring): prefix and key reads that say at which
 //! revision they were made, watches from a revision on, and the lease
 //! calls of a registration. Discovery, registration and the configuration
-//! source use it; what an instance's value looks like is `value`, and
-//! whether a broken watch may resume where it was is `resume`.
+//! source use it; what an instance's value looks like is `value`.
 //!
 //! Endpoints come from `etcd.endpoints`, one connection per member.
 //! Requests go to one member, the first listed at the start; a request that
@@ -32,7 +31,6 @@
 //! its watches instead of keeping them silently open. Each attempt of a
 //! unary call times out after [`REQUEST_TIMEOUT`].
 
-pub mod resume;
 pub mod value;
 
 use std::path::Path;
@@ -214,18 +212,6 @@ impl Client {
         self.read(key, None).await
     }
 
-    /// The store's current revision, from a read of `key` (every key under
-    /// it when `prefix`) that asks only for the count: nothing is sent back
-    /// but the header. (The watched range itself, so a user allowed to read
-    /// only that range may ask.)
-    pub async fn revision(&self, key: &str, prefix: bool) -> Result<i64, EtcdError> {
-        let mut options = GetOptions::new().with_count_only();
-        if prefix {
-            options = options.with_prefix();
-        }
-        Ok(self.read(key, Some(options)).await?.revision)
-    }
-
     async fn read(&self, key: &str, options: Option<GetOptions>) -> Result<Read, EtcdError> {
         let answer = (self.request(|client| {
             let options = options.clone();
@@ -355,8 +341,8 @@ pub struct Watch {
 pub enum Watched {
     /// etcd accepted the watch (no change yet).
     Created,
-    /// Changes, in order, and the revision of the last of them.
-    Changes { revision: i64, changes: Vec<Change> },
+    /// Changes, in order.
+    Changes(Vec<Change>),
 }
 
 impl Watch {
@@ -378,10 +364,6 @@ impl Watch {
         if answer.created() && answer.events().is_empty() {
             return Ok(Watched::Created);
         }
-        let revision = (answer.events().iter())
-            .filter_map(|event| Some(event.kv()?.mod_revision()))
-            .max()
-            .unwrap_or(0);
         let changes = (answer.events().iter())
             .filter_map(|event| {
                 let kv = event.kv()?;
@@ -395,7 +377,7 @@ impl Watch {
                 })
             })
             .collect();
-        Ok(Watched::Changes { revision, changes })
+        Ok(Watched::Changes(changes))
     }
 }
 

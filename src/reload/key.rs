@@ -8,11 +8,10 @@
 //! and once when it ends, retried with jittered backoff (`backoff::Pacer`).
 //!
 //! etcd: the key is read, then watched from the revision after that read,
-//! so no change in between is missed. A broken watch (etcd down, a member
-//! partitioned) is opened again from the last revision seen; one whose
-//! revision was compacted meanwhile reads the key afresh instead, and so
-//! does one whose store's revision went back below it (its data was
-//! replaced; `etcd::resume`).
+//! so no change in between is missed. When the watch breaks (etcd down, a
+//! member partitioned, a compaction), the key is read afresh and watched
+//! from there: resuming from the last revision seen would miss an etcd that
+//! came back with its data replaced (`discovery::etcd` says how).
 
 use std::convert::Infallible;
 
@@ -23,7 +22,7 @@ use crate::backoff::Pacer;
 use crate::config::{self, Config, ConfigErrors, ConfigSource};
 use crate::consul::{self, blocking::next_index};
 use crate::drain::Drain;
-use crate::etcd::{self, Change, EtcdError, Watched, resume};
+use crate::etcd::{self, Change, EtcdError, Watched};
 use crate::live::keep_fixed;
 use crate::telemetry::metrics;
 
@@ -238,13 +237,13 @@ async fn watch_etcd(
 ) {
     let mut hangup = hangup_signal();
     let mut pacer = Pacer::new();
-    // The revision of the last change seen; `None` after a compaction or a
-    // replaced store.
+    // The revision of the last read (at start, or SIGHUP's), to watch
+    // from; `None` once the watch broke: the key is read afresh.
     let mut revision = Some(revision);
     loop {
         let session = async {
             pacer.turn().await;
-            follow_etcd(&client, &mut revision, &mut followed, &reloader, &mut pacer).await
+            follow_etcd(&client, revision, &mut followed, &reloader, &mut pacer).await
         };
         let error = tokio::select! {
             Err(error) = session => error,
@@ -255,6 +254,7 @@ async fn watch_etcd(
                         followed.answered();
                         let value = read.kvs.first().map(|kv| kv.value.as_slice());
                         followed.value(value, true, &reloader).await;
+                        revision = Some(read.revision);
                         continue;
                     }
                     Err(error) => error,
@@ -262,9 +262,9 @@ async fn watch_etcd(
             }
             () = stop.signaled() => return,
         };
+        revision = None;
         if let EtcdError::Compacted { .. } = error {
             tracing::info!(key = %followed.key, %error, "reading the etcd key afresh");
-            revision = None;
             continue;
         }
         followed.failed(&error);
@@ -275,27 +275,22 @@ async fn watch_etcd(
     }
 }
 
-/// Reads the key when `revision` is unknown or no longer in etcd's store
-/// (`etcd::resume::still_held`), then watches it from the next revision on,
-/// until something goes wrong.
+/// Reads the key unless `revision` is a read's just made, then watches it
+/// from the next revision on, until something goes wrong.
 async fn follow_etcd(
     client: &etcd::Client,
-    revision: &mut Option<i64>,
+    revision: Option<i64>,
     followed: &mut Followed,
     reloader: &Reloader,
     pacer: &mut Pacer,
 ) -> Result<Infallible, EtcdError> {
-    if let Some(seen) = *revision {
-        *revision = resume::still_held(client, &followed.key, false, seen, "the key").await?;
-    }
-    let from = match *revision {
-        Some(seen) => seen,
+    let from = match revision {
+        Some(read) => read,
         None => {
             let read = client.get(&followed.key).await?;
             followed.answered();
             let value = read.kvs.first().map(|kv| kv.value.as_slice());
             followed.value(value, false, reloader).await;
-            *revision = Some(read.revision);
             read.revision
         }
     };
@@ -306,11 +301,7 @@ async fn follow_etcd(
                 pacer.succeeded();
                 followed.answered();
             }
-            Watched::Changes {
-                revision: last,
-                changes,
-            } => {
-                *revision = Some(revision.unwrap_or_default().max(last));
+            Watched::Changes(changes) => {
                 followed.answered();
                 // Only the last change counts.
                 let value = match changes.last() {
