@@ -63,6 +63,16 @@ fn is_host(value: &HeaderValue) -> bool {
     bytes.is_empty() || (!bytes.contains(&b'@') && Authority::try_from(bytes).is_ok())
 }
 
+/// True when `host` names `authority`'s host and port (a port left out is
+/// `default_port`).
+fn names_the_same(host: &HeaderValue, authority: &Authority, default_port: u16) -> bool {
+    let Ok(host) = Authority::try_from(host.as_bytes()) else {
+        return false;
+    };
+    let port = |authority: &Authority| authority.port_u16().unwrap_or(default_port);
+    host.host().eq_ignore_ascii_case(authority.host()) && port(&host) == port(authority)
+}
+
 /// Makes the target's authority, when it has one, the request's only host.
 fn one_host<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
     let Some(authority) = request.uri().authority() else {
@@ -74,11 +84,12 @@ fn one_host<B>(request: &mut Request<B>) -> Result<(), ProxyError> {
         });
     }
     if request.version() == Version::HTTP_2 {
-        let differs = (request.headers().get(header::HOST)).is_some_and(|host| {
-            !host
-                .as_bytes()
-                .eq_ignore_ascii_case(authority.as_str().as_bytes())
-        });
+        let default_port = match request.uri().scheme_str() {
+            Some("https") => 443,
+            _ => 80,
+        };
+        let differs = (request.headers().get(header::HOST))
+            .is_some_and(|host| !names_the_same(host, authority, default_port));
         if differs {
             return Err(ProxyError::InvalidHost {
                 what: "the host header differs from :authority (RFC 9113 §8.3.1)",
@@ -173,8 +184,16 @@ mod tests {
         admit(&mut absolute, Allow).unwrap();
         assert_eq!(absolute.headers()["host"], "good.svc");
         // HTTP/2: a host field must name the :authority's host.
-        let mut same = with_target(Version::HTTP_2, "http://a.svc/x", &[("host", "A.svc")]);
-        assert!(admit(&mut same, Allow).is_ok());
+        for (target, host) in [
+            ("http://a.svc/x", "A.svc"),
+            ("http://a.svc/x", "a.svc:80"),
+            ("https://a.svc:443/x", "a.svc"),
+        ] {
+            let mut same = with_target(Version::HTTP_2, target, &[("host", host)]);
+            assert!(admit(&mut same, Allow).is_ok(), "{target} {host}");
+        }
+        let mut port = with_target(Version::HTTP_2, "http://a.svc/x", &[("host", "a.svc:8080")]);
+        assert!(admit(&mut port, Allow).is_err());
         let mut other = with_target(Version::HTTP_2, "http://a.svc/x", &[("host", "b.svc")]);
         let refused = admit(&mut other, Allow).unwrap_err().to_string();
         assert!(refused.contains("differs from :authority"), "{refused}");

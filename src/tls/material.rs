@@ -103,6 +103,13 @@ impl Material {
         let own_identity = identity::of_certificate(&leaf)
             .and_then(|peer| peer.spiffe)
             .map(|id| (*id).clone());
+        if own_identity.is_none() && identity::uri_names(&leaf).len() > 1 {
+            tracing::warn!(
+                uris = ?identity::uri_names(&leaf),
+                "this sidecar's certificate has more than one URI SAN, so no SPIFFE ID: \
+                 peers refuse it, and upstreams named by service cannot be checked"
+            );
+        }
         Ok(Material {
             certified_key: Arc::new(certified_key),
             roots,

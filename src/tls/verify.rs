@@ -103,7 +103,7 @@ impl ClientCertVerifier for CurrentClientVerifier {
 }
 
 /// Verifies an upstream server: chain to a current root, and the expected
-/// SPIFFE ID among its URI SANs.
+/// SPIFFE ID as its one URI SAN (`identity::of_certificate`).
 #[derive(Debug)]
 pub(super) struct ServerIdentityVerifier {
     pub(super) tls: Arc<MeshTls>,
