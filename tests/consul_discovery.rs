@@ -161,6 +161,31 @@ async fn not_ready_until_the_first_answer_then_routes_to_registered_instances() 
     );
 }
 
+/// Once ready, a sidecar stays ready when an upstream loses every endpoint: its requests to
+/// that upstream get 503 `no_endpoints`, but taking every caller out of its load balancers
+/// would spread the callee's outage.
+#[tokio::test]
+async fn ready_stays_when_an_upstream_loses_its_endpoints_after_start() {
+    let consul = ConsulStandIn::start();
+    let a = http_backend("vanish-a");
+    consul.register(Instance::new("a", "vanish", a.addr));
+    let proxy = Proxy::start(&yaml(
+        &consul_section(&consul, "1s"),
+        &[("vanish", "{ service: vanish }")],
+    ))
+    .await;
+    wait_ready(&proxy).await;
+    consul.deregister("a");
+    assert!(
+        eventually(READY_WAIT, || async {
+            hit(&proxy, "vanish", "/").await.is_none()
+        })
+        .await,
+        "the instance's removal reached the balancer"
+    );
+    assert_eq!(ready_status(&proxy).await, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn a_new_instance_gets_traffic_within_a_second() {
     let consul = ConsulStandIn::start();

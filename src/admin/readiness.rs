@@ -2,6 +2,13 @@
 //! running configuration has at least one endpoint and the mesh TLS
 //! certificate (when configured) is loaded; not ready again as soon as the
 //! drain starts, so load balancers and Kubernetes stop sending new traffic.
+//!
+//! Endpoints count at start only, as Envoy's initial cluster warming does:
+//! once ready, an upstream losing all its endpoints (a callee scaled to
+//! zero, an emptied etcd prefix) does not make this sidecar unready. It
+//! answers 503 `no_endpoints` to the requests for that upstream, but its
+//! own service still serves, and taking every caller's pod out of its
+//! load balancers would spread one service's outage to its callers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +19,8 @@ use crate::upstream::UpstreamSet;
 pub struct Readiness {
     listening: AtomicBool,
     draining: AtomicBool,
+    /// Has been ready once: endpoints no longer count.
+    started: AtomicBool,
     upstreams: Arc<UpstreamSet>,
     tls: Option<Arc<MeshTls>>,
 }
@@ -21,6 +30,7 @@ impl Readiness {
         Self {
             listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            started: AtomicBool::new(false),
             upstreams,
             tls,
         }
@@ -45,12 +55,19 @@ impl Readiness {
         if self.tls.as_ref().is_some_and(|tls| tls.current().is_none()) {
             return Some("TLS certificate not loaded yet".into());
         }
+        if self.started.load(Ordering::Acquire) {
+            return None;
+        }
         let upstreams = self.upstreams.load();
         let empty: Vec<&str> = upstreams
             .iter()
             .filter(|upstream| upstream.endpoint_count() == 0)
             .map(|upstream| upstream.name())
             .collect();
-        (!empty.is_empty()).then(|| format!("no endpoints for {}", empty.join(", ")))
+        if empty.is_empty() {
+            self.started.store(true, Ordering::Release);
+            return None;
+        }
+        Some(format!("no endpoints for {}", empty.join(", ")))
     }
 }
