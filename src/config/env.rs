@@ -64,8 +64,9 @@ pub(crate) fn resolve(
                     position: position_in_source(text, scalar, reference.offset),
                     message: format!(
                         "environment variable `{}` is not in the local file's \
-                         config_source.consul_kv.allowed_env: a configuration from Consul KV \
-                         reads only the variables listed there (write `$$` for a literal `$`)",
+                         config_source allowed_env: a configuration from the config source \
+                         (Consul KV or etcd) reads only the variables listed there (write `$$` \
+                         for a literal `$`)",
                         reference.name
                     ),
                 });

@@ -183,7 +183,12 @@ async fn watch_file(
     });
     let mut last_seen = xxh3_64(loaded.as_bytes());
     let mut unreadable = false;
-    tracing::info!(file = %name, ?interval, "watching the configuration file");
+    match interval {
+        Some(interval) => {
+            tracing::info!(file = %name, ?interval, "watching the configuration file");
+        }
+        None => tracing::info!(file = %name, "configuration file read again on SIGHUP only"),
+    }
     loop {
         let forced = tokio::select! {
             () = tick(&mut ticks) => false,
