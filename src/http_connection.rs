@@ -5,7 +5,8 @@
 //! identity, until the connection ends, idles out or is drained.
 //!
 //! A listener's `limits` bound what one client can hold: request heads must
-//! arrive within `header_read_timeout` and fit `max_header_bytes` /
+//! arrive within `header_read_timeout` (a connection on which the client
+//! sends nothing at all is closed then too) and fit `max_header_bytes` /
 //! `max_headers` (hyper counts HTTP/1.1 headers, [`ConnectionService`]
 //! HTTP/2 ones), HTTP/2 connections get `max_concurrent_streams` and a cap
 //! on reset streams (CVE-2023-44487, rapid reset). Malformed HTTP/1.1
@@ -110,7 +111,7 @@ pub(crate) async fn serve_http<S>(
     let limits = &rules.limits;
     let activity = Activity::new();
     let io = TokioIo::new(IdleIo::new(stream, Arc::clone(&activity)));
-    let idle = crate::idle::expired(&activity, idle);
+    let idle = crate::idle::expired_or_silent(&activity, idle, limits.header_read_timeout);
     let service = ConnectionService {
         service,
         caller,

@@ -7,7 +7,9 @@
 //!
 //! [`IdleIo`] wraps the socket and stamps every read and write (or, for an
 //! upstream HTTP/2 connection's keepalive, every read only); [`expired`]
-//! sleeps until the last stamp is one idle period old. One [`clock::now`]
+//! sleeps until the last stamp is one idle period old, and
+//! [`expired_or_silent`] sooner for a connection on which nothing ever
+//! moved (a client that connects and says nothing). One [`clock::now`]
 //! per socket operation (or body frame), so at most one clock read per poll
 //! of the connection's task; no timer reset per byte, and none when the wait
 //! starts.
@@ -43,8 +45,15 @@ impl Activity {
     /// Something moved now.
     pub fn touch(&self) {
         let since = clock::now().saturating_duration_since(self.origin);
-        self.last
-            .store(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        // At least 1: 0 is "nothing moved yet" (`moved`), also for a stamp
+        // in the clock tick the activity began in.
+        let nanos = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.last.store(nanos, Relaxed);
+    }
+
+    /// Something has moved since the activity began.
+    fn moved(&self) -> bool {
+        self.last.load(Relaxed) != 0
     }
 
     /// When something last moved.
@@ -66,6 +75,21 @@ pub async fn expired(activity: &Activity, limit: Duration) {
         }
         deadline = moved;
     }
+}
+
+/// Like [`expired`], and sooner, `silent_for` after the activity began,
+/// when nothing has moved by then: a client connection on which the
+/// client sent no byte (the server says nothing first over HTTP/1.1, nor
+/// before an HTTP/2 preface is sniffed) holds its place under
+/// `max_connections` no longer than a slow request head may.
+pub async fn expired_or_silent(activity: &Activity, limit: Duration, silent_for: Duration) {
+    if silent_for < limit {
+        timer::sleep_until(timer::after(activity.origin, silent_for)).await;
+        if !activity.moved() {
+            return;
+        }
+    }
+    expired(activity, limit).await;
 }
 
 /// A socket that records its activity.

@@ -337,6 +337,35 @@ async fn slowloris_heads_are_cut_off_at_the_header_read_timeout() {
     }
 }
 
+/// A client that connects and sends nothing is closed at `limits.header_read_timeout` too,
+/// on an `http` and an `auto` listener (it was left to `timeouts.idle`, 60 s, holding its
+/// place under `max_connections` meanwhile).
+#[tokio::test]
+async fn a_silent_connection_is_closed_at_the_header_read_timeout() {
+    let backend = http_backend("target");
+    let proxy = Proxy::start(&limits_config(
+        "silent",
+        backend.addr,
+        "{ header_read_timeout: 600ms }",
+    ))
+    .await;
+    for listener in ["silent-h1", "silent-auto"] {
+        let mut stream = TcpStream::connect(proxy.upstream(listener)).await.unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await;
+        let lasted = started.elapsed();
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "{listener}: {read:?} after {lasted:?}"
+        );
+        assert!(
+            lasted >= Duration::from_millis(500) && lasted < Duration::from_secs(3),
+            "{listener}: a silent connection lasted {lasted:?} (timeout 600ms)"
+        );
+    }
+}
+
 /// `limits.max_connections`: connections beyond it are closed as soon as
 /// they are accepted and counted in `remora_connections_refused_total`;
 /// the open ones keep being served, and a freed slot is reused.
