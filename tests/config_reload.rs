@@ -224,6 +224,41 @@ async fn an_added_listener_serves_and_a_removed_one_drains() {
     assert_eq!(proxy.current().await.upstream("leaving"), None);
 }
 
+/// A valid configuration that cannot be applied (its new listener's port is taken) is tried
+/// again while the file holds it: once the port is free, the listener serves, with no second
+/// write of the file. (It was never tried again: the file had to change, or SIGHUP.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_that_could_not_be_applied_is_tried_again() {
+    let backend = http_backend("retried");
+    let file = ConfigFile::new(&config(&[upstream(
+        "first",
+        "127.0.0.1:0",
+        &[backend.addr],
+        "",
+    )]));
+    let proxy = Proxy::start_watching(&file, Duration::from_millis(100)).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap();
+    file.write(&config(&[
+        upstream("first", "127.0.0.1:0", &[backend.addr], ""),
+        upstream("second", &port.to_string(), &[backend.addr], ""),
+    ]));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        proxy.current().await.upstream("second"),
+        None,
+        "the port is taken"
+    );
+    drop(taken);
+    eventually(
+        Duration::from_secs(5),
+        "the listener bound once its port is free",
+        || async { proxy.current().await.upstream("second") == Some(port) },
+    )
+    .await;
+    assert_serves(&format!("http://{port}/"), "retried").await;
+}
+
 /// An HTTP/2 client of a listener that a reload removes gets the two-step GOAWAY of a drain
 /// (the largest stream id, then after a PING the last stream taken), and its stream in flight
 /// still gets its answer.

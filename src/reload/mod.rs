@@ -181,7 +181,9 @@ async fn watch_file(
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ticks
     });
+    // The text last applied or refused as invalid.
     let mut last_seen = xxh3_64(loaded.as_bytes());
+    let mut retry: Option<Retry> = None;
     let mut unreadable = false;
     match interval {
         Some(interval) => {
@@ -213,11 +215,49 @@ async fn watch_file(
         if hash == last_seen && !forced {
             continue;
         }
-        last_seen = hash;
-        tracing::info!(file = %name, "configuration changed; reloading");
-        reloader.reload_parsed(config::parse(&text, &name)).await;
+        let again = retry.as_ref().filter(|retry| retry.hash == hash);
+        if again.is_some_and(|retry| Instant::now() < retry.at) && !forced {
+            continue;
+        }
+        match config::parse(&text, &name) {
+            // The same text would fail the same way: not read again.
+            Err(errors) => {
+                refused(&errors);
+                last_seen = hash;
+                retry = None;
+            }
+            Ok(config) => {
+                match again {
+                    Some(_) => tracing::info!(file = %name, "applying the configuration again"),
+                    None => tracing::info!(file = %name, "configuration changed; reloading"),
+                }
+                let pause = again.map_or(FIRST_RETRY, |retry| (retry.pause * 2).min(MOST_RETRY));
+                if reloader.reload(config).await {
+                    last_seen = hash;
+                    retry = None;
+                } else {
+                    retry = Some(Retry {
+                        hash,
+                        at: Instant::now() + pause,
+                        pause,
+                    });
+                }
+            }
+        }
     }
 }
+
+/// A valid configuration that could not be applied (a port in use, say):
+/// tried again after `pause`, which doubles from [`FIRST_RETRY`] to
+/// [`MOST_RETRY`], while the file holds it.
+struct Retry {
+    hash: u64,
+    at: Instant,
+    pause: Duration,
+}
+
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MOST_RETRY: Duration = Duration::from_secs(30);
 
 /// SIGHUP, when the handler can be installed (logged otherwise).
 pub(super) fn hangup_signal() -> Option<Signal> {
