@@ -2,7 +2,7 @@
 //! upstream with retries, breaker, rate limit, concurrency limit, a 0 % fault, outlier
 //! detection, a dead endpoint and a mirrored route; a TCP upstream with health checks; a zoned one whose dead endpoint
 //! fails its checks and is answered by its fallback; inbound with adaptive
-//! concurrency, a shared rate limit and `inbound.jwt`; registration with
+//! concurrency, a shared rate limit and `inbound.jwt` (a gRPC call it refuses); registration with
 //! the Consul stand-in) is driven until the event-only
 //! metrics have happened, then every exported metric must be in the table with the same type
 //! and label names, and every metric in the table must be exported — except those the table
@@ -207,6 +207,19 @@ async fn every_exported_metric_is_documented_and_every_documented_one_exported()
         .await
         .unwrap();
     assert_eq!(inbound.status, StatusCode::OK);
+    // A gRPC call remora refuses itself (a token that is none): counted by its grpc-status.
+    let refused = http_client::<Full<Bytes>>(Version::HTTP_11)
+        .request(
+            Request::post(format!("http://{}/cat.Svc/Call", proxy.inbound()))
+                .header("content-type", "application/grpc")
+                .header("authorization", "Bearer not-a-token")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.headers()["grpc-status"], "16", "{refused:?}");
+    refused.into_body().collect().await.unwrap();
     let mut tcp = TcpStream::connect(proxy.upstream("cat-tcp")).await.unwrap();
     tcp.write_all(b"ping").await.unwrap();
     let mut pong = [0u8; 4];
