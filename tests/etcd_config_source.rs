@@ -70,6 +70,23 @@ async fn the_configuration_comes_from_an_etcd_key_and_follows_it() {
     assert!(took < Duration::from_secs(1), "took {took:?}");
     assert_eq!(get(Version::HTTP_11, &api).await.unwrap().body, "etcd-b");
 
+    // The settings that cannot change while remora runs come from the local file: a value
+    // that leaves them to their defaults (another `admin.listen`) draws no warning, at start
+    // nor at a reload; one that writes one is told it is ignored.
+    let mut so_far = proxy.startup_log.clone();
+    so_far.extend(proxy.log_so_far());
+    for needle in ["value's is ignored", "cannot change while remora runs"] {
+        assert!(
+            !so_far.iter().any(|line| line.contains(needle)),
+            "{needle}: {so_far:#?}"
+        );
+    }
+    etcd.put(KEY, &value(b.addr, "admin: { listen: \"127.0.0.1:9\" }\n"));
+    let warning = log(&mut proxy, "value's is ignored");
+    assert!(warning.contains("admin.listen"), "{warning}");
+    log(&mut proxy, "configuration reloaded");
+    assert_eq!(get(Version::HTTP_11, &api).await.unwrap().body, "etcd-b");
+
     // Invalid values are refused with positions, counted; the running one serves.
     etcd.put(KEY, &value(b.addr, "logging: { levle: debug }\n"));
     let error = log(&mut proxy, "invalid configuration");

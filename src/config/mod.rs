@@ -174,6 +174,14 @@ pub fn adopt_local_sections(config: &mut Config, local: &Config) {
     }
 }
 
+/// Those of `paths` (dotted: `admin.listen`) whose key `text` writes.
+pub fn keys_written<'a>(text: &str, paths: &[&'a str]) -> Vec<&'a str> {
+    let source = SourceMap::build(text);
+    (paths.iter().copied())
+        .filter(|path| source.key_position(path).is_some())
+        .collect()
+}
+
 /// Parses and validates a document read from the `config_source` (a Consul
 /// KV value or an etcd key) as [`parse`] does; `name` labels the errors
 /// (`consul-kv:KEY`, `etcd:KEY`). Also rejects `consul`, `etcd` and

@@ -91,13 +91,7 @@ pub(super) async fn initial(bootstrap: Config) -> anyhow::Result<(Config, KeyWat
     };
     let text = String::from_utf8(value)
         .map_err(|_| anyhow::anyhow!("the {registry} key {} is not UTF-8", followed.key))?;
-    let mut config = followed.config(&text)?;
-    for key in keep_fixed(&followed.bootstrap, &mut config) {
-        tracing::warn!(
-            key,
-            "this setting comes from the local configuration file; the config_source value's is ignored"
-        );
-    }
+    let config = followed.config(&text)?;
     tracing::info!(key = %followed.key, "configuration read from {registry}");
     Ok((config, KeyWatch { store, followed }))
 }
@@ -140,6 +134,17 @@ impl Followed {
             (self.bootstrap.config_source.as_ref()).map_or(&[][..], ConfigSource::allowed_env);
         let mut config = config::parse_from_source(text, &self.label, allowed_env)?;
         config::adopt_local_sections(&mut config, &self.bootstrap);
+        // The settings that cannot change while remora runs come from the
+        // local file, also where the value leaves them to their defaults:
+        // compared with the running ones, those defaults would read as
+        // changes refused at every reload.
+        let kept = keep_fixed(&self.bootstrap, &mut config);
+        for key in config::keys_written(text, &kept) {
+            tracing::warn!(
+                key,
+                "this setting comes from the local configuration file; the config_source value's is ignored"
+            );
+        }
         Ok(config)
     }
 
