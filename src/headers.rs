@@ -22,9 +22,15 @@ pub const X_REMORA_ERROR: HeaderName = HeaderName::from_static("x-remora-error")
 /// The verified mTLS identity of the caller, set by the inbound sidecar for
 /// the application; a client's is dropped in every spelling (reserved).
 pub const X_REMORA_CLIENT_ID: HeaderName = HeaderName::from_static("x-remora-client-id");
-/// Request headers only remora sets: a client's are dropped on arrival, in
-/// every spelling (see `request_head`) and from trailers (see `body`).
-pub static RESERVED_REQUEST_HEADERS: [HeaderName; 1] = [X_REMORA_CLIENT_ID];
+/// Envoy's record of the client certificates a request came through. remora
+/// sets none (the verified caller is `x-remora-client-id`), so a copy can
+/// only be the caller's own claim, which an application moved from Envoy or
+/// Istio may still trust: dropped, as Envoy's default (`SANITIZE`) does.
+pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+/// Request headers only remora may set: a client's are dropped on arrival,
+/// in every spelling (see `request_head`) and from trailers (see `body`).
+pub static RESERVED_REQUEST_HEADERS: [HeaderName; 2] =
+    [X_REMORA_CLIENT_ID, X_FORWARDED_CLIENT_CERT];
 /// Trace context remora joins or starts and sets on requests (see
 /// `middleware::trace_context`).
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");

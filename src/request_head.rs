@@ -266,6 +266,8 @@ mod tests {
                     ("host", "a"),
                     ("x-remora-client-id", "spoof"),
                     ("X_Remora_Client-Id", "spoof"),
+                    ("x-forwarded-client-cert", "By=spiffe://x;URI=spiffe://y"),
+                    ("X_Forwarded_Client_Cert", "URI=spiffe://y"),
                     ("x_custom", "1"),
                 ],
             );
